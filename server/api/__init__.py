@@ -1,0 +1,2 @@
+"""REST API: ``deps`` (DB session, token, engine wake-up), ``schemas`` (responses),
+``routes`` (one router per resource)."""

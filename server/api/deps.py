@@ -1,0 +1,72 @@
+"""FastAPI dependencies: the database session, the bearer token check, the archive and the engine wake-up."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable, Iterator
+from typing import Annotated, Any, Protocol, TypeVar
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session as DBSession
+
+from server.store.archive import ImageArchive
+
+Model = TypeVar("Model")
+
+
+class EngineWaker(Protocol):
+    """What ``create_app(engine=...)`` needs from the experiment engine: one method.
+
+    ``wake()`` is called after the API has committed a change of intent (a session created; a
+    thread paused, resumed or stopped). It must return at once and be safe to call from any thread
+    (sync endpoints run in a worker pool), e.g. ``loop.call_soon_threadsafe(self._wakeup.set)``.
+    The engine then re-reads the database; the API hands it nothing else.
+    """
+
+    def wake(self) -> None: ...
+
+
+def get_db(request: Request) -> Iterator[DBSession]:
+    with request.app.state.sessionmaker() as db:
+        yield db
+
+
+def get_archive(request: Request) -> ImageArchive:
+    return request.app.state.archive
+
+
+def get_wake(request: Request) -> Callable[[], None]:
+    """The engine's ``wake`` if the app has an engine, else a no-op."""
+    engine: EngineWaker | None = request.app.state.engine
+    return engine.wake if engine is not None else lambda: None
+
+
+_bearer = HTTPBearer(auto_error=False, description="The server's ACTMAX_TOKEN.")
+
+
+def require_token(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
+    """401 unless the request carries ``Authorization: Bearer <token>`` (compared in constant time)."""
+    expected: bytes = request.app.state.token.encode()
+    given = credentials.credentials.encode() if credentials is not None else b""
+    if not hmac.compare_digest(given, expected):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "missing or wrong bearer token: send 'Authorization: Bearer <ACTMAX_TOKEN>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+def get_or_404(db: DBSession, model: type[Model], id: Any) -> Model:
+    """The row of ``model`` with primary key ``id``, or a 404 naming it (e.g. "thread 7 not found")."""
+    row = db.get(model, id)
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"{model.__name__.lower()} {id!r} not found")
+    return row
+
+
+DB = Annotated[DBSession, Depends(get_db)]
+Archive = Annotated[ImageArchive, Depends(get_archive)]
+Wake = Annotated[Callable[[], None], Depends(get_wake)]

@@ -1,0 +1,58 @@
+"""Sessions: list, create from a ``SessionConfig``, read, their threads and events."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
+from sqlalchemy import func, select
+
+from server.api.deps import DB, Wake, get_or_404
+from server.api.schemas import ErrorDetail, EventRead, Page, SessionRead, SessionWithThreads, ThreadRead
+from server.config import SessionConfig
+from server.store.models import Event, Session, Thread
+from server.store.records import create_session
+
+router = APIRouter(prefix="/sessions", tags=["sessions"])
+NOT_FOUND = {404: {"model": ErrorDetail}}
+
+
+@router.get("", response_model=list[SessionRead])
+def list_sessions(db: DB) -> list[Session]:
+    return list(db.scalars(select(Session).order_by(Session.id)))
+
+
+@router.post("", response_model=SessionWithThreads, status_code=status.HTTP_201_CREATED)
+def post_session(config: SessionConfig, db: DB, wake: Wake) -> Session:
+    """Create a session and its threads (status ``running``); the engine starts them for the rig."""
+    session = create_session(db, config)
+    db.commit()
+    wake()
+    return session
+
+
+@router.get("/{session_id}", response_model=SessionWithThreads, responses=NOT_FOUND)
+def get_session(session_id: int, db: DB) -> Session:
+    return get_or_404(db, Session, session_id)
+
+
+@router.get("/{session_id}/threads", response_model=list[ThreadRead], responses=NOT_FOUND)
+def list_session_threads(session_id: int, db: DB) -> list[Thread]:
+    return get_or_404(db, Session, session_id).threads
+
+
+@router.get("/{session_id}/events", response_model=Page[EventRead], responses=NOT_FOUND)
+def list_session_events(
+    session_id: int,
+    db: DB,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> Page[EventRead]:
+    """The session's event log, oldest first."""
+    get_or_404(db, Session, session_id)
+    where = Event.session_id == session_id
+    events = db.scalars(select(Event).where(where).order_by(Event.id).offset(offset).limit(limit))
+    total = db.scalar(select(func.count()).select_from(Event).where(where))
+    return Page[EventRead](
+        items=[EventRead.model_validate(event) for event in events], total=total, offset=offset, limit=limit
+    )

@@ -1,0 +1,140 @@
+"""Response models: the REST contract (kept apart from the ORM models in ``server.store.models``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from server.store.models import (
+    EventLevel,
+    GenerationStatus,
+    SessionStatus,
+    StimulusKind,
+    ThreadStatus,
+    decode_codes,
+)
+
+Item = TypeVar("Item")
+
+
+class _FromORM(BaseModel):
+    model_config = ConfigDict(from_attributes=True, validate_by_name=True, validate_by_alias=True)
+
+
+class ErrorDetail(BaseModel):
+    """The body of every 401, 404 and 409."""
+
+    detail: str
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    version: str
+    db: bool = Field(description="Whether the database answered.")
+
+
+class SessionRead(_FromORM):
+    id: int
+    name: str
+    rig: str
+    animal: str
+    array: str
+    notes: str
+    status: SessionStatus
+    created_at: datetime
+    config: dict[str, Any] = Field(validation_alias="config_json", description="The config, seeds filled in.")
+
+
+class ThreadRead(_FromORM):
+    id: int
+    session_id: int
+    name: str
+    kind: str
+    generator: str
+    generator_version: str | None
+    optimizer: str
+    optimizer_params: dict[str, Any] = Field(validation_alias="optimizer_params_json")
+    objective: dict[str, Any] = Field(validation_alias="objective_json")
+    seed: int
+    n_generations: int
+    repeats: int
+    status: ThreadStatus
+    created_at: datetime
+
+
+class SessionWithThreads(SessionRead):
+    threads: list[ThreadRead]
+
+
+class GenerationSummary(_FromORM):
+    id: int
+    thread_id: int
+    number: int
+    status: GenerationStatus
+    n_stimuli: int
+    n_scored: int
+    scores: list[float | None] | None = Field(
+        validation_alias="scores_json", description="Per stimulus; null = not scored."
+    )
+    mean_score: float | None
+    max_score: float | None
+    reference_mean: float | None
+    asked_at: datetime
+    completed_at: datetime | None
+
+
+class GenerationRead(GenerationSummary):
+    stimulus_ids: list[str] = Field(description="Synthetic stimuli in generation order (scores align with them).")
+
+
+class StimulusRead(_FromORM):
+    id: str
+    session_id: int
+    thread_id: int | None
+    generation_id: int | None
+    kind: StimulusKind
+    index: int | None
+    code: list[float] | None = Field(description="Latent code; null for reference images.")
+    content_hash: str = Field(description="sha256 of the PNG bytes.")
+    generator: str | None
+    generator_version: str | None
+    weights_sha256: str | None
+    created_at: datetime
+
+    @field_validator("code", mode="before")
+    @classmethod
+    def _decode(cls, code: bytes | list[float] | None) -> list[float] | None:
+        return decode_codes(code).tolist() if isinstance(code, bytes) else code
+
+
+class PresentationRead(_FromORM):
+    id: int
+    presentation_id: str
+    stimulus_id: str
+    batch_id: str
+    rig: str
+    onset: float = Field(description="Rig clock, unix seconds.")
+    rates: list[float | None] = Field(validation_alias="rates_json", description="One rate per channel.")
+    window_start_ms: float
+    window_end_ms: float
+    received_at: datetime
+
+
+class EventRead(_FromORM):
+    id: int
+    session_id: int | None
+    thread_id: int | None
+    time: datetime
+    level: EventLevel
+    kind: str
+    message: str
+    data: dict[str, Any] | None = Field(validation_alias="data_json")
+
+
+class Page(BaseModel, Generic[Item]):
+    items: list[Item]
+    total: int = Field(description="Rows in the whole collection.")
+    offset: int
+    limit: int

@@ -1,0 +1,153 @@
+"""Session configuration: what a user asks for when starting a recording.
+
+Validated at the boundary (REST body, ``--config`` file) so that a typo or an unknown optimizer is
+a clear error naming the field, never a surprise mid-session. Generator and optimizer names are
+checked against ``generators.available()`` / ``optimizers.available()`` when those packages can be
+imported; without them any name passes and the engine reports the problem when it loads it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+MAX_SEED = 2**32 - 1  # fits every RNG seed API (numpy RandomState included)
+Name = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class ConfigError(ValueError):
+    """A session configuration that cannot be used; the message names the field."""
+
+
+def registered_names(package: str) -> list[str] | None:
+    """``<package>.available()``, or None while that package (or its registry) is not importable."""
+    try:
+        module = importlib.import_module(package)
+        return list(module.available())
+    except (ImportError, AttributeError):
+        return None
+
+
+def _check_registered(package: str, name: str) -> str:
+    names = registered_names(package)
+    if names is not None and name not in names:
+        raise ValueError(f"unknown {package[:-1]} {name!r}; available: {', '.join(sorted(names))}")
+    return name
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class ReferenceConfig(_Strict):
+    """Natural images interleaved with every generation as a stable baseline."""
+
+    source: str = Field("skimage", min_length=1, description='"skimage" or a folder of images on the server.')
+    count: int = Field(10, ge=1, le=100, description="How many reference images to show per generation.")
+
+    @field_validator("source")
+    @classmethod
+    def _source_exists(cls, source: str) -> str:
+        if source != "skimage" and not Path(source).expanduser().is_dir():
+            raise ValueError(f'{source!r} is neither "skimage" nor a folder on the server')
+        return source
+
+
+class ObjectiveConfig(_Strict):
+    """Which recorded channels the thread maximises, and how their rates combine into one score."""
+
+    channels: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)
+    combine: Literal["mean", "sum"] = "mean"
+
+    @field_validator("channels")
+    @classmethod
+    def _unique_channels(cls, channels: list[int]) -> list[int]:
+        if len(set(channels)) != len(channels):
+            raise ValueError(f"channels repeat: {channels}")
+        return channels
+
+
+class ThreadConfig(_Strict):
+    """One evolution: a generator, an optimizer, an objective and a seed."""
+
+    name: Name
+    kind: Literal["evolution"] = "evolution"
+    generator: str = Field(min_length=1)
+    optimizer: str = Field(min_length=1)
+    optimizer_params: dict[str, Any] = Field(default_factory=dict)
+    objective: ObjectiveConfig
+    seed: int | None = Field(
+        None, ge=0, le=MAX_SEED, description="None: drawn when the session is created, and recorded."
+    )
+    n_generations: int = Field(50, ge=1, le=10_000)
+    repeats: int = Field(1, ge=1, le=100, description="Presentations of each image per generation.")
+
+    @field_validator("generator")
+    @classmethod
+    def _known_generator(cls, name: str) -> str:
+        return _check_registered("generators", name)
+
+    @field_validator("optimizer")
+    @classmethod
+    def _known_optimizer(cls, name: str) -> str:
+        return _check_registered("optimizers", name)
+
+
+class SessionConfig(_Strict):
+    """A recording session: the rig that will say HELLO, metadata, references and threads."""
+
+    name: Name
+    rig: Name = Field(description="The rig name that will HELLO; batches go only to it.")
+    animal: str = ""
+    array: str = ""
+    notes: str = ""
+    response_window_ms: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]] = (50, 200)
+    references: ReferenceConfig = Field(default_factory=ReferenceConfig)
+    threads: list[ThreadConfig] = Field(min_length=1)
+
+    @field_validator("response_window_ms")
+    @classmethod
+    def _window_ordered(cls, window: tuple[int, int]) -> tuple[int, int]:
+        if window[0] >= window[1]:
+            raise ValueError(f"start must be before end, got [{window[0]}, {window[1]}] ms")
+        return window
+
+    @field_validator("threads")
+    @classmethod
+    def _unique_thread_names(cls, threads: list[ThreadConfig]) -> list[ThreadConfig]:
+        names = [thread.name for thread in threads]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"thread names must be unique, repeated: {', '.join(repeated)}")
+        return threads
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line per problem, ``field.path: message`` (for the CLI)."""
+    lines = []
+    for problem in error.errors():
+        where = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+        lines.append(f"{where}: {problem['msg']}")
+    return "; ".join(lines)
+
+
+def load_session_config(path: str | Path) -> SessionConfig:
+    """Read and validate a session config from a ``.json``, ``.yaml`` or ``.yml`` file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"cannot read session config {path}: {error.strerror}") from error
+    try:
+        data = yaml.safe_load(text) if path.suffix.lower() in (".yaml", ".yml") else json.loads(text)
+    except (ValueError, yaml.YAMLError) as error:
+        raise ConfigError(f"{path} is not valid {path.suffix.lstrip('.').upper() or 'JSON'}: {error}") from error
+    try:
+        return SessionConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(f"{path}: {describe_validation_error(error)}") from error

@@ -1,0 +1,58 @@
+"""PNG images on disk, named by the sha256 of their bytes: ``images/ab/<sha256>.png``."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import NamedTuple
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+class ArchivedImage(NamedTuple):
+    content_hash: str  # sha256 hex of the PNG bytes
+    png_path: str  # relative to the archive root (the data_dir), for Stimulus.png_path
+
+
+class ImageArchive:
+    """Content-addressed PNG store under ``root``; writes are atomic and identical images stored once."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def relative_path(self, content_hash: str) -> str:
+        if not _SHA256_HEX.fullmatch(content_hash):
+            raise ValueError(f"not a sha256 hex digest: {content_hash!r}")
+        return f"images/{content_hash[:2]}/{content_hash}.png"
+
+    def path(self, content_hash: str) -> Path:
+        """Where the image with this hash is (or would be) stored."""
+        return self.root / self.relative_path(content_hash)
+
+    def save(self, png: bytes) -> ArchivedImage:
+        """Store PNG bytes (once per content) and return their hash and relative path."""
+        if not png.startswith(PNG_SIGNATURE):
+            raise ValueError("not PNG data (missing PNG signature)")
+        content_hash = hashlib.sha256(png).hexdigest()
+        target = self.path(content_hash)
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".png")
+            try:
+                with os.fdopen(fd, "wb") as file:
+                    file.write(png)
+                    file.flush()
+                    os.fsync(file.fileno())
+                os.replace(temporary, target)
+            except BaseException:
+                Path(temporary).unlink(missing_ok=True)
+                raise
+        return ArchivedImage(content_hash, self.relative_path(content_hash))
+
+    def read(self, content_hash: str) -> bytes:
+        """The stored PNG bytes; ``FileNotFoundError`` if this hash was never saved."""
+        return self.path(content_hash).read_bytes()

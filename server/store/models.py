@@ -1,0 +1,296 @@
+"""SQLAlchemy ORM models: the one schema of the SQLite store.
+
+Every change to these classes needs an Alembic migration in ``server/store/migrations/versions``;
+``tests/server/test_store.py`` fails while the two disagree.
+
+Conventions the engine relies on:
+- times are timezone-aware UTC ``datetime``s (``utcnow()``), except ``Presentation.onset``,
+  which is the rig's clock in unix seconds;
+- ``*_json`` columns hold plain Python values (dict/list) serialised as JSON; a float NaN
+  is stored as ``null``;
+- ``codes``/``code`` hold little-endian float64 bytes (``encode_codes``/``decode_codes``).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Named constraints, so later migrations can alter them on SQLite (batch mode needs names).
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC (the store's clock)."""
+    return datetime.now(UTC)
+
+
+def encode_codes(codes: np.ndarray) -> bytes:
+    """Latent code(s) as little-endian float64 bytes, for ``Generation.codes`` and ``Stimulus.code``."""
+    return np.ascontiguousarray(codes, dtype="<f8").tobytes()
+
+
+def decode_codes(data: bytes, n: int | None = None) -> np.ndarray:
+    """Inverse of ``encode_codes``: shape ``(n, dim)`` if ``n`` is given, else ``(dim,)``."""
+    flat = np.frombuffer(data, dtype="<f8").astype(np.float64)
+    return flat if n is None else flat.reshape(n, -1)
+
+
+def _nan_to_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_nan_to_none(v) for v in value]
+    if isinstance(value, np.generic):
+        return _nan_to_none(value.item())
+    return value
+
+
+class JSONValue(TypeDecorator):
+    """JSON text; non-finite floats (NaN, inf) and numpy scalars become valid JSON."""
+
+    impl = JSON
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        return _nan_to_none(value)
+
+
+class UTCDateTime(TypeDecorator):
+    """A timezone-aware UTC datetime (SQLite stores naive text; this restores the zone)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use server.store.models.utcnow()")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class SessionStatus(enum.StrEnum):
+    ACTIVE = "active"
+    STOPPED = "stopped"
+
+
+class ThreadStatus(enum.StrEnum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPED = "stopped"
+    FINISHED = "finished"
+
+
+class GenerationStatus(enum.StrEnum):
+    PENDING = "pending"
+    COMPLETE = "complete"
+
+
+class StimulusKind(enum.StrEnum):
+    SYNTHETIC = "synthetic"
+    REFERENCE = "reference"
+
+
+class BatchStatus(enum.StrEnum):
+    SENT = "sent"
+    COMPLETE = "complete"
+    TIMED_OUT = "timed_out"
+
+
+def _status(enum_cls: type[enum.StrEnum]) -> Enum:
+    """A VARCHAR column with a CHECK constraint holding the enum's values."""
+    return Enum(
+        enum_cls,
+        name=enum_cls.__name__.lower(),
+        native_enum=False,
+        create_constraint=True,
+        length=16,
+        values_callable=lambda cls: [member.value for member in cls],
+        validate_strings=True,
+    )
+
+
+class EventLevel(enum.StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Session(Base):
+    """One recording: a rig, an animal, an array, and the threads evolved in it."""
+
+    __tablename__ = "sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    rig: Mapped[str] = mapped_column(String(200))
+    animal: Mapped[str] = mapped_column(String(200), default="")
+    array: Mapped[str] = mapped_column(String(200), default="")
+    notes: Mapped[str] = mapped_column(Text, default="")
+    config_json: Mapped[dict[str, Any]] = mapped_column(JSONValue)
+    status: Mapped[SessionStatus] = mapped_column(_status(SessionStatus), default=SessionStatus.ACTIVE)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    threads: Mapped[list[Thread]] = relationship(back_populates="session", order_by="Thread.id")
+
+
+class Thread(Base):
+    """One evolution (or fixed-design experiment) inside a session."""
+
+    __tablename__ = "threads"
+    __table_args__ = (UniqueConstraint("session_id", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(32))
+    generator: Mapped[str] = mapped_column(String(100))
+    generator_version: Mapped[str | None] = mapped_column(String(100))  # set when the engine loads it
+    optimizer: Mapped[str] = mapped_column(String(100))
+    optimizer_params_json: Mapped[dict[str, Any]] = mapped_column(JSONValue)
+    objective_json: Mapped[dict[str, Any]] = mapped_column(JSONValue)
+    seed: Mapped[int] = mapped_column(Integer)
+    n_generations: Mapped[int] = mapped_column(Integer)
+    repeats: Mapped[int] = mapped_column(Integer, default=1)
+    status: Mapped[ThreadStatus] = mapped_column(_status(ThreadStatus), default=ThreadStatus.RUNNING)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    session: Mapped[Session] = relationship(back_populates="threads")
+    generations: Mapped[list[Generation]] = relationship(
+        back_populates="thread", order_by="Generation.number"
+    )
+
+
+class Generation(Base):
+    """The codes one ``ask`` returned and, once complete, the scores and the optimizer state after ``tell``."""
+
+    __tablename__ = "generations"
+    __table_args__ = (UniqueConstraint("thread_id", "number"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    thread_id: Mapped[int] = mapped_column(ForeignKey("threads.id"))
+    number: Mapped[int] = mapped_column(Integer)  # 0-based
+    status: Mapped[GenerationStatus] = mapped_column(
+        _status(GenerationStatus), default=GenerationStatus.PENDING
+    )
+    codes: Mapped[bytes] = mapped_column(LargeBinary)  # (n_stimuli, dim) float64, encode_codes
+    n_stimuli: Mapped[int] = mapped_column(Integer)
+    optimizer_state: Mapped[bytes | None] = mapped_column(LargeBinary)  # optimizers.dumps_state after tell
+    scores_json: Mapped[list[float | None] | None] = mapped_column(JSONValue)  # per stimulus, NaN -> null
+    mean_score: Mapped[float | None] = mapped_column(Float)
+    max_score: Mapped[float | None] = mapped_column(Float)
+    reference_mean: Mapped[float | None] = mapped_column(Float)
+    n_scored: Mapped[int] = mapped_column(Integer, default=0)
+    asked_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    thread: Mapped[Thread] = relationship(back_populates="generations")
+    stimuli: Mapped[list[Stimulus]] = relationship(order_by="Stimulus.index")
+
+
+class Stimulus(Base):
+    """One image: a synthetic code rendered by a generator, or a reference (natural) image.
+
+    ``id`` is what the rig sees and must be unique across the whole store (a uuid for synthetic
+    images; e.g. ``f"ref-{session_id}-{content_hash[:12]}"`` for references).
+    """
+
+    __tablename__ = "stimuli"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id"), index=True)
+    thread_id: Mapped[int | None] = mapped_column(ForeignKey("threads.id"), index=True)
+    generation_id: Mapped[int | None] = mapped_column(ForeignKey("generations.id"), index=True)
+    kind: Mapped[StimulusKind] = mapped_column(_status(StimulusKind))
+    index: Mapped[int | None] = mapped_column(Integer)  # position in its generation
+    code: Mapped[bytes | None] = mapped_column(LargeBinary)  # (dim,) float64, encode_codes
+    content_hash: Mapped[str] = mapped_column(String(64), index=True)  # sha256 of the PNG bytes
+    png_path: Mapped[str] = mapped_column(String(200))  # relative to data_dir
+    generator: Mapped[str | None] = mapped_column(String(100))
+    generator_version: Mapped[str | None] = mapped_column(String(100))
+    weights_sha256: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Batch(Base):
+    """What was sent to which rig for one generation, and when it was answered."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # uuid4 hex
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id"), index=True)
+    thread_id: Mapped[int] = mapped_column(ForeignKey("threads.id"), index=True)
+    generation_id: Mapped[int] = mapped_column(ForeignKey("generations.id"), index=True)
+    rig: Mapped[str] = mapped_column(String(200))
+    sent_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    results_first_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    status: Mapped[BatchStatus] = mapped_column(_status(BatchStatus), default=BatchStatus.SENT)
+
+
+class Presentation(Base):
+    """One showing of one stimulus and the rates it evoked; ``presentation_id`` (rig-made) is unique."""
+
+    __tablename__ = "presentations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    presentation_id: Mapped[str] = mapped_column(String(64), unique=True)
+    stimulus_id: Mapped[str] = mapped_column(ForeignKey("stimuli.id"), index=True)
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id"), index=True)
+    rig: Mapped[str] = mapped_column(String(200))
+    onset: Mapped[float] = mapped_column(Float)  # rig clock, unix seconds
+    rates_json: Mapped[list[float | None]] = mapped_column(JSONValue)  # one rate per channel
+    window_start_ms: Mapped[float] = mapped_column(Float)
+    window_end_ms: Mapped[float] = mapped_column(Float)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Event(Base):
+    """A log line for the session record: state changes, timeouts, alarms."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    session_id: Mapped[int | None] = mapped_column(ForeignKey("sessions.id"), index=True)
+    thread_id: Mapped[int | None] = mapped_column(ForeignKey("threads.id"), index=True)
+    time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    level: Mapped[EventLevel] = mapped_column(_status(EventLevel), default=EventLevel.INFO)
+    kind: Mapped[str] = mapped_column(String(64))
+    message: Mapped[str] = mapped_column(Text)
+    data_json: Mapped[dict[str, Any] | None] = mapped_column(JSONValue)

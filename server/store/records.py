@@ -1,0 +1,157 @@
+"""Writes shared by the REST API, the CLI and the engine."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session as DBSession
+
+from server.config import MAX_SEED, SessionConfig
+from server.store.models import (
+    Batch,
+    Event,
+    EventLevel,
+    Presentation,
+    Session,
+    Stimulus,
+    Thread,
+    ThreadStatus,
+    utcnow,
+)
+
+
+@dataclass(frozen=True)
+class PresentationRecord:
+    """One presentation as a rig reported it (RESULTS), ready to store."""
+
+    presentation_id: str
+    stimulus_id: str
+    onset: float
+    rates: list[float]
+    window_start_ms: float
+    window_end_ms: float
+
+
+def log_event(
+    db: DBSession,
+    kind: str,
+    message: str,
+    *,
+    level: EventLevel | str = EventLevel.INFO,
+    session_id: int | None = None,
+    thread_id: int | None = None,
+    data: dict[str, Any] | None = None,
+) -> Event:
+    """Add an event row (not committed); a thread's session is filled in when only the thread is given."""
+    if thread_id is not None and session_id is None:
+        session_id = db.scalar(select(Thread.session_id).where(Thread.id == thread_id))
+    event = Event(
+        session_id=session_id, thread_id=thread_id, level=EventLevel(level), kind=kind, message=message, data_json=data
+    )
+    db.add(event)
+    return event
+
+
+def create_session(db: DBSession, config: SessionConfig) -> Session:
+    """Add a session and its threads (status running) from a validated config; not committed.
+
+    Seeds left as None are drawn here and recorded both on the thread rows and in ``config_json``.
+    """
+    threads = [
+        thread if thread.seed is not None else thread.model_copy(update={"seed": secrets.randbelow(MAX_SEED + 1)})
+        for thread in config.threads
+    ]
+    config = config.model_copy(update={"threads": threads})
+    session = Session(
+        name=config.name,
+        rig=config.rig,
+        animal=config.animal,
+        array=config.array,
+        notes=config.notes,
+        config_json=config.model_dump(mode="json"),
+        threads=[
+            Thread(
+                name=thread.name,
+                kind=thread.kind,
+                generator=thread.generator,
+                optimizer=thread.optimizer,
+                optimizer_params_json=thread.optimizer_params,
+                objective_json=thread.objective.model_dump(mode="json"),
+                seed=thread.seed,
+                n_generations=thread.n_generations,
+                repeats=thread.repeats,
+                status=ThreadStatus.RUNNING,
+            )
+            for thread in threads
+        ],
+    )
+    db.add(session)
+    db.flush()
+    log_event(
+        db,
+        "session.created",
+        f"session {session.id} {session.name!r} created for rig {session.rig!r} with {len(threads)} thread(s)",
+        session_id=session.id,
+    )
+    return session
+
+
+def record_presentations(
+    db: DBSession, batch_id: str, presentations: Iterable[PresentationRecord]
+) -> tuple[list[str], list[str]]:
+    """Store a rig's presentations for ``batch_id`` idempotently; not committed.
+
+    Returns ``(accepted, duplicates)``: presentation ids stored now, and ids already stored (by an
+    earlier upload, or repeated within this one), each in input order. Sets the batch's
+    ``results_first_at`` on the first accepted presentation. Raises ``ValueError`` naming an unknown
+    batch or stimulus id.
+    """
+    batch = db.get(Batch, batch_id)
+    if batch is None:
+        raise ValueError(f"unknown batch {batch_id!r}")
+    unique: dict[str, PresentationRecord] = {}
+    duplicates: list[str] = []
+    for presentation in presentations:
+        if presentation.presentation_id in unique:
+            duplicates.append(presentation.presentation_id)
+        else:
+            unique[presentation.presentation_id] = presentation
+    if not unique:
+        return [], duplicates
+
+    stimulus_ids = {presentation.stimulus_id for presentation in unique.values()}
+    unknown = stimulus_ids - set(db.scalars(select(Stimulus.id).where(Stimulus.id.in_(stimulus_ids))))
+    if unknown:
+        raise ValueError(f"unknown stimulus id(s) {', '.join(sorted(unknown))} in batch {batch_id!r}")
+
+    received_at = utcnow()
+    rows = [
+        {
+            "presentation_id": p.presentation_id,
+            "stimulus_id": p.stimulus_id,
+            "batch_id": batch_id,
+            "rig": batch.rig,
+            "onset": p.onset,
+            "rates_json": list(p.rates),
+            "window_start_ms": p.window_start_ms,
+            "window_end_ms": p.window_end_ms,
+            "received_at": received_at,
+        }
+        for p in unique.values()
+    ]
+    insert_new = (
+        sqlite_insert(Presentation)
+        .on_conflict_do_nothing(index_elements=[Presentation.presentation_id])
+        .returning(Presentation.presentation_id)
+    )
+    stored = set(db.scalars(insert_new, rows))
+    accepted = [pid for pid in unique if pid in stored]
+    duplicates.extend(pid for pid in unique if pid not in stored)
+    if accepted and batch.results_first_at is None:
+        batch.results_first_at = received_at
+    return accepted, duplicates

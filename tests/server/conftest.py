@@ -1,0 +1,97 @@
+"""Server fixtures: settings on a temporary data dir, a migrated SQLite file, fixed registries,
+and the REST app served by uvicorn on a free loopback port."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+from sqlalchemy.orm import Session as DBSession, sessionmaker
+
+from server import config
+from server.main import create_app
+from server.settings import Settings
+from server.store import db
+
+TOKEN = "test-token-not-secret"
+REGISTRIES = {"generators": ["dcgan-faces", "deepsim-fc6"], "optimizers": ["cma", "ga", "sphere-cma"]}
+
+
+def make_settings(data_dir: Path) -> Settings:
+    return Settings(data_dir=data_dir, token=TOKEN)
+
+
+def thread_config(name: str = "t0", **overrides) -> dict:
+    return {"name": name, "generator": "dcgan-faces", "optimizer": "cma", "objective": {"channels": [3]}} | overrides
+
+
+def session_config(**overrides) -> dict:
+    return {"name": "exp-1", "rig": "rig-A", "threads": [thread_config()]} | overrides
+
+
+@pytest.fixture
+def registries(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
+    """Fixed generator/optimizer registries, independent of what those packages register today."""
+    monkeypatch.setattr(config, "registered_names", REGISTRIES.get)
+    return REGISTRIES
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path / "data")
+
+
+@pytest.fixture
+def db_sessions(settings: Settings) -> Iterator[sessionmaker[DBSession]]:
+    """ORM sessions on a freshly migrated SQLite file."""
+    db.upgrade(settings.database_url)
+    engine = db.make_engine(settings.database_url)
+    yield db.make_sessionmaker(engine)
+    engine.dispose()
+
+
+class WakeCounter:
+    """A stand-in engine: counts ``wake()`` calls."""
+
+    def __init__(self) -> None:
+        self.wakes = 0
+
+    def wake(self) -> None:
+        self.wakes += 1
+
+
+class LiveServer:
+    def __init__(self, url: str, settings: Settings, engine: WakeCounter) -> None:
+        self.url = url
+        self.settings = settings
+        self.engine = engine
+        self.database = db.make_engine(settings.database_url)
+        self.sessions = db.make_sessionmaker(self.database)
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """The app behind real HTTP: uvicorn in a background thread on a free port (one per test module)."""
+    settings = make_settings(tmp_path_factory.mktemp("live") / "data")
+    engine = WakeCounter()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, engine=engine), log_level="warning"))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.01)
+    live = LiveServer(f"http://127.0.0.1:{sock.getsockname()[1]}", settings, engine)
+    yield live
+    server.should_exit = True
+    thread.join(10)
+    sock.close()
+    live.database.dispose()

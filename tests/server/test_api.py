@@ -1,0 +1,214 @@
+"""REST API through real HTTP (uvicorn on a loopback port, httpx client)."""
+
+from __future__ import annotations
+
+import io
+import re
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from server.store.archive import ImageArchive
+from server.store.models import (
+    Batch,
+    Generation,
+    GenerationStatus,
+    Stimulus,
+    StimulusKind,
+    encode_codes,
+)
+from server.store.records import PresentationRecord, record_presentations
+from tests.server.conftest import TOKEN, LiveServer, session_config, thread_config
+
+
+@pytest.fixture
+def client(live_server: LiveServer, registries) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=live_server.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10) as c:
+        yield c
+
+
+@pytest.fixture
+def anonymous(live_server: LiveServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=live_server.url, timeout=10) as c:
+        yield c
+
+
+def create_session(client: httpx.Client, **overrides) -> dict:
+    response = client.post("/sessions", json=session_config(**overrides))
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def png_bytes(value: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (value, 0, 0)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_health_is_open(anonymous: httpx.Client) -> None:
+    response = anonymous.get("/health")
+    assert response.status_code == 200
+    assert response.json()["status"] == "ok" and response.json()["db"] is True
+
+
+def protected_operations(openapi: dict) -> list[tuple[str, str]]:
+    return [
+        (method.upper(), re.sub(r"\{[^}]+\}", "1", path))
+        for path, operations in openapi["paths"].items()
+        if path != "/health"
+        for method in operations
+    ]
+
+
+def test_every_protected_endpoint_rejects_missing_and_wrong_tokens(anonymous: httpx.Client) -> None:
+    operations = protected_operations(anonymous.get("/openapi.json").json())
+    assert len(operations) >= 13  # every resource route; new ones are covered by the loop
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"},
+                    {"Authorization": f"Bearer {TOKEN}x"}):
+        for method, path in operations:
+            response = anonymous.request(method, path, headers=headers)
+            assert response.status_code == 401, (method, path, headers, response.text)
+            assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_create_session_records_threads_and_seeds(client: httpx.Client, live_server: LiveServer) -> None:
+    wakes = live_server.engine.wakes
+    created = create_session(client, threads=[thread_config("a", seed=7), thread_config("b", optimizer="ga")])
+    assert live_server.engine.wakes == wakes + 1
+    assert created["status"] == "active" and created["rig"] == "rig-A"
+    a, b = created["threads"]
+    assert (a["name"], a["status"], a["seed"], a["objective"]) == ("a", "running", 7, {"channels": [3], "combine": "mean"})
+    assert isinstance(b["seed"], int)
+    assert [t["seed"] for t in created["config"]["threads"]] == [7, b["seed"]]  # drawn seed recorded
+
+    session_id = created["id"]
+    assert client.get(f"/sessions/{session_id}").json() == created
+    assert session_id in [s["id"] for s in client.get("/sessions").json()]
+    assert client.get(f"/sessions/{session_id}/threads").json() == created["threads"]
+    assert client.get(f"/threads/{a['id']}").json() == a
+    events = client.get(f"/sessions/{session_id}/events").json()
+    assert events["total"] == 1 and events["items"][0]["kind"] == "session.created"
+
+
+@pytest.mark.parametrize(
+    ("change", "loc", "says"),
+    [
+        ({"threads": [thread_config(optimizer="adam")]}, ["body", "threads", 0, "optimizer"], "unknown optimizer 'adam'"),
+        ({"threads": [thread_config(generator="stylegan")]}, ["body", "threads", 0, "generator"], "unknown generator"),
+        ({"threads": []}, ["body", "threads"], "at least 1"),
+        ({"response_window_ms": [200, 200]}, ["body", "response_window_ms"], "start must be before end"),
+        ({"response_window_ms": [50]}, ["body", "response_window_ms", 1], "required"),
+        ({"animl": "M1"}, ["body", "animl"], "Extra inputs"),
+        ({"threads": [thread_config(n_generation=5)]}, ["body", "threads", 0, "n_generation"], "Extra inputs"),
+        ({"threads": [thread_config(), thread_config()]}, ["body", "threads"], "names must be unique"),
+        ({"threads": [thread_config(objective={"channels": []})]}, ["body", "threads", 0, "objective", "channels"], "at least 1"),
+        ({"threads": [thread_config(objective={"channels": [1], "combine": "max"})]},
+         ["body", "threads", 0, "objective", "combine"], "'mean' or 'sum'"),
+        ({"references": {"count": 0}}, ["body", "references", "count"], "greater than or equal to 1"),
+        ({"references": {"source": "/no/such/folder"}}, ["body", "references", "source"], "neither"),
+    ],
+)
+def test_bad_config_is_422_naming_the_field(client: httpx.Client, change: dict, loc: list, says: str) -> None:
+    response = client.post("/sessions", json=session_config(**change))
+    assert response.status_code == 422, response.text
+    problems = response.json()["detail"]
+    assert any(p["loc"] == loc and says in p["msg"] for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "named"),
+    [
+        ("GET", "/sessions/999", "session 999"),
+        ("GET", "/sessions/999/threads", "session 999"),
+        ("GET", "/sessions/999/events", "session 999"),
+        ("GET", "/threads/999", "thread 999"),
+        ("POST", "/threads/999/pause", "thread 999"),
+        ("GET", "/threads/999/generations", "thread 999"),
+        ("GET", "/threads/999/presentations", "thread 999"),
+        ("GET", "/generations/999", "generation 999"),
+        ("GET", "/stimuli/no-such-image", "stimulus 'no-such-image'"),
+        ("GET", "/stimuli/no-such-image/png", "stimulus 'no-such-image'"),
+    ],
+)
+def test_unknown_id_is_404_naming_it(client: httpx.Client, method: str, path: str, named: str) -> None:
+    response = client.request(method, path)
+    assert response.status_code == 404
+    assert named in response.json()["detail"]
+
+
+def test_thread_state_machine(client: httpx.Client, live_server: LiveServer) -> None:
+    thread_id = create_session(client)["threads"][0]["id"]
+    wakes = live_server.engine.wakes
+
+    def act(action: str, expected_status: int) -> dict:
+        response = client.post(f"/threads/{thread_id}/{action}")
+        assert response.status_code == expected_status, (action, response.text)
+        return response.json()
+
+    assert act("pause", 200)["status"] == "paused"
+    assert "it is paused" in act("pause", 409)["detail"]
+    assert act("resume", 200)["status"] == "running"
+    assert "it is running" in act("resume", 409)["detail"]
+    assert act("stop", 200)["status"] == "stopped"
+    for action in ("resume", "pause", "stop"):
+        assert f"cannot {action} thread {thread_id}: it is stopped" in act(action, 409)["detail"]
+    assert client.get(f"/threads/{thread_id}").json()["status"] == "stopped"
+    assert live_server.engine.wakes == wakes + 3  # only successful changes wake the engine
+    session_id = client.get(f"/threads/{thread_id}").json()["session_id"]
+    events = client.get(f"/sessions/{session_id}/events").json()["items"]
+    assert [e["kind"] for e in events] == ["session.created", "thread.paused", "thread.running", "thread.stopped"]
+
+
+def test_generation_stimulus_and_presentation_reads(client: httpx.Client, live_server: LiveServer) -> None:
+    created = create_session(client)
+    session_id, thread_id = created["id"], created["threads"][0]["id"]
+    archive = ImageArchive(live_server.settings.data_dir)
+    codes = np.arange(6, dtype=np.float64).reshape(3, 2) / 7
+    with live_server.sessions() as db:
+        generation = Generation(
+            thread_id=thread_id, number=0, codes=encode_codes(codes), n_stimuli=3,
+            status=GenerationStatus.COMPLETE, scores_json=[1.5, float("nan"), 3.0], mean_score=2.25,
+            max_score=3.0, reference_mean=1.0, n_scored=2,
+        )
+        db.add(generation)
+        db.flush()
+        stimulus_ids = [f"{uuid.uuid4().hex}" for _ in range(3)]
+        for index, (stimulus_id, code) in enumerate(zip(stimulus_ids, codes, strict=True)):
+            image = archive.save(png_bytes(index))
+            db.add(Stimulus(
+                id=stimulus_id, session_id=session_id, thread_id=thread_id, generation_id=generation.id,
+                kind=StimulusKind.SYNTHETIC, index=index, code=encode_codes(code), content_hash=image.content_hash,
+                png_path=image.png_path, generator="dcgan-faces", generator_version="1", weights_sha256="f" * 64,
+            ))
+        batch = Batch(id=uuid.uuid4().hex, session_id=session_id, thread_id=thread_id, generation_id=generation.id, rig="rig-A")
+        db.add(batch)
+        db.flush()
+        record_presentations(db, batch.id, [
+            PresentationRecord(uuid.uuid4().hex, stimulus_id, 1.7e9 + i, [float(i), float("nan")], 50, 200)
+            for i, stimulus_id in enumerate(stimulus_ids)
+        ])
+        db.commit()
+        generation_id = generation.id
+
+    [summary] = client.get(f"/threads/{thread_id}/generations").json()
+    assert (summary["number"], summary["status"], summary["scores"]) == (0, "complete", [1.5, None, 3.0])
+    assert (summary["mean_score"], summary["max_score"], summary["reference_mean"]) == (2.25, 3.0, 1.0)
+    detail = client.get(f"/generations/{generation_id}").json()
+    assert detail["stimulus_ids"] == stimulus_ids and detail["scores"] == summary["scores"]
+
+    stimulus = client.get(f"/stimuli/{stimulus_ids[1]}").json()
+    assert stimulus["code"] == codes[1].tolist() and stimulus["kind"] == "synthetic"
+    assert (stimulus["generator"], stimulus["generator_version"], stimulus["index"]) == ("dcgan-faces", "1", 1)
+    png = client.get(f"/stimuli/{stimulus_ids[1]}/png")
+    assert png.headers["content-type"] == "image/png" and png.content == png_bytes(1)
+
+    first = client.get(f"/threads/{thread_id}/presentations", params={"limit": 2}).json()
+    rest = client.get(f"/threads/{thread_id}/presentations", params={"offset": 2, "limit": 2}).json()
+    assert (first["total"], len(first["items"]), len(rest["items"])) == (3, 2, 1)
+    assert [p["stimulus_id"] for p in first["items"] + rest["items"]] == stimulus_ids
+    assert first["items"][0]["rates"] == [0.0, None] and first["items"][0]["rig"] == "rig-A"
+    assert client.get(f"/threads/{thread_id}/presentations", params={"limit": 0}).status_code == 422

@@ -1,0 +1,126 @@
+"""Settings (environment) and session configuration (validation, files, the documented example)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from server import ServerError
+from server.config import ConfigError, SessionConfig, load_session_config, registered_names
+from server.main import create_app
+from server.settings import Settings, new_token
+from tests.server.conftest import session_config, thread_config
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def test_settings_defaults_are_safe(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("ACTMAX_"):
+            monkeypatch.delenv(name)
+    settings = Settings()
+    assert settings.http_host == "127.0.0.1" and settings.zmq_endpoint == "tcp://127.0.0.1:5555"
+    assert settings.database_url == "sqlite:///actmax-data/actmax.sqlite"
+    assert (settings.heartbeat_s, settings.liveness, settings.device) == (2.0, 5, "auto")
+    assert settings.token is None
+
+
+def test_settings_read_the_actmax_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("ACTMAX_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("ACTMAX_HTTP_PORT", "9001")
+    monkeypatch.setenv("ACTMAX_TOKEN", "s3cret")
+    settings = Settings()
+    assert settings.database_url == f"sqlite:///{tmp_path}/actmax.sqlite"
+    assert settings.http_port == 9001 and settings.require_token() == "s3cret"
+    assert "s3cret" not in repr(settings)
+    monkeypatch.setenv("ACTMAX_DATABASE_URL", "sqlite:////elsewhere/x.sqlite")
+    assert Settings().database_url == "sqlite:////elsewhere/x.sqlite"
+    monkeypatch.setenv("ACTMAX_HTTP_PORT", "eighty")
+    with pytest.raises(ValidationError, match="http_port"):
+        Settings()
+
+
+def test_serving_without_a_token_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ServerError, match="ACTMAX_TOKEN"):
+        create_app(Settings(data_dir=tmp_path, token=None))
+    assert len(new_token()) >= 40 and new_token() != new_token()
+
+
+def test_session_config_defaults(registries) -> None:
+    config = SessionConfig.model_validate(session_config())
+    assert config.response_window_ms == (50, 200)
+    assert (config.references.source, config.references.count) == ("skimage", 10)
+    [thread] = config.threads
+    assert (thread.kind, thread.seed, thread.n_generations, thread.repeats, thread.optimizer_params) == (
+        "evolution", None, 50, 1, {})
+    assert thread.objective.combine == "mean"
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"threads": [thread_config(seed=-1)]}, "threads.0.seed"),
+        ({"threads": [thread_config(seed=2**40)]}, "threads.0.seed"),
+        ({"threads": [thread_config(objective={"channels": [1, 1]})]}, "threads.0.objective.channels"),
+        ({"threads": [thread_config(objective={"channels": [-1]})]}, "threads.0.objective.channels.0"),
+        ({"threads": [thread_config(n_generations=0)]}, "threads.0.n_generations"),
+        ({"threads": [thread_config(kind="manifold")]}, "threads.0.kind"),
+        ({"rig": ""}, "rig"),
+        ({"references": {"source": "skimage", "count": 101}}, "references.count"),
+    ],
+)
+def test_invalid_session_config_names_the_field(registries, change: dict, field: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        SessionConfig.model_validate(session_config(**change))
+    assert field in [".".join(map(str, error["loc"])) for error in caught.value.errors()]
+
+
+def test_reference_folder_must_exist(registries, tmp_path: Path) -> None:
+    config = SessionConfig.model_validate(session_config(references={"source": str(tmp_path), "count": 3}))
+    assert config.references.source == str(tmp_path)
+
+
+def test_missing_registries_are_tolerated(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert registered_names("no_such_package_actmax") is None
+    monkeypatch.setattr("server.config.registered_names", lambda package: None)
+    config = SessionConfig.model_validate(session_config(threads=[thread_config(generator="anything", optimizer="x")]))
+    assert config.threads[0].optimizer == "x"
+
+
+def test_load_session_config_from_json_and_yaml(registries, tmp_path: Path) -> None:
+    as_json = tmp_path / "session.json"
+    as_json.write_text(json.dumps(session_config()))
+    as_yaml = tmp_path / "session.yaml"
+    as_yaml.write_text("name: exp-1\nrig: rig-A\nthreads:\n  - name: t0\n    generator: dcgan-faces\n"
+                       "    optimizer: cma\n    objective: {channels: [3]}\n")
+    assert load_session_config(as_json) == load_session_config(as_yaml)
+
+
+@pytest.mark.parametrize(
+    ("content", "suffix", "message"),
+    [
+        (json.dumps(session_config(threads=[thread_config(optimizer="adam")])), ".json", r"threads\.0\.optimizer: .*unknown optimizer 'adam'"),
+        (json.dumps(session_config(colour="red")), ".json", r"colour: Extra inputs are not permitted"),
+        ("{not json", ".json", "not valid JSON"),
+        ("threads: [unclosed", ".yml", "not valid YML"),
+    ],
+)
+def test_load_session_config_errors_name_the_problem(registries, tmp_path: Path, content: str, suffix: str, message: str) -> None:
+    path = tmp_path / f"session{suffix}"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        load_session_config(path)
+    with pytest.raises(ConfigError, match="cannot read session config"):
+        load_session_config(tmp_path / "missing.json")
+
+
+def test_documented_example_is_valid(registries) -> None:
+    page = (DOCS / "session_config.md").read_text()
+    [example] = re.findall(r"```json\n(.*?)```", page, flags=re.S)
+    config = SessionConfig.model_validate_json(example)
+    assert len(config.threads) == 2

@@ -1,0 +1,216 @@
+"""The SQLite store: pragmas, migrations == models, idempotent presentations, the image archive."""
+
+from __future__ import annotations
+
+import io
+import sqlite3
+import uuid
+from datetime import datetime
+
+import numpy as np
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from PIL import Image
+from sqlalchemy import inspect, make_url, select, text
+from sqlalchemy.exc import IntegrityError, StatementError
+from sqlalchemy.orm import Session as DBSession, sessionmaker
+
+from server.config import SessionConfig
+from server.settings import Settings
+from server.store import db
+from server.store.archive import ImageArchive
+from server.store.models import (
+    Base,
+    Batch,
+    Event,
+    Generation,
+    Presentation,
+    Stimulus,
+    StimulusKind,
+    Thread,
+    decode_codes,
+    encode_codes,
+    utcnow,
+)
+from server.store.records import PresentationRecord, create_session, log_event, record_presentations
+from tests.server.conftest import session_config, thread_config
+
+
+def png_bytes(value: int = 0) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4), (0, value, 0)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_sqlite_pragmas(settings: Settings) -> None:
+    engine = db.make_engine(settings.database_url)
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == db.BUSY_TIMEOUT_MS
+    engine.dispose()
+
+
+def test_wal_lets_a_write_commit_while_a_reader_holds_a_snapshot(settings: Settings, db_sessions) -> None:
+    path = make_url(settings.database_url).database
+    reader = sqlite3.connect(path, isolation_level=None)
+    writer = sqlite3.connect(path, isolation_level=None, timeout=0.5)  # rollback-journal mode: "database is locked"
+    try:
+        reader.execute("BEGIN")
+        assert reader.execute("SELECT count(*) FROM events").fetchone() == (0,)
+        writer.execute("INSERT INTO events (time, level, kind, message) VALUES ('2026-01-01', 'info', 'k', 'm')")
+        assert reader.execute("SELECT count(*) FROM events").fetchone() == (0,)  # its snapshot
+        reader.execute("COMMIT")
+        assert reader.execute("SELECT count(*) FROM events").fetchone() == (1,)
+    finally:
+        reader.close()
+        writer.close()
+
+
+def test_migrations_match_the_models(db_sessions: sessionmaker[DBSession]) -> None:
+    with db_sessions() as session:
+        differences = compare_metadata(MigrationContext.configure(session.connection()), Base.metadata)
+    assert differences == []
+
+
+def test_upgrading_an_up_to_date_database_is_a_no_op(
+    settings: Settings, db_sessions: sessionmaker[DBSession], registries
+) -> None:
+    with db_sessions() as session:
+        create_session(session, SessionConfig.model_validate(session_config()))
+        session.commit()
+        schema_before = session.execute(text("SELECT sql FROM sqlite_master ORDER BY name")).all()
+    db.upgrade(settings.database_url)
+    head = ScriptDirectory.from_config(db.alembic_config(settings.database_url)).get_current_head()
+    with db_sessions() as session:
+        assert session.execute(text("SELECT sql FROM sqlite_master ORDER BY name")).all() == schema_before
+        assert session.scalar(text("SELECT version_num FROM alembic_version")) == head
+        assert session.scalar(text("SELECT count(*) FROM threads")) == 1
+
+
+def test_foreign_keys_are_enforced(db_sessions: sessionmaker[DBSession]) -> None:
+    with db_sessions() as session, pytest.raises(IntegrityError):
+        session.add(Thread(session_id=12345, name="x", kind="evolution", generator="g", optimizer="o",
+                           optimizer_params_json={}, objective_json={}, seed=0, n_generations=1))
+        session.flush()
+
+
+def test_create_session_draws_and_records_missing_seeds(db_sessions: sessionmaker[DBSession], registries) -> None:
+    config = SessionConfig.model_validate(session_config(threads=[thread_config("a", seed=11), thread_config("b")]))
+    with db_sessions() as session:
+        created = create_session(session, config)
+        session.commit()
+        seeds = [thread.seed for thread in created.threads]
+        assert seeds[0] == 11 and 0 <= seeds[1] < 2**32
+        assert [t["seed"] for t in created.config_json["threads"]] == seeds
+        assert session.scalars(select(Event.kind)).all() == ["session.created"]
+
+
+def make_batch(session: DBSession, n_stimuli: int = 2) -> tuple[Batch, list[str]]:
+    created = create_session(session, SessionConfig.model_validate(session_config()))
+    thread = created.threads[0]
+    generation = Generation(thread_id=thread.id, number=0, codes=encode_codes(np.zeros((n_stimuli, 4))), n_stimuli=n_stimuli)
+    session.add(generation)
+    session.flush()
+    stimulus_ids = [uuid.uuid4().hex for _ in range(n_stimuli)]
+    session.add_all(
+        Stimulus(id=stimulus_id, session_id=created.id, thread_id=thread.id, generation_id=generation.id,
+                 kind=StimulusKind.SYNTHETIC, index=i, content_hash="0" * 64, png_path="images/00/x.png")
+        for i, stimulus_id in enumerate(stimulus_ids)
+    )
+    batch = Batch(id=uuid.uuid4().hex, session_id=created.id, thread_id=thread.id, generation_id=generation.id, rig="rig-A")
+    session.add(batch)
+    session.commit()
+    return batch, stimulus_ids
+
+
+def presentation(presentation_id: str, stimulus_id: str) -> PresentationRecord:
+    return PresentationRecord(presentation_id, stimulus_id, onset=1.7e9, rates=[2.0, float("nan")],
+                              window_start_ms=50, window_end_ms=200)
+
+
+def test_record_presentations_is_idempotent(db_sessions: sessionmaker[DBSession], registries) -> None:
+    with db_sessions() as session:
+        batch, (s0, s1) = make_batch(session)
+        first = record_presentations(session, batch.id, [presentation("p1", s0), presentation("p2", s1), presentation("p1", s0)])
+        session.commit()
+        assert first == (["p1", "p2"], ["p1"])
+        assert batch.results_first_at is not None
+        retry = record_presentations(session, batch.id, [presentation("p2", s1), presentation("p3", s0)])
+        session.commit()
+        assert retry == (["p3"], ["p2"])
+        stored = session.execute(select(Presentation.presentation_id, Presentation.rig, Presentation.rates_json)
+                                 .order_by(Presentation.id)).all()
+        assert stored == [("p1", "rig-A", [2.0, None]), ("p2", "rig-A", [2.0, None]), ("p3", "rig-A", [2.0, None])]
+
+
+def test_presentation_id_is_unique_in_the_schema(db_sessions: sessionmaker[DBSession], registries) -> None:
+    with db_sessions() as session:
+        batch, (s0, _) = make_batch(session)
+        row = dict(presentation_id="p1", stimulus_id=s0, batch_id=batch.id, rig="r", onset=0.0, rates_json=[1.0],
+                   window_start_ms=50, window_end_ms=200)
+        session.add(Presentation(**row))
+        session.commit()
+        session.add(Presentation(**row))
+        with pytest.raises(IntegrityError):
+            session.commit()
+
+
+def test_record_presentations_names_unknown_ids(db_sessions: sessionmaker[DBSession], registries) -> None:
+    with db_sessions() as session:
+        batch, _ = make_batch(session)
+        with pytest.raises(ValueError, match="unknown stimulus id.*ghost"):
+            record_presentations(session, batch.id, [presentation("p1", "ghost")])
+        with pytest.raises(ValueError, match="unknown batch 'nope'"):
+            record_presentations(session, "nope", [])
+
+
+def test_json_columns_store_nan_as_null_and_times_are_utc(db_sessions: sessionmaker[DBSession]) -> None:
+    with db_sessions() as session:
+        event = log_event(session, "test", "nan check", data={"scores": [1.0, float("nan"), np.float64(2.5)]})
+        session.commit()
+        assert session.scalar(text("SELECT data_json FROM events")) == '{"scores": [1.0, null, 2.5]}'
+        session.expire_all()
+        stored = session.get(Event, event.id)
+        assert stored.time.tzinfo is not None and abs((utcnow() - stored.time).total_seconds()) < 60
+        session.add(Event(kind="x", message="naive time", time=datetime(2026, 1, 1)))
+        with pytest.raises(StatementError, match="naive datetime"):
+            session.flush()
+
+
+def test_codes_round_trip() -> None:
+    codes = np.random.default_rng(0).normal(size=(5, 7))
+    assert np.array_equal(decode_codes(encode_codes(codes), 5), codes)
+    assert np.array_equal(decode_codes(encode_codes(codes[2])), codes[2])
+
+
+def test_archive_dedups_by_content_hash(tmp_path) -> None:
+    archive = ImageArchive(tmp_path)
+    first = archive.save(png_bytes(1))
+    again = archive.save(png_bytes(1))
+    other = archive.save(png_bytes(2))
+    assert first == again and first.content_hash != other.content_hash
+    assert first.png_path == f"images/{first.content_hash[:2]}/{first.content_hash}.png"
+    assert archive.path(first.content_hash) == tmp_path / first.png_path
+    assert archive.read(first.content_hash) == png_bytes(1)
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == sorted(
+        [f"{first.content_hash}.png", f"{other.content_hash}.png"]
+    )  # no temporary files left behind
+
+
+def test_archive_rejects_bad_input(tmp_path) -> None:
+    archive = ImageArchive(tmp_path)
+    with pytest.raises(ValueError, match="PNG signature"):
+        archive.save(b"GIF89a...")
+    with pytest.raises(ValueError, match="sha256"):
+        archive.path("../../etc/passwd")
+    with pytest.raises(FileNotFoundError):
+        archive.read("0" * 64)
+
+
+def test_every_table_the_design_names_exists(db_sessions: sessionmaker[DBSession]) -> None:
+    with db_sessions() as session:
+        tables = set(inspect(session.connection()).get_table_names())
+    assert {"sessions", "threads", "generations", "stimuli", "presentations", "batches", "events"} <= tables
