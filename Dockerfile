@@ -1,0 +1,23 @@
+# actmax server and simulated rig. GPU hosts: build with a CUDA torch by setting
+# TORCH_SPEC (e.g. "torch==2.13.0 --index-url <your CUDA wheel index>").
+FROM python:3.11-slim
+
+ARG TORCH_SPEC="torch==2.13.0"
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    ACTMAX_DATA_DIR=/data
+
+WORKDIR /app
+RUN pip install --no-cache-dir ${TORCH_SPEC}
+COPY pyproject.toml README.md ./
+COPY server ./server
+COPY rig_client ./rig_client
+COPY optimizers ./optimizers
+COPY generators ./generators
+COPY analysis ./analysis
+RUN pip install --no-cache-dir '.[reference]' \
+ && pip install --no-cache-dir --no-deps gan-face-generate
+
+VOLUME ["/data"]
+EXPOSE 8000 5555
+CMD ["actmax", "serve"]

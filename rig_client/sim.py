@@ -1,0 +1,197 @@
+"""``actmax rig sim``: a simulated rig that answers batches with CNN units, noise and injected faults.
+
+It runs the same `RigClient` a real rig imports and decodes the PNGs it receives, so it sees exactly
+what a monitor would show. Channel i of every presentation is unit i of ``--unit``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from rig_client import RigError
+
+log = logging.getLogger(__name__)
+
+# An EfficientNet-Lite0 unit that random DCGAN faces drive, on average, below the best natural
+# reference image (screened in docs/simulated_neurons.md): evolution has something to find.
+DEFAULT_UNIT = "blocks.6:67"
+
+
+def parse_unit(text: str):
+    """``LAYER:CHANNEL[:X:Y]`` -> `Unit` (e.g. ``blocks.6:67`` or ``blocks.4:7:14:14``)."""
+    from rig_client.units import Unit
+
+    parts = text.split(":")
+    try:
+        if len(parts) == 2:
+            return Unit(parts[0], int(parts[1]))
+        if len(parts) == 4:
+            return Unit(parts[0], int(parts[1]), int(parts[2]), int(parts[3]))
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"unit {text!r}: expected LAYER:CHANNEL or LAYER:CHANNEL:X:Y, e.g. blocks.6:67")
+
+
+def fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text}: expected a fraction between 0 and 1")
+    return value
+
+
+def add_parser(subcommands) -> None:
+    rig = subcommands.add_parser("rig", help="rig-side commands (the simulated rig)")
+    rig_commands = rig.add_subparsers(dest="rig_command", required=True, metavar="RIG_COMMAND")
+    sim = rig_commands.add_parser(
+        "sim",
+        help="answer batches with simulated EfficientNet-Lite0 units",
+        description="Connect to an actmax server as a rig and answer every batch with the responses of "
+        "EfficientNet-Lite0 units (pre-activation), with optional noise and injected faults.",
+    )
+    sim.add_argument("--endpoint", default="tcp://127.0.0.1:5555", help="server ZeroMQ endpoint")
+    sim.add_argument("--rig", default="sim", help="rig name; sessions name the rig they run on (default sim)")
+    sim.add_argument("--unit", action="append", type=parse_unit, metavar="LAYER:CHANNEL[:X:Y]",
+                     help=f"a unit, one per channel, repeatable (default {DEFAULT_UNIT})")
+    sim.add_argument("--rf", type=float, nargs=3, metavar=("SIZE", "X", "Y"),
+                     help="receptive field: image size and centre in pixels of the 224 network input "
+                     "(default: the full frame)")
+    sim.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    sim.add_argument("--seed", type=int, default=0, help="seed of the noise and the faults")
+    noise = sim.add_argument_group("noise (combined in this order: drift, adaptation, gain, Poisson)")
+    noise.add_argument("--noise-eps", type=float, default=0.0,
+                       help="multiplicative gain noise: observed = clean * max(0, 1 + eps N(0,1))")
+    noise.add_argument("--poisson-window", type=float, default=None, metavar="SECONDS",
+                       help="Poisson spike counts over this window (rates = counts / window)")
+    noise.add_argument("--rate-scale", type=float, default=1.0, help="spikes/s per unit of activation (Poisson)")
+    noise.add_argument("--drift-sd", type=float, default=0.0, help="slow gain drift: stationary SD of the gain")
+    noise.add_argument("--drift-tau", type=float, default=500.0, help="drift time constant, in presentations")
+    noise.add_argument("--adaptation", type=float, default=1.0,
+                       help="response factor per earlier showing of the same stimulus (1 = none)")
+    faults = sim.add_argument_group("fault injection")
+    faults.add_argument("--drop", type=fraction, default=0.0, help="fraction of presentations never reported")
+    faults.add_argument("--delay", type=float, default=0.0, help="seconds to wait before answering a batch")
+    faults.add_argument("--disconnect-every", type=int, default=0, metavar="N",
+                        help="every N batches, drop the connection mid-batch and reconnect")
+    faults.add_argument("--duplicate", type=fraction, default=0.0,
+                        help="fraction of RESULTS messages sent twice")
+    sim.add_argument("--record", type=Path, help="append every presentation made to this JSON-lines file")
+    sim.set_defaults(func=run)
+
+
+def build_noise(args: argparse.Namespace):
+    """The noise chain the flags ask for (a list of models applied in order)."""
+    from rig_client import noise
+
+    chain = []
+    if args.drift_sd > 0:
+        chain.append(noise.Drift(sd=args.drift_sd, tau=args.drift_tau))
+    if args.adaptation != 1.0:
+        chain.append(noise.Adaptation(factor=args.adaptation))
+    if args.noise_eps > 0:
+        chain.append(noise.GainNoise(args.noise_eps))
+    if args.poisson_window is not None:
+        chain.append(noise.PoissonNoise(window_s=args.poisson_window, scale=args.rate_scale))
+    return chain
+
+
+class SimulatedRig:
+    """Answers batches: decode PNGs, score units, add noise, inject faults, send RESULTS."""
+
+    def __init__(self, args: argparse.Namespace):
+        import torch
+
+        from rig_client.units import ReceptiveField, UnitScorer
+
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+        units = args.unit or [parse_unit(DEFAULT_UNIT)]
+        rf = ReceptiveField(int(args.rf[0]), args.rf[1], args.rf[2]) if args.rf else None
+        self.args = args
+        self.scorer = UnitScorer(units, device=args.device, rf=rf)
+        self.noise = build_noise(args)
+        self.rng = np.random.default_rng(args.seed)
+        self.batches = 0
+        self.stop = threading.Event()
+        self.record = open(args.record, "a") if args.record else None
+        log.info("simulated rig %r: units %s, noise %s", args.rig, ", ".join(map(str, self.scorer.units)),
+                 self.noise or "none")
+
+    def respond(self, batch) -> list:
+        """Presentations for a batch (every stimulus, in order) with noisy rates per channel."""
+        import torch
+        import torch.nn.functional as F
+
+        from rig_client.client import Presentation
+
+        frames = [torch.from_numpy(s.image()).permute(2, 0, 1).float().div(255).unsqueeze(0) for s in batch.stimuli]
+        size = max(f.shape[-1] for f in frames)
+        images = torch.cat([F.interpolate(f, size=(size, size), mode="bilinear", antialias=True)
+                            if f.shape[-1] != size else f for f in frames])
+        rates = self.scorer.score(images)
+        ids = [s.stimulus_id for s in batch.stimuli]
+        for model in self.noise:
+            rates = model.apply(rates, self.rng, stimulus_ids=ids)
+        onset = time.time()
+        return [Presentation(stimulus_id=s.stimulus_id, rates=[float(r) for r in row], onset=onset + 0.25 * i,
+                             window_ms=tuple(batch.response_window_ms))
+                for i, (s, row) in enumerate(zip(batch.stimuli, rates))]
+
+    def run(self) -> None:
+        from rig_client.client import RigClient
+
+        client = self._connect(RigClient)
+        try:
+            while not self.stop.is_set():
+                batch = client.next_batch(timeout=0.5)
+                if batch is None:
+                    continue
+                self.batches += 1
+                presentations = self.respond(batch)
+                kept = [p for p in presentations if self.rng.random() >= self.args.drop]
+                if self.args.delay:
+                    self.stop.wait(self.args.delay)
+                every = self.args.disconnect_every
+                if every and self.batches % every == 0:
+                    half = len(kept) // 2
+                    self._send(client, batch.batch_id, kept[:half], done=False)
+                    log.warning("fault: disconnecting mid-batch %s", batch.batch_id)
+                    client.close()
+                    client = self._connect(RigClient)  # the server resends what is still owed
+                    continue
+                self._send(client, batch.batch_id, kept, done=True)
+        finally:
+            client.close()
+            if self.record:
+                self.record.close()
+
+    def _connect(self, client_class):
+        client = client_class(self.args.endpoint, self.args.rig, channels=len(self.scorer.units))
+        if not client.wait_connected(timeout=30):
+            client.close()
+            raise RigError(f"no server answered at {self.args.endpoint} within 30 s")
+        return client
+
+    def _send(self, client, batch_id: str, presentations: list, done: bool) -> None:
+        client.send_results(batch_id, presentations, done=done)
+        if self.rng.random() < self.args.duplicate:
+            log.warning("fault: sending RESULTS of batch %s twice", batch_id)
+            client.send_results(batch_id, presentations, done=done)
+        if self.record:
+            for p in presentations:
+                self.record.write(json.dumps({"batch_id": batch_id, **p.to_json()}) + "\n")
+            self.record.flush()
+
+
+def run(args: argparse.Namespace) -> int:
+    rig = SimulatedRig(args)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: rig.stop.set())
+    rig.run()
+    return 0

@@ -1,0 +1,47 @@
+"""The ``actmax`` console script: one subcommand per module, each adding its own parser.
+
+Subcommand modules keep heavy imports (torch, the server) inside their run functions, so
+``actmax --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+SUBCOMMAND_MODULES = (
+    "server.serve",  # actmax serve
+    "rig_client.sim",  # actmax rig sim
+    "server.demo",  # actmax demo
+
+)
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="actmax", description="Closed-loop image evolution for visual neurophysiology."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in SUBCOMMAND_MODULES:
+        importlib.import_module(name).add_parser(subcommands)
+    return parser
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.func(args) or 0
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError, TimeoutError) as exc:
+        # Our errors subclass these built-ins and carry a message that says what to do.
+        print(f"actmax {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""``actmax demo``: a real closed loop on loopback — server and simulated rig as separate processes."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import secrets
+import shutil
+import sqlite3
+import time
+from pathlib import Path
+
+from rig_client.sim import DEFAULT_UNIT
+
+
+
+def add_parser(subcommands) -> None:
+    parser = subcommands.add_parser(
+        "demo",
+        help="evolve images for a simulated neuron end to end and write a report",
+        description="Start `actmax serve` and `actmax rig sim` as separate processes on loopback, run "
+        "two evolution threads on one simulated EfficientNet-Lite0 unit, and write a report folder "
+        "(scores.png, best_images.png, summary.json, the session database).",
+    )
+    parser.add_argument("--out", default="actmax-demo", help="report folder (default ./actmax-demo; replaced)")
+    parser.add_argument("--generations", type=int, default=30, help="generations per thread (default 30)")
+    parser.add_argument("--population", type=int, default=40, help="images per generation (default 40)")
+    parser.add_argument("--optimizers", nargs="+", default=["cma", "sphere-cma"],
+                        help="one thread per optimizer (default: cma sphere-cma)")
+    parser.add_argument("--unit", default=DEFAULT_UNIT, help=f"LAYER:CHANNEL[:X:Y] (default {DEFAULT_UNIT})")
+    parser.add_argument("--noise-eps", type=float, default=0.2, help="multiplicative gain noise (default 0.2)")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the threads and the rig (default 1)")
+    parser.add_argument("--timeout", type=float, default=900, help="give up after this many seconds")
+    parser.set_defaults(func=run)
+
+
+def session_config(args: argparse.Namespace) -> dict:
+    return {
+        "name": "actmax demo",
+        "rig": "demo-sim",
+        "notes": f"simulated unit {args.unit}, gain noise eps={args.noise_eps}",
+        "references": {"source": "skimage", "count": 10},
+        "threads": [
+            {
+                "name": f"{optimizer}",
+                "generator": "dcgan-faces",
+                "optimizer": optimizer,
+                "optimizer_params": {"population": args.population},
+                "objective": {"channels": [0]},
+                "seed": args.seed + i,
+                "n_generations": args.generations,
+            }
+            for i, optimizer in enumerate(args.optimizers)
+        ],
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from server.launch import ServerProcess, start_sim_rig, stop
+    from server.report import write_session_report
+
+    out = Path(args.out)
+    if out.exists():
+        shutil.rmtree(out)
+    data = out / "data"
+    server = ServerProcess(data, secrets.token_urlsafe(16))
+    started = time.monotonic()
+    print(f"starting server (REST {server.url}, rigs {server.zmq_endpoint}) and simulated rig ...")
+    api = server.start()
+    rig = start_sim_rig(server.zmq_endpoint, "demo-sim", [args.unit], out / "rig.log",
+                        noise_eps=args.noise_eps, seed=args.seed)
+    try:
+        session = api.post("/sessions", session_config(args))
+        threads = api.get(f"/sessions/{session['id']}/threads")
+        total = len(threads) * args.generations
+        with tqdm(total=total, unit="gen", desc="evolving") as bar:
+            while True:
+                if rig.poll() is not None:
+                    raise RuntimeError(f"the simulated rig exited (code {rig.returncode}); see {out / 'rig.log'}")
+                done = sum(sum(g["status"] == "complete" for g in api.get(f"/threads/{t['id']}/generations"))
+                           for t in threads)
+                bar.update(done - bar.n)
+                states = [api.get(f"/threads/{t['id']}")["status"] for t in threads]
+                if all(s in ("finished", "stopped") for s in states):
+                    break
+                if time.monotonic() - started > args.timeout:
+                    raise TimeoutError(f"demo did not finish within {args.timeout:.0f} s; see {data / 'server.log'}")
+                time.sleep(0.5)
+    finally:
+        stop(rig)
+        server.stop()
+        api.close()
+    database = out / "actmax.sqlite"
+    with sqlite3.connect(data / "actmax.sqlite") as source, sqlite3.connect(database) as target:
+        source.backup(target)
+    summaries = write_session_report(f"sqlite:///{database}", data, session["id"], out)
+    print(f"\nreport in {out}/ (scores.png, best_images.png, summary.json, actmax.sqlite) "
+          f"after {time.monotonic() - started:.0f} s")
+    print(f"{'thread':<12} {'gens':>4} {'first mean':>11} {'last mean':>10} {'best ref':>9} {'best image':>10}")
+    beaten = True
+    for s in summaries:
+        print(f"{s.name:<12} {s.generations:>4} {s.first_generation_mean:>11.3f} {s.last_generation_mean:>10.3f} "
+              f"{s.best_reference:>9.3f} {s.best_score:>10.3f}")
+        beaten &= s.last_generation_mean > max(s.first_generation_mean, s.best_reference) and math.isfinite(
+            s.last_generation_mean)
+    print("evolved images beat the first generation and the best reference" if beaten
+          else "WARNING: an evolution did not beat the first generation and the best reference")
+    return 0 if beaten else 1

@@ -1,0 +1,132 @@
+"""Starting the server and a simulated rig as separate processes, and talking to the REST API.
+
+Shared by ``actmax demo``, the end-to-end tests and ``bench/turnaround.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from server import ServerError
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _actmax(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "server.cli", *args], env={**os.environ, **env},
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+@dataclass
+class ServerProcess:
+    """``actmax serve`` in its own process on free loopback ports, with its REST client."""
+
+    data_dir: Path
+    token: str
+    http_port: int = field(default_factory=free_port)
+    zmq_port: int = field(default_factory=free_port)
+    batch_timeout_s: float | None = None
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def zmq_endpoint(self) -> str:
+        return f"tcp://127.0.0.1:{self.zmq_port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "server.log"
+
+    def start(self, timeout: float = 60.0) -> ApiClient:
+        args = ["serve", "--port", str(self.http_port), "--zmq-endpoint", self.zmq_endpoint,
+                "--data-dir", str(self.data_dir), "--device", "cpu"]
+        if self.batch_timeout_s is not None:
+            args += ["--batch-timeout", str(self.batch_timeout_s)]
+        self.process = _actmax(args, {"ACTMAX_TOKEN": self.token}, self.log_path)
+        client = ApiClient(self.url, self.token)
+        client.wait_healthy(timeout, self.process, self.log_path)
+        return client
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, no clean-up."""
+        stop(self.process, graceful=False)
+
+    def stop(self) -> None:
+        stop(self.process)
+
+
+def start_sim_rig(endpoint: str, rig: str, units: list[str], log_path: Path, *, noise_eps: float = 0.0,
+                  seed: int = 0, extra: list[str] | None = None) -> subprocess.Popen:
+    """``actmax rig sim`` in its own process."""
+    args = ["rig", "sim", "--endpoint", endpoint, "--rig", rig, "--noise-eps", str(noise_eps), "--seed", str(seed)]
+    for unit in units:
+        args += ["--unit", unit]
+    return _actmax(args + (extra or []), {}, log_path)
+
+
+def stop(process: subprocess.Popen | None, graceful: bool = True, timeout: float = 15.0) -> None:
+    """SIGTERM (then SIGKILL after ``timeout``) or SIGKILL at once; waits for the process to end."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM if graceful else signal.SIGKILL)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+class ApiClient:
+    """A small authenticated client of the REST API that raises ``ServerError`` with the server's reason."""
+
+    def __init__(self, url: str, token: str, timeout: float = 30.0):
+        self.url = url
+        self._http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout)
+
+    def get(self, path: str, **params):
+        return self._checked(self._http.get(path, params=params or None))
+
+    def post(self, path: str, body: dict | None = None):
+        return self._checked(self._http.post(path, json=body))
+
+    def _checked(self, response: httpx.Response):
+        if response.is_error:
+            raise ServerError(f"{response.request.method} {response.request.url.path}: "
+                              f"HTTP {response.status_code} {response.text}")
+        return response.json()
+
+    def wait_healthy(self, timeout: float, process: subprocess.Popen | None = None, log_path: Path | None = None):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process is not None and process.poll() is not None:
+                tail = log_path.read_text()[-2000:] if log_path and log_path.exists() else ""
+                raise ServerError(f"the server exited with code {process.returncode}:\n{tail}")
+            try:
+                if self._http.get("/health").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise ServerError(f"the server at {self.url} did not become healthy within {timeout:.0f} s")
+
+    def close(self) -> None:
+        self._http.close()

@@ -1,0 +1,76 @@
+"""``actmax serve``: the REST API (uvicorn) and the ZeroMQ loop in one process, one event loop."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(subcommands) -> None:
+    parser = subcommands.add_parser(
+        "serve",
+        help="run the experiment server (REST + ZeroMQ)",
+        description="Run the REST API and the rigs' ZeroMQ endpoint in one process. "
+        "Settings come from ACTMAX_* environment variables; these flags override them. "
+        "The API token is read from ACTMAX_TOKEN only (never from the command line).",
+    )
+    parser.add_argument("--host", help="REST bind address (default 127.0.0.1, loopback)")
+    parser.add_argument("--port", type=int, help="REST port (default 8000)")
+    parser.add_argument("--zmq-endpoint", help="ZeroMQ ROUTER endpoint (default tcp://127.0.0.1:5555)")
+    parser.add_argument("--data-dir", help="database and image archive folder (default ./actmax-data)")
+    parser.add_argument("--device", help='torch device for generators: auto, cpu, cuda, ... (default auto)')
+    parser.add_argument("--batch-timeout", type=float, help="seconds before missing results are re-queued")
+    parser.set_defaults(func=run)
+
+
+def settings_from_args(args: argparse.Namespace):
+    from server.settings import Settings
+
+    overrides = {
+        "http_host": args.host, "http_port": args.port, "zmq_endpoint": args.zmq_endpoint,
+        "data_dir": args.data_dir, "device": args.device, "batch_timeout_s": args.batch_timeout,
+    }
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    settings.require_token()
+    asyncio.run(serve(settings))
+    return 0
+
+
+async def serve(settings) -> None:
+    """Migrate the database, then run uvicorn, the ZeroMQ transport and the engine until SIGINT/SIGTERM."""
+    import uvicorn
+
+    from server.engine import Engine
+    from server.main import create_app
+    from server.store.archive import ImageArchive
+    from server.store.db import make_engine, make_sessionmaker, upgrade
+    from server.transport import Transport
+
+    upgrade(settings.database_url)
+    sessions = make_sessionmaker(make_engine(settings.database_url))
+    engine = Engine(settings, sessions, ImageArchive(settings.data_dir))
+    transport = Transport(
+        settings.zmq_endpoint, engine, heartbeat_s=settings.heartbeat_s,
+        liveness=settings.liveness, max_message_bytes=settings.max_message_bytes,
+    )
+    engine.transport = transport
+    app = create_app(settings, engine=engine)
+    http = uvicorn.Server(uvicorn.Config(app, host=settings.http_host, port=settings.http_port, log_level="warning"))
+    background = [asyncio.create_task(transport.run()), asyncio.create_task(engine.run())]
+    log.info("serving REST on http://%s:%s, rigs on %s, data in %s",
+             settings.http_host, settings.http_port, settings.zmq_endpoint, settings.data_dir)
+    try:
+        await http.serve()
+    finally:
+        await engine.close()
+        await transport.close()
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)

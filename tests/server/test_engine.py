@@ -1,0 +1,207 @@
+"""The experiment engine over a real ZeroMQ transport and a real SQLite file, with `RigClient` as the rig.
+
+The engine runs in-process on an event loop in a background thread; the rig is the library a lab uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from rig_client.client import Presentation, RigClient
+from rig_client.protocol import ProtocolError
+from server.config import SessionConfig
+from server.engine import Engine
+from server.settings import Settings
+from server.store.archive import ImageArchive
+from server.store.db import make_engine, make_sessionmaker, upgrade
+from server.store.models import Batch, Event, Generation, GenerationStatus, Stimulus, Thread, ThreadStatus
+from server.store.models import Presentation as PresentationRow
+from server.store.records import create_session
+from server.transport import Transport
+
+RIG = "test-rig"
+
+
+class LiveEngine:
+    """Engine + Transport running on their own event loop thread."""
+
+    def __init__(self, data_dir, endpoint, batch_timeout_s=300.0):
+        self.settings = Settings(data_dir=data_dir, zmq_endpoint=endpoint, token="t", heartbeat_s=0.5,
+                                 batch_timeout_s=batch_timeout_s, device="cpu")
+        upgrade(self.settings.database_url)
+        self.db_engine = make_engine(self.settings.database_url)
+        self.sessions = make_sessionmaker(self.db_engine)
+        self.engine = Engine(self.settings, self.sessions, ImageArchive(data_dir))
+        self.transport = Transport(endpoint, self.engine, heartbeat_s=0.5, liveness=5)
+        self.engine.transport = self.transport
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.tasks = [asyncio.run_coroutine_threadsafe(c, self.loop) for c in (self.transport.run(), self.engine.run())]
+
+    def create(self, **thread) -> int:
+        config = SessionConfig.model_validate({
+            "name": "t", "rig": RIG, "references": {"source": "skimage", "count": 2},
+            "threads": [{"name": "a", "generator": "dcgan-faces", "optimizer": "cma",
+                         "optimizer_params": {"population": 6}, "objective": {"channels": [0]},
+                         "seed": 3, "n_generations": 3, **thread}],
+        })
+        with self.sessions.begin() as db:
+            session = create_session(db, config)
+            thread_id = session.threads[0].id
+        self.engine.wake()
+        return thread_id
+
+    def close(self):
+        async def shutdown():
+            await self.engine.close()
+            await self.transport.close()
+        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(30)
+        for task in self.tasks:
+            task.cancel()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.db_engine.dispose()
+
+
+@pytest.fixture
+def live(tmp_path, endpoint):
+    engine = LiveEngine(tmp_path, endpoint)
+    yield engine
+    engine.close()
+
+
+def answer(batch, rates_of=lambda i, s: [float(i)]):
+    return [Presentation(s.stimulus_id, rates_of(i, s), time.time(), batch.response_window_ms)
+            for i, s in enumerate(batch.stimuli)]
+
+
+def snapshot(live) -> dict:
+    with live.sessions() as db:
+        return {
+            "presentations": db.scalar(select(func.count()).select_from(PresentationRow)),
+            "batches": db.scalar(select(func.count()).select_from(Batch)),
+            "generations": [(g.number, g.status, g.optimizer_state, json.dumps(g.scores_json))
+                            for g in db.scalars(select(Generation).order_by(Generation.number))],
+        }
+
+
+def test_scores_reach_the_optimizer_by_stimulus_and_duplicates_change_nothing(live):
+    thread_id = live.create()
+    with RigClient(live.settings.zmq_endpoint, RIG, channels=1) as rig:
+        batch = rig.next_batch(timeout=60)
+        assert batch is not None and batch.generation == 0
+        kinds = [s.kind for s in batch.stimuli]
+        assert kinds.count("synthetic") == 6 and kinds.count("reference") == 2
+        presentations = answer(batch)
+        ack = rig.send_results(batch.batch_id, presentations).result(30)
+        assert ack["accepted"] == len(presentations) and ack["duplicates"] == 0
+        second = rig.next_batch(timeout=60)
+        assert second is not None and second.generation == 1
+
+        before = snapshot(live)
+        again = rig.send_results(batch.batch_id, presentations).result(30)
+        assert again == {"batch_id": batch.batch_id, "accepted": 0, "duplicates": len(presentations)}
+        assert rig.next_batch(timeout=1.0) is None
+        assert snapshot(live) == before
+
+    # Generation 0's scores are the rates sent for each code, in code order.
+    sent = {s.stimulus_id: float(i) for i, s in enumerate(batch.stimuli)}
+    with live.sessions() as db:
+        generation = db.scalars(select(Generation).where(Generation.thread_id == thread_id,
+                                                         Generation.number == 0)).one()
+        expected = [sent[s.id] for s in generation.stimuli if s.kind == "synthetic"]
+        assert generation.status == GenerationStatus.COMPLETE
+        assert generation.scores_json == expected
+        references = [v for k, v in sent.items() if k.startswith("ref-")]
+        assert generation.reference_mean == pytest.approx(np.mean(references))
+
+
+def test_results_that_break_the_rules_get_errors_and_the_loop_goes_on(live):
+    live.create()
+    with RigClient(live.settings.zmq_endpoint, RIG, channels=1) as rig:
+        batch = rig.next_batch(timeout=60)
+        bad = [
+            ("unknown_batch", "nope", answer(batch)),
+            ("bad_field", batch.batch_id, [Presentation("not-in-batch", [1.0], time.time(), (50, 200))]),
+        ]
+        for code, batch_id, presentations in bad:
+            with pytest.raises(ProtocolError) as error:
+                rig.send_results(batch_id, presentations).result(30)
+            assert error.value.code == code
+        rig.send_results(batch.batch_id, answer(batch)).result(30)
+        assert rig.next_batch(timeout=60).generation == 1
+
+
+def test_unanswered_stimuli_are_requeued_then_scored_nan(live):
+    thread_id = live.create(n_generations=2)
+    with RigClient(live.settings.zmq_endpoint, RIG, channels=1) as rig:
+        batch = rig.next_batch(timeout=60)
+        dropped = {s.stimulus_id for s in batch.stimuli if s.kind == "synthetic"}
+        dropped = set(sorted(dropped)[:2])
+        kept = [p for p in answer(batch) if p.stimulus_id not in dropped]
+        rig.send_results(batch.batch_id, kept, done=True).result(30)
+        requeue = rig.next_batch(timeout=60)
+        assert requeue.generation == 0 and {s.stimulus_id for s in requeue.stimuli} == dropped
+        rig.send_results(requeue.batch_id, [], done=True).result(30)  # dropped again
+        nxt = rig.next_batch(timeout=60)
+        assert nxt.generation == 1
+    with live.sessions() as db:
+        generation = db.scalars(select(Generation).where(Generation.thread_id == thread_id,
+                                                         Generation.number == 0)).one()
+        scores = {s.id: generation.scores_json[s.index] for s in generation.stimuli}
+        assert {k for k, v in scores.items() if v is None} == dropped
+        assert generation.n_scored == 4
+        events = db.scalars(select(Event.kind).where(Event.thread_id == thread_id)).all()
+        assert "generation_timed_out" in events
+
+
+def test_pause_holds_the_next_generation_and_resume_continues(live):
+    thread_id = live.create(n_generations=5)
+    with RigClient(live.settings.zmq_endpoint, RIG, channels=1) as rig:
+        batch = rig.next_batch(timeout=60)
+        with live.sessions.begin() as db:
+            db.get(Thread, thread_id).status = ThreadStatus.PAUSED
+        live.engine.wake()
+        time.sleep(1.0)
+        rig.send_results(batch.batch_id, answer(batch)).result(30)
+        assert rig.next_batch(timeout=2.0) is None  # paused: generation 0 recorded, nothing new sent
+        with live.sessions.begin() as db:
+            db.get(Thread, thread_id).status = ThreadStatus.RUNNING
+        live.engine.wake()
+        nxt = rig.next_batch(timeout=60)
+        assert nxt is not None and nxt.generation == 1
+    with live.sessions() as db:
+        statuses = db.scalars(select(Generation.status).where(Generation.thread_id == thread_id)
+                              .order_by(Generation.number)).all()
+        assert statuses[0] == GenerationStatus.COMPLETE
+
+
+def test_a_stalled_round_times_out(tmp_path, endpoint):
+    live = LiveEngine(tmp_path, endpoint, batch_timeout_s=1.0)
+    try:
+        live.create(n_generations=1)
+        with RigClient(live.settings.zmq_endpoint, RIG, channels=1) as rig:
+            first = rig.next_batch(timeout=60)
+            requeued = rig.next_batch(timeout=30)  # no answer at all: re-sent after the timeout
+            assert requeued.generation == 0
+            assert {s.stimulus_id for s in requeued.stimuli} == {s.stimulus_id for s in first.stimuli}
+            rig.send_results(requeued.batch_id, answer(requeued)).result(30)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                with live.sessions() as db:
+                    if db.scalar(select(Thread.status)) == ThreadStatus.FINISHED:
+                        break
+                time.sleep(0.2)
+        with live.sessions() as db:
+            assert db.scalar(select(Thread.status)) == ThreadStatus.FINISHED
+            assert db.scalar(select(func.count()).select_from(Stimulus).where(Stimulus.kind == "synthetic")) == 6
+    finally:
+        live.close()

@@ -1,0 +1,39 @@
+"""The Docker files are checked by review and by parsing them here (no Docker engine on CI)."""
+import re
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_compose_has_gpu_server_sim_rig_and_data_volume():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    server, rig = services["server"], services["rig-sim"]
+    devices = server["deploy"]["resources"]["reservations"]["devices"]
+    assert any("gpu" in d["capabilities"] for d in devices)
+    assert any(v.split(":")[0] in compose["volumes"] for v in server["volumes"])
+    assert server["environment"]["ACTMAX_DATA_DIR"] == "/data"
+    assert rig["command"][:3] == ["actmax", "rig", "sim"]
+    endpoint = rig["command"][rig["command"].index("--endpoint") + 1]
+    assert endpoint.startswith("tcp://server:")
+    # Published ports stay on the host's loopback.
+    assert all(p.startswith("127.0.0.1:") for p in server["ports"])
+
+
+def test_dockerfile_copies_every_package_and_installs_the_console_script():
+    text = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11", text, re.M)
+    for package in ("server", "rig_client", "optimizers", "generators", "analysis"):
+        assert (ROOT / package / "__init__.py").exists()
+        assert re.search(rf"^COPY {package} \./{package}$", text, re.M), package
+    assert "gan-face-generate" in text and "--no-deps" in text
+    assert 'CMD ["actmax", "serve"]' in text
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text().splitlines()
+    commands = [line.split("#")[0].strip() for line in readme[:5] if line.startswith("make ")]
+    assert commands == ["make demo", "make test"]
+    assert "make test" in (ROOT / ".ci/run").read_text()
