@@ -87,19 +87,19 @@ def add_parser(subcommands) -> None:
 
 
 def build_noise(args: argparse.Namespace):
-    """The noise chain the flags ask for (a list of models applied in order)."""
+    """The noise chain the flags ask for, applied in order (an empty chain is noise-free)."""
     from rig_client import noise
 
     chain = []
     if args.drift_sd > 0:
-        chain.append(noise.Drift(sd=args.drift_sd, tau=args.drift_tau))
+        chain.append(noise.Drift(tau=args.drift_tau, sigma=args.drift_sd))
     if args.adaptation != 1.0:
         chain.append(noise.Adaptation(factor=args.adaptation))
     if args.noise_eps > 0:
         chain.append(noise.GainNoise(args.noise_eps))
     if args.poisson_window is not None:
         chain.append(noise.PoissonNoise(window_s=args.poisson_window, scale=args.rate_scale))
-    return chain
+    return noise.Chain(chain)
 
 
 class SimulatedRig:
@@ -121,7 +121,7 @@ class SimulatedRig:
         self.stop = threading.Event()
         self.record = open(args.record, "a") if args.record else None
         log.info("simulated rig %r: units %s, noise %s", args.rig, ", ".join(map(str, self.scorer.units)),
-                 self.noise or "none")
+                 self.noise)
 
     def respond(self, batch) -> list:
         """Presentations for a batch (every stimulus, in order) with noisy rates per channel."""
@@ -135,9 +135,7 @@ class SimulatedRig:
         images = torch.cat([F.interpolate(f, size=(size, size), mode="bilinear", antialias=True)
                             if f.shape[-1] != size else f for f in frames])
         rates = self.scorer.score(images)
-        ids = [s.stimulus_id for s in batch.stimuli]
-        for model in self.noise:
-            rates = model.apply(rates, self.rng, stimulus_ids=ids)
+        rates = self.noise.apply(rates, self.rng, stimulus_ids=[s.stimulus_id for s in batch.stimuli])
         onset = time.time()
         return [Presentation(stimulus_id=s.stimulus_id, rates=[float(r) for r in row], onset=onset + 0.25 * i,
                              window_ms=tuple(batch.response_window_ms))

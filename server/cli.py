@@ -15,8 +15,9 @@ SUBCOMMAND_MODULES = (
     "server.serve",  # actmax serve
     "rig_client.sim",  # actmax rig sim
     "server.demo",  # actmax demo
-
+    "server.analyze",  # actmax analyze manifold|session|geometry|study
 )
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 MAX_SEED = 2**32 - 1  # fits every RNG seed API (numpy RandomState included)
 Name = Annotated[str, Field(min_length=1, max_length=200)]
@@ -72,19 +72,34 @@ class ObjectiveConfig(_Strict):
         return channels
 
 
+class ManifoldConfig(_Strict):
+    """A Manifold tuning map around an evolution (spec B1): hemisphere grids over its trajectory's PCs."""
+
+    source: Name = Field(description="Name of the evolution thread, in the same session, to map around.")
+    planes: list[Literal["pc2-3", "pc49-50", "random"]] = Field(
+        default_factory=lambda: ["pc2-3"], min_length=1,
+        description="Grid planes: PC1 with PC2-PC3, the PC49-PC50 control, random orthogonal vectors.")
+    step_deg: Literal[18, 9] = Field(18, description="18 deg: 11x11 grid; 9 deg: 21x21 grid.")
+
+    @property
+    def n(self) -> int:
+        return 180 // self.step_deg + 1
+
+
 class ThreadConfig(_Strict):
-    """One evolution: a generator, an optimizer, an objective and a seed."""
+    """An evolution (generator, optimizer, objective, seed) or a Manifold map around one."""
 
     name: Name
-    kind: Literal["evolution"] = "evolution"
+    kind: Literal["evolution", "manifold"] = "evolution"
     generator: str = Field(min_length=1)
-    optimizer: str = Field(min_length=1)
+    optimizer: str | None = Field(None, description="Required for evolutions; manifold threads take none.")
     optimizer_params: dict[str, Any] = Field(default_factory=dict)
+    manifold: ManifoldConfig | None = Field(None, description="Required for manifold threads.")
     objective: ObjectiveConfig
     seed: int | None = Field(
         None, ge=0, le=MAX_SEED, description="None: drawn when the session is created, and recorded."
     )
-    n_generations: int = Field(50, ge=1, le=10_000)
+    n_generations: int = Field(50, ge=1, le=10_000, description="Evolutions only; a manifold is one generation.")
     repeats: int = Field(1, ge=1, le=100, description="Presentations of each image per generation.")
 
     @field_validator("generator")
@@ -94,8 +109,22 @@ class ThreadConfig(_Strict):
 
     @field_validator("optimizer")
     @classmethod
-    def _known_optimizer(cls, name: str) -> str:
-        return _check_registered("optimizers", name)
+    def _known_optimizer(cls, name: str | None) -> str | None:
+        return name if name is None else _check_registered("optimizers", name)
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> ThreadConfig:
+        if self.kind == "evolution":
+            if self.optimizer is None:
+                raise ValueError("an evolution thread needs an optimizer")
+            if self.manifold is not None:
+                raise ValueError("manifold settings are for manifold threads (kind: manifold)")
+        else:
+            if self.manifold is None:
+                raise ValueError("a manifold thread needs manifold settings (source, planes, step_deg)")
+            if self.optimizer is not None:
+                raise ValueError("a manifold thread presents a fixed grid and takes no optimizer")
+        return self
 
 
 class SessionConfig(_Strict):
@@ -125,6 +154,21 @@ class SessionConfig(_Strict):
         if repeated:
             raise ValueError(f"thread names must be unique, repeated: {', '.join(repeated)}")
         return threads
+
+    @model_validator(mode="after")
+    def _manifold_sources(self) -> SessionConfig:
+        evolutions = {t.name: t for t in self.threads if t.kind == "evolution"}
+        for thread in self.threads:
+            if thread.kind != "manifold":
+                continue
+            source = evolutions.get(thread.manifold.source)
+            if source is None:
+                raise ValueError(f"thread {thread.name!r}: manifold source {thread.manifold.source!r} is not an "
+                                 f"evolution thread of this session; evolutions: {', '.join(evolutions) or 'none'}")
+            if source.generator != thread.generator:
+                raise ValueError(f"thread {thread.name!r}: generator {thread.generator!r} differs from its source's "
+                                 f"{source.generator!r}; a manifold is drawn in its source's latent space")
+        return self
 
 
 def describe_validation_error(error: ValidationError) -> str:

@@ -30,6 +30,7 @@ from rig_client.protocol import Message, ProtocolError, batch_message
 from server import ServerError
 from rig_client.protocol import encode_png as array_to_png
 from server.images import encode_images, load_references
+from server.manifold import ManifoldNotReady, design_for
 from server.objectives import Objective
 from server.settings import Settings
 from server.store.archive import ImageArchive
@@ -214,6 +215,8 @@ class Engine:
         for thread_id in running - set(self._threads):
             try:
                 self._threads[thread_id] = await self._offload(self._build_runtime, thread_id)
+            except ManifoldNotReady:
+                continue
             except Exception as exc:
                 log.exception("thread %s cannot start", thread_id)
                 await self._offload(self._fail_thread, thread_id, exc)
@@ -251,10 +254,13 @@ class Engine:
             session = db.get(Session, thread.session_id)
             generator = self._generator(thread.generator)
             thread.generator_version = generator.version
-            optimizer = optimizers.create(
-                thread.optimizer, generator.latent_dim, seed=thread.seed,
-                **optimizer_params(thread.optimizer, generator, thread.optimizer_params_json),
-            )
+            if thread.kind == "manifold":
+                optimizer = design_for(db, thread)  # ManifoldNotReady until its source evolution ends
+            else:
+                optimizer = optimizers.create(
+                    thread.optimizer, generator.latent_dim, seed=thread.seed,
+                    **optimizer_params(thread.optimizer, generator, thread.optimizer_params_json),
+                )
             last = db.scalars(
                 select(Generation).where(Generation.thread_id == thread_id, Generation.status == GenerationStatus.COMPLETE)
                 .order_by(Generation.number.desc()).limit(1)

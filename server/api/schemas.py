@@ -138,3 +138,15 @@ class Page(BaseModel, Generic[Item]):
     total: int = Field(description="Rows in the whole collection.")
     offset: int
     limit: int
+
+
+class ManifoldPlaneRead(BaseModel):
+    """The analysis of one plane of a Manifold map (docs/tuning_maps.md explains each part)."""
+
+    plane: str
+    signature: dict[str, Any]
+    persistence: dict[str, Any]
+    axis_ratio: dict[str, Any]
+    kent: dict[str, Any]
+    split_half: dict[str, Any] | None
+    bootstrap: dict[str, Any] | None

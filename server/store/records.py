@@ -12,6 +12,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session as DBSession
 
 from server.config import MAX_SEED, SessionConfig
+
+MANIFOLD_DESIGN = "manifold"  # Thread.optimizer of manifold threads
 from server.store.models import (
     Batch,
     Event,
@@ -79,11 +81,13 @@ def create_session(db: DBSession, config: SessionConfig) -> Session:
                 name=thread.name,
                 kind=thread.kind,
                 generator=thread.generator,
-                optimizer=thread.optimizer,
-                optimizer_params_json=thread.optimizer_params,
+                # A manifold thread's "optimizer" is its fixed design, with the grid as its parameters.
+                optimizer=thread.optimizer or MANIFOLD_DESIGN,
+                optimizer_params_json=thread.optimizer_params if thread.manifold is None
+                else thread.manifold.model_dump(mode="json"),
                 objective_json=thread.objective.model_dump(mode="json"),
                 seed=thread.seed,
-                n_generations=thread.n_generations,
+                n_generations=thread.n_generations if thread.manifold is None else 1,
                 repeats=thread.repeats,
                 status=ThreadStatus.RUNNING,
             )

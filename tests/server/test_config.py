@@ -69,7 +69,7 @@ def test_session_config_defaults(registries) -> None:
         ({"threads": [thread_config(objective={"channels": [1, 1]})]}, "threads.0.objective.channels"),
         ({"threads": [thread_config(objective={"channels": [-1]})]}, "threads.0.objective.channels.0"),
         ({"threads": [thread_config(n_generations=0)]}, "threads.0.n_generations"),
-        ({"threads": [thread_config(kind="manifold")]}, "threads.0.kind"),
+        ({"threads": [thread_config(kind="tuning")]}, "threads.0.kind"),
         ({"rig": ""}, "rig"),
         ({"references": {"source": "skimage", "count": 101}}, "references.count"),
     ],
@@ -124,3 +124,38 @@ def test_documented_example_is_valid(registries) -> None:
     [example] = re.findall(r"```json\n(.*?)```", page, flags=re.S)
     config = SessionConfig.model_validate_json(example)
     assert len(config.threads) == 2
+
+
+def manifold_thread(**overrides) -> dict:
+    base = {"name": "map", "kind": "manifold", "generator": thread_config()["generator"],
+            "objective": {"channels": [0]}, "manifold": {"source": thread_config()["name"]}}
+    return {**base, **overrides}
+
+
+def test_manifold_thread_maps_around_an_evolution_of_the_same_session(registries):
+    config = SessionConfig.model_validate(session_config(threads=[thread_config(), manifold_thread()]))
+    manifold = config.threads[1].manifold
+    assert (manifold.planes, manifold.step_deg, manifold.n) == (["pc2-3"], 18, 11)
+    assert SessionConfig.model_validate(session_config(threads=[
+        thread_config(), manifold_thread(manifold={"source": thread_config()["name"], "step_deg": 9})
+    ])).threads[1].manifold.n == 21
+
+
+@pytest.mark.parametrize(
+    ("thread", "message"),
+    [
+        (manifold_thread(manifold=None), "needs manifold settings"),
+        (manifold_thread(optimizer="cma"), "takes no optimizer"),
+        (manifold_thread(manifold={"source": "nope"}), "is not an evolution thread"),
+        (manifold_thread(generator="deepsim-fc6"), "differs from its source"),
+        (manifold_thread(manifold={"source": "x", "step_deg": 10}), "step_deg"),
+    ],
+)
+def test_bad_manifold_threads_are_refused_with_the_reason(registries, thread, message):
+    with pytest.raises(ValidationError, match=message):
+        SessionConfig.model_validate(session_config(threads=[thread_config(), thread]))
+
+
+def test_an_evolution_thread_needs_an_optimizer(registries):
+    with pytest.raises(ValidationError, match="needs an optimizer"):
+        SessionConfig.model_validate(session_config(threads=[thread_config(optimizer=None)]))

@@ -1,0 +1,81 @@
+"""``actmax analyze``: offline analyses of recorded sessions and of generators, written as JSON + PNG."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_parser(subcommands) -> None:
+    parser = subcommands.add_parser("analyze", help="offline analyses (manifold maps, sessions, GAN geometry)")
+    analyses = parser.add_subparsers(dest="analysis", required=True, metavar="ANALYSIS")
+
+    manifold = analyses.add_parser(
+        "manifold", help="tuning map of a manifold thread: topology, isotropy, reliability",
+        description="Smooth each plane of a manifold thread's map (spherical spline, s = sum of SEM^2), then "
+        "write its level-set signature, mesh persistence, axis ratio, Kent fit, split-half and bootstrap "
+        "reliability (manifold.json) and a heatmap with level sets per plane (manifold_<plane>.png).")
+    _add_store_arguments(manifold)
+    manifold.add_argument("thread", type=int, help="manifold thread id (see GET /sessions/{id}/threads)")
+    manifold.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples (default 200)")
+    manifold.set_defaults(func=run_manifold)
+
+    session = analyses.add_parser(
+        "session", help="score-per-generation plot, best images and summary of a session",
+        description="Write scores.png, best_images.png and summary.json for a recorded session.")
+    _add_store_arguments(session)
+    session.add_argument("session", type=int, help="session id")
+    session.set_defaults(func=run_session)
+
+
+def _add_store_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", help="server data folder (default: ACTMAX_DATA_DIR or ./actmax-data)")
+    parser.add_argument("--out", type=Path, default=Path("actmax-analysis"), help="output folder")
+
+
+def _settings(args: argparse.Namespace):
+    from server.settings import Settings
+
+    settings = Settings(**({"data_dir": args.data_dir} if args.data_dir else {}))
+    database = settings.data_dir / "actmax.sqlite"
+    if settings.database_url.startswith("sqlite:///") and not database.exists():
+        raise FileNotFoundError(f"no actmax database at {database}; pass --data-dir")
+    return settings
+
+
+def run_manifold(args: argparse.Namespace) -> int:
+    from analysis.plots import plot_map
+    from server.manifold import analyze, manifold_data, summary
+    from server.store.db import make_engine, make_sessionmaker
+
+    settings = _settings(args)
+    engine = make_engine(settings.database_url)
+    try:
+        with make_sessionmaker(engine)() as db:
+            data = manifold_data(db, args.thread)
+    finally:
+        engine.dispose()
+    results = analyze(data, n_boot=args.n_boot)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for r in results:
+        plot_map(r["map"].values, r["map"].theta, r["map"].phi, signature=r["signature"],
+                 title=f"thread {args.thread}, {r['plane']}", path=args.out / f"manifold_{r['plane']}.png")
+    (args.out / "manifold.json").write_text(json.dumps(summary(results), indent=2))
+    for r in results:
+        s = r["signature"]
+        print(f"{r['plane']}: lowest single-loop level {s.lowest_loop_index}, loop AUC {s.auc_loop:.2f}, "
+              f"line AUC {s.auc_line:.2f}, axis ratio {r['axis_ratio'].mean_top:.2f}, Kent R² {r['kent'].r2:.2f}")
+    print(f"written to {args.out}/")
+    return 0
+
+
+def run_session(args: argparse.Namespace) -> int:
+    from server.report import write_session_report
+
+    settings = _settings(args)
+    for s in write_session_report(settings.database_url, settings.data_dir, args.session, args.out):
+        print(f"{s.name}: {s.generations} generations, first mean {s.first_generation_mean:.3f}, "
+              f"last mean {s.last_generation_mean:.3f}, best reference {s.best_reference:.3f}")
+    print(f"written to {args.out}/")
+    return 0

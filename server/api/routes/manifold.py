@@ -1,0 +1,51 @@
+"""Manifold tuning maps: the analysis of a manifold thread as JSON and as figures."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, Query, Response, status
+
+from server import ServerError
+from server.api.deps import DB, get_or_404
+from server.api.schemas import ErrorDetail, ManifoldPlaneRead
+from server.manifold import analyze, manifold_data, summary
+from server.store.models import Thread
+
+router = APIRouter(prefix="/threads", tags=["manifold"],
+                   responses={404: {"model": ErrorDetail}, 409: {"model": ErrorDetail}})
+
+
+def _data(db, thread_id: int):
+    thread = get_or_404(db, Thread, thread_id)
+    if thread.kind != "manifold":
+        raise HTTPException(status.HTTP_409_CONFLICT, f"thread {thread_id} is an {thread.kind} thread, not a manifold")
+    try:
+        return manifold_data(db, thread_id)
+    except ServerError as error:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from error
+
+
+@router.get("/{thread_id}/manifold", response_model=list[ManifoldPlaneRead])
+def get_manifold(thread_id: int, db: DB, n_boot: int = Query(50, ge=10, le=1000)) -> list[dict]:
+    """Level-set signature, mesh persistence, isotropy and reliability of each plane."""
+    return summary(analyze(_data(db, thread_id), n_boot=n_boot))
+
+
+@router.get("/{thread_id}/manifold.png", response_class=Response,
+            responses={200: {"content": {"image/png": {}}, "description": "Smoothed map with its level sets."}})
+def get_manifold_png(thread_id: int, db: DB, plane: int = Query(0, ge=0)) -> Response:
+    from analysis.plots import plot_map
+
+    data = _data(db, thread_id)
+    if plane >= len(data.planes):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"plane {plane}: this map has {len(data.planes)} plane(s)")
+    (result,) = analyze(_restrict(data, plane), reliability=False)
+    smoothed = result["map"]
+    png = plot_map(smoothed.values, smoothed.theta, smoothed.phi, signature=result["signature"],
+                   title=f"thread {thread_id}, plane {data.planes[plane]}")
+    return Response(png, media_type="image/png")
+
+
+def _restrict(data, plane: int):
+    from dataclasses import replace
+
+    return replace(data, planes=[data.planes[plane]], trials=[data.trials[plane]])
