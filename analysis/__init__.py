@@ -1,0 +1,8 @@
+"""Offline analysis of actmax sessions: tuning maps, level-set topology, isotropy, GAN geometry.
+
+Submodules are imported explicitly (``from analysis import tuning``); this package stays light.
+"""
+
+
+class AnalysisError(ValueError):
+    """Bad input to an analysis function; the message names the argument and what to pass."""
