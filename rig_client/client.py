@@ -1,0 +1,438 @@
+"""`RigClient`: the library a rig's stimulus program imports to talk to the actmax server.
+
+The rig's own loop stays synchronous (PsychoPy, MonkeyLogic-style)::
+
+    with RigClient("tcp://server:5555", "rig-a", channels=64) as rig:
+        while (batch := rig.next_batch()) is not None:
+            presentations = [show_and_record(s.image()) for s in batch.stimuli]
+            rig.send_results(batch.batch_id, presentations)
+
+A background thread owns the ZeroMQ DEALER socket (sockets are not thread-safe): it says HELLO,
+heartbeats, reconnects with exponential backoff, caches reference images and resends RESULTS the
+server has not acknowledged. See docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import zmq
+
+from rig_client import RigError
+from rig_client.protocol import (
+    MAX_MESSAGE_BYTES, PROTOCOL, ErrorCode, Message, MessageType, ProtocolError, decode,
+    decode_png, encode, error,
+)
+
+log = logging.getLogger(__name__)
+
+_CLOSED = object()  # sentinel in the batch queue: no more batches will come
+
+
+@dataclasses.dataclass(frozen=True)
+class Stimulus:
+    """One image to show: ``png`` is 8-bit RGB PNG bytes."""
+
+    stimulus_id: str
+    kind: str  # "synthetic" or "reference"
+    png: bytes = dataclasses.field(repr=False)
+
+    def image(self) -> np.ndarray:
+        """The image as an ``(H, W, 3)`` uint8 array."""
+        return decode_png(self.png)
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """The stimuli of one generation of one thread, as sent by the server."""
+
+    batch_id: str
+    session_id: str
+    thread_id: str
+    generation: int
+    response_window_ms: tuple[float, float]
+    stimuli: list[Stimulus]
+
+
+@dataclasses.dataclass(frozen=True)
+class Presentation:
+    """One showing of a stimulus and the rates it evoked (spikes/s, one per channel).
+
+    ``onset`` is unix time in seconds; ``window_ms`` the counting window after onset. The
+    ``presentation_id`` makes uploads idempotent: resending the same object is always safe.
+    """
+
+    stimulus_id: str
+    rates: Sequence[float]
+    onset: float
+    window_ms: tuple[float, float]
+    presentation_id: str = dataclasses.field(default_factory=lambda: str(uuid.uuid4()))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"presentation_id": self.presentation_id, "stimulus_id": self.stimulus_id,
+                "onset": float(self.onset), "rates": [float(r) for r in self.rates],
+                "window_ms": [float(w) for w in self.window_ms]}
+
+
+class RigClient:
+    """Connection of one rig to the server; starts connecting at construction.
+
+    ``heartbeat_s`` and ``liveness`` bound the wait for WELCOME; after it the server's values
+    apply. Reconnects wait 1 s, doubling up to ``reconnect_max_s``. ``context`` defaults to a
+    private ZeroMQ context that `close` terminates.
+    """
+
+    def __init__(self, endpoint: str, rig_name: str, *, channels: int, heartbeat_s: float = 2.0,
+                 liveness: int = 5, reconnect_max_s: float = 16.0,
+                 context: zmq.Context | None = None):
+        if heartbeat_s <= 0 or liveness < 1 or reconnect_max_s <= 0:
+            raise ValueError("need heartbeat_s > 0, liveness >= 1 and reconnect_max_s > 0")
+        self.endpoint = endpoint
+        self.rig_name = rig_name
+        self.channels = channels
+        self._hello_header: dict[str, Any] = {"rig": rig_name, "protocol": PROTOCOL,
+                                              "channels": channels, "cached_references": []}
+        encode(Message(MessageType.HELLO, self._hello_header))  # bad name/channels: fail here
+        self._heartbeat_s = heartbeat_s
+        self._liveness = liveness
+        self._reconnect_max_s = reconnect_max_s
+        self._max_message_bytes = MAX_MESSAGE_BYTES
+        self._own_context = context is None
+        self._ctx = zmq.Context() if context is None else context
+
+        self._lock = threading.Lock()
+        self._commands: queue.SimpleQueue[tuple[Message, concurrent.futures.Future]] = \
+            queue.SimpleQueue()
+        self._batches: queue.Queue[Any] = queue.Queue()
+        self._errors: collections.deque[dict] = collections.deque(maxlen=100)
+        self._unacked: set[concurrent.futures.Future] = set()
+        self._connected = threading.Event()
+        self._stop = threading.Event()
+        self._fatal: RigError | None = None
+        self._closed = False
+
+        wake = f"inproc://rig-client-wake-{uuid.uuid4().hex}"
+        self._wake_rx = self._ctx.socket(zmq.PAIR)
+        self._wake_rx.bind(wake)
+        self._wake_tx = self._ctx.socket(zmq.PAIR)
+        self._wake_tx.connect(wake)
+        for s in (self._wake_rx, self._wake_tx):
+            s.setsockopt(zmq.LINGER, 0)
+        self._thread = threading.Thread(target=self._io_main, name=f"rig-client-{rig_name}",
+                                        daemon=True)
+        self._thread.start()
+
+    # --- rig-facing API ------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """True between WELCOME and the loss of the connection."""
+        return self._connected.is_set()
+
+    @property
+    def errors(self) -> list[dict]:
+        """Headers of the last 100 ERROR messages the server sent (each is also logged)."""
+        return list(self._errors)
+
+    def wait_connected(self, timeout: float | None = None) -> bool:
+        """Block until WELCOME (True) or ``timeout`` (False); `RigError` if the server refused."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._connected.wait(0.05):
+            self._raise_if_unusable()
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+        return True
+
+    def next_batch(self, timeout: float | None = None) -> Batch | None:
+        """The next batch to show, or None after ``timeout`` seconds (None: wait for ever).
+
+        Raises `RigError` once the client is closed or the server refused it.
+        """
+        try:
+            item = self._batches.get(timeout=timeout)
+        except queue.Empty:
+            self._raise_if_unusable()
+            return None
+        if item is _CLOSED:
+            self._batches.put(_CLOSED)  # wake every other waiter too
+            self._raise_if_unusable()
+        return item
+
+    def send_results(self, batch_id: str, presentations: Iterable[Presentation], *,
+                     done: bool = True) -> concurrent.futures.Future:
+        """Upload presentations of ``batch_id``; ``done=False`` if more will follow for it.
+
+        Returns a future for the server's ACK header (``accepted``, ``duplicates``); it fails with
+        `ProtocolError` if the server refuses the upload. Uploads are kept and resent after a
+        reconnect until acknowledged. Raises `ProtocolError` at once for invalid presentations.
+        """
+        self._raise_if_unusable()
+        items = [p.to_json() for p in presentations]
+        for p in items:
+            if len(p["rates"]) != self.channels:
+                raise ProtocolError(ErrorCode.BAD_FIELD, f"presentation of {p['stimulus_id']!r} "
+                                    f"has {len(p['rates'])} rates; this rig has {self.channels} "
+                                    "channels")
+        msg = Message(MessageType.RESULTS, {"batch_id": batch_id, "presentations": items,
+                                            "done": bool(done)})
+        try:
+            encode(msg, max_message_bytes=self._max_message_bytes)
+        except ProtocolError as exc:
+            if exc.code != ErrorCode.TOO_LARGE:
+                raise
+            raise ProtocolError(exc.code, f"{exc.message} (send the presentations in several "
+                                "calls with done=False)", in_reply_to=MessageType.RESULTS,
+                                batch_id=batch_id) from None
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self._lock:
+            self._raise_if_unusable()
+            self._unacked.add(future)
+            future.add_done_callback(self._unacked.discard)
+            self._commands.put((msg, future))
+            self._wake()
+        return future
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Wait up to ``timeout`` s for unacknowledged RESULTS, then disconnect (linger 0)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        pending = list(self._unacked)
+        if pending and self._fatal is None:
+            concurrent.futures.wait(pending, timeout=timeout)
+        with self._lock:
+            self._stop.set()
+            self._wake()
+        self._thread.join()
+        self._wake_tx.close(linger=0)
+        for future in list(self._unacked):
+            future.set_exception(RigError("the client was closed before the server "
+                                          "acknowledged these results"))
+        if self._own_context:
+            self._ctx.term()
+
+    def __enter__(self) -> RigClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _wake(self) -> None:
+        """Nudge the I/O thread (call with the lock held); a finished thread needs no nudge."""
+        try:
+            self._wake_tx.send(b"", zmq.DONTWAIT)
+        except zmq.Again:
+            pass
+
+    def _raise_if_unusable(self) -> None:
+        if self._fatal is not None:
+            raise self._fatal
+        if self._closed:
+            raise RigError("the RigClient is closed; create a new one to reconnect")
+
+    # --- I/O thread ----------------------------------------------------------------------------
+
+    def _io_main(self) -> None:
+        self._cache: dict[str, bytes] = {}  # reference stimulus_id -> PNG, kept across reconnects
+        self._pending: list[tuple[Message, concurrent.futures.Future]] = []  # RESULTS not ACKed
+        self._delivered: set[str] = set()
+        first_backoff = min(1.0, self._reconnect_max_s)
+        backoff = first_backoff
+        try:
+            while not self._stop.is_set():
+                if self._connection():
+                    backoff = first_backoff
+                if self._stop.is_set():
+                    break
+                log.info("reconnecting to %s in %.1f s", self.endpoint, backoff)
+                self._wait_wake(backoff)
+                backoff = min(2 * backoff, self._reconnect_max_s)
+        except RigError as exc:
+            log.error("%s", exc)
+            self._fatal = exc
+        except Exception as exc:
+            log.exception("rig client I/O thread failed")
+            self._fatal = RigError(f"rig client I/O thread failed: {exc!r}; see the log and "
+                                   "create a new RigClient")
+        finally:
+            self._connected.clear()
+            self._wake_rx.close(linger=0)
+            self._batches.put(_CLOSED)
+            for _, future in self._pending:
+                if self._fatal is not None and not future.done():
+                    future.set_exception(self._fatal)
+
+    def _wait_wake(self, seconds: float) -> None:
+        """Sleep ``seconds`` but wake early to stop; queued commands wait for the connection."""
+        if self._wake_rx.poll(seconds * 1000):
+            self._drain_wake()
+
+    def _drain_wake(self) -> None:
+        while True:
+            try:
+                self._wake_rx.recv(zmq.DONTWAIT)
+            except zmq.Again:
+                return
+
+    def _connection(self) -> bool:
+        """One connection's lifetime: HELLO, serve until silence or stop. True if welcomed."""
+        self._socket = self._ctx.socket(zmq.DEALER)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.connect(self.endpoint)
+        self._welcomed = False
+        self._beat_s, self._beats = self._heartbeat_s, self._liveness  # the server's after WELCOME
+        poller = zmq.Poller()
+        poller.register(self._socket, zmq.POLLIN)
+        poller.register(self._wake_rx, zmq.POLLIN)
+        try:
+            self._say_hello()
+            expires = next_beat = time.monotonic()
+            expires += self._beat_s * self._beats
+            next_beat += self._beat_s
+            while not self._stop.is_set():
+                timeout = max(0.0, min(expires, next_beat) - time.monotonic())
+                events = dict(poller.poll(timeout * 1000))
+                if self._wake_rx in events:
+                    self._drain_wake()
+                    self._take_commands()
+                if self._socket in events:
+                    while (frames := self._recv()) is not None:
+                        self._handle(frames)
+                        if not self._socket_usable:
+                            return self._welcomed
+                        expires = time.monotonic() + self._beat_s * self._beats
+                now = time.monotonic()
+                if now >= expires:
+                    log.warning("server silent for %.1f s; reconnecting",
+                                self._beat_s * self._beats)
+                    return self._welcomed
+                if now >= next_beat:
+                    if self._connected.is_set():
+                        self._send(Message(MessageType.HEARTBEAT))
+                    next_beat = now + self._beat_s
+            return self._welcomed
+        finally:
+            self._connected.clear()
+            self._socket.close(linger=0)
+
+    def _recv(self) -> list[bytes] | None:
+        try:
+            return self._socket.recv_multipart(zmq.DONTWAIT)
+        except zmq.Again:
+            return None
+
+    def _send(self, msg: Message) -> None:
+        # No size check here: the server answers too_large, which fails that upload's future.
+        self._socket.send_multipart(encode(msg, max_message_bytes=2**62), copy=False)
+
+    def _say_hello(self) -> None:
+        self._connected.clear()
+        self._socket_usable = True
+        self._send(Message(MessageType.HELLO, {**self._hello_header,
+                                               "cached_references": sorted(self._cache)}))
+
+    def _take_commands(self) -> None:
+        while True:
+            try:
+                msg, future = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            self._pending.append((msg, future))
+            if self._connected.is_set():
+                self._send(msg)
+
+    def _handle(self, frames: list[bytes]) -> None:
+        try:
+            msg = decode(frames)
+        except ProtocolError as exc:
+            log.warning("bad message from the server: %s", exc)
+            if exc.in_reply_to != MessageType.ERROR:
+                self._send(exc.to_message())
+            return
+        if msg.type == MessageType.WELCOME:
+            h = msg.header
+            self._beat_s, self._beats = h["heartbeat_ms"] / 1000, h["liveness"]
+            self._max_message_bytes = h["max_message_bytes"]
+            self._welcomed = True
+            self._take_commands()  # queued while disconnected: sent below with the rest
+            self._connected.set()
+            log.info("connected to %s (%s) as rig %s", self.endpoint, h["server"], self.rig_name)
+            for pending, _ in self._pending:
+                self._send(pending)
+        elif msg.type == MessageType.BATCH:
+            self._on_batch(msg)
+        elif msg.type == MessageType.ACK:
+            self._settle(msg.header["batch_id"], msg.header, None)
+        elif msg.type == MessageType.ERROR:
+            self._on_error(msg.header)
+        elif msg.type != MessageType.HEARTBEAT:
+            self._send(error(ErrorCode.UNEXPECTED_TYPE, f"{msg.type} is sent by rigs, never to "
+                             "them", in_reply_to=msg.type))
+
+    def _on_batch(self, msg: Message) -> None:
+        h = msg.header
+        stimuli = []
+        for s in h["stimuli"]:
+            if s["frame"] is not None:
+                png = msg.frames[s["frame"]]
+                if s["kind"] == "reference":
+                    self._cache[s["stimulus_id"]] = png
+            elif s["stimulus_id"] in self._cache:
+                png = self._cache[s["stimulus_id"]]
+            else:
+                log.warning("batch %s names reference %s that this rig never received; "
+                            "resynchronising with HELLO", h["batch_id"], s["stimulus_id"])
+                self._send(error(ErrorCode.UNKNOWN_REFERENCE, f"reference {s['stimulus_id']!r} "
+                                 "is not cached on this rig", in_reply_to=MessageType.BATCH,
+                                 batch_id=h["batch_id"]))
+                self._say_hello()
+                return
+            stimuli.append(Stimulus(s["stimulus_id"], s["kind"], png))
+        if h["batch_id"] in self._delivered:
+            log.info("batch %s was resent; already handed to the rig, ignored", h["batch_id"])
+            return
+        self._delivered.add(h["batch_id"])
+        self._batches.put(Batch(h["batch_id"], h["session_id"], h["thread_id"], h["generation"],
+                                tuple(h["response_window_ms"]), stimuli))
+
+    def _on_error(self, h: dict) -> None:
+        self._errors.append(h)
+        log.warning("server error %s (in reply to %s): %s", h["code"], h["in_reply_to"],
+                    h["message"])
+        code, in_reply_to = h["code"], h["in_reply_to"]
+        if code == ErrorCode.NOT_REGISTERED:
+            if self._connected.is_set():
+                self._say_hello()
+        elif code == ErrorCode.REPLACED:
+            raise RigError(f"another rig program connected as {self.rig_name!r} and replaced "
+                           "this one; run one program per rig name")
+        elif in_reply_to == MessageType.HELLO:
+            if code != ErrorCode.INTERNAL:
+                raise RigError(f"the server refused rig {self.rig_name!r}: {code}: "
+                               f"{h['message']}")
+            self._socket_usable = False  # transient server failure: reconnect with backoff
+        elif in_reply_to == MessageType.RESULTS and h.get("batch_id"):
+            self._settle(h["batch_id"], None, ProtocolError(code, h["message"],
+                                                            in_reply_to=in_reply_to,
+                                                            batch_id=h["batch_id"]))
+
+    def _settle(self, batch_id: str, ack: dict | None, exc: Exception | None) -> None:
+        """Resolve the oldest pending RESULTS of ``batch_id`` with an ACK or an ERROR."""
+        for i, (msg, future) in enumerate(self._pending):
+            if msg.header["batch_id"] == batch_id:
+                del self._pending[i]
+                if not future.done():
+                    future.set_exception(exc) if exc is not None else future.set_result(ack)
+                return
+        log.info("reply for batch %s matches no pending RESULTS (already settled)", batch_id)

@@ -1,0 +1,426 @@
+"""Wire protocol v1 between the actmax server (ZeroMQ ROUTER) and a rig (DEALER).
+
+A message is a list of frames: ``[VERSION, TYPE, header-JSON, *binary frames]``. `decode` validates
+everything a peer can get wrong and raises `ProtocolError` with a stable ``code``; `encode` runs the
+same validation on what we are about to send. ``docs/protocol.md`` is the normative text.
+"""
+
+from __future__ import annotations
+
+import enum
+import io
+import json
+import math
+import re
+import struct
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+VERSION = b"AMX1"
+PROTOCOL = 1
+
+MAX_MESSAGE_BYTES = 64 * 2**20  # default limit on the sum of all frames of one message
+MAX_HEADER_BYTES = 2**20
+MAX_ID_LENGTH = 128
+MAX_CHANNELS = 4096
+MAX_STIMULI = 10_000  # per BATCH
+MAX_PRESENTATIONS = 10_000  # per RESULTS
+MAX_CACHED_REFERENCES = 100_000
+MAX_WINDOW_MS = 60_000
+MAX_IMAGE_SIDE = 4096
+MAX_ERROR_MESSAGE = 4096
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_RIG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_ERROR_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+class MessageType(enum.StrEnum):
+    """The seven message types; the wire carries the name in ASCII."""
+
+    HELLO = "HELLO"
+    WELCOME = "WELCOME"
+    BATCH = "BATCH"
+    RESULTS = "RESULTS"
+    ACK = "ACK"
+    HEARTBEAT = "HEARTBEAT"
+    ERROR = "ERROR"
+
+
+class ErrorCode(enum.StrEnum):
+    """Stable ERROR codes (docs/protocol.md says what each side does on each)."""
+
+    BAD_VERSION = "bad_version"
+    UNKNOWN_TYPE = "unknown_type"
+    UNEXPECTED_TYPE = "unexpected_type"
+    BAD_FRAMES = "bad_frames"
+    BAD_JSON = "bad_json"
+    MISSING_FIELD = "missing_field"
+    BAD_FIELD = "bad_field"
+    BAD_IMAGE = "bad_image"
+    TOO_LARGE = "too_large"
+    NOT_REGISTERED = "not_registered"
+    REPLACED = "replaced"
+    REFUSED = "refused"
+    UNKNOWN_BATCH = "unknown_batch"
+    UNKNOWN_REFERENCE = "unknown_reference"
+    INTERNAL = "internal"
+
+
+class ProtocolError(ValueError):
+    """A message that breaks the protocol; ``code`` is one of `ErrorCode` (or a handler's own code).
+
+    ``in_reply_to`` and ``batch_id`` name the offending message when they could be read, so the
+    ERROR reply can say which message it answers.
+    """
+
+    def __init__(self, code: str, message: str, *, in_reply_to: str | None = None,
+                 batch_id: str | None = None):
+        super().__init__(f"{code}: {message}")
+        self.code = str(code)
+        self.message = message
+        self.in_reply_to = in_reply_to
+        self.batch_id = batch_id
+
+    def to_message(self) -> Message:
+        """The ERROR message that reports this error to the peer."""
+        return error(self.code, self.message, in_reply_to=self.in_reply_to, batch_id=self.batch_id)
+
+
+@dataclass
+class Message:
+    """One protocol message: its type, JSON header and binary frames (PNG images)."""
+
+    type: MessageType
+    header: dict[str, Any] = field(default_factory=dict)
+    frames: list[bytes] = field(default_factory=list)
+
+
+def encode(msg: Message, *, max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[bytes]:
+    """Frames for ``msg``, validated exactly as the receiver's `decode` will check them.
+
+    numpy scalars and arrays in the header are converted to JSON numbers and lists.
+    """
+    try:
+        header = json.dumps(msg.header, separators=(",", ":"), ensure_ascii=False,
+                            allow_nan=False, default=_json_default).encode()
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(ErrorCode.BAD_FIELD, f"{msg.type} header is not JSON-serialisable "
+                            f"(NaN and infinity are not allowed): {exc}") from None
+    frames = [VERSION, MessageType(msg.type).encode(), header, *(bytes(f) for f in msg.frames)]
+    decode(frames, max_message_bytes=max_message_bytes)
+    return frames
+
+
+def decode(frames: Sequence[bytes], *, max_message_bytes: int = MAX_MESSAGE_BYTES) -> Message:
+    """Parse and validate received frames (without the ROUTER identity frame)."""
+    frames = [f if isinstance(f, bytes) else bytes(f) for f in frames]
+    if not frames or frames[0] != VERSION:
+        got = frames[0][:16] if frames else "no frames"
+        raise ProtocolError(ErrorCode.BAD_VERSION, f"first frame must be {VERSION!r}, got {got!r}; "
+                            "this server speaks protocol v1 (docs/protocol.md)")
+    if len(frames) < 3:
+        raise ProtocolError(ErrorCode.BAD_FRAMES, f"a message has at least 3 frames "
+                            f"(version, type, header JSON); got {len(frames)}")
+    try:
+        mtype = MessageType(frames[1].decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {frames[1][:32]!r}; "
+                            f"expected one of {', '.join(MessageType)}") from None
+    total = sum(len(f) for f in frames)
+    if total > max_message_bytes:
+        raise ProtocolError(ErrorCode.TOO_LARGE, f"{mtype} is {total} bytes, over the limit of "
+                            f"{max_message_bytes}; split it into several messages",
+                            in_reply_to=mtype)
+    if len(frames[2]) > MAX_HEADER_BYTES:
+        raise ProtocolError(ErrorCode.TOO_LARGE, f"{mtype} header is {len(frames[2])} bytes, over "
+                            f"the limit of {MAX_HEADER_BYTES}", in_reply_to=mtype)
+    try:
+        header = json.loads(frames[2].decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError(ErrorCode.BAD_JSON, f"{mtype} header is not UTF-8 JSON: {exc}",
+                            in_reply_to=mtype) from None
+    if not isinstance(header, dict):
+        raise ProtocolError(ErrorCode.BAD_JSON, f"{mtype} header must be a JSON object, got "
+                            f"{type(header).__name__}", in_reply_to=mtype)
+    msg = Message(mtype, header, frames[3:])
+    try:
+        _VALIDATORS[mtype](_Fields(header, f"{mtype} "), msg.frames)
+    except ProtocolError as exc:
+        exc.in_reply_to = mtype
+        batch_id = header.get("batch_id")
+        exc.batch_id = batch_id if isinstance(batch_id, str) else None
+        raise
+    return msg
+
+
+def error(code: str, message: str, *, in_reply_to: str | None = None,
+          batch_id: str | None = None) -> Message:
+    """An ERROR message; long texts are cut to `MAX_ERROR_MESSAGE` characters."""
+    header = {"code": str(code), "message": message[:MAX_ERROR_MESSAGE],
+              "in_reply_to": None if in_reply_to is None else str(in_reply_to)}
+    if batch_id is not None:
+        header["batch_id"] = batch_id
+    return Message(MessageType.ERROR, header)
+
+
+def batch_message(*, batch_id: str, session_id: str, thread_id: str, generation: int,
+                  response_window_ms: Sequence[float],
+                  stimuli: Iterable[tuple[str, str, bytes | None]]) -> Message:
+    """A BATCH from ``(stimulus_id, kind, png or None)`` triples; None names a cached reference."""
+    entries, frames = [], []
+    for stimulus_id, kind, png in stimuli:
+        entries.append({"stimulus_id": stimulus_id, "kind": kind,
+                        "frame": None if png is None else len(frames)})
+        if png is not None:
+            frames.append(png)
+    header = {"batch_id": batch_id, "session_id": session_id, "thread_id": thread_id,
+              "generation": generation, "response_window_ms": list(response_window_ms),
+              "stimuli": entries}
+    return Message(MessageType.BATCH, header, frames)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """8-bit RGB PNG bytes of an ``(H, W, 3)`` uint8 array."""
+    from PIL import Image
+
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) uint8 array, got {image.dtype} {image.shape}; "
+                         "convert with (np.clip(x, 0, 1) * 255).round().astype(np.uint8)")
+    buf = io.BytesIO()
+    Image.fromarray(image, "RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """``(H, W, 3)`` uint8 array of an 8-bit RGB PNG; `ProtocolError` ``bad_image`` otherwise."""
+    from PIL import Image
+
+    _check_png(data, "image")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return np.asarray(img.convert("RGB"))
+    except (OSError, ValueError) as exc:
+        raise ProtocolError(ErrorCode.BAD_IMAGE, f"image is not a readable PNG: {exc}") from None
+
+
+# --- validation ------------------------------------------------------------------------------
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON; send finite numbers")
+
+
+def _check_png(data: bytes, where: str) -> None:
+    """Signature and IHDR: an 8-bit RGB PNG no larger than MAX_IMAGE_SIDE on a side."""
+    if len(data) < 33 or not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR":
+        raise ProtocolError(ErrorCode.BAD_IMAGE, f"{where} is not a PNG file")
+    width, height, depth, color = struct.unpack(">IIBB", data[16:26])
+    if depth != 8 or color != 2:
+        raise ProtocolError(ErrorCode.BAD_IMAGE, f"{where} must be 8-bit RGB PNG (bit depth 8, "
+                            f"colour type 2); got bit depth {depth}, colour type {color}")
+    if not (0 < width <= MAX_IMAGE_SIDE and 0 < height <= MAX_IMAGE_SIDE):
+        raise ProtocolError(ErrorCode.BAD_IMAGE, f"{where} is {width}x{height}; each side must be "
+                            f"1..{MAX_IMAGE_SIDE} pixels")
+
+
+class _Fields:
+    """Typed access to one JSON object's fields; failures name the field path."""
+
+    def __init__(self, obj: dict, where: str):
+        self.obj, self.where = obj, where
+
+    def _get(self, key: str) -> Any:
+        if key not in self.obj:
+            raise ProtocolError(ErrorCode.MISSING_FIELD, f"{self.where}field '{key}' is required")
+        return self.obj[key]
+
+    def _bad(self, key: str, expected: str) -> ProtocolError:
+        got = json.dumps(self.obj[key], default=str)
+        got = got if len(got) <= 80 else got[:77] + "..."
+        return ProtocolError(ErrorCode.BAD_FIELD, f"{self.where}field '{key}' must be {expected}; "
+                             f"got {got}")
+
+    def string(self, key: str, *, nullable: bool = False, max_len: int = MAX_ID_LENGTH,
+               pattern: re.Pattern | None = None, choices: Sequence[str] = ()) -> str | None:
+        value = self._get(key)
+        if value is None and nullable:
+            return None
+        ok = isinstance(value, str) and 0 < len(value) <= max_len
+        if ok and pattern is not None:
+            ok = pattern.fullmatch(value) is not None
+        if ok and choices:
+            ok = value in choices
+        if not ok:
+            what = (f"one of {list(choices)}" if choices else
+                    f"a string matching {pattern.pattern}" if pattern else
+                    f"a non-empty string of at most {max_len} characters")
+            raise self._bad(key, what + (" or null" if nullable else ""))
+        return value
+
+    def integer(self, key: str, lo: int, hi: int, *, nullable: bool = False) -> int | None:
+        value = self._get(key)
+        if value is None and nullable:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise self._bad(key, f"an integer in {lo}..{hi}" + (" or null" if nullable else ""))
+        return value
+
+    def number(self, key: str, lo: float = -math.inf, hi: float = math.inf) -> float:
+        value = self._get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
+            raise self._bad(key, "a number" + (f" in {lo}..{hi}" if math.isfinite(hi) else ""))
+        return float(value)
+
+    def boolean(self, key: str) -> bool:
+        value = self._get(key)
+        if not isinstance(value, bool):
+            raise self._bad(key, "true or false")
+        return value
+
+    def array(self, key: str, lo: int, hi: int) -> list:
+        value = self._get(key)
+        if not isinstance(value, list) or not lo <= len(value) <= hi:
+            raise self._bad(key, f"an array of {lo}..{hi} items")
+        return value
+
+    def objects(self, key: str, lo: int, hi: int) -> list[_Fields]:
+        items = self.array(key, lo, hi)
+        out = []
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise ProtocolError(ErrorCode.BAD_FIELD,
+                                    f"{self.where}field '{key}[{i}]' must be a JSON object")
+            out.append(_Fields(item, f"{self.where}'{key}[{i}]' "))
+        return out
+
+    def window(self, key: str) -> tuple[float, float]:
+        value = self._get(key)
+        ok = (isinstance(value, list) and len(value) == 2
+              and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+              and 0 <= value[0] < value[1] <= MAX_WINDOW_MS)
+        if not ok:
+            raise self._bad(key, f"[start, end] in ms after onset with 0 <= start < end <= "
+                            f"{MAX_WINDOW_MS}")
+        return float(value[0]), float(value[1])
+
+
+def _no_frames(h: _Fields, frames: list[bytes]) -> None:
+    if frames:
+        raise ProtocolError(ErrorCode.BAD_FRAMES, f"{h.where.strip()} carries no binary frames; "
+                            f"got {len(frames)}")
+
+
+def _hello(h: _Fields, frames: list[bytes]) -> None:
+    h.string("rig", max_len=64, pattern=_RIG_NAME)
+    if h._get("protocol") != PROTOCOL or isinstance(h.obj["protocol"], bool):
+        raise ProtocolError(ErrorCode.BAD_VERSION, f"HELLO field 'protocol' must be {PROTOCOL}; "
+                            f"got {h.obj['protocol']!r}; upgrade the rig client or the server")
+    h.integer("channels", 1, MAX_CHANNELS)
+    refs = h.array("cached_references", 0, MAX_CACHED_REFERENCES)
+    if not all(isinstance(r, str) and 0 < len(r) <= MAX_ID_LENGTH for r in refs):
+        raise h._bad("cached_references", "an array of stimulus id strings")
+    _no_frames(h, frames)
+
+
+def _welcome(h: _Fields, frames: list[bytes]) -> None:
+    h.string("server", max_len=256)
+    h.integer("heartbeat_ms", 10, 600_000)
+    h.integer("liveness", 1, 1000)
+    h.integer("max_message_bytes", 1024, 2**40)
+    _no_frames(h, frames)
+
+
+def _batch(h: _Fields, frames: list[bytes]) -> None:
+    for key in ("batch_id", "session_id", "thread_id"):
+        h.string(key)
+    h.integer("generation", 0, 2**31 - 1)
+    h.window("response_window_ms")
+    used: set[int] = set()
+    seen: set[str] = set()
+    for s in h.objects("stimuli", 1, MAX_STIMULI):
+        stimulus_id = s.string("stimulus_id")
+        if stimulus_id in seen:
+            raise ProtocolError(ErrorCode.BAD_FIELD,
+                                f"{s.where}stimulus_id {stimulus_id!r} appears twice in the batch")
+        seen.add(stimulus_id)
+        kind = s.string("kind", choices=("synthetic", "reference"))
+        frame = s.integer("frame", 0, MAX_STIMULI, nullable=kind == "reference")
+        if frame is None:
+            continue
+        if frame >= len(frames):
+            raise ProtocolError(ErrorCode.BAD_FRAMES, f"{s.where}frame {frame} does not exist; "
+                                f"the message has {len(frames)} binary frames")
+        if frame in used:
+            raise ProtocolError(ErrorCode.BAD_FRAMES, f"{s.where}frame {frame} is used twice")
+        used.add(frame)
+    if len(used) != len(frames):
+        raise ProtocolError(ErrorCode.BAD_FRAMES, f"BATCH has {len(frames)} binary frames but its "
+                            f"stimuli use {len(used)}; every frame must belong to one stimulus")
+    for i, frame in enumerate(frames):
+        _check_png(frame, f"BATCH frame {i}")
+
+
+def _results(h: _Fields, frames: list[bytes]) -> None:
+    h.string("batch_id")
+    for p in h.objects("presentations", 0, MAX_PRESENTATIONS):
+        pid = p.string("presentation_id", max_len=36)
+        try:
+            canonical = str(uuid.UUID(pid)) == pid
+        except ValueError:
+            canonical = False
+        if not canonical:
+            raise p._bad("presentation_id", "a lowercase hyphenated UUID string "
+                         "(e.g. 3f2b8c1e-9d4a-4c2e-8f1a-2b3c4d5e6f70)")
+        p.string("stimulus_id")
+        p.number("onset", 0.0, 1e11)
+        rates = p.array("rates", 1, MAX_CHANNELS)
+        if not all(isinstance(r, int | float) and not isinstance(r, bool) for r in rates):
+            raise p._bad("rates", "an array of finite numbers, one per channel")
+        p.window("window_ms")
+    h.boolean("done")
+    _no_frames(h, frames)
+
+
+def _ack(h: _Fields, frames: list[bytes]) -> None:
+    h.string("batch_id")
+    h.integer("accepted", 0, MAX_PRESENTATIONS)
+    h.integer("duplicates", 0, MAX_PRESENTATIONS)
+    _no_frames(h, frames)
+
+
+def _heartbeat(h: _Fields, frames: list[bytes]) -> None:
+    _no_frames(h, frames)
+
+
+def _error(h: _Fields, frames: list[bytes]) -> None:
+    h.string("code", max_len=64, pattern=_ERROR_CODE)
+    h.string("message", max_len=MAX_ERROR_MESSAGE)
+    h.string("in_reply_to", nullable=True, choices=tuple(MessageType))
+    if "batch_id" in h.obj:
+        h.string("batch_id", nullable=True)
+    _no_frames(h, frames)
+
+
+_VALIDATORS = {
+    MessageType.HELLO: _hello,
+    MessageType.WELCOME: _welcome,
+    MessageType.BATCH: _batch,
+    MessageType.RESULTS: _results,
+    MessageType.ACK: _ack,
+    MessageType.HEARTBEAT: _heartbeat,
+    MessageType.ERROR: _error,
+}

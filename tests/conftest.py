@@ -1,0 +1,44 @@
+"""Fixtures shared by every test package: loopback endpoints, a leak-checking ZeroMQ context."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import pytest
+import zmq
+
+
+def free_tcp_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def endpoint() -> str:
+    """``tcp://127.0.0.1:PORT`` on a free port."""
+    return f"tcp://127.0.0.1:{free_tcp_port()}"
+
+
+@pytest.fixture
+def zmq_context():
+    """A fresh `zmq.Context`; the test fails if any socket made from it is still open at the end.
+
+    Code under test may wrap it (``zmq.asyncio.Context.shadow``): the check terminates the
+    context, which only returns once every socket on it, wrapped or not, has been closed.
+    """
+    ctx = zmq.Context()
+    yield ctx
+    terminator = threading.Thread(target=ctx.term, name="zmq-context-term", daemon=True)
+    terminator.start()
+    terminator.join(timeout=5.0)
+    if terminator.is_alive():
+        open_sockets = [s for s in list(ctx._sockets) if not s.closed]
+        for s in open_sockets:
+            s.close(linger=0)
+        pytest.fail(f"a ZeroMQ socket was left open at teardown ({len(open_sockets)} made directly "
+                    "from the context, others through a shadow context); close every socket "
+                    "with linger=0")
+

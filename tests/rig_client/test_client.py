@@ -1,0 +1,226 @@
+"""RigClient against a real Transport running on an asyncio loop in a background thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from rig_client import RigError
+from rig_client.client import Batch, Presentation, RigClient
+from rig_client.protocol import ProtocolError, batch_message, encode_png
+from server.transport import Transport
+
+FAST = {"heartbeat_s": 0.05, "liveness": 6}  # expiry after 0.3 s
+
+
+class Lab:
+    """Handler playing the experiment engine: dedupes presentations, resends outstanding batches."""
+
+    def __init__(self):
+        self.hellos: list[dict] = []
+        self.presentations: dict[str, dict] = {}
+        self.outstanding = None  # callable(hello header) -> Message, sent on connect
+        self.refuse = False
+        self.known_batches = {"b1", "b2"}
+        self.transport: Transport | None = None
+
+    async def on_hello(self, rig_name, header):
+        if self.refuse:
+            raise ProtocolError("refused", "no session is waiting for this rig")
+        self.hellos.append(header)
+        return {"server": "lab"}
+
+    async def on_results(self, rig_name, header):
+        if header["batch_id"] not in self.known_batches:
+            raise ProtocolError("unknown_batch", f"batch {header['batch_id']} was never sent")
+        new = [p for p in header["presentations"] if p["presentation_id"] not in self.presentations]
+        self.presentations.update((p["presentation_id"], p) for p in new)
+        return {"batch_id": header["batch_id"], "accepted": len(new),
+                "duplicates": len(header["presentations"]) - len(new)}
+
+    async def on_disconnect(self, rig_name):
+        pass
+
+    async def on_connected(self, rig_name):
+        if self.outstanding is not None:
+            await self.transport.send(rig_name, self.outstanding(self.hellos[-1]))
+
+
+class ServerThread:
+    """A Transport serving on its own event loop thread."""
+
+    def __init__(self, ctx, endpoint, handler):
+        self.handler = handler
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        async def main():
+            handler.transport = Transport(endpoint, handler, context=ctx, **FAST)
+            ready.set()
+            await handler.transport.run()
+
+        self.thread = threading.Thread(target=self.loop.run_forever)
+        self.thread.start()
+        self.running = asyncio.run_coroutine_threadsafe(main(), self.loop)
+        assert ready.wait(5)
+
+    def call(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(5)
+
+    def send(self, msg) -> bool:
+        return self.call(self.handler.transport.send("rig-a", msg))
+
+    def stop(self):
+        self.call(self.handler.transport.close())
+        self.running.result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+@pytest.fixture
+def lab(zmq_context, endpoint):
+    server = ServerThread(zmq_context, endpoint, Lab())
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def client(zmq_context, endpoint, lab):
+    with RigClient(endpoint, "rig-a", channels=2, reconnect_max_s=0.2, context=zmq_context,
+                   **FAST) as c:
+        yield c
+
+
+def image(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (8, 6, 3), dtype=np.uint8)
+
+
+def batch(batch_id, stimuli):
+    return batch_message(batch_id=batch_id, session_id="s1", thread_id="t1", generation=3,
+                         response_window_ms=[50, 200], stimuli=stimuli)
+
+
+def presentations(b: Batch) -> list[Presentation]:
+    return [Presentation(s.stimulus_id, [1.0, 2.5], time.time(), (50, 200)) for s in b.stimuli]
+
+
+def wait_until(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
+
+
+def test_hello_welcome(client, lab):
+    assert client.wait_connected(5) and client.connected
+    assert lab.handler.hellos == [{"rig": "rig-a", "protocol": 1, "channels": 2,
+                                   "cached_references": []}]
+
+
+def test_heartbeats_keep_an_idle_connection(client, lab):
+    assert client.wait_connected(5)
+    time.sleep(1.0)  # over 3 expiry periods
+    assert client.connected and lab.handler.transport.connected("rig-a")
+    assert len(lab.handler.hellos) == 1
+
+
+def test_second_program_with_the_same_name_replaces_the_first(zmq_context, endpoint, client):
+    assert client.wait_connected(5)
+    with RigClient(endpoint, "rig-a", channels=2, context=zmq_context, **FAST) as second:
+        assert second.wait_connected(5)
+        with pytest.raises(RigError, match="replaced"):
+            client.next_batch(timeout=5)
+        assert second.connected
+
+
+def test_batch_with_pngs_and_reference_sent_once(client, lab):
+    assert client.wait_connected(5)
+    assert lab.send(batch("b1", [("g0", "synthetic", encode_png(image(0))),
+                                 ("ref-cat", "reference", encode_png(image(1)))]))
+    got = client.next_batch(timeout=5)
+    assert (got.batch_id, got.session_id, got.thread_id, got.generation) == ("b1", "s1", "t1", 3)
+    assert got.response_window_ms == (50, 200)
+    assert [(s.stimulus_id, s.kind) for s in got.stimuli] == [("g0", "synthetic"),
+                                                              ("ref-cat", "reference")]
+    np.testing.assert_array_equal(got.stimuli[0].image(), image(0))
+    # The reference is named by id only from now on.
+    msg = batch("b2", [("g1", "synthetic", encode_png(image(2))), ("ref-cat", "reference", None)])
+    assert len(msg.frames) == 1 and lab.send(msg)
+    got = client.next_batch(timeout=5)
+    np.testing.assert_array_equal(got.stimuli[1].image(), image(1))
+    np.testing.assert_array_equal(got.stimuli[0].image(), image(2))
+    assert client.next_batch(timeout=0.05) is None
+
+
+def test_results_ack_duplicates_and_refusal(client, lab):
+    assert client.wait_connected(5)
+    lab.send(batch("b1", [("g0", "synthetic", encode_png(image(0)))]))
+    shown = presentations(client.next_batch(timeout=5))
+    ack = client.send_results("b1", shown, done=False).result(5)
+    assert ack == {"batch_id": "b1", "accepted": 1, "duplicates": 0}
+    assert client.send_results("b1", shown).result(5)["duplicates"] == 1  # resend is safe
+    assert lab.handler.presentations[shown[0].presentation_id]["rates"] == [1.0, 2.5]
+
+    refused = client.send_results("b9", shown)
+    with pytest.raises(ProtocolError) as err:
+        refused.result(5)
+    assert err.value.code == "unknown_batch"
+    assert client.errors[-1]["code"] == "unknown_batch"
+
+    with pytest.raises(ProtocolError, match="2 channels"):
+        client.send_results("b1", [Presentation("g0", [1.0], time.time(), (50, 200))])
+
+
+def test_unknown_reference_resynchronises(client, lab):
+    assert client.wait_connected(5)
+    lab.send(batch("b1", [("ref-dog", "reference", None)]))
+    wait_until(lambda: len(lab.handler.hellos) == 2)
+    assert client.next_batch(timeout=0.1) is None
+    assert client.wait_connected(5)
+
+
+def test_reconnect_after_server_restart(zmq_context, endpoint, lab, client):
+    assert client.wait_connected(5)
+    lab.send(batch("b1", [("ref-cat", "reference", encode_png(image(1)))]))
+    shown = presentations(client.next_batch(timeout=5))
+    lab.stop()
+    wait_until(lambda: not client.connected)
+    upload = client.send_results("b1", shown)  # queued while the server is down
+
+    restarted = Lab()
+    restarted.outstanding = lambda hello: batch("b2", [
+        ("ref-cat", "reference", None if "ref-cat" in hello["cached_references"]
+         else encode_png(image(1)))])
+    lab.__init__(zmq_context, endpoint, restarted)  # the fixture stops this one
+    assert upload.result(10) == {"batch_id": "b1", "accepted": 1, "duplicates": 0}
+    assert restarted.hellos[-1]["cached_references"] == ["ref-cat"]
+    got = client.next_batch(timeout=5)
+    assert got.batch_id == "b2"
+    np.testing.assert_array_equal(got.stimuli[0].image(), image(1))
+
+
+def test_refused_hello_raises_rig_error(zmq_context, endpoint, lab):
+    lab.handler.refuse = True
+    with RigClient(endpoint, "rig-a", channels=2, context=zmq_context, **FAST) as c:
+        with pytest.raises(RigError, match="refused"):
+            c.wait_connected(5)
+        with pytest.raises(RigError, match="refused"):
+            c.next_batch()
+        assert not c.connected
+
+
+def test_closed_client_and_bad_arguments(zmq_context, endpoint):
+    c = RigClient(endpoint, "rig-a", channels=2, context=zmq_context, **FAST)
+    c.close()
+    c.close()
+    with pytest.raises(RigError, match="closed"):
+        c.next_batch(timeout=0)
+    with pytest.raises(ProtocolError, match="rig"):
+        RigClient(endpoint, "rig a", channels=2, context=zmq_context)
+    with pytest.raises(ProtocolError, match="channels"):
+        RigClient(endpoint, "rig-a", channels=0, context=zmq_context)

@@ -1,0 +1,229 @@
+"""Wire protocol v1: round trips and every validation error code."""
+
+from __future__ import annotations
+
+import copy
+import json
+import struct
+import zlib
+
+import numpy as np
+import pytest
+
+from rig_client.protocol import (
+    MAX_HEADER_BYTES, VERSION, ErrorCode, Message, MessageType, ProtocolError, batch_message,
+    decode, decode_png, encode, encode_png, error,
+)
+
+PID = "3f2b8c1e-9d4a-4c2e-8f1a-2b3c4d5e6f70"
+PNG = encode_png(np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3))
+
+
+def png_header(depth=8, color=2, width=5, height=4) -> bytes:
+    """A PNG signature + IHDR chunk with the given fields (enough for the IHDR check)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, color, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk
+            + struct.pack(">I", zlib.crc32(chunk)))
+
+
+EXAMPLES = {
+    MessageType.HELLO: Message(MessageType.HELLO, {
+        "rig": "rig-a", "protocol": 1, "channels": 64, "cached_references": ["ref-1"]}),
+    MessageType.WELCOME: Message(MessageType.WELCOME, {
+        "server": "actmax 0.1.0", "heartbeat_ms": 2000, "liveness": 5,
+        "max_message_bytes": 64 * 2**20}),
+    MessageType.BATCH: batch_message(
+        batch_id="b-1", session_id="s-1", thread_id="t-1", generation=0,
+        response_window_ms=[50, 200],
+        stimuli=[("g0", "synthetic", PNG), ("ref-1", "reference", None),
+                 ("ref-2", "reference", PNG)]),
+    MessageType.RESULTS: Message(MessageType.RESULTS, {
+        "batch_id": "b-1", "done": True, "presentations": [{
+            "presentation_id": PID, "stimulus_id": "g0", "onset": 1764250000.25,
+            "rates": [12.5, 0, -3.0], "window_ms": [50, 200]}]}),
+    MessageType.ACK: Message(MessageType.ACK, {"batch_id": "b-1", "accepted": 3, "duplicates": 1}),
+    MessageType.HEARTBEAT: Message(MessageType.HEARTBEAT),
+    MessageType.ERROR: error("unknown_batch", "no such batch", in_reply_to="RESULTS",
+                             batch_id="b-1"),
+}
+
+
+@pytest.mark.parametrize("mtype", list(MessageType))
+def test_round_trip(mtype):
+    msg = EXAMPLES[mtype]
+    frames = encode(msg)
+    assert frames[:2] == [VERSION, mtype.encode()]
+    assert decode(frames) == msg
+
+
+def test_examples_cover_every_type_and_frame_layout():
+    assert set(EXAMPLES) == set(MessageType)
+    frames = encode(EXAMPLES[MessageType.BATCH])
+    assert len(frames) == 5 and frames[3:] == [PNG, PNG]
+    assert [s["frame"] for s in json.loads(frames[2])["stimuli"]] == [0, None, 1]
+
+
+def test_encode_converts_numpy_and_rejects_nan():
+    msg = copy.deepcopy(EXAMPLES[MessageType.RESULTS])
+    msg.header["presentations"][0]["rates"] = np.array([1.5, 2.0], dtype=np.float32)
+    msg.header["presentations"][0]["onset"] = np.float64(1.7e9)
+    assert decode(encode(msg)).header["presentations"][0]["rates"] == [1.5, 2.0]
+    msg.header["presentations"][0]["rates"] = [float("nan")]
+    with pytest.raises(ProtocolError) as err:
+        encode(msg)
+    assert err.value.code == "bad_field"
+
+
+def test_png_helpers():
+    image = np.random.default_rng(0).integers(0, 256, (7, 3, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(decode_png(encode_png(image)), image)
+    with pytest.raises(ValueError, match="uint8"):
+        encode_png(image.astype(np.float32))
+    with pytest.raises(ProtocolError) as err:
+        decode_png(png_header() + b"garbage")
+    assert err.value.code == "bad_image"
+
+
+def test_error_to_message_and_codes_are_stable():
+    exc = ProtocolError("bad_field", "x", in_reply_to="RESULTS", batch_id="b")
+    assert isinstance(exc, ValueError) and str(exc) == "bad_field: x"
+    assert exc.to_message() == error("bad_field", "x", in_reply_to="RESULTS", batch_id="b")
+    assert {c.value for c in ErrorCode} >= {
+        "bad_version", "unknown_type", "bad_json", "missing_field", "bad_field", "too_large",
+        "unknown_batch", "not_registered", "internal"}
+
+
+def raw(mtype: str, header, *frames: bytes) -> list[bytes]:
+    body = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return [VERSION, mtype.encode(), body, *frames]
+
+
+def mutated(mtype: MessageType, change) -> list[bytes]:
+    """Frames of the example ``mtype`` after ``change(header)`` (which may return new frames)."""
+    msg = copy.deepcopy(EXAMPLES[mtype])
+    frames = change(msg.header)
+    return raw(mtype, msg.header, *(msg.frames if frames is None else frames))
+
+
+def drop(key, index=None, field=None):
+    def change(h):
+        del (h if index is None else h[key][index])[key if index is None else field]
+    return change
+
+
+def put(key, value):
+    return lambda h: h.__setitem__(key, value)
+
+
+def put_in(key, index, field, value):
+    return lambda h: h[key][index].__setitem__(field, value)
+
+
+CASES = [
+    # framing
+    ([], "bad_version"),
+    ([b"AMX2", b"HELLO", b"{}"], "bad_version"),
+    ([b"HELLO", b"{}"], "bad_version"),
+    ([VERSION, b"HELLO"], "bad_frames"),
+    ([VERSION, b"BYE", b"{}"], "unknown_type"),
+    ([VERSION, b"hello", b"{}"], "unknown_type"),
+    ([VERSION, b"\xff", b"{}"], "unknown_type"),
+    (raw("HEARTBEAT", b"{\"a\":"), "bad_json"),
+    (raw("HEARTBEAT", b"\xff\xfe"), "bad_json"),
+    (raw("HEARTBEAT", b"[]"), "bad_json"),
+    (raw("HEARTBEAT", b"{\"x\": NaN}"), "bad_json"),
+    (raw("HEARTBEAT", b"{}", b"extra"), "bad_frames"),
+    (raw("HEARTBEAT", b" " * (MAX_HEADER_BYTES + 1)), "too_large"),
+    # HELLO
+    (mutated(MessageType.HELLO, drop("rig")), "missing_field"),
+    (mutated(MessageType.HELLO, drop("cached_references")), "missing_field"),
+    (mutated(MessageType.HELLO, put("rig", "rig a")), "bad_field"),
+    (mutated(MessageType.HELLO, put("rig", "")), "bad_field"),
+    (mutated(MessageType.HELLO, put("protocol", 2)), "bad_version"),
+    (mutated(MessageType.HELLO, put("protocol", True)), "bad_version"),
+    (mutated(MessageType.HELLO, put("channels", 0)), "bad_field"),
+    (mutated(MessageType.HELLO, put("channels", 2.0)), "bad_field"),
+    (mutated(MessageType.HELLO, put("channels", True)), "bad_field"),
+    (mutated(MessageType.HELLO, put("cached_references", [1])), "bad_field"),
+    (mutated(MessageType.HELLO, put("cached_references", "ref-1")), "bad_field"),
+    (mutated(MessageType.HELLO, lambda h: [PNG]), "bad_frames"),
+    # WELCOME
+    (mutated(MessageType.WELCOME, drop("heartbeat_ms")), "missing_field"),
+    (mutated(MessageType.WELCOME, put("liveness", 0)), "bad_field"),
+    (mutated(MessageType.WELCOME, put("max_message_bytes", "64M")), "bad_field"),
+    # BATCH
+    (mutated(MessageType.BATCH, drop("session_id")), "missing_field"),
+    (mutated(MessageType.BATCH, put("batch_id", 7)), "bad_field"),
+    (mutated(MessageType.BATCH, put("batch_id", "x" * 129)), "bad_field"),
+    (mutated(MessageType.BATCH, put("generation", -1)), "bad_field"),
+    (mutated(MessageType.BATCH, put("response_window_ms", [200, 50])), "bad_field"),
+    (mutated(MessageType.BATCH, put("response_window_ms", [50])), "bad_field"),
+    (mutated(MessageType.BATCH, put("response_window_ms", [-5, 50])), "bad_field"),
+    (mutated(MessageType.BATCH, put("stimuli", [])), "bad_field"),
+    (mutated(MessageType.BATCH, put("stimuli", ["g0"])), "bad_field"),
+    (mutated(MessageType.BATCH, put_in("stimuli", 0, "kind", "natural")), "bad_field"),
+    (mutated(MessageType.BATCH, put_in("stimuli", 0, "frame", None)), "bad_field"),
+    (mutated(MessageType.BATCH, put_in("stimuli", 0, "frame", "0")), "bad_field"),
+    (mutated(MessageType.BATCH, drop("stimuli", 0, "kind")), "missing_field"),
+    (mutated(MessageType.BATCH, put_in("stimuli", 1, "stimulus_id", "g0")), "bad_field"),
+    (mutated(MessageType.BATCH, put_in("stimuli", 0, "frame", 5)), "bad_frames"),
+    (mutated(MessageType.BATCH, put_in("stimuli", 2, "frame", 0)), "bad_frames"),
+    (mutated(MessageType.BATCH, lambda h: [PNG, PNG, PNG]), "bad_frames"),
+    (mutated(MessageType.BATCH, lambda h: [PNG, b"GIF89a" + b"\0" * 40]), "bad_image"),
+    (mutated(MessageType.BATCH, lambda h: [PNG, png_header(depth=16)]), "bad_image"),
+    (mutated(MessageType.BATCH, lambda h: [PNG, png_header(color=6)]), "bad_image"),
+    (mutated(MessageType.BATCH, lambda h: [PNG, png_header(width=0)]), "bad_image"),
+    # RESULTS
+    (mutated(MessageType.RESULTS, drop("done")), "missing_field"),
+    (mutated(MessageType.RESULTS, put("done", 1)), "bad_field"),
+    (mutated(MessageType.RESULTS, put("presentations", {})), "bad_field"),
+    (mutated(MessageType.RESULTS, put_in("presentations", 0, "presentation_id", "p1")),
+     "bad_field"),
+    (mutated(MessageType.RESULTS, put_in("presentations", 0, "presentation_id", PID.upper())),
+     "bad_field"),
+    (mutated(MessageType.RESULTS, drop("presentations", 0, "onset")),
+     "missing_field"),
+    (mutated(MessageType.RESULTS, put_in("presentations", 0, "onset", "now")), "bad_field"),
+    (mutated(MessageType.RESULTS, put_in("presentations", 0, "rates", [])), "bad_field"),
+    (mutated(MessageType.RESULTS, put_in("presentations", 0, "rates", [1, None])), "bad_field"),
+    (mutated(MessageType.RESULTS, put_in("presentations", 0, "window_ms", [0, 0])), "bad_field"),
+    (mutated(MessageType.RESULTS, lambda h: [PNG]), "bad_frames"),
+    # ACK, ERROR
+    (mutated(MessageType.ACK, put("accepted", -1)), "bad_field"),
+    (mutated(MessageType.ACK, drop("duplicates")), "missing_field"),
+    (mutated(MessageType.ERROR, put("code", "Bad Code")), "bad_field"),
+    (mutated(MessageType.ERROR, put("in_reply_to", "PING")), "bad_field"),
+    (mutated(MessageType.ERROR, drop("in_reply_to")), "missing_field"),
+    (mutated(MessageType.ERROR, put("message", "")), "bad_field"),
+]
+
+
+@pytest.mark.parametrize("frames, code", CASES)
+def test_decode_rejects_with_stable_code(frames, code):
+    with pytest.raises(ProtocolError) as err:
+        decode(frames)
+    assert err.value.code == code, err.value
+    assert err.value.message  # says what is wrong
+
+
+def test_too_large_counts_all_frames():
+    frames = encode(EXAMPLES[MessageType.BATCH])
+    limit = sum(map(len, frames)) - 1
+    with pytest.raises(ProtocolError) as err:
+        decode(frames, max_message_bytes=limit)
+    assert err.value.code == "too_large" and err.value.in_reply_to == "BATCH"
+    assert decode(frames, max_message_bytes=limit + 1).type == MessageType.BATCH
+
+
+def test_error_names_message_and_batch():
+    frames = mutated(MessageType.RESULTS, put("done", None))
+    with pytest.raises(ProtocolError) as err:
+        decode(frames)
+    assert (err.value.in_reply_to, err.value.batch_id) == ("RESULTS", "b-1")
+    assert "'done'" in err.value.message and "true or false" in err.value.message
+
+
+def test_unknown_fields_are_ignored():
+    frames = mutated(MessageType.HEARTBEAT, put("note", "future field"))
+    assert decode(frames).header == {"note": "future field"}

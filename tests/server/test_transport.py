@@ -1,0 +1,335 @@
+"""Transport against a real ROUTER, driven by raw DEALER sockets on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import numpy as np
+import pytest
+import zmq
+import zmq.asyncio
+
+from rig_client.protocol import (
+    VERSION, Message, MessageType, ProtocolError, batch_message, decode, encode, encode_png,
+)
+from server import ServerError
+from server.transport import Transport
+
+HB = 0.05  # heartbeat_s in tests: expiry after HB * LIVENESS
+LIVENESS = 5
+
+
+class Recorder:
+    """Handler that records calls; ``fail_results`` makes on_results raise it."""
+
+    def __init__(self):
+        self.events: list[tuple[str, str]] = []
+        self.results: list[dict] = []
+        self.refuse: set[str] = set()
+        self.fail_results: Exception | None = None
+
+    async def on_hello(self, rig_name, header):
+        self.events.append(("hello", rig_name))
+        if rig_name in self.refuse:
+            raise ProtocolError("refused", f"no session is waiting for rig {rig_name}")
+        return {"server": "test-server"}
+
+    async def on_results(self, rig_name, header):
+        if self.fail_results is not None:
+            raise self.fail_results
+        self.results.append(header)
+        return {"batch_id": header["batch_id"], "accepted": len(header["presentations"]),
+                "duplicates": 0}
+
+    async def on_disconnect(self, rig_name):
+        self.events.append(("disconnect", rig_name))
+
+    async def on_connected(self, rig_name):
+        self.events.append(("connected", rig_name))
+
+
+def hello(rig="rig-a", channels=2):
+    return encode(Message(MessageType.HELLO, {"rig": rig, "protocol": 1, "channels": channels,
+                                              "cached_references": []}))
+
+
+def results(batch_id="b1", rates=(1.0, 2.0)):
+    p = {"presentation_id": str(uuid.uuid4()), "stimulus_id": "s1", "onset": 1.7e9,
+         "rates": list(rates), "window_ms": [50, 200]}
+    return encode(Message(MessageType.RESULTS, {"batch_id": batch_id, "presentations": [p],
+                                                "done": True}))
+
+
+def raw(mtype: bytes, header) -> list[bytes]:
+    body = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return [VERSION, mtype, body]
+
+
+class Harness:
+    """A running Transport plus DEALER sockets, all closed on exit."""
+
+    def __init__(self, ctx, endpoint, **kwargs):
+        self.ctx = zmq.asyncio.Context.shadow(ctx)
+        self.handler = Recorder()
+        kwargs = {"heartbeat_s": HB, "liveness": LIVENESS, **kwargs}
+        self.transport = Transport(endpoint, self.handler, context=ctx, **kwargs)
+        self.endpoint = endpoint
+        self.dealers: list[zmq.asyncio.Socket] = []
+
+    async def __aenter__(self):
+        self.task = asyncio.create_task(self.transport.run())
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.transport.close()
+        await self.task
+        for d in self.dealers:
+            d.close(linger=0)
+
+    def dealer(self) -> zmq.asyncio.Socket:
+        d = self.ctx.socket(zmq.DEALER)
+        d.setsockopt(zmq.LINGER, 0)
+        d.connect(self.endpoint)
+        self.dealers.append(d)
+        return d
+
+    @staticmethod
+    async def reply(d, *, skip_heartbeats=True, timeout=2.0) -> Message:
+        while True:
+            msg = decode(await asyncio.wait_for(d.recv_multipart(), timeout))
+            if not (skip_heartbeats and msg.type == MessageType.HEARTBEAT):
+                return msg
+
+    async def register(self, rig="rig-a", channels=2):
+        d = self.dealer()
+        await d.send_multipart(hello(rig, channels))
+        msg = await self.reply(d)
+        assert msg.type == MessageType.WELCOME, msg
+        return d
+
+
+def run(coro):
+    asyncio.run(asyncio.wait_for(coro, 20))
+
+
+def test_hello_welcome_results_ack(zmq_context, endpoint):
+    async def scenario():
+        async with Harness(zmq_context, endpoint) as h:
+            d = h.dealer()
+            await d.send_multipart(hello(channels=2))
+            welcome = await h.reply(d)
+            assert welcome.header == {"server": "test-server", "heartbeat_ms": 50,
+                                      "liveness": LIVENESS, "max_message_bytes": 64 * 2**20}
+            await asyncio.sleep(0.01)
+            assert h.handler.events == [("hello", "rig-a"), ("connected", "rig-a")]
+            assert h.transport.connected("rig-a") and h.transport.rigs() == ["rig-a"]
+            await d.send_multipart(results("b7"))
+            ack = await h.reply(d)
+            assert ack.type == MessageType.ACK
+            assert ack.header == {"batch_id": "b7", "accepted": 1, "duplicates": 0}
+
+    run(scenario())
+
+
+def test_send_batch_to_rig_and_to_unknown_rig(zmq_context, endpoint):
+    async def scenario():
+        async with Harness(zmq_context, endpoint) as h:
+            d = await h.register()
+            png = encode_png(np.zeros((2, 2, 3), np.uint8))
+            msg = batch_message(batch_id="b1", session_id="s", thread_id="t", generation=0,
+                                response_window_ms=[50, 200], stimuli=[("x", "synthetic", png)])
+            assert await h.transport.send("rig-a", msg)
+            got = await h.reply(d)
+            assert got.type == MessageType.BATCH and got.frames == [png]
+            assert not await h.transport.send("rig-b", msg)
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("frames, code", [
+    (raw(b"HELLO", b"{}")[1:], "bad_version"),
+    ([b"AMX2", b"HELLO", b"{}"], "bad_version"),
+    (raw(b"HELLO", b"{not json"), "bad_json"),
+    (raw(b"HELLO", [1, 2]), "bad_json"),
+    (raw(b"HELLO", {"rig": "rig-a", "protocol": 1, "channels": 2}), "missing_field"),
+    (raw(b"HELLO", {"rig": "rig a", "protocol": 1, "channels": 2, "cached_references": []}),
+     "bad_field"),
+    (raw(b"GOODBYE", {}), "unknown_type"),
+    (raw(b"HEARTBEAT", {}) + [b"x" * 700, b"y" * 700], "too_large"),
+])
+def test_malformed_messages_get_error_and_transport_survives(zmq_context, endpoint, frames, code):
+    async def scenario():
+        async with Harness(zmq_context, endpoint, max_message_bytes=1024) as h:
+            d = h.dealer()
+            await d.send_multipart(frames)
+            reply = await h.reply(d)
+            assert reply.type == MessageType.ERROR and reply.header["code"] == code, reply
+            await d.send_multipart(hello())
+            assert (await h.reply(d)).type == MessageType.WELCOME
+
+    run(scenario())
+
+
+def test_frame_over_the_hard_limit_drops_the_connection_only(zmq_context, endpoint):
+    async def scenario():
+        async with Harness(zmq_context, endpoint, max_message_bytes=1024) as h:
+            d = h.dealer()
+            await d.send_multipart(raw(b"HEARTBEAT", b"{}") + [b"x" * 2048])
+            with pytest.raises(asyncio.TimeoutError):
+                await h.reply(d, timeout=0.3)
+            await h.register()
+
+    run(scenario())
+
+
+def test_unregistered_identity_and_wrong_direction(zmq_context, endpoint):
+    async def scenario():
+        async with Harness(zmq_context, endpoint) as h:
+            d = h.dealer()
+            await d.send_multipart(results())
+            reply = await h.reply(d)
+            assert reply.header["code"] == "not_registered"
+            assert reply.header["in_reply_to"] == "RESULTS"
+            await d.send_multipart(encode(Message(MessageType.ERROR, {
+                "code": "unknown_reference", "message": "x", "in_reply_to": None})))
+            d2 = await h.register("rig-b")
+            await d2.send_multipart(encode(Message(MessageType.ACK, {
+                "batch_id": "b", "accepted": 0, "duplicates": 0})))
+            assert (await h.reply(d2)).header["code"] == "unexpected_type"
+            # Nothing came back for the ERROR: the next message on d is for the HEARTBEAT below.
+            await d.send_multipart(encode(Message(MessageType.HEARTBEAT)))
+            assert (await h.reply(d)).header["in_reply_to"] == "HEARTBEAT"
+
+    run(scenario())
+
+
+def test_rates_must_match_declared_channels(zmq_context, endpoint):
+    async def scenario():
+        async with Harness(zmq_context, endpoint) as h:
+            d = await h.register(channels=3)
+            await d.send_multipart(results("b2", rates=[1.0, 2.0]))
+            reply = await h.reply(d)
+            assert reply.header["code"] == "bad_field" and reply.header["batch_id"] == "b2"
+            assert h.handler.results == []
+
+    run(scenario())
+
+
+def test_handler_errors_become_error_replies(zmq_context, endpoint):
+    async def scenario():
+        async with Harness(zmq_context, endpoint) as h:
+            d = await h.register()
+            h.handler.fail_results = ProtocolError("unknown_batch", "no batch b1 for this rig")
+            await d.send_multipart(results("b1"))
+            reply = await h.reply(d)
+            assert reply.header == {"code": "unknown_batch", "message": "no batch b1 for this rig",
+                                    "in_reply_to": "RESULTS", "batch_id": "b1"}
+            h.handler.fail_results = RuntimeError("database is locked")
+            await d.send_multipart(results("b1"))
+            reply = await h.reply(d)
+            assert reply.header["code"] == "internal" and "database" not in reply.header["message"]
+            h.handler.fail_results = None
+            await d.send_multipart(results("b1"))
+            assert (await h.reply(d)).type == MessageType.ACK
+
+            async def bad_ack(rig_name, header):
+                return {"batch_id": header["batch_id"], "accepted": "all"}
+            h.handler.on_results = bad_ack
+            await d.send_multipart(results("b1"))
+            reply = await h.reply(d)
+            assert (reply.header["code"], reply.header["batch_id"]) == ("internal", "b1")
+            h.handler.fail_results = ProtocolError("Not A Code", "")
+            h.handler.on_results = Recorder.on_results.__get__(h.handler)
+            await d.send_multipart(results("b1"))
+            assert (await h.reply(d)).header["code"] == "internal"
+
+    run(scenario())
+
+
+def test_refused_hello(zmq_context, endpoint):
+    async def scenario():
+        async with Harness(zmq_context, endpoint) as h:
+            h.handler.refuse.add("rig-x")
+            d = h.dealer()
+            await d.send_multipart(hello("rig-x"))
+            reply = await h.reply(d)
+            assert reply.header["code"] == "refused" and reply.header["in_reply_to"] == "HELLO"
+            assert not h.transport.connected("rig-x")
+
+    run(scenario())
+
+
+def test_heartbeats_and_expiry_calls_on_disconnect(zmq_context, endpoint):
+    async def scenario():
+        async with Harness(zmq_context, endpoint) as h:
+            d = await h.register()
+            beat = await h.reply(d, skip_heartbeats=False)
+            assert beat.type == MessageType.HEARTBEAT
+            # Keep talking for longer than the expiry: still connected.
+            for _ in range(8):
+                await d.send_multipart(encode(Message(MessageType.HEARTBEAT)))
+                await asyncio.sleep(HB)
+            assert h.transport.connected("rig-a")
+            for _ in range(100):  # expiry is HB * LIVENESS; allow for a loaded machine
+                await asyncio.sleep(HB)
+                if not h.transport.connected("rig-a"):
+                    break
+            assert not h.transport.connected("rig-a")
+            assert h.handler.events[-1] == ("disconnect", "rig-a")
+            await d.send_multipart(encode(Message(MessageType.HEARTBEAT)))
+            assert (await h.reply(d)).header["code"] == "not_registered"
+
+    run(scenario())
+
+
+def test_reconnect_with_new_identity_rebinds(zmq_context, endpoint):
+    async def scenario():
+        async with Harness(zmq_context, endpoint) as h:
+            old = await h.register()
+            new = await h.register()  # same rig name, new socket = new identity
+            assert h.handler.events == [("hello", "rig-a"), ("connected", "rig-a")] * 2
+            assert (await h.reply(old)).header["code"] == "replaced"
+            msg = Message(MessageType.HEARTBEAT)
+            assert await h.transport.send("rig-a", msg)
+            assert (await h.reply(new, skip_heartbeats=False)).type == MessageType.HEARTBEAT
+            await old.send_multipart(results())
+            assert (await h.reply(old)).header["code"] == "not_registered"
+            await new.send_multipart(results())
+            assert (await h.reply(new)).type == MessageType.ACK
+
+    run(scenario())
+
+
+def test_send_validates_and_close_twice_is_harmless(zmq_context, endpoint):
+    async def scenario():
+        h = Harness(zmq_context, endpoint)
+        async with h:
+            await h.register()
+            with pytest.raises(ProtocolError) as err:
+                await h.transport.send("rig-a", Message(MessageType.ACK, {"batch_id": "b"}))
+            assert err.value.code == "missing_field"
+        await h.transport.close()
+        await h.transport.run()  # returns at once: already closed
+
+    run(scenario())
+
+
+def test_run_twice_is_an_error(zmq_context, endpoint):
+    async def scenario():
+        async with Harness(zmq_context, endpoint) as h:
+            await asyncio.sleep(0)
+            with pytest.raises(ServerError, match="already running"):
+                await h.transport.run()
+
+    run(scenario())
+
+
+def test_bind_failure_is_a_clear_server_error(zmq_context, endpoint):
+    async def scenario():
+        async with Harness(zmq_context, endpoint):
+            with pytest.raises(ServerError, match="free port"):
+                Transport(endpoint, Recorder(), context=zmq_context)
+
+    run(scenario())
