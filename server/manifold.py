@@ -124,7 +124,8 @@ def manifold_data(db: DBSession, thread_id: int) -> ManifoldData:
 
 def analyze(data: ManifoldData, *, n_levels: int = 21, n_boot: int = 100, seed: int = 0,
             reliability: bool = True) -> list[dict]:
-    """Per plane: smoothed map, level-set signature, mesh persistence, axis ratio, Kent fit and (unless
+    """Per plane: smoothed map, level-set signature, mesh persistence, axis ratio, Kent fit (to the raw
+    trial means) and (unless
     ``reliability`` is False) split-half and bootstrap reliability of the signature."""
     from analysis.isotropy import fit_kent, levelset_axis_ratio
     from analysis.persistence import grid_mesh, superlevel_persistence
@@ -144,7 +145,7 @@ def analyze(data: ManifoldData, *, n_levels: int = 21, n_boot: int = 100, seed: 
             "signature": levelset_signature(smoothed.values, n_levels, smoothed.theta, smoothed.phi),
             "persistence": superlevel_persistence(mesh.grid_to_vertices(smoothed.values), mesh),
             "axis_ratio": levelset_axis_ratio(smoothed.values, smoothed.theta, smoothed.phi, n_levels=n_levels),
-            "kent": fit_kent(smoothed.values, smoothed.theta, smoothed.phi),
+            "kent": fit_kent(raw, data.theta, data.phi),  # fitted to the measured grid, not the spline
         }
         if reliability:
             result["split_half"] = split_half_reliability(trials, data.theta, data.phi, n_levels=n_levels, rng=rng)

@@ -25,9 +25,11 @@ def _data(db, thread_id: int):
 
 
 @router.get("/{thread_id}/manifold", response_model=list[ManifoldPlaneRead])
-def get_manifold(thread_id: int, db: DB, n_boot: int = Query(50, ge=10, le=1000)) -> list[dict]:
-    """Level-set signature, mesh persistence, isotropy and reliability of each plane."""
-    return summary(analyze(_data(db, thread_id), n_boot=n_boot))
+def get_manifold(thread_id: int, db: DB, reliability: bool = Query(False), n_boot: int = Query(50, ge=10, le=1000)
+                 ) -> list[dict]:
+    """Level-set signature, mesh persistence and isotropy of each plane; with ``reliability=true`` also
+    split-half and bootstrap reliability (hundreds of spline fits: seconds to minutes)."""
+    return summary(analyze(_data(db, thread_id), n_boot=n_boot, reliability=reliability))
 
 
 @router.get("/{thread_id}/manifold.png", response_class=Response,

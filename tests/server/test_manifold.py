@@ -1,0 +1,77 @@
+"""End to end: an evolution, then a Manifold map around it, on the simulated rig; analysed by CLI and REST."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from server.launch import ServerProcess, start_sim_rig, stop
+from server.store.models import decode_codes
+from tests.server.test_end_to_end import UNIT, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def test_manifold_map_around_an_evolution(tmp_path):
+    data = tmp_path / "data"
+    server = ServerProcess(data, secrets.token_urlsafe(16))
+    api = server.start()
+    rig_log = tmp_path / "rig.log"
+    rig = start_sim_rig(server.zmq_endpoint, "map-rig", [UNIT], rig_log)
+    watched = [(server.process, server.log_path), (rig, rig_log)]
+    try:
+        session = api.post("/sessions", {
+            "name": "manifold", "rig": "map-rig", "references": {"source": "skimage", "count": 2},
+            "threads": [
+                {"name": "evolve", "generator": "dcgan-faces", "optimizer": "cma",
+                 "optimizer_params": {"population": 10}, "objective": {"channels": [0]}, "seed": 1,
+                 "n_generations": 5},
+                {"name": "map", "kind": "manifold", "generator": "dcgan-faces", "objective": {"channels": [0]},
+                 "manifold": {"source": "evolve", "planes": ["pc2-3", "random"]}, "seed": 2, "repeats": 2},
+            ],
+        })
+        evolve, manifold = api.get(f"/sessions/{session['id']}/threads")
+        wait_until(lambda: api.get(f"/threads/{manifold['id']}")["status"] == "finished", 400,
+                   "the manifold thread to finish", watched)
+
+        # Every grid image was shown twice; each plane is an 11 x 11 grid.
+        (generation,) = api.get(f"/threads/{manifold['id']}/generations")
+        assert generation["status"] == "complete" and generation["n_stimuli"] == 2 * 121
+
+        figures = api.get(f"/threads/{manifold['id']}/manifold")
+        assert [f["plane"] for f in figures] == ["pc2-3", "random"]
+        for figure in figures:
+            assert len(figure["signature"]["n_loop"]) == 21 and figure["bootstrap"] is None
+        png = api._http.get(f"/threads/{manifold['id']}/manifold.png", params={"plane": 1})
+        assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
+        assert api._http.get(f"/threads/{evolve['id']}/manifold").status_code == 409
+    finally:
+        stop(rig)
+        server.stop()
+        api.close()
+
+    # The grid lies on the sphere of the final generation's mean norm, centred on the trajectory's PC1.
+    with sqlite3.connect(data / "actmax.sqlite") as db:
+        final = db.execute("SELECT codes, n_stimuli FROM generations WHERE thread_id = ? ORDER BY number DESC",
+                           (evolve["id"],)).fetchone()
+        grid = db.execute("SELECT codes, n_stimuli FROM generations WHERE thread_id = ?",
+                          (manifold["id"],)).fetchone()
+    radius = np.linalg.norm(decode_codes(*final), axis=1).mean()
+    np.testing.assert_allclose(np.linalg.norm(decode_codes(*grid), axis=1), radius, rtol=1e-9)
+
+    out = tmp_path / "analysis"
+    result = subprocess.run(
+        [sys.executable, "-m", "server.cli", "analyze", "manifold", str(manifold["id"]), "--data-dir", str(data),
+         "--out", str(out), "--n-boot", "20"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    written = json.loads((out / "manifold.json").read_text())
+    assert [p["plane"] for p in written] == ["pc2-3", "random"]
+    assert all(p["bootstrap"]["n_boot"] == 20 and p["split_half"] is not None for p in written)
+    assert (out / "manifold_pc2-3.png").read_bytes().startswith(b"\x89PNG")
+    assert "lowest single-loop level" in result.stdout
