@@ -34,11 +34,10 @@ from server.manifold import ManifoldNotReady, design_for
 from server.objectives import Objective
 from server.settings import Settings
 from server.store.archive import ImageArchive
-from server.store.records import PresentationRecord, record_presentations
+from server.store.records import PresentationRecord, log_event, record_presentations
 from server.store.models import (
     Batch,
     BatchStatus,
-    Event,
     EventLevel,
     Generation,
     GenerationStatus,
@@ -146,14 +145,11 @@ class Engine:
 
     # ------------------------------------------------------------------ transport handler
     async def on_hello(self, rig: str, header: dict) -> dict:
+        """Remember which references the rig caches; the transport fills in heartbeat and size limits."""
         self._rig_references[rig] = set(header.get("cached_references", []))
-        await self._offload(self._log, None, None, "rig_hello", f"rig {rig!r} connected", header)
-        return {
-            "server": "actmax",
-            "heartbeat_ms": int(self.settings.heartbeat_s * 1000),
-            "liveness": self.settings.liveness,
-            "max_message_bytes": self.settings.max_message_bytes,
-        }
+        await self._offload(self._log, None, None, "rig_hello", f"rig {rig!r} connected",
+                            {"channels": header.get("channels"), "cached_references": len(self._rig_references[rig])})
+        return {"server": "actmax"}
 
     async def on_connected(self, rig: str) -> None:
         """A rig (re)joined: send it whatever its threads are waiting on."""
@@ -237,10 +233,9 @@ class Engine:
 
     def _fail_thread(self, thread_id: int, exc: Exception) -> None:
         with self._db.begin() as db:
-            thread = db.get(Thread, thread_id)
-            thread.status = ThreadStatus.STOPPED
-            db.add(Event(session_id=thread.session_id, thread_id=thread_id, level=EventLevel.ERROR,
-                         kind="thread_failed", message=f"thread stopped: {exc}", data_json=None))
+            db.get(Thread, thread_id).status = ThreadStatus.STOPPED
+            self._log_in(db, None, thread_id, "thread_failed", f"thread {thread_id} stopped: {exc}",
+                         level=EventLevel.ERROR)
 
     def _generator(self, name: str):
         if name not in self._generators:
@@ -454,7 +449,8 @@ class Engine:
             runtime.inflight.batch_id, runtime.inflight.awaiting = "", set()
             asyncio.get_running_loop().create_task(self._advance(runtime))
             return
-        await self.transport.send(runtime.rig, message)
+        if not await self.transport.send(runtime.rig, message):
+            return  # the rig left meanwhile; on_connected sends the round when it is back
         stimuli = message.header["stimuli"]
         cached.update(s["stimulus_id"] for s in stimuli if s["kind"] == "reference")
         runtime.inflight.batch_id = message.header["batch_id"]
@@ -504,9 +500,9 @@ class Engine:
 
     @staticmethod
     def _log_in(db, session_id, thread_id, kind, message, data=None, level=EventLevel.INFO) -> None:
+        """An event row in the session record, and the same line in the server log."""
         log.log(logging.WARNING if level in (EventLevel.WARNING, EventLevel.ERROR) else logging.INFO, message)
-        db.add(Event(session_id=session_id, thread_id=thread_id, kind=kind, message=message,
-                     data_json=data, level=level))
+        log_event(db, kind, message, level=level, session_id=session_id, thread_id=thread_id, data=data)
 
     @staticmethod
     def _generation_stimuli(db: DBSession, generation_id: int, session_id: int) -> list[Stimulus]:
