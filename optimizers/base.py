@@ -205,7 +205,9 @@ class Optimizer(ABC):
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue bit for bit: numbers, strings, lists, arrays, RNG state."""
-        hyperparameters = dict(self.hyperparameters)
+        hyperparameters = {
+            key: value.copy() if isinstance(value, np.ndarray) else value for key, value in self.hyperparameters.items()
+        }
         for key in self.fingerprinted_hyperparameters:
             hyperparameters[key] = {"sha256": array_fingerprint(hyperparameters[key])}
         return {

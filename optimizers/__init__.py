@@ -1,0 +1,31 @@
+"""Ask/tell optimizers with exact, resumable state.
+
+``create(name, dim, *, seed=None, **hyperparameters)`` builds one by its registered name
+(``available()`` lists them); ``dumps_state``/``loads_state`` turn a ``state_dict()`` into bytes
+and back without pickle. See docs/optimizers.md.
+"""
+
+from . import cma, ga, hess_cma, pycma_adapter, sphere_cma  # noqa: F401  (modules register their optimizers)
+from .base import (
+    MissingDependencyError,
+    Optimizer,
+    OptimizerError,
+    available,
+    create,
+    dumps_state,
+    hyperparameter_names,
+    loads_state,
+    register,
+)
+
+__all__ = [
+    "MissingDependencyError",
+    "Optimizer",
+    "OptimizerError",
+    "available",
+    "create",
+    "dumps_state",
+    "hyperparameter_names",
+    "loads_state",
+    "register",
+]
