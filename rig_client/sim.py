@@ -121,7 +121,7 @@ class SimulatedRig:
         self.stop = threading.Event()
         self.record = open(args.record, "a") if args.record else None
         log.info("simulated rig %r: units %s, noise %s", args.rig, ", ".join(map(str, self.scorer.units)),
-                 self.noise)
+                 ", ".join(vars(m) and f"{type(m).__name__}{vars(m)}" for m in self.noise.models) or "none")
 
     def respond(self, batch) -> list:
         """Presentations for a batch (every stimulus, in order) with noisy rates per channel."""
@@ -130,7 +130,7 @@ class SimulatedRig:
 
         from rig_client.client import Presentation
 
-        frames = [torch.from_numpy(s.image()).permute(2, 0, 1).float().div(255).unsqueeze(0) for s in batch.stimuli]
+        frames = [torch.tensor(s.image()).permute(2, 0, 1).float().div(255).unsqueeze(0) for s in batch.stimuli]
         size = max(f.shape[-1] for f in frames)
         images = torch.cat([F.interpolate(f, size=(size, size), mode="bilinear", antialias=True)
                             if f.shape[-1] != size else f for f in frames])

@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for noisy in ("httpx", "alembic"):  # a line per REST call or migration step is noise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return args.func(args) or 0
     except KeyboardInterrupt:

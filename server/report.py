@@ -105,7 +105,8 @@ def write_session_report(database_url: str, data_dir: Path, session_id: int, out
                 ax.plot(curves["number"], curves["reference_mean"], label="reference mean", color="C1")
                 if references:
                     ax.axhline(max(references.values()), color="C1", ls="--", label="best reference")
-                ax.set(title=f"{thread.name} ({thread.optimizer})", xlabel="generation", ylabel="score")
+                title = thread.name if thread.name == thread.optimizer else f"{thread.name} ({thread.optimizer})"
+                ax.set(title=title, xlabel="generation", ylabel="score")
                 ax.legend(fontsize=8)
                 summaries.append(ThreadSummary(
                     thread_id=thread.id, name=thread.name, optimizer=thread.optimizer,
