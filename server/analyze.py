@@ -28,6 +28,23 @@ def add_parser(subcommands) -> None:
     session.add_argument("session", type=int, help="session id")
     session.set_defaults(func=run_session)
 
+    geometry = analyses.add_parser(
+        "geometry", help="metric Hessians of a generator: spectra, homogeneity, eigenvector walks",
+        description="Compute the metric Hessian of a generator's image manifold at random codes, and of a "
+        "shuffled-weights control; write summary.json (dims for 99/99.9/99.99%% of the spectrum, "
+        "homogeneity), spectra.png, homogeneity.png, eigenvector walks and eigenbasis.npz (for hess-cma).")
+    geometry.add_argument("generator", help="generator name, e.g. dcgan-faces")
+    geometry.add_argument("--out", type=Path, default=Path("actmax-geometry"), help="output folder")
+    geometry.add_argument("--positions", type=int, default=30, help="codes to compute Hessians at (default 30)")
+    geometry.add_argument("--method", default="bp", choices=["bp", "hvp_ad", "hvp_fd", "jac"],
+                          help="bp: full backprop (exact); hvp_*: Lanczos on Hessian-vector products; "
+                          "jac: Jacobian Gram form (default bp)")
+    geometry.add_argument("--distance", default="mse", choices=["mse", "perceptual"],
+                          help="pixel MSE or EfficientNet-Lite0 feature distance (default mse)")
+    geometry.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    geometry.add_argument("--seed", type=int, default=0)
+    geometry.set_defaults(func=run_geometry)
+
 
 def _add_store_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="server data folder (default: ACTMAX_DATA_DIR or ./actmax-data)")
@@ -77,5 +94,18 @@ def run_session(args: argparse.Namespace) -> int:
     for s in write_session_report(settings.database_url, settings.data_dir, args.session, args.out):
         print(f"{s.name}: {s.generations} generations, first mean {s.first_generation_mean:.3f}, "
               f"last mean {s.last_generation_mean:.3f}, best reference {s.best_reference:.3f}")
+    print(f"written to {args.out}/")
+    return 0
+
+
+def run_geometry(args: argparse.Namespace) -> int:
+    from analysis.geometry import report
+
+    summary = report(args.generator, args.out, n_positions=args.positions, method=args.method,
+                     distance=args.distance, device=args.device, seed=args.seed)
+    for model in ("real", "shuffled"):
+        m = summary[model]
+        print(f"{model:>8}: dims_99 {m['dims_99']}, dims_999 {m['dims_999']}, corr_log {m['corr_log_mean']:.3f}, "
+              f"corr_lin {m['corr_lin_mean']:.3f}")
     print(f"written to {args.out}/")
     return 0
