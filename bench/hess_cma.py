@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import argparse
 import time
+import sys
 from pathlib import Path
 
 import numpy as np
+
+# The repo root before bench/, so `optimizers` is the package and not bench/optimizers.py.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 LAYERS = ("blocks.2", "blocks.5", "blocks.8", "blocks.11", "blocks.14")
 

@@ -17,9 +17,13 @@ import sqlite3
 import tempfile
 import time
 from datetime import datetime
+import sys
 from pathlib import Path
 
 import numpy as np
+
+# The repo root before bench/, so `optimizers` is the package and not bench/optimizers.py.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def server_turnarounds(database: Path) -> np.ndarray:
