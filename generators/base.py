@@ -1,0 +1,178 @@
+"""Generator base class, the registry behind `generators.load`, and weight-file helpers."""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+class GeneratorError(ValueError):
+    """Bad generator name, code shape or option."""
+
+
+class WeightsNotFoundError(GeneratorError, FileNotFoundError):
+    """A generator's weights file is missing; the message lists the paths tried and where to put it."""
+
+    def __init__(self, name: str, tried: list[Path], hint: str) -> None:
+        self.tried = [Path(p) for p in tried]
+        listing = "\n".join(f"  - {p}" for p in self.tried) or "  (none)"
+        super().__init__(f"weights for generator {name!r} not found; tried:\n{listing}\n{hint}")
+
+
+_REGISTRY: dict[str, Callable[..., Generator]] = {}
+
+
+def register(name: str, factory: Callable[..., Generator]) -> None:
+    """Register `factory(device=..., weights=..., **options)` under `name` (unique)."""
+    if name in _REGISTRY:
+        raise GeneratorError(f"generator {name!r} is already registered")
+    _REGISTRY[name] = factory
+
+
+def available() -> list[str]:
+    """Names accepted by `load`, sorted."""
+    return sorted(_REGISTRY)
+
+
+def load(name: str, device: str | torch.device = "auto", weights: str | Path | None = None,
+         **options: Any) -> Generator:
+    """Build the generator `name` on `device` ("auto" = CUDA when present, else CPU).
+
+    `weights` is a weights file or a directory holding it; None searches the generator's standard
+    locations. `options` are generator-specific (e.g. `truncation` for BigGAN).
+    """
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        raise GeneratorError(f"unknown generator {name!r}; available: {', '.join(available())}") from None
+    return factory(device=resolve_device(device), weights=weights, **options)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """"auto" -> cuda if available else cpu; anything else is passed to `torch.device`."""
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise GeneratorError(f"invalid device {device!r}: {exc}") from None
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def find_weights(name: str, weights: str | Path | None, filename: str, defaults: list[Path],
+                 hint: str) -> Path:
+    """Resolve a weights file: an explicit file, `weights/filename` for a directory, else `defaults`.
+
+    Raises WeightsNotFoundError listing every path tried.
+    """
+    if weights is not None:
+        path = Path(weights).expanduser()
+        candidates = [path / filename] if path.is_dir() else [path]
+    else:
+        candidates = list(defaults)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise WeightsNotFoundError(name, candidates, hint)
+
+
+def load_state_dict_file(name: str, path: Path) -> dict[str, torch.Tensor]:
+    """`torch.load` a state dict safely (weights_only=True) onto the CPU."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt file, pickle with code, wrong format
+        raise GeneratorError(f"cannot read weights for {name!r} from {path}: {exc}") from exc
+
+
+def load_into(name: str, module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """`module.load_state_dict(state, strict=True)` with an error naming the file."""
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise GeneratorError(f"weights in {path} do not fit generator {name!r}: {exc}") from exc
+
+
+class Generator(abc.ABC):
+    """Latent code -> image network.
+
+    Subclasses set `name`, `version`, `latent_dim`, `image_size`, build `module` (eval mode, on
+    `device`) and implement `forward` (differentiable), `sample` and `default_init`.
+    """
+
+    name: str
+    version: str
+    latent_dim: int
+    image_size: int
+
+    def __init__(self, module: torch.nn.Module, device: torch.device, weights_sha256: str | None,
+                 *, batch_size: int = 64) -> None:
+        self.device = device
+        self.module = module.to(device).eval()
+        self.module.requires_grad_(False)
+        self.weights_sha256 = weights_sha256
+        self.batch_size = batch_size
+
+    @abc.abstractmethod
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Differentiable map of float32 codes (n, latent_dim) on `device` to images (n, 3, H, W) in [0, 1]."""
+
+    @abc.abstractmethod
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """`n` codes (n, latent_dim), float64, drawn from the latent prior."""
+
+    @abc.abstractmethod
+    def default_init(self) -> dict:
+        """Documented starting geometry for optimizers: {"init_code", "sigma0", "radius"}."""
+
+    def generate(self, codes: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Images (n, 3, H, W), float32 in [0, 1], on `device`.
+
+        A tensor that requires grad goes through `forward` in one batch and keeps its graph (for
+        Hessians, gradient ascent); anything else runs without grad in chunks of `batch_size`.
+        """
+        z = self._as_codes(codes)
+        if z.requires_grad:
+            return self.forward(z)
+        with torch.no_grad():
+            return torch.cat([self.forward(chunk) for chunk in z.split(self.batch_size)])
+
+    @property
+    def provenance(self) -> dict:
+        """What identifies an image's source: {"name", "version", "weights_sha256"}."""
+        return {"name": self.name, "version": self.version, "weights_sha256": self.weights_sha256}
+
+    def _as_codes(self, codes: np.ndarray | torch.Tensor) -> torch.Tensor:
+        if isinstance(codes, torch.Tensor):
+            z = codes
+        else:
+            try:
+                z = torch.from_numpy(np.asarray(codes, dtype=np.float32))
+            except (TypeError, ValueError) as exc:
+                raise GeneratorError(f"codes must be a numeric array: {exc}") from None
+        if z.ndim != 2 or z.shape[1] != self.latent_dim:
+            raise GeneratorError(
+                f"{self.name}: codes must have shape (n, {self.latent_dim}); got {tuple(z.shape)}"
+                " (use codes[None] for a single code)")
+        if z.shape[0] == 0:
+            raise GeneratorError(f"{self.name}: no codes given (n = 0)")
+        if not bool(torch.isfinite(z).all()):
+            raise GeneratorError(f"{self.name}: codes contain NaN or infinity")
+        return z.to(device=self.device, dtype=torch.float32)
+
+    def __repr__(self) -> str:
+        return (f"<{type(self).__name__} {self.name} v{self.version} d={self.latent_dim} "
+                f"{self.image_size}px on {self.device}>")

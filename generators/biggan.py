@@ -1,0 +1,148 @@
+"""`biggan-deep-128/256/512`: BigGAN-deep from `pytorch-pretrained-biggan`, in a 256-d code space.
+
+Code = [128-d noise | 128-d class embedding]. The class half is fed to the generator directly as the
+embedding (the 1000-way one-hot -> embedding matrix is bypassed), so optimizers move through class space
+continuously. The noise half uses the truncation trick: the generator's BatchNorm statistics are those
+for `truncation` (default 0.7), and prior noise is truncation * truncnorm(-2, 2).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .base import (Generator, GeneratorError, WeightsNotFoundError, load_state_dict_file, register,
+                   sha256_file)
+
+WEIGHTS_NAME = "pytorch_model.bin"
+CONFIG_NAME = "config.json"
+DEFAULT_TRUNCATION = 0.7
+DEFAULT_CLASS = 1  # goldfish: the class whose embedding `default_init` starts from
+
+# The published configs differ only in output size and block list: (upsample?, in, out) x channel_width.
+_BLOCKS = {
+    128: [(False, 16, 16), (True, 16, 16), (False, 16, 16), (True, 16, 8), (False, 8, 8), (True, 8, 4),
+          (False, 4, 4), (True, 4, 2), (False, 2, 2), (True, 2, 1)],
+    256: [(False, 16, 16), (True, 16, 16), (False, 16, 16), (True, 16, 8), (False, 8, 8), (True, 8, 8),
+          (False, 8, 8), (True, 8, 4), (False, 4, 4), (True, 4, 2), (False, 2, 2), (True, 2, 1)],
+    512: [(False, 16, 16), (True, 16, 16), (False, 16, 16), (True, 16, 8), (False, 8, 8), (True, 8, 8),
+          (False, 8, 8), (True, 8, 4), (False, 4, 4), (True, 4, 2), (False, 2, 2), (True, 2, 1),
+          (False, 1, 1), (True, 1, 1)],
+}
+
+
+def _biggan():
+    try:
+        import pytorch_pretrained_biggan
+    except ImportError:
+        raise GeneratorError("BigGAN needs `pip install pytorch-pretrained-biggan` "
+                             "(or `pip install actmax[biggan]`)") from None
+    return pytorch_pretrained_biggan
+
+
+def standard_config(resolution: int) -> dict:
+    """The published config of biggan-deep-<resolution>, used when no config.json sits beside the weights."""
+    return {"output_dim": resolution, "z_dim": 128, "class_embed_dim": 128, "channel_width": 128,
+            "num_classes": 1000, "layers": [list(b) for b in _BLOCKS[resolution]],
+            "attention_layer_position": 8, "eps": 1e-4, "n_stats": 51}
+
+
+def _cache_candidates(name: str) -> list[tuple[Path, Path | None]]:
+    """(weights, config) pairs where `BigGAN.from_pretrained(name)` would have cached its downloads."""
+    pkg = _biggan()
+    from pytorch_pretrained_biggan.file_utils import url_to_filename
+    from pytorch_pretrained_biggan.model import PRETRAINED_CONFIG_ARCHIVE_MAP, PRETRAINED_MODEL_ARCHIVE_MAP
+
+    cache = Path(pkg.PYTORCH_PRETRAINED_BIGGAN_CACHE)
+    pairs = [(cache / name / WEIGHTS_NAME, cache / name / CONFIG_NAME)]
+    model_stem = url_to_filename(PRETRAINED_MODEL_ARCHIVE_MAP[name])
+    config_stem = url_to_filename(PRETRAINED_CONFIG_ARCHIVE_MAP[name])
+    configs = [p for p in sorted(cache.glob(config_stem + "*")) if p.suffix != ".json"]
+    hashed = [p for p in sorted(cache.glob(model_stem + "*")) if p.suffix != ".json"]
+    pairs += [(p, configs[0] if configs else None) for p in hashed] or [(cache / model_stem, None)]
+    return pairs
+
+
+def _resolve(name: str, weights: str | Path | None) -> tuple[Path, Path | None]:
+    """(weights file, config file or None) from a directory, a file, or the package cache."""
+    if weights is None:
+        pairs = _cache_candidates(name)
+    else:
+        path = Path(weights).expanduser()
+        if path.is_dir():
+            pairs = [(path / WEIGHTS_NAME, path / CONFIG_NAME)]
+        else:
+            pairs = [(path, path.parent / CONFIG_NAME)]
+    for model_file, config_file in pairs:
+        if model_file.is_file():
+            return model_file, config_file if config_file is not None and config_file.is_file() else None
+    raise WeightsNotFoundError(
+        name, [p for p, _ in pairs],
+        hint=f"Put {WEIGHTS_NAME} (and {CONFIG_NAME}) of {name} in a directory and pass weights=<dir>, "
+             f"pass weights=<file>, or let `BigGAN.from_pretrained({name!r})` fill the package cache "
+             "on a machine with internet access.")
+
+
+class BigGAN(Generator):
+    """BigGAN-deep generator over [noise (128) | class embedding (128)]; output (x + 1) / 2 clamped.
+
+    `default_init()` starts from truncated noise (seed 0) and the embedding of `DEFAULT_CLASS`,
+    with sigma0 0.2 and the radius of that code.
+    """
+
+    latent_dim = 256
+
+    def __init__(self, *, name: str, resolution: int, device: torch.device,
+                 weights: str | Path | None = None, truncation: float = DEFAULT_TRUNCATION) -> None:
+        if not 0.0 < float(truncation) <= 1.0:
+            raise GeneratorError(f"truncation must be in (0, 1]; got {truncation}")
+        pkg = _biggan()
+        self.name = name
+        self.truncation = float(truncation)
+        self.version = f"1.0-trunc{self.truncation:g}"
+        model_file, config_file = _resolve(name, weights)
+        config_dict = (json.loads(config_file.read_text()) if config_file
+                       else standard_config(resolution))
+        config = pkg.BigGANConfig.from_dict(config_dict)
+        if config.z_dim != 128 or config.class_embed_dim != 128:
+            raise GeneratorError(f"{config_file}: expected z_dim = class_embed_dim = 128")
+        self.image_size = int(config.output_dim)
+        module = pkg.BigGAN(config)
+        missing, _ = module.load_state_dict(load_state_dict_file(name, model_file), strict=False)
+        if missing:
+            raise GeneratorError(f"weights in {model_file} do not fit {name}: missing {missing[:5]}")
+        super().__init__(module, device, sha256_file(model_file), batch_size=8)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        out = self.module.generator(z, self.truncation)
+        return ((out + 1.0) / 2.0).clamp(0.0, 1.0)
+
+    def class_embedding(self, class_index: int) -> np.ndarray:
+        """The 128-d embedding of ImageNet class `class_index` (0..999)."""
+        weight = self.module.embeddings.weight  # (128, num_classes)
+        if not 0 <= class_index < weight.shape[1]:
+            raise GeneratorError(f"class_index must be in 0..{weight.shape[1] - 1}; got {class_index}")
+        return weight[:, class_index].double().cpu().numpy()
+
+    def _noise(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        from scipy.stats import truncnorm
+
+        return self.truncation * truncnorm.rvs(-2, 2, size=(n, 128), random_state=rng)
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        classes = rng.integers(0, self.module.embeddings.weight.shape[1], size=n)
+        embed = self.module.embeddings.weight.double().cpu().numpy()[:, classes].T
+        return np.concatenate([self._noise(n, rng), embed], axis=1)
+
+    def default_init(self, class_index: int = DEFAULT_CLASS) -> dict:
+        code = np.concatenate([self._noise(1, np.random.default_rng(0))[0], self.class_embedding(class_index)])
+        return {"init_code": code, "sigma0": 0.2, "radius": float(np.linalg.norm(code))}
+
+
+for _resolution in _BLOCKS:
+    _name = f"biggan-deep-{_resolution}"
+    register(_name, functools.partial(BigGAN, name=_name, resolution=_resolution))
