@@ -23,7 +23,7 @@ class GeneticAlgorithm(Optimizer):
     """``ga``: Ponce-lab GA (defaults: 40 / 10 elites / rate 0.25 / size 0.75 / kT 2σ / skew 0.75).
 
     Hyperparameters:
-      population (40), n_conserve (10, elites), mutation_rate (0.25), mutation_size (0.75),
+      population (40), n_conserve (elites; default population // 4: 10 at 40), mutation_rate (0.25), mutation_size (0.75),
       parental_skew (0.75);
       kT_multiplier (default 2) or, as in XDream, selectivity with kT = std/selectivity (give one);
       score_clip_percentile: None (default, as published) or a percentile in (0, 100] at which
@@ -39,7 +39,7 @@ class GeneticAlgorithm(Optimizer):
         *,
         seed: int | None = None,
         population: int = 40,
-        n_conserve: int = 10,
+        n_conserve: int | None = None,
         mutation_rate: float = 0.25,
         mutation_size: float = 0.75,
         parental_skew: float = 0.75,
@@ -60,7 +60,8 @@ class GeneticAlgorithm(Optimizer):
             )
         hyperparameters = {
             "population": population,
-            "n_conserve": check_int("n_conserve", n_conserve, 0, population - 1),
+            "n_conserve": check_int("n_conserve", population // 4 if n_conserve is None else n_conserve, 0,
+                                    population - 1),
             "mutation_rate": check_float("mutation_rate", mutation_rate, 0.0, 1.0),
             "mutation_size": check_float("mutation_size", mutation_size, 0.0),
             "parental_skew": check_float("parental_skew", parental_skew, 0.0, 1.0),

@@ -72,7 +72,7 @@ class SphereCMA(Optimizer):
 
     Hyperparameters:
       radius: R (default 300, published for the 4096-d fc6 GAN; √d, e.g. 10, for the 100-d DCGAN).
-      population: samples per generation (default 40). n_parents: μ, ranks given log weights (20).
+      population: samples per generation (default 40). n_parents: μ, ranks given log weights (default population // 2: 20 at 40).
       lr: SLERP extrapolation factor (default 1.5).
       schedule: "exp" (default) or "inv"; angle_start/angle_end in degrees (50 → 7.33) over
         schedule_generations (75) sampling generations ("inv" ignores the two angles).
@@ -93,7 +93,7 @@ class SphereCMA(Optimizer):
         seed: int | None = None,
         radius: float = 300.0,
         population: int = 40,
-        n_parents: int = 20,
+        n_parents: int | None = None,
         lr: float = 1.5,
         schedule: str = "exp",
         angle_start: float = 50.0,
@@ -115,7 +115,7 @@ class SphereCMA(Optimizer):
         hyperparameters = {
             "radius": check_float("radius", radius, 0.0, low_open=True),
             "population": population,
-            "n_parents": check_int("n_parents", n_parents, 1, population),
+            "n_parents": check_int("n_parents", population // 2 if n_parents is None else n_parents, 1, population),
             "lr": check_float("lr", lr, 0.0, low_open=True),
             "schedule": check_choice("schedule", schedule, ("exp", "inv")),
             "angle_start": check_float("angle_start", angle_start, 0.0, 180.0, low_open=True),
