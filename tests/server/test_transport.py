@@ -262,18 +262,20 @@ def test_refused_hello(zmq_context, endpoint):
 
 
 def test_heartbeats_and_expiry_calls_on_disconnect(zmq_context, endpoint):
+    hb = 0.25  # expiry after 1.25 s of silence: a loaded machine's scheduling hiccups stay well below it
+
     async def scenario():
-        async with Harness(zmq_context, endpoint) as h:
+        async with Harness(zmq_context, endpoint, heartbeat_s=hb) as h:
             d = await h.register()
             beat = await h.reply(d, skip_heartbeats=False)
             assert beat.type == MessageType.HEARTBEAT
             # Keep talking for longer than the expiry: still connected.
             for _ in range(8):
                 await d.send_multipart(encode(Message(MessageType.HEARTBEAT)))
-                await asyncio.sleep(HB)
+                await asyncio.sleep(hb)
             assert h.transport.connected("rig-a")
-            for _ in range(100):  # expiry is HB * LIVENESS; allow for a loaded machine
-                await asyncio.sleep(HB)
+            for _ in range(100):  # expiry is hb * LIVENESS; allow for a loaded machine
+                await asyncio.sleep(hb)
                 if not h.transport.connected("rig-a"):
                     break
             assert not h.transport.connected("rig-a")
