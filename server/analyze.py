@@ -45,6 +45,10 @@ def add_parser(subcommands) -> None:
     geometry.add_argument("--seed", type=int, default=0)
     geometry.set_defaults(func=run_geometry)
 
+    from server import study
+
+    study.add_parser(analyses)
+
 
 def _add_store_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="server data folder (default: ACTMAX_DATA_DIR or ./actmax-data)")

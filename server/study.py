@@ -1,0 +1,545 @@
+"""``actmax analyze study``: tuning landscapes of EfficientNet-Lite0 units by depth (spec C3, "Landscapes").
+
+Per layer, the centre units that DCGAN-face samples move most (`screen_units`) are evolved with
+Cholesky CMA-ES; every code of the evolution feeds the PCA hemisphere grid (PC1-PC2-PC3, spec B1),
+which is scored noise-free. The raw map (no spline: spec B3's in-silico rule), rectified at 0 like a
+firing rate, gives the level-set signature (B3), the axis ratio (B4) and a Kent fit; the RBF probe
+(B6) samples level sets of the unit around its evolved peak. `study.md` tables each statistic by
+depth (mean ± SEM) with its Spearman correlation with depth and the published direction; docs/study.md
+lists the settings and how they deviate from the spec.
+
+Images are placed in the unit's theoretical receptive field (clipped to the 224-pixel frame), as the
+reference study resized images into the RF; heavy imports stay inside functions so ``actmax --help``
+is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from server import ServerError
+
+
+class StudyError(ServerError, ValueError):
+    """Bad study settings (layers, sizes, grid)."""
+
+
+DEFAULT_LAYERS = ("blocks.1", "blocks.4", "blocks.8", "blocks.11", "blocks.14")
+GRIDS = {18: 11, 9: 21}  # grid step (degrees) -> points per axis
+RBF_MODES = ("min", "max", "max_abinit")
+#: Adam steps per probe mode relative to --rbf-steps (the spec's 50 : 75 : 100).
+RBF_STEP_SHARE = {"min": 1.0, "max": 1.5, "max_abinit": 2.0}
+
+#: (row key, label, expected sign of Spearman rho with depth, what the spec expects); sign 0: no claim.
+STATISTICS = (
+    ("lowest_loop_index", "lowest single-loop index", -1, "decreases"),
+    ("auc_loop", "loop AUC", 0, "-"),
+    ("auc_line", "line AUC", -1, "decreases"),
+    ("axis_ratio", "axis ratio (top 4 levels)", -1, "decreases"),
+    ("kent_r2", "Kent R²", 0, "-"),
+    ("kent_kappa", "Kent κ", 0, "-"),
+    ("kent_beta", "Kent β", 0, "-"),
+    ("max_min_ratio", "RBF max/min (0.6-0.9)", -1, "→ 1"),
+    ("global_local_ratio", "RBF global/local", 0, "> 1"),
+)
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """What the study runs; `quick()` gives the few-minutes preset."""
+
+    layers: tuple[str, ...] = DEFAULT_LAYERS
+    units_per_layer: int = 3
+    generations: int = 50
+    population: int = 40
+    grid_step: int = 9
+    screen_samples: int = 64
+    rbf: bool = True
+    rbf_levels: tuple[float, ...] = (0.6, 0.7, 0.8, 0.9)
+    rbf_n: int = 20
+    rbf_steps: int = 20
+    distance: str = "perceptual"
+    examples_per_layer: int = 2
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if not self.layers:
+            raise StudyError("give at least one layer (e.g. --layers blocks.1 blocks.8 blocks.14)")
+        if self.grid_step not in GRIDS:
+            raise StudyError(f"--grid must be 18 (11 x 11) or 9 (21 x 21), got {self.grid_step}")
+        for name in ("units_per_layer", "generations", "screen_samples", "rbf_n", "rbf_steps"):
+            if getattr(self, name) < 1:
+                raise StudyError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.population < 4:
+            raise StudyError(f"population must be >= 4, got {self.population}")
+        if self.examples_per_layer < 0:
+            raise StudyError(f"examples-per-layer must be >= 0, got {self.examples_per_layer}")
+        if self.distance not in ("perceptual", "mse"):
+            raise StudyError(f"distance must be 'perceptual' or 'mse', got {self.distance!r}")
+        if not self.rbf_levels or not all(0 < r <= 1 for r in self.rbf_levels):
+            raise StudyError(f"RBF levels must be fractions in (0, 1], got {self.rbf_levels}")
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> StudySettings:
+        """One unit per layer, 15 x 20 evolution, 11 x 11 grid, small RBF probe."""
+        preset = dict(units_per_layer=1, generations=15, population=20, grid_step=18, screen_samples=32,
+                      rbf_n=10, rbf_steps=8, examples_per_layer=1)
+        return cls(**{**preset, **overrides})
+
+    @property
+    def grid_n(self) -> int:
+        return GRIDS[self.grid_step]
+
+
+# ---------------------------------------------------------------------------------------------- units
+
+
+def unit_rf(model, layer: str, shape: Sequence[int]) -> Any:
+    """The theoretical receptive field of `layer`'s centre unit (feature map `shape` = (C, H, W)) as a
+    `ReceptiveField`; the full frame if it is larger."""
+    from rig_client.cnn import INPUT_SIZE
+    from rig_client.units import ReceptiveField
+
+    y0, y1, x0, x1 = model.receptive_field(layer, shape[1] // 2, shape[2] // 2)
+    size = y1 - y0 + 1
+    if size >= INPUT_SIZE:
+        return ReceptiveField()
+    return ReceptiveField(size, (x0 + x1 + 1) / 2, (y0 + y1 + 1) / 2)
+
+
+class SharedForward:
+    """`generator.forward` memoised on the last code tensor (by identity), so the RBF probe's activation
+    and distance, which see the same `z` at every step, run the generator once."""
+
+    def __init__(self, generator) -> None:
+        self.generator = generator
+        self._z = self._images = None
+
+    def __call__(self, z):
+        if z is not self._z:
+            self._z, self._images = z, self.generator.forward(z)
+        return self._images
+
+
+def unit_activation(scorer, forward: Callable) -> Callable:
+    """Differentiable code -> rectified response of the scorer's single unit, `max(0, pre-activation)`.
+
+    `forward` maps codes to images in [0, 1] (`generator.forward`). Same pipeline as `UnitScorer.score`
+    (RF placement, normalisation, crop, folded network) but under autograd: `(n, dim)` -> `(n,)`.
+    """
+    import torch
+
+    from rig_client.cnn import normalize
+
+    if len(scorer.units) != 1:
+        raise StudyError(f"unit_activation needs a scorer with one unit, got {len(scorer.units)}")
+    unit = scorer.units[0]
+    y0, y1, x0, x1 = scorer.crop
+    stride = math.prod(conv.stride[0] for conv in scorer.model.conv_path(unit.layer))
+
+    def activation(z: torch.Tensor) -> torch.Tensor:
+        x = normalize(scorer.rf.place(forward(z)))[:, :, y0:y1, x0:x1]
+        for name, h in scorer.model.preactivations(x):
+            if name == unit.layer:
+                return torch.relu(h[:, unit.channel, unit.y - y0 // stride, unit.x - x0 // stride])
+        raise StudyError(f"layer {unit.layer!r} not reached")  # UnitScorer validated the layer: unreachable
+
+    return activation
+
+
+# ---------------------------------------------------------------------------------------------- one unit
+
+
+@dataclass
+class Evolution:
+    """Every code of a CMA-ES evolution, in order, and its clean scores."""
+
+    codes: np.ndarray  # (n_codes, dim)
+    scores: np.ndarray  # (n_codes,)
+    final_codes: np.ndarray  # last generation
+    best_code: np.ndarray
+
+    @property
+    def best_score(self) -> float:
+        return float(self.scores.max())
+
+
+def evolve_unit(generator, scorer, *, generations: int, population: int, seed: int) -> Evolution:
+    """Cholesky CMA-ES from the generator's default start (`server.insilico.preset("cma")`), noise-free.
+
+    `server.insilico.evolve` keeps only the final generation; the PCA grid needs every code.
+    """
+    import optimizers
+    from server.insilico import preset
+
+    name, params = preset("cma", population)
+    init = generator.default_init()
+    params.update(sigma0=init["sigma0"], init_code=init["init_code"])
+    opt = optimizers.create(name, generator.latent_dim, seed=seed, **params)
+    codes, scores = [], []
+    for _ in range(generations):
+        batch = opt.ask()
+        clean = scorer.score(generator.generate(batch))[:, 0]
+        opt.tell(batch, clean)
+        codes.append(batch)
+        scores.append(clean)
+    all_codes, all_scores = np.concatenate(codes), np.concatenate(scores)
+    return Evolution(all_codes, all_scores, codes[-1], all_codes[np.argmax(all_scores)])
+
+
+def score_grid(generator, scorer, grid) -> np.ndarray:
+    """Noise-free responses on a `SphereGrid` as a θ-major (n, n) map; pole points scored once."""
+    n = len(grid.theta)
+    flat = np.empty(len(grid.codes))
+    flat[grid.unique] = scorer.score(generator.generate(grid.codes[grid.unique]))[:, 0]
+    values = flat.reshape(n, n)
+    poles = np.isclose(np.abs(grid.phi), np.pi / 2)
+    values[1:, poles] = values[0, poles]
+    return values
+
+
+def landscape_statistics(values: np.ndarray, theta: np.ndarray, phi: np.ndarray) -> dict[str, Any]:
+    """Signature scalars, axis ratio and Kent fit of a raw map rectified at 0; NaN if it is never > 0."""
+    from analysis.isotropy import fit_kent, levelset_axis_ratio
+    from analysis.topology import levelset_signature
+    from analysis.tuning import sphere_points
+
+    rect = np.maximum(values, 0.0)
+    i, j = np.unravel_index(np.argmax(values), values.shape)
+    centre = sphere_points(0.0, 0.0)
+    out: dict[str, Any] = {
+        "map_max": float(values.max()), "map_min": float(values.min()),
+        "map_centre": float(values[len(theta) // 2, len(phi) // 2]),
+        "map_positive_frac": float((values > 0).mean()),
+        "peak_theta_deg": float(np.rad2deg(theta[i])), "peak_phi_deg": float(np.rad2deg(phi[j])),
+        "peak_offset_deg": float(np.rad2deg(np.arccos(np.clip(sphere_points(theta[i], phi[j]) @ centre, -1, 1)))),
+    }
+    nan_stats = dict.fromkeys(("lowest_loop_index", "auc_loop", "auc_line", "auc_branch", "axis_ratio",
+                               "kent_r2", "kent_kappa", "kent_beta"), float("nan"))
+    if rect.max() <= 0:
+        return {**out, **nan_stats, "signature": None}
+    sig = levelset_signature(rect, theta=theta, phi=phi)
+    kent = fit_kent(rect, theta, phi)
+    return {**out, "lowest_loop_index": sig.lowest_loop_index, "auc_loop": sig.auc_loop,
+            "auc_line": sig.auc_line, "auc_branch": sig.auc_branch,
+            "axis_ratio": levelset_axis_ratio(rect, theta, phi).mean_top,
+            "kent_r2": kent.r2, "kent_kappa": kent.kappa, "kent_beta": kent.beta,
+            "signature": sig.vector.tolist()}
+
+
+def rbf_statistics(scorer, distance, generator, z_star: np.ndarray, settings: StudySettings,
+                   seed: int) -> dict[str, Any]:
+    """RBF probe (spec B6) around `z_star` in modes min, max, max_abinit and `rbf_ratios` over them.
+
+    The distance is ``||φ(G(z)) − φ(G(z*))||²`` with φ the features of an `analysis.distances`
+    distance; min and max start from the same perturbations (same seed). A bin counts with at least
+    half of `rbf_n` samples in it (the spec: 10 of 40).
+    """
+    import torch
+
+    from analysis.isotropy import rbf_probe, rbf_ratios
+
+    forward = SharedForward(generator)
+    activation = unit_activation(scorer, forward)
+    with torch.no_grad():
+        peak_features = distance.features(generator.forward(torch.as_tensor(z_star[None], dtype=torch.float32)))
+
+    def distance_fn(z: torch.Tensor, _z_star: torch.Tensor) -> torch.Tensor:
+        return (distance.features(forward(z)) - peak_features).pow(2).sum(1)
+
+    probes = {mode: rbf_probe(activation, distance_fn, z_star, levels=settings.rbf_levels, mode=mode,
+                              n=settings.rbf_n, steps=max(1, round(RBF_STEP_SHARE[mode] * settings.rbf_steps)),
+                              rng=seed)
+              for mode in RBF_MODES}
+    ratios = rbf_ratios(probes, bins=settings.rbf_levels, min_count=max(1, settings.rbf_n // 2))
+    return {"max_min_ratio": ratios["max_min_ratio"], "global_local_ratio": ratios["global_local_ratio"],
+            "f_star": probes["min"].f_star,
+            "rbf": {mode: {"level_mean_distance": probes[mode].distance.mean(axis=1).tolist(),
+                           "level_mean_fraction": probes[mode].fraction.mean(axis=1).tolist(),
+                           **ratios[mode]} for mode in RBF_MODES}}
+
+
+# ---------------------------------------------------------------------------------------------- study
+
+
+def study_unit(generator, scorer, distance, settings: StudySettings, *, seed: int,
+               map_path: Path | None = None) -> dict[str, Any]:
+    """Evolve, map and (with `settings.rbf`) RBF-probe the scorer's unit; one JSON-ready row.
+
+    `distance` is an `analysis.distances` distance (None without the RBF probe); `map_path`, if given,
+    receives the rectified map as a PNG.
+    """
+    from analysis.plots import plot_map
+    from analysis.tuning import pca_sphere_grid
+
+    unit = scorer.units[0]
+    row: dict[str, Any] = {"layer": unit.layer, "channel": unit.channel, "x": unit.x, "y": unit.y,
+                           "rf_size": scorer.rf.size, "seed": seed}
+    started = time.perf_counter()
+    evo = evolve_unit(generator, scorer, generations=settings.generations, population=settings.population,
+                      seed=seed)
+    row.update(best_score=evo.best_score, first_score=float(evo.scores[0]),
+               final_norm=float(np.linalg.norm(evo.final_codes, axis=1).mean()),
+               evolve_s=time.perf_counter() - started)
+    grid = pca_sphere_grid(evo.codes, final_codes=evo.final_codes, step_deg=settings.grid_step, n=settings.grid_n)
+    values = score_grid(generator, scorer, grid)
+    row.update(radius=grid.radius, **landscape_statistics(values, grid.theta, grid.phi), map=values.tolist(),
+               map_s=time.perf_counter() - started - row["evolve_s"])
+    if map_path is not None:
+        plot_map(np.maximum(values, 0), grid.theta, grid.phi, path=map_path, title=f"{unit} (rectified)")
+    if settings.rbf:
+        if evo.best_score > 0:
+            row.update(rbf_statistics(scorer, distance, generator, evo.best_code, settings, seed))
+        else:
+            row.update(max_min_ratio=float("nan"), global_local_ratio=float("nan"), rbf=None)
+    row["wall_s"] = time.perf_counter() - started  # evolve_s + map_s + the RBF probe
+    return row
+
+
+def run_study(settings: StudySettings, out: Path, *, progress: bool = True
+              ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Run the study and write study.json, study.md, study.png and maps/ under `out`.
+
+    Returns the per-unit rows and the by-depth summary (`summarize`)."""
+    import torch
+    from tqdm import tqdm
+
+    import generators
+    from analysis.distances import get_distance
+    from rig_client.cnn import INPUT_SIZE, load_efficientnet_lite0
+    from rig_client.units import UnitScorer, screen_units
+
+    model = load_efficientnet_lite0(settings.device)
+    order = model.layer_names()
+    unknown = [layer for layer in settings.layers if layer not in order or layer == "fc"]
+    if unknown:
+        raise StudyError(f"unknown or non-spatial layers {unknown}; use stem, blocks.0..blocks.15, head")
+    layers = sorted(dict.fromkeys(settings.layers), key=order.index)
+    with torch.no_grad():
+        blank = torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE, device=settings.device)
+        shapes = {name: tuple(h.shape[1:]) for name, h in model.preactivations(blank)}
+    generator = generators.load("dcgan-faces", device=settings.device)
+    distance = get_distance(settings.distance, settings.device) if settings.rbf else None
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "maps").mkdir(exist_ok=True)
+
+    rows: list[dict[str, Any]] = []
+    bar = tqdm(total=len(layers) * settings.units_per_layer, unit="unit", desc="study", disable=not progress)
+    for depth, layer in enumerate(layers):
+        bar.set_postfix_str(f"{layer}: screening")
+        rng = np.random.default_rng([settings.seed, depth])
+        rf = unit_rf(model, layer, shapes[layer])
+        screened = screen_units(generator, layer, settings.screen_samples, rng, model=model, rf=rf,
+                                device=settings.device)
+        if len(screened) < settings.units_per_layer:
+            raise StudyError(f"{layer}: only {len(screened)} responsive centre channels, "
+                             f"fewer than --units-per-layer {settings.units_per_layer}")
+        for k, s in enumerate(screened[:settings.units_per_layer]):
+            bar.set_postfix_str(f"{layer}[{s.unit.channel}]")
+            scorer = UnitScorer([s.unit], model=model, rf=rf, device=settings.device)
+            row = study_unit(generator, scorer, distance, settings, seed=settings.seed * 100_003 + depth * 1_000 + k,
+                             map_path=out / "maps" / f"{layer}_ch{s.unit.channel}.png"
+                             if k < settings.examples_per_layer else None)
+            row.update(depth=depth, layer_index=order.index(layer), screen_std=s.std)
+            rows.append(row)
+            _write_json(out / "study.json", settings, rows)  # after every unit: a long run can be read early
+            bar.update()
+    bar.close()
+    summary = summarize(rows, layers)
+    _write_json(out / "study.json", settings, rows, summary)
+    (out / "study.md").write_text(markdown_report(summary, settings, rows))
+    plot_by_depth(summary, rows, out / "study.png")
+    return rows, summary
+
+
+def summarize(rows: Sequence[dict[str, Any]], layers: Sequence[str]) -> dict[str, Any]:
+    """Per layer mean, SEM and count of every statistic, and its Spearman ρ with depth over units."""
+    from scipy.stats import spearmanr
+
+    by_layer: dict[str, dict[str, dict[str, float]]] = {}
+    for layer in layers:
+        by_layer[layer] = {}
+        for key, *_ in STATISTICS:
+            vals = _finite([r.get(key) for r in rows if r["layer"] == layer])
+            sem = float(vals.std(ddof=1) / np.sqrt(vals.size)) if vals.size > 1 else float("nan")
+            by_layer[layer][key] = {"mean": float(vals.mean()) if vals.size else float("nan"), "sem": sem,
+                                    "n": int(vals.size)}
+    trend = {}
+    for key, _, sign, expected in STATISTICS:
+        pairs = [(r["depth"], float(r[key])) for r in rows
+                 if r.get(key) is not None and np.isfinite(float(r[key]))]
+        depth, vals = (np.array(x, dtype=float) for x in zip(*pairs)) if pairs else (np.array([]),) * 2
+        if key == "max_min_ratio":
+            vals = np.abs(vals - 1.0)  # the spec's claim is "→ 1"
+        rho, p = (spearmanr(depth, vals) if len(vals) >= 3 and np.ptp(depth) > 0 and np.ptp(vals) > 0
+                  else (float("nan"), float("nan")))
+        trend[key] = {"rho": float(rho), "p": float(p), "n": len(vals), "expected": expected,
+                      "verdict": _verdict(key, sign, float(rho), float(p), vals)}
+    return {"layers": list(layers), "by_layer": by_layer, "spearman": trend}
+
+
+def _verdict(key: str, sign: int, rho: float, p: float, vals: np.ndarray) -> str:
+    if key == "global_local_ratio":
+        if vals.size == 0:
+            return "no data"
+        above = float(np.mean(vals > 1))
+        return f"{'holds' if above > 0.5 else 'does not hold'} ({above:.0%} of units > 1)"
+    if sign == 0:
+        return "-"
+    if not np.isfinite(rho):
+        return "no data"
+    if np.sign(rho) != sign:
+        return "opposite direction"
+    return "holds (p < 0.05)" if p < 0.05 else "same direction, not significant"
+
+
+def _finite(values: Sequence[Any]) -> np.ndarray:
+    arr = np.array([np.nan if v is None else float(v) for v in values], dtype=float)
+    return arr[np.isfinite(arr)]
+
+
+def markdown_report(summary: dict[str, Any], settings: StudySettings, rows: Sequence[dict[str, Any]]) -> str:
+    """study.md: settings, the by-depth table (mean ± SEM, n) and Spearman ρ with depth."""
+    layers = summary["layers"]
+    lines = ["# Tuning landscapes by depth (EfficientNet-Lite0 units, DCGAN faces)", "",
+             f"{len(rows)} units; settings: `{json.dumps(asdict(settings))}`", "",
+             "Maps are the raw noise-free grids rectified at 0; see docs/study.md for the method and deviations.",
+             "", "| statistic | " + " | ".join(layers) + " |", "|---|" + "---|" * len(layers)]
+    for key, label, *_ in STATISTICS:
+        cells = []
+        for layer in layers:
+            s = summary["by_layer"][layer][key]
+            if s["n"] == 0:
+                cells.append("-")
+            else:
+                sem = f" ± {s['sem']:.2g}" if s["n"] > 1 else ""
+                cells.append(f"{s['mean']:.3g}{sem} ({s['n']})")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "Spearman ρ with depth over units (for RBF max/min: of |ratio − 1|; for global/local the "
+              "verdict is the share of units above 1):", "",
+              "| statistic | expected with depth | ρ | p | n | verdict |", "|---|---|---|---|---|---|"]
+    for key, label, *_ in STATISTICS:
+        t = summary["spearman"][key]
+        lines.append(f"| {label} | {t['expected']} | {t['rho']:.2f} | {t['p']:.3g} | {t['n']} | {t['verdict']} |")
+    lines += ["", "Other per-unit numbers (evolution best, map peak offset from the grid centre, wall time) "
+              "are in study.json.", ""]
+    return "\n".join(lines)
+
+
+def plot_by_depth(summary: dict[str, Any], rows: Sequence[dict[str, Any]], path: Path) -> None:
+    """study.png: each statistic against depth, units as dots, layer mean ± SEM as error bars."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    layers = summary["layers"]
+    cols = 3
+    fig = Figure(figsize=(4 * cols, 3 * math.ceil(len(STATISTICS) / cols)))
+    FigureCanvasAgg(fig)
+    for idx, (key, label, *_) in enumerate(STATISTICS):
+        ax = fig.add_subplot(math.ceil(len(STATISTICS) / cols), cols, idx + 1)
+        for r in rows:
+            v = r.get(key)
+            if v is not None and np.isfinite(float(v)):
+                ax.plot(r["depth"], float(v), "o", color="0.6", ms=3)
+        stats = [summary["by_layer"][layer][key] for layer in layers]
+        ax.errorbar(range(len(layers)), [s["mean"] for s in stats],
+                    yerr=[0 if not np.isfinite(s["sem"]) else s["sem"] for s in stats], color="C0", marker="s",
+                    capsize=3)
+        t = summary["spearman"][key]
+        if t["n"] == 0:
+            ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", color="0.5")
+        ax.set_title(f"{label}\nρ = {t['rho']:.2f} (p = {t['p']:.2g})", fontsize=9)
+        ax.set_xticks(range(len(layers)), layers, rotation=30, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def _write_json(path: Path, settings: StudySettings, rows: Sequence[dict[str, Any]],
+                summary: dict[str, Any] | None = None) -> None:
+    doc = {"settings": asdict(settings), "units": list(rows), "summary": summary}
+    path.write_text(json.dumps(_json_safe(doc), indent=1))
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN/inf -> null, numpy scalars -> Python numbers, so study.json is strict JSON."""
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def add_parser(analyses) -> None:
+    """Add ``study`` to the ``actmax analyze`` subparsers."""
+    parser = analyses.add_parser(
+        "study", help="in-silico tuning-landscape study of EfficientNet-Lite0 units by depth",
+        description="Evolve EfficientNet-Lite0 centre units at several depths with DCGAN faces (CMA-ES), map "
+        "each on the PC1-PC2-PC3 hemisphere, and report the level-set signature, axis ratio, Kent fit and RBF "
+        "ratios by depth: study.json, study.md (mean ± SEM per layer, Spearman ρ with depth), study.png and "
+        "maps/. Unset options come from the default preset or --quick.")
+    d = StudySettings()
+    parser.add_argument("--layers", nargs="+", help=f"layers, shallow to deep (default {' '.join(d.layers)})")
+    parser.add_argument("--units-per-layer", type=int, help=f"units per layer (default {d.units_per_layer})")
+    parser.add_argument("--generations", type=int, help=f"CMA-ES generations (default {d.generations})")
+    parser.add_argument("--population", type=int, help=f"images per generation (default {d.population})")
+    parser.add_argument("--grid", type=int, choices=sorted(GRIDS), dest="grid_step",
+                        help=f"grid step in degrees: 9 = 21 x 21, 18 = 11 x 11 (default {d.grid_step})")
+    parser.add_argument("--screen-samples", type=int, help=f"DCGAN samples for screening (default {d.screen_samples})")
+    parser.add_argument("--rbf", action=argparse.BooleanOptionalAction, help="run the RBF probe (default on)")
+    parser.add_argument("--rbf-levels", nargs="+", type=float,
+                        help=f"RBF target fractions of the peak (default {' '.join(map(str, d.rbf_levels))})")
+    parser.add_argument("--rbf-n", type=int, help=f"RBF samples per level (default {d.rbf_n}; spec 40)")
+    parser.add_argument("--rbf-steps", type=int,
+                        help=f"Adam steps of the min probe; max x1.5, max_abinit x2 (default {d.rbf_steps}; spec 50)")
+    parser.add_argument("--distance", choices=("perceptual", "mse"),
+                        help="RBF image distance: EfficientNet-Lite0 features (LPIPS stand-in) or pixel MSE "
+                        "(default perceptual)")
+    parser.add_argument("--examples-per-layer", type=int, help="example map PNGs per layer (default 2)")
+    parser.add_argument("--seed", type=int, help="seed (default 0)")
+    parser.add_argument("--device", help="torch device (default cpu)")
+    parser.add_argument("--quick", action="store_true", help="few-minutes preset: 1 unit per layer, 15 x 20 "
+                        "evolution, 11 x 11 grid, small RBF probe")
+    parser.add_argument("--out", type=Path, default=Path("actmax-study"), help="output folder (default actmax-study)")
+    parser.set_defaults(func=run)
+
+
+def settings_from_args(args: argparse.Namespace) -> StudySettings:
+    """StudySettings from parsed arguments: set options override the preset (--quick or default)."""
+    names = ("units_per_layer", "generations", "population", "grid_step", "screen_samples", "rbf", "rbf_n",
+             "rbf_levels",
+             "rbf_steps", "distance", "examples_per_layer", "seed", "device")
+    overrides = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    if "rbf_levels" in overrides:
+        overrides["rbf_levels"] = tuple(overrides["rbf_levels"])
+    if args.layers:
+        overrides["layers"] = tuple(part for item in args.layers for part in item.split(",") if part)
+    return StudySettings.quick(**overrides) if args.quick else replace(StudySettings(), **overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``actmax analyze study``: run, write the outputs, print the trend verdicts."""
+    settings = settings_from_args(args)
+    rows, summary = run_study(settings, args.out)
+    print(f"{len(rows)} units; trend with depth (Spearman ρ over units):")
+    for key, label, *_ in STATISTICS:
+        t = summary["spearman"][key]
+        print(f"  {label:28s} ρ {t['rho']:+6.2f}  expected {t['expected']:28s} {t['verdict']}")
+    print(f"written to {args.out}/ (study.md, study.json, study.png, maps/)")
+    return 0

@@ -1,0 +1,111 @@
+"""`actmax analyze study` end to end at tiny settings, and its pieces (settings, CLI, differentiable unit)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from server import study
+from server.study import StudyError, StudySettings
+
+TINY = ["--layers", "blocks.1", "blocks.2", "--units-per-layer", "1", "--generations", "6", "--population", "8",
+        "--grid", "18", "--screen-samples", "8", "--rbf-n", "4", "--rbf-levels", "0.6", "0.9", "--rbf-steps", "1",
+        "--examples-per-layer", "1", "--seed", "3"]
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    study.add_parser(parser.add_subparsers())
+    return parser.parse_args(["study", *argv])
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("study")
+    args = parse([*TINY, "--out", str(out)])
+    settings = study.settings_from_args(args)
+    assert settings.layers == ("blocks.1", "blocks.2") and settings.rbf and settings.rbf_levels == (0.6, 0.9)
+    assert args.func(args) == 0
+    return out, json.loads((out / "study.json").read_text())
+
+
+def test_outputs_written(result: tuple[Path, dict]) -> None:
+    out, doc = result
+    for name in ("study.json", "study.md", "study.png"):
+        assert (out / name).stat().st_size > 0
+    assert sorted(p.name for p in (out / "maps").iterdir()) == [
+        f"{u['layer']}_ch{u['channel']}.png" for u in doc["units"]]
+    report = (out / "study.md").read_text()
+    assert "| lowest single-loop index |" in report and "Spearman" in report
+    assert doc["summary"]["layers"] == ["blocks.1", "blocks.2"]
+    assert set(doc["summary"]["spearman"]) == {key for key, *_ in study.STATISTICS}
+
+
+def test_unit_statistics_finite_and_consistent(result: tuple[Path, dict]) -> None:
+    _, doc = result
+    assert [u["layer"] for u in doc["units"]] == ["blocks.1", "blocks.2"]
+    for u in doc["units"]:
+        values = np.array(u["map"])
+        assert values.shape == (11, 11) and np.isfinite(values).all()
+        assert u["map_max"] == pytest.approx(values.max())
+        # the evolution drifts along PC1, so the hemisphere's centre is near the map's peak (2 grid steps)
+        assert u["peak_offset_deg"] <= 36
+        assert u["best_score"] >= u["first_score"] and u["best_score"] > 0
+        for key in ("auc_loop", "auc_line", "axis_ratio", "kent_r2", "kent_kappa", "kent_beta"):
+            assert u[key] is not None and math.isfinite(u[key]), key
+        assert 0 <= u["lowest_loop_index"] <= 20
+        assert len(u["signature"]) == 42
+        rbf = u["rbf"]
+        assert u["f_star"] == pytest.approx(u["best_score"], rel=1e-3)
+        local = np.array([rbf[mode]["level_mean_distance"] for mode in ("min", "max")])
+        far = np.array(rbf["max_abinit"]["level_mean_distance"])
+        assert local.shape == (2, 2) and np.isfinite(local).all() and (local > 0).all()
+        # codes started anywhere on the prior end further from the peak than codes started near it; min vs
+        # max is not ordered after one or two Adam steps (max runs 1.5x the steps of min, as in the spec)
+        assert np.all(far > local.max(axis=0))
+        for mode in ("min", "max", "max_abinit"):
+            assert np.isfinite(rbf[mode]["level_mean_fraction"]).all()
+
+
+def test_settings_from_args_presets() -> None:
+    quick = study.settings_from_args(parse(["--quick", "--generations", "3", "--no-rbf", "--layers", "blocks.1,head"]))
+    assert (quick.generations, quick.rbf, quick.grid_step, quick.layers) == (3, False, 18, ("blocks.1", "head"))
+    default = study.settings_from_args(parse([]))
+    assert default == StudySettings() and len(default.layers) >= 5 and default.grid_n == 21
+
+
+@pytest.mark.parametrize("bad", [dict(layers=()), dict(grid_step=10), dict(generations=0), dict(population=2),
+                                 dict(distance="lpips"), dict(rbf_levels=(0.5, 1.5))])
+def test_bad_settings_rejected(bad: dict) -> None:
+    with pytest.raises(StudyError):
+        StudySettings(**bad)
+
+
+def test_unknown_layer_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(StudyError, match="blocks.99"):
+        study.run_study(StudySettings(layers=("blocks.99",)), tmp_path, progress=False)
+
+
+def test_unit_activation_matches_scorer() -> None:
+    import generators
+    from rig_client.cnn import load_efficientnet_lite0
+    from rig_client.units import Unit, UnitScorer
+
+    model = load_efficientnet_lite0()
+    generator = generators.load("dcgan-faces", device="cpu")
+    rf = study.unit_rf(model, "blocks.2", (24, 56, 56))
+    assert rf.size == 19 and (rf.x, rf.y) == (112.5, 112.5)
+    scorer = UnitScorer([Unit("blocks.2", 5)], model=model, rf=rf)
+    codes = generator.sample(3, np.random.default_rng(0))
+    z = torch.as_tensor(codes, dtype=torch.float32).requires_grad_()
+    act = study.unit_activation(scorer, generator.forward)(z)
+    act.sum().backward()
+    expected = np.maximum(scorer.score(generator.generate(codes))[:, 0], 0)
+    assert act.detach().numpy() == pytest.approx(expected, abs=1e-3)
+    assert torch.isfinite(z.grad).all()
