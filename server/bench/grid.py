@@ -1,0 +1,100 @@
+"""The benchmark grid: optimizers x units x noise levels x repeats, one `RunSpec` per run.
+
+A run's id is a hash of everything that changes its result, so the same grid asked for again maps
+onto the same ids and a restarted benchmark skips what is already on disk. The seed of a run depends on
+the unit, noise level and repeat but not on the optimizer: all optimizers of one repeat face the same
+noise stream and start from the same seed (common random numbers, as in the published benchmark where
+all optimizers ran on the same unit within one repeat).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from server.bench.errors import BenchError
+from server.insilico import OPTIMIZER_PRESETS, preset
+
+
+@dataclass(frozen=True, order=True)
+class UnitSpec:
+    """A simulated unit: a channel of a layer, at (x, y) or the layer's centre when None."""
+
+    layer: str
+    channel: int
+    x: int | None = None
+    y: int | None = None
+
+    @property
+    def label(self) -> str:
+        where = "" if self.x is None else f"@{self.x},{self.y}"
+        return f"{self.layer}:{self.channel}{where}"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One evolution of the grid; `optimizer` is a preset label of `server.insilico.OPTIMIZER_PRESETS`."""
+
+    optimizer: str
+    optimizer_name: str
+    optimizer_params: str  # canonical JSON of the hyperparameters
+    unit: UnitSpec
+    noise: float
+    rep: int
+    seed: int
+    n_generations: int
+    population: int
+    backend: str  # what generates and scores, e.g. "dcgan-faces/efficientnet-lite0"
+
+    @property
+    def run_id(self) -> str:
+        """Deterministic id: `<optimizer>-<16 hex digits>` of the hash of every field."""
+        payload = json.dumps(asdict(self), sort_keys=True, default=str)
+        return f"{self.optimizer}-{hashlib.sha256(payload.encode()).hexdigest()[:16]}"
+
+    def params(self) -> dict[str, Any]:
+        return json.loads(self.optimizer_params)
+
+    def as_row(self) -> dict[str, Any]:
+        """The run's identifying columns in the results table."""
+        return {
+            "run_id": self.run_id, "optimizer": self.optimizer, "optimizer_name": self.optimizer_name,
+            "optimizer_params": self.optimizer_params, "layer": self.unit.layer,
+            "channel": self.unit.channel, "x": self.unit.x, "y": self.unit.y, "unit": self.unit.label,
+            "noise": self.noise, "rep": self.rep, "seed": self.seed,
+            "n_generations": self.n_generations, "population": self.population, "backend": self.backend,
+        }
+
+
+def run_seed(base_seed: int, unit: UnitSpec, noise: float, rep: int) -> int:
+    """Seed shared by every optimizer for one (unit, noise, repeat) cell."""
+    key = f"{base_seed}|{unit.label}|{noise!r}|{rep}".encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:4], "little") & 0x7FFFFFFF
+
+
+def build_grid(optimizers: list[str], units: list[UnitSpec], noises: list[float], reps: int, *,
+               n_generations: int, population: int, backend: str, base_seed: int = 0) -> list[RunSpec]:
+    """All runs, repeat-major so a partial benchmark covers every optimizer and unit evenly."""
+    unknown = [o for o in optimizers if o not in OPTIMIZER_PRESETS]
+    if unknown:
+        raise BenchError(f"unknown optimizer(s) {unknown}; choose from {sorted(OPTIMIZER_PRESETS)}")
+    if not optimizers or not units or not noises:
+        raise BenchError("the grid needs at least one optimizer, one unit and one noise level")
+    if reps < 1 or n_generations < 1 or population < 2:
+        raise BenchError(f"need reps >= 1, generations >= 1, population >= 2; got {reps}, "
+                         f"{n_generations}, {population}")
+    if any(not (e >= 0) for e in noises):
+        raise BenchError(f"noise levels must be >= 0, got {noises}")
+    if len(set(units)) != len(units) or len(set(optimizers)) != len(optimizers):
+        raise BenchError("units and optimizers must not repeat")
+    specs = []
+    for rep, unit, noise, label in itertools.product(range(reps), units, noises, optimizers):
+        name, params = preset(label, population)
+        specs.append(RunSpec(
+            optimizer=label, optimizer_name=name, optimizer_params=json.dumps(params, sort_keys=True),
+            unit=unit, noise=float(noise), rep=rep, seed=run_seed(base_seed, unit, float(noise), rep),
+            n_generations=n_generations, population=population, backend=backend))
+    return specs

@@ -1,0 +1,125 @@
+"""The benchmark report on a synthetic results table whose ratios are known by construction."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from analysis import bench_report as br
+
+UNIT_MAX = {"L1:0": 10.0, "L1:1": 20.0, "L2:0": 5.0, "L2:1": 40.0}
+NOISES = [0.0, 0.5]
+REPS = 4
+GENERATIONS = 5
+
+
+def synthetic() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(results, traces, true normalised scores): cma = 2 x ga exactly; sphere-cma sets each unit's max."""
+    rng = np.random.default_rng(0)
+    rows, truth = [], []
+    for unit, noise, rep in itertools.product(UNIT_MAX, NOISES, range(REPS)):
+        ga = rng.uniform(0.2, 0.45)
+        norms = {"ga": ga, "cma": 2 * ga, "sphere-cma": 1.0 if (noise, rep) == (0.0, 0) else rng.uniform(0.3, 0.95)}
+        for optimizer, norm in norms.items():
+            run_id = f"{optimizer}-{unit}-{noise}-{rep}"
+            rows.append({"run_id": run_id, "optimizer": optimizer, "unit": unit, "layer": unit.split(":")[0],
+                         "noise": noise, "rep": rep, "clean_max": norm * UNIT_MAX[unit],
+                         "cum_clean_max_500": 0.5 * norm * UNIT_MAX[unit], "n_evaluations": 3000,
+                         "final_code_norm": 10.0, "wall_s": 1.0})
+            truth.append({"run_id": run_id, "optimizer": optimizer, "noise": noise, "unit": unit, "rep": rep,
+                          "norm": norm})
+    results = pd.DataFrame(rows)
+    traces = pd.DataFrame([{"run_id": r["run_id"], "generation": g,
+                            "cum_clean_max": r["clean_max"] * (g + 1) / GENERATIONS}
+                           for r in rows for g in range(GENERATIONS)])
+    return results, traces, pd.DataFrame(truth)
+
+
+def student_t(a: np.ndarray, b: np.ndarray) -> tuple[float, int]:
+    """Two-sample t with pooled variance, written out."""
+    na, nb = len(a), len(b)
+    pooled = ((na - 1) * a.var(ddof=1) + (nb - 1) * b.var(ddof=1)) / (na + nb - 2)
+    return (a.mean() - b.mean()) / math.sqrt(pooled * (1 / na + 1 / nb)), na + nb - 2
+
+
+def test_normalisation_recovers_the_constructed_scores() -> None:
+    results, _, truth = synthetic()
+    norm = br.normalise(results).set_index("run_id")
+    assert np.allclose(norm.loc[truth["run_id"], "norm"], truth["norm"])
+    assert np.allclose(norm["norm_500"], norm["norm"] / 2)
+    table = br.pooled(norm.reset_index())
+    for optimizer in ["ga", "cma", "sphere-cma"]:
+        mine = truth[truth["optimizer"] == optimizer]
+        assert table.loc[br.ALL, optimizer] == pytest.approx(mine["norm"].mean())
+        assert table.loc[0.5, optimizer] == pytest.approx(mine.loc[mine["noise"] == 0.5, "norm"].mean())
+
+
+@pytest.mark.parametrize("scope", [br.ALL, 0.0, 0.5])
+def test_ratio_and_t_test_match_an_independent_computation(scope: object) -> None:
+    results, _, truth = synthetic()
+    norm = br.normalise(results)
+    cmp = br.compare(norm, "cma", "ga", scope)
+    assert cmp.ratio == pytest.approx(2.0)
+    assert cmp.a_wins == 1.0
+    sel = truth if scope == br.ALL else truth[truth["noise"] == scope]
+    cma, ga = (sel.loc[sel["optimizer"] == o, "norm"].to_numpy() for o in ("cma", "ga"))
+    t, df = student_t(cma, ga)
+    assert cmp.t == pytest.approx(t) and cmp.df == df == 2 * len(cma) - 2
+    assert cmp.p == pytest.approx(2 * stats.t.sf(abs(t), df))
+
+    sphere = sel.loc[sel["optimizer"] == "sphere-cma", "norm"].to_numpy()
+    other = br.compare(norm, "sphere-cma", "cma", scope)
+    assert other.ratio == pytest.approx(sphere.mean() / cma.mean())
+    assert other.t == pytest.approx(student_t(sphere, cma)[0])
+    merged = sel[sel["optimizer"] == "sphere-cma"].merge(sel[sel["optimizer"] == "cma"], on=["unit", "noise", "rep"])
+    assert other.a_wins == pytest.approx((merged["norm_x"] > merged["norm_y"]).mean())
+
+
+def test_per_layer_comparison_and_best_cell() -> None:
+    norm = br.normalise(synthetic()[0])
+    assert br.compare(norm, "cma", "ga", "L2", column="layer").ratio == pytest.approx(2.0)
+    best = br.best_per_cell(norm)
+    assert len(best) == 4 and set(best["best"]) <= {"cma", "sphere-cma"}
+
+
+def test_render_writes_tables_with_published_columns_and_curves(tmp_path: Path) -> None:
+    results, traces, truth = synthetic()
+    curve = br.curves(br.normalise(results), traces)
+    last = curve[curve["generation"] == GENERATIONS - 1].set_index(["optimizer", "noise"])["mean"]
+    expected = truth.groupby(["optimizer", "noise"])["norm"].mean()
+    assert np.allclose(last.loc[expected.index], expected)
+
+    path = br.render(results, traces, tmp_path)
+    text = path.read_text()
+    assert (tmp_path / "score_vs_generation.png").stat().st_size > 1000
+    assert "| all | 2.000 | 1.667 |" in text  # cma / ga ratio next to the published 1.667
+    assert "## sphere-cma vs cma" in text and "5.7e-05" in text
+    pooled_row = next(line for line in text.splitlines() if line.startswith("| ε=0.5 |"))
+    assert "0.290" in pooled_row and "0.424" in pooled_row  # published GA and Chol-CMA at ε = 0.5
+
+
+def test_partial_results_report_what_exists(tmp_path: Path) -> None:
+    results, traces, _ = synthetic()
+    partial = results[(results["rep"] == 0) & (results["unit"] == "L1:0")
+                      & ~((results["optimizer"] == "cma") & (results["noise"] == 0.5))]
+    cmp = br.compare(br.normalise(partial), "cma", "ga", 0.0)
+    assert cmp.ratio == pytest.approx(2.0) and math.isnan(cmp.t) and math.isnan(cmp.p)
+    text = br.render(partial, traces[traces["run_id"].isin(partial["run_id"])], tmp_path).read_text()
+    assert "| ε=0 | 2.000 | 1.960 | — |" in text and "| ε=0.5 | — | 1.460 |" in text
+
+
+def test_rejects_unusable_tables(tmp_path: Path) -> None:
+    results, _, _ = synthetic()
+    with pytest.raises(br.ReportError, match="lacks columns"):
+        br.normalise(results.drop(columns="clean_max"))
+    negative = results.assign(clean_max=-results["clean_max"])
+    with pytest.raises(br.ReportError, match="positive"):
+        br.normalise(negative)
+    with pytest.raises(br.ReportError, match="missing"):
+        br.load(tmp_path)

@@ -1,0 +1,187 @@
+"""The benchmark grid, per-run storage, the Dask runner (kill and resume) and the CLI, on an analytic objective."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from server.bench import BenchError, cli_main, runner, storage
+from server.bench.grid import UnitSpec, build_grid
+from server.bench.runner import GridOutcome, QuadraticBackend, execute_run, run_grid
+
+ROOT = Path(__file__).resolve().parents[2]
+UNITS = [UnitSpec("q0", 0), UnitSpec("q1", 3)]
+
+
+@dataclass(frozen=True)
+class SlowQuadraticBackend(QuadraticBackend):
+    """The analytic objective, slowed down so a benchmark can be killed half way."""
+
+    delay_s: float = 0.0
+
+    def load(self) -> runner.Loaded:
+        loaded = super().load()
+        base, delay = loaded.scorer, self.delay_s
+
+        def slow_scorer(unit: UnitSpec) -> Any:
+            unit_scorer = base(unit)
+
+            def score(images: Any) -> np.ndarray:
+                time.sleep(delay)
+                return unit_scorer.score(images)
+            return score
+        loaded.scorer = slow_scorer
+        return loaded
+
+
+@dataclass(frozen=True)
+class FailingBackend(QuadraticBackend):
+    """The analytic objective, except that units of layer "bad" raise."""
+
+    def load(self) -> runner.Loaded:
+        loaded = super().load()
+        base = loaded.scorer
+
+        def scorer(unit: UnitSpec) -> Any:
+            if unit.layer == "bad":
+                raise RuntimeError("unit bad:0 cannot be scored")
+            return base(unit)
+        loaded.scorer = scorer
+        return loaded
+
+
+def tiny_grid(backend: runner.Backend, generations: int = 3) -> list:
+    """2 optimizers x 2 units x 1 noise level x 2 repeats."""
+    return build_grid(["cma", "ga"], UNITS, [0.0], reps=2, n_generations=generations, population=12,
+                      backend=backend.key)
+
+
+def interrupted_main(out_dir: str) -> None:
+    """Run in a subprocess that the test kills half way."""
+    backend = SlowQuadraticBackend(delay_s=0.25)
+    run_grid(tiny_grid(backend), backend, out_dir, n_workers=1, processes=False, progress=False)
+
+
+def test_grid_ids_are_deterministic_and_seeds_shared_across_optimizers() -> None:
+    specs = tiny_grid(QuadraticBackend())
+    again = tiny_grid(QuadraticBackend())
+    assert len(specs) == 8 and len({s.run_id for s in specs}) == 8
+    assert [s.run_id for s in specs] == [s.run_id for s in again]
+    by_cell: dict[tuple, set[int]] = {}
+    for s in specs:
+        by_cell.setdefault((s.unit, s.noise, s.rep), set()).add(s.seed)
+    assert all(len(seeds) == 1 for seeds in by_cell.values())
+    assert len({next(iter(v)) for v in by_cell.values()}) == 4
+    assert [s.rep for s in specs] == [0] * 4 + [1] * 4  # repeat-major
+    longer = tiny_grid(QuadraticBackend(), generations=4)
+    assert not {s.run_id for s in longer} & {s.run_id for s in specs}
+    with pytest.raises(BenchError, match="unknown optimizer"):
+        build_grid(["cmaes"], UNITS, [0.0], 1, n_generations=2, population=12, backend="x")
+    with pytest.raises(BenchError, match="noise"):
+        build_grid(["cma"], UNITS, [-0.2], 1, n_generations=2, population=12, backend="x")
+
+
+def test_execute_run_writes_one_atomic_file_and_loads_backend_once(tmp_path: Path, monkeypatch) -> None:
+    loads = []
+    monkeypatch.setattr(runner, "_LOADED", {})
+    original = QuadraticBackend.load
+    monkeypatch.setattr(QuadraticBackend, "load", lambda self: loads.append(1) or original(self))
+    specs = tiny_grid(QuadraticBackend())[:3]
+    rows = [execute_run(s, QuadraticBackend(), str(tmp_path)) for s in specs]
+    assert len(loads) == 1
+    assert storage.completed_ids(tmp_path) == {s.run_id for s in specs}
+    results, traces = storage.load_runs(tmp_path)
+    assert len(results) == 3 and len(traces) == 3 * 3
+    row = results.set_index("run_id").loc[rows[0]["run_id"]]
+    assert row["clean_max"] == rows[0]["clean_max"] >= row["cum_clean_max_500"]
+    assert row["n_evaluations"] == 1 + 2 * 12  # cma: single first image, then 2 x 12
+    for col in ["optimizer", "layer", "unit", "channel", "noise", "rep", "seed", "clean_max", "noisy_max",
+                "cum_clean_max_500", "cum_clean_max_1000", "cum_clean_max_3000", "final_code_norm",
+                "wall_s", "cond_C"]:
+        assert col in results
+    trace = traces[traces["run_id"] == rows[0]["run_id"]]
+    assert list(trace["generation"]) == [0, 1, 2] and trace["cum_clean_max"].iloc[-1] == row["clean_max"]
+    (storage.runs_dir(tmp_path) / "x.parquet.tmp-1-abc").write_bytes(b"partial")
+    assert storage.remove_partial(tmp_path) == 1
+
+
+def test_interrupted_benchmark_resumes_with_every_run_exactly_once(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", f"from tests.server.test_bench import interrupted_main; interrupted_main({str(out)!r})"],
+        cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while len(storage.completed_ids(out)) < 2:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "no results appeared within 60 s"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    before = {p.name: p.stat().st_mtime_ns for p in storage.runs_dir(out).glob("*.parquet")}
+    assert 2 <= len(before) < 8, "the benchmark was not interrupted half way"
+
+    backend = SlowQuadraticBackend(delay_s=0.0)
+    specs = tiny_grid(SlowQuadraticBackend(delay_s=0.25))  # the same grid: the delay is not in the run id
+    assert {s.run_id for s in specs} == {s.run_id for s in tiny_grid(backend)}
+    outcome = run_grid(specs, backend, out, n_workers=2, processes=False, progress=False)
+    assert outcome == GridOutcome(total=8, skipped=len(before), completed=8 - len(before))
+    files = sorted(p.name for p in storage.runs_dir(out).iterdir())
+    assert files == sorted(f"{s.run_id}.parquet" for s in specs)  # each once, no temporary files
+    assert all(storage.runs_dir(out).joinpath(n).stat().st_mtime_ns == t for n, t in before.items())
+    results_path, traces_path = storage.consolidate(out)
+    results = pd.read_parquet(results_path)
+    assert sorted(results["run_id"]) == sorted(s.run_id for s in specs)
+    assert len(pd.read_parquet(traces_path)) == 8 * 3
+    assert run_grid(specs, backend, out, progress=False) == GridOutcome(total=8, skipped=8)
+
+
+def test_process_workers_run_tasks_and_report_failures(tmp_path: Path) -> None:
+    backend = FailingBackend(dim=6)
+    specs = tiny_grid(backend, generations=2)[:2]
+    bad = build_grid(["ga"], [UnitSpec("bad", 0)], [0.0], 1, n_generations=2, population=12, backend=backend.key)
+    outcome = run_grid(specs + bad, backend, tmp_path, n_workers=1, processes=True, progress=False)
+    assert outcome.completed == 2 and list(outcome.failed) == [bad[0].run_id]
+    assert "cannot be scored" in outcome.failed[bad[0].run_id]
+    assert storage.completed_ids(tmp_path) == {s.run_id for s in specs}
+
+
+def test_cli_runs_resumes_and_reports(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "cli"
+    argv = ["--backend", "quadratic", "--out", str(out), "--optimizers", "cma,ga,sphere-cma",
+            "--layers", "a,b", "--units-per-layer", "2", "--noise", "0,0.5", "--reps", "2",
+            "--generations", "4", "--population", "8", "--threads", "--no-progress"]
+    assert cli_main([*argv, "--dry-run"]) == 0
+    assert "48 runs (0 already" in capsys.readouterr().err
+    assert cli_main(argv) == 0
+    assert "48 runs completed" in capsys.readouterr().err
+    assert cli_main(argv) == 0
+    assert "0 runs completed, 48 skipped" in capsys.readouterr().err
+    assert cli_main(["report", str(out)]) == 0
+    report = out / "report" / "report.md"
+    assert report.is_file() and (out / "report" / "score_vs_generation.png").is_file()
+    assert "## cma vs ga" in report.read_text()
+    assert cli_main([*argv, "--optimizers", "cmaes"]) == 2
+    assert "unknown optimizer" in capsys.readouterr().err
+
+
+def test_cnn_backend_runs_a_real_dcgan_unit(tmp_path: Path) -> None:
+    """The real pipeline, briefly: DCGAN faces -> EfficientNet-Lite0 blocks.2 pre-activation."""
+    backend = runner.CNNBackend()
+    spec = build_grid(["sphere-cma"], [UnitSpec("blocks.2", 21)], [0.2], 1, n_generations=2, population=6,
+                      backend=backend.key)[0]
+    row = execute_run(spec, backend, str(tmp_path))
+    assert row["n_evaluations"] == 6 + 7 and np.isfinite(row["clean_max"])
+    assert row["final_code_norm"] == pytest.approx(10.0)  # SphereCMA stays on the prior shell
+    assert runner._loaded(backend).scorer(spec.unit) is runner._loaded(backend).scorer(spec.unit)
