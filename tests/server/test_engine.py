@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import uuid
 import time
 
 import numpy as np
@@ -205,3 +206,40 @@ def test_a_stalled_round_times_out(tmp_path, endpoint):
             assert db.scalar(select(func.count()).select_from(Stimulus).where(Stimulus.kind == "synthetic")) == 6
     finally:
         live.close()
+
+
+def test_references_travel_once_then_by_id(live, zmq_context):
+    """On the wire (a raw DEALER): the first batch carries reference PNGs, later batches name them only."""
+    import zmq
+
+    from rig_client.protocol import Message, MessageType, decode, encode
+
+    live.create()
+    dealer = zmq_context.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.connect(live.settings.zmq_endpoint)
+    try:
+        dealer.send_multipart(encode(Message(MessageType.HELLO, {"rig": RIG, "protocol": 1, "channels": 1,
+                                                                 "cached_references": []})))
+        batches = []
+        deadline = time.monotonic() + 60
+        while len(batches) < 2 and time.monotonic() < deadline:
+            if not dealer.poll(1000):
+                continue
+            message = decode(dealer.recv_multipart())
+            if message.type != MessageType.BATCH:
+                continue
+            batches.append(message)
+            presentations = [{"presentation_id": str(uuid.uuid4()), "stimulus_id": s["stimulus_id"],
+                              "onset": time.time(), "rates": [1.0], "window_ms": [50, 200]}
+                             for s in message.header["stimuli"]]
+            dealer.send_multipart(encode(Message(MessageType.RESULTS, {
+                "batch_id": message.header["batch_id"], "presentations": presentations, "done": True})))
+        first, second = batches
+        references = lambda m: [s for s in m.header["stimuli"] if s["kind"] == "reference"]  # noqa: E731
+        assert len(references(first)) == 2 and all(s["frame"] is not None for s in references(first))
+        assert {s["stimulus_id"] for s in references(second)} == {s["stimulus_id"] for s in references(first)}
+        assert all(s["frame"] is None for s in references(second))
+        assert len(second.frames) == len(second.header["stimuli"]) - 2  # only the new synthetic images
+    finally:
+        dealer.close(linger=0)
