@@ -85,6 +85,19 @@ def add_parser(subcommands) -> None:
     sim.add_argument("--record", type=Path, help="append every presentation made to this JSON-lines file")
     sim.set_defaults(func=run)
 
+    screen = rig_commands.add_parser(
+        "screen",
+        help="list the units of a layer that a generator's random images drive",
+        description="Score random images of a generator on every channel of an EfficientNet-Lite0 layer (centre "
+        "position) and list the channels whose responses vary most: units worth evolving.",
+    )
+    screen.add_argument("--layer", default="blocks.6", help="layer, e.g. stem, blocks.6, blocks.6.expand, head")
+    screen.add_argument("--generator", default="dcgan-faces", help="generator (default dcgan-faces)")
+    screen.add_argument("--samples", type=int, default=64, help="random images to score (default 64)")
+    screen.add_argument("--top", type=int, default=10, help="units to list (default 10)")
+    screen.add_argument("--seed", type=int, default=0)
+    screen.set_defaults(func=run_screen)
+
 
 def build_noise(args: argparse.Namespace):
     """The noise chain the flags ask for, applied in order (an empty chain is noise-free)."""
@@ -192,4 +205,17 @@ def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: rig.stop.set())
     rig.run()
+    return 0
+
+
+def run_screen(args: argparse.Namespace) -> int:
+    import generators
+    from rig_client.units import screen_units
+
+    generator = generators.load(args.generator, device="cpu")
+    ranked = screen_units(generator, args.layer, n_samples=args.samples, rng=np.random.default_rng(args.seed))
+    print(f"{len(ranked)} responsive channels of {args.layer} over {args.samples} {args.generator} images; top {args.top}:")
+    print(f"{'unit (--unit)':<22} {'mean':>8} {'std':>8} {'max':>8}")
+    for s in ranked[: args.top]:
+        print(f"{s.unit.layer + ':' + str(s.unit.channel):<22} {s.mean:8.3f} {s.std:8.3f} {s.max:8.3f}")
     return 0

@@ -19,7 +19,7 @@ def actmax(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("command", [
-    [], ["serve"], ["rig", "sim"], ["demo"], ["bench"], ["bench", "report"],
+    [], ["serve"], ["rig", "sim"], ["rig", "screen"], ["demo"], ["bench"], ["bench", "report"],
     ["analyze", "manifold"], ["analyze", "session"], ["analyze", "geometry"], ["analyze", "study"],
 ])
 def test_every_command_has_help(command):
@@ -34,6 +34,7 @@ def test_every_command_has_help(command):
     (["analyze", "geometry", "no-such-gan", "--positions", "2"], "unknown generator"),
     (["rig", "sim", "--unit", "blocks.6"], "expected LAYER:CHANNEL"),
     (["rig", "sim", "--drop", "1.5"], "expected a fraction"),
+    (["rig", "screen", "--layer", "fc"], "needs a spatial layer"),
 ])
 def test_bad_input_exits_nonzero_with_the_reason(args, reason, tmp_path):
     result = actmax(*args, env={"ACTMAX_DATA_DIR": str(tmp_path)})
