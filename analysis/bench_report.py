@@ -200,6 +200,10 @@ def _f(value: float | None, fmt: str = ".3f") -> str:
     return "—" if value is None or (isinstance(value, float) and np.isnan(value)) else format(value, fmt)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _md(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -233,8 +237,8 @@ def render(results: pd.DataFrame, traces: pd.DataFrame, out_dir: str | Path) -> 
     md += [f"{len(norm)} runs; {norm['unit'].nunique()} units in {norm['layer'].nunique()} layers "
            f"({', '.join(sorted(norm['layer'].unique()))}); noise ε ∈ "
            f"{{{', '.join(f'{e:g}' for e in sorted(norm['noise'].unique()))}}}; "
-           f"{norm['rep'].nunique()} repeats." + (f" {dropped} unit(s) never exceeded 0 and are left out."
-                                                  if dropped else ""),
+           f"{_count(norm['rep'].nunique(), 'repeat')}; Σ run wall time {norm['wall_s'].sum() / 3600:.2f} h."
+           + (f" {dropped} unit(s) never exceeded 0 and are left out." if dropped else ""),
            "", "Published numbers (Wang & Ponce 2022; AlexNet units, 4096-d DeePSiM fc6, spec/optimizers.md §3) "
            "are in the `pub` columns. The setting differs (100-d DCGAN faces, EfficientNet-Lite0), so read "
            "them as the pattern to compare with, not values to hit.", "",
