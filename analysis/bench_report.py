@@ -42,6 +42,10 @@ PUBLISHED_RATIOS = {
     ("sphere-cma", "pycma-diag"): {ALL: (1.058, None)},
 }
 PUBLISHED_CMA_BEATS_GA = 0.944
+# Paired comparisons the report makes when both optimizers ran: the published ones, then the σ₀ and
+# schedule sensitivity checks of spec §4 against their reference setting.
+COMPARISONS = [("cma", "ga"), ("sphere-cma", "cma"), ("sphere-cma", "pycma"), ("sphere-cma", "pycma-diag"),
+               ("cma-sigma0.5", "cma"), ("cma-sigma2", "cma"), ("sphere-cma-inv", "sphere-cma")]
 #: Spec §1: mean norm of the final generation's codes at d = 4096 (the DCGAN prior shell is ~10).
 PUBLISHED_FINAL_NORM = {"ga": 166.0, "cma": 424.0, "pycma": 328.0, "pycma-diag": 1188.0, "sphere-cma": 300.0}
 CHECKPOINT_COLUMNS = ("cum_clean_max_500", "cum_clean_max_1000", "cum_clean_max_3000")
@@ -253,7 +257,7 @@ def render(results: pd.DataFrame, traces: pd.DataFrame, out_dir: str | Path) -> 
                                                   _f(PUBLISHED_POOLED.get(o, {}).get(scope)))]]
                         for scope in table.index]), ""]
 
-    for a, b in [("cma", "ga"), ("sphere-cma", "cma"), ("sphere-cma", "pycma"), ("sphere-cma", "pycma-diag")]:
+    for a, b in COMPARISONS:
         if a in order and b in order:
             md += [f"## {a} vs {b}", "", _md(["", "ratio", "pub", "t", "df", "p", "pub p", f"% {a} > {b} (paired)"],
                                              _comparison_rows(norm, a, b)), ""]

@@ -123,3 +123,13 @@ def test_rejects_unusable_tables(tmp_path: Path) -> None:
         br.normalise(negative)
     with pytest.raises(br.ReportError, match="missing"):
         br.load(tmp_path)
+
+
+def test_sensitivity_settings_are_compared_with_their_reference(tmp_path: Path) -> None:
+    results, traces, _ = synthetic()
+    results["optimizer"] = results["optimizer"].replace({"ga": "cma-sigma2"})  # cma = 2 x this by construction
+    text = br.render(results, traces, tmp_path).read_text()
+    section = text.split("## cma-sigma2 vs cma")[1].split("##")[0]
+    assert "| all | 0.500 | — |" in section and "| ε=0.5 | 0.500 |" in section
+    assert "## cma vs ga" not in text
+    assert f"Σ run wall time {len(results) / 3600:.2f} h" in text
