@@ -1,4 +1,4 @@
-"""FastAPI dependencies: the database session, the bearer token check, the archive and the engine wake-up."""
+"""FastAPI dependencies: database session, bearer token check, archive, engine wake-up and pagination."""
 
 from __future__ import annotations
 
@@ -6,10 +6,13 @@ import hmac
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any, Protocol, TypeVar
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session as DBSession
 
+from server.api.schemas import Page
 from server.store.archive import ImageArchive
 
 Model = TypeVar("Model")
@@ -67,6 +70,15 @@ def get_or_404(db: DBSession, model: type[Model], id: Any) -> Model:
     return row
 
 
+def paginate(db: DBSession, query: Select, order_by: Any, schema: type[BaseModel], offset: int, limit: int) -> Page:
+    """One page of ``query`` in ``order_by`` order, with the total row count, as a ``Page[schema]``."""
+    total = db.scalar(select(func.count()).select_from(query.subquery()))
+    rows = db.scalars(query.order_by(order_by).offset(offset).limit(limit))
+    return Page[schema](items=[schema.model_validate(row) for row in rows], total=total, offset=offset, limit=limit)
+
+
 DB = Annotated[DBSession, Depends(get_db)]
+Offset = Annotated[int, Query(ge=0)]
+Limit = Annotated[int, Query(ge=1, le=1000)]
 Archive = Annotated[ImageArchive, Depends(get_archive)]
 Wake = Annotated[Callable[[], None], Depends(get_wake)]

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import APIRouter, status
+from sqlalchemy import select
 
-from fastapi import APIRouter, Query, status
-from sqlalchemy import func, select
-
-from server.api.deps import DB, Wake, get_or_404
+from server.api.deps import DB, Limit, Offset, Wake, get_or_404, paginate
 from server.api.schemas import ErrorDetail, EventRead, Page, SessionRead, SessionWithThreads, ThreadRead
 from server.config import SessionConfig
 from server.store.models import Event, Session, Thread
@@ -45,14 +43,9 @@ def list_session_threads(session_id: int, db: DB) -> list[Thread]:
 def list_session_events(
     session_id: int,
     db: DB,
-    offset: Annotated[int, Query(ge=0)] = 0,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Offset = 0,
+    limit: Limit = 100,
 ) -> Page[EventRead]:
     """The session's event log, oldest first."""
     get_or_404(db, Session, session_id)
-    where = Event.session_id == session_id
-    events = db.scalars(select(Event).where(where).order_by(Event.id).offset(offset).limit(limit))
-    total = db.scalar(select(func.count()).select_from(Event).where(where))
-    return Page[EventRead](
-        items=[EventRead.model_validate(event) for event in events], total=total, offset=offset, limit=limit
-    )
+    return paginate(db, select(Event).where(Event.session_id == session_id), Event.id, EventRead, offset, limit)

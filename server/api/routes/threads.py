@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, status
-from sqlalchemy import func, select, update
+from fastapi import APIRouter, HTTPException, status
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session as DBSession
 
-from server.api.deps import DB, Wake, get_or_404
+from server.api.deps import DB, Limit, Offset, Wake, get_or_404, paginate
 from server.api.schemas import ErrorDetail, GenerationSummary, Page, PresentationRead, ThreadRead
 from server.store.models import Batch, Generation, Presentation, Thread, ThreadStatus
 from server.store.records import log_event
@@ -81,14 +80,10 @@ def list_thread_generations(thread_id: int, db: DB) -> list[Generation]:
 def list_thread_presentations(
     thread_id: int,
     db: DB,
-    offset: Annotated[int, Query(ge=0)] = 0,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Offset = 0,
+    limit: Limit = 100,
 ) -> Page[PresentationRead]:
     """Presentations of the thread's batches (synthetic and reference images), in arrival order."""
     get_or_404(db, Thread, thread_id)
     query = select(Presentation).join(Batch, Presentation.batch_id == Batch.id).where(Batch.thread_id == thread_id)
-    total = db.scalar(select(func.count()).select_from(query.subquery()))
-    presentations = db.scalars(query.order_by(Presentation.id).offset(offset).limit(limit))
-    return Page[PresentationRead](
-        items=[PresentationRead.model_validate(p) for p in presentations], total=total, offset=offset, limit=limit
-    )
+    return paginate(db, query, Presentation.id, PresentationRead, offset, limit)
