@@ -5,7 +5,7 @@
 and back without pickle. See docs/optimizers.md.
 """
 
-from . import cma, ga, hess_cma, pycma_adapter, sphere_cma  # noqa: F401  (modules register their optimizers)
+from . import cma, fixed_design, ga, hess_cma, pycma_adapter, sphere_cma  # noqa: F401  (modules register their optimizers)
 from .base import (
     MissingDependencyError,
     Optimizer,

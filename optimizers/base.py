@@ -151,7 +151,7 @@ class Optimizer(ABC):
             seed = check_int("seed", seed, 0)
         self.seed = seed
         self.hyperparameters = hyperparameters
-        self.generation = 0
+        self._generation = 0
         self.n_presented = 0
         self.n_scored = 0
         self.best_score = -math.inf
@@ -165,13 +165,20 @@ class Optimizer(ABC):
         params = inspect.signature(cls.__init__).parameters.values()
         return [p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name != "seed"]
 
+    @property
+    def generation(self) -> int:
+        """Generations told so far (the number of the generation ``ask`` returns)."""
+        return self._generation
+
     # ------------------------------------------------------------ public API
 
     def ask(self) -> np.ndarray:
         """Codes to present, (n, dim) float64; the same codes again until ``tell``."""
         if self._asked is None:
             codes = np.asarray(self._propose(), dtype=np.float64)
-            assert codes.ndim == 2 and codes.shape[1] == self.dim, codes.shape
+            if codes.ndim != 2 or codes.shape[1] != self.dim:
+                raise OptimizerError(f"{self.name} proposed codes of shape {codes.shape}, not (n, {self.dim}); "
+                                     "this is a bug in the optimizer")
             self._asked = codes
         return self._asked.copy()
 
@@ -200,7 +207,7 @@ class Optimizer(ABC):
         self._update(asked, scores)
         self.n_presented += len(asked)
         self.n_scored += int(scored.sum())
-        self.generation += 1
+        self._generation += 1
         self._asked = None
 
     def state_dict(self) -> dict[str, Any]:
@@ -237,7 +244,7 @@ class Optimizer(ABC):
                 )
             hyperparameters[key] = self.hyperparameters[key]
         self.__init__(state["dim"], seed=state["seed"], **hyperparameters)
-        self.generation = int(state["generation"])
+        self._generation = int(state["generation"])
         self.n_presented = int(state["n_presented"])
         self.n_scored = int(state["n_scored"])
         self.best_score = float(state["best_score"])

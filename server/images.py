@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from rig_client.protocol import encode_png
-from server.config import ConfigError
+from server.session_config import ConfigError
 
 # scikit-image's bundled sample photographs (colour, or grey made RGB; none needs a download).
 SKIMAGE_REFERENCES = (

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session as DBSession
 
-from server.config import MAX_SEED, SessionConfig
+from server.session_config import MAX_SEED, SessionConfig
 
 MANIFOLD_DESIGN = "manifold"  # Thread.optimizer of manifold threads
 from server.store.models import (

@@ -28,6 +28,8 @@ def small_case(name: str, dim: int = DIM) -> dict:
         return {"population": 10, "sigma0": 1.0}
     if name == "ga":
         return {"population": 10, "n_conserve": 3}
+    if name == "fixed-design":
+        return {"codes": np.random.default_rng(1).standard_normal((10, dim))}
     return {}
 
 

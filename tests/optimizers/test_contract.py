@@ -34,6 +34,8 @@ def test_ask_is_idempotent_until_tell(name):
 
 
 def test_converges_on_a_sphere(name):
+    if name == "fixed-design":
+        pytest.skip("a fixed design presents its codes and does not search")
     target = target_on_sphere()
     opt = make(name)
     initial = np.max(sphere_scores(opt.ask(), target))

@@ -13,7 +13,7 @@ import pytest
 import uvicorn
 from sqlalchemy.orm import Session as DBSession, sessionmaker
 
-from server import config
+from server import session_config
 from server.main import create_app
 from server.settings import Settings
 from server.store import db

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 
 from rig_client.client import Presentation, RigClient
 from rig_client.protocol import ProtocolError
-from server.config import SessionConfig
+from server.session_config import SessionConfig
 from server.engine import Engine
 from server.settings import Settings
 from server.store.archive import ImageArchive

@@ -17,7 +17,7 @@ from sqlalchemy import inspect, make_url, select, text
 from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.orm import Session as DBSession, sessionmaker
 
-from server.config import SessionConfig
+from server.session_config import SessionConfig
 from server.settings import Settings
 from server.store import db
 from server.store.archive import ImageArchive

@@ -7,7 +7,7 @@ from sqlalchemy import select
 
 from server.api.deps import DB, Limit, Offset, Wake, get_or_404, paginate
 from server.api.schemas import ErrorDetail, EventRead, Page, SessionRead, SessionWithThreads, ThreadRead
-from server.config import SessionConfig
+from server.session_config import SessionConfig
 from server.store.models import Event, Session, Thread
 from server.store.records import create_session
 

@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from server import ServerError
-from server.config import ConfigError, SessionConfig, load_session_config, registered_names
+from server.session_config import ConfigError, SessionConfig, load_session_config, registered_names
 from server.main import create_app
 from server.settings import Settings, new_token
 from tests.server.conftest import session_config, thread_config
@@ -87,7 +87,7 @@ def test_reference_folder_must_exist(registries, tmp_path: Path) -> None:
 
 def test_missing_registries_are_tolerated(monkeypatch: pytest.MonkeyPatch) -> None:
     assert registered_names("no_such_package_actmax") is None
-    monkeypatch.setattr("server.config.registered_names", lambda package: None)
+    monkeypatch.setattr("server.session_config.registered_names", lambda package: None)
     config = SessionConfig.model_validate(session_config(threads=[thread_config(generator="anything", optimizer="x")]))
     assert config.threads[0].optimizer == "x"
 

@@ -2,13 +2,12 @@
 
 Validated at the boundary (REST body, ``--config`` file) so that a typo or an unknown optimizer is
 a clear error naming the field, never a surprise mid-session. Generator and optimizer names are
-checked against ``generators.available()`` / ``optimizers.available()`` when those packages can be
-imported; without them any name passes and the engine reports the problem when it loads it.
+checked against ``generators.available()`` / ``optimizers.available()``. The stored config is the
+one source of a thread's settings: the engine re-validates it, so every default is written here once.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -16,27 +15,24 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+import generators
+import optimizers
+from server import ServerError
+
 MAX_SEED = 2**32 - 1  # fits every RNG seed API (numpy RandomState included)
 Name = Annotated[str, Field(min_length=1, max_length=200)]
 
 
-class ConfigError(ValueError):
+FIXED_DESIGN = "fixed-design"  # the optimizer of manifold threads: their grid, shown once
+
+
+class ConfigError(ServerError, ValueError):
     """A session configuration that cannot be used; the message names the field."""
 
 
-def registered_names(package: str) -> list[str] | None:
-    """``<package>.available()``, or None while that package (or its registry) is not importable."""
-    try:
-        module = importlib.import_module(package)
-        return list(module.available())
-    except (ImportError, AttributeError):
-        return None
-
-
-def _check_registered(package: str, name: str) -> str:
-    names = registered_names(package)
-    if names is not None and name not in names:
-        raise ValueError(f"unknown {package[:-1]} {name!r}; available: {', '.join(sorted(names))}")
+def _check_registered(kind: str, name: str, names: list[str]) -> str:
+    if name not in names:
+        raise ValueError(f"unknown {kind} {name!r}; available: {', '.join(sorted(names))}")
     return name
 
 
@@ -92,7 +88,8 @@ class ThreadConfig(_Strict):
     name: Name
     kind: Literal["evolution", "manifold"] = "evolution"
     generator: str = Field(min_length=1)
-    optimizer: str | None = Field(None, description="Required for evolutions; manifold threads take none.")
+    optimizer: str | None = Field(
+        None, description=f"Required for evolutions; manifold threads take none (theirs is {FIXED_DESIGN!r}).")
     optimizer_params: dict[str, Any] = Field(default_factory=dict)
     manifold: ManifoldConfig | None = Field(None, description="Required for manifold threads.")
     objective: ObjectiveConfig
@@ -105,25 +102,26 @@ class ThreadConfig(_Strict):
     @field_validator("generator")
     @classmethod
     def _known_generator(cls, name: str) -> str:
-        return _check_registered("generators", name)
+        return _check_registered("generator", name, generators.available())
 
     @field_validator("optimizer")
     @classmethod
     def _known_optimizer(cls, name: str | None) -> str | None:
-        return name if name is None else _check_registered("optimizers", name)
+        return name if name is None else _check_registered("optimizer", name, optimizers.available())
 
     @model_validator(mode="after")
     def _kind_fields(self) -> ThreadConfig:
         if self.kind == "evolution":
-            if self.optimizer is None:
-                raise ValueError("an evolution thread needs an optimizer")
+            if self.optimizer in (None, FIXED_DESIGN):
+                raise ValueError(f"an evolution thread needs an optimizer other than {FIXED_DESIGN!r}")
             if self.manifold is not None:
                 raise ValueError("manifold settings are for manifold threads (kind: manifold)")
         else:
             if self.manifold is None:
                 raise ValueError("a manifold thread needs manifold settings (source, planes, step_deg)")
-            if self.optimizer is not None:
+            if self.optimizer not in (None, FIXED_DESIGN) or self.optimizer_params:
                 raise ValueError("a manifold thread presents a fixed grid and takes no optimizer")
+            self.optimizer, self.n_generations = FIXED_DESIGN, 1
         return self
 
 
