@@ -44,7 +44,7 @@ def compute_baseline(population: int, generations: int) -> np.ndarray:
     """Seconds per generation for tell + ask + generate + PNG encode, in this process."""
     import generators
     import optimizers
-    from server.engine import optimizer_params
+    from server.thread_runtime import optimizer_params
     from server.images import encode_images
 
     G = generators.load("dcgan-faces", device="cpu")

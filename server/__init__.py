@@ -2,4 +2,21 @@
 
 
 class ServerError(RuntimeError):
-    """A server-side failure that is not the client's fault (store, engine, configuration on disk)."""
+    """Base of the server's errors; raised as such for failures that are not the client's fault."""
+
+
+class RigInputError(ServerError, ValueError):
+    """What a rig sent is well formed but cannot be used here (an unknown batch, a missing channel).
+
+    ``code`` is a protocol error code (``rig_client.protocol.ErrorCode``); the transport answers
+    the message with an ERROR carrying it.
+    """
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = str(code)
+        self.message = message
+
+
+class ThreadNotReady(ServerError):
+    """A thread cannot start yet (e.g. a Manifold map waits for its source evolution); retried later."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import secrets
 import shutil
 import sqlite3
 import time
@@ -60,12 +59,13 @@ def run(args: argparse.Namespace) -> int:
 
     from server.launch import ServerProcess, start_sim_rig, stop
     from server.report import write_session_report
+    from server.settings import new_token
 
     out = Path(args.out)
     if out.exists():
         shutil.rmtree(out)
     data = out / "data"
-    server = ServerProcess(data, secrets.token_urlsafe(16))
+    server = ServerProcess(data, new_token())
     started = time.monotonic()
     print(f"starting server (REST {server.url}, rigs {server.zmq_endpoint}) and simulated rig ...")
     api = server.start()

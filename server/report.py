@@ -62,7 +62,7 @@ def _reference_scores(db, thread: Thread) -> dict[str, float]:
     ).all()
     by_reference: dict[str, list[float]] = {}
     for stimulus_id, rates in rows:
-        score = objective(np.array([[np.nan if r is None else r for r in rates]]))[0]
+        score = objective.score(rates)
         by_reference.setdefault(stimulus_id, []).append(score)
     return {k: float(np.nanmean(v)) for k, v in by_reference.items()}
 

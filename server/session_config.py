@@ -168,6 +168,13 @@ class SessionConfig(_Strict):
                                  f"{source.generator!r}; a manifold is drawn in its source's latent space")
         return self
 
+    def thread(self, name: str) -> ThreadConfig:
+        """The settings of the thread called ``name``."""
+        for thread in self.threads:
+            if thread.name == name:
+                return thread
+        raise ConfigError(f"session {self.name!r} has no thread {name!r}")
+
 
 def describe_validation_error(error: ValidationError) -> str:
     """One line per problem, ``field.path: message`` (for the CLI)."""

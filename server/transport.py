@@ -19,7 +19,7 @@ import zmq.asyncio
 from rig_client.protocol import (
     MAX_MESSAGE_BYTES, ErrorCode, Message, MessageType, ProtocolError, decode, encode, error,
 )
-from server import ServerError
+from server import RigInputError, ServerError
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +30,11 @@ class Handler(Protocol):
     async def on_hello(self, rig_name: str, header: dict) -> dict:
         """WELCOME header fields (the transport adds heartbeat_ms, liveness, max_message_bytes).
 
-        Raise `ProtocolError` to refuse the rig (it gets an ERROR reply).
+        Raise `ProtocolError` or `server.RigInputError` to refuse the rig (it gets an ERROR reply).
         """
 
     async def on_results(self, rig_name: str, header: dict) -> dict:
-        """The ACK header for a valid RESULTS; raise `ProtocolError` to reply ERROR instead."""
+        """The ACK header for valid RESULTS; raise `ProtocolError` or `RigInputError` to reply ERROR instead."""
 
     async def on_disconnect(self, rig_name: str) -> None:
         """The rig went silent for `liveness` heartbeats (or its HELLO was refused)."""
@@ -271,10 +271,10 @@ class Transport:
                 raise TypeError(f"{method.__qualname__} returned {type(reply).__name__}, "
                                 "not a dict")
             return reply
-        except ProtocolError as exc:
+        except (ProtocolError, RigInputError) as exc:  # the rig's input: answer ERROR with its code
             log.warning("%s from rig %s refused: %s", mtype, name, exc)
             await self._reply_built(identity, error(exc.code, exc.message, in_reply_to=mtype,
-                                                    batch_id=exc.batch_id or batch_id),
+                                                    batch_id=getattr(exc, "batch_id", None) or batch_id),
                                     mtype, batch_id)
         except Exception:
             log.exception("handler failed on %s from rig %s", mtype, name)

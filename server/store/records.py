@@ -1,28 +1,35 @@
-"""Writes shared by the REST API, the CLI and the engine."""
+"""Writes shared by the REST API, the CLI and the engine (none commits)."""
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable
+import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from sqlalchemy import select
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session as DBSession
 
 from server.session_config import MAX_SEED, SessionConfig
-
-MANIFOLD_DESIGN = "manifold"  # Thread.optimizer of manifold threads
+from server.store import queries
+from server.store.archive import ArchivedImage
 from server.store.models import (
     Batch,
+    BatchStatus,
     Event,
     EventLevel,
+    Generation,
+    GenerationStatus,
     Presentation,
     Session,
     Stimulus,
+    StimulusKind,
     Thread,
     ThreadStatus,
+    encode_codes,
     utcnow,
 )
 
@@ -81,13 +88,11 @@ def create_session(db: DBSession, config: SessionConfig) -> Session:
                 name=thread.name,
                 kind=thread.kind,
                 generator=thread.generator,
-                # A manifold thread's "optimizer" is its fixed design, with the grid as its parameters.
-                optimizer=thread.optimizer or MANIFOLD_DESIGN,
-                optimizer_params_json=thread.optimizer_params if thread.manifold is None
-                else thread.manifold.model_dump(mode="json"),
+                optimizer=thread.optimizer,
+                optimizer_params_json=thread.optimizer_params,
                 objective_json=thread.objective.model_dump(mode="json"),
                 seed=thread.seed,
-                n_generations=thread.n_generations if thread.manifold is None else 1,
+                n_generations=thread.n_generations,
                 repeats=thread.repeats,
                 status=ThreadStatus.RUNNING,
             )
@@ -159,3 +164,49 @@ def record_presentations(
     if accepted and batch.results_first_at is None:
         batch.results_first_at = received_at
     return accepted, duplicates
+
+
+def add_generation(db: DBSession, session_id: int, thread_id: int, number: int, codes: np.ndarray,
+                   images: Sequence[ArchivedImage], provenance: dict[str, Any]) -> tuple[Generation, list[str]]:
+    """A pending generation and one synthetic stimulus per code; (the generation, stimulus ids in code order)."""
+    generation = Generation(thread_id=thread_id, number=number, codes=encode_codes(codes), n_stimuli=len(codes))
+    db.add(generation)
+    db.flush()
+    ids = []
+    for index, (code, image) in enumerate(zip(codes, images, strict=True)):
+        stimulus = Stimulus(
+            id=uuid.uuid4().hex, session_id=session_id, thread_id=thread_id, generation_id=generation.id,
+            kind=StimulusKind.SYNTHETIC, index=index, code=encode_codes(code), content_hash=image.content_hash,
+            png_path=image.png_path, generator=provenance["name"], generator_version=provenance["version"],
+            weights_sha256=provenance.get("weights_sha256"),
+        )
+        db.add(stimulus)
+        ids.append(stimulus.id)
+    return generation, ids
+
+
+def add_batch(db: DBSession, session_id: int, thread_id: int, generation_id: int, rig: str) -> Batch:
+    batch = Batch(id=uuid.uuid4().hex, session_id=session_id, thread_id=thread_id, generation_id=generation_id, rig=rig)
+    db.add(batch)
+    return batch
+
+
+def complete_generation(db: DBSession, generation_id: int, scores: np.ndarray, reference_scores: Sequence[float],
+                        optimizer_state: bytes, *, timed_out: bool) -> Generation:
+    """Mark a generation told: its scores, their summary, the optimizer state after ``tell``; close its batches."""
+    generation = db.get(Generation, generation_id)
+    scored = scores[np.isfinite(scores)]
+    finite_refs = [r for r in reference_scores if np.isfinite(r)]
+    generation.status = GenerationStatus.COMPLETE
+    generation.optimizer_state = optimizer_state
+    generation.scores_json = scores.tolist()
+    generation.n_scored = int(scored.size)
+    generation.mean_score = float(scored.mean()) if scored.size else None
+    generation.max_score = float(scored.max()) if scored.size else None
+    generation.reference_mean = float(np.mean(finite_refs)) if finite_refs else None
+    generation.completed_at = utcnow()
+    for batch in queries.generation_batches(db, generation_id):
+        if batch.status == BatchStatus.SENT:
+            batch.status = BatchStatus.TIMED_OUT if timed_out else BatchStatus.COMPLETE
+            batch.completed_at = generation.completed_at
+    return generation

@@ -67,7 +67,7 @@ def test_default_init_is_the_benchmark_start(deepsim):
 
 @pytest.mark.parametrize("name", ["cma", "sphere-cma", "ga", "pycma"])
 def test_every_optimizer_starts_from_the_fc6_geometry(deepsim, name):
-    from server.engine import optimizer_params
+    from server.thread_runtime import optimizer_params
 
     optimizer = optimizers.create(name, 4096, seed=0, **optimizer_params(name, deepsim, {"population": 8}))
     codes = optimizer.ask()

@@ -1,4 +1,4 @@
-"""Server fixtures: settings on a temporary data dir, a migrated SQLite file, fixed registries,
+"""Server fixtures: settings on a temporary data dir, a migrated SQLite file,
 and the REST app served by uvicorn on a free loopback port."""
 
 from __future__ import annotations
@@ -13,13 +13,11 @@ import pytest
 import uvicorn
 from sqlalchemy.orm import Session as DBSession, sessionmaker
 
-from server import session_config
 from server.main import create_app
 from server.settings import Settings
 from server.store import db
 
 TOKEN = "test-token-not-secret"
-REGISTRIES = {"generators": ["dcgan-faces", "deepsim-fc6"], "optimizers": ["cma", "ga", "sphere-cma"]}
 
 
 def make_settings(data_dir: Path) -> Settings:
@@ -32,13 +30,6 @@ def thread_config(name: str = "t0", **overrides) -> dict:
 
 def session_config(**overrides) -> dict:
     return {"name": "exp-1", "rig": "rig-A", "threads": [thread_config()]} | overrides
-
-
-@pytest.fixture
-def registries(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
-    """Fixed generator/optimizer registries, independent of what those packages register today."""
-    monkeypatch.setattr(config, "registered_names", REGISTRIES.get)
-    return REGISTRIES
 
 
 @pytest.fixture

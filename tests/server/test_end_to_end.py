@@ -16,7 +16,7 @@ import pytest
 
 import generators
 import optimizers
-from server.engine import optimizer_params
+from server.thread_runtime import optimizer_params
 from server.launch import ServerProcess, start_sim_rig, stop
 from server.store.models import decode_codes
 

@@ -76,7 +76,7 @@ def test_migrations_match_the_models(db_sessions: sessionmaker[DBSession]) -> No
 
 
 def test_upgrading_an_up_to_date_database_is_a_no_op(
-    settings: Settings, db_sessions: sessionmaker[DBSession], registries
+    settings: Settings, db_sessions: sessionmaker[DBSession]
 ) -> None:
     with db_sessions() as session:
         create_session(session, SessionConfig.model_validate(session_config()))
@@ -97,7 +97,7 @@ def test_foreign_keys_are_enforced(db_sessions: sessionmaker[DBSession]) -> None
         session.flush()
 
 
-def test_create_session_draws_and_records_missing_seeds(db_sessions: sessionmaker[DBSession], registries) -> None:
+def test_create_session_draws_and_records_missing_seeds(db_sessions: sessionmaker[DBSession]) -> None:
     config = SessionConfig.model_validate(session_config(threads=[thread_config("a", seed=11), thread_config("b")]))
     with db_sessions() as session:
         created = create_session(session, config)
@@ -131,7 +131,7 @@ def presentation(presentation_id: str, stimulus_id: str) -> PresentationRecord:
                               window_start_ms=50, window_end_ms=200)
 
 
-def test_record_presentations_is_idempotent(db_sessions: sessionmaker[DBSession], registries) -> None:
+def test_record_presentations_is_idempotent(db_sessions: sessionmaker[DBSession]) -> None:
     with db_sessions() as session:
         batch, (s0, s1) = make_batch(session)
         first = record_presentations(session, batch.id, [presentation("p1", s0), presentation("p2", s1), presentation("p1", s0)])
@@ -146,7 +146,7 @@ def test_record_presentations_is_idempotent(db_sessions: sessionmaker[DBSession]
         assert stored == [("p1", "rig-A", [2.0, None]), ("p2", "rig-A", [2.0, None]), ("p3", "rig-A", [2.0, None])]
 
 
-def test_presentation_id_is_unique_in_the_schema(db_sessions: sessionmaker[DBSession], registries) -> None:
+def test_presentation_id_is_unique_in_the_schema(db_sessions: sessionmaker[DBSession]) -> None:
     with db_sessions() as session:
         batch, (s0, _) = make_batch(session)
         row = dict(presentation_id="p1", stimulus_id=s0, batch_id=batch.id, rig="r", onset=0.0, rates_json=[1.0],
@@ -158,7 +158,7 @@ def test_presentation_id_is_unique_in_the_schema(db_sessions: sessionmaker[DBSes
             session.commit()
 
 
-def test_record_presentations_names_unknown_ids(db_sessions: sessionmaker[DBSession], registries) -> None:
+def test_record_presentations_names_unknown_ids(db_sessions: sessionmaker[DBSession]) -> None:
     with db_sessions() as session:
         batch, _ = make_batch(session)
         with pytest.raises(ValueError, match="unknown stimulus id.*ghost"):

@@ -1,0 +1,143 @@
+"""A running thread in memory: its settings, optimizer and generator, and the generation in flight.
+
+Everything here is rebuilt from the database: the thread's settings from its session's validated
+``SessionConfig``, the optimizer from the state committed after the last ``tell``, and a pending
+generation by re-asking that state, which returns the same codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sqlalchemy.orm import Session as DBSession
+
+import optimizers
+from rig_client.protocol import encode_png
+from server import ServerError
+from server.images import load_references
+from server.manifold import design_codes
+from server.objectives import Objective
+from server.session_config import SessionConfig, ThreadConfig
+from server.store import queries
+from server.store.archive import ImageArchive
+from server.store.models import Generation, Session, Stimulus, StimulusKind, Thread, decode_codes
+
+REFERENCE_SIZE = 128
+
+
+@dataclass
+class InFlight:
+    """A thread's pending generation: the codes asked, their stimuli, and the round last sent.
+
+    Each round is one BATCH holding every stimulus still owed (a stimulus appears once per batch);
+    ``repeats`` rounds are normal, up to ``MAX_REQUEUES`` more re-queue what a rig did not answer.
+    """
+
+    generation_id: int
+    number: int
+    codes: np.ndarray
+    stimulus_ids: list[str]  # synthetic stimuli in code order
+    batch_id: str | None = None  # None: the current round still has to be sent
+    awaiting: set[str] = field(default_factory=set)  # stimuli of the last batch not answered yet
+    rounds: int = 0
+    last_activity: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class ThreadRuntime:
+    """What the engine holds in memory for one running thread (rebuildable from the database)."""
+
+    id: int
+    session_id: int
+    rig: str
+    seed: int
+    window_ms: tuple[float, float]
+    repeats: int
+    n_generations: int
+    objective: Objective
+    generator: Any
+    optimizer: optimizers.Optimizer
+    reference_ids: list[str]
+    first_generation: int
+    inflight: InFlight | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+def build_runtime(db: DBSession, thread_id: int, load_generator: Callable[[str], Any],
+                  archive: ImageArchive) -> ThreadRuntime:
+    """Rebuild a running thread: its settings, the optimizer after its last tell, its pending generation.
+
+    Raises ``ThreadNotReady`` while the thread waits for another (a Manifold map for its source).
+    """
+    thread = db.get(Thread, thread_id)
+    session = thread.session
+    session_config = SessionConfig.model_validate(session.config_json)
+    config = session_config.thread(thread.name)
+    generator = load_generator(config.generator)
+    thread.generator_version = generator.version
+    optimizer = create_optimizer(db, thread, config, generator)
+    last = queries.last_complete_generation(db, thread_id)
+    if last is not None:
+        optimizer.load_state_dict(optimizers.loads_state(last.optimizer_state))
+    window = session_config.response_window_ms
+    runtime = ThreadRuntime(
+        id=thread.id, session_id=session.id, rig=session.rig, seed=config.seed,
+        window_ms=(float(window[0]), float(window[1])), repeats=config.repeats,
+        n_generations=config.n_generations, objective=Objective.from_config(config.objective),
+        generator=generator, optimizer=optimizer, reference_ids=ensure_references(db, session, session_config, archive),
+        first_generation=0 if last is None else last.number + 1,
+    )
+    pending = queries.pending_generation(db, thread_id)
+    if pending is not None:
+        runtime.inflight = resume_pending(runtime, pending)
+    return runtime
+
+
+def create_optimizer(db: DBSession, thread: Thread, config: ThreadConfig, generator) -> optimizers.Optimizer:
+    """The thread's optimizer, fresh; a Manifold thread's is a fixed design of its grid codes."""
+    params = optimizer_params(config.optimizer, generator, config.optimizer_params)
+    if config.manifold is not None:
+        params["codes"] = design_codes(db, thread, config.manifold)
+    return optimizers.create(config.optimizer, generator.latent_dim, seed=config.seed, **params)
+
+
+def optimizer_params(name: str, generator, user: dict) -> dict:
+    """The generator's latent-geometry defaults the optimizer accepts, overridden by the thread's own."""
+    accepted = set(optimizers.hyperparameter_names(name))
+    defaults = {k: v for k, v in generator.default_init().items() if k in accepted and v is not None}
+    return {**defaults, **user}
+
+
+def resume_pending(runtime: ThreadRuntime, pending: Generation) -> InFlight:
+    """Re-ask the restored optimizer; it must return exactly the codes stored before the crash."""
+    codes = runtime.optimizer.ask()
+    stored = decode_codes(pending.codes, pending.n_stimuli)
+    if codes.shape != stored.shape or not np.array_equal(codes, stored):
+        raise ServerError(
+            f"generation {pending.number} of thread {runtime.id}: the restored optimizer asked different "
+            "codes than were stored; the optimizer state in the database is inconsistent"
+        )
+    ids = [s.id for s in pending.stimuli if s.kind == StimulusKind.SYNTHETIC]
+    return InFlight(pending.id, pending.number, stored, ids)
+
+
+def ensure_references(db: DBSession, session: Session, config: SessionConfig, archive: ImageArchive) -> list[str]:
+    """The session's reference stimuli, archived on first use."""
+    existing = queries.reference_ids(db, session.id)
+    if existing:
+        return existing
+    ids = []
+    for pixels in load_references(config.references.source, config.references.count, REFERENCE_SIZE):
+        image = archive.save(encode_png(pixels))
+        stimulus_id = f"ref-{session.id}-{image.content_hash[:12]}"
+        if stimulus_id not in ids:
+            db.add(Stimulus(id=stimulus_id, session_id=session.id, kind=StimulusKind.REFERENCE,
+                            content_hash=image.content_hash, png_path=image.png_path))
+            ids.append(stimulus_id)
+    db.flush()
+    return ids
