@@ -68,15 +68,15 @@ def _settings(args: argparse.Namespace):
 def run_manifold(args: argparse.Namespace) -> int:
     from analysis.plots import plot_map
     from server.manifold import analyze, manifold_data, summary
-    from server.store.db import make_engine, make_sessionmaker
+    from server.store.db import make_db_engine, make_sessionmaker
 
     settings = _settings(args)
-    engine = make_engine(settings.database_url)
+    db_engine = make_db_engine(settings.database_url)
     try:
-        with make_sessionmaker(engine)() as db:
+        with make_sessionmaker(db_engine)() as db:
             data = manifold_data(db, args.thread)
     finally:
-        engine.dispose()
+        db_engine.dispose()
     results = analyze(data, n_boot=args.n_boot)
     args.out.mkdir(parents=True, exist_ok=True)
     for r in results:

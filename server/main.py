@@ -1,39 +1,31 @@
-"""Builds the FastAPI app: routers, dependencies' state, and the database migration at startup."""
+"""Builds the FastAPI app: routers and the state its dependencies read."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
 from fastapi import Depends, FastAPI
+from sqlalchemy.orm import Session as DBSession
+from sqlalchemy.orm import sessionmaker
 
 from server.api.deps import EngineWaker, require_token
 from server.api.routes import generations, health, manifold, sessions, stimuli, threads
 from server.api.routes.health import package_version
 from server.api.schemas import ErrorDetail
 from server.settings import Settings
-from server.store import db
 from server.store.archive import ImageArchive
 
 
-def create_app(settings: Settings, *, engine: EngineWaker | None = None) -> FastAPI:
-    """The REST app. ``engine`` (see ``EngineWaker``) is woken after every change of intent.
+def create_app(settings: Settings, db_sessions: sessionmaker[DBSession], *,
+               engine: EngineWaker | None = None) -> FastAPI:
+    """The REST app on ``db_sessions`` (a migrated database; the caller owns its database engine).
+    ``engine`` (see ``EngineWaker``) is woken after every change of intent.
 
     Raises ``ServerError`` when ``settings.token`` is unset: the API never runs open.
     """
     token = settings.require_token()
-    database = db.make_engine(settings.database_url)
-
-    @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        db.upgrade(settings.database_url)
-        yield
-        database.dispose()
-
-    app = FastAPI(title="actmax", version=package_version(), lifespan=lifespan)
+    app = FastAPI(title="actmax", version=package_version())
     app.state.settings = settings
     app.state.token = token
-    app.state.sessionmaker = db.make_sessionmaker(database)
+    app.state.sessionmaker = db_sessions
     app.state.archive = ImageArchive(settings.data_dir)
     app.state.engine = engine
 

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from server.objectives import Objective
 from server.store.archive import ImageArchive
-from server.store.db import make_engine, make_sessionmaker
+from server.store.db import make_db_engine, make_sessionmaker
 from server.store.models import (
     Batch,
     Generation,
@@ -90,10 +90,10 @@ def write_session_report(database_url: str, data_dir: Path, session_id: int, out
 
     out_dir.mkdir(parents=True, exist_ok=True)
     archive = ImageArchive(data_dir)
-    engine = make_engine(database_url)
+    db_engine = make_db_engine(database_url)
     summaries, montage_rows = [], []
     try:
-        with make_sessionmaker(engine)() as db:
+        with make_sessionmaker(db_engine)() as db:
             threads = db.scalars(select(Thread).where(Thread.session_id == session_id).order_by(Thread.id)).all()
             fig, axes = plt.subplots(1, len(threads), figsize=(5.5 * len(threads), 4), squeeze=False)
             for ax, thread in zip(axes[0], threads):
@@ -122,7 +122,7 @@ def write_session_report(database_url: str, data_dir: Path, session_id: int, out
             fig.savefig(out_dir / "scores.png", dpi=120)
             plt.close(fig)
     finally:
-        engine.dispose()
+        db_engine.dispose()
     _write_montage(montage_rows, out_dir / "best_images.png")
     (out_dir / "summary.json").write_text(json.dumps([asdict(s) for s in summaries], indent=2))
     return summaries

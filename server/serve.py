@@ -44,24 +44,35 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def serve(settings) -> None:
-    """Migrate the database, then run uvicorn, the ZeroMQ transport and the engine until SIGINT/SIGTERM."""
-    import uvicorn
+    """Migrate the database, then run uvicorn, the ZeroMQ transport and the engine until SIGINT/SIGTERM.
 
+    The process's one database engine is made, migrated and disposed of here.
+    """
     from server.engine import Engine
     from server.main import create_app
     from server.store.archive import ImageArchive
-    from server.store.db import make_engine, make_sessionmaker, upgrade
+    from server.store.db import make_db_engine, make_sessionmaker, upgrade
     from server.transport import Transport
 
-    upgrade(settings.database_url)
-    sessions = make_sessionmaker(make_engine(settings.database_url))
-    engine = Engine(settings, sessions, ImageArchive(settings.data_dir))
-    transport = Transport(
-        settings.zmq_endpoint, engine, heartbeat_s=settings.heartbeat_s,
-        liveness=settings.liveness, max_message_bytes=settings.max_message_bytes,
-    )
-    engine.transport = transport
-    app = create_app(settings, engine=engine)
+    db_engine = make_db_engine(settings.database_url)
+    try:
+        upgrade(db_engine)
+        db_sessions = make_sessionmaker(db_engine)
+        engine = Engine(settings, db_sessions, ImageArchive(settings.data_dir))
+        transport = Transport(
+            settings.zmq_endpoint, engine, heartbeat_s=settings.heartbeat_s,
+            liveness=settings.liveness, max_message_bytes=settings.max_message_bytes,
+        )
+        engine.transport = transport
+        await _run_until_stopped(settings, create_app(settings, db_sessions, engine=engine), engine, transport)
+    finally:
+        db_engine.dispose()
+
+
+async def _run_until_stopped(settings, app, engine, transport) -> None:
+    """Serve HTTP in the foreground and the transport and engine loops beside it; stop all three together."""
+    import uvicorn
+
     http = uvicorn.Server(uvicorn.Config(app, host=settings.http_host, port=settings.http_port, log_level="warning"))
     background = [asyncio.create_task(transport.run()), asyncio.create_task(engine.run())]
     log.info("serving REST on http://%s:%s, rigs on %s, data in %s",

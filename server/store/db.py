@@ -22,21 +22,22 @@ def _set_sqlite_pragmas(dbapi_connection, _connection_record) -> None:
     cursor.close()
 
 
-def make_engine(database_url: str) -> Engine:
-    """An engine for ``database_url``; for SQLite files: WAL, foreign keys on, busy timeout, parent folder made."""
+def make_db_engine(database_url: str) -> Engine:
+    """A database engine for ``database_url``; for SQLite files: WAL, foreign keys on, busy timeout, parent
+    folder made. A process makes one and disposes of it when it ends (``actmax serve`` owns the server's)."""
     url = make_url(database_url)
     if url.get_backend_name() != "sqlite":
         return create_engine(url)
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"check_same_thread": False})
-    event.listen(engine, "connect", _set_sqlite_pragmas)
-    return engine
+    db_engine = create_engine(url, connect_args={"check_same_thread": False})
+    event.listen(db_engine, "connect", _set_sqlite_pragmas)
+    return db_engine
 
 
-def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+def make_sessionmaker(db_engine: Engine) -> sessionmaker[Session]:
     """ORM sessions whose objects stay readable after commit."""
-    return sessionmaker(engine, expire_on_commit=False)
+    return sessionmaker(db_engine, expire_on_commit=False)
 
 
 def alembic_config(database_url: str) -> Config:
@@ -47,13 +48,9 @@ def alembic_config(database_url: str) -> Config:
     return config
 
 
-def upgrade(database_url: str, revision: str = "head") -> None:
+def upgrade(db_engine: Engine, revision: str = "head") -> None:
     """Create or migrate the database to ``revision``; a no-op on an up-to-date database."""
-    engine = make_engine(database_url)
-    try:
-        with engine.begin() as connection:
-            config = alembic_config(database_url)
-            config.attributes["connection"] = connection
-            command.upgrade(config, revision)
-    finally:
-        engine.dispose()
+    with db_engine.begin() as connection:
+        config = alembic_config(db_engine.url.render_as_string(hide_password=False))
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import uvicorn
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session as DBSession, sessionmaker
 
 from server.main import create_app
@@ -38,12 +39,18 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def db_sessions(settings: Settings) -> Iterator[sessionmaker[DBSession]]:
+def db_engine(settings: Settings) -> Iterator[Engine]:
+    """The database engine of a freshly migrated SQLite file."""
+    db_engine = db.make_db_engine(settings.database_url)
+    db.upgrade(db_engine)
+    yield db_engine
+    db_engine.dispose()
+
+
+@pytest.fixture
+def db_sessions(db_engine: Engine) -> sessionmaker[DBSession]:
     """ORM sessions on a freshly migrated SQLite file."""
-    db.upgrade(settings.database_url)
-    engine = db.make_engine(settings.database_url)
-    yield db.make_sessionmaker(engine)
-    engine.dispose()
+    return db.make_sessionmaker(db_engine)
 
 
 class WakeCounter:
@@ -57,12 +64,15 @@ class WakeCounter:
 
 
 class LiveServer:
-    def __init__(self, url: str, settings: Settings, engine: WakeCounter) -> None:
-        self.url = url
+    """The app's settings, its stand-in engine, its migrated database and (once served) its URL."""
+
+    def __init__(self, settings: Settings, engine: WakeCounter) -> None:
+        self.url = ""
         self.settings = settings
         self.engine = engine
-        self.database = db.make_engine(settings.database_url)
-        self.sessions = db.make_sessionmaker(self.database)
+        self.db_engine = db.make_db_engine(settings.database_url)
+        db.upgrade(self.db_engine)
+        self.sessions = db.make_sessionmaker(self.db_engine)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +80,8 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     """The app behind real HTTP: uvicorn in a background thread on a free port (one per test module)."""
     settings = make_settings(tmp_path_factory.mktemp("live") / "data")
     engine = WakeCounter()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, engine=engine), log_level="warning"))
+    live = LiveServer(settings, engine)
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, live.sessions, engine=engine), log_level="warning"))
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -80,9 +91,9 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.01)
-    live = LiveServer(f"http://127.0.0.1:{sock.getsockname()[1]}", settings, engine)
+    live.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     yield live
     server.should_exit = True
     thread.join(10)
     sock.close()
-    live.database.dispose()
+    live.db_engine.dispose()

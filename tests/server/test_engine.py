@@ -21,7 +21,7 @@ from server.session_config import SessionConfig
 from server.engine import Engine
 from server.settings import Settings
 from server.store.archive import ImageArchive
-from server.store.db import make_engine, make_sessionmaker, upgrade
+from server.store.db import make_db_engine, make_sessionmaker, upgrade
 from server.store.models import Batch, Event, Generation, GenerationStatus, Stimulus, Thread, ThreadStatus
 from server.store.models import Presentation as PresentationRow
 from server.store.records import create_session
@@ -36,8 +36,8 @@ class LiveEngine:
     def __init__(self, data_dir, endpoint, batch_timeout_s=300.0):
         self.settings = Settings(data_dir=data_dir, zmq_endpoint=endpoint, token="t", heartbeat_s=0.5,
                                  batch_timeout_s=batch_timeout_s, device="cpu")
-        upgrade(self.settings.database_url)
-        self.db_engine = make_engine(self.settings.database_url)
+        self.db_engine = make_db_engine(self.settings.database_url)
+        upgrade(self.db_engine)
         self.sessions = make_sessionmaker(self.db_engine)
         self.engine = Engine(self.settings, self.sessions, ImageArchive(data_dir))
         self.transport = Transport(endpoint, self.engine, heartbeat_s=0.5, liveness=5)

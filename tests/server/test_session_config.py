@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
+from sqlalchemy.orm import sessionmaker
 
 from server import ServerError
 from server.session_config import ConfigError, SessionConfig, load_session_config
@@ -47,7 +48,7 @@ def test_settings_read_the_actmax_environment(monkeypatch: pytest.MonkeyPatch, t
 
 def test_serving_without_a_token_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ServerError, match="ACTMAX_TOKEN"):
-        create_app(Settings(data_dir=tmp_path, token=None))
+        create_app(Settings(data_dir=tmp_path, token=None), sessionmaker())
 
 
 def test_session_config_defaults() -> None:

@@ -45,12 +45,12 @@ def png_bytes(value: int = 0) -> bytes:
 
 
 def test_sqlite_pragmas(settings: Settings) -> None:
-    engine = db.make_engine(settings.database_url)
-    with engine.connect() as connection:
+    db_engine = db.make_db_engine(settings.database_url)
+    with db_engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == db.BUSY_TIMEOUT_MS
-    engine.dispose()
+    db_engine.dispose()
 
 
 def test_wal_lets_a_write_commit_while_a_reader_holds_a_snapshot(settings: Settings, db_sessions) -> None:
@@ -76,13 +76,13 @@ def test_migrations_match_the_models(db_sessions: sessionmaker[DBSession]) -> No
 
 
 def test_upgrading_an_up_to_date_database_is_a_no_op(
-    settings: Settings, db_sessions: sessionmaker[DBSession]
+    settings: Settings, db_engine, db_sessions: sessionmaker[DBSession]
 ) -> None:
     with db_sessions() as session:
         create_session(session, SessionConfig.model_validate(session_config()))
         session.commit()
         schema_before = session.execute(text("SELECT sql FROM sqlite_master ORDER BY name")).all()
-    db.upgrade(settings.database_url)
+    db.upgrade(db_engine)
     head = ScriptDirectory.from_config(db.alembic_config(settings.database_url)).get_current_head()
     with db_sessions() as session:
         assert session.execute(text("SELECT sql FROM sqlite_master ORDER BY name")).all() == schema_before

@@ -3,7 +3,7 @@ or on ``-x url=...`` / ``sqlalchemy.url`` when run from the alembic command line
 
 from alembic import context
 
-from server.store.db import make_engine
+from server.store.db import make_db_engine
 from server.store.models import Base
 
 config = context.config
@@ -22,12 +22,12 @@ def run_migrations_online() -> None:
         _run(connection)
         return
     url = context.get_x_argument(as_dictionary=True).get("url") or config.get_main_option("sqlalchemy.url")
-    engine = make_engine(url)
+    db_engine = make_db_engine(url)
     try:
-        with engine.begin() as connection:
+        with db_engine.begin() as connection:
             _run(connection)
     finally:
-        engine.dispose()
+        db_engine.dispose()
 
 
 if context.is_offline_mode():
