@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from analysis import AnalysisError
+
 #: Our optimizer labels -> the published names of spec §3.
 PUBLISHED_NAMES = {"ga": "GA", "cma": "Chol-CMA", "pycma": "pycma", "pycma-diag": "pycma-diag",
                    "sphere-cma": "Sphere-exp", "sphere-cma-inv": "Sphere-inv"}
@@ -52,7 +54,7 @@ CHECKPOINT_COLUMNS = ("cum_clean_max_500", "cum_clean_max_1000", "cum_clean_max_
 PAIR_KEYS = ["unit", "noise", "rep"]
 
 
-class ReportError(ValueError):
+class ReportError(AnalysisError):
     """The results table cannot be reported on (missing columns, no usable units)."""
 
 

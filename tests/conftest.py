@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 
 import pytest
 import zmq
 
-
-def free_tcp_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from server.launch import free_port
 
 
 @pytest.fixture
 def endpoint() -> str:
     """``tcp://127.0.0.1:PORT`` on a free port."""
-    return f"tcp://127.0.0.1:{free_tcp_port()}"
+    return f"tcp://127.0.0.1:{free_port()}"
 
 
 @pytest.fixture
