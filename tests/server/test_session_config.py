@@ -152,3 +152,11 @@ def test_bad_manifold_threads_are_refused_with_the_reason(thread, message):
 def test_an_evolution_thread_needs_an_optimizer():
     with pytest.raises(ValidationError, match="needs an optimizer"):
         SessionConfig.model_validate(session_config(threads=[thread_config(optimizer=None)]))
+
+
+def test_a_thread_is_looked_up_by_name():
+    config = SessionConfig.model_validate(session_config(threads=[thread_config("a"), thread_config("b")]))
+    assert config.thread("b").name == "b"
+    with pytest.raises(ConfigError, match="no thread 'c'"):
+        config.thread("c")
+    assert issubclass(ConfigError, ServerError) and issubclass(ConfigError, ValueError)

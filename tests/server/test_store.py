@@ -108,6 +108,17 @@ def test_create_session_draws_and_records_missing_seeds(db_sessions: sessionmake
         assert session.scalars(select(Event.kind)).all() == ["session.created"]
 
 
+def test_a_manifold_thread_is_stored_with_its_real_optimizer(db_sessions: sessionmaker[DBSession]) -> None:
+    manifold = {"name": "map", "kind": "manifold", "generator": "dcgan-faces", "objective": {"channels": [3]},
+                "manifold": {"source": "t0"}, "n_generations": 7}
+    config = SessionConfig.model_validate(session_config(threads=[thread_config(), manifold]))
+    with db_sessions() as session:
+        thread = create_session(session, config).threads[1]
+        assert (thread.optimizer, thread.optimizer_params_json, thread.n_generations) == ("fixed-design", {}, 1)
+        stored = SessionConfig.model_validate(thread.session.config_json).thread("map")
+        assert stored.optimizer == "fixed-design" and stored.manifold.source == "t0"
+
+
 def make_batch(session: DBSession, n_stimuli: int = 2) -> tuple[Batch, list[str]]:
     created = create_session(session, SessionConfig.model_validate(session_config()))
     thread = created.threads[0]

@@ -14,7 +14,7 @@ import zmq.asyncio
 from rig_client.protocol import (
     VERSION, Message, MessageType, ProtocolError, batch_message, decode, encode, encode_png,
 )
-from server import ServerError
+from server import RigInputError, ServerError
 from server.transport import Transport
 
 HB = 0.05  # heartbeat_s in tests: expiry after HB * LIVENESS
@@ -225,6 +225,11 @@ def test_handler_errors_become_error_replies(zmq_context, endpoint):
             await d.send_multipart(results("b1"))
             reply = await h.reply(d)
             assert reply.header == {"code": "unknown_batch", "message": "no batch b1 for this rig",
+                                    "in_reply_to": "RESULTS", "batch_id": "b1"}
+            h.handler.fail_results = RigInputError("bad_field", "rates has 1 channel(s) but this thread scores 3")
+            await d.send_multipart(results("b1"))
+            reply = await h.reply(d)
+            assert reply.header == {"code": "bad_field", "message": "rates has 1 channel(s) but this thread scores 3",
                                     "in_reply_to": "RESULTS", "batch_id": "b1"}
             h.handler.fail_results = RuntimeError("database is locked")
             await d.send_multipart(results("b1"))
