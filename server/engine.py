@@ -32,7 +32,6 @@ from server.settings import Settings
 from server.store import queries, records
 from server.store.archive import ImageArchive
 from server.store.models import Batch, EventLevel, Stimulus, Thread, ThreadStatus
-from server.store.records import PresentationRecord, log_event
 from server.thread_runtime import InFlight, ThreadRuntime, build_runtime
 
 log = logging.getLogger(__name__)
@@ -151,7 +150,7 @@ class Engine:
                                         f"stimulus {p['stimulus_id']!r} is not part of batch {batch.id!r}")
                 objective.check_rates(p["rates"])
             presentations = [
-                PresentationRecord(p["presentation_id"], p["stimulus_id"], float(p["onset"]), list(p["rates"]),
+                records.PresentationRecord(p["presentation_id"], p["stimulus_id"], float(p["onset"]), list(p["rates"]),
                                    float(p["window_ms"][0]), float(p["window_ms"][1]))
                 for p in header["presentations"]
             ]
@@ -337,4 +336,4 @@ class Engine:
     def _log_in(db, session_id, thread_id, kind, message, data=None, level=EventLevel.INFO) -> None:
         """An event row in the session record, and the same line in the server log."""
         log.log(logging.WARNING if level in (EventLevel.WARNING, EventLevel.ERROR) else logging.INFO, message)
-        log_event(db, kind, message, level=level, session_id=session_id, thread_id=thread_id, data=data)
+        records.log_event(db, kind, message, level=level, session_id=session_id, thread_id=thread_id, data=data)
