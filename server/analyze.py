@@ -67,6 +67,7 @@ def _settings(args: argparse.Namespace):
 
 def run_manifold(args: argparse.Namespace) -> int:
     from analysis.plots import plot_map
+    from analysis.serialization import json_safe
     from server.manifold import analyze, manifold_data, summary
     from server.store.db import make_db_engine, make_sessionmaker
 
@@ -82,7 +83,7 @@ def run_manifold(args: argparse.Namespace) -> int:
     for r in results:
         plot_map(r["map"].values, r["map"].theta, r["map"].phi, signature=r["signature"],
                  title=f"thread {args.thread}, {r['plane']}", path=args.out / f"manifold_{r['plane']}.png")
-    (args.out / "manifold.json").write_text(json.dumps(summary(results), indent=2))
+    (args.out / "manifold.json").write_text(json.dumps(json_safe(summary(results)), indent=2))
     for r in results:
         s = r["signature"]
         print(f"{r['plane']}: lowest single-loop level {s.lowest_loop_index}, loop AUC {s.auc_loop:.2f}, "

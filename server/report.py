@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import select
 
+from analysis.serialization import json_safe
 from server.objectives import Objective
 from server.store.archive import ImageArchive
 from server.store.db import make_db_engine, make_sessionmaker
@@ -124,7 +125,7 @@ def write_session_report(database_url: str, data_dir: Path, session_id: int, out
     finally:
         db_engine.dispose()
     _write_montage(montage_rows, out_dir / "best_images.png")
-    (out_dir / "summary.json").write_text(json.dumps([asdict(s) for s in summaries], indent=2))
+    (out_dir / "summary.json").write_text(json.dumps(json_safe([asdict(s) for s in summaries]), indent=2))
     return summaries
 
 

@@ -14,7 +14,6 @@ Conventions the engine relies on:
 from __future__ import annotations
 
 import enum
-import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,6 +33,8 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from analysis.serialization import json_safe
 
 # Named constraints, so later migrations can alter them on SQLite (batch mode needs names).
 NAMING_CONVENTION = {
@@ -61,18 +62,6 @@ def decode_codes(data: bytes, n: int | None = None) -> np.ndarray:
     return flat if n is None else flat.reshape(n, -1)
 
 
-def _nan_to_none(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _nan_to_none(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_nan_to_none(v) for v in value]
-    if isinstance(value, np.generic):
-        return _nan_to_none(value.item())
-    return value
-
-
 class JSONValue(TypeDecorator):
     """JSON text; non-finite floats (NaN, inf) and numpy scalars become valid JSON."""
 
@@ -80,7 +69,7 @@ class JSONValue(TypeDecorator):
     cache_ok = True
 
     def process_bind_param(self, value: Any, dialect: Any) -> Any:
-        return _nan_to_none(value)
+        return json_safe(value)
 
 
 class UTCDateTime(TypeDecorator):
