@@ -153,3 +153,48 @@ def test_session_runs_to_completion_through_the_folder(tmp_path):
     assert not (batches[0] / "responses.error.txt").exists()  # cleared by the corrected file
     error = rows_log.with_suffix(".error").read_text()
     assert "'not-in-batch' is not in this batch's manifest" in error and "responses.rejected-1.mat" in error
+
+
+def test_matlab_helpers_in_octave(tmp_path):
+    """The MATLAB helpers of docs/monkeylogic read a real batch folder and write a .mat the
+    bridge accepts (GNU Octave stands in for MATLAB)."""
+    import shutil
+
+    from rig_client.bridge import write_batch
+    from rig_client.client import Batch, Stimulus
+    from rig_client.protocol import encode_png
+
+    octave = shutil.which("octave-cli")
+    if octave is None:
+        pytest.skip("GNU Octave is not installed (apt-get install -y --no-install-recommends octave)")
+    png = encode_png(np.zeros((4, 4, 3), np.uint8))
+    batch = Batch("b-7", "s", "t", 0, (50.0, 200.0),
+                  [Stimulus("st-a", "synthetic", png), Stimulus("ref-1", "reference", png)])
+    path = write_batch(tmp_path, batch, ["e1", "e2"])
+    helpers = Path(__file__).parents[2] / "docs" / "monkeylogic"
+    script = f"""
+    addpath('{helpers}');
+    folder = actmax_next_batch('{tmp_path}');
+    s = actmax_read_manifest(folder);
+    assert(numel(s) == 2 && strcmp(s(2).kind, 'reference') && exist(s(1).file, 'file') == 2);
+    R.stimulus_id = {{s(2).stimulus_id; s(1).stimulus_id}};
+    R.onset = [1764250001.5; 1764250002.5];
+    R.rates = [1 2; 3 4];
+    R.fixation_broken = logical([0; 1]);
+    R.photodiode_onset = [1764250001.51; NaN];
+    R.baseline_rates = [0.5 0; 0 0.5];
+    R.baseline_window_ms = [-100 0];
+    actmax_write_responses(folder, R);
+    assert(isempty(actmax_next_batch('{tmp_path}')));
+    """
+    done = subprocess.run([octave, "--no-gui", "--quiet", "--eval", script], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(p.name for p in path.iterdir()) == ["0001.png", "0002.png", "manifest.csv",
+                                                       "manifest.json", "responses.mat"]
+    got = [p.to_json() for p in read_responses(path / "responses.mat", json.loads(
+        (path / "manifest.json").read_text()))]
+    assert [(p["stimulus_id"], p["rates"], p["fixation_broken"]) for p in got] == [
+        ("ref-1", [1.0, 2.0], False), ("st-a", [3.0, 4.0], True)]
+    assert got[0]["photodiode_onset"] == pytest.approx(1764250001.51) and "photodiode_onset" not in got[1]
+    assert got[1]["baseline_rates"] == [0.0, 0.5] and got[1]["baseline_window_ms"] == [-100.0, 0.0]
