@@ -55,6 +55,11 @@ class SpikeSource(abc.ABC):
     def poll(self) -> Events:
         """Events that arrived since the last call (never blocks for long)."""
 
+    def now(self) -> float:
+        """The recorder's clock now, for sources that can read it (a presenter aligns to it)."""
+        raise RigError(f"{type(self).__name__} cannot read the recorder's clock; use a source "
+                       "that can (replay, lsl) or align with sync pulses (fit_clock)")
+
     def close(self) -> None:
         """Release sockets or files."""
 

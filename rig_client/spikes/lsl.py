@@ -105,6 +105,9 @@ class LSLSource(SpikeSource):
                            f"lists {len(self.labels)} units")
         return events
 
+    def now(self) -> float:
+        return _pylsl().local_clock()
+
     def close(self) -> None:
         for inlet in self._inlets:
             inlet.close_stream()
