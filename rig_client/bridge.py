@@ -296,7 +296,16 @@ class FolderBridge:
             return False
         flagged = [p for p in presentations if p.flagged]
         sent = [p for p in presentations if self.send_flagged or not p.flagged]
-        ack = self.client.send_results(manifest["batch_id"], sent, done=True).result()
+        future = self.client.send_results(manifest["batch_id"], sent, done=True)
+        while not future.done():  # unanswered at a stop: a restarted bridge resends, same ids
+            if self.stop.wait(self.poll_s):
+                return True
+        try:
+            ack = future.result()
+        except ProtocolError as exc:
+            rejected = self._reject(responses, f"the server refused these results: {exc}")
+            log.warning("%s refused by the server (kept as %s): %s", responses, rejected.name, exc)
+            return False
         (path / "responses.error.txt").unlink(missing_ok=True)
         _write_atomic(path / "ack.json", json.dumps({
             **ack, "sent": len(sent), "flagged": len(flagged),
