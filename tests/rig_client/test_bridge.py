@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import sqlite3
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import pytest
 import scipy.io
 
 from rig_client.bridge import BridgeError, read_responses
+from tests.rig_client.conftest import run_session
 
 MANIFEST = {"batch_id": "b-1", "channels": 2, "response_window_ms": [50, 200],
             "stimuli": [{"order": 1, "stimulus_id": "st-a", "kind": "synthetic", "file": "0001.png"},
@@ -96,46 +96,49 @@ def test_mat_with_wrong_shapes(tmp_path):
         read_responses(tmp_path / "responses.mat", MANIFEST)
 
 
+def stored_presentations(process, rig: str) -> list[tuple]:
+    """(presentation_id, stimulus_id, onset, rates) of every presentation of ``rig``."""
+    with sqlite3.connect(process.data_dir / "actmax.sqlite") as db:
+        return db.execute("SELECT presentation_id, stimulus_id, onset, rates_json FROM presentations "
+                          "WHERE rig = ?", (rig,)).fetchall()
+
+
+def generation_statuses(process, thread_id: int) -> list[str]:
+    with sqlite3.connect(process.data_dir / "actmax.sqlite") as db:
+        return [s for (s,) in db.execute("SELECT status FROM generations WHERE thread_id = ?", (thread_id,))]
+
+
 @pytest.mark.slow
-def test_session_runs_to_completion_through_the_folder(tmp_path):
-    from server.launch import ServerProcess, stop
+def test_session_runs_to_completion_through_the_folder(tmp_path, actmax_server):
+    from server.launch import stop
     from tests.server.test_end_to_end import wait_until
 
-    population, n_references, n_generations = 6, 2, 3
-    server = ServerProcess(tmp_path / "data", secrets.token_urlsafe(16))
-    api = server.start()
+    process, api = actmax_server
+    population, n_references, n_generations = 4, 1, 2
     folder, rows_log = tmp_path / "rig-folder", tmp_path / "rig-rows.jsonl"
     with open(tmp_path / "bridge.log", "wb") as bridge_log, open(tmp_path / "rig.log", "wb") as rig_log:
         bridge = subprocess.Popen([sys.executable, "-m", "server.cli", "rig", "bridge", "--folder", str(folder),
-                                   "--endpoint", server.zmq_endpoint, "--rig", "ml-rig", "--channels", "2",
+                                   "--endpoint", process.zmq_endpoint, "--rig", "ml-rig", "--channels", "2",
                                    "--labels", "elec1-u1,elec2-u1", "--poll", "0.05"],
                                   stdout=bridge_log, stderr=subprocess.STDOUT, env=os.environ)
         rig = subprocess.Popen([sys.executable, str(Path(__file__).with_name("folder_rig.py")), str(folder),
                                 str(rows_log), str(population + n_references)],
                                stdout=rig_log, stderr=subprocess.STDOUT)
-    processes = [(server.process, server.log_path), (bridge, tmp_path / "bridge.log"), (rig, tmp_path / "rig.log")]
+    processes = [(process.process, process.log_path), (bridge, tmp_path / "bridge.log"), (rig, tmp_path / "rig.log")]
     try:
-        session = api.post("/sessions", {
-            "name": "folder", "rig": "ml-rig", "references": {"source": "skimage", "count": n_references},
-            "threads": [{"name": "cma", "generator": "dcgan-faces", "optimizer": "cma",
-                         "optimizer_params": {"population": population}, "objective": {"channels": [0]},
-                         "seed": 3, "n_generations": n_generations}]})
-        (thread,) = api.get(f"/sessions/{session['id']}/threads")
+        thread = run_session(api, "ml-rig", population=population, references=n_references,
+                             generations=n_generations)
         wait_until(lambda: api.get(f"/threads/{thread['id']}")["status"] == "finished", 240,
                    "the thread to finish", processes)
     finally:
-        for process in (rig, bridge):
-            stop(process)
-        server.stop()
-        api.close()
+        for p in (rig, bridge):
+            stop(p)
 
     written = [json.loads(line) for line in rows_log.read_text().splitlines()]
     flagged = [r for r in written if r["fixation_broken"]]
     assert len(flagged) == n_generations  # one broken fixation per full batch
-    with sqlite3.connect(tmp_path / "data" / "actmax.sqlite") as db:
-        stored = db.execute("SELECT presentation_id, stimulus_id, onset, rates_json FROM presentations").fetchall()
-        statuses = [s for (s,) in db.execute("SELECT status FROM generations")]
-    assert statuses == ["complete"] * n_generations
+    stored = stored_presentations(process, "ml-rig")
+    assert generation_statuses(process, thread["id"]) == ["complete"] * n_generations
     assert len({pid for pid, *_ in stored}) == len(stored)  # each presentation stored once
     # exactly the rows the rig measured cleanly, nothing flagged, nothing twice
     clean = Counter((r["stimulus_id"], round(r["onset"], 6)) for r in written if not r["fixation_broken"])

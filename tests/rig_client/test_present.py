@@ -6,9 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import secrets
 import shutil
-import sqlite3
 import subprocess
 import sys
 
@@ -18,6 +16,8 @@ import pytest
 from rig_client.present import Display, flip_statistics
 from rig_client.spikes import Events
 from rig_client.spikes.replay import save
+from tests.rig_client.conftest import run_session
+from tests.rig_client.test_bridge import generation_statuses, stored_presentations
 
 
 def test_display_pixels_from_degrees():
@@ -54,8 +54,8 @@ def xvfb():
 
 
 @pytest.mark.slow
-def test_session_runs_to_completion_on_screen(tmp_path, xvfb):
-    from server.launch import ServerProcess, stop
+def test_session_runs_to_completion_on_screen(tmp_path, xvfb, actmax_server):
+    from server.launch import stop
     from tests.server.test_end_to_end import wait_until
 
     rng = np.random.default_rng(0)
@@ -63,8 +63,7 @@ def test_session_runs_to_completion_on_screen(tmp_path, xvfb):
     spikes = [np.sort(rng.uniform(0, duration, int(rate * duration))) for rate in (40, 5)]
     save(tmp_path / "rec.npz", Events(np.concatenate(spikes), np.repeat([0, 1], [len(s) for s in spikes])),
          ["elec1-u1", "elec2-u1"])
-    server = ServerProcess(tmp_path / "data", secrets.token_urlsafe(16))
-    api = server.start()
+    server, api = actmax_server
     record = tmp_path / "presented.jsonl"
     with open(tmp_path / "present.log", "wb") as log:
         presenter = subprocess.Popen(
@@ -74,25 +73,17 @@ def test_session_runs_to_completion_on_screen(tmp_path, xvfb):
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "DISPLAY": xvfb})
     processes = [(server.process, server.log_path), (presenter, tmp_path / "present.log")]
     try:
-        session = api.post("/sessions", {
-            "name": "screen", "rig": "screen-rig", "references": {"source": "skimage", "count": 1},
-            "threads": [{"name": "cma", "generator": "dcgan-faces", "optimizer": "cma",
-                         "optimizer_params": {"population": 4}, "objective": {"channels": [0]},
-                         "seed": 1, "n_generations": 2}]})
-        (thread,) = api.get(f"/sessions/{session['id']}/threads")
+        thread = run_session(api, "screen-rig", population=4, references=1, generations=2)
         wait_until(lambda: api.get(f"/threads/{thread['id']}")["status"] == "finished", 240,
                    "the thread to finish", processes)
     finally:
         stop(presenter)
-        server.stop()
-        api.close()
 
     lines = [json.loads(line) for line in record.read_text().splitlines()]
     shown, stats = lines[:-1], lines[-1]["flip_statistics"]
     assert stats["flips"] >= len(shown) > 0
-    with sqlite3.connect(tmp_path / "data" / "actmax.sqlite") as db:
-        stored = {pid: (sid, json.loads(rates)) for pid, sid, rates in
-                  db.execute("SELECT presentation_id, stimulus_id, rates_json FROM presentations")}
+    stored = {pid: (sid, json.loads(rates)) for pid, sid, _, rates in stored_presentations(server, "screen-rig")}
+    assert generation_statuses(server, thread["id"]) == ["complete", "complete"]
     sent = [p for p in shown if p["sent"]]
     assert {p["presentation_id"]: (p["stimulus_id"], p["rates"]) for p in sent} == stored  # each once
     for p in shown:  # rates: the recorded spikes in the window after the mapped onset, recounted here

@@ -6,37 +6,23 @@ server must do with a flagged presentation.
 
 from __future__ import annotations
 
-import secrets
 import uuid
 
 import pytest
 import zmq
 
 from rig_client.protocol import Message, MessageType, decode, encode
+from tests.rig_client.conftest import run_session
 
 pytestmark = pytest.mark.slow
 
 LABELS = ["elec1-u1", "elec2-u1"]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    from server.launch import ServerProcess
-
-    process = ServerProcess(tmp_path_factory.mktemp("compat"), secrets.token_urlsafe(16))
-    api = process.start()
-    yield process, api
-    process.stop()
-    api.close()
-
-
 def connect(server, rig: str):
     """A session for ``rig``, a DEALER that said a 1.1 HELLO, the WELCOME and the first BATCH."""
     process, api = server
-    api.post("/sessions", {"name": rig, "rig": rig, "references": {"source": "skimage", "count": 1},
-                           "threads": [{"name": "t", "generator": "dcgan-faces", "optimizer": "cma",
-                                        "optimizer_params": {"population": 4},
-                                        "objective": {"channels": [0]}, "n_generations": 3}]})
+    run_session(api, rig, population=4, references=1, generations=3)
     ctx = zmq.Context.instance()
     dealer = ctx.socket(zmq.DEALER)
     dealer.setsockopt(zmq.LINGER, 0)
@@ -66,8 +52,8 @@ def presentation(stimulus_id: str, flagged: bool = False) -> dict:
             "baseline_window_ms": [-100, 0]}
 
 
-def test_server_accepts_11_hello_and_trial_facts(server):
-    dealer, welcome, batch = connect(server, "compat-a")  # the HELLO with labels was welcomed
+def test_server_accepts_11_hello_and_trial_facts(actmax_server):
+    dealer, welcome, batch = connect(actmax_server, "compat-a")  # the HELLO with labels was welcomed
     stimuli = [s["stimulus_id"] for s in batch.header["stimuli"]]
     dealer.send_multipart(encode(Message(MessageType.RESULTS, {
         "batch_id": batch.header["batch_id"], "done": True,
@@ -79,8 +65,8 @@ def test_server_accepts_11_hello_and_trial_facts(server):
 
 @pytest.mark.xfail(strict=True, reason="the server side of protocol 1.1 (engine: store trial facts, "
                    "do not score flagged presentations, re-queue their stimuli) is not wired yet")
-def test_flagged_presentation_is_shown_again(server):
-    dealer, _, batch = connect(server, "compat-b")
+def test_flagged_presentation_is_shown_again(actmax_server):
+    dealer, _, batch = connect(actmax_server, "compat-b")
     stimuli = batch.header["stimuli"]
     flagged = next(s["stimulus_id"] for s in stimuli if s["kind"] == "synthetic")
     dealer.send_multipart(encode(Message(MessageType.RESULTS, {
