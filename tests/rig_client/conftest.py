@@ -1,9 +1,12 @@
-"""One real `actmax serve` process shared by the rig-kit end-to-end tests (each uses its own rig
-name and session), so the suite starts the server once."""
+"""Fixtures of the rig-kit end-to-end tests: one real `actmax serve` shared by them all (each test
+uses its own rig name and session), and a virtual X display for the presenter."""
 
 from __future__ import annotations
 
+import os
 import secrets
+import shutil
+import subprocess
 
 import pytest
 
@@ -19,6 +22,23 @@ def actmax_server(tmp_path_factory):
     yield process, api
     process.stop()
     api.close()
+
+
+@pytest.fixture
+def xvfb():
+    """A virtual X display for the test; skip with the install command when Xvfb is missing."""
+    if shutil.which("Xvfb") is None:
+        pytest.skip("Xvfb is not installed: apt-get install -y xvfb (.ci/run installs it)")
+    pytest.importorskip("pyglet", reason="pip install 'actmax[presenter]'")
+    read, write = os.pipe()
+    server = subprocess.Popen(["Xvfb", "-displayfd", str(write), "-screen", "0", "640x480x24",
+                               "-nolisten", "tcp"], pass_fds=(write,), stderr=subprocess.DEVNULL)
+    os.close(write)
+    with os.fdopen(read) as f:
+        display = f.readline().strip()
+    yield f":{display}"
+    server.terminate()
+    server.wait(10)
 
 
 def run_session(api, rig: str, *, population: int, references: int, generations: int) -> dict:

@@ -50,16 +50,38 @@ def loopback_only() -> list[str]:
     return [unshare, "-rn", "sh", "-c", f'{ip} link set lo up && exec "$@"', "sh"]
 
 
-def test_lsl_streams_on_loopback(tmp_path):
+def run_isolated(tmp_path, script: str, *args: str, env: dict | None = None, timeout: float = 60) -> dict:
+    """JSON printed by ``script`` run on loopback only, with the machine-scope lsl_api.cfg."""
     prefix = loopback_only()
     (tmp_path / "lsl_api.cfg").write_text(LSL_API_CFG)
-    script = Path(__file__).with_name("lsl_loopback.py")
-    done = subprocess.run([*prefix, sys.executable, str(script)], capture_output=True, text=True,
-                          timeout=60, env={**os.environ, "LSLAPICFG": str(tmp_path / "lsl_api.cfg")})
+    done = subprocess.run([*prefix, sys.executable, str(Path(__file__).with_name(script)), *args],
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {}), "LSLAPICFG": str(tmp_path / "lsl_api.cfg")})
     assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(done.stdout)
+    return json.loads(done.stdout)
+
+
+def test_lsl_streams_on_loopback(tmp_path):
+    out = run_isolated(tmp_path, "lsl_loopback.py")
     assert out["labels"] == ["elec1-unit1", "elec2-unit1"] and out["received"] == 6
     assert abs(out["onset_error"]) < 1e-3  # clock-synchronised stamps on one machine
     # window [50, 200) ms: unit 0 fired at +60 and +100 ms, unit 1 at +150; baseline [-100, 0)
     np.testing.assert_allclose(out["rates"], [[2 / 0.15, 1 / 0.15]])
     np.testing.assert_allclose(out["baseline"], [[0.0, 1 / 0.1]])
+
+
+@pytest.mark.slow
+def test_presenter_with_lsl_runs_a_session(tmp_path, xvfb):
+    """`actmax serve`, an LSL spike outlet and `actmax rig present --spikes lsl:...`, all in the
+    loopback-only namespace, run a session to completion."""
+    out = run_isolated(tmp_path, "lsl_session.py", str(tmp_path), env={"DISPLAY": xvfb}, timeout=300)
+    assert out["statuses"] == ["complete", "complete"]
+    sent = [p for p in out["presented"] if p["sent"]]
+    assert sorted((p["presentation_id"], p["stimulus_id"], tuple(p["rates"])) for p in sent) == \
+        sorted((pid, sid, tuple(rates)) for pid, sid, rates in out["stored"])  # each stored once
+    spikes = [np.asarray(s) for s in out["spikes"]]
+    for p in out["presented"]:  # recount the published spikes around the mapped onset
+        lo, hi = (p["onset_recorder"] + w / 1000 for w in p["window_ms"])
+        counted = [np.sum((s >= lo) & (s < hi)) for s in spikes]
+        # liblsl's clock correction (microseconds on one machine) may move a spike across an edge
+        assert np.abs(np.asarray(p["rates"]) * (hi - lo) - counted).max() <= 1 + 1e-9

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 
@@ -34,23 +33,6 @@ def test_flip_statistics():
     assert stats["max_ms"] == pytest.approx(50.0) and stats["median_ms"] == pytest.approx(1000 / 60)
     assert stats["mean_ms"] == pytest.approx((9 * 1000 / 60 + 50) / 10)
     assert flip_statistics([], 60) == {"flips": 0}
-
-
-@pytest.fixture
-def xvfb():
-    """A virtual X display for the test; skip with the install command when Xvfb is missing."""
-    if shutil.which("Xvfb") is None:
-        pytest.skip("Xvfb is not installed: apt-get install -y xvfb (.ci/run installs it)")
-    pytest.importorskip("pyglet", reason="pip install 'actmax[presenter]'")
-    read, write = os.pipe()
-    server = subprocess.Popen(["Xvfb", "-displayfd", str(write), "-screen", "0", "640x480x24",
-                               "-nolisten", "tcp"], pass_fds=(write,), stderr=subprocess.DEVNULL)
-    os.close(write)
-    with os.fdopen(read) as f:
-        display = f.readline().strip()
-    yield f":{display}"
-    server.terminate()
-    server.wait(10)
 
 
 @pytest.mark.slow
