@@ -83,11 +83,25 @@ def _write_atomic(path: Path, text: str) -> None:
 # --- reading responses ---------------------------------------------------------------------------
 
 
+FIELDS = ("stimulus_id", "onset", "rates", "window_ms", "fixation_broken", "dropped_frames",
+          "photodiode_onset", "baseline_rates", "baseline_window_ms", "presentation_id")
+
+
+def _check_names(names, known: set[str], what: str) -> None:
+    """A misspelt field would be silently dropped: name it instead."""
+    unknown = sorted(set(names) - known)
+    if unknown:
+        raise BridgeError(f"unknown {what} {', '.join(map(repr, unknown[:5]))}; expected some of "
+                          f"{', '.join(sorted(known)[:12])}... (docs/monkeylogic/README.md)")
+
+
 def _rows_json(path: Path) -> list[dict]:
     data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_reject_constant)
     rows = data.get("presentations") if isinstance(data, dict) else None
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise BridgeError('a JSON responses file is {"presentations": [{...}, ...]}')
+    for row in rows:
+        _check_names(row, set(FIELDS), "field")
     return rows
 
 
@@ -110,7 +124,11 @@ def _numbered(row: dict, prefix: str, channels: int, where: str) -> list[str] | 
 
 def _rows_csv(path: Path, channels: int) -> list[dict]:
     with open(path, newline="", encoding="utf-8-sig") as f:
-        table = list(csv.DictReader(f))
+        reader = csv.DictReader(f)
+        table = list(reader)
+    numbered = {f"{prefix}{i}" for prefix in ("rate_", "baseline_") for i in range(1, channels + 1)}
+    windows = {f"{key}_{end}_ms" for key in ("window", "baseline_window") for end in ("start", "end")}
+    _check_names(reader.fieldnames or [], set(FIELDS) | numbered | windows, "column")
     rows = []
     for i, row in enumerate(table, start=2):  # line 1 is the header
         where = f"line {i}"
@@ -137,6 +155,7 @@ def _rows_mat(path: Path, channels: int) -> list[dict]:
     except Exception as exc:  # scipy raises many kinds on a damaged file
         raise BridgeError(f"not a MATLAB .mat file scipy can read ({exc!r}); save it with "
                           "save(file, ..., '-v7')") from None
+    _check_names([k for k in data if not k.startswith("__")], set(FIELDS), "variable")
     for key in ("stimulus_id", "onset", "rates"):
         if key not in data:
             raise BridgeError(f"the .mat file has no variable {key!r}")

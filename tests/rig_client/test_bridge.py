@@ -81,6 +81,9 @@ def test_bad_rows_are_named(tmp_path, row, words):
     ("responses.json", "[1, 2]", "presentations"),
     ("responses.json", '{"presentations": [{"onset": NaN}]}', "NaN is not valid JSON"),
     ("responses.csv", "stimulus_id,onset,rate_1\nst-a,1.0,5\n", "rate_1..rate_2 must all be filled"),
+    ("responses.csv", "stimulus_id,onset,rate_1,rate_2,fixation_brokn\nst-a,1,5,5,1\n",
+     "unknown column 'fixation_brokn'"),
+    ("responses.json", '{"presentations": [{"stimulus_id": "st-a", "rate": [1, 2]}]}', "unknown field 'rate'"),
     ("responses.mat", "MATLAB 5.0 MAT-file, garbage", "cannot be read|scipy can read"),
 ])
 def test_bad_files_are_named(tmp_path, name, content, words):
@@ -93,6 +96,10 @@ def test_mat_with_wrong_shapes(tmp_path):
     scipy.io.savemat(tmp_path / "responses.mat", {"stimulus_id": np.array(["st-a"], dtype=object),
                                                   "onset": [1.0, 2.0], "rates": [[1.0, 2.0]]})
     with pytest.raises(BridgeError, match="'onset' has 2 values; expected 1 rows"):
+        read_responses(tmp_path / "responses.mat", MANIFEST)
+    scipy.io.savemat(tmp_path / "responses.mat", {"stimulus_id": np.array(["st-a"], dtype=object),
+                                                  "onset": [1.0], "rate": [[1.0, 2.0]]})
+    with pytest.raises(BridgeError, match="unknown variable 'rate'"):
         read_responses(tmp_path / "responses.mat", MANIFEST)
 
 
