@@ -1,4 +1,4 @@
-"""Wire protocol v1 between the actmax server (ZeroMQ ROUTER) and a rig (DEALER).
+"""Wire protocol v1.1 between the actmax server (ZeroMQ ROUTER) and a rig (DEALER).
 
 A message is a list of frames: ``[VERSION, TYPE, header-JSON, *binary frames]``. `decode` validates
 everything a peer can get wrong and raises `ProtocolError` with a stable ``code``; `encode` runs the
@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 VERSION = b"AMX1"
-PROTOCOL = 1
+PROTOCOL = 1  # major version: HELLO's `protocol`; a change here breaks old peers
+PROTOCOL_MINOR = 1  # minor version: HELLO's and WELCOME's optional `minor`; only adds optional fields
 
 MAX_MESSAGE_BYTES = 64 * 2**20  # default limit on the sum of all frames of one message
 MAX_HEADER_BYTES = 2**20
@@ -33,6 +34,9 @@ MAX_CACHED_REFERENCES = 100_000
 MAX_WINDOW_MS = 60_000
 MAX_IMAGE_SIDE = 4096
 MAX_ERROR_MESSAGE = 4096
+MAX_LABEL_LENGTH = 64
+MAX_DROPPED_FRAMES = 1_000_000
+MAX_ONSET = 1e11  # seconds; any unix time this century
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _RIG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -307,15 +311,18 @@ class _Fields:
             out.append(_Fields(item, f"{self.where}'{key}[{i}]' "))
         return out
 
-    def window(self, key: str) -> tuple[float, float]:
+    def window(self, key: str, *, before_onset: bool = False) -> tuple[float, float]:
+        """``[start, end]`` ms after onset, or at or before it (negative) with ``before_onset``."""
+        lo, hi = (-MAX_WINDOW_MS, 0) if before_onset else (0, MAX_WINDOW_MS)
         value = self._get(key)
         ok = (isinstance(value, list) and len(value) == 2
               and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
-              and 0 <= value[0] < value[1] <= MAX_WINDOW_MS)
+              and lo <= value[0] < value[1] <= hi)
         if not ok:
-            raise self._bad(key, f"[start, end] in ms after onset with 0 <= start < end <= "
-                            f"{MAX_WINDOW_MS}")
+            raise self._bad(key, f"[start, end] in ms relative to onset with {lo} <= start < "
+                            f"end <= {hi}")
         return float(value[0]), float(value[1])
+
 
 
 def _no_frames(h: _Fields, frames: list[bytes]) -> None:
@@ -329,11 +336,25 @@ def _hello(h: _Fields, frames: list[bytes]) -> None:
     if h._get("protocol") != PROTOCOL or isinstance(h.obj["protocol"], bool):
         raise ProtocolError(ErrorCode.BAD_VERSION, f"HELLO field 'protocol' must be {PROTOCOL}; "
                             f"got {h.obj['protocol']!r}; upgrade the rig client or the server")
-    h.integer("channels", 1, MAX_CHANNELS)
+    channels = h.integer("channels", 1, MAX_CHANNELS)
     refs = h.array("cached_references", 0, MAX_CACHED_REFERENCES)
     if not all(isinstance(r, str) and 0 < len(r) <= MAX_ID_LENGTH for r in refs):
         raise h._bad("cached_references", "an array of stimulus id strings")
+    _minor(h)
+    if "channel_labels" in h.obj:  # 1.1
+        labels = h.array("channel_labels", 0, MAX_CHANNELS)
+        if len(labels) != channels or not all(isinstance(x, str) and 0 < len(x) <= MAX_LABEL_LENGTH for x in labels):
+            raise h._bad("channel_labels", f"an array of {channels} label strings of 1.."
+                         f"{MAX_LABEL_LENGTH} characters, one per channel")
+        if len(set(labels)) != len(labels):
+            raise h._bad("channel_labels", "unique labels (e.g. 'elec12-unit1')")
     _no_frames(h, frames)
+
+
+def _minor(h: _Fields) -> None:
+    """The optional `minor` version of HELLO and WELCOME (absent means 0)."""
+    if "minor" in h.obj:
+        h.integer("minor", 0, 1000)
 
 
 def _welcome(h: _Fields, frames: list[bytes]) -> None:
@@ -341,6 +362,7 @@ def _welcome(h: _Fields, frames: list[bytes]) -> None:
     h.integer("heartbeat_ms", 10, 600_000)
     h.integer("liveness", 1, 1000)
     h.integer("max_message_bytes", 1024, 2**40)
+    _minor(h)
     _no_frames(h, frames)
 
 
@@ -386,13 +408,41 @@ def _results(h: _Fields, frames: list[bytes]) -> None:
             raise p._bad("presentation_id", "a lowercase hyphenated UUID string "
                          "(e.g. 3f2b8c1e-9d4a-4c2e-8f1a-2b3c4d5e6f70)")
         p.string("stimulus_id")
-        p.number("onset", 0.0, 1e11)
+        p.number("onset", 0.0, MAX_ONSET)
         rates = p.array("rates", 1, MAX_CHANNELS)
         if not all(isinstance(r, int | float) and not isinstance(r, bool) for r in rates):
             raise p._bad("rates", "an array of finite numbers, one per channel")
         p.window("window_ms")
+        _trial_facts(p, len(rates))
     h.boolean("done")
     _no_frames(h, frames)
+
+
+def _trial_facts(p: _Fields, channels: int) -> None:
+    """The optional 1.1 fields of a presentation: how the trial went."""
+    if "fixation_broken" in p.obj:
+        p.boolean("fixation_broken")
+    if "dropped_frames" in p.obj:
+        p.integer("dropped_frames", 0, MAX_DROPPED_FRAMES)
+    if "photodiode_onset" in p.obj:
+        p.number("photodiode_onset", 0.0, MAX_ONSET)
+    if ("baseline_rates" in p.obj) != ("baseline_window_ms" in p.obj):
+        missing = "baseline_window_ms" if "baseline_rates" in p.obj else "baseline_rates"
+        raise ProtocolError(ErrorCode.MISSING_FIELD, f"{p.where}field '{missing}' is required "
+                            "with 'baseline_rates' and 'baseline_window_ms' (send both or neither)")
+    if "baseline_rates" in p.obj:
+        baseline = p.array("baseline_rates", 0, MAX_CHANNELS)
+        if len(baseline) != channels or not all(isinstance(r, int | float) and not isinstance(r, bool) for r in baseline):
+            raise p._bad("baseline_rates", f"an array of {channels} finite numbers, like 'rates'")
+        p.window("baseline_window_ms", before_onset=True)
+
+
+def is_flagged(presentation: dict[str, Any]) -> bool:
+    """True when a (valid) presentation reports a broken fixation or dropped frames.
+
+    By default the server does not score a flagged presentation and shows its stimulus again.
+    """
+    return bool(presentation.get("fixation_broken")) or presentation.get("dropped_frames", 0) > 0
 
 
 def _ack(h: _Fields, frames: list[bytes]) -> None:

@@ -48,7 +48,9 @@ def fraction(text: str) -> float:
 
 
 def add_parser(subcommands) -> None:
-    rig = subcommands.add_parser("rig", help="rig-side commands (the simulated rig)")
+    from rig_client import bridge, present
+
+    rig = subcommands.add_parser("rig", help="rig-side commands: simulated rig, folder bridge, presenter")
     rig_commands = rig.add_subparsers(dest="rig_command", required=True, metavar="RIG_COMMAND")
     sim = rig_commands.add_parser(
         "sim",
@@ -97,6 +99,8 @@ def add_parser(subcommands) -> None:
     screen.add_argument("--top", type=int, default=10, help="units to list (default 10)")
     screen.add_argument("--seed", type=int, default=0)
     screen.set_defaults(func=run_screen)
+    bridge.add_parser(rig_commands)
+    present.add_parser(rig_commands)
 
 
 def build_noise(args: argparse.Namespace):

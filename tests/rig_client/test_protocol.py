@@ -1,4 +1,4 @@
-"""Wire protocol v1: round trips and every validation error code."""
+"""Wire protocol v1.1: round trips and every validation error code."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from rig_client.protocol import (
     MAX_HEADER_BYTES, VERSION, ErrorCode, Message, MessageType, ProtocolError, batch_message,
-    decode, decode_png, encode, encode_png, error,
+    decode, decode_png, encode, encode_png, error, is_flagged,
 )
 
 PID = "3f2b8c1e-9d4a-4c2e-8f1a-2b3c4d5e6f70"
@@ -227,3 +227,79 @@ def test_error_names_message_and_batch():
 def test_unknown_fields_are_ignored():
     frames = mutated(MessageType.HEARTBEAT, put("note", "future field"))
     assert decode(frames).header == {"note": "future field"}
+
+
+# --- protocol 1.1: channel labels, negotiated minor version, trial facts ------------------------
+
+HELLO_11 = {"rig": "rig-a", "protocol": 1, "minor": 1, "channels": 2, "cached_references": [],
+            "channel_labels": ["elec1-unit1", "elec1-mua"]}
+TRIAL = {"presentation_id": PID, "stimulus_id": "g0", "onset": 1764250000.25, "rates": [1.0, 2],
+         "window_ms": [50, 200], "fixation_broken": False, "dropped_frames": 0,
+         "photodiode_onset": 1764250000.262, "baseline_rates": [0.5, 0],
+         "baseline_window_ms": [-100, 0]}
+
+
+def results_11(**change) -> Message:
+    return Message(MessageType.RESULTS, {"batch_id": "b-1", "done": True,
+                                         "presentations": [{**TRIAL, **change}]})
+
+
+def test_protocol_11_round_trips_and_1_0_messages_stay_valid():
+    for msg in (Message(MessageType.HELLO, HELLO_11), results_11(),
+                Message(MessageType.WELCOME, {**EXAMPLES[MessageType.WELCOME].header, "minor": 1})):
+        assert decode(encode(msg)) == msg
+    assert decode(encode(EXAMPLES[MessageType.HELLO])).header.get("minor") is None  # 1.0 rig
+
+
+def without(key):
+    return {k: v for k, v in TRIAL.items() if k != key}
+
+
+CASES_11 = [
+    (Message(MessageType.HELLO, {**HELLO_11, "minor": -1}), "bad_field", "'minor'"),
+    (Message(MessageType.HELLO, {**HELLO_11, "minor": "1.1"}), "bad_field", "'minor'"),
+    (Message(MessageType.HELLO, {**HELLO_11, "channel_labels": ["a"]}), "bad_field", "2 label"),
+    (Message(MessageType.HELLO, {**HELLO_11, "channel_labels": ["a", 7]}), "bad_field", "label"),
+    (Message(MessageType.HELLO, {**HELLO_11, "channel_labels": ["a", "a"]}), "bad_field", "unique"),
+    (Message(MessageType.HELLO, {**HELLO_11, "channel_labels": ["a", "x" * 65]}), "bad_field",
+     "label"),
+    (Message(MessageType.WELCOME, {**EXAMPLES[MessageType.WELCOME].header, "minor": True}),
+     "bad_field", "'minor'"),
+    (results_11(fixation_broken=1), "bad_field", "'fixation_broken'"),
+    (results_11(dropped_frames=-1), "bad_field", "'dropped_frames'"),
+    (results_11(dropped_frames=1.5), "bad_field", "'dropped_frames'"),
+    (results_11(photodiode_onset="late"), "bad_field", "'photodiode_onset'"),
+    (results_11(baseline_rates=[1.0]), "bad_field", "2 finite numbers"),
+    (results_11(baseline_rates=[1.0, None]), "bad_field", "'baseline_rates'"),
+    (results_11(baseline_window_ms=[0, 100]), "bad_field", "-60000 <= start"),
+    (results_11(baseline_window_ms=[-50, -100]), "bad_field", "'baseline_window_ms'"),
+]
+
+
+@pytest.mark.parametrize("msg, code, words", CASES_11)
+def test_protocol_11_fields_are_validated(msg, code, words):
+    with pytest.raises(ProtocolError) as err:
+        decode(raw(msg.type, msg.header))
+    assert err.value.code == code and words in err.value.message, err.value
+
+
+@pytest.mark.parametrize("missing", ["baseline_rates", "baseline_window_ms"])
+def test_baseline_needs_its_window_and_rates(missing):
+    msg = Message(MessageType.RESULTS, {"batch_id": "b-1", "done": True,
+                                        "presentations": [without(missing)]})
+    with pytest.raises(ProtocolError) as err:
+        decode(raw(msg.type, msg.header))
+    assert err.value.code == "missing_field" and f"'{missing}'" in err.value.message
+
+
+def test_flagged_presentations():
+    from rig_client.trials import TrialPresentation
+
+    assert not is_flagged(TRIAL) and not is_flagged(EXAMPLES[MessageType.RESULTS].header[
+        "presentations"][0])
+    assert is_flagged({**TRIAL, "fixation_broken": True}) and is_flagged({**TRIAL, "dropped_frames": 2})
+    p = TrialPresentation("g0", [1.0, 2.0], 1764250000.25, (50, 200), dropped_frames=1,
+                          baseline_rates=[0.5, 0.0], baseline_window_ms=(-100, 0))
+    assert p.flagged
+    msg = Message(MessageType.RESULTS, {"batch_id": "b", "done": True, "presentations": [p.to_json()]})
+    assert decode(encode(msg)).header["presentations"][0]["baseline_rates"] == [0.5, 0.0]

@@ -1,0 +1,395 @@
+"""``actmax rig bridge --folder DIR``: hand batches to a folder-based rig (MonkeyLogic, XDream).
+
+For every BATCH the bridge writes a folder ``DIR/batch-NNNNNN/`` at once (built under a temporary
+name, then renamed): the images ``0001.png ...`` in presentation order and the manifest as
+``manifest.json`` and ``manifest.csv``. The rig shows them and writes ``responses.mat``,
+``responses.csv`` or ``responses.json`` into that folder (write it under another name, then rename).
+The bridge validates the file: on bad input it renames it to ``responses.rejected-K.EXT`` and
+explains in ``responses.error.txt``, then waits for a corrected file; on good input it sends
+RESULTS and writes ``ack.json``. docs/monkeylogic/README.md describes the files field by field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import threading
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rig_client import RigError
+from rig_client.protocol import Message, MessageType, ProtocolError, encode
+from rig_client.trials import TrialPresentation
+
+log = logging.getLogger(__name__)
+
+RESPONSE_FILES = ("responses.mat", "responses.csv", "responses.json")
+MAX_RESPONSE_BYTES = 64 * 2**20
+_PRESENTATION_IDS = uuid.UUID("6f1d7a52-4d0e-4b8e-9a43-0c1f3b2e9d11")  # uuid5 namespace
+
+
+class BridgeError(RigError):
+    """A responses file the bridge cannot send; the message names the row and field to fix."""
+
+
+# --- the batch folder ----------------------------------------------------------------------------
+
+
+def write_batch(folder: Path, batch, channel_labels: Sequence[str]) -> Path:
+    """The folder of ``batch`` (created atomically), or the one already written for it."""
+    for existing in sorted(folder.glob("batch-*/manifest.json")):
+        if json.loads(existing.read_text())["batch_id"] == batch.batch_id:
+            return existing.parent
+    numbers = [int(p.name[6:]) for p in folder.glob("batch-*") if p.name[6:].isdigit()]
+    final = folder / f"batch-{max(numbers, default=0) + 1:06d}"
+    tmp = folder / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    stimuli = []
+    for order, stimulus in enumerate(batch.stimuli, start=1):
+        name = f"{order:04d}.png"
+        (tmp / name).write_bytes(stimulus.png)
+        stimuli.append({"order": order, "stimulus_id": stimulus.stimulus_id,
+                        "kind": stimulus.kind, "file": name})
+    manifest = {"batch_id": batch.batch_id, "session_id": batch.session_id,
+                "thread_id": batch.thread_id, "generation": batch.generation,
+                "response_window_ms": list(batch.response_window_ms),
+                "channels": len(channel_labels), "channel_labels": list(channel_labels),
+                "stimuli": stimuli}
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    with open(tmp / "manifest.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, ["order", "stimulus_id", "kind", "file"])
+        writer.writeheader()
+        writer.writerows(stimuli)
+    tmp.rename(final)
+    return final
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+# --- reading responses ---------------------------------------------------------------------------
+
+
+FIELDS = ("stimulus_id", "onset", "rates", "window_ms", "fixation_broken", "dropped_frames",
+          "photodiode_onset", "baseline_rates", "baseline_window_ms", "presentation_id")
+
+
+def _check_names(names, known: set[str], what: str) -> None:
+    """A misspelt field would be silently dropped: name it instead."""
+    unknown = sorted(set(names) - known)
+    if unknown:
+        raise BridgeError(f"unknown {what} {', '.join(map(repr, unknown[:5]))}; expected some of "
+                          f"{', '.join(sorted(known)[:12])}... (docs/monkeylogic/README.md)")
+
+
+def _rows_json(path: Path) -> list[dict]:
+    data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_reject_constant)
+    rows = data.get("presentations") if isinstance(data, dict) else None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise BridgeError('a JSON responses file is {"presentations": [{...}, ...]}')
+    for row in rows:
+        _check_names(row, set(FIELDS), "field")
+    return rows
+
+
+def _reject_constant(name: str):
+    raise BridgeError(f"{name} is not valid JSON; leave out a presentation that was not measured")
+
+
+def _numbered(row: dict, prefix: str, channels: int, where: str) -> list[str] | None:
+    """Values of columns prefix1..prefixN (all present) or None (none present)."""
+    names = [f"{prefix}{i}" for i in range(1, channels + 1)]
+    present = [n for n in names if row.get(n) not in (None, "")]
+    if not present:
+        return None
+    if len(present) != channels:
+        missing = sorted(set(names) - set(present))
+        raise BridgeError(f"{where}: columns {prefix}1..{prefix}{channels} must all be filled; "
+                          f"missing {', '.join(missing[:5])}")
+    return [row[n] for n in names]
+
+
+def _rows_csv(path: Path, channels: int) -> list[dict]:
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        table = list(reader)
+    numbered = {f"{prefix}{i}" for prefix in ("rate_", "baseline_") for i in range(1, channels + 1)}
+    windows = {f"{key}_{end}_ms" for key in ("window", "baseline_window") for end in ("start", "end")}
+    _check_names(reader.fieldnames or [], set(FIELDS) | numbered | windows, "column")
+    rows = []
+    for i, row in enumerate(table, start=2):  # line 1 is the header
+        where = f"line {i}"
+        out: dict[str, Any] = {k: v for k, v in row.items()
+                               if k in ("stimulus_id", "onset", "fixation_broken", "dropped_frames",
+                                        "photodiode_onset", "presentation_id") and v != ""}
+        out["rates"] = _numbered(row, "rate_", channels, where)
+        baseline = _numbered(row, "baseline_", channels, where)
+        if baseline is not None:
+            out["baseline_rates"] = baseline
+        for key in ("window", "baseline_window"):
+            start, end = row.get(f"{key}_start_ms", ""), row.get(f"{key}_end_ms", "")
+            if start or end:
+                out[f"{key}_ms"] = [start, end]
+        rows.append(out)
+    return rows
+
+
+def _rows_mat(path: Path, channels: int) -> list[dict]:
+    import scipy.io
+
+    try:
+        data = scipy.io.loadmat(path, simplify_cells=True)
+    except Exception as exc:  # scipy raises many kinds on a damaged file
+        raise BridgeError(f"not a MATLAB .mat file scipy can read ({exc!r}); save it with "
+                          "save(file, ..., '-v7')") from None
+    _check_names([k for k in data if not k.startswith("__")], set(FIELDS), "variable")
+    for key in ("stimulus_id", "onset", "rates"):
+        if key not in data:
+            raise BridgeError(f"the .mat file has no variable {key!r}")
+    ids = data["stimulus_id"]
+    ids = [ids] if isinstance(ids, str) else list(np.asarray(ids, dtype=object).reshape(-1))
+    n = len(ids)
+
+    def column(key: str, width: int) -> np.ndarray:
+        try:
+            value = np.asarray(data[key], dtype=float)
+        except (TypeError, ValueError):
+            raise BridgeError(f"variable {key!r} must be numeric") from None
+        if value.size != n * width:
+            raise BridgeError(f"variable {key!r} has {value.size} values; expected {n} rows "
+                              f"x {width} (one row per presentation, as stimulus_id)")
+        return value.reshape(n, width)
+
+    rows = [{"stimulus_id": s} for s in ids]
+    for key, width in (("onset", 1), ("rates", channels), ("fixation_broken", 1),
+                       ("dropped_frames", 1), ("photodiode_onset", 1), ("baseline_rates", channels)):
+        if key in data:
+            for row, value in zip(rows, column(key, width)):
+                if key == "photodiode_onset" and np.isnan(value[0]):
+                    continue  # NaN: no photodiode on this trial
+                row[key] = value.tolist() if width > 1 else value[0].item()
+    for key in ("window_ms", "baseline_window_ms"):
+        if key in data:
+            window = np.asarray(data[key], dtype=float).reshape(-1).tolist()
+            for row in rows:
+                row[key] = window
+    return rows
+
+
+def read_responses(path: Path, manifest: dict) -> list[TrialPresentation]:
+    """The presentations in a responses file, checked against the batch's manifest."""
+    if path.stat().st_size > MAX_RESPONSE_BYTES:
+        raise BridgeError(f"{path.name} is over {MAX_RESPONSE_BYTES} bytes")
+    channels = manifest["channels"]
+    try:
+        rows = {".json": lambda: _rows_json(path), ".csv": lambda: _rows_csv(path, channels),
+                ".mat": lambda: _rows_mat(path, channels)}[path.suffix]()
+    except (ValueError, UnicodeDecodeError, csv.Error, OSError) as exc:
+        raise BridgeError(f"{path.name} cannot be read: {exc}") from None
+    wanted = {s["stimulus_id"] for s in manifest["stimuli"]}
+    presentations = [_presentation(row, i, manifest, wanted)
+                     for i, row in enumerate(rows, start=1)]
+    try:
+        encode(Message(MessageType.RESULTS, {"batch_id": manifest["batch_id"], "done": True,
+                                             "presentations": [p.to_json() for p in presentations]}))
+    except ProtocolError as exc:
+        raise BridgeError(exc.message) from None
+    return presentations
+
+
+def _presentation(row: dict, i: int, manifest: dict, wanted: set[str]) -> TrialPresentation:
+    where = f"presentation {i} ({row.get('stimulus_id', 'no stimulus_id')})"
+
+    def number(key: str, value, kind=float):
+        try:
+            x = kind(value) if kind is float else _integer(value)
+        except (TypeError, ValueError):
+            raise BridgeError(f"{where}: {key} must be a number; got {value!r}") from None
+        if kind is float and not math.isfinite(x):
+            raise BridgeError(f"{where}: {key} must be finite; got {value!r} (leave out a "
+                              "presentation that was not measured)")
+        return x
+
+    def numbers(key: str, width: int):
+        values = row[key]
+        if not isinstance(values, list | tuple) or len(values) != width:
+            raise BridgeError(f"{where}: {key} must have {width} values; got {values!r}")
+        return [number(key, v) for v in values]
+
+    for key in ("stimulus_id", "onset", "rates"):
+        if row.get(key) is None:
+            raise BridgeError(f"{where}: {key} is required")
+    stimulus_id = str(row["stimulus_id"])
+    if stimulus_id not in wanted:
+        raise BridgeError(f"{where}: stimulus_id {stimulus_id!r} is not in this batch's manifest")
+    fields: dict[str, Any] = {
+        "stimulus_id": stimulus_id,
+        "onset": number("onset", row["onset"]),
+        "rates": numbers("rates", manifest["channels"]),
+        "window_ms": tuple(numbers("window_ms", 2) if "window_ms" in row
+                           else manifest["response_window_ms"]),
+        "presentation_id": str(row.get("presentation_id") or uuid.uuid5(
+            _PRESENTATION_IDS, f"{manifest['batch_id']}/{i}/{stimulus_id}")),
+        "fixation_broken": bool(number("fixation_broken", row.get("fixation_broken", 0), int)),
+        "dropped_frames": number("dropped_frames", row.get("dropped_frames", 0), int),
+    }
+    if row.get("photodiode_onset") is not None:
+        fields["photodiode_onset"] = number("photodiode_onset", row["photodiode_onset"])
+    if "baseline_rates" in row or "baseline_window_ms" in row:
+        if "baseline_rates" not in row or "baseline_window_ms" not in row:
+            raise BridgeError(f"{where}: give baseline rates and baseline_window_ms together")
+        fields["baseline_rates"] = numbers("baseline_rates", manifest["channels"])
+        fields["baseline_window_ms"] = tuple(numbers("baseline_window_ms", 2))
+    return TrialPresentation(**fields)
+
+
+def _integer(value) -> int:
+    """An integer from JSON/CSV/MATLAB (``1``, ``"1"``, ``1.0``, ``true``); ValueError otherwise."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, str):
+        value = value.strip().lower()
+        if value in ("true", "false"):
+            return int(value == "true")
+    x = float(value)
+    if not x.is_integer():
+        raise ValueError(value)
+    return int(x)
+
+
+# --- the bridge ----------------------------------------------------------------------------------
+
+
+class FolderBridge:
+    """Runs batches through ``folder``: write, wait for responses, validate, send, acknowledge.
+
+    A 1.0 server scores every presentation it gets, so by default flagged presentations (broken
+    fixation, dropped frames) stay in the folder and are not sent: the server shows those stimuli
+    again. ``send_flagged`` sends them for a server that speaks protocol 1.1.
+    """
+
+    def __init__(self, client, folder: Path, channel_labels: Sequence[str], *,
+                 poll_s: float = 0.2, send_flagged: bool = False):
+        self.client, self.folder, self.labels = client, Path(folder), list(channel_labels)
+        self.poll_s, self.send_flagged = poll_s, send_flagged
+        self.stop = threading.Event()
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            batch = self.client.next_batch(timeout=self.poll_s)
+            if batch is not None:
+                self.serve(batch)
+
+    def serve(self, batch) -> None:
+        """Write one batch, then wait (until stopped) for valid responses and send them."""
+        path = write_batch(self.folder, batch, self.labels)
+        if (path / "ack.json").exists():
+            return
+        log.info("batch %s (%d stimuli) written to %s", batch.batch_id, len(batch.stimuli), path)
+        manifest = json.loads((path / "manifest.json").read_text())
+        while not self.stop.wait(self.poll_s):
+            for name in RESPONSE_FILES:
+                if (path / name).exists() and self._answer(path, path / name, manifest):
+                    return
+
+    def _answer(self, path: Path, responses: Path, manifest: dict) -> bool:
+        try:
+            presentations = read_responses(responses, manifest)
+        except BridgeError as exc:
+            rejected = self._reject(responses, str(exc))
+            log.warning("%s rejected (kept as %s): %s", responses, rejected.name, exc)
+            return False
+        flagged = [p for p in presentations if p.flagged]
+        sent = [p for p in presentations if self.send_flagged or not p.flagged]
+        future = self.client.send_results(manifest["batch_id"], sent, done=True)
+        while not future.done():  # unanswered at a stop: a restarted bridge resends, same ids
+            if self.stop.wait(self.poll_s):
+                return True
+        try:
+            ack = future.result()
+        except ProtocolError as exc:
+            rejected = self._reject(responses, f"the server refused these results: {exc}")
+            log.warning("%s refused by the server (kept as %s): %s", responses, rejected.name, exc)
+            return False
+        (path / "responses.error.txt").unlink(missing_ok=True)
+        _write_atomic(path / "ack.json", json.dumps({
+            **ack, "sent": len(sent), "flagged": len(flagged),
+            "flagged_not_sent": [] if self.send_flagged else [p.stimulus_id for p in flagged]}))
+        log.info("batch %s: %d presentations sent (%d flagged%s), server accepted %d",
+                 manifest["batch_id"], len(sent), len(flagged),
+                 "" if self.send_flagged else " kept back", ack["accepted"])
+        return True
+
+    @staticmethod
+    def _reject(responses: Path, reason: str) -> Path:
+        k = 1
+        while (rejected := responses.with_name(f"responses.rejected-{k}{responses.suffix}")).exists():
+            k += 1
+        shutil.move(responses, rejected)
+        _write_atomic(responses.with_name("responses.error.txt"),
+                      f"{responses.name} was not sent (kept as {rejected.name}):\n{reason}\n"
+                      "Write a corrected file; the bridge is waiting for it.\n")
+        return rejected
+
+
+# --- CLI -----------------------------------------------------------------------------------------
+
+
+def add_parser(rig_commands) -> None:
+    bridge = rig_commands.add_parser(
+        "bridge", help="exchange batches with a folder-based rig (MonkeyLogic, XDream)",
+        description="Write every batch's images and manifest into a folder, wait for the rig's "
+        "responses file (.mat, .csv or .json), validate it and send the results to the server. "
+        "See docs/monkeylogic/README.md.")
+    bridge.add_argument("--folder", type=Path, required=True, help="the folder the rig watches")
+    bridge.add_argument("--endpoint", default="tcp://127.0.0.1:5555", help="server ZeroMQ endpoint")
+    bridge.add_argument("--rig", default="rig", help="rig name the session waits for (default rig)")
+    bridge.add_argument("--channels", type=int, help="recording channels (default: the number "
+                        "of --labels, else 1)")
+    bridge.add_argument("--labels", help="comma-separated channel labels, e.g. elec1-u1,elec2-u1")
+    bridge.add_argument("--poll", type=float, default=0.2, metavar="SECONDS",
+                        help="how often to look for a responses file (default 0.2)")
+    bridge.add_argument("--send-flagged", action="store_true",
+                        help="send presentations with a broken fixation or dropped frames too "
+                        "(only to a server that speaks protocol 1.1); default: keep them back, "
+                        "so the server shows those stimuli again")
+    bridge.set_defaults(func=run)
+
+
+def channel_labels(channels: int | None, labels: str | None) -> list[str]:
+    names = [x.strip() for x in labels.split(",")] if labels else []
+    n = channels or len(names) or 1
+    if names and len(names) != n:
+        raise BridgeError(f"--labels names {len(names)} channels but --channels is {n}")
+    return names or [f"ch{i}" for i in range(1, n + 1)]
+
+
+def run(args: argparse.Namespace) -> int:
+    from rig_client.client import RigClient
+
+    labels = channel_labels(args.channels, args.labels)
+    if args.poll <= 0:
+        raise BridgeError("--poll must be > 0 seconds")
+    with RigClient(args.endpoint, args.rig, channels=len(labels)) as client:
+        bridge = FolderBridge(client, args.folder, labels, poll_s=args.poll,
+                              send_flagged=args.send_flagged)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: bridge.stop.set())
+        log.info("bridge: rig %r, %d channels, folder %s (pid %d)", args.rig, len(labels),
+                 args.folder, os.getpid())
+        bridge.run()
+    return 0

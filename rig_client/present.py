@@ -1,0 +1,283 @@
+"""``actmax rig present``: show each batch full-screen and answer it with rates from a spike source.
+
+Each stimulus is shown at a size in degrees of visual angle (from the screen's distance and
+width), for a duration, then a blank inter-stimulus interval. A photodiode patch in the bottom-left
+corner is white exactly while a stimulus is on. Every flip is timed; an interval longer than 1.5
+refresh periods is a dropped frame. Rates are counted in the batch's response window on the
+recorder's clock, the presenter's clock mapped onto it by a least-squares fit over (flip time,
+recorder time) pairs read at every onset. Drawing uses pyglet (OpenGL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from rig_client import RigError
+from rig_client.spikes import ClockFit, SpikeBuffer, SpikeSource, count_in_window, fit_clock
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Display:
+    """Viewing geometry: eye-to-screen distance and visible screen width (cm), width in pixels."""
+
+    distance_cm: float
+    width_cm: float
+    width_px: int
+
+    def pixels(self, degrees: float) -> int:
+        """On-screen size in pixels of ``degrees`` of visual angle, centred on the line of sight."""
+        return round(2 * self.distance_cm * math.tan(math.radians(degrees) / 2)
+                     * self.width_px / self.width_cm)
+
+
+@dataclasses.dataclass
+class Trial:
+    """One showing: onset flip (presenter clock, s), flips while on, and dropped frames."""
+
+    onset: float
+    flips: list[float]
+    dropped_frames: int
+    recorder_time: float | None  # the recorder's clock read right after the onset flip
+
+
+class Presenter:
+    """Draws stimuli in a pyglet window and times its flips (``clock``: the presenter's clock)."""
+
+    def __init__(self, window, display: Display, *, size_deg: float, duration_ms: float,
+                 isi_ms: float, refresh_hz: float, photodiode_px: int = 40,
+                 clock: Callable[[], float] = time.perf_counter):
+        import pyglet
+
+        if min(size_deg, duration_ms, refresh_hz) <= 0 or isi_ms < 0:
+            raise RigError("need size, duration and refresh rate > 0 and an ISI >= 0")
+        self.pyglet, self.window, self.clock = pyglet, window, clock
+        self.size_px = display.pixels(size_deg)
+        self.duration_s, self.isi_s, self.period = duration_ms / 1000, isi_ms / 1000, 1 / refresh_hz
+        self.patch = pyglet.shapes.Rectangle(0, 0, photodiode_px, photodiode_px, color=(0, 0, 0))
+        self.intervals: list[float] = []  # every flip-to-flip interval while a stimulus was on
+        self._last_flip = None
+
+    def _flip(self) -> float:
+        """Swap buffers; without a blocking vsync (e.g. Xvfb) wait out the refresh period."""
+        self.window.flip()
+        now = self.clock()
+        if self._last_flip is not None and now - self._last_flip < self.period:
+            time.sleep(self.period - (now - self._last_flip))
+            now = self.clock()
+        self._last_flip = now
+        return now
+
+    def _draw(self, sprite) -> float:
+        self.window.switch_to()
+        self.window.dispatch_events()
+        self.window.clear()
+        if sprite is not None:
+            sprite.draw()
+        self.patch.color = (255, 255, 255) if sprite is not None else (0, 0, 0)
+        self.patch.draw()
+        return self._flip()
+
+    def sprite(self, image: np.ndarray):
+        """A centred sprite of an ``(H, W, 3)`` uint8 image, scaled to the configured size."""
+        h, w, _ = image.shape
+        data = self.pyglet.image.ImageData(w, h, "RGB", np.ascontiguousarray(image).tobytes(),
+                                           pitch=-3 * w)  # rows top to bottom
+        sprite = self.pyglet.sprite.Sprite(data)
+        sprite.scale = self.size_px / max(w, h)
+        sprite.position = ((self.window.width - sprite.width) / 2,
+                           (self.window.height - sprite.height) / 2, 0)
+        return sprite
+
+    def show(self, image: np.ndarray, recorder_now: Callable[[], float] | None) -> Trial:
+        """Stimulus on for the duration, then off for the ISI; returns its timing."""
+        sprite = self.sprite(image)
+        onset = self._draw(sprite)
+        recorder_time = recorder_now() if recorder_now is not None else None
+        flips = [onset]
+        while flips[-1] - onset < self.duration_s - self.period / 2:
+            flips.append(self._draw(sprite))
+        offset = self._draw(None)
+        intervals = np.diff(flips + [offset])
+        self.intervals.extend(intervals.tolist())
+        while self.clock() - offset < self.isi_s - self.period / 2:
+            self._draw(None)
+        return Trial(onset, flips, int(np.sum(intervals > 1.5 * self.period)), recorder_time)
+
+
+def flip_statistics(intervals: Sequence[float], refresh_hz: float) -> dict:
+    """Flip-interval figures in ms: mean, SD, median, 99th percentile, max, dropped count."""
+    x = np.asarray(intervals) * 1000
+    if not len(x):
+        return {"flips": 0}
+    return {"flips": len(x), "mean_ms": float(x.mean()), "sd_ms": float(x.std()),
+            "median_ms": float(np.median(x)), "p99_ms": float(np.percentile(x, 99)),
+            "max_ms": float(x.max()), "dropped": int(np.sum(x > 1500 / refresh_hz))}
+
+
+# --- spike sources on the command line ----------------------------------------------------------
+
+
+def _replay(arg: str) -> SpikeSource:
+    from rig_client.spikes.replay import ReplaySource
+
+    return ReplaySource(arg, paced=True)
+
+
+def _lsl(arg: str) -> SpikeSource:
+    from rig_client.spikes.lsl import LSLSource
+
+    spikes, _, markers = arg.partition(",")
+    return LSLSource(spikes, markers or None)
+
+
+# Sources that can read the recorder's clock, which the presenter aligns its flips to.
+SOURCES = {"replay": _replay, "lsl": _lsl}
+
+
+def open_source(spec: str) -> SpikeSource:
+    """``KIND:ARG``: replay:FILE.npz (paced in real time) or lsl:SPIKES[,MARKERS]."""
+    kind, _, arg = spec.partition(":")
+    if kind not in SOURCES or not arg:
+        raise RigError(f"--spikes {spec!r}: expected replay:FILE.npz or lsl:SPIKES[,MARKERS]")
+    return SOURCES[kind](arg)
+
+
+# --- the rig program ----------------------------------------------------------------------------
+
+
+class PresenterRig:
+    """Batches from the server -> screen -> spike counts -> RESULTS with trial facts."""
+
+    def __init__(self, client, presenter: Presenter, source: SpikeSource, *,
+                 baseline_ms: tuple[float, float], latency_ms: float, record: Path | None):
+        self.client, self.presenter, self.source = client, presenter, source
+        self.buffer = SpikeBuffer(len(source.labels))
+        self.now = source.now
+        self.now()  # fails now, with the reason, for a source without a clock readout
+        self.baseline_ms, self.latency_s = baseline_ms, latency_ms / 1000
+        self.pairs: list[tuple[float, float]] = []  # (presenter, recorder) times at every onset
+        self.record = record
+        self.unix_offset = time.time() - presenter.clock()
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            batch = self.client.next_batch(timeout=0.2)
+            self.buffer.add(self.source.poll())
+            if batch is not None:
+                self.serve(batch)
+
+    def serve(self, batch) -> None:
+        from rig_client.trials import TrialPresentation
+
+        trials = []
+        for stimulus in batch.stimuli:
+            trials.append(self.presenter.show(stimulus.image(), self.now))
+            self.buffer.add(self.source.poll())
+        self.pairs += [(t.onset, t.recorder_time) for t in trials]
+        fit = fit_clock(*zip(*self.pairs)) if len(self.pairs) >= 2 else \
+            ClockFit(1.0, self.pairs[0][0], self.pairs[0][1], 0.0, 0.0, 1)
+        last = fit.to_recorder(trials[-1].onset) + batch.response_window_ms[1] / 1000
+        while self.now() < last + self.latency_s:  # let the last window's spikes arrive
+            time.sleep(0.01)
+        self.buffer.add(self.source.poll())
+        counts = count_in_window(self.buffer.spikes(), [t.onset for t in trials],
+                                 batch.response_window_ms, self.baseline_ms, clock=fit)
+        presentations = [
+            TrialPresentation(s.stimulus_id, counts.rates[i].tolist(), t.onset + self.unix_offset,
+                              tuple(batch.response_window_ms), dropped_frames=t.dropped_frames,
+                              baseline_rates=counts.baseline[i].tolist(),
+                              baseline_window_ms=self.baseline_ms)
+            for i, (s, t) in enumerate(zip(batch.stimuli, trials))]
+        sent = [p for p in presentations if not p.flagged]  # flagged: shown again (protocol 1.0)
+        self.client.send_results(batch.batch_id, sent, done=True)
+        log.info("batch %s: %d shown, %d with dropped frames kept back; clock fit residual "
+                 "%.3f ms RMS over %d onsets", batch.batch_id, len(trials),
+                 len(presentations) - len(sent), fit.residual_rms_s * 1000, fit.n_pulses)
+        if self.record:
+            with open(self.record, "a") as f:
+                for p, t, rec in zip(presentations, trials, counts.onsets):
+                    f.write(json.dumps({"batch_id": batch.batch_id, **p.to_json(),
+                                        "onset_recorder": float(rec), "sent": not p.flagged,
+                                        "flips": len(t.flips)}) + "\n")
+
+
+def add_parser(rig_commands) -> None:
+    present = rig_commands.add_parser(
+        "present", help="show batches full-screen and answer them from a spike source",
+        description="Connect as a rig, show every batch full-screen (size in degrees, duration, "
+        "ISI, photodiode patch), time every flip, count spikes from a spike source in the "
+        "response window and send the rates with trial facts. See docs/rigs.md.")
+    present.add_argument("--endpoint", default="tcp://127.0.0.1:5555", help="server ZeroMQ endpoint")
+    present.add_argument("--rig", default="rig", help="rig name the session waits for (default rig)")
+    present.add_argument("--spikes", required=True, metavar="KIND:ARG",
+                         help="spike source: replay:FILE.npz (paced) or lsl:SPIKES[,MARKERS]")
+    geometry = present.add_argument_group("display")
+    geometry.add_argument("--distance-cm", type=float, default=57.0,
+                          help="eye to screen distance (default 57: 1 cm = 1 degree)")
+    geometry.add_argument("--width-cm", type=float, default=53.0, help="visible screen width")
+    geometry.add_argument("--size-deg", type=float, default=4.0, help="stimulus size in degrees")
+    geometry.add_argument("--window", metavar="WxH", help="a window of this size instead of "
+                          "full screen (for tests and demos)")
+    geometry.add_argument("--refresh-hz", type=float, default=60.0,
+                          help="the display's refresh rate (default 60)")
+    geometry.add_argument("--photodiode-px", type=int, default=40, help="photodiode patch size")
+    timing = present.add_argument_group("timing")
+    timing.add_argument("--duration-ms", type=float, default=100.0, help="stimulus duration")
+    timing.add_argument("--isi-ms", type=float, default=100.0, help="blank between stimuli")
+    timing.add_argument("--baseline-ms", type=float, nargs=2, default=(-100.0, 0.0),
+                        metavar=("START", "END"), help="baseline window relative to onset")
+    timing.add_argument("--latency-ms", type=float, default=50.0,
+                        help="extra wait for the recorder's last spikes of a batch")
+    present.add_argument("--record", type=Path, help="append every presentation to this JSON-lines "
+                         "file, and the flip statistics at exit")
+    present.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import pyglet
+
+    from rig_client.client import RigClient
+
+    source = open_source(args.spikes)
+    if args.window:
+        try:
+            w, h = (int(v) for v in args.window.lower().split("x"))
+        except ValueError:
+            raise RigError(f"--window {args.window!r}: expected WIDTHxHEIGHT, e.g. 800x600") from None
+        window = pyglet.window.Window(w, h, vsync=True, caption="actmax")
+    else:
+        window = pyglet.window.Window(fullscreen=True, vsync=True)
+    presenter = Presenter(window, Display(args.distance_cm, args.width_cm, window.width),
+                          size_deg=args.size_deg, duration_ms=args.duration_ms,
+                          isi_ms=args.isi_ms, refresh_hz=args.refresh_hz,
+                          photodiode_px=args.photodiode_px)
+    try:
+        with RigClient(args.endpoint, args.rig, channels=len(source.labels)) as client:
+            rig = PresenterRig(client, presenter, source, baseline_ms=tuple(args.baseline_ms),
+                               latency_ms=args.latency_ms, record=args.record)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: rig.stop.set())
+            rig.run()
+    finally:
+        stats = flip_statistics(presenter.intervals, args.refresh_hz)
+        log.info("flip intervals: %s", stats)
+        if args.record:
+            with open(args.record, "a") as f:
+                f.write(json.dumps({"flip_statistics": stats}) + "\n")
+        source.close()
+        window.close()
+    return 0

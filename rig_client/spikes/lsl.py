@@ -1,0 +1,113 @@
+"""Lab Streaming Layer (pylsl): a spike stream plus an optional marker stream.
+
+Streams this adapter reads (what a sorter or acquisition bridge publishes):
+
+- **spikes**: irregular rate, one ``int32`` channel; each sample is the index of the unit that
+  fired and its time stamp is the spike time. The unit labels are in the stream description,
+  ``<desc><units><unit><label>elec3-unit1</label></unit>...</units></desc>`` (`spike_outlet`
+  writes one).
+- **markers** (optional): irregular rate, one ``string`` channel; each sample names an event at
+  its time stamp, e.g. ``onset`` (photodiode) or ``sync`` (a sync pulse).
+
+Time stamps are clock-synchronised by liblsl, so both streams arrive on this machine's LSL clock
+(``pylsl.local_clock()``): that is the recorder's clock.
+
+LSL finds streams by multicast. Keep discovery on one machine with an ``lsl_api.cfg`` (see
+docs/rigs.md) named by the ``LSLAPICFG`` environment variable before pylsl is imported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from rig_client import RigError
+from rig_client.spikes import Events, SpikeSource
+
+SPIKE_TYPE = "Spikes"
+MARKER_TYPE = "Markers"
+
+
+def _pylsl():
+    try:
+        import pylsl
+    except ImportError:
+        raise RigError("the LSL adapter needs pylsl: pip install 'actmax[lsl]'") from None
+    return pylsl
+
+
+def spike_outlet(name: str, labels: Sequence[str]):
+    """A `pylsl.StreamOutlet` in this adapter's spike format (for bridges, tests and demos)."""
+    pylsl = _pylsl()
+    info = pylsl.StreamInfo(name, SPIKE_TYPE, 1, pylsl.IRREGULAR_RATE, pylsl.cf_int32,
+                            f"{name}-spikes")
+    units = info.desc().append_child("units")
+    for label in labels:
+        units.append_child("unit").append_child_value("label", label)
+    return pylsl.StreamOutlet(info)
+
+
+def marker_outlet(name: str):
+    """A `pylsl.StreamOutlet` of string markers."""
+    pylsl = _pylsl()
+    return pylsl.StreamOutlet(pylsl.StreamInfo(name, MARKER_TYPE, 1, pylsl.IRREGULAR_RATE,
+                                               pylsl.cf_string, f"{name}-markers"))
+
+
+def unit_labels(info) -> tuple[str, ...]:
+    """The unit labels in a spike stream's description (empty if it has none)."""
+    labels, unit = [], info.desc().child("units").child("unit")
+    while not unit.empty():
+        labels.append(unit.child_value("label"))
+        unit = unit.next_sibling("unit")
+    return tuple(labels)
+
+
+def to_events(spike_samples, spike_stamps, marker_samples=(), marker_stamps=()) -> Events:
+    """Events from pulled LSL chunks: unit indices + stamps, marker strings + stamps."""
+    units = np.asarray(spike_samples, np.int64).reshape(-1) if len(spike_samples) else []
+    return Events(spike_stamps, units, marker_stamps, [m[0] for m in marker_samples])
+
+
+class LSLSource(SpikeSource):
+    """Reads the named spike stream (and marker stream) found on the network within ``timeout``."""
+
+    def __init__(self, spike_stream: str, marker_stream: str | None = None, *,
+                 timeout: float = 5.0):
+        pylsl = _pylsl()
+        self._inlets = []
+        for name, stream_type in ((spike_stream, SPIKE_TYPE), (marker_stream, MARKER_TYPE)):
+            if name is None:
+                continue
+            found = [s for s in pylsl.resolve_byprop("name", name, minimum=1, timeout=timeout)
+                     if s.type() == stream_type]
+            if not found:
+                raise RigError(f"no LSL stream named {name!r} of type {stream_type!r} found within "
+                               f"{timeout:.0f} s; is its outlet running, and does lsl_api.cfg "
+                               "let this machine see it?")
+            inlet = pylsl.StreamInlet(found[0], processing_flags=pylsl.proc_clocksync)
+            inlet.open_stream(timeout)  # samples pushed from now on reach us
+            self._inlets.append(inlet)
+        self.labels = unit_labels(self._inlets[0].info(timeout))
+        if not self.labels:
+            raise RigError(f"LSL stream {spike_stream!r} lists no units in <desc><units>; publish "
+                           "it with rig_client.spikes.lsl.spike_outlet or add the labels")
+
+    def poll(self) -> Events:
+        spikes, stamps = self._inlets[0].pull_chunk(timeout=0.0, max_samples=100_000)
+        markers, marker_stamps = ((), ())
+        if len(self._inlets) > 1:
+            markers, marker_stamps = self._inlets[1].pull_chunk(timeout=0.0, max_samples=10_000)
+        events = to_events(spikes, stamps, markers, marker_stamps)
+        if len(events.channels) and events.channels.max() >= len(self.labels):
+            raise RigError(f"LSL spike sample names unit {events.channels.max()} but the stream "
+                           f"lists {len(self.labels)} units")
+        return events
+
+    def now(self) -> float:
+        return _pylsl().local_clock()
+
+    def close(self) -> None:
+        for inlet in self._inlets:
+            inlet.close_stream()

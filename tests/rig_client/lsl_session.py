@@ -1,0 +1,73 @@
+"""Run by test_lsl.py inside a loopback-only network namespace, with LSLAPICFG and DISPLAY set.
+
+`actmax serve`, an LSL spike outlet (this process) and `actmax rig present --spikes lsl:...` run a
+session to completion; prints JSON with what was presented, stored and published.
+usage: lsl_session.py WORKDIR
+"""
+
+import json
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pylsl
+
+from rig_client.spikes.lsl import spike_outlet
+from server.launch import ServerProcess, stop
+
+work = Path(sys.argv[1])
+rates = (60.0, 5.0)
+outlet = spike_outlet("actmax-session-spikes", ["elec1-u1", "elec2-u1"])
+start = pylsl.local_clock()
+rng = np.random.default_rng(0)
+duration = 300.0
+spikes = [np.sort(start + rng.uniform(0, duration, int(r * duration))) for r in rates]
+events = sorted((t, c) for c, times in enumerate(spikes) for t in times)
+done = threading.Event()
+
+
+def publish():
+    for t, c in events:
+        while pylsl.local_clock() < t:
+            if done.wait(min(0.005, t - pylsl.local_clock())):
+                return
+        outlet.push_sample([c], t)
+
+
+threading.Thread(target=publish, daemon=True).start()
+server = ServerProcess(work / "data", "token-for-the-lsl-session")
+api = server.start()
+record = work / "presented.jsonl"
+with open(work / "present.log", "wb") as log:
+    presenter = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "rig", "present", "--endpoint", server.zmq_endpoint,
+         "--rig", "lsl-rig", "--spikes", "lsl:actmax-session-spikes", "--window", "400x300",
+         "--duration-ms", "50", "--isi-ms", "30", "--record", str(record)],
+        stdout=log, stderr=subprocess.STDOUT)
+try:
+    session = api.post("/sessions", {
+        "name": "lsl", "rig": "lsl-rig", "references": {"source": "skimage", "count": 1},
+        "threads": [{"name": "cma", "generator": "dcgan-faces", "optimizer": "cma",
+                     "optimizer_params": {"population": 4}, "objective": {"channels": [0]},
+                     "seed": 2, "n_generations": 2}]})
+    (thread,) = api.get(f"/sessions/{session['id']}/threads")
+    deadline = time.monotonic() + 180
+    while api.get(f"/threads/{thread['id']}")["status"] != "finished":
+        assert presenter.poll() is None, (work / "present.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "the session did not finish"
+        time.sleep(0.3)
+finally:
+    stop(presenter)
+    done.set()
+    server.stop()
+    api.close()
+with sqlite3.connect(work / "data" / "actmax.sqlite") as db:
+    stored = db.execute("SELECT presentation_id, stimulus_id, rates_json FROM presentations").fetchall()
+    statuses = [s for (s,) in db.execute("SELECT status FROM generations")]
+json.dump({"presented": [json.loads(line) for line in record.read_text().splitlines()[:-1]],
+           "stored": [[pid, sid, json.loads(r)] for pid, sid, r in stored], "statuses": statuses,
+           "spikes": [s.tolist() for s in spikes]}, sys.stdout)

@@ -1,0 +1,210 @@
+"""The folder bridge: responses files in every format, their validation, and a whole session
+with `actmax serve`, `actmax rig bridge` and a stand-in MonkeyLogic rig as three processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+
+from rig_client.bridge import BridgeError, read_responses
+from tests.rig_client.conftest import run_session
+
+MANIFEST = {"batch_id": "b-1", "channels": 2, "response_window_ms": [50, 200],
+            "stimuli": [{"order": 1, "stimulus_id": "st-a", "kind": "synthetic", "file": "0001.png"},
+                        {"order": 2, "stimulus_id": "ref-1", "kind": "reference", "file": "0002.png"}]}
+ONSETS = [1764250000.5, 1764250001.25]
+
+
+def write_all_formats(folder: Path) -> list[Path]:
+    scipy.io.savemat(folder / "responses.mat", {
+        "stimulus_id": np.array(["st-a", "ref-1"], dtype=object), "onset": np.array(ONSETS),
+        "rates": np.array([[10.0, 1.5], [20.0, 0.0]]), "fixation_broken": np.array([0, 1], np.uint8),
+        "dropped_frames": np.array([0, 0]), "photodiode_onset": np.array([ONSETS[0] + 0.01, np.nan]),
+        "baseline_rates": np.array([[2.0, 0.5], [1.0, 0.0]]), "baseline_window_ms": [-100, 0]})
+    (folder / "responses.csv").write_text(
+        "stimulus_id,onset,rate_1,rate_2,fixation_broken,dropped_frames,photodiode_onset,"
+        "baseline_1,baseline_2,baseline_window_start_ms,baseline_window_end_ms\n"
+        f"st-a,{ONSETS[0]},10,1.5,0,0,{ONSETS[0] + 0.01},2,0.5,-100,0\n"
+        f"ref-1,{ONSETS[1]},20,0,1,0,,1,0,-100,0\n")
+    (folder / "responses.json").write_text(json.dumps({"presentations": [
+        {"stimulus_id": "st-a", "onset": ONSETS[0], "rates": [10, 1.5], "fixation_broken": False,
+         "photodiode_onset": ONSETS[0] + 0.01, "baseline_rates": [2, 0.5],
+         "baseline_window_ms": [-100, 0]},
+        {"stimulus_id": "ref-1", "onset": ONSETS[1], "rates": [20, 0], "fixation_broken": True,
+         "baseline_rates": [1, 0], "baseline_window_ms": [-100, 0]}]}))
+    return [folder / f"responses.{ext}" for ext in ("mat", "csv", "json")]
+
+
+def test_every_format_reads_the_same_presentations(tmp_path):
+    read = [[p.to_json() for p in read_responses(path, MANIFEST)] for path in write_all_formats(tmp_path)]
+    assert read[0] == read[1] == read[2]
+    first, second = read[0]
+    assert first["rates"] == [10.0, 1.5] and first["window_ms"] == [50.0, 200.0]
+    assert first["photodiode_onset"] == pytest.approx(ONSETS[0] + 0.01)
+    assert "photodiode_onset" not in second and second["fixation_broken"] is True
+    assert second["baseline_rates"] == [1.0, 0.0] and second["baseline_window_ms"] == [-100.0, 0.0]
+    assert first["presentation_id"] != second["presentation_id"]  # stable per batch and row
+
+
+BAD_JSON = [
+    ({"stimulus_id": "nope", "onset": 1.0, "rates": [1, 2]}, "not in this batch's manifest"),
+    ({"stimulus_id": "st-a", "onset": 1.0, "rates": [1]}, "rates must have 2 values"),
+    ({"stimulus_id": "st-a", "rates": [1, 2]}, "onset is required"),
+    ({"stimulus_id": "st-a", "onset": "soon", "rates": [1, 2]}, "onset must be a number"),
+    ({"stimulus_id": "st-a", "onset": 1.0, "rates": [1, 2], "dropped_frames": 1.5},
+     "dropped_frames must be a number"),
+    ({"stimulus_id": "st-a", "onset": 1.0, "rates": [1, 2], "baseline_rates": [0, 0]},
+     "baseline rates and baseline_window_ms together"),
+    ({"stimulus_id": "st-a", "onset": 1.0, "rates": [1, 2], "baseline_rates": [0, 0],
+      "baseline_window_ms": [0, 100]}, "baseline_window_ms"),
+    ({"stimulus_id": "st-a", "onset": -1.0, "rates": [1, 2]}, "'onset'"),
+]
+
+
+@pytest.mark.parametrize("row, words", BAD_JSON)
+def test_bad_rows_are_named(tmp_path, row, words):
+    (tmp_path / "responses.json").write_text(json.dumps({"presentations": [row]}))
+    with pytest.raises(BridgeError, match=words):
+        read_responses(tmp_path / "responses.json", MANIFEST)
+
+
+@pytest.mark.parametrize("name, content, words", [
+    ("responses.json", "[1, 2]", "presentations"),
+    ("responses.json", '{"presentations": [{"onset": NaN}]}', "NaN is not valid JSON"),
+    ("responses.csv", "stimulus_id,onset,rate_1\nst-a,1.0,5\n", "rate_1..rate_2 must all be filled"),
+    ("responses.csv", "stimulus_id,onset,rate_1,rate_2,fixation_brokn\nst-a,1,5,5,1\n",
+     "unknown column 'fixation_brokn'"),
+    ("responses.json", '{"presentations": [{"stimulus_id": "st-a", "rate": [1, 2]}]}', "unknown field 'rate'"),
+    ("responses.mat", "MATLAB 5.0 MAT-file, garbage", "cannot be read|scipy can read"),
+])
+def test_bad_files_are_named(tmp_path, name, content, words):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(BridgeError, match=words):
+        read_responses(tmp_path / name, MANIFEST)
+
+
+def test_mat_with_wrong_shapes(tmp_path):
+    scipy.io.savemat(tmp_path / "responses.mat", {"stimulus_id": np.array(["st-a"], dtype=object),
+                                                  "onset": [1.0, 2.0], "rates": [[1.0, 2.0]]})
+    with pytest.raises(BridgeError, match="'onset' has 2 values; expected 1 rows"):
+        read_responses(tmp_path / "responses.mat", MANIFEST)
+    scipy.io.savemat(tmp_path / "responses.mat", {"stimulus_id": np.array(["st-a"], dtype=object),
+                                                  "onset": [1.0], "rate": [[1.0, 2.0]]})
+    with pytest.raises(BridgeError, match="unknown variable 'rate'"):
+        read_responses(tmp_path / "responses.mat", MANIFEST)
+
+
+def stored_presentations(process, rig: str) -> list[tuple]:
+    """(presentation_id, stimulus_id, onset, rates) of every presentation of ``rig``."""
+    with sqlite3.connect(process.data_dir / "actmax.sqlite") as db:
+        return db.execute("SELECT presentation_id, stimulus_id, onset, rates_json FROM presentations "
+                          "WHERE rig = ?", (rig,)).fetchall()
+
+
+def generation_statuses(process, thread_id: int) -> list[str]:
+    with sqlite3.connect(process.data_dir / "actmax.sqlite") as db:
+        return [s for (s,) in db.execute("SELECT status FROM generations WHERE thread_id = ?", (thread_id,))]
+
+
+@pytest.mark.slow
+def test_session_runs_to_completion_through_the_folder(tmp_path, actmax_server):
+    from server.launch import stop
+    from tests.server.test_end_to_end import wait_until
+
+    process, api = actmax_server
+    population, n_references, n_generations = 4, 1, 2
+    folder, rows_log = tmp_path / "rig-folder", tmp_path / "rig-rows.jsonl"
+    with open(tmp_path / "bridge.log", "wb") as bridge_log, open(tmp_path / "rig.log", "wb") as rig_log:
+        bridge = subprocess.Popen([sys.executable, "-m", "server.cli", "rig", "bridge", "--folder", str(folder),
+                                   "--endpoint", process.zmq_endpoint, "--rig", "ml-rig", "--channels", "2",
+                                   "--labels", "elec1-u1,elec2-u1", "--poll", "0.05"],
+                                  stdout=bridge_log, stderr=subprocess.STDOUT, env=os.environ)
+        rig = subprocess.Popen([sys.executable, str(Path(__file__).with_name("folder_rig.py")), str(folder),
+                                str(rows_log), str(population + n_references)],
+                               stdout=rig_log, stderr=subprocess.STDOUT)
+    processes = [(process.process, process.log_path), (bridge, tmp_path / "bridge.log"), (rig, tmp_path / "rig.log")]
+    try:
+        thread = run_session(api, "ml-rig", population=population, references=n_references,
+                             generations=n_generations)
+        wait_until(lambda: api.get(f"/threads/{thread['id']}")["status"] == "finished", 240,
+                   "the thread to finish", processes)
+    finally:
+        for p in (rig, bridge):
+            stop(p)
+
+    written = [json.loads(line) for line in rows_log.read_text().splitlines()]
+    flagged = [r for r in written if r["fixation_broken"]]
+    assert len(flagged) == n_generations  # one broken fixation per full batch
+    stored = stored_presentations(process, "ml-rig")
+    assert generation_statuses(process, thread["id"]) == ["complete"] * n_generations
+    assert len({pid for pid, *_ in stored}) == len(stored)  # each presentation stored once
+    # exactly the rows the rig measured cleanly, nothing flagged, nothing twice
+    clean = Counter((r["stimulus_id"], round(r["onset"], 6)) for r in written if not r["fixation_broken"])
+    assert Counter((sid, round(onset, 6)) for _, sid, onset, _ in stored) == clean
+    for r in written:
+        if not r["fixation_broken"]:
+            match = [json.loads(rates) for _, sid, onset, rates in stored
+                     if sid == r["stimulus_id"] and abs(onset - r["onset"]) < 1e-6]
+            np.testing.assert_allclose(match[0], r["rates"])
+    # the broken-fixation stimuli were shown again (the server re-queued them) and scored
+    assert {r["stimulus_id"] for r in flagged} <= {sid for _, sid, _, _ in stored}
+    batches = sorted(folder.glob("batch-*"))
+    assert all((b / "ack.json").exists() for b in batches)
+    assert (batches[0] / "responses.rejected-1.mat").exists()  # the bad first answer, kept
+    assert not (batches[0] / "responses.error.txt").exists()  # cleared by the corrected file
+    error = rows_log.with_suffix(".error").read_text()
+    assert "'not-in-batch' is not in this batch's manifest" in error and "responses.rejected-1.mat" in error
+
+
+def test_matlab_helpers_in_octave(tmp_path):
+    """The MATLAB helpers of docs/monkeylogic read a real batch folder and write a .mat the
+    bridge accepts (GNU Octave stands in for MATLAB)."""
+    import shutil
+
+    from rig_client.bridge import write_batch
+    from rig_client.client import Batch, Stimulus
+    from rig_client.protocol import encode_png
+
+    octave = shutil.which("octave-cli")
+    if octave is None:
+        pytest.skip("GNU Octave is not installed (apt-get install -y --no-install-recommends octave)")
+    png = encode_png(np.zeros((4, 4, 3), np.uint8))
+    batch = Batch("b-7", "s", "t", 0, (50.0, 200.0),
+                  [Stimulus("st-a", "synthetic", png), Stimulus("ref-1", "reference", png)])
+    path = write_batch(tmp_path, batch, ["e1", "e2"])
+    helpers = Path(__file__).parents[2] / "docs" / "monkeylogic"
+    script = f"""
+    addpath('{helpers}');
+    folder = actmax_next_batch('{tmp_path}');
+    s = actmax_read_manifest(folder);
+    assert(numel(s) == 2 && strcmp(s(2).kind, 'reference') && exist(s(1).file, 'file') == 2);
+    R.stimulus_id = {{s(2).stimulus_id; s(1).stimulus_id}};
+    R.onset = [1764250001.5; 1764250002.5];
+    R.rates = [1 2; 3 4];
+    R.fixation_broken = logical([0; 1]);
+    R.photodiode_onset = [1764250001.51; NaN];
+    R.baseline_rates = [0.5 0; 0 0.5];
+    R.baseline_window_ms = [-100 0];
+    actmax_write_responses(folder, R);
+    assert(isempty(actmax_next_batch('{tmp_path}')));
+    """
+    done = subprocess.run([octave, "--no-gui", "--quiet", "--eval", script], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(p.name for p in path.iterdir()) == ["0001.png", "0002.png", "manifest.csv",
+                                                       "manifest.json", "responses.mat"]
+    got = [p.to_json() for p in read_responses(path / "responses.mat", json.loads(
+        (path / "manifest.json").read_text()))]
+    assert [(p["stimulus_id"], p["rates"], p["fixation_broken"]) for p in got] == [
+        ("ref-1", [1.0, 2.0], False), ("st-a", [3.0, 4.0], True)]
+    assert got[0]["photodiode_onset"] == pytest.approx(1764250001.51) and "photodiode_onset" not in got[1]
+    assert got[1]["baseline_rates"] == [0.0, 0.5] and got[1]["baseline_window_ms"] == [-100.0, 0.0]

@@ -1,0 +1,87 @@
+"""The LSL adapter: conversion on recorded chunks, and real pylsl streams kept on loopback.
+
+Packets stay on this machine twice over: liblsl is configured for machine scope with 127.0.0.1 as
+its only peer and IPv6 off, and the process runs in a network namespace that has only loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rig_client.spikes.lsl import to_events
+
+LSL_API_CFG = """\
+[ports]
+IPv6 = disable
+
+[multicast]
+ResolveScope = machine
+ListenAddress = 127.0.0.1
+
+[lab]
+KnownPeers = {127.0.0.1}
+"""
+
+
+def test_recorded_chunks_become_events():
+    events = to_events([[1], [0], [1]], [10.0, 10.5, 11.0], [["onset"], ["sync"]], [10.2, 10.9])
+    np.testing.assert_array_equal(events.channels, [1, 0, 1])
+    np.testing.assert_array_equal(events.spike_times, [10.0, 10.5, 11.0])
+    assert events.marker_names == ["onset", "sync"]
+    assert len(to_events([], []).spike_times) == 0
+
+
+def loopback_only() -> list[str]:
+    """A command prefix that runs a program with loopback as its only network, or skip."""
+    pytest.importorskip("pylsl", reason="pip install 'actmax[lsl]' to test the LSL adapter")
+    unshare, ip = shutil.which("unshare"), shutil.which("ip")
+    probe = [unshare, "-rn", ip, "link", "set", "lo", "up"] if unshare and ip else None
+    if probe is None or subprocess.run(probe, capture_output=True).returncode != 0:
+        pytest.skip("needs `unshare -rn` (user + network namespaces) and `ip` to keep LSL "
+                    "multicast on loopback for certain; the recorded-data test still runs")
+    return [unshare, "-rn", "sh", "-c", f'{ip} link set lo up && exec "$@"', "sh"]
+
+
+def run_isolated(tmp_path, script: str, *args: str, env: dict | None = None, timeout: float = 60) -> dict:
+    """JSON printed by ``script`` run on loopback only, with the machine-scope lsl_api.cfg."""
+    prefix = loopback_only()
+    (tmp_path / "lsl_api.cfg").write_text(LSL_API_CFG)
+    done = subprocess.run([*prefix, sys.executable, str(Path(__file__).with_name(script)), *args],
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {}), "LSLAPICFG": str(tmp_path / "lsl_api.cfg")})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+def test_lsl_streams_on_loopback(tmp_path):
+    out = run_isolated(tmp_path, "lsl_loopback.py")
+    assert out["labels"] == ["elec1-unit1", "elec2-unit1"] and out["received"] == 6
+    assert abs(out["onset_error"]) < 1e-3  # clock-synchronised stamps on one machine
+    # window [50, 200) ms: unit 0 fired at +60 and +100 ms, unit 1 at +150; baseline [-100, 0)
+    np.testing.assert_allclose(out["rates"], [[2 / 0.15, 1 / 0.15]])
+    np.testing.assert_allclose(out["baseline"], [[0.0, 1 / 0.1]])
+
+
+@pytest.mark.slow
+def test_presenter_with_lsl_runs_a_session(tmp_path, xvfb):
+    """`actmax serve`, an LSL spike outlet and `actmax rig present --spikes lsl:...`, all in the
+    loopback-only namespace, run a session to completion."""
+    out = run_isolated(tmp_path, "lsl_session.py", str(tmp_path), env={"DISPLAY": xvfb}, timeout=300)
+    assert out["statuses"] == ["complete", "complete"]
+    sent = [p for p in out["presented"] if p["sent"]]
+    assert sorted((p["presentation_id"], p["stimulus_id"], tuple(p["rates"])) for p in sent) == \
+        sorted((pid, sid, tuple(rates)) for pid, sid, rates in out["stored"])  # each stored once
+    spikes = [np.asarray(s) for s in out["spikes"]]
+    for p in out["presented"]:  # recount the published spikes around the mapped onset
+        lo, hi = (p["onset_recorder"] + w / 1000 for w in p["window_ms"])
+        counted = [np.sum((s >= lo) & (s < hi)) for s in spikes]
+        # liblsl's clock correction (microseconds on one machine) may move a spike across an edge
+        assert np.abs(np.asarray(p["rates"]) * (hi - lo) - counted).max() <= 1 + 1e-9

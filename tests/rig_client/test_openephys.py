@@ -1,0 +1,68 @@
+"""The Open Ephys adapter against a real ZeroMQ publisher speaking the Event Broadcaster's JSON."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from rig_client.spikes import SpikeBuffer, count_in_window
+from rig_client.spikes.openephys import OpenEphysSource
+
+RATE = 30000.0
+
+
+def spike(electrode: str, sorted_id: int, sample: int) -> dict:
+    return {"event_type": "spike", "stream": "example_data", "source_node": 104, "electrode": electrode,
+            "num_channels": 4, "sample_rate": RATE, "sample_number": sample, "sorted_id": sorted_id,
+            "amp1": -80.0, "amp2": -20.0, "amp3": -5.0, "amp4": -1.0}
+
+
+def ttl(line: int, state: int, sample: int) -> dict:
+    return {"event_type": "ttl", "stream": "example_data", "source_node": 104, "sample_rate": RATE,
+            "channel_name": "TTL", "sample_number": sample, "line": line, "state": state}
+
+
+@pytest.fixture
+def publisher():
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    yield pub, f"tcp://127.0.0.1:{port}", ctx
+    pub.close(0)
+    ctx.term()
+
+
+def test_spikes_and_ttls_from_an_event_broadcaster(publisher):
+    pub, endpoint, ctx = publisher
+    source = OpenEphysSource(["TT1-u1", "TT2-u0"], endpoint, context=ctx)
+    buffer = SpikeBuffer(2)
+    deadline = time.monotonic() + 10
+    while not len(buffer.markers("ttl7")):  # PUB/SUB joins late: warm up until one arrives
+        assert time.monotonic() < deadline, "the subscriber never received a message"
+        pub.send_multipart([b"ttl", json.dumps(ttl(7, 1, 0)).encode()])
+        time.sleep(0.02)
+        buffer.add(source.poll())
+    onset = 3 * int(RATE)  # 3 s into the recording
+    sent = [ttl(1, 1, onset), ttl(1, 0, onset + 300),  # falling edge: no marker
+            spike("TT1", 1, onset + 1800), spike("TT1", 1, onset + 3000), spike("TT2", 0, onset - 1500),
+            spike("TT1", 2, onset + 2000),  # a unit not asked for
+            {"event_type": "spike", "electrode": "TT1"}]  # malformed
+    for event in sent:
+        pub.send_multipart([event["event_type"].encode(), json.dumps(event).encode()])
+    pub.send_multipart([b"junk", b"\xff not json"])
+    deadline = time.monotonic() + 10
+    while source.skipped < 3:
+        assert time.monotonic() < deadline, f"only {source.skipped} of 3 bad messages seen"
+        buffer.add(source.poll())
+        time.sleep(0.01)
+    source.close()
+    np.testing.assert_array_equal(buffer.markers("ttl1"), [3.0])
+    counts = count_in_window(buffer.spikes(), buffer.markers("ttl1"), (50, 200), baseline_ms=(-100, 0))
+    # TT1-u1 at +60 ms and +100 ms; TT2-u0 at -50 ms
+    np.testing.assert_allclose(counts.rates, [[2 / 0.15, 0.0]])
+    np.testing.assert_allclose(counts.baseline, [[0.0, 1 / 0.1]])

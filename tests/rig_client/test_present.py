@@ -1,0 +1,74 @@
+"""The presenter: viewing geometry, flip statistics, and a whole session under Xvfb with a real
+pyglet window, the replay source and `actmax serve`, as separate processes."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from rig_client.present import Display, flip_statistics
+from rig_client.spikes import Events
+from rig_client.spikes.replay import save
+from tests.rig_client.conftest import run_session
+from tests.rig_client.test_bridge import generation_statuses, stored_presentations
+
+
+def test_display_pixels_from_degrees():
+    display = Display(distance_cm=57.0, width_cm=53.0, width_px=1920)
+    full_width_deg = math.degrees(2 * math.atan(53.0 / 2 / 57.0))
+    assert display.pixels(full_width_deg) == 1920  # the whole screen
+    assert display.pixels(2.0) == pytest.approx(2 * display.pixels(1.0), abs=1)  # ~linear when small
+    assert Display(100.0, 100.0, 1000).pixels(math.degrees(2 * math.atan(0.1))) == 200  # tan = 0.1
+
+
+def test_flip_statistics():
+    stats = flip_statistics([1 / 60] * 9 + [3 / 60], refresh_hz=60)
+    assert stats["flips"] == 10 and stats["dropped"] == 1
+    assert stats["max_ms"] == pytest.approx(50.0) and stats["median_ms"] == pytest.approx(1000 / 60)
+    assert stats["mean_ms"] == pytest.approx((9 * 1000 / 60 + 50) / 10)
+    assert flip_statistics([], 60) == {"flips": 0}
+
+
+@pytest.mark.slow
+def test_session_runs_to_completion_on_screen(tmp_path, xvfb, actmax_server):
+    from server.launch import stop
+    from tests.server.test_end_to_end import wait_until
+
+    rng = np.random.default_rng(0)
+    duration = 600.0  # seconds of recording, longer than the session
+    spikes = [np.sort(rng.uniform(0, duration, int(rate * duration))) for rate in (40, 5)]
+    save(tmp_path / "rec.npz", Events(np.concatenate(spikes), np.repeat([0, 1], [len(s) for s in spikes])),
+         ["elec1-u1", "elec2-u1"])
+    server, api = actmax_server
+    record = tmp_path / "presented.jsonl"
+    with open(tmp_path / "present.log", "wb") as log:
+        presenter = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "rig", "present", "--endpoint", server.zmq_endpoint,
+             "--rig", "screen-rig", "--spikes", f"replay:{tmp_path / 'rec.npz'}", "--window", "400x300",
+             "--duration-ms", "50", "--isi-ms", "30", "--record", str(record)],
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "DISPLAY": xvfb})
+    processes = [(server.process, server.log_path), (presenter, tmp_path / "present.log")]
+    try:
+        thread = run_session(api, "screen-rig", population=4, references=1, generations=2)
+        wait_until(lambda: api.get(f"/threads/{thread['id']}")["status"] == "finished", 240,
+                   "the thread to finish", processes)
+    finally:
+        stop(presenter)
+
+    lines = [json.loads(line) for line in record.read_text().splitlines()]
+    shown, stats = lines[:-1], lines[-1]["flip_statistics"]
+    assert stats["flips"] >= len(shown) > 0
+    stored = {pid: (sid, json.loads(rates)) for pid, sid, _, rates in stored_presentations(server, "screen-rig")}
+    assert generation_statuses(server, thread["id"]) == ["complete", "complete"]
+    sent = [p for p in shown if p["sent"]]
+    assert {p["presentation_id"]: (p["stimulus_id"], p["rates"]) for p in sent} == stored  # each once
+    for p in shown:  # rates: the recorded spikes in the window after the mapped onset, recounted here
+        lo, hi = (p["onset_recorder"] + w / 1000 for w in p["window_ms"])
+        want = [np.sum((s >= lo) & (s < hi)) / (hi - lo) for s in spikes]
+        np.testing.assert_allclose(p["rates"], want)
