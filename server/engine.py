@@ -16,23 +16,24 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import numpy as np
+from sqlalchemy import update
 from sqlalchemy.orm import Session as DBSession
 from sqlalchemy.orm import sessionmaker
 
-import generators
 import optimizers
 from rig_client.protocol import ErrorCode, Message, batch_message
-from server import RigInputError, ThreadNotReady
+from server import RigInputError, ThreadNotReady, admission
 from server.images import encode_images
 from server.objectives import Objective
+from server.session_config import ObjectiveConfig
 from server.settings import Settings
 from server.store import queries, records
 from server.store.archive import ImageArchive
-from server.store.models import Batch, EventLevel, Stimulus, Thread, ThreadStatus
+from server.store.models import Batch, EventLevel, Generation, Stimulus, Thread, ThreadStatus
 from server.thread_runtime import InFlight, ThreadRuntime, build_runtime
+from server.weights import GeneratorCache
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,8 @@ class Engine:
         self._archive = archive
         self.transport = None  # set by the app before run(); server.transport.Transport
         self._threads: dict[int, ThreadRuntime] = {}
-        self._generators: dict[str, Any] = {}
+        self.generators = GeneratorCache(settings.device, settings.weights_dir)  # shared with the REST API
+        self.rig_channels: dict[str, int] = {}  # channels each connected rig announced in HELLO
         self._rig_references: dict[str, set[str]] = {}  # reference ids each connected rig caches
         self._steps: set[asyncio.Task] = set()  # thread steps in progress (kept so none is collected)
         self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="actmax-compute")
@@ -98,11 +100,20 @@ class Engine:
 
     # ------------------------------------------------------------------ transport handler
     async def on_hello(self, rig: str, header: dict) -> dict:
-        """Remember which references the rig caches; the transport fills in heartbeat and size limits."""
+        """Remember the rig's channels and cached references; its threads start (or block) at the next reconcile.
+
+        The transport fills in heartbeat and size limits.
+        """
         self._rig_references[rig] = set(header.get("cached_references", []))
-        await self._offload(self._log, None, None, "rig_hello", f"rig {rig!r} connected",
+        self.rig_channels[rig] = header["channels"]
+        await self._offload(self._log, None, None, "rig.connected", f"rig {rig!r} connected",
                             {"channels": header.get("channels"), "cached_references": len(self._rig_references[rig])})
+        self.wake()
         return {"server": "actmax"}
+
+    def rig_channel_count(self, rig: str) -> int | None:
+        """The channels ``rig`` announced, or None when it is not connected (the REST API checks objectives)."""
+        return self.rig_channels.get(rig)
 
     async def on_connected(self, rig: str) -> None:
         """A rig (re)joined: send it whatever its threads are waiting on."""
@@ -113,7 +124,9 @@ class Engine:
 
     async def on_disconnect(self, rig: str) -> None:
         self._rig_references.pop(rig, None)
-        await self._offload(self._log, None, None, "rig_lost", f"rig {rig!r} went silent", None, EventLevel.WARNING)
+        self.rig_channels.pop(rig, None)
+        await self._offload(self._log, None, None, "rig.lost", f"rig {rig!r} went silent", None, EventLevel.WARNING)
+        self.wake()
 
     async def on_results(self, rig: str, header: dict) -> dict:
         """Record presentations idempotently; a complete generation is told and the next one sent.
@@ -121,7 +134,11 @@ class Engine:
         Raises ``RigInputError`` for results the store cannot take (the transport replies ERROR).
         """
         received = time.monotonic()
-        thread_id, answered, duplicates = await self._offload(self._record_results, rig, header)
+        try:
+            thread_id, answered, duplicates = await self._offload(self._record_results, rig, header)
+        except RigInputError as exc:
+            await self._offload(self._refused, rig, header["batch_id"], exc)
+            raise
         runtime = self._threads.get(thread_id)
         inflight = runtime.inflight if runtime is not None else None
         if inflight is not None and inflight.batch_id == header["batch_id"]:
@@ -142,7 +159,8 @@ class Engine:
             if batch.rig != rig:
                 raise RigInputError(ErrorCode.UNKNOWN_BATCH,
                                     f"batch {batch.id!r} was sent to rig {batch.rig!r}, not {rig!r}")
-            objective = Objective.from_config(db.get(Thread, batch.thread_id).objective_json)
+            generation = db.get(Generation, batch.generation_id)
+            objective = Objective.from_config(generation.objective_json or db.get(Thread, batch.thread_id).objective_json)
             wanted = queries.batch_stimulus_ids(db, batch)
             for p in header["presentations"]:
                 if p["stimulus_id"] not in wanted:
@@ -151,21 +169,46 @@ class Engine:
                 objective.check_rates(p["rates"])
             presentations = [
                 records.PresentationRecord(p["presentation_id"], p["stimulus_id"], float(p["onset"]), list(p["rates"]),
-                                   float(p["window_ms"][0]), float(p["window_ms"][1]))
+                                           float(p["window_ms"][0]), float(p["window_ms"][1]), p.get("baseline_rates"))
                 for p in header["presentations"]
             ]
             accepted, duplicates = records.record_presentations(db, batch.id, presentations)
             stimulus_of = {p.presentation_id: p.stimulus_id for p in presentations}
             return batch.thread_id, {stimulus_of[pid] for pid in accepted}, len(duplicates)
 
+    def _refused(self, rig: str, batch_id: str, exc: RigInputError) -> None:
+        """A refused RESULTS is an event and its thread's ``last_error``, not only a log line."""
+        with self._db.begin() as db:
+            batch = db.get(Batch, batch_id)
+            message = f"RESULTS from rig {rig!r} for batch {batch_id!r} refused ({exc.code}): {exc.message}"
+            if batch is None or batch.rig != rig:
+                self._log_in(db, None, None, "results.refused", message, level=EventLevel.WARNING)
+            else:
+                log.warning(message)
+                records.set_thread_error(db, batch.thread_id, "results.refused", message, level=EventLevel.WARNING,
+                                         data={"rig": rig, "batch_id": batch_id, "code": str(exc.code)})
+
     # ------------------------------------------------------------------ thread lifecycle
     async def _reconcile(self) -> None:
-        """Start runtimes for running threads, drop those paused or stopped, advance the idle ones."""
-        running = set(await self._offload(self._running_thread_ids))
-        for thread_id in list(self._threads):
-            if thread_id not in running:
+        """Match each live thread's status to its rig (running, waiting_for_rig, blocked); keep runtimes
+        for running and waiting threads and for paused ones finishing their generation; advance the idle ones."""
+        wanted: dict[int, ThreadStatus] = {}
+        for thread in await self._offload(self._live_threads):
+            status = thread.status
+            if status != ThreadStatus.PAUSED:
+                target, reason = self._rig_state(thread)
+                if target != status and await self._offload(self._set_rig_state, thread.id, status, target, reason):
+                    status = target
+            wanted[thread.id] = status
+        for thread_id, runtime in list(self._threads.items()):
+            status = wanted.get(thread_id)
+            runtime.paused = status == ThreadStatus.PAUSED
+            if status not in (ThreadStatus.RUNNING, ThreadStatus.WAITING_FOR_RIG) and \
+                    not (runtime.paused and runtime.inflight is not None):
                 del self._threads[thread_id]
-        for thread_id in running - set(self._threads):
+        for thread_id, status in wanted.items():
+            if thread_id in self._threads or status not in (ThreadStatus.RUNNING, ThreadStatus.WAITING_FOR_RIG):
+                continue
             try:
                 self._threads[thread_id] = await self._offload(self._start_thread, thread_id)
             except ThreadNotReady:
@@ -178,28 +221,49 @@ class Engine:
             if inflight is None or inflight.batch_id is None or not inflight.awaiting:
                 self._step(runtime)
 
-    def _running_thread_ids(self) -> list[int]:
+    def _live_threads(self) -> list[queries.LiveThread]:
         with self._db() as db:
-            return queries.running_thread_ids(db)
+            return queries.live_threads(db)
+
+    def _rig_state(self, thread: queries.LiveThread) -> tuple[ThreadStatus, str | None]:
+        """running, waiting_for_rig (its rig is not connected) or blocked (too few channels), with the reason."""
+        channels = self.rig_channels.get(thread.rig)
+        if channels is None or self.transport is None or not self.transport.connected(thread.rig):
+            return ThreadStatus.WAITING_FOR_RIG, None
+        problems = admission.check_objective(ObjectiveConfig.model_validate(thread.objective), thread.rig, channels)
+        if problems:
+            return ThreadStatus.BLOCKED, f"objective {problems[0].msg}; retarget the thread or connect a rig with more"
+        return ThreadStatus.RUNNING, None
+
+    def _set_rig_state(self, thread_id: int, old: ThreadStatus, new: ThreadStatus, reason: str | None) -> bool:
+        """Move a thread between running, waiting_for_rig and blocked unless the user changed it meanwhile."""
+        with self._db.begin() as db:
+            changed = db.execute(
+                update(Thread).where(Thread.id == thread_id, Thread.status == old).values(status=new)
+            ).rowcount
+            if not changed:
+                return False
+            if new == ThreadStatus.BLOCKED:
+                records.set_thread_error(db, thread_id, "thread.blocked", reason, level=EventLevel.WARNING)
+            else:
+                thread = db.get(Thread, thread_id)
+                rig = "its rig is connected" if new == ThreadStatus.RUNNING else "waiting for its rig to connect"
+                self._log_in(db, None, thread_id, f"thread.{new.value}",
+                             f"thread {thread_id} {thread.name!r} {new.value}: {rig}")
+            return True
 
     def _start_thread(self, thread_id: int) -> ThreadRuntime:
         with self._db.begin() as db:
-            runtime = build_runtime(db, thread_id, self._generator, self._archive)
+            runtime = build_runtime(db, thread_id, self.generators.get, self._archive)
             thread = db.get(Thread, thread_id)
-            self._log_in(db, runtime.session_id, thread_id, "thread_started",
-                         f"thread {thread.name!r} running from generation {runtime.first_generation}")
+            self._log_in(db, runtime.session_id, thread_id, "thread.started",
+                         f"thread {thread_id} {thread.name!r} started from generation {runtime.first_generation}")
             return runtime
 
     def _fail_thread(self, thread_id: int, exc: Exception) -> None:
         with self._db.begin() as db:
-            db.get(Thread, thread_id).status = ThreadStatus.STOPPED
-            self._log_in(db, None, thread_id, "thread_failed", f"thread {thread_id} stopped: {exc}",
-                         level=EventLevel.ERROR)
-
-    def _generator(self, name: str):
-        if name not in self._generators:
-            self._generators[name] = generators.load(name, device=self.settings.device)
-        return self._generators[name]
+            log.error("thread %s failed: %s", thread_id, exc)
+            records.set_thread_error(db, thread_id, "thread.failed", f"failed: {exc}", status=ThreadStatus.FAILED)
 
     # ------------------------------------------------------------------ one generation
     async def _advance(self, runtime: ThreadRuntime) -> None:
@@ -219,6 +283,9 @@ class Engine:
                     else:
                         inflight.batch_id = None
                         inflight.rounds += 1
+                if runtime.inflight is None and runtime.paused:
+                    self._threads.pop(runtime.id, None)  # paused: told what it showed, asks nothing new
+                    return
                 if runtime.inflight is None:
                     runtime.inflight = await self._offload(self._start_generation, runtime)
                     runtime.inflight.rounds = 1
@@ -236,7 +303,8 @@ class Engine:
         with self._db.begin() as db:
             generation, ids = records.add_generation(db, runtime.session_id, runtime.id, runtime.optimizer.generation,
                                                      codes, images, runtime.generator.provenance)
-            return InFlight(generation.id, generation.number, codes, ids)
+            generation.objective_json = db.get(Thread, runtime.id).objective_json
+            return InFlight(generation.id, generation.number, codes, ids, Objective.from_config(generation.objective_json))
 
     def _missing(self, db: DBSession, runtime: ThreadRuntime) -> list[str]:
         """Stimulus ids (with repeats) still owed for the in-flight generation."""
@@ -254,23 +322,26 @@ class Engine:
         """Score, tell, and commit the optimizer state with the scores it used. True when the thread is done."""
         inflight = runtime.inflight
         with self._db.begin() as db:
-            rates = queries.presentation_rates(db, inflight.generation_id)
-            scores = np.array([runtime.objective.mean_score(rates.get(s)) for s in inflight.stimulus_ids])
-            reference = [runtime.objective.mean_score(rates.get(s)) for s in runtime.reference_ids]
+            shown = queries.generation_presentations(db, inflight.generation_id)
+            scored = inflight.objective.score_generation(shown, frozenset(runtime.reference_ids))
+            scores = np.array([scored.get(s, np.nan) for s in inflight.stimulus_ids])
+            reference = [scored.get(s, np.nan) for s in runtime.reference_ids]
             runtime.optimizer.tell(inflight.codes, scores)
             generation = records.complete_generation(db, inflight.generation_id, scores, reference,
                                                      optimizers.dumps_state(runtime.optimizer.state_dict()),
                                                      timed_out=timed_out)
             if timed_out:
-                self._log_in(db, runtime.session_id, runtime.id, "generation_timed_out",
+                self._log_in(db, runtime.session_id, runtime.id, "generation.timed_out",
                              f"generation {inflight.number}: {inflight.codes.shape[0] - generation.n_scored} stimuli "
                              f"unscored after {inflight.rounds} rounds; the optimizer saw NaN for them",
                              level=EventLevel.WARNING)
             finished = generation.number + 1 >= runtime.n_generations
             if finished:
-                db.get(Thread, runtime.id).status = ThreadStatus.FINISHED
-                self._log_in(db, runtime.session_id, runtime.id, "thread_finished",
-                             f"finished after {generation.number + 1} generations")
+                thread = db.get(Thread, runtime.id)
+                thread.status = ThreadStatus.FINISHED
+                self._log_in(db, runtime.session_id, runtime.id, "thread.finished",
+                             f"thread {runtime.id} {thread.name!r} finished after {generation.number + 1} generations")
+                records.end_session_if_done(db, runtime.session_id)
         runtime.inflight = None
         return finished
 
@@ -321,7 +392,7 @@ class Engine:
             if inflight is None or not inflight.batch_id or not inflight.awaiting:
                 continue
             if now - inflight.last_activity >= self.settings.batch_timeout_s:
-                await self._offload(self._log, runtime.session_id, runtime.id, "round_timed_out",
+                await self._offload(self._log, runtime.session_id, runtime.id, "round.timed_out",
                                     f"generation {inflight.number}: {len(inflight.awaiting)} stimuli unanswered "
                                     f"after {self.settings.batch_timeout_s:g} s", None, EventLevel.WARNING)
                 inflight.awaiting.clear()

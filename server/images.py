@@ -35,16 +35,30 @@ def _square_rgb(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(picture, dtype=np.uint8)
 
 
+def reference_files(source: str) -> list[Path]:
+    """The image files of a reference folder, sorted."""
+    folder = Path(source).expanduser()
+    return sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+
+
+def check_references(source: str, count: int) -> None:
+    """``ConfigError`` naming the field and the fix unless ``source`` holds ``count`` images."""
+    if source == "skimage":
+        if count > len(SKIMAGE_REFERENCES):
+            raise ConfigError(f"references.count: skimage has {len(SKIMAGE_REFERENCES)} images, asked {count}; "
+                              f"ask at most {len(SKIMAGE_REFERENCES)} or give a folder as references.source")
+        return
+    found = len(reference_files(source))
+    if found < count:
+        raise ConfigError(f"references.source: {source!r} holds {found} image(s) ({', '.join(sorted(IMAGE_SUFFIXES))}), "
+                          f"{count} needed; add images or lower references.count")
+
+
 def load_references(source: str, count: int, size: int = 128) -> list[np.ndarray]:
     """``count`` reference images (size×size RGB uint8) from ``"skimage"`` or a folder of images."""
+    check_references(source, count)
     if source == "skimage":
         from skimage import data
 
-        if count > len(SKIMAGE_REFERENCES):
-            raise ConfigError(f"references.count: skimage has {len(SKIMAGE_REFERENCES)} images, asked {count}")
         return [_square_rgb(getattr(data, name)(), size) for name in SKIMAGE_REFERENCES[:count]]
-    folder = Path(source)
-    files = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
-    if len(files) < count:
-        raise ConfigError(f"references.source: {source!r} holds {len(files)} image(s), {count} needed")
-    return [_square_rgb(Image.open(p), size) for p in files[:count]]
+    return [_square_rgb(Image.open(p), size) for p in reference_files(source)[:count]]

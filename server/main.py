@@ -7,11 +7,12 @@ from sqlalchemy.orm import Session as DBSession
 from sqlalchemy.orm import sessionmaker
 
 from server.api.deps import EngineWaker, require_token
-from server.api.routes import generations, health, manifold, sessions, stimuli, threads
+from server.api.routes import generations, generators, health, manifold, sessions, stimuli, threads
 from server.api.routes.health import package_version
 from server.api.schemas import ErrorDetail
 from server.settings import Settings
 from server.store.archive import ImageArchive
+from server.weights import GeneratorCache
 
 
 def create_app(settings: Settings, db_sessions: sessionmaker[DBSession], *,
@@ -28,9 +29,10 @@ def create_app(settings: Settings, db_sessions: sessionmaker[DBSession], *,
     app.state.sessionmaker = db_sessions
     app.state.archive = ImageArchive(settings.data_dir)
     app.state.engine = engine
+    app.state.generators = getattr(engine, "generators", None) or GeneratorCache(settings.device, settings.weights_dir)
 
     app.include_router(health.router)
-    for resource in (sessions, threads, generations, stimuli, manifold):
+    for resource in (sessions, threads, generations, stimuli, manifold, generators):
         app.include_router(
             resource.router, dependencies=[Depends(require_token)], responses={401: {"model": ErrorDetail}}
         )

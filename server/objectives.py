@@ -1,51 +1,295 @@
-"""Objectives: how a presentation's per-channel rates become the one score an optimizer sees."""
+"""Objectives: how a generation's recorded rates become the one score per image an optimizer sees.
+
+Small objects that combine with ``+``, ``-`` and ``*`` (lucent's idea), each mapping the
+presentations of one generation to one value per presentation:
+
+- ``rate(c)``: channel ``c``'s rate;
+- ``sum(a, b, ...)`` / ``mean(a, b, ...)``: of objectives or channel numbers; weights by ``0.5 * rate(3)``;
+- ``baseline(x)``: ``x`` on rates minus a baseline per channel: the presentation's own
+  ``baseline_rates`` (protocol 1.1) when the rig sent them, else the mean response of the
+  generation's reference images;
+- ``zscore(x)``: ``x`` on rates z-scored per channel across every presentation of the generation.
+
+A session config names one as an expression, e.g. ``zscore(rate(5)) - 0.5 * baseline(rate(17))``
+(parsed here, never evaluated by Python), or as today's ``{"channels": [...], "combine": "mean"}``.
+An image's score is the mean over its presentations that scored.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import ast
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from rig_client.protocol import ErrorCode
 from server import RigInputError
-from server.session_config import ObjectiveConfig
-
-COMBINE = {"mean": np.mean, "sum": np.sum}
 
 
 @dataclass(frozen=True)
-class Objective:
-    """Score = combine(rates[channels]) per presentation; the channels are the rig's channel indices."""
+class Context:
+    """The presentations an objective scores: rates (n, channels), baselines (NaN where not sent),
+    and the generation's per-channel statistics."""
 
-    channels: tuple[int, ...]
-    combine: str
+    rates: np.ndarray
+    baselines: np.ndarray
+    reference_mean: np.ndarray  # per channel, over the generation's reference presentations
+    mean: np.ndarray  # per channel, over all the generation's presentations
+    std: np.ndarray
 
     @classmethod
-    def from_config(cls, config: ObjectiveConfig | dict) -> Objective:
-        """From a thread's objective settings (a stored ``objective_json`` is validated again)."""
-        config = ObjectiveConfig.model_validate(config)
-        return cls(tuple(config.channels), config.combine)
+    def of(cls, rates: np.ndarray, baselines: np.ndarray, is_reference: np.ndarray) -> Context:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN channels: NaN statistics
+            reference = np.nanmean(rates[is_reference], axis=0) if is_reference.any() else \
+                np.full(rates.shape[1], np.nan)
+            return cls(rates, baselines, reference, np.nanmean(rates, axis=0), np.nanstd(rates, axis=0))
 
-    def check_rates(self, rates: list) -> None:
+
+class Objective:
+    """A map from a ``Context`` to one value per presentation; combine with ``+``, ``-``, ``*``."""
+
+    def __call__(self, ctx: Context) -> np.ndarray:
+        raise NotImplementedError
+
+    @property
+    def channels(self) -> frozenset[int]:
+        """The channels this objective reads (a rig must announce more than the largest)."""
+        raise NotImplementedError
+
+    def __add__(self, other: Objective | float) -> Objective:
+        return Sum((self, _lift(other)))
+
+    __radd__ = __add__
+
+    def __sub__(self, other: Objective | float) -> Objective:
+        return Sum((self, Scaled(-1.0, _lift(other))))
+
+    def __rsub__(self, other: float) -> Objective:
+        return Sum((_lift(other), Scaled(-1.0, self)))
+
+    def __mul__(self, factor: float) -> Objective:
+        if not isinstance(factor, int | float):
+            raise TypeError("objectives multiply by numbers only (weights)")
+        return Scaled(float(factor), self)
+
+    __rmul__ = __mul__
+
+    def __neg__(self) -> Objective:
+        return Scaled(-1.0, self)
+
+    # ---------------------------------------------------------------- use
+    @classmethod
+    def from_config(cls, config: Mapping) -> Objective:
+        """From a thread's objective settings (``ObjectiveConfig`` or its stored JSON)."""
+        from server.session_config import ObjectiveConfig
+
+        return ObjectiveConfig.model_validate(config).build()
+
+    def check_rates(self, rates: Sequence) -> None:
         """Raise ``RigInputError`` if a presentation's rates do not cover the channels scored."""
-        if len(rates) <= max(self.channels):
-            raise RigInputError(
-                ErrorCode.BAD_FIELD,
-                f"rates has {len(rates)} channel(s) but this thread scores channel {max(self.channels)}",
-            )
+        needed = max(self.channels) + 1
+        if len(rates) < needed:
+            raise RigInputError(ErrorCode.BAD_FIELD,
+                                f"rates has {len(rates)} channel(s) but this thread scores channel {needed - 1}")
 
-    def __call__(self, rates: np.ndarray) -> np.ndarray:
-        """Scores for rates of shape (n_presentations, n_channels); NaN where a channel is missing."""
-        rates = np.asarray(rates, dtype=float).reshape(len(rates), -1)
-        return COMBINE[self.combine](rates[:, list(self.channels)], axis=1)
+    def score_generation(self, presentations: Mapping[str, Sequence[tuple[Sequence, Sequence | None]]],
+                         references: set[str] | frozenset[str]) -> dict[str, float]:
+        """Each stimulus's score from its presentations ``(rates, baseline_rates or None)``.
+
+        ``references`` are the reference stimuli among them (for reference baselines); a stimulus
+        with no finite score is NaN.
+        """
+        owners, rates, baselines = [], [], []
+        for stimulus_id, shown in presentations.items():
+            for rate_row, baseline_row in shown:
+                owners.append(stimulus_id)
+                rates.append([np.nan if r is None else r for r in rate_row])
+                baselines.append([np.nan] * len(rate_row) if baseline_row is None else baseline_row)
+        if not owners:
+            return {}
+        width = max(len(row) for row in rates)
+        rates_array = np.array([row + [np.nan] * (width - len(row)) for row in rates], dtype=float)
+        baseline_array = np.array([list(row) + [np.nan] * (width - len(row)) for row in baselines], dtype=float)
+        is_reference = np.array([owner in references for owner in owners])
+        values = self(Context.of(rates_array, baseline_array, is_reference))
+        by_stimulus: dict[str, list[float]] = {}
+        for owner, value in zip(owners, values, strict=True):
+            by_stimulus.setdefault(owner, []).append(value)
+        return {stimulus_id: _finite_mean(v) for stimulus_id, v in by_stimulus.items()}
 
     def score(self, rates: Sequence[float | None]) -> float:
-        """One presentation's score from its stored rates (None, JSON's NaN, counts as missing)."""
-        return float(self([[np.nan if r is None else r for r in rates]])[0])
+        """One presentation on its own (``zscore`` and reference baselines need a generation: NaN)."""
+        row = np.array([[np.nan if r is None else r for r in rates]], dtype=float)
+        return float(self(Context.of(row, np.full_like(row, np.nan), np.array([False])))[0])
 
-    def mean_score(self, presentations: Sequence[Sequence[float | None]] | None) -> float:
-        """A stimulus's score: the mean over its presentations that scored; NaN if none did."""
-        scores = np.array([self.score(rates) for rates in presentations or ()])
-        finite = scores[np.isfinite(scores)]
-        return float(finite.mean()) if finite.size else float("nan")
+
+def _finite_mean(values: Sequence[float]) -> float:
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def _lift(value: Objective | float) -> Objective:
+    if isinstance(value, Objective):
+        return value
+    if isinstance(value, int | float):
+        return Constant(float(value))
+    raise TypeError(f"cannot combine an objective with {type(value).__name__}")
+
+
+@dataclass(frozen=True)
+class Rate(Objective):
+    channel: int
+
+    def __call__(self, ctx: Context) -> np.ndarray:
+        if self.channel >= ctx.rates.shape[1]:
+            return np.full(len(ctx.rates), np.nan)
+        return ctx.rates[:, self.channel]
+
+    @property
+    def channels(self) -> frozenset[int]:
+        return frozenset({self.channel})
+
+
+@dataclass(frozen=True)
+class Constant(Objective):
+    value: float
+
+    def __call__(self, ctx: Context) -> np.ndarray:
+        return np.full(len(ctx.rates), self.value)
+
+    @property
+    def channels(self) -> frozenset[int]:
+        return frozenset()
+
+
+@dataclass(frozen=True)
+class Scaled(Objective):
+    factor: float
+    inner: Objective
+
+    def __call__(self, ctx: Context) -> np.ndarray:
+        return self.factor * self.inner(ctx)
+
+    @property
+    def channels(self) -> frozenset[int]:
+        return self.inner.channels
+
+
+@dataclass(frozen=True)
+class Sum(Objective):
+    terms: tuple[Objective, ...]
+
+    def __call__(self, ctx: Context) -> np.ndarray:
+        return np.sum([term(ctx) for term in self.terms], axis=0)
+
+    @property
+    def channels(self) -> frozenset[int]:
+        return frozenset().union(*(term.channels for term in self.terms))
+
+
+@dataclass(frozen=True)
+class Mean(Sum):
+    def __call__(self, ctx: Context) -> np.ndarray:
+        return super().__call__(ctx) / len(self.terms)
+
+
+@dataclass(frozen=True)
+class Baseline(Objective):
+    """``inner`` on rates minus the presentation's baseline (else the generation's reference mean)."""
+
+    inner: Objective
+
+    def __call__(self, ctx: Context) -> np.ndarray:
+        baseline = np.where(np.isnan(ctx.baselines), ctx.reference_mean, ctx.baselines)
+        return self.inner(replace(ctx, rates=ctx.rates - baseline))
+
+    @property
+    def channels(self) -> frozenset[int]:
+        return self.inner.channels
+
+
+@dataclass(frozen=True)
+class ZScore(Objective):
+    """``inner`` on rates z-scored per channel across the generation (NaN for a constant channel)."""
+
+    inner: Objective
+
+    def __call__(self, ctx: Context) -> np.ndarray:
+        with np.errstate(all="ignore"):
+            std = np.where(ctx.std > 0, ctx.std, np.nan)
+            return self.inner(replace(ctx, rates=(ctx.rates - ctx.mean) / std))
+
+    @property
+    def channels(self) -> frozenset[int]:
+        return self.inner.channels
+
+
+def rate(channel: int) -> Rate:
+    return Rate(channel)
+
+
+def _terms(args: tuple) -> tuple[Objective, ...]:
+    if not args:
+        raise ValueError("sum() and mean() need at least one term")
+    return tuple(Rate(a) if isinstance(a, int) else _lift(a) for a in args)
+
+
+FUNCTIONS = {
+    "rate": rate,
+    "sum": lambda *args: Sum(_terms(args)),
+    "mean": lambda *args: Mean(_terms(args)),
+    "baseline": Baseline,
+    "zscore": ZScore,
+}
+MAX_EXPRESSION_NODES = 200
+
+
+def parse(expression: str) -> Objective:
+    """An objective from its expression (``rate``, ``sum``, ``mean``, ``baseline``, ``zscore``, numbers,
+    ``+ - *``); ``ValueError`` naming what is not allowed. Nothing is evaluated by Python."""
+    try:
+        tree = ast.parse(expression, mode="eval")
+    except SyntaxError as error:
+        raise ValueError(f"objective expression {expression!r} is not valid: {error.msg}") from None
+    if sum(1 for _ in ast.walk(tree)) > MAX_EXPRESSION_NODES:
+        raise ValueError(f"objective expression is longer than {MAX_EXPRESSION_NODES} parts")
+    result = _build(tree.body)
+    if not isinstance(result, Objective):
+        raise ValueError(f"objective expression {expression!r} is a number, not an objective; use rate(CHANNEL)")
+    if not result.channels:
+        raise ValueError(f"objective expression {expression!r} reads no channel")
+    return result
+
+
+def _build(node: ast.AST):
+    allowed = f"allowed: {', '.join(FUNCTIONS)}(...), numbers, + - *"
+    if isinstance(node, ast.Constant) and isinstance(node.value, int | float) and not isinstance(node.value, bool):
+        return node.value
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return -_build(node.operand)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add | ast.Sub | ast.Mult):
+        left, right = _build(node.left), _build(node.right)
+        if isinstance(node.op, ast.Mult) and isinstance(left, Objective) and isinstance(right, Objective):
+            raise ValueError("objectives multiply by numbers only (weights), not by each other")
+        try:
+            return {ast.Add: lambda: left + right, ast.Sub: lambda: left - right,
+                    ast.Mult: lambda: left * right}[type(node.op)]()
+        except TypeError as error:
+            raise ValueError(str(error)) from None
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in FUNCTIONS \
+            and not node.keywords:
+        args = [_build(arg) for arg in node.args]
+        name = node.func.id
+        if name == "rate":
+            if len(args) != 1 or not isinstance(args[0], int) or args[0] < 0:
+                raise ValueError("rate() takes one channel number >= 0, e.g. rate(5)")
+        elif name in ("baseline", "zscore"):
+            if len(args) != 1 or not isinstance(args[0], Objective):
+                raise ValueError(f"{name}() takes one objective, e.g. {name}(rate(5))")
+        elif any(isinstance(a, float) or (isinstance(a, int) and a < 0) for a in args):
+            raise ValueError(f"{name}() takes objectives or channel numbers >= 0")
+        return FUNCTIONS[name](*args)
+    raise ValueError(f"{ast.unparse(node)!r} is not allowed in an objective expression; {allowed}")

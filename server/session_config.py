@@ -30,9 +30,9 @@ class ConfigError(ServerError, ValueError):
     """A session configuration that cannot be used; the message names the field."""
 
 
-def _check_registered(kind: str, name: str, names: list[str]) -> str:
+def _check_registered(kind: str, name: str, names: list[str], note: str = "") -> str:
     if name not in names:
-        raise ValueError(f"unknown {kind} {name!r}; available: {', '.join(sorted(names))}")
+        raise ValueError(f"unknown {kind} {name!r}; registered: {', '.join(sorted(names))}{note}")
     return name
 
 
@@ -55,17 +55,44 @@ class ReferenceConfig(_Strict):
 
 
 class ObjectiveConfig(_Strict):
-    """Which recorded channels the thread maximises, and how their rates combine into one score."""
+    """What a thread maximises: channels combined by ``mean``/``sum``, or an objective expression
+    (``server.objectives``: ``rate``, ``sum``, ``mean``, ``baseline``, ``zscore``, numbers, ``+ - *``)."""
 
-    channels: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)
+    channels: list[Annotated[int, Field(ge=0)]] | None = Field(None, min_length=1)
     combine: Literal["mean", "sum"] = "mean"
+    expression: str | None = Field(None, min_length=1, max_length=2000,
+                                   description='e.g. "zscore(rate(5)) - 0.5 * baseline(rate(17))"')
 
     @field_validator("channels")
     @classmethod
-    def _unique_channels(cls, channels: list[int]) -> list[int]:
-        if len(set(channels)) != len(channels):
+    def _unique_channels(cls, channels: list[int] | None) -> list[int] | None:
+        if channels is not None and len(set(channels)) != len(channels):
             raise ValueError(f"channels repeat: {channels}")
         return channels
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ObjectiveConfig:
+        if (self.channels is None) == (self.expression is None):
+            raise ValueError('give either "channels" (with "combine") or "expression", not both or neither')
+        if self.expression is not None:
+            from server.objectives import parse
+
+            parse(self.expression)
+        return self
+
+    def build(self):
+        """The ``server.objectives.Objective`` these settings name."""
+        from server import objectives
+
+        if self.expression is not None:
+            return objectives.parse(self.expression)
+        terms = tuple(objectives.Rate(c) for c in self.channels)
+        return objectives.Mean(terms) if self.combine == "mean" else objectives.Sum(terms)
+
+    @property
+    def n_channels(self) -> int:
+        """How many channels a rig must announce for this objective."""
+        return max(self.build().channels) + 1
 
 
 class ManifoldConfig(_Strict):
@@ -91,6 +118,10 @@ class ThreadConfig(_Strict):
     optimizer: str | None = Field(
         None, description=f"Required for evolutions; manifold threads take none (theirs is {FIXED_DESIGN!r}).")
     optimizer_params: dict[str, Any] = Field(default_factory=dict)
+    weights: str | None = Field(
+        None, min_length=1, max_length=1000,
+        description="The generator's weights file or folder on the server; default: ACTMAX_WEIGHTS_DIR/<generator>/, "
+        "then the generator's standard locations.")
     manifold: ManifoldConfig | None = Field(None, description="Required for manifold threads.")
     objective: ObjectiveConfig
     seed: int | None = Field(
@@ -102,7 +133,8 @@ class ThreadConfig(_Strict):
     @field_validator("generator")
     @classmethod
     def _known_generator(cls, name: str) -> str:
-        return _check_registered("generator", name, generators.available())
+        return _check_registered("generator", name, generators.available(),
+                                 " (GET /generators or `actmax weights list` says which have weights)")
 
     @field_validator("optimizer")
     @classmethod

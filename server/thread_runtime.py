@@ -42,6 +42,7 @@ class InFlight:
     number: int
     codes: np.ndarray
     stimulus_ids: list[str]  # synthetic stimuli in code order
+    objective: Objective  # the thread's objective when the generation was asked (a retarget applies after)
     batch_id: str | None = None  # None: the current round still has to be sent
     awaiting: set[str] = field(default_factory=set)  # stimuli of the last batch not answered yet
     rounds: int = 0
@@ -59,16 +60,16 @@ class ThreadRuntime:
     window_ms: tuple[float, float]
     repeats: int
     n_generations: int
-    objective: Objective
     generator: Any
     optimizer: optimizers.Optimizer
     reference_ids: list[str]
     first_generation: int
     inflight: InFlight | None = None
+    paused: bool = False  # finish (score and tell) the generation in flight, start no new one
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
-def build_runtime(db: DBSession, thread_id: int, load_generator: Callable[[str], Any],
+def build_runtime(db: DBSession, thread_id: int, load_generator: Callable[[str, str | None], Any],
                   archive: ImageArchive) -> ThreadRuntime:
     """Rebuild a running thread: its settings, the optimizer after its last tell, its pending generation.
 
@@ -78,7 +79,7 @@ def build_runtime(db: DBSession, thread_id: int, load_generator: Callable[[str],
     session = thread.session
     session_config = SessionConfig.model_validate(session.config_json)
     config = session_config.thread(thread.name)
-    generator = load_generator(config.generator)
+    generator = load_generator(config.generator, config.weights)
     thread.generator_version = generator.version
     optimizer = create_optimizer(db, thread, config, generator)
     last = queries.last_complete_generation(db, thread_id)
@@ -88,13 +89,13 @@ def build_runtime(db: DBSession, thread_id: int, load_generator: Callable[[str],
     runtime = ThreadRuntime(
         id=thread.id, session_id=session.id, rig=session.rig, seed=config.seed,
         window_ms=(float(window[0]), float(window[1])), repeats=config.repeats,
-        n_generations=config.n_generations, objective=Objective.from_config(config.objective),
+        n_generations=config.n_generations,
         generator=generator, optimizer=optimizer, reference_ids=ensure_references(db, session, session_config, archive),
         first_generation=0 if last is None else last.number + 1,
     )
     pending = queries.pending_generation(db, thread_id)
     if pending is not None:
-        runtime.inflight = resume_pending(runtime, pending)
+        runtime.inflight = resume_pending(runtime, pending, pending.objective_json or thread.objective_json)
     return runtime
 
 
@@ -113,7 +114,7 @@ def optimizer_params(name: str, generator, user: dict) -> dict:
     return {**defaults, **user}
 
 
-def resume_pending(runtime: ThreadRuntime, pending: Generation) -> InFlight:
+def resume_pending(runtime: ThreadRuntime, pending: Generation, objective: dict) -> InFlight:
     """Re-ask the restored optimizer; it must return exactly the codes stored before the crash."""
     codes = runtime.optimizer.ask()
     stored = decode_codes(pending.codes, pending.n_stimuli)
@@ -123,7 +124,7 @@ def resume_pending(runtime: ThreadRuntime, pending: Generation) -> InFlight:
             "codes than were stored; the optimizer state in the database is inconsistent"
         )
     ids = [s.id for s in pending.stimuli if s.kind == StimulusKind.SYNTHETIC]
-    return InFlight(pending.id, pending.number, stored, ids)
+    return InFlight(pending.id, pending.number, stored, ids, Objective.from_config(objective))
 
 
 def ensure_references(db: DBSession, session: Session, config: SessionConfig, archive: ImageArchive) -> list[str]:

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session as DBSession
 
 from server.api.schemas import Page
 from server.store.archive import ImageArchive
+from server.weights import GeneratorCache
 
 Model = TypeVar("Model")
 
@@ -29,6 +30,9 @@ class EngineWaker(Protocol):
 
     def wake(self) -> None: ...
 
+    def rig_channel_count(self, rig: str) -> int | None:
+        """The channels a connected rig announced in HELLO; None when it is not connected."""
+
 
 def get_db(request: Request) -> Iterator[DBSession]:
     with request.app.state.sessionmaker() as db:
@@ -43,6 +47,16 @@ def get_wake(request: Request) -> Callable[[], None]:
     """The engine's ``wake`` if the app has an engine, else a no-op."""
     engine: EngineWaker | None = request.app.state.engine
     return engine.wake if engine is not None else lambda: None
+
+
+def get_rig_channels(request: Request) -> Callable[[str], int | None]:
+    """The engine's ``rig_channel_count`` (no engine: no rig is connected)."""
+    engine: EngineWaker | None = request.app.state.engine
+    return engine.rig_channel_count if engine is not None else lambda rig: None
+
+
+def get_generators(request: Request) -> GeneratorCache:
+    return request.app.state.generators
 
 
 _bearer = HTTPBearer(auto_error=False, description="The server's ACTMAX_TOKEN.")
@@ -82,3 +96,11 @@ Offset = Annotated[int, Query(ge=0)]
 Limit = Annotated[int, Query(ge=1, le=1000)]
 Archive = Annotated[ImageArchive, Depends(get_archive)]
 Wake = Annotated[Callable[[], None], Depends(get_wake)]
+RigChannels = Annotated[Callable[[str], int | None], Depends(get_rig_channels)]
+Generators = Annotated[GeneratorCache, Depends(get_generators)]
+
+
+def refuse(problems: list) -> None:
+    """A 422 shaped like FastAPI's own (``detail``: one item per problem, with its field path)."""
+    if problems:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, [problem.to_json() for problem in problems])

@@ -7,6 +7,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from server.session_config import ObjectiveConfig
 from server.store.models import (
     EventLevel,
     GenerationStatus,
@@ -60,12 +61,27 @@ class ThreadRead(_FromORM):
     seed: int
     n_generations: int
     repeats: int
-    status: ThreadStatus
+    status: ThreadStatus = Field(description="running, waiting_for_rig, blocked, paused, stopped, finished or failed.")
+    last_error: str | None = Field(description="The latest refusal of its rig's results, block or failure.")
     created_at: datetime
 
 
 class SessionWithThreads(SessionRead):
     threads: list[ThreadRead]
+
+
+class GeneratorRead(BaseModel):
+    name: str
+    found: bool = Field(description="Whether its weights load from where the server looks.")
+    source: str = Field(description='ACTMAX_WEIGHTS_DIR/<name> when that folder exists, else "standard locations".')
+    weights_sha256: str | None
+    problem: str | None = Field(description="Why it does not load, with every path tried.")
+
+
+class Retarget(BaseModel):
+    """``POST /threads/{id}/retarget``: the thread's new objective (``session_config.md``, objective)."""
+
+    objective: ObjectiveConfig
 
 
 class GenerationSummary(_FromORM):
@@ -81,6 +97,8 @@ class GenerationSummary(_FromORM):
     mean_score: float | None
     max_score: float | None
     reference_mean: float | None
+    objective: dict[str, Any] | None = Field(validation_alias="objective_json",
+                                             description="The thread's objective this generation was scored with.")
     asked_at: datetime
     completed_at: datetime | None
 

@@ -91,14 +91,22 @@ class UTCDateTime(TypeDecorator):
 
 class SessionStatus(enum.StrEnum):
     ACTIVE = "active"
-    STOPPED = "stopped"
+    STOPPED = "stopped"  # a user stopped it (every thread stopped)
+    FINISHED = "finished"  # every thread ended on its own (finished, stopped or failed)
 
 
 class ThreadStatus(enum.StrEnum):
     RUNNING = "running"
+    WAITING_FOR_RIG = "waiting_for_rig"  # its session's rig is not connected; starts when it is
+    BLOCKED = "blocked"  # the rig announced too few channels for the objective (``last_error`` says)
     PAUSED = "paused"
     STOPPED = "stopped"
     FINISHED = "finished"
+    FAILED = "failed"  # the engine could not go on (``last_error`` says why)
+
+
+LIVE_THREAD_STATUSES = frozenset({ThreadStatus.RUNNING, ThreadStatus.WAITING_FOR_RIG, ThreadStatus.BLOCKED})
+ENDED_THREAD_STATUSES = frozenset({ThreadStatus.STOPPED, ThreadStatus.FINISHED, ThreadStatus.FAILED})
 
 
 class GenerationStatus(enum.StrEnum):
@@ -178,6 +186,7 @@ class Thread(Base):
     n_generations: Mapped[int] = mapped_column(Integer)
     repeats: Mapped[int] = mapped_column(Integer, default=1)
     status: Mapped[ThreadStatus] = mapped_column(_status(ThreadStatus), default=ThreadStatus.RUNNING)
+    last_error: Mapped[str | None] = mapped_column(Text)  # the latest refusal or failure, for REST
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     session: Mapped[Session] = relationship(back_populates="threads")
@@ -205,6 +214,7 @@ class Generation(Base):
     mean_score: Mapped[float | None] = mapped_column(Float)
     max_score: Mapped[float | None] = mapped_column(Float)
     reference_mean: Mapped[float | None] = mapped_column(Float)
+    objective_json: Mapped[dict[str, Any] | None] = mapped_column(JSONValue)  # the thread's objective when asked
     n_scored: Mapped[int] = mapped_column(Integer, default=0)
     asked_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -265,6 +275,7 @@ class Presentation(Base):
     rig: Mapped[str] = mapped_column(String(200))
     onset: Mapped[float] = mapped_column(Float)  # rig clock, unix seconds
     rates_json: Mapped[list[float | None]] = mapped_column(JSONValue)  # one rate per channel
+    baseline_rates_json: Mapped[list[float] | None] = mapped_column(JSONValue)  # protocol 1.1, per channel
     window_start_ms: Mapped[float] = mapped_column(Float)
     window_end_ms: Mapped[float] = mapped_column(Float)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -5,11 +5,13 @@ Every function takes an open ORM session and returns plain values or rows; none 
 
 from __future__ import annotations
 
-import numpy as np
+from dataclasses import dataclass
+
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session as DBSession
 
 from server.store.models import (
+    LIVE_THREAD_STATUSES,
     Batch,
     Generation,
     GenerationStatus,
@@ -23,14 +25,24 @@ from server.store.models import (
 )
 
 
-def running_thread_ids(db: DBSession) -> list[int]:
-    """Threads the user wants running, in sessions still active."""
+@dataclass(frozen=True)
+class LiveThread:
+    """What the engine reconciles for a thread that has not ended, in an active session."""
+
+    id: int
+    status: ThreadStatus
+    rig: str
+    objective: dict
+
+
+def live_threads(db: DBSession) -> list[LiveThread]:
+    """Threads not ended (running, waiting for their rig, blocked or paused) in active sessions."""
     query = (
-        select(Thread.id)
+        select(Thread.id, Thread.status, Session.rig, Thread.objective_json)
         .join(Session, Session.id == Thread.session_id)
-        .where(Thread.status == ThreadStatus.RUNNING, Session.status == SessionStatus.ACTIVE)
+        .where(Thread.status.in_([*LIVE_THREAD_STATUSES, ThreadStatus.PAUSED]), Session.status == SessionStatus.ACTIVE)
     )
-    return list(db.scalars(query))
+    return [LiveThread(*row) for row in db.execute(query)]
 
 
 def thread_named(db: DBSession, session_id: int, name: str) -> Thread:
@@ -77,18 +89,18 @@ def batch_stimulus_ids(db: DBSession, batch: Batch) -> set[str]:
     ))
 
 
-def presentation_rates(db: DBSession, generation_id: int) -> dict[str, list[list[float]]]:
-    """Rates of every presentation made for a generation's batches, by stimulus (missing channels NaN)."""
+def generation_presentations(db: DBSession, generation_id: int) -> dict[str, list[tuple[list, list | None]]]:
+    """``(rates, baseline_rates or None)`` of every presentation made for a generation, by stimulus."""
     rows = db.execute(
-        select(Presentation.stimulus_id, Presentation.rates_json)
+        select(Presentation.stimulus_id, Presentation.rates_json, Presentation.baseline_rates_json)
         .join(Batch, Batch.id == Presentation.batch_id)
         .where(Batch.generation_id == generation_id)
         .order_by(Presentation.id)
     )
-    rates: dict[str, list[list[float]]] = {}
-    for stimulus_id, values in rows:
-        rates.setdefault(stimulus_id, []).append([np.nan if v is None else v for v in values])
-    return rates
+    shown: dict[str, list[tuple[list, list | None]]] = {}
+    for stimulus_id, rates, baseline in rows:
+        shown.setdefault(stimulus_id, []).append((rates, baseline))
+    return shown
 
 
 def presentation_counts(db: DBSession, generation_id: int) -> dict[str, int]:

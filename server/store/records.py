@@ -13,10 +13,11 @@ from sqlalchemy import select
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session as DBSession
 
-from server.session_config import MAX_SEED, SessionConfig
+from server.session_config import MAX_SEED, ObjectiveConfig, SessionConfig, ThreadConfig
 from server.store import queries
 from server.store.archive import ArchivedImage
 from server.store.models import (
+    ENDED_THREAD_STATUSES,
     Batch,
     BatchStatus,
     Event,
@@ -25,6 +26,7 @@ from server.store.models import (
     GenerationStatus,
     Presentation,
     Session,
+    SessionStatus,
     Stimulus,
     StimulusKind,
     Thread,
@@ -44,6 +46,7 @@ class PresentationRecord:
     rates: list[float]
     window_start_ms: float
     window_end_ms: float
+    baseline_rates: list[float] | None = None  # protocol 1.1
 
 
 def log_event(
@@ -66,15 +69,32 @@ def log_event(
     return event
 
 
+def _with_seed(thread: ThreadConfig) -> ThreadConfig:
+    """The thread with its seed drawn if it was left None."""
+    return thread if thread.seed is not None else thread.model_copy(update={"seed": secrets.randbelow(MAX_SEED + 1)})
+
+
+def _thread_row(thread: ThreadConfig) -> Thread:
+    return Thread(
+        name=thread.name,
+        kind=thread.kind,
+        generator=thread.generator,
+        optimizer=thread.optimizer,
+        optimizer_params_json=thread.optimizer_params,
+        objective_json=thread.objective.model_dump(mode="json", exclude_none=True),
+        seed=thread.seed,
+        n_generations=thread.n_generations,
+        repeats=thread.repeats,
+        status=ThreadStatus.RUNNING,
+    )
+
+
 def create_session(db: DBSession, config: SessionConfig) -> Session:
     """Add a session and its threads (status running) from a validated config; not committed.
 
     Seeds left as None are drawn here and recorded both on the thread rows and in ``config_json``.
     """
-    threads = [
-        thread if thread.seed is not None else thread.model_copy(update={"seed": secrets.randbelow(MAX_SEED + 1)})
-        for thread in config.threads
-    ]
+    threads = [_with_seed(thread) for thread in config.threads]
     config = config.model_copy(update={"threads": threads})
     session = Session(
         name=config.name,
@@ -83,21 +103,7 @@ def create_session(db: DBSession, config: SessionConfig) -> Session:
         array=config.array,
         notes=config.notes,
         config_json=config.model_dump(mode="json"),
-        threads=[
-            Thread(
-                name=thread.name,
-                kind=thread.kind,
-                generator=thread.generator,
-                optimizer=thread.optimizer,
-                optimizer_params_json=thread.optimizer_params,
-                objective_json=thread.objective.model_dump(mode="json"),
-                seed=thread.seed,
-                n_generations=thread.n_generations,
-                repeats=thread.repeats,
-                status=ThreadStatus.RUNNING,
-            )
-            for thread in threads
-        ],
+        threads=[_thread_row(thread) for thread in threads],
     )
     db.add(session)
     db.flush()
@@ -108,6 +114,74 @@ def create_session(db: DBSession, config: SessionConfig) -> Session:
         session_id=session.id,
     )
     return session
+
+
+def add_thread(db: DBSession, session: Session, config: SessionConfig) -> Thread:
+    """Add ``config``'s last thread to ``session`` (config = the stored one plus it); reopens a finished session."""
+    thread = _with_seed(config.threads[-1])
+    config = config.model_copy(update={"threads": [*config.threads[:-1], thread]})
+    row = _thread_row(thread)
+    session.threads.append(row)
+    session.config_json = config.model_dump(mode="json")
+    session.status = SessionStatus.ACTIVE
+    db.flush()
+    log_event(db, "thread.added", f"thread {row.id} {row.name!r} ({row.kind}) added to session {session.id}",
+              thread_id=row.id, session_id=session.id)
+    return row
+
+
+def set_objective(db: DBSession, thread: Thread, objective: ObjectiveConfig) -> int:
+    """Change a thread's objective from its next generation on; returns that generation's number."""
+    pending = queries.pending_generation(db, thread.id)
+    last = queries.last_complete_generation(db, thread.id)
+    from_generation = pending.number + 1 if pending is not None else (0 if last is None else last.number + 1)
+    thread.objective_json = objective.model_dump(mode="json", exclude_none=True)
+    config = SessionConfig.model_validate(thread.session.config_json)
+    threads = [t.model_copy(update={"objective": objective}) if t.name == thread.name else t for t in config.threads]
+    thread.session.config_json = config.model_copy(update={"threads": threads}).model_dump(mode="json")
+    log_event(db, "thread.retargeted",
+              f"thread {thread.id} {thread.name!r} scores {describe_objective(objective)} from generation "
+              f"{from_generation} on", thread_id=thread.id,
+              data={"from_generation": from_generation, "objective": thread.objective_json})
+    return from_generation
+
+
+def describe_objective(objective: ObjectiveConfig) -> str:
+    return objective.expression or f"{objective.combine} of channels {objective.channels}"
+
+
+def end_session_if_done(db: DBSession, session_id: int) -> None:
+    """Mark an active session ``finished`` once every thread has ended (stopped, finished or failed)."""
+    session = db.get(Session, session_id)
+    if session.status == SessionStatus.ACTIVE and all(t.status in ENDED_THREAD_STATUSES for t in session.threads):
+        session.status = SessionStatus.FINISHED
+        log_event(db, "session.finished", f"session {session.id} {session.name!r} finished: every thread ended",
+                  session_id=session.id)
+
+
+def stop_session(db: DBSession, session: Session) -> None:
+    """Stop every thread that has not ended, and the session."""
+    for thread in session.threads:
+        if thread.status not in ENDED_THREAD_STATUSES:
+            thread.status = ThreadStatus.STOPPED
+            log_event(db, "thread.stopped", f"thread {thread.id} {thread.name!r} stopped with its session",
+                      thread_id=thread.id, session_id=session.id)
+    session.status = SessionStatus.STOPPED
+    log_event(db, "session.stopped", f"session {session.id} {session.name!r} stopped", session_id=session.id)
+
+
+def set_thread_error(db: DBSession, thread_id: int, kind: str, message: str, *,
+                     status: ThreadStatus | None = None, level: EventLevel = EventLevel.ERROR,
+                     data: dict[str, Any] | None = None) -> None:
+    """Record a refusal or failure: the thread's ``last_error`` (and status, if given) and an event."""
+    thread = db.get(Thread, thread_id)
+    thread.last_error = message
+    if status is not None:
+        thread.status = status
+    log_event(db, kind, f"thread {thread_id} {thread.name!r}: {message}", level=level, thread_id=thread_id,
+              data=data)
+    if status in ENDED_THREAD_STATUSES:
+        end_session_if_done(db, thread.session_id)
 
 
 def record_presentations(
@@ -149,6 +223,7 @@ def record_presentations(
             "rates_json": list(p.rates),
             "window_start_ms": p.window_start_ms,
             "window_end_ms": p.window_end_ms,
+            "baseline_rates_json": p.baseline_rates,
             "received_at": received_at,
         }
         for p in unique.values()

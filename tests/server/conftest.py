@@ -54,13 +54,17 @@ def db_sessions(db_engine: Engine) -> sessionmaker[DBSession]:
 
 
 class WakeCounter:
-    """A stand-in engine: counts ``wake()`` calls."""
+    """A stand-in engine: counts ``wake()`` calls; ``rigs`` maps connected rig names to their channels."""
 
     def __init__(self) -> None:
         self.wakes = 0
+        self.rigs: dict[str, int] = {}
 
     def wake(self) -> None:
         self.wakes += 1
+
+    def rig_channel_count(self, rig: str) -> int | None:
+        return self.rigs.get(rig)
 
 
 class LiveServer:

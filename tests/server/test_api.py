@@ -81,7 +81,7 @@ def test_create_session_records_threads_and_seeds(client: httpx.Client, live_ser
     assert live_server.engine.wakes == wakes + 1
     assert created["status"] == "active" and created["rig"] == "rig-A"
     a, b = created["threads"]
-    assert (a["name"], a["status"], a["seed"], a["objective"]) == ("a", "running", 7, {"channels": [3], "combine": "mean"})
+    assert (a["name"], a["status"], a["seed"], a["objective"]) == ("a", "waiting_for_rig", 7, {"channels": [3], "combine": "mean"})
     assert isinstance(b["seed"], int)
     assert [t["seed"] for t in created["config"]["threads"]] == [7, b["seed"]]  # drawn seed recorded
 
@@ -160,7 +160,8 @@ def test_thread_state_machine(client: httpx.Client, live_server: LiveServer) -> 
     assert live_server.engine.wakes == wakes + 3  # only successful changes wake the engine
     session_id = client.get(f"/threads/{thread_id}").json()["session_id"]
     events = client.get(f"/sessions/{session_id}/events").json()["items"]
-    assert [e["kind"] for e in events] == ["session.created", "thread.paused", "thread.running", "thread.stopped"]
+    assert [e["kind"] for e in events] == ["session.created", "thread.paused", "thread.running", "thread.stopped",
+                                         "session.finished"]
 
 
 def test_generation_stimulus_and_presentation_reads(client: httpx.Client, live_server: LiveServer) -> None:

@@ -1,18 +1,21 @@
-"""Sessions: list, create from a ``SessionConfig``, read, their threads and events."""
+"""Sessions: list, create (checked before anything is written), read, stop, add a thread, events."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, HTTPException, status
+from pydantic import ValidationError
 from sqlalchemy import select
 
-from server.api.deps import DB, Limit, Offset, Wake, get_or_404, paginate
+from server import admission
+from server.api.deps import DB, Generators, Limit, Offset, RigChannels, Wake, get_or_404, paginate, refuse
 from server.api.schemas import ErrorDetail, EventRead, Page, SessionRead, SessionWithThreads, ThreadRead
-from server.session_config import SessionConfig
-from server.store.models import Event, Session, Thread
-from server.store.records import create_session
+from server.session_config import SessionConfig, ThreadConfig
+from server.store import records
+from server.store.models import Event, Session, SessionStatus, Thread, ThreadStatus
 
 router = APIRouter(prefix="/sessions", tags=["sessions"])
 NOT_FOUND = {404: {"model": ErrorDetail}}
+CONFLICT = {409: {"model": ErrorDetail, "description": "The session is not active."}}
 
 
 @router.get("", response_model=list[SessionRead])
@@ -21,9 +24,17 @@ def list_sessions(db: DB) -> list[Session]:
 
 
 @router.post("", response_model=SessionWithThreads, status_code=status.HTTP_201_CREATED)
-def post_session(config: SessionConfig, db: DB, wake: Wake) -> Session:
-    """Create a session and its threads (status ``running``); the engine starts them for the rig."""
-    session = create_session(db, config)
+def post_session(config: SessionConfig, db: DB, wake: Wake, cache: Generators, rig_channels: RigChannels) -> Session:
+    """Create a session and its threads once every check passes (``422`` naming each field otherwise).
+
+    Threads are ``running`` when the session's rig is connected, else ``waiting_for_rig``.
+    """
+    channels = rig_channels(config.rig)
+    refuse(admission.check_session(config, cache, channels))
+    session = records.create_session(db, config)
+    if channels is None:
+        for thread in session.threads:
+            thread.status = ThreadStatus.WAITING_FOR_RIG
     db.commit()
     wake()
     return session
@@ -34,9 +45,47 @@ def get_session(session_id: int, db: DB) -> Session:
     return get_or_404(db, Session, session_id)
 
 
+@router.post("/{session_id}/stop", response_model=SessionWithThreads, responses={**NOT_FOUND, **CONFLICT})
+def stop_session(session_id: int, db: DB, wake: Wake) -> Session:
+    """Stop every thread that has not ended, and the session (``stopped``, final)."""
+    session = _active(db, session_id, "stop", allow_finished=False)
+    records.stop_session(db, session)
+    db.commit()
+    wake()
+    return session
+
+
 @router.get("/{session_id}/threads", response_model=list[ThreadRead], responses=NOT_FOUND)
 def list_session_threads(session_id: int, db: DB) -> list[Thread]:
     return get_or_404(db, Session, session_id).threads
+
+
+@router.post("/{session_id}/threads", response_model=ThreadRead, status_code=status.HTTP_201_CREATED,
+             responses={**NOT_FOUND, **CONFLICT})
+def add_thread(session_id: int, thread: ThreadConfig, db: DB, wake: Wake, cache: Generators,
+               rig_channels: RigChannels) -> Thread:
+    """Add a thread (e.g. a Manifold map around a finished evolution), checked like a new session's.
+
+    A ``finished`` session becomes ``active`` again; a ``stopped`` one is a ``409``.
+    """
+    session = _active(db, session_id, "add a thread to", allow_finished=True)
+    stored = SessionConfig.model_validate(session.config_json)
+    try:
+        config = SessionConfig.model_validate({**stored.model_dump(mode="json"),
+                                               "threads": [*stored.model_dump(mode="json")["threads"],
+                                                           thread.model_dump(mode="json")]})
+    except ValidationError as error:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY,
+                            [{"type": "value_error", "loc": ["body"], "msg": problem["msg"]}
+                             for problem in error.errors()]) from None
+    channels = rig_channels(session.rig)
+    refuse(admission.check_thread(config.threads[-1], cache, session.rig, channels))
+    row = records.add_thread(db, session, config)
+    if channels is None:
+        row.status = ThreadStatus.WAITING_FOR_RIG
+    db.commit()
+    wake()
+    return row
 
 
 @router.get("/{session_id}/events", response_model=Page[EventRead], responses=NOT_FOUND)
@@ -49,3 +98,12 @@ def list_session_events(
     """The session's event log, oldest first."""
     get_or_404(db, Session, session_id)
     return paginate(db, select(Event).where(Event.session_id == session_id), Event.id, EventRead, offset, limit)
+
+
+def _active(db, session_id: int, action: str, *, allow_finished: bool) -> Session:
+    session = get_or_404(db, Session, session_id)
+    allowed = {SessionStatus.ACTIVE, SessionStatus.FINISHED} if allow_finished else {SessionStatus.ACTIVE}
+    if session.status not in allowed:
+        raise HTTPException(status.HTTP_409_CONFLICT,
+                            f"cannot {action} session {session_id}: it is {session.status.value}")
+    return session

@@ -1,4 +1,4 @@
-"""Threads: read, pause/resume/stop (a small state machine), generations and presentations."""
+"""Threads: read, pause/resume/stop (a small state machine), retarget, generations and presentations."""
 
 from __future__ import annotations
 
@@ -8,18 +8,28 @@ from fastapi import APIRouter, HTTPException, status
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session as DBSession
 
-from server.api.deps import DB, Limit, Offset, Wake, get_or_404, paginate
-from server.api.schemas import ErrorDetail, GenerationSummary, Page, PresentationRead, ThreadRead
-from server.store.models import Batch, Generation, Presentation, Thread, ThreadStatus
-from server.store.records import log_event
+from server.admission import check_objective
+from server.api.deps import DB, Limit, Offset, RigChannels, Wake, get_or_404, paginate, refuse
+from server.api.schemas import ErrorDetail, GenerationSummary, Page, PresentationRead, Retarget, ThreadRead
+from server.store.models import (
+    ENDED_THREAD_STATUSES,
+    LIVE_THREAD_STATUSES,
+    Batch,
+    Generation,
+    Presentation,
+    Thread,
+    ThreadStatus,
+)
+from server.store.records import end_session_if_done, log_event, set_objective
 
 router = APIRouter(prefix="/threads", tags=["threads"], responses={404: {"model": ErrorDetail}})
 
 # action -> (statuses it may start from, status it leads to); everything else is a 409.
+# (The engine moves live threads between running, waiting_for_rig and blocked as their rig comes and goes.)
 TRANSITIONS: dict[str, tuple[frozenset[ThreadStatus], ThreadStatus]] = {
-    "pause": (frozenset({ThreadStatus.RUNNING}), ThreadStatus.PAUSED),
+    "pause": (LIVE_THREAD_STATUSES, ThreadStatus.PAUSED),
     "resume": (frozenset({ThreadStatus.PAUSED}), ThreadStatus.RUNNING),
-    "stop": (frozenset({ThreadStatus.RUNNING, ThreadStatus.PAUSED}), ThreadStatus.STOPPED),
+    "stop": (LIVE_THREAD_STATUSES | {ThreadStatus.PAUSED}, ThreadStatus.STOPPED),
 }
 
 CONFLICT = {409: {"model": ErrorDetail, "description": "The thread's status does not allow this action."}}
@@ -42,6 +52,8 @@ def _transition(db: DBSession, wake: Callable[[], None], thread_id: int, action:
     log_event(
         db, f"thread.{target.value}", f"thread {thread_id} {thread.name!r} {target.value} via REST", thread_id=thread_id
     )
+    if target == ThreadStatus.STOPPED:
+        end_session_if_done(db, thread.session_id)
     db.commit()
     db.refresh(thread)
     wake()
@@ -55,20 +67,37 @@ def get_thread(thread_id: int, db: DB) -> Thread:
 
 @router.post("/{thread_id}/pause", response_model=ThreadRead, responses=CONFLICT)
 def pause_thread(thread_id: int, db: DB, wake: Wake) -> Thread:
-    """running -> paused: the current generation finishes, no new one is asked."""
+    """running, waiting_for_rig or blocked -> paused: the current generation is still scored and told,
+    no new one is asked."""
     return _transition(db, wake, thread_id, "pause")
 
 
 @router.post("/{thread_id}/resume", response_model=ThreadRead, responses=CONFLICT)
 def resume_thread(thread_id: int, db: DB, wake: Wake) -> Thread:
-    """paused -> running."""
+    """paused -> running (the engine makes it waiting_for_rig or blocked if its rig says so)."""
     return _transition(db, wake, thread_id, "resume")
 
 
 @router.post("/{thread_id}/stop", response_model=ThreadRead, responses=CONFLICT)
 def stop_thread(thread_id: int, db: DB, wake: Wake) -> Thread:
-    """running or paused -> stopped (final)."""
+    """Any status but stopped, finished or failed -> stopped (final)."""
     return _transition(db, wake, thread_id, "stop")
+
+
+@router.post("/{thread_id}/retarget", response_model=ThreadRead, responses={**CONFLICT, 422: {}})
+def retarget_thread(thread_id: int, body: Retarget, db: DB, wake: Wake, rig_channels: RigChannels) -> Thread:
+    """Change the thread's objective from its next generation on (an event records that generation's number)."""
+    thread = get_or_404(db, Thread, thread_id)
+    if thread.status in ENDED_THREAD_STATUSES:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"cannot retarget thread {thread_id}: it is {thread.status.value}")
+    rig = thread.session.rig
+    refuse(check_objective(body.objective, rig, rig_channels(rig), ("objective",)))
+    set_objective(db, thread, body.objective)
+    if thread.status == ThreadStatus.BLOCKED:  # the engine re-checks it against the rig
+        thread.status, thread.last_error = ThreadStatus.RUNNING, None
+    db.commit()
+    wake()
+    return thread
 
 
 @router.get("/{thread_id}/generations", response_model=list[GenerationSummary])

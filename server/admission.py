@@ -1,0 +1,68 @@
+"""Checks a session or thread must pass before anything is written, beyond ``SessionConfig``'s own:
+the generator's weights load, the optimizer accepts its hyperparameters, the references exist, and
+the objective's channels are among those the session's rig announced (when it is connected).
+
+Each problem is a ``Problem`` naming the field (the path of a 422 ``detail`` item) and the fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import generators
+import optimizers
+from server.images import check_references
+from server.session_config import ConfigError, ObjectiveConfig, SessionConfig, ThreadConfig
+from server.thread_runtime import optimizer_params
+from server.weights import GeneratorCache
+
+
+@dataclass(frozen=True)
+class Problem:
+    loc: tuple[str | int, ...]
+    msg: str
+
+    def to_json(self) -> dict:
+        return {"type": "value_error", "loc": ["body", *self.loc], "msg": self.msg}
+
+
+def check_session(config: SessionConfig, cache: GeneratorCache, rig_channels: int | None) -> list[Problem]:
+    """Every problem of a new session (empty: it can be created)."""
+    problems = []
+    try:
+        check_references(config.references.source, config.references.count)
+    except ConfigError as error:
+        field, _, message = str(error).partition(": ")
+        problems.append(Problem(("references", field.split(".")[-1]), message))
+    for i, thread in enumerate(config.threads):
+        problems += check_thread(thread, cache, config.rig, rig_channels, ("threads", i))
+    return problems
+
+
+def check_thread(thread: ThreadConfig, cache: GeneratorCache, rig: str, rig_channels: int | None,
+                 loc: tuple[str | int, ...] = ()) -> list[Problem]:
+    """The problems of one thread's settings for a session on ``rig`` (which announced ``rig_channels``)."""
+    problems = check_objective(thread.objective, rig, rig_channels, (*loc, "objective"))
+    try:
+        generator = cache.get(thread.generator, thread.weights)
+    except generators.GeneratorError as error:
+        field = "weights" if thread.weights else "generator"
+        return [*problems, Problem((*loc, field), f"{error}\nTo fix: {cache.setting_hint()}")]
+    if thread.kind == "evolution":
+        params = optimizer_params(thread.optimizer, generator, thread.optimizer_params)
+        try:
+            optimizers.create(thread.optimizer, generator.latent_dim, seed=0, **params)
+        except (ValueError, TypeError) as error:
+            names = ", ".join(optimizers.hyperparameter_names(thread.optimizer))
+            problems.append(Problem((*loc, "optimizer_params"),
+                                    f"{thread.optimizer} refuses these settings: {error} (it takes: {names})"))
+    return problems
+
+
+def check_objective(objective: ObjectiveConfig, rig: str, rig_channels: int | None,
+                    loc: tuple[str | int, ...] = ("objective",)) -> list[Problem]:
+    """A problem if the connected rig announced fewer channels than the objective reads."""
+    if rig_channels is None or objective.n_channels <= rig_channels:
+        return []
+    return [Problem(loc, f"reads channel {objective.n_channels - 1} but rig {rig!r} announced {rig_channels} "
+                         f"channel(s) (0..{rig_channels - 1}); choose channels the rig records")]

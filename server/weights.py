@@ -1,0 +1,76 @@
+"""Where generator weights live, and the one cache of loaded generators (engine and REST share it).
+
+A thread's generator loads its weights from, in order: the thread's own ``weights`` path (a file or
+a folder); ``{ACTMAX_WEIGHTS_DIR}/{generator name}/`` when that folder exists; the generator's
+standard locations (docs/generators.md).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import generators
+
+
+def weights_source(name: str, weights_dir: Path | None, weights: str | None = None) -> Path | None:
+    """What to pass as ``weights=`` to ``generators.load`` (None: the generator's standard locations)."""
+    if weights:
+        return Path(weights).expanduser()
+    if weights_dir is not None and (Path(weights_dir).expanduser() / name).is_dir():
+        return Path(weights_dir).expanduser() / name
+    return None
+
+
+@dataclass(frozen=True)
+class WeightsStatus:
+    """One generator's weights as the server would load them."""
+
+    generator: str
+    found: bool
+    source: str  # the folder or file searched, or "standard locations"
+    sha256: str | None
+    problem: str | None  # why it cannot load, with the paths tried
+
+    def to_json(self) -> dict:
+        return {"name": self.generator, "found": self.found, "source": self.source, "weights_sha256": self.sha256,
+                "problem": self.problem}
+
+
+class GeneratorCache:
+    """Loaded generators by (name, weights source); thread-safe (REST workers and the engine's worker)."""
+
+    def __init__(self, device: str, weights_dir: Path | None):
+        self.device = device
+        self.weights_dir = weights_dir
+        self._loaded: dict[tuple[str, str | None], generators.Generator] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str, weights: str | None = None) -> generators.Generator:
+        """The generator, loaded once; raises ``GeneratorError`` (``WeightsNotFoundError``) naming the paths tried."""
+        source = weights_source(name, self.weights_dir, weights)
+        key = (name, None if source is None else str(source))
+        with self._lock:
+            if key not in self._loaded:
+                self._loaded[key] = generators.load(name, device=self.device, weights=source)
+            return self._loaded[key]
+
+    def status(self, name: str, weights: str | None = None) -> WeightsStatus:
+        """Whether ``name`` loads from where the server looks, and its weights' sha256."""
+        source = weights_source(name, self.weights_dir, weights)
+        where = "standard locations" if source is None else str(source)
+        try:
+            generator = self.get(name, weights)
+        except generators.GeneratorError as error:
+            return WeightsStatus(name, False, where, None, str(error))
+        return WeightsStatus(name, True, where, generator.weights_sha256, None)
+
+    def statuses(self) -> list[WeightsStatus]:
+        return [self.status(name) for name in generators.available()]
+
+    def setting_hint(self) -> str:
+        """Which setting or field points elsewhere (for error messages)."""
+        here = f" (now {self.weights_dir})" if self.weights_dir else ""
+        return ("put the weights in ACTMAX_WEIGHTS_DIR/<generator>/" + here +
+                ", or give the thread a \"weights\" path (a file or folder on the server)")
