@@ -141,22 +141,27 @@ class SimulatedRig:
                  ", ".join(vars(m) and f"{type(m).__name__}{vars(m)}" for m in self.noise.models) or "none")
 
     def respond(self, batch) -> list:
-        """Presentations for a batch (every stimulus, in order) with noisy rates per channel."""
+        """Presentations for a batch (every stimulus, in order) with noisy rates per channel.
+
+        Each stimulus is "shown" when its frame is ready: its onset is stamped then, on this rig's clock.
+        """
         import torch
         import torch.nn.functional as F
 
         from rig_client.client import Presentation
 
-        frames = [torch.tensor(s.image()).permute(2, 0, 1).float().div(255).unsqueeze(0) for s in batch.stimuli]
+        frames, onsets = [], []
+        for stimulus in batch.stimuli:
+            frames.append(torch.tensor(stimulus.image()).permute(2, 0, 1).float().div(255).unsqueeze(0))
+            onsets.append(time.time())
         size = max(f.shape[-1] for f in frames)
         images = torch.cat([F.interpolate(f, size=(size, size), mode="bilinear", antialias=True)
                             if f.shape[-1] != size else f for f in frames])
         rates = self.scorer.score(images)
         rates = self.noise.apply(rates, self.rng, stimulus_ids=[s.stimulus_id for s in batch.stimuli])
-        onset = time.time()
-        return [Presentation(stimulus_id=s.stimulus_id, rates=[float(r) for r in row], onset=onset + 0.25 * i,
+        return [Presentation(stimulus_id=s.stimulus_id, rates=[float(r) for r in row], onset=onset,
                              window_ms=tuple(batch.response_window_ms))
-                for i, (s, row) in enumerate(zip(batch.stimuli, rates))]
+                for s, row, onset in zip(batch.stimuli, rates, onsets, strict=True)]
 
     def run(self) -> None:
         from rig_client.client import RigClient

@@ -31,7 +31,7 @@ def add_parser(subcommands) -> None:
     geometry = analyses.add_parser(
         "geometry", help="metric Hessians of a generator: spectra, homogeneity, eigenvector walks",
         description="Compute the metric Hessian of a generator's image manifold at random codes, and of a "
-        "shuffled-weights control; write summary.json (dims for 99/99.9/99.99%% of the spectrum, "
+        "shuffled-weights control; write summary.json (dims for 99/99.9/99.99% of the spectrum, "
         "homogeneity), spectra.png, homogeneity.png, eigenvector walks and eigenbasis.npz (for hess-cma).")
     geometry.add_argument("generator", help="generator name, e.g. dcgan-faces")
     geometry.add_argument("--out", type=Path, default=Path("actmax-geometry"), help="output folder")

@@ -95,6 +95,18 @@ def stop(process: subprocess.Popen | None, graceful: bool = True, timeout: float
         process.wait()
 
 
+def error_text(response: httpx.Response) -> str:
+    """The server's reason: ``detail`` as one line (``field.path: message; ...`` for a 422), else the body."""
+    try:
+        detail = response.json()["detail"]
+    except (ValueError, KeyError, TypeError):
+        return response.text
+    if isinstance(detail, list):
+        return "; ".join(f"{'.'.join(str(p) for p in item.get('loc', [])[1:]) or '(body)'}: {item.get('msg')}"
+                         for item in detail)
+    return str(detail)
+
+
 class ApiClient:
     """A small authenticated client of the REST API that raises ``ServerError`` with the server's reason."""
 
@@ -111,7 +123,7 @@ class ApiClient:
     def _checked(self, response: httpx.Response):
         if response.is_error:
             raise ServerError(f"{response.request.method} {response.request.url.path}: "
-                              f"HTTP {response.status_code} {response.text}")
+                              f"HTTP {response.status_code}: {error_text(response)}")
         return response.json()
 
     def wait_healthy(self, timeout: float, process: subprocess.Popen | None = None, log_path: Path | None = None):

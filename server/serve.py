@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import socket
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ async def serve(settings) -> None:
     from server.store.db import make_db_engine, make_sessionmaker, upgrade
     from server.transport import Transport
 
+    http_socket = bind_http(settings.http_host, settings.http_port)
     db_engine = make_db_engine(settings.database_url)
     try:
         upgrade(db_engine)
@@ -64,12 +66,26 @@ async def serve(settings) -> None:
             liveness=settings.liveness, max_message_bytes=settings.max_message_bytes,
         )
         engine.transport = transport
-        await _run_until_stopped(settings, create_app(settings, db_sessions, engine=engine), engine, transport)
+        await _run_until_stopped(settings, create_app(settings, db_sessions, engine=engine), engine, transport,
+                                 http_socket)
     finally:
+        http_socket.close()
         db_engine.dispose()
 
 
-async def _run_until_stopped(settings, app, engine, transport) -> None:
+def bind_http(host: str, port: int) -> socket.socket:
+    """The REST listening socket, or a one-line ``ServerError`` if the address is taken (as for ZeroMQ)."""
+    from server import ServerError
+
+    try:
+        sock = socket.create_server((host, port), reuse_port=False)
+    except OSError as exc:
+        raise ServerError(f"cannot serve REST on {host}:{port}: {exc.strerror}; choose a free port (--port) "
+                          "or stop the process that holds it") from None
+    return sock
+
+
+async def _run_until_stopped(settings, app, engine, transport, http_socket) -> None:
     """Serve HTTP in the foreground and the transport and engine loops beside it; stop all three together."""
     import uvicorn
 
@@ -78,7 +94,7 @@ async def _run_until_stopped(settings, app, engine, transport) -> None:
     log.info("serving REST on http://%s:%s, rigs on %s, data in %s",
              settings.http_host, settings.http_port, settings.zmq_endpoint, settings.data_dir)
     try:
-        await http.serve()
+        await http.serve(sockets=[http_socket])
     finally:
         await engine.close()
         await transport.close()

@@ -59,7 +59,8 @@ class GeneratorCache:
     def status(self, name: str, weights: str | None = None) -> WeightsStatus:
         """Whether ``name`` loads from where the server looks, and its weights' sha256."""
         source = weights_source(name, self.weights_dir, weights)
-        where = "standard locations" if source is None else str(source)
+        where = str(source) if source is not None else "standard locations" if self.weights_dir is None else \
+            f"{Path(self.weights_dir).expanduser() / name} (no such folder), then standard locations"
         try:
             generator = self.get(name, weights)
         except generators.GeneratorError as error:

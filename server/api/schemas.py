@@ -101,6 +101,8 @@ class GenerationSummary(_FromORM):
                                              description="The thread's objective this generation was scored with.")
     asked_at: datetime
     completed_at: datetime | None
+    rig_latency_s: float | None = Field(
+        None, description="Mean seconds from sending each of its batches to the rig's first results.")
 
 
 class GenerationRead(GenerationSummary):

@@ -115,3 +115,13 @@ def presentation_counts(db: DBSession, generation_id: int) -> dict[str, int]:
 
 def generation_batches(db: DBSession, generation_id: int) -> list[Batch]:
     return list(db.scalars(select(Batch).where(Batch.generation_id == generation_id)))
+
+
+def rig_latencies(db: DBSession, thread_id: int) -> dict[int, float]:
+    """Per generation of a thread: mean seconds from sending a batch to the rig's first results."""
+    latencies: dict[int, list[float]] = {}
+    rows = db.execute(select(Batch.generation_id, Batch.sent_at, Batch.results_first_at)
+                      .where(Batch.thread_id == thread_id, Batch.results_first_at.is_not(None)))
+    for generation_id, sent, first in rows:
+        latencies.setdefault(generation_id, []).append((first - sent).total_seconds())
+    return {g: sum(v) / len(v) for g, v in latencies.items()}

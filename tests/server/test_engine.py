@@ -161,7 +161,7 @@ def test_unanswered_stimuli_are_requeued_then_scored_nan(live):
         assert {k for k, v in scores.items() if v is None} == dropped
         assert generation.n_scored == 4
         events = db.scalars(select(Event.kind).where(Event.thread_id == thread_id)).all()
-        assert "generation_timed_out" in events
+        assert "generation.timed_out" in events
 
 
 def test_pause_holds_the_next_generation_and_resume_continues(live):

@@ -63,7 +63,7 @@ def test_the_server_survives_a_faulty_rig(tmp_path, endpoint, fault):
         {(pid, sid, bid, tuple(rates)) for pid, sid, bid, rates in stored}
     assert [g.status for g in sorted(generations, key=lambda g: g.number)] == ["complete"] * 3
     if fault[0] == "--drop":
-        assert "round_timed_out" not in events  # `done` let the server re-queue without waiting
+        assert "round.timed_out" not in events  # `done` let the server re-queue without waiting
         assert sum(g.n_scored for g in generations) <= 3 * 6
     if fault[0] == "--disconnect-every":
-        assert events.count("rig_hello") >= 2
+        assert events.count("rig.connected") >= 2

@@ -20,6 +20,7 @@ from server.store.models import (
     Thread,
     ThreadStatus,
 )
+from server.store.queries import rig_latencies
 from server.store.records import end_session_if_done, log_event, set_objective
 
 router = APIRouter(prefix="/threads", tags=["threads"], responses={404: {"model": ErrorDetail}})
@@ -101,8 +102,12 @@ def retarget_thread(thread_id: int, body: Retarget, db: DB, wake: Wake, rig_chan
 
 
 @router.get("/{thread_id}/generations", response_model=list[GenerationSummary])
-def list_thread_generations(thread_id: int, db: DB) -> list[Generation]:
-    return get_or_404(db, Thread, thread_id).generations
+def list_thread_generations(thread_id: int, db: DB) -> list[GenerationSummary]:
+    """The thread's generations in order, each with its rig latency."""
+    generations = get_or_404(db, Thread, thread_id).generations
+    latency = rig_latencies(db, thread_id)
+    return [GenerationSummary.model_validate(g).model_copy(update={"rig_latency_s": latency.get(g.id)})
+            for g in generations]
 
 
 @router.get("/{thread_id}/presentations", response_model=Page[PresentationRead])

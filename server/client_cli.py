@@ -1,0 +1,236 @@
+"""``actmax session|thread``: a command-line client of the REST API (reads ACTMAX_URL and ACTMAX_TOKEN),
+and ``actmax weights list|verify`` (local: where this machine's server finds generator weights)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+ENDED = {"stopped", "finished"}
+
+
+def add_parser(subcommands) -> None:
+    session = subcommands.add_parser(
+        "session", help="create, list, show, stop and watch sessions on a running server",
+        description="Talk to `actmax serve` over REST. The server is ACTMAX_URL (default "
+        f"{DEFAULT_URL}); the token is ACTMAX_TOKEN.")
+    commands = session.add_subparsers(dest="session_command", required=True, metavar="SESSION_COMMAND")
+    create = commands.add_parser("create", help="create a session from a .json, .yaml or .yml config file")
+    create.add_argument("file", type=Path, help="session config (docs/session_config.md)")
+    create.set_defaults(func=create_session)
+    commands.add_parser("list", help="every session, oldest first").set_defaults(func=list_sessions)
+    show = commands.add_parser("show", help="a session and its threads")
+    show.add_argument("id", type=int)
+    show.set_defaults(func=show_session)
+    stop = commands.add_parser("stop", help="stop every thread of a session, and the session")
+    stop.add_argument("id", type=int)
+    stop.set_defaults(func=stop_session)
+    watch = commands.add_parser("watch", help="print each generation as it completes until the session ends")
+    watch.add_argument("id", type=int)
+    watch.add_argument("--interval", type=float, default=1.0, help="seconds between polls (default 1)")
+    watch.set_defaults(func=watch_session)
+
+    thread = subcommands.add_parser("thread", help="pause, resume or retarget a thread on a running server",
+                                    description="Steer one thread over REST (ACTMAX_URL, ACTMAX_TOKEN).")
+    commands = thread.add_subparsers(dest="thread_command", required=True, metavar="THREAD_COMMAND")
+    for action, text in (("pause", "finish the current generation, then wait"), ("resume", "go on"),
+                         ("stop", "stop for good")):
+        command = commands.add_parser(action, help=text)
+        command.add_argument("id", type=int)
+        command.set_defaults(func=thread_action, action=action)
+    retarget = commands.add_parser("retarget", help="change the objective from the next generation on")
+    retarget.add_argument("id", type=int)
+    target = retarget.add_mutually_exclusive_group(required=True)
+    target.add_argument("--channels", type=int, nargs="+", metavar="CHANNEL", help="channels to maximise")
+    target.add_argument("--expression", help='an objective expression, e.g. "zscore(rate(5)) - 0.5 * rate(2)"')
+    retarget.add_argument("--combine", choices=("mean", "sum"), default="mean", help="with --channels (default mean)")
+    retarget.set_defaults(func=retarget_thread)
+
+    weights = subcommands.add_parser(
+        "weights", help="list or verify generator weights on this machine",
+        description="Where each generator's weights are looked for (ACTMAX_WEIGHTS_DIR/<generator>/, then the "
+        "generator's standard locations), whether they were found, and their sha256.")
+    commands = weights.add_subparsers(dest="weights_command", required=True, metavar="WEIGHTS_COMMAND")
+    commands.add_parser("list", help="every generator: where it looks, found or missing, sha256").set_defaults(
+        func=list_weights)
+    verify = commands.add_parser("verify", help="load each generator and render an image; non-zero exit if any fails")
+    verify.add_argument("names", nargs="*", metavar="GENERATOR", help="generators to verify (default: all)")
+    verify.set_defaults(func=verify_weights)
+
+
+# ---------------------------------------------------------------------------- REST client
+def api():
+    """The REST client of ACTMAX_URL with ACTMAX_TOKEN (a one-line error when the token is missing)."""
+    from server import ServerError
+    from server.launch import ApiClient
+
+    token = os.environ.get("ACTMAX_TOKEN")
+    if not token:
+        raise ServerError("no API token: set ACTMAX_TOKEN to the server's token")
+    return ApiClient(os.environ.get("ACTMAX_URL", DEFAULT_URL).rstrip("/"), token)
+
+
+def call(method: str, path: str, body: dict | None = None):
+    import httpx
+
+    from server import ServerError
+
+    client = api()
+    try:
+        return client.get(path) if method == "GET" else client.post(path, body)
+    except httpx.TransportError as exc:
+        raise ServerError(f"cannot reach the server at {client.url}: {exc}; is `actmax serve` running? "
+                          "(set ACTMAX_URL)") from None
+    finally:
+        client.close()
+
+
+def read_config(path: Path) -> dict:
+    import yaml
+
+    from server import ServerError
+
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text) if path.suffix.lower() in (".yaml", ".yml") else json.loads(text)
+    except OSError as exc:
+        raise ServerError(f"cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:  # JSON and YAML errors
+        raise ServerError(f"{path} is not valid {path.suffix.lstrip('.').upper() or 'JSON'}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ServerError(f"{path}: a session config is a mapping (name, rig, threads, ...)")
+    return data
+
+
+def print_threads(threads: list[dict]) -> None:
+    print(f"  {'thread':>6}  {'name':<20} {'kind':<10} {'status':<16} last error")
+    for t in threads:
+        print(f"  {t['id']:>6}  {t['name']:<20} {t['kind']:<10} {t['status']:<16} {t.get('last_error') or ''}")
+
+
+def create_session(args) -> int:
+    session = call("POST", "/sessions", read_config(args.file))
+    print(f"session {session['id']} {session['name']!r} created for rig {session['rig']!r}")
+    print_threads(session["threads"])
+    return 0
+
+
+def list_sessions(args) -> int:
+    print(f"{'id':>4}  {'name':<30} {'rig':<16} {'status':<9} created")
+    for s in call("GET", "/sessions"):
+        print(f"{s['id']:>4}  {s['name']:<30} {s['rig']:<16} {s['status']:<9} {s['created_at']}")
+    return 0
+
+
+def show_session(args) -> int:
+    session = call("GET", f"/sessions/{args.id}")
+    print(f"session {session['id']} {session['name']!r} on rig {session['rig']!r}: {session['status']}")
+    print_threads(session["threads"])
+    return 0
+
+
+def stop_session(args) -> int:
+    session = call("POST", f"/sessions/{args.id}/stop")
+    print(f"session {session['id']} {session['status']}")
+    print_threads(session["threads"])
+    return 0
+
+
+def thread_action(args) -> int:
+    thread = call("POST", f"/threads/{args.id}/{args.action}")
+    print(f"thread {thread['id']} {thread['name']!r}: {thread['status']}")
+    return 0
+
+
+def retarget_thread(args) -> int:
+    objective = {"expression": args.expression} if args.expression else \
+        {"channels": args.channels, "combine": args.combine}
+    thread = call("POST", f"/threads/{args.id}/retarget", {"objective": objective})
+    print(f"thread {thread['id']} {thread['name']!r} objective {thread['objective']} from its next generation")
+    return 0
+
+
+def _number(value) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
+def watch_session(args) -> int:
+    """A line per completed generation (per thread) and per thread status change, until the session ends."""
+    shown: set[int] = set()
+    statuses: dict[int, str] = {}
+    print(f"{'thread':<20} {'gen':>4} {'mean':>9} {'max':>9} {'ref mean':>9} {'latency s':>9}", flush=True)
+    while True:
+        session = call("GET", f"/sessions/{args.id}")
+        for thread in session["threads"]:
+            for g in call("GET", f"/threads/{thread['id']}/generations"):
+                if g["status"] == "complete" and g["id"] not in shown:
+                    shown.add(g["id"])
+                    print(f"{thread['name']:<20} {g['number']:>4} {_number(g['mean_score']):>9} "
+                          f"{_number(g['max_score']):>9} {_number(g['reference_mean']):>9} "
+                          f"{_number(g.get('rig_latency_s')):>9}", flush=True)
+            if statuses.get(thread["id"]) != thread["status"]:
+                statuses[thread["id"]] = thread["status"]
+                error = f" ({thread['last_error']})" if thread.get("last_error") else ""
+                print(f"{thread['name']:<20} {thread['status']}{error}", flush=True)
+        if session["status"] in ENDED:
+            print(f"session {session['id']} {session['status']}", flush=True)
+            return 0
+        time.sleep(args.interval)
+
+
+# ---------------------------------------------------------------------------- weights
+def _cache():
+    from server.settings import Settings
+    from server.weights import GeneratorCache
+
+    settings = Settings()
+    return GeneratorCache("cpu", settings.weights_dir)
+
+
+def list_weights(args) -> int:
+    from tqdm import tqdm
+
+    import generators
+
+    cache = _cache()
+    statuses = [cache.status(name) for name in tqdm(generators.available(), desc="loading", leave=False)]
+    print(f"{'generator':<18} {'weights':<8} {'sha256':<64} looks in")
+    for s in statuses:
+        print(f"{s.generator:<18} {'found' if s.found else 'MISSING':<8} {s.sha256 or '-':<64} {s.source}")
+        if s.problem:
+            print("    " + s.problem.replace("\n", "\n    "))
+    return 0
+
+
+def verify_weights(args) -> int:
+    import numpy as np
+    from tqdm import tqdm
+
+    import generators
+
+    unknown = sorted(set(args.names) - set(generators.available()))
+    if unknown:
+        print(f"actmax weights verify: unknown generator(s) {', '.join(unknown)}; registered: "
+              f"{', '.join(generators.available())}", file=sys.stderr)
+        return 2
+    cache, failed = _cache(), []
+    for name in tqdm(args.names or generators.available(), desc="verifying", leave=False):
+        status = cache.status(name)
+        if status.found:
+            generator = cache.get(name)
+            image = generator.generate(generator.sample(1, np.random.default_rng(0)))
+            if not bool(np.isfinite(image.detach().cpu().numpy()).all()):
+                status = status.__class__(name, False, status.source, status.sha256, "rendered non-finite pixels")
+        print(f"{name:<18} {'ok' if status.found else 'FAILED':<7} {status.sha256 or status.problem.splitlines()[0]}")
+        if not status.found:
+            failed.append(name)
+    if failed:
+        print(f"actmax weights verify: {len(failed)} generator(s) cannot be used: {', '.join(failed)}; "
+              "`actmax weights list` says where each looks", file=sys.stderr)
+        return 1
+    return 0
