@@ -3,7 +3,6 @@ and ``actmax weights list|verify`` (local: where this machine's server finds gen
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys

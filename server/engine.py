@@ -303,6 +303,7 @@ class Engine:
         with self._db.begin() as db:
             generation, ids = records.add_generation(db, runtime.session_id, runtime.id, runtime.optimizer.generation,
                                                      codes, images, runtime.generator.provenance)
+            # Read after the insert took the write lock, so a concurrent retarget is wholly before or after.
             generation.objective_json = db.get(Thread, runtime.id).objective_json
             return InFlight(generation.id, generation.number, codes, ids, Objective.from_config(generation.objective_json))
 

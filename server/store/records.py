@@ -131,14 +131,19 @@ def add_thread(db: DBSession, session: Session, config: SessionConfig) -> Thread
 
 
 def set_objective(db: DBSession, thread: Thread, objective: ObjectiveConfig) -> int:
-    """Change a thread's objective from its next generation on; returns that generation's number."""
-    pending = queries.pending_generation(db, thread.id)
-    last = queries.last_complete_generation(db, thread.id)
-    from_generation = pending.number + 1 if pending is not None else (0 if last is None else last.number + 1)
+    """Change a thread's objective from its next generation on; returns that generation's number.
+
+    The write comes first: it holds SQLite's write lock while the pending generation is read, and the
+    engine reads the objective after inserting a generation, so each generation sees exactly one side.
+    """
     thread.objective_json = objective.model_dump(mode="json", exclude_none=True)
     config = SessionConfig.model_validate(thread.session.config_json)
     threads = [t.model_copy(update={"objective": objective}) if t.name == thread.name else t for t in config.threads]
     thread.session.config_json = config.model_copy(update={"threads": threads}).model_dump(mode="json")
+    db.flush()
+    pending = queries.pending_generation(db, thread.id)
+    last = queries.last_complete_generation(db, thread.id)
+    from_generation = pending.number + 1 if pending is not None else (0 if last is None else last.number + 1)
     log_event(db, "thread.retargeted",
               f"thread {thread.id} {thread.name!r} scores {describe_objective(objective)} from generation "
               f"{from_generation} on", thread_id=thread.id,

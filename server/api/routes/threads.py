@@ -15,7 +15,6 @@ from server.store.models import (
     ENDED_THREAD_STATUSES,
     LIVE_THREAD_STATUSES,
     Batch,
-    Generation,
     Presentation,
     Thread,
     ThreadStatus,
