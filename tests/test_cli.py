@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +24,7 @@ def actmax(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("command", [
     [], ["serve"], ["rig", "sim"], ["rig", "screen"], ["demo"], ["bench"], ["bench", "report"],
     ["analyze", "manifold"], ["analyze", "session"], ["analyze", "geometry"], ["analyze", "study"],
+    ["session", "create"], ["session", "watch"], ["thread", "retarget"], ["weights", "list"], ["weights", "verify"],
 ])
 def test_every_command_has_help(command):
     result = actmax(*command, "--help")
@@ -35,9 +39,62 @@ def test_every_command_has_help(command):
     (["rig", "sim", "--unit", "blocks.6"], "expected LAYER:CHANNEL"),
     (["rig", "sim", "--drop", "1.5"], "expected a fraction"),
     (["rig", "screen", "--layer", "fc"], "needs a spatial layer"),
+    (["session", "list"], "no API token: set ACTMAX_TOKEN"),
+    (["weights", "verify", "no-such-gan"], "unknown generator(s) no-such-gan"),
 ])
 def test_bad_input_exits_nonzero_with_the_reason(args, reason, tmp_path):
     result = actmax(*args, env={"ACTMAX_DATA_DIR": str(tmp_path)})
     assert result.returncode != 0
     assert reason in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def all_parsers(parser: argparse.ArgumentParser):
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from all_parsers(sub)
+
+
+def test_no_help_shows_a_doubled_percent_sign():
+    from server.cli import build_parser
+
+    for parser in all_parsers(build_parser()):
+        assert "%%" not in parser.format_help(), parser.prog
+
+
+def test_the_client_says_when_the_server_is_unreachable():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, not listening: connections are refused
+        result = actmax("session", "list", env={"ACTMAX_TOKEN": "t", "ACTMAX_URL": f"http://127.0.0.1:{port}"})
+    assert result.returncode != 0 and "cannot reach the server at" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_rest_port_in_use_is_a_one_line_error(tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = actmax("serve", "--port", str(port), "--zmq-endpoint", "tcp://127.0.0.1:*",
+                        "--data-dir", str(tmp_path), env={"ACTMAX_TOKEN": "t"})
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert f"cannot serve REST on 127.0.0.1:{port}" in line and "--port" in line
+
+
+def test_weights_list_and_verify_report_where_each_generator_looks(tmp_path):
+    broken = tmp_path / "weights" / "dcgan-faces"
+    broken.mkdir(parents=True)
+    (broken / "weights.tar").write_bytes(b"not a checkpoint")
+    env = {"ACTMAX_WEIGHTS_DIR": str(tmp_path / "weights")}
+    listed = actmax("weights", "list", env=env)
+    assert listed.returncode == 0, listed.stderr
+    (dcgan,) = [line for line in listed.stdout.splitlines() if line.startswith("dcgan-faces")]
+    assert "MISSING" in dcgan and str(broken) in dcgan
+    assert "deepsim-fc6" in listed.stdout and "biggan-deep-128" in listed.stdout
+    failed = actmax("weights", "verify", "dcgan-faces", env=env)
+    assert failed.returncode == 1 and "dcgan-faces" in failed.stderr
+    verified = actmax("weights", "verify", "dcgan-faces")  # the packaged weights
+    assert verified.returncode == 0, verified.stderr
+    assert re.search(r"dcgan-faces\s+ok\s+[0-9a-f]{64}", verified.stdout)

@@ -103,4 +103,4 @@ Generators = Annotated[GeneratorCache, Depends(get_generators)]
 def refuse(problems: list) -> None:
     """A 422 shaped like FastAPI's own (``detail``: one item per problem, with its field path)."""
     if problems:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, [problem.to_json() for problem in problems])
+        raise HTTPException(422, [problem.to_json() for problem in problems])

@@ -243,3 +243,24 @@ def test_references_travel_once_then_by_id(live, zmq_context):
         assert len(second.frames) == len(second.header["stimuli"]) - 2  # only the new synthetic images
     finally:
         dealer.close(linger=0)
+
+
+def test_a_paused_thread_scores_and_tells_its_generation_then_asks_nothing(live):
+    thread_id = live.create()
+    with RigClient(live.settings.zmq_endpoint, RIG, channels=1) as rig:
+        batch = rig.next_batch(timeout=60)
+        with live.sessions.begin() as db:
+            db.get(Thread, thread_id).status = ThreadStatus.PAUSED
+        live.engine.wake()
+        deadline = time.monotonic() + 30
+        while not live.engine._threads[thread_id].paused:  # the engine has read the pause
+            assert time.monotonic() < deadline, "the engine never saw the pause"
+            time.sleep(0.05)
+        rig.send_results(batch.batch_id, answer(batch), done=True).result(30)
+        assert rig.next_batch(timeout=3) is None  # paused: no generation 1
+        generations = snapshot(live)["generations"]
+        assert [(number, status) for number, status, *_ in generations] == [(0, "complete")]
+        with live.sessions.begin() as db:
+            db.get(Thread, thread_id).status = ThreadStatus.RUNNING
+        live.engine.wake()
+        assert rig.next_batch(timeout=60).generation == 1

@@ -75,7 +75,7 @@ def add_thread(session_id: int, thread: ThreadConfig, db: DB, wake: Wake, cache:
                                                "threads": [*stored.model_dump(mode="json")["threads"],
                                                            thread.model_dump(mode="json")]})
     except ValidationError as error:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY,
+        raise HTTPException(422,
                             [{"type": "value_error", "loc": ["body"], "msg": problem["msg"]}
                              for problem in error.errors()]) from None
     channels = rig_channels(session.rig)
