@@ -15,6 +15,8 @@ def test_compose_has_gpu_server_sim_rig_and_data_volume():
     assert any("gpu" in d["capabilities"] for d in devices)
     assert any(v.split(":")[0] in compose["volumes"] for v in server["volumes"])
     assert server["environment"]["ACTMAX_DATA_DIR"] == "/data"
+    weights = server["environment"]["ACTMAX_WEIGHTS_DIR"]
+    assert any(v.rsplit(":", 2)[1:] == [weights, "ro"] for v in server["volumes"])  # mounted read-only
     assert rig["command"][:3] == ["actmax", "rig", "sim"]
     endpoint = rig["command"][rig["command"].index("--endpoint") + 1]
     assert endpoint.startswith("tcp://server:")
@@ -37,3 +39,9 @@ def test_ci_runs_the_readme_test_command():
     commands = [line.split("#")[0].strip() for line in readme[:5] if line.startswith("make ")]
     assert commands == ["make demo", "make test"]
     assert "make test" in (ROOT / ".ci/run").read_text()
+
+
+def test_docs_name_no_file_outside_the_repository():
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        text = doc.read_text()
+        assert not re.search(r"(?<![\w/])spec/|\.\./shared|/work/", text), f"{doc.name} points outside the repository"
