@@ -53,9 +53,7 @@ def check_thread(thread: ThreadConfig, cache: GeneratorCache, rig: str, rig_chan
         try:
             optimizers.create(thread.optimizer, generator.latent_dim, seed=0, **params)
         except (ValueError, TypeError) as error:
-            names = ", ".join(optimizers.hyperparameter_names(thread.optimizer))
-            problems.append(Problem((*loc, "optimizer_params"),
-                                    f"{thread.optimizer} refuses these settings: {error} (it takes: {names})"))
+            problems.append(Problem((*loc, "optimizer_params"), f"{thread.optimizer} refuses these settings: {error}"))
     return problems
 
 
