@@ -333,7 +333,8 @@ class Engine:
                                                      timed_out=timed_out)
             if timed_out:
                 self._log_in(db, runtime.session_id, runtime.id, "generation.timed_out",
-                             f"generation {inflight.number}: {inflight.codes.shape[0] - generation.n_scored} stimuli "
+                             f"thread {runtime.id} generation {inflight.number}: "
+                             f"{inflight.codes.shape[0] - generation.n_scored} stimuli "
                              f"unscored after {inflight.rounds} rounds; the optimizer saw NaN for them",
                              level=EventLevel.WARNING)
             finished = generation.number + 1 >= runtime.n_generations
@@ -394,7 +395,8 @@ class Engine:
                 continue
             if now - inflight.last_activity >= self.settings.batch_timeout_s:
                 await self._offload(self._log, runtime.session_id, runtime.id, "round.timed_out",
-                                    f"generation {inflight.number}: {len(inflight.awaiting)} stimuli unanswered "
+                                    f"thread {runtime.id} generation {inflight.number}: {len(inflight.awaiting)} "
+                                    "stimuli unanswered "
                                     f"after {self.settings.batch_timeout_s:g} s", None, EventLevel.WARNING)
                 inflight.awaiting.clear()
                 self._step(runtime)
