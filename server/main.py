@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from server.api.deps import EngineWaker, require_token
-from server.api.routes import generations, health, manifold, sessions, stimuli, threads
+from server.api.routes import export, generations, health, manifold, sessions, stimuli, threads
 from server.api.routes.health import package_version
 from server.api.schemas import ErrorDetail
 from server.settings import Settings
@@ -38,7 +38,7 @@ def create_app(settings: Settings, *, engine: EngineWaker | None = None) -> Fast
     app.state.engine = engine
 
     app.include_router(health.router)
-    for resource in (sessions, threads, generations, stimuli, manifold):
+    for resource in (sessions, threads, generations, stimuli, manifold, export):
         app.include_router(
             resource.router, dependencies=[Depends(require_token)], responses={401: {"model": ErrorDetail}}
         )
