@@ -5,5 +5,31 @@ call ``session_tables`` once and hand the tables to a writer. docs/export.md des
 """
 
 from server.export.tables import ExportError, SessionRunning, SessionTables, session_tables, write_tables
+from server.store.db import make_engine, make_sessionmaker
 
-__all__ = ["ExportError", "SessionRunning", "SessionTables", "session_tables", "write_tables"]
+
+class NwbUnavailable(ExportError, RuntimeError):
+    """pynwb, the optional ``nwb`` extra, is not installed."""
+
+
+def load_session_tables(database_url: str, session_id: int) -> SessionTables:
+    """``session_tables`` of a session in the database at ``database_url`` (CLI and scripts)."""
+    engine = make_engine(database_url)
+    try:
+        with make_sessionmaker(engine)() as db:
+            return session_tables(db, session_id)
+    finally:
+        engine.dispose()
+
+
+def nwb_writer():
+    """``server.export.nwb.write_nwb``, or ``NwbUnavailable`` saying what to install."""
+    try:
+        from server.export.nwb import write_nwb
+    except ImportError as error:
+        raise NwbUnavailable(f"NWB export needs pynwb ({error}): pip install 'actmax[nwb]'") from None
+    return write_nwb
+
+
+__all__ = ["ExportError", "NwbUnavailable", "SessionRunning", "SessionTables", "load_session_tables", "nwb_writer",
+           "session_tables", "write_tables"]

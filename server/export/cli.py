@@ -27,26 +27,20 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from server.analyze import _settings
-    from server.export import session_tables, write_tables
+    from server.export import load_session_tables, nwb_writer, write_tables
     from server.store.archive import ImageArchive
-    from server.store.db import make_engine, make_sessionmaker
 
+    if args.format == "nwb":
+        write_nwb = nwb_writer()
+        if args.out.suffix != ".nwb":
+            raise ValueError(f"--out {args.out}: an NWB file name ends in .nwb")
     settings = _settings(args)
-    engine = make_engine(settings.database_url)
-    try:
-        with make_sessionmaker(engine)() as db:
-            tables = session_tables(db, args.session)
-    finally:
-        engine.dispose()
+    tables = load_session_tables(settings.database_url, args.session)
     if args.format != "nwb":
         for path in write_tables(tables, args.out, args.format):
             print(path)
         return 0
 
-    from server.export.nwb import write_nwb
-
-    if args.out.suffix != ".nwb":
-        raise ValueError(f"--out {args.out}: an NWB file name ends in .nwb")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with tqdm(total=len(tables.stimuli), unit="image", desc="images") as bar:
         write_nwb(tables, ImageArchive(settings.data_dir), args.out, on_image=bar.update)

@@ -227,7 +227,7 @@ def test_trial_fact_columns_union_keys_in_first_seen_order():
     assert trial_fact_columns([None, None]) == {}
 
 
-def test_subject_metadata_is_validated():
+def test_subject_metadata_is_validated(registries):
     base = {"name": "s", "rig": "r", "threads": [{"name": "t", "generator": "dcgan-faces", "optimizer": "cma",
                                                    "objective": {"channels": [0]}}]}
     config = SessionConfig.model_validate(base | {"age": "P6Y", "sex": "F",
@@ -236,3 +236,10 @@ def test_subject_metadata_is_validated():
     for bad in ({"age": "6 years"}, {"sex": "female"}, {"session_start_time": "2026-11-27T09:30:00"}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             SessionConfig.model_validate(base | bad)
+
+
+def test_cli_rejects_an_nwb_name_without_the_suffix(tmp_path, capsys):
+    assert actmax(["export", "nwb", "--data-dir", str(tmp_path), "--session", "1", "--out", str(tmp_path / "x.h5")]) == 2
+    assert "ends in .nwb" in capsys.readouterr().err
+    assert actmax(["export", "csv", "--data-dir", str(tmp_path), "--session", "1", "--out", str(tmp_path)]) == 2
+    assert "no actmax database" in capsys.readouterr().err

@@ -12,7 +12,7 @@ from starlette.background import BackgroundTask
 
 from server.api.deps import DB, Archive
 from server.api.schemas import ErrorDetail
-from server.export import ExportError, SessionRunning, session_tables
+from server.export import ExportError, NwbUnavailable, SessionRunning, nwb_writer, session_tables
 
 router = APIRouter(prefix="/sessions", tags=["export"])
 NWB_MEDIA_TYPE = "application/x-nwb"
@@ -26,12 +26,15 @@ NWB_MEDIA_TYPE = "application/x-nwb"
         200: {"content": {NWB_MEDIA_TYPE: {}}, "description": "The session as an NWB 2 (HDF5) file (docs/export.md)."},
         404: {"model": ErrorDetail, "description": "No such session."},
         409: {"model": ErrorDetail, "description": "The session has running or paused threads; stop them or wait."},
+        501: {"model": ErrorDetail, "description": "This server lacks pynwb (pip install 'actmax[nwb]')."},
     },
 )
 def export_nwb(session_id: int, db: DB, archive: Archive) -> FileResponse:
     """Every image, presentation, rate and score of a finished session, in one NWB file."""
-    from server.export.nwb import write_nwb
-
+    try:
+        write_nwb = nwb_writer()
+    except NwbUnavailable as error:
+        raise HTTPException(status.HTTP_501_NOT_IMPLEMENTED, str(error)) from None
     try:
         tables = session_tables(db, session_id)
     except SessionRunning as error:
