@@ -106,7 +106,8 @@ def main() -> None:
     print(f"tables from the store:              {t_tables:6.2f} s")
     print(f"NWB write:                          {t_nwb:6.2f} s   file {nwb.stat().st_size / mib:7.1f} MiB   "
           f"x{t_nwb / t_baseline:.1f} the baseline time, x{nwb.stat().st_size / png_bytes:.2f} the PNG bytes")
-    print(f"NWB peak traced memory:             {peak / mib:6.1f} MiB   all decoded images: {pixel_bytes / mib:.1f} MiB")
+    print(f"NWB peak traced memory:             {peak / mib:6.1f} MiB   "
+          f"all decoded images: {pixel_bytes / mib:.1f} MiB")
     print(f"Parquet tables:                     {t_parquet:6.2f} s   "
           f"{sum(p.stat().st_size for p in parquet) / mib:7.1f} MiB")
     print(f"files in {work}")

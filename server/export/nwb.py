@@ -19,7 +19,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from hdmf.backends.hdf5 import H5DataIO
+from hdmf.common import DynamicTable, VectorData, VectorIndex
 from hdmf.data_utils import AbstractDataChunkIterator, DataChunk
+from PIL import Image
+from pynwb import NWBHDF5IO, NWBFile, ProcessingModule
+from pynwb.base import ImageReferences, Images
+from pynwb.epoch import TimeIntervals
+from pynwb.file import Subject
+from pynwb.image import IndexSeries, RGBImage
 
 from server.export.tables import DESCRIPTIONS, TRIAL_FACT_DESCRIPTION, SessionTables
 from server.store.archive import ImageArchive
@@ -29,8 +37,6 @@ class PngPixels(AbstractDataChunkIterator):
     """An archived PNG's RGB pixels, read only when the file writer asks for them (one image in memory)."""
 
     def __init__(self, path: Path, on_read: Callable[[], None] | None = None) -> None:
-        from PIL import Image
-
         self.path = path
         with Image.open(path) as image:  # reads the header only
             self.shape = (image.height, image.width, 3)
@@ -41,8 +47,6 @@ class PngPixels(AbstractDataChunkIterator):
         return self
 
     def __next__(self) -> DataChunk:
-        from PIL import Image
-
         if self._done:
             raise StopIteration
         self._done = True
@@ -70,21 +74,14 @@ class PngPixels(AbstractDataChunkIterator):
 def write_nwb(tables: SessionTables, archive: ImageArchive, path: str | Path,
               on_image: Callable[[], None] | None = None) -> None:
     """Write ``tables`` (and the archived images they name) to ``path``; ``on_image`` is called per image written."""
-    from hdmf.backends.hdf5 import H5DataIO
-    from pynwb import NWBHDF5IO, NWBFile, ProcessingModule
-    from pynwb.base import ImageReferences, Images
-    from pynwb.epoch import TimeIntervals
-    from pynwb.file import Subject
-    from pynwb.image import IndexSeries, RGBImage
-
     meta = tables.session.iloc[0]
     start = meta["session_start_time"].to_pydatetime()
     onsets = tables.presentations["onset"]
     # Times are seconds on the rig's clock from the reference time, which is never after the first onset.
     reference = min([start, *([datetime.fromtimestamp(onsets.min(), UTC)] if len(onsets) else [])])
     nwbfile = NWBFile(
-        session_description=f"actmax closed-loop image evolution {meta['session_name']!r}: images from generative networks "
-        "optimised online for the recorded channels' spike rates, interleaved with reference images.",
+        session_description=f"actmax closed-loop image evolution {meta['session_name']!r}: images from generative "
+        "networks optimised online for the recorded channels' spike rates, interleaved with reference images.",
         identifier=str(uuid.uuid5(uuid.NAMESPACE_URL, f"actmax/{meta['session_id']}/{meta['created_at'].isoformat()}")),
         session_start_time=start,
         timestamps_reference_time=reference,
@@ -136,10 +133,9 @@ def write_nwb(tables: SessionTables, archive: ImageArchive, path: str | Path,
         io.write(nwbfile)
 
 
-def _table(name, frame: pd.DataFrame, description: str, cls=None, extra: dict | None = None):
+def _table(name: str, frame: pd.DataFrame, description: str, cls: type[DynamicTable] = DynamicTable,
+           extra: dict | None = None) -> DynamicTable:
     """A DynamicTable (or ``cls``) holding ``frame``'s columns; lists become ragged or 2-D columns."""
-    from hdmf.common import DynamicTable, VectorData, VectorIndex
-
     descriptions = {"start_time": "Start of the interval, s from the reference time.",
                     "stop_time": "End of the interval, s from the reference time."} | DESCRIPTIONS[name]
     columns = []
@@ -150,7 +146,7 @@ def _table(name, frame: pd.DataFrame, description: str, cls=None, extra: dict | 
         columns.append(vector)
         if index is not None:
             columns.append(VectorIndex(name=f"{column}_index", data=index, target=vector))
-    return (cls or DynamicTable)(name=name, description=description, columns=columns, id=np.arange(len(frame)))
+    return cls(name=name, description=description, columns=columns, id=np.arange(len(frame)))
 
 
 def _column_data(values: pd.Series) -> tuple[np.ndarray | list, np.ndarray | None]:

@@ -21,7 +21,7 @@ from PIL import Image
 
 from server.cli import main as actmax
 from server.config import SessionConfig
-from server.export import SessionRunning, session_tables, write_tables
+from server.export import session_tables, write_tables
 from server.export.nwb import write_nwb
 from server.export.tables import trial_fact_columns
 from server.store.archive import ImageArchive
@@ -81,7 +81,8 @@ def pixels(archive_root: Path, content_hash: str) -> np.ndarray:
 def scores_by_generation(stimuli: pd.DataFrame, threads: pd.DataFrame) -> dict[tuple[str, int], list[float]]:
     names = dict(zip(threads["thread_id"], threads["thread_name"]))
     synthetic = stimuli[stimuli["kind"] == "synthetic"].sort_values("index_in_generation")
-    return {(names[t], int(g)): group["score"].tolist() for (t, g), group in synthetic.groupby(["thread_id", "generation"])}
+    return {(names[t], int(g)): group["score"].tolist()
+            for (t, g), group in synthetic.groupby(["thread_id", "generation"])}
 
 
 def test_nwb_holds_every_presentation_rate_image_and_score_and_nothing_else(recorded, database):
@@ -106,6 +107,7 @@ def test_nwb_holds_every_presentation_rate_image_and_score_and_nothing_else(reco
         images = f.stimulus_template["stimulus_images"]
         assert dict(zip(stimuli["stimulus_id"], stimuli["content_hash"])) == database["stimuli"]
         assert [image.name for image in images.order_of_images.data] == stimuli["stimulus_id"].tolist()
+        assert set(images.images) == database["stimuli"].keys()
         for sid, digest in database["stimuli"].items():
             np.testing.assert_array_equal(images.images[sid].data[:], pixels(server.data_dir, digest))
         for sid, code in zip(stimuli["stimulus_id"], stimuli["latent_code"]):
@@ -124,6 +126,7 @@ def test_nwb_holds_every_presentation_rate_image_and_score_and_nothing_else(reco
         for key, exported_scores in scores_by_generation(stimuli, threads).items():
             np.testing.assert_allclose(exported_scores, database["scores"][key][0])
         names = dict(zip(threads["thread_id"], threads["thread_name"]))
+        assert len(generations) == len(database["scores"])
         for row in generations.itertuples():
             _, mean, best = database["scores"][(names[row.thread_id], row.generation)]
             assert (row.mean_score, row.max_score) == pytest.approx((mean, best))
@@ -239,7 +242,8 @@ def test_subject_metadata_is_validated(registries):
 
 
 def test_cli_rejects_an_nwb_name_without_the_suffix(tmp_path, capsys):
-    assert actmax(["export", "nwb", "--data-dir", str(tmp_path), "--session", "1", "--out", str(tmp_path / "x.h5")]) == 2
+    common = ["--data-dir", str(tmp_path), "--session", "1", "--out"]
+    assert actmax(["export", "nwb", *common, str(tmp_path / "x.h5")]) == 2
     assert "ends in .nwb" in capsys.readouterr().err
-    assert actmax(["export", "csv", "--data-dir", str(tmp_path), "--session", "1", "--out", str(tmp_path)]) == 2
+    assert actmax(["export", "csv", *common, str(tmp_path)]) == 2
     assert "no actmax database" in capsys.readouterr().err
