@@ -264,15 +264,16 @@ def _generations(db: DBSession, session: Session) -> pd.DataFrame:
 
 def _stimuli(db: DBSession, session: Session) -> pd.DataFrame:
     rows = []
-    query = (select(Stimulus, Generation).outerjoin(Generation, Generation.id == Stimulus.generation_id)
-             .where(Stimulus.session_id == session.id)
+    # Generation columns one by one: the whole row would fetch its codes and optimizer state per stimulus.
+    query = (select(Stimulus, Generation.number, Generation.scores_json)
+             .outerjoin(Generation, Generation.id == Stimulus.generation_id).where(Stimulus.session_id == session.id)
              .order_by(Stimulus.kind != StimulusKind.REFERENCE, Stimulus.thread_id, Generation.number,
                        Stimulus.index, Stimulus.id))
-    for s, g in db.execute(query):
-        scores = g.scores_json if g is not None and g.scores_json is not None else []
+    for s, number, scores in db.execute(query):
+        scores = scores or []
         rows.append({
             "stimulus_id": s.id, "kind": s.kind.value, "thread_id": s.thread_id,
-            "generation": None if g is None else g.number, "index_in_generation": s.index,
+            "generation": number, "index_in_generation": s.index,
             "score": scores[s.index] if s.index is not None and s.index < len(scores) else None,
             "content_hash": s.content_hash, "png_path": s.png_path, "generator": s.generator or "",
             "generator_version": s.generator_version or "", "weights_sha256": s.weights_sha256 or "",
@@ -286,20 +287,19 @@ def _stimuli(db: DBSession, session: Session) -> pd.DataFrame:
 
 def _presentations(db: DBSession, session: Session, stimuli: pd.DataFrame) -> pd.DataFrame:
     image_index = {sid: i for i, sid in enumerate(stimuli["stimulus_id"])}
-    query = (select(Presentation, Batch, Generation)
+    query = (select(Presentation, Batch.thread_id, Generation.number, Generation.status, Generation.completed_at)
              .join(Batch, Batch.id == Presentation.batch_id).join(Generation, Generation.id == Batch.generation_id)
              .where(Batch.session_id == session.id).order_by(Presentation.onset, Presentation.id))
     rows, facts = [], []
-    for p, b, g in db.execute(query):
+    for p, thread_id, number, status, completed_at in db.execute(query):
         rows.append({
             "presentation_id": p.presentation_id, "stimulus_id": p.stimulus_id,
-            "stimulus_index": image_index[p.stimulus_id], "thread_id": b.thread_id, "generation": g.number,
-            "batch_id": b.id, "rig": p.rig, "onset": p.onset,
+            "stimulus_index": image_index[p.stimulus_id], "thread_id": thread_id, "generation": number,
+            "batch_id": p.batch_id, "rig": p.rig, "onset": p.onset,
             "window_start_ms": p.window_start_ms, "window_end_ms": p.window_end_ms,
             "rates": [np.nan if r is None else float(r) for r in p.rates_json],
             # Scored: its generation completed, and it arrived before that (a late upload changed no score).
-            "scored": g.status == GenerationStatus.COMPLETE and g.completed_at is not None
-            and p.received_at <= g.completed_at,
+            "scored": status == GenerationStatus.COMPLETE and completed_at is not None and p.received_at <= completed_at,
             "received_at": p.received_at,
         })
         facts.append(getattr(p, TRIAL_FACTS_ATTRIBUTE, None))
