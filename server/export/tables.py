@@ -25,6 +25,7 @@ import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.orm import Session as DBSession
 
+import optimizers
 from server.store.models import (
     Batch,
     Event,
@@ -234,16 +235,14 @@ def _state_summary(state: bytes | None) -> tuple[float, float, float]:
     """(sigma, norm of the search mean, best score so far) of an optimizer state; NaN where it has none."""
     if state is None:
         return np.nan, np.nan, np.nan
-    import optimizers
-
     decoded = optimizers.loads_state(state)
     strategy = decoded.get("strategy") or {}
     mean = strategy.get("mean", strategy.get("center"))
     if mean is None and strategy.get("population") is not None:
         mean = np.asarray(strategy["population"]).mean(axis=0)
-    best = decoded.get("best_score")
+    best = decoded.get("best_score")  # -inf until something was scored
     return (float(strategy.get("sigma", np.nan)), np.nan if mean is None else float(np.linalg.norm(mean)),
-            np.nan if best is None else float(best))
+            float(best) if best is not None and np.isfinite(best) else np.nan)
 
 
 def _generations(db: DBSession, session: Session) -> pd.DataFrame:
