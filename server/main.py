@@ -7,7 +7,7 @@ from sqlalchemy.orm import Session as DBSession
 from sqlalchemy.orm import sessionmaker
 
 from server.api.deps import EngineWaker, require_token
-from server.api.routes import generations, health, manifold, sessions, stimuli, threads
+from server.api.routes import export, generations, health, manifold, sessions, stimuli, threads
 from server.api.routes.health import package_version
 from server.api.schemas import ErrorDetail
 from server.settings import Settings
@@ -30,7 +30,7 @@ def create_app(settings: Settings, db_sessions: sessionmaker[DBSession], *,
     app.state.engine = engine
 
     app.include_router(health.router)
-    for resource in (sessions, threads, generations, stimuli, manifold):
+    for resource in (sessions, threads, generations, stimuli, manifold, export):
         app.include_router(
             resource.router, dependencies=[Depends(require_token)], responses={401: {"model": ErrorDetail}}
         )

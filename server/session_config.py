@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 import generators
 import optimizers
@@ -133,6 +133,15 @@ class SessionConfig(_Strict):
     animal: str = ""
     array: str = ""
     notes: str = ""
+    # Free-form metadata for exports (NWB); see docs/export.md for the defaults used when absent.
+    subject_id: str = Field("", description='Subject identifier; "" uses `animal`.')
+    species: str = Field("", description='Latin binomial, e.g. "Macaca mulatta".')
+    sex: Literal["M", "F", "U", "O"] = Field("U", description="Subject sex: M, F, U (unknown), O (other).")
+    age: str = Field("", pattern=r"^(P[0-9YMWDTHS.]+(/(P[0-9YMWDTHS.]+)?)?)?$",
+                     description='ISO 8601 duration such as "P6Y", or a range "P5Y/P7Y"; "": unknown.')
+    lab: str = ""
+    experimenter: str = Field("", description='"Last, First", as NWB asks.')
+    session_start_time: AwareDatetime | None = Field(None, description="With a time zone; None: when created.")
     response_window_ms: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]] = (50, 200)
     references: ReferenceConfig = Field(default_factory=ReferenceConfig)
     threads: list[ThreadConfig] = Field(min_length=1)
