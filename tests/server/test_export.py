@@ -25,7 +25,7 @@ from server.export import session_tables, write_tables
 from server.export.nwb import write_nwb
 from server.export.tables import trial_fact_columns
 from server.store.archive import ImageArchive
-from server.store.db import make_engine, make_sessionmaker
+from server.store.db import make_db_engine, make_sessionmaker
 from server.store.models import Event
 from tests.server.export_session import RIG, run_session
 
@@ -199,13 +199,13 @@ def test_channel_labels_and_trial_facts_are_exported_when_present(recorded, tmp_
     server, session_id, _ = recorded
     data = tmp_path / "data"
     shutil.copytree(server.data_dir, data, ignore=shutil.ignore_patterns("*.log", ".export-*"))
-    engine = make_engine(f"sqlite:///{data / 'actmax.sqlite'}")
-    with make_sessionmaker(engine)() as db:
+    db_engine = make_db_engine(f"sqlite:///{data / 'actmax.sqlite'}")
+    with make_sessionmaker(db_engine)() as db:
         db.add(Event(kind="rig_hello", message="rig connected",
                      data_json={"rig": RIG, "channels": 2, "channel_labels": ["elec-12", "elec-40"]}))
         db.commit()
         tables = session_tables(db, session_id)
-    engine.dispose()
+    db_engine.dispose()
     assert tables.channels["label"].tolist() == ["elec-12", "elec-40"]
 
     n = len(tables.presentations)
@@ -230,7 +230,7 @@ def test_trial_fact_columns_union_keys_in_first_seen_order():
     assert trial_fact_columns([None, None]) == {}
 
 
-def test_subject_metadata_is_validated(registries):
+def test_subject_metadata_is_validated():
     base = {"name": "s", "rig": "r", "threads": [{"name": "t", "generator": "dcgan-faces", "optimizer": "cma",
                                                    "objective": {"channels": [0]}}]}
     config = SessionConfig.model_validate(base | {"age": "P6Y", "sex": "F",
