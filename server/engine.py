@@ -27,7 +27,7 @@ from sqlalchemy.orm import sessionmaker
 import generators
 import optimizers
 from rig_client.protocol import Message, ProtocolError, batch_message
-from server import ServerError
+from server import ServerError, live, monitor
 from rig_client.protocol import encode_png as array_to_png
 from server.images import encode_images, load_references
 from server.manifold import ManifoldNotReady, design_for
@@ -175,6 +175,9 @@ class Engine:
                 inflight.awaiting.clear()  # the rig will not answer the rest of this batch
             if not inflight.awaiting:
                 asyncio.get_running_loop().create_task(self._advance(runtime))
+        live.hub.publish("batch_answered", f"{len(answered)} stimuli answered", thread_id=thread_id,
+                         session_id=runtime.session_id if runtime is not None else None,
+                         data={"batch_id": header["batch_id"], "accepted": len(answered), "done": bool(header.get("done"))})
         return {"batch_id": header["batch_id"], "accepted": len(answered), "duplicates": duplicates}
 
     def _record_results(self, rig: str, header: dict) -> tuple[int, set[str], int]:
@@ -414,6 +417,7 @@ class Engine:
             finite_refs = [r for r in reference if np.isfinite(r)]
             generation.reference_mean = float(np.mean(finite_refs)) if finite_refs else None
             generation.completed_at = utcnow()
+            monitor.generation_completed(db, runtime.session_id, runtime.id, generation.number, scores, reference, rates)
             for batch in db.scalars(select(Batch).where(Batch.generation_id == inflight.generation_id)):
                 if batch.status == BatchStatus.SENT:
                     batch.status = BatchStatus.TIMED_OUT if timed_out else BatchStatus.COMPLETE
@@ -456,6 +460,9 @@ class Engine:
         runtime.inflight.batch_id = message.header["batch_id"]
         runtime.inflight.awaiting = {s["stimulus_id"] for s in stimuli}
         runtime.inflight.last_activity = time.monotonic()
+        live.hub.publish("batch_sent", f"generation {runtime.inflight.number}: {len(stimuli)} stimuli sent",
+                         session_id=runtime.session_id, thread_id=runtime.id,
+                         data={"batch_id": runtime.inflight.batch_id, "generation": runtime.inflight.number})
 
     def _prepare_batch(self, runtime: ThreadRuntime, cached: frozenset[str]) -> Message | None:
         """A BATCH of the owed stimuli in a seeded random order, references interleaved."""
