@@ -83,7 +83,7 @@ def post_session_thread(session_id: int, thread: ThreadConfig, db: DB, wake: Wak
         row = add_thread(db, session, thread)
     except ValidationError as error:
         db.rollback()
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, describe_validation_error(error)) from None
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, describe_validation_error(error)) from None
     db.commit()
     wake()
     return row
