@@ -317,10 +317,12 @@ async function loadManifold(card, thread) {
   const generation = await api(`/generations/${generations[0].id}`);
   const plane = thread.optimizer_params.planes?.[0] || "pc2-3";
   const side = 180 / (thread.optimizer_params.step_deg || 18) + 1;
-  const ids = generation.stimulus_ids.slice(0, side * side);
+  // Stimulus index k = i·side + j (θ index i, φ index j); shown like the map: θ across, φ up.
+  const ids = [];
+  for (let row = side - 1; row >= 0; row--) for (let col = 0; col < side; col++) ids.push(generation.stimulus_ids[col * side + row]);
   const box = $(".manifold", card);
   box.innerHTML = `<img data-src="/threads/${thread.id}/manifold.png?plane=0" alt="Manifold map, plane ${esc(plane)}">
-    <div><h3>Images on the ${esc(plane)} grid (${side} × ${side})</h3>
+    <div><h3>Images on the ${esc(plane)} grid (${side} × ${side}; θ across, φ up)</h3>
     <div class="grid-images" style="grid-template-columns: repeat(${side}, 1fr)">${ids.map((id) => stimulusImg(id)).join("")}</div></div>`;
   fillImages(box);
   card.dataset.map = "shown";
