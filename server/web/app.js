@@ -321,7 +321,7 @@ async function loadManifold(card, thread) {
   const ids = [];
   for (let row = side - 1; row >= 0; row--) for (let col = 0; col < side; col++) ids.push(generation.stimulus_ids[col * side + row]);
   const box = $(".manifold", card);
-  box.innerHTML = `<img data-src="/threads/${thread.id}/manifold.png?plane=0" alt="Manifold map, plane ${esc(plane)}">
+  box.innerHTML = `<img data-src="/threads/${thread.id}/manifold.png?plane=0" alt="computing the Manifold map (plane ${esc(plane)}) ...">
     <div><h3>Images on the ${esc(plane)} grid (${side} × ${side}; θ across, φ up)</h3>
     <div class="grid-images" style="grid-template-columns: repeat(${side}, 1fr)">${ids.map((id) => stimulusImg(id)).join("")}</div></div>`;
   fillImages(box);
