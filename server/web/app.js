@@ -160,7 +160,7 @@ async function sessionsPage() {
 
 // ---------------------------------------------------------------- session page
 async function sessionPage(sessionId) {
-  const state = { session: await api(`/sessions/${sessionId}`), curves: new Map(), montageAt: new Map(), montageTimers: new Map(), timers: [] };
+  const state = { session: await api(`/sessions/${sessionId}`), curves: new Map(), curveLoads: new Map(), montageAt: new Map(), montageTimers: new Map(), timers: [] };
   const main = $("#main");
   main.innerHTML = `<div class="session-head card"><div><h1 id="session-title"></h1><div id="session-meta" class="muted"></div></div>
       <div class="controls"><button id="stop-session" class="danger">Stop session</button></div></div>
@@ -265,8 +265,15 @@ function renderControls(state, thread, box) {
   }));
 }
 
-// The curve: loaded whole once, then only the generations after the last one known.
-async function loadCurve(state, threadId, incremental = false) {
+// The curve: loaded whole once, then only the generations after the last one known (one load at a time).
+function loadCurve(state, threadId, incremental = false) {
+  const previous = state.curveLoads.get(threadId) || Promise.resolve();
+  const next = previous.catch(() => {}).then(() => fetchCurve(state, threadId, incremental));
+  state.curveLoads.set(threadId, next);
+  return next;
+}
+
+async function fetchCurve(state, threadId, incremental) {
   const thread = state.session.threads.find((t) => t.id === threadId);
   if (!thread || thread.kind !== "evolution") return;
   const known = state.curves.get(threadId);
@@ -363,6 +370,8 @@ function scheduleRig(state) {
   if (!rigTimer) rigTimer = setTimeout(() => { rigTimer = null; loadRig(state); }, 300);
 }
 
+const threadName = (state, id) => state.session.threads.find((t) => t.id === id)?.name ?? `thread ${id}`;
+
 async function loadRig(state) {
   const rig = await api(`/rigs/${encodeURIComponent(state.session.rig)}?batches=8`).catch(() => null);
   const box = $("#rig");
@@ -371,9 +380,9 @@ async function loadRig(state) {
   box.innerHTML = `<h2>Rig ${esc(rig.rig)} <span class="status ${rig.connected ? "running" : "stopped"}">${rig.connected ? "connected" : "not connected"}</span></h2>
     <dl class="kv"><dt>channels</dt><dd>${rig.channels ?? "–"}</dd><dt>scored</dt><dd>${channels || "–"}</dd>
     <dt>last heard</dt><dd>${rig.heard_s_ago == null ? "–" : `${rig.heard_s_ago.toFixed(1)} s ago (heartbeat ${rig.heartbeat_s} s)`}</dd></dl>
-    <h3>Latest batches</h3><table><thead><tr><th>gen</th><th title="sent → first result">first</th>
+    <h3>Latest batches</h3><table><thead><tr><th>thread</th><th>gen</th><th title="sent → first result">first</th>
     <th title="sent → generation complete">complete</th><th title="previous generation complete → sent (server)">turnaround</th></tr></thead>
-    <tbody>${rig.batches.map((b) => `<tr><td>${b.generation}</td><td>${ms(b.first_result_ms)}</td><td>${ms(b.complete_ms)}</td>
+    <tbody>${rig.batches.map((b) => `<tr><td>${esc(threadName(state, b.thread_id))}</td><td>${b.generation}</td><td>${ms(b.first_result_ms)}</td><td>${ms(b.complete_ms)}</td>
     <td>${ms(b.turnaround_ms)}</td></tr>`).join("")}</tbody></table>`;
 }
 
