@@ -6,14 +6,16 @@ import asyncio
 import json
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import numpy as np
 import pytest
+from sqlalchemy import select
 
 from server import live
 from server.api.routes.monitor import decimate
-from server.store.models import Generation, GenerationStatus, Stimulus, StimulusKind, encode_codes
+from server.store.models import Batch, Generation, GenerationStatus, Stimulus, StimulusKind, encode_codes
 from server.store.records import log_event
 from tests.server.conftest import TOKEN, LiveServer, session_config, thread_config
 from tests.server.test_api import create_session
@@ -71,6 +73,32 @@ def test_rig_without_a_transport_is_not_connected(client: httpx.Client):
     rig = client.get("/rigs/rig-B").json()
     assert rig["connected"] is False and rig["channels"] is None
     assert rig["scored_channels"] == {"3": [created["threads"][0]["name"]]}
+
+
+def test_rig_batch_timings(client: httpx.Client, live_server: LiveServer):
+    created = create_session(client, rig="rig-T")
+    session_id, thread_id = created["id"], created["threads"][0]["id"]
+    add_generations(live_server, session_id, thread_id, [[1.0], [2.0]])
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    with live_server.sessions() as db:
+        generations = db.scalars(select(Generation).where(Generation.thread_id == thread_id)
+                                 .order_by(Generation.number)).all()
+        generations[0].completed_at = t0 + timedelta(seconds=1)
+        for batch_id, generation, sent, first, done in (
+            ("b0", generations[0], 0.0, 0.25, 1.0), ("b1", generations[1], 1.2, 1.5, None),
+            ("b1-again", generations[1], 3.0, None, None),
+        ):
+            db.add(Batch(id=batch_id, session_id=session_id, thread_id=thread_id, generation_id=generation.id,
+                         rig="rig-T", sent_at=t0 + timedelta(seconds=sent),
+                         results_first_at=first and t0 + timedelta(seconds=first),
+                         completed_at=done and t0 + timedelta(seconds=done)))
+        db.commit()
+    batches = {b["batch_id"]: b for b in client.get("/rigs/rig-T").json()["batches"]}
+    assert list(batches) == ["b1-again", "b1", "b0"]  # newest first
+    assert batches["b0"]["first_result_ms"] == pytest.approx(250) and batches["b0"]["complete_ms"] == pytest.approx(1000)
+    assert batches["b0"]["turnaround_ms"] is None  # no previous generation
+    assert batches["b1"]["turnaround_ms"] == pytest.approx(200) and batches["b1"]["complete_ms"] is None
+    assert batches["b1-again"]["turnaround_ms"] is None  # a second round of the same generation
 
 
 def test_stop_session_stops_every_thread_and_is_idempotent(client: httpx.Client, live_server: LiveServer):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from fastapi import APIRouter, Query, Request
-from sqlalchemy import select, tuple_
+from sqlalchemy import func, select, tuple_
 
 from server.api.deps import DB, get_or_404
 from server.api.schemas import BatchTiming, Curve, CurvePoint, ErrorDetail, RigStatus
@@ -48,21 +48,22 @@ def get_curve(thread_id: int, db: DB, max_points: int = Query(1000, ge=2, le=10_
         for data in db.scalars(select(Event.data_json).where(Event.thread_id == thread_id,
                                                              Event.kind == GENERATION_COMPLETED))
     }
-    best = {(row.id, _argmax(row.scores_json)) for row in rows}
-    best_ids = dict(
-        ((generation_id, index), stimulus_id) for stimulus_id, generation_id, index in db.execute(
+    best = {row.id: _argmax(row.scores_json) for row in rows}
+    wanted = [(generation_id, index) for generation_id, index in best.items() if index is not None]
+    best_ids = {
+        (generation_id, index): stimulus_id for stimulus_id, generation_id, index in db.execute(
             select(Stimulus.id, Stimulus.generation_id, Stimulus.index)
             .where(Stimulus.thread_id == thread_id, Stimulus.kind == StimulusKind.SYNTHETIC,
-                   tuple_(Stimulus.generation_id, Stimulus.index).in_([b for b in best if b[1] is not None]))
+                   tuple_(Stimulus.generation_id, Stimulus.index).in_(wanted))
         )
-    ) if best else {}
+    } if wanted else {}
     points = []
     for row in rows:
         mean, sem = mean_sem(row.scores_json or [])
         points.append(CurvePoint(
-            generation=row.number, generation_id=row.id, mean=mean, sem=sem, max=row.max_score, reference_mean=row.reference_mean,
-            reference_sem=reference_sem.get(row.number),
-            best_stimulus_id=best_ids.get((row.id, _argmax(row.scores_json))), completed_at=row.completed_at,
+            generation=row.number, generation_id=row.id, mean=mean, sem=sem, max=row.max_score,
+            reference_mean=row.reference_mean, reference_sem=reference_sem.get(row.number),
+            best_stimulus_id=best_ids.get((row.id, best[row.id])), completed_at=row.completed_at,
         ))
     return Curve(thread_id=thread_id, total=total, points=points)
 
@@ -84,12 +85,12 @@ def get_rig(rig: str, request: Request, db: DB, batches: int = Query(20, ge=1, l
         select(Batch, Generation.number).join(Generation, Generation.id == Batch.generation_id)
         .where(Batch.rig == rig).order_by(Batch.sent_at.desc()).limit(batches)
     ).all()
-    previous_done = _previous_completions(db, recent)
+    turnaround = _turnarounds(db, recent)
     timings = [
         BatchTiming(
             batch_id=batch.id, thread_id=batch.thread_id, generation=number, sent_at=batch.sent_at,
             first_result_ms=_ms(batch.sent_at, batch.results_first_at), complete_ms=_ms(batch.sent_at, batch.completed_at),
-            turnaround_ms=_ms(previous_done.get(batch.id), batch.sent_at),
+            turnaround_ms=turnaround.get(batch.id),
         )
         for batch, number in recent
     ]
@@ -100,14 +101,19 @@ def get_rig(rig: str, request: Request, db: DB, batches: int = Query(20, ge=1, l
     )
 
 
-def _previous_completions(db, recent) -> dict:
-    """Batch id -> when its thread's previous generation completed (for the first batch of a generation)."""
+def _turnarounds(db, recent) -> dict[str, float | None]:
+    """Batch id -> ms from its thread's previous generation completing to the batch being sent, for the
+    first batch of each generation (a later round re-sends what is still owed: no turnaround)."""
+    first_sent = dict(db.execute(
+        select(Batch.generation_id, func.min(Batch.sent_at))
+        .where(Batch.generation_id.in_({batch.generation_id for batch, _ in recent})).group_by(Batch.generation_id)
+    ).all())
     result = {}
     for batch, number in recent:
-        if number > 0:
-            result[batch.id] = db.scalar(
-                select(Generation.completed_at).where(Generation.thread_id == batch.thread_id,
-                                                      Generation.number == number - 1))
+        if number > 0 and batch.sent_at == first_sent[batch.generation_id]:
+            previous = db.scalar(select(Generation.completed_at).where(Generation.thread_id == batch.thread_id,
+                                                                       Generation.number == number - 1))
+            result[batch.id] = _ms(previous, batch.sent_at)
     return result
 
 
