@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -133,6 +134,7 @@ def test_the_stream_needs_the_token_and_carries_committed_events(client: httpx.C
     assert httpx.get(f"{live_server.url}/live", headers={"Authorization": "Bearer wrong"}).status_code == 401
     created = create_session(client)
     thread_id = created["threads"][0]["id"]
+    open_before = live.hub.subscribers
     with client.stream("GET", "/live", params={"session_id": created["id"]}) as stream:
         lines = stream.iter_lines()
         assert next(lines) == ": connected"
@@ -140,6 +142,11 @@ def test_the_stream_needs_the_token_and_carries_committed_events(client: httpx.C
         kind = next(line for line in lines if line.startswith("event: "))
         item = json.loads(next(lines).removeprefix("data: "))
     assert kind == "event: thread.paused"
+    for _ in range(100):  # the server notices the closed connection and drops the subscription
+        if live.hub.subscribers == open_before:
+            break
+        time.sleep(0.05)
+    assert live.hub.subscribers == open_before
     assert item["thread_id"] == thread_id and item["session_id"] == created["id"] and item["event_id"] > 0
 
 
