@@ -18,6 +18,7 @@ SUBCOMMAND_MODULES = (
     "server.bench",  # actmax bench, actmax bench report
     "server.analyze",  # actmax analyze manifold|session|geometry|study
     "server.client_cli",  # actmax session ..., actmax thread ..., actmax weights list|verify
+    "server.export.cli",  # actmax export nwb|parquet|csv
 )
 
 

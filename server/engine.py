@@ -24,7 +24,7 @@ from sqlalchemy.orm import sessionmaker
 
 import optimizers
 from rig_client.protocol import ErrorCode, Message, batch_message
-from server import RigInputError, ThreadNotReady, admission
+from server import RigInputError, ThreadNotReady, admission, live, monitor
 from server.images import encode_images
 from server.objectives import Objective
 from server.session_config import ObjectiveConfig
@@ -106,8 +106,10 @@ class Engine:
         """
         self._rig_references[rig] = set(header.get("cached_references", []))
         self.rig_channels[rig] = header["channels"]
-        await self._offload(self._log, None, None, "rig.connected", f"rig {rig!r} connected",
-                            {"channels": header.get("channels"), "cached_references": len(self._rig_references[rig])})
+        data = {"rig": rig, "channels": header["channels"], "cached_references": len(self._rig_references[rig])}
+        if "channel_labels" in header:  # protocol 1.1
+            data["channel_labels"] = header["channel_labels"]
+        await self._offload(self._log, None, None, "rig.connected", f"rig {rig!r} connected", data)
         self.wake()
         return {"server": "actmax"}
 
@@ -148,6 +150,9 @@ class Engine:
                 inflight.awaiting.clear()  # the rig will not answer the rest of this batch
             if not inflight.awaiting:
                 self._step(runtime)
+        live.hub.publish("batch.answered", f"{len(answered)} stimuli answered", thread_id=thread_id,
+                         session_id=runtime.session_id if runtime is not None else None,
+                         data={"batch_id": header["batch_id"], "accepted": len(answered), "done": bool(header.get("done"))})
         return {"batch_id": header["batch_id"], "accepted": len(answered), "duplicates": duplicates}
 
     def _record_results(self, rig: str, header: dict) -> tuple[int, set[str], int]:
@@ -331,6 +336,8 @@ class Engine:
             generation = records.complete_generation(db, inflight.generation_id, scores, reference,
                                                      optimizers.dumps_state(runtime.optimizer.state_dict()),
                                                      timed_out=timed_out)
+            rates = {stimulus_id: [r for r, _ in shown_at] for stimulus_id, shown_at in shown.items()}
+            monitor.generation_completed(db, runtime.session_id, runtime.id, generation.number, scores, reference, rates)
             if timed_out:
                 self._log_in(db, runtime.session_id, runtime.id, "generation.timed_out",
                              f"thread {runtime.id} generation {inflight.number}: "
@@ -365,6 +372,9 @@ class Engine:
         runtime.inflight.batch_id = message.header["batch_id"]
         runtime.inflight.awaiting = {s["stimulus_id"] for s in stimuli}
         runtime.inflight.last_activity = time.monotonic()
+        live.hub.publish("batch.sent", f"generation {runtime.inflight.number}: {len(stimuli)} stimuli sent",
+                         session_id=runtime.session_id, thread_id=runtime.id,
+                         data={"batch_id": runtime.inflight.batch_id, "generation": runtime.inflight.number})
 
     def _prepare_batch(self, runtime: ThreadRuntime, cached: frozenset[str]) -> Message | None:
         """A BATCH of the owed stimuli in a seeded random order, references interleaved."""

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session as DBSession
 
+from server import live
 from server.session_config import MAX_SEED, ObjectiveConfig, SessionConfig, ThreadConfig
 from server.store import queries
 from server.store.archive import ArchivedImage
@@ -66,6 +67,7 @@ def log_event(
         session_id=session_id, thread_id=thread_id, level=EventLevel(level), kind=kind, message=message, data_json=data
     )
     db.add(event)
+    live.publish_on_commit(db, event)
     return event
 
 
@@ -116,10 +118,16 @@ def create_session(db: DBSession, config: SessionConfig) -> Session:
     return session
 
 
-def add_thread(db: DBSession, session: Session, config: SessionConfig) -> Thread:
-    """Add ``config``'s last thread to ``session`` (config = the stored one plus it); reopens a finished session."""
-    thread = _with_seed(config.threads[-1])
-    config = config.model_copy(update={"threads": [*config.threads[:-1], thread]})
+def add_thread(db: DBSession, session: Session, thread: ThreadConfig) -> Thread:
+    """Add a thread (e.g. a Manifold map around a finished evolution) to ``session``; not committed.
+
+    The session's config, with the thread appended, is validated again (unique names, a manifold's
+    source evolution and generator); raises ``pydantic.ValidationError`` naming the problem before
+    anything changes. A finished session is active again.
+    """
+    thread = _with_seed(thread)
+    config = SessionConfig.model_validate(
+        {**session.config_json, "threads": [*session.config_json["threads"], thread.model_dump(mode="json")]})
     row = _thread_row(thread)
     session.threads.append(row)
     session.config_json = config.model_dump(mode="json")

@@ -15,7 +15,7 @@ from server.store.models import Event, Session, SessionStatus, Thread, ThreadSta
 
 router = APIRouter(prefix="/sessions", tags=["sessions"])
 NOT_FOUND = {404: {"model": ErrorDetail}}
-CONFLICT = {409: {"model": ErrorDetail, "description": "The session is not active."}}
+CONFLICT = {409: {"model": ErrorDetail, "description": "The session is stopped."}}
 
 
 @router.get("", response_model=list[SessionRead])
@@ -45,13 +45,15 @@ def get_session(session_id: int, db: DB) -> Session:
     return get_or_404(db, Session, session_id)
 
 
-@router.post("/{session_id}/stop", response_model=SessionWithThreads, responses={**NOT_FOUND, **CONFLICT})
+@router.post("/{session_id}/stop", response_model=SessionWithThreads, responses=NOT_FOUND)
 def stop_session(session_id: int, db: DB, wake: Wake) -> Session:
-    """Stop every thread that has not ended, and the session (``stopped``, final)."""
-    session = _active(db, session_id, "stop", allow_finished=False)
-    records.stop_session(db, session)
-    db.commit()
-    wake()
+    """Stop every thread that has not ended, and the session (``stopped``, final); idempotent: a session
+    already stopped or finished is returned as it is."""
+    session = get_or_404(db, Session, session_id)
+    if session.status == SessionStatus.ACTIVE:
+        records.stop_session(db, session)
+        db.commit()
+        wake()
     return session
 
 
@@ -62,25 +64,24 @@ def list_session_threads(session_id: int, db: DB) -> list[Thread]:
 
 @router.post("/{session_id}/threads", response_model=ThreadRead, status_code=status.HTTP_201_CREATED,
              responses={**NOT_FOUND, **CONFLICT})
-def add_thread(session_id: int, thread: ThreadConfig, db: DB, wake: Wake, cache: Generators,
+def post_session_thread(session_id: int, thread: ThreadConfig, db: DB, wake: Wake, cache: Generators,
                rig_channels: RigChannels) -> Thread:
     """Add a thread (e.g. a Manifold map around a finished evolution), checked like a new session's.
 
     A ``finished`` session becomes ``active`` again; a ``stopped`` one is a ``409``.
     """
-    session = _active(db, session_id, "add a thread to", allow_finished=True)
-    stored = SessionConfig.model_validate(session.config_json)
-    try:
-        config = SessionConfig.model_validate({**stored.model_dump(mode="json"),
-                                               "threads": [*stored.model_dump(mode="json")["threads"],
-                                                           thread.model_dump(mode="json")]})
-    except ValidationError as error:
-        raise HTTPException(422,
-                            [{"type": "value_error", "loc": ["body"], "msg": problem["msg"]}
-                             for problem in error.errors()]) from None
+    session = get_or_404(db, Session, session_id)
+    if session.status == SessionStatus.STOPPED:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"session {session_id} is stopped; threads can only be added "
+                            "to an active or finished session")
     channels = rig_channels(session.rig)
-    refuse(admission.check_thread(config.threads[-1], cache, session.rig, channels))
-    row = records.add_thread(db, session, config)
+    refuse(admission.check_thread(thread, cache, session.rig, channels))
+    try:
+        row = records.add_thread(db, session, thread)
+    except ValidationError as error:
+        db.rollback()
+        raise HTTPException(422, [{"type": "value_error", "loc": ["body"], "msg": problem["msg"]}
+                                  for problem in error.errors()]) from None
     if channels is None:
         row.status = ThreadStatus.WAITING_FOR_RIG
     db.commit()
@@ -98,12 +99,3 @@ def list_session_events(
     """The session's event log, oldest first."""
     get_or_404(db, Session, session_id)
     return paginate(db, select(Event).where(Event.session_id == session_id), Event.id, EventRead, offset, limit)
-
-
-def _active(db, session_id: int, action: str, *, allow_finished: bool) -> Session:
-    session = get_or_404(db, Session, session_id)
-    allowed = {SessionStatus.ACTIVE, SessionStatus.FINISHED} if allow_finished else {SessionStatus.ACTIVE}
-    if session.status not in allowed:
-        raise HTTPException(status.HTTP_409_CONFLICT,
-                            f"cannot {action} session {session_id}: it is {session.status.value}")
-    return session
