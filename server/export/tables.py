@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session as DBSession
 
 import optimizers
 from server.store.models import (
+    LIVE_THREAD_STATUSES,
     Batch,
     Event,
     Generation,
@@ -41,7 +42,7 @@ from server.store.models import (
 )
 
 TRIAL_FACTS_ATTRIBUTE = "trial_json"  # a presentation's optional JSON object of per-trial facts
-LIVE_STATUSES = (ThreadStatus.RUNNING, ThreadStatus.PAUSED)
+LIVE_STATUSES = (*LIVE_THREAD_STATUSES, ThreadStatus.PAUSED)  # threads that have not ended
 
 
 # What each column holds: the NWB column descriptions and docs/export.md say the same.
@@ -165,7 +166,7 @@ def session_tables(db: DBSession, session_id: int) -> SessionTables:
     live = [f"{t.name} ({t.status.value})" for t in session.threads if t.status in LIVE_STATUSES]
     if live:
         raise SessionRunning(f"session {session_id} is still running: {', '.join(live)}; wait until its threads "
-                             "finish or stop them (POST /threads/{id}/stop), then export")
+                             "finish or stop them (POST /sessions/{id}/stop or /threads/{id}/stop), then export")
     stimuli = _stimuli(db, session)
     presentations = _presentations(db, session, stimuli)
     return SessionTables(

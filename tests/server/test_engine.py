@@ -264,3 +264,27 @@ def test_a_paused_thread_scores_and_tells_its_generation_then_asks_nothing(live)
             db.get(Thread, thread_id).status = ThreadStatus.RUNNING
         live.engine.wake()
         assert rig.next_batch(timeout=60).generation == 1
+
+
+class WithBaseline(Presentation):
+    """A protocol 1.1 presentation carrying the rig's baseline rates."""
+
+    def to_json(self):
+        return {**super().to_json(), "baseline_rates": [1.5], "baseline_window_ms": [-100.0, 0.0]}
+
+
+def test_baseline_rates_are_stored_and_a_baseline_objective_subtracts_them(live):
+    thread_id = live.create(objective={"expression": "baseline(rate(0))"})
+    with RigClient(live.settings.zmq_endpoint, RIG, channels=1) as rig:
+        batch = rig.next_batch(timeout=60)
+        sent = {s.stimulus_id: float(i) for i, s in enumerate(batch.stimuli)}
+        rig.send_results(batch.batch_id, [WithBaseline(s, [v], time.time(), batch.response_window_ms)
+                                          for s, v in sent.items()], done=True).result(30)
+        assert rig.next_batch(timeout=60).generation == 1
+    with live.sessions() as db:
+        assert all(b == [1.5] for b in db.scalars(select(PresentationRow.baseline_rates_json)))
+        generation = db.scalars(select(Generation).where(Generation.thread_id == thread_id,
+                                                         Generation.number == 0)).one()
+        assert generation.objective_json == {"expression": "baseline(rate(0))", "combine": "mean"}
+        expected = [sent[s.id] - 1.5 for s in generation.stimuli]
+        assert generation.scores_json == pytest.approx(expected)

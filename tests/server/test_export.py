@@ -48,7 +48,7 @@ def recorded(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def running(recorded) -> int:
-    """A session whose rig never connects: its thread stays running."""
+    """A session whose rig never connects: its thread waits for it (not ended)."""
     server, _, _ = recorded
     return httpx.post(f"{server.url}/sessions", headers={"Authorization": f"Bearer {server.token}"}, json={
         "name": "live", "rig": "nobody", "threads": [{"name": "t", "generator": "dcgan-faces", "optimizer": "cma",
@@ -191,7 +191,7 @@ def test_running_session_is_refused_by_the_cli(recorded, running, capsys, tmp_pa
     server, _, _ = recorded
     assert actmax(["export", "parquet", "--data-dir", str(server.data_dir), "--session", str(running),
                    "--out", str(tmp_path / "out")]) == 2
-    assert f"session {running} is still running: t (running)" in capsys.readouterr().err
+    assert f"session {running} is still running: t (waiting_for_rig)" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

@@ -14,6 +14,7 @@ import secrets
 import shlex
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -107,6 +108,11 @@ def test_threads_wait_for_their_rig_then_run_or_block_and_sessions_finish(stack:
     assert stack.thread(ok_thread["id"])["status"] == "finished"
     kinds = [(e["kind"], e["thread_id"]) for e in stack.events(ok["id"])]
     assert ("thread.running", ok_thread["id"]) in kinds and kinds[-1] == ("session.finished", None)
+    # The simulated rig stamps each onset when it shows the image, on its clock (the same machine's here):
+    # after the session was created and before the server received the results.
+    created = datetime.fromisoformat(ok["created_at"]).timestamp()
+    for shown in stack.api.get(f"/threads/{ok_thread['id']}/presentations", limit=1000)["items"]:
+        assert created <= shown["onset"] <= datetime.fromisoformat(shown["received_at"]).timestamp()
     assert ("thread.blocked", wide_thread["id"]) in [(e["kind"], e["thread_id"]) for e in stack.events(wide["id"])]
 
     stopped = stack.api.post(f"/sessions/{wide['id']}/stop")
