@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
                            for t in threads)
                 bar.update(done - bar.n)
                 states = [api.get(f"/threads/{t['id']}")["status"] for t in threads]
-                if all(s in ("finished", "stopped") for s in states):
+                if all(s in ("finished", "stopped", "failed") for s in states):
                     break
                 if time.monotonic() - started > args.timeout:
                     raise TimeoutError(f"demo did not finish within {args.timeout:.0f} s; see {data / 'server.log'}")

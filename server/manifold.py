@@ -36,6 +36,8 @@ def manifold_config(thread: Thread) -> ManifoldConfig:
 def source_trajectory(db: DBSession, thread: Thread, source_name: str) -> tuple[np.ndarray, np.ndarray]:
     """(every code of the source evolution in order, its final generation's codes)."""
     source = queries.thread_named(db, thread.session_id, source_name)
+    if source.status == ThreadStatus.FAILED:
+        raise ServerError(f"manifold {thread.name!r}: its evolution {source.name!r} failed ({source.last_error})")
     if source.status not in (ThreadStatus.FINISHED, ThreadStatus.STOPPED):
         raise ManifoldNotReady(f"manifold {thread.name!r} waits for evolution {source.name!r} to finish")
     generations = queries.complete_generations(db, source.id)

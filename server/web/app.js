@@ -235,7 +235,9 @@ function renderSession(state) {
     $("h2", card).textContent = `${thread.name}`;
     $(".status", card).className = `status ${thread.status}`;
     $(".status", card).textContent = thread.status;
-    $(".info", card).textContent = `${thread.kind} · ${thread.generator} · ${thread.optimizer} · channels ${thread.objective.channels.join(", ")}`;
+    const objective = thread.objective.expression || `channels ${thread.objective.channels.join(", ")}`;
+    const error = thread.last_error ? ` · ${thread.last_error}` : "";
+    $(".info", card).textContent = `${thread.kind} · ${thread.generator} · ${thread.optimizer} · ${objective}${error}`;
     renderControls(state, thread, $(".controls", card));
     if (thread.kind === "manifold" && thread.status === "finished" && !card.dataset.map) loadManifold(card, thread);
   }
@@ -244,11 +246,13 @@ function renderSession(state) {
 function renderControls(state, thread, box) {
   const buttons = [];
   const post = (action) => () => act(() => api(`/threads/${thread.id}/${action}`, { method: "POST" }), state);
-  if (thread.status === "running") buttons.push(["Pause", post("pause")]);
+  const live = ["running", "waiting_for_rig", "blocked"].includes(thread.status);  // not ended, not paused
+  if (live) buttons.push(["Pause", post("pause")]);
   if (thread.status === "paused") buttons.push(["Resume", post("resume")]);
-  if (thread.status === "running" || thread.status === "paused") buttons.push(["Stop", post("stop"), "danger"]);
+  if (live || thread.status === "paused") buttons.push(["Stop", post("stop"), "danger"]);
   const mapped = state.session.threads.some((t) => t.kind === "manifold" && t.optimizer_params.source === thread.name);
-  if (thread.kind === "evolution" && thread.status === "finished" && !mapped && state.session.status === "active") {
+  // A finished session takes new threads (it becomes active again); a stopped one does not.
+  if (thread.kind === "evolution" && thread.status === "finished" && !mapped && state.session.status !== "stopped") {
     buttons.push(["Add Manifold thread", () => act(() => api(`/sessions/${state.session.id}/threads`, {
       method: "POST",
       body: JSON.stringify({ name: `${thread.name}-manifold`, kind: "manifold", generator: thread.generator,

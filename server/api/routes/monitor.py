@@ -10,6 +10,7 @@ from server.api.deps import DB, get_or_404
 from server.api.schemas import BatchTiming, Curve, CurvePoint, ErrorDetail, RigStatus
 from server.drift import mean_sem
 from server.monitor import GENERATION_COMPLETED
+from server.session_config import ObjectiveConfig
 from server.store.models import (
     Batch, Event, Generation, GenerationStatus, Session, SessionStatus, Stimulus, StimulusKind, Thread,
 )
@@ -79,7 +80,7 @@ def get_rig(rig: str, request: Request, db: DB, batches: int = Query(20, ge=1, l
         select(Thread.name, Thread.objective_json).join(Session, Session.id == Thread.session_id)
         .where(Session.rig == rig, Session.status == SessionStatus.ACTIVE)
     ):
-        for channel in objective["channels"]:
+        for channel in sorted(ObjectiveConfig.model_validate(objective).build().channels):
             scored.setdefault(channel, []).append(name)
     recent = db.execute(
         select(Batch, Generation.number).join(Generation, Generation.id == Batch.generation_id)
