@@ -139,7 +139,7 @@ class Engine:
         try:
             thread_id, answered, duplicates = await self._offload(self._record_results, rig, header)
         except RigInputError as exc:
-            await self._offload(self._refused, rig, header["batch_id"], exc)
+            await self.on_refused(rig, header["batch_id"], exc)
             raise
         runtime = self._threads.get(thread_id)
         inflight = runtime.inflight if runtime is not None else None
@@ -181,8 +181,11 @@ class Engine:
             stimulus_of = {p.presentation_id: p.stimulus_id for p in presentations}
             return batch.thread_id, {stimulus_of[pid] for pid in accepted}, len(duplicates)
 
+    async def on_refused(self, rig: str, batch_id: str, exc: RigInputError) -> None:
+        """A refused RESULTS (by the transport or here) is an event and its thread's ``last_error``."""
+        await self._offload(self._refused, rig, batch_id, exc)
+
     def _refused(self, rig: str, batch_id: str, exc: RigInputError) -> None:
-        """A refused RESULTS is an event and its thread's ``last_error``, not only a log line."""
         with self._db.begin() as db:
             batch = db.get(Batch, batch_id)
             message = f"RESULTS from rig {rig!r} for batch {batch_id!r} refused ({exc.code}): {exc.message}"

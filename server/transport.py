@@ -42,6 +42,9 @@ class Handler(Protocol):
     async def on_connected(self, rig_name: str) -> None:
         """Optional: WELCOME was sent; (re)send the rig's outstanding batch here."""
 
+    async def on_refused(self, rig_name: str, batch_id: str, refusal: RigInputError) -> None:
+        """Optional: the transport itself refused a RESULTS (e.g. rates not matching HELLO's channels)."""
+
 
 @dataclass
 class _Rig:
@@ -224,10 +227,13 @@ class Transport:
         channels = self._rigs[name].channels
         for i, p in enumerate(header["presentations"]):
             if len(p["rates"]) != channels:
-                await self._reply(identity, error(
-                    ErrorCode.BAD_FIELD, f"RESULTS presentations[{i}] has {len(p['rates'])} rates; "
-                    f"this rig declared {channels} channels in HELLO",
-                    in_reply_to=MessageType.RESULTS, batch_id=header["batch_id"]))
+                refusal = RigInputError(ErrorCode.BAD_FIELD, f"RESULTS presentations[{i}] has {len(p['rates'])} "
+                                        f"rates; this rig declared {channels} channels in HELLO")
+                await self._reply(identity, error(refusal.code, refusal.message, in_reply_to=MessageType.RESULTS,
+                                                  batch_id=header["batch_id"]))
+                on_refused = getattr(self.handler, "on_refused", None)
+                if on_refused is not None:
+                    await on_refused(name, header["batch_id"], refusal)
                 return
         ack = await self._call(identity, name, MessageType.RESULTS, header["batch_id"],
                                self.handler.on_results, header)

@@ -129,10 +129,16 @@ def test_refused_results_are_an_event_and_the_threads_last_error(stack: Stack):
         with pytest.raises(ProtocolError, match="not part of batch"):
             rig.send_results(batch.batch_id, [Presentation("no-such-stimulus", [1.0], onset=0.0,
                                                            window_ms=(50, 200))]).result(30)
-    thread = stack.thread(thread_id)
-    assert "refused (bad_field)" in thread["last_error"] and "no-such-stimulus" in thread["last_error"]
+        thread = stack.thread(thread_id)
+        assert "refused (bad_field)" in thread["last_error"] and "no-such-stimulus" in thread["last_error"]
+        rig.channels = 2  # a buggy rig: more rates than it announced in HELLO (the transport refuses them)
+        with pytest.raises(ProtocolError, match="declared 1 channels"):
+            rig.send_results(batch.batch_id, [Presentation(batch.stimuli[0].stimulus_id, [1.0, 2.0], onset=0.0,
+                                                           window_ms=(50, 200))]).result(30)
+    assert "declared 1 channels in HELLO" in stack.thread(thread_id)["last_error"]
     refused = [e for e in stack.events(session["id"]) if e["kind"] == "results.refused"]
-    assert refused and refused[0]["thread_id"] == thread_id and refused[0]["data"]["batch_id"] == batch.batch_id
+    assert len(refused) == 2 and all(e["thread_id"] == thread_id and e["data"]["batch_id"] == batch.batch_id
+                                     for e in refused)
     stack.api.post(f"/sessions/{session['id']}/stop")
 
 
