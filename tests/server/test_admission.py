@@ -60,6 +60,15 @@ def test_missing_weights_say_where_they_were_looked_for(client, tmp_path: Path):
     assert str(nowhere) in msg and "ACTMAX_WEIGHTS_DIR" in msg
 
 
+def test_a_generator_without_weights_in_its_standard_locations_is_refused(client, live_server: LiveServer):
+    missing = [g["name"] for g in client.get("/generators").json() if not g["found"]]
+    if not missing:
+        pytest.skip("every generator has weights on this machine")
+    loc, msg = only(refused(client, session_config(threads=[thread_config(generator=missing[0])])))
+    assert loc == ["body", "threads", 0, "generator"]
+    assert "not found; tried:" in msg and "ACTMAX_WEIGHTS_DIR/<generator>/" in msg and '"weights" path' in msg
+
+
 def test_objective_channels_must_be_among_the_connected_rigs(client, live_server: LiveServer):
     live_server.engine.rigs["rig-3ch"] = 3
     try:
