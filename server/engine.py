@@ -31,7 +31,7 @@ from server.session_config import ObjectiveConfig
 from server.settings import Settings
 from server.store import queries, records
 from server.store.archive import ImageArchive
-from server.store.models import Batch, EventLevel, Generation, Stimulus, Thread, ThreadStatus
+from server.store.models import Batch, EventLevel, Stimulus, Thread, ThreadStatus
 from server.thread_runtime import InFlight, ThreadRuntime, build_runtime
 from server.weights import GeneratorCache
 
@@ -164,8 +164,7 @@ class Engine:
             if batch.rig != rig:
                 raise RigInputError(ErrorCode.UNKNOWN_BATCH,
                                     f"batch {batch.id!r} was sent to rig {batch.rig!r}, not {rig!r}")
-            generation = db.get(Generation, batch.generation_id)
-            objective = Objective.from_config(generation.objective_json or db.get(Thread, batch.thread_id).objective_json)
+            objective = Objective.from_config(queries.generation_objective(db, batch.generation_id))
             wanted = queries.batch_stimulus_ids(db, batch)
             for p in header["presentations"]:
                 if p["stimulus_id"] not in wanted:
@@ -313,7 +312,7 @@ class Engine:
                                                      codes, images, runtime.generator.provenance)
             # Read after the insert took the write lock, so a concurrent retarget is wholly before or after.
             generation.objective_json = db.get(Thread, runtime.id).objective_json
-            return InFlight(generation.id, generation.number, codes, ids, Objective.from_config(generation.objective_json))
+            return InFlight(generation.id, generation.number, codes, ids)
 
     def _missing(self, db: DBSession, runtime: ThreadRuntime) -> list[str]:
         """Stimulus ids (with repeats) still owed for the in-flight generation."""
@@ -332,7 +331,8 @@ class Engine:
         inflight = runtime.inflight
         with self._db.begin() as db:
             shown = queries.generation_presentations(db, inflight.generation_id)
-            scored = inflight.objective.score_generation(shown, frozenset(runtime.reference_ids))
+            objective = Objective.from_config(queries.generation_objective(db, inflight.generation_id))
+            scored = objective.score_generation(shown, frozenset(runtime.reference_ids))
             scores = np.array([scored.get(s, np.nan) for s in inflight.stimulus_ids])
             reference = [scored.get(s, np.nan) for s in runtime.reference_ids]
             runtime.optimizer.tell(inflight.codes, scores)
@@ -362,6 +362,9 @@ class Engine:
         """Send every stimulus the in-flight generation still owes (cached references by id only)."""
         if self.transport is None or not self.transport.connected(runtime.rig):
             return
+        if await self._offload(self._channels_needed, runtime.inflight.generation_id) > \
+                self.rig_channels.get(runtime.rig, 0):
+            return  # the rig lacks a scored channel: the thread is (or is about to be) blocked
         cached = self._rig_references.setdefault(runtime.rig, set())
         message = await self._offload(self._prepare_batch, runtime, frozenset(cached))
         if message is None:  # nothing owed: the generation is complete
@@ -378,6 +381,10 @@ class Engine:
         live.hub.publish("batch.sent", f"generation {runtime.inflight.number}: {len(stimuli)} stimuli sent",
                          session_id=runtime.session_id, thread_id=runtime.id,
                          data={"batch_id": runtime.inflight.batch_id, "generation": runtime.inflight.number})
+
+    def _channels_needed(self, generation_id: int) -> int:
+        with self._db() as db:
+            return ObjectiveConfig.model_validate(queries.generation_objective(db, generation_id)).n_channels
 
     def _prepare_batch(self, runtime: ThreadRuntime, cached: frozenset[str]) -> Message | None:
         """A BATCH of the owed stimuli in a seeded random order, references interleaved."""

@@ -21,7 +21,6 @@ from rig_client.protocol import encode_png
 from server import ServerError
 from server.images import load_references
 from server.manifold import design_codes
-from server.objectives import Objective
 from server.session_config import SessionConfig, ThreadConfig
 from server.store import queries
 from server.store.archive import ImageArchive
@@ -42,7 +41,6 @@ class InFlight:
     number: int
     codes: np.ndarray
     stimulus_ids: list[str]  # synthetic stimuli in code order
-    objective: Objective  # the thread's objective when the generation was asked (a retarget applies after)
     batch_id: str | None = None  # None: the current round still has to be sent
     awaiting: set[str] = field(default_factory=set)  # stimuli of the last batch not answered yet
     rounds: int = 0
@@ -95,7 +93,7 @@ def build_runtime(db: DBSession, thread_id: int, load_generator: Callable[[str, 
     )
     pending = queries.pending_generation(db, thread_id)
     if pending is not None:
-        runtime.inflight = resume_pending(runtime, pending, pending.objective_json or thread.objective_json)
+        runtime.inflight = resume_pending(runtime, pending)
     return runtime
 
 
@@ -114,7 +112,7 @@ def optimizer_params(name: str, generator, user: dict) -> dict:
     return {**defaults, **user}
 
 
-def resume_pending(runtime: ThreadRuntime, pending: Generation, objective: dict) -> InFlight:
+def resume_pending(runtime: ThreadRuntime, pending: Generation) -> InFlight:
     """Re-ask the restored optimizer; it must return exactly the codes stored before the crash."""
     codes = runtime.optimizer.ask()
     stored = decode_codes(pending.codes, pending.n_stimuli)
@@ -124,7 +122,7 @@ def resume_pending(runtime: ThreadRuntime, pending: Generation, objective: dict)
             "codes than were stored; the optimizer state in the database is inconsistent"
         )
     ids = [s.id for s in pending.stimuli if s.kind == StimulusKind.SYNTHETIC]
-    return InFlight(pending.id, pending.number, stored, ids, Objective.from_config(objective))
+    return InFlight(pending.id, pending.number, stored, ids)
 
 
 def ensure_references(db: DBSession, session: Session, config: SessionConfig, archive: ImageArchive) -> list[str]:

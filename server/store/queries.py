@@ -71,6 +71,13 @@ def pending_generation(db: DBSession, thread_id: int) -> Generation | None:
     ).first()
 
 
+def generation_objective(db: DBSession, generation_id: int) -> dict:
+    """The objective a generation is scored with: the one recorded when it was asked (or retargeted before
+    any response), else its thread's."""
+    generation = db.get(Generation, generation_id)
+    return generation.objective_json or generation.thread.objective_json
+
+
 def reference_ids(db: DBSession, session_id: int) -> list[str]:
     """The session's reference stimuli, in the order they were archived."""
     return list(db.scalars(

@@ -139,7 +139,8 @@ def add_thread(db: DBSession, session: Session, thread: ThreadConfig) -> Thread:
 
 
 def set_objective(db: DBSession, thread: Thread, objective: ObjectiveConfig) -> int:
-    """Change a thread's objective from its next generation on; returns that generation's number.
+    """Change a thread's objective from its next generation on (the pending one if nothing of it was
+    recorded yet); returns that generation's number.
 
     The write comes first: it holds SQLite's write lock while the pending generation is read, and the
     engine reads the objective after inserting a generation, so each generation sees exactly one side.
@@ -151,7 +152,11 @@ def set_objective(db: DBSession, thread: Thread, objective: ObjectiveConfig) -> 
     db.flush()
     pending = queries.pending_generation(db, thread.id)
     last = queries.last_complete_generation(db, thread.id)
-    from_generation = pending.number + 1 if pending is not None else (0 if last is None else last.number + 1)
+    if pending is not None and not queries.presentation_counts(db, pending.id):
+        pending.objective_json = thread.objective_json  # nothing shown yet: it is scored the new way too
+        from_generation = pending.number
+    else:
+        from_generation = pending.number + 1 if pending is not None else (0 if last is None else last.number + 1)
     log_event(db, "thread.retargeted",
               f"thread {thread.id} {thread.name!r} scores {describe_objective(objective)} from generation "
               f"{from_generation} on", thread_id=thread.id,

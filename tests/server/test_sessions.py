@@ -115,8 +115,14 @@ def test_threads_wait_for_their_rig_then_run_or_block_and_sessions_finish(stack:
         assert created <= shown["onset"] <= datetime.fromisoformat(shown["received_at"]).timestamp()
     assert ("thread.blocked", wide_thread["id"]) in [(e["kind"], e["thread_id"]) for e in stack.events(wide["id"])]
 
-    stopped = stack.api.post(f"/sessions/{wide['id']}/stop")
-    assert stopped["status"] == "stopped" and stopped["threads"][0]["status"] == "stopped"
+    # Retargeted to a channel the rig records, the blocked thread runs; its pending generation, of which
+    # nothing was shown, is scored the new way.
+    stack.api.post(f"/threads/{wide_thread['id']}/retarget", {"objective": {"channels": [1]}})
+    stack.wait(lambda: stack.api.get(f"/sessions/{wide['id']}")["status"] == "finished", "the retargeted session")
+    generations = stack.api.get(f"/threads/{wide_thread['id']}/generations")
+    assert [g["objective"] for g in generations] == [{"channels": [1], "combine": "mean"}] * 2
+    (event,) = [e for e in stack.events(wide["id"]) if e["kind"] == "thread.retargeted"]
+    assert event["data"]["from_generation"] == 0
 
 
 def test_refused_results_are_an_event_and_the_threads_last_error(stack: Stack):
