@@ -37,8 +37,10 @@ def settings_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from server.keys import KeyStore
+
     settings = settings_from_args(args)
-    settings.require_token()
+    settings.check_exposure(curve=KeyStore(settings.keys_dir).enabled())
     asyncio.run(serve(settings))
     return 0
 
@@ -48,6 +50,7 @@ async def serve(settings) -> None:
     import uvicorn
 
     from server.engine import Engine
+    from server.keys import KeyStore
     from server.main import create_app
     from server.store.archive import ImageArchive
     from server.store.db import make_engine, make_sessionmaker, upgrade
@@ -56,16 +59,20 @@ async def serve(settings) -> None:
     upgrade(settings.database_url)
     sessions = make_sessionmaker(make_engine(settings.database_url))
     engine = Engine(settings, sessions, ImageArchive(settings.data_dir))
+    keys = KeyStore(settings.keys_dir)
+    curve = {"server_key": keys.server_keys(), "rig_keys": keys.rig_keys()} if keys.enabled() else {}
     transport = Transport(
         settings.zmq_endpoint, engine, heartbeat_s=settings.heartbeat_s,
-        liveness=settings.liveness, max_message_bytes=settings.max_message_bytes,
+        liveness=settings.liveness, max_message_bytes=settings.max_message_bytes, **curve,
     )
     engine.transport = transport
     app = create_app(settings, engine=engine)
     http = uvicorn.Server(uvicorn.Config(app, host=settings.http_host, port=settings.http_port, log_level="warning"))
     background = [asyncio.create_task(transport.run()), asyncio.create_task(engine.run())]
-    log.info("serving REST on http://%s:%s, rigs on %s, data in %s",
-             settings.http_host, settings.http_port, settings.zmq_endpoint, settings.data_dir)
+    log.info("serving REST on http://%s:%s, rigs on %s (%s), data in %s",
+             settings.http_host, settings.http_port, settings.zmq_endpoint,
+             f"CURVE, {len(curve['rig_keys'])} rig keys" if curve else "no CURVE: loopback only",
+             settings.data_dir)
     try:
         await http.serve()
     finally:
