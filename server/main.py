@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 
-from server.api.deps import EngineWaker, require_token
+from server.api.deps import EngineWaker, bearer_scheme
+from server.api.guard import RequestGuard
 from server.api.routes import generations, health, manifold, sessions, stimuli, threads
 from server.api.routes.health import package_version
 from server.api.schemas import ErrorDetail
@@ -31,8 +34,9 @@ def create_app(settings: Settings, *, engine: EngineWaker | None = None) -> Fast
         database.dispose()
 
     app = FastAPI(title="actmax", version=package_version(), lifespan=lifespan)
+    app.add_middleware(RequestGuard, token=token, max_body_bytes=settings.max_body_bytes)
+    app.add_exception_handler(RequestValidationError, _validation_error)
     app.state.settings = settings
-    app.state.token = token
     app.state.sessionmaker = db.make_sessionmaker(database)
     app.state.archive = ImageArchive(settings.data_dir)
     app.state.engine = engine
@@ -40,6 +44,13 @@ def create_app(settings: Settings, *, engine: EngineWaker | None = None) -> Fast
     app.include_router(health.router)
     for resource in (sessions, threads, generations, stimuli, manifold):
         app.include_router(
-            resource.router, dependencies=[Depends(require_token)], responses={401: {"model": ErrorDetail}}
+            resource.router, dependencies=[Depends(bearer_scheme)],
+            responses={401: {"model": ErrorDetail}, 413: {"model": ErrorDetail}},
         )
     return app
+
+
+async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 naming each problem, without echoing the input (it may be huge, deep, or NaN)."""
+    detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+    return JSONResponse({"detail": detail}, status_code=422)

@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(64 * 2**20, gt=0, description="Largest ZeroMQ message accepted.")
     batch_timeout_s: float = Field(300.0, gt=0, description="Seconds before a batch's missing results time out.")
     device: str = Field("auto", description='Torch device for generators: "auto", "cpu", "cuda", "cuda:1", ...')
+    max_body_bytes: int = Field(2**20, ge=1024, description="Largest REST request body; larger ones get 413 unread.")
     keys_dir: Path | None = Field(None, description="CURVE keys (`actmax keys`); default {data_dir}/keys.")
 
     @model_validator(mode="after")
