@@ -323,7 +323,8 @@ class Transport:
             await self._results(identity, name, msg.header)
             return
         await self._reply(identity, error(ErrorCode.UNEXPECTED_TYPE, f"{msg.type} is sent by the "
-                                          "server, never to it", in_reply_to=msg.type))
+                                          "server, never to it", in_reply_to=msg.type,
+                                          batch_id=msg.header.get("batch_id")))
 
     async def _results(self, identity: bytes, name: str, header: dict) -> None:
         channels = self._rigs[name].channels
