@@ -58,7 +58,10 @@ async def serve(settings) -> None:
 
     upgrade(settings.database_url)
     sessions = make_sessionmaker(make_engine(settings.database_url))
-    engine = Engine(settings, sessions, ImageArchive(settings.data_dir))
+    archive = ImageArchive(settings.data_dir)
+    if removed := archive.remove_partial_writes():
+        log.info("removed %d partial image files a previous run left in %s", removed, settings.data_dir)
+    engine = Engine(settings, sessions, archive)
     keys = KeyStore(settings.keys_dir)
     curve = {"server_key": keys.server_keys(), "rig_keys": keys.rig_keys()} if keys.enabled() else {}
     transport = Transport(
