@@ -23,7 +23,7 @@ import zmq
 import zmq.asyncio
 
 from rig_client.protocol import (
-    MAX_MESSAGE_BYTES, ErrorCode, Message, MessageType, ProtocolError, decode, encode, error,
+    MAX_MESSAGE_BYTES, ErrorCode, Message, MessageType, ProtocolError, decode, encode, error, is_id,
 )
 from server import ServerError
 
@@ -84,6 +84,12 @@ def _unpredictable_routing_ids() -> None:
         ctypes.CDLL(None).srand(secrets.randbits(32))
     except (OSError, AttributeError):  # no C library to seed (not on Linux/macOS)
         log.warning("could not seed libzmq's routing ids; keep the rigs' port on loopback or CURVE")
+
+
+def _batch_id(header: dict) -> str | None:
+    """The header's batch_id for an ERROR reply, if it is a valid id (types without one may carry junk)."""
+    value = header.get("batch_id")
+    return value if is_id(value) else None
 
 
 class _Peer:
@@ -253,8 +259,8 @@ class Transport:
             await self._socket.send_multipart([identity, *frames], flags=zmq.DONTWAIT, copy=False)
             return True
         except zmq.ZMQError as exc:  # EHOSTUNREACH (peer gone) or EAGAIN (peer not reading)
-            log.warning("could not send %s to identity %s: %s", frames[1].decode(), identity.hex(),
-                        exc)
+            self._log("failed sends", logging.WARNING, "could not send %s to identity %s: %s",
+                      frames[1].decode(), identity.hex(), exc)  # one budget: peers that vanish
             return False
 
     async def _reply(self, identity: bytes, msg: Message) -> None:
@@ -310,7 +316,7 @@ class Transport:
                 await self._reply(identity, error(
                     ErrorCode.NOT_REGISTERED, "send HELLO first (the server restarted or timed "
                     "this connection out)", in_reply_to=msg.type,
-                    batch_id=msg.header.get("batch_id")))
+                    batch_id=_batch_id(msg.header)))
             return
         self._refresh(name)
         if msg.type == MessageType.HEARTBEAT:
@@ -324,7 +330,7 @@ class Transport:
             return
         await self._reply(identity, error(ErrorCode.UNEXPECTED_TYPE, f"{msg.type} is sent by the "
                                           "server, never to it", in_reply_to=msg.type,
-                                          batch_id=msg.header.get("batch_id")))
+                                          batch_id=_batch_id(msg.header)))
 
     async def _results(self, identity: bytes, name: str, header: dict) -> None:
         channels = self._rigs[name].channels

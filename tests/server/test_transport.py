@@ -344,3 +344,15 @@ def test_bind_failure_is_a_clear_server_error(zmq_context, endpoint):
                 Transport(endpoint, Recorder(), context=zmq_context)
 
     run(scenario())
+
+
+def test_reply_leaves_out_a_batch_id_that_is_not_an_id(zmq_context, endpoint):
+    """Found by the fuzz test: a HEARTBEAT may carry any extra field, "batch_id": "" included."""
+    async def scenario():
+        async with Harness(zmq_context, endpoint) as h:
+            d = h.dealer()
+            await d.send_multipart(raw(b"HEARTBEAT", {"batch_id": ""}))
+            reply = await h.reply(d)
+            assert reply.header["code"] == "not_registered" and "batch_id" not in reply.header
+
+    run(scenario())

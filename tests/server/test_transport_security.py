@@ -227,3 +227,24 @@ def test_hello_flood_from_one_address_is_refused_before_the_handler(zmq_context,
             assert 100 <= len(hellos) < 300
 
     run(scenario())
+
+
+def test_keys_command_makes_and_lists_keys_and_serve_refuses_open_endpoints(tmp_path, capsys, monkeypatch):
+    from server.cli import main
+
+    data = str(tmp_path / "data")
+    assert main(["keys", "--data-dir", data, "init"]) == 0
+    public = capsys.readouterr().out.split(": ")[1].split()[0]
+    assert main(["keys", "--data-dir", data, "rig", "rig-a"]) == 0
+    assert "issued/rig-a.key_secret" in capsys.readouterr().out
+    assert main(["keys", "--data-dir", data, "list"]) == 0
+    listing = capsys.readouterr().out
+    assert public in listing and "rig rig-a: " in listing
+    assert main(["keys", "--data-dir", data, "rig", "rig a"]) == 2
+    assert "not valid" in capsys.readouterr().err
+
+    monkeypatch.setenv("ACTMAX_TOKEN", "t" * 40)
+    empty = str(tmp_path / "no-keys")
+    assert main(["serve", "--data-dir", empty, "--zmq-endpoint", "tcp://0.0.0.0:5555"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "actmax keys init" in error
