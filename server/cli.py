@@ -13,6 +13,7 @@ import sys
 
 SUBCOMMAND_MODULES = (
     "server.serve",  # actmax serve
+    "server.keys",  # actmax keys init|rig|list
     "rig_client.sim",  # actmax rig sim
     "server.demo",  # actmax demo
     "server.bench",  # actmax bench, actmax bench report

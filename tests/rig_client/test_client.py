@@ -224,3 +224,23 @@ def test_closed_client_and_bad_arguments(zmq_context, endpoint):
         RigClient(endpoint, "rig a", channels=2, context=zmq_context)
     with pytest.raises(ProtocolError, match="channels"):
         RigClient(endpoint, "rig-a", channels=0, context=zmq_context)
+
+
+def test_not_registered_answer_keeps_the_results_for_the_resend(zmq_context, endpoint, monkeypatch):
+    """docs/protocol.md §8: ERROR not_registered names the batch_id but settles nothing.
+
+    Heartbeats every 5 s, so the RESULTS (not a HEARTBEAT) is what meets not_registered."""
+    monkeypatch.setitem(FAST, "heartbeat_s", 5.0)
+    lab = ServerThread(zmq_context, endpoint, Lab())
+    try:
+        with RigClient(endpoint, "rig-a", channels=2, context=zmq_context, **FAST) as client:
+            assert client.wait_connected(5)
+            lab.send(batch("b1", [("s1", "synthetic", encode_png(image(2)))]))
+            shown = presentations(client.next_batch(timeout=5))
+            lab.call(lab.handler.transport._unbind("rig-a"))  # the server forgets the rig (expiry)
+            upload = client.send_results("b1", shown)  # not_registered, then resent after HELLO
+            assert upload.result(10) == {"batch_id": "b1", "accepted": 1, "duplicates": 0}
+            assert [(e["code"], e["batch_id"]) for e in client.errors] == [("not_registered", "b1")]
+            assert len(lab.handler.hellos) == 2
+    finally:
+        lab.stop()

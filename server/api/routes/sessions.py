@@ -6,7 +6,7 @@ from fastapi import APIRouter, HTTPException, status
 from pydantic import ValidationError
 from sqlalchemy import select, update
 
-from server.api.deps import DB, Limit, Offset, Wake, get_or_404, paginate
+from server.api.deps import DB, Id, Limit, Offset, Wake, get_or_404, paginate
 from server.api.schemas import ErrorDetail, EventRead, Page, SessionRead, SessionWithThreads, ThreadRead
 from server.session_config import SessionConfig, ThreadConfig, describe_validation_error
 from server.store.models import Event, Session, SessionStatus, Thread, ThreadStatus
@@ -31,18 +31,18 @@ def post_session(config: SessionConfig, db: DB, wake: Wake) -> Session:
 
 
 @router.get("/{session_id}", response_model=SessionWithThreads, responses=NOT_FOUND)
-def get_session(session_id: int, db: DB) -> Session:
+def get_session(session_id: Id, db: DB) -> Session:
     return get_or_404(db, Session, session_id)
 
 
 @router.get("/{session_id}/threads", response_model=list[ThreadRead], responses=NOT_FOUND)
-def list_session_threads(session_id: int, db: DB) -> list[Thread]:
+def list_session_threads(session_id: Id, db: DB) -> list[Thread]:
     return get_or_404(db, Session, session_id).threads
 
 
 @router.get("/{session_id}/events", response_model=Page[EventRead], responses=NOT_FOUND)
 def list_session_events(
-    session_id: int,
+    session_id: Id,
     db: DB,
     offset: Offset = 0,
     limit: Limit = 100,
