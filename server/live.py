@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import event as sa_event
 from sqlalchemy.orm import Session as DBSession
 
-from server.store.models import _nan_to_none
+from analysis.serialization import json_safe
 
 QUEUE_SIZE = 1000  # items a subscriber may lag behind before its oldest are dropped
 MAX_SUBSCRIBERS = 64  # open streams per server process
@@ -101,7 +101,7 @@ class Hub:
         item = {
             "seq": next(self._seq), "event_id": event_id, "time": datetime.now(timezone.utc).isoformat(),
             "kind": kind, "level": str(level), "message": message,
-            "session_id": session_id, "thread_id": thread_id, "data": _nan_to_none(data or {}),
+            "session_id": session_id, "thread_id": thread_id, "data": json_safe(data or {}),
         }
         with self._lock:
             subscribers = list(self._subscribers)

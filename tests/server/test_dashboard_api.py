@@ -23,7 +23,7 @@ from tests.server.test_api import create_session
 
 
 @pytest.fixture
-def client(live_server: LiveServer, registries) -> Iterator[httpx.Client]:
+def client(live_server: LiveServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=live_server.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10) as c:
         yield c
 

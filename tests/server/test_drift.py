@@ -42,7 +42,7 @@ def test_a_channel_is_silent_below_the_fraction_of_its_early_rate():
     assert drift.silent_channels(base, drift.Level(0, 0, (1.0, 0.0, 0.4)), 0.1) == [2]
 
 
-def test_the_hook_warns_once_when_references_fall_and_once_when_a_channel_goes_silent(db_sessions, registries):
+def test_the_hook_warns_once_when_references_fall_and_once_when_a_channel_goes_silent(db_sessions):
     config = SessionConfig.model_validate(session_config(drift={"baseline_generations": 3, "consecutive": 2}))
     with db_sessions.begin() as db:
         session = create_session(db, config)

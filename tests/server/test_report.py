@@ -24,7 +24,7 @@ def png(value: int) -> bytes:
 
 
 @pytest.fixture
-def session(db_sessions, settings, registries):
+def session(db_sessions, settings):
     """Two generations; the elite (same PNG) is shown in both; two references answered in each."""
     archive = ImageArchive(settings.data_dir)
     elite, other, third = (archive.save(png(v)) for v in (10, 20, 30))
