@@ -45,7 +45,7 @@ def add_parser(subcommands) -> None:
     geometry.add_argument("--seed", type=int, default=0)
     geometry.set_defaults(func=run_geometry)
 
-    from server import study
+    from insilico import study
 
     study.add_parser(analyses)
 
@@ -103,7 +103,7 @@ def run_session(args: argparse.Namespace) -> int:
 
 
 def run_geometry(args: argparse.Namespace) -> int:
-    from analysis.geometry import report
+    from server.geometry import report
 
     summary = report(args.generator, args.out, n_positions=args.positions, method=args.method,
                      distance=args.distance, device=args.device, seed=args.seed)

@@ -15,7 +15,7 @@ SUBCOMMAND_MODULES = (
     "server.serve",  # actmax serve
     "rig_client.sim",  # actmax rig sim
     "server.demo",  # actmax demo
-    "server.bench",  # actmax bench, actmax bench report
+    "insilico.bench",  # actmax bench, actmax bench report
     "server.analyze",  # actmax analyze manifold|session|geometry|study
 )
 

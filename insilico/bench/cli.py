@@ -8,11 +8,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from server.bench.errors import BenchError
-from server.insilico import N_GENERATIONS, OPTIMIZER_PRESETS, POPULATION
+from insilico.bench.errors import BenchError
+from insilico.evolve import N_GENERATIONS, OPTIMIZER_PRESETS, POPULATION
 
 if TYPE_CHECKING:
-    from server.bench.grid import UnitSpec
+    from insilico.bench.grid import UnitSpec
 
 #: EfficientNet-Lite0 depths (pre-activation outputs of rig_client.cnn), one per stage from the second on:
 #: 24 ch at 56x56, 40 at 28x28, 80 at 14x14, 112 at 14x14, 320 at 7x7, then the 1280-ch head at 7x7.
@@ -115,9 +115,9 @@ def _setting(args: argparse.Namespace, name: str) -> Any:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from server.bench import storage
-    from server.bench.grid import UnitSpec, build_grid
-    from server.bench.runner import CNNBackend, QuadraticBackend, run_grid
+    from insilico import storage
+    from insilico.bench.grid import UnitSpec, build_grid
+    from insilico.bench.runner import CNNBackend, QuadraticBackend, run_grid
 
     out = args.out or Path("bench/results") / args.preset
     layers, per_layer = _setting(args, "layers"), _setting(args, "units_per_layer")
@@ -153,8 +153,8 @@ def screened_units(out: Path, generator: str, layers: list[str], per_layer: int,
                    seed: int) -> list[UnitSpec]:
     """`per_layer` units per layer that respond most to random generator samples, screened once per
     results directory and listed round robin over layers."""
-    from server.bench import storage
-    from server.bench.grid import UnitSpec  # noqa: F811  (runtime import of the annotated type)
+    from insilico import storage
+    from insilico.bench.grid import UnitSpec  # noqa: F811  (runtime import of the annotated type)
 
     key = {"generator": generator, "layers": layers, "per_layer": per_layer, "seed": seed}
     saved = storage.load_units(out, key)
@@ -183,7 +183,7 @@ def screened_units(out: Path, generator: str, layers: list[str], per_layer: int,
 
 def _report(args: argparse.Namespace) -> int:
     from analysis.bench_report import load, render
-    from server.bench import storage
+    from insilico import storage
 
     if storage.runs_dir(args.results_dir).is_dir():
         storage.consolidate(args.results_dir)

@@ -15,9 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from server.bench import BenchError, cli_main, runner, storage
-from server.bench.grid import UnitSpec, build_grid
-from server.bench.runner import GridOutcome, QuadraticBackend, execute_run, run_grid
+from insilico import storage
+from insilico.bench import BenchError, cli_main, runner
+from insilico.bench.grid import UnitSpec, build_grid
+from insilico.bench.runner import QuadraticBackend, execute_run, run_grid
+from insilico.runner import Outcome
 
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = [UnitSpec("q0", 0), UnitSpec("q1", 3)]
@@ -118,7 +120,7 @@ def test_execute_run_writes_one_atomic_file_and_loads_backend_once(tmp_path: Pat
 def test_interrupted_benchmark_resumes_with_every_run_exactly_once(tmp_path: Path) -> None:
     out = tmp_path / "bench"
     proc = subprocess.Popen(
-        [sys.executable, "-c", f"from tests.server.test_bench import interrupted_main; interrupted_main({str(out)!r})"],
+        [sys.executable, "-c", f"from tests.insilico.test_bench import interrupted_main; interrupted_main({str(out)!r})"],
         cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
@@ -136,7 +138,7 @@ def test_interrupted_benchmark_resumes_with_every_run_exactly_once(tmp_path: Pat
     specs = tiny_grid(SlowQuadraticBackend(delay_s=0.25))  # the same grid: the delay is not in the run id
     assert {s.run_id for s in specs} == {s.run_id for s in tiny_grid(backend)}
     outcome = run_grid(specs, backend, out, n_workers=2, processes=False, progress=False)
-    assert outcome == GridOutcome(total=8, skipped=len(before), completed=8 - len(before))
+    assert outcome == Outcome(total=8, skipped=len(before), completed=8 - len(before))
     files = sorted(p.name for p in storage.runs_dir(out).iterdir())
     assert files == sorted(f"{s.run_id}.parquet" for s in specs)  # each once, no temporary files
     assert all(storage.runs_dir(out).joinpath(n).stat().st_mtime_ns == t for n, t in before.items())
@@ -144,7 +146,7 @@ def test_interrupted_benchmark_resumes_with_every_run_exactly_once(tmp_path: Pat
     results = pd.read_parquet(results_path)
     assert sorted(results["run_id"]) == sorted(s.run_id for s in specs)
     assert len(pd.read_parquet(traces_path)) == 8 * 3
-    assert run_grid(specs, backend, out, progress=False) == GridOutcome(total=8, skipped=8)
+    assert run_grid(specs, backend, out, progress=False) == Outcome(total=8, skipped=8)
 
 
 def test_process_workers_run_tasks_and_report_failures(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import optimizers
-from server.insilico import EvolutionResult, InsilicoError, evolve, preset
+from insilico.evolve import EvolutionResult, InsilicoError, evolve, preset
 
 DIM = 8
 

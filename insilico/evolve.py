@@ -20,14 +20,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from server import ServerError
+from insilico import InsilicoError
 
 if TYPE_CHECKING:
     import torch
-
-
-class InsilicoError(ServerError, ValueError):
-    """Bad arguments to an in-silico evolution (scorer shape, noise level, budget)."""
 
 
 #: The published protocol: 75 generations x 40 images (spec/optimizers.md §2).

@@ -16,8 +16,10 @@ is instant.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -26,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from server import ServerError
+from insilico import InsilicoError
 
 
-class StudyError(ServerError, ValueError):
+class StudyError(InsilicoError):
     """Bad study settings (layers, sizes, grid)."""
 
 
@@ -175,12 +177,12 @@ class Evolution:
 
 
 def evolve_unit(generator, scorer, *, generations: int, population: int, seed: int) -> Evolution:
-    """Cholesky CMA-ES from the generator's default start (`server.insilico.preset("cma")`), noise-free.
+    """Cholesky CMA-ES from the generator's default start (`insilico.evolve.preset("cma")`), noise-free.
 
-    `server.insilico.evolve` keeps only the final generation; the PCA grid needs every code.
+    `insilico.evolve.evolve` keeps only the final generation; the PCA grid needs every code.
     """
     import optimizers
-    from server.insilico import preset
+    from insilico.evolve import preset
 
     name, params = preset("cma", population)
     init = generator.default_init()
@@ -306,18 +308,82 @@ def study_unit(generator, scorer, distance, settings: StudySettings, *, seed: in
     return row
 
 
-def run_study(settings: StudySettings, out: Path, *, progress: bool = True
-              ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Run the study and write study.json, study.md, study.png and maps/ under `out`.
+@dataclass(frozen=True)
+class UnitTask:
+    """One screened unit of the study: what a Dask task evolves, maps and probes (`execute_unit`)."""
 
-    Returns the per-unit rows and the by-depth summary (`summarize`)."""
-    import torch
-    from tqdm import tqdm
+    layer: str
+    channel: int
+    x: int
+    y: int
+    depth: int  # index among the study's layers
+    layer_index: int  # index among the network's layers
+    screen_std: float
+    rf: tuple[int, float, float]  # ReceptiveField (size, x, y)
+    seed: int
+    map_png: bool
+    settings: str  # canonical JSON of what changes a unit's result
 
+    @property
+    def run_id(self) -> str:
+        """Deterministic id: `<layer>-ch<channel>-<16 hex digits>` of the hash of every field."""
+        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        return f"{self.layer}-ch{self.channel}-{digest}"
+
+
+#: Settings that do not change a unit's row: which units and layers are asked for, and where it runs.
+_NOT_IN_TASK = ("layers", "units_per_layer", "examples_per_layer", "device")
+
+_LOADED: dict[tuple, tuple] = {}
+_LOADED_LOCK = threading.Lock()
+
+
+def _loaded(settings: StudySettings) -> tuple:
+    """(network, generator, distance) built once per worker process."""
     import generators
     from analysis.distances import get_distance
+    from rig_client.cnn import load_efficientnet_lite0, normalize
+
+    key = (settings.device, settings.distance, settings.rbf)
+    with _LOADED_LOCK:
+        if key not in _LOADED:
+            model = load_efficientnet_lite0(settings.device)
+            distance = get_distance(settings.distance, model, normalize) if settings.rbf else None
+            _LOADED[key] = model, generators.load("dcgan-faces", device=settings.device), distance
+        return _LOADED[key]
+
+
+def execute_unit(task: UnitTask, settings: StudySettings, out_dir: str) -> None:
+    """Study one unit (`study_unit`) and write its row to `runs/<run_id>.parquet`."""
+    import torch
+
+    from insilico import storage
+    from rig_client.units import ReceptiveField, Unit, UnitScorer
+
+    torch.set_num_threads(1)
+    model, generator, distance = _loaded(settings)
+    scorer = UnitScorer([Unit(task.layer, task.channel, task.x, task.y)], model=model,
+                        rf=ReceptiveField(*task.rf), device=settings.device)
+    map_path = Path(out_dir) / "maps" / f"{task.layer}_ch{task.channel}.png" if task.map_png else None
+    row = study_unit(generator, scorer, distance, settings, seed=task.seed, map_path=map_path)
+    row.update(run_id=task.run_id, depth=task.depth, layer_index=task.layer_index, screen_std=task.screen_std)
+    storage.write_run(out_dir, {k: json.dumps(_json_safe(row[k])) if k in _JSON_COLUMNS else v
+                                for k, v in row.items()}, {})
+
+
+#: Row entries that are not scalars, stored as JSON text in the unit's Parquet file.
+_JSON_COLUMNS = ("map", "signature", "rbf")
+
+
+def unit_tasks(settings: StudySettings, out: Path) -> tuple[list[str], list[UnitTask]]:
+    """(layers in network order, one task per screened unit); screening is saved in `out/units.json`."""
+    import torch
+    from tqdm.auto import tqdm
+
+    import generators
+    from insilico import storage
     from rig_client.cnn import INPUT_SIZE, load_efficientnet_lite0
-    from rig_client.units import UnitScorer, screen_units
+    from rig_client.units import screen_units
 
     model = load_efficientnet_lite0(settings.device)
     order = model.layer_names()
@@ -325,41 +391,71 @@ def run_study(settings: StudySettings, out: Path, *, progress: bool = True
     if unknown:
         raise StudyError(f"unknown or non-spatial layers {unknown}; use stem, blocks.0..blocks.15, head")
     layers = sorted(dict.fromkeys(settings.layers), key=order.index)
-    with torch.no_grad():
-        blank = torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE, device=settings.device)
-        shapes = {name: tuple(h.shape[1:]) for name, h in model.preactivations(blank)}
-    generator = generators.load("dcgan-faces", device=settings.device)
-    distance = get_distance(settings.distance, settings.device) if settings.rbf else None
+    key = {"layers": layers, "screen_samples": settings.screen_samples, "seed": settings.seed}
+    screened = storage.load_units(out, key)
+    if screened is None:
+        with torch.no_grad():
+            blank = torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE, device=settings.device)
+            shapes = {name: tuple(h.shape[1:]) for name, h in model.preactivations(blank)}
+        generator = generators.load("dcgan-faces", device=settings.device)
+        screened = []
+        for depth, layer in enumerate(tqdm(layers, desc="screening", unit="layer", leave=False)):
+            rf = unit_rf(model, layer, shapes[layer])
+            found = screen_units(generator, layer, settings.screen_samples, np.random.default_rng([settings.seed, depth]),
+                                 model=model, rf=rf, device=settings.device)
+            screened += [{"layer": layer, "channel": s.unit.channel, "x": s.unit.x, "y": s.unit.y,
+                          "screen_std": s.std, "rf": [rf.size, rf.x, rf.y]} for s in found]
+        storage.save_units(out, key, screened)
+    task_settings = json.dumps({k: v for k, v in asdict(settings).items() if k not in _NOT_IN_TASK}, sort_keys=True)
+    tasks = []
+    for depth, layer in enumerate(layers):
+        units = [u for u in screened if u["layer"] == layer]
+        if len(units) < settings.units_per_layer:
+            raise StudyError(f"{layer}: only {len(units)} responsive centre channels, "
+                             f"fewer than --units-per-layer {settings.units_per_layer}")
+        tasks += [UnitTask(layer, u["channel"], u["x"], u["y"], depth, order.index(layer), u["screen_std"],
+                           tuple(u["rf"]), settings.seed * 100_003 + depth * 1_000 + k,
+                           k < settings.examples_per_layer, task_settings)
+                  for k, u in enumerate(units[:settings.units_per_layer])]
+    # Unit-major over layers, so a partly done study covers every depth.
+    tasks.sort(key=lambda t: (t.seed % 1_000, t.depth))
+    return layers, tasks
+
+
+def run_study(settings: StudySettings, out: Path, *, scheduler: str | None = None, n_workers: int = 1,
+              processes: bool = True, progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Run the study on Dask (one task per unit, resumable) and write study.json, study.md, study.png and
+    maps/ under `out`. Returns the per-unit rows and the by-depth summary (`summarize`)."""
+    from insilico.runner import run_tasks
+
     out.mkdir(parents=True, exist_ok=True)
     (out / "maps").mkdir(exist_ok=True)
-
-    rows: list[dict[str, Any]] = []
-    bar = tqdm(total=len(layers) * settings.units_per_layer, unit="unit", desc="study", disable=not progress)
-    for depth, layer in enumerate(layers):
-        bar.set_postfix_str(f"{layer}: screening")
-        rng = np.random.default_rng([settings.seed, depth])
-        rf = unit_rf(model, layer, shapes[layer])
-        screened = screen_units(generator, layer, settings.screen_samples, rng, model=model, rf=rf,
-                                device=settings.device)
-        if len(screened) < settings.units_per_layer:
-            raise StudyError(f"{layer}: only {len(screened)} responsive centre channels, "
-                             f"fewer than --units-per-layer {settings.units_per_layer}")
-        for k, s in enumerate(screened[:settings.units_per_layer]):
-            bar.set_postfix_str(f"{layer}[{s.unit.channel}]")
-            scorer = UnitScorer([s.unit], model=model, rf=rf, device=settings.device)
-            row = study_unit(generator, scorer, distance, settings, seed=settings.seed * 100_003 + depth * 1_000 + k,
-                             map_path=out / "maps" / f"{layer}_ch{s.unit.channel}.png"
-                             if k < settings.examples_per_layer else None)
-            row.update(depth=depth, layer_index=order.index(layer), screen_std=s.std)
-            rows.append(row)
-            _write_json(out / "study.json", settings, rows)  # after every unit: a long run can be read early
-            bar.update()
-    bar.close()
+    layers, tasks = unit_tasks(settings, out)
+    outcome = run_tasks(tasks, execute_unit, out, desc="study", scheduler=scheduler, n_workers=n_workers,
+                        processes=processes, progress=progress, settings=settings)
+    if outcome.failed:
+        first = next(iter(outcome.failed.items()))
+        raise StudyError(f"{len(outcome.failed)} of {outcome.total} units failed (first: {first[0]}: {first[1]}); "
+                         f"rerun into {out} to retry them")
+    rows = read_rows(out, [t.run_id for t in tasks])
     summary = summarize(rows, layers)
     _write_json(out / "study.json", settings, rows, summary)
     (out / "study.md").write_text(markdown_report(summary, settings, rows))
     plot_by_depth(summary, rows, out / "study.png")
     return rows, summary
+
+
+def read_rows(out: Path, run_ids: Sequence[str]) -> list[dict[str, Any]]:
+    """The rows of these units from their Parquet files, in order."""
+    import pyarrow.parquet as pq
+
+    from insilico import storage
+
+    rows = []
+    for run_id in run_ids:
+        row = pq.read_table(storage.runs_dir(out) / f"{run_id}.parquet").to_pylist()[0]
+        rows.append({k: json.loads(v) if k in _JSON_COLUMNS else v for k, v in row.items()})
+    return rows
 
 
 def summarize(rows: Sequence[dict[str, Any]], layers: Sequence[str]) -> dict[str, Any]:
@@ -516,7 +612,13 @@ def add_parser(analyses) -> None:
     parser.add_argument("--device", help="torch device (default cpu)")
     parser.add_argument("--quick", action="store_true", help="few-minutes preset: 1 unit per layer, 15 x 20 "
                         "evolution, 11 x 11 grid, small RBF probe")
-    parser.add_argument("--out", type=Path, default=Path("actmax-study"), help="output folder (default actmax-study)")
+    parser.add_argument("--out", type=Path, default=Path("actmax-study"),
+                        help="output folder (default actmax-study); rerunning into it resumes")
+    parser.add_argument("--scheduler", help="address of an existing Dask scheduler (e.g. from dask-jobqueue); "
+                        "default: a LocalCluster on this machine")
+    parser.add_argument("--workers", type=int, default=1, help="LocalCluster worker processes (default 1)")
+    parser.add_argument("--threads", action="store_true", help="LocalCluster workers as threads, not processes")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
 
@@ -536,7 +638,10 @@ def settings_from_args(args: argparse.Namespace) -> StudySettings:
 def run(args: argparse.Namespace) -> int:
     """``actmax analyze study``: run, write the outputs, print the trend verdicts."""
     settings = settings_from_args(args)
-    rows, summary = run_study(settings, args.out)
+    if args.workers < 1:
+        raise StudyError(f"--workers must be >= 1, got {args.workers}")
+    rows, summary = run_study(settings, args.out, scheduler=args.scheduler, n_workers=args.workers,
+                              processes=not args.threads, progress=not args.no_progress)
     print(f"{len(rows)} units; trend with depth (Spearman ρ over units):")
     for key, label, *_ in STATISTICS:
         t = summary["spearman"][key]

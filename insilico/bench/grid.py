@@ -15,8 +15,8 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from server.bench.errors import BenchError
-from server.insilico import OPTIMIZER_PRESETS, preset
+from insilico.bench.errors import BenchError
+from insilico.evolve import OPTIMIZER_PRESETS, preset
 
 
 @dataclass(frozen=True, order=True)
@@ -36,7 +36,7 @@ class UnitSpec:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One evolution of the grid; `optimizer` is a preset label of `server.insilico.OPTIMIZER_PRESETS`."""
+    """One evolution of the grid; `optimizer` is a preset label of `insilico.evolve.OPTIMIZER_PRESETS`."""
 
     optimizer: str
     optimizer_name: str
