@@ -67,7 +67,8 @@ def _settings(args: argparse.Namespace):
 
 def run_manifold(args: argparse.Namespace) -> int:
     from analysis.plots import plot_map
-    from server.manifold import analyze, manifold_data, summary
+    from analysis.manifold import analyze, summary
+    from server.manifold import manifold_data
     from server.store.db import make_engine, make_sessionmaker
 
     settings = _settings(args)

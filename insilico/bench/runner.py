@@ -155,9 +155,8 @@ def execute_run(spec: RunSpec, backend: Backend, out_dir: str) -> dict[str, Any]
     """Run one evolution, write `runs/<run_id>.parquet` and return its results row."""
     torch.set_num_threads(1)
     loaded = _loaded(backend)
-    result = evolve(spec.optimizer_name, loaded.generator, loaded.scorer(spec.unit),
-                    n_generations=spec.n_generations, population=spec.population,
-                    noise_eps=spec.noise, seed=spec.seed, optimizer_params=spec.params())
+    result = evolve(spec.optimizer, loaded.generator, loaded.scorer(spec.unit), n_generations=spec.n_generations,
+                    population=spec.population, noise_eps=spec.noise, seed=spec.seed)
     cond_c, cov_deviation = result.covariance_stats()
     row = spec.as_row()
     row.update({

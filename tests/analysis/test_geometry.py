@@ -1,7 +1,5 @@
 """analysis.geometry: metric Hessians against analytic forms, spectra, homogeneity, controls."""
 
-import json
-
 import numpy as np
 import pytest
 import torch

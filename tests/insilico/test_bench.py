@@ -64,7 +64,7 @@ class FailingBackend(QuadraticBackend):
 
 def tiny_grid(backend: runner.Backend, generations: int = 3) -> list:
     """2 optimizers x 2 units x 1 noise level x 2 repeats."""
-    return build_grid(["cma", "ga"], UNITS, [0.0], reps=2, n_generations=generations, population=12,
+    return build_grid(["cma-sigma1", "ga"], UNITS, [0.0], reps=2, n_generations=generations, population=12,
                       backend=backend.key)
 
 
@@ -90,7 +90,7 @@ def test_grid_ids_are_deterministic_and_seeds_shared_across_optimizers() -> None
     with pytest.raises(BenchError, match="unknown optimizer"):
         build_grid(["cmaes"], UNITS, [0.0], 1, n_generations=2, population=12, backend="x")
     with pytest.raises(BenchError, match="noise"):
-        build_grid(["cma"], UNITS, [-0.2], 1, n_generations=2, population=12, backend="x")
+        build_grid(["cma-sigma1"], UNITS, [-0.2], 1, n_generations=2, population=12, backend="x")
 
 
 def test_execute_run_writes_one_atomic_file_and_loads_backend_once(tmp_path: Path, monkeypatch) -> None:
@@ -161,7 +161,7 @@ def test_process_workers_run_tasks_and_report_failures(tmp_path: Path) -> None:
 
 def test_cli_runs_resumes_and_reports(tmp_path: Path, capsys) -> None:
     out = tmp_path / "cli"
-    argv = ["--backend", "quadratic", "--out", str(out), "--optimizers", "cma,ga,sphere-cma",
+    argv = ["--backend", "quadratic", "--out", str(out), "--optimizers", "cma-sigma1,ga,sphere-cma-r10",
             "--layers", "a,b", "--units-per-layer", "2", "--noise", "0,0.5", "--reps", "2",
             "--generations", "4", "--population", "8", "--threads", "--no-progress"]
     assert cli_main([*argv, "--dry-run"]) == 0
@@ -173,7 +173,7 @@ def test_cli_runs_resumes_and_reports(tmp_path: Path, capsys) -> None:
     assert cli_main(["report", str(out)]) == 0
     report = out / "report" / "report.md"
     assert report.is_file() and (out / "report" / "score_vs_generation.png").is_file()
-    assert "## cma vs ga" in report.read_text()
+    assert "## cma-sigma1 vs ga" in report.read_text()
     assert cli_main([*argv, "--optimizers", "cmaes"]) == 2
     assert "unknown optimizer" in capsys.readouterr().err
 
@@ -181,7 +181,7 @@ def test_cli_runs_resumes_and_reports(tmp_path: Path, capsys) -> None:
 def test_cnn_backend_runs_a_real_dcgan_unit(tmp_path: Path) -> None:
     """The real pipeline, briefly: DCGAN faces -> EfficientNet-Lite0 blocks.2 pre-activation."""
     backend = runner.CNNBackend()
-    spec = build_grid(["sphere-cma"], [UnitSpec("blocks.2", 21)], [0.2], 1, n_generations=2, population=6,
+    spec = build_grid(["sphere-cma-r10"], [UnitSpec("blocks.2", 21)], [0.2], 1, n_generations=2, population=6,
                       backend=backend.key)[0]
     row = execute_run(spec, backend, str(tmp_path))
     assert row["n_evaluations"] == 6 + 7 and np.isfinite(row["clean_max"])

@@ -3,11 +3,14 @@
 import json
 
 import numpy as np
+import pytest
+
 from server.geometry import report
-from tests.analysis.test_geometry import dcgan  # noqa: F401  (the fixture)
+from tests.analysis.test_geometry import dcgan  # noqa: F401  (the fixture: skips without the weights)
 
 
-def test_report_writes_outputs(dcgan, tmp_path):
+@pytest.mark.usefixtures("dcgan")
+def test_report_writes_outputs(tmp_path):
     summary = report("dcgan-faces", tmp_path, n_positions=2, method="jac", progress=False)
     for name in ("summary.json", "spectra.png", "homogeneity.png", "walk_real.png", "walk_shuffled.png",
                  "eigenbasis.npz", "hessians.npz"):
