@@ -99,7 +99,7 @@ def test_render_writes_tables_with_published_columns_and_curves(tmp_path: Path) 
     text = path.read_text()
     assert (tmp_path / "score_vs_generation.png").stat().st_size > 1000
     assert "| all | 2.000 | 1.667 |" in text  # cma / ga ratio next to the published 1.667
-    assert "## sphere-cma vs cma" in text and "5.7e-05" in text
+    assert "## sphere-cma-r10 vs cma-sigma1" in text and "5.7e-05" in text
     pooled_row = next(line for line in text.splitlines() if line.startswith("| ε=0.5 |"))
     assert "0.290" in pooled_row and "0.424" in pooled_row  # published GA and Chol-CMA at ε = 0.5
 
@@ -129,7 +129,7 @@ def test_sensitivity_settings_are_compared_with_their_reference(tmp_path: Path) 
     results, traces, _ = synthetic()
     results["optimizer"] = results["optimizer"].replace({"ga": "cma-sigma2"})  # cma = 2 x this by construction
     text = br.render(results, traces, tmp_path).read_text()
-    section = text.split("## cma-sigma2 vs cma")[1].split("##")[0]
+    section = text.split("## cma-sigma2 vs cma-sigma1")[1].split("##")[0]
     assert "| all | 0.500 | — |" in section and "| ε=0.5 | 0.500 |" in section
-    assert "## cma vs ga" not in text
+    assert "## cma-sigma1 vs ga" not in text
     assert f"Σ run wall time {len(results) / 3600:.2f} h" in text
