@@ -9,8 +9,9 @@ depth (mean ± SEM) with its Spearman correlation with depth and the published d
 lists the settings and how they deviate from the spec.
 
 Images are placed in the unit's theoretical receptive field (clipped to the 224-pixel frame), as the
-reference study resized images into the RF; heavy imports stay inside functions so ``actmax --help``
-is instant.
+reference study resized images into the RF. Each unit is one Dask task (`insilico.runner`) writing one
+Parquet file, so a study resumes where it stopped. Heavy imports stay inside functions so
+``actmax --help`` is instant.
 """
 
 from __future__ import annotations
@@ -364,19 +365,18 @@ def unit_tasks(settings: StudySettings, out: Path) -> tuple[list[str], list[Unit
                           "screen_std": s.std, "rf": [rf.size, rf.x, rf.y]} for s in found]
         storage.save_units(out, key, screened)
     task_settings = json.dumps({k: v for k, v in asdict(settings).items() if k not in _NOT_IN_TASK}, sort_keys=True)
-    tasks = []
+    by_layer = []
     for depth, layer in enumerate(layers):
         units = [u for u in screened if u["layer"] == layer]
         if len(units) < settings.units_per_layer:
             raise StudyError(f"{layer}: only {len(units)} responsive centre channels, "
                              f"fewer than --units-per-layer {settings.units_per_layer}")
-        tasks += [UnitTask(layer, u["channel"], u["x"], u["y"], depth, order.index(layer), u["screen_std"],
-                           tuple(u["rf"]), settings.seed * 100_003 + depth * 1_000 + k,
-                           k < settings.examples_per_layer, task_settings)
-                  for k, u in enumerate(units[:settings.units_per_layer])]
-    # Unit-major over layers, so a partly done study covers every depth.
-    tasks.sort(key=lambda t: (t.seed % 1_000, t.depth))
-    return layers, tasks
+        by_layer.append([UnitTask(layer, u["channel"], u["x"], u["y"], depth, order.index(layer), u["screen_std"],
+                                  tuple(u["rf"]), settings.seed * 100_003 + depth * 1_000 + k,
+                                  k < settings.examples_per_layer, task_settings)
+                         for k, u in enumerate(units[:settings.units_per_layer])])
+    # Round robin over layers, so a partly done study covers every depth.
+    return layers, [tasks[k] for k in range(settings.units_per_layer) for tasks in by_layer]
 
 
 def run_study(settings: StudySettings, out: Path, *, scheduler: str | None = None, n_workers: int = 1,
@@ -394,7 +394,7 @@ def run_study(settings: StudySettings, out: Path, *, scheduler: str | None = Non
         first = next(iter(outcome.failed.items()))
         raise StudyError(f"{len(outcome.failed)} of {outcome.total} units failed (first: {first[0]}: {first[1]}); "
                          f"rerun into {out} to retry them")
-    rows = read_rows(out, [t.run_id for t in tasks])
+    rows = read_rows(out, [t.run_id for t in sorted(tasks, key=lambda t: (t.depth, t.seed))])
     summary = summarize(rows, layers)
     _write_json(out / "study.json", settings, rows, summary)
     (out / "study.md").write_text(markdown_report(summary, settings, rows))
@@ -500,7 +500,8 @@ def add_parser(analyses) -> None:
         description="Evolve EfficientNet-Lite0 centre units at several depths with DCGAN faces (CMA-ES), map "
         "each on the PC1-PC2-PC3 hemisphere, and report the level-set signature, axis ratio, Kent fit and RBF "
         "ratios by depth: study.json, study.md (mean ± SEM per layer, Spearman ρ with depth), study.png and "
-        "maps/. Unset options come from the default preset or --quick.")
+        "maps/. One Dask task per unit; rerunning into --out resumes. Unset options come from the default preset "
+        "or --quick.")
     d = StudySettings()
     parser.add_argument("--layers", nargs="+", help=f"layers, shallow to deep (default {' '.join(d.layers)})")
     parser.add_argument("--units-per-layer", type=int, help=f"units per layer (default {d.units_per_layer})")
