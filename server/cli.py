@@ -16,7 +16,7 @@ SUBCOMMAND_MODULES = (
     "server.keys",  # actmax keys init|rig|list
     "rig_client.sim",  # actmax rig sim
     "server.demo",  # actmax demo
-    "server.bench",  # actmax bench, actmax bench report
+    "insilico.bench",  # actmax bench, actmax bench report
     "server.analyze",  # actmax analyze manifold|session|geometry|study
     "server.export.cli",  # actmax export nwb|parquet|csv
 )

@@ -182,7 +182,8 @@ def _manifold_figure(db, thread: Thread, path: Path, archive) -> bool:
     from PIL import Image
 
     from server import ServerError
-    from server.manifold import analyze, manifold_data
+    from analysis.manifold import analyze
+    from server.manifold import manifold_data
 
     try:
         data = manifold_data(db, thread.id)

@@ -7,7 +7,8 @@ from fastapi import APIRouter, HTTPException, Query, Response, status
 from server import ServerError
 from server.api.deps import DB, MAX_ID, Id, get_or_404
 from server.api.schemas import ErrorDetail, ManifoldPlaneRead
-from server.manifold import analyze, manifold_data, summary
+from analysis.manifold import analyze, summary
+from server.manifold import manifold_data
 from server.store.models import Thread
 
 router = APIRouter(prefix="/threads", tags=["manifold"],
