@@ -181,8 +181,8 @@ def _manifold_figure(db, thread: Thread, path: Path, archive) -> bool:
     from matplotlib.figure import Figure
     from PIL import Image
 
-    from server import ServerError
     from analysis.manifold import analyze
+    from server import ServerError
     from server.manifold import manifold_data
 
     try:
