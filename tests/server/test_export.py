@@ -27,7 +27,7 @@ from server.export.tables import trial_fact_columns
 from server.store.archive import ImageArchive
 from server.store.db import make_db_engine, make_sessionmaker
 from server.store.models import Event
-from tests.server.export_session import RIG, run_session
+from tests.server.export_session import LABELS, RIG, run_session
 
 pynwb = pytest.importorskip("pynwb", reason="pip install -e '.[nwb]'")
 pytestmark = pytest.mark.slow
@@ -193,6 +193,17 @@ def test_running_session_is_refused_by_the_cli(recorded, running, capsys, tmp_pa
                    "--out", str(tmp_path / "out")]) == 2
     assert f"session {running} is still running: t (running)" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_channel_labels_from_the_rigs_hello_reach_rest_and_every_export(recorded, tmp_path):
+    server, session_id, nwb = recorded
+    session = httpx.get(f"{server.url}/sessions/{session_id}", headers={"Authorization": f"Bearer {server.token}"})
+    assert session.json()["channel_labels"] == LABELS
+    with pynwb.NWBHDF5IO(str(nwb), "r") as io_:
+        assert io_.read().processing["evolution"]["channels"].to_dataframe()["label"].tolist() == LABELS
+    assert actmax(["export", "parquet", "--data-dir", str(server.data_dir), "--session", str(session_id),
+                   "--out", str(tmp_path / "pq")]) == 0
+    assert pd.read_parquet(tmp_path / "pq" / "channels.parquet")["label"].tolist() == LABELS
 
 
 def test_channel_labels_and_trial_facts_are_exported_when_present(recorded, tmp_path):
