@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from analysis.serialization import json_safe
 from server.objectives import Objective
+from server.store import queries
 from server.store.archive import ImageArchive
 from server.store.db import make_db_engine, make_sessionmaker
 from server.store.models import (
@@ -36,6 +37,13 @@ class ThreadSummary:
     best_reference: float
     reference_mean: float
     best_score: float
+    channels: list[str]  # the channels the objective scores, by the rig's labels (``ch<index>`` without)
+
+
+def _channel_names(db, thread: Thread) -> list[str]:
+    """The thread's objective channels as the rig labelled them in HELLO (protocol 1.1), else ``ch<index>``."""
+    labels = queries.rig_channel_labels(db, thread.session.rig) or []
+    return [labels[c] if c < len(labels) else f"ch{c}" for c in thread.objective_json["channels"]]
 
 
 def _thread_curves(db, thread: Thread) -> dict[str, np.ndarray]:
@@ -107,7 +115,8 @@ def write_session_report(database_url: str, data_dir: Path, session_id: int, out
                 if references:
                     ax.axhline(max(references.values()), color="C1", ls="--", label="best reference")
                 title = thread.name if thread.name == thread.optimizer else f"{thread.name} ({thread.optimizer})"
-                ax.set(title=title, xlabel="generation", ylabel="score")
+                channels = _channel_names(db, thread)
+                ax.set(title=title, xlabel="generation", ylabel=f"score ({', '.join(channels)})")
                 ax.legend(fontsize=8)
                 summaries.append(ThreadSummary(
                     thread_id=thread.id, name=thread.name, optimizer=thread.optimizer,
@@ -116,7 +125,7 @@ def write_session_report(database_url: str, data_dir: Path, session_id: int, out
                     last_generation_mean=float(curves["mean"][-1]) if len(curves["mean"]) else float("nan"),
                     best_reference=max(references.values()) if references else float("nan"),
                     reference_mean=float(np.nanmean(curves["reference_mean"])) if len(curves["mean"]) else float("nan"),
-                    best_score=best[0][1] if best else float("nan"),
+                    best_score=best[0][1] if best else float("nan"), channels=channels,
                 ))
                 montage_rows.append([Image.open(io.BytesIO(archive.read(d))).convert("RGB") for _, _, d in best])
             fig.tight_layout()

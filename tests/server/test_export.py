@@ -23,6 +23,7 @@ from server.cli import main as actmax
 from server.session_config import SessionConfig
 from server.export import session_tables, write_tables
 from server.export.nwb import write_nwb
+from server.report import write_session_report
 from server.export.tables import trial_fact_columns
 from server.store.archive import ImageArchive
 from server.store.db import make_db_engine, make_sessionmaker
@@ -206,6 +207,14 @@ def test_channel_labels_from_the_rigs_hello_reach_rest_and_every_export(recorded
     assert pd.read_parquet(tmp_path / "pq" / "channels.parquet")["label"].tolist() == LABELS
 
 
+def test_the_report_names_the_scored_channels_by_their_labels(recorded, tmp_path):
+    server, session_id, _ = recorded
+    summaries = write_session_report(f"sqlite:///{server.data_dir / 'actmax.sqlite'}", server.data_dir, session_id,
+                                     tmp_path)
+    assert {s.name: s.channels for s in summaries} == {"cma": LABELS[:1], "ga": LABELS}
+    assert json.loads((tmp_path / "summary.json").read_text())[1]["channels"] == LABELS
+
+
 def test_channel_labels_and_trial_facts_are_exported_when_present(recorded, tmp_path):
     server, session_id, _ = recorded
     data = tmp_path / "data"
@@ -220,7 +229,8 @@ def test_channel_labels_and_trial_facts_are_exported_when_present(recorded, tmp_
     assert tables.channels["label"].tolist() == ["elec-12", "elec-40"]
 
     n = len(tables.presentations)
-    facts = [{"fixation_broken": i % 2 == 0, "photodiode_onset": 0.01 * i} if i % 3 else None for i in range(n)]
+    facts = [{"fixation_broken": i % 2 == 0, "photodiode_onset": 0.01 * i, "baseline_rates": [0.5 * i, 1.0]}
+             if i % 3 else None for i in range(n)]
     tables.presentations = tables.presentations.assign(**trial_fact_columns(facts))
     write_nwb(tables, ImageArchive(data), tmp_path / "facts.nwb")
     with pynwb.NWBHDF5IO(str(tmp_path / "facts.nwb"), "r") as io_:
@@ -231,6 +241,7 @@ def test_channel_labels_and_trial_facts_are_exported_when_present(recorded, tmp_
     expected = [np.nan if fact is None else float(fact["fixation_broken"]) for fact in facts]
     np.testing.assert_array_equal(exported["fixation_broken"], expected)
     np.testing.assert_allclose(exported["photodiode_onset"], [np.nan if i % 3 == 0 else 0.01 * i for i in range(n)])
+    assert [list(b) for b in exported["baseline_rates"]] == [[] if f is None else f["baseline_rates"] for f in facts]
     write_tables(tables, tmp_path / "pq", "parquet")
     assert pd.read_parquet(tmp_path / "pq" / "presentations.parquet")["fixation_broken"].tolist()[1] is False
 
