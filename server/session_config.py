@@ -69,6 +69,16 @@ class ObjectiveConfig(_Strict):
         return channels
 
 
+class DriftConfig(_Strict):
+    """The reference-drift alarm (see docs/dashboard.md): when a thread's references fall or a channel goes silent."""
+
+    baseline_generations: int = Field(5, ge=1, le=1000, description="Early generations that set the reference level.")
+    drop_sem: float = Field(4.0, gt=0, description="Alarm when the reference mean is this many SEM below the early level.")
+    consecutive: int = Field(2, ge=1, le=100, description="Generations in a row the drop must last before the alarm.")
+    silent_fraction: float = Field(
+        0.1, gt=0, lt=1, description="A channel is silent when its mean rate falls below this fraction of its early rate.")
+
+
 class ManifoldConfig(_Strict):
     """A Manifold tuning map around an evolution (spec B1): hemisphere grids over its trajectory's PCs."""
 
@@ -162,6 +172,7 @@ class SessionConfig(_Strict):
     response_window_ms: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]] = (50, 200)
     references: ReferenceConfig = Field(default_factory=ReferenceConfig)
     flagged_trials: FlaggedTrialsConfig = Field(default_factory=FlaggedTrialsConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
     threads: list[ThreadConfig] = Field(min_length=1)
 
     @field_validator("response_window_ms")

@@ -59,9 +59,11 @@ def test_server_negotiates_11_stores_trial_facts_and_shows_labels(actmax_server)
     dealer.send_multipart(encode(Message(MessageType.RESULTS, {
         "batch_id": batch.header["batch_id"], "done": True, "presentations": sent})))
     ack = receive(dealer, MessageType.ACK)
-    dealer.close(0)
-    assert ack.header["accepted"] == len(stimuli) and ack.header["duplicates"] == 0
     api = actmax_server[1]
+    rig = api.get("/rigs/compat-a")
+    dealer.close(0)
+    assert rig["connected"] and rig["minor"] == 1 and rig["channel_labels"] == LABELS
+    assert ack.header["accepted"] == len(stimuli) and ack.header["duplicates"] == 0
     assert api.get(f"/sessions/{thread['session_id']}")["channel_labels"] == LABELS
     stored = {p["presentation_id"]: p["trial_facts"]
               for p in api.get(f"/threads/{thread['id']}/presentations")["items"]}
