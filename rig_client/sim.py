@@ -191,7 +191,8 @@ class SimulatedRig:
                 self.record.close()
 
     def _connect(self, client_class):
-        client = client_class(self.args.endpoint, self.args.rig, channels=len(self.scorer.units), labels=self.labels)
+        client = client_class(self.args.endpoint, self.args.rig, channels=len(self.scorer.units),
+                              labels=self.labels)
         if not client.wait_connected(timeout=30):
             client.close()
             raise RigError(f"no server answered at {self.args.endpoint} within 30 s")

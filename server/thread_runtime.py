@@ -90,7 +90,8 @@ def build_runtime(db: DBSession, thread_id: int, load_generator: Callable[[str],
         id=thread.id, session_id=session.id, rig=session.rig, seed=config.seed,
         window_ms=(float(window[0]), float(window[1])), repeats=config.repeats,
         n_generations=config.n_generations, objective=Objective.from_config(config.objective),
-        flagged=session_config.flagged_trials, generator=generator, optimizer=optimizer, reference_ids=ensure_references(db, session, session_config, archive),
+        flagged=session_config.flagged_trials, generator=generator, optimizer=optimizer,
+        reference_ids=ensure_references(db, session, session_config, archive),
         first_generation=0 if last is None else last.number + 1,
     )
     pending = queries.pending_generation(db, thread_id)
