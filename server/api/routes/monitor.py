@@ -10,6 +10,7 @@ from server.api.deps import DB, get_or_404
 from server.api.schemas import BatchTiming, Curve, CurvePoint, ErrorDetail, RigStatus
 from server.drift import mean_sem
 from server.monitor import GENERATION_COMPLETED
+from server.store import queries
 from server.store.models import (
     Batch, Event, Generation, GenerationStatus, Session, SessionStatus, Stimulus, StimulusKind, Thread,
 )
@@ -96,6 +97,7 @@ def get_rig(rig: str, request: Request, db: DB, batches: int = Query(20, ge=1, l
     ]
     return RigStatus(
         rig=rig, connected=status is not None, channels=status and status["channels"],
+        channel_labels=queries.rig_channel_labels(db, rig), minor=getattr(engine, "rig_minor", {}).get(rig),
         heard_s_ago=status and status["heard_s_ago"], heartbeat_s=getattr(transport, "heartbeat_s", None),
         scored_channels=scored, batches=timings,
     )

@@ -9,6 +9,7 @@ from sqlalchemy import select, update
 from server.api.deps import DB, Id, Limit, Offset, Wake, get_or_404, paginate
 from server.api.schemas import ErrorDetail, EventRead, Page, SessionRead, SessionWithThreads, ThreadRead
 from server.session_config import SessionConfig, ThreadConfig, describe_validation_error
+from server.store import queries
 from server.store.models import Event, Session, SessionStatus, Thread, ThreadStatus
 from server.store.records import add_thread, create_session, log_event
 
@@ -31,8 +32,10 @@ def post_session(config: SessionConfig, db: DB, wake: Wake) -> Session:
 
 
 @router.get("/{session_id}", response_model=SessionWithThreads, responses=NOT_FOUND)
-def get_session(session_id: Id, db: DB) -> Session:
-    return get_or_404(db, Session, session_id)
+def get_session(session_id: Id, db: DB) -> SessionWithThreads:
+    session = get_or_404(db, Session, session_id)
+    return SessionWithThreads.model_validate(session).model_copy(
+        update={"channel_labels": queries.rig_channel_labels(db, session.rig)})
 
 
 @router.get("/{session_id}/threads", response_model=list[ThreadRead], responses=NOT_FOUND)
