@@ -56,7 +56,7 @@ def list_session_events(
 
 
 @router.post("/{session_id}/stop", response_model=SessionWithThreads, responses=NOT_FOUND)
-def stop_session(session_id: int, db: DB, wake: Wake) -> Session:
+def stop_session(session_id: Id, db: DB, wake: Wake) -> Session:
     """Stop every running or paused thread (final) and mark the session stopped; idempotent."""
     session = get_or_404(db, Session, session_id)
     stopped = db.execute(
@@ -76,7 +76,7 @@ def stop_session(session_id: int, db: DB, wake: Wake) -> Session:
 
 @router.post("/{session_id}/threads", response_model=ThreadRead, status_code=status.HTTP_201_CREATED,
              responses={**NOT_FOUND, 409: {"model": ErrorDetail}, 422: {"model": ErrorDetail}})
-def post_session_thread(session_id: int, thread: ThreadConfig, db: DB, wake: Wake) -> Thread:
+def post_session_thread(session_id: Id, thread: ThreadConfig, db: DB, wake: Wake) -> Thread:
     """Add a thread to an active session, e.g. a Manifold map around an evolution (it starts once that ends)."""
     session = get_or_404(db, Session, session_id)
     if session.status != SessionStatus.ACTIVE:
