@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session as DBSession
 from sqlalchemy.orm import sessionmaker
 
 import optimizers
-from rig_client.protocol import ErrorCode, Message, batch_message
+from rig_client.protocol import PROTOCOL_MINOR, ErrorCode, Message, batch_message
 from server import RigInputError, ThreadNotReady, admission, live, monitor
 from server.images import encode_images
 from server.objectives import Objective
@@ -53,6 +53,7 @@ class Engine:
         self.generators = GeneratorCache(settings.device, settings.weights_dir)  # shared with the REST API
         self.rig_channels: dict[str, int] = {}  # channels each connected rig announced in HELLO
         self._rig_references: dict[str, set[str]] = {}  # reference ids each connected rig caches
+        self.rig_minor: dict[str, int] = {}  # protocol minor version negotiated with each connected rig
         self._steps: set[asyncio.Task] = set()  # thread steps in progress (kept so none is collected)
         self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="actmax-compute")
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -100,18 +101,20 @@ class Engine:
 
     # ------------------------------------------------------------------ transport handler
     async def on_hello(self, rig: str, header: dict) -> dict:
-        """Remember the rig's channels and cached references; its threads start (or block) at the next reconcile.
+        """Remember the rig's channels, cached references and minor version; log its channel labels (the
+        record of them). Its threads start (or block) at the next reconcile.
 
-        The transport fills in heartbeat and size limits.
+        The transport fills in heartbeat and size limits; WELCOME's ``minor`` is the lower of the rig's and ours.
         """
         self._rig_references[rig] = set(header.get("cached_references", []))
         self.rig_channels[rig] = header["channels"]
-        data = {"rig": rig, "channels": header["channels"], "cached_references": len(self._rig_references[rig])}
-        if "channel_labels" in header:  # protocol 1.1
-            data["channel_labels"] = header["channel_labels"]
-        await self._offload(self._log, None, None, "rig.connected", f"rig {rig!r} connected", data)
+        minor = self.rig_minor[rig] = min(header.get("minor", 0), PROTOCOL_MINOR)
+        await self._offload(self._log, None, None, "rig.connected", f"rig {rig!r} connected (protocol 1.{minor})",
+                            {"rig": rig, "minor": minor, "channels": header.get("channels"),
+                             "channel_labels": header.get("channel_labels"),
+                             "cached_references": len(self._rig_references[rig])})
         self.wake()
-        return {"server": "actmax"}
+        return {"server": "actmax", "minor": minor}
 
     def rig_channel_count(self, rig: str) -> int | None:
         """The channels ``rig`` announced, or None when it is not connected (the REST API checks objectives)."""
@@ -127,6 +130,7 @@ class Engine:
     async def on_disconnect(self, rig: str) -> None:
         self._rig_references.pop(rig, None)
         self.rig_channels.pop(rig, None)
+        self.rig_minor.pop(rig, None)
         await self._offload(self._log, None, None, "rig.lost", f"rig {rig!r} went silent", None, EventLevel.WARNING)
         self.wake()
 
@@ -171,11 +175,7 @@ class Engine:
                     raise RigInputError(ErrorCode.BAD_FIELD,
                                         f"stimulus {p['stimulus_id']!r} is not part of batch {batch.id!r}")
                 objective.check_rates(p["rates"])
-            presentations = [
-                records.PresentationRecord(p["presentation_id"], p["stimulus_id"], float(p["onset"]), list(p["rates"]),
-                                           float(p["window_ms"][0]), float(p["window_ms"][1]), p.get("baseline_rates"))
-                for p in header["presentations"]
-            ]
+            presentations = [records.PresentationRecord.from_message(p) for p in header["presentations"]]
             accepted, duplicates = records.record_presentations(db, batch.id, presentations)
             stimulus_of = {p.presentation_id: p.stimulus_id for p in presentations}
             return batch.thread_id, {stimulus_of[pid] for pid in accepted}, len(duplicates)
@@ -315,11 +315,11 @@ class Engine:
             return InFlight(generation.id, generation.number, codes, ids)
 
     def _missing(self, db: DBSession, runtime: ThreadRuntime) -> list[str]:
-        """Stimulus ids (with repeats) still owed for the in-flight generation."""
-        counts = queries.presentation_counts(db, runtime.inflight.generation_id)
+        """Stimulus ids (with repeats) still owed for the in-flight generation: flagged presentations do not count."""
+        scored = queries.scored_responses(db, runtime.inflight.generation_id, runtime.flagged)
         owed = []
         for stimulus_id in runtime.inflight.stimulus_ids + runtime.reference_ids:
-            owed += [stimulus_id] * max(0, runtime.repeats - counts.get(stimulus_id, 0))
+            owed += [stimulus_id] * max(0, runtime.repeats - len(scored.get(stimulus_id, ())))
         return owed
 
     def _is_complete(self, runtime: ThreadRuntime) -> bool:
@@ -330,7 +330,8 @@ class Engine:
         """Score, tell, and commit the optimizer state with the scores it used. True when the thread is done."""
         inflight = runtime.inflight
         with self._db.begin() as db:
-            shown = queries.generation_presentations(db, inflight.generation_id)
+            responses = queries.scored_responses(db, inflight.generation_id, runtime.flagged)
+            shown = {s: [(r.rates, r.baseline) for r in shown_at] for s, shown_at in responses.items()}
             objective = Objective.from_config(queries.generation_objective(db, inflight.generation_id))
             scored = objective.score_generation(shown, frozenset(runtime.reference_ids))
             scores = np.array([scored.get(s, np.nan) for s in inflight.stimulus_ids])

@@ -21,7 +21,7 @@ from rig_client.protocol import encode_png
 from server import ServerError
 from server.images import load_references
 from server.manifold import design_codes
-from server.session_config import SessionConfig, ThreadConfig
+from server.session_config import FlaggedTrialsConfig, SessionConfig, ThreadConfig
 from server.store import queries
 from server.store.archive import ImageArchive
 from server.store.models import Generation, Session, Stimulus, StimulusKind, Thread, decode_codes
@@ -58,6 +58,7 @@ class ThreadRuntime:
     window_ms: tuple[float, float]
     repeats: int
     n_generations: int
+    flagged: FlaggedTrialsConfig  # which presentations score and answer their stimulus
     generator: Any
     optimizer: optimizers.Optimizer
     reference_ids: list[str]
@@ -87,7 +88,7 @@ def build_runtime(db: DBSession, thread_id: int, load_generator: Callable[[str, 
     runtime = ThreadRuntime(
         id=thread.id, session_id=session.id, rig=session.rig, seed=config.seed,
         window_ms=(float(window[0]), float(window[1])), repeats=config.repeats,
-        n_generations=config.n_generations,
+        n_generations=config.n_generations, flagged=session_config.flagged_trials,
         generator=generator, optimizer=optimizer, reference_ids=ensure_references(db, session, session_config, archive),
         first_generation=0 if last is None else last.number + 1,
     )

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session as DBSession
 
+from rig_client.protocol import TRIAL_FACTS
 from server import live
 from server.session_config import MAX_SEED, ObjectiveConfig, SessionConfig, ThreadConfig
 from server.store import queries
@@ -47,7 +48,14 @@ class PresentationRecord:
     rates: list[float]
     window_start_ms: float
     window_end_ms: float
-    baseline_rates: list[float] | None = None  # protocol 1.1
+    trial_facts: dict[str, Any] | None = None  # protocol 1.1 fields as sent (TRIAL_FACTS); None: none sent
+
+    @classmethod
+    def from_message(cls, p: dict[str, Any]) -> PresentationRecord:
+        """From one validated RESULTS presentation (``rig_client.protocol``), trial facts included."""
+        facts = {key: p[key] for key in TRIAL_FACTS if key in p}
+        return cls(p["presentation_id"], p["stimulus_id"], float(p["onset"]), list(p["rates"]),
+                   float(p["window_ms"][0]), float(p["window_ms"][1]), facts or None)
 
 
 def log_event(
@@ -152,7 +160,7 @@ def set_objective(db: DBSession, thread: Thread, objective: ObjectiveConfig) -> 
     db.flush()
     pending = queries.pending_generation(db, thread.id)
     last = queries.last_complete_generation(db, thread.id)
-    if pending is not None and not queries.presentation_counts(db, pending.id):
+    if pending is not None and not queries.presented(db, pending.id):
         pending.objective_json = thread.objective_json  # nothing shown yet: it is scored the new way too
         from_generation = pending.number
     else:
@@ -241,8 +249,8 @@ def record_presentations(
             "rates_json": list(p.rates),
             "window_start_ms": p.window_start_ms,
             "window_end_ms": p.window_end_ms,
-            "baseline_rates_json": p.baseline_rates,
             "received_at": received_at,
+            "trial_json": p.trial_facts,
         }
         for p in unique.values()
     ]

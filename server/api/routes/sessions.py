@@ -7,10 +7,10 @@ from pydantic import ValidationError
 from sqlalchemy import select
 
 from server import admission
-from server.api.deps import DB, Generators, Limit, Offset, RigChannels, Wake, get_or_404, paginate, refuse
+from server.api.deps import DB, Generators, Id, Limit, Offset, RigChannels, Wake, get_or_404, paginate, refuse
 from server.api.schemas import ErrorDetail, EventRead, Page, SessionRead, SessionWithThreads, ThreadRead
 from server.session_config import SessionConfig, ThreadConfig
-from server.store import records
+from server.store import queries, records
 from server.store.models import Event, Session, SessionStatus, Thread, ThreadStatus
 
 router = APIRouter(prefix="/sessions", tags=["sessions"])
@@ -41,12 +41,14 @@ def post_session(config: SessionConfig, db: DB, wake: Wake, cache: Generators, r
 
 
 @router.get("/{session_id}", response_model=SessionWithThreads, responses=NOT_FOUND)
-def get_session(session_id: int, db: DB) -> Session:
-    return get_or_404(db, Session, session_id)
+def get_session(session_id: Id, db: DB) -> SessionWithThreads:
+    session = get_or_404(db, Session, session_id)
+    return SessionWithThreads.model_validate(session).model_copy(
+        update={"channel_labels": queries.rig_channel_labels(db, session.rig)})
 
 
 @router.post("/{session_id}/stop", response_model=SessionWithThreads, responses=NOT_FOUND)
-def stop_session(session_id: int, db: DB, wake: Wake) -> Session:
+def stop_session(session_id: Id, db: DB, wake: Wake) -> Session:
     """Stop every thread that has not ended, and the session (``stopped``, final); idempotent: a session
     already stopped or finished is returned as it is."""
     session = get_or_404(db, Session, session_id)
@@ -58,14 +60,14 @@ def stop_session(session_id: int, db: DB, wake: Wake) -> Session:
 
 
 @router.get("/{session_id}/threads", response_model=list[ThreadRead], responses=NOT_FOUND)
-def list_session_threads(session_id: int, db: DB) -> list[Thread]:
+def list_session_threads(session_id: Id, db: DB) -> list[Thread]:
     return get_or_404(db, Session, session_id).threads
 
 
 @router.post("/{session_id}/threads", response_model=ThreadRead, status_code=status.HTTP_201_CREATED,
              responses={**NOT_FOUND, **CONFLICT})
-def post_session_thread(session_id: int, thread: ThreadConfig, db: DB, wake: Wake, cache: Generators,
-               rig_channels: RigChannels) -> Thread:
+def post_session_thread(session_id: Id, thread: ThreadConfig, db: DB, wake: Wake, cache: Generators,
+                        rig_channels: RigChannels) -> Thread:
     """Add a thread (e.g. a Manifold map around a finished evolution), checked like a new session's.
 
     A ``finished`` session becomes ``active`` again; a ``stopped`` one is a ``409``.
@@ -91,7 +93,7 @@ def post_session_thread(session_id: int, thread: ThreadConfig, db: DB, wake: Wak
 
 @router.get("/{session_id}/events", response_model=Page[EventRead], responses=NOT_FOUND)
 def list_session_events(
-    session_id: int,
+    session_id: Id,
     db: DB,
     offset: Offset = 0,
     limit: Limit = 100,

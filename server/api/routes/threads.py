@@ -9,7 +9,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session as DBSession
 
 from server.admission import check_objective
-from server.api.deps import DB, Limit, Offset, RigChannels, Wake, get_or_404, paginate, refuse
+from server.api.deps import DB, Id, Limit, Offset, RigChannels, Wake, get_or_404, paginate, refuse
 from server.api.schemas import ErrorDetail, GenerationSummary, Page, PresentationRead, Retarget, ThreadRead
 from server.store.models import (
     ENDED_THREAD_STATUSES,
@@ -61,31 +61,31 @@ def _transition(db: DBSession, wake: Callable[[], None], thread_id: int, action:
 
 
 @router.get("/{thread_id}", response_model=ThreadRead)
-def get_thread(thread_id: int, db: DB) -> Thread:
+def get_thread(thread_id: Id, db: DB) -> Thread:
     return get_or_404(db, Thread, thread_id)
 
 
 @router.post("/{thread_id}/pause", response_model=ThreadRead, responses=CONFLICT)
-def pause_thread(thread_id: int, db: DB, wake: Wake) -> Thread:
+def pause_thread(thread_id: Id, db: DB, wake: Wake) -> Thread:
     """running, waiting_for_rig or blocked -> paused: the current generation is still scored and told,
     no new one is asked."""
     return _transition(db, wake, thread_id, "pause")
 
 
 @router.post("/{thread_id}/resume", response_model=ThreadRead, responses=CONFLICT)
-def resume_thread(thread_id: int, db: DB, wake: Wake) -> Thread:
+def resume_thread(thread_id: Id, db: DB, wake: Wake) -> Thread:
     """paused -> running (the engine makes it waiting_for_rig or blocked if its rig says so)."""
     return _transition(db, wake, thread_id, "resume")
 
 
 @router.post("/{thread_id}/stop", response_model=ThreadRead, responses=CONFLICT)
-def stop_thread(thread_id: int, db: DB, wake: Wake) -> Thread:
+def stop_thread(thread_id: Id, db: DB, wake: Wake) -> Thread:
     """Any status but stopped, finished or failed -> stopped (final)."""
     return _transition(db, wake, thread_id, "stop")
 
 
 @router.post("/{thread_id}/retarget", response_model=ThreadRead, responses={**CONFLICT, 422: {}})
-def retarget_thread(thread_id: int, body: Retarget, db: DB, wake: Wake, rig_channels: RigChannels) -> Thread:
+def retarget_thread(thread_id: Id, body: Retarget, db: DB, wake: Wake, rig_channels: RigChannels) -> Thread:
     """Change the thread's objective from its next generation on (an event records that generation's number)."""
     thread = get_or_404(db, Thread, thread_id)
     if thread.status in ENDED_THREAD_STATUSES:
@@ -101,7 +101,7 @@ def retarget_thread(thread_id: int, body: Retarget, db: DB, wake: Wake, rig_chan
 
 
 @router.get("/{thread_id}/generations", response_model=list[GenerationSummary])
-def list_thread_generations(thread_id: int, db: DB) -> list[GenerationSummary]:
+def list_thread_generations(thread_id: Id, db: DB) -> list[GenerationSummary]:
     """The thread's generations in order, each with its rig latency."""
     generations = get_or_404(db, Thread, thread_id).generations
     latency = rig_latencies(db, thread_id)
@@ -111,7 +111,7 @@ def list_thread_generations(thread_id: int, db: DB) -> list[GenerationSummary]:
 
 @router.get("/{thread_id}/presentations", response_model=Page[PresentationRead])
 def list_thread_presentations(
-    thread_id: int,
+    thread_id: Id,
     db: DB,
     offset: Offset = 0,
     limit: Limit = 100,

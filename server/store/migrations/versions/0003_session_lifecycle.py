@@ -1,8 +1,8 @@
 """Session lifecycle: thread states waiting_for_rig/blocked/failed and last_error, finished sessions,
-the objective each generation was scored with, and a presentation's baseline rates (protocol 1.1).
+and the objective each generation is scored with.
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: 0003_session_lifecycle
+Revises: 0002_trial_facts
 Create Date: 2026-11-28 19:30:00
 """
 
@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0002"
-down_revision: str | None = "0001"
+revision: str = "0003_session_lifecycle"
+down_revision: str | None = "0002_trial_facts"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -39,13 +39,9 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("last_error", sa.Text(), nullable=True))
     with op.batch_alter_table("generations", schema=None) as batch_op:
         batch_op.add_column(sa.Column("objective_json", sa.JSON(), nullable=True))
-    with op.batch_alter_table("presentations", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("baseline_rates_json", sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("presentations", schema=None) as batch_op:
-        batch_op.drop_column("baseline_rates_json")
     with op.batch_alter_table("generations", schema=None) as batch_op:
         batch_op.drop_column("objective_json")
     with op.batch_alter_table("threads", schema=None) as batch_op:
