@@ -349,11 +349,14 @@ class Transport:
             if len(p["rates"]) != channels:
                 refusal = RigInputError(ErrorCode.BAD_FIELD, f"RESULTS presentations[{i}] has {len(p['rates'])} "
                                         f"rates; this rig declared {channels} channels in HELLO")
+                on_refused = getattr(self.handler, "on_refused", None)
+                if on_refused is not None:  # recorded before the rig hears of it
+                    try:
+                        await on_refused(name, header["batch_id"], refusal)
+                    except Exception:
+                        log.exception("handler.on_refused(%r) failed", name)
                 await self._reply(identity, error(refusal.code, refusal.message, in_reply_to=MessageType.RESULTS,
                                                   batch_id=header["batch_id"]))
-                on_refused = getattr(self.handler, "on_refused", None)
-                if on_refused is not None:
-                    await on_refused(name, header["batch_id"], refusal)
                 return
         ack = await self._call(identity, name, MessageType.RESULTS, header["batch_id"],
                                self.handler.on_results, header)
