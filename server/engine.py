@@ -204,7 +204,8 @@ class Engine:
 
     def _generator(self, name: str):
         if name not in self._generators:
-            self._generators[name] = generators.load(name, device=self.settings.device)
+            self._generators[name] = generators.load(name, device=self.settings.device,
+                                                     precision=self.settings.precision)
         return self._generators[name]
 
     # ------------------------------------------------------------------ one generation
@@ -236,20 +237,25 @@ class Engine:
         with self._db.begin() as db:
             while True:
                 inflight = runtime.inflight
+                owed = None
                 if inflight is not None and inflight.batch_id is not None and not inflight.awaiting:
                     # The last round is answered (or given up on): another round, or tell.
                     owed = self._missing(db, runtime)
                     if not owed or inflight.rounds >= runtime.repeats + MAX_REQUEUES:
                         if self._complete_generation(db, runtime, timed_out=bool(owed)):
                             return FINISHED
+                        owed = None
                     else:
                         inflight.batch_id = None
                         inflight.rounds += 1
                 if runtime.inflight is None:
                     runtime.inflight = self._start_generation(db, runtime)
+                    owed = runtime.inflight.stimulus_ids + runtime.reference_ids  # nothing presented yet
                 if runtime.inflight.batch_id is not None or not connected:
                     return None
-                message = self._prepare_batch(db, runtime, cached)
+                if owed is None:
+                    owed = self._missing(db, runtime)
+                message = self._prepare_batch(db, runtime, cached, owed)
                 if message is not None:
                     return message
                 runtime.inflight.batch_id, runtime.inflight.awaiting = "", set()  # nothing owed: complete it
@@ -298,10 +304,11 @@ class Engine:
         return finished
 
     # ------------------------------------------------------------------ sending
-    def _prepare_batch(self, db: DBSession, runtime: ThreadRuntime, cached: frozenset[str]) -> Message | None:
-        """A BATCH of the owed stimuli in a seeded random order, references interleaved (cached ones by id)."""
+    def _prepare_batch(self, db: DBSession, runtime: ThreadRuntime, cached: frozenset[str],
+                       owed: list[str]) -> Message | None:
+        """A BATCH of the ``owed`` stimuli in a seeded random order, references interleaved (cached ones by id)."""
         inflight = runtime.inflight
-        owed = list(dict.fromkeys(self._missing(db, runtime)))
+        owed = list(dict.fromkeys(owed))
         if not owed:
             return None
         order = np.random.default_rng([runtime.seed, inflight.number, inflight.rounds]).permutation(len(owed))

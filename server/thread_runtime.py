@@ -83,7 +83,7 @@ def build_runtime(db: DBSession, thread_id: int, load_generator: Callable[[str],
     session_config = SessionConfig.model_validate(session.config_json)
     config = session_config.thread(thread.name)
     generator = load_generator(config.generator)
-    thread.generator_version = generator.version
+    thread.generator_version = generator.provenance["version"]
     optimizer = create_optimizer(db, thread, config, generator)
     last = queries.last_complete_generation(db, thread_id)
     if last is not None:
