@@ -23,7 +23,8 @@ def add_parser(subcommands) -> None:
 
     session = analyses.add_parser(
         "session", help="score-per-generation plot, best images and summary of a session",
-        description="Write scores.png, best_images.png and summary.json for a recorded session.")
+        description="Write scores.png, evolution_<thread>.png, best_images.png, manifold_<thread>.png "
+        "and summary.json for a recorded session.")
     _add_store_arguments(session)
     session.add_argument("session", type=int, help="session id")
     session.set_defaults(func=run_session)

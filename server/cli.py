@@ -17,6 +17,7 @@ SUBCOMMAND_MODULES = (
     "server.demo",  # actmax demo
     "server.bench",  # actmax bench, actmax bench report
     "server.analyze",  # actmax analyze manifold|session|geometry|study
+    "server.export.cli",  # actmax export nwb|parquet|csv
 )
 
 

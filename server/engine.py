@@ -30,7 +30,7 @@ from sqlalchemy.orm import sessionmaker
 import generators
 import optimizers
 from rig_client.protocol import ErrorCode, Message, batch_message
-from server import RigInputError, ThreadNotReady
+from server import RigInputError, ThreadNotReady, live, monitor
 from server.images import encode_images, parallel_map, parallel_submit
 from server.objectives import Objective
 from server.settings import Settings
@@ -137,6 +137,9 @@ class Engine:
                 inflight.awaiting.clear()  # the rig will not answer the rest of this batch
             if not inflight.awaiting:
                 self._step(runtime)
+        live.hub.publish("batch_answered", f"{len(answered)} stimuli answered", thread_id=thread_id,
+                         session_id=runtime.session_id if runtime is not None else None,
+                         data={"batch_id": header["batch_id"], "accepted": len(answered), "done": bool(header.get("done"))})
         return {"batch_id": header["batch_id"], "accepted": len(answered), "duplicates": duplicates}
 
     def _record_results(self, rig: str, header: dict) -> tuple[int, set[str], int]:
@@ -290,6 +293,7 @@ class Engine:
         generation = records.complete_generation(db, inflight.generation_id, scores, reference,
                                                  optimizers.dumps_state(runtime.optimizer.state_dict()),
                                                  timed_out=timed_out)
+        monitor.generation_completed(db, runtime.session_id, runtime.id, generation.number, scores, reference, rates)
         if timed_out:
             self._log_in(db, runtime.session_id, runtime.id, "generation_timed_out",
                          f"generation {inflight.number}: {inflight.codes.shape[0] - generation.n_scored} stimuli "
@@ -333,6 +337,9 @@ class Engine:
         runtime.inflight.batch_id = message.header["batch_id"]
         runtime.inflight.awaiting = {s["stimulus_id"] for s in stimuli}
         runtime.inflight.last_activity = time.monotonic()
+        live.hub.publish("batch_sent", f"generation {runtime.inflight.number}: {len(stimuli)} stimuli sent",
+                         session_id=runtime.session_id, thread_id=runtime.id,
+                         data={"batch_id": runtime.inflight.batch_id, "generation": runtime.inflight.number})
 
     async def _check_timeouts(self) -> None:
         """A round unanswered for ``batch_timeout_s`` is given up on: re-queue its stimuli or score NaN."""

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from importlib.resources import files
+
 from fastapi import Depends, FastAPI
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy.orm import Session as DBSession
 from sqlalchemy.orm import sessionmaker
 
 from server.api.deps import EngineWaker, require_token
-from server.api.routes import generations, health, manifold, sessions, stimuli, threads
+from server.api.routes import export, generations, health, live, manifold, monitor, sessions, stimuli, threads
 from server.api.routes.health import package_version
 from server.api.schemas import ErrorDetail
 from server.settings import Settings
@@ -22,7 +27,7 @@ def create_app(settings: Settings, db_sessions: sessionmaker[DBSession], *,
     Raises ``ServerError`` when ``settings.token`` is unset: the API never runs open.
     """
     token = settings.require_token()
-    app = FastAPI(title="actmax", version=package_version())
+    app = FastAPI(title="actmax", version=package_version(), docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.token = token
     app.state.sessionmaker = db_sessions
@@ -30,8 +35,43 @@ def create_app(settings: Settings, db_sessions: sessionmaker[DBSession], *,
     app.state.engine = engine
 
     app.include_router(health.router)
-    for resource in (sessions, threads, generations, stimuli, manifold):
+    for resource in (sessions, threads, generations, stimuli, manifold, monitor, live, export):
         app.include_router(
             resource.router, dependencies=[Depends(require_token)], responses={401: {"model": ErrorDetail}}
         )
+    _add_pages(app)
     return app
+
+
+def _add_pages(app: FastAPI) -> None:
+    """The dashboard at /ui and the API docs at /docs and /redoc, every asset served from the package (offline)."""
+    import fastapi_offline
+
+    assets = files(fastapi_offline) / "static"
+    # ReDoc's sidebar shows Redocly's logo from their CDN: point it at the local favicon instead.
+    redoc_js = (assets / "redoc.standalone.js").read_text(encoding="utf-8").replace(
+        "https://cdn.redoc.ly/redoc/logo-mini.svg", "/assets/docs/favicon.png")
+
+    @app.get("/assets/docs/redoc.standalone.js", include_in_schema=False)
+    def redoc_script() -> Response:
+        return Response(redoc_js, media_type="text/javascript")
+
+    app.mount("/ui", StaticFiles(directory=str(files("server") / "web"), html=True), name="ui")
+    app.mount("/assets/docs", StaticFiles(directory=str(assets)), name="docs-assets")
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/ui/")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url, title="actmax API", swagger_js_url="/assets/docs/swagger-ui-bundle.js",
+            swagger_css_url="/assets/docs/swagger-ui.css", swagger_favicon_url="/assets/docs/favicon.png",
+            swagger_ui_parameters={"validatorUrl": None})
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url=app.openapi_url, title="actmax API", with_google_fonts=False,
+                              redoc_js_url="/assets/docs/redoc.standalone.js",
+                              redoc_favicon_url="/assets/docs/favicon.png")

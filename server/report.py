@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from sqlalchemy import select
 
 from analysis.serialization import json_safe
+from server.drift import mean_sem
 from server.objectives import Objective
 from server.store.archive import ImageArchive
 from server.store.db import make_db_engine, make_sessionmaker
@@ -38,104 +39,248 @@ class ThreadSummary:
     best_score: float
 
 
+SCORE_LABEL = "score (spikes/s)"
+STRIP_COLUMNS = 12  # best images under an evolution curve (evenly spaced generations, last included)
+
+
+def _mean_sem(values) -> tuple[float, float]:
+    """``drift.mean_sem`` with NaN for "no value", for plotting."""
+    return tuple(np.nan if v is None else v for v in mean_sem(values))
+
+
 def _thread_curves(db, thread: Thread) -> dict[str, np.ndarray]:
+    """Per completed generation: number, mean ± SEM and max over its images, reference mean ± SEM over references."""
     generations = db.scalars(
         select(Generation).where(Generation.thread_id == thread.id, Generation.status == GenerationStatus.COMPLETE)
         .order_by(Generation.number)
     ).all()
+    references = _reference_scores_by_generation(db, thread)
     as_array = lambda values: np.array([np.nan if v is None else v for v in values], dtype=float)  # noqa: E731
+    mean_sem = np.array([_mean_sem(g.scores_json or []) for g in generations]).reshape(-1, 2)
+    reference = np.array([_mean_sem(references.get(g.id, [])) for g in generations]).reshape(-1, 2)
     return {
         "number": np.array([g.number for g in generations]),
-        "mean": as_array([g.mean_score for g in generations]),
+        "mean": mean_sem[:, 0], "sem": mean_sem[:, 1],
         "max": as_array([g.max_score for g in generations]),
-        "reference_mean": as_array([g.reference_mean for g in generations]),
+        "reference_mean": as_array([g.reference_mean for g in generations]), "reference_sem": reference[:, 1],
     }
 
 
-def _reference_scores(db, thread: Thread) -> dict[str, float]:
-    """Each reference image's mean score under this thread's objective, over the thread's batches."""
+def _reference_rows(db, thread: Thread):
+    """(generation id, reference stimulus id, score) for every reference presentation of the thread."""
     objective = Objective.from_config(thread.objective_json)
     rows = db.execute(
-        select(Presentation.stimulus_id, Presentation.rates_json)
+        select(Batch.generation_id, Presentation.stimulus_id, Presentation.rates_json)
         .join(Batch, Batch.id == Presentation.batch_id)
         .join(Stimulus, Stimulus.id == Presentation.stimulus_id)
         .where(Batch.thread_id == thread.id, Stimulus.kind == StimulusKind.REFERENCE)
     ).all()
+    for generation_id, stimulus_id, rates in rows:
+        yield generation_id, stimulus_id, objective.score(rates)
+
+
+def _reference_scores_by_generation(db, thread: Thread) -> dict[int, list[float]]:
+    """Per generation id, each reference image's mean score in it (the SEM is over these)."""
+    per: dict[int, dict[str, list[float]]] = {}
+    for generation_id, stimulus_id, score in _reference_rows(db, thread):
+        per.setdefault(generation_id, {}).setdefault(stimulus_id, []).append(score)
+    return {g: [float(np.nanmean(v)) for v in by_stimulus.values()] for g, by_stimulus in per.items()}
+
+
+def _reference_scores(db, thread: Thread) -> dict[str, float]:
+    """Each reference image's mean score under this thread's objective, over the thread's batches."""
     by_reference: dict[str, list[float]] = {}
-    for stimulus_id, rates in rows:
-        score = objective.score(rates)
+    for _, stimulus_id, score in _reference_rows(db, thread):
         by_reference.setdefault(stimulus_id, []).append(score)
     return {k: float(np.nanmean(v)) for k, v in by_reference.items()}
 
 
-def _best_stimuli(db, thread: Thread, n: int) -> list[tuple[str, float, str]]:
-    """The n best-scoring synthetic stimuli of a thread: (stimulus id, score, content hash)."""
-    best: list[tuple[float, str, str]] = []
-    for generation in db.scalars(select(Generation).where(Generation.thread_id == thread.id,
-                                                          Generation.status == GenerationStatus.COMPLETE)):
-        for stimulus in generation.stimuli:
-            score = (generation.scores_json or [None] * (stimulus.index + 1))[stimulus.index]
-            if score is not None:
-                best.append((score, stimulus.id, stimulus.content_hash))
-    best.sort(reverse=True)
-    return [(sid, score, digest) for score, sid, digest in best[:n]]
+@dataclass(frozen=True)
+class Best:
+    """A scored synthetic image: where it came from and its content hash."""
+
+    stimulus_id: str
+    generation: int
+    score: float
+    content_hash: str
+
+
+def _scored_images(db, thread: Thread) -> list[Best]:
+    rows = db.execute(
+        select(Stimulus.id, Stimulus.index, Stimulus.content_hash, Generation.number, Generation.scores_json)
+        .join(Generation, Generation.id == Stimulus.generation_id)
+        .where(Generation.thread_id == thread.id, Generation.status == GenerationStatus.COMPLETE,
+               Stimulus.kind == StimulusKind.SYNTHETIC)
+    ).all()
+    return [Best(sid, number, scores[index], digest) for sid, index, digest, number, scores in rows
+            if scores and scores[index] is not None and np.isfinite(scores[index])]
+
+
+def _best_stimuli(db, thread: Thread, n: int) -> list[Best]:
+    """The n best-scoring distinct images of a thread (an elite shown again counts once, at its best)."""
+    seen, best = set(), []
+    for image in sorted(_scored_images(db, thread), key=lambda b: (-b.score, b.generation)):
+        if image.content_hash not in seen:
+            seen.add(image.content_hash)
+            best.append(image)
+        if len(best) == n:
+            break
+    return best
+
+
+def _best_per_generation(db, thread: Thread) -> list[Best]:
+    """The best image of each completed generation, in generation order."""
+    best: dict[int, Best] = {}
+    for image in _scored_images(db, thread):
+        if image.generation not in best or image.score > best[image.generation].score:
+            best[image.generation] = image
+    return [best[g] for g in sorted(best)]
+
+
+def _curve_axes(ax, curves: dict[str, np.ndarray], best_reference: float | None) -> None:
+    """Mean ± SEM, max, reference mean ± SEM (and the best reference) against generation."""
+    x = curves["number"]
+    ax.fill_between(x, curves["mean"] - curves["sem"], curves["mean"] + curves["sem"], color="C0", alpha=0.25, lw=0)
+    ax.plot(x, curves["mean"], color="C0", label="generation mean ± SEM")
+    ax.plot(x, curves["max"], color="C0", ls=":", label="generation max")
+    ax.fill_between(x, curves["reference_mean"] - curves["reference_sem"],
+                    curves["reference_mean"] + curves["reference_sem"], color="C1", alpha=0.25, lw=0)
+    ax.plot(x, curves["reference_mean"], color="C1", label="reference mean ± SEM")
+    if best_reference is not None:
+        ax.axhline(best_reference, color="C1", ls="--", lw=1, label="best reference image")
+    ax.set(xlabel="generation", ylabel=SCORE_LABEL)
+    ax.legend(fontsize=7, loc="best")
+
+
+def _evolution_figure(path: Path, title: str, curves, best_reference, per_generation: list[Best], archive) -> None:
+    """The standard evolution figure: the score curve above a strip of each generation's best image."""
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    picks = [per_generation[i] for i in _spaced(len(per_generation), STRIP_COLUMNS)]
+    fig = Figure(figsize=(11, 5.6))
+    grid = fig.add_gridspec(2, max(len(picks), 1), height_ratios=[3, 1.1], hspace=0.35)
+    _curve_axes(fig.add_subplot(grid[0, :]), curves, best_reference)
+    fig.axes[0].set_title(title)
+    for column, best in enumerate(picks):
+        ax = fig.add_subplot(grid[1, column])
+        ax.imshow(Image.open(io.BytesIO(archive.read(best.content_hash))).convert("RGB"))
+        ax.set_axis_off()
+        ax.set_title(f"gen {best.generation}\n{best.score:.3g}", fontsize=7)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+
+
+def _spaced(total: int, most: int) -> list[int]:
+    if total <= most:
+        return list(range(total))
+    return sorted({int(round(v)) for v in np.linspace(0, total - 1, most)})
+
+
+def _manifold_figure(db, thread: Thread, path: Path, archive) -> bool:
+    """The Manifold map of the first plane beside the images on its grid; False while the map has no data."""
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    from server import ServerError
+    from server.manifold import analyze, manifold_data
+
+    try:
+        data = manifold_data(db, thread.id)
+    except ServerError:
+        return False
+    data = replace(data, planes=data.planes[:1], trials=data.trials[:1])
+    (result,) = analyze(data, reliability=False)
+    smoothed, n = result["map"], len(data.theta)
+    images = {index: digest for index, digest in db.execute(
+        select(Stimulus.index, Stimulus.content_hash)
+        .where(Stimulus.thread_id == thread.id, Stimulus.kind == StimulusKind.SYNTHETIC, Stimulus.index < n * n))}
+    side = 48
+    sheet = Image.new("RGB", (n * side, n * side), "white")
+    for index, digest in images.items():
+        i, j = divmod(index, n)  # θ index across, φ index up, as in the map
+        image = Image.open(io.BytesIO(archive.read(digest))).convert("RGB").resize((side, side))
+        sheet.paste(image, (i * side, (n - 1 - j) * side))
+    deg = np.rad2deg
+    extent = (deg(smoothed.theta[0]), deg(smoothed.theta[-1]), deg(smoothed.phi[0]), deg(smoothed.phi[-1]))
+    fig = Figure(figsize=(11, 5))
+    left, right = fig.subplots(1, 2)
+    shown = left.imshow(smoothed.values.T, origin="lower", cmap="inferno", extent=extent, aspect="equal")
+    fig.colorbar(shown, ax=left, label=SCORE_LABEL)
+    left.set(xlabel="θ (deg, towards PC2)", ylabel="φ (deg, towards PC3)",
+             title=f"{thread.name}: Manifold map, plane {data.planes[0]}")
+    right.imshow(sheet, extent=extent)
+    right.set(xlabel="θ (deg, towards PC2)", ylabel="φ (deg, towards PC3)", title="images on the grid")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return True
 
 
 def write_session_report(database_url: str, data_dir: Path, session_id: int, out_dir: Path) -> list[ThreadSummary]:
-    """Write scores.png, best_images.png and summary.json for a session; return the per-thread summaries."""
-    import matplotlib
+    """Write the session's figures and summary.json; return the per-thread summaries.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from PIL import Image
+    scores.png: every evolution's score curve; evolution_<thread>.png: a curve above its best image per
+    generation; best_images.png: each evolution's best distinct images, labelled; manifold_<thread>.png:
+    each Manifold map beside the images on its grid.
+    """
+    from matplotlib.figure import Figure
 
     out_dir.mkdir(parents=True, exist_ok=True)
     archive = ImageArchive(data_dir)
     db_engine = make_db_engine(database_url)
-    summaries, montage_rows = [], []
+    summaries, best_rows = [], []
     try:
         with make_sessionmaker(db_engine)() as db:
             threads = db.scalars(select(Thread).where(Thread.session_id == session_id).order_by(Thread.id)).all()
-            fig, axes = plt.subplots(1, len(threads), figsize=(5.5 * len(threads), 4), squeeze=False)
-            for ax, thread in zip(axes[0], threads):
+            evolutions = [t for t in threads if t.kind == "evolution"]
+            fig = Figure(figsize=(5.5 * max(len(evolutions), 1), 4))
+            axes = fig.subplots(1, max(len(evolutions), 1), squeeze=False)[0]
+            for thread in threads:
+                if thread.kind == "manifold":
+                    _manifold_figure(db, thread, out_dir / f"manifold_{thread.name}.png", archive)
+                    continue
+                ax = axes[evolutions.index(thread)]
                 curves = _thread_curves(db, thread)
                 references = _reference_scores(db, thread)
                 best = _best_stimuli(db, thread, 8)
-                ax.plot(curves["number"], curves["mean"], label="generation mean", color="C0")
-                ax.plot(curves["number"], curves["max"], label="generation max", color="C0", alpha=0.4)
-                ax.plot(curves["number"], curves["reference_mean"], label="reference mean", color="C1")
-                if references:
-                    ax.axhline(max(references.values()), color="C1", ls="--", label="best reference")
+                best_reference = max(references.values()) if references else None
                 title = thread.name if thread.name == thread.optimizer else f"{thread.name} ({thread.optimizer})"
-                ax.set(title=title, xlabel="generation", ylabel="score")
-                ax.legend(fontsize=8)
+                _curve_axes(ax, curves, best_reference)
+                ax.set_title(title)
+                _evolution_figure(out_dir / f"evolution_{thread.name}.png", title, curves, best_reference,
+                                  _best_per_generation(db, thread), archive)
                 summaries.append(ThreadSummary(
                     thread_id=thread.id, name=thread.name, optimizer=thread.optimizer,
                     generations=len(curves["number"]),
                     first_generation_mean=float(curves["mean"][0]) if len(curves["mean"]) else float("nan"),
                     last_generation_mean=float(curves["mean"][-1]) if len(curves["mean"]) else float("nan"),
-                    best_reference=max(references.values()) if references else float("nan"),
+                    best_reference=float("nan") if best_reference is None else best_reference,
                     reference_mean=float(np.nanmean(curves["reference_mean"])) if len(curves["mean"]) else float("nan"),
-                    best_score=best[0][1] if best else float("nan"),
+                    best_score=best[0].score if best else float("nan"),
                 ))
-                montage_rows.append([Image.open(io.BytesIO(archive.read(d))).convert("RGB") for _, _, d in best])
+                best_rows.append((thread.name, best))
             fig.tight_layout()
             fig.savefig(out_dir / "scores.png", dpi=120)
-            plt.close(fig)
     finally:
         db_engine.dispose()
-    _write_montage(montage_rows, out_dir / "best_images.png")
+    _best_images_figure(best_rows, archive, out_dir / "best_images.png")
     (out_dir / "summary.json").write_text(json.dumps(json_safe([asdict(s) for s in summaries]), indent=2))
     return summaries
 
 
-def _write_montage(rows, path: Path, side: int = 96) -> None:
-    """Best images of each thread, one row per thread."""
+def _best_images_figure(rows: list[tuple[str, list[Best]]], archive, path: Path) -> None:
+    """Each evolution's best distinct images, one row per thread, labelled by thread, generation and score."""
+    from matplotlib.figure import Figure
     from PIL import Image
 
-    columns = max((len(r) for r in rows), default=0)
-    sheet = Image.new("RGB", (max(columns, 1) * side, max(len(rows), 1) * side), "white")
-    for y, row in enumerate(rows):
-        for x, image in enumerate(row):
-            sheet.paste(image.resize((side, side)), (x * side, y * side))
-    sheet.save(path)
+    columns = max((len(best) for _, best in rows), default=1) or 1
+    fig = Figure(figsize=(1.4 * columns, 1.75 * max(len(rows), 1)))
+    axes = fig.subplots(max(len(rows), 1), columns, squeeze=False)
+    for row, (name, best) in enumerate(rows):
+        for column, ax in enumerate(axes[row]):
+            ax.set_axis_off()
+            if column < len(best):
+                image = best[column]
+                ax.imshow(Image.open(io.BytesIO(archive.read(image.content_hash))).convert("RGB"))
+                ax.set_title(f"{name} gen {image.generation}\n{image.score:.3g} spikes/s", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)

@@ -77,7 +77,8 @@ async def _run_until_stopped(settings, app, engine, transport) -> None:
     """Serve HTTP in the foreground and the transport and engine loops beside it; stop all three together."""
     import uvicorn
 
-    http = uvicorn.Server(uvicorn.Config(app, host=settings.http_host, port=settings.http_port, log_level="warning"))
+    http = uvicorn.Server(uvicorn.Config(app, host=settings.http_host, port=settings.http_port, log_level="warning",
+                                           timeout_graceful_shutdown=3))
     background = [asyncio.create_task(transport.run()), asyncio.create_task(engine.run())]
     log.info("serving REST on http://%s:%s, rigs on %s, data in %s",
              settings.http_host, settings.http_port, settings.zmq_endpoint, settings.data_dir)

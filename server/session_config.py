@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 import generators
 import optimizers
@@ -66,6 +66,16 @@ class ObjectiveConfig(_Strict):
         if len(set(channels)) != len(channels):
             raise ValueError(f"channels repeat: {channels}")
         return channels
+
+
+class DriftConfig(_Strict):
+    """The reference-drift alarm (see docs/dashboard.md): when a thread's references fall or a channel goes silent."""
+
+    baseline_generations: int = Field(5, ge=1, le=1000, description="Early generations that set the reference level.")
+    drop_sem: float = Field(4.0, gt=0, description="Alarm when the reference mean is this many SEM below the early level.")
+    consecutive: int = Field(2, ge=1, le=100, description="Generations in a row the drop must last before the alarm.")
+    silent_fraction: float = Field(
+        0.1, gt=0, lt=1, description="A channel is silent when its mean rate falls below this fraction of its early rate.")
 
 
 class ManifoldConfig(_Strict):
@@ -133,8 +143,18 @@ class SessionConfig(_Strict):
     animal: str = ""
     array: str = ""
     notes: str = ""
+    # Free-form metadata for exports (NWB); see docs/export.md for the defaults used when absent.
+    subject_id: str = Field("", description='Subject identifier; "" uses `animal`.')
+    species: str = Field("", description='Latin binomial, e.g. "Macaca mulatta".')
+    sex: Literal["M", "F", "U", "O"] = Field("U", description="Subject sex: M, F, U (unknown), O (other).")
+    age: str = Field("", pattern=r"^(P[0-9YMWDTHS.]+(/(P[0-9YMWDTHS.]+)?)?)?$",
+                     description='ISO 8601 duration such as "P6Y", or a range "P5Y/P7Y"; "": unknown.')
+    lab: str = ""
+    experimenter: str = Field("", description='"Last, First", as NWB asks.')
+    session_start_time: AwareDatetime | None = Field(None, description="With a time zone; None: when created.")
     response_window_ms: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]] = (50, 200)
     references: ReferenceConfig = Field(default_factory=ReferenceConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
     threads: list[ThreadConfig] = Field(min_length=1)
 
     @field_validator("response_window_ms")

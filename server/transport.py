@@ -126,6 +126,14 @@ class Transport:
         """Names of the connected rigs."""
         return list(self._rigs)
 
+    def rig_status(self, rig_name: str) -> dict | None:
+        """A connected rig's channel count and seconds since it was last heard; None when not connected."""
+        rig = self._rigs.get(rig_name)
+        if rig is None:
+            return None
+        last_heard = rig.expires - self.liveness * self.heartbeat_s
+        return {"channels": rig.channels, "heard_s_ago": max(0.0, time.monotonic() - last_heard)}
+
     async def close(self) -> None:
         """Stop `run` and close the socket (linger 0); outstanding sends are dropped."""
         self._closing.set()

@@ -150,3 +150,43 @@ class ManifoldPlaneRead(BaseModel):
     kent: dict[str, Any]
     split_half: dict[str, Any] | None
     bootstrap: dict[str, Any] | None
+
+
+class CurvePoint(BaseModel):
+    """One completed generation on the score curve (scores in the objective's units, spikes/s by default)."""
+
+    generation: int
+    generation_id: int
+    mean: float | None
+    sem: float | None = Field(description="Standard error of the mean over the generation's scored images.")
+    max: float | None
+    reference_mean: float | None
+    reference_sem: float | None = Field(description="Over the reference images; null before the drift monitor.")
+    best_stimulus_id: str | None = Field(description="The generation's highest-scoring image.")
+    completed_at: datetime | None
+
+
+class Curve(BaseModel):
+    thread_id: int
+    total: int = Field(description="Completed generations asked for; points are evenly decimated when more than max_points.")
+    points: list[CurvePoint]
+
+
+class BatchTiming(BaseModel):
+    batch_id: str
+    thread_id: int
+    generation: int
+    sent_at: datetime
+    first_result_ms: float | None = Field(description="Sent -> first presentation stored.")
+    complete_ms: float | None = Field(description="Sent -> generation complete.")
+    turnaround_ms: float | None = Field(description="Previous generation complete -> this batch sent (server time).")
+
+
+class RigStatus(BaseModel):
+    rig: str
+    connected: bool
+    channels: int | None
+    heard_s_ago: float | None = Field(description="Seconds since the rig's last message or heartbeat.")
+    heartbeat_s: float | None
+    scored_channels: dict[int, list[str]] = Field(description="Channel -> the threads whose objective scores it.")
+    batches: list[BatchTiming] = Field(description="The latest batches, newest first.")

@@ -11,6 +11,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 BUSY_TIMEOUT_MS = 10_000
+# More connections than the threads that may hold one at once: anyio's 40 workers that run sync
+# endpoints (and their dependencies' clean-up), the engine's worker, a few more. With fewer, a burst
+# of requests (a dashboard loading 40 images) deadlocks: workers wait for connections whose
+# sessions can only close on a free worker. SQLite connections are cheap.
+POOL_SIZE, MAX_OVERFLOW = 5, 60
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
@@ -30,7 +35,8 @@ def make_db_engine(database_url: str) -> Engine:
         return create_engine(url)
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-    db_engine = create_engine(url, connect_args={"check_same_thread": False})
+    db_engine = create_engine(url, connect_args={"check_same_thread": False}, pool_size=POOL_SIZE,
+                              max_overflow=MAX_OVERFLOW)
     event.listen(db_engine, "connect", _set_sqlite_pragmas)
     return db_engine
 

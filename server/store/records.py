@@ -13,7 +13,8 @@ from sqlalchemy import insert, select
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session as DBSession
 
-from server.session_config import MAX_SEED, SessionConfig
+from server import live
+from server.session_config import MAX_SEED, SessionConfig, ThreadConfig
 from server.store import queries
 from server.store.archive import ArchivedImage
 from server.store.models import (
@@ -63,7 +64,30 @@ def log_event(
         session_id=session_id, thread_id=thread_id, level=EventLevel(level), kind=kind, message=message, data_json=data
     )
     db.add(event)
+    live.publish_on_commit(db, event)
     return event
+
+
+def _thread_row(thread: ThreadConfig) -> Thread:
+    """A thread row (status running) from a validated thread config whose seed is set."""
+    return Thread(
+        name=thread.name,
+        kind=thread.kind,
+        generator=thread.generator,
+        optimizer=thread.optimizer,
+        optimizer_params_json=thread.optimizer_params,
+        objective_json=thread.objective.model_dump(mode="json"),
+        seed=thread.seed,
+        n_generations=thread.n_generations,
+        repeats=thread.repeats,
+        status=ThreadStatus.RUNNING,
+    )
+
+
+def _with_seed(thread: ThreadConfig) -> ThreadConfig:
+    """Seeds left as None are drawn here (and then recorded)."""
+    return thread if thread.seed is not None else thread.model_copy(
+        update={"seed": secrets.randbelow(MAX_SEED + 1)})
 
 
 def create_session(db: DBSession, config: SessionConfig) -> Session:
@@ -71,10 +95,7 @@ def create_session(db: DBSession, config: SessionConfig) -> Session:
 
     Seeds left as None are drawn here and recorded both on the thread rows and in ``config_json``.
     """
-    threads = [
-        thread if thread.seed is not None else thread.model_copy(update={"seed": secrets.randbelow(MAX_SEED + 1)})
-        for thread in config.threads
-    ]
+    threads = [_with_seed(thread) for thread in config.threads]
     config = config.model_copy(update={"threads": threads})
     session = Session(
         name=config.name,
@@ -83,21 +104,7 @@ def create_session(db: DBSession, config: SessionConfig) -> Session:
         array=config.array,
         notes=config.notes,
         config_json=config.model_dump(mode="json"),
-        threads=[
-            Thread(
-                name=thread.name,
-                kind=thread.kind,
-                generator=thread.generator,
-                optimizer=thread.optimizer,
-                optimizer_params_json=thread.optimizer_params,
-                objective_json=thread.objective.model_dump(mode="json"),
-                seed=thread.seed,
-                n_generations=thread.n_generations,
-                repeats=thread.repeats,
-                status=ThreadStatus.RUNNING,
-            )
-            for thread in threads
-        ],
+        threads=[_thread_row(thread) for thread in threads],
     )
     db.add(session)
     db.flush()
@@ -108,6 +115,24 @@ def create_session(db: DBSession, config: SessionConfig) -> Session:
         session_id=session.id,
     )
     return session
+
+
+def add_thread(db: DBSession, session: Session, thread: ThreadConfig) -> Thread:
+    """Add a thread (e.g. a Manifold map around a finished evolution) to ``session``; not committed.
+
+    The session's config, with the thread appended, is validated again (unique names, a manifold's
+    source evolution and generator); raises ``pydantic.ValidationError`` naming the problem.
+    """
+    thread = _with_seed(thread)
+    config = SessionConfig.model_validate(
+        {**session.config_json, "threads": [*session.config_json["threads"], thread.model_dump(mode="json")]})
+    row = _thread_row(thread)
+    session.threads.append(row)
+    session.config_json = config.model_dump(mode="json")
+    db.flush()
+    log_event(db, "thread.added", f"thread {row.id} {row.name!r} ({row.kind}) added to session {session.id}",
+              session_id=session.id, thread_id=row.id)
+    return row
 
 
 def record_presentations(

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
-from sqlalchemy import select
+from fastapi import APIRouter, HTTPException, status
+from pydantic import ValidationError
+from sqlalchemy import select, update
 
 from server.api.deps import DB, Limit, Offset, Wake, get_or_404, paginate
 from server.api.schemas import ErrorDetail, EventRead, Page, SessionRead, SessionWithThreads, ThreadRead
-from server.session_config import SessionConfig
-from server.store.models import Event, Session, Thread
-from server.store.records import create_session
+from server.session_config import SessionConfig, ThreadConfig, describe_validation_error
+from server.store.models import Event, Session, SessionStatus, Thread, ThreadStatus
+from server.store.records import add_thread, create_session, log_event
 
 router = APIRouter(prefix="/sessions", tags=["sessions"])
 NOT_FOUND = {404: {"model": ErrorDetail}}
@@ -49,3 +50,40 @@ def list_session_events(
     """The session's event log, oldest first."""
     get_or_404(db, Session, session_id)
     return paginate(db, select(Event).where(Event.session_id == session_id), Event.id, EventRead, offset, limit)
+
+
+@router.post("/{session_id}/stop", response_model=SessionWithThreads, responses=NOT_FOUND)
+def stop_session(session_id: int, db: DB, wake: Wake) -> Session:
+    """Stop every running or paused thread (final) and mark the session stopped; idempotent."""
+    session = get_or_404(db, Session, session_id)
+    stopped = db.execute(
+        update(Thread).where(Thread.session_id == session_id,
+                             Thread.status.in_([ThreadStatus.RUNNING, ThreadStatus.PAUSED]))
+        .values(status=ThreadStatus.STOPPED)
+    ).rowcount
+    if session.status != SessionStatus.STOPPED:
+        session.status = SessionStatus.STOPPED
+        log_event(db, "session.stopped", f"session {session_id} stopped via REST ({stopped} thread(s) stopped)",
+                  session_id=session_id)
+    db.commit()
+    db.refresh(session)
+    wake()
+    return session
+
+
+@router.post("/{session_id}/threads", response_model=ThreadRead, status_code=status.HTTP_201_CREATED,
+             responses={**NOT_FOUND, 409: {"model": ErrorDetail}, 422: {"model": ErrorDetail}})
+def post_session_thread(session_id: int, thread: ThreadConfig, db: DB, wake: Wake) -> Thread:
+    """Add a thread to an active session, e.g. a Manifold map around an evolution (it starts once that ends)."""
+    session = get_or_404(db, Session, session_id)
+    if session.status != SessionStatus.ACTIVE:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"session {session_id} is {session.status.value}; "
+                            "threads can only be added to an active session")
+    try:
+        row = add_thread(db, session, thread)
+    except ValidationError as error:
+        db.rollback()
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, describe_validation_error(error)) from None
+    db.commit()
+    wake()
+    return row

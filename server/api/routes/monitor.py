@@ -1,0 +1,121 @@
+"""What a dashboard reads besides the plain resources: a thread's score curve and a rig's status."""
+
+from __future__ import annotations
+
+import numpy as np
+from fastapi import APIRouter, Query, Request
+from sqlalchemy import func, select, tuple_
+
+from server.api.deps import DB, get_or_404
+from server.api.schemas import BatchTiming, Curve, CurvePoint, ErrorDetail, RigStatus
+from server.drift import mean_sem
+from server.monitor import GENERATION_COMPLETED
+from server.store.models import (
+    Batch, Event, Generation, GenerationStatus, Session, SessionStatus, Stimulus, StimulusKind, Thread,
+)
+
+router = APIRouter(tags=["monitor"], responses={404: {"model": ErrorDetail}})
+
+
+def decimate(total: int, max_points: int) -> list[int]:
+    """At most ``max_points`` evenly spaced indices of ``range(total)``, always with the first and last."""
+    if total <= max_points:
+        return list(range(total))
+    return sorted(set(np.linspace(0, total - 1, max_points).round().astype(int).tolist()))
+
+
+def _argmax(scores: list[float | None] | None) -> int | None:
+    finite = [(s, i) for i, s in enumerate(scores or []) if s is not None and np.isfinite(s)]
+    return max(finite)[1] if finite else None
+
+
+@router.get("/threads/{thread_id}/curve", response_model=Curve)
+def get_curve(thread_id: int, db: DB, max_points: int = Query(1000, ge=2, le=10_000),
+              from_generation: int = Query(0, ge=0, description="Only generations from this number on.")) -> Curve:
+    """Mean ± SEM, max and reference mean ± SEM per completed generation, with each one's best image."""
+    get_or_404(db, Thread, thread_id)
+    rows = db.execute(
+        select(Generation.id, Generation.number, Generation.scores_json, Generation.max_score,
+               Generation.reference_mean, Generation.completed_at)
+        .where(Generation.thread_id == thread_id, Generation.status == GenerationStatus.COMPLETE,
+               Generation.number >= from_generation)
+        .order_by(Generation.number)
+    ).all()
+    total = len(rows)
+    rows = [rows[i] for i in decimate(total, max_points)]
+    reference_sem = {
+        data["generation"]: data.get("reference_sem")
+        for data in db.scalars(select(Event.data_json).where(Event.thread_id == thread_id,
+                                                             Event.kind == GENERATION_COMPLETED))
+    }
+    best = {row.id: _argmax(row.scores_json) for row in rows}
+    wanted = [(generation_id, index) for generation_id, index in best.items() if index is not None]
+    best_ids = {
+        (generation_id, index): stimulus_id for stimulus_id, generation_id, index in db.execute(
+            select(Stimulus.id, Stimulus.generation_id, Stimulus.index)
+            .where(Stimulus.thread_id == thread_id, Stimulus.kind == StimulusKind.SYNTHETIC,
+                   tuple_(Stimulus.generation_id, Stimulus.index).in_(wanted))
+        )
+    } if wanted else {}
+    points = []
+    for row in rows:
+        mean, sem = mean_sem(row.scores_json or [])
+        points.append(CurvePoint(
+            generation=row.number, generation_id=row.id, mean=mean, sem=sem, max=row.max_score,
+            reference_mean=row.reference_mean, reference_sem=reference_sem.get(row.number),
+            best_stimulus_id=best_ids.get((row.id, best[row.id])), completed_at=row.completed_at,
+        ))
+    return Curve(thread_id=thread_id, total=total, points=points)
+
+
+@router.get("/rigs/{rig}", response_model=RigStatus)
+def get_rig(rig: str, request: Request, db: DB, batches: int = Query(20, ge=1, le=500)) -> RigStatus:
+    """Whether ``rig`` is connected, its channels (and which threads score them), and its latest batch timings."""
+    engine = request.app.state.engine
+    transport = getattr(engine, "transport", None)
+    status = transport.rig_status(rig) if transport is not None else None
+    scored: dict[int, list[str]] = {}
+    for name, objective in db.execute(
+        select(Thread.name, Thread.objective_json).join(Session, Session.id == Thread.session_id)
+        .where(Session.rig == rig, Session.status == SessionStatus.ACTIVE)
+    ):
+        for channel in objective["channels"]:
+            scored.setdefault(channel, []).append(name)
+    recent = db.execute(
+        select(Batch, Generation.number).join(Generation, Generation.id == Batch.generation_id)
+        .where(Batch.rig == rig).order_by(Batch.sent_at.desc()).limit(batches)
+    ).all()
+    turnaround = _turnarounds(db, recent)
+    timings = [
+        BatchTiming(
+            batch_id=batch.id, thread_id=batch.thread_id, generation=number, sent_at=batch.sent_at,
+            first_result_ms=_ms(batch.sent_at, batch.results_first_at), complete_ms=_ms(batch.sent_at, batch.completed_at),
+            turnaround_ms=turnaround.get(batch.id),
+        )
+        for batch, number in recent
+    ]
+    return RigStatus(
+        rig=rig, connected=status is not None, channels=status and status["channels"],
+        heard_s_ago=status and status["heard_s_ago"], heartbeat_s=getattr(transport, "heartbeat_s", None),
+        scored_channels=scored, batches=timings,
+    )
+
+
+def _turnarounds(db, recent) -> dict[str, float | None]:
+    """Batch id -> ms from its thread's previous generation completing to the batch being sent, for the
+    first batch of each generation (a later round re-sends what is still owed: no turnaround)."""
+    first_sent = dict(db.execute(
+        select(Batch.generation_id, func.min(Batch.sent_at))
+        .where(Batch.generation_id.in_({batch.generation_id for batch, _ in recent})).group_by(Batch.generation_id)
+    ).all())
+    result = {}
+    for batch, number in recent:
+        if number > 0 and batch.sent_at == first_sent[batch.generation_id]:
+            previous = db.scalar(select(Generation.completed_at).where(Generation.thread_id == batch.thread_id,
+                                                                       Generation.number == number - 1))
+            result[batch.id] = _ms(previous, batch.sent_at)
+    return result
+
+
+def _ms(start, end) -> float | None:
+    return None if start is None or end is None else (end - start).total_seconds() * 1000

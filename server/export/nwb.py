@@ -1,0 +1,172 @@
+"""A session as one NWB file (pynwb), written from its tidy tables; images streamed from the archive.
+
+Layout (docs/export.md has the reading side):
+- ``stimulus_templates/stimulus_images``: ``Images``, one ``RGBImage`` per stimulus, named by stimulus id,
+  in the order of the stimuli table (``order_of_images``);
+- ``stimulus/stimuli``: the stimuli table; ``stimulus/presentation_order``: ``IndexSeries`` over the images;
+- ``intervals/presentations``: ``TimeIntervals``, one row per presentation on the rig's clock;
+- ``processing/evolution``: the ``threads``, ``generations`` and ``channels`` tables;
+- the ``session`` table becomes the file's and its ``Subject``'s metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from hdmf.backends.hdf5 import H5DataIO
+from hdmf.common import DynamicTable, VectorData, VectorIndex
+from hdmf.data_utils import AbstractDataChunkIterator, DataChunk
+from PIL import Image
+from pynwb import NWBHDF5IO, NWBFile, ProcessingModule
+from pynwb.base import ImageReferences, Images
+from pynwb.epoch import TimeIntervals
+from pynwb.file import Subject
+from pynwb.image import IndexSeries, RGBImage
+
+from server.export.tables import DESCRIPTIONS, TRIAL_FACT_DESCRIPTION, SessionTables
+from server.store.archive import ImageArchive
+
+
+class PngPixels(AbstractDataChunkIterator):
+    """An archived PNG's RGB pixels, read only when the file writer asks for them (one image in memory)."""
+
+    def __init__(self, path: Path, on_read: Callable[[], None] | None = None) -> None:
+        self.path = path
+        with Image.open(path) as image:  # reads the header only
+            self.shape = (image.height, image.width, 3)
+        self.on_read = on_read
+        self._done = False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> DataChunk:
+        if self._done:
+            raise StopIteration
+        self._done = True
+        with Image.open(self.path) as image:
+            pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
+        if self.on_read is not None:
+            self.on_read()
+        return DataChunk(data=pixels, selection=np.s_[:, :, :])
+
+    def recommended_chunk_shape(self) -> tuple[int, ...]:
+        return self.shape
+
+    def recommended_data_shape(self) -> tuple[int, ...]:
+        return self.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.uint8)
+
+    @property
+    def maxshape(self) -> tuple[int, ...]:
+        return self.shape
+
+
+def write_nwb(tables: SessionTables, archive: ImageArchive, path: str | Path,
+              on_image: Callable[[], None] | None = None) -> None:
+    """Write ``tables`` (and the archived images they name) to ``path``; ``on_image`` is called per image written."""
+    meta = tables.session.iloc[0]
+    start = meta["session_start_time"].to_pydatetime()
+    onsets = tables.presentations["onset"]
+    # Times are seconds on the rig's clock from the reference time, which is never after the first onset.
+    reference = min([start, *([datetime.fromtimestamp(onsets.min(), UTC)] if len(onsets) else [])])
+    nwbfile = NWBFile(
+        session_description=f"actmax closed-loop image evolution {meta['session_name']!r}: images from generative "
+        "networks optimised online for the recorded channels' spike rates, interleaved with reference images.",
+        identifier=str(uuid.uuid5(uuid.NAMESPACE_URL, f"actmax/{meta['session_id']}/{meta['created_at'].isoformat()}")),
+        session_start_time=start,
+        timestamps_reference_time=reference,
+        session_id=str(meta["session_id"]),
+        experimenter=[meta["experimenter"]] if meta["experimenter"] else None,
+        lab=meta["lab"] or None,
+        notes=meta["notes"] or None,
+        keywords=["activation maximization", "closed-loop", "image synthesis", "generative network",
+                  "visual neurophysiology"],
+        experiment_description=f"rig {meta['rig']}, array {meta['array'] or 'not given'}, response window "
+        f"{meta['response_window_ms']} ms after onset",
+        subject=Subject(subject_id=meta["subject_id"], species=meta["species"] or None,
+                        sex=meta["sex"], age=meta["age"],
+                        description=f"animal {meta['animal'] or 'not given'}"),
+    )
+
+    images = [RGBImage(name=sid, data=H5DataIO(PngPixels(archive.root / png, on_image), compression="gzip"),
+                       description=f"{kind} stimulus, sha256 {digest}")
+              for sid, kind, png, digest in tables.stimuli[["stimulus_id", "kind", "png_path", "content_hash"]]
+              .itertuples(index=False)]
+    container = Images(name="stimulus_images", images=images, description="Every image shown, synthetic and reference, "
+                       "in the order of the stimuli table.",
+                       order_of_images=ImageReferences(name="order_of_images", data=images))
+    nwbfile.add_stimulus_template(container)
+    nwbfile.add_stimulus(_table("stimuli", tables.stimuli, "One row per image of stimulus_images, same order: "
+                                "provenance, latent code and score."))
+
+    presentations = tables.presentations
+    start_time = (presentations["onset"] - reference.timestamp()).to_numpy(dtype=float)
+    stop_time = start_time + presentations["window_end_ms"].to_numpy(dtype=float) / 1000
+    if len(presentations):
+        nwbfile.add_stimulus(IndexSeries(
+            name="presentation_order", data=presentations["stimulus_index"].to_numpy(dtype=np.uint32),
+            indexed_images=container, timestamps=start_time, unit="N/A",
+            description="Index into stimulus_images of the image shown at each onset."))
+    intervals = _table("presentations", presentations, "One row per presentation: the counting window on the rig's "
+                       "clock (start_time = onset, stop_time = end of the spike-counting window), the image, "
+                       "the rates per channel and whether they were scored.", TimeIntervals,
+                       extra={"start_time": start_time, "stop_time": stop_time})
+    nwbfile.add_time_intervals(intervals)
+
+    evolution = ProcessingModule(name="evolution", description="Optimizer threads, their per-generation scores and "
+                                 "state, and the recorded channels.")
+    for name in ("threads", "generations", "channels"):
+        evolution.add(_table(name, getattr(tables, name), f"actmax {name} table (docs/export.md)."))
+    nwbfile.add_processing_module(evolution)
+
+    with NWBHDF5IO(str(path), "w") as io:
+        io.write(nwbfile)
+
+
+def _table(name: str, frame: pd.DataFrame, description: str, cls: type[DynamicTable] = DynamicTable,
+           extra: dict | None = None) -> DynamicTable:
+    """A DynamicTable (or ``cls``) holding ``frame``'s columns; lists become ragged or 2-D columns."""
+    descriptions = {"start_time": "Start of the interval, s from the reference time.",
+                    "stop_time": "End of the interval, s from the reference time."} | DESCRIPTIONS[name]
+    columns = []
+    for column, values in [*(extra or {}).items(), *frame.items()]:
+        text = descriptions.get(column, TRIAL_FACT_DESCRIPTION)
+        data, index = _column_data(pd.Series(values))
+        vector = VectorData(name=column, description=text, data=data)
+        columns.append(vector)
+        if index is not None:
+            columns.append(VectorIndex(name=f"{column}_index", data=index, target=vector))
+    return cls(name=name, description=description, columns=columns, id=np.arange(len(frame)))
+
+
+def _column_data(values: pd.Series) -> tuple[np.ndarray | list, np.ndarray | None]:
+    """HDF5-storable data for a column, and the ragged index when its cells are lists of unequal length."""
+    sample = next((v for v in values if v is not None and v is not pd.NA), None)
+    if isinstance(sample, list):
+        lengths = {len(v) for v in values}
+        if len(lengths) == 1 and lengths != {0}:
+            return np.array(values.tolist(), dtype=float), None
+        flat = [x for v in values for x in v]
+        dtype = np.int64 if flat and all(isinstance(x, int) for x in flat) else float
+        return np.array(flat, dtype=dtype), np.cumsum([len(v) for v in values])
+    if isinstance(sample, dict):
+        return [", ".join(f"{k}={json.dumps(v)}" for k, v in (d or {}).items()) for d in values], None
+    if pd.api.types.is_datetime64_any_dtype(values) or isinstance(sample, datetime):
+        return [v.isoformat() if isinstance(v, datetime) else "" for v in values], None
+    if isinstance(values.dtype, pd.Int64Dtype):
+        return values.fillna(-1).to_numpy(dtype=np.int64), None
+    if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
+        return values.to_numpy(), None
+    if all(v is None or isinstance(v, (bool, int, float, np.number)) for v in values):  # optional numeric facts
+        return np.array([np.nan if v is None else float(v) for v in values]), None
+    return ["" if v is None else str(v) for v in values], None

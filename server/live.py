@@ -1,0 +1,142 @@
+"""Live events for dashboards: an in-process broadcaster that never makes the engine wait.
+
+Every event row written through ``server.store.records.log_event`` is published here once its
+transaction commits (rolled-back events are never seen), plus a few transient notices that are not
+worth a database row (a batch sent, a batch answered) via `publish`. Each subscriber owns a bounded
+queue: when a slow browser falls behind, its oldest items are dropped and counted, so publishing is
+O(subscribers) and never blocks. Publishing is thread-safe (the engine writes from its worker thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+from collections import deque
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import event as sa_event
+from sqlalchemy.orm import Session as DBSession
+
+from analysis.serialization import json_safe
+
+QUEUE_SIZE = 1000  # items a subscriber may lag behind before its oldest are dropped
+MAX_SUBSCRIBERS = 64  # open streams per server process
+
+
+class Subscription:
+    """One live stream's bounded queue; `get` waits for the next batch of items."""
+
+    def __init__(self, hub: Hub, session_id: int | None, size: int):
+        self._hub = hub
+        self.session_id = session_id
+        self._items: deque[dict] = deque(maxlen=size)
+        self._lock = threading.Lock()
+        self._ready = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self.dropped = 0
+
+    def _offer(self, item: dict) -> None:
+        if self.session_id is not None and item.get("session_id") not in (None, self.session_id):
+            return
+        with self._lock:
+            if len(self._items) == self._items.maxlen:
+                self.dropped += 1
+            self._items.append(item)
+        try:
+            self._loop.call_soon_threadsafe(self._ready.set)
+        except RuntimeError:  # the stream's event loop is gone; close() follows
+            pass
+
+    async def get(self, timeout: float) -> list[dict]:
+        """Every item queued now, waiting up to ``timeout`` s for one; [] on timeout."""
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        except TimeoutError:
+            return []
+        with self._lock:
+            items = list(self._items)
+            self._items.clear()
+            self._ready.clear()
+        return items
+
+    def close(self) -> None:
+        self._hub._remove(self)
+
+
+class Hub:
+    """Fan-out of live items to subscriptions (one per open dashboard stream)."""
+
+    def __init__(self, queue_size: int = QUEUE_SIZE, max_subscribers: int = MAX_SUBSCRIBERS):
+        self.queue_size = queue_size
+        self.max_subscribers = max_subscribers
+        self._subscribers: list[Subscription] = []
+        self._lock = threading.Lock()
+        self._seq = itertools.count(1)
+
+    def subscribe(self, session_id: int | None = None) -> Subscription:
+        """A new subscription (call from the event loop that will read it); ``ValueError`` when full."""
+        with self._lock:
+            if len(self._subscribers) >= self.max_subscribers:
+                raise ValueError(f"{self.max_subscribers} live streams are open already; close one and retry")
+            subscription = Subscription(self, session_id, self.queue_size)
+            self._subscribers.append(subscription)
+            return subscription
+
+    def _remove(self, subscription: Subscription) -> None:
+        with self._lock:
+            if subscription in self._subscribers:
+                self._subscribers.remove(subscription)
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subscribers)
+
+    def publish(self, kind: str, message: str = "", *, level: str = "info", session_id: int | None = None,
+                thread_id: int | None = None, data: dict[str, Any] | None = None, event_id: int | None = None) -> None:
+        """Hand one item to every subscriber now (never blocks; cheap when nobody listens)."""
+        if not self._subscribers:
+            return
+        item = {
+            "seq": next(self._seq), "event_id": event_id, "time": datetime.now(timezone.utc).isoformat(),
+            "kind": kind, "level": str(level), "message": message,
+            "session_id": session_id, "thread_id": thread_id, "data": json_safe(data or {}),
+        }
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for subscription in subscribers:
+            subscription._offer(item)
+
+
+hub = Hub()  # the process's broadcaster: `actmax serve` runs one engine and one API
+
+
+def publish_on_commit(db: DBSession, event_row) -> None:
+    """Publish ``event_row`` (a ``models.Event`` just added to ``db``) when ``db`` commits."""
+    staged = db.info.get("live_events")
+    if staged is None:
+        staged = db.info["live_events"] = []
+        sa_event.listen(db, "after_flush", _snapshot)
+        sa_event.listen(db, "after_commit", _publish_staged)
+        sa_event.listen(db, "after_rollback", _discard_staged)
+    staged.append(event_row)
+
+
+def _snapshot(db: DBSession, _flush_context) -> None:
+    """After a flush the rows have ids and are still loaded: turn them into items (no SQL after commit)."""
+    ready = db.info.setdefault("live_ready", [])
+    for row in db.info.get("live_events", []):
+        ready.append(dict(kind=row.kind, message=row.message, level=row.level.value, session_id=row.session_id,
+                          thread_id=row.thread_id, data=row.data_json, event_id=row.id))
+    db.info["live_events"] = []
+
+
+def _publish_staged(db: DBSession) -> None:
+    for item in db.info.pop("live_ready", []):
+        hub.publish(**item)
+
+
+def _discard_staged(db: DBSession) -> None:
+    db.info["live_events"] = []
+    db.info.pop("live_ready", None)

@@ -1,0 +1,84 @@
+"""What the engine records when a generation completes: the curve point event and the drift alarm.
+
+``generation_completed`` is the engine's one hook (called inside the transaction that completes the
+generation). It logs a ``generation_completed`` event whose data holds the point of the score curve
+(mean ± SEM, max, reference mean ± SEM, per-channel mean rates) and the drift state, and logs a
+``reference_drift`` or ``channel_silent`` warning when `server.drift` says so. Both reach live
+dashboards through ``log_event``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session as DBSession
+
+from server import drift
+from server.session_config import DriftConfig
+from server.store.models import Event, EventLevel, Session
+from server.store.records import log_event
+
+log = logging.getLogger(__name__)
+
+GENERATION_COMPLETED = "generation_completed"
+
+
+def _level(data: dict) -> drift.Level | None:
+    if data.get("reference_mean") is None:
+        return None
+    return drift.Level(data["reference_mean"], data["reference_sem"], tuple(data["channel_rates"]))
+
+
+def _channel_rates(rates: dict[str, list[list[float]]]) -> list[float]:
+    rows = [row for presentations in rates.values() for row in presentations]
+    if not rows:
+        return []
+    return [None if not np.isfinite(r) else float(r) for r in np.nanmean(np.array(rows, dtype=float), axis=0)]
+
+
+def generation_completed(db: DBSession, session_id: int, thread_id: int, number: int, scores, reference_scores,
+                         rates: dict[str, list[list[float]]]) -> dict:
+    """Log the curve point of generation ``number`` and any drift warning (not committed); returns the data."""
+    mean, sem = drift.mean_sem(scores)
+    reference_mean, reference_sem = drift.mean_sem(reference_scores)
+    finite = [s for s in scores if s is not None and np.isfinite(s)]
+    data = {
+        "generation": number, "mean": mean, "sem": sem, "max": max(finite) if finite else None,
+        "n_scored": len(finite), "reference_mean": reference_mean, "reference_sem": reference_sem,
+        "channel_rates": _channel_rates(rates), "drop_sem": None, "low_streak": 0, "silent_channels": [],
+    }
+    config = DriftConfig.model_validate(db.get(Session, session_id).config_json.get("drift", {}))
+    history = select(Event.data_json).where(Event.thread_id == thread_id, Event.kind == GENERATION_COMPLETED)
+    early = [_level(d) for d in db.scalars(history.order_by(Event.id).limit(config.baseline_generations))]
+    previous = db.scalars(history.order_by(Event.id.desc()).limit(1)).first() or {}
+    current = _level(data)
+    if current is not None and len(early) == config.baseline_generations and None not in early:
+        base = drift.baseline(early)
+        data["drop_sem"] = drop = drift.drop_in_sem(base, current)
+        data["low_streak"] = streak = previous.get("low_streak", 0) + 1 if drop > config.drop_sem else 0
+        if streak == config.consecutive:
+            log_event(db, "reference_drift",
+                      f"generation {number}: reference responses {current.mean:.3g} ± {current.sem:.2g} are "
+                      f"{drop:.1f} SEM below the early level {base.mean:.3g} ± {base.sem:.2g} for {streak} "
+                      "generations; check the recording (electrode drift, lost unit)",
+                      level=EventLevel.WARNING, thread_id=thread_id, session_id=session_id,
+                      data={"generation": number, "drop_sem": drop, "early_mean": base.mean})
+        data["silent_channels"] = silent = drift.silent_channels(base, current, config.silent_fraction)
+        newly = sorted(set(silent) - set(previous.get("silent_channels", [])))
+        if newly:
+            log_event(db, "channel_silent",
+                      f"generation {number}: channel(s) {', '.join(map(str, newly))} fire below "
+                      f"{config.silent_fraction:g} of their early rate; check the electrode",
+                      level=EventLevel.WARNING, thread_id=thread_id, session_id=session_id,
+                      data={"generation": number, "channels": newly})
+    log_event(db, GENERATION_COMPLETED,
+              f"generation {number}: mean {_fmt(mean)} ± {_fmt(sem)}, max {_fmt(data['max'])}, "
+              f"references {_fmt(reference_mean)} ± {_fmt(reference_sem)}",
+              thread_id=thread_id, session_id=session_id, data=data)
+    return data
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}"

@@ -1,0 +1,395 @@
+// The actmax dashboard: REST for state, one live stream (/live, Server-Sent Events over fetch) for news.
+// The token lives in sessionStorage (this tab only) and travels only in the Authorization header.
+"use strict";
+
+const TOKEN_KEY = "actmax-token";
+const STRIP_IMAGES = 40;      // best images shown per thread (evenly spaced over the evolution)
+const MONTAGE_EVERY_MS = 3000; // the latest-generation montage refreshes at most this often
+const FEED_EVENTS = 200;       // events kept in the feed
+const DRIFT_KINDS = new Set(["reference_drift", "channel_silent", "rig_lost"]);
+
+const $ = (selector, root = document) => root.querySelector(selector);
+const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+const num = (v, digits = 3) => (typeof v === "number" && Number.isFinite(v) ? v.toPrecision(digits) : "–");
+const ms = (v) => (typeof v === "number" ? `${v.toFixed(0)} ms` : "–");
+const clock = (iso) => new Date(iso).toLocaleTimeString();
+
+class Unauthorized extends Error {}
+
+// ---------------------------------------------------------------- REST
+async function api(path, options = {}) {
+  const response = await fetch(path, {
+    ...options,
+    headers: { Authorization: `Bearer ${sessionStorage.getItem(TOKEN_KEY)}`, "Content-Type": "application/json", ...(options.headers || {}) },
+  });
+  if (response.status === 401) throw new Unauthorized("the server refused the token");
+  if (!response.ok) {
+    const body = await response.json().catch(() => ({}));
+    throw new Error(`${response.status}: ${typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail)}`);
+  }
+  return response.json();
+}
+
+// Stimulus PNGs need the header too: fetched once each as blobs and shown through object URLs.
+const images = new Map();
+function imageUrl(path) {
+  if (!images.has(path)) {
+    images.set(path, fetch(path, { headers: { Authorization: `Bearer ${sessionStorage.getItem(TOKEN_KEY)}` } })
+      .then((r) => (r.ok ? r.blob() : Promise.reject(new Error(`${path}: ${r.status}`))))
+      .then((blob) => URL.createObjectURL(blob)));
+  }
+  return images.get(path);
+}
+function fillImages(root) {
+  for (const img of root.querySelectorAll("img[data-src]")) {
+    imageUrl(img.dataset.src).then((url) => { img.src = url; }, () => { img.alt = "missing"; });
+    img.removeAttribute("data-src");
+  }
+}
+const stimulusImg = (id, title = "") => `<img data-src="/stimuli/${encodeURIComponent(id)}/png" alt="" title="${esc(title)}">`;
+
+// ---------------------------------------------------------------- live stream
+const live = {
+  controller: null, handlers: new Set(), sessionId: null,
+  start(sessionId) {
+    this.stop();
+    this.sessionId = sessionId;
+    this.controller = new AbortController();
+    this.loop(this.controller.signal);
+  },
+  stop() { if (this.controller) this.controller.abort(); this.controller = null; setLive(false); },
+  async loop(signal) {
+    let wait = 500;
+    while (!signal.aborted) {
+      try {
+        const query = this.sessionId == null ? "" : `?session_id=${this.sessionId}`;
+        const response = await fetch(`/live${query}`, { signal, headers: { Authorization: `Bearer ${sessionStorage.getItem(TOKEN_KEY)}` } });
+        if (response.status === 401) { logout("the server refused the token"); return; }
+        if (!response.ok) throw new Error(`live stream: ${response.status}`);
+        setLive(true);
+        wait = 500;
+        await readEvents(response.body, (kind, data) => this.handlers.forEach((h) => h(kind, data)));
+      } catch (error) {
+        if (signal.aborted) return;
+      }
+      setLive(false);
+      await new Promise((r) => setTimeout(r, wait));
+      wait = Math.min(wait * 2, 8000);
+    }
+  },
+};
+
+// Parse a text/event-stream body: "event: kind" and "data: json" lines, a blank line ends a message.
+async function readEvents(body, onMessage) {
+  const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value;
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      let kind = "message", data = "";
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event: ")) kind = line.slice(7);
+        else if (line.startsWith("data: ")) data += line.slice(6);
+      }
+      if (data) onMessage(kind, JSON.parse(data));
+    }
+  }
+}
+
+function setLive(on) {
+  const badge = $("#live-state");
+  badge.className = `live ${on ? "on" : "off"}`;
+  badge.textContent = on ? "live" : "offline";
+}
+
+// ---------------------------------------------------------------- login and routing
+function showLogin(message) {
+  live.stop();
+  $("#logout").hidden = true;
+  $("#banner").hidden = true;
+  const main = $("#main");
+  main.replaceChildren($("#login-view").content.cloneNode(true));
+  if (message) { $("#login-error").textContent = message; $("#login-error").hidden = false; }
+  $("#login").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    sessionStorage.setItem(TOKEN_KEY, $("#token").value);
+    route();
+  });
+  $("#token").focus();
+}
+
+function logout(message) {
+  sessionStorage.removeItem(TOKEN_KEY);
+  images.clear();
+  showLogin(message);
+}
+
+let page = null; // the current view, { close() }
+async function route() {
+  if (page) page.close();
+  page = null;
+  if (!sessionStorage.getItem(TOKEN_KEY)) return showLogin();
+  $("#logout").hidden = false;
+  const match = location.hash.match(/^#\/session\/(\d+)/);
+  try {
+    page = match ? await sessionPage(Number(match[1])) : await sessionsPage();
+  } catch (error) {
+    if (error instanceof Unauthorized) return logout("Wrong token: the server refused it.");
+    $("#main").innerHTML = `<div class="card error">${esc(error.message)}</div>`;
+  }
+}
+
+// ---------------------------------------------------------------- sessions list
+async function sessionsPage() {
+  const sessions = await api("/sessions");
+  live.stop();
+  $("#banner").hidden = true;
+  const rows = sessions.slice().reverse().map((s) => `<tr><td>${s.id}</td><td><a href="#/session/${s.id}">${esc(s.name)}</a></td>
+    <td>${esc(s.rig)}</td><td>${esc(s.animal)}</td><td>${s.config.threads.length}</td>
+    <td><span class="status ${esc(s.status)}">${esc(s.status)}</span></td><td>${new Date(s.created_at).toLocaleString()}</td></tr>`);
+  $("#main").innerHTML = `<div class="card"><h1>Sessions</h1>${sessions.length ? `<table id="sessions"><thead><tr><th>id</th><th>name</th>
+    <th>rig</th><th>animal</th><th>threads</th><th>status</th><th>created</th></tr></thead><tbody>${rows.join("")}</tbody></table>`
+    : `<p class="muted">No sessions yet: start one with <code>actmax session start CONFIG</code>.</p>`}</div>`;
+  return { close() {} };
+}
+
+// ---------------------------------------------------------------- session page
+async function sessionPage(sessionId) {
+  const state = { session: await api(`/sessions/${sessionId}`), curves: new Map(), curveLoads: new Map(), montageAt: new Map(), montageTimers: new Map(), timers: [] };
+  const main = $("#main");
+  main.innerHTML = `<div class="session-head card"><div><h1 id="session-title"></h1><div id="session-meta" class="muted"></div></div>
+      <div class="controls"><button id="stop-session" class="danger">Stop session</button></div></div>
+    <div class="layout"><div id="threads"></div>
+      <aside><div class="card" id="rig"><h2>Rig</h2></div>
+        <div class="card"><h2>Events</h2><div class="feed" id="feed"></div></div></aside></div>`;
+  $("#stop-session").addEventListener("click", async () => {
+    if (!confirm("Stop every thread of this session? This is final.")) return;
+    await act(() => api(`/sessions/${sessionId}/stop`, { method: "POST" }), state);
+  });
+
+  renderSession(state);
+  await Promise.all([...state.session.threads.map((t) => loadCurve(state, t.id)), loadEvents(state), loadRig(state)]);
+
+  const onLive = (kind, item) => {
+    if (kind === "dropped") { reloadAll(state); return; }
+    if (item.session_id != null && item.session_id !== sessionId) return;
+    if (item.event_id != null) addEvent(item);
+    if (kind === "generation_completed") loadCurve(state, item.thread_id, true);
+    else if (kind.startsWith("thread") || kind.startsWith("session")) refreshSession(state);
+    if (kind.startsWith("rig") || kind.startsWith("batch")) scheduleRig(state);
+    if (item.level === "warning" && DRIFT_KINDS.has(kind)) showBanner(item);
+  };
+  live.handlers.add(onLive);
+  live.start(sessionId);
+  state.timers.push(setInterval(() => loadRig(state), 2000));
+  return { close() { live.handlers.delete(onLive); live.stop(); state.timers.forEach(clearInterval); state.montageTimers.forEach(clearTimeout); } };
+}
+
+async function act(call, state) {
+  try { await call(); } catch (error) {
+    if (error instanceof Unauthorized) return logout("Wrong token: the server refused it.");
+    alert(error.message);
+  }
+  await refreshSession(state);
+}
+
+async function refreshSession(state) {
+  state.session = await api(`/sessions/${state.session.id}`);
+  renderSession(state);
+  for (const t of state.session.threads) if (!state.curves.has(t.id)) loadCurve(state, t.id);
+}
+
+async function reloadAll(state) {
+  state.curves.clear();
+  await refreshSession(state);
+  await loadEvents(state);
+}
+
+function renderSession(state) {
+  const s = state.session;
+  $("#session-title").innerHTML = `${esc(s.name)} <span class="status ${esc(s.status)}">${esc(s.status)}</span>`;
+  $("#session-meta").textContent = `session ${s.id} · rig ${s.rig}${s.animal ? ` · ${s.animal}` : ""}${s.array ? ` · ${s.array}` : ""}`;
+  $("#stop-session").disabled = s.status !== "active";
+  const container = $("#threads");
+  for (const thread of s.threads) {
+    let card = $(`#thread-${thread.id}`);
+    if (!card) {
+      card = document.createElement("section");
+      card.className = "card thread";
+      card.id = `thread-${thread.id}`;
+      card.innerHTML = `<div class="thread-head"><h2></h2><span class="status"></span><span class="muted info"></span>
+        <div class="controls"></div></div><div class="body"></div>`;
+      container.append(card);
+      if (thread.kind === "evolution") {
+        $(".body", card).innerHTML = `<div class="curve"></div>${Charts.legend}<h3>Best image per generation</h3>
+          <div class="strip"></div><h3 class="montage-title">Latest generation</h3><div class="montage"></div>`;
+      } else {
+        $(".body", card).innerHTML = `<div class="manifold"><p class="muted">The map appears once the grid is presented.</p></div>`;
+      }
+    }
+    $("h2", card).textContent = `${thread.name}`;
+    $(".status", card).className = `status ${thread.status}`;
+    $(".status", card).textContent = thread.status;
+    $(".info", card).textContent = `${thread.kind} · ${thread.generator} · ${thread.optimizer} · channels ${thread.objective.channels.join(", ")}`;
+    renderControls(state, thread, $(".controls", card));
+    if (thread.kind === "manifold" && thread.status === "finished" && !card.dataset.map) loadManifold(card, thread);
+  }
+}
+
+function renderControls(state, thread, box) {
+  const buttons = [];
+  const post = (action) => () => act(() => api(`/threads/${thread.id}/${action}`, { method: "POST" }), state);
+  if (thread.status === "running") buttons.push(["Pause", post("pause")]);
+  if (thread.status === "paused") buttons.push(["Resume", post("resume")]);
+  if (thread.status === "running" || thread.status === "paused") buttons.push(["Stop", post("stop"), "danger"]);
+  const mapped = state.session.threads.some((t) => t.kind === "manifold" && t.optimizer_params.source === thread.name);
+  if (thread.kind === "evolution" && thread.status === "finished" && !mapped && state.session.status === "active") {
+    buttons.push(["Add Manifold thread", () => act(() => api(`/sessions/${state.session.id}/threads`, {
+      method: "POST",
+      body: JSON.stringify({ name: `${thread.name}-manifold`, kind: "manifold", generator: thread.generator,
+        manifold: { source: thread.name }, objective: thread.objective, repeats: thread.repeats }),
+    }), state)]);
+  }
+  box.replaceChildren(...buttons.map(([label, onClick, cls]) => {
+    const b = document.createElement("button");
+    b.textContent = label;
+    b.dataset.action = label.toLowerCase();
+    if (cls) b.className = cls;
+    b.addEventListener("click", onClick);
+    return b;
+  }));
+}
+
+// The curve: loaded whole once, then only the generations after the last one known (one load at a time).
+function loadCurve(state, threadId, incremental = false) {
+  const previous = state.curveLoads.get(threadId) || Promise.resolve();
+  const next = previous.catch(() => {}).then(() => fetchCurve(state, threadId, incremental));
+  state.curveLoads.set(threadId, next);
+  return next;
+}
+
+async function fetchCurve(state, threadId, incremental) {
+  const thread = state.session.threads.find((t) => t.id === threadId);
+  if (!thread || thread.kind !== "evolution") return;
+  const known = state.curves.get(threadId);
+  const from = incremental && known && known.points.length ? known.points[known.points.length - 1].generation + 1 : 0;
+  const curve = await api(`/threads/${threadId}/curve?from_generation=${from}`);
+  const points = from && known ? known.points.concat(curve.points) : curve.points;
+  state.curves.set(threadId, { points });
+  drawThread(state, thread, points);
+}
+
+function drawThread(state, thread, points) {
+  const card = $(`#thread-${thread.id}`);
+  if (!card) return;
+  $(".curve", card).innerHTML = Charts.scoreCurve(points, { unit: "spikes/s" });
+  const step = Math.max(1, Math.ceil(points.length / STRIP_IMAGES));
+  const shown = points.filter((p, i) => (points.length - 1 - i) % step === 0 && p.best_stimulus_id);
+  $(".strip", card).innerHTML = shown.map((p) => `<figure>${stimulusImg(p.best_stimulus_id, `generation ${p.generation}: max ${num(p.max)}`)}
+    <figcaption>g${p.generation}</figcaption></figure>`).join("");
+  fillImages($(".strip", card));
+  scheduleMontage(state, thread.id, card);
+}
+
+// The montage of the newest generation, at most every MONTAGE_EVERY_MS (a trailing refresh catches up).
+function scheduleMontage(state, threadId, card) {
+  if (state.montageTimers.has(threadId)) return;
+  const wait = Math.max(0, (state.montageAt.get(threadId) || 0) + MONTAGE_EVERY_MS - Date.now());
+  state.montageTimers.set(threadId, setTimeout(() => {
+    state.montageTimers.delete(threadId);
+    state.montageAt.set(threadId, Date.now());
+    const points = state.curves.get(threadId).points;
+    if (points.length) loadMontage(card, points[points.length - 1].generation_id);
+  }, wait));
+}
+
+async function loadMontage(card, generationId) {
+  const generation = await api(`/generations/${generationId}`);
+  $(".montage-title", card).textContent = `Latest generation (${generation.number}), by score`;
+  const order = generation.stimulus_ids.map((id, i) => [generation.scores[i], id]).sort((a, b) => (b[0] ?? -Infinity) - (a[0] ?? -Infinity));
+  $(".montage", card).innerHTML = order.map(([score, id]) => `<figure>${stimulusImg(id)}<figcaption>${num(score)}</figcaption></figure>`).join("");
+  fillImages($(".montage", card));
+}
+
+// The Manifold map (figure from the server) beside the grid of images it was measured on.
+async function loadManifold(card, thread) {
+  card.dataset.map = "loading";
+  const generations = await api(`/threads/${thread.id}/generations`);
+  if (!generations.length) return;
+  const generation = await api(`/generations/${generations[0].id}`);
+  const plane = thread.optimizer_params.planes?.[0] || "pc2-3";
+  const side = 180 / (thread.optimizer_params.step_deg || 18) + 1;
+  // Stimulus index k = i·side + j (θ index i, φ index j); shown like the map: θ across, φ up.
+  const ids = [];
+  for (let row = side - 1; row >= 0; row--) for (let col = 0; col < side; col++) ids.push(generation.stimulus_ids[col * side + row]);
+  const box = $(".manifold", card);
+  box.innerHTML = `<img data-src="/threads/${thread.id}/manifold.png?plane=0" alt="computing the Manifold map (plane ${esc(plane)}) ...">
+    <div><h3>Images on the ${esc(plane)} grid (${side} × ${side}; θ across, φ up)</h3>
+    <div class="grid-images" style="grid-template-columns: repeat(${side}, 1fr)">${ids.map((id) => stimulusImg(id)).join("")}</div></div>`;
+  fillImages(box);
+  card.dataset.map = "shown";
+}
+
+// ---------------------------------------------------------------- events and banner
+async function loadEvents(state) {
+  const first = await api(`/sessions/${state.session.id}/events?limit=1`);
+  const offset = Math.max(0, first.total - FEED_EVENTS);
+  const page = await api(`/sessions/${state.session.id}/events?offset=${offset}&limit=${FEED_EVENTS}`);
+  $("#feed").replaceChildren();
+  for (const event of page.items) addEvent({ ...event, event_id: event.id });
+  const warnings = page.items.filter((e) => e.level === "warning" && DRIFT_KINDS.has(e.kind));
+  if (warnings.length) showBanner(warnings[warnings.length - 1]);
+}
+
+function addEvent(event) {
+  const feed = $("#feed");
+  if (!feed || feed.querySelector(`[data-id="${event.event_id}"]`)) return;
+  const row = document.createElement("div");
+  row.dataset.id = event.event_id;
+  row.className = event.kind === "generation_completed" ? "quiet" : event.level;
+  row.innerHTML = `<time>${clock(event.time)}</time>${esc(event.message)}`;
+  feed.prepend(row);
+  while (feed.childElementCount > FEED_EVENTS) feed.lastElementChild.remove();
+}
+
+function showBanner(event) {
+  const banner = $("#banner");
+  banner.innerHTML = `⚠ ${esc(event.message)} <button>dismiss</button>`;
+  banner.hidden = false;
+  $("button", banner).addEventListener("click", () => { banner.hidden = true; });
+}
+
+// ---------------------------------------------------------------- rig panel
+let rigTimer = null;
+function scheduleRig(state) {
+  if (!rigTimer) rigTimer = setTimeout(() => { rigTimer = null; loadRig(state); }, 300);
+}
+
+const threadName = (state, id) => state.session.threads.find((t) => t.id === id)?.name ?? `thread ${id}`;
+
+async function loadRig(state) {
+  const rig = await api(`/rigs/${encodeURIComponent(state.session.rig)}?batches=8`).catch(() => null);
+  const box = $("#rig");
+  if (!rig || !box) return;
+  const channels = Object.entries(rig.scored_channels).map(([c, threads]) => `ch ${c}: ${esc(threads.join(", "))}`).join("<br>");
+  box.innerHTML = `<h2>Rig ${esc(rig.rig)} <span class="status ${rig.connected ? "running" : "stopped"}">${rig.connected ? "connected" : "not connected"}</span></h2>
+    <dl class="kv"><dt>channels</dt><dd>${rig.channels ?? "–"}</dd><dt>scored</dt><dd>${channels || "–"}</dd>
+    <dt>last heard</dt><dd>${rig.heard_s_ago == null ? "–" : `${rig.heard_s_ago.toFixed(1)} s ago (heartbeat ${rig.heartbeat_s} s)`}</dd></dl>
+    <h3>Latest batches</h3><table><thead><tr><th>thread</th><th>gen</th><th title="sent → first result">first</th>
+    <th title="sent → generation complete">complete</th><th title="previous generation complete → sent (server)">turnaround</th></tr></thead>
+    <tbody>${rig.batches.map((b) => `<tr><td>${esc(threadName(state, b.thread_id))}</td><td>${b.generation}</td><td>${ms(b.first_result_ms)}</td><td>${ms(b.complete_ms)}</td>
+    <td>${ms(b.turnaround_ms)}</td></tr>`).join("")}</tbody></table>`;
+}
+
+// ---------------------------------------------------------------- start
+$("#logout").addEventListener("click", () => logout());
+window.addEventListener("hashchange", route);
+window.addEventListener("unhandledrejection", (event) => {
+  if (event.reason instanceof Unauthorized) { event.preventDefault(); logout("Wrong token: the server refused it."); }
+});
+route();

@@ -1,0 +1,82 @@
+// SVG charts for the dashboard (no library): the score curve of one thread.
+"use strict";
+
+const Charts = (() => {
+  const W = 760, H = 260, M = { left: 56, right: 12, top: 12, bottom: 38 };
+
+  // About five round tick values covering [lo, hi].
+  function ticks(lo, hi, count = 5) {
+    if (!(hi > lo)) { hi = lo + 1; }
+    const raw = (hi - lo) / count, mag = Math.pow(10, Math.floor(Math.log10(raw)));
+    const step = [1, 2, 5, 10].map((f) => f * mag).find((s) => s >= raw);
+    const out = [];
+    for (let v = Math.floor(lo / step) * step; v < hi + step * (1 - 1e-9); v += step) out.push(+v.toFixed(10));
+    return out;
+  }
+
+  const fmt = (v) => (Math.abs(v) >= 100 || Number.isInteger(v) ? v.toFixed(0) : v.toPrecision(3));
+  const finite = (v) => typeof v === "number" && Number.isFinite(v);
+
+  // Polyline path of the points where value(p) is finite (gaps split the path).
+  function path(points, x, y, value) {
+    let d = "", pen = "M";
+    for (const p of points) {
+      const v = value(p);
+      if (!finite(v)) { pen = "M"; continue; }
+      d += `${pen}${x(p.generation).toFixed(1)},${y(v).toFixed(1)}`;
+      pen = "L";
+    }
+    return d;
+  }
+
+  // Closed band between lower(p) and upper(p), one polygon per run of finite points.
+  function band(points, x, y, lower, upper) {
+    const runs = [[]];
+    for (const p of points) {
+      if (finite(lower(p)) && finite(upper(p))) runs[runs.length - 1].push(p);
+      else if (runs[runs.length - 1].length) runs.push([]);
+    }
+    return runs.filter((r) => r.length).map((r) => {
+      const top = r.map((p) => `${x(p.generation).toFixed(1)},${y(upper(p)).toFixed(1)}`);
+      const bottom = r.slice().reverse().map((p) => `${x(p.generation).toFixed(1)},${y(lower(p)).toFixed(1)}`);
+      return "M" + top.concat(bottom).join("L") + "Z";
+    }).join("");
+  }
+
+  // Score curve: generation mean ± SEM, max, reference mean ± SEM; y in the objective's units.
+  function scoreCurve(points, { unit = "spikes/s", total = points.length } = {}) {
+    const values = [];
+    for (const p of points) {
+      for (const v of [p.max, p.mean, p.reference_mean]) if (finite(v)) values.push(v);
+      if (finite(p.mean) && finite(p.sem)) values.push(p.mean - p.sem, p.mean + p.sem);
+      if (finite(p.reference_mean) && finite(p.reference_sem)) values.push(p.reference_mean - p.reference_sem);
+    }
+    const lo = values.length ? Math.min(0, ...values) : 0, hi = values.length ? Math.max(...values) : 1;
+    const yt = ticks(lo, hi), y0 = yt[0], y1 = yt[yt.length - 1];
+    const gmax = points.length ? Math.max(1, points[points.length - 1].generation) : 1;
+    const xt = ticks(0, gmax, 8).filter((g) => Number.isInteger(g) && g <= gmax);
+    const x = (g) => M.left + (g / gmax) * (W - M.left - M.right);
+    const y = (v) => H - M.bottom - ((v - y0) / (y1 - y0 || 1)) * (H - M.top - M.bottom);
+    const parts = [`<svg viewBox="0 0 ${W} ${H}" role="img" aria-label="score curve" data-points="${points.length}" data-total="${total}">`];
+    for (const t of yt) parts.push(`<line class="grid" x1="${M.left}" x2="${W - M.right}" y1="${y(t)}" y2="${y(t)}"/>`,
+      `<text x="${M.left - 6}" y="${y(t) + 4}" text-anchor="end">${fmt(t)}</text>`);
+    for (const t of xt) parts.push(`<text x="${x(t)}" y="${H - M.bottom + 15}" text-anchor="middle">${t}</text>`);
+    parts.push(`<line class="axis" x1="${M.left}" x2="${W - M.right}" y1="${H - M.bottom}" y2="${H - M.bottom}"/>`,
+      `<line class="axis" x1="${M.left}" x2="${M.left}" y1="${M.top}" y2="${H - M.bottom}"/>`,
+      `<text class="label" x="${(M.left + W - M.right) / 2}" y="${H - 4}" text-anchor="middle">generation</text>`,
+      `<text class="label" transform="translate(14 ${(H - M.bottom + M.top) / 2}) rotate(-90)" text-anchor="middle">score (${unit})</text>`,
+      `<path d="${band(points, x, y, (p) => p.reference_mean - p.reference_sem, (p) => p.reference_mean + p.reference_sem)}" fill="var(--ref)" fill-opacity=".18"/>`,
+      `<path d="${band(points, x, y, (p) => p.mean - p.sem, (p) => p.mean + p.sem)}" fill="var(--mean)" fill-opacity=".22"/>`,
+      `<path d="${path(points, x, y, (p) => p.reference_mean)}" fill="none" stroke="var(--ref)" stroke-width="1.5"/>`,
+      `<path d="${path(points, x, y, (p) => p.max)}" fill="none" stroke="var(--max)" stroke-width="1.2" stroke-dasharray="4 3"/>`,
+      `<path class="mean" d="${path(points, x, y, (p) => p.mean)}" fill="none" stroke="var(--mean)" stroke-width="2"/>`,
+      "</svg>");
+    return parts.join("");
+  }
+
+  const legend = `<div class="legend"><span><i style="background:var(--mean)"></i>generation mean ± SEM</span>
+    <span><i style="background:var(--max)"></i>generation max</span>
+    <span><i style="background:var(--ref)"></i>reference mean ± SEM</span></div>`;
+
+  return { scoreCurve, legend, ticks };
+})();

@@ -1,0 +1,82 @@
+"""Session report figures: SEM bands from the stored scores, best images de-duplicated by content."""
+
+from __future__ import annotations
+
+import io
+import uuid
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from server import report
+from server.session_config import SessionConfig
+from server.store.archive import ImageArchive
+from server.store.models import Batch, Generation, GenerationStatus, Stimulus, StimulusKind, Thread, encode_codes
+from server.store.records import PresentationRecord, create_session, record_presentations
+from tests.server.conftest import session_config
+
+
+def png(value: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (value, 0, 0)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def session(db_sessions, settings):
+    """Two generations; the elite (same PNG) is shown in both; two references answered in each."""
+    archive = ImageArchive(settings.data_dir)
+    elite, other, third = (archive.save(png(v)) for v in (10, 20, 30))
+    scores = [[9.0, 1.0, 2.0], [9.0, 4.0, 8.0]]
+    with db_sessions.begin() as db:
+        session = create_session(db, SessionConfig.model_validate(session_config()))
+        thread = session.threads[0]
+        refs = [Stimulus(id=f"ref{i}", session_id=session.id, kind=StimulusKind.REFERENCE,
+                         content_hash=other.content_hash, png_path=other.png_path) for i in range(2)]
+        db.add_all(refs)
+        for number, values in enumerate(scores):
+            generation = Generation(thread_id=thread.id, number=number, codes=encode_codes(np.zeros((3, 2))),
+                                    n_stimuli=3, status=GenerationStatus.COMPLETE, scores_json=values,
+                                    max_score=max(values), reference_mean=0.0, n_scored=3)
+            db.add(generation)
+            db.flush()
+            for index, image in enumerate((elite, other, third)):
+                db.add(Stimulus(id=uuid.uuid4().hex, session_id=session.id, thread_id=thread.id,
+                                generation_id=generation.id, kind=StimulusKind.SYNTHETIC, index=index,
+                                content_hash=image.content_hash, png_path=image.png_path))
+            batch = Batch(id=uuid.uuid4().hex, session_id=session.id, thread_id=thread.id,
+                          generation_id=generation.id, rig="rig-A")
+            db.add(batch)
+            db.flush()
+            rates = [[0, 0, 0, 2.0 + number], [0, 0, 0, 6.0 + number]]  # channel 3 is scored
+            record_presentations(db, batch.id, [PresentationRecord(uuid.uuid4().hex, f"ref{i}", 0.0, r, 50, 200)
+                                                for i, r in enumerate(rates)])
+        return session.id, thread.id, scores
+
+
+def test_curves_carry_sem_over_images_and_over_references(db_sessions, session):
+    _, thread_id, scores = session
+    with db_sessions() as db:
+        curves = report._thread_curves(db, db.get(Thread, thread_id))
+    np.testing.assert_allclose(curves["mean"], [np.mean(s) for s in scores])
+    np.testing.assert_allclose(curves["sem"], [np.std(s, ddof=1) / np.sqrt(3) for s in scores])
+    np.testing.assert_allclose(curves["reference_sem"], [2.0, 2.0])  # |6 - 2| / 2 = std(ddof 1) / sqrt(2)
+
+
+def test_best_images_count_an_elite_once(db_sessions, session):
+    _, thread_id, _ = session
+    with db_sessions() as db:
+        best = report._best_stimuli(db, db.get(Thread, thread_id), 8)
+        per_generation = report._best_per_generation(db, db.get(Thread, thread_id))
+    assert [(b.generation, b.score) for b in best] == [(0, 9.0), (1, 8.0), (1, 4.0)]
+    assert len({b.content_hash for b in best}) == 3
+    assert [(b.generation, b.score) for b in per_generation] == [(0, 9.0), (1, 9.0)]
+
+
+def test_report_writes_the_figures(session, settings, tmp_path):
+    session_id, _, _ = session
+    (summary,) = report.write_session_report(settings.database_url, settings.data_dir, session_id, tmp_path)
+    assert summary.best_score == 9.0 and summary.generations == 2
+    for name in ("scores.png", "evolution_t0.png", "best_images.png", "summary.json"):
+        assert (tmp_path / name).stat().st_size > 0
