@@ -155,25 +155,27 @@ def bench_e2e(args, weights_root: Path) -> None:
     spec = importlib.util.spec_from_file_location("turnaround", ROOT / "bench" / "turnaround.py")
     turnaround = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(turnaround)
-    Server, bare_compute, rig_waits = turnaround.Server, turnaround.bare_compute, turnaround.rig_waits
+    Server, BareCompute, rig_waits = turnaround.Server, turnaround.BareCompute, turnaround.rig_waits
     loops = [("dcgan-faces", None)]
     try:
         loops.append(random_biggan(weights_root, 256, args.tiny))
     except ModuleNotFoundError as exc:
         print(f"  biggan: skipped ({exc}; pip install pytorch-pretrained-biggan)")
-    print(f"  {args.population} images + 10 references, rig answers at once; rig wait = RESULTS sent -> next BATCH")
-    print(f"  {'generator':18} {'rig wait p50':>12} {'p99':>7} {'compute p50':>11} {'p99':>7}  ms")
+    print(f"  {args.population} images + 10 references, rig answers at once; rig wait = RESULTS sent -> next BATCH;"
+          "\n  overhead = rig wait - bare compute (tell + ask + generate + PNG) of the same generation")
+    print(f"  {'generator':18} {'rig wait p50':>12} {'p99':>7} {'compute p50':>11} {'p99':>7} {'overhead p50':>13} "
+          f"{'p99':>7}  ms")
     with tempfile.TemporaryDirectory() as tmp:
         server = Server(Path(tmp) / "data", device=args.device,
                         env={"PYTORCH_PRETRAINED_BIGGAN_CACHE": str(weights_root)})
         try:
             for name, weights in loops:
-                waits = rig_waits(server, name, name, 1, args.generations, args.population, 0)
-                compute = bare_compute(name, args.population, args.generations, args.device,
-                                       None if weights is None else str(weights))
+                compute = BareCompute(name, args.population, args.device, None if weights is None else str(weights))
+                waits, computes = rig_waits(server, name, name, 1, args.generations, args.population, 0, compute)
                 ms = lambda a, q: 1000 * np.percentile(a, q)  # noqa: E731
-                print(f"  {name:18} {ms(waits, 50):12.1f} {ms(waits, 99):7.1f} {ms(compute, 50):11.1f} "
-                      f"{ms(compute, 99):7.1f}", flush=True)
+                print(f"  {name:18} {ms(waits, 50):12.1f} {ms(waits, 99):7.1f} {ms(computes, 50):11.1f} "
+                      f"{ms(computes, 99):7.1f} {ms(waits - computes, 50):13.1f} {ms(waits - computes, 99):7.1f}",
+                      flush=True)
         finally:
             server.close()
 

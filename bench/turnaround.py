@@ -3,9 +3,10 @@
 Runs `actmax serve` in its own process on loopback and plays the rig in this process (a
 `RigClient` that "shows" each batch for ``--show-ms``, then answers with seeded random rates).
 Per generation it measures the wait the rig sees: RESULTS sent -> next BATCH received. The
-baseline, measured here in the same run, is the bare compute of a generation (tell + ask +
-generate + PNG encode); turnaround minus baseline is what the server adds (database
-transactions, archive writes, ZeroMQ).
+baseline is the bare compute of a generation (tell + ask + generate + PNG encode, as the server
+does it), measured here while the rig shows the previous batch (the server is idle then), so each
+wait is paired with a compute under the same machine load; wait minus compute is what the server
+adds (database transactions, archive writes, ZeroMQ).
 
 Four loops run on one server, one session each:
   dcgan-64      the real DCGAN faces (64 px), one thread
@@ -24,6 +25,7 @@ this script run as ``python bench/turnaround.py serve ...``.
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import os
 import secrets
@@ -108,9 +110,37 @@ class Server:
         self.api.close()
 
 
+class BareCompute:
+    """One generation's bare compute in this process: tell + ask + generate + PNG encode (as the server does)."""
+
+    def __init__(self, generator: str, population: int, device: str = "cpu", weights: str | None = None):
+        import generators
+        import optimizers
+        from server.thread_runtime import optimizer_params
+
+        self.generator = generators.load(generator, device=device, weights=weights)
+        self.optimizer = optimizers.create("cma", self.generator.latent_dim, seed=0,
+                                           **optimizer_params("cma", self.generator, {"population": population}))
+        self.rng = np.random.default_rng(0)
+        self.codes = self.optimizer.ask()
+
+    def __call__(self) -> float:
+        """Seconds for one generation."""
+        from server.images import encode_images
+
+        scores = self.rng.normal(size=len(self.codes))
+        start = time.perf_counter()
+        self.optimizer.tell(self.codes, scores)
+        self.codes = self.optimizer.ask()
+        encode_images(self.generator.generate(self.codes))
+        return time.perf_counter() - start
+
+
 def rig_waits(server: Server, name: str, generator: str, n_threads: int, generations: int, population: int,
-              show_ms: float) -> np.ndarray:
-    """Run a session of ``n_threads`` threads on one rig played here; seconds the rig waited per batch."""
+              show_ms: float, compute: BareCompute | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Run a session of ``n_threads`` threads on one rig played here: (seconds the rig waited per batch,
+    seconds of ``compute`` per batch). With one thread the server is idle while the rig shows a batch,
+    so ``compute`` runs then, under the same machine load as the wait that follows."""
     from rig_client.client import Presentation, RigClient
 
     session = server.api.post("/sessions", {
@@ -120,7 +150,7 @@ def rig_waits(server: Server, name: str, generator: str, n_threads: int, generat
                      "seed": i, "n_generations": generations} for i in range(n_threads)],
     })
     rng = np.random.default_rng(0)
-    waits, sent = [], None
+    waits, computes, sent = [], [], None
     with RigClient(server.zmq, name, channels=1) as rig:
         for _ in range(n_threads * generations):
             batch = rig.next_batch(timeout=120)
@@ -128,7 +158,10 @@ def rig_waits(server: Server, name: str, generator: str, n_threads: int, generat
                 raise SystemExit(f"no batch within 120 s; see {server.log}")
             if sent is not None:
                 waits.append(time.perf_counter() - sent)
-            time.sleep(show_ms / 1000)  # the animal looks at the images
+            shown = time.perf_counter() + show_ms / 1000  # the animal looks at the images
+            if compute is not None and sent is not None:
+                computes.append(compute())
+            time.sleep(max(0.0, shown - time.perf_counter()))
             presentations = [Presentation(s.stimulus_id, [float(rng.normal())], time.time(), batch.response_window_ms)
                              for s in batch.stimuli]
             sent = time.perf_counter()
@@ -138,30 +171,7 @@ def rig_waits(server: Server, name: str, generator: str, n_threads: int, generat
         if time.monotonic() > deadline:
             raise SystemExit(f"session {name} did not finish; see {server.log}")
         time.sleep(0.2)
-    return np.array(waits)
-
-
-def bare_compute(generator_name: str, population: int, generations: int, device: str = "cpu",
-                 weights: str | None = None) -> np.ndarray:
-    """Seconds per generation for tell + ask + generate + PNG encode, in this process."""
-    import generators
-    import optimizers
-    from server.images import encode_images
-    from server.thread_runtime import optimizer_params
-
-    G = generators.load(generator_name, device=device, weights=weights)
-    opt = optimizers.create("cma", G.latent_dim, seed=0, **optimizer_params("cma", G, {"population": population}))
-    rng = np.random.default_rng(0)
-    codes = opt.ask()
-    times = []
-    for _ in range(generations):
-        scores = rng.normal(size=len(codes))
-        start = time.perf_counter()
-        opt.tell(codes, scores)
-        codes = opt.ask()
-        encode_images(G.generate(codes))
-        times.append(time.perf_counter() - start)
-    return np.array(times)
+    return np.array(waits), np.array(computes)
 
 
 def png_encoding(repeats: int = 5) -> tuple[float, float]:
@@ -212,34 +222,34 @@ def main(argv: list[str] | None = None) -> None:
     register_standins()
 
     old_png, new_png = png_encoding()
-    loops = {"dcgan-64": ("dcgan-faces", 1), "standin-256": ("bench-standin-256", 1), "2 threads": ("dcgan-faces", 2)}
-    half = max(2, args.generations // 2)  # the baseline is measured before and after the server runs
-    baseline = {g: [bare_compute(g, args.population, half)] for g in ("dcgan-faces", "bench-standin-256")}
     with tempfile.TemporaryDirectory() as tmp:
         server = Server(Path(tmp) / "data")
         try:
-            waits = {name: rig_waits(server, name.replace(" ", "-"), g, n, args.generations, args.population,
-                                     args.show_ms) for name, (g, n) in loops.items()}
+            run = functools.partial(rig_waits, server, generations=args.generations, population=args.population,
+                                    show_ms=args.show_ms)
+            loops = {name: run(name, generator, 1, compute=BareCompute(generator, args.population))
+                     for name, generator in (("dcgan-64", "dcgan-faces"), ("standin-256", "bench-standin-256"))}
+            two_threads, _ = run("two-threads", "dcgan-faces", 2)
         finally:
             server.close()
-    for g in baseline:
-        baseline[g] = np.concatenate([*baseline[g], bare_compute(g, args.population, half)])
 
     ms = lambda a, q: 1000 * np.percentile(a, q)  # noqa: E731
     print(f"PNG encoding, 40 images of 256 px: Pillow default one thread {1000 * old_png:.1f} ms, "
           f"encode_images {1000 * new_png:.1f} ms: {old_png / new_png:.2f}x faster, same pixels")
     print(f"\n{args.population} images + {REFERENCES} references per generation, CMA, rig shows each batch "
-          f"{args.show_ms:g} ms; rig wait = RESULTS sent -> next BATCH received")
-    print(f"{'':28} {'n':>4} {'p50 ms':>8} {'p99 ms':>8} {'overhead p50':>13} {'overhead p99':>13}")
-    for name, generator in (("dcgan-64", "dcgan-faces"), ("standin-256", "bench-standin-256")):
-        t, b = waits[name], baseline[generator]
-        print(f"{'rig wait ' + name:28} {len(t):4d} {ms(t, 50):8.1f} {ms(t, 99):8.1f} "
-              f"{ms(t, 50) - ms(b, 50):13.1f} {ms(t, 99) - ms(b, 99):13.1f}")
-        print(f"{'  bare compute ' + generator:28} {len(b):4d} {ms(b, 50):8.1f} {ms(b, 99):8.1f}")
-    one, two = waits["dcgan-64"], waits["2 threads"]
-    print(f"{'rig wait, 1 thread (DCGAN)':28} {len(one):4d} {ms(one, 50):8.1f} {ms(one, 99):8.1f}")
-    print(f"{'rig wait, 2 threads (DCGAN)':28} {len(two):4d} {ms(two, 50):8.1f} {ms(two, 99):8.1f}")
-    print(f"2 threads: the rig waits {np.median(two) / np.median(one):.2f}x the 1-thread wait (p50)")
+          f"{args.show_ms:g} ms (the bare compute runs meanwhile); rig wait = RESULTS sent -> next BATCH received;"
+          "\noverhead = rig wait - bare compute of the same generation")
+    print(f"{'':30} {'n':>4} {'p50 ms':>8} {'p99 ms':>8}")
+    for name, (waits, computes) in loops.items():
+        print(f"{'rig wait ' + name:30} {len(waits):4d} {ms(waits, 50):8.1f} {ms(waits, 99):8.1f}")
+        print(f"{'  bare compute':30} {len(computes):4d} {ms(computes, 50):8.1f} {ms(computes, 99):8.1f}")
+        overhead = waits - computes
+        print(f"{'  server overhead':30} {len(overhead):4d} {ms(overhead, 50):8.1f} {ms(overhead, 99):8.1f}")
+    one = loops["dcgan-64"][0]
+    print(f"{'rig wait, 1 thread (DCGAN)':30} {len(one):4d} {ms(one, 50):8.1f} {ms(one, 99):8.1f}")
+    print(f"{'rig wait, 2 threads (DCGAN)':30} {len(two_threads):4d} {ms(two_threads, 50):8.1f} "
+          f"{ms(two_threads, 99):8.1f}")
+    print(f"2 threads: the rig waits {np.median(two_threads) / np.median(one):.2f}x the 1-thread wait (p50)")
 
 
 if __name__ == "__main__":
