@@ -17,7 +17,6 @@ is awaited before the generation is told. Torch and database work runs on one wo
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,13 +28,13 @@ from sqlalchemy.orm import sessionmaker
 
 import generators
 import optimizers
-from rig_client.protocol import ErrorCode, Message, batch_message
+from rig_client.protocol import ErrorCode, Message, batch_message, encode_png
 from server import RigInputError, ThreadNotReady, live, monitor
-from server.images import encode_images, parallel_map, parallel_submit
+from server.images import parallel_map, parallel_submit, to_pixels
 from server.objectives import Objective
 from server.settings import Settings
 from server.store import queries, records
-from server.store.archive import ImageArchive
+from server.store.archive import ArchivedImage, ImageArchive
 from server.store.models import Batch, EventLevel, Thread, ThreadStatus
 from server.thread_runtime import InFlight, ThreadRuntime, build_runtime
 
@@ -266,12 +265,17 @@ class Engine:
     def _start_generation(self, db: DBSession, runtime: ThreadRuntime) -> InFlight:
         """Ask, render, archive and add a new generation (status pending); its PNGs stay in memory to send."""
         codes = runtime.optimizer.ask()
-        pngs = encode_images(runtime.generator.generate(codes))
-        images = parallel_map(functools.partial(self._archive.save, durable=False), pngs)
+        encoded = parallel_map(self._encode_and_archive, to_pixels(runtime.generator.generate(codes)))
+        pngs, images = [png for png, _ in encoded], [image for _, image in encoded]
         generation, ids = records.add_generation(db, runtime.session_id, runtime.id, runtime.optimizer.generation,
                                                  codes, images, runtime.generator.provenance)
         synced = parallel_submit(self._archive.sync, images)  # off the hot path; awaited before the tell
         return InFlight(generation.id, generation.number, codes, ids, dict(zip(ids, pngs)), synced, rounds=1)
+
+    def _encode_and_archive(self, pixels: np.ndarray) -> tuple[bytes, ArchivedImage]:
+        """One image's PNG, written to the archive (fsync later); runs on the image pool, all cores."""
+        png = encode_png(pixels)
+        return png, self._archive.save(png, durable=False)
 
     def _missing(self, db: DBSession, runtime: ThreadRuntime) -> list[str]:
         """Stimulus ids (with repeats) still owed for the in-flight generation."""
