@@ -1,5 +1,7 @@
 # actmax server and simulated rig. GPU hosts: build with a CUDA torch by setting
 # TORCH_SPEC (e.g. "torch==2.13.0 --index-url <your CUDA wheel index>").
+# The default command serves on the container's loopback only, so a bare `docker run -p` reaches
+# nothing: override it as docker-compose.yml does (README, "Docker").
 FROM python:3.11-slim
 
 ARG TORCH_SPEC="torch==2.13.0"
@@ -18,6 +20,8 @@ COPY analysis ./analysis
 RUN pip install --no-cache-dir '.[reference,nwb]' \
  && pip install --no-cache-dir --no-deps gan-face-generate
 
+RUN useradd --create-home --uid 10001 actmax && mkdir -p /data && chown actmax:actmax /data
+USER actmax
 VOLUME ["/data"]
 EXPOSE 8000 5555
 CMD ["actmax", "serve"]

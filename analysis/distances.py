@@ -91,25 +91,24 @@ EFFICIENTNET_LAYERS = ("blocks.0", "blocks.2", "blocks.4", "blocks.10", "blocks.
 
 
 def efficientnet_distance(
-    device: str | torch.device = "cpu", layers: Sequence[str] = EFFICIENTNET_LAYERS
+    network, preprocess: Callable[[Tensor], Tensor], layers: Sequence[str] = EFFICIENTNET_LAYERS
 ) -> PerceptualDistance:
     """Perceptual distance on ImageNet EfficientNet-Lite0 block outputs: our stand-in for LPIPS.
 
     LPIPS's SqueezeNet trunk and linear weights cannot be downloaded on these machines, so the
-    trunk is EfficientNet-Lite0 (``rig_client.cnn``) and every channel weight is 1. Images are
-    used at their native resolution; the forward pass stops at the last layer.
+    trunk is EfficientNet-Lite0 and every channel weight is 1. `network` is the model of
+    ``rig_client.cnn.load_efficientnet_lite0`` (``layer_names()``, ``preactivations(x)``) and
+    `preprocess` its input scaling (``rig_client.cnn.normalize``), passed in so this package does not
+    depend on the rig. Images are used at their native resolution; the forward pass stops at the last layer.
     """
-    from rig_client.cnn import load_efficientnet_lite0, normalize
-
-    model = load_efficientnet_lite0(device=device)
-    known = set(model.layer_names())
+    known = set(network.layer_names())
     wanted = list(layers)
     if not wanted or not set(wanted) <= known:
         raise AnalysisError(f"unknown EfficientNet-Lite0 layers {sorted(set(wanted) - known) or wanted}")
 
     def extract(x: Tensor) -> list[Tensor]:
         found: dict[str, Tensor] = {}
-        for name, h in model.preactivations(normalize(x)):
+        for name, h in network.preactivations(preprocess(x)):
             if name in wanted:
                 found[name] = h
                 if len(found) == len(wanted):
@@ -119,8 +118,8 @@ def efficientnet_distance(
     return PerceptualDistance(extract)
 
 
-_REGISTRY: dict[str, Callable[[str | torch.device], Distance]] = {
-    "mse": lambda device: MSEDistance(),
+_REGISTRY: dict[str, Callable[..., Distance]] = {
+    "mse": lambda network=None, preprocess=None: MSEDistance(),
     "perceptual": efficientnet_distance,
 }
 
@@ -130,10 +129,15 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_distance(name: str, device: str | torch.device = "cpu") -> Distance:
-    """Distance by name: ``"mse"`` or ``"perceptual"`` (EfficientNet-Lite0 features)."""
+def get_distance(name: str, network=None, preprocess: Callable[[Tensor], Tensor] | None = None) -> Distance:
+    """Distance by name: ``"mse"``, or ``"perceptual"`` on the features of `network` (see
+    ``efficientnet_distance``; give the network and its `preprocess`)."""
     try:
         factory = _REGISTRY[name]
     except KeyError:
         raise AnalysisError(f"unknown distance {name!r}; choose one of {available()}") from None
-    return factory(device)
+    if name == "perceptual" and (network is None or preprocess is None):
+        raise AnalysisError("the perceptual distance needs the feature network and its input scaling: "
+                            "get_distance('perceptual', network=rig_client.cnn.load_efficientnet_lite0(), "
+                            "preprocess=rig_client.cnn.normalize)")
+    return factory(network=network, preprocess=preprocess)

@@ -62,3 +62,33 @@ def plot_signature(signature: LevelSetSignature, *, title: str = "", path=None) 
     ax.set_title(title)
     fig.tight_layout()
     return _png(fig, path)
+
+
+def plot_spectra(spectra: dict[str, np.ndarray], path=None) -> bytes:
+    """Metric spectra log10(λ/λmax) against rank per model (``(positions, d)`` each): mean and 5–95% band."""
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.add_subplot()
+    for label, lam in spectra.items():
+        rel = np.log10(np.clip(lam / lam[:, :1], 1e-300, None))
+        rank = np.arange(1, lam.shape[1] + 1)
+        lo, hi = np.percentile(rel, [5, 95], axis=0)
+        ax.fill_between(rank, lo, hi, alpha=0.3)
+        ax.plot(rank, rel.mean(0), label=label)
+    ax.set(xlabel="eigenvalue rank", ylabel="log10(λ / λmax)", title="metric spectra (mean, 5–95%)")
+    ax.legend()
+    fig.tight_layout()
+    return _png(fig, path)
+
+
+def plot_homogeneity(consistency: dict[str, dict], path=None) -> bytes:
+    """Histograms of the off-diagonal corr_log and corr_lin (``hessian_consistency``) per model."""
+    fig = Figure(figsize=(8, 3.2))
+    axes = fig.subplots(1, 2)
+    for ax, key in zip(axes, ("corr_log", "corr_lin")):
+        for label, c in consistency.items():
+            M = c[key]
+            ax.hist(M[~np.eye(len(M), dtype=bool)], bins=30, range=(-1, 1), alpha=0.5, label=label)
+        ax.set(xlabel=key, ylabel="position pairs")
+    axes[0].legend()
+    fig.tight_layout()
+    return _png(fig, path)

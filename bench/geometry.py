@@ -45,7 +45,12 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     G = generators.load(args.generator, device=args.device)
-    dist = distances.get_distance(args.distance, device=G.device)
+    if args.distance == "perceptual":
+        from rig_client.cnn import load_efficientnet_lite0, normalize
+
+        dist = distances.get_distance("perceptual", load_efficientnet_lite0(G.device), normalize)
+    else:
+        dist = distances.get_distance(args.distance)
     codes = G.sample(args.positions, np.random.default_rng(args.seed))
     print(f"{args.generator} d={G.latent_dim}, distance={args.distance}, device={G.device}, "
           f"threads={torch.get_num_threads()}, torch {torch.__version__}, {platform.processor() or platform.machine()}")

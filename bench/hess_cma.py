@@ -27,7 +27,7 @@ def eigenbasis(path: Path | None, positions: int) -> tuple[np.ndarray, np.ndarra
     if path is None:
         import tempfile
 
-        from analysis.geometry import report
+        from server.geometry import report
 
         with tempfile.TemporaryDirectory() as tmp:
             report("dcgan-faces", tmp, n_positions=positions, method="bp", progress=False)
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     import generators
     from rig_client.cnn import load_efficientnet_lite0
     from rig_client.units import UnitScorer, screen_units
-    from server.insilico import evolve
+    from insilico.evolve import evolve
 
     torch.manual_seed(0)
     G = generators.load("dcgan-faces", device="cpu")

@@ -2,7 +2,7 @@
 
 The rig's own loop stays synchronous (PsychoPy, MonkeyLogic-style)::
 
-    with RigClient("tcp://server:5555", "rig-a", channels=64) as rig:
+    with RigClient("tcp://server:5555", "rig-a", channels=64, labels=unit_names) as rig:
         while (batch := rig.next_batch()) is not None:
             presentations = [show_and_record(s.image()) for s in batch.stimuli]
             rig.send_results(batch.batch_id, presentations)
@@ -23,6 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,7 +31,7 @@ import zmq
 
 from rig_client import RigError
 from rig_client.protocol import (
-    MAX_MESSAGE_BYTES, PROTOCOL, ErrorCode, Message, MessageType, ProtocolError, decode,
+    MAX_MESSAGE_BYTES, PROTOCOL, PROTOCOL_MINOR, ErrorCode, Message, MessageType, ProtocolError, decode,
     decode_png, encode, error,
 )
 
@@ -84,32 +85,57 @@ class Presentation:
                 "window_ms": [float(w) for w in self.window_ms]}
 
 
+def curve_keys(server_key_file: str | Path, rig_key_file: str | Path) -> dict[str, bytes]:
+    """`RigClient` CURVE arguments from the server's public ``server.key`` file and this rig's
+    ``NAME.key_secret`` file (both made by ``actmax keys`` on the server)."""
+    import zmq.auth
+
+    try:
+        server_public, _ = zmq.auth.load_certificate(server_key_file)
+        public, secret = zmq.auth.load_certificate(rig_key_file)
+    except (OSError, ValueError) as exc:
+        raise RigError(f"cannot read a CURVE key file: {exc}; copy server.key and this rig's "
+                       ".key_secret from the server's keys folder (actmax keys)") from None
+    if secret is None:
+        raise RigError(f"{rig_key_file} holds no secret key; pass the rig's .key_secret file")
+    return {"server_public_key": server_public, "public_key": public, "secret_key": secret}
+
+
 class RigClient:
     """Connection of one rig to the server; starts connecting at construction.
 
     ``heartbeat_s`` and ``liveness`` bound the wait for WELCOME; after it the server's values
     apply. Reconnects wait 1 s, doubling up to ``reconnect_max_s``. ``context`` defaults to a
-    private ZeroMQ context that `close` terminates.
+    private ZeroMQ context that `close` terminates. For a server with CURVE keys pass its
+    ``server_public_key`` and this rig's ``public_key`` and ``secret_key`` (Z85; see
+    `curve_keys` and ``actmax keys``).
     """
 
-    def __init__(self, endpoint: str, rig_name: str, *, channels: int, heartbeat_s: float = 2.0,
+    def __init__(self, endpoint: str, rig_name: str, *, channels: int,
+                 labels: Sequence[str] | None = None, heartbeat_s: float = 2.0,
                  liveness: int = 5, reconnect_max_s: float = 16.0,
-                 context: zmq.Context | None = None):
+                 context: zmq.Context | None = None, server_public_key: bytes | None = None,
+                 public_key: bytes | None = None, secret_key: bytes | None = None):
         if heartbeat_s <= 0 or liveness < 1 or reconnect_max_s <= 0:
             raise ValueError("need heartbeat_s > 0, liveness >= 1 and reconnect_max_s > 0")
+        curve = (server_public_key, public_key, secret_key)
+        if any(k is not None for k in curve) and not all(k is not None for k in curve):
+            raise ValueError("CURVE needs server_public_key, public_key and secret_key together")
         self.endpoint = endpoint
         self.rig_name = rig_name
         self.channels = channels
         self._hello_header: dict[str, Any] = {"rig": rig_name, "protocol": PROTOCOL,
-                                              "channels": channels, "cached_references": []}
-        encode(Message(MessageType.HELLO, self._hello_header))  # bad name/channels: fail here
-        self._heartbeat_s = heartbeat_s
-        self._liveness = liveness
-        self._reconnect_max_s = reconnect_max_s
+                                              "minor": PROTOCOL_MINOR, "channels": channels,
+                                              "cached_references": []}
+        if labels is not None:
+            self._hello_header["channel_labels"] = list(labels)
+        encode(Message(MessageType.HELLO, self._hello_header))  # bad name/channels/labels: fail here
+        self._minor: int | None = None
         self._max_message_bytes = MAX_MESSAGE_BYTES
         self._own_context = context is None
         self._ctx = zmq.Context() if context is None else context
 
+        # Shared with the rig's threads (under the lock where noted).
         self._lock = threading.Lock()
         self._commands: queue.SimpleQueue[tuple[Message, concurrent.futures.Future]] = \
             queue.SimpleQueue()
@@ -120,6 +146,10 @@ class RigClient:
         self._stop = threading.Event()
         self._fatal: RigError | None = None
         self._closed = False
+        # The I/O thread's own: kept across reconnects.
+        self._cache: dict[str, bytes] = {}  # reference stimulus_id -> PNG
+        self._pending: list[tuple[Message, concurrent.futures.Future]] = []  # RESULTS not ACKed
+        self._delivered: set[str] = set()
 
         wake = f"inproc://rig-client-wake-{uuid.uuid4().hex}"
         self._wake_rx = self._ctx.socket(zmq.PAIR)
@@ -128,6 +158,9 @@ class RigClient:
         self._wake_tx.connect(wake)
         for s in (self._wake_rx, self._wake_tx):
             s.setsockopt(zmq.LINGER, 0)
+        self._link = _Link(self, heartbeat_s=heartbeat_s, liveness=liveness,
+                           reconnect_max_s=reconnect_max_s,
+                           curve=None if server_public_key is None else curve)
         self._thread = threading.Thread(target=self._io_main, name=f"rig-client-{rig_name}",
                                         daemon=True)
         self._thread.start()
@@ -138,6 +171,14 @@ class RigClient:
     def connected(self) -> bool:
         """True between WELCOME and the loss of the connection."""
         return self._connected.is_set()
+
+    @property
+    def minor(self) -> int | None:
+        """The protocol minor version of the last WELCOME (0: a 1.0 server); None before the first.
+
+        Below 1 the server would score flagged presentations: leave them out (docs/protocol.md §4.4.1).
+        """
+        return self._minor
 
     @property
     def errors(self) -> list[dict]:
@@ -241,23 +282,11 @@ class RigClient:
         if self._closed:
             raise RigError("the RigClient is closed; create a new one to reconnect")
 
-    # --- I/O thread ----------------------------------------------------------------------------
+    # --- I/O thread: protocol state; the connection itself is `_Link` ----------------------
 
     def _io_main(self) -> None:
-        self._cache: dict[str, bytes] = {}  # reference stimulus_id -> PNG, kept across reconnects
-        self._pending: list[tuple[Message, concurrent.futures.Future]] = []  # RESULTS not ACKed
-        self._delivered: set[str] = set()
-        first_backoff = min(1.0, self._reconnect_max_s)
-        backoff = first_backoff
         try:
-            while not self._stop.is_set():
-                if self._connection():
-                    backoff = first_backoff
-                if self._stop.is_set():
-                    break
-                log.info("reconnecting to %s in %.1f s", self.endpoint, backoff)
-                self._wait_wake(backoff)
-                backoff = min(2 * backoff, self._reconnect_max_s)
+            self._link.run()
         except RigError as exc:
             log.error("%s", exc)
             self._fatal = exc
@@ -273,11 +302,6 @@ class RigClient:
                 if self._fatal is not None and not future.done():
                     future.set_exception(self._fatal)
 
-    def _wait_wake(self, seconds: float) -> None:
-        """Sleep ``seconds`` but wake early to stop; queued commands wait for the connection."""
-        if self._wake_rx.poll(seconds * 1000):
-            self._drain_wake()
-
     def _drain_wake(self) -> None:
         while True:
             try:
@@ -285,60 +309,11 @@ class RigClient:
             except zmq.Again:
                 return
 
-    def _connection(self) -> bool:
-        """One connection's lifetime: HELLO, serve until silence or stop. True if welcomed."""
-        self._socket = self._ctx.socket(zmq.DEALER)
-        self._socket.setsockopt(zmq.LINGER, 0)
-        self._socket.connect(self.endpoint)
-        self._welcomed = False
-        self._beat_s, self._beats = self._heartbeat_s, self._liveness  # the server's after WELCOME
-        poller = zmq.Poller()
-        poller.register(self._socket, zmq.POLLIN)
-        poller.register(self._wake_rx, zmq.POLLIN)
-        try:
-            self._say_hello()
-            expires = next_beat = time.monotonic()
-            expires += self._beat_s * self._beats
-            next_beat += self._beat_s
-            while not self._stop.is_set():
-                timeout = max(0.0, min(expires, next_beat) - time.monotonic())
-                events = dict(poller.poll(timeout * 1000))
-                if self._wake_rx in events:
-                    self._drain_wake()
-                    self._take_commands()
-                if self._socket in events:
-                    while (frames := self._recv()) is not None:
-                        self._handle(frames)
-                        if not self._socket_usable:
-                            return self._welcomed
-                        expires = time.monotonic() + self._beat_s * self._beats
-                now = time.monotonic()
-                if now >= expires:
-                    log.warning("server silent for %.1f s; reconnecting",
-                                self._beat_s * self._beats)
-                    return self._welcomed
-                if now >= next_beat:
-                    if self._connected.is_set():
-                        self._send(Message(MessageType.HEARTBEAT))
-                    next_beat = now + self._beat_s
-            return self._welcomed
-        finally:
-            self._connected.clear()
-            self._socket.close(linger=0)
-
-    def _recv(self) -> list[bytes] | None:
-        try:
-            return self._socket.recv_multipart(zmq.DONTWAIT)
-        except zmq.Again:
-            return None
-
     def _send(self, msg: Message) -> None:
-        # No size check here: the server answers too_large, which fails that upload's future.
-        self._socket.send_multipart(encode(msg, max_message_bytes=2**62), copy=False)
+        self._link.send(msg)
 
     def _say_hello(self) -> None:
         self._connected.clear()
-        self._socket_usable = True
         self._send(Message(MessageType.HELLO, {**self._hello_header,
                                                "cached_references": sorted(self._cache)}))
 
@@ -362,9 +337,9 @@ class RigClient:
             return
         if msg.type == MessageType.WELCOME:
             h = msg.header
-            self._beat_s, self._beats = h["heartbeat_ms"] / 1000, h["liveness"]
+            self._link.welcomed(h["heartbeat_ms"] / 1000, h["liveness"])
             self._max_message_bytes = h["max_message_bytes"]
-            self._welcomed = True
+            self._minor = h.get("minor", 0)
             self._take_commands()  # queued while disconnected: sent below with the rest
             self._connected.set()
             log.info("connected to %s (%s) as rig %s", self.endpoint, h["server"], self.rig_name)
@@ -421,7 +396,7 @@ class RigClient:
             if code != ErrorCode.INTERNAL:
                 raise RigError(f"the server refused rig {self.rig_name!r}: {code}: "
                                f"{h['message']}")
-            self._socket_usable = False  # transient server failure: reconnect with backoff
+            self._link.usable = False  # transient server failure: reconnect with backoff
         elif in_reply_to == MessageType.RESULTS and h.get("batch_id"):
             self._settle(h["batch_id"], None, ProtocolError(code, h["message"],
                                                             in_reply_to=in_reply_to,
@@ -436,3 +411,97 @@ class RigClient:
                     future.set_exception(exc) if exc is not None else future.set_result(ack)
                 return
         log.info("reply for batch %s matches no pending RESULTS (already settled)", batch_id)
+
+
+class _Link:
+    """The I/O thread's connection to the server: one DEALER socket per attempt (CURVE when
+    keyed), heartbeats and liveness, reconnects with exponential backoff. Messages go to the
+    client's `RigClient._handle`; queued uploads to `RigClient._take_commands`."""
+
+    def __init__(self, client: RigClient, *, heartbeat_s: float, liveness: int,
+                 reconnect_max_s: float, curve: tuple[bytes, bytes, bytes] | None):
+        self.client = client
+        self.heartbeat_s, self.liveness = heartbeat_s, liveness
+        self.reconnect_max_s = reconnect_max_s
+        self.curve = curve
+        self.socket: zmq.Socket | None = None
+        self.beat_s, self.beats = heartbeat_s, liveness  # the server's after WELCOME
+        self.is_welcomed = False
+        self.usable = True  # False: drop this socket and reconnect
+
+    def run(self) -> None:
+        """Connect and reconnect until the client stops; `RigError` when the server refuses."""
+        first_backoff = min(1.0, self.reconnect_max_s)
+        backoff = first_backoff
+        while not self.client._stop.is_set():
+            if self._connection():
+                backoff = first_backoff
+            if self.client._stop.is_set():
+                return
+            log.info("reconnecting to %s in %.1f s", self.client.endpoint, backoff)
+            if self.client._wake_rx.poll(backoff * 1000):  # wake early to stop; queued
+                self.client._drain_wake()  # commands wait for the connection
+            backoff = min(2 * backoff, self.reconnect_max_s)
+
+    def welcomed(self, beat_s: float, beats: int) -> None:
+        self.beat_s, self.beats = beat_s, beats
+        self.is_welcomed = True
+
+    def send(self, msg: Message) -> None:
+        # No size check here: the server answers too_large, which fails that upload's future.
+        self.socket.send_multipart(encode(msg, max_message_bytes=2**62), copy=False)
+
+    def _open(self) -> zmq.Socket:
+        socket = self.client._ctx.socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        if self.curve is not None:
+            server_public, public, secret = self.curve
+            socket.setsockopt(zmq.CURVE_SERVERKEY, server_public)
+            socket.setsockopt(zmq.CURVE_PUBLICKEY, public)
+            socket.setsockopt(zmq.CURVE_SECRETKEY, secret)
+        socket.connect(self.client.endpoint)
+        return socket
+
+    def _connection(self) -> bool:
+        """One socket's lifetime: HELLO, serve until silence or stop. True if welcomed."""
+        client = self.client
+        self.socket = self._open()
+        self.is_welcomed, self.usable = False, True
+        self.beat_s, self.beats = self.heartbeat_s, self.liveness
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        poller.register(client._wake_rx, zmq.POLLIN)
+        try:
+            client._say_hello()
+            now = time.monotonic()
+            expires, next_beat = now + self.beat_s * self.beats, now + self.beat_s
+            while not client._stop.is_set():
+                timeout = max(0.0, min(expires, next_beat) - time.monotonic())
+                events = dict(poller.poll(timeout * 1000))
+                if client._wake_rx in events:
+                    client._drain_wake()
+                    client._take_commands()
+                if self.socket in events:
+                    while (frames := self._recv()) is not None:
+                        client._handle(frames)
+                        if not self.usable:
+                            return self.is_welcomed
+                        expires = time.monotonic() + self.beat_s * self.beats
+                now = time.monotonic()
+                if now >= expires:
+                    log.warning("server silent for %.1f s; reconnecting", self.beat_s * self.beats)
+                    return self.is_welcomed
+                if now >= next_beat:
+                    if client._connected.is_set():
+                        self.send(Message(MessageType.HEARTBEAT))
+                    next_beat = now + self.beat_s
+            return self.is_welcomed
+        finally:
+            client._connected.clear()
+            self.socket.close(linger=0)
+
+    def _recv(self) -> list[bytes] | None:
+        try:
+            return self.socket.recv_multipart(zmq.DONTWAIT)
+        except zmq.Again:
+            return None

@@ -144,8 +144,9 @@ def decode(frames: Sequence[bytes], *, max_message_bytes: int = MAX_MESSAGE_BYTE
         raise ProtocolError(ErrorCode.TOO_LARGE, f"{mtype} header is {len(frames[2])} bytes, over "
                             f"the limit of {MAX_HEADER_BYTES}", in_reply_to=mtype)
     try:
-        header = json.loads(frames[2].decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError) as exc:
+        header = json.loads(frames[2].decode("utf-8"), parse_constant=_reject_constant,
+                            parse_float=_finite_float)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: too deep
         raise ProtocolError(ErrorCode.BAD_JSON, f"{mtype} header is not UTF-8 JSON: {exc}",
                             in_reply_to=mtype) from None
     if not isinstance(header, dict):
@@ -157,7 +158,7 @@ def decode(frames: Sequence[bytes], *, max_message_bytes: int = MAX_MESSAGE_BYTE
     except ProtocolError as exc:
         exc.in_reply_to = mtype
         batch_id = header.get("batch_id")
-        exc.batch_id = batch_id if isinstance(batch_id, str) else None
+        exc.batch_id = batch_id if is_id(batch_id) else None
         raise
     return msg
 
@@ -233,6 +234,24 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON; send finite numbers")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:32]} overflows a 64-bit float; send finite numbers")
+    return value
+
+
+def is_id(value: Any, max_len: int = MAX_ID_LENGTH) -> bool:
+    """Whether ``value`` is a protocol *id*: 1..max_len characters, encodable as UTF-8."""
+    if not isinstance(value, str) or not 0 < len(value) <= max_len:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (JSON "\ud800")
+        return False
+    return True
+
+
 def _check_png(data: bytes, where: str) -> None:
     """Signature and IHDR: an 8-bit RGB PNG no larger than MAX_IMAGE_SIDE on a side."""
     if len(data) < 33 or not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR":
@@ -268,7 +287,7 @@ class _Fields:
         value = self._get(key)
         if value is None and nullable:
             return None
-        ok = isinstance(value, str) and 0 < len(value) <= max_len
+        ok = is_id(value, max_len)
         if ok and pattern is not None:
             ok = pattern.fullmatch(value) is not None
         if ok and choices:
@@ -343,7 +362,7 @@ def _hello(h: _Fields, frames: list[bytes]) -> None:
                             f"got {h.obj['protocol']!r}; upgrade the rig client or the server")
     channels = h.integer("channels", 1, MAX_CHANNELS)
     refs = h.array("cached_references", 0, MAX_CACHED_REFERENCES)
-    if not all(isinstance(r, str) and 0 < len(r) <= MAX_ID_LENGTH for r in refs):
+    if not all(is_id(r) for r in refs):
         raise h._bad("cached_references", "an array of stimulus id strings")
     _minor(h)
     if "channel_labels" in h.obj:  # 1.1
@@ -421,6 +440,10 @@ def _results(h: _Fields, frames: list[bytes]) -> None:
         _trial_facts(p, len(rates))
     h.boolean("done")
     _no_frames(h, frames)
+
+
+# The optional 1.1 fields of a presentation (§4.4), as the server stores them.
+TRIAL_FACTS = ("fixation_broken", "dropped_frames", "photodiode_onset", "baseline_rates", "baseline_window_ms")
 
 
 def _trial_facts(p: _Fields, channels: int) -> None:

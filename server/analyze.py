@@ -46,7 +46,7 @@ def add_parser(subcommands) -> None:
     geometry.add_argument("--seed", type=int, default=0)
     geometry.set_defaults(func=run_geometry)
 
-    from server import study
+    from insilico import study
 
     study.add_parser(analyses)
 
@@ -68,8 +68,9 @@ def _settings(args: argparse.Namespace):
 
 def run_manifold(args: argparse.Namespace) -> int:
     from analysis.plots import plot_map
+    from analysis.manifold import analyze, summary
     from analysis.serialization import json_safe
-    from server.manifold import analyze, manifold_data, summary
+    from server.manifold import manifold_data
     from server.store.db import make_db_engine, make_sessionmaker
 
     settings = _settings(args)
@@ -105,7 +106,7 @@ def run_session(args: argparse.Namespace) -> int:
 
 
 def run_geometry(args: argparse.Namespace) -> int:
-    from analysis.geometry import report
+    from server.geometry import report
 
     summary = report(args.generator, args.out, n_positions=args.positions, method=args.method,
                      distance=args.distance, device=args.device, seed=args.seed)

@@ -13,9 +13,10 @@ import sys
 
 SUBCOMMAND_MODULES = (
     "server.serve",  # actmax serve
+    "server.keys",  # actmax keys init|rig|list
     "rig_client.sim",  # actmax rig sim
     "server.demo",  # actmax demo
-    "server.bench",  # actmax bench, actmax bench report
+    "insilico.bench",  # actmax bench, actmax bench report
     "server.analyze",  # actmax analyze manifold|session|geometry|study
     "server.export.cli",  # actmax export nwb|parquet|csv
 )

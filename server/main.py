@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from importlib.resources import files
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.orm import Session as DBSession
 from sqlalchemy.orm import sessionmaker
 
-from server.api.deps import EngineWaker, require_token
+from server.api.deps import EngineWaker, bearer_scheme
+from server.api.guard import RequestGuard
 from server.api.routes import export, generations, health, live, manifold, monitor, sessions, stimuli, threads
 from server.api.routes.health import package_version
 from server.api.schemas import ErrorDetail
@@ -28,8 +30,9 @@ def create_app(settings: Settings, db_sessions: sessionmaker[DBSession], *,
     """
     token = settings.require_token()
     app = FastAPI(title="actmax", version=package_version(), docs_url=None, redoc_url=None)
+    app.add_middleware(RequestGuard, token=token, max_body_bytes=settings.max_body_bytes)
+    app.add_exception_handler(RequestValidationError, _validation_error)
     app.state.settings = settings
-    app.state.token = token
     app.state.sessionmaker = db_sessions
     app.state.archive = ImageArchive(settings.data_dir)
     app.state.engine = engine
@@ -37,7 +40,8 @@ def create_app(settings: Settings, db_sessions: sessionmaker[DBSession], *,
     app.include_router(health.router)
     for resource in (sessions, threads, generations, stimuli, manifold, monitor, live, export):
         app.include_router(
-            resource.router, dependencies=[Depends(require_token)], responses={401: {"model": ErrorDetail}}
+            resource.router, dependencies=[Depends(bearer_scheme)],
+            responses={401: {"model": ErrorDetail}, 413: {"model": ErrorDetail}},
         )
     _add_pages(app)
     return app
@@ -75,3 +79,9 @@ def _add_pages(app: FastAPI) -> None:
         return get_redoc_html(openapi_url=app.openapi_url, title="actmax API", with_google_fonts=False,
                               redoc_js_url="/assets/docs/redoc.standalone.js",
                               redoc_favicon_url="/assets/docs/favicon.png")
+
+
+async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 naming each problem, without echoing the input (it may be huge, deep, or NaN)."""
+    detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+    return JSONResponse({"detail": detail}, status_code=422)

@@ -41,8 +41,10 @@ def settings_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from server.keys import KeyStore
+
     settings = settings_from_args(args)
-    settings.require_token()
+    settings.check_exposure(curve=KeyStore(settings.keys_dir).enabled())
     asyncio.run(serve(settings))
     return 0
 
@@ -53,6 +55,7 @@ async def serve(settings) -> None:
     The process's one database engine is made, migrated and disposed of here.
     """
     from server.engine import Engine
+    from server.keys import KeyStore
     from server.main import create_app
     from server.store.archive import ImageArchive
     from server.store.db import make_db_engine, make_sessionmaker, upgrade
@@ -62,26 +65,32 @@ async def serve(settings) -> None:
     try:
         upgrade(db_engine)
         db_sessions = make_sessionmaker(db_engine)
-        engine = Engine(settings, db_sessions, ImageArchive(settings.data_dir))
+        archive = ImageArchive(settings.data_dir)
+        if removed := archive.remove_partial_writes():
+            log.info("removed %d partial image files a previous run left in %s", removed, settings.data_dir)
+        engine = Engine(settings, db_sessions, archive)
+        keys = KeyStore(settings.keys_dir)
+        curve = {"server_key": keys.server_keys(), "rig_keys": keys.rig_keys()} if keys.enabled() else {}
         transport = Transport(
             settings.zmq_endpoint, engine, heartbeat_s=settings.heartbeat_s,
-            liveness=settings.liveness, max_message_bytes=settings.max_message_bytes,
+            liveness=settings.liveness, max_message_bytes=settings.max_message_bytes, **curve,
         )
         engine.transport = transport
-        await _run_until_stopped(settings, create_app(settings, db_sessions, engine=engine), engine, transport)
+        security = f"CURVE, {len(curve['rig_keys'])} rig keys" if curve else "no CURVE: loopback only"
+        await _run_until_stopped(settings, create_app(settings, db_sessions, engine=engine), engine, transport, security)
     finally:
         db_engine.dispose()
 
 
-async def _run_until_stopped(settings, app, engine, transport) -> None:
+async def _run_until_stopped(settings, app, engine, transport, security: str) -> None:
     """Serve HTTP in the foreground and the transport and engine loops beside it; stop all three together."""
     import uvicorn
 
     http = uvicorn.Server(uvicorn.Config(app, host=settings.http_host, port=settings.http_port, log_level="warning",
                                            timeout_graceful_shutdown=3))
     background = [asyncio.create_task(transport.run()), asyncio.create_task(engine.run())]
-    log.info("serving REST on http://%s:%s, rigs on %s, data in %s",
-             settings.http_host, settings.http_port, settings.zmq_endpoint, settings.data_dir)
+    log.info("serving REST on http://%s:%s, rigs on %s (%s), data in %s",
+             settings.http_host, settings.http_port, settings.zmq_endpoint, security, settings.data_dir)
     try:
         await http.serve()
     finally:

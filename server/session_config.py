@@ -9,6 +9,7 @@ one source of a thread's settings: the engine re-validates it, so every default 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -17,9 +18,12 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 
 import generators
 import optimizers
+from rig_client.protocol import MAX_DROPPED_FRAMES
 from server import ServerError
 
 MAX_SEED = 2**32 - 1  # fits every RNG seed API (numpy RandomState included)
+MAX_POPULATION = 500  # images an optimizer may ask per generation (the published runs use 40)
+MAX_PARAMS_DEPTH = 4  # optimizer_params nest at most a list (init_code) in the top object
 Name = Annotated[str, Field(min_length=1, max_length=200)]
 
 
@@ -36,8 +40,19 @@ def _check_registered(kind: str, name: str, names: list[str]) -> str:
     return name
 
 
+def _check_json_value(value: Any, where: str, depth: int) -> None:
+    """Finite numbers only, nested at most `MAX_PARAMS_DEPTH` deep."""
+    if depth > MAX_PARAMS_DEPTH:
+        raise ValueError(f"{where} nests deeper than {MAX_PARAMS_DEPTH} levels")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where} is {value}; only finite numbers are allowed")
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        _check_json_value(item, f"{where}.{key}", depth + 1)
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, allow_inf_nan=False)
 
 
 class ReferenceConfig(_Strict):
@@ -49,7 +64,11 @@ class ReferenceConfig(_Strict):
     @field_validator("source")
     @classmethod
     def _source_exists(cls, source: str) -> str:
-        if source != "skimage" and not Path(source).expanduser().is_dir():
+        try:
+            folder = Path(source).expanduser()
+        except RuntimeError:  # ~user naming no user on the server
+            raise ValueError(f"{source!r}: no such user's home folder on the server") from None
+        if source != "skimage" and not folder.is_dir():
             raise ValueError(f'{source!r} is neither "skimage" nor a folder on the server')
         return source
 
@@ -92,6 +111,22 @@ class ManifoldConfig(_Strict):
         return 180 // self.step_deg + 1
 
 
+class FlaggedTrialsConfig(_Strict):
+    """What a presentation the rig flagged (protocol 1.1 trial facts) means for scoring."""
+
+    policy: Literal["reshow", "score"] = Field(
+        "reshow", description='"reshow": a flagged presentation is stored but not scored, and its stimulus is shown '
+        'again within the re-queue limit; "score": flagged presentations are scored like any other.')
+    max_dropped_frames: int = Field(
+        0, ge=0, le=MAX_DROPPED_FRAMES, description="Dropped frames a presentation may have and still be scored (reshow).")
+
+    def scores(self, facts: dict[str, Any] | None) -> bool:
+        """Whether a presentation with these trial facts is scored (and so answers its stimulus)."""
+        if self.policy == "score" or not facts:
+            return True
+        return not facts.get("fixation_broken", False) and facts.get("dropped_frames", 0) <= self.max_dropped_frames
+
+
 class ThreadConfig(_Strict):
     """An evolution (generator, optimizer, objective, seed) or a Manifold map around one."""
 
@@ -108,6 +143,15 @@ class ThreadConfig(_Strict):
     )
     n_generations: int = Field(50, ge=1, le=10_000, description="Evolutions only; a manifold is one generation.")
     repeats: int = Field(1, ge=1, le=100, description="Presentations of each image per generation.")
+
+    @field_validator("optimizer_params")
+    @classmethod
+    def _bounded_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        _check_json_value(params, "optimizer_params", 1)
+        population = params.get("population")
+        if isinstance(population, int | float) and population > MAX_POPULATION:
+            raise ValueError(f"population {population} is over {MAX_POPULATION} images per generation")
+        return params
 
     @field_validator("generator")
     @classmethod
@@ -140,22 +184,23 @@ class SessionConfig(_Strict):
 
     name: Name
     rig: Name = Field(description="The rig name that will HELLO; batches go only to it.")
-    animal: str = ""
-    array: str = ""
-    notes: str = ""
+    animal: Annotated[str, Field(max_length=200)] = ""
+    array: Annotated[str, Field(max_length=200)] = ""
+    notes: Annotated[str, Field(max_length=10_000)] = ""
     # Free-form metadata for exports (NWB); see docs/export.md for the defaults used when absent.
-    subject_id: str = Field("", description='Subject identifier; "" uses `animal`.')
-    species: str = Field("", description='Latin binomial, e.g. "Macaca mulatta".')
+    subject_id: str = Field("", max_length=200, description='Subject identifier; "" uses `animal`.')
+    species: str = Field("", max_length=200, description='Latin binomial, e.g. "Macaca mulatta".')
     sex: Literal["M", "F", "U", "O"] = Field("U", description="Subject sex: M, F, U (unknown), O (other).")
     age: str = Field("", pattern=r"^(P[0-9YMWDTHS.]+(/(P[0-9YMWDTHS.]+)?)?)?$",
                      description='ISO 8601 duration such as "P6Y", or a range "P5Y/P7Y"; "": unknown.')
-    lab: str = ""
-    experimenter: str = Field("", description='"Last, First", as NWB asks.')
+    lab: Annotated[str, Field(max_length=200)] = ""
+    experimenter: str = Field("", max_length=200, description='"Last, First", as NWB asks.')
     session_start_time: AwareDatetime | None = Field(None, description="With a time zone; None: when created.")
     response_window_ms: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]] = (50, 200)
     references: ReferenceConfig = Field(default_factory=ReferenceConfig)
+    flagged_trials: FlaggedTrialsConfig = Field(default_factory=FlaggedTrialsConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
-    threads: list[ThreadConfig] = Field(min_length=1)
+    threads: list[ThreadConfig] = Field(min_length=1, max_length=64)
 
     @field_validator("response_window_ms")
     @classmethod

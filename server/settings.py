@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from server import ServerError
+
+
+MIN_EXPOSED_TOKEN = 32  # characters of ACTMAX_TOKEN when REST listens off loopback
+
+
+def _is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and localhost; ZeroMQ's ipc:// and inproc:// have no host and are local."""
+    if host in ("", "localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host or interface name: assume it is reachable
 
 
 class Settings(BaseSettings):
@@ -31,12 +46,30 @@ class Settings(BaseSettings):
     precision: Literal["float32", "float16", "bfloat16"] = Field(
         "float32", description="Generator precision; a half precision is used only for generators whose "
         "images stay within generators.base.PRECISION_TOLERANCE of float32 (checked at load).")
+    max_body_bytes: int = Field(2**20, ge=1024, description="Largest REST request body; larger ones get 413 unread.")
+    keys_dir: Path | None = Field(None, description="CURVE keys (`actmax keys`); default {data_dir}/keys.")
 
     @model_validator(mode="after")
     def _derive_database_url(self) -> Settings:
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'actmax.sqlite'}"
+        if self.keys_dir is None:
+            self.keys_dir = self.data_dir / "keys"
         return self
+
+    def check_exposure(self, curve: bool) -> None:
+        """Refuse to serve off loopback without CURVE on the rigs' socket or with a short token."""
+        if not curve and not _is_loopback(urlsplit(self.zmq_endpoint).hostname or ""):
+            raise ServerError(
+                f"the rigs' endpoint {self.zmq_endpoint} is off loopback without CURVE keys; run "
+                f"`actmax keys init` and `actmax keys rig NAME` (keys in {self.keys_dir}) or bind "
+                "tcp://127.0.0.1")
+        token = self.require_token()
+        if len(token) < MIN_EXPOSED_TOKEN and not _is_loopback(self.http_host):
+            raise ServerError(
+                f"ACTMAX_TOKEN has {len(token)} characters; off loopback ({self.http_host}) it needs "
+                f"at least {MIN_EXPOSED_TOKEN}: python -c 'import secrets; "
+                "print(secrets.token_urlsafe(32))'")
 
     def require_token(self) -> str:
         """The API token; a ``ServerError`` saying how to set one if it is missing."""

@@ -23,7 +23,7 @@ from server import ServerError
 from server.images import encode_images, load_references
 from server.manifold import design_codes
 from server.objectives import Objective
-from server.session_config import SessionConfig, ThreadConfig
+from server.session_config import FlaggedTrialsConfig, SessionConfig, ThreadConfig
 from server.store import queries
 from server.store.archive import ImageArchive
 from server.store.models import Generation, Session, Stimulus, StimulusKind, Thread, decode_codes
@@ -63,6 +63,7 @@ class ThreadRuntime:
     repeats: int
     n_generations: int
     objective: Objective
+    flagged: FlaggedTrialsConfig  # which presentations score and answer their stimulus
     generator: Any
     optimizer: optimizers.Optimizer
     reference_ids: list[str]
@@ -94,7 +95,8 @@ def build_runtime(db: DBSession, thread_id: int, load_generator: Callable[[str],
         id=thread.id, session_id=session.id, rig=session.rig, seed=config.seed,
         window_ms=(float(window[0]), float(window[1])), repeats=config.repeats,
         n_generations=config.n_generations, objective=Objective.from_config(config.objective),
-        generator=generator, optimizer=optimizer, reference_ids=list(references), reference_pngs=references,
+        flagged=session_config.flagged_trials, generator=generator, optimizer=optimizer,
+        reference_ids=list(references), reference_pngs=references,
         first_generation=0 if last is None else last.number + 1,
     )
     pending = queries.pending_generation(db, thread_id)

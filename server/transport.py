@@ -2,14 +2,20 @@
 
 `Transport` maps ZeroMQ identities to rig names (from HELLO), keeps an expiry per rig (Paranoid
 Pirate), heartbeats every rig, and hands HELLO/RESULTS to an async handler. Nothing a rig sends can
-stop the loop: bad input gets an ERROR reply and a log line.
+stop the loop: bad input gets an ERROR reply and a log line (rate-limited per peer address).
+
+With CURVE keys the socket only completes handshakes with allowed rig keys (a ZAP handler on a
+private context), and a HELLO must name the rig its key belongs to.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
+import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -17,7 +23,7 @@ import zmq
 import zmq.asyncio
 
 from rig_client.protocol import (
-    MAX_MESSAGE_BYTES, ErrorCode, Message, MessageType, ProtocolError, decode, encode, error,
+    MAX_MESSAGE_BYTES, ErrorCode, Message, MessageType, ProtocolError, decode, encode, error, is_id,
 )
 from server import RigInputError, ServerError
 
@@ -50,31 +56,106 @@ class _Rig:
     expires: float
 
 
+class _PeerBudget:
+    """Token buckets per peer address: ``burst`` actions at once, refilled at ``per_s``."""
+
+    def __init__(self, burst: float, per_s: float, max_peers: int = 10_000):
+        self.burst, self.per_s, self.max_peers = burst, per_s, max_peers
+        self._peers: dict[str, tuple[float, float]] = {}
+
+    def allow(self, peer: str) -> bool:
+        now = time.monotonic()
+        tokens, since = self._peers.get(peer, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - since) * self.per_s)
+        if len(self._peers) >= self.max_peers and peer not in self._peers:
+            self._peers.clear()  # bounded memory; forgetting budgets only forgives
+        self._peers[peer] = (max(tokens - 1, 0.0), now)
+        return tokens >= 1
+
+
+def _unpredictable_routing_ids() -> None:
+    """Seed libc's rand(), from which libzmq draws a ROUTER's first automatic routing id.
+
+    Unseeded, every run starts at 0x6b8b4567; a peer that claims the next ids (ZMQ_ROUTING_ID)
+    makes the following automatic id collide, and libzmq aborts the process
+    (socket_base.cpp:2113). A random start makes the colliding id a 1 in 2**31 guess.
+    """
+    try:
+        ctypes.CDLL(None).srand(secrets.randbits(32))
+    except (OSError, AttributeError):  # no C library to seed (not on Linux/macOS)
+        log.warning("could not seed libzmq's routing ids; keep the rigs' port on loopback or CURVE")
+
+
+def _batch_id(header: dict) -> str | None:
+    """The header's batch_id for an ERROR reply, if it is a valid id (types without one may carry junk)."""
+    value = header.get("batch_id")
+    return value if is_id(value) else None
+
+
+class _Peer:
+    """Who sent a message, from ZeroMQ's frame metadata: address, and rig name under CURVE."""
+
+    def __init__(self, frame: zmq.Frame, curve: bool):
+        self.address = _frame_property(frame, "Peer-Address") or "unknown address"
+        self.rig = _frame_property(frame, "User-Id") if curve else None
+
+
+def _frame_property(frame: zmq.Frame, name: str) -> str | None:
+    try:
+        return frame.get(name)
+    except zmq.ZMQError:  # not set for this transport (inproc, ipc)
+        return None
+
+
 class Transport:
     """ROUTER socket bound to ``endpoint`` that serves rigs until `close`.
 
     Binds at construction (``tcp://127.0.0.1:*`` picks a free port; see `endpoint`).
+
+    ``server_key`` (public, secret; Z85) turns CURVE on: then only the public keys in
+    ``rig_keys`` (Z85 key -> rig name) connect, each as its own rig name, and the transport uses a
+    private ZeroMQ context for its ZAP handler (``context`` is ignored).
     """
 
     def __init__(self, endpoint: str, handler: Handler, *, heartbeat_s: float = 2.0,
                  liveness: int = 5, max_message_bytes: int = MAX_MESSAGE_BYTES,
-                 context: zmq.Context | None = None):
+                 context: zmq.Context | None = None,
+                 server_key: tuple[bytes, bytes] | None = None,
+                 rig_keys: Mapping[bytes, str] | None = None):
         if heartbeat_s <= 0 or liveness < 1 or max_message_bytes < 1024:
             raise ValueError("need heartbeat_s > 0, liveness >= 1 and max_message_bytes >= 1024")
         self.handler = handler
         self.heartbeat_s = heartbeat_s
         self.liveness = liveness
         self.max_message_bytes = max_message_bytes
-        ctx = zmq.asyncio.Context.shadow(context or zmq.Context.instance())
-        self._socket = ctx.socket(zmq.ROUTER)
+        self.curve = server_key is not None
+        self._rig_keys = dict(rig_keys or {})
+        self._log_budget = _PeerBudget(burst=20, per_s=1)  # log lines a peer may cause
+        self._hello_budget = _PeerBudget(burst=100, per_s=5)  # handler calls (events rows) per peer
+        self._suppressed = 0
+        _unpredictable_routing_ids()
+        if self.curve:
+            self._ctx = zmq.asyncio.Context()
+            self._zap = self._ctx.socket(zmq.REP)
+            self._zap.setsockopt(zmq.LINGER, 0)
+            self._zap.bind("inproc://zeromq.zap.01")
+        else:
+            self._ctx = zmq.asyncio.Context.shadow(context or zmq.Context.instance())
+            self._zap = None
+        self._socket = self._ctx.socket(zmq.ROUTER)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         # Hard cap per frame: ZeroMQ drops the connection of a peer that sends a larger frame.
         self._socket.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        if server_key is not None:
+            self._socket.setsockopt(zmq.CURVE_SERVER, 1)
+            self._socket.setsockopt(zmq.CURVE_SECRETKEY, server_key[1])
+            self._socket.setsockopt(zmq.ZAP_DOMAIN, b"actmax")
+            self._socket.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)  # no ZAP answer: no connection
         try:
             self._socket.bind(endpoint)
         except zmq.ZMQError as exc:
-            self._socket.close(linger=0)
+            self._close_sockets()
             raise ServerError(f"cannot bind the rig transport to {endpoint}: {exc}; choose a free "
                               "port or stop the process that holds it") from None
         self.endpoint: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -95,6 +176,8 @@ class Transport:
         self._running = True
         loops = [asyncio.create_task(self._receive_loop()),
                  asyncio.create_task(self._heartbeat_loop())]
+        if self._zap is not None:
+            loops.append(asyncio.create_task(self._zap_loop()))
         closing = asyncio.create_task(self._closing.wait())
         try:
             done, _ = await asyncio.wait([closing, *loops], return_when=asyncio.FIRST_COMPLETED)
@@ -102,7 +185,7 @@ class Transport:
             for task in (closing, *loops):
                 task.cancel()
             await asyncio.gather(closing, *loops, return_exceptions=True)
-            self._socket.close(linger=0)
+            self._close_sockets()
             self._stopped.set()
         for task in loops:
             if task in done and task.exception() is not None:
@@ -140,17 +223,52 @@ class Transport:
         if self._running:
             await self._stopped.wait()
         else:
-            self._socket.close(linger=0)
+            self._close_sockets()
 
     # --- internals -----------------------------------------------------------------------------
+
+    def _close_sockets(self) -> None:
+        self._socket.close(linger=0)
+        if self._zap is not None:
+            self._zap.close(linger=0)
+            self._ctx.term()
+
+    async def _zap_loop(self) -> None:
+        """Answer ZeroMQ's authentication requests (RFC 27): allowed keys, named by their rig."""
+        while True:
+            version, request_id, _domain, address, _identity, mechanism, *credentials = \
+                await self._zap.recv_multipart()
+            name = None
+            if mechanism == b"CURVE" and credentials:
+                name = self._rig_keys.get(zmq.utils.z85.encode(credentials[0]))
+            if name is None:
+                self._log(address.decode(errors="replace"), logging.WARNING,
+                          "refused a %s handshake from %s: key not allowed (`actmax keys list`)",
+                          mechanism.decode(errors="replace"), address.decode(errors="replace"))
+                await self._zap.send_multipart([version, request_id, b"400", b"key not allowed",
+                                                b"", b""])
+            else:
+                await self._zap.send_multipart([version, request_id, b"200", b"OK",
+                                                name.encode(), b""])
+
+    def _log(self, peer: str, level: int, fmt: str, *args: Any) -> None:
+        """Log a line caused by ``peer``, unless that peer has used up its budget of lines."""
+        if not self._log_budget.allow(peer):
+            self._suppressed += 1
+            return
+        if self._suppressed:
+            fmt += " (%d lines from noisy peers suppressed)"
+            args = (*args, self._suppressed)
+            self._suppressed = 0
+        log.log(level, fmt, *args)
 
     async def _send_frames(self, identity: bytes, frames: list[bytes]) -> bool:
         try:
             await self._socket.send_multipart([identity, *frames], flags=zmq.DONTWAIT, copy=False)
             return True
         except zmq.ZMQError as exc:  # EHOSTUNREACH (peer gone) or EAGAIN (peer not reading)
-            log.warning("could not send %s to identity %s: %s", frames[1].decode(), identity.hex(),
-                        exc)
+            self._log("failed sends", logging.WARNING, "could not send %s to identity %s: %s",
+                      frames[1].decode(), identity.hex(), exc)  # one budget: peers that vanish
             return False
 
     async def _reply(self, identity: bytes, msg: Message) -> None:
@@ -179,33 +297,34 @@ class Transport:
 
     async def _receive_loop(self) -> None:
         while True:
-            frames = await self._socket.recv_multipart()
+            received = await self._socket.recv_multipart(copy=False)
+            identity, peer = received[0].bytes, _Peer(received[-1], self.curve)
             try:
-                await self._dispatch(frames[0], frames[1:])
+                await self._dispatch(identity, [f.bytes for f in received[1:]], peer)
             except Exception:  # a bug here must not stop the server; the rig will retry
-                log.exception("transport failed on a message from identity %s", frames[0].hex())
+                log.exception("transport failed on a message from identity %s", identity.hex())
 
-    async def _dispatch(self, identity: bytes, frames: list[bytes]) -> None:
+    async def _dispatch(self, identity: bytes, frames: list[bytes], peer: _Peer) -> None:
         name = self._names.get(identity)
-        who = name or f"unregistered identity {identity.hex()}"
+        who = name or f"unregistered identity {identity.hex()} at {peer.address}"
         try:
             msg = decode(frames, max_message_bytes=self.max_message_bytes)
         except ProtocolError as exc:
-            log.warning("bad message from %s: %s", who, exc)
+            self._log(peer.address, logging.WARNING, "bad message from %s: %s", who, exc)
             if name is not None:
                 self._refresh(name)
             await self._reply_error(identity, exc)
             return
         if msg.type == MessageType.HELLO:
-            await self._hello(identity, msg.header)
+            await self._hello(identity, msg.header, peer)
             return
         if name is None:
             if msg.type != MessageType.ERROR:
-                log.info("%s from %s before HELLO", msg.type, who)
+                self._log(peer.address, logging.INFO, "%s from %s before HELLO", msg.type, who)
                 await self._reply(identity, error(
                     ErrorCode.NOT_REGISTERED, "send HELLO first (the server restarted or timed "
                     "this connection out)", in_reply_to=msg.type,
-                    batch_id=msg.header.get("batch_id")))
+                    batch_id=_batch_id(msg.header)))
             return
         self._refresh(name)
         if msg.type == MessageType.HEARTBEAT:
@@ -218,7 +337,8 @@ class Transport:
             await self._results(identity, name, msg.header)
             return
         await self._reply(identity, error(ErrorCode.UNEXPECTED_TYPE, f"{msg.type} is sent by the "
-                                          "server, never to it", in_reply_to=msg.type))
+                                          "server, never to it", in_reply_to=msg.type,
+                                          batch_id=_batch_id(msg.header)))
 
     async def _results(self, identity: bytes, name: str, header: dict) -> None:
         channels = self._rigs[name].channels
@@ -235,11 +355,23 @@ class Transport:
             await self._reply_built(identity, Message(MessageType.ACK, ack), MessageType.RESULTS,
                                     header["batch_id"])
 
-    async def _hello(self, identity: bytes, header: dict) -> None:
+    async def _hello(self, identity: bytes, header: dict, peer: _Peer) -> None:
         name = header["rig"]
         previous = self._names.get(identity)
-        welcome = await self._call(identity, name, MessageType.HELLO, None,
-                                   self.handler.on_hello, header)
+        refusal = None
+        if self.curve and peer.rig != name:
+            refusal = (f"this connection's CURVE key belongs to rig {peer.rig!r}, not {name!r}; "
+                       "use the key pair `actmax keys rig NAME` made for this rig")
+        elif not self._hello_budget.allow(peer.address):
+            refusal = "too many HELLOs from this address; wait a few seconds before the next"
+        if refusal is not None:
+            self._log(peer.address, logging.WARNING, "HELLO as %r refused: %s", name, refusal)
+            await self._reply(identity, error(ErrorCode.REFUSED, refusal,
+                                              in_reply_to=MessageType.HELLO))
+            welcome = None
+        else:
+            welcome = await self._call(identity, name, MessageType.HELLO, None,
+                                       self.handler.on_hello, header)
         if welcome is None:  # refused; a binding this identity had is gone too
             if previous is not None:
                 await self._unbind(previous)

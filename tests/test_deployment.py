@@ -32,6 +32,27 @@ def test_dockerfile_copies_every_package_and_installs_the_console_script():
     assert 'CMD ["actmax", "serve"]' in text
 
 
+def test_image_runs_as_a_non_root_user():
+    users = re.findall(r"^USER (\S+)$", (ROOT / "Dockerfile").read_text(), re.M)
+    assert users and users[-1] not in ("root", "0")
+
+
+def test_compose_rigs_use_curve_keys_that_the_keys_service_makes():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    keys, server, rig = services["keys"], services["server"], services["rig-sim"]
+    assert "build" in keys and server["depends_on"]["keys"]["condition"] == "service_completed_successfully"
+    for name in ("server", "rig-sim"):  # the image is built here, never pulled from a registry
+        assert services[name]["image"] == keys["image"] and services[name].get("pull_policy") == "never"
+    made = keys["command"][-1]
+    assert "actmax keys init" in made and "actmax keys rig sim" in made
+    command = rig["command"]
+    assert command[command.index("--rig-key") + 1] == "/data/keys/issued/sim.key_secret"
+    assert command[command.index("--server-key") + 1] == "/data/keys/server.key"
+    assert command[command.index("--rig") + 1] == "sim"
+    assert any(v.endswith(":/data:ro") for v in rig["volumes"])
+
+
 def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text().splitlines()
     commands = [line.split("#")[0].strip() for line in readme[:5] if line.startswith("make ")]

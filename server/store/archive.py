@@ -75,6 +75,14 @@ class ImageArchive:
         except FileNotFoundError:
             return False
 
+    def remove_partial_writes(self) -> int:
+        """Delete the ``.tmp-*.png`` files a killed `save` left behind; how many. Call it at
+        startup, while no other process writes to this archive."""
+        partial = list((self.root / "images").glob("??/.tmp-*.png"))
+        for path in partial:
+            path.unlink(missing_ok=True)
+        return len(partial)
+
     def read(self, content_hash: str) -> bytes:
         """The stored PNG bytes; ``FileNotFoundError`` if this hash was never saved."""
         return self.path(content_hash).read_bytes()

@@ -1,4 +1,10 @@
-"""Database connections (SQLite in WAL mode) and programmatic Alembic migrations."""
+"""Database connections (SQLite in WAL mode) and programmatic Alembic migrations.
+
+Migrations are atomic: on SQLite they run in one ``BEGIN IMMEDIATE`` transaction (Python's sqlite3
+would otherwise commit each CREATE TABLE on its own), so a kill leaves the previous schema or the
+new one. A database left half-made by an older, non-atomic first start (tables but no recorded
+version) is rebuilt when its tables are empty and refused with a clear message otherwise.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,11 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+from server import ServerError
 
 BUSY_TIMEOUT_MS = 10_000
 # More connections than the threads that may hold one at once: anyio's 40 workers that run sync
@@ -55,8 +63,45 @@ def alembic_config(database_url: str) -> Config:
 
 
 def upgrade(db_engine: Engine, revision: str = "head") -> None:
-    """Create or migrate the database to ``revision``; a no-op on an up-to-date database."""
-    with db_engine.begin() as connection:
-        config = alembic_config(db_engine.url.render_as_string(hide_password=False))
-        config.attributes["connection"] = connection
-        command.upgrade(config, revision)
+    """Create or migrate ``db_engine``'s database to ``revision`` in one transaction; a no-op when up to date.
+
+    The migration runs on a connection of its own (SQLite: ``BEGIN IMMEDIATE`` with the driver's
+    implicit commits off, so a kill leaves either the old schema or the whole new one).
+    """
+    database_url = db_engine.url.render_as_string(hide_password=False)
+    engine = make_db_engine(database_url)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _driver_autocommit)
+        event.listen(engine, "begin", lambda connection: connection.exec_driver_sql("BEGIN IMMEDIATE"))
+    try:
+        with engine.begin() as connection:
+            _clear_half_made(connection, database_url)
+            config = alembic_config(database_url)
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+    finally:
+        engine.dispose()
+
+
+def _driver_autocommit(dbapi_connection, _connection_record) -> None:
+    dbapi_connection.isolation_level = None  # SQLAlchemy's "begin" listener issues BEGIN itself
+
+
+def _clear_half_made(connection, database_url: str) -> None:
+    """Drop the tables of a half-made database (no version recorded) if they hold no rows."""
+    from server.store.models import Base
+
+    tables = set(inspect(connection).get_table_names())
+    if "alembic_version" in tables and connection.scalar(text("SELECT count(*) FROM alembic_version")):
+        return
+    ours = [t for t in reversed(Base.metadata.sorted_tables) if t.name in tables]
+    if not ours:
+        return
+    filled = [t.name for t in ours if connection.scalar(text(f'SELECT count(*) FROM "{t.name}"'))]
+    if filled:
+        raise ServerError(
+            f"the database {make_url(database_url).render_as_string()} has actmax tables with rows "
+            f"({', '.join(filled)}) but no recorded schema version, so it cannot be migrated safely; "
+            "move it aside and start again, or restore it from a backup")
+    for table in ours:
+        table.drop(connection)

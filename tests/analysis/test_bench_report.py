@@ -25,7 +25,7 @@ def synthetic() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     rows, truth = [], []
     for unit, noise, rep in itertools.product(UNIT_MAX, NOISES, range(REPS)):
         ga = rng.uniform(0.2, 0.45)
-        norms = {"ga": ga, "cma": 2 * ga, "sphere-cma": 1.0 if (noise, rep) == (0.0, 0) else rng.uniform(0.3, 0.95)}
+        norms = {"ga": ga, "cma-sigma1": 2 * ga, "sphere-cma-r10": 1.0 if (noise, rep) == (0.0, 0) else rng.uniform(0.3, 0.95)}
         for optimizer, norm in norms.items():
             run_id = f"{optimizer}-{unit}-{noise}-{rep}"
             rows.append({"run_id": run_id, "optimizer": optimizer, "unit": unit, "layer": unit.split(":")[0],
@@ -54,7 +54,7 @@ def test_normalisation_recovers_the_constructed_scores() -> None:
     assert np.allclose(norm.loc[truth["run_id"], "norm"], truth["norm"])
     assert np.allclose(norm["norm_500"], norm["norm"] / 2)
     table = br.pooled(norm.reset_index())
-    for optimizer in ["ga", "cma", "sphere-cma"]:
+    for optimizer in ["ga", "cma-sigma1", "sphere-cma-r10"]:
         mine = truth[truth["optimizer"] == optimizer]
         assert table.loc[br.ALL, optimizer] == pytest.approx(mine["norm"].mean())
         assert table.loc[0.5, optimizer] == pytest.approx(mine.loc[mine["noise"] == 0.5, "norm"].mean())
@@ -64,28 +64,28 @@ def test_normalisation_recovers_the_constructed_scores() -> None:
 def test_ratio_and_t_test_match_an_independent_computation(scope: object) -> None:
     results, _, truth = synthetic()
     norm = br.normalise(results)
-    cmp = br.compare(norm, "cma", "ga", scope)
+    cmp = br.compare(norm, "cma-sigma1", "ga", scope)
     assert cmp.ratio == pytest.approx(2.0)
     assert cmp.a_wins == 1.0
     sel = truth if scope == br.ALL else truth[truth["noise"] == scope]
-    cma, ga = (sel.loc[sel["optimizer"] == o, "norm"].to_numpy() for o in ("cma", "ga"))
+    cma, ga = (sel.loc[sel["optimizer"] == o, "norm"].to_numpy() for o in ("cma-sigma1", "ga"))
     t, df = student_t(cma, ga)
     assert cmp.t == pytest.approx(t) and cmp.df == df == 2 * len(cma) - 2
     assert cmp.p == pytest.approx(2 * stats.t.sf(abs(t), df))
 
-    sphere = sel.loc[sel["optimizer"] == "sphere-cma", "norm"].to_numpy()
-    other = br.compare(norm, "sphere-cma", "cma", scope)
+    sphere = sel.loc[sel["optimizer"] == "sphere-cma-r10", "norm"].to_numpy()
+    other = br.compare(norm, "sphere-cma-r10", "cma-sigma1", scope)
     assert other.ratio == pytest.approx(sphere.mean() / cma.mean())
     assert other.t == pytest.approx(student_t(sphere, cma)[0])
-    merged = sel[sel["optimizer"] == "sphere-cma"].merge(sel[sel["optimizer"] == "cma"], on=["unit", "noise", "rep"])
+    merged = sel[sel["optimizer"] == "sphere-cma-r10"].merge(sel[sel["optimizer"] == "cma-sigma1"], on=["unit", "noise", "rep"])
     assert other.a_wins == pytest.approx((merged["norm_x"] > merged["norm_y"]).mean())
 
 
 def test_per_layer_comparison_and_best_cell() -> None:
     norm = br.normalise(synthetic()[0])
-    assert br.compare(norm, "cma", "ga", "L2", column="layer").ratio == pytest.approx(2.0)
+    assert br.compare(norm, "cma-sigma1", "ga", "L2", column="layer").ratio == pytest.approx(2.0)
     best = br.best_per_cell(norm)
-    assert len(best) == 4 and set(best["best"]) <= {"cma", "sphere-cma"}
+    assert len(best) == 4 and set(best["best"]) <= {"cma-sigma1", "sphere-cma-r10"}
 
 
 def test_render_writes_tables_with_published_columns_and_curves(tmp_path: Path) -> None:
@@ -99,7 +99,7 @@ def test_render_writes_tables_with_published_columns_and_curves(tmp_path: Path) 
     text = path.read_text()
     assert (tmp_path / "score_vs_generation.png").stat().st_size > 1000
     assert "| all | 2.000 | 1.667 |" in text  # cma / ga ratio next to the published 1.667
-    assert "## sphere-cma vs cma" in text and "5.7e-05" in text
+    assert "## sphere-cma-r10 vs cma-sigma1" in text and "5.7e-05" in text
     pooled_row = next(line for line in text.splitlines() if line.startswith("| ε=0.5 |"))
     assert "0.290" in pooled_row and "0.424" in pooled_row  # published GA and Chol-CMA at ε = 0.5
 
@@ -107,8 +107,8 @@ def test_render_writes_tables_with_published_columns_and_curves(tmp_path: Path) 
 def test_partial_results_report_what_exists(tmp_path: Path) -> None:
     results, traces, _ = synthetic()
     partial = results[(results["rep"] == 0) & (results["unit"] == "L1:0")
-                      & ~((results["optimizer"] == "cma") & (results["noise"] == 0.5))]
-    cmp = br.compare(br.normalise(partial), "cma", "ga", 0.0)
+                      & ~((results["optimizer"] == "cma-sigma1") & (results["noise"] == 0.5))]
+    cmp = br.compare(br.normalise(partial), "cma-sigma1", "ga", 0.0)
     assert cmp.ratio == pytest.approx(2.0) and math.isnan(cmp.t) and math.isnan(cmp.p)
     text = br.render(partial, traces[traces["run_id"].isin(partial["run_id"])], tmp_path).read_text()
     assert "| ε=0 | 2.000 | 1.960 | — |" in text and "| ε=0.5 | — | 1.460 |" in text
@@ -129,7 +129,7 @@ def test_sensitivity_settings_are_compared_with_their_reference(tmp_path: Path) 
     results, traces, _ = synthetic()
     results["optimizer"] = results["optimizer"].replace({"ga": "cma-sigma2"})  # cma = 2 x this by construction
     text = br.render(results, traces, tmp_path).read_text()
-    section = text.split("## cma-sigma2 vs cma")[1].split("##")[0]
+    section = text.split("## cma-sigma2 vs cma-sigma1")[1].split("##")[0]
     assert "| all | 0.500 | — |" in section and "| ε=0.5 | 0.500 |" in section
-    assert "## cma vs ga" not in text
+    assert "## cma-sigma1 vs ga" not in text
     assert f"Σ run wall time {len(results) / 3600:.2f} h" in text

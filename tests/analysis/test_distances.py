@@ -64,8 +64,9 @@ def test_registry_and_errors():
 
 
 def test_efficientnet_perceptual_distance():
-    pytest.importorskip("rig_client.cnn")
-    dist = distances.get_distance("perceptual")
+    cnn = pytest.importorskip("rig_client.cnn")
+    network = cnn.load_efficientnet_lite0()
+    dist = distances.get_distance("perceptual", network, cnn.normalize)
     x = images(2, size=64).float()
     y = images(2, seed=5, size=64).float()
     d = dist(x, y)
@@ -74,4 +75,6 @@ def test_efficientnet_perceptual_distance():
     near = dist(x, (x + 0.01 * (y - x)))
     assert torch.all(near < d / 100)  # quadratic: 1% of the way gives ~1e-4 of the distance
     with pytest.raises(AnalysisError, match="unknown EfficientNet-Lite0 layers"):
-        distances.efficientnet_distance(layers=["blocks.99"])
+        distances.efficientnet_distance(network, cnn.normalize, layers=["blocks.99"])
+    with pytest.raises(AnalysisError, match="needs the feature network"):
+        distances.get_distance("perceptual")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 import optimizers
+from optimizers import presets
 
 DIM = 12
 
@@ -17,8 +18,10 @@ def synthetic_eigenbasis(dim: int, k: int, seed: int = 0) -> tuple[np.ndarray, n
 def small_case(name: str, dim: int = DIM) -> dict:
     """Hyperparameters that make ``name`` fit a ``dim``-dimensional toy problem.
 
-    Optimizers not listed run with their defaults, so registering one is enough to test it.
+    Optimizers not listed run with their defaults, so registering one is enough to test it; a configured
+    optimizer (``optimizers.presets``) gets the case of the optimizer it configures.
     """
+    name = presets.base_of(name)
     if name == "hess-cma":
         basis, eigvals = synthetic_eigenbasis(dim, dim // 2)
         return {"basis": basis, "eigvals": eigvals, "sigma0": 0.5, "population": 10}

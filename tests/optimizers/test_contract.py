@@ -27,7 +27,7 @@ def test_ask_is_idempotent_until_tell(name):
     first = opt.ask()
     assert first.dtype == np.float64 and first.ndim == 2 and first.shape[1] == DIM
     assert np.array_equal(first, opt.ask())
-    first[:] = 0  # the returned array is a copy
+    first += 1.0  # the returned array is a copy
     assert not np.array_equal(first, opt.ask())
     opt.tell(opt.ask(), sphere_scores(opt.ask(), target_on_sphere()))
     assert opt.generation == 1
@@ -136,3 +136,23 @@ def test_state_rejects_another_optimizer(name):
     other = "ga" if name != "ga" else "cma"
     with pytest.raises(OptimizerError, match="state is for optimizer"):
         make(name).load_state_dict(make(other).state_dict())
+
+
+def test_configured_optimizers_keep_their_values_unless_overridden():
+    from optimizers import presets
+
+    opt = optimizers.create("cma-sigma0.5", DIM, seed=0)
+    assert presets.base_of("cma-sigma0.5") == "cma" and presets.base_of("cma") == "cma"
+    assert (opt.name, opt.hyperparameters["sigma0"], opt.hyperparameters["first_generation"]) == (
+        "cma-sigma0.5", 0.5, "init")
+    assert optimizers.create("cma-sigma0.5", DIM, sigma0=0.7).hyperparameters["sigma0"] == 0.7
+    assert optimizers.create("sphere-cma-inv", 100).hyperparameters["schedule"] == "inv"
+    with pytest.raises(OptimizerError, match="does not take"):
+        optimizers.create("pycma-diag", DIM, radius=1.0)
+    with pytest.raises(OptimizerError, match="does not take"):
+        presets.configure("cma-bad", "cma", "a typo", sigmo=1.0)
+    with pytest.raises(OptimizerError, match="registered twice"):
+        presets.configure("cma-sigma2", "cma", "again", sigma0=2.0)
+    state = opt.state_dict()
+    with pytest.raises(OptimizerError, match="not 'cma'"):
+        optimizers.create("cma", DIM).load_state_dict(state)

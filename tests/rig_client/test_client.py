@@ -25,6 +25,7 @@ class Lab:
         self.presentations: dict[str, dict] = {}
         self.outstanding = None  # callable(hello header) -> Message, sent on connect
         self.refuse = False
+        self.minor = None  # WELCOME's minor; None: left out, as a 1.0 server does
         self.known_batches = {"b1", "b2"}
         self.transport: Transport | None = None
 
@@ -32,7 +33,7 @@ class Lab:
         if self.refuse:
             raise ProtocolError("refused", "no session is waiting for this rig")
         self.hellos.append(header)
-        return {"server": "lab"}
+        return {"server": "lab"} if self.minor is None else {"server": "lab", "minor": self.minor}
 
     async def on_results(self, rig_name, header):
         if header["batch_id"] not in self.known_batches:
@@ -118,8 +119,18 @@ def wait_until(predicate, timeout=5.0):
 
 def test_hello_welcome(client, lab):
     assert client.wait_connected(5) and client.connected
-    assert lab.handler.hellos == [{"rig": "rig-a", "protocol": 1, "channels": 2,
+    assert lab.handler.hellos == [{"rig": "rig-a", "protocol": 1, "minor": 1, "channels": 2,
                                    "cached_references": []}]
+    assert client.minor == 0  # this server's WELCOME says no minor: a 1.0 server
+
+
+def test_labels_go_in_hello_and_the_welcomes_minor_is_kept(zmq_context, endpoint, lab):
+    with pytest.raises(ProtocolError, match="channel_labels"):
+        RigClient(endpoint, "rig-b", channels=2, labels=["only-one"], context=zmq_context)
+    lab.handler.minor = 1
+    with RigClient(endpoint, "rig-b", channels=2, labels=["e1-u1", "e2-u1"], context=zmq_context, **FAST) as rig:
+        assert rig.wait_connected(5) and rig.minor == 1
+    assert lab.handler.hellos[-1]["channel_labels"] == ["e1-u1", "e2-u1"]
 
 
 def test_heartbeats_keep_an_idle_connection(client, lab):
@@ -224,3 +235,23 @@ def test_closed_client_and_bad_arguments(zmq_context, endpoint):
         RigClient(endpoint, "rig a", channels=2, context=zmq_context)
     with pytest.raises(ProtocolError, match="channels"):
         RigClient(endpoint, "rig-a", channels=0, context=zmq_context)
+
+
+def test_not_registered_answer_keeps_the_results_for_the_resend(zmq_context, endpoint, monkeypatch):
+    """docs/protocol.md §8: ERROR not_registered names the batch_id but settles nothing.
+
+    Heartbeats every 5 s, so the RESULTS (not a HEARTBEAT) is what meets not_registered."""
+    monkeypatch.setitem(FAST, "heartbeat_s", 5.0)
+    lab = ServerThread(zmq_context, endpoint, Lab())
+    try:
+        with RigClient(endpoint, "rig-a", channels=2, context=zmq_context, **FAST) as client:
+            assert client.wait_connected(5)
+            lab.send(batch("b1", [("s1", "synthetic", encode_png(image(2)))]))
+            shown = presentations(client.next_batch(timeout=5))
+            lab.call(lab.handler.transport._unbind("rig-a"))  # the server forgets the rig (expiry)
+            upload = client.send_results("b1", shown)  # not_registered, then resent after HELLO
+            assert upload.result(10) == {"batch_id": "b1", "accepted": 1, "duplicates": 0}
+            assert [(e["code"], e["batch_id"]) for e in client.errors] == [("not_registered", "b1")]
+            assert len(lab.handler.hellos) == 2
+    finally:
+        lab.stop()

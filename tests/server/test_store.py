@@ -225,3 +225,14 @@ def test_every_table_the_design_names_exists(db_sessions: sessionmaker[DBSession
     with db_sessions() as session:
         tables = set(inspect(session.connection()).get_table_names())
     assert {"sessions", "threads", "generations", "stimuli", "presentations", "batches", "events"} <= tables
+
+
+def test_partial_image_writes_are_removed_and_images_kept(tmp_path) -> None:
+    archive = ImageArchive(tmp_path)
+    png = png_bytes(3)
+    saved = archive.save(png)
+    leftover = archive.path(saved.content_hash).parent / ".tmp-abc123.png"  # what a kill mid-save leaves
+    leftover.write_bytes(png[:10])
+    assert archive.remove_partial_writes() == 1
+    assert not leftover.exists() and archive.read(saved.content_hash) == png
+    assert archive.remove_partial_writes() == 0

@@ -88,10 +88,11 @@ class Harness:
         for d in self.dealers:
             d.close(linger=0)
 
-    def dealer(self) -> zmq.asyncio.Socket:
+    def dealer(self, *, connect: bool = True) -> zmq.asyncio.Socket:
         d = self.ctx.socket(zmq.DEALER)
         d.setsockopt(zmq.LINGER, 0)
-        d.connect(self.endpoint)
+        if connect:
+            d.connect(self.endpoint)
         self.dealers.append(d)
         return d
 
@@ -157,11 +158,19 @@ def test_send_batch_to_rig_and_to_unknown_rig(zmq_context, endpoint):
     (raw(b"HELLO", {"rig": "rig a", "protocol": 1, "channels": 2, "cached_references": []}),
      "bad_field"),
     (raw(b"GOODBYE", {}), "unknown_type"),
-    (raw(b"HEARTBEAT", {}) + [b"x" * 700, b"y" * 700], "too_large"),
+    (raw(b"HEARTBEAT", {}) + [b"x" * 5000, b"y" * 5000], "too_large"),
+    (raw(b"HELLO", b"[" * 3000 + b"]" * 3000), "bad_json"),  # deeper than Python's recursion limit
+    (raw(b"HELLO", b'{"rig":' + b"[" * 3000 + b"]" * 3000 + b"}"), "bad_json"),
+    (raw(b"RESULTS", {"batch_id": "", "presentations": [], "done": True}), "bad_field"),
+    (raw(b"RESULTS", {"batch_id": "b" * 129, "presentations": [], "done": True}), "bad_field"),
+    (raw(b"RESULTS", b'{"batch_id": "\\ud800", "presentations": [], "done": true}'), "bad_field"),
+    (raw(b"RESULTS", b'{"batch_id": "b", "done": true, "presentations": [{"presentation_id": '
+                     b'"3f2b8c1e-9d4a-4c2e-8f1a-2b3c4d5e6f70", "stimulus_id": "s", "onset": 1, '
+                     b'"rates": [1e999, 0], "window_ms": [0, 1]}]}'), "bad_json"),
 ])
 def test_malformed_messages_get_error_and_transport_survives(zmq_context, endpoint, frames, code):
     async def scenario():
-        async with Harness(zmq_context, endpoint, max_message_bytes=1024) as h:
+        async with Harness(zmq_context, endpoint, max_message_bytes=8192) as h:
             d = h.dealer()
             await d.send_multipart(frames)
             reply = await h.reply(d)
@@ -338,5 +347,17 @@ def test_bind_failure_is_a_clear_server_error(zmq_context, endpoint):
         async with Harness(zmq_context, endpoint):
             with pytest.raises(ServerError, match="free port"):
                 Transport(endpoint, Recorder(), context=zmq_context)
+
+    run(scenario())
+
+
+def test_reply_leaves_out_a_batch_id_that_is_not_an_id(zmq_context, endpoint):
+    """Found by the fuzz test: a HEARTBEAT may carry any extra field, "batch_id": "" included."""
+    async def scenario():
+        async with Harness(zmq_context, endpoint) as h:
+            d = h.dealer()
+            await d.send_multipart(raw(b"HEARTBEAT", {"batch_id": ""}))
+            reply = await h.reply(d)
+            assert reply.header["code"] == "not_registered" and "batch_id" not in reply.header
 
     run(scenario())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from server.api.deps import DB, get_or_404
+from server.api.deps import DB, Id, get_or_404
 from server.api.schemas import ErrorDetail, GenerationRead, GenerationSummary
 from server.store.models import Generation
 
@@ -12,7 +12,7 @@ router = APIRouter(prefix="/generations", tags=["generations"], responses={404: 
 
 
 @router.get("/{generation_id}", response_model=GenerationRead)
-def get_generation(generation_id: int, db: DB) -> GenerationRead:
+def get_generation(generation_id: Id, db: DB) -> GenerationRead:
     generation = get_or_404(db, Generation, generation_id)
     summary = GenerationSummary.model_validate(generation)
     return GenerationRead(**summary.model_dump(), stimulus_ids=[stimulus.id for stimulus in generation.stimuli])

@@ -5,9 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Query, Response, status
 
 from server import ServerError
-from server.api.deps import DB, get_or_404
+from server.api.deps import DB, MAX_ID, Id, get_or_404
 from server.api.schemas import ErrorDetail, ManifoldPlaneRead
-from server.manifold import analyze, manifold_data, summary
+from analysis.manifold import analyze, summary
+from server.manifold import manifold_data
 from server.store.models import Thread
 
 router = APIRouter(prefix="/threads", tags=["manifold"],
@@ -25,7 +26,7 @@ def _data(db, thread_id: int):
 
 
 @router.get("/{thread_id}/manifold", response_model=list[ManifoldPlaneRead])
-def get_manifold(thread_id: int, db: DB, reliability: bool = Query(False), n_boot: int = Query(50, ge=10, le=1000)
+def get_manifold(thread_id: Id, db: DB, reliability: bool = Query(False), n_boot: int = Query(50, ge=10, le=1000)
                  ) -> list[dict]:
     """Level-set signature, mesh persistence and isotropy of each plane; with ``reliability=true`` also
     split-half and bootstrap reliability (hundreds of spline fits: seconds to minutes)."""
@@ -34,7 +35,7 @@ def get_manifold(thread_id: int, db: DB, reliability: bool = Query(False), n_boo
 
 @router.get("/{thread_id}/manifold.png", response_class=Response,
             responses={200: {"content": {"image/png": {}}, "description": "Smoothed map with its level sets."}})
-def get_manifold_png(thread_id: int, db: DB, plane: int = Query(0, ge=0)) -> Response:
+def get_manifold_png(thread_id: Id, db: DB, plane: int = Query(0, ge=0, le=MAX_ID)) -> Response:
     from analysis.plots import plot_map
 
     data = _data(db, thread_id)

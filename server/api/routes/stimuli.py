@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, status
 from fastapi.responses import FileResponse
 
-from server.api.deps import DB, Archive, get_or_404
+from server.api.deps import DB, Archive, StimulusId, get_or_404
 from server.api.schemas import ErrorDetail, StimulusRead
 from server.store.models import Stimulus
 
@@ -13,7 +13,7 @@ router = APIRouter(prefix="/stimuli", tags=["stimuli"], responses={404: {"model"
 
 
 @router.get("/{stimulus_id}", response_model=StimulusRead)
-def get_stimulus(stimulus_id: str, db: DB) -> Stimulus:
+def get_stimulus(stimulus_id: StimulusId, db: DB) -> Stimulus:
     return get_or_404(db, Stimulus, stimulus_id)
 
 
@@ -23,7 +23,7 @@ def get_stimulus(stimulus_id: str, db: DB) -> Stimulus:
     response_class=FileResponse,
     responses={200: {"content": {"image/png": {}}, "description": "The PNG exactly as sent to the rig."}},
 )
-def get_stimulus_png(stimulus_id: str, db: DB, archive: Archive) -> FileResponse:
+def get_stimulus_png(stimulus_id: StimulusId, db: DB, archive: Archive) -> FileResponse:
     stimulus = get_or_404(db, Stimulus, stimulus_id)
     path = archive.path(stimulus.content_hash)
     if not path.is_file():

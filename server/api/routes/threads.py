@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, status
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session as DBSession
 
-from server.api.deps import DB, Limit, Offset, Wake, get_or_404, paginate
+from server.api.deps import DB, Id, Limit, Offset, Wake, get_or_404, paginate
 from server.api.schemas import ErrorDetail, GenerationSummary, Page, PresentationRead, ThreadRead
 from server.store.models import Batch, Generation, Presentation, Thread, ThreadStatus
 from server.store.records import log_event
@@ -49,36 +49,36 @@ def _transition(db: DBSession, wake: Callable[[], None], thread_id: int, action:
 
 
 @router.get("/{thread_id}", response_model=ThreadRead)
-def get_thread(thread_id: int, db: DB) -> Thread:
+def get_thread(thread_id: Id, db: DB) -> Thread:
     return get_or_404(db, Thread, thread_id)
 
 
 @router.post("/{thread_id}/pause", response_model=ThreadRead, responses=CONFLICT)
-def pause_thread(thread_id: int, db: DB, wake: Wake) -> Thread:
+def pause_thread(thread_id: Id, db: DB, wake: Wake) -> Thread:
     """running -> paused: the current generation finishes, no new one is asked."""
     return _transition(db, wake, thread_id, "pause")
 
 
 @router.post("/{thread_id}/resume", response_model=ThreadRead, responses=CONFLICT)
-def resume_thread(thread_id: int, db: DB, wake: Wake) -> Thread:
+def resume_thread(thread_id: Id, db: DB, wake: Wake) -> Thread:
     """paused -> running."""
     return _transition(db, wake, thread_id, "resume")
 
 
 @router.post("/{thread_id}/stop", response_model=ThreadRead, responses=CONFLICT)
-def stop_thread(thread_id: int, db: DB, wake: Wake) -> Thread:
+def stop_thread(thread_id: Id, db: DB, wake: Wake) -> Thread:
     """running or paused -> stopped (final)."""
     return _transition(db, wake, thread_id, "stop")
 
 
 @router.get("/{thread_id}/generations", response_model=list[GenerationSummary])
-def list_thread_generations(thread_id: int, db: DB) -> list[Generation]:
+def list_thread_generations(thread_id: Id, db: DB) -> list[Generation]:
     return get_or_404(db, Thread, thread_id).generations
 
 
 @router.get("/{thread_id}/presentations", response_model=Page[PresentationRead])
 def list_thread_presentations(
-    thread_id: int,
+    thread_id: Id,
     db: DB,
     offset: Offset = 0,
     limit: Limit = 100,

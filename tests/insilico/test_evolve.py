@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import optimizers
-from server.insilico import EvolutionResult, InsilicoError, evolve, preset
+from insilico import InsilicoError
+from insilico.evolve import EvolutionResult, evolve
 
 DIM = 8
 
@@ -33,9 +34,8 @@ class Quadratic:
         return (50.0 - ((images - self.target) ** 2).sum(dim=1, keepdim=True)).numpy()
 
 
-@optimizers.register
 class Spy(optimizers.Optimizer):
-    """Random search that remembers every score it is told."""
+    """Random search that remembers every score it is told (registered only while a test uses it)."""
 
     name = "test-insilico-spy"
 
@@ -60,14 +60,13 @@ class Spy(optimizers.Optimizer):
 SPIED: list[np.ndarray] = []
 
 
-def run(label: str, population: int = 6, **kwargs: Any) -> EvolutionResult:
-    name, params = preset(label, population)
-    return evolve(name, IdentityGenerator(), Quadratic(), optimizer_params=params, **kwargs)
+def run(name: str, population: int = 6, **kwargs: Any) -> EvolutionResult:
+    return evolve(name, IdentityGenerator(), Quadratic(), population=population, **kwargs)
 
 
 @pytest.mark.parametrize("label, expected", [
-    ("cma", 1 + 9 * 6),          # CMA's published single first image G(init_code)
-    ("sphere-cma", 6 + 9 * 7),   # SphereCMA re-scores its centre: population + 1 after generation 0
+    ("cma-sigma1", 1 + 9 * 6),      # CMA's published single first image G(init_code)
+    ("sphere-cma-r10", 6 + 9 * 7),  # SphereCMA re-scores its centre: population + 1 after generation 0
     ("ga", 10 * 6),
     ("pycma-diag", 10 * 6),
 ])
@@ -86,14 +85,21 @@ def test_counts_every_asked_image_as_published(label: str, expected: int) -> Non
 
 
 def test_cma_improves_and_reports_its_covariance() -> None:
-    result = run("cma", n_generations=40, population=10, seed=0)
+    result = run("cma-sigma1", n_generations=40, population=10, seed=0)
     assert result.best_clean > result.clean_max[1] and result.best_clean > 49.0
     cond, deviation = result.covariance_stats()
     assert cond >= 1.0 and 0.0 <= deviation < 1.0
     assert np.isnan(run("ga", n_generations=2, population=4, seed=0).covariance_stats()[0])
 
 
-def test_optimizer_sees_only_the_noisy_scores() -> None:
+@pytest.fixture
+def spy(monkeypatch) -> type[Spy]:
+    """``Spy`` in the registry for this test only, so the registry-wide contract tests never see it."""
+    monkeypatch.setitem(optimizers.base._REGISTRY, Spy.name, Spy)
+    return Spy
+
+
+def test_optimizer_sees_only_the_noisy_scores(spy) -> None:
     SPIED.clear()
 
     def shifted(clean: np.ndarray, eps: float, rng: np.random.Generator) -> np.ndarray:
@@ -108,20 +114,21 @@ def test_optimizer_sees_only_the_noisy_scores() -> None:
 
 def test_gain_noise_is_reproducible_and_changes_the_search() -> None:
     pytest.importorskip("rig_client.noise")
-    a = run("cma", n_generations=6, population=6, seed=7, noise_eps=0.5)
-    b = run("cma", n_generations=6, population=6, seed=7, noise_eps=0.5)
-    clean = run("cma", n_generations=6, population=6, seed=7)
+    a = run("cma-sigma1", n_generations=6, population=6, seed=7, noise_eps=0.5)
+    b = run("cma-sigma1", n_generations=6, population=6, seed=7, noise_eps=0.5)
+    clean = run("cma-sigma1", n_generations=6, population=6, seed=7)
     assert np.array_equal(a.cum_clean_max, b.cum_clean_max) and np.array_equal(a.final_codes, b.final_codes)
     assert not np.array_equal(a.final_codes, clean.final_codes)
     assert np.array_equal(clean.noisy_max, clean.clean_max)
 
 
-def test_presets_keep_the_published_proportions() -> None:
-    assert preset("ga") == ("ga", {"population": 40, "n_conserve": 10})
-    assert preset("sphere-cma", 8)[1] == {"population": 8, "n_parents": 4, "radius": 10.0}
-    assert preset("pycma-diag")[1]["diagonal"] is True
-    with pytest.raises(InsilicoError, match="unknown optimizer"):
-        preset("nelder-mead")
+def test_benchmark_optimizers_keep_the_published_proportions() -> None:
+    assert optimizers.create("ga", 100).hyperparameters["n_conserve"] == 10  # 10 elites of 40
+    sphere = optimizers.create("sphere-cma-r10", 100, population=8).hyperparameters
+    assert (sphere["n_parents"], sphere["radius"]) == (4, 10.0)
+    assert optimizers.create("pycma-diag", 100).hyperparameters["diagonal"] is True
+    with pytest.raises(optimizers.OptimizerError, match="unknown optimizer"):
+        run("nelder-mead")
 
 
 def test_rejects_bad_arguments() -> None:

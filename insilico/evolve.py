@@ -20,48 +20,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from server import ServerError
+from insilico import InsilicoError
 
 if TYPE_CHECKING:
     import torch
 
 
-class InsilicoError(ServerError, ValueError):
-    """Bad arguments to an in-silico evolution (scorer shape, noise level, budget)."""
-
-
 #: The published protocol: 75 generations x 40 images (spec/optimizers.md §2).
 N_GENERATIONS = 75
 POPULATION = 40
-#: Benchmark optimizers for the 100-d DCGAN (spec/optimizers.md §4): label -> (registry name,
-#: hyperparameters). CMA's sigma0 = 1 keeps the published angular step (sigma0 * sqrt(d) / R ~ 0.64-1);
-#: the sigma0 = 0.5 and 2 variants are the sensitivity check §4 asks for. SphereCMA runs on the prior's
-#: shell R = sqrt(100) = 10 with the published 50 -> 7.33 degree exponential schedule; GA keeps the
-#: published Ponce-lab constants, which transfer unchanged to d = 100.
-OPTIMIZER_PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
-    "ga": ("ga", {}),
-    "cma": ("cma", {"sigma0": 1.0, "first_generation": "init"}),
-    "cma-sigma0.5": ("cma", {"sigma0": 0.5, "first_generation": "init"}),
-    "cma-sigma2": ("cma", {"sigma0": 2.0, "first_generation": "init"}),
-    "pycma": ("pycma", {"sigma0": 1.0}),
-    "pycma-diag": ("pycma", {"sigma0": 1.0, "diagonal": True}),
-    "sphere-cma": ("sphere-cma", {"radius": 10.0}),
-    "sphere-cma-inv": ("sphere-cma", {"radius": 10.0, "schedule": "inv"}),
-}
-#: Published counts that are a fixed share of the population of 40 (GA's 10 elites, SphereCMA's 20 parents).
-_POPULATION_SHARES = {"ga": {"n_conserve": 0.25}, "sphere-cma": {"n_parents": 0.5}}
-
-
-def preset(label: str, population: int = POPULATION) -> tuple[str, dict[str, Any]]:
-    """(registry name, hyperparameters) of a benchmark optimizer for `population` images per generation."""
-    try:
-        name, params = OPTIMIZER_PRESETS[label]
-    except KeyError:
-        raise InsilicoError(f"unknown optimizer {label!r}; choose from {', '.join(OPTIMIZER_PRESETS)}") from None
-    shares = {key: max(1, round(share * population)) for key, share in _POPULATION_SHARES.get(name, {}).items()}
-    return name, {"population": population, **shares, **params}
-
-
 class Scorer(Protocol):
     """A single simulated unit: images (n, 3, H, W) in [0, 1] -> clean responses (n,) or (n, 1)."""
 

@@ -1,4 +1,4 @@
-"""Benchmark results on disk: one Parquet file per run, written atomically, plus consolidated tables.
+"""In-silico results on disk (benchmark runs, study units): one Parquet file per task, written atomically, plus consolidated tables.
 
 Layout of a results directory:
 
@@ -23,7 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from server.bench.errors import BenchError
+from insilico import InsilicoError
 
 RUNS = "runs"
 TRACE_PREFIX = "trace_"
@@ -66,7 +66,7 @@ def load_runs(out_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(results, traces) from the per-run files: one row per run, one row per (run, generation)."""
     files = sorted(runs_dir(out_dir).glob("*.parquet")) if runs_dir(out_dir).is_dir() else []
     if not files:
-        raise BenchError(f"no run files under {runs_dir(out_dir)}; run `actmax bench` first")
+        raise InsilicoError(f"no run files under {runs_dir(out_dir)}; run `actmax bench` or `actmax analyze study` first")
     table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
     frame = table.to_pandas()
     trace_cols = [c for c in frame.columns if c.startswith(TRACE_PREFIX)]

@@ -15,8 +15,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from server.bench.errors import BenchError
-from server.insilico import OPTIMIZER_PRESETS, preset
+from insilico.bench.errors import BenchError
 
 
 @dataclass(frozen=True, order=True)
@@ -36,11 +35,10 @@ class UnitSpec:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One evolution of the grid; `optimizer` is a preset label of `server.insilico.OPTIMIZER_PRESETS`."""
+    """One evolution of the grid; `optimizer` is a registered optimizer name (configured ones included:
+    `optimizers.presets`), run with its own defaults and `population`."""
 
     optimizer: str
-    optimizer_name: str
-    optimizer_params: str  # canonical JSON of the hyperparameters
     unit: UnitSpec
     noise: float
     rep: int
@@ -55,14 +53,10 @@ class RunSpec:
         payload = json.dumps(asdict(self), sort_keys=True, default=str)
         return f"{self.optimizer}-{hashlib.sha256(payload.encode()).hexdigest()[:16]}"
 
-    def params(self) -> dict[str, Any]:
-        return json.loads(self.optimizer_params)
-
     def as_row(self) -> dict[str, Any]:
         """The run's identifying columns in the results table."""
         return {
-            "run_id": self.run_id, "optimizer": self.optimizer, "optimizer_name": self.optimizer_name,
-            "optimizer_params": self.optimizer_params, "layer": self.unit.layer,
+            "run_id": self.run_id, "optimizer": self.optimizer, "layer": self.unit.layer,
             "channel": self.unit.channel, "x": self.unit.x, "y": self.unit.y, "unit": self.unit.label,
             "noise": self.noise, "rep": self.rep, "seed": self.seed,
             "n_generations": self.n_generations, "population": self.population, "backend": self.backend,
@@ -78,9 +72,11 @@ def run_seed(base_seed: int, unit: UnitSpec, noise: float, rep: int) -> int:
 def build_grid(optimizers: list[str], units: list[UnitSpec], noises: list[float], reps: int, *,
                n_generations: int, population: int, backend: str, base_seed: int = 0) -> list[RunSpec]:
     """All runs, repeat-major so a partial benchmark covers every optimizer and unit evenly."""
-    unknown = [o for o in optimizers if o not in OPTIMIZER_PRESETS]
+    import optimizers as registry
+
+    unknown = [o for o in optimizers if o not in registry.available()]
     if unknown:
-        raise BenchError(f"unknown optimizer(s) {unknown}; choose from {sorted(OPTIMIZER_PRESETS)}")
+        raise BenchError(f"unknown optimizer(s) {unknown}; choose from {', '.join(registry.available())}")
     if not optimizers or not units or not noises:
         raise BenchError("the grid needs at least one optimizer, one unit and one noise level")
     if reps < 1 or n_generations < 1 or population < 2:
@@ -91,10 +87,8 @@ def build_grid(optimizers: list[str], units: list[UnitSpec], noises: list[float]
     if len(set(units)) != len(units) or len(set(optimizers)) != len(optimizers):
         raise BenchError("units and optimizers must not repeat")
     specs = []
-    for rep, unit, noise, label in itertools.product(range(reps), units, noises, optimizers):
-        name, params = preset(label, population)
+    for rep, unit, noise, name in itertools.product(range(reps), units, noises, optimizers):
         specs.append(RunSpec(
-            optimizer=label, optimizer_name=name, optimizer_params=json.dumps(params, sort_keys=True),
-            unit=unit, noise=float(noise), rep=rep, seed=run_seed(base_seed, unit, float(noise), rep),
+            optimizer=name, unit=unit, noise=float(noise), rep=rep, seed=run_seed(base_seed, unit, float(noise), rep),
             n_generations=n_generations, population=population, backend=backend))
     return specs

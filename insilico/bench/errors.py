@@ -1,7 +1,7 @@
 """The benchmark's error type."""
 
-from server import ServerError
+from insilico import InsilicoError
 
 
-class BenchError(ServerError, ValueError):
+class BenchError(InsilicoError):
     """Bad benchmark arguments or results directory; the message says what to change."""

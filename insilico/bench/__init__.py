@@ -3,7 +3,7 @@
 `actmax bench` is wired through `add_parser(subparsers)` (argparse) or `cli_main(argv)`.
 """
 
-from server.bench.cli import add_parser, cli_main
-from server.bench.errors import BenchError
+from insilico.bench.cli import add_parser, cli_main
+from insilico.bench.errors import BenchError
 
 __all__ = ["BenchError", "add_parser", "cli_main"]

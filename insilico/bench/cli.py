@@ -8,21 +8,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from server.bench.errors import BenchError
-from server.insilico import N_GENERATIONS, OPTIMIZER_PRESETS, POPULATION
+from insilico.bench.errors import BenchError
+from insilico.evolve import N_GENERATIONS, POPULATION
 
 if TYPE_CHECKING:
-    from server.bench.grid import UnitSpec
+    from insilico.bench.grid import UnitSpec
 
 #: EfficientNet-Lite0 depths (pre-activation outputs of rig_client.cnn), one per stage from the second on:
 #: 24 ch at 56x56, 40 at 28x28, 80 at 14x14, 112 at 14x14, 320 at 7x7, then the 1280-ch head at 7x7.
 DEPTHS = ["blocks.2", "blocks.4", "blocks.7", "blocks.10", "blocks.15", "head"]
-OPTIMIZERS = ["ga", "cma", "pycma", "pycma-diag", "sphere-cma"]
+OPTIMIZERS = ["ga", "cma-sigma1", "pycma-sigma1", "pycma-diag", "sphere-cma-r10"]
 NOISES = [0.0, 0.2, 0.5]
 #: Grid sizes (docs/benchmark.md, "Cost"): `full` is the published scale (~100 CPU core-hours); the
 #: default needs ~10,000 CPU-seconds (~1.5 h on 2 idle cores); `quick` ~200 CPU-seconds.
 PRESETS: dict[str, dict[str, Any]] = {
-    "quick": {"optimizers": ["ga", "cma", "sphere-cma"], "layers": ["blocks.2", "blocks.4"],
+    "quick": {"optimizers": ["ga", "cma-sigma1", "sphere-cma-r10"], "layers": ["blocks.2", "blocks.4"],
               "units_per_layer": 1, "noise": [0.0, 0.5], "reps": 1, "generations": N_GENERATIONS},
     "default": {"optimizers": OPTIMIZERS, "layers": DEPTHS[:5], "units_per_layer": 2,
                 "noise": NOISES, "reps": 1, "generations": N_GENERATIONS},
@@ -53,7 +53,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="results directory (default bench/results/<preset>); "
                         "rerunning into it resumes")
     parser.add_argument("--optimizers", type=_csv(str),
-                        help=f"comma-separated optimizer labels from: {', '.join(OPTIMIZER_PRESETS)}")
+                        help="comma-separated registered optimizer names (`actmax bench --optimizers x` lists them; "
+                        f"default {','.join(OPTIMIZERS)})")
     parser.add_argument("--layers", type=_csv(str), help="comma-separated EfficientNet-Lite0 layer names")
     parser.add_argument("--units-per-layer", type=int, help="units per layer, pre-screened for response")
     parser.add_argument("--noise", type=_csv(float), help="comma-separated noise levels eps (default 0,0.2,0.5)")
@@ -115,9 +116,9 @@ def _setting(args: argparse.Namespace, name: str) -> Any:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from server.bench import storage
-    from server.bench.grid import UnitSpec, build_grid
-    from server.bench.runner import CNNBackend, QuadraticBackend, run_grid
+    from insilico import storage
+    from insilico.bench.grid import UnitSpec, build_grid
+    from insilico.bench.runner import CNNBackend, QuadraticBackend, run_grid
 
     out = args.out or Path("bench/results") / args.preset
     layers, per_layer = _setting(args, "layers"), _setting(args, "units_per_layer")
@@ -153,8 +154,8 @@ def screened_units(out: Path, generator: str, layers: list[str], per_layer: int,
                    seed: int) -> list[UnitSpec]:
     """`per_layer` units per layer that respond most to random generator samples, screened once per
     results directory and listed round robin over layers."""
-    from server.bench import storage
-    from server.bench.grid import UnitSpec  # noqa: F811  (runtime import of the annotated type)
+    from insilico import storage
+    from insilico.bench.grid import UnitSpec  # noqa: F811  (runtime import of the annotated type)
 
     key = {"generator": generator, "layers": layers, "per_layer": per_layer, "seed": seed}
     saved = storage.load_units(out, key)
@@ -183,7 +184,7 @@ def screened_units(out: Path, generator: str, layers: list[str], per_layer: int,
 
 def _report(args: argparse.Namespace) -> int:
     from analysis.bench_report import load, render
-    from server.bench import storage
+    from insilico import storage
 
     if storage.runs_dir(args.results_dir).is_dir():
         storage.consolidate(args.results_dir)

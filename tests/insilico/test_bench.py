@@ -15,9 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from server.bench import BenchError, cli_main, runner, storage
-from server.bench.grid import UnitSpec, build_grid
-from server.bench.runner import GridOutcome, QuadraticBackend, execute_run, run_grid
+from insilico import storage
+from insilico.bench import BenchError, cli_main, runner
+from insilico.bench.grid import UnitSpec, build_grid
+from insilico.bench.runner import QuadraticBackend, execute_run, run_grid
+from insilico.runner import Outcome
 
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = [UnitSpec("q0", 0), UnitSpec("q1", 3)]
@@ -62,7 +64,7 @@ class FailingBackend(QuadraticBackend):
 
 def tiny_grid(backend: runner.Backend, generations: int = 3) -> list:
     """2 optimizers x 2 units x 1 noise level x 2 repeats."""
-    return build_grid(["cma", "ga"], UNITS, [0.0], reps=2, n_generations=generations, population=12,
+    return build_grid(["cma-sigma1", "ga"], UNITS, [0.0], reps=2, n_generations=generations, population=12,
                       backend=backend.key)
 
 
@@ -88,7 +90,7 @@ def test_grid_ids_are_deterministic_and_seeds_shared_across_optimizers() -> None
     with pytest.raises(BenchError, match="unknown optimizer"):
         build_grid(["cmaes"], UNITS, [0.0], 1, n_generations=2, population=12, backend="x")
     with pytest.raises(BenchError, match="noise"):
-        build_grid(["cma"], UNITS, [-0.2], 1, n_generations=2, population=12, backend="x")
+        build_grid(["cma-sigma1"], UNITS, [-0.2], 1, n_generations=2, population=12, backend="x")
 
 
 def test_execute_run_writes_one_atomic_file_and_loads_backend_once(tmp_path: Path, monkeypatch) -> None:
@@ -118,7 +120,7 @@ def test_execute_run_writes_one_atomic_file_and_loads_backend_once(tmp_path: Pat
 def test_interrupted_benchmark_resumes_with_every_run_exactly_once(tmp_path: Path) -> None:
     out = tmp_path / "bench"
     proc = subprocess.Popen(
-        [sys.executable, "-c", f"from tests.server.test_bench import interrupted_main; interrupted_main({str(out)!r})"],
+        [sys.executable, "-c", f"from tests.insilico.test_bench import interrupted_main; interrupted_main({str(out)!r})"],
         cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
@@ -136,7 +138,7 @@ def test_interrupted_benchmark_resumes_with_every_run_exactly_once(tmp_path: Pat
     specs = tiny_grid(SlowQuadraticBackend(delay_s=0.25))  # the same grid: the delay is not in the run id
     assert {s.run_id for s in specs} == {s.run_id for s in tiny_grid(backend)}
     outcome = run_grid(specs, backend, out, n_workers=2, processes=False, progress=False)
-    assert outcome == GridOutcome(total=8, skipped=len(before), completed=8 - len(before))
+    assert outcome == Outcome(total=8, skipped=len(before), completed=8 - len(before))
     files = sorted(p.name for p in storage.runs_dir(out).iterdir())
     assert files == sorted(f"{s.run_id}.parquet" for s in specs)  # each once, no temporary files
     assert all(storage.runs_dir(out).joinpath(n).stat().st_mtime_ns == t for n, t in before.items())
@@ -144,7 +146,7 @@ def test_interrupted_benchmark_resumes_with_every_run_exactly_once(tmp_path: Pat
     results = pd.read_parquet(results_path)
     assert sorted(results["run_id"]) == sorted(s.run_id for s in specs)
     assert len(pd.read_parquet(traces_path)) == 8 * 3
-    assert run_grid(specs, backend, out, progress=False) == GridOutcome(total=8, skipped=8)
+    assert run_grid(specs, backend, out, progress=False) == Outcome(total=8, skipped=8)
 
 
 def test_process_workers_run_tasks_and_report_failures(tmp_path: Path) -> None:
@@ -159,7 +161,7 @@ def test_process_workers_run_tasks_and_report_failures(tmp_path: Path) -> None:
 
 def test_cli_runs_resumes_and_reports(tmp_path: Path, capsys) -> None:
     out = tmp_path / "cli"
-    argv = ["--backend", "quadratic", "--out", str(out), "--optimizers", "cma,ga,sphere-cma",
+    argv = ["--backend", "quadratic", "--out", str(out), "--optimizers", "cma-sigma1,ga,sphere-cma-r10",
             "--layers", "a,b", "--units-per-layer", "2", "--noise", "0,0.5", "--reps", "2",
             "--generations", "4", "--population", "8", "--threads", "--no-progress"]
     assert cli_main([*argv, "--dry-run"]) == 0
@@ -171,7 +173,7 @@ def test_cli_runs_resumes_and_reports(tmp_path: Path, capsys) -> None:
     assert cli_main(["report", str(out)]) == 0
     report = out / "report" / "report.md"
     assert report.is_file() and (out / "report" / "score_vs_generation.png").is_file()
-    assert "## cma vs ga" in report.read_text()
+    assert "## cma-sigma1 vs ga" in report.read_text()
     assert cli_main([*argv, "--optimizers", "cmaes"]) == 2
     assert "unknown optimizer" in capsys.readouterr().err
 
@@ -179,7 +181,7 @@ def test_cli_runs_resumes_and_reports(tmp_path: Path, capsys) -> None:
 def test_cnn_backend_runs_a_real_dcgan_unit(tmp_path: Path) -> None:
     """The real pipeline, briefly: DCGAN faces -> EfficientNet-Lite0 blocks.2 pre-activation."""
     backend = runner.CNNBackend()
-    spec = build_grid(["sphere-cma"], [UnitSpec("blocks.2", 21)], [0.2], 1, n_generations=2, population=6,
+    spec = build_grid(["sphere-cma-r10"], [UnitSpec("blocks.2", 21)], [0.2], 1, n_generations=2, population=6,
                       backend=backend.key)[0]
     row = execute_run(spec, backend, str(tmp_path))
     assert row["n_evaluations"] == 6 + 7 and np.isfinite(row["clean_max"])

@@ -10,17 +10,18 @@ import abc
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from server.bench import storage
-from server.bench.errors import BenchError
-from server.bench.grid import RunSpec, UnitSpec
-from server.insilico import evolve
+from insilico import storage
+from insilico.runner import Outcome, run_tasks
+from insilico.bench.errors import BenchError
+from insilico.bench.grid import RunSpec, UnitSpec
+from insilico.evolve import evolve
 
 #: Evaluation budgets at which the cumulative clean maximum is recorded (spec/optimizers.md §4).
 CHECKPOINTS = (500, 1000, 3000)
@@ -154,9 +155,8 @@ def execute_run(spec: RunSpec, backend: Backend, out_dir: str) -> dict[str, Any]
     """Run one evolution, write `runs/<run_id>.parquet` and return its results row."""
     torch.set_num_threads(1)
     loaded = _loaded(backend)
-    result = evolve(spec.optimizer_name, loaded.generator, loaded.scorer(spec.unit),
-                    n_generations=spec.n_generations, population=spec.population,
-                    noise_eps=spec.noise, seed=spec.seed, optimizer_params=spec.params())
+    result = evolve(spec.optimizer, loaded.generator, loaded.scorer(spec.unit), n_generations=spec.n_generations,
+                    population=spec.population, noise_eps=spec.noise, seed=spec.seed)
     cond_c, cov_deviation = result.covariance_stats()
     row = spec.as_row()
     row.update({
@@ -178,61 +178,11 @@ def execute_run(spec: RunSpec, backend: Backend, out_dir: str) -> dict[str, Any]
     return row
 
 
-@dataclass
-class GridOutcome:
-    """What `run_grid` did: runs found on disk, runs completed now, runs that failed (id -> error)."""
-
-    total: int
-    skipped: int
-    completed: int = 0
-    failed: dict[str, str] = field(default_factory=dict)
-
-
-def run_grid(specs: Iterable[RunSpec], backend: Backend, out_dir: str | Path, *,
-             scheduler: str | None = None, n_workers: int | None = None, processes: bool = True,
-             progress: bool = True) -> GridOutcome:
-    """Run every spec whose result is not yet in `out_dir`, on Dask.
-
-    `scheduler` is the address of an existing cluster (e.g. one started by dask-jobqueue); otherwise a
-    LocalCluster of `n_workers` single-threaded workers (processes, or threads if `processes=False`)
-    lives for the call. A failed run is reported in the outcome, not retried; rerunning retries it.
-    """
-    from dask.distributed import Client, LocalCluster, as_completed
-    from tqdm.auto import tqdm
-
+def run_grid(specs: Iterable[RunSpec], backend: Backend, out_dir: str | Path, *, scheduler: str | None = None,
+             n_workers: int | None = None, processes: bool = True, progress: bool = True) -> Outcome:
+    """Run every spec whose result is not yet in `out_dir` (`insilico.runner.run_tasks`)."""
     specs = list(specs)
-    ids = [s.run_id for s in specs]
-    if len(set(ids)) != len(ids):
+    if len({s.run_id for s in specs}) != len(specs):
         raise BenchError("the grid holds duplicate runs")
-    out_dir = Path(out_dir).resolve()  # workers may run elsewhere: give them an absolute path
-    storage.remove_partial(out_dir)
-    done = storage.completed_ids(out_dir)
-    todo = [s for s in specs if s.run_id not in done]
-    outcome = GridOutcome(total=len(specs), skipped=len(specs) - len(todo))
-    if not todo:
-        return outcome
-
-    cluster = None
-    if scheduler is None:
-        cluster = LocalCluster(n_workers=n_workers or 1, threads_per_worker=1, processes=processes,
-                               dashboard_address=":0")
-    client = Client(scheduler or cluster)
-    bar = tqdm(total=len(specs), initial=outcome.skipped, unit="run", desc="bench", disable=not progress,
-               smoothing=0.05)
-    try:
-        futures = client.map(execute_run, todo, backend=backend, out_dir=str(out_dir),
-                             key=[f"run-{s.run_id}" for s in todo], pure=False)
-        for future in as_completed(futures):
-            if future.status == "error":
-                outcome.failed[future.key.removeprefix("run-")] = repr(future.exception())
-            else:
-                outcome.completed += 1
-            bar.update(1)
-            if outcome.failed:
-                bar.set_postfix(failed=len(outcome.failed), refresh=False)
-    finally:
-        bar.close()
-        client.close()
-        if cluster is not None:
-            cluster.close()
-    return outcome
+    return run_tasks(specs, execute_run, out_dir, desc="bench", scheduler=scheduler, n_workers=n_workers,
+                     processes=processes, progress=progress, backend=backend)

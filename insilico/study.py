@@ -9,15 +9,18 @@ depth (mean ± SEM) with its Spearman correlation with depth and the published d
 lists the settings and how they deviate from the spec.
 
 Images are placed in the unit's theoretical receptive field (clipped to the 224-pixel frame), as the
-reference study resized images into the RF; heavy imports stay inside functions so ``actmax --help``
-is instant.
+reference study resized images into the RF. Each unit is one Dask task (`insilico.runner`) writing one
+Parquet file, so a study resumes where it stopped. Heavy imports stay inside functions so
+``actmax --help`` is instant.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -26,10 +29,11 @@ from typing import Any
 
 import numpy as np
 
-from server import ServerError
+from analysis.landscape import STATISTICS, landscape_statistics, summarize
+from insilico import InsilicoError
 
 
-class StudyError(ServerError, ValueError):
+class StudyError(InsilicoError):
     """Bad study settings (layers, sizes, grid)."""
 
 
@@ -38,20 +42,6 @@ GRIDS = {18: 11, 9: 21}  # grid step (degrees) -> points per axis
 RBF_MODES = ("min", "max", "max_abinit")
 #: Adam steps per probe mode relative to --rbf-steps (the spec's 50 : 75 : 100).
 RBF_STEP_SHARE = {"min": 1.0, "max": 1.5, "max_abinit": 2.0}
-
-#: (row key, label, expected sign of Spearman rho with depth, what the spec expects); sign 0: no claim.
-STATISTICS = (
-    ("lowest_loop_index", "lowest single-loop index", -1, "decreases"),
-    ("auc_loop", "loop AUC", 0, "-"),
-    ("auc_line", "line AUC", -1, "decreases"),
-    ("axis_ratio", "axis ratio (top 4 levels)", -1, "decreases"),
-    ("kent_r2", "Kent R²", 0, "-"),
-    ("kent_kappa", "Kent κ", 0, "-"),
-    ("kent_beta", "Kent β", 0, "-"),
-    ("max_min_ratio", "RBF max/min (0.6-0.9)", -1, "→ 1"),
-    ("global_local_ratio", "RBF global/local", 0, "> 1"),
-)
-
 
 @dataclass(frozen=True)
 class StudySettings:
@@ -175,17 +165,16 @@ class Evolution:
 
 
 def evolve_unit(generator, scorer, *, generations: int, population: int, seed: int) -> Evolution:
-    """Cholesky CMA-ES from the generator's default start (`server.insilico.preset("cma")`), noise-free.
+    """Cholesky CMA-ES as the benchmark runs it (`cma-sigma1`: single first image) from the generator's
+    default start and step size, noise-free.
 
-    `server.insilico.evolve` keeps only the final generation; the PCA grid needs every code.
+    `insilico.evolve.evolve` keeps only the final generation; the PCA grid needs every code.
     """
     import optimizers
-    from server.insilico import preset
 
-    name, params = preset("cma", population)
     init = generator.default_init()
-    params.update(sigma0=init["sigma0"], init_code=init["init_code"])
-    opt = optimizers.create(name, generator.latent_dim, seed=seed, **params)
+    opt = optimizers.create("cma-sigma1", generator.latent_dim, seed=seed, population=population,
+                            sigma0=init["sigma0"], init_code=init["init_code"])
     codes, scores = [], []
     for _ in range(generations):
         batch = opt.ask()
@@ -206,35 +195,6 @@ def score_grid(generator, scorer, grid) -> np.ndarray:
     poles = np.isclose(np.abs(grid.phi), np.pi / 2)
     values[1:, poles] = values[0, poles]
     return values
-
-
-def landscape_statistics(values: np.ndarray, theta: np.ndarray, phi: np.ndarray) -> dict[str, Any]:
-    """Signature scalars, axis ratio and Kent fit of a raw map rectified at 0; NaN if it is never > 0."""
-    from analysis.isotropy import fit_kent, levelset_axis_ratio
-    from analysis.topology import levelset_signature
-    from analysis.tuning import sphere_points
-
-    rect = np.maximum(values, 0.0)
-    i, j = np.unravel_index(np.argmax(values), values.shape)
-    centre = sphere_points(0.0, 0.0)
-    out: dict[str, Any] = {
-        "map_max": float(values.max()), "map_min": float(values.min()),
-        "map_centre": float(values[len(theta) // 2, len(phi) // 2]),
-        "map_positive_frac": float((values > 0).mean()),
-        "peak_theta_deg": float(np.rad2deg(theta[i])), "peak_phi_deg": float(np.rad2deg(phi[j])),
-        "peak_offset_deg": float(np.rad2deg(np.arccos(np.clip(sphere_points(theta[i], phi[j]) @ centre, -1, 1)))),
-    }
-    nan_stats = dict.fromkeys(("lowest_loop_index", "auc_loop", "auc_line", "auc_branch", "axis_ratio",
-                               "kent_r2", "kent_kappa", "kent_beta"), float("nan"))
-    if rect.max() <= 0:
-        return {**out, **nan_stats, "signature": None}
-    sig = levelset_signature(rect, theta=theta, phi=phi)
-    kent = fit_kent(rect, theta, phi)
-    return {**out, "lowest_loop_index": sig.lowest_loop_index, "auc_loop": sig.auc_loop,
-            "auc_line": sig.auc_line, "auc_branch": sig.auc_branch,
-            "axis_ratio": levelset_axis_ratio(rect, theta, phi).mean_top,
-            "kent_r2": kent.r2, "kent_kappa": kent.kappa, "kent_beta": kent.beta,
-            "signature": sig.vector.tolist()}
 
 
 def rbf_statistics(scorer, distance, generator, z_star: np.ndarray, settings: StudySettings,
@@ -306,18 +266,82 @@ def study_unit(generator, scorer, distance, settings: StudySettings, *, seed: in
     return row
 
 
-def run_study(settings: StudySettings, out: Path, *, progress: bool = True
-              ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Run the study and write study.json, study.md, study.png and maps/ under `out`.
+@dataclass(frozen=True)
+class UnitTask:
+    """One screened unit of the study: what a Dask task evolves, maps and probes (`execute_unit`)."""
 
-    Returns the per-unit rows and the by-depth summary (`summarize`)."""
-    import torch
-    from tqdm import tqdm
+    layer: str
+    channel: int
+    x: int
+    y: int
+    depth: int  # index among the study's layers
+    layer_index: int  # index among the network's layers
+    screen_std: float
+    rf: tuple[int, float, float]  # ReceptiveField (size, x, y)
+    seed: int
+    map_png: bool
+    settings: str  # canonical JSON of what changes a unit's result
 
+    @property
+    def run_id(self) -> str:
+        """Deterministic id: `<layer>-ch<channel>-<16 hex digits>` of the hash of every field."""
+        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        return f"{self.layer}-ch{self.channel}-{digest}"
+
+
+#: Settings that do not change a unit's row: which units and layers are asked for, and where it runs.
+_NOT_IN_TASK = ("layers", "units_per_layer", "examples_per_layer", "device")
+
+_LOADED: dict[tuple, tuple] = {}
+_LOADED_LOCK = threading.Lock()
+
+
+def _loaded(settings: StudySettings) -> tuple:
+    """(network, generator, distance) built once per worker process."""
     import generators
     from analysis.distances import get_distance
+    from rig_client.cnn import load_efficientnet_lite0, normalize
+
+    key = (settings.device, settings.distance, settings.rbf)
+    with _LOADED_LOCK:
+        if key not in _LOADED:
+            model = load_efficientnet_lite0(settings.device)
+            distance = get_distance(settings.distance, model, normalize) if settings.rbf else None
+            _LOADED[key] = model, generators.load("dcgan-faces", device=settings.device), distance
+        return _LOADED[key]
+
+
+def execute_unit(task: UnitTask, settings: StudySettings, out_dir: str) -> None:
+    """Study one unit (`study_unit`) and write its row to `runs/<run_id>.parquet`."""
+    import torch
+
+    from insilico import storage
+    from rig_client.units import ReceptiveField, Unit, UnitScorer
+
+    torch.set_num_threads(1)
+    model, generator, distance = _loaded(settings)
+    scorer = UnitScorer([Unit(task.layer, task.channel, task.x, task.y)], model=model,
+                        rf=ReceptiveField(*task.rf), device=settings.device)
+    map_path = Path(out_dir) / "maps" / f"{task.layer}_ch{task.channel}.png" if task.map_png else None
+    row = study_unit(generator, scorer, distance, settings, seed=task.seed, map_path=map_path)
+    row.update(run_id=task.run_id, depth=task.depth, layer_index=task.layer_index, screen_std=task.screen_std)
+    storage.write_run(out_dir, {k: json.dumps(_json_safe(row[k])) if k in _JSON_COLUMNS else v
+                                for k, v in row.items()}, {})
+
+
+#: Row entries that are not scalars, stored as JSON text in the unit's Parquet file.
+_JSON_COLUMNS = ("map", "signature", "rbf")
+
+
+def unit_tasks(settings: StudySettings, out: Path) -> tuple[list[str], list[UnitTask]]:
+    """(layers in network order, one task per screened unit); screening is saved in `out/units.json`."""
+    import torch
+    from tqdm.auto import tqdm
+
+    import generators
+    from insilico import storage
     from rig_client.cnn import INPUT_SIZE, load_efficientnet_lite0
-    from rig_client.units import UnitScorer, screen_units
+    from rig_client.units import screen_units
 
     model = load_efficientnet_lite0(settings.device)
     order = model.layer_names()
@@ -325,36 +349,52 @@ def run_study(settings: StudySettings, out: Path, *, progress: bool = True
     if unknown:
         raise StudyError(f"unknown or non-spatial layers {unknown}; use stem, blocks.0..blocks.15, head")
     layers = sorted(dict.fromkeys(settings.layers), key=order.index)
-    with torch.no_grad():
-        blank = torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE, device=settings.device)
-        shapes = {name: tuple(h.shape[1:]) for name, h in model.preactivations(blank)}
-    generator = generators.load("dcgan-faces", device=settings.device)
-    distance = get_distance(settings.distance, settings.device) if settings.rbf else None
+    key = {"layers": layers, "screen_samples": settings.screen_samples, "seed": settings.seed}
+    screened = storage.load_units(out, key)
+    if screened is None:
+        with torch.no_grad():
+            blank = torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE, device=settings.device)
+            shapes = {name: tuple(h.shape[1:]) for name, h in model.preactivations(blank)}
+        generator = generators.load("dcgan-faces", device=settings.device)
+        screened = []
+        for depth, layer in enumerate(tqdm(layers, desc="screening", unit="layer", leave=False)):
+            rf = unit_rf(model, layer, shapes[layer])
+            found = screen_units(generator, layer, settings.screen_samples, np.random.default_rng([settings.seed, depth]),
+                                 model=model, rf=rf, device=settings.device)
+            screened += [{"layer": layer, "channel": s.unit.channel, "x": s.unit.x, "y": s.unit.y,
+                          "screen_std": s.std, "rf": [rf.size, rf.x, rf.y]} for s in found]
+        storage.save_units(out, key, screened)
+    task_settings = json.dumps({k: v for k, v in asdict(settings).items() if k not in _NOT_IN_TASK}, sort_keys=True)
+    by_layer = []
+    for depth, layer in enumerate(layers):
+        units = [u for u in screened if u["layer"] == layer]
+        if len(units) < settings.units_per_layer:
+            raise StudyError(f"{layer}: only {len(units)} responsive centre channels, "
+                             f"fewer than --units-per-layer {settings.units_per_layer}")
+        by_layer.append([UnitTask(layer, u["channel"], u["x"], u["y"], depth, order.index(layer), u["screen_std"],
+                                  tuple(u["rf"]), settings.seed * 100_003 + depth * 1_000 + k,
+                                  k < settings.examples_per_layer, task_settings)
+                         for k, u in enumerate(units[:settings.units_per_layer])])
+    # Round robin over layers, so a partly done study covers every depth.
+    return layers, [tasks[k] for k in range(settings.units_per_layer) for tasks in by_layer]
+
+
+def run_study(settings: StudySettings, out: Path, *, scheduler: str | None = None, n_workers: int = 1,
+              processes: bool = True, progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Run the study on Dask (one task per unit, resumable) and write study.json, study.md, study.png and
+    maps/ under `out`. Returns the per-unit rows and the by-depth summary (`summarize`)."""
+    from insilico.runner import run_tasks
+
     out.mkdir(parents=True, exist_ok=True)
     (out / "maps").mkdir(exist_ok=True)
-
-    rows: list[dict[str, Any]] = []
-    bar = tqdm(total=len(layers) * settings.units_per_layer, unit="unit", desc="study", disable=not progress)
-    for depth, layer in enumerate(layers):
-        bar.set_postfix_str(f"{layer}: screening")
-        rng = np.random.default_rng([settings.seed, depth])
-        rf = unit_rf(model, layer, shapes[layer])
-        screened = screen_units(generator, layer, settings.screen_samples, rng, model=model, rf=rf,
-                                device=settings.device)
-        if len(screened) < settings.units_per_layer:
-            raise StudyError(f"{layer}: only {len(screened)} responsive centre channels, "
-                             f"fewer than --units-per-layer {settings.units_per_layer}")
-        for k, s in enumerate(screened[:settings.units_per_layer]):
-            bar.set_postfix_str(f"{layer}[{s.unit.channel}]")
-            scorer = UnitScorer([s.unit], model=model, rf=rf, device=settings.device)
-            row = study_unit(generator, scorer, distance, settings, seed=settings.seed * 100_003 + depth * 1_000 + k,
-                             map_path=out / "maps" / f"{layer}_ch{s.unit.channel}.png"
-                             if k < settings.examples_per_layer else None)
-            row.update(depth=depth, layer_index=order.index(layer), screen_std=s.std)
-            rows.append(row)
-            _write_json(out / "study.json", settings, rows)  # after every unit: a long run can be read early
-            bar.update()
-    bar.close()
+    layers, tasks = unit_tasks(settings, out)
+    outcome = run_tasks(tasks, execute_unit, out, desc="study", scheduler=scheduler, n_workers=n_workers,
+                        processes=processes, progress=progress, settings=settings)
+    if outcome.failed:
+        first = next(iter(outcome.failed.items()))
+        raise StudyError(f"{len(outcome.failed)} of {outcome.total} units failed (first: {first[0]}: {first[1]}); "
+                         f"rerun into {out} to retry them")
+    rows = read_rows(out, [t.run_id for t in sorted(tasks, key=lambda t: (t.depth, t.seed))])
     summary = summarize(rows, layers)
     _write_json(out / "study.json", settings, rows, summary)
     (out / "study.md").write_text(markdown_report(summary, settings, rows))
@@ -362,50 +402,17 @@ def run_study(settings: StudySettings, out: Path, *, progress: bool = True
     return rows, summary
 
 
-def summarize(rows: Sequence[dict[str, Any]], layers: Sequence[str]) -> dict[str, Any]:
-    """Per layer mean, SEM and count of every statistic, and its Spearman ρ with depth over units."""
-    from scipy.stats import spearmanr
+def read_rows(out: Path, run_ids: Sequence[str]) -> list[dict[str, Any]]:
+    """The rows of these units from their Parquet files, in order."""
+    import pyarrow.parquet as pq
 
-    by_layer: dict[str, dict[str, dict[str, float]]] = {}
-    for layer in layers:
-        by_layer[layer] = {}
-        for key, *_ in STATISTICS:
-            vals = _finite([r.get(key) for r in rows if r["layer"] == layer])
-            sem = float(vals.std(ddof=1) / np.sqrt(vals.size)) if vals.size > 1 else float("nan")
-            by_layer[layer][key] = {"mean": float(vals.mean()) if vals.size else float("nan"), "sem": sem,
-                                    "n": int(vals.size)}
-    trend = {}
-    for key, _, sign, expected in STATISTICS:
-        pairs = [(r["depth"], float(r[key])) for r in rows
-                 if r.get(key) is not None and np.isfinite(float(r[key]))]
-        depth, vals = (np.array(x, dtype=float) for x in zip(*pairs)) if pairs else (np.array([]),) * 2
-        if key == "max_min_ratio":
-            vals = np.abs(vals - 1.0)  # the spec's claim is "→ 1"
-        rho, p = (spearmanr(depth, vals) if len(vals) >= 3 and np.ptp(depth) > 0 and np.ptp(vals) > 0
-                  else (float("nan"), float("nan")))
-        trend[key] = {"rho": float(rho), "p": float(p), "n": len(vals), "expected": expected,
-                      "verdict": _verdict(key, sign, float(rho), float(p), vals)}
-    return {"layers": list(layers), "by_layer": by_layer, "spearman": trend}
+    from insilico import storage
 
-
-def _verdict(key: str, sign: int, rho: float, p: float, vals: np.ndarray) -> str:
-    if key == "global_local_ratio":
-        if vals.size == 0:
-            return "no data"
-        above = float(np.mean(vals > 1))
-        return f"{'holds' if above > 0.5 else 'does not hold'} ({above:.0%} of units > 1)"
-    if sign == 0:
-        return "-"
-    if not np.isfinite(rho):
-        return "no data"
-    if np.sign(rho) != sign:
-        return "opposite direction"
-    return "holds (p < 0.05)" if p < 0.05 else "same direction, not significant"
-
-
-def _finite(values: Sequence[Any]) -> np.ndarray:
-    arr = np.array([np.nan if v is None else float(v) for v in values], dtype=float)
-    return arr[np.isfinite(arr)]
+    rows = []
+    for run_id in run_ids:
+        row = pq.read_table(storage.runs_dir(out) / f"{run_id}.parquet").to_pylist()[0]
+        rows.append({k: json.loads(v) if k in _JSON_COLUMNS else v for k, v in row.items()})
+    return rows
 
 
 def markdown_report(summary: dict[str, Any], settings: StudySettings, rows: Sequence[dict[str, Any]]) -> str:
@@ -493,7 +500,8 @@ def add_parser(analyses) -> None:
         description="Evolve EfficientNet-Lite0 centre units at several depths with DCGAN faces (CMA-ES), map "
         "each on the PC1-PC2-PC3 hemisphere, and report the level-set signature, axis ratio, Kent fit and RBF "
         "ratios by depth: study.json, study.md (mean ± SEM per layer, Spearman ρ with depth), study.png and "
-        "maps/. Unset options come from the default preset or --quick.")
+        "maps/. One Dask task per unit; rerunning into --out resumes. Unset options come from the default preset "
+        "or --quick.")
     d = StudySettings()
     parser.add_argument("--layers", nargs="+", help=f"layers, shallow to deep (default {' '.join(d.layers)})")
     parser.add_argument("--units-per-layer", type=int, help=f"units per layer (default {d.units_per_layer})")
@@ -516,7 +524,13 @@ def add_parser(analyses) -> None:
     parser.add_argument("--device", help="torch device (default cpu)")
     parser.add_argument("--quick", action="store_true", help="few-minutes preset: 1 unit per layer, 15 x 20 "
                         "evolution, 11 x 11 grid, small RBF probe")
-    parser.add_argument("--out", type=Path, default=Path("actmax-study"), help="output folder (default actmax-study)")
+    parser.add_argument("--out", type=Path, default=Path("actmax-study"),
+                        help="output folder (default actmax-study); rerunning into it resumes")
+    parser.add_argument("--scheduler", help="address of an existing Dask scheduler (e.g. from dask-jobqueue); "
+                        "default: a LocalCluster on this machine")
+    parser.add_argument("--workers", type=int, default=1, help="LocalCluster worker processes (default 1)")
+    parser.add_argument("--threads", action="store_true", help="LocalCluster workers as threads, not processes")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
 
@@ -536,7 +550,10 @@ def settings_from_args(args: argparse.Namespace) -> StudySettings:
 def run(args: argparse.Namespace) -> int:
     """``actmax analyze study``: run, write the outputs, print the trend verdicts."""
     settings = settings_from_args(args)
-    rows, summary = run_study(settings, args.out)
+    if args.workers < 1:
+        raise StudyError(f"--workers must be >= 1, got {args.workers}")
+    rows, summary = run_study(settings, args.out, scheduler=args.scheduler, n_workers=args.workers,
+                              processes=not args.threads, progress=not args.no_progress)
     print(f"{len(rows)} units; trend with depth (Spearman ρ over units):")
     for key, label, *_ in STATISTICS:
         t = summary["spearman"][key]

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from server import study
-from server.study import StudyError, StudySettings
+from insilico import study
+from insilico.study import StudyError, StudySettings
 
 TINY = ["--layers", "blocks.1", "blocks.2", "--units-per-layer", "1", "--generations", "6", "--population", "8",
         "--grid", "18", "--screen-samples", "8", "--rbf-n", "4", "--rbf-levels", "0.6", "0.9", "--rbf-steps", "1",
-        "--examples-per-layer", "1", "--seed", "3"]
+        "--examples-per-layer", "1", "--seed", "3", "--threads", "--no-progress"]
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -109,3 +109,25 @@ def test_unit_activation_matches_scorer() -> None:
     expected = np.maximum(scorer.score(generator.generate(codes))[:, 0], 0)
     assert act.detach().numpy() == pytest.approx(expected, abs=1e-3)
     assert torch.isfinite(z.grad).all()
+
+
+def test_study_resumes_from_its_unit_files(result: tuple[Path, dict]) -> None:
+    """Rerunning into the folder reruns only the unit whose Parquet file is missing, with the same row."""
+    from insilico import storage
+
+    out, doc = result
+    files = sorted(storage.runs_dir(out).glob("*.parquet"))
+    assert len(files) == len(doc["units"]) == 2
+    kept = {p.name: p.stat().st_mtime_ns for p in files[1:]}
+    files[0].unlink()
+    args = parse([*TINY, "--out", str(out)])
+    rows, _ = study.run_study(study.settings_from_args(args), out, processes=False, progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in files[1:]} == kept  # not rerun
+    assert files[0].is_file()
+    again = json.loads((out / "study.json").read_text())
+
+    def results(units: list[dict]) -> list[dict]:
+        return [{k: v for k, v in u.items() if not k.endswith("_s")} for u in units]  # not the wall times
+
+    assert results(again["units"]) == results(doc["units"])  # same seeds, same results
+    assert len(rows) == 2

@@ -1,0 +1,101 @@
+"""Statistics of tuning landscapes (spec B3-B6) and their trend with depth (spec C3, "Landscapes").
+
+`landscape_statistics` reduces one raw sphere map to the level-set signature scalars, the axis ratio and
+a Kent fit; `summarize` tables them by layer (mean, SEM, n) with each statistic's Spearman ρ with depth
+over units and a verdict against the published direction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+#: (row key, label, expected sign of Spearman rho with depth, what the spec expects); sign 0: no claim.
+STATISTICS = (
+    ("lowest_loop_index", "lowest single-loop index", -1, "decreases"),
+    ("auc_loop", "loop AUC", 0, "-"),
+    ("auc_line", "line AUC", -1, "decreases"),
+    ("axis_ratio", "axis ratio (top 4 levels)", -1, "decreases"),
+    ("kent_r2", "Kent R²", 0, "-"),
+    ("kent_kappa", "Kent κ", 0, "-"),
+    ("kent_beta", "Kent β", 0, "-"),
+    ("max_min_ratio", "RBF max/min (0.6-0.9)", -1, "→ 1"),
+    ("global_local_ratio", "RBF global/local", 0, "> 1"),
+)
+
+
+def landscape_statistics(values: np.ndarray, theta: np.ndarray, phi: np.ndarray) -> dict[str, Any]:
+    """Signature scalars, axis ratio and Kent fit of a raw map rectified at 0; NaN if it is never > 0."""
+    from analysis.isotropy import fit_kent, levelset_axis_ratio
+    from analysis.topology import levelset_signature
+    from analysis.tuning import sphere_points
+
+    rect = np.maximum(values, 0.0)
+    i, j = np.unravel_index(np.argmax(values), values.shape)
+    centre = sphere_points(0.0, 0.0)
+    out: dict[str, Any] = {
+        "map_max": float(values.max()), "map_min": float(values.min()),
+        "map_centre": float(values[len(theta) // 2, len(phi) // 2]),
+        "map_positive_frac": float((values > 0).mean()),
+        "peak_theta_deg": float(np.rad2deg(theta[i])), "peak_phi_deg": float(np.rad2deg(phi[j])),
+        "peak_offset_deg": float(np.rad2deg(np.arccos(np.clip(sphere_points(theta[i], phi[j]) @ centre, -1, 1)))),
+    }
+    nan_stats = dict.fromkeys(("lowest_loop_index", "auc_loop", "auc_line", "auc_branch", "axis_ratio",
+                               "kent_r2", "kent_kappa", "kent_beta"), float("nan"))
+    if rect.max() <= 0:
+        return {**out, **nan_stats, "signature": None}
+    sig = levelset_signature(rect, theta=theta, phi=phi)
+    kent = fit_kent(rect, theta, phi)
+    return {**out, "lowest_loop_index": sig.lowest_loop_index, "auc_loop": sig.auc_loop,
+            "auc_line": sig.auc_line, "auc_branch": sig.auc_branch,
+            "axis_ratio": levelset_axis_ratio(rect, theta, phi).mean_top,
+            "kent_r2": kent.r2, "kent_kappa": kent.kappa, "kent_beta": kent.beta,
+            "signature": sig.vector.tolist()}
+
+
+def summarize(rows: Sequence[dict[str, Any]], layers: Sequence[str]) -> dict[str, Any]:
+    """Per layer mean, SEM and count of every statistic, and its Spearman ρ with depth over units."""
+    from scipy.stats import spearmanr
+
+    by_layer: dict[str, dict[str, dict[str, float]]] = {}
+    for layer in layers:
+        by_layer[layer] = {}
+        for key, *_ in STATISTICS:
+            vals = _finite([r.get(key) for r in rows if r["layer"] == layer])
+            sem = float(vals.std(ddof=1) / np.sqrt(vals.size)) if vals.size > 1 else float("nan")
+            by_layer[layer][key] = {"mean": float(vals.mean()) if vals.size else float("nan"), "sem": sem,
+                                    "n": int(vals.size)}
+    trend = {}
+    for key, _, sign, expected in STATISTICS:
+        pairs = [(r["depth"], float(r[key])) for r in rows
+                 if r.get(key) is not None and np.isfinite(float(r[key]))]
+        depth, vals = (np.array(x, dtype=float) for x in zip(*pairs)) if pairs else (np.array([]),) * 2
+        if key == "max_min_ratio":
+            vals = np.abs(vals - 1.0)  # the spec's claim is "→ 1"
+        rho, p = (spearmanr(depth, vals) if len(vals) >= 3 and np.ptp(depth) > 0 and np.ptp(vals) > 0
+                  else (float("nan"), float("nan")))
+        trend[key] = {"rho": float(rho), "p": float(p), "n": len(vals), "expected": expected,
+                      "verdict": _verdict(key, sign, float(rho), float(p), vals)}
+    return {"layers": list(layers), "by_layer": by_layer, "spearman": trend}
+
+
+def _verdict(key: str, sign: int, rho: float, p: float, vals: np.ndarray) -> str:
+    if key == "global_local_ratio":
+        if vals.size == 0:
+            return "no data"
+        above = float(np.mean(vals > 1))
+        return f"{'holds' if above > 0.5 else 'does not hold'} ({above:.0%} of units > 1)"
+    if sign == 0:
+        return "-"
+    if not np.isfinite(rho):
+        return "no data"
+    if np.sign(rho) != sign:
+        return "opposite direction"
+    return "holds (p < 0.05)" if p < 0.05 else "same direction, not significant"
+
+
+def _finite(values: Sequence[Any]) -> np.ndarray:
+    arr = np.array([np.nan if v is None else float(v) for v in values], dtype=float)
+    return arr[np.isfinite(arr)]

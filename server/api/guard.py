@@ -1,0 +1,71 @@
+"""Pure ASGI middleware in front of the REST app: the token is checked from the headers, before
+any body is read, and a body over the size limit is refused while it streams in (never parsed).
+
+The API description (``/docs``, ``/redoc``, ``/openapi.json``) and ``/health`` are open: they hold
+no data, describe an open-source API, and a browser cannot send a bearer token to load them.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+
+OPEN_PATHS = frozenset({"/", "/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+# The dashboard's static files and the API docs' bundled assets: code, no data (the page logs in itself).
+OPEN_PREFIXES = ("/ui", "/assets/docs/")
+
+
+class RequestGuard:
+    """401 without ``Authorization: Bearer <token>``; 413 for bodies over ``max_body_bytes``."""
+
+    def __init__(self, app, *, token: str, max_body_bytes: int) -> None:
+        self.app = app
+        self.expected = f"Bearer {token}".encode()
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        if not _is_open(scope["path"]) and not hmac.compare_digest(
+                headers.get(b"authorization", b""), self.expected):
+            await _reply(send, 401, "missing or wrong bearer token: send 'Authorization: Bearer "
+                         "<ACTMAX_TOKEN>'", [(b"www-authenticate", b"Bearer")])
+            return
+        declared = headers.get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > self.max_body_bytes:
+            await _reply(send, 413, self._too_large())
+            return
+        received, refused = 0, False
+
+        async def limited_receive():
+            nonlocal received, refused
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_body_bytes and not refused:  # chunked bodies declare no length
+                refused = True
+                await _reply(send, 413, self._too_large())
+            return {"type": "http.disconnect"} if refused else message
+
+        async def guarded_send(message):
+            if not refused:  # the app's answer to the cut-off body is dropped
+                await send(message)
+
+        await self.app(scope, limited_receive, guarded_send)
+
+    def _too_large(self) -> str:
+        return (f"request body over {self.max_body_bytes} bytes (ACTMAX_MAX_BODY_BYTES); session "
+                "configs are small: check what is being sent")
+
+
+def _is_open(path: str) -> bool:
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
+
+
+async def _reply(send, status: int, detail: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()), *headers]})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,144 @@
+"""CURVE keys for the rigs' ZeroMQ socket, and ``actmax keys`` to make and list them.
+
+Layout of the keys folder (``{data_dir}/keys`` unless ``ACTMAX_KEYS_DIR`` says otherwise)::
+
+    server.key          the server's public key: copy it to every rig
+    server.key_secret   the server's key pair: never leaves the server; its presence turns CURVE on
+    rigs/NAME.key       the public key of rig NAME: only a client holding its secret may say HELLO as NAME
+    issued/NAME.key_secret  a key pair `actmax keys rig NAME` made: move it to that rig, then delete it here
+
+The files are pyzmq's certificate format (``zmq.auth.create_certificates``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from server import ServerError
+
+_RIG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # as in the protocol's HELLO
+
+
+class KeyStore:
+    """The CURVE key files under ``root``."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    @property
+    def server_secret_file(self) -> Path:
+        return self.root / "server.key_secret"
+
+    def enabled(self) -> bool:
+        """CURVE is on once the server has a key pair."""
+        return self.server_secret_file.is_file()
+
+    def server_keys(self) -> tuple[bytes, bytes]:
+        """The server's (public, secret) Z85 keys."""
+        return _load(self.server_secret_file, secret=True)
+
+    def rig_keys(self) -> dict[bytes, str]:
+        """Allowed rigs: Z85 public key -> rig name."""
+        names: dict[bytes, str] = {}
+        for path in sorted((self.root / "rigs").glob("*.key")):
+            public, _ = _load(path, secret=False)
+            if public in names:
+                raise ServerError(f"{path} holds the same public key as rig {names[public]!r}; "
+                                  "one key per rig: delete one of them")
+            names[public] = path.stem
+        return names
+
+    def init_server(self) -> Path:
+        """Make the server key pair unless it exists; the public key file's path."""
+        if not self.enabled():
+            _make_pair(self.root, "server")
+        return self.root / "server.key"
+
+    def add_rig(self, name: str, public_key_file: Path | None = None) -> Path | None:
+        """Allow rig ``name``: with its public key file, or with a new pair (its secret's path)."""
+        if not _RIG_NAME.fullmatch(name):
+            raise ServerError(f"rig name {name!r} is not valid: 1-64 of A-Z a-z 0-9 . _ -, "
+                              "starting with a letter or digit")
+        target = self.root / "rigs" / f"{name}.key"
+        if target.exists():
+            raise ServerError(f"rig {name!r} already has a key ({target}); delete that file to "
+                              "replace it")
+        if public_key_file is not None:
+            public, _ = _load(public_key_file, secret=False)
+            if public in self.rig_keys():
+                raise ServerError(f"{public_key_file} is already the key of rig "
+                                  f"{self.rig_keys()[public]!r}; one key per rig")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(f"metadata\ncurve\n    public-key = \"{public.decode()}\"\n")
+            return None
+        secret = _make_pair(self.root / "issued", name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self.root / "issued" / f"{name}.key", target)
+        (self.root / "issued" / f"{name}.key").unlink()
+        return secret
+
+
+def _make_pair(folder: Path, name: str) -> Path:
+    import zmq.auth
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder) as scratch:  # never a half-written key pair
+        public, secret = zmq.auth.create_certificates(scratch, name)
+        Path(secret).chmod(0o600)
+        Path(public).replace(folder / f"{name}.key")
+        Path(secret).replace(folder / f"{name}.key_secret")
+    return folder / f"{name}.key_secret"
+
+
+def _load(path: Path, *, secret: bool) -> tuple[bytes, bytes | None]:
+    import zmq.auth
+
+    try:
+        public, secret_key = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as exc:
+        raise ServerError(f"cannot read the key file {path}: {exc}; make keys with `actmax keys`") from None
+    if secret and secret_key is None:
+        raise ServerError(f"{path} holds no secret key; it must be a .key_secret file")
+    return public, secret_key
+
+
+def add_parser(subcommands) -> None:
+    parser = subcommands.add_parser(
+        "keys", help="make and list the CURVE keys of the rigs' ZeroMQ socket",
+        description="CURVE keys authenticate rigs on the ZeroMQ socket; a rig name is bound to its "
+        "key. Keys live in ACTMAX_KEYS_DIR (default {data_dir}/keys). Serving rigs off loopback "
+        "needs them; `serve` turns CURVE on once the server key pair exists.")
+    parser.add_argument("--data-dir", help="data folder whose keys/ to use (default ./actmax-data)")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions.add_parser("init", help="make the server key pair (once) and print its public key")
+    rig = actions.add_parser("rig", help="allow a rig: make its key pair, or register its public key")
+    rig.add_argument("name", help="the rig name its HELLO uses")
+    rig.add_argument("--public-key", type=Path, metavar="FILE",
+                     help="the rig's existing public .key file (default: make a new pair)")
+    actions.add_parser("list", help="list the server key and the allowed rigs")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from server.settings import Settings
+
+    store = KeyStore(Settings(**({"data_dir": args.data_dir} if args.data_dir else {})).keys_dir)
+    if args.action == "init":
+        existed = store.enabled()
+        public_file = store.init_server()
+        print(f"server public key ({'existing' if existed else 'new'}): "
+              f"{store.server_keys()[0].decode()}\ncopy {public_file} to every rig")
+    elif args.action == "rig":
+        secret = store.add_rig(args.name, args.public_key)
+        print(f"rig {args.name!r} allowed ({store.root / 'rigs' / (args.name + '.key')})")
+        if secret is not None:
+            print(f"move {secret} to the rig (its --rig-key) and delete it here")
+    else:
+        print(f"server: {store.server_keys()[0].decode() if store.enabled() else 'no key pair (CURVE off)'}")
+        for public, name in store.rig_keys().items():
+            print(f"rig {name}: {public.decode()}")
+    return 0

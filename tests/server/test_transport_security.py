@@ -1,0 +1,250 @@
+"""Who may talk to the rigs' socket: CURVE keys bound to rig names, routing ids, noisy peers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import struct
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import zmq
+import zmq.asyncio
+import zmq.auth
+from zmq.utils.monitor import recv_monitor_message
+
+from rig_client import RigError
+from rig_client.client import RigClient, curve_keys
+from rig_client.protocol import MessageType, decode
+from server import ServerError
+from server.keys import KeyStore
+from server.settings import Settings
+from server.launch import free_port
+from tests.server.test_transport import HB, LIVENESS, Harness, hello, raw, run
+
+
+@pytest.fixture
+def keys(tmp_path) -> KeyStore:
+    store = KeyStore(tmp_path / "keys")
+    store.init_server()
+    store.add_rig("rig-a")
+    store.add_rig("rig-b")
+    return store
+
+
+class CurveServer(Harness):
+    """A CURVE Transport (on its own context) and client sockets holding chosen keys."""
+
+    def __init__(self, keys: KeyStore, ctx: zmq.Context, endpoint: str):
+        super().__init__(ctx, endpoint, server_key=keys.server_keys(), rig_keys=keys.rig_keys())
+        self.keys = keys
+
+    def curve_dealer(self, public: bytes | None, secret: bytes | None) -> zmq.asyncio.Socket:
+        d = self.dealer(connect=False)
+        if public is not None:
+            d.setsockopt(zmq.CURVE_SERVERKEY, self.keys.server_keys()[0])
+            d.setsockopt(zmq.CURVE_PUBLICKEY, public)
+            d.setsockopt(zmq.CURVE_SECRETKEY, secret)
+        return d
+
+    def rig_dealer(self, name: str) -> zmq.asyncio.Socket:
+        public, secret = zmq.auth.load_certificate(self.keys.root / "issued" / f"{name}.key_secret")
+        return self.curve_dealer(public, secret)
+
+    async def handshake_failure(self, d: zmq.asyncio.Socket) -> int:
+        """Connect ``d`` and return the monitor event that ends its failed handshake."""
+        monitor = d.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                                       | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                                       | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                                       | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        try:
+            d.connect(self.endpoint)
+            await d.send_multipart(hello("rig-a"))
+            event = await asyncio.wait_for(recv_monitor_message(monitor), 5)
+            return event["event"]
+        finally:
+            d.disable_monitor()
+            monitor.close(linger=0)
+
+
+async def reply(d) -> dict:
+    while True:
+        msg = decode(await asyncio.wait_for(d.recv_multipart(), 5))
+        if msg.type != MessageType.HEARTBEAT:
+            return {"type": msg.type, **msg.header}
+
+
+def test_rig_key_is_welcomed_as_its_own_name_only(keys, zmq_context, endpoint):
+    async def scenario():
+        async with CurveServer(keys, zmq_context, endpoint) as server:
+            a = server.rig_dealer("rig-a")
+            a.connect(endpoint)
+            await a.send_multipart(hello("rig-a"))
+            assert (await reply(a))["type"] == "WELCOME"
+            thief = server.rig_dealer("rig-b")  # a valid key, claiming another rig's name
+            thief.connect(endpoint)
+            await thief.send_multipart(hello("rig-a"))
+            refused = await reply(thief)
+            assert (refused["code"], refused["in_reply_to"]) == ("refused", "HELLO")
+            assert "rig-b" in refused["message"]
+            assert server.handler.events == [("hello", "rig-a"), ("connected", "rig-a")]
+            assert server.transport.connected("rig-a")
+
+    run(scenario())
+
+
+def test_unknown_key_and_plain_peers_fail_the_handshake(keys, zmq_context, endpoint):
+    async def scenario():
+        async with CurveServer(keys, zmq_context, endpoint) as server:
+            stranger = server.curve_dealer(*zmq.curve_keypair())
+            assert await server.handshake_failure(stranger) == zmq.EVENT_HANDSHAKE_FAILED_AUTH
+            plain = server.curve_dealer(None, None)
+            assert await server.handshake_failure(plain) != zmq.EVENT_HANDSHAKE_SUCCEEDED
+            assert server.handler.events == []
+
+    run(scenario())
+
+
+def test_rig_client_with_key_files(keys, zmq_context, endpoint):
+    async def scenario():
+        async with CurveServer(keys, zmq_context, endpoint) as server:
+            files = curve_keys(keys.root / "server.key", keys.root / "issued" / "rig-b.key_secret")
+            client = RigClient(endpoint, "rig-b", channels=2, heartbeat_s=HB, liveness=LIVENESS,
+                               **files)
+            try:
+                assert await asyncio.to_thread(client.wait_connected, 5)
+            finally:
+                await asyncio.to_thread(client.close)
+            assert ("hello", "rig-b") in server.handler.events
+
+    run(scenario())
+
+
+def test_keys_store_refuses_bad_input(keys, tmp_path):
+    with pytest.raises(ServerError, match="already has a key"):
+        keys.add_rig("rig-a")
+    with pytest.raises(ServerError, match="not valid"):
+        keys.add_rig("../evil")
+    with pytest.raises(ServerError, match="cannot read"):
+        keys.add_rig("rig-c", tmp_path / "missing.key")
+    keys.add_rig("rig-c", keys.root / "server.key")  # an existing public key, registered by file
+    with pytest.raises(ServerError, match="already the key of rig 'rig-c'"):
+        keys.add_rig("rig-d", keys.root / "server.key")
+    with pytest.raises(RigError, match="no secret key"):
+        curve_keys(keys.root / "server.key", keys.root / "server.key")
+
+
+@pytest.mark.parametrize("overrides, curve, message", [
+    ({"zmq_endpoint": "tcp://0.0.0.0:5555"}, False, "off loopback without CURVE"),
+    ({"zmq_endpoint": "tcp://*:5555"}, False, "off loopback without CURVE"),
+    ({"http_host": "0.0.0.0", "token": "short"}, False, "at least 32"),
+    ({"zmq_endpoint": "tcp://0.0.0.0:5555", "http_host": "::", "token": "x" * 32}, True, None),
+    ({"zmq_endpoint": "tcp://[::1]:5555", "token": "short"}, False, None),
+    ({"zmq_endpoint": "ipc:///tmp/actmax", "token": "short"}, False, None),
+])
+def test_serving_off_loopback_needs_curve_and_a_long_token(tmp_path, overrides, curve, message):
+    settings = Settings(data_dir=tmp_path, **{"token": "t" * 8, **overrides})
+    if message is None:
+        settings.check_exposure(curve)
+    else:
+        with pytest.raises(ServerError, match=message):
+            settings.check_exposure(curve)
+
+
+SERVER = textwrap.dedent("""
+    import asyncio, sys
+    from server.transport import Transport
+    from tests.server.test_transport import Recorder
+
+    async def main():
+        transport = Transport(sys.argv[1], Recorder())
+        print("ready", flush=True)
+        await transport.run()
+
+    asyncio.run(main())
+""")
+
+
+def test_peers_claiming_routing_ids_cannot_abort_the_server(zmq_context):
+    """Unseeded, libzmq's first automatic id is 0x6b8b4567 in every run; peers that claim it and
+    the ids after it made the next plain connection abort the server (socket_base.cpp:2113)."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    server = subprocess.Popen([sys.executable, "-c", SERVER, endpoint], stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    sockets = []
+    try:
+        assert server.stdout.readline() == "ready\n"
+        for k in range(16):
+            claimer = zmq_context.socket(zmq.DEALER)
+            claimer.setsockopt(zmq.ROUTING_ID, b"\0" + struct.pack(">I", 0x6B8B4567 + k))
+            sockets.append(claimer)
+            claimer.connect(endpoint)
+            claimer.send_multipart(hello(f"claim-{k}"))
+            assert claimer.poll(5000), "the server did not answer a claimed-id peer"
+            claimer.recv_multipart()
+        for k in range(16):
+            plain = zmq_context.socket(zmq.DEALER)
+            sockets.append(plain)
+            plain.connect(endpoint)
+            plain.send_multipart(hello(f"plain-{k}"))
+            assert plain.poll(5000), f"no WELCOME for plain peer {k}; server exit {server.poll()}"
+            assert decode(plain.recv_multipart()).type == MessageType.WELCOME
+        assert server.poll() is None
+    finally:
+        for s in sockets:
+            s.close(linger=0)
+        server.kill()
+        server.wait()
+
+
+def test_noisy_peer_is_answered_but_its_log_lines_are_limited(zmq_context, endpoint, caplog):
+    async def scenario():
+        async with Harness(zmq_context, endpoint) as h:
+            d = h.dealer()
+            for _ in range(200):
+                await d.send_multipart(raw(b"HELLO", b"{not json"))
+            codes = [(await h.reply(d)).header["code"] for _ in range(200)]
+            assert codes == ["bad_json"] * 200
+
+    with caplog.at_level(logging.INFO, logger="server.transport"):
+        run(scenario())
+    bad = [r for r in caplog.records if "bad message" in r.getMessage()]
+    assert 20 <= len(bad) < 200
+
+
+def test_hello_flood_from_one_address_is_refused_before_the_handler(zmq_context, endpoint):
+    async def scenario():
+        async with Harness(zmq_context, endpoint) as h:
+            d = h.dealer()
+            for k in range(300):
+                await d.send_multipart(hello(f"invented-{k}"))
+            codes = [(await h.reply(d)).type for _ in range(300)]
+            assert MessageType.ERROR in codes
+            hellos = [e for e in h.handler.events if e[0] == "hello"]
+            assert 100 <= len(hellos) < 300
+
+    run(scenario())
+
+
+def test_keys_command_makes_and_lists_keys_and_serve_refuses_open_endpoints(tmp_path, capsys, monkeypatch):
+    from server.cli import main
+
+    data = str(tmp_path / "data")
+    assert main(["keys", "--data-dir", data, "init"]) == 0
+    public = capsys.readouterr().out.split(": ")[1].split()[0]
+    assert main(["keys", "--data-dir", data, "rig", "rig-a"]) == 0
+    assert "issued/rig-a.key_secret" in capsys.readouterr().out
+    assert main(["keys", "--data-dir", data, "list"]) == 0
+    listing = capsys.readouterr().out
+    assert public in listing and "rig rig-a: " in listing
+    assert main(["keys", "--data-dir", data, "rig", "rig a"]) == 2
+    assert "not valid" in capsys.readouterr().err
+
+    monkeypatch.setenv("ACTMAX_TOKEN", "t" * 40)
+    empty = str(tmp_path / "no-keys")
+    assert main(["serve", "--data-dir", empty, "--zmq-endpoint", "tcp://0.0.0.0:5555"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "actmax keys init" in error
