@@ -7,7 +7,11 @@ that state, which returns the same codes. That is how a restarted server continu
 evolution bit for bit, reusing every presentation already recorded. Reads are in
 ``server.store.queries``, writes in ``server.store.records``.
 
-Torch and database work runs on one worker thread (``_compute``), never on the event loop.
+Each step of a thread (complete the answered generation, start the next, prepare the BATCH it
+owes) is one transaction that commits before any image of it leaves; the BATCH is sent from the
+PNGs just rendered, never read back from the archive, whose fsync runs in the background and
+is awaited before the generation is told. Torch and database work runs on one worker thread
+(``_compute``), never on the event loop; PNG encoding and archive writes fan out to all cores.
 """
 
 from __future__ import annotations
@@ -23,15 +27,15 @@ from sqlalchemy.orm import Session as DBSession
 from sqlalchemy.orm import sessionmaker
 
 import optimizers
-from rig_client.protocol import PROTOCOL_MINOR, ErrorCode, Message, batch_message
+from rig_client.protocol import PROTOCOL_MINOR, ErrorCode, Message, batch_message, encode_png
 from server import RigInputError, ThreadNotReady, admission, live, monitor
-from server.images import encode_images
+from server.images import parallel_map, parallel_submit, to_pixels
 from server.objectives import Objective
 from server.session_config import ObjectiveConfig
 from server.settings import Settings
 from server.store import queries, records
-from server.store.archive import ImageArchive
-from server.store.models import Batch, EventLevel, Stimulus, Thread, ThreadStatus
+from server.store.archive import ArchivedImage, ImageArchive
+from server.store.models import Batch, EventLevel, Thread, ThreadStatus
 from server.thread_runtime import InFlight, ThreadRuntime, build_runtime
 from server.weights import GeneratorCache
 
@@ -39,6 +43,7 @@ log = logging.getLogger(__name__)
 
 RECONCILE_S = 0.5  # how often the engine re-reads thread intent even without a wake-up
 MAX_REQUEUES = 1  # extra rounds for stimuli a rig did not answer before they are scored NaN
+FINISHED = object()  # what ``_next_step`` returns when the thread's runtime is done (finished, or paused and told)
 
 
 class Engine:
@@ -50,7 +55,8 @@ class Engine:
         self._archive = archive
         self.transport = None  # set by the app before run(); server.transport.Transport
         self._threads: dict[int, ThreadRuntime] = {}
-        self.generators = GeneratorCache(settings.device, settings.weights_dir)  # shared with the REST API
+        # Shared with the REST API, which loads generators to check a session's weights.
+        self.generators = GeneratorCache(settings.device, settings.weights_dir, settings.precision)
         self.rig_channels: dict[str, int] = {}  # channels each connected rig announced in HELLO
         self._rig_references: dict[str, set[str]] = {}  # reference ids each connected rig caches
         self.rig_minor: dict[str, int] = {}  # protocol minor version negotiated with each connected rig
@@ -274,45 +280,78 @@ class Engine:
 
     # ------------------------------------------------------------------ one generation
     async def _advance(self, runtime: ThreadRuntime) -> None:
-        """Move a thread one step: complete a finished generation, start the next, send what is missing."""
+        """Move a thread one step (one transaction, see ``_next_step``), then send the round it prepared."""
         async with runtime.lock:
             if self._threads.get(runtime.id) is not runtime:
                 return
             try:
-                inflight = runtime.inflight
-                if inflight is not None and inflight.batch_id is not None and not inflight.awaiting:
-                    # The last round is answered (or given up on): another round, or tell.
-                    owed_rounds = inflight.rounds < runtime.repeats + MAX_REQUEUES
-                    if await self._offload(self._is_complete, runtime) or not owed_rounds:
-                        if await self._offload(self._complete_generation, runtime, not owed_rounds):
-                            self._threads.pop(runtime.id, None)
-                            return
-                    else:
-                        inflight.batch_id = None
-                        inflight.rounds += 1
-                if runtime.inflight is None and runtime.paused:
-                    self._threads.pop(runtime.id, None)  # paused: told what it showed, asks nothing new
-                    return
-                if runtime.inflight is None:
-                    runtime.inflight = await self._offload(self._start_generation, runtime)
-                    runtime.inflight.rounds = 1
-                if runtime.inflight.batch_id is None:
-                    await self._send_round(runtime)
+                connected = self.transport is not None and self.transport.connected(runtime.rig)
+                channels = self.rig_channels.get(runtime.rig, 0) if connected else 0
+                cached = self._rig_references.setdefault(runtime.rig, set())
+                step = await self._offload(self._next_step, runtime, channels, frozenset(cached))
+                if step is FINISHED:
+                    self._threads.pop(runtime.id, None)
+                elif step is not None:
+                    await self._send_round(runtime, step, cached)
             except Exception as exc:
                 log.exception("thread %s failed", runtime.id)
                 self._threads.pop(runtime.id, None)
                 await self._offload(self._fail_thread, runtime.id, exc)
 
-    def _start_generation(self, runtime: ThreadRuntime) -> InFlight:
-        """Ask, render, archive and persist a new generation (status pending)."""
-        codes = runtime.optimizer.ask()
-        images = [self._archive.save(png) for png in encode_images(runtime.generator.generate(codes))]
+    def _next_step(self, runtime: ThreadRuntime, channels: int, cached: frozenset[str]) -> Message | object | None:
+        """Complete an answered generation, start the next, and prepare the BATCH still owed.
+
+        One transaction: the scores, the optimizer state after ``tell``, the next generation's codes
+        and stimuli and the batch row commit together, before any image of it leaves. Returns the
+        BATCH to send, ``FINISHED`` (also for a paused thread once its generation is told), or None (a
+        round is out, or the rig is not connected or lacks a channel the generation is scored on:
+        ``channels`` is what the connected rig announced, 0 if none is).
+        """
         with self._db.begin() as db:
-            generation, ids = records.add_generation(db, runtime.session_id, runtime.id, runtime.optimizer.generation,
-                                                     codes, images, runtime.generator.provenance)
-            # Read after the insert took the write lock, so a concurrent retarget is wholly before or after.
-            generation.objective_json = db.get(Thread, runtime.id).objective_json
-            return InFlight(generation.id, generation.number, codes, ids)
+            while True:
+                inflight = runtime.inflight
+                owed = None
+                if inflight is not None and inflight.batch_id is not None and not inflight.awaiting:
+                    # The last round is answered (or given up on): another round, or tell.
+                    owed = self._missing(db, runtime)
+                    if not owed or inflight.rounds >= runtime.repeats + MAX_REQUEUES:
+                        if self._complete_generation(db, runtime, timed_out=bool(owed)):
+                            return FINISHED
+                        owed = None
+                    else:
+                        inflight.batch_id = None
+                        inflight.rounds += 1
+                if runtime.inflight is None and runtime.paused:
+                    return FINISHED  # paused: told what it showed, asks nothing new
+                if runtime.inflight is None:
+                    runtime.inflight = self._start_generation(db, runtime)
+                    owed = runtime.inflight.stimulus_ids + runtime.reference_ids  # nothing presented yet
+                if runtime.inflight.batch_id is not None or channels < ObjectiveConfig.model_validate(
+                        queries.generation_objective(db, runtime.inflight.generation_id)).n_channels:
+                    return None
+                if owed is None:
+                    owed = self._missing(db, runtime)
+                message = self._prepare_batch(db, runtime, cached, owed)
+                if message is not None:
+                    return message
+                runtime.inflight.batch_id, runtime.inflight.awaiting = "", set()  # nothing owed: complete it
+
+    def _start_generation(self, db: DBSession, runtime: ThreadRuntime) -> InFlight:
+        """Ask, render, archive and add a new generation (status pending); its PNGs stay in memory to send."""
+        codes = runtime.optimizer.ask()
+        encoded = parallel_map(self._encode_and_archive, to_pixels(runtime.generator.generate(codes)))
+        pngs, images = [png for png, _ in encoded], [image for _, image in encoded]
+        generation, ids = records.add_generation(db, runtime.session_id, runtime.id, runtime.optimizer.generation,
+                                                 codes, images, runtime.generator.provenance)
+        # Read after the insert took the write lock, so a concurrent retarget is wholly before or after.
+        generation.objective_json = db.get(Thread, runtime.id).objective_json
+        synced = parallel_submit(self._archive.sync, images)  # off the hot path; awaited before the tell
+        return InFlight(generation.id, generation.number, codes, ids, dict(zip(ids, pngs)), synced, rounds=1)
+
+    def _encode_and_archive(self, pixels: np.ndarray) -> tuple[bytes, ArchivedImage]:
+        """One image's PNG, written to the archive (fsync later); runs on the image pool, all cores."""
+        png = encode_png(pixels)
+        return png, self._archive.save(png, durable=False)
 
     def _missing(self, db: DBSession, runtime: ThreadRuntime) -> list[str]:
         """Stimulus ids (with repeats) still owed for the in-flight generation: flagged presentations do not count."""
@@ -322,56 +361,62 @@ class Engine:
             owed += [stimulus_id] * max(0, runtime.repeats - len(scored.get(stimulus_id, ())))
         return owed
 
-    def _is_complete(self, runtime: ThreadRuntime) -> bool:
-        with self._db() as db:
-            return not self._missing(db, runtime)
-
-    def _complete_generation(self, runtime: ThreadRuntime, timed_out: bool) -> bool:
-        """Score, tell, and commit the optimizer state with the scores it used. True when the thread is done."""
+    def _complete_generation(self, db: DBSession, runtime: ThreadRuntime, timed_out: bool) -> bool:
+        """Score, tell, and record the optimizer state with the scores it used. True when the thread is done."""
         inflight = runtime.inflight
-        with self._db.begin() as db:
-            responses = queries.scored_responses(db, inflight.generation_id, runtime.flagged)
-            shown = {s: [(r.rates, r.baseline) for r in shown_at] for s, shown_at in responses.items()}
-            objective = Objective.from_config(queries.generation_objective(db, inflight.generation_id))
-            scored = objective.score_generation(shown, frozenset(runtime.reference_ids))
-            scores = np.array([scored.get(s, np.nan) for s in inflight.stimulus_ids])
-            reference = [scored.get(s, np.nan) for s in runtime.reference_ids]
-            runtime.optimizer.tell(inflight.codes, scores)
-            generation = records.complete_generation(db, inflight.generation_id, scores, reference,
-                                                     optimizers.dumps_state(runtime.optimizer.state_dict()),
-                                                     timed_out=timed_out)
-            rates = {stimulus_id: [r for r, _ in shown_at] for stimulus_id, shown_at in shown.items()}
-            monitor.generation_completed(db, runtime.session_id, runtime.id, generation.number, scores, reference, rates)
-            if timed_out:
-                self._log_in(db, runtime.session_id, runtime.id, "generation.timed_out",
-                             f"thread {runtime.id} generation {inflight.number}: "
-                             f"{inflight.codes.shape[0] - generation.n_scored} stimuli "
-                             f"unscored after {inflight.rounds} rounds; the optimizer saw NaN for them",
-                             level=EventLevel.WARNING)
-            finished = generation.number + 1 >= runtime.n_generations
-            if finished:
-                thread = db.get(Thread, runtime.id)
-                thread.status = ThreadStatus.FINISHED
-                self._log_in(db, runtime.session_id, runtime.id, "thread.finished",
-                             f"thread {runtime.id} {thread.name!r} finished after {generation.number + 1} generations")
-                records.end_session_if_done(db, runtime.session_id)
+        if inflight.synced is not None:
+            inflight.synced.result()  # the images of a told generation must survive a power loss
+        responses = queries.scored_responses(db, inflight.generation_id, runtime.flagged)
+        shown = {s: [(r.rates, r.baseline) for r in shown_at] for s, shown_at in responses.items()}
+        objective = Objective.from_config(queries.generation_objective(db, inflight.generation_id))
+        scored = objective.score_generation(shown, frozenset(runtime.reference_ids))
+        scores = np.array([scored.get(s, np.nan) for s in inflight.stimulus_ids])
+        reference = [scored.get(s, np.nan) for s in runtime.reference_ids]
+        rates = {s: [r.rates for r in shown_at] for s, shown_at in responses.items()}
+        runtime.optimizer.tell(inflight.codes, scores)
+        generation = records.complete_generation(db, inflight.generation_id, scores, reference,
+                                                 optimizers.dumps_state(runtime.optimizer.state_dict()),
+                                                 timed_out=timed_out)
+        monitor.generation_completed(db, runtime.session_id, runtime.id, generation.number, scores, reference, rates)
+        if timed_out:
+            self._log_in(db, runtime.session_id, runtime.id, "generation.timed_out",
+                         f"thread {runtime.id} generation {inflight.number}: "
+                         f"{inflight.codes.shape[0] - generation.n_scored} stimuli "
+                         f"unscored after {inflight.rounds} rounds; the optimizer saw NaN for them",
+                         level=EventLevel.WARNING)
         runtime.inflight = None
+        finished = generation.number + 1 >= runtime.n_generations
+        if finished:
+            thread = db.get(Thread, runtime.id)
+            thread.status = ThreadStatus.FINISHED
+            self._log_in(db, runtime.session_id, runtime.id, "thread.finished",
+                         f"thread {runtime.id} {thread.name!r} finished after {generation.number + 1} generations")
+            records.end_session_if_done(db, runtime.session_id)
         return finished
 
     # ------------------------------------------------------------------ sending
-    async def _send_round(self, runtime: ThreadRuntime) -> None:
-        """Send every stimulus the in-flight generation still owes (cached references by id only)."""
-        if self.transport is None or not self.transport.connected(runtime.rig):
-            return
-        if await self._offload(self._channels_needed, runtime.inflight.generation_id) > \
-                self.rig_channels.get(runtime.rig, 0):
-            return  # the rig lacks a scored channel: the thread is (or is about to be) blocked
-        cached = self._rig_references.setdefault(runtime.rig, set())
-        message = await self._offload(self._prepare_batch, runtime, frozenset(cached))
-        if message is None:  # nothing owed: the generation is complete
-            runtime.inflight.batch_id, runtime.inflight.awaiting = "", set()
-            self._step(runtime)
-            return
+    def _prepare_batch(self, db: DBSession, runtime: ThreadRuntime, cached: frozenset[str],
+                       owed: list[str]) -> Message | None:
+        """A BATCH of the ``owed`` stimuli in a seeded random order, references interleaved (cached ones by id)."""
+        inflight = runtime.inflight
+        owed = list(dict.fromkeys(owed))
+        if not owed:
+            return None
+        order = np.random.default_rng([runtime.seed, inflight.number, inflight.rounds]).permutation(len(owed))
+        entries = []
+        for i in order:
+            stimulus_id = owed[i]
+            if stimulus_id in runtime.reference_pngs:
+                entries.append((stimulus_id, "reference",
+                                None if stimulus_id in cached else runtime.reference_pngs[stimulus_id]))
+            else:
+                entries.append((stimulus_id, "synthetic", inflight.pngs[stimulus_id]))
+        batch = records.add_batch(db, runtime.session_id, runtime.id, inflight.generation_id, runtime.rig)
+        return batch_message(batch_id=batch.id, session_id=str(runtime.session_id), thread_id=str(runtime.id),
+                             generation=inflight.number, response_window_ms=runtime.window_ms, stimuli=entries)
+
+    async def _send_round(self, runtime: ThreadRuntime, message: Message, cached: set[str]) -> None:
+        """Send a prepared BATCH; the rig caches the references it carries."""
         if not await self.transport.send(runtime.rig, message):
             return  # the rig left meanwhile; on_connected sends the round when it is back
         stimuli = message.header["stimuli"]
@@ -382,30 +427,6 @@ class Engine:
         live.hub.publish("batch.sent", f"generation {runtime.inflight.number}: {len(stimuli)} stimuli sent",
                          session_id=runtime.session_id, thread_id=runtime.id,
                          data={"batch_id": runtime.inflight.batch_id, "generation": runtime.inflight.number})
-
-    def _channels_needed(self, generation_id: int) -> int:
-        with self._db() as db:
-            return ObjectiveConfig.model_validate(queries.generation_objective(db, generation_id)).n_channels
-
-    def _prepare_batch(self, runtime: ThreadRuntime, cached: frozenset[str]) -> Message | None:
-        """A BATCH of the owed stimuli in a seeded random order, references interleaved."""
-        inflight = runtime.inflight
-        with self._db.begin() as db:
-            owed = list(dict.fromkeys(self._missing(db, runtime)))
-            if not owed:
-                return None
-            order = np.random.default_rng([runtime.seed, inflight.number, inflight.rounds]).permutation(len(owed))
-            references = set(runtime.reference_ids)
-            entries = []
-            for i in order:
-                stimulus_id = owed[i]
-                kind = "reference" if stimulus_id in references else "synthetic"
-                png = None if kind == "reference" and stimulus_id in cached else \
-                    self._archive.read(db.get(Stimulus, stimulus_id).content_hash)
-                entries.append((stimulus_id, kind, png))
-            batch = records.add_batch(db, runtime.session_id, runtime.id, inflight.generation_id, runtime.rig)
-        return batch_message(batch_id=batch.id, session_id=str(runtime.session_id), thread_id=str(runtime.id),
-                             generation=inflight.number, response_window_ms=runtime.window_ms, stimuli=entries)
 
     async def _check_timeouts(self) -> None:
         """A round unanswered for ``batch_timeout_s`` is given up on: re-queue its stimuli or score NaN."""

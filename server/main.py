@@ -48,7 +48,8 @@ def create_app(settings: Settings, db_sessions: sessionmaker[DBSession], *,
     app.state.sessionmaker = db_sessions
     app.state.archive = ImageArchive(settings.data_dir)
     app.state.engine = engine
-    app.state.generators = getattr(engine, "generators", None) or GeneratorCache(settings.device, settings.weights_dir)
+    app.state.generators = getattr(engine, "generators", None) or GeneratorCache(
+        settings.device, settings.weights_dir, settings.precision)
 
     app.include_router(health.router)
     for resource in (sessions, threads, generations, stimuli, manifold, monitor, live, export, generators):

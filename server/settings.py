@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import secrets
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, model_validator
@@ -44,6 +45,9 @@ class Settings(BaseSettings):
     weights_dir: Path | None = Field(
         None, description="Generator weights folder: weights of generator NAME in WEIGHTS_DIR/NAME/.")
     device: str = Field("auto", description='Torch device for generators: "auto", "cpu", "cuda", "cuda:1", ...')
+    precision: Literal["float32", "float16", "bfloat16"] = Field(
+        "float32", description="Generator precision; a half precision is used only for generators whose "
+        "images stay within generators.base.PRECISION_TOLERANCE of float32 (checked at load).")
     max_body_bytes: int = Field(2**20, ge=1024, description="Largest REST request body; larger ones get 413 unread.")
     keys_dir: Path | None = Field(None, description="CURVE keys (`actmax keys`); default {data_dir}/keys.")
 

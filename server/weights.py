@@ -41,9 +41,10 @@ class WeightsStatus:
 class GeneratorCache:
     """Loaded generators by (name, weights source); thread-safe (REST workers and the engine's worker)."""
 
-    def __init__(self, device: str, weights_dir: Path | None):
+    def __init__(self, device: str, weights_dir: Path | None, precision: str = "float32"):
         self.device = device
         self.weights_dir = weights_dir
+        self.precision = precision
         self._loaded: dict[tuple[str, str | None], generators.Generator] = {}
         self._lock = threading.Lock()
 
@@ -53,7 +54,8 @@ class GeneratorCache:
         key = (name, None if source is None else str(source))
         with self._lock:
             if key not in self._loaded:
-                self._loaded[key] = generators.load(name, device=self.device, weights=source)
+                self._loaded[key] = generators.load(name, device=self.device, weights=source,
+                                                    precision=self.precision)
             return self._loaded[key]
 
     def status(self, name: str, weights: str | None = None) -> WeightsStatus:
