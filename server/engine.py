@@ -7,7 +7,10 @@ that state, which returns the same codes. That is how a restarted server continu
 evolution bit for bit, reusing every presentation already recorded. Reads are in
 ``server.store.queries``, writes in ``server.store.records``.
 
-Torch and database work runs on one worker thread (``_compute``), never on the event loop.
+Torch and database work runs on one worker thread (``_compute``), never on the event loop. Its
+queue is first in, first out, and a generation is rendered in chunks of ``RENDER_CHUNK`` codes, so
+the compute is shared round-robin: one session's big generation cannot hold back the others' steps.
+A generation is only asked and rendered while its rig is connected.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -31,13 +35,14 @@ from server.objectives import Objective
 from server.settings import Settings
 from server.store import queries, records
 from server.store.archive import ImageArchive
-from server.store.models import Batch, EventLevel, Stimulus, Thread, ThreadStatus
-from server.thread_runtime import InFlight, ThreadRuntime, build_runtime
+from server.store.models import Batch, EventLevel, Generation, GenerationStatus, Stimulus, Thread, ThreadStatus, utcnow
+from server.thread_runtime import InFlight, ThreadRuntime, build_runtime, is_snapshot, owed_stimuli
 
 log = logging.getLogger(__name__)
 
 RECONCILE_S = 0.5  # how often the engine re-reads thread intent even without a wake-up
 MAX_REQUEUES = 1  # extra rounds for stimuli a rig did not answer before they are scored NaN
+RENDER_CHUNK = 32  # codes rendered per compute job, so other threads' steps run between a big generation's chunks
 
 
 class Engine:
@@ -105,10 +110,11 @@ class Engine:
         return {"server": "actmax"}
 
     async def on_connected(self, rig: str) -> None:
-        """A rig (re)joined: send it whatever its threads are waiting on."""
+        """A rig (re)joined: resend its outstanding batches under their own ids (§6.5), start what waited."""
         for runtime in list(self._threads.values()):
-            if runtime.rig == rig and runtime.inflight is not None:
-                runtime.inflight.batch_id = None  # resend the round in flight
+            if runtime.rig == rig:
+                if runtime.inflight is not None and runtime.inflight.batch_id:
+                    runtime.inflight.resend = True
                 self._step(runtime)
 
     async def on_disconnect(self, rig: str) -> None:
@@ -120,8 +126,8 @@ class Engine:
 
         Raises ``RigInputError`` for results the store cannot take (the transport replies ERROR).
         """
-        received = time.monotonic()
-        thread_id, answered, duplicates = await self._offload(self._record_results, rig, header)
+        received, received_at = time.monotonic(), utcnow()
+        thread_id, answered, accepted, duplicates = await self._offload(self._record_results, rig, header, received_at)
         runtime = self._threads.get(thread_id)
         inflight = runtime.inflight if runtime is not None else None
         if inflight is not None and inflight.batch_id == header["batch_id"]:
@@ -133,11 +139,15 @@ class Engine:
                 self._step(runtime)
         live.hub.publish("batch_answered", f"{len(answered)} stimuli answered", thread_id=thread_id,
                          session_id=runtime.session_id if runtime is not None else None,
-                         data={"batch_id": header["batch_id"], "accepted": len(answered), "done": bool(header.get("done"))})
-        return {"batch_id": header["batch_id"], "accepted": len(answered), "duplicates": duplicates}
+                         data={"batch_id": header["batch_id"], "accepted": accepted, "done": bool(header.get("done"))})
+        return {"batch_id": header["batch_id"], "accepted": accepted, "duplicates": duplicates}
 
-    def _record_results(self, rig: str, header: dict) -> tuple[int, set[str], int]:
-        """Validate and store a RESULTS message; (thread id, stimuli answered now, duplicate count)."""
+    def _record_results(self, rig: str, header: dict, received_at) -> tuple[int, set[str], int, int]:
+        """Validate and store a RESULTS message arrived at ``received_at``.
+
+        Returns (thread id, stimuli answered now, presentations stored now, duplicate count). New
+        presentations for a batch whose generation is already scored are refused (``batch_closed``).
+        """
         with self._db.begin() as db:
             batch = db.get(Batch, header["batch_id"])
             if batch is None:
@@ -157,9 +167,18 @@ class Engine:
                                    float(p["window_ms"][0]), float(p["window_ms"][1]))
                 for p in header["presentations"]
             ]
-            accepted, duplicates = records.record_presentations(db, batch.id, presentations)
+            if db.get(Generation, batch.generation_id).status == GenerationStatus.COMPLETE:
+                new = {p.presentation_id for p in presentations} - queries.stored_presentation_ids(
+                    db, [p.presentation_id for p in presentations])
+                if new:
+                    raise RigInputError(ErrorCode.BATCH_CLOSED,
+                                        f"batch {batch.id!r} is closed: its generation was scored when every stimulus "
+                                        f"had been answered; {len(new)} new presentation(s) were not stored")
+            accepted, duplicates = records.record_presentations(db, batch.id, presentations, received_at=received_at)
+            if header.get("done"):
+                records.close_batch(db, batch, received_at)
             stimulus_of = {p.presentation_id: p.stimulus_id for p in presentations}
-            return batch.thread_id, {stimulus_of[pid] for pid in accepted}, len(duplicates)
+            return batch.thread_id, {stimulus_of[pid] for pid in accepted}, len(accepted), len(duplicates)
 
     # ------------------------------------------------------------------ thread lifecycle
     async def _reconcile(self) -> None:
@@ -223,35 +242,42 @@ class Engine:
                         inflight.batch_id = None
                         inflight.rounds += 1
                 if runtime.inflight is None:
-                    runtime.inflight = await self._offload(self._start_generation, runtime)
+                    if not self._rig_connected(runtime):
+                        return  # nothing is rendered for an absent rig; on_connected starts it
+                    runtime.inflight = await self._start_generation(runtime)
                     runtime.inflight.rounds = 1
                 if runtime.inflight.batch_id is None:
                     await self._send_round(runtime)
+                elif runtime.inflight.resend and runtime.inflight.awaiting:
+                    await self._send_round(runtime, resend=True)
             except Exception as exc:
                 log.exception("thread %s failed", runtime.id)
                 self._threads.pop(runtime.id, None)
                 await self._offload(self._fail_thread, runtime.id, exc)
 
-    def _start_generation(self, runtime: ThreadRuntime) -> InFlight:
-        """Ask, render, archive and persist a new generation (status pending)."""
-        codes = runtime.optimizer.ask()
-        images = [self._archive.save(png) for png in encode_images(runtime.generator.generate(codes))]
+    def _rig_connected(self, runtime: ThreadRuntime) -> bool:
+        return self.transport is not None and self.transport.connected(runtime.rig)
+
+    async def _start_generation(self, runtime: ThreadRuntime) -> InFlight:
+        """Ask, render (chunk by chunk, one compute job each), archive and persist a new generation (pending)."""
+        codes = await self._offload(runtime.optimizer.ask)
+        images = []
+        for start in range(0, len(codes), RENDER_CHUNK):
+            images += await self._offload(self._render, runtime, codes[start:start + RENDER_CHUNK])
+        return await self._offload(self._add_generation, runtime, codes, images)
+
+    def _render(self, runtime: ThreadRuntime, codes: np.ndarray) -> list:
+        return [self._archive.save(png) for png in encode_images(runtime.generator.generate(codes))]
+
+    def _add_generation(self, runtime: ThreadRuntime, codes: np.ndarray, images: list) -> InFlight:
         with self._db.begin() as db:
             generation, ids = records.add_generation(db, runtime.session_id, runtime.id, runtime.optimizer.generation,
                                                      codes, images, runtime.generator.provenance)
             return InFlight(generation.id, generation.number, codes, ids)
 
-    def _missing(self, db: DBSession, runtime: ThreadRuntime) -> list[str]:
-        """Stimulus ids (with repeats) still owed for the in-flight generation."""
-        counts = queries.presentation_counts(db, runtime.inflight.generation_id)
-        owed = []
-        for stimulus_id in runtime.inflight.stimulus_ids + runtime.reference_ids:
-            owed += [stimulus_id] * max(0, runtime.repeats - counts.get(stimulus_id, 0))
-        return owed
-
     def _is_complete(self, runtime: ThreadRuntime) -> bool:
         with self._db() as db:
-            return not self._missing(db, runtime)
+            return not owed_stimuli(db, runtime, runtime.inflight)
 
     def _complete_generation(self, runtime: ThreadRuntime, timed_out: bool) -> bool:
         """Score, tell, and commit the optimizer state with the scores it used. True when the thread is done."""
@@ -261,9 +287,11 @@ class Engine:
             scores = np.array([runtime.objective.mean_score(rates.get(s)) for s in inflight.stimulus_ids])
             reference = [runtime.objective.mean_score(rates.get(s)) for s in runtime.reference_ids]
             runtime.optimizer.tell(inflight.codes, scores)
-            generation = records.complete_generation(db, inflight.generation_id, scores, reference,
-                                                     optimizers.dumps_state(runtime.optimizer.state_dict()),
-                                                     timed_out=timed_out)
+            state = runtime.optimizer.state_dict()
+            generation = records.complete_generation(
+                db, inflight.generation_id, scores, reference,
+                optimizers.dumps_state(state) if is_snapshot(inflight.number) else None,
+                optimizers.state_summary(state), timed_out=timed_out)
             monitor.generation_completed(db, runtime.session_id, runtime.id, generation.number, scores, reference, rates)
             if timed_out:
                 self._log_in(db, runtime.session_id, runtime.id, "generation_timed_out",
@@ -279,32 +307,54 @@ class Engine:
         return finished
 
     # ------------------------------------------------------------------ sending
-    async def _send_round(self, runtime: ThreadRuntime) -> None:
-        """Send every stimulus the in-flight generation still owes (cached references by id only)."""
-        if self.transport is None or not self.transport.connected(runtime.rig):
+    async def _send_round(self, runtime: ThreadRuntime, resend: bool = False) -> None:
+        """Send every stimulus the in-flight generation still owes (cached references by id only).
+
+        ``resend``: the outstanding batch again, after a reconnect, under its own ``batch_id`` and with
+        only its stimuli still unanswered, so a rig that already has it ignores the copy (§6.5). A
+        round is recorded as a batch row only once it was sent.
+        """
+        if not self._rig_connected(runtime):
             return
+        inflight = runtime.inflight
+        inflight.resend = False
         cached = self._rig_references.setdefault(runtime.rig, set())
-        message = await self._offload(self._prepare_batch, runtime, frozenset(cached))
-        if message is None:  # nothing owed: the generation is complete
-            runtime.inflight.batch_id, runtime.inflight.awaiting = "", set()
-            self._step(runtime)
+        batch_id = inflight.batch_id if resend else uuid.uuid4().hex
+        message = await self._offload(self._prepare_batch, runtime, batch_id, frozenset(cached),
+                                      frozenset(inflight.awaiting) if resend else None)
+        if message is None:
+            if not resend:  # nothing owed: the generation is complete
+                inflight.batch_id, inflight.awaiting = "", set()
+                self._step(runtime)
             return
         if not await self.transport.send(runtime.rig, message):
+            if not resend:
+                await self._offload(self._forget_batch, batch_id)
             return  # the rig left meanwhile; on_connected sends the round when it is back
         stimuli = message.header["stimuli"]
         cached.update(s["stimulus_id"] for s in stimuli if s["kind"] == "reference")
-        runtime.inflight.batch_id = message.header["batch_id"]
-        runtime.inflight.awaiting = {s["stimulus_id"] for s in stimuli}
-        runtime.inflight.last_activity = time.monotonic()
-        live.hub.publish("batch_sent", f"generation {runtime.inflight.number}: {len(stimuli)} stimuli sent",
-                         session_id=runtime.session_id, thread_id=runtime.id,
-                         data={"batch_id": runtime.inflight.batch_id, "generation": runtime.inflight.number})
+        if not resend:
+            inflight.batch_id = batch_id
+            inflight.awaiting = {s["stimulus_id"] for s in stimuli}
+        inflight.last_activity = time.monotonic()
+        live.hub.publish("batch_sent", f"generation {inflight.number}: {len(stimuli)} stimuli "
+                         f"{'resent' if resend else 'sent'}", session_id=runtime.session_id, thread_id=runtime.id,
+                         data={"batch_id": batch_id, "generation": inflight.number, "resent": resend})
 
-    def _prepare_batch(self, runtime: ThreadRuntime, cached: frozenset[str]) -> Message | None:
-        """A BATCH of the owed stimuli in a seeded random order, references interleaved."""
+    def _forget_batch(self, batch_id: str) -> None:
+        with self._db.begin() as db:
+            db.delete(db.get(Batch, batch_id))
+
+    def _prepare_batch(self, runtime: ThreadRuntime, batch_id: str, cached: frozenset[str],
+                       only: frozenset[str] | None) -> Message | None:
+        """A BATCH of the owed stimuli (of ``only`` when resending) in a seeded random order, references interleaved.
+
+        A new batch (``only`` is None) gets its row here, before it is sent; ``_forget_batch`` removes
+        it if the send fails.
+        """
         inflight = runtime.inflight
         with self._db.begin() as db:
-            owed = list(dict.fromkeys(self._missing(db, runtime)))
+            owed = [s for s in dict.fromkeys(owed_stimuli(db, runtime, runtime.inflight)) if only is None or s in only]
             if not owed:
                 return None
             order = np.random.default_rng([runtime.seed, inflight.number, inflight.rounds]).permutation(len(owed))
@@ -316,8 +366,9 @@ class Engine:
                 png = None if kind == "reference" and stimulus_id in cached else \
                     self._archive.read(db.get(Stimulus, stimulus_id).content_hash)
                 entries.append((stimulus_id, kind, png))
-            batch = records.add_batch(db, runtime.session_id, runtime.id, inflight.generation_id, runtime.rig)
-        return batch_message(batch_id=batch.id, session_id=str(runtime.session_id), thread_id=str(runtime.id),
+            if only is None:
+                records.add_batch(db, batch_id, runtime.session_id, runtime.id, inflight.generation_id, runtime.rig)
+        return batch_message(batch_id=batch_id, session_id=str(runtime.session_id), thread_id=str(runtime.id),
                              generation=inflight.number, response_window_ms=runtime.window_ms, stimuli=entries)
 
     async def _check_timeouts(self) -> None:

@@ -1,8 +1,9 @@
 """A running thread in memory: its settings, optimizer and generator, and the generation in flight.
 
 Everything here is rebuilt from the database: the thread's settings from its session's validated
-``SessionConfig``, the optimizer from the state committed after the last ``tell``, and a pending
-generation by re-asking that state, which returns the same codes.
+``SessionConfig``, the optimizer from its last snapshot replayed through the told generations after
+it, and a pending generation by re-asking that state, which returns the same codes, together with
+its outstanding batch (the last one sent) and the stimuli that batch still owes.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from server.objectives import Objective
 from server.session_config import SessionConfig, ThreadConfig
 from server.store import queries
 from server.store.archive import ImageArchive
-from server.store.models import Generation, Session, Stimulus, StimulusKind, Thread, decode_codes
+from server.store.models import BatchStatus, Generation, Session, Stimulus, StimulusKind, Thread, decode_codes
 
 REFERENCE_SIZE = 128
 
@@ -45,6 +46,7 @@ class InFlight:
     batch_id: str | None = None  # None: the current round still has to be sent
     awaiting: set[str] = field(default_factory=set)  # stimuli of the last batch not answered yet
     rounds: int = 0
+    resend: bool = False  # the rig reconnected: send the outstanding batch again under its own id
     last_activity: float = field(default_factory=time.monotonic)
 
 
@@ -81,9 +83,7 @@ def build_runtime(db: DBSession, thread_id: int, load_generator: Callable[[str],
     generator = load_generator(config.generator)
     thread.generator_version = generator.version
     optimizer = create_optimizer(db, thread, config, generator)
-    last = queries.last_complete_generation(db, thread_id)
-    if last is not None:
-        optimizer.load_state_dict(optimizers.loads_state(last.optimizer_state))
+    last = restore_optimizer(db, optimizer, thread_id)
     window = session_config.response_window_ms
     runtime = ThreadRuntime(
         id=thread.id, session_id=session.id, rig=session.rig, seed=config.seed,
@@ -94,8 +94,49 @@ def build_runtime(db: DBSession, thread_id: int, load_generator: Callable[[str],
     )
     pending = queries.pending_generation(db, thread_id)
     if pending is not None:
-        runtime.inflight = resume_pending(runtime, pending)
+        runtime.inflight = resume_pending(db, runtime, pending)
     return runtime
+
+
+def is_snapshot(number: int) -> bool:
+    """Whether generation ``number`` keeps the full optimizer state: 0, 1, 2, 4, 8, ... (O(g) bytes in all)."""
+    return number & (number - 1) == 0
+
+
+def restore_optimizer(db: DBSession, optimizer: optimizers.Optimizer, thread_id: int) -> Generation | None:
+    """Load the thread's last snapshot into ``optimizer`` and replay every later told generation (ask, then
+    tell its stored scores), which reproduces the state after the last tell bit for bit. Returns the
+    last told generation (None for a fresh thread)."""
+    snapshot = queries.last_snapshot(db, thread_id)
+    if snapshot is None:
+        return None
+    optimizer.load_state_dict(optimizers.loads_state(snapshot.optimizer_state))
+    last = snapshot
+    for generation in queries.complete_generations(db, thread_id, after=snapshot.number):
+        codes = check_codes(optimizer.ask(), generation)
+        optimizer.tell(codes, np.array([np.nan if s is None else s for s in generation.scores_json], dtype=float))
+        last = generation
+    return last
+
+
+def check_codes(codes: np.ndarray, generation: Generation) -> np.ndarray:
+    """``codes`` if the restored optimizer asked exactly what ``generation`` stored; else ServerError."""
+    stored = decode_codes(generation.codes, generation.n_stimuli)
+    if codes.shape != stored.shape or not np.array_equal(codes, stored):
+        raise ServerError(
+            f"generation {generation.number} of thread {generation.thread_id}: the restored optimizer asked "
+            "different codes than were stored; the optimizer state in the database is inconsistent"
+        )
+    return codes
+
+
+def owed_stimuli(db: DBSession, runtime: ThreadRuntime, inflight: InFlight) -> list[str]:
+    """Stimulus ids (with repeats) still owed for ``inflight``'s generation."""
+    counts = queries.presentation_counts(db, inflight.generation_id)
+    owed = []
+    for stimulus_id in inflight.stimulus_ids + runtime.reference_ids:
+        owed += [stimulus_id] * max(0, runtime.repeats - counts.get(stimulus_id, 0))
+    return owed
 
 
 def create_optimizer(db: DBSession, thread: Thread, config: ThreadConfig, generator) -> optimizers.Optimizer:
@@ -113,17 +154,21 @@ def optimizer_params(name: str, generator, user: dict) -> dict:
     return {**defaults, **user}
 
 
-def resume_pending(runtime: ThreadRuntime, pending: Generation) -> InFlight:
-    """Re-ask the restored optimizer; it must return exactly the codes stored before the crash."""
-    codes = runtime.optimizer.ask()
-    stored = decode_codes(pending.codes, pending.n_stimuli)
-    if codes.shape != stored.shape or not np.array_equal(codes, stored):
-        raise ServerError(
-            f"generation {pending.number} of thread {runtime.id}: the restored optimizer asked different "
-            "codes than were stored; the optimizer state in the database is inconsistent"
-        )
+def resume_pending(db: DBSession, runtime: ThreadRuntime, pending: Generation) -> InFlight:
+    """Re-ask the restored optimizer (it must return exactly the codes stored before the crash) and take up
+    the last batch sent: while the rig has not said ``done`` for it, the stimuli it still owes are awaited,
+    and sent again under the same ``batch_id`` once the rig is back."""
+    codes = check_codes(runtime.optimizer.ask(), pending)
     ids = [s.id for s in pending.stimuli if s.kind == StimulusKind.SYNTHETIC]
-    return InFlight(pending.id, pending.number, stored, ids)
+    inflight = InFlight(pending.id, pending.number, codes, ids, rounds=1)
+    batches = queries.generation_batches(db, pending.id)
+    if batches:
+        last = batches[-1]
+        inflight.batch_id, inflight.rounds = last.id, len(batches)
+        if last.status == BatchStatus.SENT:
+            # Every round holds all that was owed when it was sent, so what is owed now was in the last one.
+            inflight.awaiting = set(owed_stimuli(db, runtime, inflight)) - queries.batch_answered(db, last.id)
+    return inflight
 
 
 def ensure_references(db: DBSession, session: Session, config: SessionConfig, archive: ImageArchive) -> list[str]:
