@@ -29,7 +29,7 @@ import numpy as np
 
 from rig_client import RigError
 from rig_client.protocol import Message, MessageType, ProtocolError, encode
-from rig_client.trials import TrialPresentation
+from rig_client.trials import TrialPresentation, to_send
 
 log = logging.getLogger(__name__)
 
@@ -276,15 +276,15 @@ def _integer(value) -> int:
 class FolderBridge:
     """Runs batches through ``folder``: write, wait for responses, validate, send, acknowledge.
 
-    A 1.0 server scores every presentation it gets, so by default flagged presentations (broken
-    fixation, dropped frames) stay in the folder and are not sent: the server shows those stimuli
-    again. ``send_flagged`` sends them for a server that speaks protocol 1.1.
+    Flagged presentations (broken fixation, dropped frames) go to a server that speaks protocol
+    1.1, which stores them with their trial facts and applies the session's flagged-trial policy.
+    A 1.0 server would score them, so for one they stay in the folder and are not sent: the server
+    shows those stimuli again (docs/protocol.md §4.4.1).
     """
 
-    def __init__(self, client, folder: Path, channel_labels: Sequence[str], *,
-                 poll_s: float = 0.2, send_flagged: bool = False):
+    def __init__(self, client, folder: Path, channel_labels: Sequence[str], *, poll_s: float = 0.2):
         self.client, self.folder, self.labels = client, Path(folder), list(channel_labels)
-        self.poll_s, self.send_flagged = poll_s, send_flagged
+        self.poll_s = poll_s
         self.stop = threading.Event()
         self.folder.mkdir(parents=True, exist_ok=True)
 
@@ -314,7 +314,8 @@ class FolderBridge:
             log.warning("%s rejected (kept as %s): %s", responses, rejected.name, exc)
             return False
         flagged = [p for p in presentations if p.flagged]
-        sent = [p for p in presentations if self.send_flagged or not p.flagged]
+        sent = to_send(presentations, self.client.minor)
+        kept_back = [p for p in flagged if p not in sent]
         future = self.client.send_results(manifest["batch_id"], sent, done=True)
         while not future.done():  # unanswered at a stop: a restarted bridge resends, same ids
             if self.stop.wait(self.poll_s):
@@ -328,10 +329,10 @@ class FolderBridge:
         (path / "responses.error.txt").unlink(missing_ok=True)
         _write_atomic(path / "ack.json", json.dumps({
             **ack, "sent": len(sent), "flagged": len(flagged),
-            "flagged_not_sent": [] if self.send_flagged else [p.stimulus_id for p in flagged]}))
-        log.info("batch %s: %d presentations sent (%d flagged%s), server accepted %d",
-                 manifest["batch_id"], len(sent), len(flagged),
-                 "" if self.send_flagged else " kept back", ack["accepted"])
+            "flagged_not_sent": [p.stimulus_id for p in kept_back]}))
+        log.info("batch %s: %d presentations sent (%d flagged, %d of them kept back from a 1.0 "
+                 "server), server accepted %d", manifest["batch_id"], len(sent), len(flagged),
+                 len(kept_back), ack["accepted"])
         return True
 
     @staticmethod
@@ -363,10 +364,6 @@ def add_parser(rig_commands) -> None:
     bridge.add_argument("--labels", help="comma-separated channel labels, e.g. elec1-u1,elec2-u1")
     bridge.add_argument("--poll", type=float, default=0.2, metavar="SECONDS",
                         help="how often to look for a responses file (default 0.2)")
-    bridge.add_argument("--send-flagged", action="store_true",
-                        help="send presentations with a broken fixation or dropped frames too "
-                        "(only to a server that speaks protocol 1.1); default: keep them back, "
-                        "so the server shows those stimuli again")
     bridge.set_defaults(func=run)
 
 
@@ -374,7 +371,7 @@ def channel_labels(channels: int | None, labels: str | None) -> list[str]:
     names = [x.strip() for x in labels.split(",")] if labels else []
     n = channels or len(names) or 1
     if names and len(names) != n:
-        raise BridgeError(f"--labels names {len(names)} channels but --channels is {n}")
+        raise BridgeError(f"--labels names {len(names)} channels, but the rig has {n}")
     return names or [f"ch{i}" for i in range(1, n + 1)]
 
 
@@ -384,9 +381,9 @@ def run(args: argparse.Namespace) -> int:
     labels = channel_labels(args.channels, args.labels)
     if args.poll <= 0:
         raise BridgeError("--poll must be > 0 seconds")
-    with RigClient(args.endpoint, args.rig, channels=len(labels)) as client:
-        bridge = FolderBridge(client, args.folder, labels, poll_s=args.poll,
-                              send_flagged=args.send_flagged)
+    with RigClient(args.endpoint, args.rig, channels=len(labels),
+                   labels=labels if args.labels else None) as client:
+        bridge = FolderBridge(client, args.folder, labels, poll_s=args.poll)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: bridge.stop.set())
         log.info("bridge: rig %r, %d channels, folder %s (pid %d)", args.rig, len(labels),

@@ -2,7 +2,7 @@
 
 The rig's own loop stays synchronous (PsychoPy, MonkeyLogic-style)::
 
-    with RigClient("tcp://server:5555", "rig-a", channels=64) as rig:
+    with RigClient("tcp://server:5555", "rig-a", channels=64, labels=unit_names) as rig:
         while (batch := rig.next_batch()) is not None:
             presentations = [show_and_record(s.image()) for s in batch.stimuli]
             rig.send_results(batch.batch_id, presentations)
@@ -31,7 +31,7 @@ import zmq
 
 from rig_client import RigError
 from rig_client.protocol import (
-    MAX_MESSAGE_BYTES, PROTOCOL, ErrorCode, Message, MessageType, ProtocolError, decode,
+    MAX_MESSAGE_BYTES, PROTOCOL, PROTOCOL_MINOR, ErrorCode, Message, MessageType, ProtocolError, decode,
     decode_png, encode, error,
 )
 
@@ -111,7 +111,8 @@ class RigClient:
     `curve_keys` and ``actmax keys``).
     """
 
-    def __init__(self, endpoint: str, rig_name: str, *, channels: int, heartbeat_s: float = 2.0,
+    def __init__(self, endpoint: str, rig_name: str, *, channels: int,
+                 labels: Sequence[str] | None = None, heartbeat_s: float = 2.0,
                  liveness: int = 5, reconnect_max_s: float = 16.0,
                  context: zmq.Context | None = None, server_public_key: bytes | None = None,
                  public_key: bytes | None = None, secret_key: bytes | None = None):
@@ -124,8 +125,12 @@ class RigClient:
         self.rig_name = rig_name
         self.channels = channels
         self._hello_header: dict[str, Any] = {"rig": rig_name, "protocol": PROTOCOL,
-                                              "channels": channels, "cached_references": []}
-        encode(Message(MessageType.HELLO, self._hello_header))  # bad name/channels: fail here
+                                              "minor": PROTOCOL_MINOR, "channels": channels,
+                                              "cached_references": []}
+        if labels is not None:
+            self._hello_header["channel_labels"] = list(labels)
+        encode(Message(MessageType.HELLO, self._hello_header))  # bad name/channels/labels: fail here
+        self._minor: int | None = None
         self._max_message_bytes = MAX_MESSAGE_BYTES
         self._own_context = context is None
         self._ctx = zmq.Context() if context is None else context
@@ -166,6 +171,14 @@ class RigClient:
     def connected(self) -> bool:
         """True between WELCOME and the loss of the connection."""
         return self._connected.is_set()
+
+    @property
+    def minor(self) -> int | None:
+        """The protocol minor version of the last WELCOME (0: a 1.0 server); None before the first.
+
+        Below 1 the server would score flagged presentations: leave them out (docs/protocol.md §4.4.1).
+        """
+        return self._minor
 
     @property
     def errors(self) -> list[dict]:
@@ -326,6 +339,7 @@ class RigClient:
             h = msg.header
             self._link.welcomed(h["heartbeat_ms"] / 1000, h["liveness"])
             self._max_message_bytes = h["max_message_bytes"]
+            self._minor = h.get("minor", 0)
             self._take_commands()  # queued while disconnected: sent below with the rest
             self._connected.set()
             log.info("connected to %s (%s) as rig %s", self.endpoint, h["server"], self.rig_name)

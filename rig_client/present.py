@@ -181,7 +181,7 @@ class PresenterRig:
                 self.serve(batch)
 
     def serve(self, batch) -> None:
-        from rig_client.trials import TrialPresentation
+        from rig_client.trials import TrialPresentation, to_send
 
         trials = []
         for stimulus in batch.stimuli:
@@ -202,16 +202,17 @@ class PresenterRig:
                               baseline_rates=counts.baseline[i].tolist(),
                               baseline_window_ms=self.baseline_ms)
             for i, (s, t) in enumerate(zip(batch.stimuli, trials))]
-        sent = [p for p in presentations if not p.flagged]  # flagged: shown again (protocol 1.0)
+        sent = to_send(presentations, self.client.minor)  # a 1.0 server: flagged ones are shown again
         self.client.send_results(batch.batch_id, sent, done=True)
-        log.info("batch %s: %d shown, %d with dropped frames kept back; clock fit residual "
-                 "%.3f ms RMS over %d onsets", batch.batch_id, len(trials),
-                 len(presentations) - len(sent), fit.residual_rms_s * 1000, fit.n_pulses)
+        log.info("batch %s: %d shown, %d with dropped frames (%d kept back from a 1.0 server); "
+                 "clock fit residual %.3f ms RMS over %d onsets", batch.batch_id, len(trials),
+                 sum(p.flagged for p in presentations), len(presentations) - len(sent),
+                 fit.residual_rms_s * 1000, fit.n_pulses)
         if self.record:
             with open(self.record, "a") as f:
                 for p, t, rec in zip(presentations, trials, counts.onsets):
                     f.write(json.dumps({"batch_id": batch.batch_id, **p.to_json(),
-                                        "onset_recorder": float(rec), "sent": not p.flagged,
+                                        "onset_recorder": float(rec), "sent": p in sent,
                                         "flips": len(t.flips)}) + "\n")
 
 
@@ -266,7 +267,8 @@ def run(args: argparse.Namespace) -> int:
                           isi_ms=args.isi_ms, refresh_hz=args.refresh_hz,
                           photodiode_px=args.photodiode_px)
     try:
-        with RigClient(args.endpoint, args.rig, channels=len(source.labels)) as client:
+        with RigClient(args.endpoint, args.rig, channels=len(source.labels),
+                       labels=source.labels) as client:
             rig = PresenterRig(client, presenter, source, baseline_ms=tuple(args.baseline_ms),
                                latency_ms=args.latency_ms, record=args.record)
             for sig in (signal.SIGINT, signal.SIGTERM):

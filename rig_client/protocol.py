@@ -438,6 +438,10 @@ def _results(h: _Fields, frames: list[bytes]) -> None:
     _no_frames(h, frames)
 
 
+# The optional 1.1 fields of a presentation (§4.4), as the server stores them.
+TRIAL_FACTS = ("fixation_broken", "dropped_frames", "photodiode_onset", "baseline_rates", "baseline_window_ms")
+
+
 def _trial_facts(p: _Fields, channels: int) -> None:
     """The optional 1.1 fields of a presentation: how the trial went."""
     if "fixation_broken" in p.obj:

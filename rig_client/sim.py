@@ -65,6 +65,8 @@ def add_parser(subcommands) -> None:
                      help="this rig's NAME.key_secret from `actmax keys rig NAME` (CURVE; with --server-key)")
     sim.add_argument("--unit", action="append", type=parse_unit, metavar="LAYER:CHANNEL[:X:Y]",
                      help=f"a unit, one per channel, repeatable (default {DEFAULT_UNIT})")
+    sim.add_argument("--labels", help="comma-separated channel labels sent in HELLO, one per --unit "
+                     "(e.g. elec1-u1,elec2-u1); default: none")
     sim.add_argument("--rf", type=float, nargs=3, metavar=("SIZE", "X", "Y"),
                      help="receptive field: image size and centre in pixels of the 224 network input "
                      "(default: the full frame)")
@@ -128,10 +130,12 @@ class SimulatedRig:
     def __init__(self, args: argparse.Namespace):
         import torch
 
+        from rig_client.bridge import channel_labels
         from rig_client.units import ReceptiveField, UnitScorer
 
         torch.set_num_threads(max(1, torch.get_num_threads()))
         units = args.unit or [parse_unit(DEFAULT_UNIT)]
+        self.labels = channel_labels(len(units), args.labels) if args.labels else None  # bad --labels: fail first
         rf = ReceptiveField(int(args.rf[0]), args.rf[1], args.rf[2]) if args.rf else None
         self.args = args
         self.scorer = UnitScorer(units, device=args.device, rf=rf)
@@ -196,7 +200,7 @@ class SimulatedRig:
             raise RigError("CURVE needs both --server-key and --rig-key")
         keys = curve_keys(self.args.server_key, self.args.rig_key) if self.args.server_key else {}
         client = client_class(self.args.endpoint, self.args.rig, channels=len(self.scorer.units),
-                              **keys)
+                              labels=self.labels, **keys)
         if not client.wait_connected(timeout=30):
             client.close()
             raise RigError(f"no server answered at {self.args.endpoint} within 30 s")

@@ -1,8 +1,9 @@
 """Protocol 1.1 trial facts: a `Presentation` that also says how the trial went.
 
 `RigClient.send_results` sends whatever ``to_json`` returns, so a rig sends these like any other
-presentation. A 1.0 server ignores the extra fields (docs/protocol.md §4.4), so a rig talking to one
-leaves flagged presentations out instead: the server then shows the stimulus again (§4.4.1).
+presentation. A 1.1 server stores flagged ones and applies the session's policy; a 1.0 server ignores
+the extra fields (docs/protocol.md §4.4) and would score them, so `to_send` leaves flagged
+presentations out for one: that server then shows the stimulus again (§4.4.1).
 """
 
 from __future__ import annotations
@@ -45,3 +46,8 @@ class TrialPresentation(Presentation):
         if self.baseline_window_ms is not None:
             out["baseline_window_ms"] = [float(w) for w in self.baseline_window_ms]
         return out
+
+
+def to_send(presentations: Sequence[TrialPresentation], minor: int | None) -> list[TrialPresentation]:
+    """What to send a server whose WELCOME said ``minor``: all to 1.1, all but the flagged to 1.0."""
+    return list(presentations) if (minor or 0) >= 1 else [p for p in presentations if not p.flagged]

@@ -28,7 +28,7 @@ from sqlalchemy.orm import sessionmaker
 
 import generators
 import optimizers
-from rig_client.protocol import ErrorCode, Message, batch_message
+from rig_client.protocol import PROTOCOL_MINOR, ErrorCode, Message, batch_message
 from server import RigInputError, ThreadNotReady, live, monitor
 from server.images import encode_images
 from server.objectives import Objective
@@ -56,6 +56,7 @@ class Engine:
         self._threads: dict[int, ThreadRuntime] = {}
         self._generators: dict[str, Any] = {}
         self._rig_references: dict[str, set[str]] = {}  # reference ids each connected rig caches
+        self.rig_minor: dict[str, int] = {}  # protocol minor version negotiated with each connected rig
         self._steps: set[asyncio.Task] = set()  # thread steps in progress (kept so none is collected)
         self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="actmax-compute")
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -103,11 +104,17 @@ class Engine:
 
     # ------------------------------------------------------------------ transport handler
     async def on_hello(self, rig: str, header: dict) -> dict:
-        """Remember which references the rig caches; the transport fills in heartbeat and size limits."""
+        """Remember the rig's cached references and minor version; log its channel labels (the record of them).
+
+        The transport fills in heartbeat and size limits; WELCOME's ``minor`` is the lower of the rig's and ours.
+        """
         self._rig_references[rig] = set(header.get("cached_references", []))
-        await self._offload(self._log, None, None, "rig_hello", f"rig {rig!r} connected",
-                            {"channels": header.get("channels"), "cached_references": len(self._rig_references[rig])})
-        return {"server": "actmax"}
+        minor = self.rig_minor[rig] = min(header.get("minor", 0), PROTOCOL_MINOR)
+        await self._offload(self._log, None, None, "rig_hello", f"rig {rig!r} connected (protocol 1.{minor})",
+                            {"rig": rig, "minor": minor, "channels": header.get("channels"),
+                             "channel_labels": header.get("channel_labels"),
+                             "cached_references": len(self._rig_references[rig])})
+        return {"server": "actmax", "minor": minor}
 
     async def on_connected(self, rig: str) -> None:
         """A rig (re)joined: resend its outstanding batches under their own ids (§6.5), start what waited."""
@@ -119,6 +126,7 @@ class Engine:
 
     async def on_disconnect(self, rig: str) -> None:
         self._rig_references.pop(rig, None)
+        self.rig_minor.pop(rig, None)
         await self._offload(self._log, None, None, "rig_lost", f"rig {rig!r} went silent", None, EventLevel.WARNING)
 
     async def on_results(self, rig: str, header: dict) -> dict:
@@ -162,11 +170,7 @@ class Engine:
                     raise RigInputError(ErrorCode.BAD_FIELD,
                                         f"stimulus {p['stimulus_id']!r} is not part of batch {batch.id!r}")
                 objective.check_rates(p["rates"])
-            presentations = [
-                records.PresentationRecord(p["presentation_id"], p["stimulus_id"], float(p["onset"]), list(p["rates"]),
-                                   float(p["window_ms"][0]), float(p["window_ms"][1]))
-                for p in header["presentations"]
-            ]
+            presentations = [records.PresentationRecord.from_message(p) for p in header["presentations"]]
             if db.get(Generation, batch.generation_id).status == GenerationStatus.COMPLETE:
                 new = {p.presentation_id for p in presentations} - queries.stored_presentation_ids(
                     db, [p.presentation_id for p in presentations])
@@ -283,7 +287,8 @@ class Engine:
         """Score, tell, and commit the optimizer state with the scores it used. True when the thread is done."""
         inflight = runtime.inflight
         with self._db.begin() as db:
-            rates = queries.presentation_rates(db, inflight.generation_id)
+            scored = queries.scored_responses(db, inflight.generation_id, runtime.flagged)
+            rates = {s: [r.rates for r in responses] for s, responses in scored.items()}
             scores = np.array([runtime.objective.mean_score(rates.get(s)) for s in inflight.stimulus_ids])
             reference = [runtime.objective.mean_score(rates.get(s)) for s in runtime.reference_ids]
             runtime.optimizer.tell(inflight.codes, scores)

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from analysis.serialization import json_safe
 from server.drift import mean_sem
 from server.objectives import Objective
+from server.store import queries
 from server.store.archive import ImageArchive
 from server.store.db import make_db_engine, make_sessionmaker
 from server.store.models import (
@@ -37,6 +38,13 @@ class ThreadSummary:
     best_reference: float
     reference_mean: float
     best_score: float
+    channels: list[str]  # the channels the objective scores, by the rig's labels (``ch<index>`` without)
+
+
+def _channel_names(db, thread: Thread) -> list[str]:
+    """The thread's objective channels as the rig labelled them in HELLO (protocol 1.1), else ``ch<index>``."""
+    labels = queries.rig_channel_labels(db, thread.session.rig) or []
+    return [labels[c] if c < len(labels) else f"ch{c}" for c in thread.objective_json["channels"]]
 
 
 SCORE_LABEL = "score (spikes/s)"
@@ -245,8 +253,9 @@ def write_session_report(database_url: str, data_dir: Path, session_id: int, out
                 best = _best_stimuli(db, thread, 8)
                 best_reference = max(references.values()) if references else None
                 title = thread.name if thread.name == thread.optimizer else f"{thread.name} ({thread.optimizer})"
+                channels = _channel_names(db, thread)
                 _curve_axes(ax, curves, best_reference)
-                ax.set_title(title)
+                ax.set(title=title, ylabel=f"{SCORE_LABEL} of {', '.join(channels)}")
                 _evolution_figure(out_dir / f"evolution_{thread.name}.png", title, curves, best_reference,
                                   _best_per_generation(db, thread), archive)
                 summaries.append(ThreadSummary(
@@ -256,7 +265,7 @@ def write_session_report(database_url: str, data_dir: Path, session_id: int, out
                     last_generation_mean=float(curves["mean"][-1]) if len(curves["mean"]) else float("nan"),
                     best_reference=float("nan") if best_reference is None else best_reference,
                     reference_mean=float(np.nanmean(curves["reference_mean"])) if len(curves["mean"]) else float("nan"),
-                    best_score=best[0].score if best else float("nan"),
+                    best_score=best[0].score if best else float("nan"), channels=channels,
                 ))
                 best_rows.append((thread.name, best))
             fig.tight_layout()

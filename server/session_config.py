@@ -18,6 +18,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 
 import generators
 import optimizers
+from rig_client.protocol import MAX_DROPPED_FRAMES
 from server import ServerError
 
 MAX_SEED = 2**32 - 1  # fits every RNG seed API (numpy RandomState included)
@@ -110,6 +111,22 @@ class ManifoldConfig(_Strict):
         return 180 // self.step_deg + 1
 
 
+class FlaggedTrialsConfig(_Strict):
+    """What a presentation the rig flagged (protocol 1.1 trial facts) means for scoring."""
+
+    policy: Literal["reshow", "score"] = Field(
+        "reshow", description='"reshow": a flagged presentation is stored but not scored, and its stimulus is shown '
+        'again within the re-queue limit; "score": flagged presentations are scored like any other.')
+    max_dropped_frames: int = Field(
+        0, ge=0, le=MAX_DROPPED_FRAMES, description="Dropped frames a presentation may have and still be scored (reshow).")
+
+    def scores(self, facts: dict[str, Any] | None) -> bool:
+        """Whether a presentation with these trial facts is scored (and so answers its stimulus)."""
+        if self.policy == "score" or not facts:
+            return True
+        return not facts.get("fixation_broken", False) and facts.get("dropped_frames", 0) <= self.max_dropped_frames
+
+
 class ThreadConfig(_Strict):
     """An evolution (generator, optimizer, objective, seed) or a Manifold map around one."""
 
@@ -181,6 +198,7 @@ class SessionConfig(_Strict):
     session_start_time: AwareDatetime | None = Field(None, description="With a time zone; None: when created.")
     response_window_ms: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]] = (50, 200)
     references: ReferenceConfig = Field(default_factory=ReferenceConfig)
+    flagged_trials: FlaggedTrialsConfig = Field(default_factory=FlaggedTrialsConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
     threads: list[ThreadConfig] = Field(min_length=1, max_length=64)
 

@@ -23,7 +23,7 @@ from server import ServerError
 from server.images import load_references
 from server.manifold import design_codes
 from server.objectives import Objective
-from server.session_config import SessionConfig, ThreadConfig
+from server.session_config import FlaggedTrialsConfig, SessionConfig, ThreadConfig
 from server.store import queries
 from server.store.archive import ImageArchive
 from server.store.models import BatchStatus, Generation, Session, Stimulus, StimulusKind, Thread, decode_codes
@@ -62,6 +62,7 @@ class ThreadRuntime:
     repeats: int
     n_generations: int
     objective: Objective
+    flagged: FlaggedTrialsConfig  # which presentations score and answer their stimulus
     generator: Any
     optimizer: optimizers.Optimizer
     reference_ids: list[str]
@@ -89,7 +90,8 @@ def build_runtime(db: DBSession, thread_id: int, load_generator: Callable[[str],
         id=thread.id, session_id=session.id, rig=session.rig, seed=config.seed,
         window_ms=(float(window[0]), float(window[1])), repeats=config.repeats,
         n_generations=config.n_generations, objective=Objective.from_config(config.objective),
-        generator=generator, optimizer=optimizer, reference_ids=ensure_references(db, session, session_config, archive),
+        flagged=session_config.flagged_trials, generator=generator, optimizer=optimizer,
+        reference_ids=ensure_references(db, session, session_config, archive),
         first_generation=0 if last is None else last.number + 1,
     )
     pending = queries.pending_generation(db, thread_id)
@@ -131,11 +133,11 @@ def check_codes(codes: np.ndarray, generation: Generation) -> np.ndarray:
 
 
 def owed_stimuli(db: DBSession, runtime: ThreadRuntime, inflight: InFlight) -> list[str]:
-    """Stimulus ids (with repeats) still owed for ``inflight``'s generation."""
-    counts = queries.presentation_counts(db, inflight.generation_id)
+    """Stimulus ids (with repeats) still owed for ``inflight``'s generation: flagged presentations do not count."""
+    scored = queries.scored_responses(db, inflight.generation_id, runtime.flagged)
     owed = []
     for stimulus_id in inflight.stimulus_ids + runtime.reference_ids:
-        owed += [stimulus_id] * max(0, runtime.repeats - counts.get(stimulus_id, 0))
+        owed += [stimulus_id] * max(0, runtime.repeats - len(scored.get(stimulus_id, ())))
     return owed
 
 

@@ -66,6 +66,9 @@ class ThreadRead(_FromORM):
 
 class SessionWithThreads(SessionRead):
     threads: list[ThreadRead]
+    channel_labels: list[str] | None = Field(
+        None, description="Channel labels of the session rig's latest HELLO that sent them (protocol 1.1); "
+        "null if it never did. Channel i of every presentation's rates is labels[i].")
 
 
 class GenerationSummary(_FromORM):
@@ -120,6 +123,8 @@ class PresentationRead(_FromORM):
     window_start_ms: float
     window_end_ms: float
     received_at: datetime
+    trial_facts: dict[str, Any] | None = Field(
+        None, validation_alias="trial_json", description="Protocol 1.1 trial facts as the rig sent them; null: none.")
 
 
 class EventRead(_FromORM):
@@ -186,6 +191,9 @@ class RigStatus(BaseModel):
     rig: str
     connected: bool
     channels: int | None
+    channel_labels: list[str] | None = Field(
+        None, description="Labels of the rig's latest HELLO that sent them (protocol 1.1); null if none did.")
+    minor: int | None = Field(None, description="Protocol minor version negotiated with the connected rig.")
     heard_s_ago: float | None = Field(description="Seconds since the rig's last message or heartbeat.")
     heartbeat_s: float | None
     scored_channels: dict[int, list[str]] = Field(description="Channel -> the threads whose objective scores it.")

@@ -153,12 +153,13 @@ def _column_data(values: pd.Series) -> tuple[np.ndarray | list, np.ndarray | Non
     """HDF5-storable data for a column, and the ragged index when its cells are lists of unequal length."""
     sample = next((v for v in values if v is not None and v is not pd.NA), None)
     if isinstance(sample, list):
-        lengths = {len(v) for v in values}
+        cells = [[] if v is None else v for v in values]  # an optional list fact (baseline_rates): empty where absent
+        lengths = {len(v) for v in cells}
         if len(lengths) == 1 and lengths != {0}:
-            return np.array(values.tolist(), dtype=float), None
-        flat = [x for v in values for x in v]
+            return np.array(cells, dtype=float), None
+        flat = [x for v in cells for x in v]
         dtype = np.int64 if flat and all(isinstance(x, int) for x in flat) else float
-        return np.array(flat, dtype=dtype), np.cumsum([len(v) for v in values])
+        return np.array(flat, dtype=dtype), np.cumsum([len(v) for v in cells])
     if isinstance(sample, dict):
         return [", ".join(f"{k}={json.dumps(v)}" for k, v in (d or {}).items()) for d in values], None
     if pd.api.types.is_datetime64_any_dtype(values) or isinstance(sample, datetime):

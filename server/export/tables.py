@@ -6,8 +6,8 @@ Six pandas DataFrames (``SessionTables``), described column by column in docs/ex
 order). A new fact about a session gets its column here, and every format exports it.
 
 Optional columns appear only when the store holds the data:
-- channel labels: the ``channel_labels`` list in the data of the session rig's latest ``rig_hello``
-  event (rigs on protocol 1.1 send them); otherwise ``channels.label`` is empty;
+- channel labels: those of the session rig's latest HELLO that sent them (``queries.rig_channel_labels``;
+  rigs on protocol 1.1 send them) when they match the channel count; otherwise ``channels.label`` is empty;
 - trial facts (e.g. ``fixation_broken``, ``dropped_frames``, ``photodiode_onset``, ``baseline_rate``):
   every key of a presentation's ``trial_json`` object, one column each, missing values empty.
 """
@@ -26,9 +26,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session as DBSession
 
 import optimizers
+from server.session_config import FlaggedTrialsConfig
+from server.store import queries
 from server.store.models import (
     Batch,
-    Event,
     Generation,
     GenerationStatus,
     Presentation,
@@ -207,10 +208,9 @@ def _session(session: Session) -> pd.DataFrame:
 
 def _channels(db: DBSession, session: Session, presentations: pd.DataFrame) -> pd.DataFrame:
     n = max((len(r) for r in presentations["rates"]), default=0)
-    hellos = db.scalars(select(Event.data_json).where(Event.kind == "rig_hello").order_by(Event.id.desc()))
-    labels = next((d["channel_labels"] for d in hellos if d and d.get("rig") == session.rig
-                   and isinstance(d.get("channel_labels"), list) and len(d["channel_labels"]) == n), None)
-    return pd.DataFrame({"channel": np.arange(n), "label": pd.Series(labels or [""] * n, dtype=str)})
+    labels = queries.rig_channel_labels(db, session.rig)
+    labels = labels if labels is not None and len(labels) == n else [""] * n
+    return pd.DataFrame({"channel": np.arange(n), "label": pd.Series(labels, dtype=str)})
 
 
 def _threads(session: Session) -> pd.DataFrame:
@@ -284,6 +284,7 @@ def _stimuli(db: DBSession, session: Session) -> pd.DataFrame:
 
 def _presentations(db: DBSession, session: Session, stimuli: pd.DataFrame) -> pd.DataFrame:
     image_index = {sid: i for i, sid in enumerate(stimuli["stimulus_id"])}
+    flagged = FlaggedTrialsConfig.model_validate(session.config_json.get("flagged_trials", {}))
     query = (select(Presentation, Batch.thread_id, Generation.number, Generation.status, Generation.completed_at)
              .join(Batch, Batch.id == Presentation.batch_id).join(Generation, Generation.id == Batch.generation_id)
              .where(Batch.session_id == session.id).order_by(Presentation.onset, Presentation.id))
@@ -295,8 +296,10 @@ def _presentations(db: DBSession, session: Session, stimuli: pd.DataFrame) -> pd
             "batch_id": p.batch_id, "rig": p.rig, "onset": p.onset,
             "window_start_ms": p.window_start_ms, "window_end_ms": p.window_end_ms,
             "rates": [np.nan if r is None else float(r) for r in p.rates_json],
-            # Scored: its generation completed, and it arrived before that (a late upload changed no score).
-            "scored": status == GenerationStatus.COMPLETE and completed_at is not None and p.received_at <= completed_at,
+            # Scored: its generation completed, it arrived before that (a late upload changed no score), and the
+            # session's flagged-trial policy scores it.
+            "scored": status == GenerationStatus.COMPLETE and completed_at is not None
+            and p.received_at <= completed_at and flagged.scores(getattr(p, TRIAL_FACTS_ATTRIBUTE)),
             "received_at": p.received_at,
         })
         facts.append(getattr(p, TRIAL_FACTS_ATTRIBUTE, None))

@@ -271,6 +271,9 @@ class Presentation(Base):
     window_start_ms: Mapped[float] = mapped_column(Float)
     window_end_ms: Mapped[float] = mapped_column(Float)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Protocol 1.1 trial facts as sent (fixation_broken, dropped_frames, photodiode_onset, baseline_rates,
+    # baseline_window_ms); None when the rig sent none. server.export.tables.TRIAL_FACTS_ATTRIBUTE names it.
+    trial_json: Mapped[dict[str, Any] | None] = mapped_column(JSONValue)
 
 
 class Event(Base):

@@ -1,16 +1,20 @@
-"""The engine's reads: running threads, a thread's generations, a generation's stimuli and presentations.
+"""The engine's reads: running threads, a thread's generations, a generation's stimuli and scored presentations.
 
 Every function takes an open ORM session and returns plain values or rows; none commits.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session as DBSession
 
+from server.session_config import FlaggedTrialsConfig
 from server.store.models import (
     Batch,
+    Event,
     Generation,
     GenerationStatus,
     Presentation,
@@ -71,28 +75,43 @@ def batch_stimulus_ids(db: DBSession, batch: Batch) -> set[str]:
     ))
 
 
-def presentation_rates(db: DBSession, generation_id: int) -> dict[str, list[list[float]]]:
-    """Rates of every presentation made for a generation's batches, by stimulus (missing channels NaN)."""
+@dataclass(frozen=True)
+class Response:
+    """One stored presentation as scoring sees it: rates and the rig's baseline per channel (missing: NaN)."""
+
+    stimulus_id: str
+    rates: list[float]
+    baseline: list[float] | None  # protocol 1.1 ``baseline_rates``; None when the rig sent none
+
+
+def scored_responses(db: DBSession, generation_id: int, flagged: FlaggedTrialsConfig) -> dict[str, list[Response]]:
+    """The presentations made for a generation's batches that the flagged-trial policy scores, by stimulus.
+
+    A stimulus owes a presentation until it has ``repeats`` of these; they are what its score is made of.
+    """
     rows = db.execute(
-        select(Presentation.stimulus_id, Presentation.rates_json)
+        select(Presentation.stimulus_id, Presentation.rates_json, Presentation.trial_json)
         .join(Batch, Batch.id == Presentation.batch_id)
         .where(Batch.generation_id == generation_id)
         .order_by(Presentation.id)
     )
-    rates: dict[str, list[list[float]]] = {}
-    for stimulus_id, values in rows:
-        rates.setdefault(stimulus_id, []).append([np.nan if v is None else v for v in values])
-    return rates
+    responses: dict[str, list[Response]] = {}
+    for stimulus_id, rates, facts in rows:
+        if flagged.scores(facts):
+            baseline = (facts or {}).get("baseline_rates")
+            responses.setdefault(stimulus_id, []).append(
+                Response(stimulus_id, _nan_for_none(rates), None if baseline is None else _nan_for_none(baseline)))
+    return responses
 
 
-def presentation_counts(db: DBSession, generation_id: int) -> dict[str, int]:
-    """How often each stimulus has been presented for a generation."""
-    return dict(db.execute(
-        select(Presentation.stimulus_id, func.count())
-        .join(Batch, Batch.id == Presentation.batch_id)
-        .where(Batch.generation_id == generation_id)
-        .group_by(Presentation.stimulus_id)
-    ).all())
+def _nan_for_none(values: list[float | None]) -> list[float]:
+    return [np.nan if v is None else v for v in values]
+
+
+def rig_channel_labels(db: DBSession, rig: str) -> list[str] | None:
+    """The channel labels of the rig's latest HELLO that sent them (the ``rig_hello`` event's data)."""
+    hellos = db.scalars(select(Event.data_json).where(Event.kind == "rig_hello").order_by(Event.id.desc()))
+    return next((d["channel_labels"] for d in hellos if d and d.get("rig") == rig and d.get("channel_labels")), None)
 
 
 def generation_batches(db: DBSession, generation_id: int) -> list[Batch]:

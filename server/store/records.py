@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session as DBSession
 
+from rig_client.protocol import TRIAL_FACTS
 from server import live
 from server.session_config import MAX_SEED, SessionConfig, ThreadConfig
 from server.store import queries
@@ -46,6 +47,14 @@ class PresentationRecord:
     rates: list[float]
     window_start_ms: float
     window_end_ms: float
+    trial_facts: dict[str, Any] | None = None  # protocol 1.1 fields as sent (TRIAL_FACTS); None: none sent
+
+    @classmethod
+    def from_message(cls, p: dict[str, Any]) -> PresentationRecord:
+        """From one validated RESULTS presentation (``rig_client.protocol``), trial facts included."""
+        facts = {key: p[key] for key in TRIAL_FACTS if key in p}
+        return cls(p["presentation_id"], p["stimulus_id"], float(p["onset"]), list(p["rates"]),
+                   float(p["window_ms"][0]), float(p["window_ms"][1]), facts or None)
 
 
 def log_event(
@@ -178,6 +187,7 @@ def record_presentations(
             "window_start_ms": p.window_start_ms,
             "window_end_ms": p.window_end_ms,
             "received_at": received_at,
+            "trial_json": p.trial_facts,
         }
         for p in unique.values()
     ]

@@ -104,10 +104,12 @@ def test_mat_with_wrong_shapes(tmp_path):
 
 
 def stored_presentations(process, rig: str) -> list[tuple]:
-    """(presentation_id, stimulus_id, onset, rates) of every presentation of ``rig``."""
+    """(presentation_id, stimulus_id, onset, rates, trial facts) of every presentation of ``rig``."""
     with sqlite3.connect(process.data_dir / "actmax.sqlite") as db:
-        return db.execute("SELECT presentation_id, stimulus_id, onset, rates_json FROM presentations "
-                          "WHERE rig = ?", (rig,)).fetchall()
+        return [(pid, sid, onset, json.loads(rates), json.loads(facts) if facts else None)
+                for pid, sid, onset, rates, facts in db.execute(
+                    "SELECT presentation_id, stimulus_id, onset, rates_json, trial_json FROM presentations "
+                    "WHERE rig = ? ORDER BY id", (rig,))]
 
 
 def generation_statuses(process, thread_id: int) -> list[str]:
@@ -147,16 +149,24 @@ def test_session_runs_to_completion_through_the_folder(tmp_path, actmax_server):
     stored = stored_presentations(process, "ml-rig")
     assert generation_statuses(process, thread["id"]) == ["complete"] * n_generations
     assert len({pid for pid, *_ in stored}) == len(stored)  # each presentation stored once
-    # exactly the rows the rig measured cleanly, nothing flagged, nothing twice
-    clean = Counter((r["stimulus_id"], round(r["onset"], 6)) for r in written if not r["fixation_broken"])
-    assert Counter((sid, round(onset, 6)) for _, sid, onset, _ in stored) == clean
+    # every row the rig wrote, flagged ones included (the server speaks 1.1), stored once with its facts
+    assert Counter((sid, round(onset, 6)) for _, sid, onset, _, _ in stored) == \
+        Counter((r["stimulus_id"], round(r["onset"], 6)) for r in written)
     for r in written:
-        if not r["fixation_broken"]:
-            match = [json.loads(rates) for _, sid, onset, rates in stored
-                     if sid == r["stimulus_id"] and abs(onset - r["onset"]) < 1e-6]
-            np.testing.assert_allclose(match[0], r["rates"])
-    # the broken-fixation stimuli were shown again (the server re-queued them) and scored
-    assert {r["stimulus_id"] for r in flagged} <= {sid for _, sid, _, _ in stored}
+        (rates, facts), = [(rates, facts) for _, sid, onset, rates, facts in stored
+                           if sid == r["stimulus_id"] and abs(onset - r["onset"]) < 1e-6]
+        np.testing.assert_allclose(rates, r["rates"])
+        assert facts["fixation_broken"] is bool(r["fixation_broken"]) and facts["dropped_frames"] == 0
+        assert facts["baseline_rates"] == [3.0, 3.0] and facts["baseline_window_ms"] == [-100.0, 0.0]
+        assert facts["photodiode_onset"] == pytest.approx(r["onset"] + 0.012)
+    # each broken-fixation stimulus, and only it, was shown again next (a re-queue round), then scored
+    batch_sizes = Counter(r["batch"] for r in written)
+    for r in flagged:
+        again = next(w for w in written[written.index(r) + 1:] if w["stimulus_id"] == r["stimulus_id"])
+        assert batch_sizes[again["batch"]] == 1 and not again["fixation_broken"]
+    scores = [g["scores"] for g in api.get(f"/threads/{thread['id']}/generations")]
+    assert all(np.isfinite(s) for gen in scores for s in gen)
+    assert api.get(f"/sessions/{thread['session_id']}")["channel_labels"] == ["elec1-u1", "elec2-u1"]
     batches = sorted(folder.glob("batch-*"))
     assert all((b / "ack.json").exists() for b in batches)
     assert (batches[0] / "responses.rejected-1.mat").exists()  # the bad first answer, kept

@@ -25,6 +25,7 @@ class Lab:
         self.presentations: dict[str, dict] = {}
         self.outstanding = None  # callable(hello header) -> Message, sent on connect
         self.refuse = False
+        self.minor = None  # WELCOME's minor; None: left out, as a 1.0 server does
         self.known_batches = {"b1", "b2"}
         self.transport: Transport | None = None
 
@@ -32,7 +33,7 @@ class Lab:
         if self.refuse:
             raise ProtocolError("refused", "no session is waiting for this rig")
         self.hellos.append(header)
-        return {"server": "lab"}
+        return {"server": "lab"} if self.minor is None else {"server": "lab", "minor": self.minor}
 
     async def on_results(self, rig_name, header):
         if header["batch_id"] not in self.known_batches:
@@ -118,8 +119,18 @@ def wait_until(predicate, timeout=5.0):
 
 def test_hello_welcome(client, lab):
     assert client.wait_connected(5) and client.connected
-    assert lab.handler.hellos == [{"rig": "rig-a", "protocol": 1, "channels": 2,
+    assert lab.handler.hellos == [{"rig": "rig-a", "protocol": 1, "minor": 1, "channels": 2,
                                    "cached_references": []}]
+    assert client.minor == 0  # this server's WELCOME says no minor: a 1.0 server
+
+
+def test_labels_go_in_hello_and_the_welcomes_minor_is_kept(zmq_context, endpoint, lab):
+    with pytest.raises(ProtocolError, match="channel_labels"):
+        RigClient(endpoint, "rig-b", channels=2, labels=["only-one"], context=zmq_context)
+    lab.handler.minor = 1
+    with RigClient(endpoint, "rig-b", channels=2, labels=["e1-u1", "e2-u1"], context=zmq_context, **FAST) as rig:
+        assert rig.wait_connected(5) and rig.minor == 1
+    assert lab.handler.hellos[-1]["channel_labels"] == ["e1-u1", "e2-u1"]
 
 
 def test_heartbeats_keep_an_idle_connection(client, lab):

@@ -64,7 +64,7 @@ def test_session_runs_to_completion_on_screen(tmp_path, xvfb, actmax_server):
     lines = [json.loads(line) for line in record.read_text().splitlines()]
     shown, stats = lines[:-1], lines[-1]["flip_statistics"]
     assert stats["flips"] >= len(shown) > 0
-    stored = {pid: (sid, json.loads(rates)) for pid, sid, _, rates in stored_presentations(server, "screen-rig")}
+    stored = {pid: (sid, rates) for pid, sid, _, rates, _ in stored_presentations(server, "screen-rig")}
     assert generation_statuses(server, thread["id"]) == ["complete", "complete"]
     sent = [p for p in shown if p["sent"]]
     assert {p["presentation_id"]: (p["stimulus_id"], p["rates"]) for p in sent} == stored  # each once

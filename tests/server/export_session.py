@@ -10,6 +10,7 @@ from server.launch import ServerProcess, start_sim_rig, stop
 
 RIG = "export-rig"
 UNITS = ["blocks.6:67", "blocks.6:12"]  # two channels
+LABELS = ["elec67-u1", "elec12-u1"]  # sent by the rig in its HELLO (protocol 1.1)
 
 
 def session_config() -> dict:
@@ -28,7 +29,7 @@ def run_session(data_dir: Path, timeout: float = 300.0) -> tuple[ServerProcess, 
     server = ServerProcess(data_dir, secrets.token_urlsafe(16))
     api = server.start()
     rig_log = data_dir / "rig.log"
-    rig = start_sim_rig(server.zmq_endpoint, RIG, UNITS, rig_log, noise_eps=0.1)
+    rig = start_sim_rig(server.zmq_endpoint, RIG, UNITS, rig_log, noise_eps=0.1, extra=["--labels", ",".join(LABELS)])
     try:
         session = api.post("/sessions", session_config())
         deadline = time.monotonic() + timeout

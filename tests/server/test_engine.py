@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 
 from rig_client.client import Presentation, RigClient
 from rig_client.protocol import ProtocolError
+from rig_client.trials import TrialPresentation
 from server.session_config import SessionConfig
 from server.engine import Engine
 from server.settings import Settings
@@ -47,9 +48,9 @@ class LiveEngine:
         self.thread.start()
         self.tasks = [asyncio.run_coroutine_threadsafe(c, self.loop) for c in (self.transport.run(), self.engine.run())]
 
-    def create(self, **thread) -> int:
+    def create(self, session: dict | None = None, **thread) -> int:
         config = SessionConfig.model_validate({
-            "name": "t", "rig": RIG, "references": {"source": "skimage", "count": 2},
+            "name": "t", "rig": RIG, "references": {"source": "skimage", "count": 2}, **(session or {}),
             "threads": [{"name": "a", "generator": "dcgan-faces", "optimizer": "cma",
                          "optimizer_params": {"population": 6}, "objective": {"channels": [0]},
                          "seed": 3, "n_generations": 3, **thread}],
@@ -162,6 +163,45 @@ def test_unanswered_stimuli_are_requeued_then_scored_nan(live):
         assert generation.n_scored == 4
         events = db.scalars(select(Event.kind).where(Event.thread_id == thread_id)).all()
         assert "generation_timed_out" in events
+
+
+@pytest.mark.parametrize("policy", ["reshow", "score"])
+def test_flagged_presentations_are_stored_and_reshown_or_scored_as_configured(live, policy):
+    thread_id = live.create(session={"flagged_trials": {"policy": policy}}, n_generations=2)
+    with RigClient(live.settings.zmq_endpoint, RIG, channels=1, labels=["elec7-u2"]) as rig:
+        batch = rig.next_batch(timeout=60)
+        assert rig.minor == 1
+        broken, dropped = sorted(s.stimulus_id for s in batch.stimuli if s.kind == "synthetic")[:2]
+        facts = {broken: {"fixation_broken": True}, dropped: {"dropped_frames": 2}}
+        first = [TrialPresentation(s.stimulus_id, [100.0 if s.stimulus_id in facts else float(i)], time.time(),
+                                   batch.response_window_ms, **facts.get(s.stimulus_id, {}),
+                                   baseline_rates=[1.5], baseline_window_ms=(-100, 0))
+                 for i, s in enumerate(batch.stimuli)]
+        rig.send_results(batch.batch_id, first).result(30)
+        nxt = rig.next_batch(timeout=60)
+        if policy == "reshow":  # both shown again; one clean answer, one broken again
+            assert nxt.generation == 0 and {s.stimulus_id for s in nxt.stimuli} == {broken, dropped}
+            again = [TrialPresentation(broken, [7.0], time.time(), batch.response_window_ms),
+                     TrialPresentation(dropped, [100.0], time.time(), batch.response_window_ms, fixation_broken=True)]
+            rig.send_results(nxt.batch_id, again).result(30)
+            assert rig.next_batch(timeout=60).generation == 1
+        else:
+            assert nxt.generation == 1
+    with live.sessions() as db:
+        generation = db.scalars(select(Generation).where(Generation.thread_id == thread_id,
+                                                         Generation.number == 0)).one()
+        scores = {s.id: generation.scores_json[s.index] for s in generation.stimuli}
+        stored = {p.presentation_id: p.trial_json for p in db.scalars(select(PresentationRow))}
+        hello = db.scalars(select(Event.data_json).where(Event.kind == "rig_hello")).all()
+    assert {p.presentation_id: p.to_json()["fixation_broken"] for p in first} == \
+        {pid: stored[pid]["fixation_broken"] for pid in (p.presentation_id for p in first)}
+    assert all(stored[p.presentation_id]["baseline_rates"] == [1.5] for p in first)
+    assert hello[-1] == {"rig": RIG, "minor": 1, "channels": 1, "channel_labels": ["elec7-u2"], "cached_references": 0}
+    if policy == "reshow":
+        assert len(stored) == len(first) + 2  # every presentation stored once, flagged ones too
+        assert scores[broken] == 7.0 and scores[dropped] is None and generation.n_scored == 5
+    else:
+        assert len(stored) == len(first) and scores[broken] == scores[dropped] == 100.0
 
 
 def test_pause_holds_the_next_generation_and_resume_continues(live):

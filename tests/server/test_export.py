@@ -23,11 +23,12 @@ from server.cli import main as actmax
 from server.session_config import SessionConfig
 from server.export import session_tables, write_tables
 from server.export.nwb import write_nwb
+from server.report import write_session_report
 from server.export.tables import trial_fact_columns
 from server.store.archive import ImageArchive
 from server.store.db import make_db_engine, make_sessionmaker
 from server.store.models import Event
-from tests.server.export_session import RIG, run_session
+from tests.server.export_session import LABELS, RIG, run_session
 
 pynwb = pytest.importorskip("pynwb", reason="pip install -e '.[nwb]'")
 pytestmark = pytest.mark.slow
@@ -195,6 +196,25 @@ def test_running_session_is_refused_by_the_cli(recorded, running, capsys, tmp_pa
     assert not (tmp_path / "out").exists()
 
 
+def test_channel_labels_from_the_rigs_hello_reach_rest_and_every_export(recorded, tmp_path):
+    server, session_id, nwb = recorded
+    session = httpx.get(f"{server.url}/sessions/{session_id}", headers={"Authorization": f"Bearer {server.token}"})
+    assert session.json()["channel_labels"] == LABELS
+    with pynwb.NWBHDF5IO(str(nwb), "r") as io_:
+        assert io_.read().processing["evolution"]["channels"].to_dataframe()["label"].tolist() == LABELS
+    assert actmax(["export", "parquet", "--data-dir", str(server.data_dir), "--session", str(session_id),
+                   "--out", str(tmp_path / "pq")]) == 0
+    assert pd.read_parquet(tmp_path / "pq" / "channels.parquet")["label"].tolist() == LABELS
+
+
+def test_the_report_names_the_scored_channels_by_their_labels(recorded, tmp_path):
+    server, session_id, _ = recorded
+    summaries = write_session_report(f"sqlite:///{server.data_dir / 'actmax.sqlite'}", server.data_dir, session_id,
+                                     tmp_path)
+    assert {s.name: s.channels for s in summaries} == {"cma": LABELS[:1], "ga": LABELS}
+    assert json.loads((tmp_path / "summary.json").read_text())[1]["channels"] == LABELS
+
+
 def test_channel_labels_and_trial_facts_are_exported_when_present(recorded, tmp_path):
     server, session_id, _ = recorded
     data = tmp_path / "data"
@@ -209,7 +229,8 @@ def test_channel_labels_and_trial_facts_are_exported_when_present(recorded, tmp_
     assert tables.channels["label"].tolist() == ["elec-12", "elec-40"]
 
     n = len(tables.presentations)
-    facts = [{"fixation_broken": i % 2 == 0, "photodiode_onset": 0.01 * i} if i % 3 else None for i in range(n)]
+    facts = [{"fixation_broken": i % 2 == 0, "photodiode_onset": 0.01 * i, "baseline_rates": [0.5 * i, 1.0]}
+             if i % 3 else None for i in range(n)]
     tables.presentations = tables.presentations.assign(**trial_fact_columns(facts))
     write_nwb(tables, ImageArchive(data), tmp_path / "facts.nwb")
     with pynwb.NWBHDF5IO(str(tmp_path / "facts.nwb"), "r") as io_:
@@ -220,6 +241,7 @@ def test_channel_labels_and_trial_facts_are_exported_when_present(recorded, tmp_
     expected = [np.nan if fact is None else float(fact["fixation_broken"]) for fact in facts]
     np.testing.assert_array_equal(exported["fixation_broken"], expected)
     np.testing.assert_allclose(exported["photodiode_onset"], [np.nan if i % 3 == 0 else 0.01 * i for i in range(n)])
+    assert [list(b) for b in exported["baseline_rates"]] == [[] if f is None else f["baseline_rates"] for f in facts]
     write_tables(tables, tmp_path / "pq", "parquet")
     assert pd.read_parquet(tmp_path / "pq" / "presentations.parquet")["fixation_broken"].tolist()[1] is False
 

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import sessionmaker
 
 from server import ServerError
-from server.session_config import ConfigError, SessionConfig, load_session_config
+from server.session_config import ConfigError, FlaggedTrialsConfig, SessionConfig, load_session_config
 from server.main import create_app
 from server.settings import Settings
 from tests.server.conftest import session_config, thread_config
@@ -160,3 +160,16 @@ def test_a_thread_is_looked_up_by_name():
     with pytest.raises(ConfigError, match="no thread 'c'"):
         config.thread("c")
     assert issubclass(ConfigError, ServerError) and issubclass(ConfigError, ValueError)
+
+
+def test_flagged_trial_policy_decides_which_presentations_score():
+    reshow = FlaggedTrialsConfig()
+    tolerant = FlaggedTrialsConfig(max_dropped_frames=2)
+    score = FlaggedTrialsConfig(policy="score")
+    cases = [None, {}, {"fixation_broken": False, "dropped_frames": 0}, {"fixation_broken": True},
+             {"dropped_frames": 1}, {"dropped_frames": 2}, {"dropped_frames": 3}, {"photodiode_onset": 1.0}]
+    assert [reshow.scores(f) for f in cases] == [True, True, True, False, False, False, False, True]
+    assert [tolerant.scores(f) for f in cases] == [True, True, True, False, True, True, False, True]
+    assert all(score.scores(f) for f in cases)
+    with pytest.raises(ValidationError, match="policy"):
+        FlaggedTrialsConfig(policy="drop")

@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException, status
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
-from server.api.deps import DB, Archive
+from server.api.deps import DB, Archive, Id
 from server.api.schemas import ErrorDetail
 from server.export import ExportError, NwbUnavailable, SessionRunning, nwb_writer, session_tables
 
@@ -29,7 +29,7 @@ NWB_MEDIA_TYPE = "application/x-nwb"
         501: {"model": ErrorDetail, "description": "This server lacks pynwb (pip install 'actmax[nwb]')."},
     },
 )
-def export_nwb(session_id: int, db: DB, archive: Archive) -> FileResponse:
+def export_nwb(session_id: Id, db: DB, archive: Archive) -> FileResponse:
     """Every image, presentation, rate and score of a finished session, in one NWB file."""
     try:
         write_nwb = nwb_writer()

@@ -15,6 +15,7 @@ from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.responses import StreamingResponse
 
 from server import live
+from server.api.deps import MAX_ID
 from server.api.schemas import ErrorDetail
 
 router = APIRouter(tags=["live"])
@@ -27,7 +28,7 @@ def _message(kind: str, data: dict) -> str:
 
 @router.get("/live", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}}}, 503: {"model": ErrorDetail}})
-async def live_stream(session_id: int | None = Query(None, description="Only this session's items.")):
+async def live_stream(session_id: int | None = Query(None, ge=0, le=MAX_ID, description="Only this session's items.")):
     """Server-Sent Events: generation completed, batch sent/answered, rig connected/lost, warnings."""
     try:
         subscription = live.hub.subscribe(session_id)

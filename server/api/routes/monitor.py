@@ -6,10 +6,11 @@ import numpy as np
 from fastapi import APIRouter, Query, Request
 from sqlalchemy import func, select, tuple_
 
-from server.api.deps import DB, get_or_404
+from server.api.deps import DB, MAX_ID, Id, get_or_404
 from server.api.schemas import BatchTiming, Curve, CurvePoint, ErrorDetail, RigStatus
 from server.drift import mean_sem
 from server.monitor import GENERATION_COMPLETED
+from server.store import queries
 from server.store.models import (
     Batch, Event, Generation, GenerationStatus, Session, SessionStatus, Stimulus, StimulusKind, Thread,
 )
@@ -30,8 +31,8 @@ def _argmax(scores: list[float | None] | None) -> int | None:
 
 
 @router.get("/threads/{thread_id}/curve", response_model=Curve)
-def get_curve(thread_id: int, db: DB, max_points: int = Query(1000, ge=2, le=10_000),
-              from_generation: int = Query(0, ge=0, description="Only generations from this number on.")) -> Curve:
+def get_curve(thread_id: Id, db: DB, max_points: int = Query(1000, ge=2, le=10_000),
+              from_generation: int = Query(0, ge=0, le=MAX_ID, description="Only generations from this number on.")) -> Curve:
     """Mean ± SEM, max and reference mean ± SEM per completed generation, with each one's best image."""
     get_or_404(db, Thread, thread_id)
     rows = db.execute(
@@ -96,6 +97,7 @@ def get_rig(rig: str, request: Request, db: DB, batches: int = Query(20, ge=1, l
     ]
     return RigStatus(
         rig=rig, connected=status is not None, channels=status and status["channels"],
+        channel_labels=queries.rig_channel_labels(db, rig), minor=getattr(engine, "rig_minor", {}).get(rig),
         heard_s_ago=status and status["heard_s_ago"], heartbeat_s=getattr(transport, "heartbeat_s", None),
         scored_channels=scored, batches=timings,
     )

@@ -9,6 +9,7 @@ from sqlalchemy import select, update
 from server.api.deps import DB, Id, Limit, Offset, Wake, get_or_404, paginate
 from server.api.schemas import ErrorDetail, EventRead, Page, SessionRead, SessionWithThreads, ThreadRead
 from server.session_config import SessionConfig, ThreadConfig, describe_validation_error
+from server.store import queries
 from server.store.models import Event, Session, SessionStatus, Thread, ThreadStatus
 from server.store.records import add_thread, create_session, log_event
 
@@ -31,8 +32,10 @@ def post_session(config: SessionConfig, db: DB, wake: Wake) -> Session:
 
 
 @router.get("/{session_id}", response_model=SessionWithThreads, responses=NOT_FOUND)
-def get_session(session_id: Id, db: DB) -> Session:
-    return get_or_404(db, Session, session_id)
+def get_session(session_id: Id, db: DB) -> SessionWithThreads:
+    session = get_or_404(db, Session, session_id)
+    return SessionWithThreads.model_validate(session).model_copy(
+        update={"channel_labels": queries.rig_channel_labels(db, session.rig)})
 
 
 @router.get("/{session_id}/threads", response_model=list[ThreadRead], responses=NOT_FOUND)
@@ -53,7 +56,7 @@ def list_session_events(
 
 
 @router.post("/{session_id}/stop", response_model=SessionWithThreads, responses=NOT_FOUND)
-def stop_session(session_id: int, db: DB, wake: Wake) -> Session:
+def stop_session(session_id: Id, db: DB, wake: Wake) -> Session:
     """Stop every running or paused thread (final) and mark the session stopped; idempotent."""
     session = get_or_404(db, Session, session_id)
     stopped = db.execute(
@@ -73,7 +76,7 @@ def stop_session(session_id: int, db: DB, wake: Wake) -> Session:
 
 @router.post("/{session_id}/threads", response_model=ThreadRead, status_code=status.HTTP_201_CREATED,
              responses={**NOT_FOUND, 409: {"model": ErrorDetail}, 422: {"model": ErrorDetail}})
-def post_session_thread(session_id: int, thread: ThreadConfig, db: DB, wake: Wake) -> Thread:
+def post_session_thread(session_id: Id, thread: ThreadConfig, db: DB, wake: Wake) -> Thread:
     """Add a thread to an active session, e.g. a Manifold map around an evolution (it starts once that ends)."""
     session = get_or_404(db, Session, session_id)
     if session.status != SessionStatus.ACTIVE:

@@ -3,8 +3,8 @@
 Full states are kept only at generations 0, 1, 2, 4, 8, ... from now on (the engine replays the
 others); the summary keeps sigma, the norm of the mean and the best score for every generation.
 
-Revision ID: 0003
-Revises: 0001
+Revision ID: 0003_state_snapshots
+Revises: 0002_trial_facts
 """
 
 from collections.abc import Sequence
@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0003"
-down_revision: str | None = "0001"
+revision: str = "0003_state_snapshots"
+down_revision: str | None = "0002_trial_facts"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
