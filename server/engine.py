@@ -201,7 +201,7 @@ class Engine:
                 await self._offload(self._fail_thread, thread_id, exc)
         for runtime in list(self._threads.values()):
             inflight = runtime.inflight
-            if inflight is None or inflight.batch_id is None or not inflight.awaiting:
+            if inflight is None or inflight.batch_id is None or not inflight.awaiting or inflight.resend:
                 self._step(runtime)
 
     def _running_thread_ids(self) -> list[int]:

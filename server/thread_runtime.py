@@ -46,7 +46,7 @@ class InFlight:
     batch_id: str | None = None  # None: the current round still has to be sent
     awaiting: set[str] = field(default_factory=set)  # stimuli of the last batch not answered yet
     rounds: int = 0
-    resend: bool = False  # the rig reconnected: send the outstanding batch again under its own id
+    resend: bool = False  # rig reconnected or runtime rebuilt: send the outstanding batch again under its own id
     last_activity: float = field(default_factory=time.monotonic)
 
 
@@ -170,6 +170,7 @@ def resume_pending(db: DBSession, runtime: ThreadRuntime, pending: Generation) -
         if last.status == BatchStatus.SENT:
             # Every round holds all that was owed when it was sent, so what is owed now was in the last one.
             inflight.awaiting = set(owed_stimuli(db, runtime, inflight)) - queries.batch_answered(db, last.id)
+            inflight.resend = bool(inflight.awaiting)  # the rig may never have received it
     return inflight
 
 

@@ -38,6 +38,12 @@ def on_loop(live, coroutine, timeout=60):
     return asyncio.run_coroutine_threadsafe(coroutine, live.loop).result(timeout)
 
 
+def set_status(live, thread_id: int, status: ThreadStatus) -> None:
+    with live.sessions.begin() as db:
+        db.get(Thread, thread_id).status = status
+    live.engine.wake()
+
+
 def thread_status(live, thread_id: int) -> ThreadStatus:
     with live.sessions() as db:
         return db.get(Thread, thread_id).status
@@ -81,6 +87,20 @@ def test_a_rig_that_has_the_batch_ignores_the_resend_and_its_resent_results_comp
     with live.sessions() as db:
         numbers = db.scalars(select(Generation.number).join(Batch, Batch.generation_id == Generation.id)).all()
     assert sorted(numbers) == [0, 1]  # one batch each: generation 0 was never sent as a new round
+
+
+def test_a_rebuilt_thread_resends_its_outstanding_batch_to_a_rig_already_connected(live):
+    """The rig connects while the thread is paused (no runtime to resend for); resuming rebuilds it and resends."""
+    thread_id = live.create()
+    with RigClient(live.settings.zmq_endpoint, RIG, channels=1) as rig:
+        first = rig.next_batch(timeout=60)
+        set_status(live, thread_id, ThreadStatus.PAUSED)
+        wait_until(lambda: thread_id not in live.engine._threads, 30, "the pause")
+    with RigClient(live.settings.zmq_endpoint, RIG, channels=1) as rig:
+        assert rig.wait_connected(30)
+        set_status(live, thread_id, ThreadStatus.RUNNING)
+        again = rig.next_batch(timeout=30)
+        assert again is not None and again.batch_id == first.batch_id
 
 
 def test_new_presentations_for_a_scored_generation_are_refused_and_resends_are_duplicates(live):
