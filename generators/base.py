@@ -27,6 +27,12 @@ class WeightsNotFoundError(GeneratorError, FileNotFoundError):
 
 _REGISTRY: dict[str, Callable[..., Generator]] = {}
 
+PRECISIONS = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+PRECISION_TOLERANCE = 4 / 255
+"""Largest absolute pixel difference (images in [0, 1]) a reduced precision may make against
+float32 on `PRECISION_SAMPLES` prior samples: four 8-bit grey levels."""
+PRECISION_SAMPLES = 8
+
 
 def register(name: str, factory: Callable[..., Generator]) -> None:
     """Register `factory(device=..., weights=..., **options)` under `name` (unique)."""
@@ -41,17 +47,50 @@ def available() -> list[str]:
 
 
 def load(name: str, device: str | torch.device = "auto", weights: str | Path | None = None,
-         **options: Any) -> Generator:
+         precision: str = "float32", **options: Any) -> Generator:
     """Build the generator `name` on `device` ("auto" = CUDA when present, else CPU).
 
     `weights` is a weights file or a directory holding it; None searches the generator's standard
-    locations. `options` are generator-specific (e.g. `truncation` for BigGAN).
+    locations. `precision` "float16" or "bfloat16" runs the network at half precision once its
+    images pass `check_precision`. `options` are generator-specific (e.g. `truncation` for BigGAN).
     """
     try:
         factory = _REGISTRY[name]
     except KeyError:
         raise GeneratorError(f"unknown generator {name!r}; available: {', '.join(available())}") from None
-    return factory(device=resolve_device(device), weights=weights, **options)
+    if precision not in PRECISIONS:
+        raise GeneratorError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    generator = factory(device=resolve_device(device), weights=weights, **options)
+    if precision != "float32":
+        check_precision(generator, precision)
+    return generator
+
+
+def check_precision(generator: Generator, precision: str, tolerance: float = PRECISION_TOLERANCE) -> float:
+    """Switch `generator` to `precision` if its images stay within `tolerance` of float32; the largest difference.
+
+    Renders `PRECISION_SAMPLES` prior samples (seed 0) both ways. Raises `GeneratorError` (and
+    leaves the generator at float32) when the difference is larger or the device cannot run it.
+    The precision becomes part of the generator's version, so stimuli record it.
+    """
+    codes = generator.sample(PRECISION_SAMPLES, np.random.default_rng(0))
+    reference = generator.generate(codes)
+    float32_state = {k: v.clone() for k, v in generator.module.state_dict().items()}
+
+    def refuse(reason: str) -> GeneratorError:
+        generator.to_precision(torch.float32)
+        generator.module.load_state_dict(float32_state)  # the rounded weights back to their float32 values
+        return GeneratorError(f"{generator.name} in {precision} {reason}; use float32 for this generator")
+
+    try:
+        generator.to_precision(PRECISIONS[precision])
+        difference = float((generator.generate(codes) - reference).abs().max())
+    except RuntimeError as exc:  # an operation without a half-precision kernel on this device
+        raise refuse(f"cannot run on {generator.device}: {exc}") from None
+    if not difference <= tolerance:
+        raise refuse(f"differs from float32 by up to {difference:.4f} (tolerance {tolerance:.4f}) on "
+                     f"{generator.device}")
+    return difference
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -125,6 +164,12 @@ class Generator(abc.ABC):
         self.module.requires_grad_(False)
         self.weights_sha256 = weights_sha256
         self.batch_size = batch_size
+        self.dtype = torch.float32  # the network's precision; codes and images cross as float32
+
+    def to_precision(self, dtype: torch.dtype) -> None:
+        """Run the network in `dtype` (prefer `check_precision`, which tests the images first)."""
+        self.module.to(dtype)
+        self.dtype = dtype
 
     @abc.abstractmethod
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -148,12 +193,14 @@ class Generator(abc.ABC):
         if z.requires_grad:
             return self.forward(z)
         with torch.no_grad():
-            return torch.cat([self.forward(chunk) for chunk in z.split(self.batch_size)])
+            return torch.cat([self.forward(chunk.to(self.dtype)).float() for chunk in z.split(self.batch_size)])
 
     @property
     def provenance(self) -> dict:
-        """What identifies an image's source: {"name", "version", "weights_sha256"}."""
-        return {"name": self.name, "version": self.version, "weights_sha256": self.weights_sha256}
+        """What identifies an image's source: {"name", "version", "weights_sha256"}; a reduced precision
+        is part of the version."""
+        version = self.version if self.dtype == torch.float32 else f"{self.version}+{str(self.dtype)[6:]}"
+        return {"name": self.name, "version": version, "weights_sha256": self.weights_sha256}
 
     def _as_codes(self, codes: np.ndarray | torch.Tensor) -> torch.Tensor:
         if isinstance(codes, torch.Tensor):

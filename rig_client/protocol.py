@@ -190,8 +190,13 @@ def batch_message(*, batch_id: str, session_id: str, thread_id: str, generation:
     return Message(MessageType.BATCH, header, frames)
 
 
-def encode_png(image: np.ndarray) -> bytes:
-    """8-bit RGB PNG bytes of an ``(H, W, 3)`` uint8 array."""
+PNG_COMPRESS_LEVEL = 1
+"""zlib level of every PNG this project writes: 1 encodes GAN images several times faster than
+Pillow's default 6 for files about 10% larger; PNG is lossless at every level (same pixels)."""
+
+
+def encode_png(image: np.ndarray, compress_level: int = PNG_COMPRESS_LEVEL) -> bytes:
+    """8-bit RGB PNG bytes of an ``(H, W, 3)`` uint8 array (lossless; ``compress_level`` 0-9 trades size for time)."""
     from PIL import Image
 
     image = np.asarray(image)
@@ -199,7 +204,7 @@ def encode_png(image: np.ndarray) -> bytes:
         raise ValueError(f"expected an (H, W, 3) uint8 array, got {image.dtype} {image.shape}; "
                          "convert with (np.clip(x, 0, 1) * 255).round().astype(np.uint8)")
     buf = io.BytesIO()
-    Image.fromarray(image, "RGB").save(buf, format="PNG")
+    Image.fromarray(image, "RGB").save(buf, format="PNG", compress_level=compress_level)
     return buf.getvalue()
 
 

@@ -7,9 +7,11 @@ that state, which returns the same codes. That is how a restarted server continu
 evolution bit for bit, reusing every presentation already recorded. Reads are in
 ``server.store.queries``, writes in ``server.store.records``.
 
-Torch and database work runs on one worker thread (``_compute``), never on the event loop. Its
-queue is first in, first out, and a generation is rendered in chunks of ``RENDER_CHUNK`` codes, so
-the compute is shared round-robin: one session's big generation cannot hold back the others' steps.
+Each step of a thread (complete the answered generation, start the next, prepare the BATCH it
+owes) is one transaction that commits before any image of it leaves; the BATCH is sent from the
+PNGs just rendered, never read back from the archive, whose fsync runs in the background and
+is awaited before the generation is told. Torch and database work runs on one worker thread
+(``_compute``), never on the event loop; PNG encoding and archive writes fan out to all cores.
 A generation is only asked and rendered while its rig is connected.
 """
 
@@ -28,21 +30,21 @@ from sqlalchemy.orm import sessionmaker
 
 import generators
 import optimizers
-from rig_client.protocol import PROTOCOL_MINOR, ErrorCode, Message, batch_message
+from rig_client.protocol import PROTOCOL_MINOR, ErrorCode, Message, batch_message, encode_png
 from server import RigInputError, ThreadNotReady, live, monitor
-from server.images import encode_images
+from server.images import parallel_map, parallel_submit, to_pixels
 from server.objectives import Objective
 from server.settings import Settings
 from server.store import queries, records
-from server.store.archive import ImageArchive
-from server.store.models import Batch, EventLevel, Generation, GenerationStatus, Stimulus, Thread, ThreadStatus, utcnow
+from server.store.archive import ArchivedImage, ImageArchive
+from server.store.models import Batch, EventLevel, Generation, GenerationStatus, Thread, ThreadStatus, utcnow
 from server.thread_runtime import InFlight, ThreadRuntime, build_runtime, is_snapshot, owed_stimuli
 
 log = logging.getLogger(__name__)
 
 RECONCILE_S = 0.5  # how often the engine re-reads thread intent even without a wake-up
 MAX_REQUEUES = 1  # extra rounds for stimuli a rig did not answer before they are scored NaN
-RENDER_CHUNK = 32  # codes rendered per compute job, so other threads' steps run between a big generation's chunks
+FINISHED = object()  # what ``_next_step`` returns when the thread has told its last generation
 
 
 class Engine:
@@ -224,114 +226,149 @@ class Engine:
 
     def _generator(self, name: str):
         if name not in self._generators:
-            self._generators[name] = generators.load(name, device=self.settings.device)
+            self._generators[name] = generators.load(name, device=self.settings.device,
+                                                     precision=self.settings.precision)
         return self._generators[name]
 
     # ------------------------------------------------------------------ one generation
     async def _advance(self, runtime: ThreadRuntime) -> None:
-        """Move a thread one step: complete a finished generation, start the next, send what is missing."""
+        """Move a thread one step (one transaction, see ``_next_step``), then send the round it prepared."""
         async with runtime.lock:
             if self._threads.get(runtime.id) is not runtime:
                 return
             try:
-                inflight = runtime.inflight
-                if inflight is not None and inflight.batch_id is not None and not inflight.awaiting:
-                    # The last round is answered (or given up on): another round, or tell.
-                    owed_rounds = inflight.rounds < runtime.repeats + MAX_REQUEUES
-                    if await self._offload(self._is_complete, runtime) or not owed_rounds:
-                        if await self._offload(self._complete_generation, runtime, not owed_rounds):
-                            self._threads.pop(runtime.id, None)
-                            return
-                    else:
-                        inflight.batch_id = None
-                        inflight.rounds += 1
-                if runtime.inflight is None:
-                    if not self._rig_connected(runtime):
-                        return  # nothing is rendered for an absent rig; on_connected starts it
-                    runtime.inflight = await self._start_generation(runtime)
-                    runtime.inflight.rounds = 1
-                if runtime.inflight.batch_id is None:
-                    await self._send_round(runtime)
-                elif runtime.inflight.resend and runtime.inflight.awaiting:
-                    await self._send_round(runtime, resend=True)
+                connected = self.transport is not None and self.transport.connected(runtime.rig)
+                cached = self._rig_references.setdefault(runtime.rig, set())
+                step = await self._offload(self._next_step, runtime, connected, frozenset(cached))
+                if step is FINISHED:
+                    self._threads.pop(runtime.id, None)
+                elif step is not None:
+                    await self._send_round(runtime, step, cached)
             except Exception as exc:
                 log.exception("thread %s failed", runtime.id)
                 self._threads.pop(runtime.id, None)
                 await self._offload(self._fail_thread, runtime.id, exc)
 
-    def _rig_connected(self, runtime: ThreadRuntime) -> bool:
-        return self.transport is not None and self.transport.connected(runtime.rig)
+    def _next_step(self, runtime: ThreadRuntime, connected: bool, cached: frozenset[str]) -> Message | object | None:
+        """Complete an answered generation, start the next, and prepare the BATCH still owed.
 
-    async def _start_generation(self, runtime: ThreadRuntime) -> InFlight:
-        """Ask, render (chunk by chunk, one compute job each), archive and persist a new generation (pending)."""
-        codes = await self._offload(runtime.optimizer.ask)
-        images = []
-        for start in range(0, len(codes), RENDER_CHUNK):
-            images += await self._offload(self._render, runtime, codes[start:start + RENDER_CHUNK])
-        return await self._offload(self._add_generation, runtime, codes, images)
-
-    def _render(self, runtime: ThreadRuntime, codes: np.ndarray) -> list:
-        return [self._archive.save(png) for png in encode_images(runtime.generator.generate(codes))]
-
-    def _add_generation(self, runtime: ThreadRuntime, codes: np.ndarray, images: list) -> InFlight:
+        One transaction: the scores, the optimizer state after ``tell``, the next generation's codes
+        and stimuli and the batch row commit together, before any image of it leaves. Returns the
+        BATCH to send, ``FINISHED``, or None (a round is out, or the rig is not connected). A round
+        still out is sent again under its own ``batch_id`` (with only its unanswered stimuli, and no new
+        batch row) when ``resend`` is set: the rig reconnected, or the runtime was rebuilt.
+        """
         with self._db.begin() as db:
-            generation, ids = records.add_generation(db, runtime.session_id, runtime.id, runtime.optimizer.generation,
-                                                     codes, images, runtime.generator.provenance)
-            return InFlight(generation.id, generation.number, codes, ids)
+            while True:
+                inflight = runtime.inflight
+                if inflight is not None and inflight.resend and inflight.batch_id and inflight.awaiting:
+                    if not connected:
+                        return None
+                    inflight.resend = False
+                    owed = [s for s in owed_stimuli(db, runtime, inflight) if s in inflight.awaiting]
+                    return self._prepare_batch(db, runtime, cached, owed, batch_id=inflight.batch_id)
+                owed = None
+                if inflight is not None and inflight.batch_id is not None and not inflight.awaiting:
+                    # The last round is answered (or given up on): another round, or tell.
+                    owed = owed_stimuli(db, runtime, inflight)
+                    if not owed or inflight.rounds >= runtime.repeats + MAX_REQUEUES:
+                        if self._complete_generation(db, runtime, timed_out=bool(owed)):
+                            return FINISHED
+                        owed = None
+                    else:
+                        inflight.batch_id = None
+                        inflight.rounds += 1
+                if runtime.inflight is None:
+                    if not connected:
+                        return None  # nothing is rendered for an absent rig; on_connected starts it
+                    runtime.inflight = self._start_generation(db, runtime)
+                    owed = runtime.inflight.stimulus_ids + runtime.reference_ids  # nothing presented yet
+                if runtime.inflight.batch_id is not None or not connected:
+                    return None
+                if owed is None:
+                    owed = owed_stimuli(db, runtime, runtime.inflight)
+                message = self._prepare_batch(db, runtime, cached, owed)
+                if message is not None:
+                    return message
+                runtime.inflight.batch_id, runtime.inflight.awaiting = "", set()  # nothing owed: complete it
 
-    def _is_complete(self, runtime: ThreadRuntime) -> bool:
-        with self._db() as db:
-            return not owed_stimuli(db, runtime, runtime.inflight)
+    def _start_generation(self, db: DBSession, runtime: ThreadRuntime) -> InFlight:
+        """Ask, render, archive and add a new generation (status pending); its PNGs stay in memory to send."""
+        codes = runtime.optimizer.ask()
+        encoded = parallel_map(self._encode_and_archive, to_pixels(runtime.generator.generate(codes)))
+        pngs, images = [png for png, _ in encoded], [image for _, image in encoded]
+        generation, ids = records.add_generation(db, runtime.session_id, runtime.id, runtime.optimizer.generation,
+                                                 codes, images, runtime.generator.provenance)
+        synced = parallel_submit(self._archive.sync, images)  # off the hot path; awaited before the tell
+        return InFlight(generation.id, generation.number, codes, ids, dict(zip(ids, pngs)), synced, rounds=1)
 
-    def _complete_generation(self, runtime: ThreadRuntime, timed_out: bool) -> bool:
-        """Score, tell, and commit the optimizer state with the scores it used. True when the thread is done."""
+    def _encode_and_archive(self, pixels: np.ndarray) -> tuple[bytes, ArchivedImage]:
+        """One image's PNG, written to the archive (fsync later); runs on the image pool, all cores."""
+        png = encode_png(pixels)
+        return png, self._archive.save(png, durable=False)
+
+    def _complete_generation(self, db: DBSession, runtime: ThreadRuntime, timed_out: bool) -> bool:
+        """Score, tell, and record the optimizer state with the scores it used. True when the thread is done."""
         inflight = runtime.inflight
-        with self._db.begin() as db:
-            scored = queries.scored_responses(db, inflight.generation_id, runtime.flagged)
-            rates = {s: [r.rates for r in responses] for s, responses in scored.items()}
-            scores = np.array([runtime.objective.mean_score(rates.get(s)) for s in inflight.stimulus_ids])
-            reference = [runtime.objective.mean_score(rates.get(s)) for s in runtime.reference_ids]
-            runtime.optimizer.tell(inflight.codes, scores)
-            state = runtime.optimizer.state_dict()
-            generation = records.complete_generation(
-                db, inflight.generation_id, scores, reference,
-                optimizers.dumps_state(state) if is_snapshot(inflight.number) else None,
-                optimizers.state_summary(state), timed_out=timed_out)
-            monitor.generation_completed(db, runtime.session_id, runtime.id, generation.number, scores, reference, rates)
-            if timed_out:
-                self._log_in(db, runtime.session_id, runtime.id, "generation_timed_out",
-                             f"generation {inflight.number}: {inflight.codes.shape[0] - generation.n_scored} stimuli "
-                             f"unscored after {inflight.rounds} rounds; the optimizer saw NaN for them",
-                             level=EventLevel.WARNING)
-            finished = generation.number + 1 >= runtime.n_generations
-            if finished:
-                db.get(Thread, runtime.id).status = ThreadStatus.FINISHED
-                self._log_in(db, runtime.session_id, runtime.id, "thread_finished",
-                             f"finished after {generation.number + 1} generations")
+        if inflight.synced is not None:
+            inflight.synced.result()  # the images of a told generation must survive a power loss
+        scored = queries.scored_responses(db, inflight.generation_id, runtime.flagged)
+        rates = {s: [r.rates for r in responses] for s, responses in scored.items()}
+        scores = np.array([runtime.objective.mean_score(rates.get(s)) for s in inflight.stimulus_ids])
+        reference = [runtime.objective.mean_score(rates.get(s)) for s in runtime.reference_ids]
+        runtime.optimizer.tell(inflight.codes, scores)
+        state = runtime.optimizer.state_dict()
+        generation = records.complete_generation(
+            db, inflight.generation_id, scores, reference,
+            optimizers.dumps_state(state) if is_snapshot(inflight.number) else None,
+            optimizers.state_summary(state), timed_out=timed_out)
+        monitor.generation_completed(db, runtime.session_id, runtime.id, generation.number, scores, reference, rates)
+        if timed_out:
+            self._log_in(db, runtime.session_id, runtime.id, "generation_timed_out",
+                         f"generation {inflight.number}: {inflight.codes.shape[0] - generation.n_scored} stimuli "
+                         f"unscored after {inflight.rounds} rounds; the optimizer saw NaN for them",
+                         level=EventLevel.WARNING)
         runtime.inflight = None
+        finished = generation.number + 1 >= runtime.n_generations
+        if finished:
+            db.get(Thread, runtime.id).status = ThreadStatus.FINISHED
+            self._log_in(db, runtime.session_id, runtime.id, "thread_finished",
+                         f"finished after {generation.number + 1} generations")
         return finished
 
     # ------------------------------------------------------------------ sending
-    async def _send_round(self, runtime: ThreadRuntime, resend: bool = False) -> None:
-        """Send every stimulus the in-flight generation still owes (cached references by id only).
+    def _prepare_batch(self, db: DBSession, runtime: ThreadRuntime, cached: frozenset[str],
+                       owed: list[str], batch_id: str | None = None) -> Message | None:
+        """A BATCH of the ``owed`` stimuli in a seeded random order, references interleaved (cached ones by id).
 
-        ``resend``: the outstanding batch again, after a reconnect, under its own ``batch_id`` and with
-        only its stimuli still unanswered, so a rig that already has it ignores the copy (§6.5). A
-        round is recorded as a batch row only once it was sent.
+        A new batch (no ``batch_id``) gets its row here; ``_forget_batch`` removes it if the send fails.
         """
-        if not self._rig_connected(runtime):
-            return
         inflight = runtime.inflight
-        inflight.resend = False
-        cached = self._rig_references.setdefault(runtime.rig, set())
-        batch_id = inflight.batch_id if resend else uuid.uuid4().hex
-        message = await self._offload(self._prepare_batch, runtime, batch_id, frozenset(cached),
-                                      frozenset(inflight.awaiting) if resend else None)
-        if message is None:
-            if not resend:  # nothing owed: the generation is complete
-                inflight.batch_id, inflight.awaiting = "", set()
-                self._step(runtime)
-            return
+        owed = list(dict.fromkeys(owed))
+        if not owed:
+            return None
+        order = np.random.default_rng([runtime.seed, inflight.number, inflight.rounds]).permutation(len(owed))
+        entries = []
+        for i in order:
+            stimulus_id = owed[i]
+            if stimulus_id in runtime.reference_pngs:
+                entries.append((stimulus_id, "reference",
+                                None if stimulus_id in cached else runtime.reference_pngs[stimulus_id]))
+            else:
+                entries.append((stimulus_id, "synthetic", inflight.pngs[stimulus_id]))
+        if batch_id is None:
+            batch_id = records.add_batch(db, uuid.uuid4().hex, runtime.session_id, runtime.id, inflight.generation_id,
+                                         runtime.rig).id
+        return batch_message(batch_id=batch_id, session_id=str(runtime.session_id), thread_id=str(runtime.id),
+                             generation=inflight.number, response_window_ms=runtime.window_ms, stimuli=entries)
+
+    async def _send_round(self, runtime: ThreadRuntime, message: Message, cached: set[str]) -> None:
+        """Send a prepared BATCH (new, or the outstanding one again); the rig caches the references it carries.
+
+        A new batch that could not be sent loses its row: batch rows are sends that happened.
+        """
+        inflight, batch_id = runtime.inflight, message.header["batch_id"]
+        resend = batch_id == inflight.batch_id
         if not await self.transport.send(runtime.rig, message):
             if not resend:
                 await self._offload(self._forget_batch, batch_id)
@@ -339,8 +376,7 @@ class Engine:
         stimuli = message.header["stimuli"]
         cached.update(s["stimulus_id"] for s in stimuli if s["kind"] == "reference")
         if not resend:
-            inflight.batch_id = batch_id
-            inflight.awaiting = {s["stimulus_id"] for s in stimuli}
+            inflight.batch_id, inflight.awaiting = batch_id, {s["stimulus_id"] for s in stimuli}
         inflight.last_activity = time.monotonic()
         live.hub.publish("batch_sent", f"generation {inflight.number}: {len(stimuli)} stimuli "
                          f"{'resent' if resend else 'sent'}", session_id=runtime.session_id, thread_id=runtime.id,
@@ -349,32 +385,6 @@ class Engine:
     def _forget_batch(self, batch_id: str) -> None:
         with self._db.begin() as db:
             db.delete(db.get(Batch, batch_id))
-
-    def _prepare_batch(self, runtime: ThreadRuntime, batch_id: str, cached: frozenset[str],
-                       only: frozenset[str] | None) -> Message | None:
-        """A BATCH of the owed stimuli (of ``only`` when resending) in a seeded random order, references interleaved.
-
-        A new batch (``only`` is None) gets its row here, before it is sent; ``_forget_batch`` removes
-        it if the send fails.
-        """
-        inflight = runtime.inflight
-        with self._db.begin() as db:
-            owed = [s for s in dict.fromkeys(owed_stimuli(db, runtime, runtime.inflight)) if only is None or s in only]
-            if not owed:
-                return None
-            order = np.random.default_rng([runtime.seed, inflight.number, inflight.rounds]).permutation(len(owed))
-            references = set(runtime.reference_ids)
-            entries = []
-            for i in order:
-                stimulus_id = owed[i]
-                kind = "reference" if stimulus_id in references else "synthetic"
-                png = None if kind == "reference" and stimulus_id in cached else \
-                    self._archive.read(db.get(Stimulus, stimulus_id).content_hash)
-                entries.append((stimulus_id, kind, png))
-            if only is None:
-                records.add_batch(db, batch_id, runtime.session_id, runtime.id, inflight.generation_id, runtime.rig)
-        return batch_message(batch_id=batch_id, session_id=str(runtime.session_id), thread_id=str(runtime.id),
-                             generation=inflight.number, response_window_ms=runtime.window_ms, stimuli=entries)
 
     async def _check_timeouts(self) -> None:
         """A round unanswered for ``batch_timeout_s`` is given up on: re-queue its stimuli or score NaN."""

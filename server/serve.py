@@ -22,6 +22,9 @@ def add_parser(subcommands) -> None:
     parser.add_argument("--zmq-endpoint", help="ZeroMQ ROUTER endpoint (default tcp://127.0.0.1:5555)")
     parser.add_argument("--data-dir", help="database and image archive folder (default ./actmax-data)")
     parser.add_argument("--device", help='torch device for generators: auto, cpu, cuda, ... (default auto)')
+    parser.add_argument("--precision", choices=["float32", "float16", "bfloat16"],
+                        help="generator precision (default float32); half precision only where images stay "
+                        "within tolerance of float32")
     parser.add_argument("--batch-timeout", type=float, help="seconds before missing results are re-queued")
     parser.set_defaults(func=run)
 
@@ -32,6 +35,7 @@ def settings_from_args(args: argparse.Namespace):
     overrides = {
         "http_host": args.host, "http_port": args.port, "zmq_endpoint": args.zmq_endpoint,
         "data_dir": args.data_dir, "device": args.device, "batch_timeout_s": args.batch_timeout,
+        "precision": args.precision,
     }
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import secrets
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, model_validator
@@ -42,6 +43,9 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(64 * 2**20, gt=0, description="Largest ZeroMQ message accepted.")
     batch_timeout_s: float = Field(300.0, gt=0, description="Seconds before a batch's missing results time out.")
     device: str = Field("auto", description='Torch device for generators: "auto", "cpu", "cuda", "cuda:1", ...')
+    precision: Literal["float32", "float16", "bfloat16"] = Field(
+        "float32", description="Generator precision; a half precision is used only for generators whose "
+        "images stay within generators.base.PRECISION_TOLERANCE of float32 (checked at load).")
     max_body_bytes: int = Field(2**20, ge=1024, description="Largest REST request body; larger ones get 413 unread.")
     keys_dir: Path | None = Field(None, description="CURVE keys (`actmax keys`); default {data_dir}/keys.")
 

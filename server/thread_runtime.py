@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,7 @@ from sqlalchemy.orm import Session as DBSession
 import optimizers
 from rig_client.protocol import encode_png
 from server import ServerError
-from server.images import load_references
+from server.images import encode_images, load_references
 from server.manifold import design_codes
 from server.objectives import Objective
 from server.session_config import FlaggedTrialsConfig, SessionConfig, ThreadConfig
@@ -43,6 +44,8 @@ class InFlight:
     number: int
     codes: np.ndarray
     stimulus_ids: list[str]  # synthetic stimuli in code order
+    pngs: dict[str, bytes]  # each synthetic stimulus's PNG as archived, sent from memory
+    synced: Future | None = None  # the archive's fsync of those PNGs (awaited before the generation is told)
     batch_id: str | None = None  # None: the current round still has to be sent
     awaiting: set[str] = field(default_factory=set)  # stimuli of the last batch not answered yet
     rounds: int = 0
@@ -66,6 +69,7 @@ class ThreadRuntime:
     generator: Any
     optimizer: optimizers.Optimizer
     reference_ids: list[str]
+    reference_pngs: dict[str, bytes]
     first_generation: int
     inflight: InFlight | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -82,21 +86,22 @@ def build_runtime(db: DBSession, thread_id: int, load_generator: Callable[[str],
     session_config = SessionConfig.model_validate(session.config_json)
     config = session_config.thread(thread.name)
     generator = load_generator(config.generator)
-    thread.generator_version = generator.version
+    thread.generator_version = generator.provenance["version"]
     optimizer = create_optimizer(db, thread, config, generator)
     last = restore_optimizer(db, optimizer, thread_id)
     window = session_config.response_window_ms
+    references = ensure_references(db, session, session_config, archive)
     runtime = ThreadRuntime(
         id=thread.id, session_id=session.id, rig=session.rig, seed=config.seed,
         window_ms=(float(window[0]), float(window[1])), repeats=config.repeats,
         n_generations=config.n_generations, objective=Objective.from_config(config.objective),
         flagged=session_config.flagged_trials, generator=generator, optimizer=optimizer,
-        reference_ids=ensure_references(db, session, session_config, archive),
+        reference_ids=list(references), reference_pngs=references,
         first_generation=0 if last is None else last.number + 1,
     )
     pending = queries.pending_generation(db, thread_id)
     if pending is not None:
-        runtime.inflight = resume_pending(db, runtime, pending)
+        runtime.inflight = resume_pending(db, runtime, pending, archive)
     return runtime
 
 
@@ -156,13 +161,24 @@ def optimizer_params(name: str, generator, user: dict) -> dict:
     return {**defaults, **user}
 
 
-def resume_pending(db: DBSession, runtime: ThreadRuntime, pending: Generation) -> InFlight:
+def resume_pending(db: DBSession, runtime: ThreadRuntime, pending: Generation, archive: ImageArchive) -> InFlight:
     """Re-ask the restored optimizer (it must return exactly the codes stored before the crash) and take up
     the last batch sent: while the rig has not said ``done`` for it, the stimuli it still owes are awaited,
-    and sent again under the same ``batch_id`` once the rig is back."""
-    codes = check_codes(runtime.optimizer.ask(), pending)
-    ids = [s.id for s in pending.stimuli if s.kind == StimulusKind.SYNTHETIC]
-    inflight = InFlight(pending.id, pending.number, codes, ids, rounds=1)
+    and sent again under the same ``batch_id`` once the rig is connected.
+
+    The generation's PNGs are read back once. Any the archive lost (a power loss before their
+    fsync) are rendered again from the stored codes and must hash to what was committed.
+    """
+    stored = check_codes(runtime.optimizer.ask(), pending)
+    stimuli = sorted((s for s in pending.stimuli if s.kind == StimulusKind.SYNTHETIC), key=lambda s: s.index)
+    if not all(archive.holds(s.content_hash) for s in stimuli):
+        for stimulus, png in zip(stimuli, encode_images(runtime.generator.generate(stored)), strict=True):
+            if archive.save(png).content_hash != stimulus.content_hash:
+                raise ServerError(
+                    f"stimulus {stimulus.id} of generation {pending.number} is missing from the image archive "
+                    "and renders differently now (other generator weights or device?); restore the archive")
+    inflight = InFlight(pending.id, pending.number, stored, [s.id for s in stimuli],
+                        {s.id: archive.read(s.content_hash) for s in stimuli}, rounds=1)
     batches = queries.generation_batches(db, pending.id)
     if batches:
         last = batches[-1]
@@ -174,18 +190,20 @@ def resume_pending(db: DBSession, runtime: ThreadRuntime, pending: Generation) -
     return inflight
 
 
-def ensure_references(db: DBSession, session: Session, config: SessionConfig, archive: ImageArchive) -> list[str]:
-    """The session's reference stimuli, archived on first use."""
-    existing = queries.reference_ids(db, session.id)
+def ensure_references(db: DBSession, session: Session, config: SessionConfig,
+                      archive: ImageArchive) -> dict[str, bytes]:
+    """The session's reference stimuli (id -> PNG, in order), archived on first use."""
+    existing = queries.reference_stimuli(db, session.id)
     if existing:
-        return existing
-    ids = []
+        return {s.id: archive.read(s.content_hash) for s in existing}
+    references = {}
     for pixels in load_references(config.references.source, config.references.count, REFERENCE_SIZE):
-        image = archive.save(encode_png(pixels))
+        png = encode_png(pixels)
+        image = archive.save(png)
         stimulus_id = f"ref-{session.id}-{image.content_hash[:12]}"
-        if stimulus_id not in ids:
+        if stimulus_id not in references:
             db.add(Stimulus(id=stimulus_id, session_id=session.id, kind=StimulusKind.REFERENCE,
                             content_hash=image.content_hash, png_path=image.png_path))
-            ids.append(stimulus_id)
+            references[stimulus_id] = png
     db.flush()
-    return ids
+    return references

@@ -6,6 +6,7 @@ import hashlib
 import os
 import re
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -33,8 +34,12 @@ class ImageArchive:
         """Where the image with this hash is (or would be) stored."""
         return self.root / self.relative_path(content_hash)
 
-    def save(self, png: bytes) -> ArchivedImage:
-        """Store PNG bytes (once per content) and return their hash and relative path."""
+    def save(self, png: bytes, *, durable: bool = True) -> ArchivedImage:
+        """Store PNG bytes (once per content) and return their hash and relative path.
+
+        The file appears atomically under its final name. ``durable=False`` skips the fsync, so a
+        process crash keeps the file but a power loss may not; call `sync` on it before relying on it.
+        """
         if not png.startswith(PNG_SIGNATURE):
             raise ValueError("not PNG data (missing PNG signature)")
         content_hash = hashlib.sha256(png).hexdigest()
@@ -45,13 +50,30 @@ class ImageArchive:
             try:
                 with os.fdopen(fd, "wb") as file:
                     file.write(png)
-                    file.flush()
-                    os.fsync(file.fileno())
+                    if durable:
+                        file.flush()
+                        os.fsync(file.fileno())
                 os.replace(temporary, target)
             except BaseException:
                 Path(temporary).unlink(missing_ok=True)
                 raise
         return ArchivedImage(content_hash, self.relative_path(content_hash))
+
+    def sync(self, images: Iterable[ArchivedImage]) -> None:
+        """fsync images saved with ``durable=False``: afterwards they survive a power loss."""
+        for image in images:
+            fd = os.open(self.path(image.content_hash), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def holds(self, content_hash: str) -> bool:
+        """Whether the stored file exists and its bytes still hash to ``content_hash``."""
+        try:
+            return hashlib.sha256(self.read(content_hash)).hexdigest() == content_hash
+        except FileNotFoundError:
+            return False
 
     def remove_partial_writes(self) -> int:
         """Delete the ``.tmp-*.png`` files a killed `save` left behind; how many. Call it at

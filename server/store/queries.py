@@ -57,10 +57,10 @@ def pending_generation(db: DBSession, thread_id: int) -> Generation | None:
     ).first()
 
 
-def reference_ids(db: DBSession, session_id: int) -> list[str]:
+def reference_stimuli(db: DBSession, session_id: int) -> list[Stimulus]:
     """The session's reference stimuli, in the order they were archived."""
     return list(db.scalars(
-        select(Stimulus.id).where(Stimulus.session_id == session_id, Stimulus.kind == StimulusKind.REFERENCE)
+        select(Stimulus).where(Stimulus.session_id == session_id, Stimulus.kind == StimulusKind.REFERENCE)
         .order_by(Stimulus.created_at, Stimulus.id)
     ))
 

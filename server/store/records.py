@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session as DBSession
 
@@ -206,21 +206,22 @@ def record_presentations(
 
 def add_generation(db: DBSession, session_id: int, thread_id: int, number: int, codes: np.ndarray,
                    images: Sequence[ArchivedImage], provenance: dict[str, Any]) -> tuple[Generation, list[str]]:
-    """A pending generation and one synthetic stimulus per code; (the generation, stimulus ids in code order)."""
+    """A pending generation and one synthetic stimulus per code (one bulk insert); (the generation, stimulus
+    ids in code order)."""
     generation = Generation(thread_id=thread_id, number=number, codes=encode_codes(codes), n_stimuli=len(codes))
     db.add(generation)
     db.flush()
-    ids = []
-    for index, (code, image) in enumerate(zip(codes, images, strict=True)):
-        stimulus = Stimulus(
-            id=uuid.uuid4().hex, session_id=session_id, thread_id=thread_id, generation_id=generation.id,
-            kind=StimulusKind.SYNTHETIC, index=index, code=encode_codes(code), content_hash=image.content_hash,
-            png_path=image.png_path, generator=provenance["name"], generator_version=provenance["version"],
-            weights_sha256=provenance.get("weights_sha256"),
-        )
-        db.add(stimulus)
-        ids.append(stimulus.id)
-    return generation, ids
+    created_at = utcnow()
+    rows = [
+        {"id": uuid.uuid4().hex, "session_id": session_id, "thread_id": thread_id, "generation_id": generation.id,
+         "kind": StimulusKind.SYNTHETIC, "index": index, "code": encode_codes(code),
+         "content_hash": image.content_hash, "png_path": image.png_path, "generator": provenance["name"],
+         "generator_version": provenance["version"], "weights_sha256": provenance.get("weights_sha256"),
+         "created_at": created_at}
+        for index, (code, image) in enumerate(zip(codes, images, strict=True))
+    ]
+    db.execute(insert(Stimulus), rows)
+    return generation, [row["id"] for row in rows]
 
 
 def add_batch(db: DBSession, batch_id: str, session_id: int, thread_id: int, generation_id: int, rig: str) -> Batch:

@@ -1,11 +1,14 @@
 """End to end: `actmax serve` and `actmax rig sim` as real processes over real sockets and a real SQLite file.
 
 The server is killed (SIGKILL) mid-evolution and restarted on the same database; the thread must go on
-at the next generation with the identical optimizer state.
+at the next generation with the identical optimizer state. The pending generation's images are deleted
+from the archive meanwhile (as a power loss before their background fsync would): the restarted server
+renders them again from the committed codes, byte for byte.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import sqlite3
@@ -92,9 +95,17 @@ def test_closed_loop_survives_a_server_crash(tmp_path):
         db_engine.dispose()
         expected_next = restored.ask()
 
+        # The step that committed generation `last` committed `last + 1` with it, images archived.
+        pending_files = pending_image_files(data)
+        assert len(pending_files) == 12 and all(path.is_file() for path, _ in pending_files)
+        for path, _ in pending_files:
+            path.unlink()
+
         server.start()
         wait_until(lambda: len(complete_generations(api, thread["id"])) >= last + 3, 240,
                    "two generations after the restart", [(server.process, server.log_path), (rig, rig_log)])
+        for path, content_hash in pending_files:  # rendered again, identical
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == content_hash
         wait_until(lambda: api.get(f"/threads/{thread['id']}")["status"] == "finished", 240,
                    "the thread to finish", [(server.process, server.log_path), (rig, rig_log)])
     finally:
@@ -121,6 +132,14 @@ def test_closed_loop_survives_a_server_crash(tmp_path):
     assert len(stored) == len({row[0] for row in stored})
     assert {(p["presentation_id"], p["stimulus_id"], p["batch_id"], tuple(p["rates"])) for p in presented} == \
         {(pid, sid, bid, tuple(json.loads(rates))) for pid, sid, bid, rates in stored}
+
+
+def pending_image_files(data) -> list[tuple]:
+    """(archive path, content hash) of the pending generation's synthetic stimuli."""
+    with sqlite3.connect(data / "actmax.sqlite") as db:
+        rows = db.execute("SELECT s.png_path, s.content_hash FROM stimuli s JOIN generations g "
+                          "ON s.generation_id = g.id WHERE g.status = 'pending' AND s.kind = 'synthetic'").fetchall()
+    return [(data / png_path, content_hash) for png_path, content_hash in rows]
 
 
 def complete_generations_from_db(database) -> list[tuple[int, float]]:

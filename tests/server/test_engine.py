@@ -283,3 +283,33 @@ def test_references_travel_once_then_by_id(live, zmq_context):
         assert len(second.frames) == len(second.header["stimuli"]) - 2  # only the new synthetic images
     finally:
         dealer.close(linger=0)
+
+
+def test_a_generation_is_one_commit_and_its_batch_is_sent_from_memory(live):
+    """RESULTS -> next BATCH: the presentations' commit and one for the step; no image is read back."""
+    import hashlib
+
+    from sqlalchemy import event
+
+    live.create()
+    commits = []
+    event.listen(live.db_engine, "commit", lambda connection: commits.append(time.monotonic()))
+    with RigClient(live.settings.zmq_endpoint, RIG, channels=1) as rig:
+        batch = rig.next_batch(timeout=60)
+
+        def no_reading(content_hash):
+            raise AssertionError(f"image {content_hash} read back from the archive on the hot path")
+
+        live.engine._archive.read = no_reading
+        commits.clear()
+        rig.send_results(batch.batch_id, answer(batch)).result(30)
+        second = rig.next_batch(timeout=60)
+        assert second is not None and second.generation == 1
+        assert len(commits) == 2
+    with live.sessions() as db:
+        stored = {s.id: s.content_hash for s in db.scalars(select(Stimulus))}
+        batch_row = db.get(Batch, second.batch_id)
+        assert batch_row.sent_at is not None
+    for stimulus in second.stimuli:  # what left is exactly what was committed before it left
+        if stimulus.kind == "synthetic":
+            assert hashlib.sha256(stimulus.png).hexdigest() == stored[stimulus.stimulus_id]

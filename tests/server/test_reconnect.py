@@ -23,7 +23,6 @@ from sqlalchemy import select
 
 import generators
 import optimizers
-import server.engine as engine_module
 from rig_client.client import Presentation, RigClient
 from rig_client.protocol import ProtocolError
 from server.launch import ServerProcess, start_sim_rig, stop
@@ -167,26 +166,6 @@ def test_nothing_is_rendered_for_a_rig_that_is_not_connected(live):
         assert db.get(Thread, thread_id).status == ThreadStatus.RUNNING
     with RigClient(live.settings.zmq_endpoint, RIG, channels=1) as rig:
         assert rig.next_batch(timeout=60).generation == 0
-
-
-def test_a_big_generation_renders_in_chunks_that_let_other_compute_jobs_run_between(live, monkeypatch):
-    """The compute worker is first in, first out: a job queued while chunk 1 renders runs before chunk 2."""
-    monkeypatch.setattr(engine_module, "RENDER_CHUNK", 4)
-    thread_id = live.create(optimizer_params={"population": 12})
-    wait_until(lambda: thread_id in live.engine._threads, 60, "the thread's runtime")
-    runtime = live.engine._threads[thread_id]  # no rig: nothing started, so the test drives one generation
-    order, generate = [], runtime.generator.generate
-
-    def chunk(codes):
-        order.append(f"chunk of {len(codes)}")
-        if len(order) == 1:  # another session's job, queued while the first chunk renders
-            live.loop.call_soon_threadsafe(live.loop.run_in_executor, live.engine._compute, order.append, "other")
-        return generate(codes)
-
-    runtime.generator.generate = chunk
-    inflight = on_loop(live, live.engine._start_generation(runtime))
-    assert len(inflight.stimulus_ids) == 12
-    assert order == ["chunk of 4", "other", "chunk of 4", "chunk of 4"]
 
 
 def test_full_states_only_at_snapshot_generations_and_replay_reproduces_them(live):

@@ -1,0 +1,45 @@
+"""Opt-in half precision: a generator runs in float16/bfloat16 only while its images stay within tolerance."""
+
+import numpy as np
+import pytest
+import torch
+
+import generators
+from generators.base import PRECISION_SAMPLES, GeneratorError, check_precision
+
+
+def float32_images(name="dcgan-faces"):
+    generator = generators.load(name, device="cpu")
+    return generator, generator.generate(generator.sample(PRECISION_SAMPLES, np.random.default_rng(0)))
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_difference_is_measured_against_an_independent_float32_network(precision):
+    reference_generator, reference = float32_images()
+    generator = generators.load("dcgan-faces", device="cpu")
+    difference = check_precision(generator, precision, tolerance=1.0)
+    codes = generator.sample(PRECISION_SAMPLES, np.random.default_rng(0))
+    images = generator.generate(codes)
+    assert generator.dtype == getattr(torch, precision) and images.dtype == torch.float32
+    assert next(generator.module.parameters()).dtype == getattr(torch, precision)
+    assert difference == pytest.approx(float((images - reference).abs().max()))
+    assert 0 < difference < 0.1  # half precision changes the images, a little
+    assert generator.provenance["version"] == f"{reference_generator.version}+{precision}"
+
+
+def test_a_difference_over_tolerance_is_refused_and_the_generator_stays_float32():
+    _, reference = float32_images()
+    generator = generators.load("dcgan-faces", device="cpu")
+    difference = check_precision(generator, "bfloat16", tolerance=1.0)
+    generator = generators.load("dcgan-faces", device="cpu")
+    with pytest.raises(GeneratorError, match="use float32"):
+        check_precision(generator, "bfloat16", tolerance=difference / 2)
+    assert generator.dtype == torch.float32
+    codes = generator.sample(PRECISION_SAMPLES, np.random.default_rng(0))
+    torch.testing.assert_close(generator.generate(codes), reference, rtol=0, atol=0)
+
+
+def test_load_checks_the_precision_and_rejects_unknown_names():
+    assert generators.load("dcgan-faces", device="cpu", precision="float16").dtype == torch.float16
+    with pytest.raises(GeneratorError, match="precision must be one of"):
+        generators.load("dcgan-faces", device="cpu", precision="half")

@@ -1,0 +1,31 @@
+"""PNG encoding of generator output: parallel, at PNG_COMPRESS_LEVEL, and lossless (the pixels come back exactly)."""
+
+import io
+
+import numpy as np
+import torch
+from PIL import Image
+
+from rig_client.protocol import decode_png
+from server.images import encode_images, to_pixels
+
+
+def test_encoded_images_decode_to_the_same_pixels_in_order():
+    generator = torch.Generator().manual_seed(0)
+    smooth = torch.nn.functional.interpolate(torch.rand(12, 3, 8, 8, generator=generator), size=96, mode="bicubic")
+    images = (smooth + 0.05 * torch.randn(smooth.shape, generator=generator)).clamp(0, 1)
+    pixels = to_pixels(images)
+    expected = (images.numpy().transpose(0, 2, 3, 1) * 255).round().astype(np.uint8)  # the 8-bit rule, by hand
+    np.testing.assert_array_equal(pixels, expected)
+    pngs = encode_images(images)
+    assert len(pngs) == 12
+    for png, image in zip(pngs, pixels, strict=True):
+        np.testing.assert_array_equal(decode_png(png), image)
+        default = io.BytesIO()
+        Image.fromarray(image, "RGB").save(default, format="PNG")  # Pillow's default level: other bytes, same image
+        np.testing.assert_array_equal(decode_png(default.getvalue()), decode_png(png))
+
+
+def test_half_precision_images_become_the_same_8_bit_pixels_as_their_float32_values():
+    images = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    np.testing.assert_array_equal(to_pixels(images), to_pixels(images.float()))
