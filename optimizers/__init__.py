@@ -17,6 +17,7 @@ from .base import (
     hyperparameter_names,
     loads_state,
     register,
+    state_summary,
 )
 
 __all__ = [
@@ -29,4 +30,5 @@ __all__ = [
     "hyperparameter_names",
     "loads_state",
     "register",
+    "state_summary",
 ]

@@ -278,6 +278,17 @@ _ARRAY_KEY = "__ndarray__"
 _JSON_MEMBER = "__state__"
 
 
+def state_summary(state: dict[str, Any]) -> dict[str, float | None]:
+    """``sigma``, ``mean_norm`` (norm of the search mean) and ``best_score`` of a state dict; None where it has none."""
+    strategy = state.get("strategy") or {}
+    mean = strategy.get("mean", strategy.get("center"))
+    if mean is None and strategy.get("population") is not None:
+        mean = np.asarray(strategy["population"]).mean(axis=0)
+    values = {"sigma": strategy.get("sigma"), "mean_norm": None if mean is None else np.linalg.norm(mean),
+              "best_score": state.get("best_score")}  # -inf until something was scored
+    return {k: float(v) if v is not None and np.isfinite(v) else None for k, v in values.items()}
+
+
 def dumps_state(state: dict[str, Any]) -> bytes:
     """Serialise a state dict without pickle: arrays into an npz, everything else as JSON inside it.
 

@@ -71,6 +71,7 @@ class ErrorCode(enum.StrEnum):
     REPLACED = "replaced"
     REFUSED = "refused"
     UNKNOWN_BATCH = "unknown_batch"
+    BATCH_CLOSED = "batch_closed"
     UNKNOWN_REFERENCE = "unknown_reference"
     INTERNAL = "internal"
 

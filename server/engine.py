@@ -12,6 +12,7 @@ owes) is one transaction that commits before any image of it leaves; the BATCH i
 PNGs just rendered, never read back from the archive, whose fsync runs in the background and
 is awaited before the generation is told. Torch and database work runs on one worker thread
 (``_compute``), never on the event loop; PNG encoding and archive writes fan out to all cores.
+A generation is only asked and rendered while its rig is connected.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -35,8 +37,8 @@ from server.session_config import ObjectiveConfig
 from server.settings import Settings
 from server.store import queries, records
 from server.store.archive import ArchivedImage, ImageArchive
-from server.store.models import Batch, EventLevel, Thread, ThreadStatus
-from server.thread_runtime import InFlight, ThreadRuntime, build_runtime
+from server.store.models import Batch, EventLevel, Generation, GenerationStatus, Thread, ThreadStatus, utcnow
+from server.thread_runtime import InFlight, ThreadRuntime, build_runtime, is_snapshot, owed_stimuli
 from server.weights import GeneratorCache
 
 log = logging.getLogger(__name__)
@@ -127,10 +129,11 @@ class Engine:
         return self.rig_channels.get(rig)
 
     async def on_connected(self, rig: str) -> None:
-        """A rig (re)joined: send it whatever its threads are waiting on."""
+        """A rig (re)joined: resend its outstanding batches under their own ids (§6.5), start what waited."""
         for runtime in list(self._threads.values()):
-            if runtime.rig == rig and runtime.inflight is not None:
-                runtime.inflight.batch_id = None  # resend the round in flight
+            if runtime.rig == rig:
+                if runtime.inflight is not None and runtime.inflight.batch_id:
+                    runtime.inflight.resend = True
                 self._step(runtime)
 
     async def on_disconnect(self, rig: str) -> None:
@@ -145,9 +148,10 @@ class Engine:
 
         Raises ``RigInputError`` for results the store cannot take (the transport replies ERROR).
         """
-        received = time.monotonic()
+        received, received_at = time.monotonic(), utcnow()
         try:
-            thread_id, answered, duplicates = await self._offload(self._record_results, rig, header)
+            thread_id, answered, accepted, duplicates = await self._offload(self._record_results, rig, header,
+                                                                            received_at)
         except RigInputError as exc:
             await self.on_refused(rig, header["batch_id"], exc)
             raise
@@ -162,11 +166,15 @@ class Engine:
                 self._step(runtime)
         live.hub.publish("batch.answered", f"{len(answered)} stimuli answered", thread_id=thread_id,
                          session_id=runtime.session_id if runtime is not None else None,
-                         data={"batch_id": header["batch_id"], "accepted": len(answered), "done": bool(header.get("done"))})
-        return {"batch_id": header["batch_id"], "accepted": len(answered), "duplicates": duplicates}
+                         data={"batch_id": header["batch_id"], "accepted": accepted, "done": bool(header.get("done"))})
+        return {"batch_id": header["batch_id"], "accepted": accepted, "duplicates": duplicates}
 
-    def _record_results(self, rig: str, header: dict) -> tuple[int, set[str], int]:
-        """Validate and store a RESULTS message; (thread id, stimuli answered now, duplicate count)."""
+    def _record_results(self, rig: str, header: dict, received_at) -> tuple[int, set[str], int, int]:
+        """Validate and store a RESULTS message arrived at ``received_at``.
+
+        Returns (thread id, stimuli answered now, presentations stored now, duplicate count). New
+        presentations for a batch whose generation is already scored are refused (``batch_closed``).
+        """
         with self._db.begin() as db:
             batch = db.get(Batch, header["batch_id"])
             if batch is None:
@@ -182,9 +190,18 @@ class Engine:
                                         f"stimulus {p['stimulus_id']!r} is not part of batch {batch.id!r}")
                 objective.check_rates(p["rates"])
             presentations = [records.PresentationRecord.from_message(p) for p in header["presentations"]]
-            accepted, duplicates = records.record_presentations(db, batch.id, presentations)
+            if db.get(Generation, batch.generation_id).status == GenerationStatus.COMPLETE:
+                new = {p.presentation_id for p in presentations} - queries.stored_presentation_ids(
+                    db, [p.presentation_id for p in presentations])
+                if new:
+                    raise RigInputError(ErrorCode.BATCH_CLOSED,
+                                        f"batch {batch.id!r} is closed: its generation was scored when every stimulus "
+                                        f"had been answered; {len(new)} new presentation(s) were not stored")
+            accepted, duplicates = records.record_presentations(db, batch.id, presentations, received_at=received_at)
+            if header.get("done"):
+                records.close_batch(db, batch, received_at)
             stimulus_of = {p.presentation_id: p.stimulus_id for p in presentations}
-            return batch.thread_id, {stimulus_of[pid] for pid in accepted}, len(duplicates)
+            return batch.thread_id, {stimulus_of[pid] for pid in accepted}, len(accepted), len(duplicates)
 
     async def on_refused(self, rig: str, batch_id: str, exc: RigInputError) -> None:
         """A refused RESULTS (by the transport or here) is an event and its thread's ``last_error``."""
@@ -231,7 +248,7 @@ class Engine:
                 await self._offload(self._fail_thread, thread_id, exc)
         for runtime in list(self._threads.values()):
             inflight = runtime.inflight
-            if inflight is None or inflight.batch_id is None or not inflight.awaiting:
+            if inflight is None or inflight.batch_id is None or not inflight.awaiting or inflight.resend:
                 self._step(runtime)
 
     def _live_threads(self) -> list[queries.LiveThread]:
@@ -305,15 +322,23 @@ class Engine:
         and stimuli and the batch row commit together, before any image of it leaves. Returns the
         BATCH to send, ``FINISHED`` (also for a paused thread once its generation is told), or None (a
         round is out, or the rig is not connected or lacks a channel the generation is scored on:
-        ``channels`` is what the connected rig announced, 0 if none is).
+        ``channels`` is what the connected rig announced, 0 if none is). A round still out is sent again
+        under its own ``batch_id`` (with only its unanswered stimuli, and no new batch row) when
+        ``resend`` is set: the rig reconnected, or the runtime was rebuilt.
         """
         with self._db.begin() as db:
             while True:
                 inflight = runtime.inflight
+                if inflight is not None and inflight.resend and inflight.batch_id and inflight.awaiting:
+                    if not channels:  # not connected
+                        return None
+                    inflight.resend = False
+                    owed = [s for s in owed_stimuli(db, runtime, inflight) if s in inflight.awaiting]
+                    return self._prepare_batch(db, runtime, cached, owed, batch_id=inflight.batch_id)
                 owed = None
                 if inflight is not None and inflight.batch_id is not None and not inflight.awaiting:
                     # The last round is answered (or given up on): another round, or tell.
-                    owed = self._missing(db, runtime)
+                    owed = owed_stimuli(db, runtime, inflight)
                     if not owed or inflight.rounds >= runtime.repeats + MAX_REQUEUES:
                         if self._complete_generation(db, runtime, timed_out=bool(owed)):
                             return FINISHED
@@ -324,13 +349,15 @@ class Engine:
                 if runtime.inflight is None and runtime.paused:
                     return FINISHED  # paused: told what it showed, asks nothing new
                 if runtime.inflight is None:
+                    if not channels:
+                        return None  # nothing is rendered for an absent rig; on_connected starts it
                     runtime.inflight = self._start_generation(db, runtime)
                     owed = runtime.inflight.stimulus_ids + runtime.reference_ids  # nothing presented yet
                 if runtime.inflight.batch_id is not None or channels < ObjectiveConfig.model_validate(
                         queries.generation_objective(db, runtime.inflight.generation_id)).n_channels:
                     return None
                 if owed is None:
-                    owed = self._missing(db, runtime)
+                    owed = owed_stimuli(db, runtime, runtime.inflight)
                 message = self._prepare_batch(db, runtime, cached, owed)
                 if message is not None:
                     return message
@@ -353,14 +380,6 @@ class Engine:
         png = encode_png(pixels)
         return png, self._archive.save(png, durable=False)
 
-    def _missing(self, db: DBSession, runtime: ThreadRuntime) -> list[str]:
-        """Stimulus ids (with repeats) still owed for the in-flight generation: flagged presentations do not count."""
-        scored = queries.scored_responses(db, runtime.inflight.generation_id, runtime.flagged)
-        owed = []
-        for stimulus_id in runtime.inflight.stimulus_ids + runtime.reference_ids:
-            owed += [stimulus_id] * max(0, runtime.repeats - len(scored.get(stimulus_id, ())))
-        return owed
-
     def _complete_generation(self, db: DBSession, runtime: ThreadRuntime, timed_out: bool) -> bool:
         """Score, tell, and record the optimizer state with the scores it used. True when the thread is done."""
         inflight = runtime.inflight
@@ -374,9 +393,11 @@ class Engine:
         reference = [scored.get(s, np.nan) for s in runtime.reference_ids]
         rates = {s: [r.rates for r in shown_at] for s, shown_at in responses.items()}
         runtime.optimizer.tell(inflight.codes, scores)
-        generation = records.complete_generation(db, inflight.generation_id, scores, reference,
-                                                 optimizers.dumps_state(runtime.optimizer.state_dict()),
-                                                 timed_out=timed_out)
+        state = runtime.optimizer.state_dict()
+        generation = records.complete_generation(
+            db, inflight.generation_id, scores, reference,
+            optimizers.dumps_state(state) if is_snapshot(inflight.number) else None,
+            optimizers.state_summary(state), timed_out=timed_out)
         monitor.generation_completed(db, runtime.session_id, runtime.id, generation.number, scores, reference, rates)
         if timed_out:
             self._log_in(db, runtime.session_id, runtime.id, "generation.timed_out",
@@ -396,8 +417,11 @@ class Engine:
 
     # ------------------------------------------------------------------ sending
     def _prepare_batch(self, db: DBSession, runtime: ThreadRuntime, cached: frozenset[str],
-                       owed: list[str]) -> Message | None:
-        """A BATCH of the ``owed`` stimuli in a seeded random order, references interleaved (cached ones by id)."""
+                       owed: list[str], batch_id: str | None = None) -> Message | None:
+        """A BATCH of the ``owed`` stimuli in a seeded random order, references interleaved (cached ones by id).
+
+        A new batch (no ``batch_id``) gets its row here; ``_forget_batch`` removes it if the send fails.
+        """
         inflight = runtime.inflight
         owed = list(dict.fromkeys(owed))
         if not owed:
@@ -411,22 +435,35 @@ class Engine:
                                 None if stimulus_id in cached else runtime.reference_pngs[stimulus_id]))
             else:
                 entries.append((stimulus_id, "synthetic", inflight.pngs[stimulus_id]))
-        batch = records.add_batch(db, runtime.session_id, runtime.id, inflight.generation_id, runtime.rig)
-        return batch_message(batch_id=batch.id, session_id=str(runtime.session_id), thread_id=str(runtime.id),
+        if batch_id is None:
+            batch_id = records.add_batch(db, uuid.uuid4().hex, runtime.session_id, runtime.id, inflight.generation_id,
+                                         runtime.rig).id
+        return batch_message(batch_id=batch_id, session_id=str(runtime.session_id), thread_id=str(runtime.id),
                              generation=inflight.number, response_window_ms=runtime.window_ms, stimuli=entries)
 
     async def _send_round(self, runtime: ThreadRuntime, message: Message, cached: set[str]) -> None:
-        """Send a prepared BATCH; the rig caches the references it carries."""
+        """Send a prepared BATCH (new, or the outstanding one again); the rig caches the references it carries.
+
+        A new batch that could not be sent loses its row: batch rows are sends that happened.
+        """
+        inflight, batch_id = runtime.inflight, message.header["batch_id"]
+        resend = batch_id == inflight.batch_id
         if not await self.transport.send(runtime.rig, message):
+            if not resend:
+                await self._offload(self._forget_batch, batch_id)
             return  # the rig left meanwhile; on_connected sends the round when it is back
         stimuli = message.header["stimuli"]
         cached.update(s["stimulus_id"] for s in stimuli if s["kind"] == "reference")
-        runtime.inflight.batch_id = message.header["batch_id"]
-        runtime.inflight.awaiting = {s["stimulus_id"] for s in stimuli}
-        runtime.inflight.last_activity = time.monotonic()
-        live.hub.publish("batch.sent", f"generation {runtime.inflight.number}: {len(stimuli)} stimuli sent",
-                         session_id=runtime.session_id, thread_id=runtime.id,
-                         data={"batch_id": runtime.inflight.batch_id, "generation": runtime.inflight.number})
+        if not resend:
+            inflight.batch_id, inflight.awaiting = batch_id, {s["stimulus_id"] for s in stimuli}
+        inflight.last_activity = time.monotonic()
+        live.hub.publish("batch.sent", f"generation {inflight.number}: {len(stimuli)} stimuli "
+                         f"{'resent' if resend else 'sent'}", session_id=runtime.session_id, thread_id=runtime.id,
+                         data={"batch_id": batch_id, "generation": inflight.number, "resent": resend})
+
+    def _forget_batch(self, batch_id: str) -> None:
+        with self._db.begin() as db:
+            db.delete(db.get(Batch, batch_id))
 
     async def _check_timeouts(self) -> None:
         """A round unanswered for ``batch_timeout_s`` is given up on: re-queue its stimuli or score NaN."""

@@ -1,8 +1,9 @@
 """A running thread in memory: its settings, optimizer and generator, and the generation in flight.
 
 Everything here is rebuilt from the database: the thread's settings from its session's validated
-``SessionConfig``, the optimizer from the state committed after the last ``tell``, and a pending
-generation by re-asking that state, which returns the same codes.
+``SessionConfig``, the optimizer from its last snapshot replayed through the told generations after
+it, and a pending generation by re-asking that state, which returns the same codes, together with
+its outstanding batch (the last one sent) and the stimuli that batch still owes.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from server.manifold import design_codes
 from server.session_config import FlaggedTrialsConfig, SessionConfig, ThreadConfig
 from server.store import queries
 from server.store.archive import ImageArchive
-from server.store.models import Generation, Session, Stimulus, StimulusKind, Thread, decode_codes
+from server.store.models import BatchStatus, Generation, Session, Stimulus, StimulusKind, Thread, decode_codes
 
 REFERENCE_SIZE = 128
 
@@ -47,6 +48,7 @@ class InFlight:
     batch_id: str | None = None  # None: the current round still has to be sent
     awaiting: set[str] = field(default_factory=set)  # stimuli of the last batch not answered yet
     rounds: int = 0
+    resend: bool = False  # rig reconnected or runtime rebuilt: send the outstanding batch again under its own id
     last_activity: float = field(default_factory=time.monotonic)
 
 
@@ -85,9 +87,7 @@ def build_runtime(db: DBSession, thread_id: int, load_generator: Callable[[str, 
     generator = load_generator(config.generator, config.weights)
     thread.generator_version = generator.provenance["version"]
     optimizer = create_optimizer(db, thread, config, generator)
-    last = queries.last_complete_generation(db, thread_id)
-    if last is not None:
-        optimizer.load_state_dict(optimizers.loads_state(last.optimizer_state))
+    last = restore_optimizer(db, optimizer, thread_id)
     window = session_config.response_window_ms
     references = ensure_references(db, session, session_config, archive)
     runtime = ThreadRuntime(
@@ -99,8 +99,49 @@ def build_runtime(db: DBSession, thread_id: int, load_generator: Callable[[str, 
     )
     pending = queries.pending_generation(db, thread_id)
     if pending is not None:
-        runtime.inflight = resume_pending(runtime, pending, archive)
+        runtime.inflight = resume_pending(db, runtime, pending, archive)
     return runtime
+
+
+def is_snapshot(number: int) -> bool:
+    """Whether generation ``number`` keeps the full optimizer state: 0, 1, 2, 4, 8, ... (O(g) bytes in all)."""
+    return number & (number - 1) == 0
+
+
+def restore_optimizer(db: DBSession, optimizer: optimizers.Optimizer, thread_id: int) -> Generation | None:
+    """Load the thread's last snapshot into ``optimizer`` and replay every later told generation (ask, then
+    tell its stored scores), which reproduces the state after the last tell bit for bit. Returns the
+    last told generation (None for a fresh thread)."""
+    snapshot = queries.last_snapshot(db, thread_id)
+    if snapshot is None:
+        return None
+    optimizer.load_state_dict(optimizers.loads_state(snapshot.optimizer_state))
+    last = snapshot
+    for generation in queries.complete_generations(db, thread_id, after=snapshot.number):
+        codes = check_codes(optimizer.ask(), generation)
+        optimizer.tell(codes, np.array([np.nan if s is None else s for s in generation.scores_json], dtype=float))
+        last = generation
+    return last
+
+
+def check_codes(codes: np.ndarray, generation: Generation) -> np.ndarray:
+    """``codes`` if the restored optimizer asked exactly what ``generation`` stored; else ServerError."""
+    stored = decode_codes(generation.codes, generation.n_stimuli)
+    if codes.shape != stored.shape or not np.array_equal(codes, stored):
+        raise ServerError(
+            f"generation {generation.number} of thread {generation.thread_id}: the restored optimizer asked "
+            "different codes than were stored; the optimizer state in the database is inconsistent"
+        )
+    return codes
+
+
+def owed_stimuli(db: DBSession, runtime: ThreadRuntime, inflight: InFlight) -> list[str]:
+    """Stimulus ids (with repeats) still owed for ``inflight``'s generation: flagged presentations do not count."""
+    scored = queries.scored_responses(db, inflight.generation_id, runtime.flagged)
+    owed = []
+    for stimulus_id in inflight.stimulus_ids + runtime.reference_ids:
+        owed += [stimulus_id] * max(0, runtime.repeats - len(scored.get(stimulus_id, ())))
+    return owed
 
 
 def create_optimizer(db: DBSession, thread: Thread, config: ThreadConfig, generator) -> optimizers.Optimizer:
@@ -118,19 +159,15 @@ def optimizer_params(name: str, generator, user: dict) -> dict:
     return {**defaults, **user}
 
 
-def resume_pending(runtime: ThreadRuntime, pending: Generation, archive: ImageArchive) -> InFlight:
-    """Re-ask the restored optimizer; it must return exactly the codes stored before the crash.
+def resume_pending(db: DBSession, runtime: ThreadRuntime, pending: Generation, archive: ImageArchive) -> InFlight:
+    """Re-ask the restored optimizer (it must return exactly the codes stored before the crash) and take up
+    the last batch sent: while the rig has not said ``done`` for it, the stimuli it still owes are awaited,
+    and sent again under the same ``batch_id`` once the rig is connected.
 
     The generation's PNGs are read back once. Any the archive lost (a power loss before their
     fsync) are rendered again from the stored codes and must hash to what was committed.
     """
-    codes = runtime.optimizer.ask()
-    stored = decode_codes(pending.codes, pending.n_stimuli)
-    if codes.shape != stored.shape or not np.array_equal(codes, stored):
-        raise ServerError(
-            f"generation {pending.number} of thread {runtime.id}: the restored optimizer asked different "
-            "codes than were stored; the optimizer state in the database is inconsistent"
-        )
+    stored = check_codes(runtime.optimizer.ask(), pending)
     stimuli = sorted((s for s in pending.stimuli if s.kind == StimulusKind.SYNTHETIC), key=lambda s: s.index)
     if not all(archive.holds(s.content_hash) for s in stimuli):
         for stimulus, png in zip(stimuli, encode_images(runtime.generator.generate(stored)), strict=True):
@@ -138,8 +175,17 @@ def resume_pending(runtime: ThreadRuntime, pending: Generation, archive: ImageAr
                 raise ServerError(
                     f"stimulus {stimulus.id} of generation {pending.number} is missing from the image archive "
                     "and renders differently now (other generator weights or device?); restore the archive")
-    return InFlight(pending.id, pending.number, stored, [s.id for s in stimuli],
-                    {s.id: archive.read(s.content_hash) for s in stimuli})
+    inflight = InFlight(pending.id, pending.number, stored, [s.id for s in stimuli],
+                        {s.id: archive.read(s.content_hash) for s in stimuli}, rounds=1)
+    batches = queries.generation_batches(db, pending.id)
+    if batches:
+        last = batches[-1]
+        inflight.batch_id, inflight.rounds = last.id, len(batches)
+        if last.status == BatchStatus.SENT:
+            # Every round holds all that was owed when it was sent, so what is owed now was in the last one.
+            inflight.awaiting = set(owed_stimuli(db, runtime, inflight)) - queries.batch_answered(db, last.id)
+            inflight.resend = bool(inflight.awaiting)  # the rig may never have received it
+    return inflight
 
 
 def ensure_references(db: DBSession, session: Session, config: SessionConfig,

@@ -232,25 +232,23 @@ def _threads(session: Session) -> pd.DataFrame:
     } for t in session.threads])
 
 
-def _state_summary(state: bytes | None) -> tuple[float, float, float]:
-    """(sigma, norm of the search mean, best score so far) of an optimizer state; NaN where it has none."""
-    if state is None:
-        return np.nan, np.nan, np.nan
-    decoded = optimizers.loads_state(state)
-    strategy = decoded.get("strategy") or {}
-    mean = strategy.get("mean", strategy.get("center"))
-    if mean is None and strategy.get("population") is not None:
-        mean = np.asarray(strategy["population"]).mean(axis=0)
-    best = decoded.get("best_score")  # -inf until something was scored
-    return (float(strategy.get("sigma", np.nan)), np.nan if mean is None else float(np.linalg.norm(mean)),
-            float(best) if best is not None and np.isfinite(best) else np.nan)
+def _state_summary(g: Generation) -> tuple[float, float, float]:
+    """(sigma, norm of the search mean, best score so far) after a generation's tell; NaN where there is none.
+
+    Read from the stored summary; databases written before summaries were kept have the full state.
+    """
+    summary = g.optimizer_summary_json
+    if summary is None and g.optimizer_state is not None:
+        summary = optimizers.state_summary(optimizers.loads_state(g.optimizer_state))
+    summary = summary or {}
+    return tuple(np.nan if summary.get(k) is None else summary[k] for k in ("sigma", "mean_norm", "best_score"))
 
 
 def _generations(db: DBSession, session: Session) -> pd.DataFrame:
     rows = []
     for g in db.scalars(select(Generation).join(Thread).where(Thread.session_id == session.id)
                         .order_by(Generation.thread_id, Generation.number)):
-        sigma, mean_norm, best = _state_summary(g.optimizer_state)
+        sigma, mean_norm, best = _state_summary(g)
         rows.append({
             "thread_id": g.thread_id, "generation": g.number, "status": g.status.value, "n_stimuli": g.n_stimuli,
             "n_scored": g.n_scored, "mean_score": g.mean_score, "max_score": g.max_score,

@@ -52,19 +52,13 @@ def thread_named(db: DBSession, session_id: int, name: str) -> Thread:
     return db.scalars(select(Thread).where(Thread.session_id == session_id, Thread.name == name)).one()
 
 
-def complete_generations(db: DBSession, thread_id: int) -> list[Generation]:
-    """A thread's told generations, in order."""
+def complete_generations(db: DBSession, thread_id: int, after: int = -1) -> list[Generation]:
+    """A thread's told generations numbered above ``after``, in order."""
     return list(db.scalars(
-        select(Generation).where(Generation.thread_id == thread_id, Generation.status == GenerationStatus.COMPLETE)
+        select(Generation).where(Generation.thread_id == thread_id, Generation.status == GenerationStatus.COMPLETE,
+                                 Generation.number > after)
         .order_by(Generation.number)
     ))
-
-
-def last_complete_generation(db: DBSession, thread_id: int) -> Generation | None:
-    return db.scalars(
-        select(Generation).where(Generation.thread_id == thread_id, Generation.status == GenerationStatus.COMPLETE)
-        .order_by(Generation.number.desc()).limit(1)
-    ).first()
 
 
 def pending_generation(db: DBSession, thread_id: int) -> Generation | None:
@@ -145,7 +139,28 @@ def rig_channel_labels(db: DBSession, rig: str) -> list[str] | None:
 
 
 def generation_batches(db: DBSession, generation_id: int) -> list[Batch]:
-    return list(db.scalars(select(Batch).where(Batch.generation_id == generation_id)))
+    """A generation's batches in the order they were sent."""
+    return list(db.scalars(select(Batch).where(Batch.generation_id == generation_id).order_by(Batch.sent_at)))
+
+
+def batch_answered(db: DBSession, batch_id: str) -> set[str]:
+    """Stimuli with a presentation stored for ``batch_id``."""
+    return set(db.scalars(select(Presentation.stimulus_id).where(Presentation.batch_id == batch_id)))
+
+
+def stored_presentation_ids(db: DBSession, presentation_ids: list[str]) -> set[str]:
+    """Those of ``presentation_ids`` already stored."""
+    return set(db.scalars(select(Presentation.presentation_id)
+                          .where(Presentation.presentation_id.in_(presentation_ids))))
+
+
+def last_snapshot(db: DBSession, thread_id: int) -> Generation | None:
+    """A thread's last told generation that holds a full optimizer state."""
+    return db.scalars(
+        select(Generation).where(Generation.thread_id == thread_id, Generation.status == GenerationStatus.COMPLETE,
+                                 Generation.optimizer_state.is_not(None))
+        .order_by(Generation.number.desc()).limit(1)
+    ).first()
 
 
 def rig_latencies(db: DBSession, thread_id: int) -> dict[int, float]:

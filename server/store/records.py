@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from datetime import datetime
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -211,9 +212,11 @@ def set_thread_error(db: DBSession, thread_id: int, kind: str, message: str, *,
 
 
 def record_presentations(
-    db: DBSession, batch_id: str, presentations: Iterable[PresentationRecord]
+    db: DBSession, batch_id: str, presentations: Iterable[PresentationRecord], *, received_at: datetime | None = None
 ) -> tuple[list[str], list[str]]:
     """Store a rig's presentations for ``batch_id`` idempotently; not committed.
+
+    ``received_at`` is when the RESULTS arrived (default: now).
 
     Returns ``(accepted, duplicates)``: presentation ids stored now, and ids already stored (by an
     earlier upload, or repeated within this one), each in input order. Sets the batch's
@@ -238,7 +241,7 @@ def record_presentations(
     if unknown:
         raise ValueError(f"unknown stimulus id(s) {', '.join(sorted(unknown))} in batch {batch_id!r}")
 
-    received_at = utcnow()
+    received_at = received_at or utcnow()
     rows = [
         {
             "presentation_id": p.presentation_id,
@@ -287,20 +290,29 @@ def add_generation(db: DBSession, session_id: int, thread_id: int, number: int, 
     return generation, [row["id"] for row in rows]
 
 
-def add_batch(db: DBSession, session_id: int, thread_id: int, generation_id: int, rig: str) -> Batch:
-    batch = Batch(id=uuid.uuid4().hex, session_id=session_id, thread_id=thread_id, generation_id=generation_id, rig=rig)
+def add_batch(db: DBSession, batch_id: str, session_id: int, thread_id: int, generation_id: int, rig: str) -> Batch:
+    batch = Batch(id=batch_id, session_id=session_id, thread_id=thread_id, generation_id=generation_id, rig=rig)
     db.add(batch)
     return batch
 
 
+def close_batch(db: DBSession, batch: Batch, at: datetime) -> None:
+    """The rig said ``done`` for ``batch``: it is no longer outstanding."""
+    if batch.status == BatchStatus.SENT:
+        batch.status, batch.completed_at = BatchStatus.COMPLETE, at
+
+
 def complete_generation(db: DBSession, generation_id: int, scores: np.ndarray, reference_scores: Sequence[float],
-                        optimizer_state: bytes, *, timed_out: bool) -> Generation:
-    """Mark a generation told: its scores, their summary, the optimizer state after ``tell``; close its batches."""
+                        optimizer_state: bytes | None, optimizer_summary: dict[str, float | None], *,
+                        timed_out: bool) -> Generation:
+    """Mark a generation told: its scores, their summary, the optimizer state after ``tell`` (a snapshot, or
+    None between snapshots) and its summary; close its batches."""
     generation = db.get(Generation, generation_id)
     scored = scores[np.isfinite(scores)]
     finite_refs = [r for r in reference_scores if np.isfinite(r)]
     generation.status = GenerationStatus.COMPLETE
     generation.optimizer_state = optimizer_state
+    generation.optimizer_summary_json = optimizer_summary
     generation.scores_json = scores.tolist()
     generation.n_scored = int(scored.size)
     generation.mean_score = float(scored.mean()) if scored.size else None

@@ -19,7 +19,8 @@ import pytest
 
 import generators
 import optimizers
-from server.thread_runtime import optimizer_params
+from server.store.db import make_db_engine, make_sessionmaker
+from server.thread_runtime import optimizer_params, restore_optimizer
 from server.launch import ServerProcess, start_sim_rig, stop
 from server.store.models import decode_codes
 
@@ -85,10 +86,13 @@ def test_closed_loop_survives_a_server_crash(tmp_path):
         before = generation_rows(data / "actmax.sqlite")
         last = max(n for n, row in before.items() if row[0] == "complete")
 
-        # An independent optimizer restored from the committed state must ask the next generation.
+        # A fresh optimizer restored from the committed snapshot and scores must ask the next generation.
         params = optimizer_params("cma", generators.load("dcgan-faces", device="cpu"), {"population": 12})
         restored = optimizers.create("cma", 100, seed=7, **params)
-        restored.load_state_dict(optimizers.loads_state(before[last][3]))
+        db_engine = make_db_engine(f"sqlite:///{data / 'actmax.sqlite'}")
+        with make_sessionmaker(db_engine)() as db:
+            assert restore_optimizer(db, restored, thread["id"]).number == last
+        db_engine.dispose()
         expected_next = restored.ask()
 
         # The step that committed generation `last` committed `last + 1` with it, images archived.

@@ -1,8 +1,8 @@
 """Session lifecycle: thread states waiting_for_rig/blocked/failed and last_error, finished sessions,
 and the objective each generation is scored with.
 
-Revision ID: 0003_session_lifecycle
-Revises: 0002_trial_facts
+Revision ID: 0004_session_lifecycle
+Revises: 0003_state_snapshots
 Create Date: 2026-11-28 19:30:00
 """
 
@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0003_session_lifecycle"
-down_revision: str | None = "0002_trial_facts"
+revision: str = "0004_session_lifecycle"
+down_revision: str | None = "0003_state_snapshots"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

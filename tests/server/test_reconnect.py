@@ -1,0 +1,272 @@
+"""Nothing is shown twice and nothing is lost across reconnects, restarts and stalls; the engine-side
+protocol agreements (docs/protocol.md §4.5, §6.5, §8) and its housekeeping.
+
+The first tests run the engine in-process with `RigClient` as the rig; the last ones run `actmax serve`
+and `actmax rig sim` as real processes, SIGKILL the server at random moments or SIGSTOP the rig past
+its liveness, and count every showing the rig made against the stored presentations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import secrets
+import signal
+import sqlite3
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+import generators
+import optimizers
+from rig_client.client import Presentation, RigClient
+from rig_client.protocol import ProtocolError
+from server.launch import ServerProcess, start_sim_rig, stop
+from server.store.models import Batch, Generation, Thread, ThreadStatus, decode_codes, utcnow
+from server.store.models import Presentation as PresentationRow
+from server.thread_runtime import optimizer_params
+from tests.server.test_end_to_end import UNIT, wait_until
+from tests.server.test_engine import RIG, LiveEngine, answer, live  # noqa: F401  (the fixture)
+
+
+def on_loop(live, coroutine, timeout=60):
+    return asyncio.run_coroutine_threadsafe(coroutine, live.loop).result(timeout)
+
+
+def set_status(live, thread_id: int, status: ThreadStatus) -> None:
+    with live.sessions.begin() as db:
+        db.get(Thread, thread_id).status = status
+    live.engine.wake()
+
+
+def thread_status(live, thread_id: int) -> ThreadStatus:
+    with live.sessions() as db:
+        return db.get(Thread, thread_id).status
+
+
+def test_ack_counts_presentations_not_stimuli(live):
+    live.create()
+    with RigClient(live.settings.zmq_endpoint, RIG, channels=1) as rig:
+        batch = rig.next_batch(timeout=60)
+        presentations = answer(batch)
+        shown_again = Presentation(batch.stimuli[0].stimulus_id, [9.0], time.time(), batch.response_window_ms)
+        ack = rig.send_results(batch.batch_id, [*presentations, shown_again]).result(30)
+    assert ack["accepted"] == len(batch.stimuli) + 1 and ack["duplicates"] == 0
+
+
+def test_a_resent_batch_keeps_its_id_and_holds_only_what_is_still_owed(live):
+    live.create()
+    with RigClient(live.settings.zmq_endpoint, RIG, channels=1) as rig:
+        first = rig.next_batch(timeout=60)
+        half = answer(first)[: len(first.stimuli) // 2]
+        rig.send_results(first.batch_id, half, done=False).result(30)
+    with RigClient(live.settings.zmq_endpoint, RIG, channels=1) as rig:  # a new program: it knows no batch
+        again = rig.next_batch(timeout=60)
+        assert again.batch_id == first.batch_id
+        assert {s.stimulus_id for s in again.stimuli} == \
+            {s.stimulus_id for s in first.stimuli} - {p.stimulus_id for p in half}
+        rig.send_results(again.batch_id, answer(again)).result(30)
+        assert rig.next_batch(timeout=60).generation == 1
+    with live.sessions() as db:
+        assert len(db.scalars(select(Batch).where(Batch.id == first.batch_id)).all()) == 1
+
+
+def test_a_rig_that_has_the_batch_ignores_the_resend_and_its_resent_results_complete_it(live):
+    live.create(n_generations=2)
+    with RigClient(live.settings.zmq_endpoint, RIG, channels=1) as rig:
+        first = rig.next_batch(timeout=60)
+        on_loop(live, live.transport._unbind(RIG, notify=False))  # expired, as after a stall: it must HELLO again
+        rig.send_results(first.batch_id, answer(first)).result(60)  # not_registered, HELLO, resend, ACK
+        nxt = rig.next_batch(timeout=60)
+        assert nxt.generation == 1  # the resent copy of generation 0 never reached the presentation loop
+    with live.sessions() as db:
+        numbers = db.scalars(select(Generation.number).join(Batch, Batch.generation_id == Generation.id)).all()
+    assert sorted(numbers) == [0, 1]  # one batch each: generation 0 was never sent as a new round
+
+
+def test_a_rebuilt_thread_resends_its_outstanding_batch_to_a_rig_already_connected(live):
+    """The rig connects while the thread is paused (no runtime to resend for); resuming rebuilds it and resends."""
+    thread_id = live.create()
+    with RigClient(live.settings.zmq_endpoint, RIG, channels=1) as rig:
+        first = rig.next_batch(timeout=60)
+        set_status(live, thread_id, ThreadStatus.PAUSED)
+        wait_until(lambda: thread_id not in live.engine._threads, 30, "the pause")
+    with RigClient(live.settings.zmq_endpoint, RIG, channels=1) as rig:
+        assert rig.wait_connected(30)
+        set_status(live, thread_id, ThreadStatus.RUNNING)
+        again = rig.next_batch(timeout=30)
+        assert again is not None and again.batch_id == first.batch_id
+
+
+def test_new_presentations_for_a_scored_generation_are_refused_and_resends_are_duplicates(live):
+    live.create(n_generations=2)
+    with RigClient(live.settings.zmq_endpoint, RIG, channels=1) as rig:
+        batch = rig.next_batch(timeout=60)
+        presentations = answer(batch)
+        rig.send_results(batch.batch_id, presentations, done=False).result(30)  # every stimulus answered
+        assert rig.next_batch(timeout=60).generation == 1  # so generation 0 was scored without `done`
+        late = Presentation(batch.stimuli[0].stimulus_id, [5.0], time.time(), batch.response_window_ms)
+        with pytest.raises(ProtocolError) as error:
+            rig.send_results(batch.batch_id, [late], done=True).result(30)
+        assert error.value.code == "batch_closed"
+        again = rig.send_results(batch.batch_id, presentations, done=True).result(30)
+        assert again["accepted"] == 0 and again["duplicates"] == len(presentations)
+    with live.sessions() as db:
+        stored = db.scalars(select(PresentationRow.presentation_id)).all()
+    assert late.presentation_id not in stored and len(stored) == len(presentations)
+
+
+def test_no_batch_row_for_a_send_that_failed(live):
+    real_send, failed = live.transport.send, []
+
+    async def send_failing_once(rig, message):
+        if not failed:
+            failed.append(message.header["batch_id"])
+            return False
+        return await real_send(rig, message)
+
+    live.transport.send = send_failing_once
+    with RigClient(live.settings.zmq_endpoint, RIG, channels=1) as rig:
+        assert rig.wait_connected(30)
+        live.create()
+        batch = rig.next_batch(timeout=60)
+    with live.sessions() as db:
+        assert db.scalars(select(Batch.id)).all() == [batch.batch_id]
+    assert failed and failed[0] != batch.batch_id
+
+
+def test_received_at_is_when_the_results_arrived_not_when_the_compute_queue_reached_them(live):
+    live.create()
+    with RigClient(live.settings.zmq_endpoint, RIG, channels=1) as rig:
+        batch = rig.next_batch(timeout=60)
+        time.sleep(0.5)  # let the engine finish sending
+
+        def busy():
+            time.sleep(2.0)
+            return utcnow()
+
+        blocked = asyncio.run_coroutine_threadsafe(live.engine._offload(busy), live.loop)
+        sent_at = utcnow()
+        rig.send_results(batch.batch_id, answer(batch)).result(30)
+        freed_at = blocked.result(30)
+    with live.sessions() as db:
+        received = db.scalars(select(PresentationRow.received_at)).all()
+    assert received and all(sent_at <= r < freed_at for r in received)
+
+
+def test_nothing_is_rendered_for_a_rig_that_is_not_connected(live):
+    thread_id = live.create()
+    time.sleep(2.0)  # four reconcile rounds
+    with live.sessions() as db:
+        assert db.scalars(select(Generation).where(Generation.thread_id == thread_id)).all() == []
+        assert db.get(Thread, thread_id).status == ThreadStatus.RUNNING
+    with RigClient(live.settings.zmq_endpoint, RIG, channels=1) as rig:
+        assert rig.next_batch(timeout=60).generation == 0
+
+
+def test_full_states_only_at_snapshot_generations_and_replay_reproduces_them(live):
+    thread_id = live.create(n_generations=6)
+    with RigClient(live.settings.zmq_endpoint, RIG, channels=1) as rig:
+        for _ in range(6):
+            batch = rig.next_batch(timeout=60)
+            rig.send_results(batch.batch_id, answer(batch, lambda i, s: [float(hash(s.stimulus_id) % 97)])).result(30)
+        wait_until(lambda: thread_status(live, thread_id) == ThreadStatus.FINISHED, 60, "the end")
+    with live.sessions() as db:
+        generations = db.scalars(select(Generation).order_by(Generation.number)).all()
+        assert [g.number for g in generations if g.optimizer_state is not None] == [0, 1, 2, 4]
+        assert all(g.optimizer_summary_json["sigma"] > 0 for g in generations)
+        params = optimizer_params("cma", generators.load("dcgan-faces", device="cpu"), {"population": 6})
+        replayed = optimizers.create("cma", 100, seed=3, **params)
+        replayed.load_state_dict(optimizers.loads_state(generations[2].optimizer_state))
+        for g in generations[3:5]:
+            codes = replayed.ask()
+            assert (codes == decode_codes(g.codes, g.n_stimuli)).all()
+            replayed.tell(codes, np.array([np.nan if s is None else s for s in g.scores_json]))
+        assert optimizers.dumps_state(replayed.state_dict()) == generations[4].optimizer_state
+
+
+# ---------------------------------------------------------------------------------- real processes
+def outstanding(live, thread_id: int) -> set[str]:
+    """The id of the batch the engine awaits answers for, if any."""
+    runtime = live.engine._threads.get(thread_id)
+    inflight = runtime and runtime.inflight
+    return {inflight.batch_id} if inflight and inflight.batch_id and inflight.awaiting else set()
+
+
+def session_config(n_generations: int, repeats: int) -> dict:
+    return {"name": "kills", "rig": RIG, "references": {"source": "skimage", "count": 2},
+            "threads": [{"name": "cma", "generator": "dcgan-faces", "optimizer": "cma",
+                         "optimizer_params": {"population": 6}, "objective": {"channels": [0]}, "seed": 11,
+                         "n_generations": n_generations, "repeats": repeats}]}
+
+
+def assert_each_stimulus_shown_exactly_repeats_times(record, database, n_generations, repeats, per_generation):
+    """What the rig showed (its record) is what the database holds, and each stimulus ``repeats`` times."""
+    shown = [json.loads(line) for line in record.read_text().splitlines()]
+    with sqlite3.connect(database) as db:
+        generation_of = dict(db.execute("SELECT b.id, g.number FROM batches b JOIN generations g "
+                                        "ON g.id = b.generation_id").fetchall())
+        stored = db.execute("SELECT presentation_id, stimulus_id, batch_id FROM presentations").fetchall()
+    counts = Counter((generation_of[p["batch_id"]], p["stimulus_id"]) for p in shown)
+    extra = {key: n - repeats for key, n in counts.items() if n != repeats}
+    assert extra == {}, f"showings other than {repeats} per stimulus: {extra}"
+    assert len(counts) == n_generations * per_generation
+    assert {(p["presentation_id"], p["stimulus_id"], p["batch_id"]) for p in shown} == set(stored)  # 0 lost
+
+
+@pytest.mark.slow
+def test_server_killed_at_random_moments_loses_nothing_and_shows_nothing_twice(tmp_path):
+    data, record, rig_log = tmp_path / "data", tmp_path / "shown.jsonl", tmp_path / "rig.log"
+    server = ServerProcess(data, secrets.token_urlsafe(16))
+    api = server.start()
+    rig = start_sim_rig(server.zmq_endpoint, RIG, [UNIT], rig_log, extra=["--record", str(record), "--delay", "0.4"])
+    moments = random.Random()
+    kills = []
+    try:
+        session = api.post("/sessions", session_config(n_generations=6, repeats=2))
+        (thread,) = api.get(f"/sessions/{session['id']}/threads")
+        for _ in range(3):
+            kills.append(round(moments.uniform(0.5, 4.0), 2))
+            time.sleep(kills[-1])
+            server.kill()
+            server.start()
+        wait_until(lambda: api.get(f"/threads/{thread['id']}")["status"] == "finished", 300, "the thread to finish",
+                   [(server.process, server.log_path), (rig, rig_log)])
+    finally:
+        stop(rig)
+        server.stop()
+        api.close()
+    print(f"SIGKILLs after {kills} s")
+    assert_each_stimulus_shown_exactly_repeats_times(record, data / "actmax.sqlite", 6, 2, per_generation=6 + 2)
+
+
+@pytest.mark.slow
+def test_a_rig_stalled_past_its_liveness_shows_nothing_twice(tmp_path, endpoint):
+    live = LiveEngine(tmp_path / "data", endpoint, batch_timeout_s=120.0)  # liveness 0.5 s x 5
+    record, rig_log = tmp_path / "shown.jsonl", tmp_path / "rig.log"
+    rig = start_sim_rig(endpoint, RIG, [UNIT], rig_log, extra=["--record", str(record), "--delay", "0.5"])
+    stalls = 0
+    try:
+        thread_id = live.create(n_generations=5)
+        wait_until(lambda: live.transport.connected(RIG), 60, "the rig", [(rig, rig_log)])
+        stalled = set()
+        for _ in range(2):  # each while a batch is outstanding (its stimuli with the rig, unanswered)
+            stalled.add(wait_until(lambda: outstanding(live, thread_id) - stalled, 120, "an outstanding batch",
+                                   [(rig, rig_log)]).pop())
+            rig.send_signal(signal.SIGSTOP)
+            time.sleep(4.0)  # past 2.5 s: the server expires the rig
+            stalls += not live.transport.connected(RIG)
+            rig.send_signal(signal.SIGCONT)
+        wait_until(lambda: thread_status(live, thread_id) == ThreadStatus.FINISHED, 240,
+                   "the thread to finish", [(rig, rig_log)])
+    finally:
+        rig.send_signal(signal.SIGCONT)
+        stop(rig)
+        live.close()
+    assert stalls == 2
+    assert_each_stimulus_shown_exactly_repeats_times(record, tmp_path / "data" / "actmax.sqlite", 5, 1,
+                                                     per_generation=6 + 2)
