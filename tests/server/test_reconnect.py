@@ -89,12 +89,13 @@ def test_a_rig_that_has_the_batch_ignores_the_resend_and_its_resent_results_comp
 
 
 def test_a_rebuilt_thread_resends_its_outstanding_batch_to_a_rig_already_connected(live):
-    """The rig connects while the thread is paused (no runtime to resend for); resuming rebuilds it and resends."""
+    """The rig reconnects while the thread is paused; the generation in flight is still shown (a paused
+    thread keeps its runtime until that generation is told), under the same batch id."""
     thread_id = live.create()
     with RigClient(live.settings.zmq_endpoint, RIG, channels=1) as rig:
         first = rig.next_batch(timeout=60)
         set_status(live, thread_id, ThreadStatus.PAUSED)
-        wait_until(lambda: thread_id not in live.engine._threads, 30, "the pause")
+        wait_until(lambda: getattr(live.engine._threads.get(thread_id), "paused", False), 30, "the pause")
     with RigClient(live.settings.zmq_endpoint, RIG, channels=1) as rig:
         assert rig.wait_connected(30)
         set_status(live, thread_id, ThreadStatus.RUNNING)
@@ -163,7 +164,7 @@ def test_nothing_is_rendered_for_a_rig_that_is_not_connected(live):
     time.sleep(2.0)  # four reconcile rounds
     with live.sessions() as db:
         assert db.scalars(select(Generation).where(Generation.thread_id == thread_id)).all() == []
-        assert db.get(Thread, thread_id).status == ThreadStatus.RUNNING
+        assert db.get(Thread, thread_id).status == ThreadStatus.WAITING_FOR_RIG  # visible, not silent
     with RigClient(live.settings.zmq_endpoint, RIG, channels=1) as rig:
         assert rig.next_batch(timeout=60).generation == 0
 
