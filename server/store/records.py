@@ -160,12 +160,13 @@ def set_objective(db: DBSession, thread: Thread, objective: ObjectiveConfig) -> 
     thread.session.config_json = config.model_copy(update={"threads": threads}).model_dump(mode="json")
     db.flush()
     pending = queries.pending_generation(db, thread.id)
-    last = queries.last_complete_generation(db, thread.id)
     if pending is not None and not queries.presented(db, pending.id):
         pending.objective_json = thread.objective_json  # nothing shown yet: it is scored the new way too
         from_generation = pending.number
+    elif pending is not None:
+        from_generation = pending.number + 1
     else:
-        from_generation = pending.number + 1 if pending is not None else (0 if last is None else last.number + 1)
+        from_generation = len(queries.complete_generations(db, thread.id))  # numbers run 0, 1, ...
     log_event(db, "thread.retargeted",
               f"thread {thread.id} {thread.name!r} scores {describe_objective(objective)} from generation "
               f"{from_generation} on", thread_id=thread.id,
