@@ -159,12 +159,21 @@ def _number(value) -> str:
 
 
 def watch_session(args) -> int:
-    """A line per completed generation (per thread) and per thread status change, until the session ends."""
+    """A line per completed generation (per thread), per thread status change and per warning or error
+    event (drift alarms, refused results, a lost rig), until the session ends."""
     shown: set[int] = set()
     statuses: dict[int, str] = {}
+    events_seen = 0
     print(f"{'thread':<20} {'gen':>4} {'mean':>9} {'max':>9} {'ref mean':>9} {'latency s':>9}", flush=True)
     while True:
         session = call("GET", f"/sessions/{args.id}")
+        names = {t["id"]: t["name"] for t in session["threads"]}
+        while page := call("GET", f"/sessions/{args.id}/events?offset={events_seen}&limit=100")["items"]:
+            events_seen += len(page)
+            for event in page:
+                if event["level"] in ("warning", "error"):
+                    print(f"{event['level'].upper():<8} {names.get(event['thread_id'], '-')}: {event['kind']}: "
+                          f"{event['message']}", flush=True)
         for thread in session["threads"]:
             for g in call("GET", f"/threads/{thread['id']}/generations"):
                 if g["status"] == "complete" and g["id"] not in shown:

@@ -146,6 +146,11 @@ def test_refused_results_are_an_event_and_the_threads_last_error(stack: Stack):
     assert len(refused) == 2 and all(e["thread_id"] == thread_id and e["data"]["batch_id"] == batch.batch_id
                                      for e in refused)
     stack.api.post(f"/sessions/{session['id']}/stop")
+    watched = stack.cli("session", "watch", str(session["id"]))  # the session has ended: one pass
+    assert watched.returncode == 0, watched.stderr
+    warnings = [line for line in watched.stdout.splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 2 and all(line.startswith("WARNING  m: results.refused: ") for line in warnings)
+    assert "no-such-stimulus" in warnings[0] and "declared 1 channels" in warnings[1]
 
 
 def test_cli_creates_watches_retargets_and_stops_a_session(stack: Stack, tmp_path: Path):
