@@ -240,7 +240,9 @@ class Engine:
             if thread_id in self._threads or status not in (ThreadStatus.RUNNING, ThreadStatus.WAITING_FOR_RIG):
                 continue
             try:
-                self._threads[thread_id] = await self._offload(self._start_thread, thread_id)
+                runtime = await self._offload(self._start_thread, thread_id)
+                if runtime is not None:
+                    self._threads[thread_id] = runtime
             except ThreadNotReady:
                 continue
             except Exception as exc:
@@ -282,8 +284,12 @@ class Engine:
                              f"thread {thread_id} {thread.name!r} {new.value}: {rig}")
             return True
 
-    def _start_thread(self, thread_id: int) -> ThreadRuntime:
+    def _start_thread(self, thread_id: int) -> ThreadRuntime | None:
+        """The thread's runtime, rebuilt from the database; None if it ended since ``_reconcile`` read its
+        status (a step that finished it ran in between on the compute worker)."""
         with self._db.begin() as db:
+            if db.get(Thread, thread_id).status not in (ThreadStatus.RUNNING, ThreadStatus.WAITING_FOR_RIG):
+                return None
             runtime = build_runtime(db, thread_id, self.generators.get, self._archive)
             thread = db.get(Thread, thread_id)
             self._log_in(db, runtime.session_id, thread_id, "thread.started",
