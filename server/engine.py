@@ -11,7 +11,8 @@ Each step of a thread (complete the answered generation, start the next, prepare
 owes) is one transaction that commits before any image of it leaves; the BATCH is sent from the
 PNGs just rendered, never read back from the archive, whose fsync runs in the background and
 is awaited before the generation is told. Torch and database work runs on one worker thread
-(``_compute``), never on the event loop; PNG encoding and archive writes fan out to all cores.
+(``_compute``), never on the event loop, in jobs of bounded size (a large generation renders in
+chunks) so no session's step freezes another's; PNG encoding and archive writes fan out to all cores.
 A generation is only asked and rendered while its rig is connected.
 """
 
@@ -38,7 +39,7 @@ from server.settings import Settings
 from server.store import queries, records
 from server.store.archive import ArchivedImage, ImageArchive
 from server.store.models import Batch, EventLevel, Generation, GenerationStatus, Thread, ThreadStatus, utcnow
-from server.thread_runtime import InFlight, ThreadRuntime, build_runtime, is_snapshot, owed_stimuli
+from server.thread_runtime import InFlight, ThreadRuntime, build_runtime, code_chunks, is_snapshot, owed_stimuli
 from server.weights import GeneratorCache
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 RECONCILE_S = 0.5  # how often the engine re-reads thread intent even without a wake-up
 MAX_REQUEUES = 1  # extra rounds for stimuli a rig did not answer before they are scored NaN
 FINISHED = object()  # what ``_next_step`` returns when the thread's runtime is done (finished, or paused and told)
+RENDER = object()  # what ``_next_step`` returns when the codes it asked are to be rendered in chunks first
 
 
 class Engine:
@@ -250,6 +252,8 @@ class Engine:
                 await self._offload(self._fail_thread, thread_id, exc)
         for runtime in list(self._threads.values()):
             inflight = runtime.inflight
+            if runtime.lock.locked():
+                continue  # a step (perhaps a long render) is under way
             if inflight is None or inflight.batch_id is None or not inflight.awaiting or inflight.resend:
                 self._step(runtime)
 
@@ -290,7 +294,7 @@ class Engine:
         with self._db.begin() as db:
             if db.get(Thread, thread_id).status not in (ThreadStatus.RUNNING, ThreadStatus.WAITING_FOR_RIG):
                 return None
-            runtime = build_runtime(db, thread_id, self.generators.get, self._archive)
+            runtime = build_runtime(db, thread_id, self.generators.get, self._archive, self.settings.render_chunk)
             thread = db.get(Thread, thread_id)
             self._log_in(db, runtime.session_id, thread_id, "thread.started",
                          f"thread {thread_id} {thread.name!r} started from generation {runtime.first_generation}")
@@ -308,10 +312,15 @@ class Engine:
             if self._threads.get(runtime.id) is not runtime:
                 return
             try:
-                connected = self.transport is not None and self.transport.connected(runtime.rig)
-                channels = self.rig_channels.get(runtime.rig, 0) if connected else 0
                 cached = self._rig_references.setdefault(runtime.rig, set())
-                step = await self._offload(self._next_step, runtime, channels, frozenset(cached))
+                step = await self._offload(self._next_step, runtime, self._channels(runtime.rig), frozenset(cached))
+                while step is RENDER:  # one compute job per chunk: other threads and rigs get the worker between
+                    rendered = []
+                    for chunk in code_chunks(runtime.next_codes, runtime.render_chunk):
+                        rendered += await self._offload(self._render, runtime, chunk)
+                    runtime.next_images = rendered
+                    step = await self._offload(self._next_step, runtime, self._channels(runtime.rig),
+                                               frozenset(cached))
                 if step is FINISHED:
                     self._threads.pop(runtime.id, None)
                 elif step is not None:
@@ -321,11 +330,19 @@ class Engine:
                 self._threads.pop(runtime.id, None)
                 await self._offload(self._fail_thread, runtime.id, exc)
 
+    def _channels(self, rig: str) -> int:
+        """The channels ``rig`` announced, 0 when it is not connected."""
+        connected = self.transport is not None and self.transport.connected(rig)
+        return self.rig_channels.get(rig, 0) if connected else 0
+
     def _next_step(self, runtime: ThreadRuntime, channels: int, cached: frozenset[str]) -> Message | object | None:
         """Complete an answered generation, start the next, and prepare the BATCH still owed.
 
         One transaction: the scores, the optimizer state after ``tell``, the next generation's codes
-        and stimuli and the batch row commit together, before any image of it leaves. Returns the
+        and stimuli and the batch row commit together, before any image of it leaves. A generation of
+        more than ``render_chunk`` images is the exception: its codes are asked, the transaction
+        commits what came before, and ``RENDER`` asks the caller to render them chunk by chunk before
+        calling again (a crash in between re-asks the same codes from the committed state). Returns the
         BATCH to send, ``FINISHED`` (also for a paused thread once its generation is told), or None (a
         round is out, or the rig is not connected or lacks a channel the generation is scored on:
         ``channels`` is what the connected rig announced, 0 if none is). A round still out is sent again
@@ -358,6 +375,8 @@ class Engine:
                     if not channels:
                         return None  # nothing is rendered for an absent rig; on_connected starts it
                     runtime.inflight = self._start_generation(db, runtime)
+                    if runtime.inflight is None:
+                        return RENDER
                     owed = runtime.inflight.stimulus_ids + runtime.reference_ids  # nothing presented yet
                 if runtime.inflight.batch_id is not None or channels < ObjectiveConfig.model_validate(
                         queries.generation_objective(db, runtime.inflight.generation_id)).n_channels:
@@ -369,10 +388,19 @@ class Engine:
                     return message
                 runtime.inflight.batch_id, runtime.inflight.awaiting = "", set()  # nothing owed: complete it
 
-    def _start_generation(self, db: DBSession, runtime: ThreadRuntime) -> InFlight:
-        """Ask, render, archive and add a new generation (status pending); its PNGs stay in memory to send."""
-        codes = runtime.optimizer.ask()
-        encoded = parallel_map(self._encode_and_archive, to_pixels(runtime.generator.generate(codes)))
+    def _start_generation(self, db: DBSession, runtime: ThreadRuntime) -> InFlight | None:
+        """Ask, render, archive and add a new generation (status pending); its PNGs stay in memory to send.
+
+        None when the codes asked are more than one chunk and not rendered yet (``runtime.next_codes``).
+        """
+        if runtime.next_codes is None:
+            runtime.next_codes = runtime.optimizer.ask()
+        codes = runtime.next_codes
+        if runtime.next_images is None:
+            if len(codes) > runtime.render_chunk:
+                return None
+            runtime.next_images = self._render(runtime, codes)
+        encoded, runtime.next_codes, runtime.next_images = runtime.next_images, None, None
         pngs, images = [png for png, _ in encoded], [image for _, image in encoded]
         generation, ids = records.add_generation(db, runtime.session_id, runtime.id, runtime.optimizer.generation,
                                                  codes, images, runtime.generator.provenance)
@@ -380,6 +408,10 @@ class Engine:
         generation.objective_json = db.get(Thread, runtime.id).objective_json
         synced = parallel_submit(self._archive.sync, images)  # off the hot path; awaited before the tell
         return InFlight(generation.id, generation.number, codes, ids, dict(zip(ids, pngs)), synced, rounds=1)
+
+    def _render(self, runtime: ThreadRuntime, codes: np.ndarray) -> list[tuple[bytes, ArchivedImage]]:
+        """The PNG and archived image (fsync later) of each code's image."""
+        return parallel_map(self._encode_and_archive, to_pixels(runtime.generator.generate(codes)))
 
     def _encode_and_archive(self, pixels: np.ndarray) -> tuple[bytes, ArchivedImage]:
         """One image's PNG, written to the archive (fsync later); runs on the image pool, all cores."""

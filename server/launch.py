@@ -42,6 +42,7 @@ class ServerProcess:
     http_port: int = field(default_factory=free_port)
     zmq_port: int = field(default_factory=free_port)
     batch_timeout_s: float | None = None
+    env: dict[str, str] = field(default_factory=dict)  # more ACTMAX_* settings
     process: subprocess.Popen | None = None
 
     @property
@@ -61,7 +62,7 @@ class ServerProcess:
                 "--data-dir", str(self.data_dir), "--device", "cpu"]
         if self.batch_timeout_s is not None:
             args += ["--batch-timeout", str(self.batch_timeout_s)]
-        self.process = _actmax(args, {"ACTMAX_TOKEN": self.token}, self.log_path)
+        self.process = _actmax(args, {**self.env, "ACTMAX_TOKEN": self.token}, self.log_path)
         client = ApiClient(self.url, self.token)
         client.wait_healthy(timeout, self.process, self.log_path)
         return client

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     precision: Literal["float32", "float16", "bfloat16"] = Field(
         "float32", description="Generator precision; a half precision is used only for generators whose "
         "images stay within generators.base.PRECISION_TOLERANCE of float32 (checked at load).")
+    render_chunk: int = Field(
+        64, ge=1, description="Images rendered per compute job. A larger generation is rendered in chunks, "
+        "with other threads' steps and the rigs' results handled in between, so it freezes no other session.")
     max_body_bytes: int = Field(2**20, ge=1024, description="Largest REST request body; larger ones get 413 unread.")
     keys_dir: Path | None = Field(None, description="CURVE keys (`actmax keys`); default {data_dir}/keys.")
 

@@ -69,13 +69,16 @@ class ThreadRuntime:
     reference_ids: list[str]
     reference_pngs: dict[str, bytes]
     first_generation: int
+    render_chunk: int  # images per compute job (``Settings.render_chunk``)
     inflight: InFlight | None = None
+    next_codes: np.ndarray | None = None  # asked after the last tell; not yet a generation in the database
+    next_images: list | None = None  # their (PNG, archived image) pairs once rendered
     paused: bool = False  # finish (score and tell) the generation in flight, start no new one
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 def build_runtime(db: DBSession, thread_id: int, load_generator: Callable[[str, str | None], Any],
-                  archive: ImageArchive) -> ThreadRuntime:
+                  archive: ImageArchive, render_chunk: int) -> ThreadRuntime:
     """Rebuild a running thread: its settings, the optimizer after its last tell, its pending generation.
 
     Raises ``ThreadNotReady`` while the thread waits for another (a Manifold map for its source).
@@ -95,12 +98,17 @@ def build_runtime(db: DBSession, thread_id: int, load_generator: Callable[[str, 
         window_ms=(float(window[0]), float(window[1])), repeats=config.repeats,
         n_generations=config.n_generations, flagged=session_config.flagged_trials, generator=generator,
         optimizer=optimizer, reference_ids=list(references), reference_pngs=references,
-        first_generation=0 if last is None else last.number + 1,
+        first_generation=0 if last is None else last.number + 1, render_chunk=render_chunk,
     )
     pending = queries.pending_generation(db, thread_id)
     if pending is not None:
         runtime.inflight = resume_pending(db, runtime, pending, archive)
     return runtime
+
+
+def code_chunks(codes: np.ndarray, size: int) -> list[np.ndarray]:
+    """``codes`` in consecutive chunks of at most ``size`` rows: the engine renders one chunk per compute job."""
+    return [codes[i:i + size] for i in range(0, len(codes), size)]
 
 
 def is_snapshot(number: int) -> bool:
@@ -170,7 +178,9 @@ def resume_pending(db: DBSession, runtime: ThreadRuntime, pending: Generation, a
     stored = check_codes(runtime.optimizer.ask(), pending)
     stimuli = sorted((s for s in pending.stimuli if s.kind == StimulusKind.SYNTHETIC), key=lambda s: s.index)
     if not all(archive.holds(s.content_hash) for s in stimuli):
-        for stimulus, png in zip(stimuli, encode_images(runtime.generator.generate(stored)), strict=True):
+        pngs = [png for chunk in code_chunks(stored, runtime.render_chunk)
+                for png in encode_images(runtime.generator.generate(chunk))]  # chunked as the engine renders
+        for stimulus, png in zip(stimuli, pngs, strict=True):
             if archive.save(png).content_hash != stimulus.content_hash:
                 raise ServerError(
                     f"stimulus {stimulus.id} of generation {pending.number} is missing from the image archive "

@@ -34,9 +34,9 @@ RIG = "test-rig"
 class LiveEngine:
     """Engine + Transport running on their own event loop thread."""
 
-    def __init__(self, data_dir, endpoint, batch_timeout_s=300.0):
+    def __init__(self, data_dir, endpoint, batch_timeout_s=300.0, **settings):
         self.settings = Settings(data_dir=data_dir, zmq_endpoint=endpoint, token="t", heartbeat_s=0.5,
-                                 batch_timeout_s=batch_timeout_s, device="cpu")
+                                 batch_timeout_s=batch_timeout_s, device="cpu", **settings)
         self.db_engine = make_db_engine(self.settings.database_url)
         upgrade(self.db_engine)
         self.sessions = make_sessionmaker(self.db_engine)
