@@ -9,8 +9,8 @@ evolution bit for bit, reusing every presentation already recorded. Reads are in
 
 Each step of a thread (complete the answered generation, start the next, prepare the BATCH it
 owes) is one transaction that commits before any image of it leaves; the BATCH is sent from the
-PNGs just rendered, never read back from the archive, whose fsync runs in the background and
-is awaited before the generation is told. Torch and database work runs on one worker thread
+PNGs just rendered, never read back from the archive, whose writes run in the background and
+are awaited before the generation is told. Torch and database work runs on one worker thread
 (``_compute``), never on the event loop, in jobs of bounded size (a large generation renders in
 chunks) so no session's step freezes another's; PNG encoding and archive writes fan out to all cores.
 A generation is only asked and rendered while its rig is connected.
@@ -361,9 +361,10 @@ class Engine:
                 owed = None
                 if inflight is not None and inflight.batch_id is not None and not inflight.awaiting:
                     # The last round is answered (or given up on): another round, or tell.
-                    owed = owed_stimuli(db, runtime, inflight)
+                    responses = queries.scored_responses(db, inflight.generation_id, runtime.flagged)
+                    owed = owed_stimuli(db, runtime, inflight, responses)
                     if not owed or inflight.rounds >= runtime.repeats + MAX_REQUEUES:
-                        if self._complete_generation(db, runtime, timed_out=bool(owed)):
+                        if self._complete_generation(db, runtime, responses, timed_out=bool(owed)):
                             return FINISHED
                         owed = None
                     else:
@@ -406,24 +407,25 @@ class Engine:
                                                  codes, images, runtime.generator.provenance)
         # Read after the insert took the write lock, so a concurrent retarget is wholly before or after.
         generation.objective_json = db.get(Thread, runtime.id).objective_json
-        synced = parallel_submit(self._archive.sync, images)  # off the hot path; awaited before the tell
-        return InFlight(generation.id, generation.number, codes, ids, dict(zip(ids, pngs)), synced, rounds=1)
+        archived = parallel_submit(self._archive.save_all, pngs)  # off the hot path; awaited before the tell
+        return InFlight(generation.id, generation.number, codes, ids, dict(zip(ids, pngs)), archived, rounds=1)
 
     def _render(self, runtime: ThreadRuntime, codes: np.ndarray) -> list[tuple[bytes, ArchivedImage]]:
-        """The PNG and archived image (fsync later) of each code's image."""
-        return parallel_map(self._encode_and_archive, to_pixels(runtime.generator.generate(codes)))
+        """The PNG and archive address (written later) of each code's image."""
+        return parallel_map(self._encode, to_pixels(runtime.generator.generate(codes)))
 
-    def _encode_and_archive(self, pixels: np.ndarray) -> tuple[bytes, ArchivedImage]:
-        """One image's PNG, written to the archive (fsync later); runs on the image pool, all cores."""
+    def _encode(self, pixels: np.ndarray) -> tuple[bytes, ArchivedImage]:
+        """One image's PNG and its archive address; runs on the image pool, all cores."""
         png = encode_png(pixels)
-        return png, self._archive.save(png, durable=False)
+        return png, self._archive.address(png)
 
-    def _complete_generation(self, db: DBSession, runtime: ThreadRuntime, timed_out: bool) -> bool:
-        """Score, tell, and record the optimizer state with the scores it used. True when the thread is done."""
+    def _complete_generation(self, db: DBSession, runtime: ThreadRuntime,
+                             responses: dict[str, list[queries.Response]], timed_out: bool) -> bool:
+        """Score ``responses`` (the generation's scored presentations), tell, and record the optimizer state with
+        the scores it used. True when the thread is done."""
         inflight = runtime.inflight
-        if inflight.synced is not None:
-            inflight.synced.result()  # the images of a told generation must survive a power loss
-        responses = queries.scored_responses(db, inflight.generation_id, runtime.flagged)
+        if inflight.archived is not None:
+            inflight.archived.result()  # the images of a told generation must survive a power loss
         shown = {s: [(r.rates, r.baseline) for r in shown_at] for s, shown_at in responses.items()}
         objective = Objective.from_config(queries.generation_objective(db, inflight.generation_id))
         scored = objective.score_generation(shown, frozenset(runtime.reference_ids))

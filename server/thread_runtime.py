@@ -44,7 +44,7 @@ class InFlight:
     codes: np.ndarray
     stimulus_ids: list[str]  # synthetic stimuli in code order
     pngs: dict[str, bytes]  # each synthetic stimulus's PNG as archived, sent from memory
-    synced: Future | None = None  # the archive's fsync of those PNGs (awaited before the generation is told)
+    archived: Future | None = None  # the archive's writes of those PNGs (awaited before the generation is told)
     batch_id: str | None = None  # None: the current round still has to be sent
     awaiting: set[str] = field(default_factory=set)  # stimuli of the last batch not answered yet
     rounds: int = 0
@@ -143,9 +143,14 @@ def check_codes(codes: np.ndarray, generation: Generation) -> np.ndarray:
     return codes
 
 
-def owed_stimuli(db: DBSession, runtime: ThreadRuntime, inflight: InFlight) -> list[str]:
-    """Stimulus ids (with repeats) still owed for ``inflight``'s generation: flagged presentations do not count."""
-    scored = queries.scored_responses(db, inflight.generation_id, runtime.flagged)
+def owed_stimuli(db: DBSession, runtime: ThreadRuntime, inflight: InFlight,
+                 scored: dict[str, list[queries.Response]] | None = None) -> list[str]:
+    """Stimulus ids (with repeats) still owed for ``inflight``'s generation: flagged presentations do not count.
+
+    ``scored``: the generation's ``queries.scored_responses`` when the caller has read them already.
+    """
+    if scored is None:
+        scored = queries.scored_responses(db, inflight.generation_id, runtime.flagged)
     owed = []
     for stimulus_id in inflight.stimulus_ids + runtime.reference_ids:
         owed += [stimulus_id] * max(0, runtime.repeats - len(scored.get(stimulus_id, ())))

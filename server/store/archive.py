@@ -34,39 +34,38 @@ class ImageArchive:
         """Where the image with this hash is (or would be) stored."""
         return self.root / self.relative_path(content_hash)
 
-    def save(self, png: bytes, *, durable: bool = True) -> ArchivedImage:
-        """Store PNG bytes (once per content) and return their hash and relative path.
-
-        The file appears atomically under its final name. ``durable=False`` skips the fsync, so a
-        process crash keeps the file but a power loss may not; call `sync` on it before relying on it.
-        """
+    def address(self, png: bytes) -> ArchivedImage:
+        """The hash and relative path PNG bytes have (or will have) in the archive; nothing is written."""
         if not png.startswith(PNG_SIGNATURE):
             raise ValueError("not PNG data (missing PNG signature)")
         content_hash = hashlib.sha256(png).hexdigest()
-        target = self.path(content_hash)
+        return ArchivedImage(content_hash, self.relative_path(content_hash))
+
+    def save(self, png: bytes) -> ArchivedImage:
+        """Store PNG bytes (once per content, fsynced) and return their hash and relative path.
+
+        The file appears atomically under its final name.
+        """
+        image = self.address(png)
+        target = self.path(image.content_hash)
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".png")
             try:
                 with os.fdopen(fd, "wb") as file:
                     file.write(png)
-                    if durable:
-                        file.flush()
-                        os.fsync(file.fileno())
+                    file.flush()
+                    os.fsync(file.fileno())
                 os.replace(temporary, target)
             except BaseException:
                 Path(temporary).unlink(missing_ok=True)
                 raise
-        return ArchivedImage(content_hash, self.relative_path(content_hash))
+        return image
 
-    def sync(self, images: Iterable[ArchivedImage]) -> None:
-        """fsync images saved with ``durable=False``: afterwards they survive a power loss."""
-        for image in images:
-            fd = os.open(self.path(image.content_hash), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+    def save_all(self, pngs: Iterable[bytes]) -> None:
+        """`save` each of ``pngs``."""
+        for png in pngs:
+            self.save(png)
 
     def holds(self, content_hash: str) -> bool:
         """Whether the stored file exists and its bytes still hash to ``content_hash``."""

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Enum,
     Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -234,6 +235,8 @@ class Stimulus(Base):
     """
 
     __tablename__ = "stimuli"
+    # A session's references, found without reading its synthetic stimuli (every RESULTS checks them).
+    __table_args__ = (Index("ix_stimuli_session_kind", "session_id", "kind"),)
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id"), index=True)
@@ -290,6 +293,8 @@ class Event(Base):
     """A log line for the session record: state changes, timeouts, alarms."""
 
     __tablename__ = "events"
+    # A thread's events of one kind (the drift monitor reads its curve at every generation).
+    __table_args__ = (Index("ix_events_thread_kind", "thread_id", "kind"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     session_id: Mapped[int | None] = mapped_column(ForeignKey("sessions.id"), index=True)

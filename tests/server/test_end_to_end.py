@@ -95,11 +95,12 @@ def test_closed_loop_survives_a_server_crash(tmp_path):
         db_engine.dispose()
         expected_next = restored.ask()
 
-        # The step that committed generation `last` committed `last + 1` with it, images archived.
+        # The step that committed generation `last` committed `last + 1` with it; its images are
+        # archived in the background, so take them away as a power loss may.
         pending_files = pending_image_files(data)
-        assert len(pending_files) == 12 and all(path.is_file() for path, _ in pending_files)
+        assert len(pending_files) == 12
         for path, _ in pending_files:
-            path.unlink()
+            path.unlink(missing_ok=True)
 
         server.start()
         wait_until(lambda: len(complete_generations(api, thread["id"])) >= last + 3, 240,
