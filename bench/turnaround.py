@@ -164,7 +164,7 @@ def rig_waits(server: Server, name: str, generator: str, n_threads: int, generat
             time.sleep(max(0.0, shown - time.perf_counter()))
             presentations = [Presentation(s.stimulus_id, [float(rng.normal())], time.time(), batch.response_window_ms)
                              for s in batch.stimuli]
-            sent = time.perf_counter()
+            sent = time.perf_counter()  # the wait includes storing the results (the ACK)
             rig.send_results(batch.batch_id, presentations).result(60)
     deadline = time.monotonic() + 60
     while any(t["status"] != "finished" for t in server.api.get(f"/sessions/{session['id']}/threads")):
