@@ -1,0 +1,221 @@
+"""A thread's steps: the database work the engine runs on its compute worker, one transaction each.
+
+``record_results`` stores a rig's RESULTS. ``next_step`` completes the generation whose last round
+is answered (score, ``tell``, the optimizer state), starts the next (``ask``, render, its stimuli)
+and prepares the BATCH still owed. Each function works in the transaction it is given
+(``server.engine.Engine`` opens it and sends what comes back); reads are in
+``server.store.queries``, writes in ``server.store.records``.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import numpy as np
+from sqlalchemy.orm import Session as DBSession
+
+import optimizers
+from rig_client.protocol import ErrorCode, Message, batch_message, encode_png
+from server import RigInputError, monitor
+from server.images import parallel_map, parallel_submit, to_pixels
+from server.objectives import Objective
+from server.session_config import ObjectiveConfig
+from server.store import queries, records
+from server.store.archive import ArchivedImage, ImageArchive
+from server.store.models import Batch, EventLevel, Generation, GenerationStatus, Thread, ThreadStatus
+from server.thread_runtime import InFlight, ThreadRuntime, is_snapshot, owed_stimuli
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEUES = 1  # extra rounds for stimuli a rig did not answer before they are scored NaN
+FINISHED = object()  # what ``next_step`` returns when the thread's runtime is done (finished, or paused and told)
+RENDER = object()  # what ``next_step`` returns when the codes it asked are to be rendered in chunks first
+
+
+def record_results(db: DBSession, rig: str, header: dict, received_at) -> tuple[int, set[str], int, int]:
+    """Validate and store a RESULTS message arrived at ``received_at``.
+
+    Returns (thread id, stimuli answered now, presentations stored now, duplicate count). New
+    presentations for a batch whose generation is already scored are refused (``batch_closed``).
+    """
+    batch = db.get(Batch, header["batch_id"])
+    if batch is None:
+        raise RigInputError(ErrorCode.UNKNOWN_BATCH, f"batch {header['batch_id']!r} was never sent")
+    if batch.rig != rig:
+        raise RigInputError(ErrorCode.UNKNOWN_BATCH,
+                            f"batch {batch.id!r} was sent to rig {batch.rig!r}, not {rig!r}")
+    objective = Objective.from_config(queries.generation_objective(db, batch.generation_id))
+    wanted = queries.batch_stimulus_ids(db, batch)
+    for p in header["presentations"]:
+        if p["stimulus_id"] not in wanted:
+            raise RigInputError(ErrorCode.BAD_FIELD,
+                                f"stimulus {p['stimulus_id']!r} is not part of batch {batch.id!r}")
+        objective.check_rates(p["rates"])
+    presentations = [records.PresentationRecord.from_message(p) for p in header["presentations"]]
+    if db.get(Generation, batch.generation_id).status == GenerationStatus.COMPLETE:
+        new = {p.presentation_id for p in presentations} - queries.stored_presentation_ids(
+            db, [p.presentation_id for p in presentations])
+        if new:
+            raise RigInputError(ErrorCode.BATCH_CLOSED,
+                                f"batch {batch.id!r} is closed: its generation was scored when every stimulus "
+                                f"had been answered; {len(new)} new presentation(s) were not stored")
+    accepted, duplicates = records.record_presentations(db, batch.id, presentations, received_at=received_at)
+    if header.get("done"):
+        records.close_batch(db, batch, received_at)
+    stimulus_of = {p.presentation_id: p.stimulus_id for p in presentations}
+    return batch.thread_id, {stimulus_of[pid] for pid in accepted}, len(accepted), len(duplicates)
+
+
+def next_step(db: DBSession, runtime: ThreadRuntime, channels: int, cached: frozenset[str],
+              archive: ImageArchive) -> Message | object | None:
+    """Complete an answered generation, start the next, and prepare the BATCH still owed.
+
+    One transaction: the scores, the optimizer state after ``tell``, the next generation's codes
+    and stimuli and the batch row commit together, before any image of it leaves. A generation of
+    more than ``render_chunk`` images is the exception: its codes are asked, the transaction
+    commits what came before, and ``RENDER`` asks the caller to render them chunk by chunk before
+    calling again (a crash in between re-asks the same codes from the committed state). Returns the
+    BATCH to send, ``FINISHED`` (also for a paused thread once its generation is told), or None (a
+    round is out, or the rig is not connected or lacks a channel the generation is scored on:
+    ``channels`` is what the connected rig announced, 0 if none is). A round still out is sent again
+    under its own ``batch_id`` (with only its unanswered stimuli, and no new batch row) when
+    ``resend`` is set: the rig reconnected, or the runtime was rebuilt.
+    """
+    while True:
+        inflight = runtime.inflight
+        if inflight is not None and inflight.resend and inflight.batch_id and inflight.awaiting:
+            if not channels:  # not connected
+                return None
+            inflight.resend = False
+            owed = [s for s in owed_stimuli(db, runtime, inflight) if s in inflight.awaiting]
+            return prepare_batch(db, runtime, cached, owed, batch_id=inflight.batch_id)
+        owed = None
+        if inflight is not None and inflight.batch_id is not None and not inflight.awaiting:
+            # The last round is answered (or given up on): another round, or tell.
+            responses = queries.scored_responses(db, inflight.generation_id, runtime.flagged)
+            owed = owed_stimuli(db, runtime, inflight, responses)
+            if not owed or inflight.rounds >= runtime.repeats + MAX_REQUEUES:
+                if complete_generation(db, runtime, responses, timed_out=bool(owed)):
+                    return FINISHED
+                owed = None
+            else:
+                inflight.batch_id = None
+                inflight.rounds += 1
+        if runtime.inflight is None and runtime.paused:
+            return FINISHED  # paused: told what it showed, asks nothing new
+        if runtime.inflight is None:
+            if not channels:
+                return None  # nothing is rendered for an absent rig; on_connected starts it
+            runtime.inflight = start_generation(db, runtime, archive)
+            if runtime.inflight is None:
+                return RENDER
+            owed = runtime.inflight.stimulus_ids + runtime.reference_ids  # nothing presented yet
+        if runtime.inflight.batch_id is not None or channels < ObjectiveConfig.model_validate(
+                queries.generation_objective(db, runtime.inflight.generation_id)).n_channels:
+            return None
+        if owed is None:
+            owed = owed_stimuli(db, runtime, runtime.inflight)
+        message = prepare_batch(db, runtime, cached, owed)
+        if message is not None:
+            return message
+        runtime.inflight.batch_id, runtime.inflight.awaiting = "", set()  # nothing owed: complete it
+
+
+def start_generation(db: DBSession, runtime: ThreadRuntime, archive: ImageArchive) -> InFlight | None:
+    """Ask, render, archive and add a new generation (status pending); its PNGs stay in memory to send.
+
+    None when the codes asked are more than one chunk and not rendered yet (``runtime.next_codes``).
+    """
+    if runtime.next_codes is None:
+        runtime.next_codes = runtime.optimizer.ask()
+    codes = runtime.next_codes
+    if runtime.next_images is None:
+        if len(codes) > runtime.render_chunk:
+            return None
+        runtime.next_images = render(runtime, codes, archive)
+    encoded, runtime.next_codes, runtime.next_images = runtime.next_images, None, None
+    pngs, images = [png for png, _ in encoded], [image for _, image in encoded]
+    generation, ids = records.add_generation(db, runtime.session_id, runtime.id, runtime.optimizer.generation,
+                                             codes, images, runtime.generator.provenance)
+    # Read after the insert took the write lock, so a concurrent retarget is wholly before or after.
+    generation.objective_json = db.get(Thread, runtime.id).objective_json
+    archived = parallel_submit(archive.save_all, pngs)  # off the hot path; awaited before the tell
+    return InFlight(generation.id, generation.number, codes, ids, dict(zip(ids, pngs)), archived, rounds=1)
+
+
+def render(runtime: ThreadRuntime, codes: np.ndarray, archive: ImageArchive) -> list[tuple[bytes, ArchivedImage]]:
+    """The PNG and archive address (written later) of each code's image, encoded on all cores."""
+    def encode(pixels: np.ndarray) -> tuple[bytes, ArchivedImage]:
+        png = encode_png(pixels)
+        return png, archive.address(png)
+    return parallel_map(encode, to_pixels(runtime.generator.generate(codes)))
+
+
+def complete_generation(db: DBSession, runtime: ThreadRuntime,
+                        responses: dict[str, list[queries.Response]], timed_out: bool) -> bool:
+    """Score ``responses`` (the generation's scored presentations), tell, and record the optimizer state with
+    the scores it used. True when the thread is done."""
+    inflight = runtime.inflight
+    if inflight.archived is not None:
+        inflight.archived.result()  # the images of a told generation must survive a power loss
+    shown = {s: [(r.rates, r.baseline) for r in shown_at] for s, shown_at in responses.items()}
+    objective = Objective.from_config(queries.generation_objective(db, inflight.generation_id))
+    scored = objective.score_generation(shown, frozenset(runtime.reference_ids))
+    scores = np.array([scored.get(s, np.nan) for s in inflight.stimulus_ids])
+    reference = [scored.get(s, np.nan) for s in runtime.reference_ids]
+    rates = {s: [r.rates for r in shown_at] for s, shown_at in responses.items()}
+    runtime.optimizer.tell(inflight.codes, scores)
+    state = runtime.optimizer.state_dict()
+    generation = records.complete_generation(
+        db, inflight.generation_id, scores, reference,
+        optimizers.dumps_state(state) if is_snapshot(inflight.number) else None,
+        optimizers.state_summary(state), timed_out=timed_out)
+    monitor.generation_completed(db, runtime.session_id, runtime.id, generation.number, scores, reference, rates)
+    if timed_out:
+        log_in(db, runtime.session_id, runtime.id, "generation.timed_out",
+              f"thread {runtime.id} generation {inflight.number}: "
+              f"{inflight.codes.shape[0] - generation.n_scored} stimuli "
+              f"unscored after {inflight.rounds} rounds; the optimizer saw NaN for them",
+              level=EventLevel.WARNING)
+    runtime.inflight = None
+    finished = generation.number + 1 >= runtime.n_generations
+    if finished:
+        thread = db.get(Thread, runtime.id)
+        thread.status = ThreadStatus.FINISHED
+        log_in(db, runtime.session_id, runtime.id, "thread.finished",
+              f"thread {runtime.id} {thread.name!r} finished after {generation.number + 1} generations")
+        records.end_session_if_done(db, runtime.session_id)
+    return finished
+
+
+def prepare_batch(db: DBSession, runtime: ThreadRuntime, cached: frozenset[str],
+                  owed: list[str], batch_id: str | None = None) -> Message | None:
+    """A BATCH of the ``owed`` stimuli in a seeded random order, references interleaved (cached ones by id).
+
+    A new batch (no ``batch_id``) gets its row here; the engine removes it if the send fails.
+    """
+    inflight = runtime.inflight
+    owed = list(dict.fromkeys(owed))
+    if not owed:
+        return None
+    order = np.random.default_rng([runtime.seed, inflight.number, inflight.rounds]).permutation(len(owed))
+    entries = []
+    for i in order:
+        stimulus_id = owed[i]
+        if stimulus_id in runtime.reference_pngs:
+            entries.append((stimulus_id, "reference",
+                            None if stimulus_id in cached else runtime.reference_pngs[stimulus_id]))
+        else:
+            entries.append((stimulus_id, "synthetic", inflight.pngs[stimulus_id]))
+    if batch_id is None:
+        batch_id = records.add_batch(db, uuid.uuid4().hex, runtime.session_id, runtime.id, inflight.generation_id,
+                                     runtime.rig).id
+    return batch_message(batch_id=batch_id, session_id=str(runtime.session_id), thread_id=str(runtime.id),
+                         generation=inflight.number, response_window_ms=runtime.window_ms, stimuli=entries)
+
+
+def log_in(db: DBSession, session_id, thread_id, kind, message, data=None, level=EventLevel.INFO) -> None:
+    """An event row in the session record, and the same line in the server log."""
+    log.log(logging.WARNING if level in (EventLevel.WARNING, EventLevel.ERROR) else logging.INFO, message)
+    records.log_event(db, kind, message, level=level, session_id=session_id, thread_id=thread_id, data=data)
