@@ -8,9 +8,11 @@ evolution bit for bit, reusing every presentation already recorded.
 
 Each step of a thread (complete the answered generation, start the next, prepare the BATCH it
 owes: ``server.steps``, where a generation is asked, rendered, persisted, scored and told) is one
-transaction that commits before any image of it leaves. The engine then sends the BATCH from the
-PNGs just rendered, never read back from the archive, whose writes run in the background and
-are awaited before the generation is told. Torch and database work runs on one worker thread
+transaction that commits before any image of it leaves; on a rig that runs one thread, the RESULTS
+that answers a round is stored in the transaction of the step it completes, and the ACK goes out
+just before that step's BATCH (a rig with several threads gets its ACK at once). The
+engine sends the BATCH from the PNGs just rendered, never read back from the archive, whose
+writes start once the generation commits, run in the background and are awaited before it is told. Torch and database work runs on one worker thread
 (``_compute``), never on the event loop, in jobs of bounded size (a large generation renders in
 chunks) so no session's step freezes another's; PNG encoding and archive writes fan out to all cores.
 A generation is only asked and rendered while its rig is connected.
@@ -19,6 +21,7 @@ A generation is only asked and rendered while its rig is connected.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +43,16 @@ from server.weights import GeneratorCache
 log = logging.getLogger(__name__)
 
 RECONCILE_S = 0.5  # how often the engine re-reads thread intent even without a wake-up
+
+
+def freeze_heap() -> None:
+    """Collect garbage once, then hide every object alive now from the cyclic collector (``gc.freeze``).
+
+    Modules, the app and loaded networks are a few hundred thousand objects that never become garbage;
+    a full collection walks them all (about 50 ms on 2 cores), and it would fall on the hot path.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 class Engine:
@@ -70,6 +83,7 @@ class Engine:
 
     async def run(self) -> None:
         """Reconcile running threads with the database and time out stalled batches until closed."""
+        freeze_heap()
         self._loop = asyncio.get_running_loop()
         self._wake_event = asyncio.Event()
         while not self._closed:
@@ -91,6 +105,7 @@ class Engine:
             step.cancel()
         await asyncio.gather(*self._steps, return_exceptions=True)
         self._compute.shutdown(wait=True, cancel_futures=True)
+        gc.unfreeze()  # what ``freeze_heap`` hid may now become garbage
 
     async def _offload(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._compute, fn, *args)
@@ -103,8 +118,12 @@ class Engine:
         return await self._offload(in_transaction)
 
     def _step(self, runtime: ThreadRuntime) -> None:
-        """Start the thread's next step (the one place that does); ``_advance`` decides what it is."""
-        task = asyncio.get_running_loop().create_task(self._advance(runtime))
+        """Start the thread's next step (a RESULTS that completes a round takes it in ``_answer``)."""
+        self._spawn(self._advance(runtime))
+
+    def _spawn(self, step) -> None:
+        """Run a step coroutine as a task the engine keeps (so none is collected) and cancels on close."""
+        task = asyncio.get_running_loop().create_task(step)
         self._steps.add(task)
         task.add_done_callback(self._steps.discard)
 
@@ -146,30 +165,86 @@ class Engine:
         self.wake()
 
     async def on_results(self, rig: str, header: dict) -> dict:
-        """Record presentations idempotently; a complete generation is told and the next one sent.
+        """Record presentations idempotently; the RESULTS that answers the last stimulus of a round completes
+        its generation and sends the next (in the same transaction when the rig runs one thread, see ``_answer``).
 
         Raises ``RigInputError`` for results the store cannot take (the transport replies ERROR).
         """
         received, received_at = time.monotonic(), utcnow()
         try:
-            thread_id, answered, accepted, duplicates = await self._transact(steps.record_results, rig, header,
-                                                                             received_at)
+            recorded = await self._answer(rig, header, received, received_at)
         except RigInputError as exc:
             await self.on_refused(rig, header["batch_id"], exc)
             raise
-        runtime = self._threads.get(thread_id)
-        inflight = runtime.inflight if runtime is not None else None
-        if inflight is not None and inflight.batch_id == header["batch_id"]:
-            inflight.last_activity = received
-            inflight.awaiting -= answered
-            if header.get("done"):
-                inflight.awaiting.clear()  # the rig will not answer the rest of this batch
-            if not inflight.awaiting:
-                self._step(runtime)
-        live.hub.publish("batch.answered", f"{len(answered)} stimuli answered", thread_id=thread_id,
+        runtime = self._threads.get(recorded.thread_id)
+        live.hub.publish("batch.answered", f"{len(recorded.answered)} stimuli answered", thread_id=recorded.thread_id,
                          session_id=runtime.session_id if runtime is not None else None,
-                         data={"batch_id": header["batch_id"], "accepted": accepted, "done": bool(header.get("done"))})
-        return {"batch_id": header["batch_id"], "accepted": accepted, "duplicates": duplicates}
+                         data={"batch_id": header["batch_id"], "accepted": recorded.accepted,
+                               "done": bool(header.get("done"))})
+        return {"batch_id": header["batch_id"], "accepted": recorded.accepted, "duplicates": recorded.duplicates}
+
+    async def _answer(self, rig: str, header: dict, received: float, received_at) -> steps.Recorded:
+        """Store a RESULTS. When it belongs to the outstanding round of the rig's only thread, it is stored in
+        the transaction of the step it completes (``steps.answer``), under the thread's lock, which the task
+        sending that step's BATCH releases: that rig has nothing to show until the BATCH, so the ACK can wait
+        for it. A rig with several threads gets the ACK at once, and shows another thread's batch meanwhile."""
+        runtime = self._awaiting(rig, header["batch_id"])
+        if runtime is not None and sum(r.rig == rig for r in self._threads.values()) > 1:
+            runtime = None
+        if runtime is not None:
+            await runtime.lock.acquire()
+            if self._awaiting(rig, header["batch_id"]) is runtime:
+                return await self._answer_round(runtime, rig, header, received, received_at)
+            runtime.lock.release()  # the round moved on while this waited
+        recorded = await self._transact(steps.record_results, rig, header, received_at)
+        # A runtime rebuilt meanwhile may still await these stimuli (it read the database before they were stored).
+        runtime = self._threads.get(recorded.thread_id)
+        inflight = runtime.inflight if runtime is not None else None
+        if inflight is not None and inflight.batch_id == header["batch_id"] and inflight.awaiting:
+            inflight.last_activity = received
+            inflight.awaiting -= recorded.answered
+            if header.get("done"):
+                inflight.awaiting.clear()
+            if not inflight.awaiting:
+                runtime.answered_at, runtime.compute_s = received, 0.0
+                self._step(runtime)
+        return recorded
+
+    def _awaiting(self, rig: str, batch_id: str) -> ThreadRuntime | None:
+        """The running thread whose outstanding round is ``batch_id``, sent to ``rig``."""
+        return next((r for r in self._threads.values() if r.rig == rig and r.inflight is not None
+                     and r.inflight.batch_id == batch_id), None)
+
+    async def _answer_round(self, runtime: ThreadRuntime, rig: str, header: dict, received: float,
+                            received_at) -> steps.Recorded:
+        """``_answer`` for ``runtime``'s outstanding round; called holding its lock, which this releases (at
+        once, or through the task it starts to send the step's BATCH after the ACK)."""
+        runtime.inflight.last_activity = received
+        runtime.answered_at, runtime.compute_s = received, 0.0  # matters when this RESULTS answers the round
+        cached = self._rig_references.setdefault(runtime.rig, set())
+        try:
+            recorded, step = await self._transact(steps.answer, runtime, rig, header, received_at,
+                                                  self._channels(rig), frozenset(cached), self._archive)
+        except RigInputError:
+            runtime.lock.release()
+            raise
+        except Exception as exc:  # the step failed and took the presentations' transaction with it
+            try:
+                recorded = await self._transact(steps.record_results, rig, header, received_at)
+                await self._fail(runtime, exc)
+            finally:
+                runtime.lock.release()
+            return recorded
+        self._spawn(self._after_answer(runtime, step))
+        return recorded
+
+    async def _after_answer(self, runtime: ThreadRuntime, step) -> None:
+        """Once the ACK is out: the rest of the step ``steps.answer`` took (renders, the send); frees the lock."""
+        try:
+            if step is not None:
+                await self._take(runtime, step)
+        finally:
+            runtime.lock.release()
 
     async def on_refused(self, rig: str, batch_id: str, exc: RigInputError) -> None:
         """A refused RESULTS (by the transport or here) is an event and its thread's ``last_error``."""
@@ -264,7 +339,8 @@ class Engine:
             thread = db.get(Thread, thread_id)
             steps.log_in(db, runtime.session_id, thread_id, "thread.started",
                          f"thread {thread_id} {thread.name!r} started from generation {runtime.first_generation}")
-            return runtime
+        freeze_heap()  # its generator and optimizer live as long as the thread
+        return runtime
 
     def _fail_thread(self, thread_id: int, exc: Exception) -> None:
         with self._db.begin() as db:
@@ -275,27 +351,35 @@ class Engine:
     async def _advance(self, runtime: ThreadRuntime) -> None:
         """Move a thread one step (one transaction, see ``steps.next_step``), then send the round it prepared."""
         async with runtime.lock:
-            if self._threads.get(runtime.id) is not runtime:
-                return
-            try:
-                cached = self._rig_references.setdefault(runtime.rig, set())
+            if self._threads.get(runtime.id) is runtime:
+                await self._take(runtime)
+
+    async def _take(self, runtime: ThreadRuntime, step=None) -> None:
+        """Take the thread's step (``step``: what ``steps.answer`` already took, else ``steps.next_step`` now),
+        render a large generation chunk by chunk, and send the round; the caller holds the thread's lock."""
+        try:
+            cached = self._rig_references.setdefault(runtime.rig, set())
+            if step is None:
                 step = await self._transact(steps.next_step, runtime, self._channels(runtime.rig),
                                             frozenset(cached), self._archive)
-                while step is steps.RENDER:  # one compute job per chunk: other threads and rigs get the worker between
-                    rendered = []
-                    for chunk in code_chunks(runtime.next_codes, runtime.render_chunk):
-                        rendered += await self._offload(steps.render, runtime, chunk, self._archive)
-                    runtime.next_images = rendered
-                    step = await self._transact(steps.next_step, runtime, self._channels(runtime.rig),
-                                                frozenset(cached), self._archive)
-                if step is steps.FINISHED:
-                    self._threads.pop(runtime.id, None)
-                elif step is not None:
-                    await self._send_round(runtime, step, cached)
-            except Exception as exc:
-                log.exception("thread %s failed", runtime.id)
+            while step is steps.RENDER:  # one compute job per chunk: other threads and rigs get the worker between
+                rendered = []
+                for chunk in code_chunks(runtime.next_codes, runtime.render_chunk):
+                    rendered += await self._offload(steps.render, runtime, chunk, self._archive)
+                runtime.next_images = rendered
+                step = await self._transact(steps.next_step, runtime, self._channels(runtime.rig),
+                                            frozenset(cached), self._archive)
+            if step is steps.FINISHED:
                 self._threads.pop(runtime.id, None)
-                await self._offload(self._fail_thread, runtime.id, exc)
+            elif step is not None:
+                await self._send_round(runtime, step, cached)
+        except Exception as exc:
+            await self._fail(runtime, exc)
+
+    async def _fail(self, runtime: ThreadRuntime, exc: Exception) -> None:
+        log.error("thread %s failed", runtime.id, exc_info=exc)
+        self._threads.pop(runtime.id, None)
+        await self._offload(self._fail_thread, runtime.id, exc)
 
     def _channels(self, rig: str) -> int:
         """The channels ``rig`` announced, 0 when it is not connected."""
@@ -318,10 +402,14 @@ class Engine:
         cached.update(s["stimulus_id"] for s in stimuli if s["kind"] == "reference")
         if not resend:
             inflight.batch_id, inflight.awaiting = batch_id, {s["stimulus_id"] for s in stimuli}
-        inflight.last_activity = time.monotonic()
+        inflight.last_activity = now = time.monotonic()
+        data = {"batch_id": batch_id, "generation": inflight.number, "resent": resend}
+        if runtime.answered_at is not None and not resend:  # how long the rig waited, and the compute in it
+            data.update(waited_ms=1000 * (now - runtime.answered_at), compute_ms=1000 * runtime.compute_s)
+            runtime.answered_at = None
         live.hub.publish("batch.sent", f"generation {inflight.number}: {len(stimuli)} stimuli "
                          f"{'resent' if resend else 'sent'}", session_id=runtime.session_id, thread_id=runtime.id,
-                         data={"batch_id": batch_id, "generation": inflight.number, "resent": resend})
+                         data=data)
 
     def _forget_batch(self, batch_id: str) -> None:
         with self._db.begin() as db:

@@ -112,31 +112,22 @@ class Hub:
 hub = Hub()  # the process's broadcaster: `actmax serve` runs one engine and one API
 
 
-def publish_on_commit(db: DBSession, event_row) -> None:
-    """Publish ``event_row`` (a ``models.Event`` just added to ``db``) when ``db`` commits."""
+def publish_on_commit(db: DBSession, item: dict[str, Any]) -> None:
+    """Publish ``item`` (``Hub.publish``'s keyword arguments for an event row added to ``db``) when ``db`` commits."""
     staged = db.info.get("live_events")
     if staged is None:
         staged = db.info["live_events"] = []
-        sa_event.listen(db, "after_flush", _snapshot)
         sa_event.listen(db, "after_commit", _publish_staged)
         sa_event.listen(db, "after_rollback", _discard_staged)
-    staged.append(event_row)
-
-
-def _snapshot(db: DBSession, _flush_context) -> None:
-    """After a flush the rows have ids and are still loaded: turn them into items (no SQL after commit)."""
-    ready = db.info.setdefault("live_ready", [])
-    for row in db.info.get("live_events", []):
-        ready.append(dict(kind=row.kind, message=row.message, level=row.level.value, session_id=row.session_id,
-                          thread_id=row.thread_id, data=row.data_json, event_id=row.id))
-    db.info["live_events"] = []
+    staged.append(item)
 
 
 def _publish_staged(db: DBSession) -> None:
-    for item in db.info.pop("live_ready", []):
+    staged = db.info["live_events"]
+    for item in staged:
         hub.publish(**item)
+    staged.clear()
 
 
 def _discard_staged(db: DBSession) -> None:
-    db.info["live_events"] = []
-    db.info.pop("live_ready", None)
+    db.info["live_events"].clear()

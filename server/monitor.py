@@ -4,12 +4,14 @@
 generation). It logs a ``generation.completed`` event whose data holds the point of the score curve
 (mean ± SEM, max, reference mean ± SEM, per-channel mean rates) and the drift state, and logs a
 ``drift.reference`` or ``channel.silent`` warning when `server.drift` says so. Both reach live
-dashboards through ``log_event``.
+dashboards through ``log_event``. The alarm's memory of the thread (``DriftHistory``) lives in the
+thread's runtime, so completing a generation reads nothing; a rebuilt runtime loads it from the events.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import select
@@ -17,7 +19,7 @@ from sqlalchemy.orm import Session as DBSession
 
 from server import drift
 from server.session_config import DriftConfig
-from server.store.models import Event, EventLevel, Session
+from server.store.models import Event, EventLevel
 from server.store.records import log_event
 
 log = logging.getLogger(__name__)
@@ -38,9 +40,26 @@ def _channel_rates(rates: dict[str, list[list[float]]]) -> list[float]:
     return [None if not np.isfinite(r) else float(r) for r in np.nanmean(np.array(rows, dtype=float), axis=0)]
 
 
-def generation_completed(db: DBSession, session_id: int, thread_id: int, number: int, scores, reference_scores,
-                         rates: dict[str, list[list[float]]]) -> dict:
-    """Log the curve point of generation ``number`` and any drift warning (not committed); returns the data."""
+@dataclass
+class DriftHistory:
+    """What the drift alarm needs of a thread's past, kept in its runtime: the early levels and the last point."""
+
+    config: DriftConfig
+    early: list[drift.Level | None]  # the first ``config.baseline_generations`` generations' levels
+    previous: dict  # the last ``generation.completed`` data ({} before the first)
+
+    @classmethod
+    def load(cls, db: DBSession, thread_id: int, config: DriftConfig) -> DriftHistory:
+        """From the thread's ``generation.completed`` events (a runtime rebuilt after a restart)."""
+        history = select(Event.data_json).where(Event.thread_id == thread_id, Event.kind == GENERATION_COMPLETED)
+        early = [_level(d) for d in db.scalars(history.order_by(Event.id).limit(config.baseline_generations))]
+        return cls(config, early, db.scalars(history.order_by(Event.id.desc()).limit(1)).first() or {})
+
+
+def generation_completed(db: DBSession, history: DriftHistory, session_id: int, thread_id: int, number: int, scores,
+                         reference_scores, rates: dict[str, list[list[float]]]) -> dict:
+    """Log the curve point of generation ``number`` and any drift warning (not committed), and add it to
+    ``history``; returns the data."""
     mean, sem = drift.mean_sem(scores)
     reference_mean, reference_sem = drift.mean_sem(reference_scores)
     finite = [s for s in scores if s is not None and np.isfinite(s)]
@@ -49,10 +68,7 @@ def generation_completed(db: DBSession, session_id: int, thread_id: int, number:
         "n_scored": len(finite), "reference_mean": reference_mean, "reference_sem": reference_sem,
         "channel_rates": _channel_rates(rates), "drop_sem": None, "low_streak": 0, "silent_channels": [],
     }
-    config = DriftConfig.model_validate(db.get(Session, session_id).config_json.get("drift", {}))
-    history = select(Event.data_json).where(Event.thread_id == thread_id, Event.kind == GENERATION_COMPLETED)
-    early = [_level(d) for d in db.scalars(history.order_by(Event.id).limit(config.baseline_generations))]
-    previous = db.scalars(history.order_by(Event.id.desc()).limit(1)).first() or {}
+    config, early, previous = history.config, history.early, history.previous
     current = _level(data)
     if current is not None and len(early) == config.baseline_generations and None not in early:
         base = drift.baseline(early)
@@ -77,6 +93,9 @@ def generation_completed(db: DBSession, session_id: int, thread_id: int, number:
               f"generation {number}: mean {_fmt(mean)} ± {_fmt(sem)}, max {_fmt(data['max'])}, "
               f"references {_fmt(reference_mean)} ± {_fmt(reference_sem)}",
               thread_id=thread_id, session_id=session_id, data=data)
+    if len(early) < config.baseline_generations:
+        early.append(current)
+    history.previous = data
     return data
 
 

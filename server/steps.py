@@ -2,7 +2,8 @@
 
 ``record_results`` stores a rig's RESULTS. ``next_step`` completes the generation whose last round
 is answered (score, ``tell``, the optimizer state), starts the next (``ask``, render, its stimuli)
-and prepares the BATCH still owed. Each function works in the transaction it is given
+and prepares the BATCH still owed. ``answer`` does both for the RESULTS that answers a round, in one
+transaction. Each function works in the transaction it is given
 (``server.engine.Engine`` opens it and sends what comes back); reads are in
 ``server.store.queries``, writes in ``server.store.records``.
 """
@@ -11,8 +12,10 @@ from __future__ import annotations
 
 import logging
 import uuid
+from typing import NamedTuple
 
 import numpy as np
+from sqlalchemy import event
 from sqlalchemy.orm import Session as DBSession
 
 import optimizers
@@ -23,7 +26,7 @@ from server.objectives import Objective
 from server.session_config import ObjectiveConfig
 from server.store import queries, records
 from server.store.archive import ArchivedImage, ImageArchive
-from server.store.models import Batch, EventLevel, Generation, GenerationStatus, Thread, ThreadStatus
+from server.store.models import EventLevel, GenerationStatus, Thread, ThreadStatus
 from server.thread_runtime import InFlight, ThreadRuntime, is_snapshot, owed_stimuli
 
 log = logging.getLogger(__name__)
@@ -33,19 +36,27 @@ FINISHED = object()  # what ``next_step`` returns when the thread's runtime is d
 RENDER = object()  # what ``next_step`` returns when the codes it asked are to be rendered in chunks first
 
 
-def record_results(db: DBSession, rig: str, header: dict, received_at) -> tuple[int, set[str], int, int]:
+class Recorded(NamedTuple):
+    """What storing one RESULTS did."""
+
+    thread_id: int
+    answered: set[str]  # stimuli answered now
+    accepted: int  # presentations stored now
+    duplicates: int  # presentations stored before
+
+
+def record_results(db: DBSession, rig: str, header: dict, received_at) -> Recorded:
     """Validate and store a RESULTS message arrived at ``received_at``.
 
-    Returns (thread id, stimuli answered now, presentations stored now, duplicate count). New
-    presentations for a batch whose generation is already scored are refused (``batch_closed``).
+    New presentations for a batch whose generation is already scored are refused (``batch_closed``).
     """
-    batch = db.get(Batch, header["batch_id"])
+    batch = queries.batch(db, header["batch_id"])
     if batch is None:
         raise RigInputError(ErrorCode.UNKNOWN_BATCH, f"batch {header['batch_id']!r} was never sent")
     if batch.rig != rig:
         raise RigInputError(ErrorCode.UNKNOWN_BATCH,
                             f"batch {batch.id!r} was sent to rig {batch.rig!r}, not {rig!r}")
-    objective = Objective.from_config(queries.generation_objective(db, batch.generation_id))
+    objective = Objective.from_config(batch.objective)
     wanted = queries.batch_stimulus_ids(db, batch)
     for p in header["presentations"]:
         if p["stimulus_id"] not in wanted:
@@ -53,18 +64,31 @@ def record_results(db: DBSession, rig: str, header: dict, received_at) -> tuple[
                                 f"stimulus {p['stimulus_id']!r} is not part of batch {batch.id!r}")
         objective.check_rates(p["rates"])
     presentations = [records.PresentationRecord.from_message(p) for p in header["presentations"]]
-    if db.get(Generation, batch.generation_id).status == GenerationStatus.COMPLETE:
+    if batch.generation_status == GenerationStatus.COMPLETE:
         new = {p.presentation_id for p in presentations} - queries.stored_presentation_ids(
             db, [p.presentation_id for p in presentations])
         if new:
             raise RigInputError(ErrorCode.BATCH_CLOSED,
                                 f"batch {batch.id!r} is closed: its generation was scored when every stimulus "
                                 f"had been answered; {len(new)} new presentation(s) were not stored")
-    accepted, duplicates = records.record_presentations(db, batch.id, presentations, received_at=received_at)
+    accepted, duplicates = records.record_presentations(db, batch, presentations, received_at=received_at)
     if header.get("done"):
-        records.close_batch(db, batch, received_at)
+        records.close_batch(db, batch.id, received_at)
     stimulus_of = {p.presentation_id: p.stimulus_id for p in presentations}
-    return batch.thread_id, {stimulus_of[pid] for pid in accepted}, len(accepted), len(duplicates)
+    return Recorded(batch.thread_id, {stimulus_of[pid] for pid in accepted}, len(accepted), len(duplicates))
+
+
+def answer(db: DBSession, runtime: ThreadRuntime, rig: str, header: dict, received_at, channels: int,
+           cached: frozenset[str], archive: ImageArchive) -> tuple[Recorded, Message | object | None]:
+    """Store a RESULTS for ``runtime``'s outstanding round; when the round is then answered (or the rig is
+    ``done`` with it), take the thread's ``next_step`` in the same transaction: one commit stores the
+    presentations, the tell and the next generation. Returns what was recorded and the step (None: none)."""
+    recorded = record_results(db, rig, header, received_at)
+    inflight = runtime.inflight
+    inflight.awaiting -= recorded.answered
+    if header.get("done"):
+        inflight.awaiting.clear()  # the rig will not answer the rest of this batch
+    return recorded, None if inflight.awaiting else next_step(db, runtime, channels, cached, archive)
 
 
 def next_step(db: DBSession, runtime: ThreadRuntime, channels: int, cached: frozenset[str],
@@ -107,12 +131,14 @@ def next_step(db: DBSession, runtime: ThreadRuntime, channels: int, cached: froz
         if runtime.inflight is None:
             if not channels:
                 return None  # nothing is rendered for an absent rig; on_connected starts it
-            runtime.inflight = start_generation(db, runtime, archive)
-            if runtime.inflight is None:
+            started = start_generation(db, runtime, archive)
+            if started is None:
                 return RENDER
+            runtime.inflight, objective = started
             owed = runtime.inflight.stimulus_ids + runtime.reference_ids  # nothing presented yet
-        if runtime.inflight.batch_id is not None or channels < ObjectiveConfig.model_validate(
-                queries.generation_objective(db, runtime.inflight.generation_id)).n_channels:
+        else:
+            objective = queries.generation_objective(db, runtime.inflight.generation_id)
+        if runtime.inflight.batch_id is not None or channels < ObjectiveConfig.model_validate(objective).n_channels:
             return None
         if owed is None:
             owed = owed_stimuli(db, runtime, runtime.inflight)
@@ -122,13 +148,14 @@ def next_step(db: DBSession, runtime: ThreadRuntime, channels: int, cached: froz
         runtime.inflight.batch_id, runtime.inflight.awaiting = "", set()  # nothing owed: complete it
 
 
-def start_generation(db: DBSession, runtime: ThreadRuntime, archive: ImageArchive) -> InFlight | None:
+def start_generation(db: DBSession, runtime: ThreadRuntime, archive: ImageArchive) -> tuple[InFlight, dict] | None:
     """Ask, render, archive and add a new generation (status pending); its PNGs stay in memory to send.
-
-    None when the codes asked are more than one chunk and not rendered yet (``runtime.next_codes``).
+    Returns it with the objective it is scored with, or None when the codes asked are more than one chunk
+    and not rendered yet (``runtime.next_codes``).
     """
     if runtime.next_codes is None:
-        runtime.next_codes = runtime.optimizer.ask()
+        with runtime.computing():
+            runtime.next_codes = runtime.optimizer.ask()
     codes = runtime.next_codes
     if runtime.next_images is None:
         if len(codes) > runtime.render_chunk:
@@ -136,12 +163,15 @@ def start_generation(db: DBSession, runtime: ThreadRuntime, archive: ImageArchiv
         runtime.next_images = render(runtime, codes, archive)
     encoded, runtime.next_codes, runtime.next_images = runtime.next_images, None, None
     pngs, images = [png for png, _ in encoded], [image for _, image in encoded]
-    generation, ids = records.add_generation(db, runtime.session_id, runtime.id, runtime.optimizer.generation,
-                                             codes, images, runtime.generator.provenance)
-    # Read after the insert took the write lock, so a concurrent retarget is wholly before or after.
-    generation.objective_json = db.get(Thread, runtime.id).objective_json
-    archived = parallel_submit(archive.save_all, pngs)  # off the hot path; awaited before the tell
-    return InFlight(generation.id, generation.number, codes, ids, dict(zip(ids, pngs)), archived, rounds=1)
+    number = runtime.optimizer.generation
+    generation_id, objective, ids = records.add_generation(db, runtime.id, number, codes, images,
+                                                           runtime.generator.provenance, runtime.session_id)
+    inflight = InFlight(generation_id, number, codes, ids, dict(zip(ids, pngs)), rounds=1)
+
+    def write_archive(_db) -> None:  # once committed, off the hot path; awaited before the tell
+        inflight.archived = parallel_submit(archive.save_all, pngs)
+    event.listen(db, "after_commit", write_archive, once=True)
+    return inflight, objective
 
 
 def render(runtime: ThreadRuntime, codes: np.ndarray, archive: ImageArchive) -> list[tuple[bytes, ArchivedImage]]:
@@ -149,7 +179,8 @@ def render(runtime: ThreadRuntime, codes: np.ndarray, archive: ImageArchive) -> 
     def encode(pixels: np.ndarray) -> tuple[bytes, ArchivedImage]:
         png = encode_png(pixels)
         return png, archive.address(png)
-    return parallel_map(encode, to_pixels(runtime.generator.generate(codes)))
+    with runtime.computing():
+        return parallel_map(encode, to_pixels(runtime.generator.generate(codes)))
 
 
 def complete_generation(db: DBSession, runtime: ThreadRuntime,
@@ -165,26 +196,27 @@ def complete_generation(db: DBSession, runtime: ThreadRuntime,
     scores = np.array([scored.get(s, np.nan) for s in inflight.stimulus_ids])
     reference = [scored.get(s, np.nan) for s in runtime.reference_ids]
     rates = {s: [r.rates for r in shown_at] for s, shown_at in responses.items()}
-    runtime.optimizer.tell(inflight.codes, scores)
+    with runtime.computing():
+        runtime.optimizer.tell(inflight.codes, scores)
     state = runtime.optimizer.state_dict()
-    generation = records.complete_generation(
+    n_scored = records.complete_generation(
         db, inflight.generation_id, scores, reference,
         optimizers.dumps_state(state) if is_snapshot(inflight.number) else None,
         optimizers.state_summary(state), timed_out=timed_out)
-    monitor.generation_completed(db, runtime.session_id, runtime.id, generation.number, scores, reference, rates)
+    monitor.generation_completed(db, runtime.drift, runtime.session_id, runtime.id, inflight.number, scores, reference, rates)
     if timed_out:
         log_in(db, runtime.session_id, runtime.id, "generation.timed_out",
               f"thread {runtime.id} generation {inflight.number}: "
-              f"{inflight.codes.shape[0] - generation.n_scored} stimuli "
+              f"{inflight.codes.shape[0] - n_scored} stimuli "
               f"unscored after {inflight.rounds} rounds; the optimizer saw NaN for them",
               level=EventLevel.WARNING)
     runtime.inflight = None
-    finished = generation.number + 1 >= runtime.n_generations
+    finished = inflight.number + 1 >= runtime.n_generations
     if finished:
         thread = db.get(Thread, runtime.id)
         thread.status = ThreadStatus.FINISHED
         log_in(db, runtime.session_id, runtime.id, "thread.finished",
-              f"thread {runtime.id} {thread.name!r} finished after {generation.number + 1} generations")
+              f"thread {runtime.id} {thread.name!r} finished after {inflight.number + 1} generations")
         records.end_session_if_done(db, runtime.session_id)
     return finished
 
@@ -210,7 +242,7 @@ def prepare_batch(db: DBSession, runtime: ThreadRuntime, cached: frozenset[str],
             entries.append((stimulus_id, "synthetic", inflight.pngs[stimulus_id]))
     if batch_id is None:
         batch_id = records.add_batch(db, uuid.uuid4().hex, runtime.session_id, runtime.id, inflight.generation_id,
-                                     runtime.rig).id
+                                     runtime.rig)
     return batch_message(batch_id=batch_id, session_id=str(runtime.session_id), thread_id=str(runtime.id),
                          generation=inflight.number, response_window_ms=runtime.window_ms, stimuli=entries)
 

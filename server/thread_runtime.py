@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,7 @@ from rig_client.protocol import encode_png
 from server import ServerError
 from server.images import encode_images, load_references
 from server.manifold import design_codes
+from server.monitor import DriftHistory
 from server.session_config import FlaggedTrialsConfig, SessionConfig, ThreadConfig
 from server.store import queries
 from server.store.archive import ImageArchive
@@ -44,7 +46,7 @@ class InFlight:
     codes: np.ndarray
     stimulus_ids: list[str]  # synthetic stimuli in code order
     pngs: dict[str, bytes]  # each synthetic stimulus's PNG as archived, sent from memory
-    archived: Future | None = None  # the archive's writes of those PNGs (awaited before the generation is told)
+    archived: Future | None = None  # the archive writes of those PNGs, started at commit (awaited before the tell)
     batch_id: str | None = None  # None: the current round still has to be sent
     awaiting: set[str] = field(default_factory=set)  # stimuli of the last batch not answered yet
     rounds: int = 0
@@ -70,11 +72,23 @@ class ThreadRuntime:
     reference_pngs: dict[str, bytes]
     first_generation: int
     render_chunk: int  # images per compute job (``Settings.render_chunk``)
+    drift: DriftHistory  # what the drift alarm remembers of the thread's curve
     inflight: InFlight | None = None
     next_codes: np.ndarray | None = None  # asked after the last tell; not yet a generation in the database
     next_images: list | None = None  # their (PNG, archived image) pairs once rendered
     paused: bool = False  # finish (score and tell) the generation in flight, start no new one
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    answered_at: float | None = None  # monotonic time the rig began to wait for the next BATCH (its round answered)
+    compute_s: float = 0.0  # seconds of tell, ask and render since then (``batch.sent`` reports both)
+
+    @contextmanager
+    def computing(self):
+        """Count the enclosed work (the generator's and the optimizer's) in ``compute_s``."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.compute_s += time.perf_counter() - start
 
 
 def build_runtime(db: DBSession, thread_id: int, load_generator: Callable[[str, str | None], Any],
@@ -99,6 +113,7 @@ def build_runtime(db: DBSession, thread_id: int, load_generator: Callable[[str, 
         n_generations=config.n_generations, flagged=session_config.flagged_trials, generator=generator,
         optimizer=optimizer, reference_ids=list(references), reference_pngs=references,
         first_generation=0 if last is None else last.number + 1, render_chunk=render_chunk,
+        drift=DriftHistory.load(db, thread_id, session_config.drift),
     )
     pending = queries.pending_generation(db, thread_id)
     if pending is not None:

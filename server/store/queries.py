@@ -6,6 +6,8 @@ Every function takes an open ORM session and returns plain values or rows; none 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
+from typing import NamedTuple
 
 import numpy as np
 from sqlalchemy import select
@@ -15,6 +17,7 @@ from server.session_config import FlaggedTrialsConfig
 from server.store.models import (
     LIVE_THREAD_STATUSES,
     Batch,
+    BatchStatus,
     Event,
     Generation,
     GenerationStatus,
@@ -71,8 +74,34 @@ def pending_generation(db: DBSession, thread_id: int) -> Generation | None:
 def generation_objective(db: DBSession, generation_id: int) -> dict:
     """The objective a generation is scored with: the one recorded when it was asked (or retargeted before
     any response), else its thread's."""
-    generation = db.get(Generation, generation_id)
-    return generation.objective_json or generation.thread.objective_json
+    own, thread = db.execute(select(Generation.objective_json, Thread.objective_json)
+                             .join(Thread, Thread.id == Generation.thread_id).where(Generation.id == generation_id)).one()
+    return own or thread
+
+
+def batch(db: DBSession, batch_id: str):
+    """A batch's row with what storing its RESULTS needs, in one read: its generation's status and the
+    objective that generation is scored with (``objective``, as ``generation_objective``); None if unknown."""
+    row = db.execute(
+        select(Batch.id, Batch.session_id, Batch.thread_id, Batch.generation_id, Batch.rig, Batch.status,
+               Batch.results_first_at, Generation.status.label("generation_status"),
+               Generation.objective_json, Thread.objective_json.label("thread_objective"))
+        .join(Generation, Generation.id == Batch.generation_id).join(Thread, Thread.id == Batch.thread_id)
+        .where(Batch.id == batch_id)
+    ).first()
+    return None if row is None else _BatchRow(*row[:8], row.objective_json or row.thread_objective)
+
+
+class _BatchRow(NamedTuple):
+    id: str
+    session_id: int
+    thread_id: int
+    generation_id: int
+    rig: str
+    status: BatchStatus
+    results_first_at: datetime | None
+    generation_status: GenerationStatus
+    objective: dict
 
 
 def reference_stimuli(db: DBSession, session_id: int) -> list[Stimulus]:

@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import insert, select
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session as DBSession
 
 from rig_client.protocol import TRIAL_FACTS
@@ -68,16 +67,17 @@ def log_event(
     session_id: int | None = None,
     thread_id: int | None = None,
     data: dict[str, Any] | None = None,
-) -> Event:
-    """Add an event row (not committed); a thread's session is filled in when only the thread is given."""
+) -> int:
+    """Add an event row (not committed; dashboards see it once it commits) and return its id; a thread's
+    session is filled in when only the thread is given."""
     if thread_id is not None and session_id is None:
         session_id = db.scalar(select(Thread.session_id).where(Thread.id == thread_id))
-    event = Event(
-        session_id=session_id, thread_id=thread_id, level=EventLevel(level), kind=kind, message=message, data_json=data
-    )
-    db.add(event)
-    live.publish_on_commit(db, event)
-    return event
+    level = EventLevel(level)
+    event_id = db.scalar(insert(Event).values(session_id=session_id, thread_id=thread_id, level=level, kind=kind,
+                                              message=message, data_json=data).returning(Event.id))
+    live.publish_on_commit(db, dict(kind=kind, message=message, level=level.value, session_id=session_id,
+                                    thread_id=thread_id, data=data, event_id=event_id))
+    return event_id
 
 
 def _with_seed(thread: ThreadConfig) -> ThreadConfig:
@@ -213,20 +213,18 @@ def set_thread_error(db: DBSession, thread_id: int, kind: str, message: str, *,
 
 
 def record_presentations(
-    db: DBSession, batch_id: str, presentations: Iterable[PresentationRecord], *, received_at: datetime | None = None
+    db: DBSession, batch, presentations: Iterable[PresentationRecord], *, received_at: datetime | None = None
 ) -> tuple[list[str], list[str]]:
-    """Store a rig's presentations for ``batch_id`` idempotently; not committed.
+    """Store a rig's presentations for ``batch`` (a ``Batch``, or a ``queries.batch`` row) idempotently;
+    not committed. The caller checked that each stimulus belongs to the batch (the schema refuses unknown
+    stimulus ids with an ``IntegrityError``).
 
     ``received_at`` is when the RESULTS arrived (default: now).
 
     Returns ``(accepted, duplicates)``: presentation ids stored now, and ids already stored (by an
     earlier upload, or repeated within this one), each in input order. Sets the batch's
-    ``results_first_at`` on the first accepted presentation. Raises ``ValueError`` naming an unknown
-    batch or stimulus id.
+    ``results_first_at`` on the first accepted presentation.
     """
-    batch = db.get(Batch, batch_id)
-    if batch is None:
-        raise ValueError(f"unknown batch {batch_id!r}")
     unique: dict[str, PresentationRecord] = {}
     duplicates: list[str] = []
     for presentation in presentations:
@@ -237,17 +235,17 @@ def record_presentations(
     if not unique:
         return [], duplicates
 
-    stimulus_ids = {presentation.stimulus_id for presentation in unique.values()}
-    unknown = stimulus_ids - set(db.scalars(select(Stimulus.id).where(Stimulus.id.in_(stimulus_ids))))
-    if unknown:
-        raise ValueError(f"unknown stimulus id(s) {', '.join(sorted(unknown))} in batch {batch_id!r}")
-
+    stored = queries.stored_presentation_ids(db, list(unique))
+    accepted = [pid for pid in unique if pid not in stored]
+    duplicates.extend(pid for pid in unique if pid in stored)
+    if not accepted:
+        return accepted, duplicates
     received_at = received_at or utcnow()
     rows = [
         {
             "presentation_id": p.presentation_id,
             "stimulus_id": p.stimulus_id,
-            "batch_id": batch_id,
+            "batch_id": batch.id,
             "rig": batch.rig,
             "onset": p.onset,
             "rates_json": list(p.rates),
@@ -256,72 +254,65 @@ def record_presentations(
             "received_at": received_at,
             "trial_json": p.trial_facts,
         }
-        for p in unique.values()
+        for p in (unique[pid] for pid in accepted)
     ]
-    insert_new = (
-        sqlite_insert(Presentation)
-        .on_conflict_do_nothing(index_elements=[Presentation.presentation_id])
-        .returning(Presentation.presentation_id)
-    )
-    stored = set(db.scalars(insert_new, rows))
-    accepted = [pid for pid in unique if pid in stored]
-    duplicates.extend(pid for pid in unique if pid not in stored)
-    if accepted and batch.results_first_at is None:
-        batch.results_first_at = received_at
+    # The engine's one worker is the only writer of presentations, so none appears between the read and here.
+    db.execute(insert(Presentation.__table__), rows)
+    if batch.results_first_at is None:
+        db.execute(update(Batch.__table__).where(Batch.id == batch.id, Batch.results_first_at.is_(None))
+                   .values(results_first_at=received_at))
     return accepted, duplicates
 
 
-def add_generation(db: DBSession, session_id: int, thread_id: int, number: int, codes: np.ndarray,
-                   images: Sequence[ArchivedImage], provenance: dict[str, Any]) -> tuple[Generation, list[str]]:
-    """A pending generation and one synthetic stimulus per code (one bulk insert); (the generation, stimulus
-    ids in code order)."""
-    generation = Generation(thread_id=thread_id, number=number, codes=encode_codes(codes), n_stimuli=len(codes))
-    db.add(generation)
-    db.flush()
+def add_generation(db: DBSession, thread_id: int, number: int, codes: np.ndarray, images: Sequence[ArchivedImage],
+                   provenance: dict[str, Any], session_id: int) -> tuple[int, dict, list[str]]:
+    """A pending generation, scored with its thread's objective as it is now, and one synthetic stimulus per
+    code (one bulk insert); (the generation's id, that objective, stimulus ids in code order)."""
+    # The objective is read by the insert itself, so a concurrent retarget is wholly before or after it.
+    generation_id, objective = db.execute(insert(Generation.__table__).values(
+        thread_id=thread_id, number=number, codes=encode_codes(codes), n_stimuli=len(codes),
+        objective_json=select(Thread.objective_json).where(Thread.id == thread_id).scalar_subquery(),
+    ).returning(Generation.id, Generation.objective_json)).one()
     created_at = utcnow()
     rows = [
-        {"id": uuid.uuid4().hex, "session_id": session_id, "thread_id": thread_id, "generation_id": generation.id,
+        {"id": uuid.uuid4().hex, "session_id": session_id, "thread_id": thread_id, "generation_id": generation_id,
          "kind": StimulusKind.SYNTHETIC, "index": index, "code": encode_codes(code),
          "content_hash": image.content_hash, "png_path": image.png_path, "generator": provenance["name"],
          "generator_version": provenance["version"], "weights_sha256": provenance.get("weights_sha256"),
          "created_at": created_at}
         for index, (code, image) in enumerate(zip(codes, images, strict=True))
     ]
-    db.execute(insert(Stimulus), rows)
-    return generation, [row["id"] for row in rows]
+    db.execute(insert(Stimulus.__table__), rows)
+    return generation_id, objective, [row["id"] for row in rows]
 
 
-def add_batch(db: DBSession, batch_id: str, session_id: int, thread_id: int, generation_id: int, rig: str) -> Batch:
-    batch = Batch(id=batch_id, session_id=session_id, thread_id=thread_id, generation_id=generation_id, rig=rig)
-    db.add(batch)
-    return batch
+def add_batch(db: DBSession, batch_id: str, session_id: int, thread_id: int, generation_id: int, rig: str) -> str:
+    """A batch row for a send about to happen; its id."""
+    db.execute(insert(Batch.__table__).values(id=batch_id, session_id=session_id, thread_id=thread_id,
+                                              generation_id=generation_id, rig=rig))
+    return batch_id
 
 
-def close_batch(db: DBSession, batch: Batch, at: datetime) -> None:
-    """The rig said ``done`` for ``batch``: it is no longer outstanding."""
-    if batch.status == BatchStatus.SENT:
-        batch.status, batch.completed_at = BatchStatus.COMPLETE, at
+def close_batch(db: DBSession, batch_id: str, at: datetime) -> None:
+    """The rig said ``done`` for the batch: it is no longer outstanding."""
+    db.execute(update(Batch.__table__).where(Batch.id == batch_id, Batch.status == BatchStatus.SENT)
+               .values(status=BatchStatus.COMPLETE, completed_at=at))
 
 
 def complete_generation(db: DBSession, generation_id: int, scores: np.ndarray, reference_scores: Sequence[float],
                         optimizer_state: bytes | None, optimizer_summary: dict[str, float | None], *,
-                        timed_out: bool) -> Generation:
+                        timed_out: bool) -> int:
     """Mark a generation told: its scores, their summary, the optimizer state after ``tell`` (a snapshot, or
-    None between snapshots) and its summary; close its batches."""
-    generation = db.get(Generation, generation_id)
+    None between snapshots) and its summary; close its batches. Returns how many stimuli were scored."""
     scored = scores[np.isfinite(scores)]
     finite_refs = [r for r in reference_scores if np.isfinite(r)]
-    generation.status = GenerationStatus.COMPLETE
-    generation.optimizer_state = optimizer_state
-    generation.optimizer_summary_json = optimizer_summary
-    generation.scores_json = scores.tolist()
-    generation.n_scored = int(scored.size)
-    generation.mean_score = float(scored.mean()) if scored.size else None
-    generation.max_score = float(scored.max()) if scored.size else None
-    generation.reference_mean = float(np.mean(finite_refs)) if finite_refs else None
-    generation.completed_at = utcnow()
-    for batch in queries.generation_batches(db, generation_id):
-        if batch.status == BatchStatus.SENT:
-            batch.status = BatchStatus.TIMED_OUT if timed_out else BatchStatus.COMPLETE
-            batch.completed_at = generation.completed_at
-    return generation
+    completed_at = utcnow()
+    db.execute(update(Generation.__table__).where(Generation.id == generation_id).values(
+        status=GenerationStatus.COMPLETE, optimizer_state=optimizer_state, optimizer_summary_json=optimizer_summary,
+        scores_json=scores.tolist(), n_scored=int(scored.size),
+        mean_score=float(scored.mean()) if scored.size else None,
+        max_score=float(scored.max()) if scored.size else None,
+        reference_mean=float(np.mean(finite_refs)) if finite_refs else None, completed_at=completed_at))
+    db.execute(update(Batch.__table__).where(Batch.generation_id == generation_id, Batch.status == BatchStatus.SENT)
+               .values(status=BatchStatus.TIMED_OUT if timed_out else BatchStatus.COMPLETE, completed_at=completed_at))
+    return int(scored.size)

@@ -188,7 +188,7 @@ def test_generation_stimulus_and_presentation_reads(client: httpx.Client, live_s
         batch = Batch(id=uuid.uuid4().hex, session_id=session_id, thread_id=thread_id, generation_id=generation.id, rig="rig-A")
         db.add(batch)
         db.flush()
-        record_presentations(db, batch.id, [
+        record_presentations(db, batch, [
             PresentationRecord(uuid.uuid4().hex, stimulus_id, 1.7e9 + i, [float(i), float("nan")], 50, 200)
             for i, stimulus_id in enumerate(stimulus_ids)
         ])

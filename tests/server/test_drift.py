@@ -48,10 +48,17 @@ def test_the_hook_warns_once_when_references_fall_and_once_when_a_channel_goes_s
         session = create_session(db, config)
         session_id, thread_id = session.id, session.threads[0].id
 
+    def load_history():
+        with db_sessions() as db:
+            return monitor.DriftHistory.load(db, thread_id, config.drift)
+
+    history = load_history()
+
     def generation(number, references, channel_rates):
         rates = {"s": [list(channel_rates)]}
         with db_sessions.begin() as db:
-            return monitor.generation_completed(db, session_id, thread_id, number, [1.0, 2.0, 3.0], references, rates)
+            return monitor.generation_completed(db, history, session_id, thread_id, number, [1.0, 2.0, 3.0],
+                                                references, rates)
 
     early = [[9.0, 10.0, 11.0], [10.0, 11.0, 12.0], [8.0, 9.0, 10.0]]  # level 10 ± 0.58 over generations
     for number, references in enumerate(early):
@@ -59,7 +66,9 @@ def test_the_hook_warns_once_when_references_fall_and_once_when_a_channel_goes_s
     steady = generation(3, [9.5, 10.0, 10.5], (20.0, 20.0))
     assert steady["drop_sem"] == pytest.approx((10 - 10) / math.hypot(np.std([10, 11, 9], ddof=1) / math.sqrt(3),
                                                                      0.5 / math.sqrt(3)))
-    low = [generation(n, [4.0, 5.0, 6.0], (20.0, 1.0)) for n in (4, 5, 6)]
+    low = [generation(4, [4.0, 5.0, 6.0], (20.0, 1.0))]
+    history = load_history()  # a restarted server's runtime goes on from the stored events
+    low += [generation(n, [4.0, 5.0, 6.0], (20.0, 1.0)) for n in (5, 6)]
     assert [d["low_streak"] for d in low] == [1, 2, 3]
     assert all(d["silent_channels"] == [1] for d in low)
     with db_sessions() as db:

@@ -69,6 +69,9 @@ def generation_rows(database) -> dict[int, tuple]:
         return {number: (status, codes, n, state) for number, status, codes, n, state in rows}
 
 
+N_GENERATIONS = 16
+
+
 def test_closed_loop_survives_a_server_crash(tmp_path):
     data = tmp_path / "data"
     record = tmp_path / "presented.jsonl"
@@ -77,7 +80,9 @@ def test_closed_loop_survives_a_server_crash(tmp_path):
     rig_log = tmp_path / "rig.log"
     rig = start_sim_rig(server.zmq_endpoint, "e2e-rig", [UNIT], rig_log, extra=["--record", str(record)])
     try:
-        session = api.post("/sessions", session_config(n_generations=9))
+        # Enough generations that two still run after the restart even when the loop outpaces the polling
+        # (the kill lands a few generations after the fifth).
+        session = api.post("/sessions", session_config(n_generations=N_GENERATIONS))
         (thread,) = api.get(f"/sessions/{session['id']}/threads")
         wait_until(lambda: len(complete_generations(api, thread["id"])) >= 5, 240, "5 generations",
                    [(server.process, server.log_path), (rig, rig_log)])
@@ -115,7 +120,7 @@ def test_closed_loop_survives_a_server_crash(tmp_path):
         api.close()
 
     after = generation_rows(data / "actmax.sqlite")
-    assert sorted(after) == list(range(9)) and all(row[0] == "complete" for row in after.values())
+    assert sorted(after) == list(range(N_GENERATIONS)) and all(row[0] == "complete" for row in after.values())
     for number in range(last + 1):  # what was committed before the crash is untouched
         assert after[number] == before[number]
     status, codes, n, _ = after[last + 1]

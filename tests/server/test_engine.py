@@ -20,6 +20,7 @@ from rig_client.protocol import ProtocolError
 from rig_client.trials import TrialPresentation
 from server.session_config import SessionConfig
 from server.engine import Engine
+from server.live import hub
 from server.settings import Settings
 from server.store.archive import ImageArchive
 from server.store.db import make_db_engine, make_sessionmaker, upgrade
@@ -331,7 +332,7 @@ def test_baseline_rates_are_stored_and_a_baseline_objective_subtracts_them(live)
 
 
 def test_a_generation_is_one_commit_and_its_batch_is_sent_from_memory(live):
-    """RESULTS -> next BATCH: the presentations' commit and one for the step; no image is read back."""
+    """RESULTS -> next BATCH: one commit holds the presentations and the step; no image is read back."""
     import hashlib
 
     from sqlalchemy import event
@@ -353,11 +354,21 @@ def test_a_generation_is_one_commit_and_its_batch_is_sent_from_memory(live):
             raise AssertionError(f"image {content_hash} read back from the archive on the hot path")
 
         live.engine._archive.read = no_reading
+
+        async def subscribe():
+            return hub.subscribe()
+        subscription = asyncio.run_coroutine_threadsafe(subscribe(), live.loop).result(10)
         commits.clear()
         rig.send_results(batch.batch_id, answer(batch)).result(30)
         second = rig.next_batch(timeout=60)
         assert second is not None and second.generation == 1
-        assert len(commits) == 2
+        assert len(commits) == 1
+        sent, deadline = [], time.monotonic() + 10
+        while not sent and time.monotonic() < deadline:  # published just after the send
+            items = asyncio.run_coroutine_threadsafe(subscription.get(1), live.loop).result(5)
+            sent = [i["data"] for i in items if i["kind"] == "batch.sent" and i["data"]["batch_id"] == second.batch_id]
+        subscription.close()
+    assert 0 < sent[0]["compute_ms"] < sent[0]["waited_ms"]  # how long the rig waited, and the render and tell in it
     with live.sessions() as db:
         stored = {s.id: s.content_hash for s in db.scalars(select(Stimulus))}
         batch_row = db.get(Batch, second.batch_id)
@@ -365,3 +376,44 @@ def test_a_generation_is_one_commit_and_its_batch_is_sent_from_memory(live):
     for stimulus in second.stimuli:  # what left is exactly what was committed before it left
         if stimulus.kind == "synthetic":
             assert hashlib.sha256(stimulus.png).hexdigest() == stored[stimulus.stimulus_id]
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_the_ack_waits_for_the_step_only_on_a_rig_with_one_thread(live, monkeypatch, n_threads):
+    """One thread: its rig has nothing to show until the next BATCH, so the round's last RESULTS commits with
+    the step and the ACK comes with the BATCH. Two threads: the rig shows the other thread's batch while
+    this one computes, so the ACK must not wait for the step."""
+    from concurrent.futures import TimeoutError as FutureTimeout
+
+    from server import steps
+
+    config = SessionConfig.model_validate({
+        "name": "t", "rig": RIG, "references": {"source": "skimage", "count": 2},
+        "threads": [{"name": name, "generator": "dcgan-faces", "optimizer": "cma", "optimizer_params": {"population": 6},
+                     "objective": {"channels": [0]}, "seed": seed, "n_generations": 3}
+                    for name, seed in list(zip("ab", (3, 4)))[:n_threads]],
+    })
+    with live.sessions.begin() as db:
+        create_session(db, config)
+    live.engine.wake()
+    hold, release, render = threading.Event(), threading.Event(), steps.render
+
+    def held_render(*args):
+        if hold.is_set():
+            release.wait(30)
+        return render(*args)
+
+    monkeypatch.setattr(steps, "render", held_render)
+    with RigClient(live.settings.zmq_endpoint, RIG, channels=1) as rig:
+        first = [rig.next_batch(timeout=60) for _ in range(n_threads)]
+        hold.set()  # the next render waits until the test releases it
+        ack = rig.send_results(first[0].batch_id, answer(first[0]))
+        if n_threads == 2:
+            assert ack.result(10)["accepted"] == len(first[0].stimuli)  # while the step is held
+        else:
+            with pytest.raises(FutureTimeout):
+                ack.result(2)
+        release.set()
+        assert ack.result(30)["accepted"] == len(first[0].stimuli)
+        following = rig.next_batch(timeout=60)
+        assert following is not None and following.generation == 1 and following.thread_id == first[0].thread_id

@@ -50,7 +50,7 @@ def session(db_sessions, settings):
             db.add(batch)
             db.flush()
             rates = [[0, 0, 0, 2.0 + number], [0, 0, 0, 6.0 + number]]  # channel 3 is scored
-            record_presentations(db, batch.id, [PresentationRecord(uuid.uuid4().hex, f"ref{i}", 0.0, r, 50, 200)
+            record_presentations(db, batch, [PresentationRecord(uuid.uuid4().hex, f"ref{i}", 0.0, r, 50, 200)
                                                 for i, r in enumerate(rates)])
         return session.id, thread.id, scores
 
