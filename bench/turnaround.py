@@ -6,7 +6,11 @@ Per generation it measures the wait the rig sees: RESULTS sent -> next BATCH rec
 baseline is the bare compute of a generation (tell + ask + generate + PNG encode, as the server
 does it), measured here while the rig shows the previous batch (the server is idle then), so each
 wait is paired with a compute under the same machine load; wait minus compute is what the server
-adds (database transactions, archive writes, ZeroMQ).
+adds (database transactions, archive writes, ZeroMQ). That difference also holds the run-to-run
+noise of two separate computes (on 2 shared cores a 40-image compute varies by about 14 ms sd), so
+the script also reads the server's own clock for each step (``batch.sent`` on ``GET /live``): its
+wait minus the compute inside that same wait is the server's overhead without that noise, and the
+rig's wait minus the server's is the ZeroMQ hops and the rig client.
 
 Four loops run on one server, one session each:
   dcgan-64      the real DCGAN faces (64 px), one thread
@@ -91,7 +95,8 @@ class Server:
     def __init__(self, data: Path, device: str = "cpu", env: dict[str, str] | None = None):
         from server.launch import ApiClient, free_port
 
-        token, self.zmq = secrets.token_urlsafe(16), f"tcp://127.0.0.1:{free_port()}"
+        token = self.token = secrets.token_urlsafe(16)
+        self.zmq = f"tcp://127.0.0.1:{free_port()}"
         port = free_port()
         self.log = data / "server.log"
         data.mkdir(parents=True)
@@ -108,6 +113,51 @@ class Server:
 
         stop(self.process)
         self.api.close()
+
+
+class ServerTimings:
+    """The server's own account of each step, from ``batch.sent`` on ``GET /live``: per batch, how long its
+    rig had waited for it (the round's last RESULTS arrived -> sent) and the compute inside that wait
+    (tell, ask, render). Their difference is the server's overhead in that very step, free of the
+    run-to-run noise of a compute timed elsewhere. The stream is read by a process of its own (this
+    script run as ``python bench/turnaround.py follow URL TOKEN``) so that reading it takes no time
+    from the rig played here."""
+
+    def __init__(self, server: Server, out: Path):
+        self.out = out
+        with open(out, "wb") as sink:
+            self.process = subprocess.Popen([sys.executable, __file__, "follow", server.api.url, server.token],
+                                            stdout=sink, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.monotonic() + 30
+        while not out.read_bytes():  # its first line says the stream is open
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise SystemExit(f"GET /live did not answer; see {server.log}")
+            time.sleep(0.05)
+
+    def stop(self) -> dict[str, tuple[float, float]]:
+        """Per batch id: (seconds its rig waited, seconds of compute in that wait)."""
+        import json
+
+        time.sleep(0.5)  # the last items
+        self.process.terminate()
+        self.process.wait(10)
+        items = [json.loads(line) for line in self.out.read_text().splitlines()[1:]]
+        return {d["batch_id"]: (d["waited_ms"] / 1000, d["compute_ms"] / 1000) for d in items}
+
+
+def follow(url: str, token: str) -> None:
+    """Print a line when ``GET /live`` is open, then the data of each timed ``batch.sent``, one JSON per line."""
+    import json
+
+    import httpx
+
+    with httpx.stream("GET", f"{url}/live", timeout=None, headers={"Authorization": f"Bearer {token}"}) as response:
+        print("open", flush=True)
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                item = json.loads(line[len("data: "):])
+                if item["kind"] == "batch.sent" and "waited_ms" in item["data"]:
+                    print(json.dumps(item["data"]), flush=True)
 
 
 class BareCompute:
@@ -137,10 +187,11 @@ class BareCompute:
 
 
 def rig_waits(server: Server, name: str, generator: str, n_threads: int, generations: int, population: int,
-              show_ms: float, compute: BareCompute | None = None) -> tuple[np.ndarray, np.ndarray]:
+              show_ms: float, compute: BareCompute | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Run a session of ``n_threads`` threads on one rig played here: (seconds the rig waited per batch,
-    seconds of ``compute`` per batch). With one thread the server is idle while the rig shows a batch,
-    so ``compute`` runs then, under the same machine load as the wait that follows."""
+    seconds of ``compute`` per batch, the id of the batch each wait ended with). With one thread the
+    server is idle while the rig shows a batch, so ``compute`` runs then, under the same machine load
+    as the wait that follows."""
     from rig_client.client import Presentation, RigClient
 
     session = server.api.post("/sessions", {
@@ -150,7 +201,7 @@ def rig_waits(server: Server, name: str, generator: str, n_threads: int, generat
                      "seed": i, "n_generations": generations} for i in range(n_threads)],
     })
     rng = np.random.default_rng(0)
-    waits, computes, sent = [], [], None
+    waits, computes, batch_ids, sent = [], [], [], None
     with RigClient(server.zmq, name, channels=1) as rig:
         for _ in range(n_threads * generations):
             batch = rig.next_batch(timeout=120)
@@ -158,6 +209,7 @@ def rig_waits(server: Server, name: str, generator: str, n_threads: int, generat
                 raise SystemExit(f"no batch within 120 s; see {server.log}")
             if sent is not None:
                 waits.append(time.perf_counter() - sent)
+                batch_ids.append(batch.batch_id)
             shown = time.perf_counter() + show_ms / 1000  # the animal looks at the images
             if compute is not None and sent is not None:
                 computes.append(compute())
@@ -171,7 +223,7 @@ def rig_waits(server: Server, name: str, generator: str, n_threads: int, generat
         if time.monotonic() > deadline:
             raise SystemExit(f"session {name} did not finish; see {server.log}")
         time.sleep(0.2)
-    return np.array(waits), np.array(computes)
+    return np.array(waits), np.array(computes), batch_ids
 
 
 def png_encoding(repeats: int = 5) -> tuple[float, float]:
@@ -212,6 +264,8 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["serve"]:
         sys.exit(serve(argv[1:]))
+    if argv[:1] == ["follow"]:
+        sys.exit(follow(*argv[1:3]))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--generations", type=int, default=30, help="generations per thread (default 30)")
     parser.add_argument("--population", type=int, default=40, help="images per generation (default 40)")
@@ -225,11 +279,13 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         server = Server(Path(tmp) / "data")
         try:
+            follower = ServerTimings(server, Path(tmp) / "timings.jsonl")
             run = functools.partial(rig_waits, server, generations=args.generations, population=args.population,
                                     show_ms=args.show_ms)
             loops = {name: run(name, generator, 1, compute=BareCompute(generator, args.population))
                      for name, generator in (("dcgan-64", "dcgan-faces"), ("standin-256", "bench-standin-256"))}
-            two_threads, _ = run("two-threads", "dcgan-faces", 2)
+            two_threads, _, _ = run("two-threads", "dcgan-faces", 2)
+            timings = follower.stop()
         finally:
             server.close()
 
@@ -239,16 +295,27 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n{args.population} images + {REFERENCES} references per generation, CMA, rig shows each batch "
           f"{args.show_ms:g} ms (the bare compute runs meanwhile); rig wait = RESULTS sent -> next BATCH received;"
           "\noverhead = rig wait - bare compute of the same generation")
-    print(f"{'':30} {'n':>4} {'p50 ms':>8} {'p99 ms':>8}")
-    for name, (waits, computes) in loops.items():
-        print(f"{'rig wait ' + name:30} {len(waits):4d} {ms(waits, 50):8.1f} {ms(waits, 99):8.1f}")
-        print(f"{'  bare compute':30} {len(computes):4d} {ms(computes, 50):8.1f} {ms(computes, 99):8.1f}")
-        overhead = waits - computes
-        print(f"{'  server overhead':30} {len(overhead):4d} {ms(overhead, 50):8.1f} {ms(overhead, 99):8.1f}")
+    print("server-timed = the server's own clock in that very step (batch.sent on GET /live): its wait is the "
+          "round's last RESULTS\narriving -> the BATCH sent, its compute the tell, ask and render inside it")
+    print(f"{'':40} {'n':>4} {'p50 ms':>8} {'p99 ms':>8}")
+
+    def row(label, values):
+        print(f"{label:40} {len(values):4d} {ms(values, 50):8.1f} {ms(values, 99):8.1f}")
+
+    for name, (waits, computes, batch_ids) in loops.items():
+        row("rig wait " + name, waits)
+        row("  bare compute (timed here)", computes)
+        row("  server overhead (wait - bare compute)", waits - computes)
+        paired = [(w, *timings[b]) for w, b in zip(waits, batch_ids, strict=True) if b in timings]
+        if paired:
+            rig_wait, server_wait, server_compute = np.array(paired).T
+            row("  server-timed wait", server_wait)
+            row("  server-timed compute", server_compute)
+            row("  server overhead, server-timed", server_wait - server_compute)
+            row("  ZeroMQ hops + rig client", rig_wait - server_wait)
     one = loops["dcgan-64"][0]
-    print(f"{'rig wait, 1 thread (DCGAN)':30} {len(one):4d} {ms(one, 50):8.1f} {ms(one, 99):8.1f}")
-    print(f"{'rig wait, 2 threads (DCGAN)':30} {len(two_threads):4d} {ms(two_threads, 50):8.1f} "
-          f"{ms(two_threads, 99):8.1f}")
+    row("rig wait, 1 thread (DCGAN)", one)
+    row("rig wait, 2 threads (DCGAN)", two_threads)
     print(f"2 threads: the rig waits {np.median(two_threads) / np.median(one):.2f}x the 1-thread wait (p50)")
 
 
