@@ -178,6 +178,7 @@ def build_long_session(data: Path, generations: int, population: int) -> int:
         thread = session.threads[0]
         thread.status = ThreadStatus.FINISHED
         db.flush()
+        history = monitor.DriftHistory(config.drift, [], {})
         for number in range(generations):
             scores = rng.normal(5 + 20 * number / generations, 3, population)
             done = start + timedelta(seconds=20 * number)
@@ -192,7 +193,7 @@ def build_long_session(data: Path, generations: int, population: int) -> int:
                                 generation_id=generation.id, kind=StimulusKind.SYNTHETIC, index=i,
                                 content_hash=image.content_hash, png_path=image.png_path)
                        for i, image in enumerate(images))
-            monitor.generation_completed(db, session.id, thread.id, number, scores, rng.normal(5, 1, 10),
+            monitor.generation_completed(db, history, session.id, thread.id, number, scores, rng.normal(5, 1, 10),
                                          {"s": [[float(scores.mean())]]})
         return session.id
 
