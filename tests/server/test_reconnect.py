@@ -220,10 +220,13 @@ def assert_each_stimulus_shown_exactly_repeats_times(record, database, n_generat
 
 
 @pytest.mark.slow
-def test_server_killed_at_random_moments_loses_nothing_and_shows_nothing_twice(tmp_path):
+@pytest.mark.parametrize("render_chunk", [
+    "4",  # 6 images rendered in chunks of 4: kills also land between a tell and its next generation's rows
+    "64",  # the default: the last RESULTS, the tell and the next generation are one transaction
+])
+def test_server_killed_at_random_moments_loses_nothing_and_shows_nothing_twice(tmp_path, render_chunk):
     data, record, rig_log = tmp_path / "data", tmp_path / "shown.jsonl", tmp_path / "rig.log"
-    # 6 images rendered in chunks of 4: kills also land between a tell and its next generation's rows
-    server = ServerProcess(data, secrets.token_urlsafe(16), env={"ACTMAX_RENDER_CHUNK": "4"})
+    server = ServerProcess(data, secrets.token_urlsafe(16), env={"ACTMAX_RENDER_CHUNK": render_chunk})
     api = server.start()
     rig = start_sim_rig(server.zmq_endpoint, RIG, [UNIT], rig_log, extra=["--record", str(record), "--delay", "0.4"])
     moments = random.Random()
