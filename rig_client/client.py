@@ -137,7 +137,8 @@ class RigClient:
 
         # Shared with the rig's threads (under the lock where noted).
         self._lock = threading.Lock()
-        self._commands: queue.SimpleQueue[tuple[Message, concurrent.futures.Future]] = \
+        # RESULTS to upload: the message, its frames (encoded once, when validated) and the ACK's future.
+        self._commands: queue.SimpleQueue[tuple[Message, list[bytes], concurrent.futures.Future]] = \
             queue.SimpleQueue()
         self._batches: queue.Queue[Any] = queue.Queue()
         self._errors: collections.deque[dict] = collections.deque(maxlen=100)
@@ -148,7 +149,7 @@ class RigClient:
         self._closed = False
         # The I/O thread's own: kept across reconnects.
         self._cache: dict[str, bytes] = {}  # reference stimulus_id -> PNG
-        self._pending: list[tuple[Message, concurrent.futures.Future]] = []  # RESULTS not ACKed
+        self._pending: list[tuple[Message, list[bytes], concurrent.futures.Future]] = []  # RESULTS not ACKed
         self._delivered: set[str] = set()
 
         wake = f"inproc://rig-client-wake-{uuid.uuid4().hex}"
@@ -227,7 +228,7 @@ class RigClient:
         msg = Message(MessageType.RESULTS, {"batch_id": batch_id, "presentations": items,
                                             "done": bool(done)})
         try:
-            encode(msg, max_message_bytes=self._max_message_bytes)
+            frames = encode(msg, max_message_bytes=self._max_message_bytes)
         except ProtocolError as exc:
             if exc.code != ErrorCode.TOO_LARGE:
                 raise
@@ -239,7 +240,7 @@ class RigClient:
             self._raise_if_unusable()
             self._unacked.add(future)
             future.add_done_callback(self._unacked.discard)
-            self._commands.put((msg, future))
+            self._commands.put((msg, frames, future))
             self._wake()
         return future
 
@@ -298,7 +299,7 @@ class RigClient:
             self._connected.clear()
             self._wake_rx.close(linger=0)
             self._batches.put(_CLOSED)
-            for _, future in self._pending:
+            for *_, future in self._pending:
                 if self._fatal is not None and not future.done():
                     future.set_exception(self._fatal)
 
@@ -309,8 +310,8 @@ class RigClient:
             except zmq.Again:
                 return
 
-    def _send(self, msg: Message) -> None:
-        self._link.send(msg)
+    def _send(self, msg: Message, frames: list[bytes] | None = None) -> None:
+        self._link.send(msg, frames)
 
     def _say_hello(self) -> None:
         self._connected.clear()
@@ -320,12 +321,12 @@ class RigClient:
     def _take_commands(self) -> None:
         while True:
             try:
-                msg, future = self._commands.get_nowait()
+                msg, frames, future = self._commands.get_nowait()
             except queue.Empty:
                 return
-            self._pending.append((msg, future))
+            self._pending.append((msg, frames, future))
             if self._connected.is_set():
-                self._send(msg)
+                self._send(msg, frames)
 
     def _handle(self, frames: list[bytes]) -> None:
         try:
@@ -343,8 +344,8 @@ class RigClient:
             self._take_commands()  # queued while disconnected: sent below with the rest
             self._connected.set()
             log.info("connected to %s (%s) as rig %s", self.endpoint, h["server"], self.rig_name)
-            for pending, _ in self._pending:
-                self._send(pending)
+            for pending, frames, _ in self._pending:
+                self._send(pending, frames)
         elif msg.type == MessageType.BATCH:
             self._on_batch(msg)
         elif msg.type == MessageType.ACK:
@@ -404,7 +405,7 @@ class RigClient:
 
     def _settle(self, batch_id: str, ack: dict | None, exc: Exception | None) -> None:
         """Resolve the oldest pending RESULTS of ``batch_id`` with an ACK or an ERROR."""
-        for i, (msg, future) in enumerate(self._pending):
+        for i, (msg, _, future) in enumerate(self._pending):
             if msg.header["batch_id"] == batch_id:
                 del self._pending[i]
                 if not future.done():
@@ -447,9 +448,10 @@ class _Link:
         self.beat_s, self.beats = beat_s, beats
         self.is_welcomed = True
 
-    def send(self, msg: Message) -> None:
-        # No size check here: the server answers too_large, which fails that upload's future.
-        self.socket.send_multipart(encode(msg, max_message_bytes=2**62), copy=False)
+    def send(self, msg: Message, frames: list[bytes] | None = None) -> None:
+        """Send ``msg`` (``frames``: its encoding, when already made). No size check here: the server
+        answers too_large, which fails that upload's future."""
+        self.socket.send_multipart(frames or encode(msg, max_message_bytes=2**62), copy=False)
 
     def _open(self) -> zmq.Socket:
         socket = self.client._ctx.socket(zmq.DEALER)
