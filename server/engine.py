@@ -10,11 +10,12 @@ Each step of a thread (complete the answered generation, start the next, prepare
 owes: ``server.steps``, where a generation is asked, rendered, persisted, scored and told) is one
 transaction that commits before any image of it leaves; on a rig that runs one thread, the RESULTS
 that answers a round is stored in the transaction of the step it completes, and the ACK goes out
-just before that step's BATCH (a rig with several threads gets its ACK at once). The
-engine sends the BATCH from the PNGs just rendered, never read back from the archive, whose
-writes start once the generation commits, run in the background and are awaited before it is told. Torch and database work runs on one worker thread
-(``_compute``), never on the event loop, in jobs of bounded size (a large generation renders in
-chunks) so no session's step freezes another's; PNG encoding and archive writes fan out to all cores.
+just before that step's BATCH (a rig with several threads gets its ACK at once). The engine sends
+the BATCH from the PNGs just rendered, never read back from the archive, whose writes start once
+the generation commits, run in the background and are awaited before it is told. Torch and
+database work runs on one worker thread (``_compute``), never on the event loop, in jobs of bounded
+size (a large generation renders in chunks) so no session's step freezes another's; PNG encoding
+and archive writes fan out to all cores.
 A generation is only asked and rendered while its rig is connected.
 """
 

@@ -203,7 +203,8 @@ def complete_generation(db: DBSession, runtime: ThreadRuntime,
         db, inflight.generation_id, scores, reference,
         optimizers.dumps_state(state) if is_snapshot(inflight.number) else None,
         optimizers.state_summary(state), timed_out=timed_out)
-    monitor.generation_completed(db, runtime.drift, runtime.session_id, runtime.id, inflight.number, scores, reference, rates)
+    monitor.generation_completed(db, runtime.drift, runtime.session_id, runtime.id, inflight.number, scores, reference,
+                                 rates)
     if timed_out:
         log_in(db, runtime.session_id, runtime.id, "generation.timed_out",
               f"thread {runtime.id} generation {inflight.number}: "

@@ -17,7 +17,6 @@ from server.session_config import FlaggedTrialsConfig
 from server.store.models import (
     LIVE_THREAD_STATUSES,
     Batch,
-    BatchStatus,
     Event,
     Generation,
     GenerationStatus,
@@ -75,33 +74,33 @@ def generation_objective(db: DBSession, generation_id: int) -> dict:
     """The objective a generation is scored with: the one recorded when it was asked (or retargeted before
     any response), else its thread's."""
     own, thread = db.execute(select(Generation.objective_json, Thread.objective_json)
-                             .join(Thread, Thread.id == Generation.thread_id).where(Generation.id == generation_id)).one()
+                             .join(Thread, Thread.id == Generation.thread_id)
+                             .where(Generation.id == generation_id)).one()
     return own or thread
 
 
-def batch(db: DBSession, batch_id: str):
-    """A batch's row with what storing its RESULTS needs, in one read: its generation's status and the
-    objective that generation is scored with (``objective``, as ``generation_objective``); None if unknown."""
-    row = db.execute(
-        select(Batch.id, Batch.session_id, Batch.thread_id, Batch.generation_id, Batch.rig, Batch.status,
-               Batch.results_first_at, Generation.status.label("generation_status"),
-               Generation.objective_json, Thread.objective_json.label("thread_objective"))
-        .join(Generation, Generation.id == Batch.generation_id).join(Thread, Thread.id == Batch.thread_id)
-        .where(Batch.id == batch_id)
-    ).first()
-    return None if row is None else _BatchRow(*row[:8], row.objective_json or row.thread_objective)
+class BatchRow(NamedTuple):
+    """A batch with what storing its RESULTS needs (``batch``)."""
 
-
-class _BatchRow(NamedTuple):
     id: str
     session_id: int
     thread_id: int
     generation_id: int
     rig: str
-    status: BatchStatus
     results_first_at: datetime | None
     generation_status: GenerationStatus
-    objective: dict
+    objective: dict  # the one its generation is scored with, as ``generation_objective``
+
+
+def batch(db: DBSession, batch_id: str) -> BatchRow | None:
+    """A batch, its generation's status and objective, in one read; None if unknown."""
+    row = db.execute(
+        select(Batch.id, Batch.session_id, Batch.thread_id, Batch.generation_id, Batch.rig, Batch.results_first_at,
+               Generation.status, Generation.objective_json, Thread.objective_json.label("thread_objective"))
+        .join(Generation, Generation.id == Batch.generation_id).join(Thread, Thread.id == Batch.thread_id)
+        .where(Batch.id == batch_id)
+    ).first()
+    return None if row is None else BatchRow(*row[:7], row.objective_json or row.thread_objective)
 
 
 def reference_stimuli(db: DBSession, session_id: int) -> list[Stimulus]:
@@ -112,7 +111,7 @@ def reference_stimuli(db: DBSession, session_id: int) -> list[Stimulus]:
     ))
 
 
-def batch_stimulus_ids(db: DBSession, batch: Batch) -> set[str]:
+def batch_stimulus_ids(db: DBSession, batch: Batch | BatchRow) -> set[str]:
     """What a rig may answer for ``batch``: its generation's stimuli and the session's references."""
     return set(db.scalars(
         select(Stimulus.id).where(
