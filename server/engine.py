@@ -208,10 +208,7 @@ class Engine:
         inflight = runtime.inflight if runtime is not None else None
         if inflight is not None and inflight.batch_id == header["batch_id"] and inflight.awaiting:
             inflight.last_activity = received
-            inflight.awaiting -= recorded.answered
-            if header.get("done"):
-                inflight.awaiting.clear()
-            if not inflight.awaiting:
+            if inflight.answered(recorded.answered, bool(header.get("done"))):
                 runtime.answered_at, runtime.compute_s = received, 0.0
                 self._step(runtime)
         return recorded

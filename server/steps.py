@@ -84,11 +84,9 @@ def answer(db: DBSession, runtime: ThreadRuntime, rig: str, header: dict, receiv
     ``done`` with it), take the thread's ``next_step`` in the same transaction: one commit stores the
     presentations, the tell and the next generation. Returns what was recorded and the step (None: none)."""
     recorded = record_results(db, rig, header, received_at)
-    inflight = runtime.inflight
-    inflight.awaiting -= recorded.answered
-    if header.get("done"):
-        inflight.awaiting.clear()  # the rig will not answer the rest of this batch
-    return recorded, None if inflight.awaiting else next_step(db, runtime, channels, cached, archive)
+    if not runtime.inflight.answered(recorded.answered, bool(header.get("done"))):
+        return recorded, None
+    return recorded, next_step(db, runtime, channels, cached, archive)
 
 
 def next_step(db: DBSession, runtime: ThreadRuntime, channels: int, cached: frozenset[str],

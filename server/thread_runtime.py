@@ -54,6 +54,14 @@ class InFlight:
     resend: bool = False  # rig reconnected or runtime rebuilt: send the outstanding batch again under its own id
     last_activity: float = field(default_factory=time.monotonic)
 
+    def answered(self, stimuli: set[str], done: bool) -> bool:
+        """Count a RESULTS of the last batch (``done``: the rig will answer no more of it); True once the
+        round is answered."""
+        self.awaiting -= stimuli
+        if done:
+            self.awaiting.clear()
+        return not self.awaiting
+
 
 @dataclass
 class ThreadRuntime:

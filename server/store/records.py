@@ -213,7 +213,8 @@ def set_thread_error(db: DBSession, thread_id: int, kind: str, message: str, *,
 
 
 def record_presentations(
-    db: DBSession, batch, presentations: Iterable[PresentationRecord], *, received_at: datetime | None = None
+    db: DBSession, batch: Batch | queries.BatchRow, presentations: Iterable[PresentationRecord], *,
+    received_at: datetime | None = None
 ) -> tuple[list[str], list[str]]:
     """Store a rig's presentations for ``batch`` (a ``Batch``, or a ``queries.batch`` row) idempotently;
     not committed. The caller checked that each stimulus belongs to the batch (the schema refuses unknown
