@@ -8,6 +8,7 @@ version) is rebuilt when its tables are empty and refused with a clear message o
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 from alembic import command
@@ -52,6 +53,14 @@ def make_db_engine(database_url: str) -> Engine:
 def make_sessionmaker(db_engine: Engine) -> sessionmaker[Session]:
     """ORM sessions whose objects stay readable after commit."""
     return sessionmaker(db_engine, expire_on_commit=False)
+
+
+def driver(db: Session) -> sqlite3.Connection:
+    """The sqlite3 connection under ``db``'s transaction (begun if it was not): the engine's hot-path
+    statements run on it directly, skipping the ORM's per-statement work (``queries``, ``records``).
+
+    They do not flush the session first, and rows they write are not in its identity map."""
+    return db.connection().connection.driver_connection
 
 
 def alembic_config(database_url: str) -> Config:

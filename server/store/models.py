@@ -9,11 +9,16 @@ Conventions the engine relies on:
 - ``*_json`` columns hold plain Python values (dict/list) serialised as JSON; a float NaN
   is stored as ``null``;
 - ``codes``/``code`` hold little-endian float64 bytes (``encode_codes``/``decode_codes``).
+
+The engine's hot-path statements (in ``queries`` and ``records``) skip the ORM and write through the
+sqlite3 driver; ``stored_time``/``stored_json`` and ``read_time``/``read_json`` are the column formats
+they use, the same text ``UTCDateTime`` and ``JSONValue`` store (``tests/server/test_store.py`` checks).
 """
 
 from __future__ import annotations
 
 import enum
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -71,6 +76,24 @@ class JSONValue(TypeDecorator):
 
     def process_bind_param(self, value: Any, dialect: Any) -> Any:
         return json_safe(value)
+
+
+def stored_json(value: Any) -> str | None:
+    """A ``JSONValue`` column's text for ``value`` (None: SQL NULL)."""
+    return None if value is None else json.dumps(json_safe(value))
+
+
+def read_json(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def stored_time(value: datetime) -> str:
+    """A ``UTCDateTime`` column's text for an aware ``value``: naive UTC, as SQLAlchemy writes SQLite DATETIME."""
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def read_time(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
 class UTCDateTime(TypeDecorator):

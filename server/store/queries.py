@@ -1,10 +1,13 @@
 """The engine's reads: running threads, a thread's generations, a generation's stimuli and scored presentations.
 
-Every function takes an open ORM session and returns plain values or rows; none commits.
+Every function takes an open ORM session and returns plain values or rows; none commits. The reads
+of each RESULTS and step (``batch`` to ``scored_responses``) run on the sqlite3 driver directly
+(``server.store.db.driver``).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
@@ -14,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session as DBSession
 
 from server.session_config import FlaggedTrialsConfig
+from server.store.db import driver
 from server.store.models import (
     LIVE_THREAD_STATUSES,
     Batch,
@@ -27,6 +31,8 @@ from server.store.models import (
     StimulusKind,
     Thread,
     ThreadStatus,
+    read_json,
+    read_time,
 )
 
 
@@ -73,10 +79,10 @@ def pending_generation(db: DBSession, thread_id: int) -> Generation | None:
 def generation_objective(db: DBSession, generation_id: int) -> dict:
     """The objective a generation is scored with: the one recorded when it was asked (or retargeted before
     any response), else its thread's."""
-    own, thread = db.execute(select(Generation.objective_json, Thread.objective_json)
-                             .join(Thread, Thread.id == Generation.thread_id)
-                             .where(Generation.id == generation_id)).one()
-    return own or thread
+    own, thread = driver(db).execute(
+        "SELECT g.objective_json, t.objective_json FROM generations g JOIN threads t ON t.id = g.thread_id "
+        "WHERE g.id = ?", (generation_id,)).fetchone()
+    return read_json(own) or read_json(thread)
 
 
 class BatchRow(NamedTuple):
@@ -94,13 +100,13 @@ class BatchRow(NamedTuple):
 
 def batch(db: DBSession, batch_id: str) -> BatchRow | None:
     """A batch, its generation's status and objective, in one read; None if unknown."""
-    row = db.execute(
-        select(Batch.id, Batch.session_id, Batch.thread_id, Batch.generation_id, Batch.rig, Batch.results_first_at,
-               Generation.status, Generation.objective_json, Thread.objective_json.label("thread_objective"))
-        .join(Generation, Generation.id == Batch.generation_id).join(Thread, Thread.id == Batch.thread_id)
-        .where(Batch.id == batch_id)
-    ).first()
-    return None if row is None else BatchRow(*row[:7], row.objective_json or row.thread_objective)
+    row = driver(db).execute(
+        "SELECT b.id, b.session_id, b.thread_id, b.generation_id, b.rig, b.results_first_at, g.status, "
+        "g.objective_json, t.objective_json FROM batches b JOIN generations g ON g.id = b.generation_id "
+        "JOIN threads t ON t.id = b.thread_id WHERE b.id = ?", (batch_id,)).fetchone()
+    if row is None:
+        return None
+    return BatchRow(*row[:5], read_time(row[5]), GenerationStatus(row[6]), read_json(row[7]) or read_json(row[8]))
 
 
 def reference_stimuli(db: DBSession, session_id: int) -> list[Stimulus]:
@@ -113,12 +119,9 @@ def reference_stimuli(db: DBSession, session_id: int) -> list[Stimulus]:
 
 def batch_stimulus_ids(db: DBSession, batch: Batch | BatchRow) -> set[str]:
     """What a rig may answer for ``batch``: its generation's stimuli and the session's references."""
-    return set(db.scalars(
-        select(Stimulus.id).where(
-            (Stimulus.generation_id == batch.generation_id)
-            | ((Stimulus.session_id == batch.session_id) & (Stimulus.kind == StimulusKind.REFERENCE))
-        )
-    ))
+    return {stimulus_id for stimulus_id, in driver(db).execute(
+        "SELECT id FROM stimuli WHERE generation_id = ? OR (session_id = ? AND kind = ?)",
+        (batch.generation_id, batch.session_id, StimulusKind.REFERENCE.value))}
 
 
 @dataclass(frozen=True)
@@ -135,14 +138,12 @@ def scored_responses(db: DBSession, generation_id: int, flagged: FlaggedTrialsCo
 
     A stimulus owes a presentation until it has ``repeats`` of these; they are what its score is made of.
     """
-    rows = db.execute(
-        select(Presentation.stimulus_id, Presentation.rates_json, Presentation.trial_json)
-        .join(Batch, Batch.id == Presentation.batch_id)
-        .where(Batch.generation_id == generation_id)
-        .order_by(Presentation.id)
-    )
+    rows = driver(db).execute(
+        "SELECT p.stimulus_id, p.rates_json, p.trial_json FROM presentations p JOIN batches b ON b.id = p.batch_id "
+        "WHERE b.generation_id = ? ORDER BY p.id", (generation_id,))
     responses: dict[str, list[Response]] = {}
     for stimulus_id, rates, facts in rows:
+        rates, facts = json.loads(rates), read_json(facts)
         if flagged.scores(facts):
             baseline = (facts or {}).get("baseline_rates")
             responses.setdefault(stimulus_id, []).append(
@@ -178,8 +179,9 @@ def batch_answered(db: DBSession, batch_id: str) -> set[str]:
 
 def stored_presentation_ids(db: DBSession, presentation_ids: list[str]) -> set[str]:
     """Those of ``presentation_ids`` already stored."""
-    return set(db.scalars(select(Presentation.presentation_id)
-                          .where(Presentation.presentation_id.in_(presentation_ids))))
+    return {pid for pid, in driver(db).execute(
+        "SELECT presentation_id FROM presentations WHERE presentation_id IN (SELECT value FROM json_each(?))",
+        (json.dumps(presentation_ids),))}
 
 
 def last_snapshot(db: DBSession, thread_id: int) -> Generation | None:

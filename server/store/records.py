@@ -1,4 +1,8 @@
-"""Writes shared by the REST API, the CLI and the engine (none commits)."""
+"""Writes shared by the REST API, the CLI and the engine (none commits).
+
+The writes of each RESULTS and step (``log_event`` and ``record_presentations`` on) run on the sqlite3
+driver directly (``server.store.db.driver``): they neither flush the ORM session nor show in its objects.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session as DBSession
 
 from rig_client.protocol import TRIAL_FACTS
@@ -18,22 +21,22 @@ from server import live
 from server.session_config import MAX_SEED, ObjectiveConfig, SessionConfig, ThreadConfig
 from server.store import queries
 from server.store.archive import ArchivedImage
+from server.store.db import driver
 from server.store.models import (
     ENDED_THREAD_STATUSES,
     Batch,
     BatchStatus,
-    Event,
     EventLevel,
-    Generation,
     GenerationStatus,
-    Presentation,
     Session,
     SessionStatus,
-    Stimulus,
     StimulusKind,
     Thread,
     ThreadStatus,
     encode_codes,
+    read_json,
+    stored_json,
+    stored_time,
     utcnow,
 )
 
@@ -70,11 +73,14 @@ def log_event(
 ) -> int:
     """Add an event row (not committed; dashboards see it once it commits) and return its id; a thread's
     session is filled in when only the thread is given."""
+    cursor = driver(db)
     if thread_id is not None and session_id is None:
-        session_id = db.scalar(select(Thread.session_id).where(Thread.id == thread_id))
+        session_id, = cursor.execute("SELECT session_id FROM threads WHERE id = ?", (thread_id,)).fetchone()
     level = EventLevel(level)
-    event_id = db.scalar(insert(Event).values(session_id=session_id, thread_id=thread_id, level=level, kind=kind,
-                                              message=message, data_json=data).returning(Event.id))
+    event_id, = cursor.execute(
+        "INSERT INTO events (session_id, thread_id, time, level, kind, message, data_json) VALUES (?, ?, ?, ?, ?, ?, ?) "
+        "RETURNING id", (session_id, thread_id, stored_time(utcnow()), level.value, kind, message, stored_json(data))
+    ).fetchone()
     live.publish_on_commit(db, dict(kind=kind, message=message, level=level.value, session_id=session_id,
                                     thread_id=thread_id, data=data, event_id=event_id))
     return event_id
@@ -241,27 +247,17 @@ def record_presentations(
     duplicates.extend(pid for pid in unique if pid in stored)
     if not accepted:
         return accepted, duplicates
-    received_at = received_at or utcnow()
-    rows = [
-        {
-            "presentation_id": p.presentation_id,
-            "stimulus_id": p.stimulus_id,
-            "batch_id": batch.id,
-            "rig": batch.rig,
-            "onset": p.onset,
-            "rates_json": list(p.rates),
-            "window_start_ms": p.window_start_ms,
-            "window_end_ms": p.window_end_ms,
-            "received_at": received_at,
-            "trial_json": p.trial_facts,
-        }
-        for p in (unique[pid] for pid in accepted)
-    ]
+    received = stored_time(received_at or utcnow())
+    cursor = driver(db)
     # The engine's one worker is the only writer of presentations, so none appears between the read and here.
-    db.execute(insert(Presentation.__table__), rows)
+    cursor.executemany(
+        "INSERT INTO presentations (presentation_id, stimulus_id, batch_id, rig, onset, rates_json, window_start_ms, "
+        "window_end_ms, received_at, trial_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(p.presentation_id, p.stimulus_id, batch.id, batch.rig, p.onset, stored_json(p.rates), p.window_start_ms,
+          p.window_end_ms, received, stored_json(p.trial_facts)) for p in (unique[pid] for pid in accepted)])
     if batch.results_first_at is None:
-        db.execute(update(Batch.__table__).where(Batch.id == batch.id, Batch.results_first_at.is_(None))
-                   .values(results_first_at=received_at))
+        cursor.execute("UPDATE batches SET results_first_at = ? WHERE id = ? AND results_first_at IS NULL",
+                       (received, batch.id))
     return accepted, duplicates
 
 
@@ -270,34 +266,34 @@ def add_generation(db: DBSession, thread_id: int, number: int, codes: np.ndarray
     """A pending generation, scored with its thread's objective as it is now, and one synthetic stimulus per
     code (one bulk insert); (the generation's id, that objective, stimulus ids in code order)."""
     # The objective is read by the insert itself, so a concurrent retarget is wholly before or after it.
-    generation_id, objective = db.execute(insert(Generation.__table__).values(
-        thread_id=thread_id, number=number, codes=encode_codes(codes), n_stimuli=len(codes),
-        objective_json=select(Thread.objective_json).where(Thread.id == thread_id).scalar_subquery(),
-    ).returning(Generation.id, Generation.objective_json)).one()
-    created_at = utcnow()
-    rows = [
-        {"id": uuid.uuid4().hex, "session_id": session_id, "thread_id": thread_id, "generation_id": generation_id,
-         "kind": StimulusKind.SYNTHETIC, "index": index, "code": encode_codes(code),
-         "content_hash": image.content_hash, "png_path": image.png_path, "generator": provenance["name"],
-         "generator_version": provenance["version"], "weights_sha256": provenance.get("weights_sha256"),
-         "created_at": created_at}
-        for index, (code, image) in enumerate(zip(codes, images, strict=True))
-    ]
-    db.execute(insert(Stimulus.__table__), rows)
-    return generation_id, objective, [row["id"] for row in rows]
+    cursor, now = driver(db), stored_time(utcnow())
+    generation_id, objective = cursor.execute(
+        "INSERT INTO generations (thread_id, number, status, codes, n_stimuli, objective_json, n_scored, asked_at) "
+        "VALUES (?, ?, ?, ?, ?, (SELECT objective_json FROM threads WHERE id = ?), 0, ?) RETURNING id, objective_json",
+        (thread_id, number, GenerationStatus.PENDING.value, encode_codes(codes), len(codes), thread_id, now)).fetchone()
+    rows = [(uuid.uuid4().hex, session_id, thread_id, generation_id, StimulusKind.SYNTHETIC.value, index,
+             encode_codes(code), image.content_hash, image.png_path, provenance["name"], provenance["version"],
+             provenance.get("weights_sha256"), now)
+            for index, (code, image) in enumerate(zip(codes, images, strict=True))]
+    cursor.executemany(
+        'INSERT INTO stimuli (id, session_id, thread_id, generation_id, kind, "index", code, content_hash, png_path, '
+        "generator, generator_version, weights_sha256, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    return generation_id, read_json(objective), [row[0] for row in rows]
 
 
 def add_batch(db: DBSession, batch_id: str, session_id: int, thread_id: int, generation_id: int, rig: str) -> str:
     """A batch row for a send about to happen; its id."""
-    db.execute(insert(Batch.__table__).values(id=batch_id, session_id=session_id, thread_id=thread_id,
-                                              generation_id=generation_id, rig=rig))
+    driver(db).execute(
+        "INSERT INTO batches (id, session_id, thread_id, generation_id, rig, sent_at, status) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (batch_id, session_id, thread_id, generation_id, rig, stored_time(utcnow()), BatchStatus.SENT.value))
     return batch_id
 
 
 def close_batch(db: DBSession, batch_id: str, at: datetime) -> None:
     """The rig said ``done`` for the batch: it is no longer outstanding."""
-    db.execute(update(Batch.__table__).where(Batch.id == batch_id, Batch.status == BatchStatus.SENT)
-               .values(status=BatchStatus.COMPLETE, completed_at=at))
+    driver(db).execute("UPDATE batches SET status = ?, completed_at = ? WHERE id = ? AND status = ?",
+                       (BatchStatus.COMPLETE.value, stored_time(at), batch_id, BatchStatus.SENT.value))
 
 
 def complete_generation(db: DBSession, generation_id: int, scores: np.ndarray, reference_scores: Sequence[float],
@@ -307,13 +303,15 @@ def complete_generation(db: DBSession, generation_id: int, scores: np.ndarray, r
     None between snapshots) and its summary; close its batches. Returns how many stimuli were scored."""
     scored = scores[np.isfinite(scores)]
     finite_refs = [r for r in reference_scores if np.isfinite(r)]
-    completed_at = utcnow()
-    db.execute(update(Generation.__table__).where(Generation.id == generation_id).values(
-        status=GenerationStatus.COMPLETE, optimizer_state=optimizer_state, optimizer_summary_json=optimizer_summary,
-        scores_json=scores.tolist(), n_scored=int(scored.size),
-        mean_score=float(scored.mean()) if scored.size else None,
-        max_score=float(scored.max()) if scored.size else None,
-        reference_mean=float(np.mean(finite_refs)) if finite_refs else None, completed_at=completed_at))
-    db.execute(update(Batch.__table__).where(Batch.generation_id == generation_id, Batch.status == BatchStatus.SENT)
-               .values(status=BatchStatus.TIMED_OUT if timed_out else BatchStatus.COMPLETE, completed_at=completed_at))
+    cursor, completed_at = driver(db), stored_time(utcnow())
+    cursor.execute(
+        "UPDATE generations SET status = ?, optimizer_state = ?, optimizer_summary_json = ?, scores_json = ?, "
+        "n_scored = ?, mean_score = ?, max_score = ?, reference_mean = ?, completed_at = ? WHERE id = ?",
+        (GenerationStatus.COMPLETE.value, optimizer_state, stored_json(optimizer_summary), stored_json(scores),
+         int(scored.size), float(scored.mean()) if scored.size else None,
+         float(scored.max()) if scored.size else None, float(np.mean(finite_refs)) if finite_refs else None,
+         completed_at, generation_id))
+    cursor.execute("UPDATE batches SET status = ?, completed_at = ? WHERE generation_id = ? AND status = ?",
+                   (BatchStatus.TIMED_OUT.value if timed_out else BatchStatus.COMPLETE.value, completed_at,
+                    generation_id, BatchStatus.SENT.value))
     return int(scored.size)

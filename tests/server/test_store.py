@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import sqlite3
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import numpy as np
 import pytest
@@ -14,6 +14,7 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from PIL import Image
 from sqlalchemy import inspect, make_url, select, text
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.orm import Session as DBSession, sessionmaker
 
@@ -29,9 +30,15 @@ from server.store.models import (
     Presentation,
     Stimulus,
     StimulusKind,
+    JSONValue,
     Thread,
+    UTCDateTime,
     decode_codes,
     encode_codes,
+    read_json,
+    read_time,
+    stored_json,
+    stored_time,
     utcnow,
 )
 from server.store.records import PresentationRecord, create_session, log_event, record_presentations
@@ -172,7 +179,7 @@ def test_presentation_id_is_unique_in_the_schema(db_sessions: sessionmaker[DBSes
 def test_the_schema_refuses_a_presentation_of_an_unknown_stimulus(db_sessions: sessionmaker[DBSession]) -> None:
     with db_sessions() as session:
         batch, _ = make_batch(session)
-        with pytest.raises(IntegrityError, match="FOREIGN KEY"):
+        with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):  # raised by the driver: records runs SQL on it
             record_presentations(session, batch, [presentation("p1", "ghost")])
 
 
@@ -187,6 +194,21 @@ def test_json_columns_store_nan_as_null_and_times_are_utc(db_sessions: sessionma
         session.add(Event(kind="x", message="naive time", time=datetime(2026, 1, 1)))
         with pytest.raises(StatementError, match="naive datetime"):
             session.flush()
+
+
+@pytest.mark.parametrize("moment", [datetime(2026, 11, 29, 1, 2, 3, tzinfo=UTC),  # no microseconds to drop
+                                    datetime(2026, 11, 29, 1, 2, 3, 450017, tzinfo=timezone(timedelta(hours=-5)))])
+def test_the_driver_writes_and_reads_what_the_orm_columns_do(moment: datetime) -> None:
+    """The hot path's SQL (queries, records) formats times and JSON itself; SQLAlchemy's processors must agree."""
+    dialect = sqlite.dialect()
+    orm_text = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)(moment)
+    assert stored_time(moment) == orm_text
+    assert read_time(orm_text) == UTCDateTime().dialect_impl(dialect).result_processor(dialect, None)(orm_text) == moment
+    value = {"rates": [1.5, float("nan"), np.float64(2.0)], "flag": True, "nested": {"x": (1, float("inf"))}}
+    orm_json = JSONValue().dialect_impl(dialect).bind_processor(dialect)(value)
+    assert stored_json(value) == orm_json
+    assert read_json(orm_json) == JSONValue().dialect_impl(dialect).result_processor(dialect, None)(orm_json)
+    assert stored_json(None) is None and read_json(None) is None
 
 
 def test_codes_round_trip() -> None:
