@@ -8,9 +8,9 @@ evolution bit for bit, reusing every presentation already recorded.
 
 Each step of a thread (complete the answered generation, start the next, prepare the BATCH it
 owes: ``server.steps``, where a generation is asked, rendered, persisted, scored and told) is one
-transaction that commits before any image of it leaves; on a rig that runs one thread with short
-steps, the RESULTS that answers a round is stored in the transaction of the step it completes, and
-the ACK goes out just before that step's BATCH (otherwise the rig gets its ACK at once). The engine sends
+transaction that commits before any image of it leaves; on a rig that runs one thread, the RESULTS
+that answers a round is stored in the transaction of the step it completes, and the ACK goes out
+just before that step's BATCH (a rig with several threads gets its ACK at once). The engine sends
 the BATCH from the PNGs just rendered, never read back from the archive, whose writes start once
 the generation commits, run in the background and are awaited before it is told. Torch and
 database work runs on one worker thread (``_compute``), never on the event loop, in jobs of bounded
@@ -44,9 +44,6 @@ from server.weights import GeneratorCache
 log = logging.getLogger(__name__)
 
 RECONCILE_S = 0.5  # how often the engine re-reads thread intent even without a wake-up
-# A RESULTS waits for the step it completes only when the thread's last step computed in less than
-# this: the transport hears nothing from any rig while it handles a RESULTS (heartbeats wait).
-SHORT_STEP_S = 1.0
 
 
 def freeze_heap() -> None:
@@ -188,14 +185,13 @@ class Engine:
         return {"batch_id": header["batch_id"], "accepted": recorded.accepted, "duplicates": recorded.duplicates}
 
     async def _answer(self, rig: str, header: dict, received: float, received_at) -> steps.Recorded:
-        """Store a RESULTS. When it belongs to the outstanding round of the rig's only thread, and that
-        thread's steps are short (``SHORT_STEP_S``), it is stored in the transaction of the step it completes
-        (``steps.answer``), under the thread's lock, which the task sending that step's BATCH releases: that
-        rig has nothing to show until the BATCH, so the ACK can wait for it. A rig with several threads gets
-        the ACK at once (it shows another thread's batch meanwhile), as does a thread whose steps are long."""
+        """Store a RESULTS. When it belongs to the outstanding round of its rig's only thread, it is stored in
+        the transaction of the step it completes (``steps.answer``), under the thread's lock, which the task
+        sending that step's BATCH releases: that rig has nothing to show until the BATCH, so the ACK can wait
+        for it (the transport hears the rig meanwhile). A rig with several threads gets the ACK at once: it
+        shows another thread's batch meanwhile."""
         runtime = self._awaiting(rig, header["batch_id"])
-        if runtime is not None and (runtime.last_compute_s >= SHORT_STEP_S
-                                    or sum(r.rig == rig for r in self._threads.values()) > 1):
+        if runtime is not None and sum(r.rig == rig for r in self._threads.values()) > 1:
             runtime = None
         if runtime is not None:
             await runtime.lock.acquire()
@@ -406,8 +402,6 @@ class Engine:
         if not resend:
             inflight.batch_id, inflight.awaiting = batch_id, {s["stimulus_id"] for s in stimuli}
         inflight.last_activity = now = time.monotonic()
-        if not resend and runtime.compute_s:
-            runtime.last_compute_s = runtime.compute_s
         data = {"batch_id": batch_id, "generation": inflight.number, "resent": resend}
         if runtime.answered_at is not None and not resend:  # how long the rig waited, and the compute in it
             data.update(waited_ms=1000 * (now - runtime.answered_at), compute_ms=1000 * runtime.compute_s)

@@ -9,7 +9,6 @@ its outstanding batch (the last one sent) and the stimuli that batch still owes.
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -89,7 +88,6 @@ class ThreadRuntime:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     answered_at: float | None = None  # monotonic time the rig began to wait for the next BATCH (its round answered)
     compute_s: float = 0.0  # seconds of tell, ask and render since then (``batch.sent`` reports both)
-    last_compute_s: float = math.inf  # that of the last step that rendered (inf before one; see Engine._answer)
 
     @contextmanager
     def computing(self):

@@ -4,6 +4,11 @@
 Pirate), heartbeats every rig, and hands HELLO/RESULTS to an async handler. Nothing a rig sends can
 stop the loop: bad input gets an ERROR reply and a log line (rate-limited per peer address).
 
+Each connection's messages are handled in order, one at a time, by a task of its own (`_Inbox`), so
+a slow handler call (a RESULTS that completes a generation waits for its render) holds up only the
+connection it answers: the socket is read meanwhile, and every message a rig sends renews its expiry
+the moment it arrives.
+
 With CURVE keys the socket only completes handshakes with allowed rig keys (a ZAP handler on a
 private context), and a HELLO must name the rig its key belongs to.
 """
@@ -15,8 +20,9 @@ import ctypes
 import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import zmq
@@ -28,6 +34,12 @@ from rig_client.protocol import (
 from server import RigInputError, ServerError
 
 log = logging.getLogger(__name__)
+
+# What one connection may have waiting for its turn (messages, bytes). A connection that reaches either
+# stops the socket's reading until it has room: ZeroMQ queues the rest (as it did every message while
+# one was handled, before connections had inboxes), so nothing is refused and replies keep their order.
+MAX_QUEUED_MESSAGES = 1_000
+MAX_QUEUED_BYTES = MAX_MESSAGE_BYTES
 
 
 class Handler(Protocol):
@@ -57,6 +69,18 @@ class _Rig:
     identity: bytes
     channels: int
     expires: float
+
+
+@dataclass
+class _Inbox:
+    """A connection's messages not yet handled (frames without the identity, and the sender)."""
+
+    messages: deque[tuple[list[bytes], _Peer]] = field(default_factory=deque)
+    size: int = 0  # their bytes
+    room: asyncio.Event = field(default_factory=asyncio.Event)  # set when one is handled
+
+    def full(self) -> bool:
+        return len(self.messages) >= MAX_QUEUED_MESSAGES or self.size >= MAX_QUEUED_BYTES
 
 
 class _PeerBudget:
@@ -164,6 +188,8 @@ class Transport:
         self.endpoint: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self._rigs: dict[str, _Rig] = {}
         self._names: dict[bytes, str] = {}
+        self._inboxes: dict[bytes, _Inbox] = {}  # connections with messages in hand, each drained by one task
+        self._draining: set[asyncio.Task] = set()
         self._closing = asyncio.Event()
         self._stopped = asyncio.Event()
         self._running = False
@@ -185,9 +211,9 @@ class Transport:
         try:
             done, _ = await asyncio.wait([closing, *loops], return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (closing, *loops):
+            for task in (closing, *loops, *self._draining):
                 task.cancel()
-            await asyncio.gather(closing, *loops, return_exceptions=True)
+            await asyncio.gather(closing, *loops, *self._draining, return_exceptions=True)
             self._close_sockets()
             self._stopped.set()
         for task in loops:
@@ -302,10 +328,34 @@ class Transport:
         while True:
             received = await self._socket.recv_multipart(copy=False)
             identity, peer = received[0].bytes, _Peer(received[-1], self.curve)
+            frames = [f.bytes for f in received[1:]]
+            name = self._names.get(identity)
+            if name is not None:
+                self._refresh(name)  # alive, even while an earlier message of it waits for the handler
+            inbox = self._inboxes.get(identity)
+            if inbox is None:
+                inbox = self._inboxes[identity] = _Inbox()
+                task = asyncio.get_running_loop().create_task(self._drain(identity, inbox))
+                self._draining.add(task)
+                task.add_done_callback(self._draining.discard)
+            inbox.messages.append((frames, peer))
+            inbox.size += sum(len(f) for f in frames)
+            while inbox.full():  # it sends without waiting for replies: read nothing more until it has room
+                inbox.room.clear()
+                await inbox.room.wait()
+
+    async def _drain(self, identity: bytes, inbox: _Inbox) -> None:
+        """Handle a connection's messages in the order they came, until none is left."""
+        while inbox.messages:
+            frames, peer = inbox.messages[0]
             try:
-                await self._dispatch(identity, [f.bytes for f in received[1:]], peer)
+                await self._dispatch(identity, frames, peer)
             except Exception:  # a bug here must not stop the server; the rig will retry
                 log.exception("transport failed on a message from identity %s", identity.hex())
+            inbox.messages.popleft()
+            inbox.size -= sum(len(f) for f in frames)
+            inbox.room.set()
+        del self._inboxes[identity]
 
     async def _dispatch(self, identity: bytes, frames: list[bytes], peer: _Peer) -> None:
         name = self._names.get(identity)
@@ -314,8 +364,6 @@ class Transport:
             msg = decode(frames, max_message_bytes=self.max_message_bytes)
         except ProtocolError as exc:
             self._log(peer.address, logging.WARNING, "bad message from %s: %s", who, exc)
-            if name is not None:
-                self._refresh(name)
             await self._reply_error(identity, exc)
             return
         if msg.type == MessageType.HELLO:
@@ -329,7 +377,6 @@ class Transport:
                     "this connection out)", in_reply_to=msg.type,
                     batch_id=_batch_id(msg.header)))
             return
-        self._refresh(name)
         if msg.type == MessageType.HEARTBEAT:
             return
         if msg.type == MessageType.ERROR:

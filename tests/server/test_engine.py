@@ -378,18 +378,14 @@ def test_a_generation_is_one_commit_and_its_batch_is_sent_from_memory(live):
             assert hashlib.sha256(stimulus.png).hexdigest() == stored[stimulus.stimulus_id]
 
 
-@pytest.mark.parametrize("n_threads, short_step_s", [(1, 1.0), (2, 1.0), (1, 0.0)])
-def test_the_ack_waits_for_the_step_only_on_a_rig_with_one_thread_and_short_steps(live, monkeypatch, n_threads,
-                                                                                    short_step_s):
-    """One thread whose steps are short: its rig has nothing to show until the next BATCH, so the round's
-    last RESULTS commits with the step and the ACK comes with the BATCH. Two threads: the rig shows the
-    other thread's batch while this one computes, so the ACK must not wait for the step. Nor when the
-    steps are long (here: every step counts as long), which would keep the transport from hearing rigs."""
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_the_ack_waits_for_the_step_only_on_a_rig_with_one_thread(live, monkeypatch, n_threads):
+    """One thread: its rig has nothing to show until the next BATCH, so the round's last RESULTS commits with
+    the step and the ACK comes with the BATCH. Two threads: the rig shows the other thread's batch while this
+    one computes, so the ACK must not wait for the step."""
     from concurrent.futures import TimeoutError as FutureTimeout
 
-    from server import engine, steps
-
-    monkeypatch.setattr(engine, "SHORT_STEP_S", short_step_s)
+    from server import steps
 
     config = SessionConfig.model_validate({
         "name": "t", "rig": RIG, "references": {"source": "skimage", "count": 2},
@@ -412,7 +408,7 @@ def test_the_ack_waits_for_the_step_only_on_a_rig_with_one_thread_and_short_step
         first = [rig.next_batch(timeout=60) for _ in range(n_threads)]
         hold.set()  # the next render waits until the test releases it
         ack = rig.send_results(first[0].batch_id, answer(first[0]))
-        if n_threads == 2 or not short_step_s:
+        if n_threads == 2:
             assert ack.result(10)["accepted"] == len(first[0].stimuli)  # while the step is held
         else:
             with pytest.raises(FutureTimeout):

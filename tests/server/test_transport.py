@@ -262,6 +262,65 @@ def test_handler_errors_become_error_replies(zmq_context, endpoint):
     run(scenario())
 
 
+def test_a_slow_results_holds_up_only_its_own_connection(zmq_context, endpoint):
+    """While rig A's RESULTS waits in the handler for longer than A's expiry (HB * LIVENESS), the socket is
+    still read: A's heartbeats keep it connected, rig B says HELLO and gets its RESULTS answered, and A's
+    replies come afterwards in the order A sent."""
+    async def scenario():
+        async with Harness(zmq_context, endpoint) as h:
+            a = await h.register("rig-a")
+            gate, answered = asyncio.Event(), []
+
+            async def slow_for_a(rig_name, header):
+                if rig_name == "rig-a" and header["batch_id"] == "a1":
+                    await gate.wait()
+                answered.append(header["batch_id"])
+                return {"batch_id": header["batch_id"], "accepted": 1, "duplicates": 0}
+            h.handler.on_results = slow_for_a
+            await a.send_multipart(results("a1"))
+            await a.send_multipart(results("a2"))
+            b = await h.register("rig-b")
+            await b.send_multipart(results("b1"))
+            assert (await h.reply(b)).header["batch_id"] == "b1"
+            for _ in range(3 * LIVENESS):  # three expiries long
+                await a.send_multipart(encode(Message(MessageType.HEARTBEAT)))
+                await asyncio.sleep(HB)
+            assert h.transport.connected("rig-a") and answered == ["b1"]
+            gate.set()
+            assert [(await h.reply(a)).header["batch_id"] for _ in range(2)] == ["a1", "a2"]
+            assert answered == ["b1", "a1", "a2"]
+
+    run(scenario())
+
+
+def test_a_connection_that_floods_stops_the_reading_until_it_has_room(zmq_context, endpoint, monkeypatch):
+    """Past MAX_QUEUED_MESSAGES waiting, nothing more is read (ZeroMQ holds it); every RESULTS is still
+    answered, in order."""
+    from server import transport
+
+    monkeypatch.setattr(transport, "MAX_QUEUED_MESSAGES", 3)
+
+    async def scenario():
+        async with Harness(zmq_context, endpoint) as h:
+            d = await h.register()
+            gate = asyncio.Event()
+
+            async def gated(rig_name, header):
+                await gate.wait()
+                return {"batch_id": header["batch_id"], "accepted": 1, "duplicates": 0}
+            h.handler.on_results = gated
+            for i in range(8):
+                await d.send_multipart(results(f"b{i}"))
+            await asyncio.sleep(0.3)
+            assert sum(len(inbox.messages) for inbox in h.transport._inboxes.values()) == 3  # the rest not read
+            gate.set()
+            assert [(await h.reply(d)).header["batch_id"] for _ in range(8)] == [f"b{i}" for i in range(8)]
+            await asyncio.sleep(0.05)
+            assert not h.transport._inboxes
+
+    run(scenario())
+
+
 def test_refused_hello(zmq_context, endpoint):
     async def scenario():
         async with Harness(zmq_context, endpoint) as h:
