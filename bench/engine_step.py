@@ -1,0 +1,162 @@
+"""What the engine's step adds to tell, ask and render, without the transport, run back to back and after
+a pause like a rig's show; and what waking from such a pause costs on this machine.
+
+The step: a one-thread session (DCGAN, CMA, ``--population`` images + 10 references) on a real SQLite
+file, each round answered in this process by ``steps.answer``, the transaction the engine runs when a
+round's last RESULTS arrives (store it, score, tell, ask, render, add the next generation and its
+batch, commit). Its overhead is the transaction's time less the tell, ask and render inside it
+(``ThreadRuntime.compute_s``). The waking costs: a 100-byte ``pread``, a sqlite3 primary-key read,
+and the first SQLAlchemy statement of a transaction, each timed right after a ``--pause-ms`` sleep
+and again at once (the baseline). On a machine where these are much slower after a pause, so is every
+step, which always begins after the rig's show. ``--spin`` spends the pauses busy instead of asleep,
+to tell a CPU waking from idle from other causes.
+
+    python bench/engine_step.py [--generations 30] [--population 40] [--pause-ms 300] [--spin]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sqlite3
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+# The repo root before bench/, so `optimizers` is the package and not bench/optimizers.py.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def pause(seconds: float, spin: bool) -> None:
+    """Sleep, or (``spin``) keep this thread busy on its CPU for as long."""
+    if not spin:
+        time.sleep(seconds)
+        return
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def step_overheads(generations: int, population: int, pause_s: float, spin: bool = False) -> np.ndarray:
+    """Seconds of each step's transaction besides tell, ask and render, with ``pause_s`` before each RESULTS."""
+    from server import steps
+    from server.session_config import SessionConfig
+    from server.store import records
+    from server.store.archive import ImageArchive
+    from server.store.db import make_db_engine, make_sessionmaker, upgrade
+    from server.store.models import utcnow
+    from server.thread_runtime import build_runtime
+    from server.weights import GeneratorCache
+
+    with tempfile.TemporaryDirectory() as tmp:
+        db_engine = make_db_engine(f"sqlite:///{tmp}/actmax.sqlite")
+        upgrade(db_engine)
+        sessions, archive = make_sessionmaker(db_engine), ImageArchive(tmp)
+        config = SessionConfig.model_validate({
+            "name": "step", "rig": "bench", "references": {"source": "skimage", "count": 10},
+            "threads": [{"name": "t", "generator": "dcgan-faces", "optimizer": "cma",
+                         "optimizer_params": {"population": population}, "objective": {"channels": [0]}, "seed": 0,
+                         "n_generations": generations + 1}]})
+        with sessions.begin() as db:
+            thread_id = records.create_session(db, config).threads[0].id
+        with sessions.begin() as db:
+            runtime = build_runtime(db, thread_id, GeneratorCache("cpu", None).get, archive, render_chunk=64)
+
+        def transaction(fn, *args):
+            with sessions.begin() as db:
+                return fn(db, *args)
+
+        message = transaction(steps.next_step, runtime, 1, frozenset(), archive)
+        rng, overheads = np.random.default_rng(0), []
+        for _ in range(generations):
+            runtime.inflight.archived.result()  # the archive writes end during the show
+            pause(pause_s, spin)
+            header = {"batch_id": message.header["batch_id"], "done": True, "presentations": [
+                {"presentation_id": uuid.uuid4().hex, "stimulus_id": s["stimulus_id"], "rates": [float(rng.normal())],
+                 "onset": time.time(), "window_ms": [50.0, 200.0]} for s in message.header["stimuli"]]}
+            runtime.compute_s = 0.0
+            start = time.perf_counter()
+            _, message = transaction(steps.answer, runtime, "bench", header, utcnow(), 1, frozenset(), archive)
+            overheads.append(time.perf_counter() - start - runtime.compute_s)
+        runtime.inflight.archived.result()
+        db_engine.dispose()
+    return np.array(overheads)
+
+
+def waking_costs(pause_s: float, spin: bool, repeats: int = 15) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per operation: seconds right after ``pause_s`` of sleep, and at once after that."""
+    from sqlalchemy import select
+
+    from server.store.db import make_db_engine, make_sessionmaker, upgrade
+    from server.store.models import Event
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "actmax.sqlite"
+        db_engine = make_db_engine(f"sqlite:///{path}")
+        upgrade(db_engine)
+        sessions = make_sessionmaker(db_engine)
+        with sessions.begin() as db:
+            db.add(Event(kind="bench", message="one row"))
+        connection, fd = sqlite3.connect(path), os.open(path, os.O_RDONLY)
+
+        def first_statement():
+            with sessions.begin() as db:
+                db.execute(select(Event.kind).where(Event.id == 1)).one()
+        operations = {
+            "100-byte pread": lambda: os.pread(fd, 100, 0),
+            "sqlite3 primary-key read": lambda: connection.execute("SELECT kind FROM events WHERE id = 1").fetchone(),
+            "first SQLAlchemy statement of a transaction": first_statement,
+        }
+        costs = {}
+        for name, operation in operations.items():
+            operation()
+            woken, warm = [], []
+            for _ in range(repeats):
+                pause(pause_s, spin)
+                for times in (woken, warm):
+                    start = time.perf_counter()
+                    operation()
+                    times.append(time.perf_counter() - start)
+            costs[name] = np.array(woken), np.array(warm)
+        os.close(fd)
+        connection.close()
+        db_engine.dispose()
+    return costs
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--generations", type=int, default=30, help="steps timed per run (default 30)")
+    parser.add_argument("--population", type=int, default=40, help="images per generation (default 40)")
+    parser.add_argument("--pause-ms", type=float, default=300, help="the pause before each RESULTS (default 300)")
+    parser.add_argument("--spin", action="store_true",
+                        help="spend each pause busy on the CPU instead of asleep (is the cost the CPU's idling?)")
+    args = parser.parse_args(argv)
+    if args.generations < 2 or args.population < 2 or args.pause_ms <= 0:
+        parser.error("need --generations >= 2, --population >= 2 and --pause-ms > 0")
+    pause_s, how = args.pause_ms / 1000, "spinning" if args.spin else "asleep"
+    ms = lambda a, q: 1000 * np.percentile(a, q)  # noqa: E731
+
+    print(f"waking: each operation right after {args.pause_ms:g} ms {how}, and at once after that (ms)")
+    print(f"{'':46} {'woken p50':>10} {'max':>8} {'at once p50':>12} {'ratio':>7}")
+    for name, (woken, warm) in waking_costs(pause_s, args.spin).items():
+        print(f"{name:46} {ms(woken, 50):10.3f} {ms(woken, 100):8.3f} {ms(warm, 50):12.3f} "
+              f"{np.median(woken) / np.median(warm):6.1f}x")
+
+    back_to_back = step_overheads(args.generations, args.population, 0.0)
+    paused = step_overheads(args.generations, args.population, pause_s, args.spin)
+    print(f"\nthe engine's step besides tell, ask and render ({args.population} DCGAN images + 10 references, "
+          f"one transaction, no transport; ms)")
+    print(f"{'':46} {'n':>4} {'p50':>8} {'p99':>8}")
+    print(f"{'back to back':46} {len(back_to_back):4d} {ms(back_to_back, 50):8.1f} {ms(back_to_back, 99):8.1f}")
+    print(f"{f'after {args.pause_ms:g} ms {how}':46} {len(paused):4d} {ms(paused, 50):8.1f} {ms(paused, 99):8.1f}")
+    print(f"the pause adds {ms(paused, 50) - ms(back_to_back, 50):.1f} ms at p50 "
+          f"({np.median(paused) / np.median(back_to_back):.2f}x)")
+
+
+if __name__ == "__main__":
+    main()
