@@ -114,21 +114,20 @@ class Objective:
         rates_array = np.array([row + [np.nan] * (width - len(row)) for row in rates], dtype=float)
         baseline_array = np.array([list(row) + [np.nan] * (width - len(row)) for row in baselines], dtype=float)
         is_reference = np.array([owner in references for owner in owners])
-        values = self(Context.of(rates_array, baseline_array, is_reference))
-        by_stimulus: dict[str, list[float]] = {}
-        for owner, value in zip(owners, values, strict=True):
-            by_stimulus.setdefault(owner, []).append(value)
-        return {stimulus_id: _finite_mean(v) for stimulus_id, v in by_stimulus.items()}
+        values = np.asarray(self(Context.of(rates_array, baseline_array, is_reference)), dtype=float)
+        stimuli = list(presentations)
+        index = {stimulus_id: i for i, stimulus_id in enumerate(stimuli)}
+        rows = np.array([index[owner] for owner in owners])
+        finite = np.isfinite(values)  # each stimulus's score: the mean of its finite values, NaN if none
+        sums = np.bincount(rows, weights=np.where(finite, values, 0.0), minlength=len(stimuli))
+        counts = np.bincount(rows, weights=finite, minlength=len(stimuli))
+        with np.errstate(invalid="ignore"):
+            return dict(zip(stimuli, (sums / counts).tolist()))
 
     def score(self, rates: Sequence[float | None]) -> float:
         """One presentation on its own (``zscore`` and reference baselines need a generation: NaN)."""
         row = np.array([[np.nan if r is None else r for r in rates]], dtype=float)
         return float(self(Context.of(row, np.full_like(row, np.nan), np.array([False])))[0])
-
-
-def _finite_mean(values: Sequence[float]) -> float:
-    finite = [v for v in values if np.isfinite(v)]
-    return float(np.mean(finite)) if finite else float("nan")
 
 
 def _lift(value: Objective | float) -> Objective:

@@ -26,6 +26,20 @@ def test_a_stimulus_scores_the_mean_of_its_presentations_that_scored():
     assert scores["a"] == 3.0 and math.isnan(scores["b"])
 
 
+def test_generation_scores_match_a_per_stimulus_mean_computed_on_its_own():
+    rng = np.random.default_rng(7)
+    shown = {f"s{i}": [([None if rng.random() < 0.2 else float(rng.normal(10, 3))], None)
+                       for _ in range(rng.integers(1, 6))] for i in range(60)}
+    shown["never"] = []
+    scores = Objective.from_config({"channels": [0]}).score_generation(shown, frozenset())
+    for stimulus_id, presentations in shown.items():
+        finite = [rates[0] for rates, _ in presentations if rates[0] is not None]
+        if finite:
+            assert scores[stimulus_id] == pytest.approx(sum(finite) / len(finite), rel=1e-12)
+        else:
+            assert math.isnan(scores.get(stimulus_id, math.nan))
+
+
 def test_objects_combine_with_plus_minus_and_weights():
     objective = 2 * rate(0) - 0.5 * Rate(1) + 1
     assert objective.channels == {0, 1}
