@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from rig_client import RigError
+from rig_client.connection import add_connection_arguments, connection_keys
 from rig_client.protocol import Message, MessageType, ProtocolError, encode
 from rig_client.trials import TrialPresentation, to_send
 
@@ -357,8 +358,7 @@ def add_parser(rig_commands) -> None:
         "responses file (.mat, .csv or .json), validate it and send the results to the server. "
         "See docs/monkeylogic/README.md.")
     bridge.add_argument("--folder", type=Path, required=True, help="the folder the rig watches")
-    bridge.add_argument("--endpoint", default="tcp://127.0.0.1:5555", help="server ZeroMQ endpoint")
-    bridge.add_argument("--rig", default="rig", help="rig name the session waits for (default rig)")
+    add_connection_arguments(bridge, "rig")
     bridge.add_argument("--channels", type=int, help="recording channels (default: the number "
                         "of --labels, else 1)")
     bridge.add_argument("--labels", help="comma-separated channel labels, e.g. elec1-u1,elec2-u1")
@@ -381,8 +381,8 @@ def run(args: argparse.Namespace) -> int:
     labels = channel_labels(args.channels, args.labels)
     if args.poll <= 0:
         raise BridgeError("--poll must be > 0 seconds")
-    with RigClient(args.endpoint, args.rig, channels=len(labels),
-                   labels=labels if args.labels else None) as client:
+    with RigClient(args.endpoint, args.rig, channels=len(labels), labels=labels if args.labels else None,
+                   **connection_keys(args)) as client:
         bridge = FolderBridge(client, args.folder, labels, poll_s=args.poll)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: bridge.stop.set())

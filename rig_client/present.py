@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from rig_client import RigError
+from rig_client.connection import add_connection_arguments, connection_keys
 from rig_client.spikes import ClockFit, SpikeBuffer, SpikeSource, count_in_window, fit_clock
 
 log = logging.getLogger(__name__)
@@ -222,8 +223,7 @@ def add_parser(rig_commands) -> None:
         description="Connect as a rig, show every batch full-screen (size in degrees, duration, "
         "ISI, photodiode patch), time every flip, count spikes from a spike source in the "
         "response window and send the rates with trial facts. See docs/rigs.md.")
-    present.add_argument("--endpoint", default="tcp://127.0.0.1:5555", help="server ZeroMQ endpoint")
-    present.add_argument("--rig", default="rig", help="rig name the session waits for (default rig)")
+    add_connection_arguments(present, "rig")
     present.add_argument("--spikes", required=True, metavar="KIND:ARG",
                          help="spike source: replay:FILE.npz (paced) or lsl:SPIKES[,MARKERS]")
     geometry = present.add_argument_group("display")
@@ -267,8 +267,8 @@ def run(args: argparse.Namespace) -> int:
                           isi_ms=args.isi_ms, refresh_hz=args.refresh_hz,
                           photodiode_px=args.photodiode_px)
     try:
-        with RigClient(args.endpoint, args.rig, channels=len(source.labels),
-                       labels=source.labels) as client:
+        with RigClient(args.endpoint, args.rig, channels=len(source.labels), labels=source.labels,
+                       **connection_keys(args)) as client:
             rig = PresenterRig(client, presenter, source, baseline_ms=tuple(args.baseline_ms),
                                latency_ms=args.latency_ms, record=args.record)
             for sig in (signal.SIGINT, signal.SIGTERM):

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from rig_client import RigError
+from rig_client.connection import add_connection_arguments, connection_keys
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +59,7 @@ def add_parser(subcommands) -> None:
         description="Connect to an actmax server as a rig and answer every batch with the responses of "
         "EfficientNet-Lite0 units (pre-activation), with optional noise and injected faults.",
     )
-    sim.add_argument("--endpoint", default="tcp://127.0.0.1:5555", help="server ZeroMQ endpoint")
-    sim.add_argument("--rig", default="sim", help="rig name; sessions name the rig they run on (default sim)")
-    sim.add_argument("--server-key", metavar="FILE", help="the server's public server.key (CURVE; with --rig-key)")
-    sim.add_argument("--rig-key", metavar="FILE",
-                     help="this rig's NAME.key_secret from `actmax keys rig NAME` (CURVE; with --server-key)")
+    add_connection_arguments(sim, "sim")
     sim.add_argument("--unit", action="append", type=parse_unit, metavar="LAYER:CHANNEL[:X:Y]",
                      help=f"a unit, one per channel, repeatable (default {DEFAULT_UNIT})")
     sim.add_argument("--labels", help="comma-separated channel labels sent in HELLO, one per --unit "
@@ -199,13 +196,8 @@ class SimulatedRig:
                 self.record.close()
 
     def _connect(self, client_class):
-        from rig_client.client import curve_keys
-
-        if (self.args.server_key is None) != (self.args.rig_key is None):
-            raise RigError("CURVE needs both --server-key and --rig-key")
-        keys = curve_keys(self.args.server_key, self.args.rig_key) if self.args.server_key else {}
         client = client_class(self.args.endpoint, self.args.rig, channels=len(self.scorer.units),
-                              labels=self.labels, **keys)
+                              labels=self.labels, **connection_keys(self.args))
         if not client.wait_connected(timeout=30):
             client.close()
             raise RigError(f"no server answered at {self.args.endpoint} within 30 s")

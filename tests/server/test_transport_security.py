@@ -123,6 +123,39 @@ def test_rig_client_with_key_files(keys, zmq_context, endpoint):
     run(scenario())
 
 
+def test_every_rig_command_takes_the_key_files_and_the_bridge_connects_with_them(keys, zmq_context, endpoint,
+                                                                                  tmp_path):
+    """`actmax rig bridge|present|sim` share --endpoint, --rig, --server-key and --rig-key; the bridge, run as its
+    own process, completes the CURVE handshake as its rig. Half a key pair is a clear error."""
+    from server.cli import build_parser
+
+    files = ["--server-key", str(keys.root / "server.key"), "--rig-key", str(keys.root / "issued" / "rig-a.key_secret")]
+    for command in (["bridge", "--folder", "f"], ["present", "--spikes", "replay:x.npz"], ["sim"]):
+        args = build_parser().parse_args(["rig", *command, "--rig", "rig-a", *files])
+        assert (args.rig, args.server_key, args.rig_key) == ("rig-a", files[1], files[3])
+    bridge = [sys.executable, "-m", "server.cli", "rig", "bridge", "--folder", str(tmp_path / "rig-folder"),
+              "--endpoint", endpoint, "--rig", "rig-a"]
+    half = subprocess.run([*bridge, *files[:2]], capture_output=True, text=True, timeout=60)
+    assert half.returncode == 2 and "CURVE needs both --server-key and --rig-key" in half.stderr
+
+    async def scenario():
+        async with CurveServer(keys, zmq_context, endpoint) as server:
+            process = await asyncio.to_thread(subprocess.Popen, [*bridge, *files], stdout=subprocess.DEVNULL,
+                                              stderr=subprocess.PIPE)
+            try:
+                for _ in range(1200):  # the bridge's own start takes seconds on a loaded machine
+                    if ("connected", "rig-a") in server.handler.events:
+                        break
+                    await asyncio.sleep(0.05)
+                assert server.handler.events[:2] == [("hello", "rig-a"), ("connected", "rig-a")], \
+                    process.stderr.read1().decode() if process.poll() is not None else "bridge still running"
+            finally:
+                process.terminate()
+                await asyncio.to_thread(process.wait, 30)
+
+    asyncio.run(asyncio.wait_for(scenario(), 120))
+
+
 def test_keys_store_refuses_bad_input(keys, tmp_path):
     with pytest.raises(ServerError, match="already has a key"):
         keys.add_rig("rig-a")
