@@ -224,7 +224,7 @@ def record_presentations(
 ) -> tuple[list[str], list[str]]:
     """Store a rig's presentations for ``batch`` (a ``Batch``, or a ``queries.batch`` row) idempotently;
     not committed. The caller checked that each stimulus belongs to the batch (the schema refuses unknown
-    stimulus ids with an ``IntegrityError``).
+    stimulus ids: the driver raises ``sqlite3.IntegrityError``).
 
     ``received_at`` is when the RESULTS arrived (default: now).
 
