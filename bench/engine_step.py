@@ -70,9 +70,16 @@ def step_overheads(generations: int, population: int, pause_s: float, spin: bool
             with sessions.begin() as db:
                 return fn(db, *args)
 
+        def sent(message) -> None:  # what the engine does once a BATCH is out
+            inflight = runtime.inflight
+            inflight.batch_id, inflight.awaiting = message.header["batch_id"], {
+                s["stimulus_id"] for s in message.header["stimuli"]}
+            inflight.archive_in(archive)
+
         message = transaction(steps.next_step, runtime, 1, frozenset(), archive)
         rng, overheads = np.random.default_rng(0), []
         for _ in range(generations):
+            sent(message)
             runtime.inflight.archived.result()  # the archive writes end during the show
             pause(pause_s, spin)
             header = {"batch_id": message.header["batch_id"], "done": True, "presentations": [
@@ -82,6 +89,7 @@ def step_overheads(generations: int, population: int, pause_s: float, spin: bool
             start = time.perf_counter()
             _, message = transaction(steps.answer, runtime, "bench", header, utcnow(), 1, frozenset(), archive)
             overheads.append(time.perf_counter() - start - runtime.compute_s)
+        sent(message)
         runtime.inflight.archived.result()
         db_engine.dispose()
     return np.array(overheads)

@@ -12,7 +12,7 @@ transaction that commits before any image of it leaves; on a rig that runs one t
 that answers a round is stored in the transaction of the step it completes, and the ACK goes out
 just before that step's BATCH (a rig with several threads gets its ACK at once). The engine sends
 the BATCH from the PNGs just rendered, never read back from the archive, whose writes start once
-the generation commits, run in the background and are awaited before it is told. Torch and
+the BATCH is sent, run in the background and are awaited before it is told. Torch and
 database work runs on one worker thread (``_compute``), never on the event loop, in jobs of bounded
 size (a large generation renders in chunks) so no session's step freezes another's; PNG encoding
 and archive writes fan out to all cores.
@@ -111,10 +111,13 @@ class Engine:
     async def _offload(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._compute, fn, *args)
 
-    async def _transact(self, fn, *args):
-        """``fn(db, *args)`` in one database transaction, on the compute worker."""
+    async def _transact(self, fn, *args, held: list | None = None):
+        """``fn(db, *args)`` in one database transaction, on the compute worker; ``held``: keep the live items
+        it publishes at commit there (``live.hold``)."""
         def in_transaction():
             with self._db.begin() as db:
+                if held is not None:
+                    live.hold(db, held)
                 return fn(db, *args)
         return await self._offload(in_transaction)
 
@@ -177,12 +180,15 @@ class Engine:
         except RigInputError as exc:
             await self.on_refused(rig, header["batch_id"], exc)
             raise
-        runtime = self._threads.get(recorded.thread_id)
-        live.hub.publish("batch.answered", f"{len(recorded.answered)} stimuli answered", thread_id=recorded.thread_id,
-                         session_id=runtime.session_id if runtime is not None else None,
-                         data={"batch_id": header["batch_id"], "accepted": recorded.accepted,
-                               "done": bool(header.get("done"))})
         return {"batch_id": header["batch_id"], "accepted": recorded.accepted, "duplicates": recorded.duplicates}
+
+    def _answered(self, recorded: steps.Recorded, header: dict) -> dict:
+        """The live ``batch.answered`` notice of a stored RESULTS (``live.hub.publish``'s arguments)."""
+        runtime = self._threads.get(recorded.thread_id)
+        return dict(kind="batch.answered", message=f"{len(recorded.answered)} stimuli answered",
+                    thread_id=recorded.thread_id, session_id=runtime.session_id if runtime is not None else None,
+                    data={"batch_id": header["batch_id"], "accepted": recorded.accepted,
+                          "done": bool(header.get("done"))})
 
     async def _answer(self, rig: str, header: dict, received: float, received_at) -> steps.Recorded:
         """Store a RESULTS. When it belongs to the outstanding round of its rig's only thread, it is stored in
@@ -199,6 +205,7 @@ class Engine:
                 return await self._answer_round(runtime, rig, header, received, received_at)
             runtime.lock.release()  # the round moved on while this waited
         recorded = await self._transact(steps.record_results, rig, header, received_at)
+        live.hub.publish(**self._answered(recorded, header))
         # A runtime rebuilt meanwhile may still await these stimuli (it read the database before they were stored).
         runtime = self._threads.get(recorded.thread_id)
         inflight = runtime.inflight if runtime is not None else None
@@ -220,29 +227,33 @@ class Engine:
         once, or through the task it starts to send the step's BATCH after the ACK)."""
         runtime.inflight.last_activity = received
         runtime.answered_at, runtime.compute_s = received, 0.0  # matters when this RESULTS answers the round
-        cached = self._rig_references.setdefault(runtime.rig, set())
+        cached, held = self._rig_references.setdefault(runtime.rig, set()), []
         try:
             recorded, step = await self._transact(steps.answer, runtime, rig, header, received_at,
-                                                  self._channels(rig), frozenset(cached), self._archive)
+                                                  self._channels(rig), frozenset(cached), self._archive, held=held)
         except RigInputError:
             runtime.lock.release()
             raise
         except Exception as exc:  # the step failed and took the presentations' transaction with it
             try:
                 recorded = await self._transact(steps.record_results, rig, header, received_at)
+                live.hub.publish(**self._answered(recorded, header))
                 await self._fail(runtime, exc)
             finally:
                 runtime.lock.release()
             return recorded
-        self._spawn(self._after_answer(runtime, step))
+        held.insert(0, self._answered(recorded, header))
+        self._spawn(self._after_answer(runtime, step, held))
         return recorded
 
-    async def _after_answer(self, runtime: ThreadRuntime, step) -> None:
-        """Once the ACK is out: the rest of the step ``steps.answer`` took (renders, the send); frees the lock."""
+    async def _after_answer(self, runtime: ThreadRuntime, step, held: list) -> None:
+        """Once the ACK is out: the rest of the step ``steps.answer`` took (renders, the send), then its live
+        items; frees the lock."""
         try:
             if step is not None:
-                await self._take(runtime, step)
+                await self._take(runtime, step, held)
         finally:
+            live.publish_held(held)
             runtime.lock.release()
 
     async def on_refused(self, rig: str, batch_id: str, exc: RigInputError) -> None:
@@ -353,27 +364,31 @@ class Engine:
             if self._threads.get(runtime.id) is runtime:
                 await self._take(runtime)
 
-    async def _take(self, runtime: ThreadRuntime, step=None) -> None:
+    async def _take(self, runtime: ThreadRuntime, step=None, held: list | None = None) -> None:
         """Take the thread's step (``step``: what ``steps.answer`` already took, else ``steps.next_step`` now),
-        render a large generation chunk by chunk, and send the round; the caller holds the thread's lock."""
+        render a large generation chunk by chunk, send the round, then publish the step's live items (``held``:
+        those of ``steps.answer``); the caller holds the thread's lock."""
+        held = [] if held is None else held
         try:
             cached = self._rig_references.setdefault(runtime.rig, set())
             if step is None:
                 step = await self._transact(steps.next_step, runtime, self._channels(runtime.rig),
-                                            frozenset(cached), self._archive)
+                                            frozenset(cached), self._archive, held=held)
             while step is steps.RENDER:  # one compute job per chunk: other threads and rigs get the worker between
                 rendered = []
                 for chunk in code_chunks(runtime.next_codes, runtime.render_chunk):
                     rendered += await self._offload(steps.render, runtime, chunk, self._archive)
                 runtime.next_images = rendered
                 step = await self._transact(steps.next_step, runtime, self._channels(runtime.rig),
-                                            frozenset(cached), self._archive)
+                                            frozenset(cached), self._archive, held=held)
             if step is steps.FINISHED:
                 self._threads.pop(runtime.id, None)
             elif step is not None:
-                await self._send_round(runtime, step, cached)
+                await self._send_round(runtime, step, cached, held)
         except Exception as exc:
             await self._fail(runtime, exc)
+        finally:
+            live.publish_held(held)
 
     async def _fail(self, runtime: ThreadRuntime, exc: Exception) -> None:
         log.error("thread %s failed", runtime.id, exc_info=exc)
@@ -386,8 +401,9 @@ class Engine:
         return self.rig_channels.get(rig, 0) if connected else 0
 
     # ------------------------------------------------------------------ sending
-    async def _send_round(self, runtime: ThreadRuntime, message: Message, cached: set[str]) -> None:
-        """Send a prepared BATCH (new, or the outstanding one again); the rig caches the references it carries.
+    async def _send_round(self, runtime: ThreadRuntime, message: Message, cached: set[str], held: list) -> None:
+        """Send a prepared BATCH (new, or the outstanding one again), its ``batch.sent`` notice added to ``held``;
+        the rig caches the references it carries.
 
         A new batch that could not be sent loses its row: batch rows are sends that happened.
         """
@@ -406,9 +422,10 @@ class Engine:
         if runtime.answered_at is not None and not resend:  # how long the rig waited, and the compute in it
             data.update(waited_ms=1000 * (now - runtime.answered_at), compute_ms=1000 * runtime.compute_s)
             runtime.answered_at = None
-        live.hub.publish("batch.sent", f"generation {inflight.number}: {len(stimuli)} stimuli "
+        held.append(dict(kind="batch.sent", message=f"generation {inflight.number}: {len(stimuli)} stimuli "
                          f"{'resent' if resend else 'sent'}", session_id=runtime.session_id, thread_id=runtime.id,
-                         data=data)
+                         data=data))
+        inflight.archive_in(self._archive)  # in the background while the rig shows the round
 
     def _forget_batch(self, batch_id: str) -> None:
         with self._db.begin() as db:

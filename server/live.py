@@ -2,7 +2,9 @@
 
 Every event row written through ``server.store.records.log_event`` is published here once its
 transaction commits (rolled-back events are never seen), plus a few transient notices that are not
-worth a database row (a batch sent, a batch answered) via `publish`. Each subscriber owns a bounded
+worth a database row (a batch sent, a batch answered) via `publish`. The engine holds a step's items
+(`hold`) and publishes them once the step's BATCH is out, so a dashboard's stream, and the requests
+it makes on seeing them, never run in the rig's wait. Each subscriber owns a bounded
 queue: when a slow browser falls behind, its oldest items are dropped and counted, so publishing is
 O(subscribers) and never blocks. Publishing is thread-safe (the engine writes from its worker thread).
 """
@@ -122,11 +124,25 @@ def publish_on_commit(db: DBSession, item: dict[str, Any]) -> None:
     staged.append(item)
 
 
-def _publish_staged(db: DBSession) -> None:
-    staged = db.info["live_events"]
-    for item in staged:
+def hold(db: DBSession, held: list[dict[str, Any]]) -> None:
+    """Collect what ``db`` publishes when it commits in ``held`` instead; `publish_held` publishes it later."""
+    db.info["live_held"] = held
+
+
+def publish_held(held: list[dict[str, Any]]) -> None:
+    """Publish (``Hub.publish``'s keyword arguments) in order, and empty ``held``."""
+    for item in held:
         hub.publish(**item)
-    staged.clear()
+    held.clear()
+
+
+def _publish_staged(db: DBSession) -> None:
+    staged, held = db.info["live_events"], db.info.get("live_held")
+    if held is None:
+        publish_held(staged)
+    else:
+        held.extend(staged)
+        staged.clear()
 
 
 def _discard_staged(db: DBSession) -> None:

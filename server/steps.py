@@ -15,13 +15,12 @@ import uuid
 from typing import NamedTuple
 
 import numpy as np
-from sqlalchemy import event
 from sqlalchemy.orm import Session as DBSession
 
 import optimizers
 from rig_client.protocol import ErrorCode, Message, batch_message, encode_png
 from server import RigInputError, monitor
-from server.images import parallel_map, parallel_submit, to_pixels
+from server.images import parallel_map, to_pixels
 from server.objectives import Objective
 from server.session_config import ObjectiveConfig
 from server.store import queries, records
@@ -118,7 +117,7 @@ def next_step(db: DBSession, runtime: ThreadRuntime, channels: int, cached: froz
             responses = queries.scored_responses(db, inflight.generation_id, runtime.flagged)
             owed = owed_stimuli(db, runtime, inflight, responses)
             if not owed or inflight.rounds >= runtime.repeats + MAX_REQUEUES:
-                if complete_generation(db, runtime, responses, timed_out=bool(owed)):
+                if complete_generation(db, runtime, responses, archive, timed_out=bool(owed)):
                     return FINISHED
                 owed = None
             else:
@@ -147,7 +146,8 @@ def next_step(db: DBSession, runtime: ThreadRuntime, channels: int, cached: froz
 
 
 def start_generation(db: DBSession, runtime: ThreadRuntime, archive: ImageArchive) -> tuple[InFlight, dict] | None:
-    """Ask, render, archive and add a new generation (status pending); its PNGs stay in memory to send.
+    """Ask, render and add a new generation (status pending); its PNGs stay in memory to send, and are
+    archived once sent (``InFlight.archive_in``).
     Returns it with the objective it is scored with, or None when the codes asked are more than one chunk
     and not rendered yet (``runtime.next_codes``).
     """
@@ -164,12 +164,7 @@ def start_generation(db: DBSession, runtime: ThreadRuntime, archive: ImageArchiv
     number = runtime.optimizer.generation
     generation_id, objective, ids = records.add_generation(db, runtime.id, number, codes, images,
                                                            runtime.generator.provenance, runtime.session_id)
-    inflight = InFlight(generation_id, number, codes, ids, dict(zip(ids, pngs)), rounds=1)
-
-    def write_archive(_db) -> None:  # once committed, off the hot path; awaited before the tell
-        inflight.archived = parallel_submit(archive.save_all, pngs)
-    event.listen(db, "after_commit", write_archive, once=True)
-    return inflight, objective
+    return InFlight(generation_id, number, codes, ids, dict(zip(ids, pngs)), rounds=1), objective
 
 
 def render(runtime: ThreadRuntime, codes: np.ndarray, archive: ImageArchive) -> list[tuple[bytes, ArchivedImage]]:
@@ -181,13 +176,12 @@ def render(runtime: ThreadRuntime, codes: np.ndarray, archive: ImageArchive) -> 
         return parallel_map(encode, to_pixels(runtime.generator.generate(codes)))
 
 
-def complete_generation(db: DBSession, runtime: ThreadRuntime,
-                        responses: dict[str, list[queries.Response]], timed_out: bool) -> bool:
+def complete_generation(db: DBSession, runtime: ThreadRuntime, responses: dict[str, list[queries.Response]],
+                        archive: ImageArchive, timed_out: bool) -> bool:
     """Score ``responses`` (the generation's scored presentations), tell, and record the optimizer state with
     the scores it used. True when the thread is done."""
     inflight = runtime.inflight
-    if inflight.archived is not None:
-        inflight.archived.result()  # the images of a told generation must survive a power loss
+    inflight.archive_in(archive).result()  # the images of a told generation must survive a power loss
     shown = {s: [(r.rates, r.baseline) for r in shown_at] for s, shown_at in responses.items()}
     objective = Objective.from_config(queries.generation_objective(db, inflight.generation_id))
     scored = objective.score_generation(shown, frozenset(runtime.reference_ids))

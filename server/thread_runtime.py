@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session as DBSession
 import optimizers
 from rig_client.protocol import encode_png
 from server import ServerError
-from server.images import encode_images, load_references
+from server.images import encode_images, load_references, parallel_submit
 from server.manifold import design_codes
 from server.monitor import DriftHistory
 from server.session_config import FlaggedTrialsConfig, SessionConfig, ThreadConfig
@@ -46,12 +46,21 @@ class InFlight:
     codes: np.ndarray
     stimulus_ids: list[str]  # synthetic stimuli in code order
     pngs: dict[str, bytes]  # each synthetic stimulus's PNG as archived, sent from memory
-    archived: Future | None = None  # the archive writes of those PNGs, started at commit (awaited before the tell)
+    archived: Future | None = None  # the archive writes of those PNGs, started once sent (awaited before the tell)
     batch_id: str | None = None  # None: the current round still has to be sent
     awaiting: set[str] = field(default_factory=set)  # stimuli of the last batch not answered yet
     rounds: int = 0
     resend: bool = False  # rig reconnected or runtime rebuilt: send the outstanding batch again under its own id
     last_activity: float = field(default_factory=time.monotonic)
+
+    def archive_in(self, archive: ImageArchive) -> Future:
+        """Write the PNGs to ``archive`` in the background (started once; rewrites are skipped); the writes.
+
+        The engine starts them after the round's send, so they never hold up the rig, and the tell
+        awaits them: the images of a told generation survive a power loss."""
+        if self.archived is None:
+            self.archived = parallel_submit(archive.save_all, list(self.pngs.values()))
+        return self.archived
 
     def answered(self, stimuli: set[str], done: bool) -> bool:
         """Count a RESULTS of the last batch (``done``: the rig will answer no more of it); True once the

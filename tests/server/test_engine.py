@@ -378,6 +378,81 @@ def test_a_generation_is_one_commit_and_its_batch_is_sent_from_memory(live):
             assert hashlib.sha256(stimulus.png).hexdigest() == stored[stimulus.stimulus_id]
 
 
+def time_sends(live) -> dict[str, float]:
+    """Record, per batch id, when the engine's transport finished sending that BATCH (monotonic seconds)."""
+    sent_at, send = {}, live.transport.send
+
+    async def timed_send(rig_name, message):
+        ok = await send(rig_name, message)
+        if ok:
+            sent_at[message.header["batch_id"]] = time.monotonic()
+        return ok
+
+    live.transport.send = timed_send
+    return sent_at
+
+def test_a_generation_is_archived_after_its_batch_left_and_before_it_is_told(live):
+    """The archive writes (a file and an fsync per image) start only once the BATCH is out, so they never
+    delay it; the tell waits for them, so a told generation's images are all on disk."""
+    import hashlib
+
+    thread_id = live.create()
+    archive, sent_at, writes = live.engine._archive, time_sends(live), []
+    save_all = archive.save_all
+
+    def timed_save_all(pngs):
+        pngs = list(pngs)
+        writes.append((time.monotonic(), {hashlib.sha256(png).hexdigest() for png in pngs}))
+        save_all(pngs)
+
+    archive.save_all = timed_save_all
+    with RigClient(live.settings.zmq_endpoint, RIG, channels=1) as rig:
+        batches = [rig.next_batch(timeout=60)]
+        for _ in range(2):
+            rig.send_results(batches[-1].batch_id, answer(batches[-1])).result(30)
+            batches.append(rig.next_batch(timeout=60))
+        assert [b.generation for b in batches] == [0, 1, 2]
+        with live.sessions() as db:
+            told = db.scalars(select(Generation).where(Generation.thread_id == thread_id,
+                                                       Generation.status == GenerationStatus.COMPLETE)).all()
+            assert sorted(g.number for g in told) == [0, 1]
+            for generation in told:
+                hashes = {s.content_hash for s in generation.stimuli if s.kind == "synthetic"}
+                for content_hash in hashes:  # on disk, whole
+                    assert hashlib.sha256(archive.path(content_hash).read_bytes()).hexdigest() == content_hash
+                batch = next(b for b in batches if b.generation == generation.number)
+                started = [at for at, written in writes if hashes <= written]
+                assert started and started[0] >= sent_at[batch.batch_id]
+
+def test_a_steps_live_items_go_out_after_its_batch(live, monkeypatch):
+    """The round's ``batch.answered``, the ``generation.completed`` its step commits and the ``batch.sent`` are
+    published in that order once the next BATCH is out: no dashboard runs in the rig's wait."""
+    live.create()
+    sent_at, published, publish = time_sends(live), [], hub.publish
+
+    def timed_publish(kind, *args, **kwargs):
+        published.append((time.monotonic(), kind, kwargs.get("data") or {}))
+        publish(kind, *args, **kwargs)
+
+    monkeypatch.setattr(hub, "publish", timed_publish)
+    with RigClient(live.settings.zmq_endpoint, RIG, channels=1) as rig:
+        first = rig.next_batch(timeout=60)
+        rig.send_results(first.batch_id, answer(first)).result(30)
+        second = rig.next_batch(timeout=60)
+        assert second.generation == 1
+
+    def step_items():
+        return [(at, kind) for at, kind, data in published
+                if (kind == "batch.answered" and data["batch_id"] == first.batch_id)
+                or (kind == "generation.completed" and data["generation"] == 0)
+                or (kind == "batch.sent" and data["batch_id"] == second.batch_id)]
+    deadline = time.monotonic() + 10
+    while len(step_items()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    items = step_items()
+    assert [kind for _, kind in items] == ["batch.answered", "generation.completed", "batch.sent"]
+    assert all(at >= sent_at[second.batch_id] for at, _ in items)
+
 @pytest.mark.parametrize("n_threads", [1, 2])
 def test_the_ack_waits_for_the_step_only_on_a_rig_with_one_thread(live, monkeypatch, n_threads):
     """One thread: its rig has nothing to show until the next BATCH, so the round's last RESULTS commits with
