@@ -13,7 +13,6 @@ import json
 import math
 import re
 import struct
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +38,7 @@ MAX_DROPPED_FRAMES = 1_000_000
 MAX_ONSET = 1e11  # seconds; any unix time this century
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _RIG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _ERROR_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
@@ -242,6 +242,14 @@ def _finite_float(text: str) -> float:
     return value
 
 
+_NUMBER = (float, int)  # the types of JSON numbers once parsed (a bool is not one)
+
+
+def _numbers(values: list) -> bool:
+    """Whether every item of a parsed JSON array is a number."""
+    return all(type(v) in _NUMBER for v in values)
+
+
 def is_id(value: Any, max_len: int = MAX_ID_LENGTH) -> bool:
     """Whether ``value`` is a protocol *id*: 1..max_len characters, encodable as UTF-8."""
     if not isinstance(value, str) or not 0 < len(value) <= max_len:
@@ -310,7 +318,7 @@ class _Fields:
 
     def number(self, key: str, lo: float = -math.inf, hi: float = math.inf) -> float:
         value = self._get(key)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
+        if type(value) not in _NUMBER or not lo <= value <= hi:
             raise self._bad(key, "a number" + (f" in {lo}..{hi}" if math.isfinite(hi) else ""))
         return float(value)
 
@@ -341,7 +349,7 @@ class _Fields:
         lo, hi = (-MAX_WINDOW_MS, 0) if before_onset else (0, MAX_WINDOW_MS)
         value = self._get(key)
         ok = (isinstance(value, list) and len(value) == 2
-              and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+              and _numbers(value)
               and lo <= value[0] < value[1] <= hi)
         if not ok:
             raise self._bad(key, f"[start, end] in ms relative to onset with {lo} <= start < "
@@ -424,18 +432,13 @@ def _batch(h: _Fields, frames: list[bytes]) -> None:
 def _results(h: _Fields, frames: list[bytes]) -> None:
     h.string("batch_id")
     for p in h.objects("presentations", 0, MAX_PRESENTATIONS):
-        pid = p.string("presentation_id", max_len=36)
-        try:
-            canonical = str(uuid.UUID(pid)) == pid
-        except ValueError:
-            canonical = False
-        if not canonical:
+        if _CANONICAL_UUID.fullmatch(p.string("presentation_id", max_len=36)) is None:
             raise p._bad("presentation_id", "a lowercase hyphenated UUID string "
                          "(e.g. 3f2b8c1e-9d4a-4c2e-8f1a-2b3c4d5e6f70)")
         p.string("stimulus_id")
         p.number("onset", 0.0, MAX_ONSET)
         rates = p.array("rates", 1, MAX_CHANNELS)
-        if not all(isinstance(r, int | float) and not isinstance(r, bool) for r in rates):
+        if not _numbers(rates):
             raise p._bad("rates", "an array of finite numbers, one per channel")
         p.window("window_ms")
         _trial_facts(p, len(rates))
@@ -461,7 +464,7 @@ def _trial_facts(p: _Fields, channels: int) -> None:
                             "with 'baseline_rates' and 'baseline_window_ms' (send both or neither)")
     if "baseline_rates" in p.obj:
         baseline = p.array("baseline_rates", 0, MAX_CHANNELS)
-        if len(baseline) != channels or not all(isinstance(r, int | float) and not isinstance(r, bool) for r in baseline):
+        if len(baseline) != channels or not _numbers(baseline):
             raise p._bad("baseline_rates", f"an array of {channels} finite numbers, like 'rates'")
         p.window("baseline_window_ms", before_onset=True)
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import copy
 import json
 import struct
+import uuid
 import zlib
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from rig_client.protocol import (
     MAX_HEADER_BYTES, VERSION, ErrorCode, Message, MessageType, ProtocolError, batch_message,
@@ -206,6 +209,37 @@ def test_decode_rejects_with_stable_code(frames, code):
     assert err.value.code == code, err.value
     assert err.value.message  # says what is wrong
 
+
+@given(st.one_of(
+    st.uuids().map(str),
+    st.uuids().map(lambda u: str(u).upper()),
+    st.uuids().map(lambda u: u.hex),
+    st.uuids().map(lambda u: "{%s}" % u),
+    st.uuids().map(lambda u: str(u)[:-1] + "g"),
+    st.text(alphabet="0123456789abcdefABCDEF-{}", min_size=30, max_size=38),
+    st.text(max_size=40),
+))
+def test_a_presentation_id_is_exactly_a_canonical_uuid(pid):
+    """Accepted iff it is the lowercase hyphenated form the uuid module writes (e.g. str(uuid.uuid4()))."""
+    try:
+        canonical = str(uuid.UUID(pid)) == pid
+    except ValueError:
+        canonical = False
+    frames = mutated(MessageType.RESULTS, put_in("presentations", 0, "presentation_id", pid))
+    try:
+        decode(frames)
+        accepted = True
+    except ProtocolError as exc:
+        assert exc.code == "bad_field" and "presentation_id" in exc.message
+        accepted = False
+    assert accepted == canonical
+
+
+@pytest.mark.parametrize("field, value", [("rates", [1.0, True]), ("window_ms", [False, 200]), ("onset", True)])
+def test_a_boolean_is_not_a_number(field, value):
+    with pytest.raises(ProtocolError) as err:
+        decode(mutated(MessageType.RESULTS, put_in("presentations", 0, field, value)))
+    assert err.value.code == "bad_field" and field in err.value.message
 
 def test_too_large_counts_all_frames():
     frames = encode(EXAMPLES[MessageType.BATCH])
