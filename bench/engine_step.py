@@ -4,7 +4,8 @@ a pause like a rig's show; and what waking from such a pause costs on this machi
 The step: a one-thread session (DCGAN, CMA, ``--population`` images + 10 references) on a real SQLite
 file, each round answered in this process by ``steps.answer``, the transaction the engine runs when a
 round's last RESULTS arrives (store it, score, tell, ask, render, add the next generation and its
-batch, commit). Its overhead is the transaction's time less the tell, ask and render inside it
+batch, commit), then what the engine does once that BATCH is out (its archive writes and a WAL
+checkpoint start in the background, as ``actmax serve`` runs them). Its overhead is the transaction's time less the tell, ask and render inside it
 (``ThreadRuntime.compute_s``). The waking costs: a 100-byte ``pread``, a sqlite3 primary-key read,
 and the first SQLAlchemy statement of a transaction, each timed right after a ``--pause-ms`` sleep
 and again at once (the baseline). On a machine where these are much slower after a pause, so is every
@@ -47,15 +48,16 @@ def step_overheads(generations: int, population: int, pause_s: float, spin: bool
     from server.session_config import SessionConfig
     from server.store import records
     from server.store.archive import ImageArchive
-    from server.store.db import make_db_engine, make_sessionmaker, upgrade
+    from server.store.db import BackgroundCheckpoints, make_db_engine, make_sessionmaker, upgrade
     from server.store.models import utcnow
     from server.thread_runtime import build_runtime
     from server.weights import GeneratorCache
 
     with tempfile.TemporaryDirectory() as tmp:
-        db_engine = make_db_engine(f"sqlite:///{tmp}/actmax.sqlite")
+        db_engine = make_db_engine(f"sqlite:///{tmp}/actmax.sqlite", background_checkpoints=True)  # as the server
         upgrade(db_engine)
         sessions, archive = make_sessionmaker(db_engine), ImageArchive(tmp)
+        checkpoints = BackgroundCheckpoints(sessions)
         config = SessionConfig.model_validate({
             "name": "step", "rig": "bench", "references": {"source": "skimage", "count": 10},
             "threads": [{"name": "t", "generator": "dcgan-faces", "optimizer": "cma",
@@ -75,6 +77,7 @@ def step_overheads(generations: int, population: int, pause_s: float, spin: bool
             inflight.batch_id, inflight.awaiting = message.header["batch_id"], {
                 s["stimulus_id"] for s in message.header["stimuli"]}
             inflight.archive_in(archive)
+            checkpoints.request()
 
         message = transaction(steps.next_step, runtime, 1, frozenset(), archive)
         rng, overheads = np.random.default_rng(0), []
@@ -91,6 +94,7 @@ def step_overheads(generations: int, population: int, pause_s: float, spin: bool
             overheads.append(time.perf_counter() - start - runtime.compute_s)
         sent(message)
         runtime.inflight.archived.result()
+        checkpoints.close()
         db_engine.dispose()
     return np.array(overheads)
 

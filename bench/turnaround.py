@@ -9,8 +9,9 @@ wait is paired with a compute under the same machine load; wait minus compute is
 adds (database transactions, archive writes, ZeroMQ). That difference also holds the run-to-run
 noise of two separate computes (on 2 shared cores a 40-image compute varies by about 14 ms sd), so
 the script also reads the server's own clock for each step (``batch.sent`` on ``GET /live``): its
-wait minus the compute inside that same wait is the server's overhead without that noise, and the
-rig's wait minus the server's is the ZeroMQ hops and the rig client.
+wait minus the compute inside that same wait is the server's overhead without that noise, the
+rig's wait minus the server's is the ZeroMQ hops and the rig client, and the rig's wait minus the
+compute inside it is all the rig waits for besides the compute (both, step by step).
 
 Four loops run on one server, one session each:
   dcgan-64      the real DCGAN faces (64 px), one thread
@@ -313,6 +314,7 @@ def main(argv: list[str] | None = None) -> None:
             row("  server-timed compute", server_compute)
             row("  server overhead, server-timed", server_wait - server_compute)
             row("  ZeroMQ hops + rig client", rig_wait - server_wait)
+            row("  rig wait - server-timed compute", rig_wait - server_compute)
     one = loops["dcgan-64"][0]
     row("rig wait, 1 thread (DCGAN)", one)
     row("rig wait, 2 threads (DCGAN)", two_threads)

@@ -37,6 +37,7 @@ from server.session_config import ObjectiveConfig
 from server.settings import Settings
 from server.store import queries, records
 from server.store.archive import ImageArchive
+from server.store.db import BackgroundCheckpoints
 from server.store.models import Batch, EventLevel, Thread, ThreadStatus, utcnow
 from server.thread_runtime import ThreadRuntime, build_runtime, code_chunks
 from server.weights import GeneratorCache
@@ -72,6 +73,7 @@ class Engine:
         self.rig_minor: dict[str, int] = {}  # protocol minor version negotiated with each connected rig
         self._steps: set[asyncio.Task] = set()  # thread steps in progress (kept so none is collected)
         self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="actmax-compute")
+        self._checkpoints = BackgroundCheckpoints(sessions)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake_event: asyncio.Event | None = None
         self._closed = False
@@ -93,6 +95,8 @@ class Engine:
                 await self._check_timeouts()
             except Exception:  # the loop must outlive any one failure; the event log says what
                 log.exception("engine reconcile failed")
+            if not self._steps:  # the REST API's writes; a step's are checkpointed after its send
+                self._checkpoints.request()
             try:
                 await asyncio.wait_for(self._wake_event.wait(), RECONCILE_S)
             except TimeoutError:
@@ -106,6 +110,7 @@ class Engine:
             step.cancel()
         await asyncio.gather(*self._steps, return_exceptions=True)
         self._compute.shutdown(wait=True, cancel_futures=True)
+        self._checkpoints.close()
         gc.unfreeze()  # what ``freeze_heap`` hid may now become garbage
 
     async def _offload(self, fn, *args):
@@ -426,6 +431,7 @@ class Engine:
                          f"{'resent' if resend else 'sent'}", session_id=runtime.session_id, thread_id=runtime.id,
                          data=data))
         inflight.archive_in(self._archive)  # in the background while the rig shows the round
+        self._checkpoints.request()  # likewise
 
     def _forget_batch(self, batch_id: str) -> None:
         with self._db.begin() as db:

@@ -63,7 +63,7 @@ async def serve(settings) -> None:
     from server.transport import Transport
 
     http_socket = bind_http(settings.http_host, settings.http_port)
-    db_engine = make_db_engine(settings.database_url)
+    db_engine = make_db_engine(settings.database_url, background_checkpoints=True)
     try:
         upgrade(db_engine)
         db_sessions = make_sessionmaker(db_engine)

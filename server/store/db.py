@@ -8,7 +8,10 @@ version) is rebuilt when its tables are empty and refused with a clear message o
 
 from __future__ import annotations
 
+import functools
+import logging
 import sqlite3
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from alembic import command
@@ -19,6 +22,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from server import ServerError
 
+log = logging.getLogger(__name__)
+
 BUSY_TIMEOUT_MS = 10_000
 # More connections than the threads that may hold one at once: anyio's 40 workers that run sync
 # endpoints (and their dependencies' clean-up), the engine's worker, a few more. With fewer, a burst
@@ -28,17 +33,22 @@ POOL_SIZE, MAX_OVERFLOW = 5, 60
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
-def _set_sqlite_pragmas(dbapi_connection, _connection_record) -> None:
+def _set_sqlite_pragmas(dbapi_connection, _connection_record, *, autocheckpoint: bool) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    if not autocheckpoint:
+        cursor.execute("PRAGMA wal_autocheckpoint=0")
     cursor.close()
 
 
-def make_db_engine(database_url: str) -> Engine:
+def make_db_engine(database_url: str, *, background_checkpoints: bool = False) -> Engine:
     """A database engine for ``database_url``; for SQLite files: WAL, foreign keys on, busy timeout, parent
-    folder made. A process makes one and disposes of it when it ends (``actmax serve`` owns the server's)."""
+    folder made. A process makes one and disposes of it when it ends (``actmax serve`` owns the server's).
+
+    ``background_checkpoints``: no commit copies the WAL into the database file (SQLite does that in the
+    commit that crosses 1000 pages, every few engine steps); the process runs `BackgroundCheckpoints`."""
     url = make_url(database_url)
     if url.get_backend_name() != "sqlite":
         return create_engine(url)
@@ -46,8 +56,38 @@ def make_db_engine(database_url: str) -> Engine:
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     db_engine = create_engine(url, connect_args={"check_same_thread": False}, pool_size=POOL_SIZE,
                               max_overflow=MAX_OVERFLOW)
-    event.listen(db_engine, "connect", _set_sqlite_pragmas)
+    event.listen(db_engine, "connect",
+                 functools.partial(_set_sqlite_pragmas, autocheckpoint=not background_checkpoints))
     return db_engine
+
+
+class BackgroundCheckpoints:
+    """WAL checkpoints on a thread of their own, when asked (SQLite only; elsewhere a no-op).
+
+    A PASSIVE checkpoint copies what the WAL holds into the database file and fsyncs it, without waiting
+    for or blocking readers and writers. The engine asks after each BATCH it sends, so the copy falls in
+    the rig's show and not in a step's commit (``make_db_engine(background_checkpoints=True)``)."""
+
+    def __init__(self, sessions: sessionmaker[Session]):
+        self._sessions = sessions
+        self._sqlite = sessions.kw["bind"].dialect.name == "sqlite"
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="actmax-checkpoint")
+        self._under_way: Future | None = None
+
+    def request(self) -> None:
+        """Start a checkpoint unless one is under way."""
+        if self._sqlite and (self._under_way is None or self._under_way.done()):
+            self._under_way = self._worker.submit(self._checkpoint)
+            self._under_way.add_done_callback(_log_failure)
+
+    def _checkpoint(self) -> tuple[int, int, int]:
+        """(1 if it could not finish, WAL frames, frames in the database file now), as SQLite reports them."""
+        with self._sessions() as db:
+            return driver(db).execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+
+    def close(self) -> None:
+        """Wait for the checkpoint under way, if any; no more start."""
+        self._worker.shutdown(wait=True, cancel_futures=True)
 
 
 def make_sessionmaker(db_engine: Engine) -> sessionmaker[Session]:
@@ -61,6 +101,12 @@ def driver(db: Session) -> sqlite3.Connection:
 
     They do not flush the session first, and rows they write are not in its identity map."""
     return db.connection().connection.driver_connection
+
+
+def _log_failure(checkpoint: Future) -> None:
+    if not checkpoint.cancelled() and checkpoint.exception() is not None:
+        log.warning("WAL checkpoint failed (%s); the next one retries, and the WAL grows until one succeeds",
+                    checkpoint.exception())
 
 
 def alembic_config(database_url: str) -> Config:

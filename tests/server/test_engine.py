@@ -38,7 +38,7 @@ class LiveEngine:
     def __init__(self, data_dir, endpoint, batch_timeout_s=300.0, **settings):
         self.settings = Settings(data_dir=data_dir, zmq_endpoint=endpoint, token="t", heartbeat_s=0.5,
                                  batch_timeout_s=batch_timeout_s, device="cpu", **settings)
-        self.db_engine = make_db_engine(self.settings.database_url)
+        self.db_engine = make_db_engine(self.settings.database_url, background_checkpoints=True)  # as serve makes it
         upgrade(self.db_engine)
         self.sessions = make_sessionmaker(self.db_engine)
         self.engine = Engine(self.settings, self.sessions, ImageArchive(data_dir))
@@ -423,6 +423,33 @@ def test_a_generation_is_archived_after_its_batch_left_and_before_it_is_told(liv
                 batch = next(b for b in batches if b.generation == generation.number)
                 started = [at for at, written in writes if hashes <= written]
                 assert started and started[0] >= sent_at[batch.batch_id]
+
+def test_the_engine_checkpoints_the_wal_in_the_background(live):
+    """The server's commits never copy the WAL into the database file; the engine's checkpoints (after each
+    BATCH, and when idle) do, so the told generations reach the file itself while the server runs."""
+    import sqlite3
+
+    from sqlalchemy import make_url
+
+    path = make_url(live.settings.database_url).database
+    live.create()
+    with live.db_engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+    with RigClient(live.settings.zmq_endpoint, RIG, channels=1) as rig:
+        first = rig.next_batch(timeout=60)
+        rig.send_results(first.batch_id, answer(first)).result(30)
+        assert rig.next_batch(timeout=60).generation == 1
+
+        def told_in_the_file() -> int:  # the WAL ignored
+            file = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+            try:
+                return file.execute("SELECT count(*) FROM generations WHERE status = 'complete'").fetchone()[0]
+            finally:
+                file.close()
+        deadline = time.monotonic() + 10
+        while told_in_the_file() < 1:
+            assert time.monotonic() < deadline, "generation 0 never reached the database file"
+            time.sleep(0.05)
 
 def test_a_steps_live_items_go_out_after_its_batch(live, monkeypatch):
     """The round's ``batch.answered``, the ``generation.completed`` its step commits and the ``batch.sent`` are

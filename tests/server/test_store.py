@@ -76,6 +76,35 @@ def test_wal_lets_a_write_commit_while_a_reader_holds_a_snapshot(settings: Setti
         writer.close()
 
 
+@pytest.mark.parametrize("background", [False, True])
+def test_commits_checkpoint_the_wal_only_when_the_process_does_not(settings: Settings, background: bool) -> None:
+    """With ``background_checkpoints`` no commit copies the WAL into the database file, however large it
+    grows; ``BackgroundCheckpoints`` does, on its own thread. Without it, the commit past 1000 pages does."""
+    path = make_url(settings.database_url).database
+    db_engine = db.make_db_engine(settings.database_url, background_checkpoints=background)
+    db.upgrade(db_engine)
+    sessions = db.make_sessionmaker(db_engine)
+
+    def in_the_file() -> int:  # rows in the database file itself, the WAL ignored
+        file = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+        try:
+            return file.execute("SELECT count(*) FROM events").fetchone()[0]
+        finally:
+            file.close()
+
+    for _ in range(40):  # ~1200 pages of WAL, past SQLite's threshold of 1000
+        with sessions.begin() as session:
+            for _ in range(10):
+                log_event(session, "bench", "x" * 10_000)
+    with db_engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == (0 if background else 1000)
+    assert (in_the_file() == 0) == background
+    checkpoints = db.BackgroundCheckpoints(sessions)
+    checkpoints.request()
+    checkpoints.close()  # waits for it
+    assert in_the_file() == 400
+    db_engine.dispose()
+
 def test_migrations_match_the_models(db_sessions: sessionmaker[DBSession]) -> None:
     with db_sessions() as session:
         differences = compare_metadata(MigrationContext.configure(session.connection()), Base.metadata)
