@@ -70,7 +70,8 @@ class BackgroundCheckpoints:
 
     def __init__(self, sessions: sessionmaker[Session]):
         self._sessions = sessions
-        self._sqlite = sessions.kw["bind"].dialect.name == "sqlite"
+        with sessions() as db:
+            self._sqlite = db.get_bind().dialect.name == "sqlite"
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="actmax-checkpoint")
         self._under_way: Future | None = None
 
