@@ -11,7 +11,6 @@ transaction. Each function works in the transaction it is given
 from __future__ import annotations
 
 import logging
-import uuid
 from typing import NamedTuple
 
 import numpy as np
@@ -234,7 +233,7 @@ def prepare_batch(db: DBSession, runtime: ThreadRuntime, cached: frozenset[str],
         else:
             entries.append((stimulus_id, "synthetic", inflight.pngs[stimulus_id]))
     if batch_id is None:
-        batch_id = records.add_batch(db, uuid.uuid4().hex, runtime.session_id, runtime.id, inflight.generation_id,
+        batch_id = records.add_batch(db, records.new_id(), runtime.session_id, runtime.id, inflight.generation_id,
                                      runtime.rig)
     return batch_message(batch_id=batch_id, session_id=str(runtime.session_id), thread_id=str(runtime.id),
                          generation=inflight.number, response_window_ms=runtime.window_ms, stimuli=entries)

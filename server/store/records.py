@@ -7,7 +7,7 @@ driver directly (``server.store.db.driver``): they neither flush the ORM session
 from __future__ import annotations
 
 import secrets
-import uuid
+import time
 from datetime import datetime
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -261,6 +261,13 @@ def record_presentations(
     return accepted, duplicates
 
 
+def new_id() -> str:
+    """A row id of 32 hex digits that sorts by creation time (milliseconds), then 80 random bits: the rows of
+    one step land together at the end of each index on their id, where random ids (uuid4) dirtied another
+    page each (the WAL a commit writes and fsyncs)."""
+    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
+
+
 def add_generation(db: DBSession, thread_id: int, number: int, codes: np.ndarray, images: Sequence[ArchivedImage],
                    provenance: dict[str, Any], session_id: int) -> tuple[int, dict, list[str]]:
     """A pending generation, scored with its thread's objective as it is now, and one synthetic stimulus per
@@ -271,7 +278,7 @@ def add_generation(db: DBSession, thread_id: int, number: int, codes: np.ndarray
         "INSERT INTO generations (thread_id, number, status, codes, n_stimuli, objective_json, n_scored, asked_at) "
         "VALUES (?, ?, ?, ?, ?, (SELECT objective_json FROM threads WHERE id = ?), 0, ?) RETURNING id, objective_json",
         (thread_id, number, GenerationStatus.PENDING.value, encode_codes(codes), len(codes), thread_id, now)).fetchone()
-    rows = [(uuid.uuid4().hex, session_id, thread_id, generation_id, StimulusKind.SYNTHETIC.value, index,
+    rows = [(new_id(), session_id, thread_id, generation_id, StimulusKind.SYNTHETIC.value, index,
              encode_codes(code), image.content_hash, image.png_path, provenance["name"], provenance["version"],
              provenance.get("weights_sha256"), now)
             for index, (code, image) in enumerate(zip(codes, images, strict=True))]

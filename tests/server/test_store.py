@@ -240,6 +240,19 @@ def test_the_driver_writes_and_reads_what_the_orm_columns_do(moment: datetime) -
     assert stored_json(None) is None and read_json(None) is None
 
 
+def test_row_ids_sort_by_creation_time_and_do_not_repeat() -> None:
+    import re
+    import time
+
+    from server.store.records import new_id
+
+    earlier = [new_id() for _ in range(5000)]
+    time.sleep(0.002)
+    later = new_id()
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in earlier + [later])
+    assert len(set(earlier)) == len(earlier)
+    assert max(earlier) < later
+
 def test_codes_round_trip() -> None:
     codes = np.random.default_rng(0).normal(size=(5, 7))
     assert np.array_equal(decode_codes(encode_codes(codes), 5), codes)
