@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import sqlite3
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from server import ServerError
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 10_000
+CHECKPOINT_INTERVAL_S = 2.0  # background WAL checkpoints at most this often (a few MB of WAL between them)
 # More connections than the threads that may hold one at once: anyio's 40 workers that run sync
 # endpoints (and their dependencies' clean-up), the engine's worker, a few more. With fewer, a burst
 # of requests (a dashboard loading 40 images) deadlocks: workers wait for connections whose
@@ -66,19 +69,24 @@ class BackgroundCheckpoints:
 
     A PASSIVE checkpoint copies what the WAL holds into the database file and fsyncs it, without waiting
     for or blocking readers and writers. The engine asks after each BATCH it sends, so the copy falls in
-    the rig's show and not in a step's commit (``make_db_engine(background_checkpoints=True)``)."""
+    the rig's show and not in a step's commit (``make_db_engine(background_checkpoints=True)``). At most
+    one starts per ``interval_s``: the commit after a checkpoint that emptied the WAL starts it afresh
+    and fsyncs its header once more, so a checkpoint after every step would cost every commit an fsync."""
 
-    def __init__(self, sessions: sessionmaker[Session]):
-        self._sessions = sessions
+    def __init__(self, sessions: sessionmaker[Session], interval_s: float = CHECKPOINT_INTERVAL_S):
+        self._sessions, self.interval_s = sessions, interval_s
         with sessions() as db:
             self._sqlite = db.get_bind().dialect.name == "sqlite"
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="actmax-checkpoint")
         self._under_way: Future | None = None
+        self._started = -math.inf
 
     def request(self) -> None:
-        """Start a checkpoint unless one is under way."""
-        if self._sqlite and (self._under_way is None or self._under_way.done()):
-            self._under_way = self._worker.submit(self._checkpoint)
+        """Start a checkpoint unless one is under way or one started less than ``interval_s`` ago."""
+        now = time.monotonic()
+        if self._sqlite and now - self._started >= self.interval_s and (
+                self._under_way is None or self._under_way.done()):
+            self._started, self._under_way = now, self._worker.submit(self._checkpoint)
             self._under_way.add_done_callback(_log_failure)
 
     def _checkpoint(self) -> tuple[int, int, int]:
@@ -87,8 +95,8 @@ class BackgroundCheckpoints:
             return driver(db).execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
 
     def close(self) -> None:
-        """Wait for the checkpoint under way, if any; no more start."""
-        self._worker.shutdown(wait=True, cancel_futures=True)
+        """Finish the checkpoint asked for, if any; no more start."""
+        self._worker.shutdown(wait=True)
 
 
 def make_sessionmaker(db_engine: Engine) -> sessionmaker[Session]:

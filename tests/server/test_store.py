@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import sqlite3
+import time
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -103,6 +104,42 @@ def test_commits_checkpoint_the_wal_only_when_the_process_does_not(settings: Set
     checkpoints.request()
     checkpoints.close()  # waits for it
     assert in_the_file() == 400
+    db_engine.dispose()
+
+
+def test_background_checkpoints_start_at_most_once_per_interval(settings: Settings) -> None:
+    """Each checkpoint that empties the WAL costs the next commit one more fsync, so they are spaced out."""
+    path = make_url(settings.database_url).database
+    db_engine = db.make_db_engine(settings.database_url, background_checkpoints=True)
+    db.upgrade(db_engine)
+    sessions = db.make_sessionmaker(db_engine)
+    checkpoints = db.BackgroundCheckpoints(sessions, interval_s=3600)
+
+    def write_and_request(rows: int) -> None:
+        with sessions.begin() as session:
+            for _ in range(rows):
+                log_event(session, "bench", "x")
+        checkpoints.request()
+
+    def in_the_file() -> int:
+        file = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+        try:
+            return file.execute("SELECT count(*) FROM events").fetchone()[0]
+        finally:
+            file.close()
+
+    write_and_request(3)
+    deadline = time.monotonic() + 10
+    while in_the_file() < 3:
+        assert time.monotonic() < deadline, "the first request started no checkpoint"
+        time.sleep(0.02)
+    write_and_request(2)  # within the interval
+    time.sleep(0.3)
+    assert in_the_file() == 3
+    checkpoints.interval_s = 0
+    checkpoints.request()
+    checkpoints.close()
+    assert in_the_file() == 5
     db_engine.dispose()
 
 def test_migrations_match_the_models(db_sessions: sessionmaker[DBSession]) -> None:
