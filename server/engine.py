@@ -256,9 +256,10 @@ class Engine:
         items; frees the lock."""
         try:
             if step is not None:
-                await self._take(runtime, step, held)
+                await self._take(runtime, step, held)  # publishes them after the send
+            else:
+                live.publish_held(held)
         finally:
-            live.publish_held(held)
             runtime.lock.release()
 
     async def on_refused(self, rig: str, batch_id: str, exc: RigInputError) -> None:

@@ -89,10 +89,9 @@ class BackgroundCheckpoints:
             self._started, self._under_way = now, self._worker.submit(self._checkpoint)
             self._under_way.add_done_callback(_log_failure)
 
-    def _checkpoint(self) -> tuple[int, int, int]:
-        """(1 if it could not finish, WAL frames, frames in the database file now), as SQLite reports them."""
+    def _checkpoint(self) -> None:
         with self._sessions() as db:
-            return driver(db).execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            driver(db).execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def close(self) -> None:
         """Finish the checkpoint asked for, if any; no more start."""
