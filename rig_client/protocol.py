@@ -13,6 +13,7 @@ import json
 import math
 import re
 import struct
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -190,22 +191,30 @@ def batch_message(*, batch_id: str, session_id: str, thread_id: str, generation:
     return Message(MessageType.BATCH, header, frames)
 
 
-PNG_COMPRESS_LEVEL = 1
-"""zlib level of every PNG this project writes: 1 encodes GAN images several times faster than
-Pillow's default 6 for files about 10% larger; PNG is lossless at every level (same pixels)."""
+def encode_png(image: np.ndarray) -> bytes:
+    """8-bit RGB PNG bytes of an ``(H, W, 3)`` uint8 array (lossless: any PNG decoder gives it back exactly).
 
-
-def encode_png(image: np.ndarray, compress_level: int = PNG_COMPRESS_LEVEL) -> bytes:
-    """8-bit RGB PNG bytes of an ``(H, W, 3)`` uint8 array (lossless; ``compress_level`` 0-9 trades size for time)."""
-    from PIL import Image
-
+    Written here, not by Pillow: every row takes PNG's Up filter (each byte minus the byte above it)
+    and zlib compresses with its run-length strategy. GAN images then encode 2-3x faster than
+    with Pillow at zlib level 1, into files within a few per cent of the same size.
+    """
     image = np.asarray(image)
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
         raise ValueError(f"expected an (H, W, 3) uint8 array, got {image.dtype} {image.shape}; "
                          "convert with (np.clip(x, 0, 1) * 255).round().astype(np.uint8)")
-    buf = io.BytesIO()
-    Image.fromarray(image, "RGB").save(buf, format="PNG", compress_level=compress_level)
-    return buf.getvalue()
+    height, width = image.shape[:2]
+    rows = image.reshape(height, 3 * width)
+    filtered = np.empty((height, 1 + 3 * width), np.uint8)
+    filtered[:, 0] = 2  # filter type Up; the first row's "above" is zeros
+    filtered[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # modulo 256
+    compressor = zlib.compressobj(1, zlib.DEFLATED, 15, 8, zlib.Z_RLE)
+    return b"".join((_PNG_SIGNATURE, _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)),
+                     _png_chunk(b"IDAT", compressor.compress(filtered) + compressor.flush()), _png_chunk(b"IEND", b"")))
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
 
 
 def decode_png(data: bytes) -> np.ndarray:

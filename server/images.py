@@ -24,13 +24,17 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
 @cache
 def _encoder_pool() -> ThreadPoolExecutor:
-    """One pool per process: Pillow releases the GIL while it compresses, so images encode in parallel."""
+    """One pool per process: zlib releases the GIL while it compresses, so images encode in parallel."""
     return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="actmax-png")
 
 
 def parallel_map(fn, items) -> list:
-    """``[fn(x) for x in items]`` on the process's image pool (for work that releases the GIL)."""
-    return list(_encoder_pool().map(fn, items))
+    """``[fn(x) for x in items]`` on the process's image pool (for work that releases the GIL), one run of
+    consecutive items per core: a hand-off per core, not per item."""
+    items = list(items)
+    size = max(1, -(-len(items) // (os.cpu_count() or 1)))
+    runs = _encoder_pool().map(lambda run: [fn(x) for x in run], [items[i:i + size] for i in range(0, len(items), size)])
+    return [y for run in runs for y in run]
 
 
 def parallel_submit(fn, *args) -> Future:
@@ -40,14 +44,15 @@ def parallel_submit(fn, *args) -> Future:
 
 def to_pixels(images: torch.Tensor) -> np.ndarray:
     """(n, H, W, 3) uint8 of images (n, 3, H, W) in [0, 1], any device or float dtype."""
-    return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    pixels = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
 
 def encode_images(images: torch.Tensor) -> list[bytes]:
-    """8-bit RGB PNG bytes (the wire format) for images (n, 3, H, W) in [0, 1], encoded on all cores.
+    """8-bit RGB PNG bytes (the wire format, ``rig_client.protocol.encode_png``) for images (n, 3, H, W) in
+    [0, 1], encoded on all cores.
 
-    PNG is lossless: decoding gives back ``to_pixels(images)`` exactly. The zlib level is
-    ``rig_client.protocol.PNG_COMPRESS_LEVEL``.
+    PNG is lossless: decoding gives back ``to_pixels(images)`` exactly.
     """
     return parallel_map(encode_png, to_pixels(images))
 

@@ -221,7 +221,8 @@ def resume_pending(db: DBSession, runtime: ThreadRuntime, pending: Generation, a
             if archive.save(png).content_hash != stimulus.content_hash:
                 raise ServerError(
                     f"stimulus {stimulus.id} of generation {pending.number} is missing from the image archive "
-                    "and renders differently now (other generator weights or device?); restore the archive")
+                    "and renders differently now (other generator weights or device, or an older actmax's PNG "
+                    "encoder?); restore the archive")
     inflight = InFlight(pending.id, pending.number, stored, [s.id for s in stimuli],
                         {s.id: archive.read(s.content_hash) for s in stimuli}, rounds=1)
     batches = queries.generation_batches(db, pending.id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import io
 import json
 import struct
 import uuid
@@ -83,6 +84,8 @@ def test_png_helpers():
     np.testing.assert_array_equal(decode_png(encode_png(image)), image)
     with pytest.raises(ValueError, match="uint8"):
         encode_png(image.astype(np.float32))
+    with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
+        encode_png(np.zeros((0, 4, 3), np.uint8))
     with pytest.raises(ProtocolError) as err:
         decode_png(png_header() + b"garbage")
     assert err.value.code == "bad_image"
@@ -337,3 +340,22 @@ def test_flagged_presentations():
     assert p.flagged
     msg = Message(MessageType.RESULTS, {"batch_id": "b", "done": True, "presentations": [p.to_json()]})
     assert decode(encode(msg)).header["presentations"][0]["baseline_rates"] == [0.5, 0.0]
+
+
+@given(st.integers(1, 40), st.integers(1, 40), st.integers(0, 2**32 - 1), st.sampled_from(["noise", "smooth", "flat"]))
+def test_our_pngs_are_valid_files_that_pillow_decodes_to_the_same_pixels(height, width, seed, kind):
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    if kind == "noise":
+        image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    elif kind == "smooth":  # wraps around 0/255 between rows, as the Up filter's differences do
+        image = np.cumsum(rng.integers(0, 256, (height, width, 3)), axis=0).astype(np.uint8)
+    else:
+        image = np.full((height, width, 3), rng.integers(0, 256), np.uint8)
+    png = encode_png(image[:, ::-1] if width > 1 else image)  # a non-contiguous view too
+    with Image.open(io.BytesIO(png)) as opened:
+        opened.verify()  # chunk CRCs and structure
+    with Image.open(io.BytesIO(png)) as opened:
+        assert (opened.mode, opened.size) == ("RGB", (width, height))
+        np.testing.assert_array_equal(np.asarray(opened), image[:, ::-1] if width > 1 else image)
