@@ -159,6 +159,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.generations < 2 or args.population < 2 or args.pause_ms <= 0:
         parser.error("need --generations >= 2, --population >= 2 and --pause-ms > 0")
+    from server.engine import keep_freed_memory
+
+    keep_freed_memory()  # as ``actmax serve`` does
     pause_s, how = args.pause_ms / 1000, "spinning" if args.spin else "asleep"
     ms = lambda a, q: 1000 * np.percentile(a, q)  # noqa: E731
 

@@ -14,20 +14,21 @@ prints why and is skipped, and a section that fails makes the exit status 1:
   e2e         `actmax serve --device ...` and a rig played here: the rig's wait per generation
               against the bare compute (bench/turnaround.py's loop), DCGAN and BigGAN-deep-256
 
-The first two import only torch, numpy and the generators/rig_client packages; `hessian` needs
-scipy, `e2e` the server stack (fastapi, uvicorn, pyzmq, sqlalchemy, ...); `--skip-e2e` leaves it out.
+The first two need torch, numpy, Pillow and pydantic (the generators and rig_client packages and
+server.images, which encodes PNGs as the server does); `hessian` needs scipy, `e2e` the server stack
+(fastapi, uvicorn, pyzmq, sqlalchemy, ...); `--skip-e2e` leaves it out.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import sys
 import tempfile
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +85,7 @@ def timed(fn, device: torch.device, repeats: int) -> float:
 
 
 def bench_generators(args, weights_root: Path) -> None:
-    from rig_client.protocol import encode_png
+    from server.images import encode_images
 
     device = torch.device(args.device)
     resolutions = [256] if args.tiny else [256, 512]
@@ -94,7 +95,6 @@ def bench_generators(args, weights_root: Path) -> None:
             names.append(random_biggan(weights_root, resolution, args.tiny))
         except ModuleNotFoundError as exc:
             print(f"  biggan-deep-{resolution}: skipped ({exc}; pip install pytorch-pretrained-biggan)")
-    pool = ThreadPoolExecutor()
     print(f"  {'generator':18} {'precision':9} {'max |Δ| vs fp32':>15} {'images/s':>9} {'ms / 40':>8} {'PNG ms / 40':>11}")
     for name, weights in names:
         for precision in PRECISIONS:
@@ -107,13 +107,12 @@ def bench_generators(args, weights_root: Path) -> None:
                     print(f"  {name:18} {precision:9} refused: {str(exc).split(' on ')[0]}")
                     continue
             codes = generator.sample(args.population, np.random.default_rng(0))
-            seconds = timed(lambda: generator.generate(codes), device, args.repeats)
-            pixels = (generator.generate(codes).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-            png = timed(lambda: list(pool.map(encode_png, pixels)), torch.device("cpu"), args.repeats)
+            seconds = timed(functools.partial(generator.generate, codes), device, args.repeats)
+            images = generator.generate(codes)
+            png = timed(functools.partial(encode_images, images), device, args.repeats)  # as the server renders
             print(f"  {name:18} {precision:9} {difference:15.4f} {args.population / seconds:9.0f} "
                   f"{1000 * seconds:8.1f} {1000 * png:11.1f}", flush=True)
-            del generator
-    pool.shutdown()
+            del generator, images
 
 
 def bench_units(args, _weights_root: Path) -> None:
@@ -156,6 +155,9 @@ def bench_e2e(args, weights_root: Path) -> None:
     turnaround = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(turnaround)
     Server, BareCompute, rig_waits = turnaround.Server, turnaround.BareCompute, turnaround.rig_waits
+    from server.engine import keep_freed_memory
+
+    keep_freed_memory()  # as the server does, for the bare compute here
     loops = [("dcgan-faces", None)]
     try:
         loops.append(random_biggan(weights_root, 256, args.tiny))
@@ -175,7 +177,9 @@ def bench_e2e(args, weights_root: Path) -> None:
             follower = turnaround.ServerTimings(server, Path(tmp) / "timings.jsonl")
             for name, weights in loops:
                 compute = BareCompute(name, args.population, args.device, None if weights is None else str(weights))
-                runs.append((name, *rig_waits(server, name, name, 1, args.generations, args.population, 0, compute)))
+                waits, computes, batch_ids = rig_waits(server, name, name, 1, args.generations, args.population, 0,
+                                                       compute)
+                runs.append((name, waits, computes[:, 1], batch_ids))  # the rig shows nothing: no rest
             timings = follower.stop()
         finally:
             server.close()

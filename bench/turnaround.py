@@ -6,7 +6,10 @@ Per generation it measures the wait the rig sees: RESULTS sent -> next BATCH rec
 baseline is the bare compute of a generation (tell + ask + generate + PNG encode, as the server
 does it), measured here while the rig shows the previous batch (the server is idle then), so each
 wait is paired with a compute under the same machine load; wait minus compute is what the server
-adds (database transactions, archive writes, ZeroMQ). That difference also holds the run-to-run
+adds (database transactions, archive writes, ZeroMQ). The bare compute runs twice per show: at once,
+right after the server's step, and again after the rest of the show asleep. The server's own
+compute always follows such a rest, and this machine runs work right after a rest slower (see
+``bench/engine_step.py``), so the second is the like-for-like baseline. That difference also holds the run-to-run
 noise of two separate computes (on 2 shared cores a 40-image compute varies by about 14 ms sd), so
 the script also reads the server's own clock for each step (``batch.sent`` on ``GET /live``): its
 wait minus the compute inside that same wait is the server's overhead without that noise, the
@@ -18,8 +21,9 @@ Four loops run on one server, one session each:
   standin-256   a stand-in generator of 256 px that costs almost nothing, to isolate the server
   1 thread / 2 threads on one rig (DCGAN): with two threads, thread B's next generation is
                 computed while the rig shows thread A's batch, so the rig should hardly wait.
-It also times PNG encoding of 40 images at 256 px: Pillow's default (zlib level 6, one thread) vs
-``server.images.encode_images`` (level ``PNG_COMPRESS_LEVEL``, all cores), and checks the pixels agree.
+It also times PNG encoding of 40 images at 256 px: Pillow's default (zlib level 6, one thread), Pillow at
+level 1 on all cores, and ``server.images.encode_images`` (``rig_client.protocol.encode_png`` on all
+cores), and checks that they all decode to the same pixels.
 
     python bench/turnaround.py [--generations 30] [--population 40] [--show-ms 300]
 
@@ -50,8 +54,6 @@ REFERENCES = 10
 
 def register_standins() -> None:
     """``bench-standin-64`` / ``-256``: a linear map of the code to an 8x8 image, upsampled (smooth, photo-like PNGs)."""
-    import functools
-
     import torch
     import torch.nn.functional as F
 
@@ -190,9 +192,9 @@ class BareCompute:
 def rig_waits(server: Server, name: str, generator: str, n_threads: int, generations: int, population: int,
               show_ms: float, compute: BareCompute | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Run a session of ``n_threads`` threads on one rig played here: (seconds the rig waited per batch,
-    seconds of ``compute`` per batch, the id of the batch each wait ended with). With one thread the
-    server is idle while the rig shows a batch, so ``compute`` runs then, under the same machine load
-    as the wait that follows."""
+    seconds of ``compute`` per batch at the show's start and after the rest of it asleep (n, 2), the id of
+    the batch each wait ended with). With one thread the server is idle while the rig shows a batch, so
+    ``compute`` runs then, under the same machine load as the wait that follows."""
     from rig_client.client import Presentation, RigClient
 
     session = server.api.post("/sessions", {
@@ -212,9 +214,10 @@ def rig_waits(server: Server, name: str, generator: str, n_threads: int, generat
                 waits.append(time.perf_counter() - sent)
                 batch_ids.append(batch.batch_id)
             shown = time.perf_counter() + show_ms / 1000  # the animal looks at the images
-            if compute is not None and sent is not None:
-                computes.append(compute())
+            at_once = compute() if compute is not None and sent is not None else None
             time.sleep(max(0.0, shown - time.perf_counter()))
+            if at_once is not None:  # and after a rest, as the server's step comes
+                computes.append((at_once, compute()))
             presentations = [Presentation(s.stimulus_id, [float(rng.normal())], time.time(), batch.response_window_ms)
                              for s in batch.stimuli]
             sent = time.perf_counter()  # the wait includes storing the results (the ACK)
@@ -224,41 +227,45 @@ def rig_waits(server: Server, name: str, generator: str, n_threads: int, generat
         if time.monotonic() > deadline:
             raise SystemExit(f"session {name} did not finish; see {server.log}")
         time.sleep(0.2)
-    return np.array(waits), np.array(computes), batch_ids
+    return np.array(waits), np.array(computes).reshape(-1, 2), batch_ids
 
 
-def png_encoding(repeats: int = 5) -> tuple[float, float]:
-    """Best seconds to encode 40 DCGAN faces upsampled to 256 px: Pillow's default in one thread, ``encode_images``."""
+def png_encoding(repeats: int = 5) -> dict[str, tuple[float, float]]:
+    """Best seconds and mean bytes to encode 40 DCGAN faces upsampled to 256 px: Pillow's default in one
+    thread, Pillow at zlib level 1 on all cores (this project's encoder until 2026-11-29), ``encode_images``."""
     import torch
     import torch.nn.functional as F
     from PIL import Image
 
     import generators
     from rig_client.protocol import decode_png
-    from server.images import encode_images
+    from server.images import encode_images, parallel_map
 
     G = generators.load("dcgan-faces", device="cpu")
     images = F.interpolate(G.generate(G.sample(40, np.random.default_rng(0))), size=256, mode="bicubic").clamp(0, 1)
 
-    def default_png(pixels):
+    def pillow_png(pixels, **options):
         buffer = io.BytesIO()
-        Image.fromarray(pixels, "RGB").save(buffer, format="PNG")
+        Image.fromarray(pixels, "RGB").save(buffer, format="PNG", **options)
         return buffer.getvalue()
 
-    def best(fn):
+    pixels = (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    encoders = {
+        "Pillow default, one thread": lambda: [pillow_png(p) for p in pixels],
+        "Pillow level 1, all cores": lambda: parallel_map(functools.partial(pillow_png, compress_level=1), pixels),
+        "encode_images": lambda: encode_images(images),
+    }
+    results = {}
+    for name, encode in encoders.items():
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
-            out = fn()
+            pngs = encode()
             times.append(time.perf_counter() - start)
-        return min(times), out
-
-    pixels = (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    old, old_pngs = best(lambda: [default_png(p) for p in pixels])
-    new, new_pngs = best(lambda: encode_images(images))
-    if not all(np.array_equal(decode_png(a), decode_png(b)) for a, b in zip(old_pngs, new_pngs, strict=True)):
-        raise SystemExit("the PNGs decode to different pixels")
-    return old, new
+        if not all(np.array_equal(decode_png(png), p) for png, p in zip(pngs, pixels, strict=True)):
+            raise SystemExit(f"{name}: the PNGs decode to other pixels")
+        results[name] = min(times), np.mean([len(png) for png in pngs])
+    return results
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -275,8 +282,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.generations < 2 or args.population < 2 or args.show_ms < 0:
         parser.error("need --generations >= 2, --population >= 2 and --show-ms >= 0")
     register_standins()
+    from server.engine import keep_freed_memory
 
-    old_png, new_png = png_encoding()
+    keep_freed_memory()  # as the server does, so that the bare compute is as fast as the server's can be
+    pngs = png_encoding()
     with tempfile.TemporaryDirectory() as tmp:
         server = Server(Path(tmp) / "data")
         try:
@@ -291,11 +300,14 @@ def main(argv: list[str] | None = None) -> None:
             server.close()
 
     ms = lambda a, q: 1000 * np.percentile(a, q)  # noqa: E731
-    print(f"PNG encoding, 40 images of 256 px: Pillow default one thread {1000 * old_png:.1f} ms, "
-          f"encode_images {1000 * new_png:.1f} ms: {old_png / new_png:.2f}x faster, same pixels")
+    print("PNG encoding, 40 images of 256 px (best of 5; every encoder's PNGs decode to the same pixels)")
+    ours = pngs["encode_images"][0]
+    for name, (seconds, size) in pngs.items():
+        print(f"  {name:30} {1000 * seconds:7.1f} ms {size / 1000:7.1f} KB per image; encode_images is "
+              f"{seconds / ours:.2f}x faster")
     print(f"\n{args.population} images + {REFERENCES} references per generation, CMA, rig shows each batch "
-          f"{args.show_ms:g} ms (the bare compute runs meanwhile); rig wait = RESULTS sent -> next BATCH received;"
-          "\noverhead = rig wait - bare compute of the same generation")
+          f"{args.show_ms:g} ms (the bare compute runs at its start, then after the rest of it asleep);\n"
+          "rig wait = RESULTS sent -> next BATCH received; overhead = rig wait - bare compute of the same generation")
     print("server-timed = the server's own clock in that very step (batch.sent on GET /live): its wait is the "
           "round's last RESULTS\narriving -> the BATCH sent, its compute the tell, ask and render inside it")
     print(f"{'':40} {'n':>4} {'p50 ms':>8} {'p99 ms':>8}")
@@ -305,8 +317,11 @@ def main(argv: list[str] | None = None) -> None:
 
     for name, (waits, computes, batch_ids) in loops.items():
         row("rig wait " + name, waits)
-        row("  bare compute (timed here)", computes)
-        row("  server overhead (wait - bare compute)", waits - computes)
+        at_once, rested = computes.T
+        row("  bare compute at once (timed here)", at_once)
+        row("  bare compute after a rest (timed here)", rested)
+        row("  server overhead (wait - compute at once)", waits - at_once)
+        row("  server overhead (wait - compute, rest)", waits - rested)
         paired = [(w, *timings[b]) for w, b in zip(waits, batch_ids, strict=True) if b in timings]
         if paired:
             rig_wait, server_wait, server_compute = np.array(paired).T

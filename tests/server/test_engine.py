@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import platform
+import subprocess
+import sys
 import threading
 import uuid
 import time
@@ -519,3 +522,30 @@ def test_the_ack_waits_for_the_step_only_on_a_rig_with_one_thread(live, monkeypa
         assert ack.result(30)["accepted"] == len(first[0].stimuli)
         following = rig.next_batch(timeout=60)
         assert following is not None and following.generation == 1 and following.thread_id == first[0].thread_id
+
+
+FREED_RSS = """
+import sys
+import numpy as np
+from server.engine import keep_freed_memory
+if sys.argv[1] == "keep":
+    keep_freed_memory()
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+block = np.ones(3 * 2**20)  # 24 MB, as a step's tensors come and go
+held = rss()
+del block
+print(held - rss())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                    reason="glibc's malloc on Linux")
+def test_the_engine_keeps_freed_memory_for_the_next_step_instead_of_returning_it():
+    def returned(how):
+        done = subprocess.run([sys.executable, "-c", FREED_RSS, how], capture_output=True, text=True, timeout=60,
+                              check=True)
+        return int(done.stdout)
+    assert returned("default") > 20 * 2**20  # glibc gives a block this large back at once
+    assert returned("keep") < 2**20
