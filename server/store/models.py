@@ -258,17 +258,18 @@ class Stimulus(Base):
     """
 
     __tablename__ = "stimuli"
-    # A session's references, found without reading its synthetic stimuli (every RESULTS checks them).
+    # A session's references, found without reading its synthetic stimuli (every RESULTS checks them); also
+    # the index on session_id.
     __table_args__ = (Index("ix_stimuli_session_kind", "session_id", "kind"),)
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id"), index=True)
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id"))
     thread_id: Mapped[int | None] = mapped_column(ForeignKey("threads.id"), index=True)
     generation_id: Mapped[int | None] = mapped_column(ForeignKey("generations.id"), index=True)
     kind: Mapped[StimulusKind] = mapped_column(_status(StimulusKind))
     index: Mapped[int | None] = mapped_column(Integer)  # position in its generation
     code: Mapped[bytes | None] = mapped_column(LargeBinary)  # (dim,) float64, encode_codes
-    content_hash: Mapped[str] = mapped_column(String(64), index=True)  # sha256 of the PNG bytes
+    content_hash: Mapped[str] = mapped_column(String(64))  # sha256 of the PNG bytes (not indexed: never searched)
     png_path: Mapped[str] = mapped_column(String(200))  # relative to data_dir
     generator: Mapped[str | None] = mapped_column(String(100))
     generator_version: Mapped[str | None] = mapped_column(String(100))
@@ -316,12 +317,13 @@ class Event(Base):
     """A log line for the session record: state changes, timeouts, alarms."""
 
     __tablename__ = "events"
-    # A thread's events of one kind (the drift monitor reads its curve at every generation).
+    # A thread's events of one kind (the drift monitor reads its curve at every generation); also the index on
+    # thread_id.
     __table_args__ = (Index("ix_events_thread_kind", "thread_id", "kind"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     session_id: Mapped[int | None] = mapped_column(ForeignKey("sessions.id"), index=True)
-    thread_id: Mapped[int | None] = mapped_column(ForeignKey("threads.id"), index=True)
+    thread_id: Mapped[int | None] = mapped_column(ForeignKey("threads.id"))
     time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     level: Mapped[EventLevel] = mapped_column(_status(EventLevel), default=EventLevel.INFO)
     kind: Mapped[str] = mapped_column(String(64))

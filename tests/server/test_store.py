@@ -148,6 +148,36 @@ def test_migrations_match_the_models(db_sessions: sessionmaker[DBSession]) -> No
     assert differences == []
 
 
+def test_every_migration_downgrades_and_upgrades_again(settings: Settings, db_engine) -> None:
+    from alembic import command
+
+    def names(kind):
+        with db_engine.connect() as connection:
+            return {name for (name,) in connection.exec_driver_sql(
+                "SELECT name FROM sqlite_master WHERE type = ? AND name != 'alembic_version' "
+                "AND name NOT LIKE 'sqlite_autoindex_alembic%'", (kind,))}
+    config = db.alembic_config(settings.database_url)
+    tables, indexes = names("table"), names("index")
+    command.downgrade(config, "0005_read_indexes")
+    assert names("index") - indexes == {"ix_stimuli_content_hash", "ix_stimuli_session_id", "ix_events_thread_id"}
+    command.downgrade(config, "base")
+    assert names("table") == names("index") == set()
+    db.upgrade(db_engine)
+    assert (names("table"), names("index")) == (tables, indexes)
+    with db_engine.connect() as connection:
+        assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
+
+
+@pytest.mark.parametrize(("query", "index"), [
+    ("SELECT id FROM stimuli WHERE session_id = 1", "ix_stimuli_session_kind"),
+    ("SELECT id FROM events WHERE thread_id = 1", "ix_events_thread_kind"),
+])
+def test_lookups_by_session_or_thread_alone_use_the_two_column_indexes(db_engine, query, index) -> None:
+    with db_engine.connect() as connection:
+        plan = " ".join(row[-1] for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {query}"))
+    assert f"USING COVERING INDEX {index}" in plan or f"USING INDEX {index}" in plan, plan
+
+
 def test_upgrading_an_up_to_date_database_is_a_no_op(
     settings: Settings, db_engine, db_sessions: sessionmaker[DBSession]
 ) -> None:
