@@ -10,10 +10,11 @@ checkpoint start in the background, as ``actmax serve`` runs them). Its overhead
 and the first SQLAlchemy statement of a transaction, each timed right after a ``--pause-ms`` sleep
 and again at once (the baseline). On a machine where these are much slower after a pause, so is every
 step, which always begins after the rig's show. ``--spin`` spends the pauses busy instead of asleep,
-to tell a CPU waking from idle from other causes.
+to tell a CPU waking from idle from other causes. The presentation ids are time-ordered, as the Python
+rig client makes them; ``--random-ids`` sends random ones (version 4), as MATLAB's and C#'s UUIDs are.
 
     python bench/engine_step.py [--generations 30] [--population 40] [--pause-ms 300] [--spin]
-                                [--sqlite-checkpoints]
+                                [--sqlite-checkpoints] [--random-ids]
 """
 
 from __future__ import annotations
@@ -44,10 +45,12 @@ def pause(seconds: float, spin: bool) -> None:
 
 
 def step_overheads(generations: int, population: int, pause_s: float, spin: bool = False,
-                   sqlite_checkpoints: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                   sqlite_checkpoints: bool = False, random_ids: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Seconds of each step's transaction besides tell, ask and render, and of its commit, with ``pause_s``
     before each RESULTS. ``sqlite_checkpoints``: SQLite's default, a checkpoint in the commit that crosses
-    1000 WAL pages, instead of the server's checkpoints after each send."""
+    1000 WAL pages, instead of the server's checkpoints after each send. ``random_ids``: presentation ids
+    as random UUIDs (version 4) instead of the Python rig client's time-ordered ones."""
+    from rig_client.protocol import time_ordered_uuid
     from server import steps
     from server.session_config import SessionConfig
     from server.store import records
@@ -88,7 +91,7 @@ def step_overheads(generations: int, population: int, pause_s: float, spin: bool
             runtime.inflight.archived.result()  # the archive writes end during the show
             pause(pause_s, spin)
             header = {"batch_id": message.header["batch_id"], "done": True, "presentations": [
-                {"presentation_id": uuid.uuid4().hex, "stimulus_id": s["stimulus_id"], "rates": [float(rng.normal())],
+                {"presentation_id": str(uuid.uuid4() if random_ids else time_ordered_uuid()), "stimulus_id": s["stimulus_id"], "rates": [float(rng.normal())],
                  "onset": time.time(), "window_ms": [50.0, 200.0]} for s in message.header["stimuli"]]}
             runtime.compute_s = 0.0
             start = time.perf_counter()
@@ -156,6 +159,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sqlite-checkpoints", action="store_true",
                         help="let SQLite checkpoint the WAL in the commit that crosses 1000 pages (its default) "
                              "instead of in the background after each send, as the server does")
+    parser.add_argument("--random-ids", action="store_true",
+                        help="presentation ids as random UUIDs (version 4, as MATLAB and C# make them) instead of "
+                             "the Python rig client's time-ordered ones")
     args = parser.parse_args(argv)
     if args.generations < 2 or args.population < 2 or args.pause_ms <= 0:
         parser.error("need --generations >= 2, --population >= 2 and --pause-ms > 0")
@@ -171,8 +177,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name:46} {ms(woken, 50):10.3f} {ms(woken, 100):8.3f} {ms(warm, 50):12.3f} "
               f"{np.median(woken) / np.median(warm):6.1f}x")
 
-    back_to_back, _ = step_overheads(args.generations, args.population, 0.0, sqlite_checkpoints=args.sqlite_checkpoints)
-    paused, commits = step_overheads(args.generations, args.population, pause_s, args.spin, args.sqlite_checkpoints)
+    back_to_back, _ = step_overheads(args.generations, args.population, 0.0, False, args.sqlite_checkpoints,
+                                     args.random_ids)
+    paused, commits = step_overheads(args.generations, args.population, pause_s, args.spin, args.sqlite_checkpoints,
+                                     args.random_ids)
     where = "in the commit that crosses 1000 pages" if args.sqlite_checkpoints else "in the background after each send"
     print(f"\nthe engine's step besides tell, ask and render ({args.population} DCGAN images + 10 references, "
           f"one transaction, no transport; WAL checkpoints {where}; ms)")

@@ -32,7 +32,7 @@ import zmq
 from rig_client import RigError
 from rig_client.protocol import (
     MAX_MESSAGE_BYTES, PROTOCOL, PROTOCOL_MINOR, ErrorCode, Message, MessageType, ProtocolError, decode,
-    decode_png, encode, error,
+    decode_png, encode, error, time_ordered_uuid,
 )
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ class Presentation:
     rates: Sequence[float]
     onset: float
     window_ms: tuple[float, float]
-    presentation_id: str = dataclasses.field(default_factory=lambda: str(uuid.uuid4()))
+    presentation_id: str = dataclasses.field(default_factory=lambda: str(time_ordered_uuid()))
 
     def to_json(self) -> dict[str, Any]:
         return {"presentation_id": self.presentation_id, "stimulus_id": self.stimulus_id,

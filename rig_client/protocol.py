@@ -11,8 +11,11 @@ import enum
 import io
 import json
 import math
+import os
 import re
 import struct
+import time
+import uuid
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -173,6 +176,16 @@ def error(code: str, message: str, *, in_reply_to: str | None = None,
     if batch_id is not None:
         header["batch_id"] = batch_id
     return Message(MessageType.ERROR, header)
+
+
+def time_ordered_uuid() -> uuid.UUID:
+    """A random UUID that sorts by its creation time in milliseconds (version 7, RFC 9562: 48 bits of
+    unix milliseconds, then 74 random bits). Ids made one after another land side by side in a
+    database index, where random ones (version 4) land on a page each, which a commit writes and
+    fsyncs."""
+    value = (time.time_ns() // 1_000_000 % 2**48) << 80 | int.from_bytes(os.urandom(10), "big")
+    value = value & ~(0xF << 76) | 0x7 << 76  # version 7
+    return uuid.UUID(int=value & ~(0x3 << 62) | 0x2 << 62)  # the RFC's variant
 
 
 def batch_message(*, batch_id: str, session_id: str, thread_id: str, generation: int,

@@ -359,3 +359,22 @@ def test_our_pngs_are_valid_files_that_pillow_decodes_to_the_same_pixels(height,
     with Image.open(io.BytesIO(png)) as opened:
         assert (opened.mode, opened.size) == ("RGB", (width, height))
         np.testing.assert_array_equal(np.asarray(opened), image[:, ::-1] if width > 1 else image)
+
+
+def test_time_ordered_uuids_are_version_7_carry_their_time_and_sort_by_it():
+    import time
+
+    from rig_client.protocol import time_ordered_uuid
+
+    before = time.time_ns() // 1_000_000
+    ids = [time_ordered_uuid() for _ in range(5000)]
+    after = time.time_ns() // 1_000_000
+    time.sleep(0.002)
+    later = time_ordered_uuid()
+    assert {(u.version, u.variant) for u in ids} == {(7, uuid.RFC_4122)}
+    assert all(before <= u.int >> 80 <= after for u in ids)  # the first 48 bits: unix milliseconds
+    assert len(set(ids)) == len(ids) and max(map(str, ids)) < str(later)
+    assert len({u.int & (2**62 - 1) for u in ids}) == len(ids)  # the low bits are random
+    msg = copy.deepcopy(EXAMPLES[MessageType.RESULTS])
+    msg.header["presentations"][0]["presentation_id"] = str(later)
+    assert decode(encode(msg)).header["presentations"][0]["presentation_id"] == str(later)
