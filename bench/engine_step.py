@@ -91,8 +91,9 @@ def step_overheads(generations: int, population: int, pause_s: float, spin: bool
             runtime.inflight.archived.result()  # the archive writes end during the show
             pause(pause_s, spin)
             header = {"batch_id": message.header["batch_id"], "done": True, "presentations": [
-                {"presentation_id": str(uuid.uuid4() if random_ids else time_ordered_uuid()), "stimulus_id": s["stimulus_id"], "rates": [float(rng.normal())],
-                 "onset": time.time(), "window_ms": [50.0, 200.0]} for s in message.header["stimuli"]]}
+                {"presentation_id": str(uuid.uuid4() if random_ids else time_ordered_uuid()),
+                 "stimulus_id": s["stimulus_id"], "rates": [float(rng.normal())], "onset": time.time(),
+                 "window_ms": [50.0, 200.0]} for s in message.header["stimuli"]]}
             runtime.compute_s = 0.0
             start = time.perf_counter()
             with sessions() as db, db.begin():

@@ -33,8 +33,8 @@ def parallel_map(fn, items) -> list:
     consecutive items per core: a hand-off per core, not per item."""
     items = list(items)
     size = max(1, -(-len(items) // (os.cpu_count() or 1)))
-    runs = _encoder_pool().map(lambda run: [fn(x) for x in run], [items[i:i + size] for i in range(0, len(items), size)])
-    return [y for run in runs for y in run]
+    runs = [items[i:i + size] for i in range(0, len(items), size)]
+    return [y for done in _encoder_pool().map(lambda run: [fn(x) for x in run], runs) for y in done]
 
 
 def parallel_submit(fn, *args) -> Future:
