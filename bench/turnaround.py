@@ -233,13 +233,12 @@ def rig_waits(server: Server, name: str, generator: str, n_threads: int, generat
 def png_encoding(repeats: int = 5) -> dict[str, tuple[float, float]]:
     """Best seconds and mean bytes to encode 40 DCGAN faces upsampled to 256 px: Pillow's default in one
     thread, Pillow at zlib level 1 on all cores (this project's encoder until 2026-11-29), ``encode_images``."""
-    import torch
     import torch.nn.functional as F
     from PIL import Image
 
     import generators
     from rig_client.protocol import decode_png
-    from server.images import encode_images, parallel_map
+    from server.images import encode_images, parallel_map, to_pixels
 
     G = generators.load("dcgan-faces", device="cpu")
     images = F.interpolate(G.generate(G.sample(40, np.random.default_rng(0))), size=256, mode="bicubic").clamp(0, 1)
@@ -249,7 +248,7 @@ def png_encoding(repeats: int = 5) -> dict[str, tuple[float, float]]:
         Image.fromarray(pixels, "RGB").save(buffer, format="PNG", **options)
         return buffer.getvalue()
 
-    pixels = (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    pixels = to_pixels(images)
     encoders = {
         "Pillow default, one thread": lambda: [pillow_png(p) for p in pixels],
         "Pillow level 1, all cores": lambda: parallel_map(functools.partial(pillow_png, compress_level=1), pixels),
