@@ -58,7 +58,7 @@ def write_batch(folder: Path, batch, channel_labels: Sequence[str]) -> Path:
     stimuli = []
     for order, stimulus in enumerate(batch.stimuli, start=1):
         name = f"{order:04d}.png"
-        (tmp / name).write_bytes(stimulus.png)
+        (tmp / name).write_bytes(stimulus.data)
         stimuli.append({"order": order, "stimulus_id": stimulus.stimulus_id,
                         "kind": stimulus.kind, "file": name})
     manifest = {"batch_id": batch.batch_id, "session_id": batch.session_id,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import functools
 import logging
 import queue
 import threading
@@ -42,15 +43,24 @@ _CLOSED = object()  # sentinel in the batch queue: no more batches will come
 
 @dataclasses.dataclass(frozen=True)
 class Stimulus:
-    """One image to show: ``png`` is 8-bit RGB PNG bytes."""
+    """One image to show: ``data`` is its 8-bit RGB PNG file, a read-only view of the message it came in.
+
+    Nothing copies the images of a batch before `RigClient.next_batch` returns it: `image` decodes from
+    the view, and ``png`` makes a bytes copy only when first read.
+    """
 
     stimulus_id: str
     kind: str  # "synthetic" or "reference"
-    png: bytes = dataclasses.field(repr=False)
+    data: bytes | memoryview = dataclasses.field(repr=False)
+
+    @functools.cached_property
+    def png(self) -> bytes:
+        """The PNG file as bytes."""
+        return bytes(self.data)
 
     def image(self) -> np.ndarray:
         """The image as an ``(H, W, 3)`` uint8 array."""
-        return decode_png(self.png)
+        return decode_png(self.data)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,7 +158,7 @@ class RigClient:
         self._fatal: RigError | None = None
         self._closed = False
         # The I/O thread's own: kept across reconnects.
-        self._cache: dict[str, bytes] = {}  # reference stimulus_id -> PNG
+        self._cache: dict[str, bytes | memoryview] = {}  # reference stimulus_id -> PNG
         self._pending: list[tuple[Message, list[bytes], concurrent.futures.Future]] = []  # RESULTS not ACKed
         self._delivered: set[str] = set()
 
@@ -328,7 +338,7 @@ class RigClient:
             if self._connected.is_set():
                 self._send(msg, frames)
 
-    def _handle(self, frames: list[bytes]) -> None:
+    def _handle(self, frames: list[zmq.Frame]) -> None:
         try:
             msg = decode(frames)
         except ProtocolError as exc:
@@ -502,8 +512,8 @@ class _Link:
             client._connected.clear()
             self.socket.close(linger=0)
 
-    def _recv(self) -> list[bytes] | None:
+    def _recv(self) -> list[zmq.Frame] | None:
         try:
-            return self.socket.recv_multipart(zmq.DONTWAIT)
+            return self.socket.recv_multipart(zmq.DONTWAIT, copy=False)  # a BATCH's images stay where ZeroMQ put them
         except zmq.Again:
             return None

@@ -102,11 +102,12 @@ class ProtocolError(ValueError):
 
 @dataclass
 class Message:
-    """One protocol message: its type, JSON header and binary frames (PNG images)."""
+    """One protocol message: its type, JSON header and binary frames (PNG images: bytes, or read-only
+    views of the frames a socket received, see `decode`)."""
 
     type: MessageType
     header: dict[str, Any] = field(default_factory=dict)
-    frames: list[bytes] = field(default_factory=list)
+    frames: list[bytes | memoryview] = field(default_factory=list)
 
 
 def encode(msg: Message, *, max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[bytes]:
@@ -126,8 +127,12 @@ def encode(msg: Message, *, max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[
 
 
 def decode(frames: Sequence[bytes], *, max_message_bytes: int = MAX_MESSAGE_BYTES) -> Message:
-    """Parse and validate received frames (without the ROUTER identity frame)."""
-    frames = [f if isinstance(f, bytes) else bytes(f) for f in frames]
+    """Parse and validate received frames (without the ROUTER identity frame).
+
+    The image frames are kept as they came when they are bytes, else as read-only views of them
+    (``recv_multipart(copy=False)``'s frames), so a BATCH's images are never copied here."""
+    frames = [f if isinstance(f, bytes) else bytes(f) for f in frames[:3]] + \
+        [f if isinstance(f, bytes) else memoryview(f).toreadonly() for f in frames[3:]]
     if not frames or frames[0] != VERSION:
         got = frames[0][:16] if frames else "no frames"
         raise ProtocolError(ErrorCode.BAD_VERSION, f"first frame must be {VERSION!r}, got {got!r}; "
@@ -230,7 +235,7 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
 
 
-def decode_png(data: bytes) -> np.ndarray:
+def decode_png(data: bytes | memoryview) -> np.ndarray:
     """``(H, W, 3)`` uint8 array of an 8-bit RGB PNG; `ProtocolError` ``bad_image`` otherwise."""
     from PIL import Image
 
@@ -283,11 +288,12 @@ def is_id(value: Any, max_len: int = MAX_ID_LENGTH) -> bool:
     return True
 
 
-def _check_png(data: bytes, where: str) -> None:
+def _check_png(data: bytes | memoryview, where: str) -> None:
     """Signature and IHDR: an 8-bit RGB PNG no larger than MAX_IMAGE_SIDE on a side."""
-    if len(data) < 33 or not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR":
+    head = bytes(data[:26])
+    if len(data) < 33 or not head.startswith(_PNG_SIGNATURE) or head[12:16] != b"IHDR":
         raise ProtocolError(ErrorCode.BAD_IMAGE, f"{where} is not a PNG file")
-    width, height, depth, color = struct.unpack(">IIBB", data[16:26])
+    width, height, depth, color = struct.unpack(">IIBB", head[16:26])
     if depth != 8 or color != 2:
         raise ProtocolError(ErrorCode.BAD_IMAGE, f"{where} must be 8-bit RGB PNG (bit depth 8, "
                             f"colour type 2); got bit depth {depth}, colour type {color}")

@@ -43,9 +43,13 @@ def parallel_submit(fn, *args) -> Future:
 
 
 def to_pixels(images: torch.Tensor) -> np.ndarray:
-    """(n, H, W, 3) uint8 of images (n, 3, H, W) in [0, 1], any device or float dtype."""
-    pixels = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
-    return pixels.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+    """(n, H, W, 3) uint8 of images (n, 3, H, W) in [0, 1], any device or float dtype.
+
+    One new float tensor, scaled and rounded in place, then converted and transposed in one copy."""
+    scaled = images.detach().float().clamp(0, 1).mul_(255).round_()
+    n, channels, height, width = scaled.shape
+    pixels = torch.empty((n, height, width, channels), dtype=torch.uint8, device=scaled.device)
+    return pixels.copy_(scaled.permute(0, 2, 3, 1)).cpu().numpy()
 
 
 def encode_images(images: torch.Tensor) -> list[bytes]:

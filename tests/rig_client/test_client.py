@@ -159,6 +159,10 @@ def test_batch_with_pngs_and_reference_sent_once(client, lab):
     assert [(s.stimulus_id, s.kind) for s in got.stimuli] == [("g0", "synthetic"),
                                                               ("ref-cat", "reference")]
     np.testing.assert_array_equal(got.stimuli[0].image(), image(0))
+    # The images are read-only views of the frames ZeroMQ received, not copies; `png` copies on demand.
+    sent = encode_png(image(0))
+    assert isinstance(got.stimuli[0].data, memoryview) and got.stimuli[0].data.readonly
+    assert got.stimuli[0].data == sent and type(got.stimuli[0].png) is bytes and got.stimuli[0].png == sent
     # The reference is named by id only from now on.
     msg = batch("b2", [("g1", "synthetic", encode_png(image(2))), ("ref-cat", "reference", None)])
     assert len(msg.frames) == 1 and lab.send(msg)

@@ -213,6 +213,23 @@ def test_decode_rejects_with_stable_code(frames, code):
     assert err.value.message  # says what is wrong
 
 
+def test_received_buffers_decode_alike_and_the_images_stay_views_of_them():
+    """Frames as ``recv_multipart(copy=False)`` gives them (writable buffers) decode to the same message, its
+    images read-only views of the buffers (never copied), and bad images in them are refused alike."""
+    frames = encode(EXAMPLES[MessageType.BATCH])
+    received = [bytearray(f) for f in frames]
+    msg = decode([memoryview(b) for b in received])
+    assert msg == decode(frames)
+    assert all(isinstance(f, memoryview) and f.readonly for f in msg.frames)
+    received[3][-1] ^= 0xFF
+    assert msg.frames[0][-1] == received[3][-1]  # the view sees the received frame itself
+    for bad, code in CASES:
+        if code == "bad_image":
+            with pytest.raises(ProtocolError) as err:
+                decode([memoryview(bytearray(f)) for f in bad])
+            assert err.value.code == code
+
+
 @given(st.one_of(
     st.uuids().map(str),
     st.uuids().map(lambda u: str(u).upper()),

@@ -13,10 +13,12 @@ from server.images import encode_images, parallel_map, to_pixels
 def test_encoded_images_decode_to_the_same_pixels_in_order():
     generator = torch.Generator().manual_seed(0)
     smooth = torch.nn.functional.interpolate(torch.rand(12, 3, 8, 8, generator=generator), size=96, mode="bicubic")
-    images = (smooth + 0.05 * torch.randn(smooth.shape, generator=generator)).clamp(0, 1)
+    images = smooth + 0.05 * torch.randn(smooth.shape, generator=generator)  # some outside [0, 1]
+    given = images.clone()
     pixels = to_pixels(images)
-    expected = (images.numpy().transpose(0, 2, 3, 1) * 255).round().astype(np.uint8)  # the 8-bit rule, by hand
+    expected = (np.clip(given.numpy(), 0, 1).transpose(0, 2, 3, 1) * 255).round().astype(np.uint8)  # by hand
     np.testing.assert_array_equal(pixels, expected)
+    assert pixels.flags.c_contiguous and torch.equal(images, given)  # the generator's output is left as it was
     pngs = encode_images(images)
     assert len(pngs) == 12
     for png, image in zip(pngs, pixels, strict=True):
