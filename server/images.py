@@ -24,7 +24,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
 @cache
 def _encoder_pool() -> ThreadPoolExecutor:
-    """One pool per process: zlib releases the GIL while it compresses, so images encode in parallel."""
+    """One pool per process: the PNG compressor releases the GIL, so images encode in parallel."""
     return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="actmax-png")
 
 
