@@ -62,6 +62,10 @@ class Stimulus:
         """The image as an ``(H, W, 3)`` uint8 array."""
         return decode_png(self.data)
 
+    def __reduce__(self):
+        """Pickles with the PNG as bytes (a view cannot be pickled), e.g. to hand it to another process."""
+        return Stimulus, (self.stimulus_id, self.kind, bytes(self.data))
+
 
 @dataclasses.dataclass(frozen=True)
 class Batch:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import pickle
 import threading
 import time
 
@@ -163,6 +164,7 @@ def test_batch_with_pngs_and_reference_sent_once(client, lab):
     sent = encode_png(image(0))
     assert isinstance(got.stimuli[0].data, memoryview) and got.stimuli[0].data.readonly
     assert got.stimuli[0].data == sent and type(got.stimuli[0].png) is bytes and got.stimuli[0].png == sent
+    assert pickle.loads(pickle.dumps(got)) == got  # a rig may hand a batch to another process
     # The reference is named by id only from now on.
     msg = batch("b2", [("g1", "synthetic", encode_png(image(2))), ("ref-cat", "reference", None)])
     assert len(msg.frames) == 1 and lab.send(msg)
