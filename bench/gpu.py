@@ -12,7 +12,8 @@ prints why and is skipped, and a section that fails makes the exit status 1:
   units       images/s of the simulated units (EfficientNet-Lite0, truncated and folded) at 256 px
   hessian     seconds per metric Hessian (backprop, MSE) of dcgan-faces on the device
   e2e         `actmax serve --device ...` and a rig played here: the rig's wait per generation
-              against the bare compute (bench/turnaround.py's loop), DCGAN and BigGAN-deep-256
+              against the bare compute (bench/turnaround.py's loop), DCGAN and BigGAN-deep-256,
+              beside the floor (bench/turnaround.py's floor_server: the least a turn can do)
 
 The first two need torch, numpy, Pillow and pydantic (the generators and rig_client packages and
 server.images, which encodes PNGs as the server does); `hessian` needs scipy, `e2e` the server stack
@@ -155,6 +156,7 @@ def bench_e2e(args, weights_root: Path) -> None:
     turnaround = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(turnaround)
     Server, BareCompute, rig_waits = turnaround.Server, turnaround.BareCompute, turnaround.rig_waits
+    env = {"PYTORCH_PRETRAINED_BIGGAN_CACHE": str(weights_root)}
     from server.engine import keep_freed_memory
 
     keep_freed_memory()  # as the server does, for the bare compute here
@@ -165,13 +167,13 @@ def bench_e2e(args, weights_root: Path) -> None:
         print(f"  biggan: skipped ({exc}; pip install pytorch-pretrained-biggan)")
     print(f"  {args.population} images + 10 references, rig answers at once; rig wait = RESULTS sent -> next BATCH;"
           "\n  overhead = rig wait - bare compute (tell + ask + generate + PNG) of the same generation;"
-          "\n  server-timed overhead = the server's wait minus the compute inside it, for the same step")
+          "\n  server-timed overhead = the server's wait minus the compute inside it, for the same step;"
+          "\n  floor = the same turn's overhead in bench/turnaround.py's floor_server (the least a turn can do)")
     print(f"  {'generator':18} {'rig wait p50':>12} {'p99':>7} {'compute p50':>11} {'p99':>7} {'overhead p50':>13} "
-          f"{'p99':>7} {'server-timed p50':>16} {'p99':>7}  ms")
+          f"{'p99':>7} {'server-timed p50':>16} {'p99':>7} {'floor p50':>9} {'p99':>7}  ms")
     ms = lambda a, q: 1000 * np.percentile(a, q) if len(a) else float("nan")  # noqa: E731
     with tempfile.TemporaryDirectory() as tmp:
-        server = Server(Path(tmp) / "data", device=args.device,
-                        env={"PYTORCH_PRETRAINED_BIGGAN_CACHE": str(weights_root)})
+        server = Server(Path(tmp) / "data", device=args.device, env=env)
         try:
             runs = []
             follower = turnaround.ServerTimings(server, Path(tmp) / "timings.jsonl")
@@ -183,11 +185,14 @@ def bench_e2e(args, weights_root: Path) -> None:
             timings = follower.stop()
         finally:
             server.close()
-    for name, waits, computes, batch_ids in runs:
+    for (name, waits, computes, batch_ids), (_, weights) in zip(runs, loops):
         own = np.array([timings[b][0] - timings[b][1] for b in batch_ids if b in timings])
+        floor_waits, floor_computes = turnaround.floor_waits(name, args.generations, args.population, 0, args.device,
+                                                             None if weights is None else str(weights), env)
+        floor = floor_waits - floor_computes
         print(f"  {name:18} {ms(waits, 50):12.1f} {ms(waits, 99):7.1f} {ms(computes, 50):11.1f} "
               f"{ms(computes, 99):7.1f} {ms(waits - computes, 50):13.1f} {ms(waits - computes, 99):7.1f} "
-              f"{ms(own, 50):16.1f} {ms(own, 99):7.1f}", flush=True)
+              f"{ms(own, 50):16.1f} {ms(own, 99):7.1f} {ms(floor, 50):9.1f} {ms(floor, 99):7.1f}", flush=True)
 
 
 SECTIONS = {"generators": bench_generators, "units": bench_units, "hessian": bench_hessian, "e2e": bench_e2e}

@@ -21,6 +21,11 @@ Four loops run on one server, one session each:
   standin-256   a stand-in generator of 256 px that costs almost nothing, to isolate the server
   1 thread / 2 threads on one rig (DCGAN): with two threads, thread B's next generation is
                 computed while the rig shows thread A's batch, so the rig should hardly wait.
+Then the floor, for the DCGAN and the stand-in: the least a turn can do with the same guarantees, compute
+and messages (``floor_server``: blocking ZeroMQ, one transaction on the sqlite3 driver committed with
+its fsync before the ACK and the BATCH, no event loop, no ORM, nothing validated), played by a rig
+the same way. What the rig waits for there besides the compute is what this machine costs any
+server; the script prints how far actmax's is from it.
 It also times PNG encoding of 40 images at 256 px: Pillow's default (zlib level 6, one thread), Pillow at
 level 1 on all cores, and ``server.images.encode_images`` (``rig_client.protocol.encode_png`` on all
 cores), and checks that they all decode to the same pixels.
@@ -28,7 +33,7 @@ cores), and checks that they all decode to the same pixels.
     python bench/turnaround.py [--generations 30] [--population 40] [--show-ms 300]
 
 The stand-in generator (``bench-standin-64/256``) is registered only here: the server process is
-this script run as ``python bench/turnaround.py serve ...``.
+this script run as ``python bench/turnaround.py serve ...`` (and the floor's, ``... floor ...``).
 """
 
 from __future__ import annotations
@@ -179,14 +184,17 @@ class BareCompute:
 
     def __call__(self) -> float:
         """Seconds for one generation."""
+        start = time.perf_counter()
+        self.render()
+        return time.perf_counter() - start
+
+    def render(self) -> list[bytes]:
+        """One generation: tell random scores, ask, generate, encode; its PNGs."""
         from server.images import encode_images
 
-        scores = self.rng.normal(size=len(self.codes))
-        start = time.perf_counter()
-        self.optimizer.tell(self.codes, scores)
+        self.optimizer.tell(self.codes, self.rng.normal(size=len(self.codes)))
         self.codes = self.optimizer.ask()
-        encode_images(self.generator.generate(self.codes))
-        return time.perf_counter() - start
+        return encode_images(self.generator.generate(self.codes))
 
 
 def rig_waits(server: Server, name: str, generator: str, n_threads: int, generations: int, population: int,
@@ -228,6 +236,114 @@ def rig_waits(server: Server, name: str, generator: str, n_threads: int, generat
             raise SystemExit(f"session {name} did not finish; see {server.log}")
         time.sleep(0.2)
     return np.array(waits), np.array(computes).reshape(-1, 2), batch_ids
+
+
+FLOOR_SCHEMA = """
+CREATE TABLE presentations (id TEXT PRIMARY KEY, stimulus_id TEXT, onset REAL, rates TEXT);
+CREATE TABLE generations (id INTEGER PRIMARY KEY, codes BLOB);
+CREATE TABLE stimuli (id TEXT PRIMARY KEY, generation_id INTEGER, code BLOB, content_hash TEXT);
+CREATE TABLE batches (id TEXT PRIMARY KEY, generation_id INTEGER, sent_at REAL);
+"""
+
+
+def floor_server(endpoint: str, generator: str, population: int, database: str, device: str = "cpu",
+                 weights: str | None = None) -> None:
+    """The floor's server: the least a turn can do with actmax's guarantees. Per RESULTS, one transaction
+    on the sqlite3 driver (WAL, synchronous FULL: the commit fsyncs, as actmax's does) stores its
+    presentations, the generation's codes, its stimuli (with their PNGs' SHA-256) and a batch row; the
+    same compute as the bench's baseline (``BareCompute``) runs inside it; then an ACK, and a BATCH of
+    the PNGs just rendered. Blocking ZeroMQ, no event loop, no ORM, nothing validated; freed memory
+    kept and the heap frozen, as in actmax's server."""
+    import hashlib
+    import json
+    import sqlite3
+
+    import zmq
+
+    from rig_client.protocol import VERSION
+    from server.engine import freeze_heap, keep_freed_memory
+
+    register_standins()
+    keep_freed_memory()  # as actmax's server does
+    compute = BareCompute(generator, population, device, weights)
+    freeze_heap()
+    db = sqlite3.connect(database, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.executescript(FLOOR_SCHEMA)
+    socket = zmq.Context.instance().socket(zmq.ROUTER)
+    socket.bind(endpoint)
+    while True:
+        identity, _, kind, header = socket.recv_multipart()
+        if kind != b"RESULTS":
+            return
+        presentations = json.loads(header)["presentations"]
+        db.execute("BEGIN")
+        db.executemany("INSERT INTO presentations VALUES (?, ?, ?, ?)",
+                       [(p["presentation_id"], p["stimulus_id"], p["onset"], json.dumps(p["rates"])) for p in presentations])
+        start = time.perf_counter()
+        pngs = compute.render()
+        hashes = [hashlib.sha256(png).hexdigest() for png in pngs]  # actmax's render hashes them too
+        compute_ms = 1000 * (time.perf_counter() - start)
+        generation_id = db.execute("INSERT INTO generations (codes) VALUES (?)", (compute.codes.tobytes(),)).lastrowid
+        ids = [secrets.token_hex(16) for _ in pngs]
+        db.executemany("INSERT INTO stimuli VALUES (?, ?, ?, ?)",
+                       [(i, generation_id, code.tobytes(), h) for i, code, h in zip(ids, compute.codes, hashes)])
+        batch_id = secrets.token_hex(16)
+        db.execute("INSERT INTO batches VALUES (?, ?, ?)", (batch_id, generation_id, time.time()))
+        db.execute("COMMIT")
+        socket.send_multipart([identity, VERSION, b"ACK", json.dumps({"accepted": len(presentations)}).encode()])
+        stimuli = [{"stimulus_id": i, "kind": "synthetic", "frame": k} for k, i in enumerate(ids)]
+        stimuli += [{"stimulus_id": f"ref-{k}", "kind": "reference"} for k in range(REFERENCES)]  # cached by the rig
+        header = {"batch_id": batch_id, "stimuli": stimuli, "compute_ms": compute_ms}
+        socket.send_multipart([identity, VERSION, b"BATCH", json.dumps(header).encode(), *pngs], copy=False)
+
+
+def floor_waits(generator: str, generations: int, population: int, show_ms: float, device: str = "cpu",
+                weights: str | None = None, env: dict[str, str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Play a rig against ``floor_server`` (in its own process, ``env`` added to its environment), as
+    ``rig_waits`` plays one against actmax: (seconds the rig waited per turn, seconds of compute in that
+    turn), the first turn left out."""
+    import json
+
+    import zmq
+
+    from rig_client.client import Presentation
+    from rig_client.protocol import VERSION
+    from server.launch import free_port, stop
+
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    rng = np.random.default_rng(0)
+    stimulus_ids = [f"s{i}" for i in range(population)] + [f"ref-{k}" for k in range(REFERENCES)]
+    waits, computes = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        server = subprocess.Popen([sys.executable, __file__, "floor", endpoint, generator, str(population),
+                                   str(Path(tmp) / "floor.db"), device, *([weights] if weights else [])],
+                                  env={**os.environ, **(env or {})})
+        socket = zmq.Context.instance().socket(zmq.DEALER)
+        socket.setsockopt(zmq.RCVTIMEO, 120_000)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.connect(endpoint)
+        try:
+            for _ in range(generations):
+                presentations = [Presentation(s, [float(rng.normal())], time.time(), (50.0, 200.0)).to_json()
+                                 for s in stimulus_ids]
+                header = json.dumps({"batch_id": "floor", "presentations": presentations, "done": True}).encode()
+                sent = time.perf_counter()
+                socket.send_multipart([VERSION, b"RESULTS", header])
+                socket.recv_multipart()  # the ACK
+                batch = socket.recv_multipart(copy=False)
+                waits.append(time.perf_counter() - sent)
+                computes.append(json.loads(batch[2].bytes)["compute_ms"] / 1000)
+                time.sleep(show_ms / 1000)
+            socket.send_multipart([VERSION, b"BYE", b"{}"])
+            server.wait(30)
+        except zmq.Again:
+            raise SystemExit(f"the floor's server ({generator}) did not answer within 120 s") from None
+        finally:
+            socket.close()
+            stop(server)
+    return np.array(waits[1:]), np.array(computes[1:])  # the first turn waited for the server to start
 
 
 def png_encoding(repeats: int = 5) -> dict[str, tuple[float, float]]:
@@ -273,6 +389,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(serve(argv[1:]))
     if argv[:1] == ["follow"]:
         sys.exit(follow(*argv[1:3]))
+    if argv[:1] == ["floor"]:
+        sys.exit(floor_server(argv[1], argv[2], int(argv[3]), *argv[4:7]))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--generations", type=int, default=30, help="generations per thread (default 30)")
     parser.add_argument("--population", type=int, default=40, help="images per generation (default 40)")
@@ -297,6 +415,8 @@ def main(argv: list[str] | None = None) -> None:
             timings = follower.stop()
         finally:
             server.close()
+    floors = {name: floor_waits(generator, args.generations, args.population, args.show_ms)
+              for name, generator in (("dcgan-64", "dcgan-faces"), ("standin-256", "bench-standin-256"))}
 
     ms = lambda a, q: 1000 * np.percentile(a, q)  # noqa: E731
     print("PNG encoding, 40 images of 256 px (best of 5; every encoder's PNGs decode to the same pixels)")
@@ -314,6 +434,7 @@ def main(argv: list[str] | None = None) -> None:
     def row(label, values):
         print(f"{label:40} {len(values):4d} {ms(values, 50):8.1f} {ms(values, 99):8.1f}")
 
+    beyond = {}  # per loop: the rig's wait minus the server-timed compute
     for name, (waits, computes, batch_ids) in loops.items():
         row("rig wait " + name, waits)
         at_once, rested = computes.T
@@ -329,10 +450,20 @@ def main(argv: list[str] | None = None) -> None:
             row("  server overhead, server-timed", server_wait - server_compute)
             row("  ZeroMQ hops + rig client", rig_wait - server_wait)
             row("  rig wait - server-timed compute", rig_wait - server_compute)
+            beyond[name] = rig_wait - server_compute
     one = loops["dcgan-64"][0]
     row("rig wait, 1 thread (DCGAN)", one)
     row("rig wait, 2 threads (DCGAN)", two_threads)
     print(f"2 threads: the rig waits {np.median(two_threads) / np.median(one):.2f}x the 1-thread wait (p50)")
+    print("\nthe floor: the least a turn can do with the same guarantees, compute and messages (floor_server: blocking "
+          "ZeroMQ,\none transaction on the sqlite3 driver committed with its fsync, no event loop, no ORM, nothing validated)")
+    for name, (waits, computes) in floors.items():
+        row("floor wait " + name, waits)
+        row("  floor compute (timed by it)", computes)
+        row("  floor: rig wait - compute", waits - computes)
+        if name in beyond:
+            print(f"  actmax's rig wait - compute is {ms(beyond[name], 50) - ms(waits - computes, 50):+.1f} ms (p50) and "
+                  f"{ms(beyond[name], 99) - ms(waits - computes, 99):+.1f} ms (p99) from the floor's")
 
 
 if __name__ == "__main__":
