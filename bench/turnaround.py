@@ -23,7 +23,8 @@ Four loops run on one server, one session each:
                 computed while the rig shows thread A's batch, so the rig should hardly wait.
 Then the floor, for the DCGAN and the stand-in: the least a turn can do with the same guarantees, compute
 and messages (``floor_server``: blocking ZeroMQ, one transaction on the sqlite3 driver committed with
-its fsync before the ACK and the BATCH, no event loop, no ORM, nothing validated), played by a rig
+its fsync before the ACK and the BATCH, each message validated where it arrives, no event loop, no
+ORM), played by a rig
 the same way. What the rig waits for there besides the compute is what this machine costs any
 server; the script prints how far actmax's is from it.
 It also times PNG encoding of 40 images at 256 px: Pillow's default (zlib level 6, one thread), Pillow at
@@ -252,15 +253,16 @@ def floor_server(endpoint: str, generator: str, population: int, database: str, 
     on the sqlite3 driver (WAL, synchronous FULL: the commit fsyncs, as actmax's does) stores its
     presentations, the generation's codes, its stimuli (with their PNGs' SHA-256) and a batch row; the
     same compute as the bench's baseline (``BareCompute``) runs inside it; then an ACK, and a BATCH of
-    the PNGs just rendered. Blocking ZeroMQ, no event loop, no ORM, nothing validated; freed memory
-    kept and the heap frozen, as in actmax's server."""
+    the PNGs just rendered. The RESULTS is validated (``protocol.decode``), as any server must;
+    nothing else is: blocking ZeroMQ, no event loop, no ORM, no reads. Freed memory is kept and the
+    heap frozen, as in actmax's server."""
     import hashlib
     import json
     import sqlite3
 
     import zmq
 
-    from rig_client.protocol import VERSION
+    from rig_client.protocol import VERSION, batch_message, decode
     from server.engine import freeze_heap, keep_freed_memory
 
     register_standins()
@@ -274,10 +276,11 @@ def floor_server(endpoint: str, generator: str, population: int, database: str, 
     socket = zmq.Context.instance().socket(zmq.ROUTER)
     socket.bind(endpoint)
     while True:
-        identity, _, kind, header = socket.recv_multipart()
-        if kind != b"RESULTS":
+        identity, *frames = socket.recv_multipart()
+        if frames[1] != b"RESULTS":
             return
-        presentations = json.loads(header)["presentations"]
+        results = decode(frames).header
+        presentations = results["presentations"]
         db.execute("BEGIN")
         db.executemany("INSERT INTO presentations VALUES (?, ?, ?, ?)",
                        [(p["presentation_id"], p["stimulus_id"], p["onset"], json.dumps(p["rates"])) for p in presentations])
@@ -292,24 +295,27 @@ def floor_server(endpoint: str, generator: str, population: int, database: str, 
         batch_id = secrets.token_hex(16)
         db.execute("INSERT INTO batches VALUES (?, ?, ?)", (batch_id, generation_id, time.time()))
         db.execute("COMMIT")
-        socket.send_multipart([identity, VERSION, b"ACK", json.dumps({"accepted": len(presentations)}).encode()])
-        stimuli = [{"stimulus_id": i, "kind": "synthetic", "frame": k} for k, i in enumerate(ids)]
-        stimuli += [{"stimulus_id": f"ref-{k}", "kind": "reference"} for k in range(REFERENCES)]  # cached by the rig
-        header = {"batch_id": batch_id, "stimuli": stimuli, "compute_ms": compute_ms}
-        socket.send_multipart([identity, VERSION, b"BATCH", json.dumps(header).encode(), *pngs], copy=False)
+        ack = {"batch_id": results["batch_id"], "accepted": len(presentations), "duplicates": 0}
+        socket.send_multipart([identity, VERSION, b"ACK", json.dumps(ack).encode()])
+        batch = batch_message(batch_id=batch_id, session_id="floor", thread_id="floor", generation=generation_id,
+                              response_window_ms=(50.0, 200.0),
+                              stimuli=[(i, "synthetic", png) for i, png in zip(ids, pngs)]
+                              + [(f"ref-{k}", "reference", None) for k in range(REFERENCES)])  # cached by the rig
+        header = json.dumps({**batch.header, "compute_ms": compute_ms}).encode()
+        socket.send_multipart([identity, VERSION, b"BATCH", header, *batch.frames], copy=False)
 
 
 def floor_waits(generator: str, generations: int, population: int, show_ms: float, device: str = "cpu",
                 weights: str | None = None, env: dict[str, str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Play a rig against ``floor_server`` (in its own process, ``env`` added to its environment), as
-    ``rig_waits`` plays one against actmax: (seconds the rig waited per turn, seconds of compute in that
-    turn), the first turn left out."""
+    ``rig_waits`` plays one against actmax, validating the ACK and the BATCH as a rig must: (seconds the
+    rig waited per turn, seconds of compute in that turn), the first turn left out."""
     import json
 
     import zmq
 
     from rig_client.client import Presentation
-    from rig_client.protocol import VERSION
+    from rig_client.protocol import VERSION, decode
     from server.launch import free_port, stop
 
     endpoint = f"tcp://127.0.0.1:{free_port()}"
@@ -331,10 +337,10 @@ def floor_waits(generator: str, generations: int, population: int, show_ms: floa
                 header = json.dumps({"batch_id": "floor", "presentations": presentations, "done": True}).encode()
                 sent = time.perf_counter()
                 socket.send_multipart([VERSION, b"RESULTS", header])
-                socket.recv_multipart()  # the ACK
-                batch = socket.recv_multipart(copy=False)
+                decode(socket.recv_multipart())  # the ACK
+                batch = decode(socket.recv_multipart(copy=False))
                 waits.append(time.perf_counter() - sent)
-                computes.append(json.loads(batch[2].bytes)["compute_ms"] / 1000)
+                computes.append(batch.header["compute_ms"] / 1000)
                 time.sleep(show_ms / 1000)
             socket.send_multipart([VERSION, b"BYE", b"{}"])
             server.wait(30)
@@ -456,7 +462,8 @@ def main(argv: list[str] | None = None) -> None:
     row("rig wait, 2 threads (DCGAN)", two_threads)
     print(f"2 threads: the rig waits {np.median(two_threads) / np.median(one):.2f}x the 1-thread wait (p50)")
     print("\nthe floor: the least a turn can do with the same guarantees, compute and messages (floor_server: blocking "
-          "ZeroMQ,\none transaction on the sqlite3 driver committed with its fsync, no event loop, no ORM, nothing validated)")
+          "ZeroMQ,\none transaction on the sqlite3 driver committed with its fsync, each message validated where it "
+          "arrives, no event loop, no ORM)")
     for name, (waits, computes) in floors.items():
         row("floor wait " + name, waits)
         row("  floor compute (timed by it)", computes)
