@@ -21,12 +21,11 @@ Four loops run on one server, one session each:
   standin-256   a stand-in generator of 256 px that costs almost nothing, to isolate the server
   1 thread / 2 threads on one rig (DCGAN): with two threads, thread B's next generation is
                 computed while the rig shows thread A's batch, so the rig should hardly wait.
-Then the floor, for the DCGAN and the stand-in: the least a turn can do with the same guarantees, compute
-and messages (``floor_server``: blocking ZeroMQ, one transaction on the sqlite3 driver committed with
-its fsync before the ACK and the BATCH, each message validated where it arrives, no event loop, no
-ORM), played by a rig
-the same way. What the rig waits for there besides the compute is what this machine costs any
-server; the script prints how far actmax's is from it.
+Then the floor, for the DCGAN and the stand-in: the least a turn can do with the same guarantees,
+compute and messages (``floor_server``: blocking ZeroMQ, one transaction on the sqlite3 driver
+committed with its fsync before the ACK and the BATCH, each message validated where it arrives, no
+event loop, no ORM), played by a rig the same way. What the rig waits for there besides the compute
+is what this machine costs any server; the script prints how far actmax's is from it.
 It also times PNG encoding of 40 images at 256 px: Pillow's default (zlib level 6, one thread), Pillow at
 level 1 on all cores, and ``server.images.encode_images`` (``rig_client.protocol.encode_png`` on all
 cores), and checks that they all decode to the same pixels.
