@@ -4,6 +4,7 @@ and the REST app served by uvicorn on a free loopback port."""
 from __future__ import annotations
 
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -31,6 +32,18 @@ def thread_config(name: str = "t0", **overrides) -> dict:
 
 def session_config(**overrides) -> dict:
     return {"name": "exp-1", "rig": "rig-A", "threads": [thread_config()]} | overrides
+
+
+def count_in_the_file(path: str, sql: str) -> int:
+    """``sql``'s count from the SQLite database file itself, its WAL ignored (``immutable=1``). Such a read
+    takes no lock, so one landing while a checkpoint writes pages may see a torn file: that counts 0."""
+    file = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+    try:
+        return file.execute(sql).fetchone()[0]
+    except sqlite3.DatabaseError:  # "database disk image is malformed"
+        return 0
+    finally:
+        file.close()
 
 
 @pytest.fixture

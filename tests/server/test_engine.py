@@ -31,6 +31,7 @@ from server.store.models import Batch, Event, Generation, GenerationStatus, Stim
 from server.store.models import Presentation as PresentationRow
 from server.store.records import create_session
 from server.transport import Transport
+from tests.server.conftest import count_in_the_file
 
 RIG = "test-rig"
 
@@ -430,8 +431,6 @@ def test_a_generation_is_archived_after_its_batch_left_and_before_it_is_told(liv
 def test_the_engine_checkpoints_the_wal_in_the_background(live):
     """The server's commits never copy the WAL into the database file; the engine's checkpoints (after each
     BATCH, and when idle) do, so the told generations reach the file itself while the server runs."""
-    import sqlite3
-
     from sqlalchemy import make_url
 
     path = make_url(live.settings.database_url).database
@@ -442,17 +441,8 @@ def test_the_engine_checkpoints_the_wal_in_the_background(live):
         first = rig.next_batch(timeout=60)
         rig.send_results(first.batch_id, answer(first)).result(30)
         assert rig.next_batch(timeout=60).generation == 1
-
-        def told_in_the_file() -> int:  # the WAL ignored
-            file = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
-            try:
-                return file.execute("SELECT count(*) FROM generations WHERE status = 'complete'").fetchone()[0]
-            except sqlite3.DatabaseError:  # immutable reads take no lock: a checkpoint was writing pages just then
-                return 0
-            finally:
-                file.close()
         deadline = time.monotonic() + 10
-        while told_in_the_file() < 1:
+        while count_in_the_file(path, "SELECT count(*) FROM generations WHERE status = 'complete'") < 1:
             assert time.monotonic() < deadline, "generation 0 never reached the database file"
             time.sleep(0.05)
 

@@ -43,7 +43,7 @@ from server.store.models import (
     utcnow,
 )
 from server.store.records import PresentationRecord, create_session, log_event, record_presentations
-from tests.server.conftest import session_config, thread_config
+from tests.server.conftest import count_in_the_file, session_config, thread_config
 
 
 def png_bytes(value: int = 0) -> bytes:
@@ -87,11 +87,7 @@ def test_commits_checkpoint_the_wal_only_when_the_process_does_not(settings: Set
     sessions = db.make_sessionmaker(db_engine)
 
     def in_the_file() -> int:  # rows in the database file itself, the WAL ignored
-        file = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
-        try:
-            return file.execute("SELECT count(*) FROM events").fetchone()[0]
-        finally:
-            file.close()
+        return count_in_the_file(path, "SELECT count(*) FROM events")
 
     for _ in range(40):  # ~1200 pages of WAL, past SQLite's threshold of 1000
         with sessions.begin() as session:
@@ -122,11 +118,7 @@ def test_background_checkpoints_start_at_most_once_per_interval(settings: Settin
         checkpoints.request()
 
     def in_the_file() -> int:
-        file = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
-        try:
-            return file.execute("SELECT count(*) FROM events").fetchone()[0]
-        finally:
-            file.close()
+        return count_in_the_file(path, "SELECT count(*) FROM events")
 
     write_and_request(3)
     deadline = time.monotonic() + 10
