@@ -1,13 +1,15 @@
 """What the engine's step adds to tell, ask and render, without the transport, run back to back and after
-a pause like a rig's show; and what waking from such a pause costs on this machine.
+a pause like a rig's show (on the engine's own connection, and in an ORM session as before); and what waking
+from such a pause costs on this machine.
 
 The step: a one-thread session (DCGAN, CMA, ``--population`` images + 10 references) on a real SQLite
 file, each round answered in this process by ``steps.answer``, the transaction the engine runs when a
 round's last RESULTS arrives (store it, score, tell, ask, render, add the next generation and its
 batch, commit), then what the engine does once that BATCH is out (its archive writes and a WAL
-checkpoint start in the background, as ``actmax serve`` runs them). Its overhead is the transaction's time less the tell, ask and render inside it
-(``ThreadRuntime.compute_s``). The waking costs: a 100-byte ``pread``, a sqlite3 primary-key read,
-and the first SQLAlchemy statement of a transaction, each timed right after a ``--pause-ms`` sleep
+checkpoint start in the background, as ``actmax serve`` runs them). Its overhead is the transaction's time
+less the tell, ask and render inside it (``ThreadRuntime.compute_s``). The waking costs: a 100-byte
+``pread``, a sqlite3 primary-key read, and the first statement of a transaction, in an ORM session and on
+the engine's ``StepConnection``, each timed right after a ``--pause-ms`` sleep
 and again at once (the baseline). On a machine where these are much slower after a pause, so is every
 step, which always begins after the rig's show. ``--spin`` spends the pauses busy instead of asleep,
 to tell a CPU waking from idle from other causes. The presentation ids are time-ordered, as the Python
@@ -45,17 +47,19 @@ def pause(seconds: float, spin: bool) -> None:
 
 
 def step_overheads(generations: int, population: int, pause_s: float, spin: bool = False,
-                   sqlite_checkpoints: bool = False, random_ids: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                   sqlite_checkpoints: bool = False, random_ids: bool = False,
+                   orm: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Seconds of each step's transaction besides tell, ask and render, and of its commit, with ``pause_s``
     before each RESULTS. ``sqlite_checkpoints``: SQLite's default, a checkpoint in the commit that crosses
     1000 WAL pages, instead of the server's checkpoints after each send. ``random_ids``: presentation ids
-    as random UUIDs (version 4) instead of the Python rig client's time-ordered ones."""
+    as random UUIDs (version 4) instead of the Python rig client's time-ordered ones. ``orm``: each step in
+    an ORM session, as the engine ran them before, instead of on the engine's ``StepConnection``."""
     from rig_client.protocol import time_ordered_uuid
     from server import steps
     from server.session_config import SessionConfig
     from server.store import records
     from server.store.archive import ImageArchive
-    from server.store.db import BackgroundCheckpoints, make_db_engine, make_sessionmaker, upgrade
+    from server.store.db import BackgroundCheckpoints, StepConnection, make_db_engine, make_sessionmaker, upgrade
     from server.store.models import utcnow
     from server.thread_runtime import build_runtime
     from server.weights import GeneratorCache
@@ -64,7 +68,8 @@ def step_overheads(generations: int, population: int, pause_s: float, spin: bool
         db_engine = make_db_engine(f"sqlite:///{tmp}/actmax.sqlite", background_checkpoints=not sqlite_checkpoints)
         upgrade(db_engine)
         sessions, archive = make_sessionmaker(db_engine), ImageArchive(tmp)
-        checkpoints = BackgroundCheckpoints(sessions)
+        checkpoints, step_db = BackgroundCheckpoints(sessions), StepConnection(sessions)
+        transaction = sessions.begin if orm else step_db.begin
         config = SessionConfig.model_validate({
             "name": "step", "rig": "bench", "references": {"source": "skimage", "count": 10},
             "threads": [{"name": "t", "generator": "dcgan-faces", "optimizer": "cma",
@@ -96,7 +101,7 @@ def step_overheads(generations: int, population: int, pause_s: float, spin: bool
                  "window_ms": [50.0, 200.0]} for s in message.header["stimuli"]]}
             runtime.compute_s = 0.0
             start = time.perf_counter()
-            with sessions() as db, db.begin():
+            with transaction() as db:
                 _, message = steps.answer(db, runtime, "bench", header, utcnow(), 1, frozenset(), archive)
                 committing = time.perf_counter()
             done = time.perf_counter()
@@ -105,6 +110,7 @@ def step_overheads(generations: int, population: int, pause_s: float, spin: bool
         sent(message)
         runtime.inflight.archived.result()
         checkpoints.close()
+        step_db.close()
         db_engine.dispose()
     return np.array(overheads), np.array(commits)
 
@@ -113,7 +119,7 @@ def waking_costs(pause_s: float, spin: bool, repeats: int = 15) -> dict[str, tup
     """Per operation: seconds right after ``pause_s`` of sleep, and at once after that."""
     from sqlalchemy import select
 
-    from server.store.db import make_db_engine, make_sessionmaker, upgrade
+    from server.store.db import StepConnection, driver, make_db_engine, make_sessionmaker, upgrade
     from server.store.models import Event
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -124,14 +130,20 @@ def waking_costs(pause_s: float, spin: bool, repeats: int = 15) -> dict[str, tup
         with sessions.begin() as db:
             db.add(Event(kind="bench", message="one row"))
         connection, fd = sqlite3.connect(path), os.open(path, os.O_RDONLY)
+        step_db = StepConnection(sessions)
 
         def first_statement():
             with sessions.begin() as db:
                 db.execute(select(Event.kind).where(Event.id == 1)).one()
+
+        def first_driver_statement():
+            with step_db.begin() as db:
+                driver(db).execute("SELECT kind FROM events WHERE id = 1").fetchone()
         operations = {
             "100-byte pread": lambda: os.pread(fd, 100, 0),
             "sqlite3 primary-key read": lambda: connection.execute("SELECT kind FROM events WHERE id = 1").fetchone(),
             "first SQLAlchemy statement of a transaction": first_statement,
+            "the same in the engine's StepConnection": first_driver_statement,
         }
         costs = {}
         for name, operation in operations.items():
@@ -146,6 +158,7 @@ def waking_costs(pause_s: float, spin: bool, repeats: int = 15) -> dict[str, tup
             costs[name] = np.array(woken), np.array(warm)
         os.close(fd)
         connection.close()
+        step_db.close()
         db_engine.dispose()
     return costs
 
@@ -182,15 +195,18 @@ def main(argv: list[str] | None = None) -> None:
                                      args.random_ids)
     paused, commits = step_overheads(args.generations, args.population, pause_s, args.spin, args.sqlite_checkpoints,
                                      args.random_ids)
+    orm, _ = step_overheads(args.generations, args.population, pause_s, args.spin, args.sqlite_checkpoints,
+                            args.random_ids, orm=True)
     where = "in the commit that crosses 1000 pages" if args.sqlite_checkpoints else "in the background after each send"
     print(f"\nthe engine's step besides tell, ask and render ({args.population} DCGAN images + 10 references, "
           f"one transaction, no transport; WAL checkpoints {where}; ms)")
     print(f"{'':46} {'n':>4} {'p50':>8} {'p90':>8} {'p99':>8}")
     for label, values in (("back to back", back_to_back), (f"after {args.pause_ms:g} ms {how}", paused),
-                          ("  of which the commit", commits)):
+                          ("  of which the commit", commits), ("  the same in an ORM session (before)", orm)):
         print(f"{label:46} {len(values):4d} {ms(values, 50):8.1f} {ms(values, 90):8.1f} {ms(values, 99):8.1f}")
     print(f"the pause adds {ms(paused, 50) - ms(back_to_back, 50):.1f} ms at p50 "
-          f"({np.median(paused) / np.median(back_to_back):.2f}x)")
+          f"({np.median(paused) / np.median(back_to_back):.2f}x); the ORM session "
+          f"{ms(orm, 50) - ms(paused, 50):+.1f} ms at p50, {ms(orm, 99) - ms(paused, 99):+.1f} ms at p99")
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from server.session_config import ObjectiveConfig
 from server.settings import Settings
 from server.store import queries, records
 from server.store.archive import ImageArchive
-from server.store.db import BackgroundCheckpoints
+from server.store.db import BackgroundCheckpoints, StepConnection
 from server.store.models import Batch, EventLevel, Thread, ThreadStatus, utcnow
 from server.thread_runtime import ThreadRuntime, build_runtime, code_chunks
 from server.weights import GeneratorCache
@@ -93,6 +93,7 @@ class Engine:
         self.rig_minor: dict[str, int] = {}  # protocol minor version negotiated with each connected rig
         self._steps: set[asyncio.Task] = set()  # thread steps in progress (kept so none is collected)
         self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="actmax-compute")
+        self._step_db = StepConnection(sessions)  # the compute worker's transactions (``_transact``)
         self._checkpoints = BackgroundCheckpoints(sessions)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake_event: asyncio.Event | None = None
@@ -131,6 +132,7 @@ class Engine:
             step.cancel()
         await asyncio.gather(*self._steps, return_exceptions=True)
         self._compute.shutdown(wait=True, cancel_futures=True)
+        self._step_db.close()
         self._checkpoints.close()
         gc.unfreeze()  # what ``freeze_heap`` hid may now become garbage
 
@@ -138,10 +140,10 @@ class Engine:
         return await asyncio.get_running_loop().run_in_executor(self._compute, fn, *args)
 
     async def _transact(self, fn, *args, held: list | None = None):
-        """``fn(db, *args)`` in one database transaction, on the compute worker; ``held``: keep the live items
-        it publishes at commit there (``live.hold``)."""
+        """``fn(db, *args)`` in one transaction on the driver (``StepConnection``), on the compute worker;
+        ``held``: keep the live items it publishes at commit there (``live.hold``)."""
         def in_transaction():
-            with self._db.begin() as db:
+            with self._step_db.begin() as db:
                 if held is not None:
                     live.hold(db, held)
                 return fn(db, *args)

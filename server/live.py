@@ -12,6 +12,7 @@ O(subscribers) and never blocks. Publishing is thread-safe (the engine writes fr
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import threading
 from collections import deque
@@ -22,6 +23,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.orm import Session as DBSession
 
 from analysis.serialization import json_safe
+from server.store.db import DriverTransaction, Transaction
 
 QUEUE_SIZE = 1000  # items a subscriber may lag behind before its oldest are dropped
 MAX_SUBSCRIBERS = 64  # open streams per server process
@@ -114,17 +116,20 @@ class Hub:
 hub = Hub()  # the process's broadcaster: `actmax serve` runs one engine and one API
 
 
-def publish_on_commit(db: DBSession, item: dict[str, Any]) -> None:
+def publish_on_commit(db: Transaction, item: dict[str, Any]) -> None:
     """Publish ``item`` (``Hub.publish``'s keyword arguments for an event row added to ``db``) when ``db`` commits."""
     staged = db.info.get("live_events")
     if staged is None:
         staged = db.info["live_events"] = []
-        sa_event.listen(db, "after_commit", _publish_staged)
-        sa_event.listen(db, "after_rollback", _discard_staged)
+        if isinstance(db, DriverTransaction):  # one transaction: nothing is published if it rolls back
+            db.on_commit(functools.partial(_publish_staged, db))
+        else:
+            sa_event.listen(db, "after_commit", _publish_staged)
+            sa_event.listen(db, "after_rollback", _discard_staged)
     staged.append(item)
 
 
-def hold(db: DBSession, held: list[dict[str, Any]]) -> None:
+def hold(db: Transaction, held: list[dict[str, Any]]) -> None:
     """Collect what ``db`` publishes when it commits in ``held`` instead; `publish_held` publishes it later."""
     db.info["live_held"] = held
 
@@ -136,7 +141,7 @@ def publish_held(held: list[dict[str, Any]]) -> None:
     held.clear()
 
 
-def _publish_staged(db: DBSession) -> None:
+def _publish_staged(db: Transaction) -> None:
     staged, held = db.info["live_events"], db.info.get("live_held")
     if held is None:
         publish_held(staged)

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session as DBSession
 
 from server import drift
 from server.session_config import DriftConfig
+from server.store.db import Transaction
 from server.store.models import Event, EventLevel
 from server.store.records import log_event
 
@@ -56,7 +57,7 @@ class DriftHistory:
         return cls(config, early, db.scalars(history.order_by(Event.id.desc()).limit(1)).first() or {})
 
 
-def generation_completed(db: DBSession, history: DriftHistory, session_id: int, thread_id: int, number: int, scores,
+def generation_completed(db: Transaction, history: DriftHistory, session_id: int, thread_id: int, number: int, scores,
                          reference_scores, rates: dict[str, list[list[float]]]) -> dict:
     """Log the curve point of generation ``number`` and any drift warning (not committed), and add it to
     ``history``; returns the data."""

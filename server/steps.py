@@ -14,7 +14,6 @@ import logging
 from typing import NamedTuple
 
 import numpy as np
-from sqlalchemy.orm import Session as DBSession
 
 import optimizers
 from rig_client.protocol import ErrorCode, Message, batch_message, encode_png
@@ -24,7 +23,8 @@ from server.objectives import Objective
 from server.session_config import ObjectiveConfig
 from server.store import queries, records
 from server.store.archive import ArchivedImage, ImageArchive
-from server.store.models import EventLevel, GenerationStatus, Thread, ThreadStatus
+from server.store.db import Transaction
+from server.store.models import EventLevel, GenerationStatus
 from server.thread_runtime import InFlight, ThreadRuntime, is_snapshot, owed_stimuli
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class Recorded(NamedTuple):
     duplicates: int  # presentations stored before
 
 
-def record_results(db: DBSession, rig: str, header: dict, received_at) -> Recorded:
+def record_results(db: Transaction, rig: str, header: dict, received_at) -> Recorded:
     """Validate and store a RESULTS message arrived at ``received_at``.
 
     New presentations for a batch whose generation is already scored are refused (``batch_closed``).
@@ -76,7 +76,7 @@ def record_results(db: DBSession, rig: str, header: dict, received_at) -> Record
     return Recorded(batch.thread_id, {stimulus_of[pid] for pid in accepted}, len(accepted), len(duplicates))
 
 
-def answer(db: DBSession, runtime: ThreadRuntime, rig: str, header: dict, received_at, channels: int,
+def answer(db: Transaction, runtime: ThreadRuntime, rig: str, header: dict, received_at, channels: int,
            cached: frozenset[str], archive: ImageArchive) -> tuple[Recorded, Message | object | None]:
     """Store a RESULTS for ``runtime``'s outstanding round; when the round is then answered (or the rig is
     ``done`` with it), take the thread's ``next_step`` in the same transaction: one commit stores the
@@ -87,7 +87,7 @@ def answer(db: DBSession, runtime: ThreadRuntime, rig: str, header: dict, receiv
     return recorded, next_step(db, runtime, channels, cached, archive)
 
 
-def next_step(db: DBSession, runtime: ThreadRuntime, channels: int, cached: frozenset[str],
+def next_step(db: Transaction, runtime: ThreadRuntime, channels: int, cached: frozenset[str],
               archive: ImageArchive) -> Message | object | None:
     """Complete an answered generation, start the next, and prepare the BATCH still owed.
 
@@ -144,7 +144,7 @@ def next_step(db: DBSession, runtime: ThreadRuntime, channels: int, cached: froz
         runtime.inflight.batch_id, runtime.inflight.awaiting = "", set()  # nothing owed: complete it
 
 
-def start_generation(db: DBSession, runtime: ThreadRuntime, archive: ImageArchive) -> tuple[InFlight, dict] | None:
+def start_generation(db: Transaction, runtime: ThreadRuntime, archive: ImageArchive) -> tuple[InFlight, dict] | None:
     """Ask, render and add a new generation (status pending); its PNGs stay in memory to send, and are
     archived once sent (``InFlight.archive_in``).
     Returns it with the objective it is scored with, or None when the codes asked are more than one chunk
@@ -175,7 +175,7 @@ def render(runtime: ThreadRuntime, codes: np.ndarray, archive: ImageArchive) -> 
         return parallel_map(encode, to_pixels(runtime.generator.generate(codes)))
 
 
-def complete_generation(db: DBSession, runtime: ThreadRuntime, responses: dict[str, list[queries.Response]],
+def complete_generation(db: Transaction, runtime: ThreadRuntime, responses: dict[str, list[queries.Response]],
                         archive: ImageArchive, timed_out: bool) -> bool:
     """Score ``responses`` (the generation's scored presentations), tell, and record the optimizer state with
     the scores it used. True when the thread is done."""
@@ -205,15 +205,14 @@ def complete_generation(db: DBSession, runtime: ThreadRuntime, responses: dict[s
     runtime.inflight = None
     finished = inflight.number + 1 >= runtime.n_generations
     if finished:
-        thread = db.get(Thread, runtime.id)
-        thread.status = ThreadStatus.FINISHED
+        name = records.finish_thread(db, runtime.id)
         log_in(db, runtime.session_id, runtime.id, "thread.finished",
-              f"thread {runtime.id} {thread.name!r} finished after {inflight.number + 1} generations")
+              f"thread {runtime.id} {name!r} finished after {inflight.number + 1} generations")
         records.end_session_if_done(db, runtime.session_id)
     return finished
 
 
-def prepare_batch(db: DBSession, runtime: ThreadRuntime, cached: frozenset[str],
+def prepare_batch(db: Transaction, runtime: ThreadRuntime, cached: frozenset[str],
                   owed: list[str], batch_id: str | None = None) -> Message | None:
     """A BATCH of the ``owed`` stimuli in a seeded random order, references interleaved (cached ones by id).
 
@@ -239,7 +238,7 @@ def prepare_batch(db: DBSession, runtime: ThreadRuntime, cached: frozenset[str],
                          generation=inflight.number, response_window_ms=runtime.window_ms, stimuli=entries)
 
 
-def log_in(db: DBSession, session_id, thread_id, kind, message, data=None, level=EventLevel.INFO) -> None:
+def log_in(db: Transaction, session_id, thread_id, kind, message, data=None, level=EventLevel.INFO) -> None:
     """An event row in the session record, and the same line in the server log."""
     log.log(logging.WARNING if level in (EventLevel.WARNING, EventLevel.ERROR) else logging.INFO, message)
     records.log_event(db, kind, message, level=level, session_id=session_id, thread_id=thread_id, data=data)

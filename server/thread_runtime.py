@@ -28,6 +28,7 @@ from server.monitor import DriftHistory
 from server.session_config import FlaggedTrialsConfig, SessionConfig, ThreadConfig
 from server.store import queries
 from server.store.archive import ImageArchive
+from server.store.db import Transaction
 from server.store.models import BatchStatus, Generation, Session, Stimulus, StimulusKind, Thread, decode_codes
 
 REFERENCE_SIZE = 128
@@ -175,7 +176,7 @@ def check_codes(codes: np.ndarray, generation: Generation) -> np.ndarray:
     return codes
 
 
-def owed_stimuli(db: DBSession, runtime: ThreadRuntime, inflight: InFlight,
+def owed_stimuli(db: Transaction, runtime: ThreadRuntime, inflight: InFlight,
                  scored: dict[str, list[queries.Response]] | None = None) -> list[str]:
     """Stimulus ids (with repeats) still owed for ``inflight``'s generation: flagged presentations do not count.
 

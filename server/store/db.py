@@ -13,7 +13,9 @@ import logging
 import math
 import sqlite3
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
@@ -103,11 +105,62 @@ def make_sessionmaker(db_engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(db_engine, expire_on_commit=False)
 
 
-def driver(db: Session) -> sqlite3.Connection:
+class DriverTransaction:
+    """A transaction on a sqlite3 connection with no ORM session around it (``StepConnection.begin``).
+
+    The engine's steps run in these: their statements are all on the driver (``queries``, ``records``),
+    and on this VM the ORM session's own begin and commit cost 0.5 ms at once and 8 ms after a rig's
+    show (``bench/engine_step.py``). ``info`` is for what the transaction carries, as ``Session.info``."""
+
+    def __init__(self, connection: sqlite3.Connection):
+        self.connection = connection
+        self.info: dict = {}
+        self.committed: list[Callable[[], None]] = []  # called in order once the transaction has committed
+
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        self.committed.append(callback)
+
+
+Transaction = Session | DriverTransaction  # what the driver's statements (``queries``, ``records``) run in
+
+
+class StepConnection:
+    """The engine's own connection, taken from ``sessions``' pool for the engine's life (pragmas as set at
+    connect); the compute worker runs every step on it, one ``begin`` at a time.
+
+    Like the ORM's, its transaction begins at the first write (sqlite3's implicit ``BEGIN`` before it),
+    so the reads before take no lock and the write waits out other writers (``busy_timeout``)."""
+
+    def __init__(self, sessions: sessionmaker[Session]):
+        with sessions() as db:
+            self._pooled = db.get_bind().raw_connection()
+        self._connection = self._pooled.driver_connection
+
+    @contextmanager
+    def begin(self) -> Iterator[DriverTransaction]:
+        """A transaction that commits when the block ends and rolls back if it raises."""
+        transaction = DriverTransaction(self._connection)
+        try:
+            yield transaction
+        except BaseException:
+            self._connection.rollback()
+            raise
+        self._connection.commit()
+        for callback in transaction.committed:
+            callback()
+
+    def close(self) -> None:
+        """Give the connection back to the pool (call on the thread that used it last, or after it ended)."""
+        self._pooled.close()
+
+
+def driver(db: Transaction) -> sqlite3.Connection:
     """The sqlite3 connection under ``db``'s transaction (begun if it was not): the engine's hot-path
     statements run on it directly, skipping the ORM's per-statement work (``queries``, ``records``).
 
-    They do not flush the session first, and rows they write are not in its identity map."""
+    In an ORM session they do not flush it first, and rows they write are not in its identity map."""
+    if isinstance(db, DriverTransaction):
+        return db.connection
     return db.connection().connection.driver_connection
 
 

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session as DBSession
 
 from server.session_config import FlaggedTrialsConfig
-from server.store.db import driver
+from server.store.db import Transaction, driver
 from server.store.models import (
     LIVE_THREAD_STATUSES,
     Batch,
@@ -76,7 +76,7 @@ def pending_generation(db: DBSession, thread_id: int) -> Generation | None:
     ).first()
 
 
-def generation_objective(db: DBSession, generation_id: int) -> dict:
+def generation_objective(db: Transaction, generation_id: int) -> dict:
     """The objective a generation is scored with: the one recorded when it was asked (or retargeted before
     any response), else its thread's."""
     own, thread = driver(db).execute(
@@ -98,7 +98,7 @@ class BatchRow(NamedTuple):
     objective: dict  # the one its generation is scored with, as ``generation_objective``
 
 
-def batch(db: DBSession, batch_id: str) -> BatchRow | None:
+def batch(db: Transaction, batch_id: str) -> BatchRow | None:
     """A batch, its generation's status and objective, in one read; None if unknown."""
     row = driver(db).execute(
         "SELECT b.id, b.session_id, b.thread_id, b.generation_id, b.rig, b.results_first_at, g.status, "
@@ -117,7 +117,7 @@ def reference_stimuli(db: DBSession, session_id: int) -> list[Stimulus]:
     ))
 
 
-def batch_stimulus_ids(db: DBSession, batch: Batch | BatchRow) -> set[str]:
+def batch_stimulus_ids(db: Transaction, batch: Batch | BatchRow) -> set[str]:
     """What a rig may answer for ``batch``: its generation's stimuli and the session's references."""
     return {stimulus_id for stimulus_id, in driver(db).execute(
         "SELECT id FROM stimuli WHERE generation_id = ? OR (session_id = ? AND kind = ?)",
@@ -133,7 +133,7 @@ class Response:
     baseline: list[float] | None  # protocol 1.1 ``baseline_rates``; None when the rig sent none
 
 
-def scored_responses(db: DBSession, generation_id: int, flagged: FlaggedTrialsConfig) -> dict[str, list[Response]]:
+def scored_responses(db: Transaction, generation_id: int, flagged: FlaggedTrialsConfig) -> dict[str, list[Response]]:
     """The presentations made for a generation's batches that the flagged-trial policy scores, by stimulus.
 
     A stimulus owes a presentation until it has ``repeats`` of these; they are what its score is made of.
@@ -177,7 +177,7 @@ def batch_answered(db: DBSession, batch_id: str) -> set[str]:
     return set(db.scalars(select(Presentation.stimulus_id).where(Presentation.batch_id == batch_id)))
 
 
-def stored_presentation_ids(db: DBSession, presentation_ids: list[str]) -> set[str]:
+def stored_presentation_ids(db: Transaction, presentation_ids: list[str]) -> set[str]:
     """Those of ``presentation_ids`` already stored."""
     return {pid for pid, in driver(db).execute(
         "SELECT presentation_id FROM presentations WHERE presentation_id IN (SELECT value FROM json_each(?))",

@@ -6,6 +6,7 @@ driver directly (``server.store.db.driver``): they neither flush the ORM session
 
 from __future__ import annotations
 
+import json
 import secrets
 from datetime import datetime
 from collections.abc import Iterable, Sequence
@@ -20,7 +21,7 @@ from server import live
 from server.session_config import MAX_SEED, ObjectiveConfig, SessionConfig, ThreadConfig
 from server.store import queries
 from server.store.archive import ArchivedImage
-from server.store.db import driver
+from server.store.db import Transaction, driver
 from server.store.models import (
     ENDED_THREAD_STATUSES,
     Batch,
@@ -61,7 +62,7 @@ class PresentationRecord:
 
 
 def log_event(
-    db: DBSession,
+    db: Transaction,
     kind: str,
     message: str,
     *,
@@ -183,13 +184,30 @@ def describe_objective(objective: ObjectiveConfig) -> str:
     return objective.expression or f"{objective.combine} of channels {objective.channels}"
 
 
-def end_session_if_done(db: DBSession, session_id: int) -> None:
-    """Mark an active session ``finished`` once every thread has ended (stopped, finished or failed)."""
-    session = db.get(Session, session_id)
-    if session.status == SessionStatus.ACTIVE and all(t.status in ENDED_THREAD_STATUSES for t in session.threads):
-        session.status = SessionStatus.FINISHED
-        log_event(db, "session.finished", f"session {session.id} {session.name!r} finished: every thread ended",
-                  session_id=session.id)
+def end_session_if_done(db: Transaction, session_id: int) -> None:
+    """Mark an active session ``finished`` once every thread has ended (stopped, finished or failed).
+
+    On the driver: an ORM session is flushed first, and its loaded copy of the session row expired."""
+    if isinstance(db, DBSession):
+        db.flush()
+    ended = json.dumps(sorted(status.value for status in ENDED_THREAD_STATUSES))
+    row = driver(db).execute(
+        "UPDATE sessions SET status = ? WHERE id = ? AND status = ? AND NOT EXISTS (SELECT 1 FROM threads "
+        "WHERE session_id = ? AND status NOT IN (SELECT value FROM json_each(?))) RETURNING name",
+        (SessionStatus.FINISHED.value, session_id, SessionStatus.ACTIVE.value, session_id, ended)).fetchone()
+    if row is None:
+        return
+    if isinstance(db, DBSession) and (loaded := db.identity_map.get(DBSession.identity_key(Session, session_id))):
+        db.expire(loaded, ["status"])
+    log_event(db, "session.finished", f"session {session_id} {row[0]!r} finished: every thread ended",
+              session_id=session_id)
+
+
+def finish_thread(db: Transaction, thread_id: int) -> str:
+    """Mark a thread finished (its last generation is told); returns its name."""
+    name, = driver(db).execute("UPDATE threads SET status = ? WHERE id = ? RETURNING name",
+                               (ThreadStatus.FINISHED.value, thread_id)).fetchone()
+    return name
 
 
 def stop_session(db: DBSession, session: Session) -> None:
@@ -218,7 +236,7 @@ def set_thread_error(db: DBSession, thread_id: int, kind: str, message: str, *,
 
 
 def record_presentations(
-    db: DBSession, batch: Batch | queries.BatchRow, presentations: Iterable[PresentationRecord], *,
+    db: Transaction, batch: Batch | queries.BatchRow, presentations: Iterable[PresentationRecord], *,
     received_at: datetime | None = None
 ) -> tuple[list[str], list[str]]:
     """Store a rig's presentations for ``batch`` (a ``Batch``, or a ``queries.batch`` row) idempotently;
@@ -266,7 +284,7 @@ def new_id() -> str:
     return time_ordered_uuid().hex
 
 
-def add_generation(db: DBSession, thread_id: int, number: int, codes: np.ndarray, images: Sequence[ArchivedImage],
+def add_generation(db: Transaction, thread_id: int, number: int, codes: np.ndarray, images: Sequence[ArchivedImage],
                    provenance: dict[str, Any], session_id: int) -> tuple[int, dict, list[str]]:
     """A pending generation, scored with its thread's objective as it is now, and one synthetic stimulus per
     code (one bulk insert); (the generation's id, that objective, stimulus ids in code order)."""
@@ -286,7 +304,7 @@ def add_generation(db: DBSession, thread_id: int, number: int, codes: np.ndarray
     return generation_id, read_json(objective), [row[0] for row in rows]
 
 
-def add_batch(db: DBSession, batch_id: str, session_id: int, thread_id: int, generation_id: int, rig: str) -> str:
+def add_batch(db: Transaction, batch_id: str, session_id: int, thread_id: int, generation_id: int, rig: str) -> str:
     """A batch row for a send about to happen; its id."""
     driver(db).execute(
         "INSERT INTO batches (id, session_id, thread_id, generation_id, rig, sent_at, status) "
@@ -295,13 +313,13 @@ def add_batch(db: DBSession, batch_id: str, session_id: int, thread_id: int, gen
     return batch_id
 
 
-def close_batch(db: DBSession, batch_id: str, at: datetime) -> None:
+def close_batch(db: Transaction, batch_id: str, at: datetime) -> None:
     """The rig said ``done`` for the batch: it is no longer outstanding."""
     driver(db).execute("UPDATE batches SET status = ?, completed_at = ? WHERE id = ? AND status = ?",
                        (BatchStatus.COMPLETE.value, stored_time(at), batch_id, BatchStatus.SENT.value))
 
 
-def complete_generation(db: DBSession, generation_id: int, scores: np.ndarray, reference_scores: Sequence[float],
+def complete_generation(db: Transaction, generation_id: int, scores: np.ndarray, reference_scores: Sequence[float],
                         optimizer_state: bytes | None, optimizer_summary: dict[str, float | None], *,
                         timed_out: bool) -> int:
     """Mark a generation told: its scores, their summary, the optimizer state after ``tell`` (a snapshot, or

@@ -342,8 +342,10 @@ def test_a_generation_is_one_commit_and_its_batch_is_sent_from_memory(live):
     from sqlalchemy import event
 
     thread_id = live.create()
-    commits = []
+    commits = []  # on the ORM's connections, and on the engine's own (its steps run on the driver)
     event.listen(live.db_engine, "commit", lambda connection: commits.append(time.monotonic()))
+    live.engine._step_db._connection.set_trace_callback(
+        lambda statement: statement == "COMMIT" and commits.append(time.monotonic()))
     with RigClient(live.settings.zmq_endpoint, RIG, channels=1) as rig:
         batch = rig.next_batch(timeout=60)
         deadline = time.monotonic() + 30
