@@ -18,6 +18,8 @@ An image's score is the mean over its presentations that scored.
 from __future__ import annotations
 
 import ast
+import functools
+import json
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -28,24 +30,49 @@ from rig_client.protocol import ErrorCode
 from server import RigInputError
 
 
+class Statistics:
+    """Per-channel statistics of a generation's rates, each computed the first time an objective reads it
+    (the usual objective, a channel's rate, reads none)."""
+
+    def __init__(self, rates: np.ndarray, is_reference: np.ndarray):
+        self._rates, self._is_reference = rates, is_reference
+
+    @functools.cached_property
+    def reference_mean(self) -> np.ndarray:
+        """Over the generation's reference presentations (NaN without any)."""
+        if not self._is_reference.any():
+            return np.full(self._rates.shape[1], np.nan)
+        return _quietly(np.nanmean, self._rates[self._is_reference], axis=0)
+
+    @functools.cached_property
+    def mean(self) -> np.ndarray:
+        """Over all the generation's presentations."""
+        return _quietly(np.nanmean, self._rates, axis=0)
+
+    @functools.cached_property
+    def std(self) -> np.ndarray:
+        return _quietly(np.nanstd, self._rates, axis=0)
+
+
+def _quietly(reduce, values: np.ndarray, **kwargs) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN channels: NaN statistics
+        return reduce(values, **kwargs)
+
+
 @dataclass(frozen=True)
 class Context:
     """The presentations an objective scores: rates (n, channels), baselines (NaN where not sent),
-    and the generation's per-channel statistics."""
+    and the statistics of the generation's own rates (an inner objective's context, with rates
+    transformed, keeps them)."""
 
     rates: np.ndarray
     baselines: np.ndarray
-    reference_mean: np.ndarray  # per channel, over the generation's reference presentations
-    mean: np.ndarray  # per channel, over all the generation's presentations
-    std: np.ndarray
+    statistics: Statistics
 
     @classmethod
     def of(cls, rates: np.ndarray, baselines: np.ndarray, is_reference: np.ndarray) -> Context:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN channels: NaN statistics
-            reference = np.nanmean(rates[is_reference], axis=0) if is_reference.any() else \
-                np.full(rates.shape[1], np.nan)
-            return cls(rates, baselines, reference, np.nanmean(rates, axis=0), np.nanstd(rates, axis=0))
+        return cls(rates, baselines, Statistics(rates, is_reference))
 
 
 class Objective:
@@ -83,17 +110,20 @@ class Objective:
     # ---------------------------------------------------------------- use
     @classmethod
     def from_config(cls, config: Mapping) -> Objective:
-        """From a thread's objective settings (``ObjectiveConfig`` or its stored JSON)."""
-        from server.session_config import ObjectiveConfig
+        """From a thread's objective settings (an ``ObjectiveConfig``'s JSON, as stored). Objectives are
+        immutable, so each distinct setting is validated and built once (the engine asks every step)."""
+        return _built(json.dumps(dict(config), sort_keys=True))
 
-        return ObjectiveConfig.model_validate(config).build()
+    @functools.cached_property
+    def n_channels(self) -> int:
+        """How many channels a rig must announce for this objective."""
+        return max(self.channels) + 1
 
     def check_rates(self, rates: Sequence) -> None:
         """Raise ``RigInputError`` if a presentation's rates do not cover the channels scored."""
-        needed = max(self.channels) + 1
-        if len(rates) < needed:
-            raise RigInputError(ErrorCode.BAD_FIELD,
-                                f"rates has {len(rates)} channel(s) but this thread scores channel {needed - 1}")
+        if len(rates) < self.n_channels:
+            raise RigInputError(ErrorCode.BAD_FIELD, f"rates has {len(rates)} channel(s) but this thread scores "
+                                f"channel {self.n_channels - 1}")
 
     def score_generation(self, presentations: Mapping[str, Sequence[tuple[Sequence, Sequence | None]]],
                          references: set[str] | frozenset[str]) -> dict[str, float]:
@@ -128,6 +158,13 @@ class Objective:
         """One presentation on its own (``zscore`` and reference baselines need a generation: NaN)."""
         row = np.array([[np.nan if r is None else r for r in rates]], dtype=float)
         return float(self(Context.of(row, np.full_like(row, np.nan), np.array([False])))[0])
+
+
+@functools.lru_cache(maxsize=256)
+def _built(config: str) -> Objective:
+    from server.session_config import ObjectiveConfig
+
+    return ObjectiveConfig.model_validate_json(config).build()
 
 
 def _lift(value: Objective | float) -> Objective:
@@ -202,7 +239,7 @@ class Baseline(Objective):
     inner: Objective
 
     def __call__(self, ctx: Context) -> np.ndarray:
-        baseline = np.where(np.isnan(ctx.baselines), ctx.reference_mean, ctx.baselines)
+        baseline = np.where(np.isnan(ctx.baselines), ctx.statistics.reference_mean, ctx.baselines)
         return self.inner(replace(ctx, rates=ctx.rates - baseline))
 
     @property
@@ -218,8 +255,8 @@ class ZScore(Objective):
 
     def __call__(self, ctx: Context) -> np.ndarray:
         with np.errstate(all="ignore"):
-            std = np.where(ctx.std > 0, ctx.std, np.nan)
-            return self.inner(replace(ctx, rates=(ctx.rates - ctx.mean) / std))
+            std = np.where(ctx.statistics.std > 0, ctx.statistics.std, np.nan)
+            return self.inner(replace(ctx, rates=(ctx.rates - ctx.statistics.mean) / std))
 
     @property
     def channels(self) -> frozenset[int]:

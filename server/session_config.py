@@ -111,7 +111,7 @@ class ObjectiveConfig(_Strict):
     @property
     def n_channels(self) -> int:
         """How many channels a rig must announce for this objective."""
-        return max(self.build().channels) + 1
+        return self.build().n_channels
 
 
 class DriftConfig(_Strict):

@@ -20,7 +20,6 @@ from rig_client.protocol import ErrorCode, Message, batch_message, encode_png
 from server import RigInputError, monitor
 from server.images import parallel_map, to_pixels
 from server.objectives import Objective
-from server.session_config import ObjectiveConfig
 from server.store import queries, records
 from server.store.archive import ArchivedImage, ImageArchive
 from server.store.db import Transaction
@@ -134,7 +133,7 @@ def next_step(db: Transaction, runtime: ThreadRuntime, channels: int, cached: fr
             owed = runtime.inflight.stimulus_ids + runtime.reference_ids  # nothing presented yet
         else:
             objective = queries.generation_objective(db, runtime.inflight.generation_id)
-        if runtime.inflight.batch_id is not None or channels < ObjectiveConfig.model_validate(objective).n_channels:
+        if runtime.inflight.batch_id is not None or channels < Objective.from_config(objective).n_channels:
             return None
         if owed is None:
             owed = owed_stimuli(db, runtime, runtime.inflight)

@@ -103,3 +103,13 @@ def test_rates_missing_a_scored_channel_are_a_rig_input_error():
     with pytest.raises(RigInputError, match="scores channel 2") as caught:
         Objective.from_config({"channels": [2]}).check_rates([1.0, 2.0])
     assert caught.value.code == "bad_field"
+
+
+def test_stored_settings_build_one_objective_each_and_bad_ones_are_refused_every_time():
+    built = Objective.from_config({"expression": "rate(2) - 0.5 * rate(0)", "combine": "mean"})
+    assert Objective.from_config({"combine": "mean", "expression": "rate(2) - 0.5 * rate(0)"}) is built
+    assert built.n_channels == 3 and built.score([2.0, 0.0, 5.0]) == pytest.approx(4.0)
+    assert Objective.from_config({"channels": [2]}) is not built
+    for _ in range(2):
+        with pytest.raises(ValueError, match="either"):
+            Objective.from_config({"channels": [1], "expression": "rate(1)"})
