@@ -7,8 +7,8 @@ file, each round answered in this process by ``steps.answer``, the transaction t
 round's last RESULTS arrives (store it, score, tell, ask, render, add the next generation and its
 batch, commit), then what the engine does once that BATCH is out (its archive writes and a WAL
 checkpoint start in the background, as ``actmax serve`` runs them). Its overhead is the transaction's time
-less the tell, ask and render inside it (``ThreadRuntime.compute_s``). The waking costs: a 100-byte
-``pread``, a sqlite3 primary-key read, and the first statement of a transaction, in an ORM session and on
+less the tell, ask and render inside it (``ThreadRuntime.compute_s``). The waking costs: one read from
+each page of 64 MB of the process's memory (what touching memory costs), a 100-byte ``pread``, a sqlite3 primary-key read, and the first statement of a transaction, in an ORM session and on
 the engine's ``StepConnection``, each timed right after a ``--pause-ms`` sleep
 and again at once (the baseline). On a machine where these are much slower after a pause, so is every
 step, which always begins after the rig's show. ``--spin`` spends the pauses busy instead of asleep,
@@ -36,6 +36,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+PAGES_BYTES = 64 << 20  # the memory whose pages the waking costs read once each
+
+
 def pause(seconds: float, spin: bool) -> None:
     """Sleep, or (``spin``) keep this thread busy on its CPU for as long."""
     if not spin:
@@ -48,12 +51,13 @@ def pause(seconds: float, spin: bool) -> None:
 
 def step_overheads(generations: int, population: int, pause_s: float, spin: bool = False,
                    sqlite_checkpoints: bool = False, random_ids: bool = False,
-                   orm: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                   orm: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Seconds of each step's transaction besides tell, ask and render, and of its commit, with ``pause_s``
     before each RESULTS. ``sqlite_checkpoints``: SQLite's default, a checkpoint in the commit that crosses
     1000 WAL pages, instead of the server's checkpoints after each send. ``random_ids``: presentation ids
-    as random UUIDs (version 4) instead of the Python rig client's time-ordered ones. ``orm``: each step in
-    an ORM session, as the engine ran them before, instead of on the engine's ``StepConnection``."""
+    as random UUIDs (version 4) instead of the Python rig client's time-ordered ones. ``orm``: every other
+    step in an ORM session, as the engine ran them before, instead of on the engine's ``StepConnection``; the
+    third array says which steps those were."""
     from rig_client.protocol import time_ordered_uuid
     from server import steps
     from server.session_config import SessionConfig
@@ -69,7 +73,6 @@ def step_overheads(generations: int, population: int, pause_s: float, spin: bool
         upgrade(db_engine)
         sessions, archive = make_sessionmaker(db_engine), ImageArchive(tmp)
         checkpoints, step_db = BackgroundCheckpoints(sessions), StepConnection(sessions)
-        transaction = sessions.begin if orm else step_db.begin
         config = SessionConfig.model_validate({
             "name": "step", "rig": "bench", "references": {"source": "skimage", "count": 10},
             "threads": [{"name": "t", "generator": "dcgan-faces", "optimizer": "cma",
@@ -91,7 +94,8 @@ def step_overheads(generations: int, population: int, pause_s: float, spin: bool
         with sessions.begin() as db:
             message = steps.next_step(db, runtime, 1, frozenset(), archive)
         rng, overheads, commits = np.random.default_rng(0), [], []
-        for _ in range(generations):
+        in_orm = np.arange(generations) % 2 == 1 if orm else np.zeros(generations, dtype=bool)
+        for step in range(generations):
             sent(message)
             runtime.inflight.archived.result()  # the archive writes end during the show
             pause(pause_s, spin)
@@ -101,7 +105,7 @@ def step_overheads(generations: int, population: int, pause_s: float, spin: bool
                  "window_ms": [50.0, 200.0]} for s in message.header["stimuli"]]}
             runtime.compute_s = 0.0
             start = time.perf_counter()
-            with transaction() as db:
+            with (sessions.begin if in_orm[step] else step_db.begin)() as db:
                 _, message = steps.answer(db, runtime, "bench", header, utcnow(), 1, frozenset(), archive)
                 committing = time.perf_counter()
             done = time.perf_counter()
@@ -112,7 +116,7 @@ def step_overheads(generations: int, population: int, pause_s: float, spin: bool
         checkpoints.close()
         step_db.close()
         db_engine.dispose()
-    return np.array(overheads), np.array(commits)
+    return np.array(overheads), np.array(commits), in_orm
 
 
 def waking_costs(pause_s: float, spin: bool, repeats: int = 15) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -139,7 +143,9 @@ def waking_costs(pause_s: float, spin: bool, repeats: int = 15) -> dict[str, tup
         def first_driver_statement():
             with step_db.begin() as db:
                 driver(db).execute("SELECT kind FROM events WHERE id = 1").fetchone()
+        pages = np.ones(PAGES_BYTES // 8).reshape(-1, 4096 // 8)  # one row per 4 KiB page
         operations = {
+            f"a read from each 4 KiB page of {PAGES_BYTES >> 20} MB": lambda: pages[:, 0].sum(),
             "100-byte pread": lambda: os.pread(fd, 100, 0),
             "sqlite3 primary-key read": lambda: connection.execute("SELECT kind FROM events WHERE id = 1").fetchone(),
             "first SQLAlchemy statement of a transaction": first_statement,
@@ -191,18 +197,17 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name:46} {ms(woken, 50):10.3f} {ms(woken, 100):8.3f} {ms(warm, 50):12.3f} "
               f"{np.median(woken) / np.median(warm):6.1f}x")
 
-    back_to_back, _ = step_overheads(args.generations, args.population, 0.0, False, args.sqlite_checkpoints,
-                                     args.random_ids)
-    paused, commits = step_overheads(args.generations, args.population, pause_s, args.spin, args.sqlite_checkpoints,
-                                     args.random_ids)
-    orm, _ = step_overheads(args.generations, args.population, pause_s, args.spin, args.sqlite_checkpoints,
-                            args.random_ids, orm=True)
+    back_to_back, _, _ = step_overheads(args.generations, args.population, 0.0, False, args.sqlite_checkpoints,
+                                        args.random_ids)
+    both, commits, in_orm = step_overheads(2 * args.generations, args.population, pause_s, args.spin,
+                                           args.sqlite_checkpoints, args.random_ids, orm=True)
+    paused, orm, commits = both[~in_orm], both[in_orm], commits[~in_orm]
     where = "in the commit that crosses 1000 pages" if args.sqlite_checkpoints else "in the background after each send"
     print(f"\nthe engine's step besides tell, ask and render ({args.population} DCGAN images + 10 references, "
           f"one transaction, no transport; WAL checkpoints {where}; ms)")
     print(f"{'':46} {'n':>4} {'p50':>8} {'p90':>8} {'p99':>8}")
     for label, values in (("back to back", back_to_back), (f"after {args.pause_ms:g} ms {how}", paused),
-                          ("  of which the commit", commits), ("  the same in an ORM session (before)", orm)):
+                          ("  of which the commit", commits), ("  in an ORM session (before), steps between", orm)):
         print(f"{label:46} {len(values):4d} {ms(values, 50):8.1f} {ms(values, 90):8.1f} {ms(values, 99):8.1f}")
     print(f"the pause adds {ms(paused, 50) - ms(back_to_back, 50):.1f} ms at p50 "
           f"({np.median(paused) / np.median(back_to_back):.2f}x); the ORM session "
