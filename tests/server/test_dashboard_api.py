@@ -16,7 +16,8 @@ from sqlalchemy import select
 
 from server import live
 from server.api.routes.monitor import decimate
-from server.store.models import Batch, Generation, GenerationStatus, Stimulus, StimulusKind, encode_codes
+from server.store.db import StepConnection
+from server.store.models import Batch, Event, Generation, GenerationStatus, Stimulus, StimulusKind, encode_codes
 from server.store.records import log_event
 from tests.server.conftest import TOKEN, LiveServer, session_config, thread_config
 from tests.server.test_api import create_session
@@ -166,6 +167,31 @@ def test_rolled_back_events_are_never_published(db_sessions):
             subscription.close()
 
     assert asyncio.run(scenario()) == ["test.committed"]
+
+
+def test_the_engines_own_connection_publishes_an_event_once_its_transaction_committed(db_sessions):
+    """``StepConnection``: what a step logs reaches dashboards after its commit, and never if it rolls back."""
+    step_db = StepConnection(db_sessions)
+
+    async def scenario():
+        subscription = live.hub.subscribe()
+        try:
+            with pytest.raises(RuntimeError), step_db.begin() as db:
+                log_event(db, "test.rolled_back", "never")
+                raise RuntimeError("the step failed")
+            with step_db.begin() as db:
+                log_event(db, "test.committed", "once")
+                assert await subscription.get(0.2) == []  # not before the commit
+            return [item["kind"] for item in await subscription.get(1.0)]
+        finally:
+            subscription.close()
+
+    try:
+        assert asyncio.run(scenario()) == ["test.committed"]
+    finally:
+        step_db.close()
+    with db_sessions() as db:
+        assert list(db.scalars(select(Event.kind).where(Event.kind.like("test.%")))) == ["test.committed"]
 
 
 def test_a_slow_subscriber_loses_its_oldest_items_and_never_blocks():

@@ -14,7 +14,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from PIL import Image
-from sqlalchemy import inspect, make_url, select, text
+from sqlalchemy import func, inspect, make_url, select, text
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.orm import Session as DBSession, sessionmaker
@@ -59,6 +59,25 @@ def test_sqlite_pragmas(settings: Settings) -> None:
         assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == db.BUSY_TIMEOUT_MS
     db_engine.dispose()
+
+
+def test_the_engines_own_connection_has_the_pragmas_and_rolls_back_a_failed_step(db_sessions) -> None:
+    step_db = db.StepConnection(db_sessions)
+    try:
+        with step_db.begin() as transaction:
+            cursor = db.driver(transaction)
+            assert cursor.execute("PRAGMA foreign_keys").fetchone() == (1,)
+            assert cursor.execute("PRAGMA busy_timeout").fetchone() == (db.BUSY_TIMEOUT_MS,)
+        with pytest.raises(sqlite3.IntegrityError), step_db.begin() as transaction:
+            db.driver(transaction).execute(
+                "INSERT INTO events (time, level, kind, message) VALUES ('2026-01-01', 'info', 'k', 'm')")
+            db.driver(transaction).execute(  # no such stimulus or batch: the step fails here
+                "INSERT INTO presentations (presentation_id, stimulus_id, batch_id, rig, onset, rates_json, "
+                "window_start_ms, window_end_ms, received_at) VALUES ('p', 's', 'b', 'r', 0, '[]', 0, 1, '2026')")
+        with db_sessions() as session:
+            assert session.scalar(select(func.count()).select_from(Event)) == 0  # the event went with it
+    finally:
+        step_db.close()
 
 
 def test_wal_lets_a_write_commit_while_a_reader_holds_a_snapshot(settings: Settings, db_sessions) -> None:
