@@ -8,9 +8,9 @@ round's last RESULTS arrives (store it, score, tell, ask, render, add the next g
 batch, commit), then what the engine does once that BATCH is out (its archive writes and a WAL
 checkpoint start in the background, as ``actmax serve`` runs them). Its overhead is the transaction's time
 less the tell, ask and render inside it (``ThreadRuntime.compute_s``). The waking costs: one read from
-each page of 64 MB of the process's memory (what touching memory costs), a 100-byte ``pread``, a sqlite3 primary-key read, and the first statement of a transaction, in an ORM session and on
-the engine's ``StepConnection``, each timed right after a ``--pause-ms`` sleep
-and again at once (the baseline). On a machine where these are much slower after a pause, so is every
+each page of 64 MB of the process's memory (what touching memory costs), a 100-byte ``pread``, a sqlite3
+primary-key read, and the first statement of a transaction, in an ORM session and on the engine's
+``StepConnection``, each timed right after a ``--pause-ms`` sleep and again at once (the baseline). On a machine where these are much slower after a pause, so is every
 step, which always begins after the rig's show. ``--spin`` spends the pauses busy instead of asleep,
 to tell a CPU waking from idle from other causes. The presentation ids are time-ordered, as the Python
 rig client makes them; ``--random-ids`` sends random ones (version 4), as MATLAB's and C#'s UUIDs are.

@@ -282,7 +282,8 @@ def floor_server(endpoint: str, generator: str, population: int, database: str, 
         presentations = results["presentations"]
         db.execute("BEGIN")
         db.executemany("INSERT INTO presentations VALUES (?, ?, ?, ?)",
-                       [(p["presentation_id"], p["stimulus_id"], p["onset"], json.dumps(p["rates"])) for p in presentations])
+                       [(p["presentation_id"], p["stimulus_id"], p["onset"], json.dumps(p["rates"]))
+                        for p in presentations])
         start = time.perf_counter()
         pngs = compute.render()
         hashes = [hashlib.sha256(png).hexdigest() for png in pngs]  # actmax's render hashes them too
@@ -468,8 +469,9 @@ def main(argv: list[str] | None = None) -> None:
         row("  floor compute (timed by it)", computes)
         row("  floor: rig wait - compute", waits - computes)
         if name in beyond:
-            print(f"  actmax's rig wait - compute is {ms(beyond[name], 50) - ms(waits - computes, 50):+.1f} ms (p50) and "
-                  f"{ms(beyond[name], 99) - ms(waits - computes, 99):+.1f} ms (p99) from the floor's")
+            gap = beyond[name]
+            print(f"  actmax's rig wait - compute is {ms(gap, 50) - ms(waits - computes, 50):+.1f} ms (p50) and "
+                  f"{ms(gap, 99) - ms(waits - computes, 99):+.1f} ms (p99) from the floor's")
 
 
 if __name__ == "__main__":
