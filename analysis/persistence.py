@@ -23,7 +23,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from analysis import AnalysisError
-from analysis.tuning import sphere_points
+from analysis.tuning import grid_axes, sphere_points
 
 
 @dataclass(frozen=True)
@@ -59,11 +59,7 @@ class SphereMesh:
 def grid_mesh(theta, phi) -> SphereMesh:
     """Triangulate a (θ, φ) grid (radians) on the sphere: split every cell in two and merge each
     pole row φ = ±π/2 into one vertex. Boundary = the θ edges, and the φ edges that are not poles."""
-    theta = np.asarray(theta, dtype=float)
-    phi = np.asarray(phi, dtype=float)
-    for name, ax in (("theta", theta), ("phi", phi)):
-        if ax.ndim != 1 or ax.size < 2 or np.any(np.diff(ax) <= 0) or np.abs(ax).max() > np.pi / 2 + 1e-9:
-            raise AnalysisError(f"{name} must be >= 2 increasing angles in radians within ±π/2")
+    theta, phi = grid_axes(theta, phi, 2)
     nt, nphi = theta.size, phi.size
     pole = np.isclose(np.abs(phi), np.pi / 2)
     index = np.arange(nt * nphi).reshape(nt, nphi)

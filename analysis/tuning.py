@@ -50,6 +50,16 @@ class SphereMap:
     pole_values: tuple[float, float] | None  # (φ = -π/2, φ = +π/2) when the grid reaches the poles
 
 
+def grid_axes(theta, phi, min_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A (θ, φ) grid's axes as float arrays, each at least ``min_size`` increasing angles in radians within
+    ±π/2 (raises ``AnalysisError`` naming the axis otherwise)."""
+    axes = np.asarray(theta, dtype=float), np.asarray(phi, dtype=float)
+    for name, ax in zip(("theta", "phi"), axes):
+        if ax.ndim != 1 or ax.size < min_size or np.any(np.diff(ax) <= 0) or np.abs(ax).max() > np.pi / 2 + 1e-9:
+            raise AnalysisError(f"{name} must be >= {min_size} increasing angles in radians within ±π/2")
+    return axes
+
+
 def sphere_points(theta, phi) -> np.ndarray:
     """Unit vectors (..., 3) of chart coordinates (θ, φ) in radians; broadcasts its arguments."""
     theta, phi = np.broadcast_arrays(np.asarray(theta, float), np.asarray(phi, float))
@@ -156,11 +166,7 @@ def smooth_sphere_map(trials, theta, phi, *, s: float | None = None, resolution_
     Returns the map on ``resolution_deg`` steps over the grid's extent (181 x 181 for ±90° at 1°),
     clipped below at ``clip_min`` (None: no clipping).
     """
-    theta = np.asarray(theta, dtype=float)
-    phi = np.asarray(phi, dtype=float)
-    for name, ax in (("theta", theta), ("phi", phi)):
-        if ax.ndim != 1 or ax.size < 4 or np.any(np.diff(ax) <= 0) or np.abs(ax).max() > np.pi / 2 + 1e-9:
-            raise AnalysisError(f"{name} must be >= 4 increasing angles in radians within ±π/2")
+    theta, phi = grid_axes(theta, phi, 4)
     if resolution_deg <= 0:
         raise AnalysisError(f"resolution_deg must be positive, got {resolution_deg}")
     grid = _trials_grid(trials, theta.size, phi.size)

@@ -43,27 +43,18 @@ from generators.base import PRECISIONS, GeneratorError, check_precision  # noqa:
 
 POPULATION = 40
 PROJECT_PACKAGES = {"analysis", "generators", "optimizers", "rig_client", "server"}
-TINY_BIGGAN = {"output_dim": 32, "z_dim": 128, "class_embed_dim": 128, "channel_width": 4, "num_classes": 1000,
-               "layers": [[True, 16, 8], [True, 8, 4], [True, 4, 2], [False, 2, 1]],
-               "attention_layer_position": 2, "eps": 1e-4, "n_stats": 51}
 
 
 def random_biggan(root: Path, resolution: int, tiny: bool) -> tuple[str, Path]:
     """Random weights for biggan-deep-<resolution> (tiny: a 32 px network under the 128 name) in ``root/<name>``,
     the layout of the package cache; (name, folder)."""
-    from pytorch_pretrained_biggan import BigGAN, BigGANConfig
-
-    from generators.biggan import standard_config
+    from generators.biggan import TINY_CONFIG, random_network, standard_config
 
     name = f"biggan-deep-{128 if tiny else resolution}"
     folder = root / name
     if not folder.exists():
-        config = TINY_BIGGAN if tiny else standard_config(resolution)
-        torch.manual_seed(0)
-        module = BigGAN(BigGANConfig.from_dict(config))
-        with torch.no_grad():
-            module.generator.bn.weight.fill_(1.0)  # the package leaves these two uninitialised
-            module.generator.bn.bias.zero_()
+        config = TINY_CONFIG if tiny else standard_config(resolution)
+        module = random_network(config)
         folder.mkdir(parents=True)
         torch.save(module.state_dict(), folder / "pytorch_model.bin")
         (folder / "config.json").write_text(json.dumps(config))

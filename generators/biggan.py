@@ -51,6 +51,24 @@ def standard_config(resolution: int) -> dict:
             "attention_layer_position": 8, "eps": 1e-4, "n_stats": 51}
 
 
+# A 32 px BigGAN-deep of the same architecture, for tests and ``bench/gpu.py --tiny``.
+TINY_CONFIG = {"output_dim": 32, "z_dim": 128, "class_embed_dim": 128, "channel_width": 4, "num_classes": 1000,
+               "layers": [[True, 16, 8], [True, 8, 4], [True, 4, 2], [False, 2, 1]],
+               "attention_layer_position": 2, "eps": 1e-4, "n_stats": 51}
+
+
+def random_network(config: dict, seed: int = 0):
+    """A ``pytorch_pretrained_biggan.BigGAN`` of ``config`` with random weights (seeded), for measuring the real
+    cost without the published weights; saved with its config.json, it loads like them."""
+    pkg = _biggan()
+    torch.manual_seed(seed)
+    module = pkg.BigGAN(pkg.BigGANConfig.from_dict(config))
+    with torch.no_grad():
+        module.generator.bn.weight.fill_(1.0)  # the package leaves these two uninitialised
+        module.generator.bn.bias.zero_()
+    return module
+
+
 def _cache_candidates(name: str) -> list[tuple[Path, Path | None]]:
     """(weights, config) pairs where `BigGAN.from_pretrained(name)` would have cached its downloads."""
     pkg = _biggan()

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from analysis.landscape import STATISTICS, landscape_statistics, summarize
+from analysis.serialization import json_safe
 from insilico import InsilicoError
 
 
@@ -325,7 +326,7 @@ def execute_unit(task: UnitTask, settings: StudySettings, out_dir: str) -> None:
     map_path = Path(out_dir) / "maps" / f"{task.layer}_ch{task.channel}.png" if task.map_png else None
     row = study_unit(generator, scorer, distance, settings, seed=task.seed, map_path=map_path)
     row.update(run_id=task.run_id, depth=task.depth, layer_index=task.layer_index, screen_std=task.screen_std)
-    storage.write_run(out_dir, {k: json.dumps(_json_safe(row[k])) if k in _JSON_COLUMNS else v
+    storage.write_run(out_dir, {k: json.dumps(json_safe(row[k])) if k in _JSON_COLUMNS else v
                                 for k, v in row.items()}, {})
 
 
@@ -474,20 +475,7 @@ def plot_by_depth(summary: dict[str, Any], rows: Sequence[dict[str, Any]], path:
 def _write_json(path: Path, settings: StudySettings, rows: Sequence[dict[str, Any]],
                 summary: dict[str, Any] | None = None) -> None:
     doc = {"settings": asdict(settings), "units": list(rows), "summary": summary}
-    path.write_text(json.dumps(_json_safe(doc), indent=1))
-
-
-def _json_safe(obj: Any) -> Any:
-    """NaN/inf -> null, numpy scalars -> Python numbers, so study.json is strict JSON."""
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
+    path.write_text(json.dumps(json_safe(doc), indent=1))
 
 
 # ---------------------------------------------------------------------------------------------- CLI

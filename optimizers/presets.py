@@ -25,7 +25,6 @@ def configure(name: str, base: str, description: str, **values: Any) -> type[Opt
     class Configured(parent):
         __doc__ = f"``{base}`` with {', '.join(f'{k}={v!r}' for k, v in values.items())}: {description}."
         configured_from = base
-        configured_values = dict(values)
 
         def __init__(self, dim: int, *, seed: int | None = None, **hyperparameters: Any):
             super().__init__(dim, seed=seed, **{**values, **hyperparameters})

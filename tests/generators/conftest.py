@@ -9,24 +9,16 @@ import torch
 import generators
 from generators.dcgan import packaged_weights
 
-TINY_BIGGAN = {"output_dim": 32, "z_dim": 128, "class_embed_dim": 128, "channel_width": 4,
-               "num_classes": 1000, "layers": [[True, 16, 8], [True, 8, 4], [True, 4, 2], [False, 2, 1]],
-               "attention_layer_position": 2, "eps": 1e-4, "n_stats": 51}
-
 
 @pytest.fixture(scope="session")
 def weights_dirs(tmp_path_factory):
     """name -> (directory, file) holding that generator's weights under its standard file name."""
-    from pytorch_pretrained_biggan import BigGAN, BigGANConfig
-
+    from generators.biggan import TINY_CONFIG, random_network
     from generators.deepsim import WEIGHTS_FILE, DeePSiMFc6
 
     root = tmp_path_factory.mktemp("weights")
-    torch.manual_seed(0)
-    biggan = BigGAN(BigGANConfig.from_dict(TINY_BIGGAN))
+    biggan = random_network(TINY_CONFIG)
     with torch.no_grad():
-        biggan.generator.bn.weight.fill_(1.0)  # the package leaves these two uninitialised
-        biggan.generator.bn.bias.zero_()
         for name, buffer in biggan.named_buffers():  # truncation-dependent BN statistics
             if name.endswith("running_means"):
                 buffer.normal_(0.0, 0.3)
@@ -34,7 +26,7 @@ def weights_dirs(tmp_path_factory):
             biggan.generator(torch.randn(2, 256), 0.7)
     (root / "biggan").mkdir()
     torch.save(biggan.state_dict(), root / "biggan" / "pytorch_model.bin")
-    (root / "biggan" / "config.json").write_text(json.dumps(TINY_BIGGAN))
+    (root / "biggan" / "config.json").write_text(json.dumps(TINY_CONFIG))
 
     (root / "deepsim").mkdir()
     torch.save(DeePSiMFc6().state_dict(), root / "deepsim" / WEIGHTS_FILE)

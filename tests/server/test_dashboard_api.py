@@ -19,7 +19,7 @@ from server.api.routes.monitor import decimate
 from server.store.db import StepConnection
 from server.store.models import Batch, Event, Generation, GenerationStatus, Stimulus, StimulusKind, encode_codes
 from server.store.records import log_event
-from tests.server.conftest import TOKEN, LiveServer, session_config, thread_config
+from tests.server.conftest import TOKEN, LiveServer, thread_config
 from tests.server.test_api import create_session
 
 
