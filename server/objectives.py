@@ -167,6 +167,11 @@ def _built(config: str) -> Objective:
     return ObjectiveConfig.model_validate_json(config).build()
 
 
+def objective_channels(config: Mapping) -> list[int]:
+    """The channels a thread's stored objective settings score: as listed, or those its expression reads, in order."""
+    return list(config["channels"]) if config.get("channels") else sorted(Objective.from_config(config).channels)
+
+
 def _lift(value: Objective | float) -> Objective:
     if isinstance(value, Objective):
         return value

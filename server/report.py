@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from analysis.serialization import json_safe
 from server.drift import mean_sem
-from server.objectives import Objective
+from server.objectives import Objective, objective_channels
 from server.store import queries
 from server.store.archive import ImageArchive
 from server.store.db import make_db_engine, make_sessionmaker
@@ -44,7 +44,7 @@ class ThreadSummary:
 def _channel_names(db, thread: Thread) -> list[str]:
     """The thread's objective channels as the rig labelled them in HELLO (protocol 1.1), else ``ch<index>``."""
     labels = queries.rig_channel_labels(db, thread.session.rig) or []
-    return [labels[c] if c < len(labels) else f"ch{c}" for c in thread.objective_json["channels"]]
+    return [labels[c] if c < len(labels) else f"ch{c}" for c in objective_channels(thread.objective_json)]
 
 
 SCORE_LABEL = "score (spikes/s)"

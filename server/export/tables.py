@@ -8,7 +8,7 @@ order). A new fact about a session gets its column here, and every format export
 Optional columns appear only when the store holds the data:
 - channel labels: those of the session rig's latest HELLO that sent them (``queries.rig_channel_labels``;
   rigs on protocol 1.1 send them) when they match the channel count; otherwise ``channels.label`` is empty;
-- trial facts (e.g. ``fixation_broken``, ``dropped_frames``, ``photodiode_onset``, ``baseline_rate``):
+- trial facts (e.g. ``fixation_broken``, ``dropped_frames``, ``photodiode_onset``, ``baseline_rates``):
   every key of a presentation's ``trial_json`` object, one column each, missing values empty.
 """
 
@@ -26,6 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session as DBSession
 
 import optimizers
+from server.objectives import objective_channels
 from server.session_config import FlaggedTrialsConfig
 from server.store import queries
 from server.store.models import (
@@ -78,7 +79,9 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "optimizer": "Optimizer name ('manifold' for a manifold thread's fixed design).",
         "optimizer_params": "Optimizer hyperparameters as configured (a manifold thread's grid).",
         "objective_channels": "Channels whose rates make the thread's score.",
-        "objective_combine": "How those channels' rates combine into one score: 'mean' or 'sum'.",
+        "objective_combine": "How those channels' rates combine into one score: 'mean' or 'sum' (empty for an "
+                             "expression).",
+        "objective_expression": "The objective expression that makes the score (empty when channels combine).",
         "seed": "Seed of the thread's optimizer.",
         "n_generations": "Generations the thread was configured to run.",
         "repeats": "Presentations of each image per generation.",
@@ -158,8 +161,8 @@ class SessionTables:
 def session_tables(db: DBSession, session_id: int) -> SessionTables:
     """All tables of a finished (or stopped) session.
 
-    Raises ``ExportError`` for an unknown session and ``SessionRunning`` while any thread is running or
-    paused: an export is a final record, so a live session is refused rather than written half-done.
+    Raises ``ExportError`` for an unknown session and ``SessionRunning`` while any thread has not ended
+    (``LIVE_STATUSES``): an export is a final record, so a live session is refused rather than written half-done.
     """
     session = db.get(Session, session_id)
     if session is None:
@@ -223,8 +226,9 @@ def _threads(session: Session) -> pd.DataFrame:
         "generator_version": t.generator_version or "",
         "optimizer": t.optimizer,
         "optimizer_params": t.optimizer_params_json,
-        "objective_channels": list(t.objective_json["channels"]),
-        "objective_combine": t.objective_json.get("combine", "mean"),
+        "objective_channels": objective_channels(t.objective_json),
+        "objective_combine": "" if "expression" in t.objective_json else t.objective_json.get("combine", "mean"),
+        "objective_expression": t.objective_json.get("expression", ""),
         "seed": t.seed,
         "n_generations": t.n_generations,
         "repeats": t.repeats,

@@ -20,7 +20,7 @@ def session_config() -> dict:
         "experimenter": "Doe, Jane", "references": {"source": "skimage", "count": 2},
         "threads": [thread | {"name": "cma", "optimizer": "cma", "optimizer_params": {"population": 6}, "seed": 1},
                     thread | {"name": "ga", "optimizer": "ga", "optimizer_params": {"population": 6}, "seed": 2,
-                              "objective": {"channels": [0, 1], "combine": "sum"}}],
+                              "objective": {"expression": "rate(1) + rate(0)"}}],  # the channels' sum
     }
 
 

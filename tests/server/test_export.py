@@ -215,6 +215,16 @@ def test_the_report_names_the_scored_channels_by_their_labels(recorded, tmp_path
     assert json.loads((tmp_path / "summary.json").read_text())[1]["channels"] == LABELS
 
 
+def test_each_threads_objective_is_exported_as_configured(recorded, tmp_path):
+    server, session_id, _ = recorded
+    assert actmax(["export", "csv", "--data-dir", str(server.data_dir), "--session", str(session_id),
+                   "--out", str(tmp_path / "csv")]) == 0
+    threads = pd.read_csv(tmp_path / "csv" / "threads.csv", keep_default_na=False).set_index("thread_name")
+    columns = ["objective_channels", "objective_combine", "objective_expression"]
+    assert threads.loc["cma", columns].tolist() == ["[0]", "mean", ""]
+    assert threads.loc["ga", columns].tolist() == ["[0, 1]", "", "rate(1) + rate(0)"]  # the channels it reads
+
+
 def test_channel_labels_and_trial_facts_are_exported_when_present(recorded, tmp_path):
     server, session_id, _ = recorded
     data = tmp_path / "data"
