@@ -17,6 +17,7 @@ COPY rig_client ./rig_client
 COPY optimizers ./optimizers
 COPY generators ./generators
 COPY analysis ./analysis
+COPY insilico ./insilico
 RUN pip install --no-cache-dir '.[reference,nwb]' \
  && pip install --no-cache-dir --no-deps gan-face-generate
 
