@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -18,7 +19,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 
 import generators
 import optimizers
-from rig_client.protocol import MAX_DROPPED_FRAMES
+from rig_client.protocol import MAX_DROPPED_FRAMES, MAX_WINDOW_MS, RIG_NAME
 from server import ServerError
 
 MAX_SEED = 2**32 - 1  # fits every RNG seed API (numpy RandomState included)
@@ -228,11 +229,20 @@ class SessionConfig(_Strict):
     lab: Annotated[str, Field(max_length=200)] = ""
     experimenter: str = Field("", max_length=200, description='"Last, First", as NWB asks.')
     session_start_time: AwareDatetime | None = Field(None, description="With a time zone; None: when created.")
-    response_window_ms: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]] = (50, 200)
+    response_window_ms: tuple[Annotated[int, Field(ge=0, le=MAX_WINDOW_MS)],
+                              Annotated[int, Field(ge=0, le=MAX_WINDOW_MS)]] = (50, 200)
     references: ReferenceConfig = Field(default_factory=ReferenceConfig)
     flagged_trials: FlaggedTrialsConfig = Field(default_factory=FlaggedTrialsConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
     threads: list[ThreadConfig] = Field(min_length=1, max_length=64)
+
+    @field_validator("rig")
+    @classmethod
+    def _rig_name(cls, rig: str) -> str:
+        if not re.fullmatch(RIG_NAME, rig):
+            raise ValueError(f"{rig!r} cannot be a rig's name: rigs say HELLO with 1-64 of A-Z a-z 0-9 . _ - "
+                             "(first a letter or digit); use the name your rig connects with")
+        return rig
 
     @field_validator("response_window_ms")
     @classmethod

@@ -71,6 +71,10 @@ def test_session_config_defaults() -> None:
         ({"threads": [thread_config(n_generations=0)]}, "threads.0.n_generations"),
         ({"threads": [thread_config(kind="tuning")]}, "threads.0.kind"),
         ({"rig": ""}, "rig"),
+        ({"rig": "rig A"}, "rig"),  # a name no rig can say HELLO with (rig_client.protocol)
+        ({"rig": "-rig"}, "rig"),
+        ({"rig": "r" * 65}, "rig"),
+        ({"response_window_ms": [50, 60_001]}, "response_window_ms.1"),  # longer than a BATCH may carry
         ({"references": {"source": "skimage", "count": 101}}, "references.count"),
     ],
 )
