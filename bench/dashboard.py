@@ -254,15 +254,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--page-generations", type=int, default=500, help="generations of the page-load session")
     args = parser.parse_args(argv)
 
-    from server.launch import ServerProcess, start_sim_rig, stop
+    from server.launch import ServerProcess, server_with_sim_rig
 
     results: dict[int, list[np.ndarray]] = {0: [], args.viewers: []}
     counts = {"requests": 0, "events": 0}
     with tempfile.TemporaryDirectory() as tmp:
         server = ServerProcess(Path(tmp) / "data", secrets.token_urlsafe(16))
-        api = server.start()
-        rig = start_sim_rig(server.zmq_endpoint, RIG, ["blocks.6:67"], Path(tmp) / "rig.log")
-        try:
+        with server_with_sim_rig(server, RIG, ["blocks.6:67"], Path(tmp) / "rig.log") as (api, rig):
             for round_ in range(args.rounds):
                 for viewers in (0, args.viewers) if round_ % 2 == 0 else (args.viewers, 0):
                     turnaround, made = evolve(api, server, rig, args.population, args.generations, viewers, round_)
@@ -270,10 +268,6 @@ def main(argv: list[str] | None = None) -> None:
                     counts = {k: counts[k] + made[k] for k in counts}
                     print(f"round {round_ + 1}: {viewers:2d} viewers, {len(turnaround)} turnarounds, "
                           f"p50 {1000 * np.median(turnaround):.0f} ms", flush=True)
-        finally:
-            stop(rig)
-            server.stop()
-            api.close()
 
     print(f"\nserver turnaround, {args.population} DCGAN images + 10 references per generation, CMA, "
           f"{args.rounds} evolutions of {args.generations} generations each")

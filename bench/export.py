@@ -27,15 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def record_session(data_dir: Path, generations: int, population: int) -> int:
-    from server.launch import ServerProcess, start_sim_rig, stop
+    from server.launch import ServerProcess, server_with_sim_rig
 
     server = ServerProcess(data_dir, secrets.token_urlsafe(16))
-    api = server.start()
-    rig = start_sim_rig(server.zmq_endpoint, "bench", ["blocks.6:67", "blocks.6:12"], data_dir / "rig.log",
-                        noise_eps=0.1)
     thread = {"generator": "dcgan-faces", "optimizer_params": {"population": population},
               "n_generations": generations}
-    try:
+    with server_with_sim_rig(server, "bench", ["blocks.6:67", "blocks.6:12"], data_dir / "rig.log",
+                             noise_eps=0.1) as (api, rig):
         session = api.post("/sessions", {
             "name": "export bench", "rig": "bench", "species": "Macaca mulatta",
             "threads": [thread | {"name": "cma", "optimizer": "cma", "seed": 1, "objective": {"channels": [0]}},
@@ -50,10 +48,6 @@ def record_session(data_dir: Path, generations: int, population: int) -> int:
             time.sleep(1)
         print(f"recorded {generations} generations x 2 threads in {time.perf_counter() - start:.0f} s")
         return session["id"]
-    finally:
-        stop(rig)
-        server.stop()
-        api.close()
 
 
 def resident_kib(field: str) -> int:

@@ -57,7 +57,7 @@ def session_config(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from server.launch import ServerProcess, start_sim_rig, stop
+    from server.launch import ServerProcess, server_with_sim_rig
     from server.report import write_session_report
     from server.settings import new_token
 
@@ -68,10 +68,8 @@ def run(args: argparse.Namespace) -> int:
     server = ServerProcess(data, new_token())
     started = time.monotonic()
     print(f"starting server (REST {server.url}, rigs {server.zmq_endpoint}) and simulated rig ...")
-    api = server.start()
-    rig = start_sim_rig(server.zmq_endpoint, "demo-sim", [args.unit], out / "rig.log",
-                        noise_eps=args.noise_eps, seed=args.seed)
-    try:
+    with server_with_sim_rig(server, "demo-sim", [args.unit], out / "rig.log", noise_eps=args.noise_eps,
+                             seed=args.seed) as (api, rig):
         session = api.post("/sessions", session_config(args))
         threads = api.get(f"/sessions/{session['id']}/threads")
         total = len(threads) * args.generations
@@ -88,10 +86,6 @@ def run(args: argparse.Namespace) -> int:
                 if time.monotonic() - started > args.timeout:
                     raise TimeoutError(f"demo did not finish within {args.timeout:.0f} s; see {data / 'server.log'}")
                 time.sleep(0.5)
-    finally:
-        stop(rig)
-        server.stop()
-        api.close()
     database = out / "actmax.sqlite"
     with sqlite3.connect(data / "actmax.sqlite") as source, sqlite3.connect(database) as target:
         source.backup(target)

@@ -1,6 +1,6 @@
 """Starting the server and a simulated rig as separate processes, and talking to the REST API.
 
-Shared by ``actmax demo``, the end-to-end tests and ``bench/turnaround.py``.
+Shared by ``actmax demo``, the end-to-end tests and the benches.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,6 +84,23 @@ def start_sim_rig(endpoint: str, rig: str, units: list[str], log_path: Path, *, 
     for unit in units:
         args += ["--unit", unit]
     return _actmax(args + (extra or []), {}, log_path)
+
+
+@contextmanager
+def server_with_sim_rig(server: ServerProcess, rig: str, units: list[str], rig_log: Path,
+                        **rig_options) -> Iterator[tuple[ApiClient, subprocess.Popen]]:
+    """Start ``server``, then ``actmax rig sim`` as ``rig`` on it (``start_sim_rig``'s options); yields the REST
+    client and the rig's process. On leaving: the rig stops, then the server, and the client closes (the
+    server stops also when the rig could not start)."""
+    api = server.start()
+    process = None
+    try:
+        process = start_sim_rig(server.zmq_endpoint, rig, units, rig_log, **rig_options)
+        yield api, process
+    finally:
+        stop(process)
+        server.stop()
+        api.close()
 
 
 def stop(process: subprocess.Popen | None, graceful: bool = True, timeout: float = 15.0) -> None:

@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 
-from server.launch import ServerProcess, start_sim_rig, stop
+from server.launch import ServerProcess, server_with_sim_rig
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 try:
@@ -50,15 +50,9 @@ def running(tmp_path_factory):
     """A server and a sim rig evolving one thread, with the REST client."""
     tmp = tmp_path_factory.mktemp("browser")
     server = ServerProcess(tmp / "data", secrets.token_urlsafe(16))
-    api = server.start()
-    rig = start_sim_rig(server.zmq_endpoint, RIG, ["blocks.6:67"], tmp / "rig.log")
-    try:
+    with server_with_sim_rig(server, RIG, ["blocks.6:67"], tmp / "rig.log") as (api, rig):
         session = api.post("/sessions", session_config())
         yield server, api, session
-    finally:
-        stop(rig)
-        server.stop()
-        api.close()
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import generators
 import optimizers
 from server.store.db import make_db_engine, make_sessionmaker
 from server.thread_runtime import optimizer_params, restore_optimizer
-from server.launch import ServerProcess, start_sim_rig, stop
+from server.launch import ServerProcess, server_with_sim_rig
 from server.store.models import decode_codes
 
 pytestmark = pytest.mark.slow
@@ -76,10 +76,8 @@ def test_closed_loop_survives_a_server_crash(tmp_path):
     data = tmp_path / "data"
     record = tmp_path / "presented.jsonl"
     server = ServerProcess(data, secrets.token_urlsafe(16))
-    api = server.start()
     rig_log = tmp_path / "rig.log"
-    rig = start_sim_rig(server.zmq_endpoint, "e2e-rig", [UNIT], rig_log, extra=["--record", str(record)])
-    try:
+    with server_with_sim_rig(server, "e2e-rig", [UNIT], rig_log, extra=["--record", str(record)]) as (api, rig):
         # Enough generations that two still run after the restart even when the loop outpaces the polling
         # (the kill lands a few generations after the fifth).
         session = api.post("/sessions", session_config(n_generations=N_GENERATIONS))
@@ -114,10 +112,6 @@ def test_closed_loop_survives_a_server_crash(tmp_path):
             assert hashlib.sha256(path.read_bytes()).hexdigest() == content_hash
         wait_until(lambda: api.get(f"/threads/{thread['id']}")["status"] == "finished", 240,
                    "the thread to finish", [(server.process, server.log_path), (rig, rig_log)])
-    finally:
-        stop(rig)
-        server.stop()
-        api.close()
 
     after = generation_rows(data / "actmax.sqlite")
     assert sorted(after) == list(range(N_GENERATIONS)) and all(row[0] == "complete" for row in after.values())

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from server.launch import ServerProcess, start_sim_rig, stop
+from server.launch import ServerProcess, server_with_sim_rig
 from server.store.models import decode_codes
 from tests.server.test_end_to_end import UNIT, wait_until
 
@@ -21,11 +21,9 @@ pytestmark = pytest.mark.slow
 def test_manifold_map_around_an_evolution(tmp_path):
     data = tmp_path / "data"
     server = ServerProcess(data, secrets.token_urlsafe(16))
-    api = server.start()
     rig_log = tmp_path / "rig.log"
-    rig = start_sim_rig(server.zmq_endpoint, "map-rig", [UNIT], rig_log)
-    watched = [(server.process, server.log_path), (rig, rig_log)]
-    try:
+    with server_with_sim_rig(server, "map-rig", [UNIT], rig_log) as (api, rig):
+        watched = [(server.process, server.log_path), (rig, rig_log)]
         session = api.post("/sessions", {
             "name": "manifold", "rig": "map-rig", "references": {"source": "skimage", "count": 2},
             "threads": [
@@ -51,10 +49,6 @@ def test_manifold_map_around_an_evolution(tmp_path):
         png = api._http.get(f"/threads/{manifold['id']}/manifold.png", params={"plane": 1})
         assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
         assert api._http.get(f"/threads/{evolve['id']}/manifold").status_code == 409
-    finally:
-        stop(rig)
-        server.stop()
-        api.close()
 
     # The grid lies on the sphere of the final generation's mean norm, centred on the trajectory's PC1.
     with sqlite3.connect(data / "actmax.sqlite") as db:

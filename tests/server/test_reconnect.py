@@ -25,7 +25,7 @@ import generators
 import optimizers
 from rig_client.client import Presentation, RigClient
 from rig_client.protocol import ProtocolError
-from server.launch import ServerProcess, start_sim_rig, stop
+from server.launch import ServerProcess, server_with_sim_rig, start_sim_rig, stop
 from server.store.models import Batch, Generation, Thread, ThreadStatus, decode_codes, utcnow
 from server.store.models import Presentation as PresentationRow
 from server.thread_runtime import optimizer_params
@@ -227,11 +227,10 @@ def assert_each_stimulus_shown_exactly_repeats_times(record, database, n_generat
 def test_server_killed_at_random_moments_loses_nothing_and_shows_nothing_twice(tmp_path, render_chunk):
     data, record, rig_log = tmp_path / "data", tmp_path / "shown.jsonl", tmp_path / "rig.log"
     server = ServerProcess(data, secrets.token_urlsafe(16), env={"ACTMAX_RENDER_CHUNK": render_chunk})
-    api = server.start()
-    rig = start_sim_rig(server.zmq_endpoint, RIG, [UNIT], rig_log, extra=["--record", str(record), "--delay", "0.4"])
     moments = random.Random()
     kills = []
-    try:
+    with server_with_sim_rig(server, RIG, [UNIT], rig_log,
+                             extra=["--record", str(record), "--delay", "0.4"]) as (api, rig):
         session = api.post("/sessions", session_config(n_generations=6, repeats=2))
         (thread,) = api.get(f"/sessions/{session['id']}/threads")
         for _ in range(3):
@@ -241,10 +240,6 @@ def test_server_killed_at_random_moments_loses_nothing_and_shows_nothing_twice(t
             server.start()
         wait_until(lambda: api.get(f"/threads/{thread['id']}")["status"] == "finished", 300, "the thread to finish",
                    [(server.process, server.log_path), (rig, rig_log)])
-    finally:
-        stop(rig)
-        server.stop()
-        api.close()
     print(f"SIGKILLs after {kills} s")
     assert_each_stimulus_shown_exactly_repeats_times(record, data / "actmax.sqlite", 6, 2, per_generation=6 + 2)
 
