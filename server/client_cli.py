@@ -3,7 +3,6 @@ and ``actmax weights list|verify`` (local: where this machine's server finds gen
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -67,11 +66,12 @@ def api():
     """The REST client of ACTMAX_URL with ACTMAX_TOKEN (a one-line error when the token is missing)."""
     from server import ServerError
     from server.launch import ApiClient
+    from server.settings import check_token
 
     token = os.environ.get("ACTMAX_TOKEN")
     if not token:
         raise ServerError("no API token: set ACTMAX_TOKEN to the server's token")
-    return ApiClient(os.environ.get("ACTMAX_URL", DEFAULT_URL).rstrip("/"), token)
+    return ApiClient(os.environ.get("ACTMAX_URL", DEFAULT_URL).rstrip("/"), check_token(token))
 
 
 def call(method: str, path: str, body: dict | None = None):
@@ -89,23 +89,6 @@ def call(method: str, path: str, body: dict | None = None):
         client.close()
 
 
-def read_config(path: Path) -> dict:
-    import yaml
-
-    from server import ServerError
-
-    try:
-        text = path.read_text(encoding="utf-8")
-        data = yaml.safe_load(text) if path.suffix.lower() in (".yaml", ".yml") else json.loads(text)
-    except OSError as exc:
-        raise ServerError(f"cannot read {path}: {exc.strerror}") from None
-    except ValueError as exc:  # JSON and YAML errors
-        raise ServerError(f"{path} is not valid {path.suffix.lstrip('.').upper() or 'JSON'}: {exc}") from None
-    if not isinstance(data, dict):
-        raise ServerError(f"{path}: a session config is a mapping (name, rig, threads, ...)")
-    return data
-
-
 def print_threads(threads: list[dict]) -> None:
     print(f"  {'thread':>6}  {'name':<20} {'kind':<10} {'status':<16} last error")
     for t in threads:
@@ -113,7 +96,9 @@ def print_threads(threads: list[dict]) -> None:
 
 
 def create_session(args) -> int:
-    session = call("POST", "/sessions", read_config(args.file))
+    from server.session_config import read_config_file
+
+    session = call("POST", "/sessions", read_config_file(args.file))
     print(f"session {session['id']} {session['name']!r} created for rig {session['rig']!r}")
     print_threads(session["threads"])
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 import secrets
 from pathlib import Path
 from typing import Literal
@@ -77,13 +78,22 @@ class Settings(BaseSettings):
                 "print(secrets.token_urlsafe(32))'")
 
     def require_token(self) -> str:
-        """The API token; a ``ServerError`` saying how to set one if it is missing."""
+        """The API token; a ``ServerError`` saying how to set one if it is missing or unusable."""
         if self.token is None or not self.token.get_secret_value():
             raise ServerError(
                 "no API token: set ACTMAX_TOKEN (e.g. export ACTMAX_TOKEN=$(python -c "
                 "'import secrets; print(secrets.token_urlsafe(32))')) before serving"
             )
-        return self.token.get_secret_value()
+        return check_token(self.token.get_secret_value())
+
+
+def check_token(token: str) -> str:
+    """``token`` if an HTTP header can carry it (visible ASCII, no spaces); else a ``ServerError`` that does
+    not print it."""
+    if not re.fullmatch(r"[\x21-\x7e]+", token):
+        raise ServerError("ACTMAX_TOKEN holds a space, a line break or a non-ASCII character, which no HTTP "
+                          "header can carry (a newline read from a file?); set it to the token alone")
+    return token
 
 
 def new_token() -> str:

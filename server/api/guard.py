@@ -20,7 +20,7 @@ class RequestGuard:
 
     def __init__(self, app, *, token: str, max_body_bytes: int) -> None:
         self.app = app
-        self.expected = f"Bearer {token}".encode()
+        self.expected = token.encode()
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope, receive, send) -> None:
@@ -28,8 +28,9 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        if not _is_open(scope["path"]) and not hmac.compare_digest(
-                headers.get(b"authorization", b""), self.expected):
+        scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
+        if not _is_open(scope["path"]) and not (  # the scheme's case does not matter (RFC 9110)
+                scheme.lower() == b"bearer" and hmac.compare_digest(token, self.expected)):
             await _reply(send, 401, "missing or wrong bearer token: send 'Authorization: Bearer "
                          "<ACTMAX_TOKEN>'", [(b"www-authenticate", b"Bearer")])
             return

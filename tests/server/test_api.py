@@ -68,11 +68,17 @@ def test_every_protected_endpoint_rejects_missing_and_wrong_tokens(anonymous: ht
     operations = protected_operations(anonymous.get("/openapi.json").json())
     assert len(operations) >= 13  # every resource route; new ones are covered by the loop
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"},
-                    {"Authorization": f"Bearer {TOKEN}x"}):
+                    {"Authorization": f"Bearer {TOKEN}x"}, {"Authorization": f"Bearer  {TOKEN}"},
+                    {"Authorization": TOKEN}):
         for method, path in operations:
             response = anonymous.request(method, path, headers=headers)
             assert response.status_code == 401, (method, path, headers, response.text)
             assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_the_schemes_case_does_not_matter(anonymous: httpx.Client) -> None:
+    for scheme in ("Bearer", "bearer", "BEARER"):
+        assert anonymous.get("/sessions", headers={"Authorization": f"{scheme} {TOKEN}"}).status_code == 200
 
 
 def test_create_session_records_threads_and_seeds(client: httpx.Client, live_server: LiveServer) -> None:
