@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from rig_client.protocol import ErrorCode
+from rig_client.protocol import MAX_CHANNELS, ErrorCode
 from server import RigInputError
 
 
@@ -269,13 +269,17 @@ class ZScore(Objective):
 
 
 def rate(channel: int) -> Rate:
+    """The response of one channel (``0`` to ``MAX_CHANNELS - 1``, the most a rig can announce)."""
+    if not 0 <= channel < MAX_CHANNELS:
+        raise ValueError(f"channel {channel} does not exist: a rig has at most {MAX_CHANNELS} channels "
+                         f"(0-{MAX_CHANNELS - 1})")
     return Rate(channel)
 
 
 def _terms(args: tuple) -> tuple[Objective, ...]:
     if not args:
         raise ValueError("sum() and mean() need at least one term")
-    return tuple(Rate(a) if isinstance(a, int) else _lift(a) for a in args)
+    return tuple(rate(a) if isinstance(a, int) else _lift(a) for a in args)
 
 
 FUNCTIONS = {
@@ -305,10 +309,16 @@ def parse(expression: str) -> Objective:
     return result
 
 
+def _finite(number: int | float) -> int | float:
+    if not np.isfinite(float(number)):
+        raise ValueError(f"numbers in an objective expression are finite; {number!r} is not")
+    return number
+
+
 def _build(node: ast.AST):
     allowed = f"allowed: {', '.join(FUNCTIONS)}(...), numbers, + - *"
     if isinstance(node, ast.Constant) and isinstance(node.value, int | float) and not isinstance(node.value, bool):
-        return node.value
+        return _finite(node.value)
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
         return -_build(node.operand)
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add | ast.Sub | ast.Mult):
@@ -316,10 +326,11 @@ def _build(node: ast.AST):
         if isinstance(node.op, ast.Mult) and isinstance(left, Objective) and isinstance(right, Objective):
             raise ValueError("objectives multiply by numbers only (weights), not by each other")
         try:
-            return {ast.Add: lambda: left + right, ast.Sub: lambda: left - right,
-                    ast.Mult: lambda: left * right}[type(node.op)]()
+            result = {ast.Add: lambda: left + right, ast.Sub: lambda: left - right,
+                      ast.Mult: lambda: left * right}[type(node.op)]()
         except TypeError as error:
             raise ValueError(str(error)) from None
+        return result if isinstance(result, Objective) else _finite(result)
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in FUNCTIONS \
             and not node.keywords:
         args = [_build(arg) for arg in node.args]

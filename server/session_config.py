@@ -19,7 +19,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 
 import generators
 import optimizers
-from rig_client.protocol import MAX_DROPPED_FRAMES, MAX_WINDOW_MS, RIG_NAME
+from rig_client.protocol import MAX_CHANNELS, MAX_DROPPED_FRAMES, MAX_WINDOW_MS, RIG_NAME
 from server import ServerError
 
 MAX_SEED = 2**32 - 1  # fits every RNG seed API (numpy RandomState included)
@@ -78,7 +78,7 @@ class ObjectiveConfig(_Strict):
     """What a thread maximises: channels combined by ``mean``/``sum``, or an objective expression
     (``server.objectives``: ``rate``, ``sum``, ``mean``, ``baseline``, ``zscore``, numbers, ``+ - *``)."""
 
-    channels: list[Annotated[int, Field(ge=0)]] | None = Field(None, min_length=1)
+    channels: list[Annotated[int, Field(ge=0, lt=MAX_CHANNELS)]] | None = Field(None, min_length=1)
     combine: Literal["mean", "sum"] = "mean"
     expression: str | None = Field(None, min_length=1, max_length=2000,
                                    description='e.g. "zscore(rate(5)) - 0.5 * baseline(rate(17))"')
@@ -292,17 +292,37 @@ def describe_validation_error(error: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def load_session_config(path: str | Path) -> SessionConfig:
-    """Read and validate a session config from a ``.json``, ``.yaml`` or ``.yml`` file."""
+class _YamlLoader(yaml.SafeLoader):
+    """YAML as JSON reads it: a date or time stays the text written (a session named 2026-11-27, or a
+    ``session_start_time``, is sent to the server as that text)."""
+
+
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+
+def read_config_file(path: str | Path) -> dict:
+    """The mapping in a ``.json``, ``.yaml`` or ``.yml`` session config file, not yet validated."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigError(f"cannot read session config {path}: {error.strerror}") from error
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path} is not UTF-8 text ({error.reason}): save it as UTF-8") from error
     try:
-        data = yaml.safe_load(text) if path.suffix.lower() in (".yaml", ".yml") else json.loads(text)
+        data = yaml.load(text, _YamlLoader) if path.suffix.lower() in (".yaml", ".yml") else json.loads(text)
     except (ValueError, yaml.YAMLError) as error:
         raise ConfigError(f"{path} is not valid {path.suffix.lstrip('.').upper() or 'JSON'}: {error}") from error
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a session config is a mapping (name, rig, threads, ...)")
+    return data
+
+
+def load_session_config(path: str | Path) -> SessionConfig:
+    """Read and validate a session config from a ``.json``, ``.yaml`` or ``.yml`` file."""
+    data = read_config_file(path)
     try:
         return SessionConfig.model_validate(data)
     except ValidationError as error:

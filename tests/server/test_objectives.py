@@ -83,6 +83,10 @@ def test_zscore_standardises_each_channel_across_the_generation():
     ("3 + 4", "is a number"),
     ("rate(1) +", "not valid"),
     ("mean()", "at least one term"),
+    ("1e999 * rate(2)", "finite"),
+    ("1e308 * 10 * rate(1)", "finite"),  # a product of numbers too
+    ("rate(4096)", "at most 4096 channels"),  # what HELLO allows
+    ("sum(5000, 1)", "at most 4096 channels"),
 ])
 def test_bad_expressions_are_named(expression, named):
     with pytest.raises(ValueError, match=named):
@@ -97,6 +101,9 @@ def test_config_takes_channels_or_an_expression_and_counts_channels():
     for bad in ({}, {"channels": [1], "expression": "rate(1)"}):
         with pytest.raises(ValueError, match="either"):
             ObjectiveConfig.model_validate(bad)
+    assert ObjectiveConfig.model_validate({"channels": [4095]}).n_channels == 4096
+    with pytest.raises(ValueError, match="less than 4096"):
+        ObjectiveConfig.model_validate({"channels": [4096]})
 
 
 def test_rates_missing_a_scored_channel_are_a_rig_input_error():

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import sessionmaker
 
 from server import ServerError
-from server.session_config import ConfigError, FlaggedTrialsConfig, SessionConfig, load_session_config
+from server.session_config import ConfigError, FlaggedTrialsConfig, SessionConfig, load_session_config, read_config_file
 from server.main import create_app
 from server.settings import Settings
 from tests.server.conftest import session_config, thread_config
@@ -105,15 +105,27 @@ def test_load_session_config_from_json_and_yaml(tmp_path: Path) -> None:
         (json.dumps(session_config(colour="red")), ".json", r"colour: Extra inputs are not permitted"),
         ("{not json", ".json", "not valid JSON"),
         ("threads: [unclosed", ".yml", "not valid YML"),
+        ("- a list", ".yaml", "a session config is a mapping"),
+        (b"name: caf\xe9", ".yaml", "not UTF-8"),
     ],
 )
 def test_load_session_config_errors_name_the_problem(tmp_path: Path, content: str, suffix: str, message: str) -> None:
     path = tmp_path / f"session{suffix}"
-    path.write_text(content)
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
     with pytest.raises(ConfigError, match=message):
         load_session_config(path)
     with pytest.raises(ConfigError, match="cannot read session config"):
         load_session_config(tmp_path / "missing.json")
+
+
+def test_yaml_dates_stay_the_text_written(tmp_path: Path) -> None:
+    path = tmp_path / "session.yaml"
+    path.write_text("name: 2026-11-27\nrig: rig-A\nsession_start_time: 2026-11-27T10:00:00+01:00\n"
+                    "threads:\n  - {name: t, generator: dcgan-faces, optimizer: cma, objective: {channels: [0]}}\n")
+    data = read_config_file(path)
+    assert data["name"] == "2026-11-27" and data["session_start_time"] == "2026-11-27T10:00:00+01:00"
+    json.dumps(data)  # what `actmax session create` sends
+    assert load_session_config(path).session_start_time.isoformat() == "2026-11-27T10:00:00+01:00"
 
 
 def test_documented_example_is_valid() -> None:
