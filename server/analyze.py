@@ -56,13 +56,14 @@ def _add_store_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("actmax-analysis"), help="output folder")
 
 
-def _settings(args: argparse.Namespace):
+def stored_settings(args: argparse.Namespace):
+    """The settings of the server data folder that ``--data-dir`` names, its database checked to be actmax's."""
     from server.settings import Settings
+    from server.store.db import check_database_file
 
     settings = Settings(**({"data_dir": args.data_dir} if args.data_dir else {}))
-    database = settings.data_dir / "actmax.sqlite"
-    if settings.database_url.startswith("sqlite:///") and not database.exists():
-        raise FileNotFoundError(f"no actmax database at {database}; pass --data-dir")
+    if settings.database_url.startswith("sqlite:///"):
+        check_database_file(settings.data_dir / "actmax.sqlite")
     return settings
 
 
@@ -73,7 +74,7 @@ def run_manifold(args: argparse.Namespace) -> int:
     from server.manifold import manifold_data
     from server.store.db import make_db_engine, make_sessionmaker
 
-    settings = _settings(args)
+    settings = stored_settings(args)
     db_engine = make_db_engine(settings.database_url)
     try:
         with make_sessionmaker(db_engine)() as db:
@@ -97,7 +98,7 @@ def run_manifold(args: argparse.Namespace) -> int:
 def run_session(args: argparse.Namespace) -> int:
     from server.report import write_session_report
 
-    settings = _settings(args)
+    settings = stored_settings(args)
     for s in write_session_report(settings.database_url, settings.data_dir, args.session, args.out):
         print(f"{s.name}: {s.generations} generations, first mean {s.first_generation_mean:.3f}, "
               f"last mean {s.last_generation_mean:.3f}, best reference {s.best_reference:.3f}")

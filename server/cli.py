@@ -49,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         # Our errors subclass these built-ins and carry a message that says what to do.
         print(f"actmax {args.command}: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file where a folder is wanted or the reverse, no permission, a full disk
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"actmax {args.command}: cannot use{where}: {exc.strerror or exc}; check the paths given", file=sys.stderr)
+        return 2
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -62,8 +62,10 @@ def design_codes(db: DBSession, thread: Thread, config: ManifoldConfig) -> np.nd
 def manifold_data(db: DBSession, thread_id: int) -> ManifoldData:
     """Read a manifold thread's presentations back onto its grid (objective applied per trial)."""
     thread = db.get(Thread, thread_id)
-    if thread is None or thread.kind != "manifold":
-        raise ServerError(f"thread {thread_id} is not a manifold thread")
+    if thread is None:
+        raise ServerError(f"thread {thread_id} not found; list a session's threads with GET /sessions/{{id}}/threads")
+    if thread.kind != "manifold":
+        raise ServerError(f"thread {thread_id} is an {thread.kind} thread, not a manifold")
     settings = manifold_config(thread)
     n = settings.n
     axis = grid_axis(settings.step_deg, n)

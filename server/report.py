@@ -11,6 +11,7 @@ import numpy as np
 from sqlalchemy import select
 
 from analysis.serialization import json_safe
+from server import ServerError
 from server.drift import mean_sem
 from server.objectives import Objective, objective_channels
 from server.store import queries
@@ -190,7 +191,6 @@ def _manifold_figure(db, thread: Thread, path: Path, archive) -> bool:
     from PIL import Image
 
     from analysis.manifold import analyze
-    from server import ServerError
     from server.manifold import manifold_data
 
     try:
@@ -240,6 +240,8 @@ def write_session_report(database_url: str, data_dir: Path, session_id: int, out
     try:
         with make_sessionmaker(db_engine)() as db:
             threads = db.scalars(select(Thread).where(Thread.session_id == session_id).order_by(Thread.id)).all()
+            if not threads:
+                raise ServerError(f"session {session_id} not found; list sessions with `actmax session list`")
             evolutions = [t for t in threads if t.kind == "evolution"]
             fig = Figure(figsize=(5.5 * max(len(evolutions), 1), 4))
             axes = fig.subplots(1, max(len(evolutions), 1), squeeze=False)[0]

@@ -49,6 +49,51 @@ def test_bad_input_exits_nonzero_with_the_reason(args, reason, tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_a_data_folder_without_an_actmax_database_is_named(tmp_path):
+    from server.store.db import make_db_engine, upgrade
+
+    cases = {"garbage": "is not an SQLite database", "folder": "is a folder", "empty": "not actmax's"}
+    (tmp_path / "garbage").mkdir()
+    (tmp_path / "garbage" / "actmax.sqlite").write_bytes(os.urandom(4096))
+    (tmp_path / "folder" / "actmax.sqlite").mkdir(parents=True)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "actmax.sqlite").touch()
+    for folder, reason in cases.items():
+        for command in (["export", "csv", "--session", "1", "--out", str(tmp_path / "out")],
+                        ["analyze", "session", "1", "--out", str(tmp_path / "out")]):
+            result = actmax(*command, "--data-dir", str(tmp_path / folder))
+            assert result.returncode == 2 and reason in result.stderr and "Traceback" not in result.stderr, result
+    result = actmax("serve", "--data-dir", str(tmp_path / "garbage"), env={"ACTMAX_TOKEN": "t"})
+    assert result.returncode == 2 and "is not an SQLite database" in result.stderr, result.stderr
+
+    db_engine = make_db_engine(f"sqlite:///{tmp_path / 'real' / 'actmax.sqlite'}")
+    upgrade(db_engine)
+    db_engine.dispose()
+    for command, reason in ((["analyze", "session", "999"], "session 999 not found"),
+                            (["analyze", "manifold", "999"], "thread 999 not found")):
+        result = actmax(*command, "--data-dir", str(tmp_path / "real"), "--out", str(tmp_path / "out"))
+        assert result.returncode == 2 and reason in result.stderr, result.stderr
+    (tmp_path / "a-file").touch()  # an output folder that is a file
+    result = actmax("export", "csv", "--session", "1", "--out", str(tmp_path / "a-file"),
+                    "--data-dir", str(tmp_path / "real"))
+    assert result.returncode == 2 and "session 1 not found" in result.stderr
+    result = actmax("keys", "--data-dir", str(tmp_path / "a-file"), "init")
+    assert result.returncode == 2 and f"cannot use {tmp_path / 'a-file'}" in result.stderr, result.stderr
+
+
+def test_config_and_token_mistakes_are_named_before_any_request(tmp_path):
+    (tmp_path / "bad.yaml").write_text("threads: [unclosed")
+    result = actmax("session", "create", str(tmp_path / "bad.yaml"), env={"ACTMAX_TOKEN": "t"})
+    assert result.returncode == 2 and "bad.yaml is not valid YAML" in result.stderr, result.stderr
+    secret = "s3cret-token"
+    for token in (secret + "\n", secret + " x", secret + "é"):
+        result = actmax("session", "list", env={"ACTMAX_TOKEN": token, "ACTMAX_URL": "http://127.0.0.1:9"})
+        assert result.returncode == 2 and "no HTTP header can carry" in result.stderr, result.stderr
+        assert secret not in result.stderr
+    result = actmax("serve", env={"ACTMAX_TOKEN": secret + "\n", "ACTMAX_DATA_DIR": str(tmp_path)})
+    assert result.returncode == 2 and "no HTTP header can carry" in result.stderr and secret not in result.stderr
+
+
 def all_parsers(parser: argparse.ArgumentParser):
     yield parser
     for action in parser._actions:

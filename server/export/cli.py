@@ -26,7 +26,7 @@ def add_parser(subcommands) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from server.analyze import _settings
+    from server.analyze import stored_settings
     from server.export import load_session_tables, nwb_writer, write_tables
     from server.store.archive import ImageArchive
 
@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
         write_nwb = nwb_writer()
         if args.out.suffix != ".nwb":
             raise ValueError(f"--out {args.out}: an NWB file name ends in .nwb")
-    settings = _settings(args)
+    settings = stored_settings(args)
     tables = load_session_tables(settings.database_url, args.session)
     if args.format != "nwb":
         for path in write_tables(tables, args.out, args.format):

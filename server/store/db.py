@@ -15,7 +15,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 from alembic import command
@@ -178,6 +178,26 @@ def alembic_config(database_url: str) -> Config:
     return config
 
 
+def check_database_file(path: Path, *, created: bool = False) -> None:
+    """Refuse ``path`` unless it is an actmax SQLite database, saying what it is instead (read-only).
+    ``created``: any SQLite database, or none, will do (``upgrade`` creates or migrates it)."""
+    fix = ("move it away or choose another --data-dir" if created else
+           "pass the --data-dir (ACTMAX_DATA_DIR) that actmax serve runs with")
+    if path.is_dir():
+        raise ServerError(f"{path} is a folder, not an actmax database; {fix}")
+    if not path.exists():
+        if created:
+            return
+        raise FileNotFoundError(f"no actmax database at {path}; {fix}")
+    try:
+        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as error:
+        raise ServerError(f"{path} is not an SQLite database ({error}); {fix}") from None
+    if not created and not {"alembic_version", "sessions"} <= tables:
+        raise ServerError(f"{path} is an SQLite database but not actmax's (it has no sessions); {fix}")
+
+
 def upgrade(db_engine: Engine, revision: str = "head") -> None:
     """Create or migrate ``db_engine``'s database to ``revision`` in one transaction; a no-op when up to date.
 
@@ -185,6 +205,8 @@ def upgrade(db_engine: Engine, revision: str = "head") -> None:
     implicit commits off, so a kill leaves either the old schema or the whole new one).
     """
     database_url = db_engine.url.render_as_string(hide_password=False)
+    if db_engine.dialect.name == "sqlite" and db_engine.url.database not in (None, "", ":memory:"):
+        check_database_file(Path(db_engine.url.database), created=True)
     engine = make_db_engine(database_url)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _driver_autocommit)
