@@ -9,8 +9,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from rig_client.sim import DEFAULT_UNIT
-
+from rig_client.sim import DEFAULT_UNIT, parse_unit
 
 
 def add_parser(subcommands) -> None:
@@ -26,11 +25,17 @@ def add_parser(subcommands) -> None:
     parser.add_argument("--population", type=int, default=40, help="images per generation (default 40)")
     parser.add_argument("--optimizers", nargs="+", default=["cma", "sphere-cma"],
                         help="one thread per optimizer (default: cma sphere-cma)")
-    parser.add_argument("--unit", default=DEFAULT_UNIT, help=f"LAYER:CHANNEL[:X:Y] (default {DEFAULT_UNIT})")
+    parser.add_argument("--unit", type=_unit, default=DEFAULT_UNIT,
+                        help=f"LAYER:CHANNEL[:X:Y] (default {DEFAULT_UNIT})")
     parser.add_argument("--noise-eps", type=float, default=0.2, help="multiplicative gain noise (default 0.2)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the threads and the rig (default 1)")
     parser.add_argument("--timeout", type=float, default=900, help="give up after this many seconds")
     parser.set_defaults(func=run)
+
+
+def _unit(text: str) -> str:
+    parse_unit(text)  # the rig's own check, before anything starts
+    return text
 
 
 def session_config(args: argparse.Namespace) -> dict:
@@ -57,10 +62,18 @@ def session_config(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from pydantic import ValidationError
+
     from server.launch import ServerProcess, server_with_sim_rig
     from server.report import write_session_report
+    from server.session_config import ConfigError, SessionConfig, describe_validation_error
     from server.settings import new_token
 
+    try:  # before the server and the rig start
+        SessionConfig.model_validate(session_config(args))
+    except ValidationError as error:
+        raise ConfigError("the session these flags make (--generations, --population, --optimizers) is not "
+                          f"valid: {describe_validation_error(error)}") from None
     out = Path(args.out)
     if out.exists():
         shutil.rmtree(out)

@@ -41,6 +41,9 @@ def test_every_command_has_help(command):
     (["rig", "screen", "--layer", "fc"], "needs a spatial layer"),
     (["session", "list"], "no API token: set ACTMAX_TOKEN"),
     (["weights", "verify", "no-such-gan"], "unknown generator(s) no-such-gan"),
+    (["demo", "--generations", "0"], "threads.0.n_generations"),  # refused before any process starts
+    (["demo", "--optimizers", "adam"], "unknown optimizer 'adam'"),
+    (["demo", "--unit", "blocks.6"], "expected LAYER:CHANNEL"),
 ])
 def test_bad_input_exits_nonzero_with_the_reason(args, reason, tmp_path):
     result = actmax(*args, env={"ACTMAX_DATA_DIR": str(tmp_path)})
