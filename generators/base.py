@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import re
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -94,13 +96,26 @@ def check_precision(generator: Generator, precision: str, tolerance: float = PRE
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """"auto" -> cuda if available else cpu; anything else is passed to `torch.device`."""
+    """"auto" -> cuda if available else cpu; anything else must name a device this torch can use."""
     if isinstance(device, str) and device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise GeneratorError(f"invalid device {device!r}: {exc}") from None
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise GeneratorError(f"--device {device}: not a torch device; use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise GeneratorError(f"--device {device}: this torch has no CUDA (torch.cuda.is_available() is False); "
+                             "use --device cpu or install a CUDA build of torch")
+    if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
+        raise GeneratorError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                             f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    try:
+        torch.empty(0, device=resolved)
+    except (RuntimeError, AssertionError) as exc:  # e.g. mps on a machine without it
+        reason = re.split(r"\.\s", str(exc), maxsplit=1)[0] or type(exc).__name__  # its first sentence
+        raise GeneratorError(f"--device {device}: this torch cannot use it ({reason}); "
+                             "use --device cpu or auto") from None
+    return resolved
 
 
 def sha256_file(path: str | Path) -> str:
@@ -129,20 +144,55 @@ def find_weights(name: str, weights: str | Path | None, filename: str, defaults:
     raise WeightsNotFoundError(name, candidates, hint)
 
 
-def load_state_dict_file(name: str, path: Path) -> dict[str, torch.Tensor]:
-    """`torch.load` a state dict safely (weights_only=True) onto the CPU."""
+def load_state_dict_file(name: str, path: Path, key: str | None = None) -> dict[str, torch.Tensor]:
+    """`torch.load` a state dict (a dict of str -> tensor) safely (weights_only=True) onto the CPU.
+
+    `key`: the state dict may instead sit under this key of a checkpoint dict.
+    """
+    expected = "expected a state dict saved by torch.save(model.state_dict(), path)"
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt file, pickle with code, wrong format
-        raise GeneratorError(f"cannot read weights for {name!r} from {path}: {exc}") from exc
+        with warnings.catch_warnings():  # torch's advice on pickle protocols, for files it refuses anyway
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as exc:
+        raise GeneratorError(f"cannot read weights for {name!r} from {path}: {exc.strerror or exc}") from None
+    except Exception as exc:  # not a torch file, truncated, or a pickle of Python objects
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        problem = (f"it holds pickled Python objects ({found[1]}), which are not loaded for safety"
+                   if found else "it is not a PyTorch weights file, or it is truncated or corrupt")
+        raise GeneratorError(f"cannot read weights for {name!r} from {path}: {problem}; {expected}") from None
+    if key is not None and isinstance(state, dict) and key in state:
+        state = state[key]
+    if problem := _not_a_state_dict(state):
+        raise GeneratorError(f"cannot read weights for {name!r} from {path}: it holds {problem}; {expected}")
+    return state
 
 
-def load_into(name: str, module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    """`module.load_state_dict(state, strict=True)` with an error naming the file."""
+def _not_a_state_dict(state: Any) -> str | None:
+    """What `state` holds, if it is not a dict of str -> tensor; None if it is."""
+    if not isinstance(state, dict):
+        shape = f" of shape {tuple(state.shape)}" if isinstance(state, torch.Tensor) else ""
+        return f"a {type(state).__name__}{shape}, not a dict"
+    for key, value in state.items():
+        if not isinstance(key, str):
+            return f"a dict with the key {key!r} ({type(key).__name__}), not a parameter name"
+        if not isinstance(value, torch.Tensor):
+            return f"a dict whose {key!r} is a {type(value).__name__}, not a tensor"
+    return None
+
+
+def load_into(name: str, module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, *,
+              extra_keys_ok: bool = False) -> None:
+    """`module.load_state_dict(state)` with an error naming the file; `extra_keys_ok` ignores keys the module lacks."""
     try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise GeneratorError(f"weights in {path} do not fit generator {name!r}: {exc}") from exc
+        missing, _ = module.load_state_dict(state, strict=not extra_keys_ok)
+    except (RuntimeError, TypeError) as exc:  # missing or unexpected keys, shape mismatch: a line each
+        lines = str(exc).splitlines()
+        more = f"\n\t... and {len(lines) - 6} more" if len(lines) > 6 else ""
+        raise GeneratorError(f"weights in {path} do not fit generator {name!r}: "
+                             + "\n".join(lines[:6]) + more) from exc
+    if missing:
+        raise GeneratorError(f"weights in {path} do not fit generator {name!r}: missing {missing[:5]}")
 
 
 class Generator(abc.ABC):

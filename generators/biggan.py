@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import (Generator, GeneratorError, WeightsNotFoundError, load_state_dict_file, register,
+from .base import (Generator, GeneratorError, WeightsNotFoundError, load_into, load_state_dict_file, register,
                    sha256_file)
 
 WEIGHTS_NAME = "pytorch_model.bin"
@@ -49,6 +49,20 @@ def standard_config(resolution: int) -> dict:
     return {"output_dim": resolution, "z_dim": 128, "class_embed_dim": 128, "channel_width": 128,
             "num_classes": 1000, "layers": [list(b) for b in _BLOCKS[resolution]],
             "attention_layer_position": 8, "eps": 1e-4, "n_stats": 51}
+
+
+def read_config(name: str, path: Path) -> dict:
+    """The config.json beside `name`'s weights: a JSON object with every key of `standard_config`."""
+    fix = f"fix it, or remove it to use the published config of {name}"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise GeneratorError(f"BigGAN config {path} is not valid JSON ({exc}); {fix}") from None
+    if not isinstance(config, dict):
+        raise GeneratorError(f"BigGAN config {path} holds a JSON {type(config).__name__}, not an object; {fix}")
+    if missing := [key for key in standard_config(128) if key not in config]:
+        raise GeneratorError(f"BigGAN config {path} lacks {', '.join(missing)}; {fix}")
+    return config
 
 
 # A 32 px BigGAN-deep of the same architecture, for tests and ``bench/gpu.py --tiny``.
@@ -123,16 +137,16 @@ class BigGAN(Generator):
         self.truncation = float(truncation)
         self.version = f"1.0-trunc{self.truncation:g}"
         model_file, config_file = _resolve(name, weights)
-        config_dict = (json.loads(config_file.read_text()) if config_file
-                       else standard_config(resolution))
+        config_dict = read_config(name, config_file) if config_file else standard_config(resolution)
         config = pkg.BigGANConfig.from_dict(config_dict)
         if config.z_dim != 128 or config.class_embed_dim != 128:
             raise GeneratorError(f"{config_file}: expected z_dim = class_embed_dim = 128")
-        self.image_size = int(config.output_dim)
-        module = pkg.BigGAN(config)
-        missing, _ = module.load_state_dict(load_state_dict_file(name, model_file), strict=False)
-        if missing:
-            raise GeneratorError(f"weights in {model_file} do not fit {name}: missing {missing[:5]}")
+        try:
+            self.image_size = int(config.output_dim)
+            module = pkg.BigGAN(config)
+        except (TypeError, ValueError, IndexError, RuntimeError) as exc:  # a value of the wrong type or size
+            raise GeneratorError(f"{config_file} does not describe a BigGAN-deep network: {exc}") from None
+        load_into(name, module, load_state_dict_file(name, model_file), model_file, extra_keys_ok=True)
         super().__init__(module, device, sha256_file(model_file), batch_size=8)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

