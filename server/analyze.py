@@ -58,10 +58,10 @@ def _add_store_arguments(parser: argparse.ArgumentParser) -> None:
 
 def stored_settings(args: argparse.Namespace):
     """The settings of the server data folder that ``--data-dir`` names, its database checked to be actmax's."""
-    from server.settings import Settings
+    from server.settings import load_settings
     from server.store.db import check_database_file
 
-    settings = Settings(**({"data_dir": args.data_dir} if args.data_dir else {}))
+    settings = load_settings({"data_dir": ("--data-dir", args.data_dir)})
     if settings.database_url.startswith("sqlite:///"):
         check_database_file(settings.data_dir / "actmax.sqlite")
     return settings

@@ -178,10 +178,10 @@ def watch_session(args) -> int:
 
 # ---------------------------------------------------------------------------- weights
 def _cache():
-    from server.settings import Settings
+    from server.settings import load_settings
     from server.weights import GeneratorCache
 
-    settings = Settings()
+    settings = load_settings()
     return GeneratorCache("cpu", settings.weights_dir)
 
 

@@ -124,9 +124,9 @@ def add_parser(subcommands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from server.settings import Settings
+    from server.settings import load_settings
 
-    store = KeyStore(Settings(**({"data_dir": args.data_dir} if args.data_dir else {})).keys_dir)
+    store = KeyStore(load_settings({"data_dir": ("--data-dir", args.data_dir)}).keys_dir)
     if args.action == "init":
         existed = store.enabled()
         public_file = store.init_server()

@@ -31,14 +31,14 @@ def add_parser(subcommands) -> None:
 
 
 def settings_from_args(args: argparse.Namespace):
-    from server.settings import Settings
+    from server.settings import load_settings
 
-    overrides = {
-        "http_host": args.host, "http_port": args.port, "zmq_endpoint": args.zmq_endpoint,
-        "data_dir": args.data_dir, "device": args.device, "batch_timeout_s": args.batch_timeout,
-        "precision": args.precision,
-    }
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    return load_settings({
+        "http_host": ("--host", args.host), "http_port": ("--port", args.port),
+        "zmq_endpoint": ("--zmq-endpoint", args.zmq_endpoint), "data_dir": ("--data-dir", args.data_dir),
+        "device": ("--device", args.device), "batch_timeout_s": ("--batch-timeout", args.batch_timeout),
+        "precision": ("--precision", args.precision),
+    })
 
 
 def run(args: argparse.Namespace) -> int:

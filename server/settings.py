@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from server import ServerError
@@ -85,6 +85,21 @@ class Settings(BaseSettings):
                 "'import secrets; print(secrets.token_urlsafe(32))')) before serving"
             )
         return check_token(self.token.get_secret_value())
+
+
+def load_settings(flags: dict[str, tuple[str, object]] | None = None) -> Settings:
+    """The environment's settings with the command line's over them (``flags``: field -> (flag, value), a None
+    value unset); a bad value is a ``ServerError`` that names its flag or ``ACTMAX_`` variable."""
+    given = {field: given for field, given in (flags or {}).items() if given[1] is not None}
+    try:
+        return Settings(**{field: value for field, (_, value) in given.items()})
+    except ValidationError as error:
+        problems = []
+        for problem in error.errors():
+            field = str(problem["loc"][0]) if problem["loc"] else ""
+            source = given[field][0] if field in given else f"ACTMAX_{field.upper()}"
+            problems.append(f"{source}: {problem['msg']}" if field else problem["msg"])
+        raise ServerError(f"bad setting: {'; '.join(problems)}") from None
 
 
 def check_token(token: str) -> str:

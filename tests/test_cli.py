@@ -41,6 +41,8 @@ def test_every_command_has_help(command):
     (["rig", "screen", "--layer", "fc"], "needs a spatial layer"),
     (["session", "list"], "no API token: set ACTMAX_TOKEN"),
     (["weights", "verify", "no-such-gan"], "unknown generator(s) no-such-gan"),
+    (["serve", "--port", "-1"], "bad setting: --port: Input should be greater than or equal to 0"),
+    (["serve", "--batch-timeout", "0"], "bad setting: --batch-timeout"),
     (["demo", "--generations", "0"], "threads.0.n_generations"),  # refused before any process starts
     (["demo", "--optimizers", "adam"], "unknown optimizer 'adam'"),
     (["demo", "--unit", "blocks.6"], "expected LAYER:CHANNEL"),
@@ -82,6 +84,13 @@ def test_a_data_folder_without_an_actmax_database_is_named(tmp_path):
     assert result.returncode == 2 and "session 1 not found" in result.stderr
     result = actmax("keys", "--data-dir", str(tmp_path / "a-file"), "init")
     assert result.returncode == 2 and f"cannot use {tmp_path / 'a-file'}" in result.stderr, result.stderr
+
+
+def test_a_bad_environment_setting_names_its_variable(tmp_path):
+    for command in (["serve"], ["weights", "list"], ["analyze", "session", "1"]):
+        result = actmax(*command, env={"ACTMAX_HEARTBEAT_S": "abc", "ACTMAX_TOKEN": "t"})
+        assert result.returncode == 2 and "bad setting: ACTMAX_HEARTBEAT_S: Input should be a valid number" \
+            in result.stderr, result.stderr
 
 
 def test_config_and_token_mistakes_are_named_before_any_request(tmp_path):
