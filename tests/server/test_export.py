@@ -40,11 +40,13 @@ def recorded(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     server, api, session_id = run_session(root / "data")
     nwb = root / "session.nwb"
-    assert actmax(["export", "nwb", "--data-dir", str(server.data_dir), "--session", str(session_id),
-                   "--out", str(nwb)]) == 0
-    yield server, session_id, nwb
-    server.stop()
-    api.close()
+    try:  # the server stops also when the export fails
+        assert actmax(["export", "nwb", "--data-dir", str(server.data_dir), "--session", str(session_id),
+                       "--out", str(nwb)]) == 0
+        yield server, session_id, nwb
+    finally:
+        server.stop()
+        api.close()
 
 
 @pytest.fixture(scope="module")
