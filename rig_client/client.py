@@ -31,6 +31,7 @@ import numpy as np
 import zmq
 
 from rig_client import RigError
+from rig_client.connection import check_endpoint
 from rig_client.protocol import (
     MAX_MESSAGE_BYTES, PROTOCOL, PROTOCOL_MINOR, ErrorCode, Message, MessageType, ProtocolError, decode,
     decode_png, encode, error, time_ordered_uuid,
@@ -130,6 +131,7 @@ class RigClient:
                  liveness: int = 5, reconnect_max_s: float = 16.0,
                  context: zmq.Context | None = None, server_public_key: bytes | None = None,
                  public_key: bytes | None = None, secret_key: bytes | None = None):
+        check_endpoint(endpoint)
         if heartbeat_s <= 0 or liveness < 1 or reconnect_max_s <= 0:
             raise ValueError("need heartbeat_s > 0, liveness >= 1 and reconnect_max_s > 0")
         curve = (server_public_key, public_key, secret_key)

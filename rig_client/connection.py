@@ -1,17 +1,79 @@
-"""How every rig command (``actmax rig sim|bridge|present``) names its server, its rig and its CURVE keys."""
+"""What every rig command (``actmax rig sim|bridge|present``) shares: how it names its server, its
+rig and its CURVE keys, and the checks of its numeric flags."""
 
 from __future__ import annotations
 
 import argparse
+import math
+import re
 
 from rig_client import RigError
 
 
+def check_endpoint(endpoint: str) -> str:
+    """``endpoint`` if a rig can connect to it, else ValueError showing a valid one."""
+    kind, _, address = endpoint.partition("://")
+    host, _, port = address.rpartition(":")
+    tcp = host not in ("", "*") and port.isdigit() and 0 < int(port) < 65536
+    if not address or not (kind in ("ipc", "inproc") or kind == "tcp" and tcp):
+        raise ValueError(f"{endpoint!r} is not an endpoint to connect to: use tcp://HOST:PORT "
+                         "(e.g. tcp://127.0.0.1:5555), ipc://PATH or inproc://NAME")
+    return endpoint
+
+
+def _endpoint(text: str) -> str:
+    try:
+        return check_endpoint(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _rig_name(text: str) -> str:
+    from rig_client.protocol import RIG_NAME
+
+    if not re.fullmatch(RIG_NAME, text):
+        raise argparse.ArgumentTypeError(f"{text!r}: a rig name is 1 to 64 letters, digits, '.', "
+                                         "'_' or '-', starting with a letter or digit")
+    return text
+
+
+def _number(text: str, kind: type, allow_zero: bool) -> float:
+    bound = ">= 0" if allow_zero else "> 0"
+    try:
+        value = kind(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and (value > 0 or allow_zero and value == 0)):
+        raise argparse.ArgumentTypeError(
+            f"{text}: expected {'a whole number' if kind is int else 'a number'} {bound}")
+    return value
+
+
+def positive(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    return _number(text, float, allow_zero=False)
+
+
+def non_negative(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    return _number(text, float, allow_zero=True)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number > 0."""
+    return _number(text, int, allow_zero=False)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: a whole number >= 0."""
+    return _number(text, int, allow_zero=True)
+
+
 def add_connection_arguments(parser: argparse.ArgumentParser, default_rig: str) -> None:
     """``--endpoint``, ``--rig``, and the key files a server with CURVE keys needs (``actmax keys``)."""
-    parser.add_argument("--endpoint", default="tcp://127.0.0.1:5555",
+    parser.add_argument("--endpoint", type=_endpoint, default="tcp://127.0.0.1:5555",
                         help="server ZeroMQ endpoint (default tcp://127.0.0.1:5555)")
-    parser.add_argument("--rig", default=default_rig,
+    parser.add_argument("--rig", type=_rig_name, default=default_rig,
                         help=f"rig name; a session names the rig it runs on (default {default_rig})")
     parser.add_argument("--server-key", metavar="FILE", help="the server's public server.key (CURVE; with --rig-key)")
     parser.add_argument("--rig-key", metavar="FILE",

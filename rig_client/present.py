@@ -24,7 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from rig_client import RigError
-from rig_client.connection import add_connection_arguments, connection_keys
+from rig_client.connection import (
+    add_connection_arguments, connection_keys, non_negative, non_negative_int, positive,
+)
 from rig_client.spikes import ClockFit, SpikeBuffer, SpikeSource, count_in_window, fit_clock
 
 log = logging.getLogger(__name__)
@@ -217,6 +219,31 @@ class PresenterRig:
                                         "flips": len(t.flips)}) + "\n")
 
 
+def window_size(text: str) -> tuple[int, int]:
+    """argparse type: ``WIDTHxHEIGHT`` in pixels, both > 0."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        w = h = 0
+    if min(w, h) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected WIDTHxHEIGHT in pixels, e.g. 800x600")
+    return w, h
+
+
+def open_window(size: tuple[int, int] | None):
+    """A pyglet window of ``size``, or full screen; `RigError` where there is no display."""
+    try:
+        import pyglet.window  # opens a hidden window at import: needs a display too
+
+        if size:
+            return pyglet.window.Window(*size, vsync=True, caption="actmax")
+        return pyglet.window.Window(fullscreen=True, vsync=True)
+    except Exception as exc:  # pyglet has a NoSuchDisplayException per platform
+        if type(exc).__name__ != "NoSuchDisplayException":
+            raise
+        raise RigError("no display: run it on the rig's screen, or under xvfb-run for a test") from None
+
+
 def add_parser(rig_commands) -> None:
     present = rig_commands.add_parser(
         "present", help="show batches full-screen and answer them from a spike source",
@@ -227,21 +254,22 @@ def add_parser(rig_commands) -> None:
     present.add_argument("--spikes", required=True, metavar="KIND:ARG",
                          help="spike source: replay:FILE.npz (paced) or lsl:SPIKES[,MARKERS]")
     geometry = present.add_argument_group("display")
-    geometry.add_argument("--distance-cm", type=float, default=57.0,
+    geometry.add_argument("--distance-cm", type=positive, default=57.0,
                           help="eye to screen distance (default 57: 1 cm = 1 degree)")
-    geometry.add_argument("--width-cm", type=float, default=53.0, help="visible screen width")
-    geometry.add_argument("--size-deg", type=float, default=4.0, help="stimulus size in degrees")
-    geometry.add_argument("--window", metavar="WxH", help="a window of this size instead of "
-                          "full screen (for tests and demos)")
-    geometry.add_argument("--refresh-hz", type=float, default=60.0,
+    geometry.add_argument("--width-cm", type=positive, default=53.0, help="visible screen width")
+    geometry.add_argument("--size-deg", type=positive, default=4.0, help="stimulus size in degrees")
+    geometry.add_argument("--window", type=window_size, metavar="WxH",
+                          help="a window of this size instead of full screen (for tests and demos)")
+    geometry.add_argument("--refresh-hz", type=positive, default=60.0,
                           help="the display's refresh rate (default 60)")
-    geometry.add_argument("--photodiode-px", type=int, default=40, help="photodiode patch size")
+    geometry.add_argument("--photodiode-px", type=non_negative_int, default=40,
+                          help="photodiode patch size")
     timing = present.add_argument_group("timing")
-    timing.add_argument("--duration-ms", type=float, default=100.0, help="stimulus duration")
-    timing.add_argument("--isi-ms", type=float, default=100.0, help="blank between stimuli")
+    timing.add_argument("--duration-ms", type=positive, default=100.0, help="stimulus duration")
+    timing.add_argument("--isi-ms", type=non_negative, default=100.0, help="blank between stimuli")
     timing.add_argument("--baseline-ms", type=float, nargs=2, default=(-100.0, 0.0),
                         metavar=("START", "END"), help="baseline window relative to onset")
-    timing.add_argument("--latency-ms", type=float, default=50.0,
+    timing.add_argument("--latency-ms", type=non_negative, default=50.0,
                         help="extra wait for the recorder's last spikes of a batch")
     present.add_argument("--record", type=Path, help="append every presentation to this JSON-lines "
                          "file, and the flip statistics at exit")
@@ -249,27 +277,30 @@ def add_parser(rig_commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import pyglet
-
     from rig_client.client import RigClient
 
-    source = open_source(args.spikes)
-    if args.window:
+    start, end = args.baseline_ms
+    if not (math.isfinite(start) and math.isfinite(end) and start < end):
+        raise RigError(f"--baseline-ms {start:g} {end:g}: END must be after START, e.g. -100 0")
+    if args.size_deg >= 180:
+        raise RigError(f"--size-deg {args.size_deg:g}: a stimulus must be under 180 degrees wide")
+    keys = connection_keys(args)
+    if args.record:  # an unwritable path fails now, not after the first batch
         try:
-            w, h = (int(v) for v in args.window.lower().split("x"))
-        except ValueError:
-            raise RigError(f"--window {args.window!r}: expected WIDTHxHEIGHT, e.g. 800x600") from None
-        window = pyglet.window.Window(w, h, vsync=True, caption="actmax")
-    else:
-        window = pyglet.window.Window(fullscreen=True, vsync=True)
+            open(args.record, "a").close()
+        except OSError as exc:
+            raise RigError(f"--record {args.record}: {exc.strerror}; give a file in a folder you "
+                           "can write to") from None
+    source = open_source(args.spikes)
+    window = open_window(args.window)
     presenter = Presenter(window, Display(args.distance_cm, args.width_cm, window.width),
                           size_deg=args.size_deg, duration_ms=args.duration_ms,
                           isi_ms=args.isi_ms, refresh_hz=args.refresh_hz,
                           photodiode_px=args.photodiode_px)
     try:
         with RigClient(args.endpoint, args.rig, channels=len(source.labels), labels=source.labels,
-                       **connection_keys(args)) as client:
-            rig = PresenterRig(client, presenter, source, baseline_ms=tuple(args.baseline_ms),
+                       **keys) as client:
+            rig = PresenterRig(client, presenter, source, baseline_ms=(start, end),
                                latency_ms=args.latency_ms, record=args.record)
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda *_: rig.stop.set())

@@ -17,7 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from rig_client import RigError
-from rig_client.connection import add_connection_arguments, connection_keys
+from rig_client.connection import (
+    add_connection_arguments, connection_keys, non_negative, non_negative_int, positive, positive_int,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,19 +72,19 @@ def add_parser(subcommands) -> None:
     sim.add_argument("--device", default="cpu", help="torch device (default cpu)")
     sim.add_argument("--seed", type=int, default=0, help="seed of the noise and the faults")
     noise = sim.add_argument_group("noise (combined in this order: drift, adaptation, gain, Poisson)")
-    noise.add_argument("--noise-eps", type=float, default=0.0,
+    noise.add_argument("--noise-eps", type=non_negative, default=0.0,
                        help="multiplicative gain noise: observed = clean * max(0, 1 + eps N(0,1))")
-    noise.add_argument("--poisson-window", type=float, default=None, metavar="SECONDS",
+    noise.add_argument("--poisson-window", type=positive, default=None, metavar="SECONDS",
                        help="Poisson spike counts over this window (rates = counts / window)")
-    noise.add_argument("--rate-scale", type=float, default=1.0, help="spikes/s per unit of activation (Poisson)")
-    noise.add_argument("--drift-sd", type=float, default=0.0, help="slow gain drift: stationary SD of the gain")
-    noise.add_argument("--drift-tau", type=float, default=500.0, help="drift time constant, in presentations")
-    noise.add_argument("--adaptation", type=float, default=1.0,
+    noise.add_argument("--rate-scale", type=positive, default=1.0, help="spikes/s per unit of activation (Poisson)")
+    noise.add_argument("--drift-sd", type=non_negative, default=0.0, help="slow gain drift: stationary SD of the gain")
+    noise.add_argument("--drift-tau", type=positive, default=500.0, help="drift time constant, in presentations")
+    noise.add_argument("--adaptation", type=non_negative, default=1.0,
                        help="response factor per earlier showing of the same stimulus (1 = none)")
     faults = sim.add_argument_group("fault injection")
     faults.add_argument("--drop", type=fraction, default=0.0, help="fraction of presentations never reported")
-    faults.add_argument("--delay", type=float, default=0.0, help="seconds to wait before answering a batch")
-    faults.add_argument("--disconnect-every", type=int, default=0, metavar="N",
+    faults.add_argument("--delay", type=non_negative, default=0.0, help="seconds to wait before answering a batch")
+    faults.add_argument("--disconnect-every", type=non_negative_int, default=0, metavar="N",
                         help="every N batches, drop the connection mid-batch and reconnect")
     faults.add_argument("--duplicate", type=fraction, default=0.0,
                         help="fraction of RESULTS messages sent twice")
@@ -97,8 +99,8 @@ def add_parser(subcommands) -> None:
     )
     screen.add_argument("--layer", default="blocks.6", help="layer, e.g. stem, blocks.6, blocks.6.expand, head")
     screen.add_argument("--generator", default="dcgan-faces", help="generator (default dcgan-faces)")
-    screen.add_argument("--samples", type=int, default=64, help="random images to score (default 64)")
-    screen.add_argument("--top", type=int, default=10, help="units to list (default 10)")
+    screen.add_argument("--samples", type=positive_int, default=64, help="random images to score (default 64)")
+    screen.add_argument("--top", type=positive_int, default=10, help="units to list (default 10)")
     screen.add_argument("--seed", type=int, default=0)
     screen.set_defaults(func=run_screen)
     bridge.add_parser(rig_commands)

@@ -58,6 +58,16 @@ class ReceptiveField:
     def __post_init__(self) -> None:
         if self.size < 1:
             raise RigError(f"receptive field size must be >= 1 pixel; got {self.size}")
+        if not (math.isfinite(self.x) and math.isfinite(self.y)) or not all(
+                -self.size < edge < INPUT_SIZE for edge in self._corner()):
+            half = self.size / 2
+            raise RigError(f"a {self.size}-pixel receptive field centred at ({self.x:g}, {self.y:g}) "
+                           f"is outside the {INPUT_SIZE} x {INPUT_SIZE} frame; put its centre x and y "
+                           f"between {1 - half:g} and {INPUT_SIZE - 1 + half:g}")
+
+    def _corner(self) -> tuple[int, int]:
+        """Top and left edge of the square in the frame (may be outside it)."""
+        return round(self.y - self.size / 2), round(self.x - self.size / 2)
 
     def place(self, images: torch.Tensor) -> torch.Tensor:
         """(n, 3, h, w) in [0, 1] -> (n, 3, 224, 224) network frame."""
@@ -67,7 +77,7 @@ class ReceptiveField:
             return resized
         frame = torch.full((images.shape[0], 3, INPUT_SIZE, INPUT_SIZE), 0.5,
                            dtype=images.dtype, device=images.device)
-        top, left = round(self.y - self.size / 2), round(self.x - self.size / 2)
+        top, left = self._corner()
         fy0, fx0 = max(top, 0), max(left, 0)
         fy1, fx1 = min(top + self.size, INPUT_SIZE), min(left + self.size, INPUT_SIZE)
         if fy1 > fy0 and fx1 > fx0:
@@ -96,9 +106,11 @@ class UnitScorer:
     def __init__(self, units: Sequence[Unit], *, device: str | torch.device = "cpu",
                  rf: ReceptiveField | tuple | None = None, fast: bool = True,
                  model: EfficientNetLite0 | None = None, batch_size: int = 32) -> None:
+        from generators.base import resolve_device  # a device this torch cannot use is one clear error
+
         if not units:
             raise RigError("UnitScorer needs at least one unit")
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.rf = _as_rf(rf)
         self.fast = fast
         self.batch_size = batch_size

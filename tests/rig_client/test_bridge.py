@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from rig_client.bridge import BridgeError, read_responses
+from rig_client.bridge import BridgeError, FolderBridge, read_responses
 from tests.rig_client.conftest import run_session
 
 MANIFEST = {"batch_id": "b-1", "channels": 2, "response_window_ms": [50, 200],
@@ -85,11 +85,25 @@ def test_bad_rows_are_named(tmp_path, row, words):
      "unknown column 'fixation_brokn'"),
     ("responses.json", '{"presentations": [{"stimulus_id": "st-a", "rate": [1, 2]}]}', "unknown field 'rate'"),
     ("responses.mat", "MATLAB 5.0 MAT-file, garbage", "cannot be read|scipy can read"),
+    ("responses.csv", "stimulus_id,onset,rate_1,rate_2\nst-a,1.0,5,5,7\n",
+     "line 2: 5 fields but the header names 4 columns"),
+    ("responses.csv", "", "responses.csv is empty: write the whole file under another name"),
+    ("responses.csv", "\n\n", "responses.csv has no header line"),
+    ("responses.json", "[" * 100_000 + "]" * 100_000, "nested too deeply"),
 ])
 def test_bad_files_are_named(tmp_path, name, content, words):
     (tmp_path / name).write_text(content)
     with pytest.raises(BridgeError, match=words):
         read_responses(tmp_path / name, MANIFEST)
+
+
+def test_a_file_too_deep_to_parse_is_rejected_like_any_bad_file(tmp_path):
+    responses = tmp_path / "responses.json"
+    responses.write_text('{"presentations": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    bridge = FolderBridge(None, tmp_path, ["ch1", "ch2"])  # no client: nothing is sent
+    assert not bridge._answer(tmp_path, responses, MANIFEST)
+    assert not responses.exists() and (tmp_path / "responses.rejected-1.json").exists()
+    assert "nested too deeply" in (tmp_path / "responses.error.txt").read_text()
 
 
 def test_mat_with_wrong_shapes(tmp_path):

@@ -243,6 +243,12 @@ def test_closed_client_and_bad_arguments(zmq_context, endpoint):
         RigClient(endpoint, "rig-a", channels=0, context=zmq_context)
 
 
+@pytest.mark.parametrize("endpoint", ["notanendpoint", "tcp://127.0.0.1", "tcp://*:5555", "http://host:80"])
+def test_bad_endpoint_is_refused_with_a_valid_example(endpoint):
+    with pytest.raises(ValueError, match=r"use tcp://HOST:PORT \(e.g. tcp://127.0.0.1:5555\)"):
+        RigClient(endpoint, "rig-a", channels=1)
+
+
 def test_not_registered_answer_keeps_the_results_for_the_resend(zmq_context, endpoint, monkeypatch):
     """docs/protocol.md §8: ERROR not_registered names the batch_id but settles nothing.
 

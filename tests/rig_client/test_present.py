@@ -19,6 +19,18 @@ from tests.rig_client.conftest import run_session
 from tests.rig_client.test_bridge import generation_statuses, stored_presentations
 
 
+def test_no_display_is_one_line_that_says_what_to_do(tmp_path):
+    save(tmp_path / "rec.npz", Events(np.array([0.5]), np.array([0])), ["elec1-u1"])
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    result = subprocess.run([sys.executable, "-m", "server.cli", "rig", "present", "--spikes",
+                             f"replay:{tmp_path / 'rec.npz'}"], capture_output=True, text=True,
+                            env=env, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == ("actmax rig: no display: run it on the rig's "
+                                                      "screen, or under xvfb-run for a test")
+    assert "Traceback" not in result.stderr
+
+
 def test_display_pixels_from_degrees():
     display = Display(distance_cm=57.0, width_cm=53.0, width_px=1920)
     full_width_deg = math.degrees(2 * math.atan(53.0 / 2 / 57.0))

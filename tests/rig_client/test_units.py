@@ -88,6 +88,13 @@ def test_receptive_field_placement():
     assert full.shape == (1, 3, 224, 224)
 
 
+@pytest.mark.parametrize(("size", "x", "y"), [(50, 500, 500), (50, 112, -30), (10, 230, 112)])
+def test_receptive_field_off_the_frame_is_refused(size, x, y):
+    with pytest.raises(RigError, match=f"is outside the 224 x 224 frame; put its centre x and y between "
+                                       f"{1 - size / 2:g} and {223 + size / 2:g}"):
+        ReceptiveField(size, x, y)
+
+
 def test_receptive_field_changes_responses(model):
     img = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     unit = [Unit("blocks.5", 3)]

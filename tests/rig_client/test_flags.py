@@ -1,0 +1,53 @@
+"""Bad flags of ``actmax rig ...`` are refused before anything opens or connects, with the flag,
+the value and what to give instead; no traceback, exit status 2."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.cli import main
+
+MISSING = "replay:/nonexistent/rec.npz"  # never read: the flags are refused first
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["sim", "--endpoint", "notanendpoint"],
+     "argument --endpoint: 'notanendpoint' is not an endpoint to connect to: use tcp://HOST:PORT "
+     "(e.g. tcp://127.0.0.1:5555)"),
+    (["sim", "--rig", "bad name"], "argument --rig: 'bad name': a rig name is 1 to 64 letters"),
+    (["sim", "--delay", "-5"], "argument --delay: -5: expected a number >= 0"),
+    (["sim", "--disconnect-every", "-1"], "argument --disconnect-every: -1: expected a whole number >= 0"),
+    (["screen", "--top", "-3"], "argument --top: -3: expected a whole number > 0"),
+    (["screen", "--samples", "-1"], "argument --samples: -1: expected a whole number > 0"),
+    (["bridge", "--folder", "unused", "--channels", "-1"], "argument --channels: -1: expected a whole number > 0"),
+    (["present", "--spikes", MISSING, "--width-cm", "0"], "argument --width-cm: 0: expected a number > 0"),
+    (["present", "--spikes", MISSING, "--distance-cm", "-57"], "argument --distance-cm: -57: expected a number > 0"),
+    (["present", "--spikes", MISSING, "--refresh-hz", "nan"], "argument --refresh-hz: nan: expected a number > 0"),
+    (["present", "--spikes", MISSING, "--isi-ms", "-1"], "argument --isi-ms: -1: expected a number >= 0"),
+    (["present", "--spikes", MISSING, "--window", "0x600"],
+     "argument --window: '0x600': expected WIDTHxHEIGHT in pixels, e.g. 800x600"),
+])
+def test_bad_flags_are_refused_by_the_parser(args, message, capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["rig", *args])
+    assert exit.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--baseline-ms", "0", "-100"], "--baseline-ms 0 -100: END must be after START, e.g. -100 0"),
+    (["--size-deg", "200"], "--size-deg 200: a stimulus must be under 180 degrees wide"),
+    (["--record", "/nonexistent/presented.jsonl"], "--record /nonexistent/presented.jsonl: No such file"),
+])
+def test_present_checks_its_flags_before_reading_the_spikes(args, message, capsys):
+    assert main(["rig", "present", "--spikes", MISSING, *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_device_this_torch_cannot_use_is_refused_before_connecting(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this torch has CUDA")
+    assert main(["rig", "sim", "--device", "cuda", "--endpoint", "tcp://127.0.0.1:9"]) == 2
+    assert "--device cuda: this torch has no CUDA" in capsys.readouterr().err
