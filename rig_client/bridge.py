@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from rig_client import RigError
-from rig_client.connection import add_connection_arguments, connection_keys
+from rig_client.connection import add_connection_arguments, connection_keys, positive, positive_int
 from rig_client.protocol import Message, MessageType, ProtocolError, encode
 from rig_client.trials import TrialPresentation, to_send
 
@@ -126,13 +126,20 @@ def _numbered(row: dict, prefix: str, channels: int, where: str) -> list[str] | 
 def _rows_csv(path: Path, channels: int) -> list[dict]:
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
+        if not reader.fieldnames:
+            raise BridgeError(f"{path.name} has no header line; write the column names first "
+                              "(docs/monkeylogic/README.md)")
         table = list(reader)
     numbered = {f"{prefix}{i}" for prefix in ("rate_", "baseline_") for i in range(1, channels + 1)}
     windows = {f"{key}_{end}_ms" for key in ("window", "baseline_window") for end in ("start", "end")}
-    _check_names(reader.fieldnames or [], set(FIELDS) | numbered | windows, "column")
+    _check_names(reader.fieldnames, set(FIELDS) | numbered | windows, "column")
     rows = []
     for i, row in enumerate(table, start=2):  # line 1 is the header
         where = f"line {i}"
+        if None in row:  # DictReader's key for the fields past the header's
+            raise BridgeError(f"{where}: {len(reader.fieldnames) + len(row[None])} fields but the "
+                              f"header names {len(reader.fieldnames)} columns; remove the extra "
+                              "fields or name their columns in the header")
         out: dict[str, Any] = {k: v for k, v in row.items()
                                if k in ("stimulus_id", "onset", "fixation_broken", "dropped_frames",
                                         "photodiode_onset", "presentation_id") and v != ""}
@@ -192,14 +199,20 @@ def _rows_mat(path: Path, channels: int) -> list[dict]:
 
 def read_responses(path: Path, manifest: dict) -> list[TrialPresentation]:
     """The presentations in a responses file, checked against the batch's manifest."""
-    if path.stat().st_size > MAX_RESPONSE_BYTES:
+    size = path.stat().st_size
+    if size > MAX_RESPONSE_BYTES:
         raise BridgeError(f"{path.name} is over {MAX_RESPONSE_BYTES} bytes")
+    if size == 0:
+        raise BridgeError(f"{path.name} is empty: write the whole file under another name, "
+                          f"then rename it to {path.name}")
     channels = manifest["channels"]
     try:
         rows = {".json": lambda: _rows_json(path), ".csv": lambda: _rows_csv(path, channels),
                 ".mat": lambda: _rows_mat(path, channels)}[path.suffix]()
     except (ValueError, UnicodeDecodeError, csv.Error, OSError) as exc:
         raise BridgeError(f"{path.name} cannot be read: {exc}") from None
+    except RecursionError:
+        raise BridgeError(f"{path.name} is nested too deeply to be a responses file") from None
     wanted = {s["stimulus_id"] for s in manifest["stimuli"]}
     presentations = [_presentation(row, i, manifest, wanted)
                      for i, row in enumerate(rows, start=1)]
@@ -359,10 +372,10 @@ def add_parser(rig_commands) -> None:
         "See docs/monkeylogic/README.md.")
     bridge.add_argument("--folder", type=Path, required=True, help="the folder the rig watches")
     add_connection_arguments(bridge, "rig")
-    bridge.add_argument("--channels", type=int, help="recording channels (default: the number "
-                        "of --labels, else 1)")
+    bridge.add_argument("--channels", type=positive_int,
+                        help="recording channels (default: the number of --labels, else 1)")
     bridge.add_argument("--labels", help="comma-separated channel labels, e.g. elec1-u1,elec2-u1")
-    bridge.add_argument("--poll", type=float, default=0.2, metavar="SECONDS",
+    bridge.add_argument("--poll", type=positive, default=0.2, metavar="SECONDS",
                         help="how often to look for a responses file (default 0.2)")
     bridge.set_defaults(func=run)
 
@@ -379,8 +392,6 @@ def run(args: argparse.Namespace) -> int:
     from rig_client.client import RigClient
 
     labels = channel_labels(args.channels, args.labels)
-    if args.poll <= 0:
-        raise BridgeError("--poll must be > 0 seconds")
     with RigClient(args.endpoint, args.rig, channels=len(labels), labels=labels if args.labels else None,
                    **connection_keys(args)) as client:
         bridge = FolderBridge(client, args.folder, labels, poll_s=args.poll)
