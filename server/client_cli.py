@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from rig_client.connection import positive
+
 DEFAULT_URL = "http://127.0.0.1:8000"
 ENDED = {"stopped", "finished"}
 
@@ -30,7 +32,7 @@ def add_parser(subcommands) -> None:
     stop.set_defaults(func=stop_session)
     watch = commands.add_parser("watch", help="print each generation as it completes until the session ends")
     watch.add_argument("id", type=int)
-    watch.add_argument("--interval", type=float, default=1.0, help="seconds between polls (default 1)")
+    watch.add_argument("--interval", type=positive, default=1.0, help="seconds between polls (default 1)")
     watch.set_defaults(func=watch_session)
 
     thread = subcommands.add_parser("thread", help="pause, resume or retarget a thread on a running server",
@@ -105,8 +107,9 @@ def create_session(args) -> int:
 
 
 def list_sessions(args) -> int:
+    sessions = call("GET", "/sessions")
     print(f"{'id':>4}  {'name':<30} {'rig':<16} {'status':<9} created")
-    for s in call("GET", "/sessions"):
+    for s in sessions:
         print(f"{s['id']:>4}  {s['name']:<30} {s['rig']:<16} {s['status']:<9} {s['created_at']}")
     return 0
 
@@ -149,9 +152,9 @@ def watch_session(args) -> int:
     shown: set[int] = set()
     statuses: dict[int, str] = {}
     events_seen = 0
+    session = call("GET", f"/sessions/{args.id}")  # an unknown session or server: the error alone
     print(f"{'thread':<20} {'gen':>4} {'mean':>9} {'max':>9} {'ref mean':>9} {'latency s':>9}", flush=True)
     while True:
-        session = call("GET", f"/sessions/{args.id}")
         names = {t["id"]: t["name"] for t in session["threads"]}
         while page := call("GET", f"/sessions/{args.id}/events?offset={events_seen}&limit=100")["items"]:
             events_seen += len(page)
@@ -174,6 +177,7 @@ def watch_session(args) -> int:
             print(f"session {session['id']} {session['status']}", flush=True)
             return 0
         time.sleep(args.interval)
+        session = call("GET", f"/sessions/{args.id}")
 
 
 # ---------------------------------------------------------------------------- weights

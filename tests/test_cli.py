@@ -40,6 +40,7 @@ def test_every_command_has_help(command):
     (["rig", "sim", "--drop", "1.5"], "expected a fraction"),
     (["rig", "screen", "--layer", "fc"], "needs a spatial layer"),
     (["session", "list"], "no API token: set ACTMAX_TOKEN"),
+    (["session", "watch", "1", "--interval", "0"], "argument --interval: 0: expected a number > 0"),
     (["weights", "verify", "no-such-gan"], "unknown generator(s) no-such-gan"),
     (["serve", "--port", "-1"], "bad setting: --port: Input should be greater than or equal to 0"),
     (["serve", "--batch-timeout", "0"], "bad setting: --batch-timeout"),
