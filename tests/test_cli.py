@@ -40,13 +40,7 @@ def test_every_command_has_help(command):
     (["rig", "sim", "--drop", "1.5"], "expected a fraction"),
     (["rig", "screen", "--layer", "fc"], "needs a spatial layer"),
     (["session", "list"], "no API token: set ACTMAX_TOKEN"),
-    (["session", "watch", "1", "--interval", "0"], "argument --interval: 0: expected a number > 0"),
     (["weights", "verify", "no-such-gan"], "unknown generator(s) no-such-gan"),
-    (["serve", "--port", "-1"], "bad setting: --port: Input should be greater than or equal to 0"),
-    (["serve", "--batch-timeout", "0"], "bad setting: --batch-timeout"),
-    (["demo", "--generations", "0"], "threads.0.n_generations"),  # refused before any process starts
-    (["demo", "--optimizers", "adam"], "unknown optimizer 'adam'"),
-    (["demo", "--unit", "blocks.6"], "expected LAYER:CHANNEL"),
 ])
 def test_bad_input_exits_nonzero_with_the_reason(args, reason, tmp_path):
     result = actmax(*args, env={"ACTMAX_DATA_DIR": str(tmp_path)})
@@ -55,7 +49,41 @@ def test_bad_input_exits_nonzero_with_the_reason(args, reason, tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_a_data_folder_without_an_actmax_database_is_named(tmp_path):
+def in_process(*args: str, capsys) -> tuple[int, str]:
+    """``actmax ARGS`` run in this process (what the console script runs, without its start-up): exit code
+    and stderr."""
+    from server.cli import main
+
+    capsys.readouterr()
+    try:
+        code = main(list(args))
+    except SystemExit as exit:  # argparse's refusals
+        code = exit.code
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture
+def clean_environment(monkeypatch, tmp_path):
+    for name in [k for k in os.environ if k.startswith("ACTMAX_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("ACTMAX_DATA_DIR", str(tmp_path / "data"))
+    return monkeypatch
+
+
+@pytest.mark.parametrize(("args", "reason"), [
+    (["session", "watch", "1", "--interval", "0"], "argument --interval: 0: expected a number > 0"),
+    (["serve", "--port", "-1"], "bad setting: --port: Input should be greater than or equal to 0"),
+    (["serve", "--batch-timeout", "0"], "bad setting: --batch-timeout"),
+    (["demo", "--generations", "0"], "threads.0.n_generations"),  # refused before any process starts
+    (["demo", "--optimizers", "adam"], "unknown optimizer 'adam'"),
+    (["demo", "--unit", "blocks.6"], "expected LAYER:CHANNEL"),
+])
+def test_bad_flags_are_named_before_anything_starts(args, reason, clean_environment, capsys):
+    code, err = in_process(*args, capsys=capsys)
+    assert code == 2 and reason in err, err
+
+
+def test_a_data_folder_without_an_actmax_database_is_named(tmp_path, clean_environment, capsys):
     from server.store.db import make_db_engine, upgrade
 
     cases = {"garbage": "is not an SQLite database", "folder": "is a folder", "empty": "not actmax's"}
@@ -67,44 +95,45 @@ def test_a_data_folder_without_an_actmax_database_is_named(tmp_path):
     for folder, reason in cases.items():
         for command in (["export", "csv", "--session", "1", "--out", str(tmp_path / "out")],
                         ["analyze", "session", "1", "--out", str(tmp_path / "out")]):
-            result = actmax(*command, "--data-dir", str(tmp_path / folder))
-            assert result.returncode == 2 and reason in result.stderr and "Traceback" not in result.stderr, result
-    result = actmax("serve", "--data-dir", str(tmp_path / "garbage"), env={"ACTMAX_TOKEN": "t"})
+            code, err = in_process(*command, "--data-dir", str(tmp_path / folder), capsys=capsys)
+            assert code == 2 and reason in err, err
+    result = actmax("serve", "--data-dir", str(tmp_path / "garbage"), env={"ACTMAX_TOKEN": "t"})  # the real script
     assert result.returncode == 2 and "is not an SQLite database" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
 
     db_engine = make_db_engine(f"sqlite:///{tmp_path / 'real' / 'actmax.sqlite'}")
     upgrade(db_engine)
     db_engine.dispose()
     for command, reason in ((["analyze", "session", "999"], "session 999 not found"),
                             (["analyze", "manifold", "999"], "thread 999 not found")):
-        result = actmax(*command, "--data-dir", str(tmp_path / "real"), "--out", str(tmp_path / "out"))
-        assert result.returncode == 2 and reason in result.stderr, result.stderr
-    (tmp_path / "a-file").touch()  # an output folder that is a file
-    result = actmax("export", "csv", "--session", "1", "--out", str(tmp_path / "a-file"),
-                    "--data-dir", str(tmp_path / "real"))
-    assert result.returncode == 2 and "session 1 not found" in result.stderr
-    result = actmax("keys", "--data-dir", str(tmp_path / "a-file"), "init")
-    assert result.returncode == 2 and f"cannot use {tmp_path / 'a-file'}" in result.stderr, result.stderr
+        code, err = in_process(*command, "--data-dir", str(tmp_path / "real"), "--out", str(tmp_path / "out"),
+                               capsys=capsys)
+        assert code == 2 and reason in err, err
+    (tmp_path / "a-file").touch()  # a folder that is a file
+    code, err = in_process("keys", "--data-dir", str(tmp_path / "a-file"), "init", capsys=capsys)
+    assert code == 2 and f"cannot use {tmp_path / 'a-file'}" in err, err
 
 
-def test_a_bad_environment_setting_names_its_variable(tmp_path):
+def test_a_bad_environment_setting_names_its_variable(clean_environment, capsys):
+    clean_environment.setenv("ACTMAX_HEARTBEAT_S", "abc")
+    clean_environment.setenv("ACTMAX_TOKEN", "t")
     for command in (["serve"], ["weights", "list"], ["analyze", "session", "1"]):
-        result = actmax(*command, env={"ACTMAX_HEARTBEAT_S": "abc", "ACTMAX_TOKEN": "t"})
-        assert result.returncode == 2 and "bad setting: ACTMAX_HEARTBEAT_S: Input should be a valid number" \
-            in result.stderr, result.stderr
+        code, err = in_process(*command, capsys=capsys)
+        assert code == 2 and "bad setting: ACTMAX_HEARTBEAT_S: Input should be a valid number" in err, err
 
 
-def test_config_and_token_mistakes_are_named_before_any_request(tmp_path):
+def test_config_and_token_mistakes_are_named_before_any_request(tmp_path, clean_environment, capsys):
     (tmp_path / "bad.yaml").write_text("threads: [unclosed")
-    result = actmax("session", "create", str(tmp_path / "bad.yaml"), env={"ACTMAX_TOKEN": "t"})
-    assert result.returncode == 2 and "bad.yaml is not valid YAML" in result.stderr, result.stderr
+    clean_environment.setenv("ACTMAX_TOKEN", "t")
+    code, err = in_process("session", "create", str(tmp_path / "bad.yaml"), capsys=capsys)
+    assert code == 2 and "bad.yaml is not valid YAML" in err, err
     secret = "s3cret-token"
+    clean_environment.setenv("ACTMAX_URL", "http://127.0.0.1:9")
     for token in (secret + "\n", secret + " x", secret + "é"):
-        result = actmax("session", "list", env={"ACTMAX_TOKEN": token, "ACTMAX_URL": "http://127.0.0.1:9"})
-        assert result.returncode == 2 and "no HTTP header can carry" in result.stderr, result.stderr
-        assert secret not in result.stderr
-    result = actmax("serve", env={"ACTMAX_TOKEN": secret + "\n", "ACTMAX_DATA_DIR": str(tmp_path)})
-    assert result.returncode == 2 and "no HTTP header can carry" in result.stderr and secret not in result.stderr
+        clean_environment.setenv("ACTMAX_TOKEN", token)
+        for command in (["session", "list"], ["serve"]):
+            code, err = in_process(*command, capsys=capsys)
+            assert code == 2 and "no HTTP header can carry" in err and secret not in err, err
 
 
 def all_parsers(parser: argparse.ArgumentParser):
