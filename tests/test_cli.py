@@ -26,8 +26,17 @@ def actmax(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     ["analyze", "manifold"], ["analyze", "session"], ["analyze", "geometry"], ["analyze", "study"],
     ["session", "create"], ["session", "watch"], ["thread", "retarget"], ["weights", "list"], ["weights", "verify"],
 ])
-def test_every_command_has_help(command):
-    result = actmax(*command, "--help")
+def test_every_command_has_help(command, capsys):
+    from server.cli import main
+
+    with pytest.raises(SystemExit) as exit:
+        main([*command, "--help"])
+    assert exit.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: actmax {' '.join(command)}".rstrip())
+
+
+def test_the_console_script_is_installed_and_runs():
+    result = actmax("--help")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: actmax")
 
