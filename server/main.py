@@ -95,7 +95,13 @@ def _add_pages(app: FastAPI) -> None:
                               redoc_favicon_url="/assets/docs/favicon.png")
 
 
-async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-    """422 naming each problem, without echoing the input (it may be huge, deep, or NaN)."""
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 naming each problem, without echoing the input (it may be huge, deep, or NaN); a body that is not
+    read as JSON says which Content-Type to send."""
     detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+    content_type = request.headers.get("content-type", "")
+    for problem in detail:
+        if problem["loc"] == ["body"] and "json" not in content_type:
+            problem["msg"] += (f" (the body was sent as {content_type or 'no Content-Type'}; send JSON with "
+                               "Content-Type: application/json)")
     return JSONResponse({"detail": detail}, status_code=422)

@@ -31,6 +31,17 @@ def test_no_display_is_one_line_that_says_what_to_do(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_without_pyglet_it_says_what_to_install(tmp_path):
+    save(tmp_path / "rec.npz", Events(np.array([0.5]), np.array([0])), ["elec1-u1"])
+    program = ("import sys; sys.modules['pyglet'] = None  # as if it were not installed\n"
+               "from server.cli import main\n"
+               f"sys.exit(main(['rig', 'present', '--spikes', 'replay:{tmp_path / 'rec.npz'}']))")
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "pyglet, which is not installed: pip install 'path/to/actmax[presenter]'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_display_pixels_from_degrees():
     display = Display(distance_cm=57.0, width_cm=53.0, width_px=1920)
     full_width_deg = math.degrees(2 * math.atan(53.0 / 2 / 57.0))

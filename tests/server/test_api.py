@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import uuid
 from collections.abc import Iterator
@@ -74,6 +75,15 @@ def test_every_protected_endpoint_rejects_missing_and_wrong_tokens(anonymous: ht
             response = anonymous.request(method, path, headers=headers)
             assert response.status_code == 401, (method, path, headers, response.text)
             assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_a_body_not_sent_as_json_says_which_content_type_to_send(client: httpx.Client) -> None:
+    body = json.dumps(session_config()).encode()
+    for headers in ({}, {"Content-Type": "text/plain"}):
+        response = client.post("/sessions", content=body, headers=headers)
+        assert response.status_code == 422
+        assert "send JSON with Content-Type: application/json" in response.json()["detail"][0]["msg"]
+    assert client.post("/sessions", json={"name": "x"}).json()["detail"][0]["loc"] != ["body"]  # JSON: no hint
 
 
 def test_the_schemes_case_does_not_matter(anonymous: httpx.Client) -> None:
