@@ -47,7 +47,9 @@ def check_thread(thread: ThreadConfig, cache: GeneratorCache, rig: str, rig_chan
         generator = cache.get(thread.generator, thread.weights)
     except generators.GeneratorError as error:
         field = "weights" if thread.weights else "generator"
-        return [*problems, Problem((*loc, field), f"{error}\nTo fix: {cache.setting_hint()}")]
+        # Missing weights: say where they go. A file that is there but wrong: its error says why.
+        hint = f"\nTo fix: {cache.setting_hint()}" if isinstance(error, generators.WeightsNotFoundError) else ""
+        return [*problems, Problem((*loc, field), f"{error}{hint}")]
     if thread.kind == "evolution":
         params = optimizer_params(thread.optimizer, generator, thread.optimizer_params)
         try:

@@ -60,6 +60,16 @@ def test_missing_weights_say_where_they_were_looked_for(client, tmp_path: Path):
     assert str(nowhere) in msg and "ACTMAX_WEIGHTS_DIR" in msg
 
 
+def test_a_weights_file_that_is_no_state_dict_is_refused_naming_it(client, tmp_path: Path):
+    import torch
+
+    torch.save([1, 2, 3], tmp_path / "weights.tar")
+    loc, msg = only(refused(client, session_config(threads=[thread_config(weights=str(tmp_path / "weights.tar"))])))
+    assert loc == ["body", "threads", 0, "weights"]
+    assert str(tmp_path / "weights.tar") in msg and "a list, not a dict" in msg
+    assert "ACTMAX_WEIGHTS_DIR" not in msg  # the file was found: where to put weights is beside the point
+
+
 def test_a_generator_without_weights_in_its_standard_locations_is_refused(client, live_server: LiveServer):
     missing = [g["name"] for g in client.get("/generators").json() if not g["found"]]
     if not missing:
