@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 
 from rig_client import RigError
 
@@ -29,9 +28,9 @@ def _endpoint(text: str) -> str:
 
 
 def _rig_name(text: str) -> str:
-    from rig_client.protocol import RIG_NAME
+    from rig_client.protocol import is_rig_name
 
-    if not re.fullmatch(RIG_NAME, text):
+    if not is_rig_name(text):
         raise argparse.ArgumentTypeError(f"{text!r}: a rig name is 1 to 64 letters, digits, '.', "
                                          "'_' or '-', starting with a letter or digit")
     return text

@@ -44,9 +44,13 @@ MAX_ONSET = 1e11  # seconds; any unix time this century
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-RIG_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"  # what a rig may call itself in HELLO
-_RIG_NAME = re.compile(RIG_NAME)
+_RIG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _ERROR_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+def is_rig_name(name: str) -> bool:
+    """Whether a rig may call itself ``name`` in HELLO."""
+    return _RIG_NAME.fullmatch(name) is not None
 
 
 class MessageType(enum.StrEnum):

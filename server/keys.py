@@ -13,14 +13,13 @@ The files are pyzmq's certificate format (``zmq.auth.create_certificates``).
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import tempfile
 from pathlib import Path
 
+from rig_client.protocol import is_rig_name
 from server import ServerError
 
-_RIG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # as in the protocol's HELLO
 
 
 class KeyStore:
@@ -60,7 +59,7 @@ class KeyStore:
 
     def add_rig(self, name: str, public_key_file: Path | None = None) -> Path | None:
         """Allow rig ``name``: with its public key file, or with a new pair (its secret's path)."""
-        if not _RIG_NAME.fullmatch(name):
+        if not is_rig_name(name):
             raise ServerError(f"rig name {name!r} is not valid: 1-64 of A-Z a-z 0-9 . _ -, "
                               "starting with a letter or digit")
         target = self.root / "rigs" / f"{name}.key"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -19,7 +18,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 
 import generators
 import optimizers
-from rig_client.protocol import MAX_CHANNELS, MAX_DROPPED_FRAMES, MAX_WINDOW_MS, RIG_NAME
+from rig_client.protocol import MAX_CHANNELS, MAX_DROPPED_FRAMES, MAX_WINDOW_MS, is_rig_name
 from server import ServerError
 
 MAX_SEED = 2**32 - 1  # fits every RNG seed API (numpy RandomState included)
@@ -239,7 +238,7 @@ class SessionConfig(_Strict):
     @field_validator("rig")
     @classmethod
     def _rig_name(cls, rig: str) -> str:
-        if not re.fullmatch(RIG_NAME, rig):
+        if not is_rig_name(rig):
             raise ValueError(f"{rig!r} cannot be a rig's name: rigs say HELLO with 1-64 of A-Z a-z 0-9 . _ - "
                              "(first a letter or digit); use the name your rig connects with")
         return rig
