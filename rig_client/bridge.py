@@ -6,7 +6,9 @@ name, then renamed): the images ``0001.png ...`` in presentation order and the m
 ``responses.csv`` or ``responses.json`` into that folder (write it under another name, then rename).
 The bridge validates the file: on bad input it renames it to ``responses.rejected-K.EXT`` and
 explains in ``responses.error.txt``, then waits for a corrected file; on good input it sends
-RESULTS and writes ``ack.json``. docs/monkeylogic/README.md describes the files field by field.
+RESULTS and writes ``ack.json``. A batch the server closed gets ``closed.json``, one it re-sent or
+moved past gets ``superseded.json`` (`FolderBridge`). docs/monkeylogic/README.md describes the files
+field by field.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import numpy as np
 
 from rig_client import RigError
 from rig_client.connection import add_connection_arguments, connection_keys, positive, positive_int
-from rig_client.protocol import Message, MessageType, ProtocolError, encode
+from rig_client.protocol import MAX_ONSET, ErrorCode, Message, MessageType, ProtocolError, encode
 from rig_client.trials import TrialPresentation, to_send
 
 log = logging.getLogger(__name__)
@@ -88,12 +90,17 @@ FIELDS = ("stimulus_id", "onset", "rates", "window_ms", "fixation_broken", "drop
           "photodiode_onset", "baseline_rates", "baseline_window_ms", "presentation_id")
 
 
-def _check_names(names, known: set[str], what: str) -> None:
+CSV_COLUMNS = ("stimulus_id", "onset", "rate_{}", "window_start_ms", "window_end_ms", "fixation_broken",
+               "dropped_frames", "photodiode_onset", "baseline_{}", "baseline_window_start_ms",
+               "baseline_window_end_ms", "presentation_id")  # "{}": one column per channel, 1..N
+
+
+def _check_names(names, known: Sequence[str], what: str, shown: Sequence[str] = ()) -> None:
     """A misspelt field would be silently dropped: name it instead."""
-    unknown = sorted(set(names) - known)
+    unknown = sorted(set(names) - set(known))
     if unknown:
         raise BridgeError(f"unknown {what} {', '.join(map(repr, unknown[:5]))}; expected some of "
-                          f"{', '.join(sorted(known)[:12])}... (docs/monkeylogic/README.md)")
+                          f"{', '.join(shown or known)} (docs/monkeylogic/README.md)")
 
 
 def _rows_json(path: Path) -> list[dict]:
@@ -102,7 +109,7 @@ def _rows_json(path: Path) -> list[dict]:
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise BridgeError('a JSON responses file is {"presentations": [{...}, ...]}')
     for row in rows:
-        _check_names(row, set(FIELDS), "field")
+        _check_names(row, FIELDS, "field")
     return rows
 
 
@@ -124,18 +131,22 @@ def _numbered(row: dict, prefix: str, channels: int, where: str) -> list[str] | 
 
 
 def _rows_csv(path: Path, channels: int) -> list[dict]:
+    """The rows of a CSV file; each keeps its line number as ``_line`` for the error messages."""
+    columns, shown = [], []
+    for name in CSV_COLUMNS:
+        numbered = [name.format(i) for i in range(1, channels + 1)] if "{}" in name else [name]
+        columns += numbered
+        shown.append(f"{numbered[0]}..{numbered[-1]}" if len(numbered) > 1 else numbered[0])
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames:
             raise BridgeError(f"{path.name} has no header line; write the column names first "
                               "(docs/monkeylogic/README.md)")
-        table = list(reader)
-    numbered = {f"{prefix}{i}" for prefix in ("rate_", "baseline_") for i in range(1, channels + 1)}
-    windows = {f"{key}_{end}_ms" for key in ("window", "baseline_window") for end in ("start", "end")}
-    _check_names(reader.fieldnames, set(FIELDS) | numbered | windows, "column")
+        table = [(reader.line_num, row) for row in reader]
+    _check_names(reader.fieldnames, columns, "column", shown)
     rows = []
-    for i, row in enumerate(table, start=2):  # line 1 is the header
-        where = f"line {i}"
+    for line, row in table:
+        where = f"line {line}"
         if None in row:  # DictReader's key for the fields past the header's
             raise BridgeError(f"{where}: {len(reader.fieldnames) + len(row[None])} fields but the "
                               f"header names {len(reader.fieldnames)} columns; remove the extra "
@@ -143,6 +154,7 @@ def _rows_csv(path: Path, channels: int) -> list[dict]:
         out: dict[str, Any] = {k: v for k, v in row.items()
                                if k in ("stimulus_id", "onset", "fixation_broken", "dropped_frames",
                                         "photodiode_onset", "presentation_id") and v != ""}
+        out["_line"] = line
         out["rates"] = _numbered(row, "rate_", channels, where)
         baseline = _numbered(row, "baseline_", channels, where)
         if baseline is not None:
@@ -163,7 +175,7 @@ def _rows_mat(path: Path, channels: int) -> list[dict]:
     except Exception as exc:  # scipy raises many kinds on a damaged file
         raise BridgeError(f"not a MATLAB .mat file scipy can read ({exc!r}); save it with "
                           "save(file, ..., '-v7')") from None
-    _check_names([k for k in data if not k.startswith("__")], set(FIELDS), "variable")
+    _check_names([k for k in data if not k.startswith("__")], FIELDS, "variable")
     for key in ("stimulus_id", "onset", "rates"):
         if key not in data:
             raise BridgeError(f"the .mat file has no variable {key!r}")
@@ -225,7 +237,8 @@ def read_responses(path: Path, manifest: dict) -> list[TrialPresentation]:
 
 
 def _presentation(row: dict, i: int, manifest: dict, wanted: set[str]) -> TrialPresentation:
-    where = f"presentation {i} ({row.get('stimulus_id', 'no stimulus_id')})"
+    line = f"line {row['_line']}, " if "_line" in row else ""  # a CSV row
+    where = f"{line}presentation {i} ({row.get('stimulus_id', 'no stimulus_id')})"
 
     def number(key: str, value, kind=float):
         try:
@@ -235,6 +248,13 @@ def _presentation(row: dict, i: int, manifest: dict, wanted: set[str]) -> TrialP
         if kind is float and not math.isfinite(x):
             raise BridgeError(f"{where}: {key} must be finite; got {value!r} (leave out a "
                               "presentation that was not measured)")
+        return x
+
+    def unix_time(key: str) -> float:
+        x = number(key, row[key])
+        if not 0 <= x <= MAX_ONSET:
+            raise BridgeError(f"{where}: {key} must be unix time in seconds (not milliseconds); "
+                              f"got {row[key]!r}")
         return x
 
     def numbers(key: str, width: int):
@@ -251,7 +271,7 @@ def _presentation(row: dict, i: int, manifest: dict, wanted: set[str]) -> TrialP
         raise BridgeError(f"{where}: stimulus_id {stimulus_id!r} is not in this batch's manifest")
     fields: dict[str, Any] = {
         "stimulus_id": stimulus_id,
-        "onset": number("onset", row["onset"]),
+        "onset": unix_time("onset"),
         "rates": numbers("rates", manifest["channels"]),
         "window_ms": tuple(numbers("window_ms", 2) if "window_ms" in row
                            else manifest["response_window_ms"]),
@@ -261,7 +281,7 @@ def _presentation(row: dict, i: int, manifest: dict, wanted: set[str]) -> TrialP
         "dropped_frames": number("dropped_frames", row.get("dropped_frames", 0), int),
     }
     if row.get("photodiode_onset") is not None:
-        fields["photodiode_onset"] = number("photodiode_onset", row["photodiode_onset"])
+        fields["photodiode_onset"] = unix_time("photodiode_onset")
     if "baseline_rates" in row or "baseline_window_ms" in row:
         if "baseline_rates" not in row or "baseline_window_ms" not in row:
             raise BridgeError(f"{where}: give baseline rates and baseline_window_ms together")
@@ -287,8 +307,29 @@ def _integer(value) -> int:
 # --- the bridge ----------------------------------------------------------------------------------
 
 
+CLOSED_CODES = (ErrorCode.BATCH_CLOSED, ErrorCode.UNKNOWN_BATCH)  # refusals no corrected file fixes
+
+
+def _finished(path: Path) -> bool:
+    """The server stored the folder's results (``ack.json``) or will never take any (``closed.json``)."""
+    return (path / "ack.json").exists() or (path / "closed.json").exists()
+
+
+def _responses(path: Path) -> Path | None:
+    """The responses file the rig wrote into batch folder ``path``, if any."""
+    return next((path / name for name in RESPONSE_FILES if (path / name).exists()), None)
+
+
 class FolderBridge:
-    """Runs batches through ``folder``: write, wait for responses, validate, send, acknowledge.
+    """Runs batches through ``folder``: writes each batch as it arrives, watches every open folder
+    for responses, validates and sends them, and marks the folder done.
+
+    A folder is open until it has ``ack.json`` (the server stored its results) or ``closed.json``
+    (the server refused them as ``batch_closed`` or ``unknown_batch``, which no file can fix). A new
+    batch of a thread supersedes the thread's open folders of its generation or an earlier one that
+    have no responses yet (the server re-sent their unanswered stimuli, or moved on): they get
+    ``superseded.json``, which the user loop skips, and stay watched, because a user loop that had
+    begun one may still answer it. Open folders already there at start are watched too.
 
     Flagged presentations (broken fixation, dropped frames) go to a server that speaks protocol
     1.1, which stores them with their trial facts and applies the session's flagged-trial policy.
@@ -301,63 +342,99 @@ class FolderBridge:
         self.poll_s = poll_s
         self.stop = threading.Event()
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.open = {m.parent: json.loads(m.read_text())  # folder -> manifest
+                     for m in sorted(self.folder.glob("batch-*/manifest.json")) if not _finished(m.parent)}
+        self.uploads: dict[Path, tuple] = {}  # folder -> (ACK future, responses file, ack.json counts)
 
     def run(self) -> None:
         while not self.stop.is_set():
             batch = self.client.next_batch(timeout=self.poll_s)
             if batch is not None:
-                self.serve(batch)
+                self.add(batch)
+            self.check()
 
-    def serve(self, batch) -> None:
-        """Write one batch, then wait (until stopped) for valid responses and send them."""
+    def add(self, batch) -> Path:
+        """Write ``batch``'s folder and mark the open folders of its thread that it supersedes."""
         path = write_batch(self.folder, batch, self.labels)
-        if (path / "ack.json").exists():
-            return
+        if path in self.open or _finished(path):
+            return path  # written before: a restarted bridge got it again
         log.info("batch %s (%d stimuli) written to %s", batch.batch_id, len(batch.stimuli), path)
-        manifest = json.loads((path / "manifest.json").read_text())
-        while not self.stop.wait(self.poll_s):
-            for name in RESPONSE_FILES:
-                if (path / name).exists() and self._answer(path, path / name, manifest):
-                    return
+        for other, manifest in self.open.items():
+            if (manifest["session_id"], manifest["thread_id"]) == (batch.session_id, batch.thread_id) \
+                    and manifest["generation"] <= batch.generation and _responses(other) is None \
+                    and not (other / "superseded.json").exists():
+                _write_atomic(other / "superseded.json", json.dumps({
+                    "superseded_by": batch.batch_id, "folder": path.name, "generation": batch.generation}))
+                log.info("%s superseded by %s; the user loop skips it, its responses are still sent",
+                         other, path.name)
+        self.open[path] = json.loads((path / "manifest.json").read_text())
+        return path
 
-    def _answer(self, path: Path, responses: Path, manifest: dict) -> bool:
+    def check(self) -> None:
+        """Send the responses that appeared in open folders; settle the uploads the server answered."""
+        for path, manifest in list(self.open.items()):
+            if path in self.uploads:
+                if self.uploads[path][0].done():
+                    self._settle(path, *self.uploads.pop(path))
+            elif (responses := _responses(path)) is not None:
+                self._send(path, responses, manifest)
+
+    def _send(self, path: Path, responses: Path, manifest: dict) -> None:
         try:
             presentations = read_responses(responses, manifest)
         except BridgeError as exc:
             rejected = self._reject(responses, str(exc))
             log.warning("%s rejected (kept as %s): %s", responses, rejected.name, exc)
-            return False
+            return
         flagged = [p for p in presentations if p.flagged]
         sent = to_send(presentations, self.client.minor)
-        kept_back = [p for p in flagged if p not in sent]
-        future = self.client.send_results(manifest["batch_id"], sent, done=True)
-        while not future.done():  # unanswered at a stop: a restarted bridge resends, same ids
-            if self.stop.wait(self.poll_s):
-                return True
+        try:  # unanswered at a stop: a restarted bridge sends the file again, with the same ids
+            future = self.client.send_results(manifest["batch_id"], sent, done=True)
+        except ProtocolError as exc:  # refused before sending: too large, or another channel count
+            self._refused(path, responses, exc)
+            return
+        self.uploads[path] = (future, responses, {"sent": len(sent), "flagged": len(flagged),
+                                                  "flagged_not_sent": [p.stimulus_id for p in flagged
+                                                                       if p not in sent]})
+
+    def _settle(self, path: Path, future, responses: Path, counts: dict) -> None:
         try:
             ack = future.result()
         except ProtocolError as exc:
-            rejected = self._reject(responses, f"the server refused these results: {exc}")
-            log.warning("%s refused by the server (kept as %s): %s", responses, rejected.name, exc)
-            return False
+            self._refused(path, responses, exc)
+            return
         (path / "responses.error.txt").unlink(missing_ok=True)
-        _write_atomic(path / "ack.json", json.dumps({
-            **ack, "sent": len(sent), "flagged": len(flagged),
-            "flagged_not_sent": [p.stimulus_id for p in kept_back]}))
+        _write_atomic(path / "ack.json", json.dumps({**ack, **counts}))
+        del self.open[path]
         log.info("batch %s: %d presentations sent (%d flagged, %d of them kept back from a 1.0 "
-                 "server), server accepted %d", manifest["batch_id"], len(sent), len(flagged),
-                 len(kept_back), ack["accepted"])
-        return True
+                 "server), server accepted %d", ack["batch_id"], counts["sent"], counts["flagged"],
+                 len(counts["flagged_not_sent"]), ack["accepted"])
+
+    def _refused(self, path: Path, responses: Path, exc: ProtocolError) -> None:
+        """A refusal no file can fix closes the folder (``closed.json``); any other awaits a new file."""
+        reason = f"the server refused these results: {exc}"
+        if exc.code not in CLOSED_CODES:
+            rejected = self._reject(responses, reason)
+            log.warning("%s refused by the server (kept as %s): %s", responses, rejected.name, exc)
+            return
+        # closed.json first: the user loop must never see this folder without responses nor marker
+        _write_atomic(path / "closed.json", json.dumps({"code": exc.code, "message": exc.message}))
+        batch_id = self.open.pop(path)["batch_id"]
+        rejected = self._reject(responses, reason, "This batch is closed (closed.json): there is "
+                                "nothing to fix. The bridge no longer watches this folder and the "
+                                "user loop skips it; stimuli still owed come in a newer batch folder.")
+        log.warning("%s: batch %s closed by the server, nothing to fix (%s; kept as %s)", path,
+                    batch_id, exc, rejected.name)
 
     @staticmethod
-    def _reject(responses: Path, reason: str) -> Path:
+    def _reject(responses: Path, reason: str,
+                then: str = "Write a corrected file; the bridge is waiting for it.") -> Path:
         k = 1
         while (rejected := responses.with_name(f"responses.rejected-{k}{responses.suffix}")).exists():
             k += 1
         shutil.move(responses, rejected)
         _write_atomic(responses.with_name("responses.error.txt"),
-                      f"{responses.name} was not sent (kept as {rejected.name}):\n{reason}\n"
-                      "Write a corrected file; the bridge is waiting for it.\n")
+                      f"{responses.name} was not sent (kept as {rejected.name}):\n{reason}\n{then}\n")
         return rejected
 
 

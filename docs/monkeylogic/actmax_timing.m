@@ -22,8 +22,14 @@ if ~eyejoytrack('holdfix', fixation_point, fix_radius, initial_fix)
     return
 end
 onset_ms = toggleobject(image, 'eventmarker', 20);  % trial time of the flip that showed it
-% Unix time of that flip: now minus the time since the flip.
-TrialRecord.User.onset_unix = (now - datenum(1970, 1, 1)) * 86400 - (trialtime - onset_ms) / 1000;
+% Unix time of that flip: now minus the time since the flip. Unix time is UTC (`now` is local
+% time); before MATLAB R2014b use java.lang.System.currentTimeMillis() / 1000.
+if exist('OCTAVE_VERSION', 'builtin')
+    unix_now = time();
+else
+    unix_now = posixtime(datetime('now', 'TimeZone', 'UTC'));
+end
+TrialRecord.User.onset_unix = unix_now - (trialtime - onset_ms) / 1000;
 held = eyejoytrack('holdfix', fixation_point, fix_radius, show_ms);
 toggleobject([fixation_point image], 'eventmarker', 30);
 TrialRecord.User.dropped_frames = 0;  % from your frame-timing check if you run one

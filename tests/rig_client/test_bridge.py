@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -15,7 +18,9 @@ import numpy as np
 import pytest
 import scipy.io
 
-from rig_client.bridge import BridgeError, FolderBridge, read_responses
+from rig_client.bridge import BridgeError, FolderBridge, read_responses, write_batch
+from rig_client.client import Batch, RigClient, Stimulus
+from rig_client.protocol import encode_png
 from tests.rig_client.conftest import run_session
 
 MANIFEST = {"batch_id": "b-1", "channels": 2, "response_window_ms": [50, 200],
@@ -66,7 +71,10 @@ BAD_JSON = [
      "baseline rates and baseline_window_ms together"),
     ({"stimulus_id": "st-a", "onset": 1.0, "rates": [1, 2], "baseline_rates": [0, 0],
       "baseline_window_ms": [0, 100]}, "baseline_window_ms"),
-    ({"stimulus_id": "st-a", "onset": -1.0, "rates": [1, 2]}, "'onset'"),
+    ({"stimulus_id": "st-a", "onset": -1.0, "rates": [1, 2]}, "onset must be unix time in seconds"),
+    ({"stimulus_id": "st-a", "onset": 1.0, "rates": [1, 2], "photodiode_onset": 1764250000500},
+     r"presentation 1 \(st-a\): photodiode_onset must be unix time in seconds \(not milliseconds\); "
+     "got 1764250000500"),
 ]
 
 
@@ -90,6 +98,8 @@ def test_bad_rows_are_named(tmp_path, row, words):
     ("responses.csv", "", "responses.csv is empty: write the whole file under another name"),
     ("responses.csv", "\n\n", "responses.csv has no header line"),
     ("responses.json", "[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ("responses.csv", f"stimulus_id,onset,rate_1,rate_2\n\nst-a,{ONSETS[0]},5,5\nref-1,1764250001250,5,5\n",
+     r"^line 4, presentation 2 \(ref-1\): onset must be unix time in seconds \(not milliseconds\)"),
 ])
 def test_bad_files_are_named(tmp_path, name, content, words):
     (tmp_path / name).write_text(content)
@@ -97,11 +107,24 @@ def test_bad_files_are_named(tmp_path, name, content, words):
         read_responses(tmp_path / name, MANIFEST)
 
 
+def test_an_unknown_csv_column_is_answered_with_the_csv_columns(tmp_path):
+    (tmp_path / "responses.csv").write_text("stimulus_id,onset,rate_1,rate_2,baseline_rates\n"
+                                            f"st-a,{ONSETS[0]},5,5,1\n")
+    with pytest.raises(BridgeError) as error:
+        read_responses(tmp_path / "responses.csv", MANIFEST)
+    assert str(error.value) == (
+        "unknown column 'baseline_rates'; expected some of stimulus_id, onset, rate_1..rate_2, "
+        "window_start_ms, window_end_ms, fixation_broken, dropped_frames, photodiode_onset, "
+        "baseline_1..baseline_2, baseline_window_start_ms, baseline_window_end_ms, presentation_id "
+        "(docs/monkeylogic/README.md)")
+
+
 def test_a_file_too_deep_to_parse_is_rejected_like_any_bad_file(tmp_path):
     responses = tmp_path / "responses.json"
     responses.write_text('{"presentations": ' + "[" * 100_000 + "]" * 100_000 + "}")
     bridge = FolderBridge(None, tmp_path, ["ch1", "ch2"])  # no client: nothing is sent
-    assert not bridge._answer(tmp_path, responses, MANIFEST)
+    bridge._send(tmp_path, responses, MANIFEST)
+    assert not bridge.uploads
     assert not responses.exists() and (tmp_path / "responses.rejected-1.json").exists()
     assert "nested too deeply" in (tmp_path / "responses.error.txt").read_text()
 
@@ -191,26 +214,93 @@ def test_session_runs_to_completion_through_the_folder(tmp_path, actmax_server):
     assert "'not-in-batch' is not in this batch's manifest" in error and "responses.rejected-1.mat" in error
 
 
+def batch_folders(folder: Path) -> list[tuple[Path, dict]]:
+    return [(m.parent, json.loads(m.read_text())) for m in sorted(folder.glob("batch-*/manifest.json"))]
+
+
+def answer_folder(path: Path, manifest: dict) -> None:
+    """Responses for every stimulus of a batch folder, written as the README says (then renamed)."""
+    (path / "writing.json").write_text(json.dumps({"presentations": [
+        {"stimulus_id": s["stimulus_id"], "onset": time.time(), "rates": [5.0]} for s in manifest["stimuli"]]}))
+    (path / "writing.json").rename(path / "responses.json")
+
+
+@pytest.mark.slow
+def test_the_bridge_writes_every_batch_and_closes_dead_ones(tmp_path, endpoint):
+    """Against the engine with a 3 s batch timeout. A folder left from an earlier run names a batch
+    the server never sent; generation 0 goes unanswered, so its re-queue round arrives while its
+    first folder waits and supersedes it. The re-queue round is answered (the generation is scored
+    and the next one written), then the first round late: refused as batch_closed, that folder is
+    closed, as is the leftover one (unknown_batch), and the rest goes on."""
+    from tests.server.test_end_to_end import wait_until
+    from tests.server.test_engine import RIG, LiveEngine
+
+    folder = tmp_path / "rig-folder"
+    folder.mkdir()
+    png = encode_png(np.zeros((4, 4, 3), np.uint8))
+    leftover = write_batch(folder, Batch("never-sent", "s0", "t0", 0, (50.0, 200.0),
+                                         [Stimulus("st-old", "synthetic", png)]), ["ch1"])
+    with LiveEngine(tmp_path / "data", endpoint, batch_timeout_s=3.0) as live:
+        live.create(n_generations=2)
+        with RigClient(endpoint, RIG, channels=1) as client:
+            bridge = FolderBridge(client, folder, ["ch1"], poll_s=0.05)
+            runner = threading.Thread(target=bridge.run)
+            runner.start()
+            try:
+                answer_folder(*batch_folders(folder)[0])
+                (_, _), (first, gen0), (requeue, again) = wait_until(
+                    lambda: len(found := batch_folders(folder)) >= 3 and found[:3], 60,
+                    "the re-queue round of generation 0")
+                assert (again["generation"], again["thread_id"]) == (0, gen0["thread_id"])
+                assert {s["stimulus_id"] for s in again["stimuli"]} == {s["stimulus_id"] for s in gen0["stimuli"]}
+                assert json.loads((first / "superseded.json").read_text()) == {
+                    "superseded_by": again["batch_id"], "folder": requeue.name, "generation": 0}
+                answer_folder(requeue, again)
+                wait_until(lambda: (requeue / "ack.json").exists(), 30, "the re-queue round's ACK")
+                _, (nxt, gen1) = wait_until(lambda: len(found := batch_folders(folder)) >= 4 and found[2:4], 60,
+                                            "generation 1")
+                assert gen1["generation"] == 1 and not (nxt / "superseded.json").exists()
+                answer_folder(first, gen0)  # the user loop had begun it: too late
+                wait_until(lambda: (first / "closed.json").exists(), 30, "the late round to be closed")
+            finally:
+                bridge.stop.set()
+                runner.join(10)
+    assert json.loads((first / "closed.json").read_text())["code"] == "batch_closed"
+    assert (first / "responses.rejected-1.json").exists() and not (first / "ack.json").exists()
+    error = (first / "responses.error.txt").read_text()
+    assert "batch_closed" in error and "nothing to fix" in error and "corrected" not in error
+    assert json.loads((leftover / "closed.json").read_text())["code"] == "unknown_batch"
+    assert first not in bridge.open and leftover not in bridge.open and nxt in bridge.open
+
+
+HELPERS = Path(__file__).parents[2] / "docs" / "monkeylogic"
+
+
+def octave(script: str, **env: str) -> str:
+    """Run ``script`` in GNU Octave (standing in for MATLAB) with the helpers on its path; its output."""
+    program = shutil.which("octave-cli")
+    if program is None:
+        pytest.skip("GNU Octave is not installed (apt-get install -y --no-install-recommends octave)")
+    done = subprocess.run([program, "--no-gui", "--quiet", "--eval", f"addpath('{HELPERS}');\n{script}"],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
 def test_matlab_helpers_in_octave(tmp_path):
     """The MATLAB helpers of docs/monkeylogic read a real batch folder and write a .mat the
-    bridge accepts (GNU Octave stands in for MATLAB)."""
-    import shutil
-
-    from rig_client.bridge import write_batch
-    from rig_client.client import Batch, Stimulus
-    from rig_client.protocol import encode_png
-
-    octave = shutil.which("octave-cli")
-    if octave is None:
-        pytest.skip("GNU Octave is not installed (apt-get install -y --no-install-recommends octave)")
+    bridge accepts; the next batch skips folders the bridge closed or superseded."""
     png = encode_png(np.zeros((4, 4, 3), np.uint8))
+    for batch_id, marker in (("b-5", "closed.json"), ("b-6", "superseded.json")):
+        dead = write_batch(tmp_path, Batch(batch_id, "s", "t", 0, (50.0, 200.0),
+                                           [Stimulus("st-z", "synthetic", png)]), ["e1", "e2"])
+        (dead / marker).write_text("{}")
     batch = Batch("b-7", "s", "t", 0, (50.0, 200.0),
                   [Stimulus("st-a", "synthetic", png), Stimulus("ref-1", "reference", png)])
     path = write_batch(tmp_path, batch, ["e1", "e2"])
-    helpers = Path(__file__).parents[2] / "docs" / "monkeylogic"
-    script = f"""
-    addpath('{helpers}');
+    octave(f"""
     folder = actmax_next_batch('{tmp_path}');
+    assert(strcmp(folder, '{path}'));
     s = actmax_read_manifest(folder);
     assert(numel(s) == 2 && strcmp(s(2).kind, 'reference') && exist(s(1).file, 'file') == 2);
     R.stimulus_id = {{s(2).stimulus_id; s(1).stimulus_id}};
@@ -222,10 +312,7 @@ def test_matlab_helpers_in_octave(tmp_path):
     R.baseline_window_ms = [-100 0];
     actmax_write_responses(folder, R);
     assert(isempty(actmax_next_batch('{tmp_path}')));
-    """
-    done = subprocess.run([octave, "--no-gui", "--quiet", "--eval", script], capture_output=True,
-                          text=True, timeout=120)
-    assert done.returncode == 0, done.stdout + done.stderr
+    """)
     assert sorted(p.name for p in path.iterdir()) == ["0001.png", "0002.png", "manifest.csv",
                                                        "manifest.json", "responses.mat"]
     got = [p.to_json() for p in read_responses(path / "responses.mat", json.loads(
@@ -234,3 +321,18 @@ def test_matlab_helpers_in_octave(tmp_path):
         ("ref-1", [1.0, 2.0], False), ("st-a", [3.0, 4.0], True)]
     assert got[0]["photodiode_onset"] == pytest.approx(1764250001.51) and "photodiode_onset" not in got[1]
     assert got[1]["baseline_rates"] == [0.0, 0.5] and got[1]["baseline_window_ms"] == [-100.0, 0.0]
+
+
+def test_the_timing_script_stores_onsets_in_utc(tmp_path):
+    """actmax_timing.m under stand-ins for MonkeyLogic's functions, in New York: the onset is unix
+    time (UTC), the flip 250 ms before the script read the clock."""
+    stubs = {"editable": "editable(varargin)", "trialerror": "trialerror(varargin)",
+             "eyejoytrack": "ok = eyejoytrack(varargin)\nok = true;",
+             "toggleobject": "t = toggleobject(varargin)\nt = 1000;",  # the flip, at 1000 ms trial time
+             "trialtime": "t = trialtime()\nt = 1250;"}
+    for name, body in stubs.items():
+        (tmp_path / f"{name}.m").write_text(f"function {body}\nend\n")
+    before = time.time()
+    out = octave(f"addpath('{tmp_path}'); run('{HELPERS / 'actmax_timing.m'}');\n"
+                 "printf('%.3f\\n', TrialRecord.User.onset_unix);", TZ="America/New_York")
+    assert before - 0.25 - 0.01 <= float(out.split()[-1]) <= time.time() - 0.25 + 0.01
