@@ -15,9 +15,12 @@ presentation) is below ``silent_fraction`` of its early mean rate.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
+
+from server.objectives import rate_matrix
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,9 @@ def mean_sem(values) -> tuple[float | None, float | None]:
 def baseline(early: list[Level]) -> Level:
     """The early level from the first generations' levels."""
     mean, sem = mean_sem([level.mean for level in early])
-    rates = np.nanmean(np.array([level.channel_rates for level in early], dtype=float), axis=0)
+    with warnings.catch_warnings():  # a channel silent in every early generation stays NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        rates = np.nanmean(rate_matrix([level.channel_rates for level in early]), axis=0)
     return Level(mean, sem, tuple(float(r) for r in rates))
 
 

@@ -234,12 +234,14 @@ class Engine:
             runtime.lock.release()  # the round moved on while this waited
         recorded = await self._transact(steps.record_results, rig, header, received_at)
         live.hub.publish(**self._answered(recorded, header))
-        # A runtime rebuilt meanwhile may still await these stimuli (it read the database before they were stored).
+        # The round out may still await these stimuli: a runtime rebuilt meanwhile read the database before
+        # they were stored, or they answer an earlier round of its generation, sent again after a timeout.
         runtime = self._threads.get(recorded.thread_id)
         inflight = runtime.inflight if runtime is not None else None
-        if inflight is not None and inflight.batch_id == header["batch_id"] and inflight.awaiting:
+        if inflight is not None and inflight.generation_id == recorded.generation_id and inflight.awaiting:
             inflight.last_activity = received
-            if inflight.answered(recorded.answered, bool(header.get("done"))):
+            done = inflight.batch_id == header["batch_id"] and bool(header.get("done"))
+            if inflight.answered(recorded.answered, done):
                 runtime.answered_at, runtime.compute_s = received, 0.0
                 self._step(runtime)
         return recorded
@@ -462,11 +464,15 @@ class Engine:
             db.delete(db.get(Batch, batch_id))
 
     async def _check_timeouts(self) -> None:
-        """A round unanswered for ``batch_timeout_s`` is given up on: re-queue its stimuli or score NaN."""
+        """A round unanswered for ``batch_timeout_s`` is given up on: re-queue its stimuli or score NaN.
+
+        The clock stops while the rig is away: what it shows meanwhile comes with its RESULTS after it
+        reconnects (docs/protocol.md §6.5), and its resent round starts the clock again.
+        """
         now = time.monotonic()
         for runtime in list(self._threads.values()):
             inflight = runtime.inflight
-            if inflight is None or not inflight.batch_id or not inflight.awaiting:
+            if inflight is None or not inflight.batch_id or not inflight.awaiting or not self._channels(runtime.rig):
                 continue
             if now - inflight.last_activity >= self.settings.batch_timeout_s:
                 await self._transact(steps.log_in, runtime.session_id, runtime.id, "round.timed_out",

@@ -11,6 +11,7 @@ thread's runtime, so completing a generation reads nothing; a rebuilt runtime lo
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session as DBSession
 
 from server import drift
+from server.objectives import rate_matrix
 from server.session_config import DriftConfig
 from server.store.db import Transaction
 from server.store.models import Event, EventLevel
@@ -38,7 +40,10 @@ def _channel_rates(rates: dict[str, list[list[float]]]) -> list[float]:
     rows = [row for presentations in rates.values() for row in presentations]
     if not rows:
         return []
-    return [None if not np.isfinite(r) else float(r) for r in np.nanmean(np.array(rows, dtype=float), axis=0)]
+    with warnings.catch_warnings():  # a channel no presentation counted is None, without numpy's warning
+        warnings.simplefilter("ignore", RuntimeWarning)
+        means = np.nanmean(rate_matrix(rows), axis=0)
+    return [None if not np.isfinite(r) else float(r) for r in means]
 
 
 @dataclass

@@ -30,6 +30,16 @@ from rig_client.protocol import MAX_CHANNELS, ErrorCode
 from server import RigInputError
 
 
+def rate_matrix(rows: Sequence[Sequence[float | None]], width: int | None = None) -> np.ndarray:
+    """Rows of rates as a float matrix of ``width`` columns (default: the widest row), None and missing
+    channels NaN: a rig that restarts may announce fewer channels in the middle of a generation."""
+    width = max((len(row) for row in rows), default=0) if width is None else width
+    matrix = np.full((len(rows), width), np.nan)
+    for i, row in enumerate(rows):
+        matrix[i, :len(row)] = [np.nan if r is None else r for r in row[:width]]
+    return matrix
+
+
 class Statistics:
     """Per-channel statistics of a generation's rates, each computed the first time an objective reads it
     (the usual objective, a channel's rate, reads none)."""
@@ -136,13 +146,12 @@ class Objective:
         for stimulus_id, shown in presentations.items():
             for rate_row, baseline_row in shown:
                 owners.append(stimulus_id)
-                rates.append([np.nan if r is None else r for r in rate_row])
-                baselines.append([np.nan] * len(rate_row) if baseline_row is None else baseline_row)
+                rates.append(rate_row)
+                baselines.append([] if baseline_row is None else baseline_row)
         if not owners:
             return {}
         width = max(len(row) for row in rates)
-        rates_array = np.array([row + [np.nan] * (width - len(row)) for row in rates], dtype=float)
-        baseline_array = np.array([list(row) + [np.nan] * (width - len(row)) for row in baselines], dtype=float)
+        rates_array, baseline_array = rate_matrix(rates, width), rate_matrix(baselines, width)
         is_reference = np.array([owner in references for owner in owners])
         values = np.asarray(self(Context.of(rates_array, baseline_array, is_reference)), dtype=float)
         stimuli = list(presentations)

@@ -42,7 +42,8 @@ class Settings(BaseSettings):
     heartbeat_s: float = Field(2.0, gt=0, description="Seconds between heartbeats, both ways.")
     liveness: int = Field(5, ge=1, description="Missed heartbeats before a rig counts as disconnected.")
     max_message_bytes: int = Field(64 * 2**20, gt=0, description="Largest ZeroMQ message accepted.")
-    batch_timeout_s: float = Field(300.0, gt=0, description="Seconds before a batch's missing results time out.")
+    batch_timeout_s: float = Field(300.0, gt=0, description="Seconds without results, while the rig is connected, "
+                                   "before a batch's missing results time out.")
     weights_dir: Path | None = Field(
         None, description="Generator weights folder: weights of generator NAME in WEIGHTS_DIR/NAME/.")
     device: str = Field("auto", description='Torch device for generators: "auto", "cpu", "cuda", "cuda:1", ...')

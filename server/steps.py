@@ -37,6 +37,7 @@ class Recorded(NamedTuple):
     """What storing one RESULTS did."""
 
     thread_id: int
+    generation_id: int
     answered: set[str]  # stimuli answered now
     accepted: int  # presentations stored now
     duplicates: int  # presentations stored before
@@ -66,13 +67,15 @@ def record_results(db: Transaction, rig: str, header: dict, received_at) -> Reco
             db, [p.presentation_id for p in presentations])
         if new:
             raise RigInputError(ErrorCode.BATCH_CLOSED,
-                                f"batch {batch.id!r} is closed: its generation was scored when every stimulus "
-                                f"had been answered; {len(new)} new presentation(s) were not stored")
+                                f"batch {batch.id!r} is closed: its generation is scored (every stimulus "
+                                f"answered, or its rounds timed out); {len(new)} new presentation(s) were not "
+                                "stored, and a rig drops this batch")
     accepted, duplicates = records.record_presentations(db, batch, presentations, received_at=received_at)
     if header.get("done"):
         records.close_batch(db, batch.id, received_at)
     stimulus_of = {p.presentation_id: p.stimulus_id for p in presentations}
-    return Recorded(batch.thread_id, {stimulus_of[pid] for pid in accepted}, len(accepted), len(duplicates))
+    return Recorded(batch.thread_id, batch.generation_id, {stimulus_of[pid] for pid in accepted}, len(accepted),
+                    len(duplicates))
 
 
 def answer(db: Transaction, runtime: ThreadRuntime, rig: str, header: dict, received_at, channels: int,
@@ -203,6 +206,13 @@ def complete_generation(db: Transaction, runtime: ThreadRuntime, responses: dict
               level=EventLevel.WARNING)
     runtime.inflight = None
     finished = inflight.number + 1 >= runtime.n_generations
+    if timed_out and not n_scored and not finished:
+        reason = (f"generation {inflight.number}: no image scored after {inflight.rounds} rounds, so the thread "
+                  "paused instead of evolving on nothing; check the rig and the recording, then resume it")
+        if records.pause_thread(db, runtime.id, reason):
+            log_in(db, runtime.session_id, runtime.id, "thread.paused", f"thread {runtime.id}: {reason}",
+                   level=EventLevel.WARNING)
+            runtime.paused = True
     if finished:
         name = records.finish_thread(db, runtime.id)
         log_in(db, runtime.session_id, runtime.id, "thread.finished",

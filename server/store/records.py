@@ -24,6 +24,7 @@ from server.store.archive import ArchivedImage
 from server.store.db import Transaction, driver
 from server.store.models import (
     ENDED_THREAD_STATUSES,
+    LIVE_THREAD_STATUSES,
     Batch,
     BatchStatus,
     EventLevel,
@@ -208,6 +209,15 @@ def finish_thread(db: Transaction, thread_id: int) -> str:
     name, = driver(db).execute("UPDATE threads SET status = ? WHERE id = ? RETURNING name",
                                (ThreadStatus.FINISHED.value, thread_id)).fetchone()
     return name
+
+
+def pause_thread(db: Transaction, thread_id: int, reason: str) -> bool:
+    """Pause a live thread (running, waiting for its rig or blocked), ``reason`` its ``last_error``; False
+    if it is not live (the user paused or stopped it meanwhile)."""
+    statuses = json.dumps(sorted(status.value for status in LIVE_THREAD_STATUSES))
+    return driver(db).execute(
+        "UPDATE threads SET status = ?, last_error = ? WHERE id = ? AND status IN (SELECT value FROM json_each(?)) "
+        "RETURNING id", (ThreadStatus.PAUSED.value, reason, thread_id, statuses)).fetchone() is not None
 
 
 def stop_session(db: DBSession, session: Session) -> None:

@@ -36,6 +36,14 @@ def test_baseline_pools_the_early_generations():
     assert base.channel_rates == (20.0, 1.0)
 
 
+def test_levels_and_curve_points_of_rigs_that_changed_their_channel_count_pad_with_nan():
+    """A rig restarted with fewer channels: the channels it no longer counts are missing, not an error."""
+    base = drift.baseline([drift.Level(9, 1, (10.0, 4.0)), drift.Level(11, 1, (30.0,))])
+    assert base.channel_rates[0] == 20.0 and base.channel_rates[1] == 4.0
+    point = monitor._channel_rates({"a": [[2.0, 6.0]], "b": [[4.0]], "c": [[None, 8.0]]})
+    assert point == [3.0, 7.0]
+
+
 def test_a_channel_is_silent_below_the_fraction_of_its_early_rate():
     base = drift.Level(0, 0, (10.0, 0.0, 5.0))
     assert drift.silent_channels(base, drift.Level(0, 0, (0.5, 0.0, 4.0)), 0.1) == [0]

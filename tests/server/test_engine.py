@@ -6,6 +6,7 @@ The engine runs in-process on an event loop in a background thread; the rig is t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import platform
 import subprocess
@@ -19,7 +20,7 @@ import pytest
 from sqlalchemy import func, select
 
 from rig_client.client import Presentation, RigClient
-from rig_client.protocol import ProtocolError
+from rig_client.protocol import VERSION, Message, MessageType, ProtocolError, decode, encode
 from rig_client.trials import TrialPresentation
 from server.session_config import SessionConfig
 from server.engine import Engine
@@ -65,6 +66,12 @@ class LiveEngine:
             thread_id = session.threads[0].id
         self.engine.wake()
         return thread_id
+
+    def __enter__(self) -> LiveEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def close(self):
         async def shutdown():
@@ -231,8 +238,7 @@ def test_pause_holds_the_next_generation_and_resume_continues(live):
 
 
 def test_a_stalled_round_times_out(tmp_path, endpoint):
-    live = LiveEngine(tmp_path, endpoint, batch_timeout_s=1.0)
-    try:
+    with LiveEngine(tmp_path, endpoint, batch_timeout_s=1.0) as live:
         live.create(n_generations=1)
         with RigClient(live.settings.zmq_endpoint, RIG, channels=1) as rig:
             first = rig.next_batch(timeout=60)
@@ -249,23 +255,47 @@ def test_a_stalled_round_times_out(tmp_path, endpoint):
         with live.sessions() as db:
             assert db.scalar(select(Thread.status)) == ThreadStatus.FINISHED
             assert db.scalar(select(func.count()).select_from(Stimulus).where(Stimulus.kind == "synthetic")) == 6
-    finally:
-        live.close()
 
 
-def test_references_travel_once_then_by_id(live, zmq_context):
-    """On the wire (a raw DEALER): the first batch carries reference PNGs, later batches name them only."""
+def test_a_generation_nobody_answered_pauses_its_thread_until_resumed(tmp_path, endpoint):
+    with LiveEngine(tmp_path, endpoint, batch_timeout_s=1.0) as live:
+        thread_id = live.create(n_generations=3)
+        with RigClient(live.settings.zmq_endpoint, RIG, channels=1) as rig:
+            first, requeued = rig.next_batch(timeout=60), rig.next_batch(timeout=30)  # neither answered
+            assert first.generation == requeued.generation == 0
+            assert rig.next_batch(timeout=4.0) is None  # paused, not evolving on NaN
+            with live.sessions() as db:
+                thread = db.get(Thread, thread_id)
+                assert thread.status == ThreadStatus.PAUSED
+                assert "generation 0: no image scored after 2 rounds" in thread.last_error
+                generation = db.scalars(select(Generation).where(Generation.thread_id == thread_id)).one()
+                assert generation.status == GenerationStatus.COMPLETE and generation.n_scored == 0
+                thread.status = ThreadStatus.RUNNING  # resumed
+                db.commit()
+            live.engine.wake()
+            assert rig.next_batch(timeout=60).generation == 1
+
+
+@contextlib.contextmanager
+def raw_rig(live, zmq_context):
+    """A raw DEALER that said HELLO (one channel, no cached references): the wire without `RigClient`."""
     import zmq
 
-    from rig_client.protocol import Message, MessageType, decode, encode
-
-    live.create()
     dealer = zmq_context.socket(zmq.DEALER)
     dealer.setsockopt(zmq.LINGER, 0)
     dealer.connect(live.settings.zmq_endpoint)
     try:
         dealer.send_multipart(encode(Message(MessageType.HELLO, {"rig": RIG, "protocol": 1, "channels": 1,
                                                                  "cached_references": []})))
+        yield dealer
+    finally:
+        dealer.close(linger=0)
+
+
+def test_references_travel_once_then_by_id(live, zmq_context):
+    """On the wire (a raw DEALER): the first batch carries reference PNGs, later batches name them only."""
+    live.create()
+    with raw_rig(live, zmq_context) as dealer:
         batches = []
         deadline = time.monotonic() + 60
         while len(batches) < 2 and time.monotonic() < deadline:
@@ -286,8 +316,30 @@ def test_references_travel_once_then_by_id(live, zmq_context):
         assert {s["stimulus_id"] for s in references(second)} == {s["stimulus_id"] for s in references(first)}
         assert all(s["frame"] is None for s in references(second))
         assert len(second.frames) == len(second.header["stimuli"]) - 2  # only the new synthetic images
-    finally:
-        dealer.close(linger=0)
+
+
+def test_results_refused_as_malformed_are_events_of_their_batchs_thread(live, zmq_context):
+    """An onset in milliseconds fails the message's validation, before the engine: still the thread's error."""
+    thread_id = live.create()
+    with raw_rig(live, zmq_context) as dealer:
+        batch = None
+        while batch is None or batch.type != MessageType.BATCH:
+            assert dealer.poll(60_000)
+            batch = decode(dealer.recv_multipart())
+        stimulus = batch.header["stimuli"][0]["stimulus_id"]
+        header = {"batch_id": batch.header["batch_id"], "presentations": [
+            {"presentation_id": str(uuid.uuid4()), "stimulus_id": stimulus, "onset": time.time() * 1000,
+             "rates": [1.0], "window_ms": [50, 200]}]}
+        dealer.send_multipart([VERSION, b"RESULTS", json.dumps(header).encode()])  # as a buggy rig would
+        reply = None
+        while reply is None or reply.type != MessageType.ERROR:
+            assert dealer.poll(30_000)
+            reply = decode(dealer.recv_multipart())
+        assert reply.header["code"] == "bad_field" and reply.header["batch_id"] == batch.header["batch_id"]
+    with live.sessions() as db:
+        error = db.get(Thread, thread_id).last_error
+        kinds = db.scalars(select(Event.kind).where(Event.thread_id == thread_id)).all()
+    assert "results.refused" in kinds and "onset" in error and batch.header["batch_id"] in error
 
 
 def test_a_paused_thread_scores_and_tells_its_generation_then_asks_nothing(live):

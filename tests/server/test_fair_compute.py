@@ -91,12 +91,9 @@ def test_a_crash_before_a_chunked_generation_is_stored_resumes_with_the_same_cod
         assert restore_optimizer(db, restored, thread_id).number == 0
     expected = restored.ask()
 
-    live = LiveEngine(tmp_path, endpoint, render_chunk=2)
-    try:
+    with LiveEngine(tmp_path, endpoint, render_chunk=2) as live:
         with RigClient(live.settings.zmq_endpoint, "test-rig", channels=1) as rig:
             batch = rig.next_batch(timeout=120)
             assert batch.generation == 1 and sum(s.kind == "synthetic" for s in batch.stimuli) == BIG
-    finally:
-        live.close()
     second = generations(live, thread_id)[1]
     np.testing.assert_array_equal(decode_codes(second.codes, second.n_stimuli), expected)  # bit for bit

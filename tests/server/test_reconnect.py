@@ -26,7 +26,7 @@ import optimizers
 from rig_client.client import Presentation, RigClient
 from rig_client.protocol import ProtocolError
 from server.launch import ServerProcess, server_with_sim_rig, start_sim_rig, stop
-from server.store.models import Batch, Generation, Thread, ThreadStatus, decode_codes, utcnow
+from server.store.models import Batch, Event, Generation, Thread, ThreadStatus, decode_codes, utcnow
 from server.store.models import Presentation as PresentationRow
 from server.thread_runtime import optimizer_params
 from tests.server.test_end_to_end import UNIT, wait_until
@@ -73,6 +73,57 @@ def test_a_resent_batch_keeps_its_id_and_holds_only_what_is_still_owed(live):
         assert rig.next_batch(timeout=60).generation == 1
     with live.sessions() as db:
         assert len(db.scalars(select(Batch).where(Batch.id == first.batch_id)).all()) == 1
+
+
+def test_a_rig_restarted_with_fewer_channels_mid_generation_completes_it(live):
+    """The objective scores channel 0; the rig answered half the batch with 2 channels and the rest with 1."""
+    thread_id = live.create(n_generations=2)
+    with RigClient(live.settings.zmq_endpoint, RIG, channels=2) as rig:
+        first = rig.next_batch(timeout=60)
+        half = answer(first, lambda i, s: [float(i), 1.0])[: len(first.stimuli) // 2]
+        rig.send_results(first.batch_id, half, done=False).result(30)
+    with RigClient(live.settings.zmq_endpoint, RIG, channels=1) as rig:
+        again = rig.next_batch(timeout=60)
+        rig.send_results(again.batch_id, answer(again)).result(30)
+        assert rig.next_batch(timeout=60).generation == 1
+    assert thread_status(live, thread_id) == ThreadStatus.RUNNING
+    with live.sessions() as db:
+        point = db.scalars(select(Event.data_json).where(Event.kind == "generation.completed")).one()
+    assert point["channel_rates"][1] == 1.0 and point["n_scored"] == 6
+
+
+def events_of(live, kind: str) -> list[str]:
+    with live.sessions() as db:
+        return db.scalars(select(Event.message).where(Event.kind == kind)).all()
+
+
+def test_the_batch_timeout_waits_while_the_rig_is_away(tmp_path, endpoint):
+    """Away longer than the timeout (liveness 0.5 s x 5): the same round is resent, not a new one."""
+    with LiveEngine(tmp_path, endpoint, batch_timeout_s=3.0) as live:
+        live.create()
+        with RigClient(live.settings.zmq_endpoint, RIG, channels=1) as rig:
+            first = rig.next_batch(timeout=60)
+        wait_until(lambda: not live.transport.connected(RIG), 30, "the server to see the rig leave")
+        time.sleep(4.0)
+        with RigClient(live.settings.zmq_endpoint, RIG, channels=1) as rig:
+            again = rig.next_batch(timeout=60)
+            assert again.batch_id == first.batch_id
+            rig.send_results(again.batch_id, answer(again)).result(30)
+            assert rig.next_batch(timeout=60).generation == 1
+        assert events_of(live, "round.timed_out") == []
+
+
+def test_late_answers_to_a_timed_out_round_answer_the_round_that_replaced_it(tmp_path, endpoint):
+    with LiveEngine(tmp_path, endpoint, batch_timeout_s=2.0) as live:
+        live.create()
+        with RigClient(live.settings.zmq_endpoint, RIG, channels=1) as rig:
+            first = rig.next_batch(timeout=60)
+            requeued = rig.next_batch(timeout=30)  # the same stimuli, after the timeout, as a new round
+            assert requeued.batch_id != first.batch_id and requeued.generation == 0
+            rig.send_results(first.batch_id, answer(first)).result(30)  # the first round, shown late
+            nxt = rig.next_batch(timeout=30)
+            assert nxt.generation == 1
+            assert len(events_of(live, "round.timed_out")) == 1  # the re-queued round was not waited for
 
 
 def test_a_rig_that_has_the_batch_ignores_the_resend_and_its_resent_results_complete_it(live):
