@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 SUBCOMMAND_MODULES = (
@@ -42,9 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "alembic"):  # a line per REST call or migration step is noise
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        return args.func(args) or 0
+        code = args.func(args) or 0
+        sys.stdout.flush()  # here, so that a closed pipe is caught below
+        return code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader (``| head``) closed the output early: stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit would raise again
+        return 1
     except (ValueError, FileNotFoundError, RuntimeError, TimeoutError) as exc:
         # Our errors subclass these built-ins and carry a message that says what to do.
         print(f"actmax {args.command}: {exc}", file=sys.stderr)

@@ -41,6 +41,20 @@ def test_the_console_script_is_installed_and_runs():
     assert result.stdout.startswith("usage: actmax")
 
 
+def test_output_piped_into_a_reader_that_closed_early_ends_quietly(tmp_path):
+    """``actmax weights list | head -0``: no traceback and no advice about paths, as Unix tools do."""
+    read, write = os.pipe()
+    os.close(read)
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("ACTMAX_")}
+    try:
+        result = subprocess.run([str(ACTMAX), "weights", "list"], stdout=write, stderr=subprocess.PIPE, text=True,
+                                timeout=120, env={**environment, "ACTMAX_DATA_DIR": str(tmp_path)})
+    finally:
+        os.close(write)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and "Broken pipe" not in result.stderr and "paths" not in result.stderr
+
+
 @pytest.mark.parametrize(("args", "reason"), [
     (["serve"], "no API token: set ACTMAX_TOKEN"),
     (["analyze", "manifold", "1", "--data-dir", "/nonexistent-actmax"], "no actmax database"),
