@@ -507,7 +507,9 @@ class _Link:
                         expires = time.monotonic() + self.beat_s * self.beats
                 now = time.monotonic()
                 if now >= expires:
-                    log.warning("server silent for %.1f s; reconnecting", self.beat_s * self.beats)
+                    log.warning("server silent for %.1f s; reconnecting%s", self.beat_s * self.beats,
+                                "" if self.is_welcomed or self.curve else "; if the server has CURVE keys, this "
+                                "rig needs them: --server-key and --rig-key (curve_keys() in Python)")
                     return self.is_welcomed
                 if now >= next_beat:
                     if client._connected.is_set():

@@ -5,6 +5,7 @@ Layout of the keys folder (``{data_dir}/keys`` unless ``ACTMAX_KEYS_DIR`` says o
     server.key          the server's public key: copy it to every rig
     server.key_secret   the server's key pair: never leaves the server; its presence turns CURVE on
     rigs/NAME.key       the public key of rig NAME: only a client holding its secret may say HELLO as NAME
+                        (a running server reads these at every handshake; server.key_secret only at start)
     issued/NAME.key_secret  a key pair `actmax keys rig NAME` made: move it to that rig, then delete it here
 
 The files are pyzmq's certificate format (``zmq.auth.create_certificates``).
@@ -110,15 +111,20 @@ def add_parser(subcommands) -> None:
         "keys", help="make and list the CURVE keys of the rigs' ZeroMQ socket",
         description="CURVE keys authenticate rigs on the ZeroMQ socket; a rig name is bound to its "
         "key. Keys live in ACTMAX_KEYS_DIR (default {data_dir}/keys). Serving rigs off loopback "
-        "needs them; `serve` turns CURVE on once the server key pair exists.")
-    parser.add_argument("--data-dir", help="data folder whose keys/ to use (default ./actmax-data)")
+        "needs them; `serve` turns CURVE on when it starts with the server key pair; a running server "
+        "reads the rig keys at every connection.")
+    data_dir = "data folder whose keys/ to use (default ./actmax-data)"
+    parser.add_argument("--data-dir", help=data_dir)
+    common = argparse.ArgumentParser(add_help=False)  # the same option after the action too
+    common.add_argument("--data-dir", default=argparse.SUPPRESS, help=data_dir)
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    actions.add_parser("init", help="make the server key pair (once) and print its public key")
-    rig = actions.add_parser("rig", help="allow a rig: make its key pair, or register its public key")
+    actions.add_parser("init", parents=[common], help="make the server key pair (once) and print its public key")
+    rig = actions.add_parser("rig", parents=[common],
+                             help="allow a rig: make its key pair, or register its public key")
     rig.add_argument("name", help="the rig name its HELLO uses")
     rig.add_argument("--public-key", type=Path, metavar="FILE",
                      help="the rig's existing public .key file (default: make a new pair)")
-    actions.add_parser("list", help="list the server key and the allowed rigs")
+    actions.add_parser("list", parents=[common], help="list the server key and the allowed rigs")
     parser.set_defaults(func=run)
 
 
@@ -131,11 +137,17 @@ def run(args: argparse.Namespace) -> int:
         public_file = store.init_server()
         print(f"server public key ({'existing' if existed else 'new'}): "
               f"{store.server_keys()[0].decode()}\ncopy {public_file} to every rig")
+        if not existed:
+            print("CURVE turns on when `actmax serve` starts: restart a running server; from then on every "
+                  "rig needs --server-key and --rig-key")
     elif args.action == "rig":
         secret = store.add_rig(args.name, args.public_key)
-        print(f"rig {args.name!r} allowed ({store.root / 'rigs' / (args.name + '.key')})")
+        print(f"rig {args.name!r} allowed ({store.root / 'rigs' / (args.name + '.key')}); a running server "
+              "with CURVE accepts it at its next connection, no restart needed")
         if secret is not None:
             print(f"move {secret} to the rig (its --rig-key) and delete it here")
+        if not store.enabled():
+            print("no server key pair yet: run `actmax keys init`, then (re)start `actmax serve`")
     else:
         print(f"server: {store.server_keys()[0].decode() if store.enabled() else 'no key pair (CURVE off)'}")
         for public, name in store.rig_keys().items():

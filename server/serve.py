@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import signal
 import socket
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +29,8 @@ def add_parser(subcommands) -> None:
     parser.add_argument("--precision", choices=["float32", "float16", "bfloat16"],
                         help="generator precision (default float32); half precision only where images stay "
                         "within tolerance of float32")
-    parser.add_argument("--batch-timeout", type=float, help="seconds before missing results are re-queued")
+    parser.add_argument("--batch-timeout", type=float,
+                        help="seconds without results, while the rig is connected, before missing ones are re-queued")
     parser.set_defaults(func=run)
 
 
@@ -65,6 +69,7 @@ async def serve(settings) -> None:
     from server.transport import Transport
 
     resolve_device(settings.device)
+    lock = hold_data_dir(settings.data_dir)
     http_socket = bind_http(settings.http_host, settings.http_port)
     db_engine = make_db_engine(settings.database_url, background_checkpoints=True)
     try:
@@ -75,18 +80,43 @@ async def serve(settings) -> None:
             log.info("removed %d partial image files a previous run left in %s", removed, settings.data_dir)
         engine = Engine(settings, db_sessions, archive)
         keys = KeyStore(settings.keys_dir)
-        curve = {"server_key": keys.server_keys(), "rig_keys": keys.rig_keys()} if keys.enabled() else {}
+        # The rig keys are read at every handshake: `actmax keys rig` needs no restart (`keys init` does).
+        curve = {"server_key": keys.server_keys(), "rig_keys": keys.rig_keys} if keys.enabled() else {}
+        security = f"CURVE, {len(keys.rig_keys())} rig keys" if curve else "no CURVE: loopback only"
         transport = Transport(
             settings.zmq_endpoint, engine, heartbeat_s=settings.heartbeat_s,
             liveness=settings.liveness, max_message_bytes=settings.max_message_bytes, **curve,
         )
         engine.transport = transport
-        security = f"CURVE, {len(curve['rig_keys'])} rig keys" if curve else "no CURVE: loopback only"
         await _run_until_stopped(settings, create_app(settings, db_sessions, engine=engine), engine, transport,
                                  http_socket, security)
     finally:
         http_socket.close()
         db_engine.dispose()
+        lock.close()
+
+
+def hold_data_dir(data_dir: Path):
+    """Lock ``data_dir`` for this server (the open lock file; closing it lets go): a second ``actmax serve``
+    on the same folder would run its threads twice, so it is refused with the holder's pid."""
+    import fcntl
+
+    from server import ServerError
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    lock = open(data_dir / "serve.lock", "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "another process"
+        lock.close()
+        raise ServerError(f"{data_dir} is in use by another actmax serve ({holder}); stop that one, or give this "
+                          "one another --data-dir") from None
+    lock.truncate(0)
+    lock.write(f"pid {os.getpid()}\n")
+    lock.flush()
+    return lock
 
 
 def bind_http(host: str, port: int) -> socket.socket:
@@ -106,8 +136,10 @@ async def _run_until_stopped(settings, app, engine, transport, http_socket, secu
     import uvicorn
 
     http = uvicorn.Server(uvicorn.Config(app, host=settings.http_host, port=settings.http_port, log_level="warning",
-                                           timeout_graceful_shutdown=3))
+                                           timeout_graceful_shutdown=3, lifespan="off"))  # the app has no lifespan
     background = [asyncio.create_task(transport.run()), asyncio.create_task(engine.run())]
+    for stop in (signal.SIGINT, signal.SIGTERM):  # until uvicorn has its own: a Ctrl-C while it starts
+        asyncio.get_running_loop().add_signal_handler(stop, setattr, http, "should_exit", True)
     log.info("serving REST on http://%s:%s, rigs on %s (%s), data in %s",
              settings.http_host, settings.http_port, settings.zmq_endpoint, security, settings.data_dir)
     try:

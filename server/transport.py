@@ -21,12 +21,13 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import zmq
 import zmq.asyncio
+from zmq.utils.monitor import recv_monitor_message
 
 from rig_client.protocol import (
     MAX_MESSAGE_BYTES, ErrorCode, Message, MessageType, ProtocolError, decode, encode, error, is_id,
@@ -40,6 +41,15 @@ log = logging.getLogger(__name__)
 # one was handled, before connections had inboxes), so nothing is refused and replies keep their order.
 MAX_QUEUED_MESSAGES = 1_000
 MAX_QUEUED_BYTES = MAX_MESSAGE_BYTES
+
+# CURVE handshakes that fail before the ZAP handler is asked, by ZeroMQ's error code; ZeroMQ's monitor names no
+# peer address for them. A peer without CURVE may also just close the connection (a failure with no detail).
+NO_CURVE = "not using CURVE, or closed the connection mid-handshake (a rig without --server-key and --rig-key)"
+HANDSHAKE_FAILURES = {
+    zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH: NO_CURVE,
+    zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC: "a wrong server key (the rig's --server-key must be this server's "
+                                           "keys/server.key) or a broken rig key pair",
+}
 
 
 class Handler(Protocol):
@@ -69,6 +79,7 @@ class _Rig:
     identity: bytes
     channels: int
     expires: float
+    unreachable: bool = False  # the last heartbeat to it failed (its connection is gone)
 
 
 @dataclass
@@ -141,14 +152,16 @@ class Transport:
 
     ``server_key`` (public, secret; Z85) turns CURVE on: then only the public keys in
     ``rig_keys`` (Z85 key -> rig name) connect, each as its own rig name, and the transport uses a
-    private ZeroMQ context for its ZAP handler (``context`` is ignored).
+    private ZeroMQ context for its ZAP handler (``context`` is ignored). ``rig_keys`` may be a function
+    returning them: it is called at every handshake, so keys registered meanwhile need no restart.
+    Failed handshakes are logged, once a minute per peer and reason.
     """
 
     def __init__(self, endpoint: str, handler: Handler, *, heartbeat_s: float = 2.0,
                  liveness: int = 5, max_message_bytes: int = MAX_MESSAGE_BYTES,
                  context: zmq.Context | None = None,
                  server_key: tuple[bytes, bytes] | None = None,
-                 rig_keys: Mapping[bytes, str] | None = None):
+                 rig_keys: Mapping[bytes, str] | Callable[[], Mapping[bytes, str]] | None = None):
         if heartbeat_s <= 0 or liveness < 1 or max_message_bytes < 1024:
             raise ValueError("need heartbeat_s > 0, liveness >= 1 and max_message_bytes >= 1024")
         self.handler = handler
@@ -156,8 +169,10 @@ class Transport:
         self.liveness = liveness
         self.max_message_bytes = max_message_bytes
         self.curve = server_key is not None
-        self._rig_keys = dict(rig_keys or {})
+        self._read_rig_keys = rig_keys if callable(rig_keys) else lambda keys=dict(rig_keys or {}): keys
+        self._rig_keys = self._read_rig_keys()  # as last read
         self._log_budget = _PeerBudget(burst=20, per_s=1)  # log lines a peer may cause
+        self._handshake_budget = _PeerBudget(burst=1, per_s=1 / 60)  # failed-handshake lines per peer and reason
         self._hello_budget = _PeerBudget(burst=100, per_s=5)  # handler calls (events rows) per peer
         self._suppressed = 0
         _unpredictable_routing_ids()
@@ -179,6 +194,8 @@ class Transport:
             self._socket.setsockopt(zmq.CURVE_SECRETKEY, server_key[1])
             self._socket.setsockopt(zmq.ZAP_DOMAIN, b"actmax")
             self._socket.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)  # no ZAP answer: no connection
+        self._monitor = self._socket.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL) if self.curve else None
         try:
             self._socket.bind(endpoint)
         except zmq.ZMQError as exc:
@@ -206,7 +223,7 @@ class Transport:
         loops = [asyncio.create_task(self._receive_loop()),
                  asyncio.create_task(self._heartbeat_loop())]
         if self._zap is not None:
-            loops.append(asyncio.create_task(self._zap_loop()))
+            loops += [asyncio.create_task(self._zap_loop()), asyncio.create_task(self._monitor_loop())]
         closing = asyncio.create_task(self._closing.wait())
         try:
             done, _ = await asyncio.wait([closing, *loops], return_when=asyncio.FIRST_COMPLETED)
@@ -257,6 +274,9 @@ class Transport:
     # --- internals -----------------------------------------------------------------------------
 
     def _close_sockets(self) -> None:
+        if self._monitor is not None:
+            self._socket.disable_monitor()
+            self._monitor.close(linger=0)
         self._socket.close(linger=0)
         if self._zap is not None:
             self._zap.close(linger=0)
@@ -267,18 +287,38 @@ class Transport:
         while True:
             version, request_id, _domain, address, _identity, mechanism, *credentials = \
                 await self._zap.recv_multipart()
-            name = None
-            if mechanism == b"CURVE" and credentials:
-                name = self._rig_keys.get(zmq.utils.z85.encode(credentials[0]))
+            key = zmq.utils.z85.encode(credentials[0]) if mechanism == b"CURVE" and credentials else None
+            name = self._allowed_keys().get(key) if key else None
             if name is None:
-                self._log(address.decode(errors="replace"), logging.WARNING,
-                          "refused a %s handshake from %s: key not allowed (`actmax keys list`)",
-                          mechanism.decode(errors="replace"), address.decode(errors="replace"))
+                self._log_handshake(f"from {address.decode(errors='replace')}",
+                                    f"unknown CURVE key {key.decode()} (not in `actmax keys list`; `actmax keys "
+                                    "rig NAME --public-key FILE` registers it)" if key else "no CURVE key")
                 await self._zap.send_multipart([version, request_id, b"400", b"key not allowed",
                                                 b"", b""])
             else:
                 await self._zap.send_multipart([version, request_id, b"200", b"OK",
                                                 name.encode(), b""])
+
+    async def _monitor_loop(self) -> None:
+        """Log the handshakes that failed before the ZAP handler was asked (`HANDSHAKE_FAILURES`)."""
+        while True:
+            event = await recv_monitor_message(self._monitor)
+            reason = NO_CURVE if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL else \
+                HANDSHAKE_FAILURES.get(event["value"], f"ZeroMQ protocol error {event['value']:#x}")
+            self._log_handshake(f"on {event['endpoint'].decode()} (ZeroMQ names no peer address here)", reason)
+
+    def _allowed_keys(self) -> Mapping[bytes, str]:
+        """The rig keys, read anew; those read before while the key files cannot be read."""
+        try:
+            self._rig_keys = self._read_rig_keys()
+        except ServerError as exc:
+            if self._handshake_budget.allow(str(exc)):
+                log.error("using the rig keys read before: %s", exc)
+        return self._rig_keys
+
+    def _log_handshake(self, where: str, reason: str) -> None:
+        if self._handshake_budget.allow(f"{where}: {reason}"):  # a failing peer retries every 100 ms
+            log.warning("refused a CURVE handshake %s: %s", where, reason)
 
     def _log(self, peer: str, level: int, fmt: str, *args: Any) -> None:
         """Log a line caused by ``peer``, unless that peer has used up its budget of lines."""
@@ -291,12 +331,12 @@ class Transport:
             self._suppressed = 0
         log.log(level, fmt, *args)
 
-    async def _send_frames(self, identity: bytes, frames: list[bytes]) -> bool:
+    async def _send_frames(self, identity: bytes, frames: list[bytes], level: int = logging.WARNING) -> bool:
         try:
             await self._socket.send_multipart([identity, *frames], flags=zmq.DONTWAIT, copy=False)
             return True
         except zmq.ZMQError as exc:  # EHOSTUNREACH (peer gone) or EAGAIN (peer not reading)
-            self._log("failed sends", logging.WARNING, "could not send %s to identity %s: %s",
+            self._log("failed sends", level, "could not send %s to identity %s: %s",
                       frames[1].decode(), identity.hex(), exc)  # one budget: peers that vanish
             return False
 
@@ -364,6 +404,8 @@ class Transport:
             msg = decode(frames, max_message_bytes=self.max_message_bytes)
         except ProtocolError as exc:
             self._log(peer.address, logging.WARNING, "bad message from %s: %s", who, exc)
+            if name is not None and exc.in_reply_to == MessageType.RESULTS and exc.batch_id:
+                await self._record_refusal(name, exc.batch_id, RigInputError(exc.code, exc.message))
             await self._reply_error(identity, exc)
             return
         if msg.type == MessageType.HELLO:
@@ -396,12 +438,7 @@ class Transport:
             if len(p["rates"]) != channels:
                 refusal = RigInputError(ErrorCode.BAD_FIELD, f"RESULTS presentations[{i}] has {len(p['rates'])} "
                                         f"rates; this rig declared {channels} channels in HELLO")
-                on_refused = getattr(self.handler, "on_refused", None)
-                if on_refused is not None:  # recorded before the rig hears of it
-                    try:
-                        await on_refused(name, header["batch_id"], refusal)
-                    except Exception:
-                        log.exception("handler.on_refused(%r) failed", name)
+                await self._record_refusal(name, header["batch_id"], refusal)
                 await self._reply(identity, error(refusal.code, refusal.message, in_reply_to=MessageType.RESULTS,
                                                   batch_id=header["batch_id"]))
                 return
@@ -410,6 +447,15 @@ class Transport:
         if ack is not None:
             await self._reply_built(identity, Message(MessageType.ACK, ack), MessageType.RESULTS,
                                     header["batch_id"])
+
+    async def _record_refusal(self, name: str, batch_id: str, refusal: RigInputError) -> None:
+        """Tell the handler (``on_refused``) of a RESULTS refused here, before the rig hears of it."""
+        on_refused = getattr(self.handler, "on_refused", None)
+        if on_refused is not None:
+            try:
+                await on_refused(name, batch_id, refusal)
+            except Exception:
+                log.exception("handler.on_refused(%r) failed", name)
 
     async def _hello(self, identity: bytes, header: dict, peer: _Peer) -> None:
         name = header["rig"]
@@ -500,5 +546,6 @@ class Transport:
                     log.warning("rig %s silent for %.1f s; marked disconnected", name,
                                 self.heartbeat_s * self.liveness)
                     await self._unbind(name)
-                else:
-                    await self._send_frames(rig.identity, heartbeat)
+                else:  # one line per lost connection, not one per beat until it expires
+                    rig.unreachable = not await self._send_frames(
+                        rig.identity, heartbeat, logging.DEBUG if rig.unreachable else logging.WARNING)

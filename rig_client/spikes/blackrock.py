@@ -74,7 +74,12 @@ class BlackrockSource(SpikeSource):
                            f"{', '.join(d.name for d in DeviceType)}") from None
         self.labels = tuple(labels)
         self._buffer = PacketBuffer(self.labels)
-        self._session = Session(device_type)
+        try:
+            self._session = Session(device_type)
+        except OSError as exc:  # pycbsdk's wheel does not bundle the SDK library on every platform
+            raise RigError("pycbsdk could not load libcbsdk, the CereLink SDK library it binds: build it from "
+                           "CereLink with cmake -DCBSDK_BUILD_SHARED=ON and set CBSDK_LIB_PATH to the library "
+                           f"file, or CBSDK_LIB_DIR to its folder ({str(exc).splitlines()[0]})") from None
         self._session.on_event(ChannelType.FRONTEND)(self._buffer.on_spike)
         self._session.on_event(ChannelType.DIGITAL_IN)(self._buffer.on_digital)
 

@@ -9,12 +9,17 @@ default): an envelope, then a JSON object with ``event_type`` ``"spike"`` (``ele
 Times are ``sample_number / sample_rate``: the acquisition board's clock is the recorder's clock.
 A unit is labelled ``ELECTRODE-uSORTED_ID`` (``-u0``: unsorted threshold crossings); a TTL rising
 edge on line L is the marker ``ttlL``.
+
+The broadcaster sends events only, no heartbeats, and a SUB socket cannot tell a silent publisher
+from none at all: so the source fails (`RigError`) when no JSON message has come ``silence_s`` after
+it started, rather than report 0 spikes/s from a recorder it never heard.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Sequence
 
 import zmq
@@ -56,15 +61,22 @@ def to_events(messages: Sequence[dict], labels: Sequence[str]) -> tuple[Events, 
 
 
 class OpenEphysSource(SpikeSource):
-    """Subscribes to an Event Broadcaster; ``labels`` are the units to report, in channel order."""
+    """Subscribes to an Event Broadcaster; ``labels`` are the units to report, in channel order.
+
+    `poll` raises `RigError` if no JSON message has arrived ``silence_s`` after the source started,
+    and logs a warning when messages stop for ``silence_s`` later (a quiet recording is real data).
+    """
 
     def __init__(self, labels: Sequence[str], endpoint: str = "tcp://127.0.0.1:5557", *,
-                 context: zmq.Context | None = None):
+                 context: zmq.Context | None = None, silence_s: float = 10.0):
         if not labels:
             raise RigError("name the units to record, e.g. ['CH1-u0', 'CH2-u1'] "
                            "(electrode name from the Spike Detector, then -u and the sorted id)")
         self.labels = tuple(labels)
+        self.endpoint, self.silence_s = endpoint, silence_s
         self.skipped = 0
+        self.heard: float | None = None  # time.monotonic() of the last JSON message; None: never
+        self._started, self._warned = time.monotonic(), False
         self._ctx = context or zmq.Context.instance()
         self._socket = self._ctx.socket(zmq.SUB)
         self._socket.setsockopt(zmq.LINGER, 0)
@@ -83,9 +95,25 @@ class OpenEphysSource(SpikeSource):
             except (UnicodeDecodeError, ValueError):
                 log.warning("skipping a non-JSON Event Broadcaster message; set its format to JSON")
                 self.skipped += 1
+        self._check_heard(bool(messages))
         events, skipped = to_events(messages, self.labels)
         self.skipped += skipped
         return events
+
+    def _check_heard(self, now_heard: bool) -> None:
+        now = time.monotonic()
+        if now_heard:
+            self.heard, self._warned = now, False
+        elif self.heard is None and now - self._started > self.silence_s:
+            not_json = f" ({self.skipped} non-JSON messages: set its format to JSON)" if self.skipped else ""
+            raise RigError(f"no Event Broadcaster message from {self.endpoint} in {self.silence_s:g} s"
+                           f"{not_json}; check that the Open Ephys GUI is running and acquiring, that its "
+                           "signal chain has an Event Broadcaster with format JSON, and that its port is this "
+                           "endpoint's")
+        elif self.heard is not None and now - self.heard > self.silence_s and not self._warned:
+            log.warning("no Event Broadcaster message from %s for over %g s: is the Open Ephys GUI still "
+                        "acquiring?", self.endpoint, self.silence_s)
+            self._warned = True
 
     def close(self) -> None:
         self._socket.close(linger=0)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from rig_client import RigError
 from rig_client.spikes import SpikeBuffer, count_in_window
-from rig_client.spikes.blackrock import PacketBuffer
+from rig_client.spikes.blackrock import BlackrockSource, PacketBuffer
 
 pycbsdk_lib = pytest.importorskip("pycbsdk._lib", reason="pip install 'actmax[blackrock]'")
 
@@ -34,3 +35,14 @@ def test_packets_become_spikes_and_markers():
     counts = count_in_window(spikes.spikes(), [12.0], (50, 200), baseline_ms=(-100, 0))
     np.testing.assert_allclose(counts.rates, [[2 / 0.15, 0.0]])
     np.testing.assert_allclose(counts.baseline, [[0.0, 1 / 0.1]])
+
+
+def test_a_missing_sdk_library_is_a_rig_error_that_says_what_to_install(monkeypatch, tmp_path):
+    """pip's pycbsdk may come without libcbsdk; its raw OSError became a RigError naming CBSDK_LIB_PATH."""
+    from pycbsdk import session
+
+    monkeypatch.setattr(session, "lib", None)  # not loaded yet
+    monkeypatch.setattr(pycbsdk_lib, "_find_library", lambda: str(tmp_path / "libcbsdk.so"))
+    with pytest.raises(RigError, match=r"could not load libcbsdk.*CBSDK_BUILD_SHARED=ON.*CBSDK_LIB_PATH.*"
+                       r"libcbsdk\.so"):
+        BlackrockSource(["chan1-u1"])

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 import numpy as np
 import pytest
 import zmq
 
+from rig_client import RigError
 from rig_client.spikes import SpikeBuffer, count_in_window
 from rig_client.spikes.openephys import OpenEphysSource
 
@@ -66,3 +68,42 @@ def test_spikes_and_ttls_from_an_event_broadcaster(publisher):
     # TT1-u1 at +60 ms and +100 ms; TT2-u0 at -50 ms
     np.testing.assert_allclose(counts.rates, [[2 / 0.15, 0.0]])
     np.testing.assert_allclose(counts.baseline, [[0.0, 1 / 0.1]])
+
+
+def test_a_source_never_heard_from_fails_instead_of_reporting_zero_spikes(publisher):
+    """Nothing publishing (GUI closed, wrong port), or a broadcaster not set to JSON: `poll` says so once
+    ``silence_s`` have passed, where it used to return no spikes forever."""
+    pub, endpoint, ctx = publisher
+    with OpenEphysSource(["TT1-u1"], endpoint, context=ctx, silence_s=0.3) as silent:
+        assert len(silent.poll().spike_times) == 0  # not yet: a subscriber takes a moment to join
+        time.sleep(0.4)
+        with pytest.raises(RigError, match=f"no Event Broadcaster message from {endpoint} in 0.3 s; .*GUI is "
+                           "running.*format JSON.*port"):
+            silent.poll()
+    with OpenEphysSource(["TT1-u1"], endpoint, context=ctx, silence_s=10) as binary:
+        deadline = time.monotonic() + 10
+        while not binary.skipped:  # a broadcaster left on its binary format
+            assert time.monotonic() < deadline, "the subscriber never received a message"
+            pub.send_multipart([b"spike", b"\x00\x01 binary event"])
+            time.sleep(0.02)
+            binary.poll()
+        binary.silence_s = 0
+        with pytest.raises(RigError, match=r"non-JSON messages: set its format to JSON"):
+            binary.poll()
+
+
+def test_a_quiet_recording_is_real_data_and_its_silence_only_logged(publisher, caplog):
+    pub, endpoint, ctx = publisher
+    with OpenEphysSource(["TT1-u1"], endpoint, context=ctx, silence_s=0.3) as source:
+        deadline = time.monotonic() + 10
+        while source.heard is None:  # one TTL: the broadcaster is there
+            assert time.monotonic() < deadline, "the subscriber never received a message"
+            pub.send_multipart([b"ttl", json.dumps(ttl(1, 1, 0)).encode()])
+            time.sleep(0.02)
+            source.poll()
+        time.sleep(0.4)
+        with caplog.at_level(logging.WARNING, logger="rig_client.spikes.openephys"):
+            for _ in range(3):
+                assert len(source.poll().spike_times) == 0
+    assert [r.getMessage() for r in caplog.records] == [
+        f"no Event Broadcaster message from {endpoint} for over 0.3 s: is the Open Ephys GUI still acquiring?"]

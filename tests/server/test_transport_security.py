@@ -39,7 +39,8 @@ class CurveServer(Harness):
     """A CURVE Transport (on its own context) and client sockets holding chosen keys."""
 
     def __init__(self, keys: KeyStore, ctx: zmq.Context, endpoint: str):
-        super().__init__(ctx, endpoint, server_key=keys.server_keys(), rig_keys=keys.rig_keys())
+        # the rig keys read at every handshake, as `actmax serve` does
+        super().__init__(ctx, endpoint, server_key=keys.server_keys(), rig_keys=keys.rig_keys)
         self.keys = keys
 
     def curve_dealer(self, public: bytes | None, secret: bytes | None) -> zmq.asyncio.Socket:
@@ -106,6 +107,71 @@ def test_unknown_key_and_plain_peers_fail_the_handshake(keys, zmq_context, endpo
             assert server.handler.events == []
 
     run(scenario())
+
+
+def test_a_rig_key_registered_while_serving_is_accepted_and_failed_handshakes_are_logged_once(
+        keys, zmq_context, endpoint, caplog):
+    """`actmax keys rig` needs no restart; a peer without CURVE, with another server's key or with an unknown
+    key fails its handshake, retried every 100 ms by ZeroMQ, and the server says why once."""
+    stranger_public, stranger_secret = zmq.curve_keypair()
+    broken = keys.root / "rigs" / "broken.key"
+
+    async def scenario():
+        async with CurveServer(keys, zmq_context, endpoint) as server:
+            keys.add_rig("rig-c")
+            for rig in ("rig-c", "rig-a"):  # rig-a after a broken key file: the keys read before it serve
+                d = server.rig_dealer(rig)
+                d.connect(endpoint)
+                await d.send_multipart(hello(rig))
+                assert (await reply(d))["type"] == "WELCOME"
+                broken.write_text("not a key")
+            other_server = server.rig_dealer("rig-a")
+            other_server.setsockopt(zmq.CURVE_SERVERKEY, zmq.curve_keypair()[0])
+            for peer in (server.curve_dealer(None, None), other_server, server.curve_dealer(stranger_public,
+                                                                                            stranger_secret)):
+                assert await server.handshake_failure(peer) != zmq.EVENT_HANDSHAKE_SUCCEEDED
+            await asyncio.sleep(0.5)  # retries
+
+    with caplog.at_level(logging.WARNING, logger="server.transport"):
+        run(scenario())
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR] == [
+        f"using the rig keys read before: cannot read the key file {broken}: No public key found in {broken}; "
+        "make keys with `actmax keys`"]
+    refused = [r.getMessage() for r in caplog.records if "refused a CURVE handshake" in r.getMessage()]
+    for reason in ("not using CURVE, or closed", "wrong server key", f"unknown CURVE key {stranger_public.decode()}"):
+        assert sum(reason in line for line in refused) == 1, "\n".join(r.getMessage() for r in caplog.records)
+    assert len(refused) == 3
+
+
+def test_a_rig_without_keys_is_told_it_may_need_them(keys, zmq_context, endpoint, caplog):
+    async def scenario():
+        async with CurveServer(keys, zmq_context, endpoint):
+            client = RigClient(endpoint, "rig-a", channels=2, heartbeat_s=HB, liveness=LIVENESS)
+            try:
+                for _ in range(100):
+                    if any("server silent" in r.getMessage() for r in caplog.records):
+                        break
+                    await asyncio.sleep(0.05)
+            finally:
+                await asyncio.to_thread(client.close)
+
+    with caplog.at_level(logging.WARNING, logger="rig_client.client"):
+        run(scenario())
+    silent = [r.getMessage() for r in caplog.records if "server silent" in r.getMessage()]
+    assert silent and "--server-key and --rig-key" in silent[0]
+
+
+def test_a_closed_rig_connection_is_logged_once_not_at_every_heartbeat(zmq_context, endpoint, caplog):
+    async def scenario():
+        async with Harness(zmq_context, endpoint) as h:
+            d = await h.register()
+            d.close(linger=0)
+            while ("disconnect", "rig-a") not in h.handler.events:  # LIVENESS heartbeats later
+                await asyncio.sleep(HB)
+
+    with caplog.at_level(logging.WARNING, logger="server.transport"):
+        run(scenario())
+    assert len([r for r in caplog.records if "could not send HEARTBEAT" in r.getMessage()]) == 1
 
 
 def test_rig_client_with_key_files(keys, zmq_context, endpoint):
@@ -266,13 +332,18 @@ def test_keys_command_makes_and_lists_keys_and_serve_refuses_open_endpoints(tmp_
     from server.cli import main
 
     data = str(tmp_path / "data")
-    assert main(["keys", "--data-dir", data, "init"]) == 0
-    public = capsys.readouterr().out.split(": ")[1].split()[0]
-    assert main(["keys", "--data-dir", data, "rig", "rig-a"]) == 0
-    assert "issued/rig-a.key_secret" in capsys.readouterr().out
+    assert main(["keys", "rig", "rig-a", "--data-dir", data]) == 0  # the option before or after the action
+    assert "run `actmax keys init`" in capsys.readouterr().out
+    assert main(["keys", "init", "--data-dir", data]) == 0
+    made = capsys.readouterr().out
+    public = made.split(": ")[1].split()[0]
+    assert "restart a running server" in made
+    assert main(["keys", "--data-dir", data, "rig", "rig-b"]) == 0
+    made = capsys.readouterr().out
+    assert "issued/rig-b.key_secret" in made and "no restart needed" in made
     assert main(["keys", "--data-dir", data, "list"]) == 0
     listing = capsys.readouterr().out
-    assert public in listing and "rig rig-a: " in listing
+    assert public in listing and "rig rig-a: " in listing and "rig rig-b: " in listing
     assert main(["keys", "--data-dir", data, "rig", "rig a"]) == 2
     assert "not valid" in capsys.readouterr().err
 
