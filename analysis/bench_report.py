@@ -81,10 +81,11 @@ def load(results_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(results, traces) from a benchmark results directory."""
     results_dir = Path(results_dir)
     paths = [results_dir / "results.parquet", results_dir / "traces.parquet"]
+    if not results_dir.is_dir():
+        raise ReportError(f"no results folder {results_dir}; run `actmax bench --out {results_dir}` first")
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
-        raise ReportError(f"missing {', '.join(missing)}; run `actmax bench` (or `actmax bench report`, "
-                          "which consolidates the per-run files) first")
+        raise ReportError(f"missing {', '.join(missing)}; run `actmax bench --out {results_dir}` first")
     return pd.read_parquet(paths[0]), pd.read_parquet(paths[1])
 
 
@@ -164,16 +165,19 @@ def curves(norm: pd.DataFrame, traces: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"mean": grouped.mean(), "sem": grouped.sem(), "n": grouped.size()}).reset_index()
 
 
-def plot_curves(curve: pd.DataFrame, path: str | Path) -> Path:
-    """Score-vs-generation panels, one per noise level, one colour per optimizer throughout."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def curves_figure(curve: pd.DataFrame):
+    """Score-vs-generation panels, one per noise level, one colour per optimizer throughout: the mean over runs
+    with a band of ± 1 SEM over runs."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     noises = sorted(curve["noise"].unique())
     colours = {o: f"C{i}" for i, o in enumerate(_optimizer_order(curve))}
-    fig, axes = plt.subplots(1, len(noises), figsize=(4.2 * len(noises), 3.6), sharey=True, squeeze=False)
+    fig = Figure(figsize=(4.2 * len(noises), 3.9))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(noises), sharey=True, squeeze=False)
     for ax, noise in zip(axes[0], noises, strict=True):
         for optimizer, line in curve[curve["noise"] == noise].groupby("optimizer"):
             sem = line["sem"].fillna(0)
@@ -183,12 +187,19 @@ def plot_curves(curve: pd.DataFrame, path: str | Path) -> Path:
         ax.set_title(f"noise eps = {noise:g}")
         ax.set_xlabel("generation")
     axes[0][0].set_ylabel("normalised cumulative clean max")
-    handles = [plt.Line2D([], [], color=c, label=o) for o, c in colours.items()]
+    handles = [Line2D([], [], color=c, label=o) for o, c in colours.items()]
+    handles.append(Patch(color="0.5", alpha=0.3, label="± 1 SEM over runs"))
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    low, high = int(curve["n"].min()), int(curve["n"].max())
+    fig.suptitle(f"mean over runs ({low if low == high else f'{low}–{high}'} per curve), band ± 1 SEM", fontsize=9)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return fig
+
+
+def plot_curves(curve: pd.DataFrame, path: str | Path) -> Path:
+    """`curves_figure` written to `path` as a PNG."""
     path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    curves_figure(curve).savefig(path, dpi=120)
     return path
 
 
@@ -240,8 +251,14 @@ def render(results: pd.DataFrame, traces: pd.DataFrame, out_dir: str | Path) -> 
     md = ["# In-silico optimizer benchmark", ""]
     runs = norm.groupby("optimizer").agg(runs=("run_id", "size"), evals=("n_evaluations", "mean"),
                                          wall=("wall_s", "mean")).reindex(order)
-    md += [f"{len(norm)} runs; {norm['unit'].nunique()} units in {norm['layer'].nunique()} layers "
-           f"({', '.join(sorted(norm['layer'].unique()))}); noise ε ∈ "
+    layers = ", ".join(sorted(norm["layer"].unique()))
+    backend = norm.get("backend", pd.Series("unrecorded", index=norm.index))
+    backends = ", ".join(f"`{b}`" for b in sorted(backend.unique()))
+    if backend.str.startswith("quadratic").all():  # insilico's analytic stand-in: its "layers" are labels
+        units = f"{norm['unit'].nunique()} analytic stand-in units labelled {layers} (backend {backends}: no network)"
+    else:
+        units = f"{norm['unit'].nunique()} units in {norm['layer'].nunique()} layers ({layers}; backend {backends})"
+    md += [f"{len(norm)} runs; {units}; noise ε ∈ "
            f"{{{', '.join(f'{e:g}' for e in sorted(norm['noise'].unique()))}}}; "
            f"{_count(norm['rep'].nunique(), 'repeat')}; Σ run wall time {norm['wall_s'].sum() / 3600:.2f} h."
            + (f" {dropped} unit(s) never exceeded 0 and are left out." if dropped else ""),
@@ -304,7 +321,9 @@ def render(results: pd.DataFrame, traces: pd.DataFrame, out_dir: str | Path) -> 
                      _f(r.cond_C, ".4g"), _f(r.cov_deviation, ".2g")] for r in geometry.itertuples()]), ""]
 
     figure = plot_curves(curves(norm, traces), out_dir / "score_vs_generation.png")
-    md += ["## Score vs generation", "", f"![score vs generation]({figure.name})", ""]
+    md += ["## Score vs generation", "", f"![score vs generation]({figure.name})", "",
+           "Normalised cumulative clean maximum per generation: the line is the mean over runs, the shaded band "
+           "± 1 SEM over runs (units × repeats) of that optimizer and noise level.", ""]
     path = out_dir / "report.md"
     path.write_text("\n".join(md))
     return path

@@ -7,7 +7,7 @@ over units and a verdict against the published direction.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,8 @@ STATISTICS = (
     ("max_min_ratio", "RBF max/min (0.6-0.9)", -1, "→ 1"),
     ("global_local_ratio", "RBF global/local", 0, "> 1"),
 )
+#: Significance level of the Spearman trends: above it a trend is not claimed in either direction.
+ALPHA = 0.05
 
 
 def landscape_statistics(values: np.ndarray, theta: np.ndarray, phi: np.ndarray) -> dict[str, Any]:
@@ -59,26 +61,32 @@ def summarize(rows: Sequence[dict[str, Any]], layers: Sequence[str]) -> dict[str
     """Per layer mean, SEM and count of every statistic, and its Spearman ρ with depth over units."""
     from scipy.stats import spearmanr
 
-    by_layer: dict[str, dict[str, dict[str, float]]] = {}
-    for layer in layers:
-        by_layer[layer] = {}
-        for key, *_ in STATISTICS:
-            vals = _finite([r.get(key) for r in rows if r["layer"] == layer])
-            sem = float(vals.std(ddof=1) / np.sqrt(vals.size)) if vals.size > 1 else float("nan")
-            by_layer[layer][key] = {"mean": float(vals.mean()) if vals.size else float("nan"), "sem": sem,
-                                    "n": int(vals.size)}
+    by_layer = {layer: {key: mean_sem([r.get(key) for r in rows if r["layer"] == layer]) for key, *_ in STATISTICS}
+                for layer in layers}
     trend = {}
     for key, _, sign, expected in STATISTICS:
         pairs = [(r["depth"], float(r[key])) for r in rows
                  if r.get(key) is not None and np.isfinite(float(r[key]))]
         depth, vals = (np.array(x, dtype=float) for x in zip(*pairs)) if pairs else (np.array([]),) * 2
-        if key == "max_min_ratio":
-            vals = np.abs(vals - 1.0)  # the spec's claim is "→ 1"
+        vals = trend_values(key, vals)
         rho, p = (spearmanr(depth, vals) if len(vals) >= 3 and np.ptp(depth) > 0 and np.ptp(vals) > 0
                   else (float("nan"), float("nan")))
         trend[key] = {"rho": float(rho), "p": float(p), "n": len(vals), "expected": expected,
                       "verdict": _verdict(key, sign, float(rho), float(p), vals)}
     return {"layers": list(layers), "by_layer": by_layer, "spearman": trend}
+
+
+def trend_values(key: str, values: np.ndarray) -> np.ndarray:
+    """What the trend of statistic ``key`` is computed on: |ratio − 1| for the RBF max/min (the spec's claim
+    is "→ 1"), else the values themselves."""
+    return np.abs(values - 1.0) if key == "max_min_ratio" else values
+
+
+def mean_sem(values: Iterable[Any]) -> dict[str, float]:
+    """Mean, SEM and count of the finite ``values`` (None counts as missing)."""
+    vals = finite_values(values)
+    sem = float(vals.std(ddof=1) / np.sqrt(vals.size)) if vals.size > 1 else float("nan")
+    return {"mean": float(vals.mean()) if vals.size else float("nan"), "sem": sem, "n": int(vals.size)}
 
 
 def _verdict(key: str, sign: int, rho: float, p: float, vals: np.ndarray) -> str:
@@ -91,11 +99,12 @@ def _verdict(key: str, sign: int, rho: float, p: float, vals: np.ndarray) -> str
         return "-"
     if not np.isfinite(rho):
         return "no data"
-    if np.sign(rho) != sign:
-        return "opposite direction"
-    return "holds (p < 0.05)" if p < 0.05 else "same direction, not significant"
+    if not p < ALPHA:
+        return f"no significant trend (p ≥ {ALPHA})"
+    return f"holds (p < {ALPHA})" if np.sign(rho) == sign else f"opposite direction (p < {ALPHA})"
 
 
-def _finite(values: Sequence[Any]) -> np.ndarray:
+def finite_values(values: Iterable[Any]) -> np.ndarray:
+    """The finite numbers among ``values`` (None counts as missing), as a float array."""
     arr = np.array([np.nan if v is None else float(v) for v in values], dtype=float)
     return arr[np.isfinite(arr)]

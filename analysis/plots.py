@@ -21,11 +21,26 @@ def _png(fig: Figure, path) -> bytes:
     return data
 
 
-def plot_map(values, theta=None, phi=None, *, signature: LevelSetSignature | None = None,
-             title: str = "", path=None) -> bytes:
-    """Heatmap of ``values[i, j]`` at ``(theta[i], phi[j])`` with its level sets (loops solid,
-    lines dashed); θ (PC2) across, φ (PC3) up, in degrees. Returns PNG bytes, also written to
-    ``path`` if given."""
+def map_extent(theta, phi) -> tuple[float, float, float, float]:
+    """``imshow``'s extent in degrees for a map on the evenly spaced grid (theta, phi): half a step
+    beyond each end, so that every pixel is centred on its grid point."""
+    def edges(axis):
+        half = (axis[-1] - axis[0]) / (len(axis) - 1) / 2
+        return float(np.rad2deg(axis[0] - half)), float(np.rad2deg(axis[-1] + half))
+
+    return (*edges(theta), *edges(phi))
+
+
+def chart_labels(axis_names: tuple[str, str]) -> dict[str, str]:
+    """x and y labels of a (θ, φ) chart whose axes turn towards ``axis_names`` (for ``ax.set``)."""
+    return {"xlabel": f"θ (deg, towards {axis_names[0]})", "ylabel": f"φ (deg, towards {axis_names[1]})"}
+
+
+def map_figure(values, theta=None, phi=None, *, signature: LevelSetSignature | None = None, title: str = "",
+               axis_names: tuple[str, str] = ("PC2", "PC3"), label: str = "response") -> Figure:
+    """Heatmap of ``values[i, j]`` at ``(theta[i], phi[j])``, each pixel centred on its grid point, with
+    its level sets (loops solid, lines dashed); θ (towards ``axis_names[0]``) across, φ up, in degrees;
+    the colour bar says ``label``."""
     values = np.asarray(values, dtype=float)
     theta, phi = chart_axes(values.shape, theta, phi)
     if signature is None:
@@ -33,18 +48,20 @@ def plot_map(values, theta=None, phi=None, *, signature: LevelSetSignature | Non
     fig = Figure(figsize=(5.5, 4.5))
     ax = fig.add_subplot()
     deg = np.rad2deg
-    image = ax.imshow(values.T, origin="lower", cmap="inferno", aspect="equal",
-                      extent=(deg(theta[0]), deg(theta[-1]), deg(phi[0]), deg(phi[-1])))
-    fig.colorbar(image, ax=ax, label="response")
+    image = ax.imshow(values.T, origin="lower", cmap="inferno", aspect="equal", extent=map_extent(theta, phi))
+    fig.colorbar(image, ax=ax, label=label)
     for curves in signature.contours:
         for c in curves:
             closed = np.array_equal(c[0], c[-1])
             ax.plot(deg(c[:, 0]), deg(c[:, 1]), color="cyan", lw=0.7, ls="-" if closed else "--")
-    ax.set_xlabel("θ (deg, towards PC2)")
-    ax.set_ylabel("φ (deg, towards PC3)")
-    ax.set_title(title)
+    ax.set(title=title, **chart_labels(axis_names))
     fig.tight_layout()
-    return _png(fig, path)
+    return fig
+
+
+def plot_map(values, theta=None, phi=None, *, path=None, **options) -> bytes:
+    """PNG bytes of `map_figure` (``options`` are its keywords), also written to ``path`` if given."""
+    return _png(map_figure(values, theta, phi, **options), path)
 
 
 def plot_signature(signature: LevelSetSignature, *, title: str = "", path=None) -> bytes:
@@ -80,15 +97,51 @@ def plot_spectra(spectra: dict[str, np.ndarray], path=None) -> bytes:
     return _png(fig, path)
 
 
-def plot_homogeneity(consistency: dict[str, dict], path=None) -> bytes:
-    """Histograms of the off-diagonal corr_log and corr_lin (``hessian_consistency``) per model."""
-    fig = Figure(figsize=(8, 3.2))
+def homogeneity_figure(consistency: dict[str, dict]) -> Figure:
+    """Histograms of corr_log and corr_lin (``hessian_consistency``) per model, one count per position pair:
+    the two directions (i's eigenvectors on H_j, j's on H_i) averaged, so the mean is the summary's."""
+    n = len(next(iter(consistency.values()))["corr_log"])
+    pairs = np.triu_indices(n, k=1)
+    fig = Figure(figsize=(8, 3.4))
     axes = fig.subplots(1, 2)
     for ax, key in zip(axes, ("corr_log", "corr_lin")):
         for label, c in consistency.items():
             M = c[key]
-            ax.hist(M[~np.eye(len(M), dtype=bool)], bins=30, range=(-1, 1), alpha=0.5, label=label)
+            ax.hist(((M + M.T) / 2)[pairs], bins=30, range=(-1, 1), alpha=0.5, label=label)
         ax.set(xlabel=key, ylabel="position pairs")
+        ax.yaxis.get_major_locator().set_params(integer=True)
     axes[0].legend()
+    fig.suptitle(f"Hessian homogeneity: {n} positions, {len(pairs[0])} pairs")
     fig.tight_layout()
-    return _png(fig, path)
+    return fig
+
+
+def plot_homogeneity(consistency: dict[str, dict], path=None) -> bytes:
+    """PNG bytes of `homogeneity_figure`, also written to ``path`` if given."""
+    return _png(homogeneity_figure(consistency), path)
+
+
+def walk_figure(images, ranks, t, *, eigvals=None, title: str = "") -> Figure:
+    """Images ``(len(ranks), len(t), C, H, W)`` in [0, 1] of walks ``z0 + t·u_r`` (``eigen_walk``): one row per
+    0-based eigenvector rank r (with λ_r when ``eigvals`` is given), one column per step t."""
+    pixels = np.clip(np.asarray(images, dtype=float), 0, 1).transpose(0, 1, 3, 4, 2)
+    rows, cols = pixels.shape[:2]
+    fig = Figure(figsize=(0.9 * cols + 1.2, 0.9 * rows + 0.8))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for r, rank in enumerate(ranks):
+        for c, step in enumerate(t):
+            ax = axes[r, c]
+            ax.imshow(pixels[r, c].squeeze(-1) if pixels.shape[-1] == 1 else pixels[r, c], cmap="gray")
+            ax.set(xticks=[], yticks=[])
+            if r == 0:
+                ax.set_title(f"t = {step:+.2g}", fontsize=8)
+        lam = "" if eigvals is None else f"\nλ = {eigvals[rank]:.2g}"
+        axes[r, 0].set_ylabel(f"rank {rank}{lam}", fontsize=8)
+    fig.suptitle(title or "walks along Hessian eigenvectors", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_walk(images, ranks, t, *, path=None, **options) -> bytes:
+    """PNG bytes of `walk_figure` (``options`` are its keywords), also written to ``path`` if given."""
+    return _png(walk_figure(images, ranks, t, **options), path)

@@ -18,6 +18,7 @@ from analysis import AnalysisError
 from analysis.tuning import smooth_sphere_map
 
 SCALARS = ("auc_branch", "auc_loop", "auc_line", "lowest_loop_index", "lowest_branch_index")
+INDEX_SCALARS = ("lowest_loop_index", "lowest_branch_index")  # level indices: integers
 
 
 @dataclass(frozen=True)
@@ -204,7 +205,8 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
 def bootstrap_signature(trials, theta, phi, *, n_boot: int = 200, level: float = 0.95,
                         n_levels: int = 21, rng=None, **smoothing_kw) -> SignatureBootstrap:
     """Percentile bootstrap of the signature scalars: resample the trials of every grid point
-    with replacement (the smoothing factor is recomputed from each resample)."""
+    with replacement (the smoothing factor is recomputed from each resample). The intervals of the
+    integer level indices end on observed indices (the lower one rounded down, the upper one up)."""
     if n_boot < 2:
         raise AnalysisError(f"n_boot must be at least 2, got {n_boot}")
     if not 0 < level < 1:
@@ -220,4 +222,7 @@ def bootstrap_signature(trials, theta, phi, *, n_boot: int = 200, level: float =
             samples[name][b] = getattr(sig, name)
     tail = (1 - level) / 2 * 100
     ci = {k: (float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))) for k, v in samples.items()}
+    for k in INDEX_SCALARS:  # an index interval ends on observed indices, widened outwards
+        ci[k] = (int(np.percentile(samples[k], tail, method="lower")),
+                 int(np.percentile(samples[k], 100 - tail, method="higher")))
     return SignatureBootstrap({name: getattr(full, name) for name in SCALARS}, samples, ci, level)

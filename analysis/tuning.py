@@ -75,13 +75,21 @@ def grid_axis(step_deg: float, n: int) -> np.ndarray:
     return np.deg2rad(step_deg * (np.arange(n) - (n - 1) / 2))
 
 
-def pca_sphere_grid(codes, *, final_codes=None, step_deg: float = 18.0, n: int = 11,
+def highest_pc(pcs: Sequence[int], random_plane: bool = False) -> int:
+    """The highest PC (1-based) a `pca_sphere_grid` plane is built on. A centred PCA of n codes has
+    n - 1 PCs, so the evolution must make more codes than this."""
+    return (pcs[0] if random_plane else max(pcs)) + 1
+
+
+def pca_sphere_grid(codes, *, final_codes=None, step_deg: float = 18.0, n: int | None = None,
                     pcs: Sequence[int] = (0, 1, 2), radius: float | None = None,
                     random_plane: bool = False, rng=None) -> SphereGrid:
     """The Manifold hemisphere grid (spec B1) from the codes of one evolution.
 
     codes: (n_codes, dim), every code of the evolution in order (the last is the final best).
     final_codes: the final generation; its mean norm is the radius unless ``radius`` is given.
+    step_deg, n: grid step and points per axis; the default n covers the hemisphere, ±90° (11 at 18°,
+        21 at 9°; 180/step_deg + 1, rounded down), and a smaller n a band around PC1.
     pcs: zero-based PCs for (e1, e2, e3); (0, 48, 49) is the PC49-PC50 control plane.
     random_plane: replace e2 and e3 by random unit vectors orthogonal to the first 50 PCs
         (drawn with ``rng``), the random-plane control.
@@ -105,9 +113,9 @@ def pca_sphere_grid(codes, *, final_codes=None, step_deg: float = 18.0, n: int =
     centred = codes - codes.mean(axis=0)
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
     n_pcs = min(N_PCS, codes.shape[0] - 1, codes.shape[1])
-    needed = [pcs[0]] if random_plane else list(pcs)
-    if max(needed) >= n_pcs:
-        raise AnalysisError(f"pcs={tuple(pcs)} needs PC{max(needed) + 1}, but only {n_pcs} PCs "
+    needed = highest_pc(pcs, random_plane)
+    if needed > n_pcs:
+        raise AnalysisError(f"pcs={tuple(pcs)} needs PC{needed}, but only {n_pcs} PCs "
                             f"exist for {codes.shape[0]} codes of dim {codes.shape[1]}")
     pc_axes = vt[:n_pcs].copy()
     if centred[-1] @ pc_axes[0] < 0:
@@ -127,6 +135,8 @@ def pca_sphere_grid(codes, *, final_codes=None, step_deg: float = 18.0, n: int =
     else:
         basis = np.stack([e1, pc_axes[pcs[1]], pc_axes[pcs[2]]])
 
+    if n is None:  # the hemisphere; grid_axis reports a step <= 0
+        n = int(180 / step_deg + 1e-9) + 1 if step_deg > 0 else 2
     theta = grid_axis(step_deg, n)
     phi = grid_axis(step_deg, n)
     unit = sphere_points(theta[:, None], phi[None, :]).reshape(-1, 3)
@@ -161,7 +171,9 @@ def smooth_sphere_map(trials, theta, phi, *, s: float | None = None, resolution_
         (``SphereGrid.codes`` order) or an (n_theta, n_phi) object array. Pole points may be
         empty as long as each pole column has some trials.
     theta, phi: the grid axes (radians, increasing, within ±π/2).
-    s: the spline's smoothing factor; default Σ SEM² (= var/n) over the non-pole points.
+    s: the spline's smoothing factor; default Σ SEM² (sample variance / n) over the non-pole points
+        with 2 or more trials. With one trial per point there is no noise estimate: s = 0, the
+        spline interpolates.
     The pole values are the means of all single trials in each pole column (not exact).
     Returns the map on ``resolution_deg`` steps over the grid's extent (181 x 181 for ±90° at 1°),
     clipped below at ``clip_min`` (None: no clipping).
@@ -182,7 +194,8 @@ def smooth_sphere_map(trials, theta, phi, *, s: float | None = None, resolution_
             if t.size == 0:
                 raise AnalysisError(f"grid point (theta[{i}], phi[{j}]) has no trials")
             means[i, c] = t.mean()
-            sem2 += t.var() / t.size
+            if t.size > 1:
+                sem2 += t.var(ddof=1) / t.size
     pole_values = None
     if poles.any():
         pole_values = []

@@ -1,4 +1,4 @@
-"""Per-generation ask+tell time and peak memory of every optimizer, with pycma as the reference.
+"""Per-generation ask+tell time and peak memory of the base optimizers, with pycma as the reference.
 
 Prints, for each optimizer at the given dimension and population, the mean ask+tell milliseconds
 per generation (objective excluded), the ratio of pycma's time to it, and the peak memory the
@@ -31,7 +31,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--hess-k", type=int, default=500, help="eigenbasis size for hess-cma (default 500)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--blas-threads", type=int, help="BLAS/OpenMP threads (default: the library's choice)")
-    parser.add_argument("--only", nargs="*", help="optimizers to time besides pycma (default: all registered)")
+    parser.add_argument(
+        "--only", nargs="*", help="optimizers to time besides pycma (default: the base optimizers that sample a population)"
+    )
     args = parser.parse_args()
     for name in ("dim", "population", "generations", "pycma_generations", "hess_k", "blas_threads"):
         value = getattr(args, name)
@@ -49,6 +51,13 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import optimizers  # noqa: E402
+from optimizers.presets import base_of  # noqa: E402
+
+
+def default_names() -> list[str]:
+    """The registered optimizers that sample a population, without the presets (configured copies of them)
+    or fixed-design (which presents given codes)."""
+    return [n for n in optimizers.available() if base_of(n) == n and "population" in optimizers.hyperparameter_names(n)]
 
 
 def eigenbasis_hyperparameters(args: argparse.Namespace, rng: np.random.Generator) -> dict:
@@ -95,8 +104,11 @@ def main(args: argparse.Namespace) -> None:
     unknown = sorted(set(args.only or ()) - set(optimizers.available()))
     if unknown:
         sys.exit(f"unknown optimizer(s) {', '.join(unknown)}; available: {', '.join(optimizers.available())}")
+    unsampled = [n for n in args.only or () if "population" not in optimizers.hyperparameter_names(n)]
+    if unsampled:
+        sys.exit(f"{', '.join(unsampled)} take(s) no population; time one of: {', '.join(default_names())}")
     rng = np.random.default_rng(args.seed)
-    names = args.only or optimizers.available()
+    names = args.only or default_names()
     results = {}
     for name in ["pycma"] + [n for n in names if n != "pycma"]:
         generations = args.pycma_generations if name == "pycma" else args.generations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import inspect
 import re
 import warnings
 from collections.abc import Callable
@@ -62,10 +63,27 @@ def load(name: str, device: str | torch.device = "auto", weights: str | Path | N
         raise GeneratorError(f"unknown generator {name!r}; available: {', '.join(available())}") from None
     if precision not in PRECISIONS:
         raise GeneratorError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    accepted = option_names(name)
+    unknown = sorted(set(options) - set(accepted)) if accepted is not None else []
+    if unknown:
+        raise GeneratorError(f"{name} does not take option(s) {', '.join(unknown)}; "
+                             f"it takes: {', '.join(accepted) or 'no options'}")
     generator = factory(device=resolve_device(device), weights=weights, **options)
     if precision != "float32":
         check_precision(generator, precision)
     return generator
+
+
+def option_names(name: str) -> list[str] | None:
+    """The generator-specific keyword options `load(name, ...)` accepts (besides device, weights, precision);
+    None for a factory that takes ``**options`` (it checks them itself)."""
+    factory = _REGISTRY[name]
+    bound = getattr(factory, "keywords", {})  # fixed by a functools.partial registration
+    parameters = inspect.signature(factory).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return None
+    return [p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+            and p.name not in ("device", "weights", *bound)]
 
 
 def check_precision(generator: Generator, precision: str, tolerance: float = PRECISION_TOLERANCE) -> float:
@@ -125,6 +143,16 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def weights_source(name: str, weights_dir: str | Path | None, weights: str | Path | None = None) -> Path | None:
+    """What to pass as `weights=` to `load`: `weights` when given, else `weights_dir/name/` when that folder
+    exists (a server's ACTMAX_WEIGHTS_DIR), else None (the generator's standard locations)."""
+    if weights:
+        return Path(weights).expanduser()
+    if weights_dir is not None and (Path(weights_dir).expanduser() / name).is_dir():
+        return Path(weights_dir).expanduser() / name
+    return None
 
 
 def find_weights(name: str, weights: str | Path | None, filename: str, defaults: list[Path],

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from analysis.landscape import STATISTICS, landscape_statistics, summarize
+from analysis.landscape import STATISTICS, finite_values, landscape_statistics, mean_sem, summarize, trend_values
 from analysis.serialization import json_safe
 from insilico import InsilicoError
 
@@ -46,7 +46,7 @@ RBF_STEP_SHARE = {"min": 1.0, "max": 1.5, "max_abinit": 2.0}
 
 @dataclass(frozen=True)
 class StudySettings:
-    """What the study runs; `quick()` gives the few-minutes preset."""
+    """What the study runs; `quick()` gives the quick preset (~7 min on 2 cores)."""
 
     layers: tuple[str, ...] = DEFAULT_LAYERS
     units_per_layer: int = 3
@@ -390,7 +390,8 @@ def run_study(settings: StudySettings, out: Path, *, scheduler: str | None = Non
     (out / "maps").mkdir(exist_ok=True)
     layers, tasks = unit_tasks(settings, out)
     outcome = run_tasks(tasks, execute_unit, out, desc="study", scheduler=scheduler, n_workers=n_workers,
-                        processes=processes, progress=progress, settings=settings)
+                        processes=processes, progress=progress, describe=lambda t: f"{t.layer} ch{t.channel}",
+                        settings=settings)
     if outcome.failed:
         first = next(iter(outcome.failed.items()))
         raise StudyError(f"{len(outcome.failed)} of {outcome.total} units failed (first: {first[0]}: {first[1]}); "
@@ -445,31 +446,41 @@ def markdown_report(summary: dict[str, Any], settings: StudySettings, rows: Sequ
 
 
 def plot_by_depth(summary: dict[str, Any], rows: Sequence[dict[str, Any]], path: Path) -> None:
-    """study.png: each statistic against depth, units as dots, layer mean ± SEM as error bars."""
+    """study.png: `depth_figure`."""
+    depth_figure(summary, rows).savefig(path, dpi=100)
+
+
+def depth_figure(summary: dict[str, Any], rows: Sequence[dict[str, Any]]):
+    """Each statistic against depth, units as dots, layer mean ± SEM as error bars, of the values its Spearman ρ
+    is computed on (|ratio − 1| for the RBF max/min)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     layers = summary["layers"]
     cols = 3
-    fig = Figure(figsize=(4 * cols, 3 * math.ceil(len(STATISTICS) / cols)))
+    fig = Figure(figsize=(4 * cols, 3 * math.ceil(len(STATISTICS) / cols) + 0.5))
     FigureCanvasAgg(fig)
     for idx, (key, label, *_) in enumerate(STATISTICS):
         ax = fig.add_subplot(math.ceil(len(STATISTICS) / cols), cols, idx + 1)
-        for r in rows:
-            v = r.get(key)
-            if v is not None and np.isfinite(float(v)):
-                ax.plot(r["depth"], float(v), "o", color="0.6", ms=3)
-        stats = [summary["by_layer"][layer][key] for layer in layers]
+        values = {layer: trend_values(key, finite_values(r.get(key) for r in rows if r["layer"] == layer))
+                  for layer in layers}
+        for depth, layer in enumerate(layers):
+            ax.plot(np.full(values[layer].size, depth), values[layer], "o", color="0.6", ms=3)
+        stats = [mean_sem(values[layer]) for layer in layers]
         ax.errorbar(range(len(layers)), [s["mean"] for s in stats],
                     yerr=[0 if not np.isfinite(s["sem"]) else s["sem"] for s in stats], color="C0", marker="s",
                     capsize=3)
         t = summary["spearman"][key]
         if t["n"] == 0:
             ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", color="0.5")
-        ax.set_title(f"{label}\nρ = {t['rho']:.2f} (p = {t['p']:.2g})", fontsize=9)
+        shown = "|max/min − 1| " if key == "max_min_ratio" else ""
+        ax.set_title(f"{label}\n{shown}ρ = {t['rho']:.2f} (p = {t['p']:.2g})", fontsize=9)
         ax.set_xticks(range(len(layers)), layers, rotation=30, fontsize=7)
+    fig.suptitle(f"Landscape statistics by depth ({len(rows)} units; grey: units, blue: layer mean ± SEM; "
+                 "ρ: Spearman with depth over units)", fontsize=10)
+    fig.supxlabel("layer, shallow to deep", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    return fig
 
 
 def _write_json(path: Path, settings: StudySettings, rows: Sequence[dict[str, Any]],
@@ -510,7 +521,7 @@ def add_parser(analyses) -> None:
     parser.add_argument("--examples-per-layer", type=int, help="example map PNGs per layer (default 2)")
     parser.add_argument("--seed", type=int, help="seed (default 0)")
     parser.add_argument("--device", help="torch device (default cpu)")
-    parser.add_argument("--quick", action="store_true", help="few-minutes preset: 1 unit per layer, 15 x 20 "
+    parser.add_argument("--quick", action="store_true", help="~7-minute preset on 2 cores: 1 unit per layer, 15 x 20 "
                         "evolution, 11 x 11 grid, small RBF probe")
     parser.add_argument("--out", type=Path, default=Path("actmax-study"),
                         help="output folder (default actmax-study); rerunning into it resumes")

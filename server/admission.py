@@ -1,17 +1,21 @@
 """Checks a session or thread must pass before anything is written, beyond ``SessionConfig``'s own:
-the generator's weights load, the optimizer accepts its hyperparameters, the references exist, and
-the objective's channels are among those the session's rig announced (when it is connected).
+the generator's weights load, the optimizer accepts its hyperparameters, the references exist, a
+manifold's source evolution makes enough codes for the PCs of its planes, and the objective's channels
+are among those the session's rig announced (when it is connected).
 
 Each problem is a ``Problem`` naming the field (the path of a 422 ``detail`` item) and the fix.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import generators
 import optimizers
+from analysis.tuning import highest_pc
 from server.images import check_references
+from server.manifold import PLANE_PCS
 from server.session_config import ConfigError, ObjectiveConfig, SessionConfig, ThreadConfig
 from server.thread_runtime import optimizer_params
 from server.weights import GeneratorCache
@@ -35,13 +39,14 @@ def check_session(config: SessionConfig, cache: GeneratorCache, rig_channels: in
         field, _, message = str(error).partition(": ")
         problems.append(Problem(("references", field.split(".")[-1]), message))
     for i, thread in enumerate(config.threads):
-        problems += check_thread(thread, cache, config.rig, rig_channels, ("threads", i))
+        problems += check_thread(thread, cache, config.rig, rig_channels, ("threads", i), config.threads)
     return problems
 
 
 def check_thread(thread: ThreadConfig, cache: GeneratorCache, rig: str, rig_channels: int | None,
-                 loc: tuple[str | int, ...] = ()) -> list[Problem]:
-    """The problems of one thread's settings for a session on ``rig`` (which announced ``rig_channels``)."""
+                 loc: tuple[str | int, ...] = (), session_threads: Sequence[ThreadConfig] = ()) -> list[Problem]:
+    """The problems of one thread's settings for a session on ``rig`` (which announced ``rig_channels``);
+    a manifold's planes are checked against its source among ``session_threads``."""
     problems = check_objective(thread.objective, rig, rig_channels, (*loc, "objective"))
     try:
         generator = cache.get(thread.generator, thread.weights)
@@ -51,11 +56,38 @@ def check_thread(thread: ThreadConfig, cache: GeneratorCache, rig: str, rig_chan
         hint = f"\nTo fix: {cache.setting_hint()}" if isinstance(error, generators.WeightsNotFoundError) else ""
         return [*problems, Problem((*loc, field), f"{error}{hint}")]
     if thread.kind == "evolution":
-        params = optimizer_params(thread.optimizer, generator, thread.optimizer_params)
         try:
-            optimizers.create(thread.optimizer, generator.latent_dim, seed=0, **params)
+            _optimizer(thread, generator)
         except (ValueError, TypeError) as error:
             problems.append(Problem((*loc, "optimizer_params"), f"{thread.optimizer} refuses these settings: {error}"))
+    else:
+        source = next((t for t in session_threads if t.name == thread.manifold.source and t.kind == "evolution"), None)
+        if source is not None:
+            problems += check_planes(thread, source, generator, (*loc, "manifold", "planes"))
+    return problems
+
+
+def _optimizer(thread: ThreadConfig, generator) -> optimizers.Optimizer:
+    params = optimizer_params(thread.optimizer, generator, thread.optimizer_params)
+    return optimizers.create(thread.optimizer, generator.latent_dim, seed=0, **params)
+
+
+def check_planes(thread: ThreadConfig, source: ThreadConfig, generator, loc: tuple[str | int, ...]) -> list[Problem]:
+    """A problem per plane of a manifold built on a PC its source evolution will not have: a centred PCA of
+    n codes has n - 1 PCs, and the evolution makes n_generations x population codes."""
+    try:
+        population = len(_optimizer(source, generator).ask())
+    except (ValueError, TypeError):
+        return []  # the source's own check says why
+    n_codes = source.n_generations * population
+    problems = []
+    for plane in thread.manifold.planes:
+        needed = highest_pc(PLANE_PCS[plane], plane == "random")
+        if n_codes <= needed:
+            problems.append(Problem(loc, (
+                f"plane {plane!r} needs PC{needed}, and a PCA of n codes has n - 1 PCs: evolution {source.name!r} "
+                f"must make more than {needed} codes, but its n_generations x population is {source.n_generations} "
+                f"x {population} = {n_codes}; raise its n_generations or population, or drop the plane")))
     return problems
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from pathlib import Path
 
 
@@ -14,11 +15,14 @@ def add_parser(subcommands) -> None:
     manifold = analyses.add_parser(
         "manifold", help="tuning map of a manifold thread: topology, isotropy, reliability",
         description="Smooth each plane of a manifold thread's map (spherical spline, s = sum of SEM^2), then "
-        "write its level-set signature, mesh persistence, axis ratio, Kent fit, split-half and bootstrap "
-        "reliability (manifold.json) and a heatmap with level sets per plane (manifold_<plane>.png).")
+        "write its level-set signature, mesh persistence, axis ratio, Kent fit (on the trial means), split-half "
+        "and bootstrap reliability (manifold.json) and a heatmap with level sets per plane (manifold_<plane>.png). "
+        "A map shown once per image (repeats: 1) has no reliability and is not smoothed; manifold.json says so.")
     _add_store_arguments(manifold)
     manifold.add_argument("thread", type=int, help="manifold thread id (see GET /sessions/{id}/threads)")
-    manifold.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples (default 200)")
+    manifold.add_argument("--n-boot", type=resamples, default=200, help="bootstrap resamples, at least 2 (default 200)")
+    manifold.add_argument("--reliability", action=argparse.BooleanOptionalAction, default=True,
+                          help="split-half and bootstrap reliability, the slow part (default on)")
     manifold.set_defaults(func=run_manifold)
 
     session = analyses.add_parser(
@@ -42,7 +46,11 @@ def add_parser(subcommands) -> None:
                           "jac: Jacobian Gram form (default bp)")
     geometry.add_argument("--distance", default="mse", choices=["mse", "perceptual"],
                           help="pixel MSE or EfficientNet-Lite0 feature distance (default mse)")
+    geometry.add_argument("--k", type=int, help="eigenpairs per Hessian (default: all d for bp and jac, d/2 - 1 for "
+                          "hvp_*); below d, dims and corr are of the top k")
     geometry.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    geometry.add_argument("--weights", help="the generator's weights file or folder (default: "
+                          "ACTMAX_WEIGHTS_DIR/<generator>/ when it exists, else its standard locations, as `actmax serve`)")
     geometry.add_argument("--seed", type=int, default=0)
     geometry.set_defaults(func=run_geometry)
 
@@ -54,6 +62,23 @@ def add_parser(subcommands) -> None:
 def _add_store_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="server data folder (default: ACTMAX_DATA_DIR or ./actmax-data)")
     parser.add_argument("--out", type=Path, default=Path("actmax-analysis"), help="output folder")
+
+
+def resamples(text: str) -> int:
+    """``--n-boot``: an integer of at least 2."""
+    n = int(text)
+    if n < 2:
+        raise argparse.ArgumentTypeError(f"{n}: a bootstrap needs at least 2 resamples")
+    return n
+
+
+def output_folder(out: Path) -> Path:
+    """``out``, created, once a file could be written there: call it before long work, after the checks that
+    may find nothing to write."""
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=out):
+        pass
+    return out
 
 
 def stored_settings(args: argparse.Namespace):
@@ -68,10 +93,11 @@ def stored_settings(args: argparse.Namespace):
 
 
 def run_manifold(args: argparse.Namespace) -> int:
-    from analysis.plots import plot_map
+    from tqdm import tqdm
+
     from analysis.manifold import analyze, summary
     from analysis.serialization import json_safe
-    from server.manifold import manifold_data
+    from server.manifold import manifold_data, plot_plane
     from server.store.db import make_db_engine, make_sessionmaker
 
     settings = stored_settings(args)
@@ -81,27 +107,32 @@ def run_manifold(args: argparse.Namespace) -> int:
             data = manifold_data(db, args.thread)
     finally:
         db_engine.dispose()
-    results = analyze(data, n_boot=args.n_boot)
-    args.out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(args.out)
+    with tqdm(desc="analysing", unit="stage", leave=False) as bar:
+        results = analyze(data, n_boot=args.n_boot, reliability=args.reliability, progress=bar)
     for r in results:
-        plot_map(r["map"].values, r["map"].theta, r["map"].phi, signature=r["signature"],
-                 title=f"thread {args.thread}, {r['plane']}", path=args.out / f"manifold_{r['plane']}.png")
-    (args.out / "manifold.json").write_text(json.dumps(json_safe(summary(results)), indent=2))
+        plot_plane(data, r, f"thread {args.thread}, {r['plane']}", out / f"manifold_{r['plane']}.png")
+    (out / "manifold.json").write_text(json.dumps(json_safe(summary(results)), indent=2))
     for r in results:
         s = r["signature"]
         print(f"{r['plane']}: lowest single-loop level {s.lowest_loop_index}, loop AUC {s.auc_loop:.2f}, "
               f"line AUC {s.auc_line:.2f}, axis ratio {r['axis_ratio'].mean_top:.2f}, Kent R² {r['kent'].r2:.2f}")
-    print(f"written to {args.out}/")
+        if r["note"]:
+            print(f"  note: {r['note']}")
+    print(f"written to {out}/")
     return 0
 
 
 def run_session(args: argparse.Namespace) -> int:
+    import math
+
     from server.report import write_session_report
 
     settings = stored_settings(args)
     for s in write_session_report(settings.database_url, settings.data_dir, args.session, args.out):
+        best = "no reference scored" if math.isnan(s.best_reference) else f"best reference {s.best_reference:.3f}"
         print(f"{s.name}: {s.generations} generations, first mean {s.first_generation_mean:.3f}, "
-              f"last mean {s.last_generation_mean:.3f}, best reference {s.best_reference:.3f}")
+              f"last mean {s.last_generation_mean:.3f}, {best}")
     print(f"written to {args.out}/")
     return 0
 
@@ -109,8 +140,11 @@ def run_session(args: argparse.Namespace) -> int:
 def run_geometry(args: argparse.Namespace) -> int:
     from server.geometry import report
 
-    summary = report(args.generator, args.out, n_positions=args.positions, method=args.method,
-                     distance=args.distance, device=args.device, seed=args.seed)
+    summary = report(args.generator, args.out, n_positions=args.positions, method=args.method, k=args.k,
+                     distance=args.distance, device=args.device, weights=args.weights, seed=args.seed)
+    if summary["k"] < summary["d"]:
+        print(f"dims and corr over the top {summary['k']} of {summary['d']} eigenvalues: dims are lower bounds, "
+              f"None where the top {summary['k']} cannot tell")
     for model in ("real", "shuffled"):
         m = summary[model]
         print(f"{model:>8}: dims_99 {m['dims_99']}, dims_999 {m['dims_999']}, corr_log {m['corr_log_mean']:.3f}, "

@@ -20,11 +20,10 @@ from analysis.geometry import (
     eigen_walk,
     hessian_consistency,
     metric_hessian,
-    save_montage,
     shuffle_weights,
     spectrum_stats,
 )
-from analysis.plots import plot_homogeneity, plot_spectra
+from analysis.plots import plot_homogeneity, plot_spectra, plot_walk
 
 
 def report(
@@ -35,6 +34,7 @@ def report(
     method: str = "bp",
     distance: str = "mse",
     device: str | torch.device = "cpu",
+    weights: str | Path | None = None,
     seed: int = 0,
     k: int | None = None,
     eps_rel: float = 1e-3,
@@ -51,29 +51,34 @@ def report(
 
     - ``summary.json``: per model (``real``, ``shuffled``) dims_99/999/9999, corr_log/lin/vec
       mean and median, the correlation of code distance with corr_log/lin (``code_distance_r_*``,
-      null below 3 positions), plus settings and timing;
+      null below 3 positions), plus settings, timing, ``d`` and the ``k`` eigenvalues per Hessian
+      (k < d for the Lanczos methods: dims and corr_log/lin are then of the top k, see ``spectrum_stats``);
     - ``spectra.png``: log10(λ/λmax) against rank, mean and 5–95 percentile band;
     - ``homogeneity.png``: off-diagonal corr_log and corr_lin across position pairs;
-    - ``walk_real.png``, ``walk_shuffled.png``: walks along the top eigenvectors (rows = ranks)
-      at the first position;
-    - ``eigenbasis.npz``: ``basis`` (d, d) descending eigenvectors of the real H_avg and
-      ``eigvals`` (d,) — what the ``hess-cma`` optimizer takes;
-    - ``hessians.npz``: codes, per-position eigenvalues and Hessians for both models.
+    - ``walk_real.png``, ``walk_shuffled.png``: walks along the top eigenvectors at the first position,
+      rows labelled with the rank and λ, columns with t;
+    - ``eigenbasis.npz``: ``basis`` (d, r) descending eigenvectors of the real H_avg and ``eigvals`` (r,),
+      the r eigenvalues above round-off (``eigenbasis_dropped`` = d − r) — what the ``hess-cma`` optimizer takes;
+    - ``hessians.npz``: codes, per-position eigenvalues (N, k) and Hessians (N, d, d) for both models.
 
     Returns the summary dict. ``method``/``k``/``eps_rel`` are passed to ``metric_hessian``;
     ``distance`` names an ``analysis.distances`` distance (``perceptual`` on EfficientNet-Lite0 features).
+    The weights load as ``actmax serve`` loads them: ``weights`` (a file or folder), else
+    ``ACTMAX_WEIGHTS_DIR/<generator>/``, else the generator's standard locations.
     """
     import generators
     from tqdm import tqdm
 
     from analysis.distances import get_distance
     from rig_client.cnn import load_efficientnet_lite0, normalize
+    from server.settings import load_settings
 
     if n_positions < 2:
         raise GeometryError(f"n_positions must be >= 2 for homogeneity, got {n_positions}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    gen = generators.load(generator_name, device=device)
+    source = generators.weights_source(generator_name, load_settings().weights_dir, weights)
+    gen = generators.load(generator_name, device=device, weights=source)
     dist = (get_distance(distance, load_efficientnet_lite0(gen.device), normalize) if distance == "perceptual"
             else get_distance(distance))
     rng = np.random.default_rng(seed)
@@ -102,22 +107,30 @@ def report(
         "device": str(gen.device),
         "seconds_per_hessian": seconds / (2 * n_positions),
     }
+    d, k = codes.shape[1], len(results["real"][0].eigvals)
+    summary.update(d=d, k=k)
     spectra, consistency = {}, {}
     for name, res in results.items():
         spectra[name] = np.stack([r.eigvals for r in res])
-        consistency[name] = hessian_consistency(np.stack([r.H for r in res]))
+        consistency[name] = hessian_consistency(np.stack([r.H for r in res]), k=k)
         scalars = {key: v for key, v in consistency[name].items() if not isinstance(v, np.ndarray)}
-        summary[name] = {**spectrum_stats(spectra[name]), **scalars, **code_distance_r(codes, consistency[name])}
+        summary[name] = {**spectrum_stats(spectra[name], dim=d), **scalars, **code_distance_r(codes, consistency[name])}
 
     plot_spectra(spectra, out / "spectra.png")
     plot_homogeneity(consistency, out / "homogeneity.png")
+    steps = np.linspace(-walk_maxdist, walk_maxdist, walk_steps)  # eigen_walk's t
     for name, model in models.items():
         res = results[name][0]
         ranks = [r for r in walk_ranks if r < res.eigvecs.shape[1]]
         walk = eigen_walk(model.generate, codes[0], res.eigvecs, ranks, walk_maxdist, walk_steps, device=gen.device)
-        save_montage(walk, out / f"walk_{name}.png")
+        plot_walk(walk, ranks, steps, eigvals=res.eigvals, path=out / f"walk_{name}.png",
+                  title=f"{generator_name} ({name}), position 0: z0 + t·u_rank")
     _, avg_vals, avg_vecs = average_hessian(np.stack([r.H for r in results["real"]]))
-    np.savez(out / "eigenbasis.npz", basis=avg_vecs, eigvals=avg_vals, generator=generator_name, method=method)
+    # H_avg is PSD: eigenvalues at or below round-off (numpy's matrix_rank tolerance) are dropped, not clipped.
+    keep = avg_vals > avg_vals[0] * d * np.finfo(float).eps
+    summary["eigenbasis_dropped"] = int(d - keep.sum())
+    np.savez(out / "eigenbasis.npz", basis=avg_vecs[:, keep], eigvals=avg_vals[keep], generator=generator_name,
+             method=method)
     np.savez(out / "hessians.npz", codes=codes, **{f"eigvals_{n}": s for n, s in spectra.items()},
              **{f"H_{n}": np.stack([r.H for r in res]) for n, res in results.items()})
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -16,12 +16,19 @@ from sqlalchemy.orm import Session as DBSession
 from analysis.manifold import ManifoldData
 from analysis.tuning import grid_axis, pca_sphere_grid
 from server import ServerError, ThreadNotReady
-from server.objectives import Objective
+from server.objectives import Objective, score_label
 from server.session_config import ManifoldConfig, SessionConfig
 from server.store import queries
 from server.store.models import Batch, Presentation, Stimulus, StimulusKind, Thread, ThreadStatus, decode_codes
 
 PLANE_PCS = {"pc2-3": (0, 1, 2), "pc49-50": (0, 48, 49), "random": (0, 1, 2)}
+
+
+def plane_axes(plane: str) -> tuple[str, str]:
+    """The names of a plane's θ and φ axes (PC1 is the centre of every plane)."""
+    if plane == "random":
+        return "random axis 1", "random axis 2"
+    return tuple(f"PC{pc + 1}" for pc in PLANE_PCS[plane][1:])
 
 
 class ManifoldNotReady(ThreadNotReady):
@@ -81,8 +88,20 @@ def manifold_data(db: DBSession, thread_id: int) -> ManifoldData:
         score = objective.score(rates)
         if np.isfinite(score):
             per_point.setdefault(index, []).append(score)
+    planes = settings.planes
+    if thread.status == ThreadStatus.FAILED and len(per_point) < len(planes) * n * n:
+        raise ServerError(f"manifold thread {thread_id} ended before its map was complete: {thread.last_error}")
     if not per_point:
         raise ServerError(f"manifold thread {thread_id} has no responses yet")
-    planes = settings.planes
     trials = [[np.array(per_point.get(p * n * n + k, [])) for k in range(n * n)] for p in range(len(planes))]
-    return ManifoldData(planes, axis, axis, trials)
+    return ManifoldData(planes, axis, axis, trials, score_label(thread.objective_json))
+
+
+def plot_plane(data: ManifoldData, result: dict, title: str, path=None) -> bytes:
+    """PNG of one plane of `analysis.manifold.analyze`: the smoothed map with its level sets, its axes
+    named after the plane, coloured in the scores' unit."""
+    from analysis.plots import plot_map
+
+    smoothed = result["map"]
+    return plot_map(smoothed.values, smoothed.theta, smoothed.phi, signature=result["signature"], title=title,
+                    axis_names=plane_axes(result["plane"]), label=data.label, path=path)

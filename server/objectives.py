@@ -181,6 +181,12 @@ def objective_channels(config: Mapping) -> list[int]:
     return list(config["channels"]) if config.get("channels") else sorted(Objective.from_config(config).channels)
 
 
+def score_label(config: Mapping) -> str:
+    """What a thread's scores are, for a figure's axis: channels' rates are in spikes/s, an expression's
+    score is in whatever unit the expression makes (a z-score has none)."""
+    return "score (spikes/s)" if config.get("channels") else f"score = {config['expression']}"
+
+
 def _lift(value: Objective | float) -> Objective:
     if isinstance(value, Objective):
         return value

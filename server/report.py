@@ -13,19 +13,12 @@ from sqlalchemy import select
 from analysis.serialization import json_safe
 from server import ServerError
 from server.drift import mean_sem
-from server.objectives import Objective, objective_channels
+from server.objectives import Objective, objective_channels, score_label
+from server.session_config import FlaggedTrialsConfig
 from server.store import queries
 from server.store.archive import ImageArchive
 from server.store.db import make_db_engine, make_sessionmaker
-from server.store.models import (
-    Batch,
-    Generation,
-    GenerationStatus,
-    Presentation,
-    Stimulus,
-    StimulusKind,
-    Thread,
-)
+from server.store.models import Generation, GenerationStatus, Stimulus, StimulusKind, Thread
 
 
 @dataclass
@@ -48,7 +41,6 @@ def _channel_names(db, thread: Thread) -> list[str]:
     return [labels[c] if c < len(labels) else f"ch{c}" for c in objective_channels(thread.objective_json)]
 
 
-SCORE_LABEL = "score (spikes/s)"
 STRIP_COLUMNS = 12  # best images under an evolution curve (evenly spaced generations, last included)
 
 
@@ -57,16 +49,30 @@ def _mean_sem(values) -> tuple[float, float]:
     return tuple(np.nan if v is None else v for v in mean_sem(values))
 
 
-def _thread_curves(db, thread: Thread) -> dict[str, np.ndarray]:
-    """Per completed generation: number, mean ± SEM and max over its images, reference mean ± SEM over references."""
-    generations = db.scalars(
+def _finite_mean(values: np.ndarray) -> float:
+    """The mean of the finite values; NaN (and no warning) without any."""
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else float("nan")
+
+
+def _score_label(db, thread: Thread) -> str:
+    """What the thread's scores are: spikes/s of its channels' rates, else its objective expression."""
+    label = score_label(thread.objective_json)
+    return f"{label} of {', '.join(_channel_names(db, thread))}" if thread.objective_json.get("channels") else label
+
+
+def _completed_generations(db, thread: Thread) -> list[Generation]:
+    return db.scalars(
         select(Generation).where(Generation.thread_id == thread.id, Generation.status == GenerationStatus.COMPLETE)
         .order_by(Generation.number)
     ).all()
-    references = _reference_scores_by_generation(db, thread)
+
+
+def _thread_curves(generations: list[Generation], references: dict[int, dict[str, float]]) -> dict[str, np.ndarray]:
+    """Per completed generation: number, mean ± SEM and max over its images, reference mean ± SEM over references."""
     as_array = lambda values: np.array([np.nan if v is None else v for v in values], dtype=float)  # noqa: E731
     mean_sem = np.array([_mean_sem(g.scores_json or []) for g in generations]).reshape(-1, 2)
-    reference = np.array([_mean_sem(references.get(g.id, [])) for g in generations]).reshape(-1, 2)
+    reference = np.array([_mean_sem(references[g.id].values()) for g in generations]).reshape(-1, 2)
     return {
         "number": np.array([g.number for g in generations]),
         "mean": mean_sem[:, 0], "sem": mean_sem[:, 1],
@@ -75,33 +81,28 @@ def _thread_curves(db, thread: Thread) -> dict[str, np.ndarray]:
     }
 
 
-def _reference_rows(db, thread: Thread):
-    """(generation id, reference stimulus id, score) for every reference presentation of the thread."""
-    objective = Objective.from_config(thread.objective_json)
-    rows = db.execute(
-        select(Batch.generation_id, Presentation.stimulus_id, Presentation.rates_json)
-        .join(Batch, Batch.id == Presentation.batch_id)
-        .join(Stimulus, Stimulus.id == Presentation.stimulus_id)
-        .where(Batch.thread_id == thread.id, Stimulus.kind == StimulusKind.REFERENCE)
-    ).all()
-    for generation_id, stimulus_id, rates in rows:
-        yield generation_id, stimulus_id, objective.score(rates)
+def _reference_scores(db, thread: Thread, generations: list[Generation]) -> dict[int, dict[str, float]]:
+    """Per generation id, each reference image's score in it, as the engine scored the generation: with its
+    images, which a ``zscore`` or ``baseline`` objective scores each presentation against (finite scores only)."""
+    flagged = FlaggedTrialsConfig.model_validate(thread.session.config_json.get("flagged_trials", {}))
+    references = frozenset(db.scalars(select(Stimulus.id).where(Stimulus.session_id == thread.session_id,
+                                                                 Stimulus.kind == StimulusKind.REFERENCE)))
+    scores = {}
+    for g in generations:
+        shown = {s: [(r.rates, r.baseline) for r in responses]
+                 for s, responses in queries.scored_responses(db, g.id, flagged).items()}
+        scored = Objective.from_config(g.objective_json or thread.objective_json).score_generation(shown, references)
+        scores[g.id] = {s: v for s, v in scored.items() if s in references and np.isfinite(v)}
+    return scores
 
 
-def _reference_scores_by_generation(db, thread: Thread) -> dict[int, list[float]]:
-    """Per generation id, each reference image's mean score in it (the SEM is over these)."""
-    per: dict[int, dict[str, list[float]]] = {}
-    for generation_id, stimulus_id, score in _reference_rows(db, thread):
-        per.setdefault(generation_id, {}).setdefault(stimulus_id, []).append(score)
-    return {g: [float(np.nanmean(v)) for v in by_stimulus.values()] for g, by_stimulus in per.items()}
-
-
-def _reference_scores(db, thread: Thread) -> dict[str, float]:
-    """Each reference image's mean score under this thread's objective, over the thread's batches."""
-    by_reference: dict[str, list[float]] = {}
-    for _, stimulus_id, score in _reference_rows(db, thread):
-        by_reference.setdefault(stimulus_id, []).append(score)
-    return {k: float(np.nanmean(v)) for k, v in by_reference.items()}
+def _best_reference(scores: dict[int, dict[str, float]]) -> float | None:
+    """The best reference image's mean score over the generations that showed it; None without any."""
+    per: dict[str, list[float]] = {}
+    for generation in scores.values():
+        for stimulus_id, score in generation.items():
+            per.setdefault(stimulus_id, []).append(score)
+    return max((float(np.mean(v)) for v in per.values()), default=None)
 
 
 @dataclass(frozen=True)
@@ -146,22 +147,27 @@ def _best_per_generation(db, thread: Thread) -> list[Best]:
     return [best[g] for g in sorted(best)]
 
 
-def _curve_axes(ax, curves: dict[str, np.ndarray], best_reference: float | None) -> None:
-    """Mean ± SEM, max, reference mean ± SEM (and the best reference) against generation."""
+def _curve_axes(ax, curves: dict[str, np.ndarray], best_reference: float | None, label: str) -> None:
+    """Mean ± SEM, max, reference mean ± SEM and the best reference against generation; a curve without a
+    value is left out, legend entry included."""
     x = curves["number"]
-    ax.fill_between(x, curves["mean"] - curves["sem"], curves["mean"] + curves["sem"], color="C0", alpha=0.25, lw=0)
-    ax.plot(x, curves["mean"], color="C0", label="generation mean ± SEM")
-    ax.plot(x, curves["max"], color="C0", ls=":", label="generation max")
-    ax.fill_between(x, curves["reference_mean"] - curves["reference_sem"],
-                    curves["reference_mean"] + curves["reference_sem"], color="C1", alpha=0.25, lw=0)
-    ax.plot(x, curves["reference_mean"], color="C1", label="reference mean ± SEM")
+    if np.isfinite(curves["mean"]).any():
+        ax.fill_between(x, curves["mean"] - curves["sem"], curves["mean"] + curves["sem"], color="C0", alpha=0.25, lw=0)
+        ax.plot(x, curves["mean"], color="C0", label="generation mean ± SEM")
+        ax.plot(x, curves["max"], color="C0", ls=":", label="generation max")
+    if np.isfinite(curves["reference_mean"]).any():
+        ax.fill_between(x, curves["reference_mean"] - curves["reference_sem"],
+                        curves["reference_mean"] + curves["reference_sem"], color="C1", alpha=0.25, lw=0)
+        ax.plot(x, curves["reference_mean"], color="C1", label="reference mean ± SEM")
     if best_reference is not None:
         ax.axhline(best_reference, color="C1", ls="--", lw=1, label="best reference image")
-    ax.set(xlabel="generation", ylabel=SCORE_LABEL)
-    ax.legend(fontsize=7, loc="best")
+    ax.set(xlabel="generation", ylabel=label)
+    if ax.get_legend_handles_labels()[1]:
+        ax.legend(fontsize=7, loc="best")
 
 
-def _evolution_figure(path: Path, title: str, curves, best_reference, per_generation: list[Best], archive) -> None:
+def _evolution_figure(path: Path, title: str, label: str, curves, best_reference, per_generation: list[Best],
+                      archive) -> None:
     """The standard evolution figure: the score curve above a strip of each generation's best image."""
     from matplotlib.figure import Figure
     from PIL import Image
@@ -169,7 +175,7 @@ def _evolution_figure(path: Path, title: str, curves, best_reference, per_genera
     picks = [per_generation[i] for i in _spaced(len(per_generation), STRIP_COLUMNS)]
     fig = Figure(figsize=(11, 5.6))
     grid = fig.add_gridspec(2, max(len(picks), 1), height_ratios=[3, 1.1], hspace=0.35)
-    _curve_axes(fig.add_subplot(grid[0, :]), curves, best_reference)
+    _curve_axes(fig.add_subplot(grid[0, :]), curves, best_reference, label)
     fig.axes[0].set_title(title)
     for column, best in enumerate(picks):
         ax = fig.add_subplot(grid[1, column])
@@ -191,7 +197,8 @@ def _manifold_figure(db, thread: Thread, path: Path, archive) -> bool:
     from PIL import Image
 
     from analysis.manifold import analyze
-    from server.manifold import manifold_data
+    from analysis.plots import chart_labels, map_extent
+    from server.manifold import manifold_data, plane_axes
 
     try:
         data = manifold_data(db, thread.id)
@@ -209,16 +216,15 @@ def _manifold_figure(db, thread: Thread, path: Path, archive) -> bool:
         i, j = divmod(index, n)  # θ index across, φ index up, as in the map
         image = Image.open(io.BytesIO(archive.read(digest))).convert("RGB").resize((side, side))
         sheet.paste(image, (i * side, (n - 1 - j) * side))
-    deg = np.rad2deg
-    extent = (deg(smoothed.theta[0]), deg(smoothed.theta[-1]), deg(smoothed.phi[0]), deg(smoothed.phi[-1]))
+    labels = chart_labels(plane_axes(data.planes[0]))
     fig = Figure(figsize=(11, 5))
     left, right = fig.subplots(1, 2)
-    shown = left.imshow(smoothed.values.T, origin="lower", cmap="inferno", extent=extent, aspect="equal")
-    fig.colorbar(shown, ax=left, label=SCORE_LABEL)
-    left.set(xlabel="θ (deg, towards PC2)", ylabel="φ (deg, towards PC3)",
-             title=f"{thread.name}: Manifold map, plane {data.planes[0]}")
-    right.imshow(sheet, extent=extent)
-    right.set(xlabel="θ (deg, towards PC2)", ylabel="φ (deg, towards PC3)", title="images on the grid")
+    shown = left.imshow(smoothed.values.T, origin="lower", cmap="inferno", aspect="equal",
+                        extent=map_extent(smoothed.theta, smoothed.phi))
+    fig.colorbar(shown, ax=left, label=data.label)
+    left.set(title=f"{thread.name}: Manifold map, plane {data.planes[0]}", **labels)
+    right.imshow(sheet, extent=map_extent(data.theta, data.phi))
+    right.set(title="images on the grid", **labels)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return True
@@ -233,7 +239,6 @@ def write_session_report(database_url: str, data_dir: Path, session_id: int, out
     """
     from matplotlib.figure import Figure
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     archive = ImageArchive(data_dir)
     db_engine = make_db_engine(database_url)
     summaries, best_rows = [], []
@@ -242,6 +247,7 @@ def write_session_report(database_url: str, data_dir: Path, session_id: int, out
             threads = db.scalars(select(Thread).where(Thread.session_id == session_id).order_by(Thread.id)).all()
             if not threads:
                 raise ServerError(f"session {session_id} not found; list sessions with `actmax session list`")
+            out_dir.mkdir(parents=True, exist_ok=True)
             evolutions = [t for t in threads if t.kind == "evolution"]
             fig = Figure(figsize=(5.5 * max(len(evolutions), 1), 4))
             axes = fig.subplots(1, max(len(evolutions), 1), squeeze=False)[0]
@@ -250,15 +256,16 @@ def write_session_report(database_url: str, data_dir: Path, session_id: int, out
                     _manifold_figure(db, thread, out_dir / f"manifold_{thread.name}.png", archive)
                     continue
                 ax = axes[evolutions.index(thread)]
-                curves = _thread_curves(db, thread)
-                references = _reference_scores(db, thread)
+                generations = _completed_generations(db, thread)
+                references = _reference_scores(db, thread, generations)
+                curves = _thread_curves(generations, references)
                 best = _best_stimuli(db, thread, 8)
-                best_reference = max(references.values()) if references else None
+                best_reference = _best_reference(references)
                 title = thread.name if thread.name == thread.optimizer else f"{thread.name} ({thread.optimizer})"
-                channels = _channel_names(db, thread)
-                _curve_axes(ax, curves, best_reference)
-                ax.set(title=title, ylabel=f"{SCORE_LABEL} of {', '.join(channels)}")
-                _evolution_figure(out_dir / f"evolution_{thread.name}.png", title, curves, best_reference,
+                label = _score_label(db, thread)
+                _curve_axes(ax, curves, best_reference, label)
+                ax.set(title=title)
+                _evolution_figure(out_dir / f"evolution_{thread.name}.png", title, label, curves, best_reference,
                                   _best_per_generation(db, thread), archive)
                 summaries.append(ThreadSummary(
                     thread_id=thread.id, name=thread.name, optimizer=thread.optimizer,
@@ -266,10 +273,10 @@ def write_session_report(database_url: str, data_dir: Path, session_id: int, out
                     first_generation_mean=float(curves["mean"][0]) if len(curves["mean"]) else float("nan"),
                     last_generation_mean=float(curves["mean"][-1]) if len(curves["mean"]) else float("nan"),
                     best_reference=float("nan") if best_reference is None else best_reference,
-                    reference_mean=float(np.nanmean(curves["reference_mean"])) if len(curves["mean"]) else float("nan"),
-                    best_score=best[0].score if best else float("nan"), channels=channels,
+                    reference_mean=_finite_mean(curves["reference_mean"]),
+                    best_score=best[0].score if best else float("nan"), channels=_channel_names(db, thread),
                 ))
-                best_rows.append((thread.name, best))
+                best_rows.append((thread.name, best, " spikes/s" if thread.objective_json.get("channels") else ""))
             fig.tight_layout()
             fig.savefig(out_dir / "scores.png", dpi=120)
     finally:
@@ -279,20 +286,21 @@ def write_session_report(database_url: str, data_dir: Path, session_id: int, out
     return summaries
 
 
-def _best_images_figure(rows: list[tuple[str, list[Best]]], archive, path: Path) -> None:
-    """Each evolution's best distinct images, one row per thread, labelled by thread, generation and score."""
+def _best_images_figure(rows: list[tuple[str, list[Best], str]], archive, path: Path) -> None:
+    """Each evolution's best distinct images, one row per thread, labelled by thread, generation and score (with
+    the row's unit)."""
     from matplotlib.figure import Figure
     from PIL import Image
 
-    columns = max((len(best) for _, best in rows), default=1) or 1
+    columns = max((len(best) for _, best, _ in rows), default=1) or 1
     fig = Figure(figsize=(1.4 * columns, 1.75 * max(len(rows), 1)))
     axes = fig.subplots(max(len(rows), 1), columns, squeeze=False)
-    for row, (name, best) in enumerate(rows):
+    for row, (name, best, unit) in enumerate(rows):
         for column, ax in enumerate(axes[row]):
             ax.set_axis_off()
             if column < len(best):
                 image = best[column]
                 ax.imshow(Image.open(io.BytesIO(archive.read(image.content_hash))).convert("RGB"))
-                ax.set_title(f"{name} gen {image.generation}\n{image.score:.3g} spikes/s", fontsize=7)
+                ax.set_title(f"{name} gen {image.generation}\n{image.score:.3g}{unit}", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

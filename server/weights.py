@@ -12,15 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import generators
-
-
-def weights_source(name: str, weights_dir: Path | None, weights: str | None = None) -> Path | None:
-    """What to pass as ``weights=`` to ``generators.load`` (None: the generator's standard locations)."""
-    if weights:
-        return Path(weights).expanduser()
-    if weights_dir is not None and (Path(weights_dir).expanduser() / name).is_dir():
-        return Path(weights_dir).expanduser() / name
-    return None
+from generators import weights_source
 
 
 @dataclass(frozen=True)

@@ -16,17 +16,27 @@ def hessian_corr(H1: np.ndarray, H2: np.ndarray) -> float:
     return float(np.corrcoef(np.ravel(H1), np.ravel(H2))[0, 1])
 
 
-def spectrum_stats(eigvals, qs: Sequence[float] = (0.99, 0.999, 0.9999)) -> dict[str, int]:
+def spectrum_stats(
+    eigvals, qs: Sequence[float] = (0.99, 0.999, 0.9999), *, dim: int | None = None
+) -> dict[str, int | None]:
     """Dimensions needed for each fraction ``q`` of the spectrum (spec A4).
 
-    ``eigvals`` is one spectrum ``(d,)`` or one per position ``(N, d)``. Each row is sorted
+    ``eigvals`` is one spectrum ``(k,)`` or one per position ``(N, k)``. Each row is sorted
     descending, averaged rank-wise, then ``|λ̄|`` is sorted descending, ``c_k = Σ_{j≤k}|λ̄_j| / Σ|λ̄|``
     and ``dims_q = #{k : c_k < q}`` (the fraction q is reached at rank dims_q + 1).
     Keys are ``dims_99``, ``dims_999``, ... (the digits of q after the point).
+
+    ``dim`` is the full dimension d when the rows hold only the top k < d eigenvalues (the Lanczos
+    methods). The fractions are then of the top-k sum, so dims_q is a lower bound on the full
+    spectrum's, and a q that only the k-th eigenvalue reaches (dims_q = k − 1) is beyond what k
+    resolves: its value is None.
     """
     lam = np.atleast_2d(np.asarray(eigvals, dtype=float))
     if lam.ndim != 2 or lam.shape[1] == 0 or not np.all(np.isfinite(lam)):
-        raise GeometryError("eigvals must be a finite (d,) or (N, d) array")
+        raise GeometryError("eigvals must be a finite (k,) or (N, k) array")
+    k = lam.shape[1]
+    if dim is not None and dim < k:
+        raise GeometryError(f"dim = {dim} is below the {k} eigenvalues given")
     mean = np.sort(lam, axis=1)[:, ::-1].mean(0)
     mag = np.sort(np.abs(mean))[::-1]
     total = mag.sum()
@@ -37,7 +47,8 @@ def spectrum_stats(eigvals, qs: Sequence[float] = (0.99, 0.999, 0.9999)) -> dict
     for q in qs:
         if not 0 < q < 1:
             raise GeometryError(f"fractions q must lie in (0, 1), got {q}")
-        out["dims_" + f"{q:.10g}".split(".")[1]] = int(np.sum(c < q))
+        dims = int(np.sum(c < q))
+        out["dims_" + f"{q:.10g}".split(".")[1]] = None if dim is not None and k < dim and dims == k - 1 else dims
     return out
 
 
@@ -58,7 +69,7 @@ def _offdiag_stats(M: np.ndarray, name: str) -> dict[str, float]:
     return {f"{name}_mean": float(off.mean()), f"{name}_median": float(np.median(off))}
 
 
-def hessian_consistency(Hs) -> dict:
+def hessian_consistency(Hs, k: int | None = None) -> dict:
     """Homogeneity of Hessians across positions (spec A5).
 
     For positions i, j: ``α_ij = diag((U_iᵀU_j) Λ_j (U_iᵀU_j)ᵀ)`` (curvature of H_j along H_i's
@@ -66,20 +77,25 @@ def hessian_consistency(Hs) -> dict:
     non-finite logs masked, ``corr_lin`` the same on a linear scale, ``corr_vec`` the correlation
     of vec H_i and vec H_j. Returns the three ``(N, N)`` matrices and the mean and median of their
     off-diagonal entries (``corr_log_mean``, ``corr_log_median``, ...).
+
+    ``k`` restricts corr_log and corr_lin to the top k ranks: for the rank-k ``Ĥ = U diag(λ) Uᵀ`` of the
+    Lanczos methods, the other d − k eigenvalues are round-off around zero.
     """
     Hs = np.asarray(Hs, dtype=float)
     if Hs.ndim != 3 or Hs.shape[1] != Hs.shape[2] or len(Hs) < 2:
         raise GeometryError(f"Hs must be (N >= 2, d, d), got shape {Hs.shape}")
+    if k is not None and not 1 <= k <= Hs.shape[1]:
+        raise GeometryError(f"k must lie in [1, d = {Hs.shape[1]}], got {k}")
     lam, U = np.linalg.eigh((Hs + Hs.transpose(0, 2, 1)) / 2)  # ascending rank
-    N = len(Hs)
+    N, top = len(Hs), slice(-k if k else None, None)  # ascending: the top k are the last
     corr_log, corr_lin = np.empty((N, N)), np.empty((N, N))
     with np.errstate(invalid="ignore", divide="ignore"):
         log_lam = np.log10(lam)
         for i in range(N):
             M = np.einsum("ak,jal->jkl", U[i], U)  # U_iᵀ U_j for every j
             alpha = np.einsum("jkl,jl->jk", M**2, lam)
-            corr_log[i] = _rowwise_pearson(np.log10(alpha), log_lam)
-            corr_lin[i] = _rowwise_pearson(alpha, lam)
+            corr_log[i] = _rowwise_pearson(np.log10(alpha[:, top]), log_lam[:, top])
+            corr_lin[i] = _rowwise_pearson(alpha[:, top], lam[:, top])
     corr_vec = np.corrcoef(Hs.reshape(N, -1))
     out = {"corr_log": corr_log, "corr_lin": corr_lin, "corr_vec": corr_vec}
     for name in ("corr_log", "corr_lin", "corr_vec"):

@@ -13,6 +13,7 @@ from insilico.evolve import N_GENERATIONS, POPULATION
 
 if TYPE_CHECKING:
     from insilico.bench.grid import UnitSpec
+    from insilico.bench.runner import CNNBackend
 
 #: EfficientNet-Lite0 depths (pre-activation outputs of rig_client.cnn), one per stage from the second on:
 #: 24 ch at 56x56, 40 at 28x28, 80 at 14x14, 112 at 14x14, 320 at 7x7, then the 1280-ch head at 7x7.
@@ -68,6 +69,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", action="store_true", help="LocalCluster workers as threads, not processes")
     parser.add_argument("--device", default="cpu", help="torch device for generator and network (default cpu)")
     parser.add_argument("--generator", default="dcgan-faces", help="generator name (default dcgan-faces)")
+    parser.add_argument("--weights", help="the generator's weights file or folder, on every worker (default: "
+                        "ACTMAX_WEIGHTS_DIR/<generator>/ when it exists, else its standard locations, as `actmax serve`)")
     parser.add_argument("--backend", choices=["cnn", "quadratic"], default="cnn",
                         help="cnn: generator + EfficientNet-Lite0 units; quadratic: an analytic objective "
                              "for checking a cluster without weights")
@@ -128,8 +131,8 @@ def _run(args: argparse.Namespace) -> int:
         backend = QuadraticBackend()
         units = [UnitSpec(layer, c) for layer in layers for c in range(per_layer)]
     else:
-        backend = CNNBackend(args.generator, args.device)
-        units = screened_units(out, args.generator, layers, per_layer, args.device, args.seed)
+        backend = CNNBackend(args.generator, args.device, weights_path(args.generator, args.weights))
+        units = screened_units(out, backend, layers, per_layer, args.seed)
     specs = build_grid(_setting(args, "optimizers"), units, _setting(args, "noise"), _setting(args, "reps"),
                        n_generations=_setting(args, "generations"), population=args.population,
                        backend=backend.key, base_seed=args.seed)
@@ -150,13 +153,24 @@ def _run(args: argparse.Namespace) -> int:
     return 1 if outcome.failed else 0
 
 
-def screened_units(out: Path, generator: str, layers: list[str], per_layer: int, device: str,
-                   seed: int) -> list[UnitSpec]:
-    """`per_layer` units per layer that respond most to random generator samples, screened once per
+def weights_path(generator: str, weights: str | None) -> str | None:
+    """`--weights`, else ACTMAX_WEIGHTS_DIR/<generator>/ when it exists: where `actmax serve` looks (server.settings
+    reads the variable for the server; the benchmark is a program of its own)."""
+    import os
+
+    import generators
+
+    source = generators.weights_source(generator, os.environ.get("ACTMAX_WEIGHTS_DIR"), weights)
+    return None if source is None else str(source)
+
+
+def screened_units(out: Path, backend: CNNBackend, layers: list[str], per_layer: int, seed: int) -> list[UnitSpec]:
+    """`per_layer` units per layer that respond most to random samples of the backend's generator, screened once per
     results directory and listed round robin over layers."""
     from insilico import storage
     from insilico.bench.grid import UnitSpec  # noqa: F811  (runtime import of the annotated type)
 
+    generator, device = backend.generator, backend.device
     key = {"generator": generator, "layers": layers, "per_layer": per_layer, "seed": seed}
     saved = storage.load_units(out, key)
     if saved is None:
@@ -165,7 +179,7 @@ def screened_units(out: Path, generator: str, layers: list[str], per_layer: int,
         from rig_client.cnn import load_efficientnet_lite0
         from rig_client.units import screen_units
 
-        gen = generators.load(generator, device=device)
+        gen = generators.load(generator, device=device, weights=backend.weights)
         network = load_efficientnet_lite0(device)
         by_layer = []
         for layer in layers:

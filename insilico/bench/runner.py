@@ -56,13 +56,14 @@ class CNNBackend(Backend):
 
     generator: str = "dcgan-faces"
     device: str = "cpu"
+    weights: str | None = None  # the generator's weights file or folder (None: its standard locations)
 
     @property
     def key(self) -> str:
         return f"{self.generator}/efficientnet-lite0"
 
     def load(self) -> Loaded:
-        return _CNNLoaded(self.generator, self.device)
+        return _CNNLoaded(self.generator, self.device, self.weights)
 
 
 class _CNNLoaded(Loaded):
@@ -72,11 +73,11 @@ class _CNNLoaded(Loaded):
     cache of scorers (each holds a BN-folded copy of the network, ~20 MB) serves consecutive tasks.
     """
 
-    def __init__(self, generator: str, device: str, max_scorers: int = 8) -> None:
+    def __init__(self, generator: str, device: str, weights: str | None = None, max_scorers: int = 8) -> None:
         import generators
         from rig_client.cnn import load_efficientnet_lite0
 
-        self.generator = generators.load(generator, device=device)
+        self.generator = generators.load(generator, device=device, weights=weights)
         self.network = load_efficientnet_lite0(device)
         self.device = device
         self.max_scorers = max_scorers

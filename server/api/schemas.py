@@ -173,6 +173,8 @@ class ManifoldPlaneRead(BaseModel):
     persistence: dict[str, Any]
     axis_ratio: dict[str, Any]
     kent: dict[str, Any]
+    smoothing: float = Field(description="The spline's smoothing factor s (sum of SEM^2; 0 with one trial per point).")
+    note: str | None = Field(description="What was left out and why (e.g. reliability, with one trial per point).")
     split_half: dict[str, Any] | None
     bootstrap: dict[str, Any] | None
 
@@ -205,6 +207,13 @@ class BatchTiming(BaseModel):
     first_result_ms: float | None = Field(description="Sent -> first presentation stored.")
     complete_ms: float | None = Field(description="Sent -> generation complete.")
     turnaround_ms: float | None = Field(description="Previous generation complete -> this batch sent (server time).")
+
+
+class RigSummary(BaseModel):
+    rig: str
+    connected: bool
+    channels: int | None = Field(description="Channels announced in its HELLO; null when not connected.")
+    sessions: list[int] = Field(description="The active sessions whose rig this is.")
 
 
 class RigStatus(BaseModel):

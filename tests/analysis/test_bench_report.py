@@ -121,8 +121,10 @@ def test_rejects_unusable_tables(tmp_path: Path) -> None:
     negative = results.assign(clean_max=-results["clean_max"])
     with pytest.raises(br.ReportError, match="positive"):
         br.normalise(negative)
-    with pytest.raises(br.ReportError, match="missing"):
+    with pytest.raises(br.ReportError, match=r"missing .*results.parquet.*; run `actmax bench --out .*` first$"):
         br.load(tmp_path)
+    with pytest.raises(br.ReportError, match=r"^no results folder .*nowhere; run `actmax bench --out .*nowhere` first$"):
+        br.load(tmp_path / "nowhere")
 
 
 def test_sensitivity_settings_are_compared_with_their_reference(tmp_path: Path) -> None:
@@ -133,3 +135,20 @@ def test_sensitivity_settings_are_compared_with_their_reference(tmp_path: Path) 
     assert "| all | 0.500 | — |" in section and "| ε=0.5 | 0.500 |" in section
     assert "## cma-sigma1 vs ga" not in text
     assert f"Σ run wall time {len(results) / 3600:.2f} h" in text
+
+
+def test_the_report_says_which_backend_ran_and_names_no_layers_for_the_analytic_one(tmp_path: Path) -> None:
+    results, traces, _ = synthetic()
+    text = br.render(results.assign(backend="dcgan-faces/efficientnet-lite0"), traces, tmp_path / "cnn").read_text()
+    assert "units in 2 layers (L1, L2; backend `dcgan-faces/efficientnet-lite0`)" in text
+    text = br.render(results.assign(backend="quadratic-10"), traces, tmp_path / "quadratic").read_text()
+    assert "analytic stand-in units labelled L1, L2 (backend `quadratic-10`: no network)" in text
+    assert "layers" not in text.splitlines()[2]
+
+
+def test_the_score_figure_says_what_its_band_is() -> None:
+    results, traces, _ = synthetic()
+    fig = br.curves_figure(br.curves(br.normalise(results), traces))
+    (legend,) = fig.legends
+    assert "± 1 SEM over runs" in [t.get_text() for t in legend.get_texts()]
+    assert "band ± 1 SEM" in fig.get_suptitle()

@@ -116,6 +116,31 @@ def test_spectrum_stats_exact_on_diagonal_spectrum():
         geo.spectrum_stats(np.zeros(4))
 
 
+def test_spectrum_stats_of_a_top_k_spectrum_are_of_the_top_k_and_none_where_k_cannot_tell():
+    lam = [4.0, 2.0, 1.0, 1.0]  # the top 4 of d = 8; c_k = .5, .75, .875, 1 of the top-4 sum
+    assert geo.spectrum_stats(lam, qs=(0.5, 0.8, 0.99), dim=8) == {"dims_5": 0, "dims_8": 2, "dims_99": None}
+    assert geo.spectrum_stats(lam, qs=(0.99,)) == {"dims_99": 3}  # the whole spectrum: 1 is reached at rank 4
+    assert geo.spectrum_stats(lam, qs=(0.99,), dim=4) == {"dims_99": 3}
+    with pytest.raises(AnalysisError, match="dim = 3 is below the 4 eigenvalues"):
+        geo.spectrum_stats(lam, dim=3)
+
+
+def test_homogeneity_of_rank_k_hessians_is_over_their_top_k():
+    """Lanczos' Ĥ = U diag(λ) Uᵀ has d − k eigenvalues of round-off; with k they are left out."""
+    rng = np.random.default_rng(5)
+    d, k = 12, 5
+    shared = rng.standard_normal((d, k))
+    Hs = []
+    for scale in (1.0, 2.0, 0.5):  # nearly the same top-k axes at every position
+        U, _ = np.linalg.qr(shared + 0.05 * rng.standard_normal((d, k)))
+        Hs.append((U * (np.logspace(1, -1, k) * scale)) @ U.T)
+    c = geo.hessian_consistency(np.stack(Hs), k=k)
+    assert c["corr_log_mean"] == pytest.approx(1.0, abs=1e-4) and c["corr_lin_mean"] == pytest.approx(1.0, abs=1e-3)
+    assert geo.hessian_consistency(np.stack(Hs))["corr_log_mean"] < 0.95  # the round-off ranks blur it
+    with pytest.raises(AnalysisError, match="k must lie in"):
+        geo.hessian_consistency(Hs, k=0)
+
+
 def test_homogeneity_is_one_for_a_constant_hessian():
     rng = np.random.default_rng(6)
     B = rng.standard_normal((12, 12))
@@ -186,6 +211,28 @@ def test_eigen_walk_and_montage(tmp_path):
     assert Image.open(path).size == (5 * 5 + 4 * 2, 2 * 4 + 2)
     with pytest.raises(AnalysisError):
         geo.eigen_walk(G, z0, U, ranks=[6], maxdist=1.0)
+
+
+def test_walk_figure_labels_each_row_with_its_rank_and_each_column_with_t():
+    from analysis.plots import walk_figure
+
+    images = torch.rand(2, 3, 3, 4, 4)
+    fig = walk_figure(images, [0, 2], np.linspace(-2, 2, 3), eigvals=[3.0, 1.0, 0.5], title="dcgan (real)")
+    axes = np.array(fig.axes).reshape(2, 3)
+    assert [ax.get_ylabel() for ax in axes[:, 0]] == ["rank 0\nλ = 3", "rank 2\nλ = 0.5"]
+    assert [ax.get_title() for ax in axes[0]] == ["t = -2", "t = +0", "t = +2"]
+    assert fig.get_suptitle() == "dcgan (real)"
+
+
+def test_homogeneity_figure_counts_each_position_pair_once():
+    from analysis.plots import homogeneity_figure
+
+    n = 4
+    M = np.random.default_rng(3).uniform(-1, 1, (n, n))  # corr_log is not symmetric
+    fig = homogeneity_figure({"real": {"corr_log": M, "corr_lin": M.T}})
+    for ax in fig.axes:
+        assert sum(bar.get_height() for bar in ax.patches) == n * (n - 1) / 2
+    assert "6 pairs" in fig.get_suptitle()
 
 
 def test_invert_in_eigenbasis_beats_identity_on_ill_conditioned_quadratic():

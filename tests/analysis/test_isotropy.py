@@ -101,6 +101,17 @@ def test_anisotropic_quadratic_ratio():
     assert results["max"].codes.shape == (4, 20, 4)
     assert np.quantile(np.abs(results["min"].fraction - np.array(LEVELS)[:, None]), 0.9) < 0.02
 
+def squared(z, z0):
+    return ((z - z0) ** 2).sum(1)
+
+
+def test_with_a_squared_distance_the_quadratic_ratio_is_the_eigenvalue_ratio():
+    """The project's distances are squared (LPIPS-like): a level set zᵀΛz = c has squared semi-axes c/λ."""
+    results = {mode: rbf_probe(quadratic, squared, PEAK_CODE, levels=LEVELS, mode=mode, n=20, steps=150, rng=1,
+                               alpha=1.0) for mode in ("min", "max")}  # a squared distance needs a gentler weight
+    lam = EIGVALS.numpy()
+    assert rbf_ratios(results)["max_min_ratio"] == pytest.approx(lam.max() / lam.min(), rel=0.05)
+
 
 def test_global_probe_and_modes():
     results = probes(quadratic, steps=60)

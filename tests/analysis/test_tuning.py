@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from analysis import AnalysisError
-from analysis.tuning import grid_axis, pca_sphere_grid, smooth_sphere_map, sphere_points
+from analysis.tuning import grid_axis, highest_pc, pca_sphere_grid, smooth_sphere_map, sphere_points
 
 
 def evolution(dim=60, n_gen=30, pop=10, seed=0):
@@ -37,6 +37,17 @@ def test_grid_is_the_pc_hemisphere():
     np.testing.assert_allclose(code(0, 0), radius * grid.basis[0], atol=1e-12)
     np.testing.assert_allclose(code(90, 0), radius * grid.basis[1], atol=1e-12)
     np.testing.assert_allclose(code(-54, 90), radius * grid.basis[2], atol=1e-12)
+
+
+@pytest.mark.parametrize("step", [18, 9, 20, 7])
+def test_the_default_grid_is_the_hemisphere_at_any_step(step):
+    codes, final = evolution()
+    grid = pca_sphere_grid(codes, final_codes=final, step_deg=step)
+    n = {18: 11, 9: 21, 20: 10, 7: 26}[step]
+    assert len(grid.theta) == len(grid.phi) == n
+    assert np.rad2deg(grid.theta[-1]) == pytest.approx(step * (n - 1) / 2) and step * (n + 1) / 2 > 90
+    with pytest.raises(AnalysisError, match="must be positive"):
+        pca_sphere_grid(codes, final_codes=final, step_deg=0)
 
 
 @pytest.mark.parametrize("step, n, n_unique", [(18, 11, 101), (9, 21, 401), (9, 11, 121)])
@@ -73,6 +84,17 @@ def test_grid_rejects_bad_arguments():
         pca_sphere_grid(codes, radius=1.0, step_deg=20, n=11)
 
 
+def test_a_plane_needs_more_codes_than_its_highest_pc():
+    """The rule session admission applies: a centred PCA of n codes has n - 1 PCs."""
+    codes, _ = evolution(n_gen=6)
+    assert highest_pc((0, 48, 49)) == 50 and highest_pc((0, 1, 2)) == 3
+    assert highest_pc((0, 1, 2), random_plane=True) == 1  # only PC1; e2, e3 are random
+    pca_sphere_grid(codes[:51], radius=1.0, pcs=(0, 48, 49))
+    with pytest.raises(AnalysisError, match="needs PC50, but only 49 PCs exist for 50 codes"):
+        pca_sphere_grid(codes[:50], radius=1.0, pcs=(0, 48, 49))
+    pca_sphere_grid(codes[:2], radius=1.0, random_plane=True, rng=0)
+
+
 def bump(theta, phi, centre, kappa=3.0):
     """A von Mises-Fisher bump on the chart."""
     return np.exp(kappa * (sphere_points(theta, phi) @ sphere_points(*centre) - 1))
@@ -99,7 +121,7 @@ def test_smoothing_factor_pole_values_and_clip():
         for j in range(11):
             trials[i, j] = 1.0 + np.sin(phi[j]) + 0.3 * rng.standard_normal(4 + (i + j) % 3)
     smoothed = smooth_sphere_map(trials, theta, phi)
-    expected_s = sum(t.var() / t.size for t in trials[:, 1:-1].ravel())
+    expected_s = sum(t.var(ddof=1) / t.size for t in trials[:, 1:-1].ravel())  # SEM² of the sample variance
     assert smoothed.smoothing == pytest.approx(expected_s)
     south, north = (np.concatenate(trials[:, j]).mean() for j in (0, -1))
     assert smoothed.pole_values == pytest.approx((south, north))
@@ -108,6 +130,15 @@ def test_smoothing_factor_pole_values_and_clip():
     negative = smooth_sphere_map([t - 5 for t in trials.ravel()], theta, phi)
     assert negative.values.min() == 0.0
     assert smooth_sphere_map([t - 5 for t in trials.ravel()], theta, phi, clip_min=None).values.min() < 0
+
+
+def test_one_trial_per_point_leaves_no_noise_estimate():
+    theta = phi = grid_axis(18, 11)
+    rng = np.random.default_rng(1)
+    trials = [[v] for v in 1 + rng.random(121)]
+    assert smooth_sphere_map(trials, theta, phi).smoothing == 0.0  # interpolates: no SEM to smooth by
+    trials[12] = [1.0, 3.0]  # one interior point with repeats: its SEM² alone, 2 / 2
+    assert smooth_sphere_map(trials, theta, phi).smoothing == pytest.approx(1.0)
 
 
 def test_smoothing_rejects_bad_trials():

@@ -1,5 +1,8 @@
 """dcgan-faces: the packaged weights are really loaded (face statistics a random network lacks)."""
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -64,3 +67,14 @@ def test_default_init_is_the_prior_shell(dcgan):
     assert dcgan.default_init() == {"init_code": None, "sigma0": 1.0, "radius": 10.0}
     norms = np.linalg.norm(dcgan.sample(500, np.random.default_rng(0)), axis=1)
     assert abs(norms.mean() - 10.0) < 0.2
+
+
+def test_the_hessian_example_in_docs_runs_and_matches_metric_hessian(dcgan):
+    from analysis.geometry import metric_hessian
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "generators.md").read_text()
+    (example,) = [b for b in re.findall(r"```python\n(.*?)```", doc, flags=re.S) if "functional.hessian" in b]
+    scope = {"G": dcgan, "np": np, "torch": torch}
+    exec(re.sub(r"^  ", "", example, flags=re.M), scope)
+    expected = metric_hessian(dcgan.generate, scope["z0"], scope["d"], "bp").H
+    np.testing.assert_allclose(scope["H"].numpy(), expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())

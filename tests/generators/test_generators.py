@@ -100,3 +100,10 @@ def test_wrong_weights_file_is_a_clear_error(weights_dirs):
 def test_auto_device():
     gen = generators.load("dcgan-faces")
     assert gen.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_an_option_the_generator_does_not_take_is_named_with_those_it_takes():
+    with pytest.raises(GeneratorError, match=r"dcgan-faces does not take option\(s\) truncation; it takes: no options"):
+        generators.load("dcgan-faces", device="cpu", truncation=0.5)
+    with pytest.raises(GeneratorError, match=r"biggan-deep-128 does not take option\(s\) trunc; it takes: truncation"):
+        generators.load("biggan-deep-128", device="cpu", trunc=0.5)

@@ -187,3 +187,67 @@ def test_cnn_backend_runs_a_real_dcgan_unit(tmp_path: Path) -> None:
     assert row["n_evaluations"] == 6 + 7 and np.isfinite(row["clean_max"])
     assert row["final_code_norm"] == pytest.approx(10.0)  # SphereCMA stays on the prior shell
     assert runner._loaded(backend).scorer(spec.unit) is runner._loaded(backend).scorer(spec.unit)
+
+
+def test_generator_weights_come_from_the_servers_weights_folder_or_weights(tmp_path: Path, monkeypatch,
+                                                                          capsys) -> None:
+    """As `actmax serve`: ACTMAX_WEIGHTS_DIR/<generator>/, or --weights; on every worker too (unreadable ones here)."""
+    from generators import GeneratorError
+
+    folder = tmp_path / "weights" / "dcgan-faces"
+    folder.mkdir(parents=True)
+    (folder / "weights.tar").write_bytes(b"not weights")
+    monkeypatch.setenv("ACTMAX_WEIGHTS_DIR", str(tmp_path / "weights"))
+    argv = ["--out", str(tmp_path / "out"), "--layers", "blocks.2", "--units-per-layer", "1", "--dry-run"]
+    assert cli_main(argv) == 2
+    assert f"from {folder / 'weights.tar'}" in capsys.readouterr().err
+    other = tmp_path / "other.tar"
+    other.write_bytes(b"neither")
+    assert cli_main([*argv, "--weights", str(other)]) == 2
+    assert f"from {other}" in capsys.readouterr().err
+    with pytest.raises(GeneratorError, match=f"from {other}"):
+        runner.CNNBackend(weights=str(other)).load()
+
+
+def test_dask_keeps_its_info_lines_to_itself(tmp_path: Path, caplog) -> None:
+    """`actmax bench` logs at INFO; Dask's start/stop lines (and a shutdown race's traceback) are not shown."""
+    import logging
+
+    backend = QuadraticBackend(dim=4)
+    caplog.set_level(logging.INFO)
+    outcome = run_grid(tiny_grid(backend, generations=2)[:1], backend, tmp_path, n_workers=1, processes=False,
+                       progress=False)
+    assert outcome.completed == 1
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("distributed")] == []
+
+
+def test_the_bar_names_the_running_task_instead_of_an_eta_when_asked(tmp_path: Path, capsys) -> None:
+    """The study's units differ tenfold in cost, so its bar says which unit runs rather than a mean-rate ETA."""
+    from insilico.runner import run_tasks
+
+    backend = QuadraticBackend(dim=4)
+    specs = tiny_grid(backend, generations=2)[:2]
+    outcome = run_tasks(specs, execute_run, tmp_path, desc="demo", n_workers=1, processes=False,
+                        describe=lambda s: f"unit {s.unit.layer}", backend=backend)
+    assert outcome.completed == 2
+    shown = capsys.readouterr().err
+    assert f"running unit {specs[0].unit.layer}" in shown and "<" not in shown  # tqdm writes an ETA as <MM:SS
+
+
+@dataclass(frozen=True)
+class EnvTask:
+    run_id: str = "env"
+
+
+def write_malloc_trim(task: EnvTask, out_dir: str) -> None:
+    storage.write_run(out_dir, {"run_id": task.run_id, "trim": os.environ.get("MALLOC_TRIM_THRESHOLD_", "unset")}, {})
+
+
+def test_process_workers_keep_the_c_librarys_malloc_trim_threshold(tmp_path: Path) -> None:
+    """Dask's MALLOC_TRIM_THRESHOLD_=65536 made torch page-fault ten times as often (half a unit's time in the kernel)."""
+    from insilico.runner import run_tasks
+
+    before = os.environ.get("MALLOC_TRIM_THRESHOLD_", "unset")  # Dask sets it in the spawning process too
+    assert run_tasks([EnvTask()], write_malloc_trim, tmp_path, desc="env", n_workers=1, progress=False).completed == 1
+    written = pd.read_parquet(storage.runs_dir(tmp_path) / "env.parquet")
+    assert written["trim"].tolist() == [before] and os.environ.get("MALLOC_TRIM_THRESHOLD_", "unset") == before

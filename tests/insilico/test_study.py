@@ -131,3 +131,22 @@ def test_study_resumes_from_its_unit_files(result: tuple[Path, dict]) -> None:
 
     assert results(again["units"]) == results(doc["units"])  # same seeds, same results
     assert len(rows) == 2
+
+
+def test_the_depth_figure_plots_what_its_rho_is_of() -> None:
+    """The RBF max/min panel plots |ratio − 1|, the values its Spearman ρ (in the title) is computed on."""
+    from scipy.stats import spearmanr
+
+    from analysis.landscape import summarize
+
+    ratios = [3.0, 0.2, 1.5, 1.2, 0.9, 1.05]  # |ratio − 1| falls with depth, the ratio itself does not
+    rows = [{"layer": f"l{i // 2}", "depth": i // 2, "max_min_ratio": r} for i, r in enumerate(ratios)]
+    summary = summarize(rows, ["l0", "l1", "l2"])
+    fig = study.depth_figure(summary, rows)
+    (ax,) = [a for a in fig.axes if a.get_title().startswith("RBF max/min")]
+    x, y = np.concatenate([line.get_xdata() for line in ax.lines[:3]]), np.concatenate(
+        [line.get_ydata() for line in ax.lines[:3]])
+    np.testing.assert_allclose(np.sort(y), np.sort(np.abs(np.array(ratios) - 1)))
+    rho = summary["spearman"]["max_min_ratio"]["rho"]
+    assert spearmanr(x, y)[0] == pytest.approx(rho) and f"ρ = {rho:.2f}" in ax.get_title()
+    assert "units" in fig.get_suptitle()

@@ -94,6 +94,29 @@ def test_objective_channels_must_be_among_the_connected_rigs(client, live_server
         del live_server.engine.rigs["rig-3ch"]
 
 
+def test_a_manifold_plane_needs_more_codes_than_its_highest_pc(client):
+    """A centred PCA of n codes has n - 1 PCs: PC50 needs more than 50 codes from the evolution."""
+    def config(n_generations: int, planes: list[str]) -> dict:
+        return session_config(threads=[
+            thread_config("evolve", optimizer_params={"population": 8}, n_generations=n_generations),
+            thread_config("map", kind="manifold", optimizer=None, manifold={"source": "evolve", "planes": planes})])
+
+    loc, msg = only(refused(client, config(4, ["pc2-3", "pc49-50", "random"])))
+    assert loc == ["body", "threads", 1, "manifold", "planes"]
+    assert "plane 'pc49-50' needs PC50" in msg and "more than 50 codes" in msg and "4 x 8 = 32" in msg
+    assert only(refused(client, config(6, ["pc49-50"])))[1].endswith("6 x 8 = 48; raise its n_generations or "
+                                                                     "population, or drop the plane")
+    assert client.post("/sessions", json=config(4, ["pc2-3", "random"])).status_code == 201
+    session = client.post("/sessions", json=config(7, ["pc49-50"]))  # 56 codes
+    assert session.status_code == 201
+    added = {"name": "map2", "kind": "manifold", "generator": "dcgan-faces", "objective": {"channels": [3]},
+             "manifold": {"source": "evolve", "planes": ["pc49-50"]}}
+    assert client.post(f"/sessions/{session.json()['id']}/threads", json=added).status_code == 201
+    small = client.post("/sessions", json=config(4, ["pc2-3"])).json()
+    loc, msg = only(refused(client, added, f"/sessions/{small['id']}/threads"))
+    assert loc == ["body", "manifold", "planes"] and "4 x 8 = 32" in msg
+
+
 def test_a_generators_list_says_which_load(client):
     listed = {g["name"]: g for g in client.get("/generators").json()}
     assert listed["dcgan-faces"]["found"] and len(listed["dcgan-faces"]["weights_sha256"]) == 64

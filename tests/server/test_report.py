@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import math
 import uuid
+import warnings
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ from server.session_config import SessionConfig
 from server.store.archive import ImageArchive
 from server.store.models import Batch, Generation, GenerationStatus, Stimulus, StimulusKind, Thread, encode_codes
 from server.store.records import PresentationRecord, create_session, record_presentations
-from tests.server.conftest import session_config
+from tests.server.conftest import session_config, thread_config
 
 
 def png(value: int) -> bytes:
@@ -25,12 +27,17 @@ def png(value: int) -> bytes:
 
 @pytest.fixture
 def session(db_sessions, settings):
-    """Two generations; the elite (same PNG) is shown in both; two references answered in each."""
+    return record_session(db_sessions, settings)
+
+
+def record_session(db_sessions, settings, objective: dict | None = None, references: bool = True):
+    """Two generations; the elite (same PNG) is shown in both; two references answered in each (or never)."""
     archive = ImageArchive(settings.data_dir)
     elite, other, third = (archive.save(png(v)) for v in (10, 20, 30))
     scores = [[9.0, 1.0, 2.0], [9.0, 4.0, 8.0]]
+    config = session_config(threads=[thread_config(objective=objective)]) if objective else session_config()
     with db_sessions.begin() as db:
-        session = create_session(db, SessionConfig.model_validate(session_config()))
+        session = create_session(db, SessionConfig.model_validate(config))
         thread = session.threads[0]
         refs = [Stimulus(id=f"ref{i}", session_id=session.id, kind=StimulusKind.REFERENCE,
                          content_hash=other.content_hash, png_path=other.png_path) for i in range(2)]
@@ -49,7 +56,7 @@ def session(db_sessions, settings):
                           generation_id=generation.id, rig="rig-A")
             db.add(batch)
             db.flush()
-            rates = [[0, 0, 0, 2.0 + number], [0, 0, 0, 6.0 + number]]  # channel 3 is scored
+            rates = [[0, 0, 0, 2.0 + number], [0, 0, 0, 6.0 + number]] if references else []  # channel 3 is scored
             record_presentations(db, batch, [PresentationRecord(uuid.uuid4().hex, f"ref{i}", 0.0, r, 50, 200)
                                                 for i, r in enumerate(rates)])
         return session.id, thread.id, scores
@@ -58,7 +65,9 @@ def session(db_sessions, settings):
 def test_curves_carry_sem_over_images_and_over_references(db_sessions, session):
     _, thread_id, scores = session
     with db_sessions() as db:
-        curves = report._thread_curves(db, db.get(Thread, thread_id))
+        thread = db.get(Thread, thread_id)
+        generations = report._completed_generations(db, thread)
+        curves = report._thread_curves(generations, report._reference_scores(db, thread, generations))
     np.testing.assert_allclose(curves["mean"], [np.mean(s) for s in scores])
     np.testing.assert_allclose(curves["sem"], [np.std(s, ddof=1) / np.sqrt(3) for s in scores])
     np.testing.assert_allclose(curves["reference_sem"], [2.0, 2.0])  # |6 - 2| / 2 = std(ddof 1) / sqrt(2)
@@ -80,3 +89,41 @@ def test_report_writes_the_figures(session, settings, tmp_path):
     assert summary.best_score == 9.0 and summary.generations == 2
     for name in ("scores.png", "evolution_t0.png", "best_images.png", "summary.json"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_a_relative_objective_scores_its_references_against_their_generation(db_sessions, settings, tmp_path):
+    """A z-score is relative to the generation's presentations: alone, a reference has none (NaN, numpy's
+    "Mean of empty slice"). Scored with its generation, as the engine did, the best reference is finite, and
+    the axis says what the score is."""
+    session_id, thread_id, _ = record_session(db_sessions, settings, {"expression": "zscore(rate(3))"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (summary,) = report.write_session_report(settings.database_url, settings.data_dir, session_id, tmp_path)
+    assert math.isclose(summary.best_reference, 1.0)  # rates 2 and 6 (then 3 and 7): z-scores -1 and +1
+    with db_sessions() as db:
+        assert report._score_label(db, db.get(Thread, thread_id)) == "score = zscore(rate(3))"
+
+
+def test_the_score_axis_names_its_unit_and_the_legend_only_drawn_curves(db_sessions, session):
+    from matplotlib.figure import Figure
+
+    _, thread_id, _ = session
+    with db_sessions() as db:
+        assert report._score_label(db, db.get(Thread, thread_id)) == "score (spikes/s) of ch3"
+    nan = np.full(2, np.nan)
+    curves = {"number": np.arange(2), "mean": np.ones(2), "sem": np.zeros(2), "max": np.ones(2),
+              "reference_mean": nan, "reference_sem": nan}  # no reference was scored
+    ax = Figure().subplots()
+    report._curve_axes(ax, curves, None, "score = zscore(rate(3))")
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["generation mean ± SEM", "generation max"]
+    assert ax.get_ylabel() == "score = zscore(rate(3))"
+
+
+def test_a_session_without_reference_responses_says_so(db_sessions, settings, tmp_path, capsys):
+    from server.cli import main
+
+    session_id, _, _ = record_session(db_sessions, settings, references=False)
+    capsys.readouterr()
+    assert main(["analyze", "session", str(session_id), "--data-dir", str(settings.data_dir),
+                 "--out", str(tmp_path)]) == 0
+    assert "last mean 7.000, no reference scored" in capsys.readouterr().out

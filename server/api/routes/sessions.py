@@ -9,7 +9,7 @@ from sqlalchemy import select
 from server import admission
 from server.api.deps import DB, Generators, Id, Limit, Offset, RigChannels, Wake, get_or_404, paginate, refuse
 from server.api.schemas import ErrorDetail, EventRead, Page, SessionRead, SessionWithThreads, ThreadRead
-from server.session_config import SessionConfig, ThreadConfig
+from server.session_config import SessionConfig, ThreadConfig, problem_message
 from server.store import queries, records
 from server.store.models import Event, Session, SessionStatus, Thread, ThreadStatus
 
@@ -77,12 +77,13 @@ def post_session_thread(session_id: Id, thread: ThreadConfig, db: DB, wake: Wake
         raise HTTPException(status.HTTP_409_CONFLICT, f"session {session_id} is stopped; threads can only be added "
                             "to an active or finished session")
     channels = rig_channels(session.rig)
-    refuse(admission.check_thread(thread, cache, session.rig, channels))
+    stored = SessionConfig.model_validate(session.config_json).threads
+    refuse(admission.check_thread(thread, cache, session.rig, channels, session_threads=stored))
     try:
         row = records.add_thread(db, session, thread)
     except ValidationError as error:
         db.rollback()
-        raise HTTPException(422, [{"type": "value_error", "loc": ["body"], "msg": problem["msg"]}
+        raise HTTPException(422, [{"type": "value_error", "loc": ["body"], "msg": problem_message(problem)}
                                   for problem in error.errors()]) from None
     if channels is None:
         row.status = ThreadStatus.WAITING_FOR_RIG

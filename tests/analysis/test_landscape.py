@@ -1,0 +1,23 @@
+"""analysis.landscape.summarize: the trend verdicts claim a direction only when p < ALPHA."""
+
+import pytest
+
+from analysis.landscape import ALPHA, summarize
+
+DEPTHS = [0, 1, 2, 3, 4]
+
+
+def verdict(values: list[float]) -> dict:
+    rows = [{"layer": f"l{d}", "depth": d, "auc_line": v} for d, v in zip(DEPTHS, values)]
+    return summarize(rows, [f"l{d}" for d in DEPTHS])["spearman"]["auc_line"]  # expected to decrease
+
+
+@pytest.mark.parametrize("values, rho, expected", [
+    ([5, 4, 3, 2, 1], -1.0, f"holds (p < {ALPHA})"),
+    ([1, 2, 3, 4, 5], 1.0, f"opposite direction (p < {ALPHA})"),
+    ([2, 1, 4, 5, 3], 0.6, f"no significant trend (p ≥ {ALPHA})"),  # the opposite sign, p = 0.28
+    ([4, 5, 2, 1, 3], -0.6, f"no significant trend (p ≥ {ALPHA})"),  # the expected sign, p = 0.28
+])
+def test_a_direction_is_claimed_only_when_significant(values, rho, expected):
+    t = verdict(values)
+    assert t["rho"] == pytest.approx(rho) and t["verdict"] == expected
