@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import difflib
 import gc
 import logging
 import time
@@ -192,8 +193,10 @@ class Engine:
         self._rig_references.pop(rig, None)
         self.rig_channels.pop(rig, None)
         self.rig_minor.pop(rig, None)
-        await self._transact(steps.log_in, None, None, "rig.lost", f"rig {rig!r} went silent", None,
-                             EventLevel.WARNING)
+        sessions = sorted({r.session_id for r in self._threads.values() if r.rig == rig}) or [None]
+        for session_id in sessions:  # an event of each session it served: their dashboards and watches show it
+            await self._transact(steps.log_in, session_id, None, "rig.lost", f"rig {rig!r} went silent", {"rig": rig},
+                                 EventLevel.WARNING)
         self.wake()
 
     async def on_results(self, rig: str, header: dict) -> dict:
@@ -365,10 +368,23 @@ class Engine:
                 records.set_thread_error(db, thread_id, "thread.blocked", reason, level=EventLevel.WARNING)
             else:
                 thread = db.get(Thread, thread_id)
-                rig = "its rig is connected" if new == ThreadStatus.RUNNING else "waiting for its rig to connect"
+                rig, level = ("its rig is connected", EventLevel.INFO) if new == ThreadStatus.RUNNING else \
+                    self._waiting_for(thread.session.rig)
                 steps.log_in(db, None, thread_id, f"thread.{new.value}",
-                             f"thread {thread_id} {thread.name!r} {new.value}: {rig}")
+                             f"thread {thread_id} {thread.name!r} {new.value}: {rig}", level=level)
             return True
+
+    def _waiting_for(self, rig: str) -> tuple[str, EventLevel]:
+        """Why a thread waits for ``rig``; a warning when a connected rig's name is close to it (a typo)."""
+        connected = sorted(self.transport.rigs()) if self.transport is not None else []
+        if not connected:
+            return f"waiting for rig {rig!r} to connect", EventLevel.INFO
+        close = difflib.get_close_matches(rig.casefold(), [name.casefold() for name in connected], n=1, cutoff=0.6)
+        names = ", ".join(map(repr, connected))
+        if close:
+            return (f"waiting for rig {rig!r}, which is not connected; connected: {names}. Rig names are exact "
+                    "and case-sensitive: is the session's rig name right?"), EventLevel.WARNING
+        return f"waiting for rig {rig!r} to connect (connected: {names})", EventLevel.INFO
 
     def _start_thread(self, thread_id: int) -> ThreadRuntime | None:
         """The thread's runtime, rebuilt from the database; None if it ended since ``_reconcile`` read its

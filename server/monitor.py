@@ -2,8 +2,9 @@
 
 ``generation.completed`` is the engine's one hook (called inside the transaction that completes the
 generation). It logs a ``generation.completed`` event whose data holds the point of the score curve
-(mean ± SEM, max, reference mean ± SEM, per-channel mean rates) and the drift state, and logs a
-``drift.reference`` or ``channel.silent`` warning when `server.drift` says so. Both reach live
+(mean ± SEM, max, reference mean ± SEM) and the drift state: the reference images' rates (their mean
+over the objective's channels, and each channel's), and logs a ``drift.reference`` or ``channel.silent``
+warning when `server.drift` says so. Both reach live
 dashboards through ``log_event``. The alarm's memory of the thread (``DriftHistory``) lives in the
 thread's runtime, so completing a generation reads nothing; a rebuilt runtime loads it from the events.
 """
@@ -28,51 +29,71 @@ from server.store.records import log_event
 log = logging.getLogger(__name__)
 
 GENERATION_COMPLETED = "generation.completed"
+CHANNEL_SILENT = "channel.silent"
 
 
 def _level(data: dict) -> drift.Level | None:
-    if data.get("reference_mean") is None:
-        return None
-    return drift.Level(data["reference_mean"], data["reference_sem"], tuple(data["channel_rates"]))
+    if data.get("reference_rate_mean") is None:
+        return None  # no reference answered (or an event from before the level was measured in rates)
+    return drift.Level(data["reference_rate_mean"], data["reference_rate_sem"], tuple(data["channel_rates"]))
 
 
-def _channel_rates(rates: dict[str, list[list[float]]]) -> list[float]:
-    rows = [row for presentations in rates.values() for row in presentations]
-    if not rows:
-        return []
-    with warnings.catch_warnings():  # a channel no presentation counted is None, without numpy's warning
+def _mean_rows(rows: list[list[float | None]], width: int | None = None) -> np.ndarray:
+    with warnings.catch_warnings():  # a channel no presentation counted is NaN, without numpy's warning
         warnings.simplefilter("ignore", RuntimeWarning)
-        means = np.nanmean(rate_matrix(rows), axis=0)
-    return [None if not np.isfinite(r) else float(r) for r in means]
+        return np.nanmean(rate_matrix(rows, width), axis=0)
+
+
+def reference_levels(rates: dict[str, list[list[float]]], channels) -> tuple[list[float], list[float | None]]:
+    """From the reference images' presentations (``rates``): each image's mean rate over ``channels`` (the
+    objective's), and each channel's mean over every presentation (None where none counted it).
+
+    The drift alarm reads rates, not scores: a ``zscore`` objective's scores are relative to their
+    generation, and the evolved images may drive a channel down on purpose; the references stay the same."""
+    shown = [rows for rows in rates.values() if rows]
+    columns = sorted(channels)
+    with warnings.catch_warnings():  # an image none of whose channels counted is NaN, without numpy's warning
+        warnings.simplefilter("ignore", RuntimeWarning)
+        per_image = [float(np.nanmean(_mean_rows(rows, columns[-1] + 1)[columns])) for rows in shown]
+    per_channel = _mean_rows([row for rows in shown for row in rows]) if shown else []
+    return per_image, [None if not np.isfinite(r) else float(r) for r in per_channel]
 
 
 @dataclass
 class DriftHistory:
-    """What the drift alarm needs of a thread's past, kept in its runtime: the early levels and the last point."""
+    """What the drift alarm needs of a thread's past, kept in its runtime: the early levels, the last point
+    and the channels already reported silent."""
 
     config: DriftConfig
     early: list[drift.Level | None]  # the first ``config.baseline_generations`` generations' levels
     previous: dict  # the last ``generation.completed`` data ({} before the first)
+    reported_silent: set[int]  # each channel's ``channel.silent`` warning is logged once
 
     @classmethod
     def load(cls, db: DBSession, thread_id: int, config: DriftConfig) -> DriftHistory:
         """From the thread's ``generation.completed`` events (a runtime rebuilt after a restart)."""
         history = select(Event.data_json).where(Event.thread_id == thread_id, Event.kind == GENERATION_COMPLETED)
         early = [_level(d) for d in db.scalars(history.order_by(Event.id).limit(config.baseline_generations))]
-        return cls(config, early, db.scalars(history.order_by(Event.id.desc()).limit(1)).first() or {})
+        silent = db.scalars(select(Event.data_json).where(Event.thread_id == thread_id, Event.kind == CHANNEL_SILENT))
+        return cls(config, early, db.scalars(history.order_by(Event.id.desc()).limit(1)).first() or {},
+                   {channel for data in silent for channel in data["channels"]})
 
 
 def generation_completed(db: Transaction, history: DriftHistory, session_id: int, thread_id: int, number: int, scores,
-                         reference_scores, rates: dict[str, list[list[float]]]) -> dict:
+                         reference_scores, reference_rates: dict[str, list[list[float]]], channels) -> dict:
     """Log the curve point of generation ``number`` and any drift warning (not committed), and add it to
-    ``history``; returns the data."""
+    ``history``; returns the data. ``reference_rates``: each reference image's presentations' rates;
+    ``channels``: those the objective reads."""
     mean, sem = drift.mean_sem(scores)
     reference_mean, reference_sem = drift.mean_sem(reference_scores)
+    per_image, channel_rates = reference_levels(reference_rates, channels)
+    reference_rate_mean, reference_rate_sem = drift.mean_sem(per_image)
     finite = [s for s in scores if s is not None and np.isfinite(s)]
     data = {
         "generation": number, "mean": mean, "sem": sem, "max": max(finite) if finite else None,
         "n_scored": len(finite), "reference_mean": reference_mean, "reference_sem": reference_sem,
-        "channel_rates": _channel_rates(rates), "drop_sem": None, "low_streak": 0, "silent_channels": [],
+        "reference_rate_mean": reference_rate_mean, "reference_rate_sem": reference_rate_sem,
+        "channel_rates": channel_rates, "drop_sem": None, "low_streak": 0, "silent_channels": [],
     }
     config, early, previous = history.config, history.early, history.previous
     current = _level(data)
@@ -82,17 +103,18 @@ def generation_completed(db: Transaction, history: DriftHistory, session_id: int
         data["low_streak"] = streak = previous.get("low_streak", 0) + 1 if drop > config.drop_sem else 0
         if streak == config.consecutive:
             log_event(db, "drift.reference",
-                      f"generation {number}: reference responses {current.mean:.3g} ± {current.sem:.2g} are "
-                      f"{drop:.1f} SEM below the early level {base.mean:.3g} ± {base.sem:.2g} for {streak} "
-                      "generations; check the recording (electrode drift, lost unit)",
+                      f"generation {number}: reference images fire {current.mean:.3g} ± {current.sem:.2g} "
+                      f"spikes/s, {drop:.1f} SEM below their early {base.mean:.3g} ± {base.sem:.2g} for "
+                      f"{streak} generations; check the recording (electrode drift, lost unit)",
                       level=EventLevel.WARNING, thread_id=thread_id, session_id=session_id,
                       data={"generation": number, "drop_sem": drop, "early_mean": base.mean})
         data["silent_channels"] = silent = drift.silent_channels(base, current, config.silent_fraction)
-        newly = sorted(set(silent) - set(previous.get("silent_channels", [])))
+        newly = sorted(set(silent) - history.reported_silent)
         if newly:
-            log_event(db, "channel.silent",
+            history.reported_silent.update(newly)
+            log_event(db, CHANNEL_SILENT,
                       f"generation {number}: channel(s) {', '.join(map(str, newly))} fire below "
-                      f"{config.silent_fraction:g} of their early rate; check the electrode",
+                      f"{config.silent_fraction:g} of their early rate to the reference images; check the electrode",
                       level=EventLevel.WARNING, thread_id=thread_id, session_id=session_id,
                       data={"generation": number, "channels": newly})
     log_event(db, GENERATION_COMPLETED,

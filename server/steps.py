@@ -188,7 +188,7 @@ def complete_generation(db: Transaction, runtime: ThreadRuntime, responses: dict
     scored = objective.score_generation(shown, frozenset(runtime.reference_ids))
     scores = np.array([scored.get(s, np.nan) for s in inflight.stimulus_ids])
     reference = [scored.get(s, np.nan) for s in runtime.reference_ids]
-    rates = {s: [r.rates for r in shown_at] for s, shown_at in responses.items()}
+    reference_rates = {s: [r.rates for r in responses[s]] for s in runtime.reference_ids if s in responses}
     with runtime.computing():
         runtime.optimizer.tell(inflight.codes, scores)
     state = runtime.optimizer.state_dict()
@@ -197,7 +197,7 @@ def complete_generation(db: Transaction, runtime: ThreadRuntime, responses: dict
         optimizers.dumps_state(state) if is_snapshot(inflight.number) else None,
         optimizers.state_summary(state), timed_out=timed_out)
     monitor.generation_completed(db, runtime.drift, runtime.session_id, runtime.id, inflight.number, scores, reference,
-                                 rates)
+                                 reference_rates, objective.channels)
     if timed_out:
         log_in(db, runtime.session_id, runtime.id, "generation.timed_out",
               f"thread {runtime.id} generation {inflight.number}: "

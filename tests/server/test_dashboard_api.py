@@ -77,6 +77,17 @@ def test_rig_without_a_transport_is_not_connected(client: httpx.Client):
     assert rig["scored_channels"] == {"3": [created["threads"][0]["name"]]}
 
 
+def test_the_rig_list_names_the_rigs_active_sessions_wait_for(client: httpx.Client):
+    first, second = create_session(client, rig="list-B"), create_session(client, rig="list-a")
+    client.post(f"/sessions/{create_session(client, rig='list-old')['id']}/stop").raise_for_status()
+    rigs = client.get("/rigs").json()
+    assert [r["rig"] for r in rigs] == sorted(r["rig"] for r in rigs)
+    assert [r for r in rigs if r["rig"].startswith("list-")] == [
+        {"rig": "list-B", "connected": False, "channels": None, "sessions": [first["id"]]},
+        {"rig": "list-a", "connected": False, "channels": None, "sessions": [second["id"]]},
+    ]
+
+
 def test_rig_batch_timings(client: httpx.Client, live_server: LiveServer):
     created = create_session(client, rig="rig-T")
     session_id, thread_id = created["id"], created["threads"][0]["id"]

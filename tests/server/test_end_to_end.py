@@ -84,6 +84,7 @@ def test_closed_loop_survives_a_server_crash(tmp_path):
         (thread,) = api.get(f"/sessions/{session['id']}/threads")
         wait_until(lambda: len(complete_generations(api, thread["id"])) >= 5, 240, "5 generations",
                    [(server.process, server.log_path), (rig, rig_log)])
+        assert api.get("/rigs") == [{"rig": "e2e-rig", "connected": True, "channels": 1, "sessions": [session["id"]]}]
 
         server.kill()
         before = generation_rows(data / "actmax.sqlite")

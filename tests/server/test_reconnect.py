@@ -100,10 +100,13 @@ def events_of(live, kind: str) -> list[str]:
 def test_the_batch_timeout_waits_while_the_rig_is_away(tmp_path, endpoint):
     """Away longer than the timeout (liveness 0.5 s x 5): the same round is resent, not a new one."""
     with LiveEngine(tmp_path, endpoint, batch_timeout_s=3.0) as live:
-        live.create()
+        thread_id = live.create()
         with RigClient(live.settings.zmq_endpoint, RIG, channels=1) as rig:
             first = rig.next_batch(timeout=60)
         wait_until(lambda: not live.transport.connected(RIG), 30, "the server to see the rig leave")
+        with live.sessions() as db:  # an event of the session: its watch and dashboard show it
+            lost = db.execute(select(Event.session_id, Event.level).where(Event.kind == "rig.lost")).all()
+            assert lost == [(db.get(Thread, thread_id).session_id, "warning")]
         time.sleep(4.0)
         with RigClient(live.settings.zmq_endpoint, RIG, channels=1) as rig:
             again = rig.next_batch(timeout=60)
@@ -111,6 +114,17 @@ def test_the_batch_timeout_waits_while_the_rig_is_away(tmp_path, endpoint):
             rig.send_results(again.batch_id, answer(again)).result(30)
             assert rig.next_batch(timeout=60).generation == 1
         assert events_of(live, "round.timed_out") == []
+
+
+def test_a_thread_waiting_for_a_rig_whose_name_differs_from_a_connected_ones_only_in_case_warns(live):
+    with RigClient(live.settings.zmq_endpoint, RIG.upper(), channels=1) as rig:
+        assert rig.wait_connected(30)
+        thread_id = live.create()  # for rig "test-rig"
+        wait_until(lambda: thread_status(live, thread_id) == ThreadStatus.WAITING_FOR_RIG, 30, "the thread to wait")
+        waiting = wait_until(lambda: events_of(live, "thread.waiting_for_rig"), 30, "the event")
+    with live.sessions() as db:
+        level = db.scalar(select(Event.level).where(Event.kind == "thread.waiting_for_rig"))
+    assert level == "warning" and "'TEST-RIG'" in waiting[0] and "case-sensitive" in waiting[0]
 
 
 def test_late_answers_to_a_timed_out_round_answer_the_round_that_replaced_it(tmp_path, endpoint):

@@ -1,4 +1,4 @@
-"""What a dashboard reads besides the plain resources: a thread's score curve and a rig's status."""
+"""What a dashboard reads besides the plain resources: a thread's score curve, the rigs and a rig's status."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from fastapi import APIRouter, Query, Request
 from sqlalchemy import func, select, tuple_
 
 from server.api.deps import DB, MAX_ID, Id, get_or_404
-from server.api.schemas import BatchTiming, Curve, CurvePoint, ErrorDetail, RigStatus
+from server.api.schemas import BatchTiming, Curve, CurvePoint, ErrorDetail, RigStatus, RigSummary
 from server.drift import mean_sem
 from server.monitor import GENERATION_COMPLETED
 from server.store import queries
@@ -68,6 +68,21 @@ def get_curve(thread_id: Id, db: DB, max_points: int = Query(1000, ge=2, le=10_0
             best_stimulus_id=best_ids.get((row.id, best[row.id])), completed_at=row.completed_at,
         ))
     return Curve(thread_id=thread_id, total=total, points=points)
+
+
+@router.get("/rigs", response_model=list[RigSummary])
+def list_rigs(request: Request, db: DB) -> list[RigSummary]:
+    """The connected rigs and those active sessions wait for, by name: a session whose rig is missing here
+    while another is connected may have its rig's name wrong (names are exact and case-sensitive)."""
+    transport = getattr(request.app.state.engine, "transport", None)
+    connected = {name: transport.rig_status(name) for name in transport.rigs()} if transport is not None else {}
+    sessions: dict[str, list[int]] = {}
+    for session_id, rig in db.execute(select(Session.id, Session.rig).where(Session.status == SessionStatus.ACTIVE)
+                                      .order_by(Session.id)):
+        sessions.setdefault(rig, []).append(session_id)
+    return [RigSummary(rig=rig, connected=connected.get(rig) is not None,
+                       channels=connected[rig]["channels"] if connected.get(rig) else None, sessions=sessions.get(rig, []))
+            for rig in sorted(set(connected) | set(sessions))]
 
 
 @router.get("/rigs/{rig}", response_model=RigStatus)
