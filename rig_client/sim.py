@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 # An EfficientNet-Lite0 unit that random DCGAN faces drive, on average, below the best natural
 # reference image (screened in docs/simulated_neurons.md): evolution has something to find.
 DEFAULT_UNIT = "blocks.6:67"
+CONNECT_TIMEOUT_S = 30  # for the server's WELCOME, at start and after each injected disconnect
 
 
 def parse_unit(text: str):
@@ -200,9 +201,11 @@ class SimulatedRig:
     def _connect(self, client_class):
         client = client_class(self.args.endpoint, self.args.rig, channels=len(self.scorer.units),
                               labels=self.labels, **connection_keys(self.args))
-        if not client.wait_connected(timeout=30):
-            client.close()
-            raise RigError(f"no server answered at {self.args.endpoint} within 30 s")
+        deadline = time.monotonic() + CONNECT_TIMEOUT_S
+        while not client.wait_connected(timeout=0.2) and not self.stop.is_set():  # a stop ends the wait at once
+            if time.monotonic() >= deadline:
+                client.close()
+                raise RigError(f"no server answered at {self.args.endpoint} within {CONNECT_TIMEOUT_S} s")
         return client
 
     def _send(self, client, batch_id: str, presentations: list, done: bool) -> None:
@@ -217,11 +220,20 @@ class SimulatedRig:
 
 
 def run(args: argparse.Namespace) -> int:
-    rig = SimulatedRig(args)
+    """Run the rig until Ctrl-C (exit 130) or SIGTERM (exit 0); either stops the model load too."""
+    rig, received = None, []
+
+    def stop(signum, frame):
+        received.append(signum)
+        if rig is None:
+            raise KeyboardInterrupt  # still loading the model
+        rig.stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: rig.stop.set())
+        signal.signal(sig, stop)
+    rig = SimulatedRig(args)
     rig.run()
-    return 0
+    return 130 if signal.SIGINT in received else 0
 
 
 def run_screen(args: argparse.Namespace) -> int:

@@ -3,14 +3,17 @@ and ``actmax weights list|verify`` (local: where this machine's server finds gen
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rig_client.connection import positive
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+FIRST_TIMEOUT_S = 5.0  # for the first request to a server: a wrong port is named in seconds
 ENDED = {"stopped", "finished"}
 
 
@@ -65,7 +68,7 @@ def add_parser(subcommands) -> None:
 
 # ---------------------------------------------------------------------------- REST client
 def api():
-    """The REST client of ACTMAX_URL with ACTMAX_TOKEN (a one-line error when the token is missing)."""
+    """The REST client of ACTMAX_URL with ACTMAX_TOKEN (a one-line error when either cannot be used)."""
     from server import ServerError
     from server.launch import ApiClient
     from server.settings import check_token
@@ -73,20 +76,46 @@ def api():
     token = os.environ.get("ACTMAX_TOKEN")
     if not token:
         raise ServerError("no API token: set ACTMAX_TOKEN to the server's token")
-    return ApiClient(os.environ.get("ACTMAX_URL", DEFAULT_URL).rstrip("/"), check_token(token))
+    url = os.environ.get("ACTMAX_URL", DEFAULT_URL).rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise ServerError(f"ACTMAX_URL must start with http:// or https://, e.g. {DEFAULT_URL} (it is {url!r})")
+    return ApiClient(url, check_token(token))
+
+
+def _unreachable(url: str, exc: Exception):
+    from server import ServerError
+
+    return ServerError(f"cannot reach the server at {url}: {exc}; is `actmax serve` running? (set ACTMAX_URL)")
+
+
+@functools.cache
+def check_server(url: str) -> None:
+    """``GET /health`` with a short timeout, once per URL: a port that is not actmax's REST API (the rigs'
+    ZeroMQ port, another service) is named in seconds, not after a request's long timeout."""
+    import httpx
+
+    from server import ServerError
+
+    try:
+        health = httpx.get(f"{url}/health", timeout=FIRST_TIMEOUT_S).json()
+    except (httpx.ReadTimeout, httpx.RemoteProtocolError, ValueError):  # connected, but no HTTP or no JSON came
+        health = None
+    except httpx.TransportError as exc:
+        raise _unreachable(url, exc) from None
+    if not (isinstance(health, dict) and "status" in health):
+        raise ServerError(f"{url} answered, but not as actmax's REST API: ACTMAX_URL is the REST address of "
+                          f"`actmax serve` (its --port, e.g. {DEFAULT_URL}), not the rigs' ZeroMQ port")
 
 
 def call(method: str, path: str, body: dict | None = None):
     import httpx
 
-    from server import ServerError
-
     client = api()
     try:
+        check_server(client.url)
         return client.get(path) if method == "GET" else client.post(path, body)
     except httpx.TransportError as exc:
-        raise ServerError(f"cannot reach the server at {client.url}: {exc}; is `actmax serve` running? "
-                          "(set ACTMAX_URL)") from None
+        raise _unreachable(client.url, exc) from None
     finally:
         client.close()
 
@@ -103,6 +132,11 @@ def create_session(args) -> int:
     session = call("POST", "/sessions", read_config_file(args.file))
     print(f"session {session['id']} {session['name']!r} created for rig {session['rig']!r}")
     print_threads(session["threads"])
+    others = [f"{s['id']} {s['name']!r}" for s in call("GET", "/sessions")
+              if s["rig"] == session["rig"] and s["status"] == "active" and s["id"] != session["id"]]
+    if others:  # allowed (the rig takes turns between sessions), but on an animal rarely meant
+        print(f"actmax session: warning: rig {session['rig']!r} already has active session(s) {', '.join(others)}: "
+              "it shows the images of each in turn; `actmax session stop ID` stops one", file=sys.stderr)
     return 0
 
 
@@ -143,36 +177,47 @@ def retarget_thread(args) -> int:
 
 
 def _number(value) -> str:
-    return "" if value is None else f"{value:.3f}"
+    return "" if value is None else f"{value:z.3f}"  # z: -0.0001 prints 0.000
+
+
+def _time(text: str | None) -> datetime:
+    """A server timestamp; none: the earliest (a status no event has changed is the thread's first)."""
+    return datetime.fromisoformat(text) if text else datetime.min.replace(tzinfo=UTC)
 
 
 def watch_session(args) -> int:
     """A line per completed generation (per thread), per thread status change and per warning or error
-    event (drift alarms, refused results, a lost rig), until the session ends."""
+    event (drift alarms, refused results, a lost rig), in the order they happened, until the session ends."""
     shown: set[int] = set()
     statuses: dict[int, str] = {}
+    changed: dict[tuple[int, str], str] = {}  # (thread id, event kind) -> time of its latest event
     events_seen = 0
     session = call("GET", f"/sessions/{args.id}")  # an unknown session or server: the error alone
     print(f"{'thread':<20} {'gen':>4} {'mean':>9} {'max':>9} {'ref mean':>9} {'latency s':>9}", flush=True)
     while True:
         names = {t["id"]: t["name"] for t in session["threads"]}
+        lines: list[tuple[datetime, str]] = []  # this poll's news, printed in time order
         while page := call("GET", f"/sessions/{args.id}/events?offset={events_seen}&limit=100")["items"]:
             events_seen += len(page)
             for event in page:
+                changed[event["thread_id"], event["kind"]] = event["time"]
                 if event["level"] in ("warning", "error"):
-                    print(f"{event['level'].upper():<8} {names.get(event['thread_id'], '-')}: {event['kind']}: "
-                          f"{event['message']}", flush=True)
+                    lines.append((_time(event["time"]), f"{event['level'].upper():<8} "
+                                  f"{names.get(event['thread_id'], '-')}: {event['kind']}: {event['message']}"))
         for thread in session["threads"]:
             for g in call("GET", f"/threads/{thread['id']}/generations"):
                 if g["status"] == "complete" and g["id"] not in shown:
                     shown.add(g["id"])
-                    print(f"{thread['name']:<20} {g['number']:>4} {_number(g['mean_score']):>9} "
-                          f"{_number(g['max_score']):>9} {_number(g['reference_mean']):>9} "
-                          f"{_number(g.get('rig_latency_s')):>9}", flush=True)
+                    lines.append((_time(g["completed_at"]), f"{thread['name']:<20} {g['number']:>4} "
+                                  f"{_number(g['mean_score']):>9} {_number(g['max_score']):>9} "
+                                  f"{_number(g['reference_mean']):>9} {_number(g.get('rig_latency_s')):>9}"))
             if statuses.get(thread["id"]) != thread["status"]:
                 statuses[thread["id"]] = thread["status"]
                 error = f" ({thread['last_error']})" if thread.get("last_error") else ""
-                print(f"{thread['name']:<20} {thread['status']}{error}", flush=True)
+                lines.append((_time(changed.get((thread["id"], f"thread.{thread['status']}"))),
+                              f"{thread['name']:<20} {thread['status']}{error}"))
+        for _, line in sorted(lines, key=lambda item: item[0]):
+            print(line, flush=True)
         if session["status"] in ENDED:
             print(f"session {session['id']} {session['status']}", flush=True)
             return 0

@@ -59,6 +59,14 @@ def session_config(args: argparse.Namespace) -> dict:
     }
 
 
+def progress(api, threads: list[dict]) -> tuple[int, bool]:
+    """Generations complete, and whether every thread has ended. The states are read first: a generation
+    that completes between the two reads is counted, so the count of ended threads is final."""
+    states = [api.get(f"/threads/{t['id']}")["status"] for t in threads]
+    done = sum(sum(g["status"] == "complete" for g in api.get(f"/threads/{t['id']}/generations")) for t in threads)
+    return done, all(s in ("finished", "stopped", "failed") for s in states)
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -90,11 +98,9 @@ def run(args: argparse.Namespace) -> int:
             while True:
                 if rig.poll() is not None:
                     raise RuntimeError(f"the simulated rig exited (code {rig.returncode}); see {out / 'rig.log'}")
-                done = sum(sum(g["status"] == "complete" for g in api.get(f"/threads/{t['id']}/generations"))
-                           for t in threads)
+                done, ended = progress(api, threads)
                 bar.update(done - bar.n)
-                states = [api.get(f"/threads/{t['id']}")["status"] for t in threads]
-                if all(s in ("finished", "stopped", "failed") for s in states):
+                if ended:
                     break
                 if time.monotonic() - started > args.timeout:
                     raise TimeoutError(f"demo did not finish within {args.timeout:.0f} s; see {data / 'server.log'}")

@@ -28,6 +28,7 @@ from server.api.routes import (
 )
 from server.api.routes.health import package_version
 from server.api.schemas import ErrorDetail
+from server.session_config import problem_message
 from server.settings import Settings
 from server.store.archive import ImageArchive
 from server.weights import GeneratorCache
@@ -96,9 +97,11 @@ def _add_pages(app: FastAPI) -> None:
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    """422 naming each problem, without echoing the input (it may be huge, deep, or NaN); a body that is not
-    read as JSON says which Content-Type to send."""
-    detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+    """422 naming each problem (a misspelt key with the closest allowed ones), without echoing the input (it may
+    be huge, deep, or NaN); a body that is not read as JSON says which Content-Type to send."""
+    body = getattr(request.scope.get("route"), "body_field", None)
+    model = body.field_info.annotation if body is not None else None
+    detail = [{"loc": list(e["loc"]), "msg": problem_message(e, model), "type": e["type"]} for e in exc.errors()]
     content_type = request.headers.get("content-type", "")
     for problem in detail:
         if problem["loc"] == ["body"] and "json" not in content_type:

@@ -8,10 +8,12 @@ one source of a thread's settings: the engine re-validates it, so every default 
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
+import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -24,6 +26,7 @@ from server import ServerError
 MAX_SEED = 2**32 - 1  # fits every RNG seed API (numpy RandomState included)
 MAX_POPULATION = 500  # images an optimizer may ask per generation (the published runs use 40)
 MAX_PARAMS_DEPTH = 4  # optimizer_params nest at most a list (init_code) in the top object
+AGE = re.compile(r"(P[0-9YMWDTHS.]+(/(P[0-9YMWDTHS.]+)?)?)?")  # ISO 8601 duration or range, as NWB takes
 Name = Annotated[str, Field(min_length=1, max_length=200)]
 
 
@@ -223,7 +226,7 @@ class SessionConfig(_Strict):
     subject_id: str = Field("", max_length=200, description='Subject identifier; "" uses `animal`.')
     species: str = Field("", max_length=200, description='Latin binomial, e.g. "Macaca mulatta".')
     sex: Literal["M", "F", "U", "O"] = Field("U", description="Subject sex: M, F, U (unknown), O (other).")
-    age: str = Field("", pattern=r"^(P[0-9YMWDTHS.]+(/(P[0-9YMWDTHS.]+)?)?)?$",
+    age: str = Field("", json_schema_extra={"pattern": f"^{AGE.pattern}$"},
                      description='ISO 8601 duration such as "P6Y", or a range "P5Y/P7Y"; "": unknown.')
     lab: Annotated[str, Field(max_length=200)] = ""
     experimenter: str = Field("", max_length=200, description='"Last, First", as NWB asks.')
@@ -242,6 +245,14 @@ class SessionConfig(_Strict):
             raise ValueError(f"{rig!r} cannot be a rig's name: rigs say HELLO with 1-64 of A-Z a-z 0-9 . _ - "
                              "(first a letter or digit); use the name your rig connects with")
         return rig
+
+    @field_validator("age")
+    @classmethod
+    def _iso_duration(cls, age: str) -> str:
+        if not AGE.fullmatch(age):
+            raise ValueError(f'{age!r} is not an ISO 8601 duration: give e.g. "P6Y" (6 years), "P30D" (30 days), '
+                             'a range "P5Y/P7Y", or "" (unknown)')
+        return age
 
     @field_validator("response_window_ms")
     @classmethod
@@ -282,12 +293,44 @@ class SessionConfig(_Strict):
         raise ConfigError(f"session {self.name!r} has no thread {name!r}")
 
 
-def describe_validation_error(error: ValidationError) -> str:
-    """One line per problem, ``field.path: message`` (for the CLI)."""
+def problem_message(problem: dict, model: type[BaseModel] | None = None) -> str:
+    """pydantic's message about one problem, for people: without its "Value error, " prefix, and an unknown key
+    of ``model`` (where ``problem["loc"]`` starts; FastAPI's leading "body" is skipped) with the closest
+    allowed keys."""
+    message = problem["msg"].removeprefix("Value error, ")
+    loc = tuple(problem["loc"])
+    keys = _keys_at(model, loc[1:] if loc[:1] == ("body",) else loc) if problem["type"] == "extra_forbidden" else []
+    if not keys:
+        return message
+    close = difflib.get_close_matches(str(loc[-1]), keys, n=1)
+    return f"unknown key{f', did you mean {close[0]!r}?' if close else ''} (allowed: {', '.join(keys)})"
+
+
+def _keys_at(model: type[BaseModel] | None, loc: tuple) -> list[str]:
+    """The keys of the model holding the last part of ``loc`` (a path into ``model``); [] if none does."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if model is not None and isinstance(part, str) else None
+        if field is not None:
+            model = next(_models(field.annotation), None)
+        elif not isinstance(part, int):  # an int is an item of a list
+            return []
+    return list(model.model_fields) if model is not None else []
+
+
+def _models(annotation):
+    """The pydantic models in a type annotation (``list[ThreadConfig]``, ``ManifoldConfig | None``, ...)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield annotation
+    for argument in get_args(annotation):
+        yield from _models(argument)
+
+
+def describe_validation_error(error: ValidationError, model: type[BaseModel] = SessionConfig) -> str:
+    """One line per problem of validating ``model``, ``field.path: message`` (for the CLI)."""
     lines = []
     for problem in error.errors():
         where = ".".join(str(part) for part in problem["loc"]) or "(top level)"
-        lines.append(f"{where}: {problem['msg']}")
+        lines.append(f"{where}: {problem_message(problem, model)}")
     return "; ".join(lines)
 
 

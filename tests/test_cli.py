@@ -41,6 +41,22 @@ def test_the_console_script_is_installed_and_runs():
     assert result.stdout.startswith("usage: actmax")
 
 
+def test_a_second_server_on_the_same_data_folder_is_refused(tmp_path):
+    """Both would run the same threads (each flipping them between running and waiting for its rig)."""
+    from server.launch import ServerProcess, free_port
+
+    token = "t" * 32
+    first = ServerProcess(tmp_path, token)
+    first.start()
+    try:
+        second = actmax("serve", "--port", str(free_port()), "--zmq-endpoint", f"tcp://127.0.0.1:{free_port()}",
+                        "--data-dir", str(tmp_path), env={"ACTMAX_TOKEN": token})
+    finally:
+        first.stop()
+    assert second.returncode == 2
+    assert f"{tmp_path} is in use by another actmax serve (pid {first.process.pid})" in second.stderr
+
+
 def test_output_piped_into_a_reader_that_closed_early_ends_quietly(tmp_path):
     """``actmax weights list | head -0``: no traceback and no advice about paths, as Unix tools do."""
     read, write = os.pipe()
@@ -208,3 +224,78 @@ def test_weights_list_and_verify_report_where_each_generator_looks(tmp_path):
     verified = actmax("weights", "verify", "dcgan-faces")  # the packaged weights
     assert verified.returncode == 0, verified.stderr
     assert re.search(r"dcgan-faces\s+ok\s+[0-9a-f]{64}", verified.stdout)
+
+
+def test_demo_progress_counts_a_generation_that_completes_between_its_reads():
+    """``make demo``'s bar ended at 59/60: its last generation completed after the count, before the states."""
+    from server.demo import progress
+
+    class Api:  # one thread; its last generation completes, and the thread finishes, right after the first read
+        reads = 0
+
+        def get(self, path: str):
+            self.reads += 1
+            ended = self.reads > 1
+            if path.endswith("/generations"):
+                return [{"status": "complete"}] * (2 if ended else 1)
+            return {"status": "finished" if ended else "running"}
+
+    api = Api()
+    while not (result := progress(api, [{"id": 1}]))[1]:
+        pass
+    assert result == (2, True)
+
+
+def test_an_actmax_url_without_its_scheme_is_named(clean_environment, capsys):
+    clean_environment.setenv("ACTMAX_TOKEN", "t")
+    clean_environment.setenv("ACTMAX_URL", "127.0.0.1:8000")
+    code, err = in_process("session", "list", capsys=capsys)
+    assert code == 2 and "ACTMAX_URL must start with http:// or https://, e.g. http://127.0.0.1:8000" in err, err
+
+
+def test_an_actmax_url_of_the_rigs_zeromq_port_is_named_in_seconds(clean_environment, capsys, zmq_context):
+    import time
+
+    import zmq
+
+    from server import client_cli
+
+    clean_environment.setattr(client_cli, "FIRST_TIMEOUT_S", 1.0)
+    router = zmq_context.socket(zmq.ROUTER)  # what `actmax serve` binds for rigs
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    clean_environment.setenv("ACTMAX_TOKEN", "t")
+    clean_environment.setenv("ACTMAX_URL", f"http://127.0.0.1:{port}")
+    start = time.monotonic()
+    try:
+        code, err = in_process("session", "list", capsys=capsys)
+    finally:
+        router.close(linger=0)
+    assert code == 2 and f"http://127.0.0.1:{port} answered, but not as actmax's REST API" in err, err
+    assert time.monotonic() - start < 10
+
+
+def test_watch_prints_in_time_order_and_no_negative_zero(clean_environment, capsys):
+    """A session already running when watched: its thread's ``running`` came before its generation 0, and
+    the generation's reference mean of -0.0001 prints as 0.000."""
+    from server import client_cli
+
+    thread = {"id": 7, "name": "ch0", "status": "running", "last_error": None}
+    snapshots = iter([{"id": 1, "status": "active", "threads": [thread]},
+                      {"id": 1, "status": "stopped", "threads": [{**thread, "status": "stopped"}]}])
+    events = [{"thread_id": 7, "kind": f"thread.{status}", "level": "info", "message": "", "time": time}
+              for status, time in (("running", "2026-11-29T10:00:01Z"), ("stopped", "2026-11-29T10:00:09Z"))]
+    generation = {"id": 3, "number": 0, "status": "complete", "mean_score": 1.5, "max_score": 2.0,
+                  "reference_mean": -0.0001, "rig_latency_s": 0.1, "completed_at": "2026-11-29T10:00:05.5Z"}
+
+    def call(method: str, path: str, body=None):
+        if "/events?" in path:
+            offset = int(path.split("offset=")[1].split("&")[0])
+            return {"items": events[offset:offset + 1]}
+        return [generation] if path.endswith("/generations") else next(snapshots)
+
+    clean_environment.setattr(client_cli, "call", call)
+    capsys.readouterr()
+    assert client_cli.watch_session(argparse.Namespace(id=1, interval=0.01)) == 0
+    lines = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert lines == [["ch0", "running"], ["ch0", "0", "1.500", "2.000", "0.000", "0.100"], ["ch0", "stopped"],
+                     ["session", "1", "stopped"]]

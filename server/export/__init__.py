@@ -4,7 +4,7 @@
 call ``session_tables`` once and hand the tables to a writer. docs/export.md describes the output.
 """
 
-from server.export.tables import ExportError, SessionRunning, SessionTables, session_tables, write_tables
+from server.export.tables import CLI_HINTS, ExportError, SessionRunning, SessionTables, session_tables, write_tables
 from server.store.db import make_db_engine, make_sessionmaker
 
 
@@ -13,11 +13,12 @@ class NwbUnavailable(ExportError, RuntimeError):
 
 
 def load_session_tables(database_url: str, session_id: int) -> SessionTables:
-    """``session_tables`` of a session in the database at ``database_url`` (CLI and scripts)."""
+    """``session_tables`` of a session in the database at ``database_url`` (CLI and scripts: errors name
+    `actmax` commands)."""
     db_engine = make_db_engine(database_url)
     try:
         with make_sessionmaker(db_engine)() as db:
-            return session_tables(db, session_id)
+            return session_tables(db, session_id, CLI_HINTS)
     finally:
         db_engine.dispose()
 

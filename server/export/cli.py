@@ -17,7 +17,7 @@ def add_parser(subcommands) -> None:
     for name, help in FORMATS.items():
         sub = formats.add_parser(name, help=help, description=f"Write {help}.")
         sub.add_argument("--data-dir", help="server data folder (default: ACTMAX_DATA_DIR or ./actmax-data)")
-        sub.add_argument("--session", type=int, required=True, help="session id (see GET /sessions)")
+        sub.add_argument("--session", type=int, required=True, help="session id (`actmax session list`)")
         sub.add_argument("--out", type=Path, required=True,
                          help="output file (.nwb)" if name == "nwb" else "output folder, one file per table")
         sub.set_defaults(func=run)

@@ -140,6 +140,11 @@ class ExportError(ValueError):
     """A session that cannot be exported (unknown, or still running); the message says what to do."""
 
 
+# What to do about an ExportError, in the words of its reader: REST routes, or `actmax` commands.
+REST_HINTS = {"list": "GET /sessions", "stop": "POST /sessions/{id}/stop or /threads/{{id}}/stop"}
+CLI_HINTS = {"list": "`actmax session list`", "stop": "`actmax session stop {id}` or `actmax thread stop ID`"}
+
+
 class SessionRunning(ExportError):
     """The session still has running or paused threads: its record is not final yet."""
 
@@ -158,19 +163,20 @@ class SessionTables:
         return [(f.name, getattr(self, f.name)) for f in fields(self)]
 
 
-def session_tables(db: DBSession, session_id: int) -> SessionTables:
+def session_tables(db: DBSession, session_id: int, hints: dict[str, str] = REST_HINTS) -> SessionTables:
     """All tables of a finished (or stopped) session.
 
     Raises ``ExportError`` for an unknown session and ``SessionRunning`` while any thread has not ended
     (``LIVE_STATUSES``): an export is a final record, so a live session is refused rather than written half-done.
+    Their messages say what to do with ``hints`` (``REST_HINTS`` or ``CLI_HINTS``).
     """
     session = db.get(Session, session_id)
     if session is None:
-        raise ExportError(f"session {session_id} not found; list sessions with GET /sessions")
+        raise ExportError(f"session {session_id} not found; list sessions with {hints['list']}")
     live = [f"{t.name} ({t.status.value})" for t in session.threads if t.status in LIVE_STATUSES]
     if live:
         raise SessionRunning(f"session {session_id} is still running: {', '.join(live)}; wait until its threads "
-                             "finish or stop them (POST /sessions/{id}/stop or /threads/{id}/stop), then export")
+                             f"finish or stop them ({hints['stop'].format(id=session_id)}), then export")
     stimuli = _stimuli(db, session)
     presentations = _presentations(db, session, stimuli)
     return SessionTables(

@@ -118,8 +118,12 @@ def test_create_session_records_threads_and_seeds(client: httpx.Client, live_ser
         ({"threads": []}, ["body", "threads"], "at least 1"),
         ({"response_window_ms": [200, 200]}, ["body", "response_window_ms"], "start must be before end"),
         ({"response_window_ms": [50]}, ["body", "response_window_ms", 1], "required"),
-        ({"animl": "M1"}, ["body", "animl"], "Extra inputs"),
-        ({"threads": [thread_config(n_generation=5)]}, ["body", "threads", 0, "n_generation"], "Extra inputs"),
+        ({"animl": "M1"}, ["body", "animl"], "unknown key, did you mean 'animal'? (allowed: name, rig, animal,"),
+        ({"threads": [thread_config(n_generation=5)]}, ["body", "threads", 0, "n_generation"],
+         "unknown key, did you mean 'n_generations'?"),
+        ({"threads": [thread_config(objective={"channel": [1]})]}, ["body", "threads", 0, "objective", "channel"],
+         "unknown key, did you mean 'channels'? (allowed: channels, combine, expression)"),
+        ({"age": "6 years"}, ["body", "age"], "'6 years' is not an ISO 8601 duration: give e.g. \"P6Y\""),
         ({"threads": [thread_config(), thread_config()]}, ["body", "threads"], "names must be unique"),
         ({"threads": [thread_config(objective={"channels": []})]}, ["body", "threads", 0, "objective", "channels"], "at least 1"),
         ({"threads": [thread_config(objective={"channels": [1], "combine": "max"})]},
@@ -133,6 +137,15 @@ def test_bad_config_is_422_naming_the_field(client: httpx.Client, change: dict, 
     assert response.status_code == 422, response.text
     problems = response.json()["detail"]
     assert any(p["loc"] == loc and says in p["msg"] for p in problems), problems
+    assert not any("Value error" in p["msg"] for p in problems), problems  # pydantic's prefix, not for people
+
+
+def test_a_misspelt_key_of_a_new_objective_gets_a_suggestion(client: httpx.Client) -> None:
+    thread_id = create_session(client)["threads"][0]["id"]
+    response = client.post(f"/threads/{thread_id}/retarget", json={"objective": {"expresion": "rate(0)"}})
+    assert response.status_code == 422, response.text
+    (problem,) = response.json()["detail"]
+    assert problem["loc"] == ["body", "objective", "expresion"] and "did you mean 'expression'?" in problem["msg"]
 
 
 @pytest.mark.parametrize(
@@ -229,3 +242,27 @@ def test_generation_stimulus_and_presentation_reads(client: httpx.Client, live_s
     assert [p["stimulus_id"] for p in first["items"] + rest["items"]] == stimulus_ids
     assert first["items"][0]["rates"] == [0.0, None] and first["items"][0]["rig"] == "rig-A"
     assert client.get(f"/threads/{thread_id}/presentations", params={"limit": 0}).status_code == 422
+
+
+def test_the_cli_warns_when_a_new_session_shares_its_rig_with_an_active_one(
+        live_server: LiveServer, client: httpx.Client, tmp_path, monkeypatch, capsys) -> None:
+    """Allowed (the rig takes turns between sessions), but a second `session create` of one config doubles
+    what an animal sees: the CLI names the active sessions already on the rig."""
+    from server.cli import main
+
+    monkeypatch.setenv("ACTMAX_URL", live_server.url)
+    monkeypatch.setenv("ACTMAX_TOKEN", TOKEN)
+    first = create_session(client, name="first", rig="rig-shared")
+    stopped = create_session(client, name="stopped", rig="rig-shared")
+    client.post(f"/sessions/{stopped['id']}/stop").raise_for_status()
+    create_session(client, name="elsewhere", rig="rig-other")
+    path = tmp_path / "second.json"
+    path.write_text(json.dumps(session_config(name="second", rig="rig-shared")))
+    capsys.readouterr()
+    assert main(["session", "create", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: rig 'rig-shared' already has active session(s) {first['id']} 'first': " in err, err
+    assert "stopped" not in err and "elsewhere" not in err
+    path.write_text(json.dumps(session_config(name="alone", rig="rig-alone")))
+    assert main(["session", "create", str(path)]) == 0
+    assert capsys.readouterr().err == ""

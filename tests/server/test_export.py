@@ -175,10 +175,12 @@ def test_rest_export_needs_the_token_and_a_finished_session(recorded, running, d
     url = f"{server.url}/sessions/{session_id}/export.nwb"
     assert httpx.get(url).status_code == 401
     auth = {"Authorization": f"Bearer {server.token}"}
-    assert httpx.get(f"{server.url}/sessions/999/export.nwb", headers=auth).status_code == 404
+    missing = httpx.get(f"{server.url}/sessions/999/export.nwb", headers=auth)
+    assert missing.status_code == 404 and "list sessions with GET /sessions" in missing.json()["detail"]
 
     refused = httpx.get(f"{server.url}/sessions/{running}/export.nwb", headers=auth)
     assert refused.status_code == 409 and "still running" in refused.json()["detail"]
+    assert f"(POST /sessions/{running}/stop or /threads/{{id}}/stop)" in refused.json()["detail"]
 
     response = httpx.get(url, headers=auth, timeout=60)
     assert response.status_code == 200 and response.headers["content-type"] == "application/x-nwb"
@@ -194,8 +196,13 @@ def test_running_session_is_refused_by_the_cli(recorded, running, capsys, tmp_pa
     server, _, _ = recorded
     assert actmax(["export", "parquet", "--data-dir", str(server.data_dir), "--session", str(running),
                    "--out", str(tmp_path / "out")]) == 2
-    assert f"session {running} is still running: t (waiting_for_rig)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"session {running} is still running: t (waiting_for_rig)" in err
+    assert f"(`actmax session stop {running}` or `actmax thread stop ID`)" in err and "POST" not in err
     assert not (tmp_path / "out").exists()
+    assert actmax(["export", "csv", "--data-dir", str(server.data_dir), "--session", "999",
+                   "--out", str(tmp_path / "out")]) == 2
+    assert "session 999 not found; list sessions with `actmax session list`" in capsys.readouterr().err
 
 
 def test_channel_labels_from_the_rigs_hello_reach_rest_and_every_export(recorded, tmp_path):

@@ -101,8 +101,10 @@ def test_load_session_config_from_json_and_yaml(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "suffix", "message"),
     [
-        (json.dumps(session_config(threads=[thread_config(optimizer="adam")])), ".json", r"threads\.0\.optimizer: .*unknown optimizer 'adam'"),
-        (json.dumps(session_config(colour="red")), ".json", r"colour: Extra inputs are not permitted"),
+        (json.dumps(session_config(threads=[thread_config(optimizer="adam")])), ".json", r"threads\.0\.optimizer: unknown optimizer 'adam'"),
+        (json.dumps(session_config(colour="red")), ".json", r"colour: unknown key \(allowed: name, rig, "),
+        (json.dumps(session_config(threads=[thread_config(n_generation=3)])), ".json",
+         r"threads\.0\.n_generation: unknown key, did you mean 'n_generations'\?"),
         ("{not json", ".json", "not valid JSON"),
         ("threads: [unclosed", ".yml", "not valid YML"),
         ("- a list", ".yaml", "a session config is a mapping"),
