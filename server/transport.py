@@ -290,9 +290,9 @@ class Transport:
             key = zmq.utils.z85.encode(credentials[0]) if mechanism == b"CURVE" and credentials else None
             name = self._allowed_keys().get(key) if key else None
             if name is None:
-                self._log_handshake(f"from {address.decode(errors='replace')}",
-                                    f"unknown CURVE key {key.decode()} (not in `actmax keys list`; `actmax keys "
-                                    "rig NAME --public-key FILE` registers it)" if key else "no CURVE key")
+                self._log_handshake(f"from {address.decode(errors='replace')}", "unknown CURVE key" if key else
+                                    "no CURVE key", f" {key.decode()} (not in `actmax keys list`; `actmax keys rig "
+                                    "NAME --public-key FILE` registers it)" if key else "")
                 await self._zap.send_multipart([version, request_id, b"400", b"key not allowed",
                                                 b"", b""])
             else:
@@ -316,9 +316,11 @@ class Transport:
                 log.error("using the rig keys read before: %s", exc)
         return self._rig_keys
 
-    def _log_handshake(self, where: str, reason: str) -> None:
-        if self._handshake_budget.allow(f"{where}: {reason}"):  # a failing peer retries every 100 ms
-            log.warning("refused a CURVE handshake %s: %s", where, reason)
+    def _log_handshake(self, where: str, reason: str, detail: str = "") -> None:
+        """One line a minute per peer and ``reason`` (a failing peer retries every 100 ms; the budget is not
+        keyed by ``detail``, so a peer trying key after key gets no more lines)."""
+        if self._handshake_budget.allow(f"{where}: {reason}"):
+            log.warning("refused a CURVE handshake %s: %s%s", where, reason, detail)
 
     def _log(self, peer: str, level: int, fmt: str, *args: Any) -> None:
         """Log a line caused by ``peer``, unless that peer has used up its budget of lines."""

@@ -128,7 +128,8 @@ def test_a_rig_key_registered_while_serving_is_accepted_and_failed_handshakes_ar
             other_server = server.rig_dealer("rig-a")
             other_server.setsockopt(zmq.CURVE_SERVERKEY, zmq.curve_keypair()[0])
             for peer in (server.curve_dealer(None, None), other_server, server.curve_dealer(stranger_public,
-                                                                                            stranger_secret)):
+                                                                                            stranger_secret),
+                         server.curve_dealer(*zmq.curve_keypair())):  # another unknown key: no more lines
                 assert await server.handshake_failure(peer) != zmq.EVENT_HANDSHAKE_SUCCEEDED
             await asyncio.sleep(0.5)  # retries
 
