@@ -103,10 +103,13 @@ def test_the_batch_timeout_waits_while_the_rig_is_away(tmp_path, endpoint):
         thread_id = live.create()
         with RigClient(live.settings.zmq_endpoint, RIG, channels=1) as rig:
             first = rig.next_batch(timeout=60)
-        wait_until(lambda: not live.transport.connected(RIG), 30, "the server to see the rig leave")
-        with live.sessions() as db:  # an event of the session: its watch and dashboard show it
-            lost = db.execute(select(Event.session_id, Event.level).where(Event.kind == "rig.lost")).all()
-            assert lost == [(db.get(Thread, thread_id).session_id, "warning")]
+        def lost() -> list:  # an event of the session: its watch and dashboard show it
+            with live.sessions() as db:
+                return db.execute(select(Event.session_id, Event.level).where(Event.kind == "rig.lost")).all()
+
+        with live.sessions() as db:
+            session_id = db.get(Thread, thread_id).session_id
+        assert wait_until(lost, 30, "the server to see the rig leave") == [(session_id, "warning")]
         time.sleep(4.0)
         with RigClient(live.settings.zmq_endpoint, RIG, channels=1) as rig:
             again = rig.next_batch(timeout=60)
