@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("httpx", "alembic"):  # a line per REST call or migration step is noise
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("PIL").setLevel(logging.INFO)  # -v: not a line per PNG chunk read
     try:
         code = args.func(args) or 0
         sys.stdout.flush()  # here, so that a closed pipe is caught below

@@ -66,7 +66,12 @@ class ServerProcess:
             args += ["--batch-timeout", str(self.batch_timeout_s)]
         self.process = _actmax(args, {**self.env, "ACTMAX_TOKEN": self.token}, self.log_path)
         client = ApiClient(self.url, self.token)
-        client.wait_healthy(timeout, self.process, self.log_path)
+        try:
+            client.wait_healthy(timeout, self.process, self.log_path)
+        except BaseException:  # never leave a server behind that nobody will stop
+            client.close()
+            self.stop()
+            raise
         return client
 
     def kill(self) -> None:
@@ -148,17 +153,20 @@ class ApiClient:
 
     def wait_healthy(self, timeout: float, process: subprocess.Popen | None = None, log_path: Path | None = None):
         deadline = time.monotonic() + timeout
+        problem = ""
         while time.monotonic() < deadline:
             if process is not None and process.poll() is not None:
                 tail = log_path.read_text()[-2000:] if log_path and log_path.exists() else ""
                 raise ServerError(f"the server exited with code {process.returncode}:\n{tail}")
             try:
-                if self._http.get("/health").status_code == 200:
+                response = self._http.get("/health")
+                if response.status_code == 200:
                     return
-            except httpx.TransportError:
+                problem = f": {response.json().get('problem')}"  # degraded: a full disk, ...
+            except (httpx.TransportError, ValueError):
                 pass
             time.sleep(0.2)
-        raise ServerError(f"the server at {self.url} did not become healthy within {timeout:.0f} s")
+        raise ServerError(f"the server at {self.url} did not become healthy within {timeout:.0f} s{problem}")
 
     def close(self) -> None:
         self._http.close()

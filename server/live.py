@@ -7,6 +7,7 @@ worth a database row (a batch sent, a batch answered) via `publish`. The engine 
 it makes on seeing them, never run in the rig's wait. Each subscriber owns a bounded
 queue: when a slow browser falls behind, its oldest items are dropped and counted, so publishing is
 O(subscribers) and never blocks. Publishing is thread-safe (the engine writes from its worker thread).
+When the server stops, `Hub.end_streams` ends every open stream, so none holds its shutdown.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ MAX_SUBSCRIBERS = 64  # open streams per server process
 
 
 class Subscription:
-    """One live stream's bounded queue; `get` waits for the next batch of items."""
+    """One live stream's bounded queue; `get` waits for the next batch of items until `end`."""
 
     def __init__(self, hub: Hub, session_id: int | None, size: int):
         self._hub = hub
@@ -40,6 +41,7 @@ class Subscription:
         self._ready = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self.dropped = 0
+        self.ended = False
 
     def _offer(self, item: dict) -> None:
         if self.session_id is not None and item.get("session_id") not in (None, self.session_id):
@@ -48,10 +50,7 @@ class Subscription:
             if len(self._items) == self._items.maxlen:
                 self.dropped += 1
             self._items.append(item)
-        try:
-            self._loop.call_soon_threadsafe(self._ready.set)
-        except RuntimeError:  # the stream's event loop is gone; close() follows
-            pass
+        self._wake()
 
     async def get(self, timeout: float) -> list[dict]:
         """Every item queued now, waiting up to ``timeout`` s for one; [] on timeout."""
@@ -64,6 +63,17 @@ class Subscription:
             self._items.clear()
             self._ready.clear()
         return items
+
+    def end(self) -> None:
+        """Set ``ended`` and wake `get` (from any thread): the stream ends after what is queued."""
+        self.ended = True
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._ready.set)
+        except RuntimeError:  # the stream's event loop is gone; close() follows
+            pass
 
     def close(self) -> None:
         self._hub._remove(self)
@@ -92,6 +102,13 @@ class Hub:
         with self._lock:
             if subscription in self._subscribers:
                 self._subscribers.remove(subscription)
+
+    def end_streams(self) -> None:
+        """End every open stream (the server is stopping)."""
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for subscription in subscribers:
+            subscription.end()
 
     @property
     def subscribers(self) -> int:

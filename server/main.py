@@ -1,7 +1,11 @@
-"""Builds the FastAPI app: routers and the state its dependencies read."""
+"""Builds the FastAPI app: routers, error handlers and the state its dependencies read."""
 
 from __future__ import annotations
 
+import logging
+import shutil
+import sqlite3
+import time
 from importlib.resources import files
 
 from fastapi import Depends, FastAPI, Request
@@ -9,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session as DBSession
 from sqlalchemy.orm import sessionmaker
 
@@ -33,6 +38,16 @@ from server.settings import Settings
 from server.store.archive import ImageArchive
 from server.weights import GeneratorCache
 
+log = logging.getLogger(__name__)
+_STORAGE_HINTS = (  # words in a database or disk error -> what to do ({data_dir} and {free} filled in)
+    (("is full", "no space", "quota"), "free space on the disk of {data_dir} ({free:.0f} MiB free now) and retry"),
+    (("readonly", "read-only"), "make {data_dir} and its files writable again and retry"),
+    (("locked", "busy"), "another process holds the database; retry later"),
+    (("malformed", "not a database", "i/o error", "input/output"),
+     "the database file may be damaged: stop the server (it checks the file as it starts) and see README.md, "
+     "'Operating the server'"),
+)
+
 
 def create_app(settings: Settings, db_sessions: sessionmaker[DBSession], *,
                engine: EngineWaker | None = None) -> FastAPI:
@@ -45,10 +60,14 @@ def create_app(settings: Settings, db_sessions: sessionmaker[DBSession], *,
     app = FastAPI(title="actmax", version=package_version(), docs_url=None, redoc_url=None)
     app.add_middleware(RequestGuard, token=token, max_body_bytes=settings.max_body_bytes)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    for storage in (SQLAlchemyError, sqlite3.Error, OSError):
+        app.add_exception_handler(storage, _storage_error)
+    app.add_exception_handler(Exception, _internal_error)
     app.state.settings = settings
     app.state.sessionmaker = db_sessions
     app.state.archive = ImageArchive(settings.data_dir)
     app.state.engine = engine
+    app.state.storage_error = None  # (monotonic time, message) of the last database or disk error; see /health
     app.state.generators = getattr(engine, "generators", None) or GeneratorCache(
         settings.device, settings.weights_dir, settings.precision)
 
@@ -108,3 +127,23 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
             problem["msg"] += (f" (the body was sent as {content_type or 'no Content-Type'}; send JSON with "
                                "Content-Type: application/json)")
     return JSONResponse({"detail": detail}, status_code=422)
+
+
+async def _storage_error(request: Request, exc: Exception) -> JSONResponse:
+    """503 naming a database or disk failure (a full or read-only disk, a damaged file) and what to do, logged in
+    one line (with the traceback when it is none of those); ``/health`` reports it for a while."""
+    reason = str(getattr(exc, "orig", None) or exc)
+    data_dir = request.app.state.settings.data_dir
+    hint = next((hint for words, hint in _STORAGE_HINTS if any(word in reason.lower() for word in words)), None)
+    if hint is not None:
+        hint = hint.format(data_dir=data_dir, free=shutil.disk_usage(data_dir).free / 2**20)
+    message = f"the database or disk failed: {reason}; {hint or 'the server logged the cause'}"
+    request.app.state.storage_error = time.monotonic(), reason
+    log.error("%s %s: %s", request.method, request.url.path, message, exc_info=hint is None)
+    return JSONResponse({"detail": message}, status_code=503)
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    """500 as JSON, as every error (uvicorn logs the traceback)."""
+    return JSONResponse({"detail": f"internal error ({type(exc).__name__}); the server logged the cause"},
+                        status_code=500)

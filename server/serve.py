@@ -135,8 +135,16 @@ async def _run_until_stopped(settings, app, engine, transport, http_socket, secu
     """Serve HTTP in the foreground and the transport and engine loops beside it; stop all three together."""
     import uvicorn
 
-    http = uvicorn.Server(uvicorn.Config(app, host=settings.http_host, port=settings.http_port, log_level="warning",
-                                           timeout_graceful_shutdown=3, lifespan="off"))  # the app has no lifespan
+    from server import live
+
+    class Http(uvicorn.Server):
+        async def shutdown(self, sockets=None) -> None:
+            log.info("shutting down")
+            live.hub.end_streams()  # else the dashboards' streams hold the graceful wait, then are cancelled
+            await super().shutdown(sockets)
+
+    http = Http(uvicorn.Config(app, host=settings.http_host, port=settings.http_port, log_level="warning",
+                               timeout_graceful_shutdown=3, lifespan="off"))  # the app has no lifespan
     background = [asyncio.create_task(transport.run()), asyncio.create_task(engine.run())]
     for stop in (signal.SIGINT, signal.SIGTERM):  # until uvicorn has its own: a Ctrl-C while it starts
         asyncio.get_running_loop().add_signal_handler(stop, setattr, http, "should_exit", True)

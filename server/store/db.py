@@ -3,7 +3,8 @@
 Migrations are atomic: on SQLite they run in one ``BEGIN IMMEDIATE`` transaction (Python's sqlite3
 would otherwise commit each CREATE TABLE on its own), so a kill leaves the previous schema or the
 new one. A database left half-made by an older, non-atomic first start (tables but no recorded
-version) is rebuilt when its tables are empty and refused with a clear message otherwise.
+version) is rebuilt when its tables are empty and refused with a clear message otherwise. A database
+made by a newer actmax (a schema version these migrations do not know) is refused as well.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -82,18 +84,31 @@ class BackgroundCheckpoints:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="actmax-checkpoint")
         self._under_way: Future | None = None
         self._started = -math.inf
+        self._failing = False  # the last checkpoint failed: its failure was logged, its recovery will be
 
-    def request(self) -> None:
-        """Start a checkpoint unless one is under way or one started less than ``interval_s`` ago."""
+    def request(self) -> Future | None:
+        """Start a checkpoint unless one is under way or one started less than ``interval_s`` ago; its future."""
         now = time.monotonic()
         if self._sqlite and now - self._started >= self.interval_s and (
                 self._under_way is None or self._under_way.done()):
             self._started, self._under_way = now, self._worker.submit(self._checkpoint)
-            self._under_way.add_done_callback(_log_failure)
+            return self._under_way
+        return None
 
     def _checkpoint(self) -> None:
-        with self._sessions() as db:
-            driver(db).execute("PRAGMA wal_checkpoint(PASSIVE)")
+        """One checkpoint; a failure (a full disk) is logged once, when it starts, and again when one succeeds."""
+        try:
+            with self._sessions() as db:
+                driver(db).execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except Exception as error:
+            if not self._failing:
+                log.warning("WAL checkpoint failed (%s); later ones retry, and the WAL grows until one succeeds "
+                            "(logged again when one does)", error)
+            self._failing = True
+            return
+        if self._failing:
+            log.info("WAL checkpoint succeeded again")
+        self._failing = False
 
     def close(self) -> None:
         """Finish the checkpoint asked for, if any; no more start."""
@@ -164,12 +179,6 @@ def driver(db: Transaction) -> sqlite3.Connection:
     return db.connection().connection.driver_connection
 
 
-def _log_failure(checkpoint: Future) -> None:
-    if not checkpoint.cancelled() and checkpoint.exception() is not None:
-        log.warning("WAL checkpoint failed (%s); the next one retries, and the WAL grows until one succeeds",
-                    checkpoint.exception())
-
-
 def alembic_config(database_url: str) -> Config:
     """The Alembic configuration of the packaged migrations, pointed at ``database_url``."""
     config = Config(str(_PACKAGE_DIR / "alembic.ini"))
@@ -198,8 +207,25 @@ def check_database_file(path: Path, *, created: bool = False) -> None:
         raise ServerError(f"{path} is an SQLite database but not actmax's (it has no sessions); {fix}")
 
 
+def check_intact(path: Path) -> None:
+    """Refuse a damaged SQLite database at ``path`` (``PRAGMA quick_check``: every page of every table and
+    index is read, about 1.5 s per GB), naming what is wrong; none there is fine (read-only)."""
+    if not path.is_file():
+        return
+    try:
+        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            report = "\n".join(row for (row,) in db.execute("PRAGMA quick_check(3)"))
+    except sqlite3.DatabaseError as error:  # damage that stops the check itself
+        report = str(error)
+    if report != "ok":
+        problems = [line for line in report.splitlines() if not line.startswith("*** in database")]
+        raise ServerError(f"{path} is damaged (PRAGMA quick_check: {'; '.join(problems[:3])}); restore it from a "
+                          "backup (README.md, 'Operating the server'), or move it away or choose another --data-dir")
+
+
 def upgrade(db_engine: Engine, revision: str = "head") -> None:
     """Create or migrate ``db_engine``'s database to ``revision`` in one transaction; a no-op when up to date.
+    A damaged SQLite file (``check_intact``) or one made by a newer actmax is refused untouched.
 
     The migration runs on a connection of its own (SQLite: ``BEGIN IMMEDIATE`` with the driver's
     implicit commits off, so a kill leaves either the old schema or the whole new one).
@@ -207,6 +233,7 @@ def upgrade(db_engine: Engine, revision: str = "head") -> None:
     database_url = db_engine.url.render_as_string(hide_password=False)
     if db_engine.dialect.name == "sqlite" and db_engine.url.database not in (None, "", ":memory:"):
         check_database_file(Path(db_engine.url.database), created=True)
+        check_intact(Path(db_engine.url.database))
     engine = make_db_engine(database_url)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _driver_autocommit)
@@ -215,6 +242,7 @@ def upgrade(db_engine: Engine, revision: str = "head") -> None:
         with engine.begin() as connection:
             _clear_half_made(connection, database_url)
             config = alembic_config(database_url)
+            _refuse_unknown_revision(connection, config)
             config.attributes["connection"] = connection
             command.upgrade(config, revision)
     finally:
@@ -223,6 +251,20 @@ def upgrade(db_engine: Engine, revision: str = "head") -> None:
 
 def _driver_autocommit(dbapi_connection, _connection_record) -> None:
     dbapi_connection.isolation_level = None  # SQLAlchemy's "begin" listener issues BEGIN itself
+
+
+def _refuse_unknown_revision(connection, config: Config) -> None:
+    """Refuse a database at a schema version these migrations do not know: a newer actmax made it."""
+    if not inspect(connection).has_table("alembic_version"):
+        return
+    scripts = ScriptDirectory.from_config(config)
+    known = {script.revision for script in scripts.walk_revisions()}
+    for (version,) in connection.execute(text("SELECT version_num FROM alembic_version")):
+        if version not in known:
+            raise ServerError(
+                f"the database {connection.engine.url.render_as_string()} is at schema version {version!r}, "
+                f"which this actmax does not know (it knows up to {scripts.get_current_head()!r}): a newer "
+                "actmax made it; run that version, or restore a backup made before it ran")
 
 
 def _clear_half_made(connection, database_url: str) -> None:

@@ -8,6 +8,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,20 @@ def count_in_the_file(path: str, sql: str) -> int:
         return 0
     finally:
         file.close()
+
+
+def damage(path: Path) -> None:
+    """Add 60 sessions' rows to the actmax database at ``path``, then zero the middle third of its file."""
+    with closing(sqlite3.connect(path)) as conn:
+        conn.executemany(
+            "INSERT INTO sessions (name, rig, animal, array, notes, config_json, status, created_at) "
+            "VALUES (?, 'r', '', '', ?, '{}', 'active', '2026-01-01')", [(f"s{i}", "n" * 3000) for i in range(60)])
+        conn.commit()
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    size = path.stat().st_size
+    with open(path, "r+b") as file:
+        file.seek(size // 3)
+        file.write(bytes(size // 3))
 
 
 @pytest.fixture
@@ -92,13 +107,10 @@ class LiveServer:
         self.sessions = db.make_sessionmaker(self.db_engine)
 
 
-@pytest.fixture(scope="module")
-def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """The app behind real HTTP: uvicorn in a background thread on a free port (one per test module)."""
-    settings = make_settings(tmp_path_factory.mktemp("live") / "data")
-    engine = WakeCounter()
-    live = LiveServer(settings, engine)
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, live.sessions, engine=engine), log_level="warning"))
+@contextmanager
+def served(app) -> Iterator[str]:
+    """``app`` behind real HTTP: uvicorn in a background thread on a free port; yields its URL."""
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -108,9 +120,20 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.01)
-    live.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    yield live
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """The app behind real HTTP (``served``, one per test module)."""
+    settings = make_settings(tmp_path_factory.mktemp("live") / "data")
+    engine = WakeCounter()
+    live = LiveServer(settings, engine)
+    with served(create_app(settings, live.sessions, engine=engine)) as live.url:
+        yield live
     live.db_engine.dispose()

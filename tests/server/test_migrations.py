@@ -14,12 +14,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine
 
 from server import ServerError
 from server.store import db
 from server.store.models import Base
 from server.launch import free_port
+from tests.server.conftest import damage
 
 TABLES = {t.name for t in Base.metadata.sorted_tables} | {"alembic_version"}
 
@@ -134,3 +136,27 @@ def test_serve_killed_during_its_first_migration_starts_cleanly(tmp_path):
         tables, versions = schema(database)
         assert tables == TABLES and len(versions) == 1
     print(f"migration window {window:.2f} s; {mid_migration} of 3 kills left no schema version")
+
+
+def test_a_database_from_a_newer_actmax_is_refused_in_one_line(tmp_path):
+    url = f"sqlite:///{tmp_path / 'a.sqlite'}"
+    upgrade(url)
+    with sqlite3.connect(tmp_path / "a.sqlite") as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '9999future'")
+    head = ScriptDirectory.from_config(db.alembic_config(url)).get_current_head()
+    with pytest.raises(ServerError, match=f"schema version '9999future', which this actmax does not know "
+                                          f"\\(it knows up to '{head}'\\)"):
+        upgrade(url)
+    assert schema(tmp_path / "a.sqlite")[1] == ["9999future"]
+
+
+def test_a_damaged_database_is_refused_untouched(tmp_path):
+    url = f"sqlite:///{tmp_path / 'a.sqlite'}"
+    upgrade(url)
+    damage(tmp_path / "a.sqlite")
+    before = (tmp_path / "a.sqlite").read_bytes()
+    with pytest.raises(ServerError, match=r"a.sqlite is damaged \(PRAGMA quick_check: .+\); restore it from a backup") \
+            as refused:
+        upgrade(url)
+    assert "\n" not in str(refused.value)
+    assert (tmp_path / "a.sqlite").read_bytes() == before

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import sqlite3
 import time
 import uuid
@@ -14,7 +15,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from PIL import Image
-from sqlalchemy import func, inspect, make_url, select, text
+from sqlalchemy import create_engine, func, inspect, make_url, select, text
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.orm import Session as DBSession, sessionmaker
@@ -152,6 +153,30 @@ def test_background_checkpoints_start_at_most_once_per_interval(settings: Settin
     checkpoints.close()
     assert in_the_file() == 5
     db_engine.dispose()
+
+def test_a_failing_checkpoint_is_logged_once_and_its_recovery_too(settings: Settings, caplog) -> None:
+    """A full disk fails every checkpoint: one warning for the episode (not one every 2 s), a line when it ends."""
+    path = make_url(settings.database_url).database
+    db_engine = db.make_db_engine(settings.database_url, background_checkpoints=True)
+    db.upgrade(db_engine)
+    db_engine.dispose()
+    impatient = create_engine(settings.database_url, connect_args={"timeout": 0})  # no busy wait
+    checkpoints = db.BackgroundCheckpoints(db.make_sessionmaker(impatient), interval_s=0)
+    holder = sqlite3.connect(path)
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")  # every other connection now fails: "database is locked"
+    with caplog.at_level(logging.INFO, logger="server.store.db"):
+        for _ in range(3):
+            checkpoints.request().result()
+        holder.close()
+        for _ in range(2):
+            checkpoints.request().result()
+    checkpoints.close()
+    impatient.dispose()
+    assert [(r.levelname, r.getMessage().split(" (")[0]) for r in caplog.records] == [
+        ("WARNING", "WAL checkpoint failed"), ("INFO", "WAL checkpoint succeeded again")]
+    assert "database is locked" in caplog.records[0].getMessage()
+
 
 def test_migrations_match_the_models(db_sessions: sessionmaker[DBSession]) -> None:
     with db_sessions() as session:

@@ -3,7 +3,7 @@
 Read it with ``fetch`` and the ``Authorization`` header (the browser's ``EventSource`` cannot send
 one). Each message is ``event: <kind>`` with a JSON ``data`` line (see ``server.live.Hub.publish``);
 a ``dropped`` message says this reader fell behind and lost items (reload over REST); a comment
-line every ``KEEPALIVE_S`` keeps proxies from closing an idle stream.
+line every ``KEEPALIVE_S`` keeps proxies from closing an idle stream. The stream ends when the server stops.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ async def live_stream(session_id: int | None = Query(None, ge=0, le=MAX_ID, desc
         dropped = 0
         try:
             yield ": connected\n\n"
-            while True:
+            while not subscription.ended:
                 items = await subscription.get(KEEPALIVE_S)
                 if subscription.dropped != dropped:
                     dropped = subscription.dropped
