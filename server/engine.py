@@ -16,7 +16,9 @@ the BATCH is sent, run in the background and are awaited before it is told. Torc
 database work runs on one worker thread (``_compute``), never on the event loop, in jobs of bounded
 size (a large generation renders in chunks) so no session's step freezes another's; PNG encoding
 and archive writes fan out to all cores.
-A generation is only asked and rendered while its rig is connected.
+A generation is only asked and rendered while its rig is connected. A step that fails on storage (a full
+disk: ``storage_fault``) is retried on a runtime rebuilt later (``Engine._stall``); any other failure fails
+its thread.
 """
 
 from __future__ import annotations
@@ -25,17 +27,20 @@ import asyncio
 import ctypes
 import ctypes.util
 import difflib
+import errno
 import gc
 import logging
+import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from sqlalchemy import update
 from sqlalchemy.orm import Session as DBSession
 from sqlalchemy.orm import sessionmaker
 
 from rig_client.protocol import PROTOCOL_MINOR, Message
-from server import RigInputError, ThreadNotReady, admission, live, steps
+from server import RigInputError, ThreadNotReady, admission, live, manifold, steps
 from server.session_config import ObjectiveConfig
 from server.settings import Settings
 from server.store import queries, records
@@ -48,6 +53,9 @@ from server.weights import GeneratorCache
 log = logging.getLogger(__name__)
 
 RECONCILE_S = 0.5  # how often the engine re-reads thread intent even without a wake-up
+STORAGE_RETRY_S = (1.0, 60.0)  # first and longest wait before a thread stalled on storage tries again
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES})
+STORAGE_SQLITE_CODES = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY})
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters in glibc's <malloc.h>
 
 
@@ -78,6 +86,48 @@ def keep_freed_memory() -> None:
     mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
 
 
+def storage_fault(exc: BaseException) -> bool:
+    """Whether ``exc`` is the data directory's storage failing (full, read-only, unwritable, I/O errors), which
+    the operator can fix, rather than a bug: the engine retries such a step instead of failing its thread."""
+    exc = getattr(exc, "orig", None) or exc  # SQLAlchemy wraps the driver's error
+    if isinstance(exc, sqlite3.Error):
+        return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in STORAGE_SQLITE_CODES  # the primary result code
+    return isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS
+
+
+@dataclass
+class Stall:
+    """A thread whose step failed on storage: its runtime is dropped and rebuilt at ``retry_at`` (monotonic)."""
+
+    error: str  # the thread's ``last_error`` while it lasts
+    since: float
+    wait_s: float  # doubles with each failed try, up to ``STORAGE_RETRY_S[1]``
+    retry_at: float
+
+
+def start_event(runtime: ThreadRuntime, name: str, restarted: bool) -> tuple[str, str, dict]:
+    """The event of a thread's runtime just built (``steps.log_in``'s kind, message and data): ``thread.started``,
+    or ``thread.resumed`` when a thread with a history did not run in this process yet (the server restarted),
+    naming the generation it resumes at and what becomes of its batch."""
+    inflight, number = runtime.inflight, runtime.first_generation
+    if not restarted or (number == 0 and inflight is None):
+        return ("thread.started", f"thread {runtime.id} {name!r} started from generation {number}",
+                {"generation": number})
+    data = {"generation": number, "pending": inflight is not None, "batch_id": None, "resent": False}
+    if inflight is None:
+        at = f"generation {number}, not asked yet"
+    else:
+        data.update(generation=inflight.number, batch_id=inflight.batch_id, resent=inflight.resend)
+        if inflight.resend:
+            at = (f"generation {inflight.number}: its batch {inflight.batch_id} is sent again with the "
+                  f"{len(inflight.awaiting)} stimuli it still owes")
+        elif inflight.batch_id:
+            at = f"generation {inflight.number}: its last batch is answered, so it is scored next"
+        else:
+            at = f"generation {inflight.number}: its batch is sent once its rig is connected"
+    return "thread.resumed", f"thread {runtime.id} {name!r} resumed after a server restart at {at}", data
+
+
 class Engine:
     """Runs every running thread's closed loop and answers the rigs (the transport's handler)."""
 
@@ -93,6 +143,9 @@ class Engine:
         self._rig_references: dict[str, set[str]] = {}  # reference ids each connected rig caches
         self.rig_minor: dict[str, int] = {}  # protocol minor version negotiated with each connected rig
         self._steps: set[asyncio.Task] = set()  # thread steps in progress (kept so none is collected)
+        self._stalled: dict[int, Stall] = {}  # threads waiting for their storage to work again
+        self._reconcile_failing = False  # the last reconcile failed on storage (logged once until one succeeds)
+        self._started: set[int] = set()  # threads that ran in this process (others resume after a restart)
         self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="actmax-compute")
         self._step_db = StepConnection(sessions)  # the compute worker's transactions (``_transact``)
         self._checkpoints = BackgroundCheckpoints(sessions)
@@ -116,8 +169,18 @@ class Engine:
             try:
                 await self._reconcile()
                 await self._check_timeouts()
-            except Exception:  # the loop must outlive any one failure; the event log says what
-                log.exception("engine reconcile failed")
+            except Exception as exc:  # the loop must outlive any one failure; the event log says what
+                if not storage_fault(exc):
+                    log.exception("engine reconcile failed")
+                elif not self._reconcile_failing:
+                    log.warning("engine reconcile failed on storage (%s): free disk space in %s (or make it "
+                                "writable); retrying every %g s (logged once until it works)", exc,
+                                self.settings.data_dir, RECONCILE_S)
+                self._reconcile_failing = storage_fault(exc)
+            else:
+                if self._reconcile_failing:
+                    log.info("engine reconcile works again")
+                self._reconcile_failing = False
             if not self._steps:  # the REST API's writes; a step's are checkpointed after its send
                 self._checkpoints.request()
             try:
@@ -268,10 +331,10 @@ class Engine:
             runtime.lock.release()
             raise
         except Exception as exc:  # the step failed and took the presentations' transaction with it
-            try:
+            try:  # the runtime may hold what was rolled back: it goes first, then the presentations are stored
+                await self._fail(runtime.id, exc)
                 recorded = await self._transact(steps.record_results, rig, header, received_at)
                 live.hub.publish(**self._answered(recorded, header))
-                await self._fail(runtime, exc)
             finally:
                 runtime.lock.release()
             return recorded
@@ -310,11 +373,13 @@ class Engine:
         """Match each live thread's status to its rig (running, waiting_for_rig, blocked); keep runtimes
         for running and waiting threads and for paused ones finishing their generation; advance the idle ones."""
         wanted: dict[int, ThreadStatus] = {}
+        connected = self._connected_rigs()  # one view of the rigs for every decision and message below
         for thread in await self._offload(self._live_threads):
             status = thread.status
             if status != ThreadStatus.PAUSED:
-                target, reason = self._rig_state(thread)
-                if target != status and await self._offload(self._set_rig_state, thread.id, status, target, reason):
+                target, reason = self._rig_state(thread, connected)
+                if target != status and await self._offload(self._set_rig_state, thread.id, status, target, reason,
+                                                             sorted(connected)):
                     status = target
             wanted[thread.id] = status
         for thread_id, runtime in list(self._threads.items()):
@@ -323,18 +388,25 @@ class Engine:
             if status not in (ThreadStatus.RUNNING, ThreadStatus.WAITING_FOR_RIG) and \
                     not (runtime.paused and runtime.inflight is not None):
                 del self._threads[thread_id]
+                if status is None:  # stopped (alone or with its session)
+                    self._spawn(self._left_pending(runtime))
+        for thread_id in set(self._stalled) - set(wanted):
+            del self._stalled[thread_id]  # it ended meanwhile (stopped)
+        now = time.monotonic()
         for thread_id, status in wanted.items():
             if thread_id in self._threads or status not in (ThreadStatus.RUNNING, ThreadStatus.WAITING_FOR_RIG):
                 continue
+            stall = self._stalled.get(thread_id)
+            if stall is not None and now < stall.retry_at:
+                continue
             try:
-                runtime = await self._offload(self._start_thread, thread_id)
+                runtime = await self._offload(self._start_thread, thread_id, stall is None,
+                                              thread_id not in self._started)
                 if runtime is not None:
                     self._threads[thread_id] = runtime
-            except ThreadNotReady:
-                continue
+                    self._started.add(thread_id)
             except Exception as exc:
-                log.exception("thread %s cannot start", thread_id)
-                await self._offload(self._fail_thread, thread_id, exc)
+                await self._fail(thread_id, exc)
         for runtime in list(self._threads.values()):
             inflight = runtime.inflight
             if runtime.lock.locked():
@@ -346,18 +418,26 @@ class Engine:
         with self._db() as db:
             return queries.live_threads(db)
 
-    def _rig_state(self, thread: queries.LiveThread) -> tuple[ThreadStatus, str | None]:
-        """running, waiting_for_rig (its rig is not connected) or blocked (too few channels), with the reason."""
-        channels = self.rig_channels.get(thread.rig)
-        if channels is None or self.transport is None or not self.transport.connected(thread.rig):
+    def _connected_rigs(self) -> dict[str, int]:
+        """The rigs connected now (HELLO handled, the transport holds them), with their channels."""
+        rigs = self.transport.rigs() if self.transport is not None else []
+        return {rig: self.rig_channels[rig] for rig in rigs if rig in self.rig_channels}
+
+    def _rig_state(self, thread: queries.LiveThread, connected: dict[str, int]) -> tuple[ThreadStatus, str | None]:
+        """running, waiting_for_rig (its rig is not in ``connected``) or blocked (too few channels), with the
+        reason."""
+        channels = connected.get(thread.rig)
+        if channels is None:
             return ThreadStatus.WAITING_FOR_RIG, None
         problems = admission.check_objective(ObjectiveConfig.model_validate(thread.objective), thread.rig, channels)
         if problems:
             return ThreadStatus.BLOCKED, f"objective {problems[0].msg}; retarget the thread or connect a rig with more"
         return ThreadStatus.RUNNING, None
 
-    def _set_rig_state(self, thread_id: int, old: ThreadStatus, new: ThreadStatus, reason: str | None) -> bool:
-        """Move a thread between running, waiting_for_rig and blocked unless the user changed it meanwhile."""
+    def _set_rig_state(self, thread_id: int, old: ThreadStatus, new: ThreadStatus, reason: str | None,
+                       connected: list[str]) -> bool:
+        """Move a thread between running, waiting_for_rig and blocked unless the user changed it meanwhile;
+        ``connected``: the rigs the decision saw."""
         with self._db.begin() as db:
             changed = db.execute(
                 update(Thread).where(Thread.id == thread_id, Thread.status == old).values(status=new)
@@ -369,14 +449,15 @@ class Engine:
             else:
                 thread = db.get(Thread, thread_id)
                 rig, level = ("its rig is connected", EventLevel.INFO) if new == ThreadStatus.RUNNING else \
-                    self._waiting_for(thread.session.rig)
+                    self._waiting_for(thread.session.rig, connected)
                 steps.log_in(db, None, thread_id, f"thread.{new.value}",
                              f"thread {thread_id} {thread.name!r} {new.value}: {rig}", level=level)
             return True
 
-    def _waiting_for(self, rig: str) -> tuple[str, EventLevel]:
-        """Why a thread waits for ``rig``; a warning when a connected rig's name is close to it (a typo)."""
-        connected = sorted(self.transport.rigs()) if self.transport is not None else []
+    @staticmethod
+    def _waiting_for(rig: str, connected: list[str]) -> tuple[str, EventLevel]:
+        """Why a thread waits for ``rig``, which is not among the ``connected`` rigs; a warning when a
+        connected rig's name is close to it (a typo)."""
         if not connected:
             return f"waiting for rig {rig!r} to connect", EventLevel.INFO
         close = difflib.get_close_matches(rig.casefold(), [name.casefold() for name in connected], n=1, cutoff=0.6)
@@ -386,23 +467,81 @@ class Engine:
                     "and case-sensitive: is the session's rig name right?"), EventLevel.WARNING
         return f"waiting for rig {rig!r} to connect (connected: {names})", EventLevel.INFO
 
-    def _start_thread(self, thread_id: int) -> ThreadRuntime | None:
+    def _start_thread(self, thread_id: int, announce: bool, restarted: bool) -> ThreadRuntime | None:
         """The thread's runtime, rebuilt from the database; None if it ended since ``_reconcile`` read its
-        status (a step that finished it ran in between on the compute worker)."""
+        status (a step that finished it ran in between on the compute worker), or waits for another thread. ``announce``: log the start (a
+        thread stalled on storage logs its recovery instead); ``restarted``: it did not run in this process."""
         with self._db.begin() as db:
-            if db.get(Thread, thread_id).status not in (ThreadStatus.RUNNING, ThreadStatus.WAITING_FOR_RIG):
-                return None
-            runtime = build_runtime(db, thread_id, self.generators.get, self._archive, self.settings.render_chunk)
             thread = db.get(Thread, thread_id)
-            steps.log_in(db, runtime.session_id, thread_id, "thread.started",
-                         f"thread {thread_id} {thread.name!r} started from generation {runtime.first_generation}")
+            if thread.status not in (ThreadStatus.RUNNING, ThreadStatus.WAITING_FOR_RIG):
+                return None
+            try:
+                runtime = build_runtime(db, thread_id, self.generators.get, self._archive, self.settings.render_chunk)
+            except ThreadNotReady as exc:  # a Manifold map waiting for its source evolution: its last_error says so
+                if thread.last_error != str(exc):
+                    thread.last_error = str(exc)
+                return None
+            if (waited := manifold.waiting_message(thread)) is not None:
+                records.clear_thread_error(db, thread_id, waited)
+            if announce:
+                steps.log_in(db, runtime.session_id, thread_id,
+                             *start_event(runtime, db.get(Thread, thread_id).name, restarted))
         freeze_heap()  # its generator and optimizer live as long as the thread
         return runtime
 
-    def _fail_thread(self, thread_id: int, exc: Exception) -> None:
+    async def _fail(self, thread_id: int, exc: Exception) -> None:
+        """A step or start of the thread raised: its runtime goes. A storage fault stalls it (``_stall``),
+        anything else fails it."""
+        self._threads.pop(thread_id, None)
+        if storage_fault(exc):
+            await self._stall(thread_id, exc)
+        else:
+            await self._offload(self._thread_error, thread_id, "thread.failed", f"failed: {exc}", EventLevel.ERROR,
+                                ThreadStatus.FAILED)
+            log.error("thread %s failed", thread_id, exc_info=exc)
+
+    def _thread_error(self, thread_id: int, kind: str, message: str, level: EventLevel,
+                      status: ThreadStatus | None = None) -> None:
         with self._db.begin() as db:
-            log.error("thread %s failed: %s", thread_id, exc)
-            records.set_thread_error(db, thread_id, "thread.failed", f"failed: {exc}", status=ThreadStatus.FAILED)
+            records.set_thread_error(db, thread_id, kind, message, status=status, level=level)
+
+    async def _stall(self, thread_id: int, exc: Exception) -> None:
+        """Rebuild the thread once its storage works again: tried after 1 s, then waiting twice as long each
+        time (at most ``STORAGE_RETRY_S[1]``). The episode's first failure is logged, and is the thread's
+        ``last_error`` and an event if the database can take them; its recovery is too (``_unstall``)."""
+        now, stall = time.monotonic(), self._stalled.get(thread_id)
+        if stall is not None:
+            stall.wait_s = min(2 * stall.wait_s, STORAGE_RETRY_S[1])
+            stall.retry_at = now + stall.wait_s
+            log.debug("thread %s: storage still fails (%s); next try in %g s", thread_id, exc, stall.wait_s)
+            return
+        error = (f"storage failed: {exc}. Free disk space in {self.settings.data_dir} (or make it writable): the "
+                 f"thread tries again on its own (waiting up to {STORAGE_RETRY_S[1]:g} s between tries), losing "
+                 "nothing")
+        self._stalled[thread_id] = Stall(error, now, STORAGE_RETRY_S[0], now + STORAGE_RETRY_S[0])
+        log.warning("thread %s: %s", thread_id, error)
+        try:
+            await self._offload(self._thread_error, thread_id, "thread.storage_failed", error, EventLevel.WARNING)
+        except Exception as failure:
+            if not storage_fault(failure):
+                raise  # else the database is full too: the log line above is the record
+
+    async def _unstall(self, runtime: ThreadRuntime) -> None:
+        """The stalled thread's step wrote again: clear its ``last_error`` and log its recovery."""
+        stall = self._stalled.pop(runtime.id)
+        message = (f"thread {runtime.id}: storage works again after {time.monotonic() - stall.since:.0f} s; "
+                   "the thread goes on")
+
+        def record(db):
+            records.clear_thread_error(db, runtime.id, stall.error)
+            steps.log_in(db, runtime.session_id, runtime.id, "thread.storage_recovered", message)
+        await self._transact(record)
+
+    async def _left_pending(self, runtime: ThreadRuntime) -> None:
+        """Once its step (if any) is done: the event of a thread stopped with a generation pending."""
+        async with runtime.lock:
+            if runtime.inflight is not None:
+                await self._transact(steps.left_pending, runtime)
 
     # ------------------------------------------------------------------ one generation
     async def _advance(self, runtime: ThreadRuntime) -> None:
@@ -428,19 +567,18 @@ class Engine:
                 runtime.next_images = rendered
                 step = await self._transact(steps.next_step, runtime, self._channels(runtime.rig),
                                             frozenset(cached), self._archive, held=held)
+            wrote = step is steps.FINISHED or (  # a told generation or a new round, not a resend
+                step is not None and step.header["batch_id"] != runtime.inflight.batch_id)
             if step is steps.FINISHED:
                 self._threads.pop(runtime.id, None)
             elif step is not None:
                 await self._send_round(runtime, step, cached, held)
+            if wrote and runtime.id in self._stalled:
+                await self._unstall(runtime)
         except Exception as exc:
-            await self._fail(runtime, exc)
+            await self._fail(runtime.id, exc)
         finally:
             live.publish_held(held)
-
-    async def _fail(self, runtime: ThreadRuntime, exc: Exception) -> None:
-        log.error("thread %s failed", runtime.id, exc_info=exc)
-        self._threads.pop(runtime.id, None)
-        await self._offload(self._fail_thread, runtime.id, exc)
 
     def _channels(self, rig: str) -> int:
         """The channels ``rig`` announced, 0 when it is not connected."""

@@ -40,13 +40,19 @@ def manifold_config(thread: Thread) -> ManifoldConfig:
     return SessionConfig.model_validate(thread.session.config_json).thread(thread.name).manifold
 
 
+def waiting_message(thread: Thread) -> str | None:
+    """A manifold thread's ``last_error`` while its source evolution runs; None for other threads."""
+    config = manifold_config(thread)
+    return None if config is None else f"manifold {thread.name!r} waits for evolution {config.source!r} to finish"
+
+
 def source_trajectory(db: DBSession, thread: Thread, source_name: str) -> tuple[np.ndarray, np.ndarray]:
     """(every code of the source evolution in order, its final generation's codes)."""
     source = queries.thread_named(db, thread.session_id, source_name)
     if source.status == ThreadStatus.FAILED:
         raise ServerError(f"manifold {thread.name!r}: its evolution {source.name!r} failed ({source.last_error})")
     if source.status not in (ThreadStatus.FINISHED, ThreadStatus.STOPPED):
-        raise ManifoldNotReady(f"manifold {thread.name!r} waits for evolution {source.name!r} to finish")
+        raise ManifoldNotReady(waiting_message(thread))
     generations = queries.complete_generations(db, source.id)
     if not generations:
         raise ServerError(f"manifold {thread.name!r}: evolution {source.name!r} has no complete generation")

@@ -198,19 +198,24 @@ def complete_generation(db: Transaction, runtime: ThreadRuntime, responses: dict
         optimizers.state_summary(state), timed_out=timed_out)
     monitor.generation_completed(db, runtime.drift, runtime.session_id, runtime.id, inflight.number, scores, reference,
                                  reference_rates, objective.channels)
-    if timed_out:
+    images, references = len(scores) - n_scored, int(np.isnan(reference).sum())
+    if timed_out and (images or references):
+        lost = []
+        if images:
+            lost.append(f"{images} of {len(scores)} image(s) (the optimizer saw NaN for them)")
+        if references:
+            lost.append(f"{references} of {len(reference)} reference image(s) (left out of the reference mean)")
         log_in(db, runtime.session_id, runtime.id, "generation.timed_out",
-              f"thread {runtime.id} generation {inflight.number}: "
-              f"{inflight.codes.shape[0] - n_scored} stimuli "
-              f"unscored after {inflight.rounds} rounds; the optimizer saw NaN for them",
-              level=EventLevel.WARNING)
+               f"{runtime.drift.name}: generation {inflight.number}: {' and '.join(lost)} unscored after "
+               f"{inflight.rounds} rounds", data={"unscored_images": images, "unscored_references": references},
+               level=EventLevel.WARNING)
     runtime.inflight = None
     finished = inflight.number + 1 >= runtime.n_generations
     if timed_out and not n_scored and not finished:
         reason = (f"generation {inflight.number}: no image scored after {inflight.rounds} rounds, so the thread "
                   "paused instead of evolving on nothing; check the rig and the recording, then resume it")
         if records.pause_thread(db, runtime.id, reason):
-            log_in(db, runtime.session_id, runtime.id, "thread.paused", f"thread {runtime.id}: {reason}",
+            log_in(db, runtime.session_id, runtime.id, "thread.paused", f"{runtime.drift.name}: {reason}",
                    level=EventLevel.WARNING)
             runtime.paused = True
     if finished:
@@ -245,6 +250,17 @@ def prepare_batch(db: Transaction, runtime: ThreadRuntime, cached: frozenset[str
                                      runtime.rig)
     return batch_message(batch_id=batch_id, session_id=str(runtime.session_id), thread_id=str(runtime.id),
                          generation=inflight.number, response_window_ms=runtime.window_ms, stimuli=entries)
+
+
+def left_pending(db: Transaction, runtime: ThreadRuntime) -> None:
+    """The event of a thread stopped with a generation in flight: it stays ``pending`` for good (the optimizer
+    is never told it), and the presentations stored for it, and any its rig still sends, are kept unscored."""
+    inflight = runtime.inflight
+    shown = sum(map(len, queries.scored_responses(db, inflight.generation_id, runtime.flagged).values()))
+    log_in(db, runtime.session_id, runtime.id, "generation.left_pending",
+           f"{runtime.drift.name} stopped with generation {inflight.number} pending: it is never scored or told; its "
+           f"{shown} scorable presentation(s) so far stay stored",
+           {"generation": inflight.number, "presentations": shown})
 
 
 def log_in(db: Transaction, session_id, thread_id, kind, message, data=None, level=EventLevel.INFO) -> None:

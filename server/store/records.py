@@ -245,6 +245,11 @@ def set_thread_error(db: DBSession, thread_id: int, kind: str, message: str, *,
         end_session_if_done(db, thread.session_id)
 
 
+def clear_thread_error(db: Transaction, thread_id: int, message: str) -> None:
+    """Clear the thread's ``last_error`` if it is still ``message`` (what it reported has passed)."""
+    driver(db).execute("UPDATE threads SET last_error = NULL WHERE id = ? AND last_error = ?", (thread_id, message))
+
+
 def record_presentations(
     db: Transaction, batch: Batch | queries.BatchRow, presentations: Iterable[PresentationRecord], *,
     received_at: datetime | None = None

@@ -30,7 +30,7 @@ from server.store.archive import ImageArchive
 from server.store.db import make_db_engine, make_sessionmaker, upgrade
 from server.store.models import Batch, Event, Generation, GenerationStatus, Stimulus, Thread, ThreadStatus
 from server.store.models import Presentation as PresentationRow
-from server.store.records import create_session
+from server.store.records import create_session, stop_session
 from server.transport import Transport
 from tests.server.conftest import count_in_the_file
 
@@ -235,6 +235,34 @@ def test_pause_holds_the_next_generation_and_resume_continues(live):
         statuses = db.scalars(select(Generation.status).where(Generation.thread_id == thread_id)
                               .order_by(Generation.number)).all()
         assert statuses[0] == GenerationStatus.COMPLETE
+
+
+def test_a_thread_stopped_while_its_batch_is_out_leaves_its_generation_pending_and_says_so(live):
+    thread_id = live.create()
+    with RigClient(live.settings.zmq_endpoint, RIG, channels=1) as rig:
+        batch = rig.next_batch(timeout=60)
+        rig.send_results(batch.batch_id, answer(batch)[:3], done=False).result(30)
+        with live.sessions.begin() as db:
+            stop_session(db, db.get(Thread, thread_id).session)
+        live.engine.wake()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not left_pending(live):
+            time.sleep(0.1)
+        rig.send_results(batch.batch_id, answer(batch)[3:]).result(30)  # what the rig showed meanwhile is kept
+        assert rig.next_batch(timeout=2.0) is None
+    with live.sessions() as db:
+        generation = db.scalars(select(Generation)).one()
+        stored = db.scalar(select(func.count()).select_from(PresentationRow))
+    assert left_pending(live) == [(f"thread {thread_id} 'a' stopped with generation 0 pending: it is never scored or "
+                                   "told; its 3 scorable presentation(s) so far stay stored",
+                                   {"generation": 0, "presentations": 3})]
+    assert generation.status == GenerationStatus.PENDING and generation.scores_json is None
+    assert stored == len(batch.stimuli)
+
+
+def left_pending(live) -> list:
+    with live.sessions() as db:
+        return db.execute(select(Event.message, Event.data_json).where(Event.kind == "generation.left_pending")).all()
 
 
 def test_a_stalled_round_times_out(tmp_path, endpoint):

@@ -1,4 +1,5 @@
-"""Fault injection: the simulated rig (a real process) drops, delays, disconnects and duplicates.
+"""Fault injection: the simulated rig (a real process) drops, delays, disconnects and duplicates; the image
+archive becomes unwritable.
 
 For each fault the server keeps running, the thread finishes, and the database holds every
 presentation that arrived exactly once — no more, no fewer than the rig reports having sent.
@@ -6,16 +7,26 @@ presentation that arrived exactly once — no more, no fewer than the rig report
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
+import subprocess
 import time
 
+import numpy as np
 import pytest
 from sqlalchemy import func, select
 
+import generators
+import optimizers
+from rig_client.client import RigClient
 from server.launch import start_sim_rig, stop
-from server.store.models import Event, Generation, Presentation, Thread, ThreadStatus
-from tests.server.test_end_to_end import UNIT
-from tests.server.test_engine import RIG, LiveEngine
+from server.store.models import Event, Generation, Presentation, Stimulus, Thread, ThreadStatus, decode_codes
+from server.thread_runtime import optimizer_params
+from tests.server.test_end_to_end import UNIT, wait_until
+from tests.server.test_engine import RIG, LiveEngine, answer
+from tests.server.test_reconnect import thread_status
 
 pytestmark = pytest.mark.slow
 
@@ -67,3 +78,73 @@ def test_the_server_survives_a_faulty_rig(tmp_path, endpoint, fault):
         assert sum(g.n_scored for g in generations) <= 3 * 6
     if fault[0] == "--disconnect-every":
         assert events.count("rig.connected") >= 2
+
+
+@contextlib.contextmanager
+def read_only(folder):
+    """``folder`` really unwritable, even to root (a read-only bind mount of itself; else its modes)."""
+    if os.geteuid() == 0:
+        if subprocess.run(["mount", "--bind", "-o", "ro", folder, folder], capture_output=True).returncode:
+            pytest.skip("root without the right to mount: cannot make a folder read-only")
+        try:
+            yield
+        finally:
+            subprocess.run(["umount", folder], check=True)
+        return
+    folders = [folder, *(path for path in folder.iterdir() if path.is_dir())]
+    for path in folders:
+        path.chmod(0o555)
+    try:
+        yield
+    finally:
+        for path in folders:
+            path.chmod(0o755)
+
+
+def test_an_unwritable_archive_stalls_the_thread_until_it_is_writable_then_it_goes_on(tmp_path, endpoint, caplog):
+    """The archive write of generation 1 fails: the thread keeps running with a clear ``last_error``, logs
+    it once while retrying, and once the folder is writable scores generation 1 from what the rig showed."""
+    caplog.set_level(logging.INFO, logger="server.engine")
+    with LiveEngine(tmp_path, endpoint) as live, RigClient(live.settings.zmq_endpoint, RIG, channels=1) as rig:
+        thread_id = live.create(n_generations=3)
+        first = rig.next_batch(timeout=60)
+        with live.sessions() as db:
+            hashes = db.scalars(select(Stimulus.content_hash).where(Stimulus.kind == "synthetic")).all()
+        wait_until(lambda: all(live.engine._archive.holds(h) for h in hashes), 30, "generation 0 archived")
+        with read_only(tmp_path / "images"):
+            rig.send_results(first.batch_id, answer(first)).result(30)
+            second = rig.next_batch(timeout=60)  # sent from memory; its archive writes fail
+            shown = answer(second)
+            rig.send_results(second.batch_id, shown).result(30)
+            wait_until(lambda: thread_id in live.engine._stalled and live.engine._stalled[thread_id].wait_s >= 4,
+                       30, "two retries that failed")
+            with live.sessions() as db:
+                thread = db.get(Thread, thread_id)
+                assert thread.status == ThreadStatus.RUNNING
+                assert thread.last_error.startswith("storage failed: [Errno ")
+                assert f"Free disk space in {tmp_path}" in thread.last_error
+        third = rig.next_batch(timeout=60)
+        assert third.generation == 2
+        rig.send_results(third.batch_id, answer(third)).result(30)
+        wait_until(lambda: thread_status(live, thread_id) == ThreadStatus.FINISHED, 60, "the thread finished")
+
+    with live.sessions() as db:
+        kinds = db.scalars(select(Event.kind).where(Event.thread_id == thread_id)).all()
+        generations = db.scalars(select(Generation).order_by(Generation.number)).all()
+        stimulus_index = dict(db.execute(select(Stimulus.id, Stimulus.index)
+                                         .where(Stimulus.generation_id == generations[1].id)).all())
+        assert db.get(Thread, thread_id).last_error is None
+        assert db.scalar(select(func.count()).select_from(Presentation)) == 3 * 8
+    assert kinds.count("thread.storage_failed") == kinds.count("thread.storage_recovered") == 1
+    assert "thread.failed" not in kinds
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.levelno for r in warnings] == [logging.WARNING] and "storage failed" in warnings[0].getMessage()
+    assert [g.status for g in generations] == ["complete"] * 3
+    score_of = {p.stimulus_id: p.rates[0] for p in shown}  # each stimulus shown once: its score is its rate
+    assert generations[1].scores_json == [score_of[s] for s in sorted(stimulus_index, key=stimulus_index.get)]
+    params = optimizer_params("cma", generators.load("dcgan-faces", device="cpu"), {"population": 6})
+    replayed = optimizers.create("cma", 100, seed=3, **params)
+    for g in generations:  # the evolution is the one those scores make
+        codes = replayed.ask()
+        assert (codes == decode_codes(g.codes, g.n_stimuli)).all()
+        replayed.tell(codes, np.array(g.scores_json, dtype=float))

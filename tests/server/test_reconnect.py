@@ -119,6 +119,28 @@ def test_the_batch_timeout_waits_while_the_rig_is_away(tmp_path, endpoint):
         assert events_of(live, "round.timed_out") == []
 
 
+def test_a_server_restart_leaves_a_thread_resumed_event_and_no_false_rig_name_warning(tmp_path, endpoint):
+    """The event names the generation and its resent batch. The rig says HELLO the moment the server is back,
+    while the engine decides whether the thread waits for it: that decision and its message see the same rigs
+    (before, the message often read "waiting for rig 'test-rig', which is not connected; connected: 'test-rig'")."""
+    with LiveEngine(tmp_path, endpoint) as live:
+        thread_id = live.create()
+        with RigClient(live.settings.zmq_endpoint, RIG, channels=1) as rig:
+            first = rig.next_batch(timeout=60)
+            rig.send_results(first.batch_id, answer(first)[:3], done=False).result(30)
+    with RigClient(endpoint, RIG, channels=1) as rig, LiveEngine(tmp_path, endpoint) as live:
+        assert rig.next_batch(timeout=60).batch_id == first.batch_id
+        with live.sessions() as db:
+            resumed = db.execute(select(Event.thread_id, Event.message, Event.data_json)
+                                 .where(Event.kind == "thread.resumed")).one()
+            waiting = db.scalars(select(Event.level).where(Event.kind == "thread.waiting_for_rig")).all()
+    assert "warning" not in waiting
+    owed = len(first.stimuli) - 3
+    assert resumed == (thread_id, f"thread {thread_id} 'a' resumed after a server restart at generation 0: its batch "
+                       f"{first.batch_id} is sent again with the {owed} stimuli it still owes",
+                       {"generation": 0, "pending": True, "batch_id": first.batch_id, "resent": True})
+
+
 def test_a_thread_waiting_for_a_rig_whose_name_differs_from_a_connected_ones_only_in_case_warns(live):
     with RigClient(live.settings.zmq_endpoint, RIG.upper(), channels=1) as rig:
         assert rig.wait_connected(30)
