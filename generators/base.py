@@ -164,12 +164,19 @@ def find_weights(name: str, weights: str | Path | None, filename: str, defaults:
     if weights is not None:
         path = Path(weights).expanduser()
         candidates = [path / filename] if path.is_dir() else [path]
+        hint = given_weights_hint(path, filename)
     else:
         candidates = list(defaults)
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    raise WeightsNotFoundError(name, candidates, hint)
+    raise WeightsNotFoundError(name, [candidate.absolute() for candidate in candidates], hint)
+
+
+def given_weights_hint(path: Path, what: str) -> str:
+    """What to do when the ``weights=`` path given holds no weights (``what``: the file it needs)."""
+    relative = "" if path.is_absolute() else f" (a relative path is read from the working directory {Path.cwd()})"
+    return f"Pass weights= the {what} file or a folder holding it{relative}."
 
 
 def load_state_dict_file(name: str, path: Path, key: str | None = None) -> dict[str, torch.Tensor]:
@@ -234,6 +241,7 @@ class Generator(abc.ABC):
     version: str
     latent_dim: int
     image_size: int
+    named_image_size: int | None = None  # the image size its registered name promises (biggan-deep-128: 128)
 
     def __init__(self, module: torch.nn.Module, device: torch.device, weights_sha256: str | None,
                  *, batch_size: int = 64) -> None:

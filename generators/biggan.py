@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import (Generator, GeneratorError, WeightsNotFoundError, load_into, load_state_dict_file, register,
-                   sha256_file)
+from .base import (Generator, GeneratorError, WeightsNotFoundError, given_weights_hint, load_into, load_state_dict_file,
+                   register, sha256_file)
 
 WEIGHTS_NAME = "pytorch_model.bin"
 CONFIG_NAME = "config.json"
@@ -112,11 +112,13 @@ def _resolve(name: str, weights: str | Path | None) -> tuple[Path, Path | None]:
     for model_file, config_file in pairs:
         if model_file.is_file():
             return model_file, config_file if config_file is not None and config_file.is_file() else None
-    raise WeightsNotFoundError(
-        name, [p for p, _ in pairs],
-        hint=f"Put {WEIGHTS_NAME} (and {CONFIG_NAME}) of {name} in a directory and pass weights=<dir>, "
-             f"pass weights=<file>, or let `BigGAN.from_pretrained({name!r})` fill the package cache "
-             "on a machine with internet access.")
+    if weights is not None:
+        hint = given_weights_hint(path, f"{WEIGHTS_NAME} (with its {CONFIG_NAME})")
+    else:
+        hint = (f"Put {WEIGHTS_NAME} (and {CONFIG_NAME}) of {name} in a directory and pass weights=<dir>, "
+                f"pass weights=<file>, or let `BigGAN.from_pretrained({name!r})` fill the package cache "
+                "on a machine with internet access.")
+    raise WeightsNotFoundError(name, [p.absolute() for p, _ in pairs], hint=hint)
 
 
 class BigGAN(Generator):
@@ -130,8 +132,8 @@ class BigGAN(Generator):
 
     def __init__(self, *, name: str, resolution: int, device: torch.device,
                  weights: str | Path | None = None, truncation: float = DEFAULT_TRUNCATION) -> None:
-        if not 0.0 < float(truncation) <= 1.0:
-            raise GeneratorError(f"truncation must be in (0, 1]; got {truncation}")
+        if isinstance(truncation, bool) or not isinstance(truncation, int | float) or not 0.0 < truncation <= 1.0:
+            raise GeneratorError(f"truncation must be a number in (0, 1]; got {truncation!r}")
         pkg = _biggan()
         self.name = name
         self.truncation = float(truncation)
@@ -142,7 +144,7 @@ class BigGAN(Generator):
         if config.z_dim != 128 or config.class_embed_dim != 128:
             raise GeneratorError(f"{config_file}: expected z_dim = class_embed_dim = 128")
         try:
-            self.image_size = int(config.output_dim)
+            self.image_size, self.named_image_size = int(config.output_dim), resolution
             module = pkg.BigGAN(config)
         except (TypeError, ValueError, IndexError, RuntimeError) as exc:  # a value of the wrong type or size
             raise GeneratorError(f"{config_file} does not describe a BigGAN-deep network: {exc}") from None

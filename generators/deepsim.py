@@ -7,6 +7,7 @@ parameter names match its state dict (`defc7.weight` ... `deconv0.bias`), so its
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -58,12 +59,14 @@ def default_weights_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_FILE
 
 
-def _normalize_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Accept the port's variants: a `G.` prefix (whole upconvGAN saved) and `.1.` in layer names."""
+def _normalize_keys(state: dict[str, torch.Tensor], expected: Iterable[str]) -> dict[str, torch.Tensor]:
+    """Accept the port's variants: a `G.` prefix (whole upconvGAN saved) and `.1.` in layer names. A key that
+    is not one of the network's `expected` keys either way stays as the file has it, so errors name it so."""
+    expected = set(expected)
     out = {}
     for key, value in state.items():
-        key = key.removeprefix("G.").replace(".1.", ".")
-        out[key] = value
+        fixed = key.removeprefix("G.").replace(".1.", ".")
+        out[fixed if fixed in expected else key] = value
     return out
 
 
@@ -88,7 +91,7 @@ class DeePSiM(Generator):
             hint=f"Download the DeePSiM fc6 PyTorch state dict ({WEIGHTS_FILE}, from the Wang & Ponce "
                  f"upconvGAN release) and put it at {default}, or pass weights= the file or its directory.")
         module = DeePSiMFc6()
-        load_into(self.name, module, _normalize_keys(load_state_dict_file(self.name, path)), path)
+        load_into(self.name, module, _normalize_keys(load_state_dict_file(self.name, path), module.state_dict()), path)
         super().__init__(module, device, sha256_file(path), batch_size=16)
         self._mean = torch.tensor(RGB_MEAN, device=device).view(1, 3, 1, 1)
 

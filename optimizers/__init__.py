@@ -18,6 +18,7 @@ from .base import (
     loads_state,
     register,
     state_summary,
+    with_generator_defaults,
 )
 
 __all__ = [
@@ -31,4 +32,5 @@ __all__ = [
     "loads_state",
     "register",
     "state_summary",
+    "with_generator_defaults",
 ]

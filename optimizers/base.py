@@ -70,6 +70,16 @@ def create(name: str, dim: int, *, seed: int | None = None, **hyperparameters: A
     return cls(dim, seed=seed, **hyperparameters)
 
 
+def with_generator_defaults(name: str, hyperparameters: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """``hyperparameters`` and, for each key of a generator's ``defaults`` (``Generator.default_init``) that the
+    optimizer ``name`` takes from its generator and that neither ``hyperparameters`` nor the preset ``name`` sets,
+    that default (None: the optimizer's own)."""
+    cls = _registered(name)
+    taken = set(cls.generator_defaults) & set(cls.hyperparameter_names())
+    taken -= set(cls.configured_values) | set(hyperparameters)
+    return {**{k: v for k, v in defaults.items() if k in taken and v is not None}, **hyperparameters}
+
+
 # ---------------------------------------------------------------- validation helpers
 
 
@@ -144,6 +154,10 @@ class Optimizer(ABC):
     # Array hyperparameters stored in the state by fingerprint only (they can be large); the
     # optimizer that loads such a state must have been created with the same arrays.
     fingerprinted_hyperparameters: ClassVar[tuple[str, ...]] = ()
+    # The keys of ``Generator.default_init`` that mean for this optimizer what they mean for the generator's latent
+    # (``with_generator_defaults``); a preset's own values (``configured_values``) win over them.
+    generator_defaults: ClassVar[tuple[str, ...]] = ("init_code", "sigma0", "radius")
+    configured_values: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, dim: int, *, seed: int | None = None, hyperparameters: dict[str, Any]):
         self.dim = check_int("dim", dim, 1)

@@ -1,7 +1,8 @@
 """Configured optimizers: a registered optimizer with some hyperparameters fixed, registered under its own
 name (nevergrad's configured-optimizer idea), so ``create("cma-sigma0.5", dim)`` works like any other.
 
-Hyperparameters given to ``create`` still win over the configured values. The presets below are the
+Hyperparameters given to ``create`` still win over the configured values; the configured values win over a
+generator's defaults (``with_generator_defaults``). The presets below are the
 benchmark's (docs/benchmark.md) for the 100-d DCGAN: CMA's σ₀ = 1 keeps the published angular step
 (σ₀·√d / R ≈ 0.64-1) and σ₀ = 0.5 and 2 are the sensitivity check; SphereCMA runs on the prior's shell
 R = √100 = 10 with the exponential (or ``inv``) angle schedule. GA keeps the published constants and
@@ -25,6 +26,7 @@ def configure(name: str, base: str, description: str, **values: Any) -> type[Opt
     class Configured(parent):
         __doc__ = f"``{base}`` with {', '.join(f'{k}={v!r}' for k, v in values.items())}: {description}."
         configured_from = base
+        configured_values = values
 
         def __init__(self, dim: int, *, seed: int | None = None, **hyperparameters: Any):
             super().__init__(dim, seed=seed, **{**values, **hyperparameters})

@@ -49,7 +49,7 @@ def check_thread(thread: ThreadConfig, cache: GeneratorCache, rig: str, rig_chan
     a manifold's planes are checked against its source among ``session_threads``."""
     problems = check_objective(thread.objective, rig, rig_channels, (*loc, "objective"))
     try:
-        generator = cache.get(thread.generator, thread.weights)
+        generator = cache.get(thread.generator, thread.weights, thread.generator_options)
     except generators.GeneratorError as error:
         field = "weights" if thread.weights else "generator"
         # Missing weights: say where they go. A file that is there but wrong: its error says why.

@@ -12,20 +12,34 @@ import difflib
 import json
 import math
 import re
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 import generators
 import optimizers
+from generators.base import option_names
 from rig_client.protocol import MAX_CHANNELS, MAX_DROPPED_FRAMES, MAX_WINDOW_MS, is_rig_name
 from server import ServerError
 
 MAX_SEED = 2**32 - 1  # fits every RNG seed API (numpy RandomState included)
 MAX_POPULATION = 500  # images an optimizer may ask per generation (the published runs use 40)
 MAX_PARAMS_DEPTH = 4  # optimizer_params nest at most a list (init_code) in the top object
+CLOCK_SKEW = timedelta(minutes=1)  # how far a session_start_time may lie ahead of the server's clock
 AGE = re.compile(r"(P[0-9YMWDTHS.]+(/(P[0-9YMWDTHS.]+)?)?)?")  # ISO 8601 duration or range, as NWB takes
 Name = Annotated[str, Field(min_length=1, max_length=200)]
 
@@ -35,6 +49,12 @@ FIXED_DESIGN = "fixed-design"  # the optimizer of manifold threads: their grid, 
 
 class ConfigError(ServerError, ValueError):
     """A session configuration that cannot be used; the message names the field."""
+
+
+def _error_at(loc: tuple[str | int, ...], message: str) -> ValidationError:
+    """A validation error of the field at ``loc``, for a model validator (whose errors pydantic places at the model)."""
+    problem = {"type": PydanticCustomError("value_error", "{message}", {"message": message}), "loc": loc, "input": None}
+    return ValidationError.from_exception_data("SessionConfig", [problem])
 
 
 def _check_registered(kind: str, name: str, names: list[str], note: str = "") -> str:
@@ -62,7 +82,7 @@ class ReferenceConfig(_Strict):
     """Natural images interleaved with every generation as a stable baseline."""
 
     source: str = Field("skimage", min_length=1, description='"skimage" or a folder of images on the server.')
-    count: int = Field(10, ge=1, le=100, description="How many reference images to show per generation.")
+    count: int = Field(10, strict=True, ge=1, le=100, description="How many reference images to show per generation.")
 
     @field_validator("source")
     @classmethod
@@ -80,7 +100,7 @@ class ObjectiveConfig(_Strict):
     """What a thread maximises: channels combined by ``mean``/``sum``, or an objective expression
     (``server.objectives``: ``rate``, ``sum``, ``mean``, ``baseline``, ``zscore``, numbers, ``+ - *``)."""
 
-    channels: list[Annotated[int, Field(ge=0, lt=MAX_CHANNELS)]] | None = Field(None, min_length=1)
+    channels: list[Annotated[int, Field(strict=True, ge=0, lt=MAX_CHANNELS)]] | None = Field(None, min_length=1)
     combine: Literal["mean", "sum"] = "mean"
     expression: str | None = Field(None, min_length=1, max_length=2000,
                                    description='e.g. "zscore(rate(5)) - 0.5 * baseline(rate(17))"')
@@ -120,11 +140,15 @@ class ObjectiveConfig(_Strict):
 class DriftConfig(_Strict):
     """The reference-drift alarm (see docs/dashboard.md): when a thread's references fall or a channel goes silent."""
 
-    baseline_generations: int = Field(5, ge=1, le=1000, description="Early generations that set the reference level.")
-    drop_sem: float = Field(4.0, gt=0, description="Alarm when the reference mean is this many SEM below the early level.")
-    consecutive: int = Field(2, ge=1, le=100, description="Generations in a row the drop must last before the alarm.")
+    baseline_generations: int = Field(
+        5, strict=True, ge=1, le=1000, description="Early generations that set the reference level.")
+    drop_sem: float = Field(
+        4.0, strict=True, gt=0, description="Alarm when the reference mean is this many SEM below the early level.")
+    consecutive: int = Field(
+        2, strict=True, ge=1, le=100, description="Generations in a row the drop must last before the alarm.")
     silent_fraction: float = Field(
-        0.1, gt=0, lt=1, description="A channel is silent when its mean rate falls below this fraction of its early rate.")
+        0.1, strict=True, gt=0, lt=1,
+        description="A channel is silent when its mean rate falls below this fraction of its early rate.")
 
 
 class ManifoldConfig(_Strict):
@@ -148,7 +172,8 @@ class FlaggedTrialsConfig(_Strict):
         "reshow", description='"reshow": a flagged presentation is stored but not scored, and its stimulus is shown '
         'again within the re-queue limit; "score": flagged presentations are scored like any other.')
     max_dropped_frames: int = Field(
-        0, ge=0, le=MAX_DROPPED_FRAMES, description="Dropped frames a presentation may have and still be scored (reshow).")
+        0, strict=True, ge=0, le=MAX_DROPPED_FRAMES,
+        description="Dropped frames a presentation may have and still be scored (reshow).")
 
     def scores(self, facts: dict[str, Any] | None) -> bool:
         """Whether a presentation with these trial facts is scored (and so answers its stimulus)."""
@@ -166,6 +191,9 @@ class ThreadConfig(_Strict):
     optimizer: str | None = Field(
         None, description=f"Required for evolutions; manifold threads take none (theirs is {FIXED_DESIGN!r}).")
     optimizer_params: dict[str, Any] = Field(default_factory=dict)
+    generator_options: dict[str, Any] = Field(
+        default_factory=dict, description='The generator\'s own options, e.g. {"truncation": 0.5} for BigGAN '
+        "(generators.md); default: the generator's defaults.")
     weights: str | None = Field(
         None, min_length=1, max_length=1000,
         description="The generator's weights file or folder on the server; default: ACTMAX_WEIGHTS_DIR/<generator>/, "
@@ -173,10 +201,11 @@ class ThreadConfig(_Strict):
     manifold: ManifoldConfig | None = Field(None, description="Required for manifold threads.")
     objective: ObjectiveConfig
     seed: int | None = Field(
-        None, ge=0, le=MAX_SEED, description="None: drawn when the session is created, and recorded."
+        None, strict=True, ge=0, le=MAX_SEED, description="None: drawn when the session is created, and recorded."
     )
-    n_generations: int = Field(50, ge=1, le=10_000, description="Evolutions only; a manifold is one generation.")
-    repeats: int = Field(1, ge=1, le=100, description="Presentations of each image per generation.")
+    n_generations: int = Field(
+        50, strict=True, ge=1, le=10_000, description="Evolutions only; a manifold is one generation.")
+    repeats: int = Field(1, strict=True, ge=1, le=100, description="Presentations of each image per generation.")
 
     @field_validator("optimizer_params")
     @classmethod
@@ -192,6 +221,18 @@ class ThreadConfig(_Strict):
     def _known_generator(cls, name: str) -> str:
         return _check_registered("generator", name, generators.available(),
                                  " (GET /generators or `actmax weights list` says which have weights)")
+
+    @field_validator("generator_options")
+    @classmethod
+    def _known_generator_options(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        _check_json_value(options, "generator_options", 1)
+        name = info.data.get("generator")
+        accepted = option_names(name) if name is not None else None
+        unknown = sorted(set(options) - set(accepted)) if accepted is not None else []
+        if unknown:
+            raise ValueError(f"{name} does not take option(s) {', '.join(unknown)}; "
+                             f"it takes: {', '.join(accepted) or 'no options'}")
+        return options
 
     @field_validator("optimizer")
     @classmethod
@@ -231,8 +272,8 @@ class SessionConfig(_Strict):
     lab: Annotated[str, Field(max_length=200)] = ""
     experimenter: str = Field("", max_length=200, description='"Last, First", as NWB asks.')
     session_start_time: AwareDatetime | None = Field(None, description="With a time zone; None: when created.")
-    response_window_ms: tuple[Annotated[int, Field(ge=0, le=MAX_WINDOW_MS)],
-                              Annotated[int, Field(ge=0, le=MAX_WINDOW_MS)]] = (50, 200)
+    response_window_ms: tuple[Annotated[int, Field(strict=True, ge=0, le=MAX_WINDOW_MS)],
+                              Annotated[int, Field(strict=True, ge=0, le=MAX_WINDOW_MS)]] = (50, 200)
     references: ReferenceConfig = Field(default_factory=ReferenceConfig)
     flagged_trials: FlaggedTrialsConfig = Field(default_factory=FlaggedTrialsConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
@@ -254,6 +295,15 @@ class SessionConfig(_Strict):
                              'a range "P5Y/P7Y", or "" (unknown)')
         return age
 
+    @field_validator("session_start_time")
+    @classmethod
+    def _not_in_the_future(cls, start: datetime | None) -> datetime | None:
+        now = datetime.now(UTC)
+        if start is not None and start > now + CLOCK_SKEW:
+            raise ValueError(f"{start.isoformat()} is in the future (the server's clock says "
+                             f"{now:%Y-%m-%dT%H:%M:%SZ}); give when the recording started, or null for now")
+        return start
+
     @field_validator("response_window_ms")
     @classmethod
     def _window_ordered(cls, window: tuple[int, int]) -> tuple[int, int]:
@@ -273,16 +323,22 @@ class SessionConfig(_Strict):
     @model_validator(mode="after")
     def _manifold_sources(self) -> SessionConfig:
         evolutions = {t.name: t for t in self.threads if t.kind == "evolution"}
-        for thread in self.threads:
+        for i, thread in enumerate(self.threads):
             if thread.kind != "manifold":
                 continue
             source = evolutions.get(thread.manifold.source)
             if source is None:
-                raise ValueError(f"thread {thread.name!r}: manifold source {thread.manifold.source!r} is not an "
-                                 f"evolution thread of this session; evolutions: {', '.join(evolutions) or 'none'}")
+                raise _error_at(("threads", i, "manifold", "source"), (
+                    f"thread {thread.name!r}: manifold source {thread.manifold.source!r} is not an evolution thread of "
+                    f"this session; evolutions: {', '.join(evolutions) or 'none'}"))
             if source.generator != thread.generator:
-                raise ValueError(f"thread {thread.name!r}: generator {thread.generator!r} differs from its source's "
-                                 f"{source.generator!r}; a manifold is drawn in its source's latent space")
+                raise _error_at(("threads", i, "generator"), (
+                    f"thread {thread.name!r}: generator {thread.generator!r} differs from its source's "
+                    f"{source.generator!r}; a manifold is drawn in its source's latent space"))
+            if source.generator_options != thread.generator_options:
+                raise _error_at(("threads", i, "generator_options"), (
+                    f"thread {thread.name!r}: generator_options {thread.generator_options} differ from its source's "
+                    f"{source.generator_options}; a map shows its source's images"))
         return self
 
     def thread(self, name: str) -> ThreadConfig:
@@ -336,12 +392,24 @@ def describe_validation_error(error: ValidationError, model: type[BaseModel] = S
 
 class _YamlLoader(yaml.SafeLoader):
     """YAML as JSON reads it: a date or time stays the text written (a session named 2026-11-27, or a
-    ``session_start_time``, is sent to the server as that text)."""
+    ``session_start_time``, is sent to the server as that text), and a number is one as YAML 1.2 and JSON
+    write it (``1e-1`` is 0.1, where YAML 1.1 wants ``1.0e-1``)."""
 
 
 _YamlLoader.yaml_implicit_resolvers = {
     first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:timestamp"]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_YamlLoader.add_implicit_resolver(  # YAML 1.2's exponent without a dot: 1e-1
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def _non_finite(value: Any, where: str = "") -> Iterator[tuple[str, float]]:
+    """The infinite or NaN numbers in ``value``, each with its path (``threads.0.optimizer_params.sigma0``)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        yield where, value
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        yield from _non_finite(item, f"{where}.{key}" if where else str(key))
 
 
 def read_config_file(path: str | Path) -> dict:
@@ -359,6 +427,9 @@ def read_config_file(path: str | Path) -> dict:
         raise ConfigError(f"{path} is not valid {path.suffix.lstrip('.').upper() or 'JSON'}: {error}") from error
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a session config is a mapping (name, rig, threads, ...)")
+    for where, value in _non_finite(data):
+        raise ConfigError(f"{path}: {where}: {value} is not a finite number (too large for a float, "
+                          "or inf/NaN); give a finite number")
     return data
 
 

@@ -9,6 +9,7 @@ its outstanding batch (the last one sent) and the stimuli that batch still owes.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -20,18 +21,29 @@ import numpy as np
 from sqlalchemy.orm import Session as DBSession
 
 import optimizers
+from analysis.serialization import json_safe
 from rig_client.protocol import encode_png
 from server import ServerError
 from server.images import encode_images, load_references, parallel_submit
 from server.manifold import design_codes
 from server.monitor import DriftHistory
 from server.session_config import FlaggedTrialsConfig, SessionConfig, ThreadConfig
-from server.store import queries
+from server.store import queries, records
 from server.store.archive import ImageArchive
 from server.store.db import Transaction
-from server.store.models import BatchStatus, Generation, Session, Stimulus, StimulusKind, Thread, decode_codes
+from server.store.models import (
+    BatchStatus,
+    EventLevel,
+    Generation,
+    Session,
+    Stimulus,
+    StimulusKind,
+    Thread,
+    decode_codes,
+)
 
 REFERENCE_SIZE = 128
+SCALE_TOLERANCE = 4  # a sigma0 or radius this many times off the generator's default is warned about
 
 
 @dataclass
@@ -109,7 +121,7 @@ class ThreadRuntime:
             self.compute_s += time.perf_counter() - start
 
 
-def build_runtime(db: DBSession, thread_id: int, load_generator: Callable[[str, str | None], Any],
+def build_runtime(db: DBSession, thread_id: int, load_generator: Callable[[str, str | None, dict], Any],
                   archive: ImageArchive, render_chunk: int) -> ThreadRuntime:
     """Rebuild a running thread: its settings, the optimizer after its last tell, its pending generation.
 
@@ -119,10 +131,13 @@ def build_runtime(db: DBSession, thread_id: int, load_generator: Callable[[str, 
     session = thread.session
     session_config = SessionConfig.model_validate(session.config_json)
     config = session_config.thread(thread.name)
-    generator = load_generator(config.generator, config.weights)
+    generator = load_generator(config.generator, config.weights, config.generator_options)
     thread.generator_version = generator.provenance["version"]
     optimizer = create_optimizer(db, thread, config, generator)
     last = restore_optimizer(db, optimizer, thread_id)
+    pending = queries.pending_generation(db, thread_id)
+    if last is None and pending is None:
+        record_start(db, thread, generator, optimizer)
     window = session_config.response_window_ms
     references = ensure_references(db, session, session_config, archive)
     runtime = ThreadRuntime(
@@ -133,7 +148,6 @@ def build_runtime(db: DBSession, thread_id: int, load_generator: Callable[[str, 
         first_generation=0 if last is None else last.number + 1, render_chunk=render_chunk,
         drift=DriftHistory.load(db, thread_id, session_config.drift),
     )
-    pending = queries.pending_generation(db, thread_id)
     if pending is not None:
         runtime.inflight = resume_pending(db, runtime, pending, archive)
     return runtime
@@ -199,10 +213,56 @@ def create_optimizer(db: DBSession, thread: Thread, config: ThreadConfig, genera
 
 
 def optimizer_params(name: str, generator, user: dict) -> dict:
-    """The generator's latent-geometry defaults the optimizer accepts, overridden by the thread's own."""
-    accepted = set(optimizers.hyperparameter_names(name))
-    defaults = {k: v for k, v in generator.default_init().items() if k in accepted and v is not None}
-    return {**defaults, **user}
+    """The thread's own hyperparameters, with the generator's latent-geometry defaults for those neither it nor
+    the preset ``name`` sets (``optimizers.with_generator_defaults``)."""
+    return optimizers.with_generator_defaults(name, user, generator.default_init())
+
+
+def record_start(db: DBSession, thread: Thread, generator, optimizer: optimizers.Optimizer) -> None:
+    """Log a fresh thread's ``thread.optimizer`` event: every hyperparameter its optimizer runs with, as resolved from
+    the thread's own, its preset's and the generator's defaults (arrays in ``data``; large ones by SHA-256); and a
+    ``thread.unusual_settings`` warning for each of ``unusual_settings``."""
+    hyperparameters = json_safe(optimizer.state_dict()["hyperparameters"])
+    listed = ", ".join(f"{key}={_brief(value)}" for key, value in hyperparameters.items())
+    where = f"thread {thread.id} {thread.name!r}"
+    records.log_event(db, "thread.optimizer", f"{where}: {optimizer.name} runs with {listed}",
+                      session_id=thread.session_id, thread_id=thread.id,
+                      data={"optimizer": optimizer.name, "hyperparameters": hyperparameters})
+    for warning in unusual_settings(generator, optimizer):
+        records.log_event(db, "thread.unusual_settings", f"{where}: {warning}", level=EventLevel.WARNING,
+                          session_id=thread.session_id, thread_id=thread.id)
+
+
+def _brief(value) -> str:
+    """A hyperparameter for a log line: a vector by its length, an array stored by fingerprint by its hash."""
+    if isinstance(value, list):
+        return f"<{len(value)} numbers>"
+    if isinstance(value, dict) and "sha256" in value:
+        return f"<sha256 {value['sha256'][:12]}>"
+    return repr(value)
+
+
+def unusual_settings(generator, optimizer: optimizers.Optimizer) -> list[str]:
+    """What in a thread's settings is likely a mistake, though it runs: a ``sigma0`` or ``radius`` more than
+    ``SCALE_TOLERANCE`` times off the generator's ``default_init``, weights that render another image size than the
+    generator's name says."""
+    defaults, root_d = generator.default_init(), math.sqrt(generator.latent_dim)
+    warnings = []
+    for key in ("sigma0", "radius"):
+        value, default = optimizer.hyperparameters.get(key), defaults.get(key)
+        if key not in optimizer.generator_defaults or value is None or not default:
+            continue
+        ratio = value / default
+        if 1 / SCALE_TOLERANCE <= ratio <= SCALE_TOLERANCE:
+            continue
+        scale = f" (σ₀√d {value * root_d:.3g} against {default * root_d:.3g})" if key == "sigma0" else ""
+        warnings.append(f"{key} {value:g} is {ratio:.2g}× {generator.name}'s default {default:g}{scale}, which is "
+                        f"matched to its latent (codes of norm about {defaults['radius']:g}); give {key} {default:g} "
+                        "unless that is meant")
+    if generator.named_image_size not in (None, generator.image_size):
+        warnings.append(f"the weights render {generator.image_size}-px images, not the {generator.named_image_size}-px "
+                        f"that {generator.name} names: check the weights (and their config.json)")
+    return warnings
 
 
 def resume_pending(db: DBSession, runtime: ThreadRuntime, pending: Generation, archive: ImageArchive) -> InFlight:

@@ -7,12 +7,15 @@ standard locations (docs/generators.md).
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import generators
 from generators import weights_source
+from generators.base import check_precision
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,12 @@ class WeightsStatus:
     source: str  # the folder or file searched, or "standard locations"
     sha256: str | None
     problem: str | None  # why it cannot load, with the paths tried
+    missing: bool = False  # no weights file where it looks (not found is otherwise a file that does not load)
+
+    @property
+    def label(self) -> str:
+        """``found``, ``MISSING`` (no file) or ``UNUSABLE`` (a file that does not load), for tables."""
+        return "found" if self.found else "MISSING" if self.missing else "UNUSABLE"
 
     def to_json(self) -> dict:
         return {"name": self.generator, "found": self.found, "source": self.source, "weights_sha256": self.sha256,
@@ -37,17 +46,26 @@ class GeneratorCache:
         self.device = device
         self.weights_dir = weights_dir
         self.precision = precision
-        self._loaded: dict[tuple[str, str | None], generators.Generator] = {}
+        self._loaded: dict[tuple[str, str | None, str], generators.Generator] = {}  # by (name, source, options)
         self._lock = threading.Lock()
 
-    def get(self, name: str, weights: str | None = None) -> generators.Generator:
-        """The generator, loaded once; raises ``GeneratorError`` (``WeightsNotFoundError``) naming the paths tried."""
+    def get(self, name: str, weights: str | None = None, options: dict[str, Any] | None = None) -> generators.Generator:
+        """The generator with its ``options`` (``generators.load``'s, e.g. BigGAN's ``truncation``), loaded once;
+        raises ``GeneratorError`` (``WeightsNotFoundError``) naming the paths tried."""
         source = weights_source(name, self.weights_dir, weights)
-        key = (name, None if source is None else str(source))
+        options = options or {}
+        key = (name, None if source is None else str(source), json.dumps(options, sort_keys=True))
         with self._lock:
             if key not in self._loaded:
-                self._loaded[key] = generators.load(name, device=self.device, weights=source,
-                                                    precision=self.precision)
+                generator = generators.load(name, device=self.device, weights=source, **options)
+                if self.precision != "float32":
+                    try:
+                        check_precision(generator, self.precision)
+                    except generators.GeneratorError as error:
+                        raise generators.GeneratorError(
+                            f"{error}: start the server with `actmax serve --precision float32` (or "
+                            "ACTMAX_PRECISION=float32); the precision is the server's, for every thread") from None
+                self._loaded[key] = generator
             return self._loaded[key]
 
     def status(self, name: str, weights: str | None = None) -> WeightsStatus:
@@ -58,7 +76,8 @@ class GeneratorCache:
         try:
             generator = self.get(name, weights)
         except generators.GeneratorError as error:
-            return WeightsStatus(name, False, where, None, str(error))
+            return WeightsStatus(name, False, where, None, str(error),
+                                 missing=isinstance(error, generators.WeightsNotFoundError))
         return WeightsStatus(name, True, where, generator.weights_sha256, None)
 
     def statuses(self) -> list[WeightsStatus]:

@@ -48,8 +48,9 @@ def test_truncation_is_an_option_and_part_of_the_version(weights_dirs, biggan):
     assert other.version != biggan.version and "0.4" in other.version
     codes = biggan.sample(1, np.random.default_rng(1))
     assert not torch.equal(other.generate(codes), biggan.generate(codes))
-    with pytest.raises(GeneratorError, match="truncation"):
-        generators.load("biggan-deep-128", weights=weights_dirs["biggan-deep-128"][0], truncation=1.5)
+    for bad in (1.5, "0.5", True):  # out of range, or not a number (a session's generator_options)
+        with pytest.raises(GeneratorError, match=r"truncation must be a number in \(0, 1\]"):
+            generators.load("biggan-deep-128", weights=weights_dirs["biggan-deep-128"][0], truncation=bad)
 
 
 def test_missing_weights_names_the_cache(monkeypatch, tmp_path):

@@ -6,6 +6,8 @@ import optimizers
 import pytest
 import torch
 
+import generators
+from generators import GeneratorError
 from generators.deepsim import RGB_MEAN, DeePSiMFc6, _normalize_keys
 
 
@@ -55,8 +57,16 @@ def test_bgr_flip_and_clamp(deepsim, last_layer):
 def test_state_dict_variants_are_accepted():
     keys = DeePSiMFc6().state_dict().keys()
     variants = {"G.defc7.weight": 1, "deconv0.1.bias": 2, "conv5_1.weight": 3}
-    assert _normalize_keys(variants) == {"defc7.weight": 1, "deconv0.bias": 2, "conv5_1.weight": 3}
-    assert set(_normalize_keys({"G." + k: 0 for k in keys})) == set(keys)
+    assert _normalize_keys(variants, keys) == {"defc7.weight": 1, "deconv0.bias": 2, "conv5_1.weight": 3}
+    assert set(_normalize_keys({"G." + k: 0 for k in keys}, keys)) == set(keys)
+
+
+def test_keys_that_fit_no_layer_are_named_as_the_file_has_them(tmp_path):
+    state = {k.replace("defc7", "main.1"): v for k, v in DeePSiMFc6().state_dict().items()}  # another network's
+    torch.save(state, tmp_path / "fc6.pt")
+    with pytest.raises(GeneratorError, match=r"Unexpected key\(s\) in state_dict: \"main\.1\.weight\"") as caught:
+        generators.load("deepsim-fc6", device="cpu", weights=tmp_path / "fc6.pt")
+    assert '"main.weight"' not in str(caught.value)  # the rewritten name, which the file does not hold
 
 
 def test_default_init_is_the_benchmark_start(deepsim):

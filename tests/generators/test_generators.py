@@ -86,8 +86,18 @@ def test_missing_weights_error_says_where(name, tmp_path):
         generators.load(name, device="cpu", weights=tmp_path)
     assert isinstance(err.value, FileNotFoundError) and isinstance(err.value, GeneratorError)
     assert str(tmp_path) in str(err.value) and "weights=" in str(err.value)
+    assert "torch/hub" not in str(err.value) and "from_pretrained" not in str(err.value)  # not where defaults go
     with pytest.raises(WeightsNotFoundError, match="nothing.pt"):
         generators.load(name, device="cpu", weights=tmp_path / "nothing.pt")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_relative_weights_path_is_said_to_be_read_from_the_working_directory(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(WeightsNotFoundError) as err:
+        generators.load(name, device="cpu", weights="weights.tar")
+    assert f"  - {tmp_path / 'weights.tar'}\n" in str(err.value)
+    assert f"a relative path is read from the working directory {tmp_path}" in str(err.value)
 
 
 def test_wrong_weights_file_is_a_clear_error(weights_dirs):

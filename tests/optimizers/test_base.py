@@ -39,7 +39,7 @@ def test_optimizer_error_is_a_value_error():
         ("ga", {"kT_multiplier": 2, "selectivity": 2}, r"not both"),
         ("ga", {"score_clip_percentile": 0}, r"score_clip_percentile must be a number in \(0.0, 100.0\]"),
         ("pycma", {"diagonal": "yes"}, r"diagonal must be True or False"),
-        ("hess-cma", {}, r"hess-cma needs basis"),
+        ("hess-cma", {}, r"hess-cma needs an eigenbasis: eigenbasis"),
     ],
 )
 def test_hyperparameter_messages_name_the_parameter_and_range(name, hyperparameters, message):

@@ -156,3 +156,20 @@ def test_configured_optimizers_keep_their_values_unless_overridden():
     state = opt.state_dict()
     with pytest.raises(OptimizerError, match="not 'cma'"):
         optimizers.create("cma", DIM).load_state_dict(state)
+
+
+@pytest.mark.parametrize(
+    ("name", "given", "expected"),
+    [
+        ("cma", {}, {"sigma0": 3.0, "init_code": [1.0] * DIM}),  # a plain optimizer takes the generator's
+        ("cma-sigma2", {}, {"init_code": [1.0] * DIM}),  # the preset's sigma0 wins over the generator's
+        ("cma-sigma2", {"sigma0": 0.7}, {"sigma0": 0.7, "init_code": [1.0] * DIM}),  # and the thread's over both
+        ("sphere-cma-r10", {}, {"init_code": [1.0] * DIM}),  # radius 10, not the generator's 300
+        ("sphere-cma", {}, {"radius": 300.0, "init_code": [1.0] * DIM}),
+        ("hess-cma", {}, {"init_code": [1.0] * DIM}),  # its sigma0 is in eigen-coordinates: its own 0.4
+        ("ga", {"population": 8}, {"population": 8}),  # takes none of them
+    ],
+)
+def test_generator_defaults_fill_only_what_neither_the_preset_nor_the_thread_sets(name, given, expected):
+    defaults = {"init_code": [1.0] * DIM, "sigma0": 3.0, "radius": 300.0}
+    assert optimizers.with_generator_defaults(name, given, defaults) == expected

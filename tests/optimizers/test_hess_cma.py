@@ -57,3 +57,49 @@ def test_state_names_the_basis_by_fingerprint():
     other_basis, _ = synthetic_eigenbasis(10, 3, seed=1)
     with pytest.raises(OptimizerError, match="different 'basis'"):
         optimizers.create("hess-cma", 10, basis=other_basis, eigvals=eigvals).load_state_dict(state)
+
+
+def test_an_eigenbasis_file_gives_its_leading_k_eigenvectors(tmp_path):
+    basis, eigvals = synthetic_eigenbasis(10, 5)
+    path = tmp_path / "eigenbasis.npz"
+    np.savez(path, basis=basis, eigvals=eigvals, generator="dcgan-faces")  # as `actmax analyze geometry` writes
+    from_file = optimizers.create("hess-cma", 10, seed=0, eigenbasis=str(path), k=3)
+    from_arrays = optimizers.create("hess-cma", 10, seed=0, basis=basis[:, :3], eigvals=eigvals[:3])
+    np.testing.assert_array_equal(from_file.ask(), from_arrays.ask())
+    state = optimizers.loads_state(optimizers.dumps_state(from_file.state_dict()))
+    resumed = optimizers.create("hess-cma", 10, eigenbasis=str(path), k=3)
+    resumed.load_state_dict(state)  # the file's arrays are the fingerprinted ones
+    np.testing.assert_array_equal(resumed.ask(), from_file.ask())
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"eigenbasis": "nowhere.npz"}, "nowhere.npz: no such file"),
+        ({"k": 3}, "give eigenbasis"),
+        ({"eigenbasis": "{file}", "k": 6}, r"k must be an integer in \[1, 5\]"),
+        ({"eigenbasis": "{file}", "k": True}, "k must be an integer"),
+        ({"eigenbasis": "{file}", "basis": np.eye(10)[:, :2], "eigvals": np.ones(2)}, "not both"),
+        ({"eigenbasis": "{junk}"}, "not a readable .npz"),
+        ({"eigenbasis": "{other}"}, "holds no basis and eigvals"),
+        ({"eigenbasis": "{npy}"}, "holds no basis and eigvals"),
+    ],
+)
+def test_bad_eigenbasis_files_are_refused_naming_the_problem(tmp_path, params, message):
+    basis, eigvals = synthetic_eigenbasis(10, 5)
+    files = {"{file}": tmp_path / "eigenbasis.npz", "{junk}": tmp_path / "junk.npz", "{other}": tmp_path / "h.npz",
+             "{npy}": tmp_path / "basis.npy"}
+    np.savez(files["{file}"], basis=basis, eigvals=eigvals)
+    np.save(files["{npy}"], basis)
+    files["{junk}"].write_bytes(b"not a zip")
+    np.savez(files["{other}"], codes=basis)
+    params = {key: str(files.get(value, value)) if key == "eigenbasis" else value for key, value in params.items()}
+    with pytest.raises(OptimizerError, match=message):
+        optimizers.create("hess-cma", 10, **params)
+
+
+def test_an_eigenbasis_of_another_dimension_names_the_codes_dimension(tmp_path):
+    basis, eigvals = synthetic_eigenbasis(12, 4)
+    np.savez(tmp_path / "e.npz", basis=basis, eigvals=eigvals)
+    with pytest.raises(OptimizerError, match=r"shape \(10, k\).*code has 10 dimensions.*\(12, 4\)"):
+        optimizers.create("hess-cma", 10, eigenbasis=str(tmp_path / "e.npz"))

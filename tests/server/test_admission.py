@@ -5,13 +5,21 @@ Also adding a thread, retargeting and stopping a session (the stand-in engine re
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+import generators
+import optimizers
+
+from server.store.archive import ImageArchive
+from server.thread_runtime import build_runtime
+from server.weights import GeneratorCache
 from tests.server.conftest import TOKEN, LiveServer, session_config, thread_config
 
 
@@ -117,6 +125,23 @@ def test_a_manifold_plane_needs_more_codes_than_its_highest_pc(client):
     assert loc == ["body", "manifold", "planes"] and "4 x 8 = 32" in msg
 
 
+def test_a_manifold_whose_source_is_no_evolution_names_the_source_field(client):
+    manifold = {"name": "map", "kind": "manifold", "generator": "dcgan-faces", "objective": {"channels": [3]},
+                "manifold": {"source": "nope"}}
+    loc, msg = only(refused(client, session_config(threads=[thread_config(), manifold])))
+    assert loc == ["body", "threads", 1, "manifold", "source"] and "'nope' is not an evolution thread" in msg
+
+
+def test_a_refused_precision_names_the_servers_setting():
+    cache = GeneratorCache("cpu", None, "bfloat16")
+    try:
+        cache.get("dcgan-faces")
+    except generators.GeneratorError as error:
+        assert "use float32 for this generator: start the server with `actmax serve --precision float32`" in str(error)
+    else:
+        pytest.skip("dcgan-faces stays within tolerance in bfloat16 on this CPU")
+
+
 def test_a_generators_list_says_which_load(client):
     listed = {g["name"]: g for g in client.get("/generators").json()}
     assert listed["dcgan-faces"]["found"] and len(listed["dcgan-faces"]["weights_sha256"]) == 64
@@ -134,6 +159,7 @@ def test_add_a_thread_retarget_and_stop_a_session(client, live_server: LiveServe
     assert "manifold source 'nope' is not an evolution thread" in item["msg"]
     added = client.post(f"/sessions/{sid}/threads", json=manifold)
     assert added.status_code == 201 and added.json()["kind"] == "manifold"
+    assert added.json()["score_label"] == "score (spikes/s)"  # what a chart's axis says
     assert client.post(f"/sessions/{sid}/threads", json=manifold).status_code == 422  # the name is taken
     assert [t["name"] for t in client.get(f"/sessions/{sid}").json()["config"]["threads"]] == ["evolve", "map"]
 
@@ -146,6 +172,7 @@ def test_add_a_thread_retarget_and_stop_a_session(client, live_server: LiveServe
     retargeted = client.post(f"/threads/{tid}/retarget", json={"objective": {"expression": "zscore(rate(7))"}})
     assert retargeted.status_code == 200 and retargeted.json()["objective"] == {"expression": "zscore(rate(7))",
                                                                                 "combine": "mean"}
+    assert client.get(f"/threads/{tid}").json()["score_label"] == "score = zscore(rate(7))"  # no unit
     (event,) = [e for e in client.get(f"/sessions/{sid}/events").json()["items"] if e["kind"] == "thread.retargeted"]
     assert event["thread_id"] == tid and event["data"]["from_generation"] == 0
 
@@ -154,3 +181,93 @@ def test_add_a_thread_retarget_and_stop_a_session(client, live_server: LiveServe
     assert client.post(f"/sessions/{sid}/stop").json()["status"] == "stopped"  # idempotent
     assert client.post(f"/sessions/{sid}/threads", json={**manifold, "name": "map2"}).status_code == 409
     assert client.post(f"/threads/{tid}/retarget", json={"objective": {"channels": [1]}}).status_code == 409
+
+
+def served(live_server: LiveServer, session: dict) -> list:
+    """The runtimes of a created session's threads, as the engine builds them from the stored session."""
+    cache = GeneratorCache(live_server.settings.device, live_server.settings.weights_dir)
+    archive = ImageArchive(live_server.settings.data_dir)
+    with live_server.sessions.begin() as db:
+        return [build_runtime(db, thread["id"], cache.get, archive, 8) for thread in session["threads"]]
+
+
+def test_a_presets_own_step_size_wins_over_the_generators_and_is_recorded(client, live_server: LiveServer):
+    """cma-sigma0.5 and cma-sigma2 on DCGAN (whose default_init says sigma0 1) run at 0.5 and 2."""
+    presets = ("cma-sigma0.5", "cma-sigma2")
+    threads = [thread_config(name, optimizer=name, optimizer_params={"population": 4}, seed=5) for name in presets]
+    created = client.post("/sessions", json=session_config(references={"count": 1}, threads=threads))
+    assert created.status_code == 201, created.text
+    samples = []
+    for runtime in served(live_server, created.json()):
+        runtime.optimizer.tell(runtime.optimizer.ask(), [1.0])  # generation 0: the single initial code ("init")
+        samples.append(runtime.optimizer.ask())
+    np.testing.assert_allclose(samples[1], 4 * samples[0])  # one seed, so the same normals at 4x the step
+    session_id = created.json()["id"]
+    events = [e for e in client.get(f"/sessions/{session_id}/events").json()["items"] if e["kind"] == "thread.optimizer"]
+    assert [(e["data"]["optimizer"], e["data"]["hyperparameters"]["sigma0"]) for e in events] == [
+        ("cma-sigma0.5", 0.5), ("cma-sigma2", 2.0)]
+    assert "sigma0=2.0, init_code=None, first_generation='init'" in events[1]["message"]
+    assert unusual(client, session_id) == []  # 0.5 and 2 are within 4x of DCGAN's sigma0 1
+
+
+def unusual(client: httpx.Client, session_id: int) -> list[str]:
+    """The messages of a session's ``thread.unusual_settings`` warnings."""
+    events = client.get(f"/sessions/{session_id}/events").json()["items"]
+    return [e["message"] for e in events if e["kind"] == "thread.unusual_settings" and e["level"] == "warning"]
+
+
+def test_a_radius_far_off_the_generators_latent_is_warned_about(client, live_server: LiveServer):
+    threads = [thread_config("far", optimizer="sphere-cma", optimizer_params={"radius": 300}),
+               thread_config("small", optimizer="cma", optimizer_params={"sigma0": 0.1})]
+    created = client.post("/sessions", json=session_config(references={"count": 1}, threads=threads))
+    assert created.status_code == 201, created.text  # allowed: a warning, not a refusal
+    served(live_server, created.json())
+    far, small = (t["id"] for t in created.json()["threads"])
+    assert unusual(client, created.json()["id"]) == [
+        f"thread {far} 'far': radius 300 is 30× dcgan-faces's default 10, which is matched to its latent (codes of "
+        "norm about 10); give radius 10 unless that is meant",
+        f"thread {small} 'small': sigma0 0.1 is 0.1× dcgan-faces's default 1 (σ₀√d 1 against 10), which is matched "
+        "to its latent (codes of norm about 10); give sigma0 1 unless that is meant"]
+
+
+def test_hess_cma_takes_the_eigenbasis_file_of_analyze_geometry(client, live_server: LiveServer, tmp_path: Path):
+    basis, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((100, 12)))
+    np.savez(tmp_path / "eigenbasis.npz", basis=basis, eigvals=np.logspace(0, -3, 12), generator="dcgan-faces")
+    np.savez(tmp_path / "fc6.npz", basis=np.eye(4096)[:, :3], eigvals=np.ones(3))
+    hess = {"optimizer": "hess-cma", "seed": 1}
+    good = thread_config(**hess, optimizer_params={"eigenbasis": str(tmp_path / "eigenbasis.npz"), "k": 10})
+    created = client.post("/sessions", json=session_config(references={"count": 1}, threads=[good]))
+    assert created.status_code == 201, created.text
+    (runtime,) = served(live_server, created.json())
+    np.testing.assert_array_equal(runtime.optimizer.hyperparameters["basis"], basis[:, :10])
+    assert runtime.optimizer.hyperparameters["sigma0"] == 0.4  # its own, not DCGAN's 1 (a step in eigen-coordinates)
+    (event,) = [e for e in client.get(f"/sessions/{created.json()['id']}/events").json()["items"]
+                if e["kind"] == "thread.optimizer"]
+    assert "sigma0=0.4" in event["message"] and "basis=<sha256 " in event["message"]
+    assert event["data"]["hyperparameters"]["basis"] == {"sha256": optimizers.base.array_fingerprint(basis[:, :10])}
+    for params, message in [({"eigenbasis": str(tmp_path / "none.npz")}, "none.npz: no such file"),
+                            ({"eigenbasis": str(tmp_path / "fc6.npz")}, "code has 100 dimensions), got (4096, 3)"),
+                            ({"eigenbasis": str(tmp_path / "eigenbasis.npz"), "k": 13}, "k must be an integer in [1, 12]")]:
+        loc, msg = only(refused(client, session_config(threads=[thread_config(**hess, optimizer_params=params)])))
+        assert loc == ["body", "threads", 0, "optimizer_params"] and message in msg, msg
+
+
+def test_generator_options_are_the_generators_and_are_checked(client, live_server: LiveServer, tmp_path: Path):
+    from generators.biggan import TINY_CONFIG, random_network
+
+    torch.save(random_network(TINY_CONFIG).state_dict(), tmp_path / "pytorch_model.bin")
+    (tmp_path / "config.json").write_text(json.dumps(TINY_CONFIG))
+    biggan = {"generator": "biggan-deep-128", "weights": str(tmp_path), "optimizer_params": {"population": 4}}
+    created = client.post("/sessions", json=session_config(
+        references={"count": 1}, threads=[thread_config(**biggan, generator_options={"truncation": 0.5})]))
+    assert created.status_code == 201, created.text
+    (runtime,) = served(live_server, created.json())
+    assert runtime.generator.truncation == 0.5
+    (warning,) = unusual(client, created.json()["id"])  # the tiny test network under a 128-px name
+    assert "the weights render 32-px images, not the 128-px that biggan-deep-128 names" in warning
+    assert client.get(f"/threads/{created.json()['threads'][0]['id']}").json()["generator_version"] == "1.0-trunc0.5"
+    loc, msg = only(refused(client, session_config(threads=[thread_config(**biggan, generator_options={"truncation": 2})])))
+    assert loc == ["body", "threads", 0, "weights"] and "truncation must be a number in (0, 1]; got 2" in msg
+    loc, msg = only(refused(client, session_config(threads=[thread_config(generator_options={"truncation": 0.5})])))
+    assert loc == ["body", "threads", 0, "generator_options"]
+    assert "dcgan-faces does not take option(s) truncation; it takes: no options" in msg

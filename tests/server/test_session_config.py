@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -76,12 +77,29 @@ def test_session_config_defaults() -> None:
         ({"rig": "r" * 65}, "rig"),
         ({"response_window_ms": [50, 60_001]}, "response_window_ms.1"),  # longer than a BATCH may carry
         ({"references": {"source": "skimage", "count": 101}}, "references.count"),
+        # a wrong type is refused, not coerced: no bool as an int, no number as text
+        ({"threads": [thread_config(objective={"channels": [True]})]}, "threads.0.objective.channels.0"),
+        ({"threads": [thread_config(n_generations=True)]}, "threads.0.n_generations"),
+        ({"threads": [thread_config(n_generations="3")]}, "threads.0.n_generations"),
+        ({"threads": [thread_config(seed="7")]}, "threads.0.seed"),
+        ({"threads": [thread_config(repeats="1")]}, "threads.0.repeats"),
+        ({"response_window_ms": ["50", 200]}, "response_window_ms.0"),
+        ({"references": {"count": 2.0}}, "references.count"),
+        ({"drift": {"drop_sem": "4"}}, "drift.drop_sem"),
+        ({"session_start_time": "2030-01-01T00:00:00Z"}, "session_start_time"),  # breaks NWB's DANDI check
     ],
 )
 def test_invalid_session_config_names_the_field(change: dict, field: str) -> None:
     with pytest.raises(ValidationError) as caught:
         SessionConfig.model_validate(session_config(**change))
     assert field in [".".join(map(str, error["loc"])) for error in caught.value.errors()]
+
+
+def test_a_session_start_time_may_be_up_to_a_minute_ahead_of_the_servers_clock() -> None:
+    soon = datetime.now(UTC) + timedelta(seconds=30)  # another machine's clock, a little fast
+    assert SessionConfig.model_validate(session_config(session_start_time=soon.isoformat())).session_start_time == soon
+    with pytest.raises(ValidationError, match="in the future"):
+        SessionConfig.model_validate(session_config(session_start_time=(soon + timedelta(minutes=1)).isoformat()))
 
 
 def test_reference_folder_must_exist(tmp_path: Path) -> None:
@@ -109,6 +127,8 @@ def test_load_session_config_from_json_and_yaml(tmp_path: Path) -> None:
         ("threads: [unclosed", ".yml", "not valid YML"),
         ("- a list", ".yaml", "a session config is a mapping"),
         (b"name: caf\xe9", ".yaml", "not UTF-8"),
+        (json.dumps(session_config(threads=[thread_config(optimizer_params={"sigma0": 1.0})])).replace("1.0", "1e400"),
+         ".json", r"threads\.0\.optimizer_params\.sigma0: inf is not a finite number"),
     ],
 )
 def test_load_session_config_errors_name_the_problem(tmp_path: Path, content: str, suffix: str, message: str) -> None:
@@ -128,6 +148,13 @@ def test_yaml_dates_stay_the_text_written(tmp_path: Path) -> None:
     assert data["name"] == "2026-11-27" and data["session_start_time"] == "2026-11-27T10:00:00+01:00"
     json.dumps(data)  # what `actmax session create` sends
     assert load_session_config(path).session_start_time.isoformat() == "2026-11-27T10:00:00+01:00"
+
+
+def test_yaml_numbers_are_read_as_yaml_1_2_and_json_read_them(tmp_path: Path) -> None:
+    path = tmp_path / "session.yaml"
+    path.write_text("name: t\nrig: rig-A\nthreads:\n  - {name: t, generator: dcgan-faces, optimizer: cma, "
+                    "optimizer_params: {sigma0: 1e-1, mutation_size: 5E-1}, objective: {channels: [0]}}\n")
+    assert read_config_file(path)["threads"][0]["optimizer_params"] == {"sigma0": 0.1, "mutation_size": 0.5}
 
 
 def test_documented_example_is_valid() -> None:
@@ -153,18 +180,27 @@ def test_manifold_thread_maps_around_an_evolution_of_the_same_session():
 
 
 @pytest.mark.parametrize(
-    ("thread", "message"),
+    ("thread", "message", "field"),
     [
-        (manifold_thread(manifold=None), "needs manifold settings"),
-        (manifold_thread(optimizer="cma"), "takes no optimizer"),
-        (manifold_thread(manifold={"source": "nope"}), "is not an evolution thread"),
-        (manifold_thread(generator="deepsim-fc6"), "differs from its source"),
-        (manifold_thread(manifold={"source": "x", "step_deg": 10}), "step_deg"),
+        (manifold_thread(manifold=None), "needs manifold settings", "threads.1"),
+        (manifold_thread(optimizer="cma"), "takes no optimizer", "threads.1"),
+        (manifold_thread(manifold={"source": "nope"}), "is not an evolution thread", "threads.1.manifold.source"),
+        (manifold_thread(generator="deepsim-fc6"), "differs from its source", "threads.1.generator"),
+        (manifold_thread(generator_options={"truncation": 0.5}), "does not take option", "threads.1.generator_options"),
+        (manifold_thread(manifold={"source": "x", "step_deg": 10}), "step_deg", "threads.1.manifold.step_deg"),
     ],
 )
-def test_bad_manifold_threads_are_refused_with_the_reason(thread, message):
-    with pytest.raises(ValidationError, match=message):
+def test_bad_manifold_threads_are_refused_with_the_reason(thread, message, field):
+    with pytest.raises(ValidationError, match=message) as caught:
         SessionConfig.model_validate(session_config(threads=[thread_config(), thread]))
+    assert [".".join(map(str, error["loc"])) for error in caught.value.errors()] == [field]
+
+
+def test_a_manifold_draws_its_sources_images_with_the_same_generator_options():
+    evolution = thread_config(generator="biggan-deep-128", generator_options={"truncation": 0.5})
+    with pytest.raises(ValidationError, match="differ from its source's") as caught:
+        SessionConfig.model_validate(session_config(threads=[evolution, manifold_thread(generator="biggan-deep-128")]))
+    assert caught.value.errors()[0]["loc"] == ("threads", 1, "generator_options")
 
 
 def test_an_evolution_thread_needs_an_optimizer():
