@@ -37,7 +37,7 @@ class ThreadSummary:
 
 def _channel_names(db, thread: Thread) -> list[str]:
     """The thread's objective channels as the rig labelled them in HELLO (protocol 1.1), else ``ch<index>``."""
-    labels = queries.rig_channel_labels(db, thread.session.rig) or []
+    labels = queries.session_channel_labels(db, thread.session) or []
     return [labels[c] if c < len(labels) else f"ch{c}" for c in objective_channels(thread.objective_json)]
 
 

@@ -12,13 +12,13 @@ class NwbUnavailable(ExportError, RuntimeError):
     """pynwb, the optional ``nwb`` extra, is not installed."""
 
 
-def load_session_tables(database_url: str, session_id: int) -> SessionTables:
+def load_session_tables(database_url: str, session_id: int, subject: dict[str, str] | None = None) -> SessionTables:
     """``session_tables`` of a session in the database at ``database_url`` (CLI and scripts: errors name
     `actmax` commands)."""
     db_engine = make_db_engine(database_url)
     try:
         with make_sessionmaker(db_engine)() as db:
-            return session_tables(db, session_id, CLI_HINTS)
+            return session_tables(db, session_id, CLI_HINTS, subject)
     finally:
         db_engine.dispose()
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -29,17 +29,30 @@ from pynwb.epoch import TimeIntervals
 from pynwb.file import Subject
 from pynwb.image import IndexSeries, RGBImage
 
-from server.export.tables import DESCRIPTIONS, TRIAL_FACT_DESCRIPTION, SessionTables
+from server.export.tables import (
+    DESCRIPTIONS,
+    REST_HINTS,
+    TRIAL_FACT_DESCRIPTION,
+    MissingImage,
+    SessionTables,
+    iso_text,
+    replace_file,
+    require_presentations,
+)
 from server.store.archive import ImageArchive
 
 
 class PngPixels(AbstractDataChunkIterator):
     """An archived PNG's RGB pixels, read only when the file writer asks for them (one image in memory)."""
 
-    def __init__(self, path: Path, on_read: Callable[[], None] | None = None) -> None:
+    def __init__(self, path: Path, stimulus_id: str, on_read: Callable[[], None] | None = None) -> None:
         self.path = path
-        with Image.open(path) as image:  # reads the header only
-            self.shape = (image.height, image.width, 3)
+        try:
+            with Image.open(path) as image:  # reads the header only
+                self.shape = (image.height, image.width, 3)
+        except FileNotFoundError:
+            raise MissingImage(f"stimulus {stimulus_id}: its image {path} is missing; export from the data folder "
+                               "the server wrote, with its images/ folder (a copy must include it)") from None
         self.on_read = on_read
         self._done = False
 
@@ -72,13 +85,15 @@ class PngPixels(AbstractDataChunkIterator):
 
 
 def write_nwb(tables: SessionTables, archive: ImageArchive, path: str | Path,
-              on_image: Callable[[], None] | None = None) -> None:
-    """Write ``tables`` (and the archived images they name) to ``path``; ``on_image`` is called per image written."""
+              on_image: Callable[[], None] | None = None, hints: dict[str, str] = REST_HINTS) -> None:
+    """Write ``tables`` (and the archived images they name) to ``path``, replacing it whole (``replace_file``);
+    ``on_image`` is called per image written. ``NoPresentations`` (saying what to do with ``hints``) for a
+    session without presentations, ``MissingImage`` for a PNG not in the archive."""
+    require_presentations(tables, hints)
     meta = tables.session.iloc[0]
     start = meta["session_start_time"].to_pydatetime()
-    onsets = tables.presentations["onset"]
     # Times are seconds on the rig's clock from the reference time, which is never after the first onset.
-    reference = min([start, *([datetime.fromtimestamp(onsets.min(), UTC)] if len(onsets) else [])])
+    reference = min(start, datetime.fromtimestamp(tables.presentations["onset"].min(), start.tzinfo))
     nwbfile = NWBFile(
         session_description=f"actmax closed-loop image evolution {meta['session_name']!r}: images from generative "
         "networks optimised online for the recorded channels' spike rates, interleaved with reference images.",
@@ -98,7 +113,7 @@ def write_nwb(tables: SessionTables, archive: ImageArchive, path: str | Path,
                         description=f"animal {meta['animal'] or 'not given'}"),
     )
 
-    images = [RGBImage(name=sid, data=H5DataIO(PngPixels(archive.root / png, on_image), compression="gzip"),
+    images = [RGBImage(name=sid, data=H5DataIO(PngPixels(archive.root / png, sid, on_image), compression="gzip"),
                        description=f"{kind} stimulus, sha256 {digest}")
               for sid, kind, png, digest in tables.stimuli[["stimulus_id", "kind", "png_path", "content_hash"]]
               .itertuples(index=False)]
@@ -112,11 +127,10 @@ def write_nwb(tables: SessionTables, archive: ImageArchive, path: str | Path,
     presentations = tables.presentations
     start_time = (presentations["onset"] - reference.timestamp()).to_numpy(dtype=float)
     stop_time = start_time + presentations["window_end_ms"].to_numpy(dtype=float) / 1000
-    if len(presentations):
-        nwbfile.add_stimulus(IndexSeries(
-            name="presentation_order", data=presentations["stimulus_index"].to_numpy(dtype=np.uint32),
-            indexed_images=container, timestamps=start_time, unit="N/A",
-            description="Index into stimulus_images of the image shown at each onset."))
+    nwbfile.add_stimulus(IndexSeries(
+        name="presentation_order", data=presentations["stimulus_index"].to_numpy(dtype=np.uint32),
+        indexed_images=container, timestamps=start_time, unit="N/A",
+        description="Index into stimulus_images of the image shown at each onset."))
     intervals = _table("presentations", presentations, "One row per presentation: the counting window on the rig's "
                        "clock (start_time = onset, stop_time = end of the spike-counting window), the image, "
                        "the rates per channel and whether they were scored.", TimeIntervals,
@@ -129,8 +143,11 @@ def write_nwb(tables: SessionTables, archive: ImageArchive, path: str | Path,
         evolution.add(_table(name, getattr(tables, name), f"actmax {name} table (docs/export.md)."))
     nwbfile.add_processing_module(evolution)
 
-    with NWBHDF5IO(str(path), "w") as io:
-        io.write(nwbfile)
+    def write(tmp: Path) -> None:
+        with NWBHDF5IO(str(tmp), "w") as io:
+            io.write(nwbfile)
+
+    replace_file(path, write)
 
 
 def _table(name: str, frame: pd.DataFrame, description: str, cls: type[DynamicTable] = DynamicTable,
@@ -141,7 +158,7 @@ def _table(name: str, frame: pd.DataFrame, description: str, cls: type[DynamicTa
     columns = []
     for column, values in [*(extra or {}).items(), *frame.items()]:
         text = descriptions.get(column, TRIAL_FACT_DESCRIPTION)
-        data, index = _column_data(pd.Series(values))
+        data, index = _column_data(pd.Series(values), fact=column not in descriptions)
         vector = VectorData(name=column, description=text, data=data)
         columns.append(vector)
         if index is not None:
@@ -149,23 +166,27 @@ def _table(name: str, frame: pd.DataFrame, description: str, cls: type[DynamicTa
     return cls(name=name, description=description, columns=columns, id=np.arange(len(frame)))
 
 
-def _column_data(values: pd.Series) -> tuple[np.ndarray | list, np.ndarray | None]:
-    """HDF5-storable data for a column, and the ragged index when its cells are lists of unequal length."""
+def _column_data(values: pd.Series, fact: bool = False) -> tuple[np.ndarray | list, np.ndarray | None]:
+    """HDF5-storable data for a column (``fact``: a trial fact), and the ragged index when its cells are lists
+    of unequal length."""
     sample = next((v for v in values if v is not None and v is not pd.NA), None)
     if isinstance(sample, list):
         cells = [[] if v is None else v for v in values]  # an optional list fact (baseline_rates): empty where absent
-        lengths = {len(v) for v in cells}
-        if len(lengths) == 1 and lengths != {0}:
-            return np.array(cells, dtype=float), None
         flat = [x for v in cells for x in v]
         dtype = np.int64 if flat and all(isinstance(x, int) for x in flat) else float
+        lengths = {len(v) for v in cells}
+        if len(lengths) == 1 and lengths != {0}:
+            return np.array(cells, dtype=dtype), None
         return np.array(flat, dtype=dtype), np.cumsum([len(v) for v in cells])
     if isinstance(sample, dict):
         return [", ".join(f"{k}={json.dumps(v)}" for k, v in (d or {}).items()) for d in values], None
     if pd.api.types.is_datetime64_any_dtype(values) or isinstance(sample, datetime):
-        return [v.isoformat() if isinstance(v, datetime) else "" for v in values], None
-    if isinstance(values.dtype, pd.Int64Dtype):
-        return values.fillna(-1).to_numpy(dtype=np.int64), None
+        return [iso_text(v) for v in values], None
+    if isinstance(values.dtype, pd.BooleanDtype | pd.Int64Dtype):  # nullable: empty is NaN in a fact, else -1
+        if fact and values.isna().any():
+            return values.to_numpy(dtype=float, na_value=np.nan), None
+        return values.to_numpy(dtype=bool if isinstance(values.dtype, pd.BooleanDtype) else np.int64,
+                               na_value=-1), None
     if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
         return values.to_numpy(), None
     if all(v is None or isinstance(v, (bool, int, float, np.number)) for v in values):  # optional numeric facts

@@ -6,19 +6,24 @@ Six pandas DataFrames (``SessionTables``), described column by column in docs/ex
 order). A new fact about a session gets its column here, and every format exports it.
 
 Optional columns appear only when the store holds the data:
-- channel labels: those of the session rig's latest HELLO that sent them (``queries.rig_channel_labels``;
-  rigs on protocol 1.1 send them) when they match the channel count; otherwise ``channels.label`` is empty;
+- channel labels: those the session's rig sent in its last HELLO before the session's last presentation
+  (``queries.session_channel_labels``; rigs on protocol 1.1 send them) when they match the channel count;
+  otherwise ``channels.label`` is empty;
 - trial facts (e.g. ``fixation_broken``, ``dropped_frames``, ``photodiode_onset``, ``baseline_rates``):
-  every key of a presentation's ``trial_json`` object, one column each, missing values empty.
+  every key of a presentation's ``trial_json`` object, one column each, missing values empty;
+- manifold grid points (``plane``, ``theta_deg``, ``phi_deg`` of the stimuli) when the session has a
+  manifold thread.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import pandas as pd
@@ -26,8 +31,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session as DBSession
 
 import optimizers
+from analysis.tuning import grid_axis
 from server.objectives import objective_channels
-from server.session_config import FlaggedTrialsConfig
+from server.session_config import AGE, FlaggedTrialsConfig, ManifoldConfig, SessionConfig
 from server.store import queries
 from server.store.models import (
     LIVE_THREAD_STATUSES,
@@ -62,7 +68,7 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "age": "Subject age, ISO 8601 duration ('P0D/', 0 days or older, when not configured).",
         "lab": "Lab ('' when not configured).",
         "experimenter": "Experimenter, 'Last, First' ('' when not configured).",
-        "session_start_time": "Configured start time, else when the session was created (UTC).",
+        "session_start_time": "Configured start time with its time zone, else when the session was created (UTC).",
         "created_at": "When the session was created on the server (UTC).",
         "response_window_ms": "Spike-counting window after onset requested from the rig, [start, end] ms.",
     },
@@ -76,16 +82,19 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "kind": "'evolution' or 'manifold'.",
         "generator": "Generator network turning latent codes into images.",
         "generator_version": "Version of the generator's weights the engine loaded.",
-        "optimizer": "Optimizer name ('manifold' for a manifold thread's fixed design).",
-        "optimizer_params": "Optimizer hyperparameters as configured (a manifold thread's grid).",
-        "objective_channels": "Channels whose rates make the thread's score.",
+        "optimizer": "Optimizer name ('fixed-design' for a manifold thread's grid).",
+        "optimizer_params": "Optimizer hyperparameters as configured (empty for a manifold thread).",
+        "manifold": "A manifold thread's grid as configured: source thread, planes, step_deg (empty for an "
+                    "evolution).",
+        "objective_channels": "Channels whose rates make the score; the thread's final objective (a retarget "
+                              "changes it: the generations table has each generation's).",
         "objective_combine": "How those channels' rates combine into one score: 'mean' or 'sum' (empty for an "
                              "expression).",
         "objective_expression": "The objective expression that makes the score (empty when channels combine).",
         "seed": "Seed of the thread's optimizer.",
         "n_generations": "Generations the thread was configured to run.",
         "repeats": "Presentations of each image per generation.",
-        "status": "Final status: 'finished' or 'stopped'.",
+        "status": "Final status: 'finished', 'stopped' or 'failed'.",
     },
     "generations": {
         "thread_id": "Thread the generation belongs to.",
@@ -99,6 +108,9 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "best_score_so_far": "Best score the optimizer had seen after this generation.",
         "sigma": "Step size of the optimizer after this generation (NaN for optimizers without one).",
         "mean_norm": "Norm of the optimizer's search mean (population mean for GA) after this generation.",
+        "objective_channels": "Channels whose rates made this generation's scores.",
+        "objective_combine": "How they combined: 'mean' or 'sum' (empty for an expression).",
+        "objective_expression": "The expression that made this generation's scores (empty when channels combine).",
         "asked_at": "When the optimizer proposed the codes (UTC).",
         "completed_at": "When the generation was scored (UTC; empty while pending).",
     },
@@ -110,17 +122,20 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "index_in_generation": "Position in its generation's codes (-1/empty for references).",
         "score": "The image's score under its thread's objective (NaN: not scored, or a reference).",
         "content_hash": "sha256 of the PNG bytes sent to the rig.",
-        "png_path": "Path of the PNG in the server's data folder.",
+        "png_path": "Path of the PNG relative to the server's data folder.",
         "generator": "Generator that rendered it ('' for references).",
         "generator_version": "Version of that generator ('' for references).",
         "weights_sha256": "sha256 of the generator weights ('' when unknown).",
         "latent_code": "Latent code the image was rendered from (empty for references).",
         "created_at": "When the image was made (UTC).",
+        "plane": "Manifold grid plane of the image ('pc2-3', 'pc49-50', 'random'; '' outside a manifold).",
+        "theta_deg": "Its grid point's angle along the plane's first axis, degrees (NaN outside a manifold).",
+        "phi_deg": "Its grid point's angle along the plane's second axis, degrees (NaN outside a manifold).",
     },
     "presentations": {
         "presentation_id": "Rig-made id of this showing (uuid).",
         "stimulus_id": "Image shown.",
-        "stimulus_index": "Row of that image in the stimuli table (and in the NWB image container).",
+        "stimulus_index": "Row of that image in the stimuli table (and in the NWB image container), from 0.",
         "thread_id": "Thread whose batch showed it.",
         "generation": "Generation of that batch.",
         "batch_id": "Batch that carried it.",
@@ -140,13 +155,68 @@ class ExportError(ValueError):
     """A session that cannot be exported (unknown, or still running); the message says what to do."""
 
 
-# What to do about an ExportError, in the words of its reader: REST routes, or `actmax` commands.
-REST_HINTS = {"list": "GET /sessions", "stop": "POST /sessions/{id}/stop or /threads/{{id}}/stop"}
-CLI_HINTS = {"list": "`actmax session list`", "stop": "`actmax session stop {id}` or `actmax thread stop ID`"}
+# What to do about an ExportError or a warning, in the words of its reader: REST routes, or `actmax` commands.
+REST_HINTS = {"list": "GET /sessions", "stop": "POST /sessions/{id}/stop or /threads/{{id}}/stop",
+              "subject": "the query parameter {field}=", "tables": "`actmax export csv` on the server"}
+CLI_HINTS = {"list": "`actmax session list`", "stop": "`actmax session stop {id}` or `actmax thread stop ID`",
+             "subject": "--{option}", "tables": "`actmax export csv` or `actmax export parquet`"}
 
 
 class SessionRunning(ExportError):
     """The session still has running or paused threads: its record is not final yet."""
+
+
+class NoPresentations(ExportError):
+    """The session has no presentation: an NWB file of empty tables is refused (DANDI and nwbinspector reject it)."""
+
+
+class MissingImage(ExportError):
+    """A stimulus's PNG is not in the archive (a data folder copied without ``images/``?)."""
+
+
+SEXES = get_args(SessionConfig.model_fields["sex"].annotation)
+UNKNOWN_SUBJECT = "unknown"  # subject_id when neither it nor the animal is configured
+# DANDI's form for species (nwbinspector's check_subject_species_form): a Latin binomial or an NCBI taxonomy link.
+SPECIES = re.compile(r"[A-Z][a-z]* [a-z]+|http://purl\.obolibrary\.org/obo/NCBITaxon_\d+")
+
+
+def subject_overrides(**given: str | None) -> dict[str, str]:
+    """The subject metadata given at export (``subject_id``, ``species``, ``sex``, ``age``; None: not given),
+    checked as the session config checks it; ``ExportError`` naming the first bad one."""
+    subject = {field: value for field, value in given.items() if value is not None}
+    for field in ("subject_id", "species"):
+        if field in subject and not 0 < len(subject[field]) <= 200:
+            raise ExportError(f"{field} {subject[field][:50]!r}: give 1 to 200 characters")
+    if subject.get("sex", SEXES[0]) not in SEXES:
+        raise ExportError(f"sex {subject['sex']!r}: give M, F, U (unknown) or O (other)")
+    if not AGE.fullmatch(subject.get("age", "")):
+        raise ExportError(f'age {subject["age"]!r} is not an ISO 8601 duration: give e.g. "P6Y" (6 years), '
+                          '"P30D" (30 days) or a range "P5Y/P7Y"')
+    return subject
+
+
+def dandi_warning(tables: SessionTables, hints: dict[str, str] = REST_HINTS) -> str | None:
+    """What DANDI requires of the subject that the export lacks (``nwbinspector --config dandi`` reports it as
+    critical), and how to give it (``hints``); None when nothing is lacking."""
+    meta = tables.session.iloc[0]
+    lacking = [field for field, bad in (("species", not SPECIES.fullmatch(meta["species"])),
+                                        ("subject_id", meta["subject_id"] == UNKNOWN_SUBJECT)) if bad]
+    if not lacking:
+        return None
+    species = meta["species"]
+    said = {"species": f"species ({f'{species!r} is not' if species else 'give'} a Latin binomial such as "
+                       "'Macaca mulatta')", "subject_id": f"subject_id (written as {UNKNOWN_SUBJECT!r})"}
+    given = ", ".join(hints["subject"].format(field=f, option=f.replace("_", "-")) for f in lacking)
+    return (f"session {meta['session_id']} lacks subject metadata DANDI requires (nwbinspector --config dandi: "
+            f"critical): {', '.join(said[f] for f in lacking)}; give {given}, or set it in the session config")
+
+
+def require_presentations(tables: SessionTables, hints: dict[str, str] = REST_HINTS) -> None:
+    """``NoPresentations`` unless the session has a presentation (an NWB export needs one)."""
+    if tables.presentations.empty:
+        raise NoPresentations(f"session {tables.session['session_id'].item()} has no presentations: an NWB file of "
+                              f"empty tables is not written (DANDI and nwbinspector reject it); its threads, "
+                              f"generations and images export as tables with {hints['tables']}")
 
 
 @dataclass
@@ -163,8 +233,9 @@ class SessionTables:
         return [(f.name, getattr(self, f.name)) for f in fields(self)]
 
 
-def session_tables(db: DBSession, session_id: int, hints: dict[str, str] = REST_HINTS) -> SessionTables:
-    """All tables of a finished (or stopped) session.
+def session_tables(db: DBSession, session_id: int, hints: dict[str, str] = REST_HINTS,
+                   subject: dict[str, str] | None = None) -> SessionTables:
+    """All tables of a finished (or stopped) session; ``subject`` (``subject_overrides``) over its config's.
 
     Raises ``ExportError`` for an unknown session and ``SessionRunning`` while any thread has not ended
     (``LIVE_STATUSES``): an export is a final record, so a live session is refused rather than written half-done.
@@ -180,7 +251,7 @@ def session_tables(db: DBSession, session_id: int, hints: dict[str, str] = REST_
     stimuli = _stimuli(db, session)
     presentations = _presentations(db, session, stimuli)
     return SessionTables(
-        session=_session(session),
+        session=_session(session, subject or {}),
         channels=_channels(db, session, presentations),
         threads=_threads(session),
         generations=_generations(db, session),
@@ -190,13 +261,13 @@ def session_tables(db: DBSession, session_id: int, hints: dict[str, str] = REST_
 
 
 def session_start_time(session: Session) -> datetime:
-    """The configured start time, else when the session was created (timezone-aware)."""
+    """The configured start time with its time zone, else when the session was created (UTC)."""
     configured = session.config_json.get("session_start_time")
     return datetime.fromisoformat(configured) if configured else session.created_at
 
 
-def _session(session: Session) -> pd.DataFrame:
-    config = session.config_json
+def _session(session: Session, subject: dict[str, str]) -> pd.DataFrame:
+    config = session.config_json | subject
     return pd.DataFrame([{
         "session_id": session.id,
         "session_name": session.name,
@@ -204,13 +275,13 @@ def _session(session: Session) -> pd.DataFrame:
         "animal": session.animal,
         "array": session.array,
         "notes": session.notes,
-        "subject_id": config.get("subject_id") or session.animal or "unknown",
+        "subject_id": config.get("subject_id") or session.animal or UNKNOWN_SUBJECT,
         "species": config.get("species", ""),
         "sex": config.get("sex", "U"),
         "age": config.get("age") or "P0D/",
         "lab": config.get("lab", ""),
         "experimenter": config.get("experimenter", ""),
-        "session_start_time": session_start_time(session).astimezone(UTC),
+        "session_start_time": session_start_time(session),
         "created_at": session.created_at,
         "response_window_ms": list(config.get("response_window_ms", [])),
     }])
@@ -218,12 +289,27 @@ def _session(session: Session) -> pd.DataFrame:
 
 def _channels(db: DBSession, session: Session, presentations: pd.DataFrame) -> pd.DataFrame:
     n = max((len(r) for r in presentations["rates"]), default=0)
-    labels = queries.rig_channel_labels(db, session.rig)
+    labels = queries.session_channel_labels(db, session)
     labels = labels if labels is not None and len(labels) == n else [""] * n
     return pd.DataFrame({"channel": np.arange(n), "label": pd.Series(labels, dtype=str)})
 
 
+def _objective(objective: dict) -> dict[str, Any]:
+    """The objective columns of a thread or generation row."""
+    return {"objective_channels": objective_channels(objective),
+            "objective_combine": "" if "expression" in objective else objective.get("combine", "mean"),
+            "objective_expression": objective.get("expression", "")}
+
+
+def _manifolds(session: Session) -> dict[int, ManifoldConfig]:
+    """Each manifold thread's grid settings, by thread id, from the session's stored config."""
+    configs = {t["name"]: t for t in session.config_json["threads"]}
+    return {t.id: ManifoldConfig.model_validate(configs[t.name]["manifold"])
+            for t in session.threads if t.kind == "manifold"}
+
+
 def _threads(session: Session) -> pd.DataFrame:
+    manifolds = _manifolds(session)
     return pd.DataFrame([{
         "thread_id": t.id,
         "thread_name": t.name,
@@ -232,9 +318,8 @@ def _threads(session: Session) -> pd.DataFrame:
         "generator_version": t.generator_version or "",
         "optimizer": t.optimizer,
         "optimizer_params": t.optimizer_params_json,
-        "objective_channels": objective_channels(t.objective_json),
-        "objective_combine": "" if "expression" in t.objective_json else t.objective_json.get("combine", "mean"),
-        "objective_expression": t.objective_json.get("expression", ""),
+        "manifold": manifolds[t.id].model_dump(mode="json") if t.id in manifolds else {},
+        **_objective(t.objective_json),
         "seed": t.seed,
         "n_generations": t.n_generations,
         "repeats": t.repeats,
@@ -256,17 +341,21 @@ def _state_summary(g: Generation) -> tuple[float, float, float]:
 
 def _generations(db: DBSession, session: Session) -> pd.DataFrame:
     rows = []
-    for g in db.scalars(select(Generation).join(Thread).where(Thread.session_id == session.id)
-                        .order_by(Generation.thread_id, Generation.number)):
+    for g, thread_objective in db.execute(select(Generation, Thread.objective_json).join(Thread)
+                                          .where(Thread.session_id == session.id)
+                                          .order_by(Generation.thread_id, Generation.number)):
         sigma, mean_norm, best = _state_summary(g)
         rows.append({
             "thread_id": g.thread_id, "generation": g.number, "status": g.status.value, "n_stimuli": g.n_stimuli,
             "n_scored": g.n_scored, "mean_score": g.mean_score, "max_score": g.max_score,
             "reference_mean": g.reference_mean, "best_score_so_far": best, "sigma": sigma, "mean_norm": mean_norm,
+            # The objective recorded when it was asked (databases from before retargets: its thread's).
+            **_objective(g.objective_json or thread_objective),
             "asked_at": g.asked_at, "completed_at": g.completed_at,
         })
     return _frame(rows, ["thread_id", "generation", "status", "n_stimuli", "n_scored", "mean_score", "max_score",
-                         "reference_mean", "best_score_so_far", "sigma", "mean_norm", "asked_at", "completed_at"],
+                         "reference_mean", "best_score_so_far", "sigma", "mean_norm", "objective_channels",
+                         "objective_combine", "objective_expression", "asked_at", "completed_at"],
                   floats=["mean_score", "max_score", "reference_mean"])
 
 
@@ -287,10 +376,27 @@ def _stimuli(db: DBSession, session: Session) -> pd.DataFrame:
             "generator_version": s.generator_version or "", "weights_sha256": s.weights_sha256 or "",
             "latent_code": [] if s.code is None else decode_codes(s.code).tolist(), "created_at": s.created_at,
         })
-    return _frame(rows, ["stimulus_id", "kind", "thread_id", "generation", "index_in_generation", "score",
-                         "content_hash", "png_path", "generator", "generator_version", "weights_sha256",
-                         "latent_code", "created_at"],
-                  ints=["thread_id", "generation", "index_in_generation"], floats=["score"])
+    frame = _frame(rows, ["stimulus_id", "kind", "thread_id", "generation", "index_in_generation", "score",
+                          "content_hash", "png_path", "generator", "generator_version", "weights_sha256",
+                          "latent_code", "created_at"],
+                   ints=["thread_id", "generation", "index_in_generation"], floats=["score"])
+    manifolds = _manifolds(session)
+    if not manifolds:
+        return frame
+    points = [_grid_point(manifolds.get(t), i) for t, i in zip(frame["thread_id"], frame["index_in_generation"])]
+    return frame.assign(plane=[p[0] for p in points], theta_deg=[p[1] for p in points],
+                        phi_deg=[p[2] for p in points])
+
+
+def _grid_point(manifold: ManifoldConfig | None, index: int) -> tuple[str, float, float]:
+    """(plane, θ, φ in degrees) of a manifold stimulus ``index`` = plane * n² + i * n + j at (θ[i], φ[j]);
+    ('', NaN, NaN) for other stimuli."""
+    if manifold is None:
+        return "", np.nan, np.nan
+    n = manifold.n
+    plane, point = divmod(index, n * n)
+    axis = np.rad2deg(grid_axis(manifold.step_deg, n))
+    return manifold.planes[plane], float(axis[point // n]), float(axis[point % n])
 
 
 def _presentations(db: DBSession, session: Session, stimuli: pd.DataFrame) -> pd.DataFrame:
@@ -319,10 +425,20 @@ def _presentations(db: DBSession, session: Session, stimuli: pd.DataFrame) -> pd
     return frame.assign(**trial_fact_columns(facts))
 
 
-def trial_fact_columns(facts: list[dict[str, Any] | None]) -> dict[str, list[Any]]:
-    """One column per key any presentation's trial facts hold, in first-seen order; None where absent."""
+def trial_fact_columns(facts: list[dict[str, Any] | None]) -> dict[str, pd.Series]:
+    """One column per key any presentation's trial facts hold, in first-seen order, empty where absent:
+    nullable booleans or integers when every value given is one (``dropped_frames`` 2 stays 2, not 2.0)."""
     keys = list(dict.fromkeys(key for f in facts if f for key in f))
-    return {key: [(f or {}).get(key) for f in facts] for key in keys}
+    return {key: _fact_column([(f or {}).get(key) for f in facts]) for key in keys}
+
+
+def _fact_column(values: list[Any]) -> pd.Series:
+    given = [v for v in values if v is not None]
+    if all(isinstance(v, bool) for v in given):
+        return pd.Series(values, dtype="boolean")
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in given):
+        return pd.Series(values, dtype="Int64")
+    return pd.Series(values)
 
 
 def _frame(rows: list[dict], columns: list[str], ints: list[str] = (), floats: list[str] = ()) -> pd.DataFrame:
@@ -334,29 +450,52 @@ def _frame(rows: list[dict], columns: list[str], ints: list[str] = (), floats: l
 TABULAR_FORMATS = ("parquet", "csv")
 
 
+def table_paths(out_dir: str | Path, fmt: str) -> list[Path]:
+    """The files ``write_tables`` writes: ``<out_dir>/<table>.<fmt>``, in ``SessionTables`` order."""
+    return [Path(out_dir) / f"{f.name}.{fmt}" for f in fields(SessionTables)]
+
+
 def write_tables(tables: SessionTables, out_dir: str | Path, fmt: str) -> list[Path]:
-    """Write each table as ``<out_dir>/<name>.parquet`` or ``.csv``; returns the paths written.
+    """Write each table as ``<out_dir>/<name>.parquet`` or ``.csv`` (each replaced whole, ``replace_file``);
+    returns the paths written.
 
     Dict cells (``threads.optimizer_params``) become JSON text in both formats; list cells (rates, latent
-    codes, channels) stay lists in Parquet and become JSON arrays in CSV; times stay UTC timestamps.
+    codes, channels) stay lists in Parquet and become JSON arrays in CSV (empty where absent). Times stay
+    timestamps in Parquet and are ISO 8601 text in CSV, as in NWB.
     """
     if fmt not in TABULAR_FORMATS:
         raise ExportError(f"unknown table format {fmt!r}; use one of {', '.join(TABULAR_FORMATS)}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, frame in tables.items():
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    for (_, frame), path in zip(tables.items(), table_paths(out_dir, fmt)):
         frame = frame.copy()
         for column in frame.columns:
             if frame[column].map(lambda v: isinstance(v, dict) or (fmt == "csv" and isinstance(v, list))).any():
-                frame[column] = frame[column].map(_json_text)
-        path = out_dir / f"{name}.{fmt}"
+                frame[column] = frame[column].map(lambda v: None if v is None else _json_text(v))
+            elif fmt == "csv" and pd.api.types.is_datetime64_any_dtype(frame[column]):
+                frame[column] = frame[column].map(iso_text)
         if fmt == "parquet":
-            frame.to_parquet(path, index=False)
+            replace_file(path, lambda tmp: frame.to_parquet(tmp, index=False))
         else:
-            frame.to_csv(path, index=False)
-        paths.append(path)
-    return paths
+            replace_file(path, lambda tmp: frame.to_csv(tmp, index=False))
+    return table_paths(out_dir, fmt)
+
+
+def replace_file(path: str | Path, write) -> None:
+    """``write(tmp)`` to ``<stem>.partial<suffix>``, then rename it to ``path``: an export that fails or is
+    stopped leaves ``path`` as it was (a kill leaves the partial file), never half-written."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.stem}.partial{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def iso_text(value: Any) -> str:
+    """ISO 8601 text of a time cell ("" when empty, as pandas' NaT)."""
+    return "" if pd.isna(value) else value.isoformat()
 
 
 def _json_text(value: Any) -> str:

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import NamedTuple
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session as DBSession
 
 from server.session_config import FlaggedTrialsConfig
@@ -161,10 +161,21 @@ def _nan_for_none(values: list[float | None]) -> list[float]:
     return [np.nan if v is None else v for v in values]
 
 
-def rig_channel_labels(db: DBSession, rig: str) -> list[str] | None:
-    """The channel labels of the rig's latest HELLO that sent them (the ``rig.connected`` event's data)."""
-    hellos = db.scalars(select(Event.data_json).where(Event.kind == "rig.connected").order_by(Event.id.desc()))
+def rig_channel_labels(db: DBSession, rig: str, until: datetime | None = None) -> list[str] | None:
+    """The channel labels of the rig's latest HELLO that sent them (the ``rig.connected`` event's data), of
+    those logged at or before ``until`` when given."""
+    query = select(Event.data_json).where(Event.kind == "rig.connected").order_by(Event.id.desc())
+    hellos = db.scalars(query if until is None else query.where(Event.time <= until))
     return next((d["channel_labels"] for d in hellos if d and d.get("rig") == rig and d.get("channel_labels")), None)
+
+
+def session_channel_labels(db: DBSession, session: Session) -> list[str] | None:
+    """The channel labels the session's rig had while it served the session: those of its last labelled
+    HELLO at or before the session's last presentation (its latest while the session has none yet).
+    A later HELLO, perhaps with other labels, belongs to later recordings."""
+    last = db.scalar(select(func.max(Presentation.received_at)).join(Batch, Batch.id == Presentation.batch_id)
+                     .where(Batch.session_id == session.id))
+    return rig_channel_labels(db, session.rig, until=last)
 
 
 def generation_batches(db: DBSession, generation_id: int) -> list[Batch]:

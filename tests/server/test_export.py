@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from rig_client.client import RigClient
 from server.cli import main as actmax
 from server.session_config import SessionConfig
 from server.export import session_tables, write_tables
@@ -27,7 +28,6 @@ from server.report import write_session_report
 from server.export.tables import trial_fact_columns
 from server.store.archive import ImageArchive
 from server.store.db import make_db_engine, make_sessionmaker
-from server.store.models import Event
 from tests.server.export_session import LABELS, RIG, run_session
 
 pynwb = pytest.importorskip("pynwb", reason="pip install -e '.[nwb]'")
@@ -234,40 +234,39 @@ def test_each_threads_objective_is_exported_as_configured(recorded, tmp_path):
     assert threads.loc["ga", columns].tolist() == ["[0, 1]", "", "rate(1) + rate(0)"]  # the channels it reads
 
 
-def test_channel_labels_and_trial_facts_are_exported_when_present(recorded, tmp_path):
+def test_trial_facts_are_exported_when_present(recorded, tmp_path):
     server, session_id, _ = recorded
-    data = tmp_path / "data"
-    shutil.copytree(server.data_dir, data, ignore=shutil.ignore_patterns("*.log", ".export-*"))
-    db_engine = make_db_engine(f"sqlite:///{data / 'actmax.sqlite'}")
+    db_engine = make_db_engine(f"sqlite:///{server.data_dir / 'actmax.sqlite'}")
     with make_sessionmaker(db_engine)() as db:
-        db.add(Event(kind="rig.connected", message="rig connected",
-                     data_json={"rig": RIG, "channels": 2, "channel_labels": ["elec-12", "elec-40"]}))
-        db.commit()
         tables = session_tables(db, session_id)
     db_engine.dispose()
-    assert tables.channels["label"].tolist() == ["elec-12", "elec-40"]
 
     n = len(tables.presentations)
-    facts = [{"fixation_broken": i % 2 == 0, "photodiode_onset": 0.01 * i, "baseline_rates": [0.5 * i, 1.0]}
-             if i % 3 else None for i in range(n)]
+    facts = [{"fixation_broken": i % 2 == 0, "photodiode_onset": 0.01 * i, "baseline_rates": [0.5 * i, 1.0],
+              "dropped_frames": i} if i % 3 else None for i in range(n)]
     tables.presentations = tables.presentations.assign(**trial_fact_columns(facts))
-    write_nwb(tables, ImageArchive(data), tmp_path / "facts.nwb")
+    write_nwb(tables, ImageArchive(server.data_dir), tmp_path / "facts.nwb")
     with pynwb.NWBHDF5IO(str(tmp_path / "facts.nwb"), "r") as io_:
-        f = io_.read()
-        exported = f.intervals["presentations"].to_dataframe()
-        labels = f.processing["evolution"]["channels"].to_dataframe()["label"].tolist()
-    assert labels == ["elec-12", "elec-40"]
+        exported = io_.read().intervals["presentations"].to_dataframe()
     expected = [np.nan if fact is None else float(fact["fixation_broken"]) for fact in facts]
     np.testing.assert_array_equal(exported["fixation_broken"], expected)
     np.testing.assert_allclose(exported["photodiode_onset"], [np.nan if i % 3 == 0 else 0.01 * i for i in range(n)])
     assert [list(b) for b in exported["baseline_rates"]] == [[] if f is None else f["baseline_rates"] for f in facts]
-    write_tables(tables, tmp_path / "pq", "parquet")
-    assert pd.read_parquet(tmp_path / "pq" / "presentations.parquet")["fixation_broken"].tolist()[1] is False
+    for fmt, reader in (("parquet", pd.read_parquet), ("csv", pd.read_csv)):
+        write_tables(tables, tmp_path / fmt, fmt)
+        presentations = reader(tmp_path / fmt / f"presentations.{fmt}")
+        assert presentations["fixation_broken"].tolist()[1:3] == [False, True]
+        assert presentations["dropped_frames"].dtype == ("Int64" if fmt == "parquet" else "float64")  # NaN: float
+        assert presentations["dropped_frames"].tolist()[1:3] == [1, 2]
+    csv = (tmp_path / "csv" / "presentations.csv").read_text().splitlines()
+    assert csv[1].endswith(",,,,") and csv[2].endswith(",False,0.01,\"[0.5, 1.0]\",1")  # absent: empty; 1, not 1.0
 
 
 def test_trial_fact_columns_union_keys_in_first_seen_order():
-    columns = trial_fact_columns([None, {"b": 1}, {"a": True, "b": 2}, {}])
-    assert columns == {"b": [None, 1, 2, None], "a": [None, None, True, None]}
+    columns = trial_fact_columns([None, {"b": 1}, {"a": True, "b": 2}, {"c": 0.5}])
+    assert {key: [None if pd.isna(v) else v for v in column] for key, column in columns.items()} == {
+        "b": [None, 1, 2, None], "a": [None, None, True, None], "c": [None, None, None, 0.5]}
+    assert [str(column.dtype) for column in columns.values()] == ["Int64", "boolean", "float64"]
     assert trial_fact_columns([None, None]) == {}
 
 
@@ -288,3 +287,184 @@ def test_cli_rejects_an_nwb_name_without_the_suffix(tmp_path, capsys):
     assert "ends in .nwb" in capsys.readouterr().err
     assert actmax(["export", "csv", *common, str(tmp_path)]) == 2
     assert "no actmax database" in capsys.readouterr().err
+
+
+def copy_data(server, to: Path, *sql: str) -> Path:
+    """A copy of the recorded data folder (the database through SQLite's backup, consistent while the server
+    runs), its database changed by ``sql`` (what other sessions would hold)."""
+    shutil.copytree(server.data_dir, to, ignore=shutil.ignore_patterns("*.log", ".export-*", "serve.lock", "*.sqlite*"))
+    with sqlite3.connect(server.data_dir / "actmax.sqlite") as source, sqlite3.connect(to / "actmax.sqlite") as db:
+        source.backup(db)
+        for statement in sql:
+            db.execute(statement)
+    return to
+
+
+def export(fmt: str, data: Path, session_id: int, out: Path, *options: str) -> int:
+    return actmax(["export", fmt, "--data-dir", str(data), "--session", str(session_id), "--out", str(out), *options])
+
+
+def test_channel_labels_are_those_of_the_rigs_hello_while_it_served_the_session(recorded, tmp_path):
+    server, session_id, _ = recorded
+    auth = {"Authorization": f"Bearer {server.token}"}
+    with RigClient(server.zmq_endpoint, RIG, channels=2, labels=["newday-a", "newday-b"]) as rig:  # a later day
+        assert rig.wait_connected(timeout=60)
+    assert httpx.get(f"{server.url}/rigs/{RIG}", headers=auth).json()["channel_labels"] == ["newday-a", "newday-b"]
+    assert httpx.get(f"{server.url}/sessions/{session_id}", headers=auth).json()["channel_labels"] == LABELS
+    assert export("csv", server.data_dir, session_id, tmp_path / "csv") == 0
+    assert pd.read_csv(tmp_path / "csv" / "channels.csv")["label"].tolist() == LABELS
+
+
+def test_stored_generation_facts_reach_every_format(recorded, tmp_path):
+    """A retarget (generations 1+ scored on channel 1), a pending last generation, a start time in +01:00 and
+    the second thread as a manifold, written into a copy of the store as the engine writes them."""
+    server, session_id, _ = recorded
+    data = copy_data(
+        server, tmp_path / "data",
+        """UPDATE generations SET objective_json = '{"channels": [1], "combine": "sum"}' WHERE number > 0""",
+        "UPDATE generations SET status = 'pending', completed_at = NULL WHERE number = 2",
+        """UPDATE sessions SET config_json = json_set(config_json, '$.session_start_time', '2026-11-29T10:00:00+01:00',
+           '$.threads[1].kind', 'manifold', '$.threads[1].manifold', json('{"source": "cma", "planes": ["pc2-3"],
+           "step_deg": 18}'))""",
+        "UPDATE threads SET kind = 'manifold', optimizer = 'fixed-design' WHERE name = 'ga'")
+    with sqlite3.connect(data / "actmax.sqlite") as db:
+        stored = {(t, g): json.loads(o) for t, g, o in db.execute(
+            "SELECT thread_id, number, coalesce(g.objective_json, t.objective_json) FROM generations g "
+            "JOIN threads t ON t.id = g.thread_id")}
+    assert export("nwb", data, session_id, tmp_path / "s.nwb") == 0
+    assert export("parquet", data, session_id, tmp_path / "parquet") == 0
+    assert export("csv", data, session_id, tmp_path / "csv") == 0
+    with pynwb.NWBHDF5IO(str(tmp_path / "s.nwb"), "r") as io_:
+        f = io_.read()
+        start = f.session_start_time
+        tables = {"nwb": {name: f.processing["evolution"][name].to_dataframe() for name in ("generations", "threads")}
+                  | {"stimuli": f.stimulus["stimuli"].to_dataframe()}}
+    assert start.isoformat() == "2026-11-29T10:00:00+01:00"
+    for fmt, reader in (("parquet", pd.read_parquet), ("csv", lambda p: pd.read_csv(p, keep_default_na=False))):
+        tables[fmt] = {name: reader(tmp_path / fmt / f"{name}.{fmt}") for name in ("generations", "threads", "stimuli")}
+    for fmt, t in tables.items():
+        generations = t["generations"]
+        channels = [list(json.loads(c) if fmt == "csv" else c) for c in generations["objective_channels"]]
+        assert channels == [stored[key].get("channels", [0, 1]) for key in zip(generations["thread_id"],
+                                                                                 generations["generation"])], fmt
+        assert (generations["objective_combine"][generations["generation"] > 0] == "sum").all(), fmt
+        pending = generations[generations["status"] == "pending"]
+        assert len(pending) == 2, fmt
+        assert pending["completed_at"].isna().all() if fmt == "parquet" else set(pending["completed_at"]) == {""}
+        if fmt == "csv":
+            assert "T" in generations["asked_at"][0]  # ISO 8601, as in NWB
+        threads = t["threads"].set_index("thread_name")
+        assert threads.loc["ga", "optimizer"] == "fixed-design" and "pc2-3" in str(threads.loc["ga", "manifold"]), fmt
+        stimuli = t["stimuli"]
+        grid = stimuli[stimuli["plane"] == "pc2-3"]
+        index = grid["index_in_generation"].to_numpy(dtype=int)  # = plane * 11² + i * 11 + j, 18° apart from -90°
+        assert len(grid) == 6 * 3, fmt
+        np.testing.assert_array_equal(grid["theta_deg"].astype(float), 18.0 * (index // 11) - 90, fmt)
+        np.testing.assert_array_equal(grid["phi_deg"].astype(float), 18.0 * (index % 11) - 90, fmt)
+
+
+def test_dandi_fields_are_warned_about_and_can_be_given_at_export(recorded, tmp_path, capsys):
+    nwbinspector = pytest.importorskip("nwbinspector", reason="pip install -e '.[nwb]'")
+    server, session_id, _ = recorded
+    data = copy_data(server, tmp_path / "data", "UPDATE sessions SET animal = '', config_json = "
+                     "json_remove(config_json, '$.species')")
+    dandi = nwbinspector.load_config("dandi")
+
+    def critical(path: Path) -> list[str]:
+        return [m.check_function_name for m in nwbinspector.inspect_nwbfile(nwbfile_path=str(path), config=dandi)
+                if m.importance == nwbinspector.Importance.CRITICAL]
+
+    assert export("nwb", data, session_id, tmp_path / "bare.nwb") == 0
+    err = capsys.readouterr().err
+    assert "warning: session" in err and "species (give a Latin binomial" in err and "subject_id" in err
+    assert "--species, --subject-id" in err
+    assert "check_subject_species_exists" in critical(tmp_path / "bare.nwb")
+
+    assert export("nwb", data, session_id, tmp_path / "given.nwb", "--species", "Macaca mulatta",
+                  "--subject-id", "M7", "--sex", "F", "--age", "P6Y") == 0
+    assert "warning" not in capsys.readouterr().err
+    assert critical(tmp_path / "given.nwb") == []
+    with pynwb.NWBHDF5IO(str(tmp_path / "given.nwb"), "r") as io_:
+        subject = io_.read().subject
+        assert (subject.species, subject.subject_id, subject.sex, subject.age) == ("Macaca mulatta", "M7", "F", "P6Y")
+    assert export("nwb", data, session_id, tmp_path / "bad.nwb", "--age", "6 years") == 2
+    assert "age '6 years' is not an ISO 8601 duration" in capsys.readouterr().err
+    assert not (tmp_path / "bad.nwb").exists()
+
+
+def test_rest_export_takes_subject_metadata_warns_and_answers_head(recorded):
+    server, session_id, _ = recorded
+    auth = {"Authorization": f"Bearer {server.token}"}
+    url = f"{server.url}/sessions/{session_id}/export.nwb"
+    response = httpx.get(url, headers=auth, params={"species": "monkey", "subject_id": "M7"}, timeout=60)
+    assert response.status_code == 200 and "species ('monkey' is not a Latin binomial" in \
+        response.headers["x-actmax-warning"] and "query parameter species=" in response.headers["x-actmax-warning"]
+    with h5py.File(io.BytesIO(response.content), "r") as h5, pynwb.NWBHDF5IO(file=h5, mode="r") as io_:
+        assert io_.read().subject.subject_id == "M7"
+    bad = httpx.get(url, headers=auth, params={"sex": "female"})
+    assert bad.status_code == 422 and "give M, F, U (unknown) or O (other)" in bad.json()["detail"]
+
+    head = httpx.head(url, headers=auth)
+    assert head.status_code == 200 and head.content == b"" and "x-actmax-warning" not in head.headers
+    assert head.headers["content-type"] == "application/x-nwb"
+    assert "actmax-session" in head.headers["content-disposition"]
+    assert httpx.head(f"{server.url}/sessions/999/export.nwb", headers=auth).status_code == 404
+    assert httpx.head(url).status_code == 401
+
+
+def test_a_session_without_presentations_is_refused_as_nwb_and_warned_about_as_tables(recorded, tmp_path, capsys):
+    server, session_id, _ = recorded
+    auth = {"Authorization": f"Bearer {server.token}"}
+    empty = httpx.post(f"{server.url}/sessions", headers=auth, json={
+        "name": "empty", "rig": "nobody", "threads": [{"name": "t", "generator": "dcgan-faces", "optimizer": "cma",
+                                                       "objective": {"channels": [0]}}]}).json()["id"]
+    assert httpx.post(f"{server.url}/sessions/{empty}/stop", headers=auth).status_code == 200
+    for method in (httpx.get, httpx.head):
+        refused = method(f"{server.url}/sessions/{empty}/export.nwb", headers=auth)
+        assert refused.status_code == 409
+    detail = httpx.get(f"{server.url}/sessions/{empty}/export.nwb", headers=auth).json()["detail"]
+    assert f"session {empty} has no presentations" in detail
+    assert export("nwb", server.data_dir, empty, tmp_path / "empty.nwb") == 2
+    assert "export as tables with `actmax export csv`" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+    assert export("csv", server.data_dir, empty, tmp_path / "csv") == 0
+    assert f"warning: session {empty} has no presentations" in capsys.readouterr().err
+    assert pd.read_csv(tmp_path / "csv" / "presentations.csv").empty
+
+
+def test_an_existing_output_is_kept_unless_forced_and_a_failed_export_leaves_it_whole(recorded, tmp_path, capsys):
+    server, session_id, _ = recorded
+    kept = tmp_path / "s.nwb"
+    assert export("nwb", server.data_dir, session_id, kept) == 0
+    before = kept.read_bytes()
+    assert export("nwb", server.data_dir, session_id, kept) == 2
+    assert f"--out {kept}: {kept} would be replaced; give --force" in capsys.readouterr().err
+    assert export("csv", server.data_dir, session_id, tmp_path / "csv") == 0
+    assert export("csv", server.data_dir, session_id, tmp_path / "csv") == 2
+    assert "channels.csv" in capsys.readouterr().err
+    assert export("csv", server.data_dir, session_id, tmp_path / "csv", "--force") == 0
+
+    with sqlite3.connect(server.data_dir / "actmax.sqlite") as db:
+        lost, png = db.execute("SELECT id, png_path FROM stimuli WHERE session_id = ? AND kind = 'synthetic' "
+                               "ORDER BY id LIMIT 1", (session_id,)).fetchone()
+    data = copy_data(server, tmp_path / "data")
+    (data / png).unlink()
+    assert export("nwb", data, session_id, kept, "--force") == 2
+    err = capsys.readouterr().err
+    assert f"stimulus {lost}: its image {data / png} is missing" in err and "images/ folder" in err
+    assert kept.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["csv", "data", "s.nwb"]
+
+
+@pytest.mark.parametrize(("fmt", "out", "message"), [
+    ("nwb", "/proc/x.nwb", "cannot write in /proc"),
+    ("nwb", "missing/dir/x.nwb", "does not exist; create it first"),
+    ("csv", "afile", "is a file; csv export writes one file per table into a folder"),
+    ("nwb", "folder.nwb", "is a folder; give the NWB file's name"),
+])
+def test_an_unusable_out_is_refused_before_the_session_is_read(tmp_path, capsys, fmt, out, message):
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "folder.nwb").mkdir()
+    out = out if out.startswith("/") else str(tmp_path / out)
+    assert export(fmt, tmp_path / "no-data", 1, Path(out)) == 2  # the data folder is never looked at
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "missing").exists()

@@ -44,7 +44,7 @@ def post_session(config: SessionConfig, db: DB, wake: Wake, cache: Generators, r
 def get_session(session_id: Id, db: DB) -> SessionWithThreads:
     session = get_or_404(db, Session, session_id)
     return SessionWithThreads.model_validate(session).model_copy(
-        update={"channel_labels": queries.rig_channel_labels(db, session.rig)})
+        update={"channel_labels": queries.session_channel_labels(db, session)})
 
 
 @router.post("/{session_id}/stop", response_model=SessionWithThreads, responses=NOT_FOUND)
