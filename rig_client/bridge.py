@@ -325,7 +325,8 @@ class FolderBridge:
     for responses, validates and sends them, and marks the folder done.
 
     A folder is open until it has ``ack.json`` (the server stored its results) or ``closed.json``
-    (the server refused them as ``batch_closed`` or ``unknown_batch``, which no file can fix). A new
+    (the server refused them as ``batch_closed`` or ``unknown_batch``, which no file can fix); responses
+    the server could not store (ERROR ``internal``) the client sends again until it does. A new
     batch of a thread supersedes the thread's open folders of its generation or an earlier one that
     have no responses yet (the server re-sent their unanswered stimuli, or moved on): they get
     ``superseded.json``, which the user loop skips, and stay watched, because a user loop that had

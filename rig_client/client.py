@@ -9,7 +9,7 @@ The rig's own loop stays synchronous (PsychoPy, MonkeyLogic-style)::
 
 A background thread owns the ZeroMQ DEALER socket (sockets are not thread-safe): it says HELLO,
 heartbeats, reconnects with exponential backoff, caches reference images and resends RESULTS the
-server has not acknowledged. See docs/protocol.md.
+server has not acknowledged, or answered ERROR ``internal`` (it stored none of them). See docs/protocol.md.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import functools
+import itertools
 import logging
 import queue
 import threading
@@ -33,13 +34,38 @@ import zmq
 from rig_client import RigError
 from rig_client.connection import check_endpoint
 from rig_client.protocol import (
-    MAX_MESSAGE_BYTES, PROTOCOL, PROTOCOL_MINOR, ErrorCode, Message, MessageType, ProtocolError, decode,
-    decode_png, encode, error, time_ordered_uuid,
+    MAX_MESSAGE_BYTES, PROTOCOL, PROTOCOL_MINOR, RETRYABLE, ErrorCode, Message, MessageType, ProtocolError,
+    decode, decode_png, encode, error, time_ordered_uuid,
 )
 
 log = logging.getLogger(__name__)
 
 _CLOSED = object()  # sentinel in the batch queue: no more batches will come
+
+
+def backoff_s(attempt: int, cap_s: float) -> float:
+    """The wait before retry ``attempt`` (0: the first): 1 s, doubled each time, at most ``cap_s``."""
+    return min(2.0 ** attempt, cap_s)
+
+
+@dataclasses.dataclass(eq=False)
+class _Upload:
+    """A RESULTS the server has not stored yet: the message, its frames (encoded once) and the ACK's future.
+
+    ``sent`` orders it on the current connection's wire while it awaits its reply (None: not sent, or
+    answered ERROR ``internal``); ``retry_at`` (monotonic) is when it may be sent again after such an ERROR.
+    """
+
+    msg: Message
+    frames: list[bytes]
+    future: concurrent.futures.Future
+    sent: int | None = None
+    retry_at: float = 0.0
+    failures: int = 0
+
+    @property
+    def batch_id(self) -> str:
+        return self.msg.header["batch_id"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +146,8 @@ class RigClient:
     """Connection of one rig to the server; starts connecting at construction.
 
     ``heartbeat_s`` and ``liveness`` bound the wait for WELCOME; after it the server's values
-    apply. Reconnects wait 1 s, doubling up to ``reconnect_max_s``. ``context`` defaults to a
+    apply. Reconnects wait 1 s, doubling up to ``reconnect_max_s``, as do the resends of RESULTS the
+    server answered ERROR ``internal``. ``context`` defaults to a
     private ZeroMQ context that `close` terminates. For a server with CURVE keys pass its
     ``server_public_key`` and this rig's ``public_key`` and ``secret_key`` (Z85; see
     `curve_keys` and ``actmax keys``).
@@ -153,9 +180,7 @@ class RigClient:
 
         # Shared with the rig's threads (under the lock where noted).
         self._lock = threading.Lock()
-        # RESULTS to upload: the message, its frames (encoded once, when validated) and the ACK's future.
-        self._commands: queue.SimpleQueue[tuple[Message, list[bytes], concurrent.futures.Future]] = \
-            queue.SimpleQueue()
+        self._commands: queue.SimpleQueue[_Upload] = queue.SimpleQueue()  # RESULTS to upload
         self._batches: queue.Queue[Any] = queue.Queue()
         self._errors: collections.deque[dict] = collections.deque(maxlen=100)
         self._unacked: set[concurrent.futures.Future] = set()
@@ -165,7 +190,8 @@ class RigClient:
         self._closed = False
         # The I/O thread's own: kept across reconnects.
         self._cache: dict[str, bytes | memoryview] = {}  # reference stimulus_id -> PNG
-        self._pending: list[tuple[Message, list[bytes], concurrent.futures.Future]] = []  # RESULTS not ACKed
+        self._pending: list[_Upload] = []  # RESULTS not stored, oldest first
+        self._sends = itertools.count()  # numbers the RESULTS sent, for `_Upload.sent`
         self._delivered: set[str] = set()
 
         wake = f"inproc://rig-client-wake-{uuid.uuid4().hex}"
@@ -231,8 +257,9 @@ class RigClient:
         """Upload presentations of ``batch_id``; ``done=False`` if more will follow for it.
 
         Returns a future for the server's ACK header (``accepted``, ``duplicates``); it fails with
-        `ProtocolError` if the server refuses the upload. Uploads are kept and resent after a
-        reconnect until acknowledged. Raises `ProtocolError` at once for invalid presentations.
+        `ProtocolError` if the server refuses the upload. Uploads are kept until acknowledged: resent
+        after a reconnect, and after a backoff when the server failed to store them (ERROR
+        ``internal``). Raises `ProtocolError` at once for invalid presentations.
         """
         self._raise_if_unusable()
         items = [p.to_json() for p in presentations]
@@ -256,7 +283,7 @@ class RigClient:
             self._raise_if_unusable()
             self._unacked.add(future)
             future.add_done_callback(self._unacked.discard)
-            self._commands.put((msg, frames, future))
+            self._commands.put(_Upload(msg, frames, future))
             self._wake()
         return future
 
@@ -274,6 +301,10 @@ class RigClient:
             self._wake()
         self._thread.join()
         self._wake_tx.close(linger=0)
+        if self._unacked and self._fatal is None:
+            log.warning("closed with %d RESULTS the server has not stored (batches %s); their presentations "
+                        "are lost unless the rig sends them again", len(self._unacked),
+                        ", ".join(sorted({u.batch_id for u in self._pending if not u.future.done()})))
         for future in list(self._unacked):
             future.set_exception(RigError("the client was closed before the server "
                                           "acknowledged these results"))
@@ -315,9 +346,9 @@ class RigClient:
             self._connected.clear()
             self._wake_rx.close(linger=0)
             self._batches.put(_CLOSED)
-            for *_, future in self._pending:
-                if self._fatal is not None and not future.done():
-                    future.set_exception(self._fatal)
+            for upload in self._pending:
+                if self._fatal is not None and not upload.future.done():
+                    upload.future.set_exception(self._fatal)
 
     def _drain_wake(self) -> None:
         while True:
@@ -334,15 +365,30 @@ class RigClient:
         self._send(Message(MessageType.HELLO, {**self._hello_header,
                                                "cached_references": sorted(self._cache)}))
 
-    def _take_commands(self) -> None:
+    def _take_commands(self) -> float:
+        """Send the new uploads and those whose retry is due, oldest first, once connected. One waiting for
+        its retry holds back the later ones of its batch, so that a ``done: true`` does not overtake it.
+
+        Returns when the next retry is due (monotonic; infinity: none, or not connected).
+        """
         while True:
             try:
-                msg, frames, future = self._commands.get_nowait()
+                self._pending.append(self._commands.get_nowait())
             except queue.Empty:
-                return
-            self._pending.append((msg, frames, future))
-            if self._connected.is_set():
-                self._send(msg, frames)
+                break
+        if not self._connected.is_set():
+            return float("inf")
+        now, waiting, due = time.monotonic(), set(), float("inf")
+        for upload in self._pending:
+            if upload.sent is not None or upload.batch_id in waiting:
+                continue
+            if upload.retry_at > now:
+                waiting.add(upload.batch_id)
+                due = min(due, upload.retry_at)
+                continue
+            upload.sent = next(self._sends)
+            self._send(upload.msg, upload.frames)
+        return due
 
     def _handle(self, frames: list[zmq.Frame]) -> None:
         try:
@@ -357,11 +403,11 @@ class RigClient:
             self._link.welcomed(h["heartbeat_ms"] / 1000, h["liveness"])
             self._max_message_bytes = h["max_message_bytes"]
             self._minor = h.get("minor", 0)
-            self._take_commands()  # queued while disconnected: sent below with the rest
+            for upload in self._pending:  # every RESULTS not stored, again, in order (protocol.md §8)
+                upload.sent, upload.retry_at = None, 0.0
             self._connected.set()
             log.info("connected to %s (%s) as rig %s", self.endpoint, h["server"], self.rig_name)
-            for pending, frames, _ in self._pending:
-                self._send(pending, frames)
+            self._take_commands()  # with those queued while disconnected
         elif msg.type == MessageType.BATCH:
             self._on_batch(msg)
         elif msg.type == MessageType.ACK:
@@ -392,7 +438,9 @@ class RigClient:
                 return
             stimuli.append(Stimulus(s["stimulus_id"], s["kind"], png))
         if h["batch_id"] in self._delivered:
-            log.info("batch %s was resent; already handed to the rig, ignored", h["batch_id"])
+            log.info("batch %s was resent; already handed to the rig, so not shown again: its %d RESULTS not yet "
+                     "stored answer it (sent again after the WELCOME)", h["batch_id"],
+                     sum(u.batch_id == h["batch_id"] for u in self._pending))
             return
         self._delivered.add(h["batch_id"])
         self._batches.put(Batch(h["batch_id"], h["session_id"], h["thread_id"], h["generation"],
@@ -400,9 +448,13 @@ class RigClient:
 
     def _on_error(self, h: dict) -> None:
         self._errors.append(h)
-        log.warning("server error %s (in reply to %s): %s", h["code"], h["in_reply_to"],
-                    h["message"])
         code, in_reply_to = h["code"], h["in_reply_to"]
+        # Retryable answers to RESULTS: `_settle` logs them. not_registered: one line per episode (the
+        # replies to what the rig sent before its HELLO say the same).
+        if not (in_reply_to == MessageType.RESULTS and code in RETRYABLE and h.get("batch_id")):
+            level = logging.DEBUG if code == ErrorCode.NOT_REGISTERED and not self._connected.is_set() \
+                else logging.WARNING
+            log.log(level, "server error %s (in reply to %s): %s", code, in_reply_to, h["message"])
         if code == ErrorCode.NOT_REGISTERED:
             if self._connected.is_set():
                 self._say_hello()
@@ -419,15 +471,27 @@ class RigClient:
                                                             in_reply_to=in_reply_to,
                                                             batch_id=h["batch_id"]))
 
-    def _settle(self, batch_id: str, ack: dict | None, exc: Exception | None) -> None:
-        """Resolve the oldest pending RESULTS of ``batch_id`` with an ACK or an ERROR."""
-        for i, (msg, _, future) in enumerate(self._pending):
-            if msg.header["batch_id"] == batch_id:
-                del self._pending[i]
-                if not future.done():
-                    future.set_exception(exc) if exc is not None else future.set_result(ack)
-                return
-        log.info("reply for batch %s matches no pending RESULTS (already settled)", batch_id)
+    def _settle(self, batch_id: str, ack: dict | None, exc: ProtocolError | None) -> None:
+        """Resolve the oldest RESULTS of ``batch_id`` awaiting a reply with an ACK or an ERROR; after a
+        retryable ERROR, keep it to send again after a backoff."""
+        upload = min((u for u in self._pending if u.sent is not None and u.batch_id == batch_id),
+                     key=lambda u: u.sent, default=None)
+        if upload is None:
+            log.info("reply %s for batch %s matches no pending RESULTS (already settled)",
+                     "ACK" if exc is None else exc.code, batch_id)
+            return
+        if exc is not None and exc.code in RETRYABLE:
+            delay = backoff_s(upload.failures, self._link.reconnect_max_s)
+            upload.sent, upload.retry_at = None, time.monotonic() + delay
+            upload.failures += 1
+            log.log(logging.WARNING if upload.failures == 1 else logging.INFO,
+                    "server error %s (in reply to RESULTS): %s; its %d presentations of batch %s are kept "
+                    "and sent again in %.1f s (failed %d time(s))", exc.code, exc.message,
+                    len(upload.msg.header["presentations"]), batch_id, delay, upload.failures)
+            return
+        self._pending.remove(upload)
+        if not upload.future.done():
+            upload.future.set_exception(exc) if exc is not None else upload.future.set_result(ack)
 
 
 class _Link:
@@ -448,17 +512,17 @@ class _Link:
 
     def run(self) -> None:
         """Connect and reconnect until the client stops; `RigError` when the server refuses."""
-        first_backoff = min(1.0, self.reconnect_max_s)
-        backoff = first_backoff
+        attempt = 0
         while not self.client._stop.is_set():
             if self._connection():
-                backoff = first_backoff
+                attempt = 0
             if self.client._stop.is_set():
                 return
+            backoff = backoff_s(attempt, self.reconnect_max_s)
             log.info("reconnecting to %s in %.1f s", self.client.endpoint, backoff)
             if self.client._wake_rx.poll(backoff * 1000):  # wake early to stop; queued
                 self.client._drain_wake()  # commands wait for the connection
-            backoff = min(2 * backoff, self.reconnect_max_s)
+            attempt += 1
 
     def welcomed(self, beat_s: float, beats: int) -> None:
         self.beat_s, self.beats = beat_s, beats
@@ -494,11 +558,11 @@ class _Link:
             now = time.monotonic()
             expires, next_beat = now + self.beat_s * self.beats, now + self.beat_s
             while not client._stop.is_set():
-                timeout = max(0.0, min(expires, next_beat) - time.monotonic())
+                retry = client._take_commands()
+                timeout = max(0.0, min(expires, next_beat, retry) - time.monotonic())
                 events = dict(poller.poll(timeout * 1000))
                 if client._wake_rx in events:
                     client._drain_wake()
-                    client._take_commands()
                 if self.socket in events:
                     while (frames := self._recv()) is not None:
                         client._handle(frames)

@@ -86,6 +86,11 @@ class ErrorCode(enum.StrEnum):
     INTERNAL = "internal"
 
 
+# ERROR codes that answer a RESULTS without judging it: the server stored none of it and the rig sends it
+# again, unchanged, until it is stored (docs/protocol.md §8).
+RETRYABLE = frozenset({ErrorCode.INTERNAL})
+
+
 class ProtocolError(ValueError):
     """A message that breaks the protocol; ``code`` is one of `ErrorCode` (or a handler's own code).
 

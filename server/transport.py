@@ -79,7 +79,7 @@ class _Rig:
     identity: bytes
     channels: int
     expires: float
-    unreachable: bool = False  # the last heartbeat to it failed (its connection is gone)
+    unreachable: bool = False  # the last send to it failed (its connection is gone): logged once
 
 
 @dataclass
@@ -323,7 +323,10 @@ class Transport:
             log.warning("refused a CURVE handshake %s: %s%s", where, reason, detail)
 
     def _log(self, peer: str, level: int, fmt: str, *args: Any) -> None:
-        """Log a line caused by ``peer``, unless that peer has used up its budget of lines."""
+        """Log a line caused by ``peer``, unless that peer has used up its budget of lines (lines below the
+        log's level use none)."""
+        if not log.isEnabledFor(level):
+            return
         if not self._log_budget.allow(peer):
             self._suppressed += 1
             return
@@ -334,16 +337,28 @@ class Transport:
         log.log(level, fmt, *args)
 
     async def _send_frames(self, identity: bytes, frames: list[bytes], level: int = logging.WARNING) -> bool:
+        """Send to ``identity``; False if ZeroMQ refused. Sends to a bound rig that keep failing (heartbeats,
+        batches, until it expires) are logged once at ``level``, then at DEBUG until one succeeds."""
+        name = self._names.get(identity)
+        rig = self._rigs.get(name) if name is not None else None
         try:
             await self._socket.send_multipart([identity, *frames], flags=zmq.DONTWAIT, copy=False)
-            return True
         except zmq.ZMQError as exc:  # EHOSTUNREACH (peer gone) or EAGAIN (peer not reading)
-            self._log("failed sends", level, "could not send %s to identity %s: %s",
-                      frames[1].decode(), identity.hex(), exc)  # one budget: peers that vanish
+            if rig is None:
+                self._log("failed sends", level, "could not send %s to identity %s: %s",
+                          frames[1].decode(), identity.hex(), exc)  # one budget: peers that vanish
+            else:
+                self._log("failed sends", logging.DEBUG if rig.unreachable else level,
+                          "could not send %s to rig %s (identity %s): %s; further failures to send to it are "
+                          "logged at DEBUG", frames[1].decode(), name, identity.hex(), exc)
+                rig.unreachable = True
             return False
+        if rig is not None:
+            rig.unreachable = False
+        return True
 
-    async def _reply(self, identity: bytes, msg: Message) -> None:
-        await self._send_frames(identity, encode(msg, max_message_bytes=self.max_message_bytes))
+    async def _reply(self, identity: bytes, msg: Message, level: int = logging.WARNING) -> None:
+        await self._send_frames(identity, encode(msg, max_message_bytes=self.max_message_bytes), level)
 
     async def _reply_built(self, identity: bytes, msg: Message, in_reply_to: MessageType,
                            batch_id: str | None = None) -> bool:
@@ -485,9 +500,9 @@ class Transport:
         old = self._rigs.get(name)
         if old is not None and old.identity != identity:
             self._names.pop(old.identity, None)
-            await self._reply(old.identity, error(
+            await self._reply(old.identity, error(  # a reconnect: the old connection is usually gone
                 ErrorCode.REPLACED, f"another connection said HELLO as rig {name!r}; rig names "
-                "must be unique (is the rig program running twice?)"))
+                "must be unique (is the rig program running twice?)"), logging.DEBUG)
         self._rigs[name] = _Rig(identity, header["channels"], 0.0)
         self._names[identity] = name
         self._refresh(name)
@@ -548,6 +563,5 @@ class Transport:
                     log.warning("rig %s silent for %.1f s; marked disconnected", name,
                                 self.heartbeat_s * self.liveness)
                     await self._unbind(name)
-                else:  # one line per lost connection, not one per beat until it expires
-                    rig.unreachable = not await self._send_frames(
-                        rig.identity, heartbeat, logging.DEBUG if rig.unreachable else logging.WARNING)
+                else:
+                    await self._send_frames(rig.identity, heartbeat)

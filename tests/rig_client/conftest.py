@@ -1,9 +1,12 @@
 """Fixtures of the rig-kit end-to-end tests: one real `actmax serve` shared by them all (each test
-uses its own rig name and session), and a virtual X display for the presenter."""
+uses its own rig name and session), a storage failure of that server, and a virtual X display for the
+presenter."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import resource
 import secrets
 import shutil
 import subprocess
@@ -50,3 +53,19 @@ def run_session(api, rig: str, *, population: int, references: int, generations:
                      "seed": 1, "n_generations": generations}]})
     (thread,) = api.get(f"/sessions/{session['id']}/threads")
     return thread
+
+
+@contextlib.contextmanager
+def storage_fails(process):
+    """While open, the server (a ``ServerProcess``) can write no byte to any file, as on a full disk: its file
+    size limit is 0 (RLIMIT_FSIZE; Python ignores SIGXFSZ, so a write fails with EFBIG). Its database then fails
+    (SQLITE_IOERR) and it answers RESULTS with ERROR internal. Its log lines meanwhile are lost."""
+    if not hasattr(resource, "prlimit"):
+        pytest.skip("setting another process's file size limit needs Linux (resource.prlimit)")
+    pid = process.process.pid
+    limits = resource.prlimit(pid, resource.RLIMIT_FSIZE)
+    resource.prlimit(pid, resource.RLIMIT_FSIZE, (0, limits[1]))
+    try:
+        yield
+    finally:
+        resource.prlimit(pid, resource.RLIMIT_FSIZE, limits)

@@ -21,7 +21,7 @@ import scipy.io
 from rig_client.bridge import BridgeError, FolderBridge, read_responses, write_batch
 from rig_client.client import Batch, RigClient, Stimulus
 from rig_client.protocol import encode_png
-from tests.rig_client.conftest import run_session
+from tests.rig_client.conftest import run_session, storage_fails
 
 MANIFEST = {"batch_id": "b-1", "channels": 2, "response_window_ms": [50, 200],
             "stimuli": [{"order": 1, "stimulus_id": "st-a", "kind": "synthetic", "file": "0001.png"},
@@ -204,7 +204,7 @@ def test_session_runs_to_completion_through_the_folder(tmp_path, actmax_server):
     for r in flagged:
         again = next(w for w in written[written.index(r) + 1:] if w["stimulus_id"] == r["stimulus_id"])
         assert batch_sizes[again["batch"]] == 1 and not again["fixation_broken"]
-    scores = [g["scores"] for g in api.get(f"/threads/{thread['id']}/generations")]
+    scores = [g["scores"] for g in api.get(f"/threads/{thread['id']}/generations")["items"]]
     assert all(np.isfinite(s) for gen in scores for s in gen)
     assert api.get(f"/sessions/{thread['session_id']}")["channel_labels"] == ["elec1-u1", "elec2-u1"]
     batches = sorted(folder.glob("batch-*"))
@@ -271,6 +271,36 @@ def test_the_bridge_writes_every_batch_and_closes_dead_ones(tmp_path, endpoint):
     assert "batch_closed" in error and "nothing to fix" in error and "corrected" not in error
     assert json.loads((leftover / "closed.json").read_text())["code"] == "unknown_batch"
     assert first not in bridge.open and leftover not in bridge.open and nxt in bridge.open
+
+
+@pytest.mark.slow
+def test_results_the_server_could_not_store_reach_it_once_it_can(tmp_path, actmax_server):
+    """The server's storage fails (a full disk) when the bridge sends a folder's responses: the shared
+    RigClient sends them again until the server stores them. The folder waits and then gets ``ack.json``;
+    the responses file is not rejected (there is nothing to correct)."""
+    from tests.server.test_end_to_end import wait_until
+
+    process, api = actmax_server
+    run_session(api, "retry-ml-rig", population=4, references=1, generations=2)
+    folder = tmp_path / "rig-folder"
+    with RigClient(process.zmq_endpoint, "retry-ml-rig", channels=1, reconnect_max_s=0.2) as client:
+        bridge = FolderBridge(client, folder, ["ch1"], poll_s=0.05)
+        runner = threading.Thread(target=bridge.run)
+        runner.start()
+        try:
+            (path, manifest), = wait_until(lambda: batch_folders(folder), 60, "the first batch")
+            with storage_fails(process):
+                answer_folder(path, manifest)
+                wait_until(lambda: client.errors, 30, "the server's ERROR")
+            ack = json.loads(wait_until(lambda: (path / "ack.json").exists() and (path / "ack.json").read_text(),
+                                        60, "the ACK"))
+            wait_until(lambda: len(batch_folders(folder)) == 2, 60, "generation 1")
+        finally:
+            bridge.stop.set()
+            runner.join(10)
+    assert {e["code"] for e in client.errors} == {"internal"}
+    assert (ack["accepted"], ack["duplicates"]) == (len(manifest["stimuli"]), 0)
+    assert sorted(p.name for p in path.glob("responses*")) == ["responses.json"]
 
 
 HELPERS = Path(__file__).parents[2] / "docs" / "monkeylogic"

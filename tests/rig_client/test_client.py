@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import pickle
 import threading
 import time
 
 import numpy as np
 import pytest
+import zmq
 
 from rig_client import RigError
 from rig_client.client import Batch, Presentation, RigClient
-from rig_client.protocol import ProtocolError, batch_message, encode_png
+from rig_client.protocol import (
+    Message, MessageType, ProtocolError, batch_message, decode, encode, encode_png, error,
+)
 from server.transport import Transport
+from tests.rig_client.conftest import run_session, storage_fails
 
 FAST = {"heartbeat_s": 0.05, "liveness": 6}  # expiry after 0.3 s
 
@@ -28,6 +33,8 @@ class Lab:
         self.refuse = False
         self.minor = None  # WELCOME's minor; None: left out, as a 1.0 server does
         self.known_batches = {"b1", "b2"}
+        self.failures = 0  # RESULTS to fail on (the transport answers ERROR internal)
+        self.received: list[list[str]] = []  # presentation ids of each RESULTS, as they arrived
         self.transport: Transport | None = None
 
     async def on_hello(self, rig_name, header):
@@ -37,6 +44,10 @@ class Lab:
         return {"server": "lab"} if self.minor is None else {"server": "lab", "minor": self.minor}
 
     async def on_results(self, rig_name, header):
+        self.received.append([p["presentation_id"] for p in header["presentations"]])
+        if self.failures:
+            self.failures -= 1
+            raise OSError(28, "No space left on device")
         if header["batch_id"] not in self.known_batches:
             raise ProtocolError("unknown_batch", f"batch {header['batch_id']} was never sent")
         new = [p for p in header["presentations"] if p["presentation_id"] not in self.presentations]
@@ -191,6 +202,79 @@ def test_results_ack_duplicates_and_refusal(client, lab):
 
     with pytest.raises(ProtocolError, match="2 channels"):
         client.send_results("b1", [Presentation("g0", [1.0], time.time(), (50, 200))])
+
+
+def test_a_burst_of_not_registered_is_one_warning_and_one_hello(zmq_context, endpoint, caplog):
+    """A restarted server answers each message the rig had on its way with not_registered: the rig says
+    HELLO once and logs one warning for them all. The server here is a bare ROUTER socket."""
+    router = zmq_context.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.bind(endpoint)
+    welcome = Message(MessageType.WELCOME, {"server": "bare", "heartbeat_ms": 50, "liveness": 100,
+                                            "max_message_bytes": 2**20})
+
+    def receive(mtype):
+        while True:
+            identity, *frames = router.recv_multipart()
+            if decode(frames).type == mtype:
+                return identity
+
+    caplog.set_level(logging.DEBUG, logger="rig_client.client")
+    try:
+        with RigClient(endpoint, "rig-a", channels=2, context=zmq_context, **FAST) as client:
+            identity = receive(MessageType.HELLO)
+            router.send_multipart([identity, *encode(welcome)])
+            for _ in range(3):
+                receive(MessageType.HEARTBEAT)
+            for _ in range(3):
+                router.send_multipart([identity, *encode(error(
+                    "not_registered", "send HELLO first", in_reply_to=MessageType.HEARTBEAT))])
+            assert receive(MessageType.HELLO) == identity  # the same socket (docs/protocol.md §6.4)
+            router.send_multipart([identity, *encode(welcome)])
+            assert client.wait_connected(5)
+    finally:
+        router.close(linger=0)
+    assert [e["code"] for e in client.errors] == ["not_registered"] * 3
+    warned = [r for r in caplog.records if "not_registered" in r.getMessage() and r.levelno >= logging.WARNING]
+    assert len(warned) == 1
+
+
+def test_results_the_server_failed_on_are_sent_again_until_stored(client, lab):
+    """docs/protocol.md §8: ERROR internal stored nothing; the rig sends that RESULTS again after a
+    backoff, and holds the batch's later RESULTS back meanwhile so they keep their order."""
+    assert client.wait_connected(5)
+    lab.send(batch("b1", [("g0", "synthetic", encode_png(image(0))), ("g1", "synthetic", encode_png(image(1)))]))
+    shown = presentations(client.next_batch(timeout=5))
+    first, rest = shown[:1], shown[1:]
+    lab.handler.failures = 1
+    uploads = [client.send_results("b1", first, done=False)]
+    wait_until(lambda: client.errors)
+    uploads.append(client.send_results("b1", rest))
+    assert [u.result(10) for u in uploads] == [{"batch_id": "b1", "accepted": 1, "duplicates": 0}] * 2
+    ids = [[p.presentation_id] for p in shown]
+    assert lab.handler.received == [ids[0], ids[0], ids[1]]
+    assert [(e["code"], e["batch_id"]) for e in client.errors] == [("internal", "b1")]
+
+
+@pytest.mark.slow
+def test_results_the_server_could_not_store_are_stored_once_and_the_generation_goes_on(actmax_server):
+    """The server's storage fails (a full disk) when the RESULTS that ends a round arrives: ERROR internal. The
+    rig sends it again until the server stores it; every presentation is stored once and the next generation
+    comes, not the batch timeout's re-show."""
+    process, api = actmax_server
+    thread = run_session(api, "retry-rig", population=4, references=1, generations=2)
+    with RigClient(process.zmq_endpoint, "retry-rig", channels=1, reconnect_max_s=0.2) as rig:
+        first = rig.next_batch(timeout=60)
+        shown = [Presentation(s.stimulus_id, [float(i)], time.time(), first.response_window_ms)
+                 for i, s in enumerate(first.stimuli)]
+        with storage_fails(process):
+            upload = rig.send_results(first.batch_id, shown)
+            wait_until(lambda: rig.errors, timeout=30)
+        assert upload.result(60) == {"batch_id": first.batch_id, "accepted": len(shown), "duplicates": 0}
+        assert rig.next_batch(timeout=60).generation == 1
+    assert {e["code"] for e in rig.errors} == {"internal"}
+    stored = [p["presentation_id"] for p in api.get(f"/threads/{thread['id']}/presentations")["items"]]
+    assert sorted(stored) == sorted(p.presentation_id for p in shown)
 
 
 def test_unknown_reference_resynchronises(client, lab):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 
 import numpy as np
@@ -373,6 +374,37 @@ def test_reconnect_with_new_identity_rebinds(zmq_context, endpoint):
             assert (await h.reply(old)).header["code"] == "not_registered"
             await new.send_multipart(results())
             assert (await h.reply(new)).type == MessageType.ACK
+
+    run(scenario())
+
+
+def test_a_gone_rig_costs_one_failed_send_line_per_connection(zmq_context, endpoint, caplog):
+    """Heartbeats and batches to a rig whose connection is gone fail until it expires: one WARNING for
+    them all. Its next connection replaces it (the ``replaced`` notice to the gone one fails quietly);
+    when that one goes too, that is a new line."""
+    png = encode_png(np.zeros((2, 2, 3), np.uint8))
+    batch = batch_message(batch_id="b1", session_id="s", thread_id="t", generation=0,
+                          response_window_ms=[50, 200], stimuli=[("x", "synthetic", png)])
+
+    async def gone(h, d):
+        d.close(linger=0)
+        while await h.transport.send("rig-a", batch):  # until the ROUTER has seen the connection close
+            await asyncio.sleep(HB)
+        for _ in range(3):
+            assert not await h.transport.send("rig-a", batch)
+            await asyncio.sleep(HB)  # heartbeats fail meanwhile
+
+    def failed_sends():
+        return [r.getMessage() for r in caplog.records
+                if r.levelno >= logging.WARNING and r.getMessage().startswith("could not send")]
+
+    async def scenario():
+        async with Harness(zmq_context, endpoint, liveness=1000) as h:
+            caplog.set_level(logging.DEBUG, logger="server.transport")
+            await gone(h, await h.register())
+            assert len(failed_sends()) == 1 and "to rig rig-a" in failed_sends()[0]
+            await gone(h, await h.register())
+            assert len(failed_sends()) == 2
 
     run(scenario())
 
