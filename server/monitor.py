@@ -23,7 +23,7 @@ from server import drift
 from server.objectives import rate_matrix
 from server.session_config import DriftConfig
 from server.store.db import Transaction
-from server.store.models import Event, EventLevel
+from server.store.models import Event, EventLevel, Thread
 from server.store.records import log_event
 
 log = logging.getLogger(__name__)
@@ -62,8 +62,9 @@ def reference_levels(rates: dict[str, list[list[float]]], channels) -> tuple[lis
 @dataclass
 class DriftHistory:
     """What the drift alarm needs of a thread's past, kept in its runtime: the early levels, the last point
-    and the channels already reported silent."""
+    and the channels already reported silent (and the thread's name, which its messages start with)."""
 
+    name: str  # "thread 3 'ch5-cma'"
     config: DriftConfig
     early: list[drift.Level | None]  # the first ``config.baseline_generations`` generations' levels
     previous: dict  # the last ``generation.completed`` data ({} before the first)
@@ -75,7 +76,8 @@ class DriftHistory:
         history = select(Event.data_json).where(Event.thread_id == thread_id, Event.kind == GENERATION_COMPLETED)
         early = [_level(d) for d in db.scalars(history.order_by(Event.id).limit(config.baseline_generations))]
         silent = db.scalars(select(Event.data_json).where(Event.thread_id == thread_id, Event.kind == CHANNEL_SILENT))
-        return cls(config, early, db.scalars(history.order_by(Event.id.desc()).limit(1)).first() or {},
+        name = f"thread {thread_id} {db.get(Thread, thread_id).name!r}"
+        return cls(name, config, early, db.scalars(history.order_by(Event.id.desc()).limit(1)).first() or {},
                    {channel for data in silent for channel in data["channels"]})
 
 
@@ -103,9 +105,9 @@ def generation_completed(db: Transaction, history: DriftHistory, session_id: int
         data["low_streak"] = streak = previous.get("low_streak", 0) + 1 if drop > config.drop_sem else 0
         if streak == config.consecutive:
             log_event(db, "drift.reference",
-                      f"generation {number}: reference images fire {current.mean:.3g} ± {current.sem:.2g} "
-                      f"spikes/s, {drop:.1f} SEM below their early {base.mean:.3g} ± {base.sem:.2g} for "
-                      f"{streak} generations; check the recording (electrode drift, lost unit)",
+                      f"{history.name}: generation {number}: reference images fire {current.mean:.3g} ± "
+                      f"{current.sem:.2g} spikes/s, {drop:.1f} SEM below their early {base.mean:.3g} ± "
+                      f"{base.sem:.2g} for {streak} generations; check the recording (electrode drift, lost unit)",
                       level=EventLevel.WARNING, thread_id=thread_id, session_id=session_id,
                       data={"generation": number, "drop_sem": drop, "early_mean": base.mean})
         data["silent_channels"] = silent = drift.silent_channels(base, current, config.silent_fraction)
@@ -113,12 +115,12 @@ def generation_completed(db: Transaction, history: DriftHistory, session_id: int
         if newly:
             history.reported_silent.update(newly)
             log_event(db, CHANNEL_SILENT,
-                      f"generation {number}: channel(s) {', '.join(map(str, newly))} fire below "
+                      f"{history.name}: generation {number}: channel(s) {', '.join(map(str, newly))} fire below "
                       f"{config.silent_fraction:g} of their early rate to the reference images; check the electrode",
                       level=EventLevel.WARNING, thread_id=thread_id, session_id=session_id,
                       data={"generation": number, "channels": newly})
     log_event(db, GENERATION_COMPLETED,
-              f"generation {number}: mean {_fmt(mean)} ± {_fmt(sem)}, max {_fmt(data['max'])}, "
+              f"{history.name}: generation {number}: mean {_fmt(mean)} ± {_fmt(sem)}, max {_fmt(data['max'])}, "
               f"references {_fmt(reference_mean)} ± {_fmt(reference_sem)}",
               thread_id=thread_id, session_id=session_id, data=data)
     if len(early) < config.baseline_generations:

@@ -1,4 +1,5 @@
 """The Docker files are checked by review and by parsing them here (no Docker engine on CI)."""
+import fnmatch
 import re
 import tomllib
 from pathlib import Path
@@ -70,3 +71,40 @@ def test_docs_name_no_file_outside_the_repository():
     for doc in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
         text = doc.read_text()
         assert not re.search(r"(?<![\w/])spec/|\.\./shared|/work/", text), f"{doc.name} points outside the repository"
+
+
+class _Reset:
+    """Compose's ``!reset`` tag: the attribute is removed from the merged model."""
+
+
+def _compose(name: str) -> dict:
+    loader = type("ComposeLoader", (yaml.SafeLoader,), {})
+    loader.add_constructor("!reset", lambda loader, node: _Reset)
+    return yaml.load((ROOT / name).read_text(), Loader=loader)
+
+
+def test_cpu_override_runs_the_server_without_a_gpu():
+    base, cpu = _compose("docker-compose.yml"), _compose("docker-compose.cpu.yml")
+    assert set(cpu["services"]) == {"server"}  # every other service as in the base file
+    server = cpu["services"]["server"]
+    assert server["deploy"] is _Reset and "deploy" in base["services"]["server"]  # no GPU reservation left
+    assert server["environment"] == {"ACTMAX_DEVICE": "cpu"}  # merged over the base's cuda
+    usage = "docker compose -f docker-compose.yml -f docker-compose.cpu.yml up --build"
+    readme = (ROOT / "README.md").read_text()
+    assert usage in (ROOT / "docker-compose.cpu.yml").read_text() and usage in readme
+    assert "NVIDIA Container Toolkit" in readme
+
+
+def test_dockerignore_keeps_environments_data_and_keys_out_of_the_build_context():
+    patterns = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if line and line[0] != "#"]
+    for needed in (".git", ".venv", "actmax-data*", "keys", "**/*.key_secret", "test-artifacts", "*.whl"):
+        assert needed in patterns
+    copied = re.findall(r"^COPY (.+) \S+$", (ROOT / "Dockerfile").read_text(), re.M)
+    sources = [ROOT / name for line in copied for name in line.split()]
+    files = [f for s in sources for f in ([s] if s.is_file() else s.rglob("*.py"))]
+    assert len(files) > 20
+    for path in files:  # nothing the image needs is left out (fnmatch's * also crosses "/": stricter)
+        relative = path.relative_to(ROOT).as_posix()
+        parts = [relative.rsplit("/", n)[0] for n in range(relative.count("/") + 1)]  # the file and its folders
+        assert not [p for p in patterns for part in parts
+                    if fnmatch.fnmatch(part, p) or fnmatch.fnmatch(part, p.removeprefix("**/"))], relative

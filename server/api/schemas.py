@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
 
+from server.objectives import score_label
 from server.session_config import ObjectiveConfig
 from server.store.models import (
     EventLevel,
@@ -33,7 +34,9 @@ class ErrorDetail(BaseModel):
 class Health(BaseModel):
     status: Literal["ok", "degraded"]
     version: str
-    db: bool = Field(description="Whether the database answered.")
+    db: bool = Field(description="Whether the database can be read and written (and no request met a database "
+                     "error in the last minute).")
+    problem: str | None = Field(None, description="What is wrong when degraded, and what to do.")
 
 
 class SessionRead(_FromORM):
@@ -65,12 +68,19 @@ class ThreadRead(_FromORM):
     last_error: str | None = Field(description="The latest refusal of its rig's results, block or failure.")
     created_at: datetime
 
+    @computed_field(description='What its scores are, for a chart axis: "score (spikes/s)" for a channels objective, '
+                                'else "score = <expression>" (a z-score has no unit).')
+    @property
+    def score_label(self) -> str:
+        return score_label(self.objective)
+
 
 class SessionWithThreads(SessionRead):
     threads: list[ThreadRead]
     channel_labels: list[str] | None = Field(
-        None, description="Channel labels of the session rig's latest HELLO that sent them (protocol 1.1); "
-        "null if it never did. Channel i of every presentation's rates is labels[i].")
+        None, description="Channel labels of the session rig's last HELLO that sent them (protocol 1.1) at or "
+        "before the session's last presentation; null if it never did. Channel i of every presentation's rates "
+        "is labels[i].")
 
 
 class GeneratorRead(BaseModel):

@@ -7,6 +7,7 @@ const STRIP_IMAGES = 40;      // best images shown per thread (evenly spaced ove
 const MONTAGE_EVERY_MS = 3000; // the latest-generation montage refreshes at most this often
 const FEED_EVENTS = 200;       // events kept in the feed
 const DRIFT_KINDS = new Set(["drift.reference", "channel.silent", "rig.lost"]);
+const ENDED = new Set(["stopped", "finished", "failed"]); // thread statuses after which nothing changes
 
 const $ = (selector, root = document) => root.querySelector(selector);
 const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
@@ -46,6 +47,7 @@ function fillImages(root) {
     img.removeAttribute("data-src");
   }
 }
+const channelName = (channel, labels) => (labels?.[channel] ? `${channel} (${labels[channel]})` : `${channel}`);
 const stimulusImg = (id, title = "") => `<img data-src="/stimuli/${encodeURIComponent(id)}/png" alt="" title="${esc(title)}">`;
 
 // ---------------------------------------------------------------- live stream
@@ -145,22 +147,37 @@ async function route() {
 }
 
 // ---------------------------------------------------------------- sessions list
+// Kept current from the live stream: a session or thread event redraws the list.
 async function sessionsPage() {
-  const sessions = await api("/sessions");
-  live.stop();
+  let closed = false, timer = null;
+  const render = async () => {
+    const sessions = await api("/sessions");
+    if (!closed) $("#main").innerHTML = sessionsTable(sessions);
+  };
+  await render();
   $("#banner").hidden = true;
+  const onLive = (kind) => {
+    if (kind === "dropped" || kind.startsWith("session") || kind.startsWith("thread")) {
+      timer ??= setTimeout(() => { timer = null; render(); }, 300);
+    }
+  };
+  live.handlers.add(onLive);
+  live.start(null);
+  return { close() { closed = true; live.handlers.delete(onLive); live.stop(); clearTimeout(timer); } };
+}
+
+function sessionsTable(sessions) {
   const rows = sessions.slice().reverse().map((s) => `<tr><td>${s.id}</td><td><a href="#/session/${s.id}">${esc(s.name)}</a></td>
     <td>${esc(s.rig)}</td><td>${esc(s.animal)}</td><td>${s.config.threads.length}</td>
     <td><span class="status ${esc(s.status)}">${esc(s.status)}</span></td><td>${new Date(s.created_at).toLocaleString()}</td></tr>`);
-  $("#main").innerHTML = `<div class="card"><h1>Sessions</h1>${sessions.length ? `<table id="sessions"><thead><tr><th>id</th><th>name</th>
+  return `<div class="card"><h1>Sessions</h1>${sessions.length ? `<table id="sessions"><thead><tr><th>id</th><th>name</th>
     <th>rig</th><th>animal</th><th>threads</th><th>status</th><th>created</th></tr></thead><tbody>${rows.join("")}</tbody></table>`
-    : `<p class="muted">No sessions yet: start one with <code>actmax session start CONFIG</code>.</p>`}</div>`;
-  return { close() {} };
+    : `<p class="muted">No sessions yet: start one with <code>actmax session create CONFIG</code>.</p>`}</div>`;
 }
 
 // ---------------------------------------------------------------- session page
 async function sessionPage(sessionId) {
-  const state = { session: await api(`/sessions/${sessionId}`), curves: new Map(), curveLoads: new Map(), montageAt: new Map(), montageTimers: new Map(), timers: [] };
+  const state = { session: await api(`/sessions/${sessionId}`), curves: new Map(), curveLoads: new Map(), otherThreads: new Map(), montageAt: new Map(), montageTimers: new Map(), timers: [] };
   const main = $("#main");
   main.innerHTML = `<div class="session-head card"><div><h1 id="session-title"></h1><div id="session-meta" class="muted"></div></div>
       <div class="controls"><button id="stop-session" class="danger">Stop session</button></div></div>
@@ -181,8 +198,9 @@ async function sessionPage(sessionId) {
     if (item.event_id != null) addEvent(item);
     if (kind === "generation.completed") loadCurve(state, item.thread_id, true);
     else if (kind.startsWith("thread") || kind.startsWith("session")) refreshSession(state);
+    else if (kind === "rig.connected" && item.data?.rig === state.session.rig) refreshSession(state); // its channel labels
     if (kind.startsWith("rig") || kind.startsWith("batch")) scheduleRig(state);
-    if (item.level === "warning" && DRIFT_KINDS.has(kind)) showBanner(item);
+    if (item.level === "warning" && DRIFT_KINDS.has(kind)) showBanner(state, item);
   };
   live.handlers.add(onLive);
   live.start(sessionId);
@@ -199,9 +217,13 @@ async function act(call, state) {
 }
 
 async function refreshSession(state) {
+  const before = new Map(state.session.threads.map((t) => [t.id, t.status]));
   state.session = await api(`/sessions/${state.session.id}`);
   renderSession(state);
-  for (const t of state.session.threads) if (!state.curves.has(t.id)) loadCurve(state, t.id);
+  for (const t of state.session.threads) {
+    if (!state.curves.has(t.id)) loadCurve(state, t.id);
+    else if (ENDED.has(t.status) && !ENDED.has(before.get(t.id))) loadCurve(state, t.id, true); // its last generation, at once
+  }
 }
 
 async function reloadAll(state) {
@@ -235,7 +257,7 @@ function renderSession(state) {
     $("h2", card).textContent = `${thread.name}`;
     $(".status", card).className = `status ${thread.status}`;
     $(".status", card).textContent = thread.status;
-    const objective = thread.objective.expression || `channels ${thread.objective.channels.join(", ")}`;
+    const objective = thread.objective.expression || `channels ${thread.objective.channels.map((c) => channelName(c, s.channel_labels)).join(", ")}`;
     const error = thread.last_error ? ` · ${thread.last_error}` : "";
     $(".info", card).textContent = `${thread.kind} · ${thread.generator} · ${thread.optimizer} · ${objective}${error}`;
     renderControls(state, thread, $(".controls", card));
@@ -249,7 +271,10 @@ function renderControls(state, thread, box) {
   const live = ["running", "waiting_for_rig", "blocked"].includes(thread.status);  // not ended, not paused
   if (live) buttons.push(["Pause", post("pause")]);
   if (thread.status === "paused") buttons.push(["Resume", post("resume")]);
-  if (live || thread.status === "paused") buttons.push(["Stop", post("stop"), "danger"]);
+  const stop = post("stop");
+  if (live || thread.status === "paused") {
+    buttons.push(["Stop", () => confirm(`Stop thread '${thread.name}'? This is final.`) && stop(), "danger"]);
+  }
   const mapped = state.session.threads.some((t) => t.kind === "manifold" && t.optimizer_params.source === thread.name);
   // A finished session takes new threads (it becomes active again); a stopped one does not.
   if (thread.kind === "evolution" && thread.status === "finished" && !mapped && state.session.status !== "stopped") {
@@ -291,7 +316,7 @@ async function fetchCurve(state, threadId, incremental) {
 function drawThread(state, thread, points) {
   const card = $(`#thread-${thread.id}`);
   if (!card) return;
-  $(".curve", card).innerHTML = Charts.scoreCurve(points, { unit: "spikes/s" });
+  $(".curve", card).innerHTML = Charts.scoreCurve(points, { label: thread.score_label });
   const step = Math.max(1, Math.ceil(points.length / STRIP_IMAGES));
   const shown = points.filter((p, i) => (points.length - 1 - i) % step === 0 && p.best_stimulus_id);
   $(".strip", card).innerHTML = shown.map((p) => `<figure>${stimulusImg(p.best_stimulus_id, `generation ${p.generation}: max ${num(p.max)}`)}
@@ -301,9 +326,12 @@ function drawThread(state, thread, points) {
 }
 
 // The montage of the newest generation, at most every MONTAGE_EVERY_MS (a trailing refresh catches up).
+// An ended thread's montage loads at once: no later generation will bring the trailing refresh.
 function scheduleMontage(state, threadId, card) {
-  if (state.montageTimers.has(threadId)) return;
-  const wait = Math.max(0, (state.montageAt.get(threadId) || 0) + MONTAGE_EVERY_MS - Date.now());
+  const ended = ENDED.has(state.session.threads.find((t) => t.id === threadId)?.status);
+  if (ended) clearTimeout(state.montageTimers.get(threadId));
+  else if (state.montageTimers.has(threadId)) return;
+  const wait = ended ? 0 : Math.max(0, (state.montageAt.get(threadId) || 0) + MONTAGE_EVERY_MS - Date.now());
   state.montageTimers.set(threadId, setTimeout(() => {
     state.montageTimers.delete(threadId);
     state.montageAt.set(threadId, Date.now());
@@ -313,7 +341,9 @@ function scheduleMontage(state, threadId, card) {
 }
 
 async function loadMontage(card, generationId) {
+  card.dataset.montage = generationId;
   const generation = await api(`/generations/${generationId}`);
+  if (card.dataset.montage !== String(generationId)) return; // a newer one was asked meanwhile
   $(".montage-title", card).textContent = `Latest generation (${generation.number}), by score`;
   const order = generation.stimulus_ids.map((id, i) => [generation.scores[i], id]).sort((a, b) => (b[0] ?? -Infinity) - (a[0] ?? -Infinity));
   $(".montage", card).innerHTML = order.map(([score, id]) => `<figure>${stimulusImg(id)}<figcaption>${num(score)}</figcaption></figure>`).join("");
@@ -323,9 +353,9 @@ async function loadMontage(card, generationId) {
 // The Manifold map (figure from the server) beside the grid of images it was measured on.
 async function loadManifold(card, thread) {
   card.dataset.map = "loading";
-  const generations = await api(`/threads/${thread.id}/generations`);
-  if (!generations.length) return;
-  const generation = await api(`/generations/${generations[0].id}`);
+  const [first] = (await api(`/threads/${thread.id}/generations?limit=1`)).items;
+  if (!first) return;
+  const generation = await api(`/generations/${first.id}`);
   const plane = thread.optimizer_params.planes?.[0] || "pc2-3";
   const side = 180 / (thread.optimizer_params.step_deg || 18) + 1;
   // Stimulus index k = i·side + j (θ index i, φ index j); shown like the map: θ across, φ up.
@@ -347,7 +377,7 @@ async function loadEvents(state) {
   $("#feed").replaceChildren();
   for (const event of page.items) addEvent({ ...event, event_id: event.id });
   const warnings = page.items.filter((e) => e.level === "warning" && DRIFT_KINDS.has(e.kind));
-  if (warnings.length) showBanner(warnings[warnings.length - 1]);
+  if (warnings.length) showBanner(state, warnings[warnings.length - 1]);
 }
 
 function addEvent(event) {
@@ -361,7 +391,10 @@ function addEvent(event) {
   while (feed.childElementCount > FEED_EVENTS) feed.lastElementChild.remove();
 }
 
-function showBanner(event) {
+// Only while the session is active (a lost rig or a drifting recording no longer matters once it ended),
+// and a lost rig only when it is the session's (a rig that served no thread loses no session's event).
+function showBanner(state, event) {
+  if (state.session.status !== "active" || (event.data?.rig ?? state.session.rig) !== state.session.rig) return;
   const banner = $("#banner");
   banner.innerHTML = `⚠ ${esc(event.message)} <button>dismiss</button>`;
   banner.hidden = false;
@@ -374,20 +407,45 @@ function scheduleRig(state) {
   if (!rigTimer) rigTimer = setTimeout(() => { rigTimer = null; loadRig(state); }, 300);
 }
 
-const threadName = (state, id) => state.session.threads.find((t) => t.id === id)?.name ?? `thread ${id}`;
+// A batch's thread: its name, and its session's id when it is another session's (the rig is shared).
+function batchThread(state, id) {
+  const own = state.session.threads.find((t) => t.id === id);
+  if (own) return own.name;
+  if (!state.otherThreads.has(id)) {
+    state.otherThreads.set(id, api(`/threads/${id}`).then((t) => `${t.name} (session ${t.session_id})`, () => `thread ${id}`));
+  }
+  return state.otherThreads.get(id);
+}
 
 async function loadRig(state) {
-  const rig = await api(`/rigs/${encodeURIComponent(state.session.rig)}?batches=8`).catch(() => null);
+  let rig;
+  try {
+    rig = await api(`/rigs/${encodeURIComponent(state.session.rig)}?batches=8`);
+  } catch (error) {
+    if (error instanceof TypeError) rigUnknown();  // fetch's network error: the server is unreachable
+    return;
+  }
+  const threads = await Promise.all(rig.batches.map((b) => batchThread(state, b.thread_id)));
   const box = $("#rig");
-  if (!rig || !box) return;
-  const channels = Object.entries(rig.scored_channels).map(([c, threads]) => `ch ${c}: ${esc(threads.join(", "))}`).join("<br>");
+  if (!box) return;
+  const channels = Object.entries(rig.scored_channels).map(([c, names]) => `ch ${esc(channelName(c, rig.channel_labels))}: ${esc(names.join(", "))}`).join("<br>");
+  box.className = "card";
   box.innerHTML = `<h2>Rig ${esc(rig.rig)} <span class="status ${rig.connected ? "running" : "stopped"}">${rig.connected ? "connected" : "not connected"}</span></h2>
     <dl class="kv"><dt>channels</dt><dd>${rig.channels ?? "–"}</dd><dt>scored</dt><dd>${channels || "–"}</dd>
     <dt>last heard</dt><dd>${rig.heard_s_ago == null ? "–" : `${rig.heard_s_ago.toFixed(1)} s ago (heartbeat ${rig.heartbeat_s} s)`}</dd></dl>
     <h3>Latest batches</h3><table><thead><tr><th>thread</th><th>gen</th><th title="sent → first result">first</th>
     <th title="sent → generation complete">complete</th><th title="previous generation complete → sent (server)">turnaround</th></tr></thead>
-    <tbody>${rig.batches.map((b) => `<tr><td>${esc(threadName(state, b.thread_id))}</td><td>${b.generation}</td><td>${ms(b.first_result_ms)}</td><td>${ms(b.complete_ms)}</td>
+    <tbody>${rig.batches.map((b, i) => `<tr><td>${esc(threads[i])}</td><td>${b.generation}</td><td>${ms(b.first_result_ms)}</td><td>${ms(b.complete_ms)}</td>
     <td>${ms(b.turnaround_ms)}</td></tr>`).join("")}</tbody></table>`;
+}
+
+// While the server cannot be reached, what the panel last showed is greyed out: nothing about the rig is known.
+function rigUnknown() {
+  const box = $("#rig");
+  if (!box) return;
+  box.className = "card stale";
+  const status = $("h2 .status", box);
+  if (status) { status.className = "status unknown"; status.textContent = "unknown (server unreachable)"; }
 }
 
 // ---------------------------------------------------------------- start

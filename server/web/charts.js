@@ -2,7 +2,7 @@
 "use strict";
 
 const Charts = (() => {
-  const W = 760, H = 260, M = { left: 56, right: 12, top: 12, bottom: 38 };
+  const W = 760, H = 270, M = { left: 56, right: 12, top: 24, bottom: 38 };
 
   // About five round tick values covering [lo, hi].
   function ticks(lo, hi, count = 5) {
@@ -14,7 +14,13 @@ const Charts = (() => {
     return out;
   }
 
-  const fmt = (v) => (Math.abs(v) >= 100 || Number.isInteger(v) ? v.toFixed(0) : v.toPrecision(3));
+  // Every tick with the decimals its step needs (0.5 steps: "1.5, 1.0, 0.5"), so the axis reads evenly.
+  const tickFormat = (values) => {
+    const step = values.length > 1 ? values[1] - values[0] : 1;
+    const decimals = Math.max(0, Math.ceil(-Math.log10(step) - 1e-9));
+    return (v) => v.toFixed(decimals);
+  };
+  const escape = (s) => s.replace(/[&<>]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;" }[c]));
   const finite = (v) => typeof v === "number" && Number.isFinite(v);
 
   // Polyline path of the points where value(p) is finite (gaps split the path).
@@ -43,8 +49,9 @@ const Charts = (() => {
     }).join("");
   }
 
-  // Score curve: generation mean ± SEM, max, reference mean ± SEM; y in the objective's units.
-  function scoreCurve(points, { unit = "spikes/s", total = points.length } = {}) {
+  // Score curve: generation mean ± SEM, max, reference mean ± SEM; `label` says what the y values are
+  // (the thread's `score_label`: spikes/s for channels, the expression otherwise), above the y axis.
+  function scoreCurve(points, { label = "score", total = points.length } = {}) {
     const values = [];
     for (const p of points) {
       for (const v of [p.max, p.mean, p.reference_mean]) if (finite(v)) values.push(v);
@@ -52,7 +59,7 @@ const Charts = (() => {
       if (finite(p.reference_mean) && finite(p.reference_sem)) values.push(p.reference_mean - p.reference_sem);
     }
     const lo = values.length ? Math.min(0, ...values) : 0, hi = values.length ? Math.max(...values) : 1;
-    const yt = ticks(lo, hi), y0 = yt[0], y1 = yt[yt.length - 1];
+    const yt = ticks(lo, hi), y0 = yt[0], y1 = yt[yt.length - 1], fmt = tickFormat(yt);
     const gmax = points.length ? Math.max(1, points[points.length - 1].generation) : 1;
     const xt = ticks(0, gmax, 8).filter((g) => Number.isInteger(g) && g <= gmax);
     const x = (g) => M.left + (g / gmax) * (W - M.left - M.right);
@@ -64,7 +71,7 @@ const Charts = (() => {
     parts.push(`<line class="axis" x1="${M.left}" x2="${W - M.right}" y1="${H - M.bottom}" y2="${H - M.bottom}"/>`,
       `<line class="axis" x1="${M.left}" x2="${M.left}" y1="${M.top}" y2="${H - M.bottom}"/>`,
       `<text class="label" x="${(M.left + W - M.right) / 2}" y="${H - 4}" text-anchor="middle">generation</text>`,
-      `<text class="label" transform="translate(14 ${(H - M.bottom + M.top) / 2}) rotate(-90)" text-anchor="middle">score (${unit})</text>`,
+      `<text class="label y-label" x="4" y="${M.top - 10}">${escape(label)}</text>`,
       `<path d="${band(points, x, y, (p) => p.reference_mean - p.reference_sem, (p) => p.reference_mean + p.reference_sem)}" fill="var(--ref)" fill-opacity=".18"/>`,
       `<path d="${band(points, x, y, (p) => p.mean - p.sem, (p) => p.mean + p.sem)}" fill="var(--mean)" fill-opacity=".22"/>`,
       `<path d="${path(points, x, y, (p) => p.reference_mean)}" fill="none" stroke="var(--ref)" stroke-width="1.5"/>`,

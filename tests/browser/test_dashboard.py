@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 
-from server.launch import ServerProcess, server_with_sim_rig
+from server.launch import ServerProcess, server_with_sim_rig, stop
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 try:
@@ -36,23 +36,27 @@ ARTIFACTS = Path(os.environ.get("ACTMAX_TEST_ARTIFACTS", "test-artifacts"))
 RIG = "browser-rig"
 
 
-def session_config() -> dict:
-    return {
-        "name": "browser", "rig": RIG, "references": {"source": "skimage", "count": 3},
-        "threads": [{"name": "cma", "generator": "dcgan-faces", "optimizer": "cma",
-                     "optimizer_params": {"population": 12}, "objective": {"channels": [0]},
-                     "seed": 3, "n_generations": 500}],
-    }
+def thread_config(name: str, objective: dict, n_generations: int, population: int = 12) -> dict:
+    return {"name": name, "generator": "dcgan-faces", "optimizer": "cma", "optimizer_params": {"population": population},
+            "objective": objective, "seed": 3, "n_generations": n_generations}
+
+
+def session_config(name: str = "browser", threads: list[dict] | None = None) -> dict:
+    """By default a long evolution on channel 0 and a short one on its z-score, which ends with the page open."""
+    threads = threads or [thread_config("cma", {"channels": [0]}, 500),
+                          thread_config("z", {"expression": "zscore(rate(0))"}, 3, population=6)]
+    return {"name": name, "rig": RIG, "references": {"source": "skimage", "count": 3}, "threads": threads}
 
 
 @pytest.fixture(scope="module")
 def running(tmp_path_factory):
-    """A server and a sim rig evolving one thread, with the REST client."""
+    """A server and a sim rig (channel 0 labelled e1) evolving ``session_config()``: the server, the REST
+    client, the session and the rig's process."""
     tmp = tmp_path_factory.mktemp("browser")
-    server = ServerProcess(tmp / "data", secrets.token_urlsafe(16))
-    with server_with_sim_rig(server, RIG, ["blocks.6:67"], tmp / "rig.log") as (api, rig):
+    server = ServerProcess(tmp / "data", secrets.token_urlsafe(16), env={"ACTMAX_HEARTBEAT_S": "0.5"})  # a rig lost soon
+    with server_with_sim_rig(server, RIG, ["blocks.6:67"], tmp / "rig.log", extra=["--labels", "e1"]) as (api, rig):
         session = api.post("/sessions", session_config())
-        yield server, api, session
+        yield server, api, session, rig
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +96,7 @@ def completed(api, thread_id: int) -> int:
 
 
 def test_wrong_token_is_refused(page, running):
-    server, _, _ = running
+    server, *_ = running
     login(page, server, "not-the-token")
     page.wait_for_selector("#login-error:not([hidden])")
     assert "refused" in page.inner_text("#login-error")
@@ -101,12 +105,31 @@ def test_wrong_token_is_refused(page, running):
 
 
 def test_session_page_is_live_and_controls_the_thread(page, running):
-    server, api, session = running
-    thread_id = session["threads"][0]["id"]
+    server, api, session, _ = running
+    thread_id, z_id = (t["id"] for t in session["threads"])
     login(page, server, server.token)
+
+    # The sessions list follows the live stream: a session created elsewhere appears. (It waits, paused,
+    # until its batches are needed below.)
+    page.wait_for_selector("#live-state.on")
+    other = api.post("/sessions", session_config("other", [thread_config("other", {"channels": [0]}, 3, 6)]))
+    other_thread = other["threads"][0]["id"]
+    api.post(f"/threads/{other_thread}/pause")
+    page.wait_for_selector(f"#sessions a[href='#/session/{other['id']}']")
+
     page.click(f"#sessions a[href='#/session/{session['id']}']")
     page.wait_for_selector(f"#thread-{thread_id} .curve svg")
     page.wait_for_selector("#live-state.on")
+    # The score axis says what the thread's objective makes: spikes/s of channels, a z-score has no unit.
+    assert page.text_content(f"#thread-{thread_id} .curve .y-label") == "score (spikes/s)"
+    page.wait_for_selector(f"#thread-{z_id} .curve svg")
+    assert page.text_content(f"#thread-{z_id} .curve .y-label") == "score = zscore(rate(0))"
+    # Channels are shown with the labels the rig sent.
+    page.wait_for_selector(f"#thread-{thread_id} .info:has-text('channels 0 (e1)')")
+    page.wait_for_selector("#rig dd:has-text('ch 0 (e1): cma, z')")  # (and the other session's thread)
+    # The z thread ends with the page open: its montage shows its last generation.
+    page.wait_for_selector(f"#thread-{z_id} .status.finished")
+    page.wait_for_selector(f"#thread-{z_id} .montage-title:has-text('Latest generation (2)')")
 
     # Each generation the REST API reports reaches the curve through the stream alone (the page does
     # not poll the curve), within 2 s of REST showing it.
@@ -122,11 +145,24 @@ def test_session_page_is_live_and_controls_the_thread(page, running):
     page.wait_for_selector(f"#thread-{thread_id} .strip img[src^='blob:']")
     page.wait_for_selector(f"#thread-{thread_id} .montage img[src^='blob:']")
     page.wait_for_selector("#rig .status.running")  # the rig panel says connected
+    strip = page.locator(f"#thread-{thread_id} .strip").bounding_box()
+    newest = page.locator(f"#thread-{thread_id} .strip figure").last.bounding_box()
+    assert newest["x"] + newest["width"] <= strip["x"] + strip["width"]  # the strip wraps: nothing scrolled away
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "dashboard-session.png"), full_page=True)
 
     page.click(f"#thread-{thread_id} button[data-action=pause]")
     page.wait_for_selector(f"#thread-{thread_id} button[data-action=resume]")
+    assert api.get(f"/threads/{thread_id}")["status"] == "paused"
+    # The rig also serves the other session: its batches are marked with it.
+    api.post(f"/threads/{other_thread}/resume")
+    page.wait_for_selector(f"#rig td:has-text('other (session {other['id']})')")
+
+    # Stopping a thread is final: the page asks, and a "no" leaves it as it was.
+    dialogs = []
+    page.once("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    page.click(f"#thread-{thread_id} button[data-action=stop]")
+    assert dialogs == ["Stop thread 'cma'? This is final."]
     assert api.get(f"/threads/{thread_id}")["status"] == "paused"
     page.click(f"#thread-{thread_id} button[data-action=resume]")
     page.wait_for_selector(f"#thread-{thread_id} button[data-action=pause]")
@@ -141,10 +177,36 @@ def test_session_page_is_live_and_controls_the_thread(page, running):
     assert page.outside == []
 
 
+def test_score_ticks_share_their_precision(page, running):
+    server, *_ = running
+    page.goto(server.url + "/")
+    ticks = page.evaluate("""() => {
+        const svg = new DOMParser().parseFromString(Charts.scoreCurve([{ generation: 0, mean: -0.4, max: 1.4 }]), "text/html");
+        return [...svg.querySelectorAll("text[text-anchor=end]")].map((t) => t.textContent);
+    }""")
+    assert ticks == ["-0.5", "0.0", "0.5", "1.0", "1.5"]
+
+
 @pytest.mark.parametrize("path, ready", [("/docs", ".swagger-ui .info"), ("/redoc", "redoc h1, [role=search]")])
 def test_api_docs_work_offline(page, running, path, ready):
-    server, _, _ = running
+    server, *_ = running
     page.goto(server.url + path)
     page.wait_for_selector(ready)
     assert page.errors == []
     assert page.outside == []
+
+
+def test_ended_session_has_no_banner_and_a_dead_server_no_rig_state(page, running):
+    """Last in this file: it stops the module's rig and kills its server."""
+    server, api, session, rig = running
+    assert api.post(f"/sessions/{session['id']}/stop")["status"] == "stopped"  # (already, by the test above)
+    login(page, server, server.token)
+    page.goto(f"{server.url}/#/session/{session['id']}")
+    page.wait_for_selector("#rig .status.running")
+    page.wait_for_selector("#live-state.on")
+    stop(rig)
+    page.wait_for_selector("#feed .warning:has-text('went silent')")
+    assert page.is_hidden("#banner")  # the warning is in the feed, but nothing is at stake any more
+    page.wait_for_selector("#rig .status.stopped")  # not connected
+    server.kill()
+    page.wait_for_selector("#rig.stale .status.unknown:has-text('unknown (server unreachable)')")

@@ -93,7 +93,10 @@ def test_the_hook_warns_once_when_references_fall_and_once_when_a_channel_goes_s
     assert [d["silent_channels"] for d in low] == [[1], [], [1]]
     with db_sessions() as db:
         warnings = db.execute(select(Event.kind, Event.data_json).where(Event.level == "warning")).all()
+        messages = db.scalars(select(Event.message).where(Event.thread_id == thread_id)).all()
     assert [(kind, data["generation"]) for kind, data in warnings] == [("channel.silent", 4), ("drift.reference", 5)]
+    name = f"thread {thread_id} {config.threads[0].name!r}: generation "
+    assert len(messages) == 9 and all(m.startswith(name) for m in messages), messages  # two threads tell apart
     expected = (10 - 5) / math.hypot(np.std([10, 11, 9], ddof=1) / math.sqrt(3), 1 / math.sqrt(3))
     assert warnings[1][1]["drop_sem"] == pytest.approx(expected)
 
