@@ -11,10 +11,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from rig_client.connection import positive
+from server import ServerError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 FIRST_TIMEOUT_S = 5.0  # for the first request to a server: a wrong port is named in seconds
 ENDED = {"stopped", "finished"}
+WATCH_BACKOFF_MAX_S = 30.0  # `session watch` polls a server that stopped answering at most this far apart
 
 
 def add_parser(subcommands) -> None:
@@ -69,7 +71,6 @@ def add_parser(subcommands) -> None:
 # ---------------------------------------------------------------------------- REST client
 def api():
     """The REST client of ACTMAX_URL with ACTMAX_TOKEN (a one-line error when either cannot be used)."""
-    from server import ServerError
     from server.launch import ApiClient
     from server.settings import check_token
 
@@ -82,10 +83,12 @@ def api():
     return ApiClient(url, check_token(token))
 
 
-def _unreachable(url: str, exc: Exception):
-    from server import ServerError
+class Unreachable(ServerError):
+    """The server did not answer at all (not running, restarting, a wrong ACTMAX_URL)."""
 
-    return ServerError(f"cannot reach the server at {url}: {exc}; is `actmax serve` running? (set ACTMAX_URL)")
+
+def _unreachable(url: str, exc: Exception) -> Unreachable:
+    return Unreachable(f"cannot reach the server at {url}: {exc}; is `actmax serve` running? (set ACTMAX_URL)")
 
 
 @functools.cache
@@ -94,17 +97,24 @@ def check_server(url: str) -> None:
     ZeroMQ port, another service) is named in seconds, not after a request's long timeout."""
     import httpx
 
-    from server import ServerError
-
     try:
         health = httpx.get(f"{url}/health", timeout=FIRST_TIMEOUT_S).json()
-    except (httpx.ReadTimeout, httpx.RemoteProtocolError, ValueError):  # connected, but no HTTP or no JSON came
+    except (httpx.ReadTimeout, httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError, ValueError):  # no HTTP
         health = None
     except httpx.TransportError as exc:
-        raise _unreachable(url, exc) from None
+        if not _reset(exc):  # a reset: something listens there, and hung up on HTTP
+            raise _unreachable(url, exc) from None
+        health = None
     if not (isinstance(health, dict) and "status" in health):
         raise ServerError(f"{url} answered, but not as actmax's REST API: ACTMAX_URL is the REST address of "
                           f"`actmax serve` (its --port, e.g. {DEFAULT_URL}), not the rigs' ZeroMQ port")
+
+
+def _reset(exc: BaseException | None) -> bool:
+    """Whether ``exc`` came from a connection reset by its peer (wrapped by httpx and httpcore)."""
+    while exc is not None and not isinstance(exc, ConnectionResetError):
+        exc = exc.__cause__ or exc.__context__
+    return exc is not None
 
 
 def call(method: str, path: str, body: dict | None = None):
@@ -187,42 +197,57 @@ def _time(text: str | None) -> datetime:
 
 def watch_session(args) -> int:
     """A line per completed generation (per thread), per thread status change and per warning or error
-    event (drift alarms, refused results, a lost rig), in the order they happened, until the session ends."""
-    shown: set[int] = set()
+    event (drift alarms, refused results, a lost rig), in the order they happened, until the session ends.
+    A server that stops answering (a restart, a crash) is waited for, with a line when it goes and comes back."""
+    shown: dict[int, int] = {}  # thread id -> its complete generations printed
     statuses: dict[int, str] = {}
     changed: dict[tuple[int, str], str] = {}  # (thread id, event kind) -> time of its latest event
     events_seen = 0
-    session = call("GET", f"/sessions/{args.id}")  # an unknown session or server: the error alone
+    call("GET", f"/sessions/{args.id}")  # an unknown session or server: the error alone, before the header
     print(f"{'thread':<20} {'gen':>4} {'mean':>9} {'max':>9} {'ref mean':>9} {'latency s':>9}", flush=True)
+    lines: list[tuple[datetime, str]] = []  # news not yet printed, printed in time order after a whole poll
+    away = delay = 0.0  # seconds the server has not answered, and the wait before asking again
     while True:
-        names = {t["id"]: t["name"] for t in session["threads"]}
-        lines: list[tuple[datetime, str]] = []  # this poll's news, printed in time order
-        while page := call("GET", f"/sessions/{args.id}/events?offset={events_seen}&limit=100")["items"]:
-            events_seen += len(page)
-            for event in page:
-                changed[event["thread_id"], event["kind"]] = event["time"]
-                if event["level"] in ("warning", "error"):
-                    lines.append((_time(event["time"]), f"{event['level'].upper():<8} "
-                                  f"{names.get(event['thread_id'], '-')}: {event['kind']}: {event['message']}"))
-        for thread in session["threads"]:
-            for g in call("GET", f"/threads/{thread['id']}/generations"):
-                if g["status"] == "complete" and g["id"] not in shown:
-                    shown.add(g["id"])
-                    lines.append((_time(g["completed_at"]), f"{thread['name']:<20} {g['number']:>4} "
-                                  f"{_number(g['mean_score']):>9} {_number(g['max_score']):>9} "
-                                  f"{_number(g['reference_mean']):>9} {_number(g.get('rig_latency_s')):>9}"))
-            if statuses.get(thread["id"]) != thread["status"]:
-                statuses[thread["id"]] = thread["status"]
-                error = f" ({thread['last_error']})" if thread.get("last_error") else ""
-                lines.append((_time(changed.get((thread["id"], f"thread.{thread['status']}"))),
-                              f"{thread['name']:<20} {thread['status']}{error}"))
+        try:
+            session = call("GET", f"/sessions/{args.id}")
+            names = {t["id"]: t["name"] for t in session["threads"]}
+            while page := call("GET", f"/sessions/{args.id}/events?offset={events_seen}&limit=100")["items"]:
+                events_seen += len(page)
+                for event in page:
+                    changed[event["thread_id"], event["kind"]] = event["time"]
+                    if event["level"] in ("warning", "error"):
+                        lines.append((_time(event["time"]), f"{event['level'].upper():<8} "
+                                      f"{names.get(event['thread_id'], '-')}: {event['kind']}: {event['message']}"))
+            for thread in session["threads"]:
+                while page := call("GET", f"/threads/{thread['id']}/generations?status=complete"
+                                   f"&offset={shown.get(thread['id'], 0)}&limit=1000")["items"]:
+                    shown[thread["id"]] = shown.get(thread["id"], 0) + len(page)
+                    lines += [(_time(g["completed_at"]), f"{thread['name']:<20} {g['number']:>4} "
+                               f"{_number(g['mean_score']):>9} {_number(g['max_score']):>9} "
+                               f"{_number(g['reference_mean']):>9} {_number(g.get('rig_latency_s')):>9}")
+                              for g in page]
+                if statuses.get(thread["id"]) != thread["status"]:
+                    statuses[thread["id"]] = thread["status"]
+                    error = f" ({thread['last_error']})" if thread.get("last_error") else ""
+                    lines.append((_time(changed.get((thread["id"], f"thread.{thread['status']}"))),
+                                  f"{thread['name']:<20} {thread['status']}{error}"))
+        except Unreachable as exc:
+            if not away:
+                print(f"actmax session watch: {exc}; waiting for it (Ctrl-C to stop)", file=sys.stderr, flush=True)
+            delay = min(max(args.interval, 2 * delay), WATCH_BACKOFF_MAX_S)
+            time.sleep(delay)
+            away += delay
+            continue
+        if away:
+            print(f"actmax session watch: the server answers again after {away:.0f} s", file=sys.stderr, flush=True)
+            away = delay = 0.0
         for _, line in sorted(lines, key=lambda item: item[0]):
             print(line, flush=True)
+        lines.clear()
         if session["status"] in ENDED:
             print(f"session {session['id']} {session['status']}", flush=True)
             return 0
         time.sleep(args.interval)
-        session = call("GET", f"/sessions/{args.id}")
 
 
 # ---------------------------------------------------------------------------- weights
@@ -240,10 +265,11 @@ def list_weights(args) -> int:
     import generators
 
     cache = _cache()
-    statuses = [cache.status(name) for name in tqdm(generators.available(), desc="loading", leave=False)]
+    statuses = [cache.status(name) for name in tqdm(generators.available(), desc="loading", leave=False,
+                                                    disable=not sys.stderr.isatty())]
     print(f"{'generator':<18} {'weights':<8} {'sha256':<64} looks in")
     for s in statuses:
-        print(f"{s.generator:<18} {'found' if s.found else 'MISSING':<8} {s.sha256 or '-':<64} {s.source}")
+        print(f"{s.generator:<18} {s.label:<8} {s.sha256 or '-':<64} {s.source}")
         if s.problem:
             print("    " + s.problem.replace("\n", "\n    "))
     return 0
@@ -260,17 +286,20 @@ def verify_weights(args) -> int:
         print(f"actmax weights verify: unknown generator(s) {', '.join(unknown)}; registered: "
               f"{', '.join(generators.available())}", file=sys.stderr)
         return 2
-    cache, failed = _cache(), []
-    for name in tqdm(args.names or generators.available(), desc="verifying", leave=False):
+    cache, statuses = _cache(), []
+    for name in tqdm(args.names or generators.available(), desc="verifying", leave=False,
+                     disable=not sys.stderr.isatty()):
         status = cache.status(name)
         if status.found:
             generator = cache.get(name)
             image = generator.generate(generator.sample(1, np.random.default_rng(0)))
             if not bool(np.isfinite(image.detach().cpu().numpy()).all()):
                 status = status.__class__(name, False, status.source, status.sha256, "rendered non-finite pixels")
-        print(f"{name:<18} {'ok' if status.found else 'FAILED':<7} {status.sha256 or status.problem.splitlines()[0]}")
-        if not status.found:
-            failed.append(name)
+        statuses.append(status)
+    for status in statuses:  # after the bar, which would cut into the table
+        print(f"{status.generator:<18} {'ok' if status.found else 'FAILED':<7} "
+              f"{status.sha256 or status.problem.splitlines()[0]}")
+    failed = [status.generator for status in statuses if not status.found]
     if failed:
         print(f"actmax weights verify: {len(failed)} generator(s) cannot be used: {', '.join(failed)}; "
               "`actmax weights list` says where each looks", file=sys.stderr)

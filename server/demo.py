@@ -63,7 +63,7 @@ def progress(api, threads: list[dict]) -> tuple[int, bool]:
     """Generations complete, and whether every thread has ended. The states are read first: a generation
     that completes between the two reads is counted, so the count of ended threads is final."""
     states = [api.get(f"/threads/{t['id']}")["status"] for t in threads]
-    done = sum(sum(g["status"] == "complete" for g in api.get(f"/threads/{t['id']}/generations")) for t in threads)
+    done = sum(api.get(f"/threads/{t['id']}/generations", status="complete", limit=1)["total"] for t in threads)
     return done, all(s in ("finished", "stopped", "failed") for s in states)
 
 

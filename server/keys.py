@@ -7,6 +7,7 @@ Layout of the keys folder (``{data_dir}/keys`` unless ``ACTMAX_KEYS_DIR`` says o
     rigs/NAME.key       the public key of rig NAME: only a client holding its secret may say HELLO as NAME
                         (a running server reads these at every handshake; server.key_secret only at start)
     issued/NAME.key_secret  a key pair `actmax keys rig NAME` made: move it to that rig, then delete it here
+                        (`actmax keys list` warns while one is left; `actmax keys revoke NAME` forbids a rig)
 
 The files are pyzmq's certificate format (``zmq.auth.create_certificates``).
 """
@@ -69,6 +70,9 @@ class KeyStore:
                               "replace it")
         if public_key_file is not None:
             public, _ = _load(public_key_file, secret=False)
+            if self.enabled() and public == self.server_keys()[0]:
+                raise ServerError(f"{public_key_file} is the server's own public key; give the rig's public "
+                                  "key file (made on the rig, see `actmax keys rig --help`)")
             if public in self.rig_keys():
                 raise ServerError(f"{public_key_file} is already the key of rig "
                                   f"{self.rig_keys()[public]!r}; one key per rig")
@@ -80,6 +84,21 @@ class KeyStore:
         shutil.copyfile(self.root / "issued" / f"{name}.key", target)
         (self.root / "issued" / f"{name}.key").unlink()
         return secret
+
+
+    def revoke_rig(self, name: str) -> list[Path]:
+        """Forbid rig ``name``: delete its public key (and a key pair issued here); the files deleted."""
+        files = [path for path in (self.root / "rigs" / f"{name}.key", self.root / "issued" / f"{name}.key_secret")
+                 if path.is_file()]
+        if not files:
+            raise ServerError(f"rig {name!r} has no key in {self.root / 'rigs'}; `actmax keys list` shows the rigs")
+        for path in files:
+            path.unlink()
+        return files
+
+    def issued(self) -> list[Path]:
+        """Key pairs made here and not yet deleted (each belongs on its rig, not on the server)."""
+        return sorted((self.root / "issued").glob("*.key_secret"))
 
 
 def _make_pair(folder: Path, name: str) -> Path:
@@ -108,7 +127,7 @@ def _load(path: Path, *, secret: bool) -> tuple[bytes, bytes | None]:
 
 def add_parser(subcommands) -> None:
     parser = subcommands.add_parser(
-        "keys", help="make and list the CURVE keys of the rigs' ZeroMQ socket",
+        "keys", help="make, list and revoke the CURVE keys of the rigs' ZeroMQ socket",
         description="CURVE keys authenticate rigs on the ZeroMQ socket; a rig name is bound to its "
         "key. Keys live in ACTMAX_KEYS_DIR (default {data_dir}/keys). Serving rigs off loopback "
         "needs them; `serve` turns CURVE on when it starts with the server key pair; a running server "
@@ -123,7 +142,12 @@ def add_parser(subcommands) -> None:
                              help="allow a rig: make its key pair, or register its public key")
     rig.add_argument("name", help="the rig name its HELLO uses")
     rig.add_argument("--public-key", type=Path, metavar="FILE",
-                     help="the rig's existing public .key file (default: make a new pair)")
+                     help="the rig's own public .key file (default: make a new pair here). On the rig: python -c "
+                     "\"import zmq.auth; zmq.auth.create_certificates('.', 'NAME')\" makes NAME.key (copy it here) "
+                     "and NAME.key_secret (its --rig-key, stays on the rig)")
+    revoke = actions.add_parser("revoke", parents=[common],
+                                help="forbid a rig: delete its key; it is refused from its next connection")
+    revoke.add_argument("name", help="the rig name")
     actions.add_parser("list", parents=[common], help="list the server key and the allowed rigs")
     parser.set_defaults(func=run)
 
@@ -148,8 +172,15 @@ def run(args: argparse.Namespace) -> int:
             print(f"move {secret} to the rig (its --rig-key) and delete it here")
         if not store.enabled():
             print("no server key pair yet: run `actmax keys init`, then (re)start `actmax serve`")
+    elif args.action == "revoke":
+        for path in store.revoke_rig(args.name):
+            print(f"deleted {path}")
+        print(f"rig {args.name!r} is refused from its next connection; a connection open now lasts until the rig "
+              "disconnects: restart `actmax serve` to cut it at once")
     else:
         print(f"server: {store.server_keys()[0].decode() if store.enabled() else 'no key pair (CURVE off)'}")
         for public, name in store.rig_keys().items():
             print(f"rig {name}: {public.decode()}")
+        for path in store.issued():
+            print(f"warning: {path} is a rig's secret key: move it to the rig and delete it here")
     return 0

@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 ACTMAX = Path(sys.executable).parent / "actmax"
@@ -217,13 +220,14 @@ def test_weights_list_and_verify_report_where_each_generator_looks(tmp_path):
     listed = actmax("weights", "list", env=env)
     assert listed.returncode == 0, listed.stderr
     (dcgan,) = [line for line in listed.stdout.splitlines() if line.startswith("dcgan-faces")]
-    assert "MISSING" in dcgan and str(broken) in dcgan
+    assert "UNUSABLE" in dcgan and str(broken) in dcgan  # a file that is there but does not load is not MISSING
     assert "deepsim-fc6" in listed.stdout and "biggan-deep-128" in listed.stdout
     failed = actmax("weights", "verify", "dcgan-faces", env=env)
     assert failed.returncode == 1 and "dcgan-faces" in failed.stderr
     verified = actmax("weights", "verify", "dcgan-faces")  # the packaged weights
     assert verified.returncode == 0, verified.stderr
     assert re.search(r"dcgan-faces\s+ok\s+[0-9a-f]{64}", verified.stdout)
+    assert "loading" not in listed.stderr and "verifying" not in verified.stderr  # no bar cut into a piped table
 
 
 def test_demo_progress_counts_a_generation_that_completes_between_its_reads():
@@ -233,11 +237,12 @@ def test_demo_progress_counts_a_generation_that_completes_between_its_reads():
     class Api:  # one thread; its last generation completes, and the thread finishes, right after the first read
         reads = 0
 
-        def get(self, path: str):
+        def get(self, path: str, **params):
             self.reads += 1
             ended = self.reads > 1
             if path.endswith("/generations"):
-                return [{"status": "complete"}] * (2 if ended else 1)
+                assert params["status"] == "complete"
+                return {"total": 2 if ended else 1}
             return {"status": "finished" if ended else "running"}
 
     api = Api()
@@ -274,13 +279,39 @@ def test_an_actmax_url_of_the_rigs_zeromq_port_is_named_in_seconds(clean_environ
     assert time.monotonic() - start < 10
 
 
+def test_an_actmax_url_whose_peer_resets_the_connection_is_named(clean_environment, capsys):
+    """A port that accepts and then resets (the rigs' ZeroMQ port with CURVE on does) is not a dead server."""
+    import contextlib
+    import socket
+    import struct
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def reset_each():
+        with contextlib.suppress(OSError):  # the listener closed: the test is over
+            while True:
+                connection = listener.accept()[0]
+                connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                connection.close()  # with linger 0: a TCP reset
+
+    threading.Thread(target=reset_each, daemon=True).start()
+    clean_environment.setenv("ACTMAX_TOKEN", "t")
+    clean_environment.setenv("ACTMAX_URL", f"http://127.0.0.1:{listener.getsockname()[1]}")
+    try:
+        code, err = in_process("session", "list", capsys=capsys)
+    finally:
+        listener.close()
+    assert code == 2 and "answered, but not as actmax's REST API" in err, err
+
+
 def test_watch_prints_in_time_order_and_no_negative_zero(clean_environment, capsys):
     """A session already running when watched: its thread's ``running`` came before its generation 0, and
     the generation's reference mean of -0.0001 prints as 0.000."""
     from server import client_cli
 
     thread = {"id": 7, "name": "ch0", "status": "running", "last_error": None}
-    snapshots = iter([{"id": 1, "status": "active", "threads": [thread]},
+    snapshots = iter([{"id": 1, "status": "active", "threads": [thread]}] * 2 + [
                       {"id": 1, "status": "stopped", "threads": [{**thread, "status": "stopped"}]}])
     events = [{"thread_id": 7, "kind": f"thread.{status}", "level": "info", "message": "", "time": time}
               for status, time in (("running", "2026-11-29T10:00:01Z"), ("stopped", "2026-11-29T10:00:09Z"))]
@@ -291,7 +322,9 @@ def test_watch_prints_in_time_order_and_no_negative_zero(clean_environment, caps
         if "/events?" in path:
             offset = int(path.split("offset=")[1].split("&")[0])
             return {"items": events[offset:offset + 1]}
-        return [generation] if path.endswith("/generations") else next(snapshots)
+        if "/generations?" in path:
+            return {"items": [generation] if "offset=0&" in path else []}
+        return next(snapshots)
 
     clean_environment.setattr(client_cli, "call", call)
     capsys.readouterr()
@@ -299,3 +332,42 @@ def test_watch_prints_in_time_order_and_no_negative_zero(clean_environment, caps
     lines = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
     assert lines == [["ch0", "running"], ["ch0", "0", "1.500", "2.000", "0.000", "0.100"], ["ch0", "stopped"],
                      ["session", "1", "stopped"]]
+
+
+def test_serve_refuses_a_damaged_database_or_one_from_a_newer_actmax_in_one_line(tmp_path, clean_environment,
+                                                                                capsys):
+    from server.store.db import make_db_engine, upgrade
+    from tests.server.conftest import damage
+
+    for folder in ("damaged", "newer"):
+        db_engine = make_db_engine(f"sqlite:///{tmp_path / folder / 'actmax.sqlite'}")
+        upgrade(db_engine)
+        db_engine.dispose()
+    damage(tmp_path / "damaged" / "actmax.sqlite")
+    with sqlite3.connect(tmp_path / "newer" / "actmax.sqlite") as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '9999future'")
+    clean_environment.setenv("ACTMAX_TOKEN", "t")
+    for folder, reason in (("newer", "is at schema version '9999future', which this actmax does not know"),
+                           ("damaged", "is damaged (PRAGMA quick_check: ")):
+        code, err = in_process("serve", "--data-dir", str(tmp_path / folder), "--port", "0",
+                               "--zmq-endpoint", "tcp://127.0.0.1:*", "--device", "cpu", capsys=capsys)
+        (line,) = err.strip().splitlines()
+        assert code == 2 and line.startswith("actmax serve: ") and reason in line, err
+
+
+def test_serve_stopped_with_a_live_stream_open_ends_it_and_exits_quietly(tmp_path):
+    """A dashboard's open stream does not hold the shutdown until uvicorn cancels it (with a traceback)."""
+    from server.launch import ServerProcess
+
+    server = ServerProcess(tmp_path, "t" * 32)
+    server.start().close()
+    with httpx.stream("GET", f"{server.url}/live", headers={"Authorization": f"Bearer {'t' * 32}"},
+                      timeout=60) as stream:
+        lines = stream.iter_lines()
+        assert next(lines) == ": connected"
+        server.process.send_signal(signal.SIGTERM)
+        list(lines)  # to the stream's end, which the server closes properly (else: RemoteProtocolError)
+    assert server.process.wait(60) == 0
+    log = server.log_path.read_text()
+    assert "Traceback" not in log and "ERROR" not in log, log
+    assert log.rstrip().endswith("INFO server.serve: shutting down"), log

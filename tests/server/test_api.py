@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
 import uuid
 from collections.abc import Iterator
 
@@ -12,7 +13,14 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from sqlalchemy import event
 
+from server import ServerError
+from server.api.routes import health
+from server.launch import ApiClient
+from server.main import create_app
+from server.settings import Settings
+from server.store import db
 from server.store.archive import ImageArchive
 from server.store.models import (
     Batch,
@@ -23,7 +31,7 @@ from server.store.models import (
     encode_codes,
 )
 from server.store.records import PresentationRecord, record_presentations
-from tests.server.conftest import TOKEN, LiveServer, session_config, thread_config
+from tests.server.conftest import TOKEN, LiveServer, damage, served, session_config, thread_config
 
 
 @pytest.fixture
@@ -53,7 +61,54 @@ def png_bytes(value: int) -> bytes:
 def test_health_is_open(anonymous: httpx.Client) -> None:
     response = anonymous.get("/health")
     assert response.status_code == 200
-    assert response.json()["status"] == "ok" and response.json()["db"] is True
+    assert response.json() | {"version": ""} == {"status": "ok", "version": "", "db": True, "problem": None}
+
+
+def test_health_says_when_the_data_folder_s_disk_is_nearly_full(anonymous: httpx.Client, live_server: LiveServer,
+                                                                  monkeypatch) -> None:
+    data_dir = live_server.settings.data_dir
+    monkeypatch.setattr(health, "LOW_DISK_BYTES", shutil.disk_usage(data_dir).free + 2**30)  # this disk is "low"
+    response = anonymous.get("/health")
+    assert response.status_code == 503
+    assert response.json()["status"] == "degraded" and response.json()["db"] is True
+    assert response.json()["problem"].startswith(f"the disk of {data_dir} is (nearly) full: ")
+    client = ApiClient(live_server.url, TOKEN)  # what `actmax demo` and the tests' servers wait with
+    with pytest.raises(ServerError, match=r"did not become healthy within 0 s: the disk of .+ is \(nearly\) full"):
+        client.wait_healthy(0.3)
+    client.close()
+
+
+def test_a_full_database_is_a_json_503_naming_the_disk_and_health_is_degraded(settings: Settings) -> None:
+    """SQLite's size cap fails writes exactly as a full disk does ("database or disk is full")."""
+    db_engine = db.make_db_engine(settings.database_url)
+    db.upgrade(db_engine)
+    event.listen(db_engine, "connect", lambda connection, _: connection.execute("PRAGMA max_page_count = 1"))
+    with served(create_app(settings, db.make_sessionmaker(db_engine))) as url, \
+            httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10) as client:
+        response = client.post("/sessions", json=session_config(notes="n" * 9000))  # needs new pages
+        assert response.status_code == 503, response.text
+        assert response.json()["detail"].startswith(
+            f"the database or disk failed: database or disk is full; free space on the disk of {settings.data_dir} (")
+        state = client.get("/health").json()
+    db_engine.dispose()
+    assert state["status"] == "degraded" and state["db"] is False
+    assert re.fullmatch(r"a request failed \d+ s ago: database or disk is full", state["problem"])
+
+
+def test_a_damaged_database_is_a_json_503_and_health_is_degraded(settings: Settings) -> None:
+    db_engine = db.make_db_engine(settings.database_url)
+    db.upgrade(db_engine)
+    damage(settings.data_dir / "actmax.sqlite")  # after the start-up check, which refuses it
+    with served(create_app(settings, db.make_sessionmaker(db_engine))) as url, \
+            httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10) as client:
+        response = client.get("/sessions")
+        state = client.get("/health").json()
+    db_engine.dispose()
+    assert response.status_code == 503
+    assert response.json()["detail"].startswith(
+        "the database or disk failed: database disk image is malformed; the database file may be damaged: ")
+    assert state["status"] == "degraded" and state["db"] is False
+    assert "database disk image is malformed" in state["problem"]
 
 
 def protected_operations(openapi: dict) -> list[tuple[str, str]]:
@@ -224,7 +279,7 @@ def test_generation_stimulus_and_presentation_reads(client: httpx.Client, live_s
         db.commit()
         generation_id = generation.id
 
-    [summary] = client.get(f"/threads/{thread_id}/generations").json()
+    [summary] = client.get(f"/threads/{thread_id}/generations").json()["items"]
     assert (summary["number"], summary["status"], summary["scores"]) == (0, "complete", [1.5, None, 3.0])
     assert (summary["mean_score"], summary["max_score"], summary["reference_mean"]) == (2.25, 3.0, 1.0)
     detail = client.get(f"/generations/{generation_id}").json()

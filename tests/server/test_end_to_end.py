@@ -60,7 +60,7 @@ def wait_until(predicate, timeout: float, what: str, processes=()):
 
 
 def complete_generations(api, thread_id: int) -> list[dict]:
-    return [g for g in api.get(f"/threads/{thread_id}/generations") if g["status"] == "complete"]
+    return [g for g in api.get(f"/threads/{thread_id}/generations")["items"] if g["status"] == "complete"]
 
 
 def generation_rows(database) -> dict[int, tuple]:

@@ -35,11 +35,15 @@ def test_manifold_map_around_an_evolution(tmp_path):
             ],
         })
         evolve, manifold = api.get(f"/sessions/{session['id']}/threads")
+        wait_until(lambda: api.get(f"/threads/{manifold['id']}")["last_error"], 60, "the map to say it waits", watched)
+        assert api.get(f"/threads/{manifold['id']}")["last_error"] == "manifold 'map' waits for evolution 'evolve' " \
+            "to finish"
         wait_until(lambda: api.get(f"/threads/{manifold['id']}")["status"] == "finished", 400,
                    "the manifold thread to finish", watched)
+        assert api.get(f"/threads/{manifold['id']}")["last_error"] is None  # its wait is over
 
         # Every grid image was shown twice; each plane is an 11 x 11 grid.
-        (generation,) = api.get(f"/threads/{manifold['id']}/generations")
+        (generation,) = api.get(f"/threads/{manifold['id']}/generations")["items"]
         assert generation["status"] == "complete" and generation["n_stimuli"] == 2 * 121
 
         figures = api.get(f"/threads/{manifold['id']}/manifold")

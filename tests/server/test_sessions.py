@@ -119,7 +119,7 @@ def test_threads_wait_for_their_rig_then_run_or_block_and_sessions_finish(stack:
     # nothing was shown, is scored the new way.
     stack.api.post(f"/threads/{wide_thread['id']}/retarget", {"objective": {"channels": [1]}})
     stack.wait(lambda: stack.api.get(f"/sessions/{wide['id']}")["status"] == "finished", "the retargeted session")
-    generations = stack.api.get(f"/threads/{wide_thread['id']}/generations")
+    generations = stack.api.get(f"/threads/{wide_thread['id']}/generations")["items"]
     assert [g["objective"] for g in generations] == [{"channels": [1], "combine": "mean"}] * 2
     (event,) = [e for e in stack.events(wide["id"]) if e["kind"] == "thread.retargeted"]
     assert event["data"]["from_generation"] == 0
@@ -167,15 +167,19 @@ def test_cli_creates_watches_retargets_and_stops_a_session(stack: Stack, tmp_pat
                               "--interval", "0.3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=stack.cli_env())
     try:
-        done = lambda n: [g for g in stack.api.get(f"/threads/{thread_id}/generations") if g["status"] == "complete"][n:]  # noqa: E731
+        done = lambda n: [g for g in stack.api.get(f"/threads/{thread_id}/generations")["items"] if g["status"] == "complete"][n:]  # noqa: E731
         stack.wait(lambda: done(0), "a first generation")
+        assert watch.stdout.readline().startswith("thread")  # the watch has reached the server: it now watches
+        stack.server.kill()  # a crash while watched: the watch waits for the server rather than exiting
+        stack.api.close()
+        stack.api = stack.server.start()
         retarget = stack.cli("thread", "retarget", str(thread_id), "--channels", "1")
         assert retarget.returncode == 0, retarget.stderr
         (event,) = [e for e in stack.events(session_id) if e["kind"] == "thread.retargeted"]
         first = event["data"]["from_generation"]
         assert event["thread_id"] == thread_id and f"from generation {first} on" in event["message"]
         stack.wait(lambda: done(first), "the retargeted generation")
-        generations = stack.api.get(f"/threads/{thread_id}/generations")
+        generations = stack.api.get(f"/threads/{thread_id}/generations")["items"]
         assert generations[first - 1]["objective"] == {"channels": [0], "combine": "mean"}
         assert generations[first]["objective"] == {"channels": [1], "combine": "mean"}
 
@@ -189,6 +193,7 @@ def test_cli_creates_watches_retargets_and_stops_a_session(stack: Stack, tmp_pat
     assert [int(row[1]) for row in rows[:first + 1]] == list(range(first + 1))
     assert all(float(row[5]) >= 0 for row in rows)  # rig latency, seconds
     assert out.rstrip().endswith(f"session {session_id} stopped")
+    assert "waiting for it" in err and "the server answers again" in err, err
 
     refused = stack.cli("thread", "pause", str(thread_id))
     assert refused.returncode != 0
@@ -209,7 +214,7 @@ def test_the_docs_examples_run_to_completion(stack: Stack, tmp_path: Path, index
     config = json.loads(path.read_text()) if language == "json" else None
     for thread in session["threads"]:
         assert thread["status"] == "finished", thread
-        generations = stack.api.get(f"/threads/{thread['id']}/generations")
+        generations = stack.api.get(f"/threads/{thread['id']}/generations")["items"]
         assert generations and all(g["status"] == "complete" and g["n_scored"] > 0 for g in generations)
         if config is not None:
             (wanted,) = [t for t in config["threads"] if t["name"] == thread["name"]]

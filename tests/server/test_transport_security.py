@@ -144,6 +144,21 @@ def test_a_rig_key_registered_while_serving_is_accepted_and_failed_handshakes_ar
     assert len(refused) == 3
 
 
+def test_a_revoked_rig_fails_its_next_handshake(keys, zmq_context, endpoint):
+    rig_b = zmq.auth.load_certificate(keys.root / "issued" / "rig-b.key_secret")
+
+    async def scenario():
+        async with CurveServer(keys, zmq_context, endpoint) as server:
+            before = server.curve_dealer(*rig_b)
+            before.connect(endpoint)
+            await before.send_multipart(hello("rig-b"))
+            assert (await reply(before))["type"] == "WELCOME"
+            assert [p.name for p in keys.revoke_rig("rig-b")] == ["rig-b.key", "rig-b.key_secret"]
+            assert await server.handshake_failure(server.curve_dealer(*rig_b)) != zmq.EVENT_HANDSHAKE_SUCCEEDED
+
+    run(scenario())
+
+
 def test_a_rig_without_keys_is_told_it_may_need_them(keys, zmq_context, endpoint, caplog):
     async def scenario():
         async with CurveServer(keys, zmq_context, endpoint):
@@ -230,9 +245,14 @@ def test_keys_store_refuses_bad_input(keys, tmp_path):
         keys.add_rig("../evil")
     with pytest.raises(ServerError, match="cannot read"):
         keys.add_rig("rig-c", tmp_path / "missing.key")
-    keys.add_rig("rig-c", keys.root / "server.key")  # an existing public key, registered by file
+    with pytest.raises(ServerError, match="the server's own public key"):
+        keys.add_rig("rig-c", keys.root / "server.key")
+    own, _ = zmq.auth.create_certificates(tmp_path, "rig-c")  # a key pair the rig made itself
+    keys.add_rig("rig-c", own)
     with pytest.raises(ServerError, match="already the key of rig 'rig-c'"):
-        keys.add_rig("rig-d", keys.root / "server.key")
+        keys.add_rig("rig-d", own)
+    with pytest.raises(ServerError, match="rig 'rig-d' has no key"):
+        keys.revoke_rig("rig-d")
     with pytest.raises(RigError, match="no secret key"):
         curve_keys(keys.root / "server.key", keys.root / "server.key")
 
@@ -345,8 +365,14 @@ def test_keys_command_makes_and_lists_keys_and_serve_refuses_open_endpoints(tmp_
     assert main(["keys", "--data-dir", data, "list"]) == 0
     listing = capsys.readouterr().out
     assert public in listing and "rig rig-a: " in listing and "rig rig-b: " in listing
+    assert "warning: " in listing and "issued/rig-b.key_secret is a rig's secret key" in listing
     assert main(["keys", "--data-dir", data, "rig", "rig a"]) == 2
     assert "not valid" in capsys.readouterr().err
+    assert main(["keys", "revoke", "rig-b", "--data-dir", data]) == 0
+    assert "restart `actmax serve` to cut it" in capsys.readouterr().out
+    assert main(["keys", "--data-dir", data, "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "rig rig-a: " in listing and "rig-b" not in listing
 
     monkeypatch.setenv("ACTMAX_TOKEN", "t" * 40)
     empty = str(tmp_path / "no-keys")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Query, status
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session as DBSession
 
@@ -15,6 +16,8 @@ from server.store.models import (
     ENDED_THREAD_STATUSES,
     LIVE_THREAD_STATUSES,
     Batch,
+    Generation,
+    GenerationStatus,
     Presentation,
     Thread,
     ThreadStatus,
@@ -100,13 +103,19 @@ def retarget_thread(thread_id: Id, body: Retarget, db: DB, wake: Wake, rig_chann
     return thread
 
 
-@router.get("/{thread_id}/generations", response_model=list[GenerationSummary])
-def list_thread_generations(thread_id: Id, db: DB) -> list[GenerationSummary]:
-    """The thread's generations in order, each with its rig latency."""
-    generations = get_or_404(db, Thread, thread_id).generations
+@router.get("/{thread_id}/generations", response_model=Page[GenerationSummary])
+def list_thread_generations(thread_id: Id, db: DB, offset: Offset = 0, limit: Limit = 100,
+                            status_: Annotated[GenerationStatus | None, Query(alias="status")] = None,
+                            ) -> Page[GenerationSummary]:
+    """The thread's generations in order (``status``: only those pending or complete), each with its rig latency."""
+    get_or_404(db, Thread, thread_id)
+    query = select(Generation).where(Generation.thread_id == thread_id)
+    if status_ is not None:
+        query = query.where(Generation.status == status_)
+    page = paginate(db, query, Generation.number, GenerationSummary, offset, limit)
     latency = rig_latencies(db, thread_id)
-    return [GenerationSummary.model_validate(g).model_copy(update={"rig_latency_s": latency.get(g.id)})
-            for g in generations]
+    page.items = [g.model_copy(update={"rig_latency_s": latency.get(g.id)}) for g in page.items]
+    return page
 
 
 @router.get("/{thread_id}/presentations", response_model=Page[PresentationRead])
