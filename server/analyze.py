@@ -131,7 +131,9 @@ def run_session(args: argparse.Namespace) -> int:
     settings = stored_settings(args)
     for s in write_session_report(settings.database_url, settings.data_dir, args.session, args.out):
         best = "no reference scored" if math.isnan(s.best_reference) else f"best reference {s.best_reference:.3f}"
-        print(f"{s.name}: {s.generations} generations, first mean {s.first_generation_mean:.3f}, "
+        first = (f"objective changed at generation {s.objective_from_generation}, mean there"
+                 if s.objective_from_generation else "first mean")
+        print(f"{s.name}: {s.generations} generations, {first} {s.first_generation_mean:.3f}, "
               f"last mean {s.last_generation_mean:.3f}, {best}")
     print(f"written to {args.out}/")
     return 0

@@ -187,6 +187,16 @@ def score_label(config: Mapping) -> str:
     return "score (spikes/s)" if config.get("channels") else f"score = {config['expression']}"
 
 
+def objective_segments(generations: Sequence[tuple[int, Mapping]]) -> list[tuple[int, Mapping]]:
+    """The (first generation number, objective) of each run of generations scored alike, from (number,
+    objective) pairs in generation order: one run unless the thread was retargeted."""
+    segments: list[tuple[int, Mapping]] = []
+    for number, objective in generations:
+        if not segments or segments[-1][1] != objective:
+            segments.append((number, objective))
+    return segments
+
+
 def _lift(value: Objective | float) -> Objective:
     if isinstance(value, Objective):
         return value

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from analysis.serialization import json_safe
 from server import ServerError
 from server.drift import mean_sem
-from server.objectives import Objective, objective_channels, score_label
+from server.objectives import Objective, objective_channels, objective_segments, score_label
 from server.session_config import FlaggedTrialsConfig
 from server.store import queries
 from server.store.archive import ImageArchive
@@ -27,18 +27,20 @@ class ThreadSummary:
     name: str
     optimizer: str
     generations: int
-    first_generation_mean: float
+    objective_from_generation: int  # the current objective's first generation (0 unless retargeted)
+    first_generation_mean: float  # of that generation: means are compared within one objective
     last_generation_mean: float
-    best_reference: float
+    best_reference: float  # over the current objective's generations, as the best score
     reference_mean: float
     best_score: float
     channels: list[str]  # the channels the objective scores, by the rig's labels (``ch<index>`` without)
 
 
-def _channel_names(db, thread: Thread) -> list[str]:
-    """The thread's objective channels as the rig labelled them in HELLO (protocol 1.1), else ``ch<index>``."""
+def _channel_names(db, thread: Thread, objective: dict | None = None) -> list[str]:
+    """The channels of ``objective`` (the thread's by default) as the rig labelled them in HELLO (protocol 1.1),
+    else ``ch<index>``."""
     labels = queries.session_channel_labels(db, thread.session) or []
-    return [labels[c] if c < len(labels) else f"ch{c}" for c in objective_channels(thread.objective_json)]
+    return [labels[c] if c < len(labels) else f"ch{c}" for c in objective_channels(objective or thread.objective_json)]
 
 
 STRIP_COLUMNS = 12  # best images under an evolution curve (evenly spaced generations, last included)
@@ -55,10 +57,18 @@ def _finite_mean(values: np.ndarray) -> float:
     return float(finite.mean()) if finite.size else float("nan")
 
 
-def _score_label(db, thread: Thread) -> str:
-    """What the thread's scores are: spikes/s of its channels' rates, else its objective expression."""
-    label = score_label(thread.objective_json)
-    return f"{label} of {', '.join(_channel_names(db, thread))}" if thread.objective_json.get("channels") else label
+def _score_label(db, thread: Thread, objective: dict | None = None) -> str:
+    """What scores by ``objective`` (the thread's by default) are: spikes/s of its channels' rates, else its
+    expression."""
+    objective = objective or thread.objective_json
+    label = score_label(objective)
+    return f"{label} of {', '.join(_channel_names(db, thread, objective))}" if objective.get("channels") else label
+
+
+def _segments(db, thread: Thread, generations: list[Generation]) -> list[tuple[int, str]]:
+    """(first generation, score label) of each objective the generations were scored with, in order."""
+    return [(number, _score_label(db, thread, objective)) for number, objective
+            in objective_segments([(g.number, g.objective_json or thread.objective_json) for g in generations])]
 
 
 def _completed_generations(db, thread: Thread) -> list[Generation]:
@@ -126,11 +136,12 @@ def _scored_images(db, thread: Thread) -> list[Best]:
             if scores and scores[index] is not None and np.isfinite(scores[index])]
 
 
-def _best_stimuli(db, thread: Thread, n: int) -> list[Best]:
-    """The n best-scoring distinct images of a thread (an elite shown again counts once, at its best)."""
+def _best_stimuli(db, thread: Thread, n: int, from_generation: int = 0) -> list[Best]:
+    """The n best-scoring distinct images of a thread from generation ``from_generation`` on (an elite shown
+    again counts once, at its best)."""
     seen, best = set(), []
     for image in sorted(_scored_images(db, thread), key=lambda b: (-b.score, b.generation)):
-        if image.content_hash not in seen:
+        if image.generation >= from_generation and image.content_hash not in seen:
             seen.add(image.content_hash)
             best.append(image)
         if len(best) == n:
@@ -147,9 +158,14 @@ def _best_per_generation(db, thread: Thread) -> list[Best]:
     return [best[g] for g in sorted(best)]
 
 
-def _curve_axes(ax, curves: dict[str, np.ndarray], best_reference: float | None, label: str) -> None:
+def _curve_axes(ax, curves: dict[str, np.ndarray], best_reference: float | None,
+                segments: list[tuple[int, str]]) -> None:
     """Mean ± SEM, max, reference mean ± SEM and the best reference against generation; a curve without a
-    value is left out, legend entry included."""
+    value is left out, legend entry included. The y axis names the scores' unit; after a retarget, a marker
+    at each objective's first generation names its unit instead, and the curves are not joined across it."""
+    if len(segments) > 1:  # a NaN row before each change of objective leaves a gap
+        at = np.searchsorted(curves["number"], [number for number, _ in segments[1:]])
+        curves = {key: np.insert(values.astype(float), at, np.nan) for key, values in curves.items()}
     x = curves["number"]
     if np.isfinite(curves["mean"]).any():
         ax.fill_between(x, curves["mean"] - curves["sem"], curves["mean"] + curves["sem"], color="C0", alpha=0.25, lw=0)
@@ -160,14 +176,27 @@ def _curve_axes(ax, curves: dict[str, np.ndarray], best_reference: float | None,
                         curves["reference_mean"] + curves["reference_sem"], color="C1", alpha=0.25, lw=0)
         ax.plot(x, curves["reference_mean"], color="C1", label="reference mean ± SEM")
     if best_reference is not None:
-        ax.axhline(best_reference, color="C1", ls="--", lw=1, label="best reference image")
-    ax.set(xlabel="generation", ylabel=label)
+        since = f" (generations {segments[-1][0]} on)" if len(segments) > 1 else ""
+        ax.axhline(best_reference, color="C1", ls="--", lw=1, label=f"best reference image{since}")
+    if len(segments) > 1:
+        for number, label in segments:
+            ax.axvline(number, color="0.4", ls="-.", lw=1)
+            ax.annotate(label, (number, 0), xycoords=("data", "axes fraction"), xytext=(3, 3),
+                        textcoords="offset points", va="bottom", fontsize=7, rotation=90)
+    ax.set(xlabel="generation", ylabel=_axis_label(segments))
     if ax.get_legend_handles_labels()[1]:
         ax.legend(fontsize=7, loc="best")
 
 
-def _evolution_figure(path: Path, title: str, label: str, curves, best_reference, per_generation: list[Best],
-                      archive) -> None:
+def _axis_label(segments: list[tuple[int, str]]) -> str:
+    if len(segments) == 1:
+        return segments[0][1]
+    changes = ", ".join(str(number) for number, _ in segments[1:])
+    return f"score (objective changed at\ngeneration {changes}: see markers)"
+
+
+def _evolution_figure(path: Path, title: str, segments: list[tuple[int, str]], curves, best_reference,
+                      per_generation: list[Best], archive) -> None:
     """The standard evolution figure: the score curve above a strip of each generation's best image."""
     from matplotlib.figure import Figure
     from PIL import Image
@@ -175,7 +204,7 @@ def _evolution_figure(path: Path, title: str, label: str, curves, best_reference
     picks = [per_generation[i] for i in _spaced(len(per_generation), STRIP_COLUMNS)]
     fig = Figure(figsize=(11, 5.6))
     grid = fig.add_gridspec(2, max(len(picks), 1), height_ratios=[3, 1.1], hspace=0.35)
-    _curve_axes(fig.add_subplot(grid[0, :]), curves, best_reference, label)
+    _curve_axes(fig.add_subplot(grid[0, :]), curves, best_reference, segments)
     fig.axes[0].set_title(title)
     for column, best in enumerate(picks):
         ax = fig.add_subplot(grid[1, column])
@@ -259,18 +288,20 @@ def write_session_report(database_url: str, data_dir: Path, session_id: int, out
                 generations = _completed_generations(db, thread)
                 references = _reference_scores(db, thread, generations)
                 curves = _thread_curves(generations, references)
-                best = _best_stimuli(db, thread, 8)
-                best_reference = _best_reference(references)
+                segments = _segments(db, thread, generations) or [(0, _score_label(db, thread))]
+                since = segments[-1][0]  # scores of different objectives are not compared
+                best = _best_stimuli(db, thread, 8, since)
+                best_reference = _best_reference({g.id: references[g.id] for g in generations if g.number >= since})
                 title = thread.name if thread.name == thread.optimizer else f"{thread.name} ({thread.optimizer})"
-                label = _score_label(db, thread)
-                _curve_axes(ax, curves, best_reference, label)
+                _curve_axes(ax, curves, best_reference, segments)
                 ax.set(title=title)
-                _evolution_figure(out_dir / f"evolution_{thread.name}.png", title, label, curves, best_reference,
+                _evolution_figure(out_dir / f"evolution_{thread.name}.png", title, segments, curves, best_reference,
                                   _best_per_generation(db, thread), archive)
+                first = np.flatnonzero(curves["number"] == since)
                 summaries.append(ThreadSummary(
                     thread_id=thread.id, name=thread.name, optimizer=thread.optimizer,
-                    generations=len(curves["number"]),
-                    first_generation_mean=float(curves["mean"][0]) if len(curves["mean"]) else float("nan"),
+                    generations=len(curves["number"]), objective_from_generation=since,
+                    first_generation_mean=float(curves["mean"][first[0]]) if first.size else float("nan"),
                     last_generation_mean=float(curves["mean"][-1]) if len(curves["mean"]) else float("nan"),
                     best_reference=float("nan") if best_reference is None else best_reference,
                     reference_mean=_finite_mean(curves["reference_mean"]),

@@ -203,10 +203,19 @@ class CurvePoint(BaseModel):
     completed_at: datetime | None
 
 
+class CurveSegment(BaseModel):
+    """Generations scored with one objective, from ``from_generation`` to the next segment's."""
+
+    from_generation: int
+    score_label: str = Field(description="What these generations' scores are, as the thread's ``score_label``.")
+
+
 class Curve(BaseModel):
     thread_id: int
     total: int = Field(description="Completed generations asked for; points are evenly decimated when more than max_points.")
     points: list[CurvePoint]
+    segments: list[CurveSegment] = Field(description="Every completed generation of the thread (whatever "
+                                         "from_generation), by objective: more than one after a retarget.")
 
 
 class BatchTiming(BaseModel):

@@ -16,13 +16,14 @@ const ms = (v) => (typeof v === "number" ? `${v.toFixed(0)} ms` : "–");
 const clock = (iso) => new Date(iso).toLocaleTimeString();
 
 class Unauthorized extends Error {}
+class Offline extends Error {} // the server did not answer: the live stream's reconnect reloads what was missed
 
 // ---------------------------------------------------------------- REST
 async function api(path, options = {}) {
   const response = await fetch(path, {
     ...options,
     headers: { Authorization: `Bearer ${sessionStorage.getItem(TOKEN_KEY)}`, "Content-Type": "application/json", ...(options.headers || {}) },
-  });
+  }).catch((error) => { throw new Offline(`the server cannot be reached (${error.message})`); });
   if (response.status === 401) throw new Unauthorized("the server refused the token");
   if (!response.ok) {
     const body = await response.json().catch(() => ({}));
@@ -60,8 +61,9 @@ const live = {
     this.loop(this.controller.signal);
   },
   stop() { if (this.controller) this.controller.abort(); this.controller = null; setLive(false); },
+  // After a failure, the first connection reports "dropped": what happened meanwhile is reloaded.
   async loop(signal) {
-    let wait = 500;
+    let wait = 500, failed = false;
     while (!signal.aborted) {
       try {
         const query = this.sessionId == null ? "" : `?session_id=${this.sessionId}`;
@@ -70,11 +72,14 @@ const live = {
         if (!response.ok) throw new Error(`live stream: ${response.status}`);
         setLive(true);
         wait = 500;
+        if (failed) this.handlers.forEach((h) => h("dropped", {}));
+        failed = false;
         await readEvents(response.body, (kind, data) => this.handlers.forEach((h) => h(kind, data)));
       } catch (error) {
         if (signal.aborted) return;
       }
       setLive(false);
+      failed = true;
       await new Promise((r) => setTimeout(r, wait));
       wait = Math.min(wait * 2, 8000);
     }
@@ -135,6 +140,7 @@ let page = null; // the current view, { close() }
 async function route() {
   if (page) page.close();
   page = null;
+  $("#banner").hidden = true; // a page shows its own warnings
   if (!sessionStorage.getItem(TOKEN_KEY)) return showLogin();
   $("#logout").hidden = false;
   const match = location.hash.match(/^#\/session\/(\d+)/);
@@ -155,7 +161,6 @@ async function sessionsPage() {
     if (!closed) $("#main").innerHTML = sessionsTable(sessions);
   };
   await render();
-  $("#banner").hidden = true;
   const onLive = (kind) => {
     if (kind === "dropped" || kind.startsWith("session") || kind.startsWith("thread")) {
       timer ??= setTimeout(() => { timer = null; render(); }, 300);
@@ -219,6 +224,7 @@ async function act(call, state) {
 async function refreshSession(state) {
   const before = new Map(state.session.threads.map((t) => [t.id, t.status]));
   state.session = await api(`/sessions/${state.session.id}`);
+  if (state.session.status !== "active") $("#banner").hidden = true; // as showBanner: nothing at stake any more
   renderSession(state);
   for (const t of state.session.threads) {
     if (!state.curves.has(t.id)) loadCurve(state, t.id);
@@ -310,13 +316,13 @@ async function fetchCurve(state, threadId, incremental) {
   const curve = await api(`/threads/${threadId}/curve?from_generation=${from}`);
   const points = from && known ? known.points.concat(curve.points) : curve.points;
   state.curves.set(threadId, { points });
-  drawThread(state, thread, points);
+  drawThread(state, thread, points, curve.segments);
 }
 
-function drawThread(state, thread, points) {
+function drawThread(state, thread, points, segments) {
   const card = $(`#thread-${thread.id}`);
   if (!card) return;
-  $(".curve", card).innerHTML = Charts.scoreCurve(points, { label: thread.score_label });
+  $(".curve", card).innerHTML = Charts.scoreCurve(points, { label: thread.score_label, segments });
   const step = Math.max(1, Math.ceil(points.length / STRIP_IMAGES));
   const shown = points.filter((p, i) => (points.length - 1 - i) % step === 0 && p.best_stimulus_id);
   $(".strip", card).innerHTML = shown.map((p) => `<figure>${stimulusImg(p.best_stimulus_id, `generation ${p.generation}: max ${num(p.max)}`)}
@@ -422,7 +428,7 @@ async function loadRig(state) {
   try {
     rig = await api(`/rigs/${encodeURIComponent(state.session.rig)}?batches=8`);
   } catch (error) {
-    if (error instanceof TypeError) rigUnknown();  // fetch's network error: the server is unreachable
+    if (error instanceof Offline) rigUnknown();
     return;
   }
   const threads = await Promise.all(rig.batches.map((b) => batchThread(state, b.thread_id)));
@@ -453,5 +459,6 @@ $("#logout").addEventListener("click", () => logout());
 window.addEventListener("hashchange", route);
 window.addEventListener("unhandledrejection", (event) => {
   if (event.reason instanceof Unauthorized) { event.preventDefault(); logout("Wrong token: the server refused it."); }
+  if (event.reason instanceof Offline) event.preventDefault(); // (rigUnknown and the live badge say so)
 });
 route();

@@ -23,22 +23,25 @@ const Charts = (() => {
   const escape = (s) => s.replace(/[&<>]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;" }[c]));
   const finite = (v) => typeof v === "number" && Number.isFinite(v);
 
-  // Polyline path of the points where value(p) is finite (gaps split the path).
-  function path(points, x, y, value) {
-    let d = "", pen = "M";
+  // Polyline path of the points where value(p) is finite (gaps, and a change of part(generation), split it).
+  function path(points, x, y, value, part) {
+    let d = "", pen = "M", last = null;
     for (const p of points) {
       const v = value(p);
       if (!finite(v)) { pen = "M"; continue; }
+      if (part(p.generation) !== last) { pen = "M"; last = part(p.generation); }
       d += `${pen}${x(p.generation).toFixed(1)},${y(v).toFixed(1)}`;
       pen = "L";
     }
     return d;
   }
 
-  // Closed band between lower(p) and upper(p), one polygon per run of finite points.
-  function band(points, x, y, lower, upper) {
+  // Closed band between lower(p) and upper(p), one polygon per run of finite points in one part(generation).
+  function band(points, x, y, lower, upper, part) {
     const runs = [[]];
     for (const p of points) {
+      const run = runs[runs.length - 1];
+      if (run.length && part(run[0].generation) !== part(p.generation)) runs.push([]);
       if (finite(lower(p)) && finite(upper(p))) runs[runs.length - 1].push(p);
       else if (runs[runs.length - 1].length) runs.push([]);
     }
@@ -51,7 +54,9 @@ const Charts = (() => {
 
   // Score curve: generation mean ± SEM, max, reference mean ± SEM; `label` says what the y values are
   // (the thread's `score_label`: spikes/s for channels, the expression otherwise), above the y axis.
-  function scoreCurve(points, { label = "score", total = points.length } = {}) {
+  // After a retarget (more than one of the curve's `segments`), a marker at each objective's first
+  // generation says what the scores from there on are, and the axis label points to the markers.
+  function scoreCurve(points, { label = "score", segments = [], total = points.length } = {}) {
     const values = [];
     for (const p of points) {
       for (const v of [p.max, p.mean, p.reference_mean]) if (finite(v)) values.push(v);
@@ -64,6 +69,11 @@ const Charts = (() => {
     const xt = ticks(0, gmax, 8).filter((g) => Number.isInteger(g) && g <= gmax);
     const x = (g) => M.left + (g / gmax) * (W - M.left - M.right);
     const y = (v) => H - M.bottom - ((v - y0) / (y1 - y0 || 1)) * (H - M.top - M.bottom);
+    // Which objective scored generation g: scores in different units are not joined.
+    const part = (g) => segments.filter((s) => s.from_generation <= g).length;
+    if (segments.length > 1) {
+      label = `score (objective changed at generation ${segments.slice(1).map((s) => s.from_generation).join(", ")}: see markers)`;
+    }
     const parts = [`<svg viewBox="0 0 ${W} ${H}" role="img" aria-label="score curve" data-points="${points.length}" data-total="${total}">`];
     for (const t of yt) parts.push(`<line class="grid" x1="${M.left}" x2="${W - M.right}" y1="${y(t)}" y2="${y(t)}"/>`,
       `<text x="${M.left - 6}" y="${y(t) + 4}" text-anchor="end">${fmt(t)}</text>`);
@@ -72,11 +82,13 @@ const Charts = (() => {
       `<line class="axis" x1="${M.left}" x2="${M.left}" y1="${M.top}" y2="${H - M.bottom}"/>`,
       `<text class="label" x="${(M.left + W - M.right) / 2}" y="${H - 4}" text-anchor="middle">generation</text>`,
       `<text class="label y-label" x="4" y="${M.top - 10}">${escape(label)}</text>`,
-      `<path d="${band(points, x, y, (p) => p.reference_mean - p.reference_sem, (p) => p.reference_mean + p.reference_sem)}" fill="var(--ref)" fill-opacity=".18"/>`,
-      `<path d="${band(points, x, y, (p) => p.mean - p.sem, (p) => p.mean + p.sem)}" fill="var(--mean)" fill-opacity=".22"/>`,
-      `<path d="${path(points, x, y, (p) => p.reference_mean)}" fill="none" stroke="var(--ref)" stroke-width="1.5"/>`,
-      `<path d="${path(points, x, y, (p) => p.max)}" fill="none" stroke="var(--max)" stroke-width="1.2" stroke-dasharray="4 3"/>`,
-      `<path class="mean" d="${path(points, x, y, (p) => p.mean)}" fill="none" stroke="var(--mean)" stroke-width="2"/>`,
+      ...(segments.length > 1 ? segments.map((s, i) => `<line class="segment" x1="${x(s.from_generation)}" x2="${x(s.from_generation)}"
+        y1="${M.top}" y2="${H - M.bottom}"/><text class="segment-label" x="${x(s.from_generation) + 4}" y="${M.top + 12 + 12 * (i % 2)}">${escape(s.score_label)}</text>`) : []),
+      `<path d="${band(points, x, y, (p) => p.reference_mean - p.reference_sem, (p) => p.reference_mean + p.reference_sem, part)}" fill="var(--ref)" fill-opacity=".18"/>`,
+      `<path d="${band(points, x, y, (p) => p.mean - p.sem, (p) => p.mean + p.sem, part)}" fill="var(--mean)" fill-opacity=".22"/>`,
+      `<path d="${path(points, x, y, (p) => p.reference_mean, part)}" fill="none" stroke="var(--ref)" stroke-width="1.5"/>`,
+      `<path d="${path(points, x, y, (p) => p.max, part)}" fill="none" stroke="var(--max)" stroke-width="1.2" stroke-dasharray="4 3"/>`,
+      `<path class="mean" d="${path(points, x, y, (p) => p.mean, part)}" fill="none" stroke="var(--mean)" stroke-width="2"/>`,
       "</svg>");
     return parts.join("");
   }

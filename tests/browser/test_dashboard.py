@@ -91,6 +91,11 @@ def login(page, server, token):
     page.click("#login button[type=submit]")
 
 
+def uncaught(page) -> list[str]:
+    """The page's errors but the browser's own line for each request the test made fail."""
+    return [e for e in page.errors if not e.startswith("Failed to load resource: net::")]
+
+
 def completed(api, thread_id: int) -> int:
     return api.get(f"/threads/{thread_id}/curve", max_points=2)["total"]
 
@@ -196,17 +201,55 @@ def test_api_docs_work_offline(page, running, path, ready):
     assert page.outside == []
 
 
-def test_ended_session_has_no_banner_and_a_dead_server_no_rig_state(page, running):
-    """Last in this file: it stops the module's rig and kills its server."""
-    server, api, session, rig = running
-    assert api.post(f"/sessions/{session['id']}/stop")["status"] == "stopped"  # (already, by the test above)
+def test_a_retarget_is_marked_on_the_curve_and_what_the_stream_missed_is_shown(page, running):
+    """Leaves its session running for the last test."""
+    server, api, *_ = running
+    session = api.post("/sessions", session_config("retarget", [thread_config("late", {"channels": [0]}, 500, 6)]))
+    thread_id = session["threads"][0]["id"]
+    page.route("**/live*", lambda route: route.abort())  # the page's stream is down from the start
     login(page, server, server.token)
     page.goto(f"{server.url}/#/session/{session['id']}")
+    page.wait_for_selector("#feed div")  # the page read the events
+    while completed(api, thread_id) < 1:
+        time.sleep(0.05)
+    api.post(f"/threads/{thread_id}/retarget", {"objective": {"expression": "zscore(rate(0))"}})
+    (retarget,) = (e for e in api.get(f"/sessions/{session['id']}/events")["items"] if e["kind"] == "thread.retargeted")
+    # Once the stream is back, what happened while it was down is shown.
+    page.unroute("**/live*")
+    page.wait_for_selector(f"#feed div:has-text({retarget['message']!r})")
+    # The curve marks where the objective changed, each part labelled with its own unit.
+    page.wait_for_selector(f"#thread-{thread_id} .curve .segment-label:has-text('score = zscore(rate(0))')")
+    labels = page.locator(f"#thread-{thread_id} .curve .segment-label").all_text_contents()
+    assert labels == ["score (spikes/s)", "score = zscore(rate(0))"]
+    start = retarget["data"]["from_generation"]
+    assert page.text_content(f"#thread-{thread_id} .curve .y-label") == (
+        f"score (objective changed at generation {start}: see markers)")
+    assert uncaught(page) == []
+
+
+def test_a_banner_is_about_an_active_session_and_a_dead_server_has_no_rig_state(page, running):
+    """Last in this file: it stops the module's rig and kills its server."""
+    server, api, session, rig = running
+    assert api.post(f"/sessions/{session['id']}/stop")["status"] == "stopped"  # (already, by a test above)
+    (active,) = (s for s in api.get("/sessions") if s["status"] == "active")  # the retargeted one
+    login(page, server, server.token)
+    page.goto(f"{server.url}/#/session/{active['id']}")
     page.wait_for_selector("#rig .status.running")
     page.wait_for_selector("#live-state.on")
     stop(rig)
-    page.wait_for_selector("#feed .warning:has-text('went silent')")
-    assert page.is_hidden("#banner")  # the warning is in the feed, but nothing is at stake any more
+    page.wait_for_selector("#banner:not([hidden]):has-text('went silent')")
+    # Another session's page (reached in the page) shows no banner, nor does a session once it ended (the
+    # warning stays in the feed).
+    page.evaluate(f"location.hash = '#/session/{session['id']}'")
+    page.wait_for_selector(f"#session-title:has-text('{session['name']}')")
+    assert page.is_hidden("#banner")
+    page.evaluate(f"location.hash = '#/session/{active['id']}'")
+    page.wait_for_selector("#banner:not([hidden]):has-text('went silent')")
+    api.post(f"/sessions/{active['id']}/stop")
+    page.wait_for_selector("#banner", state="hidden")
+    assert page.is_visible("#feed .warning:has-text('went silent')")
     page.wait_for_selector("#rig .status.stopped")  # not connected
     server.kill()
     page.wait_for_selector("#rig.stale .status.unknown:has-text('unknown (server unreachable)')")
+    page.wait_for_selector("#live-state.off")
+    assert uncaught(page) == []

@@ -29,14 +29,17 @@ def client(live_server: LiveServer) -> Iterator[httpx.Client]:
         yield c
 
 
-def add_generations(live_server: LiveServer, session_id: int, thread_id: int, scores: list[list[float]]) -> list[str]:
-    """Completed generations with these scores (one synthetic stimulus each); the best stimulus id of each."""
+def add_generations(live_server: LiveServer, session_id: int, thread_id: int, scores: list[list[float]],
+                    first: int = 0, objective: dict | None = None) -> list[str]:
+    """Completed generations from number ``first`` with these scores (one synthetic stimulus each), scored with
+    ``objective`` as the engine records it (or none recorded); the best stimulus id of each."""
     best = []
     with live_server.sessions() as db:
-        for number, values in enumerate(scores):
+        for number, values in enumerate(scores, first):
             generation = Generation(thread_id=thread_id, number=number, codes=encode_codes(np.zeros((len(values), 2))),
                                     n_stimuli=len(values), status=GenerationStatus.COMPLETE, scores_json=values,
-                                    max_score=max(values), reference_mean=1.0, n_scored=len(values))
+                                    max_score=max(values), reference_mean=1.0, n_scored=len(values),
+                                    objective_json=objective)
             db.add(generation)
             db.flush()
             ids = [uuid.uuid4().hex for _ in values]
@@ -68,6 +71,20 @@ def test_curve_has_mean_sem_max_and_the_best_image(client: httpx.Client, live_se
     assert [p["generation"] for p in decimated["points"]] == [0, 2] and decimated["total"] == 3
     later = client.get(f"/threads/{thread_id}/curve", params={"from_generation": 1}).json()
     assert [p["generation"] for p in later["points"]] == [1, 2]
+
+
+def test_the_curve_marks_where_a_retarget_changed_the_objective(client: httpx.Client, live_server: LiveServer):
+    created = create_session(client)
+    session_id, thread = created["id"], created["threads"][0]
+    add_generations(live_server, session_id, thread["id"], [[1.0, 2.0], [3.0, 4.0]], objective=thread["objective"])
+    assert client.get(f"/threads/{thread['id']}/curve").json()["segments"] == [
+        {"from_generation": 0, "score_label": "score (spikes/s)"}]
+    retargeted = client.post(f"/threads/{thread['id']}/retarget", json={"objective": {"expression": "zscore(rate(3))"}})
+    add_generations(live_server, session_id, thread["id"], [[0.1, 0.2]], first=2, objective=retargeted.json()["objective"])
+    curve = client.get(f"/threads/{thread['id']}/curve", params={"from_generation": 2}).json()
+    assert [p["generation"] for p in curve["points"]] == [2]
+    assert curve["segments"] == [{"from_generation": 0, "score_label": "score (spikes/s)"},
+                                 {"from_generation": 2, "score_label": "score = zscore(rate(3))"}]
 
 
 def test_rig_without_a_transport_is_not_connected(client: httpx.Client):

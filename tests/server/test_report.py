@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 import pytest
 from PIL import Image
+from sqlalchemy import select
 
 from server import report
 from server.session_config import SessionConfig
@@ -114,7 +115,7 @@ def test_the_score_axis_names_its_unit_and_the_legend_only_drawn_curves(db_sessi
     curves = {"number": np.arange(2), "mean": np.ones(2), "sem": np.zeros(2), "max": np.ones(2),
               "reference_mean": nan, "reference_sem": nan}  # no reference was scored
     ax = Figure().subplots()
-    report._curve_axes(ax, curves, None, "score = zscore(rate(3))")
+    report._curve_axes(ax, curves, None, [(0, "score = zscore(rate(3))")])
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["generation mean ± SEM", "generation max"]
     assert ax.get_ylabel() == "score = zscore(rate(3))"
 
@@ -127,3 +128,37 @@ def test_a_session_without_reference_responses_says_so(db_sessions, settings, tm
     assert main(["analyze", "session", str(session_id), "--data-dir", str(settings.data_dir),
                  "--out", str(tmp_path)]) == 0
     assert "last mean 7.000, no reference scored" in capsys.readouterr().out
+
+
+def test_a_retarget_is_marked_and_means_are_compared_within_one_objective(db_sessions, session, settings, tmp_path,
+                                                                         capsys):
+    from matplotlib.figure import Figure
+
+    from server.cli import main
+
+    session_id, thread_id, scores = session
+    with db_sessions.begin() as db:  # retargeted before generation 1, as the engine records it
+        thread = db.get(Thread, thread_id)
+        first, second = db.scalars(select(Generation).where(Generation.thread_id == thread_id)
+                                   .order_by(Generation.number)).all()
+        first.objective_json = thread.objective_json
+        thread.objective_json = second.objective_json = {"expression": "zscore(rate(3))"}
+    with db_sessions() as db:
+        thread = db.get(Thread, thread_id)
+        generations = report._completed_generations(db, thread)
+        segments = report._segments(db, thread, generations)
+        curves = report._thread_curves(generations, report._reference_scores(db, thread, generations))
+    assert segments == [(0, "score (spikes/s) of ch3"), (1, "score = zscore(rate(3))")]
+    ax = Figure().subplots()
+    report._curve_axes(ax, curves, None, segments)
+    assert ax.get_ylabel() == "score (objective changed at\ngeneration 1: see markers)"
+    assert [t.get_text() for t in ax.texts] == ["score (spikes/s) of ch3", "score = zscore(rate(3))"]
+    assert sorted(line.get_xdata()[0] for line in ax.lines if line.get_linestyle() == "-.") == [0, 1]
+
+    capsys.readouterr()
+    assert main(["analyze", "session", str(session_id), "--data-dir", str(settings.data_dir),
+                 "--out", str(tmp_path)]) == 0
+    assert "objective changed at generation 1, mean there 7.000, last mean 7.000" in capsys.readouterr().out
+    (summary,) = report.write_session_report(settings.database_url, settings.data_dir, session_id, tmp_path)
+    assert summary.objective_from_generation == 1 and summary.first_generation_mean == np.mean(scores[1])
+    assert summary.best_reference == 1.0  # the z-scores of generation 1's references only

@@ -7,9 +7,10 @@ from fastapi import APIRouter, Query, Request
 from sqlalchemy import func, select, tuple_
 
 from server.api.deps import DB, MAX_ID, Id, get_or_404
-from server.api.schemas import BatchTiming, Curve, CurvePoint, ErrorDetail, RigStatus, RigSummary
+from server.api.schemas import BatchTiming, Curve, CurvePoint, CurveSegment, ErrorDetail, RigStatus, RigSummary
 from server.drift import mean_sem
 from server.monitor import GENERATION_COMPLETED
+from server.objectives import objective_segments, score_label
 from server.store import queries
 from server.session_config import ObjectiveConfig
 from server.store.models import (
@@ -34,8 +35,9 @@ def _argmax(scores: list[float | None] | None) -> int | None:
 @router.get("/threads/{thread_id}/curve", response_model=Curve)
 def get_curve(thread_id: Id, db: DB, max_points: int = Query(1000, ge=2, le=10_000),
               from_generation: int = Query(0, ge=0, le=MAX_ID, description="Only generations from this number on.")) -> Curve:
-    """Mean ± SEM, max and reference mean ± SEM per completed generation, with each one's best image."""
-    get_or_404(db, Thread, thread_id)
+    """Mean ± SEM, max and reference mean ± SEM per completed generation, with each one's best image, and
+    the thread's segments by objective."""
+    thread = get_or_404(db, Thread, thread_id)
     rows = db.execute(
         select(Generation.id, Generation.number, Generation.scores_json, Generation.max_score,
                Generation.reference_mean, Generation.completed_at)
@@ -67,7 +69,18 @@ def get_curve(thread_id: Id, db: DB, max_points: int = Query(1000, ge=2, le=10_0
             reference_mean=row.reference_mean, reference_sem=reference_sem.get(row.number),
             best_stimulus_id=best_ids.get((row.id, best[row.id])), completed_at=row.completed_at,
         ))
-    return Curve(thread_id=thread_id, total=total, points=points)
+    return Curve(thread_id=thread_id, total=total, points=points, segments=_segments(db, thread))
+
+
+def _segments(db, thread: Thread) -> list[CurveSegment]:
+    """Where each objective the thread's completed generations were scored with begins."""
+    generations = db.execute(
+        select(Generation.number, Generation.objective_json)
+        .where(Generation.thread_id == thread.id, Generation.status == GenerationStatus.COMPLETE)
+        .order_by(Generation.number)
+    ).all()
+    return [CurveSegment(from_generation=number, score_label=score_label(objective))
+            for number, objective in objective_segments([(n, o or thread.objective_json) for n, o in generations])]
 
 
 @router.get("/rigs", response_model=list[RigSummary])
