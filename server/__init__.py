@@ -18,5 +18,13 @@ class RigInputError(ServerError, ValueError):
         self.message = message
 
 
+class StorageUnavailable(RigInputError):
+    """What a rig sent cannot be stored now (the data folder's disk is full, read-only or failing): answered
+    ERROR ``internal``, which the rig keeps and sends again (protocol §6.5)."""
+
+    def __init__(self, message: str):
+        super().__init__("internal", message)
+
+
 class ThreadNotReady(ServerError):
     """A thread cannot start yet (e.g. a Manifold map waits for its source evolution); retried later."""

@@ -34,13 +34,14 @@ import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import update
 from sqlalchemy.orm import Session as DBSession
 from sqlalchemy.orm import sessionmaker
 
 from rig_client.protocol import PROTOCOL_MINOR, Message
-from server import RigInputError, ThreadNotReady, admission, live, manifold, steps
+from server import RigInputError, StorageUnavailable, ThreadNotReady, admission, live, manifold, steps
 from server.session_config import ObjectiveConfig
 from server.settings import Settings
 from server.store import queries, records
@@ -93,6 +94,16 @@ def storage_fault(exc: BaseException) -> bool:
     if isinstance(exc, sqlite3.Error):
         return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in STORAGE_SQLITE_CODES  # the primary result code
     return isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS
+
+
+def storage_advice(exc: BaseException, settings: Settings) -> str:
+    """A storage fault and what to do, naming the folder that failed (the data folder when unknown)."""
+    filename = getattr(exc, "filename", None)
+    folder = Path(filename).parent if filename else settings.data_dir
+    exc = getattr(exc, "orig", None) or exc
+    if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES):
+        return f"{exc}. Make {folder} writable"
+    return f"{exc}. Free disk space in {folder} (or make it writable)"
 
 
 @dataclass
@@ -274,6 +285,11 @@ class Engine:
         except RigInputError as exc:
             await self.on_refused(rig, header["batch_id"], exc)
             raise
+        except Exception as exc:
+            if not storage_fault(exc):
+                raise
+            raise StorageUnavailable(f"the server cannot store results now ({storage_advice(exc, self.settings)}); "
+                                     "keep them and send them again") from None
         return {"batch_id": header["batch_id"], "accepted": recorded.accepted, "duplicates": recorded.duplicates}
 
     def _answered(self, recorded: steps.Recorded, header: dict) -> dict:
@@ -515,9 +531,8 @@ class Engine:
             stall.retry_at = now + stall.wait_s
             log.debug("thread %s: storage still fails (%s); next try in %g s", thread_id, exc, stall.wait_s)
             return
-        error = (f"storage failed: {exc}. Free disk space in {self.settings.data_dir} (or make it writable): the "
-                 f"thread tries again on its own (waiting up to {STORAGE_RETRY_S[1]:g} s between tries), losing "
-                 "nothing")
+        error = (f"storage failed: {storage_advice(exc, self.settings)}: the thread tries again on its own (waiting "
+                 f"up to {STORAGE_RETRY_S[1]:g} s between tries), losing nothing")
         self._stalled[thread_id] = Stall(error, now, STORAGE_RETRY_S[0], now + STORAGE_RETRY_S[0])
         log.warning("thread %s: %s", thread_id, error)
         try:
@@ -525,6 +540,10 @@ class Engine:
         except Exception as failure:
             if not storage_fault(failure):
                 raise  # else the database is full too: the log line above is the record
+
+    def storage_problem(self) -> str | None:
+        """The storage failure a thread is stalled on (the first of them), for ``/health``; None when none is."""
+        return next((f"thread {thread_id}: {stall.error}" for thread_id, stall in self._stalled.items()), None)
 
     async def _unstall(self, runtime: ThreadRuntime) -> None:
         """The stalled thread's step wrote again: clear its ``last_error`` and log its recovery."""

@@ -19,7 +19,7 @@ Model = TypeVar("Model")
 
 
 class EngineWaker(Protocol):
-    """What ``create_app(engine=...)`` needs from the experiment engine: one method.
+    """What ``create_app(engine=...)`` needs from the experiment engine.
 
     ``wake()`` is called after the API has committed a change of intent (a session created; a
     thread paused, resumed or stopped). It must return at once and be safe to call from any thread
@@ -31,6 +31,9 @@ class EngineWaker(Protocol):
 
     def rig_channel_count(self, rig: str) -> int | None:
         """The channels a connected rig announced in HELLO; None when it is not connected."""
+
+    def storage_problem(self) -> str | None:
+        """The storage failure a thread is stalled on, if any (``/health``)."""
 
 
 def get_db(request: Request) -> Iterator[DBSession]:

@@ -273,8 +273,10 @@ def test_results_the_server_could_not_store_are_stored_once_and_the_generation_g
         assert upload.result(60) == {"batch_id": first.batch_id, "accepted": len(shown), "duplicates": 0}
         assert rig.next_batch(timeout=60).generation == 1
     assert {e["code"] for e in rig.errors} == {"internal"}
+    assert all("cannot store results now" in e["message"] for e in rig.errors)
     stored = [p["presentation_id"] for p in api.get(f"/threads/{thread['id']}/presentations")["items"]]
     assert sorted(stored) == sorted(p.presentation_id for p in shown)
+    assert "Traceback" not in process.log_path.read_text()  # a full disk is a warning, not a logged crash
 
 
 def test_unknown_reference_resynchronises(client, lab):

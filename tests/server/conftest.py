@@ -82,17 +82,22 @@ def db_sessions(db_engine: Engine) -> sessionmaker[DBSession]:
 
 
 class WakeCounter:
-    """A stand-in engine: counts ``wake()`` calls; ``rigs`` maps connected rig names to their channels."""
+    """A stand-in engine: counts ``wake()`` calls; ``rigs`` maps connected rig names to their channels;
+    ``stalled`` is the storage failure it reports."""
 
     def __init__(self) -> None:
         self.wakes = 0
         self.rigs: dict[str, int] = {}
+        self.stalled: str | None = None  # a storage failure the engine would report
 
     def wake(self) -> None:
         self.wakes += 1
 
     def rig_channel_count(self, rig: str) -> int | None:
         return self.rigs.get(rig)
+
+    def storage_problem(self) -> str | None:
+        return self.stalled
 
 
 class LiveServer:

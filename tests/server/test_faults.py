@@ -122,7 +122,8 @@ def test_an_unwritable_archive_stalls_the_thread_until_it_is_writable_then_it_go
                 thread = db.get(Thread, thread_id)
                 assert thread.status == ThreadStatus.RUNNING
                 assert thread.last_error.startswith("storage failed: [Errno ")
-                assert f"Free disk space in {tmp_path}" in thread.last_error
+                assert f"Make {tmp_path / 'images'}" in thread.last_error  # the folder that failed, and the fix
+                assert live.engine.storage_problem() == f"thread {thread_id}: {thread.last_error}"  # for /health
         third = rig.next_batch(timeout=60)
         assert third.generation == 2
         rig.send_results(third.batch_id, answer(third)).result(30)

@@ -30,15 +30,26 @@ def package_version() -> str:
 
 @router.get("/health", response_model=Health, responses={503: {"model": Health}})
 def health(request: Request, db: DB, response: Response) -> Health:
-    """``ok`` with 200 if the database can be read and written and its disk has room, else ``degraded`` with
-    503 and the problem."""
+    """``ok`` with 200 if the database can be read and written, its disk and the image archive's have room and no
+    thread is stalled on storage; else ``degraded`` with 503 and the problem."""
     state = request.app.state
     db_problems = list(filter(None, [_database_problem(db), _recent_error(state.storage_error)]))
-    problems = list(filter(None, [*db_problems, disk_problem(state.settings.data_dir)]))
+    stalled = state.engine.storage_problem() if state.engine is not None else None
+    problems = list(filter(None, [*db_problems, stalled, *map(disk_problem, _disks(state.settings.data_dir))]))
     if problems:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     return Health(status="degraded" if problems else "ok", version=package_version(), db=not db_problems,
                   problem="; ".join(problems) or None)
+
+
+def _disks(data_dir: Path) -> list[Path]:
+    """The data folder, and its image archive when that is on another disk (a mount or a symlink)."""
+    images = data_dir / "images"
+    try:
+        apart = images.exists() and images.stat().st_dev != data_dir.stat().st_dev
+    except OSError:
+        apart = False
+    return [data_dir, images] if apart else [data_dir]
 
 
 def disk_problem(folder: Path) -> str | None:
