@@ -4,6 +4,8 @@ Registered: dcgan-faces, biggan-deep-128/256/512, deepsim-fc6 (see docs/generato
 """
 
 from . import biggan, dcgan, deepsim  # noqa: F401  (each registers its generators)
-from .base import (Generator, GeneratorError, WeightsNotFoundError, available, load, register, weights_source)
+from .base import (Generator, GeneratorError, GeneratorOptionError, WeightsNotFoundError, available, load, register,
+                   weights_source)
 
-__all__ = ["Generator", "GeneratorError", "WeightsNotFoundError", "available", "load", "register", "weights_source"]
+__all__ = ["Generator", "GeneratorError", "GeneratorOptionError", "WeightsNotFoundError", "available", "load", "register",
+           "weights_source"]

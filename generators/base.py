@@ -19,6 +19,10 @@ class GeneratorError(ValueError):
     """Bad generator name, code shape or option."""
 
 
+class GeneratorOptionError(GeneratorError):
+    """An option of a generator (``generator_options``) it does not take, or a value it refuses."""
+
+
 class WeightsNotFoundError(GeneratorError, FileNotFoundError):
     """A generator's weights file is missing; the message lists the paths tried and where to put it."""
 
@@ -66,7 +70,7 @@ def load(name: str, device: str | torch.device = "auto", weights: str | Path | N
     accepted = option_names(name)
     unknown = sorted(set(options) - set(accepted)) if accepted is not None else []
     if unknown:
-        raise GeneratorError(f"{name} does not take option(s) {', '.join(unknown)}; "
+        raise GeneratorOptionError(f"{name} does not take option(s) {', '.join(unknown)}; "
                              f"it takes: {', '.join(accepted) or 'no options'}")
     generator = factory(device=resolve_device(device), weights=weights, **options)
     if precision != "float32":

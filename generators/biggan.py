@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import (Generator, GeneratorError, WeightsNotFoundError, given_weights_hint, load_into, load_state_dict_file,
-                   register, sha256_file)
+from .base import (Generator, GeneratorError, GeneratorOptionError, WeightsNotFoundError, given_weights_hint,
+                   load_into, load_state_dict_file, register, sha256_file)
 
 WEIGHTS_NAME = "pytorch_model.bin"
 CONFIG_NAME = "config.json"
@@ -133,7 +133,7 @@ class BigGAN(Generator):
     def __init__(self, *, name: str, resolution: int, device: torch.device,
                  weights: str | Path | None = None, truncation: float = DEFAULT_TRUNCATION) -> None:
         if isinstance(truncation, bool) or not isinstance(truncation, int | float) or not 0.0 < truncation <= 1.0:
-            raise GeneratorError(f"truncation must be a number in (0, 1]; got {truncation!r}")
+            raise GeneratorOptionError(f"truncation must be a number in (0, 1]; got {truncation!r}")
         pkg = _biggan()
         self.name = name
         self.truncation = float(truncation)

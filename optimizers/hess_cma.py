@@ -89,6 +89,8 @@ def load_eigenbasis(path: Any, k: Any = None) -> tuple[np.ndarray, np.ndarray]:
         raise OptimizerError(f"eigenbasis {path}: no such file (a path on the server; `actmax analyze geometry` "
                              "writes eigenbasis.npz)") from None
     except (OSError, ValueError, zipfile.BadZipFile) as error:
+        if isinstance(error, ValueError) and "allow_pickle" in str(error):  # numpy's text would invite pickle
+            error = "neither an .npz archive nor an .npy array"
         raise OptimizerError(f"eigenbasis {path} is not a readable .npz ({error}); give the eigenbasis.npz that "
                              "`actmax analyze geometry` writes") from None
     if "basis" not in arrays or "eigvals" not in arrays:

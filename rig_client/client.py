@@ -41,6 +41,12 @@ from rig_client.protocol import (
 log = logging.getLogger(__name__)
 
 _CLOSED = object()  # sentinel in the batch queue: no more batches will come
+# Why a server may stay silent before it ever welcomed this connection, by whether the rig uses CURVE.
+SILENT_HINT = {
+    False: "; if the server has CURVE keys, this rig needs them: --server-key and --rig-key (curve_keys() in Python)",
+    True: "; a server that refuses this rig's key (not registered, revoked, or another server's key file) stays "
+          "silent: check `actmax keys list` on the server",
+}
 
 
 def backoff_s(attempt: int, cap_s: float) -> float:
@@ -572,8 +578,7 @@ class _Link:
                 now = time.monotonic()
                 if now >= expires:
                     log.warning("server silent for %.1f s; reconnecting%s", self.beat_s * self.beats,
-                                "" if self.is_welcomed or self.curve else "; if the server has CURVE keys, this "
-                                "rig needs them: --server-key and --rig-key (curve_keys() in Python)")
+                                "" if self.is_welcomed else SILENT_HINT[bool(self.curve)])
                     return self.is_welcomed
                 if now >= next_beat:
                     if client._connected.is_set():

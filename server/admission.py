@@ -51,7 +51,8 @@ def check_thread(thread: ThreadConfig, cache: GeneratorCache, rig: str, rig_chan
     try:
         generator = cache.get(thread.generator, thread.weights, thread.generator_options)
     except generators.GeneratorError as error:
-        field = "weights" if thread.weights else "generator"
+        field = "generator_options" if isinstance(error, generators.GeneratorOptionError) else \
+            "weights" if thread.weights else "generator"
         # Missing weights: say where they go. A file that is there but wrong: its error says why.
         hint = f"\nTo fix: {cache.setting_hint()}" if isinstance(error, generators.WeightsNotFoundError) else ""
         return [*problems, Problem((*loc, field), f"{error}{hint}")]

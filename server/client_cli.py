@@ -35,15 +35,17 @@ def add_parser(subcommands) -> None:
     stop = commands.add_parser("stop", help="stop every thread of a session, and the session")
     stop.add_argument("id", type=int)
     stop.set_defaults(func=stop_session)
-    watch = commands.add_parser("watch", help="print each generation as it completes until the session ends")
-    watch.add_argument("id", type=int)
+    watch = commands.add_parser("watch", help="print each generation as it completes until the session ends",
+                                description="A line per completed generation, thread status change and warning, "
+                                "until the session ends. A server that stops answering (a restart) is waited for.")
+    watch.add_argument("id", type=int, help="the session's id (`actmax session list`)")
     watch.add_argument("--interval", type=positive, default=1.0, help="seconds between polls (default 1)")
     watch.set_defaults(func=watch_session)
 
     thread = subcommands.add_parser("thread", help="pause, resume or retarget a thread on a running server",
                                     description="Steer one thread over REST (ACTMAX_URL, ACTMAX_TOKEN).")
     commands = thread.add_subparsers(dest="thread_command", required=True, metavar="THREAD_COMMAND")
-    for action, text in (("pause", "finish the current generation, then wait"), ("resume", "go on"),
+    for action, text in (("pause", "finish the current generation, then wait"), ("resume", "go on (a paused thread, or a failed one once its cause is fixed)"),
                          ("stop", "stop for good")):
         command = commands.add_parser(action, help=text)
         command.add_argument("id", type=int)
@@ -145,6 +147,7 @@ def create_session(args) -> int:
     others = [f"{s['id']} {s['name']!r}" for s in call("GET", "/sessions")
               if s["rig"] == session["rig"] and s["status"] == "active" and s["id"] != session["id"]]
     if others:  # allowed (the rig takes turns between sessions), but on an animal rarely meant
+        sys.stdout.flush()  # the table first, also when both go to one file
         print(f"actmax session: warning: rig {session['rig']!r} already has active session(s) {', '.join(others)}: "
               "it shows the images of each in turn; `actmax session stop ID` stops one", file=sys.stderr)
     return 0
@@ -182,7 +185,7 @@ def retarget_thread(args) -> int:
     objective = {"expression": args.expression} if args.expression else \
         {"channels": args.channels, "combine": args.combine}
     thread = call("POST", f"/threads/{args.id}/retarget", {"objective": objective})
-    print(f"thread {thread['id']} {thread['name']!r} objective {thread['objective']} from its next generation")
+    print(f"thread {thread['id']} {thread['name']!r}: {thread['score_label']} from its next generation")
     return 0
 
 

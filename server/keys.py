@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -71,8 +72,8 @@ class KeyStore:
         if public_key_file is not None:
             public, _ = _load(public_key_file, secret=False)
             if self.enabled() and public == self.server_keys()[0]:
-                raise ServerError(f"{public_key_file} is the server's own public key; give the rig's public "
-                                  "key file (made on the rig, see `actmax keys rig --help`)")
+                raise ServerError(f"{public_key_file} holds the server's own key; give the rig's public key file "
+                                  "(made on the rig, see `actmax keys rig --help`)")
             if public in self.rig_keys():
                 raise ServerError(f"{public_key_file} is already the key of rig "
                                   f"{self.rig_keys()[public]!r}; one key per rig")
@@ -165,6 +166,9 @@ def run(args: argparse.Namespace) -> int:
             print("CURVE turns on when `actmax serve` starts: restart a running server; from then on every "
                   "rig needs --server-key and --rig-key")
     elif args.action == "rig":
+        if args.public_key is not None and _load(args.public_key, secret=False)[1] is not None:
+            print(f"warning: {args.public_key} also holds the rig's secret key; only its public key is registered. "
+                  "A secret key belongs on its rig alone: copy only the .key file next time", file=sys.stderr)
         secret = store.add_rig(args.name, args.public_key)
         print(f"rig {args.name!r} allowed ({store.root / 'rigs' / (args.name + '.key')}); a running server "
               "with CURVE accepts it at its next connection, no restart needed")

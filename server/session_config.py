@@ -214,7 +214,14 @@ class ThreadConfig(_Strict):
         population = params.get("population")
         if isinstance(population, int | float) and population > MAX_POPULATION:
             raise ValueError(f"population {population} is over {MAX_POPULATION} images per generation")
+        if isinstance(params.get("eigenbasis"), str):  # hess-cma's file
+            params = {**params, "eigenbasis": server_path(params["eigenbasis"])}
         return params
+
+    @field_validator("weights")
+    @classmethod
+    def _absolute_weights(cls, path: str | None) -> str | None:
+        return None if path is None else server_path(path)
 
     @field_validator("generator")
     @classmethod
@@ -410,6 +417,12 @@ def _non_finite(value: Any, where: str = "") -> Iterator[tuple[str, float]]:
     items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
     for key, item in items:
         yield from _non_finite(item, f"{where}.{key}" if where else str(key))
+
+
+def server_path(path: str) -> str:
+    """A file named in a config, as stored: absolute, a relative path taken from the working directory of the
+    process that validates it (the server, at creation), so that a server started elsewhere finds it again."""
+    return str(Path(path).expanduser().absolute())
 
 
 def read_config_file(path: str | Path) -> dict:

@@ -170,7 +170,14 @@ def restore_optimizer(db: DBSession, optimizer: optimizers.Optimizer, thread_id:
     snapshot = queries.last_snapshot(db, thread_id)
     if snapshot is None:
         return None
-    optimizer.load_state_dict(optimizers.loads_state(snapshot.optimizer_state))
+    try:
+        optimizer.load_state_dict(optimizers.loads_state(snapshot.optimizer_state))
+    except optimizers.OptimizerError as error:
+        eigenbasis = db.get(Thread, thread_id).optimizer_params_json.get("eigenbasis")
+        if eigenbasis is None:
+            raise
+        raise ServerError(f"{error}: its eigenbasis file {eigenbasis} changed since the thread started; put back the "
+                          f"file it started with, then `actmax thread resume {thread_id}`") from None
     last = snapshot
     for generation in queries.complete_generations(db, thread_id, after=snapshot.number):
         codes = check_codes(optimizer.ask(), generation)
@@ -223,6 +230,8 @@ def record_start(db: DBSession, thread: Thread, generator, optimizer: optimizers
     the thread's own, its preset's and the generator's defaults (arrays in ``data``; large ones by SHA-256); and a
     ``thread.unusual_settings`` warning for each of ``unusual_settings``."""
     hyperparameters = json_safe(optimizer.state_dict()["hyperparameters"])
+    hyperparameters = {**{k: v for k, v in thread.optimizer_params_json.items() if k not in hyperparameters},
+                       **hyperparameters}  # what it was made from but does not keep, e.g. hess-cma's eigenbasis file
     listed = ", ".join(f"{key}={_brief(value)}" for key, value in hyperparameters.items())
     where = f"thread {thread.id} {thread.name!r}"
     records.log_event(db, "thread.optimizer", f"{where}: {optimizer.name} runs with {listed}",

@@ -499,7 +499,9 @@ def iso_text(value: Any) -> str:
 
 
 def _json_text(value: Any) -> str:
-    """JSON text for a list or dict cell; NaN becomes null (JSON has no NaN)."""
+    """JSON text for a list or dict cell; NaN becomes null (JSON has no NaN); an empty dict is an empty cell."""
+    if isinstance(value, dict) and not value:
+        return ""
     if isinstance(value, list):
         value = [None if isinstance(x, float) and np.isnan(x) else x for x in value]
     return json.dumps(value)

@@ -80,7 +80,7 @@ def test_an_eigenbasis_file_gives_its_leading_k_eigenvectors(tmp_path):
         ({"eigenbasis": "{file}", "k": 6}, r"k must be an integer in \[1, 5\]"),
         ({"eigenbasis": "{file}", "k": True}, "k must be an integer"),
         ({"eigenbasis": "{file}", "basis": np.eye(10)[:, :2], "eigvals": np.ones(2)}, "not both"),
-        ({"eigenbasis": "{junk}"}, "not a readable .npz"),
+        ({"eigenbasis": "{junk}"}, r"not a readable .npz \(neither an .npz archive nor an .npy array\)"),
         ({"eigenbasis": "{other}"}, "holds no basis and eigvals"),
         ({"eigenbasis": "{npy}"}, "holds no basis and eigvals"),
     ],

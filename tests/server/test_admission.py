@@ -17,7 +17,9 @@ from PIL import Image
 import generators
 import optimizers
 
+from server import ServerError
 from server.store.archive import ImageArchive
+from server.store.models import Generation, GenerationStatus, encode_codes
 from server.thread_runtime import build_runtime
 from server.weights import GeneratorCache
 from tests.server.conftest import TOKEN, LiveServer, session_config, thread_config
@@ -244,7 +246,21 @@ def test_hess_cma_takes_the_eigenbasis_file_of_analyze_geometry(client, live_ser
     (event,) = [e for e in client.get(f"/sessions/{created.json()['id']}/events").json()["items"]
                 if e["kind"] == "thread.optimizer"]
     assert "sigma0=0.4" in event["message"] and "basis=<sha256 " in event["message"]
+    assert f"eigenbasis='{tmp_path / 'eigenbasis.npz'}', k=10" in event["message"]  # what the basis came from
     assert event["data"]["hyperparameters"]["basis"] == {"sha256": optimizers.base.array_fingerprint(basis[:, :10])}
+
+    # The file rewritten under a thread that has a stored state: its restart says which file and what to do.
+    thread_id = created.json()["threads"][0]["id"]
+    codes = runtime.optimizer.ask()
+    with live_server.sessions.begin() as db:
+        db.add(Generation(thread_id=thread_id, number=0, codes=encode_codes(codes), n_stimuli=len(codes),
+                          status=GenerationStatus.COMPLETE, scores_json=[0.0] * len(codes), n_scored=len(codes),
+                          optimizer_state=optimizers.dumps_state(runtime.optimizer.state_dict())))
+    np.savez(tmp_path / "eigenbasis.npz", basis=basis[:, ::-1], eigvals=np.logspace(0, -3, 12))
+    with pytest.raises(ServerError, match=rf"its eigenbasis file {tmp_path / 'eigenbasis.npz'} changed since the "
+                       rf"thread started; put back the file it started with, then `actmax thread resume {thread_id}`"):
+        served(live_server, created.json())
+
     for params, message in [({"eigenbasis": str(tmp_path / "none.npz")}, "none.npz: no such file"),
                             ({"eigenbasis": str(tmp_path / "fc6.npz")}, "code has 100 dimensions), got (4096, 3)"),
                             ({"eigenbasis": str(tmp_path / "eigenbasis.npz"), "k": 13}, "k must be an integer in [1, 12]")]:
@@ -267,7 +283,7 @@ def test_generator_options_are_the_generators_and_are_checked(client, live_serve
     assert "the weights render 32-px images, not the 128-px that biggan-deep-128 names" in warning
     assert client.get(f"/threads/{created.json()['threads'][0]['id']}").json()["generator_version"] == "1.0-trunc0.5"
     loc, msg = only(refused(client, session_config(threads=[thread_config(**biggan, generator_options={"truncation": 2})])))
-    assert loc == ["body", "threads", 0, "weights"] and "truncation must be a number in (0, 1]; got 2" in msg
+    assert loc == ["body", "threads", 0, "generator_options"] and "truncation must be a number in (0, 1]; got 2" in msg
     loc, msg = only(refused(client, session_config(threads=[thread_config(generator_options={"truncation": 0.5})])))
     assert loc == ["body", "threads", 0, "generator_options"]
     assert "dcgan-faces does not take option(s) truncation; it takes: no options" in msg

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -28,9 +31,10 @@ from server.store.models import (
     GenerationStatus,
     Stimulus,
     StimulusKind,
+    ThreadStatus,
     encode_codes,
 )
-from server.store.records import PresentationRecord, record_presentations
+from server.store.records import PresentationRecord, record_presentations, set_thread_error
 from tests.server.conftest import TOKEN, LiveServer, damage, served, session_config, thread_config
 
 
@@ -76,6 +80,29 @@ def test_health_says_when_the_data_folder_s_disk_is_nearly_full(anonymous: httpx
     with pytest.raises(ServerError, match=r"did not become healthy within 0 s: the disk of .+ is \(nearly\) full"):
         client.wait_healthy(0.3)
     client.close()
+
+
+def test_health_says_when_a_thread_is_stalled_on_storage_or_the_archive_s_own_disk_is_full(
+        anonymous: httpx.Client, live_server: LiveServer, monkeypatch, tmp_path) -> None:
+    live_server.engine.stalled = "thread 3: storage failed: [Errno 28] No space left on device"
+    response = anonymous.get("/health")
+    live_server.engine.stalled = None
+    assert response.status_code == 503 and response.json()["db"] is True
+    assert response.json()["problem"] == "thread 3: storage failed: [Errno 28] No space left on device"
+
+    images = live_server.settings.data_dir / "images"
+    if not Path("/dev/shm").is_dir() or os.stat("/dev/shm").st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("needs /dev/shm on a disk of its own to stand for the archive's")
+    archive = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    try:
+        shutil.rmtree(images, ignore_errors=True)
+        images.symlink_to(archive)
+        monkeypatch.setattr(health, "LOW_DISK_BYTES", 2**62)  # every disk is "low": each is named
+        response = anonymous.get("/health")
+    finally:
+        images.unlink()
+        shutil.rmtree(archive)
+    assert response.status_code == 503 and f"the disk of {images} is (nearly) full" in response.json()["problem"]
 
 
 def test_a_full_database_is_a_json_503_naming_the_disk_and_health_is_degraded(settings: Settings) -> None:
@@ -246,6 +273,25 @@ def test_thread_state_machine(client: httpx.Client, live_server: LiveServer) -> 
     events = client.get(f"/sessions/{session_id}/events").json()["items"]
     assert [e["kind"] for e in events] == ["session.created", "thread.paused", "thread.running", "thread.stopped",
                                          "session.finished"]
+
+
+def test_a_failed_thread_resumes_once_its_cause_is_fixed_unless_its_session_was_stopped(
+        client: httpx.Client, live_server: LiveServer) -> None:
+    """A thread failed on a missing file, say: resumed after the file is back, its finished session runs again."""
+    first, second = (create_session(client)["threads"][0]["id"] for _ in range(2))
+    client.post(f"/sessions/{client.get(f'/threads/{second}').json()['session_id']}/stop")
+    with live_server.sessions() as db:  # as the engine leaves a thread that failed (the second before its stop)
+        for thread_id in (first, second):
+            set_thread_error(db, thread_id, "thread.failed", "failed: no such file", status=ThreadStatus.FAILED)
+        db.commit()
+    assert client.get(f"/sessions/{client.get(f'/threads/{first}').json()['session_id']}").json()["status"] == \
+        "finished"
+    resumed = client.post(f"/threads/{first}/resume")
+    assert resumed.status_code == 200 and resumed.json()["status"] == "running" and resumed.json()["last_error"] is None
+    assert client.get(f"/sessions/{resumed.json()['session_id']}").json()["status"] == "active"
+    refused = client.post(f"/threads/{second}/resume")
+    assert refused.status_code == 409 and "is stopped" in refused.json()["detail"]
+    assert client.get(f"/threads/{second}").json()["status"] == "failed"
 
 
 def test_generation_stimulus_and_presentation_reads(client: httpx.Client, live_server: LiveServer) -> None:

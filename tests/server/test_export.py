@@ -355,6 +355,7 @@ def test_stored_generation_facts_reach_every_format(recorded, tmp_path):
             assert "T" in generations["asked_at"][0]  # ISO 8601, as in NWB
         threads = t["threads"].set_index("thread_name")
         assert threads.loc["ga", "optimizer"] == "fixed-design" and "pc2-3" in str(threads.loc["ga", "manifold"]), fmt
+        assert set(threads["manifold"].drop("ga").fillna("")) == {""}, fmt  # empty for evolutions, in every format
         stimuli = t["stimuli"]
         grid = stimuli[stimuli["plane"] == "pc2-3"]
         index = grid["index_in_generation"].to_numpy(dtype=int)  # = plane * 11² + i * 11 + j, 18° apart from -90°
@@ -403,6 +404,9 @@ def test_rest_export_takes_subject_metadata_warns_and_answers_head(recorded):
         assert io_.read().subject.subject_id == "M7"
     bad = httpx.get(url, headers=auth, params={"sex": "female"})
     assert bad.status_code == 422 and "give M, F, U (unknown) or O (other)" in bad.json()["detail"]
+    typo = httpx.get(url, headers=auth, params={"specie": "Macaca mulatta"})
+    assert typo.status_code == 422 and "unknown query parameter 'specie'; did you mean 'species'?" in \
+        typo.json()["detail"]
 
     head = httpx.head(url, headers=auth)
     assert head.status_code == 200 and head.content == b"" and "x-actmax-warning" not in head.headers

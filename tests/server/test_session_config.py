@@ -227,3 +227,16 @@ def test_flagged_trial_policy_decides_which_presentations_score():
     assert all(score.scores(f) for f in cases)
     with pytest.raises(ValidationError, match="policy"):
         FlaggedTrialsConfig(policy="drop")
+
+
+def test_files_named_in_a_config_are_stored_absolute(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A relative weights or eigenbasis path means the server's working directory at creation; stored as such, a
+    server restarted from another directory still finds the file."""
+    monkeypatch.chdir(tmp_path)
+    thread = thread_config(weights="w/dcgan.pt", optimizer="hess-cma",
+                           optimizer_params={"eigenbasis": "geo/eigenbasis.npz", "k": 3})
+    stored = SessionConfig.model_validate(session_config(threads=[thread])).model_dump(mode="json")["threads"][0]
+    assert stored["weights"] == str(tmp_path / "w" / "dcgan.pt")
+    assert stored["optimizer_params"] == {"eigenbasis": str(tmp_path / "geo" / "eigenbasis.npz"), "k": 3}
+    monkeypatch.chdir("/")
+    assert SessionConfig.model_validate(session_config(threads=[stored])).threads[0].weights == stored["weights"]

@@ -159,10 +159,18 @@ def test_a_revoked_rig_fails_its_next_handshake(keys, zmq_context, endpoint):
     run(scenario())
 
 
-def test_a_rig_without_keys_is_told_it_may_need_them(keys, zmq_context, endpoint, caplog):
+@pytest.mark.parametrize("rig_keys, hint", [(False, "--server-key and --rig-key"), (True, "`actmax keys list`")])
+def test_a_rig_the_server_never_answers_is_told_what_keys_to_check(keys, zmq_context, endpoint, caplog, tmp_path,
+                                                                   rig_keys, hint):
+    """A rig without keys may need them; a rig with a key the server refuses (here revoked) is told to check it."""
+    secret = tmp_path / "rig-b.key_secret"
+    secret.write_bytes((keys.root / "issued" / "rig-b.key_secret").read_bytes())
+    keys.revoke_rig("rig-b")
+    curve = curve_keys(keys.root / "server.key", secret) if rig_keys else {}
+
     async def scenario():
         async with CurveServer(keys, zmq_context, endpoint):
-            client = RigClient(endpoint, "rig-a", channels=2, heartbeat_s=HB, liveness=LIVENESS)
+            client = RigClient(endpoint, "rig-b", channels=2, heartbeat_s=HB, liveness=LIVENESS, **curve)
             try:
                 for _ in range(100):
                     if any("server silent" in r.getMessage() for r in caplog.records):
@@ -174,7 +182,7 @@ def test_a_rig_without_keys_is_told_it_may_need_them(keys, zmq_context, endpoint
     with caplog.at_level(logging.WARNING, logger="rig_client.client"):
         run(scenario())
     silent = [r.getMessage() for r in caplog.records if "server silent" in r.getMessage()]
-    assert silent and "--server-key and --rig-key" in silent[0]
+    assert silent and hint in silent[0]
 
 
 def test_a_closed_rig_connection_is_logged_once_not_at_every_heartbeat(zmq_context, endpoint, caplog):
@@ -245,8 +253,9 @@ def test_keys_store_refuses_bad_input(keys, tmp_path):
         keys.add_rig("../evil")
     with pytest.raises(ServerError, match="cannot read"):
         keys.add_rig("rig-c", tmp_path / "missing.key")
-    with pytest.raises(ServerError, match="the server's own public key"):
-        keys.add_rig("rig-c", keys.root / "server.key")
+    for own_key in ("server.key", "server.key_secret"):
+        with pytest.raises(ServerError, match="holds the server's own key"):
+            keys.add_rig("rig-c", keys.root / own_key)
     own, _ = zmq.auth.create_certificates(tmp_path, "rig-c")  # a key pair the rig made itself
     keys.add_rig("rig-c", own)
     with pytest.raises(ServerError, match="already the key of rig 'rig-c'"):
@@ -368,6 +377,10 @@ def test_keys_command_makes_and_lists_keys_and_serve_refuses_open_endpoints(tmp_
     assert "warning: " in listing and "issued/rig-b.key_secret is a rig's secret key" in listing
     assert main(["keys", "--data-dir", data, "rig", "rig a"]) == 2
     assert "not valid" in capsys.readouterr().err
+    made_on_rig = zmq.auth.create_certificates(tmp_path, "rig-c")[1]  # the pair file, where the .key was meant
+    assert main(["keys", "rig", "rig-c", "--public-key", str(made_on_rig), "--data-dir", data]) == 0
+    assert "also holds the rig's secret key; only its public key is registered" in capsys.readouterr().err
+    assert "secret" not in (tmp_path / "data" / "keys" / "rigs" / "rig-c.key").read_text()
     assert main(["keys", "revoke", "rig-b", "--data-dir", data]) == 0
     assert "restart `actmax serve` to cut it" in capsys.readouterr().out
     assert main(["keys", "--data-dir", data, "list"]) == 0

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import tempfile
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
@@ -25,16 +26,23 @@ from server.export.tables import (
 
 router = APIRouter(prefix="/sessions", tags=["export"])
 NWB_MEDIA_TYPE = "application/x-nwb"
+SUBJECT_FIELDS = frozenset({"subject_id", "species", "sex", "age"})
 WARNING_HEADER = "X-Actmax-Warning"  # subject metadata DANDI requires that the file lacks (docs/export.md)
 
 
 def subject_query(
+    request: Request,
     subject_id: str | None = Query(None, description="Subject identifier, over the session config's."),
     species: str | None = Query(None, description='Latin binomial such as "Macaca mulatta", over the config\'s.'),
     sex: str | None = Query(None, description="M, F, U (unknown) or O (other), over the config's."),
     age: str | None = Query(None, description='ISO 8601 duration such as "P6Y", over the config\'s.'),
 ) -> dict[str, str]:
-    """Subject metadata given for this export (``subject_overrides``); ``422`` naming a malformed one."""
+    """Subject metadata given for this export (``subject_overrides``); ``422`` naming a malformed or unknown one."""
+    for name in request.query_params.keys() - SUBJECT_FIELDS:  # a typo would otherwise leave the file without it
+        close = difflib.get_close_matches(name, SUBJECT_FIELDS, n=1)
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                            f"unknown query parameter {name!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+                            + f"; export.nwb takes {', '.join(sorted(SUBJECT_FIELDS))}")
     try:
         return subject_overrides(subject_id=subject_id, species=species, sex=sex, age=age)
     except ExportError as error:

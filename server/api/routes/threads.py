@@ -19,6 +19,7 @@ from server.store.models import (
     Generation,
     GenerationStatus,
     Presentation,
+    SessionStatus,
     Thread,
     ThreadStatus,
 )
@@ -31,7 +32,7 @@ router = APIRouter(prefix="/threads", tags=["threads"], responses={404: {"model"
 # (The engine moves live threads between running, waiting_for_rig and blocked as their rig comes and goes.)
 TRANSITIONS: dict[str, tuple[frozenset[ThreadStatus], ThreadStatus]] = {
     "pause": (LIVE_THREAD_STATUSES, ThreadStatus.PAUSED),
-    "resume": (frozenset({ThreadStatus.PAUSED}), ThreadStatus.RUNNING),
+    "resume": (frozenset({ThreadStatus.PAUSED, ThreadStatus.FAILED}), ThreadStatus.RUNNING),
     "stop": (LIVE_THREAD_STATUSES | {ThreadStatus.PAUSED}, ThreadStatus.STOPPED),
 }
 
@@ -41,8 +42,13 @@ CONFLICT = {409: {"model": ErrorDetail, "description": "The thread's status does
 def _transition(db: DBSession, wake: Callable[[], None], thread_id: int, action: str) -> Thread:
     """Apply ``action`` atomically (a conditional UPDATE, so a concurrent engine write cannot be lost)."""
     allowed, target = TRANSITIONS[action]
+    session = get_or_404(db, Thread, thread_id).session
+    if action == "resume" and session.status == SessionStatus.STOPPED:  # a failed thread of a stopped session
+        raise HTTPException(status.HTTP_409_CONFLICT, f"cannot resume thread {thread_id}: its session {session.id} "
+                            "is stopped")
+    values = {"status": target} if target != ThreadStatus.RUNNING else {"status": target, "last_error": None}
     changed = db.execute(
-        update(Thread).where(Thread.id == thread_id, Thread.status.in_(allowed)).values(status=target)
+        update(Thread).where(Thread.id == thread_id, Thread.status.in_(allowed)).values(**values)
     ).rowcount
     thread = get_or_404(db, Thread, thread_id)
     if not changed:
@@ -57,6 +63,8 @@ def _transition(db: DBSession, wake: Callable[[], None], thread_id: int, action:
     )
     if target == ThreadStatus.STOPPED:
         end_session_if_done(db, thread.session_id)
+    elif session.status == SessionStatus.FINISHED:  # a failed thread resumed: its session runs again
+        session.status = SessionStatus.ACTIVE
     db.commit()
     db.refresh(thread)
     wake()
@@ -77,7 +85,8 @@ def pause_thread(thread_id: Id, db: DB, wake: Wake) -> Thread:
 
 @router.post("/{thread_id}/resume", response_model=ThreadRead, responses=CONFLICT)
 def resume_thread(thread_id: Id, db: DB, wake: Wake) -> Thread:
-    """paused -> running (the engine makes it waiting_for_rig or blocked if its rig says so)."""
+    """paused, or failed once its cause is fixed (not in a stopped session) -> running (the engine makes it
+    waiting_for_rig or blocked if its rig says so); last_error is cleared."""
     return _transition(db, wake, thread_id, "resume")
 
 
