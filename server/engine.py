@@ -485,8 +485,9 @@ class Engine:
 
     def _start_thread(self, thread_id: int, announce: bool, restarted: bool) -> ThreadRuntime | None:
         """The thread's runtime, rebuilt from the database; None if it ended since ``_reconcile`` read its
-        status (a step that finished it ran in between on the compute worker), or waits for another thread. ``announce``: log the start (a
-        thread stalled on storage logs its recovery instead); ``restarted``: it did not run in this process."""
+        status (a step that finished it ran in between on the compute worker), or waits for another thread.
+        ``announce``: log the start (a thread stalled on storage logs its recovery instead); ``restarted``: it
+        did not run in this process."""
         with self._db.begin() as db:
             thread = db.get(Thread, thread_id)
             if thread.status not in (ThreadStatus.RUNNING, ThreadStatus.WAITING_FOR_RIG):
@@ -494,14 +495,13 @@ class Engine:
             try:
                 runtime = build_runtime(db, thread_id, self.generators.get, self._archive, self.settings.render_chunk)
             except ThreadNotReady as exc:  # a Manifold map waiting for its source evolution: its last_error says so
-                if thread.last_error != str(exc):
-                    thread.last_error = str(exc)
+                thread.last_error = str(exc)  # written only when it changes
                 return None
             if (waited := manifold.waiting_message(thread)) is not None:
                 records.clear_thread_error(db, thread_id, waited)
             if announce:
                 steps.log_in(db, runtime.session_id, thread_id,
-                             *start_event(runtime, db.get(Thread, thread_id).name, restarted))
+                             *start_event(runtime, thread.name, restarted))
         freeze_heap()  # its generator and optimizer live as long as the thread
         return runtime
 
