@@ -34,8 +34,8 @@ import zmq
 from rig_client import RigError
 from rig_client.connection import check_endpoint
 from rig_client.protocol import (
-    MAX_MESSAGE_BYTES, PROTOCOL, PROTOCOL_MINOR, RETRYABLE, ErrorCode, Message, MessageType, ProtocolError,
-    decode, decode_png, encode, error, time_ordered_uuid,
+    MAX_MESSAGE_BYTES, PROTOCOL, PROTOCOL_MINOR, RETRY_HELLO, RETRYABLE, ErrorCode, Message, MessageType,
+    ProtocolError, decode, decode_png, encode, error, time_ordered_uuid,
 )
 
 log = logging.getLogger(__name__)
@@ -281,8 +281,8 @@ class RigClient:
         except ProtocolError as exc:
             if exc.code != ErrorCode.TOO_LARGE:
                 raise
-            raise ProtocolError(exc.code, f"{exc.message} (send the presentations in several "
-                                "calls with done=False)", in_reply_to=MessageType.RESULTS,
+            raise ProtocolError(exc.code, f"{exc.message}: call send_results several times, with "
+                                "done=False on all but the last", in_reply_to=MessageType.RESULTS,
                                 batch_id=batch_id) from None
         future: concurrent.futures.Future = concurrent.futures.Future()
         with self._lock:
@@ -398,7 +398,7 @@ class RigClient:
 
     def _handle(self, frames: list[zmq.Frame]) -> None:
         try:
-            msg = decode(frames)
+            msg = decode(frames, max_message_bytes=self._max_message_bytes, receiver="rig")
         except ProtocolError as exc:
             log.warning("bad message from the server: %s", exc)
             if exc.in_reply_to != MessageType.ERROR:
@@ -420,9 +420,6 @@ class RigClient:
             self._settle(msg.header["batch_id"], msg.header, None)
         elif msg.type == MessageType.ERROR:
             self._on_error(msg.header)
-        elif msg.type != MessageType.HEARTBEAT:
-            self._send(error(ErrorCode.UNEXPECTED_TYPE, f"{msg.type} is sent by rigs, never to "
-                             "them", in_reply_to=msg.type))
 
     def _on_batch(self, msg: Message) -> None:
         h = msg.header
@@ -457,7 +454,7 @@ class RigClient:
         code, in_reply_to = h["code"], h["in_reply_to"]
         # Retryable answers to RESULTS: `_settle` logs them. not_registered: one line per episode (the
         # replies to what the rig sent before its HELLO say the same).
-        if not (in_reply_to == MessageType.RESULTS and code in RETRYABLE and h.get("batch_id")):
+        if not (in_reply_to == MessageType.RESULTS and code in RETRYABLE):
             level = logging.DEBUG if code == ErrorCode.NOT_REGISTERED and not self._connected.is_set() \
                 else logging.WARNING
             log.log(level, "server error %s (in reply to %s): %s", code, in_reply_to, h["message"])
@@ -468,19 +465,19 @@ class RigClient:
             raise RigError(f"another rig program connected as {self.rig_name!r} and replaced "
                            "this one; run one program per rig name")
         elif in_reply_to == MessageType.HELLO:
-            if code != ErrorCode.INTERNAL:
+            if code not in RETRY_HELLO:
                 raise RigError(f"the server refused rig {self.rig_name!r}: {code}: "
                                f"{h['message']}")
-            self._link.usable = False  # transient server failure: reconnect with backoff
-        elif in_reply_to == MessageType.RESULTS and h.get("batch_id"):
-            self._settle(h["batch_id"], None, ProtocolError(code, h["message"],
-                                                            in_reply_to=in_reply_to,
-                                                            batch_id=h["batch_id"]))
+            self._link.usable = False  # transient (a server failure, too many HELLOs): reconnect with backoff
+        elif in_reply_to == MessageType.RESULTS:
+            self._settle(h.get("batch_id"), None, ProtocolError(code, h["message"], in_reply_to=in_reply_to,
+                                                                batch_id=h.get("batch_id")))
 
-    def _settle(self, batch_id: str, ack: dict | None, exc: ProtocolError | None) -> None:
-        """Resolve the oldest RESULTS of ``batch_id`` awaiting a reply with an ACK or an ERROR; after a
-        retryable ERROR, keep it to send again after a backoff."""
-        upload = min((u for u in self._pending if u.sent is not None and u.batch_id == batch_id),
+    def _settle(self, batch_id: str | None, ack: dict | None, exc: ProtocolError | None) -> None:
+        """Resolve the oldest RESULTS awaiting a reply (of ``batch_id``, when the reply names one: the server
+        answers in order, so that is the same one) with an ACK or an ERROR; after a retryable ERROR, keep it
+        to send again after a backoff."""
+        upload = min((u for u in self._pending if u.sent is not None and batch_id in (None, u.batch_id)),
                      key=lambda u: u.sent, default=None)
         if upload is None:
             log.info("reply %s for batch %s matches no pending RESULTS (already settled)",
@@ -493,7 +490,7 @@ class RigClient:
             log.log(logging.WARNING if upload.failures == 1 else logging.INFO,
                     "server error %s (in reply to RESULTS): %s; its %d presentations of batch %s are kept "
                     "and sent again in %.1f s (failed %d time(s))", exc.code, exc.message,
-                    len(upload.msg.header["presentations"]), batch_id, delay, upload.failures)
+                    len(upload.msg.header["presentations"]), upload.batch_id, delay, upload.failures)
             return
         self._pending.remove(upload)
         if not upload.future.done():

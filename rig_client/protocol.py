@@ -41,6 +41,7 @@ MAX_ERROR_MESSAGE = 4096
 MAX_LABEL_LENGTH = 64
 MAX_DROPPED_FRAMES = 1_000_000
 MAX_ONSET = 1e11  # seconds; any unix time this century
+MAX_RATE = 1e9  # spikes/s, either sign: far above any neuron, far below where a mean of them overflows
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -65,6 +66,13 @@ class MessageType(enum.StrEnum):
     ERROR = "ERROR"
 
 
+# The types each side receives (docs/protocol.md §5); another gets ERROR unexpected_type.
+RECEIVED_BY = {
+    "server": (MessageType.HELLO, MessageType.RESULTS, MessageType.HEARTBEAT, MessageType.ERROR),
+    "rig": (MessageType.WELCOME, MessageType.BATCH, MessageType.ACK, MessageType.HEARTBEAT, MessageType.ERROR),
+}
+
+
 class ErrorCode(enum.StrEnum):
     """Stable ERROR codes (docs/protocol.md says what each side does on each)."""
 
@@ -80,6 +88,7 @@ class ErrorCode(enum.StrEnum):
     NOT_REGISTERED = "not_registered"
     REPLACED = "replaced"
     REFUSED = "refused"
+    RATE_LIMITED = "rate_limited"
     UNKNOWN_BATCH = "unknown_batch"
     BATCH_CLOSED = "batch_closed"
     UNKNOWN_REFERENCE = "unknown_reference"
@@ -89,6 +98,8 @@ class ErrorCode(enum.StrEnum):
 # ERROR codes that answer a RESULTS without judging it: the server stored none of it and the rig sends it
 # again, unchanged, until it is stored (docs/protocol.md §8).
 RETRYABLE = frozenset({ErrorCode.INTERNAL})
+# ERROR codes that answer a HELLO for now only: the rig reconnects with backoff (docs/protocol.md §6.3).
+RETRY_HELLO = frozenset({ErrorCode.INTERNAL, ErrorCode.RATE_LIMITED})
 
 
 class ProtocolError(ValueError):
@@ -137,8 +148,13 @@ def encode(msg: Message, *, max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[
     return frames
 
 
-def decode(frames: Sequence[bytes], *, max_message_bytes: int = MAX_MESSAGE_BYTES) -> Message:
+def decode(frames: Sequence[bytes], *, max_message_bytes: int = MAX_MESSAGE_BYTES,
+           receiver: str | None = None) -> Message:
     """Parse and validate received frames (without the ROUTER identity frame).
+
+    ``receiver`` (``"server"`` or ``"rig"``) refuses, before its fields are checked, a type that only this side
+    sends (``unexpected_type``, §5). Every error names the message's type and ``batch_id`` once they could be
+    read: a header over `MAX_HEADER_BYTES` or not JSON names no ``batch_id``.
 
     The image frames are kept as they came when they are bytes, else as read-only views of them
     (``recv_multipart(copy=False)``'s frames), so a BATCH's images are never copied here."""
@@ -148,22 +164,17 @@ def decode(frames: Sequence[bytes], *, max_message_bytes: int = MAX_MESSAGE_BYTE
         got = frames[0][:16] if frames else "no frames"
         raise ProtocolError(ErrorCode.BAD_VERSION, f"first frame must be {VERSION!r}, got {got!r}; "
                             "this server speaks protocol v1 (docs/protocol.md)")
-    if len(frames) < 3:
-        raise ProtocolError(ErrorCode.BAD_FRAMES, f"a message has at least 3 frames "
-                            f"(version, type, header JSON); got {len(frames)}")
     try:
-        mtype = MessageType(frames[1].decode("ascii"))
+        mtype = MessageType(frames[1].decode("ascii")) if len(frames) > 1 else None
     except (UnicodeDecodeError, ValueError):
         raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {frames[1][:32]!r}; "
                             f"expected one of {', '.join(MessageType)}") from None
-    total = sum(len(f) for f in frames)
-    if total > max_message_bytes:
-        raise ProtocolError(ErrorCode.TOO_LARGE, f"{mtype} is {total} bytes, over the limit of "
-                            f"{max_message_bytes}; split it into several messages",
-                            in_reply_to=mtype)
+    if len(frames) < 3:
+        raise ProtocolError(ErrorCode.BAD_FRAMES, f"a message has at least 3 frames "
+                            f"(version, type, header JSON); got {len(frames)}", in_reply_to=mtype)
     if len(frames[2]) > MAX_HEADER_BYTES:
         raise ProtocolError(ErrorCode.TOO_LARGE, f"{mtype} header is {len(frames[2])} bytes, over "
-                            f"the limit of {MAX_HEADER_BYTES}", in_reply_to=mtype)
+                            f"the limit of {MAX_HEADER_BYTES}{_too_large_fix(mtype)}", in_reply_to=mtype)
     try:
         header = json.loads(frames[2].decode("utf-8"), parse_constant=_reject_constant,
                             parse_float=_finite_float)
@@ -173,15 +184,33 @@ def decode(frames: Sequence[bytes], *, max_message_bytes: int = MAX_MESSAGE_BYTE
     if not isinstance(header, dict):
         raise ProtocolError(ErrorCode.BAD_JSON, f"{mtype} header must be a JSON object, got "
                             f"{type(header).__name__}", in_reply_to=mtype)
+    batch_id = header.get("batch_id")
+    batch_id = batch_id if is_id(batch_id) else None
+    if receiver is not None and mtype not in RECEIVED_BY[receiver]:
+        raise ProtocolError(ErrorCode.UNEXPECTED_TYPE, f"{mtype} is never sent to the {receiver}: it "
+                            f"receives {', '.join(RECEIVED_BY[receiver])} (docs/protocol.md §5)",
+                            in_reply_to=mtype, batch_id=batch_id)
+    total = sum(len(f) for f in frames)
+    if total > max_message_bytes:
+        raise ProtocolError(ErrorCode.TOO_LARGE, f"{mtype} is {total} bytes, over the limit of "
+                            f"{max_message_bytes}{_too_large_fix(mtype)}", in_reply_to=mtype, batch_id=batch_id)
     msg = Message(mtype, header, frames[3:])
     try:
         _VALIDATORS[mtype](_Fields(header, f"{mtype} "), msg.frames)
     except ProtocolError as exc:
-        exc.in_reply_to = mtype
-        batch_id = header.get("batch_id")
-        exc.batch_id = batch_id if is_id(batch_id) else None
+        exc.in_reply_to, exc.batch_id = mtype, batch_id
         raise
     return msg
+
+
+def _too_large_fix(mtype: MessageType) -> str:
+    """What the sender of a message over a size limit does about it."""
+    if mtype == MessageType.RESULTS:
+        return "; split its presentations into several RESULTS (done: false on all but the last)"
+    if mtype == MessageType.BATCH:
+        return ("; raise the server's ACTMAX_MAX_MESSAGE_BYTES, or give the thread fewer or smaller images "
+                "per generation")
+    return "; split it into several messages"
 
 
 def error(code: str, message: str, *, in_reply_to: str | None = None,
@@ -286,6 +315,11 @@ _NUMBER = (float, int)  # the types of JSON numbers once parsed (a bool is not o
 def _numbers(values: list) -> bool:
     """Whether every item of a parsed JSON array is a number."""
     return all(type(v) in _NUMBER for v in values)
+
+
+def _rates(values: list) -> bool:
+    """Whether every item of a parsed JSON array is a rate: a number within ±MAX_RATE."""
+    return all(type(v) in _NUMBER and -MAX_RATE <= v <= MAX_RATE for v in values)
 
 
 def is_id(value: Any, max_len: int = MAX_ID_LENGTH) -> bool:
@@ -405,7 +439,7 @@ def _no_frames(h: _Fields, frames: list[bytes]) -> None:
 
 def _hello(h: _Fields, frames: list[bytes]) -> None:
     h.string("rig", max_len=64, pattern=_RIG_NAME)
-    if h._get("protocol") != PROTOCOL or isinstance(h.obj["protocol"], bool):
+    if type(h._get("protocol")) is not int or h.obj["protocol"] != PROTOCOL:  # not 1.0 or true
         raise ProtocolError(ErrorCode.BAD_VERSION, f"HELLO field 'protocol' must be {PROTOCOL}; "
                             f"got {h.obj['protocol']!r}; upgrade the rig client or the server")
     channels = h.integer("channels", 1, MAX_CHANNELS)
@@ -477,8 +511,8 @@ def _results(h: _Fields, frames: list[bytes]) -> None:
         p.string("stimulus_id")
         p.number("onset", 0.0, MAX_ONSET)
         rates = p.array("rates", 1, MAX_CHANNELS)
-        if not _numbers(rates):
-            raise p._bad("rates", "an array of finite numbers, one per channel")
+        if not _rates(rates):
+            raise p._bad("rates", f"an array of numbers within ±{MAX_RATE:g} spikes/s, one per channel")
         p.window("window_ms")
         _trial_facts(p, len(rates))
     h.boolean("done")
@@ -487,6 +521,8 @@ def _results(h: _Fields, frames: list[bytes]) -> None:
 
 # The optional 1.1 fields of a presentation (§4.4), as the server stores them.
 TRIAL_FACTS = ("fixation_broken", "dropped_frames", "photodiode_onset", "baseline_rates", "baseline_window_ms")
+# Every field a presentation may carry; the receiver ignores others (§2), the server logs their names.
+PRESENTATION_FIELDS = frozenset({"presentation_id", "stimulus_id", "onset", "rates", "window_ms", *TRIAL_FACTS})
 
 
 def _trial_facts(p: _Fields, channels: int) -> None:
@@ -503,8 +539,9 @@ def _trial_facts(p: _Fields, channels: int) -> None:
                             "with 'baseline_rates' and 'baseline_window_ms' (send both or neither)")
     if "baseline_rates" in p.obj:
         baseline = p.array("baseline_rates", 0, MAX_CHANNELS)
-        if len(baseline) != channels or not _numbers(baseline):
-            raise p._bad("baseline_rates", f"an array of {channels} finite numbers, like 'rates'")
+        if len(baseline) != channels or not _rates(baseline):
+            raise p._bad("baseline_rates", f"an array of {channels} numbers within ±{MAX_RATE:g} spikes/s, "
+                         "like 'rates'")
         p.window("baseline_window_ms", before_onset=True)
 
 

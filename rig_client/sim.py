@@ -98,7 +98,7 @@ def add_parser(subcommands) -> None:
         description="Score random images of a generator on every channel of an EfficientNet-Lite0 layer (centre "
         "position) and list the channels whose responses vary most: units worth evolving.",
     )
-    screen.add_argument("--layer", default="blocks.6", help="layer, e.g. stem, blocks.6, blocks.6.expand, head")
+    screen.add_argument("--layer", default="blocks.6", help="layer, e.g. stem, blocks.6, blocks.6.expand, head (default blocks.6)")
     screen.add_argument("--generator", default="dcgan-faces", help="generator (default dcgan-faces)")
     screen.add_argument("--samples", type=positive_int, default=64, help="random images to score (default 64)")
     screen.add_argument("--top", type=positive_int, default=10, help="units to list (default 10)")
@@ -205,6 +205,10 @@ class SimulatedRig:
         while not client.wait_connected(timeout=0.2) and not self.stop.is_set():  # a stop ends the wait at once
             if time.monotonic() >= deadline:
                 client.close()
+                said = next((e for e in reversed(client.errors) if e["in_reply_to"] == "HELLO"), None)
+                if said is not None:  # e.g. rate_limited, which the client retried until now
+                    raise RigError(f"the server at {self.args.endpoint} did not take this rig within "
+                                   f"{CONNECT_TIMEOUT_S} s; it last answered: {said['code']}: {said['message']}")
                 raise RigError(f"no server answered at {self.args.endpoint} within {CONNECT_TIMEOUT_S} s")
         return client
 

@@ -1,5 +1,15 @@
 """actmax server: experiment loop, ZeroMQ transport, SQLite store and REST API."""
 
+from importlib.metadata import PackageNotFoundError, version
+
+
+def package_version() -> str:
+    """The installed actmax's version ("unknown" when run from a checkout that is not installed)."""
+    try:
+        return version("actmax")
+    except PackageNotFoundError:
+        return "unknown"
+
 
 class ServerError(RuntimeError):
     """Base of the server's errors; raised as such for failures that are not the client's fault."""

@@ -17,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session as DBSession
 from sqlalchemy.orm import sessionmaker
 
+from server import package_version
 from server.api.deps import EngineWaker, bearer_scheme
 from server.api.guard import RequestGuard
 from server.api.routes import (
@@ -31,7 +32,6 @@ from server.api.routes import (
     stimuli,
     threads,
 )
-from server.api.routes.health import package_version
 from server.api.schemas import ErrorDetail
 from server.session_config import problem_message
 from server.settings import Settings

@@ -12,7 +12,8 @@ presentations of one generation to one value per presentation:
 
 A session config names one as an expression, e.g. ``zscore(rate(5)) - 0.5 * baseline(rate(17))``
 (parsed here, never evaluated by Python), or as today's ``{"channels": [...], "combine": "mean"}``.
-An image's score is the mean over its presentations that scored.
+An image's score is the mean over its presentations that scored; a value or mean that overflows a float
+(huge rates or weights) is NaN, not scored, so a rig's numbers never fail a thread.
 """
 
 from __future__ import annotations
@@ -62,6 +63,11 @@ class Statistics:
     @functools.cached_property
     def std(self) -> np.ndarray:
         return _quietly(np.nanstd, self._rates, axis=0)
+
+
+def _unscored_if_infinite(values: np.ndarray) -> np.ndarray:
+    """``values`` with each infinity NaN (not scored)."""
+    return np.where(np.isinf(values), np.nan, values)
 
 
 def _quietly(reduce, values: np.ndarray, **kwargs) -> np.ndarray:
@@ -153,20 +159,26 @@ class Objective:
         width = max(len(row) for row in rates)
         rates_array, baseline_array = rate_matrix(rates, width), rate_matrix(baselines, width)
         is_reference = np.array([owner in references for owner in owners])
-        values = np.asarray(self(Context.of(rates_array, baseline_array, is_reference)), dtype=float)
+        values = self._values(Context.of(rates_array, baseline_array, is_reference))
         stimuli = list(presentations)
         index = {stimulus_id: i for i, stimulus_id in enumerate(stimuli)}
         rows = np.array([index[owner] for owner in owners])
         finite = np.isfinite(values)  # each stimulus's score: the mean of its finite values, NaN if none
         sums = np.bincount(rows, weights=np.where(finite, values, 0.0), minlength=len(stimuli))
         counts = np.bincount(rows, weights=finite, minlength=len(stimuli))
-        with np.errstate(invalid="ignore"):
-            return dict(zip(stimuli, (sums / counts).tolist()))
+        with np.errstate(invalid="ignore", over="ignore"):
+            return dict(zip(stimuli, _unscored_if_infinite(sums / counts).tolist()))
 
     def score(self, rates: Sequence[float | None]) -> float:
         """One presentation on its own (``zscore`` and reference baselines need a generation: NaN)."""
         row = np.array([[np.nan if r is None else r for r in rates]], dtype=float)
-        return float(self(Context.of(row, np.full_like(row, np.nan), np.array([False])))[0])
+        return float(self._values(Context.of(row, np.full_like(row, np.nan), np.array([False])))[0])
+
+    def _values(self, ctx: Context) -> np.ndarray:
+        """One value per presentation; one that overflows (huge rates or weights) is NaN, not scored: an
+        optimizer takes finite scores or NaN only."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            return _unscored_if_infinite(np.asarray(self(ctx), dtype=float))
 
 
 @functools.lru_cache(maxsize=256)

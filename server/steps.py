@@ -41,12 +41,14 @@ class Recorded(NamedTuple):
     answered: set[str]  # stimuli answered now
     accepted: int  # presentations stored now
     duplicates: int  # presentations stored before
+    late: bool = False  # stored after the batch's generation was scored: not scored, and the batch is closed
 
 
 def record_results(db: Transaction, rig: str, header: dict, received_at) -> Recorded:
     """Validate and store a RESULTS message arrived at ``received_at``.
 
-    New presentations for a batch whose generation is already scored are refused (``batch_closed``).
+    New presentations for a batch whose generation is already scored are stored, not scored (``late``): the
+    engine then answers ``batch_closed``, so that the rig drops the batch, and nothing the animal did is lost.
     """
     batch = queries.batch(db, header["batch_id"])
     if batch is None:
@@ -62,20 +64,22 @@ def record_results(db: Transaction, rig: str, header: dict, received_at) -> Reco
                                 f"stimulus {p['stimulus_id']!r} is not part of batch {batch.id!r}")
         objective.check_rates(p["rates"])
     presentations = [records.PresentationRecord.from_message(p) for p in header["presentations"]]
-    if batch.generation_status == GenerationStatus.COMPLETE:
-        new = {p.presentation_id for p in presentations} - queries.stored_presentation_ids(
-            db, [p.presentation_id for p in presentations])
-        if new:
-            raise RigInputError(ErrorCode.BATCH_CLOSED,
-                                f"batch {batch.id!r} is closed: its generation is scored (every stimulus "
-                                f"answered, or its rounds timed out); {len(new)} new presentation(s) were not "
-                                "stored, and a rig drops this batch")
     accepted, duplicates = records.record_presentations(db, batch, presentations, received_at=received_at)
     if header.get("done"):
         records.close_batch(db, batch.id, received_at)
     stimulus_of = {p.presentation_id: p.stimulus_id for p in presentations}
     return Recorded(batch.thread_id, batch.generation_id, {stimulus_of[pid] for pid in accepted}, len(accepted),
-                    len(duplicates))
+                    len(duplicates), late=batch.generation_status == GenerationStatus.COMPLETE and bool(accepted))
+
+
+def closed_batch(db: Transaction, rig: str, batch_id: str, recorded: Recorded) -> RigInputError:
+    """The answer to a RESULTS stored ``late``: its event, and the ``batch_closed`` the rig drops the batch on."""
+    batch = queries.batch(db, batch_id)
+    message = (f"batch {batch_id!r} is closed: its generation was scored before these arrived; their "
+               f"{recorded.accepted} new presentation(s) are stored, not scored, and a rig drops this batch")
+    log_in(db, batch.session_id, batch.thread_id, "results.late", f"RESULTS from rig {rig!r}: {message}",
+           {"rig": rig, "batch_id": batch_id, "presentations": recorded.accepted}, EventLevel.WARNING)
+    return RigInputError(ErrorCode.BATCH_CLOSED, message)
 
 
 def answer(db: Transaction, runtime: ThreadRuntime, rig: str, header: dict, received_at, channels: int,
@@ -230,16 +234,18 @@ def prepare_batch(db: Transaction, runtime: ThreadRuntime, cached: frozenset[str
                   owed: list[str], batch_id: str | None = None) -> Message | None:
     """A BATCH of the ``owed`` stimuli in a seeded random order, references interleaved (cached ones by id).
 
+    The order is the round's shuffle of every stimulus of the generation, so the batch sent again under its
+    ``batch_id`` (with fewer stimuli owed) keeps its relative order; a new round is shuffled anew.
     A new batch (no ``batch_id``) gets its row here; the engine removes it if the send fails.
     """
     inflight = runtime.inflight
-    owed = list(dict.fromkeys(owed))
     if not owed:
         return None
-    order = np.random.default_rng([runtime.seed, inflight.number, inflight.rounds]).permutation(len(owed))
+    every = inflight.stimulus_ids + runtime.reference_ids
+    shuffled = np.random.default_rng([runtime.seed, inflight.number, inflight.rounds]).permutation(len(every))
+    rank = {every[i]: position for position, i in enumerate(shuffled.tolist())}
     entries = []
-    for i in order:
-        stimulus_id = owed[i]
+    for stimulus_id in sorted(set(owed), key=rank.__getitem__):
         if stimulus_id in runtime.reference_pngs:
             entries.append((stimulus_id, "reference",
                             None if stimulus_id in cached else runtime.reference_pngs[stimulus_id]))

@@ -30,9 +30,10 @@ import zmq.asyncio
 from zmq.utils.monitor import recv_monitor_message
 
 from rig_client.protocol import (
-    MAX_MESSAGE_BYTES, ErrorCode, Message, MessageType, ProtocolError, decode, encode, error, is_id,
+    MAX_MESSAGE_BYTES, PRESENTATION_FIELDS, ErrorCode, Message, MessageType, ProtocolError, decode, encode, error,
+    is_id,
 )
-from server import RigInputError, ServerError
+from server import RigInputError, ServerError, package_version
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 # one was handled, before connections had inboxes), so nothing is refused and replies keep their order.
 MAX_QUEUED_MESSAGES = 1_000
 MAX_QUEUED_BYTES = MAX_MESSAGE_BYTES
+MAX_UNKNOWN_FIELDS = 32  # unknown presentation field names a connection is warned about; later ones are not
 
 # CURVE handshakes that fail before the ZAP handler is asked, by ZeroMQ's error code; ZeroMQ's monitor names no
 # peer address for them. A peer without CURVE may also just close the connection (a failure with no detail).
@@ -52,11 +54,14 @@ HANDSHAKE_FAILURES = {
 }
 
 
+SERVER_NAME = f"actmax {package_version()}"  # WELCOME's ``server``: the name and version
+
+
 class Handler(Protocol):
     """What the transport calls; all methods are coroutines and should return quickly."""
 
     async def on_hello(self, rig_name: str, header: dict) -> dict:
-        """WELCOME header fields (the transport adds heartbeat_ms, liveness, max_message_bytes).
+        """WELCOME header fields (the transport adds server, heartbeat_ms, liveness, max_message_bytes).
 
         Raise `ProtocolError` or `server.RigInputError` to refuse the rig (it gets an ERROR reply).
         """
@@ -80,6 +85,7 @@ class _Rig:
     channels: int
     expires: float
     unreachable: bool = False  # the last send to it failed (its connection is gone): logged once
+    unknown_fields: set[str] = field(default_factory=set)  # presentation fields it was warned about
 
 
 @dataclass
@@ -418,7 +424,7 @@ class Transport:
         name = self._names.get(identity)
         who = name or f"unregistered identity {identity.hex()} at {peer.address}"
         try:
-            msg = decode(frames, max_message_bytes=self.max_message_bytes)
+            msg = decode(frames, max_message_bytes=self.max_message_bytes, receiver="server")
         except ProtocolError as exc:
             self._log(peer.address, logging.WARNING, "bad message from %s: %s", who, exc)
             if name is not None and exc.in_reply_to == MessageType.RESULTS and exc.batch_id:
@@ -442,16 +448,14 @@ class Transport:
             log.warning("rig %s reports error %s (in reply to %s): %s", name, msg.header["code"],
                         msg.header["in_reply_to"], msg.header["message"])
             return
-        if msg.type == MessageType.RESULTS:
-            await self._results(identity, name, msg.header)
-            return
-        await self._reply(identity, error(ErrorCode.UNEXPECTED_TYPE, f"{msg.type} is sent by the "
-                                          "server, never to it", in_reply_to=msg.type,
-                                          batch_id=_batch_id(msg.header)))
+        await self._results(identity, name, msg.header, peer)
 
-    async def _results(self, identity: bytes, name: str, header: dict) -> None:
-        channels = self._rigs[name].channels
+    async def _results(self, identity: bytes, name: str, header: dict, peer: _Peer) -> None:
+        rig = self._rigs[name]
+        channels = rig.channels
         for i, p in enumerate(header["presentations"]):
+            if unknown := p.keys() - PRESENTATION_FIELDS:
+                self._note_unknown_fields(rig, name, unknown, peer)
             if len(p["rates"]) != channels:
                 refusal = RigInputError(ErrorCode.BAD_FIELD, f"RESULTS presentations[{i}] has {len(p['rates'])} "
                                         f"rates; this rig declared {channels} channels in HELLO")
@@ -464,6 +468,16 @@ class Transport:
         if ack is not None:
             await self._reply_built(identity, Message(MessageType.ACK, ack), MessageType.RESULTS,
                                     header["batch_id"])
+
+    def _note_unknown_fields(self, rig: _Rig, name: str, fields: set[str], peer: _Peer) -> None:
+        """Warn once per connection of each presentation field the protocol does not define (ignored, §2): a
+        misspelled trial fact would leave a flagged trial scored."""
+        new = sorted(fields - rig.unknown_fields)[:MAX_UNKNOWN_FIELDS - len(rig.unknown_fields)]
+        if new:
+            rig.unknown_fields.update(new)
+            self._log(peer.address, logging.WARNING, "rig %s sent presentation field(s) %s that the protocol does not "
+                      "define (docs/protocol.md §4.4); they are ignored: check their spelling on the rig", name,
+                      ", ".join(map(repr, new)))
 
     async def _record_refusal(self, name: str, batch_id: str, refusal: RigInputError) -> None:
         """Tell the handler (``on_refused``) of a RESULTS refused here, before the rig hears of it."""
@@ -479,14 +493,14 @@ class Transport:
         previous = self._names.get(identity)
         refusal = None
         if self.curve and peer.rig != name:
-            refusal = (f"this connection's CURVE key belongs to rig {peer.rig!r}, not {name!r}; "
-                       "use the key pair `actmax keys rig NAME` made for this rig")
+            refusal = RigInputError(ErrorCode.REFUSED, f"this connection's CURVE key belongs to rig {peer.rig!r}, "
+                                    f"not {name!r}; use the key pair `actmax keys rig NAME` made for this rig")
         elif not self._hello_budget.allow(peer.address):
-            refusal = "too many HELLOs from this address; wait a few seconds before the next"
+            refusal = RigInputError(ErrorCode.RATE_LIMITED, "too many HELLOs from this address; reconnect "
+                                    "with backoff (docs/protocol.md §6.3)")
         if refusal is not None:
-            self._log(peer.address, logging.WARNING, "HELLO as %r refused: %s", name, refusal)
-            await self._reply(identity, error(ErrorCode.REFUSED, refusal,
-                                              in_reply_to=MessageType.HELLO))
+            self._log(peer.address, logging.WARNING, "HELLO as %r refused: %s", name, refusal.message)
+            await self._reply(identity, error(refusal.code, refusal.message, in_reply_to=MessageType.HELLO))
             welcome = None
         else:
             welcome = await self._call(identity, name, MessageType.HELLO, None,
@@ -506,7 +520,7 @@ class Transport:
         self._rigs[name] = _Rig(identity, header["channels"], 0.0)
         self._names[identity] = name
         self._refresh(name)
-        welcome = {"server": "actmax", **welcome, "heartbeat_ms": round(self.heartbeat_s * 1000),
+        welcome = {**welcome, "server": SERVER_NAME, "heartbeat_ms": round(self.heartbeat_s * 1000),
                    "liveness": self.liveness, "max_message_bytes": self.max_message_bytes}
         if not await self._reply_built(identity, Message(MessageType.WELCOME, welcome),
                                        MessageType.HELLO):

@@ -188,11 +188,11 @@ def batch_answered(db: DBSession, batch_id: str) -> set[str]:
     return set(db.scalars(select(Presentation.stimulus_id).where(Presentation.batch_id == batch_id)))
 
 
-def stored_presentation_ids(db: Transaction, presentation_ids: list[str]) -> set[str]:
-    """Those of ``presentation_ids`` already stored."""
-    return {pid for pid, in driver(db).execute(
-        "SELECT presentation_id FROM presentations WHERE presentation_id IN (SELECT value FROM json_each(?))",
-        (json.dumps(presentation_ids),))}
+def stored_presentations(db: Transaction, presentation_ids: list[str]) -> dict[str, tuple[str, str]]:
+    """Those of ``presentation_ids`` already stored: each one's ``(stimulus_id, batch_id)``."""
+    return {pid: (stimulus_id, batch_id) for pid, stimulus_id, batch_id in driver(db).execute(
+        "SELECT presentation_id, stimulus_id, batch_id FROM presentations WHERE presentation_id IN "
+        "(SELECT value FROM json_each(?))", (json.dumps(presentation_ids),))}
 
 
 def last_snapshot(db: DBSession, thread_id: int) -> Generation | None:

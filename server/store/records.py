@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session as DBSession
 
-from rig_client.protocol import TRIAL_FACTS, time_ordered_uuid
-from server import live
+from rig_client.protocol import TRIAL_FACTS, ErrorCode, time_ordered_uuid
+from server import RigInputError, live
 from server.session_config import MAX_SEED, ObjectiveConfig, SessionConfig, ThreadConfig
 from server.store import queries
 from server.store.archive import ArchivedImage
@@ -262,19 +262,23 @@ def record_presentations(
 
     Returns ``(accepted, duplicates)``: presentation ids stored now, and ids already stored (by an
     earlier upload, or repeated within this one), each in input order. Sets the batch's
-    ``results_first_at`` on the first accepted presentation.
+    ``results_first_at`` on the first accepted presentation. A duplicate is a resend: an id already used
+    for another stimulus or batch raises ``RigInputError`` (``bad_field``) and nothing is stored.
     """
     unique: dict[str, PresentationRecord] = {}
     duplicates: list[str] = []
     for presentation in presentations:
-        if presentation.presentation_id in unique:
+        if (first := unique.get(presentation.presentation_id)) is not None:
+            _check_resend(presentation, first.stimulus_id, batch.id, batch.id)
             duplicates.append(presentation.presentation_id)
         else:
             unique[presentation.presentation_id] = presentation
     if not unique:
         return [], duplicates
 
-    stored = queries.stored_presentation_ids(db, list(unique))
+    stored = queries.stored_presentations(db, list(unique))
+    for pid, (stimulus_id, stored_batch) in stored.items():
+        _check_resend(unique[pid], stimulus_id, stored_batch, batch.id)
     accepted = [pid for pid in unique if pid not in stored]
     duplicates.extend(pid for pid in unique if pid in stored)
     if not accepted:
@@ -291,6 +295,15 @@ def record_presentations(
         cursor.execute("UPDATE batches SET results_first_at = ? WHERE id = ? AND results_first_at IS NULL",
                        (received, batch.id))
     return accepted, duplicates
+
+
+def _check_resend(presentation: PresentationRecord, stimulus_id: str, batch_id: str, now_batch_id: str) -> None:
+    """Refuse a presentation id that was used for ``stimulus_id`` of ``batch_id`` unless this is a resend of it."""
+    if (presentation.stimulus_id, now_batch_id) != (stimulus_id, batch_id):
+        raise RigInputError(ErrorCode.BAD_FIELD, f"presentation_id {presentation.presentation_id!r} was already used "
+                            f"for stimulus {stimulus_id!r} of batch {batch_id!r}, so this showing of "
+                            f"{presentation.stimulus_id!r} would be dropped as its duplicate: make a new UUID for each "
+                            "showing (a resend keeps the id, stimulus and batch)")
 
 
 def new_id() -> str:

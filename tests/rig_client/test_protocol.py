@@ -323,7 +323,7 @@ CASES_11 = [
     (results_11(dropped_frames=-1), "bad_field", "'dropped_frames'"),
     (results_11(dropped_frames=1.5), "bad_field", "'dropped_frames'"),
     (results_11(photodiode_onset="late"), "bad_field", "'photodiode_onset'"),
-    (results_11(baseline_rates=[1.0]), "bad_field", "2 finite numbers"),
+    (results_11(baseline_rates=[1.0]), "bad_field", "2 numbers within"),
     (results_11(baseline_rates=[1.0, None]), "bad_field", "'baseline_rates'"),
     (results_11(baseline_window_ms=[0, 100]), "bad_field", "-60000 <= start"),
     (results_11(baseline_window_ms=[-50, -100]), "bad_field", "'baseline_window_ms'"),

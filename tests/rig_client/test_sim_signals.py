@@ -63,3 +63,42 @@ def test_a_signal_ends_the_model_load(sig, endpoint, signals, monkeypatch):
     start = time.monotonic()
     assert main(["rig", "sim", "--endpoint", endpoint]) == 130
     assert time.monotonic() - start < 5
+
+
+def test_a_server_that_keeps_refusing_the_hello_is_named_not_called_silent(endpoint, monkeypatch, capsys):
+    """A server that answers every HELLO ``rate_limited`` (which the client retries) is what the rig's
+    give-up line names, not "no server answered"."""
+    import threading
+
+    import zmq
+
+    from rig_client import sim, units
+    from rig_client.protocol import ErrorCode, decode, encode, error
+
+    monkeypatch.setattr(units, "UnitScorer", _Scorer)
+    monkeypatch.setattr(sim, "CONNECT_TIMEOUT_S", 2)
+    context = zmq.Context()
+    server = context.socket(zmq.ROUTER)
+    server.bind(endpoint)
+    done = threading.Event()
+
+    def refuse_every_hello():
+        while not done.is_set():
+            if server.poll(100):
+                identity, *frames = server.recv_multipart()
+                if decode(frames).type == "HELLO":
+                    server.send_multipart([identity, *encode(error(
+                        ErrorCode.RATE_LIMITED, "too many HELLOs from this address", in_reply_to="HELLO"))])
+
+    answering = threading.Thread(target=refuse_every_hello)
+    answering.start()
+    try:
+        assert main(["rig", "sim", "--endpoint", endpoint]) != 0
+    finally:
+        done.set()
+        answering.join(5)
+        server.close(0)
+        context.term()
+    err = capsys.readouterr().err
+    assert "did not take this rig within 2 s; it last answered: rate_limited: too many HELLOs" in err, err
+    assert "no server answered" not in err

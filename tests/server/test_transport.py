@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import uuid
+from importlib.metadata import version
 
 import numpy as np
 import pytest
@@ -35,7 +36,7 @@ class Recorder:
         self.events.append(("hello", rig_name))
         if rig_name in self.refuse:
             raise ProtocolError("refused", f"no session is waiting for rig {rig_name}")
-        return {"server": "test-server"}
+        return {}
 
     async def on_results(self, rig_name, header):
         if self.fail_results is not None:
@@ -122,7 +123,7 @@ def test_hello_welcome_results_ack(zmq_context, endpoint):
             d = h.dealer()
             await d.send_multipart(hello(channels=2))
             welcome = await h.reply(d)
-            assert welcome.header == {"server": "test-server", "heartbeat_ms": 50,
+            assert welcome.header == {"server": f"actmax {version('actmax')}", "heartbeat_ms": 50,
                                       "liveness": LIVENESS, "max_message_bytes": 64 * 2**20}
             await asyncio.sleep(0.01)
             assert h.handler.events == [("hello", "rig-a"), ("connected", "rig-a")]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from fastapi import APIRouter, Request, Response, status
@@ -13,19 +12,13 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session as DBSession
 
+from server import package_version
 from server.api.deps import DB
 from server.api.schemas import Health
 
 router = APIRouter(tags=["health"])
 LOW_DISK_BYTES = 100 * 2**20  # less free space on the data folder's disk: degraded
 RECENT_ERROR_S = 60.0  # a database or disk error met by a request keeps health degraded this long
-
-
-def package_version() -> str:
-    try:
-        return version("actmax")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 @router.get("/health", response_model=Health, responses={503: {"model": Health}})
