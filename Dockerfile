@@ -21,7 +21,8 @@ COPY insilico ./insilico
 RUN pip install --no-cache-dir '.[reference,nwb]' \
  && pip install --no-cache-dir --no-deps gan-face-generate
 
-RUN useradd --create-home --uid 10001 actmax && mkdir -p /data && chown actmax:actmax /data
+# /rig-keys: a rig's CURVE keys in a volume of its own (docker-compose.yml's sim rig)
+RUN useradd --create-home --uid 10001 actmax && mkdir -p /data /rig-keys && chown actmax:actmax /data /rig-keys
 USER actmax
 VOLUME ["/data"]
 EXPOSE 8000 5555

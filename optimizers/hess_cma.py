@@ -8,6 +8,8 @@ eigenbasis comes from ``analysis.geometry``: as arrays, or as the ``eigenbasis.n
 
 from __future__ import annotations
 
+import os
+import stat
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -80,17 +82,21 @@ def load_eigenbasis(path: Any, k: Any = None) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(path, str | Path):
         raise OptimizerError(f"eigenbasis must be the path of an eigenbasis.npz, got {path!r}")
     try:
-        loaded = np.load(Path(path).expanduser(), allow_pickle=False)
-        members = getattr(loaded, "files", [])  # a .npy file is one array, no members
-        arrays = {key: loaded[key] for key in ("basis", "eigvals") if key in members}
-        if members:
-            loaded.close()
+        with _open_regular_file(Path(path).expanduser()) as file:
+            loaded = np.load(file, allow_pickle=False)
+            members = getattr(loaded, "files", [])  # a .npy file is one array, no members
+            arrays = {key: loaded[key] for key in ("basis", "eigvals") if key in members}
     except FileNotFoundError:
         raise OptimizerError(f"eigenbasis {path}: no such file (a path on the server; `actmax analyze geometry` "
                              "writes eigenbasis.npz)") from None
-    except (OSError, ValueError, zipfile.BadZipFile) as error:
+    except IsADirectoryError:
+        raise OptimizerError(f"eigenbasis {path} is a folder, not a file; give the eigenbasis.npz that "
+                             "`actmax analyze geometry` writes") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         if isinstance(error, ValueError) and "allow_pickle" in str(error):  # numpy's text would invite pickle
             error = "neither an .npz archive nor an .npy array"
+        elif isinstance(error, EOFError):
+            error = "empty or cut short"
         raise OptimizerError(f"eigenbasis {path} is not a readable .npz ({error}); give the eigenbasis.npz that "
                              "`actmax analyze geometry` writes") from None
     if "basis" not in arrays or "eigvals" not in arrays:
@@ -102,6 +108,22 @@ def load_eigenbasis(path: Any, k: Any = None) -> tuple[np.ndarray, np.ndarray]:
     r = basis.shape[1]
     k = r if k is None else check_int("k", k, 1, r)
     return basis[:, :k], eigvals[:k]
+
+
+def _open_regular_file(path: Path):
+    """``path`` open for reading if it is a regular file: a device, pipe or socket (``/dev/stdin``, a FIFO) would
+    block or never end, so it is an OSError, checked on the opened file (no race with a swapped path)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # opening a FIFO must not wait for a writer
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(path)
+        if not stat.S_ISREG(mode):
+            raise OSError("not a regular file but a device, pipe or socket")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _check_eigenbasis(basis: Any, eigvals: Any, dim: int) -> tuple[np.ndarray, np.ndarray]:

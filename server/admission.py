@@ -1,7 +1,7 @@
 """Checks a session or thread must pass before anything is written, beyond ``SessionConfig``'s own:
-the generator's weights load, the optimizer accepts its hyperparameters, the references exist, a
-manifold's source evolution makes enough codes for the PCs of its planes, and the objective's channels
-are among those the session's rig announced (when it is connected).
+the server runs fewer threads than ``ACTMAX_MAX_ACTIVE_THREADS``, the generator's weights load, the optimizer
+accepts its hyperparameters, the references exist, a manifold's source evolution makes enough codes for the PCs
+of its planes, and the objective's channels are among those the session's rig announced (when it is connected).
 
 Each problem is a ``Problem`` naming the field (the path of a 422 ``detail`` item) and the fix.
 """
@@ -16,7 +16,7 @@ import optimizers
 from analysis.tuning import highest_pc
 from server.images import check_references
 from server.manifold import PLANE_PCS
-from server.session_config import ConfigError, ObjectiveConfig, SessionConfig, ThreadConfig
+from server.session_config import ConfigError, ObjectiveConfig, SessionConfig, ThreadConfig, clip
 from server.thread_runtime import optimizer_params
 from server.weights import GeneratorCache
 
@@ -27,12 +27,25 @@ class Problem:
     msg: str
 
     def to_json(self) -> dict:
-        return {"type": "value_error", "loc": ["body", *self.loc], "msg": self.msg}
+        return {"type": "value_error", "loc": ["body", *self.loc], "msg": clip(self.msg)}
 
 
-def check_session(config: SessionConfig, cache: GeneratorCache, rig_channels: int | None) -> list[Problem]:
-    """Every problem of a new session (empty: it can be created)."""
-    problems = []
+def check_capacity(active: int, adding: int, limit: int, loc: tuple[str | int, ...] = ()) -> list[Problem]:
+    """A problem if ``adding`` threads to the ``active`` ones (not ended, on the whole server) would pass ``limit``:
+    each costs memory and compute from its creation, even while its rig is away."""
+    if active + adding <= limit:
+        return []
+    return [Problem(loc, f"the server runs {active} active thread(s) (running, waiting for their rig, blocked or "
+                         f"paused) and takes at most {limit} (ACTMAX_MAX_ACTIVE_THREADS); {adding} more would pass it: "
+                         "stop sessions or threads that are not needed, or raise ACTMAX_MAX_ACTIVE_THREADS")]
+
+
+def check_session(config: SessionConfig, cache: GeneratorCache, rig_channels: int | None, active_threads: int,
+                  max_active_threads: int) -> list[Problem]:
+    """Every problem of a new session (empty: it can be created) on a server that runs ``active_threads``."""
+    problems = check_capacity(active_threads, len(config.threads), max_active_threads, ("threads",))
+    if problems:
+        return problems  # said first and alone: building generators and optimizers for a refused session is waste
     try:
         check_references(config.references.source, config.references.count)
     except ConfigError as error:

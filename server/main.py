@@ -9,6 +9,7 @@ import time
 from importlib.resources import files
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -16,6 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session as DBSession
 from sqlalchemy.orm import sessionmaker
+from starlette.exceptions import HTTPException
 
 from server import package_version
 from server.api.deps import EngineWaker, bearer_scheme
@@ -33,12 +35,13 @@ from server.api.routes import (
     threads,
 )
 from server.api.schemas import ErrorDetail
-from server.session_config import problem_message
+from server.session_config import clip, problem_message
 from server.settings import Settings
 from server.store.archive import ImageArchive
 from server.weights import GeneratorCache
 
 log = logging.getLogger(__name__)
+MAX_PROBLEMS = 50  # items of a 422: a body with thousands of bad keys gets the first ones and a count
 _STORAGE_HINTS = (  # words in a database or disk error -> what to do ({data_dir} and {free} filled in)
     (("is full", "no space", "quota"), "free space on the disk of {data_dir} ({free:.0f} MiB free now) and retry"),
     (("readonly", "read-only"), "make {data_dir} and its files writable again and retry"),
@@ -60,6 +63,7 @@ def create_app(settings: Settings, db_sessions: sessionmaker[DBSession], *,
     app = FastAPI(title="actmax", version=package_version(), docs_url=None, redoc_url=None)
     app.add_middleware(RequestGuard, token=token, max_body_bytes=settings.max_body_bytes)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
     for storage in (SQLAlchemyError, sqlite3.Error, OSError):
         app.add_exception_handler(storage, _storage_error)
     app.add_exception_handler(Exception, _internal_error)
@@ -117,16 +121,32 @@ def _add_pages(app: FastAPI) -> None:
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     """422 naming each problem (a misspelt key with the closest allowed ones), without echoing the input (it may
-    be huge, deep, or NaN); a body that is not read as JSON says which Content-Type to send."""
+    be huge, deep, or NaN): messages and keys are clipped, and at most ``MAX_PROBLEMS`` are listed; a body that
+    is not read as JSON says which Content-Type to send."""
     body = getattr(request.scope.get("route"), "body_field", None)
     model = body.field_info.annotation if body is not None else None
-    detail = [{"loc": list(e["loc"]), "msg": problem_message(e, model), "type": e["type"]} for e in exc.errors()]
+    errors = exc.errors()
+    detail = [{"loc": [clip(part, 100) if isinstance(part, str) else part for part in e["loc"]],
+               "msg": problem_message(e, model), "type": e["type"]} for e in errors[:MAX_PROBLEMS]]
+    if len(errors) > MAX_PROBLEMS:
+        detail.append({"loc": ["body"], "msg": f"{len(errors) - MAX_PROBLEMS} more problems not listed; fix these "
+                       "first", "type": "value_error"})
     content_type = request.headers.get("content-type", "")
     for problem in detail:
         if problem["loc"] == ["body"] and "json" not in content_type:
             problem["msg"] += (f" (the body was sent as {content_type or 'no Content-Type'}; send JSON with "
                                "Content-Type: application/json)")
     return JSONResponse({"detail": detail}, status_code=422)
+
+
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    """FastAPI's answer, but a JSON body nested deeper than Python's parser goes (FastAPI's 400 "There was an error
+    parsing the body") is the 422 of any other JSON that cannot be read."""
+    if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):
+        return JSONResponse({"detail": [{"loc": ["body"], "type": "json_invalid", "msg": (
+            "JSON decode error: the body nests too deep to be read (a session config nests a few levels)")}]},
+            status_code=422)
+    return await http_exception_handler(request, exc)
 
 
 async def _storage_error(request: Request, exc: Exception) -> JSONResponse:

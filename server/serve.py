@@ -30,7 +30,8 @@ def add_parser(subcommands) -> None:
                         help="generator precision (default float32); half precision only where images stay "
                         "within tolerance of float32")
     parser.add_argument("--batch-timeout", type=float,
-                        help="seconds without results, while the rig is connected, before missing ones are re-queued")
+                        help="seconds without results, while the rig is connected, before missing ones are "
+                        "re-queued (default 300)")
     parser.set_defaults(func=run)
 
 
@@ -47,9 +48,12 @@ def settings_from_args(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from server.keys import KeyStore
+    from server.settings import unknown_variables
 
     settings = settings_from_args(args)
     settings.check_exposure(curve=KeyStore(settings.keys_dir).enabled())
+    if unknown := unknown_variables(os.environ):
+        log.warning("no setting reads %s: misspelt? (the settings: docs/rest_api.md)", ", ".join(unknown))
     asyncio.run(serve(settings))
     return 0
 
@@ -58,7 +62,7 @@ async def serve(settings) -> None:
     """Migrate the database, then run uvicorn, the ZeroMQ transport and the engine until SIGINT/SIGTERM.
 
     The process's one database engine is made, migrated and disposed of here. A device this torch cannot
-    use is refused first (``GeneratorError``), not at the first session.
+    use is refused first (``GeneratorError``), not at the first session. The open-file limit is raised first.
     """
     from generators.base import resolve_device
     from server.engine import Engine
@@ -69,6 +73,7 @@ async def serve(settings) -> None:
     from server.transport import Transport
 
     resolve_device(settings.device)
+    open_files = raise_open_file_limit()
     lock = hold_data_dir(settings.data_dir)
     http_socket = bind_http(settings.http_host, settings.http_port)
     db_engine = make_db_engine(settings.database_url, background_checkpoints=True)
@@ -88,8 +93,8 @@ async def serve(settings) -> None:
             liveness=settings.liveness, max_message_bytes=settings.max_message_bytes, **curve,
         )
         engine.transport = transport
-        await _run_until_stopped(settings, create_app(settings, db_sessions, engine=engine), engine, transport,
-                                 http_socket, security)
+        await _run_until_stopped(http_config(create_app(settings, db_sessions, engine=engine), settings, open_files),
+                                 settings, engine, transport, http_socket, security)
     finally:
         http_socket.close()
         db_engine.dispose()
@@ -119,6 +124,39 @@ def hold_data_dir(data_dir: Path):
     return lock
 
 
+def raise_open_file_limit() -> int:
+    """Raise this process's open-file limit to its hard limit (REST connections, the rigs' ZeroMQ sockets, the
+    database and image files all draw on it); the limit now in force."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else 2**20  # Linux refuses an infinite soft limit here
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (ValueError, OSError) as error:
+        log.warning("cannot raise the open-file limit from %d to %d: %s", soft, wanted, error)
+        return soft
+    return wanted
+
+
+def http_config(app, settings, open_files: int):
+    """uvicorn's config for ``app``: at most ``settings.http_max_connections`` REST connections, and no more than
+    half of the ``open_files`` limit, so that the rigs' socket and the database always have files left; each
+    request must arrive within ``settings.http_request_timeout_s`` (``server.api.connections``)."""
+    from server.api.connections import HttpConfig
+
+    connections = min(settings.http_max_connections, max(open_files // 2, 1))
+    if connections < settings.http_max_connections:
+        log.warning("REST connections capped at %d, half the open-file limit (%d), below ACTMAX_HTTP_MAX_CONNECTIONS "
+                    "(%d); raise the limit (ulimit -n, systemd's LimitNOFILE) for more", connections, open_files,
+                    settings.http_max_connections)
+    return HttpConfig(app, host=settings.http_host, port=settings.http_port, log_level="warning",
+                      timeout_graceful_shutdown=3, lifespan="off",  # the app has no lifespan
+                      limit_concurrency=connections, request_timeout_s=settings.http_request_timeout_s)
+
+
 def bind_http(host: str, port: int) -> socket.socket:
     """The REST listening socket, or a one-line ``ServerError`` if the address is taken (as for ZeroMQ)."""
     from server import ServerError
@@ -131,11 +169,13 @@ def bind_http(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def _run_until_stopped(settings, app, engine, transport, http_socket, security: str) -> None:
-    """Serve HTTP in the foreground and the transport and engine loops beside it; stop all three together."""
+async def _run_until_stopped(config, settings, engine, transport, http_socket, security: str) -> None:
+    """Serve HTTP (uvicorn's ``config``) in the foreground and the transport and engine loops beside it; stop all
+    three together. Errors that repeat per connection are logged once a minute."""
     import uvicorn
 
     from server import live
+    from server.api.connections import REFUSED, OncePerPeriod
 
     class Http(uvicorn.Server):
         async def shutdown(self, sockets=None) -> None:
@@ -143,8 +183,13 @@ async def _run_until_stopped(settings, app, engine, transport, http_socket, secu
             live.hub.end_streams()  # else the dashboards' streams hold the graceful wait, then are cancelled
             await super().shutdown(sockets)
 
-    http = Http(uvicorn.Config(app, host=settings.http_host, port=settings.http_port, log_level="warning",
-                               timeout_graceful_shutdown=3, lifespan="off"))  # the app has no lifespan
+    limited = [(logging.getLogger("asyncio"), OncePerPeriod(
+                   "socket.accept() out of system resource", "the process has no open files left: new REST "
+                   "connections wait (lower ACTMAX_HTTP_MAX_CONNECTIONS or raise the open-file limit)")),
+               (logging.getLogger("server.api.connections"), OncePerPeriod(REFUSED))]
+    for logger, once in limited:
+        logger.addFilter(once)
+    http = Http(config)
     background = [asyncio.create_task(transport.run()), asyncio.create_task(engine.run())]
     for stop in (signal.SIGINT, signal.SIGTERM):  # until uvicorn has its own: a Ctrl-C while it starts
         asyncio.get_running_loop().add_signal_handler(stop, setattr, http, "should_exit", True)
@@ -153,6 +198,8 @@ async def _run_until_stopped(settings, app, engine, transport, http_socket, secu
     try:
         await http.serve(sockets=[http_socket])
     finally:
+        for logger, once in limited:
+            logger.removeFilter(once)
         await engine.close()
         await transport.close()
         for task in background:

@@ -12,6 +12,7 @@ import difflib
 import json
 import math
 import re
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -42,6 +43,8 @@ MAX_PARAMS_DEPTH = 4  # optimizer_params nest at most a list (init_code) in the 
 CLOCK_SKEW = timedelta(minutes=1)  # how far a session_start_time may lie ahead of the server's clock
 AGE = re.compile(r"(P[0-9YMWDTHS.]+(/(P[0-9YMWDTHS.]+)?)?)?")  # ISO 8601 duration or range, as NWB takes
 Name = Annotated[str, Field(min_length=1, max_length=200)]
+MAX_PATH = 1000  # characters of a file or folder on the server
+MAX_MESSAGE = 2000  # characters of one problem's message: a 422 does not echo a long input in full
 
 
 FIXED_DESIGN = "fixed-design"  # the optimizer of manifold threads: their grid, shown once
@@ -81,7 +84,8 @@ class _Strict(BaseModel):
 class ReferenceConfig(_Strict):
     """Natural images interleaved with every generation as a stable baseline."""
 
-    source: str = Field("skimage", min_length=1, description='"skimage" or a folder of images on the server.')
+    source: str = Field("skimage", min_length=1, max_length=MAX_PATH,
+                        description='"skimage" or a folder of images on the server.')
     count: int = Field(10, strict=True, ge=1, le=100, description="How many reference images to show per generation.")
 
     @field_validator("source")
@@ -100,7 +104,8 @@ class ObjectiveConfig(_Strict):
     """What a thread maximises: channels combined by ``mean``/``sum``, or an objective expression
     (``server.objectives``: ``rate``, ``sum``, ``mean``, ``baseline``, ``zscore``, numbers, ``+ - *``)."""
 
-    channels: list[Annotated[int, Field(strict=True, ge=0, lt=MAX_CHANNELS)]] | None = Field(None, min_length=1)
+    channels: list[Annotated[int, Field(strict=True, ge=0, lt=MAX_CHANNELS)]] | None = Field(
+        None, min_length=1, max_length=MAX_CHANNELS)
     combine: Literal["mean", "sum"] = "mean"
     expression: str | None = Field(None, min_length=1, max_length=2000,
                                    description='e.g. "zscore(rate(5)) - 0.5 * baseline(rate(17))"')
@@ -109,7 +114,8 @@ class ObjectiveConfig(_Strict):
     @classmethod
     def _unique_channels(cls, channels: list[int] | None) -> list[int] | None:
         if channels is not None and len(set(channels)) != len(channels):
-            raise ValueError(f"channels repeat: {channels}")
+            repeated = sorted(channel for channel, n in Counter(channels).items() if n > 1)
+            raise ValueError(f"channels repeat: {', '.join(map(str, repeated))}; give each channel once")
         return channels
 
     @model_validator(mode="after")
@@ -187,15 +193,16 @@ class ThreadConfig(_Strict):
 
     name: Name
     kind: Literal["evolution", "manifold"] = "evolution"
-    generator: str = Field(min_length=1)
+    generator: str = Field(min_length=1, max_length=200)
     optimizer: str | None = Field(
-        None, description=f"Required for evolutions; manifold threads take none (theirs is {FIXED_DESIGN!r}).")
+        None, max_length=200,
+        description=f"Required for evolutions; manifold threads take none (theirs is {FIXED_DESIGN!r}).")
     optimizer_params: dict[str, Any] = Field(default_factory=dict)
     generator_options: dict[str, Any] = Field(
         default_factory=dict, description='The generator\'s own options, e.g. {"truncation": 0.5} for BigGAN '
         "(generators.md); default: the generator's defaults.")
     weights: str | None = Field(
-        None, min_length=1, max_length=1000,
+        None, min_length=1, max_length=MAX_PATH,
         description="The generator's weights file or folder on the server; default: ACTMAX_WEIGHTS_DIR/<generator>/, "
         "then the generator's standard locations.")
     manifold: ManifoldConfig | None = Field(None, description="Required for manifold threads.")
@@ -274,7 +281,7 @@ class SessionConfig(_Strict):
     subject_id: str = Field("", max_length=200, description='Subject identifier; "" uses `animal`.')
     species: str = Field("", max_length=200, description='Latin binomial, e.g. "Macaca mulatta".')
     sex: Literal["M", "F", "U", "O"] = Field("U", description="Subject sex: M, F, U (unknown), O (other).")
-    age: str = Field("", json_schema_extra={"pattern": f"^{AGE.pattern}$"},
+    age: str = Field("", max_length=200, json_schema_extra={"pattern": f"^{AGE.pattern}$"},
                      description='ISO 8601 duration such as "P6Y", or a range "P5Y/P7Y"; "": unknown.')
     lab: Annotated[str, Field(max_length=200)] = ""
     experimenter: str = Field("", max_length=200, description='"Last, First", as NWB asks.')
@@ -360,13 +367,18 @@ def problem_message(problem: dict, model: type[BaseModel] | None = None) -> str:
     """pydantic's message about one problem, for people: without its "Value error, " prefix, and an unknown key
     of ``model`` (where ``problem["loc"]`` starts; FastAPI's leading "body" is skipped) with the closest
     allowed keys."""
-    message = problem["msg"].removeprefix("Value error, ")
+    message = clip(problem["msg"].removeprefix("Value error, "))
     loc = tuple(problem["loc"])
     keys = _keys_at(model, loc[1:] if loc[:1] == ("body",) else loc) if problem["type"] == "extra_forbidden" else []
     if not keys:
         return message
     close = difflib.get_close_matches(str(loc[-1]), keys, n=1)
     return f"unknown key{f', did you mean {close[0]!r}?' if close else ''} (allowed: {', '.join(keys)})"
+
+
+def clip(text: str, limit: int = MAX_MESSAGE) -> str:
+    """``text``, or its first ``limit`` characters and how many more it had (a message naming a huge input)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
 def _keys_at(model: type[BaseModel] | None, loc: tuple) -> list[str]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -19,8 +21,8 @@ MIN_EXPOSED_TOKEN = 32  # characters of ACTMAX_TOKEN when REST listens off loopb
 
 
 def _is_loopback(host: str) -> bool:
-    """127.0.0.0/8, ::1 and localhost; ZeroMQ's ipc:// and inproc:// have no host and are local."""
-    if host in ("", "localhost"):
+    """127.0.0.0/8, ::1 and localhost. An empty host is not: a socket bound to "" listens on every interface."""
+    if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
@@ -54,6 +56,15 @@ class Settings(BaseSettings):
         64, ge=1, description="Images rendered per compute job. A larger generation is rendered in chunks, "
         "with other threads' steps and the rigs' results handled in between, so it freezes no other session.")
     max_body_bytes: int = Field(2**20, ge=1024, description="Largest REST request body; larger ones get 413 unread.")
+    http_max_connections: int = Field(
+        512, ge=1, description="REST connections open at once (at most half the open-file limit); one more gets 503 "
+        "and is closed before its request is read.")
+    http_request_timeout_s: float = Field(
+        20.0, gt=0, description="Seconds a REST connection has to send each request in full (headers and body); "
+        "one still sending then is closed.")
+    max_active_threads: int = Field(
+        128, ge=1, description="Threads not ended (running, waiting for their rig, blocked or paused) on the server; "
+        "a session or thread over it is refused (422).")
     keys_dir: Path | None = Field(None, description="CURVE keys (`actmax keys`); default {data_dir}/keys.")
 
     @model_validator(mode="after")
@@ -66,7 +77,8 @@ class Settings(BaseSettings):
 
     def check_exposure(self, curve: bool) -> None:
         """Refuse to serve off loopback without CURVE on the rigs' socket or with a short token."""
-        if not curve and not _is_loopback(urlsplit(self.zmq_endpoint).hostname or ""):
+        endpoint = urlsplit(self.zmq_endpoint)  # ZeroMQ's ipc:// and inproc:// have no host and are local
+        if not curve and endpoint.scheme not in ("ipc", "inproc") and not _is_loopback(endpoint.hostname or ""):
             raise ServerError(
                 f"the rigs' endpoint {self.zmq_endpoint} is off loopback without CURVE keys; run "
                 f"`actmax keys init` and `actmax keys rig NAME` (keys in {self.keys_dir}) or bind "
@@ -74,8 +86,8 @@ class Settings(BaseSettings):
         token = self.require_token()
         if len(token) < MIN_EXPOSED_TOKEN and not _is_loopback(self.http_host):
             raise ServerError(
-                f"ACTMAX_TOKEN has {len(token)} characters; off loopback ({self.http_host}) it needs "
-                f"at least {MIN_EXPOSED_TOKEN}: python -c 'import secrets; "
+                f"ACTMAX_TOKEN has {len(token)} characters; off loopback ({self.http_host or 'every interface'}) it "
+                f"needs at least {MIN_EXPOSED_TOKEN}: python -c 'import secrets; "
                 "print(secrets.token_urlsafe(32))'")
 
     def require_token(self) -> str:
@@ -101,6 +113,21 @@ def load_settings(flags: dict[str, tuple[str, object]] | None = None) -> Setting
             source = given[field][0] if field in given else f"ACTMAX_{field.upper()}"
             problems.append(f"{source}: {problem['msg']}" if field else problem["msg"])
         raise ServerError(f"bad setting: {'; '.join(problems)}") from None
+
+
+CLIENT_VARIABLES = frozenset({"ACTMAX_URL"})  # read by `actmax session|thread`, not by the server
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """What to say of each ``ACTMAX_`` variable in ``environ`` that nothing reads (a misspelt name would be
+    ignored silently), with the name meant when one is close."""
+    known = {f"ACTMAX_{name.upper()}" for name in Settings.model_fields} | CLIENT_VARIABLES
+    said = []
+    for name in sorted(environ):
+        if name.upper().startswith("ACTMAX_") and name.upper() not in known:
+            close = difflib.get_close_matches(name.upper(), sorted(known), n=1, cutoff=0.6)
+            said.append(f"{name}{f' (did you mean {close[0]}?)' if close else ''}")
+    return said
 
 
 def check_token(token: str) -> str:

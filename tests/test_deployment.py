@@ -54,10 +54,23 @@ def test_compose_rigs_use_curve_keys_that_the_keys_service_makes():
     made = keys["command"][-1]
     assert "actmax keys init" in made and "actmax keys rig sim" in made
     command = rig["command"]
-    assert command[command.index("--rig-key") + 1] == "/data/keys/issued/sim.key_secret"
-    assert command[command.index("--server-key") + 1] == "/data/keys/server.key"
+    assert command[command.index("--rig-key") + 1] == "/rig-keys/sim.key_secret"
+    assert command[command.index("--server-key") + 1] == "/rig-keys/server.key"
     assert command[command.index("--rig") + 1] == "sim"
-    assert any(v.endswith(":/data:ro") for v in rig["volumes"])
+    # The rig's keys travel on a volume of their own, which the keys service fills and the rig reads.
+    assert "sim-rig-keys:/rig-keys" in keys["volumes"] and rig["volumes"] == ["sim-rig-keys:/rig-keys:ro"]
+    assert "mv /data/keys/issued/sim.key_secret /rig-keys/sim.key_secret" in made  # not left on the server
+    assert "cp /data/keys/server.key /rig-keys/server.key" in made
+
+
+def test_compose_rig_cannot_read_the_servers_data():
+    """The rig container mounts none of the server's volumes: not its secret key, rig secrets or database."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    server, rig = compose["services"]["server"], compose["services"]["rig-sim"]
+    server_volumes = {v.split(":")[0] for v in server["volumes"]}
+    assert "actmax-data" in server_volumes
+    assert not server_volumes & {v.split(":")[0] for v in rig["volumes"]}
+    assert "/rig-keys" in (ROOT / "Dockerfile").read_text()  # made owned by the image's user, as /data is
 
 
 def test_ci_runs_the_readme_test_command():

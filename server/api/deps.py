@@ -1,4 +1,4 @@
-"""FastAPI dependencies: database session, bearer token check, archive, engine wake-up and pagination."""
+"""FastAPI dependencies: settings, database session, bearer token check, archive, engine wake-up and pagination."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session as DBSession
 
 from server.api.schemas import Page
+from server.settings import Settings
 from server.store.archive import ImageArchive
 from server.weights import GeneratorCache
 
@@ -34,6 +35,10 @@ class EngineWaker(Protocol):
 
     def storage_problem(self) -> str | None:
         """The storage failure a thread is stalled on, if any (``/health``)."""
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
 
 
 def get_db(request: Request) -> Iterator[DBSession]:
@@ -83,6 +88,7 @@ def paginate(db: DBSession, query: Select, order_by: Any, schema: type[BaseModel
     return Page[schema](items=[schema.model_validate(row) for row in rows], total=total, offset=offset, limit=limit)
 
 
+AppSettings = Annotated[Settings, Depends(get_settings)]
 DB = Annotated[DBSession, Depends(get_db)]
 MAX_ID = 2**63 - 1  # SQLite's INTEGER; larger values are 422, not an OverflowError
 Id = Annotated[int, Path(ge=0, le=MAX_ID)]

@@ -1,5 +1,6 @@
 """Pure ASGI middleware in front of the REST app: the token is checked from the headers, before
 any body is read, and a body over the size limit is refused while it streams in (never parsed).
+Every response carries headers that keep browsers from sniffing its type or framing it.
 
 The API description (``/docs``, ``/redoc``, ``/openapi.json``) and ``/health`` are open: they hold
 no data, describe an open-source API, and a browser cannot send a bearer token to load them.
@@ -13,10 +14,12 @@ import json
 OPEN_PATHS = frozenset({"/", "/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 # The dashboard's static files and the API docs' bundled assets: code, no data (the page logs in itself).
 OPEN_PREFIXES = ("/ui", "/assets/docs/")
+SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY")]
 
 
 class RequestGuard:
-    """401 without ``Authorization: Bearer <token>``; 413 for bodies over ``max_body_bytes``."""
+    """401 without ``Authorization: Bearer <token>``; 413 for bodies over ``max_body_bytes``; the security
+    headers on every response."""
 
     def __init__(self, app, *, token: str, max_body_bytes: int) -> None:
         self.app = app
@@ -27,6 +30,7 @@ class RequestGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        send = _with_security_headers(send)
         headers = dict(scope["headers"])
         scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
         if not _is_open(scope["path"]) and not (  # the scheme's case does not matter (RFC 9110)
@@ -58,6 +62,15 @@ class RequestGuard:
     def _too_large(self) -> str:
         return (f"request body over {self.max_body_bytes} bytes (ACTMAX_MAX_BODY_BYTES); session "
                 "configs are small: check what is being sent")
+
+
+def _with_security_headers(send):
+    async def secured(message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
+        await send(message)
+
+    return secured
 
 
 def _is_open(path: str) -> bool:

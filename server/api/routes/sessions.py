@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, status
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session as DBSession
 
 from server import admission
-from server.api.deps import DB, Generators, Id, Limit, Offset, RigChannels, Wake, get_or_404, paginate, refuse
+from server.api.deps import (
+    DB,
+    AppSettings,
+    Generators,
+    Id,
+    Limit,
+    Offset,
+    RigChannels,
+    Wake,
+    get_or_404,
+    paginate,
+    refuse,
+)
 from server.api.schemas import ErrorDetail, EventRead, Page, SessionRead, SessionWithThreads, ThreadRead
 from server.session_config import SessionConfig, ThreadConfig, problem_message
 from server.store import queries, records
-from server.store.models import Event, Session, SessionStatus, Thread, ThreadStatus
+from server.store.models import ENDED_THREAD_STATUSES, Event, Session, SessionStatus, Thread, ThreadStatus
 
 router = APIRouter(prefix="/sessions", tags=["sessions"])
 NOT_FOUND = {404: {"model": ErrorDetail}}
@@ -19,18 +34,26 @@ CONFLICT = {409: {"model": ErrorDetail, "description": "The session is stopped."
 
 
 @router.get("", response_model=list[SessionRead])
-def list_sessions(db: DB) -> list[Session]:
-    return list(db.scalars(select(Session).order_by(Session.id)))
+def list_sessions(db: DB, offset: Offset = 0,
+                  limit: Annotated[int | None, Query(ge=1, le=1000)] = None) -> list[Session]:
+    """Every session, oldest first; ``offset`` and ``limit`` (at most 1000) take a slice of that list."""
+    return list(db.scalars(select(Session).order_by(Session.id).offset(offset).limit(limit)))
+
+
+def active_threads(db: DBSession) -> int:
+    """Threads on the server that have not ended (running, waiting for their rig, blocked or paused)."""
+    return db.scalar(select(func.count()).select_from(Thread).where(Thread.status.not_in(ENDED_THREAD_STATUSES)))
 
 
 @router.post("", response_model=SessionWithThreads, status_code=status.HTTP_201_CREATED)
-def post_session(config: SessionConfig, db: DB, wake: Wake, cache: Generators, rig_channels: RigChannels) -> Session:
+def post_session(config: SessionConfig, db: DB, wake: Wake, cache: Generators, rig_channels: RigChannels,
+                 settings: AppSettings) -> Session:
     """Create a session and its threads once every check passes (``422`` naming each field otherwise).
 
     Threads are ``running`` when the session's rig is connected, else ``waiting_for_rig``.
     """
     channels = rig_channels(config.rig)
-    refuse(admission.check_session(config, cache, channels))
+    refuse(admission.check_session(config, cache, channels, active_threads(db), settings.max_active_threads))
     session = records.create_session(db, config)
     if channels is None:
         for thread in session.threads:
@@ -67,7 +90,7 @@ def list_session_threads(session_id: Id, db: DB) -> list[Thread]:
 @router.post("/{session_id}/threads", response_model=ThreadRead, status_code=status.HTTP_201_CREATED,
              responses={**NOT_FOUND, **CONFLICT})
 def post_session_thread(session_id: Id, thread: ThreadConfig, db: DB, wake: Wake, cache: Generators,
-                        rig_channels: RigChannels) -> Thread:
+                        rig_channels: RigChannels, settings: AppSettings) -> Thread:
     """Add a thread (e.g. a Manifold map around a finished evolution), checked like a new session's.
 
     A ``finished`` session becomes ``active`` again; a ``stopped`` one is a ``409``.
@@ -78,6 +101,7 @@ def post_session_thread(session_id: Id, thread: ThreadConfig, db: DB, wake: Wake
                             "to an active or finished session")
     channels = rig_channels(session.rig)
     stored = SessionConfig.model_validate(session.config_json).threads
+    refuse(admission.check_capacity(active_threads(db), 1, settings.max_active_threads))
     refuse(admission.check_thread(thread, cache, session.rig, channels, session_threads=stored))
     try:
         row = records.add_thread(db, session, thread)
