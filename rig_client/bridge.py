@@ -4,7 +4,8 @@ For every BATCH the bridge writes a folder ``DIR/batch-NNNNNN/`` at once (built 
 name, then renamed): the images ``0001.png ...`` in presentation order and the manifest as
 ``manifest.json`` and ``manifest.csv``. The rig shows them and writes ``responses.mat``,
 ``responses.csv`` or ``responses.json`` into that folder (write it under another name, then rename).
-The bridge validates the file: on bad input it renames it to ``responses.rejected-K.EXT`` and
+The bridge reads the file once its size and modification time have held for ``--settle`` seconds (so a
+file written in place is not read half-written) and validates it: on bad input it renames it to ``responses.rejected-K.EXT`` and
 explains in ``responses.error.txt``, then waits for a corrected file; on good input it sends
 RESULTS and writes ``ack.json``. A batch the server closed gets ``closed.json``, one it re-sent or
 moved past gets ``superseded.json`` (`FolderBridge`). docs/monkeylogic/README.md describes the files
@@ -22,6 +23,7 @@ import os
 import shutil
 import signal
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +32,13 @@ from typing import Any
 import numpy as np
 
 from rig_client import RigError
-from rig_client.connection import add_connection_arguments, connection_keys, positive, positive_int
+from rig_client.connection import (
+    add_connection_arguments,
+    connection_keys,
+    non_negative,
+    positive,
+    positive_int,
+)
 from rig_client.protocol import MAX_ONSET, ErrorCode, Message, MessageType, ProtocolError, encode
 from rig_client.trials import TrialPresentation, to_send
 
@@ -38,6 +46,7 @@ log = logging.getLogger(__name__)
 
 RESPONSE_FILES = ("responses.mat", "responses.csv", "responses.json")
 MAX_RESPONSE_BYTES = 64 * 2**20
+SETTLE_S = 0.5  # default --settle: how long a responses file must stay unchanged before it is read
 _PRESENTATION_IDS = uuid.UUID("6f1d7a52-4d0e-4b8e-9a43-0c1f3b2e9d11")  # uuid5 namespace
 
 
@@ -174,7 +183,7 @@ def _rows_mat(path: Path, channels: int) -> list[dict]:
         data = scipy.io.loadmat(path, simplify_cells=True)
     except Exception as exc:  # scipy raises many kinds on a damaged file
         raise BridgeError(f"not a MATLAB .mat file scipy can read ({exc!r}); save it with "
-                          "save(file, ..., '-v7')") from None
+                          f"save(file, ..., '-v7'). {_still_writing(path)}") from None
     _check_names([k for k in data if not k.startswith("__")], FIELDS, "variable")
     for key in ("stimulus_id", "onset", "rates"):
         if key not in data:
@@ -222,7 +231,7 @@ def read_responses(path: Path, manifest: dict) -> list[TrialPresentation]:
         rows = {".json": lambda: _rows_json(path), ".csv": lambda: _rows_csv(path, channels),
                 ".mat": lambda: _rows_mat(path, channels)}[path.suffix]()
     except (ValueError, UnicodeDecodeError, csv.Error, OSError) as exc:
-        raise BridgeError(f"{path.name} cannot be read: {exc}") from None
+        raise BridgeError(f"{path.name} cannot be read: {exc}. {_still_writing(path)}") from None
     except RecursionError:
         raise BridgeError(f"{path.name} is nested too deeply to be a responses file") from None
     wanted = {s["stimulus_id"] for s in manifest["stimuli"]}
@@ -234,6 +243,12 @@ def read_responses(path: Path, manifest: dict) -> list[TrialPresentation]:
     except ProtocolError as exc:
         raise BridgeError(exc.message) from None
     return presentations
+
+
+def _still_writing(path: Path) -> str:
+    """The advice for a file that cannot be parsed: perhaps the bridge read it while it was being written."""
+    return (f"Was it still being written? Write the whole file under another name, then rename it to "
+            f"{path.name} (as actmax_write_responses does)")
 
 
 def _presentation(row: dict, i: int, manifest: dict, wanted: set[str]) -> TrialPresentation:
@@ -311,7 +326,7 @@ CLOSED_CODES = (ErrorCode.BATCH_CLOSED, ErrorCode.UNKNOWN_BATCH)  # refusals no 
 
 
 def _finished(path: Path) -> bool:
-    """The server stored the folder's results (``ack.json``) or will never take any (``closed.json``)."""
+    """The server stored the folder's results (``ack.json``) or closed the batch (``closed.json``)."""
     return (path / "ack.json").exists() or (path / "closed.json").exists()
 
 
@@ -325,7 +340,8 @@ class FolderBridge:
     for responses, validates and sends them, and marks the folder done.
 
     A folder is open until it has ``ack.json`` (the server stored its results) or ``closed.json``
-    (the server refused them as ``batch_closed`` or ``unknown_batch``, which no file can fix); responses
+    (the server answered ``batch_closed``, having stored them unscored, or refused them as ``unknown_batch``:
+    no file can change either); responses
     the server could not store (ERROR ``internal``) the client sends again until it does. A new
     batch of a thread supersedes the thread's open folders of its generation or an earlier one that
     have no responses yet (the server re-sent their unanswered stimuli, or moved on): they get
@@ -336,11 +352,16 @@ class FolderBridge:
     1.1, which stores them with their trial facts and applies the session's flagged-trial policy.
     A 1.0 server would score them, so for one they stay in the folder and are not sent: the server
     shows those stimuli again (docs/protocol.md §4.4.1).
+
+    A responses file is read once its size and modification time have stayed the same for ``settle_s``
+    (0: at first sight): a rig that writes the file in place, or a slow share, is not read half-way.
     """
 
-    def __init__(self, client, folder: Path, channel_labels: Sequence[str], *, poll_s: float = 0.2):
+    def __init__(self, client, folder: Path, channel_labels: Sequence[str], *, poll_s: float = 0.2,
+                 settle_s: float = SETTLE_S):
         self.client, self.folder, self.labels = client, Path(folder), list(channel_labels)
-        self.poll_s = poll_s
+        self.poll_s, self.settle_s = poll_s, settle_s
+        self.seen: dict[Path, tuple[tuple[int, int], float]] = {}  # responses file -> (size, mtime), since when
         self.stop = threading.Event()
         self.folder.mkdir(parents=True, exist_ok=True)
         self.open = {m.parent: json.loads(m.read_text())  # folder -> manifest
@@ -377,8 +398,24 @@ class FolderBridge:
             if path in self.uploads:
                 if self.uploads[path][0].done():
                     self._settle(path, *self.uploads.pop(path))
-            elif (responses := _responses(path)) is not None:
+            elif (responses := _responses(path)) is not None and self._settled(responses):
                 self._send(path, responses, manifest)
+
+    def _settled(self, responses: Path) -> bool:
+        """Whether ``responses`` has had the same size and modification time for ``settle_s`` (then it is
+        forgotten here: a file written after it is watched afresh)."""
+        try:
+            stat = responses.stat()
+        except FileNotFoundError:  # renamed away since the folder was looked at
+            return False
+        state, now = (stat.st_size, stat.st_mtime_ns), time.monotonic()
+        seen = self.seen.get(responses)
+        if seen is None or seen[0] != state:
+            self.seen[responses] = seen = (state, now)
+        if now - seen[1] < self.settle_s:
+            return False
+        del self.seen[responses]
+        return True
 
     def _send(self, path: Path, responses: Path, manifest: dict) -> None:
         try:
@@ -413,7 +450,7 @@ class FolderBridge:
 
     def _refused(self, path: Path, responses: Path, exc: ProtocolError) -> None:
         """A refusal no file can fix closes the folder (``closed.json``); any other awaits a new file."""
-        reason = f"the server refused these results: {exc}"
+        reason = f"the server {'closed this batch' if exc.code == ErrorCode.BATCH_CLOSED else 'refused these results'}: {exc}"
         if exc.code not in CLOSED_CODES:
             rejected = self._reject(responses, reason)
             log.warning("%s refused by the server (kept as %s): %s", responses, rejected.name, exc)
@@ -455,6 +492,10 @@ def add_parser(rig_commands) -> None:
     bridge.add_argument("--labels", help="comma-separated channel labels, e.g. elec1-u1,elec2-u1")
     bridge.add_argument("--poll", type=positive, default=0.2, metavar="SECONDS",
                         help="how often to look for a responses file (default 0.2)")
+    bridge.add_argument("--settle", type=non_negative, default=SETTLE_S, metavar="SECONDS",
+                        help="read a responses file once its size and modification time have not changed for "
+                        f"this long, so a file still being written is not read (default {SETTLE_S:g}; 0: at once, "
+                        "for rigs that write under another name and rename)")
     bridge.set_defaults(func=run)
 
 
@@ -472,7 +513,7 @@ def run(args: argparse.Namespace) -> int:
     labels = channel_labels(args.channels, args.labels)
     with RigClient(args.endpoint, args.rig, channels=len(labels), labels=labels if args.labels else None,
                    **connection_keys(args)) as client:
-        bridge = FolderBridge(client, args.folder, labels, poll_s=args.poll)
+        bridge = FolderBridge(client, args.folder, labels, poll_s=args.poll, settle_s=args.settle)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: bridge.stop.set())
         log.info("bridge: rig %r, %d channels, folder %s (pid %d)", args.rig, len(labels),

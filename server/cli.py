@@ -1,7 +1,8 @@
 """The ``actmax`` console script: one subcommand per module, each adding its own parser.
 
-Subcommand modules keep heavy imports (torch, the server) inside their run functions, so
-``actmax --help`` answers at once.
+Subcommand modules, and the packages they are in, keep heavy imports (torch, pandas, scipy, the server)
+inside their run functions, so every command, ``actmax --help`` and ``actmax thread pause ID`` included,
+answers at once (``tests/test_cli.py`` checks that building the parser imports none of torch, pandas, scipy).
 """
 
 from __future__ import annotations

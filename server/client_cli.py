@@ -17,6 +17,8 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 FIRST_TIMEOUT_S = 5.0  # for the first request to a server: a wrong port is named in seconds
 ENDED = {"stopped", "finished"}
 WATCH_BACKOFF_MAX_S = 30.0  # `session watch` polls a server that stopped answering at most this far apart
+# Info events `session watch` prints besides warnings and errors: each explains a jump in the scores or a gap.
+WATCH_INFO_KINDS = frozenset({"thread.retargeted", "thread.resumed", "generation.left_pending"})
 
 
 def add_parser(subcommands) -> None:
@@ -36,8 +38,9 @@ def add_parser(subcommands) -> None:
     stop.add_argument("id", type=int)
     stop.set_defaults(func=stop_session)
     watch = commands.add_parser("watch", help="print each generation as it completes until the session ends",
-                                description="A line per completed generation, thread status change and warning, "
-                                "until the session ends. A server that stops answering (a restart) is waited for.")
+                                description="A line per completed generation, thread status change, warning, "
+                                "retarget, restart and generation left pending, until the session ends. A server "
+                                "that stops answering (a restart) is waited for.")
     watch.add_argument("id", type=int, help="the session's id (`actmax session list`)")
     watch.add_argument("--interval", type=positive, default=1.0, help="seconds between polls (default 1)")
     watch.set_defaults(func=watch_session)
@@ -50,7 +53,8 @@ def add_parser(subcommands) -> None:
         command = commands.add_parser(action, help=text)
         command.add_argument("id", type=int)
         command.set_defaults(func=thread_action, action=action)
-    retarget = commands.add_parser("retarget", help="change the objective from the next generation on")
+    retarget = commands.add_parser("retarget", help="change the objective from the next generation on (the pending "
+                                   "one if none of its responses arrived yet); prints which")
     retarget.add_argument("id", type=int)
     target = retarget.add_mutually_exclusive_group(required=True)
     target.add_argument("--channels", type=int, nargs="+", metavar="CHANNEL", help="channels to maximise")
@@ -185,8 +189,17 @@ def retarget_thread(args) -> int:
     objective = {"expression": args.expression} if args.expression else \
         {"channels": args.channels, "combine": args.combine}
     thread = call("POST", f"/threads/{args.id}/retarget", {"objective": objective})
-    print(f"thread {thread['id']} {thread['name']!r}: {thread['score_label']} from its next generation")
+    print(retargeted(thread)["message"])
     return 0
+
+
+def retargeted(thread: dict) -> dict:
+    """The ``thread.retargeted`` event the server logged for ``thread`` just now: it names the new objective
+    and the generation it applies from."""
+    path = f"/sessions/{thread['session_id']}/events"
+    total = call("GET", f"{path}?limit=1")["total"]
+    latest = call("GET", f"{path}?offset={max(total - 100, 0)}&limit=100")["items"]
+    return next(e for e in reversed(latest) if e["kind"] == "thread.retargeted" and e["thread_id"] == thread["id"])
 
 
 def _number(value) -> str:
@@ -199,8 +212,9 @@ def _time(text: str | None) -> datetime:
 
 
 def watch_session(args) -> int:
-    """A line per completed generation (per thread), per thread status change and per warning or error
-    event (drift alarms, refused results, a lost rig), in the order they happened, until the session ends.
+    """A line per completed generation (per thread), per thread status change, per warning or error event
+    (drift alarms, refused results, a lost rig) and per ``WATCH_INFO_KINDS`` event (a retarget, a restart, a
+    generation left pending), in the order they happened, until the session ends.
     A server that stops answering (a restart, a crash) is waited for, with a line when it goes and comes back."""
     shown: dict[int, int] = {}  # thread id -> its complete generations printed
     statuses: dict[int, str] = {}
@@ -218,7 +232,7 @@ def watch_session(args) -> int:
                 events_seen += len(page)
                 for event in page:
                     changed[event["thread_id"], event["kind"]] = event["time"]
-                    if event["level"] in ("warning", "error"):
+                    if event["level"] in ("warning", "error") or event["kind"] in WATCH_INFO_KINDS:
                         lines.append((_time(event["time"]), f"{event['level'].upper():<8} "
                                       f"{names.get(event['thread_id'], '-')}: {event['kind']}: {event['message']}"))
             for thread in session["threads"]:
@@ -300,8 +314,10 @@ def verify_weights(args) -> int:
                 status = status.__class__(name, False, status.source, status.sha256, "rendered non-finite pixels")
         statuses.append(status)
     for status in statuses:  # after the bar, which would cut into the table
-        print(f"{status.generator:<18} {'ok' if status.found else 'FAILED':<7} "
-              f"{status.sha256 or status.problem.splitlines()[0]}")
+        first, _, rest = (status.sha256 or status.problem).partition("\n")  # a problem: the paths tried, what to do
+        print(f"{status.generator:<18} {'ok' if status.found else 'FAILED':<7} {first}")
+        if rest:
+            print("    " + rest.replace("\n", "\n    "))
     failed = [status.generator for status in statuses if not status.found]
     if failed:
         print(f"actmax weights verify: {len(failed)} generator(s) cannot be used: {', '.join(failed)}; "

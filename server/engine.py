@@ -47,7 +47,7 @@ from server.settings import Settings
 from server.store import queries, records
 from server.store.archive import ImageArchive
 from server.store.db import BackgroundCheckpoints, StepConnection
-from server.store.models import Batch, EventLevel, Thread, ThreadStatus, utcnow
+from server.store.models import ENDED_THREAD_STATUSES, Batch, EventLevel, Thread, ThreadStatus, utcnow
 from server.thread_runtime import ThreadRuntime, build_runtime, code_chunks
 from server.weights import GeneratorCache
 
@@ -116,14 +116,15 @@ class Stall:
     retry_at: float
 
 
-def start_event(runtime: ThreadRuntime, name: str, restarted: bool) -> tuple[str, str, dict]:
+def start_event(runtime: ThreadRuntime, name: str, restarted: bool, waiting: bool) -> tuple[str, str, dict] | None:
     """The event of a thread's runtime just built (``steps.log_in``'s kind, message and data): ``thread.started``,
-    or ``thread.resumed`` when a thread with a history did not run in this process yet (the server restarted),
-    naming the generation it resumes at and what becomes of its batch."""
+    or ``thread.resumed`` when the server's start took up a thread with a history (``restarted``), naming the
+    generation it resumes at and what becomes of its batch. None for a start while it waits for its rig
+    (``waiting``): ``thread.waiting_for_rig`` says so, and ``thread.running`` when the rig connects."""
     inflight, number = runtime.inflight, runtime.first_generation
     if not restarted or (number == 0 and inflight is None):
-        return ("thread.started", f"thread {runtime.id} {name!r} started from generation {number}",
-                {"generation": number})
+        return None if waiting else ("thread.started", f"thread {runtime.id} {name!r} started from generation "
+                                     f"{number}", {"generation": number})
     data = {"generation": number, "pending": inflight is not None, "batch_id": None, "resent": False}
     if inflight is None:
         at = f"generation {number}, not asked yet"
@@ -137,6 +138,26 @@ def start_event(runtime: ThreadRuntime, name: str, restarted: bool) -> tuple[str
         else:
             at = f"generation {inflight.number}: its batch is sent once its rig is connected"
     return "thread.resumed", f"thread {runtime.id} {name!r} resumed after a server restart at {at}", data
+
+
+def paused_at_restart(db: DBSession, thread: Thread) -> tuple[str, str, dict] | None:
+    """The restart event of a thread paused when the server started (``start_event``'s for a thread whose
+    runtime is built only once a user resumes it), None for one without a history."""
+    pending = queries.pending_generation(db, thread.id)
+    number = pending.number if pending is not None else len(queries.complete_generations(db, thread.id))
+    if pending is None and number == 0:
+        return None
+    at = f"generation {number}{' (pending)' if pending is not None else ', not asked yet'}"
+    return ("thread.resumed", f"thread {thread.id} {thread.name!r} taken up paused after a server restart at {at}: "
+            "it goes on once resumed", {"generation": number, "pending": pending is not None, "batch_id": None,
+                                        "resent": False, "paused": True})
+
+
+def close_rigs(rig: str, connected) -> frozenset[str]:
+    """The ``connected`` rig names close to ``rig`` but not it: a typo or a case difference in a session's rig name."""
+    folded = rig.casefold()
+    return frozenset(name for name in connected
+                     if name != rig and difflib.SequenceMatcher(None, folded, name.casefold()).ratio() >= 0.6)
 
 
 class Engine:
@@ -156,7 +177,12 @@ class Engine:
         self._steps: set[asyncio.Task] = set()  # thread steps in progress (kept so none is collected)
         self._stalled: dict[int, Stall] = {}  # threads waiting for their storage to work again
         self._reconcile_failing = False  # the last reconcile failed on storage (logged once until one succeeds)
-        self._started: set[int] = set()  # threads that ran in this process (others resume after a restart)
+        # Threads this process's start took up (not paused), until their runtime is built: their start event
+        # says they resumed after a restart. None until the first reconcile, which logs the paused ones' at once.
+        self._restarted: set[int] | None = None
+        self._passing: dict[int, str] = {}  # thread id -> a last_error its next round or end clears (_take)
+        # Threads waiting for their rig whose wait is logged -> the connected rigs with a close name it warned of.
+        self._waits: dict[int, frozenset[str]] = {}
         self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="actmax-compute")
         self._step_db = StepConnection(sessions)  # the compute worker's transactions (``_transact``)
         self._checkpoints = BackgroundCheckpoints(sessions)
@@ -249,7 +275,7 @@ class Engine:
                               "channel_labels": header.get("channel_labels"),
                               "cached_references": len(self._rig_references[rig])})
         self.wake()
-        return {"server": "actmax", "minor": minor}
+        return {"minor": minor}
 
     def rig_channel_count(self, rig: str) -> int | None:
         """The channels ``rig`` announced, or None when it is not connected (the REST API checks objectives)."""
@@ -290,6 +316,8 @@ class Engine:
                 raise
             raise StorageUnavailable(f"the server cannot store results now ({storage_advice(exc, self.settings)}); "
                                      "keep them and send them again") from None
+        if recorded.late:  # stored, not scored; the rig drops the batch
+            raise await self._transact(steps.closed_batch, rig, header["batch_id"], recorded)
         return {"batch_id": header["batch_id"], "accepted": recorded.accepted, "duplicates": recorded.duplicates}
 
     def _answered(self, recorded: steps.Recorded, header: dict) -> dict:
@@ -374,30 +402,48 @@ class Engine:
         await self._offload(self._refused, rig, batch_id, exc)
 
     def _refused(self, rig: str, batch_id: str, exc: RigInputError) -> None:
+        """The refusal's event; for a thread not ended, also its ``last_error`` until its next round or its end
+        (an ended thread keeps the reason it ended with)."""
         with self._db.begin() as db:
             batch = db.get(Batch, batch_id)
             message = f"RESULTS from rig {rig!r} for batch {batch_id!r} refused ({exc.code}): {exc.message}"
             if batch is None or batch.rig != rig:
                 steps.log_in(db, None, None, "results.refused", message, level=EventLevel.WARNING)
-            else:
-                log.warning(message)
-                records.set_thread_error(db, batch.thread_id, "results.refused", message, level=EventLevel.WARNING,
-                                         data={"rig": rig, "batch_id": batch_id, "code": str(exc.code)})
+                return
+            data = {"rig": rig, "batch_id": batch_id, "code": str(exc.code)}
+            thread = db.get(Thread, batch.thread_id)
+            if thread.status in ENDED_THREAD_STATUSES:
+                steps.log_in(db, batch.session_id, thread.id, "results.refused",
+                             f"thread {thread.id} {thread.name!r} ({thread.status.value}): {message}", data,
+                             EventLevel.WARNING)
+                return
+            log.warning(message)
+            records.set_thread_error(db, thread.id, "results.refused", message, level=EventLevel.WARNING, data=data)
+            self._passing[thread.id] = message
 
     # ------------------------------------------------------------------ thread lifecycle
     async def _reconcile(self) -> None:
         """Match each live thread's status to its rig (running, waiting_for_rig, blocked); keep runtimes
-        for running and waiting threads and for paused ones finishing their generation; advance the idle ones."""
+        for running and waiting threads and for paused ones finishing their generation; log each wait for a rig
+        (``_note_wait``); advance the idle ones."""
         wanted: dict[int, ThreadStatus] = {}
         connected = self._connected_rigs()  # one view of the rigs for every decision and message below
-        for thread in await self._offload(self._live_threads):
+        threads = await self._offload(self._live_threads)
+        if self._restarted is None:
+            await self._offload(self._log_paused_at_restart, [t.id for t in threads if t.status == ThreadStatus.PAUSED])
+            self._restarted = {t.id for t in threads if t.status != ThreadStatus.PAUSED}
+        for thread in threads:
             status = thread.status
             if status != ThreadStatus.PAUSED:
                 target, reason = self._rig_state(thread, connected)
                 if target != status and await self._offload(self._set_rig_state, thread.id, status, target, reason,
                                                              sorted(connected)):
                     status = target
+                    if target == ThreadStatus.WAITING_FOR_RIG:
+                        self._waits[thread.id] = close_rigs(thread.rig, connected)
             wanted[thread.id] = status
+        for thread_id in [t for t in self._waits if wanted.get(t) != ThreadStatus.WAITING_FOR_RIG]:
+            del self._waits[thread_id]
         for thread_id, runtime in list(self._threads.items()):
             status = wanted.get(thread_id)
             runtime.paused = status == ThreadStatus.PAUSED
@@ -417,12 +463,15 @@ class Engine:
                 continue
             try:
                 runtime = await self._offload(self._start_thread, thread_id, stall is None,
-                                              thread_id not in self._started)
+                                              thread_id in self._restarted)
                 if runtime is not None:
                     self._threads[thread_id] = runtime
-                    self._started.add(thread_id)
+                    self._restarted.discard(thread_id)
             except Exception as exc:
                 await self._fail(thread_id, exc)
+        for thread in threads:
+            if wanted[thread.id] == ThreadStatus.WAITING_FOR_RIG:
+                await self._note_wait(thread, connected)
         for runtime in list(self._threads.values()):
             inflight = runtime.inflight
             if runtime.lock.locked():
@@ -460,15 +509,42 @@ class Engine:
             ).rowcount
             if not changed:
                 return False
+            thread = db.get(Thread, thread_id)
             if new == ThreadStatus.BLOCKED:
                 records.set_thread_error(db, thread_id, "thread.blocked", reason, level=EventLevel.WARNING)
+            elif new == ThreadStatus.RUNNING:
+                steps.log_in(db, None, thread_id, "thread.running",
+                             f"thread {thread_id} {thread.name!r} running: its rig is connected")
             else:
-                thread = db.get(Thread, thread_id)
-                rig, level = ("its rig is connected", EventLevel.INFO) if new == ThreadStatus.RUNNING else \
-                    self._waiting_for(thread.session.rig, connected)
-                steps.log_in(db, None, thread_id, f"thread.{new.value}",
-                             f"thread {thread_id} {thread.name!r} {new.value}: {rig}", level=level)
+                self._log_wait(db, thread, connected)
             return True
+
+    async def _note_wait(self, thread: queries.LiveThread, connected: dict[str, int]) -> None:
+        """Log that a thread waits for its rig once per wait (a thread created waiting, or waiting at the server's
+        start), and again when a rig whose name is close to its rig's connects meanwhile (a warning: a typo)."""
+        close, logged = close_rigs(thread.rig, connected), self._waits.get(thread.id)
+        if logged is not None and close <= logged:
+            return
+        if await self._offload(self._log_wait_of, thread.id, sorted(connected)):
+            self._waits[thread.id] = close | (logged or frozenset())
+
+    def _log_wait_of(self, thread_id: int, connected: list[str]) -> bool:
+        """``_log_wait`` in a transaction of its own, unless the thread stopped waiting meanwhile."""
+        with self._db.begin() as db:
+            thread = db.get(Thread, thread_id)
+            if thread.status != ThreadStatus.WAITING_FOR_RIG:
+                return False
+            self._log_wait(db, thread, connected)
+            return True
+
+    def _log_wait(self, db: DBSession, thread: Thread, connected: list[str]) -> None:
+        """The ``thread.waiting_for_rig`` event of a thread that waits for its rig; when a ``connected`` rig's name
+        is close to its rig's, a warning that is also its ``last_error`` until its first round once its rig connects."""
+        why, level = self._waiting_for(thread.session.rig, connected)
+        if level == EventLevel.WARNING:
+            thread.last_error = self._passing[thread.id] = why
+        steps.log_in(db, None, thread.id, "thread.waiting_for_rig",
+                     f"thread {thread.id} {thread.name!r} waiting_for_rig: {why}", level=level)
 
     @staticmethod
     def _waiting_for(rig: str, connected: list[str]) -> tuple[str, EventLevel]:
@@ -476,9 +552,8 @@ class Engine:
         connected rig's name is close to it (a typo)."""
         if not connected:
             return f"waiting for rig {rig!r} to connect", EventLevel.INFO
-        close = difflib.get_close_matches(rig.casefold(), [name.casefold() for name in connected], n=1, cutoff=0.6)
         names = ", ".join(map(repr, connected))
-        if close:
+        if close_rigs(rig, connected):
             return (f"waiting for rig {rig!r}, which is not connected; connected: {names}. Rig names are exact "
                     "and case-sensitive: is the session's rig name right?"), EventLevel.WARNING
         return f"waiting for rig {rig!r} to connect (connected: {names})", EventLevel.INFO
@@ -486,8 +561,9 @@ class Engine:
     def _start_thread(self, thread_id: int, announce: bool, restarted: bool) -> ThreadRuntime | None:
         """The thread's runtime, rebuilt from the database; None if it ended since ``_reconcile`` read its
         status (a step that finished it ran in between on the compute worker), or waits for another thread.
-        ``announce``: log the start (a thread stalled on storage logs its recovery instead); ``restarted``: it
-        did not run in this process."""
+        ``announce``: log the start (a thread stalled on storage logs its recovery instead); ``restarted``: the
+        server's start took it up (it resumes after a restart). A ``last_error`` it has now (a refusal from before
+        a restart, a block that lifted) is cleared by its next round or its end (``_take``)."""
         with self._db.begin() as db:
             thread = db.get(Thread, thread_id)
             if thread.status not in (ThreadStatus.RUNNING, ThreadStatus.WAITING_FOR_RIG):
@@ -499,11 +575,23 @@ class Engine:
                 return None
             if (waited := manifold.waiting_message(thread)) is not None:
                 records.clear_thread_error(db, thread_id, waited)
-            if announce:
-                steps.log_in(db, runtime.session_id, thread_id,
-                             *start_event(runtime, thread.name, restarted))
+            if thread.last_error and thread.last_error != waited:
+                self._passing[thread_id] = thread.last_error
+            if announce and (event := start_event(runtime, thread.name, restarted,
+                                                  thread.status == ThreadStatus.WAITING_FOR_RIG)) is not None:
+                steps.log_in(db, runtime.session_id, thread_id, *event)
         freeze_heap()  # its generator and optimizer live as long as the thread
         return runtime
+
+    def _log_paused_at_restart(self, thread_ids: list[int]) -> None:
+        """At the server's start, the restart event of each paused thread with a history: its runtime is built
+        only when a user resumes it, and that resume is no restart (its event is ``thread.started``, or
+        ``thread.waiting_for_rig`` while its rig is not connected)."""
+        with self._db.begin() as db:
+            for thread_id in thread_ids:
+                thread = db.get(Thread, thread_id)
+                if (event := paused_at_restart(db, thread)) is not None:
+                    steps.log_in(db, thread.session_id, thread_id, *event)
 
     async def _fail(self, thread_id: int, exc: Exception) -> None:
         """A step or start of the thread raised: its runtime goes. A storage fault stalls it (``_stall``),
@@ -594,6 +682,8 @@ class Engine:
                 await self._send_round(runtime, step, cached, held)
             if wrote and runtime.id in self._stalled:
                 await self._unstall(runtime)
+            if wrote and (error := self._passing.pop(runtime.id, None)) is not None:
+                await self._transact(records.clear_thread_error, runtime.id, error)
         except Exception as exc:
             await self._fail(runtime.id, exc)
         finally:

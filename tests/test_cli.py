@@ -44,12 +44,28 @@ def test_the_console_script_is_installed_and_runs():
     assert result.stdout.startswith("usage: actmax")
 
 
+def test_the_parser_and_the_rest_client_commands_import_no_heavy_library():
+    """Every `actmax` command builds the whole parser, so no subcommand module (nor its package) may import
+    torch, pandas or scipy at the top: `actmax --help` and `actmax thread pause ID` answer at once."""
+    from server.launch import free_port
+
+    program = ("import sys\nfrom server.cli import build_parser, main\nbuild_parser()\n"
+               "for argv in (['--help'], ['thread', 'pause', '999'], ['session', 'list']):\n"
+               "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+               "print(sorted(m for m in ('torch', 'pandas', 'scipy') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "ACTMAX_TOKEN": "t", "ACTMAX_URL": f"http://127.0.0.1:{free_port()}"})
+    assert result.returncode == 0, result.stderr
+    assert "cannot reach the server" in result.stderr  # the commands ran their request
+    assert result.stdout.splitlines()[-1] == "[]"
+
+
 def test_a_second_server_on_the_same_data_folder_is_refused(tmp_path):
     """Both would run the same threads (each flipping them between running and waiting for its rig)."""
     from server.launch import ServerProcess, free_port
 
     token = "t" * 32
-    first = ServerProcess(tmp_path, token)
+    first = ServerProcess(tmp_path, token, env={"ACTMAX_HEARTBEAT_MS": "1000"})  # misspelt: ACTMAX_HEARTBEAT_S
     first.start()
     try:
         second = actmax("serve", "--port", str(free_port()), "--zmq-endpoint", f"tcp://127.0.0.1:{free_port()}",
@@ -58,6 +74,8 @@ def test_a_second_server_on_the_same_data_folder_is_refused(tmp_path):
         first.stop()
     assert second.returncode == 2
     assert f"{tmp_path} is in use by another actmax serve (pid {first.process.pid})" in second.stderr
+    warning = next(line for line in first.log_path.read_text().splitlines() if "no setting reads" in line)
+    assert "ACTMAX_HEARTBEAT_MS (did you mean ACTMAX_HEARTBEAT_S?)" in warning and "misspelt?" in warning
 
 
 def test_output_piped_into_a_reader_that_closed_early_ends_quietly(tmp_path):
@@ -229,6 +247,16 @@ def test_weights_list_and_verify_report_where_each_generator_looks(tmp_path):
     assert re.search(r"dcgan-faces\s+ok\s+[0-9a-f]{64}", verified.stdout)
     assert "loading" not in listed.stderr and "verifying" not in verified.stderr  # no bar cut into a piped table
 
+
+def test_weights_verify_prints_the_whole_reason_of_a_failure(tmp_path):
+    """Not only its first line, which ends at "tried:": the paths tried and what to do, indented under it."""
+    failed = actmax("weights", "verify", "deepsim-fc6", env={"TORCH_HOME": str(tmp_path / "torch"),
+                                                             "ACTMAX_WEIGHTS_DIR": str(tmp_path / "weights")})
+    assert failed.returncode == 1, failed.stderr
+    first, tried, advice = failed.stdout.splitlines()
+    assert re.fullmatch(r"deepsim-fc6\s+FAILED\s+weights for generator 'deepsim-fc6' not found; tried:", first)
+    assert tried == f"      - {tmp_path / 'torch' / 'hub' / 'checkpoints' / 'upconvGAN_fc6.pt'}"
+    assert advice.startswith("    Download the DeePSiM fc6 PyTorch state dict")
 
 def test_demo_progress_counts_a_generation_that_completes_between_its_reads():
     """``make demo``'s bar ended at 59/60: its last generation completed after the count, before the states."""

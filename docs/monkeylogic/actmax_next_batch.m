@@ -7,10 +7,11 @@ function folder = actmax_next_batch(root)
 folder = '';
 listing = dir(fullfile(root, 'batch-*'));
 names = sort({listing([listing.isdir]).name});
-done = {'ack.json', 'responses.mat', 'closed.json', 'superseded.json'};
+done = {'ack.json', 'responses.mat'};
 for k = 1:numel(names)
     candidate = fullfile(root, names{k});
-    if ~any(cellfun(@(name) exist(fullfile(candidate, name), 'file') == 2, done))
+    if ~any(cellfun(@(name) exist(fullfile(candidate, name), 'file') == 2, done)) && ...
+            ~actmax_batch_dropped(candidate)
         folder = candidate;
         return
     end

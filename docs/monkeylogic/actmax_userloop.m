@@ -4,7 +4,9 @@ function [C, timingfile, userdefined_trialholder] = actmax_userloop(MLConfig, Tr
 %   the next image of the current batch with actmax_timing.m. A trial the animal aborts before the
 %   image appeared is repeated; a broken fixation during the image is reported as such (the
 %   server then shows that image again). When every image of the batch was shown, the responses
-%   are written and the loop waits for the next batch.
+%   are written and the loop waits for the next batch. Between trials it checks whether the bridge
+%   closed or superseded the batch meanwhile (the server re-sent its stimuli after the batch timeout,
+%   or moved on): then it writes the trials shown so far and goes on with the next batch.
 ACTMAX_FOLDER = 'C:\actmax\rig-folder';
 ACTMAX_WINDOW_MS = [50 200];      % counting window after onset (the manifest's response window)
 ACTMAX_BASELINE_MS = [-100 0];    % baseline window before onset
@@ -31,13 +33,19 @@ if ~isempty(batch) && isfield(TrialRecord.User, 'onset_unix') && ~isempty(TrialR
     R.dropped_frames(end + 1, 1) = TrialRecord.User.dropped_frames;
     R.photodiode_onset(end + 1, 1) = NaN;  % fill in from your photodiode if you record one
     next = next + 1;
-    if next > numel(stimuli)
-        R.baseline_window_ms = ACTMAX_BASELINE_MS;
-        actmax_write_responses(batch, R);
-        batch = '';
-    end
 end
 TrialRecord.User.onset_unix = [];
+
+% The batch is done when every image was shown, or when the bridge closed or superseded it meanwhile
+% (its other images would be shown for nothing). The trials shown are written as its responses (the
+% bridge still sends those of a superseded batch).
+if ~isempty(batch) && (next > numel(stimuli) || actmax_batch_dropped(batch))
+    if ~isempty(R.onset)
+        R.baseline_window_ms = ACTMAX_BASELINE_MS;
+        actmax_write_responses(batch, R);
+    end
+    batch = '';
+end
 
 % A new batch when the last one is done: wait for the bridge to write it.
 while isempty(batch)

@@ -65,7 +65,8 @@ class ThreadRead(_FromORM):
     n_generations: int
     repeats: int
     status: ThreadStatus = Field(description="running, waiting_for_rig, blocked, paused, stopped, finished or failed.")
-    last_error: str | None = Field(description="The latest refusal of its rig's results, block or failure.")
+    last_error: str | None = Field(description="Why it is blocked, stalled, waiting or failed; or the latest refusal of "
+                                              "its rig's results, until its next round or its end.")
     created_at: datetime
 
     @computed_field(description='What its scores are, for a chart axis: "score (spikes/s)" for a channels objective, '

@@ -2,34 +2,25 @@
 
 ``actmax export`` (``cli``) and ``GET /sessions/{id}/export.nwb`` (``server/api/routes/export.py``) both
 call ``session_tables`` once and hand the tables to a writer. docs/export.md describes the output.
+
+The names below are imported on first use (PEP 562): every ``actmax`` command builds ``cli``'s parser,
+which imports this package, and the tables pull in pandas, SQLAlchemy and the session config (torch).
 """
 
-from server.export.tables import CLI_HINTS, ExportError, SessionRunning, SessionTables, session_tables, write_tables
-from server.store.db import make_db_engine, make_sessionmaker
+import importlib
+
+_MODULES = {
+    "server.export.tables": ("CLI_HINTS", "ExportError", "SessionRunning", "SessionTables", "session_tables",
+                             "write_tables"),
+    "server.export.loading": ("NwbUnavailable", "load_session_tables", "nwb_writer"),
+}
+_HOME = {name: module for module, names in _MODULES.items() for name in names}
 
 
-class NwbUnavailable(ExportError, RuntimeError):
-    """pynwb, the optional ``nwb`` extra, is not installed."""
-
-
-def load_session_tables(database_url: str, session_id: int, subject: dict[str, str] | None = None) -> SessionTables:
-    """``session_tables`` of a session in the database at ``database_url`` (CLI and scripts: errors name
-    `actmax` commands)."""
-    db_engine = make_db_engine(database_url)
-    try:
-        with make_sessionmaker(db_engine)() as db:
-            return session_tables(db, session_id, CLI_HINTS, subject)
-    finally:
-        db_engine.dispose()
-
-
-def nwb_writer():
-    """``server.export.nwb.write_nwb``, or ``NwbUnavailable`` saying what to install."""
-    try:
-        from server.export.nwb import write_nwb
-    except ImportError as error:
-        raise NwbUnavailable(f"NWB export needs pynwb ({error}): pip install 'actmax[nwb]'") from None
-    return write_nwb
+def __getattr__(name: str):
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_HOME[name]), name)
 
 
 __all__ = ["ExportError", "NwbUnavailable", "SessionRunning", "SessionTables", "load_session_tables", "nwb_writer",

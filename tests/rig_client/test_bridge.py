@@ -17,10 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
+from sqlalchemy import select
 
 from rig_client.bridge import BridgeError, FolderBridge, read_responses, write_batch
 from rig_client.client import Batch, RigClient, Stimulus
 from rig_client.protocol import encode_png
+from server.store.models import Presentation as PresentationRow
 from tests.rig_client.conftest import run_session, storage_fails
 
 MANIFEST = {"batch_id": "b-1", "channels": 2, "response_window_ms": [50, 200],
@@ -96,6 +98,9 @@ def test_bad_rows_are_named(tmp_path, row, words):
     ("responses.csv", "stimulus_id,onset,rate_1,rate_2\nst-a,1.0,5,5,7\n",
      "line 2: 5 fields but the header names 4 columns"),
     ("responses.csv", "", "responses.csv is empty: write the whole file under another name"),
+    ("responses.json", '{"presentations": [{"stimulus_id": "st', r"^responses.json cannot be read: Unterminated "
+     r"string .*\. Was it still being written\? Write the whole file under another name, then rename it to "
+     "responses.json"),
     ("responses.csv", "\n\n", "responses.csv has no header line"),
     ("responses.json", "[" * 100_000 + "]" * 100_000, "nested too deeply"),
     ("responses.csv", f"stimulus_id,onset,rate_1,rate_2\n\nst-a,{ONSETS[0]},5,5\nref-1,1764250001250,5,5\n",
@@ -230,8 +235,8 @@ def test_the_bridge_writes_every_batch_and_closes_dead_ones(tmp_path, endpoint):
     """Against the engine with a 3 s batch timeout. A folder left from an earlier run names a batch
     the server never sent; generation 0 goes unanswered, so its re-queue round arrives while its
     first folder waits and supersedes it. The re-queue round is answered (the generation is scored
-    and the next one written), then the first round late: refused as batch_closed, that folder is
-    closed, as is the leftover one (unknown_batch), and the rest goes on."""
+    and the next one written), then the first round late: stored unscored and answered batch_closed,
+    that folder is closed, as is the leftover one (unknown_batch), and the rest goes on."""
     from tests.server.test_end_to_end import wait_until
     from tests.server.test_engine import RIG, LiveEngine
 
@@ -262,6 +267,10 @@ def test_the_bridge_writes_every_batch_and_closes_dead_ones(tmp_path, endpoint):
                 assert gen1["generation"] == 1 and not (nxt / "superseded.json").exists()
                 answer_folder(first, gen0)  # the user loop had begun it: too late
                 wait_until(lambda: (first / "closed.json").exists(), 30, "the late round to be closed")
+                with live.sessions() as db:  # the animal's trials of it are kept all the same
+                    late = db.scalars(select(PresentationRow.stimulus_id)
+                                      .where(PresentationRow.batch_id == gen0["batch_id"])).all()
+                assert sorted(late) == sorted(s["stimulus_id"] for s in gen0["stimuli"])
             finally:
                 bridge.stop.set()
                 runner.join(10)
@@ -271,6 +280,41 @@ def test_the_bridge_writes_every_batch_and_closes_dead_ones(tmp_path, endpoint):
     assert "batch_closed" in error and "nothing to fix" in error and "corrected" not in error
     assert json.loads((leftover / "closed.json").read_text())["code"] == "unknown_batch"
     assert first not in bridge.open and leftover not in bridge.open and nxt in bridge.open
+
+
+@pytest.mark.slow
+def test_a_responses_file_written_in_two_halves_is_read_once_it_is_whole(tmp_path, endpoint):
+    """A rig writes responses.json in place (not renamed), half of it at a time: the bridge reads the file
+    only once it has stopped changing for ``settle_s``, and sends it whole; nothing is rejected."""
+    from tests.server.test_end_to_end import wait_until
+    from tests.server.test_engine import RIG, LiveEngine
+
+    folder = tmp_path / "rig-folder"
+    with LiveEngine(tmp_path / "data", endpoint) as live:
+        live.create(n_generations=1)
+        with RigClient(endpoint, RIG, channels=1) as client:
+            bridge = FolderBridge(client, folder, ["ch1"], poll_s=0.05, settle_s=2.0)
+            runner = threading.Thread(target=bridge.run)
+            runner.start()
+            try:
+                (path, manifest), = wait_until(lambda: batch_folders(folder), 60, "the batch")
+                text = json.dumps({"presentations": [{"stimulus_id": s["stimulus_id"], "onset": time.time(),
+                                                      "rates": [5.0]} for s in manifest["stimuli"]]})
+                with open(path / "responses.json", "w") as f:
+                    f.write(text[:len(text) // 2])
+                    f.flush()
+                    deadline = time.monotonic() + 30
+                    while path / "responses.json" not in bridge.seen:  # until the bridge has seen the half file
+                        assert time.monotonic() < deadline, "the bridge never looked at the responses file"
+                        time.sleep(0.01)
+                    f.write(text[len(text) // 2:])
+                ack = json.loads(wait_until(lambda: (path / "ack.json").exists() and (path / "ack.json").read_text(),
+                                            60, "the ACK"))
+            finally:
+                bridge.stop.set()
+                runner.join(10)
+    assert ack["accepted"] == len(manifest["stimuli"])
+    assert sorted(p.name for p in path.glob("responses*")) == ["responses.json"]
 
 
 @pytest.mark.slow
@@ -351,6 +395,49 @@ def test_matlab_helpers_in_octave(tmp_path):
         ("ref-1", [1.0, 2.0], False), ("st-a", [3.0, 4.0], True)]
     assert got[0]["photodiode_onset"] == pytest.approx(1764250001.51) and "photodiode_onset" not in got[1]
     assert got[1]["baseline_rates"] == [0.0, 0.5] and got[1]["baseline_window_ms"] == [-100.0, 0.0]
+
+
+def test_the_user_loop_leaves_a_batch_the_bridge_superseded_or_closed_between_trials(tmp_path):
+    """actmax_userloop.m called as MonkeyLogic calls it, between trials: batch A is superseded after two
+    trials (the server re-sent its stimuli after the batch timeout), so those two are written as A's responses
+    and the next trial shows batch B; B is closed before any trial of it was shown, so nothing is written
+    there and the loop goes on with C."""
+    rig, stubs = tmp_path / "rig-folder", tmp_path / "stubs"
+    rig.mkdir()
+    stubs.mkdir()
+    png = encode_png(np.zeros((4, 4, 3), np.uint8))
+    a, b, c = (write_batch(rig, Batch(f"b-{name}", "s", "t", 0, (50.0, 200.0),
+                                      [Stimulus(f"st-{name}{i}", "synthetic", png) for i in range(n)]), ["e1", "e2"])
+               for name, n in (("a", 3), ("b", 2), ("c", 1)))
+    loop = (HELPERS / "actmax_userloop.m").read_text()
+    assert "ACTMAX_FOLDER = 'C:\\actmax\\rig-folder';" in loop
+    (stubs / "actmax_userloop.m").write_text(loop.replace("C:\\actmax\\rig-folder", str(rig)))
+    (stubs / "actmax_count_spikes.m").write_text(
+        "function [rates, baseline] = actmax_count_spikes(onset, window_ms, baseline_ms)\n"
+        "rates = [7 8]; baseline = [1 2];\nend\n")
+    octave(f"""
+    addpath('{stubs}');
+    T.User = struct(); T.TrialErrors = [];
+    [C, timing] = actmax_userloop([], T);  % MonkeyLogic's first call only asks for the timing file
+    assert(isempty(C) && strcmp(timing, 'actmax_timing.m'));
+    C = actmax_userloop([], T);
+    assert(strcmp(C{{2}}, 'pic({a / "0001.png"},0,0)'));
+    T.User.onset_unix = 1764250001.5; T.User.dropped_frames = 0; T.TrialErrors(end + 1) = 0;
+    C = actmax_userloop([], T);
+    assert(strcmp(C{{2}}, 'pic({a / "0002.png"},0,0)'));
+    fclose(fopen('{a / "superseded.json"}', 'w'));  % the bridge, meanwhile
+    T.User.onset_unix = 1764250003.5; T.TrialErrors(end + 1) = 3;
+    C = actmax_userloop([], T);
+    assert(strcmp(C{{2}}, 'pic({b / "0001.png"},0,0)'));
+    fclose(fopen('{b / "closed.json"}', 'w'));
+    T.User.onset_unix = []; T.TrialErrors(end + 1) = 4;  % no fixation: the image was not shown
+    C = actmax_userloop([], T);
+    assert(strcmp(C{{2}}, 'pic({c / "0001.png"},0,0)'));
+    """)
+    got = [p.to_json() for p in read_responses(a / "responses.mat", json.loads((a / "manifest.json").read_text()))]
+    assert [(p["stimulus_id"], p["onset"], p["rates"], p["fixation_broken"]) for p in got] == [
+        ("st-a0", 1764250001.5, [7.0, 8.0], False), ("st-a1", 1764250003.5, [7.0, 8.0], True)]
+    assert not list(b.glob("responses*")) and not list(c.glob("responses*"))
 
 
 def test_the_timing_script_stores_onsets_in_utc(tmp_path):

@@ -330,6 +330,7 @@ def test_generation_stimulus_and_presentation_reads(client: httpx.Client, live_s
     assert (summary["mean_score"], summary["max_score"], summary["reference_mean"]) == (2.25, 3.0, 1.0)
     detail = client.get(f"/generations/{generation_id}").json()
     assert detail["stimulus_ids"] == stimulus_ids and detail["scores"] == summary["scores"]
+    assert summary["rig_latency_s"] is not None and detail["rig_latency_s"] == summary["rig_latency_s"]
 
     stimulus = client.get(f"/stimuli/{stimulus_ids[1]}").json()
     assert stimulus["code"] == codes[1].tolist() and stimulus["kind"] == "synthetic"

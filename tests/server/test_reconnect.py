@@ -193,7 +193,7 @@ def test_a_rebuilt_thread_resends_its_outstanding_batch_to_a_rig_already_connect
         assert again is not None and again.batch_id == first.batch_id
 
 
-def test_new_presentations_for_a_scored_generation_are_refused_and_resends_are_duplicates(live):
+def test_new_presentations_for_a_scored_generation_are_stored_unscored_closed_and_resends_are_duplicates(live):
     live.create(n_generations=2)
     with RigClient(live.settings.zmq_endpoint, RIG, channels=1) as rig:
         batch = rig.next_batch(timeout=60)
@@ -203,12 +203,14 @@ def test_new_presentations_for_a_scored_generation_are_refused_and_resends_are_d
         late = Presentation(batch.stimuli[0].stimulus_id, [5.0], time.time(), batch.response_window_ms)
         with pytest.raises(ProtocolError) as error:
             rig.send_results(batch.batch_id, [late], done=True).result(30)
-        assert error.value.code == "batch_closed"
-        again = rig.send_results(batch.batch_id, presentations, done=True).result(30)
-        assert again["accepted"] == 0 and again["duplicates"] == len(presentations)
+        assert error.value.code == "batch_closed" and "1 new presentation(s) are stored, not scored" in str(error.value)
+        again = rig.send_results(batch.batch_id, [*presentations, late], done=True).result(30)
+        assert again["accepted"] == 0 and again["duplicates"] == len(presentations) + 1
     with live.sessions() as db:
         stored = db.scalars(select(PresentationRow.presentation_id)).all()
-    assert late.presentation_id not in stored and len(stored) == len(presentations)
+        events = db.scalars(select(Event).where(Event.kind == "results.late")).all()
+    assert late.presentation_id in stored and len(stored) == len(presentations) + 1
+    assert [e.data_json["presentations"] for e in events] == [1]
 
 
 def test_no_batch_row_for_a_send_that_failed(live):

@@ -178,6 +178,8 @@ def test_cli_creates_watches_retargets_and_stops_a_session(stack: Stack, tmp_pat
         (event,) = [e for e in stack.events(session_id) if e["kind"] == "thread.retargeted"]
         first = event["data"]["from_generation"]
         assert event["thread_id"] == thread_id and f"from generation {first} on" in event["message"]
+        # the CLI names the new objective and the generation it applies from
+        assert retarget.stdout == f"thread {thread_id} 'long' scores mean of channels [1] from generation {first} on\n"
         stack.wait(lambda: done(first), "the retargeted generation")
         generations = stack.api.get(f"/threads/{thread_id}/generations")["items"]
         assert generations[first - 1]["objective"] == {"channels": [0], "combine": "mean"}
@@ -194,6 +196,15 @@ def test_cli_creates_watches_retargets_and_stops_a_session(stack: Stack, tmp_pat
     assert all(float(row[5]) >= 0 for row in rows)  # rig latency, seconds
     assert out.rstrip().endswith(f"session {session_id} stopped")
     assert "waiting for it" in err and "the server answers again" in err, err
+
+    # A retarget, a restart and a generation left pending are lines of the watch too (a pass over the
+    # ended session, once the engine logged the generation its stop left pending).
+    stack.wait(lambda: any(e["kind"] == "generation.left_pending" for e in stack.events(session_id)),
+               "the generation left pending")
+    info = [line for line in stack.cli("session", "watch", str(session_id)).stdout.splitlines()
+            if line.startswith("INFO ")]
+    assert [line.split()[2] for line in info] == ["thread.resumed:", "thread.retargeted:", "generation.left_pending:"]
+    assert "after a server restart" in info[0] and info[1].endswith(event["message"])
 
     refused = stack.cli("thread", "pause", str(thread_id))
     assert refused.returncode != 0
@@ -219,3 +230,23 @@ def test_the_docs_examples_run_to_completion(stack: Stack, tmp_path: Path, index
         if config is not None:
             (wanted,) = [t for t in config["threads"] if t["name"] == thread["name"]]
             assert len(generations) == wanted["n_generations"]
+
+
+def test_the_rest_api_pages_examples_work_beside_the_docs_rig(stack: Stack):
+    """docs/rest_api.md's session and retargets, as written, with the docs' two-channel rig-A connected (its
+    example once read channel 5: a 422)."""
+    stack.start_rig()
+    stack.wait(lambda: any(r["rig"] == "rig-A" and r["connected"] for r in stack.api.get("/rigs")), "rig-A")
+    page = (DOC.parent / "rest_api.md").read_text()
+    session_body, retarget_body = (json.loads(body) for body in re.findall(r"-d '(\{.*?\})'", page, flags=re.S))
+    session = stack.api.post("/sessions", session_body)
+    (thread,) = session["threads"]
+    assert thread["status"] == "running"
+    for action in ("pause", "resume"):
+        stack.api.post(f"/threads/{thread['id']}/{action}")
+    stack.api.post(f"/threads/{thread['id']}/retarget", retarget_body)
+    for line in re.findall(r"^actmax thread retarget 3 (.*?)$", page, flags=re.M):
+        retargeted = stack.cli("thread", "retarget", str(thread["id"]), *shlex.split(line))
+        assert retargeted.returncode == 0, retargeted.stderr
+    assert len([e for e in stack.events(session["id"]) if e["kind"] == "thread.retargeted"]) == 3
+    stack.api.post(f"/sessions/{session['id']}/stop")
