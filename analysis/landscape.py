@@ -26,6 +26,8 @@ STATISTICS = (
 )
 #: Significance level of the Spearman trends: above it a trend is not claimed in either direction.
 ALPHA = 0.05
+#: Fewest units a verdict rests on: Spearman's ρ needs 3, and so does the share of units above 1.
+MIN_UNITS = 3
 
 
 def landscape_statistics(values: np.ndarray, theta: np.ndarray, phi: np.ndarray) -> dict[str, Any]:
@@ -91,8 +93,8 @@ def mean_sem(values: Iterable[Any]) -> dict[str, float]:
 
 def _verdict(key: str, sign: int, rho: float, p: float, vals: np.ndarray) -> str:
     if key == "global_local_ratio":
-        if vals.size == 0:
-            return "no data"
+        if vals.size < MIN_UNITS:
+            return "no data" if vals.size == 0 else f"too few units (n {vals.size} < {MIN_UNITS})"
         above = float(np.mean(vals > 1))
         return f"{'holds' if above > 0.5 else 'does not hold'} ({above:.0%} of units > 1)"
     if sign == 0:

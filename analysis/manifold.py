@@ -14,6 +14,7 @@ import numpy as np
 
 NO_REPEATS = ("one trial per grid point: no noise estimate, so the spline interpolates (s = 0) and split-half "
               "and bootstrap reliability cannot be computed; record the map with repeats >= 2 for both")
+NOT_REQUESTED = "reliability not requested: split-half and bootstrap reliability were not computed"
 
 
 @dataclass
@@ -70,7 +71,7 @@ def analyze(data: ManifoldData, *, n_levels: int = 21, n_boot: int = 100, seed: 
                 "persistence": superlevel_persistence(mesh.grid_to_vertices(smoothed.values), mesh),
                 "axis_ratio": levelset_axis_ratio(smoothed.values, smoothed.theta, smoothed.phi, n_levels=n_levels),
                 "kent": fit_kent(raw, data.theta, data.phi),
-                "note": None if repeated else NO_REPEATS,
+                "note": NO_REPEATS if not repeated else None if reliability else NOT_REQUESTED,
             }
         if reliability and repeated:
             with _stage(progress, f"{plane}: split halves"):

@@ -204,19 +204,31 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
 
 def bootstrap_signature(trials, theta, phi, *, n_boot: int = 200, level: float = 0.95,
                         n_levels: int = 21, rng=None, **smoothing_kw) -> SignatureBootstrap:
-    """Percentile bootstrap of the signature scalars: resample the trials of every grid point
-    with replacement (the smoothing factor is recomputed from each resample). The intervals of the
-    integer level indices end on observed indices (the lower one rounded down, the upper one up)."""
+    """Percentile bootstrap of the signature scalars, resampling residuals around the smoothed map.
+
+    Each resample puts, at every grid point, the spline's value there plus that point's own deviations
+    from its trial mean, drawn with replacement and rescaled by √(n/(n−1)) (so their variance is the
+    sample variance), and is smoothed and signed as the data were (its own s = Σ SEM²). Resampling the raw
+    trials instead treats the rough trial means as the true map: its resamples are noisier than the data
+    and, with few trials, smoothed less, so they grow extra loops and the intervals sat above the estimate.
+    Needs 2 or more trials at some grid points (points with one trial keep the spline's value). The
+    intervals of the integer level indices end on observed indices (the lower one rounded down, the
+    upper one up)."""
     if n_boot < 2:
         raise AnalysisError(f"n_boot must be at least 2, got {n_boot}")
     if not 0 < level < 1:
         raise AnalysisError(f"level must be in (0, 1), got {level}")
     rng = np.random.default_rng(rng)
     flat = _flat_trials(trials)
-    _, full = _signature_of(flat, theta, phi, n_levels, smoothing_kw)
+    if not any(t.size >= 2 for t in flat):
+        raise AnalysisError("trials need at least 2 repeats at some grid points to resample them")
+    smoothed, full = _signature_of(flat, theta, phi, n_levels, smoothing_kw)
+    deviations = [(t - t.mean()) * np.sqrt(t.size / (t.size - 1)) if t.size >= 2 else np.zeros_like(t)
+                  for t in flat]
     samples = {name: np.empty(n_boot) for name in SCALARS}
     for b in range(n_boot):
-        resampled = [t[rng.integers(0, t.size, t.size)] if t.size else t for t in flat]
+        resampled = [fit + d[rng.integers(0, d.size, d.size)] if d.size else d
+                     for fit, d in zip(smoothed.fitted.ravel(), deviations)]
         _, sig = _signature_of(resampled, theta, phi, n_levels, smoothing_kw)
         for name in SCALARS:
             samples[name][b] = getattr(sig, name)

@@ -48,6 +48,7 @@ class SphereMap:
     phi: np.ndarray
     smoothing: float  # the spline's s
     pole_values: tuple[float, float] | None  # (φ = -π/2, φ = +π/2) when the grid reaches the poles
+    fitted: np.ndarray  # the spline at the grid's own points (n_theta, n_phi), clipped as values are
 
 
 def grid_axes(theta, phi, min_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -176,7 +177,7 @@ def smooth_sphere_map(trials, theta, phi, *, s: float | None = None, resolution_
         spline interpolates.
     The pole values are the means of all single trials in each pole column (not exact).
     Returns the map on ``resolution_deg`` steps over the grid's extent (181 x 181 for ±90° at 1°),
-    clipped below at ``clip_min`` (None: no clipping).
+    clipped below at ``clip_min`` (None: no clipping), and the spline at the grid points (``fitted``).
     """
     theta, phi = grid_axes(theta, phi, 4)
     if resolution_deg <= 0:
@@ -213,11 +214,14 @@ def smooth_sphere_map(trials, theta, phi, *, s: float | None = None, resolution_
     step = np.deg2rad(resolution_deg)
     fine_theta = _fine_axis(theta[0], theta[-1], step)
     fine_phi = _fine_axis(phi[0], phi[-1], step)
-    u, v = np.meshgrid(np.clip(fine_phi + np.pi / 2, 0, np.pi), fine_theta)
+    values, fitted = (_evaluate(spline, t, p, clip_min) for t, p in ((fine_theta, fine_phi), (theta, phi)))
+    return SphereMap(values, fine_theta, fine_phi, smoothing, pole_values, fitted)
+
+
+def _evaluate(spline, theta: np.ndarray, phi: np.ndarray, clip_min: float | None) -> np.ndarray:
+    u, v = np.meshgrid(np.clip(phi + np.pi / 2, 0, np.pi), theta)
     values = spline.ev(u.ravel(), v.ravel()).reshape(u.shape)
-    if clip_min is not None:
-        values = np.maximum(values, clip_min)
-    return SphereMap(values, fine_theta, fine_phi, smoothing, pole_values)
+    return values if clip_min is None else np.maximum(values, clip_min)
 
 
 def _fine_axis(lo: float, hi: float, step: float) -> np.ndarray:

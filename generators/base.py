@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import functools
 import hashlib
 import inspect
 import re
@@ -34,6 +35,8 @@ class WeightsNotFoundError(GeneratorError, FileNotFoundError):
 
 _REGISTRY: dict[str, Callable[..., Generator]] = {}
 
+#: Where a user gives a generator's weights, for the messages that say to.
+WEIGHTS_ARGUMENT = "--weights on the command line, weights= in Python, a thread's `weights` in a session"
 PRECISIONS = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 PRECISION_TOLERANCE = 4 / 255
 """Largest absolute pixel difference (images in [0, 1]) a reduced precision may make against
@@ -91,12 +94,16 @@ def option_names(name: str) -> list[str] | None:
 
 
 def check_precision(generator: Generator, precision: str, tolerance: float = PRECISION_TOLERANCE) -> float:
-    """Switch `generator` to `precision` if its images stay within `tolerance` of float32; the largest difference.
+    """Convert `generator` (in place) to `precision` if its images stay within `tolerance` of float32; the
+    largest difference.
 
     Renders `PRECISION_SAMPLES` prior samples (seed 0) both ways. Raises `GeneratorError` (and
     leaves the generator at float32) when the difference is larger or the device cannot run it.
     The precision becomes part of the generator's version, so stimuli record it.
     """
+    if generator.dtype != torch.float32:
+        raise GeneratorError(f"{generator.name} already runs in {str(generator.dtype)[6:]}; check_precision "
+                             "compares against float32: load the generator again to test another precision")
     codes = generator.sample(PRECISION_SAMPLES, np.random.default_rng(0))
     reference = generator.generate(codes)
     float32_state = {k: v.clone() for k, v in generator.module.state_dict().items()}
@@ -180,7 +187,7 @@ def find_weights(name: str, weights: str | Path | None, filename: str, defaults:
 def given_weights_hint(path: Path, what: str) -> str:
     """What to do when the ``weights=`` path given holds no weights (``what``: the file it needs)."""
     relative = "" if path.is_absolute() else f" (a relative path is read from the working directory {Path.cwd()})"
-    return f"Pass weights= the {what} file or a folder holding it{relative}."
+    return f"Give the {what} file or a folder holding it ({WEIGHTS_ARGUMENT}){relative}."
 
 
 def load_state_dict_file(name: str, path: Path, key: str | None = None) -> dict[str, torch.Tensor]:
@@ -256,6 +263,12 @@ class Generator(abc.ABC):
         self.batch_size = batch_size
         self.dtype = torch.float32  # the network's precision; codes and images cross as float32
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every subclass's `forward` takes and returns float32, whatever `dtype` its network runs in."""
+        super().__init_subclass__(**kwargs)
+        if "forward" in cls.__dict__:
+            cls.forward = _float32_at_the_edges(cls.__dict__["forward"])
+
     def to_precision(self, dtype: torch.dtype) -> None:
         """Run the network in `dtype` (prefer `check_precision`, which tests the images first)."""
         self.module.to(dtype)
@@ -263,7 +276,8 @@ class Generator(abc.ABC):
 
     @abc.abstractmethod
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """Differentiable map of float32 codes (n, latent_dim) on `device` to images (n, 3, H, W) in [0, 1]."""
+        """Differentiable map of float32 codes (n, latent_dim) on `device` to float32 images (n, 3, H, W) in
+        [0, 1]; a subclass's own `forward` gets the codes in `dtype` (the base casts them, and the images back)."""
 
     @abc.abstractmethod
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -283,7 +297,7 @@ class Generator(abc.ABC):
         if z.requires_grad:
             return self.forward(z)
         with torch.no_grad():
-            return torch.cat([self.forward(chunk.to(self.dtype)).float() for chunk in z.split(self.batch_size)])
+            return torch.cat([self.forward(chunk) for chunk in z.split(self.batch_size)])
 
     @property
     def provenance(self) -> dict:
@@ -313,3 +327,13 @@ class Generator(abc.ABC):
     def __repr__(self) -> str:
         return (f"<{type(self).__name__} {self.name} v{self.version} d={self.latent_dim} "
                 f"{self.image_size}px on {self.device}>")
+
+
+def _float32_at_the_edges(forward: Callable[[Generator, torch.Tensor], torch.Tensor]):
+    """`forward` with its codes cast to the network's dtype and its images back to float32 (differentiably)."""
+    @functools.wraps(forward)
+    def wrapped(self: Generator, z: torch.Tensor) -> torch.Tensor:
+        if self.dtype == torch.float32:
+            return forward(self, z)
+        return forward(self, z.to(self.dtype)).float()
+    return wrapped

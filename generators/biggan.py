@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import (Generator, GeneratorError, GeneratorOptionError, WeightsNotFoundError, given_weights_hint,
-                   load_into, load_state_dict_file, register, sha256_file)
+from .base import (WEIGHTS_ARGUMENT, Generator, GeneratorError, GeneratorOptionError, WeightsNotFoundError,
+                   given_weights_hint, load_into, load_state_dict_file, register, sha256_file)
 
 WEIGHTS_NAME = "pytorch_model.bin"
 CONFIG_NAME = "config.json"
@@ -115,8 +115,8 @@ def _resolve(name: str, weights: str | Path | None) -> tuple[Path, Path | None]:
     if weights is not None:
         hint = given_weights_hint(path, f"{WEIGHTS_NAME} (with its {CONFIG_NAME})")
     else:
-        hint = (f"Put {WEIGHTS_NAME} (and {CONFIG_NAME}) of {name} in a directory and pass weights=<dir>, "
-                f"pass weights=<file>, or let `BigGAN.from_pretrained({name!r})` fill the package cache "
+        hint = (f"Put {WEIGHTS_NAME} (and {CONFIG_NAME}) of {name} in a directory and give that directory or the "
+                f"file ({WEIGHTS_ARGUMENT}), or let `BigGAN.from_pretrained({name!r})` fill the package cache "
                 "on a machine with internet access.")
     raise WeightsNotFoundError(name, [p.absolute() for p, _ in pairs], hint=hint)
 

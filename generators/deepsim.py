@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Generator, find_weights, load_into, load_state_dict_file, register, sha256_file
+from .base import WEIGHTS_ARGUMENT, Generator, find_weights, load_into, load_state_dict_file, register, sha256_file
 
 WEIGHTS_FILE = "upconvGAN_fc6.pt"
 RGB_MEAN = (123.0, 117.0, 104.0)
@@ -89,7 +89,7 @@ class DeePSiM(Generator):
         path = find_weights(
             self.name, weights, WEIGHTS_FILE, [default],
             hint=f"Download the DeePSiM fc6 PyTorch state dict ({WEIGHTS_FILE}, from the Wang & Ponce "
-                 f"upconvGAN release) and put it at {default}, or pass weights= the file or its directory.")
+                 f"upconvGAN release) and put it at {default}, or give the file or its directory ({WEIGHTS_ARGUMENT}).")
         module = DeePSiMFc6()
         load_into(self.name, module, _normalize_keys(load_state_dict_file(self.name, path), module.state_dict()), path)
         super().__init__(module, device, sha256_file(path), batch_size=16)

@@ -70,7 +70,15 @@ def run_tasks(tasks: Iterable[Any], fn: Callable[..., Any], out_dir: str | Path,
         with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
             cluster = LocalCluster(n_workers=n_workers or 1, threads_per_worker=1, processes=processes,
                                    dashboard_address=":0")
-    client = Client(scheduler or cluster)
+    try:
+        client = Client(scheduler or cluster)
+    except OSError as exc:
+        if cluster is not None:
+            cluster.close()
+            raise
+        raise InsilicoError(f"--scheduler {scheduler}: no Dask scheduler is reachable at that address ({exc}); "
+                            "start one there (`dask scheduler`), or leave out --scheduler to run on this "
+                            "machine") from None
     no_eta = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
     bar = tqdm(total=len(tasks), initial=outcome.skipped, unit="task", desc=desc, disable=not progress,
                smoothing=0.05, bar_format=no_eta if describe else None)

@@ -348,7 +348,8 @@ def unit_tasks(settings: StudySettings, out: Path) -> tuple[list[str], list[Unit
     order = model.layer_names()
     unknown = [layer for layer in settings.layers if layer not in order or layer == "fc"]
     if unknown:
-        raise StudyError(f"unknown or non-spatial layers {unknown}; use stem, blocks.0..blocks.15, head")
+        raise StudyError(f"unknown or non-spatial layers {unknown}; use stem, blocks.N[.part] (N = 0..15, part: "
+                         "expand, depthwise or project; block 0 has no expand) or head")
     layers = sorted(dict.fromkeys(settings.layers), key=order.index)
     key = {"layers": layers, "screen_samples": settings.screen_samples, "seed": settings.seed}
     screened = storage.load_units(out, key)
@@ -548,9 +549,12 @@ def settings_from_args(args: argparse.Namespace) -> StudySettings:
 
 def run(args: argparse.Namespace) -> int:
     """``actmax analyze study``: run, write the outputs, print the trend verdicts."""
+    from generators.base import resolve_device
+
     settings = settings_from_args(args)
     if args.workers < 1:
         raise StudyError(f"--workers must be >= 1, got {args.workers}")
+    settings = replace(settings, device=str(resolve_device(settings.device)))  # a clear error before any work
     rows, summary = run_study(settings, args.out, scheduler=args.scheduler, n_workers=args.workers,
                               processes=not args.threads, progress=not args.no_progress)
     print(f"{len(rows)} units; trend with depth (Spearman ρ over units):")

@@ -98,7 +98,9 @@ class PycmaAdapter(Optimizer):
             self.es.tell(self._solutions, list(-scores))
 
     def _strategy_state(self) -> dict[str, Any]:
-        told = np.array(self._scores_told, dtype=np.float64).reshape(len(self._scores_told), -1)
+        told = np.array(self._scores_told, dtype=np.float64).reshape(
+            len(self._scores_told), self.hyperparameters["population"]
+        )
         return {"initial_rng": self._initial_rng_state, "scores_told": told}
 
     def _load_strategy_state(self, state: dict[str, Any]) -> None:

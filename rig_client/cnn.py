@@ -212,7 +212,11 @@ def _rename(key: str) -> str:
 
 
 def load_efficientnet_lite0(device: str | torch.device = "cpu") -> EfficientNetLite0:
-    """The pretrained ImageNet EfficientNet-Lite0, unfolded, in eval mode, without grad."""
+    """The pretrained ImageNet EfficientNet-Lite0, unfolded, in eval mode, without grad, on `device` ("auto":
+    CUDA when present; one that this torch cannot use is a clear `GeneratorError`)."""
+    from generators.base import resolve_device
+
+    device = resolve_device(device)
     state = torch.load(weights_path(), map_location="cpu", weights_only=True)
     model = EfficientNetLite0()
     model.load_state_dict({_rename(k): v for k, v in state.items()}, strict=True)

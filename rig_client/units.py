@@ -164,14 +164,16 @@ class UnitScorer:
         return self._gather(acts)
 
 
-def screen_units(generator: Generator, layer: str, n_samples: int = 64, rng: np.random.Generator | None = None,
-                 *, channels: Sequence[int] | None = None, **scorer_options) -> list[ScreenedUnit]:
+def screen_units(generator: Generator, layer: str, n_samples: int = 64,
+                 rng: np.random.Generator | int | None = None, *, channels: Sequence[int] | None = None,
+                 **scorer_options) -> list[ScreenedUnit]:
     """Centre units of `layer` ranked by how much the generator's random samples move them.
 
-    Scores `n_samples` prior samples, keeps channels whose response varies (std > 1e-6) and is
-    positive for at least one sample, and sorts them by response std, largest first.
+    Scores `n_samples` prior samples (drawn with `rng`: a Generator, a seed or None), keeps channels whose
+    response varies (std > 1e-6) and is positive for at least one sample, and sorts them by response std,
+    largest first.
     """
-    rng = rng if rng is not None else np.random.default_rng()
+    rng = np.random.default_rng(rng)
     model = scorer_options.pop("model", None)
     model = load_efficientnet_lite0() if model is None else model
     shape = layer_shapes().get(layer)

@@ -39,7 +39,8 @@ def add_parser(subcommands) -> None:
         "shuffled-weights control; write summary.json (dims for 99/99.9/99.99% of the spectrum, "
         "homogeneity), spectra.png, homogeneity.png, eigenvector walks and eigenbasis.npz (for hess-cma).")
     geometry.add_argument("generator", help="generator name, e.g. dcgan-faces")
-    geometry.add_argument("--out", type=Path, default=Path("actmax-geometry"), help="output folder")
+    geometry.add_argument("--out", type=Path, default=Path("actmax-geometry"),
+                          help="output folder (default actmax-geometry)")
     geometry.add_argument("--positions", type=int, default=30, help="codes to compute Hessians at (default 30)")
     geometry.add_argument("--method", default="bp", choices=["bp", "hvp_ad", "hvp_fd", "jac"],
                           help="bp: full backprop (exact); hvp_*: Lanczos on Hessian-vector products; "
@@ -51,7 +52,8 @@ def add_parser(subcommands) -> None:
     geometry.add_argument("--device", default="cpu", help="torch device (default cpu)")
     geometry.add_argument("--weights", help="the generator's weights file or folder (default: "
                           "ACTMAX_WEIGHTS_DIR/<generator>/ when it exists, else its standard locations, as `actmax serve`)")
-    geometry.add_argument("--seed", type=int, default=0)
+    geometry.add_argument("--seed", type=int, default=0,
+                          help="seed of the random codes and of the shuffled-weights control (default 0)")
     geometry.set_defaults(func=run_geometry)
 
     from insilico import study
@@ -61,7 +63,7 @@ def add_parser(subcommands) -> None:
 
 def _add_store_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="server data folder (default: ACTMAX_DATA_DIR or ./actmax-data)")
-    parser.add_argument("--out", type=Path, default=Path("actmax-analysis"), help="output folder")
+    parser.add_argument("--out", type=Path, default=Path("actmax-analysis"), help="output folder (default actmax-analysis)")
 
 
 def resamples(text: str) -> int:

@@ -63,7 +63,7 @@ def save_montage(images: Tensor, path: str | Path) -> Path:
     rows, cols, C, h, w = images.shape
     gap = 2
     canvas = np.ones((rows * (h + gap) - gap, cols * (w + gap) - gap, 3))
-    pixels = images.clamp(0, 1).expand(rows, cols, 3, h, w).permute(0, 1, 3, 4, 2).numpy()
+    pixels = images.detach().cpu().float().clamp(0, 1).expand(rows, cols, 3, h, w).permute(0, 1, 3, 4, 2).numpy()
     for r in range(rows):
         for c in range(cols):
             canvas[r * (h + gap) : r * (h + gap) + h, c * (w + gap) : c * (w + gap) + w] = pixels[r, c]

@@ -43,6 +43,16 @@ def _csv(kind: type) -> Any:
     return parse
 
 
+def _from_preset(name: str) -> str:
+    """Help text: the value of setting `name` in each preset."""
+    def shown(value: Any) -> str:
+        return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+    default, quick, full = (shown(PRESETS[preset][name]) for preset in ("default", "quick", "full"))
+    if default == quick == full:
+        return f"default {default} in every preset"
+    return f"default from the preset: {default}; --quick {quick}; --full {full}"
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the `bench` options and the `report` subcommand to `parser`."""
     size = parser.add_mutually_exclusive_group()
@@ -55,12 +65,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "rerunning into it resumes")
     parser.add_argument("--optimizers", type=_csv(str),
                         help="comma-separated registered optimizer names (`actmax bench --optimizers x` lists them; "
-                        f"default {','.join(OPTIMIZERS)})")
-    parser.add_argument("--layers", type=_csv(str), help="comma-separated EfficientNet-Lite0 layer names")
-    parser.add_argument("--units-per-layer", type=int, help="units per layer, pre-screened for response")
-    parser.add_argument("--noise", type=_csv(float), help="comma-separated noise levels eps (default 0,0.2,0.5)")
-    parser.add_argument("--reps", type=int, help="repeats per (optimizer, unit, noise)")
-    parser.add_argument("--generations", type=int, help=f"generations per run (published: {N_GENERATIONS})")
+                        f"{_from_preset('optimizers')})")
+    parser.add_argument("--layers", type=_csv(str),
+                        help=f"comma-separated EfficientNet-Lite0 layer names ({_from_preset('layers')})")
+    parser.add_argument("--units-per-layer", type=int,
+                        help=f"units per layer, pre-screened for response ({_from_preset('units_per_layer')})")
+    parser.add_argument("--noise", type=_csv(float),
+                        help=f"comma-separated noise levels eps ({_from_preset('noise')})")
+    parser.add_argument("--reps", type=int, help=f"repeats per (optimizer, unit, noise) ({_from_preset('reps')})")
+    parser.add_argument("--generations", type=int,
+                        help=f"generations per run ({_from_preset('generations')}, as published)")
     parser.add_argument("--population", type=int, default=POPULATION, help="images per generation (default 40)")
     parser.add_argument("--seed", type=int, default=0, help="base seed of the grid (default 0)")
     parser.add_argument("--scheduler", help="address of an existing Dask scheduler (e.g. from dask-jobqueue); "
@@ -103,12 +117,13 @@ def run_from_args(args: argparse.Namespace) -> int:
     """Run the parsed `bench` command; errors become one line on stderr and exit status 2."""
     from analysis.bench_report import ReportError
     from generators import GeneratorError
+    from insilico import InsilicoError
     from optimizers import OptimizerError
     from rig_client import RigError
 
     try:
         return _report(args) if args.bench_command == "report" else _run(args)
-    except (BenchError, ReportError, OptimizerError, GeneratorError, RigError) as exc:
+    except (InsilicoError, ReportError, OptimizerError, GeneratorError, RigError) as exc:
         print(f"actmax bench: error: {exc}", file=sys.stderr)
         return 2
 
@@ -120,13 +135,14 @@ def _setting(args: argparse.Namespace, name: str) -> Any:
 
 def _run(args: argparse.Namespace) -> int:
     from insilico import storage
-    from insilico.bench.grid import UnitSpec, build_grid
+    from insilico.bench.grid import UnitSpec, build_grid, check_optimizers
     from insilico.bench.runner import CNNBackend, QuadraticBackend, run_grid
 
     out = args.out or Path("bench/results") / args.preset
     layers, per_layer = _setting(args, "layers"), _setting(args, "units_per_layer")
     if per_layer < 1 or args.workers < 1:
         raise BenchError("--units-per-layer and --workers must be >= 1")
+    check_optimizers(_setting(args, "optimizers"), args.population)  # before the units are screened
     if args.backend == "quadratic":
         backend = QuadraticBackend()
         units = [UnitSpec(layer, c) for layer in layers for c in range(per_layer)]
@@ -143,9 +159,9 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     outcome = run_grid(specs, backend, out, scheduler=args.scheduler, n_workers=args.workers,
                        processes=not args.threads, progress=not args.no_progress)
-    results, _ = storage.consolidate(out)
+    where = f"results in {storage.consolidate(out)[0]}" if storage.completed_ids(out) else "no results"
     print(f"{outcome.completed} runs completed, {outcome.skipped} skipped (already done), "
-          f"{len(outcome.failed)} failed; results in {results}", file=sys.stderr)
+          f"{len(outcome.failed)} failed; {where}", file=sys.stderr)
     for run_id, error in sorted(outcome.failed.items())[:10]:
         print(f"  failed {run_id}: {error}", file=sys.stderr)
     if len(outcome.failed) > 10:

@@ -69,19 +69,43 @@ def run_seed(base_seed: int, unit: UnitSpec, noise: float, rep: int) -> int:
     return int.from_bytes(hashlib.sha256(key).digest()[:4], "little") & 0x7FFFFFFF
 
 
+def check_optimizers(names: list[str], population: int) -> None:
+    """Raise `BenchError` for a name that is not registered or cannot run with its defaults and `population`."""
+    import optimizers as registry
+
+    if population < 2:
+        raise BenchError(f"--population must be >= 2, got {population}")
+    unknown = [o for o in names if o not in registry.available()]
+    if unknown:
+        runnable = [name for name in registry.available() if _refusal(name, population) is None]
+        raise BenchError(f"unknown optimizer(s) {unknown}; choose from {', '.join(runnable)}")
+    for name in names:
+        if (reason := _refusal(name, population)) is not None:
+            raise BenchError(f"optimizer {name} cannot run in a benchmark, which gives each optimizer only its "
+                             f"defaults and --population: {reason}")
+
+
+def _refusal(name: str, population: int) -> str | None:
+    """Why `name` cannot be created with its defaults and `population` (at any dimension), else None: hess-cma
+    needs an eigenbasis, fixed-design its codes."""
+    import optimizers as registry
+
+    try:
+        registry.create(name, 10, population=population)
+    except registry.OptimizerError as exc:
+        return str(exc)
+    return None
+
+
 def build_grid(optimizers: list[str], units: list[UnitSpec], noises: list[float], reps: int, *,
                n_generations: int, population: int, backend: str, base_seed: int = 0) -> list[RunSpec]:
     """All runs, repeat-major so a partial benchmark covers every optimizer and unit evenly."""
-    import optimizers as registry
-
-    unknown = [o for o in optimizers if o not in registry.available()]
-    if unknown:
-        raise BenchError(f"unknown optimizer(s) {unknown}; choose from {', '.join(registry.available())}")
     if not optimizers or not units or not noises:
         raise BenchError("the grid needs at least one optimizer, one unit and one noise level")
     if reps < 1 or n_generations < 1 or population < 2:
         raise BenchError(f"need reps >= 1, generations >= 1, population >= 2; got {reps}, "
                          f"{n_generations}, {population}")
+    check_optimizers(optimizers, population)
     if any(not (e >= 0) for e in noises):
         raise BenchError(f"noise levels must be >= 0, got {noises}")
     if len(set(units)) != len(units) or len(set(optimizers)) != len(optimizers):

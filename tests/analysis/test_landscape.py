@@ -2,7 +2,7 @@
 
 import pytest
 
-from analysis.landscape import ALPHA, summarize
+from analysis.landscape import ALPHA, MIN_UNITS, summarize
 
 DEPTHS = [0, 1, 2, 3, 4]
 
@@ -21,3 +21,15 @@ def verdict(values: list[float]) -> dict:
 def test_a_direction_is_claimed_only_when_significant(values, rho, expected):
     t = verdict(values)
     assert t["rho"] == pytest.approx(rho) and t["verdict"] == expected
+
+
+@pytest.mark.parametrize("ratios, expected", [
+    ([], "no data"),
+    ([1.4], f"too few units (n 1 < {MIN_UNITS})"),  # one unprobed unit said "holds (100% of units > 1)"
+    ([1.4, 1.2], f"too few units (n 2 < {MIN_UNITS})"),
+    ([1.4, 1.2, 0.9], "holds (67% of units > 1)"),
+    ([1.4, 0.8, 0.9], "does not hold (33% of units > 1)"),
+])
+def test_the_global_local_share_needs_enough_units(ratios, expected):
+    rows = [{"layer": "l0", "depth": 0, "global_local_ratio": r} for r in ratios]
+    assert summarize(rows, ["l0"])["spearman"]["global_local_ratio"]["verdict"] == expected

@@ -6,7 +6,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from analysis.manifold import NO_REPEATS, ManifoldData, analyze, summary
+from analysis.manifold import NO_REPEATS, NOT_REQUESTED, ManifoldData, analyze, summary
 from analysis.tuning import grid_axis, sphere_points
 
 
@@ -35,7 +35,12 @@ def test_summary_is_json_and_has_reliability_when_asked(bump: ManifoldData) -> N
     (plane,) = summary(analyze(bump, n_boot=10))
     doc = json.loads(json.dumps(plane))
     assert doc["plane"] == "pc2-3" and doc["split_half"] is not None and doc["bootstrap"] is not None
-    assert doc["signature"]["lowest_loop_index"] <= 2
+    assert doc["signature"]["lowest_loop_index"] <= 2 and doc["note"] is None
+
+
+def test_skipped_reliability_is_noted(bump: ManifoldData) -> None:
+    (plane,) = summary(analyze(bump, reliability=False))
+    assert plane["split_half"] is None and plane["bootstrap"] is None and plane["note"] == NOT_REQUESTED
 
 
 def test_one_trial_per_point_gives_the_map_without_reliability(bump: ManifoldData) -> None:

@@ -154,14 +154,34 @@ def test_split_half_and_bootstrap_separate_signal_from_noise():
             for name, t in (("signal", signal), ("noise", noise))}
     width = {name: np.diff(b.ci["auc_loop"])[0] for name, b in boot.items()}
     assert width["noise"] > 3 * width["signal"]
+    assert boot["noise"].ci["auc_loop"][0] == 0 < boot["signal"].ci["auc_loop"][0]  # noise's reaches no loop
     low, high = boot["signal"].ci["lowest_loop_index"]
     assert high - low <= 3 and high <= 8
     # Level indices are integers, and so are their interval ends (the noise's percentiles fall between samples).
-    assert boot["noise"].ci["lowest_loop_index"] == (13, 20) and boot["noise"].ci["lowest_branch_index"] == (14, 20)
+    assert boot["noise"].ci["lowest_loop_index"] == (15, 20) and boot["noise"].ci["lowest_branch_index"] == (8, 20)
     again = bootstrap_signature(signal, GRID, GRID, n_boot=25, rng=0)
     np.testing.assert_array_equal(again.samples["auc_loop"], boot["signal"].samples["auc_loop"])
     json.dumps(boot["signal"].to_dict())
     json.dumps(halves["noise"].to_dict())
+
+
+@pytest.mark.parametrize("truth", [TRUTH, np.full_like(TRUTH, 2.0)], ids=["bump", "noise"])
+def test_bootstrap_intervals_hold_the_estimate_at_two_trials_per_point(truth):
+    """At repeats 2 the intervals held the estimate in no map when raw trials were resampled: a resample's
+    trial means are noisier than the data's and its s smaller, so every resample grew extra loops."""
+    inside, above = {"auc_loop": 0, "auc_branch": 0}, {"auc_loop": [], "auc_branch": []}
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        trials = [v + 1.5 * rng.standard_normal(2) for v in truth.ravel()]
+        boot = bootstrap_signature(trials, GRID, GRID, n_boot=30, rng=seed, resolution_deg=3.0)
+        for name in inside:
+            low, high = boot.ci[name]
+            estimate, samples = boot.estimate[name], boot.samples[name]
+            inside[name] += low <= estimate <= high
+            above[name].append(np.mean(samples > estimate) + np.mean(samples == estimate) / 2)
+    assert all(n >= 4 for n in inside.values()), inside
+    # The share of resamples above the estimate, averaged over the maps (it was 1.0 for both scalars).
+    assert all(np.mean(shares) < 0.8 for shares in above.values()), above
 
 
 def test_reliability_rejects_bad_arguments():
@@ -169,6 +189,8 @@ def test_reliability_rejects_bad_arguments():
         bootstrap_signature(noisy_trials(1.0), GRID, GRID, n_boot=1)
     with pytest.raises(AnalysisError, match="2 repeats"):
         split_half_reliability([[v] for v in TRUTH.ravel()], GRID, GRID)
+    with pytest.raises(AnalysisError, match="2 repeats"):  # one trial per point: nothing to resample
+        bootstrap_signature([[v] for v in TRUTH.ravel()], GRID, GRID, n_boot=10)
 
 
 def test_figures_are_png(tmp_path):

@@ -85,7 +85,8 @@ def test_missing_weights_error_says_where(name, tmp_path):
     with pytest.raises(WeightsNotFoundError) as err:
         generators.load(name, device="cpu", weights=tmp_path)
     assert isinstance(err.value, FileNotFoundError) and isinstance(err.value, GeneratorError)
-    assert str(tmp_path) in str(err.value) and "weights=" in str(err.value)
+    assert str(tmp_path) in str(err.value) and "weights= in Python" in str(err.value)
+    assert "--weights on the command line" in str(err.value)  # the CLI's flag, not only the Python keyword
     assert "torch/hub" not in str(err.value) and "from_pretrained" not in str(err.value)  # not where defaults go
     with pytest.raises(WeightsNotFoundError, match="nothing.pt"):
         generators.load(name, device="cpu", weights=tmp_path / "nothing.pt")

@@ -43,3 +43,24 @@ def test_load_checks_the_precision_and_rejects_unknown_names():
     assert generators.load("dcgan-faces", device="cpu", precision="float16").dtype == torch.float16
     with pytest.raises(GeneratorError, match="precision must be one of"):
         generators.load("dcgan-faces", device="cpu", precision="half")
+
+
+def test_a_half_precision_generator_takes_and_returns_float32_with_gradients():
+    generator = generators.load("dcgan-faces", device="cpu", precision="float16")
+    codes = generator.sample(2, np.random.default_rng(0))
+    z = torch.tensor(codes, dtype=torch.float32, requires_grad=True)
+    images = generator.generate(z)  # the gradient path: forward in one batch, graph kept
+    assert images.dtype == torch.float32 and images.requires_grad
+    images.mean().backward()
+    assert z.grad.dtype == torch.float32 and bool(torch.isfinite(z.grad).all()) and z.grad.abs().sum() > 0
+    direct = generator.forward(torch.tensor(codes, dtype=torch.float32))
+    assert direct.dtype == torch.float32
+    torch.testing.assert_close(direct, generator.generate(codes), rtol=0, atol=0)
+
+
+def test_check_precision_converts_in_place_and_refuses_a_converted_generator():
+    generator = generators.load("dcgan-faces", device="cpu")
+    check_precision(generator, "float16", tolerance=1.0)
+    assert generator.dtype == torch.float16  # it converts the generator it tests (generators.md)
+    with pytest.raises(GeneratorError, match="already runs in float16"):
+        check_precision(generator, "bfloat16", tolerance=1.0)

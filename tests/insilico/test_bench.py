@@ -178,6 +178,56 @@ def test_cli_runs_resumes_and_reports(tmp_path: Path, capsys) -> None:
     assert "unknown optimizer" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name", ["hess-cma", "fixed-design"])
+def test_optimizers_that_need_more_than_defaults_are_refused_up_front(tmp_path: Path, capsys, name) -> None:
+    argv = ["--backend", "quadratic", "--quick", "--out", str(tmp_path), "--population", "8", "--optimizers", name]
+    assert cli_main([*argv, "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert f"optimizer {name} cannot run in a benchmark" in err and "--population" in err
+    assert cli_main([*argv[:-1], "bogus"]) == 2
+    listed = capsys.readouterr().err.split("choose from ")[1]
+    assert "cma-sigma1" in listed and "hess-cma" not in listed and "fixed-design" not in listed
+
+
+def test_when_every_run_fails_the_failures_are_listed_and_the_status_is_1(tmp_path: Path, capsys,
+                                                                         monkeypatch) -> None:
+    def unscorable(self, unit):
+        raise RuntimeError(f"unit {unit.label} cannot be scored")
+
+    monkeypatch.setattr(runner._QuadraticLoaded, "scorer", unscorable)  # thread workers: this process
+    argv = ["--backend", "quadratic", "--quick", "--out", str(tmp_path), "--generations", "2", "--population", "8",
+            "--optimizers", "ga", "--layers", "a", "--noise", "0", "--threads", "--no-progress"]
+    assert cli_main(argv) == 1
+    err = capsys.readouterr().err
+    assert "0 runs completed, 0 skipped (already done), 1 failed; no results" in err
+    assert "failed ga-" in err and "unit a:0 cannot be scored" in err and "no run files" not in err
+
+
+def test_an_unreachable_scheduler_is_named(tmp_path: Path, capsys) -> None:
+    import dask
+
+    from server.launch import free_port
+
+    address = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
+    argv = ["--backend", "quadratic", "--quick", "--out", str(tmp_path), "--generations", "2", "--population", "8",
+            "--scheduler", address, "--no-progress"]
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"--scheduler {address}: no Dask scheduler is reachable at that address" in err
+    assert "paths" not in err
+
+
+def test_help_gives_the_presets_values(capsys, monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "1000")  # one line per option
+    with pytest.raises(SystemExit):
+        cli_main(["--help"])
+    out = capsys.readouterr().out
+    assert "--quick blocks.2,blocks.4; --full blocks.2,blocks.4,blocks.7,blocks.10,blocks.15,head" in out
+    assert "(default from the preset: 2; --quick 1; --full 10)" in out and "--quick 0.0,0.5" in out
+    assert "(default from the preset: 1; --quick 1; --full 5)" in out and "default 75 in every preset" in out
+
+
 def test_cnn_backend_runs_a_real_dcgan_unit(tmp_path: Path) -> None:
     """The real pipeline, briefly: DCGAN faces -> EfficientNet-Lite0 blocks.2 pre-activation."""
     backend = runner.CNNBackend()

@@ -88,8 +88,19 @@ def test_bad_settings_rejected(bad: dict) -> None:
 
 
 def test_unknown_layer_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(StudyError, match="blocks.99"):
+    with pytest.raises(StudyError, match=r"blocks.99.*blocks.N\[.part\]"):
         study.run_study(StudySettings(layers=("blocks.99",)), tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("device", ["cuda:99", "bogus"])
+def test_a_device_this_torch_cannot_use_is_one_line(tmp_path: Path, capsys, device: str) -> None:
+    from server.cli import main
+
+    argv = ["analyze", "study", *TINY, "--out", str(tmp_path), "--device", device]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"actmax analyze: --device {device}: ") and err.count("\n") == 1
+    assert not any(tmp_path.iterdir())  # refused before any work
 
 
 def test_unit_activation_matches_scorer() -> None:

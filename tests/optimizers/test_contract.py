@@ -69,6 +69,27 @@ def test_resumes_bit_for_bit_through_bytes(name, ask_before_saving):
     assert optimizers.dumps_state(opt.state_dict()) == optimizers.dumps_state(restored.state_dict())
 
 
+@pytest.mark.parametrize("stage", ["fresh", "asked", "told"])
+def test_state_round_trips_in_every_stage(name, stage):
+    """A thread records its optimizer's state before the first ask, so every stage must save and load."""
+    target = target_on_sphere()
+    opt = make(name, seed=5)
+    if stage != "fresh":
+        opt.ask()
+    if stage == "told":
+        opt.tell(opt.ask(), sphere_scores(opt.ask(), target))
+    saved = optimizers.dumps_state(opt.state_dict())
+    restored = make(name, seed=6)  # different seed: the state must win
+    restored.load_state_dict(optimizers.loads_state(saved))
+    assert optimizers.dumps_state(restored.state_dict()) == saved
+    for _ in range(3):
+        codes, codes_restored = opt.ask(), restored.ask()
+        assert np.array_equal(codes, codes_restored)
+        opt.tell(codes, sphere_scores(codes, target))
+        restored.tell(codes_restored, sphere_scores(codes_restored, target))
+    assert optimizers.dumps_state(opt.state_dict()) == optimizers.dumps_state(restored.state_dict())
+
+
 def test_same_seed_same_run(name):
     target = target_on_sphere()
     runs = []

@@ -114,3 +114,4 @@ def test_screen_units_ranks_responsive_channels(model):
     assert all(s.max > 0 for s in ranked)
     with pytest.raises(RigError, match="spatial"):
         screen_units(dcgan, "fc", n_samples=2, model=model)
+    assert screen_units(dcgan, "blocks.5", n_samples=12, rng=0, model=model) == ranked  # a seed, as in analysis
