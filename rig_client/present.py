@@ -259,21 +259,21 @@ def add_parser(rig_commands) -> None:
     geometry = present.add_argument_group("display")
     geometry.add_argument("--distance-cm", type=positive, default=57.0,
                           help="eye to screen distance (default 57: 1 cm = 1 degree)")
-    geometry.add_argument("--width-cm", type=positive, default=53.0, help="visible screen width")
-    geometry.add_argument("--size-deg", type=positive, default=4.0, help="stimulus size in degrees")
+    geometry.add_argument("--width-cm", type=positive, default=53.0, help="visible screen width (default 53: measure yours, the stimulus size depends on it)")
+    geometry.add_argument("--size-deg", type=positive, default=4.0, help="stimulus size in degrees (default 4)")
     geometry.add_argument("--window", type=window_size, metavar="WxH",
                           help="a window of this size instead of full screen (for tests and demos)")
     geometry.add_argument("--refresh-hz", type=positive, default=60.0,
                           help="the display's refresh rate (default 60)")
     geometry.add_argument("--photodiode-px", type=non_negative_int, default=40,
-                          help="photodiode patch size")
+                          help="photodiode patch size in pixels (default 40; 0: none)")
     timing = present.add_argument_group("timing")
-    timing.add_argument("--duration-ms", type=positive, default=100.0, help="stimulus duration")
-    timing.add_argument("--isi-ms", type=non_negative, default=100.0, help="blank between stimuli")
+    timing.add_argument("--duration-ms", type=positive, default=100.0, help="stimulus duration (default 100)")
+    timing.add_argument("--isi-ms", type=non_negative, default=100.0, help="blank between stimuli (default 100)")
     timing.add_argument("--baseline-ms", type=float, nargs=2, default=(-100.0, 0.0),
-                        metavar=("START", "END"), help="baseline window relative to onset")
+                        metavar=("START", "END"), help="baseline window relative to onset (default -100 0)")
     timing.add_argument("--latency-ms", type=non_negative, default=50.0,
-                        help="extra wait for the recorder's last spikes of a batch")
+                        help="extra wait for the recorder's last spikes of a batch (default 50)")
     present.add_argument("--record", type=Path, help="append every presentation to this JSON-lines "
                          "file, and the flip statistics at exit")
     present.set_defaults(func=run)
@@ -300,6 +300,9 @@ def run(args: argparse.Namespace) -> int:
                           size_deg=args.size_deg, duration_ms=args.duration_ms,
                           isi_ms=args.isi_ms, refresh_hz=args.refresh_hz,
                           photodiode_px=args.photodiode_px)
+    log.info("display: %d px over %g cm seen from %g cm; stimuli %g deg = %d px, %g ms on, %g ms blank",
+             window.width, args.width_cm, args.distance_cm, args.size_deg, presenter.size_px,
+             args.duration_ms, args.isi_ms)
     try:
         with RigClient(args.endpoint, args.rig, channels=len(source.labels), labels=source.labels,
                        **keys) as client:

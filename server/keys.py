@@ -133,7 +133,7 @@ def add_parser(subcommands) -> None:
         "key. Keys live in ACTMAX_KEYS_DIR (default {data_dir}/keys). Serving rigs off loopback "
         "needs them; `serve` turns CURVE on when it starts with the server key pair; a running server "
         "reads the rig keys at every connection.")
-    data_dir = "data folder whose keys/ to use (default ./actmax-data)"
+    data_dir = "data folder whose keys/ to use (default: ACTMAX_DATA_DIR or ./actmax-data)"
     parser.add_argument("--data-dir", help=data_dir)
     common = argparse.ArgumentParser(add_help=False)  # the same option after the action too
     common.add_argument("--data-dir", default=argparse.SUPPRESS, help=data_dir)

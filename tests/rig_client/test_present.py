@@ -84,6 +84,9 @@ def test_session_runs_to_completion_on_screen(tmp_path, xvfb, actmax_server):
     finally:
         stop(presenter)
 
+    # the geometry it shows with is logged, here from the defaults of --width-cm, --distance-cm and --size-deg
+    assert (f"display: 400 px over 53 cm seen from 57 cm; stimuli 4 deg = {Display(57, 53, 400).pixels(4)} px, "
+            "50 ms on, 30 ms blank") in (tmp_path / "present.log").read_text()
     lines = [json.loads(line) for line in record.read_text().splitlines()]
     shown, stats = lines[:-1], lines[-1]["flip_statistics"]
     assert stats["flips"] >= len(shown) > 0
