@@ -453,9 +453,11 @@ class Transport:
     async def _results(self, identity: bytes, name: str, header: dict, peer: _Peer) -> None:
         rig = self._rigs[name]
         channels = rig.channels
+        ignored: set[str] = set()
         for i, p in enumerate(header["presentations"]):
             if unknown := p.keys() - PRESENTATION_FIELDS:
                 self._note_unknown_fields(rig, name, unknown, peer)
+                ignored |= unknown
             if len(p["rates"]) != channels:
                 refusal = RigInputError(ErrorCode.BAD_FIELD, f"RESULTS presentations[{i}] has {len(p['rates'])} "
                                         f"rates; this rig declared {channels} channels in HELLO")
@@ -466,6 +468,8 @@ class Transport:
         ack = await self._call(identity, name, MessageType.RESULTS, header["batch_id"],
                                self.handler.on_results, header)
         if ack is not None:
+            if ignored:  # the rig hears of them too (a misspelt trial fact leaves a flagged trial scored)
+                ack = {**ack, "ignored_fields": sorted(ignored)[:MAX_UNKNOWN_FIELDS]}
             await self._reply_built(identity, Message(MessageType.ACK, ack), MessageType.RESULTS,
                                     header["batch_id"])
 

@@ -61,7 +61,8 @@ def test_a_hello_rate_limit_answers_rate_limited_which_a_rig_retries(zmq_context
     run(scenario())
 
 
-def test_unknown_presentation_fields_are_ignored_and_logged_once_per_connection(zmq_context, endpoint, caplog):
+def test_unknown_presentation_fields_are_ignored_logged_once_per_connection_and_named_in_the_ack(
+        zmq_context, endpoint, caplog):
     def typo(batch_id: str) -> list[bytes]:
         frames = results(batch_id)
         header = json.loads(frames[2])
@@ -74,7 +75,10 @@ def test_unknown_presentation_fields_are_ignored_and_logged_once_per_connection(
                 d = await h.register()
                 for batch_id in ("b1", "b2"):
                     await d.send_multipart(typo(batch_id))
-                    assert (await h.reply(d)).header["accepted"] == 1
+                    ack = (await h.reply(d)).header
+                    assert ack["accepted"] == 1 and ack["ignored_fields"] == ["fixation_borken"]
+                await d.send_multipart(results("b3"))
+                assert "ignored_fields" not in (await h.reply(d)).header
 
     caplog.set_level(logging.WARNING, logger="server.transport")
     run(scenario())
