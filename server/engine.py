@@ -184,6 +184,9 @@ class Engine:
         # Threads waiting for their rig whose wait is logged -> the connected rigs with a close name it warned of.
         self._waits: dict[int, frozenset[str]] = {}
         self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="actmax-compute")
+        # The reconcile's read of thread intent, off the compute worker: queued there behind a step, it ran
+        # between the step's commit and its send and held the GIL from the event loop that sends the BATCH.
+        self._reads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="actmax-reconcile")
         self._step_db = StepConnection(sessions)  # the compute worker's transactions (``_transact``)
         self._checkpoints = BackgroundCheckpoints(sessions)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -233,6 +236,7 @@ class Engine:
             step.cancel()
         await asyncio.gather(*self._steps, return_exceptions=True)
         self._compute.shutdown(wait=True, cancel_futures=True)
+        self._reads.shutdown(wait=True, cancel_futures=True)
         self._step_db.close()
         self._checkpoints.close()
         gc.unfreeze()  # what ``freeze_heap`` hid may now become garbage
@@ -428,7 +432,7 @@ class Engine:
         (``_note_wait``); advance the idle ones."""
         wanted: dict[int, ThreadStatus] = {}
         connected = self._connected_rigs()  # one view of the rigs for every decision and message below
-        threads = await self._offload(self._live_threads)
+        threads = await asyncio.get_running_loop().run_in_executor(self._reads, self._live_threads)
         if self._restarted is None:
             await self._offload(self._log_paused_at_restart, [t.id for t in threads if t.status == ThreadStatus.PAUSED])
             self._restarted = {t.id for t in threads if t.status != ThreadStatus.PAUSED}
