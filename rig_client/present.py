@@ -161,6 +161,44 @@ def open_source(spec: str) -> SpikeSource:
 # --- the rig program ----------------------------------------------------------------------------
 
 
+class LateSpikes:
+    """Spikes that arrived after the windows they fall in were counted and sent: the recorder's
+    latency outran ``--latency-ms``. `counted` notes a batch's windows, `check` every later poll,
+    and `report` says, once per batch, how many came late and which latency would have covered them.
+    """
+
+    def __init__(self, latency_s: float):
+        self.latency_s = latency_s
+        self.batch_id: str | None = None
+        self._lo = self._hi = np.empty(0)
+        self._closed = 0.0  # the batch's last window end, recorder clock
+        self.n, self.after_s = 0, 0.0  # spikes late, and latest arrival after self._closed
+
+    def counted(self, batch_id: str, lo: np.ndarray, hi: np.ndarray) -> None:
+        """A batch was counted over the windows ``[lo, hi)`` (recorder clock)."""
+        self.batch_id, self._lo, self._hi = batch_id, np.asarray(lo), np.asarray(hi)
+        self._closed, self.n, self.after_s = float(self._hi.max()), 0, 0.0
+
+    def check(self, events, now: float) -> None:
+        """Note the spikes of a poll made at recorder time ``now`` that fall in counted windows."""
+        t = events.spike_times[:, None]
+        late = int(np.sum(((t >= self._lo) & (t < self._hi)).any(axis=1)))
+        if late:
+            self.n += late
+            self.after_s = max(self.after_s, now - self._closed)
+
+    def report(self) -> str | None:
+        """The warning for the counted batch (None: nothing came late), once."""
+        if not self.n:
+            return None
+        n, self.n = self.n, 0
+        need = math.ceil(self.after_s * 1000 - 1e-6)  # whole ms, not 201 for 200.0000001
+        return (f"batch {self.batch_id}: {n} spikes arrived after its rates were counted and sent, "
+                f"the last by {need} ms after its last window closed: the recorder's latency is over "
+                f"--latency-ms {self.latency_s * 1000:g}; raise it to at least {need} (measured at the poll "
+                "that brought them, so up to a poll interval more than needed)")
+
+
 class PresenterRig:
     """Batches from the server -> screen -> spike counts -> RESULTS with trial facts."""
 
@@ -171,6 +209,7 @@ class PresenterRig:
         self.now = source.now
         self.now()  # fails now, with the reason, for a source without a clock readout
         self.baseline_ms, self.latency_s = baseline_ms, latency_ms / 1000
+        self.late = LateSpikes(self.latency_s)
         self.pairs: list[tuple[float, float]] = []  # (presenter, recorder) times at every onset
         self.record = record
         self.unix_offset = time.time() - presenter.clock()
@@ -179,9 +218,21 @@ class PresenterRig:
     def run(self) -> None:
         while not self.stop.is_set():
             batch = self.client.next_batch(timeout=0.2)
-            self.buffer.add(self.source.poll())
+            self.poll()
             if batch is not None:
                 self.serve(batch)
+        self.warn_late()
+
+    def poll(self) -> None:
+        """What the source delivered into the buffer; a `RigError` (a lost source) ends the rig."""
+        events = self.source.poll()
+        self.late.check(events, self.now())
+        self.buffer.add(events)
+
+    def warn_late(self) -> None:
+        message = self.late.report()
+        if message:
+            log.warning(message)
 
     def serve(self, batch) -> None:
         from rig_client.trials import TrialPresentation, to_send
@@ -189,16 +240,20 @@ class PresenterRig:
         trials = []
         for stimulus in batch.stimuli:
             trials.append(self.presenter.show(stimulus.image(), self.now))
-            self.buffer.add(self.source.poll())
+            self.poll()
         self.pairs += [(t.onset, t.recorder_time) for t in trials]
         fit = fit_clock(*zip(*self.pairs)) if len(self.pairs) >= 2 else \
             ClockFit(1.0, self.pairs[0][0], self.pairs[0][1], 0.0, 0.0, 1)
         last = fit.to_recorder(trials[-1].onset) + batch.response_window_ms[1] / 1000
         while self.now() < last + self.latency_s:  # let the last window's spikes arrive
             time.sleep(0.01)
-        self.buffer.add(self.source.poll())
+        self.poll()
         counts = count_in_window(self.buffer.spikes(), [t.onset for t in trials],
                                  batch.response_window_ms, self.baseline_ms, clock=fit)
+        self.warn_late()  # the previous batch's late spikes, all in by now
+        windows = [np.asarray(w) / 1000 for w in (batch.response_window_ms, self.baseline_ms)]
+        self.late.counted(batch.batch_id, np.concatenate([counts.onsets + w[0] for w in windows]),
+                          np.concatenate([counts.onsets + w[1] for w in windows]))
         presentations = [
             TrialPresentation(s.stimulus_id, counts.rates[i].tolist(), t.onset + self.unix_offset,
                               tuple(batch.response_window_ms), dropped_frames=t.dropped_frames,
@@ -273,7 +328,8 @@ def add_parser(rig_commands) -> None:
     timing.add_argument("--baseline-ms", type=float, nargs=2, default=(-100.0, 0.0),
                         metavar=("START", "END"), help="baseline window relative to onset (default -100 0)")
     timing.add_argument("--latency-ms", type=non_negative, default=50.0,
-                        help="extra wait for the recorder's last spikes of a batch (default 50)")
+                        help="wait this long past a batch's last response window for the recorder's spikes "
+                        "before counting (default 50); a warning says when spikes came later")
     present.add_argument("--record", type=Path, help="append every presentation to this JSON-lines "
                          "file, and the flip statistics at exit")
     present.set_defaults(func=run)

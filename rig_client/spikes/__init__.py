@@ -122,7 +122,9 @@ class ClockFit:
 def fit_clock(presenter_times: Sequence[float], recorder_times: Sequence[float]) -> ClockFit:
     """Least-squares line from the presenter's clock to the recorder's, over the same sync pulses.
 
-    The i-th pulse the presenter sent must be the i-th the recorder saw.
+    The i-th pulse the presenter sent must be the i-th the recorder saw. Evenly spaced pulses
+    paired off by one fit just as well (same residual, every time one interval off): jitter the
+    pulse intervals or check one known pulse (docs/rigs.md, "Clock alignment").
     """
     x = np.asarray(presenter_times, np.float64).reshape(-1)
     y = np.asarray(recorder_times, np.float64).reshape(-1)

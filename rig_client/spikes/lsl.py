@@ -12,6 +12,11 @@ Streams this adapter reads (what a sorter or acquisition bridge publishes):
 Time stamps are clock-synchronised by liblsl, so both streams arrive on this machine's LSL clock
 (``pylsl.local_clock()``): that is the recorder's clock.
 
+A stream that breaks off (its outlet closed or crashed, the network went) fails the source: `poll`
+raises `RigError` naming it, rather than return no spikes from then on, which would read as rates
+of 0 spikes/s. The inlets do not reconnect (``recover=False``): spikes published while one was
+away would be missing from windows counted as if complete.
+
 LSL finds streams by multicast. Keep discovery on one machine with an ``lsl_api.cfg`` (see
 docs/rigs.md) named by the ``LSLAPICFG`` environment variable before pylsl is imported.
 """
@@ -76,7 +81,7 @@ class LSLSource(SpikeSource):
     def __init__(self, spike_stream: str, marker_stream: str | None = None, *,
                  timeout: float = 5.0):
         pylsl = _pylsl()
-        self._inlets = []
+        self._inlets, self._names = [], []
         for name, stream_type in ((spike_stream, SPIKE_TYPE), (marker_stream, MARKER_TYPE)):
             if name is None:
                 continue
@@ -86,19 +91,31 @@ class LSLSource(SpikeSource):
                 raise RigError(f"no LSL stream named {name!r} of type {stream_type!r} found within "
                                f"{timeout:.0f} s; is its outlet running, and does lsl_api.cfg "
                                "let this machine see it?")
-            inlet = pylsl.StreamInlet(found[0], processing_flags=pylsl.proc_clocksync)
+            inlet = pylsl.StreamInlet(found[0], processing_flags=pylsl.proc_clocksync, recover=False)
             inlet.open_stream(timeout)  # samples pushed from now on reach us
             self._inlets.append(inlet)
+            self._names.append(name)
         self.labels = unit_labels(self._inlets[0].info(timeout))
         if not self.labels:
             raise RigError(f"LSL stream {spike_stream!r} lists no units in <desc><units>; publish "
                            "it with rig_client.spikes.lsl.spike_outlet or add the labels")
 
+    def _pull(self, i: int, max_samples: int):
+        try:
+            return self._inlets[i].pull_chunk(timeout=0.0, max_samples=max_samples)
+        except RuntimeError as exc:  # pylsl's LostError (pylsl.util from 1.17, pylsl.pylsl before)
+            if type(exc).__name__ != "LostError":
+                raise
+            raise RigError(f"LSL stream {self._names[i]!r} was lost (its outlet stopped, or the network "
+                           "to it went); rates from here on would be missing spikes, so none are sent. "
+                           "Restart its outlet, then this rig: the server shows an unanswered batch "
+                           "again") from None
+
     def poll(self) -> Events:
-        spikes, stamps = self._inlets[0].pull_chunk(timeout=0.0, max_samples=100_000)
+        spikes, stamps = self._pull(0, 100_000)
         markers, marker_stamps = ((), ())
         if len(self._inlets) > 1:
-            markers, marker_stamps = self._inlets[1].pull_chunk(timeout=0.0, max_samples=10_000)
+            markers, marker_stamps = self._pull(1, 10_000)
         events = to_events(spikes, stamps, markers, marker_stamps)
         if len(events.channels) and events.channels.max() >= len(self.labels):
             raise RigError(f"LSL spike sample names unit {events.channels.max()} but the stream "

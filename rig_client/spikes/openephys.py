@@ -12,7 +12,8 @@ edge on line L is the marker ``ttlL``.
 
 The broadcaster sends events only, no heartbeats, and a SUB socket cannot tell a silent publisher
 from none at all: so the source fails (`RigError`) when no JSON message has come ``silence_s`` after
-it started, rather than report 0 spikes/s from a recorder it never heard.
+it started, rather than report 0 spikes/s from a recorder it never heard. Messages wait in memory
+(no receive high-water mark) until `poll` takes them, so a slow poll loses none.
 """
 
 from __future__ import annotations
@@ -80,6 +81,11 @@ class OpenEphysSource(SpikeSource):
         self._ctx = context or zmq.Context.instance()
         self._socket = self._ctx.socket(zmq.SUB)
         self._socket.setsockopt(zmq.LINGER, 0)
+        # No receive high-water mark: the broadcaster sends one message per spike. At ZeroMQ's default
+        # of 1000 (plus the GUI's send queue of 1000 and the socket buffers) a busy array filled the
+        # queue within seconds between polls, and the PUB then dropped the newest spikes unseen.
+        # Unpolled messages now wait in memory for `poll`.
+        self._socket.setsockopt(zmq.RCVHWM, 0)
         self._socket.setsockopt(zmq.SUBSCRIBE, b"")
         self._socket.connect(endpoint)
 

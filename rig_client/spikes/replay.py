@@ -58,6 +58,8 @@ class ReplaySource(SpikeSource):
 
     Paced, the recorder's clock is the file's: an event at file time ``t`` is released once
     ``(now - start) * speed`` seconds have passed since the first event, ``now`` from ``clock``.
+    The recording ends at its last event (``last_time``): a paced `poll` past it raises `RigError`,
+    as a recorder that stopped would, rather than return no spikes that read as rates of 0.
     """
 
     def __init__(self, path: str | Path, *, paced: bool = False, speed: float = 1.0,
@@ -65,12 +67,14 @@ class ReplaySource(SpikeSource):
         if speed <= 0:
             raise RigError("speed must be > 0")
         events, self.labels = load(path)
+        self.path = path
         order = np.argsort(events.spike_times, kind="stable")
         self._spikes = events.spike_times[order], events.channels[order]
         order = np.argsort(events.marker_times, kind="stable")
         self._markers = events.marker_times[order], [events.marker_names[i] for i in order]
         times = np.concatenate([events.spike_times, events.marker_times])
         self.first_time = float(times.min()) if len(times) else 0.0
+        self.last_time = float(times.max()) if len(times) else 0.0
         self._paced, self._speed, self._clock = paced, speed, clock
         self._started = clock()
         self._released = -np.inf
@@ -83,6 +87,10 @@ class ReplaySource(SpikeSource):
 
     def poll(self) -> Events:
         lo, hi = self._released, self.now()
+        if self._paced and hi > self.last_time:
+            raise RigError(f"replay file {self.path} ended (its last event is at {self.last_time:g} s, "
+                           f"{self.last_time - self.first_time:g} s after its first); windows past it would "
+                           "count 0 spikes, so none are counted. Replay a recording longer than the session")
         self._released = hi
         t, c = self._spikes
         s = slice(np.searchsorted(t, lo, "right"), np.searchsorted(t, hi, "right"))

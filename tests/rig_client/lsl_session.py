@@ -1,8 +1,10 @@
 """Run by test_lsl.py inside a loopback-only network namespace, with LSLAPICFG and DISPLAY set.
 
 `actmax serve`, an LSL spike outlet (this process) and `actmax rig present --spikes lsl:...` run a
-session to completion; prints JSON with what was presented, stored and published.
-usage: lsl_session.py WORKDIR
+session; prints JSON with what was presented, stored and published, and the presenter's log.
+usage: lsl_session.py WORKDIR [MODE]; MODE ``late``: each spike is pushed 0.3 s after its time stamp
+(a recorder slower than --latency-ms); ``lost``: the outlet closes once the first batch was answered,
+and the script waits for the presenter to end instead of the session.
 """
 
 import json
@@ -20,6 +22,8 @@ from rig_client.spikes.lsl import spike_outlet
 from server.launch import ServerProcess, stop
 
 work = Path(sys.argv[1])
+mode = sys.argv[2] if len(sys.argv) > 2 else ""
+delay = 0.3 if mode == "late" else 0.0
 rates = (60.0, 5.0)
 outlet = spike_outlet("actmax-session-spikes", ["elec1-u1", "elec2-u1"])
 start = pylsl.local_clock()
@@ -32,21 +36,24 @@ done = threading.Event()
 
 def publish():
     for t, c in events:
-        while pylsl.local_clock() < t:
-            if done.wait(min(0.005, t - pylsl.local_clock())):
+        while pylsl.local_clock() < t + delay:
+            if done.wait(min(0.005, t + delay - pylsl.local_clock())):
                 return
         outlet.push_sample([c], t)
 
 
-threading.Thread(target=publish, daemon=True).start()
+publisher = threading.Thread(target=publish, daemon=True)
+publisher.start()
 server = ServerProcess(work / "data", "token-for-the-lsl-session")
 api = server.start()
 record = work / "presented.jsonl"
+# lost: stimuli long enough that the outlet is gone well before the second batch is answered
+timing = ["--duration-ms", "300", "--isi-ms", "300"] if mode == "lost" else ["--duration-ms", "50", "--isi-ms", "30"]
 with open(work / "present.log", "wb") as log:
     presenter = subprocess.Popen(
         [sys.executable, "-m", "server.cli", "rig", "present", "--endpoint", server.zmq_endpoint,
          "--rig", "lsl-rig", "--spikes", "lsl:actmax-session-spikes", "--window", "400x300",
-         "--duration-ms", "50", "--isi-ms", "30", "--record", str(record)],
+         *timing, "--record", str(record)],
         stdout=log, stderr=subprocess.STDOUT)
 try:
     session = api.post("/sessions", {
@@ -56,10 +63,20 @@ try:
                      "seed": 2, "n_generations": 2}]})
     (thread,) = api.get(f"/sessions/{session['id']}/threads")
     deadline = time.monotonic() + 180
-    while api.get(f"/threads/{thread['id']}")["status"] != "finished":
-        assert presenter.poll() is None, (work / "present.log").read_text()[-3000:]
-        assert time.monotonic() < deadline, "the session did not finish"
-        time.sleep(0.3)
+    if mode == "lost":
+        while not (record.exists() and record.read_text()):  # the first batch was answered
+            assert presenter.poll() is None, (work / "present.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the first batch was not answered"
+            time.sleep(0.02)
+        done.set()
+        publisher.join()
+        del outlet  # the stream breaks off, as when its program ends
+        presenter.wait(60)
+    else:
+        while api.get(f"/threads/{thread['id']}")["status"] != "finished":
+            assert presenter.poll() is None, (work / "present.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the session did not finish"
+            time.sleep(0.3)
 finally:
     stop(presenter)
     done.set()
@@ -68,6 +85,8 @@ finally:
 with sqlite3.connect(work / "data" / "actmax.sqlite") as db:
     stored = db.execute("SELECT presentation_id, stimulus_id, rates_json FROM presentations").fetchall()
     statuses = [s for (s,) in db.execute("SELECT status FROM generations")]
-json.dump({"presented": [json.loads(line) for line in record.read_text().splitlines()[:-1]],
+lines = [json.loads(line) for line in record.read_text().splitlines()]
+json.dump({"presented": [p for p in lines if "flip_statistics" not in p],
            "stored": [[pid, sid, json.loads(r)] for pid, sid, r in stored], "statuses": statuses,
-           "spikes": [s.tolist() for s in spikes]}, sys.stdout)
+           "spikes": [s.tolist() for s in spikes], "returncode": presenter.returncode,
+           "log": (work / "present.log").read_text()}, sys.stdout)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -70,6 +71,15 @@ def test_lsl_streams_on_loopback(tmp_path):
     np.testing.assert_allclose(out["baseline"], [[0.0, 1 / 0.1]])
 
 
+def test_a_lost_stream_fails_the_source_instead_of_reporting_zero_spikes(tmp_path):
+    """The outlet's program ends: `poll` raises, naming the stream, where liblsl used to reconnect
+    forever while every window counted 0 spikes/s."""
+    out = run_isolated(tmp_path, "lsl_lost.py")
+    assert out["received"] == 1
+    assert out["error"].startswith("LSL stream 'spikes-") and "' was lost (its outlet stopped" in out["error"]
+    assert "Restart its outlet, then this rig" in out["error"]
+
+
 @pytest.mark.slow
 def test_presenter_with_lsl_runs_a_session(tmp_path, xvfb):
     """`actmax serve`, an LSL spike outlet and `actmax rig present --spikes lsl:...`, all in the
@@ -85,3 +95,28 @@ def test_presenter_with_lsl_runs_a_session(tmp_path, xvfb):
         counted = [np.sum((s >= lo) & (s < hi)) for s in spikes]
         # liblsl's clock correction (microseconds on one machine) may move a spike across an edge
         assert np.abs(np.asarray(p["rates"]) * (hi - lo) - counted).max() <= 1 + 1e-9
+
+
+@pytest.mark.slow
+def test_presenter_sends_nothing_from_a_stream_it_lost(tmp_path, xvfb):
+    """The outlet closes after the first batch was answered: the presenter ends with the error and
+    answers no later batch (the server keeps it for when a rig is back)."""
+    out = run_isolated(tmp_path, "lsl_session.py", str(tmp_path), "lost", env={"DISPLAY": xvfb}, timeout=300)
+    assert out["returncode"] == 2
+    assert "actmax rig: LSL stream 'actmax-session-spikes' was lost" in out["log"]
+    answered = {p["batch_id"] for p in out["presented"]}
+    assert len(answered) == 1  # the first batch only
+    sent = [p for p in out["presented"] if p["sent"]]
+    assert sorted(pid for pid, _, _ in out["stored"]) == sorted(p["presentation_id"] for p in sent)
+    assert out["statuses"] != ["complete", "complete"]
+
+
+@pytest.mark.slow
+def test_presenter_warns_of_spikes_later_than_its_latency(tmp_path, xvfb):
+    """Spikes pushed 0.3 s after their time stamps, the presenter waiting the default 50 ms: each batch's
+    last windows were counted before their spikes came, and the log says so and what to set."""
+    out = run_isolated(tmp_path, "lsl_session.py", str(tmp_path), "late", env={"DISPLAY": xvfb}, timeout=300)
+    warnings = [line for line in out["log"].splitlines() if "arrived after its rates were counted" in line]
+    assert len(warnings) == len({p["batch_id"] for p in out["presented"]}), out["log"][-3000:]  # once each
+    need = [int(re.search(r"raise it to at least (\d+)", w).group(1)) for w in warnings]
+    assert all(n > 50 for n in need) and "--latency-ms 50;" in warnings[0]

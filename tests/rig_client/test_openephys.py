@@ -107,3 +107,31 @@ def test_a_quiet_recording_is_real_data_and_its_silence_only_logged(publisher, c
                 assert len(source.poll().spike_times) == 0
     assert [r.getMessage() for r in caplog.records] == [
         f"no Event Broadcaster message from {endpoint} for over 0.3 s: is the Open Ephys GUI still acquiring?"]
+
+
+def test_a_slow_poll_loses_no_spikes(publisher):
+    """Tens of thousands of events between two polls (a busy array while the presenter waits for a
+    batch) all arrive: the subscriber's queue has no high-water mark. At ZeroMQ's default of 1000 the
+    publisher, whose own queue is the default 1000 as in the GUI, dropped most of them."""
+    pub, endpoint, ctx = publisher
+    n = 40_000
+    with OpenEphysSource(["TT1-u1"], endpoint, context=ctx) as source:
+        deadline = time.monotonic() + 10
+        while source.heard is None:
+            assert time.monotonic() < deadline, "the subscriber never received a message"
+            pub.send_multipart([b"ttl", json.dumps(ttl(1, 1, 0)).encode()])
+            time.sleep(0.02)
+            source.poll()
+        for i in range(n):  # 100 at a time (well within the publisher's own queue), no poll in between
+            pub.send_multipart([b"spike", json.dumps(spike("TT1", 1, 30 + i)).encode()])
+            if i % 100 == 99:
+                time.sleep(0.002)
+        buffer, got = SpikeBuffer(1), 0
+        deadline = time.monotonic() + 20
+        while got < n and time.monotonic() < deadline:
+            time.sleep(0.2)  # the last of them may still be on their way
+            events = source.poll()
+            buffer.add(events)
+            got += len(events.spike_times)
+    assert got == n
+    np.testing.assert_array_equal(buffer.spikes()[0], (30 + np.arange(n)) / RATE)

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from rig_client.present import Display, flip_statistics
+from rig_client.present import Display, LateSpikes, flip_statistics
 from rig_client.spikes import Events
 from rig_client.spikes.replay import save
 from tests.rig_client.conftest import run_session
@@ -56,6 +56,24 @@ def test_flip_statistics():
     assert stats["max_ms"] == pytest.approx(50.0) and stats["median_ms"] == pytest.approx(1000 / 60)
     assert stats["mean_ms"] == pytest.approx((9 * 1000 / 60 + 50) / 10)
     assert flip_statistics([], 60) == {"flips": 0}
+
+
+def test_spikes_that_arrive_after_their_window_was_counted_are_reported_once_per_batch():
+    late = LateSpikes(latency_s=0.05)
+    late.check(Events([10.1], [0]), now=10.5)  # nothing counted yet
+    assert late.report() is None
+    # two onsets at 10 and 11 s: windows [10.05, 10.2), [11.05, 11.2) and baselines [9.9, 10), [10.9, 11)
+    late.counted("b1", [10.05, 11.05, 9.9, 10.9], [10.2, 11.2, 10.0, 11.0])
+    late.check(Events([11.1, 10.5, 11.25], [0, 0, 0]), now=11.32)  # one in a window, two between
+    late.check(Events([11.19, 10.95], [1, 0]), now=11.4)  # a window's and a baseline's
+    assert late.report() == (
+        "batch b1: 3 spikes arrived after its rates were counted and sent, the last by 200 ms after its "
+        "last window closed: the recorder's latency is over --latency-ms 50; raise it to at least 200 "
+        "(measured at the poll that brought them, so up to a poll interval more than needed)")
+    assert late.report() is None  # once
+    late.counted("b2", [12.05], [12.2])
+    late.check(Events([11.15, 12.3], [0, 0]), now=12.35)  # b1's window is no longer watched
+    assert late.report() is None
 
 
 @pytest.mark.slow

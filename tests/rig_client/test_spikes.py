@@ -95,8 +95,9 @@ def test_replay_round_trip_and_pacing(tmp_path):
     assert got_labels == labels
     np.testing.assert_array_equal(got.spike_times, events.spike_times)
 
-    everything = ReplaySource(tmp_path / "rec.npz").poll()
-    assert sorted(everything.spike_times) == [0.1, 0.2, 0.3, 1.5]
+    unpaced = ReplaySource(tmp_path / "rec.npz")
+    assert sorted(unpaced.poll().spike_times) == [0.1, 0.2, 0.3, 1.5]
+    assert len(unpaced.poll().spike_times) == 0  # then nothing, and no end: for offline analysis
 
     now = [0.0]
     source = ReplaySource(tmp_path / "rec.npz", paced=True, speed=2.0, clock=lambda: now[0])
@@ -104,10 +105,25 @@ def test_replay_round_trip_and_pacing(tmp_path):
     now[0] = 0.1  # file time 0.1 + 0.2 = 0.3
     chunk = source.poll()
     assert list(chunk.spike_times) == [0.2, 0.3] and chunk.marker_names == ["onset"]
-    now[0] = 10.0
+    now[0] = 0.7  # file time 1.5: the last event
     chunk = source.poll()
     assert list(chunk.spike_times) == [1.5] and chunk.marker_names == ["sync"]
     assert len(source.poll().spike_times) == 0
+
+
+def test_a_paced_replay_past_its_end_fails_instead_of_reporting_zero_spikes(tmp_path):
+    """A recording shorter than the session: its end is an error, like a recorder that stopped, where
+    the windows after it used to count 0 spikes/s."""
+    events, labels = recording()
+    save(tmp_path / "rec.npz", events, labels)
+    now = [0.0]
+    source = ReplaySource(tmp_path / "rec.npz", paced=True, clock=lambda: now[0])
+    now[0] = 1.4  # file time 1.5
+    assert list(source.poll().spike_times) == [0.1, 0.2, 0.3, 1.5]
+    now[0] = 1.5
+    with pytest.raises(RigError, match=rf"replay file {tmp_path / 'rec.npz'} ended \(its last event is at "
+                       r"1.5 s, 1.4 s after its first\); .*Replay a recording longer than the session"):
+        source.poll()
 
 
 def test_replay_rejects_bad_files(tmp_path):
