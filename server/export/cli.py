@@ -55,8 +55,20 @@ def run(args: argparse.Namespace) -> int:
     require_presentations(tables, CLI_HINTS)
     if (warning := dandi_warning(tables, CLI_HINTS)) is not None:
         warn(warning)
-    with tqdm(total=len(tables.stimuli), unit="image", desc="images") as bar:
-        write_nwb(tables, ImageArchive(settings.data_dir), args.out, on_image=bar.update, hints=CLI_HINTS)
+    print(f"preparing the NWB file: {len(tables.stimuli)} images, {len(tables.presentations)} presentations "
+          "(a minute or so for a long session)", file=sys.stderr, flush=True)
+    bar = None
+
+    def on_image() -> None:  # the bar starts with the first image, so its rate and time left are the images'
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=len(tables.stimuli), unit="image", desc="images")
+        bar.update()
+    try:
+        write_nwb(tables, ImageArchive(settings.data_dir), args.out, on_image=on_image, hints=CLI_HINTS)
+    finally:
+        if bar is not None:
+            bar.close()
     print(f"{args.out}: {len(tables.presentations)} presentations of {len(tables.stimuli)} images, "
           f"{len(tables.generations)} generations in {len(tables.threads)} thread(s)")
     return 0

@@ -281,6 +281,8 @@ class Batch(Base):
     """What was sent to which rig for one generation, and when it was answered."""
 
     __tablename__ = "batches"
+    # A rig's latest batches (the dashboard's rig panel), without reading every session's.
+    __table_args__ = (Index("ix_batches_rig_sent_at", "rig", "sent_at"),)
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)  # uuid4 hex
     session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id"), index=True)

@@ -314,9 +314,10 @@ async function fetchCurve(state, threadId, incremental) {
   const known = state.curves.get(threadId);
   const from = incremental && known && known.points.length ? known.points[known.points.length - 1].generation + 1 : 0;
   const curve = await api(`/threads/${threadId}/curve?from_generation=${from}`);
-  const points = from && known ? known.points.concat(curve.points) : curve.points;
-  state.curves.set(threadId, { points });
-  drawThread(state, thread, points, curve.segments);
+  const points = from ? known.points.concat(curve.points) : curve.points;
+  const segments = from ? known.segments.concat(curve.segments) : curve.segments; // those beginning from `from` on
+  state.curves.set(threadId, { points, segments });
+  drawThread(state, thread, points, segments);
 }
 
 function drawThread(state, thread, points, segments) {
@@ -408,9 +409,10 @@ function showBanner(state, event) {
 }
 
 // ---------------------------------------------------------------- rig panel
+// On rig and batch events (several a second while a session runs): one request a second at most.
 let rigTimer = null;
 function scheduleRig(state) {
-  if (!rigTimer) rigTimer = setTimeout(() => { rigTimer = null; loadRig(state); }, 300);
+  if (!rigTimer) rigTimer = setTimeout(() => { rigTimer = null; loadRig(state); }, 1000);
 }
 
 // A batch's thread: its name, and its session's id when it is another session's (the rig is shared).

@@ -13,9 +13,10 @@ import httpx
 import numpy as np
 import pytest
 from sqlalchemy import select
+from sqlalchemy.dialects import sqlite
 
 from server import live
-from server.api.routes.monitor import decimate
+from server.api.routes.monitor import decimate, recent_batches
 from server.store.db import StepConnection
 from server.store.models import Batch, Event, Generation, GenerationStatus, Stimulus, StimulusKind, encode_codes
 from server.store.records import log_event
@@ -81,10 +82,40 @@ def test_the_curve_marks_where_a_retarget_changed_the_objective(client: httpx.Cl
         {"from_generation": 0, "score_label": "score (spikes/s)"}]
     retargeted = client.post(f"/threads/{thread['id']}/retarget", json={"objective": {"expression": "zscore(rate(3))"}})
     add_generations(live_server, session_id, thread["id"], [[0.1, 0.2]], first=2, objective=retargeted.json()["objective"])
+    assert client.get(f"/threads/{thread['id']}/curve").json()["segments"] == [
+        {"from_generation": 0, "score_label": "score (spikes/s)"},
+        {"from_generation": 2, "score_label": "score = zscore(rate(3))"}]
     curve = client.get(f"/threads/{thread['id']}/curve", params={"from_generation": 2}).json()
     assert [p["generation"] for p in curve["points"]] == [2]
-    assert curve["segments"] == [{"from_generation": 0, "score_label": "score (spikes/s)"},
-                                 {"from_generation": 2, "score_label": "score = zscore(rate(3))"}]
+    assert curve["segments"] == [{"from_generation": 2, "score_label": "score = zscore(rate(3))"}]  # those from 2 on
+
+
+def test_an_incremental_curve_is_the_tail_of_the_whole_curve(client: httpx.Client, live_server: LiveServer):
+    """``from_generation`` reads only the later generations and events, and answers exactly the whole curve's
+    points and segments from there on: across a retarget, and past a generation that never completed."""
+    created = create_session(client)
+    session_id, thread = created["id"], created["threads"][0]
+    retargeted = {"expression": "zscore(rate(3))"}
+    add_generations(live_server, session_id, thread["id"], [[n, n + 2.0] for n in range(150)],
+                    objective=thread["objective"])
+    add_generations(live_server, session_id, thread["id"], [[n, 1.0] for n in range(151, 300)], first=151,
+                    objective=retargeted)
+    with live_server.sessions() as db:
+        db.add(Generation(thread_id=thread["id"], number=150, codes=encode_codes(np.zeros((1, 2))), n_stimuli=1,
+                          status=GenerationStatus.PENDING))  # left pending (a stop): no point, no event
+        for number in (*range(150), *range(151, 300)):
+            log_event(db, "generation.completed", f"generation {number}", session_id=session_id,
+                      thread_id=thread["id"], data={"generation": number, "reference_sem": number / 10})
+        db.commit()
+    whole = client.get(f"/threads/{thread['id']}/curve", params={"max_points": 10_000}).json()
+    assert whole["total"] == 299 and [p["generation"] for p in whole["points"]] == [*range(150), *range(151, 300)]
+    assert [p["reference_sem"] for p in whole["points"]] == [p["generation"] / 10 for p in whole["points"]]
+    assert [s["from_generation"] for s in whole["segments"]] == [0, 151]
+    for start in (0, 1, 149, 150, 151, 152, 299, 300, 10_000):
+        tail = client.get(f"/threads/{thread['id']}/curve", params={"from_generation": start}).json()
+        points = [p for p in whole["points"] if p["generation"] >= start]
+        assert tail == {"thread_id": thread["id"], "total": len(points), "points": points,
+                        "segments": [s for s in whole["segments"] if s["from_generation"] >= start]}, start
 
 
 def test_rig_without_a_transport_is_not_connected(client: httpx.Client):
@@ -129,6 +160,15 @@ def test_rig_batch_timings(client: httpx.Client, live_server: LiveServer):
     assert batches["b0"]["turnaround_ms"] is None  # no previous generation
     assert batches["b1"]["turnaround_ms"] == pytest.approx(200) and batches["b1"]["complete_ms"] is None
     assert batches["b1-again"]["turnaround_ms"] is None  # a second round of the same generation
+
+
+def test_a_rigs_latest_batches_are_read_through_its_index(live_server: LiveServer):
+    """Not by scanning and sorting every batch the server has sent (the rig panel asks several times a second)."""
+    query = recent_batches("rig-T", 8).compile(dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True})
+    with live_server.db_engine.connect() as connection:
+        plan = [row[-1] for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {query}")]
+    assert plan[0] == "SEARCH batches USING INDEX ix_batches_rig_sent_at (rig=?)", plan
+    assert not any("TEMP B-TREE" in step for step in plan), plan
 
 
 def test_stop_session_stops_every_thread_and_is_idempotent(client: httpx.Client, live_server: LiveServer):

@@ -472,3 +472,22 @@ def test_an_unusable_out_is_refused_before_the_session_is_read(tmp_path, capsys,
     assert export(fmt, tmp_path / "no-data", 1, Path(out)) == 2  # the data folder is never looked at
     assert message in capsys.readouterr().err
     assert not (tmp_path / "missing").exists()
+
+
+def test_the_nwb_progress_bar_starts_with_the_images_after_the_preparation_is_announced(recorded, tmp_path, capsys):
+    """The bar's clock starts at the first image, not before the preparation (minutes of "time left" on image 1
+    for a long session): a preparation that fails, on a missing image, never shows the bar at all."""
+    server, session_id, _ = recorded
+    assert export("nwb", server.data_dir, session_id, tmp_path / "s.nwb") == 0
+    err = capsys.readouterr().err
+    n = int(err.split("preparing the NWB file: ", 1)[1].split(" images")[0])
+    assert err.index("preparing the NWB file") < err.index("images:") and f"{n}/{n}" in err, err
+
+    with sqlite3.connect(server.data_dir / "actmax.sqlite") as db:
+        (png,) = db.execute("SELECT png_path FROM stimuli WHERE session_id = ? AND kind = 'synthetic' "
+                            "ORDER BY id DESC LIMIT 1", (session_id,)).fetchone()
+    data = copy_data(server, tmp_path / "data")
+    (data / png).unlink()
+    assert export("nwb", data, session_id, tmp_path / "lost.nwb") == 2
+    err = capsys.readouterr().err
+    assert "preparing the NWB file" in err and "is missing" in err and "images:" not in err, err

@@ -160,3 +160,21 @@ def test_a_damaged_database_is_refused_untouched(tmp_path):
         upgrade(url)
     assert "\n" not in str(refused.value)
     assert (tmp_path / "a.sqlite").read_bytes() == before
+
+
+def test_the_batch_rig_index_migrates_down_and_up(tmp_path):
+    """0007 adds only the index a rig's latest batches are read through, and takes only it away again."""
+    from alembic import command
+
+    url = f"sqlite:///{tmp_path / 'a.sqlite'}"
+    upgrade(url)
+
+    def indexes() -> set[str]:
+        with sqlite3.connect(tmp_path / "a.sqlite") as conn:
+            return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    head = indexes()
+    command.downgrade(db.alembic_config(url), "0006_write_indexes")
+    assert head - indexes() == {"ix_batches_rig_sent_at"} and indexes() <= head
+    assert schema(tmp_path / "a.sqlite")[1] == ["0006_write_indexes"]
+    upgrade(url)
+    assert indexes() == head and schema(tmp_path / "a.sqlite")[1] == ["0007_batch_rig_index"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from fastapi import APIRouter, Query, Request
-from sqlalchemy import func, select, tuple_
+from sqlalchemy import Select, func, select, tuple_
 
 from server.api.deps import DB, MAX_ID, Id, get_or_404
 from server.api.schemas import BatchTiming, Curve, CurvePoint, CurveSegment, ErrorDetail, RigStatus, RigSummary
@@ -36,22 +36,34 @@ def _argmax(scores: list[float | None] | None) -> int | None:
 def get_curve(thread_id: Id, db: DB, max_points: int = Query(1000, ge=2, le=10_000),
               from_generation: int = Query(0, ge=0, le=MAX_ID, description="Only generations from this number on.")) -> Curve:
     """Mean ± SEM, max and reference mean ± SEM per completed generation, with each one's best image, and
-    the thread's segments by objective."""
+    where each objective begins. Reads only the generations from ``from_generation`` on (and the one
+    before, to tell whether a segment begins there), so a dashboard's update costs what it returns."""
     thread = get_or_404(db, Thread, thread_id)
+    complete = (Generation.thread_id == thread_id, Generation.status == GenerationStatus.COMPLETE)
+    before = db.scalar(select(Generation.number).where(*complete, Generation.number < from_generation)
+                       .order_by(Generation.number.desc()).limit(1))
     rows = db.execute(
         select(Generation.id, Generation.number, Generation.scores_json, Generation.max_score,
-               Generation.reference_mean, Generation.completed_at)
-        .where(Generation.thread_id == thread_id, Generation.status == GenerationStatus.COMPLETE,
-               Generation.number >= from_generation)
+               Generation.reference_mean, Generation.completed_at, Generation.objective_json)
+        .where(*complete, Generation.number >= (from_generation if before is None else before))
         .order_by(Generation.number)
     ).all()
+    segments = [CurveSegment(from_generation=number, score_label=score_label(objective))
+                for number, objective in objective_segments([(r.number, r.objective_json or thread.objective_json)
+                                                             for r in rows])
+                if number >= from_generation]
+    rows = [row for row in rows if row.number >= from_generation]
     total = len(rows)
     rows = [rows[i] for i in decimate(total, max_points)]
+    # One generation.completed event per completed generation, logged in order: the newest ``total`` are
+    # these, so the scan of the thread's events stops there.
     reference_sem = {
         data["generation"]: data.get("reference_sem")
-        for data in db.scalars(select(Event.data_json).where(Event.thread_id == thread_id,
-                                                             Event.kind == GENERATION_COMPLETED))
-    }
+        for data in db.scalars(select(Event.data_json)
+                               .where(Event.thread_id == thread_id, Event.kind == GENERATION_COMPLETED,
+                                      Event.data_json["generation"].as_integer() >= from_generation)
+                               .order_by(Event.id.desc()).limit(total))
+    } if total else {}
     best = {row.id: _argmax(row.scores_json) for row in rows}
     wanted = [(generation_id, index) for generation_id, index in best.items() if index is not None]
     best_ids = {
@@ -69,18 +81,7 @@ def get_curve(thread_id: Id, db: DB, max_points: int = Query(1000, ge=2, le=10_0
             reference_mean=row.reference_mean, reference_sem=reference_sem.get(row.number),
             best_stimulus_id=best_ids.get((row.id, best[row.id])), completed_at=row.completed_at,
         ))
-    return Curve(thread_id=thread_id, total=total, points=points, segments=_segments(db, thread))
-
-
-def _segments(db, thread: Thread) -> list[CurveSegment]:
-    """Where each objective the thread's completed generations were scored with begins."""
-    generations = db.execute(
-        select(Generation.number, Generation.objective_json)
-        .where(Generation.thread_id == thread.id, Generation.status == GenerationStatus.COMPLETE)
-        .order_by(Generation.number)
-    ).all()
-    return [CurveSegment(from_generation=number, score_label=score_label(objective))
-            for number, objective in objective_segments([(n, o or thread.objective_json) for n, o in generations])]
+    return Curve(thread_id=thread_id, total=total, points=points, segments=segments)
 
 
 @router.get("/rigs", response_model=list[RigSummary])
@@ -111,10 +112,7 @@ def get_rig(rig: str, request: Request, db: DB, batches: int = Query(20, ge=1, l
     ):
         for channel in sorted(ObjectiveConfig.model_validate(objective).build().channels):
             scored.setdefault(channel, []).append(name)
-    recent = db.execute(
-        select(Batch, Generation.number).join(Generation, Generation.id == Batch.generation_id)
-        .where(Batch.rig == rig).order_by(Batch.sent_at.desc()).limit(batches)
-    ).all()
+    recent = db.execute(recent_batches(rig, batches)).all()
     turnaround = _turnarounds(db, recent)
     timings = [
         BatchTiming(
@@ -130,6 +128,13 @@ def get_rig(rig: str, request: Request, db: DB, batches: int = Query(20, ge=1, l
         heard_s_ago=status and status["heard_s_ago"], heartbeat_s=getattr(transport, "heartbeat_s", None),
         scored_channels=scored, batches=timings,
     )
+
+
+def recent_batches(rig: str, limit: int) -> Select:
+    """The rig's latest ``limit`` batches, newest first, with their generation's number (read through the
+    index on batches (rig, sent_at): it does not grow with the sessions the server has run)."""
+    return (select(Batch, Generation.number).join(Generation, Generation.id == Batch.generation_id)
+            .where(Batch.rig == rig).order_by(Batch.sent_at.desc()).limit(limit))
 
 
 def _turnarounds(db, recent) -> dict[str, float | None]:
