@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def serve(settings) -> None:
-    """Migrate the database, then run uvicorn, the ZeroMQ transport and the engine until SIGINT/SIGTERM.
+    """Migrate the database (logging it when it is new or migrated), then run uvicorn, the ZeroMQ transport and
+    the engine until SIGINT/SIGTERM.
 
     The process's one database engine is made, migrated and disposed of here. A device this torch cannot
     use is refused first (``GeneratorError``), not at the first session. The open-file limit is raised first.
@@ -78,7 +79,13 @@ async def serve(settings) -> None:
     http_socket = bind_http(settings.http_host, settings.http_port)
     db_engine = make_db_engine(settings.database_url, background_checkpoints=True)
     try:
-        upgrade(db_engine)
+        before, after = upgrade(db_engine)
+        if before is None:  # before a rig connects, so that a mistyped --data-dir shows
+            log.info("created a new, empty database in %s: no sessions yet (not what you expected? stop and check "
+                     "--data-dir)", settings.data_dir)
+        elif before != after:
+            log.info("migrated the database in %s from schema %s to %s (one-way: older actmax releases cannot "
+                     "open it now)", settings.data_dir, before, after)
         db_sessions = make_sessionmaker(db_engine)
         archive = ImageArchive(settings.data_dir)
         if removed := archive.remove_partial_writes():

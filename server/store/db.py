@@ -4,7 +4,8 @@ Migrations are atomic: on SQLite they run in one ``BEGIN IMMEDIATE`` transaction
 would otherwise commit each CREATE TABLE on its own), so a kill leaves the previous schema or the
 new one. A database left half-made by an older, non-atomic first start (tables but no recorded
 version) is rebuilt when its tables are empty and refused with a clear message otherwise. A database
-made by a newer actmax (a schema version these migrations do not know) is refused as well.
+made by a newer actmax (a schema version these migrations do not know) is refused as well, and so is one
+made by a development build from before the release whose schema version was later renumbered.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -38,6 +40,14 @@ CHECKPOINT_INTERVAL_S = 2.0  # background WAL checkpoints at most this often (a 
 # sessions can only close on a free worker. SQLite connections are cheap.
 POOL_SIZE, MAX_OVERFLOW = 5, 60
 _PACKAGE_DIR = Path(__file__).resolve().parent
+# Schema versions of development builds of main from before the release: the session-lifecycle migration was
+# renumbered in merges (now 0004_session_lifecycle), so these ids name schemas no migration here starts from.
+RETIRED_REVISIONS = {
+    "0002": "main daec25d to 367ff30: the session lifecycle on the initial schema, with presentations."
+            "baseline_rates_json and without 0002_trial_facts and 0003_state_snapshots",
+    "0003_session_lifecycle": "main 8795123 to 7d76564: the session lifecycle after 0002_trial_facts, "
+                              "without 0003_state_snapshots",
+}
 
 
 def _set_sqlite_pragmas(dbapi_connection, _connection_record, *, autocheckpoint: bool) -> None:
@@ -201,6 +211,12 @@ def check_database_file(path: Path, *, created: bool = False) -> None:
     try:
         with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
             tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.OperationalError as error:
+        if os.access(path.parent, os.W_OK):
+            raise ServerError(f"{path} is not an SQLite database ({error}); {fix}") from None
+        raise ServerError(f"cannot open {path} ({error}): its folder is read-only, and SQLite must create "
+                          f"{path.name}-shm beside a WAL database to read it; copy the data folder to a writable "
+                          "place and pass that --data-dir") from None
     except sqlite3.DatabaseError as error:
         raise ServerError(f"{path} is not an SQLite database ({error}); {fix}") from None
     if not created and not {"alembic_version", "sessions"} <= tables:
@@ -223,9 +239,10 @@ def check_intact(path: Path) -> None:
                           "backup (README.md, 'Operating the server'), or move it away or choose another --data-dir")
 
 
-def upgrade(db_engine: Engine, revision: str = "head") -> None:
+def upgrade(db_engine: Engine, revision: str = "head") -> tuple[str | None, str]:
     """Create or migrate ``db_engine``'s database to ``revision`` in one transaction; a no-op when up to date.
-    A damaged SQLite file (``check_intact``) or one made by a newer actmax is refused untouched.
+    A damaged SQLite file (``check_intact``), or one made by a newer actmax or a retired development build,
+    is refused untouched. The schema version before (None: the database was new, or empty) and after.
 
     The migration runs on a connection of its own (SQLite: ``BEGIN IMMEDIATE`` with the driver's
     implicit commits off, so a kill leaves either the old schema or the whole new one).
@@ -242,9 +259,11 @@ def upgrade(db_engine: Engine, revision: str = "head") -> None:
         with engine.begin() as connection:
             _clear_half_made(connection, database_url)
             config = alembic_config(database_url)
-            _refuse_unknown_revision(connection, config)
+            before = _revision(connection)
+            _refuse_unknown_revision(connection, config, before)
             config.attributes["connection"] = connection
             command.upgrade(config, revision)
+            return before, _revision(connection)
     finally:
         engine.dispose()
 
@@ -253,18 +272,30 @@ def _driver_autocommit(dbapi_connection, _connection_record) -> None:
     dbapi_connection.isolation_level = None  # SQLAlchemy's "begin" listener issues BEGIN itself
 
 
-def _refuse_unknown_revision(connection, config: Config) -> None:
-    """Refuse a database at a schema version these migrations do not know: a newer actmax made it."""
+def _revision(connection) -> str | None:
+    """The schema version recorded in the database; None when it has none (new, or its tables empty)."""
     if not inspect(connection).has_table("alembic_version"):
-        return
+        return None
+    return connection.scalar(text("SELECT version_num FROM alembic_version"))
+
+
+def _refuse_unknown_revision(connection, config: Config, version: str | None) -> None:
+    """Refuse a database at a schema version these migrations do not know: a retired development build's
+    (``RETIRED_REVISIONS``), or a newer actmax's."""
     scripts = ScriptDirectory.from_config(config)
-    known = {script.revision for script in scripts.walk_revisions()}
-    for (version,) in connection.execute(text("SELECT version_num FROM alembic_version")):
-        if version not in known:
-            raise ServerError(
-                f"the database {connection.engine.url.render_as_string()} is at schema version {version!r}, "
-                f"which this actmax does not know (it knows up to {scripts.get_current_head()!r}): a newer "
-                "actmax made it; run that version, or restore a backup made before it ran")
+    if version is None or version in {script.revision for script in scripts.walk_revisions()}:
+        return
+    database = connection.engine.url.render_as_string()
+    if version in RETIRED_REVISIONS:
+        raise ServerError(
+            f"the database {database} is at schema version {version!r}, that of a development build of actmax "
+            f"from before the release ({RETIRED_REVISIONS[version]}), which this actmax cannot migrate: finish its "
+            "sessions and export them with that build (actmax export, or its REST API), and start this actmax on "
+            "a new --data-dir")
+    raise ServerError(
+        f"the database {database} is at schema version {version!r}, which this actmax does not know (it knows "
+        f"up to {scripts.get_current_head()!r}): a newer actmax made it; run that version, or restore a backup "
+        "made before it ran")
 
 
 def _clear_half_made(connection, database_url: str) -> None:
