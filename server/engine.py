@@ -36,18 +36,20 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session as DBSession
 from sqlalchemy.orm import sessionmaker
 
-from rig_client.protocol import PROTOCOL_MINOR, Message
+from rig_client.protocol import PROTOCOL_MINOR, ErrorCode, Message
 from server import RigInputError, StorageUnavailable, ThreadNotReady, admission, live, manifold, steps
 from server.session_config import ObjectiveConfig
 from server.settings import Settings
 from server.store import queries, records
 from server.store.archive import ImageArchive
 from server.store.db import BackgroundCheckpoints, StepConnection
-from server.store.models import ENDED_THREAD_STATUSES, Batch, EventLevel, Thread, ThreadStatus, utcnow
+from server.store.models import (
+    ENDED_THREAD_STATUSES, Batch, EventLevel, Session, SessionStatus, Thread, ThreadStatus, utcnow,
+)
 from server.thread_runtime import ThreadRuntime, build_runtime, code_chunks
 from server.weights import GeneratorCache
 
@@ -153,8 +155,11 @@ def paused_at_restart(db: DBSession, thread: Thread) -> tuple[str, str, dict] | 
                                         "resent": False, "paused": True})
 
 
-def close_rigs(rig: str, connected) -> frozenset[str]:
-    """The ``connected`` rig names close to ``rig`` but not it: a typo or a case difference in a session's rig name."""
+def close_rigs(rig: str, connected, gone=frozenset()) -> frozenset[str]:
+    """The ``connected`` rig names close to ``rig`` but not it: a typo or a case difference in a session's rig name;
+    none for a rig ``gone`` (connected under exactly this name before, then silent: its name is right)."""
+    if rig in gone:
+        return frozenset()
     folded = rig.casefold()
     return frozenset(name for name in connected
                      if name != rig and difflib.SequenceMatcher(None, folded, name.casefold()).ratio() >= 0.6)
@@ -174,15 +179,18 @@ class Engine:
         self.rig_channels: dict[str, int] = {}  # channels each connected rig announced in HELLO
         self._rig_references: dict[str, set[str]] = {}  # reference ids each connected rig caches
         self.rig_minor: dict[str, int] = {}  # protocol minor version negotiated with each connected rig
+        self._gone_rigs: set[str] = set()  # every rig that was connected and went silent in this process's life
         self._steps: set[asyncio.Task] = set()  # thread steps in progress (kept so none is collected)
         self._stalled: dict[int, Stall] = {}  # threads waiting for their storage to work again
         self._reconcile_failing = False  # the last reconcile failed on storage (logged once until one succeeds)
         # Threads this process's start took up (not paused), until their runtime is built: their start event
         # says they resumed after a restart. None until the first reconcile, which logs the paused ones' at once.
         self._restarted: set[int] | None = None
+        self._at_start: frozenset[int] = frozenset()  # the threads it took up (``_rigs_grace_until``)
         self._passing: dict[int, str] = {}  # thread id -> a last_error its next round or end clears (_take)
         # Threads waiting for their rig whose wait is logged -> the connected rigs with a close name it warned of.
         self._waits: dict[int, frozenset[str]] = {}
+        self._wait_errors: dict[int, str] = {}  # thread id -> its waiting warning (its last_error), cleared as it runs
         self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="actmax-compute")
         # The reconcile's read of thread intent, off the compute worker: queued there behind a step, it ran
         # between the step's commit and its send and held the GIL from the event loop that sends the BATCH.
@@ -191,6 +199,8 @@ class Engine:
         self._checkpoints = BackgroundCheckpoints(sessions)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake_event: asyncio.Event | None = None
+        # Until then (monotonic), the threads this process's start took up do not wait for a rig not yet connected.
+        self._rigs_grace_until = float("inf")
         self._closed = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -205,11 +215,14 @@ class Engine:
         freeze_heap()
         self._loop = asyncio.get_running_loop()
         self._wake_event = asyncio.Event()
+        self._rigs_grace_until = time.monotonic() + self.settings.heartbeat_s * self.settings.liveness
         while not self._closed:
             try:
                 await self._reconcile()
                 await self._check_timeouts()
             except Exception as exc:  # the loop must outlive any one failure; the event log says what
+                if self._closed:
+                    return  # its workers shut down under it
                 if not storage_fault(exc):
                     log.exception("engine reconcile failed")
                 elif not self._reconcile_failing:
@@ -230,6 +243,7 @@ class Engine:
             self._wake_event.clear()
 
     async def close(self) -> None:
+        """Cancel and await every step (none starts after this began: ``_spawn``), then stop the workers."""
         self._closed = True
         self.wake()
         for step in list(self._steps):
@@ -259,7 +273,11 @@ class Engine:
         self._spawn(self._advance(runtime))
 
     def _spawn(self, step) -> None:
-        """Run a step coroutine as a task the engine keeps (so none is collected) and cancels on close."""
+        """Run a step coroutine as a task the engine keeps (so none is collected) and cancels on close; once
+        ``close`` began, drop it (a RESULTS handled meanwhile: the restart takes its thread up from the database)."""
+        if self._closed:
+            step.close()
+            return
         task = asyncio.get_running_loop().create_task(step)
         self._steps.add(task)
         task.add_done_callback(self._steps.discard)
@@ -286,22 +304,47 @@ class Engine:
         return self.rig_channels.get(rig)
 
     async def on_connected(self, rig: str) -> None:
-        """A rig (re)joined: resend its outstanding batches under their own ids (§6.5), start what waited."""
-        for runtime in list(self._threads.values()):
-            if runtime.rig == rig:
-                if runtime.inflight is not None and runtime.inflight.batch_id:
-                    runtime.inflight.resend = True
-                self._step(runtime)
+        """A rig (re)joined: resend its outstanding batches under their own ids (§6.5), start what waited; not
+        for a thread the rig has too few channels for (the reconcile blocks it)."""
+        runtimes = [runtime for runtime in self._threads.values() if runtime.rig == rig]
+        if not runtimes:
+            return
+        threads = {t.id: t for t in await asyncio.get_running_loop().run_in_executor(self._reads, self._live_threads)}
+        connected = self._connected_rigs()
+        for runtime in runtimes:
+            thread = threads.get(runtime.id)
+            if thread is None or self._rig_state(thread, connected)[0] != ThreadStatus.RUNNING:
+                continue
+            if runtime.inflight is not None and runtime.inflight.batch_id:
+                runtime.inflight.resend = True
+            self._step(runtime)
+
+    async def on_replaced(self, rig: str, heard_s_ago: float) -> None:
+        """A HELLO took ``rig``'s name from a connection still live: a warning in each session the rig serves."""
+        channels = self.rig_channels.get(rig)
+        await self._offload(self._log_rig_event, rig, "rig.replaced",
+                            f"rig {rig!r} replaced: a new connection said HELLO as {rig!r} ({channels} channels) while "
+                            f"the earlier one was live (heard {heard_s_ago:.1f} s ago); the new one answers its "
+                            "threads from now on. If two rig programs use this name, stop one: rig names must be unique",
+                            {"rig": rig, "channels": channels, "heard_s_ago": round(heard_s_ago, 3)})
 
     async def on_disconnect(self, rig: str) -> None:
         self._rig_references.pop(rig, None)
         self.rig_channels.pop(rig, None)
         self.rig_minor.pop(rig, None)
-        sessions = sorted({r.session_id for r in self._threads.values() if r.rig == rig}) or [None]
-        for session_id in sessions:  # an event of each session it served: their dashboards and watches show it
-            await self._transact(steps.log_in, session_id, None, "rig.lost", f"rig {rig!r} went silent", {"rig": rig},
-                                 EventLevel.WARNING)
+        self._gone_rigs.add(rig)
+        await self._offload(self._log_rig_event, rig, "rig.lost", f"rig {rig!r} went silent", {"rig": rig})
         self.wake()
+
+    def _log_rig_event(self, rig: str, kind: str, message: str, data: dict) -> None:
+        """A warning in each active session with a thread on ``rig`` not ended, also a blocked or paused one (their
+        dashboards and watches show it); in no session when there is none."""
+        with self._db.begin() as db:
+            sessions = db.scalars(select(Thread.session_id).distinct().join(Session, Session.id == Thread.session_id)
+                                  .where(Session.rig == rig, Session.status == SessionStatus.ACTIVE,
+                                         Thread.status.not_in(ENDED_THREAD_STATUSES))).all()
+            for session_id in sorted(sessions) or [None]:
+                steps.log_in(db, session_id, None, kind, message, data, EventLevel.WARNING)
 
     async def on_results(self, rig: str, header: dict) -> dict:
         """Record presentations idempotently; the RESULTS that answers the last stimulus of a round completes
@@ -316,6 +359,9 @@ class Engine:
             await self.on_refused(rig, header["batch_id"], exc)
             raise
         except Exception as exc:
+            if self._closed:  # its workers shut down under it
+                raise RigInputError(ErrorCode.INTERNAL, "the server is stopping; keep these results and send them "
+                                    "again once it is back") from None
             if not storage_fault(exc):
                 raise
             raise StorageUnavailable(f"the server cannot store results now ({storage_advice(exc, self.settings)}); "
@@ -429,25 +475,32 @@ class Engine:
     async def _reconcile(self) -> None:
         """Match each live thread's status to its rig (running, waiting_for_rig, blocked); keep runtimes
         for running and waiting threads and for paused ones finishing their generation; log each wait for a rig
-        (``_note_wait``); advance the idle ones."""
+        (``_note_wait``); advance the idle ones. For one liveness period after the server's start (heartbeat x
+        liveness), a thread the start took up is not marked waiting for a rig that has not said HELLO yet: its rig
+        reconnects meanwhile."""
         wanted: dict[int, ThreadStatus] = {}
-        connected = self._connected_rigs()  # one view of the rigs for every decision and message below
         threads = await asyncio.get_running_loop().run_in_executor(self._reads, self._live_threads)
+        connected = self._connected_rigs()  # one view of the rigs for every decision and message below
         if self._restarted is None:
             await self._offload(self._log_paused_at_restart, [t.id for t in threads if t.status == ThreadStatus.PAUSED])
             self._restarted = {t.id for t in threads if t.status != ThreadStatus.PAUSED}
+            self._at_start = frozenset(self._restarted)
+        grace = self._at_start if time.monotonic() < self._rigs_grace_until else frozenset()
         for thread in threads:
             status = thread.status
             if status != ThreadStatus.PAUSED:
                 target, reason = self._rig_state(thread, connected)
+                if thread.id in grace and target == ThreadStatus.WAITING_FOR_RIG:
+                    target = status
                 if target != status and await self._offload(self._set_rig_state, thread.id, status, target, reason,
                                                              sorted(connected)):
                     status = target
                     if target == ThreadStatus.WAITING_FOR_RIG:
-                        self._waits[thread.id] = close_rigs(thread.rig, connected)
+                        self._waits[thread.id] = close_rigs(thread.rig, connected, self._gone_rigs)
             wanted[thread.id] = status
         for thread_id in [t for t in self._waits if wanted.get(t) != ThreadStatus.WAITING_FOR_RIG]:
             del self._waits[thread_id]
+            self._wait_errors.pop(thread_id, None)
         for thread_id, runtime in list(self._threads.items()):
             status = wanted.get(thread_id)
             runtime.paused = status == ThreadStatus.PAUSED
@@ -474,7 +527,7 @@ class Engine:
             except Exception as exc:
                 await self._fail(thread_id, exc)
         for thread in threads:
-            if wanted[thread.id] == ThreadStatus.WAITING_FOR_RIG:
+            if wanted[thread.id] == ThreadStatus.WAITING_FOR_RIG and thread.id not in grace:
                 await self._note_wait(thread, connected)
         for runtime in list(self._threads.values()):
             inflight = runtime.inflight
@@ -514,6 +567,10 @@ class Engine:
             if not changed:
                 return False
             thread = db.get(Thread, thread_id)
+            if (waited := self._wait_errors.pop(thread_id, None)) is not None:  # its rig is back: the wait passed
+                records.clear_thread_error(db, thread_id, waited)
+                if self._passing.get(thread_id) == waited:
+                    del self._passing[thread_id]
             if new == ThreadStatus.BLOCKED:
                 records.set_thread_error(db, thread_id, "thread.blocked", reason, level=EventLevel.WARNING)
             elif new == ThreadStatus.RUNNING:
@@ -526,7 +583,7 @@ class Engine:
     async def _note_wait(self, thread: queries.LiveThread, connected: dict[str, int]) -> None:
         """Log that a thread waits for its rig once per wait (a thread created waiting, or waiting at the server's
         start), and again when a rig whose name is close to its rig's connects meanwhile (a warning: a typo)."""
-        close, logged = close_rigs(thread.rig, connected), self._waits.get(thread.id)
+        close, logged = close_rigs(thread.rig, connected, self._gone_rigs), self._waits.get(thread.id)
         if logged is not None and close <= logged:
             return
         if await self._offload(self._log_wait_of, thread.id, sorted(connected)):
@@ -546,14 +603,15 @@ class Engine:
         is close to its rig's, a warning that is also its ``last_error`` until its first round once its rig connects."""
         why, level = self._waiting_for(thread.session.rig, connected)
         if level == EventLevel.WARNING:
-            thread.last_error = self._passing[thread.id] = why
+            thread.last_error = self._passing[thread.id] = self._wait_errors[thread.id] = why
         steps.log_in(db, None, thread.id, "thread.waiting_for_rig",
                      f"thread {thread.id} {thread.name!r} waiting_for_rig: {why}", level=level)
 
-    @staticmethod
-    def _waiting_for(rig: str, connected: list[str]) -> tuple[str, EventLevel]:
+    def _waiting_for(self, rig: str, connected: list[str]) -> tuple[str, EventLevel]:
         """Why a thread waits for ``rig``, which is not among the ``connected`` rigs; a warning when a
-        connected rig's name is close to it (a typo)."""
+        connected rig's name is close to it (a typo), unless ``rig`` was connected before and went silent."""
+        if rig in self._gone_rigs:
+            return f"waiting for rig {rig!r} to connect again: it went silent", EventLevel.INFO
         if not connected:
             return f"waiting for rig {rig!r} to connect", EventLevel.INFO
         names = ", ".join(map(repr, connected))
@@ -599,9 +657,12 @@ class Engine:
 
     async def _fail(self, thread_id: int, exc: Exception) -> None:
         """A step or start of the thread raised: its runtime goes. A storage fault stalls it (``_stall``),
-        anything else fails it."""
+        anything else fails it; nothing once ``close`` began (its workers shut down under the step: the restart
+        takes the thread up as the database has it)."""
         self._threads.pop(thread_id, None)
-        if storage_fault(exc):
+        if self._closed:
+            log.debug("thread %s: step ended by the server's stop (%s)", thread_id, exc)
+        elif storage_fault(exc):
             await self._stall(thread_id, exc)
         else:
             await self._offload(self._thread_error, thread_id, "thread.failed", f"failed: {exc}", EventLevel.ERROR,
@@ -636,6 +697,12 @@ class Engine:
     def storage_problem(self) -> str | None:
         """The storage failure a thread is stalled on (the first of them), for ``/health``; None when none is."""
         return next((f"thread {thread_id}: {stall.error}" for thread_id, stall in self._stalled.items()), None)
+
+    def stall_of(self, thread_id: int) -> str | None:
+        """The storage failure ``thread_id`` is stalled on (its ``last_error``, which a full database may not have
+        taken: the REST API shows it from here), None when it is not stalled."""
+        stall = self._stalled.get(thread_id)
+        return stall.error if stall is not None else None
 
     async def _unstall(self, runtime: ThreadRuntime) -> None:
         """The stalled thread's step wrote again: clear its ``last_error`` and log its recovery."""

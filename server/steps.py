@@ -265,7 +265,8 @@ def left_pending(db: Transaction, runtime: ThreadRuntime) -> None:
     shown = sum(map(len, queries.scored_responses(db, inflight.generation_id, runtime.flagged).values()))
     log_in(db, runtime.session_id, runtime.id, "generation.left_pending",
            f"{runtime.drift.name} stopped with generation {inflight.number} pending: it is never scored or told; its "
-           f"{shown} scorable presentation(s) so far stay stored",
+           f"{shown} scorable presentation(s) so far stay stored, and any its rig still sends for it are stored "
+           "too, unscored",
            {"generation": inflight.number, "presentations": shown})
 
 

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 MAX_QUEUED_MESSAGES = 1_000
 MAX_QUEUED_BYTES = MAX_MESSAGE_BYTES
 MAX_UNKNOWN_FIELDS = 32  # unknown presentation field names a connection is warned about; later ones are not
+LIVE_HEARTBEATS = 2  # a connection heard within this many heartbeats still runs (a rig sends one every heartbeat)
 
 # CURVE handshakes that fail before the ZAP handler is asked, by ZeroMQ's error code; ZeroMQ's monitor names no
 # peer address for them. A peer without CURVE may also just close the connection (a failure with no detail).
@@ -78,12 +79,17 @@ class Handler(Protocol):
     async def on_refused(self, rig_name: str, batch_id: str, refusal: RigInputError) -> None:
         """Optional: the transport itself refused a RESULTS (e.g. rates not matching HELLO's channels)."""
 
+    async def on_replaced(self, rig_name: str, heard_s_ago: float) -> None:
+        """Optional: a HELLO took the rig name from a connection still live (heard ``heard_s_ago``, within
+        ``LIVE_HEARTBEATS`` heartbeats): perhaps a second program under that name. Called before `on_connected`."""
+
 
 @dataclass
 class _Rig:
     identity: bytes
     channels: int
     expires: float
+    heard: float  # monotonic time its last message arrived (its HELLO's, at first)
     unreachable: bool = False  # the last send to it failed (its connection is gone): logged once
     unknown_fields: set[str] = field(default_factory=set)  # presentation fields it was warned about
 
@@ -137,9 +143,10 @@ def _batch_id(header: dict) -> str | None:
 
 
 class _Peer:
-    """Who sent a message, from ZeroMQ's frame metadata: address, and rig name under CURVE."""
+    """Who sent a message, from ZeroMQ's frame metadata: address, and rig name under CURVE; and when it arrived."""
 
     def __init__(self, frame: zmq.Frame, curve: bool):
+        self.arrived = time.monotonic()
         self.address = _frame_property(frame, "Peer-Address") or "unknown address"
         self.rig = _frame_property(frame, "User-Id") if curve else None
 
@@ -266,8 +273,7 @@ class Transport:
         rig = self._rigs.get(rig_name)
         if rig is None:
             return None
-        last_heard = rig.expires - self.liveness * self.heartbeat_s
-        return {"channels": rig.channels, "heard_s_ago": max(0.0, time.monotonic() - last_heard)}
+        return {"channels": rig.channels, "heard_s_ago": max(0.0, time.monotonic() - rig.heard)}
 
     async def close(self) -> None:
         """Stop `run` and close the socket (linger 0); outstanding sends are dropped."""
@@ -393,8 +399,9 @@ class Transport:
             identity, peer = received[0].bytes, _Peer(received[-1], self.curve)
             frames = [f.bytes for f in received[1:]]
             name = self._names.get(identity)
-            if name is not None:
-                self._refresh(name)  # alive, even while an earlier message of it waits for the handler
+            if name is not None:  # alive, even while an earlier message of it waits for the handler
+                self._rigs[name].heard = peer.arrived
+                self._refresh(name)
             inbox = self._inboxes.get(identity)
             if inbox is None:
                 inbox = self._inboxes[identity] = _Inbox()
@@ -516,12 +523,15 @@ class Transport:
         if previous is not None and previous != name:
             await self._unbind(previous)
         old = self._rigs.get(name)
+        replaced = None  # seconds since a live connection it replaces was heard
         if old is not None and old.identity != identity:
             self._names.pop(old.identity, None)
             await self._reply(old.identity, error(  # a reconnect: the old connection is usually gone
                 ErrorCode.REPLACED, f"another connection said HELLO as rig {name!r}; rig names "
                 "must be unique (is the rig program running twice?)"), logging.DEBUG)
-        self._rigs[name] = _Rig(identity, header["channels"], 0.0)
+            if (heard := peer.arrived - old.heard) <= LIVE_HEARTBEATS * self.heartbeat_s:
+                replaced = max(0.0, heard)
+        self._rigs[name] = _Rig(identity, header["channels"], 0.0, peer.arrived)
         self._names[identity] = name
         self._refresh(name)
         welcome = {**welcome, "server": SERVER_NAME, "heartbeat_ms": round(self.heartbeat_s * 1000),
@@ -530,8 +540,18 @@ class Transport:
                                        MessageType.HELLO):
             await self._unbind(name, notify=False)
             return
-        log.info("rig %s connected (identity %s, %d channels)", name, identity.hex(),
-                 header["channels"])
+        if replaced is None:
+            log.info("rig %s connected (identity %s, %d channels)", name, identity.hex(), header["channels"])
+        else:
+            log.warning("rig %s connected (identity %s, %d channels), replacing identity %s, which was live (heard "
+                        "%.1f s before this HELLO): is a second rig program running under this name?", name,
+                        identity.hex(), header["channels"], old.identity.hex(), replaced)
+            on_replaced = getattr(self.handler, "on_replaced", None)
+            if on_replaced is not None:
+                try:
+                    await on_replaced(name, replaced)
+                except Exception:
+                    log.exception("handler.on_replaced(%r) failed", name)
         on_connected = getattr(self.handler, "on_connected", None)
         if on_connected is not None:
             try:

@@ -215,8 +215,9 @@ class Curve(BaseModel):
     thread_id: int
     total: int = Field(description="Completed generations asked for; points are evenly decimated when more than max_points.")
     points: list[CurvePoint]
-    segments: list[CurveSegment] = Field(description="Every completed generation of the thread (whatever "
-                                         "from_generation), by objective: more than one after a retarget.")
+    segments: list[CurveSegment] = Field(description="Where each objective begins, among the completed generations "
+                                         "from from_generation on (all of them without it): more than one after a "
+                                         "retarget.")
 
 
 class BatchTiming(BaseModel):

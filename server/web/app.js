@@ -6,7 +6,7 @@ const TOKEN_KEY = "actmax-token";
 const STRIP_IMAGES = 40;      // best images shown per thread (evenly spaced over the evolution)
 const MONTAGE_EVERY_MS = 3000; // the latest-generation montage refreshes at most this often
 const FEED_EVENTS = 200;       // events kept in the feed
-const DRIFT_KINDS = new Set(["drift.reference", "channel.silent", "rig.lost"]);
+const DRIFT_KINDS = new Set(["drift.reference", "channel.silent", "rig.lost", "rig.replaced"]);
 const ENDED = new Set(["stopped", "finished", "failed"]); // thread statuses after which nothing changes
 
 const $ = (selector, root = document) => root.querySelector(selector);

@@ -254,7 +254,8 @@ def test_a_thread_stopped_while_its_batch_is_out_leaves_its_generation_pending_a
         generation = db.scalars(select(Generation)).one()
         stored = db.scalar(select(func.count()).select_from(PresentationRow))
     assert left_pending(live) == [(f"thread {thread_id} 'a' stopped with generation 0 pending: it is never scored or "
-                                   "told; its 3 scorable presentation(s) so far stay stored",
+                                   "told; its 3 scorable presentation(s) so far stay stored, and any its rig "
+                                   "still sends for it are stored too, unscored",
                                    {"generation": 0, "presentations": 3})]
     assert generation.status == GenerationStatus.PENDING and generation.scores_json is None
     assert stored == len(batch.stimuli)

@@ -80,6 +80,13 @@ def test_the_server_survives_a_faulty_rig(tmp_path, endpoint, fault):
         assert events.count("rig.connected") >= 2
 
 
+def wait_archived(live) -> None:
+    """Wait until the synthetic images stored so far are in the archive (its writes follow the send)."""
+    with live.sessions() as db:
+        hashes = db.scalars(select(Stimulus.content_hash).where(Stimulus.kind == "synthetic")).all()
+    wait_until(lambda: all(live.engine._archive.holds(h) for h in hashes), 30, "the images archived")
+
+
 @contextlib.contextmanager
 def read_only(folder):
     """``folder`` really unwritable, even to root (a read-only bind mount of itself; else its modes)."""
@@ -108,9 +115,7 @@ def test_an_unwritable_archive_stalls_the_thread_until_it_is_writable_then_it_go
     with LiveEngine(tmp_path, endpoint) as live, RigClient(live.settings.zmq_endpoint, RIG, channels=1) as rig:
         thread_id = live.create(n_generations=3)
         first = rig.next_batch(timeout=60)
-        with live.sessions() as db:
-            hashes = db.scalars(select(Stimulus.content_hash).where(Stimulus.kind == "synthetic")).all()
-        wait_until(lambda: all(live.engine._archive.holds(h) for h in hashes), 30, "generation 0 archived")
+        wait_archived(live)
         with read_only(tmp_path / "images"):
             rig.send_results(first.batch_id, answer(first)).result(30)
             second = rig.next_batch(timeout=60)  # sent from memory; its archive writes fail

@@ -252,11 +252,11 @@ def test_received_at_is_when_the_results_arrived_not_when_the_compute_queue_reac
 
 
 def test_nothing_is_rendered_for_a_rig_that_is_not_connected(live):
-    thread_id = live.create()
+    thread_id = live.create()  # at the engine's start: it waits once its rigs' grace (one liveness period) is over
+    wait_until(lambda: thread_status(live, thread_id) == ThreadStatus.WAITING_FOR_RIG, 30, "the wait")  # visible
     time.sleep(2.0)  # four reconcile rounds
     with live.sessions() as db:
         assert db.scalars(select(Generation).where(Generation.thread_id == thread_id)).all() == []
-        assert db.get(Thread, thread_id).status == ThreadStatus.WAITING_FOR_RIG  # visible, not silent
     with RigClient(live.settings.zmq_endpoint, RIG, channels=1) as rig:
         assert rig.next_batch(timeout=60).generation == 0
 

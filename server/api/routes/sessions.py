@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, HTTPException, Query, Request, status
 from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session as DBSession
@@ -23,6 +23,7 @@ from server.api.deps import (
     paginate,
     refuse,
 )
+from server.api.routes.threads import thread_read
 from server.api.schemas import ErrorDetail, EventRead, Page, SessionRead, SessionWithThreads, ThreadRead
 from server.session_config import SessionConfig, ThreadConfig, problem_message
 from server.store import queries, records
@@ -64,10 +65,12 @@ def post_session(config: SessionConfig, db: DB, wake: Wake, cache: Generators, r
 
 
 @router.get("/{session_id}", response_model=SessionWithThreads, responses=NOT_FOUND)
-def get_session(session_id: Id, db: DB) -> SessionWithThreads:
+def get_session(session_id: Id, db: DB, request: Request) -> SessionWithThreads:
+    """The session and its threads (each as ``GET /threads/{id}`` shows it)."""
     session = get_or_404(db, Session, session_id)
+    threads = [thread_read(thread, request.app.state.engine) for thread in session.threads]
     return SessionWithThreads.model_validate(session).model_copy(
-        update={"channel_labels": queries.session_channel_labels(db, session)})
+        update={"channel_labels": queries.session_channel_labels(db, session), "threads": threads})
 
 
 @router.post("/{session_id}/stop", response_model=SessionWithThreads, responses=NOT_FOUND)
@@ -83,8 +86,8 @@ def stop_session(session_id: Id, db: DB, wake: Wake) -> Session:
 
 
 @router.get("/{session_id}/threads", response_model=list[ThreadRead], responses=NOT_FOUND)
-def list_session_threads(session_id: Id, db: DB) -> list[Thread]:
-    return get_or_404(db, Session, session_id).threads
+def list_session_threads(session_id: Id, db: DB, request: Request) -> list[ThreadRead]:
+    return [thread_read(thread, request.app.state.engine) for thread in get_or_404(db, Session, session_id).threads]
 
 
 @router.post("/{session_id}/threads", response_model=ThreadRead, status_code=status.HTTP_201_CREATED,

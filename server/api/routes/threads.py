@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, HTTPException, Query, Request, status
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session as DBSession
 
@@ -71,9 +71,19 @@ def _transition(db: DBSession, wake: Callable[[], None], thread_id: int, action:
     return thread
 
 
+def thread_read(thread: Thread, engine) -> ThreadRead:
+    """The thread as stored, with the storage failure the engine holds it stalled on (``Engine.stall_of``) as its
+    ``last_error``: on a full disk the database may not have taken that."""
+    read = ThreadRead.model_validate(thread)
+    stall_of = getattr(engine, "stall_of", None)  # an engine without it (a stand-in) stalls nothing
+    error = stall_of(thread.id) if stall_of is not None else None
+    return read if error is None else read.model_copy(update={"last_error": error})
+
+
 @router.get("/{thread_id}", response_model=ThreadRead)
-def get_thread(thread_id: Id, db: DB) -> Thread:
-    return get_or_404(db, Thread, thread_id)
+def get_thread(thread_id: Id, db: DB, request: Request) -> ThreadRead:
+    """The thread; while it is stalled on storage, ``last_error`` says so even if the database could not take it."""
+    return thread_read(get_or_404(db, Thread, thread_id), request.app.state.engine)
 
 
 @router.post("/{thread_id}/pause", response_model=ThreadRead, responses=CONFLICT)
