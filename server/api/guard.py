@@ -1,6 +1,9 @@
 """Pure ASGI middleware in front of the REST app: the token is checked from the headers, before
 any body is read, and a body over the size limit is refused while it streams in (never parsed).
-Every response carries headers that keep browsers from sniffing its type or framing it.
+Every response carries headers that keep browsers from sniffing its type, framing it or sending its
+address on; the dashboard's files also carry a content security policy that lets the page run only
+its own scripts and talk only to this server (a script smuggled into the page by data it shows does
+not run).
 
 The API description (``/docs``, ``/redoc``, ``/openapi.json``) and ``/health`` are open: they hold
 no data, describe an open-source API, and a browser cannot send a bearer token to load them.
@@ -14,7 +17,12 @@ import json
 OPEN_PATHS = frozenset({"/", "/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 # The dashboard's static files and the API docs' bundled assets: code, no data (the page logs in itself).
 OPEN_PREFIXES = ("/ui", "/assets/docs/")
-SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY")]
+SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
+                    (b"referrer-policy", b"no-referrer")]
+# Inline styles stay allowed: the charts and image grids size themselves with style attributes.
+DASHBOARD_POLICY = (b"content-security-policy", b"default-src 'none'; script-src 'self'; style-src 'self' "
+                    b"'unsafe-inline'; img-src 'self' blob: data:; connect-src 'self'; base-uri 'none'; "
+                    b"form-action 'self'; frame-ancestors 'none'")
 
 
 class RequestGuard:
@@ -30,7 +38,7 @@ class RequestGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        send = _with_security_headers(send)
+        send = _with_security_headers(send, dashboard=scope["path"].startswith("/ui"))
         headers = dict(scope["headers"])
         scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
         if not _is_open(scope["path"]) and not (  # the scheme's case does not matter (RFC 9110)
@@ -64,10 +72,12 @@ class RequestGuard:
                 "configs are small: check what is being sent")
 
 
-def _with_security_headers(send):
+def _with_security_headers(send, *, dashboard: bool):
+    added = [*SECURITY_HEADERS, DASHBOARD_POLICY] if dashboard else SECURITY_HEADERS
+
     async def secured(message) -> None:
         if message["type"] == "http.response.start":
-            message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
+            message = {**message, "headers": [*message.get("headers", []), *added]}
         await send(message)
 
     return secured

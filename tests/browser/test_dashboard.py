@@ -109,6 +109,23 @@ def test_wrong_token_is_refused(page, running):
     assert page.outside == []
 
 
+def test_a_script_smuggled_into_the_page_does_not_run(page, running):
+    """The dashboard's content security policy: markup injected into the page (as a stored name or
+    message would be, were it not escaped) cannot run its inline handlers."""
+    server, *_ = running
+    login(page, server, server.token)
+    page.wait_for_selector("#live-state.on")
+    page.evaluate("""() => {
+        window.violations = 0;
+        document.addEventListener('securitypolicyviolation', () => { window.violations += 1; });
+        document.querySelector('#main').insertAdjacentHTML('beforeend',
+            '<img id="bait" src="/ui/no-such-image.png" onerror="window.ran = 1">');
+    }""")
+    page.wait_for_function("window.violations > 0 && document.querySelector('#bait').complete")
+    assert page.evaluate("window.ran") is None  # (named so: window.bait is the element)
+    assert page.outside == []
+
+
 def test_session_page_is_live_and_controls_the_thread(page, running):
     server, api, session, _ = running
     thread_id, z_id = (t["id"] for t in session["threads"])

@@ -215,7 +215,14 @@ def test_responses_carry_browser_security_headers(capped):
     for path in ("/health", "/sessions", "/docs", "/ui/"):
         headers = client.get(path).headers
         assert headers["x-content-type-options"] == "nosniff" and headers["x-frame-options"] == "DENY", path
+        assert headers["referrer-policy"] == "no-referrer", path
     assert httpx.get(f"{client.base_url}/sessions").headers["x-frame-options"] == "DENY"  # a 401 too
+    # The dashboard's files run only their own scripts (tests/browser checks the page works under it);
+    # the API docs' pages keep their inline scripts.
+    for path in ("/ui/", "/ui/app.js"):
+        policy = client.get(path).headers["content-security-policy"]
+        assert "script-src 'self';" in policy and "connect-src 'self'" in policy, path
+    assert "content-security-policy" not in client.get("/docs").headers
 
 
 def test_an_empty_rest_host_is_every_interface_not_loopback(tmp_path: Path):
