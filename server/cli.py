@@ -14,6 +14,8 @@ import logging
 import os
 import sys
 
+from server import package_version
+
 SUBCOMMAND_MODULES = (
     "server.serve",  # actmax serve
     "server.keys",  # actmax keys init|rig|list
@@ -31,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="actmax", description="Closed-loop image evolution for visual neurophysiology."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("--version", action="version", version=f"actmax {package_version()}")
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
         importlib.import_module(name).add_parser(subcommands)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import re
 import signal
@@ -42,6 +43,8 @@ def test_the_console_script_is_installed_and_runs():
     result = actmax("--help")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: actmax")
+    version = actmax("--version")  # what a methods section or a bug report quotes
+    assert version.returncode == 0 and version.stdout.strip() == f"actmax {importlib.metadata.version('actmax')}"
 
 
 def test_the_parser_and_the_rest_client_commands_import_no_heavy_library():
