@@ -1,7 +1,8 @@
 """``actmax rig sim``: a simulated rig that answers batches with CNN units, noise and injected faults.
 
 It runs the same `RigClient` a real rig imports and decodes the PNGs it receives, so it sees exactly
-what a monitor would show. Channel i of every presentation is unit i of ``--unit``.
+what a monitor would show. Channel i of every presentation is unit i of ``--unit``, and is labelled by it in
+HELLO (``unit_labels``) unless ``--labels`` names the channels.
 """
 
 from __future__ import annotations
@@ -44,6 +45,17 @@ def parse_unit(text: str):
     raise argparse.ArgumentTypeError(f"unit {text!r}: expected LAYER:CHANNEL or LAYER:CHANNEL:X:Y, e.g. blocks.6:67")
 
 
+def unit_labels(units: list) -> list[str]:
+    """Channel labels naming each unit as ``--unit`` spells it (``blocks.6:67``, ``blocks.4:7:14:14``); a unit
+    given again gets ``#2``, ``#3``, ... (HELLO's labels are unique)."""
+    labels, seen = [], {}
+    for unit in units:
+        text = ":".join(str(part) for part in (unit.layer, unit.channel, unit.x, unit.y) if part is not None)
+        seen[text] = seen.get(text, 0) + 1
+        labels.append(text if seen[text] == 1 else f"{text}#{seen[text]}")
+    return labels
+
+
 def fraction(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
@@ -66,7 +78,8 @@ def add_parser(subcommands) -> None:
     sim.add_argument("--unit", action="append", type=parse_unit, metavar="LAYER:CHANNEL[:X:Y]",
                      help=f"a unit, one per channel, repeatable (default {DEFAULT_UNIT})")
     sim.add_argument("--labels", help="comma-separated channel labels sent in HELLO, one per --unit "
-                     "(e.g. elec1-u1,elec2-u1); default: none")
+                     "(e.g. elec1-u1,elec2-u1); default: each channel's --unit, e.g. blocks.6:67, so the server "
+                     "records which unit made which channel")
     sim.add_argument("--rf", type=float, nargs=3, metavar=("SIZE", "X", "Y"),
                      help="receptive field: image size and centre in pixels of the 224 network input "
                      "(default: the full frame)")
@@ -135,7 +148,8 @@ class SimulatedRig:
 
         torch.set_num_threads(max(1, torch.get_num_threads()))
         units = args.unit or [parse_unit(DEFAULT_UNIT)]
-        self.labels = channel_labels(len(units), args.labels) if args.labels else None  # bad --labels: fail first
+        # Bad --labels fail first.
+        self.labels = channel_labels(len(units), args.labels) if args.labels else unit_labels(units)
         rf = ReceptiveField(int(args.rf[0]), args.rf[1], args.rf[2]) if args.rf else None
         self.args = args
         self.scorer = UnitScorer(units, device=args.device, rf=rf)

@@ -26,9 +26,10 @@ def add_parser(subcommands) -> None:
     manifold.set_defaults(func=run_manifold)
 
     session = analyses.add_parser(
-        "session", help="score-per-generation plot, best images and summary of a session",
-        description="Write scores.png, evolution_<thread>.png, best_images.png, manifold_<thread>.png "
-        "and summary.json for a recorded session.")
+        "session", help="score-per-generation plot, best images, summary and methods text of a session",
+        description="Write scores.png, evolution_<thread>.png, best_images.png, manifold_<thread>.png, "
+        "summary.json and methods.txt (how each thread ran: generator and weights, optimizer and every "
+        "hyperparameter, seed, objective, references, channels, software) for a recorded session.")
     _add_store_arguments(session)
     session.add_argument("session", type=int, help="session id")
     session.set_defaults(func=run_session)

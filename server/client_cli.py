@@ -31,8 +31,9 @@ def add_parser(subcommands) -> None:
     create.add_argument("file", type=Path, help="session config (docs/session_config.md)")
     create.set_defaults(func=create_session)
     commands.add_parser("list", help="every session, oldest first").set_defaults(func=list_sessions)
-    show = commands.add_parser("show", help="a session and its threads")
-    show.add_argument("id", type=int)
+    show = commands.add_parser("show", help="a session and its threads: status, seed, generator, optimizer, "
+                               "objective, generations")
+    show.add_argument("id", type=int, help="the session's id (`actmax session list`)")
     show.set_defaults(func=show_session)
     stop = commands.add_parser("stop", help="stop every thread of a session, and the session")
     stop.add_argument("id", type=int)
@@ -166,10 +167,26 @@ def list_sessions(args) -> int:
 
 
 def show_session(args) -> int:
+    """The session, its threads' statuses, then what each thread runs: seed (a drawn one too), generator,
+    optimizer with its configured hyperparameters, objective, generations done of those configured."""
     session = call("GET", f"/sessions/{args.id}")
     print(f"session {session['id']} {session['name']!r} on rig {session['rig']!r}: {session['status']}")
     print_threads(session["threads"])
+    for t in session["threads"]:
+        done = call("GET", f"/threads/{t['id']}/generations?status=complete&limit=1")["total"]
+        generator = f"{t['generator']} {t['generator_version'] or ''}".rstrip()
+        params = ", ".join(f"{key}={value}" for key, value in t["optimizer_params"].items())
+        optimizer = f"{t['optimizer']} ({params})" if params else t["optimizer"]
+        print(f"  thread {t['id']} {t['name']!r}: seed {t['seed']}, generator {generator}, optimizer {optimizer}, "
+              f"objective {objective_text(t['objective'])}, generations {done} of {t['n_generations']} done")
     return 0
+
+
+def objective_text(objective: dict) -> str:
+    """A thread's objective in one line: ``mean of channels 0, 3`` or its expression."""
+    if objective.get("expression"):
+        return objective["expression"]
+    return f"{objective.get('combine', 'mean')} of channel(s) {', '.join(map(str, objective['channels']))}"
 
 
 def stop_session(args) -> int:

@@ -18,7 +18,7 @@ def add_parser(subcommands) -> None:
         help="evolve images for a simulated neuron end to end and write a report",
         description="Start `actmax serve` and `actmax rig sim` as separate processes on loopback, run "
         "two evolution threads on one simulated EfficientNet-Lite0 unit, and write a report folder "
-        "(scores.png, evolution_<thread>.png, best_images.png, summary.json, the session database).",
+        "(scores.png, evolution_<thread>.png, best_images.png, summary.json, methods.txt, the session database).",
     )
     parser.add_argument("--out", default="actmax-demo", help="report folder (default ./actmax-demo; replaced)")
     parser.add_argument("--generations", type=int, default=30, help="generations per thread (default 30)")
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     with sqlite3.connect(data / "actmax.sqlite") as source, sqlite3.connect(database) as target:
         source.backup(target)
     summaries = write_session_report(f"sqlite:///{database}", data, session["id"], out)
-    print(f"\nreport in {out}/ (scores.png, evolution_*.png, best_images.png, summary.json, actmax.sqlite) "
+    print(f"\nreport in {out}/ (scores.png, evolution_*.png, best_images.png, summary.json, methods.txt, actmax.sqlite) "
           f"after {time.monotonic() - started:.0f} s")
     print(f"{'thread':<12} {'gens':>4} {'first mean':>11} {'last mean':>10} {'best ref':>9} {'best image':>10}")
     beaten = True

@@ -1,4 +1,5 @@
-"""A session report from its database: score per generation against references, best images, summary."""
+"""A session report from its database: score per generation against references, best images, summary, and a
+methods paragraph (methods.txt) of how each thread ran."""
 
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ from sqlalchemy import select
 from analysis.serialization import json_safe
 from server import ServerError
 from server.drift import mean_sem
+from server.export.tables import ThreadProvenance, manifold_configs, software_text, thread_provenance
+from server.images import SKIMAGE_REFERENCES
 from server.objectives import Objective, objective_channels, objective_segments, score_label
-from server.session_config import FlaggedTrialsConfig
+from server.session_config import FlaggedTrialsConfig, ReferenceConfig
 from server.store import queries
 from server.store.archive import ImageArchive
 from server.store.db import make_db_engine, make_sessionmaker
-from server.store.models import Generation, GenerationStatus, Stimulus, StimulusKind, Thread
+from server.store.models import Generation, GenerationStatus, Session, Stimulus, StimulusKind, Thread
 
 
 @dataclass
@@ -57,12 +60,20 @@ def _finite_mean(values: np.ndarray) -> float:
     return float(finite.mean()) if finite.size else float("nan")
 
 
+NAMED_CHANNELS = 4  # an axis label names this many channels; more are counted (a Neuropixels probe has 384)
+
+
 def _score_label(db, thread: Thread, objective: dict | None = None) -> str:
     """What scores by ``objective`` (the thread's by default) are: spikes/s of its channels' rates, else its
     expression."""
     objective = objective or thread.objective_json
     label = score_label(objective)
-    return f"{label} of {', '.join(_channel_names(db, thread, objective))}" if objective.get("channels") else label
+    if not objective.get("channels"):
+        return label
+    names = _channel_names(db, thread, objective)
+    if len(names) <= NAMED_CHANNELS:
+        return f"{label} of {', '.join(names)}"
+    return f"{label}, {objective.get('combine', 'mean')} of {len(names)} channels ({names[0]}, {names[1]}, … {names[-1]})"
 
 
 def _segments(db, thread: Thread, generations: list[Generation]) -> list[tuple[int, str]]:
@@ -264,7 +275,7 @@ def write_session_report(database_url: str, data_dir: Path, session_id: int, out
 
     scores.png: every evolution's score curve; evolution_<thread>.png: a curve above its best image per
     generation; best_images.png: each evolution's best distinct images, labelled; manifold_<thread>.png:
-    each Manifold map beside the images on its grid.
+    each Manifold map beside the images on its grid; methods.txt: ``methods_text``.
     """
     from matplotlib.figure import Figure
 
@@ -310,11 +321,105 @@ def write_session_report(database_url: str, data_dir: Path, session_id: int, out
                 best_rows.append((thread.name, best, " spikes/s" if thread.objective_json.get("channels") else ""))
             fig.tight_layout()
             fig.savefig(out_dir / "scores.png", dpi=120)
+            methods = methods_text(db, threads[0].session)
     finally:
         db_engine.dispose()
     _best_images_figure(best_rows, archive, out_dir / "best_images.png")
     (out_dir / "summary.json").write_text(json.dumps(json_safe([asdict(s) for s in summaries]), indent=2))
+    (out_dir / "methods.txt").write_text(methods)
     return summaries
+
+
+def methods_text(db, session: Session) -> str:
+    """What a methods section starts from, as the store recorded it: the session's rig, channels, references and
+    response window, then a paragraph per thread (generator and weights, optimizer with every hyperparameter it ran
+    with, seed, population and generations, objective, software)."""
+    # The stored config as it is (not validated: a reference folder of the server need not exist here).
+    references = ReferenceConfig.model_construct(**session.config_json.get("references", {}))
+    labels = queries.session_channel_labels(db, session)
+    names = f" ({', '.join(SKIMAGE_REFERENCES[:references.count])})" if references.source == "skimage" else ""
+    start, end = session.config_json["response_window_ms"]
+    channels = (f"its channels labelled {', '.join(f'{i} {label!r}' for i, label in enumerate(labels))}"
+                if labels else "its channels unlabelled")
+    paragraphs = [
+        f"Session {session.id} {session.name!r} was recorded on rig {session.rig!r} "
+        f"(animal {session.animal or 'not given'}, array {session.array or 'not given'}; {channels}) from "
+        f"{session.created_at:%Y-%m-%d %H:%M} UTC. Each image's score was computed from the spike rates counted "
+        f"{start:g}-{end:g} ms after its onset. {references.count} reference images from {references.source}{names} "
+        "were shown with every generation."]
+    provenance = thread_provenance(db, session)
+    for thread in sorted(session.threads, key=lambda t: t.id):
+        paragraphs.append(_thread_methods(db, thread, provenance[thread.id], labels or []))
+    return "\n\n".join(paragraphs) + "\n"
+
+
+def _thread_methods(db, thread: Thread, provenance: ThreadProvenance, labels: list[str]) -> str:
+    generations = _completed_generations(db, thread)
+    hyperparameters = provenance.hyperparameters
+    population = hyperparameters.get("population") or (generations[0].n_stimuli if generations else "?")
+    settings = ", ".join(f"{key}={_brief(value)}" for key, value in hyperparameters.items()) or "not recorded"
+    objectives = _segments_text([(number, _objective_text(objective, labels)) for number, objective in
+                                 objective_segments([(g.number, g.objective_json or thread.objective_json)
+                                                     for g in generations])]
+                                or [(0, _objective_text(thread.objective_json, labels))])
+    software = "; then ".join(f"{software_text(r)} on {r.get('device', '?')}, {r.get('precision', '?')} precision"
+                              for r in provenance.software) or "not recorded"
+    manifold = manifold_configs(thread.session).get(thread.id)
+    design = (f" (the grid of a Manifold map around thread {manifold.source!r}: planes {', '.join(manifold.planes)}, "
+              f"{manifold.step_deg:g} degree steps)" if manifold is not None else "")
+    return (f"Thread {thread.name!r} ({thread.kind}, id {thread.id}): images were rendered by the generator "
+            f"{thread.generator} {_weights_text(db, thread)}, from latent codes proposed by the {thread.optimizer} "
+            f"optimizer{design} (seed {thread.seed}; hyperparameters {settings}), {population} images per generation, "
+            f"each shown {thread.repeats} time(s) per generation; {len(generations)} of {thread.n_generations} "
+            f"generations completed ({thread.status.value}). Scores: {objectives}. Software: {software}.")
+
+
+def _weights_text(db, thread: Thread) -> str:
+    """The generator versions and weights the thread's images were rendered with, by generation when they changed."""
+    rows = db.execute(
+        select(Generation.number, Stimulus.generator_version, Stimulus.weights_sha256)
+        .join(Generation, Generation.id == Stimulus.generation_id)
+        .where(Stimulus.thread_id == thread.id, Stimulus.kind == StimulusKind.SYNTHETIC)
+        .distinct().order_by(Generation.number)).all()
+    runs: list[tuple[int, int, tuple]] = []  # (first, last generation, (version, sha256))
+    for number, version, sha256 in rows:
+        if runs and runs[-1][2] == (version, sha256):
+            runs[-1] = (runs[-1][0], number, runs[-1][2])
+        else:
+            runs.append((number, number, (version, sha256)))
+    if not runs:
+        return f"{thread.generator_version or ''} (no image rendered)".lstrip()
+    texts = [f"version {version or 'unknown'} (weights sha256 {sha256 or 'unknown'})" for _, _, (version, sha256)
+             in runs]
+    if len(runs) == 1:
+        return texts[0]
+    return ", then ".join(f"{text} for generation{f' {first}' if first == last else f's {first}-{last}'}"
+                          for text, (first, last, _) in zip(texts, runs))
+
+
+def _objective_text(objective: dict, labels: list[str]) -> str:
+    name = lambda c: f"{c} ({labels[c]})" if c < len(labels) else str(c)  # noqa: E731
+    if "expression" in objective:
+        return f"the expression {objective['expression']}"
+    channels = objective_channels(objective)
+    return f"the {objective.get('combine', 'mean')} rate (spikes/s) of channel{'s' * (len(channels) > 1)} " + \
+        ", ".join(map(name, channels))
+
+
+def _segments_text(segments: list[tuple[int, str]]) -> str:
+    """One objective, or each with the generation it applied from (a retarget)."""
+    if len(segments) == 1:
+        return segments[0][1]
+    return "; then ".join(f"{text} from generation {number}" for number, text in segments)
+
+
+def _brief(value) -> str:
+    """A hyperparameter for prose: a long vector by its length, an array recorded by fingerprint by its hash."""
+    if isinstance(value, list) and len(value) > 8:
+        return f"<{len(value)} numbers>"
+    if isinstance(value, dict) and "sha256" in value:
+        return f"<array sha256 {value['sha256'][:12]}>"
+    return json.dumps(value)
 
 
 def _best_images_figure(rows: list[tuple[str, list[Best], str]], archive, path: Path) -> None:

@@ -6,7 +6,8 @@ Layout (docs/export.md has the reading side):
 - ``stimulus/stimuli``: the stimuli table; ``stimulus/presentation_order``: ``IndexSeries`` over the images;
 - ``intervals/presentations``: ``TimeIntervals``, one row per presentation on the rig's clock;
 - ``processing/evolution``: the ``threads``, ``generations`` and ``channels`` tables;
-- the ``session`` table becomes the file's and its ``Subject``'s metadata.
+- the ``session`` table becomes the file's and its ``Subject``'s metadata; ``source_script`` names the actmax
+  that exported the file and the software the threads ran with (``threads.software``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pynwb.epoch import TimeIntervals
 from pynwb.file import Subject
 from pynwb.image import IndexSeries, RGBImage
 
+from server import package_version
 from server.export.tables import (
     DESCRIPTIONS,
     REST_HINTS,
@@ -38,6 +40,7 @@ from server.export.tables import (
     iso_text,
     replace_file,
     require_presentations,
+    software_text,
 )
 from server.store.archive import ImageArchive
 
@@ -111,6 +114,7 @@ def write_nwb(tables: SessionTables, archive: ImageArchive, path: str | Path,
         subject=Subject(subject_id=meta["subject_id"], species=meta["species"] or None,
                         sex=meta["sex"], age=meta["age"],
                         description=f"animal {meta['animal'] or 'not given'}"),
+        source_script=source_script(tables), source_script_file_name="actmax",
     )
 
     images = [RGBImage(name=sid, data=H5DataIO(PngPixels(archive.root / png, sid, on_image), compression="gzip"),
@@ -139,8 +143,11 @@ def write_nwb(tables: SessionTables, archive: ImageArchive, path: str | Path,
 
     evolution = ProcessingModule(name="evolution", description="Optimizer threads, their per-generation scores and "
                                  "state, and the recorded channels.")
-    for name in ("threads", "generations", "channels"):
-        evolution.add(_table(name, getattr(tables, name), f"actmax {name} table (docs/export.md)."))
+    threads = tables.threads.assign(software=[
+        "; ".join(_key_value_text(record) for record in json.loads(cell)) if cell else ""
+        for cell in tables.threads["software"]])
+    for name, frame in (("threads", threads), ("generations", tables.generations), ("channels", tables.channels)):
+        evolution.add(_table(name, frame, f"actmax {name} table (docs/export.md)."))
     nwbfile.add_processing_module(evolution)
 
     def write(tmp: Path) -> None:
@@ -148,6 +155,15 @@ def write_nwb(tables: SessionTables, archive: ImageArchive, path: str | Path,
             io.write(nwbfile)
 
     replace_file(path, write)
+
+
+def source_script(tables: SessionTables) -> str:
+    """The file's ``source_script``: the actmax that exported it and the versions its threads ran with, e.g.
+    ``exported by actmax 0.1.0; recorded with actmax 0.1.0 (python 3.11.9, torch 2.5.1, numpy 2.1.0)``."""
+    recorded = dict.fromkeys(software_text(record) for cell in tables.threads["software"] if cell
+                             for record in json.loads(cell))
+    return (f"exported by actmax {package_version()}; recorded with "
+            f"{'; '.join(recorded) or 'software versions not recorded'}")
 
 
 def _table(name: str, frame: pd.DataFrame, description: str, cls: type[DynamicTable] = DynamicTable,
@@ -166,6 +182,13 @@ def _table(name: str, frame: pd.DataFrame, description: str, cls: type[DynamicTa
     return cls(name=name, description=description, columns=columns, id=np.arange(len(frame)))
 
 
+def _key_value_text(values: dict) -> str:
+    """``key=value, ...`` (values as JSON, a nested dict in parentheses): no dict in a text cell, which NWB best
+    practice (nwbinspector's check_table_values_for_dict) asks to unpack."""
+    return ", ".join(f"{k}=({_key_value_text(v)})" if isinstance(v, dict) else f"{k}={json.dumps(v)}"
+                     for k, v in values.items())
+
+
 def _column_data(values: pd.Series, fact: bool = False) -> tuple[np.ndarray | list, np.ndarray | None]:
     """HDF5-storable data for a column (``fact``: a trial fact), and the ragged index when its cells are lists
     of unequal length."""
@@ -179,7 +202,7 @@ def _column_data(values: pd.Series, fact: bool = False) -> tuple[np.ndarray | li
             return np.array(cells, dtype=dtype), None
         return np.array(flat, dtype=dtype), np.cumsum([len(v) for v in cells])
     if isinstance(sample, dict):
-        return [", ".join(f"{k}={json.dumps(v)}" for k, v in (d or {}).items()) for d in values], None
+        return [_key_value_text(d or {}) for d in values], None
     if pd.api.types.is_datetime64_any_dtype(values) or isinstance(sample, datetime):
         return [iso_text(v) for v in values], None
     if isinstance(values.dtype, pd.BooleanDtype | pd.Int64Dtype):  # nullable: empty is NaN in a fact, else -1

@@ -13,6 +13,9 @@ Optional columns appear only when the store holds the data:
   every key of a presentation's ``trial_json`` object, one column each, missing values empty;
 - manifold grid points (``plane``, ``theta_deg``, ``phi_deg`` of the stimuli) when the session has a
   manifold thread.
+
+What a thread ran with is read from its events (``thread_provenance``): the hyperparameters of its
+``thread.optimizer`` event and the software of its ``thread.runtime`` events.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from sqlalchemy.orm import Session as DBSession
 
 import optimizers
 from analysis.tuning import grid_axis
+from server import package_version
 from server.objectives import objective_channels
 from server.session_config import AGE, FlaggedTrialsConfig, ManifoldConfig, SessionConfig
 from server.store import queries
@@ -40,6 +44,7 @@ from server.store.models import (
     Batch,
     Generation,
     GenerationStatus,
+    Event,
     Presentation,
     Session,
     Stimulus,
@@ -50,6 +55,7 @@ from server.store.models import (
 )
 
 TRIAL_FACTS_ATTRIBUTE = "trial_json"  # a presentation's optional JSON object of per-trial facts
+OPTIMIZER_EVENT, RUNTIME_EVENT = "thread.optimizer", "thread.runtime"  # what a thread ran with (``thread_provenance``)
 LIVE_STATUSES = (*LIVE_THREAD_STATUSES, ThreadStatus.PAUSED)  # threads that have not ended
 
 
@@ -84,6 +90,8 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "generator_version": "Version of the generator's weights the engine loaded.",
         "optimizer": "Optimizer name ('fixed-design' for a manifold thread's grid).",
         "optimizer_params": "Optimizer hyperparameters as configured (empty for a manifold thread).",
+        "optimizer_hyperparameters": "Every hyperparameter the optimizer ran with: the configured ones, its preset's "
+                                     "and the generator's defaults (empty when the thread never started).",
         "manifold": "A manifold thread's grid as configured: source thread, planes, step_deg (empty for an "
                     "evolution).",
         "objective_channels": "Channels whose rates make the score; the thread's final objective (a retarget "
@@ -95,6 +103,9 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "n_generations": "Generations the thread was configured to run.",
         "repeats": "Presentations of each image per generation.",
         "status": "Final status: 'finished', 'stopped' or 'failed'.",
+        "software": "Software that ran the thread, one record per distinct setup at its starts and resumes: actmax, "
+                    "python, torch, numpy, device, precision, generator, generator_version, weights_sha256 "
+                    "(empty when not recorded).",
     },
     "generations": {
         "thread_id": "Thread the generation belongs to.",
@@ -253,7 +264,7 @@ def session_tables(db: DBSession, session_id: int, hints: dict[str, str] = REST_
     return SessionTables(
         session=_session(session, subject or {}),
         channels=_channels(db, session, presentations),
-        threads=_threads(session),
+        threads=_threads(session, thread_provenance(db, session)),
         generations=_generations(db, session),
         stimuli=stimuli,
         presentations=presentations,
@@ -301,15 +312,46 @@ def _objective(objective: dict) -> dict[str, Any]:
             "objective_expression": objective.get("expression", "")}
 
 
-def _manifolds(session: Session) -> dict[int, ManifoldConfig]:
+def manifold_configs(session: Session) -> dict[int, ManifoldConfig]:
     """Each manifold thread's grid settings, by thread id, from the session's stored config."""
     configs = {t["name"]: t for t in session.config_json["threads"]}
     return {t.id: ManifoldConfig.model_validate(configs[t.name]["manifold"])
             for t in session.threads if t.kind == "manifold"}
 
 
-def _threads(session: Session) -> pd.DataFrame:
-    manifolds = _manifolds(session)
+@dataclass(frozen=True)
+class ThreadProvenance:
+    """How a thread ran, as its events record it."""
+
+    hyperparameters: dict[str, Any]  # every one its optimizer ran with ({} when it never started)
+    software: list[dict[str, str]]  # distinct ``thread.runtime`` records, in order ([] when none was logged)
+
+
+def thread_provenance(db: DBSession, session: Session) -> dict[int, ThreadProvenance]:
+    """Per thread id: the hyperparameters of its last ``thread.optimizer`` event (logged when it starts fresh: its
+    own, its preset's and the generator's defaults) and the distinct ``data`` of its ``thread.runtime`` events
+    (logged at each start or resume: versions, device, precision, generator weights), in the order first seen."""
+    hyperparameters: dict[int, dict] = {}
+    software: dict[int, list[dict]] = {}
+    for thread_id, kind, data in db.execute(
+            select(Event.thread_id, Event.kind, Event.data_json).where(
+                Event.session_id == session.id, Event.thread_id.is_not(None),
+                Event.kind.in_((OPTIMIZER_EVENT, RUNTIME_EVENT))).order_by(Event.id)):
+        if kind == OPTIMIZER_EVENT:
+            hyperparameters[thread_id] = (data or {}).get("hyperparameters", {})
+        elif data and data not in software.setdefault(thread_id, []):
+            software[thread_id].append(data)
+    return {t.id: ThreadProvenance(hyperparameters.get(t.id, {}), software.get(t.id, [])) for t in session.threads}
+
+
+def software_text(record: dict[str, str]) -> str:
+    """A ``thread.runtime`` record's versions: ``actmax 0.1.0 (python 3.11.9, torch 2.5.1, numpy 2.1.0)``."""
+    versions = ", ".join(f"{name} {record[name]}" for name in ("python", "torch", "numpy") if record.get(name))
+    return f"actmax {record.get('actmax', 'unknown')}" + (f" ({versions})" if versions else "")
+
+
+def _threads(session: Session, provenance: dict[int, ThreadProvenance]) -> pd.DataFrame:
+    manifolds = manifold_configs(session)
     return pd.DataFrame([{
         "thread_id": t.id,
         "thread_name": t.name,
@@ -318,12 +360,14 @@ def _threads(session: Session) -> pd.DataFrame:
         "generator_version": t.generator_version or "",
         "optimizer": t.optimizer,
         "optimizer_params": t.optimizer_params_json,
+        "optimizer_hyperparameters": provenance[t.id].hyperparameters,
         "manifold": manifolds[t.id].model_dump(mode="json") if t.id in manifolds else {},
         **_objective(t.objective_json),
         "seed": t.seed,
         "n_generations": t.n_generations,
         "repeats": t.repeats,
         "status": t.status.value,
+        "software": json.dumps(provenance[t.id].software) if provenance[t.id].software else "",  # JSON in every format
     } for t in session.threads])
 
 
@@ -380,7 +424,7 @@ def _stimuli(db: DBSession, session: Session) -> pd.DataFrame:
                           "content_hash", "png_path", "generator", "generator_version", "weights_sha256",
                           "latent_code", "created_at"],
                    ints=["thread_id", "generation", "index_in_generation"], floats=["score"])
-    manifolds = _manifolds(session)
+    manifolds = manifold_configs(session)
     if not manifolds:
         return frame
     points = [_grid_point(manifolds.get(t), i) for t, i in zip(frame["thread_id"], frame["index_in_generation"])]
@@ -460,8 +504,9 @@ def write_tables(tables: SessionTables, out_dir: str | Path, fmt: str) -> list[P
     returns the paths written.
 
     Dict cells (``threads.optimizer_params``) become JSON text in both formats; list cells (rates, latent
-    codes, channels) stay lists in Parquet and become JSON arrays in CSV (empty where absent). Times stay
-    timestamps in Parquet and are ISO 8601 text in CSV, as in NWB.
+    codes, channels) stay lists in Parquet and become JSON arrays in CSV (an empty cell where absent: a
+    reference's latent code). Times stay timestamps in Parquet and are ISO 8601 text in CSV, as in NWB.
+    Parquet files carry the exporting actmax's version in their schema metadata (``actmax_version``).
     """
     if fmt not in TABULAR_FORMATS:
         raise ExportError(f"unknown table format {fmt!r}; use one of {', '.join(TABULAR_FORMATS)}")
@@ -474,10 +519,20 @@ def write_tables(tables: SessionTables, out_dir: str | Path, fmt: str) -> list[P
             elif fmt == "csv" and pd.api.types.is_datetime64_any_dtype(frame[column]):
                 frame[column] = frame[column].map(iso_text)
         if fmt == "parquet":
-            replace_file(path, lambda tmp: frame.to_parquet(tmp, index=False))
+            replace_file(path, lambda tmp: _write_parquet(frame, tmp))
         else:
             replace_file(path, lambda tmp: frame.to_csv(tmp, index=False))
     return table_paths(out_dir, fmt)
+
+
+def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    """``frame`` as Parquet, with ``actmax_version`` (the exporting actmax's) in the file's schema metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    metadata = {**(table.schema.metadata or {}), b"actmax_version": package_version()}
+    pq.write_table(table.replace_schema_metadata(metadata), path)
 
 
 def replace_file(path: str | Path, write) -> None:
@@ -499,8 +554,9 @@ def iso_text(value: Any) -> str:
 
 
 def _json_text(value: Any) -> str:
-    """JSON text for a list or dict cell; NaN becomes null (JSON has no NaN); an empty dict is an empty cell."""
-    if isinstance(value, dict) and not value:
+    """JSON text for a list or dict cell; NaN becomes null (JSON has no NaN); an empty dict or list is an empty
+    cell (absent: docs/export.md)."""
+    if isinstance(value, dict | list) and not value:
         return ""
     if isinstance(value, list):
         value = [None if isinstance(x, float) and np.isnan(x) else x for x in value]

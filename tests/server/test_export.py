@@ -6,8 +6,10 @@ tables, so a row the exporter loses, invents or alters fails the test.
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 import json
+import platform
 import shutil
 import sqlite3
 from pathlib import Path
@@ -491,3 +493,105 @@ def test_the_nwb_progress_bar_starts_with_the_images_after_the_preparation_is_an
     assert export("nwb", data, session_id, tmp_path / "lost.nwb") == 2
     err = capsys.readouterr().err
     assert "preparing the NWB file" in err and "is missing" in err and "images:" not in err, err
+
+
+def test_every_export_holds_the_hyperparameters_and_software_each_thread_ran_with(recorded, tmp_path):
+    """The threads table gains what the optimizer ran with (its ``thread.optimizer`` event: generator defaults such
+    as sigma0 that the config left out) and the software of each start (its ``thread.runtime`` events); NWB's
+    source_script and Parquet's metadata name the versions."""
+    server, session_id, nwb = recorded
+    with sqlite3.connect(server.data_dir / "actmax.sqlite") as db:
+        names = dict(db.execute("SELECT id, name FROM threads WHERE session_id = ?", (session_id,)))
+        events = {(names[t], kind): json.loads(data) for t, kind, data in db.execute(
+            "SELECT thread_id, kind, data_json FROM events WHERE session_id = ? AND kind IN "
+            "('thread.optimizer', 'thread.runtime') ORDER BY id", (session_id,))}
+    ran = {name: events[name, "thread.optimizer"]["hyperparameters"] for name in names.values()}
+    software = {name: events[name, "thread.runtime"] for name in names.values()}
+    assert ran["cma"]["sigma0"] == 1.0 and ran["ga"]["mutation_rate"] > 0  # not configured: defaults
+    assert software["cma"]["torch"] == torch_version() and software["cma"]["weights_sha256"]
+
+    assert export("parquet", server.data_dir, session_id, tmp_path / "parquet") == 0
+    assert export("csv", server.data_dir, session_id, tmp_path / "csv") == 0
+    for fmt, reader in (("parquet", pd.read_parquet), ("csv", pd.read_csv)):
+        threads = reader(tmp_path / fmt / f"threads.{fmt}").set_index("thread_name")
+        for name in names.values():
+            assert json.loads(threads.loc[name, "optimizer_hyperparameters"]) == ran[name], fmt
+            assert json.loads(threads.loc[name, "optimizer_params"]) == {"population": 6}, fmt  # as configured
+            assert json.loads(threads.loc[name, "software"]) == [software[name]], fmt
+    import pyarrow.parquet as pq
+
+    version = importlib.metadata.version("actmax")
+    assert pq.read_schema(tmp_path / "parquet" / "threads.parquet").metadata[b"actmax_version"] == version.encode()
+    with pynwb.NWBHDF5IO(str(nwb), "r") as io_:
+        f = io_.read()
+        threads = f.processing["evolution"]["threads"].to_dataframe().set_index("thread_name")
+        assert f.source_script == (f"exported by actmax {version}; recorded with actmax {version} (python "
+                                   f"{platform.python_version()}, torch {torch_version()}, numpy {np.__version__})")
+    assert "sigma0=1.0" in threads.loc["cma", "optimizer_hyperparameters"]
+    assert 'precision="float32"' in threads.loc["cma", "software"]
+    assert f'weights_sha256="{software["cma"]["weights_sha256"]}"' in threads.loc["cma", "software"]
+
+    # A restart logs the same record again (kept once) or another (kept too, in order).
+    data = copy_data(server, tmp_path / "data", *[
+        f"""INSERT INTO events (session_id, thread_id, time, level, kind, message, data_json) SELECT session_id,
+            thread_id, time, level, kind, message, {change} FROM events WHERE kind = 'thread.runtime'"""
+        for change in ("data_json", "json_set(data_json, '$.precision', 'float16')")])
+    assert export("csv", data, session_id, tmp_path / "restarted") == 0
+    threads = pd.read_csv(tmp_path / "restarted" / "threads.csv").set_index("thread_name")
+    assert json.loads(threads.loc["cma", "software"]) == [software["cma"], software["cma"] | {"precision": "float16"}]
+
+
+def torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
+def test_csv_leaves_absent_lists_empty_as_documented(recorded, tmp_path):
+    """docs/export.md: an empty cell means absent for every optional column, lists included; Parquet keeps
+    '' for absent text and an empty list for an absent list, as its column descriptions say."""
+    server, session_id, _ = recorded
+    assert export("csv", server.data_dir, session_id, tmp_path / "csv") == 0
+    assert export("parquet", server.data_dir, session_id, tmp_path / "pq") == 0
+    stimuli = pd.read_csv(tmp_path / "csv" / "stimuli.csv", keep_default_na=False)
+    references = stimuli[stimuli["kind"] == "reference"]
+    assert len(references) == 2 and set(references["latent_code"]) == {""}
+    assert "[]" not in (tmp_path / "csv" / "stimuli.csv").read_text()
+    assert all(json.loads(code) for code in stimuli.loc[stimuli["kind"] == "synthetic", "latent_code"])
+    stimuli = pd.read_parquet(tmp_path / "pq" / "stimuli.parquet")
+    references = stimuli[stimuli["kind"] == "reference"]
+    assert set(references["generator"]) == {""} and {len(code) for code in references["latent_code"]} == {0}
+
+
+def test_session_show_prints_what_each_thread_runs(recorded, monkeypatch, capsys):
+    server, session_id, _ = recorded
+    monkeypatch.setenv("ACTMAX_URL", server.url)
+    monkeypatch.setenv("ACTMAX_TOKEN", server.token)
+    capsys.readouterr()
+    assert actmax(["session", "show", str(session_id)]) == 0
+    out = capsys.readouterr().out
+    assert "seed 1, generator dcgan-faces 1.0, optimizer cma (population=6), objective mean of channel(s) 0, " \
+           "generations 3 of 3 done" in out, out
+    assert "seed 2, generator dcgan-faces 1.0, optimizer ga (population=6), objective rate(1) + rate(0)," in out, out
+    with pytest.raises(SystemExit):
+        actmax(["session", "show", "--help"])
+    assert "the session's id (`actmax session list`)" in capsys.readouterr().out
+
+
+def test_the_report_writes_a_methods_paragraph_per_thread(recorded, tmp_path):
+    server, session_id, _ = recorded
+    write_session_report(f"sqlite:///{server.data_dir / 'actmax.sqlite'}", server.data_dir, session_id, tmp_path)
+    with sqlite3.connect(server.data_dir / "actmax.sqlite") as db:
+        (sha256,) = db.execute("SELECT DISTINCT weights_sha256 FROM stimuli WHERE session_id = ? AND kind = "
+                               "'synthetic'", (session_id,)).fetchone()
+        (device,) = db.execute("SELECT DISTINCT json_extract(data_json, '$.device') FROM events WHERE session_id = ? "
+                               "AND kind = 'thread.runtime'", (session_id,)).fetchone()
+    session, cma, ga = (tmp_path / "methods.txt").read_text().strip().split("\n\n")
+    assert f"rig {RIG!r}" in session and "channels labelled 0 'elec67-u1', 1 'elec12-u1'" in session
+    assert "2 reference images from skimage (astronaut, chelsea)" in session and "50-200 ms after" in session
+    assert f"dcgan-faces version 1.0 (weights sha256 {sha256})" in cma and "cma optimizer (seed 1;" in cma
+    assert "sigma0=1.0" in cma and "6 images per generation" in cma and "3 of 3 generations completed" in cma
+    assert "the mean rate (spikes/s) of channel 0 (elec67-u1)" in cma
+    assert f"Software: actmax {importlib.metadata.version('actmax')} (python {platform.python_version()}, " \
+           f"torch {torch_version()}, numpy {np.__version__}) on {device}, float32 precision." in cma
+    assert "ga optimizer (seed 2;" in ga and "mutation_rate=" in ga and "the expression rate(1) + rate(0)" in ga

@@ -111,6 +111,9 @@ def test_the_score_axis_names_its_unit_and_the_legend_only_drawn_curves(db_sessi
     _, thread_id, _ = session
     with db_sessions() as db:
         assert report._score_label(db, db.get(Thread, thread_id)) == "score (spikes/s) of ch3"
+        # A probe's worth of channels is counted, not listed: the label stays one line of the figure.
+        probe = report._score_label(db, db.get(Thread, thread_id), {"channels": list(range(384)), "combine": "sum"})
+        assert probe == "score (spikes/s), sum of 384 channels (ch0, ch1, … ch383)"
     nan = np.full(2, np.nan)
     curves = {"number": np.arange(2), "mean": np.ones(2), "sem": np.zeros(2), "max": np.ones(2),
               "reference_mean": nan, "reference_sem": nan}  # no reference was scored
@@ -162,3 +165,21 @@ def test_a_retarget_is_marked_and_means_are_compared_within_one_objective(db_ses
     (summary,) = report.write_session_report(settings.database_url, settings.data_dir, session_id, tmp_path)
     assert summary.objective_from_generation == 1 and summary.first_generation_mean == np.mean(scores[1])
     assert summary.best_reference == 1.0  # the z-scores of generation 1's references only
+
+
+def test_methods_text_names_each_generator_a_thread_rendered_with_and_what_was_not_recorded(db_sessions, session,
+                                                                                            settings, tmp_path):
+    """A thread whose images changed weights (a database from before restarts were refused) says which generations
+    each rendered; a thread without ``thread.optimizer``/``thread.runtime`` events says they were not recorded."""
+    session_id, thread_id, _ = session
+    with db_sessions.begin() as db:
+        for stimulus, number in db.execute(select(Stimulus, Generation.number).join(Generation)
+                                           .where(Stimulus.thread_id == thread_id)):
+            stimulus.generator_version, stimulus.weights_sha256 = "1.0", ("a" if number == 0 else "b") * 64
+    report.write_session_report(settings.database_url, settings.data_dir, session_id, tmp_path)
+    header, thread = (tmp_path / "methods.txt").read_text().strip().split("\n\n")
+    assert f"Session {session_id} " in header and "its channels unlabelled" in header
+    assert f"version 1.0 (weights sha256 {'a' * 64}) for generation 0, then version 1.0 (weights sha256 " \
+           f"{'b' * 64}) for generation 1" in thread
+    assert "hyperparameters not recorded" in thread and "Software: not recorded." in thread
+    assert "3 images per generation" in thread and "2 of " in thread
