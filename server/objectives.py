@@ -21,6 +21,7 @@ from __future__ import annotations
 import ast
 import functools
 import json
+import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -193,10 +194,44 @@ def objective_channels(config: Mapping) -> list[int]:
     return list(config["channels"]) if config.get("channels") else sorted(Objective.from_config(config).channels)
 
 
+LABEL_CHARS = 60  # a longer expression is shortened in its score label
+_NUMBERS = re.compile(r"(?<![\w.])\d+(?:\s*,\s*\d+)+(?![\w.])")  # a list of channel numbers: 3, 4, 5
+
+
 def score_label(config: Mapping) -> str:
     """What a thread's scores are, for a figure's axis: channels' rates are in spikes/s, an expression's
-    score is in whatever unit the expression makes (a z-score has none)."""
-    return "score (spikes/s)" if config.get("channels") else f"score = {config['expression']}"
+    score is in whatever unit the expression makes (a z-score has none). An expression over
+    ``LABEL_CHARS`` is shortened to one readable line: runs of consecutive channel numbers as
+    ``100, …, 199``, then, if still too long, its middle elided."""
+    return "score (spikes/s)" if config.get("channels") else f"score = {_short(config['expression'])}"
+
+
+def _short(expression: str) -> str:
+    if len(expression) <= LABEL_CHARS:
+        return expression
+    text = _NUMBERS.sub(lambda m: _runs([int(n) for n in m.group().split(",")]), expression)
+    if len(text) <= LABEL_CHARS:
+        return text
+    head, tail = text[:LABEL_CHARS * 2 // 3], text[-(LABEL_CHARS // 3):]
+    head = head[:head.rfind(" ")] if head.rfind(" ") > 0 else head  # cut between words
+    tail = tail[tail.find(" ") + 1:] if " " in tail else tail
+    return f"{head} … {tail}"
+
+
+def _runs(numbers: list[int]) -> str:
+    """``numbers`` with each run of three or more consecutive ones as ``a, …, b``."""
+    return ", ".join(f"{p[0]}, …, {p[-1]}" if len(p) > 2 else ", ".join(map(str, p)) for p in consecutive_runs(numbers))
+
+
+def consecutive_runs(numbers) -> list[list[int]]:
+    """``numbers`` in their order, cut where one is not the last plus one: ``[3, 4, 5, 9]`` -> ``[[3, 4, 5], [9]]``."""
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][-1] + 1:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    return runs
 
 
 def objective_segments(generations: Sequence[tuple[int, Mapping]]) -> list[tuple[int, Mapping]]:

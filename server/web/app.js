@@ -6,6 +6,10 @@ const TOKEN_KEY = "actmax-token";
 const STRIP_IMAGES = 40;      // best images shown per thread (evenly spaced over the evolution)
 const MONTAGE_EVERY_MS = 3000; // the latest-generation montage refreshes at most this often
 const FEED_EVENTS = 200;       // events kept in the feed
+const FEW_CHANNELS = 8;        // longer channel lists are shown as ranges and a count, without labels
+const RANGE_PARTS = 10;        // ranges and channels shown of such a list before "…"
+const RIG_LINES = 8;           // rig panel: lines of scored channels shown before the rest is folded away
+const EXPRESSION_CHARS = 120;  // a longer objective expression is cut on the thread card (whole in its tooltip)
 const DRIFT_KINDS = new Set(["drift.reference", "channel.silent", "rig.lost", "rig.replaced"]);
 const ENDED = new Set(["stopped", "finished", "failed"]); // thread statuses after which nothing changes
 
@@ -49,6 +53,28 @@ function fillImages(root) {
   }
 }
 const channelName = (channel, labels) => (labels?.[channel] ? `${channel} (${labels[channel]})` : `${channel}`);
+// Channels for one line: up to FEW_CHANNELS as listed, with their labels (`0 (e1), 2 (e3)`); more as runs of
+// three or more and a count (`0-383 (384 channels)`), as the channel.silent warning writes them.
+function channelList(channels, labels) {
+  if (channels.length <= FEW_CHANNELS) return channels.map((c) => channelName(c, labels)).join(", ");
+  const runs = [];
+  for (const c of channels.map(Number).sort((a, b) => a - b)) {
+    const run = runs[runs.length - 1];
+    if (run && c === run[run.length - 1] + 1) run.push(c);
+    else runs.push([c]);
+  }
+  const parts = runs.flatMap((r) => (r.length > 2 ? [`${r[0]}-${r[r.length - 1]}`] : r.map(String)));
+  return `${parts.slice(0, RANGE_PARTS).join(", ")}${parts.length > RANGE_PARTS ? ", …" : ""} (${channels.length} channels)`;
+}
+// The rig panel's lines: channels scored by the same threads share one, `ch 0-383 (384 channels): s0, s1`.
+function scoredLines(scoredChannels, labels) {
+  const byThreads = new Map();
+  for (const [channel, names] of Object.entries(scoredChannels)) {
+    const key = names.join(", ");
+    byThreads.set(key, [...(byThreads.get(key) || []), Number(channel)]);
+  }
+  return [...byThreads].map(([names, channels]) => `ch ${channelList(channels, labels)}: ${names}`);
+}
 const stimulusImg = (id, title = "") => `<img data-src="/stimuli/${encodeURIComponent(id)}/png" alt="" title="${esc(title)}">`;
 
 // ---------------------------------------------------------------- live stream
@@ -263,9 +289,12 @@ function renderSession(state) {
     $("h2", card).textContent = `${thread.name}`;
     $(".status", card).className = `status ${thread.status}`;
     $(".status", card).textContent = thread.status;
-    const objective = thread.objective.expression || `channels ${thread.objective.channels.map((c) => channelName(c, s.channel_labels)).join(", ")}`;
+    const expression = thread.objective.expression;
+    const objective = expression ? (expression.length > EXPRESSION_CHARS ? `${expression.slice(0, EXPRESSION_CHARS - 1)}…` : expression)
+      : `channels ${channelList(thread.objective.channels, s.channel_labels)}`;
     const error = thread.last_error ? ` · ${thread.last_error}` : "";
     $(".info", card).textContent = `${thread.kind} · ${thread.generator} · ${thread.optimizer} · ${objective}${error}`;
+    $(".info", card).title = expression && expression !== objective ? expression : "";
     renderControls(state, thread, $(".controls", card));
     if (thread.kind === "manifold" && thread.status === "finished" && !card.dataset.map) loadManifold(card, thread);
   }
@@ -436,7 +465,10 @@ async function loadRig(state) {
   const threads = await Promise.all(rig.batches.map((b) => batchThread(state, b.thread_id)));
   const box = $("#rig");
   if (!box) return;
-  const channels = Object.entries(rig.scored_channels).map(([c, names]) => `ch ${esc(channelName(c, rig.channel_labels))}: ${esc(names.join(", "))}`).join("<br>");
+  const lines = scoredLines(rig.scored_channels, rig.channel_labels).map(esc);
+  const open = $("details", box)?.open ? " open" : ""; // the panel is redrawn every 2 s: what was unfolded stays so
+  const channels = lines.slice(0, RIG_LINES).join("<br>") + (lines.length > RIG_LINES
+    ? `<details${open}><summary>… ${lines.length - RIG_LINES} more</summary>${lines.slice(RIG_LINES).join("<br>")}</details>` : "");
   box.className = "card";
   box.innerHTML = `<h2>Rig ${esc(rig.rig)} <span class="status ${rig.connected ? "running" : "stopped"}">${rig.connected ? "connected" : "not connected"}</span></h2>
     <dl class="kv"><dt>channels</dt><dd>${rig.channels ?? "–"}</dd><dt>scored</dt><dd>${channels || "–"}</dd>

@@ -96,6 +96,15 @@ def uncaught(page) -> list[str]:
     return [e for e in page.errors if not e.startswith("Failed to load resource: net::")]
 
 
+def wait_until(page, predicate: str, timeout: float = 30.0) -> None:
+    """Poll ``predicate`` (a JS function's source) until it returns true. Not ``page.wait_for_function``:
+    that evaluates with ``eval``, which the dashboard's content security policy forbids."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(predicate):
+        assert time.monotonic() < deadline, f"not true within {timeout} s: {predicate}"
+        time.sleep(0.02)
+
+
 def completed(api, thread_id: int) -> int:
     return api.get(f"/threads/{thread_id}/curve", max_points=2)["total"]
 
@@ -121,7 +130,7 @@ def test_a_script_smuggled_into_the_page_does_not_run(page, running):
         document.querySelector('#main').insertAdjacentHTML('beforeend',
             '<img id="bait" src="/ui/no-such-image.png" onerror="window.ran = 1">');
     }""")
-    page.wait_for_function("window.violations > 0 && document.querySelector('#bait').complete")
+    wait_until(page, "() => window.violations > 0 && document.querySelector('#bait').complete")
     assert page.evaluate("window.ran") is None  # (named so: window.bait is the element)
     assert page.outside == []
 
@@ -159,8 +168,8 @@ def test_session_page_is_live_and_controls_the_thread(page, running):
         before = completed(api, thread_id)
         while (now := completed(api, thread_id)) == before:
             time.sleep(0.05)
-        page.wait_for_function(f"document.querySelector('#thread-{thread_id} .curve svg').dataset.points >= {now}",
-                               timeout=2000)
+        wait_until(page, f"() => document.querySelector('#thread-{thread_id} .curve svg').dataset.points >= {now}",
+                   timeout=2)
     shown = int(page.get_attribute(f"#thread-{thread_id} .curve svg", "data-points"))
     assert shown <= completed(api, thread_id)
 
@@ -211,6 +220,21 @@ def test_score_ticks_share_their_precision(page, running):
         return [...svg.querySelectorAll("text[text-anchor=end]")].map((t) => t.textContent);
     }""")
     assert ticks == ["-0.5", "0.0", "0.5", "1.0", "1.5"]
+
+
+def test_many_channels_are_shown_as_ranges_and_a_few_with_their_labels(page, running):
+    """A 384-channel probe: the thread card's channels and the rig panel's scored lines stay one line each."""
+    server, *_ = running
+    page.goto(server.url + "/")
+    shown = page.evaluate("""() => {
+        const all = [...Array(384).keys()], labels = Object.fromEntries(all.map((c) => [c, `np-${c}`]));
+        const scored = Object.fromEntries(all.map((c) => [c, c < 100 ? ["s0", "s1"] : ["s0"]]));
+        return [channelList([0, 2], labels), channelList(all, labels), channelList(all.filter((c) => c % 2), {}),
+                scoredLines({0: ["cma", "z"]}, {0: "e1"}), scoredLines(scored, labels)];
+    }""")
+    assert shown == ["0 (np-0), 2 (np-2)", "0-383 (384 channels)",
+                     "1, 3, 5, 7, 9, 11, 13, 15, 17, 19, … (192 channels)",
+                     ["ch 0 (e1): cma, z"], ["ch 0-99 (100 channels): s0, s1", "ch 100-383 (284 channels): s0"]]
 
 
 @pytest.mark.parametrize("path, ready", [("/docs", ".swagger-ui .info"), ("/redoc", "redoc h1, [role=search]")])
