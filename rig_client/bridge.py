@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from rig_client import RigError
+from rig_client.client import results_messages
 from rig_client.connection import (
     add_connection_arguments,
     connection_keys,
@@ -39,7 +40,7 @@ from rig_client.connection import (
     positive,
     positive_int,
 )
-from rig_client.protocol import MAX_ONSET, ErrorCode, Message, MessageType, ProtocolError, encode
+from rig_client.protocol import MAX_ONSET, ErrorCode, ProtocolError
 from rig_client.trials import TrialPresentation, to_send
 
 log = logging.getLogger(__name__)
@@ -237,9 +238,8 @@ def read_responses(path: Path, manifest: dict) -> list[TrialPresentation]:
     wanted = {s["stimulus_id"] for s in manifest["stimuli"]}
     presentations = [_presentation(row, i, manifest, wanted)
                      for i, row in enumerate(rows, start=1)]
-    try:
-        encode(Message(MessageType.RESULTS, {"batch_id": manifest["batch_id"], "done": True,
-                                             "presentations": [p.to_json() for p in presentations]}))
+    try:  # checked as `RigClient.send_results` sends them: in as many RESULTS as the size limit asks
+        results_messages(manifest["batch_id"], [p.to_json() for p in presentations], True)
     except ProtocolError as exc:
         raise BridgeError(exc.message) from None
     return presentations

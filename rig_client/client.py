@@ -9,7 +9,8 @@ The rig's own loop stays synchronous (PsychoPy, MonkeyLogic-style)::
 
 A background thread owns the ZeroMQ DEALER socket (sockets are not thread-safe): it says HELLO,
 heartbeats, reconnects with exponential backoff, caches reference images and resends RESULTS the
-server has not acknowledged, or answered ERROR ``internal`` (it stored none of them). See docs/protocol.md.
+server has not acknowledged, or answered ERROR ``internal`` (it stored none of them). An upload too large
+for one RESULTS goes as several, one after another. See docs/protocol.md.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ import zmq
 from rig_client import RigError
 from rig_client.connection import check_endpoint
 from rig_client.protocol import (
-    MAX_MESSAGE_BYTES, PROTOCOL, PROTOCOL_MINOR, RETRY_HELLO, RETRYABLE, ErrorCode, Message, MessageType,
-    ProtocolError, decode, decode_png, encode, error, time_ordered_uuid,
+    MAX_HEADER_BYTES, MAX_MESSAGE_BYTES, MAX_PRESENTATIONS, PROTOCOL, PROTOCOL_MINOR, RETRY_HELLO, RETRYABLE,
+    VERSION, ErrorCode, Message, MessageType, ProtocolError, decode, decode_png, encode, error, json_bytes,
+    time_ordered_uuid,
 )
 
 log = logging.getLogger(__name__)
@@ -60,11 +62,14 @@ class _Upload:
 
     ``sent`` orders it on the current connection's wire while it awaits its reply (None: not sent, or
     answered ERROR ``internal``); ``retry_at`` (monotonic) is when it may be sent again after such an ERROR.
+    ``after`` is the RESULTS before it of one upload split in several: this one is sent once the server
+    stored that one, and is refused with it.
     """
 
     msg: Message
     frames: list[bytes]
     future: concurrent.futures.Future
+    after: _Upload | None = None
     sent: int | None = None
     retry_at: float = 0.0
     failures: int = 0
@@ -265,7 +270,10 @@ class RigClient:
         Returns a future for the server's ACK header (``accepted``, ``duplicates``); it fails with
         `ProtocolError` if the server refuses the upload. Uploads are kept until acknowledged: resent
         after a reconnect, and after a backoff when the server failed to store them (ERROR
-        ``internal``). Raises `ProtocolError` at once for invalid presentations.
+        ``internal``). An upload too large for one RESULTS (1 MiB of header, or the ``max_message_bytes`` of
+        the last WELCOME if lower) goes as several (`results_messages`), each sent once the server stored the
+        one before; the future then gets their ACKs' counts summed, or the first refusal. Raises
+        `ProtocolError` at once for invalid presentations, and for one too large for a RESULTS of its own.
         """
         self._raise_if_unusable()
         items = [p.to_json() for p in presentations]
@@ -274,22 +282,16 @@ class RigClient:
                 raise ProtocolError(ErrorCode.BAD_FIELD, f"presentation of {p['stimulus_id']!r} "
                                     f"has {len(p['rates'])} rates; this rig has {self.channels} "
                                     "channels")
-        msg = Message(MessageType.RESULTS, {"batch_id": batch_id, "presentations": items,
-                                            "done": bool(done)})
-        try:
-            frames = encode(msg, max_message_bytes=self._max_message_bytes)
-        except ProtocolError as exc:
-            if exc.code != ErrorCode.TOO_LARGE:
-                raise
-            raise ProtocolError(exc.code, f"{exc.message}: call send_results several times, with "
-                                "done=False on all but the last", in_reply_to=MessageType.RESULTS,
-                                batch_id=batch_id) from None
-        future: concurrent.futures.Future = concurrent.futures.Future()
+        uploads: list[_Upload] = []
+        for msg, frames in results_messages(batch_id, items, bool(done), self._max_message_bytes):
+            uploads.append(_Upload(msg, frames, concurrent.futures.Future(), after=uploads[-1] if uploads else None))
+        future = _all_acks([u.future for u in uploads])
         with self._lock:
             self._raise_if_unusable()
             self._unacked.add(future)
             future.add_done_callback(self._unacked.discard)
-            self._commands.put(_Upload(msg, frames, future))
+            for upload in uploads:
+                self._commands.put(upload)
             self._wake()
         return future
 
@@ -308,7 +310,7 @@ class RigClient:
         self._thread.join()
         self._wake_tx.close(linger=0)
         if self._unacked and self._fatal is None:
-            log.warning("closed with %d RESULTS the server has not stored (batches %s); their presentations "
+            log.warning("closed with %d uploads the server has not stored (batches %s); their presentations "
                         "are lost unless the rig sends them again", len(self._unacked),
                         ", ".join(sorted({u.batch_id for u in self._pending if not u.future.done()})))
         for future in list(self._unacked):
@@ -373,7 +375,8 @@ class RigClient:
 
     def _take_commands(self) -> float:
         """Send the new uploads and those whose retry is due, oldest first, once connected. One waiting for
-        its retry holds back the later ones of its batch, so that a ``done: true`` does not overtake it.
+        its retry, or for the ACK of the RESULTS before it (``_Upload.after``), holds back the later ones of its
+        batch, so that a ``done: true`` does not overtake it.
 
         Returns when the next retry is due (monotonic; infinity: none, or not connected).
         """
@@ -387,6 +390,9 @@ class RigClient:
         now, waiting, due = time.monotonic(), set(), float("inf")
         for upload in self._pending:
             if upload.sent is not None or upload.batch_id in waiting:
+                continue
+            if upload.after is not None and not upload.after.future.done():  # the server stores that one first
+                waiting.add(upload.batch_id)
                 continue
             if upload.retry_at > now:
                 waiting.add(upload.batch_id)
@@ -495,6 +501,99 @@ class RigClient:
         self._pending.remove(upload)
         if not upload.future.done():
             upload.future.set_exception(exc) if exc is not None else upload.future.set_result(ack)
+        if exc is not None and exc.code != ErrorCode.BATCH_CLOSED:
+            # Refused, stored none of it: the RESULTS after it of its upload are not sent. (batch_closed stored
+            # them, unscored: the rest goes too, so that no trial is lost.)
+            refused = {upload}
+            for later in list(self._pending):
+                if later.after in refused:
+                    refused.add(later)
+                    self._pending.remove(later)
+                    later.future.set_exception(exc)
+
+
+def results_messages(batch_id: str, items: list[dict], done: bool,
+                     max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[Message, list[bytes]]]:
+    """The RESULTS (message and frames) that carry the presentations ``items`` (their JSON): one when they
+    fit, else as few as the limits allow (the 1 MiB header, ``max_message_bytes``, `MAX_PRESENTATIONS`),
+    ``done`` on the last only, every presentation of one stimulus in the same one where they fit.
+
+    That keeps a batch's round open until the last: every stimulus answered in an earlier RESULTS would
+    close it, and the showings of a stimulus after that would come too late to be scored (docs/protocol.md
+    §6.5). `ProtocolError` for invalid presentations, and one that alone does not fit (nothing to split).
+    """
+    def message(part: list[dict], last: bool) -> tuple[Message, list[bytes]]:
+        msg = Message(MessageType.RESULTS, {"batch_id": batch_id, "presentations": part, "done": done and last})
+        return msg, encode(msg, max_message_bytes=max_message_bytes)
+
+    try:
+        return [message(items, True)]
+    except ProtocolError as exc:
+        if exc.code != ErrorCode.TOO_LARGE:
+            raise
+    overhead = len(VERSION) + len(MessageType.RESULTS)  # frames 0 and 1; a RESULTS has no binary frames
+    budget = min(MAX_HEADER_BYTES, max_message_bytes - overhead)  # bytes of one header
+    room = budget - len(json_bytes({"batch_id": batch_id, "presentations": [], "done": False})) + 1
+    sizes = [len(json_bytes(p)) + 1 for p in items]  # each with its comma (the room counts one more)
+    for p, size in zip(items, sizes):
+        if size > room:
+            why, fix = ((f"the server's max_message_bytes is {max_message_bytes}",
+                         "raise the server's ACTMAX_MAX_MESSAGE_BYTES") if budget < MAX_HEADER_BYTES else
+                        ("1 MiB, docs/protocol.md §3", "send fewer channels or fields"))
+            raise ProtocolError(ErrorCode.TOO_LARGE, f"presentation {p['presentation_id']} of stimulus "
+                                f"{p['stimulus_id']!r} alone makes a RESULTS header of {budget - room + size} "
+                                f"bytes, over the {budget} one may hold ({why}), so it cannot be split off; "
+                                f"nothing of this upload was sent: {fix}",
+                                in_reply_to=MessageType.RESULTS, batch_id=batch_id)
+    groups: dict[str, list[int]] = {}  # stimulus -> its presentations, by first showing
+    for i, p in enumerate(items):
+        groups.setdefault(p["stimulus_id"], []).append(i)
+
+    def cost(group: list[int]) -> int:
+        return sum(sizes[i] for i in group)
+
+    def fits(group: list[int]) -> bool:
+        return cost(group) <= room and len(group) <= MAX_PRESENTATIONS
+
+    parts: list[list[int]] = [[]]
+    used = 0
+    # A stimulus shown too often for one RESULTS goes first: its later showings then come while others are owed.
+    for group in sorted(groups.values(), key=fits):
+        if fits(group) and (used + cost(group) > room or len(parts[-1]) + len(group) > MAX_PRESENTATIONS):
+            parts.append([])
+            used = 0
+        for i in group:
+            if used + sizes[i] > room or len(parts[-1]) == MAX_PRESENTATIONS:
+                parts.append([])
+                used = 0
+            parts[-1].append(i)
+            used += sizes[i]
+    return [message([items[i] for i in part], k == len(parts) - 1) for k, part in enumerate(parts)]
+
+
+def _all_acks(futures: list[concurrent.futures.Future]) -> concurrent.futures.Future:
+    """One future for the ACKs of the RESULTS an upload went as: their ``accepted`` and ``duplicates`` summed
+    (and ``ignored_fields`` joined), or the first refusal."""
+    if len(futures) == 1:
+        return futures[0]
+    future: concurrent.futures.Future = concurrent.futures.Future()
+
+    def settle(part: concurrent.futures.Future) -> None:  # in the I/O thread, one part at a time
+        if future.done():
+            return
+        if part.exception() is not None:
+            future.set_exception(part.exception())
+        elif all(f.done() for f in futures):
+            acks = [f.result() for f in futures]
+            ack = {**acks[-1], "accepted": sum(a["accepted"] for a in acks),
+                   "duplicates": sum(a["duplicates"] for a in acks)}
+            if ignored := sorted({name for a in acks for name in a.get("ignored_fields", ())}):
+                ack["ignored_fields"] = ignored
+            future.set_result(ack)
+
+    for part in futures:
+        part.add_done_callback(settle)
+    return future
 
 
 class _Link:

@@ -138,14 +138,20 @@ def encode(msg: Message, *, max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[
     numpy scalars and arrays in the header are converted to JSON numbers and lists.
     """
     try:
-        header = json.dumps(msg.header, separators=(",", ":"), ensure_ascii=False,
-                            allow_nan=False, default=_json_default).encode()
+        header = json_bytes(msg.header)
     except (TypeError, ValueError) as exc:
         raise ProtocolError(ErrorCode.BAD_FIELD, f"{msg.type} header is not JSON-serialisable "
                             f"(NaN and infinity are not allowed): {exc}") from None
     frames = [VERSION, MessageType(msg.type).encode(), header, *(bytes(f) for f in msg.frames)]
     decode(frames, max_message_bytes=max_message_bytes)
     return frames
+
+
+def json_bytes(value: Any) -> bytes:
+    """``value`` as a header writes it: compact UTF-8 JSON, numpy values as numbers; `ValueError` for NaN and
+    infinity, `TypeError` for what JSON cannot hold."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False,
+                      default=_json_default).encode()
 
 
 def decode(frames: Sequence[bytes], *, max_message_bytes: int = MAX_MESSAGE_BYTES,

@@ -347,6 +347,46 @@ def test_results_the_server_could_not_store_reach_it_once_it_can(tmp_path, actma
     assert sorted(p.name for p in path.glob("responses*")) == ["responses.json"]
 
 
+def test_a_384_channel_responses_file_over_the_message_limit_is_sent_and_stored_whole(tmp_path, endpoint):
+    """A MonkeyLogic rig with 384 channels shows each of 60 images and 2 references four times and writes the
+    spike counts over a 150 ms window (rates such as 13.333333333333334): 1.4 MB of responses, over the 1 MiB
+    a RESULTS may hold. The bridge sends the file as it is (the client splits it), the folder gets ack.json,
+    nothing is rejected, and the server stores every rate as written and scores the generation."""
+    from server.store.models import Generation
+    from tests.server.test_end_to_end import wait_until
+    from tests.server.test_engine import RIG, LiveEngine
+
+    folder, labels = tmp_path / "rig-folder", [f"imec0-ch{i:03d}" for i in range(384)]
+    rng = np.random.default_rng(3)
+    with LiveEngine(tmp_path / "data", endpoint) as live:
+        thread_id = live.create(optimizer_params={"population": 60}, n_generations=1)
+        with RigClient(endpoint, RIG, channels=384, labels=labels) as client:
+            bridge = FolderBridge(client, folder, labels, poll_s=0.05, settle_s=0)
+            runner = threading.Thread(target=bridge.run)
+            runner.start()
+            try:
+                (path, manifest), = wait_until(lambda: batch_folders(folder), 60, "the batch")
+                rows = [{"stimulus_id": s["stimulus_id"], "onset": time.time(),
+                         "rates": (rng.poisson(10, 384) / 0.15).tolist()} for _ in range(4) for s in manifest["stimuli"]]
+                (path / "writing.json").write_text(json.dumps({"presentations": rows}, separators=(",", ":")))
+                assert (path / "writing.json").stat().st_size > 2**20
+                (path / "writing.json").rename(path / "responses.json")
+                wait_until(lambda: path not in bridge.open or (path / "responses.error.txt").exists(), 60,
+                           "the ACK or a rejection")
+            finally:
+                bridge.stop.set()
+                runner.join(10)
+        assert not (path / "responses.error.txt").exists(), (path / "responses.error.txt").read_text()
+        ack = json.loads((path / "ack.json").read_text())
+        with live.sessions() as db:
+            stored = db.execute(select(PresentationRow.stimulus_id, PresentationRow.rates_json)).all()
+            status = db.scalars(select(Generation.status).where(Generation.thread_id == thread_id)).one()
+    assert (ack["accepted"], ack["duplicates"], ack["sent"]) == (len(rows), 0, len(rows))
+    assert sorted(p.name for p in path.glob("responses*")) == ["responses.json"]
+    assert sorted(map(tuple, stored)) == sorted((r["stimulus_id"], r["rates"]) for r in rows)
+    assert status == "complete"
+
+
 HELPERS = Path(__file__).parents[2] / "docs" / "monkeylogic"
 
 

@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 import zmq
+from sqlalchemy import select
 
 from rig_client import RigError
 from rig_client.client import Batch, Presentation, RigClient
@@ -35,6 +36,8 @@ class Lab:
         self.known_batches = {"b1", "b2"}
         self.failures = 0  # RESULTS to fail on (the transport answers ERROR internal)
         self.received: list[list[str]] = []  # presentation ids of each RESULTS, as they arrived
+        self.done: list[bool] = []  # the `done` of each RESULTS, as they arrived
+        self.refused_stimuli: set[str] = set()  # a RESULTS with one of these is refused (bad_field)
         self.transport: Transport | None = None
 
     async def on_hello(self, rig_name, header):
@@ -45,11 +48,14 @@ class Lab:
 
     async def on_results(self, rig_name, header):
         self.received.append([p["presentation_id"] for p in header["presentations"]])
+        self.done.append(header["done"])
         if self.failures:
             self.failures -= 1
             raise OSError(28, "No space left on device")
         if header["batch_id"] not in self.known_batches:
             raise ProtocolError("unknown_batch", f"batch {header['batch_id']} was never sent")
+        if refused := self.refused_stimuli & {p["stimulus_id"] for p in header["presentations"]}:
+            raise ProtocolError("bad_field", f"stimuli {sorted(refused)} are not part of the batch")
         new = [p for p in header["presentations"] if p["presentation_id"] not in self.presentations]
         self.presentations.update((p["presentation_id"], p) for p in new)
         return {"batch_id": header["batch_id"], "accepted": len(new),
@@ -66,13 +72,13 @@ class Lab:
 class ServerThread:
     """A Transport serving on its own event loop thread."""
 
-    def __init__(self, ctx, endpoint, handler):
+    def __init__(self, ctx, endpoint, handler, **transport):
         self.handler = handler
         self.loop = asyncio.new_event_loop()
         ready = threading.Event()
 
         async def main():
-            handler.transport = Transport(endpoint, handler, context=ctx, **FAST)
+            handler.transport = Transport(endpoint, handler, context=ctx, **FAST, **transport)
             ready.set()
             await handler.transport.run()
 
@@ -254,6 +260,130 @@ def test_results_the_server_failed_on_are_sent_again_until_stored(client, lab):
     ids = [[p.presentation_id] for p in shown]
     assert lab.handler.received == [ids[0], ids[0], ids[1]]
     assert [(e["code"], e["batch_id"]) for e in client.errors] == [("internal", "b1")]
+
+
+def full_precision(n: int, channels: int, seed: int = 0) -> list[Presentation]:
+    """``n`` presentations of stimuli g0, g1, ... with rates of 16-17 digits, as a spike count over a
+    window gives: some 19 bytes of JSON per channel."""
+    rng = np.random.default_rng(seed)
+    return [Presentation(f"g{i}", (rng.random(channels) * 100).tolist(), time.time(), (50, 200)) for i in range(n)]
+
+
+def test_an_upload_over_the_message_limit_is_stored_whole_as_several_results(zmq_context, endpoint, lab):
+    """384 channels x 300 presentations is some 2 MiB of RESULTS, over the 1 MiB header limit (docs/protocol.md
+    §3): the client sends it as several, in order, done: true on the last only, each once the server stored
+    the one before (the first failed once, and was sent again before the second went). Every rate is
+    stored exactly, once; the future gets one ACK for them all."""
+    shown = full_precision(300, 384)
+    with RigClient(endpoint, "rig-a", channels=384, reconnect_max_s=0.2, context=zmq_context, **FAST) as rig:
+        assert rig.wait_connected(5)
+        lab.handler.failures = 1
+        ack = rig.send_results("b1", shown).result(30)
+    assert ack == {"batch_id": "b1", "accepted": 300, "duplicates": 0}
+    h = lab.handler
+    assert len(h.received) >= 4 and h.received[0] == h.received[1]  # at least 3 RESULTS, the first sent twice
+    parts = h.received[1:]
+    assert [pid for part in parts for pid in part] == [p.presentation_id for p in shown]
+    assert h.done == [False] * len(parts) + [True]
+    assert [h.presentations[p.presentation_id]["rates"] for p in shown] == [p.rates for p in shown]
+
+
+def test_a_refused_part_of_an_upload_stops_the_rest_and_the_corrected_upload_completes_it(zmq_context, endpoint, lab):
+    """The server refuses the second RESULTS of a split upload (it stored none of it): the future fails with
+    that refusal and the last RESULTS, done: true, is never sent. The upload sent again once corrected
+    stores the rest; the first RESULTS' presentations are duplicates."""
+    shown = full_precision(300, 384)
+    lab.handler.refused_stimuli = {"g200"}  # in the second RESULTS: each holds some 140 presentations
+    with RigClient(endpoint, "rig-a", channels=384, context=zmq_context, **FAST) as rig:
+        assert rig.wait_connected(5)
+        with pytest.raises(ProtocolError) as err:
+            rig.send_results("b1", shown).result(30)
+        assert err.value.code == "bad_field" and "g200" in err.value.message
+        rig.send_results("b2", shown[:1]).result(10)  # any RESULTS still on the wire arrives before this one
+        h = lab.handler
+        assert h.done == [False, False, True] and h.received[2] == [shown[0].presentation_id]
+        first = len(h.received[0])
+        h.refused_stimuli.clear()
+        ack = rig.send_results("b1", shown).result(30)
+    assert ack == {"batch_id": "b1", "accepted": 300 - first, "duplicates": first}
+    assert [h.presentations[p.presentation_id]["rates"] for p in shown] == [p.rates for p in shown]
+    assert h.done[3:] == [False] * (len(h.done) - 4) + [True]
+
+
+def test_a_split_upload_resent_after_the_server_forgot_the_rig_is_stored_once(zmq_context, endpoint, monkeypatch):
+    """The server forgets the rig (expiry) before a split upload: its first RESULTS meets not_registered, and
+    after HELLO and WELCOME the parts go in order. The same upload sent again is all duplicates."""
+    monkeypatch.setitem(FAST, "heartbeat_s", 5.0)  # so the RESULTS, not a HEARTBEAT, meets not_registered
+    lab = ServerThread(zmq_context, endpoint, Lab())
+    shown = full_precision(300, 384)
+    try:
+        with RigClient(endpoint, "rig-a", channels=384, context=zmq_context, **FAST) as rig:
+            assert rig.wait_connected(5)
+            lab.call(lab.handler.transport._unbind("rig-a"))
+            assert rig.send_results("b1", shown).result(30) == {"batch_id": "b1", "accepted": 300, "duplicates": 0}
+            assert [(e["code"], e["batch_id"]) for e in rig.errors] == [("not_registered", "b1")]
+            assert rig.send_results("b1", shown).result(30) == {"batch_id": "b1", "accepted": 0, "duplicates": 300}
+        h = lab.handler
+        parts = len(h.received) // 2
+        assert [pid for part in h.received[:parts] for pid in part] == [p.presentation_id for p in shown]
+        assert h.received[parts:] == h.received[:parts] and h.done == ([False] * (parts - 1) + [True]) * 2
+        assert len(h.hellos) == 2 and len(h.presentations) == 300
+    finally:
+        lab.stop()
+
+
+def test_the_limit_the_server_announced_splits_uploads_and_a_presentation_over_it_is_refused(zmq_context, endpoint):
+    """A server whose WELCOME says max_message_bytes 16 KiB gets RESULTS under it; a presentation of 1024
+    channels alone is over it, and the upload is refused before anything is sent, saying what to do."""
+    lab = ServerThread(zmq_context, endpoint, Lab(), max_message_bytes=16 * 1024)
+    try:
+        with RigClient(endpoint, "rig-a", channels=384, context=zmq_context, **FAST) as rig:
+            assert rig.wait_connected(5)
+            shown = full_precision(10, 384)
+            assert rig.send_results("b1", shown).result(10)["accepted"] == 10
+        h = lab.handler
+        assert len(h.received) >= 5 and h.done[-1] and not any(h.done[:-1])
+        assert [h.presentations[p.presentation_id]["rates"] for p in shown] == [p.rates for p in shown]
+        with RigClient(endpoint, "rig-b", channels=1024, context=zmq_context, **FAST) as rig:
+            assert rig.wait_connected(5)
+            with pytest.raises(ProtocolError) as err:
+                rig.send_results("b1", full_precision(2, 1024))
+        assert err.value.code == "too_large"
+        assert "of stimulus 'g0' alone makes a RESULTS header of" in err.value.message
+        assert "the server's max_message_bytes is 16384" in err.value.message
+        assert "raise the server's ACTMAX_MAX_MESSAGE_BYTES" in err.value.message
+        assert len(h.received) == len(h.done)  # nothing more arrived
+    finally:
+        lab.stop()
+
+
+def test_a_384_channel_rig_showing_each_stimulus_four_times_has_every_showing_scored(tmp_path, endpoint):
+    """The engine: 40 images and 2 references, each shown four times in one batch by a 384-channel rig, some
+    1.2 MiB of RESULTS. The round stays open until the last RESULTS (every presentation of a stimulus goes
+    in the same one): every showing is stored and scored, none comes after the generation was scored (which
+    the server would answer batch_closed)."""
+    from server.store.models import Generation
+    from server.store.models import Presentation as PresentationRow
+    from tests.server.test_engine import RIG, LiveEngine
+
+    with LiveEngine(tmp_path / "data", endpoint) as live:
+        thread_id = live.create(optimizer_params={"population": 40}, n_generations=1)
+        with RigClient(endpoint, RIG, channels=384) as rig:
+            batch = rig.next_batch(timeout=60)
+            rng = np.random.default_rng(7)
+            shown = [Presentation(s.stimulus_id, (rng.random(384) * 100).tolist(), time.time(), batch.response_window_ms)
+                     for _ in range(4) for s in batch.stimuli]
+            ack = rig.send_results(batch.batch_id, shown).result(60)  # after the generation's scores are stored
+            assert ack == {"batch_id": batch.batch_id, "accepted": len(shown), "duplicates": 0}
+        with live.sessions() as db:
+            stored = dict(db.execute(select(PresentationRow.presentation_id, PresentationRow.rates_json)).all())
+            generation = db.scalars(select(Generation).where(Generation.thread_id == thread_id,
+                                                             Generation.number == 0)).one()
+            synthetic = [s.id for s in generation.stimuli if s.kind == "synthetic"]
+            scores = generation.scores_json
+    assert stored == {p.presentation_id: p.rates for p in shown}
+    mean = {sid: np.mean([p.rates[0] for p in shown if p.stimulus_id == sid]) for sid in synthetic}
+    np.testing.assert_allclose(scores, [mean[sid] for sid in synthetic], rtol=1e-12)
 
 
 @pytest.mark.slow
