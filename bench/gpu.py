@@ -203,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         device = generators.base.resolve_device(args.device)
         torch.empty(1, device=device)
-    except (GeneratorError, RuntimeError) as exc:
+    except GeneratorError as exc:  # it names the device
+        parser.error(str(exc))
+    except RuntimeError as exc:
         parser.error(f"device {args.device!r} is not usable here: {exc}")
     args.population, args.repeats, args.generations = (4, 2, 3) if args.tiny else (POPULATION, 5, 20)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

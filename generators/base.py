@@ -37,6 +37,8 @@ _REGISTRY: dict[str, Callable[..., Generator]] = {}
 
 #: Where a user gives a generator's weights, for the messages that say to.
 WEIGHTS_ARGUMENT = "--weights on the command line, weights= in Python, a thread's `weights` in a session"
+#: Where a user gives a torch device, for the messages that name one.
+DEVICE_ARGUMENT = "--device or ACTMAX_DEVICE; device= in Python"
 PRECISIONS = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 PRECISION_TOLERANCE = 4 / 255
 """Largest absolute pixel difference (images in [0, 1]) a reduced precision may make against
@@ -115,35 +117,53 @@ def check_precision(generator: Generator, precision: str, tolerance: float = PRE
 
     try:
         generator.to_precision(PRECISIONS[precision])
-        difference = float((generator.generate(codes) - reference).abs().max())
+        images = generator.generate(codes)
     except RuntimeError as exc:  # an operation without a half-precision kernel on this device
         raise refuse(f"cannot run on {generator.device}: {exc}") from None
+    if not bool(torch.isfinite(images).all()):  # a value past the precision's range
+        found = " and ".join(word for word, bad in (("NaN", images.isnan()), ("infinity", images.isinf()))
+                             if bool(bad.any()))
+        raise refuse(f"renders {found} on {generator.device}")
+    difference = float((images - reference).abs().max())
     if not difference <= tolerance:
         raise refuse(f"differs from float32 by up to {difference:.4f} (tolerance {tolerance:.4f}) on "
                      f"{generator.device}")
     return difference
 
 
+def ignores_codes(generator: Generator, n: int = 3) -> str | None:
+    """What is wrong if `generator` renders one and the same 8-bit image for `n` different prior codes (seed 0),
+    as a network with untrained or unconverted weights does; None when the images differ."""
+    codes = generator.sample(n, np.random.default_rng(0))
+    pixels = generator.generate(codes).clamp(0, 1).mul(255).round()  # what a rig sees: the PNG's 8-bit values
+    if any(not torch.equal(pixels[0], image) for image in pixels[1:]):
+        return None
+    sha = f" (weights sha256 {generator.weights_sha256[:12]})" if generator.weights_sha256 else ""
+    return (f"the weights look untrained or not converted: {generator.name}{sha} renders the same image for {n} "
+            "different codes, so an evolution would show one image throughout; give it the trained network's "
+            "state dict, with its parameters under this generator's names (docs/generators.md)")
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
     """"auto" -> cuda if available else cpu; anything else must name a device this torch can use."""
     if isinstance(device, str) and device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    given = f"device {str(device)!r} ({DEVICE_ARGUMENT})"  # named neutrally: a flag, a variable or an argument
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError):
-        raise GeneratorError(f"--device {device}: not a torch device; use auto, cpu, cuda or cuda:N") from None
+        raise GeneratorError(f"{given}: not a torch device; use auto, cpu, cuda or cuda:N") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise GeneratorError(f"--device {device}: this torch has no CUDA (torch.cuda.is_available() is False); "
-                             "use --device cpu or install a CUDA build of torch")
+        raise GeneratorError(f"{given}: this torch has no CUDA (torch.cuda.is_available() is False); "
+                             "use cpu or install a CUDA build of torch")
     if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
-        raise GeneratorError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+        raise GeneratorError(f"{given}: this machine has {torch.cuda.device_count()} CUDA device(s), "
                              f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     try:
         torch.empty(0, device=resolved)
     except (RuntimeError, AssertionError) as exc:  # e.g. mps on a machine without it
         reason = re.split(r"\.\s", str(exc), maxsplit=1)[0] or type(exc).__name__  # its first sentence
-        raise GeneratorError(f"--device {device}: this torch cannot use it ({reason}); "
-                             "use --device cpu or auto") from None
+        raise GeneratorError(f"{given}: this torch cannot use it ({reason}); use cpu or auto") from None
     return resolved
 
 
@@ -181,7 +201,16 @@ def find_weights(name: str, weights: str | Path | None, filename: str, defaults:
     for candidate in candidates:
         if candidate.is_file():
             return candidate
+    if folder := next((candidate for candidate in candidates if candidate.is_dir()), None):
+        raise folder_in_place(name, folder)
     raise WeightsNotFoundError(name, [candidate.absolute() for candidate in candidates], hint)
+
+
+def folder_in_place(name: str, path: Path) -> GeneratorError:
+    """The error for a folder where the weights file should be (a folder copied, or an archive unpacked, under the
+    file's name)."""
+    return GeneratorError(f"cannot read weights for {name!r} from {path.absolute()}: it is a folder, not a weights "
+                          f"file; put the file {path.name} itself at that path")
 
 
 def given_weights_hint(path: Path, what: str) -> str:
@@ -203,7 +232,7 @@ def load_state_dict_file(name: str, path: Path, key: str | None = None) -> dict[
     except OSError as exc:
         raise GeneratorError(f"cannot read weights for {name!r} from {path}: {exc.strerror or exc}") from None
     except Exception as exc:  # not a torch file, truncated, or a pickle of Python objects
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)", str(exc))  # torch <2.13, 2.13
         problem = (f"it holds pickled Python objects ({found[1]}), which are not loaded for safety"
                    if found else "it is not a PyTorch weights file, or it is truncated or corrupt")
         raise GeneratorError(f"cannot read weights for {name!r} from {path}: {problem}; {expected}") from None
@@ -228,24 +257,35 @@ def _not_a_state_dict(state: Any) -> str | None:
 
 
 def load_into(name: str, module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, *,
-              extra_keys_ok: bool = False) -> None:
-    """`module.load_state_dict(state)` with an error naming the file; `extra_keys_ok` ignores keys the module lacks."""
+              extra_keys_ok: bool = False, shapes_hint: str = "") -> None:
+    """`module.load_state_dict(state)` with an error naming the file; `extra_keys_ok` ignores keys the module lacks
+    (unless some of its own are missing: then the file's keys are named too); `shapes_hint` ends the error when
+    the file's tensors do not fit the network's shapes."""
     try:
-        missing, _ = module.load_state_dict(state, strict=not extra_keys_ok)
+        missing, unexpected = module.load_state_dict(state, strict=not extra_keys_ok)
     except (RuntimeError, TypeError) as exc:  # missing or unexpected keys, shape mismatch: a line each
         lines = str(exc).splitlines()
         more = f"\n\t... and {len(lines) - 6} more" if len(lines) > 6 else ""
+        hint = f"\n{shapes_hint}" if shapes_hint and "size mismatch for" in str(exc) else ""
         raise GeneratorError(f"weights in {path} do not fit generator {name!r}: "
-                             + "\n".join(lines[:6]) + more) from exc
+                             + "\n".join(lines[:6]) + more + hint) from exc
     if missing:
-        raise GeneratorError(f"weights in {path} do not fit generator {name!r}: missing {missing[:5]}")
+        unused = f"; the file's keys that fit no layer: {_some(unexpected)}" if unexpected else ""
+        raise GeneratorError(f"weights in {path} do not fit generator {name!r}: missing {_some(missing)}{unused}")
+
+
+def _some(keys: list[str]) -> str:
+    """The first five of ``keys``, and how many there are when more."""
+    return f"{keys[:5]}" + (f" (of {len(keys)})" if len(keys) > 5 else "")
 
 
 class Generator(abc.ABC):
     """Latent code -> image network.
 
     Subclasses set `name`, `version`, `latent_dim`, `image_size`, build `module` (eval mode, on
-    `device`) and implement `forward` (differentiable), `sample` and `default_init`.
+    `device`) and implement `forward` (differentiable), `sample` and `default_init`. `weights_files` are the
+    files the weights came from, and any whose appearance would change them (BigGAN's config.json): a cache of
+    loaded generators reloads when one of them changes on disk.
     """
 
     name: str
@@ -255,11 +295,12 @@ class Generator(abc.ABC):
     named_image_size: int | None = None  # the image size its registered name promises (biggan-deep-128: 128)
 
     def __init__(self, module: torch.nn.Module, device: torch.device, weights_sha256: str | None,
-                 *, batch_size: int = 64) -> None:
+                 *, batch_size: int = 64, weights_files: tuple[Path, ...] = ()) -> None:
         self.device = device
         self.module = module.to(device).eval()
         self.module.requires_grad_(False)
         self.weights_sha256 = weights_sha256
+        self.weights_files = weights_files  # what it read (and would read: a config that may appear), for reloads
         self.batch_size = batch_size
         self.dtype = torch.float32  # the network's precision; codes and images cross as float32
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .base import (WEIGHTS_ARGUMENT, Generator, GeneratorError, GeneratorOptionError, WeightsNotFoundError,
-                   given_weights_hint, load_into, load_state_dict_file, register, sha256_file)
+                   folder_in_place, given_weights_hint, load_into, load_state_dict_file, register, sha256_file)
 
 WEIGHTS_NAME = "pytorch_model.bin"
 CONFIG_NAME = "config.json"
@@ -100,7 +100,8 @@ def _cache_candidates(name: str) -> list[tuple[Path, Path | None]]:
 
 
 def _resolve(name: str, weights: str | Path | None) -> tuple[Path, Path | None]:
-    """(weights file, config file or None) from a directory, a file, or the package cache."""
+    """(weights file, the config file beside it, which may not exist, or None) from a directory, a file, or the
+    package cache."""
     if weights is None:
         pairs = _cache_candidates(name)
     else:
@@ -111,7 +112,9 @@ def _resolve(name: str, weights: str | Path | None) -> tuple[Path, Path | None]:
             pairs = [(path, path.parent / CONFIG_NAME)]
     for model_file, config_file in pairs:
         if model_file.is_file():
-            return model_file, config_file if config_file is not None and config_file.is_file() else None
+            return model_file, config_file
+    if folder := next((model_file for model_file, _ in pairs if model_file.is_dir()), None):
+        raise folder_in_place(name, folder)
     if weights is not None:
         hint = given_weights_hint(path, f"{WEIGHTS_NAME} (with its {CONFIG_NAME})")
     else:
@@ -138,7 +141,8 @@ class BigGAN(Generator):
         self.name = name
         self.truncation = float(truncation)
         self.version = f"1.0-trunc{self.truncation:g}"
-        model_file, config_file = _resolve(name, weights)
+        model_file, beside = _resolve(name, weights)
+        config_file = beside if beside is not None and beside.is_file() else None
         config_dict = read_config(name, config_file) if config_file else standard_config(resolution)
         config = pkg.BigGANConfig.from_dict(config_dict)
         if config.z_dim != 128 or config.class_embed_dim != 128:
@@ -148,8 +152,13 @@ class BigGAN(Generator):
             module = pkg.BigGAN(config)
         except (TypeError, ValueError, IndexError, RuntimeError) as exc:  # a value of the wrong type or size
             raise GeneratorError(f"{config_file} does not describe a BigGAN-deep network: {exc}") from None
-        load_into(name, module, load_state_dict_file(name, model_file), model_file, extra_keys_ok=True)
-        super().__init__(module, device, sha256_file(model_file), batch_size=8)
+        assumed = "" if config_file else (
+            f"No {CONFIG_NAME} was found beside {model_file}, so the published config of {name} ({resolution} px, "
+            f"channel width 128) was assumed: put the network's {CONFIG_NAME} beside the file.")
+        load_into(name, module, load_state_dict_file(name, model_file), model_file, extra_keys_ok=True,
+                  shapes_hint=assumed)
+        super().__init__(module, device, sha256_file(model_file), batch_size=8,
+                         weights_files=(model_file,) if beside is None else (model_file, beside))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         out = self.module.generator(z, self.truncation)

@@ -68,7 +68,7 @@ class DCGANFaces(Generator):
         state = load_state_dict_file(self.name, path, key=STATE_KEY)
         module = DCGANGenerator()
         load_into(self.name, module, state, path)
-        super().__init__(module, device, sha256_file(path))
+        super().__init__(module, device, sha256_file(path), weights_files=(path,))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return ((self.module(z) + 1.0) / 2.0).clamp(0.0, 1.0)

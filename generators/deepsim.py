@@ -92,7 +92,7 @@ class DeePSiM(Generator):
                  f"upconvGAN release) and put it at {default}, or give the file or its directory ({WEIGHTS_ARGUMENT}).")
         module = DeePSiMFc6()
         load_into(self.name, module, _normalize_keys(load_state_dict_file(self.name, path), module.state_dict()), path)
-        super().__init__(module, device, sha256_file(path), batch_size=16)
+        super().__init__(module, device, sha256_file(path), batch_size=16, weights_files=(path,))
         self._mean = torch.tensor(RGB_MEAN, device=device).view(1, 3, 1, 1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

@@ -72,6 +72,7 @@ async def serve(settings) -> None:
     from server.store.archive import ImageArchive
     from server.store.db import make_db_engine, make_sessionmaker, upgrade
     from server.transport import Transport
+    from server.weights import weights_dir_note
 
     resolve_device(settings.device)
     open_files = raise_open_file_limit()
@@ -86,6 +87,7 @@ async def serve(settings) -> None:
         elif before != after:
             log.info("migrated the database in %s from schema %s to %s (one-way: older actmax releases cannot "
                      "open it now)", settings.data_dir, before, after)
+        log.log(*weights_dir_note(settings.weights_dir))
         db_sessions = make_sessionmaker(db_engine)
         archive = ImageArchive(settings.data_dir)
         if removed := archive.remove_partial_writes():

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from server import ServerError
@@ -66,6 +66,12 @@ class Settings(BaseSettings):
         128, ge=1, description="Threads not ended (running, waiting for their rig, blocked or paused) on the server; "
         "a session or thread over it is refused (422).")
     keys_dir: Path | None = Field(None, description="CURVE keys (`actmax keys`); default {data_dir}/keys.")
+
+    @field_validator("weights_dir", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """An empty ACTMAX_WEIGHTS_DIR is unset, not the working directory."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     @model_validator(mode="after")
     def _derive_database_url(self) -> Settings:

@@ -8,6 +8,8 @@ standard locations (docs/generators.md).
 from __future__ import annotations
 
 import json
+import logging
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,7 @@ import generators
 from generators import weights_source
 from generators.base import check_precision
 
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class WeightsStatus:
@@ -39,34 +42,82 @@ class WeightsStatus:
                 "problem": self.problem}
 
 
+def file_identity(paths: tuple[Path, ...]) -> tuple:
+    """What changes when one of ``paths`` is replaced, truncated, created or removed: each one's size, mtime_ns and
+    inode (None while absent). Cheap: it reads no file."""
+    identity = []
+    for path in paths:
+        try:
+            stat = os.stat(path)
+        except OSError:
+            identity.append(None)
+        else:
+            identity.append((stat.st_size, stat.st_mtime_ns, stat.st_ino))
+    return tuple(identity)
+
+
+def weights_dir_note(weights_dir: Path | None) -> tuple[int, str]:
+    """The start-up log line (level, message) on where generator weights come from: ``weights_dir``
+    (ACTMAX_WEIGHTS_DIR) and the generators it has a folder for; a warning when it is set but missing, not a folder,
+    or holds no generator's folder, for then every generator falls back to its standard locations."""
+    fallback = "every generator loads from its standard locations (or a thread's own weights path)"
+    if weights_dir is None:
+        return logging.INFO, f"ACTMAX_WEIGHTS_DIR is not set: {fallback}"
+    folder = Path(weights_dir).expanduser().absolute()
+    check = "not what you expected? stop and check ACTMAX_WEIGHTS_DIR"
+    if not folder.is_dir():
+        problem = "is not a folder" if folder.exists() else "does not exist (not mounted? mistyped?)"
+        return logging.WARNING, f"ACTMAX_WEIGHTS_DIR {folder} {problem}: {fallback} instead; {check}"
+    names = generators.available()
+    found = [name for name in names if (folder / name).is_dir()]
+    if not found:
+        return logging.WARNING, (f"ACTMAX_WEIGHTS_DIR {folder} holds no folder named after a generator "
+                                 f"({', '.join(names)}): {fallback}; {check}")
+    return logging.INFO, (f"generator weights from {folder}/<generator>/ (ACTMAX_WEIGHTS_DIR) for {', '.join(found)}; "
+                          "the others from their standard locations")
+
+
 class GeneratorCache:
-    """Loaded generators by (name, weights source); thread-safe (REST workers and the engine's worker)."""
+    """Loaded generators by (name, weights source); thread-safe (REST workers and the engine's worker).
+
+    A generator is loaded again when its weights files change on disk (``file_identity``), so a new session and
+    ``GET /generators`` see what is there now; one that no longer loads is dropped. A thread running keeps the
+    network it was built with."""
 
     def __init__(self, device: str, weights_dir: Path | None, precision: str = "float32"):
         self.device = device
         self.weights_dir = weights_dir
         self.precision = precision
-        self._loaded: dict[tuple[str, str | None, str], generators.Generator] = {}  # by (name, source, options)
+        # by (name, source, options): the generator and its files' identity when it was loaded
+        self._loaded: dict[tuple[str, str | None, str], tuple[generators.Generator, tuple]] = {}
         self._lock = threading.Lock()
 
     def get(self, name: str, weights: str | None = None, options: dict[str, Any] | None = None) -> generators.Generator:
-        """The generator with its ``options`` (``generators.load``'s, e.g. BigGAN's ``truncation``), loaded once;
-        raises ``GeneratorError`` (``WeightsNotFoundError``) naming the paths tried."""
+        """The generator with its ``options`` (``generators.load``'s, e.g. BigGAN's ``truncation``), loaded once
+        while its files stay as they were; raises ``GeneratorError`` (``WeightsNotFoundError``) naming the paths
+        tried."""
         source = weights_source(name, self.weights_dir, weights)
         options = options or {}
         key = (name, None if source is None else str(source), json.dumps(options, sort_keys=True))
         with self._lock:
-            if key not in self._loaded:
-                generator = generators.load(name, device=self.device, weights=source, **options)
-                if self.precision != "float32":
-                    try:
-                        check_precision(generator, self.precision)
-                    except generators.GeneratorError as error:
-                        raise generators.GeneratorError(
-                            f"{error}: start the server with `actmax serve --precision float32` (or "
-                            "ACTMAX_PRECISION=float32); the precision is the server's, for every thread") from None
-                self._loaded[key] = generator
-            return self._loaded[key]
+            if key in self._loaded:
+                generator, identity = self._loaded[key]
+                if file_identity(generator.weights_files) == identity:
+                    return generator
+                del self._loaded[key]
+                log.info("the weights of %s changed on disk (%s): loading them again", name,
+                         ", ".join(map(str, generator.weights_files)))
+            generator = generators.load(name, device=self.device, weights=source, **options)
+            identity = file_identity(generator.weights_files)
+            if self.precision != "float32":
+                try:
+                    check_precision(generator, self.precision)
+                except generators.GeneratorError as error:
+                    raise generators.GeneratorError(
+                        f"{error}: start the server with `actmax serve --precision float32` (or "
+                        "ACTMAX_PRECISION=float32); the precision is the server's, for every thread") from None
+            self._loaded[key] = generator, identity
+            return generator
 
     def status(self, name: str, weights: str | None = None) -> WeightsStatus:
         """Whether ``name`` loads from where the server looks, and its weights' sha256."""

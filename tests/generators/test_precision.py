@@ -64,3 +64,16 @@ def test_check_precision_converts_in_place_and_refuses_a_converted_generator():
     assert generator.dtype == torch.float16  # it converts the generator it tests (generators.md)
     with pytest.raises(GeneratorError, match="already runs in float16"):
         check_precision(generator, "bfloat16", tolerance=1.0)
+
+
+def test_a_precision_that_renders_nan_says_so():
+    """Values past float16's range (65504) make infinities, then NaN, where float32 renders a face."""
+    generator = generators.load("dcgan-faces", device="cpu")
+    with torch.no_grad():  # the same images in float32: the first layer 1e5 times larger, its BatchNorm undoing it
+        generator.module.main[0].weight.mul_(1e5)
+        generator.module.main[1].running_mean.mul_(1e5)
+        generator.module.main[1].running_var.mul_(1e10)
+    with pytest.raises(GeneratorError) as err:
+        check_precision(generator, "float16")
+    assert str(err.value) == "dcgan-faces in float16 renders NaN on cpu; use float32 for this generator"
+    assert generator.dtype == torch.float32

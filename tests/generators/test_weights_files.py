@@ -2,6 +2,8 @@
 also through `actmax weights list` and `actmax serve`."""
 
 import json
+import os
+import re
 import shutil
 import socket
 
@@ -19,6 +21,13 @@ TORCH_ADVICE = ("weights_only", "file an issue", "add_safe_globals")
 
 class Pickled:
     """A Python object, which weights_only=True refuses to unpickle."""
+
+
+class Shell:
+    """An object that unpickles to a call of os.system: torch 2.13 calls its module (posix) blocked."""
+
+    def __reduce__(self):
+        return os.system, ("true",)
 
 
 @pytest.mark.parametrize(("content", "held"), [
@@ -48,6 +57,8 @@ def test_a_checkpoint_whose_state_dict_is_not_one_is_refused(tmp_path):
     (lambda path: path.write_bytes(b""), "it is not a PyTorch weights file"),
     (lambda path: torch.save({"defc7.weight": Pickled()}, path),
      f"it holds pickled Python objects ({__name__}.Pickled), which are not loaded for safety"),
+    (lambda path: torch.save({"x": Shell()}, path),
+     f"it holds pickled Python objects ({os.system.__module__}.system), which are not loaded for safety"),
 ])
 def test_an_unreadable_file_is_named_without_torchs_advice(write, problem, tmp_path):
     path = tmp_path / "upconvGAN_fc6.pt"
@@ -84,17 +95,21 @@ def test_biggan_weights_of_another_size_do_not_fit(weights_dirs, tmp_path):
     assert len(lines) == 7 and lines[-1].endswith("more")  # five of torch's lines, not every parameter's
 
 
+GIVEN = re.escape("(--device or ACTMAX_DEVICE; device= in Python)")  # where a device comes from, said neutrally
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this torch has CUDA")
 def test_cuda_without_cuda_says_so():
-    with pytest.raises(GeneratorError, match=r"--device cuda: this torch has no CUDA \(torch.cuda.is_available"
-                                             r"\(\) is False\); use --device cpu or install a CUDA build"):
+    with pytest.raises(GeneratorError, match=rf"^device 'cuda' {GIVEN}: this torch has no CUDA \(torch.cuda."
+                                             r"is_available\(\) is False\); use cpu or install a CUDA build"):
         resolve_device("cuda")
 
 
 def test_devices_this_torch_cannot_use_are_refused():
-    with pytest.raises(GeneratorError, match="--device nosuch: not a torch device; use auto, cpu, cuda or cuda:N"):
+    with pytest.raises(GeneratorError, match=rf"^device 'nosuch' {GIVEN}: not a torch device; use auto, cpu, cuda or "
+                                             "cuda:N"):
         resolve_device("nosuch")
-    with pytest.raises(GeneratorError, match="--device cuda:99: this"):
+    with pytest.raises(GeneratorError, match=rf"^device 'cuda:99' {GIVEN}: this"):
         resolve_device("cuda:99")
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     assert resolve_device("cpu") == torch.device("cpu")
@@ -121,5 +136,36 @@ def test_serve_refuses_a_device_it_cannot_use_before_binding(device, reason, tmp
                      "--data-dir", str(tmp_path / "data")])
     assert code == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith(f"actmax serve: --device {device}: {reason}")
+    assert line.startswith(f"actmax serve: device '{device}' (--device or ACTMAX_DEVICE; device= in Python): {reason}")
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize(("name", "file"), [("deepsim-fc6", "upconvGAN_fc6.pt"),
+                                            ("biggan-deep-128", "pytorch_model.bin")])
+def test_a_folder_where_the_weights_file_belongs_is_named_as_a_folder(name, file, tmp_path):
+    (tmp_path / file).mkdir()  # `cp -r`, or an archive unpacked, under the file's name
+    with pytest.raises(GeneratorError) as err:
+        generators.load(name, device="cpu", weights=tmp_path)
+    assert not isinstance(err.value, generators.WeightsNotFoundError)
+    assert str(err.value) == (f"cannot read weights for {name!r} from {tmp_path / file}: it is a folder, not a weights "
+                              f"file; put the file {file} itself at that path")
+
+
+def test_biggan_weights_without_their_config_say_which_config_was_assumed(weights_dirs, tmp_path):
+    shutil.copy(weights_dirs["biggan-deep-128"][1], tmp_path / "pytorch_model.bin")  # its config.json left behind
+    with pytest.raises(GeneratorError) as err:
+        generators.load("biggan-deep-128", device="cpu", weights=tmp_path)
+    assert "size mismatch" in str(err.value)
+    assert str(err.value).splitlines()[-1] == (
+        f"No config.json was found beside {tmp_path / 'pytorch_model.bin'}, so the published config of "
+        "biggan-deep-128 (128 px, channel width 128) was assumed: put the network's config.json beside the file.")
+
+
+def test_a_biggan_file_of_another_network_is_named_with_its_keys(tmp_path):
+    torch.save({f"defc{i}.weight": torch.zeros(2) for i in range(7)}, tmp_path / "pytorch_model.bin")
+    (tmp_path / "config.json").write_text(json.dumps(TINY_CONFIG))
+    with pytest.raises(GeneratorError) as err:
+        generators.load("biggan-deep-128", device="cpu", weights=tmp_path)
+    assert "do not fit generator 'biggan-deep-128': missing ['embeddings.weight'" in str(err.value)
+    assert str(err.value).endswith("; the file's keys that fit no layer: ['defc0.weight', 'defc1.weight', "
+                                   "'defc2.weight', 'defc3.weight', 'defc4.weight'] (of 7)")

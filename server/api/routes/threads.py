@@ -9,9 +9,11 @@ from fastapi import APIRouter, HTTPException, Query, Request, status
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session as DBSession
 
+import generators
 from server.admission import check_objective
-from server.api.deps import DB, Id, Limit, Offset, RigChannels, Wake, get_or_404, paginate, refuse
+from server.api.deps import DB, Generators, Id, Limit, Offset, RigChannels, Wake, get_or_404, paginate, refuse
 from server.api.schemas import ErrorDetail, GenerationSummary, Page, PresentationRead, Retarget, ThreadRead
+from server.session_config import SessionConfig
 from server.store.models import (
     ENDED_THREAD_STATUSES,
     LIVE_THREAD_STATUSES,
@@ -93,11 +95,27 @@ def pause_thread(thread_id: Id, db: DB, wake: Wake) -> Thread:
     return _transition(db, wake, thread_id, "pause")
 
 
-@router.post("/{thread_id}/resume", response_model=ThreadRead, responses=CONFLICT)
-def resume_thread(thread_id: Id, db: DB, wake: Wake) -> Thread:
+@router.post("/{thread_id}/resume", response_model=ThreadRead, responses={409: {
+    "model": ErrorDetail, "description": "The thread's status does not allow this action, or its generator's weights "
+    "do not load now."}})
+def resume_thread(thread_id: Id, db: DB, wake: Wake, cache: Generators) -> Thread:
     """paused, or failed once its cause is fixed (not in a stopped session) -> running (the engine makes it
-    waiting_for_rig or blocked if its rig says so); last_error is cleared."""
+    waiting_for_rig or blocked if its rig says so); last_error is cleared. A thread whose generator does not
+    load now (its weights, as a session's creation checks them) stays as it is: 409 with the reason."""
+    thread = get_or_404(db, Thread, thread_id)
+    if thread.status in TRANSITIONS["resume"][0]:
+        _check_generator(thread, cache)
     return _transition(db, wake, thread_id, "resume")
+
+
+def _check_generator(thread: Thread, cache) -> None:
+    """A 409 naming the reason unless the thread's generator loads from where the server looks now."""
+    config = SessionConfig.model_validate(thread.session.config_json).thread(thread.name)
+    try:
+        cache.get(config.generator, config.weights, config.generator_options)
+    except generators.GeneratorError as error:
+        hint = f"\nTo fix: {cache.setting_hint()}" if isinstance(error, generators.WeightsNotFoundError) else ""
+        raise HTTPException(status.HTTP_409_CONFLICT, f"cannot resume thread {thread.id}: {error}{hint}") from None
 
 
 @router.post("/{thread_id}/stop", response_model=ThreadRead, responses=CONFLICT)
