@@ -70,7 +70,8 @@ def add_parser(subcommands) -> None:
     commands = weights.add_subparsers(dest="weights_command", required=True, metavar="WEIGHTS_COMMAND")
     commands.add_parser("list", help="every generator: where it looks, found or missing, sha256").set_defaults(
         func=list_weights)
-    verify = commands.add_parser("verify", help="load each generator and render an image; non-zero exit if any fails")
+    verify = commands.add_parser("verify", help="load each generator and render images (finite, and different for "
+                                 "different codes); non-zero exit if any fails")
     verify.add_argument("names", nargs="*", metavar="GENERATOR", help="generators to verify (default: all)")
     verify.set_defaults(func=verify_weights)
 
@@ -329,9 +330,11 @@ def verify_weights(args) -> int:
             image = generator.generate(generator.sample(1, np.random.default_rng(0)))
             if not bool(np.isfinite(image.detach().cpu().numpy()).all()):
                 status = status.__class__(name, False, status.source, status.sha256, "rendered non-finite pixels")
+            elif (problem := generators.base.ignores_codes(generator)) is not None:
+                status = status.__class__(name, False, status.source, status.sha256, problem)
         statuses.append(status)
     for status in statuses:  # after the bar, which would cut into the table
-        first, _, rest = (status.sha256 or status.problem).partition("\n")  # a problem: the paths tried, what to do
+        first, _, rest = (status.sha256 if status.found else status.problem).partition("\n")  # a problem: the paths tried, what to do
         print(f"{status.generator:<18} {'ok' if status.found else 'FAILED':<7} {first}")
         if rest:
             print("    " + rest.replace("\n", "\n    "))

@@ -3,13 +3,16 @@
 Everything here is rebuilt from the database: the thread's settings from its session's validated
 ``SessionConfig``, the optimizer from its last snapshot replayed through the told generations after
 it, and a pending generation by re-asking that state, which returns the same codes, together with
-its outstanding batch (the last one sent) and the stimuli that batch still owes.
+its outstanding batch (the last one sent) and the stimuli that batch still owes. The generator must be
+the one the thread's images were made with (``check_generator``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
+import platform
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -18,12 +21,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
+from sqlalchemy import select
 from sqlalchemy.orm import Session as DBSession
 
 import optimizers
 from analysis.serialization import json_safe
+from generators.base import ignores_codes
 from rig_client.protocol import encode_png
-from server import ServerError
+from server import ServerError, ThreadNotReady, package_version
 from server.images import encode_images, load_references, parallel_submit
 from server.manifold import design_codes
 from server.monitor import DriftHistory
@@ -42,8 +48,15 @@ from server.store.models import (
     decode_codes,
 )
 
+log = logging.getLogger(__name__)
+
 REFERENCE_SIZE = 128
 SCALE_TOLERANCE = 4  # a sigma0 or radius this many times off the generator's default is warned about
+
+
+class GeneratorChanged(ThreadNotReady):
+    """The server loaded other weights, precision or generator version than the thread's images were made with:
+    the thread waits (its ``last_error`` says for what) until a server loads theirs, or a user stops it."""
 
 
 @dataclass
@@ -123,15 +136,18 @@ class ThreadRuntime:
 
 def build_runtime(db: DBSession, thread_id: int, load_generator: Callable[[str, str | None, dict], Any],
                   archive: ImageArchive, render_chunk: int) -> ThreadRuntime:
-    """Rebuild a running thread: its settings, the optimizer after its last tell, its pending generation.
+    """Rebuild a running thread: its settings, the optimizer after its last tell, its pending generation; logged as
+    ``thread.runtime``.
 
-    Raises ``ThreadNotReady`` while the thread waits for another (a Manifold map for its source).
+    Raises ``ThreadNotReady`` while the thread waits for another (a Manifold map for its source), or for a server
+    that loads the generator its images were made with (``GeneratorChanged``).
     """
     thread = db.get(Thread, thread_id)
     session = thread.session
     session_config = SessionConfig.model_validate(session.config_json)
     config = session_config.thread(thread.name)
     generator = load_generator(config.generator, config.weights, config.generator_options)
+    check_generator(db, thread, config, generator)
     thread.generator_version = generator.provenance["version"]
     optimizer = create_optimizer(db, thread, config, generator)
     last = restore_optimizer(db, optimizer, thread_id)
@@ -150,7 +166,51 @@ def build_runtime(db: DBSession, thread_id: int, load_generator: Callable[[str, 
     )
     if pending is not None:
         runtime.inflight = resume_pending(db, runtime, pending, archive)
+    record_runtime(db, thread, generator)
     return runtime
+
+
+def check_generator(db: DBSession, thread: Thread, config: ThreadConfig, generator) -> None:
+    """Raise ``GeneratorChanged`` unless ``generator`` is the one the thread's latest images were made with (name,
+    version with its precision, weights sha256); a thread without images takes any. The refusal is the thread's
+    ``last_error`` and, once per change of it, an error event (``thread.generator_changed``) naming both."""
+    made = db.execute(select(Stimulus.generator, Stimulus.generator_version, Stimulus.weights_sha256)
+                      .where(Stimulus.thread_id == thread.id, Stimulus.kind == StimulusKind.SYNTHETIC)
+                      .order_by(Stimulus.generation_id.desc()).limit(1)).one_or_none()
+    loaded = generator.provenance
+    if made is None or tuple(made) == (loaded["name"], loaded["version"], loaded["weights_sha256"]):
+        return
+    name, version, sha256 = made
+    base, _, precision = version.partition("+")
+    where = (f"the weights file it started with ({config.weights})" if config.weights else
+             f"those weights (in ACTMAX_WEIGHTS_DIR/{name}/ or {name}'s standard place: `actmax weights list` shows "
+             "the sha256 a server finds)")
+    code = "" if loaded["version"].partition("+")[0] == base else f", an actmax whose {name} is version {base}"
+    message = (f"its images were made by {name} {version} with weights sha256 {sha256}, but this server loaded "
+               f"{loaded['name']} {loaded['version']} with weights sha256 {loaded['weights_sha256']}: it waits "
+               f"rather than go on with another generator. Restart the server with {where}{code} and "
+               f"`--precision {precision or 'float32'}`, or stop the thread and start a new one")
+    if thread.last_error != message:
+        log.error("thread %s %r: %s", thread.id, thread.name, message)
+        records.set_thread_error(db, thread.id, "thread.generator_changed", message, data={
+            "made_with": {"generator": name, "generator_version": version, "weights_sha256": sha256},
+            "loaded": {"generator": loaded["name"], "generator_version": loaded["version"],
+                       "weights_sha256": loaded["weights_sha256"]}})
+    raise GeneratorChanged(message)
+
+
+def record_runtime(db: DBSession, thread: Thread, generator) -> None:
+    """Log the ``thread.runtime`` event of a runtime just built: the software and the generator it runs with."""
+    provenance = generator.provenance
+    data = {"actmax": package_version(), "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": np.__version__, "device": str(generator.device),
+            "precision": str(generator.dtype).removeprefix("torch."), "generator": provenance["name"],
+            "generator_version": provenance["version"], "weights_sha256": provenance["weights_sha256"]}
+    message = (f"thread {thread.id} {thread.name!r} runs {data['generator']} {data['generator_version']} (weights "
+               f"sha256 {str(data['weights_sha256'])[:12]}) in {data['precision']} on {data['device']}: actmax "
+               f"{data['actmax']}, python {data['python']}, torch {data['torch']}, numpy {data['numpy']}")
+    log.info(message)
+    records.log_event(db, "thread.runtime", message, session_id=thread.session_id, thread_id=thread.id, data=data)
 
 
 def code_chunks(codes: np.ndarray, size: int) -> list[np.ndarray]:
@@ -254,7 +314,7 @@ def _brief(value) -> str:
 def unusual_settings(generator, optimizer: optimizers.Optimizer) -> list[str]:
     """What in a thread's settings is likely a mistake, though it runs: a ``sigma0`` or ``radius`` more than
     ``SCALE_TOLERANCE`` times off the generator's ``default_init``, weights that render another image size than the
-    generator's name says."""
+    generator's name says, or one image for every code (``generators.base.ignores_codes``)."""
     defaults, root_d = generator.default_init(), math.sqrt(generator.latent_dim)
     warnings = []
     for key in ("sigma0", "radius"):
@@ -271,6 +331,8 @@ def unusual_settings(generator, optimizer: optimizers.Optimizer) -> list[str]:
     if generator.named_image_size not in (None, generator.image_size):
         warnings.append(f"the weights render {generator.image_size}-px images, not the {generator.named_image_size}-px "
                         f"that {generator.name} names: check the weights (and their config.json)")
+    if (problem := ignores_codes(generator)) is not None:
+        warnings.append(problem)
     return warnings
 
 

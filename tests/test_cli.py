@@ -402,3 +402,18 @@ def test_serve_stopped_with_a_live_stream_open_ends_it_and_exits_quietly(tmp_pat
     log = server.log_path.read_text()
     assert "Traceback" not in log and "ERROR" not in log, log
     assert log.rstrip().endswith("INFO server.serve: shutting down"), log
+
+
+def test_weights_verify_fails_weights_that_render_one_image_for_every_code(tmp_path):
+    """Untrained or unconverted weights load and render finite pixels, but an evolution would show one image."""
+    import torch
+
+    from generators.dcgan import STATE_KEY, packaged_weights
+
+    checkpoint = torch.load(packaged_weights(), map_location="cpu", weights_only=True)
+    checkpoint[STATE_KEY]["main.12.weight"].zero_()  # the last layer: a grey image whatever the code
+    (tmp_path / "dcgan-faces").mkdir()
+    torch.save(checkpoint, tmp_path / "dcgan-faces" / "weights.tar")
+    failed = actmax("weights", "verify", "dcgan-faces", env={"ACTMAX_WEIGHTS_DIR": str(tmp_path)})
+    assert failed.returncode == 1, failed.stdout
+    assert re.match(r"dcgan-faces\s+FAILED\s+the weights look untrained or not converted", failed.stdout)

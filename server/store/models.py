@@ -120,7 +120,8 @@ class SessionStatus(enum.StrEnum):
 
 
 class ThreadStatus(enum.StrEnum):
-    RUNNING = "running"
+    RUNNING = "running"  # stepping, or held back (``ThreadNotReady``, ``last_error`` says why): a Manifold map until
+    # its source evolution ends, a thread while the server's generator is not the one its images were made with
     WAITING_FOR_RIG = "waiting_for_rig"  # its session's rig is not connected; starts when it is
     BLOCKED = "blocked"  # the rig announced too few channels for the objective (``last_error`` says)
     PAUSED = "paused"

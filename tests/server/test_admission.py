@@ -232,6 +232,21 @@ def test_a_radius_far_off_the_generators_latent_is_warned_about(client, live_ser
         "to its latent (codes of norm about 10); give sigma0 1 unless that is meant"]
 
 
+def test_weights_that_render_one_image_for_every_code_are_warned_about(client, live_server: LiveServer,
+                                                                       tmp_path: Path):
+    from generators.dcgan import STATE_KEY, packaged_weights
+
+    checkpoint = torch.load(packaged_weights(), map_location="cpu", weights_only=True)
+    checkpoint[STATE_KEY]["main.12.weight"].zero_()  # the last layer: a grey image whatever the code
+    torch.save(checkpoint, tmp_path / "weights.tar")
+    created = client.post("/sessions", json=session_config(
+        references={"count": 1}, threads=[thread_config("grey", weights=str(tmp_path))]))
+    assert created.status_code == 201, created.text  # it runs (a lab may mean it): a warning, not a refusal
+    served(live_server, created.json())
+    (warning,) = unusual(client, created.json()["id"])
+    assert "the weights look untrained or not converted: dcgan-faces" in warning
+
+
 def test_hess_cma_takes_the_eigenbasis_file_of_analyze_geometry(client, live_server: LiveServer, tmp_path: Path):
     basis, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((100, 12)))
     np.savez(tmp_path / "eigenbasis.npz", basis=basis, eigvals=np.logspace(0, -3, 12), generator="dcgan-faces")
