@@ -40,8 +40,9 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session as DBSession
 from sqlalchemy.orm import sessionmaker
 
+from generators.base import GeneratorError
 from rig_client.protocol import PROTOCOL_MINOR, ErrorCode, Message
-from server import RigInputError, StorageUnavailable, ThreadNotReady, admission, live, manifold, steps
+from server import RigInputError, ServerError, StorageUnavailable, ThreadNotReady, admission, live, manifold, steps
 from server.session_config import ObjectiveConfig
 from server.settings import Settings
 from server.store import queries, records
@@ -667,7 +668,9 @@ class Engine:
         else:
             await self._offload(self._thread_error, thread_id, "thread.failed", f"failed: {exc}", EventLevel.ERROR,
                                 ThreadStatus.FAILED)
-            log.error("thread %s failed", thread_id, exc_info=exc)
+            # A generator's or our own error says all in one line (e.g. weights gone at a restart); others are bugs.
+            explained = isinstance(exc, (GeneratorError, ServerError))
+            log.error("thread %s failed: %s", thread_id, exc, exc_info=None if explained else exc)
 
     def _thread_error(self, thread_id: int, kind: str, message: str, level: EventLevel,
                       status: ThreadStatus | None = None) -> None:

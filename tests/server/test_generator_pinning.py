@@ -116,3 +116,15 @@ def test_a_restart_with_other_weights_and_precision_holds_back_the_threads_whose
     (_, _, second_runtime), = thread_events(live, second_thread, "thread.runtime")
     assert (second_runtime["precision"], second_runtime["generator_version"], second_runtime["weights_sha256"]) == \
         ("float16", "1.0+float16", other)
+
+
+def test_a_thread_whose_weights_do_not_load_fails_with_one_log_line(tmp_path, endpoint, caplog):
+    """The generator's error says all (which file, what is wrong, what to do): no traceback in the server's log."""
+    broken = tmp_path / "weights.tar"
+    broken.write_bytes(b"not a checkpoint")
+    with LiveEngine(tmp_path / "data", endpoint) as live:
+        thread_id = live.create(weights=str(broken))  # past admission's check, as when the file broke while down
+        wait_until(lambda: thread_status(live, thread_id) == ThreadStatus.FAILED, 30, "the thread to fail")
+    (record,) = [r for r in caplog.records if r.getMessage().startswith(f"thread {thread_id} failed")]
+    assert f"cannot read weights for 'dcgan-faces' from {broken}" in record.getMessage()
+    assert record.exc_info is None
