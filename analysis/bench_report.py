@@ -6,7 +6,9 @@ Ponce 2022 in adjacent columns) and `score_vs_generation.png`.
 
 Metric, as published: a run's clean maximum divided by its unit's maximum over all optimizers x
 repeats x noise levels ("normalised score"). Comparisons are ratios of mean normalised scores with
-Student t-tests (`scipy.stats.ttest_ind`, equal variances). pandas/scipy/matplotlib only.
+Student t-tests (equal variances, as `scipy.stats.ttest_ind`). A results folder may hold several grids
+(runs that differ in a `GRID_KEYS` setting, such as the generations): each is normalised, paired, tested
+and reported on its own. pandas/scipy/matplotlib only.
 """
 
 from __future__ import annotations
@@ -51,7 +53,11 @@ COMPARISONS = [("cma-sigma1", "ga"), ("sphere-cma-r10", "cma-sigma1"), ("sphere-
 #: Spec §1: mean norm of the final generation's codes at d = 4096 (the DCGAN prior shell is ~10).
 PUBLISHED_FINAL_NORM = {"ga": 166.0, "cma-sigma1": 424.0, "pycma-sigma1": 328.0, "pycma-diag": 1188.0, "sphere-cma-r10": 300.0}
 CHECKPOINT_COLUMNS = ("cum_clean_max_500", "cum_clean_max_1000", "cum_clean_max_3000")
-PAIR_KEYS = ["unit", "noise", "rep"]
+#: Run settings that make a grid (its budget and what it ran against): runs that differ in one are never
+#: normalised, paired or tested together.
+GRID_KEYS = ("backend", "n_generations", "population")
+#: Runs of two optimizers are a pair when these agree (common random numbers: the same seed), within a grid.
+PAIR_KEYS = ("unit", "noise", "rep", "seed")
 
 
 class ReportError(AnalysisError):
@@ -70,7 +76,8 @@ class Comparison:
     ratio: float
     t: float
     p: float
-    a_wins: float  # fraction of paired runs (same unit, noise, repeat) where a > b
+    a_wins: float  # fraction of paired runs (same unit, noise, repeat and seed) where a > b
+    undefined: str = ""  # why t and p are NaN: "1 run" on a side, or "no variance" on either
 
     @property
     def df(self) -> int:
@@ -89,11 +96,41 @@ def load(results_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return pd.read_parquet(paths[0]), pd.read_parquet(paths[1])
 
 
+def split_grids(results: pd.DataFrame) -> list[tuple[dict[str, object], pd.DataFrame]]:
+    """The results split by grid: (the `GRID_KEYS` settings it records, its runs), in order of those settings."""
+    keys = [k for k in GRID_KEYS if k in results]
+    if not keys:
+        return [({}, results)]
+    grouped = results.groupby(keys, dropna=False, sort=True)
+    return [(dict(zip(keys, values if isinstance(values, tuple) else (values,), strict=True)), runs)
+            for values, runs in grouped]
+
+
+def grid_label(settings: dict[str, object], backend: bool = True) -> str:
+    """'75 generations × 40 images' (and, with `backend`, the backend) from `split_grids` settings."""
+    shown = {k: "?" if settings.get(k) is None else _shown(settings[k]) for k in GRID_KEYS}
+    where = f", backend `{shown['backend']}`" if backend and "backend" in settings else ""
+    return f"{shown['n_generations']} generations × {shown['population']} images{where}"
+
+
+def _shown(value: object) -> str:
+    """A recorded setting as text: 40.0 (an integer column with a gap) as 40, a gap as 'unrecorded'."""
+    if pd.isna(value):
+        return "unrecorded"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def normalise(results: pd.DataFrame) -> pd.DataFrame:
-    """Add `unit_max`, `norm` (clean_max / unit_max) and `norm_<budget>` columns; drop units whose max is <= 0."""
+    """Add `unit_max`, `norm` (clean_max / unit_max) and `norm_<budget>` columns; drop units whose max is <= 0.
+
+    The results must be of one grid (`split_grids`): a unit's maximum over runs of different budgets, and the
+    tests and pairs built on it, would mix them."""
     required = {"run_id", "optimizer", "unit", "layer", "noise", "rep", "clean_max", "n_evaluations", "wall_s"}
     if missing := required - set(results.columns):
         raise ReportError(f"results table lacks columns {sorted(missing)}")
+    if len(grids := split_grids(results)) > 1:
+        raise ReportError(f"the results hold {len(grids)} grids ({'; '.join(grid_label(g) for g, _ in grids)}); "
+                          "normalise each on its own (`split_grids`)")
     unit_max = results.groupby("unit")["clean_max"].transform("max")
     out = results.assign(unit_max=unit_max)[unit_max > 0].copy()
     if out.empty:
@@ -125,34 +162,50 @@ def by_layer(norm: pd.DataFrame) -> pd.DataFrame:
     return table.reindex(columns=_optimizer_order(norm))
 
 
+def student_t(xa: Sequence[float], xb: Sequence[float]) -> tuple[float, float, str]:
+    """(t, two-sided p, why undefined) of Student's two-sample test with pooled variance (`scipy.stats.ttest_ind`
+    with equal variances), written out: a sample whose runs all reached the unit's maximum (no variance) is
+    exact here, where scipy warns of precision loss. NaN, with the reason, for 1 run on a side or no variance
+    in either sample."""
+    xa, xb = np.asarray(xa, dtype=float), np.asarray(xb, dtype=float)
+    na, nb = len(xa), len(xb)
+    if min(na, nb) < 2:
+        return float("nan"), float("nan"), "1 run"
+    if np.ptp(xa) == 0 and np.ptp(xb) == 0:
+        return float("nan"), float("nan"), "no variance"
+    pooled = ((na - 1) * xa.var(ddof=1) + (nb - 1) * xb.var(ddof=1)) / (na + nb - 2)
+    t = float((xa.mean() - xb.mean()) / np.sqrt(pooled * (1 / na + 1 / nb)))
+    return t, float(2 * stats.t.sf(abs(t), na + nb - 2)), ""
+
+
 def compare(norm: pd.DataFrame, a: str, b: str, scope: object = ALL, column: str = "noise") -> Comparison:
     """Ratio of mean normalised scores a/b within `scope` of `column`, Student t-test, paired win rate."""
     sub = _select(norm, scope, column)
     xa, xb = sub.loc[sub["optimizer"] == a, "norm"], sub.loc[sub["optimizer"] == b, "norm"]
     if xa.empty or xb.empty:
         raise ReportError(f"no runs of {a!r} or {b!r} in scope {scope!r}")
-    # With a single run on either side the test is undefined (NaN); the ratio is still reported.
-    t = p = float("nan")
-    if min(len(xa), len(xb)) > 1:
-        test = stats.ttest_ind(xa, xb, equal_var=True)
-        t, p = float(test.statistic), float(test.pvalue)
-    paired = (sub[sub["optimizer"] == a].set_index(PAIR_KEYS)["norm"]
-              .to_frame("a").join(sub[sub["optimizer"] == b].set_index(PAIR_KEYS)["norm"].rename("b"),
+    t, p, undefined = student_t(xa, xb)  # the ratio is reported whatever the test
+    keys = [k for k in (*PAIR_KEYS, *GRID_KEYS) if k in sub]
+    paired = (sub[sub["optimizer"] == a].set_index(keys)["norm"]
+              .to_frame("a").join(sub[sub["optimizer"] == b].set_index(keys)["norm"].rename("b"),
                                   how="inner"))
     wins = float((paired["a"] > paired["b"]).mean()) if len(paired) else float("nan")
-    return Comparison(a, b, scope, len(xa), len(xb), float(xa.mean() / xb.mean()), t, p, wins)
+    return Comparison(a, b, scope, len(xa), len(xb), float(xa.mean() / xb.mean()), t, p, wins, undefined)
 
 
 def best_per_cell(norm: pd.DataFrame, alpha: float = 0.001) -> pd.DataFrame:
-    """Per (layer, noise): the best optimizer and those not different from it at p > alpha (spec §3)."""
+    """Per (layer, noise): the best optimizer and those not different from it at p > alpha (spec §3); without
+    variance on either side (every run the same score), those with the best's score."""
     rows = []
     for (layer, noise), cell in norm.groupby(["layer", "noise"]):
         means = cell.groupby("optimizer")["norm"].mean().sort_values(ascending=False)
         best = means.index[0]
-        ties = [o for o in means.index[1:]
-                if (cell["optimizer"] == o).sum() > 1 and (cell["optimizer"] == best).sum() > 1
-                and stats.ttest_ind(cell.loc[cell["optimizer"] == best, "norm"],
-                                    cell.loc[cell["optimizer"] == o, "norm"], equal_var=True).pvalue > alpha]
+        ties = []
+        for o in means.index[1:]:
+            _, p, undefined = student_t(cell.loc[cell["optimizer"] == best, "norm"],
+                                        cell.loc[cell["optimizer"] == o, "norm"])
+            if p > alpha or (undefined == "no variance" and means[o] == means[best]):
+                ties.append(o)
         rows.append({"layer": layer, "noise": noise, "best": best, "mean": means.iloc[0], "tied": ties})
     return pd.DataFrame(rows)
 
@@ -165,9 +218,9 @@ def curves(norm: pd.DataFrame, traces: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"mean": grouped.mean(), "sem": grouped.sem(), "n": grouped.size()}).reset_index()
 
 
-def curves_figure(curve: pd.DataFrame):
+def curves_figure(curve: pd.DataFrame, grid: str = ""):
     """Score-vs-generation panels, one per noise level, one colour per optimizer throughout: the mean over runs
-    with a band of ± 1 SEM over runs."""
+    with a band of ± 1 SEM over runs; `grid` (`grid_label`) heads the title."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
@@ -191,15 +244,16 @@ def curves_figure(curve: pd.DataFrame):
     handles.append(Patch(color="0.5", alpha=0.3, label="± 1 SEM over runs"))
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
     low, high = int(curve["n"].min()), int(curve["n"].max())
-    fig.suptitle(f"mean over runs ({low if low == high else f'{low}–{high}'} per curve), band ± 1 SEM", fontsize=9)
+    per_curve = low if low == high else f"{low}–{high}"
+    fig.suptitle(f"{grid + ': ' if grid else ''}mean over runs ({per_curve} per curve), band ± 1 SEM", fontsize=9)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig
 
 
-def plot_curves(curve: pd.DataFrame, path: str | Path) -> Path:
+def plot_curves(curve: pd.DataFrame, path: str | Path, grid: str = "") -> Path:
     """`curves_figure` written to `path` as a PNG."""
     path = Path(path)
-    curves_figure(curve).savefig(path, dpi=120)
+    curves_figure(curve, grid).savefig(path, dpi=120)
     return path
 
 
@@ -215,6 +269,11 @@ def _scope_label(scope: object) -> str:
 
 def _f(value: float | None, fmt: str = ".3f") -> str:
     return "—" if value is None or (isinstance(value, float) and np.isnan(value)) else format(value, fmt)
+
+
+def _t(c: Comparison) -> str:
+    """The t cell: the statistic, or why it is undefined."""
+    return f"— ({c.undefined})" if c.undefined else _f(c.t, ".2f")
 
 
 def _count(n: int, noun: str) -> str:
@@ -236,19 +295,56 @@ def _comparison_rows(norm: pd.DataFrame, a: str, b: str) -> list[list[str]]:
         if c is None:
             rows.append([_scope_label(scope), "—", _f(pub_ratio), "—", "—", "—", _f(pub_p, ".2g"), "—"])
         else:
-            rows.append([_scope_label(scope), _f(c.ratio), _f(pub_ratio), _f(c.t, ".2f"), str(c.df) if np.isfinite(c.t) else "—",
-                         _f(c.p, ".2g"), _f(pub_p, ".2g"), _f(100 * c.a_wins, ".1f")])
+            rows.append([_scope_label(scope), _f(c.ratio), _f(pub_ratio), _t(c),
+                         str(c.df) if np.isfinite(c.t) else "—", _f(c.p, ".2g"), _f(pub_p, ".2g"),
+                         _f(100 * c.a_wins, ".1f")])
     return rows
 
 
+def _recorded(runs: pd.DataFrame, column: str, noun: str) -> str:
+    """'actmax 0.1.0' or 'actmax 0.1.0, 0.2.0' from a column of the runs, with 'unrecorded' for runs made
+    before it was."""
+    values = sorted({_shown(v) for v in runs[column]}) if column in runs else ["unrecorded"]
+    return f"{noun} {', '.join(values)}"
+
+
 def render(results: pd.DataFrame, traces: pd.DataFrame, out_dir: str | Path) -> Path:
-    """Write `report.md` and `score_vs_generation.png` into `out_dir`; returns the Markdown path."""
+    """Write `report.md` and the score-vs-generation PNG into `out_dir`; returns the Markdown path.
+
+    Results of several grids (`split_grids`) get a section and a PNG (`score_vs_generation_grid<i>.png`) each;
+    one grid gets `score_vs_generation.png`. PNGs of an earlier report there that this one does not write are
+    removed."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    grids = split_grids(results)
+    md = ["# In-silico optimizer benchmark", ""]
+    if len(grids) == 1:
+        md += _grid_report(grids[0][1], traces, out_dir / "score_vs_generation.png", "")
+    else:
+        md += [f"These results hold runs of {len(grids)} grids: "
+               + "; ".join(f"grid {i}: {grid_label(g)}" for i, (g, _) in enumerate(grids, 1))
+               + ". Each is reported on its own: scores are normalised, paired and tested only within a grid. "
+               "`results.parquet` holds them all, with these settings as columns. To keep grids apart, give each "
+               "its own `actmax bench --out`.", ""]
+        for i, (grid, runs) in enumerate(grids, 1):
+            md += [f"## Grid {i}: {grid_label(grid)}", "",
+                   *_grid_report(runs, traces, out_dir / f"score_vs_generation_grid{i}.png", grid_label(grid))]
+    written = {f"score_vs_generation{'' if len(grids) == 1 else f'_grid{i}'}.png" for i in range(1, len(grids) + 1)}
+    for stale in out_dir.glob("score_vs_generation*.png"):
+        if stale.name not in written:
+            stale.unlink()
+    path = out_dir / "report.md"
+    path.write_text("\n".join(md))
+    return path
+
+
+def _grid_report(results: pd.DataFrame, traces: pd.DataFrame, figure: Path, grid: str) -> list[str]:
+    """The Markdown lines of one grid's report (under a `##` heading of its own when `grid` names it) and its
+    score-vs-generation PNG at `figure`."""
+    level = "###" if grid else "##"
     norm = normalise(results)
     order = _optimizer_order(norm)
     dropped = results["unit"].nunique() - norm["unit"].nunique()
-    md = ["# In-silico optimizer benchmark", ""]
     runs = norm.groupby("optimizer").agg(runs=("run_id", "size"), evals=("n_evaluations", "mean"),
                                          wall=("wall_s", "mean")).reindex(order)
     layers = ", ".join(sorted(norm["layer"].unique()))
@@ -258,17 +354,22 @@ def render(results: pd.DataFrame, traces: pd.DataFrame, out_dir: str | Path) -> 
         units = f"{norm['unit'].nunique()} analytic stand-in units labelled {layers} (backend {backends}: no network)"
     else:
         units = f"{norm['unit'].nunique()} units in {norm['layer'].nunique()} layers ({layers}; backend {backends})"
-    md += [f"{len(norm)} runs; {units}; noise ε ∈ "
-           f"{{{', '.join(f'{e:g}' for e in sorted(norm['noise'].unique()))}}}; "
-           f"{_count(norm['rep'].nunique(), 'repeat')}; Σ run wall time {norm['wall_s'].sum() / 3600:.2f} h."
-           + (f" {dropped} unit(s) never exceeded 0 and are left out." if dropped else ""),
-           "", "Published numbers (Wang & Ponce 2022; AlexNet units, 4096-d DeePSiM fc6, spec/optimizers.md §3) "
-           "are in the `pub` columns. The setting differs (100-d DCGAN faces, EfficientNet-Lite0), so read "
-           "them as the pattern to compare with, not values to hit.", "",
-           _md(["optimizer", "runs", "evaluations / run", "wall s / run"],
-               [[r.Index, str(r.runs), f"{r.evals:.0f}", f"{r.wall:.1f}"] for r in runs.itertuples()]), ""]
+    per_cell = norm.groupby(["optimizer", "unit", "noise"]).size()
+    low, high = int(per_cell.min()), int(per_cell.max())
+    repeats = _count(high, "repeat") if low == high else f"{low}–{high} repeats"
+    budget = grid_label(split_grids(norm)[0][0], backend=False)
+    md = [f"{len(norm)} runs; {units}; noise ε ∈ "
+          f"{{{', '.join(f'{e:g}' for e in sorted(norm['noise'].unique()))}}}; "
+          f"{budget}; {repeats} per (optimizer, unit, noise), {_recorded(norm, 'base_seed', 'seed')}; "
+          f"{_recorded(norm, 'actmax_version', 'actmax')}; Σ run wall time {norm['wall_s'].sum() / 3600:.2f} h."
+          + (f" {dropped} unit(s) never exceeded 0 and are left out." if dropped else ""),
+          "", "Published numbers (Wang & Ponce 2022; AlexNet units, 4096-d DeePSiM fc6, spec/optimizers.md §3) "
+          "are in the `pub` columns. The setting differs (100-d DCGAN faces, EfficientNet-Lite0), so read "
+          "them as the pattern to compare with, not values to hit.", "",
+          _md(["optimizer", "runs", "evaluations / run", "wall s / run"],
+              [[r.Index, str(r.runs), f"{r.evals:.0f}", f"{r.wall:.1f}"] for r in runs.itertuples()]), ""]
 
-    md += ["## Pooled normalised clean maximum", ""]
+    md += [f"{level} Pooled normalised clean maximum", ""]
     table = pooled(norm)
     header = ["", *[h for o in order for h in (o, f"{PUBLISHED_NAMES.get(o, o)} pub")]]
     md += [_md(header, [[_scope_label(scope), *[v for o in order for v in
@@ -278,28 +379,29 @@ def render(results: pd.DataFrame, traces: pd.DataFrame, out_dir: str | Path) -> 
 
     for a, b in COMPARISONS:
         if a in order and b in order:
-            md += [f"## {a} vs {b}", "", _md(["", "ratio", "pub", "t", "df", "p", "pub p", f"% {a} > {b} (paired)"],
-                                             _comparison_rows(norm, a, b)), ""]
+            md += [f"{level} {a} vs {b}", "",
+                   _md(["", "ratio", "pub", "t", "df", "p", "pub p", f"% {a} > {b} (paired)"],
+                       _comparison_rows(norm, a, b)), ""]
             if (a, b) == ("cma-sigma1", "ga"):
                 md += [f"Published: CMA beats GA in {100 * PUBLISHED_CMA_BEATS_GA:.1f}% of paired runs; by "
                        "AlexNet layer 1.47 (conv2) to 1.85 (fc7).", "",
                        _md(["layer", "ratio", "t", "p"],
-                           [[layer, _f(c.ratio), _f(c.t, ".2f"), _f(c.p, ".2g")]
+                           [[layer, _f(c.ratio), _t(c), _f(c.p, ".2g")]
                             for layer in sorted(norm["layer"].unique())
                             if (c := _safe_compare(norm, a, b, layer, "layer")) is not None]), ""]
 
-    md += ["## Normalised score per layer and noise level", ""]
+    md += [f"{level} Normalised score per layer and noise level", ""]
     layer_table = by_layer(norm)
     md += [_md(["layer", "ε", *order], [[layer, f"{noise:g}", *[_f(row[o]) for o in order]]
                                         for (layer, noise), row in layer_table.iterrows()]), ""]
-    md += ["## Best optimizer per cell (and those not different from it at p > 0.001)", ""]
+    md += [f"{level} Best optimizer per cell (and those not different from it at p > 0.001)", ""]
     md += [_md(["layer", "ε", "best", "mean", "tied"],
                [[r.layer, f"{r.noise:g}", r.best, _f(r.mean), ", ".join(r.tied) or "—"]
                 for r in best_per_cell(norm).itertuples()]), ""]
 
     checkpoints = [c for c in ("norm_500", "norm_1000", "norm_3000") if c in norm]
     if checkpoints:
-        md += ["## Normalised cumulative clean max at fixed budgets (spec §4)", "",
+        md += [f"{level} Normalised cumulative clean max at fixed budgets (spec §4)", "",
                "Unit maxima as above; a run shorter than a budget counts its final maximum.", ""]
         rows = []
         for scope in _scopes(norm):
@@ -312,7 +414,7 @@ def render(results: pd.DataFrame, traces: pd.DataFrame, out_dir: str | Path) -> 
     if "final_code_norm" in norm:
         geometry = norm.reindex(columns=["optimizer", "final_code_norm", "cond_C", "cov_deviation"])
         geometry = geometry.groupby("optimizer").mean().reindex(order)
-        md += ["## Final-generation code norm and covariance (spec §1.1, §4)", "",
+        md += [f"{level} Final-generation code norm and covariance (spec §1.1, §4)", "",
                "Published norms are at d = 4096 (prior shell 64); the DCGAN prior shell is √100 = 10. "
                "cond(C) and ‖C−I‖²_F/‖C‖²_F of the final covariance, where the optimizer exposes it "
                "(published Cholesky CMA at d = 4096: 1.00018 and 8e-12).", "",
@@ -320,14 +422,11 @@ def render(results: pd.DataFrame, traces: pd.DataFrame, out_dir: str | Path) -> 
                    [[r.Index, _f(r.final_code_norm, ".1f"), _f(PUBLISHED_FINAL_NORM.get(r.Index), ".0f"),
                      _f(r.cond_C, ".4g"), _f(r.cov_deviation, ".2g")] for r in geometry.itertuples()]), ""]
 
-    figure = plot_curves(curves(norm, traces), out_dir / "score_vs_generation.png")
-    md += ["## Score vs generation", "", f"![score vs generation]({figure.name})", "",
+    plot_curves(curves(norm, traces), figure, grid)
+    md += [f"{level} Score vs generation", "", f"![score vs generation]({figure.name})", "",
            "Normalised cumulative clean maximum per generation: the line is the mean over runs, the shaded band "
            "± 1 SEM over runs (units × repeats) of that optimizer and noise level.", ""]
-    path = out_dir / "report.md"
-    path.write_text("\n".join(md))
-    return path
-
+    return md
 
 def _safe_compare(norm: pd.DataFrame, a: str, b: str, scope: object, column: str = "noise") -> Comparison | None:
     """`compare`, or None where either optimizer has no runs yet (a benchmark still running)."""

@@ -2,12 +2,12 @@
 
 `landscape_statistics` reduces one raw sphere map to the level-set signature scalars, the axis ratio and
 a Kent fit; `summarize` tables them by layer (mean, SEM, n) with each statistic's Spearman ρ with depth
-over units and a verdict against the published direction.
+over units and a verdict against the published direction, or why there is none.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -59,8 +59,12 @@ def landscape_statistics(values: np.ndarray, theta: np.ndarray, phi: np.ndarray)
             "signature": sig.vector.tolist()}
 
 
-def summarize(rows: Sequence[dict[str, Any]], layers: Sequence[str]) -> dict[str, Any]:
-    """Per layer mean, SEM and count of every statistic, and its Spearman ρ with depth over units."""
+def summarize(rows: Sequence[dict[str, Any]], layers: Sequence[str],
+              not_run: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Per layer mean, SEM and count of every statistic, and its Spearman ρ with depth over units.
+
+    `not_run` maps statistics that were not computed to the reason (e.g. "--no-rbf"): their verdict says so
+    rather than that data is missing."""
     from scipy.stats import spearmanr
 
     by_layer = {layer: {key: mean_sem([r.get(key) for r in rows if r["layer"] == layer]) for key, *_ in STATISTICS}
@@ -71,10 +75,11 @@ def summarize(rows: Sequence[dict[str, Any]], layers: Sequence[str]) -> dict[str
                  if r.get(key) is not None and np.isfinite(float(r[key]))]
         depth, vals = (np.array(x, dtype=float) for x in zip(*pairs)) if pairs else (np.array([]),) * 2
         vals = trend_values(key, vals)
-        rho, p = (spearmanr(depth, vals) if len(vals) >= 3 and np.ptp(depth) > 0 and np.ptp(vals) > 0
+        rho, p = (spearmanr(depth, vals) if len(vals) >= MIN_UNITS and np.ptp(depth) > 0 and np.ptp(vals) > 0
                   else (float("nan"), float("nan")))
-        trend[key] = {"rho": float(rho), "p": float(p), "n": len(vals), "expected": expected,
-                      "verdict": _verdict(key, sign, float(rho), float(p), vals)}
+        verdict = (f"not run ({not_run[key]})" if not_run and key in not_run
+                   else _verdict(key, sign, float(rho), float(p), depth, vals))
+        trend[key] = {"rho": float(rho), "p": float(p), "n": len(vals), "expected": expected, "verdict": verdict}
     return {"layers": list(layers), "by_layer": by_layer, "spearman": trend}
 
 
@@ -91,16 +96,19 @@ def mean_sem(values: Iterable[Any]) -> dict[str, float]:
     return {"mean": float(vals.mean()) if vals.size else float("nan"), "sem": sem, "n": int(vals.size)}
 
 
-def _verdict(key: str, sign: int, rho: float, p: float, vals: np.ndarray) -> str:
+def _verdict(key: str, sign: int, rho: float, p: float, depth: np.ndarray, vals: np.ndarray) -> str:
+    """The verdict on a statistic's claim, or why there is none; "-" for a statistic the spec makes no claim on."""
+    if sign == 0 and key != "global_local_ratio":
+        return "-"
+    if vals.size < MIN_UNITS:  # n counts the units where the statistic is defined
+        return f"too few units (n {vals.size} < {MIN_UNITS})"
     if key == "global_local_ratio":
-        if vals.size < MIN_UNITS:
-            return "no data" if vals.size == 0 else f"too few units (n {vals.size} < {MIN_UNITS})"
         above = float(np.mean(vals > 1))
         return f"{'holds' if above > 0.5 else 'does not hold'} ({above:.0%} of units > 1)"
-    if sign == 0:
-        return "-"
-    if not np.isfinite(rho):
-        return "no data"
+    if np.ptp(depth) == 0:
+        return "no trend to test (every unit in one layer)"
+    if np.ptp(vals) == 0:
+        return "no trend to test (every unit has the same value)"
     if not p < ALPHA:
         return f"no significant trend (p ≥ {ALPHA})"
     return f"holds (p < {ALPHA})" if np.sign(rho) == sign else f"opposite direction (p < {ALPHA})"

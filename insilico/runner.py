@@ -2,13 +2,18 @@
 
 A task is any picklable object with a deterministic `run_id`; `fn(task, out_dir=..., **kwargs)` runs it
 on a worker and writes `runs/<run_id>.parquet` (`insilico.storage.write_run`). Tasks whose file is
-already there are skipped, so rerunning into the same folder resumes.
+already there are skipped, so rerunning into the same folder resumes. Ctrl-C stops the run with one line
+saying how many tasks are saved (`run_tasks`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Iterable
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,9 +39,44 @@ def quiet_dask() -> None:
         logging.getLogger("distributed").setLevel(logging.WARNING)
 
 
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored while local worker processes start, so that they inherit it: Ctrl-C reaches the whole
+    foreground process group, and the driver, not each worker (with a traceback), handles it. (A Ctrl-C in these
+    seconds is lost.)"""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers are the main thread's
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def _dask_muted() -> Iterator[None]:
+    """Dask's loggers silenced while an interrupted run's cluster closes: "lost computed tasks, which will be
+    recomputed", "worker still alive, killing" are about the tasks Ctrl-C cancelled, which a resume reruns."""
+    dask_logger = logging.getLogger("distributed")
+    level = dask_logger.level
+    dask_logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        dask_logger.setLevel(level)
+
+
+def _quiet_cancellations() -> None:
+    """On a local worker: a task that an interrupted run's cluster cancels as it closes is no warning (its only
+    one; a resume reruns the task). Errors still show."""
+    logging.getLogger("distributed.worker.state_machine").setLevel(logging.ERROR)
+
+
 def run_tasks(tasks: Iterable[Any], fn: Callable[..., Any], out_dir: str | Path, *, desc: str,
               scheduler: str | None = None, n_workers: int | None = None, processes: bool = True,
-              progress: bool = True, describe: Callable[[Any], str] | None = None, **kwargs: Any) -> Outcome:
+              progress: bool = True, describe: Callable[[Any], str] | None = None, noun: str = "tasks",
+              **kwargs: Any) -> Outcome:
     """Run `fn(task, out_dir=..., **kwargs)` on Dask for every task whose result is not yet in `out_dir`.
 
     `scheduler` is the address of an existing cluster (e.g. one started by dask-jobqueue); otherwise a
@@ -44,6 +84,8 @@ def run_tasks(tasks: Iterable[Any], fn: Callable[..., Any], out_dir: str | Path,
     lives for the call. A failed task is reported in the outcome, not retried; rerunning retries it.
     With `describe`, for tasks that differ much in cost, the bar shows the running tasks (the first
     unfinished ones in submission order, one per worker thread) by `describe(task)` instead of an ETA.
+    On Ctrl-C (KeyboardInterrupt, raised again) the cluster closes without Dask's shutdown messages (the
+    tasks it cancels are rerun on resume) and one line on stderr says how many `noun` are saved in `out_dir`.
     """
     import dask
     from dask.distributed import Client, LocalCluster, as_completed
@@ -54,7 +96,7 @@ def run_tasks(tasks: Iterable[Any], fn: Callable[..., Any], out_dir: str | Path,
     ids = [t.run_id for t in tasks]
     if len(set(ids)) != len(ids):
         raise InsilicoError(f"the {desc} holds duplicate tasks")
-    out_dir = Path(out_dir).resolve()  # workers may run elsewhere: give them an absolute path
+    given, out_dir = out_dir, Path(out_dir).resolve()  # workers may run elsewhere: give them an absolute path
     storage.remove_partial(out_dir)
     done = storage.completed_ids(out_dir)
     todo = [t for t in tasks if t.run_id not in done]
@@ -67,7 +109,8 @@ def run_tasks(tasks: Iterable[Any], fn: Callable[..., Any], out_dir: str | Path,
         # Dask starts worker processes with MALLOC_TRIM_THRESHOLD_=65536, which hands freed memory back at once:
         # torch's large short-lived tensors then page-fault again on every pass (10x the faults, 45% of a study
         # unit's time in the kernel). The C library's default keeps it.
-        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}), \
+                _sigint_ignored():
             cluster = LocalCluster(n_workers=n_workers or 1, threads_per_worker=1, processes=processes,
                                    dashboard_address=":0")
     try:
@@ -79,6 +122,8 @@ def run_tasks(tasks: Iterable[Any], fn: Callable[..., Any], out_dir: str | Path,
         raise InsilicoError(f"--scheduler {scheduler}: no Dask scheduler is reachable at that address ({exc}); "
                             "start one there (`dask scheduler`), or leave out --scheduler to run on this "
                             "machine") from None
+    if cluster is not None:
+        client.run(_quiet_cancellations)
     no_eta = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
     bar = tqdm(total=len(tasks), initial=outcome.skipped, unit="task", desc=desc, disable=not progress,
                smoothing=0.05, bar_format=no_eta if describe else None)
@@ -91,6 +136,7 @@ def run_tasks(tasks: Iterable[Any], fn: Callable[..., Any], out_dir: str | Path,
         state += [f"{len(outcome.failed)} failed"] if outcome.failed else []
         bar.set_postfix_str("; ".join(state), refresh=refresh)
 
+    interrupted = False
     try:
         futures = client.map(fn, todo, out_dir=str(out_dir), **kwargs, key=[f"task-{t.run_id}" for t in todo],
                              pure=False)
@@ -104,9 +150,17 @@ def run_tasks(tasks: Iterable[Any], fn: Callable[..., Any], out_dir: str | Path,
                 outcome.completed += 1
             show_state()
             bar.update(1)
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
     finally:
         bar.close()
-        client.close()
-        if cluster is not None:
-            cluster.close()
+        with _dask_muted() if interrupted else contextlib.nullcontext():
+            client.close()
+            if cluster is not None:
+                cluster.close()
+        if interrupted:
+            saved = len(storage.completed_ids(out_dir) & set(ids))
+            print(f"interrupted: {saved} of {len(tasks)} {noun} saved in {given}; run the same command again to "
+                  "resume", file=sys.stderr)
     return outcome

@@ -31,7 +31,7 @@ import numpy as np
 
 from analysis.landscape import STATISTICS, finite_values, landscape_statistics, mean_sem, summarize, trend_values
 from analysis.serialization import json_safe
-from insilico import InsilicoError
+from insilico import InsilicoError, actmax_version, check_layers
 
 
 class StudyError(InsilicoError):
@@ -41,6 +41,8 @@ class StudyError(InsilicoError):
 DEFAULT_LAYERS = ("blocks.1", "blocks.4", "blocks.8", "blocks.11", "blocks.14")
 GRIDS = {18: 11, 9: 21}  # grid step (degrees) -> points per axis
 RBF_MODES = ("min", "max", "max_abinit")
+#: The statistics of the RBF probe (`--no-rbf` leaves them out).
+RBF_STATISTICS = ("max_min_ratio", "global_local_ratio")
 #: Adam steps per probe mode relative to --rbf-steps (the spec's 50 : 75 : 100).
 RBF_STEP_SHARE = {"min": 1.0, "max": 1.5, "max_abinit": 2.0}
 
@@ -233,14 +235,11 @@ def rbf_statistics(scorer, distance, generator, z_star: np.ndarray, settings: St
 # ---------------------------------------------------------------------------------------------- study
 
 
-def study_unit(generator, scorer, distance, settings: StudySettings, *, seed: int,
-               map_path: Path | None = None) -> dict[str, Any]:
+def study_unit(generator, scorer, distance, settings: StudySettings, *, seed: int) -> dict[str, Any]:
     """Evolve, map and (with `settings.rbf`) RBF-probe the scorer's unit; one JSON-ready row.
 
-    `distance` is an `analysis.distances` distance (None without the RBF probe); `map_path`, if given,
-    receives the rectified map as a PNG.
+    `distance` is an `analysis.distances` distance (None without the RBF probe).
     """
-    from analysis.plots import plot_map
     from analysis.tuning import pca_sphere_grid
 
     unit = scorer.units[0]
@@ -256,8 +255,6 @@ def study_unit(generator, scorer, distance, settings: StudySettings, *, seed: in
     values = score_grid(generator, scorer, grid)
     row.update(radius=grid.radius, **landscape_statistics(values, grid.theta, grid.phi), map=values.tolist(),
                map_s=time.perf_counter() - started - row["evolve_s"])
-    if map_path is not None:
-        plot_map(np.maximum(values, 0), grid.theta, grid.phi, path=map_path, title=f"{unit} (rectified)")
     if settings.rbf:
         if evo.best_score > 0:
             row.update(rbf_statistics(scorer, distance, generator, evo.best_code, settings, seed))
@@ -280,7 +277,7 @@ class UnitTask:
     screen_std: float
     rf: tuple[int, float, float]  # ReceptiveField (size, x, y)
     seed: int
-    map_png: bool
+    map_png: bool  # an example unit: its map is drawn in maps/ (`write_maps`)
     settings: str  # canonical JSON of what changes a unit's result
 
     @property
@@ -323,9 +320,9 @@ def execute_unit(task: UnitTask, settings: StudySettings, out_dir: str) -> None:
     model, generator, distance = _loaded(settings)
     scorer = UnitScorer([Unit(task.layer, task.channel, task.x, task.y)], model=model,
                         rf=ReceptiveField(*task.rf), device=settings.device)
-    map_path = Path(out_dir) / "maps" / f"{task.layer}_ch{task.channel}.png" if task.map_png else None
-    row = study_unit(generator, scorer, distance, settings, seed=task.seed, map_path=map_path)
-    row.update(run_id=task.run_id, depth=task.depth, layer_index=task.layer_index, screen_std=task.screen_std)
+    row = study_unit(generator, scorer, distance, settings, seed=task.seed)
+    row.update(run_id=task.run_id, depth=task.depth, layer_index=task.layer_index, screen_std=task.screen_std,
+               actmax_version=actmax_version())
     storage.write_run(out_dir, {k: json.dumps(json_safe(row[k])) if k in _JSON_COLUMNS else v
                                 for k, v in row.items()}, {})
 
@@ -344,12 +341,9 @@ def unit_tasks(settings: StudySettings, out: Path) -> tuple[list[str], list[Unit
     from rig_client.cnn import INPUT_SIZE, load_efficientnet_lite0
     from rig_client.units import screen_units
 
+    check_layers(settings.layers, StudyError)
     model = load_efficientnet_lite0(settings.device)
     order = model.layer_names()
-    unknown = [layer for layer in settings.layers if layer not in order or layer == "fc"]
-    if unknown:
-        raise StudyError(f"unknown or non-spatial layers {unknown}; use stem, blocks.N[.part] (N = 0..15, part: "
-                         "expand, depthwise or project; block 0 has no expand) or head")
     layers = sorted(dict.fromkeys(settings.layers), key=order.index)
     key = {"layers": layers, "screen_samples": settings.screen_samples, "seed": settings.seed}
     screened = storage.load_units(out, key)
@@ -384,25 +378,47 @@ def unit_tasks(settings: StudySettings, out: Path) -> tuple[list[str], list[Unit
 def run_study(settings: StudySettings, out: Path, *, scheduler: str | None = None, n_workers: int = 1,
               processes: bool = True, progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Run the study on Dask (one task per unit, resumable) and write study.json, study.md, study.png and
-    maps/ under `out`. Returns the per-unit rows and the by-depth summary (`summarize`)."""
+    maps/ under `out` (created once the layers are checked). Returns the per-unit rows and the by-depth summary
+    (`summarize`)."""
     from insilico.runner import run_tasks
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "maps").mkdir(exist_ok=True)
     layers, tasks = unit_tasks(settings, out)
     outcome = run_tasks(tasks, execute_unit, out, desc="study", scheduler=scheduler, n_workers=n_workers,
                         processes=processes, progress=progress, describe=lambda t: f"{t.layer} ch{t.channel}",
-                        settings=settings)
+                        noun="units", settings=settings)
     if outcome.failed:
         first = next(iter(outcome.failed.items()))
         raise StudyError(f"{len(outcome.failed)} of {outcome.total} units failed (first: {first[0]}: {first[1]}); "
                          f"rerun into {out} to retry them")
     rows = read_rows(out, [t.run_id for t in sorted(tasks, key=lambda t: (t.depth, t.seed))])
-    summary = summarize(rows, layers)
+    summary = summarize(rows, layers, not_run=None if settings.rbf else dict.fromkeys(RBF_STATISTICS, "--no-rbf"))
     _write_json(out / "study.json", settings, rows, summary)
     (out / "study.md").write_text(markdown_report(summary, settings, rows))
     plot_by_depth(summary, rows, out / "study.png")
+    examples = {t.run_id for t in tasks if t.map_png}
+    write_maps(out / "maps", settings, [r for r in rows if r["run_id"] in examples])
     return rows, summary
+
+
+def write_maps(folder: Path, settings: StudySettings, rows: Sequence[dict[str, Any]]) -> None:
+    """`<layer>_ch<channel>.png` in `folder` for each row: its rectified map with level sets. Any other PNG there
+    (an earlier study into the same folder, with other settings or units) is removed, so the maps are always
+    those of study.json."""
+    from analysis.plots import plot_map
+    from analysis.tuning import grid_axis
+    from rig_client.units import Unit
+
+    folder.mkdir(parents=True, exist_ok=True)
+    axis = grid_axis(settings.grid_step, settings.grid_n)
+    written = set()
+    for row in rows:
+        path = folder / f"{row['layer']}_ch{row['channel']}.png"
+        unit = Unit(row["layer"], row["channel"], row["x"], row["y"])
+        plot_map(np.maximum(np.array(row["map"], dtype=float), 0), axis, axis, path=path, title=f"{unit} (rectified)")
+        written.add(path.name)
+    for stale in folder.glob("*.png"):
+        if stale.name not in written:
+            stale.unlink()
 
 
 def read_rows(out: Path, run_ids: Sequence[str]) -> list[dict[str, Any]]:
@@ -422,7 +438,7 @@ def markdown_report(summary: dict[str, Any], settings: StudySettings, rows: Sequ
     """study.md: settings, the by-depth table (mean ± SEM, n) and Spearman ρ with depth."""
     layers = summary["layers"]
     lines = ["# Tuning landscapes by depth (EfficientNet-Lite0 units, DCGAN faces)", "",
-             f"{len(rows)} units; settings: `{json.dumps(asdict(settings))}`", "",
+             f"{len(rows)} units; actmax {actmax_version()}; settings: `{json.dumps(asdict(settings))}`", "",
              "Maps are the raw noise-free grids rectified at 0; see docs/study.md for the method and deviations.",
              "", "| statistic | " + " | ".join(layers) + " |", "|---|" + "---|" * len(layers)]
     for key, label, *_ in STATISTICS:
@@ -440,7 +456,8 @@ def markdown_report(summary: dict[str, Any], settings: StudySettings, rows: Sequ
               "| statistic | expected with depth | ρ | p | n | verdict |", "|---|---|---|---|---|---|"]
     for key, label, *_ in STATISTICS:
         t = summary["spearman"][key]
-        lines.append(f"| {label} | {t['expected']} | {t['rho']:.2f} | {t['p']:.3g} | {t['n']} | {t['verdict']} |")
+        rho, p = (f"{t['rho']:.2f}", f"{t['p']:.3g}") if np.isfinite(t["rho"]) else ("—", "—")
+        lines.append(f"| {label} | {t['expected']} | {rho} | {p} | {t['n']} | {t['verdict']} |")
     lines += ["", "Other per-unit numbers (evolution best, map peak offset from the grid centre, wall time) "
               "are in study.json.", ""]
     return "\n".join(lines)
@@ -473,9 +490,11 @@ def depth_figure(summary: dict[str, Any], rows: Sequence[dict[str, Any]]):
                     capsize=3)
         t = summary["spearman"][key]
         if t["n"] == 0:
-            ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", color="0.5")
+            empty = t["verdict"] if t["verdict"].startswith("not run") else "undefined at every unit"
+            ax.text(0.5, 0.5, empty, transform=ax.transAxes, ha="center", color="0.5")
         shown = "|max/min − 1| " if key == "max_min_ratio" else ""
-        ax.set_title(f"{label}\n{shown}ρ = {t['rho']:.2f} (p = {t['p']:.2g})", fontsize=9)
+        trend = f"ρ = {t['rho']:.2f} (p = {t['p']:.2g})" if np.isfinite(t["rho"]) else "ρ undefined"
+        ax.set_title(f"{label}\n{shown}{trend}", fontsize=9)
         ax.set_xticks(range(len(layers)), layers, rotation=30, fontsize=7)
     fig.suptitle(f"Landscape statistics by depth ({len(rows)} units; grey: units, blue: layer mean ± SEM; "
                  "ρ: Spearman with depth over units)", fontsize=10)
@@ -486,7 +505,7 @@ def depth_figure(summary: dict[str, Any], rows: Sequence[dict[str, Any]]):
 
 def _write_json(path: Path, settings: StudySettings, rows: Sequence[dict[str, Any]],
                 summary: dict[str, Any] | None = None) -> None:
-    doc = {"settings": asdict(settings), "units": list(rows), "summary": summary}
+    doc = {"actmax_version": actmax_version(), "settings": asdict(settings), "units": list(rows), "summary": summary}
     path.write_text(json.dumps(json_safe(doc), indent=1))
 
 
@@ -560,6 +579,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(rows)} units; trend with depth (Spearman ρ over units):")
     for key, label, *_ in STATISTICS:
         t = summary["spearman"][key]
-        print(f"  {label:28s} ρ {t['rho']:+6.2f}  expected {t['expected']:28s} {t['verdict']}")
+        rho = f"{t['rho']:+6.2f}" if np.isfinite(t["rho"]) else f"{'—':>6}"
+        print(f"  {label:28s} ρ {rho}  expected {t['expected']:28s} {t['verdict']}")
     print(f"written to {args.out}/ (study.md, study.json, study.png, maps/)")
     return 0

@@ -178,7 +178,9 @@ def screen_units(generator: Generator, layer: str, n_samples: int = 64,
     model = load_efficientnet_lite0() if model is None else model
     shape = layer_shapes().get(layer)
     if shape is None or len(shape) == 1:
-        raise RigError(f"screen_units needs a spatial layer (stem, blocks.N..., head); got {layer!r}")
+        raise RigError("screening needs a spatial layer: stem, blocks.N[.part] (N = 0..15, part: expand, depthwise or "
+                       f"project; block 0 has no expand) or head; got {layer!r} "
+                       f"({'no such layer' if shape is None else 'no spatial map'})")
     channels = range(shape[0]) if channels is None else channels
     scorer = UnitScorer([Unit(layer, c) for c in channels], model=model, **scorer_options)
     responses = scorer.score(generator.generate(generator.sample(n_samples, rng)))

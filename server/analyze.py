@@ -143,10 +143,23 @@ def run_session(args: argparse.Namespace) -> int:
 
 
 def run_geometry(args: argparse.Namespace) -> int:
+    from analysis.geometry import GeometryError
     from server.geometry import report
 
-    summary = report(args.generator, args.out, n_positions=args.positions, method=args.method, k=args.k,
-                     distance=args.distance, device=args.device, weights=args.weights, seed=args.seed)
+    if args.positions < 2:
+        raise GeometryError(f"--positions must be >= 2 (homogeneity compares positions), got {args.positions}")
+    if args.k is not None and args.k < 1:
+        raise GeometryError(f"--k must be >= 1, got {args.k}")
+    created = not args.out.exists()
+    try:
+        summary = report(args.generator, args.out, n_positions=args.positions, method=args.method, k=args.k,
+                         distance=args.distance, device=args.device, weights=args.weights, seed=args.seed)
+    except BaseException:
+        # Refused before anything was written (an unknown generator, missing weights, --k beyond the latent
+        # size, Ctrl-C): leave no empty folder behind.
+        if created and args.out.is_dir() and not any(args.out.iterdir()):
+            args.out.rmdir()
+        raise
     if summary["k"] < summary["d"]:
         print(f"dims and corr over the top {summary['k']} of {summary['d']} eigenvalues: dims are lower bounds, "
               f"None where the top {summary['k']} cannot tell")

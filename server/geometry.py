@@ -16,6 +16,7 @@ from analysis.geometry import (
     GeometryError,
     HessianResult,
     average_hessian,
+    check_k,
     code_distance_r,
     eigen_walk,
     hessian_consistency,
@@ -24,6 +25,7 @@ from analysis.geometry import (
     spectrum_stats,
 )
 from analysis.plots import plot_homogeneity, plot_spectra, plot_walk
+from server import package_version
 
 
 def report(
@@ -79,6 +81,7 @@ def report(
     out.mkdir(parents=True, exist_ok=True)
     source = generators.weights_source(generator_name, load_settings().weights_dir, weights)
     gen = generators.load(generator_name, device=device, weights=source)
+    check_k(method, k, gen.latent_dim)  # before the bar: the latent size is known once the generator is
     dist = (get_distance(distance, load_efficientnet_lite0(gen.device), normalize) if distance == "perceptual"
             else get_distance(distance))
     rng = np.random.default_rng(seed)
@@ -105,6 +108,7 @@ def report(
         "n_positions": n_positions,
         "seed": seed,
         "device": str(gen.device),
+        "actmax_version": package_version(),
         "seconds_per_hessian": seconds / (2 * n_positions),
     }
     d, k = codes.shape[1], len(results["real"][0].eigvals)

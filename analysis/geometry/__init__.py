@@ -12,6 +12,7 @@ from analysis.geometry.hessian import (
     METHODS,
     GeometryError,
     HessianResult,
+    check_k,
     hvp_operator,
     lanczos_topk,
     metric_hessian,
@@ -27,7 +28,7 @@ from analysis.geometry.spectra import (
 from analysis.geometry.walks import InversionResult, eigen_walk, invert, save_montage
 
 __all__ = [
-    "METHODS", "GeometryError", "HessianResult", "InversionResult", "average_hessian", "code_distance_r",
+    "METHODS", "GeometryError", "HessianResult", "InversionResult", "average_hessian", "check_k", "code_distance_r",
     "eigen_walk", "hessian_consistency", "hessian_corr", "hvp_operator", "invert", "lanczos_topk",
     "metric_hessian", "save_montage", "shuffle_weights", "spectrum_stats",
 ]

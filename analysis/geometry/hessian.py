@@ -210,6 +210,18 @@ def lanczos_topk(
     return vals[order], vecs[:, order]
 
 
+def check_k(method: str, k: int | None, d: int) -> None:
+    """Raise `GeometryError` unless ``metric_hessian`` can give ``k`` eigenpairs by ``method`` at latent size ``d``:
+    1 to d for ``bp``/``jac``, 1 to d − 1 for the Lanczos methods; None (the method's default) always. Cheap: call it
+    before the Hessians."""
+    if k is None:
+        return
+    top = d if method in ("bp", "jac") else d - 1
+    if not 1 <= k <= top:
+        hint = f"; use method 'bp' for all {d}" if k >= d and top < d else ""
+        raise GeometryError(f"k = {k} eigenpairs: method {method} gives 1 to {top} at latent size {d}{hint}")
+
+
 def metric_hessian(
     G: Generator,
     z0,
@@ -251,6 +263,7 @@ def metric_hessian(
     start = time.perf_counter()
     obj = _Objective(G, z0, dist, preprocess, device, dtype)
     d = obj.dim
+    check_k(method, k, d)
     if method in ("bp", "jac"):
         H = (_hessian_bp if method == "bp" else _hessian_jac)(obj, batch_size)
         vals, vecs = np.linalg.eigh(H)

@@ -37,7 +37,7 @@ SCREEN_SAMPLES = 64
 def _csv(kind: type) -> Any:
     def parse(text: str) -> list:
         try:
-            return [kind(item) for item in text.split(",") if item.strip()]
+            return [kind(item.strip()) for item in text.split(",") if item.strip()]
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a comma-separated list of {kind.__name__}, got {text!r}")
     return parse
@@ -134,27 +134,33 @@ def _setting(args: argparse.Namespace, name: str) -> Any:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from insilico import storage
-    from insilico.bench.grid import UnitSpec, build_grid, check_optimizers
+    from insilico import check_layers, storage
+    from insilico.bench.grid import UnitSpec, build_grid, check_settings
     from insilico.bench.runner import CNNBackend, QuadraticBackend, run_grid
 
     out = args.out or Path("bench/results") / args.preset
     layers, per_layer = _setting(args, "layers"), _setting(args, "units_per_layer")
-    if per_layer < 1 or args.workers < 1:
-        raise BenchError("--units-per-layer and --workers must be >= 1")
-    check_optimizers(_setting(args, "optimizers"), args.population)  # before the units are screened
+    # Every setting is checked before the units are screened (seconds, and units.json written).
+    for flag, value in (("--units-per-layer", per_layer), ("--workers", args.workers)):
+        if value < 1:
+            raise BenchError(f"{flag} must be >= 1, got {value}")
+    if not layers or len(set(layers)) != len(layers):
+        raise BenchError(f"--layers must name at least one layer, each once; got {layers}")
+    check_settings(_setting(args, "optimizers"), _setting(args, "noise"), _setting(args, "reps"),
+                   _setting(args, "generations"), args.population)
     if args.backend == "quadratic":
         backend = QuadraticBackend()
         units = [UnitSpec(layer, c) for layer in layers for c in range(per_layer)]
     else:
+        check_layers(layers, BenchError)
         backend = CNNBackend(args.generator, args.device, weights_path(args.generator, args.weights))
         units = screened_units(out, backend, layers, per_layer, args.seed)
     specs = build_grid(_setting(args, "optimizers"), units, _setting(args, "noise"), _setting(args, "reps"),
                        n_generations=_setting(args, "generations"), population=args.population,
                        backend=backend.key, base_seed=args.seed)
     done = len(storage.completed_ids(out) & {s.run_id for s in specs})
-    print(f"{len(specs)} runs ({done} already in {out}); {len(units)} units in {len(layers)} layers",
-          file=sys.stderr)
+    print(f"{len(specs)} runs ({done} already in {out}); {_count(len(units), 'unit')} in "
+          f"{_count(len(layers), 'layer')}", file=sys.stderr)
     if args.dry_run:
         return 0
     outcome = run_grid(specs, backend, out, scheduler=args.scheduler, n_workers=args.workers,
@@ -162,11 +168,27 @@ def _run(args: argparse.Namespace) -> int:
     where = f"results in {storage.consolidate(out)[0]}" if storage.completed_ids(out) else "no results"
     print(f"{outcome.completed} runs completed, {outcome.skipped} skipped (already done), "
           f"{len(outcome.failed)} failed; {where}", file=sys.stderr)
+    if storage.completed_ids(out) and len(grids := _grids(out)) > 1:
+        print(f"note: {out} holds runs of {len(grids)} grids ({'; '.join(grids)}); `actmax bench report` reports "
+              "each on its own; give each grid its own --out to keep them apart", file=sys.stderr)
     for run_id, error in sorted(outcome.failed.items())[:10]:
         print(f"  failed {run_id}: {error}", file=sys.stderr)
     if len(outcome.failed) > 10:
         print(f"  ... and {len(outcome.failed) - 10} more; rerun to retry them", file=sys.stderr)
     return 1 if outcome.failed else 0
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _grids(out: Path) -> list[str]:
+    """The grids (`analysis.bench_report.split_grids`) of the consolidated results in `out`, as labels."""
+    import pandas as pd
+
+    from analysis.bench_report import grid_label, split_grids
+
+    return [grid_label(grid) for grid, _ in split_grids(pd.read_parquet(out / "results.parquet"))]
 
 
 def weights_path(generator: str, weights: str | None) -> str | None:

@@ -46,11 +46,14 @@ class RunSpec:
     n_generations: int
     population: int
     backend: str  # what generates and scores, e.g. "dcgan-faces/efficientnet-lite0"
+    base_seed: int = 0  # the grid's --seed, which `seed` derives from (`run_seed`)
 
     @property
     def run_id(self) -> str:
-        """Deterministic id: `<optimizer>-<16 hex digits>` of the hash of every field."""
-        payload = json.dumps(asdict(self), sort_keys=True, default=str)
+        """Deterministic id: `<optimizer>-<16 hex digits>` of the hash of every field but `base_seed` (`seed`
+        carries it; leaving it out keeps the ids of runs made before it was recorded)."""
+        fields = {k: v for k, v in asdict(self).items() if k != "base_seed"}
+        payload = json.dumps(fields, sort_keys=True, default=str)
         return f"{self.optimizer}-{hashlib.sha256(payload.encode()).hexdigest()[:16]}"
 
     def as_row(self) -> dict[str, Any]:
@@ -58,7 +61,7 @@ class RunSpec:
         return {
             "run_id": self.run_id, "optimizer": self.optimizer, "layer": self.unit.layer,
             "channel": self.unit.channel, "x": self.unit.x, "y": self.unit.y, "unit": self.unit.label,
-            "noise": self.noise, "rep": self.rep, "seed": self.seed,
+            "noise": self.noise, "rep": self.rep, "seed": self.seed, "base_seed": self.base_seed,
             "n_generations": self.n_generations, "population": self.population, "backend": self.backend,
         }
 
@@ -97,22 +100,31 @@ def _refusal(name: str, population: int) -> str | None:
     return None
 
 
+def check_settings(optimizers: list[str], noises: list[float], reps: int, n_generations: int, population: int) -> None:
+    """Raise `BenchError` naming the first bad grid setting (the units are checked by `build_grid`)."""
+    if not optimizers or not noises:
+        raise BenchError("the grid needs at least one optimizer (--optimizers) and one noise level (--noise)")
+    for flag, value, least in (("--reps", reps, 1), ("--generations", n_generations, 1)):
+        if value < least:
+            raise BenchError(f"{flag} must be >= {least}, got {value}")
+    check_optimizers(optimizers, population)
+    if len(set(optimizers)) != len(optimizers):
+        raise BenchError(f"--optimizers names one twice: {optimizers}")
+    if any(not (e >= 0) for e in noises):
+        raise BenchError(f"--noise levels must be >= 0, got {noises}")
+
+
 def build_grid(optimizers: list[str], units: list[UnitSpec], noises: list[float], reps: int, *,
                n_generations: int, population: int, backend: str, base_seed: int = 0) -> list[RunSpec]:
     """All runs, repeat-major so a partial benchmark covers every optimizer and unit evenly."""
-    if not optimizers or not units or not noises:
-        raise BenchError("the grid needs at least one optimizer, one unit and one noise level")
-    if reps < 1 or n_generations < 1 or population < 2:
-        raise BenchError(f"need reps >= 1, generations >= 1, population >= 2; got {reps}, "
-                         f"{n_generations}, {population}")
-    check_optimizers(optimizers, population)
-    if any(not (e >= 0) for e in noises):
-        raise BenchError(f"noise levels must be >= 0, got {noises}")
-    if len(set(units)) != len(units) or len(set(optimizers)) != len(optimizers):
-        raise BenchError("units and optimizers must not repeat")
+    check_settings(optimizers, noises, reps, n_generations, population)
+    if not units:
+        raise BenchError("the grid needs at least one unit")
+    if len(set(units)) != len(units):
+        raise BenchError("units must not repeat")
     specs = []
     for rep, unit, noise, name in itertools.product(range(reps), units, noises, optimizers):
         specs.append(RunSpec(
             optimizer=name, unit=unit, noise=float(noise), rep=rep, seed=run_seed(base_seed, unit, float(noise), rep),
-            n_generations=n_generations, population=population, backend=backend))
+            n_generations=n_generations, population=population, backend=backend, base_seed=base_seed))
     return specs

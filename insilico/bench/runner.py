@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from insilico import storage
+from insilico import actmax_version, storage
 from insilico.runner import Outcome, run_tasks
 from insilico.bench.errors import BenchError
 from insilico.bench.grid import RunSpec, UnitSpec
@@ -165,7 +165,7 @@ def execute_run(spec: RunSpec, backend: Backend, out_dir: str) -> dict[str, Any]
         "noisy_max": result.best_noisy,
         **{f"cum_clean_max_{n}": result.cum_max_at(n) for n in CHECKPOINTS},
         "final_code_norm": result.final_code_norm, "cond_C": cond_c, "cov_deviation": cov_deviation,
-        "wall_s": result.wall_s,
+        "wall_s": result.wall_s, "actmax_version": actmax_version(),
     })
     trace = {
         "generation": list(range(result.n_generations)),
@@ -186,4 +186,4 @@ def run_grid(specs: Iterable[RunSpec], backend: Backend, out_dir: str | Path, *,
     if len({s.run_id for s in specs}) != len(specs):
         raise BenchError("the grid holds duplicate runs")
     return run_tasks(specs, execute_run, out_dir, desc="bench", scheduler=scheduler, n_workers=n_workers,
-                     processes=processes, progress=progress, backend=backend)
+                     processes=processes, progress=progress, noun="runs", backend=backend)

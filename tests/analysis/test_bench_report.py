@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -111,7 +112,7 @@ def test_partial_results_report_what_exists(tmp_path: Path) -> None:
     cmp = br.compare(br.normalise(partial), "cma-sigma1", "ga", 0.0)
     assert cmp.ratio == pytest.approx(2.0) and math.isnan(cmp.t) and math.isnan(cmp.p)
     text = br.render(partial, traces[traces["run_id"].isin(partial["run_id"])], tmp_path).read_text()
-    assert "| ε=0 | 2.000 | 1.960 | — |" in text and "| ε=0.5 | — | 1.460 |" in text
+    assert "| ε=0 | 2.000 | 1.960 | — (1 run) | — |" in text and "| ε=0.5 | — | 1.460 |" in text
 
 
 def test_rejects_unusable_tables(tmp_path: Path) -> None:
@@ -152,3 +153,77 @@ def test_the_score_figure_says_what_its_band_is() -> None:
     (legend,) = fig.legends
     assert "± 1 SEM over runs" in [t.get_text() for t in legend.get_texts()]
     assert "band ± 1 SEM" in fig.get_suptitle()
+
+
+def two_grids() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The synthetic grid run twice, at 5 and at 8 generations, into one table; the longer runs score 1.5 x higher,
+    and there cma-sigma1 loses to ga (cma = 0.4 x ga), so pooling the two would pair and test across budgets."""
+    results, traces, _ = synthetic()
+    longer = results.assign(run_id=results["run_id"] + "-long", clean_max=1.5 * results["clean_max"])
+    cma = longer["optimizer"] == "cma-sigma1"
+    longer.loc[cma, "clean_max"] *= 0.2  # 2 x ga -> 0.4 x ga
+    both = pd.concat([results.assign(n_generations=5), longer.assign(n_generations=8)], ignore_index=True)
+    both = both.assign(population=8, backend="quadratic-10", seed=0, base_seed=0, actmax_version="9.9.9")
+    traces = pd.concat([traces, traces.assign(run_id=traces["run_id"] + "-long")], ignore_index=True)
+    return both, traces
+
+
+def test_a_table_of_two_grids_is_normalised_and_tested_grid_by_grid(tmp_path: Path) -> None:
+    results, traces = two_grids()
+    grids = br.split_grids(results)
+    assert [(g["n_generations"], len(runs)) for g, runs in grids] == [(5, 96), (8, 96)]
+    with pytest.raises(br.ReportError, match=r"2 grids \(5 generations × 8 images.*; 8 generations"):
+        br.normalise(results)
+    short, long_ = (br.normalise(runs) for _, runs in grids)
+    assert br.compare(short, "cma-sigma1", "ga").ratio == pytest.approx(2.0)
+    assert br.compare(long_, "cma-sigma1", "ga").ratio == pytest.approx(0.4)
+    assert br.compare(long_, "cma-sigma1", "ga").a_wins == 0.0 and br.compare(long_, "cma-sigma1", "ga").df == 62
+
+    text = br.render(results, traces, tmp_path).read_text()
+    assert "runs of 2 grids: grid 1: 5 generations × 8 images, backend `quadratic-10`; grid 2: 8 generations" in text
+    assert "## Grid 1: 5 generations × 8 images" in text and "### cma-sigma1 vs ga" in text
+    first, second = text.split("## Grid 2: ")[0].split("## Grid 1: ")[1], text.split("## Grid 2: ")[1]
+    for section, ratio, wins in ((first, "2.000", "100.0"), (second, "0.400", "0.0")):
+        assert "96 runs; 4 analytic stand-in units" in section  # each grid's own runs, not 192
+        assert "5 generations × 8 images" in section or "8 generations × 8 images" in section
+        assert "4 repeats per (optimizer, unit, noise), seed 0; actmax 9.9.9;" in section
+        cma_ga = section.split("### cma-sigma1 vs ga")[1]
+        assert f"| all | {ratio} | 1.667 |" in cma_ga and "| 62 |" in cma_ga and f"| {wins} |" in cma_ga
+    assert "192 runs" not in text
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["score_vs_generation_grid1.png",
+                                                              "score_vs_generation_grid2.png"]
+    br.render(results[results["n_generations"] == 5], traces, tmp_path)  # one grid again: no stale grid PNGs
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["score_vs_generation.png"]
+    assert "5 generations × 8 images; 4 repeats per (optimizer, unit, noise), seed 0" in (
+        tmp_path / "report.md").read_text()
+
+
+def test_pairs_share_their_seed(tmp_path: Path) -> None:
+    """Two --seed values in one grid: a run pairs with the run of the same seed, not with every repeat 0."""
+    results, _, _ = synthetic()
+    results = results[results["rep"] == 0].assign(seed=1, base_seed=0)
+    again = results.assign(run_id=results["run_id"] + "-s1", seed=2, base_seed=1)
+    # With seed 2 ga beats cma (1.2 g < 1.5 g); crossed with seed 1's runs (2 g, g) cma would win 3 of 4.
+    again.loc[again["optimizer"] == "ga", "clean_max"] *= 1.5
+    again.loc[again["optimizer"] == "cma-sigma1", "clean_max"] *= 0.6
+    norm = br.normalise(pd.concat([results, again], ignore_index=True))
+    assert br.compare(norm, "cma-sigma1", "ga").a_wins == pytest.approx(0.5)
+
+
+def test_samples_without_variance_give_no_warning_and_say_so(tmp_path: Path) -> None:
+    """Every cma run at its unit's maximum: one sample has no variance (the test still holds); both without, the
+    test is undefined."""
+    results, traces, _ = synthetic()
+    results = results[results["optimizer"] != "sphere-cma-r10"].copy()
+    cma = results["optimizer"] == "cma-sigma1"
+    results.loc[cma, "clean_max"] = results.loc[cma, "unit"].map(UNIT_MAX)  # norm 1.0 everywhere
+    ga = results.loc[~cma, "clean_max"] / results.loc[~cma, "unit"].map(UNIT_MAX)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scipy's "Precision loss occurred in moment calculation"
+        cmp = br.compare(br.normalise(results), "cma-sigma1", "ga")
+        assert cmp.t == pytest.approx(student_t(np.ones(cma.sum()), ga.to_numpy())[0]) and not cmp.undefined
+        results.loc[~cma, "clean_max"] = 0.5 * results.loc[~cma, "unit"].map(UNIT_MAX)  # ga always half
+        text = br.render(results, traces, tmp_path).read_text()
+    assert "| all | 2.000 | 1.667 | — (no variance) | — | — |" in text
+    best = text.split("Best optimizer per cell")[1]
+    assert "| L1 | 0 | cma-sigma1 | 1.000 | — |" in best  # 1.0 vs 0.5 every run: different, not tied

@@ -268,6 +268,14 @@ def test_clear_errors():
         geo.metric_hessian(G, np.ones(4), lambda a, b: (a - b) ** 2, dtype=DT)
     with pytest.raises(AnalysisError, match="eps_rel"):
         geo.metric_hessian(G, np.ones(4), mse, "hvp_fd", eps_rel=0.0, k=2, dtype=DT)
+    for method, k, top in (("bp", 0, 4), ("bp", 5, 4), ("jac", 5, 4), ("hvp_ad", 4, 3)):  # bp gave 4 for k = 5
+        refused = f"^k = {k} eigenpairs: method {method} gives 1 to {top} at latent size 4"
+        with pytest.raises(AnalysisError, match=refused):
+            geo.metric_hessian(G, np.ones(4), SumOfSquares(), method, k=k, dtype=DT)
+    with pytest.raises(AnalysisError, match="use method 'bp' for all 100$"):
+        geo.check_k("hvp_fd", 200, 100)
+    geo.check_k("bp", 100, 100)
+    geo.check_k("hvp_fd", None, 100)
 
 
 # --------------------------------------------------------------------------- DCGAN faces

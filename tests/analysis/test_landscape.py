@@ -24,7 +24,7 @@ def test_a_direction_is_claimed_only_when_significant(values, rho, expected):
 
 
 @pytest.mark.parametrize("ratios, expected", [
-    ([], "no data"),
+    ([], f"too few units (n 0 < {MIN_UNITS})"),
     ([1.4], f"too few units (n 1 < {MIN_UNITS})"),  # one unprobed unit said "holds (100% of units > 1)"
     ([1.4, 1.2], f"too few units (n 2 < {MIN_UNITS})"),
     ([1.4, 1.2, 0.9], "holds (67% of units > 1)"),
@@ -33,3 +33,23 @@ def test_a_direction_is_claimed_only_when_significant(values, rho, expected):
 def test_the_global_local_share_needs_enough_units(ratios, expected):
     rows = [{"layer": "l0", "depth": 0, "global_local_ratio": r} for r in ratios]
     assert summarize(rows, ["l0"])["spearman"]["global_local_ratio"]["verdict"] == expected
+
+
+@pytest.mark.parametrize("depths, values, expected", [
+    ([0, 1], [2.0, 1.0], f"too few units (n 2 < {MIN_UNITS})"),  # said "no data" with two values there
+    ([], [], f"too few units (n 0 < {MIN_UNITS})"),
+    ([0, 0, 0], [3.0, 2.0, 1.0], "no trend to test (every unit in one layer)"),
+    ([0, 1, 2], [1.0, 1.0, 1.0], "no trend to test (every unit has the same value)"),
+])
+def test_a_trend_that_cannot_be_tested_says_why(depths, values, expected):
+    rows = [{"layer": f"l{d}", "depth": d, "auc_line": v} for d, v in zip(depths, values)]
+    t = summarize(rows, ["l0", "l1", "l2"])["spearman"]["auc_line"]
+    assert t["verdict"] == expected and t["n"] == len(values)
+
+
+def test_a_statistic_that_was_not_run_says_so():
+    rows = [{"layer": f"l{d}", "depth": d, "auc_line": float(d)} for d in DEPTHS]
+    trend = summarize(rows, [f"l{d}" for d in DEPTHS], not_run={"max_min_ratio": "--no-rbf",
+                                                                   "global_local_ratio": "--no-rbf"})["spearman"]
+    assert trend["max_min_ratio"]["verdict"] == trend["global_local_ratio"]["verdict"] == "not run (--no-rbf)"
+    assert trend["auc_line"]["verdict"] == f"opposite direction (p < {ALPHA})"

@@ -74,6 +74,15 @@ def interrupted_main(out_dir: str) -> None:
     run_grid(tiny_grid(backend), backend, out_dir, n_workers=1, processes=False, progress=False)
 
 
+def ctrl_c_main(out_dir: str) -> None:
+    """Run in a subprocess that the test sends SIGINT, as Ctrl-C does: to its whole process group."""
+    backend = SlowQuadraticBackend(delay_s=0.25)
+    try:
+        run_grid(tiny_grid(backend), backend, out_dir, n_workers=1, processes=True, progress=False)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None  # as `actmax` does
+
+
 def test_grid_ids_are_deterministic_and_seeds_shared_across_optimizers() -> None:
     specs = tiny_grid(QuadraticBackend())
     again = tiny_grid(QuadraticBackend())
@@ -147,6 +156,32 @@ def test_interrupted_benchmark_resumes_with_every_run_exactly_once(tmp_path: Pat
     assert sorted(results["run_id"]) == sorted(s.run_id for s in specs)
     assert len(pd.read_parquet(traces_path)) == 8 * 3
     assert run_grid(specs, backend, out, progress=False) == Outcome(total=8, skipped=8)
+
+
+def test_ctrl_c_says_how_many_runs_are_saved_and_nothing_else(tmp_path: Path) -> None:
+    """Ctrl-C reaches the driver and its worker processes: one line from actmax, no worker traceback, no Dask
+    shutdown warnings ("will be recomputed elsewhere" about a run that is saved, "still alive, killing")."""
+    out = tmp_path / "bench"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", f"from tests.insilico.test_bench import ctrl_c_main; ctrl_c_main({str(out)!r})"],
+        cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # not ignored, as in a terminal
+    try:
+        deadline = time.monotonic() + 60
+        while len(storage.completed_ids(out)) < 2:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "no results appeared within 60 s"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    saved = len(storage.completed_ids(out))
+    assert proc.returncode == 130 and saved < 8
+    assert err.decode() == (f"interrupted: {saved} of 8 runs saved in {out}; run the same command again to "
+                            "resume\n")
 
 
 def test_process_workers_run_tasks_and_report_failures(tmp_path: Path) -> None:
@@ -301,3 +336,74 @@ def test_process_workers_keep_the_c_librarys_malloc_trim_threshold(tmp_path: Pat
     assert run_tasks([EnvTask()], write_malloc_trim, tmp_path, desc="env", n_workers=1, progress=False).completed == 1
     written = pd.read_parquet(storage.runs_dir(tmp_path) / "env.parquet")
     assert written["trim"].tolist() == [before] and os.environ.get("MALLOC_TRIM_THRESHOLD_", "unset") == before
+
+
+def test_two_grids_in_one_folder_are_reported_apart(tmp_path: Path, capsys) -> None:
+    """A rerun with other --generations into the same folder adds a second grid: the report keeps them apart."""
+    from insilico import actmax_version
+
+    out = tmp_path / "mixed"
+    argv = ["--backend", "quadratic", "--out", str(out), "--optimizers", "cma-sigma1,ga", "--layers", "a,b",
+            "--units-per-layer", "1", "--noise", "0,0.5", "--reps", "2", "--population", "8", "--threads",
+            "--no-progress"]
+    assert cli_main([*argv, "--generations", "2"]) == 0
+    assert "note:" not in capsys.readouterr().err
+    assert cli_main([*argv, "--generations", "3"]) == 0
+    assert (f"note: {out} holds runs of 2 grids (2 generations × 8 images, backend `quadratic-10`; 3 generations"
+            in capsys.readouterr().err)
+    assert cli_main(["report", str(out)]) == 0
+    text = (out / "report" / "report.md").read_text()
+    assert "runs of 2 grids" in text and "32 runs" not in text
+    for grid, generations in ((1, 2), (2, 3)):
+        section = text.split(f"## Grid {grid}: ")[1].split("## Grid ")[0]
+        assert section.startswith(f"{generations} generations × 8 images")
+        assert (f"16 runs; 2 analytic stand-in units labelled a, b (backend `quadratic-10`: no network); noise ε ∈ "
+                f"{{0, 0.5}}; {generations} generations × 8 images; 2 repeats per (optimizer, unit, noise), seed 0; "
+                f"actmax {actmax_version()};") in section
+        cma_ga = section.split("### cma-sigma1 vs ga")[1].split("###")[0]
+        all_row = next(line for line in cma_ga.splitlines() if line.startswith("| all |"))
+        assert all_row.split(" | ")[4] == "14"  # df = 8 + 8 - 2 within the grid (pooled with the other: 30)
+    results = pd.read_parquet(out / "results.parquet")
+    assert sorted(results.groupby("n_generations").size().items()) == [(2, 16), (3, 16)]
+
+
+@pytest.mark.parametrize("change, message", [
+    (["--reps", "0"], "--reps must be >= 1, got 0"),
+    (["--generations", "-3"], "--generations must be >= 1, got -3"),
+    (["--population", "1"], "--population must be >= 2, got 1"),
+    (["--noise", "-0.5"], "--noise levels must be >= 0, got [-0.5]"),
+    (["--workers", "0"], "--workers must be >= 1, got 0"),
+    (["--units-per-layer", "0"], "--units-per-layer must be >= 1, got 0"),
+    (["--layers", "blocks.99"], "unknown or non-spatial layers ['blocks.99']; use stem, blocks.N[.part] (N = 0..15,"),
+    (["--layers", "blocks.2,blocks.2"], "--layers must name at least one layer, each once"),
+])
+def test_bad_settings_are_refused_before_units_are_screened_or_files_written(tmp_path: Path, capsys, change,
+                                                                            message) -> None:
+    out = tmp_path / "out"
+    assert cli_main(["--quick", "--out", str(out), "--dry-run", *change]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("actmax bench: error: ") and message in err and err.count("\n") == 1
+    assert "screen_units" not in err
+    assert not out.exists()
+
+
+def test_screening_names_the_spatial_layers_not_an_internal_function() -> None:
+    from rig_client import RigError
+    from rig_client.cnn import load_efficientnet_lite0
+    from rig_client.units import screen_units
+
+    model = load_efficientnet_lite0()
+    with pytest.raises(RigError) as refused:
+        screen_units(None, "blocks.99", model=model)  # refused before the generator is used
+    assert str(refused.value) == ("screening needs a spatial layer: stem, blocks.N[.part] (N = 0..15, part: "
+                                  "expand, depthwise or project; block 0 has no expand) or head; got 'blocks.99' "
+                                  "(no such layer)")
+    with pytest.raises(RigError, match=r"got 'fc' \(no spatial map\)$"):
+        screen_units(None, "fc", model=model)
+
+
+def test_spaces_around_listed_names_are_ignored(tmp_path: Path, capsys) -> None:
+    argv = ["--backend", "quadratic", "--quick", "--out", str(tmp_path), "--optimizers", "ga, cma-sigma1",
+            "--layers", "a, b", "--dry-run"]
+    assert cli_main(argv) == 0
+    assert "8 runs (0 already" in capsys.readouterr().err

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from insilico import study
+from insilico import actmax_version, study
 from insilico.study import StudyError, StudySettings
 
 TINY = ["--layers", "blocks.1", "blocks.2", "--units-per-layer", "1", "--generations", "6", "--population", "8",
@@ -43,6 +43,11 @@ def test_outputs_written(result: tuple[Path, dict]) -> None:
         f"{u['layer']}_ch{u['channel']}.png" for u in doc["units"]]
     report = (out / "study.md").read_text()
     assert "| lowest single-loop index |" in report and "Spearman" in report
+    # two units: every trend says why it has no verdict (it said "nan nan 2 no data")
+    assert "| line AUC | decreases | — | — | 2 | too few units (n 2 < 3) |" in report
+    assert f"actmax {actmax_version()}; settings:" in report
+    assert doc["actmax_version"] == actmax_version() and {u["actmax_version"] for u in doc["units"]} == {
+        actmax_version()}
     assert doc["summary"]["layers"] == ["blocks.1", "blocks.2"]
     assert set(doc["summary"]["spearman"]) == {key for key, *_ in study.STATISTICS}
 
@@ -90,6 +95,36 @@ def test_bad_settings_rejected(bad: dict) -> None:
 def test_unknown_layer_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(StudyError, match=r"blocks.99.*blocks.N\[.part\]"):
         study.run_study(StudySettings(layers=("blocks.99",)), tmp_path, progress=False)
+
+
+def test_a_refused_study_leaves_no_folder(tmp_path: Path, capsys) -> None:
+    from server.cli import main
+
+    out = tmp_path / "study"
+    assert main(["analyze", "study", *TINY, "--layers", "blocks.1", "blocks.99", "--out", str(out)]) == 2
+    assert "unknown or non-spatial layers ['blocks.99']" in capsys.readouterr().err
+    assert not out.exists()  # it left out/maps/
+
+
+def test_a_rerun_with_other_settings_leaves_only_its_own_maps(result: tuple[Path, dict], tmp_path: Path,
+                                                              capsys) -> None:
+    """Into a folder of an earlier study: maps/ then holds this study's maps only, as study.json lists them; a
+    probe not run says so."""
+    import shutil
+
+    out = tmp_path / "again"
+    shutil.copytree(result[0], out)
+    args = parse([*TINY, "--layers", "blocks.1", "--generations", "5", "--no-rbf", "--out", str(out)])
+    assert args.func(args) == 0
+    doc = json.loads((out / "study.json").read_text())
+    assert [(u["layer"], u["channel"]) for u in doc["units"]] == [("blocks.1", result[1]["units"][0]["channel"])]
+    assert sorted(p.name for p in (out / "maps").iterdir()) == [f"blocks.1_ch{doc['units'][0]['channel']}.png"]
+    assert (out / "maps" / f"blocks.1_ch{doc['units'][0]['channel']}.png").read_bytes() != (
+        result[0] / "maps" / f"blocks.1_ch{doc['units'][0]['channel']}.png").read_bytes()  # redrawn: 5 generations
+    report = (out / "study.md").read_text()
+    assert "| RBF max/min (0.6-0.9) | → 1 | — | — | 0 | not run (--no-rbf) |" in report
+    assert "| RBF global/local | > 1 | — | — | 0 | not run (--no-rbf) |" in report
+    assert "not run (--no-rbf)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("device", ["cuda:99", "bogus"])
@@ -161,3 +196,16 @@ def test_the_depth_figure_plots_what_its_rho_is_of() -> None:
     rho = summary["spearman"]["max_min_ratio"]["rho"]
     assert spearmanr(x, y)[0] == pytest.approx(rho) and f"ρ = {rho:.2f}" in ax.get_title()
     assert "units" in fig.get_suptitle()
+
+
+def test_the_depth_figure_says_which_probe_was_not_run() -> None:
+    from analysis.landscape import summarize
+
+    rows = [{"layer": f"l{d}", "depth": d, "auc_line": float(d)} for d in range(3)]
+    summary = summarize(rows, ["l0", "l1", "l2"], not_run=dict.fromkeys(study.RBF_STATISTICS, "--no-rbf"))
+    fig = study.depth_figure(summary, rows)
+    for title in ("RBF max/min", "RBF global/local"):
+        (ax,) = [a for a in fig.axes if a.get_title().startswith(title)]
+        assert [t.get_text() for t in ax.texts] == ["not run (--no-rbf)"] and "ρ undefined" in ax.get_title()
+    (ax,) = [a for a in fig.axes if a.get_title().startswith("axis ratio")]
+    assert [t.get_text() for t in ax.texts] == ["undefined at every unit"]
