@@ -804,12 +804,16 @@ class Engine:
         """A round unanswered for ``batch_timeout_s`` is given up on: re-queue its stimuli or score NaN.
 
         The clock stops while the rig is away: what it shows meanwhile comes with its RESULTS after it
-        reconnects (docs/protocol.md §6.5), and its resent round starts the clock again.
+        reconnects (docs/protocol.md §6.5), and its resent round starts the clock again (until it is sent, the
+        clock stays stopped: a rig back after the timeout gets its round, not a timeout and a second round).
         """
         now = time.monotonic()
         for runtime in list(self._threads.values()):
             inflight = runtime.inflight
-            if inflight is None or not inflight.batch_id or not inflight.awaiting or not self._channels(runtime.rig):
+            if inflight is None or not inflight.batch_id or not inflight.awaiting:
+                continue
+            if not self._channels(runtime.rig) or inflight.resend:
+                inflight.last_activity = now  # stopped: it restarts from here, or from the resend
                 continue
             if now - inflight.last_activity >= self.settings.batch_timeout_s:
                 await self._transact(steps.log_in, runtime.session_id, runtime.id, "round.timed_out",
