@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 # reference image (screened in docs/simulated_neurons.md): evolution has something to find.
 DEFAULT_UNIT = "blocks.6:67"
 CONNECT_TIMEOUT_S = 30  # for the server's WELCOME, at start and after each injected disconnect
+LOGGED_UNITS = 8  # units named in the start-up line; a probe's worth (384) are counted
 
 
 def parse_unit(text: str):
@@ -158,7 +159,10 @@ class SimulatedRig:
         self.batches = 0
         self.stop = threading.Event()
         self.record = open(args.record, "a") if args.record else None
-        log.info("simulated rig %r: units %s, noise %s", args.rig, ", ".join(map(str, self.scorer.units)),
+        units = [str(unit) for unit in self.scorer.units]
+        if len(units) > LOGGED_UNITS:
+            units[LOGGED_UNITS - 1:] = [f"… {len(units) - LOGGED_UNITS + 1} more, to {units[-1]}"]
+        log.info("simulated rig %r: %d unit(s) %s, noise %s", args.rig, len(self.scorer.units), ", ".join(units),
                  ", ".join(vars(m) and f"{type(m).__name__}{vars(m)}" for m in self.noise.models) or "none")
 
     def respond(self, batch) -> list:

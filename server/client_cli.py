@@ -187,7 +187,9 @@ def objective_text(objective: dict) -> str:
     """A thread's objective in one line: ``mean of channels 0, 3`` or its expression."""
     if objective.get("expression"):
         return objective["expression"]
-    return f"{objective.get('combine', 'mean')} of channel(s) {', '.join(map(str, objective['channels']))}"
+    from server.objectives import channel_ranges
+
+    return f"{objective.get('combine', 'mean')} of channel(s) {channel_ranges(objective['channels'])}"
 
 
 def stop_session(args) -> int:

@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session as DBSession
 
 from server import drift
-from server.objectives import consecutive_runs, rate_matrix
+from server.objectives import channel_ranges, rate_matrix
 from server.session_config import DriftConfig
 from server.store.db import Transaction
 from server.store.models import Event, EventLevel, Thread
@@ -127,15 +127,6 @@ def generation_completed(db: Transaction, history: DriftHistory, session_id: int
         early.append(current)
     history.previous = data
     return data
-
-
-def channel_ranges(channels, most: int = 10) -> str:
-    """Sorted ``channels`` for a message: runs of three or more as ``a-b``, at most ``most`` parts (then
-    ``…``), and the count when a run or the cut hides some: ``3, 5``, ``100-383 (284 channels)``."""
-    runs = consecutive_runs(sorted(channels))
-    parts = [p for run in runs for p in ([f"{run[0]}-{run[-1]}"] if len(run) > 2 else map(str, run))]
-    text = ", ".join(parts[:most]) + (", …" if len(parts) > most else "")
-    return text if len(parts) == len(channels) <= most else f"{text} ({len(channels)} channels)"
 
 
 def _fmt(value: float | None) -> str:

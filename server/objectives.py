@@ -223,6 +223,15 @@ def _runs(numbers: list[int]) -> str:
     return ", ".join(f"{p[0]}, …, {p[-1]}" if len(p) > 2 else ", ".join(map(str, p)) for p in consecutive_runs(numbers))
 
 
+def channel_ranges(channels, most: int = 10) -> str:
+    """Sorted ``channels`` for a message: runs of three or more as ``a-b``, at most ``most`` parts (then
+    ``…``), and the count when a run or the cut hides some: ``3, 5``, ``100-383 (284 channels)``."""
+    runs = consecutive_runs(sorted(channels))
+    parts = [p for run in runs for p in ([f"{run[0]}-{run[-1]}"] if len(run) > 2 else map(str, run))]
+    text = ", ".join(parts[:most]) + (", …" if len(parts) > most else "")
+    return text if len(parts) == len(channels) <= most else f"{text} ({len(channels)} channels)"
+
+
 def consecutive_runs(numbers) -> list[list[int]]:
     """``numbers`` in their order, cut where one is not the last plus one: ``[3, 4, 5, 9]`` -> ``[[3, 4, 5], [9]]``."""
     runs: list[list[int]] = []

@@ -183,7 +183,7 @@ async def _run_until_stopped(config, settings, engine, transport, http_socket, s
     three together. Errors that repeat per connection are logged once a minute."""
     import uvicorn
 
-    from server import live
+    from server import live, package_version
     from server.api.connections import REFUSED, OncePerPeriod
 
     class Http(uvicorn.Server):
@@ -202,7 +202,7 @@ async def _run_until_stopped(config, settings, engine, transport, http_socket, s
     background = [asyncio.create_task(transport.run()), asyncio.create_task(engine.run())]
     for stop in (signal.SIGINT, signal.SIGTERM):  # until uvicorn has its own: a Ctrl-C while it starts
         asyncio.get_running_loop().add_signal_handler(stop, setattr, http, "should_exit", True)
-    log.info("serving REST on http://%s:%s, rigs on %s (%s), data in %s",
+    log.info("actmax %s serving REST on http://%s:%s, rigs on %s (%s), data in %s", package_version(),
              settings.http_host, settings.http_port, settings.zmq_endpoint, security, settings.data_dir)
     try:
         await http.serve(sockets=[http_socket])

@@ -182,14 +182,16 @@ def check_generator(db: DBSession, thread: Thread, config: ThreadConfig, generat
         return
     name, version, sha256 = made
     base, _, precision = version.partition("+")
-    where = (f"the weights file it started with ({config.weights})" if config.weights else
-             f"those weights (in ACTMAX_WEIGHTS_DIR/{name}/ or {name}'s standard place: `actmax weights list` shows "
-             "the sha256 a server finds)")
-    code = "" if loaded["version"].partition("+")[0] == base else f", an actmax whose {name} is version {base}"
+    same_code = loaded["version"].partition("+")[0] == base
+    code = "" if same_code else f", an actmax whose {name} is version {base}"
+    fix = (f"Put the file it started with back at {config.weights} (it goes on once that is there, on a server "
+           f"with{'' if same_code else f' {name} version {base} and'} `--precision {precision or 'float32'}`)"
+           if config.weights else
+           f"Restart the server with those weights (in ACTMAX_WEIGHTS_DIR/{name}/ or {name}'s standard place: "
+           f"`actmax weights list` shows the sha256 a server finds){code} and `--precision {precision or 'float32'}`")
     message = (f"its images were made by {name} {version} with weights sha256 {sha256}, but this server loaded "
                f"{loaded['name']} {loaded['version']} with weights sha256 {loaded['weights_sha256']}: it waits "
-               f"rather than go on with another generator. Restart the server with {where}{code} and "
-               f"`--precision {precision or 'float32'}`, or stop the thread and start a new one")
+               f"rather than go on with another generator. {fix}, or stop the thread and start a new one")
     if thread.last_error != message:
         log.error("thread %s %r: %s", thread.id, thread.name, message)
         records.set_thread_error(db, thread.id, "thread.generator_changed", message, data={

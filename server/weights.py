@@ -43,8 +43,9 @@ class WeightsStatus:
 
 
 def file_identity(paths: tuple[Path, ...]) -> tuple:
-    """What changes when one of ``paths`` is replaced, truncated, created or removed: each one's size, mtime_ns and
-    inode (None while absent). Cheap: it reads no file."""
+    """What changes when one of ``paths`` is replaced, truncated, created or removed: each one's size, mtime_ns,
+    inode and ctime_ns (which every write moves, even a ``cp -p`` that keeps the mtime); None while absent.
+    Cheap: it reads no file."""
     identity = []
     for path in paths:
         try:
@@ -52,7 +53,7 @@ def file_identity(paths: tuple[Path, ...]) -> tuple:
         except OSError:
             identity.append(None)
         else:
-            identity.append((stat.st_size, stat.st_mtime_ns, stat.st_ino))
+            identity.append((stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns))
     return tuple(identity)
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from server import monitor
-from server.objectives import LABEL_CHARS, score_label
+from server.client_cli import objective_text
+from server.objectives import LABEL_CHARS, channel_ranges, score_label
 from server.session_config import SessionConfig
 from server.store.models import Event
 from server.store.records import create_session
@@ -41,5 +42,7 @@ def test_channel_silent_names_ranges_of_channels_and_its_data_every_channel(db_s
         ((message, data),) = db.execute(select(Event.message, Event.data_json).where(Event.kind == "channel.silent"))
     assert "generation 2: channel(s) 100-383 (284 channels) fire below 0.1 of their early rate" in message
     assert data["channels"] == list(range(100, 384))
-    assert monitor.channel_ranges([3, 5]) == "3, 5" and monitor.channel_ranges([0, 1, 2, 7]) == "0-2, 7 (4 channels)"
-    assert monitor.channel_ranges(range(0, 40, 2)) == "0, 2, 4, 6, 8, 10, 12, 14, 16, 18, … (20 channels)"
+    assert channel_ranges([3, 5]) == "3, 5" and channel_ranges([0, 1, 2, 7]) == "0-2, 7 (4 channels)"
+    assert channel_ranges(range(0, 40, 2)) == "0, 2, 4, 6, 8, 10, 12, 14, 16, 18, … (20 channels)"
+    # `actmax session show` writes a probe's objective the same way, not as 384 numbers.
+    assert objective_text({"channels": list(range(384)), "combine": "sum"}) == "sum of channel(s) 0-383 (384 channels)"

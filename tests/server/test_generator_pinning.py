@@ -128,3 +128,22 @@ def test_a_thread_whose_weights_do_not_load_fails_with_one_log_line(tmp_path, en
     (record,) = [r for r in caplog.records if r.getMessage().startswith(f"thread {thread_id} failed")]
     assert f"cannot read weights for 'dcgan-faces' from {broken}" in record.getMessage()
     assert record.exc_info is None
+
+
+def test_a_thread_on_its_own_weights_file_goes_on_once_the_file_it_started_with_is_back(tmp_path, endpoint):
+    """Its fix is the file, not a restart: the server sees the file change (`GeneratorCache`)."""
+    import shutil
+
+    file = tmp_path / "weights.tar"
+    shutil.copy(packaged_weights(), file)
+    with LiveEngine(tmp_path / "data", endpoint) as live, RigClient(endpoint, RIG, channels=1) as rig:
+        thread_id = live.create(weights=str(file))
+        first = rig.next_batch(timeout=60)
+        rig.send_results(first.batch_id, answer(first)).result(30)
+        pending = rig.next_batch(timeout=60)
+    shutil.copy(other_weights(tmp_path / "w") / "dcgan-faces" / "weights.tar", file)
+    with LiveEngine(tmp_path / "data", endpoint) as live, RigClient(endpoint, RIG, channels=1) as rig:
+        error = wait_until(lambda: held_back(live, thread_id), 30, "the thread held back")
+        assert f"Put the file it started with back at {file} (it goes on once that is there" in error
+        shutil.copy(packaged_weights(), file)
+        assert rig.next_batch(timeout=60).batch_id == pending.batch_id  # no restart

@@ -14,6 +14,7 @@ import torch
 
 from generators.base import sha256_file
 from generators.dcgan import STATE_KEY, packaged_weights
+from server import package_version
 from server.launch import ServerProcess
 from server.main import create_app
 from server.settings import Settings, load_settings
@@ -48,6 +49,16 @@ def test_the_cache_loads_weights_again_once_they_change_on_disk(weights_dir: Pat
     replaced = cache.get("dcgan-faces")
     assert replaced is not first and replaced.weights_sha256 == sha256_file(file) != first.weights_sha256
     assert cache.status("dcgan-faces").sha256 == sha256_file(file)
+
+    # Other weights of the same size written in place with the old mtime kept (cp -p, rsync --inplace -t).
+    kept = os.stat(file)
+    checkpoint = torch.load(file, map_location="cpu", weights_only=True)
+    checkpoint[STATE_KEY]["main.12.weight"] *= 3
+    torch.save(checkpoint, tmp := file.with_suffix(".other"))
+    assert tmp.stat().st_size == kept.st_size
+    file.write_bytes(tmp.read_bytes())
+    os.utime(file, ns=(kept.st_atime_ns, kept.st_mtime_ns))
+    assert cache.get("dcgan-faces").weights_sha256 == sha256_file(file) != replaced.weights_sha256
 
     with open(file, "r+b") as handle:  # truncated in place: the same inode
         handle.truncate(100_000)
@@ -133,3 +144,5 @@ def test_serve_warns_at_start_when_the_weights_folder_does_not_exist(tmp_path: P
     (line,) = [line for line in server.log_path.read_text().splitlines() if "ACTMAX_WEIGHTS_DIR" in line]
     assert f"WARNING server.serve: ACTMAX_WEIGHTS_DIR {missing} does not exist" in line
     assert "every generator loads from its standard locations (or a thread's own weights path) instead" in line
+    # The log says which build served (what the data folder's sessions were recorded by).
+    assert f"INFO server.serve: actmax {package_version()} serving REST on {server.url}" in server.log_path.read_text()
