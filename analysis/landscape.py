@@ -2,12 +2,15 @@
 
 `landscape_statistics` reduces one raw sphere map to the level-set signature scalars, the axis ratio and
 a Kent fit; `summarize` tables them by layer (mean, SEM, n) with each statistic's Spearman ρ with depth
-over units and a verdict against the published direction, or why there is none.
+over units and a verdict against the published direction, or why there is none. `spearman` gives ρ with an exact
+permutation p for few units, where scipy's t approximation is far off (p = 0 for any perfect order).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
+from itertools import permutations
 from typing import Any
 
 import numpy as np
@@ -28,6 +31,8 @@ STATISTICS = (
 ALPHA = 0.05
 #: Fewest units a verdict rests on: Spearman's ρ needs 3, and so does the share of units above 1.
 MIN_UNITS = 3
+#: Most units whose Spearman p is exact, from all n! pairings (8! = 40 320); above it scipy's t approximation.
+EXACT_UNITS = 8
 
 
 def landscape_statistics(values: np.ndarray, theta: np.ndarray, phi: np.ndarray) -> dict[str, Any]:
@@ -65,8 +70,6 @@ def summarize(rows: Sequence[dict[str, Any]], layers: Sequence[str],
 
     `not_run` maps statistics that were not computed to the reason (e.g. "--no-rbf"): their verdict says so
     rather than that data is missing."""
-    from scipy.stats import spearmanr
-
     by_layer = {layer: {key: mean_sem([r.get(key) for r in rows if r["layer"] == layer]) for key, *_ in STATISTICS}
                 for layer in layers}
     trend = {}
@@ -75,12 +78,37 @@ def summarize(rows: Sequence[dict[str, Any]], layers: Sequence[str],
                  if r.get(key) is not None and np.isfinite(float(r[key]))]
         depth, vals = (np.array(x, dtype=float) for x in zip(*pairs)) if pairs else (np.array([]),) * 2
         vals = trend_values(key, vals)
-        rho, p = (spearmanr(depth, vals) if len(vals) >= MIN_UNITS and np.ptp(depth) > 0 and np.ptp(vals) > 0
+        rho, p = (spearman(depth, vals) if len(vals) >= MIN_UNITS and np.ptp(depth) > 0 and np.ptp(vals) > 0
                   else (float("nan"), float("nan")))
         verdict = (f"not run ({not_run[key]})" if not_run and key in not_run
                    else _verdict(key, sign, float(rho), float(p), depth, vals))
         trend[key] = {"rho": float(rho), "p": float(p), "n": len(vals), "expected": expected, "verdict": verdict}
     return {"layers": list(layers), "by_layer": by_layer, "spearman": trend}
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Spearman's ρ of ``x`` and ``y`` (ties at their average rank, as scipy ranks them) and its two-sided p.
+
+    Up to `EXACT_UNITS` pairs p is exact: the share of all n! pairings of the ranks whose |ρ| is at least the
+    observed one: a perfect order of 3 has p = 2/3! = 1/3 and of 4 p = 2/4! = 1/12, where scipy's t approximation
+    says 0. Above, p is that approximation."""
+    from scipy.stats import rankdata, spearmanr
+
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.size > EXACT_UNITS:
+        rho, p = spearmanr(x, y)
+        return float(rho), float(p)
+    rx, ry = rankdata(x) - (x.size + 1) / 2, rankdata(y) - (y.size + 1) / 2  # centred ranks
+    scale = np.sqrt((rx @ rx) * (ry @ ry))
+    rho = float(rx @ ry / scale)
+    pairings = ry[_permutations(x.size)] @ rx / scale
+    return rho, float(np.mean(np.abs(pairings) >= abs(rho) - 1e-12))
+
+
+@lru_cache(maxsize=EXACT_UNITS)
+def _permutations(n: int) -> np.ndarray:
+    """Every ordering of ``range(n)``, one a row (n!, n)."""
+    return np.array(list(permutations(range(n))), dtype=np.intp).reshape(-1, n)
 
 
 def trend_values(key: str, values: np.ndarray) -> np.ndarray:

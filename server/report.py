@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import textwrap
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from server import ServerError
 from server.drift import mean_sem
 from server.export.tables import ThreadProvenance, manifold_configs, software_text, thread_provenance
 from server.images import SKIMAGE_REFERENCES
-from server.objectives import Objective, objective_channels, objective_segments, score_label
+from server.objectives import Objective, channel_ranges, objective_channels, objective_segments, score_label
 from server.session_config import FlaggedTrialsConfig, ReferenceConfig
 from server.store import queries
 from server.store.archive import ImageArchive
@@ -192,11 +193,20 @@ def _curve_axes(ax, curves: dict[str, np.ndarray], best_reference: float | None,
     if len(segments) > 1:
         for number, label in segments:
             ax.axvline(number, color="0.4", ls="-.", lw=1)
-            ax.annotate(label, (number, 0), xycoords=("data", "axes fraction"), xytext=(3, 3),
+            ax.annotate(_wrapped(label, fontsize=7), (number, 0), xycoords=("data", "axes fraction"), xytext=(3, 3),
                         textcoords="offset points", va="bottom", fontsize=7, rotation=90)
-    ax.set(xlabel="generation", ylabel=_axis_label(segments))
+    ax.set(xlabel="generation", ylabel=_wrapped(_axis_label(segments)))
     if ax.get_legend_handles_labels()[1]:
         ax.legend(fontsize=7, loc="best")
+
+
+LABEL_LINE = 32  # characters of a score label's line at 10 pt: about 180 pt, within the ~230 pt a score axes is high
+
+
+def _wrapped(label: str, fontsize: float = 10) -> str:
+    """``label`` in lines that fit along a score axes at ``fontsize`` (its own line breaks kept, never a word cut)."""
+    return "\n".join(textwrap.fill(line, int(LABEL_LINE * 10 / fontsize), break_long_words=False,
+                                   break_on_hyphens=False) for line in label.split("\n"))
 
 
 def _axis_label(segments: list[tuple[int, str]]) -> str:
@@ -207,14 +217,15 @@ def _axis_label(segments: list[tuple[int, str]]) -> str:
 
 
 def _evolution_figure(path: Path, title: str, segments: list[tuple[int, str]], curves, best_reference,
-                      per_generation: list[Best], archive) -> None:
-    """The standard evolution figure: the score curve above a strip of each generation's best image."""
+                      per_generation: list[Best], archive):
+    """The standard evolution figure: the score curve above a strip of each generation's best image; returns
+    the saved Figure. Constrained layout keeps the strip's titles clear of the curve's axis label."""
     from matplotlib.figure import Figure
     from PIL import Image
 
     picks = [per_generation[i] for i in _spaced(len(per_generation), STRIP_COLUMNS)]
-    fig = Figure(figsize=(11, 5.6))
-    grid = fig.add_gridspec(2, max(len(picks), 1), height_ratios=[3, 1.1], hspace=0.35)
+    fig = Figure(figsize=(11, 5.6), layout="constrained")
+    grid = fig.add_gridspec(2, max(len(picks), 1), height_ratios=[3, 1.1])
     _curve_axes(fig.add_subplot(grid[0, :]), curves, best_reference, segments)
     fig.axes[0].set_title(title)
     for column, best in enumerate(picks):
@@ -223,6 +234,15 @@ def _evolution_figure(path: Path, title: str, segments: list[tuple[int, str]], c
         ax.set_axis_off()
         ax.set_title(f"gen {best.generation}\n{best.score:.3g}", fontsize=7)
     fig.savefig(path, dpi=120, bbox_inches="tight")
+    return fig
+
+
+def _scores_figure(panels: int):
+    """The figure of scores.png, one score axes per evolution: (figure, axes)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5 * max(panels, 1), 4), layout="constrained")
+    return fig, fig.subplots(1, max(panels, 1), squeeze=False)[0]
 
 
 def _spaced(total: int, most: int) -> list[int]:
@@ -277,8 +297,6 @@ def write_session_report(database_url: str, data_dir: Path, session_id: int, out
     generation; best_images.png: each evolution's best distinct images, labelled; manifold_<thread>.png:
     each Manifold map beside the images on its grid; methods.txt: ``methods_text``.
     """
-    from matplotlib.figure import Figure
-
     archive = ImageArchive(data_dir)
     db_engine = make_db_engine(database_url)
     summaries, best_rows = [], []
@@ -289,8 +307,7 @@ def write_session_report(database_url: str, data_dir: Path, session_id: int, out
                 raise ServerError(f"session {session_id} not found; list sessions with `actmax session list`")
             out_dir.mkdir(parents=True, exist_ok=True)
             evolutions = [t for t in threads if t.kind == "evolution"]
-            fig = Figure(figsize=(5.5 * max(len(evolutions), 1), 4))
-            axes = fig.subplots(1, max(len(evolutions), 1), squeeze=False)[0]
+            fig, axes = _scores_figure(len(evolutions))
             for thread in threads:
                 if thread.kind == "manifold":
                     _manifold_figure(db, thread, out_dir / f"manifold_{thread.name}.png", archive)
@@ -319,7 +336,6 @@ def write_session_report(database_url: str, data_dir: Path, session_id: int, out
                     best_score=best[0].score if best else float("nan"), channels=_channel_names(db, thread),
                 ))
                 best_rows.append((thread.name, best, " spikes/s" if thread.objective_json.get("channels") else ""))
-            fig.tight_layout()
             fig.savefig(out_dir / "scores.png", dpi=120)
             methods = methods_text(db, threads[0].session)
     finally:
@@ -339,8 +355,10 @@ def methods_text(db, session: Session) -> str:
     labels = queries.session_channel_labels(db, session)
     names = f" ({', '.join(SKIMAGE_REFERENCES[:references.count])})" if references.source == "skimage" else ""
     start, end = session.config_json["response_window_ms"]
-    channels = (f"its channels labelled {', '.join(f'{i} {label!r}' for i, label in enumerate(labels))}"
-                if labels else "its channels unlabelled")
+    channels = ("its channels unlabelled" if not labels else
+                f"its channels labelled {', '.join(f'{i} {label!r}' for i, label in enumerate(labels))}"
+                if len(labels) <= NAMED_CHANNELS else
+                f"its {len(labels)} channels labelled {labels[0]!r} (0) to {labels[-1]!r} ({len(labels) - 1})")
     paragraphs = [
         f"Session {session.id} {session.name!r} was recorded on rig {session.rig!r} "
         f"(animal {session.animal or 'not given'}, array {session.array or 'not given'}; {channels}) from "
@@ -402,8 +420,8 @@ def _objective_text(objective: dict, labels: list[str]) -> str:
     if "expression" in objective:
         return f"the expression {objective['expression']}"
     channels = objective_channels(objective)
-    return f"the {objective.get('combine', 'mean')} rate (spikes/s) of channel{'s' * (len(channels) > 1)} " + \
-        ", ".join(map(name, channels))
+    listed = ", ".join(map(name, channels)) if len(channels) <= NAMED_CHANNELS else channel_ranges(channels)
+    return f"the {objective.get('combine', 'mean')} rate (spikes/s) of channel{'s' * (len(channels) > 1)} {listed}"
 
 
 def _segments_text(segments: list[tuple[int, str]]) -> str:

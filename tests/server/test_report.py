@@ -183,3 +183,72 @@ def test_methods_text_names_each_generator_a_thread_rendered_with_and_what_was_n
            f"{'b' * 64}) for generation 1" in thread
     assert "hyperparameters not recorded" in thread and "Software: not recorded." in thread
     assert "3 images per generation" in thread and "2 of " in thread
+
+
+PROBE_LABELS = [f"imec0-ch{c:03d}" for c in range(384)]
+
+
+@pytest.fixture
+def probe_figures(db_sessions, settings, tmp_path):
+    """Both figures of a thread scoring the mean of a labelled 384-channel probe, each drawn by Agg: [(scores
+    figure, its renderer), (evolution figure, its renderer)]."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from server.store.models import Event
+
+    _, thread_id, _ = record_session(db_sessions, settings, {"channels": list(range(384))}, references=False)
+    with db_sessions.begin() as db:
+        db.add(Event(kind="rig.connected", message="rig connected",
+                     data_json={"rig": "rig-A", "channel_labels": PROBE_LABELS}))
+    with db_sessions() as db:
+        thread = db.get(Thread, thread_id)
+        generations = report._completed_generations(db, thread)
+        segments = report._segments(db, thread, generations)
+        curves = report._thread_curves(generations, report._reference_scores(db, thread, generations))
+        per_generation = report._best_per_generation(db, thread)
+    assert segments == [(0, "score (spikes/s), mean of 384 channels (imec0-ch000, imec0-ch001, … imec0-ch383)")]
+    scores, (ax,) = report._scores_figure(1)
+    report._curve_axes(ax, curves, 4.0, segments)
+    evolution = report._evolution_figure(tmp_path / "evolution.png", "t0 (cma)", segments, curves, 4.0,
+                                         per_generation, ImageArchive(settings.data_dir))
+    drawn = []
+    for figure in (scores, evolution):
+        renderer = FigureCanvasAgg(figure).get_renderer()
+        figure.draw(renderer)  # lays the figure out
+        drawn.append((figure, renderer))
+    return drawn
+
+
+def test_a_long_score_label_is_wrapped_within_its_axes(probe_figures):
+    """An 80-character label ran past the axes: clipped at both ends in scores.png, and in the evolution figure
+    a tight save added blank space above the plot for it."""
+    for figure, renderer in probe_figures:
+        ax = figure.axes[0]
+        label, box = ax.yaxis.label.get_window_extent(renderer), ax.get_window_extent(renderer)
+        assert figure.bbox.x0 <= label.x0 and label.x1 <= figure.bbox.x1
+        assert box.y0 <= label.y0 and label.y1 <= box.y1
+        assert "\n" in ax.get_ylabel() and "(imec0-ch000," in ax.get_ylabel()  # wrapped between words
+
+
+def test_the_strip_titles_lie_below_the_generation_axis_label(probe_figures):
+    """The strip's "gen N" titles reached up into the curve's "generation" label (the middle one overlapped it)."""
+    _, (evolution, renderer) = probe_figures
+    curve, *strip = evolution.axes
+    assert len(strip) == 2 and curve.get_xlabel() == "generation"
+    xlabel = curve.xaxis.label.get_window_extent(renderer)
+    assert all(ax.title.get_window_extent(renderer).y1 <= xlabel.y0 for ax in strip)
+
+
+def test_methods_text_counts_a_probes_channels(db_sessions, settings):
+    """384 labelled channels: the first and last label and a range, not 384 of each (7 600 characters)."""
+    from server.store.models import Event, Session
+
+    session_id, _, _ = record_session(db_sessions, settings, {"channels": list(range(384))}, references=False)
+    with db_sessions.begin() as db:
+        db.add(Event(kind="rig.connected", message="rig connected",
+                     data_json={"rig": "rig-A", "channel_labels": PROBE_LABELS}))
+    with db_sessions() as db:
+        text = report.methods_text(db, db.get(Session, session_id))
+    assert "its 384 channels labelled 'imec0-ch000' (0) to 'imec0-ch383' (383)" in text
+    assert "the mean rate (spikes/s) of channels 0-383 (384 channels)" in text
+    assert "imec0-ch200" not in text
