@@ -126,17 +126,22 @@ def test_execute_run_writes_one_atomic_file_and_loads_backend_once(tmp_path: Pat
     assert storage.remove_partial(tmp_path) == 1
 
 
+def await_two_runs(proc: subprocess.Popen, out: Path) -> None:
+    """Until the benchmark ``proc`` has saved two runs in ``out`` (its stderr's tail if it ends first)."""
+    deadline = time.monotonic() + 60
+    while len(storage.completed_ids(out)) < 2:
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "no results appeared within 60 s"
+        time.sleep(0.05)
+
+
 def test_interrupted_benchmark_resumes_with_every_run_exactly_once(tmp_path: Path) -> None:
     out = tmp_path / "bench"
     proc = subprocess.Popen(
         [sys.executable, "-c", f"from tests.insilico.test_bench import interrupted_main; interrupted_main({str(out)!r})"],
         cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 60
-        while len(storage.completed_ids(out)) < 2:
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            assert time.monotonic() < deadline, "no results appeared within 60 s"
-            time.sleep(0.05)
+        await_two_runs(proc, out)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -167,11 +172,7 @@ def test_ctrl_c_says_how_many_runs_are_saved_and_nothing_else(tmp_path: Path) ->
         cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # not ignored, as in a terminal
     try:
-        deadline = time.monotonic() + 60
-        while len(storage.completed_ids(out)) < 2:
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            assert time.monotonic() < deadline, "no results appeared within 60 s"
-            time.sleep(0.05)
+        await_two_runs(proc, out)
         os.killpg(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:
