@@ -21,6 +21,7 @@ from generators.base import check_precision
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class WeightsStatus:
     """One generator's weights as the server would load them."""
