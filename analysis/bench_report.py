@@ -280,6 +280,13 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
+def _duration(seconds: float) -> str:
+    """Seconds in the unit a reader takes in at a glance: "42 s", "17.5 min", "3.20 h"."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.2f} h"
+
+
 def _md(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -361,9 +368,9 @@ def _grid_report(results: pd.DataFrame, traces: pd.DataFrame, figure: Path, grid
     md = [f"{len(norm)} runs; {units}; noise ε ∈ "
           f"{{{', '.join(f'{e:g}' for e in sorted(norm['noise'].unique()))}}}; "
           f"{budget}; {repeats} per (optimizer, unit, noise), {_recorded(norm, 'base_seed', 'seed')}; "
-          f"{_recorded(norm, 'actmax_version', 'actmax')}; Σ run wall time {norm['wall_s'].sum() / 3600:.2f} h."
+          f"{_recorded(norm, 'actmax_version', 'actmax')}; Σ run wall time {_duration(norm['wall_s'].sum())}."
           + (f" {dropped} unit(s) never exceeded 0 and are left out." if dropped else ""),
-          "", "Published numbers (Wang & Ponce 2022; AlexNet units, 4096-d DeePSiM fc6, spec/optimizers.md §3) "
+          "", "Published numbers (Wang & Ponce, GECCO 2022: AlexNet units, 4096-d DeePSiM fc6) "
           "are in the `pub` columns. The setting differs (100-d DCGAN faces, EfficientNet-Lite0), so read "
           "them as the pattern to compare with, not values to hit.", "",
           _md(["optimizer", "runs", "evaluations / run", "wall s / run"],

@@ -331,7 +331,7 @@ def execute_unit(task: UnitTask, settings: StudySettings, out_dir: str) -> None:
 _JSON_COLUMNS = ("map", "signature", "rbf")
 
 
-def unit_tasks(settings: StudySettings, out: Path) -> tuple[list[str], list[UnitTask]]:
+def unit_tasks(settings: StudySettings, out: Path, progress: bool = True) -> tuple[list[str], list[UnitTask]]:
     """(layers in network order, one task per screened unit); screening is saved in `out/units.json`."""
     import torch
     from tqdm.auto import tqdm
@@ -353,7 +353,7 @@ def unit_tasks(settings: StudySettings, out: Path) -> tuple[list[str], list[Unit
             shapes = {name: tuple(h.shape[1:]) for name, h in model.preactivations(blank)}
         generator = generators.load("dcgan-faces", device=settings.device)
         screened = []
-        for depth, layer in enumerate(tqdm(layers, desc="screening", unit="layer", leave=False)):
+        for depth, layer in enumerate(tqdm(layers, desc="screening", unit="layer", leave=False, disable=not progress)):
             rf = unit_rf(model, layer, shapes[layer])
             found = screen_units(generator, layer, settings.screen_samples, np.random.default_rng([settings.seed, depth]),
                                  model=model, rf=rf, device=settings.device)
@@ -382,7 +382,7 @@ def run_study(settings: StudySettings, out: Path, *, scheduler: str | None = Non
     (`summarize`)."""
     from insilico.runner import run_tasks
 
-    layers, tasks = unit_tasks(settings, out)
+    layers, tasks = unit_tasks(settings, out, progress)
     outcome = run_tasks(tasks, execute_unit, out, desc="study", scheduler=scheduler, n_workers=n_workers,
                         processes=processes, progress=progress, describe=lambda t: f"{t.layer} ch{t.channel}",
                         noun="units", settings=settings)

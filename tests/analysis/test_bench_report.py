@@ -103,6 +103,7 @@ def test_render_writes_tables_with_published_columns_and_curves(tmp_path: Path) 
     assert "## sphere-cma-r10 vs cma-sigma1" in text and "5.7e-05" in text
     pooled_row = next(line for line in text.splitlines() if line.startswith("| ε=0.5 |"))
     assert "0.290" in pooled_row and "0.424" in pooled_row  # published GA and Chol-CMA at ε = 0.5
+    assert "spec/" not in text  # the report cites the paper, not a file its reader does not have
 
 
 def test_partial_results_report_what_exists(tmp_path: Path) -> None:
@@ -135,7 +136,8 @@ def test_sensitivity_settings_are_compared_with_their_reference(tmp_path: Path) 
     section = text.split("## cma-sigma2 vs cma-sigma1")[1].split("##")[0]
     assert "| all | 0.500 | — |" in section and "| ε=0.5 | 0.500 |" in section
     assert "## cma-sigma1 vs ga" not in text
-    assert f"Σ run wall time {len(results) / 3600:.2f} h" in text
+    runs = int(text.split("\n\n")[1].split(" runs;")[0])
+    assert f"Σ run wall time {runs} s." in text  # 1 s a run, not "0.03 h"
 
 
 def test_the_report_says_which_backend_ran_and_names_no_layers_for_the_analytic_one(tmp_path: Path) -> None:
@@ -227,3 +229,9 @@ def test_samples_without_variance_give_no_warning_and_say_so(tmp_path: Path) -> 
     assert "| all | 2.000 | 1.667 | — (no variance) | — | — |" in text
     best = text.split("Best optimizer per cell")[1]
     assert "| L1 | 0 | cma-sigma1 | 1.000 | — |" in best  # 1.0 vs 0.5 every run: different, not tied
+
+
+@pytest.mark.parametrize("seconds, shown", [(42.4, "42 s"), (119, "119 s"), (120, "2.0 min"), (1050, "17.5 min"),
+                                            (7200, "2.00 h"), (11520, "3.20 h")])
+def test_wall_time_is_given_in_a_unit_that_reads_at_a_glance(seconds: float, shown: str) -> None:
+    assert br._duration(seconds) == shown

@@ -209,3 +209,11 @@ def test_the_depth_figure_says_which_probe_was_not_run() -> None:
         assert [t.get_text() for t in ax.texts] == ["not run (--no-rbf)"] and "ρ undefined" in ax.get_title()
     (ax,) = [a for a in fig.axes if a.get_title().startswith("axis ratio")]
     assert [t.get_text() for t in ax.texts] == ["undefined at every unit"]
+
+
+def test_no_progress_also_silences_the_screening_bar(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+    """`--no-progress` (as in a batch job's log) leaves no screening bar behind; its units are screened all the same."""
+    settings = study.settings_from_args(parse([*TINY, "--out", str(tmp_path)]))
+    layers, tasks = study.unit_tasks(settings, tmp_path, progress=False)
+    assert layers == ["blocks.1", "blocks.2"] and len(tasks) == 2 and (tmp_path / "units.json").is_file()
+    assert "screening" not in capfd.readouterr().err

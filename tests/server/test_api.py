@@ -263,7 +263,12 @@ def test_thread_state_machine(client: httpx.Client, live_server: LiveServer) -> 
     assert act("pause", 200)["status"] == "paused"
     assert "it is paused" in act("pause", 409)["detail"]
     assert act("resume", 200)["status"] == "running"
-    assert "it is running" in act("resume", 409)["detail"]
+    assert act("resume", 409)["detail"] == (f"cannot resume thread {thread_id}: it is running (allowed from: failed, "
+                                            "paused)")
+    with live_server.sessions() as db:  # held back, as a server with other weights leaves it
+        set_thread_error(db, thread_id, "thread.generator_changed", "its images were made by another generator")
+        db.commit()
+    assert act("resume", 409)["detail"].endswith("; its last error: its images were made by another generator")
     assert act("stop", 200)["status"] == "stopped"
     for action in ("resume", "pause", "stop"):
         assert f"cannot {action} thread {thread_id}: it is stopped" in act(action, 409)["detail"]
@@ -271,8 +276,8 @@ def test_thread_state_machine(client: httpx.Client, live_server: LiveServer) -> 
     assert live_server.engine.wakes == wakes + 3  # only successful changes wake the engine
     session_id = client.get(f"/threads/{thread_id}").json()["session_id"]
     events = client.get(f"/sessions/{session_id}/events").json()["items"]
-    assert [e["kind"] for e in events] == ["session.created", "thread.paused", "thread.running", "thread.stopped",
-                                         "session.finished"]
+    assert [e["kind"] for e in events] == ["session.created", "thread.paused", "thread.running",
+                                         "thread.generator_changed", "thread.stopped", "session.finished"]
 
 
 def test_a_failed_thread_resumes_once_its_cause_is_fixed_unless_its_session_was_stopped(

@@ -55,11 +55,11 @@ def _transition(db: DBSession, wake: Callable[[], None], thread_id: int, action:
     thread = get_or_404(db, Thread, thread_id)
     if not changed:
         db.rollback()
-        raise HTTPException(
-            status.HTTP_409_CONFLICT,
-            f"cannot {action} thread {thread_id}: it is {thread.status.value}"
-            f" (allowed from: {', '.join(sorted(s.value for s in allowed))})",
-        )
+        detail = (f"cannot {action} thread {thread_id}: it is {thread.status.value}"
+                  f" (allowed from: {', '.join(sorted(s.value for s in allowed))})")
+        if thread.last_error and thread.status in LIVE_THREAD_STATUSES:  # held back, or a refusal not yet cleared
+            detail += f"; its last error: {thread.last_error}"
+        raise HTTPException(status.HTTP_409_CONFLICT, detail)
     log_event(
         db, f"thread.{target.value}", f"thread {thread_id} {thread.name!r} {target.value} via REST", thread_id=thread_id
     )
