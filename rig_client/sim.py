@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 DEFAULT_UNIT = "blocks.6:67"
 CONNECT_TIMEOUT_S = 30  # for the server's WELCOME, at start and after each injected disconnect
 LOGGED_UNITS = 8  # units named in the start-up line; a probe's worth (384) are counted
+RATE_SCALE = 1.0  # --rate-scale: spikes/s per unit of activation
+DRIFT_TAU = 500.0  # --drift-tau: presentations
 
 
 def parse_unit(text: str):
@@ -90,10 +92,14 @@ def add_parser(subcommands) -> None:
     noise.add_argument("--noise-eps", type=non_negative, default=0.0,
                        help="multiplicative gain noise: observed = clean * max(0, 1 + eps N(0,1))")
     noise.add_argument("--poisson-window", type=positive, default=None, metavar="SECONDS",
-                       help="Poisson spike counts over this window (rates = counts / window)")
-    noise.add_argument("--rate-scale", type=positive, default=1.0, help="spikes/s per unit of activation (Poisson)")
-    noise.add_argument("--drift-sd", type=non_negative, default=0.0, help="slow gain drift: stationary SD of the gain")
-    noise.add_argument("--drift-tau", type=positive, default=500.0, help="drift time constant, in presentations")
+                       help="Poisson spike counts over this window (rates = counts / window); its own setting, not "
+                       "the session's response window (default: no Poisson noise)")
+    noise.add_argument("--rate-scale", type=positive, default=None,
+                       help=f"spikes/s per unit of activation, with --poisson-window (default {RATE_SCALE:g})")
+    noise.add_argument("--drift-sd", type=non_negative, default=0.0,
+                       help="slow gain drift: stationary SD of the gain (default 0: no drift)")
+    noise.add_argument("--drift-tau", type=positive, default=None,
+                       help=f"drift time constant in presentations, with --drift-sd (default {DRIFT_TAU:g})")
     noise.add_argument("--adaptation", type=non_negative, default=1.0,
                        help="response factor per earlier showing of the same stimulus (1 = none)")
     faults = sim.add_argument_group("fault injection")
@@ -126,15 +132,20 @@ def build_noise(args: argparse.Namespace):
     """The noise chain the flags ask for, applied in order (an empty chain is noise-free)."""
     from rig_client import noise
 
+    for flag, value, needs, given in (("--rate-scale", args.rate_scale, "--poisson-window SECONDS",
+                                       args.poisson_window is not None),
+                                      ("--drift-tau", args.drift_tau, "--drift-sd SD", args.drift_sd > 0)):
+        if value is not None and not given:
+            raise ValueError(f"{flag} {value:g} does nothing without {needs}: add it, or leave {flag} out")
     chain = []
     if args.drift_sd > 0:
-        chain.append(noise.Drift(tau=args.drift_tau, sigma=args.drift_sd))
+        chain.append(noise.Drift(tau=args.drift_tau or DRIFT_TAU, sigma=args.drift_sd))
     if args.adaptation != 1.0:
         chain.append(noise.Adaptation(factor=args.adaptation))
     if args.noise_eps > 0:
         chain.append(noise.GainNoise(args.noise_eps))
     if args.poisson_window is not None:
-        chain.append(noise.PoissonNoise(window_s=args.poisson_window, scale=args.rate_scale))
+        chain.append(noise.PoissonNoise(window_s=args.poisson_window, scale=args.rate_scale or RATE_SCALE))
     return noise.Chain(chain)
 
 
@@ -153,8 +164,8 @@ class SimulatedRig:
         self.labels = channel_labels(len(units), args.labels) if args.labels else unit_labels(units)
         rf = ReceptiveField(int(args.rf[0]), args.rf[1], args.rf[2]) if args.rf else None
         self.args = args
+        self.noise = build_noise(args)  # a flag without the one it needs fails before the model loads
         self.scorer = UnitScorer(units, device=args.device, rf=rf)
-        self.noise = build_noise(args)
         self.rng = np.random.default_rng(args.seed)
         self.batches = 0
         self.stop = threading.Event()

@@ -51,3 +51,27 @@ def test_a_device_this_torch_cannot_use_is_refused_before_connecting(capsys):
         pytest.skip("this torch has CUDA")
     assert main(["rig", "sim", "--device", "cuda", "--endpoint", "tcp://127.0.0.1:9"]) == 2
     assert "device 'cuda' (--device or ACTMAX_DEVICE; device= in Python): this torch has no CUDA" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--rate-scale", "5"], "--rate-scale 5 does nothing without --poisson-window SECONDS: add it, or leave "
+                            "--rate-scale out"),
+    (["--drift-tau", "100", "--poisson-window", "0.2"], "--drift-tau 100 does nothing without --drift-sd SD"),
+])
+def test_a_noise_flag_without_the_one_it_scales_is_refused_before_the_model_loads(args, message, capsys):
+    """Alone, these flags used to change nothing while the rig said "noise none"."""
+    assert main(["rig", "sim", *args, "--endpoint", "tcp://127.0.0.1:9"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_the_noise_flags_build_the_documented_chain_with_their_defaults():
+    from rig_client import noise
+    from rig_client.sim import build_noise
+    from server.cli import build_parser
+
+    args = build_parser().parse_args(["rig", "sim", "--poisson-window", "0.2", "--drift-sd", "0.3"])
+    drift, poisson = build_noise(args).models
+    assert isinstance(drift, noise.Drift) and (drift.tau, drift.sigma) == (500.0, 0.3)
+    assert isinstance(poisson, noise.PoissonNoise) and (poisson.window_s, poisson.scale) == (0.2, 1.0)
+    args = build_parser().parse_args(["rig", "sim", "--poisson-window", "0.2", "--rate-scale", "4"])
+    assert [(type(m), m.scale) for m in build_noise(args).models] == [(noise.PoissonNoise, 4.0)]
