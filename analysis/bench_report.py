@@ -341,7 +341,7 @@ def render(results: pd.DataFrame, traces: pd.DataFrame, out_dir: str | Path) -> 
         if stale.name not in written:
             stale.unlink()
     path = out_dir / "report.md"
-    path.write_text("\n".join(md))
+    path.write_text("\n".join(md), encoding="utf-8")
     return path
 
 

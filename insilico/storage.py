@@ -96,7 +96,7 @@ def save_units(out_dir: str | Path, key: dict[str, Any], units: list[dict[str, A
     path = Path(out_dir) / "units.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"units.json{_TMP}{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps({"key": key, "units": units}, indent=1))
+    tmp.write_text(json.dumps({"key": key, "units": units}, indent=1), encoding="utf-8")
     os.replace(tmp, path)
 
 

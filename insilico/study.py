@@ -393,7 +393,7 @@ def run_study(settings: StudySettings, out: Path, *, scheduler: str | None = Non
     rows = read_rows(out, [t.run_id for t in sorted(tasks, key=lambda t: (t.depth, t.seed))])
     summary = summarize(rows, layers, not_run=None if settings.rbf else dict.fromkeys(RBF_STATISTICS, "--no-rbf"))
     _write_json(out / "study.json", settings, rows, summary)
-    (out / "study.md").write_text(markdown_report(summary, settings, rows))
+    (out / "study.md").write_text(markdown_report(summary, settings, rows), encoding="utf-8")
     plot_by_depth(summary, rows, out / "study.png")
     examples = {t.run_id for t in tasks if t.map_png}
     write_maps(out / "maps", settings, [r for r in rows if r["run_id"] in examples])
@@ -506,7 +506,7 @@ def depth_figure(summary: dict[str, Any], rows: Sequence[dict[str, Any]]):
 def _write_json(path: Path, settings: StudySettings, rows: Sequence[dict[str, Any]],
                 summary: dict[str, Any] | None = None) -> None:
     doc = {"actmax_version": actmax_version(), "settings": asdict(settings), "units": list(rows), "summary": summary}
-    path.write_text(json.dumps(json_safe(doc), indent=1))
+    path.write_text(json.dumps(json_safe(doc), indent=1), encoding="utf-8")
 
 
 # ---------------------------------------------------------------------------------------------- CLI

@@ -115,7 +115,7 @@ def run_manifold(args: argparse.Namespace) -> int:
         results = analyze(data, n_boot=args.n_boot, reliability=args.reliability, progress=bar)
     for r in results:
         plot_plane(data, r, f"thread {args.thread}, {r['plane']}", out / f"manifold_{r['plane']}.png")
-    (out / "manifold.json").write_text(json.dumps(json_safe(summary(results)), indent=2))
+    (out / "manifold.json").write_text(json.dumps(json_safe(summary(results)), indent=2), encoding="utf-8")
     for r in results:
         s = r["signature"]
         print(f"{r['plane']}: lowest single-loop level {s.lowest_loop_index}, loop AUC {s.auc_loop:.2f}, "

@@ -137,5 +137,5 @@ def report(
              method=method)
     np.savez(out / "hessians.npz", codes=codes, **{f"eigvals_{n}": s for n, s in spectra.items()},
              **{f"H_{n}": np.stack([r.H for r in res]) for n, res in results.items()})
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return summary
