@@ -15,7 +15,9 @@ field by field.
 from __future__ import annotations
 
 import argparse
+import codecs
 import csv
+import io
 import json
 import logging
 import math
@@ -61,7 +63,7 @@ class BridgeError(RigError):
 def write_batch(folder: Path, batch, channel_labels: Sequence[str]) -> Path:
     """The folder of ``batch`` (created atomically), or the one already written for it."""
     for existing in sorted(folder.glob("batch-*/manifest.json")):
-        if json.loads(existing.read_text())["batch_id"] == batch.batch_id:
+        if json.loads(existing.read_text(encoding="utf-8"))["batch_id"] == batch.batch_id:
             return existing.parent
     numbers = [int(p.name[6:]) for p in folder.glob("batch-*") if p.name[6:].isdigit()]
     final = folder / f"batch-{max(numbers, default=0) + 1:06d}"
@@ -78,8 +80,8 @@ def write_batch(folder: Path, batch, channel_labels: Sequence[str]) -> Path:
                 "response_window_ms": list(batch.response_window_ms),
                 "channels": len(channel_labels), "channel_labels": list(channel_labels),
                 "stimuli": stimuli}
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    with open(tmp / "manifest.csv", "w", newline="") as f:
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    with open(tmp / "manifest.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, ["order", "stimulus_id", "kind", "file"])
         writer.writeheader()
         writer.writerows(stimuli)
@@ -89,7 +91,7 @@ def write_batch(folder: Path, batch, channel_labels: Sequence[str]) -> Path:
 
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
 
 
@@ -113,8 +115,29 @@ def _check_names(names, known: Sequence[str], what: str, shown: Sequence[str] = 
                           f"{', '.join(shown or known)} (docs/monkeylogic/README.md)")
 
 
+_OTHER_BOMS = ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
+               (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16"))  # UTF-32 LE starts as UTF-16 LE
+
+
+def _text(path: Path) -> str:
+    """The text of a JSON or CSV responses file: UTF-8, with or without a byte-order mark (as C# and
+    Windows PowerShell write it); BridgeError for any other encoding."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        if exc.end == len(data) and exc.reason == "unexpected end of data":  # cut inside a character
+            raise BridgeError(f"{path.name} cannot be read: it ends inside a character. "
+                              f"{_still_writing(path)}") from None
+        line = data.count(b"\n", 0, exc.start) + 1
+        why = next((f"it starts with a {name} byte-order mark" for bom, name in _OTHER_BOMS
+                    if data.startswith(bom)), f"byte 0x{data[exc.start]:02x} in line {line}")
+        excel = " (in Excel: Save As, CSV UTF-8)" if path.suffix == ".csv" else ""
+        raise BridgeError(f"{path.name} is not UTF-8 text ({why}): save it as UTF-8{excel}") from None
+
+
 def _rows_json(path: Path) -> list[dict]:
-    data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_reject_constant)
+    data = json.loads(_text(path), parse_constant=_reject_constant)
     rows = data.get("presentations") if isinstance(data, dict) else None
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise BridgeError('a JSON responses file is {"presentations": [{...}, ...]}')
@@ -147,12 +170,14 @@ def _rows_csv(path: Path, channels: int) -> list[dict]:
         numbered = [name.format(i) for i in range(1, channels + 1)] if "{}" in name else [name]
         columns += numbered
         shown.append(f"{numbered[0]}..{numbered[-1]}" if len(numbered) > 1 else numbered[0])
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames:
-            raise BridgeError(f"{path.name} has no header line; write the column names first "
-                              "(docs/monkeylogic/README.md)")
-        table = [(reader.line_num, row) for row in reader]
+    reader = csv.DictReader(io.StringIO(_text(path), newline=""))
+    if not reader.fieldnames:
+        raise BridgeError(f"{path.name} has no header line; write the column names first "
+                          "(docs/monkeylogic/README.md)")
+    if any(";" in name for name in reader.fieldnames):
+        raise BridgeError("the separator must be a comma; this file uses ';' (as Excel writes in a German "
+                          "locale): save it with commas, decimals with a point (docs/monkeylogic/README.md)")
+    table = [(reader.line_num, row) for row in reader]
     _check_names(reader.fieldnames, columns, "column", shown)
     rows = []
     for line, row in table:
@@ -231,7 +256,7 @@ def read_responses(path: Path, manifest: dict) -> list[TrialPresentation]:
     try:
         rows = {".json": lambda: _rows_json(path), ".csv": lambda: _rows_csv(path, channels),
                 ".mat": lambda: _rows_mat(path, channels)}[path.suffix]()
-    except (ValueError, UnicodeDecodeError, csv.Error, OSError) as exc:
+    except (ValueError, csv.Error, OSError) as exc:  # truncated JSON, a quote left open...
         raise BridgeError(f"{path.name} cannot be read: {exc}. {_still_writing(path)}") from None
     except RecursionError:
         raise BridgeError(f"{path.name} is nested too deeply to be a responses file") from None
@@ -364,7 +389,7 @@ class FolderBridge:
         self.seen: dict[Path, tuple[tuple[int, int], float]] = {}  # responses file -> (size, mtime), since when
         self.stop = threading.Event()
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.open = {m.parent: json.loads(m.read_text())  # folder -> manifest
+        self.open = {m.parent: json.loads(m.read_text(encoding="utf-8"))  # folder -> manifest
                      for m in sorted(self.folder.glob("batch-*/manifest.json")) if not _finished(m.parent)}
         self.uploads: dict[Path, tuple] = {}  # folder -> (ACK future, responses file, ack.json counts)
 
@@ -389,7 +414,7 @@ class FolderBridge:
                     "superseded_by": batch.batch_id, "folder": path.name, "generation": batch.generation}))
                 log.info("%s superseded by %s; the user loop skips it, its responses are still sent",
                          other, path.name)
-        self.open[path] = json.loads((path / "manifest.json").read_text())
+        self.open[path] = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
         return path
 
     def check(self) -> None:

@@ -31,8 +31,8 @@ def _rig_name(text: str) -> str:
     from rig_client.protocol import is_rig_name
 
     if not is_rig_name(text):
-        raise argparse.ArgumentTypeError(f"{text!r}: a rig name is 1 to 64 letters, digits, '.', "
-                                         "'_' or '-', starting with a letter or digit")
+        raise argparse.ArgumentTypeError(f"{text!r}: a rig name is 1-64 of A-Z a-z 0-9 . _ - (no spaces or "
+                                         "accented letters), starting with a letter or digit")
     return text
 
 

@@ -267,7 +267,7 @@ class PresenterRig:
                  sum(p.flagged for p in presentations), len(presentations) - len(sent),
                  fit.residual_rms_s * 1000, fit.n_pulses)
         if self.record:
-            with open(self.record, "a") as f:
+            with open(self.record, "a", encoding="utf-8") as f:
                 for p, t, rec in zip(presentations, trials, counts.onsets):
                     f.write(json.dumps({"batch_id": batch.batch_id, **p.to_json(),
                                         "onset_recorder": float(rec), "sent": p in sent,
@@ -371,7 +371,7 @@ def run(args: argparse.Namespace) -> int:
         stats = flip_statistics(presenter.intervals, args.refresh_hz)
         log.info("flip intervals: %s", stats)
         if args.record:
-            with open(args.record, "a") as f:
+            with open(args.record, "a", encoding="utf-8") as f:
                 f.write(json.dumps({"flip_statistics": stats}) + "\n")
         source.close()
         window.close()

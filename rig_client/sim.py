@@ -169,7 +169,7 @@ class SimulatedRig:
         self.rng = np.random.default_rng(args.seed)
         self.batches = 0
         self.stop = threading.Event()
-        self.record = open(args.record, "a") if args.record else None
+        self.record = open(args.record, "a", encoding="utf-8") if args.record else None
         units = [str(unit) for unit in self.scorer.units]
         if len(units) > LOGGED_UNITS:
             units[LOGGED_UNITS - 1:] = [f"… {len(units) - LOGGED_UNITS + 1} more, to {units[-1]}"]

@@ -3,6 +3,7 @@ with `actmax serve`, `actmax rig bridge` and a stand-in MonkeyLogic rig as three
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import shutil
@@ -110,6 +111,61 @@ def test_bad_files_are_named(tmp_path, name, content, words):
     (tmp_path / name).write_text(content)
     with pytest.raises(BridgeError, match=words):
         read_responses(tmp_path / name, MANIFEST)
+
+
+GERMAN_EXCEL = f"stimulus_id;onset;rate_1;rate_2\r\nst-a;{ONSETS[0]};10,5;1,5\r\n".replace(".", ",")
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("responses.csv", "stimulus_id,onset,rate_1,rate_2\n".encode("utf-16"),
+     "responses.csv is not UTF-8 text (it starts with a UTF-16 byte-order mark): save it as UTF-8 "
+     "(in Excel: Save As, CSV UTF-8)"),
+    ("responses.json", codecs.BOM_UTF16_BE + '{"presentations": []}'.encode("utf-16-be"),
+     "responses.json is not UTF-8 text (it starts with a UTF-16 byte-order mark): save it as UTF-8"),
+    ("responses.json", '{"presentations": []}'.encode("utf-32"),
+     "responses.json is not UTF-8 text (it starts with a UTF-32 byte-order mark): save it as UTF-8"),
+    ("responses.csv", f"stimulus_id,onset,rate_1,rate_2\nGröße,{ONSETS[0]},5,5\n".encode("cp1252"),
+     "responses.csv is not UTF-8 text (byte 0xf6 in line 2): save it as UTF-8 (in Excel: Save As, CSV UTF-8)"),
+    ("responses.csv", GERMAN_EXCEL.encode("utf-8-sig"),
+     "the separator must be a comma; this file uses ';' (as Excel writes in a German locale): save it with "
+     "commas, decimals with a point (docs/monkeylogic/README.md)"),
+])
+def test_a_file_in_another_encoding_or_with_semicolons_is_refused_for_that(tmp_path, name, content, message):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(BridgeError) as error:
+        read_responses(tmp_path / name, MANIFEST)
+    assert str(error.value) == message
+
+
+def test_a_file_cut_inside_a_character_is_refused_as_perhaps_still_being_written(tmp_path):
+    (tmp_path / "responses.csv").write_bytes("stimulus_id,onset,rate_1,rate_2\nGrö".encode()[:-1])
+    with pytest.raises(BridgeError, match="^responses.csv cannot be read: it ends inside a character. "
+                                          r"Was it still being written\?"):
+        read_responses(tmp_path / "responses.csv", MANIFEST)
+
+
+def test_a_utf8_byte_order_mark_and_crlf_are_read_in_json_as_in_csv(tmp_path):
+    expected = [p.to_json() for p in read_responses(write_all_formats(tmp_path)[2], MANIFEST)]
+    for path in write_all_formats(tmp_path)[1:]:  # as C# or Windows PowerShell 5 writes UTF-8
+        path.write_bytes(codecs.BOM_UTF8 + path.read_bytes().replace(b"\n", b"\r\n"))
+        assert [p.to_json() for p in read_responses(path, MANIFEST)] == expected
+
+
+def test_the_bridge_writes_its_files_in_utf8_whatever_the_locale(tmp_path):
+    """Under a Latin-1 locale (a Windows rig's code page is alike), a rejection naming a column '電極' is
+    written to responses.error.txt in UTF-8, as the manifests are, rather than crashing the bridge."""
+    (tmp_path / "responses.csv").write_text(f"stimulus_id,onset,電極\nst-a,{ONSETS[0]},5\n", encoding="utf-8")
+    script = ("import json, locale, sys; from pathlib import Path; from rig_client.bridge import FolderBridge\n"
+              "if locale.getpreferredencoding() != 'ISO-8859-1': sys.exit(77)\n"
+              "folder = Path(sys.argv[1]); manifest = json.loads(sys.argv[2])\n"
+              "FolderBridge(None, folder, ['ch1', 'ch2'])._send(folder, folder / 'responses.csv', manifest)\n")
+    env = {**os.environ, "LC_ALL": "de_DE.ISO-8859-1", "PYTHONUTF8": "0", "PYTHONPATH": str(Path.cwd())}
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path), json.dumps(MANIFEST)], env=env,
+                          capture_output=True, text=True, encoding="utf-8", errors="replace")
+    if done.returncode == 77:
+        pytest.skip("no de_DE.ISO-8859-1 locale here (localedef -i de_DE -f ISO-8859-1 de_DE.ISO-8859-1)")
+    assert done.returncode == 0, done.stderr
+    assert "unknown column '電極'" in (tmp_path / "responses.error.txt").read_text(encoding="utf-8")
 
 
 def test_an_unknown_csv_column_is_answered_with_the_csv_columns(tmp_path):
@@ -385,6 +441,56 @@ def test_a_384_channel_responses_file_over_the_message_limit_is_sent_and_stored_
     assert sorted(p.name for p in path.glob("responses*")) == ["responses.json"]
     assert sorted(map(tuple, stored)) == sorted((r["stimulus_id"], r["rates"]) for r in rows)
     assert status == "complete"
+
+
+def test_files_in_other_encodings_are_refused_for_that_and_a_utf8_bom_json_is_stored(tmp_path, endpoint):
+    """A rig on Windows writes a UTF-16 CSV (Excel's "Unicode text"), then a German Excel's CSV (';' and
+    decimal commas): each is refused saying what is wrong with it, not that it was perhaps half-written,
+    and the bridge waits on. Then responses.json with a UTF-8 byte-order mark and CRLF lines (as C# and
+    Windows PowerShell 5 write it) is sent and stored."""
+    from tests.server.test_end_to_end import wait_until
+    from tests.server.test_engine import RIG, LiveEngine
+
+    folder = tmp_path / "rig-folder"
+
+    def write(path: Path, name: str, data: bytes) -> None:
+        (path / "writing.tmp").write_bytes(data)
+        (path / "writing.tmp").rename(path / name)
+
+    def refusal(path: Path, k: int, ext: str) -> str:
+        return wait_until(lambda: (path / f"responses.rejected-{k}.{ext}").exists() and f"rejected-{k}." in (
+            text := (path / "responses.error.txt").read_text(encoding="utf-8")) and text, 30, f"rejection {k}")
+
+    with LiveEngine(tmp_path / "data", endpoint) as live:
+        live.create(n_generations=1)
+        with RigClient(endpoint, RIG, channels=1) as client:
+            bridge = FolderBridge(client, folder, ["ch1"], poll_s=0.05, settle_s=0)
+            runner = threading.Thread(target=bridge.run)
+            runner.start()
+            try:
+                (path, manifest), = wait_until(lambda: batch_folders(folder), 60, "the batch")
+                ids, onset = [s["stimulus_id"] for s in manifest["stimuli"]], time.time()
+                csv_text = "stimulus_id,onset,rate_1\r\n" + "".join(f"{i},{onset},12.5\r\n" for i in ids)
+                write(path, "responses.csv", csv_text.encode("utf-16"))
+                utf16 = refusal(path, 1, "csv")
+                write(path, "responses.csv", csv_text.replace(",", ";").replace(".", ",").encode("utf-8-sig"))
+                semicolons = refusal(path, 2, "csv")
+                rows = [{"stimulus_id": i, "onset": onset, "rates": [12.5]} for i in ids]
+                write(path, "responses.json", codecs.BOM_UTF8 + json.dumps({"presentations": rows}, indent=1)
+                      .replace("\n", "\r\n").encode())
+                ack = json.loads(wait_until(lambda: (path / "ack.json").exists() and (path / "ack.json").read_text(),
+                                            30, "the ACK"))
+            finally:
+                bridge.stop.set()
+                runner.join(10)
+        with live.sessions() as db:
+            stored = db.execute(select(PresentationRow.stimulus_id, PresentationRow.rates_json)).all()
+    assert "responses.csv is not UTF-8 text (it starts with a UTF-16 byte-order mark): save it as UTF-8" in utf16
+    assert "the separator must be a comma; this file uses ';' (as Excel writes in a German locale): save it " \
+           "with commas, decimals with a point" in semicolons
+    assert "still being written" not in utf16 + semicolons and "the bridge is waiting for it" in semicolons
+    assert ack["accepted"] == len(ids) and not (path / "responses.error.txt").exists()
+    assert sorted(stored) == sorted((i, [12.5]) for i in ids)
 
 
 HELPERS = Path(__file__).parents[2] / "docs" / "monkeylogic"

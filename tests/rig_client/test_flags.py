@@ -14,7 +14,8 @@ MISSING = "replay:/nonexistent/rec.npz"  # never read: the flags are refused fir
     (["sim", "--endpoint", "notanendpoint"],
      "argument --endpoint: 'notanendpoint' is not an endpoint to connect to: use tcp://HOST:PORT "
      "(e.g. tcp://127.0.0.1:5555)"),
-    (["sim", "--rig", "bad name"], "argument --rig: 'bad name': a rig name is 1 to 64 letters"),
+    (["sim", "--rig", "bad name"], "argument --rig: 'bad name': a rig name is 1-64 of A-Z a-z 0-9 . _ - "
+                                   "(no spaces or accented letters), starting with a letter or digit"),
     (["sim", "--delay", "-5"], "argument --delay: -5: expected a number >= 0"),
     (["sim", "--disconnect-every", "-1"], "argument --disconnect-every: -1: expected a whole number >= 0"),
     (["screen", "--top", "-3"], "argument --top: -3: expected a whole number > 0"),
@@ -32,6 +33,16 @@ def test_bad_flags_are_refused_by_the_parser(args, message, capsys):
         main(["rig", *args])
     assert exit.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["sim"], ["bridge", "--folder", "unused"], ["present", "--spikes", MISSING]])
+def test_a_rig_name_with_an_umlaut_is_refused_naming_the_characters_allowed(command, capsys):
+    """'ü' is a letter to a German user: the message lists the characters, as the session config's does."""
+    with pytest.raises(SystemExit) as exit:
+        main(["rig", *command, "--rig", "Rig-Müller"])
+    assert exit.value.code == 2
+    assert "argument --rig: 'Rig-Müller': a rig name is 1-64 of A-Z a-z 0-9 . _ - (no spaces or accented " \
+           "letters), starting with a letter or digit" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("args", "message"), [
