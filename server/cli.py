@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
+import io
 import logging
 import os
 import sys
+from datetime import UTC, datetime
 
 from server import package_version
 
@@ -39,15 +41,34 @@ def build_parser() -> argparse.ArgumentParser:
         importlib.import_module(name).add_parser(subcommands)
     return parser
 
+
+def escape_what_the_console_cannot_encode() -> None:
+    """Print a character the console's encoding lacks as an escape (``\\u5b9f``) instead of failing on it: a
+    Japanese session name on a Latin-1 locale, or on Windows with the output redirected (cp1252), must not turn
+    a session just created into an exit with a codec error, which a retry would create again."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):  # not None (pythonw) nor a caller's StringIO
+            stream.reconfigure(errors="backslashreplace")
+
+
+class ZonedFormatter(logging.Formatter):
+    """Log lines whose local time carries its offset from UTC (``2026-11-30 14:25:05,241+0900``), as the CLI's
+    UTC times carry their ``Z``."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        local = datetime.fromtimestamp(record.created, UTC).astimezone()
+        return f"{local:%Y-%m-%d %H:%M:%S},{int(record.msecs):03d}{local:%z}"
+
+
 def main(argv: list[str] | None = None) -> int:
+    escape_what_the_console_cannot_encode()
     try:
         args = build_parser().parse_args(argv)
     except KeyboardInterrupt:  # while the subcommands import
         return 130
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(ZonedFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
     for noisy in ("httpx", "alembic"):  # a line per REST call or migration step is noise
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("PIL").setLevel(logging.INFO)  # -v: not a line per PNG chunk read

@@ -7,6 +7,7 @@ import functools
 import os
 import sys
 import time
+import unicodedata
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -138,10 +139,22 @@ def call(method: str, path: str, body: dict | None = None):
         client.close()
 
 
+def padded(text: str, columns: int) -> str:
+    """``text`` left-aligned in ``columns`` terminal columns, for a table's name column (``f"{text:<20}"``
+    counts code points): a wide character (CJK, most emoji) takes two columns, a combining mark (an NFD
+    umlaut) or a zero-width one (a joiner, a variation selector) none, and a character the console cannot
+    encode the escape it is printed as (``server.cli``)."""
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    shown = text.encode(encoding, "backslashreplace").decode(encoding)
+    width = sum(0 if unicodedata.category(c) in ("Mn", "Me", "Cf") else
+                2 if unicodedata.east_asian_width(c) in ("W", "F") else 1 for c in shown)
+    return text + " " * max(columns - width, 0)
+
+
 def print_threads(threads: list[dict]) -> None:
     print(f"  {'thread':>6}  {'name':<20} {'kind':<10} {'status':<16} last error")
     for t in threads:
-        print(f"  {t['id']:>6}  {t['name']:<20} {t['kind']:<10} {t['status']:<16} {t.get('last_error') or ''}")
+        print(f"  {t['id']:>6}  {padded(t['name'], 20)} {t['kind']:<10} {t['status']:<16} {t.get('last_error') or ''}")
 
 
 def create_session(args) -> int:
@@ -163,7 +176,7 @@ def list_sessions(args) -> int:
     sessions = call("GET", "/sessions")
     print(f"{'id':>4}  {'name':<30} {'rig':<16} {'status':<9} created")
     for s in sessions:
-        print(f"{s['id']:>4}  {s['name']:<30} {s['rig']:<16} {s['status']:<9} {s['created_at']}")
+        print(f"{s['id']:>4}  {padded(s['name'], 30)} {s['rig']:<16} {s['status']:<9} {s['created_at']}")
     return 0
 
 
@@ -259,7 +272,7 @@ def watch_session(args) -> int:
                 while page := call("GET", f"/threads/{thread['id']}/generations?status=complete"
                                    f"&offset={shown.get(thread['id'], 0)}&limit=1000")["items"]:
                     shown[thread["id"]] = shown.get(thread["id"], 0) + len(page)
-                    lines += [(_time(g["completed_at"]), f"{thread['name']:<20} {g['number']:>4} "
+                    lines += [(_time(g["completed_at"]), f"{padded(thread['name'], 20)} {g['number']:>4} "
                                f"{_number(g['mean_score']):>9} {_number(g['max_score']):>9} "
                                f"{_number(g['reference_mean']):>9} {_number(g.get('rig_latency_s')):>9}")
                               for g in page]
@@ -267,7 +280,7 @@ def watch_session(args) -> int:
                     statuses[thread["id"]] = thread["status"]
                     error = f" ({thread['last_error']})" if thread.get("last_error") else ""
                     lines.append((_time(changed.get((thread["id"], f"thread.{thread['status']}"))),
-                                  f"{thread['name']:<20} {thread['status']}{error}"))
+                                  f"{padded(thread['name'], 20)} {thread['status']}{error}"))
         except Unreachable as exc:
             if not away:
                 print(f"actmax session watch: {exc}; waiting for it (Ctrl-C to stop)", file=sys.stderr, flush=True)
