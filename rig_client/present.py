@@ -295,7 +295,7 @@ def open_window(size: tuple[int, int] | None):
         return pyglet.window.Window(fullscreen=True, vsync=True)
     except ImportError:
         raise RigError("rig present draws with pyglet, which is not installed: "
-                       "pip install 'path/to/actmax[presenter]'") from None
+                       "pip install 'actmax[presenter]'") from None
     except Exception as exc:  # pyglet has a NoSuchDisplayException per platform
         if type(exc).__name__ != "NoSuchDisplayException":
             raise

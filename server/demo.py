@@ -20,7 +20,9 @@ def add_parser(subcommands) -> None:
         "two evolution threads on one simulated EfficientNet-Lite0 unit, and write a report folder "
         "(scores.png, evolution_<thread>.png, best_images.png, summary.json, methods.txt, the session database).",
     )
-    parser.add_argument("--out", default="actmax-demo", help="report folder (default ./actmax-demo; replaced)")
+    parser.add_argument("--out", default="actmax-demo",
+                        help="report folder (default ./actmax-demo): a new or empty folder, or an earlier demo's "
+                        "report, which is replaced")
     parser.add_argument("--generations", type=int, default=30, help="generations per thread (default 30)")
     parser.add_argument("--population", type=int, default=40, help="images per generation (default 40)")
     parser.add_argument("--optimizers", nargs="+", default=["cma", "sphere-cma"],
@@ -67,6 +69,48 @@ def progress(api, threads: list[dict]) -> tuple[int, bool]:
     return done, all(s in ("finished", "stopped", "failed") for s in states)
 
 
+def table(summaries) -> str:
+    """Per thread: first and last generation mean, the best reference image's mean and the best image's, each with
+    the presentations (n) it is the mean of; then what the best image's number is worth."""
+    lines = [f"{'thread':<12} {'gens':>4} {'first mean':>11} {'last mean':>10} {'best ref (n)':>14} "
+             f"{'best image (n)':>15}"]
+    for s in summaries:
+        reference = f"{s.best_reference:.3f} ({s.best_reference_presentations})"
+        best = f"{s.best_score:.3f} ({s.best_score_presentations})"
+        lines.append(f"{s.name:<12} {s.generations:>4} {s.first_generation_mean:>11.3f} "
+                     f"{s.last_generation_mean:>10.3f} {reference:>14} {best:>15}")
+    counts = ", ".join(str(s.images_ranked) for s in summaries)
+    lines += ["last mean vs best ref is the fair comparison: both are means over many presentations;",
+              f"best image: the highest of each thread's images' means ({counts} images), biased high: expect it "
+              "to be lower when shown again"]
+    return "\n".join(lines)
+
+
+
+#: The file that marks a folder as a demo's report, which the next demo may replace.
+MARKER = ".actmax-demo"
+
+
+def replace_report_folder(out: Path) -> None:
+    """Make ``out`` a new, empty report folder. Only an empty folder or an earlier demo's report (its ``MARKER``)
+    is emptied: anything else, and the current folder or one above it, is refused before anything is deleted."""
+    from server.session_config import ConfigError
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder for the report")
+    if out.is_dir() and any(out.iterdir()):
+        if Path.cwd().resolve().is_relative_to(out.resolve()):
+            raise ConfigError(f"--out {out} is the current folder or one above it; give a folder of its own for the "
+                              "report, e.g. --out actmax-demo")
+        if not (out / MARKER).is_file():
+            raise ConfigError(f"--out {out} already holds files and is not an earlier demo report, so it is left "
+                              "as it is; give a new folder, or empty this one yourself")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("a report of `actmax demo`, which the next demo into this folder replaces\n",
+                              encoding="utf-8")
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -83,8 +127,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("the session these flags make (--generations, --population, --optimizers) is not "
                           f"valid: {describe_validation_error(error)}") from None
     out = Path(args.out)
-    if out.exists():
-        shutil.rmtree(out)
+    replace_report_folder(out)
     data = out / "data"
     server = ServerProcess(data, new_token())
     started = time.monotonic()
@@ -111,11 +154,9 @@ def run(args: argparse.Namespace) -> int:
     summaries = write_session_report(f"sqlite:///{database}", data, session["id"], out)
     print(f"\nreport in {out}/ (scores.png, evolution_*.png, best_images.png, summary.json, methods.txt, actmax.sqlite) "
           f"after {time.monotonic() - started:.0f} s")
-    print(f"{'thread':<12} {'gens':>4} {'first mean':>11} {'last mean':>10} {'best ref':>9} {'best image':>10}")
+    print(table(summaries))
     beaten = True
     for s in summaries:
-        print(f"{s.name:<12} {s.generations:>4} {s.first_generation_mean:>11.3f} {s.last_generation_mean:>10.3f} "
-              f"{s.best_reference:>9.3f} {s.best_score:>10.3f}")
         beaten &= s.last_generation_mean > max(s.first_generation_mean, s.best_reference) and math.isfinite(
             s.last_generation_mean)
     print("evolved images beat the first generation and the best reference" if beaten

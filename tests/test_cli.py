@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import os
 import re
 import signal
@@ -40,11 +39,13 @@ def test_every_command_has_help(command, capsys):
 
 
 def test_the_console_script_is_installed_and_runs():
+    from server import package_version
+
     result = actmax("--help")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: actmax")
-    version = actmax("--version")  # what a methods section or a bug report quotes
-    assert version.returncode == 0 and version.stdout.strip() == f"actmax {importlib.metadata.version('actmax')}"
+    version = actmax("--version")  # what a methods section or a bug report quotes: this checkout's build
+    assert version.returncode == 0 and version.stdout.strip() == f"actmax {package_version()}", version.stderr
 
 
 def test_the_parser_and_the_rest_client_commands_import_no_heavy_library():
@@ -212,6 +213,29 @@ def test_no_help_shows_a_doubled_percent_sign():
 
     for parser in all_parsers(build_parser()):
         assert "%%" not in parser.format_help(), parser.prog
+
+
+def test_no_help_cites_the_spec():
+    """An installed user has no spec: a help text gives the number or names the publication."""
+    from server.cli import build_parser
+
+    for parser in all_parsers(build_parser()):
+        assert not re.search(r"\bspec\b", parser.format_help()), parser.prog
+
+
+def test_keys_list_names_the_folder_it_looked_in(tmp_path, clean_environment, capsys):
+    from server.cli import main
+
+    missing = tmp_path / "mistyped"
+    code, err = in_process("keys", "list", "--data-dir", str(missing), capsys=capsys)
+    assert code == 2 and f"{missing} does not exist, so there are no keys in {missing / 'keys'}" in err, err
+    assert not missing.exists()
+    clean_environment.chdir(tmp_path)
+    (tmp_path / "fresh").mkdir()
+    assert main(["keys", "list", "--data-dir", "fresh"]) == 0
+    assert capsys.readouterr().out.splitlines() == [  # absolute: the working folder is not always obvious
+        f"keys folder: {tmp_path.resolve() / 'fresh' / 'keys'} (none yet: `actmax keys init` makes it)",
+        "server: no key pair (CURVE off)"]
 
 
 def test_the_client_says_when_the_server_is_unreachable():
@@ -417,3 +441,30 @@ def test_weights_verify_fails_weights_that_render_one_image_for_every_code(tmp_p
     failed = actmax("weights", "verify", "dcgan-faces", env={"ACTMAX_WEIGHTS_DIR": str(tmp_path)})
     assert failed.returncode == 1, failed.stdout
     assert re.match(r"dcgan-faces\s+FAILED\s+the weights look untrained or not converted", failed.stdout)
+
+
+def test_demo_out_replaces_only_an_empty_folder_or_an_earlier_demo_report(tmp_path, capsys, monkeypatch):
+    """`actmax demo --out DIR` deleted any DIR, a data folder or `.` included, before anything else ran."""
+    from server.cli import main
+    from server.demo import MARKER, replace_report_folder
+
+    recordings = tmp_path / "recordings"
+    (recordings / "images").mkdir(parents=True)
+    (recordings / "lab-notebook.txt").write_text("notes")
+    assert main(["demo", "--out", str(recordings)]) == 2  # refused before any process starts
+    assert "already holds files and is not an earlier demo report" in capsys.readouterr().err
+    assert sorted(p.name for p in recordings.iterdir()) == ["images", "lab-notebook.txt"]
+
+    report = tmp_path / "report"
+    replace_report_folder(report)  # new: made, and marked
+    (report / "scores.png").write_bytes(b"old")
+    replace_report_folder(report)  # an earlier report: emptied
+    assert [p.name for p in report.iterdir()] == [MARKER]
+    monkeypatch.chdir(report)
+    assert main(["demo", "--out", "."]) == 2
+    assert "is the current folder or one above it" in capsys.readouterr().err
+    assert (report / MARKER).is_file()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    replace_report_folder(empty)
+    assert [p.name for p in empty.iterdir()] == [MARKER]

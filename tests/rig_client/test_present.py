@@ -38,7 +38,7 @@ def test_without_pyglet_it_says_what_to_install(tmp_path):
                f"sys.exit(main(['rig', 'present', '--spikes', 'replay:{tmp_path / 'rec.npz'}']))")
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
-    assert "pyglet, which is not installed: pip install 'path/to/actmax[presenter]'" in result.stderr
+    assert "pyglet, which is not installed: pip install 'actmax[presenter]'" in result.stderr
     assert "Traceback" not in result.stderr
 
 
