@@ -40,7 +40,7 @@ def _biggan():
         import pytorch_pretrained_biggan
     except ImportError:
         raise GeneratorError("BigGAN needs `pip install pytorch-pretrained-biggan` "
-                             "(or `pip install actmax[biggan]`)") from None
+                             "(or `pip install 'actmax[biggan]'`)") from None
     return pytorch_pretrained_biggan
 
 

@@ -532,9 +532,9 @@ def add_parser(analyses) -> None:
     parser.add_argument("--rbf", action=argparse.BooleanOptionalAction, help="run the RBF probe (default on)")
     parser.add_argument("--rbf-levels", nargs="+", type=float,
                         help=f"RBF target fractions of the peak (default {' '.join(map(str, d.rbf_levels))})")
-    parser.add_argument("--rbf-n", type=int, help=f"RBF samples per level (default {d.rbf_n}; spec 40)")
-    parser.add_argument("--rbf-steps", type=int,
-                        help=f"Adam steps of the min probe; max x1.5, max_abinit x2 (default {d.rbf_steps}; spec 50)")
+    parser.add_argument("--rbf-n", type=int, help=f"RBF samples per level (default {d.rbf_n}; the published study: 40)")
+    parser.add_argument("--rbf-steps", type=int, help="Adam steps of the min probe; max x1.5, max_abinit x2 "
+                        f"(default {d.rbf_steps}; the published study: 50)")
     parser.add_argument("--distance", choices=("perceptual", "mse"),
                         help="RBF image distance: EfficientNet-Lite0 features (LPIPS stand-in) or pixel MSE "
                         "(default perceptual)")

@@ -182,6 +182,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"rig {args.name!r} is refused from its next connection; a connection open now lasts until the rig "
               "disconnects: restart `actmax serve` to cut it at once")
     else:
+        folder = store.root.resolve()
+        if not folder.parent.is_dir():  # a mistyped --data-dir: say so rather than list nothing
+            raise ServerError(f"{folder.parent} does not exist, so there are no keys in {folder}: check --data-dir "
+                              "(or ACTMAX_KEYS_DIR)")
+        print(f"keys folder: {folder}" + ("" if folder.is_dir() else " (none yet: `actmax keys init` makes it)"))
         print(f"server: {store.server_keys()[0].decode() if store.enabled() else 'no key pair (CURVE off)'}")
         for public, name in store.rig_keys().items():
             print(f"rig {name}: {public.decode()}")

@@ -121,3 +121,13 @@ def test_dockerignore_keeps_environments_data_and_keys_out_of_the_build_context(
         parts = [relative.rsplit("/", n)[0] for n in range(relative.count("/") + 1)]  # the file and its folders
         assert not [p for p in patterns for part in parts
                     if fnmatch.fnmatch(part, p) or fnmatch.fnmatch(part, p.removeprefix("**/"))], relative
+
+
+def test_dockerfile_copies_every_file_the_build_reads():
+    """pyproject.toml's readme and license files: without one, `pip install .` in the image warns that setuptools
+    releases after 2027-02-18 will refuse to build."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    copied = [name for line in re.findall(r"^COPY (.+) \S+$", (ROOT / "Dockerfile").read_text(), re.M)
+              for name in line.split()]
+    for name in (project["readme"], *project["license-files"]):
+        assert (ROOT / name).is_file() and name in copied, f"the Dockerfile does not copy {name}"

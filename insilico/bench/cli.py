@@ -91,7 +91,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="print the grid size and exit")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     sub = parser.add_subparsers(dest="bench_command", metavar="{report}")
-    report = sub.add_parser("report", help="Markdown + PNG report of a results directory (spec §3 tables)")
+    report = sub.add_parser("report", help="Markdown + PNG report of a results directory: the optimizer comparison "
+                            "tables, beside the numbers Wang & Ponce (GECCO 2022) published")
     report.add_argument("results_dir", type=Path, nargs="?", default=Path("bench/results/default"),
                         help="results directory (default bench/results/default)")
     report.add_argument("--out", dest="report_out", type=Path, metavar="DIR", help="output directory (default RESULTS_DIR/report)")
