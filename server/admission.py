@@ -74,7 +74,7 @@ def check_thread(thread: ThreadConfig, cache: GeneratorCache, rig: str, rig_chan
             _optimizer(thread, generator)
         except (ValueError, TypeError) as error:
             problems.append(Problem((*loc, "optimizer_params"), f"{thread.optimizer} refuses these settings: {error}"))
-    else:
+    elif thread.kind == "manifold":
         source = next((t for t in session_threads if t.name == thread.manifold.source and t.kind == "evolution"), None)
         if source is not None:
             problems += check_planes(thread, source, generator, (*loc, "manifold", "planes"))

@@ -1,5 +1,6 @@
 """Manifold threads: the tuning map around a finished evolution, presented and read back (the map's
-analysis is `analysis.manifold`).
+analysis is `analysis.manifold`); and what they share with retest threads (``server/retest.py``): waiting for
+the source evolution to end, then reading its told generations.
 
 The design is a fixed set of grid codes (spec B1) built from the source thread's trajectory, shown as
 one generation with repeats by the ``fixed-design`` optimizer, so presentations, references,
@@ -17,9 +18,18 @@ from analysis.manifold import ManifoldData
 from analysis.tuning import grid_axis, pca_sphere_grid
 from server import ServerError, ThreadNotReady
 from server.objectives import Objective, score_label
-from server.session_config import ManifoldConfig, SessionConfig
+from server.session_config import ManifoldConfig, SessionConfig, ThreadConfig
 from server.store import queries
-from server.store.models import Batch, Presentation, Stimulus, StimulusKind, Thread, ThreadStatus, decode_codes
+from server.store.models import (
+    Batch,
+    Generation,
+    Presentation,
+    Stimulus,
+    StimulusKind,
+    Thread,
+    ThreadStatus,
+    decode_codes,
+)
 
 PLANE_PCS = {"pc2-3": (0, 1, 2), "pc49-50": (0, 48, 49), "random": (0, 1, 2)}
 
@@ -31,38 +41,50 @@ def plane_axes(plane: str) -> tuple[str, str]:
     return tuple(f"PC{pc + 1}" for pc in PLANE_PCS[plane][1:])
 
 
-class ManifoldNotReady(ThreadNotReady):
-    """The source evolution has not finished; the manifold thread waits for it."""
+class SourceNotReady(ThreadNotReady):
+    """The source evolution has not ended; the manifold or retest thread waits for it."""
+
+
+def thread_config(thread: Thread) -> ThreadConfig:
+    """A thread's settings, from its session's config."""
+    return SessionConfig.model_validate(thread.session.config_json).thread(thread.name)
 
 
 def manifold_config(thread: Thread) -> ManifoldConfig:
     """A manifold thread's grid settings, from its session's config."""
-    return SessionConfig.model_validate(thread.session.config_json).thread(thread.name).manifold
+    return thread_config(thread).manifold
 
 
 def waiting_message(thread: Thread) -> str | None:
-    """A manifold thread's ``last_error`` while its source evolution runs; None for other threads."""
-    config = manifold_config(thread)
-    return None if config is None else f"manifold {thread.name!r} waits for evolution {config.source!r} to finish"
+    """A manifold or retest thread's ``last_error`` while its source evolution runs; None for an evolution."""
+    source = thread_config(thread).source
+    return None if source is None else f"{thread.kind} {thread.name!r} waits for evolution {source!r} to finish"
 
 
-def source_trajectory(db: DBSession, thread: Thread, source_name: str) -> tuple[np.ndarray, np.ndarray]:
-    """(every code of the source evolution in order, its final generation's codes)."""
-    source = queries.thread_named(db, thread.session_id, source_name)
+def source_generations(db: DBSession, thread: Thread) -> tuple[Thread, list[Generation]]:
+    """A manifold or retest thread's source evolution, once it has finished or was stopped, and its told
+    generations in order; ``SourceNotReady`` while it runs, ``ServerError`` when there is nothing to build on."""
+    where = f"{thread.kind} {thread.name!r}"
+    source = queries.thread_named(db, thread.session_id, thread_config(thread).source)  # an evolution: validated
     if source.status == ThreadStatus.FAILED:
-        raise ServerError(f"manifold {thread.name!r}: its evolution {source.name!r} failed ({source.last_error})")
+        raise ServerError(f"{where}: its evolution {source.name!r} failed ({source.last_error})")
     if source.status not in (ThreadStatus.FINISHED, ThreadStatus.STOPPED):
-        raise ManifoldNotReady(waiting_message(thread))
+        raise SourceNotReady(waiting_message(thread))
     generations = queries.complete_generations(db, source.id)
     if not generations:
-        raise ServerError(f"manifold {thread.name!r}: evolution {source.name!r} has no complete generation")
-    codes = [decode_codes(g.codes, g.n_stimuli) for g in generations]
+        raise ServerError(f"{where}: evolution {source.name!r} has no complete generation")
+    return source, generations
+
+
+def source_trajectory(db: DBSession, thread: Thread) -> tuple[np.ndarray, np.ndarray]:
+    """(every code of the source evolution in order, its final generation's codes)."""
+    codes = [decode_codes(g.codes, g.n_stimuli) for g in source_generations(db, thread)[1]]
     return np.concatenate(codes), codes[-1]
 
 
 def design_codes(db: DBSession, thread: Thread, config: ManifoldConfig) -> np.ndarray:
     """The grid codes of every plane, stacked (deterministic: the random plane is seeded by the thread)."""
-    codes, final = source_trajectory(db, thread, config.source)
+    codes, final = source_trajectory(db, thread)
     rng = np.random.default_rng(thread.seed)
     grids = [
         pca_sphere_grid(codes, final_codes=final, step_deg=config.step_deg, n=config.n,

@@ -3,10 +3,11 @@ methods paragraph (methods.txt) of how each thread ran."""
 
 from __future__ import annotations
 
+import bisect
 import io
 import json
 import textwrap
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,10 +35,16 @@ class ThreadSummary:
     objective_from_generation: int  # the current objective's first generation (0 unless retargeted)
     first_generation_mean: float  # of that generation: means are compared within one objective
     last_generation_mean: float
-    best_reference: float  # over the current objective's generations, as the best score
+    best_reference: float  # the best reference image's mean over the current objective's generations
     reference_mean: float
-    best_score: float
+    best_score: float  # the best distinct image's mean over all its presentations: the top of images_ranked noisy
+    # estimates, so biased high (expect it lower when shown again); compare last_generation_mean with best_reference
     channels: list[str]  # the channels the objective scores, by the rig's labels (``ch<index>`` without)
+    best_score_presentations: int = 0  # the scored presentations best_score is the mean of
+    best_reference_presentations: int = 0  # the scored presentations best_reference is the mean of
+    images_ranked: int = 0  # the distinct images of the current objective's generations best_score is the top of
+    best_images: list[dict] = field(default_factory=list)  # the best BEST_IMAGES, as best_score: sha256,
+    # generations that showed it, score, presentations
 
 
 def _channel_names(db, thread: Thread, objective: dict | None = None) -> list[str]:
@@ -48,6 +55,7 @@ def _channel_names(db, thread: Thread, objective: dict | None = None) -> list[st
 
 
 STRIP_COLUMNS = 12  # best images under an evolution curve (evenly spaced generations, last included)
+BEST_IMAGES = 8  # best distinct images per evolution in best_images.png and summary.json
 
 
 def _mean_sem(values) -> tuple[float, float]:
@@ -118,63 +126,143 @@ def _reference_scores(db, thread: Thread, generations: list[Generation]) -> dict
     return scores
 
 
-def _best_reference(scores: dict[int, dict[str, float]]) -> float | None:
-    """The best reference image's mean score over the generations that showed it; None without any."""
+def _scored_presentations(db, thread: Thread, generations: list[Generation]) -> dict[int, dict[str, int]]:
+    """Per generation id, how many presentations of each stimulus the session's flagged-trial policy scored."""
+    flagged = FlaggedTrialsConfig.model_validate(thread.session.config_json.get("flagged_trials", {}))
+    return {g.id: {s: len(shown) for s, shown in queries.scored_responses(db, g.id, flagged).items()}
+            for g in generations}
+
+
+def _best_reference(scores: dict[int, dict[str, float]],
+                    presentations: dict[int, dict[str, int]]) -> tuple[float, int] | None:
+    """The best reference image's mean score over the generations that showed it, and how many scored
+    presentations that is the mean of; None without any."""
     per: dict[str, list[float]] = {}
     for generation in scores.values():
         for stimulus_id, score in generation.items():
             per.setdefault(stimulus_id, []).append(score)
-    return max((float(np.mean(v)) for v in per.values()), default=None)
+    if not per:
+        return None
+    stimulus_id = max(per, key=lambda s: np.mean(per[s]))
+    return float(np.mean(per[stimulus_id])), sum(presentations[g].get(stimulus_id, 0) for g in scores)
 
 
 @dataclass(frozen=True)
 class Best:
-    """A scored synthetic image: where it came from and its content hash."""
+    """A distinct synthetic image (the sha256 of its PNG) at the mean of its scores in the generations that showed it
+    under one objective (a GA elite is shown again), each score the mean of that generation's presentations of it:
+    ``presentations`` in all, shown first in ``generation`` (stimulus ``stimulus_id``), last in ``last_generation``."""
 
     stimulus_id: str
     generation: int
     score: float
     content_hash: str
+    presentations: int
+    last_generation: int
+
+    @property
+    def generations(self) -> str:
+        """Where it was shown: ``3`` or ``8-10``."""
+        return str(self.generation) if self.generation == self.last_generation else \
+            f"{self.generation}-{self.last_generation}"
 
 
-def _scored_images(db, thread: Thread) -> list[Best]:
+def _showings(db, thread: Thread) -> list[Best]:
+    """Each scored showing of the thread's images: a synthetic stimulus of a completed generation with a finite
+    score, and the presentations that scored it."""
+    generations = _completed_generations(db, thread)
+    presentations = _scored_presentations(db, thread, generations)
     rows = db.execute(
-        select(Stimulus.id, Stimulus.index, Stimulus.content_hash, Generation.number, Generation.scores_json)
+        select(Stimulus.id, Stimulus.index, Stimulus.content_hash, Generation.id, Generation.number,
+               Generation.scores_json)
         .join(Generation, Generation.id == Stimulus.generation_id)
         .where(Generation.thread_id == thread.id, Generation.status == GenerationStatus.COMPLETE,
                Stimulus.kind == StimulusKind.SYNTHETIC)
     ).all()
-    return [Best(sid, number, scores[index], digest) for sid, index, digest, number, scores in rows
+    return [Best(sid, number, scores[index], digest, presentations[gid].get(sid, 0), number)
+            for sid, index, digest, gid, number, scores in rows
             if scores and scores[index] is not None and np.isfinite(scores[index])]
 
 
-def _best_stimuli(db, thread: Thread, n: int, from_generation: int = 0) -> list[Best]:
-    """The n best-scoring distinct images of a thread from generation ``from_generation`` on (an elite shown
-    again counts once, at its best)."""
-    seen, best = set(), []
-    for image in sorted(_scored_images(db, thread), key=lambda b: (-b.score, b.generation)):
-        if image.generation >= from_generation and image.content_hash not in seen:
-            seen.add(image.content_hash)
-            best.append(image)
-        if len(best) == n:
-            break
-    return best
+def _pooled(showings: list[Best]) -> list[Best]:
+    """One Best per distinct image: the mean of its showings' scores, their presentations summed."""
+    by_image: dict[str, list[Best]] = {}
+    for showing in sorted(showings, key=lambda b: b.generation):
+        by_image.setdefault(showing.content_hash, []).append(showing)
+    return [Best(shown[0].stimulus_id, shown[0].generation, float(np.mean([b.score for b in shown])), digest,
+                 sum(b.presentations for b in shown), shown[-1].generation) for digest, shown in by_image.items()]
 
 
-def _best_per_generation(db, thread: Thread) -> list[Best]:
-    """The best image of each completed generation, in generation order."""
+def _best_stimuli(db, thread: Thread, n: int | None, from_generation: int = 0) -> list[Best]:
+    """The n best distinct images of a thread (every one with None), best first, from generation
+    ``from_generation`` on: an image shown again (a GA elite) counts once, at the mean of all its showings."""
+    pooled = _pooled([b for b in _showings(db, thread) if b.generation >= from_generation])
+    return sorted(pooled, key=lambda b: (-b.score, b.generation))[:n]
+
+
+def _best_per_generation(db, thread: Thread) -> list[tuple[int, Best]]:
+    """Each completed generation's best image, in generation order, as (generation, image): its images ranked at
+    the mean of all their showings under that generation's objective."""
+    starts = [number for number, _ in objective_segments(
+        [(g.number, g.objective_json or thread.objective_json) for g in _completed_generations(db, thread)])]
+    segment = lambda number: bisect.bisect_right(starts, number)  # noqa: E731 (the showings of one objective pool)
+    showings, by_segment = _showings(db, thread), {}
+    for showing in showings:
+        by_segment.setdefault(segment(showing.generation), []).append(showing)
+    pooled = {(k, b.content_hash): b for k, group in by_segment.items() for b in _pooled(group)}
     best: dict[int, Best] = {}
-    for image in _scored_images(db, thread):
-        if image.generation not in best or image.score > best[image.generation].score:
-            best[image.generation] = image
-    return [best[g] for g in sorted(best)]
+    for showing in showings:
+        image = pooled[segment(showing.generation), showing.content_hash]
+        if showing.generation not in best or image.score > best[showing.generation].score:
+            best[showing.generation] = image
+    return [(number, best[number]) for number in sorted(best)]
 
 
-def _curve_axes(ax, curves: dict[str, np.ndarray], best_reference: float | None,
+def _ranked(db, thread: Thread, generations: list[Generation], references: dict[int, dict[str, float]],
+            since: int) -> tuple[list[Best], tuple[float, int] | None]:
+    """The thread's distinct images from generation ``since`` on (one objective), best first, and its best reference
+    image there (``_best_reference``)."""
+    shown = [g for g in generations if g.number >= since]
+    return (_best_stimuli(db, thread, None, since),
+            _best_reference({g.id: references[g.id] for g in shown}, _scored_presentations(db, thread, shown)))
+
+
+def _best_image_text(ranked: list[Best], best_reference: tuple[float, int] | None, last: Generation,
+                     since: int) -> str:
+    """The best image at its mean, why that is biased high, and the comparisons that are not: the last generation's
+    mean and the best reference image's; empty without a scored image."""
+    if not ranked:
+        return ""
+    best, scope = ranked[0], f" of generations {since} on (the last objective)" if since else ""
+    scores = [v for v in last.scores_json or [] if v is not None and np.isfinite(v)]
+    fair = [f"the last generation's {len(scores)} images scored {np.mean(scores):.3g} on average"] if scores else []
+    if best_reference is not None:
+        fair.append(f"the best reference image {best_reference[0]:.3g} ({_of_presentations(best_reference[1])})")
+    counts = _range([b.presentations for b in ranked])
+    return (f" Its best image{scope} scored {best.score:.3g} ({_of_presentations(best.presentations)}, "
+            f"generation{'s' * (best.generation != best.last_generation)} {best.generations}), the highest of "
+            f"{len(ranked)} distinct images each scored from {counts} presentation{'s' * (counts != '1')}: the "
+            "maximum of noisy estimates is biased high, so expect it to be lower when shown again."
+            + (f" Means over many images or presentations are not biased so: {', '.join(fair)}." if fair else ""))
+
+
+def _of_presentations(n: int) -> str:
+    """``the mean of 3 presentations``, ``from 1 presentation``."""
+    return f"the mean of {n} presentations" if n > 1 else f"from {n} presentation{'s' * (n != 1)}"
+
+
+def _range(values: list[int]) -> str:
+    """``3``, or ``1-3`` when they differ."""
+    low, high = min(values, default=0), max(values, default=0)
+    return str(low) if low == high else f"{low}-{high}"
+
+
+def _curve_axes(ax, curves: dict[str, np.ndarray], best_reference: tuple[float, int] | None,
                 segments: list[tuple[int, str]]) -> None:
-    """Mean ± SEM, max, reference mean ± SEM and the best reference against generation; a curve without a
-    value is left out, legend entry included. The y axis names the scores' unit; after a retarget, a marker
-    at each objective's first generation names its unit instead, and the curves are not joined across it."""
+    """Mean ± SEM, max, reference mean ± SEM and the best reference (its mean, of how many presentations) against
+    generation; a curve without a value is left out, legend entry included. The y axis names the scores' unit;
+    after a retarget, a marker at each objective's first generation names its unit instead, and the curves are
+    not joined across it."""
     if len(segments) > 1:  # a NaN row before each change of objective leaves a gap
         at = np.searchsorted(curves["number"], [number for number, _ in segments[1:]])
         curves = {key: np.insert(values.astype(float), at, np.nan) for key, values in curves.items()}
@@ -182,14 +270,16 @@ def _curve_axes(ax, curves: dict[str, np.ndarray], best_reference: float | None,
     if np.isfinite(curves["mean"]).any():
         ax.fill_between(x, curves["mean"] - curves["sem"], curves["mean"] + curves["sem"], color="C0", alpha=0.25, lw=0)
         ax.plot(x, curves["mean"], color="C0", label="generation mean ± SEM")
-        ax.plot(x, curves["max"], color="C0", ls=":", label="generation max")
+        ax.plot(x, curves["max"], color="C0", ls=":", label="generation max (its best image: biased high)")
     if np.isfinite(curves["reference_mean"]).any():
         ax.fill_between(x, curves["reference_mean"] - curves["reference_sem"],
                         curves["reference_mean"] + curves["reference_sem"], color="C1", alpha=0.25, lw=0)
         ax.plot(x, curves["reference_mean"], color="C1", label="reference mean ± SEM")
     if best_reference is not None:
-        since = f" (generations {segments[-1][0]} on)" if len(segments) > 1 else ""
-        ax.axhline(best_reference, color="C1", ls="--", lw=1, label=f"best reference image{since}")
+        since = f", generations {segments[-1][0]} on" if len(segments) > 1 else ""
+        score, presentations = best_reference
+        ax.axhline(score, color="C1", ls="--", lw=1,
+                   label=f"best reference image (mean of {presentations} presentations{since})")
     if len(segments) > 1:
         for number, label in segments:
             ax.axvline(number, color="0.4", ls="-.", lw=1)
@@ -217,7 +307,7 @@ def _axis_label(segments: list[tuple[int, str]]) -> str:
 
 
 def _evolution_figure(path: Path, title: str, segments: list[tuple[int, str]], curves, best_reference,
-                      per_generation: list[Best], archive):
+                      per_generation: list[tuple[int, Best]], archive):
     """The standard evolution figure: the score curve above a strip of each generation's best image; returns
     the saved Figure. Constrained layout keeps the strip's titles clear of the curve's axis label."""
     from matplotlib.figure import Figure
@@ -228,11 +318,11 @@ def _evolution_figure(path: Path, title: str, segments: list[tuple[int, str]], c
     grid = fig.add_gridspec(2, max(len(picks), 1), height_ratios=[3, 1.1])
     _curve_axes(fig.add_subplot(grid[0, :]), curves, best_reference, segments)
     fig.axes[0].set_title(title)
-    for column, best in enumerate(picks):
+    for column, (number, best) in enumerate(picks):
         ax = fig.add_subplot(grid[1, column])
         ax.imshow(Image.open(io.BytesIO(archive.read(best.content_hash))).convert("RGB"))
         ax.set_axis_off()
-        ax.set_title(f"gen {best.generation}\n{best.score:.3g}", fontsize=7)
+        ax.set_title(f"gen {number}\n{best.score:.3g} (n={best.presentations})", fontsize=7)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     return fig
 
@@ -290,12 +380,58 @@ def _manifold_figure(db, thread: Thread, path: Path, archive) -> bool:
     return True
 
 
+RETEST_IMAGES = 10  # retested images pictured under the retest figure (the best; the JSON has them all)
+
+
+def _retest_report(db, thread: Thread, out_dir: Path, archive) -> bool:
+    """retest_<thread>.json: ``retest.retest_table``; retest_<thread>.png: each image's retest mean ± SEM against
+    its evolution mean, beside the reference images' means in the same generation, above the best images shown
+    again. False while the retest has no scored showing."""
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    from server.retest import retest_table
+
+    table = retest_table(db, thread)
+    if table is None:
+        return False
+    (out_dir / f"retest_{thread.name}.json").write_text(json.dumps(json_safe(table), indent=2))
+    value = lambda v: np.nan if v is None else v  # noqa: E731
+    images, shown = table["images"], table["images"][:RETEST_IMAGES]
+    fig = Figure(figsize=(max(7.0, 1.2 * len(shown)), 6.5), layout="constrained")
+    grid = fig.add_gridspec(2, max(len(shown), 1), height_ratios=[3, 1.2])
+    ax = fig.add_subplot(grid[0, :])
+    x = np.array([value(i["evolution_mean"]) for i in images], dtype=float)
+    ax.errorbar(x, [value(i["retest_mean"]) for i in images], yerr=[value(i["retest_sem"]) for i in images],
+                fmt="o", color="C0", label="retested image: mean ± SEM of its new showings")
+    for k, reference in enumerate(table["references"]):
+        if reference["mean"] is not None:
+            ax.axhline(reference["mean"], color="C1", lw=0.8, ls="--",
+                       label="reference image, same generation" if k == 0 else None)
+    finite = x[np.isfinite(x)]
+    if finite.size:
+        ax.plot([finite.min(), finite.max()], [finite.min(), finite.max()], color="0.5", lw=0.8, label="retest = evolution")
+    ax.set(title=f"{thread.name}: the best images of {table['source']!r} shown again",
+           xlabel=_wrapped(f"evolution: mean over all its showings, {table['evolution_label']}"),
+           ylabel=_wrapped(f"retest, {table['label']}"))
+    ax.legend(fontsize=7, loc="best")
+    for column, image in enumerate(shown):
+        thumb = fig.add_subplot(grid[1, column])
+        thumb.imshow(Image.open(io.BytesIO(archive.read(image["content_hash"]))).convert("RGB"))
+        thumb.set_axis_off()
+        thumb.set_title(f"#{image['rank']} retest {value(image['retest_mean']):.3g} (n={image['retest_n']})\n"
+                        f"evolution {value(image['evolution_mean']):.3g} (n={image['evolution_n']})", fontsize=6)
+    fig.savefig(out_dir / f"retest_{thread.name}.png", dpi=120)
+    return True
+
+
 def write_session_report(database_url: str, data_dir: Path, session_id: int, out_dir: Path) -> list[ThreadSummary]:
     """Write the session's figures and summary.json; return the per-thread summaries.
 
     scores.png: every evolution's score curve; evolution_<thread>.png: a curve above its best image per
     generation; best_images.png: each evolution's best distinct images, labelled; manifold_<thread>.png:
-    each Manifold map beside the images on its grid; methods.txt: ``methods_text``.
+    each Manifold map beside the images on its grid; retest_<thread>.json and .png: ``_retest_report``;
+    methods.txt: ``methods_text``.
     """
     archive = ImageArchive(data_dir)
     db_engine = make_db_engine(database_url)
@@ -312,14 +448,17 @@ def write_session_report(database_url: str, data_dir: Path, session_id: int, out
                 if thread.kind == "manifold":
                     _manifold_figure(db, thread, out_dir / f"manifold_{thread.name}.png", archive)
                     continue
+                if thread.kind == "retest":
+                    _retest_report(db, thread, out_dir, archive)
+                    continue
                 ax = axes[evolutions.index(thread)]
                 generations = _completed_generations(db, thread)
                 references = _reference_scores(db, thread, generations)
                 curves = _thread_curves(generations, references)
                 segments = _segments(db, thread, generations) or [(0, _score_label(db, thread))]
                 since = segments[-1][0]  # scores of different objectives are not compared
-                best = _best_stimuli(db, thread, 8, since)
-                best_reference = _best_reference({g.id: references[g.id] for g in generations if g.number >= since})
+                ranked, best_reference = _ranked(db, thread, generations, references, since)
+                best = ranked[:BEST_IMAGES]
                 title = thread.name if thread.name == thread.optimizer else f"{thread.name} ({thread.optimizer})"
                 _curve_axes(ax, curves, best_reference, segments)
                 ax.set(title=title)
@@ -331,11 +470,16 @@ def write_session_report(database_url: str, data_dir: Path, session_id: int, out
                     generations=len(curves["number"]), objective_from_generation=since,
                     first_generation_mean=float(curves["mean"][first[0]]) if first.size else float("nan"),
                     last_generation_mean=float(curves["mean"][-1]) if len(curves["mean"]) else float("nan"),
-                    best_reference=float("nan") if best_reference is None else best_reference,
+                    best_reference=float("nan") if best_reference is None else best_reference[0],
                     reference_mean=_finite_mean(curves["reference_mean"]),
                     best_score=best[0].score if best else float("nan"), channels=_channel_names(db, thread),
+                    best_score_presentations=best[0].presentations if best else 0,
+                    best_reference_presentations=0 if best_reference is None else best_reference[1],
+                    images_ranked=len(ranked),
+                    best_images=[{"sha256": b.content_hash, "generations": b.generations, "score": b.score,
+                                  "presentations": b.presentations} for b in best],
                 ))
-                best_rows.append((thread.name, best, " spikes/s" if thread.objective_json.get("channels") else ""))
+                best_rows.append((thread.name, ranked, " spikes/s" if thread.objective_json.get("channels") else ""))
             fig.savefig(out_dir / "scores.png", dpi=120)
             methods = methods_text(db, threads[0].session)
     finally:
@@ -374,11 +518,9 @@ def methods_text(db, session: Session) -> str:
 def _thread_methods(db, thread: Thread, provenance: ThreadProvenance, labels: list[str]) -> str:
     generations = _completed_generations(db, thread)
     hyperparameters = provenance.hyperparameters
-    population = hyperparameters.get("population") or (generations[0].n_stimuli if generations else "?")
     settings = ", ".join(f"{key}={_brief(value)}" for key, value in hyperparameters.items()) or "not recorded"
-    objectives = _segments_text([(number, _objective_text(objective, labels)) for number, objective in
-                                 objective_segments([(g.number, g.objective_json or thread.objective_json)
-                                                     for g in generations])]
+    segments = objective_segments([(g.number, g.objective_json or thread.objective_json) for g in generations])
+    objectives = _segments_text([(number, _objective_text(objective, labels)) for number, objective in segments]
                                 or [(0, _objective_text(thread.objective_json, labels))])
     software = "; then ".join(f"{software_text(r)} on {r.get('device', '?')}, {r.get('precision', '?')} precision"
                               for r in provenance.software) or "not recorded"
@@ -387,9 +529,38 @@ def _thread_methods(db, thread: Thread, provenance: ThreadProvenance, labels: li
               f"{manifold.step_deg:g} degree steps)" if manifold is not None else "")
     return (f"Thread {thread.name!r} ({thread.kind}, id {thread.id}): images were rendered by the generator "
             f"{thread.generator} {_weights_text(db, thread)}, from latent codes proposed by the {thread.optimizer} "
-            f"optimizer{design} (seed {thread.seed}; hyperparameters {settings}), {population} images per generation, "
+            f"optimizer{design} (seed {thread.seed}; hyperparameters {settings}), "
+            f"{_images_per_generation(generations, hyperparameters)}, "
             f"each shown {thread.repeats} time(s) per generation; {len(generations)} of {thread.n_generations} "
-            f"generations completed ({thread.status.value}). Scores: {objectives}. Software: {software}.")
+            f"generations completed ({thread.status.value}). Scores: {objectives}. Software: {software}."
+            + (_best_image_text(*_ranked(db, thread, generations, _reference_scores(db, thread, generations),
+                                         segments[-1][0]), generations[-1], segments[-1][0])
+               if thread.kind == "evolution" and generations else ""))
+
+
+def _images_per_generation(generations: list[Generation], hyperparameters: dict) -> str:
+    """How many images the completed generations had, as stored: one count, or each run of generations with its
+    count (sphere-cma's centre joins generation 1: "10 images in generation 0, 11 from generation 1 on (10 samples
+    and the centre)")."""
+    population = hyperparameters.get("population")
+    if not generations:
+        return f"{population or '?'} images per generation"
+    runs: list[list[int]] = []  # [first, last, images]
+    for g in generations:
+        if runs and runs[-1][2] == g.n_stimuli:
+            runs[-1][1] = g.number
+        else:
+            runs.append([g.number, g.number, g.n_stimuli])
+    centre = lambda n: (f" ({population} samples and the centre)"  # noqa: E731
+                        if hyperparameters.get("include_center") and population and n == population + 1 else "")
+    images = lambda n: f"{n} image{'s' * (n != 1)}"  # noqa: E731
+    if len(runs) == 1:
+        return f"{images(runs[0][2])} per generation{centre(runs[0][2])}"
+    return ", ".join(
+        f"{images(n) if i == 0 else n} "
+        + (f"in generation {first}" if first == last else
+           f"from generation {first} on" if i == len(runs) - 1 else f"in generations {first}-{last}") + centre(n)
+        for i, (first, last, n) in enumerate(runs))
 
 
 def _weights_text(db, thread: Thread) -> str:
@@ -440,21 +611,30 @@ def _brief(value) -> str:
     return json.dumps(value)
 
 
-def _best_images_figure(rows: list[tuple[str, list[Best], str]], archive, path: Path) -> None:
-    """Each evolution's best distinct images, one row per thread, labelled by thread, generation and score (with
-    the row's unit)."""
+def _best_images_figure(rows: list[tuple[str, list[Best], str]], archive, path: Path):
+    """Each evolution's best distinct images (``rows``: thread name, its ranked images, the scores' unit), a row
+    per thread titled with how many images its best are the best of and why the top one is biased high; each
+    image labelled by the generations that showed it and its mean score over its n presentations; returns the
+    saved Figure."""
     from matplotlib.figure import Figure
     from PIL import Image
 
-    columns = max((len(best) for _, best, _ in rows), default=1) or 1
-    fig = Figure(figsize=(1.4 * columns, 1.75 * max(len(rows), 1)))
-    axes = fig.subplots(max(len(rows), 1), columns, squeeze=False)
-    for row, (name, best, unit) in enumerate(rows):
-        for column, ax in enumerate(axes[row]):
+    columns = max((min(len(ranked), BEST_IMAGES) for _, ranked, _ in rows), default=1) or 1
+    titles = [textwrap.fill(
+        f"{name}: the best {min(len(ranked), BEST_IMAGES)} of {len(ranked)} images, each at the mean of its n "
+        f"presentations (n = {_range([b.presentations for b in ranked])}); the best of many noisy means is biased "
+        "high: expect it to be lower when shown again" if ranked else f"{name}: no scored image",
+        int(1.4 * columns * 72 / 4.2), break_long_words=False) for name, ranked, _ in rows]  # 7 pt: ~4.2 pt a char
+    heights = [1.55 + 0.13 * (title.count("\n") + 1) for title in titles] or [1.75]
+    fig = Figure(figsize=(1.4 * columns, sum(heights)), layout="constrained")
+    subfigures = fig.subfigures(len(heights), 1, squeeze=False, height_ratios=heights)[:, 0]
+    for subfigure, title, (_, ranked, unit) in zip(subfigures, titles, rows):
+        subfigure.suptitle(title, fontsize=7)
+        for column, ax in enumerate(subfigure.subplots(1, columns, squeeze=False)[0]):
             ax.set_axis_off()
-            if column < len(best):
-                image = best[column]
+            if column < min(len(ranked), BEST_IMAGES):
+                image = ranked[column]
                 ax.imshow(Image.open(io.BytesIO(archive.read(image.content_hash))).convert("RGB"))
-                ax.set_title(f"{name} gen {image.generation}\n{image.score:.3g}{unit}", fontsize=7)
-    fig.tight_layout()
+                ax.set_title(f"gen {image.generations}\n{image.score:.3g}{unit} (n={image.presentations})", fontsize=7)
     fig.savefig(path, dpi=120)
+    return fig

@@ -47,7 +47,7 @@ MAX_PATH = 1000  # characters of a file or folder on the server
 MAX_MESSAGE = 2000  # characters of one problem's message: a 422 does not echo a long input in full
 
 
-FIXED_DESIGN = "fixed-design"  # the optimizer of manifold threads: their grid, shown once
+FIXED_DESIGN = "fixed-design"  # the optimizer of manifold and retest threads: their codes, shown once
 
 
 class ConfigError(ServerError, ValueError):
@@ -171,6 +171,19 @@ class ManifoldConfig(_Strict):
         return 180 // self.step_deg + 1
 
 
+class RetestConfig(_Strict):
+    """An evolution's best images shown again (``server/retest.py``): fresh showings of images chosen on other
+    showings, so their mean is not biased up by the choice, as the best score of a noisy evolution is."""
+
+    source: Name = Field(description="Name of the evolution thread, in the same session, whose best images to show.")
+    top: int = Field(10, strict=True, ge=1, le=100,
+                     description="How many of its images to show again: the best by their mean over all showings.")
+
+
+DESIGNS = {"manifold": ("source, planes, step_deg", "a fixed grid"),  # settings and what a thread of the kind shows
+           "retest": ("source, top", "its source's best images")}
+
+
 class FlaggedTrialsConfig(_Strict):
     """What a presentation the rig flagged (protocol 1.1 trial facts) means for scoring."""
 
@@ -189,14 +202,15 @@ class FlaggedTrialsConfig(_Strict):
 
 
 class ThreadConfig(_Strict):
-    """An evolution (generator, optimizer, objective, seed) or a Manifold map around one."""
+    """An evolution (generator, optimizer, objective, seed), or a Manifold map around one or a retest of its best
+    images."""
 
     name: Name
-    kind: Literal["evolution", "manifold"] = "evolution"
+    kind: Literal["evolution", "manifold", "retest"] = "evolution"
     generator: str = Field(min_length=1, max_length=200)
     optimizer: str | None = Field(
         None, max_length=200,
-        description=f"Required for evolutions; manifold threads take none (theirs is {FIXED_DESIGN!r}).")
+        description=f"Required for evolutions; manifold and retest threads take none (theirs is {FIXED_DESIGN!r}).")
     optimizer_params: dict[str, Any] = Field(default_factory=dict)
     generator_options: dict[str, Any] = Field(
         default_factory=dict, description='The generator\'s own options, e.g. {"truncation": 0.5} for BigGAN '
@@ -206,12 +220,13 @@ class ThreadConfig(_Strict):
         description="The generator's weights file or folder on the server; default: ACTMAX_WEIGHTS_DIR/<generator>/, "
         "then the generator's standard locations.")
     manifold: ManifoldConfig | None = Field(None, description="Required for manifold threads.")
+    retest: RetestConfig | None = Field(None, description="Required for retest threads.")
     objective: ObjectiveConfig
     seed: int | None = Field(
         None, strict=True, ge=0, le=MAX_SEED, description="None: drawn when the session is created, and recorded."
     )
     n_generations: int = Field(
-        50, strict=True, ge=1, le=10_000, description="Evolutions only; a manifold is one generation.")
+        50, strict=True, ge=1, le=10_000, description="Evolutions only; a manifold or a retest is one generation.")
     repeats: int = Field(1, strict=True, ge=1, le=100, description="Presentations of each image per generation.")
 
     @field_validator("optimizer_params")
@@ -255,18 +270,27 @@ class ThreadConfig(_Strict):
 
     @model_validator(mode="after")
     def _kind_fields(self) -> ThreadConfig:
+        for kind in DESIGNS:
+            if kind != self.kind and getattr(self, kind) is not None:
+                raise ValueError(f"{kind} settings are for {kind} threads (kind: {kind})")
         if self.kind == "evolution":
             if self.optimizer in (None, FIXED_DESIGN):
-                raise ValueError(f"an evolution thread needs an optimizer other than {FIXED_DESIGN!r}")
-            if self.manifold is not None:
-                raise ValueError("manifold settings are for manifold threads (kind: manifold)")
+                retest = "; to show chosen images again, use a retest thread (kind: retest)" if self.optimizer else ""
+                raise ValueError(f"an evolution thread needs an optimizer other than {FIXED_DESIGN!r}{retest}")
         else:
-            if self.manifold is None:
-                raise ValueError("a manifold thread needs manifold settings (source, planes, step_deg)")
+            fields, shown = DESIGNS[self.kind]
+            if getattr(self, self.kind) is None:
+                raise ValueError(f"a {self.kind} thread needs {self.kind} settings ({fields})")
             if self.optimizer not in (None, FIXED_DESIGN) or self.optimizer_params:
-                raise ValueError("a manifold thread presents a fixed grid and takes no optimizer")
+                raise ValueError(f"a {self.kind} thread presents {shown} and takes no optimizer")
             self.optimizer, self.n_generations = FIXED_DESIGN, 1
         return self
+
+    @property
+    def source(self) -> str | None:
+        """The evolution a manifold or retest thread is made from; None for an evolution."""
+        settings = self.manifold or self.retest
+        return None if settings is None else settings.source
 
 
 class SessionConfig(_Strict):
@@ -335,24 +359,29 @@ class SessionConfig(_Strict):
         return threads
 
     @model_validator(mode="after")
-    def _manifold_sources(self) -> SessionConfig:
+    def _design_sources(self) -> SessionConfig:
+        """A manifold's or retest's source is an evolution of this session, drawn by the same generator."""
         evolutions = {t.name: t for t in self.threads if t.kind == "evolution"}
         for i, thread in enumerate(self.threads):
-            if thread.kind != "manifold":
+            if thread.source is None:
                 continue
-            source = evolutions.get(thread.manifold.source)
+            source = evolutions.get(thread.source)
             if source is None:
-                raise _error_at(("threads", i, "manifold", "source"), (
-                    f"thread {thread.name!r}: manifold source {thread.manifold.source!r} is not an evolution thread of "
+                raise _error_at(("threads", i, thread.kind, "source"), (
+                    f"thread {thread.name!r}: {thread.kind} source {thread.source!r} is not an evolution thread of "
                     f"this session; evolutions: {', '.join(evolutions) or 'none'}"))
             if source.generator != thread.generator:
                 raise _error_at(("threads", i, "generator"), (
                     f"thread {thread.name!r}: generator {thread.generator!r} differs from its source's "
-                    f"{source.generator!r}; a manifold is drawn in its source's latent space"))
+                    f"{source.generator!r}; a {thread.kind} is drawn in its source's latent space"))
             if source.generator_options != thread.generator_options:
                 raise _error_at(("threads", i, "generator_options"), (
                     f"thread {thread.name!r}: generator_options {thread.generator_options} differ from its source's "
-                    f"{source.generator_options}; a map shows its source's images"))
+                    f"{source.generator_options}; a {thread.kind} shows its source's images"))
+            if thread.kind == "retest" and source.weights != thread.weights:
+                raise _error_at(("threads", i, "weights"), (
+                    f"thread {thread.name!r}: weights {thread.weights} differ from its source's {source.weights}; a "
+                    "retest shows its source's images again, rendered by the same weights"))
         return self
 
     def thread(self, name: str) -> ThreadConfig:

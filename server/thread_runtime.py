@@ -29,9 +29,8 @@ import optimizers
 from analysis.serialization import json_safe
 from generators.base import ignores_codes
 from rig_client.protocol import encode_png
-from server import ServerError, ThreadNotReady, package_version
-from server.images import encode_images, load_references, parallel_submit
-from server.manifold import design_codes
+from server import ServerError, ThreadNotReady, manifold, package_version, retest
+from server.images import encode_images, load_references, parallel_submit, reference_files
 from server.monitor import DriftHistory
 from server.session_config import FlaggedTrialsConfig, SessionConfig, ThreadConfig
 from server.store import queries, records
@@ -57,6 +56,11 @@ SCALE_TOLERANCE = 4  # a sigma0 or radius this many times off the generator's de
 class GeneratorChanged(ThreadNotReady):
     """The server loaded other weights, precision or generator version than the thread's images were made with:
     the thread waits (its ``last_error`` says for what) until a server loads theirs, or a user stops it."""
+
+
+class ReferencesLost(ServerError):
+    """The image archive lost reference images that their source no longer renders as stored: a thread of their
+    session cannot start until the archive's files (or the reference files) are back."""
 
 
 @dataclass
@@ -139,8 +143,8 @@ def build_runtime(db: DBSession, thread_id: int, load_generator: Callable[[str, 
     """Rebuild a running thread: its settings, the optimizer after its last tell, its pending generation; logged as
     ``thread.runtime``.
 
-    Raises ``ThreadNotReady`` while the thread waits for another (a Manifold map for its source), or for a server
-    that loads the generator its images were made with (``GeneratorChanged``).
+    Raises ``ThreadNotReady`` while the thread waits for another (a Manifold map or a retest for its source), or for a
+    server that loads the generator its images were made with (``GeneratorChanged``).
     """
     thread = db.get(Thread, thread_id)
     session = thread.session
@@ -274,10 +278,13 @@ def owed_stimuli(db: Transaction, runtime: ThreadRuntime, inflight: InFlight,
 
 
 def create_optimizer(db: DBSession, thread: Thread, config: ThreadConfig, generator) -> optimizers.Optimizer:
-    """The thread's optimizer, fresh; a Manifold thread's is a fixed design of its grid codes."""
+    """The thread's optimizer, fresh; a Manifold thread's is a fixed design of its grid codes, a retest's of its
+    source's best images."""
     params = optimizer_params(config.optimizer, generator, config.optimizer_params)
     if config.manifold is not None:
-        params["codes"] = design_codes(db, thread, config.manifold)
+        params["codes"] = manifold.design_codes(db, thread, config.manifold)
+    elif config.retest is not None:
+        params["codes"] = retest.design_codes(db, thread, config.retest)
     return optimizers.create(config.optimizer, generator.latent_dim, seed=config.seed, **params)
 
 
@@ -372,10 +379,19 @@ def resume_pending(db: DBSession, runtime: ThreadRuntime, pending: Generation, a
 
 def ensure_references(db: DBSession, session: Session, config: SessionConfig,
                       archive: ImageArchive) -> dict[str, bytes]:
-    """The session's reference stimuli (id -> PNG, in order), archived on first use."""
+    """The session's reference stimuli (id -> PNG, in order), archived on first use. Those the archive lost are
+    rendered again from their source (``stored_references``) and archived again, which a warning event says."""
     existing = queries.reference_stimuli(db, session.id)
     if existing:
-        return {s.id: archive.read(s.content_hash) for s in existing}
+        references, rebuilt = stored_references(existing, config, archive)
+        if rebuilt:
+            archive.save_all(references[stimulus_id] for stimulus_id in rebuilt)
+            message = (f"session {session.id}: the image archive had lost {len(rebuilt)} reference image(s) "
+                       f"({', '.join(rebuilt)}); rebuilt from {config.references.source}, byte for byte as stored")
+            log.warning(message)
+            records.log_event(db, "session.references_rebuilt", message, level=EventLevel.WARNING,
+                              session_id=session.id, data={"stimuli": rebuilt, "source": config.references.source})
+        return references
     references = {}
     for pixels in load_references(config.references.source, config.references.count, REFERENCE_SIZE):
         png = encode_png(pixels)
@@ -387,3 +403,31 @@ def ensure_references(db: DBSession, session: Session, config: SessionConfig,
             references[stimulus_id] = png
     db.flush()
     return references
+
+
+def stored_references(stimuli: list[Stimulus], config: SessionConfig,
+                      archive: ImageArchive) -> tuple[dict[str, bytes], list[str]]:
+    """The PNGs of a session's archived reference ``stimuli`` (id -> PNG, in order) and the ids of those the archive
+    lost (missing, or no longer their sha256) that were rendered again from ``config.references.source``, exactly
+    as stored (the same sha256); ``ReferencesLost`` names any that cannot be. Nothing is written."""
+    pngs = {s.id: png for s in stimuli if (png := archive.read_intact(s.content_hash)) is not None}
+    lost = [s for s in stimuli if s.id not in pngs]
+    if not lost:
+        return pngs, []
+    source = config.references.source
+    count = config.references.count if source == "skimage" else len(reference_files(source))
+    try:  # a folder's files may have been added or renamed since: any of them may be the one
+        rendered = {archive.address(png).content_hash: png
+                    for png in map(encode_png, load_references(source, count, REFERENCE_SIZE))}
+    except (OSError, ValueError):  # a file that is no image, or one removed meanwhile
+        rendered = {}
+    pngs |= {s.id: rendered[s.content_hash] for s in lost if s.content_hash in rendered}
+    if missing := [s for s in lost if s.id not in pngs]:
+        listed = ", ".join(f"{s.id} at {s.png_path}" for s in missing[:3]) + \
+            (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        images = f"{len(missing)} reference image(s) ({listed})"
+        if source == "skimage":
+            raise ReferencesLost(archive.lost(f"{images}, which scikit-image renders differently now"))
+        raise ReferencesLost(f"{archive.lost(f'{images}, which {source} no longer holds')}, or put the reference "
+                             f"files back in {source}")
+    return {s.id: pngs[s.id] for s in stimuli}, [s.id for s in lost]

@@ -6,7 +6,6 @@ tables, so a row the exporter loses, invents or alters fails the test.
 
 from __future__ import annotations
 
-import importlib.metadata
 import io
 import json
 import platform
@@ -22,6 +21,7 @@ import pytest
 from PIL import Image
 
 from rig_client.client import RigClient
+from server import package_version
 from server.cli import main as actmax
 from server.session_config import SessionConfig
 from server.export import session_tables, write_tables
@@ -390,6 +390,13 @@ def test_dandi_fields_are_warned_about_and_can_be_given_at_export(recorded, tmp_
     with pynwb.NWBHDF5IO(str(tmp_path / "given.nwb"), "r") as io_:
         subject = io_.read().subject
         assert (subject.species, subject.subject_id, subject.sex, subject.age) == ("Macaca mulatta", "M7", "F", "P6Y")
+    # DANDI makes the subject id a folder name: a '/' in it is critical too, and warned about.
+    assert export("nwb", data, session_id, tmp_path / "slash.nwb", "--species", "Macaca mulatta",
+                  "--subject-id", "Affe Jürgen / 猿") == 0
+    err = capsys.readouterr().err
+    assert "subject_id ('Affe Jürgen / 猿' has a '/', which DANDI refuses: e.g. 'Affe Jürgen - 猿')" in err
+    assert "give --subject-id" in err and "species (" not in err
+    assert critical(tmp_path / "slash.nwb") == ["check_subject_id_no_slashes"]
     assert export("nwb", data, session_id, tmp_path / "bad.nwb", "--age", "6 years") == 2
     assert "age '6 years' is not an ISO 8601 duration" in capsys.readouterr().err
     assert not (tmp_path / "bad.nwb").exists()
@@ -520,7 +527,7 @@ def test_every_export_holds_the_hyperparameters_and_software_each_thread_ran_wit
             assert json.loads(threads.loc[name, "software"]) == [software[name]], fmt
     import pyarrow.parquet as pq
 
-    version = importlib.metadata.version("actmax")
+    version = package_version()
     assert pq.read_schema(tmp_path / "parquet" / "threads.parquet").metadata[b"actmax_version"] == version.encode()
     with pynwb.NWBHDF5IO(str(nwb), "r") as io_:
         f = io_.read()
@@ -592,6 +599,6 @@ def test_the_report_writes_a_methods_paragraph_per_thread(recorded, tmp_path):
     assert f"dcgan-faces version 1.0 (weights sha256 {sha256})" in cma and "cma optimizer (seed 1;" in cma
     assert "sigma0=1.0" in cma and "6 images per generation" in cma and "3 of 3 generations completed" in cma
     assert "the mean rate (spikes/s) of channel 0 (elec67-u1)" in cma
-    assert f"Software: actmax {importlib.metadata.version('actmax')} (python {platform.python_version()}, " \
+    assert f"Software: actmax {package_version()} (python {platform.python_version()}, " \
            f"torch {torch_version()}, numpy {np.__version__}) on {device}, float32 precision." in cma
     assert "ga optimizer (seed 2;" in ga and "mutation_rate=" in ga and "the expression rate(1) + rate(0)" in ga
