@@ -178,7 +178,7 @@ def build_long_session(data: Path, generations: int, population: int) -> int:
         thread = session.threads[0]
         thread.status = ThreadStatus.FINISHED
         db.flush()
-        history = monitor.DriftHistory(config.drift, [], {})
+        history = monitor.DriftHistory.load(db, thread.id, config.drift)
         for number in range(generations):
             scores = rng.normal(5 + 20 * number / generations, 3, population)
             done = start + timedelta(seconds=20 * number)
@@ -194,7 +194,7 @@ def build_long_session(data: Path, generations: int, population: int) -> int:
                                 content_hash=image.content_hash, png_path=image.png_path)
                        for i, image in enumerate(images))
             monitor.generation_completed(db, history, session.id, thread.id, number, scores, rng.normal(5, 1, 10),
-                                         {"s": [[float(scores.mean())]]})
+                                         {"s": [[float(scores.mean())]]}, {0})
         return session.id
 
 

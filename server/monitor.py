@@ -2,9 +2,9 @@
 
 ``generation.completed`` is the engine's one hook (called inside the transaction that completes the
 generation). It logs a ``generation.completed`` event whose data holds the point of the score curve
-(mean ± SEM, max, reference mean ± SEM) and the drift state: the reference images' rates (their mean
-over the objective's channels, and each channel's), and logs a ``drift.reference`` or ``channel.silent``
-warning when `server.drift` says so. Both reach live
+(mean ± SEM, max, reference mean ± SEM) and the drift state: the reference images' rates (each image's
+over the objective's channels with its counting time, and each channel's), the drop, and the channels' low
+runs, and logs a ``drift.reference`` or ``channel.silent`` warning when `server.drift` says so. Both reach live
 dashboards through ``log_event``. The alarm's memory of the thread (``DriftHistory``) lives in the
 thread's runtime, so completing a generation reads nothing; a rebuilt runtime loads it from the events.
 """
@@ -32,31 +32,34 @@ GENERATION_COMPLETED = "generation.completed"
 CHANNEL_SILENT = "channel.silent"
 
 
-def _level(data: dict) -> drift.Level | None:
-    if data.get("reference_rate_mean") is None:
-        return None  # no reference answered (or an event from before the level was measured in rates)
-    return drift.Level(data["reference_rate_mean"], data["reference_rate_sem"], tuple(data["channel_rates"]))
+def _level(data: dict) -> drift.Level:
+    """A stored generation's reference level. An event from before the per-image levels were stored pairs no
+    image (its thread gets no reference check; the silent check reads its channel rates)."""
+    images = {stimulus: tuple(level) for stimulus, level in data.get("reference_levels", {}).items()}
+    return drift.Level(images, tuple(data.get("channel_rates", [])))
 
 
-def _mean_rows(rows: list[list[float | None]], width: int | None = None) -> np.ndarray:
-    with warnings.catch_warnings():  # a channel no presentation counted is NaN, without numpy's warning
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmean(rate_matrix(rows, width), axis=0)
-
-
-def reference_levels(rates: dict[str, list[list[float]]], channels) -> tuple[list[float], list[float | None]]:
+def reference_levels(rates: dict[str, list[list[float]]], channels, window_s: float
+                     ) -> tuple[dict[str, tuple[float, float]], list[float | None], list[float]]:
     """From the reference images' presentations (``rates``): each image's mean rate over ``channels`` (the
-    objective's), and each channel's mean over every presentation (None where none counted it).
+    objective's) and its counting time (``window_s`` for each rate counted), by stimulus id; each channel's mean
+    over every presentation (None where none counted it) and counting time.
 
     The drift alarm reads rates, not scores: a ``zscore`` objective's scores are relative to their
     generation, and the evolved images may drive a channel down on purpose; the references stay the same."""
-    shown = [rows for rows in rates.values() if rows]
     columns = sorted(channels)
+    per_image = {}
     with warnings.catch_warnings():  # an image none of whose channels counted is NaN, without numpy's warning
         warnings.simplefilter("ignore", RuntimeWarning)
-        per_image = [float(np.nanmean(_mean_rows(rows, columns[-1] + 1)[columns])) for rows in shown]
-    per_channel = _mean_rows([row for rows in shown for row in rows]) if shown else []
-    return per_image, [None if not np.isfinite(r) else float(r) for r in per_channel]
+        for stimulus, rows in rates.items():
+            matrix = rate_matrix(rows, columns[-1] + 1)[:, columns]
+            counted = int(np.isfinite(matrix).sum())
+            if counted:
+                per_image[stimulus] = (float(np.nanmean(np.nanmean(matrix, axis=0))), window_s * counted)
+        every = rate_matrix([row for rows in rates.values() for row in rows])
+        per_channel = np.nanmean(every, axis=0)
+    return (per_image, [None if not np.isfinite(r) else float(r) for r in per_channel],
+            [window_s * int(n) for n in np.isfinite(every).sum(axis=0)])
 
 
 @dataclass
@@ -66,7 +69,8 @@ class DriftHistory:
 
     name: str  # "thread 3 'ch5-cma'"
     config: DriftConfig
-    early: list[drift.Level | None]  # the first ``config.baseline_generations`` generations' levels
+    window_s: float  # the session's response window, which a rate's spikes were counted in
+    early: list[drift.Level]  # the first ``config.baseline_generations`` generations' levels
     previous: dict  # the last ``generation.completed`` data ({} before the first)
     reported_silent: set[int]  # each channel's ``channel.silent`` warning is logged once
 
@@ -76,8 +80,10 @@ class DriftHistory:
         history = select(Event.data_json).where(Event.thread_id == thread_id, Event.kind == GENERATION_COMPLETED)
         early = [_level(d) for d in db.scalars(history.order_by(Event.id).limit(config.baseline_generations))]
         silent = db.scalars(select(Event.data_json).where(Event.thread_id == thread_id, Event.kind == CHANNEL_SILENT))
-        name = f"thread {thread_id} {db.get(Thread, thread_id).name!r}"
-        return cls(name, config, early, db.scalars(history.order_by(Event.id.desc()).limit(1)).first() or {},
+        thread = db.get(Thread, thread_id)
+        start, end = thread.session.config_json["response_window_ms"]
+        return cls(f"thread {thread_id} {thread.name!r}", config, (end - start) / 1000, early,
+                   db.scalars(history.order_by(Event.id.desc()).limit(1)).first() or {},
                    {channel for data in silent for channel in data["channels"]})
 
 
@@ -88,35 +94,45 @@ def generation_completed(db: Transaction, history: DriftHistory, session_id: int
     ``channels``: those the objective reads."""
     mean, sem = drift.mean_sem(scores)
     reference_mean, reference_sem = drift.mean_sem(reference_scores)
-    per_image, channel_rates = reference_levels(reference_rates, channels)
-    reference_rate_mean, reference_rate_sem = drift.mean_sem(per_image)
+    per_image, channel_rates, channel_seconds = reference_levels(reference_rates, channels, history.window_s)
+    reference_rate_mean, reference_rate_sem = drift.mean_sem([rate for rate, _ in per_image.values()])
     finite = [s for s in scores if s is not None and np.isfinite(s)]
     data = {
         "generation": number, "mean": mean, "sem": sem, "max": max(finite) if finite else None,
         "n_scored": len(finite), "reference_mean": reference_mean, "reference_sem": reference_sem,
         "reference_rate_mean": reference_rate_mean, "reference_rate_sem": reference_rate_sem,
-        "channel_rates": channel_rates, "drop_sem": None, "low_streak": 0, "silent_channels": [],
+        "reference_levels": {stimulus: list(level) for stimulus, level in per_image.items()},
+        "channel_rates": channel_rates, "drop_sem": None, "low_streak": 0, "silent_channels": [], "low_channels": [],
     }
     config, early, previous = history.config, history.early, history.previous
-    current = _level(data)
-    if current is not None and len(early) == config.baseline_generations and None not in early:
+    current = drift.Level(per_image, tuple(channel_rates))
+    if len(early) == config.baseline_generations:
         base = drift.baseline(early)
-        data["drop_sem"] = drop = drift.drop_in_sem(base, current)
-        data["low_streak"] = streak = previous.get("low_streak", 0) + 1 if drop > config.drop_sem else 0
-        if streak == config.consecutive:
-            log_event(db, "drift.reference",
-                      f"{history.name}: generation {number}: reference images fire {current.mean:.3g} ± "
-                      f"{current.sem:.2g} spikes/s, {drop:.1f} SEM below their early {base.mean:.3g} ± "
-                      f"{base.sem:.2g} for {streak} generations; check the recording (electrode drift, lost unit)",
-                      level=EventLevel.WARNING, thread_id=thread_id, session_id=session_id,
-                      data={"generation": number, "drop_sem": drop, "early_mean": base.mean})
-        data["silent_channels"] = silent = drift.silent_channels(base, current, config.silent_fraction)
+        low = drift.reference_drop(base, current)
+        if low is not None:
+            data["drop_sem"] = low.drop
+            data["low_streak"] = streak = previous.get("low_streak", 0) + 1 if low.drop > config.drop_sem else 0
+            if streak == config.consecutive:
+                log_event(db, "drift.reference",
+                          f"{history.name}: generation {number}: reference images fire {low.mean:.3g} spikes/s "
+                          f"against their early {low.early_mean:.3g}, {low.drop:.1f} SEM below (SEM {low.sem:.2g}, "
+                          f"each of {low.images} images paired with its early rate) for {streak} generations; "
+                          f"check the recording (electrode drift, lost unit)",
+                          level=EventLevel.WARNING, thread_id=thread_id, session_id=session_id,
+                          data={"generation": number, "drop_sem": low.drop, "early_mean": low.early_mean,
+                                "mean": low.mean, "sem": low.sem, "images": low.images})
+        runs = {channel: (spikes, seconds) for channel, spikes, seconds in previous.get("low_channels", [])}
+        runs, silent = drift.silent_channels(base.channel_rates, channel_rates, channel_seconds,
+                                             config.silent_fraction, runs)
+        data["low_channels"] = [[channel, *run] for channel, run in sorted(runs.items())]
+        data["silent_channels"] = silent
         newly = sorted(set(silent) - history.reported_silent)
         if newly:
             history.reported_silent.update(newly)
             log_event(db, CHANNEL_SILENT,
                       f"{history.name}: generation {number}: channel(s) {channel_ranges(newly)} fire below "
-                      f"{config.silent_fraction:g} of their early rate to the reference images; check the electrode",
+                      f"{config.silent_fraction:g} of their early rate to the reference images, too few spikes for "
+                      f"a channel still at that rate (P < {drift.SILENT_P:g}); check the electrode",
                       level=EventLevel.WARNING, thread_id=thread_id, session_id=session_id,
                       data={"generation": number, "channels": newly})
     log_event(db, GENERATION_COMPLETED,
