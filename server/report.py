@@ -6,6 +6,7 @@ from __future__ import annotations
 import bisect
 import io
 import json
+import re
 import textwrap
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -263,6 +264,8 @@ def _curve_axes(ax, curves: dict[str, np.ndarray], best_reference: tuple[float, 
     generation; a curve without a value is left out, legend entry included. The y axis names the scores' unit;
     after a retarget, a marker at each objective's first generation names its unit instead, and the curves are
     not joined across it."""
+    from matplotlib.ticker import MaxNLocator
+
     if len(segments) > 1:  # a NaN row before each change of objective leaves a gap
         at = np.searchsorted(curves["number"], [number for number, _ in segments[1:]])
         curves = {key: np.insert(values.astype(float), at, np.nan) for key, values in curves.items()}
@@ -286,6 +289,7 @@ def _curve_axes(ax, curves: dict[str, np.ndarray], best_reference: tuple[float, 
             ax.annotate(_wrapped(label, fontsize=7), (number, 0), xycoords=("data", "axes fraction"), xytext=(3, 3),
                         textcoords="offset points", va="bottom", fontsize=7, rotation=90)
     ax.set(xlabel="generation", ylabel=_wrapped(_axis_label(segments)))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no generation 0.25
     if ax.get_legend_handles_labels()[1]:
         ax.legend(fontsize=7, loc="best")
 
@@ -395,7 +399,7 @@ def _retest_report(db, thread: Thread, out_dir: Path, archive) -> bool:
     table = retest_table(db, thread)
     if table is None:
         return False
-    (out_dir / f"retest_{thread.name}.json").write_text(json.dumps(json_safe(table), indent=2))
+    (out_dir / f"retest_{_file_part(thread)}.json").write_text(json.dumps(json_safe(table), indent=2), encoding="utf-8")
     value = lambda v: np.nan if v is None else v  # noqa: E731
     images, shown = table["images"], table["images"][:RETEST_IMAGES]
     fig = Figure(figsize=(max(7.0, 1.2 * len(shown)), 6.5), layout="constrained")
@@ -421,8 +425,21 @@ def _retest_report(db, thread: Thread, out_dir: Path, archive) -> bool:
         thumb.set_axis_off()
         thumb.set_title(f"#{image['rank']} retest {value(image['retest_mean']):.3g} (n={image['retest_n']})\n"
                         f"evolution {value(image['evolution_mean']):.3g} (n={image['evolution_n']})", fontsize=6)
-    fig.savefig(out_dir / f"retest_{thread.name}.png", dpi=120)
+    fig.savefig(out_dir / f"retest_{_file_part(thread)}.png", dpi=120)
     return True
+
+
+#: Characters a file name cannot hold on Windows or an SMB share (and "/" nowhere), replaced in report file names.
+_NOT_IN_FILE_NAMES = re.compile(r'[<>:"/\\|?*\x00-\x1f]')
+
+
+def _file_part(thread: Thread) -> str:
+    """The thread's name as part of a report file name: as it is when every system can hold it, else with the
+    characters they cannot (``/``, ``:``, ``?``, ...; a leading dot) replaced by ``_`` and the thread id added, so
+    two names never share a file. The figures show the name itself."""
+    safe = _NOT_IN_FILE_NAMES.sub("_", thread.name).strip(" ")
+    safe = "_" + safe[1:] if safe.startswith(".") else safe
+    return thread.name if safe == thread.name else f"{safe}-{thread.id}"
 
 
 def write_session_report(database_url: str, data_dir: Path, session_id: int, out_dir: Path) -> list[ThreadSummary]:
@@ -446,7 +463,7 @@ def write_session_report(database_url: str, data_dir: Path, session_id: int, out
             fig, axes = _scores_figure(len(evolutions))
             for thread in threads:
                 if thread.kind == "manifold":
-                    _manifold_figure(db, thread, out_dir / f"manifold_{thread.name}.png", archive)
+                    _manifold_figure(db, thread, out_dir / f"manifold_{_file_part(thread)}.png", archive)
                     continue
                 if thread.kind == "retest":
                     _retest_report(db, thread, out_dir, archive)
@@ -462,7 +479,7 @@ def write_session_report(database_url: str, data_dir: Path, session_id: int, out
                 title = thread.name if thread.name == thread.optimizer else f"{thread.name} ({thread.optimizer})"
                 _curve_axes(ax, curves, best_reference, segments)
                 ax.set(title=title)
-                _evolution_figure(out_dir / f"evolution_{thread.name}.png", title, segments, curves, best_reference,
+                _evolution_figure(out_dir / f"evolution_{_file_part(thread)}.png", title, segments, curves, best_reference,
                                   _best_per_generation(db, thread), archive)
                 first = np.flatnonzero(curves["number"] == since)
                 summaries.append(ThreadSummary(
@@ -485,8 +502,9 @@ def write_session_report(database_url: str, data_dir: Path, session_id: int, out
     finally:
         db_engine.dispose()
     _best_images_figure(best_rows, archive, out_dir / "best_images.png")
-    (out_dir / "summary.json").write_text(json.dumps(json_safe([asdict(s) for s in summaries]), indent=2))
-    (out_dir / "methods.txt").write_text(methods)
+    (out_dir / "summary.json").write_text(json.dumps(json_safe([asdict(s) for s in summaries]), indent=2),
+                                          encoding="utf-8")
+    (out_dir / "methods.txt").write_text(methods, encoding="utf-8")
     return summaries
 
 

@@ -12,6 +12,7 @@ import difflib
 import json
 import math
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -20,7 +21,6 @@ from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
-    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -154,7 +154,8 @@ class DriftConfig(_Strict):
         2, strict=True, ge=1, le=100, description="Generations in a row the drop must last before the alarm.")
     silent_fraction: float = Field(
         0.1, strict=True, gt=0, lt=1,
-        description="A channel is silent when its mean rate falls below this fraction of its early rate.")
+        description="A channel is low below this fraction of its early rate, and silent once a run of low "
+        "generations has too few spikes for that rate.")
 
 
 class ManifoldConfig(_Strict):
@@ -309,7 +310,7 @@ class SessionConfig(_Strict):
                      description='ISO 8601 duration such as "P6Y", or a range "P5Y/P7Y"; "": unknown.')
     lab: Annotated[str, Field(max_length=200)] = ""
     experimenter: str = Field("", max_length=200, description='"Last, First", as NWB asks.')
-    session_start_time: AwareDatetime | None = Field(None, description="With a time zone; None: when created.")
+    session_start_time: datetime | None = Field(None, description="With a time zone; None: when created.")
     response_window_ms: tuple[Annotated[int, Field(strict=True, ge=0, le=MAX_WINDOW_MS)],
                               Annotated[int, Field(strict=True, ge=0, le=MAX_WINDOW_MS)]] = (50, 200)
     references: ReferenceConfig = Field(default_factory=ReferenceConfig)
@@ -336,6 +337,9 @@ class SessionConfig(_Strict):
     @field_validator("session_start_time")
     @classmethod
     def _not_in_the_future(cls, start: datetime | None) -> datetime | None:
+        if start is not None and start.utcoffset() is None:
+            raise ValueError(f"{start.isoformat()} has no time zone: give the one the recording ran in, e.g. "
+                             f"{start:%Y-%m-%dT%H:%M:%S}+09:00, or {start:%Y-%m-%dT%H:%M:%S}Z for UTC")
         now = datetime.now(UTC)
         if start is not None and start > now + CLOCK_SKEW:
             raise ValueError(f"{start.isoformat()} is in the future (the server's clock says "
@@ -352,10 +356,11 @@ class SessionConfig(_Strict):
     @field_validator("threads")
     @classmethod
     def _unique_thread_names(cls, threads: list[ThreadConfig]) -> list[ThreadConfig]:
-        names = [thread.name for thread in threads]
-        repeated = sorted({name for name in names if names.count(name) > 1})
+        names = [unicodedata.normalize("NFC", thread.name) for thread in threads]  # "Ä" is one letter or A + ¨
+        repeated = sorted({thread.name for thread, name in zip(threads, names) if names.count(name) > 1})
         if repeated:
-            raise ValueError(f"thread names must be unique, repeated: {', '.join(repeated)}")
+            raise ValueError(f"thread names must be unique, repeated: {', '.join(repeated)}"
+                             + (" (the same letters, written in two Unicode forms)" if len(set(repeated)) > 1 else ""))
         return threads
 
     @model_validator(mode="after")
@@ -470,7 +475,7 @@ def read_config_file(path: str | Path) -> dict:
     """The mapping in a ``.json``, ``.yaml`` or ``.yml`` session config file, not yet validated."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark, as Notepad and PowerShell write, is dropped
     except OSError as error:
         raise ConfigError(f"cannot read session config {path}: {error.strerror}") from error
     except UnicodeDecodeError as error:

@@ -406,3 +406,27 @@ def test_the_demo_table_labels_both_sides_of_the_comparison():
     assert row.split()[-4:] == ["6.000", "(3)", "31.100", "(3)"]
     assert "last mean vs best ref is the fair comparison" in note[0]
     assert "the highest of each thread's images' means (4 images), biased high" in note[1]
+
+
+@pytest.mark.parametrize(("name", "file"), [("PIT/AIT ch0", "evolution_PIT_AIT ch0-{id}.png"),
+                                            ("..", "evolution__.-{id}.png"), ("ch:1?*", "evolution_ch_1__-{id}.png"),
+                                            ("Ölkanne スレッド", "evolution_Ölkanne スレッド.png")])
+def test_a_thread_name_any_file_system_cannot_hold_is_made_safe_in_file_names(db_sessions, session, settings, tmp_path,
+                                                                                name, file):
+    """A name with '/' stopped the whole report; ':' and '?' made files a Windows share cannot hold."""
+    session_id, thread_id, _ = session
+    with db_sessions.begin() as db:
+        db.get(Thread, thread_id).name = name
+    report.write_session_report(settings.database_url, settings.data_dir, session_id, tmp_path / "out")
+    assert (tmp_path / "out" / file.format(id=thread_id)).stat().st_size > 0
+    assert {p.parent for p in tmp_path.rglob("evolution_*")} == {tmp_path / "out"}  # nothing written outside it
+
+
+def test_the_generation_axis_is_ticked_at_whole_generations():
+    from matplotlib.figure import Figure
+
+    ax = Figure().add_subplot()
+    curves = {key: np.array([1.0, 2.0, 3.0]) for key in ("mean", "sem", "max", "reference_mean", "reference_sem")}
+    report._curve_axes(ax, {**curves, "number": np.array([0, 1, 2])}, None, [(0, "score")])
+    ticks = [t for t in ax.get_xticks() if 0 <= t <= 2]
+    assert ticks and all(float(t).is_integer() for t in ticks)

@@ -127,6 +127,11 @@ def test_load_session_config_from_json_and_yaml(tmp_path: Path) -> None:
         ("threads: [unclosed", ".yml", "not valid YML"),
         ("- a list", ".yaml", "a session config is a mapping"),
         (b"name: caf\xe9", ".yaml", "not UTF-8"),
+        (json.dumps(session_config(session_start_time="2026-11-30T14:00:00")), ".json",
+         r"session_start_time: 2026-11-30T14:00:00 has no time zone: give the one the recording ran in, e\.g\. "
+         r"2026-11-30T14:00:00\+09:00, or 2026-11-30T14:00:00Z for UTC"),
+        (json.dumps(session_config(threads=[thread_config("Kanal-\u00c4"), thread_config("Kanal-A\u0308")])), ".json",
+         r"thread names must be unique, repeated: .* \(the same letters, written in two Unicode forms\)"),
         (json.dumps(session_config(threads=[thread_config(optimizer_params={"sigma0": 1.0})])).replace("1.0", "1e400"),
          ".json", r"threads\.0\.optimizer_params\.sigma0: inf is not a finite number"),
     ],
@@ -240,3 +245,11 @@ def test_files_named_in_a_config_are_stored_absolute(monkeypatch: pytest.MonkeyP
     assert stored["optimizer_params"] == {"eigenbasis": str(tmp_path / "geo" / "eigenbasis.npz"), "k": 3}
     monkeypatch.chdir("/")
     assert SessionConfig.model_validate(session_config(threads=[stored])).threads[0].weights == stored["weights"]
+
+
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_a_config_saved_with_a_byte_order_mark_is_read(tmp_path: Path, suffix: str) -> None:
+    """Notepad, PowerShell and Excel save "UTF-8" with a BOM (and CRLF); JSON refused it, YAML did not."""
+    path = tmp_path / f"session{suffix}"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(session_config(name="Sitzung M\u00fcller")).encode().replace(b", ", b",\r\n"))
+    assert load_session_config(path).name == "Sitzung M\u00fcller"
