@@ -1,6 +1,7 @@
 """A thread's steps: the database work the engine runs on its compute worker, one transaction each.
 
-``record_results`` stores a rig's RESULTS. ``next_step`` completes the generation whose last round
+``record_results`` stores a rig's RESULTS (and warns, once per session, when their onsets are far off the
+server's clock). ``next_step`` completes the generation whose last round
 is answered (score, ``tell``, the optimizer state), starts the next (``ask``, render, its stimuli)
 and prepares the BATCH still owed. ``answer`` does both for the RESULTS that answers a round, in one
 transaction. Each function works in the transaction it is given
@@ -11,6 +12,7 @@ transaction. Each function works in the transaction it is given
 from __future__ import annotations
 
 import logging
+import statistics
 from typing import NamedTuple
 
 import numpy as np
@@ -31,6 +33,8 @@ log = logging.getLogger(__name__)
 MAX_REQUEUES = 1  # extra rounds for stimuli a rig did not answer before they are scored NaN
 FINISHED = object()  # what ``next_step`` returns when the thread's runtime is done (finished, or paused and told)
 RENDER = object()  # what ``next_step`` returns when the codes it asked are to be rendered in chunks first
+CLOCK_LIMIT_S = 15 * 60  # a RESULTS whose median onset is further from its arrival warns: `rig.clock_offset`
+MAX_ZONE_OFFSET_H = 14  # the largest UTC offset of a time zone (UTC+14)
 
 
 class Recorded(NamedTuple):
@@ -65,11 +69,38 @@ def record_results(db: Transaction, rig: str, header: dict, received_at) -> Reco
         objective.check_rates(p["rates"])
     presentations = [records.PresentationRecord.from_message(p) for p in header["presentations"]]
     accepted, duplicates = records.record_presentations(db, batch, presentations, received_at=received_at)
+    stored = set(accepted)
+    _check_clock(db, rig, batch, [p.onset for p in presentations if p.presentation_id in stored], received_at)
     if header.get("done"):
         records.close_batch(db, batch.id, received_at)
     stimulus_of = {p.presentation_id: p.stimulus_id for p in presentations}
     return Recorded(batch.thread_id, batch.generation_id, {stimulus_of[pid] for pid in accepted}, len(accepted),
                     len(duplicates), late=batch.generation_status == GenerationStatus.COMPLETE and bool(accepted))
+
+
+def _check_clock(db: Transaction, rig: str, batch: queries.BatchRow, onsets: list[float], received_at) -> None:
+    """Warn, once per session (``rig.clock_offset``), when the median of the onsets just stored is more than
+    ``CLOCK_LIMIT_S`` from when their RESULTS arrived: a rig writing local time as UTC is hours off. What is
+    stored does not change."""
+    if not onsets:
+        return
+    offset = statistics.median(onsets) - received_at.timestamp()
+    if abs(offset) <= CLOCK_LIMIT_S:
+        return
+    hours = abs(offset) / 3600
+    cause = ("is the rig writing local time instead of UTC, or is its clock wrong" if hours <= MAX_ZONE_OFFSET_H
+             else "does the rig send unix seconds (not MATLAB datenum days)")
+    if offset < 0:
+        cause += ", or did it send them long after showing them (a resend after an outage)"
+    span = f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.0f} days"
+    message = (f"rig {rig!r}: onsets are {span} {'ahead of' if offset > 0 else 'behind'} this server's clock "
+               f"(the median of {len(onsets)} presentation(s) of batch {batch.id!r}, against their arrival): {cause} "
+               "(docs/protocol.md §11, Time)? They are stored as sent; analyses by time are off until the rig is "
+               "fixed. Logged once per session")
+    data = {"rig": rig, "batch_id": batch.id, "offset_s": offset, "presentations": len(onsets)}
+    if records.log_event_once(db, "rig.clock_offset", message, session_id=batch.session_id,
+                              thread_id=batch.thread_id, level=EventLevel.WARNING, data=data) is not None:
+        log.warning(message)
 
 
 def closed_batch(db: Transaction, rig: str, batch_id: str, recorded: Recorded) -> RigInputError:

@@ -85,11 +85,11 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
     "threads": {
         "thread_id": "Id of the thread in the actmax store.",
         "thread_name": "Thread name, unique in the session.",
-        "kind": "'evolution' or 'manifold'.",
+        "kind": "'evolution', 'manifold' or 'retest'.",
         "generator": "Generator network turning latent codes into images.",
         "generator_version": "Version of the generator's weights the engine loaded.",
-        "optimizer": "Optimizer name ('fixed-design' for a manifold thread's grid).",
-        "optimizer_params": "Optimizer hyperparameters as configured (empty for a manifold thread).",
+        "optimizer": "Optimizer name ('fixed-design' for a manifold thread's grid and a retest's images).",
+        "optimizer_params": "Optimizer hyperparameters as configured (empty for a manifold or retest thread).",
         "optimizer_hyperparameters": "Every hyperparameter the optimizer ran with: the configured ones, its preset's "
                                      "and the generator's defaults (empty when the thread never started).",
         "manifold": "A manifold thread's grid as configured: source thread, planes, step_deg (empty for an "
@@ -207,19 +207,23 @@ def subject_overrides(**given: str | None) -> dict[str, str]:
 
 
 def dandi_warning(tables: SessionTables, hints: dict[str, str] = REST_HINTS) -> str | None:
-    """What DANDI requires of the subject that the export lacks (``nwbinspector --config dandi`` reports it as
-    critical), and how to give it (``hints``); None when nothing is lacking."""
+    """What DANDI requires of the subject that the export lacks or has in a form it refuses (``nwbinspector
+    --config dandi`` reports it as critical), and how to give it (``hints``); None when nothing is wrong."""
     meta = tables.session.iloc[0]
-    lacking = [field for field, bad in (("species", not SPECIES.fullmatch(meta["species"])),
-                                        ("subject_id", meta["subject_id"] == UNKNOWN_SUBJECT)) if bad]
-    if not lacking:
+    species, subject_id = meta["species"], meta["subject_id"]
+    wrong = {}
+    if not SPECIES.fullmatch(species):
+        wrong["species"] = f"{f'{species!r} is not' if species else 'give'} a Latin binomial such as 'Macaca mulatta'"
+    if subject_id == UNKNOWN_SUBJECT:
+        wrong["subject_id"] = f"written as {UNKNOWN_SUBJECT!r}"
+    elif "/" in subject_id:  # check_subject_id_no_slashes: DANDI makes the id a folder name
+        wrong["subject_id"] = f"{subject_id!r} has a '/', which DANDI refuses: e.g. {subject_id.replace('/', '-')!r}"
+    if not wrong:
         return None
-    species = meta["species"]
-    said = {"species": f"species ({f'{species!r} is not' if species else 'give'} a Latin binomial such as "
-                       "'Macaca mulatta')", "subject_id": f"subject_id (written as {UNKNOWN_SUBJECT!r})"}
-    given = ", ".join(hints["subject"].format(field=f, option=f.replace("_", "-")) for f in lacking)
-    return (f"session {meta['session_id']} lacks subject metadata DANDI requires (nwbinspector --config dandi: "
-            f"critical): {', '.join(said[f] for f in lacking)}; give {given}, or set it in the session config")
+    given = ", ".join(hints["subject"].format(field=f, option=f.replace("_", "-")) for f in wrong)
+    return (f"session {meta['session_id']}'s subject metadata fails DANDI's critical checks (nwbinspector --config "
+            f"dandi): {', '.join(f'{field} ({why})' for field, why in wrong.items())}; give {given}, or set it in "
+            "the session config")
 
 
 def require_presentations(tables: SessionTables, hints: dict[str, str] = REST_HINTS) -> None:

@@ -87,6 +87,14 @@ def log_event(
     return event_id
 
 
+def log_event_once(db: Transaction, kind: str, message: str, *, session_id: int, **fields: Any) -> int | None:
+    """``log_event``, unless the session has a ``kind`` event already; the new event's id, or None."""
+    if driver(db).execute("SELECT 1 FROM events WHERE session_id = ? AND kind = ? LIMIT 1",
+                          (session_id, kind)).fetchone() is not None:
+        return None
+    return log_event(db, kind, message, session_id=session_id, **fields)
+
+
 def _with_seed(thread: ThreadConfig) -> ThreadConfig:
     """The thread with its seed drawn if it was left None."""
     return thread if thread.seed is not None else thread.model_copy(update={"seed": secrets.randbelow(MAX_SEED + 1)})
