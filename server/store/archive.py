@@ -69,10 +69,19 @@ class ImageArchive:
 
     def holds(self, content_hash: str) -> bool:
         """Whether the stored file exists and its bytes still hash to ``content_hash``."""
+        return self.read_intact(content_hash) is not None
+
+    def read_intact(self, content_hash: str) -> bytes | None:
+        """The stored PNG bytes; None if the file is missing or its bytes no longer hash to ``content_hash``."""
         try:
-            return hashlib.sha256(self.read(content_hash)).hexdigest() == content_hash
+            png = self.read(content_hash)
         except FileNotFoundError:
-            return False
+            return None
+        return png if hashlib.sha256(png).hexdigest() == content_hash else None
+
+    def lost(self, images: str) -> str:
+        """What to tell a user whose ``images`` (how many, which) this archive lost: where to get them back."""
+        return f"the image archive lost {images}: restore {self.root / 'images'}/ from a backup (README 'Backups')"
 
     def remove_partial_writes(self) -> int:
         """Delete the ``.tmp-*.png`` files a killed `save` left behind; how many. Call it at

@@ -342,6 +342,9 @@ def test_generation_stimulus_and_presentation_reads(client: httpx.Client, live_s
     assert (stimulus["generator"], stimulus["generator_version"], stimulus["index"]) == ("dcgan-faces", "1", 1)
     png = client.get(f"/stimuli/{stimulus_ids[1]}/png")
     assert png.headers["content-type"] == "image/png" and png.content == png_bytes(1)
+    archive.path(stimulus["content_hash"]).unlink()  # lost from the archive (a deleted images/ folder, say)
+    lost = client.get(f"/stimuli/{stimulus_ids[1]}/png")
+    assert lost.status_code == 404 and "restore" in lost.json()["detail"] and "from a backup" in lost.json()["detail"]
 
     first = client.get(f"/threads/{thread_id}/presentations", params={"limit": 2}).json()
     rest = client.get(f"/threads/{thread_id}/presentations", params={"offset": 2, "limit": 2}).json()

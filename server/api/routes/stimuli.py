@@ -27,5 +27,6 @@ def get_stimulus_png(stimulus_id: StimulusId, db: DB, archive: Archive) -> FileR
     stimulus = get_or_404(db, Stimulus, stimulus_id)
     path = archive.path(stimulus.content_hash)
     if not path.is_file():
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"image of stimulus {stimulus_id!r} is missing from the archive")
+        raise HTTPException(status.HTTP_404_NOT_FOUND, archive.lost(f"the image of stimulus {stimulus_id!r} "
+                                                                    f"({stimulus.png_path})"))
     return FileResponse(path, media_type="image/png")

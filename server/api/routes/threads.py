@@ -11,9 +11,10 @@ from sqlalchemy.orm import Session as DBSession
 
 import generators
 from server.admission import check_objective
-from server.api.deps import DB, Generators, Id, Limit, Offset, RigChannels, Wake, get_or_404, paginate, refuse
+from server.api.deps import DB, Archive, Generators, Id, Limit, Offset, RigChannels, Wake, get_or_404, paginate, refuse
 from server.api.schemas import ErrorDetail, GenerationSummary, Page, PresentationRead, Retarget, ThreadRead
 from server.session_config import SessionConfig
+from server.store.archive import ImageArchive
 from server.store.models import (
     ENDED_THREAD_STATUSES,
     LIVE_THREAD_STATUSES,
@@ -25,8 +26,9 @@ from server.store.models import (
     Thread,
     ThreadStatus,
 )
-from server.store.queries import rig_latencies
+from server.store.queries import reference_stimuli, rig_latencies
 from server.store.records import end_session_if_done, log_event, set_objective
+from server.thread_runtime import ReferencesLost, stored_references
 
 router = APIRouter(prefix="/threads", tags=["threads"], responses={404: {"model": ErrorDetail}})
 
@@ -96,15 +98,17 @@ def pause_thread(thread_id: Id, db: DB, wake: Wake) -> Thread:
 
 
 @router.post("/{thread_id}/resume", response_model=ThreadRead, responses={409: {
-    "model": ErrorDetail, "description": "The thread's status does not allow this action, or its generator's weights "
-    "do not load now."}})
-def resume_thread(thread_id: Id, db: DB, wake: Wake, cache: Generators) -> Thread:
+    "model": ErrorDetail, "description": "The thread's status does not allow this action, its generator's weights "
+    "do not load now, or the image archive lost reference images that cannot be rebuilt."}})
+def resume_thread(thread_id: Id, db: DB, wake: Wake, cache: Generators, archive: Archive) -> Thread:
     """paused, or failed once its cause is fixed (not in a stopped session) -> running (the engine makes it
     waiting_for_rig or blocked if its rig says so); last_error is cleared. A thread whose generator does not
-    load now (its weights, as a session's creation checks them) stays as it is: 409 with the reason."""
+    load now (its weights, as a session's creation checks them), or whose session's reference images the archive
+    lost and their source no longer renders, stays as it is: 409 with the reason."""
     thread = get_or_404(db, Thread, thread_id)
     if thread.status in TRANSITIONS["resume"][0]:
         _check_generator(thread, cache)
+        _check_references(db, thread, archive)
     return _transition(db, wake, thread_id, "resume")
 
 
@@ -116,6 +120,16 @@ def _check_generator(thread: Thread, cache) -> None:
     except generators.GeneratorError as error:
         hint = f"\nTo fix: {cache.setting_hint()}" if isinstance(error, generators.WeightsNotFoundError) else ""
         raise HTTPException(status.HTTP_409_CONFLICT, f"cannot resume thread {thread.id}: {error}{hint}") from None
+
+
+def _check_references(db: DBSession, thread: Thread, archive: ImageArchive) -> None:
+    """A 409 naming the lost images unless the archive holds the session's references, or their source renders
+    again those it lost (the engine then archives them again at the thread's start)."""
+    config = SessionConfig.model_validate(thread.session.config_json)
+    try:
+        stored_references(reference_stimuli(db, thread.session_id), config, archive)
+    except ReferencesLost as error:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"cannot resume thread {thread.id}: {error}") from None
 
 
 @router.post("/{thread_id}/stop", response_model=ThreadRead, responses=CONFLICT)
