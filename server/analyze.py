@@ -28,6 +28,7 @@ def add_parser(subcommands) -> None:
     session = analyses.add_parser(
         "session", help="score-per-generation plot, best images, summary and methods text of a session",
         description="Write scores.png, evolution_<thread>.png, best_images.png, manifold_<thread>.png, "
+        "retest_<thread>.png and .json (a retest's images against their evolution scores), "
         "summary.json and methods.txt (how each thread ran: generator and weights, optimizer and every "
         "hyperparameter, seed, objective, references, channels, software) for a recorded session.")
     _add_store_arguments(session)

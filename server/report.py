@@ -21,6 +21,7 @@ from server.export.tables import ThreadProvenance, manifold_configs, software_te
 from server.images import SKIMAGE_REFERENCES
 from server.objectives import Objective, channel_ranges, objective_channels, objective_segments, score_label
 from server.session_config import FlaggedTrialsConfig, ReferenceConfig
+from server.retest import retest_config
 from server.store import queries
 from server.store.archive import ImageArchive
 from server.store.db import make_db_engine, make_sessionmaker
@@ -545,6 +546,10 @@ def _thread_methods(db, thread: Thread, provenance: ThreadProvenance, labels: li
     manifold = manifold_configs(thread.session).get(thread.id)
     design = (f" (the grid of a Manifold map around thread {manifold.source!r}: planes {', '.join(manifold.planes)}, "
               f"{manifold.step_deg:g} degree steps)" if manifold is not None else "")
+    if thread.kind == "retest":
+        retest = retest_config(thread)
+        design = (f" (the {retest.top} best images of thread {retest.source!r}, by the mean over all their showings "
+                  "there, shown again)")
     return (f"Thread {thread.name!r} ({thread.kind}, id {thread.id}): images were rendered by the generator "
             f"{thread.generator} {_weights_text(db, thread)}, from latent codes proposed by the {thread.optimizer} "
             f"optimizer{design} (seed {thread.seed}; hyperparameters {settings}), "

@@ -257,6 +257,9 @@ def test_a_retest_waits_then_shows_the_sources_best_images_by_mean_and_survives_
     write_session_report(database_url, tmp_path, session_id, out)
     table = json.loads((out / "retest_ga-retest.json").read_text())
     assert (out / "retest_ga-retest.png").read_bytes().startswith(b"\x89PNG")
+    retest_methods = (out / "methods.txt").read_text(encoding="utf-8").split("\n\n")[-1]
+    assert f"the {TOP} best images of thread 'ga', by the mean over all their showings there, shown again" \
+        in retest_methods
     now = {code: (mean, n) for _, code, mean, n in ranking(database, source_id)}
     synthetic = {index: stimulus_id for stimulus_id, index, kind in stimuli if kind == "synthetic"}
     assert [image["rank"] for image in table["images"]] == list(range(1, TOP + 1))
