@@ -43,7 +43,7 @@ from rig_client.protocol import (
 log = logging.getLogger(__name__)
 
 _CLOSED = object()  # sentinel in the batch queue: no more batches will come
-# Why a server may stay silent before it ever welcomed this connection, by whether the rig uses CURVE.
+# Why a server may stay silent before it ever welcomed this rig (in this run), by whether the rig uses CURVE.
 SILENT_HINT = {
     False: "; if the server has CURVE keys, this rig needs them: --server-key and --rig-key (curve_keys() in Python)",
     True: "; a server that refuses this rig's key (not registered, revoked, or another server's key file) stays "
@@ -609,7 +609,8 @@ class _Link:
         self.curve = curve
         self.socket: zmq.Socket | None = None
         self.beat_s, self.beats = heartbeat_s, liveness  # the server's after WELCOME
-        self.is_welcomed = False
+        self.is_welcomed = False  # this socket
+        self.ever_welcomed = False  # any socket of this client: keys are no longer the suspect
         self.usable = True  # False: drop this socket and reconnect
 
     def run(self) -> None:
@@ -628,7 +629,7 @@ class _Link:
 
     def welcomed(self, beat_s: float, beats: int) -> None:
         self.beat_s, self.beats = beat_s, beats
-        self.is_welcomed = True
+        self.is_welcomed = self.ever_welcomed = True
 
     def send(self, msg: Message, frames: list[bytes] | None = None) -> None:
         """Send ``msg`` (``frames``: its encoding, when already made). No size check here: the server
@@ -674,7 +675,7 @@ class _Link:
                 now = time.monotonic()
                 if now >= expires:
                     log.warning("server silent for %.1f s; reconnecting%s", self.beat_s * self.beats,
-                                "" if self.is_welcomed else SILENT_HINT[bool(self.curve)])
+                                "" if self.ever_welcomed else SILENT_HINT[bool(self.curve)])
                     return self.is_welcomed
                 if now >= next_beat:
                     if client._connected.is_set():

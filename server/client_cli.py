@@ -172,11 +172,21 @@ def create_session(args) -> int:
     return 0
 
 
+def session_status(session: dict) -> str:
+    """The session's status, with how many of its threads failed: ``finished (1 of 3 threads failed)``."""
+    counts = session.get("threads_by_status", {})  # (an older server leaves it out)
+    if not (failed := counts.get("failed", 0)):
+        return session["status"]
+    return f"{session['status']} ({failed} of {sum(counts.values())} threads failed)"
+
+
 def list_sessions(args) -> int:
     sessions = call("GET", "/sessions")
-    print(f"{'id':>4}  {'name':<30} {'rig':<16} {'status':<9} created")
-    for s in sessions:
-        print(f"{s['id']:>4}  {padded(s['name'], 30)} {s['rig']:<16} {s['status']:<9} {s['created_at']}")
+    statuses = [session_status(s) for s in sessions]
+    width = max([9, *map(len, statuses)])
+    print(f"{'id':>4}  {'name':<30} {'rig':<16} {'status':<{width}} created")
+    for s, status in zip(sessions, statuses, strict=True):
+        print(f"{s['id']:>4}  {padded(s['name'], 30)} {s['rig']:<16} {status:<{width}} {s['created_at']}")
     return 0
 
 
@@ -184,7 +194,7 @@ def show_session(args) -> int:
     """The session, its threads' statuses, then what each thread runs: seed (a drawn one too), generator,
     optimizer with its configured hyperparameters, objective, generations done of those configured."""
     session = call("GET", f"/sessions/{args.id}")
-    print(f"session {session['id']} {session['name']!r} on rig {session['rig']!r}: {session['status']}")
+    print(f"session {session['id']} {session['name']!r} on rig {session['rig']!r}: {session_status(session)}")
     print_threads(session["threads"])
     for t in session["threads"]:
         done = call("GET", f"/threads/{t['id']}/generations?status=complete&limit=1")["total"]
@@ -295,7 +305,7 @@ def watch_session(args) -> int:
             print(line, flush=True)
         lines.clear()
         if session["status"] in ENDED:
-            print(f"session {session['id']} {session['status']}", flush=True)
+            print(f"session {session['id']} {session_status(session)}", flush=True)
             return 0
         time.sleep(args.interval)
 

@@ -397,30 +397,42 @@ def test_session_list_and_show_say_how_many_threads_of_a_finished_session_failed
     from server.main import create_app
     from server.store import records
     from server.store.models import ThreadStatus
-    from tests.server.conftest import TOKEN, LiveServer, WakeCounter, make_settings, served, session_config, thread_config
+    from tests.server.conftest import (
+        TOKEN,
+        LiveServer,
+        WakeCounter,
+        make_settings,
+        served,
+        session_config,
+        thread_config,
+    )
 
     server = LiveServer(make_settings(tmp_path / "data"), WakeCounter())
-    with served(create_app(server.settings, server.sessions, engine=server.engine)) as url:
-        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
-            ok, bad = (client.post("/sessions", json=session_config(name=name, threads=[thread_config()])).json()
-                       for name in ("completed", "crashed"))
-        with server.sessions() as db:  # as the engine ends them
-            records.finish_thread(db, ok["threads"][0]["id"])
-            records.end_session_if_done(db, ok["id"])
-            records.set_thread_error(db, bad["threads"][0]["id"], "thread.failed", "failed: boom",
-                                     status=ThreadStatus.FAILED)
-            db.commit()
-        clean_environment.setenv("ACTMAX_URL", url)
-        clean_environment.setenv("ACTMAX_TOKEN", TOKEN)
-        capsys.readouterr()
-        assert main(["session", "list"]) == 0
-        header, *rows = capsys.readouterr().out.splitlines()
-        assert [row.split()[2:-1] for row in rows] == [["rig-A", "finished"],
-                                                       ["rig-A", "finished", "(1", "of", "1", "threads", "failed)"]]
-        assert len({line.index(" created" if line == header else " 20") for line in [header, *rows]}) == 1
-        assert main(["session", "show", str(bad["id"])]) == 0
-        assert capsys.readouterr().out.splitlines()[0].endswith(": finished (1 of 1 threads failed)")
-    server.db_engine.dispose()
+    try:
+        with served(create_app(server.settings, server.sessions, engine=server.engine)) as url:
+            with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+                ok, bad = (client.post("/sessions", json=session_config(name=name, threads=[thread_config()])).json()
+                           for name in ("completed", "crashed"))
+            with server.sessions() as db:  # as the engine ends them
+                records.finish_thread(db, ok["threads"][0]["id"])
+                records.end_session_if_done(db, ok["id"])
+                records.set_thread_error(db, bad["threads"][0]["id"], "thread.failed", "failed: boom",
+                                         status=ThreadStatus.FAILED)
+                db.commit()
+            clean_environment.setenv("ACTMAX_URL", url)
+            clean_environment.setenv("ACTMAX_TOKEN", TOKEN)
+            capsys.readouterr()
+            assert main(["session", "list"]) == 0
+            header, *rows = capsys.readouterr().out.splitlines()
+            assert [row.split()[2:-1] for row in rows] == [["rig-A", "finished"],
+                                                           ["rig-A", "finished", "(1", "of", "1", "threads", "failed)"]]
+            assert len({line.index(" created" if line == header else " 20") for line in [header, *rows]}) == 1
+            assert main(["session", "show", str(bad["id"])]) == 0
+            assert capsys.readouterr().out.splitlines()[0].endswith(": finished (1 of 1 threads failed)")
+            assert main(["session", "watch", str(bad["id"])]) == 0
+            assert capsys.readouterr().out.splitlines()[-1] == f"session {bad['id']} finished (1 of 1 threads failed)"
+    finally:
+        server.db_engine.dispose()
 
 
 def test_serve_refuses_a_damaged_database_or_one_from_a_newer_actmax_in_one_line(tmp_path, clean_environment,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
@@ -46,9 +47,18 @@ class SessionRead(_FromORM):
     animal: str
     array: str
     notes: str
-    status: SessionStatus
+    status: SessionStatus = Field(description="active, stopped or finished (every thread ended, failed ones too: "
+                                  "`threads_by_status` tells them apart).")
     created_at: datetime
     config: dict[str, Any] = Field(validation_alias="config_json", description="The config, seeds filled in.")
+    threads_by_status: dict[ThreadStatus, int] = Field(
+        validation_alias="threads", description='How many of its threads have each status, those with none left out: '
+        '{"finished": 2, "failed": 1} is a finished session one of whose threads failed.')
+
+    @field_validator("threads_by_status", mode="before")
+    @classmethod
+    def _count(cls, threads: list | dict) -> dict:
+        return threads if isinstance(threads, dict) else dict(Counter(thread.status for thread in threads))
 
 
 class ThreadRead(_FromORM):

@@ -10,14 +10,16 @@ const FEW_CHANNELS = 8;        // longer channel lists are shown as ranges and a
 const RANGE_PARTS = 10;        // ranges and channels shown of such a list before "…"
 const RIG_LINES = 8;           // rig panel: lines of scored channels shown before the rest is folded away
 const EXPRESSION_CHARS = 120;  // a longer objective expression is cut on the thread card (whole in its tooltip)
-const DRIFT_KINDS = new Set(["drift.reference", "channel.silent", "rig.lost", "rig.replaced"]);
+const DRIFT_KINDS = new Set(["drift.reference", "channel.silent", "rig.lost", "rig.replaced", "rig.clock_offset"]);
 const ENDED = new Set(["stopped", "finished", "failed"]); // thread statuses after which nothing changes
 
 const $ = (selector, root = document) => root.querySelector(selector);
 const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
 const num = (v, digits = 3) => (typeof v === "number" && Number.isFinite(v) ? v.toPrecision(digits) : "–");
 const ms = (v) => (typeof v === "number" ? `${v.toFixed(0)} ms` : "–");
-const clock = (iso) => new Date(iso).toLocaleTimeString();
+const ZONE = { timeZoneName: "short" }; // every time shown names the browser's zone (e.g. "GMT+9", "CET")
+const clock = (iso) => new Date(iso).toLocaleTimeString(undefined, ZONE);
+const dateTime = (iso) => new Date(iso).toLocaleString(undefined, ZONE);
 
 class Unauthorized extends Error {}
 class Offline extends Error {} // the server did not answer: the live stream's reconnect reloads what was missed
@@ -197,10 +199,17 @@ async function sessionsPage() {
   return { close() { closed = true; live.handlers.delete(onLive); live.stop(); clearTimeout(timer); } };
 }
 
+// A session whose threads failed ends `finished` like a completed one: its badge says how many failed, in red.
+function sessionBadge(s) {
+  const failed = s.threads_by_status.failed;
+  return failed ? `<span class="status failed">${esc(s.status)}, ${failed} failed</span>`
+    : `<span class="status ${esc(s.status)}">${esc(s.status)}</span>`;
+}
+
 function sessionsTable(sessions) {
   const rows = sessions.slice().reverse().map((s) => `<tr><td>${s.id}</td><td><a href="#/session/${s.id}">${esc(s.name)}</a></td>
     <td>${esc(s.rig)}</td><td>${esc(s.animal)}</td><td>${s.config.threads.length}</td>
-    <td><span class="status ${esc(s.status)}">${esc(s.status)}</span></td><td>${new Date(s.created_at).toLocaleString()}</td></tr>`);
+    <td>${sessionBadge(s)}</td><td>${dateTime(s.created_at)}</td></tr>`);
   return `<div class="card"><h1>Sessions</h1>${sessions.length ? `<table id="sessions"><thead><tr><th>id</th><th>name</th>
     <th>rig</th><th>animal</th><th>threads</th><th>status</th><th>created</th></tr></thead><tbody>${rows.join("")}</tbody></table>`
     : `<p class="muted">No sessions yet: start one with <code>actmax session create CONFIG</code>.</p>`}</div>`;
@@ -282,8 +291,11 @@ function renderSession(state) {
       if (thread.kind === "evolution") {
         $(".body", card).innerHTML = `<div class="curve"></div>${Charts.legend}<h3>Best image per generation</h3>
           <div class="strip"></div><h3 class="montage-title">Latest generation</h3><div class="montage"></div>`;
-      } else {
+      } else if (thread.kind === "manifold") {
         $(".body", card).innerHTML = `<div class="manifold"><p class="muted">The map appears once the grid is presented.</p></div>`;
+      } else {
+        $(".body", card).innerHTML = `<p class="muted">A retest shows its evolution's best images again, once that evolution
+          ends; <code>actmax analyze session</code> compares their new scores with their evolution scores.</p>`;
       }
     }
     $("h2", card).textContent = `${thread.name}`;
@@ -422,7 +434,7 @@ function addEvent(event) {
   const row = document.createElement("div");
   row.dataset.id = event.event_id;
   row.className = event.kind === "generation.completed" ? "quiet" : event.level;
-  row.innerHTML = `<time>${clock(event.time)}</time>${esc(event.message)}`;
+  row.innerHTML = `<time title="${esc(dateTime(event.time))}">${clock(event.time)}</time>${esc(event.message)}`;
   feed.prepend(row);
   while (feed.childElementCount > FEED_EVENTS) feed.lastElementChild.remove();
 }

@@ -11,13 +11,18 @@ import os
 import secrets
 import shutil
 import time
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 from urllib.parse import urlparse
 
 import httpx
 import pytest
 
 from server.launch import ServerProcess, server_with_sim_rig, stop
+from server.store import records
+from server.store.db import make_db_engine, make_sessionmaker
+from server.store.models import ThreadStatus
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 try:
@@ -212,6 +217,25 @@ def test_session_page_is_live_and_controls_the_thread(page, running):
     assert page.outside == []
 
 
+def test_times_name_the_browsers_zone(browser, running):
+    """A viewer in Tokyo sees the session's creation and each event in Tokyo time, the zone named."""
+    server, api, session, _ = running
+    context = browser.new_context(timezone_id="Asia/Tokyo", locale="en-US")
+    page = context.new_page()
+    try:
+        login(page, server, server.token)
+        created = page.text_content(f"#sessions tr:has(a[href='#/session/{session['id']}']) td:last-child")
+        tokyo = datetime.fromisoformat(session["created_at"]).astimezone(ZoneInfo("Asia/Tokyo"))
+        assert created.endswith(" GMT+9") and f"{tokyo.hour % 12 or 12}:{tokyo.minute:02d}:" in created
+        page.click(f"#sessions a[href='#/session/{session['id']}']")
+        page.wait_for_selector("#feed time")
+        times = page.locator("#feed time").all_text_contents()
+        assert times and all(t.endswith(" GMT+9") for t in times)
+        assert page.get_attribute("#feed time", "title").endswith(" GMT+9")  # with its date
+    finally:
+        context.close()
+
+
 def test_score_ticks_share_their_precision(page, running):
     server, *_ = running
     page.goto(server.url + "/")
@@ -270,6 +294,53 @@ def test_a_retarget_is_marked_on_the_curve_and_what_the_stream_missed_is_shown(p
     assert page.text_content(f"#thread-{thread_id} .curve .y-label") == (
         f"score (objective changed at generation {start}: see markers)")
     assert uncaught(page) == []
+
+
+def test_the_sessions_list_tells_a_session_whose_thread_failed_from_a_completed_one(page, running):
+    """Both end ``finished``; the failed one's badge says so, in the failed threads' colour."""
+    server, api, *_ = running
+    ok, bad = (api.post("/sessions", {**session_config(name, [thread_config(name, {"channels": [0]}, 3)]),
+                                      "rig": "rig-nobody-runs"}) for name in ("completed", "crashed"))
+    db_engine = make_db_engine(f"sqlite:///{server.data_dir / 'actmax.sqlite'}")
+    try:
+        with make_sessionmaker(db_engine)() as db:  # as the server's engine ends them
+            records.finish_thread(db, ok["threads"][0]["id"])
+            records.end_session_if_done(db, ok["id"])
+            records.set_thread_error(db, bad["threads"][0]["id"], "thread.failed", "failed: boom",
+                                     status=ThreadStatus.FAILED)
+            db.commit()
+    finally:
+        db_engine.dispose()
+    login(page, server, server.token)
+    badge = "#sessions tr:has(a[href='#/session/{}']) .status"
+    page.wait_for_selector(badge.format(bad["id"]) + ".failed:has-text('finished, 1 failed')")
+    assert page.get_attribute(badge.format(ok["id"]), "class") == "status finished"
+    assert page.text_content(badge.format(ok["id"])) == "finished"
+    assert uncaught(page) == []
+
+
+def test_a_retest_card_says_what_it_shows_and_a_rig_clock_warning_is_a_banner(page, running):
+    server, api, *_ = running
+    evolution = thread_config("evo", {"channels": [0]}, 3)
+    retest = {"name": "evo-retest", "kind": "retest", "generator": "dcgan-faces", "objective": {"channels": [0]},
+              "retest": {"source": "evo", "top": 3}}
+    session = api.post("/sessions", {**session_config("retested", [evolution, retest]), "rig": "rig-nobody-runs"})
+    db_engine = make_db_engine(f"sqlite:///{server.data_dir / 'actmax.sqlite'}")
+    try:
+        with make_sessionmaker(db_engine)() as db:  # as record_results logs it
+            records.log_event(db, "rig.clock_offset", "rig 'rig-nobody-runs': onsets are 9.0 h ahead of this "
+                              "server's clock", level="warning", session_id=session["id"])
+            db.commit()
+    finally:
+        db_engine.dispose()
+    login(page, server, server.token)
+    page.goto(f"{server.url}/#/session/{session['id']}")
+    card = f"#thread-{session['threads'][1]['id']}"
+    page.wait_for_selector(f"{card} .body:has-text('best images again, once that evolution')")
+    assert not page.query_selector(f"{card} .manifold")  # not a Manifold map's placeholder
+    page.wait_for_selector("#banner:not([hidden]):has-text('9.0 h ahead')")
+    assert uncaught(page) == []
+    api.post(f"/sessions/{session['id']}/stop")  # the next test counts the active sessions
 
 
 def test_a_banner_is_about_an_active_session_and_a_dead_server_has_no_rig_state(page, running):

@@ -437,6 +437,23 @@ def test_reconnect_after_server_restart(zmq_context, endpoint, lab, client):
     np.testing.assert_array_equal(got.stimuli[0].image(), image(1))
 
 
+def test_the_key_hint_on_silence_is_only_for_a_rig_this_server_never_welcomed(zmq_context, endpoint, caplog):
+    caplog.set_level(logging.WARNING, logger="rig_client.client")
+
+    def silences():
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith("server silent")]
+
+    with RigClient(endpoint, "rig-a", channels=2, reconnect_max_s=0.2, context=zmq_context, **FAST) as c:
+        wait_until(lambda: silences())  # no server yet: keys may be why
+        assert "--server-key and --rig-key" in silences()[0]
+        server = ServerThread(zmq_context, endpoint, Lab())
+        assert c.wait_connected(5)
+        server.stop()  # a server that answered, then went quiet: its keys are not the cause
+        caplog.clear()
+        wait_until(lambda: len(silences()) >= 3)  # the welcomed socket's, then new sockets'
+        assert not any("key" in m for m in silences()), silences()
+
+
 def test_refused_hello_raises_rig_error(zmq_context, endpoint, lab):
     lab.handler.refuse = True
     with RigClient(endpoint, "rig-a", channels=2, context=zmq_context, **FAST) as c:

@@ -18,7 +18,17 @@ from sqlalchemy.dialects import sqlite
 from server import live
 from server.api.routes.monitor import decimate, recent_batches
 from server.store.db import StepConnection
-from server.store.models import Batch, Event, Generation, GenerationStatus, Stimulus, StimulusKind, encode_codes
+from server.store import records
+from server.store.models import (
+    Batch,
+    Event,
+    Generation,
+    GenerationStatus,
+    Stimulus,
+    StimulusKind,
+    ThreadStatus,
+    encode_codes,
+)
 from server.store.records import log_event
 from tests.server.conftest import TOKEN, LiveServer, thread_config
 from tests.server.test_api import create_session
@@ -181,6 +191,21 @@ def test_stop_session_stops_every_thread_and_is_idempotent(client: httpx.Client,
     assert client.post(f"/sessions/{created['id']}/stop").status_code == 200
     refused = client.post(f"/sessions/{created['id']}/threads", json=thread_config("c"))
     assert refused.status_code == 409 and "active" in refused.json()["detail"]
+
+
+def test_a_finished_session_says_how_many_of_its_threads_failed(client: httpx.Client, live_server: LiveServer):
+    """A failed thread ends its session ``finished`` like a completed one; ``threads_by_status`` tells them apart."""
+    created = create_session(client, threads=[thread_config("a"), thread_config("b")])
+    assert client.get(f"/sessions/{created['id']}").json()["threads_by_status"] == {"waiting_for_rig": 2}
+    failed, done = (t["id"] for t in created["threads"])
+    with live_server.sessions() as db:  # as the engine ends them
+        records.finish_thread(db, done)
+        records.set_thread_error(db, failed, "thread.failed", "failed: boom", status=ThreadStatus.FAILED)
+        db.commit()
+    listed = {s["id"]: s for s in client.get("/sessions").json()}[created["id"]]
+    read = client.get(f"/sessions/{created['id']}").json()
+    for session in (listed, read):
+        assert session["status"] == "finished" and session["threads_by_status"] == {"finished": 1, "failed": 1}
 
 
 def test_a_manifold_thread_can_be_added_around_an_evolution(client: httpx.Client):

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from pydantic import ValidationError
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session as DBSession
+from sqlalchemy.orm import Session as DBSession, selectinload
 
 from server import admission
 from server.api.deps import (
@@ -38,7 +38,8 @@ CONFLICT = {409: {"model": ErrorDetail, "description": "The session is stopped."
 def list_sessions(db: DB, offset: Offset = 0,
                   limit: Annotated[int | None, Query(ge=1, le=1000)] = None) -> list[Session]:
     """Every session, oldest first; ``offset`` and ``limit`` (at most 1000) take a slice of that list."""
-    return list(db.scalars(select(Session).order_by(Session.id).offset(offset).limit(limit)))
+    return list(db.scalars(select(Session).options(selectinload(Session.threads))  # for threads_by_status
+                           .order_by(Session.id).offset(offset).limit(limit)))
 
 
 def active_threads(db: DBSession) -> int:
