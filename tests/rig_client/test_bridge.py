@@ -4,6 +4,7 @@ with `actmax serve`, `actmax rig bridge` and a stand-in MonkeyLogic rig as three
 from __future__ import annotations
 
 import codecs
+import contextlib
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,17 @@ MANIFEST = {"batch_id": "b-1", "channels": 2, "response_window_ms": [50, 200],
                         {"order": 2, "stimulus_id": "ref-1", "kind": "reference", "file": "0002.png"}]}
 ONSETS = [1764250000.5, 1764250001.25]
 
+
+@contextlib.contextmanager
+def running(bridge: FolderBridge) -> Iterator[FolderBridge]:
+    """``bridge`` polling its folder on a thread of its own, stopped and joined on the way out."""
+    runner = threading.Thread(target=bridge.run)
+    runner.start()
+    try:
+        yield bridge
+    finally:
+        bridge.stop.set()
+        runner.join(10)
 
 def write_all_formats(folder: Path) -> list[Path]:
     scipy.io.savemat(folder / "responses.mat", {
@@ -305,9 +318,7 @@ def test_the_bridge_writes_every_batch_and_closes_dead_ones(tmp_path, endpoint):
         live.create(n_generations=2)
         with RigClient(endpoint, RIG, channels=1) as client:
             bridge = FolderBridge(client, folder, ["ch1"], poll_s=0.05)
-            runner = threading.Thread(target=bridge.run)
-            runner.start()
-            try:
+            with running(bridge):
                 answer_folder(*batch_folders(folder)[0])
                 (_, _), (first, gen0), (requeue, again) = wait_until(
                     lambda: len(found := batch_folders(folder)) >= 3 and found[:3], 60,
@@ -327,9 +338,6 @@ def test_the_bridge_writes_every_batch_and_closes_dead_ones(tmp_path, endpoint):
                     late = db.scalars(select(PresentationRow.stimulus_id)
                                       .where(PresentationRow.batch_id == gen0["batch_id"])).all()
                 assert sorted(late) == sorted(s["stimulus_id"] for s in gen0["stimuli"])
-            finally:
-                bridge.stop.set()
-                runner.join(10)
     assert json.loads((first / "closed.json").read_text())["code"] == "batch_closed"
     assert (first / "responses.rejected-1.json").exists() and not (first / "ack.json").exists()
     error = (first / "responses.error.txt").read_text()
@@ -350,9 +358,7 @@ def test_a_responses_file_written_in_two_halves_is_read_once_it_is_whole(tmp_pat
         live.create(n_generations=1)
         with RigClient(endpoint, RIG, channels=1) as client:
             bridge = FolderBridge(client, folder, ["ch1"], poll_s=0.05, settle_s=2.0)
-            runner = threading.Thread(target=bridge.run)
-            runner.start()
-            try:
+            with running(bridge):
                 (path, manifest), = wait_until(lambda: batch_folders(folder), 60, "the batch")
                 text = json.dumps({"presentations": [{"stimulus_id": s["stimulus_id"], "onset": time.time(),
                                                       "rates": [5.0]} for s in manifest["stimuli"]]})
@@ -366,9 +372,6 @@ def test_a_responses_file_written_in_two_halves_is_read_once_it_is_whole(tmp_pat
                     f.write(text[len(text) // 2:])
                 ack = json.loads(wait_until(lambda: (path / "ack.json").exists() and (path / "ack.json").read_text(),
                                             60, "the ACK"))
-            finally:
-                bridge.stop.set()
-                runner.join(10)
     assert ack["accepted"] == len(manifest["stimuli"])
     assert sorted(p.name for p in path.glob("responses*")) == ["responses.json"]
 
@@ -385,9 +388,7 @@ def test_results_the_server_could_not_store_reach_it_once_it_can(tmp_path, actma
     folder = tmp_path / "rig-folder"
     with RigClient(process.zmq_endpoint, "retry-ml-rig", channels=1, reconnect_max_s=0.2) as client:
         bridge = FolderBridge(client, folder, ["ch1"], poll_s=0.05)
-        runner = threading.Thread(target=bridge.run)
-        runner.start()
-        try:
+        with running(bridge):
             (path, manifest), = wait_until(lambda: batch_folders(folder), 60, "the first batch")
             with storage_fails(process):
                 answer_folder(path, manifest)
@@ -395,9 +396,6 @@ def test_results_the_server_could_not_store_reach_it_once_it_can(tmp_path, actma
             ack = json.loads(wait_until(lambda: (path / "ack.json").exists() and (path / "ack.json").read_text(),
                                         60, "the ACK"))
             wait_until(lambda: len(batch_folders(folder)) == 2, 60, "generation 1")
-        finally:
-            bridge.stop.set()
-            runner.join(10)
     assert {e["code"] for e in client.errors} == {"internal"}
     assert (ack["accepted"], ack["duplicates"]) == (len(manifest["stimuli"]), 0)
     assert sorted(p.name for p in path.glob("responses*")) == ["responses.json"]
@@ -418,9 +416,7 @@ def test_a_384_channel_responses_file_over_the_message_limit_is_sent_and_stored_
         thread_id = live.create(optimizer_params={"population": 60}, n_generations=1)
         with RigClient(endpoint, RIG, channels=384, labels=labels) as client:
             bridge = FolderBridge(client, folder, labels, poll_s=0.05, settle_s=0)
-            runner = threading.Thread(target=bridge.run)
-            runner.start()
-            try:
+            with running(bridge):
                 (path, manifest), = wait_until(lambda: batch_folders(folder), 60, "the batch")
                 rows = [{"stimulus_id": s["stimulus_id"], "onset": time.time(),
                          "rates": (rng.poisson(10, 384) / 0.15).tolist()} for _ in range(4) for s in manifest["stimuli"]]
@@ -429,9 +425,6 @@ def test_a_384_channel_responses_file_over_the_message_limit_is_sent_and_stored_
                 (path / "writing.json").rename(path / "responses.json")
                 wait_until(lambda: path not in bridge.open or (path / "responses.error.txt").exists(), 60,
                            "the ACK or a rejection")
-            finally:
-                bridge.stop.set()
-                runner.join(10)
         assert not (path / "responses.error.txt").exists(), (path / "responses.error.txt").read_text()
         ack = json.loads((path / "ack.json").read_text())
         with live.sessions() as db:
@@ -465,9 +458,7 @@ def test_files_in_other_encodings_are_refused_for_that_and_a_utf8_bom_json_is_st
         live.create(n_generations=1)
         with RigClient(endpoint, RIG, channels=1) as client:
             bridge = FolderBridge(client, folder, ["ch1"], poll_s=0.05, settle_s=0)
-            runner = threading.Thread(target=bridge.run)
-            runner.start()
-            try:
+            with running(bridge):
                 (path, manifest), = wait_until(lambda: batch_folders(folder), 60, "the batch")
                 ids, onset = [s["stimulus_id"] for s in manifest["stimuli"]], time.time()
                 csv_text = "stimulus_id,onset,rate_1\r\n" + "".join(f"{i},{onset},12.5\r\n" for i in ids)
@@ -480,9 +471,6 @@ def test_files_in_other_encodings_are_refused_for_that_and_a_utf8_bom_json_is_st
                       .replace("\n", "\r\n").encode())
                 ack = json.loads(wait_until(lambda: (path / "ack.json").exists() and (path / "ack.json").read_text(),
                                             30, "the ACK"))
-            finally:
-                bridge.stop.set()
-                runner.join(10)
         with live.sessions() as db:
             stored = db.execute(select(PresentationRow.stimulus_id, PresentationRow.rates_json)).all()
     assert "responses.csv is not UTF-8 text (it starts with a UTF-16 byte-order mark): save it as UTF-8" in utf16
