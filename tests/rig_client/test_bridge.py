@@ -45,6 +45,7 @@ def running(bridge: FolderBridge) -> Iterator[FolderBridge]:
         bridge.stop.set()
         runner.join(10)
 
+
 def write_all_formats(folder: Path) -> list[Path]:
     scipy.io.savemat(folder / "responses.mat", {
         "stimulus_id": np.array(["st-a", "ref-1"], dtype=object), "onset": np.array(ONSETS),
