@@ -17,8 +17,8 @@ database work runs on one worker thread (``_compute``), never on the event loop,
 size (a large generation renders in chunks) so no session's step freezes another's; PNG encoding
 and archive writes fan out to all cores.
 A generation is only asked and rendered while its rig is connected. A step that fails on storage (a full
-disk: ``storage_fault``) is retried on a runtime rebuilt later (``Engine._stall``); any other failure fails
-its thread.
+disk, a database another program holds locked: ``storage_fault``) is retried on a runtime rebuilt later
+(``Engine._stall``); any other failure fails its thread.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import difflib
 import errno
 import gc
 import logging
+import os
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import select, update
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session as DBSession
 from sqlalchemy.orm import sessionmaker
 
@@ -59,7 +61,11 @@ log = logging.getLogger(__name__)
 RECONCILE_S = 0.5  # how often the engine re-reads thread intent even without a wake-up
 STORAGE_RETRY_S = (1.0, 60.0)  # first and longest wait before a thread stalled on storage tries again
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES})
-STORAGE_SQLITE_CODES = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY})
+# SQLite's primary result codes of a storage fault: a full disk, an I/O error, a read-only file, and a database
+# another program (an sqlite3 shell, DB Browser for SQLite) held locked for longer than the busy timeout.
+LOCKED_SQLITE_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+STORAGE_SQLITE_CODES = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY,
+                                  *LOCKED_SQLITE_CODES})
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters in glibc's <malloc.h>
 
 
@@ -91,22 +97,51 @@ def keep_freed_memory() -> None:
 
 
 def storage_fault(exc: BaseException) -> bool:
-    """Whether ``exc`` is the data directory's storage failing (full, read-only, unwritable, I/O errors), which
-    the operator can fix, rather than a bug: the engine retries such a step instead of failing its thread."""
-    exc = getattr(exc, "orig", None) or exc  # SQLAlchemy wraps the driver's error
-    if isinstance(exc, sqlite3.Error):
-        return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in STORAGE_SQLITE_CODES  # the primary result code
-    return isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS
+    """Whether ``exc`` is the data directory's storage failing (full, read-only, unwritable, I/O errors, the database
+    locked by another program), which the operator can fix, rather than a bug: the engine retries such a step
+    instead of failing its thread."""
+    error = _driver_error(exc)
+    if isinstance(error, sqlite3.Error):
+        return _sqlite_code(error) in STORAGE_SQLITE_CODES
+    return isinstance(error, OSError) and error.errno in STORAGE_ERRNOS
 
 
 def storage_advice(exc: BaseException, settings: Settings) -> str:
-    """A storage fault and what to do, naming the folder that failed (the data folder when unknown)."""
-    filename = getattr(exc, "filename", None)
+    """A storage fault and what to do: close the program that holds the database locked, make writable the highest
+    folder (or file) under the data folder that cannot be written, or free disk space in the folder that failed."""
+    error, code = _driver_error(exc), _sqlite_code(exc)
+    database = make_url(settings.database_url).database
+    if code in LOCKED_SQLITE_CODES:
+        return (f"the database {database} is locked by another program (an sqlite3 shell, DB Browser for SQLite?): "
+                "close it")
+    filename = database if code is not None else getattr(error, "filename", None)
+    if code == sqlite3.SQLITE_READONLY or (isinstance(error, OSError) and error.errno in (errno.EROFS, errno.EACCES)):
+        folder = unwritable(settings.data_dir, Path(filename)) if filename else settings.data_dir
+        return f"{error}. Make {folder} writable"
     folder = Path(filename).parent if filename else settings.data_dir
-    exc = getattr(exc, "orig", None) or exc
-    if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES):
-        return f"{exc}. Make {folder} writable"
-    return f"{exc}. Free disk space in {folder} (or make it writable)"
+    return f"{error}. Free disk space in {folder} (or make it writable)"
+
+
+def unwritable(data_dir: Path, path: Path) -> Path:
+    """The highest of ``data_dir``, the folders under it down to ``path`` and ``path`` itself that cannot be written
+    (a read-only mount of ``images/`` is ``images``, not the folder of the file that failed in it); ``path``'s
+    folder when each can be (fixed meanwhile), or when ``path`` is not in ``data_dir``."""
+    try:
+        parts = path.relative_to(data_dir).parts
+    except ValueError:
+        return path.parent
+    candidates = [data_dir.joinpath(*parts[:n]) for n in range(len(parts) + 1)]
+    return next((p for p in candidates if p.exists() and not os.access(p, os.W_OK)), path.parent)
+
+
+def _driver_error(exc: BaseException) -> BaseException:
+    return getattr(exc, "orig", None) or exc  # SQLAlchemy wraps the driver's error
+
+
+def _sqlite_code(exc: BaseException) -> int | None:
+    """SQLite's primary result code of ``exc`` (SQLAlchemy's wrapping too), None for another error."""
+    exc = _driver_error(exc)
+    return getattr(exc, "sqlite_errorcode", 0) & 0xFF if isinstance(exc, sqlite3.Error) else None
 
 
 @dataclass
@@ -117,6 +152,7 @@ class Stall:
     since: float
     wait_s: float  # doubles with each failed try, up to ``STORAGE_RETRY_S[1]``
     retry_at: float
+    database: bool  # the database failed (not the image archive): a write of the thread's that succeeds ends the wait
 
 
 def start_event(runtime: ThreadRuntime, name: str, restarted: bool, waiting: bool) -> tuple[str, str, dict] | None:
@@ -227,9 +263,8 @@ class Engine:
                 if not storage_fault(exc):
                     log.exception("engine reconcile failed")
                 elif not self._reconcile_failing:
-                    log.warning("engine reconcile failed on storage (%s): free disk space in %s (or make it "
-                                "writable); retrying every %g s (logged once until it works)", exc,
-                                self.settings.data_dir, RECONCILE_S)
+                    log.warning("engine reconcile failed on storage: %s; retrying every %g s (logged once until it "
+                                "works)", storage_advice(exc, self.settings), RECONCILE_S)
                 self._reconcile_failing = storage_fault(exc)
             else:
                 if self._reconcile_failing:
@@ -289,14 +324,21 @@ class Engine:
         record of them). Its threads start (or block) at the next reconcile.
 
         The transport fills in heartbeat and size limits; WELCOME's ``minor`` is the lower of the rig's and ours.
+        A connection the database cannot record now (``storage_fault``) is refused ``internal``: the rig says HELLO
+        again later.
         """
-        self._rig_references[rig] = set(header.get("cached_references", []))
-        self.rig_channels[rig] = header["channels"]
-        minor = self.rig_minor[rig] = min(header.get("minor", 0), PROTOCOL_MINOR)
-        await self._transact(steps.log_in, None, None, "rig.connected", f"rig {rig!r} connected (protocol 1.{minor})",
-                             {"rig": rig, "minor": minor, "channels": header.get("channels"),
-                              "channel_labels": header.get("channel_labels"),
-                              "cached_references": len(self._rig_references[rig])})
+        references, minor = set(header.get("cached_references", [])), min(header.get("minor", 0), PROTOCOL_MINOR)
+        try:
+            await self._transact(steps.log_in, None, None, "rig.connected",
+                                 f"rig {rig!r} connected (protocol 1.{minor})",
+                                 {"rig": rig, "minor": minor, "channels": header.get("channels"),
+                                  "channel_labels": header.get("channel_labels"), "cached_references": len(references)})
+        except Exception as exc:
+            if not storage_fault(exc):
+                raise
+            raise StorageUnavailable(f"the server cannot record this rig's connection now "
+                                     f"({storage_advice(exc, self.settings)}); say HELLO again") from None
+        self._rig_references[rig], self.rig_channels[rig], self.rig_minor[rig] = references, header["channels"], minor
         self.wake()
         return {"minor": minor}
 
@@ -334,7 +376,13 @@ class Engine:
         self.rig_channels.pop(rig, None)
         self.rig_minor.pop(rig, None)
         self._gone_rigs.add(rig)
-        await self._offload(self._log_rig_event, rig, "rig.lost", f"rig {rig!r} went silent", {"rig": rig})
+        try:
+            await self._offload(self._log_rig_event, rig, "rig.lost", f"rig {rig!r} went silent", {"rig": rig})
+        except Exception as exc:
+            if not storage_fault(exc):
+                raise
+            log.warning("rig %r went silent; its rig.lost event is not recorded: %s", rig,
+                        storage_advice(exc, self.settings))
         self.wake()
 
     def _log_rig_event(self, rig: str, kind: str, message: str, data: dict) -> None:
@@ -395,6 +443,10 @@ class Engine:
             runtime.lock.release()  # the round moved on while this waited
         recorded = await self._transact(steps.record_results, rig, header, received_at)
         live.hub.publish(**self._answered(recorded, header))
+        stall = self._stalled.get(recorded.thread_id)
+        if stall is not None and stall.database and recorded.thread_id not in self._threads:
+            stall.retry_at = received  # the database takes the thread's writes again: rebuild it now, not after its wait
+            self.wake()
         # The round out may still await these stimuli: a runtime rebuilt meanwhile read the database before
         # they were stored, or they answer an earlier round of its generation, sent again after a timeout.
         runtime = self._threads.get(recorded.thread_id)
@@ -426,15 +478,18 @@ class Engine:
             runtime.lock.release()
             raise
         except Exception as exc:  # the step failed and took the presentations' transaction with it
-            try:  # the runtime may hold what was rolled back: it goes first, then the presentations are stored
-                await self._fail(runtime.id, exc)
-                recorded = await self._transact(steps.record_results, rig, header, received_at)
-                live.hub.publish(**self._answered(recorded, header))
-            finally:
-                runtime.lock.release()
+            failure = exc
+        else:
+            held.insert(0, self._answered(recorded, header))
+            self._spawn(self._after_answer(runtime, step, held))
             return recorded
-        held.insert(0, self._answered(recorded, header))
-        self._spawn(self._after_answer(runtime, step, held))
+        # Outside the except: a storage fault that fails the store below too is the rig's ERROR, not a chained trace.
+        try:  # the runtime may hold what was rolled back: it goes first, then the presentations are stored
+            await self._fail(runtime.id, failure)
+            recorded = await self._transact(steps.record_results, rig, header, received_at)
+            live.hub.publish(**self._answered(recorded, header))
+        finally:
+            runtime.lock.release()
         return recorded
 
     async def _after_answer(self, runtime: ThreadRuntime, step, held: list) -> None:
@@ -522,11 +577,13 @@ class Engine:
             try:
                 runtime = await self._offload(self._start_thread, thread_id, stall is None,
                                               thread_id in self._restarted)
-                if runtime is not None:
-                    self._threads[thread_id] = runtime
-                    self._restarted.discard(thread_id)
             except Exception as exc:
+                self._restarted.discard(thread_id)  # its next start is a user's resume or a stall's retry, no restart
                 await self._fail(thread_id, exc)
+                continue
+            if runtime is not None:
+                self._threads[thread_id] = runtime
+                self._restarted.discard(thread_id)
         for thread in threads:
             if wanted[thread.id] == ThreadStatus.WAITING_FOR_RIG and thread.id not in grace:
                 await self._note_wait(thread, connected)
@@ -687,9 +744,10 @@ class Engine:
             stall.retry_at = now + stall.wait_s
             log.debug("thread %s: storage still fails (%s); next try in %g s", thread_id, exc, stall.wait_s)
             return
-        error = (f"storage failed: {storage_advice(exc, self.settings)}: the thread tries again on its own (waiting "
+        error = (f"storage failed: {storage_advice(exc, self.settings)}; the thread tries again on its own (waiting "
                  f"up to {STORAGE_RETRY_S[1]:g} s between tries), losing nothing")
-        self._stalled[thread_id] = Stall(error, now, STORAGE_RETRY_S[0], now + STORAGE_RETRY_S[0])
+        self._stalled[thread_id] = Stall(error, now, STORAGE_RETRY_S[0], now + STORAGE_RETRY_S[0],
+                                         _sqlite_code(exc) is not None)
         log.warning("thread %s: %s", thread_id, error)
         try:
             await self._offload(self._thread_error, thread_id, "thread.storage_failed", error, EventLevel.WARNING)

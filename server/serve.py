@@ -77,21 +77,22 @@ async def serve(settings) -> None:
     resolve_device(settings.device)
     open_files = raise_open_file_limit()
     lock = hold_data_dir(settings.data_dir)
+    data_dir = settings.data_dir.resolve()  # logged in full: a relative --data-dir depends on the working folder
     http_socket = bind_http(settings.http_host, settings.http_port)
     db_engine = make_db_engine(settings.database_url, background_checkpoints=True)
     try:
         before, after = upgrade(db_engine)
         if before is None:  # before a rig connects, so that a mistyped --data-dir shows
             log.info("created a new, empty database in %s: no sessions yet (not what you expected? stop and check "
-                     "--data-dir)", settings.data_dir)
+                     "--data-dir)", data_dir)
         elif before != after:
             log.info("migrated the database in %s from schema %s to %s (one-way: older actmax releases cannot "
-                     "open it now)", settings.data_dir, before, after)
+                     "open it now)", data_dir, before, after)
         log.log(*weights_dir_note(settings.weights_dir))
         db_sessions = make_sessionmaker(db_engine)
         archive = ImageArchive(settings.data_dir)
         if removed := archive.remove_partial_writes():
-            log.info("removed %d partial image files a previous run left in %s", removed, settings.data_dir)
+            log.info("removed %d partial image files a previous run left in %s", removed, data_dir)
         engine = Engine(settings, db_sessions, archive)
         keys = KeyStore(settings.keys_dir)
         # The rig keys are read at every handshake: `actmax keys rig` needs no restart (`keys init` does).
@@ -112,13 +113,21 @@ async def serve(settings) -> None:
 
 def hold_data_dir(data_dir: Path):
     """Lock ``data_dir`` for this server (the open lock file; closing it lets go): a second ``actmax serve``
-    on the same folder would run its threads twice, so it is refused with the holder's pid."""
+    on the same folder would run its threads twice, so it is refused with the holder's pid, and so is a data folder
+    that cannot be written."""
+    import errno
     import fcntl
 
     from server import ServerError
 
-    data_dir.mkdir(parents=True, exist_ok=True)
-    lock = open(data_dir / "serve.lock", "a+")
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        lock = open(data_dir / "serve.lock", "a+")
+    except OSError as error:
+        if error.errno not in (errno.EROFS, errno.EACCES):
+            raise
+        raise ServerError(f"the data folder {data_dir} cannot be written ({error.strerror}: {error.filename}): make "
+                          "it writable, or pass another --data-dir") from None
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -203,7 +212,7 @@ async def _run_until_stopped(config, settings, engine, transport, http_socket, s
     for stop in (signal.SIGINT, signal.SIGTERM):  # until uvicorn has its own: a Ctrl-C while it starts
         asyncio.get_running_loop().add_signal_handler(stop, setattr, http, "should_exit", True)
     log.info("actmax %s serving REST on http://%s:%s, rigs on %s (%s), data in %s", package_version(),
-             settings.http_host, settings.http_port, settings.zmq_endpoint, security, settings.data_dir)
+             settings.http_host, settings.http_port, settings.zmq_endpoint, security, settings.data_dir.resolve())
     try:
         await http.serve(sockets=[http_socket])
     finally:

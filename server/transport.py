@@ -592,14 +592,25 @@ class Transport:
                 log.exception("handler.on_disconnect(%r) failed", name)
 
     async def _heartbeat_loop(self) -> None:
+        """Heartbeat every rig, and mark disconnected those not heard for a liveness period (heartbeat x liveness).
+        A sleep of this loop that ends a heartbeat or more late means the server did not run meanwhile (a suspended
+        machine, a stopped process, an event loop held up): that time is not the rigs' silence, so it is added to
+        their expiries (a rig that gave up on the server meanwhile reconnects, and its HELLO replaces it). It is
+        logged, a warning when it lasted a liveness period or more (long enough to lose every rig)."""
         heartbeat = encode(Message(MessageType.HEARTBEAT))
         while True:
+            asleep = time.monotonic()
             await asyncio.sleep(self.heartbeat_s)
             now = time.monotonic()
+            if (late := now - asleep - self.heartbeat_s) >= self.heartbeat_s:
+                log.log(logging.WARNING if late >= self.heartbeat_s * self.liveness else logging.INFO,
+                        "the server did not run for %.1f s (suspended or overloaded); that time does not count as its "
+                        "rigs' silence (a rig that gave up on the server meanwhile reconnects by itself)", late)
+                for rig in self._rigs.values():
+                    rig.expires += late
             for name, rig in list(self._rigs.items()):
                 if rig.expires <= now:
-                    log.warning("rig %s silent for %.1f s; marked disconnected", name,
-                                self.heartbeat_s * self.liveness)
+                    log.warning("rig %s silent for %.1f s; marked disconnected", name, now - rig.heard)
                     await self._unbind(name)
                 else:
                     await self._send_frames(rig.identity, heartbeat)

@@ -32,7 +32,7 @@ from server import ServerError
 
 log = logging.getLogger(__name__)
 
-BUSY_TIMEOUT_MS = 10_000
+BUSY_TIMEOUT_MS = 10_000  # a write waits this long for another writer (another program: then a storage fault)
 CHECKPOINT_INTERVAL_S = 2.0  # background WAL checkpoints at most this often (a few MB of WAL between them)
 # More connections than the threads that may hold one at once: anyio's 40 workers that run sync
 # endpoints (and their dependencies' clean-up), the engine's worker, a few more. With fewer, a burst
@@ -167,10 +167,10 @@ class StepConnection:
         transaction = DriverTransaction(self._connection)
         try:
             yield transaction
+            self._connection.commit()  # a commit that fails (a locked or full database) is rolled back too
         except BaseException:
             self._connection.rollback()
             raise
-        self._connection.commit()
         for callback in transaction.committed:
             callback()
 
@@ -223,6 +223,16 @@ def check_database_file(path: Path, *, created: bool = False) -> None:
         raise ServerError(f"{path} is an SQLite database but not actmax's (it has no sessions); {fix}")
 
 
+def check_writable(path: Path) -> None:
+    """Refuse an SQLite database at ``path`` that this process cannot write (a read-only or immutable file, or its
+    WAL's): the server would serve, and its threads would not move. None there is fine."""
+    for file in (path, path.with_name(f"{path.name}-wal"), path.with_name(f"{path.name}-shm")):
+        if file.is_file() and not os.access(file, os.W_OK):
+            raise ServerError(f"the database {path} cannot be written ({file.name} is read-only): make it writable "
+                              "(chmod u+w; chattr -i if it is immutable), or copy the data folder to a writable place "
+                              "and pass that --data-dir")
+
+
 def check_intact(path: Path) -> None:
     """Refuse a damaged SQLite database at ``path`` (``PRAGMA quick_check``: every page of every table and
     index is read, about 1.5 s per GB), naming what is wrong; none there is fine (read-only)."""
@@ -241,8 +251,9 @@ def check_intact(path: Path) -> None:
 
 def upgrade(db_engine: Engine, revision: str = "head") -> tuple[str | None, str]:
     """Create or migrate ``db_engine``'s database to ``revision`` in one transaction; a no-op when up to date.
-    A damaged SQLite file (``check_intact``), or one made by a newer actmax or a retired development build,
-    is refused untouched. The schema version before (None: the database was new, or empty) and after.
+    A damaged SQLite file (``check_intact``), one this process cannot write (``check_writable``), or one made by a
+    newer actmax or a retired development build, is refused untouched. The schema version before (None: the
+    database was new, or empty) and after.
 
     The migration runs on a connection of its own (SQLite: ``BEGIN IMMEDIATE`` with the driver's
     implicit commits off, so a kill leaves either the old schema or the whole new one).
@@ -250,6 +261,7 @@ def upgrade(db_engine: Engine, revision: str = "head") -> tuple[str | None, str]
     database_url = db_engine.url.render_as_string(hide_password=False)
     if db_engine.dialect.name == "sqlite" and db_engine.url.database not in (None, "", ":memory:"):
         check_database_file(Path(db_engine.url.database), created=True)
+        check_writable(Path(db_engine.url.database))
         check_intact(Path(db_engine.url.database))
     engine = make_db_engine(database_url)
     if engine.dialect.name == "sqlite":
