@@ -15,17 +15,6 @@ class InsilicoError(ValueError):
     """Bad in-silico settings or results; the message says what to change."""
 
 
-def actmax_version() -> str:
-    """The installed actmax's version, recorded in results ("unknown" when run from a checkout that is not
-    installed); `server.package_version`, which this package may not import."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("actmax")
-    except PackageNotFoundError:
-        return "unknown"
-
-
 def check_layers(layers: Iterable[str], error: type[InsilicoError] = InsilicoError) -> None:
     """Raise `error` naming every one of `layers` that is not a spatial EfficientNet-Lite0 layer (`rig_client.cnn`);
     cheap (no weights), so commands call it before any work."""

@@ -31,7 +31,8 @@ import numpy as np
 
 from analysis.landscape import STATISTICS, finite_values, landscape_statistics, mean_sem, summarize, trend_values
 from analysis.serialization import json_safe
-from insilico import InsilicoError, actmax_version, check_layers
+from insilico import InsilicoError, check_layers
+from rig_client.version import package_version
 
 
 class StudyError(InsilicoError):
@@ -322,7 +323,7 @@ def execute_unit(task: UnitTask, settings: StudySettings, out_dir: str) -> None:
                         rf=ReceptiveField(*task.rf), device=settings.device)
     row = study_unit(generator, scorer, distance, settings, seed=task.seed)
     row.update(run_id=task.run_id, depth=task.depth, layer_index=task.layer_index, screen_std=task.screen_std,
-               actmax_version=actmax_version())
+               actmax_version=package_version())
     storage.write_run(out_dir, {k: json.dumps(json_safe(row[k])) if k in _JSON_COLUMNS else v
                                 for k, v in row.items()}, {})
 
@@ -438,7 +439,7 @@ def markdown_report(summary: dict[str, Any], settings: StudySettings, rows: Sequ
     """study.md: settings, the by-depth table (mean ± SEM, n) and Spearman ρ with depth."""
     layers = summary["layers"]
     lines = ["# Tuning landscapes by depth (EfficientNet-Lite0 units, DCGAN faces)", "",
-             f"{len(rows)} units; actmax {actmax_version()}; settings: `{json.dumps(asdict(settings))}`", "",
+             f"{len(rows)} units; actmax {package_version()}; settings: `{json.dumps(asdict(settings))}`", "",
              "Maps are the raw noise-free grids rectified at 0; see docs/study.md for the method and deviations.",
              "", "| statistic | " + " | ".join(layers) + " |", "|---|" + "---|" * len(layers)]
     for key, label, *_ in STATISTICS:
@@ -505,7 +506,7 @@ def depth_figure(summary: dict[str, Any], rows: Sequence[dict[str, Any]]):
 
 def _write_json(path: Path, settings: StudySettings, rows: Sequence[dict[str, Any]],
                 summary: dict[str, Any] | None = None) -> None:
-    doc = {"actmax_version": actmax_version(), "settings": asdict(settings), "units": list(rows), "summary": summary}
+    doc = {"actmax_version": package_version(), "settings": asdict(settings), "units": list(rows), "summary": summary}
     path.write_text(json.dumps(json_safe(doc), indent=1), encoding="utf-8")
 
 

@@ -16,7 +16,7 @@ import os
 import sys
 from datetime import UTC, datetime
 
-from server import package_version
+from rig_client.version import package_version
 
 SUBCOMMAND_MODULES = (
     "server.serve",  # actmax serve

@@ -25,7 +25,7 @@ from analysis.geometry import (
     spectrum_stats,
 )
 from analysis.plots import plot_homogeneity, plot_spectra, plot_walk
-from server import package_version
+from rig_client.version import package_version
 
 
 def report(

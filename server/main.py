@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session as DBSession
 from sqlalchemy.orm import sessionmaker
 from starlette.exceptions import HTTPException
 
-from server import package_version
+from rig_client.version import package_version
 from server.api.deps import EngineWaker, bearer_scheme
 from server.api.guard import RequestGuard
 from server.api.routes import (

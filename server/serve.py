@@ -192,7 +192,8 @@ async def _run_until_stopped(config, settings, engine, transport, http_socket, s
     three together. Errors that repeat per connection are logged once a minute."""
     import uvicorn
 
-    from server import live, package_version
+    from rig_client.version import package_version
+    from server import live
     from server.api.connections import REFUSED, OncePerPeriod
 
     class Http(uvicorn.Server):

@@ -29,7 +29,8 @@ import optimizers
 from analysis.serialization import json_safe
 from generators.base import ignores_codes
 from rig_client.protocol import encode_png
-from server import ServerError, ThreadNotReady, manifold, package_version, retest
+from rig_client.version import package_version
+from server import ServerError, ThreadNotReady, manifold, retest
 from server.images import encode_images, load_references, parallel_submit, reference_files
 from server.monitor import DriftHistory
 from server.session_config import FlaggedTrialsConfig, SessionConfig, ThreadConfig

@@ -33,7 +33,8 @@ from rig_client.protocol import (
     MAX_MESSAGE_BYTES, PRESENTATION_FIELDS, ErrorCode, Message, MessageType, ProtocolError, decode, encode, error,
     is_id,
 )
-from server import RigInputError, ServerError, package_version
+from rig_client.version import package_version
+from server import RigInputError, ServerError
 
 log = logging.getLogger(__name__)
 

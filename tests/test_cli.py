@@ -39,7 +39,7 @@ def test_every_command_has_help(command, capsys):
 
 
 def test_the_console_script_is_installed_and_runs():
-    from server import package_version
+    from rig_client.version import package_version
 
     result = actmax("--help")
     assert result.returncode == 0, result.stderr

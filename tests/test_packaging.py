@@ -33,10 +33,10 @@ def python(program: str, *, path: Path, cwd: Path) -> str:
 
 
 def version_of(copy: Path, cwd: Path) -> str:
-    """`server.package_version()` of the server package under ``copy``, in a fresh process."""
-    file, version = python("import server; print(server.__file__); print(server.package_version())",
+    """`rig_client.version.package_version()` of the package under ``copy``, in a fresh process."""
+    file, version = python("from rig_client import version; print(version.__file__); print(version.package_version())",
                            path=copy, cwd=cwd).splitlines()
-    assert Path(file).resolve() == (copy / "server" / "__init__.py").resolve()  # this copy, not the installed one
+    assert Path(file).resolve() == (copy / "rig_client" / "version.py").resolve()  # this copy, not the installed one
     return version
 
 
@@ -60,7 +60,7 @@ def test_version_of_a_source_copy_follows_its_git_state(tmp_path):
     """Outside git the plain version; committed, its commit; with a changed tracked file, ".dirty"; and a copy
     inside someone else's repository does not take that repository's commit."""
     source = tmp_path / "actmax"
-    shutil.copytree(ROOT / "server", source / "server", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "rig_client", source / "rig_client", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", source)
     assert version_of(source, cwd=tmp_path) == VERSION
 
@@ -72,7 +72,7 @@ def test_version_of_a_source_copy_follows_its_git_state(tmp_path):
     assert version.startswith(f"{VERSION}+g") and commit.startswith(version.split("+g")[1]), version
     (source / "untracked.txt").write_text("not a change to the code")
     assert version_of(source, cwd=tmp_path) == version
-    with (source / "server" / "__init__.py").open("a") as file:
+    with (source / "rig_client" / "version.py").open("a") as file:
         file.write("# changed\n")
     assert version_of(source, cwd=tmp_path) == f"{version}.dirty"
 
@@ -87,7 +87,7 @@ def test_version_of_a_source_copy_follows_its_git_state(tmp_path):
 def test_an_installed_copy_gives_the_installed_version(tmp_path):
     """No pyproject.toml beside the package (site-packages): the version pip recorded."""
     copy = tmp_path / "site-packages"
-    shutil.copytree(ROOT / "server", copy / "server", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "rig_client", copy / "rig_client", ignore=shutil.ignore_patterns("__pycache__"))
     installed = python("from importlib.metadata import version\ntry:\n    print(version('actmax'))\n"
                        "except Exception:\n    print('unknown')", path=copy, cwd=tmp_path)
     assert version_of(copy, cwd=tmp_path) == installed

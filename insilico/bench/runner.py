@@ -17,11 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from insilico import actmax_version, storage
+from insilico import storage
 from insilico.runner import Outcome, run_tasks
 from insilico.bench.errors import BenchError
 from insilico.bench.grid import RunSpec, UnitSpec
 from insilico.evolve import evolve
+from rig_client.version import package_version
 
 #: Evaluation budgets at which the cumulative clean maximum is recorded (spec/optimizers.md §4).
 CHECKPOINTS = (500, 1000, 3000)
@@ -165,7 +166,7 @@ def execute_run(spec: RunSpec, backend: Backend, out_dir: str) -> dict[str, Any]
         "noisy_max": result.best_noisy,
         **{f"cum_clean_max_{n}": result.cum_max_at(n) for n in CHECKPOINTS},
         "final_code_norm": result.final_code_norm, "cond_C": cond_c, "cov_deviation": cov_deviation,
-        "wall_s": result.wall_s, "actmax_version": actmax_version(),
+        "wall_s": result.wall_s, "actmax_version": package_version(),
     })
     trace = {
         "generation": list(range(result.n_generations)),

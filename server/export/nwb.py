@@ -30,7 +30,7 @@ from pynwb.epoch import TimeIntervals
 from pynwb.file import Subject
 from pynwb.image import IndexSeries, RGBImage
 
-from server import package_version
+from rig_client.version import package_version
 from server.export.tables import (
     DESCRIPTIONS,
     REST_HINTS,
@@ -159,7 +159,7 @@ def write_nwb(tables: SessionTables, archive: ImageArchive, path: str | Path,
 
 def source_script(tables: SessionTables) -> str:
     """The file's ``source_script``: the actmax that exported it and the versions its threads ran with, e.g.
-    ``exported by actmax 0.1.0; recorded with actmax 0.1.0 (python 3.11.9, torch 2.5.1, numpy 2.1.0)``."""
+    ``exported by actmax 0.16.0; recorded with actmax 0.16.0 (python 3.11.9, torch 2.5.1, numpy 2.1.0)``."""
     recorded = dict.fromkeys(software_text(record) for cell in tables.threads["software"] if cell
                              for record in json.loads(cell))
     return (f"exported by actmax {package_version()}; recorded with "

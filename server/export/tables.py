@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session as DBSession
 
 import optimizers
 from analysis.tuning import grid_axis
-from server import package_version
+from rig_client.version import package_version
 from server.objectives import objective_channels
 from server.session_config import AGE, FlaggedTrialsConfig, ManifoldConfig, SessionConfig
 from server.store import queries
@@ -349,7 +349,7 @@ def thread_provenance(db: DBSession, session: Session) -> dict[int, ThreadProven
 
 
 def software_text(record: dict[str, str]) -> str:
-    """A ``thread.runtime`` record's versions: ``actmax 0.1.0 (python 3.11.9, torch 2.5.1, numpy 2.1.0)``."""
+    """A ``thread.runtime`` record's versions: ``actmax 0.16.0 (python 3.11.9, torch 2.5.1, numpy 2.1.0)``."""
     versions = ", ".join(f"{name} {record[name]}" for name in ("python", "torch", "numpy") if record.get(name))
     return f"actmax {record.get('actmax', 'unknown')}" + (f" ({versions})" if versions else "")
 

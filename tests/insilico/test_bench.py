@@ -341,7 +341,7 @@ def test_process_workers_keep_the_c_librarys_malloc_trim_threshold(tmp_path: Pat
 
 def test_two_grids_in_one_folder_are_reported_apart(tmp_path: Path, capsys) -> None:
     """A rerun with other --generations into the same folder adds a second grid: the report keeps them apart."""
-    from insilico import actmax_version
+    from rig_client.version import package_version
 
     out = tmp_path / "mixed"
     argv = ["--backend", "quadratic", "--out", str(out), "--optimizers", "cma-sigma1,ga", "--layers", "a,b",
@@ -360,7 +360,7 @@ def test_two_grids_in_one_folder_are_reported_apart(tmp_path: Path, capsys) -> N
         assert section.startswith(f"{generations} generations × 8 images")
         assert (f"16 runs; 2 analytic stand-in units labelled a, b (backend `quadratic-10`: no network); noise ε ∈ "
                 f"{{0, 0.5}}; {generations} generations × 8 images; 2 repeats per (optimizer, unit, noise), seed 0; "
-                f"actmax {actmax_version()};") in section
+                f"actmax {package_version()};") in section
         cma_ga = section.split("### cma-sigma1 vs ga")[1].split("###")[0]
         all_row = next(line for line in cma_ga.splitlines() if line.startswith("| all |"))
         assert all_row.split(" | ")[4] == "14"  # df = 8 + 8 - 2 within the grid (pooled with the other: 30)

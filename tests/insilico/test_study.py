@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from insilico import actmax_version, study
+from insilico import study
+from rig_client.version import package_version
 from insilico.study import StudyError, StudySettings
 
 TINY = ["--layers", "blocks.1", "blocks.2", "--units-per-layer", "1", "--generations", "6", "--population", "8",
@@ -45,9 +46,9 @@ def test_outputs_written(result: tuple[Path, dict]) -> None:
     assert "| lowest single-loop index |" in report and "Spearman" in report
     # two units: every trend says why it has no verdict (it said "nan nan 2 no data")
     assert "| line AUC | decreases | — | — | 2 | too few units (n 2 < 3) |" in report
-    assert f"actmax {actmax_version()}; settings:" in report
-    assert doc["actmax_version"] == actmax_version() and {u["actmax_version"] for u in doc["units"]} == {
-        actmax_version()}
+    assert f"actmax {package_version()}; settings:" in report
+    assert doc["actmax_version"] == package_version() and {u["actmax_version"] for u in doc["units"]} == {
+        package_version()}
     assert doc["summary"]["layers"] == ["blocks.1", "blocks.2"]
     assert set(doc["summary"]["spearman"]) == {key for key, *_ in study.STATISTICS}
 

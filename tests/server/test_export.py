@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from rig_client.client import RigClient
-from server import package_version
+from rig_client.version import package_version
 from server.cli import main as actmax
 from server.session_config import SessionConfig
 from server.export import session_tables, write_tables

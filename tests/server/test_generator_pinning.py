@@ -16,7 +16,7 @@ from sqlalchemy import select
 from generators.base import sha256_file
 from generators.dcgan import STATE_KEY, packaged_weights
 from rig_client.client import RigClient
-from server import package_version
+from rig_client.version import package_version
 from server.store.models import Batch, Event, Stimulus, StimulusKind, Thread, ThreadStatus
 from tests.server.test_end_to_end import wait_until
 from tests.server.test_engine import RIG, LiveEngine, answer

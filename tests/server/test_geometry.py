@@ -1,12 +1,12 @@
 """`actmax analyze geometry`'s report (server.geometry) on DCGAN faces at two positions."""
 
-import importlib.metadata
 import json
 
 import numpy as np
 import pytest
 
 from generators import GeneratorError
+from rig_client.version import package_version
 from server.cli import main
 from server.geometry import report
 from tests.analysis.test_geometry import dcgan  # noqa: F401  (the fixture: skips without the weights)
@@ -22,7 +22,7 @@ def test_report_writes_outputs(tmp_path):
     for model in ("real", "shuffled"):
         assert {"dims_99", "dims_999", "dims_9999", "corr_log_mean", "corr_lin_median"} <= set(summary[model])
     assert summary["k"] == summary["d"] == 100 and summary["eigenbasis_dropped"] == 0
-    assert summary["actmax_version"] == importlib.metadata.version("actmax")  # which build made these numbers
+    assert summary["actmax_version"] == package_version()  # which build made these numbers
     basis = np.load(tmp_path / "eigenbasis.npz")
     assert basis["basis"].shape == (100, 100) and basis["eigvals"].shape == (100,)
     assert np.all(np.diff(basis["eigvals"]) <= 1e-12)

@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 import uuid
-from importlib.metadata import version
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ import zmq.asyncio
 from rig_client.protocol import (
     VERSION, Message, MessageType, ProtocolError, batch_message, decode, encode, encode_png,
 )
+from rig_client.version import package_version
 from server import RigInputError, ServerError
 from server.transport import Transport
 
@@ -123,7 +123,7 @@ def test_hello_welcome_results_ack(zmq_context, endpoint):
             d = h.dealer()
             await d.send_multipart(hello(channels=2))
             welcome = await h.reply(d)
-            assert welcome.header == {"server": f"actmax {version('actmax')}", "heartbeat_ms": 50,
+            assert welcome.header == {"server": f"actmax {package_version()}", "heartbeat_ms": 50,
                                       "liveness": LIVENESS, "max_message_bytes": 64 * 2**20}
             await asyncio.sleep(0.01)
             assert h.handler.events == [("hello", "rig-a"), ("connected", "rig-a")]

@@ -14,7 +14,7 @@ import torch
 
 from generators.base import sha256_file
 from generators.dcgan import STATE_KEY, packaged_weights
-from server import package_version
+from rig_client.version import package_version
 from server.launch import ServerProcess
 from server.main import create_app
 from server.settings import Settings, load_settings

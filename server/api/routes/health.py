@@ -12,7 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session as DBSession
 
-from server import package_version
+from rig_client.version import package_version
 from server.api.deps import DB
 from server.api.schemas import Health
 
