@@ -182,7 +182,6 @@ class SimulatedRig:
         Each stimulus is "shown" when its frame is ready: its onset is stamped then, on this rig's clock.
         """
         import torch
-        import torch.nn.functional as F
 
         from rig_client.client import Presentation
 
@@ -190,10 +189,12 @@ class SimulatedRig:
         for stimulus in batch.stimuli:
             frames.append(torch.tensor(stimulus.image()).permute(2, 0, 1).float().div(255).unsqueeze(0))
             onsets.append(time.time())
-        size = max(f.shape[-1] for f in frames)
-        images = torch.cat([F.interpolate(f, size=(size, size), mode="bilinear", antialias=True)
-                            if f.shape[-1] != size else f for f in frames])
-        rates = self.scorer.score(images)
+        by_shape: dict[tuple[int, ...], list[int]] = {}  # each image scored as it is, whatever else the batch holds
+        for k, frame in enumerate(frames):
+            by_shape.setdefault(tuple(frame.shape), []).append(k)
+        rates = np.empty((len(frames), len(self.scorer.units)))
+        for indices in by_shape.values():
+            rates[indices] = self.scorer.score(torch.cat([frames[k] for k in indices]))
         rates = self.noise.apply(rates, self.rng, stimulus_ids=[s.stimulus_id for s in batch.stimuli])
         return [Presentation(stimulus_id=s.stimulus_id, rates=[float(r) for r in row], onset=onset,
                              window_ms=tuple(batch.response_window_ms))

@@ -130,7 +130,7 @@ def run_manifold(args: argparse.Namespace) -> int:
 def run_session(args: argparse.Namespace) -> int:
     import math
 
-    from server.report import write_session_report
+    from server.report import retest_lines, write_session_report
 
     settings = stored_settings(args)
     for s in write_session_report(settings.database_url, settings.data_dir, args.session, args.out):
@@ -139,6 +139,8 @@ def run_session(args: argparse.Namespace) -> int:
                  if s.objective_from_generation else "first mean")
         print(f"{s.name}: {s.generations} generations, {first} {s.first_generation_mean:.3f}, "
               f"last mean {s.last_generation_mean:.3f}, {best}")
+    for line in retest_lines(settings.database_url, args.session):
+        print(line)
     print(f"written to {args.out}/")
     return 0
 

@@ -7,6 +7,7 @@ import bisect
 import io
 import json
 import re
+import sys
 import textwrap
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -21,7 +22,7 @@ from server.export.tables import ThreadProvenance, manifold_configs, software_te
 from server.images import SKIMAGE_REFERENCES
 from server.objectives import Objective, channel_ranges, objective_channels, objective_segments, score_label
 from server.session_config import FlaggedTrialsConfig, ReferenceConfig
-from server.retest import retest_config
+from server.retest import retest_config, retest_table
 from server.store import queries
 from server.store.archive import ImageArchive
 from server.store.db import make_db_engine, make_sessionmaker
@@ -395,8 +396,6 @@ def _retest_report(db, thread: Thread, out_dir: Path, archive) -> bool:
     from matplotlib.figure import Figure
     from PIL import Image
 
-    from server.retest import retest_table
-
     table = retest_table(db, thread)
     if table is None:
         return False
@@ -436,9 +435,12 @@ _NOT_IN_FILE_NAMES = re.compile(r'[<>:"/\\|?*\x00-\x1f]')
 
 def _file_part(thread: Thread) -> str:
     """The thread's name as part of a report file name: as it is when every system can hold it, else with the
-    characters they cannot (``/``, ``:``, ``?``, ...; a leading dot) replaced by ``_`` and the thread id added, so
-    two names never share a file. The figures show the name itself."""
-    safe = _NOT_IN_FILE_NAMES.sub("_", thread.name).strip(" ")
+    characters they cannot (``/``, ``:``, ``?``, ...; a leading dot; a letter this machine's file names cannot
+    encode) replaced by ``_`` and the thread id added, so two names never share a file. The figures show the name
+    itself."""
+    encoding = sys.getfilesystemencoding()  # latin-1 on a de_DE.ISO-8859-1 machine: no Japanese file names
+    safe = "".join(c if c.encode(encoding, "ignore") else "_" for c in _NOT_IN_FILE_NAMES.sub("_", thread.name))
+    safe = safe.strip(" ")
     safe = "_" + safe[1:] if safe.startswith(".") else safe
     return thread.name if safe == thread.name else f"{safe}-{thread.id}"
 
@@ -509,6 +511,19 @@ def write_session_report(database_url: str, data_dir: Path, session_id: int, out
     return summaries
 
 
+def retest_lines(database_url: str, session_id: int) -> list[str]:
+    """A line per retest of the session that has measured something: its name and ``retest_text``."""
+    db_engine = make_db_engine(database_url)
+    try:
+        with make_sessionmaker(db_engine)() as db:
+            threads = db.scalars(select(Thread).where(Thread.session_id == session_id, Thread.kind == "retest")
+                                 .order_by(Thread.id)).all()
+            return [f"{thread.name}: {retest_text(table)}" for thread in threads
+                    if (table := retest_table(db, thread)) is not None]
+    finally:
+        db_engine.dispose()
+
+
 def methods_text(db, session: Session) -> str:
     """What a methods section starts from, as the store recorded it: the session's rig, channels, references and
     response window, then a paragraph per thread (generator and weights, optimizer with every hyperparameter it ran
@@ -558,7 +573,24 @@ def _thread_methods(db, thread: Thread, provenance: ThreadProvenance, labels: li
             f"generations completed ({thread.status.value}). Scores: {objectives}. Software: {software}."
             + (_best_image_text(*_ranked(db, thread, generations, _reference_scores(db, thread, generations),
                                          segments[-1][0]), generations[-1], segments[-1][0])
-               if thread.kind == "evolution" and generations else ""))
+               if thread.kind == "evolution" and generations else "")
+            + (f" {retest_text(table)}" if thread.kind == "retest" and (table := retest_table(db, thread)) else ""))
+
+
+def retest_text(table: dict) -> str:
+    """What a retest measured, in a sentence: its images' mean when shown again against their evolution mean, and
+    the reference images' in the same generation."""
+    def mean(values) -> str:
+        finite = [v for v in values if v is not None]
+        return f"{np.mean(finite):.3g}" if finite else "nothing"
+
+    images, references = table["images"], table["references"]
+    shown = sorted({i["retest_n"] for i in images}) or [0]
+    return (f"Shown again ({_range(shown)} scored presentations each), its "
+            f"{len(images)} images scored {mean(i['retest_mean'] for i in images)} on average, against "
+            f"{mean(i['evolution_mean'] for i in images)} over their showings in {table['source']!r}; the reference "
+            f"images scored {mean(r['mean'] for r in references)} on average in the same generation, the best "
+            f"{max((r['mean'] for r in references if r['mean'] is not None), default=float('nan')):.3g}.")
 
 
 def _images_per_generation(generations: list[Generation], hyperparameters: dict) -> str:

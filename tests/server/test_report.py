@@ -430,3 +430,10 @@ def test_the_generation_axis_is_ticked_at_whole_generations():
     report._curve_axes(ax, {**curves, "number": np.array([0, 1, 2])}, None, [(0, "score")])
     ticks = [t for t in ax.get_xticks() if 0 <= t <= 2]
     assert ticks and all(float(t).is_integer() for t in ticks)
+
+
+def test_a_name_the_file_system_encoding_cannot_hold_is_replaced_in_file_names(monkeypatch):
+    """On a de_DE.ISO-8859-1 machine file names are latin-1: a Japanese thread name stopped the report."""
+    monkeypatch.setattr(report.sys, "getfilesystemencoding", lambda: "iso8859-1")
+    thread = Thread(id=7, name="Ölkanne スレッド")
+    assert report._file_part(thread) == "Ölkanne ____-7"

@@ -27,7 +27,7 @@ from sqlalchemy import select
 from rig_client.client import Presentation, RigClient
 from server import ServerError
 from server.manifold import SourceNotReady
-from server.report import write_session_report
+from server.report import retest_lines, write_session_report
 from server.retest import design_codes
 from server.session_config import SessionConfig, load_session_config
 from server.store.db import make_db_engine, make_sessionmaker
@@ -272,3 +272,7 @@ def test_a_retest_waits_then_shows_the_sources_best_images_by_mean_and_survives_
     references = {stimulus_id for stimulus_id, _, kind in stimuli if kind == "reference"}
     assert {r["stimulus_id"]: (r["mean"], r["n"]) for r in table["references"]} == {
         r: (pytest.approx(np.mean(retest_rates[r])), REPEATS) for r in references}
+    shown_again = np.mean([np.mean(retest_rates[stimulus_id]) for stimulus_id, _, kind in stimuli if kind == "synthetic"])
+    measured = f"Shown again ({REPEATS} scored presentations each), its {TOP} images scored {shown_again:.3g} on average"
+    assert measured in retest_methods
+    assert retest_lines(database_url, session_id) == [f"ga-retest: {retest_methods[retest_methods.index(measured):].strip()}"]
