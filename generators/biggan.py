@@ -55,7 +55,7 @@ def read_config(name: str, path: Path) -> dict:
     """The config.json beside `name`'s weights: a JSON object with every key of `standard_config`."""
     fix = f"fix it, or remove it to use the published config of {name}"
     try:
-        config = json.loads(path.read_text())
+        config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise GeneratorError(f"BigGAN config {path} is not valid JSON ({exc}); {fix}") from None
     if not isinstance(config, dict):

@@ -105,5 +105,5 @@ def load_units(out_dir: str | Path, key: dict[str, Any]) -> list[dict[str, Any]]
     path = Path(out_dir) / "units.json"
     if not path.is_file():
         return None
-    saved = json.loads(path.read_text())
+    saved = json.loads(path.read_text(encoding="utf-8"))
     return saved["units"] if saved.get("key") == key else None

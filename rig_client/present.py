@@ -346,7 +346,7 @@ def run(args: argparse.Namespace) -> int:
     keys = connection_keys(args)
     if args.record:  # an unwritable path fails now, not after the first batch
         try:
-            open(args.record, "a").close()
+            open(args.record, "a", encoding="utf-8").close()
         except OSError as exc:
             raise RigError(f"--record {args.record}: {exc.strerror}; give a file in a folder you "
                            "can write to") from None

@@ -78,7 +78,7 @@ class KeyStore:
                 raise ServerError(f"{public_key_file} is already the key of rig "
                                   f"{self.rig_keys()[public]!r}; one key per rig")
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(f"metadata\ncurve\n    public-key = \"{public.decode()}\"\n")
+            target.write_text(f"metadata\ncurve\n    public-key = \"{public.decode()}\"\n", encoding="utf-8")
             return None
         secret = _make_pair(self.root / "issued", name)
         target.parent.mkdir(parents=True, exist_ok=True)

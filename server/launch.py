@@ -156,7 +156,7 @@ class ApiClient:
         problem = ""
         while time.monotonic() < deadline:
             if process is not None and process.poll() is not None:
-                tail = log_path.read_text()[-2000:] if log_path and log_path.exists() else ""
+                tail = log_path.read_text(encoding="utf-8", errors="replace")[-2000:] if log_path and log_path.exists() else ""
                 raise ServerError(f"the server exited with code {process.returncode}:\n{tail}")
             try:
                 response = self._http.get("/health")

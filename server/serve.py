@@ -122,7 +122,7 @@ def hold_data_dir(data_dir: Path):
 
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
-        lock = open(data_dir / "serve.lock", "a+")
+        lock = open(data_dir / "serve.lock", "a+", encoding="utf-8")
     except OSError as error:
         if error.errno not in (errno.EROFS, errno.EACCES):
             raise
