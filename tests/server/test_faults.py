@@ -88,24 +88,32 @@ def wait_archived(live) -> None:
 
 
 @contextlib.contextmanager
-def read_only(folder):
-    """``folder`` really unwritable, even to root (a read-only bind mount of itself; else its modes)."""
+def read_only(path):
+    """``path``, a folder or a file, really unwritable, even to root (a read-only bind mount of itself; else its
+    modes, and those of a folder's subfolders)."""
     if os.geteuid() == 0:
-        if subprocess.run(["mount", "--bind", "-o", "ro", folder, folder], capture_output=True).returncode:
-            pytest.skip("root without the right to mount: cannot make a folder read-only")
+        if subprocess.run(["mount", "--bind", "-o", "ro", path, path], capture_output=True).returncode:
+            pytest.skip("root without the right to mount: cannot make a file or folder read-only")
         try:
             yield
         finally:
-            subprocess.run(["umount", folder], check=True)
+            subprocess.run(["umount", path], check=True)
         return
-    folders = [folder, *(path for path in folder.iterdir() if path.is_dir())]
-    for path in folders:
-        path.chmod(0o555)
+    if not path.is_dir():
+        path.chmod(0o444)
+        try:
+            yield
+        finally:
+            path.chmod(0o644)
+        return
+    folders = [path, *(sub for sub in path.iterdir() if sub.is_dir())]
+    for folder in folders:
+        folder.chmod(0o555)
     try:
         yield
     finally:
-        for path in folders:
-            path.chmod(0o755)
+        for folder in folders:
+            folder.chmod(0o755)
 
 
 def test_an_unwritable_archive_stalls_the_thread_until_it_is_writable_then_it_goes_on(tmp_path, endpoint, caplog):

@@ -22,24 +22,6 @@ from server.store.archive import ImageArchive
 from tests.server.test_faults import read_only
 
 
-@contextlib.contextmanager
-def read_only_file(path):
-    """``path`` really unwritable, even to root (a read-only bind mount of itself; else its mode)."""
-    if os.geteuid() == 0:
-        if subprocess.run(["mount", "--bind", "-o", "ro", path, path], capture_output=True).returncode:
-            pytest.skip("root without the right to mount: cannot make a file read-only")
-        try:
-            yield
-        finally:
-            subprocess.run(["umount", path], check=True)
-        return
-    path.chmod(0o444)
-    try:
-        yield
-    finally:
-        path.chmod(0o644)
-
-
 def make_database(data_dir) -> str:
     """A migrated, closed actmax database in ``data_dir``; its path."""
     db_engine = db.make_db_engine(f"sqlite:///{data_dir / 'actmax.sqlite'}")
@@ -52,7 +34,7 @@ def test_a_read_only_database_is_refused_at_start_in_one_line(tmp_path):
     """Before, the server served, its threads read `running` with no error and nothing moved."""
     data = tmp_path / "data"
     database = make_database(data)
-    with read_only_file(data / "actmax.sqlite"):
+    with read_only(data / "actmax.sqlite"):
         served = subprocess.run(
             [sys.executable, "-m", "server.cli", "serve", "--data-dir", str(data), "--port", str(free_port()),
              "--zmq-endpoint", f"tcp://127.0.0.1:{free_port()}", "--device", "cpu"],
@@ -68,7 +50,7 @@ def test_a_read_only_database_is_refused_at_start_in_one_line(tmp_path):
 def test_a_database_that_became_read_only_is_called_so_not_a_full_disk(tmp_path):
     """The advice of the engine's log lines and of a stalled thread's last_error (before: "free disk space")."""
     database = make_database(tmp_path)
-    with read_only_file(tmp_path / "actmax.sqlite"), contextlib.closing(sqlite3.connect(database)) as connection:
+    with read_only(tmp_path / "actmax.sqlite"), contextlib.closing(sqlite3.connect(database)) as connection:
         with pytest.raises(sqlite3.OperationalError) as failure:
             connection.execute("DELETE FROM sessions")
         advice = storage_advice(failure.value, Settings(data_dir=tmp_path, token="t"))  # while it is read-only
