@@ -105,7 +105,11 @@ def replace_report_folder(out: Path) -> None:
         if not (out / MARKER).is_file():
             raise ConfigError(f"--out {out} already holds files and is not an earlier demo report, so it is left "
                               "as it is; give a new folder, or empty this one yourself")
-        shutil.rmtree(out)
+        for entry in out.iterdir():  # the folder's contents: ``out`` may be a link to it
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text("a report of `actmax demo`, which the next demo into this folder replaces\n",
                               encoding="utf-8")

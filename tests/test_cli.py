@@ -506,6 +506,11 @@ def test_demo_out_replaces_only_an_empty_folder_or_an_earlier_demo_report(tmp_pa
     (report / "scores.png").write_bytes(b"old")
     replace_report_folder(report)  # an earlier report: emptied
     assert [p.name for p in report.iterdir()] == [MARKER]
+    (report / "data").mkdir()
+    link = tmp_path / "latest-demo"
+    link.symlink_to(report)  # a link to it: the report it points to is emptied, the link kept
+    replace_report_folder(link)
+    assert link.is_symlink() and [p.name for p in report.iterdir()] == [MARKER]
     monkeypatch.chdir(report)
     assert main(["demo", "--out", "."]) == 2
     assert "is the current folder or one above it" in capsys.readouterr().err

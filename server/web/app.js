@@ -275,7 +275,7 @@ async function reloadAll(state) {
 
 function renderSession(state) {
   const s = state.session;
-  $("#session-title").innerHTML = `${esc(s.name)} <span class="status ${esc(s.status)}">${esc(s.status)}</span>`;
+  $("#session-title").innerHTML = `${esc(s.name)} ${sessionBadge(s)}`;
   $("#session-meta").textContent = `session ${s.id} · rig ${s.rig}${s.animal ? ` · ${s.animal}` : ""}${s.array ? ` · ${s.array}` : ""}`;
   $("#stop-session").disabled = s.status !== "active";
   const container = $("#threads");

@@ -316,6 +316,8 @@ def test_the_sessions_list_tells_a_session_whose_thread_failed_from_a_completed_
     page.wait_for_selector(badge.format(bad["id"]) + ".failed:has-text('finished, 1 failed')")
     assert page.get_attribute(badge.format(ok["id"]), "class") == "status finished"
     assert page.text_content(badge.format(ok["id"])) == "finished"
+    page.goto(f"{server.url}/#/session/{bad['id']}")  # the session's own page says so too
+    page.wait_for_selector("#session-title .status.failed:has-text('finished, 1 failed')")
     assert uncaught(page) == []
 
 
