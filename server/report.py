@@ -6,9 +6,11 @@ from __future__ import annotations
 import bisect
 import io
 import json
+import logging
 import re
 import sys
 import textwrap
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -27,6 +29,8 @@ from server.store import queries
 from server.store.archive import ImageArchive
 from server.store.db import make_db_engine, make_sessionmaker
 from server.store.models import Generation, GenerationStatus, Session, Stimulus, StimulusKind, Thread
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -451,8 +455,29 @@ def write_session_report(database_url: str, data_dir: Path, session_id: int, out
     scores.png: every evolution's score curve; evolution_<thread>.png: a curve above its best image per
     generation; best_images.png: each evolution's best distinct images, labelled; manifold_<thread>.png:
     each Manifold map beside the images on its grid; retest_<thread>.json and .png: ``_retest_report``;
-    methods.txt: ``methods_text``.
+    methods.txt: ``methods_text``. Letters of the names the fonts lack are logged once, not once per figure.
     """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summaries = _write_session_report(database_url, data_dir, session_id, out_dir)
+    missing = set()
+    for warning in caught:
+        if (glyph := _MISSING_GLYPH.match(str(warning.message))) is not None:
+            missing.add(chr(int(glyph[1])))
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    if missing:
+        log.warning("report figures: %d letter(s) of the names (%s) are not in matplotlib's fonts and are drawn as "
+                    "empty boxes; install a font that has them and name it in matplotlibrc (docs/dashboard.md, "
+                    "Report figures)", len(missing), "".join(sorted(missing)))
+    return summaries
+
+
+#: matplotlib's warning for a letter its fonts lack: "Glyph 12489 (\N{KATAKANA LETTER DO}) missing from font(s) ...".
+_MISSING_GLYPH = re.compile(r"Glyph (\d+) .*missing from font")
+
+
+def _write_session_report(database_url: str, data_dir: Path, session_id: int, out_dir: Path) -> list[ThreadSummary]:
     archive = ImageArchive(data_dir)
     db_engine = make_db_engine(database_url)
     summaries, best_rows = [], []

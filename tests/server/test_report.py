@@ -437,3 +437,16 @@ def test_a_name_the_file_system_encoding_cannot_hold_is_replaced_in_file_names(m
     monkeypatch.setattr(report.sys, "getfilesystemencoding", lambda: "iso8859-1")
     thread = Thread(id=7, name="Ölkanne スレッド")
     assert report._file_part(thread) == "Ölkanne ____-7"
+
+
+def test_letters_the_fonts_lack_are_logged_once_not_warned_per_figure(db_sessions, session, settings, tmp_path, caplog):
+    """A Japanese thread name gave a dozen "Glyph ... missing from font(s) DejaVu Sans" warnings per report."""
+    session_id, thread_id, _ = session
+    with db_sessions.begin() as db:
+        db.get(Thread, thread_id).name = "スレ"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report.write_session_report(settings.database_url, settings.data_dir, session_id, tmp_path / "out")
+    assert not [w for w in caught if "missing from font" in str(w.message)]
+    (message,) = [r.getMessage() for r in caplog.records if "not in matplotlib's fonts" in r.getMessage()]
+    assert "2 letter(s) of the names (スレ)" in message
