@@ -47,7 +47,7 @@ class SourceNotReady(ThreadNotReady):
 
 def thread_config(thread: Thread) -> ThreadConfig:
     """A thread's settings, from its session's config."""
-    return SessionConfig.model_validate(thread.session.config_json).thread(thread.name)
+    return SessionConfig.stored(thread.session.config_json).thread(thread.name)
 
 
 def manifold_config(thread: Thread) -> ManifoldConfig:

@@ -3,7 +3,8 @@
 Validated at the boundary (REST body, ``--config`` file) so that a typo or an unknown optimizer is
 a clear error naming the field, never a surprise mid-session. Generator and optimizer names are
 checked against ``generators.available()`` / ``optimizers.available()``. The stored config is the
-one source of a thread's settings: the engine re-validates it, so every default is written here once.
+one source of a thread's settings: the engine re-validates it (``SessionConfig.stored``), so every default is
+written here once.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ MAX_MESSAGE = 2000  # characters of one problem's message: a 422 does not echo a
 
 
 FIXED_DESIGN = "fixed-design"  # the optimizer of manifold and retest threads: their codes, shown once
+_STORED = "stored"  # validation context key: the config is read back from the database (``SessionConfig.stored``)
 
 
 class ConfigError(ServerError, ValueError):
@@ -90,7 +92,9 @@ class ReferenceConfig(_Strict):
 
     @field_validator("source")
     @classmethod
-    def _source_exists(cls, source: str) -> str:
+    def _source_exists(cls, source: str, info: ValidationInfo) -> str:
+        if (info.context or {}).get(_STORED):  # checked at creation; the archive holds the references since
+            return source
         try:
             folder = Path(source).expanduser()
         except RuntimeError:  # ~user naming no user on the server
@@ -388,6 +392,13 @@ class SessionConfig(_Strict):
                     f"thread {thread.name!r}: weights {thread.weights} differ from its source's {source.weights}; a "
                     "retest shows its source's images again, rendered by the same weights"))
         return self
+
+    @classmethod
+    def stored(cls, config_json: dict) -> SessionConfig:
+        """A session's config as the database holds it, validated again without the checks of the server's files that
+        only its creation makes: a references folder moved or unmounted since is needed only to rebuild reference
+        images the archive lost (``thread_runtime.stored_references`` says so then)."""
+        return cls.model_validate(config_json, context={_STORED: True})
 
     def thread(self, name: str) -> ThreadConfig:
         """The settings of the thread called ``name``."""

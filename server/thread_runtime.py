@@ -149,7 +149,7 @@ def build_runtime(db: DBSession, thread_id: int, load_generator: Callable[[str, 
     """
     thread = db.get(Thread, thread_id)
     session = thread.session
-    session_config = SessionConfig.model_validate(session.config_json)
+    session_config = SessionConfig.stored(session.config_json)
     config = session_config.thread(thread.name)
     generator = load_generator(config.generator, config.weights, config.generator_options)
     check_generator(db, thread, config, generator)

@@ -170,7 +170,7 @@ def set_objective(db: DBSession, thread: Thread, objective: ObjectiveConfig) -> 
     engine reads the objective after inserting a generation, so each generation sees exactly one side.
     """
     thread.objective_json = objective.model_dump(mode="json", exclude_none=True)
-    config = SessionConfig.model_validate(thread.session.config_json)
+    config = SessionConfig.stored(thread.session.config_json)
     threads = [t.model_copy(update={"objective": objective}) if t.name == thread.name else t for t in config.threads]
     thread.session.config_json = config.model_copy(update={"threads": threads}).model_dump(mode="json")
     db.flush()

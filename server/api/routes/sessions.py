@@ -104,7 +104,7 @@ def post_session_thread(session_id: Id, thread: ThreadConfig, db: DB, wake: Wake
         raise HTTPException(status.HTTP_409_CONFLICT, f"session {session_id} is stopped; threads can only be added "
                             "to an active or finished session")
     channels = rig_channels(session.rig)
-    stored = SessionConfig.model_validate(session.config_json).threads
+    stored = SessionConfig.stored(session.config_json).threads
     refuse(admission.check_capacity(active_threads(db), 1, settings.max_active_threads))
     refuse(admission.check_thread(thread, cache, session.rig, channels, session_threads=stored))
     try:

@@ -114,7 +114,7 @@ def resume_thread(thread_id: Id, db: DB, wake: Wake, cache: Generators, archive:
 
 def _check_generator(thread: Thread, cache) -> None:
     """A 409 naming the reason unless the thread's generator loads from where the server looks now."""
-    config = SessionConfig.model_validate(thread.session.config_json).thread(thread.name)
+    config = SessionConfig.stored(thread.session.config_json).thread(thread.name)
     try:
         cache.get(config.generator, config.weights, config.generator_options)
     except generators.GeneratorError as error:
@@ -125,7 +125,7 @@ def _check_generator(thread: Thread, cache) -> None:
 def _check_references(db: DBSession, thread: Thread, archive: ImageArchive) -> None:
     """A 409 naming the lost images unless the archive holds the session's references, or their source renders
     again those it lost (the engine then archives them again at the thread's start)."""
-    config = SessionConfig.model_validate(thread.session.config_json)
+    config = SessionConfig.stored(thread.session.config_json)
     try:
         stored_references(reference_stimuli(db, thread.session_id), config, archive)
     except ReferencesLost as error:
