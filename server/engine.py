@@ -110,22 +110,25 @@ def storage_advice(exc: BaseException, settings: Settings) -> str:
     """A storage fault and what to do: close the program that holds the database locked, make writable the highest
     folder (or file) under the data folder that cannot be written, or free disk space in the folder that failed."""
     error, code = _driver_error(exc), _sqlite_code(exc)
-    database = make_url(settings.database_url).database
+    data_dir, database = Path(os.path.abspath(settings.data_dir)), make_url(settings.database_url).database
+    database = database and os.path.abspath(database)  # in full, as the start-up log names the data folder
     if code in LOCKED_SQLITE_CODES:
         return (f"the database {database} is locked by another program (an sqlite3 shell, DB Browser for SQLite?): "
                 "close it")
     filename = database if code is not None else getattr(error, "filename", None)
     if code == sqlite3.SQLITE_READONLY or (isinstance(error, OSError) and error.errno in (errno.EROFS, errno.EACCES)):
-        folder = unwritable(settings.data_dir, Path(filename)) if filename else settings.data_dir
+        folder = unwritable(data_dir, Path(filename)) if filename else data_dir
         return f"{error}. Make {folder} writable"
-    folder = Path(filename).parent if filename else settings.data_dir
+    folder = Path(os.path.abspath(filename)).parent if filename else data_dir
     return f"{error}. Free disk space in {folder} (or make it writable)"
 
 
 def unwritable(data_dir: Path, path: Path) -> Path:
     """The highest of ``data_dir``, the folders under it down to ``path`` and ``path`` itself that cannot be written
     (a read-only mount of ``images/`` is ``images``, not the folder of the file that failed in it); ``path``'s
-    folder when each can be (fixed meanwhile), or when ``path`` is not in ``data_dir``."""
+    folder when each can be (fixed meanwhile), or when ``path`` is not in ``data_dir``. Both are taken as absolute
+    paths (a relative ``--data-dir`` and the absolute path of a file that failed in it), and so is the answer."""
+    data_dir, path = Path(os.path.abspath(data_dir)), Path(os.path.abspath(path))
     try:
         parts = path.relative_to(data_dir).parts
     except ValueError:
@@ -442,6 +445,12 @@ class Engine:
                 return await self._answer_round(runtime, rig, header, received, received_at)
             runtime.lock.release()  # the round moved on while this waited
         recorded = await self._transact(steps.record_results, rig, header, received_at)
+        self._stored(recorded, header, received)
+        return recorded
+
+    def _stored(self, recorded: steps.Recorded, header: dict, received: float) -> None:
+        """A RESULTS stored on its own (not in a step's transaction): publish it, rebuild its thread now if it is
+        stalled on the database, and count it for the thread's round out when that round still awaits its stimuli."""
         live.hub.publish(**self._answered(recorded, header))
         stall = self._stalled.get(recorded.thread_id)
         if stall is not None and stall.database and recorded.thread_id not in self._threads:
@@ -457,7 +466,6 @@ class Engine:
             if inflight.answered(recorded.answered, done):
                 runtime.answered_at, runtime.compute_s = received, 0.0
                 self._step(runtime)
-        return recorded
 
     def _awaiting(self, rig: str, batch_id: str) -> ThreadRuntime | None:
         """The running thread whose outstanding round is ``batch_id``, sent to ``rig``."""
@@ -487,9 +495,9 @@ class Engine:
         try:  # the runtime may hold what was rolled back: it goes first, then the presentations are stored
             await self._fail(runtime.id, failure)
             recorded = await self._transact(steps.record_results, rig, header, received_at)
-            live.hub.publish(**self._answered(recorded, header))
         finally:
             runtime.lock.release()
+        self._stored(recorded, header, received)  # the stall's rebuild may have read the database before them
         return recorded
 
     async def _after_answer(self, runtime: ThreadRuntime, step, held: list) -> None:

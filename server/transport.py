@@ -82,7 +82,8 @@ class Handler(Protocol):
 
     async def on_replaced(self, rig_name: str, heard_s_ago: float) -> None:
         """Optional: a HELLO took the rig name from a connection still live (heard ``heard_s_ago``, within
-        ``LIVE_HEARTBEATS`` heartbeats): perhaps a second program under that name. Called before `on_connected`."""
+        ``LIVE_HEARTBEATS`` heartbeats, none of them a pause of the server's): perhaps a second program under that name.
+        Called before `on_connected`."""
 
 
 @dataclass
@@ -221,6 +222,10 @@ class Transport:
         self._names: dict[bytes, str] = {}
         self._inboxes: dict[bytes, _Inbox] = {}  # connections with messages in hand, each drained by one task
         self._draining: set[asyncio.Task] = set()
+        # The heartbeat loop's clock (monotonic): when its current sleep began (inf while it does not sleep), and when
+        # the last pause it noticed (the server did not run) ended. Messages read just after a pause were queued
+        # during it (``_paused_lately``).
+        self._slept, self._woke = float("inf"), float("-inf")
         self._closing = asyncio.Event()
         self._stopped = asyncio.Event()
         self._running = False
@@ -530,7 +535,8 @@ class Transport:
             await self._reply(old.identity, error(  # a reconnect: the old connection is usually gone
                 ErrorCode.REPLACED, f"another connection said HELLO as rig {name!r}; rig names "
                 "must be unique (is the rig program running twice?)"), logging.DEBUG)
-            if (heard := peer.arrived - old.heard) <= LIVE_HEARTBEATS * self.heartbeat_s:
+            heard = peer.arrived - old.heard
+            if heard <= LIVE_HEARTBEATS * self.heartbeat_s and not self._paused_lately(peer.arrived):
                 replaced = max(0.0, heard)
         self._rigs[name] = _Rig(identity, header["channels"], 0.0, peer.arrived)
         self._names[identity] = name
@@ -592,6 +598,14 @@ class Transport:
             except Exception:
                 log.exception("handler.on_disconnect(%r) failed", name)
 
+    def _paused_lately(self, at: float) -> bool:
+        """Whether the server did not run for a heartbeat or more within ``LIVE_HEARTBEATS`` heartbeats before ``at``
+        (monotonic): a pause the heartbeat loop noticed, or one under way that it has yet to notice (its sleep is a
+        heartbeat late). The messages a connection sent meanwhile are read only at the wake-up, so they do not show
+        it was live: a rig whose old connection gave up on the server then says HELLO anew (not a second program)."""
+        window = LIVE_HEARTBEATS * self.heartbeat_s
+        return at - self._woke <= window or at - self._slept >= 2 * self.heartbeat_s
+
     async def _heartbeat_loop(self) -> None:
         """Heartbeat every rig, and mark disconnected those not heard for a liveness period (heartbeat x liveness).
         A sleep of this loop that ends a heartbeat or more late means the server did not run meanwhile (a suspended
@@ -600,10 +614,11 @@ class Transport:
         logged, a warning when it lasted a liveness period or more (long enough to lose every rig)."""
         heartbeat = encode(Message(MessageType.HEARTBEAT))
         while True:
-            asleep = time.monotonic()
+            self._slept = time.monotonic()
             await asyncio.sleep(self.heartbeat_s)
-            now = time.monotonic()
+            now, asleep, self._slept = time.monotonic(), self._slept, float("inf")
             if (late := now - asleep - self.heartbeat_s) >= self.heartbeat_s:
+                self._woke = now
                 log.log(logging.WARNING if late >= self.heartbeat_s * self.liveness else logging.INFO,
                         "the server did not run for %.1f s (suspended or overloaded); that time does not count as its "
                         "rigs' silence (a rig that gave up on the server meanwhile reconnects by itself)", late)

@@ -5,14 +5,19 @@ connection as the other program."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
+from pathlib import Path
 
 import httpx
+import pytest
 from sqlalchemy import func, select
 
 from rig_client.client import RigClient
+from server import engine
 from server.main import create_app
+from server.settings import Settings
 from server.store import db
 from server.store.models import Event, Presentation, Thread, ThreadStatus
 from tests.server.conftest import served
@@ -69,3 +74,65 @@ def test_a_database_another_program_holds_locked_stalls_the_thread_until_it_lets
     assert "thread.failed" not in kinds and kinds.count("thread.storage_recovered") == 1
     assert sorted(ids) == sorted(p.presentation_id for batch in shown for p in batch)  # each once, none lost
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
+
+
+def test_a_lock_let_go_during_the_stalls_rebuild_lets_the_thread_go_on_at_once(tmp_path, endpoint, monkeypatch,
+                                                                                caplog):
+    """The round's RESULTS meets the lock: its step fails and the thread stalls. The stall's retry rebuilds the runtime,
+    reading the database before the presentations are stored (they wait on the compute worker behind it), and the lock
+    goes while the rebuild waits to write. The rebuilt runtime then counts the presentations stored after it: the next
+    batch comes at once and the stall clears (before, the thread waited for the batch timeout, 5 min in use, with
+    last_error and /health saying the database was locked)."""
+    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 2500)  # the step, the stall's event and the rebuild each wait this long
+    monkeypatch.setattr(engine, "STORAGE_RETRY_S", (0.05, 60.0))  # the rebuild waits only for the compute worker
+    caplog.set_level(logging.INFO)
+
+    def built() -> int:  # runtimes built: ``thread.runtime``'s log line, written just before its event
+        return sum(" runs dcgan-faces " in r.getMessage() for r in caplog.records)
+
+    with LiveEngine(tmp_path, endpoint) as live, RigClient(endpoint, RIG, channels=1, reconnect_max_s=1.0) as rig, \
+            served(create_app(live.settings, live.sessions, engine=live.engine)) as url:
+        thread_id = live.create(n_generations=2)
+        first = rig.next_batch(timeout=60)
+        holder = sqlite3.connect(tmp_path / "actmax.sqlite", isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        try:
+            stored = rig.send_results(first.batch_id, answer(first))
+            wait_until(lambda: live.engine.stall_of(thread_id), 30, "the thread to stall")
+            wait_until(lambda: built() == 2, 30, "the stall's rebuild to read the database")
+            assert not stored.done()  # the presentations are not stored yet
+        finally:
+            holder.execute("COMMIT")
+            holder.close()
+        assert stored.result(30)["accepted"] == len(first.stimuli) and rig.errors == []
+        second = rig.next_batch(timeout=30)
+        assert second is not None and second.batch_id != first.batch_id
+        wait_until(lambda: live.engine.stall_of(thread_id) is None, 30, "the stall to clear")
+        thread = httpx.get(f"{url}/threads/{thread_id}", headers={"Authorization": "Bearer t"}, timeout=30).json()
+        health = httpx.get(f"{url}/health", timeout=30)
+        assert thread["status"] == "running" and thread["last_error"] is None
+        assert health.status_code == 200, health.json()
+        rig.send_results(second.batch_id, answer(second)).result(30)
+        wait_until(lambda: thread_status(live, thread_id) == ThreadStatus.FINISHED, 60, "the thread to finish")
+
+    with live.sessions() as session:
+        kinds = session.scalars(select(Event.kind).where(Event.thread_id == thread_id)).all()
+    assert "round.timed_out" not in kinds and kinds.count("thread.storage_recovered") == 1
+
+
+def test_the_locked_database_is_named_in_full_with_a_relative_data_dir(tmp_path, monkeypatch):
+    """``--data-dir data``: the advice names the database's absolute path, as the start-up log names the data folder
+    (before: ``data/actmax.sqlite``, relative to a working folder the reader may not know)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    holder = sqlite3.connect(tmp_path / "data" / "actmax.sqlite", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with contextlib.closing(sqlite3.connect("data/actmax.sqlite", timeout=0)) as writer, \
+                pytest.raises(sqlite3.OperationalError) as failure:
+            writer.execute("CREATE TABLE t (x)")
+    finally:
+        holder.execute("COMMIT")
+        holder.close()
+    advice = engine.storage_advice(failure.value, Settings(data_dir=Path("data"), token="t"))
+    assert advice == f"the database {tmp_path / 'data' / 'actmax.sqlite'} {LOCKED}"

@@ -9,6 +9,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,3 +71,18 @@ def test_the_advice_names_the_read_only_folder_not_the_subfolder_of_the_file_tha
         advice = storage_advice(failure.value, Settings(data_dir=tmp_path, token="t"))  # while it is read-only
     assert str(target.parent) in failure.value.filename
     assert advice.endswith(f"Make {tmp_path / 'images'} writable")
+
+
+def test_the_advice_names_the_read_only_folder_with_a_relative_data_dir(tmp_path, monkeypatch):
+    """``--data-dir data`` (the default ``./actmax-data`` is relative too): the failing file's path is absolute, and the
+    advice still names ``images``, in full (before: the subfolder of the file that failed)."""
+    monkeypatch.chdir(tmp_path)
+    archive = ImageArchive(Path("data"))
+    png = encode_png(np.zeros((8, 8, 3), np.uint8))
+    archive.path(archive.address(png).content_hash).parent.mkdir(parents=True)
+    with read_only(tmp_path / "data" / "images"):
+        with pytest.raises(OSError) as failure:
+            archive.save(png)
+        advice = storage_advice(failure.value, Settings(data_dir=Path("data"), token="t"))  # while it is read-only
+    assert Path(failure.value.filename).is_absolute()
+    assert advice.endswith(f"Make {tmp_path / 'data' / 'images'} writable")
