@@ -84,6 +84,8 @@ def test_a_thread_paused_at_a_restart_gets_its_restart_event_at_the_restart(tmp_
         with live.sessions.begin() as db:  # as POST /threads/{id}/resume does, but for the event and last_error
             db.get(Thread, thread_id).status = ThreadStatus.RUNNING
         live.engine.wake()
+        wait_until(lambda: live.sessions().get(Thread, thread_id).status == ThreadStatus.WAITING_FOR_RIG, 30,
+                   "the thread to wait for its rig")  # before the rig's HELLO: else it never waits
         with RigClient(live.settings.zmq_endpoint, RIG, channels=1) as rig:
             again = rig.next_batch(timeout=60)
             assert (again.batch_id, again.generation) == (second.batch_id, 1)  # its batch, sent again
