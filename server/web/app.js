@@ -10,7 +10,9 @@ const FEW_CHANNELS = 8;        // longer channel lists are shown as ranges and a
 const RANGE_PARTS = 10;        // ranges and channels shown of such a list before "…"
 const RIG_LINES = 8;           // rig panel: lines of scored channels shown before the rest is folded away
 const EXPRESSION_CHARS = 120;  // a longer objective expression is cut on the thread card (whole in its tooltip)
-const DRIFT_KINDS = new Set(["drift.reference", "channel.silent", "rig.lost", "rig.replaced", "rig.clock_offset"]);
+const BANNER_KINDS = new Set(["drift.reference", "channel.silent", "rig.lost", "rig.replaced", "rig.clock_offset",
+  "rig.channels_changed"]);  // the warnings also shown as the banner
+const RUNNING_AGAIN = new Set(["thread.running", "thread.started", "thread.resumed"]); // after these a rig.lost is over
 const ENDED = new Set(["stopped", "finished", "failed"]); // thread statuses after which nothing changes
 
 const $ = (selector, root = document) => root.querySelector(selector);
@@ -48,9 +50,10 @@ function imageUrl(path) {
   }
   return images.get(path);
 }
+// An image's `data-alt` replaces its alt once it is shown (the alt says meanwhile that it is on its way).
 function fillImages(root) {
   for (const img of root.querySelectorAll("img[data-src]")) {
-    imageUrl(img.dataset.src).then((url) => { img.src = url; }, () => { img.alt = "missing"; });
+    imageUrl(img.dataset.src).then((url) => { img.src = url; if (img.dataset.alt) img.alt = img.dataset.alt; }, () => { img.alt = "missing"; });
     img.removeAttribute("data-src");
   }
 }
@@ -100,13 +103,14 @@ const live = {
         if (!response.ok) throw new Error(`live stream: ${response.status}`);
         setLive(true);
         wait = 500;
-        if (failed) this.handlers.forEach((h) => h("dropped", {}));
+        if (failed) { say("Live stream back: what happened meanwhile is reloaded."); this.handlers.forEach((h) => h("dropped", {})); }
         failed = false;
         await readEvents(response.body, (kind, data) => this.handlers.forEach((h) => h(kind, data)));
       } catch (error) {
         if (signal.aborted) return;
       }
       setLive(false);
+      if (!failed) say("Live stream offline: the server cannot be reached. Reconnecting.");
       failed = true;
       await new Promise((r) => setTimeout(r, wait));
       wait = Math.min(wait * 2, 8000);
@@ -142,6 +146,17 @@ function setLive(on) {
   badge.textContent = on ? "live" : "offline";
 }
 
+// The page's one polite status region: short sentences on what changed state (a thread's status, the session's,
+// the live stream), never per generation. The latest few lines are kept, so that quick changes are all read.
+const SAID_LINES = 5;
+function say(text) {
+  const region = $("#announce");
+  const line = document.createElement("p");
+  line.textContent = text;
+  region.append(line);
+  while (region.childElementCount > SAID_LINES) region.firstElementChild.remove();
+}
+
 // ---------------------------------------------------------------- login and routing
 function showLogin(message) {
   live.stop();
@@ -169,6 +184,7 @@ async function route() {
   if (page) page.close();
   page = null;
   $("#banner").hidden = true; // a page shows its own warnings
+  delete $("#banner").dataset.event;
   if (!sessionStorage.getItem(TOKEN_KEY)) return showLogin();
   $("#logout").hidden = false;
   const match = location.hash.match(/^#\/session\/(\d+)/);
@@ -219,11 +235,24 @@ function sessionsTable(sessions) {
 async function sessionPage(sessionId) {
   const state = { session: await api(`/sessions/${sessionId}`), curves: new Map(), curveLoads: new Map(), otherThreads: new Map(), montageAt: new Map(), montageTimers: new Map(), timers: [] };
   const main = $("#main");
-  main.innerHTML = `<div class="session-head card"><div><h1 id="session-title"></h1><div id="session-meta" class="muted"></div></div>
+  main.innerHTML = `<nav class="skips" aria-label="skip links"><a class="skip" href="#rig">Skip to the rig panel</a>
+      <a class="skip" href="#events">Skip to the events</a></nav>
+    <div class="session-head card"><div><h1 id="session-title"></h1><div id="session-meta" class="muted"></div></div>
       <div class="controls"><button id="stop-session" class="danger">Stop session</button></div></div>
     <div class="layout"><div id="threads"></div>
-      <aside><div class="card" id="rig"><h2>Rig</h2></div>
-        <div class="card"><h2>Events</h2><div class="feed" id="feed"></div></div></aside></div>`;
+      <aside><section class="card" id="rig" tabindex="-1" aria-labelledby="rig-title"><h2 id="rig-title">Rig ${esc(state.session.rig)}
+          <span class="status"></span></h2>
+        <dl class="kv"><dt>channels</dt><dd class="channels">–</dd><dt>scored</dt><dd class="scored">–</dd>
+          <dt>last heard</dt><dd class="heard">–</dd></dl>
+        <h3>Latest batches</h3><table><thead><tr><th>thread</th><th>gen</th><th title="sent → first result">first</th>
+          <th title="sent → generation complete">complete</th><th title="previous generation complete → sent (server)">turnaround</th></tr></thead>
+          <tbody></tbody></table></section>
+        <section class="card" id="events" tabindex="-1" aria-labelledby="events-title"><h2 id="events-title">Events</h2>
+          <div class="feed" id="feed"></div></section></aside></div>`;
+  // In-page links must not change the hash: it names the page shown.
+  for (const link of main.querySelectorAll(".skip")) {
+    link.addEventListener("click", (event) => { event.preventDefault(); $(link.getAttribute("href")).focus(); });
+  }
   $("#stop-session").addEventListener("click", async () => {
     if (!confirm("Stop every thread of this session? This is final.")) return;
     await act(() => api(`/sessions/${sessionId}/stop`, { method: "POST" }), state);
@@ -240,7 +269,7 @@ async function sessionPage(sessionId) {
     else if (kind.startsWith("thread") || kind.startsWith("session")) refreshSession(state);
     else if (kind === "rig.connected" && item.data?.rig === state.session.rig) refreshSession(state); // its channel labels
     if (kind.startsWith("rig") || kind.startsWith("batch")) scheduleRig(state);
-    if (item.level === "warning" && DRIFT_KINDS.has(kind)) showBanner(state, item);
+    if (item.level === "warning" && BANNER_KINDS.has(kind)) showBanner(state, item);
   };
   live.handlers.add(onLive);
   live.start(sessionId);
@@ -258,9 +287,20 @@ async function act(call, state) {
 
 async function refreshSession(state) {
   const before = new Map(state.session.threads.map((t) => [t.id, t.status]));
+  const sessionBefore = state.session.status;
   state.session = await api(`/sessions/${state.session.id}`);
   if (state.session.status !== "active") $("#banner").hidden = true; // as showBanner: nothing at stake any more
   renderSession(state);
+  const changed = new Map(), added = []; // new status -> the threads that changed to it; new threads
+  for (const t of state.session.threads) {
+    if (!before.has(t.id)) added.push(t.name);
+    else if (t.status !== before.get(t.id)) changed.set(t.status, [...(changed.get(t.status) || []), t.name]);
+  }
+  const threads = (names) => `${names.length > 1 ? "Threads" : "Thread"} ${names.join(", ")}`;
+  const news = [...changed].map(([status, names]) => `${threads(names)} ${names.length > 1 ? "are" : "is"} now ${status.replaceAll("_", " ")}.`);
+  if (added.length) news.push(`${threads(added)} added.`);
+  if (state.session.status !== sessionBefore) news.push(`Session ${state.session.name} is now ${state.session.status}.`);
+  if (news.length) say(news.join(" "));
   for (const t of state.session.threads) {
     if (!state.curves.has(t.id)) loadCurve(state, t.id);
     else if (ENDED.has(t.status) && !ENDED.has(before.get(t.id))) loadCurve(state, t.id, true); // its last generation, at once
@@ -285,7 +325,8 @@ function renderSession(state) {
       card = document.createElement("section");
       card.className = "card thread";
       card.id = `thread-${thread.id}`;
-      card.innerHTML = `<div class="thread-head"><h2></h2><span class="status"></span><span class="muted info"></span>
+      card.setAttribute("aria-labelledby", `thread-${thread.id}-name`);
+      card.innerHTML = `<div class="thread-head"><h2 id="thread-${thread.id}-name" tabindex="-1"></h2><span class="status"></span><span class="muted info"></span>
         <div class="controls"></div></div><div class="body"></div>`;
       container.append(card);
       if (thread.kind === "evolution") {
@@ -312,6 +353,8 @@ function renderSession(state) {
   }
 }
 
+// The thread's buttons, each named with the thread. Refreshes keep the buttons that stay (and their focus): one that
+// goes away with focus (Pause -> Resume) hands it to the button now in its place, or to the thread's heading.
 function renderControls(state, thread, box) {
   const buttons = [];
   const post = (action) => () => act(() => api(`/threads/${thread.id}/${action}`, { method: "POST" }), state);
@@ -329,16 +372,22 @@ function renderControls(state, thread, box) {
       method: "POST",
       body: JSON.stringify({ name: `${thread.name}-manifold`, kind: "manifold", generator: thread.generator,
         manifold: { source: thread.name }, objective: thread.objective, repeats: thread.repeats }),
-    }), state)]);
+    }), state), "", `Add Manifold thread around ${thread.name}`]);
   }
-  box.replaceChildren(...buttons.map(([label, onClick, cls]) => {
-    const b = document.createElement("button");
+  const old = [...box.children], focused = old.indexOf(document.activeElement);
+  const next = buttons.map(([label, onClick, cls = "", name = `${label} thread ${thread.name}`]) => {
+    const action = label.toLowerCase();
+    const b = old.find((o) => o.dataset.action === action) || document.createElement("button");
     b.textContent = label;
-    b.dataset.action = label.toLowerCase();
-    if (cls) b.className = cls;
-    b.addEventListener("click", onClick);
+    b.dataset.action = action;
+    b.className = cls;
+    b.setAttribute("aria-label", name);
+    b.onclick = onClick;  // (this refresh's thread and session)
     return b;
-  }));
+  });
+  for (const b of old) if (!next.includes(b)) b.remove();
+  next.forEach((b, i) => { if (box.children[i] !== b) box.insertBefore(b, box.children[i] ?? null); });
+  if (focused >= 0 && !next.includes(old[focused])) (next[Math.min(focused, next.length - 1)] ?? $(`#thread-${thread.id}-name`)).focus();
 }
 
 // The curve: loaded whole once, then only the generations after the last one known (one load at a time).
@@ -410,7 +459,8 @@ async function loadManifold(card, thread) {
   const ids = [];
   for (let row = side - 1; row >= 0; row--) for (let col = 0; col < side; col++) ids.push(generation.stimulus_ids[col * side + row]);
   const box = $(".manifold", card);
-  box.innerHTML = `<img data-src="/threads/${thread.id}/manifold.png?plane=0" alt="computing the Manifold map (plane ${esc(plane)}) ...">
+  box.innerHTML = `<img data-src="/threads/${thread.id}/manifold.png?plane=0" alt="computing the Manifold map (plane ${esc(plane)}) ..."
+      data-alt="Manifold map of thread ${esc(thread.name)} on the ${esc(plane)} plane: the smoothed response over θ and φ, with its level sets">
     <div><h3>Images on the ${esc(plane)} grid (${side} × ${side}; θ across, φ up)</h3>
     <div class="grid-images" style="grid-template-columns: repeat(${side}, 1fr)">${ids.map((id) => stimulusImg(id)).join("")}</div></div>`;
   fillImages(box);
@@ -424,8 +474,23 @@ async function loadEvents(state) {
   const page = await api(`/sessions/${state.session.id}/events?offset=${offset}&limit=${FEED_EVENTS}`);
   $("#feed").replaceChildren();
   for (const event of page.items) addEvent({ ...event, event_id: event.id });
-  const warnings = page.items.filter((e) => e.level === "warning" && DRIFT_KINDS.has(e.kind));
-  if (warnings.length) showBanner(state, warnings[warnings.length - 1]);
+  const warning = await currentWarning(state, page.items);
+  if (warning) showBanner(state, { ...warning, event_id: warning.id });
+}
+
+// The newest banner warning among `events` that still holds: a rig loss is over once a later event says the
+// session's threads run again, or once the rig is connected now (a page load does not raise an old alarm again).
+async function currentWarning(state, events) {
+  let runningAgain = false, connected;
+  for (const event of [...events].reverse()) {
+    if (RUNNING_AGAIN.has(event.kind)) runningAgain = true;
+    if (event.level !== "warning" || !BANNER_KINDS.has(event.kind)) continue;
+    if (event.kind !== "rig.lost") return event;
+    if (runningAgain) continue;
+    connected ??= (await api(`/rigs/${encodeURIComponent(state.session.rig)}?batches=1`)).connected;
+    if (!connected) return event;
+  }
+  return null;
 }
 
 function addEvent(event) {
@@ -441,10 +506,14 @@ function addEvent(event) {
 
 // Only while the session is active (a lost rig or a drifting recording no longer matters once it ended),
 // and a lost rig only when it is the session's (a rig that served no thread loses no session's event).
+// The banner is an alert: a reload that finds the same warning again leaves it as it is (not announced again).
 function showBanner(state, event) {
   if (state.session.status !== "active" || (event.data?.rig ?? state.session.rig) !== state.session.rig) return;
   const banner = $("#banner");
-  banner.innerHTML = `⚠ ${esc(event.message)} <button>dismiss</button>`;
+  if (banner.dataset.event === String(event.event_id)) return;
+  banner.dataset.event = event.event_id;
+  // Its time, as the feed writes it: an alarm from an hour ago is not read as news.
+  banner.innerHTML = `⚠ <time title="${esc(dateTime(event.time))}">${clock(event.time)}</time>: ${esc(event.message)} <button>dismiss</button>`;
   banner.hidden = false;
   $("button", banner).addEventListener("click", () => { banner.hidden = true; });
 }
@@ -466,6 +535,15 @@ function batchThread(state, id) {
   return state.otherThreads.get(id);
 }
 
+// The panel is polled every 2 s: each part is rewritten only when it changed, so what has focus in it keeps it.
+const drawn = new WeakMap();
+function draw(element, html) {
+  if (drawn.get(element) === html) return false;
+  drawn.set(element, html);
+  element.innerHTML = html;
+  return true;
+}
+
 async function loadRig(state) {
   let rig;
   try {
@@ -477,18 +555,19 @@ async function loadRig(state) {
   const threads = await Promise.all(rig.batches.map((b) => batchThread(state, b.thread_id)));
   const box = $("#rig");
   if (!box) return;
-  const lines = scoredLines(rig.scored_channels, rig.channel_labels).map(esc);
-  const open = $("details", box)?.open ? " open" : ""; // the panel is redrawn every 2 s: what was unfolded stays so
-  const channels = lines.slice(0, RIG_LINES).join("<br>") + (lines.length > RIG_LINES
-    ? `<details${open}><summary>… ${lines.length - RIG_LINES} more</summary>${lines.slice(RIG_LINES).join("<br>")}</details>` : "");
   box.className = "card";
-  box.innerHTML = `<h2>Rig ${esc(rig.rig)} <span class="status ${rig.connected ? "running" : "stopped"}">${rig.connected ? "connected" : "not connected"}</span></h2>
-    <dl class="kv"><dt>channels</dt><dd>${rig.channels ?? "–"}</dd><dt>scored</dt><dd>${channels || "–"}</dd>
-    <dt>last heard</dt><dd>${rig.heard_s_ago == null ? "–" : `${rig.heard_s_ago.toFixed(1)} s ago (heartbeat ${rig.heartbeat_s} s)`}</dd></dl>
-    <h3>Latest batches</h3><table><thead><tr><th>thread</th><th>gen</th><th title="sent → first result">first</th>
-    <th title="sent → generation complete">complete</th><th title="previous generation complete → sent (server)">turnaround</th></tr></thead>
-    <tbody>${rig.batches.map((b, i) => `<tr><td>${esc(threads[i])}</td><td>${b.generation}</td><td>${ms(b.first_result_ms)}</td><td>${ms(b.complete_ms)}</td>
-    <td>${ms(b.turnaround_ms)}</td></tr>`).join("")}</tbody></table>`;
+  const status = $("h2 .status", box);
+  status.className = `status ${rig.connected ? "running" : "stopped"}`;
+  status.textContent = rig.connected ? "connected" : "not connected";
+  const lines = scoredLines(rig.scored_channels, rig.channel_labels).map(esc);
+  const open = $("details", box)?.open; // what was unfolded stays so
+  const channels = lines.slice(0, RIG_LINES).join("<br>") + (lines.length > RIG_LINES
+    ? `<details><summary>… ${lines.length - RIG_LINES} more</summary>${lines.slice(RIG_LINES).join("<br>")}</details>` : "");
+  if (draw($(".scored", box), channels || "–") && open && $("details", box)) $("details", box).open = true;
+  draw($(".channels", box), `${rig.channels ?? "–"}`);
+  draw($(".heard", box), rig.heard_s_ago == null ? "–" : `${rig.heard_s_ago.toFixed(1)} s ago (heartbeat ${rig.heartbeat_s} s)`);
+  draw($("tbody", box), rig.batches.map((b, i) => `<tr><td>${esc(threads[i])}</td><td>${b.generation}</td><td>${ms(b.first_result_ms)}</td>
+    <td>${ms(b.complete_ms)}</td><td>${ms(b.turnaround_ms)}</td></tr>`).join(""));
 }
 
 // While the server cannot be reached, what the panel last showed is greyed out: nothing about the rig is known.
@@ -497,7 +576,8 @@ function rigUnknown() {
   if (!box) return;
   box.className = "card stale";
   const status = $("h2 .status", box);
-  if (status) { status.className = "status unknown"; status.textContent = "unknown (server unreachable)"; }
+  status.className = "status unknown";
+  status.textContent = "unknown (server unreachable)";
 }
 
 // ---------------------------------------------------------------- start

@@ -22,6 +22,15 @@ const Charts = (() => {
   };
   const escape = (s) => s.replace(/[&<>]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;" }[c]));
   const finite = (v) => typeof v === "number" && Number.isFinite(v);
+  // Each line's colour, width and dash pattern, for the chart and its legend alike: the reference line differs
+  // from the mean by its dashes too, not by hue alone, and from the max by their pattern.
+  const LINES = {
+    mean: { label: "generation mean ± SEM", stroke: "var(--mean)", width: 2, dash: "" },
+    max: { label: "generation max", stroke: "var(--max)", width: 1.2, dash: "4 3" },
+    ref: { label: "reference mean ± SEM", stroke: "var(--ref)", width: 1.5, dash: "9 3 2 3" },
+  };
+  const stroke = (line) => `class="${line}" fill="none" stroke="${LINES[line].stroke}" stroke-width="${LINES[line].width}"${
+    LINES[line].dash ? ` stroke-dasharray="${LINES[line].dash}"` : ""}`;
 
   // Polyline path of the points where value(p) is finite (gaps, and a change of part(generation), split it).
   function path(points, x, y, value, part) {
@@ -86,16 +95,16 @@ const Charts = (() => {
         y1="${M.top}" y2="${H - M.bottom}"/><text class="segment-label" x="${x(s.from_generation) + 4}" y="${M.top + 12 + 12 * (i % 2)}">${escape(s.score_label)}</text>`) : []),
       `<path d="${band(points, x, y, (p) => p.reference_mean - p.reference_sem, (p) => p.reference_mean + p.reference_sem, part)}" fill="var(--ref)" fill-opacity=".18"/>`,
       `<path d="${band(points, x, y, (p) => p.mean - p.sem, (p) => p.mean + p.sem, part)}" fill="var(--mean)" fill-opacity=".22"/>`,
-      `<path d="${path(points, x, y, (p) => p.reference_mean, part)}" fill="none" stroke="var(--ref)" stroke-width="1.5"/>`,
-      `<path d="${path(points, x, y, (p) => p.max, part)}" fill="none" stroke="var(--max)" stroke-width="1.2" stroke-dasharray="4 3"/>`,
-      `<path class="mean" d="${path(points, x, y, (p) => p.mean, part)}" fill="none" stroke="var(--mean)" stroke-width="2"/>`,
+      `<path d="${path(points, x, y, (p) => p.reference_mean, part)}" ${stroke("ref")}/>`,
+      `<path d="${path(points, x, y, (p) => p.max, part)}" ${stroke("max")}/>`,
+      `<path d="${path(points, x, y, (p) => p.mean, part)}" ${stroke("mean")}/>`,
       "</svg>");
     return parts.join("");
   }
 
-  const legend = `<div class="legend"><span><i style="background:var(--mean)"></i>generation mean ± SEM</span>
-    <span><i style="background:var(--max)"></i>generation max</span>
-    <span><i style="background:var(--ref)"></i>reference mean ± SEM</span></div>`;
+  // Each swatch is its line drawn short, dashes and all.
+  const legend = `<div class="legend">${Object.keys(LINES).map((line) => `<span><svg viewBox="0 0 24 8" aria-hidden="true">
+    <line x1="0" x2="24" y1="4" y2="4" ${stroke(line)}/></svg>${LINES[line].label}</span>`).join("")}</div>`;
 
   return { scoreCurve, legend, ticks };
 })();

@@ -162,7 +162,7 @@ def test_session_page_is_live_and_controls_the_thread(page, running):
     assert page.text_content(f"#thread-{z_id} .curve .y-label") == "score = zscore(rate(0))"
     # Channels are shown with the labels the rig sent.
     page.wait_for_selector(f"#thread-{thread_id} .info:has-text('channels 0 (e1)')")
-    page.wait_for_selector("#rig dd:has-text('ch 0 (e1): cma, z')")  # (and the other session's thread)
+    page.wait_for_selector("#rig dd:has-text('ch 0 (e1): cma')")  # (z, once ended, is not listed; other is)
     # The z thread ends with the page open: its montage shows its last generation.
     page.wait_for_selector(f"#thread-{z_id} .status.finished")
     page.wait_for_selector(f"#thread-{z_id} .montage-title:has-text('Latest generation (2)')")
@@ -289,7 +289,7 @@ def test_a_retarget_is_marked_on_the_curve_and_what_the_stream_missed_is_shown(p
     # The curve marks where the objective changed, each part labelled with its own unit.
     page.wait_for_selector(f"#thread-{thread_id} .curve .segment-label:has-text('score = zscore(rate(0))')")
     labels = page.locator(f"#thread-{thread_id} .curve .segment-label").all_text_contents()
-    assert labels == ["score (spikes/s)", "score = zscore(rate(0))"]
+    assert labels == ["score (spikes/s) of ch 0 (e1)", "score = zscore(rate(0))"]
     start = retarget["data"]["from_generation"]
     assert page.text_content(f"#thread-{thread_id} .curve .y-label") == (
         f"score (objective changed at generation {start}: see markers)")
