@@ -38,25 +38,43 @@ def chart_labels(axis_names: tuple[str, str]) -> dict[str, str]:
 
 def map_figure(values, theta=None, phi=None, *, signature: LevelSetSignature | None = None, title: str = "",
                axis_names: tuple[str, str] = ("PC2", "PC3"), label: str = "response") -> Figure:
-    """Heatmap of ``values[i, j]`` at ``(theta[i], phi[j])``, each pixel centred on its grid point, with
-    its level sets (loops solid, lines dashed); θ (towards ``axis_names[0]``) across, φ up, in degrees;
-    the colour bar says ``label``."""
+    """Heatmap of ``values[i, j]`` at ``(theta[i], phi[j])`` with its level sets (`draw_map`); θ (towards
+    ``axis_names[0]``) across, φ up, in degrees; the colour bar says ``label``."""
+    fig = Figure(figsize=(5.5, 4.5))
+    ax = fig.add_subplot()
+    draw_map(ax, values, theta, phi, signature=signature, label=label)
+    ax.set(title=title, **chart_labels(axis_names))
+    fig.tight_layout()
+    return fig
+
+
+MAP_COLORMAP = "inferno"
+#: The level sets' line: white on a black edge, so that one of the two stands out from every colour of the map
+#: (inferno runs from black to pale yellow) and in greyscale.
+LEVEL_SET_LINE = {"color": "white", "lw": 1.0}
+LEVEL_SET_EDGE = {"linewidth": 2.4, "foreground": "black"}
+
+
+def draw_map(ax, values, theta=None, phi=None, *, signature: LevelSetSignature | None = None,
+             label: str = "response"):
+    """Draw a map on ``ax`` (its figure gets the colour bar, saying ``label``): ``values[i, j]`` at
+    ``(theta[i], phi[j])``, each pixel centred on its grid point, with its level sets (loops solid, lines dashed)
+    of ``signature`` (computed from ``values`` if not given); returns the image."""
+    from matplotlib.patheffects import Normal, Stroke
+
     values = np.asarray(values, dtype=float)
     theta, phi = chart_axes(values.shape, theta, phi)
     if signature is None:
         signature = levelset_signature(values, theta=theta, phi=phi)
-    fig = Figure(figsize=(5.5, 4.5))
-    ax = fig.add_subplot()
+    image = ax.imshow(values.T, origin="lower", cmap=MAP_COLORMAP, aspect="equal", extent=map_extent(theta, phi))
+    ax.figure.colorbar(image, ax=ax, label=label)
+    edge = [Stroke(**LEVEL_SET_EDGE), Normal()]
     deg = np.rad2deg
-    image = ax.imshow(values.T, origin="lower", cmap="inferno", aspect="equal", extent=map_extent(theta, phi))
-    fig.colorbar(image, ax=ax, label=label)
     for curves in signature.contours:
         for c in curves:
             closed = np.array_equal(c[0], c[-1])
-            ax.plot(deg(c[:, 0]), deg(c[:, 1]), color="cyan", lw=0.7, ls="-" if closed else "--")
-    ax.set(title=title, **chart_labels(axis_names))
-    fig.tight_layout()
-    return fig
+            ax.plot(deg(c[:, 0]), deg(c[:, 1]), ls="-" if closed else "--", path_effects=edge, **LEVEL_SET_LINE)
+    return image
 
 
 def plot_map(values, theta=None, phi=None, *, path=None, **options) -> bytes:

@@ -20,6 +20,7 @@ from sqlalchemy import select
 from analysis.serialization import json_safe
 from server import ServerError
 from server.drift import mean_sem
+from server.engine import channels_change
 from server.export.tables import ThreadProvenance, manifold_configs, software_text, thread_provenance
 from server.images import SKIMAGE_REFERENCES
 from server.objectives import Objective, channel_ranges, objective_channels, objective_segments, score_label
@@ -28,7 +29,7 @@ from server.retest import retest_config, retest_table
 from server.store import queries
 from server.store.archive import ImageArchive
 from server.store.db import make_db_engine, make_sessionmaker
-from server.store.models import Generation, GenerationStatus, Session, Stimulus, StimulusKind, Thread
+from server.store.models import Event, Generation, GenerationStatus, Session, Stimulus, StimulusKind, Thread
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,14 @@ def _channel_names(db, thread: Thread, objective: dict | None = None) -> list[st
     return [labels[c] if c < len(labels) else f"ch{c}" for c in objective_channels(objective or thread.objective_json)]
 
 
-STRIP_COLUMNS = 12  # best images under an evolution curve (evenly spaced generations, last included)
+STRIP_IMAGES = 12  # best images under an evolution curve (evenly spaced generations, last included)
 BEST_IMAGES = 8  # best distinct images per evolution in best_images.png and summary.json
+# The figures are at most a page's text width, so that printed at page width their smallest text is SMALL_TEXT or
+# more; images are laid out in rows of so many that their labels fit side by side at that size.
+FIGURE_WIDTH = 7.0  # inches
+SMALL_TEXT = 8  # points: legends, image labels, retarget markers
+STRIP_ROW = 6  # images per row of an evolution figure's strip ("gen 12" over "11.9 (n=3)")
+IMAGE_ROW = 4  # images per row in best_images.png and a retest figure ("31.1 spikes/s (n=3)")
 
 
 def _mean_sem(values) -> tuple[float, float]:
@@ -269,7 +276,8 @@ def _curve_axes(ax, curves: dict[str, np.ndarray], best_reference: tuple[float, 
     """Mean ± SEM, max, reference mean ± SEM and the best reference (its mean, of how many presentations) against
     generation; a curve without a value is left out, legend entry included. The y axis names the scores' unit;
     after a retarget, a marker at each objective's first generation names its unit instead, and the curves are
-    not joined across it."""
+    not joined across it. Each curve has its own line style (greyscale print) and the legend lies under the axes."""
+    from matplotlib.colors import to_rgb
     from matplotlib.ticker import MaxNLocator
 
     if len(segments) > 1:  # a NaN row before each change of objective leaves a gap
@@ -278,12 +286,13 @@ def _curve_axes(ax, curves: dict[str, np.ndarray], best_reference: tuple[float, 
     x = curves["number"]
     if np.isfinite(curves["mean"]).any():
         ax.fill_between(x, curves["mean"] - curves["sem"], curves["mean"] + curves["sem"], color="C0", alpha=0.25, lw=0)
-        ax.plot(x, curves["mean"], color="C0", label="generation mean ± SEM")
+        ax.plot(x, curves["mean"], color="C0", lw=1.8, label="generation mean ± SEM")
         ax.plot(x, curves["max"], color="C0", ls=":", label="generation max (its best image: biased high)")
     if np.isfinite(curves["reference_mean"]).any():
         ax.fill_between(x, curves["reference_mean"] - curves["reference_sem"],
-                        curves["reference_mean"] + curves["reference_sem"], color="C1", alpha=0.25, lw=0)
-        ax.plot(x, curves["reference_mean"], color="C1", label="reference mean ± SEM")
+                        curves["reference_mean"] + curves["reference_sem"], facecolor=(*to_rgb("C1"), 0.2),
+                        edgecolor="C1", hatch="////", lw=0)
+        ax.plot(x, curves["reference_mean"], color="C1", ls=REFERENCE_MEAN_STYLE, label="reference mean ± SEM")
     if best_reference is not None:
         since = f", generations {segments[-1][0]} on" if len(segments) > 1 else ""
         score, presentations = best_reference
@@ -292,12 +301,29 @@ def _curve_axes(ax, curves: dict[str, np.ndarray], best_reference: tuple[float, 
     if len(segments) > 1:
         for number, label in segments:
             ax.axvline(number, color="0.4", ls="-.", lw=1)
-            ax.annotate(_wrapped(label, fontsize=7), (number, 0), xycoords=("data", "axes fraction"), xytext=(3, 3),
-                        textcoords="offset points", va="bottom", fontsize=7, rotation=90)
+            ax.annotate(_wrapped(label, fontsize=SMALL_TEXT), (number, 0), xycoords=("data", "axes fraction"),
+                        xytext=(3, 3), textcoords="offset points", va="bottom", fontsize=SMALL_TEXT, rotation=90)
     ax.set(xlabel="generation", ylabel=_wrapped(_axis_label(segments)))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no generation 0.25
     if ax.get_legend_handles_labels()[1]:
-        ax.legend(fontsize=7, loc="best")
+        _legend_below(ax)
+
+
+#: The reference mean's line, dash-dot-dot: told from the generation mean (solid) without its colour (greyscale
+#: print), and from the max (dotted), the best reference (dashed) and a retarget's marker (dash-dot).
+REFERENCE_MEAN_STYLE = (0, (6, 2, 1.5, 2, 1.5, 2))
+
+
+def _legend_below(ax) -> None:
+    """The axes' legend under its x axis (ticks, tick labels, label), where it hides no data; a constrained layout
+    makes room for it."""
+    from matplotlib.transforms import ScaledTranslation
+
+    tick, label = ax.xaxis.majorTicks[0], ax.xaxis.label
+    depth = (tick.get_tick_padding() + tick.get_pad() + 1.2 * tick.label1.get_size() + ax.xaxis.labelpad
+             + 1.2 * label.get_size() * (label.get_text().count("\n") + 1) + SMALL_TEXT / 2)  # points
+    ax.legend(fontsize=SMALL_TEXT, loc="upper center", bbox_to_anchor=(0.5, 0), borderaxespad=0,
+              bbox_transform=ax.transAxes + ScaledTranslation(0, -depth / 72, ax.figure.dpi_scale_trans))
 
 
 LABEL_LINE = 32  # characters of a score label's line at 10 pt: about 180 pt, within the ~230 pt a score axes is high
@@ -323,26 +349,27 @@ def _evolution_figure(path: Path, title: str, segments: list[tuple[int, str]], c
     from matplotlib.figure import Figure
     from PIL import Image
 
-    picks = [per_generation[i] for i in _spaced(len(per_generation), STRIP_COLUMNS)]
-    fig = Figure(figsize=(11, 5.6), layout="constrained")
-    grid = fig.add_gridspec(2, max(len(picks), 1), height_ratios=[3, 1.1])
+    picks = [per_generation[i] for i in _spaced(len(per_generation), STRIP_IMAGES)]
+    rows, columns = -(-len(picks) // STRIP_ROW) or 1, min(max(len(picks), 1), STRIP_ROW)
+    fig = Figure(figsize=(FIGURE_WIDTH, 4.6 + 1.5 * rows), layout="constrained")
+    grid = fig.add_gridspec(1 + rows, columns, height_ratios=[4.6, *[1.5] * rows])
     _curve_axes(fig.add_subplot(grid[0, :]), curves, best_reference, segments)
     fig.axes[0].set_title(title)
-    for column, (number, best) in enumerate(picks):
-        ax = fig.add_subplot(grid[1, column])
+    for k, (number, best) in enumerate(picks):
+        ax = fig.add_subplot(grid[1 + k // STRIP_ROW, k % STRIP_ROW])
         ax.imshow(Image.open(io.BytesIO(archive.read(best.content_hash))).convert("RGB"))
         ax.set_axis_off()
-        ax.set_title(f"gen {number}\n{best.score:.3g} (n={best.presentations})", fontsize=7)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+        ax.set_title(f"gen {number}\n{best.score:.3g} (n={best.presentations})", fontsize=SMALL_TEXT)
+    fig.savefig(path, dpi=120)
     return fig
 
 
 def _scores_figure(panels: int):
-    """The figure of scores.png, one score axes per evolution: (figure, axes)."""
+    """The figure of scores.png, one score axes per evolution, one under the other: (figure, axes)."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(5.5 * max(panels, 1), 4), layout="constrained")
-    return fig, fig.subplots(1, max(panels, 1), squeeze=False)[0]
+    fig = Figure(figsize=(FIGURE_WIDTH, 4.4 * max(panels, 1)), layout="constrained")
+    return fig, fig.subplots(max(panels, 1), 1, squeeze=False)[:, 0]
 
 
 def _spaced(total: int, most: int) -> list[int]:
@@ -351,19 +378,20 @@ def _spaced(total: int, most: int) -> list[int]:
     return sorted({int(round(v)) for v in np.linspace(0, total - 1, most)})
 
 
-def _manifold_figure(db, thread: Thread, path: Path, archive) -> bool:
-    """The Manifold map of the first plane beside the images on its grid; False while the map has no data."""
+def _manifold_figure(db, thread: Thread, path: Path, archive):
+    """The Manifold map of the first plane, with its level sets, beside the images on its grid; returns the saved
+    Figure, or None while the map has no data."""
     from matplotlib.figure import Figure
     from PIL import Image
 
     from analysis.manifold import analyze
-    from analysis.plots import chart_labels, map_extent
+    from analysis.plots import chart_labels, draw_map, map_extent
     from server.manifold import manifold_data, plane_axes
 
     try:
         data = manifold_data(db, thread.id)
     except ServerError:
-        return False
+        return None
     data = replace(data, planes=data.planes[:1], trials=data.trials[:1])
     (result,) = analyze(data, reliability=False)
     smoothed, n = result["map"], len(data.theta)
@@ -377,37 +405,44 @@ def _manifold_figure(db, thread: Thread, path: Path, archive) -> bool:
         image = Image.open(io.BytesIO(archive.read(digest))).convert("RGB").resize((side, side))
         sheet.paste(image, (i * side, (n - 1 - j) * side))
     labels = chart_labels(plane_axes(data.planes[0]))
-    fig = Figure(figsize=(11, 5))
+    fig = Figure(figsize=(FIGURE_WIDTH, 3.9), layout="constrained")
     left, right = fig.subplots(1, 2)
-    shown = left.imshow(smoothed.values.T, origin="lower", cmap="inferno", aspect="equal",
-                        extent=map_extent(smoothed.theta, smoothed.phi))
-    fig.colorbar(shown, ax=left, label=data.label)
-    left.set(title=f"{thread.name}: Manifold map, plane {data.planes[0]}", **labels)
+    draw_map(left, smoothed.values, smoothed.theta, smoothed.phi, signature=result["signature"],
+             label=_wrapped(data.label))
+    fig.suptitle(f"{thread.name}: Manifold map, plane {data.planes[0]}")
+    left.set(title="smoothed, with its level sets", **labels)
     right.imshow(sheet, extent=map_extent(data.theta, data.phi))
     right.set(title="images on the grid", **labels)
-    fig.tight_layout()
     fig.savefig(path, dpi=120)
-    return True
+    return fig
 
 
 RETEST_IMAGES = 10  # retested images pictured under the retest figure (the best; the JSON has them all)
 
 
-def _retest_report(db, thread: Thread, out_dir: Path, archive) -> bool:
-    """retest_<thread>.json: ``retest.retest_table``; retest_<thread>.png: each image's retest mean ± SEM against
-    its evolution mean, beside the reference images' means in the same generation, above the best images shown
-    again. False while the retest has no scored showing."""
+def _retest_report(db, thread: Thread, out_dir: Path, archive):
+    """retest_<thread>.json: ``retest.retest_table``; retest_<thread>.png: `_retest_figure`. Returns the saved
+    Figure, or None while the retest has no scored showing."""
+    table = retest_table(db, thread)
+    if table is None:
+        return None
+    (out_dir / f"retest_{_file_part(thread)}.json").write_text(json.dumps(json_safe(table), indent=2), encoding="utf-8")
+    fig = _retest_figure(thread.name, table, archive)
+    fig.savefig(out_dir / f"retest_{_file_part(thread)}.png", dpi=120)
+    return fig
+
+
+def _retest_figure(name: str, table: dict, archive):
+    """Each image's retest mean ± SEM against its evolution mean, beside the reference images' means in the same
+    generation, above the best images shown again."""
     from matplotlib.figure import Figure
     from PIL import Image
 
-    table = retest_table(db, thread)
-    if table is None:
-        return False
-    (out_dir / f"retest_{_file_part(thread)}.json").write_text(json.dumps(json_safe(table), indent=2), encoding="utf-8")
     value = lambda v: np.nan if v is None else v  # noqa: E731
     images, shown = table["images"], table["images"][:RETEST_IMAGES]
-    fig = Figure(figsize=(max(7.0, 1.2 * len(shown)), 6.5), layout="constrained")
-    grid = fig.add_gridspec(2, max(len(shown), 1), height_ratios=[3, 1.2])
+    rows = -(-len(shown) // IMAGE_ROW) or 1
+    fig = Figure(figsize=(FIGURE_WIDTH, 5.2 + 2.1 * rows), layout="constrained")
+    grid = fig.add_gridspec(1 + rows, IMAGE_ROW, height_ratios=[5.2, *[2.1] * rows])
     ax = fig.add_subplot(grid[0, :])
     x = np.array([value(i["evolution_mean"]) for i in images], dtype=float)
     ax.errorbar(x, [value(i["retest_mean"]) for i in images], yerr=[value(i["retest_sem"]) for i in images],
@@ -419,18 +454,18 @@ def _retest_report(db, thread: Thread, out_dir: Path, archive) -> bool:
     finite = x[np.isfinite(x)]
     if finite.size:
         ax.plot([finite.min(), finite.max()], [finite.min(), finite.max()], color="0.5", lw=0.8, label="retest = evolution")
-    ax.set(title=f"{thread.name}: the best images of {table['source']!r} shown again",
+    ax.set(title=f"{name}: the best images of {table['source']!r} shown again",
            xlabel=_wrapped(f"evolution: mean over all its showings, {table['evolution_label']}"),
            ylabel=_wrapped(f"retest, {table['label']}"))
-    ax.legend(fontsize=7, loc="best")
-    for column, image in enumerate(shown):
-        thumb = fig.add_subplot(grid[1, column])
+    _legend_below(ax)
+    for k, image in enumerate(shown):
+        thumb = fig.add_subplot(grid[1 + k // IMAGE_ROW, k % IMAGE_ROW])
         thumb.imshow(Image.open(io.BytesIO(archive.read(image["content_hash"]))).convert("RGB"))
         thumb.set_axis_off()
-        thumb.set_title(f"#{image['rank']} retest {value(image['retest_mean']):.3g} (n={image['retest_n']})\n"
-                        f"evolution {value(image['evolution_mean']):.3g} (n={image['evolution_n']})", fontsize=6)
-    fig.savefig(out_dir / f"retest_{_file_part(thread)}.png", dpi=120)
-    return True
+        thumb.set_title(f"#{image['rank']}\nretest {value(image['retest_mean']):.3g} (n={image['retest_n']})\n"
+                        f"evolution {value(image['evolution_mean']):.3g} (n={image['evolution_n']})",
+                        fontsize=SMALL_TEXT)
+    return fig
 
 
 #: Characters a file name cannot hold on Windows or an SMB share (and "/" nowhere), replaced in report file names.
@@ -551,8 +586,8 @@ def retest_lines(database_url: str, session_id: int) -> list[str]:
 
 def methods_text(db, session: Session) -> str:
     """What a methods section starts from, as the store recorded it: the session's rig, channels, references and
-    response window, then a paragraph per thread (generator and weights, optimizer with every hyperparameter it ran
-    with, seed, population and generations, objective, software)."""
+    response window, what its record notes (`_record_text`), then a paragraph per thread (generator and weights,
+    optimizer with every hyperparameter it ran with, seed, population and generations, objective, software)."""
     # The stored config as it is (not validated: a reference folder of the server need not exist here).
     references = ReferenceConfig.model_construct(**session.config_json.get("references", {}))
     labels = queries.session_channel_labels(db, session)
@@ -568,10 +603,38 @@ def methods_text(db, session: Session) -> str:
         f"{session.created_at:%Y-%m-%d %H:%M} UTC. Each image's score was computed from the spike rates counted "
         f"{start:g}-{end:g} ms after its onset. {references.count} reference images from {references.source}{names} "
         "were shown with every generation."]
+    if (record := _record_text(db, session)):
+        paragraphs.append(record)
     provenance = thread_provenance(db, session)
     for thread in sorted(session.threads, key=lambda t: t.id):
         paragraphs.append(_thread_methods(db, thread, provenance[thread.id], labels or []))
     return "\n\n".join(paragraphs) + "\n"
+
+
+RECORD_KINDS = ("session.note", "rig.channels_changed")  # the events that change how the session is read
+
+
+def _record_text(db, session: Session) -> str:
+    """What the session's record holds that changes how to read it, a line each, oldest first: the users' notes
+    (``session.note``: on a thread, on some of its generations) and the rig coming back with other channels
+    (``rig.channels_changed``); empty without any."""
+    events = db.scalars(select(Event).where(Event.session_id == session.id, Event.kind.in_(RECORD_KINDS))
+                        .order_by(Event.time, Event.id)).all()
+    names = {thread.id: thread.name for thread in session.threads}
+    lines = []
+    for event in events:
+        data, when = event.data_json or {}, f"{event.time:%Y-%m-%d %H:%M:%S} UTC"
+        if event.kind == "session.note":
+            first, last = data.get("generations") or (None, None)
+            on = "" if data.get("thread_id") is None else f" on thread {names.get(data['thread_id'])!r}" + (
+                "" if first is None else f", generation {first}" if first == last else f", generations {first}-{last}")
+            lines.append(f"- {when}, a note{on}: {data.get('text', event.message)}")
+        else:
+            lines.append(f"- {when}, rig {data['rig']!r} came back with other channels: "
+                         f"{channels_change(data['before'], data['after'])}. The threads went on scoring their "
+                         "channels by number, so a channel may be another unit before this time than after; the "
+                         "labels above are those at the session's last presentation.")
+    return "Noted in the session's record:\n" + "\n".join(lines) if lines else ""
 
 
 def _thread_methods(db, thread: Thread, provenance: ThreadProvenance, labels: list[str]) -> str:
@@ -699,22 +762,25 @@ def _best_images_figure(rows: list[tuple[str, list[Best], str]], archive, path: 
     from matplotlib.figure import Figure
     from PIL import Image
 
-    columns = max((min(len(ranked), BEST_IMAGES) for _, ranked, _ in rows), default=1) or 1
+    columns = max((min(len(ranked), IMAGE_ROW) for _, ranked, _ in rows), default=1) or 1
+    width = FIGURE_WIDTH * columns / IMAGE_ROW
     titles = [textwrap.fill(
         f"{name}: the best {min(len(ranked), BEST_IMAGES)} of {len(ranked)} images, each at the mean of its n "
         f"presentations (n = {_range([b.presentations for b in ranked])}); the best of many noisy means is biased "
         "high: expect it to be lower when shown again" if ranked else f"{name}: no scored image",
-        int(1.4 * columns * 72 / 4.2), break_long_words=False) for name, ranked, _ in rows]  # 7 pt: ~4.2 pt a char
-    heights = [1.55 + 0.13 * (title.count("\n") + 1) for title in titles] or [1.75]
-    fig = Figure(figsize=(1.4 * columns, sum(heights)), layout="constrained")
+        int(width * 72 / (0.6 * SMALL_TEXT)), break_long_words=False) for name, ranked, _ in rows]  # ~0.6 em a letter
+    image_rows = [-(-min(len(ranked), BEST_IMAGES) // IMAGE_ROW) or 1 for _, ranked, _ in rows]
+    heights = [2.1 * n + 0.2 * (title.count("\n") + 1) for n, title in zip(image_rows, titles)] or [2.3]
+    fig = Figure(figsize=(width, sum(heights)), layout="constrained")
     subfigures = fig.subfigures(len(heights), 1, squeeze=False, height_ratios=heights)[:, 0]
-    for subfigure, title, (_, ranked, unit) in zip(subfigures, titles, rows):
-        subfigure.suptitle(title, fontsize=7)
-        for column, ax in enumerate(subfigure.subplots(1, columns, squeeze=False)[0]):
+    for subfigure, title, n, (_, ranked, unit) in zip(subfigures, titles, image_rows, rows):
+        subfigure.suptitle(title, fontsize=SMALL_TEXT)
+        for k, ax in enumerate(subfigure.subplots(n, columns, squeeze=False).ravel()):
             ax.set_axis_off()
-            if column < min(len(ranked), BEST_IMAGES):
-                image = ranked[column]
+            if k < min(len(ranked), BEST_IMAGES):
+                image = ranked[k]
                 ax.imshow(Image.open(io.BytesIO(archive.read(image.content_hash))).convert("RGB"))
-                ax.set_title(f"gen {image.generations}\n{image.score:.3g}{unit} (n={image.presentations})", fontsize=7)
+                ax.set_title(f"gen {image.generations}\n{image.score:.3g}{unit} (n={image.presentations})",
+                             fontsize=SMALL_TEXT)
     fig.savefig(path, dpi=120)
     return fig
