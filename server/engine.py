@@ -37,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session as DBSession
 from sqlalchemy.orm import sessionmaker
@@ -49,9 +49,9 @@ from server.session_config import ObjectiveConfig
 from server.settings import Settings
 from server.store import queries, records
 from server.store.archive import ImageArchive
-from server.store.db import BackgroundCheckpoints, StepConnection
+from server.store.db import BackgroundCheckpoints, StepConnection, Transaction
 from server.store.models import (
-    ENDED_THREAD_STATUSES, Batch, EventLevel, Session, SessionStatus, Thread, ThreadStatus, utcnow,
+    ENDED_THREAD_STATUSES, Batch, EventLevel, Thread, ThreadStatus, utcnow,
 )
 from server.thread_runtime import ThreadRuntime, build_runtime, code_chunks
 from server.weights import GeneratorCache
@@ -66,6 +66,7 @@ STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, 
 LOCKED_SQLITE_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 STORAGE_SQLITE_CODES = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY,
                                   *LOCKED_SQLITE_CODES})
+CHANGES_SHOWN = 8  # relabelled channels a rig.channels_changed message names (its data has all)
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters in glibc's <malloc.h>
 
 
@@ -193,6 +194,49 @@ def paused_at_restart(db: DBSession, thread: Thread) -> tuple[str, str, dict] | 
     return ("thread.resumed", f"thread {thread.id} {thread.name!r} taken up paused after a server restart at {at}: "
             "it goes on once resumed", {"generation": number, "pending": pending is not None, "batch_id": None,
                                         "resent": False, "paused": True})
+
+
+def log_hello(db: Transaction, rig: str, minor: int, header: dict, references: int) -> None:
+    """A HELLO's ``rig.connected`` event (no session; the record of its channels and labels), and, when its channels
+    or labels differ from the rig's previous recorded HELLO (``queries.last_hello``, so also across a server
+    restart), a ``rig.channels_changed`` warning in each active session with a thread on the rig not ended: those
+    threads score channels by number, which may now be other units."""
+    after = {"channels": header["channels"], "channel_labels": header.get("channel_labels")}
+    previous = queries.last_hello(db, rig)
+    steps.log_in(db, None, None, "rig.connected", f"rig {rig!r} connected (protocol 1.{minor})",
+                 {"rig": rig, "minor": minor, **after, "cached_references": references})
+    if previous is None or previous.get("channels") is None:  # the rig's first HELLO
+        return
+    before = {"channels": previous["channels"], "channel_labels": previous.get("channel_labels")}
+    change = channels_change(before, after)
+    if change is None:
+        return
+    message = (f"rig {rig!r} reconnected with other channels: {change}; the session's threads score the channels by "
+               "number: check that they still record the units you meant (retarget the thread otherwise)")
+    for session_id in queries.rig_sessions(db, rig):
+        steps.log_in(db, session_id, None, "rig.channels_changed", message,
+                     {"rig": rig, "before": before, "after": after}, EventLevel.WARNING)
+
+
+def channels_change(before: dict, after: dict) -> str | None:
+    """What differs between two HELLOs' ``channels`` and ``channel_labels``: ``3 channels -> 2 channels``, or each
+    relabelled channel (``channel 2 'blocks.6:5' -> 'blocks.6:67'``, the first ``CHANGES_SHOWN``); None if nothing."""
+    if before["channels"] != after["channels"]:
+        return f"{_channels(before['channels'])} -> {_channels(after['channels'])}"
+    unlabelled = [None] * after["channels"]
+    changes = [f"channel {i} {_label(old)} -> {_label(new)}" for i, (old, new)
+               in enumerate(zip(before["channel_labels"] or unlabelled, after["channel_labels"] or unlabelled))
+               if old != new]
+    more = f" and {len(changes) - CHANGES_SHOWN} more channels" if len(changes) > CHANGES_SHOWN else ""
+    return ", ".join(changes[:CHANGES_SHOWN]) + more if changes else None
+
+
+def _channels(count: int) -> str:
+    return f"{count} channel{'' if count == 1 else 's'}"
+
+
+def _label(label: str | None) -> str:
+    return "unlabelled" if label is None else repr(label)
 
 
 def close_rigs(rig: str, connected, gone=frozenset()) -> frozenset[str]:
@@ -324,7 +368,8 @@ class Engine:
     # ------------------------------------------------------------------ transport handler
     async def on_hello(self, rig: str, header: dict) -> dict:
         """Remember the rig's channels, cached references and minor version; log its channel labels (the
-        record of them). Its threads start (or block) at the next reconcile.
+        record of them), and warn its sessions when they differ from its previous HELLO's (``log_hello``). Its
+        threads start (or block) at the next reconcile.
 
         The transport fills in heartbeat and size limits; WELCOME's ``minor`` is the lower of the rig's and ours.
         A connection the database cannot record now (``storage_fault``) is refused ``internal``: the rig says HELLO
@@ -332,10 +377,7 @@ class Engine:
         """
         references, minor = set(header.get("cached_references", [])), min(header.get("minor", 0), PROTOCOL_MINOR)
         try:
-            await self._transact(steps.log_in, None, None, "rig.connected",
-                                 f"rig {rig!r} connected (protocol 1.{minor})",
-                                 {"rig": rig, "minor": minor, "channels": header.get("channels"),
-                                  "channel_labels": header.get("channel_labels"), "cached_references": len(references)})
+            await self._transact(log_hello, rig, minor, header, len(references))
         except Exception as exc:
             if not storage_fault(exc):
                 raise
@@ -392,10 +434,7 @@ class Engine:
         """A warning in each active session with a thread on ``rig`` not ended, also a blocked or paused one (their
         dashboards and watches show it); in no session when there is none."""
         with self._db.begin() as db:
-            sessions = db.scalars(select(Thread.session_id).distinct().join(Session, Session.id == Thread.session_id)
-                                  .where(Session.rig == rig, Session.status == SessionStatus.ACTIVE,
-                                         Thread.status.not_in(ENDED_THREAD_STATUSES))).all()
-            for session_id in sorted(sessions) or [None]:
+            for session_id in queries.rig_sessions(db, rig) or [None]:
                 steps.log_in(db, session_id, None, kind, message, data, EventLevel.WARNING)
 
     async def on_results(self, rig: str, header: dict) -> dict:

@@ -5,7 +5,8 @@ Layout (docs/export.md has the reading side):
   in the order of the stimuli table (``order_of_images``);
 - ``stimulus/stimuli``: the stimuli table; ``stimulus/presentation_order``: ``IndexSeries`` over the images;
 - ``intervals/presentations``: ``TimeIntervals``, one row per presentation on the rig's clock;
-- ``processing/evolution``: the ``threads``, ``generations`` and ``channels`` tables;
+- ``processing/evolution``: the ``threads``, ``generations``, ``channels`` and ``events`` tables (the session's
+  event log: times as ISO 8601 text on the server's clock, like the other tables' times, not seconds on the rig's);
 - the ``session`` table becomes the file's and its ``Subject``'s metadata; ``source_script`` names the actmax
   that exported the file and the software the threads ran with (``threads.software``).
 """
@@ -142,12 +143,14 @@ def write_nwb(tables: SessionTables, archive: ImageArchive, path: str | Path,
     nwbfile.add_time_intervals(intervals)
 
     evolution = ProcessingModule(name="evolution", description="Optimizer threads, their per-generation scores and "
-                                 "state, and the recorded channels.")
+                                 "state, the recorded channels, and the session's event log.")
     threads = tables.threads.assign(software=[
         "; ".join(_key_value_text(record) for record in json.loads(cell)) if cell else ""
         for cell in tables.threads["software"]])
-    for name, frame in (("threads", threads), ("generations", tables.generations), ("channels", tables.channels)):
-        evolution.add(_table(name, frame, f"actmax {name} table (docs/export.md)."))
+    for name, frame in (("threads", threads), ("generations", tables.generations), ("channels", tables.channels),
+                        ("events", tables.events)):
+        if not frame.empty:  # a session without events: nwbinspector refuses a table of no rows
+            evolution.add(_table(name, frame, f"actmax {name} table (docs/export.md)."))
     nwbfile.add_processing_module(evolution)
 
     def write(tmp: Path) -> None:
@@ -183,10 +186,17 @@ def _table(name: str, frame: pd.DataFrame, description: str, cls: type[DynamicTa
 
 
 def _key_value_text(values: dict) -> str:
-    """``key=value, ...`` (values as JSON, a nested dict in parentheses): no dict in a text cell, which NWB best
-    practice (nwbinspector's check_table_values_for_dict) asks to unpack."""
-    return ", ".join(f"{k}=({_key_value_text(v)})" if isinstance(v, dict) else f"{k}={json.dumps(v)}"
-                     for k, v in values.items())
+    """``key=value, ...`` (values as JSON, a nested dict in parentheses, also in a list): no dict in a text cell,
+    which NWB best practice (nwbinspector's check_table_values_for_dict) asks to unpack."""
+    return ", ".join(f"{k}={_value_text(v)}" for k, v in values.items())
+
+
+def _value_text(value) -> str:
+    if isinstance(value, dict):
+        return f"({_key_value_text(value)})"
+    if isinstance(value, list):
+        return f"[{', '.join(_value_text(v) for v in value)}]"
+    return json.dumps(value)
 
 
 def _column_data(values: pd.Series, fact: bool = False) -> tuple[np.ndarray | list, np.ndarray | None]:
@@ -196,6 +206,8 @@ def _column_data(values: pd.Series, fact: bool = False) -> tuple[np.ndarray | li
     if isinstance(sample, list):
         cells = [[] if v is None else v for v in values]  # an optional list fact (baseline_rates): empty where absent
         flat = [x for v in cells for x in v]
+        if any(isinstance(x, str | datetime) for x in flat):  # labels and their times (channels): ragged text
+            return [iso_text(x) if isinstance(x, datetime) else x for x in flat], np.cumsum([len(v) for v in cells])
         dtype = np.int64 if flat and all(isinstance(x, int) for x in flat) else float
         lengths = {len(v) for v in cells}
         if len(lengths) == 1 and lengths != {0}:

@@ -1,14 +1,16 @@
 """The tidy tables of one session, built once from the store; the NWB, Parquet and CSV exports all read them.
 
-Six pandas DataFrames (``SessionTables``), described column by column in docs/export.md:
+Seven pandas DataFrames (``SessionTables``), described column by column in docs/export.md:
 ``session`` (one row: the recording and its subject), ``channels``, ``threads``, ``generations``,
-``stimuli`` (one row per image, references first) and ``presentations`` (one row per showing, in onset
-order). A new fact about a session gets its column here, and every format exports it.
+``stimuli`` (one row per image, references first), ``presentations`` (one row per showing, in onset
+order) and ``events`` (the session's event log: pauses, rig losses, stops, retargets, notes, ...).
+A new fact about a session gets its column here, and every format exports it.
 
 Optional columns appear only when the store holds the data:
-- channel labels: those the session's rig sent in its last HELLO before the session's last presentation
-  (``queries.session_channel_labels``; rigs on protocol 1.1 send them) when they match the channel count;
-  otherwise ``channels.label`` is empty;
+- channel labels: ``channels.label`` is the label the session's rig sent in its last HELLO before the
+  session's last presentation (rigs on protocol 1.1 send them; empty otherwise); when the rig came back with
+  other labels during the session, ``earlier_labels`` and ``replaced_at`` hold the ones before
+  (``queries.session_label_history``);
 - trial facts (e.g. ``fixation_broken``, ``dropped_frames``, ``photodiode_onset``, ``baseline_rates``):
   every key of a presentation's ``trial_json`` object, one column each, missing values empty;
 - manifold grid points (``plane``, ``theta_deg``, ``phi_deg`` of the stimuli) when the session has a
@@ -57,6 +59,7 @@ from server.store.models import (
 TRIAL_FACTS_ATTRIBUTE = "trial_json"  # a presentation's optional JSON object of per-trial facts
 OPTIMIZER_EVENT, RUNTIME_EVENT = "thread.optimizer", "thread.runtime"  # what a thread ran with (``thread_provenance``)
 LIVE_STATUSES = (*LIVE_THREAD_STATUSES, ThreadStatus.PAUSED)  # threads that have not ended
+TIME = "datetime64[us, UTC]"  # a time column's dtype, kept also where every cell is empty (NaT)
 
 
 # What each column holds: the NWB column descriptions and docs/export.md say the same.
@@ -80,7 +83,12 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
     },
     "channels": {
         "channel": "Channel index: position in every presentation's rates.",
-        "label": "Channel label reported by the rig ('' when it gave none).",
+        "label": "Channel label the rig reported in its last HELLO while it recorded the session ('' when it gave "
+                 "none).",
+        "earlier_labels": "Labels the channel had earlier in the session, oldest first, when the rig came back with "
+                          "other labels ('' where that HELLO had no such channel).",
+        "replaced_at": "When each of earlier_labels was replaced: the time of the HELLO that brought the next "
+                       "labels (UTC).",
     },
     "threads": {
         "thread_id": "Id of the thread in the actmax store.",
@@ -103,6 +111,10 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "n_generations": "Generations the thread was configured to run.",
         "repeats": "Presentations of each image per generation.",
         "status": "Final status: 'finished', 'stopped' or 'failed'.",
+        "created_at": "When the thread was added to the session (UTC); later than the session's for a thread added "
+                      "while it ran.",
+        "ended_at": "When the thread ended (UTC): its last event of its final status (thread.finished, "
+                    "thread.stopped or thread.failed; empty when none was logged).",
         "software": "Software that ran the thread, one record per distinct setup at its starts and resumes: actmax, "
                     "python, torch, numpy, device, precision, generator, generator_version, weights_sha256 "
                     "(empty when not recorded).",
@@ -157,6 +169,16 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "rates": "Spike rate per channel in the window, spikes/s (NaN where the rig sent none).",
         "scored": "Whether these rates entered a generation's scores.",
         "received_at": "When the server stored it (UTC).",
+    },
+    "events": {
+        "event_id": "Id of the event in the actmax store (GET /sessions/{id}/events); the table is in this order.",
+        "time": "When the server logged it (UTC, the server's clock).",
+        "kind": "What happened, e.g. 'thread.paused', 'rig.lost', 'thread.retargeted', 'session.note' "
+                "(docs/export.md).",
+        "level": "'debug', 'info', 'warning' or 'error'.",
+        "thread_id": "Thread it concerns (-1/empty for the session or its rig).",
+        "message": "The event in words, as the dashboard and `actmax session watch` show it.",
+        "data": "Its facts, an object as JSON (key=value text in NWB); empty when it has none.",
     },
 }
 TRIAL_FACT_DESCRIPTION = "Trial fact reported by the rig with this presentation."
@@ -242,6 +264,7 @@ class SessionTables:
     generations: pd.DataFrame
     stimuli: pd.DataFrame
     presentations: pd.DataFrame
+    events: pd.DataFrame
 
     def items(self) -> list[tuple[str, pd.DataFrame]]:
         """``(name, table)`` pairs in a fixed order."""
@@ -265,13 +288,15 @@ def session_tables(db: DBSession, session_id: int, hints: dict[str, str] = REST_
                              f"finish or stop them ({hints['stop'].format(id=session_id)}), then export")
     stimuli = _stimuli(db, session)
     presentations = _presentations(db, session, stimuli)
+    events = _events(db, session)
     return SessionTables(
         session=_session(session, subject or {}),
         channels=_channels(db, session, presentations),
-        threads=_threads(session, thread_provenance(db, session)),
+        threads=_threads(session, thread_provenance(db, session), events),
         generations=_generations(db, session),
         stimuli=stimuli,
         presentations=presentations,
+        events=events,
     )
 
 
@@ -303,10 +328,21 @@ def _session(session: Session, subject: dict[str, str]) -> pd.DataFrame:
 
 
 def _channels(db: DBSession, session: Session, presentations: pd.DataFrame) -> pd.DataFrame:
+    """One row per channel: its last label, and its earlier ones when the rig's labels changed in the session."""
     n = max((len(r) for r in presentations["rates"]), default=0)
-    labels = queries.session_channel_labels(db, session)
-    labels = labels if labels is not None and len(labels) == n else [""] * n
-    return pd.DataFrame({"channel": np.arange(n), "label": pd.Series(labels, dtype=str)})
+    history = queries.session_label_history(db, session)
+    labels = [_label(history[-1][1] if history else [], c) for c in range(n)]
+    frame = pd.DataFrame({"channel": np.arange(n), "label": pd.Series(labels, dtype=str)})
+    if len(history) < 2:
+        return frame
+    replaced_at = [time for time, _ in history[1:]]
+    return frame.assign(earlier_labels=[[_label(earlier, c) for _, earlier in history[:-1]] for c in range(n)],
+                        replaced_at=[replaced_at] * n)
+
+
+def _label(labels: list[str], channel: int) -> str:
+    """A HELLO's label of ``channel`` ('' when it had no such channel: the rig came back with fewer)."""
+    return labels[channel] if channel < len(labels) else ""
 
 
 def _objective(objective: dict) -> dict[str, Any]:
@@ -354,8 +390,10 @@ def software_text(record: dict[str, str]) -> str:
     return f"actmax {record.get('actmax', 'unknown')}" + (f" ({versions})" if versions else "")
 
 
-def _threads(session: Session, provenance: dict[int, ThreadProvenance]) -> pd.DataFrame:
+def _threads(session: Session, provenance: dict[int, ThreadProvenance], events: pd.DataFrame) -> pd.DataFrame:
     manifolds = manifold_configs(session)
+    last = {(thread_id, kind): time for thread_id, kind, time in events[["thread_id", "kind", "time"]]
+            .itertuples(index=False) if not pd.isna(thread_id)}  # the last event of each kind, per thread
     return pd.DataFrame([{
         "thread_id": t.id,
         "thread_name": t.name,
@@ -371,8 +409,10 @@ def _threads(session: Session, provenance: dict[int, ThreadProvenance]) -> pd.Da
         "n_generations": t.n_generations,
         "repeats": t.repeats,
         "status": t.status.value,
+        "created_at": t.created_at,
+        "ended_at": last.get((t.id, f"thread.{t.status.value}")),
         "software": json.dumps(provenance[t.id].software) if provenance[t.id].software else "",  # JSON in every format
-    } for t in session.threads])
+    } for t in session.threads]).astype({"created_at": TIME, "ended_at": TIME})
 
 
 def _state_summary(g: Generation) -> tuple[float, float, float]:
@@ -473,6 +513,15 @@ def _presentations(db: DBSession, session: Session, stimuli: pd.DataFrame) -> pd
     return frame.assign(**trial_fact_columns(facts))
 
 
+def _events(db: DBSession, session: Session) -> pd.DataFrame:
+    """The session's event log in the order it was written (as ``GET /sessions/{id}/events``)."""
+    rows = [{"event_id": e.id, "time": e.time, "kind": e.kind, "level": e.level.value, "thread_id": e.thread_id,
+             "message": e.message, "data": e.data_json or {}}
+            for e in db.scalars(select(Event).where(Event.session_id == session.id).order_by(Event.id))]
+    return _frame(rows, ["event_id", "time", "kind", "level", "thread_id", "message", "data"], ints=["thread_id"],
+                  times=["time"])
+
+
 def trial_fact_columns(facts: list[dict[str, Any] | None]) -> dict[str, pd.Series]:
     """One column per key any presentation's trial facts hold, in first-seen order, empty where absent:
     nullable booleans or integers when every value given is one (``dropped_frames`` 2 stays 2, not 2.0)."""
@@ -489,10 +538,11 @@ def _fact_column(values: list[Any]) -> pd.Series:
     return pd.Series(values)
 
 
-def _frame(rows: list[dict], columns: list[str], ints: list[str] = (), floats: list[str] = ()) -> pd.DataFrame:
-    """A DataFrame with these columns even when empty; nullable integers and float NaN for missing values."""
+def _frame(rows: list[dict], columns: list[str], ints: list[str] = (), floats: list[str] = (),
+           times: list[str] = ()) -> pd.DataFrame:
+    """A DataFrame with these columns even when empty; nullable integers, float NaN and NaT for missing values."""
     frame = pd.DataFrame(rows, columns=columns)
-    return frame.astype({**{c: "Int64" for c in ints}, **{c: "float64" for c in floats}})
+    return frame.astype({**{c: "Int64" for c in ints}, **{c: "float64" for c in floats}, **{c: TIME for c in times}})
 
 
 TABULAR_FORMATS = ("parquet", "csv")
@@ -507,9 +557,9 @@ def write_tables(tables: SessionTables, out_dir: str | Path, fmt: str) -> list[P
     """Write each table as ``<out_dir>/<name>.parquet`` or ``.csv`` (each replaced whole, ``replace_file``);
     returns the paths written.
 
-    Dict cells (``threads.optimizer_params``) become JSON text in both formats; list cells (rates, latent
-    codes, channels) stay lists in Parquet and become JSON arrays in CSV (an empty cell where absent: a
-    reference's latent code). Times stay timestamps in Parquet and are ISO 8601 text in CSV, as in NWB.
+    Dict cells (``threads.optimizer_params``, ``events.data``) become JSON text in both formats; list cells (rates,
+    latent codes, channels) stay lists in Parquet and become JSON arrays in CSV (an empty cell where absent: a
+    reference's latent code; times in them ISO 8601 text). Times stay timestamps in Parquet and are ISO 8601 text in CSV, as in NWB.
     Parquet files carry the exporting actmax's version in their schema metadata (``actmax_version``).
     """
     if fmt not in TABULAR_FORMATS:
@@ -564,4 +614,4 @@ def _json_text(value: Any) -> str:
         return ""
     if isinstance(value, list):
         value = [None if isinstance(x, float) and np.isnan(x) else x for x in value]
-    return json.dumps(value)
+    return json.dumps(value, default=iso_text)  # times (``channels.replaced_at``) as ISO 8601 text

@@ -172,10 +172,35 @@ def rig_channel_labels(db: DBSession, rig: str, until: datetime | None = None) -
 def session_channel_labels(db: DBSession, session: Session) -> list[str] | None:
     """The channel labels the session's rig had while it served the session: those of its last labelled
     HELLO at or before the session's last presentation (its latest while the session has none yet).
-    A later HELLO, perhaps with other labels, belongs to later recordings."""
+    A later HELLO, perhaps with other labels, belongs to later recordings; a rig that came back with other
+    labels during the session served it with several (``session_label_history``)."""
     last = db.scalar(select(func.max(Presentation.received_at)).join(Batch, Batch.id == Presentation.batch_id)
                      .where(Batch.session_id == session.id))
     return rig_channel_labels(db, session.rig, until=last)
+
+
+def session_label_history(db: DBSession, session: Session) -> list[tuple[datetime, list[str]]]:
+    """Each set of channel labels the session's rig served the session with, oldest first, with the time of the
+    HELLO that brought it: its last labelled HELLO at or before the session's first presentation, then each later
+    one up to its last presentation whose labels differ from those before. One entry when the labels never
+    changed (the last is ``session_channel_labels``'s); none while the session has no presentation."""
+    first, last = db.execute(select(func.min(Presentation.received_at), func.max(Presentation.received_at))
+                             .join(Batch, Batch.id == Presentation.batch_id)
+                             .where(Batch.session_id == session.id)).one()
+    history: list[tuple[datetime, list[str]]] = []
+    if last is None:
+        return history
+    hellos = db.execute(select(Event.time, Event.data_json).where(Event.kind == "rig.connected", Event.time <= last)
+                        .order_by(Event.id))
+    for time, data in hellos:
+        labels = (data or {}).get("channel_labels") if (data or {}).get("rig") == session.rig else None
+        if not labels:
+            continue
+        if time <= first:  # the labels in force at the first presentation
+            history = [(time, labels)]
+        elif not history or labels != history[-1][1]:
+            history.append((time, labels))
+    return history
 
 
 def generation_batches(db: DBSession, generation_id: int) -> list[Batch]:
@@ -212,3 +237,21 @@ def rig_latencies(db: DBSession, thread_id: int) -> dict[int, float]:
     for generation_id, sent, first in rows:
         latencies.setdefault(generation_id, []).append((first - sent).total_seconds())
     return {g: sum(v) / len(v) for g, v in latencies.items()}
+
+
+def last_hello(db: Transaction, rig: str) -> dict | None:
+    """The data of ``rig``'s latest ``rig.connected`` event (its last recorded HELLO); None for a rig never connected.
+    One read from the newest down the events index (``thread_id`` NULL, kind)."""
+    row = driver(db).execute(
+        "SELECT data_json FROM events WHERE thread_id IS NULL AND kind = 'rig.connected' "
+        "AND json_extract(data_json, '$.rig') = ? ORDER BY id DESC LIMIT 1", (rig,)).fetchone()
+    return None if row is None else read_json(row[0])
+
+
+def rig_sessions(db: Transaction, rig: str) -> list[int]:
+    """The active sessions on ``rig`` with a thread not ended (running, waiting for its rig, blocked or paused)."""
+    statuses = json.dumps(sorted(status.value for status in (*LIVE_THREAD_STATUSES, ThreadStatus.PAUSED)))
+    return [session_id for session_id, in driver(db).execute(
+        "SELECT DISTINCT t.session_id FROM threads t JOIN sessions s ON s.id = t.session_id WHERE s.rig = ? "
+        "AND s.status = ? AND t.status IN (SELECT value FROM json_each(?)) ORDER BY t.session_id",
+        (rig, SessionStatus.ACTIVE.value, statuses))]

@@ -1,0 +1,98 @@
+"""A rig that says HELLO with other channels than its previous recorded HELLO (a calibration, a re-sort, a restarted
+rig program) is a ``rig.channels_changed`` warning in each active session it serves: their threads score channels
+by number. The engine runs in-process over a real ZeroMQ transport and a real SQLite file, `RigClient` as the rig.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from rig_client.client import RigClient
+from server.engine import channels_change
+from server.store.models import Event, Session, Thread, ThreadStatus
+from server.store.records import stop_session
+from tests.server.test_engine import RIG, LiveEngine, live  # noqa: F401  (the fixture)
+
+ADVICE = ("; the session's threads score the channels by number: check that they still record the units you meant "
+          "(retarget the thread otherwise)")
+
+
+def connect(endpoint: str, labels: list[str] | None = None, channels: int | None = None) -> None:
+    """A rig program that says HELLO (its ``rig.connected`` event is committed before the WELCOME), then stops."""
+    with RigClient(endpoint, RIG, channels=len(labels) if channels is None else channels, labels=labels) as rig:
+        assert rig.wait_connected(30)
+
+
+def changes(live) -> list[tuple]:
+    with live.sessions() as db:
+        return db.execute(select(Event.session_id, Event.thread_id, Event.level, Event.message, Event.data_json)
+                          .where(Event.kind == "rig.channels_changed").order_by(Event.id)).all()
+
+
+def session_of(live, thread_id: int) -> int:
+    with live.sessions() as db:
+        return db.get(Thread, thread_id).session_id
+
+
+def test_a_rig_back_with_other_labels_warns_each_active_session_it_serves_once(live):
+    served, also_served = (session_of(live, live.create(objective={"channels": [2]})) for _ in range(2))
+    live.create(session={"rig": "another-rig"})
+    stopped = session_of(live, live.create())
+    with live.sessions.begin() as db:
+        stop_session(db, db.get(Session, stopped))
+    paused = live.create(session={"name": "paused"})
+    with live.sessions.begin() as db:
+        db.get(Thread, paused).status = ThreadStatus.PAUSED
+    endpoint = live.settings.zmq_endpoint
+
+    connect(endpoint, ["blocks.6:67", "blocks.6:12", "blocks.6:5"])
+    assert changes(live) == []  # the rig's first HELLO
+    connect(endpoint, ["blocks.6:67", "blocks.6:12", "blocks.6:5"])
+    assert changes(live) == []  # the same channels again
+
+    connect(endpoint, ["blocks.6:67", "blocks.6:12", "blocks.6:67x"])
+    message = ("rig 'test-rig' reconnected with other channels: channel 2 'blocks.6:5' -> 'blocks.6:67x'" + ADVICE)
+    data = {"rig": RIG, "before": {"channels": 3, "channel_labels": ["blocks.6:67", "blocks.6:12", "blocks.6:5"]},
+            "after": {"channels": 3, "channel_labels": ["blocks.6:67", "blocks.6:12", "blocks.6:67x"]}}
+    assert changes(live) == [(session, None, "warning", message, data)
+                             for session in (served, also_served, session_of(live, paused))]
+
+
+def test_a_rig_back_with_fewer_channels_says_how_many(live):
+    session = session_of(live, live.create())
+    connect(live.settings.zmq_endpoint, ["a", "b", "c"])
+    connect(live.settings.zmq_endpoint, ["a", "b"])
+    [(_, _, _, message, data)] = changes(live)
+    assert message == "rig 'test-rig' reconnected with other channels: 3 channels -> 2 channels" + ADVICE
+    assert data["before"] == {"channels": 3, "channel_labels": ["a", "b", "c"]}
+    assert data["after"] == {"channels": 2, "channel_labels": ["a", "b"]}
+    assert changes(live)[0][0] == session
+
+
+def test_a_rig_with_other_channels_warns_no_session_when_it_serves_none(live):
+    connect(live.settings.zmq_endpoint, ["a", "b"])
+    connect(live.settings.zmq_endpoint, ["b", "a"])
+    assert changes(live) == []
+    with live.sessions() as db:
+        assert len(db.scalars(select(Event.id).where(Event.kind == "rig.connected")).all()) == 2
+
+
+def test_the_previous_hello_is_the_recorded_one_so_a_server_restart_between_them_still_warns(tmp_path, endpoint):
+    with LiveEngine(tmp_path, endpoint) as live:
+        session = session_of(live, live.create())
+        connect(endpoint, ["elec1-u1", "elec2-u1"])
+    with LiveEngine(tmp_path, endpoint) as live:
+        connect(endpoint, ["elec1-u1", "elec2-u2"])
+        assert [(row[0], row[3]) for row in changes(live)] == [
+            (session, "rig 'test-rig' reconnected with other channels: channel 1 'elec2-u1' -> 'elec2-u2'" + ADVICE)]
+
+
+def test_labels_gained_or_lost_are_a_change_and_a_long_list_is_cut_in_the_message():
+    unlabelled, labelled = {"channels": 2, "channel_labels": None}, {"channels": 2, "channel_labels": ["a", "b"]}
+    assert channels_change(unlabelled, unlabelled) is None
+    assert channels_change(unlabelled, labelled) == "channel 0 unlabelled -> 'a', channel 1 unlabelled -> 'b'"
+    assert channels_change(labelled, unlabelled) == "channel 0 'a' -> unlabelled, channel 1 'b' -> unlabelled"
+    before = {"channels": 96, "channel_labels": [f"u{i}" for i in range(96)]}
+    after = {"channels": 96, "channel_labels": [f"u{(i + 1) % 96}" for i in range(96)]}
+    assert channels_change(before, after) == (", ".join(f"channel {i} 'u{i}' -> 'u{i + 1}'" for i in range(8))
+                                              + " and 88 more channels")
