@@ -3,61 +3,123 @@ and ``actmax weights list|verify`` (local: where this machine's server finds gen
 
 from __future__ import annotations
 
+import argparse
 import functools
 import os
 import sys
 import time
 import unicodedata
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from rig_client.connection import positive
+from rig_client.connection import positive, positive_int
 from server import ServerError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 FIRST_TIMEOUT_S = 5.0  # for the first request to a server: a wrong port is named in seconds
+REQUEST_TIMEOUT_S = 30.0  # for every other request
+CREATE_ATTEMPTS = 3  # `session create` sends its POST this often (one Idempotency-Key) to a server that does not answer
 ENDED = {"stopped", "finished"}
 WATCH_BACKOFF_MAX_S = 30.0  # `session watch` polls a server that stopped answering at most this far apart
-# Info events `session watch` prints besides warnings and errors: each explains a jump in the scores or a gap.
-WATCH_INFO_KINDS = frozenset({"thread.retargeted", "thread.resumed", "generation.left_pending"})
+# Info events `session watch` prints besides warnings and errors: each explains a jump in the scores or a gap,
+# or is the experimenter's own note.
+WATCH_INFO_KINDS = frozenset({"thread.retargeted", "thread.extended", "thread.resumed", "generation.left_pending",
+                              "session.note"})
+
+
+def idempotency_key(text: str) -> str:
+    """An ``Idempotency-Key`` header value: 1-200 printable ASCII characters."""
+    if not (1 <= len(text) <= 200 and all(" " <= c <= "~" for c in text)):
+        raise argparse.ArgumentTypeError(f"{text!r}: a key is 1 to 200 printable ASCII characters")
+    return text
+
+
+def generation_range(text: str) -> list[int]:
+    """``12-14`` (or ``12``, one generation) as ``[12, 14]``."""
+    first, _, last = text.partition("-")
+    try:
+        bounds = [int(first), int(last or first)]
+    except ValueError:
+        bounds = []
+    if not bounds or min(bounds) < 0 or bounds[0] > bounds[1]:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected FIRST-LAST, e.g. 12-14, or one generation, e.g. 12 "
+                                         "(numbers from 0, FIRST <= LAST)")
+    return bounds
+
+
+SESSION_ID = "the session's id (`actmax session list`)"
+THREAD_IDS = ("thread ids count across the whole server, not within a session (`actmax session show SESSION` lists "
+              "a session's): a second session's first thread may be 4")
 
 
 def add_parser(subcommands) -> None:
     session = subcommands.add_parser(
-        "session", help="create, list, show, stop and watch sessions on a running server",
+        "session", help="create, list, show, pause, resume, stop, annotate and watch sessions on a running server",
         description="Talk to `actmax serve` over REST. The server is ACTMAX_URL (default "
         f"{DEFAULT_URL}); the token is ACTMAX_TOKEN.")
     commands = session.add_subparsers(dest="session_command", required=True, metavar="SESSION_COMMAND")
-    create = commands.add_parser("create", help="create a session from a .json, .yaml or .yml config file")
+    create = commands.add_parser("create", help="create a session from a .json, .yaml or .yml config file",
+                                 description="POST the config with an Idempotency-Key, and send it again with the same "
+                                 "key when the server does not answer in time: the session is created at most once.")
     create.add_argument("file", type=Path, help="session config (docs/session_config.md)")
+    create.add_argument("--idempotency-key", metavar="KEY", type=idempotency_key,
+                        help="the key to send (default: a new random one): a script that runs this command again "
+                        "after a failure, with the same key and file, gets the session created the first time")
     create.set_defaults(func=create_session)
     commands.add_parser("list", help="every session, oldest first").set_defaults(func=list_sessions)
     show = commands.add_parser("show", help="a session and its threads: status, seed, generator, optimizer, "
                                "objective, generations")
-    show.add_argument("id", type=int, help="the session's id (`actmax session list`)")
+    show.add_argument("id", type=int, help=SESSION_ID)
     show.set_defaults(func=show_session)
-    stop = commands.add_parser("stop", help="stop every thread of a session, and the session")
-    stop.add_argument("id", type=int)
-    stop.set_defaults(func=stop_session)
+    for action, text in (("pause", "pause every running, waiting or blocked thread of a session (a thread added "
+                                   "while all of them are paused starts paused)"),
+                         ("resume", "resume every paused thread of a session"),
+                         ("stop", "stop every thread of a session, and the session")):
+        command = commands.add_parser(action, help=text)
+        command.add_argument("id", type=int, help=SESSION_ID)
+        command.set_defaults(func=session_action, action=action)
+    add = commands.add_parser("add-thread", help="add a thread to a session from a .json, .yaml or .yml file",
+                              description="The file holds one thread config: one entry of a session config's "
+                              "`threads` (docs/session_config.md), without the leading `- ` of a YAML list.")
+    add.add_argument("id", type=int, help=SESSION_ID)
+    add.add_argument("file", type=Path, help="thread config (name, generator, optimizer, objective, ...)")
+    add.set_defaults(func=add_thread)
+    note = commands.add_parser("note", help="write a note into a session's event log, e.g. what happened on the rig",
+                               description="A `session.note` event: it is in the event log, `session watch` and the "
+                               "dashboard's feed, and may be written to a session in any status, an ended one too.")
+    note.add_argument("id", type=int, help=SESSION_ID)
+    note.add_argument("text", help="the note (up to 2000 characters)")
+    note.add_argument("--thread", type=int, metavar="THREAD", help="the id of the thread it is about; " + THREAD_IDS)
+    note.add_argument("--generations", type=generation_range, metavar="FIRST-LAST",
+                      help="the generations it is about, e.g. 12-14 or 12 (needs --thread)")
+    note.set_defaults(func=note_session)
     watch = commands.add_parser("watch", help="print each generation as it completes until the session ends",
                                 description="A line per completed generation, thread status change, warning, "
-                                "retarget, restart and generation left pending, until the session ends. A server "
-                                "that stops answering (a restart) is waited for.")
-    watch.add_argument("id", type=int, help="the session's id (`actmax session list`)")
+                                "note, retarget, extension, restart and generation left pending, each starting with "
+                                "its local time and offset from UTC, until the session ends. A server that stops "
+                                "answering (a restart) is waited for.")
+    watch.add_argument("id", type=int, help=SESSION_ID)
     watch.add_argument("--interval", type=positive, default=1.0, help="seconds between polls (default 1)")
     watch.set_defaults(func=watch_session)
 
-    thread = subcommands.add_parser("thread", help="pause, resume or retarget a thread on a running server",
-                                    description="Steer one thread over REST (ACTMAX_URL, ACTMAX_TOKEN).")
+    thread = subcommands.add_parser("thread", help="pause, resume, stop, extend or retarget threads on a running "
+                                    "server", description="Steer threads over REST (ACTMAX_URL, ACTMAX_TOKEN).")
     commands = thread.add_subparsers(dest="thread_command", required=True, metavar="THREAD_COMMAND")
     for action, text in (("pause", "finish the current generation, then wait"), ("resume", "go on (a paused thread, or a failed one once its cause is fixed)"),
                          ("stop", "stop for good")):
-        command = commands.add_parser(action, help=text)
-        command.add_argument("id", type=int)
+        command = commands.add_parser(action, help=text + "; a line per thread, non-zero exit if any was refused")
+        command.add_argument("ids", type=int, nargs="+", metavar="ID", help="one or more thread ids; " + THREAD_IDS)
         command.set_defaults(func=thread_action, action=action)
+    extend = commands.add_parser("extend", help="raise an evolution's number of generations; a finished one goes on "
+                                 "from its stored optimizer state")
+    extend.add_argument("id", type=int, help="the thread's id; " + THREAD_IDS)
+    extend.add_argument("--generations", type=positive_int, required=True, metavar="N",
+                        help="the thread's new total number of generations (more than it has asked so far)")
+    extend.set_defaults(func=extend_thread)
     retarget = commands.add_parser("retarget", help="change the objective from the next generation on (the pending "
                                    "one if none of its responses arrived yet); prints which")
-    retarget.add_argument("id", type=int)
+    retarget.add_argument("id", type=int, help="the thread's id; " + THREAD_IDS)
     target = retarget.add_mutually_exclusive_group(required=True)
     target.add_argument("--channels", type=int, nargs="+", metavar="CHANNEL", help="channels to maximise")
     target.add_argument("--expression", help='an objective expression, e.g. "zscore(rate(5)) - 0.5 * rate(2)"')
@@ -78,9 +140,8 @@ def add_parser(subcommands) -> None:
 
 
 # ---------------------------------------------------------------------------- REST client
-def api():
-    """The REST client of ACTMAX_URL with ACTMAX_TOKEN (a one-line error when either cannot be used)."""
-    from server.launch import ApiClient
+def address() -> tuple[str, str]:
+    """ACTMAX_URL and ACTMAX_TOKEN (a one-line error when either cannot be used)."""
     from server.settings import check_token
 
     token = os.environ.get("ACTMAX_TOKEN")
@@ -89,7 +150,14 @@ def api():
     url = os.environ.get("ACTMAX_URL", DEFAULT_URL).rstrip("/")
     if not url.startswith(("http://", "https://")):
         raise ServerError(f"ACTMAX_URL must start with http:// or https://, e.g. {DEFAULT_URL} (it is {url!r})")
-    return ApiClient(url, check_token(token))
+    return url, check_token(token)
+
+
+def api():
+    """The REST client of ACTMAX_URL with ACTMAX_TOKEN."""
+    from server.launch import ApiClient
+
+    return ApiClient(*address(), timeout=REQUEST_TIMEOUT_S)
 
 
 class Unreachable(ServerError):
@@ -160,16 +228,48 @@ def print_threads(threads: list[dict]) -> None:
 def create_session(args) -> int:
     from server.session_config import read_config_file
 
-    session = call("POST", "/sessions", read_config_file(args.file))
-    print(f"session {session['id']} {session['name']!r} created for rig {session['rig']!r}")
+    response = post_session(read_config_file(args.file), args.idempotency_key or uuid.uuid4().hex)
+    session = response.json()
+    earlier = " (by an earlier request with this Idempotency-Key: nothing new was created)" \
+        if response.headers.get("Idempotency-Replayed") == "true" else ""
+    print(f"session {session['id']} {session['name']!r} created for rig {session['rig']!r}{earlier}")
     print_threads(session["threads"])
-    others = [f"{s['id']} {s['name']!r}" for s in call("GET", "/sessions")
-              if s["rig"] == session["rig"] and s["status"] == "active" and s["id"] != session["id"]]
-    if others:  # allowed (the rig takes turns between sessions), but on an animal rarely meant
+    if warning := response.headers.get("X-Actmax-Warning"):  # e.g. the rig already runs another active session
         sys.stdout.flush()  # the table first, also when both go to one file
-        print(f"actmax session: warning: rig {session['rig']!r} already has active session(s) {', '.join(others)}: "
-              "it shows the images of each in turn; `actmax session stop ID` stops one", file=sys.stderr)
+        print(f"actmax session: warning: {warning}", file=sys.stderr)
     return 0
+
+
+def post_session(config: dict, key: str):
+    """``POST /sessions`` with ``key`` as its Idempotency-Key; a request that gets no answer in time (the session
+    may have been created all the same) is sent again with the same key, up to ``CREATE_ATTEMPTS`` times, so that
+    the server creates the session at most once. The response."""
+    import httpx
+
+    from server.launch import error_text
+
+    url, token = address()
+    check_server(url)
+    headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": key}
+    with httpx.Client(base_url=url, headers=headers, timeout=REQUEST_TIMEOUT_S) as http:
+        for attempt in range(1, CREATE_ATTEMPTS + 1):
+            try:
+                response = http.post("/sessions", json=config)
+                break
+            except httpx.TimeoutException:
+                if attempt == CREATE_ATTEMPTS:
+                    raise ServerError(
+                        f"POST /sessions: no answer from {url} within {REQUEST_TIMEOUT_S:.0f} s, {attempt} times; the "
+                        "session may have been created: `actmax session list` shows it, and `actmax session create "
+                        f"FILE --idempotency-key {key}` asks again without creating a second one") from None
+                print(f"actmax session: POST /sessions got no answer within {REQUEST_TIMEOUT_S:.0f} s; sending it "
+                      f"again with the same Idempotency-Key {key}, so that the server creates the session at most once",
+                      file=sys.stderr, flush=True)
+            except httpx.TransportError as exc:
+                raise _unreachable(url, exc) from None
+    if response.is_error:
+        raise ServerError(f"POST /sessions: HTTP {response.status_code}: {error_text(response)}")
+    return response
 
 
 def session_status(session: dict) -> str:
@@ -199,11 +299,18 @@ def show_session(args) -> int:
     for t in session["threads"]:
         done = call("GET", f"/threads/{t['id']}/generations?status=complete&limit=1")["total"]
         generator = f"{t['generator']} {t['generator_version'] or ''}".rstrip()
-        params = ", ".join(f"{key}={value}" for key, value in t["optimizer_params"].items())
+        params = ", ".join(f"{key}={shortened(value)}" for key, value in t["optimizer_params"].items())
         optimizer = f"{t['optimizer']} ({params})" if params else t["optimizer"]
         print(f"  thread {t['id']} {t['name']!r}: seed {t['seed']}, generator {generator}, optimizer {optimizer}, "
               f"objective {objective_text(t['objective'])}, generations {done} of {t['n_generations']} done")
     return 0
+
+
+def shortened(value) -> str:
+    """A setting as ``session show`` prints it: a long list (a seeded thread's ``init_code``) as its length."""
+    if isinstance(value, list | tuple) and len(str(value)) > 40:
+        return f"[{len(value)} values]"
+    return str(value)
 
 
 def objective_text(objective: dict) -> str:
@@ -215,16 +322,68 @@ def objective_text(objective: dict) -> str:
     return f"{objective.get('combine', 'mean')} of channel(s) {channel_ranges(objective['channels'])}"
 
 
-def stop_session(args) -> int:
-    session = call("POST", f"/sessions/{args.id}/stop")
-    print(f"session {session['id']} {session['status']}")
+def session_action(args) -> int:
+    """``session pause|resume|stop ID``: the session's status, then its threads'."""
+    session = call("POST", f"/sessions/{args.id}/{args.action}")
+    print(f"session {session['id']} {session_status(session)}")
     print_threads(session["threads"])
     return 0
 
 
+def add_thread(args) -> int:
+    from server.session_config import ConfigError, read_config_file
+
+    try:
+        config = read_config_file(args.file)
+    except ConfigError as error:
+        if "is a mapping" not in str(error):
+            raise
+        raise ConfigError(f"{args.file}: a thread config is one mapping (name, generator, optimizer, objective, ...): "
+                          "one entry of a session config's `threads`, without the leading `- `") from None
+    if "threads" in config:
+        raise ConfigError(f"{args.file} is a session config: add-thread takes one thread, one entry of its `threads`")
+    thread = call("POST", f"/sessions/{args.id}/threads", config)
+    print(f"thread {thread['id']} {thread['name']!r} added to session {thread['session_id']}")
+    print_threads([thread])
+    if thread["status"] == "paused":
+        print(f"it waits, paused like the session's other threads: `actmax session resume {thread['session_id']}` "
+              "resumes them all")
+    return 0
+
+
+def note_session(args) -> int:
+    if args.generations and args.thread is None:
+        raise ServerError("--generations needs --thread: the thread whose generations the note is about")
+    event = call("POST", f"/sessions/{args.id}/notes",
+                 {"text": args.text, "thread_id": args.thread, "generations": args.generations})
+    print(f"{clock(event['time'])} session {event['session_id']}: {event['message']}")
+    return 0
+
+
 def thread_action(args) -> int:
-    thread = call("POST", f"/threads/{args.id}/{args.action}")
-    print(f"thread {thread['id']} {thread['name']!r}: {thread['status']}")
+    """``thread pause|resume|stop ID...``: a line per thread, its new status or why it was refused; non-zero when
+    any was refused."""
+    refused = 0
+    for thread_id in args.ids:
+        try:
+            thread = call("POST", f"/threads/{thread_id}/{args.action}")
+        except Unreachable:
+            raise
+        except ServerError as exc:
+            refused += 1
+            print(f"actmax thread: {exc}", file=sys.stderr, flush=True)
+            continue
+        print(f"thread {thread['id']} {thread['name']!r}: {thread['status']}", flush=True)
+    return 2 if refused else 0
+
+
+def extend_thread(args) -> int:
+    before = call("GET", f"/threads/{args.id}")["n_generations"]
+    thread = call("POST", f"/threads/{args.id}/extend", {"n_generations": args.generations})
+    if thread["n_generations"] == before:  # extended to this total before: nothing changed
+        print(f"thread {thread['id']} {thread['name']!r} runs {before} generations already: {thread['status']}")
+    else:
+        print(f"{logged(thread, 'thread.extended')['message']}: {thread['status']}")
     return 0
 
 
@@ -232,40 +391,48 @@ def retarget_thread(args) -> int:
     objective = {"expression": args.expression} if args.expression else \
         {"channels": args.channels, "combine": args.combine}
     thread = call("POST", f"/threads/{args.id}/retarget", {"objective": objective})
-    print(retargeted(thread)["message"])
+    print(logged(thread, "thread.retargeted")["message"])
     return 0
 
 
-def retargeted(thread: dict) -> dict:
-    """The ``thread.retargeted`` event the server logged for ``thread`` just now: it names the new objective
-    and the generation it applies from."""
-    path = f"/sessions/{thread['session_id']}/events"
-    total = call("GET", f"{path}?limit=1")["total"]
-    latest = call("GET", f"{path}?offset={max(total - 100, 0)}&limit=100")["items"]
-    return next(e for e in reversed(latest) if e["kind"] == "thread.retargeted" and e["thread_id"] == thread["id"])
+def logged(thread: dict, kind: str) -> dict:
+    """The latest ``kind`` event of ``thread``: the one the server logged for it just now (a retarget names the
+    new objective and the generation it applies from; an extension the old and new number of generations)."""
+    path = f"/sessions/{thread['session_id']}/events?kind={kind}&thread_id={thread['id']}"
+    total = call("GET", f"{path}&limit=1")["total"]
+    return call("GET", f"{path}&offset={total - 1}&limit=1")["items"][0]
 
 
 def _number(value) -> str:
     return "" if value is None else f"{value:z.3f}"  # z: -0.0001 prints 0.000
 
 
-def _time(text: str | None) -> datetime:
-    """A server timestamp; none: the earliest (a status no event has changed is the thread's first)."""
-    return datetime.fromisoformat(text) if text else datetime.min.replace(tzinfo=UTC)
+def _time(text: str) -> datetime:
+    """A server timestamp (UTC), in this machine's time zone."""
+    moment = datetime.fromisoformat(text)
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone()
+
+
+def clock(text: str) -> str:
+    """A server timestamp as the CLI prints it: local time and its offset from UTC, ``2026-11-30 14:25:05+0900``
+    (as ``actmax``'s log lines)."""
+    return f"{_time(text):%Y-%m-%d %H:%M:%S%z}"
 
 
 def watch_session(args) -> int:
     """A line per completed generation (per thread), per thread status change, per warning or error event
-    (drift alarms, refused results, a lost rig) and per ``WATCH_INFO_KINDS`` event (a retarget, a restart, a
-    generation left pending), in the order they happened, until the session ends.
+    (drift alarms, refused results, a lost rig) and per ``WATCH_INFO_KINDS`` event (a retarget, an extension, a
+    restart, a generation left pending, a note), each starting with its time, in the order they happened, until
+    the session ends.
     A server that stops answering (a restart, a crash) is waited for, with a line when it goes and comes back."""
     shown: dict[int, int] = {}  # thread id -> its complete generations printed
     statuses: dict[int, str] = {}
-    changed: dict[tuple[int, str], str] = {}  # (thread id, event kind) -> time of its latest event
+    changed: dict[tuple[int | None, str], str] = {}  # (thread id, event kind) -> time of its latest event
     events_seen = 0
     call("GET", f"/sessions/{args.id}")  # an unknown session or server: the error alone, before the header
-    print(f"{'thread':<20} {'gen':>4} {'mean':>9} {'max':>9} {'ref mean':>9} {'latency s':>9}", flush=True)
-    lines: list[tuple[datetime, str]] = []  # news not yet printed, printed in time order after a whole poll
+    print(f"{'time':<24} {'thread':<20} {'gen':>4} {'mean':>9} {'max':>9} {'ref mean':>9} {'latency s':>9}",
+          flush=True)
+    lines: list[tuple[str, str]] = []  # (time, line) not yet printed, printed in time order after a whole poll
     away = delay = 0.0  # seconds the server has not answered, and the wait before asking again
     while True:
         try:
@@ -276,21 +443,21 @@ def watch_session(args) -> int:
                 for event in page:
                     changed[event["thread_id"], event["kind"]] = event["time"]
                     if event["level"] in ("warning", "error") or event["kind"] in WATCH_INFO_KINDS:
-                        lines.append((_time(event["time"]), f"{event['level'].upper():<8} "
+                        lines.append((event["time"], f"{event['level'].upper():<8} "
                                       f"{names.get(event['thread_id'], '-')}: {event['kind']}: {event['message']}"))
             for thread in session["threads"]:
                 while page := call("GET", f"/threads/{thread['id']}/generations?status=complete"
                                    f"&offset={shown.get(thread['id'], 0)}&limit=1000")["items"]:
                     shown[thread["id"]] = shown.get(thread["id"], 0) + len(page)
-                    lines += [(_time(g["completed_at"]), f"{padded(thread['name'], 20)} {g['number']:>4} "
+                    lines += [(g["completed_at"], f"{padded(thread['name'], 20)} {g['number']:>4} "
                                f"{_number(g['mean_score']):>9} {_number(g['max_score']):>9} "
                                f"{_number(g['reference_mean']):>9} {_number(g.get('rig_latency_s')):>9}")
                               for g in page]
                 if statuses.get(thread["id"]) != thread["status"]:
                     statuses[thread["id"]] = thread["status"]
                     error = f" ({thread['last_error']})" if thread.get("last_error") else ""
-                    lines.append((_time(changed.get((thread["id"], f"thread.{thread['status']}"))),
-                                  f"{padded(thread['name'], 20)} {thread['status']}{error}"))
+                    since = changed.get((thread["id"], f"thread.{thread['status']}"), thread["created_at"])
+                    lines.append((since, f"{padded(thread['name'], 20)} {thread['status']}{error}"))
         except Unreachable as exc:
             if not away:
                 print(f"actmax session watch: {exc}; waiting for it (Ctrl-C to stop)", file=sys.stderr, flush=True)
@@ -301,8 +468,8 @@ def watch_session(args) -> int:
         if away:
             print(f"actmax session watch: the server answers again after {away:.0f} s", file=sys.stderr, flush=True)
             away = delay = 0.0
-        for _, line in sorted(lines, key=lambda item: item[0]):
-            print(line, flush=True)
+        for moment, line in sorted(lines, key=lambda item: _time(item[0])):
+            print(f"{clock(moment)} {line}", flush=True)
         lines.clear()
         if session["status"] in ENDED:
             print(f"session {session['id']} {session_status(session)}", flush=True)

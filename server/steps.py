@@ -245,20 +245,19 @@ def complete_generation(db: Transaction, runtime: ThreadRuntime, responses: dict
                f"{inflight.rounds} rounds", data={"unscored_images": images, "unscored_references": references},
                level=EventLevel.WARNING)
     runtime.inflight = None
-    finished = inflight.number + 1 >= runtime.n_generations
-    if timed_out and not n_scored and not finished:
+    name = records.finish_thread(db, runtime.id, inflight.number + 1)  # None: an extension leaves more to ask
+    if timed_out and not n_scored and name is None:
         reason = (f"generation {inflight.number}: no image scored after {inflight.rounds} rounds, so the thread "
                   "paused instead of evolving on nothing; check the rig and the recording, then resume it")
         if records.pause_thread(db, runtime.id, reason):
             log_in(db, runtime.session_id, runtime.id, "thread.paused", f"{runtime.drift.name}: {reason}",
                    level=EventLevel.WARNING)
             runtime.paused = True
-    if finished:
-        name = records.finish_thread(db, runtime.id)
+    if name is not None:
         log_in(db, runtime.session_id, runtime.id, "thread.finished",
               f"thread {runtime.id} {name!r} finished after {inflight.number + 1} generations")
         records.end_session_if_done(db, runtime.session_id)
-    return finished
+    return name is not None
 
 
 def prepare_batch(db: Transaction, runtime: ThreadRuntime, cached: frozenset[str],

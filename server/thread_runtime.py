@@ -112,7 +112,6 @@ class ThreadRuntime:
     seed: int
     window_ms: tuple[int, int]  # whole ms, as configured and sent in BATCH
     repeats: int
-    n_generations: int
     flagged: FlaggedTrialsConfig  # which presentations score and answer their stimulus
     generator: Any
     optimizer: optimizers.Optimizer
@@ -164,7 +163,7 @@ def build_runtime(db: DBSession, thread_id: int, load_generator: Callable[[str, 
     runtime = ThreadRuntime(
         id=thread.id, session_id=session.id, rig=session.rig, seed=config.seed,
         window_ms=tuple(window), repeats=config.repeats,
-        n_generations=config.n_generations, flagged=session_config.flagged_trials, generator=generator,
+        flagged=session_config.flagged_trials, generator=generator,
         optimizer=optimizer, reference_ids=list(references), reference_pngs=references,
         first_generation=0 if last is None else last.number + 1, render_chunk=render_chunk,
         drift=DriftHistory.load(db, thread_id, session_config.drift),

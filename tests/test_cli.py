@@ -365,7 +365,7 @@ def test_watch_prints_in_time_order_and_no_negative_zero(clean_environment, caps
     the generation's reference mean of -0.0001 prints as 0.000."""
     from server import client_cli
 
-    thread = {"id": 7, "name": "ch0", "status": "running", "last_error": None}
+    thread = {"id": 7, "name": "ch0", "status": "running", "last_error": None, "created_at": "2026-11-29T10:00:00Z"}
     snapshots = iter([{"id": 1, "status": "active", "threads": [thread]}] * 2 + [
                       {"id": 1, "status": "stopped", "threads": [{**thread, "status": "stopped"}]}])
     events = [{"thread_id": 7, "kind": f"thread.{status}", "level": "info", "message": "", "time": time}
@@ -384,9 +384,11 @@ def test_watch_prints_in_time_order_and_no_negative_zero(clean_environment, caps
     clean_environment.setattr(client_cli, "call", call)
     capsys.readouterr()
     assert client_cli.watch_session(argparse.Namespace(id=1, interval=0.01)) == 0
-    lines = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
-    assert lines == [["ch0", "running"], ["ch0", "0", "1.500", "2.000", "0.000", "0.100"], ["ch0", "stopped"],
-                     ["session", "1", "stopped"]]
+    *lines, last = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    # each line starts with its local time and offset from UTC (two words), the session's end without one
+    assert [words[2:] for words in lines] == [["ch0", "running"], ["ch0", "0", "1.500", "2.000", "0.000", "0.100"],
+                                              ["ch0", "stopped"]]
+    assert last == ["session", "1", "stopped"]
 
 
 def test_session_list_and_show_say_how_many_threads_of_a_finished_session_failed(tmp_path, clean_environment, capsys):

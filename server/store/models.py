@@ -188,6 +188,8 @@ class Session(Base):
     config_json: Mapped[dict[str, Any]] = mapped_column(JSONValue)
     status: Mapped[SessionStatus] = mapped_column(_status(SessionStatus), default=SessionStatus.ACTIVE)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The ``Idempotency-Key`` of the POST that created it: a repeat of that POST answers this session.
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), index=True, unique=True)
 
     threads: Mapped[list[Thread]] = relationship(back_populates="session", order_by="Thread.id")
 

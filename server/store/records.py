@@ -164,15 +164,15 @@ def add_thread(db: DBSession, session: Session, thread: ThreadConfig) -> Thread:
 
 def set_objective(db: DBSession, thread: Thread, objective: ObjectiveConfig) -> int:
     """Change a thread's objective from its next generation on (the pending one if nothing of it was
-    recorded yet); returns that generation's number.
+    recorded yet); returns that generation's number. The session's stored config keeps the objective the
+    thread was created with (what re-creating the session runs): the ``thread.retargeted`` event, naming the
+    objective before and after, and each generation's objective record the change.
 
     The write comes first: it holds SQLite's write lock while the pending generation is read, and the
     engine reads the objective after inserting a generation, so each generation sees exactly one side.
     """
+    previous = thread.objective_json
     thread.objective_json = objective.model_dump(mode="json", exclude_none=True)
-    config = SessionConfig.stored(thread.session.config_json)
-    threads = [t.model_copy(update={"objective": objective}) if t.name == thread.name else t for t in config.threads]
-    thread.session.config_json = config.model_copy(update={"threads": threads}).model_dump(mode="json")
     db.flush()
     pending = queries.pending_generation(db, thread.id)
     if pending is not None and not queries.presented(db, pending.id):
@@ -184,8 +184,9 @@ def set_objective(db: DBSession, thread: Thread, objective: ObjectiveConfig) -> 
         from_generation = len(queries.complete_generations(db, thread.id))  # numbers run 0, 1, ...
     log_event(db, "thread.retargeted",
               f"thread {thread.id} {thread.name!r} scores {describe_objective(objective)} from generation "
-              f"{from_generation} on", thread_id=thread.id,
-              data={"from_generation": from_generation, "objective": thread.objective_json})
+              f"{from_generation} on (before: {describe_objective(ObjectiveConfig.model_validate(previous))})",
+              thread_id=thread.id,
+              data={"from_generation": from_generation, "objective": thread.objective_json, "previous": previous})
     return from_generation
 
 
@@ -212,11 +213,29 @@ def end_session_if_done(db: Transaction, session_id: int) -> None:
               session_id=session_id)
 
 
-def finish_thread(db: Transaction, thread_id: int) -> str:
-    """Mark a thread finished (its last generation is told); returns its name."""
-    name, = driver(db).execute("UPDATE threads SET status = ? WHERE id = ? RETURNING name",
-                               (ThreadStatus.FINISHED.value, thread_id)).fetchone()
-    return name
+def finish_thread(db: Transaction, thread_id: int, told: int | None = None) -> str | None:
+    """Mark a thread finished: with ``told``, only if that many told generations reach its ``n_generations`` as the
+    row has it now (an extension raises it while the thread runs); its name, or None while it goes on."""
+    sql, values = "UPDATE threads SET status = ? WHERE id = ?", [ThreadStatus.FINISHED.value, thread_id]
+    if told is not None:
+        sql, values = f"{sql} AND n_generations <= ?", [*values, told]
+    row = driver(db).execute(f"{sql} RETURNING name", values).fetchone()
+    return None if row is None else row[0]
+
+
+def extend_thread(db: DBSession, thread: Thread, n_generations: int) -> None:
+    """Give an evolution a new total of generations (``POST /threads/{id}/extend``, which checked that it may) and
+    log ``thread.extended``; not committed. A finished one runs again from its stored optimizer state, and so does
+    its session. The session's stored config keeps the n_generations the thread was created with."""
+    before = thread.n_generations
+    thread.n_generations = n_generations
+    if thread.status == ThreadStatus.FINISHED:
+        thread.status, thread.last_error = ThreadStatus.RUNNING, None
+        thread.session.status = SessionStatus.ACTIVE
+    db.flush()
+    change = "extended" if n_generations > before else "shortened"
+    log_event(db, "thread.extended", f"thread {thread.id} {thread.name!r} {change} from {before} to {n_generations} "
+              "generations", thread_id=thread.id, data={"from": before, "to": n_generations})
 
 
 def pause_thread(db: Transaction, thread_id: int, reason: str) -> bool:

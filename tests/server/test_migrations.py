@@ -167,7 +167,7 @@ def test_the_batch_rig_index_migrates_down_and_up(tmp_path):
     from alembic import command
 
     url = f"sqlite:///{tmp_path / 'a.sqlite'}"
-    upgrade(url)
+    command.upgrade(db.alembic_config(url), "0007_batch_rig_index")
 
     def indexes() -> set[str]:
         with sqlite3.connect(tmp_path / "a.sqlite") as conn:
@@ -176,5 +176,5 @@ def test_the_batch_rig_index_migrates_down_and_up(tmp_path):
     command.downgrade(db.alembic_config(url), "0006_write_indexes")
     assert head - indexes() == {"ix_batches_rig_sent_at"} and indexes() <= head
     assert schema(tmp_path / "a.sqlite")[1] == ["0006_write_indexes"]
-    upgrade(url)
+    command.upgrade(db.alembic_config(url), "0007_batch_rig_index")
     assert indexes() == head and schema(tmp_path / "a.sqlite")[1] == ["0007_batch_rig_index"]

@@ -90,6 +90,11 @@ def stack(tmp_path_factory) -> Stack:
         stack.api.close()
 
 
+def watched(out: str) -> list[str]:
+    """``session watch``'s lines without the time each starts with (local time and offset from UTC: two words)."""
+    return [line.split(" ", 2)[2] for line in out.splitlines() if re.match(r"\d{4}-\d\d-\d\d ", line)]
+
+
 def evolution(name: str, channels: list[int], n_generations: int = 2, **extra) -> dict:
     return {"name": name, "generator": "dcgan-faces", "optimizer": "cma", "optimizer_params": {"population": 6},
             "objective": {"channels": channels}, "seed": 5, "n_generations": n_generations, **extra}
@@ -146,9 +151,9 @@ def test_refused_results_are_an_event_and_the_threads_last_error(stack: Stack):
     assert len(refused) == 2 and all(e["thread_id"] == thread_id and e["data"]["batch_id"] == batch.batch_id
                                      for e in refused)
     stack.api.post(f"/sessions/{session['id']}/stop")
-    watched = stack.cli("session", "watch", str(session["id"]))  # the session has ended: one pass
-    assert watched.returncode == 0, watched.stderr
-    warnings = [line for line in watched.stdout.splitlines() if line.startswith("WARNING")]
+    watch = stack.cli("session", "watch", str(session["id"]))  # the session has ended: one pass
+    assert watch.returncode == 0, watch.stderr
+    warnings = [line for line in watched(watch.stdout) if line.startswith("WARNING")]
     assert len(warnings) == 2 and all(line.startswith("WARNING  m: results.refused: ") for line in warnings)
     assert "no-such-stimulus" in warnings[0] and "declared 1 channels" in warnings[1]
 
@@ -169,7 +174,7 @@ def test_cli_creates_watches_retargets_and_stops_a_session(stack: Stack, tmp_pat
     try:
         done = lambda n: [g for g in stack.api.get(f"/threads/{thread_id}/generations")["items"] if g["status"] == "complete"][n:]  # noqa: E731
         stack.wait(lambda: done(0), "a first generation")
-        assert watch.stdout.readline().startswith("thread")  # the watch has reached the server: it now watches
+        assert watch.stdout.readline().startswith("time")  # the watch has reached the server: it now watches
         stack.server.kill()  # a crash while watched: the watch waits for the server rather than exiting
         stack.api.close()
         stack.api = stack.server.start()
@@ -179,7 +184,8 @@ def test_cli_creates_watches_retargets_and_stops_a_session(stack: Stack, tmp_pat
         first = event["data"]["from_generation"]
         assert event["thread_id"] == thread_id and f"from generation {first} on" in event["message"]
         # the CLI names the new objective and the generation it applies from
-        assert retarget.stdout == f"thread {thread_id} 'long' scores mean of channels [1] from generation {first} on\n"
+        assert retarget.stdout == (f"thread {thread_id} 'long' scores mean of channels [1] from generation {first} "
+                                   "on (before: mean of channels [0])\n")
         stack.wait(lambda: done(first), "the retargeted generation")
         generations = stack.api.get(f"/threads/{thread_id}/generations")["items"]
         assert generations[first - 1]["objective"] == {"channels": [0], "combine": "mean"}
@@ -191,7 +197,7 @@ def test_cli_creates_watches_retargets_and_stops_a_session(stack: Stack, tmp_pat
     finally:
         watch.kill()
     assert watch.returncode == 0, err
-    rows = [line.split() for line in out.splitlines() if line.startswith("long ") and len(line.split()) == 6]
+    rows = [line.split() for line in watched(out) if line.startswith("long ") and len(line.split()) == 6]
     assert [int(row[1]) for row in rows[:first + 1]] == list(range(first + 1))
     assert all(float(row[5]) >= 0 for row in rows)  # rig latency, seconds
     assert out.rstrip().endswith(f"session {session_id} stopped")
@@ -201,8 +207,7 @@ def test_cli_creates_watches_retargets_and_stops_a_session(stack: Stack, tmp_pat
     # ended session, once the engine logged the generation its stop left pending).
     stack.wait(lambda: any(e["kind"] == "generation.left_pending" for e in stack.events(session_id)),
                "the generation left pending")
-    info = [line for line in stack.cli("session", "watch", str(session_id)).stdout.splitlines()
-            if line.startswith("INFO ")]
+    info = [line for line in watched(stack.cli("session", "watch", str(session_id)).stdout) if line.startswith("INFO ")]
     assert [line.split()[2] for line in info] == ["thread.resumed:", "thread.retargeted:", "generation.left_pending:"]
     assert "after a server restart" in info[0] and info[1].endswith(event["message"])
 

@@ -45,7 +45,7 @@ def test_serve_logs_a_new_database_and_a_migration(tmp_path):
     upgrade_to(current, "head")
     new_log, old_log, current_log = served_logs(new, old, current)
     assert f"created a new, empty database in {new}: no sessions yet" in new_log, new_log
-    assert f"migrated the database in {old} from schema 0005_read_indexes to 0007_batch_rig_index" in old_log, old_log
+    assert f"migrated the database in {old} from schema 0005_read_indexes to 0008_idempotency_keys" in old_log, old_log
     assert "created a new" not in old_log + current_log and "migrated" not in new_log + current_log, current_log
 
 
