@@ -8,6 +8,10 @@ it makes on seeing them, never run in the rig's wait. Each subscriber owns a bou
 queue: when a slow browser falls behind, its oldest items are dropped and counted, so publishing is
 O(subscribers) and never blocks. Publishing is thread-safe (the engine writes from its worker thread).
 When the server stops, `Hub.end_streams` ends every open stream, so none holds its shutdown.
+
+An event's item carries its row's ``id``, and the stream (``server/api/routes/live.py``) sends the row itself, read
+back from the database: its time is the stored one, and the stream sends events in id order with none left out,
+whatever order their items were published in (a step's held items come after later commits).
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ import functools
 import itertools
 import threading
 from collections import deque
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import TypeAdapter
 from sqlalchemy import event as sa_event
 from sqlalchemy.orm import Session as DBSession
 
@@ -28,6 +33,7 @@ from server.store.db import DriverTransaction, Transaction
 
 QUEUE_SIZE = 1000  # items a subscriber may lag behind before its oldest are dropped
 MAX_SUBSCRIBERS = 64  # open streams per server process
+_TIME = TypeAdapter(datetime)  # a time as REST writes it (``2026-01-01T08:14:07.839158Z``)
 
 
 class Subscription:
@@ -116,11 +122,14 @@ class Hub:
 
     def publish(self, kind: str, message: str = "", *, level: str = "info", session_id: int | None = None,
                 thread_id: int | None = None, data: dict[str, Any] | None = None, event_id: int | None = None) -> None:
-        """Hand one item to every subscriber now (never blocks; cheap when nobody listens)."""
+        """Hand one item to every subscriber now (never blocks; cheap when nobody listens). ``seq`` numbers the
+        items of this process; an event's ``id`` (also ``event_id``, the name older readers use) is its row's,
+        whose stored ``time`` the stream reads with it; a notice (no row) has the time it is published."""
         if not self._subscribers:
             return
         item = {
-            "seq": next(self._seq), "event_id": event_id, "time": datetime.now(timezone.utc).isoformat(),
+            "seq": next(self._seq), "id": event_id, "event_id": event_id,
+            "time": None if event_id is not None else _TIME.dump_python(datetime.now(UTC), mode="json"),
             "kind": kind, "level": str(level), "message": message,
             "session_id": session_id, "thread_id": thread_id, "data": json_safe(data or {}),
         }

@@ -42,6 +42,11 @@ from server.weights import GeneratorCache
 
 log = logging.getLogger(__name__)
 MAX_PROBLEMS = 50  # items of a 422: a body with thousands of bad keys gets the first ones and a count
+SERVER_ERRORS = {  # status -> its description in the OpenAPI document, declared on every operation
+    "500": "An unexpected failure; the server logged its cause.",
+    "503": "The database or disk failed (`detail` says what to do), or the server has ACTMAX_HTTP_MAX_CONNECTIONS "
+           "connections open.",
+}
 _STORAGE_HINTS = (  # words in a database or disk error -> what to do ({data_dir} and {free} filled in)
     (("is full", "no space", "quota"), "free space on the disk of {data_dir} ({free:.0f} MiB free now) and retry"),
     (("readonly", "read-only"), "make {data_dir} and its files writable again and retry"),
@@ -82,7 +87,24 @@ def create_app(settings: Settings, db_sessions: sessionmaker[DBSession], *,
             responses={401: {"model": ErrorDetail}, 413: {"model": ErrorDetail}},
         )
     _add_pages(app)
+    app.openapi = lambda: app.openapi_schema or _complete_openapi(FastAPI.openapi(app))
     return app
+
+
+def _complete_openapi(document: dict) -> dict:
+    """FastAPI's OpenAPI document with what it leaves out for client generators: a binary schema for each file
+    response (PNG, NWB), and on every operation the 500 and 503 (a database or disk failure, or one connection too
+    many) that any request may get."""
+    for operations in document["paths"].values():
+        for operation in operations.values():
+            for response in operation["responses"].values():
+                for media_type, content in response.get("content", {}).items():
+                    if "json" not in media_type and not media_type.startswith("text/"):
+                        content.setdefault("schema", {"type": "string", "format": "binary"})
+            for code, description in SERVER_ERRORS.items():
+                operation["responses"].setdefault(code, {"description": description, "content": {
+                    "application/json": {"schema": {"$ref": f"#/components/schemas/{ErrorDetail.__name__}"}}}})
+    return document
 
 
 def _add_pages(app: FastAPI) -> None:

@@ -195,15 +195,30 @@ def objective_channels(config: Mapping) -> list[int]:
 
 
 LABEL_CHARS = 60  # a longer expression is shortened in its score label
+NAMED_CHANNELS = 4  # a score label names this many channels one by one; more as ranges (a probe has 384)
 _NUMBERS = re.compile(r"(?<![\w.])\d+(?:\s*,\s*\d+)+(?![\w.])")  # a list of channel numbers: 3, 4, 5
 
 
-def score_label(config: Mapping) -> str:
+def score_label(config: Mapping, labels: Sequence[str] | None = None) -> str:
     """What a thread's scores are, for a figure's axis: channels' rates are in spikes/s, an expression's
     score is in whatever unit the expression makes (a z-score has none). An expression over
     ``LABEL_CHARS`` is shortened to one readable line: runs of consecutive channel numbers as
-    ``100, …, 199``, then, if still too long, its middle elided."""
-    return "score (spikes/s)" if config.get("channels") else f"score = {_short(config['expression'])}"
+    ``100, …, 199``, then, if still too long, its middle elided.
+
+    Given ``labels`` (the rig's channel labels, ``[]`` when it sent none), a channels objective's label
+    names its channels too, so labels of different objectives tell them apart: ``score (spikes/s) of ch 2
+    (blocks.6:5)``, ``score (spikes/s), mean of ch 0 (a), ch 4``, ``score (spikes/s), sum of ch 0-383
+    (384 channels)``."""
+    channels = config.get("channels")
+    if not channels:
+        return f"score = {_short(config['expression'])}"
+    if labels is None:
+        return "score (spikes/s)"
+    if len(channels) > NAMED_CHANNELS:
+        named = f"ch {channel_ranges(channels)}"
+    else:
+        named = ", ".join(f"ch {c} ({labels[c]})" if c < len(labels) else f"ch {c}" for c in channels)
+    return f"score (spikes/s){'' if len(channels) == 1 else ', ' + config.get('combine', 'mean')} of {named}"
 
 
 def _short(expression: str) -> str:

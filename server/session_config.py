@@ -27,7 +27,9 @@ from pydantic import (
     Field,
     ValidationError,
     ValidationInfo,
+    SerializerFunctionWrapHandler,
     field_validator,
+    model_serializer,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -131,6 +133,14 @@ class ObjectiveConfig(_Strict):
 
             parse(self.expression)
         return self
+
+    @model_serializer(mode="wrap")
+    def _without_combine_for_an_expression(self, handler: SerializerFunctionWrapHandler):
+        """``combine`` only with ``channels``: it means nothing for an expression (stored ones with it still load)."""
+        data = handler(self)
+        if self.expression is not None:
+            data.pop("combine", None)
+        return data
 
     def build(self):
         """The ``server.objectives.Objective`` these settings name."""

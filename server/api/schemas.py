@@ -6,10 +6,19 @@ from collections import Counter
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    SkipValidation,
+    ValidationInfo,
+    computed_field,
+    field_validator,
+)
 
 from server.objectives import score_label
-from server.session_config import ObjectiveConfig
+from server.session_config import ObjectiveConfig, SessionConfig
 from server.store.models import (
     EventLevel,
     GenerationStatus,
@@ -27,7 +36,8 @@ class _FromORM(BaseModel):
 
 
 class ErrorDetail(BaseModel):
-    """The body of every 401, 404 and 409."""
+    """The body of every error but a request's validation 422 (``HTTPValidationError``): 401, 404, 409, 413, 500,
+    501, 503."""
 
     detail: str
 
@@ -50,7 +60,9 @@ class SessionRead(_FromORM):
     status: SessionStatus = Field(description="active, stopped or finished (every thread ended, failed ones too: "
                                   "`threads_by_status` tells them apart).")
     created_at: datetime
-    config: dict[str, Any] = Field(validation_alias="config_json", description="The config, seeds filled in.")
+    # A SessionConfig to clients, served as stored (one was dumped there): not validated again on every read.
+    config: SkipValidation[SerializeAsAny[SessionConfig]] = Field(
+        validation_alias="config_json", description="The config, seeds filled in.")
     threads_by_status: dict[ThreadStatus, int] = Field(
         validation_alias="threads", description='How many of its threads have each status, those with none left out: '
         '{"finished": 2, "failed": 1} is a finished session one of whose threads failed.')
@@ -258,3 +270,32 @@ class RigStatus(BaseModel):
     heartbeat_s: float | None
     scored_channels: dict[int, list[str]] = Field(description="Channel -> the threads whose objective scores it.")
     batches: list[BatchTiming] = Field(description="The latest batches, newest first.")
+
+
+MAX_INT = 2**63 - 1  # SQLite's INTEGER, as server.api.deps.MAX_ID (which imports this module)
+
+
+class NoteCreate(BaseModel):
+    """``POST /sessions/{id}/notes``: a note for the session's record, written afterwards too (``session.note``)."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    text: str = Field(min_length=1, max_length=2000, description='e.g. "animal broke fixation".')
+    thread_id: int | None = Field(None, strict=True, ge=0, le=MAX_INT,
+                                  description="The thread of the session the note is about; null: the session.")
+    generations: tuple[int, int] | None = Field(
+        None, description="[first, last]: the thread's generations the note is about (0-based, both included); "
+        "needs thread_id.")
+
+    @field_validator("generations")
+    @classmethod
+    def _generations(cls, generations: tuple[int, int] | None, info: ValidationInfo) -> tuple[int, int] | None:
+        if generations is None:
+            return None
+        if "thread_id" in info.data and info.data["thread_id"] is None:  # (absent: thread_id is refused itself)
+            raise ValueError("generations need thread_id: the thread whose generations they are")
+        first, last = generations
+        if not 0 <= first <= last <= MAX_INT:
+            raise ValueError(f"[{first}, {last}] is no range of generations: give [first, last] with "
+                             "0 <= first <= last (numbers from 0, as GET /threads/{id}/generations shows them)")
+        return generations

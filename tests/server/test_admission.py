@@ -172,8 +172,7 @@ def test_add_a_thread_retarget_and_stop_a_session(client, live_server: LiveServe
     finally:
         del live_server.engine.rigs["rig-A"]
     retargeted = client.post(f"/threads/{tid}/retarget", json={"objective": {"expression": "zscore(rate(7))"}})
-    assert retargeted.status_code == 200 and retargeted.json()["objective"] == {"expression": "zscore(rate(7))",
-                                                                                "combine": "mean"}
+    assert retargeted.status_code == 200 and retargeted.json()["objective"] == {"expression": "zscore(rate(7))"}
     assert client.get(f"/threads/{tid}").json()["score_label"] == "score = zscore(rate(7))"  # no unit
     (event,) = [e for e in client.get(f"/sessions/{sid}/events").json()["items"] if e["kind"] == "thread.retargeted"]
     assert event["thread_id"] == tid and event["data"]["from_generation"] == 0

@@ -89,11 +89,11 @@ def test_the_curve_marks_where_a_retarget_changed_the_objective(client: httpx.Cl
     session_id, thread = created["id"], created["threads"][0]
     add_generations(live_server, session_id, thread["id"], [[1.0, 2.0], [3.0, 4.0]], objective=thread["objective"])
     assert client.get(f"/threads/{thread['id']}/curve").json()["segments"] == [
-        {"from_generation": 0, "score_label": "score (spikes/s)"}]
+        {"from_generation": 0, "score_label": "score (spikes/s) of ch 3"}]
     retargeted = client.post(f"/threads/{thread['id']}/retarget", json={"objective": {"expression": "zscore(rate(3))"}})
     add_generations(live_server, session_id, thread["id"], [[0.1, 0.2]], first=2, objective=retargeted.json()["objective"])
     assert client.get(f"/threads/{thread['id']}/curve").json()["segments"] == [
-        {"from_generation": 0, "score_label": "score (spikes/s)"},
+        {"from_generation": 0, "score_label": "score (spikes/s) of ch 3"},
         {"from_generation": 2, "score_label": "score = zscore(rate(3))"}]
     curve = client.get(f"/threads/{thread['id']}/curve", params={"from_generation": 2}).json()
     assert [p["generation"] for p in curve["points"]] == [2]

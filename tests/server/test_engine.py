@@ -411,7 +411,7 @@ def test_baseline_rates_are_stored_and_a_baseline_objective_subtracts_them(live)
         assert all(facts["baseline_rates"] == [1.5] for facts in db.scalars(select(PresentationRow.trial_json)))
         generation = db.scalars(select(Generation).where(Generation.thread_id == thread_id,
                                                          Generation.number == 0)).one()
-        assert generation.objective_json == {"expression": "baseline(rate(0))", "combine": "mean"}
+        assert generation.objective_json == {"expression": "baseline(rate(0))"}
         expected = [sent[s.id] - 1.5 for s in generation.stimuli]
         assert generation.scores_json == pytest.approx(expected)
 

@@ -71,8 +71,18 @@ def nwb_tables(session_id: Id, db: DB, subject: Subject) -> SessionTables:
 Tables = Annotated[SessionTables, Depends(nwb_tables)]
 
 
+class WholeFile(FileResponse):
+    """A file sent whole, to a ``Range`` request too (``200``; ``_headers`` say ``Accept-Ranges: none``): each export
+    is a new build whose bytes differ, so a download resumed with a range would splice two files."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        headers = [(name, value) for name, value in scope["headers"] if name != b"range"]
+        await super().__call__({**scope, "headers": headers}, receive, send)
+
+
 def _headers(session_id: int, tables: SessionTables) -> dict[str, str]:
-    headers = {"Content-Disposition": f'attachment; filename="actmax-session-{session_id}.nwb"'}
+    headers = {"Content-Disposition": f'attachment; filename="actmax-session-{session_id}.nwb"',
+               "Accept-Ranges": "none"}  # see WholeFile
     if (warning := dandi_warning(tables)) is not None:
         headers[WARNING_HEADER] = warning.encode("ascii", "backslashreplace").decode()  # header text is latin-1
     return headers
@@ -81,10 +91,11 @@ def _headers(session_id: int, tables: SessionTables) -> dict[str, str]:
 @router.get(
     "/{session_id}/export.nwb",
     response_model=None,
-    response_class=FileResponse,
+    response_class=WholeFile,
     responses={
-        200: {"content": {NWB_MEDIA_TYPE: {}}, "description": "The session as an NWB 2 (HDF5) file (docs/export.md); "
-              f"a {WARNING_HEADER} header names subject metadata DANDI requires that the file lacks."},
+        200: {"content": {NWB_MEDIA_TYPE: {}}, "description": "The session as an NWB 2 (HDF5) file (docs/export.md), "
+              f"always whole (each export is a new build); a {WARNING_HEADER} header names subject metadata DANDI "
+              "requires that the file lacks."},
         404: {"model": ErrorDetail, "description": "No such session."},
         409: {"model": ErrorDetail, "description": "The session has running or paused threads (stop them or wait), "
               "or no presentations."},
@@ -92,10 +103,10 @@ def _headers(session_id: int, tables: SessionTables) -> dict[str, str]:
         501: {"model": ErrorDetail, "description": "This server lacks pynwb (pip install 'actmax[nwb]')."},
     },
 )
-def export_nwb(session_id: Id, tables: Tables, archive: Archive) -> FileResponse:
-    """Every image, presentation, rate and score of a finished session, in one NWB file; the query parameters
-    set or correct the session config's subject metadata. HEAD answers the same status and headers without
-    writing the file."""
+def export_nwb(session_id: Id, tables: Tables, archive: Archive) -> WholeFile:
+    """Every image, presentation, rate and score of a finished session, in one NWB file, sent whole (a ``Range``
+    header is ignored); the query parameters set or correct the session config's subject metadata. HEAD answers
+    the same status and headers without writing the file."""
     # In the data folder, not /tmp: exports can be large, and /tmp may be memory.
     fd, name = tempfile.mkstemp(dir=archive.root, prefix=f".export-session-{session_id}-", suffix=".nwb")
     os.close(fd)
@@ -107,8 +118,8 @@ def export_nwb(session_id: Id, tables: Tables, archive: Archive) -> FileResponse
         if isinstance(error, MissingImage):
             raise HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR, str(error)) from None
         raise
-    return FileResponse(path, media_type=NWB_MEDIA_TYPE, headers=_headers(session_id, tables),
-                        background=BackgroundTask(path.unlink, missing_ok=True))
+    return WholeFile(path, media_type=NWB_MEDIA_TYPE, headers=_headers(session_id, tables),
+                     background=BackgroundTask(path.unlink, missing_ok=True))
 
 
 @router.head("/{session_id}/export.nwb", include_in_schema=False)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
+
 import numpy as np
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from sqlalchemy import Select, func, select, tuple_
 
 from server.api.deps import DB, MAX_ID, Id, get_or_404
@@ -14,7 +16,8 @@ from server.objectives import objective_segments, score_label
 from server.store import queries
 from server.session_config import ObjectiveConfig
 from server.store.models import (
-    Batch, Event, Generation, GenerationStatus, Session, SessionStatus, Stimulus, StimulusKind, Thread,
+    ENDED_THREAD_STATUSES, Batch, Event, Generation, GenerationStatus, Session, SessionStatus, Stimulus, StimulusKind,
+    Thread,
 )
 
 router = APIRouter(tags=["monitor"], responses={404: {"model": ErrorDetail}})
@@ -48,10 +51,14 @@ def get_curve(thread_id: Id, db: DB, max_points: int = Query(1000, ge=2, le=10_0
         .where(*complete, Generation.number >= (from_generation if before is None else before))
         .order_by(Generation.number)
     ).all()
-    segments = [CurveSegment(from_generation=number, score_label=score_label(objective))
-                for number, objective in objective_segments([(r.number, r.objective_json or thread.objective_json)
-                                                             for r in rows])
+    segments = [(number, objective) for number, objective
+                in objective_segments([(r.number, r.objective_json or thread.objective_json) for r in rows])
                 if number >= from_generation]
+    labels = None  # a channels objective's label names its channels: a retarget's segments say which each scores
+    if any(objective.get("channels") for _, objective in segments):
+        labels = queries.session_channel_labels(db, thread.session) or []
+    segments = [CurveSegment(from_generation=number, score_label=score_label(objective, labels))
+                for number, objective in segments]
     rows = [row for row in rows if row.number >= from_generation]
     total = len(rows)
     rows = [rows[i] for i in decimate(total, max_points)]
@@ -101,14 +108,18 @@ def list_rigs(request: Request, db: DB) -> list[RigSummary]:
 
 @router.get("/rigs/{rig}", response_model=RigStatus)
 def get_rig(rig: str, request: Request, db: DB, batches: int = Query(20, ge=1, le=500)) -> RigStatus:
-    """Whether ``rig`` is connected, its channels (and which threads score them), and its latest batch timings."""
+    """Whether ``rig`` is connected, its channels (and which threads that have not ended score them), and its
+    latest batch timings; 404 for a rig that never connected and that no session names (a typo)."""
     engine = request.app.state.engine
     transport = getattr(engine, "transport", None)
     status = transport.rig_status(rig) if transport is not None else None
+    if status is None and not _known(db, rig):
+        raise HTTPException(404, _unknown_rig(db, rig))
     scored: dict[int, list[str]] = {}
     for name, objective in db.execute(
         select(Thread.name, Thread.objective_json).join(Session, Session.id == Thread.session_id)
-        .where(Session.rig == rig, Session.status == SessionStatus.ACTIVE)
+        .where(Session.rig == rig, Session.status == SessionStatus.ACTIVE,
+               Thread.status.not_in(ENDED_THREAD_STATUSES))
     ):
         for channel in sorted(ObjectiveConfig.model_validate(objective).build().channels):
             scored.setdefault(channel, []).append(name)
@@ -128,6 +139,29 @@ def get_rig(rig: str, request: Request, db: DB, batches: int = Query(20, ge=1, l
         heard_s_ago=status and status["heard_s_ago"], heartbeat_s=getattr(transport, "heartbeat_s", None),
         scored_channels=scored, batches=timings,
     )
+
+
+def _hellos(rig: str | None = None) -> Select:
+    """The rig names of ``rig.connected`` events (``rig``'s only, when given)."""
+    name = Event.data_json["rig"].as_string()
+    query = select(name).where(Event.kind == "rig.connected")
+    return query if rig is None else query.where(name == rig).limit(1)
+
+
+def _known(db, rig: str) -> bool:
+    """Whether ``rig`` ever connected (a ``rig.connected`` event) or a session names it."""
+    return (db.scalar(select(Session.id).where(Session.rig == rig).limit(1)) is not None
+            or db.scalar(_hellos(rig)) is not None)
+
+
+def _unknown_rig(db, rig: str, most: int = 20) -> str:
+    """Why ``rig`` is not found, with the rigs that ever connected or that sessions name (the first ``most``)."""
+    known = sorted(set(db.scalars(select(Session.rig).distinct())) | set(db.scalars(_hellos().distinct())))
+    close = difflib.get_close_matches(rig, known, n=1)
+    listed = ", ".join(map(repr, known[:most])) + (f", … ({len(known)} rigs)" if len(known) > most else "")
+    return (f"rig {rig!r} not found: it never connected to this server and no session names it (names are exact "
+            f"and case-sensitive); " + (f"did you mean {close[0]!r}? " if close else "")
+            + (f"known rigs: {listed}" if known else "no rig is known yet"))
 
 
 def recent_batches(rig: str, limit: int) -> Select:
