@@ -94,7 +94,8 @@ def test_a_thread_paused_at_a_restart_gets_its_restart_event_at_the_restart(tmp_
             wait_until(lambda: last_error(live, thread_id) is None, 30, "the old refusal to pass")
         # Resumed before its rig connected (thread.runtime, logged at every build of the thread, aside).
         kinds = [kind for _, kind, _, _ in events(live, thread_id, resumed) if kind != "thread.runtime"]
-        assert kinds[:2] == ["thread.waiting_for_rig", "thread.running"] and "thread.resumed" not in kinds
+        # (its batch, resent on the rig's HELLO, may be answered before the reconcile that logs thread.running)
+        assert kinds[0] == "thread.waiting_for_rig" and "thread.running" in kinds and "thread.resumed" not in kinds
 
 
 def post_session(url: str, rig: str) -> int:
