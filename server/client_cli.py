@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import re
 import sys
 import time
 import unicodedata
@@ -97,8 +98,9 @@ def add_parser(subcommands) -> None:
     watch = commands.add_parser("watch", help="print each generation as it completes until the session ends",
                                 description="A line per completed generation, thread status change, warning, "
                                 "note, retarget, extension, restart and generation left pending, each starting with "
-                                "its local time and offset from UTC, until the session ends. A server that stops "
-                                "answering (a restart) is waited for.")
+                                "its local time and offset from UTC, in the order they happened: first what happened "
+                                "since the session began (all of an ended session), then each as it happens, until "
+                                "the session ends. A server that stops answering (a restart) is waited for.")
     watch.add_argument("id", type=int, help=SESSION_ID)
     watch.add_argument("--interval", type=positive, default=1.0, help="seconds between polls (default 1)")
     watch.set_defaults(func=watch_session)
@@ -236,8 +238,24 @@ def create_session(args) -> int:
     print_threads(session["threads"])
     if warning := response.headers.get("X-Actmax-Warning"):  # e.g. the rig already runs another active session
         sys.stdout.flush()  # the table first, also when both go to one file
-        print(f"actmax session: warning: {warning}", file=sys.stderr)
+        print(f"actmax session: warning: {unescaped(warning)}", file=sys.stderr)
     return 0
+
+
+ESCAPE = re.compile(r"\\(\\|x[0-9a-f]{2}|u[0-9a-f]{4}|U[0-9a-f]{8})")  # as ascii() writes one, or a backslash
+
+
+def unescaped(header: str) -> str:
+    """A header's text with the names the server escaped to ASCII (``ascii(name)``: ``'\\u5b9f\\u9a13'``) as
+    ``repr(name)`` shows them (``'実験'``): a printable character itself, an escaped backslash and a control
+    character still escaped. The console's encoding escapes what it cannot show (``server.cli``)."""
+    def shown(escape: re.Match) -> str:
+        if escape[1] == "\\":  # a backslash of the name: repr() escapes it too
+            return escape[0]
+        character = chr(int(escape[1][1:], 16))
+        return character if character.isprintable() else escape[0]
+
+    return ESCAPE.sub(shown, header)
 
 
 def post_session(config: dict, key: str):
@@ -419,15 +437,33 @@ def clock(text: str) -> str:
     return f"{_time(text):%Y-%m-%d %H:%M:%S%z}"
 
 
+def status_after(event: dict, before: str | None) -> str | None:
+    """The status a session event leaves its thread in, ``before`` the one its earlier events left; None for an
+    event that changes no thread's status. ``thread.<status>`` (paused, running, finished, ...) says it;
+    ``thread.started`` is running, and so is ``thread.resumed`` after a restart unless the thread was taken up
+    paused; an extension runs a finished evolution again, a retarget a blocked thread."""
+    from server.store.models import ThreadStatus
+
+    kind = event["kind"].removeprefix("thread.")
+    if kind in {status.value for status in ThreadStatus}:
+        return kind
+    if kind == "resumed" and (event.get("data") or {}).get("paused"):
+        return ThreadStatus.PAUSED.value
+    if kind in ("started", "resumed") or (kind, before) in (("extended", "finished"), ("retargeted", "blocked")):
+        return ThreadStatus.RUNNING.value
+    return None
+
+
 def watch_session(args) -> int:
-    """A line per completed generation (per thread), per thread status change, per warning or error event
-    (drift alarms, refused results, a lost rig) and per ``WATCH_INFO_KINDS`` event (a retarget, an extension, a
-    restart, a generation left pending, a note), each starting with its time, in the order they happened, until
-    the session ends.
+    """A line per completed generation (per thread), per thread status change (from its ``thread.*`` event,
+    ``status_after``), per warning or error event (drift alarms, refused results, a lost rig) and per
+    ``WATCH_INFO_KINDS`` event (a retarget, an extension, a restart, a generation left pending, a note), each
+    starting with its time, in the order they happened, until the session ends: first everything since the session
+    began, then each as it happens.
     A server that stops answering (a restart, a crash) is waited for, with a line when it goes and comes back."""
     shown: dict[int, int] = {}  # thread id -> its complete generations printed
-    statuses: dict[int, str] = {}
-    changed: dict[tuple[int | None, str], str] = {}  # (thread id, event kind) -> time of its latest event
+    statuses: dict[int, str] = {}  # thread id -> the status its events printed so far left it in
+    names: dict[int, str] = {}
     events_seen = 0
     call("GET", f"/sessions/{args.id}")  # an unknown session or server: the error alone, before the header
     print(f"{'time':<24} {'thread':<20} {'gen':>4} {'mean':>9} {'max':>9} {'ref mean':>9} {'latency s':>9}",
@@ -437,14 +473,20 @@ def watch_session(args) -> int:
     while True:
         try:
             session = call("GET", f"/sessions/{args.id}")
-            names = {t["id"]: t["name"] for t in session["threads"]}
+            names.update((t["id"], t["name"]) for t in session["threads"])
             while page := call("GET", f"/sessions/{args.id}/events?offset={events_seen}&limit=100")["items"]:
+                for thread_id in {event["thread_id"] for event in page} - {None, *names}:  # a thread added since
+                    names[thread_id] = call("GET", f"/threads/{thread_id}")["name"]
                 events_seen += len(page)
                 for event in page:
-                    changed[event["thread_id"], event["kind"]] = event["time"]
+                    thread_id = event["thread_id"]
                     if event["level"] in ("warning", "error") or event["kind"] in WATCH_INFO_KINDS:
                         lines.append((event["time"], f"{event['level'].upper():<8} "
-                                      f"{names.get(event['thread_id'], '-')}: {event['kind']}: {event['message']}"))
+                                      f"{names.get(thread_id, '-')}: {event['kind']}: {event['message']}"))
+                    if thread_id is not None and (status := status_after(event, statuses.get(thread_id))) \
+                            not in (None, statuses.get(thread_id)):
+                        statuses[thread_id] = status
+                        lines.append((event["time"], f"{padded(names[thread_id], 20)} {status}"))
             for thread in session["threads"]:
                 while page := call("GET", f"/threads/{thread['id']}/generations?status=complete"
                                    f"&offset={shown.get(thread['id'], 0)}&limit=1000")["items"]:
@@ -453,11 +495,6 @@ def watch_session(args) -> int:
                                f"{_number(g['mean_score']):>9} {_number(g['max_score']):>9} "
                                f"{_number(g['reference_mean']):>9} {_number(g.get('rig_latency_s')):>9}")
                               for g in page]
-                if statuses.get(thread["id"]) != thread["status"]:
-                    statuses[thread["id"]] = thread["status"]
-                    error = f" ({thread['last_error']})" if thread.get("last_error") else ""
-                    since = changed.get((thread["id"], f"thread.{thread['status']}"), thread["created_at"])
-                    lines.append((since, f"{padded(thread['name'], 20)} {thread['status']}{error}"))
         except Unreachable as exc:
             if not away:
                 print(f"actmax session watch: {exc}; waiting for it (Ctrl-C to stop)", file=sys.stderr, flush=True)
