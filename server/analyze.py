@@ -102,10 +102,10 @@ def run_manifold(args: argparse.Namespace) -> int:
     from analysis.manifold import analyze, summary
     from analysis.serialization import json_safe
     from server.manifold import manifold_data, plot_plane
-    from server.store.db import make_db_engine, make_sessionmaker
+    from server.store.db import make_sessionmaker, offline_db_engine
 
     settings = stored_settings(args)
-    db_engine = make_db_engine(settings.database_url)
+    db_engine = offline_db_engine(settings.database_url)
     try:
         with make_sessionmaker(db_engine)() as db:
             data = manifold_data(db, args.thread)

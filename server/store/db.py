@@ -5,7 +5,9 @@ would otherwise commit each CREATE TABLE on its own), so a kill leaves the previ
 new one. A database left half-made by an older, non-atomic first start (tables but no recorded
 version) is rebuilt when its tables are empty and refused with a clear message otherwise. A database
 made by a newer actmax (a schema version these migrations do not know) is refused as well, and so is one
-made by a development build from before the release whose schema version was later renumbered.
+made by a development build from before the release whose schema version was later renumbered. Commands
+that read the database without the server (``offline_db_engine``) migrate nothing: they refuse a database
+at any other schema version than this actmax's.
 """
 
 from __future__ import annotations
@@ -278,6 +280,37 @@ def upgrade(db_engine: Engine, revision: str = "head") -> tuple[str | None, str]
             return before, _revision(connection)
     finally:
         engine.dispose()
+
+
+def offline_db_engine(database_url: str) -> Engine:
+    """``make_db_engine`` for a command that reads the database without the server (``actmax analyze``,
+    ``actmax export``, scripts), once its schema version is this actmax's: one an older actmax made is refused
+    with how to migrate it (not migrated here: the folder may be an archive, or read-only), and so are one with no
+    schema version and one that ``upgrade`` refuses as unknown."""
+    db_engine = make_db_engine(database_url)
+    try:
+        with db_engine.connect() as connection:
+            version = _revision(connection)
+            config = alembic_config(database_url)
+            _refuse_unknown_revision(connection, config, version)
+        head = ScriptDirectory.from_config(config).get_current_head()
+        if version != head:
+            url = db_engine.url
+            file = Path(url.database) if url.get_backend_name() == "sqlite" and url.database else None
+            database, data_dir = (file, file.parent) if file else (url.render_as_string(), "<dir>")
+            if version is None:
+                raise ServerError(f"the database {database} has no actmax schema version: it is not an actmax "
+                                  "database, or no actmax serve has started on it; pass the --data-dir "
+                                  "(ACTMAX_DATA_DIR) that actmax serve runs with")
+            raise ServerError(
+                f"the database {database} is at schema version {version!r}, older than this actmax's {head!r}: "
+                f"start `actmax serve --data-dir {data_dir}` once to migrate it (in one transaction, keeping every "
+                "record; back the folder up first: README.md, 'Operating the server', Upgrading actmax), then run "
+                "this command again")
+    except BaseException:
+        db_engine.dispose()
+        raise
+    return db_engine
 
 
 def _driver_autocommit(dbapi_connection, _connection_record) -> None:
