@@ -12,6 +12,7 @@ import sys
 import textwrap
 import warnings
 from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ from server.session_config import FlaggedTrialsConfig, ReferenceConfig
 from server.retest import retest_config, retest_table
 from server.store import queries
 from server.store.archive import ImageArchive
-from server.store.db import make_db_engine, make_sessionmaker
+from server.store.db import make_sessionmaker, offline_db_engine
 from server.store.models import Event, Generation, GenerationStatus, Session, Stimulus, StimulusKind, Thread
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,8 @@ class ThreadSummary:
     reference_mean: float
     best_score: float  # the best distinct image's mean over all its presentations: the top of images_ranked noisy
     # estimates, so biased high (expect it lower when shown again); compare last_generation_mean with best_reference
-    channels: list[str]  # the channels the objective scores, by the rig's labels (``ch<index>`` without)
+    channels: list[str]  # the channels the objective scores, by the rig's labels when the first of its generations
+    # was recorded (``ch<index>`` without)
     best_score_presentations: int = 0  # the scored presentations best_score is the mean of
     best_reference_presentations: int = 0  # the scored presentations best_reference is the mean of
     images_ranked: int = 0  # the distinct images of the current objective's generations best_score is the top of
@@ -55,11 +57,42 @@ class ThreadSummary:
     # generations that showed it, score, presentations
 
 
-def _channel_names(db, thread: Thread, objective: dict | None = None) -> list[str]:
-    """The channels of ``objective`` (the thread's by default) as the rig labelled them in HELLO (protocol 1.1),
-    else ``ch<index>``."""
-    labels = queries.session_channel_labels(db, thread.session) or []
-    return [labels[c] if c < len(labels) else f"ch{c}" for c in objective_channels(objective or thread.objective_json)]
+@dataclass(frozen=True)
+class Run:
+    """A run of a thread's completed generations scored by one objective (more than one after a retarget): its first
+    generation, the objective, and the channel labels the rig recorded it under (``queries.labels_during``: those
+    at its first generation, then each relabelling before its end, with its time)."""
+
+    number: int
+    objective: dict
+    labels: list[tuple[datetime | None, list[str]]]
+
+    @property
+    def start_labels(self) -> list[str]:
+        """The labels the run began under: those that name its channels on figures and in summary.json."""
+        return self.labels[0][1] if self.labels else []
+
+
+def _runs(db, thread: Thread, generations: list[Generation]) -> list[Run]:
+    """The objective runs of the thread's completed ``generations`` in order; one of the thread's objective from
+    generation 0 without any."""
+    segments = objective_segments([(g.number, g.objective_json or thread.objective_json) for g in generations])
+    segments = segments or [(0, thread.objective_json)]
+    starts = [number for number, _ in segments]
+    ids: dict[int, list[int]] = {}
+    for g in generations:
+        ids.setdefault(bisect.bisect_right(starts, g.number) - 1, []).append(g.id)
+    return [Run(number, objective, queries.labels_during(db, thread.session, ids.get(k, []))
+                if objective_channels(objective) else []) for k, (number, objective) in enumerate(segments)]
+
+
+def _channel_names(db, thread: Thread, objective: dict | None = None, labels: list[str] | None = None) -> list[str]:
+    """The channels of ``objective`` as the rig labelled them in HELLO (protocol 1.1), else ``ch<index>``; by
+    default the objective and labels of the thread's last run (``Run.start_labels``)."""
+    if objective is None or labels is None:
+        run = _runs(db, thread, _completed_generations(db, thread))[-1]
+        objective, labels = objective or run.objective, run.start_labels if labels is None else labels
+    return [labels[c] if c < len(labels) else f"ch{c}" for c in objective_channels(objective)]
 
 
 STRIP_IMAGES = 12  # best images under an evolution curve (evenly spaced generations, last included)
@@ -86,23 +119,24 @@ def _finite_mean(values: np.ndarray) -> float:
 NAMED_CHANNELS = 4  # an axis label names this many channels; more are counted (a Neuropixels probe has 384)
 
 
-def _score_label(db, thread: Thread, objective: dict | None = None) -> str:
-    """What scores by ``objective`` (the thread's by default) are: spikes/s of its channels' rates, else its
-    expression."""
+def _score_label(db, thread: Thread, objective: dict | None = None, labels: list[str] | None = None) -> str:
+    """What scores by ``objective`` (the thread's by default) are: spikes/s of its channels' rates (named by
+    ``labels``, as ``_channel_names``), else its expression."""
     objective = objective or thread.objective_json
     label = score_label(objective)
     if not objective.get("channels"):
         return label
-    names = _channel_names(db, thread, objective)
+    names = _channel_names(db, thread, objective, labels)
     if len(names) <= NAMED_CHANNELS:
         return f"{label} of {', '.join(names)}"
     return f"{label}, {objective.get('combine', 'mean')} of {len(names)} channels ({names[0]}, {names[1]}, … {names[-1]})"
 
 
 def _segments(db, thread: Thread, generations: list[Generation]) -> list[tuple[int, str]]:
-    """(first generation, score label) of each objective the generations were scored with, in order."""
-    return [(number, _score_label(db, thread, objective)) for number, objective
-            in objective_segments([(g.number, g.objective_json or thread.objective_json) for g in generations])]
+    """(first generation, score label) of each objective the generations were scored with, in order (``_runs``):
+    its channels named by the labels they had at its first generation."""
+    return [(run.number, _score_label(db, thread, run.objective, run.start_labels))
+            for run in _runs(db, thread, generations)]
 
 
 def _completed_generations(db, thread: Thread) -> list[Generation]:
@@ -514,7 +548,7 @@ _MISSING_GLYPH = re.compile(r"Glyph (\d+) .*missing from font")
 
 def _write_session_report(database_url: str, data_dir: Path, session_id: int, out_dir: Path) -> list[ThreadSummary]:
     archive = ImageArchive(data_dir)
-    db_engine = make_db_engine(database_url)
+    db_engine = offline_db_engine(database_url)
     summaries, best_rows = [], []
     try:
         with make_sessionmaker(db_engine)() as db:
@@ -535,7 +569,7 @@ def _write_session_report(database_url: str, data_dir: Path, session_id: int, ou
                 generations = _completed_generations(db, thread)
                 references = _reference_scores(db, thread, generations)
                 curves = _thread_curves(generations, references)
-                segments = _segments(db, thread, generations) or [(0, _score_label(db, thread))]
+                segments = _segments(db, thread, generations)
                 since = segments[-1][0]  # scores of different objectives are not compared
                 ranked, best_reference = _ranked(db, thread, generations, references, since)
                 best = ranked[:BEST_IMAGES]
@@ -573,7 +607,7 @@ def _write_session_report(database_url: str, data_dir: Path, session_id: int, ou
 
 def retest_lines(database_url: str, session_id: int) -> list[str]:
     """A line per retest of the session that has measured something: its name and ``retest_text``."""
-    db_engine = make_db_engine(database_url)
+    db_engine = offline_db_engine(database_url)
     try:
         with make_sessionmaker(db_engine)() as db:
             threads = db.scalars(select(Thread).where(Thread.session_id == session_id, Thread.kind == "retest")
@@ -590,7 +624,7 @@ def methods_text(db, session: Session) -> str:
     optimizer with every hyperparameter it ran with, seed, population and generations, objective, software)."""
     # The stored config as it is (not validated: a reference folder of the server need not exist here).
     references = ReferenceConfig.model_construct(**session.config_json.get("references", {}))
-    labels = queries.session_channel_labels(db, session)
+    labels = queries.session_channel_labels(db, session)  # a thread's paragraph names those it recorded under
     names = f" ({', '.join(SKIMAGE_REFERENCES[:references.count])})" if references.source == "skimage" else ""
     start, end = session.config_json["response_window_ms"]
     channels = ("its channels unlabelled" if not labels else
@@ -607,7 +641,7 @@ def methods_text(db, session: Session) -> str:
         paragraphs.append(record)
     provenance = thread_provenance(db, session)
     for thread in sorted(session.threads, key=lambda t: t.id):
-        paragraphs.append(_thread_methods(db, thread, provenance[thread.id], labels or []))
+        paragraphs.append(_thread_methods(db, thread, provenance[thread.id]))
     return "\n\n".join(paragraphs) + "\n"
 
 
@@ -623,7 +657,7 @@ def _record_text(db, session: Session) -> str:
     names = {thread.id: thread.name for thread in session.threads}
     lines = []
     for event in events:
-        data, when = event.data_json or {}, f"{event.time:%Y-%m-%d %H:%M:%S} UTC"
+        data, when = event.data_json or {}, _utc(event.time)
         if event.kind == "session.note":
             first, last = data.get("generations") or (None, None)
             on = "" if data.get("thread_id") is None else f" on thread {names.get(data['thread_id'])!r}" + (
@@ -633,17 +667,17 @@ def _record_text(db, session: Session) -> str:
             lines.append(f"- {when}, rig {data['rig']!r} came back with other channels: "
                          f"{channels_change(data['before'], data['after'])}. The threads went on scoring their "
                          "channels by number, so a channel may be another unit before this time than after; the "
-                         "labels above are those at the session's last presentation.")
+                         "session's labels above are those at its last presentation, a thread's those it "
+                         "recorded under.")
     return "Noted in the session's record:\n" + "\n".join(lines) if lines else ""
 
 
-def _thread_methods(db, thread: Thread, provenance: ThreadProvenance, labels: list[str]) -> str:
+def _thread_methods(db, thread: Thread, provenance: ThreadProvenance) -> str:
     generations = _completed_generations(db, thread)
     hyperparameters = provenance.hyperparameters
     settings = ", ".join(f"{key}={_brief(value)}" for key, value in hyperparameters.items()) or "not recorded"
-    segments = objective_segments([(g.number, g.objective_json or thread.objective_json) for g in generations])
-    objectives = _segments_text([(number, _objective_text(objective, labels)) for number, objective in segments]
-                                or [(0, _objective_text(thread.objective_json, labels))])
+    runs = _runs(db, thread, generations)
+    objectives = _segments_text([(run.number, _objective_text(run)) for run in runs])
     software = "; then ".join(f"{software_text(r)} on {r.get('device', '?')}, {r.get('precision', '?')} precision"
                               for r in provenance.software) or "not recorded"
     manifold = manifold_configs(thread.session).get(thread.id)
@@ -658,9 +692,10 @@ def _thread_methods(db, thread: Thread, provenance: ThreadProvenance, labels: li
             f"optimizer{design} (seed {thread.seed}; hyperparameters {settings}), "
             f"{_images_per_generation(generations, hyperparameters)}, "
             f"each shown {thread.repeats} time(s) per generation; {len(generations)} of {thread.n_generations} "
-            f"generations completed ({thread.status.value}). Scores: {objectives}. Software: {software}."
+            f"generations completed ({thread.status.value}).{_extensions_text(db, thread)} Scores: {objectives}. "
+            f"Software: {software}."
             + (_best_image_text(*_ranked(db, thread, generations, _reference_scores(db, thread, generations),
-                                         segments[-1][0]), generations[-1], segments[-1][0])
+                                         runs[-1].number), generations[-1], runs[-1].number)
                if thread.kind == "evolution" and generations else "")
             + (f" {retest_text(table)}" if thread.kind == "retest" and (table := retest_table(db, thread)) else ""))
 
@@ -729,13 +764,54 @@ def _weights_text(db, thread: Thread) -> str:
                           for text, (first, last, _) in zip(texts, runs))
 
 
-def _objective_text(objective: dict, labels: list[str]) -> str:
-    name = lambda c: f"{c} ({labels[c]})" if c < len(labels) else str(c)  # noqa: E731
+def _objective_text(run: Run) -> str:
+    """A run's objective: its expression, or its channels by the labels they were recorded under, each
+    relabelling within the run with its time (``0 (blocks.6:67 until 2026-11-30 09:31:01 UTC, then
+    blocks.6:5)``; more than ``NAMED_CHANNELS`` as ranges, "relabelled at" those times)."""
+    objective = run.objective
     if "expression" in objective:
         return f"the expression {objective['expression']}"
     channels = objective_channels(objective)
-    listed = ", ".join(map(name, channels)) if len(channels) <= NAMED_CHANNELS else channel_ranges(channels)
+    label = lambda labels, c: labels[c] if c < len(labels) else "unlabelled"  # noqa: E731
+    changes = {c: [(at, label(later, c)) for (_, before), (at, later) in zip(run.labels, run.labels[1:])
+                   if label(before, c) != label(later, c)] for c in channels}
+
+    def name(c: int) -> str:
+        first = label(run.start_labels, c)
+        if first == "unlabelled" and not changes[c]:
+            return str(c)
+        return f"{c} ({first}" + "".join(f" until {_utc(at)}, then {new}" for at, new in changes[c]) + ")"
+
+    if len(channels) <= NAMED_CHANNELS:
+        listed = ", ".join(map(name, channels))
+    else:
+        times = sorted({at for moved in changes.values() for at, _ in moved})
+        listed = channel_ranges(channels) + (f" (relabelled at {', '.join(map(_utc, times))})" if times else "")
     return f"the {objective.get('combine', 'mean')} rate (spikes/s) of channel{'s' * (len(channels) > 1)} {listed}"
+
+
+def _utc(time: datetime) -> str:
+    return f"{time:%Y-%m-%d %H:%M:%S} UTC"
+
+
+def _extensions_text(db, thread: Thread) -> str:
+    """Each change of the thread's number of generations (``thread.extended``) with its time, and whether the
+    thread had finished before it (an optional stopping rule a methods section names): `` It was created for 14
+    generations, then extended to 17 at 2026-11-30 09:31:48 UTC, after it had finished.``; empty without any."""
+    events = db.scalars(select(Event).where(Event.thread_id == thread.id,
+                                            Event.kind.in_(("thread.extended", "thread.finished")))
+                        .order_by(Event.id)).all()
+    created, changes, finished = None, [], False
+    for event in events:
+        if event.kind == "thread.finished":
+            finished = True
+            continue
+        data = event.data_json or {}
+        created = data["from"] if created is None else created
+        changes.append(f"{'extended' if data['to'] > data['from'] else 'shortened'} to {data['to']} at "
+                       f"{_utc(event.time)}" + (", after it had finished" if finished else ""))
+        finished = False
+    return f" It was created for {created} generations, then {'; then '.join(changes)}." if changes else ""
 
 
 def _segments_text(segments: list[tuple[int, str]]) -> str:

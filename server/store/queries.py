@@ -8,6 +8,7 @@ of each RESULTS and step (``batch`` to ``scored_responses``) run on the sqlite3 
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
@@ -255,3 +256,21 @@ def rig_sessions(db: Transaction, rig: str) -> list[int]:
         "SELECT DISTINCT t.session_id FROM threads t JOIN sessions s ON s.id = t.session_id WHERE s.rig = ? "
         "AND s.status = ? AND t.status IN (SELECT value FROM json_each(?)) ORDER BY t.session_id",
         (rig, SessionStatus.ACTIVE.value, statuses))]
+
+
+def labels_during(db: DBSession, session: Session, generation_ids: Collection[int]) -> list[tuple[datetime | None,
+                                                                                                 list[str]]]:
+    """The channel labels the session's rig recorded ``generation_ids`` (a run of a thread's generations) under,
+    oldest first, each with the time of the HELLO that brought it: those in effect at the first presentation of any
+    of them (``session_label_history``), then each other set it came back with before their last presentation.
+    Without a presentation of theirs, the session's labels (``session_channel_labels``, at time None); [] without
+    labels. Its first entry names a generation's channels wherever labels are shown (report, curve segments)."""
+    first, last = db.execute(select(func.min(Presentation.received_at), func.max(Presentation.received_at))
+                             .join(Batch, Batch.id == Presentation.batch_id)
+                             .where(Batch.generation_id.in_(generation_ids))).one()
+    history = session_label_history(db, session) if first is not None else []
+    if not history:
+        labels = session_channel_labels(db, session)
+        return [(None, labels)] if labels else []
+    start = [entry for entry in history if entry[0] <= first][-1:] or history[:1]
+    return start + [entry for entry in history if first < entry[0] <= last]
