@@ -408,8 +408,12 @@ def extend_thread(args) -> int:
 def retarget_thread(args) -> int:
     objective = {"expression": args.expression} if args.expression else \
         {"channels": args.channels, "combine": args.combine}
+    before = call("GET", f"/threads/{args.id}")["objective"]
     thread = call("POST", f"/threads/{args.id}/retarget", {"objective": objective})
-    print(logged(thread, "thread.retargeted")["message"])
+    if thread["objective"] == before:  # the objective it has: nothing changed, nothing logged
+        print(f"thread {thread['id']} {thread['name']!r} scores this objective already: {thread['score_label']}")
+    else:
+        print(logged(thread, "thread.retargeted")["message"])
     return 0
 
 

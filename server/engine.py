@@ -656,7 +656,7 @@ class Engine:
         channels = connected.get(thread.rig)
         if channels is None:
             return ThreadStatus.WAITING_FOR_RIG, None
-        problems = admission.check_objective(ObjectiveConfig.model_validate(thread.objective), thread.rig, channels)
+        problems = admission.check_objective(ObjectiveConfig.stored(thread.objective), thread.rig, channels)
         if problems:
             return ThreadStatus.BLOCKED, f"objective {problems[0].msg}; retarget the thread or connect a rig with more"
         return ThreadStatus.RUNNING, None

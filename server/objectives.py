@@ -186,7 +186,7 @@ class Objective:
 def _built(config: str) -> Objective:
     from server.session_config import ObjectiveConfig
 
-    return ObjectiveConfig.model_validate_json(config).build()
+    return ObjectiveConfig.stored(json.loads(config)).build()
 
 
 def objective_channels(config: Mapping) -> list[int]:

@@ -15,7 +15,7 @@ import math
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -125,14 +125,24 @@ class ObjectiveConfig(_Strict):
         return channels
 
     @model_validator(mode="after")
-    def _one_form(self) -> ObjectiveConfig:
+    def _one_form(self, info: ValidationInfo) -> ObjectiveConfig:
         if (self.channels is None) == (self.expression is None):
             raise ValueError('give either "channels" (with "combine") or "expression", not both or neither')
         if self.expression is not None:
             from server.objectives import parse
 
             parse(self.expression)
+            if self.combine != "mean" and not (info.context or {}).get(_STORED):  # stored ones with it still load
+                raise ValueError(f'"combine": "{self.combine}" applies to "channels" only; an expression combines '
+                                 f'its own terms: write "{self.combine}(...)" around them, e.g. "sum(rate(1), '
+                                 'rate(2))"')
         return self
+
+    @classmethod
+    def stored(cls, objective: Mapping) -> ObjectiveConfig:
+        """An objective as the database holds it (a thread's or a generation's), without the checks that only a new
+        one gets (one stored before them still loads)."""
+        return cls.model_validate(objective, context={_STORED: True})
 
     @model_serializer(mode="wrap")
     def _without_combine_for_an_expression(self, handler: SerializerFunctionWrapHandler):

@@ -274,3 +274,15 @@ def test_create_with_a_given_key_twice_creates_once_and_warns_of_a_shared_rig(cl
     assert [s["id"] for s in cli.get("/sessions")] == [first["id"], session_id]
     code, out, err = cli("session", "create", str(config), "--idempotency-key", "bad\tkey")
     assert code == 2 and "printable ASCII" in err
+
+
+def test_a_retarget_to_the_objective_a_thread_has_says_so_and_a_change_prints_its_event(cli: Cli):
+    """The server answers a retarget that changes nothing unchanged, logging nothing: the CLI says so rather than
+    printing an older retarget's event (or failing on a thread that never had one)."""
+    (thread,) = cli.session("a")["threads"]
+    code, out, err = cli("thread", "retarget", str(thread["id"]), "--channels", "0")
+    assert (code, err) == (0, "") and out == f"thread {thread['id']} 'a' scores this objective already: score (spikes/s)\n"
+    code, out, _ = cli("thread", "retarget", str(thread["id"]), "--channels", "1")
+    assert code == 0 and out.startswith(f"thread {thread['id']} 'a' scores mean of channels [1] from generation 0 on")
+    code, out, _ = cli("thread", "retarget", str(thread["id"]), "--channels", "1")
+    assert code == 0 and out.startswith(f"thread {thread['id']} 'a' scores this objective already")

@@ -318,8 +318,55 @@ class Presentation(Base):
     trial_json: Mapped[dict[str, Any] | None] = mapped_column(JSONValue)
 
 
+# Every kind of event the server logs (an ``Event.kind``), with what it means; docs/rest_api.md "Events" has the
+# details (``tests/server/test_rest_loose_ends.py`` checks both against the kinds the code logs).
+EVENT_KINDS: dict[str, str] = {
+    "session.created": "a session was created",
+    "session.finished": "every thread of the session ended on its own",
+    "session.stopped": "a user stopped the session",
+    "session.note": "a user's note (POST /sessions/{id}/notes)",
+    "session.references_rebuilt": "reference images the archive lost, rendered again from their source",
+    "thread.added": "a thread was added to the session",
+    "thread.optimizer": "the hyperparameters a new thread's optimizer runs with",
+    "thread.unusual_settings": "a setting far from the generator's own",
+    "thread.runtime": "the server built the thread: the software, device and weights it runs on",
+    "thread.generator_changed": "the server loaded other weights than the thread's images were made with",
+    "thread.started": "a thread was taken up while its rig is connected",
+    "thread.resumed": "a thread with a history taken up after a server restart",
+    "thread.running": "the thread runs (resumed, or its rig connected)",
+    "thread.waiting_for_rig": "the thread waits for its rig to connect",
+    "thread.blocked": "the rig announced too few channels for the thread's objective",
+    "thread.paused": "the thread was paused",
+    "thread.stopped": "the thread was stopped",
+    "thread.retargeted": "the thread's objective changed",
+    "thread.extended": "the thread's number of generations changed",
+    "thread.finished": "the thread ran all its generations",
+    "thread.failed": "the engine could not go on with the thread",
+    "thread.storage_failed": "the thread's data could not be written; it retries",
+    "thread.storage_recovered": "the thread's data is written again",
+    "results.refused": "RESULTS the server refused",
+    "results.late": "presentations for a batch whose generation was already scored",
+    "round.timed_out": "stimuli of a batch went unanswered within the batch timeout",
+    "generation.timed_out": "a generation ended with images or references unscored",
+    "generation.left_pending": "the thread stopped with this generation in flight",
+    "generation.completed": "a generation was scored: the curve point",
+    "drift.reference": "the reference images' rates drifted",
+    "channel.silent": "a scored channel fell silent",
+    "rig.connected": "a rig said HELLO",
+    "rig.lost": "a rig went silent",
+    "rig.replaced": "a second connection said HELLO under a live rig's name",
+    "rig.channels_changed": "a rig came back with other channels",
+    "rig.clock_offset": "a rig's onsets lie far from their arrival (its clock)",
+}
+# Items of the live stream (``GET /live``) that are not logged: never in the event log.
+LIVE_NOTICES: dict[str, str] = {
+    "batch.sent": "a BATCH went to the rig",
+    "batch.answered": "RESULTS of a batch were stored",
+}
+
+
 class Event(Base):
-    """A log line for the session record: state changes, timeouts, alarms."""
+    """A log line for the session record: state changes, timeouts, alarms (``EVENT_KINDS``)."""
 
     __tablename__ = "events"
     # A thread's events of one kind (the drift monitor reads its curve at every generation); also the index on

@@ -184,7 +184,7 @@ def set_objective(db: DBSession, thread: Thread, objective: ObjectiveConfig) -> 
         from_generation = len(queries.complete_generations(db, thread.id))  # numbers run 0, 1, ...
     log_event(db, "thread.retargeted",
               f"thread {thread.id} {thread.name!r} scores {describe_objective(objective)} from generation "
-              f"{from_generation} on (before: {describe_objective(ObjectiveConfig.model_validate(previous))})",
+              f"{from_generation} on (before: {describe_objective(ObjectiveConfig.stored(previous))})",
               thread_id=thread.id,
               data={"from_generation": from_generation, "objective": thread.objective_json, "previous": previous})
     return from_generation

@@ -85,6 +85,15 @@ def test_every_operation_declares_the_server_errors_as_error_detail(document):
     assert all(code in description for code in ("401", "404", "409", "413", "500", "503"))
 
 
+def test_every_declared_422_has_a_schema(document):
+    """A declared status without content is parsed as None by a generated client: its reason is lost."""
+    declared = {name: operation["responses"]["422"] for name, operation in operations(document)
+                if "422" in operation["responses"]}
+    assert {"POST /threads/{thread_id}/extend", "POST /threads/{thread_id}/retarget"} <= set(declared)
+    for name, response in declared.items():
+        assert "$ref" in response.get("content", {}).get("application/json", {}).get("schema", {}), name
+
+
 def test_a_sessions_config_is_typed_as_the_session_config_and_the_served_one_matches_it(live_server, document):
     for model in ("SessionRead", "SessionWithThreads"):
         config = document["components"]["schemas"][model]["properties"]["config"]

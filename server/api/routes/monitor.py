@@ -20,7 +20,8 @@ from server.store.models import (
     Thread,
 )
 
-router = APIRouter(tags=["monitor"], responses={404: {"model": ErrorDetail}})
+router = APIRouter(tags=["monitor"])
+NOT_FOUND = {404: {"model": ErrorDetail}}
 
 
 def decimate(total: int, max_points: int) -> list[int]:
@@ -35,7 +36,7 @@ def _argmax(scores: list[float | None] | None) -> int | None:
     return max(finite)[1] if finite else None
 
 
-@router.get("/threads/{thread_id}/curve", response_model=Curve)
+@router.get("/threads/{thread_id}/curve", response_model=Curve, responses=NOT_FOUND)
 def get_curve(thread_id: Id, db: DB, max_points: int = Query(1000, ge=2, le=10_000),
               from_generation: int = Query(0, ge=0, le=MAX_ID, description="Only generations from this number on.")) -> Curve:
     """Mean ± SEM, max and reference mean ± SEM per completed generation, with each one's best image, and
@@ -54,10 +55,16 @@ def get_curve(thread_id: Id, db: DB, max_points: int = Query(1000, ge=2, le=10_0
     segments = [(number, objective) for number, objective
                 in objective_segments([(r.number, r.objective_json or thread.objective_json) for r in rows])
                 if number >= from_generation]
-    labels = None  # a channels objective's label names its channels: a retarget's segments say which each scores
-    if any(objective.get("channels") for _, objective in segments):
-        labels = queries.session_channel_labels(db, thread.session) or []
-    segments = [CurveSegment(from_generation=number, score_label=score_label(objective, labels))
+    ids = {row.number: row.id for row in rows}
+
+    def labels(number: int) -> list[str]:
+        """The channel labels generation ``number`` was recorded under: a channels objective's label names its
+        channels (a retarget's segments say which each scores) as the rig had them when its segment began."""
+        during = queries.labels_during(db, thread.session, [ids[number]])
+        return during[0][1] if during else []
+
+    segments = [CurveSegment(from_generation=number,
+                             score_label=score_label(objective, labels(number) if objective.get("channels") else None))
                 for number, objective in segments]
     rows = [row for row in rows if row.number >= from_generation]
     total = len(rows)
@@ -106,7 +113,7 @@ def list_rigs(request: Request, db: DB) -> list[RigSummary]:
             for rig in sorted(set(connected) | set(sessions))]
 
 
-@router.get("/rigs/{rig}", response_model=RigStatus)
+@router.get("/rigs/{rig}", response_model=RigStatus, responses=NOT_FOUND)
 def get_rig(rig: str, request: Request, db: DB, batches: int = Query(20, ge=1, le=500)) -> RigStatus:
     """Whether ``rig`` is connected, its channels (and which threads that have not ended score them), and its
     latest batch timings; 404 for a rig that never connected and that no session names (a typo)."""
@@ -121,7 +128,7 @@ def get_rig(rig: str, request: Request, db: DB, batches: int = Query(20, ge=1, l
         .where(Session.rig == rig, Session.status == SessionStatus.ACTIVE,
                Thread.status.not_in(ENDED_THREAD_STATUSES))
     ):
-        for channel in sorted(ObjectiveConfig.model_validate(objective).build().channels):
+        for channel in sorted(ObjectiveConfig.stored(objective).build().channels):
             scored.setdefault(channel, []).append(name)
     recent = db.execute(recent_batches(rig, batches)).all()
     turnaround = _turnarounds(db, recent)

@@ -3,6 +3,7 @@ stop, pause and resume, add a thread, notes, events."""
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from typing import Annotated
 
@@ -34,6 +35,8 @@ from server.session_config import SessionConfig, ThreadConfig, problem_message
 from server.store import queries, records
 from server.store.models import (
     ENDED_THREAD_STATUSES,
+    EVENT_KINDS,
+    LIVE_NOTICES,
     LIVE_THREAD_STATUSES,
     Event,
     Session,
@@ -191,13 +194,21 @@ def pause_session(session_id: Id, db: DB, wake: Wake, request: Request) -> Sessi
 
 
 @router.post("/{session_id}/resume", response_model=SessionWithThreads, responses={**NOT_FOUND, 409: {
-    "model": ErrorDetail, "description": "A paused thread's generator's weights do not load now, or the image "
-    "archive lost reference images that cannot be rebuilt: no thread is resumed."}})
+    "model": ErrorDetail, "description": "The session has ended (stopped or finished), a paused thread's generator's "
+    "weights do not load now, or the image archive lost reference images that cannot be rebuilt: no thread is "
+    "resumed."}})
 def resume_session(session_id: Id, db: DB, wake: Wake, cache: Generators, archive: Archive,
                    request: Request) -> SessionWithThreads:
     """Resume every paused thread, each checked as ``POST /threads/{id}/resume`` checks it (a ``409`` with the first
-    reason resumes none). Nothing paused: the session unchanged."""
+    reason resumes none). Nothing paused: the session unchanged. An ended session is a ``409``."""
     session = get_or_404(db, Session, session_id)
+    if session.status == SessionStatus.STOPPED:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"cannot resume session {session_id}: it is stopped, "
+                            "which is final; create a new session to go on")
+    if session.status == SessionStatus.FINISHED:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"cannot resume session {session_id}: it is finished (every "
+                            "thread ended); `POST /threads/{id}/extend` goes on with a finished evolution, `POST "
+                            "/threads/{id}/resume` with a failed thread once its cause is fixed")
     paused = [thread for thread in session.threads if thread.status == ThreadStatus.PAUSED]
     for thread in paused:
         _check_generator(thread, cache)
@@ -280,6 +291,7 @@ def post_session_note(session_id: Id, note: NoteCreate, db: DB) -> Event:
         thread = session_thread(session, note.thread_id, ("body", "thread_id"))
         if note.generations is not None:
             first, last = note.generations
+            check_generations(thread, last)
             span = f"generation {first}" if first == last else f"generations {first}-{last}"
             about = f" (thread {thread.id} {thread.name!r}, {span})"
         else:
@@ -288,6 +300,14 @@ def post_session_note(session_id: Id, note: NoteCreate, db: DB) -> Event:
                                  thread_id=note.thread_id, data=note.model_dump(mode="json"))
     db.commit()
     return db.get(Event, event_id)
+
+
+def check_generations(thread: Thread, last: int) -> None:
+    """A ``422`` unless the thread can have generation ``last``: it runs ``n_generations``, numbered from 0."""
+    if last >= thread.n_generations:
+        raise HTTPException(422, [{"type": "value_error", "loc": ["body", "generations"], "msg": (
+            f"thread {thread.id} {thread.name!r} has no generation {last}: it runs {thread.n_generations} "
+            f"generation(s), numbered from 0, so its last is {thread.n_generations - 1}")}])
 
 
 def session_thread(session: Session, thread_id: int, loc: tuple[str, ...]) -> Thread:
@@ -309,16 +329,36 @@ def list_session_events(
     limit: Limit = 100,
     kind: Annotated[list[Annotated[str, Field(min_length=1, max_length=64)]] | None, Query(
         max_length=50, description="Only events of this kind (exact, e.g. `generation.completed`); repeat it for "
-        "several kinds.")] = None,
+        "several kinds. A kind the server never logs is a `422`.")] = None,
     thread_id: Annotated[int | None, Query(ge=0, le=MAX_ID, description="Only this thread's events.")] = None,
 ) -> Page[EventRead]:
-    """The session's event log, oldest first; ``kind`` and ``thread_id`` keep only some of it (a ``thread_id`` not
-    of this session is a ``422``)."""
+    """The session's event log, oldest first; ``kind`` and ``thread_id`` keep only some of it (a kind the server
+    never logs, or a ``thread_id`` not of this session, is a ``422``)."""
     session = get_or_404(db, Session, session_id)
     query = select(Event).where(Event.session_id == session_id)
     if kind:
+        check_kinds(kind)
         query = query.where(Event.kind.in_(kind))
     if thread_id is not None:
         session_thread(session, thread_id, ("query", "thread_id"))
         query = query.where(Event.thread_id == thread_id)
     return paginate(db, query, Event.id, EventRead, offset, limit)
+
+
+def check_kinds(kinds: list[str]) -> None:
+    """A ``422`` naming each kind the server never logs (``EVENT_KINDS``), with the closest one: a typo would
+    answer an empty page, as if no such event had happened."""
+    problems = []
+    for kind in kinds:
+        if kind in EVENT_KINDS:
+            continue
+        if kind in LIVE_NOTICES:
+            hint = "it is a live notice, not logged: `GET /live` sends it"
+        elif close := difflib.get_close_matches(kind.lower(), EVENT_KINDS, n=1):
+            hint = f"did you mean {close[0]!r}?"
+        else:
+            hint = f"the kinds: {', '.join(EVENT_KINDS)}"
+        problems.append({"type": "value_error", "loc": ["query", "kind"],
+                         "msg": f"{kind!r} is no kind of event the server logs; {hint}"})
+    if problems:
+        raise HTTPException(422, problems)

@@ -85,6 +85,10 @@ def _transition(db: DBSession, wake: Callable[[], None], thread_id: int, action:
                   f" (allowed from: {', '.join(sorted(s.value for s in allowed))})")
         if thread.last_error and thread.status in LIVE_THREAD_STATUSES:  # held back, or a refusal not yet cleared
             detail += f"; its last error: {thread.last_error}"
+        elif action == "resume" and thread.status == ThreadStatus.FINISHED:
+            detail += (f"; extend it to go on: `POST /threads/{thread_id}/extend` with more generations"
+                       if thread.kind == "evolution" else
+                       f"; a {thread.kind} thread has a fixed design: add a new {thread.kind} thread to show more")
         raise HTTPException(status.HTTP_409_CONFLICT, detail)
     log_event(
         db, f"thread.{target.value}", f"thread {thread_id} {thread.name!r} {target.value} via REST", thread_id=thread_id
@@ -165,7 +169,7 @@ def stop_thread(thread_id: Id, db: DB, wake: Wake) -> Thread:
 
 @router.post("/{thread_id}/extend", response_model=ThreadRead, responses={409: {
     "model": ErrorDetail, "description": "Not an evolution, stopped or failed, in a stopped session, the source of a "
-    "Manifold map, or (finished) its generator or references do not load now."}, 422: {}})
+    "Manifold map, or (finished) its generator or references do not load now."}})
 def extend_thread(thread_id: Id, body: Extend, db: DB, wake: Wake, cache: Generators, archive: Archive) -> Thread:
     """An evolution's new total of generations, more than it has asked so far: running, waiting_for_rig, blocked or
     paused, it goes on to the new total; finished, it goes on (running, its session active again) from its stored
@@ -220,15 +224,18 @@ def _check_extendable(db: DBSession, thread: Thread) -> None:
         raise HTTPException(status.HTTP_409_CONFLICT, f"cannot extend thread {thread.id}: {reason}")
 
 
-@router.post("/{thread_id}/retarget", response_model=ThreadRead, responses={**CONFLICT, 422: {}})
+@router.post("/{thread_id}/retarget", response_model=ThreadRead, responses=CONFLICT)
 def retarget_thread(thread_id: Id, body: Retarget, db: DB, wake: Wake, rig_channels: RigChannels) -> Thread:
     """Change the thread's objective from its next generation on (an event records that generation's number and
-    both objectives; the session's stored config keeps the one the thread was created with)."""
+    both objectives; the session's stored config keeps the one the thread was created with). The objective it has
+    (as stored) returns it unchanged."""
     thread = get_or_404(db, Thread, thread_id)
     if thread.status in ENDED_THREAD_STATUSES:
         raise HTTPException(status.HTTP_409_CONFLICT, f"cannot retarget thread {thread_id}: it is {thread.status.value}")
     rig = thread.session.rig
     refuse(check_objective(body.objective, rig, rig_channels(rig), ("objective",)))
+    if thread.objective_json == body.objective.model_dump(mode="json", exclude_none=True):
+        return thread  # retargeted to this before (or created with it): a repeat changes nothing
     set_objective(db, thread, body.objective)
     if thread.status == ThreadStatus.BLOCKED:  # the engine re-checks it against the rig
         thread.status, thread.last_error = ThreadStatus.RUNNING, None
