@@ -233,11 +233,12 @@ function sessionsTable(sessions) {
 
 // ---------------------------------------------------------------- session page
 async function sessionPage(sessionId) {
-  const state = { session: await api(`/sessions/${sessionId}`), curves: new Map(), curveLoads: new Map(), otherThreads: new Map(), montageAt: new Map(), montageTimers: new Map(), timers: [] };
+  const state = { session: await api(`/sessions/${sessionId}`), curves: new Map(), curveLoads: new Map(), otherThreads: new Map(), montageAt: new Map(), montageTimers: new Map(), timers: [],
+    refreshing: null, refreshQueued: null }; // the session's re-read running, and the one waiting for it
   const main = $("#main");
   main.innerHTML = `<nav class="skips" aria-label="skip links"><a class="skip" href="#rig">Skip to the rig panel</a>
       <a class="skip" href="#events">Skip to the events</a></nav>
-    <div class="session-head card"><div><h1 id="session-title"></h1><div id="session-meta" class="muted"></div></div>
+    <div class="session-head card"><div><h1 id="session-title" tabindex="-1"></h1><div id="session-meta" class="muted"></div></div>
       <div class="controls"><button id="stop-session" class="danger">Stop session</button></div></div>
     <div class="layout"><div id="threads"></div>
       <aside><section class="card" id="rig" tabindex="-1" aria-labelledby="rig-title"><h2 id="rig-title">Rig ${esc(state.session.rig)}
@@ -285,7 +286,20 @@ async function act(call, state) {
   await refreshSession(state);
 }
 
-async function refreshSession(state) {
+// One re-read at a time, each comparing with what the one before it left, so a change is said once; calls made
+// while one waits to start share it.
+function refreshSession(state) {
+  if (!state.refreshQueued) {
+    state.refreshQueued = (state.refreshing ?? Promise.resolve()).catch(() => {}).then(() => {
+      state.refreshQueued = null;
+      return rereadSession(state);
+    });
+    state.refreshing = state.refreshQueued;
+  }
+  return state.refreshQueued;
+}
+
+async function rereadSession(state) {
   const before = new Map(state.session.threads.map((t) => [t.id, t.status]));
   const sessionBefore = state.session.status;
   state.session = await api(`/sessions/${state.session.id}`);
@@ -432,8 +446,8 @@ function scheduleMontage(state, threadId, card) {
   state.montageTimers.set(threadId, setTimeout(() => {
     state.montageTimers.delete(threadId);
     state.montageAt.set(threadId, Date.now());
-    const points = state.curves.get(threadId).points;
-    if (points.length) loadMontage(card, points[points.length - 1].generation_id);
+    const points = state.curves.get(threadId)?.points; // (none while a reload reads the curves again)
+    if (points?.length) loadMontage(card, points[points.length - 1].generation_id);
   }, wait));
 }
 
@@ -515,7 +529,10 @@ function showBanner(state, event) {
   // Its time, as the feed writes it: an alarm from an hour ago is not read as news.
   banner.innerHTML = `⚠ <time title="${esc(dateTime(event.time))}">${clock(event.time)}</time>: ${esc(event.message)} <button>dismiss</button>`;
   banner.hidden = false;
-  $("button", banner).addEventListener("click", () => { banner.hidden = true; });
+  $("button", banner).addEventListener("click", () => {
+    if (banner.contains(document.activeElement)) $("#session-title").focus(); // not lost to the page's top
+    banner.hidden = true;
+  });
 }
 
 // ---------------------------------------------------------------- rig panel

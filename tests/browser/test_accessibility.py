@@ -225,6 +225,44 @@ def test_the_manifold_map_says_what_it_shows_once_shown(page, running):
     assert uncaught(page) == []
 
 
+def test_a_change_is_announced_once_while_the_session_is_reread_several_times_at_once(page, running):
+    """Three re-reads of the session held back until "c" is resumed over REST (and any the stream's events ask
+    meanwhile): each finds the change, which is said once. Leaves "c" running (the Manifold map, above, is done)."""
+    _, api, session = running
+    ids = open_session(page, running)
+    page.wait_for_selector("#live-state.on")  # (the page's handler of the stream's items is in place)
+    c = ids["c"]
+    if api.get(f"/threads/{c}")["status"] != "paused":
+        api.post(f"/threads/{c}/pause")
+    page.wait_for_selector(f"#thread-{c} button[data-action=resume]")
+    page.evaluate("""(id) => {
+        const get = api, reread = refreshSession;
+        window.gate = new Promise((open) => { window.openGate = open; });
+        api = async (path, options) => { if (path === `/sessions/${id}`) await window.gate; return get(path, options); };
+        window.pending = 0; window.said = [];
+        refreshSession = (state) => { window.pending += 1; return reread(state).finally(() => { window.pending -= 1; }); };
+        new MutationObserver((records) => records.forEach((r) => r.addedNodes.forEach((n) => window.said.push(n.textContent))))
+            .observe(document.querySelector('#announce'), { childList: true });
+        for (let i = 0; i < 3; i++) live.handlers.forEach((h) => h("session.viewed", { session_id: id }));
+    }""", session["id"])
+    api.post(f"/threads/{c}/resume")
+    page.evaluate("window.openGate()")
+    wait_until(page, "() => window.pending === 0")
+    said = [line for line in page.evaluate("window.said") if line.startswith("Thread c ")]
+    assert said and len(said) == len(set(said)), said  # ("running", or "waiting for rig" first while the rig is busy)
+    assert uncaught(page) == []
+
+
+def test_dismissing_the_banner_hands_focus_to_the_page_heading(page, running):
+    open_session(page, running)
+    page.wait_for_selector("#banner:not([hidden])")
+    page.focus("#banner button")
+    page.keyboard.press("Enter")
+    assert page.is_hidden("#banner")
+    expect(page.get_by_role("heading", level=1)).to_be_focused()
+    assert uncaught(page) == []
+
+
 def test_a_page_raises_no_banner_for_a_rig_loss_that_is_over_and_dates_its_banner(page, running):
     """A rig.lost is over once its rig is connected again, or once a later event says the session's threads run
     again: a page that opens shows the newest warning that still holds, with its time as the feed writes it."""
