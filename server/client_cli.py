@@ -159,7 +159,7 @@ def api():
     """The REST client of ACTMAX_URL with ACTMAX_TOKEN."""
     from server.launch import ApiClient
 
-    return ApiClient(*address(), timeout=REQUEST_TIMEOUT_S)
+    return ApiClient(*address(), timeout=REQUEST_TIMEOUT_S, client="cli")
 
 
 class Unreachable(ServerError):
@@ -268,7 +268,7 @@ def post_session(config: dict, key: str):
 
     url, token = address()
     check_server(url)
-    headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": key}
+    headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": key, "X-Actmax-Client": "cli"}
     with httpx.Client(base_url=url, headers=headers, timeout=REQUEST_TIMEOUT_S) as http:
         for attempt in range(1, CREATE_ATTEMPTS + 1):
             try:

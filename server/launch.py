@@ -135,9 +135,11 @@ def error_text(response: httpx.Response) -> str:
 class ApiClient:
     """A small authenticated client of the REST API that raises ``ServerError`` with the server's reason."""
 
-    def __init__(self, url: str, token: str, timeout: float = 30.0):
+    def __init__(self, url: str, token: str, timeout: float = 30.0, client: str | None = None):
+        """``client``: who sends the requests (``X-Actmax-Client``, named in the events of the actions they take)."""
         self.url = url
-        self._http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout)
+        headers = {"Authorization": f"Bearer {token}", **({"X-Actmax-Client": client} if client else {})}
+        self._http = httpx.Client(base_url=url, headers=headers, timeout=timeout)
 
     def get(self, path: str, **params):
         return self._checked(self._http.get(path, params=params or None))

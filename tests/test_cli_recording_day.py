@@ -95,6 +95,8 @@ def test_a_break_pauses_the_whole_session_and_a_thread_added_meanwhile_waits(cli
     assert code == 0, err
     assert out.splitlines()[0] == f"session {session['id']} active"
     assert {t["status"] for t in cli.get(f"/sessions/{session['id']}/threads")} == {"paused"}
+    paused = cli.get(f"/sessions/{session['id']}/events", kind="thread.paused")["items"]
+    assert [e["message"].split(" paused ")[1] for e in paused] == ["via the CLI"] * 2  # the record names the program
 
     thread = tmp_path / "extra.yaml"  # one entry of a session config's threads
     thread.write_text("name: extra\ngenerator: dcgan-faces\noptimizer: cma\nobjective: {channels: [0]}\n")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any, Protocol, TypeVar
 
-from fastapi import Depends, HTTPException, Path, Query, Request, status
+from fastapi import Depends, Header, HTTPException, Path, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 from sqlalchemy import Select, func, select
@@ -105,3 +105,16 @@ def refuse(problems: list) -> None:
     """A 422 shaped like FastAPI's own (``detail``: one item per problem, with its field path)."""
     if problems:
         raise HTTPException(422, [problem.to_json() for problem in problems])
+
+
+CLIENTS = {"cli": "the CLI", "dashboard": "the dashboard"}  # X-Actmax-Client values, as an action's event names them
+
+
+def get_via(x_actmax_client: Annotated[str | None, Header(
+        description="Who sends the request, for the event of an action it takes: `cli` (actmax's CLI), `dashboard`; "
+        "none or another value: a script (the event says `via REST`).")] = None) -> str:
+    """How an action reached the server, as its event says it: ``the CLI``, ``the dashboard`` or ``REST``."""
+    return CLIENTS.get(x_actmax_client or "", "REST")
+
+
+Via = Annotated[str, Depends(get_via)]

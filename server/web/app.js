@@ -30,7 +30,8 @@ class Offline extends Error {} // the server did not answer: the live stream's r
 async function api(path, options = {}) {
   const response = await fetch(path, {
     ...options,
-    headers: { Authorization: `Bearer ${sessionStorage.getItem(TOKEN_KEY)}`, "Content-Type": "application/json", ...(options.headers || {}) },
+    headers: { Authorization: `Bearer ${sessionStorage.getItem(TOKEN_KEY)}`, "Content-Type": "application/json",
+      "X-Actmax-Client": "dashboard", ...(options.headers || {}) }, // named in the events of the actions it takes
   }).catch((error) => { throw new Offline(`the server cannot be reached (${error.message})`); });
   if (response.status === 401) throw new Unauthorized("the server refused the token");
   if (!response.ok) {

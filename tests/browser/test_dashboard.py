@@ -194,6 +194,8 @@ def test_session_page_is_live_and_controls_the_thread(page, running):
     page.click(f"#thread-{thread_id} button[data-action=pause]")
     page.wait_for_selector(f"#thread-{thread_id} button[data-action=resume]")
     assert api.get(f"/threads/{thread_id}")["status"] == "paused"
+    paused = [e["message"] for e in api.get(f"/sessions/{session['id']}/events", kind="thread.paused")["items"]]
+    assert paused == [f"thread {thread_id} 'cma' paused via the dashboard"]  # the record says which program did it
     # The rig also serves the other session: its batches are marked with it.
     api.post(f"/threads/{other_thread}/resume")
     page.wait_for_selector(f"#rig td:has-text('other (session {other['id']})')")

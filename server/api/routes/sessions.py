@@ -24,6 +24,7 @@ from server.api.deps import (
     Limit,
     Offset,
     RigChannels,
+    Via,
     Wake,
     get_or_404,
     paginate,
@@ -182,14 +183,14 @@ def stop_session(session_id: Id, db: DB, wake: Wake) -> Session:
 
 @router.post("/{session_id}/pause", response_model=SessionWithThreads, responses={**NOT_FOUND, 409: {
     "model": ErrorDetail, "description": "The session has ended (stopped or finished)."}})
-def pause_session(session_id: Id, db: DB, wake: Wake, request: Request) -> SessionWithThreads:
+def pause_session(session_id: Id, db: DB, wake: Wake, request: Request, via: Via) -> SessionWithThreads:
     """Pause every running, waiting_for_rig or blocked thread, as ``POST /threads/{id}/pause`` does each; a thread
     added while every thread not ended is paused is created paused. Nothing to pause: the session unchanged."""
     session = get_or_404(db, Session, session_id)
     if session.status != SessionStatus.ACTIVE:
         raise HTTPException(status.HTTP_409_CONFLICT, f"cannot pause session {session_id}: it is "
                             f"{session.status.value}")
-    move_threads(db, wake, session, LIVE_THREAD_STATUSES, ThreadStatus.PAUSED)
+    move_threads(db, wake, session, LIVE_THREAD_STATUSES, ThreadStatus.PAUSED, via)
     return session_read(db, session, request.app.state.engine)
 
 
@@ -198,7 +199,7 @@ def pause_session(session_id: Id, db: DB, wake: Wake, request: Request) -> Sessi
     "weights do not load now, or the image archive lost reference images that cannot be rebuilt: no thread is "
     "resumed."}})
 def resume_session(session_id: Id, db: DB, wake: Wake, cache: Generators, archive: Archive,
-                   request: Request) -> SessionWithThreads:
+                   request: Request, via: Via) -> SessionWithThreads:
     """Resume every paused thread, each checked as ``POST /threads/{id}/resume`` checks it (a ``409`` with the first
     reason resumes none). Nothing paused: the session unchanged. An ended session is a ``409``."""
     session = get_or_404(db, Session, session_id)
@@ -214,12 +215,12 @@ def resume_session(session_id: Id, db: DB, wake: Wake, cache: Generators, archiv
         _check_generator(thread, cache)
     if paused:
         _check_references(db, paused[0], archive)  # the session's references, the same for each of its threads
-    move_threads(db, wake, session, frozenset({ThreadStatus.PAUSED}), ThreadStatus.RUNNING)
+    move_threads(db, wake, session, frozenset({ThreadStatus.PAUSED}), ThreadStatus.RUNNING, via)
     return session_read(db, session, request.app.state.engine)
 
 
 def move_threads(db: DBSession, wake: Callable[[], None], session: Session, allowed: frozenset[ThreadStatus],
-                 target: ThreadStatus) -> None:
+                 target: ThreadStatus, via: str) -> None:
     """Move the session's threads in ``allowed`` to ``target`` (a conditional UPDATE, so a concurrent engine write
     cannot be lost), each with its ``thread.<target>`` event, as a thread's own action logs it; commit and wake."""
     values = {"status": target} if target != ThreadStatus.RUNNING else {"status": target, "last_error": None}
@@ -229,7 +230,7 @@ def move_threads(db: DBSession, wake: Callable[[], None], session: Session, allo
         db.rollback()
         return
     for thread_id, name in sorted(moved):
-        records.log_event(db, f"thread.{target.value}", f"thread {thread_id} {name!r} {target.value} via REST",
+        records.log_event(db, f"thread.{target.value}", f"thread {thread_id} {name!r} {target.value} via {via}",
                           thread_id=thread_id, session_id=session.id)
     db.commit()
     db.expire_all()  # the threads as the database now holds them
@@ -244,7 +245,7 @@ def list_session_threads(session_id: Id, db: DB, request: Request) -> list[Threa
 @router.post("/{session_id}/threads", response_model=ThreadRead, status_code=status.HTTP_201_CREATED,
              responses={**NOT_FOUND, **CONFLICT})
 def post_session_thread(session_id: Id, thread: ThreadConfig, db: DB, wake: Wake, cache: Generators,
-                        rig_channels: RigChannels, settings: AppSettings) -> Thread:
+                        rig_channels: RigChannels, settings: AppSettings, via: Via) -> Thread:
     """Add a thread (e.g. a Manifold map around a finished evolution), checked like a new session's.
 
     A ``finished`` session becomes ``active`` again; a ``stopped`` one is a ``409``. While every thread of the
@@ -270,7 +271,7 @@ def post_session_thread(session_id: Id, thread: ThreadConfig, db: DB, wake: Wake
                                   for problem in error.errors()]) from None
     if paused:
         row.status = ThreadStatus.PAUSED
-        records.log_event(db, "thread.paused", f"thread {row.id} {row.name!r} paused via REST: added while every "
+        records.log_event(db, "thread.paused", f"thread {row.id} {row.name!r} paused via {via}: added while every "
                           f"thread of session {session_id} is paused; `POST /sessions/{session_id}/resume` resumes "
                           "them all", thread_id=row.id, session_id=session_id)
     elif channels is None:

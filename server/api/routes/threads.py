@@ -12,7 +12,9 @@ from sqlalchemy.orm import Session as DBSession
 
 import generators
 from server.admission import Problem, check_objective
-from server.api.deps import DB, Archive, Generators, Id, Limit, Offset, RigChannels, Wake, get_or_404, paginate, refuse
+from server.api.deps import (
+    DB, Archive, Generators, Id, Limit, Offset, RigChannels, Via, Wake, get_or_404, paginate, refuse,
+)
 from server.api.schemas import ErrorDetail, GenerationSummary, Page, PresentationRead, Retarget, ThreadRead
 from server.session_config import SessionConfig
 from server.store.archive import ImageArchive
@@ -64,7 +66,7 @@ class Extend(BaseModel):
                                "than it has asked so far (the session's config keeps the number it was created with).")
 
 
-def _transition(db: DBSession, wake: Callable[[], None], thread_id: int, action: str) -> Thread:
+def _transition(db: DBSession, wake: Callable[[], None], thread_id: int, action: str, via: str) -> Thread:
     """Apply ``action`` atomically (a conditional UPDATE, so a concurrent engine write cannot be lost); a thread
     already as the action would leave it (``ALREADY``) is returned unchanged."""
     allowed, target = TRANSITIONS[action]
@@ -91,7 +93,7 @@ def _transition(db: DBSession, wake: Callable[[], None], thread_id: int, action:
                        f"; a {thread.kind} thread has a fixed design: add a new {thread.kind} thread to show more")
         raise HTTPException(status.HTTP_409_CONFLICT, detail)
     log_event(
-        db, f"thread.{target.value}", f"thread {thread_id} {thread.name!r} {target.value} via REST", thread_id=thread_id
+        db, f"thread.{target.value}", f"thread {thread_id} {thread.name!r} {target.value} via {via}", thread_id=thread_id
     )
     if target == ThreadStatus.STOPPED:
         end_session_if_done(db, thread.session_id)
@@ -119,16 +121,16 @@ def get_thread(thread_id: Id, db: DB, request: Request) -> ThreadRead:
 
 
 @router.post("/{thread_id}/pause", response_model=ThreadRead, responses=CONFLICT)
-def pause_thread(thread_id: Id, db: DB, wake: Wake) -> Thread:
+def pause_thread(thread_id: Id, db: DB, wake: Wake, via: Via) -> Thread:
     """running, waiting_for_rig or blocked -> paused: the current generation is still scored and told,
     no new one is asked. A paused thread is returned unchanged."""
-    return _transition(db, wake, thread_id, "pause")
+    return _transition(db, wake, thread_id, "pause", via)
 
 
 @router.post("/{thread_id}/resume", response_model=ThreadRead, responses={409: {
     "model": ErrorDetail, "description": "The thread's status does not allow this action, its generator's weights "
     "do not load now, or the image archive lost reference images that cannot be rebuilt."}})
-def resume_thread(thread_id: Id, db: DB, wake: Wake, cache: Generators, archive: Archive) -> Thread:
+def resume_thread(thread_id: Id, db: DB, wake: Wake, cache: Generators, archive: Archive, via: Via) -> Thread:
     """paused, or failed once its cause is fixed (not in a stopped session) -> running (the engine makes it
     waiting_for_rig or blocked if its rig says so); last_error is cleared. A thread whose generator does not
     load now (its weights, as a session's creation checks them), or whose session's reference images the archive
@@ -138,7 +140,7 @@ def resume_thread(thread_id: Id, db: DB, wake: Wake, cache: Generators, archive:
     if thread.status in TRANSITIONS["resume"][0]:
         _check_generator(thread, cache)
         _check_references(db, thread, archive)
-    return _transition(db, wake, thread_id, "resume")
+    return _transition(db, wake, thread_id, "resume", via)
 
 
 def _check_generator(thread: Thread, cache, action: str = "resume") -> None:
@@ -162,9 +164,9 @@ def _check_references(db: DBSession, thread: Thread, archive: ImageArchive, acti
 
 
 @router.post("/{thread_id}/stop", response_model=ThreadRead, responses=CONFLICT)
-def stop_thread(thread_id: Id, db: DB, wake: Wake) -> Thread:
+def stop_thread(thread_id: Id, db: DB, wake: Wake, via: Via) -> Thread:
     """Any status but stopped, finished or failed -> stopped (final). A stopped thread is returned unchanged."""
-    return _transition(db, wake, thread_id, "stop")
+    return _transition(db, wake, thread_id, "stop", via)
 
 
 @router.post("/{thread_id}/extend", response_model=ThreadRead, responses={409: {
