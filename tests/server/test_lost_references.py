@@ -18,6 +18,7 @@ from server.main import create_app
 from server.store.archive import ImageArchive
 from server.store.models import Event, Stimulus, StimulusKind, Thread, ThreadStatus
 from tests.server.conftest import served
+from tests.server.test_faults import wait_archived
 from tests.server.test_end_to_end import wait_until
 from tests.server.test_engine import RIG, LiveEngine, answer
 from tests.server.test_reconnect import thread_status
@@ -42,6 +43,7 @@ def test_skimage_references_lost_with_the_archive_are_rebuilt_byte_for_byte_and_
         first = rig.next_batch(timeout=60)
         rig.send_results(first.batch_id, answer(first)).result(30)
         pending = rig.next_batch(timeout=60)  # generation 1, left pending by the restart
+        wait_archived(live)  # its images' archive writes follow the send: none lands after the rmtree below
     stored = {s.id: archive.read(s.content_hash) for s in references(live)}
     assert len(stored) == 2
     shutil.rmtree(data / "images")  # `rm -rf images` while the server is down
