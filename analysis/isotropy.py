@@ -200,8 +200,8 @@ def rbf_probe(activation_fn: Callable[[torch.Tensor], torch.Tensor],
     dim = z_star.shape[1]
     with torch.no_grad():
         f_star = float(activation_fn(z_star).reshape(-1)[0])
-    if not f_star > 0:
-        raise AnalysisError(f"the activation at z_star must be positive, got {f_star}")
+    if not 0 < f_star < np.inf:
+        raise AnalysisError(f"the activation at z_star must be positive and finite, got {f_star}")
     origin = torch.zeros_like(z_star) if mode == "max_abinit" else z_star
     acts, dists, codes = [], [], []
     for r in levels:
@@ -227,6 +227,14 @@ def rbf_probe(activation_fn: Callable[[torch.Tensor], torch.Tensor],
     return RBFProbe(mode, levels, f_star, np.array(acts), np.array(dists), np.array(codes))
 
 
+def _reach(frac: np.ndarray) -> str:
+    """The reached f/f* of a probe's finite samples, for a note."""
+    if not frac.size:
+        return "no finite sample"
+    lo, hi = frac.min(), frac.max()
+    return f"all {frac.size} samples at f/f* = {lo:.2g}" if lo == hi else f"reached f/f* {lo:.2g}-{hi:.2g}"
+
+
 def rbf_ratios(results: Mapping[str, RBFProbe], *, bins=(0.6, 0.7, 0.8, 0.9), half_width: float = 0.05,
                min_count: int = 10) -> dict:
     """Statistics of spec B6 from probes keyed by mode (needs "min" and "max").
@@ -236,13 +244,24 @@ def rbf_ratios(results: Mapping[str, RBFProbe], *, bins=(0.6, 0.7, 0.8, 0.9), ha
     max_min_ratio: mean over bins of mean d(max) / mean d(min) (1 for a radial basis function);
     global_local_ratio: the same for d(max_abinit) / d(max) when "max_abinit" is given;
     per mode, the linear fit of distance on f/f* over all samples (slope, intercept) and Spearman ρ.
+    Samples with a non-finite f/f* or distance are left out. What is undefined is NaN, and ``notes``
+    says why: a ratio with no bin to count, a fit whose samples all reached one f/f* (e.g. 0: every
+    sample's activation is 0) or a probe with non-finite samples.
     """
     for key in ("min", "max"):
         if key not in results:
             raise AnalysisError(f"results needs a {key!r} probe, got {sorted(results)}")
-
-    def bin_means(probe):
+    notes = []
+    samples = {}
+    for mode, probe in results.items():
         frac, dist = probe.fraction.ravel(), probe.distance.ravel()
+        finite = np.isfinite(frac) & np.isfinite(dist)
+        if not finite.all():
+            notes.append(f"{mode}: {np.sum(~finite)} of {finite.size} samples non-finite, left out")
+        samples[mode] = frac[finite], dist[finite]
+
+    def bin_means(mode):
+        frac, dist = samples[mode]
         out = []
         for c in bins:
             inside = (frac >= c - half_width) & (frac < c + half_width)
@@ -250,14 +269,26 @@ def rbf_ratios(results: Mapping[str, RBFProbe], *, bins=(0.6, 0.7, 0.8, 0.9), ha
         return np.array(out)
 
     def ratio(num, den):
-        r = bin_means(results[num]) / bin_means(results[den])
-        return float(np.nanmean(r)) if np.isfinite(r).any() else float("nan")
+        r = bin_means(num) / bin_means(den)
+        if np.isfinite(r).any():
+            return float(np.nanmean(r))
+        centres = ", ".join(f"{c:g}" for c in bins)
+        notes.append(f"{num}/{den} undefined: no f/f* bin ({centres} ± {half_width:g}) holds {min_count} samples "
+                     f"of both {num} ({_reach(samples[num][0])}) and {den} ({_reach(samples[den][0])})")
+        return float("nan")
 
     stats = {"bins": list(bins), "max_min_ratio": ratio("max", "min"),
              "global_local_ratio": ratio("max_abinit", "max") if "max_abinit" in results else float("nan")}
-    for mode, probe in results.items():
-        frac, dist = probe.fraction.ravel(), probe.distance.ravel()
-        slope, intercept = np.polyfit(frac, dist, 1)
-        stats[mode] = {"bin_mean_distance": bin_means(probe).tolist(), "slope": float(slope),
-                       "intercept": float(intercept), "spearman": float(spearmanr(frac, dist).statistic)}
+    for mode in results:
+        frac, dist = samples[mode]
+        fit = dict.fromkeys(("slope", "intercept", "spearman"), float("nan"))
+        if np.unique(frac).size > 1:
+            slope, intercept = np.polyfit(frac, dist, 1)
+            fit.update(slope=float(slope), intercept=float(intercept))
+            if np.ptp(dist) > 0:
+                fit["spearman"] = float(spearmanr(frac, dist).statistic)
+        else:
+            notes.append(f"{mode}: no distance fit, {_reach(frac)}")
+        stats[mode] = {"bin_mean_distance": bin_means(mode).tolist(), **fit}
+    stats["notes"] = notes
     return stats

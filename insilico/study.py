@@ -207,7 +207,8 @@ def rbf_statistics(scorer, distance, generator, z_star: np.ndarray, settings: St
 
     The distance is ``||φ(G(z)) − φ(G(z*))||²`` with φ the features of an `analysis.distances`
     distance; min and max start from the same perturbations (same seed). A bin counts with at least
-    half of `rbf_n` samples in it (the spec: 10 of 40).
+    half of `rbf_n` samples in it (the spec: 10 of 40). `rbf_note` says why a ratio or fit is NaN
+    (`rbf_ratios`' notes), None when all are defined.
     """
     import torch
 
@@ -227,7 +228,7 @@ def rbf_statistics(scorer, distance, generator, z_star: np.ndarray, settings: St
               for mode in RBF_MODES}
     ratios = rbf_ratios(probes, bins=settings.rbf_levels, min_count=max(1, settings.rbf_n // 2))
     return {"max_min_ratio": ratios["max_min_ratio"], "global_local_ratio": ratios["global_local_ratio"],
-            "f_star": probes["min"].f_star,
+            "f_star": probes["min"].f_star, "rbf_note": "; ".join(ratios["notes"]) or None,
             "rbf": {mode: {"level_mean_distance": probes[mode].distance.mean(axis=1).tolist(),
                            "level_mean_fraction": probes[mode].fraction.mean(axis=1).tolist(),
                            **ratios[mode]} for mode in RBF_MODES}}
@@ -260,7 +261,8 @@ def study_unit(generator, scorer, distance, settings: StudySettings, *, seed: in
         if evo.best_score > 0:
             row.update(rbf_statistics(scorer, distance, generator, evo.best_code, settings, seed))
         else:
-            row.update(max_min_ratio=float("nan"), global_local_ratio=float("nan"), rbf=None)
+            row.update(max_min_ratio=float("nan"), global_local_ratio=float("nan"), rbf=None,
+                       rbf_note=f"no RBF probe: the evolution's best response {evo.best_score:.3g} is not above 0")
     row["wall_s"] = time.perf_counter() - started  # evolve_s + map_s + the RBF probe
     return row
 
@@ -436,7 +438,7 @@ def read_rows(out: Path, run_ids: Sequence[str]) -> list[dict[str, Any]]:
 
 
 def markdown_report(summary: dict[str, Any], settings: StudySettings, rows: Sequence[dict[str, Any]]) -> str:
-    """study.md: settings, the by-depth table (mean ± SEM, n) and Spearman ρ with depth."""
+    """study.md: settings, the by-depth table (mean ± SEM, n), Spearman ρ with depth and each unit's `rbf_note`."""
     layers = summary["layers"]
     lines = ["# Tuning landscapes by depth (EfficientNet-Lite0 units, DCGAN faces)", "",
              f"{len(rows)} units; actmax {package_version()}; settings: `{json.dumps(asdict(settings))}`", "",
@@ -459,6 +461,9 @@ def markdown_report(summary: dict[str, Any], settings: StudySettings, rows: Sequ
         t = summary["spearman"][key]
         rho, p = (f"{t['rho']:.2f}", f"{t['p']:.3g}") if np.isfinite(t["rho"]) else ("—", "—")
         lines.append(f"| {label} | {t['expected']} | {rho} | {p} | {t['n']} | {t['verdict']} |")
+    notes = [f"- {r['layer']} ch{r['channel']}: {r['rbf_note']}" for r in rows if r.get("rbf_note")]
+    if notes:
+        lines += ["", "RBF probe notes (undefined statistics are left out of the tables above):", "", *notes]
     lines += ["", "Other per-unit numbers (evolution best, map peak offset from the grid centre, wall time) "
               "are in study.json.", ""]
     return "\n".join(lines)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from analysis import AnalysisError
-from analysis.isotropy import fit_kent, kent, kent_axes, levelset_axis_ratio, rbf_probe, rbf_ratios
+from analysis.isotropy import RBFProbe, fit_kent, kent, kent_axes, levelset_axis_ratio, rbf_probe, rbf_ratios
 from analysis.tuning import grid_axis, sphere_points
 
 FINE = np.deg2rad(np.arange(-90, 91))
@@ -132,6 +132,48 @@ def test_rbf_rejects_bad_arguments():
         rbf_ratios({"max": None})
     with pytest.raises(AnalysisError, match="z_star"):
         rbf_probe(lambda z: torch.zeros(len(z)), euclidean, PEAK_CODE)
+    with pytest.raises(AnalysisError, match="positive and finite"):
+        rbf_probe(lambda z: torch.full((len(z),), float("inf")), euclidean, PEAK_CODE)
+
+
+def probe_of(mode, activation, distance, f_star=10.0):
+    """A probe from given samples: rows are levels 0.6 and 0.9, f* = 10."""
+    activation = np.asarray(activation, dtype=float)
+    return RBFProbe(mode, np.array([0.6, 0.9]), f_star, activation, np.asarray(distance, dtype=float),
+                    np.zeros((*activation.shape, 1), np.float32))
+
+
+REACHED = [[6.0, 6.1, 5.9], [9.0, 8.9, 9.1]]  # f/f* in the 0.6 and 0.9 bins
+
+
+def test_a_probe_whose_samples_are_all_dead_is_nan_with_a_note():
+    """max_abinit from a global start that never wakes the unit (f = 0 at every sample, as a study unit's did):
+    f/f* is constant, so no distance fit (np.polyfit raised LinAlgError) and no global/local ratio."""
+    results = {"min": probe_of("min", REACHED, [[2.0, 2.0, 2.0], [1.0, 1.0, 1.0]]),
+               "max": probe_of("max", REACHED, [[4.0, 4.0, 4.0], [3.0, 3.0, 3.0]]),
+               "max_abinit": probe_of("max_abinit", np.zeros((2, 3)), [[5.0, 6.0, 7.0], [5.5, 6.5, 7.5]])}
+    stats = rbf_ratios(results, bins=(0.6, 0.9), min_count=3)
+    assert stats["max_min_ratio"] == pytest.approx((2.0 + 3.0) / 2)
+    assert np.isnan(stats["global_local_ratio"])
+    dead = stats["max_abinit"]
+    assert np.isnan([dead["slope"], dead["intercept"], dead["spearman"]]).all()
+    assert np.isnan(dead["bin_mean_distance"]).all()
+    assert stats["min"]["slope"] == pytest.approx(-1.0 / 0.3, rel=0.05) and stats["min"]["spearman"] < -0.8
+    assert stats["notes"] == [
+        "max_abinit/max undefined: no f/f* bin (0.6, 0.9 ± 0.05) holds 3 samples of both max_abinit "
+        "(all 6 samples at f/f* = 0) and max (reached f/f* 0.59-0.91)",
+        "max_abinit: no distance fit, all 6 samples at f/f* = 0"]
+    json.dumps(stats)  # plain numbers and strings
+
+
+def test_non_finite_samples_are_left_out_with_a_note():
+    distance = [[2.0, np.nan, 2.0], [1.0, 1.0, np.inf]]
+    results = {"min": probe_of("min", REACHED, distance), "max": probe_of("max", REACHED, distance)}
+    stats = rbf_ratios(results, bins=(0.6, 0.9), min_count=2)
+    assert stats["max_min_ratio"] == pytest.approx(1.0)
+    assert stats["min"]["bin_mean_distance"] == pytest.approx([2.0, 1.0])
+    assert np.isfinite([stats["min"]["slope"], stats["min"]["intercept"]]).all()
+    assert stats["notes"] == ["min: 2 of 6 samples non-finite, left out", "max: 2 of 6 samples non-finite, left out"]
 
 
 def test_kent_fit_of_a_sharp_peak():

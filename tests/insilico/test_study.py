@@ -218,3 +218,42 @@ def test_no_progress_also_silences_the_screening_bar(tmp_path: Path, capfd: pyte
     layers, tasks = study.unit_tasks(settings, tmp_path, progress=False)
     assert layers == ["blocks.1", "blocks.2"] and len(tasks) == 2 and (tmp_path / "units.json").is_file()
     assert "screening" not in capfd.readouterr().err
+
+
+def test_a_probe_that_never_wakes_the_unit_is_nan_with_a_note() -> None:
+    """blocks.2 ch13 (seed 3's first unit): two Adam steps from the global start leave every max_abinit sample
+    at activation 0, a constant f/f* whose distance fit failed the unit (LinAlgError in np.polyfit)."""
+    from rig_client.units import ReceptiveField, Unit, UnitScorer
+
+    settings = StudySettings(layers=("blocks.2",), rbf_n=4, rbf_levels=(0.6, 0.9), rbf_steps=1)
+    model, generator, distance = study._loaded(settings)
+    scorer = UnitScorer([Unit("blocks.2", 13, 28, 28)], model=model, rf=ReceptiveField(19, 112.5, 112.5))
+    evo = study.evolve_unit(generator, scorer, generations=10, population=20, seed=300_009)
+    out = study.rbf_statistics(scorer, distance, generator, evo.best_code, settings, seed=300_009)
+    dead = out["rbf"]["max_abinit"]
+    assert dead["level_mean_fraction"] == [0.0, 0.0]  # the degenerate probe this test is about
+    assert math.isnan(dead["slope"]) and math.isnan(out["global_local_ratio"])
+    assert "max_abinit: no distance fit, all 8 samples at f/f* = 0" in out["rbf_note"]
+    assert np.isfinite(out["rbf"]["min"]["level_mean_distance"]).all()
+
+
+def test_the_report_says_why_rbf_statistics_are_undefined(result: tuple[Path, dict]) -> None:
+    from analysis.landscape import summarize
+
+    out, doc = result
+    report = (out / "study.md").read_text()
+    for u in doc["units"]:  # an undefined RBF statistic has a note, and study.md lists every note
+        if u["max_min_ratio"] is None or u["global_local_ratio"] is None:
+            assert "undefined" in u["rbf_note"]
+        if u["rbf_note"] is not None:
+            assert f"- {u['layer']} ch{u['channel']}: {u['rbf_note']}" in report
+    rows = [{"layer": "l0", "channel": 1, "depth": 0, "max_min_ratio": 1.2, "global_local_ratio": 1.5},
+            {"layer": "l0", "channel": 2, "depth": 0, "max_min_ratio": float("nan"),
+             "global_local_ratio": float("nan"), "rbf_note": "no RBF probe: the evolution's best response 0 is not "
+             "above 0"}]
+    report = study.markdown_report(summarize(rows, ["l0"]), StudySettings(layers=("l0",)), rows)
+    assert "| RBF max/min (0.6-0.9) | 1.2 (1) |" in report
+    assert "- l0 ch2: no RBF probe: the evolution's best response 0 is not above 0" in report
+    assert "l0 ch1:" not in report
+    assert "RBF probe notes" not in study.markdown_report(summarize(rows[:1], ["l0"]), StudySettings(layers=("l0",)),
+                                                    rows[:1])
