@@ -118,3 +118,37 @@ def test_an_option_the_generator_does_not_take_is_named_with_those_it_takes():
         generators.load("dcgan-faces", device="cpu", truncation=0.5)
     with pytest.raises(GeneratorError, match=r"biggan-deep-128 does not take option\(s\) trunc; it takes: truncation"):
         generators.load("biggan-deep-128", device="cpu", trunc=0.5)
+
+
+def test_running_out_of_memory_halves_the_batch_and_renders_every_image(caplog) -> None:
+    """A network that runs out of memory above 5 codes per pass (as a GPU does) still renders all 12 codes,
+    the same images as one pass per code, and keeps the smaller batch for the next call."""
+    from generators.base import Generator
+
+    class Tight(Generator):
+        name, version, latent_dim, image_size = "tight", "1", 4, 2
+        passes: list[int] = []
+
+        def forward(self, z):
+            self.passes.append(len(z))
+            if len(z) > 5:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (a stand-in limit)")
+            return torch.sigmoid(z[:, :3, None, None] * torch.ones(1, 1, 2, 2))
+
+        def sample(self, n, rng):
+            return rng.standard_normal((n, 4))
+
+        def default_init(self):
+            return {}
+
+    gen = Tight(torch.nn.Identity(), torch.device("cpu"), None, batch_size=16)
+    codes = gen.sample(12, np.random.default_rng(0))
+    with caplog.at_level("WARNING", logger="generators.base"):
+        images = gen.generate(codes)
+    one_by_one = torch.cat([gen.forward(torch.from_numpy(c[None]).float()) for c in codes])
+    assert torch.equal(images, one_by_one)
+    assert gen.batch_size <= 5 and gen.passes[0] == 12
+    assert "tight: out of memory on cpu; rendering 3 images per pass from now on" in caplog.text
+    gen.passes.clear()
+    gen.generate(codes)
+    assert max(gen.passes) == gen.batch_size  # no pass over the limit again
