@@ -156,11 +156,12 @@ def bench_e2e(args, weights_root: Path) -> None:
         loops.append(random_biggan(weights_root, 256, args.tiny))
     except ModuleNotFoundError as exc:
         print(f"  biggan: skipped ({exc}; pip install pytorch-pretrained-biggan)")
-    print(f"  {args.population} images + 10 references, rig answers at once; rig wait = RESULTS sent -> next BATCH;"
+    print(f"  {args.population} images + 10 references; show = how long the rig shows each batch (0: it answers at"
+          "\n  once, and the server's work after each send overlaps the next step); rig wait = RESULTS sent -> next BATCH;"
           "\n  overhead = rig wait - bare compute (tell + ask + generate + PNG) of the same generation;"
           "\n  server-timed overhead = the server's wait minus the compute inside it, for the same step;"
           "\n  floor = the same turn's overhead in bench/turnaround.py's floor_server (the least a turn can do)")
-    print(f"  {'generator':18} {'rig wait p50':>12} {'p99':>7} {'compute p50':>11} {'p99':>7} {'overhead p50':>13} "
+    print(f"  {'generator':18} {'show':>5} {'rig wait p50':>12} {'p99':>7} {'compute p50':>11} {'p99':>7} {'overhead p50':>13} "
           f"{'p99':>7} {'server-timed p50':>16} {'p99':>7} {'floor p50':>9} {'p99':>7}  ms")
     ms = lambda a, q: 1000 * np.percentile(a, q) if len(a) else float("nan")  # noqa: E731
     with tempfile.TemporaryDirectory() as tmp:
@@ -170,18 +171,19 @@ def bench_e2e(args, weights_root: Path) -> None:
             follower = turnaround.ServerTimings(server, Path(tmp) / "timings.jsonl")
             for name, weights in loops:
                 compute = BareCompute(name, args.population, args.device, None if weights is None else str(weights))
-                waits, computes, batch_ids = rig_waits(server, name, name, 1, args.generations, args.population, 0,
-                                                       compute)
-                runs.append((name, waits, computes[:, 1], batch_ids))  # the rig shows nothing: no rest
+                for show_ms in args.show_ms:
+                    waits, computes, batch_ids = rig_waits(server, f"{name}-{show_ms:g}", name, 1, args.generations,
+                                                           args.population, show_ms, compute)
+                    runs.append((name, weights, show_ms, waits, computes[:, 1], batch_ids))
             timings = follower.stop()
         finally:
             server.close()
-    for (name, waits, computes, batch_ids), (_, weights) in zip(runs, loops):
+    for name, weights, show_ms, waits, computes, batch_ids in runs:
         own = np.array([timings[b][0] - timings[b][1] for b in batch_ids if b in timings])
-        floor_waits, floor_computes = turnaround.floor_waits(name, args.generations, args.population, 0, args.device,
-                                                             None if weights is None else str(weights), env)
+        floor_waits, floor_computes = turnaround.floor_waits(name, args.generations, args.population, show_ms,
+                                                             args.device, None if weights is None else str(weights), env)
         floor = floor_waits - floor_computes
-        print(f"  {name:18} {ms(waits, 50):12.1f} {ms(waits, 99):7.1f} {ms(computes, 50):11.1f} "
+        print(f"  {name:18} {show_ms:5g} {ms(waits, 50):12.1f} {ms(waits, 99):7.1f} {ms(computes, 50):11.1f} "
               f"{ms(computes, 99):7.1f} {ms(waits - computes, 50):13.1f} {ms(waits - computes, 99):7.1f} "
               f"{ms(own, 50):16.1f} {ms(own, 99):7.1f} {ms(floor, 50):9.1f} {ms(floor, 99):7.1f}", flush=True)
 
@@ -194,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda", help="torch device (default cuda)")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes: check the code paths in seconds")
     parser.add_argument("--skip-e2e", action="store_true", help="leave out the end-to-end section (no server stack)")
+    parser.add_argument("--generations", type=int, help="e2e: generations per run (default 20; tiny 3)")
+    parser.add_argument("--show-ms", type=float, nargs="+", default=[0.0, 300.0],
+                        help="e2e: how long the rig shows each batch, one run per value (default 0 300)")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated (default {','.join(SECTIONS)})")
     args = parser.parse_args(argv)
     sections = [s for s in args.sections.split(",") if not (args.skip_e2e and s == "e2e")]
@@ -207,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     except RuntimeError as exc:
         parser.error(f"device {args.device!r} is not usable here: {exc}")
-    args.population, args.repeats, args.generations = (4, 2, 3) if args.tiny else (POPULATION, 5, 20)
+    args.population, args.repeats, generations = (4, 2, 3) if args.tiny else (POPULATION, 5, 20)
+    args.generations = args.generations or generations
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device {device} ({name}), torch {torch.__version__}{', tiny sizes' if args.tiny else ''}")
     failed = []
