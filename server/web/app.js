@@ -1,4 +1,5 @@
 // The actmax dashboard: REST for state, one live stream (/live, Server-Sent Events over fetch) for news.
+// Each view is one navigation (`route`): leaving it aborts its requests, its live stream and its timers.
 // The token lives in sessionStorage (this tab only) and travels only in the Authorization header.
 "use strict";
 
@@ -25,6 +26,7 @@ const dateTime = (iso) => new Date(iso).toLocaleString(undefined, ZONE);
 
 class Unauthorized extends Error {}
 class Offline extends Error {} // the server did not answer: the live stream's reconnect reloads what was missed
+const abandoned = (error) => error?.name === "AbortError"; // the view that asked was left: nothing to show or say
 
 // ---------------------------------------------------------------- REST
 async function api(path, options = {}) {
@@ -32,7 +34,7 @@ async function api(path, options = {}) {
     ...options,
     headers: { Authorization: `Bearer ${sessionStorage.getItem(TOKEN_KEY)}`, "Content-Type": "application/json",
       "X-Actmax-Client": "dashboard", ...(options.headers || {}) }, // named in the events of the actions it takes
-  }).catch((error) => { throw new Offline(`the server cannot be reached (${error.message})`); });
+  }).catch((error) => { throw abandoned(error) ? error : new Offline(`the server cannot be reached (${error.message})`); });
   if (response.status === 401) throw new Unauthorized("the server refused the token");
   if (!response.ok) {
     const body = await response.json().catch(() => ({}));
@@ -41,20 +43,24 @@ async function api(path, options = {}) {
   return response.json();
 }
 
-// Stimulus PNGs need the header too: fetched once each as blobs and shown through object URLs.
+// Stimulus PNGs need the header too: fetched once each as blobs and shown through object URLs. One still on its
+// way when its view is left (`signal`) is aborted and forgotten: the next view to show it asks again.
 const images = new Map();
-function imageUrl(path) {
+function imageUrl(path, signal) {
   if (!images.has(path)) {
-    images.set(path, fetch(path, { headers: { Authorization: `Bearer ${sessionStorage.getItem(TOKEN_KEY)}` } })
+    const url = fetch(path, { signal, headers: { Authorization: `Bearer ${sessionStorage.getItem(TOKEN_KEY)}` } })
       .then((r) => (r.ok ? r.blob() : Promise.reject(new Error(`${path}: ${r.status}`))))
-      .then((blob) => URL.createObjectURL(blob)));
+      .then((blob) => URL.createObjectURL(blob));
+    url.catch((error) => { if (abandoned(error) && images.get(path) === url) images.delete(path); });
+    images.set(path, url);
   }
   return images.get(path);
 }
 // An image's `data-alt` replaces its alt once it is shown (the alt says meanwhile that it is on its way).
-function fillImages(root) {
+function fillImages(root, signal) {
   for (const img of root.querySelectorAll("img[data-src]")) {
-    imageUrl(img.dataset.src).then((url) => { img.src = url; if (img.dataset.alt) img.alt = img.dataset.alt; }, () => { img.alt = "missing"; });
+    imageUrl(img.dataset.src, signal).then((url) => { img.src = url; if (img.dataset.alt) img.alt = img.dataset.alt; },
+      (error) => { if (!abandoned(error)) img.alt = "missing"; });
     img.removeAttribute("data-src");
   }
 }
@@ -84,13 +90,16 @@ function scoredLines(scoredChannels, labels) {
 const stimulusImg = (id, title = "") => `<img data-src="/stimuli/${encodeURIComponent(id)}/png" alt="" title="${esc(title)}">`;
 
 // ---------------------------------------------------------------- live stream
+// The shown view's stream: it ends with the view's navigation (`view`, its signal); start() without one reconnects.
 const live = {
-  controller: null, handlers: new Set(), sessionId: null,
-  start(sessionId) {
+  controller: null, handlers: new Set(), sessionId: null, view: null,
+  start(sessionId, view = this.view) {
+    if (view.aborted) return; // (a view left starts none)
     this.stop();
     this.sessionId = sessionId;
+    this.view = view;
     this.controller = new AbortController();
-    this.loop(this.controller.signal);
+    this.loop(AbortSignal.any([view, this.controller.signal]));
   },
   stop() { if (this.controller) this.controller.abort(); this.controller = null; setLive(false); },
   // After a failure, the first connection reports "dropped": what happened meanwhile is reloaded.
@@ -160,7 +169,6 @@ function say(text) {
 
 // ---------------------------------------------------------------- login and routing
 function showLogin(message) {
-  live.stop();
   $("#logout").hidden = true;
   $("#banner").hidden = true;
   const main = $("#main");
@@ -175,23 +183,34 @@ function showLogin(message) {
 }
 
 function logout(message) {
+  navigate();
   sessionStorage.removeItem(TOKEN_KEY);
   images.clear();
   showLogin(message);
 }
 
-let page = null; // the current view, { close() }
+// The navigation of the view shown: a view passes its signal to every request it makes and ends its timers and its
+// live stream with it, so that once it is left nothing it asked for reaches the page.
+let navigation = new AbortController();
+function navigate() {
+  navigation.abort();
+  navigation = new AbortController();
+  live.stop();
+  live.handlers.clear();
+  return navigation.signal;
+}
+
 async function route() {
-  if (page) page.close();
-  page = null;
+  const signal = navigate();
   $("#banner").hidden = true; // a page shows its own warnings
   delete $("#banner").dataset.event;
   if (!sessionStorage.getItem(TOKEN_KEY)) return showLogin();
   $("#logout").hidden = false;
   const match = location.hash.match(/^#\/session\/(\d+)/);
   try {
-    page = match ? await sessionPage(Number(match[1])) : await sessionsPage();
+    await (match ? sessionPage(Number(match[1]), signal) : sessionsPage(signal));
   } catch (error) {
+    if (signal.aborted) return; // another view was asked for meanwhile: it is the one shown
     if (error instanceof Unauthorized) return logout("Wrong token: the server refused it.");
     $("#main").innerHTML = `<div class="card error">${esc(error.message)}</div>`;
   }
@@ -199,12 +218,10 @@ async function route() {
 
 // ---------------------------------------------------------------- sessions list
 // Kept current from the live stream: a session or thread event redraws the list.
-async function sessionsPage() {
-  let closed = false, timer = null;
-  const render = async () => {
-    const sessions = await api("/sessions");
-    if (!closed) $("#main").innerHTML = sessionsTable(sessions);
-  };
+async function sessionsPage(signal) {
+  let timer = null;
+  const render = async () => { $("#main").innerHTML = sessionsTable(await api("/sessions", { signal })); };
+  signal.addEventListener("abort", () => clearTimeout(timer));
   await render();
   const onLive = (kind) => {
     if (kind === "dropped" || kind.startsWith("session") || kind.startsWith("thread")) {
@@ -212,8 +229,7 @@ async function sessionsPage() {
     }
   };
   live.handlers.add(onLive);
-  live.start(null);
-  return { close() { closed = true; live.handlers.delete(onLive); live.stop(); clearTimeout(timer); } };
+  live.start(null, signal);
 }
 
 // A session whose threads failed ends `finished` like a completed one: its badge says how many failed, in red.
@@ -233,9 +249,10 @@ function sessionsTable(sessions) {
 }
 
 // ---------------------------------------------------------------- session page
-async function sessionPage(sessionId) {
-  const state = { session: await api(`/sessions/${sessionId}`), curves: new Map(), curveLoads: new Map(), otherThreads: new Map(), montageAt: new Map(), montageTimers: new Map(), timers: [],
-    refreshing: null, refreshQueued: null }; // the session's re-read running, and the one waiting for it
+async function sessionPage(sessionId, signal) {
+  const state = { signal, session: await api(`/sessions/${sessionId}`, { signal }), curves: new Map(), curveLoads: new Map(), otherThreads: new Map(), montageAt: new Map(), montageTimers: new Map(),
+    poll: null, rigTimer: null, refreshing: null, refreshQueued: null }; // the session's re-read running, and the one waiting for it
+  signal.addEventListener("abort", () => { clearInterval(state.poll); clearTimeout(state.rigTimer); state.montageTimers.forEach(clearTimeout); });
   const main = $("#main");
   main.innerHTML = `<nav class="skips" aria-label="skip links"><a class="skip" href="#rig">Skip to the rig panel</a>
       <a class="skip" href="#events">Skip to the events</a></nav>
@@ -262,6 +279,7 @@ async function sessionPage(sessionId) {
 
   renderSession(state);
   await Promise.all([...state.session.threads.map((t) => loadCurve(state, t.id)), loadEvents(state), loadRig(state)]);
+  signal.throwIfAborted(); // (loadRig ends quietly when its view is left, so the loads may all resolve)
 
   const onLive = (kind, item) => {
     if (kind === "dropped") { reloadAll(state); return; }
@@ -274,9 +292,8 @@ async function sessionPage(sessionId) {
     if (item.level === "warning" && BANNER_KINDS.has(kind)) showBanner(state, item);
   };
   live.handlers.add(onLive);
-  live.start(sessionId);
-  state.timers.push(setInterval(() => loadRig(state), 2000));
-  return { close() { live.handlers.delete(onLive); live.stop(); state.timers.forEach(clearInterval); state.montageTimers.forEach(clearTimeout); } };
+  live.start(sessionId, signal);
+  state.poll = setInterval(() => loadRig(state), 2000);
 }
 
 async function act(call, state) {
@@ -303,7 +320,7 @@ function refreshSession(state) {
 async function rereadSession(state) {
   const before = new Map(state.session.threads.map((t) => [t.id, t.status]));
   const sessionBefore = state.session.status;
-  state.session = await api(`/sessions/${state.session.id}`);
+  state.session = await api(`/sessions/${state.session.id}`, { signal: state.signal });
   if (state.session.status !== "active") $("#banner").hidden = true; // as showBanner: nothing at stake any more
   renderSession(state);
   const changed = new Map(), added = []; // new status -> the threads that changed to it; new threads
@@ -364,7 +381,7 @@ function renderSession(state) {
     $(".info", card).textContent = `${thread.kind} · ${thread.generator} · ${thread.optimizer} · ${objective}${error}`;
     $(".info", card).title = expression && expression !== objective ? expression : "";
     renderControls(state, thread, $(".controls", card));
-    if (thread.kind === "manifold" && thread.status === "finished" && !card.dataset.map) loadManifold(card, thread);
+    if (thread.kind === "manifold" && thread.status === "finished" && !card.dataset.map) loadManifold(state, card, thread);
   }
 }
 
@@ -418,7 +435,7 @@ async function fetchCurve(state, threadId, incremental) {
   if (!thread || thread.kind !== "evolution") return;
   const known = state.curves.get(threadId);
   const from = incremental && known && known.points.length ? known.points[known.points.length - 1].generation + 1 : 0;
-  const curve = await api(`/threads/${threadId}/curve?from_generation=${from}`);
+  const curve = await api(`/threads/${threadId}/curve?from_generation=${from}`, { signal: state.signal });
   const points = from ? known.points.concat(curve.points) : curve.points;
   const segments = from ? known.segments.concat(curve.segments) : curve.segments; // those beginning from `from` on
   state.curves.set(threadId, { points, segments });
@@ -433,7 +450,7 @@ function drawThread(state, thread, points, segments) {
   const shown = points.filter((p, i) => (points.length - 1 - i) % step === 0 && p.best_stimulus_id);
   $(".strip", card).innerHTML = shown.map((p) => `<figure>${stimulusImg(p.best_stimulus_id, `generation ${p.generation}: max ${num(p.max)}`)}
     <figcaption>g${p.generation}</figcaption></figure>`).join("");
-  fillImages($(".strip", card));
+  fillImages($(".strip", card), state.signal);
   scheduleMontage(state, thread.id, card);
 }
 
@@ -448,26 +465,26 @@ function scheduleMontage(state, threadId, card) {
     state.montageTimers.delete(threadId);
     state.montageAt.set(threadId, Date.now());
     const points = state.curves.get(threadId)?.points; // (none while a reload reads the curves again)
-    if (points?.length) loadMontage(card, points[points.length - 1].generation_id);
+    if (points?.length) loadMontage(state, card, points[points.length - 1].generation_id);
   }, wait));
 }
 
-async function loadMontage(card, generationId) {
+async function loadMontage(state, card, generationId) {
   card.dataset.montage = generationId;
-  const generation = await api(`/generations/${generationId}`);
+  const generation = await api(`/generations/${generationId}`, { signal: state.signal });
   if (card.dataset.montage !== String(generationId)) return; // a newer one was asked meanwhile
   $(".montage-title", card).textContent = `Latest generation (${generation.number}), by score`;
   const order = generation.stimulus_ids.map((id, i) => [generation.scores[i], id]).sort((a, b) => (b[0] ?? -Infinity) - (a[0] ?? -Infinity));
   $(".montage", card).innerHTML = order.map(([score, id]) => `<figure>${stimulusImg(id)}<figcaption>${num(score)}</figcaption></figure>`).join("");
-  fillImages($(".montage", card));
+  fillImages($(".montage", card), state.signal);
 }
 
 // The Manifold map (figure from the server) beside the grid of images it was measured on.
-async function loadManifold(card, thread) {
+async function loadManifold(state, card, thread) {
   card.dataset.map = "loading";
-  const [first] = (await api(`/threads/${thread.id}/generations?limit=1`)).items;
+  const [first] = (await api(`/threads/${thread.id}/generations?limit=1`, { signal: state.signal })).items;
   if (!first) return;
-  const generation = await api(`/generations/${first.id}`);
+  const generation = await api(`/generations/${first.id}`, { signal: state.signal });
   const plane = thread.optimizer_params.planes?.[0] || "pc2-3";
   const side = 180 / (thread.optimizer_params.step_deg || 18) + 1;
   // Stimulus index k = i·side + j (θ index i, φ index j); shown like the map: θ across, φ up.
@@ -478,15 +495,15 @@ async function loadManifold(card, thread) {
       data-alt="Manifold map of thread ${esc(thread.name)} on the ${esc(plane)} plane: the smoothed response over θ and φ, with its level sets">
     <div><h3>Images on the ${esc(plane)} grid (${side} × ${side}; θ across, φ up)</h3>
     <div class="grid-images" style="grid-template-columns: repeat(${side}, 1fr)">${ids.map((id) => stimulusImg(id)).join("")}</div></div>`;
-  fillImages(box);
+  fillImages(box, state.signal);
   card.dataset.map = "shown";
 }
 
 // ---------------------------------------------------------------- events and banner
 async function loadEvents(state) {
-  const first = await api(`/sessions/${state.session.id}/events?limit=1`);
+  const first = await api(`/sessions/${state.session.id}/events?limit=1`, { signal: state.signal });
   const offset = Math.max(0, first.total - FEED_EVENTS);
-  const page = await api(`/sessions/${state.session.id}/events?offset=${offset}&limit=${FEED_EVENTS}`);
+  const page = await api(`/sessions/${state.session.id}/events?offset=${offset}&limit=${FEED_EVENTS}`, { signal: state.signal });
   $("#feed").replaceChildren();
   for (const event of page.items) addEvent({ ...event, event_id: event.id });
   const warning = await currentWarning(state, page.items);
@@ -502,7 +519,7 @@ async function currentWarning(state, events) {
     if (event.level !== "warning" || !BANNER_KINDS.has(event.kind)) continue;
     if (event.kind !== "rig.lost") return event;
     if (runningAgain) continue;
-    connected ??= (await api(`/rigs/${encodeURIComponent(state.session.rig)}?batches=1`)).connected;
+    connected ??= (await api(`/rigs/${encodeURIComponent(state.session.rig)}?batches=1`, { signal: state.signal })).connected;
     if (!connected) return event;
   }
   return null;
@@ -538,9 +555,8 @@ function showBanner(state, event) {
 
 // ---------------------------------------------------------------- rig panel
 // On rig and batch events (several a second while a session runs): one request a second at most.
-let rigTimer = null;
 function scheduleRig(state) {
-  if (!rigTimer) rigTimer = setTimeout(() => { rigTimer = null; loadRig(state); }, 1000);
+  state.rigTimer ??= setTimeout(() => { state.rigTimer = null; loadRig(state); }, 1000);
 }
 
 // A batch's thread: its name, and its session's id when it is another session's (the rig is shared).
@@ -548,7 +564,7 @@ function batchThread(state, id) {
   const own = state.session.threads.find((t) => t.id === id);
   if (own) return own.name;
   if (!state.otherThreads.has(id)) {
-    state.otherThreads.set(id, api(`/threads/${id}`).then((t) => `${t.name} (session ${t.session_id})`, () => `thread ${id}`));
+    state.otherThreads.set(id, api(`/threads/${id}`, { signal: state.signal }).then((t) => `${t.name} (session ${t.session_id})`, () => `thread ${id}`));
   }
   return state.otherThreads.get(id);
 }
@@ -565,14 +581,14 @@ function draw(element, html) {
 async function loadRig(state) {
   let rig;
   try {
-    rig = await api(`/rigs/${encodeURIComponent(state.session.rig)}?batches=8`);
+    rig = await api(`/rigs/${encodeURIComponent(state.session.rig)}?batches=8`, { signal: state.signal });
   } catch (error) {
     if (error instanceof Offline) rigUnknown();
     return;
   }
   const threads = await Promise.all(rig.batches.map((b) => batchThread(state, b.thread_id)));
   const box = $("#rig");
-  if (!box) return;
+  if (!box || state.signal.aborted) return; // (batchThread answers even when its view was left)
   box.className = "card";
   const status = $("h2 .status", box);
   status.className = `status ${rig.connected ? "running" : "stopped"}`;
@@ -604,5 +620,6 @@ window.addEventListener("hashchange", route);
 window.addEventListener("unhandledrejection", (event) => {
   if (event.reason instanceof Unauthorized) { event.preventDefault(); logout("Wrong token: the server refused it."); }
   if (event.reason instanceof Offline) event.preventDefault(); // (rigUnknown and the live badge say so)
+  if (abandoned(event.reason)) event.preventDefault(); // a request of a view left: nothing to say
 });
 route();
