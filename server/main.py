@@ -20,7 +20,7 @@ from sqlalchemy.orm import sessionmaker
 from starlette.exceptions import HTTPException
 
 from rig_client.version import package_version
-from server.api.deps import EngineWaker, bearer_scheme
+from server.api.deps import EngineWaker, bearer_scheme, declared_query
 from server.api.guard import RequestGuard
 from server.api.routes import (
     export,
@@ -47,6 +47,7 @@ SERVER_ERRORS = {  # status -> its description in the OpenAPI document, declared
     "503": "The database or disk failed (`detail` says what to do), or the server has ACTMAX_HTTP_MAX_CONNECTIONS "
            "connections open.",
 }
+QUERY_ERROR = "A query parameter the operation does not take (each named, with those it takes)."
 _STORAGE_HINTS = (  # words in a database or disk error -> what to do ({data_dir} and {free} filled in)
     (("is full", "no space", "quota"), "free space on the disk of {data_dir} ({free:.0f} MiB free now) and retry"),
     (("readonly", "read-only"), "make {data_dir} and its files writable again and retry"),
@@ -80,10 +81,10 @@ def create_app(settings: Settings, db_sessions: sessionmaker[DBSession], *,
     app.state.generators = getattr(engine, "generators", None) or GeneratorCache(
         settings.device, settings.weights_dir, settings.precision)
 
-    app.include_router(health.router)
+    app.include_router(health.router)  # open, and lenient: an uptime monitor may add a cache-buster
     for resource in (sessions, threads, generations, stimuli, manifold, monitor, live, export, generators):
         app.include_router(
-            resource.router, dependencies=[Depends(bearer_scheme)],
+            resource.router, dependencies=[Depends(bearer_scheme), Depends(declared_query)],
             responses={401: {"model": ErrorDetail}, 413: {"model": ErrorDetail}},
         )
     _add_pages(app)
@@ -93,14 +94,17 @@ def create_app(settings: Settings, db_sessions: sessionmaker[DBSession], *,
 
 def _complete_openapi(document: dict) -> dict:
     """FastAPI's OpenAPI document with what it leaves out for client generators: a binary schema for each file
-    response (PNG, NWB), and on every operation the 500 and 503 (a database or disk failure, or one connection too
-    many) that any request may get."""
-    for operations in document["paths"].values():
+    response (PNG, NWB), on every operation but /health the 422 (a query parameter it does not take:
+    ``declared_query``), and on all the 500 and 503 (a database or disk failure, or one connection too many) that any request may get."""
+    for path, operations in document["paths"].items():
         for operation in operations.values():
             for response in operation["responses"].values():
                 for media_type, content in response.get("content", {}).items():
                     if "json" not in media_type and not media_type.startswith("text/"):
                         content.setdefault("schema", {"type": "string", "format": "binary"})
+            if path != "/health":  # open and lenient (see create_app)
+                operation["responses"].setdefault("422", {"description": QUERY_ERROR, "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}}})
             for code, description in SERVER_ERRORS.items():
                 operation["responses"].setdefault(code, {"description": description, "content": {
                     "application/json": {"schema": {"$ref": f"#/components/schemas/{ErrorDetail.__name__}"}}}})

@@ -1,17 +1,21 @@
-"""FastAPI dependencies: settings, database session, bearer token check, archive, engine wake-up and pagination."""
+"""FastAPI dependencies: settings, database session, bearer token check, query parameter check, archive, engine
+wake-up and pagination."""
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any, Protocol, TypeVar
 
 from fastapi import Depends, Header, HTTPException, Path, Query, Request, status
+from fastapi.dependencies.models import Dependant
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session as DBSession
 
 from server.api.schemas import Page
+from server.session_config import clip
 from server.settings import Settings
 from server.store.archive import ImageArchive
 from server.weights import GeneratorCache
@@ -71,6 +75,39 @@ _bearer = HTTPBearer(auto_error=False, description="The server's ACTMAX_TOKEN.")
 
 def bearer_scheme(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
     """Declares the bearer token in the OpenAPI document; `RequestGuard` checks it before the body is read."""
+
+
+MAX_UNKNOWN_NAMED = 10  # unknown query parameters a 422 names one by one; more are counted
+
+
+def declared_query(request: Request) -> None:
+    """A ``422`` naming each query parameter the route does not take, with the closest one it takes and all of them:
+    a misspelt filter (``?thread=3`` for ``thread_id``) would otherwise be ignored and answer everything."""
+    route = request.scope["route"]
+    taken = query_names(route.dependant)
+    unknown = [name for name in request.query_params if name not in taken]
+    if not unknown:
+        return
+    takes = f"takes {', '.join(taken)}" if taken else "takes no query parameters"
+    problems = []
+    for name in unknown[:MAX_UNKNOWN_NAMED]:
+        close = difflib.get_close_matches(name.lower(), taken, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        problems.append({"type": "extra_forbidden", "loc": ["query", clip(name, 100)],
+                         "msg": f"unknown query parameter {clip(name, 100)!r}: {request.method} {route.path} {takes}"
+                                f"{hint}"})
+    if len(unknown) > MAX_UNKNOWN_NAMED:
+        problems.append({"type": "extra_forbidden", "loc": ["query"],
+                         "msg": f"{len(unknown) - MAX_UNKNOWN_NAMED} more unknown query parameters not listed"})
+    raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, problems)
+
+
+def query_names(dependant: Dependant) -> list[str]:
+    """The query parameters an endpoint takes, its dependencies' too, in the order they are declared."""
+    names = [field.alias for field in dependant.query_params]
+    for dependency in dependant.dependencies:
+        names += [name for name in query_names(dependency) if name not in names]
+    return names
 
 
 def get_or_404(db: DBSession, model: type[Model], id: Any) -> Model:
