@@ -435,10 +435,11 @@ def _time(text: str) -> datetime:
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone()
 
 
-def clock(text: str) -> str:
-    """A server timestamp as the CLI prints it: local time and its offset from UTC, ``2026-11-30 14:25:05+0900``
-    (as ``actmax``'s log lines)."""
-    return f"{_time(text):%Y-%m-%d %H:%M:%S%z}"
+def clock(text: str | None = None) -> str:
+    """A server timestamp (None: this moment) as the CLI prints it: local time and its offset from UTC,
+    ``2026-11-30 14:25:05+0900`` (as ``actmax``'s log lines)."""
+    moment = datetime.now().astimezone() if text is None else _time(text)
+    return f"{moment:%Y-%m-%d %H:%M:%S%z}"
 
 
 def status_after(event: dict, before: str | None) -> str | None:
@@ -464,7 +465,8 @@ def watch_session(args) -> int:
     ``WATCH_INFO_KINDS`` event (a retarget, an extension, a restart, a generation left pending, a note), each
     starting with its time, in the order they happened, until the session ends: first everything since the session
     began, then each as it happens.
-    A server that stops answering (a restart, a crash) is waited for, with a line when it goes and comes back."""
+    A server that stops answering (a restart, a crash) is waited for, with a line on stderr, starting with its time
+    too, when it goes and when it comes back."""
     shown: dict[int, int] = {}  # thread id -> its complete generations printed
     statuses: dict[int, str] = {}  # thread id -> the status its events printed so far left it in
     names: dict[int, str] = {}
@@ -501,13 +503,15 @@ def watch_session(args) -> int:
                               for g in page]
         except Unreachable as exc:
             if not away:
-                print(f"actmax session watch: {exc}; waiting for it (Ctrl-C to stop)", file=sys.stderr, flush=True)
+                print(f"{clock()} actmax session watch: {exc}; waiting for it (Ctrl-C to stop)", file=sys.stderr,
+                      flush=True)
             delay = min(max(args.interval, 2 * delay), WATCH_BACKOFF_MAX_S)
             time.sleep(delay)
             away += delay
             continue
         if away:
-            print(f"actmax session watch: the server answers again after {away:.0f} s", file=sys.stderr, flush=True)
+            print(f"{clock()} actmax session watch: the server answers again after {away:.0f} s", file=sys.stderr,
+                  flush=True)
             away = delay = 0.0
         for moment, line in sorted(lines, key=lambda item: _time(item[0])):
             print(f"{clock(moment)} {line}", flush=True)
