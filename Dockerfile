@@ -1,5 +1,8 @@
-# actmax server and simulated rig. GPU hosts: build with a CUDA torch by setting
-# TORCH_SPEC (e.g. "torch==2.13.0 --index-url <your CUDA wheel index>").
+# actmax server and simulated rig, with the BigGAN generators (weights separate: docs/generators.md).
+# TORCH_SPEC's default is PyPI's torch, on Linux a CUDA build of several GB: a GPU host needs nothing more
+# (unless its driver is too old for that CUDA: then give the build and --index-url pytorch.org names for the
+# driver). A CPU-only image is far smaller; docker-compose.cpu.yml builds one, and so does
+#   docker build -t actmax:latest --build-arg TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" .
 # The default command serves on the container's loopback only, so a bare `docker run -p` reaches
 # nothing: override it as docker-compose.yml does (README, "Docker").
 FROM python:3.11-slim
@@ -18,7 +21,7 @@ COPY optimizers ./optimizers
 COPY generators ./generators
 COPY analysis ./analysis
 COPY insilico ./insilico
-RUN pip install --no-cache-dir '.[reference,nwb]' \
+RUN pip install --no-cache-dir '.[reference,nwb,biggan]' \
  && pip install --no-cache-dir --no-deps gan-face-generate
 
 # /rig-keys: a rig's CURVE keys in a volume of its own (docker-compose.yml's sim rig)

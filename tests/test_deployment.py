@@ -22,8 +22,20 @@ def test_compose_has_gpu_server_sim_rig_and_data_volume():
     assert rig["command"][:3] == ["actmax", "rig", "sim"]
     endpoint = rig["command"][rig["command"].index("--endpoint") + 1]
     assert endpoint.startswith("tcp://server:")
-    # Published ports stay on the host's loopback.
-    assert all(p.startswith("127.0.0.1:") for p in server["ports"])
+    # Published ports stay on the host's loopback unless the host's environment says otherwise.
+    assert all(_published(p, {}).startswith("127.0.0.1:") for p in server["ports"])
+
+
+def _published(port: str, environ: dict) -> str:
+    """A compose `ports` entry with its ``${NAME:-default}`` interpolated as Compose does from ``environ``."""
+    return re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: environ.get(m[1]) or m[2], port)
+
+
+def _docker_block(marker: str) -> list[str]:
+    """The lines of README's bash block holding ``marker``, without comments."""
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    block = next(b for b in blocks if marker in b)
+    return [line.split("#")[0].strip() for line in block.splitlines() if line.split("#")[0].strip()]
 
 
 def test_dockerfile_copies_every_package_and_installs_the_console_script():
@@ -37,6 +49,67 @@ def test_dockerfile_copies_every_package_and_installs_the_console_script():
         assert re.search(rf"^COPY {package} \./{package}$", text, re.M), f"the Dockerfile does not copy {package}"
     assert "gan-face-generate" in text and "--no-deps" in text
     assert 'CMD ["actmax", "serve"]' in text
+
+
+def test_image_installs_the_extras_it_is_documented_with():
+    """Without the biggan extra every BigGAN generator is UNUSABLE in the container, whatever ./weights holds."""
+    text = (ROOT / "Dockerfile").read_text()
+    extras = re.search(r"pip install --no-cache-dir '\.\[([\w,]+)\]'", text)[1].split(",")
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert set(extras) <= set(declared) and {"biggan", "reference", "nwb"} <= set(extras)
+    assert "`reference`, `nwb` and `biggan` extras" in (ROOT / "README.md").read_text()
+
+
+def test_cpu_image_takes_the_cpu_build_of_the_dockerfiles_torch():
+    """PyPI's torch on Linux is a CUDA build: the CPU set-up builds its image from the CPU wheel index."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    default = re.search(r'^ARG TORCH_SPEC="(torch==[\d.]+)"$', dockerfile, re.M)[1]
+    cpu_spec = f"{default} --index-url https://download.pytorch.org/whl/cpu"
+    build = _compose("docker-compose.cpu.yml")["services"]["keys"]["build"]
+    assert build == {"context": ".", "args": {"TORCH_SPEC": cpu_spec}}
+    assert _compose("docker-compose.yml")["services"]["keys"]["build"] == "."  # the service that builds
+    command = f'docker build -t actmax:latest --build-arg TORCH_SPEC="{cpu_spec}" .'
+    assert command in dockerfile and command in (ROOT / "README.md").read_text()
+    assert "GPU hosts: build with a CUDA torch" not in dockerfile  # the default is one already
+
+
+def test_compose_publishes_the_rig_port_on_the_lan_only_when_told():
+    server = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["server"]
+    assert "--zmq-endpoint" in server["command"]  # off loopback inside the container, so CURVE keys (`keys`)
+    zmq = [p for p in server["ports"] if p.endswith(":5555")]
+    assert [_published(p, {}) for p in zmq] == ["127.0.0.1:5555:5555"]
+    assert [_published(p, {"ACTMAX_ZMQ_HOST_IP": "192.168.1.10"}) for p in zmq] == ["192.168.1.10:5555:5555"]
+    rest = [p for p in server["ports"] if p.endswith(":8000")]
+    assert [_published(p, {"ACTMAX_ZMQ_HOST_IP": "192.168.1.10"}) for p in rest] == ["127.0.0.1:8000:8000"]
+    assert "ACTMAX_ZMQ_HOST_IP" in (ROOT / "README.md").read_text()
+
+
+def test_readme_gets_a_lan_rigs_keys_from_where_the_container_keeps_them(tmp_path, monkeypatch):
+    """README's commands for a rig on another machine, run against a data folder as the server's /data."""
+    from server.cli import main
+
+    server = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["server"]
+    data_dir = server["environment"]["ACTMAX_DATA_DIR"]
+    assert "ACTMAX_KEYS_DIR" not in server["environment"]
+    monkeypatch.setenv("ACTMAX_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("ACTMAX_KEYS_DIR", raising=False)
+    assert main(["keys", "init"]) == 0  # what the `keys` service does at each `up`
+    lines = _docker_block("docker compose exec server actmax keys rig")
+    prefix = "docker compose exec server "
+    issue = next(line for line in lines if line.startswith(prefix + "actmax keys rig "))
+    rig = issue.split()[-1]
+    assert main(issue.removeprefix(prefix + "actmax ").split()) == 0
+    copied = [line.split()[3] for line in lines if line.startswith("docker compose cp server:")]
+    assert len(copied) == 2
+    on_host = [Path(tmp_path, Path(path.removeprefix("server:")).relative_to(data_dir)) for path in copied]
+    assert all(path.is_file() for path in on_host), copied
+    removed = next(line for line in lines if line.startswith(prefix + "rm "))
+    assert removed.split()[-1] == next(path for path in copied if path.endswith(".key_secret")).removeprefix("server:")
+    sim = next(line.split() for line in lines if line.startswith("actmax rig sim "))
+    assert sim[sim.index("--rig") + 1] == rig
+    assert {sim[sim.index("--server-key") + 1], sim[sim.index("--rig-key") + 1]} == {p.name for p in on_host}
+    address = next(line.split("=")[1] for line in lines if line.startswith("export ACTMAX_ZMQ_HOST_IP="))
+    assert sim[sim.index("--endpoint") + 1] == f"tcp://{address}:5555"
 
 
 def test_image_runs_as_a_non_root_user():
@@ -98,7 +171,8 @@ def _compose(name: str) -> dict:
 
 def test_cpu_override_runs_the_server_without_a_gpu():
     base, cpu = _compose("docker-compose.yml"), _compose("docker-compose.cpu.yml")
-    assert set(cpu["services"]) == {"server"}  # every other service as in the base file
+    assert set(cpu["services"]) == {"server", "keys"}  # every other service as in the base file
+    assert set(cpu["services"]["keys"]) == {"build"}  # the CPU torch (test_cpu_image_takes_the_cpu_build...)
     server = cpu["services"]["server"]
     assert server["deploy"] is _Reset and "deploy" in base["services"]["server"]  # no GPU reservation left
     assert server["environment"] == {"ACTMAX_DEVICE": "cpu"}  # merged over the base's cuda
