@@ -287,6 +287,8 @@ def rbf_ratios(results: Mapping[str, RBFProbe], *, bins=(0.6, 0.7, 0.8, 0.9), ha
             fit.update(slope=float(slope), intercept=float(intercept))
             if np.ptp(dist) > 0:
                 fit["spearman"] = float(spearmanr(frac, dist).statistic)
+            else:
+                notes.append(f"{mode}: no rank correlation, every distance is {dist[0]:.3g}")
         else:
             notes.append(f"{mode}: no distance fit, {_reach(frac)}")
         stats[mode] = {"bin_mean_distance": bin_means(mode).tolist(), **fit}

@@ -176,6 +176,14 @@ def test_non_finite_samples_are_left_out_with_a_note():
     assert stats["notes"] == ["min: 2 of 6 samples non-finite, left out", "max: 2 of 6 samples non-finite, left out"]
 
 
+def test_equal_distances_have_no_rank_correlation_and_a_note():
+    results = {"min": probe_of("min", REACHED, [[2.0, 2.0, 2.0], [1.0, 1.0, 1.0]]),
+               "max": probe_of("max", REACHED, np.full((2, 3), 3.0))}
+    stats = rbf_ratios(results, bins=(0.6, 0.9), min_count=3)
+    assert np.isnan(stats["max"]["spearman"]) and stats["max"]["slope"] == pytest.approx(0.0, abs=1e-9)
+    assert stats["notes"] == ["max: no rank correlation, every distance is 3"]
+
+
 def test_kent_fit_of_a_sharp_peak():
     axis = np.deg2rad(np.arange(-90, 91, 5))
     values = kent(sphere_points(axis[:, None], axis[None, :]), theta0=-0.4, phi0=0.5, psi=-0.2,
