@@ -90,7 +90,8 @@ function scoredLines(scoredChannels, labels) {
 const stimulusImg = (id, title = "") => `<img data-src="/stimuli/${encodeURIComponent(id)}/png" alt="" title="${esc(title)}">`;
 
 // ---------------------------------------------------------------- live stream
-// The shown view's stream: it ends with the view's navigation (`view`, its signal); start() without one reconnects.
+// The shown view's stream, stopped when its view is left (`navigate`); start(id) without a view restarts it for the
+// view shown. None starts for a view already left.
 const live = {
   controller: null, handlers: new Set(), sessionId: null, view: null,
   start(sessionId, view = this.view) {
@@ -99,7 +100,7 @@ const live = {
     this.sessionId = sessionId;
     this.view = view;
     this.controller = new AbortController();
-    this.loop(AbortSignal.any([view, this.controller.signal]));
+    this.loop(this.controller.signal);
   },
   stop() { if (this.controller) this.controller.abort(); this.controller = null; setLive(false); },
   // After a failure, the first connection reports "dropped": what happened meanwhile is reloaded.
