@@ -29,9 +29,13 @@ class WeightsNotFoundError(GeneratorError, FileNotFoundError):
     """A generator's weights file is missing; the message lists the paths tried and where to put it."""
 
     def __init__(self, name: str, tried: list[Path], hint: str) -> None:
-        self.tried = [Path(p) for p in tried]
+        self.name, self.tried, self.hint = name, [Path(p) for p in tried], hint
         listing = "\n".join(f"  - {p}" for p in self.tried) or "  (none)"
         super().__init__(f"weights for generator {name!r} not found; tried:\n{listing}\n{hint}")
+
+    def advising(self, where: str) -> WeightsNotFoundError:
+        """This error with ``where`` (what the user of one program can set) in place of `WEIGHTS_ARGUMENT`."""
+        return WeightsNotFoundError(self.name, self.tried, self.hint.replace(WEIGHTS_ARGUMENT, where))
 
 
 _REGISTRY: dict[str, Callable[..., Generator]] = {}
@@ -40,8 +44,9 @@ log = logging.getLogger(__name__)
 
 #: Where a user gives a generator's weights, for the messages that say to.
 WEIGHTS_ARGUMENT = "--weights on the command line, weights= in Python, a thread's `weights` in a session"
-#: Where a user gives a torch device, for the messages that name one.
-DEVICE_ARGUMENT = "--device or ACTMAX_DEVICE; device= in Python"
+#: Where a user gives a torch device, for the messages that name one: a program that reads more (``actmax serve``
+#: reads ACTMAX_DEVICE too) passes `resolve_device` its own.
+DEVICE_ARGUMENT = "--device on the command line, device= in Python"
 PRECISIONS = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 PRECISION_TOLERANCE = 4 / 255
 """Largest absolute pixel difference (images in [0, 1]) a reduced precision may make against
@@ -140,22 +145,31 @@ def check_precision(generator: Generator, precision: str, tolerance: float = PRE
 
 def ignores_codes(generator: Generator, n: int = 3) -> str | None:
     """What is wrong if `generator` renders one and the same 8-bit image for `n` different prior codes (seed 0),
-    as a network with untrained or unconverted weights does; None when the images differ."""
+    as a network with untrained or unconverted weights does; None when the images differ. Raises `GeneratorError`
+    when a pixel of them is NaN or infinite (broken weights, or a precision the network overflows in): no evolution
+    can run on such a generator."""
     codes = generator.sample(n, np.random.default_rng(0))
-    pixels = generator.generate(codes).clamp(0, 1).mul(255).round()  # what a rig sees: the PNG's 8-bit values
+    images = generator.generate(codes)
+    sha = f" (weights sha256 {generator.weights_sha256[:12]})" if generator.weights_sha256 else ""
+    if broken := int((~torch.isfinite(images.flatten(1)).all(1)).sum()):  # NaN != NaN: torch.equal below misses it
+        cause = (f"{str(generator.dtype)[6:]} overflows in it; use float32" if generator.dtype != torch.float32 else
+                 "its weights are broken (a damaged file, or a network that overflows); give it intact weights")
+        raise GeneratorError(f"{generator.name} {generator.provenance['version']}{sha} renders NaN or infinite pixels "
+                             f"for {broken} of {n} prior codes (seed 0), so no evolution can run on it: {cause}")
+    pixels = images.clamp(0, 1).mul(255).round()  # what a rig sees: the PNG's 8-bit values
     if any(not torch.equal(pixels[0], image) for image in pixels[1:]):
         return None
-    sha = f" (weights sha256 {generator.weights_sha256[:12]})" if generator.weights_sha256 else ""
     return (f"the weights look untrained or not converted: {generator.name}{sha} renders the same image for {n} "
             "different codes, so an evolution would show one image throughout; give it the trained network's "
             "state dict, with its parameters under this generator's names (docs/generators.md)")
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """"auto" -> cuda if available else cpu; anything else must name a device this torch can use."""
+def resolve_device(device: str | torch.device, source: str = DEVICE_ARGUMENT) -> torch.device:
+    """"auto" -> cuda if available else cpu; anything else must name a device this torch can use (a refusal names
+    `source`: where the device came from)."""
     if isinstance(device, str) and device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    given = f"device {str(device)!r} ({DEVICE_ARGUMENT})"  # named neutrally: a flag, a variable or an argument
+    given = f"device {str(device)!r} ({source})"
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError):
@@ -340,7 +354,7 @@ class Generator(abc.ABC):
 
         A tensor that requires grad goes through `forward` in one batch and keeps its graph (for
         Hessians, gradient ascent); anything else runs without grad in chunks of `batch_size`, which halves
-        (for this call and the next) when the device runs out of memory.
+        (from then on) when the device runs out of memory.
         """
         z = self._as_codes(codes)
         if z.requires_grad:

@@ -63,12 +63,11 @@ def check_thread(thread: ThreadConfig, cache: GeneratorCache, rig: str, rig_chan
     problems = check_objective(thread.objective, rig, rig_channels, (*loc, "objective"))
     try:
         generator = cache.get(thread.generator, thread.weights, thread.generator_options)
+        generators.base.ignores_codes(generator)  # raises for NaN or infinite images (its warnings come at the start)
     except generators.GeneratorError as error:
         field = "generator_options" if isinstance(error, generators.GeneratorOptionError) else \
             "weights" if thread.weights else "generator"
-        # Missing weights: say where they go. A file that is there but wrong: its error says why.
-        hint = f"\nTo fix: {cache.setting_hint()}" if isinstance(error, generators.WeightsNotFoundError) else ""
-        return [*problems, Problem((*loc, field), f"{error}{hint}")]
+        return [*problems, Problem((*loc, field), str(error))]
     if thread.kind == "evolution":
         try:
             _optimizer(thread, generator)

@@ -131,14 +131,21 @@ def add_parser(subcommands) -> None:
     weights = subcommands.add_parser(
         "weights", help="list or verify generator weights on this machine",
         description="Where each generator's weights are looked for (ACTMAX_WEIGHTS_DIR/<generator>/, then the "
-        "generator's standard locations), whether they were found, and their sha256.")
+        "generator's standard locations), whether they load, and their sha256: each generator is loaded as "
+        "`actmax serve` with the same settings loads it, on its device and in its precision (ACTMAX_DEVICE, "
+        "ACTMAX_PRECISION, or --device and --precision), which the first line (on stderr) names.")
     commands = weights.add_subparsers(dest="weights_command", required=True, metavar="WEIGHTS_COMMAND")
-    commands.add_parser("list", help="every generator: where it looks, found or missing, sha256").set_defaults(
-        func=list_weights)
+    listing = commands.add_parser("list", help="every generator: where it looks, found or missing, sha256")
+    listing.set_defaults(func=list_weights)
     verify = commands.add_parser("verify", help="load each generator and render images (finite, and different for "
                                  "different codes); non-zero exit if any fails")
     verify.add_argument("names", nargs="*", metavar="GENERATOR", help="generators to verify (default: all)")
     verify.set_defaults(func=verify_weights)
+    for command in (listing, verify):
+        command.add_argument("--device", help="torch device to load on: auto, cpu, cuda, ... (default: ACTMAX_DEVICE, "
+                             "else auto, as `actmax serve`)")
+        command.add_argument("--precision", choices=["float32", "float16", "bfloat16"],
+                             help="precision to load in (default: ACTMAX_PRECISION, else float32, as `actmax serve`)")
 
 
 # ---------------------------------------------------------------------------- REST client
@@ -523,12 +530,17 @@ def watch_session(args) -> int:
 
 
 # ---------------------------------------------------------------------------- weights
-def _cache():
+def _cache(args):
+    """The server's generator cache, with its settings and --device and --precision over them; says on stderr where
+    the generators load (a device this torch cannot use is refused here)."""
     from server.settings import load_settings
-    from server.weights import GeneratorCache
+    from server.weights import GeneratorCache, generators_device
 
-    settings = load_settings()
-    return GeneratorCache("cpu", settings.weights_dir)
+    settings = load_settings({"device": ("--device", args.device), "precision": ("--precision", args.precision)})
+    on = generators_device(settings.device, settings.precision, "--device or ACTMAX_DEVICE")
+    print(f"actmax weights {args.weights_command}: generators on {on}, as `actmax serve` with these settings",
+          file=sys.stderr, flush=True)
+    return GeneratorCache(settings.device, settings.weights_dir, settings.precision)
 
 
 def list_weights(args) -> int:
@@ -536,7 +548,7 @@ def list_weights(args) -> int:
 
     import generators
 
-    cache = _cache()
+    cache = _cache(args)
     statuses = [cache.status(name) for name in tqdm(generators.available(), desc="loading", leave=False,
                                                     disable=not sys.stderr.isatty())]
     print(f"{'generator':<18} {'weights':<8} {'sha256':<64} looks in")
@@ -548,7 +560,6 @@ def list_weights(args) -> int:
 
 
 def verify_weights(args) -> int:
-    import numpy as np
     from tqdm import tqdm
 
     import generators
@@ -558,16 +569,16 @@ def verify_weights(args) -> int:
         print(f"actmax weights verify: unknown generator(s) {', '.join(unknown)}; registered: "
               f"{', '.join(generators.available())}", file=sys.stderr)
         return 2
-    cache, statuses = _cache(), []
+    cache, statuses = _cache(args), []
     for name in tqdm(args.names or generators.available(), desc="verifying", leave=False,
                      disable=not sys.stderr.isatty()):
         status = cache.status(name)
         if status.found:
-            generator = cache.get(name)
-            image = generator.generate(generator.sample(1, np.random.default_rng(0)))
-            if not bool(np.isfinite(image.detach().cpu().numpy()).all()):
-                status = status.__class__(name, False, status.source, status.sha256, "rendered non-finite pixels")
-            elif (problem := generators.base.ignores_codes(generator)) is not None:
+            try:  # images not finite, or one image for every code
+                problem = generators.base.ignores_codes(cache.get(name))
+            except generators.GeneratorError as error:
+                problem = str(error)
+            if problem is not None:
                 status = status.__class__(name, False, status.source, status.sha256, problem)
         statuses.append(status)
     for status in statuses:  # after the bar, which would cut into the table

@@ -65,16 +65,15 @@ async def serve(settings) -> None:
     The process's one database engine is made, migrated and disposed of here. A device this torch cannot
     use is refused first (``GeneratorError``), not at the first session. The open-file limit is raised first.
     """
-    from generators.base import resolve_device
     from server.engine import Engine
     from server.keys import KeyStore
     from server.main import create_app
     from server.store.archive import ImageArchive
     from server.store.db import make_db_engine, make_sessionmaker, upgrade
     from server.transport import Transport
-    from server.weights import weights_dir_note
+    from server.weights import generators_device, weights_dir_note
 
-    resolve_device(settings.device)
+    generators_on = generators_device(settings.device, settings.precision, "--device or ACTMAX_DEVICE")
     open_files = raise_open_file_limit()
     lock = hold_data_dir(settings.data_dir)
     data_dir = settings.data_dir.resolve()  # logged in full: a relative --data-dir depends on the working folder
@@ -104,7 +103,7 @@ async def serve(settings) -> None:
         )
         engine.transport = transport
         await _run_until_stopped(http_config(create_app(settings, db_sessions, engine=engine), settings, open_files),
-                                 settings, engine, transport, http_socket, security)
+                                 settings, engine, transport, http_socket, security, generators_on)
     finally:
         http_socket.close()
         db_engine.dispose()
@@ -187,9 +186,11 @@ def bind_http(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def _run_until_stopped(config, settings, engine, transport, http_socket, security: str) -> None:
+async def _run_until_stopped(config, settings, engine, transport, http_socket, security: str,
+                             generators_on: str) -> None:
     """Serve HTTP (uvicorn's ``config``) in the foreground and the transport and engine loops beside it; stop all
-    three together. Errors that repeat per connection are logged once a minute."""
+    three together. Errors that repeat per connection are logged once a minute. The start line says where the
+    generators run (``generators_on``, from ``generators_device``)."""
     import uvicorn
 
     from rig_client.version import package_version
@@ -212,8 +213,9 @@ async def _run_until_stopped(config, settings, engine, transport, http_socket, s
     background = [asyncio.create_task(transport.run()), asyncio.create_task(engine.run())]
     for stop in (signal.SIGINT, signal.SIGTERM):  # until uvicorn has its own: a Ctrl-C while it starts
         asyncio.get_running_loop().add_signal_handler(stop, setattr, http, "should_exit", True)
-    log.info("actmax %s serving REST on http://%s:%s, rigs on %s (%s), data in %s", package_version(),
-             settings.http_host, settings.http_port, settings.zmq_endpoint, security, settings.data_dir.resolve())
+    log.info("actmax %s serving REST on http://%s:%s, rigs on %s (%s), generators on %s, data in %s",
+             package_version(), settings.http_host, settings.http_port, settings.zmq_endpoint, security, generators_on,
+             settings.data_dir.resolve())
     try:
         await http.serve(sockets=[http_socket])
     finally:

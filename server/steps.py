@@ -26,7 +26,7 @@ from server.store import queries, records
 from server.store.archive import ArchivedImage, ImageArchive
 from server.store.db import Transaction
 from server.store.models import EventLevel, GenerationStatus
-from server.thread_runtime import InFlight, ThreadRuntime, is_snapshot, owed_stimuli
+from server.thread_runtime import InFlight, ThreadRuntime, is_snapshot, owed_stimuli, rendered
 
 log = logging.getLogger(__name__)
 
@@ -204,12 +204,14 @@ def start_generation(db: Transaction, runtime: ThreadRuntime, archive: ImageArch
 
 
 def render(runtime: ThreadRuntime, codes: np.ndarray, archive: ImageArchive) -> list[tuple[bytes, ArchivedImage]]:
-    """The PNG and archive address (written later) of each code's image, encoded on all cores."""
+    """The PNG and archive address (written later) of each code's image, encoded on all cores; ``GeneratorError``
+    when an image is not finite (``thread_runtime.rendered``): its step fails the thread, and nothing of the
+    generation is committed or sent."""
     def encode(pixels: np.ndarray) -> tuple[bytes, ArchivedImage]:
         png = encode_png(pixels)
         return png, archive.address(png)
     with runtime.computing():
-        return parallel_map(encode, to_pixels(runtime.generator.generate(codes)))
+        return parallel_map(encode, to_pixels(rendered(runtime.generator, codes)))
 
 
 def complete_generation(db: Transaction, runtime: ThreadRuntime, responses: dict[str, list[queries.Response]],

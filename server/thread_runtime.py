@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session as DBSession
 
 import optimizers
 from analysis.serialization import json_safe
-from generators.base import ignores_codes
+from generators.base import GeneratorError, ignores_codes
 from rig_client.protocol import encode_png
 from rig_client.version import package_version
 from server import ServerError, ThreadNotReady, manifold, retest
@@ -219,6 +219,30 @@ def record_runtime(db: DBSession, thread: Thread, generator) -> None:
     records.log_event(db, "thread.runtime", message, session_id=thread.session_id, thread_id=thread.id, data=data)
 
 
+def rendered(generator, codes: np.ndarray) -> torch.Tensor:
+    """``generator``'s images of ``codes``, on its device; ``GeneratorError`` when a pixel is NaN or infinite
+    (broken weights, codes the network or its precision overflows on), for such images must not be shown or scored."""
+    images = generator.generate(codes)
+    if math.isfinite(images.sum()):  # one reduction: pixels in [0, 1] sum to a finite number unless one is not
+        return images
+    broken = (~torch.isfinite(images.flatten(1)).all(1)).cpu().numpy()
+    provenance, precision = generator.provenance, str(generator.dtype).removeprefix("torch.")
+    sha = f" (weights sha256 {provenance['weights_sha256'][:12]})" if provenance["weights_sha256"] else ""
+    if generator.dtype != torch.float32:
+        fix = (f"{precision} overflows on them: serve with `actmax serve --precision float32` (or "
+               "ACTMAX_PRECISION=float32)")
+    elif broken.all():
+        fix = (f"broken weights render them for every code: check them with `actmax weights verify {generator.name}` "
+               "and put intact ones in place")
+    else:
+        fix = "codes far from the prior can overflow a network: keep them nearer it (`sphere-cma`, a smaller `sigma0`)"
+    norm, prior = float(np.linalg.norm(np.asarray(codes)[broken], axis=1).max()), generator.default_init()["radius"]
+    raise GeneratorError(
+        f"{provenance['name']} {provenance['version']}{sha} rendered NaN or infinite pixels for {int(broken.sum())} "
+        f"of {len(broken)} codes (norm up to {norm:.3g}; its prior's is about {prior:.3g}), which are neither shown "
+        f"nor scored; {fix}; then start a new thread")
+
+
 def code_chunks(codes: np.ndarray, size: int) -> list[np.ndarray]:
     """``codes`` in consecutive chunks of at most ``size`` rows: the engine renders one chunk per compute job."""
     return [codes[i:i + size] for i in range(0, len(codes), size)]
@@ -323,7 +347,8 @@ def _brief(value) -> str:
 def unusual_settings(generator, optimizer: optimizers.Optimizer) -> list[str]:
     """What in a thread's settings is likely a mistake, though it runs: a ``sigma0`` or ``radius`` more than
     ``SCALE_TOLERANCE`` times off the generator's ``default_init``, weights that render another image size than the
-    generator's name says, or one image for every code (``generators.base.ignores_codes``)."""
+    generator's name says, or one image for every code (``generators.base.ignores_codes``, which raises
+    ``GeneratorError`` for a generator whose images of prior codes are not finite: the thread fails)."""
     defaults, root_d = generator.default_init(), math.sqrt(generator.latent_dim)
     warnings = []
     for key in ("sigma0", "radius"):
@@ -357,7 +382,7 @@ def resume_pending(db: DBSession, runtime: ThreadRuntime, pending: Generation, a
     stimuli = sorted((s for s in pending.stimuli if s.kind == StimulusKind.SYNTHETIC), key=lambda s: s.index)
     if not all(archive.holds(s.content_hash) for s in stimuli):
         pngs = [png for chunk in code_chunks(stored, runtime.render_chunk)
-                for png in encode_images(runtime.generator.generate(chunk))]  # chunked as the engine renders
+                for png in encode_images(rendered(runtime.generator, chunk))]  # chunked as the engine renders
         for stimulus, png in zip(stimuli, pngs, strict=True):
             if archive.save(png).content_hash != stimulus.content_hash:
                 raise ServerError(

@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 import generators
 from generators import weights_source
-from generators.base import check_precision
+from generators.base import WeightsNotFoundError, check_precision, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,22 @@ def weights_dir_note(weights_dir: Path | None) -> tuple[int, str]:
                           "the others from their standard locations")
 
 
+def generators_device(device: str, precision: str, source: str) -> str:
+    """Where a server's generators run, for its start line and ``actmax weights``: the device ``device`` resolves to
+    (a GPU with its name; for ``auto`` without one, why not) and ``precision``. A device this torch cannot use is a
+    ``GeneratorError`` naming ``source``, the flag or variable that gave it."""
+    resolved = resolve_device(device, source)
+    if resolved.type == "cuda":
+        index = torch.cuda.current_device() if resolved.index is None else resolved.index
+        where = f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    elif device == "auto":
+        why = "a CPU-only build" if torch.version.cuda is None else "built for CUDA but finds no GPU"
+        where = f"the CPU (device auto: torch {torch.__version__} is {why})"
+    else:
+        where = str(resolved)
+    return f"{where} in {precision}"
+
+
 class GeneratorCache:
     """Loaded generators by (name, weights source); thread-safe (REST workers and the engine's worker).
 
@@ -109,7 +127,12 @@ class GeneratorCache:
                 del self._loaded[key]
                 log.info("the weights of %s changed on disk (%s): loading them again", name,
                          ", ".join(map(str, generator.weights_files)))
-            generator = generators.load(name, device=self.device, weights=source, **options)
+            try:
+                generator = generators.load(name, device=self.device, weights=source, **options)
+            except WeightsNotFoundError as error:  # say what a server's user can set (no --weights)
+                now = f" (now {self.weights_dir})" if self.weights_dir else ""
+                raise error.advising(f"in ACTMAX_WEIGHTS_DIR/{name}/ on the server{now}, or as a thread's `weights` "
+                                     "in a session") from None
             identity = file_identity(generator.weights_files)
             if self.precision != "float32":
                 try:
@@ -136,8 +159,3 @@ class GeneratorCache:
     def statuses(self) -> list[WeightsStatus]:
         return [self.status(name) for name in generators.available()]
 
-    def setting_hint(self) -> str:
-        """Which setting or field points elsewhere (for error messages)."""
-        here = f" (now {self.weights_dir})" if self.weights_dir else ""
-        return ("put the weights in ACTMAX_WEIGHTS_DIR/<generator>/" + here +
-                ", or give the thread a \"weights\" path (a file or folder on the server)")

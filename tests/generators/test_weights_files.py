@@ -95,7 +95,7 @@ def test_biggan_weights_of_another_size_do_not_fit(weights_dirs, tmp_path):
     assert len(lines) == 7 and lines[-1].endswith("more")  # five of torch's lines, not every parameter's
 
 
-GIVEN = re.escape("(--device or ACTMAX_DEVICE; device= in Python)")  # where a device comes from, said neutrally
+GIVEN = re.escape("(--device on the command line, device= in Python)")  # where a device comes from, said neutrally
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this torch has CUDA")
@@ -136,7 +136,7 @@ def test_serve_refuses_a_device_it_cannot_use_before_binding(device, reason, tmp
                      "--data-dir", str(tmp_path / "data")])
     assert code == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith(f"actmax serve: device '{device}' (--device or ACTMAX_DEVICE; device= in Python): {reason}")
+    assert line.startswith(f"actmax serve: device '{device}' (--device or ACTMAX_DEVICE): {reason}")
     assert not (tmp_path / "data").exists()
 
 

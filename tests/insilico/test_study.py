@@ -135,7 +135,7 @@ def test_a_device_this_torch_cannot_use_is_one_line(tmp_path: Path, capsys, devi
     argv = ["analyze", "study", *TINY, "--out", str(tmp_path), "--device", device]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"actmax analyze: device '{device}' (--device or ACTMAX_DEVICE; device= in Python): ") and err.count("\n") == 1
+    assert err.startswith(f"actmax analyze: device '{device}' (--device on the command line, device= in Python): ") and err.count("\n") == 1
     assert not any(tmp_path.iterdir())  # refused before any work
 
 

@@ -61,7 +61,7 @@ def test_a_device_this_torch_cannot_use_is_refused_before_connecting(capsys):
     if torch.cuda.is_available():
         pytest.skip("this torch has CUDA")
     assert main(["rig", "sim", "--device", "cuda", "--endpoint", "tcp://127.0.0.1:9"]) == 2
-    assert "device 'cuda' (--device or ACTMAX_DEVICE; device= in Python): this torch has no CUDA" in capsys.readouterr().err
+    assert "device 'cuda' (--device on the command line, device= in Python): this torch has no CUDA" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -149,8 +149,7 @@ def _check_generator(thread: Thread, cache, action: str = "resume") -> None:
     try:
         cache.get(config.generator, config.weights, config.generator_options)
     except generators.GeneratorError as error:
-        hint = f"\nTo fix: {cache.setting_hint()}" if isinstance(error, generators.WeightsNotFoundError) else ""
-        raise HTTPException(status.HTTP_409_CONFLICT, f"cannot {action} thread {thread.id}: {error}{hint}") from None
+        raise HTTPException(status.HTTP_409_CONFLICT, f"cannot {action} thread {thread.id}: {error}") from None
 
 
 def _check_references(db: DBSession, thread: Thread, archive: ImageArchive, action: str = "resume") -> None:
