@@ -71,16 +71,47 @@ TINY_CONFIG = {"output_dim": 32, "z_dim": 128, "class_embed_dim": 128, "channel_
                "attention_layer_position": 2, "eps": 1e-4, "n_stats": 51}
 
 
-def random_network(config: dict, seed: int = 0):
-    """A ``pytorch_pretrained_biggan.BigGAN`` of ``config`` with random weights (seeded), for measuring the real
-    cost without the published weights; saved with its config.json, it loads like them."""
+def random_network(config: dict, seed: int = 0, n_codes: int = 8):
+    """A ``pytorch_pretrained_biggan.BigGAN`` of ``config`` with random weights (seeded), in eval mode, for measuring
+    the real cost without the published weights; saved with its config.json, it loads like them.
+
+    Its buffers are those a published checkpoint holds: spectral norm's singular vectors converged (the
+    package draws them at random, and in eval mode a layer divides by that estimate of its largest singular value,
+    down to 1e-5 of it, so activations overflow even float32) and BatchNorm statistics measured on `n_codes` prior
+    codes at `DEFAULT_TRUNCATION` (the same for every truncation)."""
     pkg = _biggan()
     torch.manual_seed(seed)
-    module = pkg.BigGAN(pkg.BigGANConfig.from_dict(config))
+    module = pkg.BigGAN(pkg.BigGANConfig.from_dict(config)).eval()
     with torch.no_grad():
         module.generator.bn.weight.fill_(1.0)  # the package leaves these two uninitialised
         module.generator.bn.bias.zero_()
+        for layer in module.modules():
+            if hasattr(layer, "weight_orig"):  # spectral norm: sigma = u . W v is the largest singular value
+                u, _, vh = torch.linalg.svd(layer.weight_orig.flatten(1), full_matrices=False)
+                layer.weight_u.copy_(u[:, 0])
+                layer.weight_v.copy_(vh[0])
+        _standing_statistics(module, n_codes)
     return module
+
+
+def _standing_statistics(module, n_codes: int) -> None:
+    """Set each BatchNorm's statistics to its input's per-channel mean and variance on `n_codes` prior codes, layer
+    by layer in one forward pass (each normalises with its own statistics before the next layer measures)."""
+    from pytorch_pretrained_biggan.model import BigGANBatchNorm
+
+    def measure(norm, inputs):
+        x = inputs[0]
+        norm.running_means.copy_(x.mean((0, 2, 3)).expand_as(norm.running_means))
+        norm.running_vars.copy_(x.var((0, 2, 3), correction=0).expand_as(norm.running_vars))
+
+    hooks = [layer.register_forward_pre_hook(measure) for layer in module.modules()
+             if isinstance(layer, BigGANBatchNorm)]
+    embeddings = module.embeddings.weight  # (128, num_classes)
+    noise = DEFAULT_TRUNCATION * torch.nn.init.trunc_normal_(torch.empty(n_codes, 128), a=-2.0, b=2.0)
+    classes = embeddings[:, torch.randint(embeddings.shape[1], (n_codes,))].T
+    module.generator(torch.cat([noise, classes], dim=1), DEFAULT_TRUNCATION)
+    for hook in hooks:
+        hook.remove()
 
 
 def _cache_candidates(name: str) -> list[tuple[Path, Path | None]]:
@@ -106,8 +137,8 @@ def _resolve(name: str, weights: str | Path | None) -> tuple[Path, Path | None]:
         pairs = _cache_candidates(name)
     else:
         path = Path(weights).expanduser()
-        if path.is_dir():
-            pairs = [(path / WEIGHTS_NAME, path / CONFIG_NAME)]
+        if path.is_dir():  # the file under its own name, or as the published download names it
+            pairs = [(path / WEIGHTS_NAME, path / CONFIG_NAME), (path / f"{name}-{WEIGHTS_NAME}", path / CONFIG_NAME)]
         else:
             pairs = [(path, path.parent / CONFIG_NAME)]
     for model_file, config_file in pairs:
@@ -117,6 +148,8 @@ def _resolve(name: str, weights: str | Path | None) -> tuple[Path, Path | None]:
         raise folder_in_place(name, folder)
     if weights is not None:
         hint = given_weights_hint(path, f"{WEIGHTS_NAME} (with its {CONFIG_NAME})")
+        if others := sorted(p.name for p in path.glob("*.bin")) if path.is_dir() else []:
+            hint += f" The folder holds {', '.join(others)}: rename the file of {name}'s network {WEIGHTS_NAME}."
     else:
         hint = (f"Put {WEIGHTS_NAME} (and {CONFIG_NAME}) of {name} in a directory and give that directory or the "
                 f"file ({WEIGHTS_ARGUMENT}), or let `BigGAN.from_pretrained({name!r})` fill the package cache "
