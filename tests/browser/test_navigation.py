@@ -108,6 +108,20 @@ def shows_only(page, api, shown: dict, left: dict) -> None:
     assert not feed & {event["id"] for event in api.get(f"/sessions/{left['id']}/events")["items"]}
 
 
+def shows_only_the_busy_session_once_released(page, network, held, api, busy, idle) -> None:
+    """Once the busy session's page is shown, let the idle session's held answers through: the one stream open is
+    the busy session's, nothing more is asked about the idle one, the page shows the busy one alone, no error."""
+    page.wait_for_selector(f"#thread-{busy['threads'][0]['id']} .curve svg")
+    page.wait_for_selector("#live-state.on")
+    since = len(network.asked)
+    release(page, held)
+    asked = settle(page, network, since)
+    assert network.streams() == [f"session_id={busy['id']}"]
+    assert [path for path in asked if about(path, idle)] == []
+    shows_only(page, api, busy, idle)
+    assert uncaught(page) == []
+
+
 def test_a_view_left_while_it_loads_shows_nothing_and_keeps_no_stream_or_poll(page, running):
     """The idle session's page is left while it waits for its events: they come once the busy session's page is
     shown, and are not drawn into it; the idle page neither starts its stream nor polls its rig."""
@@ -121,16 +135,7 @@ def test_a_view_left_while_it_loads_shows_nothing_and_keeps_no_stream_or_poll(pa
     while not held:
         page.wait_for_timeout(20)
     page.evaluate("(id) => { location.hash = `#/session/${id}`; }", busy["id"])
-    page.wait_for_selector(f"#thread-{busy['threads'][0]['id']} .curve svg")
-    page.wait_for_selector("#live-state.on")
-
-    since = len(network.asked)
-    release(page, held)
-    asked = settle(page, network, since)
-    assert network.streams() == [f"session_id={busy['id']}"]
-    assert [path for path in asked if about(path, idle)] == []
-    shows_only(page, api, busy, idle)
-    assert uncaught(page) == []
+    shows_only_the_busy_session_once_released(page, network, held, api, busy, idle)
 
 
 def test_quick_switches_show_the_last_view_asked_for_with_one_stream(page, running):
@@ -144,13 +149,4 @@ def test_quick_switches_show_the_last_view_asked_for_with_one_stream(page, runni
     for _ in range(3):
         for view in (f"#/session/{idle['id']}", "#/", f"#/session/{busy['id']}"):
             page.evaluate("(view) => { location.hash = view; }", view)
-    page.wait_for_selector(f"#thread-{busy['threads'][0]['id']} .curve svg")
-    page.wait_for_selector("#live-state.on")
-
-    since = len(network.asked)
-    release(page, held)
-    asked = settle(page, network, since)
-    assert network.streams() == [f"session_id={busy['id']}"]
-    assert [path for path in asked if about(path, idle)] == []
-    shows_only(page, api, busy, idle)
-    assert uncaught(page) == []
+    shows_only_the_busy_session_once_released(page, network, held, api, busy, idle)
