@@ -75,10 +75,10 @@ def random_network(config: dict, seed: int = 0, n_codes: int = 8):
     """A ``pytorch_pretrained_biggan.BigGAN`` of ``config`` with random weights (seeded), in eval mode, for measuring
     the real cost without the published weights; saved with its config.json, it loads like them.
 
-    Its buffers are those a published checkpoint holds: spectral norm's singular vectors converged (the
-    package draws them at random, and in eval mode a layer divides by that estimate of its largest singular value,
-    down to 1e-5 of it, so activations overflow even float32) and BatchNorm statistics measured on `n_codes` prior
-    codes at `DEFAULT_TRUNCATION` (the same for every truncation)."""
+    Its buffers are set as a published checkpoint's are: spectral norm's singular vectors converged (with the package's
+    random ones a layer divides by as little as 1e-5 of its largest singular value, and activations overflow even
+    float32) and BatchNorm statistics measured on `n_codes` prior codes at `DEFAULT_TRUNCATION` (the same for every
+    truncation)."""
     pkg = _biggan()
     torch.manual_seed(seed)
     module = pkg.BigGAN(pkg.BigGANConfig.from_dict(config)).eval()
