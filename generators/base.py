@@ -120,6 +120,10 @@ def check_precision(generator: Generator, precision: str, tolerance: float = PRE
                              "compares against float32: load the generator again to test another precision")
     codes = generator.sample(PRECISION_SAMPLES, np.random.default_rng(0))
     reference = generator.generate(codes)
+    if not bool(torch.isfinite(reference).all()):  # no precision helps: the float32 network itself is broken
+        raise GeneratorError(f"{generator.name} renders NaN or infinite pixels in float32 already, so {precision} "
+                             "cannot be compared with it: its weights are broken (a damaged file, or a network that "
+                             "overflows); give it intact weights")
     float32_state = {k: v.clone() for k, v in generator.module.state_dict().items()}
 
     def refuse(reason: str) -> GeneratorError:

@@ -27,8 +27,9 @@ def add_parser(subcommands) -> None:
     parser.add_argument("--data-dir", help="database and image archive folder (default ./actmax-data)")
     parser.add_argument("--device", help='torch device for generators: auto, cpu, cuda, ... (default auto)')
     parser.add_argument("--precision", choices=["float32", "float16", "bfloat16"],
-                        help="generator precision (default float32); half precision only where images stay "
-                        "within tolerance of float32")
+                        help="generator precision (default float32); a half precision only for generators whose "
+                        "images of 8 prior codes stay within 4/255 of float32 (checked at load; evolved codes far "
+                        "from the prior may differ more, and a NaN or infinite pixel fails the thread)")
     parser.add_argument("--batch-timeout", type=float,
                         help="seconds without results, while the rig is connected, before missing ones are "
                         "re-queued (default 300)")

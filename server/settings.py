@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     device: str = Field("auto", description='Torch device for generators: "auto", "cpu", "cuda", "cuda:1", ...')
     precision: Literal["float32", "float16", "bfloat16"] = Field(
         "float32", description="Generator precision; a half precision is used only for generators whose "
-        "images stay within generators.base.PRECISION_TOLERANCE of float32 (checked at load).")
+        "images of 8 prior codes stay within generators.base.PRECISION_TOLERANCE of float32 (checked at load).")
     render_chunk: int = Field(
         64, ge=1, description="Images rendered per compute job. A larger generation is rendered in chunks, "
         "with other threads' steps and the rigs' results handled in between, so it freezes no other session.")

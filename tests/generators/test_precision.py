@@ -77,3 +77,15 @@ def test_a_precision_that_renders_nan_says_so():
         check_precision(generator, "float16")
     assert str(err.value) == "dcgan-faces in float16 renders NaN on cpu; use float32 for this generator"
     assert generator.dtype == torch.float32
+
+
+def test_weights_that_render_nan_in_float32_are_called_broken_not_a_precision_problem():
+    generator = generators.load("dcgan-faces", device="cpu")
+    with torch.no_grad():
+        generator.module.main[0].weight.view(-1)[0] = float("nan")  # a damaged file
+    with pytest.raises(GeneratorError) as err:
+        check_precision(generator, "float16")
+    assert str(err.value) == ("dcgan-faces renders NaN or infinite pixels in float32 already, so float16 cannot be "
+                              "compared with it: its weights are broken (a damaged file, or a network that overflows); "
+                              "give it intact weights")
+    assert generator.dtype == torch.float32
