@@ -1,13 +1,21 @@
-"""Fixtures shared by every test package: loopback endpoints, a leak-checking ZeroMQ context."""
+"""Fixtures shared by every test package: loopback endpoints, a leak-checking ZeroMQ context; one BLAS/OpenMP
+thread per process."""
 
 from __future__ import annotations
 
+import os
 import threading
 
-import pytest
-import zmq
+# One BLAS/OpenMP thread per process (this one and the servers, rigs and CLIs it starts, which inherit it),
+# set before numpy or torch load: the suite runs several processes at once on few cores, where idle threads
+# spinning for work cost more than they gain (twice as slow on 2 cores). Set a variable to override it.
+for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_variable, "1")
 
-from server.launch import free_port
+import pytest  # noqa: E402  (after the thread settings)
+import zmq  # noqa: E402
+
+from server.launch import free_port  # noqa: E402
 
 
 @pytest.fixture
