@@ -1,5 +1,6 @@
 """A recorded Manifold map read back and analysed from a real SQLite file: by `actmax analyze manifold` (a
-subprocess) and over real HTTP, with one trial per image, after its thread failed, and with bad arguments."""
+subprocess, or the command run in this process where its start-up adds nothing to the check) and over real HTTP,
+with one trial per image, after its thread failed, and with bad arguments."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from PIL import Image
 
 from analysis.tuning import grid_axis, sphere_points
 from server import ServerError
+from server.cli import main
 from server.manifold import manifold_data
 from server.session_config import SessionConfig
 from server.store.archive import ImageArchive
@@ -69,6 +71,16 @@ def analyze_manifold(thread_id: int, data_dir, *args: str) -> subprocess.Complet
                            "--data-dir", str(data_dir), *args], capture_output=True, text=True, timeout=300)
 
 
+def in_process(capsys, *args: str) -> tuple[int, str]:
+    """``actmax analyze ARGS`` run in this process (no start-up of its own): its exit code and stderr."""
+    capsys.readouterr()
+    try:
+        code = main(["analyze", *args])
+    except SystemExit as exit:  # argparse's refusals
+        code = exit.code
+    return code, capsys.readouterr().err
+
+
 def test_a_map_shown_once_per_image_is_written_without_reliability(db_sessions, settings, tmp_path):
     thread_id = record_map(db_sessions, settings.data_dir, repeats=1, planes=("pc2-3", "pc49-50"))
     out = tmp_path / "maps"
@@ -84,43 +96,46 @@ def test_a_map_shown_once_per_image_is_written_without_reliability(db_sessions, 
     assert "pc2-3: map" in result.stderr  # the progress bar names each stage
 
 
-def test_reliability_of_a_repeated_map_and_the_switch_to_skip_it(db_sessions, settings, tmp_path):
+def test_reliability_of_a_repeated_map_and_the_switch_to_skip_it(db_sessions, settings, tmp_path, capsys):
     thread_id = record_map(db_sessions, settings.data_dir, repeats=2)
     result = analyze_manifold(thread_id, settings.data_dir, "--out", str(tmp_path / "a"), "--n-boot", "5")
     assert result.returncode == 0, result.stderr
     (plane,) = json.loads((tmp_path / "a" / "manifold.json").read_text())
     assert plane["bootstrap"]["n_boot"] == 5 and plane["note"] is None and plane["smoothing"] > 0
     assert "bootstrap (5)" in result.stderr and "note:" not in result.stdout
-    result = analyze_manifold(thread_id, settings.data_dir, "--out", str(tmp_path / "b"), "--no-reliability")
-    assert result.returncode == 0, result.stderr
+    code, err = in_process(capsys, "manifold", str(thread_id), "--data-dir", str(settings.data_dir),
+                           "--out", str(tmp_path / "b"), "--no-reliability")
+    assert code == 0, err
     (plane,) = json.loads((tmp_path / "b" / "manifold.json").read_text())
     assert plane["split_half"] is None and plane["bootstrap"] is None and "not requested" in plane["note"]
 
 
-def test_arguments_and_the_output_folder_are_checked_before_the_work(db_sessions, settings, tmp_path):
+def test_arguments_and_the_output_folder_are_checked_before_the_work(db_sessions, settings, tmp_path, capsys):
     thread_id = record_map(db_sessions, settings.data_dir, repeats=2)
-    out = tmp_path / "out"
-    result = analyze_manifold(thread_id, settings.data_dir, "--out", str(out), "--n-boot", "1")
-    assert result.returncode == 2 and "at least 2 resamples" in result.stderr and not out.exists()
+    out, data_dir = tmp_path / "out", str(settings.data_dir)
+    code, err = in_process(capsys, "manifold", str(thread_id), "--data-dir", data_dir, "--out", str(out),
+                           "--n-boot", "1")
+    assert code == 2 and "at least 2 resamples" in err and not out.exists()
     (tmp_path / "file").write_text("")
-    result = analyze_manifold(thread_id, settings.data_dir, "--out", str(tmp_path / "file" / "maps"))
-    assert result.returncode == 2 and str(tmp_path / "file") in result.stderr
-    assert "analysing" not in result.stderr  # refused before the first stage
-    result = analyze_manifold(99, settings.data_dir, "--out", str(out))
-    assert result.returncode == 2 and "thread 99 not found" in result.stderr and not out.exists()
-    result = subprocess.run([sys.executable, "-m", "server.cli", "analyze", "session", "99", "--data-dir",
-                             str(settings.data_dir), "--out", str(out)], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2 and "session 99 not found" in result.stderr and not out.exists()
+    code, err = in_process(capsys, "manifold", str(thread_id), "--data-dir", data_dir,
+                           "--out", str(tmp_path / "file" / "maps"))
+    assert code == 2 and str(tmp_path / "file") in err
+    assert "analysing" not in err  # refused before the first stage
+    code, err = in_process(capsys, "manifold", "99", "--data-dir", data_dir, "--out", str(out))
+    assert code == 2 and "thread 99 not found" in err and not out.exists()
+    code, err = in_process(capsys, "session", "99", "--data-dir", data_dir, "--out", str(out))
+    assert code == 2 and "session 99 not found" in err and not out.exists()
 
 
-def test_a_failed_map_thread_says_why(db_sessions, settings, tmp_path):
+def test_a_failed_map_thread_says_why(db_sessions, settings, tmp_path, capsys):
     error = "failed: pcs=(0, 48, 49) needs PC50, but only 31 PCs exist for 32 codes of dim 100"
     thread_id = record_map(db_sessions, settings.data_dir, repeats=1, status=ThreadStatus.FAILED, last_error=error,
                            recorded=False)
     with db_sessions() as db, pytest.raises(ServerError, match="ended before its map was complete: failed: pcs="):
         manifold_data(db, thread_id)
-    result = analyze_manifold(thread_id, settings.data_dir, "--out", str(tmp_path / "maps"))
-    assert result.returncode == 2 and "needs PC50" in result.stderr and not (tmp_path / "maps").exists()
+    code, err = in_process(capsys, "manifold", str(thread_id), "--data-dir", str(settings.data_dir),
+                           "--out", str(tmp_path / "maps"))
+    assert code == 2 and "needs PC50" in err and not (tmp_path / "maps").exists()
 
 
 @pytest.fixture
