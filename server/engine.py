@@ -67,7 +67,7 @@ LOCKED_SQLITE_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 STORAGE_SQLITE_CODES = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY,
                                   *LOCKED_SQLITE_CODES})
 CHANGES_SHOWN = 8  # relabelled channels a rig.channels_changed message names (its data has all)
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters in glibc's <malloc.h>
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3  # mallopt parameters in glibc's <malloc.h>
 
 
 def freeze_heap() -> None:
@@ -87,7 +87,9 @@ def keep_freed_memory() -> None:
     its dynamic threshold, and the top of the heap, to the system, so the next generation page-faults
     that memory in again: 40 DCGAN images render 1.1-1.25x slower so (``bench/freed_memory.py``). With
     this, blocks of up to 32 MB come from the heap, and the heap never shrinks: the process keeps
-    the memory of its largest step.
+    the memory of its largest step. The top pad covers the compute worker, whose arena grows in heaps of
+    64 MB that glibc unmaps as soon as one is free, whatever the trim threshold: at 256 px that munmap
+    put several ms into a step's writes after the render.
     """
     try:
         mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
@@ -95,6 +97,7 @@ def keep_freed_memory() -> None:
         return
     mallopt(M_MMAP_THRESHOLD, 32 * 2**20)  # glibc's largest
     mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
+    mallopt(M_TOP_PAD, 128 * 2**20)  # the pad a free heap must leave before glibc unmaps it: more than it holds
 
 
 def storage_fault(exc: BaseException) -> bool:
