@@ -12,7 +12,6 @@ thread's runtime, so completing a generation reads nothing; a rebuilt runtime lo
 from __future__ import annotations
 
 import logging
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,20 +45,28 @@ def reference_levels(rates: dict[str, list[list[float]]], channels, window_s: fl
     over every presentation (None where none counted it) and counting time.
 
     The drift alarm reads rates, not scores: a ``zscore`` objective's scores are relative to their
-    generation, and the evolved images may drive a channel down on purpose; the references stay the same."""
-    columns = sorted(channels)
-    per_image = {}
-    with warnings.catch_warnings():  # an image none of whose channels counted is NaN, without numpy's warning
-        warnings.simplefilter("ignore", RuntimeWarning)
-        for stimulus, rows in rates.items():
-            matrix = rate_matrix(rows, columns[-1] + 1)[:, columns]
-            counted = int(np.isfinite(matrix).sum())
-            if counted:
-                per_image[stimulus] = (float(np.nanmean(np.nanmean(matrix, axis=0))), window_s * counted)
-        every = rate_matrix([row for rows in rates.values() for row in rows])
-        per_channel = np.nanmean(every, axis=0)
-    return (per_image, [None if not np.isfinite(r) else float(r) for r in per_channel],
-            [window_s * int(n) for n in np.isfinite(every).sum(axis=0)])
+    generation, and the evolved images may drive a channel down on purpose; the references stay the same.
+    One matrix of every presentation, summed per image: this runs in each generation's step."""
+    columns, rows = sorted(channels), [row for shown in rates.values() for row in shown]
+    widest = max((len(row) for row in rows), default=0)
+    every = rate_matrix(rows, max(widest, columns[-1] + 1))  # NaN where a row has no such channel
+    owner = np.repeat(np.arange(len(rates)), [len(shown) for shown in rates.values()])
+    chosen = every[:, columns]
+    counted = np.isfinite(chosen)
+    sums, counts = np.zeros((len(rates), len(columns))), np.zeros((len(rates), len(columns)))
+    np.add.at(sums, owner, np.where(counted, chosen, 0.0))
+    np.add.at(counts, owner, counted)
+    answered = counts > 0  # the image's channels counted at least once: each channel's mean, then their mean
+    channel_means = np.divide(sums, counts, out=np.zeros_like(sums), where=answered)
+    with np.errstate(invalid="ignore"):  # an image none of whose channels counted is left out below
+        image_rates = channel_means.sum(axis=1) / answered.sum(axis=1)
+    per_image = {stimulus: (float(image_rates[i]), window_s * int(counts[i].sum()))
+                 for i, stimulus in enumerate(rates) if counts[i].any()}
+    finite = np.isfinite(every[:, :widest])
+    channel_counts = finite.sum(axis=0)
+    channel_sums = np.where(finite, every[:, :widest], 0.0).sum(axis=0)
+    return (per_image, [float(total / n) if n else None for total, n in zip(channel_sums, channel_counts)],
+            [window_s * int(n) for n in channel_counts])
 
 
 @dataclass

@@ -107,6 +107,33 @@ def test_levels_of_rigs_that_changed_their_channel_count_pad_with_nan():
     assert per_channel == [3.0, 7.0]
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_reference_levels_match_a_plain_loop_over_images_and_channels(seed):
+    """Random presentations (ragged rows, uncounted rates, images that counted nothing on the objective's channels)
+    against the definition written out one image and one channel at a time."""
+    rng = np.random.default_rng(seed)
+    channels = sorted(rng.choice(6, size=rng.integers(1, 4), replace=False).tolist())
+    rates = {f"ref{i}": [[None if rng.random() < 0.3 else float(rng.gamma(2, 10)) for _ in range(rng.integers(0, 7))]
+                         for _ in range(rng.integers(1, 4))] for i in range(8)}
+    per_image, per_channel, seconds = monitor.reference_levels(rates, set(channels), 0.2)
+
+    def mean(values):
+        return sum(values) / len(values)
+    expected = {}
+    for stimulus, rows in rates.items():
+        counted = {c: [row[c] for row in rows if c < len(row) and row[c] is not None] for c in channels}
+        if any(counted.values()):
+            expected[stimulus] = (mean([mean(v) for v in counted.values() if v]), 0.2 * sum(map(len, counted.values())))
+    assert per_image.keys() == expected.keys()
+    for stimulus, (rate, time) in expected.items():
+        assert per_image[stimulus] == (pytest.approx(rate, rel=1e-12), pytest.approx(time))
+    every = [row for rows in rates.values() for row in rows]
+    columns = [[row[c] for row in every if c < len(row) and row[c] is not None]
+               for c in range(max(map(len, every), default=0))]
+    assert per_channel == [pytest.approx(mean(v), rel=1e-12) if v else None for v in columns]
+    assert seconds == pytest.approx([0.2 * len(v) for v in columns])
+
+
 def _two_threads(db_sessions, **drift_settings):
     """A session whose thread 'kept' keeps its drift history and whose thread 'restarted' reloads it from the
     stored events before every generation, as a server killed after each would."""
