@@ -12,7 +12,8 @@ thread's runtime, so completing a generation reads nothing; a rebuilt runtime lo
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import numpy as np
 from sqlalchemy import select
@@ -80,6 +81,13 @@ class DriftHistory:
     early: list[drift.Level]  # the first ``config.baseline_generations`` generations' levels
     previous: dict  # the last ``generation.completed`` data ({} before the first)
     reported_silent: set[int]  # each channel's ``channel.silent`` warning is logged once
+    _baseline: drift.Level | None = field(default=None, init=False, repr=False)  # once ``early`` is complete
+
+    def baseline(self) -> drift.Level | None:
+        """The early level the alarm compares each generation with; None until the early generations are in."""
+        if self._baseline is None and len(self.early) == self.config.baseline_generations:
+            self._baseline = drift.baseline(self.early)
+        return self._baseline
 
     @classmethod
     def load(cls, db: DBSession, thread_id: int, config: DriftConfig) -> DriftHistory:
@@ -103,7 +111,7 @@ def generation_completed(db: Transaction, history: DriftHistory, session_id: int
     reference_mean, reference_sem = drift.mean_sem(reference_scores)
     per_image, channel_rates, channel_seconds = reference_levels(reference_rates, channels, history.window_s)
     reference_rate_mean, reference_rate_sem = drift.mean_sem([rate for rate, _ in per_image.values()])
-    finite = [s for s in scores if s is not None and np.isfinite(s)]
+    finite = [s for s in scores if s is not None and math.isfinite(s)]
     data = {
         "generation": number, "mean": mean, "sem": sem, "max": max(finite) if finite else None,
         "n_scored": len(finite), "reference_mean": reference_mean, "reference_sem": reference_sem,
@@ -113,8 +121,7 @@ def generation_completed(db: Transaction, history: DriftHistory, session_id: int
     }
     config, early, previous = history.config, history.early, history.previous
     current = drift.Level(per_image, tuple(channel_rates))
-    if len(early) == config.baseline_generations:
-        base = drift.baseline(early)
+    if (base := history.baseline()) is not None:
         low = drift.reference_drop(base, current)
         if low is not None:
             data["drop_sem"] = low.drop
