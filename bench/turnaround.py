@@ -100,7 +100,9 @@ def serve(argv: list[str]) -> int:
 class Server:
     """This script's ``serve`` in its own process, with a REST client."""
 
-    def __init__(self, data: Path, device: str = "cpu", env: dict[str, str] | None = None):
+    def __init__(self, data: Path, device: str = "cpu", env: dict[str, str] | None = None,
+                 command: list[str] | None = None):
+        """``command``: the script and arguments that serve (default: this script's ``serve``)."""
         from server.launch import ApiClient, free_port
 
         token = self.token = secrets.token_urlsafe(16)
@@ -110,7 +112,7 @@ class Server:
         data.mkdir(parents=True)
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, __file__, "serve", "--port", str(port), "--zmq-endpoint", self.zmq,
+                [sys.executable, *(command or [__file__, "serve"]), "--port", str(port), "--zmq-endpoint", self.zmq,
                  "--data-dir", str(data), "--device", device],
                 env={**os.environ, **(env or {}), "ACTMAX_TOKEN": token}, stdout=log, stderr=subprocess.STDOUT)
         self.api = ApiClient(f"http://127.0.0.1:{port}", token)

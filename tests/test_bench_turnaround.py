@@ -16,3 +16,20 @@ def test_the_floor_times_each_turn_and_the_compute_inside_it():
     assert len(waits) == len(computes) == 3  # the first turn, which waited for the server to start, is left out
     # The compute comes back in the BATCH the rig validated; the rig's wait holds it and the hops.
     assert np.all(computes > 0) and np.all(waits > computes)
+
+
+def test_the_hot_path_trace_times_each_stretch_of_a_served_turn():
+    """bench/hot_path.py: a traced server in its own process, one thread's rig over real ZeroMQ."""
+    spec = importlib.util.spec_from_file_location("hot_path", ROOT / "bench" / "hot_path.py")
+    hot_path = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hot_path)
+    events = hot_path.run("bench-standin-64", generations=4, show_ms=0, baseline=True)
+    turns = hot_path.turns(events)
+    assert len(turns) == 3  # each RESULTS that answered a round, up to the next BATCH; the last one finished
+    for turn in turns:
+        parts = {label: (ms, used) for label, ms, used in hot_path.stretches(turn)}
+        ms, (cpu, faults) = parts["commit:b -> commit:e"]
+        assert ms > 0 and cpu >= 0 and faults >= 0
+        assert "r.add_generation:b -> r.add_generation:e" in parts
+        # The compute is left out: the stretches add up to less than the turn.
+        assert sum(ms for ms, _ in parts.values()) < 1000 * (turn[-1][2] - turn[0][2])
