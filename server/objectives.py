@@ -36,6 +36,10 @@ def rate_matrix(rows: Sequence[Sequence[float | None]], width: int | None = None
     """Rows of rates as a float matrix of ``width`` columns (default: the widest row), None and missing
     channels NaN: a rig that restarts may announce fewer channels in the middle of a generation."""
     width = max((len(row) for row in rows), default=0) if width is None else width
+    if all(len(row) == width for row in rows):  # the usual case, in one conversion (None becomes NaN)
+        return np.array(rows, dtype=float).reshape(len(rows), width)
+    if not any(rows):  # no row has a rate (a generation's baselines, where none was sent)
+        return np.full((len(rows), width), np.nan)
     matrix = np.full((len(rows), width), np.nan)
     for i, row in enumerate(rows):
         matrix[i, :len(row)] = [np.nan if r is None else r for r in row[:width]]

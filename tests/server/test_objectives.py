@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from server import RigInputError
-from server.objectives import Baseline, Mean, Objective, Rate, ZScore, parse, rate
+from server.objectives import Baseline, Mean, Objective, Rate, ZScore, parse, rate, rate_matrix
 from server.session_config import ObjectiveConfig
 
 
@@ -120,3 +120,16 @@ def test_stored_settings_build_one_objective_each_and_bad_ones_are_refused_every
     for _ in range(2):
         with pytest.raises(ValueError, match="either"):
             Objective.from_config({"channels": [1], "expression": "rate(1)"})
+
+
+@pytest.mark.parametrize("rows, width, expected", [
+    ([[1, None], [2.5, 3.0]], None, [[1.0, math.nan], [2.5, 3.0]]),  # as wide: one conversion, None is NaN
+    ([[1.0], [2.0, 3.0]], None, [[1.0, math.nan], [2.0, 3.0]]),  # a rig that restarted with fewer channels
+    ([[1.0, 2.0, 3.0]], 2, [[1.0, 2.0]]),  # channels beyond the width are left out
+    ([[], []], 2, [[math.nan, math.nan], [math.nan, math.nan]]),  # no baseline rates sent
+    ([], None, np.empty((0, 0))),
+])
+def test_rate_matrix_pads_missing_channels_and_none_with_nan(rows, width, expected):
+    matrix = rate_matrix(rows, width)
+    assert matrix.dtype == float and matrix.shape == np.shape(expected)
+    np.testing.assert_array_equal(matrix, expected)
