@@ -85,11 +85,11 @@ def keep_freed_memory() -> None:
 
     Each generation allocates its tensors afresh and frees them. By default glibc returns blocks over
     its dynamic threshold, and the top of the heap, to the system, so the next generation page-faults
-    that memory in again: 40 DCGAN images render 1.1-1.25x slower so (``bench/freed_memory.py``). With
-    this, blocks of up to 32 MB come from the heap, and the heap never shrinks: the process keeps
-    the memory of its largest step. The top pad covers the compute worker, whose arena grows in heaps of
-    64 MB that glibc unmaps as soon as one is free, whatever the trim threshold: at 256 px that munmap
-    put several ms into a step's writes after the render.
+    that memory in again: on the main thread 40 DCGAN images render 1.1-1.25x slower so
+    (``bench/freed_memory.py``). With this, blocks of up to 32 MB come from the heap, and the heap never
+    shrinks: the process keeps the memory of its largest step. The top pad covers the compute worker, whose
+    arena grows in heaps of 64 MB that glibc unmaps as soon as one is free, whatever the trim threshold: at
+    256 px that munmap put several ms into a step's writes after the render (``bench/hot_path.py``).
     """
     try:
         mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
