@@ -67,7 +67,8 @@ LOCKED_SQLITE_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 STORAGE_SQLITE_CODES = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY,
                                   *LOCKED_SQLITE_CODES})
 CHANGES_SHOWN = 8  # relabelled channels a rig.channels_changed message names (its data has all)
-M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3  # mallopt parameters in glibc's <malloc.h>
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -2, -3, -8  # mallopt parameters (<malloc.h>)
+MALLOC_ARENAS = 2  # the arenas glibc may make (its default: 8 per core), each keeping its largest use
 
 
 def freeze_heap() -> None:
@@ -86,10 +87,13 @@ def keep_freed_memory() -> None:
     Each generation allocates its tensors afresh and frees them. By default glibc returns blocks over
     its dynamic threshold, and the top of the heap, to the system, so the next generation page-faults
     that memory in again: on the main thread 40 DCGAN images render 1.1-1.25x slower so
-    (``bench/freed_memory.py``). With this, blocks of up to 32 MB come from the heap, and the heap never
-    shrinks: the process keeps the memory of its largest step. The top pad covers the compute worker, whose
-    arena grows in heaps of 64 MB that glibc unmaps as soon as one is free, whatever the trim threshold: at
-    256 px that munmap put several ms into a step's writes after the render (``bench/hot_path.py``).
+    (``bench/freed_memory.py``). With this, blocks of up to 32 MB come from the heap (larger ones are still
+    mapped and unmapped: a tensor of more than about 40 images of 256 px), and no heap shrinks. The top pad
+    covers the compute worker, whose arena grows in heaps of 64 MB that glibc unmaps as soon as one is free,
+    whatever the trim threshold: at 256 px that munmap put several ms into a step's writes after the render
+    (``bench/hot_path.py``). Every arena keeps its largest use for the process's life, and a thread that ever
+    worked (a REST worker that built an NWB export) has one of its own by default, so the arenas are capped:
+    the server keeps at most ``MALLOC_ARENAS`` arenas' peaks, its threads sharing them.
     """
     try:
         mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
@@ -98,6 +102,7 @@ def keep_freed_memory() -> None:
     mallopt(M_MMAP_THRESHOLD, 32 * 2**20)  # glibc's largest
     mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
     mallopt(M_TOP_PAD, 128 * 2**20)  # the pad a free heap must leave before glibc unmaps it: more than it holds
+    mallopt(M_ARENA_MAX, MALLOC_ARENAS)  # threads that have an arena keep it; later ones share
 
 
 def storage_fault(exc: BaseException) -> bool:

@@ -600,12 +600,18 @@ def test_the_ack_waits_for_the_step_only_on_a_rig_with_one_thread(live, monkeypa
 
 
 FREED_RSS = """
+import ctypes
+import ctypes.util
 import sys
 import threading
 import numpy as np
-from server.engine import keep_freed_memory
+from server.engine import M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, keep_freed_memory
 if sys.argv[1] == "keep":
     keep_freed_memory()
+elif sys.argv[1] == "thresholds":  # what keep_freed_memory set before round 19
+    mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
+    mallopt(M_MMAP_THRESHOLD, 32 * 2**20)
+    mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
 def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096
@@ -619,23 +625,42 @@ worker = threading.Thread(target=steps, args=("worker",))  # as the engine's com
 worker.start()
 worker.join()
 steps("main")
+# Eight threads that stay alive (a pool's), each using 48 MB in its turn: what the process keeps of them.
+before, turns, done = rss(), [threading.Event() for _ in range(9)], threading.Event()
+def turn(i):
+    turns[i].wait()
+    blocks = [np.ones(3 * 2**20) for _ in range(2)]
+    del blocks
+    turns[i + 1].set()
+    done.wait()
+pool = [threading.Thread(target=turn, args=(i,)) for i in range(8)]
+for thread in pool:
+    thread.start()
+turns[0].set()
+turns[8].wait()
+print("pool", rss() - before)
+done.set()
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
                     reason="glibc's malloc on Linux")
-def test_the_engine_keeps_freed_memory_for_the_next_step_instead_of_returning_it():
-    """Bytes given back to the system when each of three steps frees its blocks, on the main thread and on a
-    worker. On the main thread glibc trims the heap's top; on a worker it unmaps a heap of the thread's arena
-    once it is free (``M_TOP_PAD`` keeps it), which put several ms of munmap into steps at 256 px."""
-    def returned(how):
-        done = subprocess.run([sys.executable, "-c", FREED_RSS, how], capture_output=True, text=True, timeout=60,
-                              check=True)
-        out = {"main": [], "worker": []}
+def test_the_engine_keeps_freed_memory_for_the_next_step_in_few_arenas():
+    """Bytes given back to the system when each of three steps frees its blocks, on a worker and on the main
+    thread, and what eight pool threads working in turn leave held. On a worker glibc unmaps a heap of the
+    thread's arena once it is free, whatever the thresholds (the top pad keeps it: that munmap put several ms
+    into steps at 256 px); each arena keeps its peak, so the arenas are capped."""
+    def run(setting):
+        done = subprocess.run([sys.executable, "-c", FREED_RSS, setting], capture_output=True, text=True,
+                              timeout=60, check=True)
+        out = {"main": [], "worker": [], "pool": []}
         for line in done.stdout.splitlines():
-            thread, size = line.split()
-            out[thread].append(int(size))
+            where, size = line.split()
+            out[where].append(int(size))
         return out
-    default, kept = returned("default"), returned("keep")
-    assert default["worker"][0] > 40 * 2**20  # glibc gives blocks this large back at once (the first time)
+    default, thresholds, kept = run("default"), run("thresholds"), run("keep")
+    assert default["worker"][0] > 40 * 2**20  # glibc gives blocks this large back at once
+    assert min(thresholds["worker"][1:]) > 20 * 2**20  # a heap of the worker's arena unmapped at every step
     assert max(kept["main"] + kept["worker"]) < 2**20
+    assert thresholds["pool"][0] > 300 * 2**20  # eight arenas, each keeping its 48 MB
+    assert kept["pool"][0] < 150 * 2**20  # at most two
