@@ -7,9 +7,9 @@ does, and prints, for the turns that computed a generation, each stretch between
 (p50 / p90 / p99 / max ms), the tell, ask and render left out. For the largest, the compute worker's own CPU
 time and page faults in it (``getrusage``: CPU time equal to the wall time is work, not waiting).
 
-By default it runs twice, alternately on one machine: as ``actmax serve`` runs, and with glibc's default top
-pad (the baseline: the server before round 19, whose compute worker's freed heaps glibc unmapped).
-``--as-served-only`` skips the baseline.
+By default it runs twice, one run each, as served first: as ``actmax serve`` runs, then the baseline, the same
+code with glibc's default top pad (``keep_freed_memory``'s other settings kept), under which glibc unmapped the
+compute worker's freed heaps. ``--as-served-only`` skips the baseline.
 
     python bench/hot_path.py [--generator bench-standin-256] [--generations 60] [--show-ms 300]
                              [--as-served-only]
@@ -29,7 +29,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +45,7 @@ class Trace:
     """Timestamps of the server process, appended to a file by a thread of their own once a second."""
 
     def __init__(self, out: str):
-        self.events: list[tuple] = []
+        self.events: deque[tuple] = deque()  # appended by every thread, taken by the flusher
         threading.Thread(target=self._flush, args=(out,), daemon=True, name="trace-flush").start()
 
     def stamp(self, label: str, phase: str) -> None:
@@ -58,8 +58,8 @@ class Trace:
         with open(out, "a") as sink:
             while True:
                 time.sleep(1.0)
-                done, self.events = self.events, []
-                sink.writelines(json.dumps(event) + "\n" for event in done)
+                while self.events:
+                    sink.write(json.dumps(self.events.popleft()) + "\n")
                 sink.flush()
 
     def wrap(self, owner, name: str, label: str | None = None) -> None:
@@ -132,7 +132,7 @@ def instrument(trace: Trace) -> None:
 
 
 def serve(out: str, baseline: bool, argv: list[str]) -> int:
-    """The server process: ``bench/turnaround.py``'s serve, traced; ``baseline``: glibc's default top pad."""
+    """The server process: ``bench/turnaround.py``'s serve, traced; ``baseline``: with glibc's default top pad."""
     from server import engine
 
     instrument(Trace(out))
@@ -237,11 +237,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="dcgan-faces, bench-standin-64 or bench-standin-256 (default)")
     parser.add_argument("--generations", type=int, default=60, help="generations per run (default 60)")
     parser.add_argument("--show-ms", type=float, default=300, help="how long the rig shows a batch (default 300)")
-    parser.add_argument("--as-served-only", action="store_true", help="skip the baseline run")
+    parser.add_argument("--as-served-only", action="store_true", help="skip the baseline run (glibc's top pad)")
     args = parser.parse_args(argv)
     if args.generations < 3 or args.show_ms < 0:
         parser.error("need --generations >= 3 and --show-ms >= 0")
-    runs = [("as served", False)] + ([] if args.as_served_only else [("baseline: glibc's top pad", True)])
+    runs = [("as served", False)] + ([] if args.as_served_only else [("baseline: glibc's default top pad", True)])
     results = {name: report(name, run(args.generator, args.generations, args.show_ms, baseline))
                for name, baseline in runs}
     if len(results) == 2:

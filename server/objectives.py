@@ -38,7 +38,7 @@ def rate_matrix(rows: Sequence[Sequence[float | None]], width: int | None = None
     width = max((len(row) for row in rows), default=0) if width is None else width
     if all(len(row) == width for row in rows):  # the usual case, in one conversion (None becomes NaN)
         return np.array(rows, dtype=float).reshape(len(rows), width)
-    if not any(rows):  # no row has a rate (a generation's baselines, where none was sent)
+    if all(len(row) == 0 for row in rows):  # no rates at all (a generation's baselines, where none was sent)
         return np.full((len(rows), width), np.nan)
     matrix = np.full((len(rows), width), np.nan)
     for i, row in enumerate(rows):

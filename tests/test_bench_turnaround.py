@@ -26,10 +26,13 @@ def test_the_hot_path_trace_times_each_stretch_of_a_served_turn():
     events = hot_path.run("bench-standin-64", generations=4, show_ms=0, baseline=True)
     turns = hot_path.turns(events)
     assert len(turns) == 3  # each RESULTS that answered a round, up to the next BATCH; the last one finished
+    hot_path_order = ["decode", "on_results", "steps.answer", "steps.record_results", "r.record_presentations",
+                      "monitor", "r.add_generation", "steps.prepare_batch", "commit", "_reply_built", "send"]
     for turn in turns:
+        started = [label for label, phase, *_ in turn if phase == "b"]
+        # Each stamped function of the hot path is reached, first in the order a turn runs them (a heartbeat
+        # may be decoded, or sent, during the compute).
+        assert sorted(hot_path_order, key=started.index) == hot_path_order
         parts = {label: (ms, used) for label, ms, used in hot_path.stretches(turn)}
         ms, (cpu, faults) = parts["commit:b -> commit:e"]
-        assert ms > 0 and cpu >= 0 and faults >= 0
-        assert "r.add_generation:b -> r.add_generation:e" in parts
-        # The compute is left out: the stretches add up to less than the turn.
-        assert sum(ms for ms, _ in parts.values()) < 1000 * (turn[-1][2] - turn[0][2])
+        assert ms > 0 and 0 < cpu <= ms + 0.5  # the commit waits for its fsync: CPU time within the wall time
