@@ -100,7 +100,9 @@ def add_parser(subcommands) -> None:
                                 "note, retarget, extension, restart and generation left pending, each starting with "
                                 "its local time and offset from UTC, in the order they happened: first what happened "
                                 "since the session began (all of an ended session), then each as it happens, until "
-                                "the session ends. A server that stops answering (a restart) is waited for.")
+                                "the session ends. A server that stops answering (a restart) is waited for. Exits 0 when the session "
+                                "ended with no thread failed, 1 when a thread of it failed (for scripts: "
+                                "`actmax session watch 3 && ...`).")
     watch.add_argument("id", type=int, help=SESSION_ID)
     watch.add_argument("--interval", type=positive, default=1.0, help="seconds between polls (default 1)")
     watch.set_defaults(func=watch_session)
@@ -473,7 +475,7 @@ def watch_session(args) -> int:
     starting with its time, in the order they happened, until the session ends: first everything since the session
     began, then each as it happens.
     A server that stops answering (a restart, a crash) is waited for, with a line on stderr, starting with its time
-    too, when it goes and when it comes back."""
+    too, when it goes and when it comes back. 1 when a thread of the ended session failed, else 0."""
     shown: dict[int, int] = {}  # thread id -> its complete generations printed
     statuses: dict[int, str] = {}  # thread id -> the status its events printed so far left it in
     names: dict[int, str] = {}
@@ -525,7 +527,7 @@ def watch_session(args) -> int:
         lines.clear()
         if session["status"] in ENDED:
             print(f"session {session['id']} {session_status(session)}", flush=True)
-            return 0
+            return 1 if session.get("threads_by_status", {}).get("failed") else 0
         time.sleep(args.interval)
 
 

@@ -431,8 +431,10 @@ def test_session_list_and_show_say_how_many_threads_of_a_finished_session_failed
             assert len({line.index(" created" if line == header else " 20") for line in [header, *rows]}) == 1
             assert main(["session", "show", str(bad["id"])]) == 0
             assert capsys.readouterr().out.splitlines()[0].endswith(": finished (1 of 1 threads failed)")
-            assert main(["session", "watch", str(bad["id"])]) == 0
+            assert main(["session", "watch", str(bad["id"])]) == 1  # a script's `watch && analyze` stops here
             assert capsys.readouterr().out.splitlines()[-1] == f"session {bad['id']} finished (1 of 1 threads failed)"
+            assert main(["session", "watch", str(ok["id"])]) == 0
+            assert capsys.readouterr().out.splitlines()[-1] == f"session {ok['id']} finished"
     finally:
         server.db_engine.dispose()
 
