@@ -9,7 +9,8 @@ file written in place is not read half-written) and validates it: on bad input i
 explains in ``responses.error.txt``, then waits for a corrected file; on good input it sends
 RESULTS and writes ``ack.json``. A batch the server closed gets ``closed.json``, one it re-sent or
 moved past gets ``superseded.json`` (`FolderBridge`). docs/monkeylogic/README.md describes the files
-field by field.
+field by field. ``actmax rig matlab-files DIR`` writes the MonkeyLogic side (``rig_client/monkeylogic/*.m``)
+into ``DIR`` (`write_matlab_files`).
 """
 
 from __future__ import annotations
@@ -522,6 +523,46 @@ def add_parser(rig_commands) -> None:
                         f"this long, so a file still being written is not read (default {SETTLE_S:g}; 0: at once, "
                         "for rigs that write under another name and rename)")
     bridge.set_defaults(func=run)
+    files = rig_commands.add_parser(
+        "matlab-files", help="write the MonkeyLogic user loop and MATLAB helpers the bridge works with into a folder",
+        description="Write the MATLAB files of the bridge's MonkeyLogic side (the user loop, the timing script, "
+        "the helpers and actmax_count_spikes.m, the template you fill in) into FOLDER, the ones of this "
+        "actmax version. A file there that differs (your settings in actmax_userloop.m, your recorder in "
+        "actmax_count_spikes.m, or an older version's) is kept unless --force. See docs/monkeylogic/README.md.")
+    files.add_argument("folder", type=Path, metavar="FOLDER", help="next to your MonkeyLogic task, or on MATLAB's path")
+    files.add_argument("--force", action="store_true", help="replace files that differ (your edits are lost)")
+    files.set_defaults(func=matlab_files)
+
+
+def write_matlab_files(folder: Path, force: bool = False) -> dict[str, str]:
+    """Copy ``rig_client/monkeylogic/*.m`` into ``folder`` (made if missing); a file there with other content is
+    kept unless ``force``. Per file name: ``written``, ``up to date`` or ``kept``."""
+    from importlib.resources import files
+
+    folder.mkdir(parents=True, exist_ok=True)
+    done = {}
+    for source in sorted(files("rig_client").joinpath("monkeylogic").iterdir(), key=lambda s: s.name):
+        if not source.name.endswith(".m"):
+            continue
+        target, text = folder / source.name, source.read_bytes()
+        there = target.read_bytes() if target.exists() else None
+        if there == text:
+            done[source.name] = "up to date"
+        elif there is not None and not force:
+            done[source.name] = "kept"
+        else:
+            target.write_bytes(text)
+            done[source.name] = "written"
+    return done
+
+
+def matlab_files(args: argparse.Namespace) -> int:
+    done = write_matlab_files(args.folder, args.force)
+    print(f"MATLAB files of actmax's MonkeyLogic side in {args.folder}:")
+    for name, what in done.items():
+        print(f"  {name:<26} {what}" + (": it differs from this actmax version's (your settings or recorder code?); "
+                                       "--force replaces it" if what == "kept" else ""))
+    return 0
 
 
 def channel_labels(channels: int | None, labels: str | None) -> list[str]:

@@ -27,7 +27,7 @@ def actmax(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("command", [
     [], ["serve"], ["rig", "sim"], ["rig", "screen"], ["demo"], ["bench"], ["bench", "report"],
     ["analyze", "manifold"], ["analyze", "session"], ["analyze", "geometry"], ["analyze", "study"],
-    ["session", "create"], ["session", "watch"], ["thread", "retarget"], ["weights", "list"], ["weights", "verify"],
+    ["rig", "matlab-files"], ["session", "create"], ["session", "watch"], ["thread", "retarget"], ["weights", "list"], ["weights", "verify"],
 ])
 def test_every_command_has_help(command, capsys):
     from server.cli import main

@@ -118,14 +118,22 @@ def test_sdist_and_wheel_build_without_warnings_and_hold_the_license_and_docs(tm
     assert sorted(p.name for p in dist.iterdir()) == [wheel_name, sdist_name]
     linked = set(re.findall(r"\]\((docs/[^)#]+)", (ROOT / "README.md").read_text()))
     assert len(linked) > 10 and linked <= names, linked - names  # README's links and image work in the sdist
-    assert {"LICENSE", "docs/monkeylogic/actmax_userloop.m"} <= names
+    assert {"LICENSE", "docs/monkeylogic/README.md", "rig_client/monkeylogic/actmax_userloop.m"} <= names
     assert not [name for name in names if name.startswith(("tests/", "bench/"))]
 
     with zipfile.ZipFile(dist / wheel_name) as wheel:
         info = f"actmax-{VERSION}.dist-info"
         metadata = wheel.read(f"{info}/METADATA").decode()
         assert "MIT License" in wheel.read(f"{info}/licenses/LICENSE").decode()
+        wheel.extractall(tmp_path / "installed")
     assert "License-Expression: MIT" in metadata.splitlines() and f"Version: {VERSION}" in metadata.splitlines()
+    # A rig PC with the wheel alone gets MonkeyLogic's side from `actmax rig matlab-files`.
+    where = python(f"from rig_client import bridge\nbridge.write_matlab_files(__import__('pathlib').Path("
+                   f"{str(tmp_path / 'ml')!r}))\nprint(bridge.__file__)", path=tmp_path / "installed", cwd=tmp_path)
+    assert Path(where).is_relative_to(tmp_path / "installed")
+    shipped = sorted((ROOT / "rig_client" / "monkeylogic").glob("*.m"))
+    assert len(shipped) == 7 and [(p.name, p.read_bytes()) for p in shipped] == [
+        (p.name, p.read_bytes()) for p in sorted((tmp_path / "ml").iterdir())]
 
 
 def test_install_hints_quote_their_extras():

@@ -1,6 +1,6 @@
 """A stand-in for a MonkeyLogic rig, run by test_bridge.py as its own process.
 
-It watches the bridge folder like the MATLAB example in docs/monkeylogic/: for every new batch it
+It watches the bridge folder like the MATLAB user loop (rig_client/monkeylogic/): for every new batch it
 reads manifest.csv and the PNGs, "records" rates (image brightness per colour channel), and writes
 responses.mat. Its first answer is deliberately wrong (an unknown stimulus) to exercise the
 bridge's error file; on every full-size batch the second presentation has a broken fixation.

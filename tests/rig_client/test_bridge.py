@@ -482,7 +482,7 @@ def test_files_in_other_encodings_are_refused_for_that_and_a_utf8_bom_json_is_st
     assert sorted(stored) == sorted((i, [12.5]) for i in ids)
 
 
-HELPERS = Path(__file__).parents[2] / "docs" / "monkeylogic"
+HELPERS = Path(__file__).parents[2] / "rig_client" / "monkeylogic"
 
 
 def octave(script: str, **env: str) -> str:
@@ -496,8 +496,31 @@ def octave(script: str, **env: str) -> str:
     return done.stdout
 
 
+def test_matlab_files_writes_the_helpers_and_keeps_a_users_edits_unless_forced(tmp_path, capsys):
+    """`actmax rig matlab-files` gives a rig PC MonkeyLogic's side; a second run, after the lab filled in its
+    recorder and lost a helper, writes the helper back, keeps the recorder code and says so; --force replaces it."""
+    from server.cli import main
+
+    folder = tmp_path / "task" / "actmax"
+    shipped = {p.name: p.read_bytes() for p in HELPERS.glob("*.m")}
+    assert main(["rig", "matlab-files", str(folder)]) == 0
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == shipped
+    ours = b"function [rates, baseline] = actmax_count_spikes(onset, window_ms, baseline_ms)\n% the lab's\nend\n"
+    (folder / "actmax_count_spikes.m").write_bytes(ours)
+    (folder / "actmax_timing.m").unlink()
+    capsys.readouterr()
+    assert main(["rig", "matlab-files", str(folder)]) == 0
+    said = {line.split()[0]: line.split(None, 1)[1] for line in capsys.readouterr().out.splitlines()[1:]}
+    assert said["actmax_timing.m"] == "written" and said["actmax_userloop.m"] == "up to date"
+    assert said["actmax_count_spikes.m"].startswith("kept") and "--force" in said["actmax_count_spikes.m"]
+    assert (folder / "actmax_count_spikes.m").read_bytes() == ours
+    assert (folder / "actmax_timing.m").read_bytes() == shipped["actmax_timing.m"]
+    assert main(["rig", "matlab-files", str(folder), "--force"]) == 0
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == shipped
+
+
 def test_matlab_helpers_in_octave(tmp_path):
-    """The MATLAB helpers of docs/monkeylogic read a real batch folder and write a .mat the
+    """The MATLAB helpers (rig_client/monkeylogic) read a real batch folder and write a .mat the
     bridge accepts; the next batch skips folders the bridge closed or superseded."""
     png = encode_png(np.zeros((4, 4, 3), np.uint8))
     for batch_id, marker in (("b-5", "closed.json"), ("b-6", "superseded.json")):
