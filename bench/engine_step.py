@@ -5,8 +5,8 @@ from such a pause costs on this machine.
 The step: a one-thread session (DCGAN, CMA, ``--population`` images + 10 references) on a real SQLite
 file, each round answered in this process by ``steps.answer``, the transaction the engine runs when a
 round's last RESULTS arrives (store it, score, tell, ask, render, add the next generation and its
-batch, commit), then what the engine does once that BATCH is out (its archive writes and a WAL
-checkpoint start in the background, as ``actmax serve`` runs them). Its overhead is the transaction's time
+batch, commit), then what the engine does once that BATCH is out (a snapshot generation's optimizer state is
+written, its archive writes and a WAL checkpoint start in the background, as ``actmax serve`` runs them). Its overhead is the transaction's time
 less the tell, ask and render inside it (``ThreadRuntime.compute_s``). The waking costs: one read from
 each page of 64 MB of the process's memory (what touching memory costs), a 100-byte ``pread``, a sqlite3
 primary-key read, and the first statement of a transaction, in an ORM session and on the engine's
@@ -88,6 +88,9 @@ def step_overheads(generations: int, population: int, pause_s: float, spin: bool
             inflight.batch_id, inflight.awaiting = message.header["batch_id"], {
                 s["stimulus_id"] for s in message.header["stimuli"]}
             inflight.archive_in(archive)
+            if runtime.snapshot is not None:
+                with step_db.begin() as db:
+                    steps.store_snapshot(db, runtime)
             if not sqlite_checkpoints:
                 checkpoints.request()
 

@@ -3,7 +3,7 @@ snapshots at generations 0, 1, 2, 4, 8, ... plus a per-generation summary (after
 resuming (the replay from the last snapshot) that the snapshots trade for it.
 
 The generations are run with the engine's own storage and resume code on a real SQLite file per
-policy: ``records.complete_generation`` writes each row, ``thread_runtime.restore_optimizer``
+policy: ``records.complete_generation`` and ``records.store_snapshot`` write each row, ``thread_runtime.restore_optimizer``
 resumes, and the file's size is read after each commit. Scores are a sphere objective (any
 scores give the same state sizes). Example (the figures in docs/results.md):
 
@@ -71,9 +71,9 @@ def run(args, directory: Path, snapshots: bool) -> tuple[list[int], int, float]:
             generation = Generation(thread_id=thread_id, number=number, codes=encode_codes(codes), n_stimuli=len(codes))
             db.add(generation)
             db.flush()
-            keep = not snapshots or is_snapshot(number)
-            records.complete_generation(db, generation.id, scores, [], optimizers.dumps_state(state) if keep else None,
-                                        optimizers.state_summary(state), timed_out=False)
+            records.complete_generation(db, generation.id, scores, [], optimizers.state_summary(state), timed_out=False)
+            if not snapshots or is_snapshot(number):
+                records.store_snapshot(db, generation.id, optimizers.dumps_state(state))
         with engine.connect() as connection:  # fold the write-ahead log into the file before measuring it
             connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
         sizes.append(database.stat().st_size)

@@ -867,6 +867,8 @@ class Engine:
                 self._threads.pop(runtime.id, None)
             elif step is not None:
                 await self._send_round(runtime, step, cached, held)
+            if runtime.snapshot is not None:  # after the send: the rig does not wait for it
+                await self._transact(steps.store_snapshot, runtime)
             if wrote and runtime.id in self._stalled:
                 await self._unstall(runtime)
             if wrote and (error := self._passing.pop(runtime.id, None)) is not None:

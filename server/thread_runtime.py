@@ -124,6 +124,8 @@ class ThreadRuntime:
     next_codes: np.ndarray | None = None  # asked after the last tell; not yet a generation in the database
     next_images: list | None = None  # their (PNG, archived image) pairs once rendered
     paused: bool = False  # finish (score and tell) the generation in flight, start no new one
+    snapshot: tuple[int, dict] | None = None  # a snapshot generation's id and optimizer state after tell, until
+    # written after the step's BATCH is out (``steps.store_snapshot``)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     answered_at: float | None = None  # monotonic time the rig began to wait for the next BATCH (its round answered)
     compute_s: float = 0.0  # seconds of tell, ask and render since then (``batch.sent`` reports both)
@@ -254,22 +256,22 @@ def is_snapshot(number: int) -> bool:
 
 
 def restore_optimizer(db: DBSession, optimizer: optimizers.Optimizer, thread_id: int) -> Generation | None:
-    """Load the thread's last snapshot into ``optimizer`` and replay every later told generation (ask, then
-    tell its stored scores), which reproduces the state after the last tell bit for bit. Returns the
-    last told generation (None for a fresh thread)."""
+    """Load the thread's last snapshot into the fresh ``optimizer`` and replay every later told generation (ask,
+    then tell its stored scores), which reproduces the state after the last tell bit for bit; with no snapshot
+    (the server stopped before it wrote generation 0's, ``steps.store_snapshot``), replay them all from the fresh
+    state. Returns the last told generation (None for a fresh thread)."""
     snapshot = queries.last_snapshot(db, thread_id)
-    if snapshot is None:
-        return None
-    try:
-        optimizer.load_state_dict(optimizers.loads_state(snapshot.optimizer_state))
-    except optimizers.OptimizerError as error:
-        eigenbasis = db.get(Thread, thread_id).optimizer_params_json.get("eigenbasis")
-        if eigenbasis is None:
-            raise
-        raise ServerError(f"{error}: its eigenbasis file {eigenbasis} changed since the thread started; put back the "
-                          f"file it started with, then `actmax thread resume {thread_id}`") from None
+    if snapshot is not None:
+        try:
+            optimizer.load_state_dict(optimizers.loads_state(snapshot.optimizer_state))
+        except optimizers.OptimizerError as error:
+            eigenbasis = db.get(Thread, thread_id).optimizer_params_json.get("eigenbasis")
+            if eigenbasis is None:
+                raise
+            raise ServerError(f"{error}: its eigenbasis file {eigenbasis} changed since the thread started; put back "
+                              f"the file it started with, then `actmax thread resume {thread_id}`") from None
     last = snapshot
-    for generation in queries.complete_generations(db, thread_id, after=snapshot.number):
+    for generation in queries.complete_generations(db, thread_id, after=-1 if snapshot is None else snapshot.number):
         codes = check_codes(optimizer.ask(), generation)
         optimizer.tell(codes, np.array([np.nan if s is None else s for s in generation.scores_json], dtype=float))
         last = generation

@@ -359,6 +359,12 @@ def add_generation(db: Transaction, thread_id: int, number: int, codes: np.ndarr
     return generation_id, read_json(objective), [row[0] for row in rows]
 
 
+def store_snapshot(db: Transaction, generation_id: int, state: bytes) -> None:
+    """A told generation's full optimizer state after ``tell`` (``optimizers.dumps_state``), kept at snapshot
+    generations (``thread_runtime.is_snapshot``)."""
+    driver(db).execute("UPDATE generations SET optimizer_state = ? WHERE id = ?", (state, generation_id))
+
+
 def add_batch(db: Transaction, batch_id: str, session_id: int, thread_id: int, generation_id: int, rig: str) -> str:
     """A batch row for a send about to happen; its id."""
     driver(db).execute(
@@ -375,17 +381,16 @@ def close_batch(db: Transaction, batch_id: str, at: datetime) -> None:
 
 
 def complete_generation(db: Transaction, generation_id: int, scores: np.ndarray, reference_scores: Sequence[float],
-                        optimizer_state: bytes | None, optimizer_summary: dict[str, float | None], *,
-                        timed_out: bool) -> int:
-    """Mark a generation told: its scores, their summary, the optimizer state after ``tell`` (a snapshot, or
-    None between snapshots) and its summary; close its batches. Returns how many stimuli were scored."""
+                        optimizer_summary: dict[str, float | None], *, timed_out: bool) -> int:
+    """Mark a generation told: its scores, their summary and the summary of the optimizer state after ``tell``;
+    close its batches. Returns how many stimuli were scored."""
     scored = scores[np.isfinite(scores)]
     finite_refs = [r for r in reference_scores if np.isfinite(r)]
     cursor, completed_at = driver(db), stored_time(utcnow())
     cursor.execute(
-        "UPDATE generations SET status = ?, optimizer_state = ?, optimizer_summary_json = ?, scores_json = ?, "
+        "UPDATE generations SET status = ?, optimizer_summary_json = ?, scores_json = ?, "
         "n_scored = ?, mean_score = ?, max_score = ?, reference_mean = ?, completed_at = ? WHERE id = ?",
-        (GenerationStatus.COMPLETE.value, optimizer_state, stored_json(optimizer_summary), stored_json(scores),
+        (GenerationStatus.COMPLETE.value, stored_json(optimizer_summary), stored_json(scores),
          int(scored.size), float(scored.mean()) if scored.size else None,
          float(scored.max()) if scored.size else None, float(np.mean(finite_refs)) if finite_refs else None,
          completed_at, generation_id))

@@ -69,6 +69,20 @@ def test_resumes_bit_for_bit_through_bytes(name, ask_before_saving):
     assert optimizers.dumps_state(opt.state_dict()) == optimizers.dumps_state(restored.state_dict())
 
 
+def test_later_asks_and_tells_leave_a_state_dict_alone(name):
+    """The engine serialises a snapshot generation's state after the step's ``ask`` (``steps.store_snapshot``)."""
+    target = target_on_sphere()
+    opt = make(name, seed=4)
+    opt.tell(opt.ask(), sphere_scores(opt.ask(), target))
+    state = opt.state_dict()
+    saved = optimizers.dumps_state(state)
+    for _ in range(2):
+        codes = opt.ask()
+        assert optimizers.dumps_state(state) == saved
+        opt.tell(codes, sphere_scores(codes, target))
+    assert optimizers.dumps_state(state) == saved
+
+
 @pytest.mark.parametrize("stage", ["fresh", "asked", "told"])
 def test_state_round_trips_in_every_stage(name, stage):
     """A thread records its optimizer's state before the first ask, so every stage must save and load."""

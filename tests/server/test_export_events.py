@@ -63,7 +63,7 @@ def show_generation(live: LiveServer, session_id: int, thread_id: int, number: i
         records.record_presentations(db, batch, [
             records.PresentationRecord(records.new_id(), stimulus, time.time(), [1.0, 2.0, 3.0 + i], 50, 200)
             for i, stimulus in enumerate(stimuli)])
-        records.complete_generation(db, generation_id, np.array([3.0, 4.0]), [], None, {}, timed_out=False)
+        records.complete_generation(db, generation_id, np.array([3.0, 4.0]), [], {}, timed_out=False)
 
 
 @pytest.fixture(scope="module")

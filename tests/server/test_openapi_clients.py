@@ -125,7 +125,7 @@ def finished_session(live: LiveServer) -> int:
         records.record_presentations(db, records.queries.batch(db, batch_id), [
             records.PresentationRecord(records.new_id(), stimulus, time.time(), [0.0, 0.0, 0.0, 5.0], 50, 200)
             for stimulus in stimuli])
-        records.complete_generation(db, generation_id, np.array([5.0, 5.0]), [], None, {}, timed_out=False)
+        records.complete_generation(db, generation_id, np.array([5.0, 5.0]), [], {}, timed_out=False)
         records.finish_thread(db, thread_id)
         records.end_session_if_done(db, session_id)
     return session_id

@@ -282,6 +282,48 @@ def test_full_states_only_at_snapshot_generations_and_replay_reproduces_them(liv
         assert optimizers.dumps_state(replayed.state_dict()) == generations[4].optimizer_state
 
 
+@pytest.mark.parametrize("written", [0, 1], ids=["no-snapshot-written", "only-generation-0s"])
+def test_a_server_stopped_before_it_wrote_snapshots_resumes_bit_for_bit(tmp_path, endpoint, monkeypatch, written):
+    """A snapshot generation's full optimizer state is written after its step's BATCH is out, in a transaction of
+    its own (``steps.store_snapshot``), so the step's commit holds none. A server stopped before writing any (or all
+    but generation 0's) resumes from the snapshot before, or from the fresh optimizer: the pending generation is
+    asked again identical (``resume_pending`` refuses other codes) and the thread runs to its end."""
+    from server import steps
+
+    store = steps.store_snapshot
+
+    def stopped_before(db, runtime):  # the server stops between the step's commit and this write
+        if runtime.snapshot[0] > written:  # generation ids count from 1 in a fresh database
+            runtime.snapshot = None
+        else:
+            store(db, runtime)
+    monkeypatch.setattr(steps, "store_snapshot", stopped_before)
+    with LiveEngine(tmp_path, endpoint) as live:
+        thread_id = live.create(n_generations=6)
+        with RigClient(live.settings.zmq_endpoint, RIG, channels=1) as rig:
+            for _ in range(3):
+                batch = rig.next_batch(timeout=60)
+                rig.send_results(batch.batch_id, answer(batch, lambda i, s: [float(hash(s.stimulus_id) % 97)])).result(30)
+            assert rig.next_batch(timeout=60).generation == 3  # generations 0, 1 and 2 told, 3 pending
+    with live.sessions() as db:
+        generations = db.scalars(select(Generation).order_by(Generation.number)).all()
+    assert [g.number for g in generations if g.optimizer_state is not None] == list(range(written))
+    assert [g.status for g in generations] == ["complete"] * 3 + ["pending"]
+
+    monkeypatch.setattr(steps, "store_snapshot", store)
+    with LiveEngine(tmp_path, endpoint) as live:
+        with RigClient(live.settings.zmq_endpoint, RIG, channels=1) as rig:
+            for number in range(3, 6):
+                batch = rig.next_batch(timeout=60)
+                assert batch.generation == number
+                rig.send_results(batch.batch_id, answer(batch, lambda i, s: [float(hash(s.stimulus_id) % 97)])).result(30)
+            wait_until(lambda: thread_status(live, thread_id) == ThreadStatus.FINISHED, 60, "the end")
+        with live.sessions() as db:
+            resumed = db.scalars(select(Generation).order_by(Generation.number)).all()
+    assert [g.number for g in resumed if g.optimizer_state is not None] == [*range(written), 4]
+    assert decode_codes(resumed[3].codes, 6).tobytes() == decode_codes(generations[3].codes, 6).tobytes()
+
+
 # ---------------------------------------------------------------------------------- real processes
 def outstanding(live, thread_id: int) -> set[str]:
     """The id of the batch the engine awaits answers for, if any."""
