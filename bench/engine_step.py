@@ -88,11 +88,11 @@ def step_overheads(generations: int, population: int, pause_s: float, spin: bool
             inflight.batch_id, inflight.awaiting = message.header["batch_id"], {
                 s["stimulus_id"] for s in message.header["stimuli"]}
             inflight.archive_in(archive)
+            if not sqlite_checkpoints:
+                checkpoints.request()
             if runtime.snapshot is not None:
                 with step_db.begin() as db:
                     steps.store_snapshot(db, runtime)
-            if not sqlite_checkpoints:
-                checkpoints.request()
 
         with sessions.begin() as db:
             message = steps.next_step(db, runtime, 1, frozenset(), archive)

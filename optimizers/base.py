@@ -225,7 +225,9 @@ class Optimizer(ABC):
         self._asked = None
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue bit for bit: numbers, strings, lists, arrays, RNG state."""
+        """Everything needed to continue bit for bit: numbers, strings, lists, arrays, RNG state. Later ``ask`` and
+        ``tell`` leave what it returns alone (arrays are copies, or ones the optimizer replaces rather than changes
+        in place): the server serialises a snapshot after the next ``ask``."""
         hyperparameters = {
             key: value.copy() if isinstance(value, np.ndarray) else value for key, value in self.hyperparameters.items()
         }

@@ -528,27 +528,34 @@ def add_parser(rig_commands) -> None:
         description="Write the MATLAB files of the bridge's MonkeyLogic side (the user loop, the timing script, "
         "the helpers and actmax_count_spikes.m, the template you fill in) into FOLDER, the ones of this "
         "actmax version. A file there that differs (your settings in actmax_userloop.m, your recorder in "
-        "actmax_count_spikes.m, or an older version's) is kept unless --force. See docs/monkeylogic/README.md.")
+        "actmax_count_spikes.m, or an older version's) is kept, with this version's beside it as NAME.m.new to "
+        "compare, unless --force. See docs/monkeylogic/README.md.")
     files.add_argument("folder", type=Path, metavar="FOLDER", help="next to your MonkeyLogic task, or on MATLAB's path")
     files.add_argument("--force", action="store_true", help="replace files that differ (your edits are lost)")
     files.set_defaults(func=matlab_files)
 
 
 def write_matlab_files(folder: Path, force: bool = False) -> dict[str, str]:
-    """Copy ``rig_client/monkeylogic/*.m`` into ``folder`` (made if missing); a file there with other content is
-    kept unless ``force``. Per file name: ``written``, ``up to date`` or ``kept``."""
+    """Copy ``rig_client/monkeylogic/*.m`` into ``folder`` (made if missing). A file there that differs from this
+    version's (line endings aside) is kept unless ``force``, and this version's is written beside it as
+    ``NAME.new``. Per file name: ``written``, ``up to date`` or ``kept``."""
     from importlib.resources import files
 
+    sources = sorted((s for s in files("rig_client").joinpath("monkeylogic").iterdir() if s.name.endswith(".m")),
+                     key=lambda s: s.name)
+    if folder.exists() and not folder.is_dir():
+        raise BridgeError(f"{folder} is a file: give the folder to write the MATLAB files into")
+    if blocked := [str(folder / s.name) for s in sources if (folder / s.name).is_dir()]:
+        raise BridgeError(f"{', '.join(blocked)}: a folder where a MATLAB file goes; move it away first")
     folder.mkdir(parents=True, exist_ok=True)
     done = {}
-    for source in sorted(files("rig_client").joinpath("monkeylogic").iterdir(), key=lambda s: s.name):
-        if not source.name.endswith(".m"):
-            continue
+    for source in sources:
         target, text = folder / source.name, source.read_bytes()
         there = target.read_bytes() if target.exists() else None
-        if there == text:
+        if there is not None and there.replace(b"\r\n", b"\n") == text.replace(b"\r\n", b"\n"):
             done[source.name] = "up to date"
         elif there is not None and not force:
+            target.with_name(target.name + ".new").write_bytes(text)
             done[source.name] = "kept"
         else:
             target.write_bytes(text)
@@ -560,8 +567,9 @@ def matlab_files(args: argparse.Namespace) -> int:
     done = write_matlab_files(args.folder, args.force)
     print(f"MATLAB files of actmax's MonkeyLogic side in {args.folder}:")
     for name, what in done.items():
-        print(f"  {name:<26} {what}" + (": it differs from this actmax version's (your settings or recorder code?); "
-                                       "--force replaces it" if what == "kept" else ""))
+        print(f"  {name:<26} {what}" + (f": it differs from this actmax version's (your settings or recorder code?), "
+                                       f"which is beside it as {name}.new to compare; --force replaces it"
+                                       if what == "kept" else ""))
     return 0
 
 

@@ -1,9 +1,10 @@
 """The experiment engine: the closed loop of every running thread, and the rigs' side of it.
 
 Threads live in the database. For each running thread the engine keeps a small runtime
-(``server.thread_runtime``) that it can always rebuild from the database: the optimizer state after
-every ``tell`` is committed with the scores it consumed, and a pending generation is re-asked from
-that state, which returns the same codes. That is how a restarted server continues the same
+(``server.thread_runtime``) that it can always rebuild from the database: the scores every ``tell``
+consumed are committed with the codes asked next, the full optimizer state at snapshot generations
+(0, 1, 2, 4, ...), and the state after the last tell is replayed from those, so a pending generation is
+re-asked from it and returns the same codes. That is how a restarted server continues the same
 evolution bit for bit, reusing every presentation already recorded.
 
 Each step of a thread (complete the answered generation, start the next, prepare the BATCH it
@@ -868,7 +869,7 @@ class Engine:
             elif step is not None:
                 await self._send_round(runtime, step, cached, held)
             if runtime.snapshot is not None:  # after the send: the rig does not wait for it
-                await self._transact(steps.store_snapshot, runtime)
+                await self._store_snapshot(runtime)
             if wrote and runtime.id in self._stalled:
                 await self._unstall(runtime)
             if wrote and (error := self._passing.pop(runtime.id, None)) is not None:
@@ -877,6 +878,18 @@ class Engine:
             await self._fail(runtime.id, exc)
         finally:
             live.publish_held(held)
+
+    async def _store_snapshot(self, runtime: ThreadRuntime) -> None:
+        """``steps.store_snapshot``, best effort: a snapshot that could not be written is a warning, not a failed
+        thread (a restart replays from the one before)."""
+        number = runtime.snapshot.number
+        try:
+            await self._transact(steps.store_snapshot, runtime)
+        except Exception as exc:
+            runtime.snapshot = None
+            log.warning("thread %s: the optimizer state after generation %d was not stored (%s); the thread goes on, "
+                        "and a restart replays its generations from the state stored before", runtime.id, number,
+                        storage_advice(exc, self.settings) if storage_fault(exc) else exc)
 
     def _channels(self, rig: str) -> int:
         """The channels ``rig`` announced, 0 when it is not connected."""

@@ -26,7 +26,7 @@ from server.store import queries, records
 from server.store.archive import ArchivedImage, ImageArchive
 from server.store.db import Transaction
 from server.store.models import EventLevel, GenerationStatus
-from server.thread_runtime import InFlight, ThreadRuntime, is_snapshot, owed_stimuli, rendered
+from server.thread_runtime import InFlight, Snapshot, ThreadRuntime, is_snapshot, owed_stimuli, rendered
 
 log = logging.getLogger(__name__)
 
@@ -217,8 +217,9 @@ def render(runtime: ThreadRuntime, codes: np.ndarray, archive: ImageArchive) -> 
 
 def complete_generation(db: Transaction, runtime: ThreadRuntime, responses: dict[str, list[queries.Response]],
                         archive: ImageArchive, timed_out: bool) -> bool:
-    """Score ``responses`` (the generation's scored presentations), tell, and record the optimizer state with
-    the scores it used. True when the thread is done."""
+    """Score ``responses`` (the generation's scored presentations), tell, and record the scores with the summary
+    of the optimizer state after it (the full state of a snapshot generation is kept for ``store_snapshot``). True
+    when the thread is done."""
     inflight = runtime.inflight
     inflight.archive_in(archive).result()  # the images of a told generation must survive a power loss
     shown = {s: [(r.rates, r.baseline) for r in shown_at] for s, shown_at in responses.items()}
@@ -230,8 +231,8 @@ def complete_generation(db: Transaction, runtime: ThreadRuntime, responses: dict
     with runtime.computing():
         runtime.optimizer.tell(inflight.codes, scores)
     state = runtime.optimizer.state_dict()
-    if is_snapshot(inflight.number):  # serialised once the BATCH is out (a state dict is a copy)
-        runtime.snapshot = inflight.generation_id, state
+    if is_snapshot(inflight.number):  # serialised once the BATCH is out (later asks and tells leave ``state`` alone)
+        runtime.snapshot = Snapshot(inflight.generation_id, inflight.number, state)
     n_scored = records.complete_generation(db, inflight.generation_id, scores, reference,
                                            optimizers.state_summary(state), timed_out=timed_out)
     monitor.generation_completed(db, runtime.drift, runtime.session_id, runtime.id, inflight.number, scores, reference,
@@ -266,10 +267,10 @@ def complete_generation(db: Transaction, runtime: ThreadRuntime, responses: dict
 def store_snapshot(db: Transaction, runtime: ThreadRuntime) -> None:
     """Write the full optimizer state ``complete_generation`` kept for a snapshot generation. The engine runs this
     after the step's BATCH is out, so the rig does not wait for its serialising and its pages (about 1.5 ms at
-    100 dimensions); a server stopped before it resumes from the snapshot before (``restore_optimizer``)."""
-    generation_id, state = runtime.snapshot
-    runtime.snapshot = None
-    records.store_snapshot(db, generation_id, optimizers.dumps_state(state))
+    100 dimensions). It is not needed to go on: a server that stopped before it, or failed it, resumes from the
+    snapshot before (``restore_optimizer``)."""
+    snapshot, runtime.snapshot = runtime.snapshot, None
+    records.store_snapshot(db, snapshot.generation_id, optimizers.dumps_state(snapshot.state))
 
 
 def prepare_batch(db: Transaction, runtime: ThreadRuntime, cached: frozenset[str],

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -102,6 +102,14 @@ class InFlight:
         return not self.awaiting
 
 
+class Snapshot(NamedTuple):
+    """A snapshot generation's optimizer state after ``tell``, kept until ``steps.store_snapshot`` writes it."""
+
+    generation_id: int
+    number: int
+    state: dict
+
+
 @dataclass
 class ThreadRuntime:
     """What the engine holds in memory for one running thread (rebuildable from the database)."""
@@ -124,8 +132,7 @@ class ThreadRuntime:
     next_codes: np.ndarray | None = None  # asked after the last tell; not yet a generation in the database
     next_images: list | None = None  # their (PNG, archived image) pairs once rendered
     paused: bool = False  # finish (score and tell) the generation in flight, start no new one
-    snapshot: tuple[int, dict] | None = None  # a snapshot generation's id and optimizer state after tell, until
-    # written after the step's BATCH is out (``steps.store_snapshot``)
+    snapshot: Snapshot | None = None  # a snapshot generation's state until written after its step's BATCH is out
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     answered_at: float | None = None  # monotonic time the rig began to wait for the next BATCH (its round answered)
     compute_s: float = 0.0  # seconds of tell, ask and render since then (``batch.sent`` reports both)

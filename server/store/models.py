@@ -236,8 +236,9 @@ class Generation(Base):
     )
     codes: Mapped[bytes] = mapped_column(LargeBinary)  # (n_stimuli, dim) float64, encode_codes
     n_stimuli: Mapped[int] = mapped_column(Integer)
-    # optimizers.dumps_state after tell, kept at snapshot generations only (0, 1, 2, 4, 8, ...); the others
-    # are replayed from the nearest snapshot through ask/tell (server.thread_runtime.restore_optimizer)
+    # optimizers.dumps_state after tell, kept at snapshot generations only (0, 1, 2, 4, 8, ...) and written after
+    # their step (may be missing after a crash); the others are replayed from the last one stored, or from the
+    # fresh optimizer, through ask/tell (server.thread_runtime.restore_optimizer)
     optimizer_state: Mapped[bytes | None] = mapped_column(LargeBinary)
     optimizer_summary_json: Mapped[dict | None] = mapped_column(JSONValue)  # optimizers.state_summary after tell
     scores_json: Mapped[list[float | None] | None] = mapped_column(JSONValue)  # per stimulus, NaN -> null

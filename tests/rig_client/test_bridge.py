@@ -514,9 +514,27 @@ def test_matlab_files_writes_the_helpers_and_keeps_a_users_edits_unless_forced(t
     assert said["actmax_timing.m"] == "written" and said["actmax_userloop.m"] == "up to date"
     assert said["actmax_count_spikes.m"].startswith("kept") and "--force" in said["actmax_count_spikes.m"]
     assert (folder / "actmax_count_spikes.m").read_bytes() == ours
+    assert (folder / "actmax_count_spikes.m.new").read_bytes() == shipped["actmax_count_spikes.m"]  # to compare
     assert (folder / "actmax_timing.m").read_bytes() == shipped["actmax_timing.m"]
+    (folder / "actmax_count_spikes.m.new").unlink()
     assert main(["rig", "matlab-files", str(folder), "--force"]) == 0
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == shipped
+
+    # A Windows checkout's copies (CRLF) are this version's: up to date, not kept as if edited.
+    for name, text in shipped.items():
+        (folder / name).write_bytes(text.replace(b"\n", b"\r\n"))
+    capsys.readouterr()
+    assert main(["rig", "matlab-files", str(folder)]) == 0
+    assert all(line.endswith("up to date") for line in capsys.readouterr().out.splitlines()[1:])
+
+    # A file where the folder goes, or a folder where a file goes: said before anything is written.
+    (tmp_path / "not-a-folder").write_text("")
+    assert main(["rig", "matlab-files", str(tmp_path / "not-a-folder")]) == 2
+    assert "is a file: give the folder" in capsys.readouterr().err
+    (tmp_path / "other" / "actmax_userloop.m").mkdir(parents=True)
+    assert main(["rig", "matlab-files", str(tmp_path / "other")]) == 2
+    assert "a folder where a MATLAB file goes" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "other").iterdir()] == ["actmax_userloop.m"]
 
 
 def test_matlab_helpers_in_octave(tmp_path):

@@ -282,21 +282,26 @@ def test_full_states_only_at_snapshot_generations_and_replay_reproduces_them(liv
         assert optimizers.dumps_state(replayed.state_dict()) == generations[4].optimizer_state
 
 
-@pytest.mark.parametrize("written", [0, 1], ids=["no-snapshot-written", "only-generation-0s"])
-def test_a_server_stopped_before_it_wrote_snapshots_resumes_bit_for_bit(tmp_path, endpoint, monkeypatch, written):
+@pytest.mark.parametrize("written, failing", [(0, False), (1, False), (0, True)],
+                         ids=["no-snapshot-written", "only-generation-0s", "every-write-failed"])
+def test_a_server_stopped_before_it_wrote_snapshots_resumes_bit_for_bit(tmp_path, endpoint, monkeypatch, written,
+                                                                         failing):
     """A snapshot generation's full optimizer state is written after its step's BATCH is out, in a transaction of
     its own (``steps.store_snapshot``), so the step's commit holds none. A server stopped before writing any (or all
-    but generation 0's) resumes from the snapshot before, or from the fresh optimizer: the pending generation is
-    asked again identical (``resume_pending`` refuses other codes) and the thread runs to its end."""
+    but generation 0's), or whose writes failed (the thread goes on), resumes from the snapshot before, or from the
+    fresh optimizer: the pending generation is asked again identical (``resume_pending`` refuses other codes) and
+    the thread runs to its end."""
     from server import steps
 
     store = steps.store_snapshot
 
-    def stopped_before(db, runtime):  # the server stops between the step's commit and this write
-        if runtime.snapshot[0] > written:  # generation ids count from 1 in a fresh database
-            runtime.snapshot = None
-        else:
+    def stopped_before(db, runtime):  # the server stops between the step's commit and this write, or it fails
+        if runtime.snapshot.number < written:
             store(db, runtime)
+        elif failing:
+            raise sqlite3.OperationalError("disk I/O error")
+        else:
+            runtime.snapshot = None
     monkeypatch.setattr(steps, "store_snapshot", stopped_before)
     with LiveEngine(tmp_path, endpoint) as live:
         thread_id = live.create(n_generations=6)
@@ -307,6 +312,8 @@ def test_a_server_stopped_before_it_wrote_snapshots_resumes_bit_for_bit(tmp_path
             assert rig.next_batch(timeout=60).generation == 3  # generations 0, 1 and 2 told, 3 pending
     with live.sessions() as db:
         generations = db.scalars(select(Generation).order_by(Generation.number)).all()
+        thread = db.get(Thread, thread_id)
+        assert (thread.status, thread.last_error) == (ThreadStatus.RUNNING, None)
     assert [g.number for g in generations if g.optimizer_state is not None] == list(range(written))
     assert [g.status for g in generations] == ["complete"] * 3 + ["pending"]
 
