@@ -103,7 +103,8 @@ const live = {
     this.loop(this.controller.signal);
   },
   stop() { if (this.controller) this.controller.abort(); this.controller = null; setLive(false); },
-  // After a failure, the first connection reports "dropped": what happened meanwhile is reloaded.
+  // Each connection reports "connected", or "dropped" after a failure: what happened between the page's own reads
+  // (or the stream's end) and this connection is not in the stream, so the page reads it again.
   async loop(signal) {
     let wait = 500, failed = false;
     while (!signal.aborted) {
@@ -114,7 +115,8 @@ const live = {
         if (!response.ok) throw new Error(`live stream: ${response.status}`);
         setLive(true);
         wait = 500;
-        if (failed) { say("Live stream back: what happened meanwhile is reloaded."); this.handlers.forEach((h) => h("dropped", {})); }
+        if (failed) say("Live stream back: what happened meanwhile is reloaded.");
+        this.handlers.forEach((h) => h(failed ? "dropped" : "connected", {}));
         failed = false;
         await readEvents(response.body, (kind, data) => this.handlers.forEach((h) => h(kind, data)));
       } catch (error) {
@@ -225,7 +227,7 @@ async function sessionsPage(signal) {
   signal.addEventListener("abort", () => clearTimeout(timer));
   await render();
   const onLive = (kind) => {
-    if (kind === "dropped" || kind.startsWith("session") || kind.startsWith("thread")) {
+    if (kind === "dropped" || kind === "connected" || kind.startsWith("session") || kind.startsWith("thread")) {
       timer ??= setTimeout(() => { timer = null; render(); }, 300);
     }
   };
@@ -284,6 +286,12 @@ async function sessionPage(sessionId, signal) {
 
   const onLive = (kind, item) => {
     if (kind === "dropped") { reloadAll(state); return; }
+    if (kind === "connected") { // what changed since this page read it (the curves: each its new generations)
+      refreshSession(state);
+      loadEvents(state);
+      state.session.threads.forEach((t) => loadCurve(state, t.id, true));
+      return;
+    }
     if (item.session_id != null && item.session_id !== sessionId) return;
     if (item.event_id != null) addEvent(item);
     if (kind === "generation.completed") loadCurve(state, item.thread_id, true);

@@ -347,6 +347,30 @@ def test_a_retest_card_says_what_it_shows_and_a_rig_clock_warning_is_a_banner(pa
     api.post(f"/sessions/{session['id']}/stop")  # the next test counts the active sessions
 
 
+def test_what_changed_between_the_pages_reads_and_its_stream_connecting_is_shown(page, running):
+    """A session page reads the session, then opens its live stream: a thread paused in between (its event
+    published before the stream connected) is shown paused once the stream connects, not left as it was read."""
+    server, api, *_ = running
+    session = api.post("/sessions", {**session_config("gap", [thread_config("gap", {"channels": [0]}, 3)]),
+                                     "rig": "rig-nobody-runs"})
+    thread_id = session["threads"][0]["id"]
+    login(page, server, server.token)
+    page.wait_for_selector("#live-state.on")
+
+    paused = []
+
+    def paused_meanwhile(route):  # the page has read the session; its stream is not connected yet
+        if not paused:
+            paused.append(api.post(f"/threads/{thread_id}/pause"))
+        route.continue_()
+    page.route(f"**/live?session_id={session['id']}", paused_meanwhile)
+    page.goto(f"{server.url}/#/session/{session['id']}")
+    page.wait_for_selector(f"#thread-{thread_id} .status.paused")
+    page.wait_for_selector("#feed div:has-text('paused')")  # and the event it missed is in the feed
+    assert uncaught(page) == []
+    api.post(f"/sessions/{session['id']}/stop")  # the next test counts the active sessions
+
+
 def test_a_banner_is_about_an_active_session_and_a_dead_server_has_no_rig_state(page, running):
     """Last in this file: it stops the module's rig and kills its server."""
     server, api, session, rig = running
