@@ -880,16 +880,22 @@ class Engine:
             live.publish_held(held)
 
     async def _store_snapshot(self, runtime: ThreadRuntime) -> None:
-        """``steps.store_snapshot``, best effort: a snapshot that could not be written is a warning, not a failed
-        thread (a restart replays from the one before)."""
+        """``steps.store_snapshot``, best effort: a snapshot that could not be written is a warning event
+        (``thread.snapshot_failed``, when the database takes it), not a failed thread (a restart replays from the
+        one before)."""
         number = runtime.snapshot.number
         try:
             await self._transact(steps.store_snapshot, runtime)
         except Exception as exc:
             runtime.snapshot = None
-            log.warning("thread %s: the optimizer state after generation %d was not stored (%s); the thread goes on, "
-                        "and a restart replays its generations from the state stored before", runtime.id, number,
-                        storage_advice(exc, self.settings) if storage_fault(exc) else exc)
+            message = (f"{runtime.drift.name}: the optimizer state after generation {number} was not stored "
+                       f"({storage_advice(exc, self.settings) if storage_fault(exc) else exc}); the thread goes on, "
+                       "and a restart replays its generations from the state stored before")
+            try:
+                await self._transact(steps.log_in, runtime.session_id, runtime.id, "thread.snapshot_failed", message,
+                                     {"generation": number}, EventLevel.WARNING)
+            except Exception:  # the database takes nothing now: the server log has it
+                log.warning(message)
 
     def _channels(self, rig: str) -> int:
         """The channels ``rig`` announced, 0 when it is not connected."""

@@ -345,6 +345,7 @@ EVENT_KINDS: dict[str, str] = {
     "thread.failed": "the engine could not go on with the thread",
     "thread.storage_failed": "the thread's data could not be written; it retries",
     "thread.storage_recovered": "the thread's data is written again",
+    "thread.snapshot_failed": "a snapshot generation's optimizer state could not be written; the thread goes on",
     "results.refused": "RESULTS the server refused",
     "results.late": "presentations for a batch whose generation was already scored",
     "round.timed_out": "stimuli of a batch went unanswered within the batch timeout",

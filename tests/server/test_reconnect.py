@@ -314,6 +314,9 @@ def test_a_server_stopped_before_it_wrote_snapshots_resumes_bit_for_bit(tmp_path
         generations = db.scalars(select(Generation).order_by(Generation.number)).all()
         thread = db.get(Thread, thread_id)
         assert (thread.status, thread.last_error) == (ThreadStatus.RUNNING, None)
+        warned = db.scalars(select(Event).where(Event.kind == "thread.snapshot_failed")).all()
+        assert [(e.level, e.data_json["generation"]) for e in warned] == ([("warning", n) for n in (0, 1, 2)]
+                                                                          if failing else [])
     assert [g.number for g in generations if g.optimizer_state is not None] == list(range(written))
     assert [g.status for g in generations] == ["complete"] * 3 + ["pending"]
 
