@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.interpolate import RectSphereBivariateSpline
 
 from analysis import AnalysisError
 
@@ -209,6 +208,8 @@ def smooth_sphere_map(trials, theta, phi, *, s: float | None = None, resolution_
     smoothing = sem2 if s is None else float(s)
     if smoothing < 0:
         raise AnalysisError(f"s must be >= 0, got {s}")
+    from scipy.interpolate import RectSphereBivariateSpline  # here: it costs the server's start 0.4 s
+
     spline = RectSphereBivariateSpline(phi[inner] + np.pi / 2, theta, means.T, s=smoothing,
                                        pole_values=pole_values, pole_exact=False)
     step = np.deg2rad(resolution_deg)
