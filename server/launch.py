@@ -167,7 +167,7 @@ class ApiClient:
                 problem = f": {response.json().get('problem')}"  # degraded: a full disk, ...
             except (httpx.TransportError, ValueError):
                 pass
-            time.sleep(0.2)
+            time.sleep(0.05)
         raise ServerError(f"the server at {self.url} did not become healthy within {timeout:.0f} s{problem}")
 
     def close(self) -> None:
