@@ -18,6 +18,7 @@ from server.api.schemas import Page
 from server.session_config import clip
 from server.settings import Settings
 from server.store.archive import ImageArchive
+from server.store.models import Thread
 from server.weights import GeneratorCache
 
 Model = TypeVar("Model")
@@ -142,6 +143,15 @@ def refuse(problems: list) -> None:
     """A 422 shaped like FastAPI's own (``detail``: one item per problem, with its field path)."""
     if problems:
         raise HTTPException(422, [problem.to_json() for problem in problems])
+
+
+def check_generations(thread: Thread, last: int, loc: tuple[str, ...] = ("body", "generations")) -> None:
+    """A ``422`` at ``loc`` unless the thread can have generation ``last``: it runs ``n_generations``, numbered
+    from 0."""
+    if last >= thread.n_generations:
+        raise HTTPException(422, [{"type": "value_error", "loc": list(loc), "msg": (
+            f"thread {thread.id} {thread.name!r} has no generation {last}: it runs {thread.n_generations} "
+            f"generation(s), numbered from 0, so its last is {thread.n_generations - 1}")}])
 
 
 CLIENTS = {"cli": "the CLI", "dashboard": "the dashboard"}  # X-Actmax-Client values, as an action's event names them

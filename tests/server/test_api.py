@@ -360,6 +360,67 @@ def test_generation_stimulus_and_presentation_reads(client: httpx.Client, live_s
     assert client.get(f"/threads/{thread_id}/presentations", params={"limit": 0}).status_code == 422
 
 
+def test_presentations_are_kept_by_generation_kind_and_image(client: httpx.Client, live_server: LiveServer) -> None:
+    """Two generations, each batch showing its images and a reference twice: each filter keeps the showings it
+    names, alone and together; a generation the thread cannot reach or an image of another session is a 422."""
+    created, other = create_session(client, threads=[thread_config(n_generations=3)]), create_session(client)
+    session_id, thread_id = created["id"], created["threads"][0]["id"]
+    archive = ImageArchive(live_server.settings.data_dir)
+    image = archive.save(png_bytes(0))
+    with live_server.sessions() as db:
+        def stimulus(stimulus_id, kind, session=session_id, generation_id=None):
+            db.add(Stimulus(id=stimulus_id, session_id=session, thread_id=None if generation_id is None else thread_id,
+                            generation_id=generation_id, kind=kind, content_hash=image.content_hash,
+                            png_path=image.png_path))
+        stimulus("ref-a", StimulusKind.REFERENCE)
+        stimulus("ref-elsewhere", StimulusKind.REFERENCE, session=other["id"])
+        shown = {}  # presentation id -> (generation, stimulus id)
+        for number in (0, 1):
+            generation = Generation(thread_id=thread_id, number=number, codes=encode_codes(np.zeros((2, 2))),
+                                    n_stimuli=2, status=GenerationStatus.COMPLETE)
+            db.add(generation)
+            db.flush()
+            ids = [f"g{number}-{i}" for i in range(2)]
+            for stimulus_id in ids:
+                stimulus(stimulus_id, StimulusKind.SYNTHETIC, generation_id=generation.id)
+            batch = Batch(id=uuid.uuid4().hex, session_id=session_id, thread_id=thread_id,
+                          generation_id=generation.id, rig="rig-A")
+            db.add(batch)
+            db.flush()
+            records = [PresentationRecord(uuid.uuid4().hex, s, 1.7e9, [1.0], 50, 200) for s in ids + ["ref-a"] * 2]
+            record_presentations(db, batch, records)
+            shown.update({r.presentation_id: (number, r.stimulus_id) for r in records})
+        db.commit()
+
+    def kept(**params) -> tuple[set[tuple[int, str]], int]:
+        response = client.get(f"/threads/{thread_id}/presentations", params=params)
+        assert response.status_code == 200, response.text
+        page = response.json()
+        assert page["total"] == len(page["items"])
+        return {shown[p["presentation_id"]] for p in page["items"]}, page["total"]
+
+    assert kept() == (set(shown.values()), 8)
+    assert kept(generation=1) == ({(1, "g1-0"), (1, "g1-1"), (1, "ref-a")}, 4)
+    assert kept(generation=2) == (set(), 0)  # asked for, not shown yet
+    assert kept(kind="reference") == ({(0, "ref-a"), (1, "ref-a")}, 4)
+    assert kept(kind="synthetic", generation=0) == ({(0, "g0-0"), (0, "g0-1")}, 2)
+    assert kept(stimulus_id="ref-a", generation=0) == ({(0, "ref-a")}, 2)
+    assert kept(stimulus_id="g1-1", kind="reference") == (set(), 0)
+
+    def refused(**params) -> str:
+        response = client.get(f"/threads/{thread_id}/presentations", params=params)
+        assert response.status_code == 422, response.text
+        (problem,) = response.json()["detail"]
+        assert problem["loc"] == ["query", next(iter(params))]
+        return problem["msg"]
+
+    assert "has no generation 3" in refused(generation=3) and "its last is 2" in refused(generation=3)
+    assert "is no image of session" in refused(stimulus_id="ref-elsewhere")
+    assert "is no image of session" in refused(stimulus_id="no-such-image")
+    refused(kind="natural")
+    refused(generation=-1)
+
+
 def test_the_cli_warns_when_a_new_session_shares_its_rig_with_an_active_one(
         live_server: LiveServer, client: httpx.Client, tmp_path, monkeypatch, capsys) -> None:
     """Allowed (the rig takes turns between sessions), but a second `session create` of one config doubles

@@ -26,6 +26,7 @@ from server.api.deps import (
     RigChannels,
     Via,
     Wake,
+    check_generations,
     get_or_404,
     paginate,
     refuse,
@@ -301,14 +302,6 @@ def post_session_note(session_id: Id, note: NoteCreate, db: DB) -> Event:
                                  thread_id=note.thread_id, data=note.model_dump(mode="json"))
     db.commit()
     return db.get(Event, event_id)
-
-
-def check_generations(thread: Thread, last: int) -> None:
-    """A ``422`` unless the thread can have generation ``last``: it runs ``n_generations``, numbered from 0."""
-    if last >= thread.n_generations:
-        raise HTTPException(422, [{"type": "value_error", "loc": ["body", "generations"], "msg": (
-            f"thread {thread.id} {thread.name!r} has no generation {last}: it runs {thread.n_generations} "
-            f"generation(s), numbered from 0, so its last is {thread.n_generations - 1}")}])
 
 
 def session_thread(session: Session, thread_id: int, loc: tuple[str, ...]) -> Thread:

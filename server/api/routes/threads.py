@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session as DBSession
 import generators
 from server.admission import Problem, check_objective
 from server.api.deps import (
-    DB, Archive, Generators, Id, Limit, Offset, RigChannels, Via, Wake, get_or_404, paginate, refuse,
+    DB, MAX_ID, Archive, Generators, Id, Limit, Offset, RigChannels, Via, Wake, check_generations, get_or_404,
+    paginate, refuse,
 )
 from server.api.schemas import ErrorDetail, GenerationSummary, Page, PresentationRead, Retarget, ThreadRead
 from server.session_config import SessionConfig
@@ -26,6 +27,8 @@ from server.store.models import (
     GenerationStatus,
     Presentation,
     SessionStatus,
+    Stimulus,
+    StimulusKind,
     Thread,
     ThreadStatus,
 )
@@ -266,8 +269,28 @@ def list_thread_presentations(
     db: DB,
     offset: Offset = 0,
     limit: Limit = 100,
+    generation: Annotated[int | None, Query(ge=0, le=MAX_ID, description=(
+        "Only the showings of this generation's batches (0-based number; its reference images too). A number "
+        "the thread cannot reach is a `422`."))] = None,
+    kind: Annotated[StimulusKind | None, Query(description="Only showings of `synthetic` or of `reference` images.")
+                    ] = None,
+    stimulus_id: Annotated[str | None, Query(min_length=1, max_length=128, description=(
+        "Only the showings of this image. An id that is no image of the thread's session is a `422`."))] = None,
 ) -> Page[PresentationRead]:
-    """Presentations of the thread's batches (synthetic and reference images), in arrival order."""
-    get_or_404(db, Thread, thread_id)
+    """Presentations of the thread's batches (synthetic and reference images), in arrival order; ``generation``,
+    ``kind`` and ``stimulus_id`` keep only some of them."""
+    thread = get_or_404(db, Thread, thread_id)
     query = select(Presentation).join(Batch, Presentation.batch_id == Batch.id).where(Batch.thread_id == thread_id)
+    if generation is not None:
+        check_generations(thread, generation, ("query", "generation"))
+        query = query.join(Generation, Batch.generation_id == Generation.id).where(Generation.number == generation)
+    if kind is not None:
+        query = query.join(Stimulus, Presentation.stimulus_id == Stimulus.id).where(Stimulus.kind == kind)
+    if stimulus_id is not None:
+        stimulus = db.get(Stimulus, stimulus_id)
+        if stimulus is None or stimulus.session_id != thread.session_id:
+            raise HTTPException(422, [{"type": "value_error", "loc": ["query", "stimulus_id"], "msg": (
+                f"{stimulus_id!r} is no image of session {thread.session_id} (thread {thread.id}'s); its images' ids "
+                "are in GET /generations/{id} (stimulus_ids) and in these presentations")}])
+        query = query.where(Presentation.stimulus_id == stimulus_id)
     return paginate(db, query, Presentation.id, PresentationRead, offset, limit)
