@@ -185,11 +185,14 @@ class BigGAN(Generator):
             module = pkg.BigGAN(config)
         except (TypeError, ValueError, IndexError, RuntimeError) as exc:  # a value of the wrong type or size
             raise GeneratorError(f"{config_file} does not describe a BigGAN-deep network: {exc}") from None
-        assumed = "" if config_file else (
+        built = (f"The network was built from {config_file} ({config.output_dim} px, channel width "
+                 f"{config.channel_width}): if that {CONFIG_NAME} is not this file's (a stand-in's left beside real "
+                 f"weights, say), put the file's own there, or remove it to use the published config of {name}."
+                 ) if config_file else (
             f"No {CONFIG_NAME} was found beside {model_file}, so the published config of {name} ({resolution} px, "
             f"channel width 128) was assumed: put the network's {CONFIG_NAME} beside the file.")
         load_into(name, module, load_state_dict_file(name, model_file), model_file, extra_keys_ok=True,
-                  shapes_hint=assumed)
+                  shapes_hint=built)
         super().__init__(module, device, sha256_file(model_file), batch_size=8,
                          weights_files=(model_file,) if beside is None else (model_file, beside))
 

@@ -85,14 +85,18 @@ def test_a_bad_biggan_config_is_named(config, problem, weights_dirs, tmp_path):
     assert "remove it to use the published config" in str(err.value) or "does not describe" in problem
 
 
-def test_biggan_weights_of_another_size_do_not_fit(weights_dirs, tmp_path):
+def test_biggan_weights_of_another_size_do_not_fit_and_the_config_they_were_built_from_is_named(weights_dirs, tmp_path):
     shutil.copy(weights_dirs["biggan-deep-128"][1], tmp_path / "pytorch_model.bin")
-    (tmp_path / "config.json").write_text(json.dumps({**TINY_CONFIG, "channel_width": 8}))
+    (tmp_path / "config.json").write_text(json.dumps({**TINY_CONFIG, "channel_width": 8}))  # a stand-in's, say
     with pytest.raises(GeneratorError) as err:
         generators.load("biggan-deep-128", device="cpu", weights=tmp_path)
     lines = str(err.value).splitlines()
     assert "do not fit generator 'biggan-deep-128'" in lines[0] and "size mismatch" in lines[1]
-    assert len(lines) == 7 and lines[-1].endswith("more")  # five of torch's lines, not every parameter's
+    assert len(lines) == 8 and lines[-2].endswith("more")  # five of torch's lines, not every parameter's
+    assert lines[-1] == (
+        f"The network was built from {tmp_path / 'config.json'} (32 px, channel width 8): if that config.json is not "
+        "this file's (a stand-in's left beside real weights, say), put the file's own there, or remove it to use the "
+        "published config of biggan-deep-128.")
 
 
 GIVEN = re.escape("(--device on the command line, device= in Python)")  # where a device comes from, said neutrally
