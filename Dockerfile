@@ -2,7 +2,7 @@
 # TORCH_SPEC's default is PyPI's torch, on Linux a CUDA build of several GB: a GPU host needs nothing more
 # (unless its driver is too old for that CUDA: then give the build and --index-url pytorch.org names for the
 # driver). A CPU-only image is far smaller; docker-compose.cpu.yml builds one, and so does
-#   docker build -t actmax:latest --build-arg TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" .
+#   docker build -t actmax:cpu --build-arg TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" .
 # The default command serves on the container's loopback only, so a bare `docker run -p` reaches
 # nothing: override it as docker-compose.yml does (README, "Docker").
 FROM python:3.11-slim

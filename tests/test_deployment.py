@@ -68,7 +68,8 @@ def test_cpu_image_takes_the_cpu_build_of_the_dockerfiles_torch():
     build = _compose("docker-compose.cpu.yml")["services"]["keys"]["build"]
     assert build == {"context": ".", "args": {"TORCH_SPEC": cpu_spec}}
     assert _compose("docker-compose.yml")["services"]["keys"]["build"] == "."  # the service that builds
-    command = f'docker build -t actmax:latest --build-arg TORCH_SPEC="{cpu_spec}" .'
+    (image,) = {s["image"] for s in _compose("docker-compose.cpu.yml")["services"].values()}
+    command = f'docker build -t {image} --build-arg TORCH_SPEC="{cpu_spec}" .'
     assert command in dockerfile and command in (ROOT / "README.md").read_text()
     assert "GPU hosts: build with a CUDA torch" not in dockerfile  # the default is one already
 
@@ -171,8 +172,14 @@ def _compose(name: str) -> dict:
 
 def test_cpu_override_runs_the_server_without_a_gpu():
     base, cpu = _compose("docker-compose.yml"), _compose("docker-compose.cpu.yml")
-    assert set(cpu["services"]) == {"server", "keys"}  # every other service as in the base file
-    assert set(cpu["services"]["keys"]) == {"build"}  # the CPU torch (test_cpu_image_takes_the_cpu_build...)
+    assert set(cpu["services"]) == set(base["services"])
+    assert set(cpu["services"]["keys"]) == {"build", "image"}  # the CPU torch (test_cpu_image_takes_the_cpu_build...)
+    assert set(cpu["services"]["rig-sim"]) == {"image"}  # else as in the base file
+    # Each set-up runs the one image its keys service builds, and the two are tagged apart: a GPU `up` after a
+    # CPU build would otherwise run the CPU torch with ACTMAX_DEVICE=cuda.
+    gpu_images = {service["image"] for service in base["services"].values()}
+    cpu_images = {service["image"] for service in cpu["services"].values()}  # each one overrides the base's
+    assert len(gpu_images) == len(cpu_images) == 1 and gpu_images != cpu_images
     server = cpu["services"]["server"]
     assert server["deploy"] is _Reset and "deploy" in base["services"]["server"]  # no GPU reservation left
     assert server["environment"] == {"ACTMAX_DEVICE": "cpu"}  # merged over the base's cuda
