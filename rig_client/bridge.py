@@ -42,6 +42,7 @@ from rig_client.connection import (
     non_negative,
     positive,
     positive_int,
+    rig_setup,
 )
 from rig_client.protocol import MAX_ONSET, ErrorCode, ProtocolError
 from rig_client.trials import TrialPresentation, to_send
@@ -583,10 +584,13 @@ def channel_labels(channels: int | None, labels: str | None) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from rig_client.client import RigClient
+    from rig_client.version import package_version
 
     labels = channel_labels(args.channels, args.labels)
+    setup = {"program": f"actmax rig bridge {package_version()}",
+             "via": "BATCH and responses files in a folder (MonkeyLogic's actmax_* functions, or the rig's own task)"}
     with RigClient(args.endpoint, args.rig, channels=len(labels), labels=labels if args.labels else None,
-                   **connection_keys(args)) as client:
+                   setup=rig_setup(args, setup), **connection_keys(args)) as client:
         bridge = FolderBridge(client, args.folder, labels, poll_s=args.poll, settle_s=args.settle)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: bridge.stop.set())

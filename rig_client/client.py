@@ -161,14 +161,17 @@ class RigClient:
     server answered ERROR ``internal``. ``context`` defaults to a
     private ZeroMQ context that `close` terminates. For a server with CURVE keys pass its
     ``server_public_key`` and this rig's ``public_key`` and ``secret_key`` (Z85; see
-    `curve_keys` and ``actmax keys``).
+    `curve_keys` and ``actmax keys``). ``setup`` (protocol 1.2) tells the server, for the session's record, what the
+    rig program is and how it is set: any JSON object of up to 4096 bytes, e.g. ``{"program": "my-rig 2.0",
+    "viewing_distance_cm": 57, "image_size_deg": 4}``.
     """
 
     def __init__(self, endpoint: str, rig_name: str, *, channels: int,
                  labels: Sequence[str] | None = None, heartbeat_s: float = 2.0,
                  liveness: int = 5, reconnect_max_s: float = 16.0,
                  context: zmq.Context | None = None, server_public_key: bytes | None = None,
-                 public_key: bytes | None = None, secret_key: bytes | None = None):
+                 public_key: bytes | None = None, secret_key: bytes | None = None,
+                 setup: dict[str, Any] | None = None):
         check_endpoint(endpoint)
         if heartbeat_s <= 0 or liveness < 1 or reconnect_max_s <= 0:
             raise ValueError("need heartbeat_s > 0, liveness >= 1 and reconnect_max_s > 0")
@@ -183,7 +186,9 @@ class RigClient:
                                               "cached_references": []}
         if labels is not None:
             self._hello_header["channel_labels"] = list(labels)
-        encode(Message(MessageType.HELLO, self._hello_header))  # bad name/channels/labels: fail here
+        if setup is not None:
+            self._hello_header["setup"] = setup
+        encode(Message(MessageType.HELLO, self._hello_header))  # bad name/channels/labels/setup: fail here
         self._minor: int | None = None
         self._max_message_bytes = MAX_MESSAGE_BYTES
         self._own_context = context is None

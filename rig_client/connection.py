@@ -1,10 +1,12 @@
 """What every rig command (``actmax rig sim|bridge|present``) shares: how it names its server, its
-rig and its CURVE keys, and the checks of its numeric flags."""
+rig, its CURVE keys and its setup, and the checks of its numeric flags."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
+from pathlib import Path
 
 from rig_client import RigError
 
@@ -77,6 +79,10 @@ def add_connection_arguments(parser: argparse.ArgumentParser, default_rig: str) 
     parser.add_argument("--server-key", metavar="FILE", help="the server's public server.key (CURVE; with --rig-key)")
     parser.add_argument("--rig-key", metavar="FILE",
                         help="this rig's NAME.key_secret from `actmax keys rig NAME` (CURVE; with --server-key)")
+    parser.add_argument("--setup", metavar="FILE", type=_setup_file,
+                        help="a JSON object describing the rig for the session's record (e.g. {\"monitor\": \"VPixx "
+                        "VIEWPixx\", \"viewing_distance_cm\": 57}), sent in HELLO beside what this program says of "
+                        "itself; at most 4096 bytes")
 
 
 def connection_keys(args: argparse.Namespace) -> dict[str, bytes]:
@@ -86,3 +92,35 @@ def connection_keys(args: argparse.Namespace) -> dict[str, bytes]:
     if (args.server_key is None) != (args.rig_key is None):
         raise RigError("CURVE needs both --server-key and --rig-key")
     return curve_keys(args.server_key, args.rig_key) if args.server_key else {}
+
+
+def _setup_file(text: str) -> dict:
+    """argparse type: the JSON object in the file ``text`` (``--setup``), read at once."""
+    from rig_client.protocol import MAX_SETUP_BYTES, json_bytes
+
+    try:
+        given = json.loads(Path(text).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"{text}: {exc.strerror}; give a JSON file that exists") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(f"{text} is not UTF-8 JSON ({exc}); give a file holding one JSON object, "
+                                         'e.g. {"viewing_distance_cm": 57}') from None
+    if not isinstance(given, dict):
+        raise argparse.ArgumentTypeError(f"{text} holds a JSON {type(given).__name__}, not an object such as "
+                                         '{"viewing_distance_cm": 57}')
+    if (size := len(json_bytes(given))) > MAX_SETUP_BYTES:
+        raise argparse.ArgumentTypeError(f"{text} is {size} bytes as compact JSON, over the {MAX_SETUP_BYTES} a "
+                                         "HELLO takes; keep it shorter")
+    return given
+
+
+def rig_setup(args: argparse.Namespace, own: dict) -> dict:
+    """HELLO's ``setup``: what the program says of itself (``own``), then the ``--setup`` file's fields over it;
+    `RigError` when together they are too large for HELLO."""
+    from rig_client.protocol import MAX_SETUP_BYTES, json_bytes
+
+    setup = {**own, **(args.setup or {})}
+    if (size := len(json_bytes(setup))) > MAX_SETUP_BYTES:
+        raise RigError(f"--setup: with what this program says of itself, the setup is {size} bytes as compact JSON, "
+                       f"over the {MAX_SETUP_BYTES} HELLO takes; keep the file shorter")
+    return setup

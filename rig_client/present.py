@@ -25,7 +25,7 @@ import numpy as np
 
 from rig_client import RigError
 from rig_client.connection import (
-    add_connection_arguments, connection_keys, non_negative, non_negative_int, positive,
+    add_connection_arguments, connection_keys, non_negative, non_negative_int, positive, rig_setup,
 )
 from rig_client.spikes import ClockFit, SpikeBuffer, SpikeSource, count_in_window, fit_clock
 
@@ -337,6 +337,7 @@ def add_parser(rig_commands) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rig_client.client import RigClient
+    from rig_client.version import package_version
 
     start, end = args.baseline_ms
     if not (math.isfinite(start) and math.isfinite(end) and start < end):
@@ -360,7 +361,14 @@ def run(args: argparse.Namespace) -> int:
              window.width, args.width_cm, args.distance_cm, args.size_deg, presenter.size_px,
              args.duration_ms, args.isi_ms)
     try:
+        setup = {"program": f"actmax rig present {package_version()}", "spikes": args.spikes[:256],
+                 "display": {"width_px": window.width, "width_cm": args.width_cm, "distance_cm": args.distance_cm,
+                             "refresh_hz": args.refresh_hz, "photodiode_px": args.photodiode_px},
+                 "stimulus": {"size_deg": args.size_deg, "size_px": presenter.size_px,
+                              "duration_ms": args.duration_ms, "isi_ms": args.isi_ms},
+                 "baseline_ms": [start, end], "latency_ms": args.latency_ms}
         with RigClient(args.endpoint, args.rig, channels=len(source.labels), labels=source.labels,
+                       setup=rig_setup(args, setup),
                        **keys) as client:
             rig = PresenterRig(client, presenter, source, baseline_ms=(start, end),
                                latency_ms=args.latency_ms, record=args.record)

@@ -26,7 +26,7 @@ from isal import isal_zlib
 
 VERSION = b"AMX1"
 PROTOCOL = 1  # major version: HELLO's `protocol`; a change here breaks old peers
-PROTOCOL_MINOR = 1  # minor version: HELLO's and WELCOME's optional `minor`; only adds optional fields
+PROTOCOL_MINOR = 2  # minor version: HELLO's and WELCOME's optional `minor`; only adds optional fields
 
 MAX_MESSAGE_BYTES = 64 * 2**20  # default limit on the sum of all frames of one message
 MAX_HEADER_BYTES = 2**20
@@ -39,6 +39,7 @@ MAX_WINDOW_MS = 60_000
 MAX_IMAGE_SIDE = 4096
 MAX_ERROR_MESSAGE = 4096
 MAX_LABEL_LENGTH = 64
+MAX_SETUP_BYTES = 4096  # HELLO's `setup` as compact JSON
 MAX_DROPPED_FRAMES = 1_000_000
 MAX_ONSET = 1e11  # seconds; any unix time this century
 MAX_RATE = 1e9  # spikes/s, either sign: far above any neuron, far below where a mean of them overflows
@@ -460,6 +461,11 @@ def _hello(h: _Fields, frames: list[bytes]) -> None:
                          f"{MAX_LABEL_LENGTH} characters, one per channel")
         if len(set(labels)) != len(labels):
             raise h._bad("channel_labels", "unique labels (e.g. 'elec12-unit1')")
+    if "setup" in h.obj:  # 1.2
+        setup = h.obj["setup"]
+        if not isinstance(setup, dict) or len(json_bytes(setup)) > MAX_SETUP_BYTES:
+            raise h._bad("setup", f"a JSON object of at most {MAX_SETUP_BYTES} bytes as compact JSON (what the rig "
+                         "program is and how it is set: e.g. its viewing distance, or a simulation's noise)")
     _no_frames(h, frames)
 
 

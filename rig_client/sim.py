@@ -19,7 +19,7 @@ import numpy as np
 
 from rig_client import RigError
 from rig_client.connection import (
-    add_connection_arguments, connection_keys, non_negative, non_negative_int, positive, positive_int,
+    add_connection_arguments, connection_keys, non_negative, non_negative_int, positive, positive_int, rig_setup,
 )
 
 log = logging.getLogger(__name__)
@@ -128,6 +128,24 @@ def add_parser(subcommands) -> None:
     present.add_parser(rig_commands)
 
 
+def sim_setup(args: argparse.Namespace) -> dict:
+    """HELLO's ``setup``: this program, its network, receptive field, noise, seed and faults, as the flags set them
+    (the units are the channel labels, unless ``--labels`` renamed them)."""
+    from rig_client.version import package_version
+
+    units = unit_labels(args.unit or [parse_unit(DEFAULT_UNIT)])  # as --unit spells them
+    if len(units) > LOGGED_UNITS:  # a probe's worth would not fit in the 4096 bytes
+        units[LOGGED_UNITS:] = [f"... {len(units) - LOGGED_UNITS} more"]
+    return {"program": f"actmax rig sim {package_version()}", "network": "efficientnet-lite0 (pre-activation)",
+            "units": units if args.labels else None, "rf": args.rf, "seed": args.seed,
+            "noise": {"eps": args.noise_eps, "poisson_window_s": args.poisson_window,
+                      "rate_scale": args.rate_scale if args.poisson_window else None, "drift_sd": args.drift_sd,
+                      "drift_tau": args.drift_tau or DRIFT_TAU if args.drift_sd else None,
+                      "adaptation": args.adaptation},
+            "faults": {"drop": args.drop, "delay_s": args.delay, "disconnect_every": args.disconnect_every,
+                       "duplicate": args.duplicate}}
+
+
 def build_noise(args: argparse.Namespace):
     """The noise chain the flags ask for, applied in order (an empty chain is noise-free)."""
     from rig_client import noise
@@ -230,7 +248,8 @@ class SimulatedRig:
 
     def _connect(self, client_class):
         client = client_class(self.args.endpoint, self.args.rig, channels=len(self.scorer.units),
-                              labels=self.labels, **connection_keys(self.args))
+                              labels=self.labels, setup=rig_setup(self.args, sim_setup(self.args)),
+                              **connection_keys(self.args))
         deadline = time.monotonic() + CONNECT_TIMEOUT_S
         while not client.wait_connected(timeout=0.2) and not self.stop.is_set():  # a stop ends the wait at once
             if time.monotonic() >= deadline:

@@ -206,14 +206,14 @@ def paused_at_restart(db: DBSession, thread: Thread) -> tuple[str, str, dict] | 
 
 
 def log_hello(db: Transaction, rig: str, minor: int, header: dict, references: int) -> None:
-    """A HELLO's ``rig.connected`` event (no session; the record of its channels and labels), and, when its channels
-    or labels differ from the rig's previous recorded HELLO (``queries.last_hello``, so also across a server
+    """A HELLO's ``rig.connected`` event (no session; the record of its channels, labels and setup), and, when its
+    channels or labels differ from the rig's previous recorded HELLO (``queries.last_hello``, so also across a server
     restart), a ``rig.channels_changed`` warning in each active session with a thread on the rig not ended: those
     threads score channels by number, which may now be other units."""
     after = {"channels": header["channels"], "channel_labels": header.get("channel_labels")}
     previous = queries.last_hello(db, rig)
     steps.log_in(db, None, None, "rig.connected", f"rig {rig!r} connected (protocol 1.{minor})",
-                 {"rig": rig, "minor": minor, **after, "cached_references": references})
+                 {"rig": rig, "minor": minor, **after, "cached_references": references, "setup": header.get("setup")})
     if previous is None or previous.get("channels") is None:  # the rig's first HELLO
         return
     before = {"channels": previous["channels"], "channel_labels": previous.get("channel_labels")}

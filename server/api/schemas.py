@@ -104,6 +104,10 @@ class SessionWithThreads(SessionRead):
         None, description="Channel labels of the session rig's last HELLO that sent them (protocol 1.1) at or "
         "before the session's last presentation; null if it never did. Channel i of every presentation's rates "
         "is labels[i].")
+    rig_setup: dict[str, Any] | None = Field(
+        None, description="What the session rig's program said of itself in its last HELLO (protocol 1.2 `setup`: e.g. "
+        "its viewing distance, or a simulation's noise) at or before the session's last presentation; null if it "
+        "said nothing.")
 
 
 class GeneratorRead(BaseModel):
@@ -265,6 +269,8 @@ class RigStatus(BaseModel):
     channels: int | None
     channel_labels: list[str] | None = Field(
         None, description="Labels of the rig's latest HELLO that sent them (protocol 1.1); null if none did.")
+    setup: dict[str, Any] | None = Field(
+        None, description="What the rig's program said of itself in its latest HELLO (protocol 1.2); null if nothing.")
     minor: int | None = Field(None, description="Protocol minor version negotiated with the connected rig.")
     heard_s_ago: float | None = Field(description="Seconds since the rig's last message or heartbeat.")
     heartbeat_s: float | None

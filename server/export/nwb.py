@@ -110,8 +110,9 @@ def write_nwb(tables: SessionTables, archive: ImageArchive, path: str | Path,
         notes=meta["notes"] or None,
         keywords=["activation maximization", "closed-loop", "image synthesis", "generative network",
                   "visual neurophysiology"],
-        experiment_description=f"rig {meta['rig']}, array {meta['array'] or 'not given'}, response window "
-        f"{meta['response_window_ms']} ms after onset",
+        experiment_description=f"rig {meta['rig']}"
+        + (f" (its setup, as it said: {json.dumps(meta['rig_setup'])})" if meta["rig_setup"] else "")
+        + f", array {meta['array'] or 'not given'}, response window {meta['response_window_ms']} ms after onset",
         subject=Subject(subject_id=meta["subject_id"], species=meta["species"] or None,
                         sex=meta["sex"], age=meta["age"],
                         description=f"animal {meta['animal'] or 'not given'}"),

@@ -290,7 +290,7 @@ def session_tables(db: DBSession, session_id: int, hints: dict[str, str] = REST_
     presentations = _presentations(db, session, stimuli)
     events = _events(db, session)
     return SessionTables(
-        session=_session(session, subject or {}),
+        session=_session(session, subject or {}, queries.session_rig_setup(db, session)),
         channels=_channels(db, session, presentations),
         threads=_threads(session, thread_provenance(db, session), events),
         generations=_generations(db, session),
@@ -306,12 +306,13 @@ def session_start_time(session: Session) -> datetime:
     return datetime.fromisoformat(configured) if configured else session.created_at
 
 
-def _session(session: Session, subject: dict[str, str]) -> pd.DataFrame:
+def _session(session: Session, subject: dict[str, str], rig_setup: dict | None) -> pd.DataFrame:
     config = session.config_json | subject
     return pd.DataFrame([{
         "session_id": session.id,
         "session_name": session.name,
         "rig": session.rig,
+        "rig_setup": rig_setup,
         "animal": session.animal,
         "array": session.array,
         "notes": session.notes,

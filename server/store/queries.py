@@ -170,14 +170,32 @@ def rig_channel_labels(db: DBSession, rig: str, until: datetime | None = None) -
     return next((d["channel_labels"] for d in hellos if d and d.get("rig") == rig and d.get("channel_labels")), None)
 
 
+def rig_setup(db: DBSession, rig: str, until: datetime | None = None) -> dict | None:
+    """The ``setup`` of the rig's latest HELLO (protocol 1.2; the ``rig.connected`` event's data), of those logged
+    at or before ``until`` when given; None when that HELLO sent none."""
+    query = select(Event.data_json).where(Event.kind == "rig.connected").order_by(Event.id.desc())
+    hellos = db.scalars(query if until is None else query.where(Event.time <= until))
+    return next(((d or {}).get("setup") for d in hellos if d and d.get("rig") == rig), None)
+
+
+def session_rig_setup(db: DBSession, session: Session) -> dict | None:
+    """The setup the session's rig had while it served the session: its last HELLO's at or before the session's last
+    presentation (its latest while the session has none), as ``session_channel_labels`` reads the labels."""
+    return rig_setup(db, session.rig, until=last_presentation_time(db, session))
+
+
+def last_presentation_time(db: DBSession, session: Session) -> datetime | None:
+    """When the session's last presentation arrived; None before its first."""
+    return db.scalar(select(func.max(Presentation.received_at)).join(Batch, Batch.id == Presentation.batch_id)
+                     .where(Batch.session_id == session.id))
+
+
 def session_channel_labels(db: DBSession, session: Session) -> list[str] | None:
     """The channel labels the session's rig had while it served the session: those of its last labelled
     HELLO at or before the session's last presentation (its latest while the session has none yet).
     A later HELLO, perhaps with other labels, belongs to later recordings; a rig that came back with other
     labels during the session served it with several (``session_label_history``)."""
-    last = db.scalar(select(func.max(Presentation.received_at)).join(Batch, Batch.id == Presentation.batch_id)
-                     .where(Batch.session_id == session.id))
-    return rig_channel_labels(db, session.rig, until=last)
+    return rig_channel_labels(db, session.rig, until=last_presentation_time(db, session))
 
 
 def session_label_history(db: DBSession, session: Session) -> list[tuple[datetime, list[str]]]:

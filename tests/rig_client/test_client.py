@@ -16,7 +16,7 @@ from sqlalchemy import select
 from rig_client import RigError
 from rig_client.client import Batch, Presentation, RigClient
 from rig_client.protocol import (
-    Message, MessageType, ProtocolError, batch_message, decode, encode, encode_png, error,
+    PROTOCOL_MINOR, Message, MessageType, ProtocolError, batch_message, decode, encode, encode_png, error,
 )
 from server.transport import Transport
 from tests.rig_client.conftest import run_session, storage_fails
@@ -137,7 +137,7 @@ def wait_until(predicate, timeout=5.0):
 
 def test_hello_welcome(client, lab):
     assert client.wait_connected(5) and client.connected
-    assert lab.handler.hellos == [{"rig": "rig-a", "protocol": 1, "minor": 1, "channels": 2,
+    assert lab.handler.hellos == [{"rig": "rig-a", "protocol": 1, "minor": PROTOCOL_MINOR, "channels": 2,
                                    "cached_references": []}]
     assert client.minor == 0  # this server's WELCOME says no minor: a 1.0 server
 
@@ -149,6 +149,16 @@ def test_labels_go_in_hello_and_the_welcomes_minor_is_kept(zmq_context, endpoint
     with RigClient(endpoint, "rig-b", channels=2, labels=["e1-u1", "e2-u1"], context=zmq_context, **FAST) as rig:
         assert rig.wait_connected(5) and rig.minor == 1
     assert lab.handler.hellos[-1]["channel_labels"] == ["e1-u1", "e2-u1"]
+
+
+def test_the_rigs_setup_goes_in_hello_and_a_bad_one_fails_at_construction(zmq_context, endpoint, lab):
+    setup = {"program": "my-rig 2.0", "viewing_distance_cm": 57, "screen": {"refresh_hz": 120}}
+    with RigClient(endpoint, "rig-c", channels=1, setup=setup, context=zmq_context, **FAST) as rig:
+        assert rig.wait_connected(5)
+    assert lab.handler.hellos[-1]["setup"] == setup
+    for bad in (["a list"], {"notes": "x" * 5000}):
+        with pytest.raises(ProtocolError, match="field 'setup' must be a JSON object of at most 4096 bytes"):
+            RigClient(endpoint, "rig-d", channels=1, setup=bad, context=zmq_context)
 
 
 def test_heartbeats_keep_an_idle_connection(client, lab):

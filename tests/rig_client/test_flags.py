@@ -35,6 +35,24 @@ def test_bad_flags_are_refused_by_the_parser(args, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("content", "message"), [
+    (None, "setup.json: No such file or directory; give a JSON file that exists"),
+    ('{"distance": 57', "setup.json is not UTF-8 JSON (Expecting ',' delimiter"),
+    ("[57]", 'setup.json holds a JSON list, not an object such as {"viewing_distance_cm": 57}'),
+    ('{"notes": "%s"}' % ("x" * 5000), "setup.json is 5012 bytes as compact JSON, over the 4096 a HELLO takes"),
+])
+@pytest.mark.parametrize("command", [["sim"], ["bridge", "--folder", "unused"], ["present", "--spikes", MISSING]])
+def test_a_setup_file_that_is_no_small_json_object_is_refused_by_the_parser(command, content, message, tmp_path,
+                                                                            capsys):
+    setup = tmp_path / "setup.json"
+    if content is not None:
+        setup.write_text(content)
+    with pytest.raises(SystemExit) as exit:
+        main(["rig", *command, "--setup", str(setup)])
+    assert exit.value.code == 2
+    assert f"argument --setup: {tmp_path / message}" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("command", [["sim"], ["bridge", "--folder", "unused"], ["present", "--spikes", MISSING]])
 def test_a_rig_name_with_an_umlaut_is_refused_naming_the_characters_allowed(command, capsys):
     """'ü' is a letter to a German user: the message lists the characters, as the session config's does."""

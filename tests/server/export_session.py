@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ from server.launch import ServerProcess, start_sim_rig, stop
 RIG = "export-rig"
 UNITS = ["blocks.6:67", "blocks.6:12"]  # two channels
 LABELS = ["elec67-u1", "elec12-u1"]  # sent by the rig in its HELLO (protocol 1.1)
+SETUP = {"monitor": "simulated", "viewing_distance_cm": 57}  # `--setup`'s file, in its HELLO (protocol 1.2)
 
 
 def session_config() -> dict:
@@ -29,7 +31,9 @@ def run_session(data_dir: Path, timeout: float = 300.0) -> tuple[ServerProcess, 
     server = ServerProcess(data_dir, secrets.token_urlsafe(16))
     api = server.start()
     rig_log = data_dir / "rig.log"
-    rig = start_sim_rig(server.zmq_endpoint, RIG, UNITS, rig_log, noise_eps=0.1, extra=["--labels", ",".join(LABELS)])
+    (data_dir / "setup.json").write_text(json.dumps(SETUP))
+    rig = start_sim_rig(server.zmq_endpoint, RIG, UNITS, rig_log, noise_eps=0.1,
+                        extra=["--labels", ",".join(LABELS), "--setup", str(data_dir / "setup.json")])
     try:
         session = api.post("/sessions", session_config())
         deadline = time.monotonic() + timeout

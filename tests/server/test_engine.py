@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import func, select
 
 from rig_client.client import Presentation, RigClient
-from rig_client.protocol import VERSION, Message, MessageType, ProtocolError, decode, encode
+from rig_client.protocol import PROTOCOL_MINOR, VERSION, Message, MessageType, ProtocolError, decode, encode
 from rig_client.trials import TrialPresentation
 from server.session_config import SessionConfig
 from server.engine import Engine
@@ -184,9 +184,10 @@ def test_unanswered_stimuli_are_requeued_then_scored_nan(live):
 @pytest.mark.parametrize("policy", ["reshow", "score"])
 def test_flagged_presentations_are_stored_and_reshown_or_scored_as_configured(live, policy):
     thread_id = live.create(session={"flagged_trials": {"policy": policy}}, n_generations=2)
-    with RigClient(live.settings.zmq_endpoint, RIG, channels=1, labels=["elec7-u2"]) as rig:
+    setup = {"program": "a rig", "viewing_distance_cm": 57}
+    with RigClient(live.settings.zmq_endpoint, RIG, channels=1, labels=["elec7-u2"], setup=setup) as rig:
         batch = rig.next_batch(timeout=60)
-        assert rig.minor == 1
+        assert rig.minor == PROTOCOL_MINOR
         broken, dropped = sorted(s.stimulus_id for s in batch.stimuli if s.kind == "synthetic")[:2]
         facts = {broken: {"fixation_broken": True}, dropped: {"dropped_frames": 2}}
         first = [TrialPresentation(s.stimulus_id, [100.0 if s.stimulus_id in facts else float(i)], time.time(),
@@ -212,7 +213,8 @@ def test_flagged_presentations_are_stored_and_reshown_or_scored_as_configured(li
     assert {p.presentation_id: p.to_json()["fixation_broken"] for p in first} == \
         {pid: stored[pid]["fixation_broken"] for pid in (p.presentation_id for p in first)}
     assert all(stored[p.presentation_id]["baseline_rates"] == [1.5] for p in first)
-    assert hello[-1] == {"rig": RIG, "minor": 1, "channels": 1, "channel_labels": ["elec7-u2"], "cached_references": 0}
+    assert hello[-1] == {"rig": RIG, "minor": PROTOCOL_MINOR, "channels": 1, "channel_labels": ["elec7-u2"],
+                         "cached_references": 0, "setup": setup}
     if policy == "reshow":
         assert len(stored) == len(first) + 2  # every presentation stored once, flagged ones too
         assert scores[broken] == 7.0 and scores[dropped] is None and generation.n_scored == 5

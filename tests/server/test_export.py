@@ -30,7 +30,7 @@ from server.report import write_session_report
 from server.export.tables import trial_fact_columns
 from server.store.archive import ImageArchive
 from server.store.db import make_db_engine, make_sessionmaker
-from tests.server.export_session import LABELS, RIG, run_session
+from tests.server.export_session import LABELS, RIG, SETUP, UNITS, run_session
 
 pynwb = pytest.importorskip("pynwb", reason="pip install -e '.[nwb]'")
 pytestmark = pytest.mark.slow
@@ -216,6 +216,23 @@ def test_channel_labels_from_the_rigs_hello_reach_rest_and_every_export(recorded
     assert actmax(["export", "parquet", "--data-dir", str(server.data_dir), "--session", str(session_id),
                    "--out", str(tmp_path / "pq")]) == 0
     assert pd.read_parquet(tmp_path / "pq" / "channels.parquet")["label"].tolist() == LABELS
+
+
+def test_what_the_rig_said_of_its_setup_reaches_rest_and_every_export(recorded, tmp_path):
+    """`actmax rig sim --setup FILE`: the file's fields and the simulation's own (units, noise, seed), from HELLO."""
+    server, session_id, nwb = recorded
+    said = {**SETUP, "units": UNITS, "seed": 0}
+    headers = {"Authorization": f"Bearer {server.token}"}
+    session_setup = httpx.get(f"{server.url}/sessions/{session_id}", headers=headers).json()["rig_setup"]
+    assert session_setup == session_setup | said and session_setup["noise"]["eps"] == 0.1
+    assert session_setup["program"].startswith("actmax rig sim ")
+    assert httpx.get(f"{server.url}/rigs/{RIG}", headers=headers).json()["setup"] == session_setup
+    with pynwb.NWBHDF5IO(str(nwb), "r") as io_:
+        description = io_.read().experiment_description
+    assert f"rig {RIG} (its setup, as it said: {json.dumps(session_setup)})" in description
+    assert actmax(["export", "csv", "--data-dir", str(server.data_dir), "--session", str(session_id),
+                   "--out", str(tmp_path / "csv")]) == 0
+    assert json.loads(pd.read_csv(tmp_path / "csv" / "session.csv")["rig_setup"][0]) == session_setup
 
 
 def test_the_report_names_the_scored_channels_by_their_labels(recorded, tmp_path):

@@ -142,7 +142,8 @@ def get_rig(rig: str, request: Request, db: DB, batches: int = Query(20, ge=1, l
     ]
     return RigStatus(
         rig=rig, connected=status is not None, channels=status and status["channels"],
-        channel_labels=queries.rig_channel_labels(db, rig), minor=getattr(engine, "rig_minor", {}).get(rig),
+        channel_labels=queries.rig_channel_labels(db, rig), setup=queries.rig_setup(db, rig),
+        minor=getattr(engine, "rig_minor", {}).get(rig),
         heard_s_ago=status and status["heard_s_ago"], heartbeat_s=getattr(transport, "heartbeat_s", None),
         scored_channels=scored, batches=timings,
     )

@@ -161,7 +161,8 @@ def session_read(db: DBSession, session: Session, engine) -> SessionWithThreads:
     """The session and its threads (each as ``GET /threads/{id}`` shows it), with its channel labels."""
     threads = [thread_read(thread, engine) for thread in session.threads]
     return SessionWithThreads.model_validate(session).model_copy(
-        update={"channel_labels": queries.session_channel_labels(db, session), "threads": threads})
+        update={"channel_labels": queries.session_channel_labels(db, session),
+                "rig_setup": queries.session_rig_setup(db, session), "threads": threads})
 
 
 @router.get("/{session_id}", response_model=SessionWithThreads, responses=NOT_FOUND)
