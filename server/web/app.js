@@ -87,6 +87,9 @@ function scoredLines(scoredChannels, labels) {
   }
   return [...byThreads].map(([names, channels]) => `ch ${channelList(channels, labels)}: ${names}`);
 }
+// What the rig's program said of itself in HELLO (protocol 1.2 `setup`): one line per field given, objects as JSON.
+const setupLines = (setup) => Object.entries(setup || {}).filter(([, value]) => value != null)
+  .map(([key, value]) => `${key}: ${typeof value === "object" ? JSON.stringify(value) : value}`);
 const stimulusImg = (id, title = "") => `<img data-src="/stimuli/${encodeURIComponent(id)}/png" alt="" title="${esc(title)}">`;
 
 // ---------------------------------------------------------------- live stream
@@ -265,7 +268,7 @@ async function sessionPage(sessionId, signal) {
       <aside><section class="card" id="rig" tabindex="-1" aria-labelledby="rig-title"><h2 id="rig-title">Rig ${esc(state.session.rig)}
           <span class="status"></span></h2>
         <dl class="kv"><dt>channels</dt><dd class="channels">–</dd><dt>scored</dt><dd class="scored">–</dd>
-          <dt>last heard</dt><dd class="heard">–</dd></dl>
+          <dt>last heard</dt><dd class="heard">–</dd><dt>setup</dt><dd class="setup">–</dd></dl>
         <h3>Latest batches</h3><table><thead><tr><th>thread</th><th>gen</th><th title="sent → first result">first</th>
           <th title="sent → generation complete">complete</th><th title="previous generation complete → sent (server)">turnaround</th></tr></thead>
           <tbody></tbody></table></section>
@@ -609,6 +612,7 @@ async function loadRig(state) {
   if (draw($(".scored", box), channels || "–") && open && $("details", box)) $("details", box).open = true;
   draw($(".channels", box), `${rig.channels ?? "–"}`);
   draw($(".heard", box), rig.heard_s_ago == null ? "–" : `${rig.heard_s_ago.toFixed(1)} s ago (heartbeat ${rig.heartbeat_s} s)`);
+  draw($(".setup", box), setupLines(rig.setup).map(esc).join("<br>") || "–");
   draw($("tbody", box), rig.batches.map((b, i) => `<tr><td>${esc(threads[i])}</td><td>${b.generation}</td><td>${ms(b.first_result_ms)}</td>
     <td>${ms(b.complete_ms)}</td><td>${ms(b.turnaround_ms)}</td></tr>`).join(""));
 }
