@@ -26,6 +26,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/turnaround.py
+	$(PY) bench/recovery.py
 	$(PY) bench/fair_compute.py
 	$(PY) bench/dashboard.py
 	$(PY) bench/optimizers.py

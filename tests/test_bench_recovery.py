@@ -1,0 +1,18 @@
+"""bench/recovery.py: a served session's server killed and restarted while `actmax rig sim` shows its batches."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_a_kill_is_timed_from_the_rigs_record_and_the_restart_in_parts():
+    spec = importlib.util.spec_from_file_location("recovery", ROOT / "bench" / "recovery.py")
+    recovery = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recovery)
+    ((baseline, healthy, rest, to_onset, gap),) = recovery.kill_gaps(kills=1, population=4, show_ms=50, seed=0)
+    # The rig shows nothing between the kill and the restarted server's batch: the gap holds the restart.
+    assert baseline > 0 and 0 < healthy <= to_onset <= gap and rest > 0
+    assert np.isclose(healthy + rest, to_onset)
