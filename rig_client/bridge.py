@@ -587,7 +587,7 @@ def run(args: argparse.Namespace) -> int:
     from rig_client.version import package_version
 
     labels = channel_labels(args.channels, args.labels)
-    setup = {"program": f"actmax rig bridge {package_version()}",
+    setup = {"rig_program": f"actmax rig bridge {package_version()}",
              "via": "BATCH and responses files in a folder (MonkeyLogic's actmax_* functions, or the rig's own task)"}
     with RigClient(args.endpoint, args.rig, channels=len(labels), labels=labels if args.labels else None,
                    setup=rig_setup(args, setup), **connection_keys(args)) as client:

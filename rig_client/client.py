@@ -20,6 +20,7 @@ import concurrent.futures
 import dataclasses
 import functools
 import itertools
+import json
 import logging
 import queue
 import threading
@@ -189,6 +190,8 @@ class RigClient:
         if setup is not None:
             self._hello_header["setup"] = setup
         encode(Message(MessageType.HELLO, self._hello_header))  # bad name/channels/labels/setup: fail here
+        if setup is not None:  # a copy, as sent: a later change to the caller's dict does not reach the next HELLO
+            self._hello_header["setup"] = json.loads(json_bytes(setup))
         self._minor: int | None = None
         self._max_message_bytes = MAX_MESSAGE_BYTES
         self._own_context = context is None

@@ -96,31 +96,36 @@ def connection_keys(args: argparse.Namespace) -> dict[str, bytes]:
 
 def _setup_file(text: str) -> dict:
     """argparse type: the JSON object in the file ``text`` (``--setup``), read at once."""
-    from rig_client.protocol import MAX_SETUP_BYTES, json_bytes
+    from rig_client.protocol import MAX_SETUP_BYTES, MAX_SETUP_DEPTH, setup_problem
+
+    def constant(name: str):
+        raise ValueError(f"{name} is not JSON; write a number")
 
     try:
-        given = json.loads(Path(text).read_text(encoding="utf-8"))
+        given = json.loads(Path(text).read_text(encoding="utf-8-sig"), parse_constant=constant)  # a BOM: Notepad's
     except OSError as exc:
         raise argparse.ArgumentTypeError(f"{text}: {exc.strerror}; give a JSON file that exists") from None
     except (UnicodeDecodeError, ValueError) as exc:
         raise argparse.ArgumentTypeError(f"{text} is not UTF-8 JSON ({exc}); give a file holding one JSON object, "
                                          'e.g. {"viewing_distance_cm": 57}') from None
-    if not isinstance(given, dict):
-        raise argparse.ArgumentTypeError(f"{text} holds a JSON {type(given).__name__}, not an object such as "
-                                         '{"viewing_distance_cm": 57}')
-    if (size := len(json_bytes(given))) > MAX_SETUP_BYTES:
-        raise argparse.ArgumentTypeError(f"{text} is {size} bytes as compact JSON, over the {MAX_SETUP_BYTES} a "
-                                         "HELLO takes; keep it shorter")
+    if (problem := setup_problem(given)) is not None:
+        raise argparse.ArgumentTypeError(f"{text} must hold a JSON object such as {{\"viewing_distance_cm\": 57}}, "
+                                         f"at most {MAX_SETUP_BYTES} bytes as compact JSON and nested at most "
+                                         f"{MAX_SETUP_DEPTH} deep; {problem}")
     return given
 
 
 def rig_setup(args: argparse.Namespace, own: dict) -> dict:
-    """HELLO's ``setup``: what the program says of itself (``own``), then the ``--setup`` file's fields over it;
-    `RigError` when together they are too large for HELLO."""
-    from rig_client.protocol import MAX_SETUP_BYTES, json_bytes
+    """HELLO's ``setup``: the ``--setup`` file's fields and what the program says of itself (``own``); `RigError` when
+    the file names a field the program sets, or together they are too large for HELLO."""
+    from rig_client.protocol import setup_problem
 
-    setup = {**own, **(args.setup or {})}
-    if (size := len(json_bytes(setup))) > MAX_SETUP_BYTES:
-        raise RigError(f"--setup: with what this program says of itself, the setup is {size} bytes as compact JSON, "
-                       f"over the {MAX_SETUP_BYTES} HELLO takes; keep the file shorter")
+    given = args.setup or {}
+    if clash := sorted(set(given) & set(own)):
+        raise RigError(f"--setup: this program sets {', '.join(map(repr, clash))} itself; rename the file's field(s) "
+                       f"(e.g. 'lab_{clash[0]}')")
+    setup = {**given, **own}
+    if (problem := setup_problem(setup)) is not None:
+        raise RigError(f"--setup: with what this program says of itself, {problem}, over what HELLO takes; keep the "
+                       "file shorter")
     return setup

@@ -361,7 +361,7 @@ def run(args: argparse.Namespace) -> int:
              window.width, args.width_cm, args.distance_cm, args.size_deg, presenter.size_px,
              args.duration_ms, args.isi_ms)
     try:
-        setup = {"program": f"actmax rig present {package_version()}", "spikes": args.spikes[:256],
+        setup = {"rig_program": f"actmax rig present {package_version()}", "spikes": args.spikes[:256],
                  "display": {"width_px": window.width, "width_cm": args.width_cm, "distance_cm": args.distance_cm,
                              "refresh_hz": args.refresh_hz, "photodiode_px": args.photodiode_px},
                  "stimulus": {"size_deg": args.size_deg, "size_px": presenter.size_px,

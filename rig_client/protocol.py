@@ -1,4 +1,4 @@
-"""Wire protocol v1.1 between the actmax server (ZeroMQ ROUTER) and a rig (DEALER).
+"""Wire protocol v1.2 between the actmax server (ZeroMQ ROUTER) and a rig (DEALER).
 
 A message is a list of frames: ``[VERSION, TYPE, header-JSON, *binary frames]``. `decode` validates
 everything a peer can get wrong and raises `ProtocolError` with a stable ``code``; `encode` runs the
@@ -40,6 +40,7 @@ MAX_IMAGE_SIDE = 4096
 MAX_ERROR_MESSAGE = 4096
 MAX_LABEL_LENGTH = 64
 MAX_SETUP_BYTES = 4096  # HELLO's `setup` as compact JSON
+MAX_SETUP_DEPTH = 16  # its objects and arrays nested
 MAX_DROPPED_FRAMES = 1_000_000
 MAX_ONSET = 1e11  # seconds; any unix time this century
 MAX_RATE = 1e9  # spikes/s, either sign: far above any neuron, far below where a mean of them overflows
@@ -461,12 +462,30 @@ def _hello(h: _Fields, frames: list[bytes]) -> None:
                          f"{MAX_LABEL_LENGTH} characters, one per channel")
         if len(set(labels)) != len(labels):
             raise h._bad("channel_labels", "unique labels (e.g. 'elec12-unit1')")
-    if "setup" in h.obj:  # 1.2
-        setup = h.obj["setup"]
-        if not isinstance(setup, dict) or len(json_bytes(setup)) > MAX_SETUP_BYTES:
-            raise h._bad("setup", f"a JSON object of at most {MAX_SETUP_BYTES} bytes as compact JSON (what the rig "
-                         "program is and how it is set: e.g. its viewing distance, or a simulation's noise)")
+    if "setup" in h.obj and (problem := setup_problem(h.obj["setup"])) is not None:  # 1.2
+        raise h._bad("setup", f"a JSON object of at most {MAX_SETUP_BYTES} bytes as compact JSON, nested at most "
+                     f"{MAX_SETUP_DEPTH} deep (what the rig program is and how it is set: e.g. its viewing distance, "
+                     f"or a simulation's noise); {problem}")
     _no_frames(h, frames)
+
+
+def setup_problem(setup: Any) -> str | None:
+    """Why ``setup`` cannot be HELLO's ``setup`` (protocol 1.2), or None when it can: a JSON object (parsed, or a
+    Python dict of JSON's types) of at most `MAX_SETUP_BYTES` as compact JSON, nested at most `MAX_SETUP_DEPTH`."""
+    if not isinstance(setup, dict):
+        return f"it is a {type(setup).__name__}"
+    level, depth = [setup], 1
+    while level:  # breadth first: no recursion for a client to exhaust
+        level = [child for value in level for child in (value.values() if isinstance(value, dict) else value)
+                 if isinstance(child, dict | list)]
+        depth += bool(level)
+        if depth > MAX_SETUP_DEPTH:
+            return f"it is nested over {MAX_SETUP_DEPTH} deep"
+    try:
+        size = len(json_bytes(setup))
+    except (TypeError, ValueError) as exc:  # NaN, a lone surrogate, a type JSON has not
+        return f"it is not JSON: {exc}"
+    return f"it is {size} bytes" if size > MAX_SETUP_BYTES else None
 
 
 def _minor(h: _Fields) -> None:

@@ -136,11 +136,11 @@ def sim_setup(args: argparse.Namespace) -> dict:
     units = unit_labels(args.unit or [parse_unit(DEFAULT_UNIT)])  # as --unit spells them
     if len(units) > LOGGED_UNITS:  # a probe's worth would not fit in the 4096 bytes
         units[LOGGED_UNITS:] = [f"... {len(units) - LOGGED_UNITS} more"]
-    return {"program": f"actmax rig sim {package_version()}", "network": "efficientnet-lite0 (pre-activation)",
+    return {"rig_program": f"actmax rig sim {package_version()}", "network": "efficientnet-lite0 (pre-activation)",
             "units": units if args.labels else None, "rf": args.rf, "seed": args.seed,
             "noise": {"eps": args.noise_eps, "poisson_window_s": args.poisson_window,
-                      "rate_scale": args.rate_scale if args.poisson_window else None, "drift_sd": args.drift_sd,
-                      "drift_tau": args.drift_tau or DRIFT_TAU if args.drift_sd else None,
+                      "rate_scale": (args.rate_scale or RATE_SCALE) if args.poisson_window else None,
+                      "drift_sd": args.drift_sd, "drift_tau": (args.drift_tau or DRIFT_TAU) if args.drift_sd else None,
                       "adaptation": args.adaptation},
             "faults": {"drop": args.drop, "delay_s": args.delay, "disconnect_every": args.disconnect_every,
                        "duplicate": args.duplicate}}

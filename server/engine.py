@@ -30,6 +30,7 @@ import ctypes.util
 import difflib
 import errno
 import gc
+import json
 import logging
 import os
 import sqlite3
@@ -206,10 +207,11 @@ def paused_at_restart(db: DBSession, thread: Thread) -> tuple[str, str, dict] | 
 
 
 def log_hello(db: Transaction, rig: str, minor: int, header: dict, references: int) -> None:
-    """A HELLO's ``rig.connected`` event (no session; the record of its channels, labels and setup), and, when its
-    channels or labels differ from the rig's previous recorded HELLO (``queries.last_hello``, so also across a server
-    restart), a ``rig.channels_changed`` warning in each active session with a thread on the rig not ended: those
-    threads score channels by number, which may now be other units."""
+    """A HELLO's ``rig.connected`` event (no session; the record of its channels, labels and setup), and, when it
+    differs from the rig's previous recorded HELLO (``queries.last_hello``, so also across a server restart), an
+    event in each active session with a thread on the rig not ended: ``rig.channels_changed``, a warning, for other
+    channels or labels (those threads score channels by number, which may now be other units), and
+    ``rig.setup_changed`` for another setup (the session's record then holds both)."""
     after = {"channels": header["channels"], "channel_labels": header.get("channel_labels")}
     previous = queries.last_hello(db, rig)
     steps.log_in(db, None, None, "rig.connected", f"rig {rig!r} connected (protocol 1.{minor})",
@@ -217,14 +219,32 @@ def log_hello(db: Transaction, rig: str, minor: int, header: dict, references: i
     if previous is None or previous.get("channels") is None:  # the rig's first HELLO
         return
     before = {"channels": previous["channels"], "channel_labels": previous.get("channel_labels")}
-    change = channels_change(before, after)
-    if change is None:
-        return
-    message = (f"rig {rig!r} reconnected with other channels: {change}; the session's threads score the channels by "
-               "number: check that they still record the units you meant (retarget the thread otherwise)")
-    for session_id in queries.rig_sessions(db, rig):
-        steps.log_in(db, session_id, None, "rig.channels_changed", message,
-                     {"rig": rig, "before": before, "after": after}, EventLevel.WARNING)
+    if (change := channels_change(before, after)) is not None:
+        message = (f"rig {rig!r} reconnected with other channels: {change}; the session's threads score the channels "
+                   "by number: check that they still record the units you meant (retarget the thread otherwise)")
+        for session_id in queries.rig_sessions(db, rig):
+            steps.log_in(db, session_id, None, "rig.channels_changed", message,
+                         {"rig": rig, "before": before, "after": after}, EventLevel.WARNING)
+    if (change := setup_change(previous.get("setup"), header.get("setup"))) is not None:
+        for session_id in queries.rig_sessions(db, rig):
+            steps.log_in(db, session_id, None, "rig.setup_changed",
+                         f"rig {rig!r} reconnected with another setup: {change}",
+                         {"rig": rig, "before": previous.get("setup"), "after": header.get("setup")})
+
+
+def setup_change(before: dict | None, after: dict | None) -> str | None:
+    """What differs between two HELLOs' ``setup``: each field changed, added or gone (``viewing_distance_cm 57 ->
+    60``, values as JSON, each cut at 60 characters; the first ``CHANGES_SHOWN``); None if nothing."""
+    before, after = before or {}, after or {}
+
+    def text(field: str, setup: dict) -> str:
+        value = json.dumps(setup[field], ensure_ascii=False) if field in setup else "(none)"
+        return value if len(value) <= 60 else value[:57] + "..."
+
+    changes = [f"{field} {text(field, before)} -> {text(field, after)}" for field in {**before, **after}
+               if before.get(field, ...) != after.get(field, ...)]
+    more = f" and {len(changes) - CHANGES_SHOWN} more fields" if len(changes) > CHANGES_SHOWN else ""
+    return "; ".join(changes[:CHANGES_SHOWN]) + more if changes else None
 
 
 def channels_change(before: dict, after: dict) -> str | None:

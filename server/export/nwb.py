@@ -95,6 +95,7 @@ def write_nwb(tables: SessionTables, archive: ImageArchive, path: str | Path,
     session without presentations, ``MissingImage`` for a PNG not in the archive."""
     require_presentations(tables, hints)
     meta = tables.session.iloc[0]
+    said = f" (its setup, as it said: {json.dumps(meta['rig_setup'], ensure_ascii=False)})" if meta["rig_setup"] else ""
     start = meta["session_start_time"].to_pydatetime()
     # Times are seconds on the rig's clock from the reference time, which is never after the first onset.
     reference = min(start, datetime.fromtimestamp(tables.presentations["onset"].min(), start.tzinfo))
@@ -110,9 +111,8 @@ def write_nwb(tables: SessionTables, archive: ImageArchive, path: str | Path,
         notes=meta["notes"] or None,
         keywords=["activation maximization", "closed-loop", "image synthesis", "generative network",
                   "visual neurophysiology"],
-        experiment_description=f"rig {meta['rig']}"
-        + (f" (its setup, as it said: {json.dumps(meta['rig_setup'])})" if meta["rig_setup"] else "")
-        + f", array {meta['array'] or 'not given'}, response window {meta['response_window_ms']} ms after onset",
+        experiment_description=f"rig {meta['rig']}{said}, array {meta['array'] or 'not given'}, response window "
+        f"{meta['response_window_ms']} ms after onset",
         subject=Subject(subject_id=meta["subject_id"], species=meta["species"] or None,
                         sex=meta["sex"], age=meta["age"],
                         description=f"animal {meta['animal'] or 'not given'}"),

@@ -68,6 +68,8 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "session_id": "Id of the session in the actmax store.",
         "session_name": "Human name of the recording.",
         "rig": "Name of the rig that ran it.",
+        "rig_setup": "What the rig's program said of itself in its HELLO while it served the session (protocol 1.2 "
+                     "setup: e.g. viewing distance, a simulation's noise), as JSON ('' when it said nothing).",
         "animal": "Animal identifier as configured.",
         "array": "Electrode array / recording site.",
         "notes": "Free-text notes.",
@@ -290,7 +292,8 @@ def session_tables(db: DBSession, session_id: int, hints: dict[str, str] = REST_
     presentations = _presentations(db, session, stimuli)
     events = _events(db, session)
     return SessionTables(
-        session=_session(session, subject or {}, queries.session_rig_setup(db, session)),
+        session=_session(session, subject or {},
+                         queries.rig_setup(db, session.rig, queries.last_presentation_time(db, session))),
         channels=_channels(db, session, presentations),
         threads=_threads(session, thread_provenance(db, session), events),
         generations=_generations(db, session),
@@ -312,7 +315,7 @@ def _session(session: Session, subject: dict[str, str], rig_setup: dict | None) 
         "session_id": session.id,
         "session_name": session.name,
         "rig": session.rig,
-        "rig_setup": rig_setup,
+        "rig_setup": rig_setup or {},  # {}: an empty cell, in a text column however the rig was
         "animal": session.animal,
         "array": session.array,
         "notes": session.notes,

@@ -358,6 +358,7 @@ EVENT_KINDS: dict[str, str] = {
     "rig.lost": "a rig went silent",
     "rig.replaced": "a second connection said HELLO under a live rig's name",
     "rig.channels_changed": "a rig came back with other channels",
+    "rig.setup_changed": "a rig came back with another setup (protocol 1.2 HELLO)",
     "rig.clock_offset": "a rig's onsets lie far from their arrival (its clock)",
 }
 # Items of the live stream (``GET /live``) that are not logged: never in the event log.

@@ -8,7 +8,7 @@ of each RESULTS and step (``batch`` to ``scored_responses``) run on the sqlite3 
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
@@ -162,26 +162,27 @@ def _nan_for_none(values: list[float | None]) -> list[float]:
     return [np.nan if v is None else v for v in values]
 
 
+def rig_hellos(db: DBSession, rig: str, until: datetime | None = None) -> Iterator[dict]:
+    """The data of the rig's ``rig.connected`` events (its recorded HELLOs), newest first; of those logged at or
+    before ``until`` when given. Read down the events index (``thread_id`` NULL, kind), as ``last_hello``."""
+    query = select(Event.data_json).where(Event.thread_id.is_(None), Event.kind == "rig.connected",
+                                          func.json_extract(Event.data_json, "$.rig") == rig)
+    if until is not None:
+        query = query.where(Event.time <= until)
+    return (data for data in db.scalars(query.order_by(Event.id.desc())) if data)
+
+
 def rig_channel_labels(db: DBSession, rig: str, until: datetime | None = None) -> list[str] | None:
-    """The channel labels of the rig's latest HELLO that sent them (the ``rig.connected`` event's data), of
-    those logged at or before ``until`` when given."""
-    query = select(Event.data_json).where(Event.kind == "rig.connected").order_by(Event.id.desc())
-    hellos = db.scalars(query if until is None else query.where(Event.time <= until))
-    return next((d["channel_labels"] for d in hellos if d and d.get("rig") == rig and d.get("channel_labels")), None)
+    """The channel labels of the rig's latest HELLO that sent them, of those logged at or before ``until`` when
+    given."""
+    return next((d["channel_labels"] for d in rig_hellos(db, rig, until) if d.get("channel_labels")), None)
 
 
 def rig_setup(db: DBSession, rig: str, until: datetime | None = None) -> dict | None:
-    """The ``setup`` of the rig's latest HELLO (protocol 1.2; the ``rig.connected`` event's data), of those logged
-    at or before ``until`` when given; None when that HELLO sent none."""
-    query = select(Event.data_json).where(Event.kind == "rig.connected").order_by(Event.id.desc())
-    hellos = db.scalars(query if until is None else query.where(Event.time <= until))
-    return next(((d or {}).get("setup") for d in hellos if d and d.get("rig") == rig), None)
-
-
-def session_rig_setup(db: DBSession, session: Session) -> dict | None:
-    """The setup the session's rig had while it served the session: its last HELLO's at or before the session's last
-    presentation (its latest while the session has none), as ``session_channel_labels`` reads the labels."""
-    return rig_setup(db, session.rig, until=last_presentation_time(db, session))
+    """The ``setup`` of the rig's latest HELLO (protocol 1.2), of those logged at or before ``until`` when given;
+    None when that HELLO sent none. A session's is the one at its last presentation (``last_presentation_time``),
+    as ``session_channel_labels`` reads the labels."""
+    return next((d.get("setup") for d in rig_hellos(db, rig, until)), None)
 
 
 def last_presentation_time(db: DBSession, session: Session) -> datetime | None:

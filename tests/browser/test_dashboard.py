@@ -164,7 +164,7 @@ def test_session_page_is_live_and_controls_the_thread(page, running):
     page.wait_for_selector(f"#thread-{thread_id} .info:has-text('channels 0 (e1)')")
     page.wait_for_selector("#rig dd:has-text('ch 0 (e1): cma')")  # (z, once ended, is not listed; other is)
     # What the simulated rig said of itself in HELLO, a line per field given (its units: --labels renamed them).
-    page.wait_for_selector("#rig .setup:has-text('program: actmax rig sim')")
+    page.wait_for_selector("#rig .setup:has-text('rig_program: actmax rig sim')")
     setup = page.inner_text("#rig .setup").splitlines()
     assert "seed: 0" in setup and 'units: ["blocks.6:67"]' in setup and not any(s.startswith("rf:") for s in setup)
     assert '"eps":0' in next(line for line in setup if line.startswith("noise: "))

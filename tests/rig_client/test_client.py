@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import pickle
 import threading
@@ -155,7 +156,10 @@ def test_the_rigs_setup_goes_in_hello_and_a_bad_one_fails_at_construction(zmq_co
     setup = {"program": "my-rig 2.0", "viewing_distance_cm": 57, "screen": {"refresh_hz": 120}}
     with RigClient(endpoint, "rig-c", channels=1, setup=setup, context=zmq_context, **FAST) as rig:
         assert rig.wait_connected(5)
-    assert lab.handler.hellos[-1]["setup"] == setup
+        said = json.loads(json.dumps(setup))
+        setup["viewing_distance_cm"] = float("nan")  # the caller's dict changes: a HELLO after a reconnect says the
+        assert rig._hello_header["setup"] == said  # setup given (a NaN would fail the I/O thread for good)
+    assert lab.handler.hellos[-1]["setup"] == said
     for bad in (["a list"], {"notes": "x" * 5000}):
         with pytest.raises(ProtocolError, match="field 'setup' must be a JSON object of at most 4096 bytes"):
             RigClient(endpoint, "rig-d", channels=1, setup=bad, context=zmq_context)

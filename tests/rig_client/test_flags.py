@@ -38,8 +38,11 @@ def test_bad_flags_are_refused_by_the_parser(args, message, capsys):
 @pytest.mark.parametrize(("content", "message"), [
     (None, "setup.json: No such file or directory; give a JSON file that exists"),
     ('{"distance": 57', "setup.json is not UTF-8 JSON (Expecting ',' delimiter"),
-    ("[57]", 'setup.json holds a JSON list, not an object such as {"viewing_distance_cm": 57}'),
-    ('{"notes": "%s"}' % ("x" * 5000), "setup.json is 5012 bytes as compact JSON, over the 4096 a HELLO takes"),
+    ("[57]", "setup.json must hold a JSON object such as {\"viewing_distance_cm\": 57}, at most 4096 bytes as "
+     "compact JSON and nested at most 16 deep; it is a list"),
+    ('{"notes": "%s"}' % ("x" * 5000), "setup.json must hold a JSON object such as {\"viewing_distance_cm\": 57}, "
+     "at most 4096 bytes as compact JSON and nested at most 16 deep; it is 5012 bytes"),
+    ('{"distance": NaN}', "setup.json is not UTF-8 JSON (NaN is not JSON; write a number)"),
 ])
 @pytest.mark.parametrize("command", [["sim"], ["bridge", "--folder", "unused"], ["present", "--spikes", MISSING]])
 def test_a_setup_file_that_is_no_small_json_object_is_refused_by_the_parser(command, content, message, tmp_path,
@@ -104,3 +107,17 @@ def test_the_noise_flags_build_the_documented_chain_with_their_defaults():
     assert isinstance(poisson, noise.PoissonNoise) and (poisson.window_s, poisson.scale) == (0.2, 1.0)
     args = build_parser().parse_args(["rig", "sim", "--poisson-window", "0.2", "--rate-scale", "4"])
     assert [(type(m), m.scale) for m in build_noise(args).models] == [(noise.PoissonNoise, 4.0)]
+
+
+def test_a_setup_file_written_by_notepad_is_read_and_the_programs_own_fields_are_not_overwritten(tmp_path):
+    from rig_client import RigError
+    from rig_client.connection import rig_setup
+    from server.cli import build_parser
+
+    setup = tmp_path / "setup.json"
+    setup.write_text('{"viewing_distance_cm": 57, "noise": "low"}', encoding="utf-8-sig")  # with a byte-order mark
+    args = build_parser().parse_args(["rig", "bridge", "--folder", "unused", "--setup", str(setup)])
+    assert args.setup == {"viewing_distance_cm": 57, "noise": "low"}
+    assert rig_setup(args, {"rig_program": "x"}) == {"viewing_distance_cm": 57, "noise": "low", "rig_program": "x"}
+    with pytest.raises(RigError, match="this program sets 'noise' itself; rename the file's field"):
+        rig_setup(args, {"rig_program": "x", "noise": {"eps": 0.1}})

@@ -330,6 +330,36 @@ CASES_11 = [
 ]
 
 
+def nested(depth: int) -> dict:
+    """A setup whose objects are nested ``depth`` deep ({} is 1)."""
+    setup: dict = {}
+    for _ in range(depth - 1):
+        setup = {"a": setup}
+    return setup
+
+
+@pytest.mark.parametrize("setup, words", [
+    ([57], "it is a list"),
+    ({"notes": "x" * 5000}, "it is 5012 bytes"),
+    (nested(17), "it is nested over 16 deep"),
+    ({"a": [[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]}, "it is nested over 16 deep"),  # arrays count too
+])
+def test_protocol_12_setup_is_a_small_shallow_object(setup, words):
+    assert decode(encode(Message(MessageType.HELLO, {**HELLO_11, "minor": 2, "setup": nested(16)}))).header[
+        "setup"] == nested(16)
+    with pytest.raises(ProtocolError) as err:
+        decode(raw(MessageType.HELLO, {**HELLO_11, "minor": 2, "setup": setup}))
+    assert err.value.code == "bad_field" and "field 'setup' must be a JSON object" in err.value.message
+    assert f"; {words}; got " in err.value.message
+
+
+def test_protocol_12_setup_with_a_lone_surrogate_is_a_bad_field_not_a_crash():
+    header = b'{"rig":"rig-a","protocol":1,"channels":2,"cached_references":[],"setup":{"a":"\\ud800"}}'
+    with pytest.raises(ProtocolError) as err:
+        decode([VERSION, b"HELLO", header])
+    assert err.value.code == "bad_field" and "it is not JSON" in err.value.message
+
+
 @pytest.mark.parametrize("msg, code, words", CASES_11)
 def test_protocol_11_fields_are_validated(msg, code, words):
     with pytest.raises(ProtocolError) as err:

@@ -225,11 +225,11 @@ def test_what_the_rig_said_of_its_setup_reaches_rest_and_every_export(recorded, 
     headers = {"Authorization": f"Bearer {server.token}"}
     session_setup = httpx.get(f"{server.url}/sessions/{session_id}", headers=headers).json()["rig_setup"]
     assert session_setup == session_setup | said and session_setup["noise"]["eps"] == 0.1
-    assert session_setup["program"].startswith("actmax rig sim ")
+    assert session_setup["rig_program"].startswith("actmax rig sim ")
     assert httpx.get(f"{server.url}/rigs/{RIG}", headers=headers).json()["setup"] == session_setup
     with pynwb.NWBHDF5IO(str(nwb), "r") as io_:
         description = io_.read().experiment_description
-    assert f"rig {RIG} (its setup, as it said: {json.dumps(session_setup)})" in description
+    assert f"rig {RIG} (its setup, as it said: {json.dumps(session_setup, ensure_ascii=False)})" in description
     assert actmax(["export", "csv", "--data-dir", str(server.data_dir), "--session", str(session_id),
                    "--out", str(tmp_path / "csv")]) == 0
     assert json.loads(pd.read_csv(tmp_path / "csv" / "session.csv")["rig_setup"][0]) == session_setup

@@ -1,14 +1,19 @@
 """A rig that says HELLO with other channels than its previous recorded HELLO (a calibration, a re-sort, a restarted
 rig program) is a ``rig.channels_changed`` warning in each active session it serves: their threads score channels
-by number. The engine runs in-process over a real ZeroMQ transport and a real SQLite file, `RigClient` as the rig.
+by number; one with another setup (protocol 1.2) a ``rig.setup_changed`` event there. The engine runs in-process over
+a real ZeroMQ transport and a real SQLite file, `RigClient` as the rig.
 """
 
 from __future__ import annotations
+
+import json
+from datetime import timedelta
 
 from sqlalchemy import select
 
 from rig_client.client import RigClient
 from server.engine import channels_change
+from server.store import queries
 from server.store.models import Event, Session, Thread, ThreadStatus
 from server.store.records import stop_session
 from tests.server.test_engine import RIG, LiveEngine, live  # noqa: F401  (the fixture)
@@ -17,16 +22,41 @@ ADVICE = ("; the session's threads score the channels by number: check that they
           "(retarget the thread otherwise)")
 
 
-def connect(endpoint: str, labels: list[str] | None = None, channels: int | None = None) -> None:
+def connect(endpoint: str, labels: list[str] | None = None, channels: int | None = None, setup: dict | None = None
+            ) -> None:
     """A rig program that says HELLO (its ``rig.connected`` event is committed before the WELCOME), then stops."""
-    with RigClient(endpoint, RIG, channels=len(labels) if channels is None else channels, labels=labels) as rig:
+    with RigClient(endpoint, RIG, channels=len(labels) if channels is None else channels, labels=labels,
+                   setup=setup) as rig:
         assert rig.wait_connected(30)
 
 
-def changes(live) -> list[tuple]:
+def changes(live, kind: str = "rig.channels_changed") -> list[tuple]:
     with live.sessions() as db:
         return db.execute(select(Event.session_id, Event.thread_id, Event.level, Event.message, Event.data_json)
-                          .where(Event.kind == "rig.channels_changed").order_by(Event.id)).all()
+                          .where(Event.kind == kind).order_by(Event.id)).all()
+
+
+def test_a_rig_back_with_another_setup_says_what_changed_in_each_session_it_serves(live):
+    session = session_of(live, live.create())
+    endpoint, first = live.settings.zmq_endpoint, {"viewing_distance_cm": 57, "monitor": "VIEWPixx", "notes": "x" * 80}
+    connect(endpoint, ["a"], setup=first)
+    connect(endpoint, ["a"], setup=dict(first))
+    assert changes(live, "rig.setup_changed") == []  # the first HELLO, then the same setup again
+    second = {"viewing_distance_cm": 60, "notes": "y" * 80, "eye_tracker": "EyeLink"}
+    connect(endpoint, ["a"], setup=second)
+    connect(endpoint, ["a"])  # a program that says nothing of itself
+    assert changes(live) == []  # the channels stayed
+    message = ("rig 'test-rig' reconnected with another setup: viewing_distance_cm 57 -> 60; monitor \"VIEWPixx\" -> "
+               f"(none); notes \"{'x' * 56}... -> \"{'y' * 56}...; eye_tracker (none) -> \"EyeLink\"")
+    dropped = "rig 'test-rig' reconnected with another setup: " + "; ".join(
+        f"{field} {json.dumps(value)[:57] + '...' if len(json.dumps(value)) > 60 else json.dumps(value)} -> (none)"
+        for field, value in second.items())
+    assert changes(live, "rig.setup_changed") == [
+        (session, None, "info", message, {"rig": RIG, "before": first, "after": second}),
+        (session, None, "info", dropped, {"rig": RIG, "before": second, "after": None})]
+    with live.sessions() as db:  # the session's setup is the latest HELLO's: none
+        assert queries.rig_setup(db, RIG) is None
+        assert queries.rig_setup(db, "another-rig") is None
 
 
 def session_of(live, thread_id: int) -> int:
@@ -96,3 +126,17 @@ def test_labels_gained_or_lost_are_a_change_and_a_long_list_is_cut_in_the_messag
     after = {"channels": 96, "channel_labels": [f"u{(i + 1) % 96}" for i in range(96)]}
     assert channels_change(before, after) == (", ".join(f"channel {i} 'u{i}' -> 'u{i + 1}'" for i in range(8))
                                               + " and 88 more channels")
+
+
+def test_the_setup_at_a_moment_is_that_of_the_rigs_last_hello_before_it(live):
+    """HELLOs of this rig and another, the last of them after the session's last presentation."""
+    connect(live.settings.zmq_endpoint, ["a"], setup={"v": 1})
+    with live.sessions() as db:
+        (said,) = db.scalars(select(Event.time).where(Event.kind == "rig.connected"))
+    with RigClient(live.settings.zmq_endpoint, "another-rig", channels=1, setup={"v": 9}) as other:
+        assert other.wait_connected(30)
+    connect(live.settings.zmq_endpoint, ["a"], setup={"v": 2})
+    with live.sessions() as db:
+        assert [queries.rig_setup(db, RIG, until) for until in (said, None)] == [{"v": 1}, {"v": 2}]
+        assert queries.rig_setup(db, "another-rig") == {"v": 9}
+        assert queries.rig_setup(db, RIG, said - timedelta(seconds=1)) is None  # before its first HELLO

@@ -160,9 +160,10 @@ def shared_rig_warning(db: DBSession, session: Session) -> str | None:
 def session_read(db: DBSession, session: Session, engine) -> SessionWithThreads:
     """The session and its threads (each as ``GET /threads/{id}`` shows it), with its channel labels."""
     threads = [thread_read(thread, engine) for thread in session.threads]
+    until = queries.last_presentation_time(db, session)  # what the rig said while it served the session
     return SessionWithThreads.model_validate(session).model_copy(
-        update={"channel_labels": queries.session_channel_labels(db, session),
-                "rig_setup": queries.session_rig_setup(db, session), "threads": threads})
+        update={"channel_labels": queries.rig_channel_labels(db, session.rig, until),
+                "rig_setup": queries.rig_setup(db, session.rig, until), "threads": threads})
 
 
 @router.get("/{session_id}", response_model=SessionWithThreads, responses=NOT_FOUND)
