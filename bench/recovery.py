@@ -79,11 +79,11 @@ def kill_gaps(kills: int, population: int, show_ms: float, seed: int | None = No
                 api.close()
                 api = server.start()
                 healthy = time.perf_counter() - restarted
-                while (after := onsets(record)[onsets(record) > killed]).size == 0:
+                while not ((shown := onsets(record)) > killed).any():
                     if time.time() - killed > 120:
                         raise SystemExit(f"the rig showed nothing within 120 s of the kill; see {tmp / 'rig.log'}")
                     time.sleep(0.01)
-                before = onsets(record)[onsets(record) <= killed]
+                after, before = shown[shown > killed], shown[shown <= killed]
                 gap, to_onset = after[0] - before[-1], after[0] - killed
                 rows.append((baseline, healthy, to_onset - healthy, to_onset, gap))
                 print(f"kill {k + 1}: engine import (baseline) {baseline:.2f} s | restart -> /health {healthy:.2f} s, "
