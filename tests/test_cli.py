@@ -64,6 +64,16 @@ def test_the_parser_and_the_rest_client_commands_import_no_heavy_library():
     assert result.stdout.splitlines()[-1] == "[]"
 
 
+def test_the_server_imports_neither_pandas_nor_scipys_splines_until_a_request_needs_them():
+    """What `actmax serve` imports before it answers is what a restart after a crash costs the animal
+    (bench/recovery.py): the exports' pandas and the tuning maps' splines wait for their first request."""
+    program = ("import sys\nimport server.engine, server.main, server.serve  # noqa\n"
+               "print(sorted(m for m in ('pandas', 'scipy.interpolate') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "[]"
+
+
 def test_a_second_server_on_the_same_data_folder_is_refused(tmp_path):
     """Both would run the same threads (each flipping them between running and waiting for its rig)."""
     from server.launch import ServerProcess, free_port

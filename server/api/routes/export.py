@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
 from fastapi.responses import FileResponse
@@ -13,15 +13,12 @@ from starlette.background import BackgroundTask
 
 from server.api.deps import DB, Archive, Id
 from server.api.schemas import ErrorDetail
-from server.export import ExportError, NwbUnavailable, SessionRunning, nwb_writer, session_tables
-from server.export.tables import (
-    MissingImage,
-    NoPresentations,
-    SessionTables,
-    dandi_warning,
-    require_presentations,
-    subject_overrides,
-)
+
+if TYPE_CHECKING:
+    from server.export.tables import SessionTables
+
+# server.export.tables is imported in each request, not here: it brings pandas, 0.3 s of every server start (and so of
+# every restart after a crash, bench/recovery.py).
 
 router = APIRouter(prefix="/sessions", tags=["export"])
 NWB_MEDIA_TYPE = "application/x-nwb"
@@ -35,6 +32,8 @@ def subject_query(
     age: str | None = Query(None, description='ISO 8601 duration such as "P6Y", over the config\'s.'),
 ) -> dict[str, str]:
     """Subject metadata given for this export (``subject_overrides``); a ``422`` naming each malformed one."""
+    from server.export.tables import ExportError, subject_overrides
+
     given = {"subject_id": subject_id, "species": species, "sex": sex, "age": age}
     problems = []
     for field, value in given.items():
@@ -52,6 +51,9 @@ Subject = Annotated[dict[str, str], Depends(subject_query)]
 
 def nwb_tables(session_id: Id, db: DB, subject: Subject) -> SessionTables:
     """The session's tables for an NWB file, or the HTTP error saying why there is none."""
+    from server.export import ExportError, NwbUnavailable, SessionRunning, nwb_writer, session_tables
+    from server.export.tables import NoPresentations, require_presentations
+
     try:
         nwb_writer()
     except NwbUnavailable as error:
@@ -66,7 +68,7 @@ def nwb_tables(session_id: Id, db: DB, subject: Subject) -> SessionTables:
     return tables
 
 
-Tables = Annotated[SessionTables, Depends(nwb_tables)]
+Tables = Annotated[Any, Depends(nwb_tables)]  # SessionTables (imported at the first export)
 
 
 class WholeFile(FileResponse):
@@ -79,6 +81,8 @@ class WholeFile(FileResponse):
 
 
 def _headers(session_id: int, tables: SessionTables) -> dict[str, str]:
+    from server.export.tables import dandi_warning
+
     headers = {"Content-Disposition": f'attachment; filename="actmax-session-{session_id}.nwb"',
                "Accept-Ranges": "none"}  # see WholeFile
     if (warning := dandi_warning(tables)) is not None:
@@ -104,6 +108,9 @@ def export_nwb(session_id: Id, tables: Tables, archive: Archive) -> WholeFile:
     """Every image, presentation, rate and score of a finished session, in one NWB file, sent whole (a ``Range``
     header is ignored); the query parameters set or correct the session config's subject metadata. HEAD answers
     the same status and headers without writing the file."""
+    from server.export import nwb_writer
+    from server.export.tables import MissingImage
+
     # In the data folder, not /tmp: exports can be large, and /tmp may be memory.
     fd, name = tempfile.mkstemp(dir=archive.root, prefix=f".export-session-{session_id}-", suffix=".nwb")
     os.close(fd)
