@@ -64,11 +64,17 @@ def test_the_parser_and_the_rest_client_commands_import_no_heavy_library():
     assert result.stdout.splitlines()[-1] == "[]"
 
 
-def test_the_server_imports_neither_pandas_nor_scipys_splines_until_a_request_needs_them():
+def test_the_server_imports_neither_pandas_nor_scipys_splines_nor_alembic_until_it_needs_them(tmp_path):
     """What `actmax serve` imports before it answers is what a restart after a crash costs the animal
-    (bench/recovery.py): the exports' pandas and the tuning maps' splines wait for their first request."""
-    program = ("import sys\nimport server.engine, server.main, server.serve  # noqa\n"
-               "print(sorted(m for m in ('pandas', 'scipy.interpolate') if m in sys.modules))")
+    (bench/recovery.py): the exports' pandas and the tuning maps' splines wait for their first request, and Alembic
+    for a database to migrate (not one already up to date)."""
+    from server.store import db
+
+    url = f"sqlite:///{tmp_path / 'a.sqlite'}"
+    db.upgrade(db.make_db_engine(url))
+    program = ("import sys\nimport server.engine, server.main, server.serve  # noqa\nfrom server.store import db\n"
+               f"db.upgrade(db.make_db_engine({url!r}))\n"
+               "print(sorted(m for m in ('pandas', 'scipy.interpolate', 'alembic') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "[]"

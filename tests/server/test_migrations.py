@@ -44,10 +44,10 @@ def half_made(path: Path, names: tuple[str, ...]) -> str:
     return url
 
 
-def upgrade(url: str) -> None:
+def upgrade(url: str) -> tuple[str | None, str]:
     db_engine = db.make_db_engine(url)
     try:
-        db.upgrade(db_engine)
+        return db.upgrade(db_engine)
     finally:
         db_engine.dispose()
 
@@ -148,6 +148,15 @@ def test_a_database_from_a_newer_actmax_is_refused_in_one_line(tmp_path):
                                           f"\\(it knows up to '{head}'\\)"):
         upgrade(url)
     assert schema(tmp_path / "a.sqlite")[1] == ["9999future"]
+
+
+def test_the_head_revision_the_server_opens_without_alembic_is_the_newest_migration(tmp_path):
+    """``HEAD_REVISION`` lets a start skip Alembic for a database already migrated; a new migration must update it,
+    or every server would migrate at each start (and offline commands refuse its databases as older)."""
+    url = f"sqlite:///{tmp_path / 'a.sqlite'}"
+    assert ScriptDirectory.from_config(db.alembic_config(url)).get_current_head() == db.HEAD_REVISION
+    assert upgrade(url) == (None, db.HEAD_REVISION)
+    assert upgrade(url) == (db.HEAD_REVISION, db.HEAD_REVISION)
 
 
 def test_a_damaged_database_is_refused_untouched(tmp_path):
