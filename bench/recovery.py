@@ -5,11 +5,13 @@ Runs ``actmax serve`` and ``actmax rig sim`` in their own processes on loopback,
 CMA, ``--population`` images and 2 references; the rig shows each batch for ``--show-ms``). ``--kills`` times, at
 a random moment of a show or a step, it kills the server with SIGKILL and starts it again at once on the same data
 folder and ports, as a supervisor (systemd, Docker's restart policy) would. Per kill, from the rig's record of its
-presentations (``--record``): the gap between the last onset before the kill and the first after it (no image on
-the screen for that long), and the restart's parts: the command to ``/health`` answering, and from then to the
-first onset (the rig saying HELLO again, the thread's runtime rebuilt, the owed batch sent). The baseline, run in
-this process before each kill: a fresh interpreter importing the engine (``python -c "import server.engine"``,
-torch with it), which any restart pays before it can render.
+presentations (``--record``): the first onset the restarted server brought (the first stamped after the restart
+began; a batch the killed server sent just before it died may still be shown after the kill), the gap before it
+from the onset before that (no new image on the screen for that long), and the restart's parts: the command to
+``/health`` answering, and from then to that onset (the rig saying HELLO again, the thread's runtime rebuilt, the
+owed batch sent). The baseline, run in this process before each kill: a fresh interpreter importing the engine
+(``python -c "import server.engine"``, torch with it), which any restart pays before it can render. On a failure
+the folder with the server's and the rig's logs is kept, and named.
 
     python bench/recovery.py [--kills 3] [--population 20] [--show-ms 300] [--seed S]
 """
@@ -20,6 +22,7 @@ import argparse
 import json
 import random
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -48,18 +51,18 @@ def onsets(record: Path) -> np.ndarray:
 
 def kill_gaps(kills: int, population: int, show_ms: float, seed: int | None = None) -> np.ndarray:
     """Kill and restart the server ``kills`` times while its rig shows batches; per kill (seconds): the engine's
-    import (the baseline), restart -> /health, /health -> the first onset, the kill -> the first onset, and the
-    rig's gap (the last onset before the kill -> the first after it)."""
+    import (the baseline), restart -> /health, /health -> the restarted server's first onset, the kill -> that onset,
+    and the rig's gap (the onset before it -> it)."""
     from server.launch import ServerProcess, server_with_sim_rig
 
     moments = random.Random(seed)
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        record = tmp / "shown.jsonl"
-        server = ServerProcess(tmp / "data", secrets.token_urlsafe(16))
-        with server_with_sim_rig(server, RIG, ["blocks.6:67"], tmp / "rig.log",
-                                 extra=["--record", str(record), "--delay", str(show_ms / 1000)]) as (api, rig):
+    tmp = Path(tempfile.mkdtemp(prefix="actmax-recovery-"))
+    record, logs = tmp / "shown.jsonl", f"{tmp / 'data' / 'server.log'} and {tmp / 'rig.log'}"
+    server = ServerProcess(tmp / "data", secrets.token_urlsafe(16))
+    with server_with_sim_rig(server, RIG, ["blocks.6:67"], tmp / "rig.log",
+                             extra=["--record", str(record), "--delay", str(show_ms / 1000)]) as (api, rig):
+        try:
             api.post("/sessions", {
                 "name": "recovery", "rig": RIG, "references": {"source": "skimage", "count": 2},
                 "threads": [{"name": "t", "generator": "dcgan-faces", "optimizer": "cma",
@@ -70,26 +73,30 @@ def kill_gaps(kills: int, population: int, show_ms: float, seed: int | None = No
                 shown = len(onsets(record))
                 while len(onsets(record)) < shown + population:  # at least one batch shown since the last kill
                     if rig.poll() is not None:
-                        raise SystemExit(f"the simulated rig stopped; see {tmp / 'rig.log'}")
+                        raise SystemExit(f"the simulated rig stopped; see {logs}")
                     time.sleep(0.05)
                 time.sleep(moments.uniform(0.0, 2 * (show_ms / 1000 + 0.1)))  # in a show or a step
                 killed = time.time()
                 server.kill()
-                restarted = time.perf_counter()
+                restarting, restarted = time.time(), time.perf_counter()
                 api.close()
                 api = server.start()
                 healthy = time.perf_counter() - restarted
-                while not ((shown := onsets(record)) > killed).any():
+                while not ((shown := onsets(record)) > restarting).any():
                     if time.time() - killed > 120:
-                        raise SystemExit(f"the rig showed nothing within 120 s of the kill; see {tmp / 'rig.log'}")
+                        raise SystemExit(f"the rig showed nothing within 120 s of the kill; see {logs}")
                     time.sleep(0.01)
-                after, before = shown[shown > killed], shown[shown <= killed]
-                gap, to_onset = after[0] - before[-1], after[0] - killed
+                first = shown[shown > restarting][0]
+                gap, to_onset = first - shown[shown < first][-1], first - killed
+                old = (shown > killed) & (shown < first)
                 rows.append((baseline, healthy, to_onset - healthy, to_onset, gap))
                 print(f"kill {k + 1}: engine import (baseline) {baseline:.2f} s | restart -> /health {healthy:.2f} s, "
                       f"-> first onset {to_onset - healthy:.2f} s more | kill -> first onset {to_onset:.2f} s; "
-                      f"the rig's gap {gap:.2f} s (the last onset {killed - before[-1]:.2f} s before the kill)",
-                      flush=True)
+                      f"the rig's gap {gap:.2f} s" + (f" ({old.sum()} onsets of the killed server's last batch after "
+                                                      "the kill)" if old.any() else ""), flush=True)
+        finally:
+            api.close()
+    shutil.rmtree(tmp)  # kept when something failed, for its logs
     return np.array(rows)
 
 

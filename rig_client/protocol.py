@@ -474,18 +474,21 @@ def setup_problem(setup: Any) -> str | None:
     Python dict of JSON's types) of at most `MAX_SETUP_BYTES` as compact JSON, nested at most `MAX_SETUP_DEPTH`."""
     if not isinstance(setup, dict):
         return f"it is a {type(setup).__name__}"
-    level, depth = [setup], 1
-    while level:  # breadth first: no recursion for a client to exhaust
-        level = [child for value in level for child in (value.values() if isinstance(value, dict) else value)
-                 if isinstance(child, dict | list)]
-        depth += bool(level)
-        if depth > MAX_SETUP_DEPTH:
-            return f"it is nested over {MAX_SETUP_DEPTH} deep"
     try:
         size = len(json_bytes(setup))
+    except RecursionError:
+        return f"it is nested over {MAX_SETUP_DEPTH} deep"
     except (TypeError, ValueError) as exc:  # NaN, a lone surrogate, a type JSON has not
         return f"it is not JSON: {exc}"
-    return f"it is {size} bytes" if size > MAX_SETUP_BYTES else None
+    if size > MAX_SETUP_BYTES:
+        return f"it is {size} bytes"
+    level, depth = [setup], 1
+    while level := [child for value in level for child in (value.values() if isinstance(value, dict) else value)
+                    if isinstance(child, dict | list)]:  # breadth first, over at most 4096 bytes of it
+        depth += 1
+        if depth > MAX_SETUP_DEPTH:
+            return f"it is nested over {MAX_SETUP_DEPTH} deep"
+    return None
 
 
 def _minor(h: _Fields) -> None:

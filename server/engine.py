@@ -234,15 +234,18 @@ def log_hello(db: Transaction, rig: str, minor: int, header: dict, references: i
 
 def setup_change(before: dict | None, after: dict | None) -> str | None:
     """What differs between two HELLOs' ``setup``: each field changed, added or gone (``viewing_distance_cm 57 ->
-    60``, values as JSON, each cut at 60 characters; the first ``CHANGES_SHOWN``); None if nothing."""
+    60``; names and values as JSON, each cut at 60 characters; the first ``CHANGES_SHOWN``); None if nothing."""
     before, after = before or {}, after or {}
 
-    def text(field: str, setup: dict) -> str:
-        value = json.dumps(setup[field], ensure_ascii=False) if field in setup else "(none)"
-        return value if len(value) <= 60 else value[:57] + "..."
+    def as_json(setup: dict, field: str) -> str | None:
+        return json.dumps(setup[field], ensure_ascii=False, sort_keys=True) if field in setup else None
 
-    changes = [f"{field} {text(field, before)} -> {text(field, after)}" for field in {**before, **after}
-               if before.get(field, ...) != after.get(field, ...)]
+    def cut(text: str | None) -> str:
+        return "(none)" if text is None else text if len(text) <= 60 else text[:57] + "..."
+
+    changes = [f"{cut(json.dumps(field, ensure_ascii=False)[1:-1])} {cut(as_json(before, field))} -> "  # escaped name:
+               f"{cut(as_json(after, field))}" for field in {**before, **after}  # no newline reaches the log
+               if as_json(before, field) != as_json(after, field)]  # as JSON: 1 and true differ
     more = f" and {len(changes) - CHANGES_SHOWN} more fields" if len(changes) > CHANGES_SHOWN else ""
     return "; ".join(changes[:CHANGES_SHOWN]) + more if changes else None
 

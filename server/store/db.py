@@ -44,9 +44,10 @@ CHECKPOINT_INTERVAL_S = 2.0  # background WAL checkpoints at most this often (a 
 # sessions can only close on a free worker. SQLite connections are cheap.
 POOL_SIZE, MAX_OVERFLOW = 5, 60
 _PACKAGE_DIR = Path(__file__).resolve().parent
-# The newest migration (tests/server/test_migrations.py checks it against them): a database already there is opened
-# without importing Alembic, 0.2 s of every server start (and of every restart after a crash, bench/recovery.py).
-HEAD_REVISION = "0008_idempotency_keys"
+# The newest migration's revision, which is its file's name (migrations/versions/NNNN_what.py; tests/server/
+# test_migrations.py checks every file and Alembic's head): a database already there is opened without importing
+# Alembic, 0.2 s of every server start (and of every restart after a crash, bench/recovery.py).
+HEAD_REVISION = max(path.stem for path in (_PACKAGE_DIR / "migrations" / "versions").glob("[0-9][0-9][0-9][0-9]_*.py"))
 # Schema versions of development builds of main from before the release: the session-lifecycle migration was
 # renumbered in merges (now 0004_session_lifecycle), so these ids name schemas no migration here starts from.
 RETIRED_REVISIONS = {

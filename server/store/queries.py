@@ -8,13 +8,13 @@ of each RESULTS and step (``batch`` to ``scored_responses``) run on the sqlite3 
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session as DBSession
 
 from server.session_config import FlaggedTrialsConfig
@@ -162,27 +162,28 @@ def _nan_for_none(values: list[float | None]) -> list[float]:
     return [np.nan if v is None else v for v in values]
 
 
-def rig_hellos(db: DBSession, rig: str, until: datetime | None = None) -> Iterator[dict]:
+def _rig_hellos(rig: str, until: datetime | None) -> Select:
     """The data of the rig's ``rig.connected`` events (its recorded HELLOs), newest first; of those logged at or
     before ``until`` when given. Read down the events index (``thread_id`` NULL, kind), as ``last_hello``."""
     query = select(Event.data_json).where(Event.thread_id.is_(None), Event.kind == "rig.connected",
                                           func.json_extract(Event.data_json, "$.rig") == rig)
-    if until is not None:
-        query = query.where(Event.time <= until)
-    return (data for data in db.scalars(query.order_by(Event.id.desc())) if data)
+    return (query if until is None else query.where(Event.time <= until)).order_by(Event.id.desc())
 
 
 def rig_channel_labels(db: DBSession, rig: str, until: datetime | None = None) -> list[str] | None:
     """The channel labels of the rig's latest HELLO that sent them, of those logged at or before ``until`` when
     given."""
-    return next((d["channel_labels"] for d in rig_hellos(db, rig, until) if d.get("channel_labels")), None)
+    data = db.scalar(_rig_hellos(rig, until).where(
+        func.json_extract(Event.data_json, "$.channel_labels").is_not(None)).limit(1))
+    return None if data is None else data["channel_labels"]
 
 
 def rig_setup(db: DBSession, rig: str, until: datetime | None = None) -> dict | None:
     """The ``setup`` of the rig's latest HELLO (protocol 1.2), of those logged at or before ``until`` when given;
     None when that HELLO sent none. A session's is the one at its last presentation (``last_presentation_time``),
     as ``session_channel_labels`` reads the labels."""
-    return next((d.get("setup") for d in rig_hellos(db, rig, until)), None)
+    data = db.scalar(_rig_hellos(rig, until).limit(1))
+    return None if data is None else data.get("setup")
 
 
 def last_presentation_time(db: DBSession, session: Session) -> datetime | None:

@@ -168,6 +168,8 @@ def test_session_page_is_live_and_controls_the_thread(page, running):
     setup = page.inner_text("#rig .setup").splitlines()
     assert "seed: 0" in setup and 'units: ["blocks.6:67"]' in setup and not any(s.startswith("rf:") for s in setup)
     assert '"eps":0' in next(line for line in setup if line.startswith("noise: "))
+    assert page.evaluate("() => { const rig = document.querySelector('#rig'); return rig.scrollWidth - rig.clientWidth; }"
+                         ) <= 0  # its long JSON lines wrap inside the panel
     # The z thread ends with the page open: its montage shows its last generation.
     page.wait_for_selector(f"#thread-{z_id} .status.finished")
     page.wait_for_selector(f"#thread-{z_id} .montage-title:has-text('Latest generation (2)')")
