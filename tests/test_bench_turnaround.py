@@ -29,10 +29,10 @@ def test_the_hot_path_trace_times_each_stretch_of_a_served_turn():
     hot_path_order = ["decode", "on_results", "steps.answer", "steps.record_results", "r.record_presentations",
                       "monitor", "r.add_generation", "steps.prepare_batch", "commit", "_reply_built", "send"]
     for turn in turns:
-        started = [label for label, phase, *_ in turn if phase == "b"]
-        # Each stamped function of the hot path is reached, first in the order a turn runs them (a heartbeat
-        # may be decoded, or sent, during the compute).
-        assert sorted(hot_path_order, key=started.index) == hot_path_order
+        started = iter(label for label, phase, *_ in turn if phase == "b")
+        # Each stamped function of the hot path is reached, in the order a turn runs them; others may come between
+        # (a heartbeat decoded or sent during the compute, a commit of the rig's last-seen time under load).
+        assert all(label in started for label in hot_path_order), [label for label, phase, *_ in turn if phase == "b"]
         parts = {label: (ms, used) for label, ms, used in hot_path.stretches(turn)}
         ms, (cpu, faults) = parts["commit:b -> commit:e"]
         assert ms > 0 and 0 < cpu <= ms + 0.5  # the commit waits for its fsync: CPU time within the wall time

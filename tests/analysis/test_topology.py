@@ -168,9 +168,10 @@ def test_split_half_and_bootstrap_separate_signal_from_noise():
 @pytest.mark.parametrize("truth", [TRUTH, np.full_like(TRUTH, 2.0)], ids=["bump", "noise"])
 def test_bootstrap_intervals_hold_the_estimate_at_two_trials_per_point(truth):
     """At repeats 2 the intervals held the estimate in no map when raw trials were resampled: a resample's
-    trial means are noisier than the data's and its s smaller, so every resample grew extra loops."""
+    trial means are noisier than the data's and its s smaller, so every resample grew extra loops. Now they hold
+    it in most maps (8-10 of these 10 at 30 resamples; some maps' estimates sit just below their interval)."""
     inside, above = {"auc_loop": 0, "auc_branch": 0}, {"auc_loop": [], "auc_branch": []}
-    for seed in range(5):
+    for seed in range(10):
         rng = np.random.default_rng(seed)
         trials = [v + 1.5 * rng.standard_normal(2) for v in truth.ravel()]
         boot = bootstrap_signature(trials, GRID, GRID, n_boot=30, rng=seed, resolution_deg=3.0)
@@ -179,7 +180,7 @@ def test_bootstrap_intervals_hold_the_estimate_at_two_trials_per_point(truth):
             estimate, samples = boot.estimate[name], boot.samples[name]
             inside[name] += low <= estimate <= high
             above[name].append(np.mean(samples > estimate) + np.mean(samples == estimate) / 2)
-    assert all(n >= 4 for n in inside.values()), inside
+    assert all(n >= 7 for n in inside.values()), inside
     # The share of resamples above the estimate, averaged over the maps (it was 1.0 for both scalars).
     assert all(np.mean(shares) < 0.8 for shares in above.values()), above
 
