@@ -6,6 +6,9 @@ corner is white exactly while a stimulus is on. Every flip is timed; an interval
 refresh periods is a dropped frame. Rates are counted in the batch's response window on the
 recorder's clock, the presenter's clock mapped onto it by a least-squares fit over (flip time,
 recorder time) pairs read at every onset. Drawing uses pyglet (OpenGL).
+
+A live source that breaks off (an LSL outlet restarted) stops the showing until it is back; the
+presentations whose windows overlap its outage are not answered, so the server shows them again.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from rig_client import RigError
 from rig_client.connection import (
     add_connection_arguments, connection_keys, non_negative, non_negative_int, positive, rig_setup,
 )
-from rig_client.spikes import ClockFit, SpikeBuffer, SpikeSource, count_in_window, fit_clock
+from rig_client.spikes import ClockFit, SpikeBuffer, SpikeSource, count_in_window, fit_clock, in_outage
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +146,7 @@ def _lsl(arg: str) -> SpikeSource:
     from rig_client.spikes.lsl import LSLSource
 
     spikes, _, markers = arg.partition(",")
-    return LSLSource(spikes, markers or None)
+    return LSLSource(spikes, markers or None, reconnect=True)
 
 
 # Sources that can read the recorder's clock, which the presenter aligns its flips to.
@@ -219,15 +222,39 @@ class PresenterRig:
         while not self.stop.is_set():
             batch = self.client.next_batch(timeout=0.2)
             self.poll()
-            if batch is not None:
+            self.wait_for_source()
+            if batch is not None and not self.stop.is_set():
                 self.serve(batch)
         self.warn_late()
 
     def poll(self) -> None:
-        """What the source delivered into the buffer; a `RigError` (a lost source) ends the rig."""
+        """What the source delivered into the buffer; a `RigError` (a source that cannot go on) ends the rig."""
+        was_away = self.source.away
         events = self.source.poll()
         self.late.check(events, self.now())
         self.buffer.add(events)
+        if self.source.away and not was_away:
+            log.warning("%s; showing nothing until it is back (restart its outlet; Ctrl-C stops this rig)",
+                        self.source.lost)
+
+    def wait_for_source(self) -> None:
+        """While the source is away (a stream that broke off), show nothing and poll it until it is back; then
+        wait out the baseline window, so that the next onset's is clear of the outage."""
+        if not self.source.away:
+            return
+        waited = told = time.monotonic()
+        while self.source.away and not self.stop.wait(0.3):
+            self.poll()
+            if time.monotonic() - told > 60:
+                told = time.monotonic()
+                log.warning("still waiting for the spike source, %.0f s now", told - waited)
+        if not self.source.away:
+            start, end = self.source.outages[-1]
+            log.warning("the spike source is back after %.1f s; presentations that overlap its outage are not "
+                        "answered, and the server shows them again", end - start)
+            clear = end - min(self.baseline_ms[0], 0.0) / 1000
+            while self.now() < clear and not self.stop.wait(0.01):
+                pass
 
     def warn_late(self) -> None:
         message = self.late.report()
@@ -241,6 +268,8 @@ class PresenterRig:
         for stimulus in batch.stimuli:
             trials.append(self.presenter.show(stimulus.image(), self.now))
             self.poll()
+            if self.source.away:  # the rest would have no spikes to count: it stays unanswered
+                break
         self.pairs += [(t.onset, t.recorder_time) for t in trials]
         fit = fit_clock(*zip(*self.pairs)) if len(self.pairs) >= 2 else \
             ClockFit(1.0, self.pairs[0][0], self.pairs[0][1], 0.0, 0.0, 1)
@@ -252,6 +281,8 @@ class PresenterRig:
                                  batch.response_window_ms, self.baseline_ms, clock=fit)
         self.warn_late()  # the previous batch's late spikes, all in by now
         windows = [np.asarray(w) / 1000 for w in (batch.response_window_ms, self.baseline_ms)]
+        missing = in_outage(counts.onsets, (batch.response_window_ms, self.baseline_ms), self.source.outages,
+                            self.latency_s)
         self.late.counted(batch.batch_id, np.concatenate([counts.onsets + w[0] for w in windows]),
                           np.concatenate([counts.onsets + w[1] for w in windows]))
         presentations = [
@@ -260,17 +291,18 @@ class PresenterRig:
                               baseline_rates=counts.baseline[i].tolist(),
                               baseline_window_ms=self.baseline_ms)
             for i, (s, t) in enumerate(zip(batch.stimuli, trials))]
-        sent = to_send(presentations, self.client.minor)  # a 1.0 server: flagged ones are shown again
+        # A 1.0 server: flagged ones are kept back. Those in an outage would miss spikes. Both are shown again.
+        sent = to_send([p for p, gap in zip(presentations, missing) if not gap], self.client.minor)
         self.client.send_results(batch.batch_id, sent, done=True)
-        log.info("batch %s: %d shown, %d with dropped frames (%d kept back from a 1.0 server); "
-                 "clock fit residual %.3f ms RMS over %d onsets", batch.batch_id, len(trials),
-                 sum(p.flagged for p in presentations), len(presentations) - len(sent),
-                 fit.residual_rms_s * 1000, fit.n_pulses)
+        log.info("batch %s: %d of %d shown, %d with dropped frames, %d in the spike source's outage (%d kept back "
+                 "from a 1.0 server); clock fit residual %.3f ms RMS over %d onsets", batch.batch_id, len(trials),
+                 len(batch.stimuli), sum(p.flagged for p in presentations), int(missing.sum()),
+                 len(presentations) - int(missing.sum()) - len(sent), fit.residual_rms_s * 1000, fit.n_pulses)
         if self.record:
             with open(self.record, "a", encoding="utf-8") as f:
-                for p, t, rec in zip(presentations, trials, counts.onsets):
+                for p, t, rec, gap in zip(presentations, trials, counts.onsets, missing):
                     f.write(json.dumps({"batch_id": batch.batch_id, **p.to_json(),
-                                        "onset_recorder": float(rec), "sent": p in sent,
+                                        "onset_recorder": float(rec), "sent": p in sent, "in_outage": bool(gap),
                                         "flips": len(t.flips)}) + "\n")
 
 
@@ -310,7 +342,8 @@ def add_parser(rig_commands) -> None:
         "response window and send the rates with trial facts. See docs/rigs.md.")
     add_connection_arguments(present, "rig")
     present.add_argument("--spikes", required=True, metavar="KIND:ARG",
-                         help="spike source: replay:FILE.npz (paced) or lsl:SPIKES[,MARKERS]")
+                         help="spike source: replay:FILE.npz (paced) or lsl:SPIKES[,MARKERS]; an LSL stream "
+                         "that breaks off is waited for, and what it missed is left for the server to show again")
     geometry = present.add_argument_group("display")
     geometry.add_argument("--distance-cm", type=positive, default=57.0,
                           help="eye to screen distance (default 57: 1 cm = 1 degree)")

@@ -47,9 +47,22 @@ class Events:
 
 
 class SpikeSource(abc.ABC):
-    """A live or recorded stream of spikes and markers; ``labels`` names its channels/units."""
+    """A live or recorded stream of spikes and markers; ``labels`` names its channels/units.
+
+    ``outages``: the ``[start, end]`` stretches, recorder clock, in which the source was away (a live
+    stream that broke off and was found again) and spikes may be missing; ``end`` is ``inf`` while it
+    is away, and ``lost`` then says what went. Windows that overlap an outage are not to be counted
+    (`in_outage`).
+    """
 
     labels: tuple[str, ...]
+    outages: Sequence[Sequence[float]] = ()
+    lost = ""
+
+    @property
+    def away(self) -> bool:
+        """The source is in an outage now: it delivers nothing until it is back."""
+        return bool(self.outages) and self.outages[-1][1] == np.inf
 
     @abc.abstractmethod
     def poll(self) -> Events:
@@ -174,3 +187,22 @@ def count_in_window(spikes: Sequence[np.ndarray], onsets: Sequence[float],
         return out / ((end - start) / 1000)
 
     return WindowCounts(rates(window_ms), None if baseline_ms is None else rates(baseline_ms), t)
+
+
+def in_outage(onsets, windows_ms: Sequence[tuple[float, float]], outages: Sequence[Sequence[float]],
+              latency_s: float = 0.0) -> np.ndarray:
+    """Which presentations overlap an outage, from their earliest window start to their latest window end.
+
+    ``onsets``: seconds, recorder clock; ``windows_ms``: the windows counted around each onset (response,
+    baseline); ``outages``: ``[start, end]`` in seconds, ``end`` inf while still away. An outage starts at
+    the last moment the source was known complete, and spikes up to ``latency_s`` older may not have
+    arrived by then, so each is widened back by that much. Windows are half-open, as counted.
+    """
+    t = np.asarray(onsets, np.float64).reshape(-1)
+    lo = t + min(w[0] for w in windows_ms) / 1000
+    hi = t + max(w[1] for w in windows_ms) / 1000
+    hit = np.zeros(len(t), bool)
+    for start, end in outages:
+        hit |= (lo < end) & (hi > start - latency_s)
+    return hit
+

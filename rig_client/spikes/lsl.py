@@ -14,8 +14,10 @@ Time stamps are clock-synchronised by liblsl, so both streams arrive on this mac
 
 A stream that breaks off (its outlet closed or crashed, the network went) fails the source: `poll`
 raises `RigError` naming it, rather than return no spikes from then on, which would read as rates
-of 0 spikes/s. The inlets do not reconnect (``recover=False``): spikes published while one was
-away would be missing from windows counted as if complete.
+of 0 spikes/s. With ``reconnect=True`` it is looked for again at every poll instead, and the time it
+was away is an outage (`SpikeSource.outages`), so that windows which overlap it are not counted.
+liblsl's own recovery stays off (``recover=False``): it reconnects without saying when spikes went
+missing.
 
 LSL finds streams by multicast. Keep discovery on one machine with an ``lsl_api.cfg`` (see
 docs/rigs.md) named by the ``LSLAPICFG`` environment variable before pylsl is imported.
@@ -76,29 +78,84 @@ def to_events(spike_samples, spike_stamps, marker_samples=(), marker_stamps=()) 
 
 
 class LSLSource(SpikeSource):
-    """Reads the named spike stream (and marker stream) found on the network within ``timeout``."""
+    """Reads the named spike stream (and marker stream) found on the network within ``timeout``.
+
+    ``reconnect``: a stream that breaks off starts an outage, and every `poll` then looks for it again
+    (for up to ``RESOLVE_S``); it is back once every stream is, its units unchanged. Otherwise a lost
+    stream makes `poll` raise `RigError`.
+    """
+
+    RESOLVE_S = 0.2
 
     def __init__(self, spike_stream: str, marker_stream: str | None = None, *,
-                 timeout: float = 5.0):
-        pylsl = _pylsl()
-        self._inlets, self._names = [], []
-        for name, stream_type in ((spike_stream, SPIKE_TYPE), (marker_stream, MARKER_TYPE)):
-            if name is None:
-                continue
-            found = [s for s in pylsl.resolve_byprop("name", name, minimum=1, timeout=timeout)
-                     if s.type() == stream_type]
-            if not found:
+                 timeout: float = 5.0, reconnect: bool = False):
+        self._streams = [(name, stream_type) for name, stream_type in
+                         ((spike_stream, SPIKE_TYPE), (marker_stream, MARKER_TYPE)) if name is not None]
+        self.reconnect = reconnect
+        self.outages: list[list[float]] = []
+        self._inlets = []
+        for name, stream_type in self._streams:
+            inlet = self._open(name, stream_type, timeout)
+            if inlet is None:
                 raise RigError(f"no LSL stream named {name!r} of type {stream_type!r} found within "
                                f"{timeout:.0f} s; is its outlet running, and does lsl_api.cfg "
                                "let this machine see it?")
-            inlet = pylsl.StreamInlet(found[0], processing_flags=pylsl.proc_clocksync, recover=False)
-            inlet.open_stream(timeout)  # samples pushed from now on reach us
             self._inlets.append(inlet)
-            self._names.append(name)
         self.labels = unit_labels(self._inlets[0].info(timeout))
         if not self.labels:
             raise RigError(f"LSL stream {spike_stream!r} lists no units in <desc><units>; publish "
                            "it with rig_client.spikes.lsl.spike_outlet or add the labels")
+        self._complete = self.now()  # every spike stamped before this (less the recorder's latency) is in
+
+    @staticmethod
+    def _open(name: str, stream_type: str, timeout: float):
+        """An inlet on the stream ``name`` of ``stream_type``, open, or None where none answered in time."""
+        pylsl = _pylsl()
+        found = [s for s in pylsl.resolve_byprop("name", name, minimum=1, timeout=timeout)
+                 if s.type() == stream_type]
+        if not found:
+            return None
+        inlet = pylsl.StreamInlet(found[0], processing_flags=pylsl.proc_clocksync, recover=False)
+        try:
+            inlet.open_stream(timeout)  # samples pushed from now on reach us
+            inlet.time_correction(max(timeout, 2.0))  # now: the first pull would wait for it (0.6 s here)
+        except RuntimeError:  # it went again, or did not answer in time
+            inlet.close_stream()
+            return None
+        return inlet
+
+    def _lose(self, name: str) -> None:
+        """Start an outage at the last poll that pulled every stream, and let the inlets go."""
+        message = (f"LSL stream {name!r} was lost (its outlet stopped, or the network to it went); rates from here "
+                   "on would be missing spikes")
+        if not self.reconnect:
+            raise RigError(f"{message}, so none are sent. Restart its outlet, then this rig: the server shows an "
+                           "unanswered batch again") from None
+        self.lost = message
+        self.outages.append([self._complete, np.inf])
+        for inlet in self._inlets:
+            inlet.close_stream()
+        self._inlets = []
+
+    def _come_back(self) -> None:
+        """Look for every stream again; once all answer, with the same units, the outage ends now."""
+        inlets = []
+        for name, stream_type in self._streams:
+            inlet = self._open(name, stream_type, self.RESOLVE_S)
+            if inlet is None:
+                for other in inlets:
+                    other.close_stream()
+                return
+            inlets.append(inlet)
+        labels = unit_labels(inlets[0].info(self.RESOLVE_S))
+        if labels != self.labels:
+            for inlet in inlets:
+                inlet.close_stream()
+            raise RigError(f"LSL stream {self._streams[0][0]!r} came back listing units {list(labels)}, not "
+                           f"{list(self.labels)}: a rig's channels are fixed while it runs; restart this rig "
+                           "to use the new units")
+        self._inlets = inlets
+        self._complete = self.outages[-1][1] = self.now()
 
     def _pull(self, i: int, max_samples: int):
         try:
@@ -106,16 +163,21 @@ class LSLSource(SpikeSource):
         except RuntimeError as exc:  # pylsl's LostError (pylsl.util from 1.17, pylsl.pylsl before)
             if type(exc).__name__ != "LostError":
                 raise
-            raise RigError(f"LSL stream {self._names[i]!r} was lost (its outlet stopped, or the network "
-                           "to it went); rates from here on would be missing spikes, so none are sent. "
-                           "Restart its outlet, then this rig: the server shows an unanswered batch "
-                           "again") from None
+            self._lose(self._streams[i][0])
+            return [], []
 
     def poll(self) -> Events:
+        if self.away:
+            self._come_back()
+            if self.away:
+                return Events()
+        now = self.now()
         spikes, stamps = self._pull(0, 100_000)
         markers, marker_stamps = ((), ())
-        if len(self._inlets) > 1:
+        if len(self._streams) > 1 and self._inlets:
             markers, marker_stamps = self._pull(1, 10_000)
+        if not self.away:
+            self._complete = now
         events = to_events(spikes, stamps, markers, marker_stamps)
         if len(events.channels) and events.channels.max() >= len(self.labels):
             raise RigError(f"LSL spike sample names unit {events.channels.max()} but the stream "

@@ -3,8 +3,8 @@
 `actmax serve`, an LSL spike outlet (this process) and `actmax rig present --spikes lsl:...` run a
 session; prints JSON with what was presented, stored and published, and the presenter's log.
 usage: lsl_session.py WORKDIR [MODE]; MODE ``late``: each spike is pushed 0.3 s after its time stamp
-(a recorder slower than --latency-ms); ``lost``: the outlet closes once the first batch was answered,
-and the script waits for the presenter to end instead of the session.
+(a recorder slower than --latency-ms); ``lost``: the outlet closes while the second generation is shown,
+and a new one of the same name and units starts 1.5 s later (spikes of that gap are never published).
 """
 
 import json
@@ -25,25 +25,31 @@ work = Path(sys.argv[1])
 mode = sys.argv[2] if len(sys.argv) > 2 else ""
 delay = 0.3 if mode == "late" else 0.0
 rates = (60.0, 5.0)
-outlet = spike_outlet("actmax-session-spikes", ["elec1-u1", "elec2-u1"])
+NAME, UNITS = "actmax-session-spikes", ["elec1-u1", "elec2-u1"]
+outlet = spike_outlet(NAME, UNITS)
 start = pylsl.local_clock()
 rng = np.random.default_rng(0)
 duration = 300.0
 spikes = [np.sort(start + rng.uniform(0, duration, int(r * duration))) for r in rates]
 events = sorted((t, c) for c, times in enumerate(spikes) for t in times)
-done = threading.Event()
+pushed = []  # (time stamp, unit) of every spike published
 
 
-def publish():
+def publish(outlet, done: threading.Event, after: float):
     for t, c in events:
+        if t < after:
+            continue
         while pylsl.local_clock() < t + delay:
             if done.wait(min(0.005, t + delay - pylsl.local_clock())):
                 return
         outlet.push_sample([c], t)
+        pushed.append((t, c))
 
 
-publisher = threading.Thread(target=publish, daemon=True)
+done = threading.Event()
+publisher = threading.Thread(target=publish, args=(outlet, done, start), daemon=True)
 publisher.start()
+gap = None
 server = ServerProcess(work / "data", "token-for-the-lsl-session")
 api = server.start()
 record = work / "presented.jsonl"
@@ -64,19 +70,24 @@ try:
     (thread,) = api.get(f"/sessions/{session['id']}/threads")
     deadline = time.monotonic() + 180
     if mode == "lost":
-        while not (record.exists() and record.read_text()):  # the first batch was answered
+        while api.get(f"/threads/{thread['id']}/generations")["total"] < 2:  # the second batch is on its way
             assert presenter.poll() is None, (work / "present.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "the first batch was not answered"
-            time.sleep(0.02)
+            time.sleep(0.05)
+        time.sleep(0.8)  # its second stimulus is on
         done.set()
         publisher.join()
+        lost_at = pylsl.local_clock()
         del outlet  # the stream breaks off, as when its program ends
-        presenter.wait(60)
-    else:
-        while api.get(f"/threads/{thread['id']}")["status"] != "finished":
-            assert presenter.poll() is None, (work / "present.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "the session did not finish"
-            time.sleep(0.3)
+        time.sleep(1.5)
+        outlet = spike_outlet(NAME, UNITS)  # its program restarted
+        gap = [lost_at, pylsl.local_clock()]
+        done = threading.Event()
+        threading.Thread(target=publish, args=(outlet, done, gap[1]), daemon=True).start()
+    while api.get(f"/threads/{thread['id']}")["status"] != "finished":
+        assert presenter.poll() is None, (work / "present.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "the session did not finish"
+        time.sleep(0.3)
 finally:
     stop(presenter)
     done.set()
@@ -88,5 +99,5 @@ with sqlite3.connect(work / "data" / "actmax.sqlite") as db:
 lines = [json.loads(line) for line in record.read_text().splitlines()]
 json.dump({"presented": [p for p in lines if "flip_statistics" not in p],
            "stored": [[pid, sid, json.loads(r)] for pid, sid, r in stored], "statuses": statuses,
-           "spikes": [s.tolist() for s in spikes], "returncode": presenter.returncode,
+           "spikes": [[t for t, c in pushed if c == unit] for unit in range(len(rates))], "gap": gap,
            "log": (work / "present.log").read_text()}, sys.stdout)

@@ -80,6 +80,31 @@ def test_a_lost_stream_fails_the_source_instead_of_reporting_zero_spikes(tmp_pat
     assert "Restart its outlet, then this rig" in out["error"]
 
 
+def test_a_source_that_reconnects_records_the_outage_and_refuses_other_units(tmp_path):
+    """``reconnect=True``: the lost stream is an outage from the last complete poll until it is found again; spikes
+    pushed after that come through; a stream back with other units fails the source."""
+    out = run_isolated(tmp_path, "lsl_lost.py", "reconnect")
+    assert out["received"] == 1 and out["error"] is None and "' was lost (its outlet stopped" in out["lost"]
+    ((start, end),) = out["outage_while_away"]
+    assert end is None or end == float("inf")  # JSON writes inf as Infinity
+    assert out["first_spike"] < start <= out["deleted_at"]  # the last poll before the outlet went: it was complete
+    assert out["back_error"] is None
+    ((start_again, end),) = out["outages"]
+    assert start_again == start and start < end < out["stamp"]
+    assert out["after"] == [pytest.approx(out["stamp"], abs=1e-3)]  # the restarted outlet's spike (clock-synced)
+    assert "came back listing units ['elec1-unit1', 'elec2-unit1'], not ['elec1-unit1']" in out["relabelled"]
+
+
+def assert_rates_recount(out) -> None:
+    """Each presentation's rates are the published spikes in its windows around its mapped onset."""
+    spikes = [np.asarray(s) for s in out["spikes"]]
+    for p in out["presented"]:
+        lo, hi = (p["onset_recorder"] + w / 1000 for w in p["window_ms"])
+        counted = [np.sum((s >= lo) & (s < hi)) for s in spikes]
+        # liblsl's clock correction (microseconds on one machine) may move a spike across an edge
+        assert np.abs(np.asarray(p["rates"]) * (hi - lo) - counted).max() <= 1 + 1e-9
+
+
 @pytest.mark.slow
 def test_presenter_with_lsl_runs_a_session(tmp_path, xvfb):
     """`actmax serve`, an LSL spike outlet and `actmax rig present --spikes lsl:...`, all in the
@@ -89,26 +114,27 @@ def test_presenter_with_lsl_runs_a_session(tmp_path, xvfb):
     sent = [p for p in out["presented"] if p["sent"]]
     assert sorted((p["presentation_id"], p["stimulus_id"], tuple(p["rates"])) for p in sent) == \
         sorted((pid, sid, tuple(rates)) for pid, sid, rates in out["stored"])  # each stored once
-    spikes = [np.asarray(s) for s in out["spikes"]]
-    for p in out["presented"]:  # recount the published spikes around the mapped onset
-        lo, hi = (p["onset_recorder"] + w / 1000 for w in p["window_ms"])
-        counted = [np.sum((s >= lo) & (s < hi)) for s in spikes]
-        # liblsl's clock correction (microseconds on one machine) may move a spike across an edge
-        assert np.abs(np.asarray(p["rates"]) * (hi - lo) - counted).max() <= 1 + 1e-9
+    assert_rates_recount(out)
 
 
 @pytest.mark.slow
-def test_presenter_sends_nothing_from_a_stream_it_lost(tmp_path, xvfb):
-    """The outlet closes after the first batch was answered: the presenter ends with the error and
-    answers no later batch (the server keeps it for when a rig is back)."""
+def test_presenter_waits_for_a_lost_stream_and_leaves_what_it_missed_to_be_shown_again(tmp_path, xvfb):
+    """The outlet closes while the second generation is shown and is back 1.5 s later: the presenter shows nothing
+    meanwhile, answers none of the showings whose windows overlap the outage, and the session completes with them
+    shown again. Every rate sent is the published spikes' (a window over the gap would miss some)."""
     out = run_isolated(tmp_path, "lsl_session.py", str(tmp_path), "lost", env={"DISPLAY": xvfb}, timeout=300)
-    assert out["returncode"] == 2
-    assert "actmax rig: LSL stream 'actmax-session-spikes' was lost" in out["log"]
-    answered = {p["batch_id"] for p in out["presented"]}
-    assert len(answered) == 1  # the first batch only
+    assert out["statuses"] == ["complete", "complete"]
+    assert "LSL stream 'actmax-session-spikes' was lost" in out["log"]
+    assert "the spike source is back after" in out["log"]
     sent = [p for p in out["presented"] if p["sent"]]
-    assert sorted(pid for pid, _, _ in out["stored"]) == sorted(p["presentation_id"] for p in sent)
-    assert out["statuses"] != ["complete", "complete"]
+    missed = [p for p in out["presented"] if p["in_outage"]]
+    assert missed and not any(p["sent"] for p in missed)
+    assert sorted(pid for pid, _, _ in out["stored"]) == sorted(p["presentation_id"] for p in sent)  # each once
+    lost_at, back_at = out["gap"]
+    for p in sent:  # from the baseline window's start to the response window's end, clear of the gap
+        assert p["onset_recorder"] + 0.2 <= lost_at or p["onset_recorder"] - 0.1 >= back_at
+    assert {p["stimulus_id"] for p in missed} <= {sid for _, sid, _ in out["stored"]}  # shown again, answered
+    assert_rates_recount({**out, "presented": sent})
 
 
 @pytest.mark.slow

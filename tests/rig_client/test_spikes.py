@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rig_client import RigError
-from rig_client.spikes import Events, SpikeBuffer, count_in_window, fit_clock
+from rig_client.spikes import Events, SpikeBuffer, count_in_window, fit_clock, in_outage
 from rig_client.spikes.replay import ReplaySource, load, save
 
 T0 = 1_764_250_000.0  # unix-time magnitudes: the fit must stay exact there
@@ -39,6 +39,32 @@ def test_counts_match_a_brute_force_count():
     for (lo, hi), got in (((0.03, 0.18), counts.rates), ((-0.12, -0.02), counts.baseline)):
         want = [[np.sum((s >= t + lo) & (s < t + hi)) / (hi - lo) for s in spikes] for t in onsets]
         np.testing.assert_allclose(got, want)
+
+
+def test_a_presentation_overlapping_an_outage_is_found_from_its_earliest_window_to_its_latest():
+    # Windows [-100, 0) and [50, 200) ms: a presentation spans [onset - 0.1, onset + 0.2).
+    windows = [(50, 200), (-100, 0)]
+    outages = [[10.0, 11.0]]
+    onsets = np.array([9.79, 9.8, 9.81, 10.5, 11.09, 11.1, 11.11])
+    # ends at 9.99 | ends at 10.0, just touching | 10.01 | inside | starts 10.99 | starts at 11.0 | 11.01
+    np.testing.assert_array_equal(in_outage(onsets, windows, outages),
+                                  [False, False, True, True, True, False, False])
+    # With 5 ms of recorder latency, spikes from 9.995 on may be missing too.
+    np.testing.assert_array_equal(in_outage(onsets, windows, outages, latency_s=0.005),
+                                  [False, True, True, True, True, False, False])
+    # Still away: everything from its start on.
+    np.testing.assert_array_equal(in_outage(onsets, windows, [[10.0, np.inf]]),
+                                  [False, False, True, True, True, True, True])
+    # A brute-force check over random outages and onsets, on a fine time grid.
+    rng = np.random.default_rng(1)
+    starts = np.sort(rng.uniform(0, 50, 6))
+    gaps = [[a, a + rng.uniform(0.01, 1.0)] for a in starts]
+    onsets = rng.uniform(0, 52, 300)
+    grid = np.arange(-0.1, 0.2, 1e-4)
+    want = [any(np.any((t + grid >= a - 0.02) & (t + grid < b)) for a, b in gaps) for t in onsets]
+    got = in_outage(onsets, windows, gaps, latency_s=0.02)
+    assert (got != want).sum() <= 2  # only where an edge falls between grid points
+    assert not in_outage(onsets, windows, []).any()
 
 
 def test_clock_fit_recovers_offset_drift_and_residual():
