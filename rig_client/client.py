@@ -243,6 +243,11 @@ class RigClient:
         return self._minor
 
     @property
+    def heartbeat_s(self) -> float:
+        """The heartbeat interval of the connection: the server's after its WELCOME, the rig's own before it."""
+        return self._link.beat_s
+
+    @property
     def errors(self) -> list[dict]:
         """Headers of the last 100 ERROR messages the server sent (each is also logged)."""
         return list(self._errors)

@@ -7,14 +7,16 @@ refresh periods is a dropped frame. Rates are counted in the batch's response wi
 recorder's clock, the presenter's clock mapped onto it by a least-squares fit over (flip time,
 recorder time) pairs read at every onset. Drawing uses pyglet (OpenGL).
 
-A live source that breaks off (an LSL outlet restarted) stops the showing until it is back; the
-presentations whose windows overlap its outage are not answered, so the server shows them again.
+A live source that breaks off (an LSL outlet restarted) stops the showing, and the rig leaves the
+server until the source is back. Showings whose windows overlap the outage are not answered: the
+server resends them, in the batch still owed, when the rig connects again.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -203,11 +205,16 @@ class LateSpikes:
 
 
 class PresenterRig:
-    """Batches from the server -> screen -> spike counts -> RESULTS with trial facts."""
+    """Batches from the server -> screen -> spike counts -> RESULTS with trial facts.
 
-    def __init__(self, client, presenter: Presenter, source: SpikeSource, *,
+    ``connect()`` returns a `RigClient`. While the spike source is away the rig leaves the server, which then
+    stops the clock of the batch the rig owes and keeps it; once the source is back the rig connects again,
+    and the server resends what is still owed, the showings the outage spoiled included.
+    """
+
+    def __init__(self, connect: Callable, presenter: Presenter, source: SpikeSource, *,
                  baseline_ms: tuple[float, float], latency_ms: float, record: Path | None):
-        self.client, self.presenter, self.source = client, presenter, source
+        self.presenter, self.source = presenter, source
         self.buffer = SpikeBuffer(len(source.labels))
         self.now = source.now
         self.now()  # fails now, with the reason, for a source without a clock readout
@@ -217,14 +224,17 @@ class PresenterRig:
         self.record = record
         self.unix_offset = time.time() - presenter.clock()
         self.stop = threading.Event()
+        self.connect = connect
+        self.client = connect()
 
     def run(self) -> None:
         while not self.stop.is_set():
             batch = self.client.next_batch(timeout=0.2)
             self.poll()
-            self.wait_for_source()
-            if batch is not None and not self.stop.is_set():
-                self.serve(batch)
+            if self.source.away:  # a batch in hand is not shown: the server resends it once the rig is back
+                self.rejoin_once_back()
+            elif batch is not None and self.serve(batch):
+                self.rejoin_once_back()
         self.warn_late()
 
     def poll(self) -> None:
@@ -236,39 +246,41 @@ class PresenterRig:
         if self.source.away and not was_away:
             log.warning("%s; showing nothing until it is back (restart its outlet; Ctrl-C stops this rig)",
                         self.source.lost)
+        elif was_away and not self.source.away:
+            start, end = self.source.outages[-1]
+            log.warning("the spike source is back after %.1f s", end - start)
 
-    def wait_for_source(self) -> None:
-        """While the source is away (a stream that broke off), show nothing and poll it until it is back; then
-        wait out the baseline window, so that the next onset's is clear of the outage."""
-        if not self.source.away:
-            return
-        waited = told = time.monotonic()
+    def rejoin_once_back(self) -> None:
+        """Leave the server, poll the source until it is back, and connect again once its baseline window is clear
+        of the outage: the server then resends the batch the rig owes, less what it answered."""
+        self.client.close()
+        left = told = time.monotonic()
+        log.warning("left the server until the spike source is back; it keeps the batch this rig owes")
         while self.source.away and not self.stop.wait(0.3):
             self.poll()
             if time.monotonic() - told > 60:
                 told = time.monotonic()
-                log.warning("still waiting for the spike source, %.0f s now", told - waited)
-        if not self.source.away:
-            start, end = self.source.outages[-1]
-            log.warning("the spike source is back after %.1f s; presentations that overlap its outage are not "
-                        "answered, and the server shows them again", end - start)
-            clear = end - min(self.baseline_ms[0], 0.0) / 1000
-            while self.now() < clear and not self.stop.wait(0.01):
-                pass
+                log.warning("still waiting for the spike source, %.0f s now", told - left)
+        # A HELLO within two heartbeats of the rig's last message would read as another program using its name.
+        clear_s = self.source.outages[-1][1] - min(self.baseline_ms[0], 0.0) / 1000 - self.now()
+        wait_s = max(left + 2 * self.client.heartbeat_s + 0.5 - time.monotonic(), clear_s)
+        if not self.stop.wait(max(wait_s, 0.0)):
+            self.client = self.connect()
 
     def warn_late(self) -> None:
         message = self.late.report()
         if message:
             log.warning(message)
 
-    def serve(self, batch) -> None:
+    def serve(self, batch) -> bool:
+        """Show the batch and answer it; True when an outage of the source left some of it unanswered."""
         from rig_client.trials import TrialPresentation, to_send
 
         trials = []
         for stimulus in batch.stimuli:
             trials.append(self.presenter.show(stimulus.image(), self.now))
             self.poll()
-            if self.source.away:  # the rest would have no spikes to count: it stays unanswered
+            if self.source.away:  # the rest would have no spikes to count: it stays owed
                 break
         self.pairs += [(t.onset, t.recorder_time) for t in trials]
         fit = fit_clock(*zip(*self.pairs)) if len(self.pairs) >= 2 else \
@@ -291,9 +303,11 @@ class PresenterRig:
                               baseline_rates=counts.baseline[i].tolist(),
                               baseline_window_ms=self.baseline_ms)
             for i, (s, t) in enumerate(zip(batch.stimuli, trials))]
-        # A 1.0 server: flagged ones are kept back. Those in an outage would miss spikes. Both are shown again.
+        # Those in an outage would miss spikes, those a 1.0 server would score flagged: both are shown again.
         sent = to_send([p for p, gap in zip(presentations, missing) if not gap], self.client.minor)
-        self.client.send_results(batch.batch_id, sent, done=True)
+        owed = len(trials) < len(batch.stimuli) or bool(missing.any())
+        if sent or not owed:
+            self.client.send_results(batch.batch_id, sent, done=not owed)
         log.info("batch %s: %d of %d shown, %d with dropped frames, %d in the spike source's outage (%d kept back "
                  "from a 1.0 server); clock fit residual %.3f ms RMS over %d onsets", batch.batch_id, len(trials),
                  len(batch.stimuli), sum(p.flagged for p in presentations), int(missing.sum()),
@@ -304,6 +318,7 @@ class PresenterRig:
                     f.write(json.dumps({"batch_id": batch.batch_id, **p.to_json(),
                                         "onset_recorder": float(rec), "sent": p in sent, "in_outage": bool(gap),
                                         "flips": len(t.flips)}) + "\n")
+        return owed
 
 
 def window_size(text: str) -> tuple[int, int]:
@@ -343,7 +358,7 @@ def add_parser(rig_commands) -> None:
     add_connection_arguments(present, "rig")
     present.add_argument("--spikes", required=True, metavar="KIND:ARG",
                          help="spike source: replay:FILE.npz (paced) or lsl:SPIKES[,MARKERS]; an LSL stream "
-                         "that breaks off is waited for, and what it missed is left for the server to show again")
+                         "that breaks off is waited for, and the server resends what its outage spoiled")
     geometry = present.add_argument_group("display")
     geometry.add_argument("--distance-cm", type=positive, default=57.0,
                           help="eye to screen distance (default 57: 1 cm = 1 degree)")
@@ -400,14 +415,16 @@ def run(args: argparse.Namespace) -> int:
                  "stimulus": {"size_deg": args.size_deg, "size_px": presenter.size_px,
                               "duration_ms": args.duration_ms, "isi_ms": args.isi_ms},
                  "baseline_ms": [start, end], "latency_ms": args.latency_ms}
-        with RigClient(args.endpoint, args.rig, channels=len(source.labels), labels=source.labels,
-                       setup=rig_setup(args, setup),
-                       **keys) as client:
-            rig = PresenterRig(client, presenter, source, baseline_ms=(start, end),
-                               latency_ms=args.latency_ms, record=args.record)
+        connect = functools.partial(RigClient, args.endpoint, args.rig, channels=len(source.labels),
+                                    labels=source.labels, setup=rig_setup(args, setup), **keys)
+        rig = PresenterRig(connect, presenter, source, baseline_ms=(start, end), latency_ms=args.latency_ms,
+                           record=args.record)
+        try:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda *_: rig.stop.set())
             rig.run()
+        finally:
+            rig.client.close()
     finally:
         stats = flip_statistics(presenter.intervals, args.refresh_hz)
         log.info("flip intervals: %s", stats)

@@ -147,10 +147,15 @@ class LSLSource(SpikeSource):
                     other.close_stream()
                 return
             inlets.append(inlet)
-        labels = unit_labels(inlets[0].info(self.RESOLVE_S))
+        try:
+            labels = unit_labels(inlets[0].info(self.RESOLVE_S))
+        except RuntimeError:  # gone again (pylsl's LostError), or no answer in time: still away
+            labels = None
         if labels != self.labels:
             for inlet in inlets:
                 inlet.close_stream()
+            if labels is None:
+                return
             raise RigError(f"LSL stream {self._streams[0][0]!r} came back listing units {list(labels)}, not "
                            f"{list(self.labels)}: a rig's channels are fixed while it runs; restart this rig "
                            "to use the new units")

@@ -96,8 +96,9 @@ finally:
 with sqlite3.connect(work / "data" / "actmax.sqlite") as db:
     stored = db.execute("SELECT presentation_id, stimulus_id, rates_json FROM presentations").fetchall()
     statuses = [s for (s,) in db.execute("SELECT status FROM generations")]
+    kinds = [k for (k,) in db.execute("SELECT kind FROM events ORDER BY id")]
 lines = [json.loads(line) for line in record.read_text().splitlines()]
 json.dump({"presented": [p for p in lines if "flip_statistics" not in p],
-           "stored": [[pid, sid, json.loads(r)] for pid, sid, r in stored], "statuses": statuses,
+           "stored": [[pid, sid, json.loads(r)] for pid, sid, r in stored], "statuses": statuses, "events": kinds,
            "spikes": [[t for t, c in pushed if c == unit] for unit in range(len(rates))], "gap": gap,
            "log": (work / "present.log").read_text()}, sys.stdout)

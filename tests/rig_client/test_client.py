@@ -143,6 +143,14 @@ def test_hello_welcome(client, lab):
     assert client.minor == 0  # this server's WELCOME says no minor: a 1.0 server
 
 
+def test_the_heartbeat_is_the_servers_once_welcomed(zmq_context, endpoint, lab):
+    """The rig's own heartbeat bounds the wait for WELCOME; then the server's applies (the presenter waits two of
+    them before it connects again)."""
+    with RigClient(endpoint, "rig-a", channels=2, context=zmq_context, heartbeat_s=0.5, liveness=6) as c:
+        assert c.wait_connected(5)
+        assert c.heartbeat_s == FAST["heartbeat_s"]
+
+
 def test_labels_go_in_hello_and_the_welcomes_minor_is_kept(zmq_context, endpoint, lab):
     with pytest.raises(ProtocolError, match="channel_labels"):
         RigClient(endpoint, "rig-b", channels=2, labels=["only-one"], context=zmq_context)

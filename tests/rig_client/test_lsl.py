@@ -119,11 +119,15 @@ def test_presenter_with_lsl_runs_a_session(tmp_path, xvfb):
 
 @pytest.mark.slow
 def test_presenter_waits_for_a_lost_stream_and_leaves_what_it_missed_to_be_shown_again(tmp_path, xvfb):
-    """The outlet closes while the second generation is shown and is back 1.5 s later: the presenter shows nothing
-    meanwhile, answers none of the showings whose windows overlap the outage, and the session completes with them
-    shown again. Every rate sent is the published spikes' (a window over the gap would miss some)."""
+    """The outlet closes while the second generation is shown and is back 1.5 s later: the presenter stops showing,
+    answers the batch's clean showings, leaves the server until the stream is back and connects again; the server
+    resends what is owed, the showings whose windows overlap the outage included, in the same batch (no re-queue
+    round is spent, nothing scores NaN). Every rate sent is the published spikes' (a window over the gap would
+    miss some)."""
     out = run_isolated(tmp_path, "lsl_session.py", str(tmp_path), "lost", env={"DISPLAY": xvfb}, timeout=300)
     assert out["statuses"] == ["complete", "complete"]
+    # Back after more than two heartbeats: a reconnect, not a second program using the rig's name.
+    assert out["events"].count("rig.connected") == 2 and "rig.replaced" not in out["events"]
     assert "LSL stream 'actmax-session-spikes' was lost" in out["log"]
     assert "the spike source is back after" in out["log"]
     sent = [p for p in out["presented"] if p["sent"]]
@@ -134,6 +138,8 @@ def test_presenter_waits_for_a_lost_stream_and_leaves_what_it_missed_to_be_shown
     for p in sent:  # from the baseline window's start to the response window's end, clear of the gap
         assert p["onset_recorder"] + 0.2 <= lost_at or p["onset_recorder"] - 0.1 >= back_at
     assert {p["stimulus_id"] for p in missed} <= {sid for _, sid, _ in out["stored"]}  # shown again, answered
+    assert {p["batch_id"] for p in sent if p["stimulus_id"] in {m["stimulus_id"] for m in missed}} == \
+        {p["batch_id"] for p in missed}  # in the batch the outage spoiled them in, resent
     assert_rates_recount({**out, "presented": sent})
 
 
