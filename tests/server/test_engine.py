@@ -14,6 +14,7 @@ import sys
 import threading
 import uuid
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -457,7 +458,7 @@ def test_a_generation_is_one_commit_and_its_batch_is_sent_from_memory(live):
         rig.send_results(batch.batch_id, answer(batch)).result(30)
         second = rig.next_batch(timeout=60)
         assert second is not None and second.generation == 1
-        assert len([at for at in commits if at < sent_at[second.batch_id]]) == 1
+        assert len([at for at in commits if at < sent_at(second.batch_id)]) == 1
         sent, deadline = [], time.monotonic() + 10
         while not sent and time.monotonic() < deadline:  # published just after the send
             items = asyncio.run_coroutine_threadsafe(subscription.get(1), live.loop).result(5)
@@ -473,15 +474,23 @@ def test_a_generation_is_one_commit_and_its_batch_is_sent_from_memory(live):
             assert hashlib.sha256(stimulus.png).hexdigest() == stored[stimulus.stimulus_id]
 
 
-def time_sends(live) -> dict[str, float]:
-    """Record, per batch id, when the engine's transport finished sending that BATCH (monotonic seconds)."""
-    sent_at, send = {}, live.transport.send
+def time_sends(live) -> Callable[[str], float]:
+    """Record when the engine's transport finished sending each BATCH (monotonic seconds); the lookup by batch id
+    waits up to 10 s for the record, since the rig can hold a BATCH before the coroutine that sent it resumes."""
+    sent, send = {}, live.transport.send
 
     async def timed_send(rig_name, message):
         ok = await send(rig_name, message)
         if ok:
-            sent_at[message.header["batch_id"]] = time.monotonic()
+            sent[message.header["batch_id"]] = time.monotonic()
         return ok
+
+    def sent_at(batch_id: str) -> float:
+        deadline = time.monotonic() + 10
+        while batch_id not in sent:
+            assert time.monotonic() < deadline, f"BATCH {batch_id} was never sent"
+            time.sleep(0.005)
+        return sent[batch_id]
 
     live.transport.send = timed_send
     return sent_at
@@ -517,7 +526,7 @@ def test_a_generation_is_archived_after_its_batch_left_and_before_it_is_told(liv
                     assert hashlib.sha256(archive.path(content_hash).read_bytes()).hexdigest() == content_hash
                 batch = next(b for b in batches if b.generation == generation.number)
                 started = [at for at, written in writes if hashes <= written]
-                assert started and started[0] >= sent_at[batch.batch_id]
+                assert started and started[0] >= sent_at(batch.batch_id)
 
 def test_the_engine_checkpoints_the_wal_in_the_background(live):
     """The server's commits never copy the WAL into the database file; the engine's checkpoints (after each
@@ -564,7 +573,7 @@ def test_a_steps_live_items_go_out_after_its_batch(live, monkeypatch):
         time.sleep(0.05)
     items = step_items()
     assert [kind for _, kind in items] == ["batch.answered", "generation.completed", "batch.sent"]
-    assert all(at >= sent_at[second.batch_id] for at, _ in items)
+    assert all(at >= sent_at(second.batch_id) for at, _ in items)
 
 @pytest.mark.parametrize("n_threads", [1, 2])
 def test_the_ack_waits_for_the_step_only_on_a_rig_with_one_thread(live, monkeypatch, n_threads):
