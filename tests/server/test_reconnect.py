@@ -310,6 +310,12 @@ def test_a_server_stopped_before_it_wrote_snapshots_resumes_bit_for_bit(tmp_path
                 batch = rig.next_batch(timeout=60)
                 rig.send_results(batch.batch_id, answer(batch, lambda i, s: [float(hash(s.stimulus_id) % 97)])).result(30)
             assert rig.next_batch(timeout=60).generation == 3  # generations 0, 1 and 2 told, 3 pending
+        if failing:  # generation 2's write comes after generation 3's BATCH left: let it fail before the stop
+
+            def failed_writes() -> int:
+                with live.sessions() as db:
+                    return len(db.scalars(select(Event).where(Event.kind == "thread.snapshot_failed")).all())
+            wait_until(lambda: failed_writes() == 3, 30, "generation 2's snapshot write to fail")
     with live.sessions() as db:
         generations = db.scalars(select(Generation).order_by(Generation.number)).all()
         thread = db.get(Thread, thread_id)
