@@ -21,9 +21,8 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(VENV)/bin/actmax demo
 
-# Two workers: most tests wait on servers and rigs in other processes, so two share the 2 cores well.
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q
 
 bench: $(STAMP)
 	$(PY) bench/turnaround.py
