@@ -159,10 +159,17 @@ def raise_open_file_limit() -> int:
     return wanted
 
 
+# Seconds an idle REST connection stays open: longer than the 5 s for which httpx (our own clients included) and
+# most HTTP clients keep one, so that no client sends a request on a connection the server is just closing (uvicorn's
+# default of 5 s raced httpx's: "Server disconnected without sending a response", or a reset).
+HTTP_KEEP_ALIVE_S = 10
+
+
 def http_config(app, settings, open_files: int):
     """uvicorn's config for ``app``: at most ``settings.http_max_connections`` REST connections, and no more than
     half of the ``open_files`` limit, so that the rigs' socket and the database always have files left; each
-    request must arrive within ``settings.http_request_timeout_s`` (``server.api.connections``)."""
+    request must arrive within ``settings.http_request_timeout_s`` (``server.api.connections``), which also bounds
+    the keep-alive of an idle connection."""
     from server.api.connections import HttpConfig
 
     connections = min(settings.http_max_connections, max(open_files // 2, 1))
@@ -172,6 +179,7 @@ def http_config(app, settings, open_files: int):
                     settings.http_max_connections)
     return HttpConfig(app, host=settings.http_host, port=settings.http_port, log_level="warning",
                       timeout_graceful_shutdown=3, lifespan="off",  # the app has no lifespan
+                      timeout_keep_alive=HTTP_KEEP_ALIVE_S,
                       limit_concurrency=connections, request_timeout_s=settings.http_request_timeout_s)
 
 

@@ -93,6 +93,20 @@ def test_connections_over_the_cap_get_503_at_once_and_unfinished_requests_are_cl
             sock.close()
 
 
+def test_a_connection_idle_for_as_long_as_httpx_keeps_one_is_still_served(tmp_path: Path):
+    """httpx reuses a connection idle for up to 5 s: the server must not close one sooner, else a request that goes
+    out as it closes gets no answer ("Server disconnected without sending a response", or a reset)."""
+    with serve(Settings(data_dir=tmp_path, token=TOKEN)) as (url, _):
+        sock = connect(url)
+        request = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+        sock.sendall(request)
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        time.sleep(httpx.Limits().keepalive_expiry + 0.5)
+        sock.sendall(request)
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        sock.close()
+
+
 def test_the_open_file_limit_is_raised_and_connections_are_capped_below_it(tmp_path: Path):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or hard <= 256:
