@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session as DBSession, sessionmaker
 
 from server.main import create_app
+from server.serve import HTTP_KEEP_ALIVE_S
 from server.settings import Settings
 from server.store import db
 
@@ -113,11 +114,13 @@ class LiveServer:
 
 
 @contextmanager
-def served(app) -> Iterator[str]:
-    """``app`` behind real HTTP: uvicorn in a background thread on a free port; yields its URL."""
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+def served(app, port: int = 0) -> Iterator[str]:
+    """``app`` behind real HTTP, with ``actmax serve``'s keep-alive: uvicorn in a background thread on ``port`` (0: a
+    free one; a port served before can be served again); yields its URL."""
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_keep_alive=HTTP_KEEP_ALIVE_S))
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # its old connections may be in TIME_WAIT
+    sock.bind(("127.0.0.1", port))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

@@ -6,42 +6,16 @@ from __future__ import annotations
 import os
 import queue
 import re
-import socket
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import httpx
-import uvicorn
 
 from server.main import create_app
-from tests.server.conftest import TOKEN, LiveServer, WakeCounter, make_settings, session_config
+from tests.server.conftest import TOKEN, LiveServer, WakeCounter, make_settings, served, session_config
 
 CLOCK = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[+-]\d{4}"  # local time and its offset from UTC, as the log lines
-
-
-@contextmanager
-def served_on(app, port: int) -> Iterator[None]:
-    """``app`` behind real HTTP on ``port`` (0: a free one, then ``sock.getsockname``) until the block ends."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the port again, its old connections in TIME_WAIT
-    sock.bind(("127.0.0.1", port))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
 
 
 def lines_of(stream, into: queue.Queue) -> None:
@@ -64,8 +38,7 @@ def test_the_lines_of_a_server_gone_and_back_start_with_their_time(tmp_path):
     live = LiveServer(make_settings(tmp_path / "data"), WakeCounter())
     app = create_app(live.settings, live.sessions, engine=live.engine)
     try:
-        with served_on(app, 0) as port:
-            url = f"http://127.0.0.1:{port}"
+        with served(app) as url:
             auth = {"Authorization": f"Bearer {TOKEN}"}
             session = httpx.post(f"{url}/sessions", headers=auth, json=session_config(name="away")).json()
             env = {**{k: v for k, v in os.environ.items() if not k.startswith("ACTMAX_")},
@@ -84,7 +57,7 @@ def test_the_lines_of_a_server_gone_and_back_start_with_their_time(tmp_path):
         try:
             said: list[str] = []
             gone = next_line(err, said, "cannot reach the server")
-            with served_on(app, port):
+            with served(app, int(url.rsplit(":", 1)[1])):
                 back = next_line(err, said, "the server answers again")
                 assert httpx.post(f"{url}/sessions/{session['id']}/stop", headers=auth).status_code == 200
                 assert watch.wait(timeout=60) == 0
