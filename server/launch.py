@@ -6,6 +6,7 @@ Shared by ``actmax demo``, the end-to-end tests and the benches.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -21,11 +22,34 @@ import httpx
 from server import ServerError
 
 
+PORTS_FROM = 20000  # free_port's lowest, above the ports services commonly listen on
+
+
 def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket() as s:
+    """A TCP port on loopback that nothing holds right now, below the range the system hands out as the local
+    ports of outgoing connections: a port from that range (``bind`` to port 0) can be taken by any connection
+    before the process it was picked for binds it ("Address already in use"). Random, so that processes picking
+    at once rarely pick the same port."""
+    ports = range(PORTS_FROM, max(_outgoing_ports_start(), PORTS_FROM + 1000))
+    for port in random.SystemRandom().sample(ports, 50):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # all 50 held: any free one
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _outgoing_ports_start() -> int:
+    """The first local port of outgoing connections: Linux's ``ip_local_port_range`` (32768 by default), else
+    49152 (IANA's, macOS's and Windows')."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text(encoding="utf-8").split()[0])
+    except (OSError, ValueError, IndexError):
+        return 49152
 
 
 def _actmax(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
