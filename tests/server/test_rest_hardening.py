@@ -5,6 +5,7 @@ the accept-error log, eigenbasis files that are not regular files, the cap on ac
 from __future__ import annotations
 
 import asyncio
+import http.client
 import logging
 import os
 import resource
@@ -97,14 +98,14 @@ def test_a_connection_idle_for_as_long_as_httpx_keeps_one_is_still_served(tmp_pa
     """httpx reuses a connection idle for up to 5 s: the server must not close one sooner, else a request that goes
     out as it closes gets no answer ("Server disconnected without sending a response", or a reset)."""
     with serve(Settings(data_dir=tmp_path, token=TOKEN)) as (url, _):
-        sock = connect(url)
-        request = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
-        sock.sendall(request)
-        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
-        time.sleep(httpx.Limits().keepalive_expiry + 0.5)
-        sock.sendall(request)
-        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
-        sock.close()
+        parts = urlsplit(url)
+        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+        for pause in (0, httpx.Limits().keepalive_expiry + 0.5):
+            time.sleep(pause)
+            connection.request("GET", "/health")  # on the same socket: a closed one raises RemoteDisconnected
+            response = connection.getresponse()
+            assert response.status == 200 and response.read()
+        connection.close()
 
 
 def test_the_open_file_limit_is_raised_and_connections_are_capped_below_it(tmp_path: Path):
