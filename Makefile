@@ -21,8 +21,10 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(VENV)/bin/actmax demo
 
+# Two workers: most tests wait on servers and rigs in other processes, so two share the 2 cores well
+# (about 9 minutes instead of 15).
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 bench: $(STAMP)
 	$(PY) bench/turnaround.py
