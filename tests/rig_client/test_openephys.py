@@ -112,8 +112,11 @@ def test_a_quiet_recording_is_real_data_and_its_silence_only_logged(publisher, c
 def test_a_slow_poll_loses_no_spikes(publisher):
     """Tens of thousands of events between two polls (a busy array while the presenter waits for a
     batch) all arrive: the subscriber's queue has no high-water mark. At ZeroMQ's default of 1000 the
-    publisher, whose own queue is the default 1000 as in the GUI, dropped most of them."""
+    publisher dropped most of them. Its own queue is 10 000 here (the GUI's is ZeroMQ's default, 1000), so that
+    a stall of the test's process on a loaded machine does not drop them at the publisher; that is still far
+    below the 40 000 sent."""
     pub, endpoint, ctx = publisher
+    pub.setsockopt(zmq.SNDHWM, 10_000)  # for the subscriber connecting below
     n = 40_000
     with OpenEphysSource(["TT1-u1"], endpoint, context=ctx) as source:
         deadline = time.monotonic() + 10
