@@ -35,9 +35,11 @@ import logging
 import os
 import sqlite3
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import update
 from sqlalchemy.engine import make_url
@@ -234,18 +236,26 @@ def log_hello(db: Transaction, rig: str, minor: int, header: dict, references: i
 
 def setup_change(before: dict | None, after: dict | None) -> str | None:
     """What differs between two HELLOs' ``setup``: each field changed, added or gone (``viewing_distance_cm 57 ->
-    60``; names and values as JSON, each cut at 60 characters; the first ``CHANGES_SHOWN``); None if nothing."""
-    before, after = before or {}, after or {}
+    60``), a nested object's by its path (``display.refresh_hz 60 -> 120``); names and values as JSON, each cut at
+    60 characters; the first ``CHANGES_SHOWN``. None if nothing."""
 
-    def as_json(setup: dict, field: str) -> str | None:
-        return json.dumps(setup[field], ensure_ascii=False, sort_keys=True) if field in setup else None
+    def leaves(value: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], str]]:
+        """(path, value as JSON: 1 and true differ) of each value not an object, or an empty one below the top."""
+        if isinstance(value, dict) and (value or not path):
+            for name, inner in value.items():
+                yield from leaves(inner, (*path, name))
+        else:
+            yield path, json.dumps(value, ensure_ascii=False, sort_keys=True)
 
     def cut(text: str | None) -> str:
         return "(none)" if text is None else text if len(text) <= 60 else text[:57] + "..."
 
-    changes = [f"{cut(json.dumps(field, ensure_ascii=False)[1:-1])} {cut(as_json(before, field))} -> "  # escaped name:
-               f"{cut(as_json(after, field))}" for field in {**before, **after}  # no newline reaches the log
-               if as_json(before, field) != as_json(after, field)]  # as JSON: 1 and true differ
+    def name(path: tuple[str, ...]) -> str:  # each name escaped as in JSON: no newline reaches the log
+        return cut(".".join(json.dumps(part, ensure_ascii=False)[1:-1] for part in path))
+
+    old, new = dict(leaves(before or {})), dict(leaves(after or {}))
+    changes = [f"{name(path)} {cut(old.get(path))} -> {cut(new.get(path))}" for path in {**old, **new}
+               if old.get(path) != new.get(path)]
     more = f" and {len(changes) - CHANGES_SHOWN} more fields" if len(changes) > CHANGES_SHOWN else ""
     return "; ".join(changes[:CHANGES_SHOWN]) + more if changes else None
 

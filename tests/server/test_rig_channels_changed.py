@@ -12,7 +12,7 @@ from datetime import timedelta
 from sqlalchemy import select
 
 from rig_client.client import RigClient
-from server.engine import channels_change
+from server.engine import channels_change, setup_change
 from server.store import queries
 from server.store.models import Event, Session, Thread, ThreadStatus
 from server.store.records import stop_session
@@ -126,6 +126,21 @@ def test_labels_gained_or_lost_are_a_change_and_a_long_list_is_cut_in_the_messag
     after = {"channels": 96, "channel_labels": [f"u{(i + 1) % 96}" for i in range(96)]}
     assert channels_change(before, after) == (", ".join(f"channel {i} 'u{i}' -> 'u{i + 1}'" for i in range(8))
                                               + " and 88 more channels")
+
+
+def test_a_change_inside_a_nested_setup_is_named_by_its_path_not_hidden_in_a_cut_object():
+    """`actmax rig present` nests its display and stimulus: a new refresh rate sits at the end of an object whose JSON
+    is longer than a cut value, so naming the object alone showed the same 57 characters on both sides."""
+    display = {"width_px": 1920, "width_cm": 53.0, "distance_cm": 57.0, "photodiode_px": 40, "refresh_hz": 60.0}
+    before = {"rig_program": "actmax rig present 1.0", "display": display, "latency_ms": 50.0}
+    after = {**before, "display": {**display, "refresh_hz": 120.0}}
+    assert setup_change(before, after) == "display.refresh_hz 60.0 -> 120.0"
+    gone = [f"display.{field} {json.dumps(value)} -> (none)" for field, value in display.items()]
+    assert setup_change(before, {**before, "display": {}}) == "; ".join(gone + ["display (none) -> {}"])
+    assert setup_change({"a": 1}, {"a": {"b": True}}) == "a 1 -> (none); a.b (none) -> true"
+    assert setup_change({"a.b": 1}, {"a": {"b": 1}}) == "a.b 1 -> (none); a.b (none) -> 1"  # other fields, one name
+    assert setup_change({"x\ny": {"z": [1, 2]}}, {"x\ny": {"z": [1, 3]}}) == "x\\ny.z [1, 2] -> [1, 3]"
+    assert setup_change(after, json.loads(json.dumps(after))) is None
 
 
 def test_the_setup_at_a_moment_is_that_of_the_rigs_last_hello_before_it(live):
