@@ -164,7 +164,9 @@ class RigClient:
     ``server_public_key`` and this rig's ``public_key`` and ``secret_key`` (Z85; see
     `curve_keys` and ``actmax keys``). ``setup`` (protocol 1.2) tells the server, for the session's record, what the
     rig program is and how it is set: any JSON object of up to 4096 bytes, e.g. ``{"program": "my-rig 2.0",
-    "viewing_distance_cm": 57, "image_size_deg": 4}``.
+    "viewing_distance_cm": 57, "image_size_deg": 4}``. ``welcomed_before``: this rig was welcomed by this server
+    before (a rig program that left and comes back), so a server silent now is down, not refusing its keys, and
+    the log does not suggest checking them.
     """
 
     def __init__(self, endpoint: str, rig_name: str, *, channels: int,
@@ -172,7 +174,7 @@ class RigClient:
                  liveness: int = 5, reconnect_max_s: float = 16.0,
                  context: zmq.Context | None = None, server_public_key: bytes | None = None,
                  public_key: bytes | None = None, secret_key: bytes | None = None,
-                 setup: dict[str, Any] | None = None):
+                 setup: dict[str, Any] | None = None, welcomed_before: bool = False):
         check_endpoint(endpoint)
         if heartbeat_s <= 0 or liveness < 1 or reconnect_max_s <= 0:
             raise ValueError("need heartbeat_s > 0, liveness >= 1 and reconnect_max_s > 0")
@@ -222,7 +224,7 @@ class RigClient:
             s.setsockopt(zmq.LINGER, 0)
         self._link = _Link(self, heartbeat_s=heartbeat_s, liveness=liveness,
                            reconnect_max_s=reconnect_max_s,
-                           curve=None if server_public_key is None else curve)
+                           curve=None if server_public_key is None else curve, welcomed_before=welcomed_before)
         self._thread = threading.Thread(target=self._io_main, name=f"rig-client-{rig_name}",
                                         daemon=True)
         self._thread.start()
@@ -241,6 +243,11 @@ class RigClient:
         Below 1 the server would score flagged presentations: leave them out (docs/protocol.md §4.4.1).
         """
         return self._minor
+
+    @property
+    def ever_welcomed(self) -> bool:
+        """The server welcomed this client at least once (or the rig before it: ``welcomed_before``)."""
+        return self._link.ever_welcomed
 
     @property
     def heartbeat_s(self) -> float:
@@ -615,7 +622,7 @@ class _Link:
     client's `RigClient._handle`; queued uploads to `RigClient._take_commands`."""
 
     def __init__(self, client: RigClient, *, heartbeat_s: float, liveness: int,
-                 reconnect_max_s: float, curve: tuple[bytes, bytes, bytes] | None):
+                 reconnect_max_s: float, curve: tuple[bytes, bytes, bytes] | None, welcomed_before: bool):
         self.client = client
         self.heartbeat_s, self.liveness = heartbeat_s, liveness
         self.reconnect_max_s = reconnect_max_s
@@ -623,7 +630,7 @@ class _Link:
         self.socket: zmq.Socket | None = None
         self.beat_s, self.beats = heartbeat_s, liveness  # the server's after WELCOME
         self.is_welcomed = False  # this socket
-        self.ever_welcomed = False  # any socket of this client: keys are no longer the suspect
+        self.ever_welcomed = welcomed_before  # any socket of this client, or the rig before: keys are not the suspect
         self.usable = True  # False: drop this socket and reconnect
 
     def run(self) -> None:

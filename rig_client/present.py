@@ -264,8 +264,8 @@ class PresenterRig:
         # A HELLO within two heartbeats of the rig's last message would read as another program using its name.
         clear_s = self.source.outages[-1][1] - min(self.baseline_ms[0], 0.0) / 1000 - self.now()
         wait_s = max(left + 2 * self.client.heartbeat_s + 0.5 - time.monotonic(), clear_s)
-        if not self.stop.wait(max(wait_s, 0.0)):
-            self.client = self.connect()
+        if not self.stop.wait(max(wait_s, 0.0)):  # a server silent now is down, not refusing the rig's keys
+            self.client = self.connect(welcomed_before=self.client.ever_welcomed)
 
     def warn_late(self) -> None:
         message = self.late.report()

@@ -474,6 +474,13 @@ def test_the_key_hint_on_silence_is_only_for_a_rig_this_server_never_welcomed(zm
         caplog.clear()
         wait_until(lambda: len(silences()) >= 3)  # the welcomed socket's, then new sockets'
         assert not any("key" in m for m in silences()), silences()
+        assert c.ever_welcomed
+    caplog.clear()  # the same rig program back with a new client (`actmax rig present` after an outage)
+    with RigClient(endpoint, "rig-a", channels=2, reconnect_max_s=0.2, context=zmq_context, welcomed_before=True,
+                   **FAST) as c:
+        wait_until(lambda: len(silences()) >= 2)
+        assert not any("key" in m for m in silences()), silences()
+        assert c.ever_welcomed
 
 
 def test_refused_hello_raises_rig_error(zmq_context, endpoint, lab):
