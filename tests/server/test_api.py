@@ -40,12 +40,6 @@ from tests.server.conftest import TOKEN, LiveServer, damage, served, session_con
 
 
 @pytest.fixture
-def client(live_server: LiveServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=live_server.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10) as c:
-        yield c
-
-
-@pytest.fixture
 def anonymous(live_server: LiveServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=live_server.url, timeout=10) as c:
         yield c

@@ -6,7 +6,6 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -30,14 +29,8 @@ from server.store.models import (
     encode_codes,
 )
 from server.store.records import log_event
-from tests.server.conftest import TOKEN, LiveServer, thread_config
+from tests.server.conftest import LiveServer, thread_config
 from tests.server.test_api import create_session
-
-
-@pytest.fixture
-def client(live_server: LiveServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=live_server.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10) as c:
-        yield c
 
 
 def add_generations(live_server: LiveServer, session_id: int, thread_id: int, scores: list[list[float]],

@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 
-import httpx
 import numpy as np
-import pytest
 from sqlalchemy import select
 
 from server import report, steps
@@ -22,18 +19,12 @@ from server.store.models import (
     Batch, Event, Generation, GenerationStatus, Stimulus, StimulusKind, Thread, ThreadStatus, encode_codes,
 )
 from server.store.records import PresentationRecord, create_session, record_presentations
-from tests.server.conftest import TOKEN, LiveServer, session_config, thread_config
+from tests.server.conftest import LiveServer, session_config, thread_config
 from tests.server.test_report import png
 
 RIG = "rig-relabelled"  # its own rig: the module's server has other tests' HELLOs
 BEFORE = ["u-a0", "u-a1", "u-a2", "u-a3"]
 AFTER = ["u-b0", "u-a1", "u-b2", "u-a3"]  # channels 0 and 2 are other units after the rig came back
-
-
-@pytest.fixture
-def client(live_server: LiveServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=live_server.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as c:
-        yield c
 
 
 def hello(live_server: LiveServer, labels: list[str]) -> None:

@@ -5,26 +5,18 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 
 import httpx
-import pytest
 
 from server import live
 from server.session_config import SessionConfig
 from server.store.models import Thread, ThreadStatus
 from server.store.records import log_event
-from tests.server.conftest import TOKEN, LiveServer, session_config, thread_config
+from tests.server.conftest import LiveServer, session_config, thread_config
 from tests.server.test_api import create_session
 from tests.server.test_dashboard_api import add_generations
 
 REST_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
-
-
-@pytest.fixture
-def client(live_server: LiveServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=live_server.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10) as c:
-        yield c
 
 
 class Messages:

@@ -5,11 +5,7 @@ rig's channel changes."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import httpx
 import numpy as np
-import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
@@ -23,7 +19,7 @@ from server import report
 from server.engine import log_hello
 from server.store.archive import ImageArchive
 from server.store.models import Event, Generation, Thread
-from tests.server.conftest import TOKEN, LiveServer
+from tests.server.conftest import LiveServer
 from tests.server.test_manifold_analysis import RATES, record_map
 from tests.server.test_report import png, record_session, record_showings
 
@@ -199,12 +195,6 @@ def test_every_report_figure_prints_its_text_at_8_pt_or_more_without_overlaps(db
     # The report's Manifold map draws its level sets as `actmax analyze manifold`'s figure does.
     (manifold,) = [fig for fig, path in drawn.saved if path.endswith("manifold_map.png")]
     assert_level_sets_stand_out(manifold.axes[0])
-
-
-@pytest.fixture
-def client(live_server: LiveServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=live_server.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as c:
-        yield c
 
 
 def test_methods_text_lists_the_notes_and_the_rigs_channel_changes(live_server: LiveServer, client, tmp_path):

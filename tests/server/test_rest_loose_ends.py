@@ -9,29 +9,21 @@ from __future__ import annotations
 
 import ast
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
 from server.objectives import Objective
 from server.session_config import SessionConfig
 from server.store import records
 from server.store.models import EVENT_KINDS, LIVE_NOTICES, Thread, ThreadStatus
-from tests.server.conftest import TOKEN, LiveServer, session_config, thread_config
+from tests.server.conftest import LiveServer, session_config, thread_config
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "rest_api.md"
 LOGGERS = {"log_in": 3, "log_event": 1, "log_event_once": 1, "set_thread_error": 2}  # function -> kind's position
 REGISTRY = ROOT / "server" / "store" / "models.py"  # EVENT_KINDS itself, which the scan checks
 NOT_KINDS = {"rig.log", "session.nwb"}  # shaped like a kind: file names
-
-
-@pytest.fixture
-def client(live_server: LiveServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=live_server.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10) as c:
-        yield c
 
 
 def events(client: httpx.Client, session_id: int, kind: str) -> list[dict]:

@@ -18,7 +18,6 @@ import uuid
 from collections import defaultdict
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from pydantic import ValidationError
@@ -33,7 +32,7 @@ from server.session_config import SessionConfig, load_session_config
 from server.store.db import make_db_engine, make_sessionmaker
 from server.store.models import Batch, Stimulus, Thread, ThreadStatus, decode_codes
 from server.store.records import PresentationRecord, create_session, record_presentations
-from tests.server.conftest import TOKEN, LiveServer, session_config, thread_config
+from tests.server.conftest import session_config, thread_config
 from tests.server.test_engine import RIG, LiveEngine
 
 SOURCE = thread_config()["name"]
@@ -113,12 +112,6 @@ def test_a_retest_waits_for_its_source_or_says_why_it_cannot_start(db_sessions, 
         with pytest.raises(error) as caught:
             design_codes(db, retest, config.threads[1].retest)
         assert str(caught.value) == message
-
-
-@pytest.fixture
-def client(live_server: LiveServer):
-    with httpx.Client(base_url=live_server.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60) as c:
-        yield c
 
 
 def test_session_create_refuses_a_bad_retest_with_a_422_naming_the_field(client):

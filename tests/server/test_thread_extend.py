@@ -8,26 +8,17 @@ the routes alone) the app with a stand-in engine; every request is real HTTP.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
 import numpy as np
-import pytest
 from sqlalchemy import select
 
 from rig_client.client import RigClient
 from server.main import create_app
 from server.store.models import Generation, Thread, ThreadStatus, decode_codes
 from server.store.records import set_thread_error
-from tests.server.conftest import TOKEN, LiveServer, served, session_config, thread_config
+from tests.server.conftest import LiveServer, served, session_config, thread_config
 from tests.server.test_end_to_end import wait_until
 from tests.server.test_engine import RIG, LiveEngine, answer
-
-
-@pytest.fixture
-def client(live_server: LiveServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=live_server.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10) as c:
-        yield c
 
 
 def events(api: httpx.Client, session_id: int, kind: str) -> list[dict]:
