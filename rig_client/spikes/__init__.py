@@ -83,6 +83,35 @@ class SpikeSource(abc.ABC):
         self.close()
 
 
+CLOCK_BACK_S = 1.0  # a recorder clock that goes back further restarted (events may come a little out of order)
+
+
+class RecorderClock:
+    """The time a recorder's clock has reached, per stream: `advance` raises `RigError` when it goes back more than
+    ``CLOCK_BACK_S``. A recorder restarts its clock when acquisition is stopped and started again, and a window
+    counted across that would mix times of two clocks. ``recorder`` names it, ``restart`` says what restarts it."""
+
+    def __init__(self, recorder: str, restart: str):
+        self.recorder, self.restart = recorder, restart
+        self.reached: dict[str, float] = {}
+
+    def advance(self, times: Sequence[float], stream: str = "") -> None:
+        """Times in the order the recorder sent them."""
+        times = np.asarray(times, np.float64)
+        if not len(times):
+            return
+        reached = np.maximum.accumulate(np.concatenate([[self.reached.get(stream, -np.inf)], times]))
+        back = reached[:-1] - times > CLOCK_BACK_S
+        if back.any():
+            i = int(np.argmax(back))
+            which = f" (stream {stream!r})" if stream else ""
+            raise RigError(f"{self.recorder}'s clock{which} went back from {reached[i]:.3f} s to {times[i]:.3f} s: "
+                           f"{self.restart}. Times from before and after it cannot be compared, so spikes would be "
+                           "counted in the wrong windows: restart the rig program once the recorder runs again (the "
+                           "server resends what the rig still owes)")
+        self.reached[stream] = float(reached[-1])
+
+
 class SpikeBuffer:
     """Everything a source delivered so far: sorted spike times per channel, markers by name."""
 

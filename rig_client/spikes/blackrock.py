@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from rig_client import RigError
-from rig_client.spikes import Events, SpikeSource
+from rig_client.spikes import Events, RecorderClock, SpikeSource
 
 DEVICE_CLOCK_HZ = 1e9  # header.time is in nanoseconds (protocol 4.x)
 
@@ -32,6 +32,8 @@ class PacketBuffer:
         self._markers: collections.deque = collections.deque()
         self._lock = threading.Lock()
         self.skipped = 0
+        self.clock = RecorderClock("the Blackrock device", "the NSP was restarted or its clock reset, which "
+                                   "starts its clock from zero")
 
     def on_spike(self, header, data) -> None:
         unit = self.index.get(f"chan{header.chid}-u{header.type}")
@@ -53,6 +55,8 @@ class PacketBuffer:
             self._markers.clear()
         spike_times = np.array([t for t, _ in spikes], np.float64) / DEVICE_CLOCK_HZ
         marker_times = np.array([t for t, _ in markers], np.float64) / DEVICE_CLOCK_HZ
+        self.clock.advance(spike_times, "spike packets")  # each kind in the order it came
+        self.clock.advance(marker_times, "digital-input packets")
         return Events(spike_times, [u for _, u in spikes], marker_times, [n for _, n in markers])
 
 

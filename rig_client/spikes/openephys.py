@@ -13,7 +13,8 @@ edge on line L is the marker ``ttlL``.
 The broadcaster sends events only, no heartbeats, and a SUB socket cannot tell a silent publisher
 from none at all: so the source fails (`RigError`) when no JSON message has come ``silence_s`` after
 it started, rather than report 0 spikes/s from a recorder it never heard. Messages wait in memory
-(no receive high-water mark) until `poll` takes them, so a slow poll loses none.
+(no receive high-water mark) until `poll` takes them, so a slow poll loses none. Acquisition stopped
+and started again starts the sample numbers from zero: the source then fails too (`RecorderClock`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from collections.abc import Sequence
 import zmq
 
 from rig_client import RigError
-from rig_client.spikes import Events, SpikeSource
+from rig_client.spikes import Events, RecorderClock, SpikeSource
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +36,20 @@ def unit_label(event: dict) -> str:
     return f"{event['electrode']}-u{int(event['sorted_id'])}"
 
 
-def to_events(messages: Sequence[dict], labels: Sequence[str]) -> tuple[Events, int]:
+def to_events(messages: Sequence[dict], labels: Sequence[str], clock: RecorderClock | None = None
+              ) -> tuple[Events, int]:
     """Events from decoded Event Broadcaster JSON objects, and how many were skipped.
 
-    Spikes of units not in ``labels`` and malformed objects are skipped (and logged).
+    Spikes of units not in ``labels`` and malformed objects are skipped (and logged). ``clock`` checks that each
+    stream's times do not go back (acquisition restarted), with every event's time, skipped units' too.
     """
     index = {label: i for i, label in enumerate(labels)}
     spikes, channels, markers, names, skipped = [], [], [], [], 0
+    streams: dict[str, list[float]] = {}
     for event in messages:
         try:
             t = int(event["sample_number"]) / float(event["sample_rate"])
+            streams.setdefault(str(event.get("stream", "")), []).append(t)
             if event["event_type"] == "spike":
                 unit = index.get(unit_label(event))
                 if unit is None:
@@ -58,6 +63,8 @@ def to_events(messages: Sequence[dict], labels: Sequence[str]) -> tuple[Events, 
         except (KeyError, TypeError, ValueError, ZeroDivisionError):
             log.warning("skipping a malformed Event Broadcaster message: %.200r", event)
             skipped += 1
+    for stream, times in streams.items() if clock is not None else ():
+        clock.advance(times, stream)
     return Events(spikes, channels, markers, names), skipped
 
 
@@ -65,7 +72,8 @@ class OpenEphysSource(SpikeSource):
     """Subscribes to an Event Broadcaster; ``labels`` are the units to report, in channel order.
 
     `poll` raises `RigError` if no JSON message has arrived ``silence_s`` after the source started,
-    and logs a warning when messages stop for ``silence_s`` later (a quiet recording is real data).
+    and logs a warning when messages stop for ``silence_s`` later (a quiet recording is real data); and when
+    a stream's clock goes back (acquisition started again).
     """
 
     def __init__(self, labels: Sequence[str], endpoint: str = "tcp://127.0.0.1:5557", *,
@@ -77,6 +85,8 @@ class OpenEphysSource(SpikeSource):
         self.endpoint, self.silence_s = endpoint, silence_s
         self.skipped = 0
         self.heard: float | None = None  # time.monotonic() of the last JSON message; None: never
+        self.clock = RecorderClock("the Open Ephys GUI", "its acquisition was stopped and started again, which "
+                                   "starts its sample numbers from zero")
         self._started, self._warned = time.monotonic(), False
         self._ctx = context or zmq.Context.instance()
         self._socket = self._ctx.socket(zmq.SUB)
@@ -102,7 +112,7 @@ class OpenEphysSource(SpikeSource):
                 log.warning("skipping a non-JSON Event Broadcaster message; set its format to JSON")
                 self.skipped += 1
         self._check_heard(bool(messages))
-        events, skipped = to_events(messages, self.labels)
+        events, skipped = to_events(messages, self.labels, self.clock)
         self.skipped += skipped
         return events
 

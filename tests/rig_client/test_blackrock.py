@@ -37,6 +37,17 @@ def test_packets_become_spikes_and_markers():
     np.testing.assert_allclose(counts.baseline, [[0.0, 1 / 0.1]])
 
 
+def test_a_device_clock_that_starts_again_from_zero_is_refused():
+    buffer = PacketBuffer(["chan3-u1"])
+    buffer.on_spike(*packet(12_000_000_000, 3, 1))
+    buffer.on_digital(*packet(12_500_000_000, 151, word=1))
+    assert len(buffer.take().spike_times) == 1
+    buffer.on_digital(*packet(200_000_000, 151, word=1))  # the NSP restarted
+    with pytest.raises(RigError, match=r"Blackrock device's clock \(stream 'digital-input packets'\) went back from "
+                       r"12\.500 s to 0\.200 s: the NSP was restarted"):
+        buffer.take()
+
+
 def test_a_missing_sdk_library_is_a_rig_error_that_says_what_to_install(monkeypatch, tmp_path):
     """pip's pycbsdk may come without libcbsdk; its raw OSError became a RigError naming CBSDK_LIB_PATH."""
     from pycbsdk import session

@@ -142,3 +142,29 @@ def test_a_slow_poll_loses_no_spikes(publisher):
     assert got == n
     np.testing.assert_array_equal(buffer.spikes()[0], (30 + np.arange(n)) / RATE)
 
+
+def test_acquisition_started_again_fails_the_source_rather_than_count_across_two_clocks(publisher):
+    """The GUI starts its sample numbers from zero when acquisition is stopped and started again: the source says
+    so, where counting on would put the new spikes in windows of the old clock. Events a little out of order, and a
+    stream with a clock of its own, are no restart."""
+    pub, endpoint, ctx = publisher
+    with OpenEphysSource(["TT1-u1"], endpoint, context=ctx) as source:
+        wait_heard(pub, source)
+        at_100_s = int(100 * RATE)
+        for event in [spike("TT1", 1, at_100_s), spike("TT1", 1, at_100_s - int(0.5 * RATE)),
+                      {**spike("TT1", 1, int(2 * RATE)), "stream": "second_board"}]:
+            pub.send_multipart([b"spike", json.dumps(event).encode()])
+        buffer, deadline = SpikeBuffer(1), time.monotonic() + 10
+        while len(buffer.spikes()[0]) < 3:
+            assert time.monotonic() < deadline, "the spikes did not arrive"
+            buffer.add(source.poll())
+            time.sleep(0.01)
+        np.testing.assert_array_equal(buffer.spikes()[0], [2.0, 99.5, 100.0])
+        pub.send_multipart([b"spike", json.dumps(spike("TT1", 1, int(0.25 * RATE))).encode()])
+        deadline = time.monotonic() + 10
+        with pytest.raises(RigError, match=r"^the Open Ephys GUI's clock \(stream 'example_data'\) went back from "
+                           r"100\.000 s to 0\.250 s: its acquisition was stopped and started again.*restart the rig "
+                           r"program"):
+            while time.monotonic() < deadline:
+                source.poll()
+                time.sleep(0.01)

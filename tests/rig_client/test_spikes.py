@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rig_client import RigError
-from rig_client.spikes import Events, SpikeBuffer, count_in_window, fit_clock, in_outage
+from rig_client.spikes import Events, RecorderClock, SpikeBuffer, count_in_window, fit_clock, in_outage
 from rig_client.spikes.replay import ReplaySource, load, save
 
 T0 = 1_764_250_000.0  # unix-time magnitudes: the fit must stay exact there
@@ -95,6 +95,21 @@ def test_counting_through_a_clock_fit():
 def test_clock_fit_refuses_what_cannot_be_fitted(presenter, recorder, words):
     with pytest.raises(RigError, match=words):
         fit_clock(presenter, recorder)
+
+
+def test_a_recorder_clock_that_goes_back_more_than_a_second_is_refused_stream_by_stream():
+    clock = RecorderClock("the recorder", "it restarted")
+    clock.advance([0.0, 5.0, 4.5, 6.0])  # out of order by 0.5 s: no restart
+    clock.advance([5.2, 7.0])  # 0.8 s behind the 6.0 reached before
+    clock.advance([1.0, 0.5], stream="other")  # another stream's own clock
+    clock.advance([])
+    with pytest.raises(RigError, match=r"^the recorder's clock went back from 7\.500 s to 5\.900 s: it restarted\."):
+        clock.advance([7.5, 5.9])  # 7.5 reached in this very call
+    with pytest.raises(RigError, match=r"went back from 7\.000 s to 5\.500 s"):
+        clock.advance([5.5])  # 7.0 reached before it
+    with pytest.raises(RigError, match=r"clock \(stream 'other'\) went back from 3\.000 s to 0\.010 s"):
+        clock.advance([3.0, 0.01], stream="other")
+    assert clock.reached == {"": 7.0, "other": 1.0}  # a refused call moves nothing
 
 
 def test_buffer_collects_chunks_in_any_order():
