@@ -44,6 +44,10 @@ MAX_SETUP_DEPTH = 16  # its objects and arrays nested
 MAX_DROPPED_FRAMES = 1_000_000
 MAX_ONSET = 1e11  # seconds; any unix time this century
 MAX_RATE = 1e9  # spikes/s, either sign: far above any neuron, far below where a mean of them overflows
+# WELCOME's connection settings, (least, most): a server's own settings are held to them
+WELCOME_HEARTBEAT_MS = (10, 600_000)
+WELCOME_LIVENESS = (1, 1000)
+WELCOME_MAX_MESSAGE_BYTES = (1024, 2**40)
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -499,9 +503,9 @@ def _minor(h: _Fields) -> None:
 
 def _welcome(h: _Fields, frames: list[bytes]) -> None:
     h.string("server", max_len=256)
-    h.integer("heartbeat_ms", 10, 600_000)
-    h.integer("liveness", 1, 1000)
-    h.integer("max_message_bytes", 1024, 2**40)
+    h.integer("heartbeat_ms", *WELCOME_HEARTBEAT_MS)
+    h.integer("liveness", *WELCOME_LIVENESS)
+    h.integer("max_message_bytes", *WELCOME_MAX_MESSAGE_BYTES)
     _minor(h)
     _no_frames(h, frames)
 

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from rig_client.protocol import WELCOME_HEARTBEAT_MS, WELCOME_LIVENESS, WELCOME_MAX_MESSAGE_BYTES
 from server import ServerError
 
 
@@ -41,9 +42,12 @@ class Settings(BaseSettings):
     http_port: int = Field(8000, ge=0, le=65535)
     zmq_endpoint: str = Field("tcp://127.0.0.1:5555", description="ZeroMQ ROUTER bind endpoint for rigs.")
     token: SecretStr | None = Field(None, description="Bearer token the REST API requires.")
-    heartbeat_s: float = Field(2.0, gt=0, description="Seconds between heartbeats, both ways.")
-    liveness: int = Field(5, ge=1, description="Missed heartbeats before a rig counts as disconnected.")
-    max_message_bytes: int = Field(64 * 2**20, gt=0, description="Largest ZeroMQ message accepted.")
+    heartbeat_s: float = Field(2.0, ge=WELCOME_HEARTBEAT_MS[0] / 1000, le=WELCOME_HEARTBEAT_MS[1] / 1000,
+                               description="Seconds between heartbeats, both ways.")
+    liveness: int = Field(5, ge=WELCOME_LIVENESS[0], le=WELCOME_LIVENESS[1],
+                          description="Missed heartbeats before a rig counts as disconnected.")
+    max_message_bytes: int = Field(64 * 2**20, ge=WELCOME_MAX_MESSAGE_BYTES[0], le=WELCOME_MAX_MESSAGE_BYTES[1],
+                                   description="Largest ZeroMQ message accepted.")
     batch_timeout_s: float = Field(300.0, gt=0, description="Seconds without results, while the rig is connected, "
                                    "before a batch's missing results time out.")
     weights_dir: Path | None = Field(

@@ -202,6 +202,21 @@ def test_a_bad_environment_setting_names_its_variable(clean_environment, capsys)
         assert code == 2 and "bad setting: ACTMAX_HEARTBEAT_S: Input should be a valid number" in err, err
 
 
+@pytest.mark.parametrize(("variable", "value", "reason"), [
+    ("ACTMAX_HEARTBEAT_S", "0.001", "greater than or equal to 0.01"),
+    ("ACTMAX_HEARTBEAT_S", "3600", "less than or equal to 600"),
+    ("ACTMAX_LIVENESS", "5000", "less than or equal to 1000"),
+    ("ACTMAX_MAX_MESSAGE_BYTES", "100", "greater than or equal to 1024"),
+])
+def test_a_connection_setting_no_welcome_can_carry_is_refused_at_start(variable, value, reason, clean_environment,
+                                                                        capsys):
+    """Outside WELCOME's ranges the server used to start, then answer every rig's HELLO with ERROR internal."""
+    clean_environment.setenv(variable, value)
+    clean_environment.setenv("ACTMAX_TOKEN", "t")
+    code, err = in_process("serve", capsys=capsys)
+    assert code == 2 and f"bad setting: {variable}: Input should be {reason}" in err, err
+
+
 def test_config_and_token_mistakes_are_named_before_any_request(tmp_path, clean_environment, capsys):
     (tmp_path / "bad.yaml").write_text("threads: [unclosed")
     clean_environment.setenv("ACTMAX_TOKEN", "t")
