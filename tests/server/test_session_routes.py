@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -15,19 +14,14 @@ from alembic import command
 from sqlalchemy import select
 
 from rig_client.client import RigClient
+from server.engine import log_hello
 from server.main import create_app
 from server.store import db
 from server.store.models import Generation, GenerationStatus, ThreadStatus
-from tests.server.conftest import TOKEN, LiveServer, served, session_config, thread_config
+from tests.server.conftest import LiveServer, served, session_config, thread_config
 from tests.server.test_end_to_end import wait_until
 from tests.server.test_engine import RIG, LiveEngine, answer
 from tests.server.test_reconnect import thread_status
-
-
-@pytest.fixture
-def client(live_server: LiveServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=live_server.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as c:
-        yield c
 
 
 def sessions_named(client: httpx.Client, name: str) -> list[int]:
@@ -65,6 +59,22 @@ def test_a_post_repeated_with_its_idempotency_key_creates_one_session(client: ht
                                       "another body; send a new key for a new session (or the first body again for "
                                       "that session)")
     assert sessions_named(client, "retried") == [first.json()["id"]]
+
+
+def test_creating_replaying_and_stopping_a_session_answer_it_as_get_does(client: httpx.Client,
+                                                                         live_server: LiveServer) -> None:
+    """The session that POST /sessions (first and repeated) and POST /sessions/{id}/stop answer is the one
+    GET /sessions/{id} shows, with the rig's channel labels and setup filled in, where they used to be null."""
+    with live_server.sessions.begin() as db:
+        log_hello(db, "rig-labelled", 2, {"channels": 2, "channel_labels": ["u-a", "u-b"], "setup": {"room": 4}}, 0)
+    body, key = session_config(name="labelled", rig="rig-labelled"), {"Idempotency-Key": "labelled-1"}
+    created, again = (client.post("/sessions", json=body, headers=key) for _ in range(2))
+    shown = client.get(f"/sessions/{created.json()['id']}").json()
+    assert (shown["channel_labels"], shown["rig_setup"]) == (["u-a", "u-b"], {"room": 4})
+    assert created.json() == shown and again.json() == shown
+    stopped = client.post(f"/sessions/{shown['id']}/stop").json()
+    assert stopped["status"] == "stopped" and stopped == client.get(f"/sessions/{shown['id']}").json()
+    assert (stopped["channel_labels"], stopped["rig_setup"]) == (["u-a", "u-b"], {"room": 4})
 
 
 def test_a_key_is_1_to_200_printable_ascii_characters(client: httpx.Client) -> None:

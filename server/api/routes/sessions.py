@@ -87,15 +87,17 @@ SHARED_RIG_HEADERS = {WARNING_HEADER: {"description": "The rig's other active se
               REPLAYED_HEADER: {"description": "`true`", "schema": {"type": "string"}}, **SHARED_RIG_HEADERS}},
     409: {"model": ErrorDetail, "description": "The Idempotency-Key was sent before with another body."}})
 def post_session(config: SessionConfig, db: DB, wake: Wake, cache: Generators, rig_channels: RigChannels,
-                 settings: AppSettings, response: Response, idempotency_key: IdempotencyKey = None) -> Session:
+                 settings: AppSettings, request: Request, response: Response,
+                 idempotency_key: IdempotencyKey = None) -> SessionWithThreads:
     """Create a session and its threads once every check passes (``422`` naming each field otherwise).
 
     Threads are ``running`` when the session's rig is connected, else ``waiting_for_rig``. The header
     ``X-Actmax-Warning`` names the rig's other active sessions, if any (its images are shown in turn). A repeat with
     the ``Idempotency-Key`` and body of an earlier POST answers the session that one created (``200``).
     """
+    engine = request.app.state.engine
     if idempotency_key is not None and (first := created_with(db, idempotency_key, config)) is not None:
-        return replayed(db, first, response)
+        return replayed(db, first, response, engine)
     channels = rig_channels(config.rig)
     refuse(admission.check_session(config, cache, channels, active_threads(db), settings.max_active_threads))
     session = records.create_session(db, config)
@@ -109,11 +111,11 @@ def post_session(config: SessionConfig, db: DB, wake: Wake, cache: Generators, r
         db.rollback()
         if idempotency_key is None or (first := created_with(db, idempotency_key, config)) is None:
             raise
-        return replayed(db, first, response)
+        return replayed(db, first, response, engine)
     wake()
     if (warning := shared_rig_warning(db, session)) is not None:
         response.headers[WARNING_HEADER] = warning
-    return session
+    return session_read(db, session, engine)
 
 
 def created_with(db: DBSession, key: str, config: SessionConfig) -> Session | None:
@@ -133,13 +135,13 @@ def created_with(db: DBSession, key: str, config: SessionConfig) -> Session | No
     return session
 
 
-def replayed(db: DBSession, session: Session, response: Response) -> Session:
+def replayed(db: DBSession, session: Session, response: Response, engine) -> SessionWithThreads:
     """The answer to a repeated POST: the session it created, ``200``, marked replayed."""
     response.status_code = status.HTTP_200_OK
     response.headers[REPLAYED_HEADER] = "true"
     if (warning := shared_rig_warning(db, session)) is not None:
         response.headers[WARNING_HEADER] = warning
-    return session
+    return session_read(db, session, engine)
 
 
 def shared_rig_warning(db: DBSession, session: Session) -> str | None:
@@ -173,7 +175,7 @@ def get_session(session_id: Id, db: DB, request: Request) -> SessionWithThreads:
 
 
 @router.post("/{session_id}/stop", response_model=SessionWithThreads, responses=NOT_FOUND)
-def stop_session(session_id: Id, db: DB, wake: Wake) -> Session:
+def stop_session(session_id: Id, db: DB, wake: Wake, request: Request) -> SessionWithThreads:
     """Stop every thread that has not ended, and the session (``stopped``, final); idempotent: a session
     already stopped or finished is returned as it is."""
     session = get_or_404(db, Session, session_id)
@@ -181,7 +183,7 @@ def stop_session(session_id: Id, db: DB, wake: Wake) -> Session:
         records.stop_session(db, session)
         db.commit()
         wake()
-    return session
+    return session_read(db, session, request.app.state.engine)
 
 
 @router.post("/{session_id}/pause", response_model=SessionWithThreads, responses={**NOT_FOUND, 409: {
