@@ -145,12 +145,13 @@ def create_session(db: DBSession, config: SessionConfig) -> Session:
 def add_thread(db: DBSession, session: Session, thread: ThreadConfig) -> Thread:
     """Add a thread (e.g. a Manifold map around a finished evolution) to ``session``; not committed.
 
-    The session's config, with the thread appended, is validated again (unique names, a manifold's
-    source evolution and generator); raises ``pydantic.ValidationError`` naming the problem before
-    anything changes. A finished session is active again.
+    The session's config, with the thread appended, is validated again as stored (unique names, a manifold's
+    source evolution and generator; not the references folder, which the archive replaces since the session's
+    creation); raises ``pydantic.ValidationError`` naming the problem before anything changes. A finished session
+    is active again.
     """
     thread = _with_seed(thread)
-    config = SessionConfig.model_validate(
+    config = SessionConfig.stored(
         {**session.config_json, "threads": [*session.config_json["threads"], thread.model_dump(mode="json")]})
     row = _thread_row(thread)
     session.threads.append(row)

@@ -60,6 +60,27 @@ def test_a_moved_references_folder_with_the_archive_intact_does_not_stop_a_resta
     assert not [r for r in caplog.records if r.getMessage().startswith(f"thread {thread_id} failed")]
 
 
+def test_a_thread_is_added_to_a_session_whose_references_folder_moved(tmp_path, endpoint):
+    """The new thread shows the session's references from the archive, as its other threads do: adding it used to
+    validate the session's whole config anew and refuse it (422) because the folder was gone."""
+    data, folder = tmp_path / "data", reference_folder(tmp_path / "refs")
+    with LiveEngine(data, endpoint) as live, served(create_app(live.settings, live.sessions, engine=live.engine)) \
+            as url, httpx.Client(base_url=url, headers={"Authorization": "Bearer t"}, timeout=60) as client, \
+            RigClient(endpoint, RIG, channels=1) as rig:
+        thread_id = live.create({"references": {"source": str(folder), "count": 2}})
+        first = rig.next_batch(timeout=60)  # the session's references are in the archive now
+        folder.rename(tmp_path / "moved")
+        session_id = client.get(f"/threads/{thread_id}").json()["session_id"]
+        added = client.post(f"/sessions/{session_id}/threads", json={
+            "name": "b", "generator": "dcgan-faces", "optimizer": "cma", "objective": {"channels": [0]}})
+        assert added.status_code == 201, added.text
+        rig.send_results(first.batch_id, answer(first)).result(30)
+        batches = {b.thread_id: b for b in (rig.next_batch(timeout=60), rig.next_batch(timeout=60))}
+        assert set(batches) == {str(thread_id), str(added.json()["id"])}  # each thread's next batch
+        assert {r.id for r in references(live)} <= {s.stimulus_id for s in batches[str(added.json()["id"])].stimuli}
+        assert client.get(f"/threads/{added.json()['id']}").json()["status"] == "running"
+
+
 def test_a_moved_references_folder_is_needed_for_a_lost_reference_the_resume_answers_409_until_it_is_back(
         tmp_path, endpoint):
     data, folder = tmp_path / "data", reference_folder(tmp_path / "refs")
