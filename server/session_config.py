@@ -191,6 +191,13 @@ class ManifoldConfig(_Strict):
         description="Grid planes: PC1 with PC2-PC3, the PC49-PC50 control, random orthogonal vectors.")
     step_deg: Literal[18, 9] = Field(18, description="18 deg: 11x11 grid; 9 deg: 21x21 grid.")
 
+    @field_validator("step_deg", mode="before")
+    @classmethod
+    def _an_integer(cls, step: object) -> object:
+        if not isinstance(step, int) or isinstance(step, bool):  # a Literal takes 18.0 as 18
+            raise ValueError(f"{step!r}: give the integer 18 or 9")
+        return step
+
     @property
     def n(self) -> int:
         return 180 // self.step_deg + 1

@@ -85,6 +85,9 @@ def test_session_config_defaults() -> None:
         ({"threads": [thread_config(repeats="1")]}, "threads.0.repeats"),
         ({"response_window_ms": ["50", 200]}, "response_window_ms.0"),
         ({"references": {"count": 2.0}}, "references.count"),
+        ({"threads": [thread_config(), thread_config("map", kind="manifold", optimizer=None,
+                                                     manifold={"source": "t0", "step_deg": 18.0})]},
+         "threads.1.manifold.step_deg"),
         ({"drift": {"drop_sem": "4"}}, "drift.drop_sem"),
         ({"session_start_time": "2030-01-01T00:00:00Z"}, "session_start_time"),  # breaks NWB's DANDI check
     ],
