@@ -8,7 +8,7 @@ function [C, timingfile, userdefined_trialholder] = actmax_userloop(MLConfig, Tr
 %   closed or superseded the batch meanwhile (the server re-sent its stimuli after the batch timeout,
 %   or moved on): then it writes the trials shown so far and goes on with the next batch.
 ACTMAX_FOLDER = 'C:\actmax\rig-folder';
-ACTMAX_WINDOW_MS = [50 200];      % counting window after onset (the manifest's response window)
+ACTMAX_WINDOW_MS = [50 200];      % counting window after onset: the manifest's response window
 ACTMAX_BASELINE_MS = [-100 0];    % baseline window before onset
 
 persistent initialised batch stimuli next R
@@ -41,6 +41,7 @@ TrialRecord.User.onset_unix = [];
 % bridge still sends those of a superseded batch).
 if ~isempty(batch) && (next > numel(stimuli) || actmax_batch_dropped(batch))
     if ~isempty(R.onset)
+        R.window_ms = ACTMAX_WINDOW_MS;  % the window counted: the record says so if it is not the manifest's
         R.baseline_window_ms = ACTMAX_BASELINE_MS;
         actmax_write_responses(batch, R);
     end

@@ -587,10 +587,12 @@ def test_the_user_loop_leaves_a_batch_the_bridge_superseded_or_closed_between_tr
                for name, n in (("a", 3), ("b", 2), ("c", 1)))
     loop = (HELPERS / "actmax_userloop.m").read_text()
     assert "ACTMAX_FOLDER = 'C:\\actmax\\rig-folder';" in loop
-    (stubs / "actmax_userloop.m").write_text(loop.replace("C:\\actmax\\rig-folder", str(rig)))
+    counted = "ACTMAX_WINDOW_MS = [60 250];"  # not the manifest's 50-200 ms: the responses say which was counted
+    (stubs / "actmax_userloop.m").write_text(loop.replace("C:\\actmax\\rig-folder", str(rig))
+                                             .replace("ACTMAX_WINDOW_MS = [50 200];", counted))
     (stubs / "actmax_count_spikes.m").write_text(
         "function [rates, baseline] = actmax_count_spikes(onset, window_ms, baseline_ms)\n"
-        "rates = [7 8]; baseline = [1 2];\nend\n")
+        "assert(isequal(window_ms, [60 250]));\nrates = [7 8]; baseline = [1 2];\nend\n")
     octave(f"""
     addpath('{stubs}');
     T.User = struct(); T.TrialErrors = [];
@@ -613,6 +615,7 @@ def test_the_user_loop_leaves_a_batch_the_bridge_superseded_or_closed_between_tr
     got = [p.to_json() for p in read_responses(a / "responses.mat", json.loads((a / "manifest.json").read_text()))]
     assert [(p["stimulus_id"], p["onset"], p["rates"], p["fixation_broken"]) for p in got] == [
         ("st-a0", 1764250001.5, [7.0, 8.0], False), ("st-a1", 1764250003.5, [7.0, 8.0], True)]
+    assert [p["window_ms"] for p in got] == [[60.0, 250.0]] * 2
     assert not list(b.glob("responses*")) and not list(c.glob("responses*"))
 
 
