@@ -409,7 +409,7 @@ function renderControls(state, thread, box) {
   if (live || thread.status === "paused") {
     buttons.push(["Stop", () => confirm(`Stop thread '${thread.name}'? This is final.`) && stop(), "danger"]);
   }
-  const mapped = state.session.threads.some((t) => t.kind === "manifold" && t.optimizer_params.source === thread.name);
+  const mapped = state.session.threads.some((t) => t.kind === "manifold" && manifoldOf(state, t).source === thread.name);
   // A finished session takes new threads (it becomes active again); a stopped one does not.
   if (thread.kind === "evolution" && thread.status === "finished" && !mapped && state.session.status !== "stopped") {
     buttons.push(["Add Manifold thread", () => act(() => api(`/sessions/${state.session.id}/threads`, {
@@ -491,14 +491,20 @@ async function loadMontage(state, card, generationId) {
   fillImages($(".montage", card), state.signal);
 }
 
+// A Manifold thread's settings (source, planes, step_deg), from the session's config: its optimizer has none.
+function manifoldOf(state, thread) {
+  return state.session.config.threads.find((t) => t.name === thread.name)?.manifold || {};
+}
+
 // The Manifold map (figure from the server) beside the grid of images it was measured on.
 async function loadManifold(state, card, thread) {
   card.dataset.map = "loading";
   const [first] = (await api(`/threads/${thread.id}/generations?limit=1`, { signal: state.signal })).items;
   if (!first) return;
   const generation = await api(`/generations/${first.id}`, { signal: state.signal });
-  const plane = thread.optimizer_params.planes?.[0] || "pc2-3";
-  const side = 180 / (thread.optimizer_params.step_deg || 18) + 1;
+  const settings = manifoldOf(state, thread);
+  const plane = settings.planes?.[0] || "pc2-3";
+  const side = 180 / (settings.step_deg || 18) + 1;
   // Stimulus index k = i·side + j (θ index i, φ index j); shown like the map: θ across, φ up.
   const ids = [];
   for (let row = side - 1; row >= 0; row--) for (let col = 0; col < side; col++) ids.push(generation.stimulus_ids[col * side + row]);

@@ -76,7 +76,7 @@ def running(tmp_path_factory):
     server = ServerProcess(tmp / "data", secrets.token_urlsafe(16))
     threads = [thread_config("a", {"channels": [0]}, 2, population=6),
                {"name": "a-map", "kind": "manifold", "generator": "dcgan-faces", "objective": {"channels": [0]},
-                "manifold": {"source": "a"}},
+                "manifold": {"source": "a", "planes": ["random"]}},
                thread_config("b", {"channels": [0]}, 500, population=4),
                thread_config("c", {"channels": [0]}, 500, population=4)]
     with server_with_sim_rig(server, RIG, ["blocks.6:67"], tmp / "rig.log") as (api, _):
@@ -214,13 +214,19 @@ def test_a_dark_scheme_with_readable_text_and_readable_text_when_light(browser, 
 
 def test_the_manifold_map_says_what_it_shows_once_shown(page, running):
     """The map's image carries what it shows, which replaces its "computing ..." alt once it is shown; that swap is
-    checked on a grid image (the map's own PNG is computed on each request, the slow part of this page)."""
+    checked on a grid image (the map's own PNG is computed on each request, the slow part of this page). The plane
+    is the session config's (the page once read it from the thread's optimizer, which has none: always pc2-3), and
+    the mapped evolution offers no second map."""
     _, api, _ = running
     ids = open_session(page, running)
     image = f"#thread-{ids['a-map']} .manifold > img"
     page.wait_for_selector(image, state="attached", timeout=60_000)  # once the map's thread has finished
-    assert page.get_attribute(image, "data-alt") == ("Manifold map of thread a-map on the pc2-3 plane: the smoothed "
+    assert page.get_attribute(image, "data-alt") == ("Manifold map of thread a-map on the random plane: the smoothed "
                                                      "response over θ and φ, with its level sets")
+    assert page.text_content(f"#thread-{ids['a-map']} .manifold h3") == \
+        "Images on the random grid (11 × 11; θ across, φ up)"
+    assert api.get(f"/threads/{ids['a']}")["status"] == "finished"
+    assert page.query_selector_all(f"#thread-{ids['a']} .controls button") == []  # no "Add Manifold thread"
     (generation,) = api.get(f"/threads/{ids['a-map']}/generations")["items"]
     stimulus = api.get(f"/generations/{generation['id']}")["stimulus_ids"][0]
     page.evaluate("""(path) => {
