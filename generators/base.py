@@ -203,10 +203,11 @@ def sha256_file(path: str | Path) -> str:
 
 def weights_source(name: str, weights_dir: str | Path | None, weights: str | Path | None = None) -> Path | None:
     """What to pass as `weights=` to `load`: `weights` when given, else `weights_dir/name/` when that folder
-    exists (a server's ACTMAX_WEIGHTS_DIR), else None (the generator's standard locations)."""
+    exists (a server's ACTMAX_WEIGHTS_DIR; empty: unset, not the working directory), else None (the generator's
+    standard locations)."""
     if weights:
         return Path(weights).expanduser()
-    if weights_dir is not None and (Path(weights_dir).expanduser() / name).is_dir():
+    if weights_dir is not None and str(weights_dir).strip() and (Path(weights_dir).expanduser() / name).is_dir():
         return Path(weights_dir).expanduser() / name
     return None
 

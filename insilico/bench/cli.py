@@ -210,7 +210,8 @@ def screened_units(out: Path, backend: CNNBackend, layers: list[str], per_layer:
     from insilico.bench.grid import UnitSpec  # noqa: F811  (runtime import of the annotated type)
 
     generator, device = backend.generator, backend.device
-    key = {"generator": generator, "layers": layers, "per_layer": per_layer, "seed": seed}
+    key = {"generator": generator, "layers": layers, "per_layer": per_layer, "seed": seed,
+           **({"weights": backend.weights} if backend.weights else {})}
     saved = storage.load_units(out, key)
     if saved is None:
         import generators

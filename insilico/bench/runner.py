@@ -61,7 +61,8 @@ class CNNBackend(Backend):
 
     @property
     def key(self) -> str:
-        return f"{self.generator}/efficientnet-lite0"
+        """Part of every run id: runs with other weights are other runs (the path names them, not the bytes)."""
+        return f"{self.generator}/efficientnet-lite0" + (f", weights {self.weights}" if self.weights else "")
 
     def load(self) -> Loaded:
         return _CNNLoaded(self.generator, self.device, self.weights)

@@ -17,6 +17,7 @@ import pytest
 
 from insilico import storage
 from insilico.bench import BenchError, cli_main, runner
+from insilico.bench.cli import weights_path
 from insilico.bench.grid import UnitSpec, build_grid
 from insilico.bench.runner import QuadraticBackend, execute_run, run_grid
 from insilico.runner import Outcome
@@ -293,6 +294,21 @@ def test_generator_weights_come_from_the_servers_weights_folder_or_weights(tmp_p
     assert f"from {other}" in capsys.readouterr().err
     with pytest.raises(GeneratorError, match=f"from {other}"):
         runner.CNNBackend(weights=str(other)).load()
+
+
+def test_runs_with_other_weights_are_other_runs_and_an_empty_weights_dir_is_unset(tmp_path: Path, monkeypatch,
+                                                                                   capsys) -> None:
+    """A benchmark rerun into its folder with other --weights used to find every run id done and skip them all."""
+    def run_ids(weights: str | None) -> set[str]:
+        key = runner.CNNBackend(weights=weights).key
+        return {s.run_id for s in build_grid(["ga"], UNITS, [0.0], 2, n_generations=2, population=12, backend=key)}
+
+    assert run_ids(None).isdisjoint(run_ids("/w/a.tar")) and run_ids("/w/a.tar").isdisjoint(run_ids("/w/b.tar"))
+    assert run_ids("/w/a.tar") == run_ids("/w/a.tar")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dcgan-faces").mkdir()  # a folder named like the generator where the command runs
+    monkeypatch.setenv("ACTMAX_WEIGHTS_DIR", "")
+    assert weights_path("dcgan-faces", None) is None  # the standard locations, as `actmax serve` (it was ./dcgan-faces)
 
 
 def test_dask_keeps_its_info_lines_to_itself(tmp_path: Path, caplog) -> None:
