@@ -110,7 +110,7 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
                              "expression).",
         "objective_expression": "The objective expression that makes the score (empty when channels combine).",
         "seed": "Seed of the thread's optimizer.",
-        "n_generations": "Generations the thread was configured to run.",
+        "n_generations": "The thread's total of generations: as configured, or as a later `thread extend` set it.",
         "repeats": "Presentations of each image per generation.",
         "status": "Final status: 'finished', 'stopped' or 'failed'.",
         "created_at": "When the thread was added to the session (UTC); later than the session's for a thread added "
@@ -177,7 +177,7 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "time": "When the server logged it (UTC, the server's clock).",
         "kind": "What happened, e.g. 'thread.paused', 'rig.lost', 'thread.retargeted', 'session.note' "
                 "(docs/export.md).",
-        "level": "'debug', 'info', 'warning' or 'error'.",
+        "level": "'info', 'warning' or 'error'.",
         "thread_id": "Thread it concerns (-1/empty for the session or its rig).",
         "message": "The event in words, as the dashboard and `actmax session watch` show it.",
         "data": "Its facts, an object as JSON (key=value text in NWB); empty when it has none.",

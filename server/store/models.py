@@ -353,7 +353,7 @@ EVENT_KINDS: dict[str, str] = {
     "generation.left_pending": "the thread stopped with this generation in flight",
     "generation.completed": "a generation was scored: the curve point",
     "drift.reference": "the reference images' rates drifted",
-    "channel.silent": "a scored channel fell silent",
+    "channel.silent": "a recorded channel fell silent (scored or not)",
     "rig.connected": "a rig said HELLO",
     "rig.lost": "a rig went silent",
     "rig.replaced": "a second connection said HELLO under a live rig's name",
