@@ -4,7 +4,9 @@ thread per process."""
 from __future__ import annotations
 
 import os
+import socket
 import threading
+import time
 
 # One BLAS/OpenMP thread per process (this one and the servers, rigs and CLIs it starts, which inherit it),
 # set before numpy or torch load: the suite runs several processes at once on few cores, where idle threads
@@ -16,6 +18,24 @@ import pytest  # noqa: E402  (after the thread settings)
 import zmq  # noqa: E402
 
 from server.launch import free_port  # noqa: E402
+
+
+def wait_port_free(endpoint: str, timeout_s: float = 10.0) -> None:
+    """Until ``tcp://HOST:PORT`` can be bound again (as ZeroMQ binds: with SO_REUSEADDR). A ZeroMQ socket closed in
+    this process releases its port in ZeroMQ's own thread a little later: a server started again on that port at
+    once, in the same process, may find it still held (under load)."""
+    host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, int(port)))
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+        time.sleep(0.01)
 
 
 @pytest.fixture

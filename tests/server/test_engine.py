@@ -33,6 +33,7 @@ from server.store.models import Batch, Event, Generation, GenerationStatus, Stim
 from server.store.models import Presentation as PresentationRow
 from server.store.records import create_session, stop_session
 from server.transport import Transport
+from tests.conftest import wait_port_free
 from tests.server.conftest import count_in_the_file
 
 RIG = "test-rig"
@@ -84,6 +85,7 @@ class LiveEngine:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.db_engine.dispose()
+        wait_port_free(self.settings.zmq_endpoint)  # for an engine started again on it, as tests do
 
 
 @pytest.fixture
