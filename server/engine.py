@@ -811,17 +811,18 @@ class Engine:
             log.debug("thread %s: step ended by the server's stop (%s)", thread_id, exc)
         elif storage_fault(exc):
             await self._stall(thread_id, exc)
+        elif not await self._offload(self._thread_error, thread_id, "thread.failed", f"failed: {exc}",
+                                     EventLevel.ERROR, ThreadStatus.FAILED):
+            log.info("thread %s had ended (a user stopped it) as its step raised: %s", thread_id, exc)
         else:
-            await self._offload(self._thread_error, thread_id, "thread.failed", f"failed: {exc}", EventLevel.ERROR,
-                                ThreadStatus.FAILED)
             # A generator's or our own error says all in one line (e.g. weights gone at a restart); others are bugs.
             explained = isinstance(exc, (GeneratorError, ServerError))
             log.error("thread %s failed: %s", thread_id, exc, exc_info=None if explained else exc)
 
     def _thread_error(self, thread_id: int, kind: str, message: str, level: EventLevel,
-                      status: ThreadStatus | None = None) -> None:
+                      status: ThreadStatus | None = None) -> bool:
         with self._db.begin() as db:
-            records.set_thread_error(db, thread_id, kind, message, status=status, level=level)
+            return records.set_thread_error(db, thread_id, kind, message, status=status, level=level)
 
     async def _stall(self, thread_id: int, exc: Exception) -> None:
         """Rebuild the thread once its storage works again: tried after 1 s, then waiting twice as long each

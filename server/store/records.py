@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from sqlalchemy import update
 from sqlalchemy.orm import Session as DBSession
 
 from rig_client.protocol import TRIAL_FACTS, ErrorCode, time_ordered_uuid
@@ -252,7 +253,7 @@ def stop_session(db: DBSession, session: Session) -> None:
     """Stop every thread that has not ended, and the session."""
     for thread in session.threads:
         if thread.status not in ENDED_THREAD_STATUSES:
-            thread.status = ThreadStatus.STOPPED
+            thread.status, thread.last_error = ThreadStatus.STOPPED, None  # what it waited for is moot now
             log_event(db, "thread.stopped", f"thread {thread.id} {thread.name!r} stopped with its session",
                       thread_id=thread.id, session_id=session.id)
     session.status = SessionStatus.STOPPED
@@ -261,16 +262,19 @@ def stop_session(db: DBSession, session: Session) -> None:
 
 def set_thread_error(db: DBSession, thread_id: int, kind: str, message: str, *,
                      status: ThreadStatus | None = None, level: EventLevel = EventLevel.ERROR,
-                     data: dict[str, Any] | None = None) -> None:
-    """Record a refusal or failure: the thread's ``last_error`` (and status, if given) and an event."""
+                     data: dict[str, Any] | None = None) -> bool:
+    """Record a refusal or failure: the thread's ``last_error`` (and status, if given) and an event. False, and
+    nothing written, for a thread that has ended: its end is final (a step that raised as a user stopped it)."""
+    values = {"last_error": message} if status is None else {"last_error": message, "status": status}
+    if not db.execute(update(Thread).where(Thread.id == thread_id, Thread.status.not_in(ENDED_THREAD_STATUSES))
+                      .values(**values)).rowcount:
+        return False
     thread = db.get(Thread, thread_id)
-    thread.last_error = message
-    if status is not None:
-        thread.status = status
     log_event(db, kind, f"thread {thread_id} {thread.name!r}: {message}", level=level, thread_id=thread_id,
               data=data)
     if status in ENDED_THREAD_STATUSES:
         end_session_if_done(db, thread.session_id)
+    return True
 
 
 def clear_thread_error(db: Transaction, thread_id: int, message: str) -> None:

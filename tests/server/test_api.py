@@ -283,12 +283,13 @@ def test_thread_state_machine(client: httpx.Client, live_server: LiveServer) -> 
 def test_a_failed_thread_resumes_once_its_cause_is_fixed_unless_its_session_was_stopped(
         client: httpx.Client, live_server: LiveServer) -> None:
     """A thread failed on a missing file, say: resumed after the file is back, its finished session runs again."""
-    first, second = (create_session(client)["threads"][0]["id"] for _ in range(2))
-    client.post(f"/sessions/{client.get(f'/threads/{second}').json()['session_id']}/stop")
-    with live_server.sessions() as db:  # as the engine leaves a thread that failed (the second before its stop)
+    first = create_session(client)["threads"][0]["id"]
+    second, _ = (t["id"] for t in create_session(client, threads=[thread_config("a"), thread_config("b")])["threads"])
+    with live_server.sessions() as db:  # as the engine leaves a thread that failed
         for thread_id in (first, second):
             set_thread_error(db, thread_id, "thread.failed", "failed: no such file", status=ThreadStatus.FAILED)
         db.commit()
+    client.post(f"/sessions/{client.get(f'/threads/{second}').json()['session_id']}/stop")  # its other thread kept it active
     assert client.get(f"/sessions/{client.get(f'/threads/{first}').json()['session_id']}").json()["status"] == \
         "finished"
     resumed = client.post(f"/threads/{first}/resume")

@@ -21,6 +21,7 @@ from server.store import records
 from server.store.models import (
     Batch,
     Event,
+    EventLevel,
     Generation,
     GenerationStatus,
     Stimulus,
@@ -184,6 +185,26 @@ def test_stop_session_stops_every_thread_and_is_idempotent(client: httpx.Client,
     assert client.post(f"/sessions/{created['id']}/stop").status_code == 200
     refused = client.post(f"/sessions/{created['id']}/threads", json=thread_config("c"))
     assert refused.status_code == 409 and "active" in refused.json()["detail"]
+
+
+def test_a_stopped_thread_keeps_no_error_of_what_it_was_waiting_for(client: httpx.Client, live_server: LiveServer):
+    """A thread waiting for its rig says so in last_error; once stopped (alone, or with its session) that wait is moot
+    and it said so still, where a thread that ended keeps the reason it ended with."""
+    created = create_session(client, threads=[thread_config("a"), thread_config("b")])
+    ids = [t["id"] for t in created["threads"]]
+    with live_server.sessions() as db:  # as the engine reports a wait
+        for thread_id in ids:
+            records.set_thread_error(db, thread_id, "thread.waiting_for_rig", "waiting for rig 'r'",
+                                     level=EventLevel.INFO)
+        db.commit()
+    assert client.post(f"/threads/{ids[0]}/stop").json()["last_error"] is None
+    assert client.get(f"/threads/{ids[1]}").json()["last_error"] == "waiting for rig 'r'"
+    stopped = client.post(f"/sessions/{created['id']}/stop").json()
+    assert [(t["status"], t["last_error"]) for t in stopped["threads"]] == [("stopped", None)] * 2
+    with live_server.sessions() as db:  # what the engine may still report of an ended thread is not written
+        assert not records.set_thread_error(db, ids[1], "thread.failed", "failed: late", status=ThreadStatus.FAILED)
+        db.commit()
+    assert client.get(f"/threads/{ids[1]}").json()["status"] == "stopped"
 
 
 def test_a_finished_session_says_how_many_of_its_threads_failed(client: httpx.Client, live_server: LiveServer):

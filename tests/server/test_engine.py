@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import platform
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from rig_client.client import Presentation, RigClient
 from rig_client.protocol import PROTOCOL_MINOR, VERSION, Message, MessageType, ProtocolError, decode, encode
 from rig_client.trials import TrialPresentation
 from server.session_config import SessionConfig
+from server import ServerError
 from server.engine import Engine
 from server.live import hub
 from server.settings import Settings
@@ -268,6 +270,25 @@ def test_a_thread_stopped_while_its_batch_is_out_leaves_its_generation_pending_a
                                    {"generation": 0, "presentations": 3})]
     assert generation.status == GenerationStatus.PENDING and generation.scores_json is None
     assert stored == len(batch.stimuli)
+
+
+def test_a_step_that_raises_after_a_user_stopped_its_thread_leaves_it_stopped(live, caplog):
+    """Stopping a session just after creating it raced the engine's first step of a retest thread, whose source had no
+    complete generation: the step raised and the stopped thread became failed. Stopped is final."""
+    thread_id = live.create()
+    with live.sessions.begin() as db:
+        stop_session(db, db.get(Thread, thread_id).session)
+    with caplog.at_level(logging.INFO, logger="server.engine"):
+        asyncio.run_coroutine_threadsafe(live.engine._fail(thread_id, ServerError("the source has no generation")),
+                                         live.loop).result(30)
+    with live.sessions() as db:
+        thread = db.get(Thread, thread_id)
+        kinds = db.scalars(select(Event.kind).where(Event.thread_id == thread_id)).all()
+    assert (thread.status, thread.last_error) == (ThreadStatus.STOPPED, None)
+    assert "thread.failed" not in kinds and kinds.count("thread.stopped") == 1
+    said = [r.getMessage() for r in caplog.records]
+    assert f"thread {thread_id} had ended (a user stopped it) as its step raised: the source has no generation" in said
+    assert f"thread {thread_id} failed: the source has no generation" not in said
 
 
 def left_pending(live) -> list:

@@ -77,7 +77,10 @@ def _transition(db: DBSession, wake: Callable[[], None], thread_id: int, action:
     if action == "resume" and session.status == SessionStatus.STOPPED:  # a failed thread of a stopped session
         raise HTTPException(status.HTTP_409_CONFLICT, f"cannot resume thread {thread_id}: its session {session.id} "
                             "is stopped")
-    values = {"status": target} if target != ThreadStatus.RUNNING else {"status": target, "last_error": None}
+    # Running again, or stopped: what the thread reported (a refusal, a wait) has passed or is moot.
+    values = {"status": target}
+    if target in (ThreadStatus.RUNNING, ThreadStatus.STOPPED):
+        values["last_error"] = None
     changed = db.execute(
         update(Thread).where(Thread.id == thread_id, Thread.status.in_(allowed)).values(**values)
     ).rowcount
