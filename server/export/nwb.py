@@ -94,7 +94,7 @@ def write_nwb(tables: SessionTables, archive: ImageArchive, path: str | Path,
     ``on_image`` is called per image written. ``NoPresentations`` (saying what to do with ``hints``) for a
     session without presentations, ``MissingImage`` for a PNG not in the archive."""
     require_presentations(tables, hints)
-    meta = tables.session.iloc[0]
+    meta = tables.session.iloc[0].map(lambda value: _text(value) if isinstance(value, str) else value)
     said = f" (its setup, as it said: {json.dumps(meta['rig_setup'], ensure_ascii=False)})" if meta["rig_setup"] else ""
     start = meta["session_start_time"].to_pydatetime()
     # Times are seconds on the rig's clock from the reference time, which is never after the first onset.
@@ -186,6 +186,11 @@ def _table(name: str, frame: pd.DataFrame, description: str, cls: type[DynamicTa
     return cls(name=name, description=description, columns=columns, id=np.arange(len(frame)))
 
 
+def _text(value: str) -> str:
+    """Text HDF5 can store: each NUL character (which it cannot hold, and which a note or a config may) as ␀."""
+    return value.replace("\x00", "\u2400")
+
+
 def _key_value_text(values: dict) -> str:
     """``key=value, ...`` (values as JSON, a nested dict in parentheses, also in a list): no dict in a text cell,
     which NWB best practice (nwbinspector's check_table_values_for_dict) asks to unpack."""
@@ -208,14 +213,15 @@ def _column_data(values: pd.Series, fact: bool = False) -> tuple[np.ndarray | li
         cells = [[] if v is None else v for v in values]  # an optional list fact (baseline_rates): empty where absent
         flat = [x for v in cells for x in v]
         if any(isinstance(x, str | datetime) for x in flat):  # labels and their times (channels): ragged text
-            return [iso_text(x) if isinstance(x, datetime) else x for x in flat], np.cumsum([len(v) for v in cells])
+            text = [iso_text(x) if isinstance(x, datetime) else _text(x) for x in flat]
+            return text, np.cumsum([len(v) for v in cells])
         dtype = np.int64 if flat and all(isinstance(x, int) for x in flat) else float
         lengths = {len(v) for v in cells}
         if len(lengths) == 1 and lengths != {0}:
             return np.array(cells, dtype=dtype), None
         return np.array(flat, dtype=dtype), np.cumsum([len(v) for v in cells])
     if isinstance(sample, dict):
-        return [_key_value_text(d or {}) for d in values], None
+        return [_text(_key_value_text(d or {})) for d in values], None
     if pd.api.types.is_datetime64_any_dtype(values) or isinstance(sample, datetime):
         return [iso_text(v) for v in values], None
     if isinstance(values.dtype, pd.BooleanDtype | pd.Int64Dtype):  # nullable: empty is NaN in a fact, else -1
@@ -227,4 +233,4 @@ def _column_data(values: pd.Series, fact: bool = False) -> tuple[np.ndarray | li
         return values.to_numpy(), None
     if all(v is None or isinstance(v, (bool, int, float, np.number)) for v in values):  # optional numeric facts
         return np.array([np.nan if v is None else float(v) for v in values]), None
-    return ["" if v is None else str(v) for v in values], None
+    return ["" if v is None else _text(str(v)) for v in values], None

@@ -383,6 +383,25 @@ def test_stored_generation_facts_reach_every_format(recorded, tmp_path):
         np.testing.assert_array_equal(grid["phi_deg"].astype(float), 18.0 * (index % 11) - 90, fmt)
 
 
+def test_a_nul_character_in_stored_text_is_exported_as_a_symbol(recorded, tmp_path):
+    """HDF5 text cannot hold a NUL character, which a note's text or a config's species may: the NWB export of such a
+    session failed (500 over REST), and would for good. It is written as ␀ there; Parquet keeps it as it is."""
+    server, session_id, _ = recorded
+    nul = "animal" + chr(0) + "broke fixation"
+    data = copy_data(server, tmp_path / "data",
+                     "UPDATE sessions SET config_json = json_set(config_json, '$.species', 'Macaca' || char(0) || "
+                     f"' mulatta') WHERE id = {session_id}",
+                     "UPDATE events SET message = 'animal' || char(0) || 'broke fixation' WHERE id = (SELECT min(id) "
+                     f"FROM events WHERE session_id = {session_id})")
+    assert export("nwb", data, session_id, tmp_path / "s.nwb") == 0
+    assert export("parquet", data, session_id, tmp_path / "parquet") == 0
+    with pynwb.NWBHDF5IO(str(tmp_path / "s.nwb"), "r") as io_:
+        f = io_.read()
+        assert f.subject.species == "Macaca\u2400 mulatta"
+        assert nul.replace(chr(0), "\u2400") in list(f.processing["evolution"]["events"]["message"][:])
+    assert nul in pd.read_parquet(tmp_path / "parquet" / "events.parquet")["message"].tolist()
+
+
 def test_dandi_fields_are_warned_about_and_can_be_given_at_export(recorded, tmp_path, capsys):
     nwbinspector = pytest.importorskip("nwbinspector", reason="pip install -e '.[nwb]'")
     server, session_id, _ = recorded
