@@ -72,7 +72,6 @@ def create_app(settings: Settings, db_sessions: sessionmaker[DBSession], *,
     app.add_exception_handler(HTTPException, _http_error)
     for storage in (SQLAlchemyError, sqlite3.Error, OSError):
         app.add_exception_handler(storage, _storage_error)
-    app.add_exception_handler(Exception, _internal_error)
     app.state.settings = settings
     app.state.sessionmaker = db_sessions
     app.state.archive = ImageArchive(settings.data_dir)
@@ -188,8 +187,3 @@ async def _storage_error(request: Request, exc: Exception) -> JSONResponse:
     log.error("%s %s: %s", request.method, request.url.path, message, exc_info=hint is None)
     return JSONResponse({"detail": message}, status_code=503)
 
-
-async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
-    """500 as JSON, as every error (uvicorn logs the traceback)."""
-    return JSONResponse({"detail": f"internal error ({type(exc).__name__}); the server logged the cause"},
-                        status_code=500)

@@ -7,12 +7,18 @@ not run).
 
 The API description (``/docs``, ``/redoc``, ``/openapi.json``) and ``/health`` are open: they hold
 no data, describe an open-source API, and a browser cannot send a bearer token to load them.
+
+An error no handler of the app answers is a 500 here, logged with its traceback: a clean answer on a connection
+the client may go on using (raised past the app instead, uvicorn dropped the connection after the 500).
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import logging
+
+log = logging.getLogger(__name__)
 
 OPEN_PATHS = frozenset({"/", "/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 # The dashboard's static files and the API docs' bundled assets: code, no data (the page logs in itself).
@@ -26,8 +32,8 @@ DASHBOARD_POLICY = (b"content-security-policy", b"default-src 'none'; script-src
 
 
 class RequestGuard:
-    """401 without ``Authorization: Bearer <token>``; 413 for bodies over ``max_body_bytes``; the security
-    headers on every response."""
+    """401 without ``Authorization: Bearer <token>``; 413 for bodies over ``max_body_bytes``; 500 for an error the
+    app did not answer; the security headers on every response."""
 
     def __init__(self, app, *, token: str, max_body_bytes: int) -> None:
         self.app = app
@@ -50,7 +56,7 @@ class RequestGuard:
         if not declared.isdigit() or int(declared) > self.max_body_bytes:
             await _reply(send, 413, self._too_large())
             return
-        received, refused = 0, False
+        received, refused, started = 0, False, False
 
         async def limited_receive():
             nonlocal received, refused
@@ -62,10 +68,18 @@ class RequestGuard:
             return {"type": "http.disconnect"} if refused else message
 
         async def guarded_send(message):
+            nonlocal started
             if not refused:  # the app's answer to the cut-off body is dropped
+                started = started or message["type"] == "http.response.start"
                 await send(message)
 
-        await self.app(scope, limited_receive, guarded_send)
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception as exc:
+            if started or refused:  # an answer is under way: nothing better than to drop the connection
+                raise
+            log.error("%s %s failed", scope["method"], scope["path"], exc_info=exc)
+            await _reply(send, 500, f"internal error ({type(exc).__name__}); the server logged the cause")
 
     def _too_large(self) -> str:
         return (f"request body over {self.max_body_bytes} bytes (ACTMAX_MAX_BODY_BYTES); session "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import json
 import logging
 import os
 import resource
@@ -223,6 +224,31 @@ def test_validation_errors_do_not_echo_the_input(capped):
     deep = client.post("/sessions", content=b"[" * 100_000 + b"]" * 100_000,
                        headers={"Content-Type": "application/json"})
     assert deep.status_code == 422 and deep.json()["detail"][0]["type"] == "json_invalid", deep.text
+
+
+def test_an_unexpected_error_is_a_500_with_the_security_headers_on_a_connection_that_goes_on(tmp_path: Path, caplog):
+    """An error no handler answers (here a broken transport under GET /rigs) is a JSON 500 with the headers every
+    response carries, logged once with its traceback, and the next request on that connection is answered: raised
+    on past the app, it made uvicorn drop the connection, and a client reusing it got a reset."""
+    class BrokenTransport:
+        def rigs(self):
+            raise RuntimeError("the transport's rig table is gone")
+
+    with serve(Settings(data_dir=tmp_path, token=TOKEN)) as (url, live), caplog.at_level(logging.ERROR):
+        live.engine.transport = BrokenTransport()
+        parts = urlsplit(url)
+        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+        connection.request("GET", "/rigs", headers=AUTH)
+        failed = connection.getresponse()
+        assert (failed.status, json.loads(failed.read())) == (
+            500, {"detail": "internal error (RuntimeError); the server logged the cause"})
+        assert failed.getheader("x-frame-options") == "DENY" and failed.getheader("x-content-type-options") == "nosniff"
+        connection.request("GET", "/health")  # the same socket: a dropped one raises
+        assert connection.getresponse().status == 200
+        connection.close()
+    logged = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r.getMessage() for r in logged] == ["GET /rigs failed"]
+    assert "the transport's rig table is gone" in str(logged[0].exc_info[1])
 
 
 def test_responses_carry_browser_security_headers(capped):
