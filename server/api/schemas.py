@@ -121,6 +121,8 @@ class GeneratorRead(BaseModel):
 class Retarget(BaseModel):
     """``POST /threads/{id}/retarget``: the thread's new objective (``session_config.md``, objective)."""
 
+    model_config = ConfigDict(extra="forbid")
+
     objective: ObjectiveConfig
 
 

@@ -172,6 +172,9 @@ def test_add_a_thread_retarget_and_stop_a_session(client, live_server: LiveServe
         assert too_far.status_code == 422 and "announced 4 channel(s)" in too_far.text
     finally:
         del live_server.engine.rigs["rig-A"]
+    (extra,) = refused(client, {"objective": {"channels": [1]}, "from_generation": 3}, f"/threads/{tid}/retarget")
+    assert extra["loc"] == ["body", "from_generation"] and "(allowed: objective)" in extra["msg"]  # not ignored
+    assert client.get(f"/threads/{tid}").json()["objective"] == session["threads"][0]["objective"]
     retargeted = client.post(f"/threads/{tid}/retarget", json={"objective": {"expression": "zscore(rate(7))"}})
     assert retargeted.status_code == 200 and retargeted.json()["objective"] == {"expression": "zscore(rate(7))"}
     assert client.get(f"/threads/{tid}").json()["score_label"] == "score = zscore(rate(7))"  # no unit
