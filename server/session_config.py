@@ -191,6 +191,13 @@ class ManifoldConfig(_Strict):
         description="Grid planes: PC1 with PC2-PC3, the PC49-PC50 control, random orthogonal vectors.")
     step_deg: Literal[18, 9] = Field(18, description="18 deg: 11x11 grid; 9 deg: 21x21 grid.")
 
+    @field_validator("planes")
+    @classmethod
+    def _each_plane_once(cls, planes: list[str], info: ValidationInfo) -> list[str]:
+        if len(set(planes)) < len(planes) and not (info.context or {}).get(_STORED):  # stored ones with it still load
+            raise ValueError(f"planes repeat: {planes}; give each plane once")
+        return planes
+
     @field_validator("step_deg", mode="before")
     @classmethod
     def _an_integer(cls, step: object) -> object:
@@ -315,6 +322,8 @@ class ThreadConfig(_Strict):
                 raise ValueError(f"a {self.kind} thread needs {self.kind} settings ({fields})")
             if self.optimizer not in (None, FIXED_DESIGN) or self.optimizer_params:
                 raise ValueError(f"a {self.kind} thread presents {shown} and takes no optimizer")
+            if "n_generations" in self.model_fields_set and self.n_generations != 1:
+                raise ValueError(f"a {self.kind} thread is one generation: leave n_generations out")
             self.optimizer, self.n_generations = FIXED_DESIGN, 1
         return self
 

@@ -88,6 +88,11 @@ def test_session_config_defaults() -> None:
         ({"threads": [thread_config(), thread_config("map", kind="manifold", optimizer=None,
                                                      manifold={"source": "t0", "step_deg": 18.0})]},
          "threads.1.manifold.step_deg"),
+        ({"threads": [thread_config(), thread_config("map", kind="manifold", optimizer=None,
+                                                     manifold={"source": "t0", "planes": ["random", "random"]})]},
+         "threads.1.manifold.planes"),
+        ({"threads": [thread_config(), thread_config("map", kind="manifold", optimizer=None, n_generations=5,
+                                                     manifold={"source": "t0"})]}, "threads.1"),  # it was made 1
         ({"drift": {"drop_sem": "4"}}, "drift.drop_sem"),
         ({"session_start_time": "2030-01-01T00:00:00Z"}, "session_start_time"),  # breaks NWB's DANDI check
     ],

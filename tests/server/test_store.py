@@ -249,7 +249,7 @@ def test_create_session_draws_and_records_missing_seeds(db_sessions: sessionmake
 
 def test_a_manifold_thread_is_stored_with_its_real_optimizer(db_sessions: sessionmaker[DBSession]) -> None:
     manifold = {"name": "map", "kind": "manifold", "generator": "dcgan-faces", "objective": {"channels": [3]},
-                "manifold": {"source": "t0"}, "n_generations": 7}
+                "manifold": {"source": "t0"}}
     config = SessionConfig.model_validate(session_config(threads=[thread_config(), manifold]))
     with db_sessions() as session:
         thread = create_session(session, config).threads[1]
