@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, status
-from pydantic import Field, ValidationError
+from pydantic import AfterValidator, Field, ValidationError
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as DBSession, selectinload
@@ -72,10 +72,16 @@ def active_threads(db: DBSession) -> int:
     return db.scalar(select(func.count()).select_from(Thread).where(Thread.status.not_in(ENDED_THREAD_STATUSES)))
 
 
+def _idempotency_key(key: str | None) -> str | None:
+    if key is not None and not (1 <= len(key) <= 200 and all(" " <= c <= "~" for c in key)):
+        raise ValueError("give 1-200 printable ASCII characters, new for each session, e.g. a UUID")
+    return key
+
+
 IdempotencyKey = Annotated[str | None, Header(
-    alias="Idempotency-Key", min_length=1, max_length=200, pattern=r"^[\x20-\x7e]+$",
+    alias="Idempotency-Key", json_schema_extra={"minLength": 1, "maxLength": 200, "pattern": r"^[\x20-\x7e]+$"},
     description="Any 1-200 printable ASCII characters, new for each session (e.g. a UUID): a repeat of the POST with "
-    "it (a retry after a timeout) answers the session the first one created.")]
+    "it (a retry after a timeout) answers the session the first one created."), AfterValidator(_idempotency_key)]
 SHARED_RIG_HEADERS = {WARNING_HEADER: {"description": "The rig's other active sessions, when it has some: it shows "
                                       "the images of each in turn.", "schema": {"type": "string"}}}
 
