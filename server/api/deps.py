@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Iterator
-from typing import Annotated, Any, Protocol, TypeVar
+from types import UnionType
+from typing import Annotated, Any, Protocol, TypeVar, Union, get_args, get_origin
 
 from fastapi import Depends, Header, HTTPException, Path, Query, Request, status
 from fastapi.dependencies.models import Dependant
@@ -83,11 +84,15 @@ MAX_UNKNOWN_NAMED = 10  # unknown query parameters a 422 names one by one; more 
 
 def declared_query(request: Request) -> None:
     """A ``422`` naming each query parameter the route does not take, with the closest one it takes and all of them:
-    a misspelt filter (``?thread=3`` for ``thread_id``) would otherwise be ignored and answer everything."""
+    a misspelt filter (``?thread=3`` for ``thread_id``) would otherwise be ignored and answer everything; and each
+    one that takes a single value given more than once (``?limit=1&limit=2`` read only the last)."""
     route = request.scope["route"]
-    taken = query_names(route.dependant)
-    unknown = [name for name in request.query_params if name not in taken]
-    if not unknown:
+    fields = query_fields(route.dependant)
+    taken = list(fields)
+    unknown = [name for name in request.query_params if name not in fields]
+    repeated = [name for name in dict.fromkeys(request.query_params) if name in fields and not fields[name]
+                and len(request.query_params.getlist(name)) > 1]
+    if not unknown and not repeated:
         return
     takes = f"takes {', '.join(taken)}" if taken else "takes no query parameters"
     problems = []
@@ -100,15 +105,26 @@ def declared_query(request: Request) -> None:
     if len(unknown) > MAX_UNKNOWN_NAMED:
         problems.append({"type": "extra_forbidden", "loc": ["query"],
                          "msg": f"{len(unknown) - MAX_UNKNOWN_NAMED} more unknown query parameters not listed"})
+    problems += [{"type": "value_error", "loc": ["query", name],
+                  "msg": f"{name} is given {len(request.query_params.getlist(name))} times: give it once"}
+                 for name in repeated]
     raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, problems)
 
 
-def query_names(dependant: Dependant) -> list[str]:
-    """The query parameters an endpoint takes, its dependencies' too, in the order they are declared."""
-    names = [field.alias for field in dependant.query_params]
+def query_fields(dependant: Dependant) -> dict[str, bool]:
+    """The query parameters an endpoint takes, its dependencies' too, in the order they are declared: whether each
+    takes several values (a list)."""
+    fields = {field.alias: _takes_many(field.field_info.annotation) for field in dependant.query_params}
     for dependency in dependant.dependencies:
-        names += [name for name in query_names(dependency) if name not in names]
-    return names
+        fields |= {name: many for name, many in query_fields(dependency).items() if name not in fields}
+    return fields
+
+
+def _takes_many(annotation: Any) -> bool:
+    origin = get_origin(annotation)
+    if origin in (list, tuple, set, frozenset):
+        return True
+    return origin in (Union, UnionType) and any(_takes_many(arg) for arg in get_args(annotation))
 
 
 def get_or_404(db: DBSession, model: type[Model], id: Any) -> Model:

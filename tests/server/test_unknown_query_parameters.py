@@ -55,3 +55,16 @@ def test_every_operation_declares_the_422_of_a_parameter_it_does_not_take(live_s
                 continue
             schema = operation["responses"]["422"]["content"]["application/json"]["schema"]
             assert schema == {"$ref": "#/components/schemas/HTTPValidationError"}, (method, path)
+
+
+def test_a_parameter_of_one_value_given_twice_is_refused_and_a_list_parameter_takes_several(live_server: LiveServer):
+    """``?limit=1&limit=2`` read only the last value, and ``?kind=synthetic&kind=reference`` only the references."""
+    with httpx.Client(base_url=live_server.url, headers=AUTH) as client:
+        session = client.post("/sessions", json=session_config(name="twice")).json()
+        thread_id = session["threads"][0]["id"]
+        assert problems(client.get("/sessions?limit=1&limit=2")) == [(["query", "limit"],
+                                                                      "limit is given 2 times: give it once")]
+        presentations = f"/threads/{thread_id}/presentations?kind=synthetic&kind=reference&generation=0"
+        assert [loc for loc, _ in problems(client.get(presentations))] == [["query", "kind"]]
+        events = client.get(f"/sessions/{session['id']}/events?kind=session.created&kind=session.note")
+        assert events.status_code == 200 and [e["kind"] for e in events.json()["items"]] == ["session.created"]
