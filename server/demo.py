@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import shutil
+import signal
 import sqlite3
 import time
 from pathlib import Path
 
+from rig_client.connection import non_negative, positive
 from rig_client.sim import DEFAULT_UNIT, parse_unit
 
 
@@ -24,20 +27,49 @@ def add_parser(subcommands) -> None:
                         help="report folder (default ./actmax-demo): a new or empty folder, or an earlier demo's "
                         "report, which is replaced")
     parser.add_argument("--generations", type=int, default=30, help="generations per thread (default 30)")
-    parser.add_argument("--population", type=int, default=40, help="images per generation (default 40)")
+    parser.add_argument("--population", type=_population, default=40, help="images per generation (default 40)")
     parser.add_argument("--optimizers", nargs="+", default=["cma", "sphere-cma"],
                         help="one thread per optimizer (default: cma sphere-cma)")
     parser.add_argument("--unit", type=_unit, default=DEFAULT_UNIT,
                         help=f"LAYER:CHANNEL[:X:Y] (default {DEFAULT_UNIT})")
-    parser.add_argument("--noise-eps", type=float, default=0.2, help="multiplicative gain noise (default 0.2)")
+    parser.add_argument("--noise-eps", type=non_negative, default=0.2,
+                        help="multiplicative gain noise (default 0.2)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the threads and the rig (default 1)")
-    parser.add_argument("--timeout", type=float, default=900, help="give up after this many seconds")
+    parser.add_argument("--timeout", type=positive, default=900, help="give up after this many seconds")
     parser.set_defaults(func=run)
 
 
 def _unit(text: str) -> str:
     parse_unit(text)  # the rig's own check, before anything starts
     return text
+
+
+def _population(text: str) -> int:
+    from server.session_config import MAX_POPULATION  # at parsing: the parser itself imports no torch
+
+    try:
+        population = int(text)
+    except ValueError:
+        population = 0
+    if not 2 <= population <= MAX_POPULATION:  # what every optimizer takes, checked before anything starts
+        raise argparse.ArgumentTypeError(f"{text}: expected a whole number of images from 2 to {MAX_POPULATION}")
+    return population
+
+
+@contextlib.contextmanager
+def stopped_as_on_ctrl_c():
+    """SIGTERM and SIGHUP (``timeout``, a closed terminal) raise KeyboardInterrupt meanwhile, so that the server and
+    the rig, which run in sessions of their own, are stopped as on Ctrl-C rather than left running."""
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    stops = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]  # no SIGHUP on Windows
+    previous = {stop: signal.signal(stop, interrupt) for stop in stops}
+    try:
+        yield
+    finally:
+        for stop, handler in previous.items():
+            signal.signal(stop, handler)
 
 
 def session_config(args: argparse.Namespace) -> dict:
@@ -136,8 +168,8 @@ def run(args: argparse.Namespace) -> int:
     server = ServerProcess(data, new_token())
     started = time.monotonic()
     print(f"starting server (REST {server.url}, rigs {server.zmq_endpoint}) and simulated rig ...")
-    with server_with_sim_rig(server, "demo-sim", [args.unit], out / "rig.log", noise_eps=args.noise_eps,
-                             seed=args.seed) as (api, rig):
+    with stopped_as_on_ctrl_c(), server_with_sim_rig(server, "demo-sim", [args.unit], out / "rig.log",
+                                                     noise_eps=args.noise_eps, seed=args.seed) as (api, rig):
         session = api.post("/sessions", session_config(args))
         threads = api.get(f"/sessions/{session['id']}/threads")
         total = len(threads) * args.generations

@@ -10,6 +10,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -157,6 +158,9 @@ def clean_environment(monkeypatch, tmp_path):
     (["demo", "--generations", "0"], "threads.0.n_generations"),  # refused before any process starts
     (["demo", "--optimizers", "adam"], "unknown optimizer 'adam'"),
     (["demo", "--unit", "blocks.6"], "expected LAYER:CHANNEL"),
+    (["demo", "--noise-eps", "nan"], "argument --noise-eps: nan: expected a number >= 0"),  # the rig's own refusal,
+    (["demo", "--timeout", "-1"], "argument --timeout: -1: expected a number > 0"),  # once the server ran, or
+    (["demo", "--population", "1"], "expected a whole number of images from 2 to 500"),  # the session's POST
 ])
 def test_bad_flags_are_named_before_anything_starts(args, reason, clean_environment, capsys):
     code, err = in_process(*args, capsys=capsys)
@@ -554,3 +558,45 @@ def test_demo_out_replaces_only_an_empty_folder_or_an_earlier_demo_report(tmp_pa
     empty.mkdir()
     replace_report_folder(empty)
     assert [p.name for p in empty.iterdir()] == [MARKER]
+
+
+def test_a_demo_stopped_by_sigterm_stops_its_server_and_rig(tmp_path):
+    """`timeout 60 actmax demo`, or a closed terminal: the demo's server and rig run in sessions of their own, and
+    were left running, holding their ports and the report folder's database."""
+    out = tmp_path / "demo"
+    demo = subprocess.Popen([sys.executable, "-m", "server.cli", "demo", "--out", str(out), "--generations", "200"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+    def children() -> set[int]:  # the demo's server and rig, started by it (in sessions of their own)
+        found = set()
+        for proc in Path("/proc").iterdir():
+            try:
+                if proc.name.isdigit() and int((proc / "stat").read_text().rpartition(")")[2].split()[1]) == demo.pid:
+                    found.add(int(proc.name))
+            except (OSError, ValueError, IndexError):
+                pass
+        return found
+
+    def alive(pid: int) -> bool:
+        try:
+            return (Path("/proc") / str(pid) / "stat").read_text().rpartition(")")[2].split()[0] != "Z"
+        except OSError:
+            return False
+
+    started: set[int] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while len(started := started | children()) < 2:  # the server, then the rig
+            assert demo.poll() is None and time.monotonic() < deadline, "the demo did not start its server and rig"
+            time.sleep(0.2)
+        demo.send_signal(signal.SIGTERM)
+        assert demo.wait(60) != 0
+        deadline = time.monotonic() + 30
+        while any(map(alive, started)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [pid for pid in started if alive(pid)]
+    finally:
+        demo.kill()
+        for pid in started:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
