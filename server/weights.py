@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,16 @@ import torch
 import generators
 from generators import weights_source
 from generators.base import WeightsNotFoundError, check_precision, resolve_device
+from server import ThreadNotReady
 
 log = logging.getLogger(__name__)
+
+SETTLE_S = 2.0  # weights written this recently that do not load may still be being copied: waited for, not refused
+
+
+class WeightsChanging(generators.GeneratorError, ThreadNotReady):
+    """Weights that do not load were written in the last ``SETTLE_S``: a copy may be under way. A thread waits and
+    tries again (``ThreadNotReady``); a request is refused as for any weights problem (``GeneratorError``)."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +106,18 @@ def generators_device(device: str, precision: str, source: str) -> str:
     return f"{where} in {precision}"
 
 
+def written_within(path: Path | None, seconds: float) -> bool:
+    """Whether ``path`` (a file, or a folder and the files in it) was written in the last ``seconds``."""
+    if path is None:
+        return False
+    try:
+        paths = [path, *path.iterdir()] if path.is_dir() else [path]
+        newest = max(os.stat(p).st_mtime for p in paths)
+    except (OSError, ValueError):
+        return False
+    return time.time() - newest < seconds
+
+
 class GeneratorCache:
     """Loaded generators by (name, weights source); thread-safe (REST workers and the engine's worker).
 
@@ -133,6 +154,11 @@ class GeneratorCache:
                 now = f" (now {self.weights_dir})" if self.weights_dir else ""
                 raise error.advising(f"in ACTMAX_WEIGHTS_DIR/{name}/ on the server{now}, or as a thread's `weights` "
                                      "in a session") from None
+            except generators.GeneratorError as error:  # a file that does not load, perhaps half copied
+                if written_within(source, SETTLE_S):
+                    raise WeightsChanging(f"{error} (written {SETTLE_S:g} s ago or less: read again once it has "
+                                          "settled)") from None
+                raise
             identity = file_identity(generator.weights_files)
             if self.precision != "float32":
                 try:

@@ -130,6 +130,28 @@ def test_a_thread_whose_weights_do_not_load_fails_with_one_log_line(tmp_path, en
     assert record.exc_info is None
 
 
+def test_a_held_back_thread_waits_while_its_weights_file_is_being_written_back(tmp_path, endpoint):
+    """The file a held-back thread waits for, read while a copy writes it back (here: only its first 100 kB yet),
+    failed the thread for good ("truncated or corrupt"); it now waits for the file to settle and goes on."""
+    file = tmp_path / "weights.tar"
+    original = packaged_weights().read_bytes()
+    file.write_bytes(original)
+    with LiveEngine(tmp_path / "data", endpoint) as live, RigClient(endpoint, RIG, channels=1) as rig:
+        thread_id = live.create(weights=str(file))
+        first = rig.next_batch(timeout=60)
+        rig.send_results(first.batch_id, answer(first)).result(30)
+        pending = rig.next_batch(timeout=60)
+    file.write_bytes((other_weights(tmp_path / "w") / "dcgan-faces" / "weights.tar").read_bytes())
+    with LiveEngine(tmp_path / "data", endpoint) as live, RigClient(endpoint, RIG, channels=1) as rig:
+        wait_until(lambda: held_back(live, thread_id), 30, "the thread held back")
+        file.write_bytes(original[:100_000])  # the copy back, under way
+        wait_until(lambda: "read again once it has settled" in (held_back(live, thread_id) or ""), 30,
+                   "the half-written file waited for")
+        assert thread_status(live, thread_id) == ThreadStatus.RUNNING
+        file.write_bytes(original)  # the copy done
+        assert rig.next_batch(timeout=60).batch_id == pending.batch_id
+
+
 def test_a_thread_on_its_own_weights_file_goes_on_once_the_file_it_started_with_is_back(tmp_path, endpoint):
     """Its fix is the file, not a restart: the server sees the file change (`GeneratorCache`)."""
     import shutil

@@ -6,12 +6,14 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 import torch
 
+from generators import GeneratorError
 from generators.base import sha256_file
 from generators.dcgan import STATE_KEY, packaged_weights
 from rig_client.version import package_version
@@ -19,7 +21,7 @@ from server.launch import ServerProcess
 from server.main import create_app
 from server.settings import Settings, load_settings
 from server.store.models import Thread, ThreadStatus
-from server.weights import GeneratorCache, weights_dir_note
+from server.weights import GeneratorCache, WeightsChanging, weights_dir_note
 from tests.server.conftest import TOKEN, LiveServer, WakeCounter, served, session_config, thread_config
 
 
@@ -60,8 +62,16 @@ def test_the_cache_loads_weights_again_once_they_change_on_disk(weights_dir: Pat
     os.utime(file, ns=(kept.st_atime_ns, kept.st_mtime_ns))
     assert cache.get("dcgan-faces").weights_sha256 == sha256_file(file) != replaced.weights_sha256
 
-    with open(file, "r+b") as handle:  # truncated in place: the same inode
+    with open(file, "r+b") as handle:  # truncated in place: the same inode (as a copy under way leaves it)
         handle.truncate(100_000)
+    with pytest.raises(WeightsChanging, match="truncated or corrupt.*written 2 s ago or less: read again once it"):
+        cache.get("dcgan-faces")  # a thread waits for it (ThreadNotReady), where it used to fail
+    past = time.time() - 10
+    for written in (file.parent, *file.parent.iterdir()):
+        os.utime(written, (past, past))
+    with pytest.raises(GeneratorError) as refused:  # settled, and still not weights: refused as before
+        cache.get("dcgan-faces")
+    assert not isinstance(refused.value, WeightsChanging)
     status = cache.status("dcgan-faces")
     assert not status.found and status.label == "UNUSABLE" and "truncated or corrupt" in status.problem
 
