@@ -31,7 +31,8 @@ class Cli:
 
     def __init__(self, server: LiveServer, url: str, capsys) -> None:
         self.server, self.url, self.capsys = server, url, capsys
-        self.http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"})
+        # A session's first POST loads the generator: seconds under load, over httpx's default 5 s
+        self.http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
 
     def __call__(self, *args: str) -> tuple[int, str, str]:
         """Exit code, stdout and stderr of ``actmax ARGS``."""
