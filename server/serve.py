@@ -222,9 +222,10 @@ async def _run_until_stopped(config, settings, engine, transport, http_socket, s
     background = [asyncio.create_task(transport.run()), asyncio.create_task(engine.run())]
     for stop in (signal.SIGINT, signal.SIGTERM):  # until uvicorn has its own: a Ctrl-C while it starts
         asyncio.get_running_loop().add_signal_handler(stop, setattr, http, "should_exit", True)
+    # The ports bound: --port 0 and tcp://HOST:* take any free one.
     log.info("actmax %s serving REST on http://%s:%s, rigs on %s (%s), generators on %s, data in %s",
-             package_version(), settings.http_host, settings.http_port, settings.zmq_endpoint, security, generators_on,
-             settings.data_dir.resolve())
+             package_version(), settings.http_host, http_socket.getsockname()[1], transport.endpoint, security,
+             generators_on, settings.data_dir.resolve())
     try:
         await http.serve(sockets=[http_socket])
     finally:

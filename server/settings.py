@@ -71,6 +71,18 @@ class Settings(BaseSettings):
         "a session or thread over it is refused (422).")
     keys_dir: Path | None = Field(None, description="CURVE keys (`actmax keys`); default {data_dir}/keys.")
 
+    @field_validator("zmq_endpoint")
+    @classmethod
+    def _bindable(cls, endpoint: str) -> str:
+        """An endpoint the rigs' socket can bind: a port out of range wrapped round to another one unsaid."""
+        kind, _, address = endpoint.partition("://")
+        host, _, port = address.rpartition(":")
+        tcp = kind == "tcp" and host != "" and (port == "*" or port.isdigit() and 0 < int(port) < 65536)
+        if not (tcp or kind in ("ipc", "inproc") and address):
+            raise ValueError(f"{endpoint!r} is no endpoint to bind: use tcp://HOST:PORT (e.g. tcp://127.0.0.1:5555; "
+                             "PORT 1-65535, or * for any free one), ipc://PATH or inproc://NAME")
+        return endpoint
+
     @field_validator("weights_dir", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
@@ -121,7 +133,8 @@ def load_settings(flags: dict[str, tuple[str, object]] | None = None) -> Setting
         for problem in error.errors():
             field = str(problem["loc"][0]) if problem["loc"] else ""
             source = given[field][0] if field in given else f"ACTMAX_{field.upper()}"
-            problems.append(f"{source}: {problem['msg']}" if field else problem["msg"])
+            message = problem["msg"].removeprefix("Value error, ")  # pydantic's prefix to a validator's words
+            problems.append(f"{source}: {message}" if field else message)
         raise ServerError(f"bad setting: {'; '.join(problems)}") from None
 
 
