@@ -71,6 +71,16 @@ class Settings(BaseSettings):
         "a session or thread over it is refused (422).")
     keys_dir: Path | None = Field(None, description="CURVE keys (`actmax keys`); default {data_dir}/keys.")
 
+    @field_validator("database_url")
+    @classmethod
+    def _an_sqlite_url(cls, url: str) -> str:
+        """The store is an SQLite file (the engine's step runs on the sqlite3 driver): say so at once, not with a
+        traceback from SQLAlchemy or a missing database driver."""
+        if url and not url.startswith("sqlite:///"):
+            raise ValueError(f"{url!r}: actmax keeps its data in an SQLite file: give sqlite:///PATH, or leave it unset "
+                             "for {data_dir}/actmax.sqlite")
+        return url
+
     @field_validator("zmq_endpoint")
     @classmethod
     def _bindable(cls, endpoint: str) -> str:

@@ -224,6 +224,16 @@ def test_a_connection_setting_no_welcome_can_carry_is_refused_at_start(variable,
     assert code == 2 and f"bad setting: {variable}: Input should be {reason}" in err, err
 
 
+@pytest.mark.parametrize("url", ["garbage", "postgresql://x@127.0.0.1:1/x"])
+def test_a_database_url_that_is_no_sqlite_file_is_named(url, clean_environment, capsys):
+    """A traceback from SQLAlchemy's URL parser, or a missing PostgreSQL driver, before."""
+    clean_environment.setenv("ACTMAX_DATABASE_URL", url)
+    clean_environment.setenv("ACTMAX_TOKEN", "t")
+    code, err = in_process("serve", capsys=capsys)
+    assert code == 2 and f"bad setting: ACTMAX_DATABASE_URL: {url!r}: actmax keeps its data in an SQLite file: give " \
+        "sqlite:///PATH" in err and "Traceback" not in err, err
+
+
 def test_config_and_token_mistakes_are_named_before_any_request(tmp_path, clean_environment, capsys):
     (tmp_path / "bad.yaml").write_text("threads: [unclosed")
     clean_environment.setenv("ACTMAX_TOKEN", "t")
