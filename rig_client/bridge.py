@@ -587,6 +587,12 @@ def run(args: argparse.Namespace) -> int:
     from rig_client.version import package_version
 
     labels = channel_labels(args.channels, args.labels)
+    folder = Path(args.folder).absolute()
+    if not folder.parent.is_dir() or folder.exists() and not folder.is_dir():  # before the rig connects
+        problem = "it is a file" if folder.parent.is_dir() else \
+            f"its parent {folder.parent} does not exist (a typo, or a share not mounted?)"
+        raise BridgeError(f"--folder {args.folder}: {problem}; give the folder the rig's task reads (made if missing, "
+                          "in a folder that exists)")
     setup = {"rig_program": f"actmax rig bridge {package_version()}",
              "via": "BATCH and responses files in a folder (MonkeyLogic's actmax_* functions, or the rig's own task)"}
     with RigClient(args.endpoint, args.rig, channels=len(labels), labels=labels if args.labels else None,

@@ -121,3 +121,16 @@ def test_a_setup_file_written_by_notepad_is_read_and_the_programs_own_fields_are
     assert rig_setup(args, {"rig_program": "x"}) == {"viewing_distance_cm": 57, "noise": "low", "rig_program": "x"}
     with pytest.raises(RigError, match="this program sets 'noise' itself; rename the file's field"):
         rig_setup(args, {"rig_program": "x", "noise": {"eps": 0.1}})
+
+
+def test_a_bridge_folder_in_a_folder_that_does_not_exist_is_refused_before_the_rig_connects(tmp_path, capsys):
+    """A typo, or a share not mounted: the bridge made the whole path and waited there for batches the rig's task,
+    reading the real folder, never saw."""
+    missing = tmp_path / "not-mounted" / "rig-folder"
+    assert main(["rig", "bridge", "--folder", str(missing), "--channels", "2"]) == 2
+    assert f"--folder {missing}: its parent {missing.parent} does not exist (a typo, or a share not mounted?)" in \
+        capsys.readouterr().err
+    assert not missing.parent.exists()
+    (tmp_path / "a-file").touch()
+    assert main(["rig", "bridge", "--folder", str(tmp_path / "a-file"), "--channels", "2"]) == 2
+    assert "a-file: it is a file" in capsys.readouterr().err
