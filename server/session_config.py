@@ -15,7 +15,7 @@ import math
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Hashable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -493,7 +493,30 @@ def describe_validation_error(error: ValidationError, model: type[BaseModel] = S
 class _YamlLoader(yaml.SafeLoader):
     """YAML as JSON reads it: a date or time stays the text written (a session named 2026-11-27, or a
     ``session_start_time``, is sent to the server as that text), and a number is one as YAML 1.2 and JSON
-    write it (``1e-1`` is 0.1, where YAML 1.1 wants ``1.0e-1``)."""
+    write it (``1e-1`` is 0.1, where YAML 1.1 wants ``1.0e-1``). A key given twice in one mapping is refused."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: its keys may be given again, over it
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(None, None, _twice(key), key_node.start_mark)
+            seen.add(key if isinstance(key, Hashable) else id(key))
+        return super().construct_mapping(node, deep)
+
+
+def _twice(key: Any) -> str:
+    return f"key {key!r} is given twice in one mapping: only one would count; keep the one you mean"
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """A JSON object, refused when a key repeats (json keeps the last silently)."""
+    keys = [key for key, _ in pairs]
+    if repeated := next((key for key in keys if keys.count(key) > 1), None):
+        raise ValueError(_twice(repeated))
+    return dict(pairs)
 
 
 _YamlLoader.yaml_implicit_resolvers = {
@@ -527,10 +550,14 @@ def read_config_file(path: str | Path) -> dict:
         raise ConfigError(f"cannot read session config {path}: {error.strerror}") from error
     except UnicodeDecodeError as error:
         raise ConfigError(f"{path} is not UTF-8 text ({error.reason}): save it as UTF-8") from error
+    suffix = path.suffix.lower()
+    if suffix not in (".json", ".yaml", ".yml"):
+        raise ConfigError(f"{path}: a session config is a .json, .yaml or .yml file; name it so")
     try:
-        data = yaml.load(text, _YamlLoader) if path.suffix.lower() in (".yaml", ".yml") else json.loads(text)
+        data = yaml.load(text, _YamlLoader) if suffix in (".yaml", ".yml") else json.loads(text,
+                                                                                          object_pairs_hook=_unique_keys)
     except (ValueError, yaml.YAMLError) as error:
-        raise ConfigError(f"{path} is not valid {path.suffix.lstrip('.').upper() or 'JSON'}: {error}") from error
+        raise ConfigError(f"{path} is not valid {suffix.lstrip('.').upper()}: {error}") from error
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a session config is a mapping (name, rig, threads, ...)")
     for where, value in _non_finite(data):

@@ -142,6 +142,12 @@ def test_load_session_config_from_json_and_yaml(tmp_path: Path) -> None:
          r"thread names must be unique, repeated: .* \(the same letters, written in two Unicode forms\)"),
         (json.dumps(session_config(threads=[thread_config(optimizer_params={"sigma0": 1.0})])).replace("1.0", "1e400"),
          ".json", r"threads\.0\.optimizer_params\.sigma0: inf is not a finite number"),
+        # A key twice: the last one counted, silently (a session of 5 generations, meant as 500).
+        ("name: s\nrig: r\nthreads:\n  - {name: t, generator: dcgan-faces, optimizer: cma, objective: {channels: [0]},"
+         " n_generations: 500, n_generations: 5}\n", ".yaml", r"key 'n_generations' is given twice in one mapping"),
+        (json.dumps(session_config()).replace('"rig":', '"name": "again", "rig":'), ".json",
+         r"not valid JSON: key 'name' is given twice in one mapping: only one would count"),
+        (json.dumps(session_config()), ".txt", r"a session config is a \.json, \.yaml or \.yml file; name it so"),
     ],
 )
 def test_load_session_config_errors_name_the_problem(tmp_path: Path, content: str, suffix: str, message: str) -> None:
@@ -261,3 +267,12 @@ def test_a_config_saved_with_a_byte_order_mark_is_read(tmp_path: Path, suffix: s
     path = tmp_path / f"session{suffix}"
     path.write_bytes(b"\xef\xbb\xbf" + json.dumps(session_config(name="Sitzung M\u00fcller")).encode().replace(b", ", b",\r\n"))
     assert load_session_config(path).name == "Sitzung M\u00fcller"
+
+
+def test_a_yaml_merge_key_may_be_given_again_over_what_it_merges(tmp_path: Path) -> None:
+    """Keys given twice are refused, but not a key given over a ``<<: *anchor`` merge: that is how YAML overrides."""
+    path = tmp_path / "session.yaml"
+    path.write_text("base: &base {generator: dcgan-faces, optimizer: cma, objective: {channels: [0]}, n_generations: 50}"
+                    "\nname: s\nrig: r\nthreads:\n  - <<: *base\n    name: t\n    n_generations: 5\n")
+    assert read_config_file(path)["threads"] == [{"generator": "dcgan-faces", "optimizer": "cma",
+                                                  "objective": {"channels": [0]}, "n_generations": 5, "name": "t"}]
