@@ -32,6 +32,7 @@ import numpy as np
 from analysis.landscape import STATISTICS, finite_values, landscape_statistics, mean_sem, summarize, trend_values
 from analysis.serialization import json_safe
 from insilico import InsilicoError, check_layers
+from rig_client.connection import non_negative_int
 from rig_client.version import package_version
 
 
@@ -545,7 +546,7 @@ def add_parser(analyses) -> None:
                         help="RBF image distance: EfficientNet-Lite0 features (LPIPS stand-in) or pixel MSE "
                         "(default perceptual)")
     parser.add_argument("--examples-per-layer", type=int, help="example map PNGs per layer (default 2)")
-    parser.add_argument("--seed", type=int, help="seed (default 0)")
+    parser.add_argument("--seed", type=non_negative_int, help="seed (default 0)")
     parser.add_argument("--device", help="torch device (default cpu)")
     parser.add_argument("--quick", action="store_true", help="~7-minute preset on 2 cores: 1 unit per layer, 15 x 20 "
                         "evolution, 11 x 11 grid, small RBF probe")

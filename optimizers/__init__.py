@@ -8,6 +8,7 @@ and back without pickle. See docs/optimizers.md.
 from . import cma, fixed_design, ga, hess_cma, pycma_adapter, sphere_cma  # noqa: F401  (modules register their optimizers)
 from . import presets  # noqa: F401, I001  (configured optimizers, after the ones they configure)
 from .base import (
+    MAX_POPULATION,
     MissingDependencyError,
     Optimizer,
     OptimizerError,
@@ -22,6 +23,7 @@ from .base import (
 )
 
 __all__ = [
+    "MAX_POPULATION",
     "MissingDependencyError",
     "Optimizer",
     "OptimizerError",

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 STATE_FORMAT = "actmax-optimizer-state/1"
+MAX_POPULATION = 500  # images an optimizer may ask per generation, in a session or a benchmark (the published runs: 40)
 
 
 class OptimizerError(ValueError):

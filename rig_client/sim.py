@@ -87,7 +87,7 @@ def add_parser(subcommands) -> None:
                      help="receptive field: image size and centre in pixels of the 224 network input "
                      "(default: the full frame)")
     sim.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    sim.add_argument("--seed", type=int, default=0, help="seed of the noise and the faults")
+    sim.add_argument("--seed", type=non_negative_int, default=0, help="seed of the noise and the faults")
     noise = sim.add_argument_group("noise (combined in this order: drift, adaptation, gain, Poisson)")
     noise.add_argument("--noise-eps", type=non_negative, default=0.0,
                        help="multiplicative gain noise: observed = clean * max(0, 1 + eps N(0,1))")
@@ -122,7 +122,7 @@ def add_parser(subcommands) -> None:
     screen.add_argument("--generator", default="dcgan-faces", help="generator (default dcgan-faces)")
     screen.add_argument("--samples", type=positive_int, default=64, help="random images to score (default 64)")
     screen.add_argument("--top", type=positive_int, default=10, help="units to list (default 10)")
-    screen.add_argument("--seed", type=int, default=0)
+    screen.add_argument("--seed", type=non_negative_int, default=0)
     screen.set_defaults(func=run_screen)
     bridge.add_parser(rig_commands)
     present.add_parser(rig_commands)

@@ -7,6 +7,8 @@ import json
 import tempfile
 from pathlib import Path
 
+from rig_client.connection import non_negative_int
+
 
 def add_parser(subcommands) -> None:
     parser = subcommands.add_parser("analyze", help="offline analyses (manifold maps, sessions, GAN geometry)")
@@ -54,7 +56,7 @@ def add_parser(subcommands) -> None:
     geometry.add_argument("--device", default="cpu", help="torch device (default cpu)")
     geometry.add_argument("--weights", help="the generator's weights file or folder (default: "
                           "ACTMAX_WEIGHTS_DIR/<generator>/ when it exists, else its standard locations, as `actmax serve`)")
-    geometry.add_argument("--seed", type=int, default=0,
+    geometry.add_argument("--seed", type=non_negative_int, default=0,
                           help="seed of the random codes and of the shuffled-weights control (default 0)")
     geometry.set_defaults(func=run_geometry)
 

@@ -54,6 +54,14 @@ THREAD_IDS = ("thread ids count across the whole server, not within a session (`
               "a session's): a second session's first thread may be 4")
 
 
+def _interval(text: str) -> float:
+    """argparse type: seconds between polls, > 0 and at most an hour."""
+    seconds = positive(text)
+    if seconds > 3600:
+        raise argparse.ArgumentTypeError(f"{text}: at most 3600 s between polls")
+    return seconds
+
+
 def add_parser(subcommands) -> None:
     session = subcommands.add_parser(
         "session", help="create, list, show, pause, resume, stop, annotate and watch sessions on a running server",
@@ -104,7 +112,8 @@ def add_parser(subcommands) -> None:
                                 "ended with no thread failed, 1 when a thread of it failed (for scripts: "
                                 "`actmax session watch 3 && ...`).")
     watch.add_argument("id", type=int, help=SESSION_ID)
-    watch.add_argument("--interval", type=positive, default=1.0, help="seconds between polls (default 1)")
+    watch.add_argument("--interval", type=_interval, default=1.0,
+                       help="seconds between polls (default 1, at most 3600)")
     watch.set_defaults(func=watch_session)
 
     thread = subcommands.add_parser("thread", help="pause, resume, stop, extend or retarget threads on a running "
@@ -126,7 +135,8 @@ def add_parser(subcommands) -> None:
     retarget.add_argument("id", type=int, help="the thread's id; " + THREAD_IDS)
     target = retarget.add_mutually_exclusive_group(required=True)
     target.add_argument("--channels", type=int, nargs="+", metavar="CHANNEL", help="channels to maximise")
-    target.add_argument("--expression", help='an objective expression, e.g. "zscore(rate(5)) - 0.5 * rate(2)"')
+    target.add_argument("--expression", help='an objective expression, e.g. "zscore(rate(5)) - 0.5 * rate(2)"; one '
+                        'that starts with a minus takes an =: --expression=-rate(0)')
     retarget.add_argument("--combine", choices=("mean", "sum"), default="mean", help="with --channels (default mean)")
     retarget.set_defaults(func=retarget_thread)
 

@@ -45,7 +45,7 @@ def _unit(text: str) -> str:
 
 
 def _population(text: str) -> int:
-    from server.session_config import MAX_POPULATION  # at parsing: the parser itself imports no torch
+    from optimizers import MAX_POPULATION  # at parsing: the parser itself imports no torch
 
     try:
         population = int(text)

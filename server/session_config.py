@@ -41,7 +41,6 @@ from rig_client.protocol import MAX_CHANNELS, MAX_DROPPED_FRAMES, MAX_WINDOW_MS,
 from server import ServerError
 
 MAX_SEED = 2**32 - 1  # fits every RNG seed API (numpy RandomState included)
-MAX_POPULATION = 500  # images an optimizer may ask per generation (the published runs use 40)
 MAX_PARAMS_DEPTH = 4  # optimizer_params nest at most a list (init_code) in the top object
 CLOCK_SKEW = timedelta(minutes=1)  # how far a session_start_time may lie ahead of the server's clock
 AGE = re.compile(r"(P[0-9YMWDTHS.]+(/(P[0-9YMWDTHS.]+)?)?)?")  # ISO 8601 duration or range, as NWB takes
@@ -273,8 +272,8 @@ class ThreadConfig(_Strict):
     def _bounded_params(cls, params: dict[str, Any]) -> dict[str, Any]:
         _check_json_value(params, "optimizer_params", 1)
         population = params.get("population")
-        if isinstance(population, int | float) and population > MAX_POPULATION:
-            raise ValueError(f"population {population} is over {MAX_POPULATION} images per generation")
+        if isinstance(population, int | float) and population > optimizers.MAX_POPULATION:
+            raise ValueError(f"population {population} is over {optimizers.MAX_POPULATION} images per generation")
         if isinstance(params.get("eigenbasis"), str):  # hess-cma's file
             params = {**params, "eigenbasis": server_path(params["eigenbasis"])}
         return params

@@ -153,6 +153,9 @@ def clean_environment(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize(("args", "reason"), [
     (["session", "watch", "1", "--interval", "0"], "argument --interval: 0: expected a number > 0"),
+    (["session", "watch", "1", "--interval", "1e308"], "argument --interval: 1e308: at most 3600 s between polls"),
+    (["rig", "sim", "--seed", "-1"], "argument --seed: -1: expected a whole number >= 0"),  # not naming the flag
+    (["bench", "--dry-run", "--seed", "-1"], "argument --seed: -1: expected a whole number >= 0"),
     (["serve", "--port", "-1"], "bad setting: --port: Input should be greater than or equal to 0"),
     (["serve", "--batch-timeout", "0"], "bad setting: --batch-timeout"),
     (["serve", "--zmq-endpoint", "tcp://127.0.0.1:99999"], "bad setting: --zmq-endpoint: 'tcp://127.0.0.1:99999' is "

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from insilico.bench.errors import BenchError
 from insilico.evolve import N_GENERATIONS, POPULATION
+from rig_client.connection import non_negative_int
 
 if TYPE_CHECKING:
     from insilico.bench.grid import UnitSpec
@@ -76,7 +77,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--generations", type=int,
                         help=f"generations per run ({_from_preset('generations')}, as published)")
     parser.add_argument("--population", type=int, default=POPULATION, help="images per generation (default 40)")
-    parser.add_argument("--seed", type=int, default=0, help="base seed of the grid (default 0)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="base seed of the grid (default 0)")
     parser.add_argument("--scheduler", help="address of an existing Dask scheduler (e.g. from dask-jobqueue); "
                         "default: a LocalCluster on this machine")
     parser.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes (default 2)")

@@ -76,8 +76,8 @@ def check_optimizers(names: list[str], population: int) -> None:
     """Raise `BenchError` for a name that is not registered or cannot run with its defaults and `population`."""
     import optimizers as registry
 
-    if population < 2:
-        raise BenchError(f"--population must be >= 2, got {population}")
+    if not 2 <= population <= registry.MAX_POPULATION:  # a huge one ran out of memory making the grid
+        raise BenchError(f"--population must be from 2 to {registry.MAX_POPULATION}, got {population}")
     unknown = [o for o in names if o not in registry.available()]
     if unknown:
         runnable = [name for name in registry.available() if _refusal(name, population) is None]

@@ -387,7 +387,8 @@ def test_two_grids_in_one_folder_are_reported_apart(tmp_path: Path, capsys) -> N
 @pytest.mark.parametrize("change, message", [
     (["--reps", "0"], "--reps must be >= 1, got 0"),
     (["--generations", "-3"], "--generations must be >= 1, got -3"),
-    (["--population", "1"], "--population must be >= 2, got 1"),
+    (["--population", "1"], "--population must be from 2 to 500, got 1"),
+    (["--population", "999999999999"], "--population must be from 2 to 500, got 999999999999"),  # out of memory
     (["--noise", "-0.5"], "--noise levels must be >= 0, got [-0.5]"),
     (["--workers", "0"], "--workers must be >= 1, got 0"),
     (["--units-per-layer", "0"], "--units-per-layer must be >= 1, got 0"),
