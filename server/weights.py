@@ -155,7 +155,7 @@ class GeneratorCache:
                 raise error.advising(f"in ACTMAX_WEIGHTS_DIR/{name}/ on the server{now}, or as a thread's `weights` "
                                      "in a session") from None
             except generators.GeneratorError as error:  # a file that does not load, perhaps half copied
-                if written_within(source, SETTLE_S):
+                if not isinstance(error, generators.GeneratorOptionError) and written_within(source, SETTLE_S):
                     raise WeightsChanging(f"{error} (written {SETTLE_S:g} s ago or less: read again once it has "
                                           "settled)") from None
                 raise
