@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from server.session_config import MAX_POPULATION
+from optimizers import MAX_POPULATION
 from tests.server.conftest import TOKEN, LiveServer, session_config, thread_config
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
