@@ -11,14 +11,17 @@ from pathlib import Path
 from rig_client import RigError
 
 
-def check_endpoint(endpoint: str) -> str:
-    """``endpoint`` if a rig can connect to it, else ValueError showing a valid one."""
+def check_endpoint(endpoint: str, *, bind: bool = False) -> str:
+    """``endpoint`` if a rig can connect to it (``bind``: if a server can bind it, ``*`` meaning every interface or
+    any free port), else ValueError showing a valid one."""
     kind, _, address = endpoint.partition("://")
     host, _, port = address.rpartition(":")
-    tcp = host not in ("", "*") and port.isdigit() and 0 < int(port) < 65536
-    if not address or not (kind in ("ipc", "inproc") or kind == "tcp" and tcp):
-        raise ValueError(f"{endpoint!r} is not an endpoint to connect to: use tcp://HOST:PORT "
-                         "(e.g. tcp://127.0.0.1:5555), ipc://PATH or inproc://NAME")
+    host_ok = host != "" and (host != "*" or bind)
+    port_ok = port.isdigit() and 0 < int(port) < 65536 or bind and port == "*"
+    if not address or not (kind in ("ipc", "inproc") or kind == "tcp" and host_ok and port_ok):
+        example = "e.g. tcp://127.0.0.1:5555" + ("; PORT 1-65535, or * for any free one" if bind else "")
+        raise ValueError(f"{endpoint!r} is not an endpoint to {'bind' if bind else 'connect to'}: use tcp://HOST:PORT "
+                         f"({example}), ipc://PATH or inproc://NAME")
     return endpoint
 
 

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from rig_client.connection import check_endpoint
 from rig_client.protocol import WELCOME_HEARTBEAT_MS, WELCOME_LIVENESS, WELCOME_MAX_MESSAGE_BYTES
 from server import ServerError
 
@@ -85,13 +86,7 @@ class Settings(BaseSettings):
     @classmethod
     def _bindable(cls, endpoint: str) -> str:
         """An endpoint the rigs' socket can bind: a port out of range wrapped round to another one unsaid."""
-        kind, _, address = endpoint.partition("://")
-        host, _, port = address.rpartition(":")
-        tcp = kind == "tcp" and host != "" and (port == "*" or port.isdigit() and 0 < int(port) < 65536)
-        if not (tcp or kind in ("ipc", "inproc") and address):
-            raise ValueError(f"{endpoint!r} is no endpoint to bind: use tcp://HOST:PORT (e.g. tcp://127.0.0.1:5555; "
-                             "PORT 1-65535, or * for any free one), ipc://PATH or inproc://NAME")
-        return endpoint
+        return check_endpoint(endpoint, bind=True)
 
     @field_validator("weights_dir", mode="before")
     @classmethod

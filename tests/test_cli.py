@@ -159,7 +159,7 @@ def clean_environment(monkeypatch, tmp_path):
     (["serve", "--port", "-1"], "bad setting: --port: Input should be greater than or equal to 0"),
     (["serve", "--batch-timeout", "0"], "bad setting: --batch-timeout"),
     (["serve", "--zmq-endpoint", "tcp://127.0.0.1:99999"], "bad setting: --zmq-endpoint: 'tcp://127.0.0.1:99999' is "
-     "no endpoint to bind: use tcp://HOST:PORT"),  # ZeroMQ bound port 34463, and the log said 99999
+     "not an endpoint to bind: use tcp://HOST:PORT"),  # ZeroMQ bound port 34463, and the log said 99999
     (["serve", "--zmq-endpoint", "garbage"], "PORT 1-65535, or * for any free one"),  # not "off loopback"
     (["demo", "--generations", "0"], "threads.0.n_generations"),  # refused before any process starts
     (["demo", "--optimizers", "adam"], "unknown optimizer 'adam'"),
