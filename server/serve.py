@@ -79,8 +79,18 @@ async def serve(settings) -> None:
     lock = hold_data_dir(settings.data_dir)
     data_dir = settings.data_dir.resolve()  # logged in full: a relative --data-dir depends on the working folder
     http_socket = bind_http(settings.http_host, settings.http_port)
-    db_engine = make_db_engine(settings.database_url, background_checkpoints=True)
+    transport = db_engine = None
     try:
+        # Both sockets first: a busy port or a damaged key file is told before the database is made or migrated.
+        keys = KeyStore(settings.keys_dir)
+        # The rig keys are read at every handshake: `actmax keys rig` needs no restart (`keys init` does).
+        curve = {"server_key": keys.server_keys(), "rig_keys": keys.rig_keys} if keys.enabled() else {}
+        security = f"CURVE, {len(keys.rig_keys())} rig keys" if curve else "no CURVE: loopback only"
+        transport = Transport(
+            settings.zmq_endpoint, None, heartbeat_s=settings.heartbeat_s,  # its handler: the engine, below
+            liveness=settings.liveness, max_message_bytes=settings.max_message_bytes, **curve,
+        )
+        db_engine = make_db_engine(settings.database_url, background_checkpoints=True)
         before, after = upgrade(db_engine)
         if before is None:  # before a rig connects, so that a mistyped --data-dir shows
             log.info("created a new, empty database in %s: no sessions yet (not what you expected? stop and check "
@@ -94,20 +104,15 @@ async def serve(settings) -> None:
         if removed := archive.remove_partial_writes():
             log.info("removed %d partial image files a previous run left in %s", removed, data_dir)
         engine = Engine(settings, db_sessions, archive)
-        keys = KeyStore(settings.keys_dir)
-        # The rig keys are read at every handshake: `actmax keys rig` needs no restart (`keys init` does).
-        curve = {"server_key": keys.server_keys(), "rig_keys": keys.rig_keys} if keys.enabled() else {}
-        security = f"CURVE, {len(keys.rig_keys())} rig keys" if curve else "no CURVE: loopback only"
-        transport = Transport(
-            settings.zmq_endpoint, engine, heartbeat_s=settings.heartbeat_s,
-            liveness=settings.liveness, max_message_bytes=settings.max_message_bytes, **curve,
-        )
-        engine.transport = transport
+        transport.handler, engine.transport = engine, transport
         await _run_until_stopped(http_config(create_app(settings, db_sessions, engine=engine), settings, open_files),
                                  settings, engine, transport, http_socket, security, generators_on)
     finally:
+        if transport is not None:
+            await transport.close()  # closed already when it ran
         http_socket.close()
-        db_engine.dispose()
+        if db_engine is not None:
+            db_engine.dispose()
         lock.close()
 
 

@@ -163,7 +163,8 @@ def _frame_property(frame: zmq.Frame, name: str) -> str | None:
 class Transport:
     """ROUTER socket bound to ``endpoint`` that serves rigs until `close`.
 
-    Binds at construction (``tcp://127.0.0.1:*`` picks a free port; see `endpoint`).
+    Binds at construction (``tcp://127.0.0.1:*`` picks a free port; see `endpoint`). ``handler`` may be set
+    later, before `run`.
 
     ``server_key`` (public, secret; Z85) turns CURVE on: then only the public keys in
     ``rig_keys`` (Z85 key -> rig name) connect, each as its own rig name, and the transport uses a
@@ -172,7 +173,7 @@ class Transport:
     Failed handshakes are logged, once a minute per peer and reason.
     """
 
-    def __init__(self, endpoint: str, handler: Handler, *, heartbeat_s: float = 2.0,
+    def __init__(self, endpoint: str, handler: Handler | None, *, heartbeat_s: float = 2.0,
                  liveness: int = 5, max_message_bytes: int = MAX_MESSAGE_BYTES,
                  context: zmq.Context | None = None,
                  server_key: tuple[bytes, bytes] | None = None,
@@ -292,6 +293,8 @@ class Transport:
     # --- internals -----------------------------------------------------------------------------
 
     def _close_sockets(self) -> None:
+        if self._socket.closed:  # closed already (`close` before and after `run`)
+            return
         if self._monitor is not None:
             self._socket.disable_monitor()
             self._monitor.close(linger=0)

@@ -308,6 +308,33 @@ def test_a_rest_port_in_use_is_a_one_line_error(tmp_path):
     assert f"cannot serve REST on 127.0.0.1:{port}" in line and "--port" in line
 
 
+def test_a_rig_port_in_use_is_told_before_the_database_is_made(tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = actmax("serve", "--port", "0", "--zmq-endpoint", f"tcp://127.0.0.1:{port}",
+                        "--data-dir", str(tmp_path), env={"ACTMAX_TOKEN": "t"})
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert f"cannot bind the rig transport to tcp://127.0.0.1:{port}" in line, line
+    assert not (tmp_path / "actmax.sqlite").exists()
+
+
+def test_serve_leaves_another_programs_sqlite_file_as_it_was(tmp_path):
+    import sqlite3
+    from contextlib import closing
+
+    database = tmp_path / "actmax.sqlite"
+    with closing(sqlite3.connect(database)) as db, db:
+        db.execute("CREATE TABLE spikes (t REAL)")
+    result = actmax("serve", "--port", "0", "--zmq-endpoint", "tcp://127.0.0.1:*", "--data-dir", str(tmp_path),
+                    env={"ACTMAX_TOKEN": "t"})
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "spikes" in line and "not actmax's" in line and "--data-dir" in line, line
+    with closing(sqlite3.connect(database)) as db:
+        assert [name for (name,) in db.execute("SELECT name FROM sqlite_master")] == ["spikes"]
+
+
 def test_weights_list_and_verify_report_where_each_generator_looks(tmp_path):
     broken = tmp_path / "weights" / "dcgan-faces"
     broken.mkdir(parents=True)

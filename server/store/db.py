@@ -228,6 +228,12 @@ def check_database_file(path: Path, *, created: bool = False) -> None:
                           "place and pass that --data-dir") from None
     except sqlite3.DatabaseError as error:
         raise ServerError(f"{path} is not an SQLite database ({error}); {fix}") from None
+    if created and "alembic_version" not in tables:
+        from server.store.models import Base
+
+        if foreign := sorted(t for t in tables - set(Base.metadata.tables) if not t.startswith("sqlite_")):
+            raise ServerError(f"{path} is an SQLite database of something else (its tables {', '.join(foreign[:5])} "
+                              f"are not actmax's), and actmax will not add its own to it; {fix}")
     if not created and not {"alembic_version", "sessions"} <= tables:
         raise ServerError(f"{path} is an SQLite database but not actmax's (it has no sessions); {fix}")
 
