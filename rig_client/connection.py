@@ -73,6 +73,13 @@ def non_negative_int(text: str) -> int:
     return _number(text, int, allow_zero=True)
 
 
+def add_weights_argument(parser: argparse.ArgumentParser, where: str = "") -> None:
+    """``--weights`` of a command that loads a generator (``generators.weights_source`` resolves it); ``where``:
+    more of where it is read."""
+    parser.add_argument("--weights", help="the generator's weights file or folder (default: ACTMAX_WEIGHTS_DIR/"
+                        f"<generator>/ when it exists, else its standard locations, as `actmax serve`){where}")
+
+
 def add_connection_arguments(parser: argparse.ArgumentParser, default_rig: str) -> None:
     """``--endpoint``, ``--rig``, and the key files a server with CURVE keys needs (``actmax keys``)."""
     parser.add_argument("--endpoint", type=_endpoint, default="tcp://127.0.0.1:5555",

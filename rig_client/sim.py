@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -19,7 +20,8 @@ import numpy as np
 
 from rig_client import RigError
 from rig_client.connection import (
-    add_connection_arguments, connection_keys, non_negative, non_negative_int, positive, positive_int, rig_setup,
+    add_connection_arguments, add_weights_argument, connection_keys, non_negative, non_negative_int, positive,
+    positive_int, rig_setup,
 )
 
 log = logging.getLogger(__name__)
@@ -122,6 +124,7 @@ def add_parser(subcommands) -> None:
     screen.add_argument("--generator", default="dcgan-faces", help="generator (default dcgan-faces)")
     screen.add_argument("--samples", type=positive_int, default=64, help="random images to score (default 64)")
     screen.add_argument("--top", type=positive_int, default=10, help="units to list (default 10)")
+    add_weights_argument(screen)
     screen.add_argument("--seed", type=non_negative_int, default=0)
     screen.set_defaults(func=run_screen)
     bridge.add_parser(rig_commands)
@@ -293,7 +296,8 @@ def run_screen(args: argparse.Namespace) -> int:
     import generators
     from rig_client.units import screen_units
 
-    generator = generators.load(args.generator, device="cpu")
+    source = generators.weights_source(args.generator, os.environ.get("ACTMAX_WEIGHTS_DIR"), args.weights)
+    generator = generators.load(args.generator, device="cpu", weights=source)
     ranked = screen_units(generator, args.layer, n_samples=args.samples, rng=np.random.default_rng(args.seed))
     print(f"{len(ranked)} responsive channels of {args.layer} over {args.samples} {args.generator} images; top {args.top}:")
     print(f"{'unit (--unit)':<22} {'mean':>8} {'std':>8} {'max':>8}")

@@ -7,7 +7,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from rig_client.connection import non_negative_int
+from rig_client.connection import add_weights_argument, non_negative_int
 
 
 def add_parser(subcommands) -> None:
@@ -54,8 +54,7 @@ def add_parser(subcommands) -> None:
     geometry.add_argument("--k", type=int, help="eigenpairs per Hessian (default: all d for bp and jac, d/2 - 1 for "
                           "hvp_*); below d, dims and corr are of the top k")
     geometry.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    geometry.add_argument("--weights", help="the generator's weights file or folder (default: "
-                          "ACTMAX_WEIGHTS_DIR/<generator>/ when it exists, else its standard locations, as `actmax serve`)")
+    add_weights_argument(geometry)
     geometry.add_argument("--seed", type=non_negative_int, default=0,
                           help="seed of the random codes and of the shuffled-weights control (default 0)")
     geometry.set_defaults(func=run_geometry)

@@ -353,6 +353,16 @@ def test_weights_list_and_verify_report_where_each_generator_looks(tmp_path):
     assert "loading" not in listed.stderr and "verifying" not in verified.stderr  # no bar cut into a piped table
 
 
+def test_rig_screen_loads_the_weights_given_by_flag_or_by_the_servers_folder(tmp_path):
+    broken = tmp_path / "weights" / "dcgan-faces"
+    broken.mkdir(parents=True)
+    (broken / "weights.tar").write_bytes(b"not a checkpoint")
+    for args, env in [(["--weights", str(broken)], {}), ([], {"ACTMAX_WEIGHTS_DIR": str(tmp_path / "weights")})]:
+        result = actmax("rig", "screen", "--samples", "2", *args, env=env)
+        assert result.returncode != 0 and "Traceback" not in result.stderr
+        assert str(broken / "weights.tar") in result.stderr, (args, result.stderr)
+
+
 def test_weights_verify_prints_the_whole_reason_of_a_failure(tmp_path):
     """Not only its first line, which ends at "tried:": the paths tried and what to do, indented under it."""
     failed = actmax("weights", "verify", "deepsim-fc6", env={"TORCH_HOME": str(tmp_path / "torch"),

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from insilico.bench.errors import BenchError
 from insilico.evolve import N_GENERATIONS, POPULATION
-from rig_client.connection import non_negative_int
+from rig_client.connection import add_weights_argument, non_negative_int
 
 if TYPE_CHECKING:
     from insilico.bench.grid import UnitSpec
@@ -84,8 +84,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", action="store_true", help="LocalCluster workers as threads, not processes")
     parser.add_argument("--device", default="cpu", help="torch device for generator and network (default cpu)")
     parser.add_argument("--generator", default="dcgan-faces", help="generator name (default dcgan-faces)")
-    parser.add_argument("--weights", help="the generator's weights file or folder, on every worker (default: "
-                        "ACTMAX_WEIGHTS_DIR/<generator>/ when it exists, else its standard locations, as `actmax serve`)")
+    add_weights_argument(parser, "; on every worker")
     parser.add_argument("--backend", choices=["cnn", "quadratic"], default="cnn",
                         help="cnn: generator + EfficientNet-Lite0 units; quadratic: an analytic objective "
                              "for checking a cluster without weights")
