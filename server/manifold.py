@@ -100,7 +100,7 @@ def manifold_data(db: DBSession, thread_id: int) -> ManifoldData:
     if thread is None:
         raise ServerError(f"thread {thread_id} not found; list a session's threads with GET /sessions/{{id}}/threads")
     if thread.kind != "manifold":
-        raise ServerError(f"thread {thread_id} is an {thread.kind} thread, not a manifold")
+        raise ServerError(f"thread {thread_id} is not a manifold thread (its kind: {thread.kind})")
     settings = manifold_config(thread)
     n = settings.n
     axis = grid_axis(settings.step_deg, n)

@@ -51,7 +51,10 @@ def test_manifold_map_around_an_evolution(tmp_path, capsys):
             assert len(figure["signature"]["n_loop"]) == 21 and figure["bootstrap"] is None
         png = api._http.get(f"/threads/{manifold['id']}/manifold.png", params={"plane": 1})
         assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
-        assert api._http.get(f"/threads/{evolve['id']}/manifold").status_code == 409
+        other = api._http.get(f"/threads/{evolve['id']}/manifold")
+        assert other.status_code == 409 and "not a manifold thread (its kind: evolution)" in other.json()["detail"]
+        alone = api._http.get(f"/threads/{manifold['id']}/manifold", params={"n_boot": 20})  # not reliability=true
+        assert alone.status_code == 422 and alone.json()["detail"][0]["loc"] == ["query", "n_boot"], alone.text
 
     # The grid lies on the sphere of the final generation's mean norm, centred on the trajectory's PC1.
     with sqlite3.connect(data / "actmax.sqlite") as db:

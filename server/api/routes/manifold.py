@@ -17,9 +17,7 @@ router = APIRouter(prefix="/threads", tags=["manifold"],
 
 
 def _data(db, thread_id: int):
-    thread = get_or_404(db, Thread, thread_id)
-    if thread.kind != "manifold":
-        raise HTTPException(status.HTTP_409_CONFLICT, f"thread {thread_id} is an {thread.kind} thread, not a manifold")
+    get_or_404(db, Thread, thread_id)
     try:
         return manifold_data(db, thread_id)
     except ServerError as error:
@@ -35,18 +33,22 @@ def _analyze(data, **options) -> list[dict]:
 
 
 @router.get("/{thread_id}/manifold", response_model=list[ManifoldPlaneRead])
-def get_manifold(thread_id: Id, db: DB, reliability: bool = Query(False), n_boot: int = Query(50, ge=10, le=1000)
-                 ) -> list[dict]:
+def get_manifold(thread_id: Id, db: DB, reliability: bool = Query(False),
+                 n_boot: int | None = Query(None, ge=10, le=1000, description="bootstrap resamples of "
+                                            "reliability=true (default 50)")) -> list[dict]:
     """Level-set signature, mesh persistence and isotropy of each plane; with ``reliability=true`` also
     split-half and bootstrap reliability (hundreds of spline fits: seconds to minutes), a ``409`` when a
     plane has one trial per grid point."""
+    if n_boot is not None and not reliability:
+        raise HTTPException(422, [{"type": "value_error", "loc": ["query", "n_boot"], "msg": "n_boot sets the "
+                                   "bootstrap of reliability=true; add reliability=true, or leave n_boot out"}])
     data = _data(db, thread_id)
     unrepeated = data.unrepeated_planes()
     if reliability and unrepeated:
         raise HTTPException(status.HTTP_409_CONFLICT, f"reliability=true: plane(s) {', '.join(unrepeated)} of "
                             f"thread {thread_id} have one trial per grid point (repeats: 1), and reliability needs "
                             "repeated trials; ask without reliability, or record the map with repeats >= 2")
-    return summary(_analyze(data, n_boot=n_boot, reliability=reliability))
+    return summary(_analyze(data, n_boot=n_boot or 50, reliability=reliability))
 
 
 @router.get("/{thread_id}/manifold.png", response_class=Response,
