@@ -35,7 +35,7 @@ def _is_loopback(host: str) -> bool:
 class Settings(BaseSettings):
     """Everything ``actmax serve`` needs; each field is also ``ACTMAX_<FIELD>`` in the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="ACTMAX_", extra="forbid")
+    model_config = SettingsConfigDict(env_prefix="ACTMAX_", extra="forbid", allow_inf_nan=False)
 
     data_dir: Path = Field(Path("actmax-data"), description="Database and image archive folder.")
     database_url: str = Field("", description="SQLAlchemy URL; default sqlite:///{data_dir}/actmax.sqlite.")

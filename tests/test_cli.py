@@ -217,6 +217,8 @@ def test_a_bad_environment_setting_names_its_variable(clean_environment, capsys)
     ("ACTMAX_HEARTBEAT_S", "3600", "less than or equal to 600"),
     ("ACTMAX_LIVENESS", "5000", "less than or equal to 1000"),
     ("ACTMAX_MAX_MESSAGE_BYTES", "100", "greater than or equal to 1024"),
+    ("ACTMAX_HEARTBEAT_S", "nan", "a finite number"),  # not "at most 600"
+    ("ACTMAX_BATCH_TIMEOUT_S", "inf", "a finite number"),
 ])
 def test_a_connection_setting_no_welcome_can_carry_is_refused_at_start(variable, value, reason, clean_environment,
                                                                         capsys):
