@@ -193,6 +193,10 @@ def decode(frames: Sequence[bytes], *, max_message_bytes: int = MAX_MESSAGE_BYTE
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: too deep
         raise ProtocolError(ErrorCode.BAD_JSON, f"{mtype} header is not UTF-8 JSON: {exc}",
                             in_reply_to=mtype) from None
+    if _SURROGATE_ESCAPE.search(frames[2]) and _lone_surrogate(header):
+        raise ProtocolError(ErrorCode.BAD_JSON, f"{mtype} header holds a lone UTF-16 surrogate (an escape such as "
+                            "\\ud800 that is half a character): every string and key must be text; escape "
+                            "characters beyond U+FFFF as a pair, or send them as UTF-8", in_reply_to=mtype)
     if not isinstance(header, dict):
         raise ProtocolError(ErrorCode.BAD_JSON, f"{mtype} header must be a JSON object, got "
                             f"{type(header).__name__}", in_reply_to=mtype)
@@ -213,6 +217,20 @@ def decode(frames: Sequence[bytes], *, max_message_bytes: int = MAX_MESSAGE_BYTE
         exc.in_reply_to, exc.batch_id = mtype, batch_id
         raise
     return msg
+
+
+#: A JSON escape of a UTF-16 surrogate: only then can a parsed header hold one (a lone one is not text, and fails
+#: wherever it is written: the database, the REST API's JSON, an ACK's ``ignored_fields``).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _lone_surrogate(header: Any) -> bool:
+    """Whether a string or key anywhere in ``header`` holds a lone surrogate."""
+    try:
+        json.dumps(header, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _too_large_fix(mtype: MessageType) -> str:

@@ -461,8 +461,9 @@ class Transport:
         if msg.type == MessageType.HEARTBEAT:
             return
         if msg.type == MessageType.ERROR:
-            log.warning("rig %s reports error %s (in reply to %s): %s", name, msg.header["code"],
-                        msg.header["in_reply_to"], msg.header["message"])
+            # Quoted, as all rig text: a newline in it would forge a log line. Budgeted, as all a peer causes.
+            self._log(peer.address, logging.WARNING, "rig %s reports error %r (in reply to %r): %r", name,
+                      msg.header["code"], msg.header["in_reply_to"], msg.header["message"])
             return
         await self._results(identity, name, msg.header, peer)
 

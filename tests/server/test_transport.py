@@ -410,6 +410,25 @@ def test_a_gone_rig_costs_one_failed_send_line_per_connection(zmq_context, endpo
     run(scenario())
 
 
+def test_a_rigs_error_text_is_logged_quoted_on_one_line_within_its_budget(zmq_context, endpoint, caplog):
+    forged = "x\n2026-12-01 05:00:00,000+0000 CRITICAL server.engine: FORGED"
+
+    async def scenario():
+        async with Harness(zmq_context, endpoint) as h:
+            caplog.set_level(logging.INFO, logger="server.transport")
+            d = await h.register()
+            for _ in range(40):
+                await d.send_multipart(raw(b"ERROR", {"code": "unknown_reference", "message": forged,
+                                                      "in_reply_to": "BATCH"}))
+            await d.send_multipart(raw(b"HEARTBEAT", {}))
+            await asyncio.sleep(0.3)
+
+    run(scenario())
+    reported = [r.getMessage() for r in caplog.records if "reports error" in r.getMessage()]
+    assert reported and all("\n" not in line and "\\n2026" in line for line in reported), reported
+    assert len(reported) < 40  # the peer's line budget (a burst of 20)
+
+
 def test_send_validates_and_close_twice_is_harmless(zmq_context, endpoint):
     async def scenario():
         h = Harness(zmq_context, endpoint)
