@@ -165,7 +165,7 @@ def test_send_batch_to_rig_and_to_unknown_rig(zmq_context, endpoint):
     (raw(b"HELLO", b'{"rig":' + b"[" * 3000 + b"]" * 3000 + b"}"), "bad_json"),
     (raw(b"RESULTS", {"batch_id": "", "presentations": [], "done": True}), "bad_field"),
     (raw(b"RESULTS", {"batch_id": "b" * 129, "presentations": [], "done": True}), "bad_field"),
-    (raw(b"RESULTS", b'{"batch_id": "\\ud800", "presentations": [], "done": true}'), "bad_field"),
+    (raw(b"RESULTS", b'{"batch_id": "\\ud800", "presentations": [], "done": true}'), "bad_json"),  # not text
     (raw(b"RESULTS", b'{"batch_id": "b", "done": true, "presentations": [{"presentation_id": '
                      b'"3f2b8c1e-9d4a-4c2e-8f1a-2b3c4d5e6f70", "stimulus_id": "s", "onset": 1, '
                      b'"rates": [1e999, 0], "window_ms": [0, 1]}]}'), "bad_json"),
