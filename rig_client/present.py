@@ -32,6 +32,7 @@ from rig_client import RigError
 from rig_client.connection import (
     add_connection_arguments, connection_keys, non_negative, non_negative_int, positive, rig_setup,
 )
+from rig_client.protocol import MAX_WINDOW_MS
 from rig_client.spikes import ClockFit, SpikeBuffer, SpikeSource, count_in_window, fit_clock, in_outage
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,12 @@ class Presenter:
             raise RigError("need size, duration and refresh rate > 0 and an ISI >= 0")
         self.pyglet, self.window, self.clock = pyglet, window, clock
         self.size_px = display.pixels(size_deg)
+        if self.size_px < 1:
+            one_px = math.degrees(2 * math.atan(display.width_cm / display.width_px / 2 / display.distance_cm))
+            raise RigError(f"--size-deg {size_deg:g} comes to {self.size_px} px on this display ({display.width_px} "
+                           f"px over {display.width_cm:g} cm seen from {display.distance_cm:g} cm): nothing would "
+                           f"be shown. Give at least --size-deg {one_px:.2g} (1 px), or check --width-cm and "
+                           "--distance-cm")
         self.duration_s, self.isi_s, self.period = duration_ms / 1000, isi_ms / 1000, 1 / refresh_hz
         self.patch = pyglet.shapes.Rectangle(0, 0, photodiode_px, photodiode_px, color=(0, 0, 0))
         self.intervals: list[float] = []  # every flip-to-flip interval while a stimulus was on
@@ -362,8 +369,10 @@ def add_parser(rig_commands) -> None:
     geometry = present.add_argument_group("display")
     geometry.add_argument("--distance-cm", type=positive, default=57.0,
                           help="eye to screen distance (default 57: 1 cm = 1 degree)")
-    geometry.add_argument("--width-cm", type=positive, default=53.0, help="visible screen width (default 53: measure yours, the stimulus size depends on it)")
-    geometry.add_argument("--size-deg", type=positive, default=4.0, help="stimulus size in degrees (default 4)")
+    geometry.add_argument("--width-cm", type=positive, default=53.0,
+                          help="visible screen width (default 53: measure yours, the stimulus size depends on it)")
+    geometry.add_argument("--size-deg", type=positive, default=4.0,
+                          help="stimulus size in degrees, at least 1 px on the screen (default 4)")
     geometry.add_argument("--window", type=window_size, metavar="WxH",
                           help="a window of this size instead of full screen (for tests and demos)")
     geometry.add_argument("--refresh-hz", type=positive, default=60.0,
@@ -374,7 +383,8 @@ def add_parser(rig_commands) -> None:
     timing.add_argument("--duration-ms", type=positive, default=100.0, help="stimulus duration (default 100)")
     timing.add_argument("--isi-ms", type=non_negative, default=100.0, help="blank between stimuli (default 100)")
     timing.add_argument("--baseline-ms", type=float, nargs=2, default=(-100.0, 0.0),
-                        metavar=("START", "END"), help="baseline window relative to onset (default -100 0)")
+                        metavar=("START", "END"), help=f"baseline window relative to onset, "
+                        f"{-MAX_WINDOW_MS} <= START < END <= 0 (default -100 0)")
     timing.add_argument("--latency-ms", type=non_negative, default=50.0,
                         help="wait this long past a batch's last response window for the recorder's spikes "
                         "before counting (default 50); a warning says when spikes came later")
@@ -390,6 +400,9 @@ def run(args: argparse.Namespace) -> int:
     start, end = args.baseline_ms
     if not (math.isfinite(start) and math.isfinite(end) and start < end):
         raise RigError(f"--baseline-ms {start:g} {end:g}: END must be after START, e.g. -100 0")
+    if start < -MAX_WINDOW_MS or end > 0:  # the server would refuse the batch's results once shown
+        raise RigError(f"--baseline-ms {start:g} {end:g}: a baseline window lies before onset, within "
+                       f"{-MAX_WINDOW_MS} <= START < END <= 0 ms (the protocol's limit), e.g. -100 0")
     if args.size_deg >= 180:
         raise RigError(f"--size-deg {args.size_deg:g}: a stimulus must be under 180 degrees wide")
     keys = connection_keys(args)

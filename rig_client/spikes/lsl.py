@@ -10,7 +10,10 @@ Streams this adapter reads (what a sorter or acquisition bridge publishes):
   its time stamp, e.g. ``onset`` (photodiode) or ``sync`` (a sync pulse).
 
 Time stamps are clock-synchronised by liblsl, so both streams arrive on this machine's LSL clock
-(``pylsl.local_clock()``): that is the recorder's clock.
+(``pylsl.local_clock()``): that is the recorder's clock. An outlet must stamp on its own LSL clock (or
+leave the stamp out): a stamp more than ``STAMP_OFF_S`` from the clock now, e.g. ``time.time()``, makes
+`poll` raise `RigError`, as it would fall in no window and read as rates of 0 spikes/s. A spike stream
+of another format (not one integer channel) is refused when it is opened.
 
 A stream that breaks off (its outlet closed or crashed, the network went) fails the source: `poll`
 raises `RigError` naming it, rather than return no spikes from then on, which would read as rates
@@ -34,6 +37,8 @@ from rig_client.spikes import Events, SpikeSource
 
 SPIKE_TYPE = "Spikes"
 MARKER_TYPE = "Markers"
+STAMP_OFF_S = 300.0  # a stamp further from the LSL clock now is on another clock: far beyond any recorder's latency
+FORMATS = ("undefined", "float32", "double64", "string", "int32", "int16", "int8", "int64")  # by pylsl's cf_ value
 
 
 def _pylsl():
@@ -73,8 +78,23 @@ def unit_labels(info) -> tuple[str, ...]:
 
 def to_events(spike_samples, spike_stamps, marker_samples=(), marker_stamps=()) -> Events:
     """Events from pulled LSL chunks: unit indices + stamps, marker strings + stamps."""
-    units = np.asarray(spike_samples, np.int64).reshape(-1) if len(spike_samples) else []
-    return Events(spike_stamps, units, marker_stamps, [m[0] for m in marker_samples])
+    units = np.asarray(spike_samples).reshape(-1) if len(spike_samples) else np.zeros(0, np.int64)
+    if units.dtype.kind not in "iu":  # a float or string channel (bool is refused too)
+        bad = next(u for u in np.asarray(spike_samples, object).reshape(-1) if not isinstance(u, (int, np.integer)))
+        raise RigError(f"LSL spike sample {bad!r} is no unit index: each sample must be the integer index of "
+                       "the unit that fired, in one int32 channel (publish with rig_client.spikes.lsl.spike_outlet)")
+    return Events(spike_stamps, units.astype(np.int64), marker_stamps, [m[0] for m in marker_samples])
+
+
+def check_format(info) -> None:
+    """`RigError` unless ``info`` (a `pylsl.StreamInfo`) is a spike stream of one integer channel."""
+    pylsl = _pylsl()
+    count, form = info.channel_count(), info.channel_format()
+    if count != 1 or form not in (pylsl.cf_int8, pylsl.cf_int16, pylsl.cf_int32, pylsl.cf_int64):
+        raise RigError(f"LSL stream {info.name()!r} has {count} {FORMATS[form]} channel(s); a spike stream needs "
+                       "one integer channel (int32), each sample the index of the unit that fired: publish it "
+                       "with rig_client.spikes.lsl.spike_outlet, or with pylsl.StreamInfo(name, 'Spikes', 1, "
+                       "pylsl.IRREGULAR_RATE, pylsl.cf_int32)")
 
 
 class LSLSource(SpikeSource):
@@ -115,6 +135,8 @@ class LSLSource(SpikeSource):
                  if s.type() == stream_type]
         if not found:
             return None
+        if stream_type == SPIKE_TYPE:
+            check_format(found[0])
         inlet = pylsl.StreamInlet(found[0], processing_flags=pylsl.proc_clocksync, recover=False)
         try:
             inlet.open_stream(timeout)  # samples pushed from now on reach us
@@ -163,13 +185,22 @@ class LSLSource(SpikeSource):
         self._complete = self.outages[-1][1] = self.now()
 
     def _pull(self, i: int, max_samples: int):
+        """A chunk of stream ``i``; `RigError` where its stamps are on another clock than LSL's."""
         try:
-            return self._inlets[i].pull_chunk(timeout=0.0, max_samples=max_samples)
+            samples, stamps = self._inlets[i].pull_chunk(timeout=0.0, max_samples=max_samples)
         except RuntimeError as exc:  # pylsl's LostError (pylsl.util from 1.17, pylsl.pylsl before)
             if type(exc).__name__ != "LostError":
                 raise
             self._lose(self._streams[i][0])
             return [], []
+        off = np.asarray(stamps, np.float64) - self.now()  # stamps come clock-synchronised (proc_clocksync)
+        if len(off) and np.abs(off).max() > STAMP_OFF_S:
+            worst = off[np.argmax(np.abs(off))]
+            raise RigError(f"LSL stream {self._streams[i][0]!r} stamps its samples {worst:+.0f} s from this "
+                           f"machine's LSL clock (more than {STAMP_OFF_S:.0f} s): its outlet stamps them on another "
+                           "clock (such as time.time()), so every window would count 0 spikes/s. Stamp each "
+                           "sample with pylsl.local_clock(), or push it without a time stamp so that LSL stamps it")
+        return samples, stamps
 
     def poll(self) -> Events:
         if self.away:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rig_client import RigError
 from rig_client.spikes.lsl import to_events
 
 LSL_API_CFG = """\
@@ -38,6 +39,14 @@ def test_recorded_chunks_become_events():
     np.testing.assert_array_equal(events.spike_times, [10.0, 10.5, 11.0])
     assert events.marker_names == ["onset", "sync"]
     assert len(to_events([], []).spike_times) == 0
+
+
+@pytest.mark.parametrize("unit", ["u1", 1.7])
+def test_a_spike_sample_that_is_no_unit_index_is_refused(unit):
+    """A string would fail with a bare "invalid literal for int()", and 1.7 was counted for unit 1."""
+    with pytest.raises(RigError, match=f"LSL spike sample {unit!r} is no unit index: each sample must be the "
+                                       "integer index of the unit that fired, in one int32 channel"):
+        to_events([[0], [unit]], [10.0, 10.5])
 
 
 def loopback_only() -> list[str]:
@@ -78,6 +87,23 @@ def test_a_lost_stream_fails_the_source_instead_of_reporting_zero_spikes(tmp_pat
     assert out["received"] == 1
     assert out["error"].startswith("LSL stream 'spikes-") and "' was lost (its outlet stopped" in out["error"]
     assert "Restart its outlet, then this rig" in out["error"]
+
+
+def test_a_spike_stream_of_another_format_or_clock_is_refused_naming_it(tmp_path):
+    """Two channels, strings or floats are refused when the stream is opened, not at its first spikes; spikes
+    stamped with time.time() at the first poll that brings them, where every window would count 0 spikes/s."""
+    out = run_isolated(tmp_path, "lsl_checks.py")
+    need = ("; a spike stream needs one integer channel (int32), each sample the index of the unit that fired: "
+            "publish it with rig_client.spikes.lsl.spike_outlet")
+    assert re.fullmatch(r"LSL stream 'two_channels-\w+' has 2 int32 channel\(s\)", out["two_channels"].split(";")[0])
+    assert re.fullmatch(r"LSL stream 'string-\w+' has 1 string channel\(s\)", out["string"].split(";")[0])
+    assert re.fullmatch(r"LSL stream 'float-\w+' has 1 float32 channel\(s\)", out["float"].split(";")[0])
+    assert all(need in out[case] for case in ("two_channels", "string", "float"))
+    offset = re.fullmatch(r"LSL stream 'unix_time-\w+' stamps its samples \+(\d+) s from this machine's LSL clock "
+                          r"\(more than 300 s\): its outlet stamps them on another clock \(such as time.time\(\)\), "
+                          r"so every window would count 0 spikes/s. Stamp each sample with pylsl.local_clock\(\), "
+                          "or push it without a time stamp so that LSL stamps it", out["unix_time"])
+    assert offset and abs(int(offset.group(1)) - out["offset"]) < 5, out["unix_time"]
 
 
 def test_a_source_that_reconnects_records_the_outage_and_refuses_other_units(tmp_path):

@@ -15,6 +15,7 @@ import pytest
 from rig_client.present import Display, LateSpikes, flip_statistics
 from rig_client.spikes import Events
 from rig_client.spikes.replay import save
+from server.cli import main
 from tests.rig_client.conftest import run_session
 from tests.rig_client.test_bridge import generation_statuses, stored_presentations
 
@@ -39,6 +40,28 @@ def test_without_pyglet_it_says_what_to_install(tmp_path):
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "pyglet, which is not installed: pip install 'actmax[presenter]'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("window", [["-100", "50"], ["-70000", "-100"]])
+def test_a_baseline_window_the_server_would_refuse_is_refused_before_anything_connects(window, capsys):
+    """The server accepts a baseline within -60000 <= START < END <= 0 ms: outside it, it refused the results
+    of a whole batch once shown. MISSING is never read: the flag is refused first."""
+    assert main(["rig", "present", "--spikes", "replay:/nonexistent/rec.npz", "--baseline-ms", *window]) == 2
+    assert (f"--baseline-ms {' '.join(window)}: a baseline window lies before onset, within -60000 <= START < END "
+            "<= 0 ms (the protocol's limit), e.g. -100 0") in capsys.readouterr().err
+
+
+def test_a_stimulus_under_a_pixel_is_refused_before_anything_connects(tmp_path, xvfb):
+    """0.05 deg is 0 px on a 400 px window 53 cm wide at 57 cm: nothing would be shown, and rates sent as data.
+    No server listens at the endpoint: a presenter that went on would wait for one until the timeout."""
+    save(tmp_path / "rec.npz", Events(np.array([0.5]), np.array([0])), ["elec1-u1"])
+    result = subprocess.run([sys.executable, "-m", "server.cli", "rig", "present", "--endpoint", "tcp://127.0.0.1:9",
+                             "--spikes", f"replay:{tmp_path / 'rec.npz'}", "--window", "400x300", "--size-deg", "0.05"],
+                            capture_output=True, text=True, env={**os.environ, "DISPLAY": xvfb}, timeout=60)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert ("--size-deg 0.05 comes to 0 px on this display (400 px over 53 cm seen from 57 cm): nothing would be "
+            "shown. Give at least --size-deg 0.13 (1 px), or check --width-cm and --distance-cm") in result.stderr
     assert "Traceback" not in result.stderr
 
 
