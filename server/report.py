@@ -585,7 +585,7 @@ def _write_session_report(database_url: str, data_dir: Path, session_id: int, ou
                     first_generation_mean=float(curves["mean"][first[0]]) if first.size else float("nan"),
                     last_generation_mean=float(curves["mean"][-1]) if len(curves["mean"]) else float("nan"),
                     best_reference=float("nan") if best_reference is None else best_reference[0],
-                    reference_mean=_finite_mean(curves["reference_mean"]),
+                    reference_mean=_finite_mean(curves["reference_mean"][curves["number"] >= since]),
                     best_score=best[0].score if best else float("nan"), channels=_channel_names(db, thread),
                     best_score_presentations=best[0].presentations if best else 0,
                     best_reference_presentations=0 if best_reference is None else best_reference[1],

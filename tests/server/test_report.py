@@ -148,6 +148,7 @@ def test_a_retarget_is_marked_and_means_are_compared_within_one_objective(db_ses
         first, second = db.scalars(select(Generation).where(Generation.thread_id == thread_id)
                                    .order_by(Generation.number)).all()
         first.objective_json = thread.objective_json
+        first.reference_mean = 4.0  # spikes/s of ch3: (2 + 6) / 2; generation 1's is in z-scores
         thread.objective_json = second.objective_json = {"expression": "zscore(rate(3))"}
     with db_sessions() as db:
         thread = db.get(Thread, thread_id)
@@ -168,6 +169,7 @@ def test_a_retarget_is_marked_and_means_are_compared_within_one_objective(db_ses
     (summary,) = report.write_session_report(settings.database_url, settings.data_dir, session_id, tmp_path)
     assert summary.objective_from_generation == 1 and summary.first_generation_mean == np.mean(scores[1])
     assert summary.best_reference == 1.0  # the z-scores of generation 1's references only
+    assert summary.reference_mean == 0.0  # generation 1's alone: not a mean of spikes/s and z-scores
 
 
 def test_methods_text_names_each_generator_a_thread_rendered_with_and_what_was_not_recorded(db_sessions, session,
