@@ -43,7 +43,39 @@ from server import ServerError
 MAX_SEED = 2**32 - 1  # fits every RNG seed API (numpy RandomState included)
 MAX_PARAMS_DEPTH = 4  # optimizer_params nest at most a list (init_code) in the top object
 CLOCK_SKEW = timedelta(minutes=1)  # how far a session_start_time may lie ahead of the server's clock
-AGE = re.compile(r"(P[0-9YMWDTHS.]+(/(P[0-9YMWDTHS.]+)?)?)?")  # ISO 8601 duration or range, as NWB takes
+
+def _duration_pattern() -> str:
+    """An ISO 8601 duration with at least one component, and a T only before a time component (DANDI refuses
+    "PT" and "P1YT"); written without look-aheads, so that every JSON Schema tool reads it."""
+    n = r"\d+(?:[.,]\d+)?"
+    time = f"T(?:{n}H(?:{n}M)?(?:{n}S)?|{n}M(?:{n}S)?|{n}S)"
+    date = [f"{n}{unit}" for unit in "YMWD"]
+    tails = [f"{part}{''.join(f'(?:{later})?' for later in date[i + 1:])}(?:{time})?" for i, part in enumerate(date)]
+    return f"P(?:{'|'.join([*tails, time])})"
+
+
+_DURATION = _duration_pattern()
+AGE = re.compile(f"(?:{_DURATION}(?:/(?:{_DURATION})?)?)?")  # a duration, or a range "P5Y/P7Y" or "P5Y/", as NWB takes
+#: Days of each unit before and after the T, to compare the ends of a range (a month and a year: their mean lengths).
+_DATE_DAYS, _TIME_DAYS = {"Y": 365.25, "M": 30.44, "W": 7.0, "D": 1.0}, {"H": 1 / 24, "M": 1 / 1440, "S": 1 / 86400}
+
+
+def age_problem(age: str) -> str | None:
+    """Why ``age`` is no subject age NWB and DANDI take (None: it is one, or "", unknown)."""
+    if not AGE.fullmatch(age):
+        return (f'{age!r} is not an ISO 8601 duration: give e.g. "P6Y" (6 years), "P30D" (30 days), "P1Y6M", '
+                'a range "P5Y/P7Y", or "" (unknown)')
+    ends = [_days(end) for end in age.split("/") if end]
+    if len(ends) == 2 and ends[0] >= ends[1]:
+        return f"{age!r} is a range that does not grow: give the lower age first, e.g. \"P5Y/P7Y\""
+    return None
+
+
+def _days(duration: str) -> float:
+    """The approximate length of a valid ISO 8601 ``duration`` in days."""
+    date, _, time = duration[1:].replace(",", ".").partition("T")
+    return sum(float(value) * days[unit] for part, days in ((date, _DATE_DAYS), (time, _TIME_DAYS))
+               for value, unit in re.findall(r"([\d.]+)([A-Z])", part))
 Name = Annotated[str, Field(min_length=1, max_length=200)]
 MAX_PATH = 1000  # characters of a file or folder on the server
 MAX_MESSAGE = 2000  # characters of one problem's message: a 422 does not echo a long input in full
@@ -367,10 +399,9 @@ class SessionConfig(_Strict):
 
     @field_validator("age")
     @classmethod
-    def _iso_duration(cls, age: str) -> str:
-        if not AGE.fullmatch(age):
-            raise ValueError(f'{age!r} is not an ISO 8601 duration: give e.g. "P6Y" (6 years), "P30D" (30 days), '
-                             'a range "P5Y/P7Y", or "" (unknown)')
+    def _iso_duration(cls, age: str, info: ValidationInfo) -> str:
+        if not (info.context or {}).get(_STORED) and (problem := age_problem(age)) is not None:  # stored ones load
+            raise ValueError(problem)
         return age
 
     @field_validator("session_start_time")

@@ -39,7 +39,7 @@ import optimizers
 from analysis.tuning import grid_axis
 from rig_client.version import package_version
 from server.objectives import objective_channels
-from server.session_config import AGE, FlaggedTrialsConfig, ManifoldConfig, SessionConfig
+from server.session_config import FlaggedTrialsConfig, ManifoldConfig, SessionConfig, age_problem
 from server.store import queries
 from server.store.models import (
     LIVE_THREAD_STATUSES,
@@ -224,9 +224,8 @@ def subject_overrides(**given: str | None) -> dict[str, str]:
             raise ExportError(f"{field} {subject[field][:50]!r}: give 1 to 200 characters")
     if subject.get("sex", SEXES[0]) not in SEXES:
         raise ExportError(f"sex {subject['sex']!r}: give M, F, U (unknown) or O (other)")
-    if not AGE.fullmatch(subject.get("age", "")):
-        raise ExportError(f'age {subject["age"]!r} is not an ISO 8601 duration: give e.g. "P6Y" (6 years), '
-                          '"P30D" (30 days) or a range "P5Y/P7Y"')
+    if (problem := age_problem(subject.get("age", ""))) is not None:
+        raise ExportError(f"age {problem}")
     return subject
 
 

@@ -435,6 +435,8 @@ def test_dandi_fields_are_warned_about_and_can_be_given_at_export(recorded, tmp_
     assert critical(tmp_path / "slash.nwb") == ["check_subject_id_no_slashes"]
     assert export("nwb", data, session_id, tmp_path / "bad.nwb", "--age", "6 years") == 2
     assert "age '6 years' is not an ISO 8601 duration" in capsys.readouterr().err
+    assert export("nwb", data, session_id, tmp_path / "bad.nwb", "--age=P6Y/P5Y") == 2  # DANDI: critical
+    assert "age 'P6Y/P5Y' is a range that does not grow" in capsys.readouterr().err
     assert not (tmp_path / "bad.nwb").exists()
 
 

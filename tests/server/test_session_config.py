@@ -276,3 +276,21 @@ def test_a_yaml_merge_key_may_be_given_again_over_what_it_merges(tmp_path: Path)
                     "\nname: s\nrig: r\nthreads:\n  - <<: *base\n    name: t\n    n_generations: 5\n")
     assert read_config_file(path)["threads"] == [{"generator": "dcgan-faces", "optimizer": "cma",
                                                   "objective": {"channels": [0]}, "n_generations": 5, "name": "t"}]
+
+
+@pytest.mark.parametrize("age", ["", "P6Y", "P30D", "P1Y6M", "PT12H", "P1DT2H", "P0.5Y", "P5Y/P7Y", "P5Y/", "P1M/P1Y"])
+def test_an_age_nwb_and_dandi_take_is_accepted(age):
+    assert SessionConfig.model_validate(session_config(age=age)).age == age
+
+
+@pytest.mark.parametrize(("age", "words"), [
+    ("PT", "is not an ISO 8601 duration"), ("P1YT", "is not an ISO 8601 duration"), ("P", "is not an ISO 8601"),
+    ("P1D1Y", "is not an ISO 8601"), ("6Y", "is not an ISO 8601"),
+    ("P6Y/P5Y", "a range that does not grow"), ("P6Y/P6Y", "a range that does not grow"),
+    ("P13M/P1Y", "a range that does not grow"),  # compared in days: 13 months are over a year
+])
+def test_an_age_dandi_refuses_is_refused_but_one_stored_before_still_loads(age, words):
+    """These passed the old check and made NWB files that `nwbinspector --config dandi` calls critical."""
+    with pytest.raises(ValidationError, match=words):
+        SessionConfig.model_validate(session_config(age=age))
+    assert SessionConfig.stored(session_config(age=age)).age == age
