@@ -28,6 +28,7 @@ import signal
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -62,10 +63,35 @@ class BridgeError(RigError):
 # --- the batch folder ----------------------------------------------------------------------------
 
 
+MANIFEST_KEYS = ("batch_id", "session_id", "thread_id", "generation", "response_window_ms", "channels", "stimuli")
+
+
+def read_manifest(path: Path) -> dict | None:
+    """The manifest ``path`` (a batch folder's ``manifest.json``), or None, with a warning naming the file, when
+    it is not one the bridge wrote (damaged, or a stray folder): the bridge then leaves that folder alone."""
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        problem = "it is not a JSON object" if not isinstance(manifest, dict) else next(
+            (f"it has no {key!r}" for key in MANIFEST_KEYS if key not in manifest), None)
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError too
+        problem = f"it cannot be read ({exc})"
+    if problem is None:
+        return manifest
+    log.warning("%s is not a batch manifest the bridge wrote (%s): the bridge skips that folder; move it out of "
+                "%s (or restore the file)", path, problem, path.parent.parent)
+    return None
+
+
 def write_batch(folder: Path, batch, channel_labels: Sequence[str]) -> Path:
-    """The folder of ``batch`` (created atomically), or the one already written for it."""
+    """The folder of ``batch`` (created atomically), or the one already written for it, its manifest updated to
+    ``channel_labels`` (a bridge restarted with other channels gets its open batches again)."""
+    channels = {"channels": len(channel_labels), "channel_labels": list(channel_labels)}
     for existing in sorted(folder.glob("batch-*/manifest.json")):
-        if json.loads(existing.read_text(encoding="utf-8"))["batch_id"] == batch.batch_id:
+        if (manifest := read_manifest(existing)) is not None and manifest["batch_id"] == batch.batch_id:
+            if {key: manifest.get(key) for key in channels} != channels:
+                log.info("%s: channels %s updated to the bridge's %s", existing, manifest.get("channel_labels"),
+                         channels["channel_labels"])
+                _write_atomic(existing, json.dumps({**manifest, **channels}, indent=1))
             return existing.parent
     numbers = [int(p.name[6:]) for p in folder.glob("batch-*") if p.name[6:].isdigit()]
     final = folder / f"batch-{max(numbers, default=0) + 1:06d}"
@@ -121,10 +147,9 @@ _OTHER_BOMS = ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
                (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16"))  # UTF-32 LE starts as UTF-16 LE
 
 
-def _text(path: Path) -> str:
-    """The text of a JSON or CSV responses file: UTF-8, with or without a byte-order mark (as C# and
-    Windows PowerShell write it); BridgeError for any other encoding."""
-    data = path.read_bytes()
+def _text(path: Path, data: bytes) -> str:
+    """The text of a JSON or CSV responses file ``path`` (its bytes ``data``): UTF-8, with or without a
+    byte-order mark (as C# and Windows PowerShell write it); BridgeError for any other encoding."""
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -138,9 +163,9 @@ def _text(path: Path) -> str:
         raise BridgeError(f"{path.name} is not UTF-8 text ({why}): save it as UTF-8{excel}") from None
 
 
-def _rows_json(path: Path) -> list[dict]:
-    data = json.loads(_text(path), parse_constant=_reject_constant)
-    rows = data.get("presentations") if isinstance(data, dict) else None
+def _rows_json(path: Path, data: bytes) -> list[dict]:
+    document = json.loads(_text(path, data), parse_constant=_reject_constant)
+    rows = document.get("presentations") if isinstance(document, dict) else None
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise BridgeError('a JSON responses file is {"presentations": [{...}, ...]}')
     for row in rows:
@@ -165,14 +190,14 @@ def _numbered(row: dict, prefix: str, channels: int, where: str) -> list[str] | 
     return [row[n] for n in names]
 
 
-def _rows_csv(path: Path, channels: int) -> list[dict]:
+def _rows_csv(path: Path, data: bytes, channels: int) -> list[dict]:
     """The rows of a CSV file; each keeps its line number as ``_line`` for the error messages."""
     columns, shown = [], []
     for name in CSV_COLUMNS:
         numbered = [name.format(i) for i in range(1, channels + 1)] if "{}" in name else [name]
         columns += numbered
         shown.append(f"{numbered[0]}..{numbered[-1]}" if len(numbered) > 1 else numbered[0])
-    reader = csv.DictReader(io.StringIO(_text(path), newline=""))
+    reader = csv.DictReader(io.StringIO(_text(path, data), newline=""))
     if not reader.fieldnames:
         raise BridgeError(f"{path.name} has no header line; write the column names first "
                           "(docs/monkeylogic/README.md)")
@@ -181,6 +206,9 @@ def _rows_csv(path: Path, channels: int) -> list[dict]:
                           "locale): save it with commas, decimals with a point (docs/monkeylogic/README.md)")
     table = [(reader.line_num, row) for row in reader]
     _check_names(reader.fieldnames, columns, "column", shown)
+    if repeated := [name for name, count in Counter(reader.fieldnames).items() if count > 1]:
+        raise BridgeError(f"column {repeated[0]!r} appears more than once in the header; name each column once "
+                          "(docs/monkeylogic/README.md)")
     rows = []
     for line, row in table:
         where = f"line {line}"
@@ -204,11 +232,11 @@ def _rows_csv(path: Path, channels: int) -> list[dict]:
     return rows
 
 
-def _rows_mat(path: Path, channels: int) -> list[dict]:
+def _rows_mat(path: Path, data: bytes, channels: int) -> list[dict]:
     import scipy.io
 
     try:
-        data = scipy.io.loadmat(path, simplify_cells=True)
+        data = scipy.io.loadmat(io.BytesIO(data), simplify_cells=True)
     except Exception as exc:  # scipy raises many kinds on a damaged file
         raise BridgeError(f"not a MATLAB .mat file scipy can read ({exc!r}); save it with "
                           f"save(file, ..., '-v7'). {_still_writing(path)}") from None
@@ -219,15 +247,22 @@ def _rows_mat(path: Path, channels: int) -> list[dict]:
     ids = data["stimulus_id"]
     ids = [ids] if isinstance(ids, str) else list(np.asarray(ids, dtype=object).reshape(-1))
     n = len(ids)
+    if not n:
+        return []
 
     def column(key: str, width: int) -> np.ndarray:
+        """Variable ``key`` as n rows of ``width`` values: n×width, or a vector or scalar where n or width is 1
+        (loadmat drops dimensions of 1, so a vector's orientation is not known)."""
         try:
             value = np.asarray(data[key], dtype=float)
         except (TypeError, ValueError):
             raise BridgeError(f"variable {key!r} must be numeric") from None
-        if value.size != n * width:
-            raise BridgeError(f"variable {key!r} has {value.size} values; expected {n} rows "
-                              f"x {width} (one row per presentation, as stimulus_id)")
+        if value.shape != tuple(d for d in (n, width) if d != 1):
+            found = {0: "a single value", 1: f"a vector of {value.size} values"}.get(
+                value.ndim, "×".join(map(str, value.shape)))
+            swapped = f" (transposed: save {key}' instead)" if value.shape == (width, n) else ""
+            raise BridgeError(f"variable {key!r} is {found}{swapped}; expected {n}×{width} (one row per "
+                              f"presentation, as stimulus_id{', one column per channel' if width > 1 else ''})")
         return value.reshape(n, width)
 
     rows = [{"stimulus_id": s} for s in ids]
@@ -237,7 +272,7 @@ def _rows_mat(path: Path, channels: int) -> list[dict]:
             for row, value in zip(rows, column(key, width)):
                 if key == "photodiode_onset" and np.isnan(value[0]):
                     continue  # NaN: no photodiode on this trial
-                row[key] = value.tolist() if width > 1 else value[0].item()
+                row[key] = value.tolist() if key.endswith("rates") else value[0].item()  # rates: a list, even of 1
     for key in ("window_ms", "baseline_window_ms"):
         if key in data:
             window = np.asarray(data[key], dtype=float).reshape(-1).tolist()
@@ -247,21 +282,26 @@ def _rows_mat(path: Path, channels: int) -> list[dict]:
 
 
 def read_responses(path: Path, manifest: dict) -> list[TrialPresentation]:
-    """The presentations in a responses file, checked against the batch's manifest."""
-    size = path.stat().st_size
-    if size > MAX_RESPONSE_BYTES:
+    """The presentations in a responses file, checked against the batch's manifest. BridgeError for a file to
+    correct; OSError (FileNotFoundError: deleted or renamed meanwhile) for one that cannot be read."""
+    with open(path, "rb") as f:  # read once: the rig may replace or delete it meanwhile
+        data = f.read(MAX_RESPONSE_BYTES + 1)
+    if len(data) > MAX_RESPONSE_BYTES:
         raise BridgeError(f"{path.name} is over {MAX_RESPONSE_BYTES} bytes")
-    if size == 0:
+    if not data:
         raise BridgeError(f"{path.name} is empty: write the whole file under another name, "
                           f"then rename it to {path.name}")
     channels = manifest["channels"]
     try:
-        rows = {".json": lambda: _rows_json(path), ".csv": lambda: _rows_csv(path, channels),
-                ".mat": lambda: _rows_mat(path, channels)}[path.suffix]()
-    except (ValueError, csv.Error, OSError) as exc:  # truncated JSON, a quote left open...
+        rows = {".json": lambda: _rows_json(path, data), ".csv": lambda: _rows_csv(path, data, channels),
+                ".mat": lambda: _rows_mat(path, data, channels)}[path.suffix]()
+    except (ValueError, csv.Error) as exc:  # truncated JSON, a quote left open...
         raise BridgeError(f"{path.name} cannot be read: {exc}. {_still_writing(path)}") from None
     except RecursionError:
         raise BridgeError(f"{path.name} is nested too deeply to be a responses file") from None
+    if not rows:
+        raise BridgeError(f"{path.name} has no presentations: write one row per presentation shown, or no file "
+                          "while there is none (the batch waits for one)")
     wanted = {s["stimulus_id"] for s in manifest["stimuli"]}
     presentations = [_presentation(row, i, manifest, wanted)
                      for i, row in enumerate(rows, start=1)]
@@ -305,6 +345,11 @@ def _presentation(row: dict, i: int, manifest: dict, wanted: set[str]) -> TrialP
             raise BridgeError(f"{where}: {key} must have {width} values; got {values!r}")
         return [number(key, v) for v in values]
 
+    def flag(key: str) -> bool:
+        if (x := number(key, row.get(key, 0), int)) not in (0, 1):
+            raise BridgeError(f"{where}: {key} must be true or false (1 or 0); got {row[key]!r}")
+        return bool(x)
+
     for key in ("stimulus_id", "onset", "rates"):
         if row.get(key) is None:
             raise BridgeError(f"{where}: {key} is required")
@@ -319,7 +364,7 @@ def _presentation(row: dict, i: int, manifest: dict, wanted: set[str]) -> TrialP
                            else manifest["response_window_ms"]),
         "presentation_id": str(row.get("presentation_id") or uuid.uuid5(
             _PRESENTATION_IDS, f"{manifest['batch_id']}/{i}/{stimulus_id}")),
-        "fixation_broken": bool(number("fixation_broken", row.get("fixation_broken", 0), int)),
+        "fixation_broken": flag("fixation_broken"),
         "dropped_frames": number("dropped_frames", row.get("dropped_frames", 0), int),
     }
     if row.get("photodiode_onset") is not None:
@@ -373,7 +418,12 @@ class FolderBridge:
     batch of a thread supersedes the thread's open folders of its generation or an earlier one that
     have no responses yet (the server re-sent their unanswered stimuli, or moved on): they get
     ``superseded.json``, which the user loop skips, and stay watched, because a user loop that had
-    begun one may still answer it. Open folders already there at start are watched too.
+    begun one may still answer it. Open folders already there at start are watched too; a folder whose
+    ``manifest.json`` the bridge did not write is skipped (`read_manifest`).
+
+    A folder the bridge cannot read or write (permissions, a folder where a file goes) is logged and
+    tried again at every poll while the others go on; an upload the server answered stays here until
+    its ``ack.json`` is written, so it is not sent again meanwhile.
 
     Flagged presentations (broken fixation, dropped frames) go to a server that speaks protocol
     1.1, which stores them with their trial facts and applies the session's flagged-trial policy.
@@ -391,29 +441,41 @@ class FolderBridge:
         self.seen: dict[Path, tuple[tuple[int, int], float]] = {}  # responses file -> (size, mtime), since when
         self.stop = threading.Event()
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.open = {m.parent: json.loads(m.read_text(encoding="utf-8"))  # folder -> manifest
-                     for m in sorted(self.folder.glob("batch-*/manifest.json")) if not _finished(m.parent)}
+        self.open = {m.parent: manifest for m in sorted(self.folder.glob("batch-*/manifest.json"))  # folder -> manifest
+                     if not _finished(m.parent) and (manifest := read_manifest(m)) is not None}
         self.uploads: dict[Path, tuple] = {}  # folder -> (ACK future, responses file, ack.json counts)
+        self.failing: dict[Path, str] = {}  # folder -> the error last logged for it
 
     def run(self) -> None:
         while not self.stop.is_set():
             batch = self.client.next_batch(timeout=self.poll_s)
             if batch is not None:
-                self.add(batch)
+                try:
+                    self.add(batch)
+                except OSError as exc:
+                    log.error("batch %s could not be written (%s): make %s writable for the user the bridge "
+                              "runs as; the server sends its stimuli again after its batch timeout",
+                              batch.batch_id, exc, self.folder)
             self.check()
 
     def add(self, batch) -> Path:
         """Write ``batch``'s folder and mark the open folders of its thread that it supersedes."""
         path = write_batch(self.folder, batch, self.labels)
+        if path in self.open:  # written before: a restarted bridge got it again, perhaps with other channels
+            self.open[path] = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
         if path in self.open or _finished(path):
-            return path  # written before: a restarted bridge got it again
+            return path
         log.info("batch %s (%d stimuli) written to %s", batch.batch_id, len(batch.stimuli), path)
         for other, manifest in self.open.items():
             if (manifest["session_id"], manifest["thread_id"]) == (batch.session_id, batch.thread_id) \
                     and manifest["generation"] <= batch.generation and _responses(other) is None \
                     and not (other / "superseded.json").exists():
-                _write_atomic(other / "superseded.json", json.dumps({
-                    "superseded_by": batch.batch_id, "folder": path.name, "generation": batch.generation}))
+                try:
+                    _write_atomic(other / "superseded.json", json.dumps({
+                        "superseded_by": batch.batch_id, "folder": path.name, "generation": batch.generation}))
+                except OSError as exc:
+                    self._cannot_use(other, exc)
+                    continue
                 log.info("%s superseded by %s; the user loop skips it, its responses are still sent",
                          other, path.name)
         self.open[path] = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
@@ -422,11 +484,25 @@ class FolderBridge:
     def check(self) -> None:
         """Send the responses that appeared in open folders; settle the uploads the server answered."""
         for path, manifest in list(self.open.items()):
-            if path in self.uploads:
-                if self.uploads[path][0].done():
-                    self._settle(path, *self.uploads.pop(path))
-            elif (responses := _responses(path)) is not None and self._settled(responses):
-                self._send(path, responses, manifest)
+            try:
+                if path in self.uploads:
+                    if self.uploads[path][0].done():
+                        self._settle(path, *self.uploads[path])
+                        del self.uploads[path]
+                elif (responses := _responses(path)) is not None and self._settled(responses):
+                    self._send(path, responses, manifest)
+            except OSError as exc:
+                self._cannot_use(path, exc)
+            else:
+                self.failing.pop(path, None)
+
+    def _cannot_use(self, path: Path, exc: OSError) -> None:
+        """Log (once per error) that batch folder ``path`` cannot be read or written; it is tried again later."""
+        if self.failing.get(path) != str(exc):
+            log.error("%s: the bridge cannot use this batch folder (%s): make it readable and writable for the user "
+                      "the bridge runs as, or move away what is in the way. It tries again, and goes on with the "
+                      "other folders meanwhile", path, exc)
+        self.failing[path] = str(exc)
 
     def _settled(self, responses: Path) -> bool:
         """Whether ``responses`` has had the same size and modification time for ``settle_s`` (then it is
@@ -447,9 +523,10 @@ class FolderBridge:
     def _send(self, path: Path, responses: Path, manifest: dict) -> None:
         try:
             presentations = read_responses(responses, manifest)
+        except FileNotFoundError:  # deleted or renamed since it was seen: not there yet
+            return
         except BridgeError as exc:
-            rejected = self._reject(responses, str(exc))
-            log.warning("%s rejected (kept as %s): %s", responses, rejected.name, exc)
+            log.warning("%s rejected (%s): %s", responses, self._reject(responses, str(exc)), exc)
             return
         flagged = [p for p in presentations if p.flagged]
         sent = to_send(presentations, self.client.minor)
@@ -479,28 +556,31 @@ class FolderBridge:
         """A refusal no file can fix closes the folder (``closed.json``); any other awaits a new file."""
         reason = f"the server {'closed this batch' if exc.code == ErrorCode.BATCH_CLOSED else 'refused these results'}: {exc}"
         if exc.code not in CLOSED_CODES:
-            rejected = self._reject(responses, reason)
-            log.warning("%s refused by the server (kept as %s): %s", responses, rejected.name, exc)
+            log.warning("%s refused by the server (%s): %s", responses, self._reject(responses, reason), exc)
             return
         # closed.json first: the user loop must never see this folder without responses nor marker
         _write_atomic(path / "closed.json", json.dumps({"code": exc.code, "message": exc.message}))
+        kept = self._reject(responses, reason, "This batch is closed (closed.json): there is "
+                            "nothing to fix. The bridge no longer watches this folder and the "
+                            "user loop skips it; stimuli still owed come in a newer batch folder.")
         batch_id = self.open.pop(path)["batch_id"]
-        rejected = self._reject(responses, reason, "This batch is closed (closed.json): there is "
-                                "nothing to fix. The bridge no longer watches this folder and the "
-                                "user loop skips it; stimuli still owed come in a newer batch folder.")
-        log.warning("%s: batch %s closed by the server, nothing to fix (%s; kept as %s)", path,
-                    batch_id, exc, rejected.name)
+        log.warning("%s: batch %s closed by the server, nothing to fix (%s; %s)", path, batch_id, exc, kept)
 
     @staticmethod
     def _reject(responses: Path, reason: str,
-                then: str = "Write a corrected file; the bridge is waiting for it.") -> Path:
+                then: str = "Write a corrected file; the bridge is waiting for it.") -> str:
+        """Rename ``responses`` to ``responses.rejected-K.EXT`` and explain why in ``responses.error.txt``; what
+        became of the file, for the log."""
         k = 1
         while (rejected := responses.with_name(f"responses.rejected-{k}{responses.suffix}")).exists():
             k += 1
-        shutil.move(responses, rejected)
+        try:
+            shutil.move(responses, rejected)
+        except FileNotFoundError:  # deleted or renamed meanwhile: there is nothing to explain
+            return "it is gone"
         _write_atomic(responses.with_name("responses.error.txt"),
                       f"{responses.name} was not sent (kept as {rejected.name}):\n{reason}\n{then}\n")
-        return rejected
+        return f"kept as {rejected.name}"
 
 
 # --- CLI -----------------------------------------------------------------------------------------

@@ -117,6 +117,13 @@ def test_bad_rows_are_named(tmp_path, row, words):
      r"string .*\. Was it still being written\? Write the whole file under another name, then rename it to "
      "responses.json"),
     ("responses.csv", "\n\n", "responses.csv has no header line"),
+    ("responses.json", '{"presentations": []}', "^responses.json has no presentations: write one row per "
+     r"presentation shown, or no file while there is none \(the batch waits for one\)$"),
+    ("responses.csv", "stimulus_id,onset,rate_1,rate_2\r\n", "^responses.csv has no presentations"),
+    ("responses.csv", f"stimulus_id,onset,rate_1,rate_2,rate_2\nst-a,{ONSETS[0]},5,5,6\n",
+     r"^column 'rate_2' appears more than once in the header; name each column once \(docs/monkeylogic/README.md\)$"),
+    ("responses.csv", f"stimulus_id,onset,onset,rate_1,rate_2\nst-a,{ONSETS[0]},{ONSETS[1]},5,5\n",
+     "^column 'onset' appears more than once in the header"),
     ("responses.json", "[" * 100_000 + "]" * 100_000, "nested too deeply"),
     ("responses.csv", f"stimulus_id,onset,rate_1,rate_2\n\nst-a,{ONSETS[0]},5,5\nref-1,1764250001250,5,5\n",
      r"^line 4, presentation 2 \(ref-1\): onset must be unix time in seconds \(not milliseconds\)"),
@@ -207,12 +214,143 @@ def test_a_file_too_deep_to_parse_is_rejected_like_any_bad_file(tmp_path):
 def test_mat_with_wrong_shapes(tmp_path):
     scipy.io.savemat(tmp_path / "responses.mat", {"stimulus_id": np.array(["st-a"], dtype=object),
                                                   "onset": [1.0, 2.0], "rates": [[1.0, 2.0]]})
-    with pytest.raises(BridgeError, match="'onset' has 2 values; expected 1 rows"):
+    with pytest.raises(BridgeError, match="'onset' is a vector of 2 values; expected 1×1"):
         read_responses(tmp_path / "responses.mat", MANIFEST)
     scipy.io.savemat(tmp_path / "responses.mat", {"stimulus_id": np.array(["st-a"], dtype=object),
                                                   "onset": [1.0], "rate": [[1.0, 2.0]]})
     with pytest.raises(BridgeError, match="unknown variable 'rate'"):
         read_responses(tmp_path / "responses.mat", MANIFEST)
+
+
+THREE_ROWS = {"stimulus_id": np.array(["st-a", "ref-1", "st-a"], dtype=object),
+              "onset": np.array([*ONSETS, ONSETS[1] + 1]), "rates": np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]),
+              "baseline_rates": np.array([[0.5, 1.0], [1.5, 2.0], [2.5, 3.0]]), "baseline_window_ms": [-100, 0]}
+
+
+@pytest.mark.parametrize("key", ["rates", "baseline_rates"])
+def test_a_transposed_mat_matrix_is_refused_naming_the_shape_found_and_wanted(tmp_path, key):
+    """3 presentations of 2 channels saved as 2×3 have as many values as 3×2, but read row by row they would
+    scramble presentations and channels: refused, naming both shapes; so is a flat vector of all 6."""
+    scipy.io.savemat(tmp_path / "responses.mat", {**THREE_ROWS, key: THREE_ROWS[key].T})
+    with pytest.raises(BridgeError) as error:
+        read_responses(tmp_path / "responses.mat", MANIFEST)
+    assert str(error.value) == (f"variable {key!r} is 2×3 (transposed: save {key}' instead); expected 3×2 (one "
+                                "row per presentation, as stimulus_id, one column per channel)")
+    scipy.io.savemat(tmp_path / "responses.mat", {**THREE_ROWS, key: THREE_ROWS[key].reshape(-1)})
+    with pytest.raises(BridgeError, match=f"^variable {key!r} is a vector of 6 values; expected 3×2"):
+        read_responses(tmp_path / "responses.mat", MANIFEST)
+
+
+def test_mat_vectors_are_read_in_either_orientation_where_that_cannot_scramble(tmp_path):
+    """n×channels as written; one value per presentation as 1×n or n×1; the rates of one presentation as
+    1×channels or channels×1; the rates of one channel as 1×n (loadmat drops a dimension of 1 either way)."""
+    path = tmp_path / "responses.mat"
+    scipy.io.savemat(path, {**THREE_ROWS, "onset": THREE_ROWS["onset"].reshape(1, 3)})
+    assert [(p.stimulus_id, p.onset, p.rates, p.baseline_rates) for p in read_responses(path, MANIFEST)] == [
+        ("st-a", ONSETS[0], [1.0, 2.0], [0.5, 1.0]), ("ref-1", ONSETS[1], [3.0, 4.0], [1.5, 2.0]),
+        ("st-a", ONSETS[1] + 1, [5.0, 6.0], [2.5, 3.0])]
+    scipy.io.savemat(path, {"stimulus_id": np.array(["st-a"], dtype=object), "onset": ONSETS[0],
+                            "rates": np.array([[7.0], [8.0]])})
+    assert [p.rates for p in read_responses(path, MANIFEST)] == [[7.0, 8.0]]
+    scipy.io.savemat(path, {**THREE_ROWS, "rates": np.array([[1.0, 2.0, 3.0]]), "baseline_rates": [0.5, 1, 2]})
+    assert [(p.rates, p.baseline_rates) for p in read_responses(path, {**MANIFEST, "channels": 1})] == [
+        ([1.0], [0.5]), ([2.0], [1.0]), ([3.0], [2.0])]
+
+
+@pytest.mark.parametrize("value", [2, -1])
+def test_fixation_broken_other_than_true_false_0_or_1_is_refused_in_every_format(tmp_path, value):
+    """fixation_broken 2 or -1 (a trial error code, say) was read as true: refused, naming the row and value."""
+    rows = [{"stimulus_id": "st-a", "onset": ONSETS[0], "rates": [1, 2], "fixation_broken": False},
+            {"stimulus_id": "ref-1", "onset": ONSETS[1], "rates": [3, 4], "fixation_broken": value}]
+    (tmp_path / "responses.json").write_text(json.dumps({"presentations": rows}))
+    (tmp_path / "responses.csv").write_text(f"stimulus_id,onset,rate_1,rate_2,fixation_broken\nst-a,{ONSETS[0]},1,2,"
+                                            f"false\nref-1,{ONSETS[1]},3,4,{value}\n")
+    scipy.io.savemat(tmp_path / "responses.mat", {"stimulus_id": np.array(["st-a", "ref-1"], dtype=object),
+                                                  "onset": ONSETS, "rates": [[1, 2], [3, 4]],
+                                                  "fixation_broken": np.array([0, value], np.int8)})
+    for ext, got, line in (("json", value, ""), ("csv", f"'{value}'", "line 3, "), ("mat", float(value), "")):
+        with pytest.raises(BridgeError) as error:
+            read_responses(tmp_path / f"responses.{ext}", MANIFEST)
+        assert str(error.value) == f"{line}presentation 2 (ref-1): fixation_broken must be true or false (1 or 0); " \
+                                   f"got {got}"
+    (tmp_path / "responses.csv").write_text(f"stimulus_id,onset,rate_1,rate_2,fixation_broken\nst-a,{ONSETS[0]},1,2,"
+                                            f"TRUE\nref-1,{ONSETS[1]},3,4,0\n")
+    assert [p.fixation_broken for p in read_responses(tmp_path / "responses.csv", MANIFEST)] == [True, False]
+
+
+def test_a_responses_file_that_vanishes_is_not_there_yet(tmp_path):
+    """A rig that deletes or rewrites responses.json while the bridge (--settle 0) reads it: nothing is
+    rejected for a file that is gone and the bridge does not stop; a file there is still checked."""
+    png = encode_png(np.zeros((4, 4, 3), np.uint8))
+    path = write_batch(tmp_path, Batch("b-1", "s", "t", 0, (50.0, 200.0), [Stimulus("st-a", "synthetic", png)]),
+                       ["ch1"])
+    bridge = FolderBridge(None, tmp_path, ["ch1"], settle_s=0)  # no client: only bad files, never sent
+    responses = path / "responses.json"
+    bridge._send(path, responses, bridge.open[path])
+    assert FolderBridge._reject(responses, "why") == "it is gone"
+    assert sorted(p.name for p in path.iterdir()) == ["0001.png", "manifest.csv", "manifest.json"]
+
+    def rewrite(stop: threading.Event) -> None:
+        while not stop.is_set():
+            (path / "writing.json").write_text('{"presentations": [{"stimulus_id": "st-a"}]}')  # no onset
+            (path / "writing.json").replace(responses)
+            responses.unlink(missing_ok=True)
+
+    stop = threading.Event()
+    rig = threading.Thread(target=rewrite, args=(stop,))
+    rig.start()
+    try:
+        deadline = time.monotonic() + 1
+        while time.monotonic() < deadline:
+            bridge.check()
+    finally:
+        stop.set()
+        rig.join(10)
+    (path / "writing.json").write_text('{"presentations": [{"stimulus_id": "st-a"}]}')
+    (path / "writing.json").replace(responses)
+    bridge.check()
+    assert "onset is required" in (path / "responses.error.txt").read_text() and not responses.exists()
+
+
+def test_a_rejection_the_bridge_cannot_write_is_logged_and_the_other_folders_are_still_checked(tmp_path, caplog):
+    """responses.error.txt cannot be written into one folder (a folder is in the way; a folder the bridge may not
+    write into is alike): the bridge logs that once, naming the folder and the fix, and rejects the other
+    folder's bad file as usual."""
+    png = encode_png(np.zeros((4, 4, 3), np.uint8))
+    blocked, other = (write_batch(tmp_path, Batch(f"b-{i}", "s", f"t{i}", 0, (50.0, 200.0),
+                                                  [Stimulus("st-a", "synthetic", png)]), ["ch1"]) for i in (1, 2))
+    (blocked / "responses.error.txt").mkdir()
+    for path in (blocked, other):
+        (path / "responses.json").write_text('{"presentations": [{"stimulus_id": "st-a"}]}')  # no onset
+    bridge = FolderBridge(None, tmp_path, ["ch1"], settle_s=0)  # no client: only bad files, never sent
+    for _ in range(3):
+        bridge.check()
+    assert "onset is required" in (other / "responses.error.txt").read_text()
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].startswith(f"{blocked}: the bridge cannot use this batch folder ([Errno 21]")
+    assert "make it readable and writable for the user the bridge runs as" in errors[0]
+
+
+def test_a_damaged_or_stray_manifest_is_skipped_with_a_warning_naming_it(tmp_path, caplog):
+    """A batch folder whose manifest.json is cut short, or is some other JSON file (no batch_id), stopped the
+    bridge at its start or at its next batch: the bridge skips such a folder, saying so, and goes on."""
+    png = encode_png(np.zeros((4, 4, 3), np.uint8))
+    good = write_batch(tmp_path, Batch("b-1", "s", "t", 0, (50.0, 200.0), [Stimulus("st-a", "synthetic", png)]),
+                       ["ch1"])
+    cut, stray = tmp_path / "batch-000002" / "manifest.json", tmp_path / "batch-000003" / "manifest.json"
+    for manifest, text in ((cut, good.joinpath("manifest.json").read_text()[:40]), (stray, '{"stimuli": []}')):
+        manifest.parent.mkdir()
+        manifest.write_text(text)
+    bridge = FolderBridge(None, tmp_path, ["ch1"])
+    assert list(bridge.open) == [good]
+    new = bridge.add(Batch("b-4", "s", "t", 1, (50.0, 200.0), [Stimulus("st-b", "synthetic", png)]))
+    assert new.name == "batch-000004" and list(bridge.open) == [good, new]
+    assert (good / "superseded.json").exists()
+    cut_said, stray_said = sorted({r.getMessage() for r in caplog.records if r.levelname == "WARNING"})
+    assert cut_said.startswith(f"{cut} is not a batch manifest the bridge wrote (it cannot be read (Expecting ")
+    assert stray_said == f"{stray} is not a batch manifest the bridge wrote (it has no 'batch_id'): the bridge " \
+                         f"skips that folder; move it out of {tmp_path} (or restore the file)"
+    assert cut_said.endswith(stray_said.split("):", 1)[1])
 
 
 def stored_presentations(process, rig: str) -> list[tuple]:
@@ -480,6 +618,83 @@ def test_files_in_other_encodings_are_refused_for_that_and_a_utf8_bom_json_is_st
     assert "still being written" not in utf16 + semicolons and "the bridge is waiting for it" in semicolons
     assert ack["accepted"] == len(ids) and not (path / "responses.error.txt").exists()
     assert sorted(stored) == sorted((i, [12.5]) for i in ids)
+
+
+def test_a_folder_the_bridge_cannot_write_is_logged_and_the_others_go_on(tmp_path, endpoint, caplog, monkeypatch):
+    """ack.json cannot be written into generation 0's folder (a folder is where its temporary file goes; a
+    permission problem is alike, but the tests may run as root): the bridge logs that once, naming the folder
+    and the fix, does not send those responses again, and goes on: generation 1's folder is written and
+    acknowledged. Restarted once the folder is writable, it sends them once more (the server counts them as
+    duplicates) and writes ack.json."""
+    from tests.server.test_end_to_end import wait_until
+    from tests.server.test_engine import RIG, LiveEngine
+
+    folder, sends = tmp_path / "rig-folder", Counter()
+
+    def ack_of(path: Path) -> dict:
+        return json.loads(wait_until(lambda: (path / "ack.json").exists() and (path / "ack.json").read_text(), 30,
+                                     f"the ACK of {path.name}"))
+
+    with LiveEngine(tmp_path / "data", endpoint) as live:
+        live.create(n_generations=3)
+        with RigClient(endpoint, RIG, channels=1) as client:
+            send_results = client.send_results
+
+            def counted(batch_id, *args, **kwargs):
+                sends[batch_id] += 1
+                return send_results(batch_id, *args, **kwargs)
+
+            monkeypatch.setattr(client, "send_results", counted)  # a spy: every upload still goes out
+            with running(FolderBridge(client, folder, ["ch1"], poll_s=0.05, settle_s=0)):
+                (first, gen0), = wait_until(lambda: batch_folders(folder), 60, "generation 0")
+                (first / ".ack.json.tmp").mkdir()
+                answer_folder(first, gen0)
+                _, (second, gen1) = wait_until(lambda: len(found := batch_folders(folder)) >= 2 and found[:2], 60,
+                                               "generation 1")
+                answer_folder(second, gen1)
+                ack_of(second)
+                time.sleep(0.5)  # ten more polls
+            assert not (first / "ack.json").exists() and sends[gen0["batch_id"]] == 1
+            (first / ".ack.json.tmp").rmdir()
+            with running(FolderBridge(client, folder, ["ch1"], poll_s=0.05, settle_s=0)):
+                ack = ack_of(first)
+    assert sends[gen0["batch_id"]] == 2 and (ack["accepted"], ack["duplicates"]) == (0, len(gen0["stimuli"]))
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR" and r.name == "rig_client.bridge"]
+    assert len(errors) == 1 and errors[0].startswith(f"{first}: the bridge cannot use this batch folder ([Errno 21] ")
+    assert errors[0].endswith("make it readable and writable for the user the bridge runs as, or move away what "
+                              "is in the way. It tries again, and goes on with the other folders meanwhile")
+
+
+def test_a_bridge_restarted_with_other_channels_updates_the_manifest_of_the_batch_sent_again(tmp_path, endpoint):
+    """The bridge wrote a batch folder for 2 channels and is restarted with 3: the server sends the open batch
+    again, and the bridge updates that folder's manifest to 3 channels, so 3 rates are sent and stored (its old
+    manifest made the bridge refuse 3 rates, and the server refused 2)."""
+    from tests.server.test_end_to_end import wait_until
+    from tests.server.test_engine import RIG, LiveEngine
+
+    folder, labels = tmp_path / "rig-folder", ["e1", "e2", "e3"]
+    with LiveEngine(tmp_path / "data", endpoint) as live:
+        live.create(n_generations=1)
+        with RigClient(endpoint, RIG, channels=2) as client, \
+                running(FolderBridge(client, folder, labels[:2], poll_s=0.05, settle_s=0)):
+            (path, manifest), = wait_until(lambda: batch_folders(folder), 60, "the batch")
+        assert manifest["channels"] == 2
+        with RigClient(endpoint, RIG, channels=3, labels=labels) as client, \
+                running(FolderBridge(client, folder, labels, poll_s=0.05, settle_s=0)):
+            wait_until(lambda: json.loads((path / "manifest.json").read_text())["channels"] == 3, 60,
+                       "the batch sent again")
+            (path / "writing.json").write_text(json.dumps({"presentations": [
+                {"stimulus_id": s["stimulus_id"], "onset": time.time(), "rates": [1.0, 2.0, 3.0]}
+                for s in manifest["stimuli"]]}))
+            (path / "writing.json").rename(path / "responses.json")
+            wait_until(lambda: (path / "ack.json").exists() or (path / "responses.error.txt").exists(), 30,
+                       "the ACK or a rejection")
+        with live.sessions() as db:
+            stored = db.scalars(select(PresentationRow.rates_json)).all()
+    assert not (path / "responses.error.txt").exists(), (path / "responses.error.txt").read_text()
+    assert json.loads((path / "ack.json").read_text())["accepted"] == len(manifest["stimuli"])
+    assert [m for _, m in batch_folders(folder)] == [{**manifest, "channels": 3, "channel_labels": labels}]
+    assert stored == [[1.0, 2.0, 3.0]] * len(manifest["stimuli"])
 
 
 HELPERS = Path(__file__).parents[2] / "rig_client" / "monkeylogic"
