@@ -237,6 +237,8 @@ def _too_large_fix(mtype: MessageType) -> str:
     """What the sender of a message over a size limit does about it."""
     if mtype == MessageType.RESULTS:
         return "; split its presentations into several RESULTS (done: false on all but the last)"
+    if mtype == MessageType.HELLO:
+        return "; list fewer cached_references (the ids of the references you keep; the server sends any other again)"
     if mtype == MessageType.BATCH:
         return ("; raise the server's ACTMAX_MAX_MESSAGE_BYTES, or give the thread fewer or smaller images "
                 "per generation")

@@ -270,6 +270,16 @@ def test_too_large_counts_all_frames():
     assert decode(frames, max_message_bytes=limit + 1).type == MessageType.BATCH
 
 
+def test_a_hello_over_the_header_limit_is_told_to_list_fewer_cached_references():
+    """A HELLO is one message: "split it into several" does not apply. 100000 ids of the server's form fit the
+    count limit but not the header's."""
+    refs = [f"ref-12-{i:012x}" for i in range(100_000)]
+    with pytest.raises(ProtocolError) as err:
+        decode(encode(Message(MessageType.HELLO, {**HELLO_11, "cached_references": refs}), max_message_bytes=2**23))
+    assert err.value.code == "too_large" and "list fewer cached_references" in err.value.message
+    assert "several" not in err.value.message
+
+
 def test_error_names_message_and_batch():
     frames = mutated(MessageType.RESULTS, put("done", None))
     with pytest.raises(ProtocolError) as err:
