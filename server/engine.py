@@ -58,6 +58,7 @@ from server.store.models import (
     ENDED_THREAD_STATUSES, Batch, EventLevel, Thread, ThreadStatus, utcnow,
 )
 from server.thread_runtime import ThreadRuntime, build_runtime, code_chunks
+from server.transport import SILENT
 from server.weights import GeneratorCache
 
 log = logging.getLogger(__name__)
@@ -458,17 +459,17 @@ class Engine:
                             "threads from now on. If two rig programs use this name, stop one: rig names must be unique",
                             {"rig": rig, "channels": channels, "heard_s_ago": round(heard_s_ago, 3)})
 
-    async def on_disconnect(self, rig: str) -> None:
+    async def on_disconnect(self, rig: str, why: str = SILENT) -> None:
         self._rig_references.pop(rig, None)
         self.rig_channels.pop(rig, None)
         self.rig_minor.pop(rig, None)
         self._gone_rigs.add(rig)
         try:
-            await self._offload(self._log_rig_event, rig, "rig.lost", f"rig {rig!r} went silent", {"rig": rig})
+            await self._offload(self._log_rig_event, rig, "rig.lost", f"rig {rig!r} {why}", {"rig": rig})
         except Exception as exc:
             if not storage_fault(exc):
                 raise
-            log.warning("rig %r went silent; its rig.lost event is not recorded: %s", rig,
+            log.warning("rig %r %s; its rig.lost event is not recorded: %s", rig, why,
                         storage_advice(exc, self.settings))
         self.wake()
 

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 MAX_QUEUED_MESSAGES = 1_000
 MAX_QUEUED_BYTES = MAX_MESSAGE_BYTES
 MAX_UNKNOWN_FIELDS = 32  # unknown presentation field names a connection is warned about; later ones are not
+SILENT = "went silent"  # why a rig is gone when it was not heard for a liveness period (``Handler.on_disconnect``)
 LIVE_HEARTBEATS = 2  # a connection heard within this many heartbeats still runs (a rig sends one every heartbeat)
 
 # CURVE handshakes that fail before the ZAP handler is asked, by ZeroMQ's error code; ZeroMQ's monitor names no
@@ -71,8 +72,9 @@ class Handler(Protocol):
     async def on_results(self, rig_name: str, header: dict) -> dict:
         """The ACK header for valid RESULTS; raise `ProtocolError` or `RigInputError` to reply ERROR instead."""
 
-    async def on_disconnect(self, rig_name: str) -> None:
-        """The rig went silent for `liveness` heartbeats (or its HELLO was refused)."""
+    async def on_disconnect(self, rig_name: str, why: str = SILENT) -> None:
+        """The rig is gone: ``why`` it went (`SILENT`: not heard for `liveness` heartbeats; or its connection's
+        HELLO was refused, or named another rig)."""
 
     async def on_connected(self, rig_name: str) -> None:
         """Optional: WELCOME was sent; (re)send the rig's outstanding batch here."""
@@ -528,10 +530,10 @@ class Transport:
                                        self.handler.on_hello, header)
         if welcome is None:  # refused; a binding this identity had is gone too
             if previous is not None:
-                await self._unbind(previous)
+                await self._unbind(previous, why=f"was let go: its connection's HELLO (as {name!r}) was refused")
             return
         if previous is not None and previous != name:
-            await self._unbind(previous)
+            await self._unbind(previous, why=f"was let go: its connection said HELLO as rig {name!r} instead")
         old = self._rigs.get(name)
         replaced = None  # seconds since a live connection it replaces was heard
         if old is not None and old.identity != identity:
@@ -591,14 +593,14 @@ class Transport:
                 "cause; retry later", in_reply_to=mtype, batch_id=batch_id))
         return None
 
-    async def _unbind(self, name: str, *, notify: bool = True) -> None:
+    async def _unbind(self, name: str, *, notify: bool = True, why: str = SILENT) -> None:
         rig = self._rigs.pop(name, None)
         if rig is None:
             return
         self._names.pop(rig.identity, None)
         if notify:
             try:
-                await self.handler.on_disconnect(name)
+                await self.handler.on_disconnect(name, why)
             except Exception:
                 log.exception("handler.on_disconnect(%r) failed", name)
 

@@ -62,7 +62,7 @@ class Lab:
         return {"batch_id": header["batch_id"], "accepted": len(new),
                 "duplicates": len(header["presentations"]) - len(new)}
 
-    async def on_disconnect(self, rig_name):
+    async def on_disconnect(self, rig_name, why):
         pass
 
     async def on_connected(self, rig_name):

@@ -45,8 +45,9 @@ class Recorder:
         return {"batch_id": header["batch_id"], "accepted": len(header["presentations"]),
                 "duplicates": 0}
 
-    async def on_disconnect(self, rig_name):
+    async def on_disconnect(self, rig_name, why):
         self.events.append(("disconnect", rig_name))
+        self.why_gone = why
 
     async def on_connected(self, rig_name):
         self.events.append(("connected", rig_name))
@@ -375,6 +376,18 @@ def test_reconnect_with_new_identity_rebinds(zmq_context, endpoint):
             assert (await h.reply(old)).header["code"] == "not_registered"
             await new.send_multipart(results())
             assert (await h.reply(new)).type == MessageType.ACK
+
+    run(scenario())
+
+
+def test_a_rig_let_go_for_another_hello_on_its_connection_is_not_said_to_have_gone_silent(zmq_context, endpoint):
+    async def scenario():
+        async with Harness(zmq_context, endpoint) as h:
+            d = await h.register("rig-a")
+            await d.send_multipart(hello("rig-b"))
+            assert (await h.reply(d)).type == MessageType.WELCOME
+            assert ("disconnect", "rig-a") in h.handler.events
+            assert h.handler.why_gone == "was let go: its connection said HELLO as rig 'rig-b' instead"
 
     run(scenario())
 
