@@ -58,7 +58,7 @@ from server.store.models import (
     ENDED_THREAD_STATUSES, Batch, EventLevel, Thread, ThreadStatus, utcnow,
 )
 from server.thread_runtime import ThreadRuntime, build_runtime, code_chunks
-from server.transport import SILENT
+from server.transport import SILENT, PeerBudget
 from server.weights import GeneratorCache
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,7 @@ STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, 
 LOCKED_SQLITE_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 STORAGE_SQLITE_CODES = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY,
                                   *LOCKED_SQLITE_CODES})
+REFUSALS_RECORDED = (20, 1.0)  # refused RESULTS recorded per rig: a burst, then so many a second
 CHANGES_SHOWN = 8  # relabelled channels a rig.channels_changed message names (its data has all)
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -2, -3, -8  # mallopt parameters (<malloc.h>)
 MALLOC_ARENAS = 2  # the arenas glibc may make (its default: 8 per core), each keeping its largest use
@@ -306,6 +307,7 @@ class Engine:
         self.rig_channels: dict[str, int] = {}  # channels each connected rig announced in HELLO
         self._rig_references: dict[str, set[str]] = {}  # reference ids each connected rig caches
         self.rig_minor: dict[str, int] = {}  # protocol minor version negotiated with each connected rig
+        self._refusals = PeerBudget(*REFUSALS_RECORDED)  # results.refused rows (and lines) per rig
         self._gone_rigs: set[str] = set()  # every rig that was connected and went silent in this process's life
         self._steps: set[asyncio.Task] = set()  # thread steps in progress (kept so none is collected)
         self._stalled: dict[int, Stall] = {}  # threads waiting for their storage to work again
@@ -594,8 +596,10 @@ class Engine:
             runtime.lock.release()
 
     async def on_refused(self, rig: str, batch_id: str, exc: RigInputError) -> None:
-        """A refused RESULTS (by the transport or here) is an event and its thread's ``last_error``."""
-        await self._offload(self._refused, rig, batch_id, exc)
+        """A refused RESULTS (by the transport or here) is an event and its thread's ``last_error``, within the rig's
+        budget (``REFUSALS_RECORDED``): a rig that floods refused RESULTS writes no more rows nor lines."""
+        if self._refusals.allow(rig):
+            await self._offload(self._refused, rig, batch_id, exc)
 
     def _refused(self, rig: str, batch_id: str, exc: RigInputError) -> None:
         """The refusal's event; for a thread not ended, also its ``last_error`` until its next round or its end

@@ -110,7 +110,7 @@ class _Inbox:
         return len(self.messages) >= MAX_QUEUED_MESSAGES or self.size >= MAX_QUEUED_BYTES
 
 
-class _PeerBudget:
+class PeerBudget:
     """Token buckets per peer address: ``burst`` actions at once, refilled at ``per_s``."""
 
     def __init__(self, burst: float, per_s: float, max_peers: int = 10_000):
@@ -189,9 +189,9 @@ class Transport:
         self.curve = server_key is not None
         self._read_rig_keys = rig_keys if callable(rig_keys) else lambda keys=dict(rig_keys or {}): keys
         self._rig_keys = self._read_rig_keys()  # as last read
-        self._log_budget = _PeerBudget(burst=20, per_s=1)  # log lines a peer may cause
-        self._handshake_budget = _PeerBudget(burst=1, per_s=1 / 60)  # failed-handshake lines per peer and reason
-        self._hello_budget = _PeerBudget(burst=100, per_s=5)  # handler calls (events rows) per peer
+        self._log_budget = PeerBudget(burst=20, per_s=1)  # log lines a peer may cause
+        self._handshake_budget = PeerBudget(burst=1, per_s=1 / 60)  # failed-handshake lines per peer and reason
+        self._hello_budget = PeerBudget(burst=100, per_s=5)  # handler calls (events rows) per peer
         self._suppressed = 0
         _unpredictable_routing_ids()
         if self.curve:
@@ -484,7 +484,7 @@ class Transport:
                 await self._reply(identity, error(refusal.code, refusal.message, in_reply_to=MessageType.RESULTS,
                                                   batch_id=header["batch_id"]))
                 return
-        ack = await self._call(identity, name, MessageType.RESULTS, header["batch_id"],
+        ack = await self._call(identity, peer, name, MessageType.RESULTS, header["batch_id"],
                                self.handler.on_results, header)
         if ack is not None:
             if ignored:  # the rig hears of them too (a misspelt trial fact leaves a flagged trial scored)
@@ -526,7 +526,7 @@ class Transport:
             await self._reply(identity, error(refusal.code, refusal.message, in_reply_to=MessageType.HELLO))
             welcome = None
         else:
-            welcome = await self._call(identity, name, MessageType.HELLO, None,
+            welcome = await self._call(identity, peer, name, MessageType.HELLO, None,
                                        self.handler.on_hello, header)
         if welcome is None:  # refused; a binding this identity had is gone too
             if previous is not None:
@@ -572,7 +572,7 @@ class Transport:
             except Exception:
                 log.exception("handler.on_connected(%r) failed", name)
 
-    async def _call(self, identity: bytes, name: str, mtype: MessageType, batch_id: str | None,
+    async def _call(self, identity: bytes, peer: _Peer, name: str, mtype: MessageType, batch_id: str | None,
                     method: Any, header: dict) -> dict | None:
         """Run a handler method; on failure reply ERROR and return None."""
         try:
@@ -582,7 +582,7 @@ class Transport:
                                 "not a dict")
             return reply
         except (ProtocolError, RigInputError) as exc:  # the rig's input: answer ERROR with its code
-            log.warning("%s from rig %s refused: %s", mtype, name, exc)
+            self._log(peer.address, logging.WARNING, "%s from rig %s refused: %s", mtype, name, exc)
             await self._reply_built(identity, error(exc.code, exc.message, in_reply_to=mtype,
                                                     batch_id=getattr(exc, "batch_id", None) or batch_id),
                                     mtype, batch_id)

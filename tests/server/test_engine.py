@@ -401,6 +401,29 @@ def test_results_refused_as_malformed_are_events_of_their_batchs_thread(live, zm
     assert "results.refused" in kinds and "onset" in error and batch.header["batch_id"] in error
 
 
+def test_a_rig_that_floods_refused_results_writes_a_bounded_number_of_events(live, zmq_context):
+    """Each refused RESULTS is an event row: 300 for batches that do not exist, sent at once, write the rig's
+    burst of them (and about one a second after), not 300."""
+    from server.engine import REFUSALS_RECORDED
+
+    with raw_rig(live, zmq_context) as dealer:
+        started = time.monotonic()
+        for i in range(300):
+            dealer.send_multipart(encode(Message(MessageType.RESULTS, {
+                "batch_id": f"bogus-{i}", "presentations": [], "done": True})))
+        codes = []
+        while len(codes) < 300:
+            assert dealer.poll(30_000)
+            if (reply := decode(dealer.recv_multipart())).type == MessageType.ERROR:
+                codes.append(reply.header["code"])
+        elapsed = time.monotonic() - started
+    assert set(codes) == {"unknown_batch"}  # every one is still answered
+    with live.sessions() as db:
+        rows = db.scalar(select(func.count()).select_from(Event).where(Event.kind == "results.refused"))
+    burst, per_s = REFUSALS_RECORDED
+    assert burst <= rows <= burst + per_s * elapsed + 1, (rows, elapsed)
+
+
 def test_a_paused_thread_scores_and_tells_its_generation_then_asks_nothing(live):
     thread_id = live.create()
     with RigClient(live.settings.zmq_endpoint, RIG, channels=1) as rig:

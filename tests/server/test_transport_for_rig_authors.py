@@ -16,7 +16,7 @@ from rig_client.client import Presentation, RigClient
 from rig_client.protocol import ProtocolError
 from server.objectives import Objective, parse
 from server.store.models import Thread, ThreadStatus
-from server.transport import _PeerBudget
+from server.transport import PeerBudget
 from tests.server.test_engine import RIG, answer, live  # noqa: F401  (the fixture)
 from tests.server.test_transport import Harness, hello, raw, results, run
 
@@ -50,7 +50,7 @@ def test_a_message_only_the_server_sends_gets_unexpected_type_before_its_fields_
 def test_a_hello_rate_limit_answers_rate_limited_which_a_rig_retries(zmq_context, endpoint):
     async def scenario():
         async with Harness(zmq_context, endpoint) as h:
-            h.transport._hello_budget = _PeerBudget(burst=1, per_s=1e-6)  # one HELLO per address, then none
+            h.transport._hello_budget = PeerBudget(burst=1, per_s=1e-6)  # one HELLO per address, then none
             await h.register("rig-a")
             d = h.dealer()
             await d.send_multipart(hello("rig-b"))
