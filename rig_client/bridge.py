@@ -30,6 +30,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 
 RESPONSE_FILES = ("responses.mat", "responses.csv", "responses.json")
 MAX_RESPONSE_BYTES = 64 * 2**20
+MIN_ONSET = 946_684_800.0  # 2000-01-01 in unix seconds: an onset before it is on another clock
 SETTLE_S = 0.5  # default --settle: how long a responses file must stay unchanged before it is read
 _PRESENTATION_IDS = uuid.UUID("6f1d7a52-4d0e-4b8e-9a43-0c1f3b2e9d11")  # uuid5 namespace
 
@@ -337,6 +339,11 @@ def _presentation(row: dict, i: int, manifest: dict, wanted: set[str]) -> TrialP
         if not 0 <= x <= MAX_ONSET:
             raise BridgeError(f"{where}: {key} must be unix time in seconds (not milliseconds); "
                               f"got {row[key]!r}")
+        if x < MIN_ONSET:  # another clock: a datenum (MATLAB's now), GetSecs, trial time
+            when = datetime.fromtimestamp(x, UTC).strftime("%Y-%m-%d %H:%M:%S")
+            raise BridgeError(f"{where}: {key} {row[key]!r} is {when} UTC as unix time: "
+                              "give unix time in seconds (MATLAB: posixtime(datetime('now', 'TimeZone', 'UTC')); "
+                              "its now is a datenum, GetSecs counts from boot)")
         return x
 
     def numbers(key: str, width: int):

@@ -78,18 +78,21 @@ def test_every_format_reads_the_same_presentations(tmp_path):
 
 
 BAD_JSON = [
-    ({"stimulus_id": "nope", "onset": 1.0, "rates": [1, 2]}, "not in this batch's manifest"),
-    ({"stimulus_id": "st-a", "onset": 1.0, "rates": [1]}, "rates must have 2 values"),
+    ({"stimulus_id": "nope", "onset": 1.7e9, "rates": [1, 2]}, "not in this batch's manifest"),
+    ({"stimulus_id": "st-a", "onset": 1.7e9, "rates": [1]}, "rates must have 2 values"),
     ({"stimulus_id": "st-a", "rates": [1, 2]}, "onset is required"),
     ({"stimulus_id": "st-a", "onset": "soon", "rates": [1, 2]}, "onset must be a number"),
-    ({"stimulus_id": "st-a", "onset": 1.0, "rates": [1, 2], "dropped_frames": 1.5},
+    ({"stimulus_id": "st-a", "onset": 1.7e9, "rates": [1, 2], "dropped_frames": 1.5},
      "dropped_frames must be a number"),
-    ({"stimulus_id": "st-a", "onset": 1.0, "rates": [1, 2], "baseline_rates": [0, 0]},
+    ({"stimulus_id": "st-a", "onset": 1.7e9, "rates": [1, 2], "baseline_rates": [0, 0]},
      "baseline rates and baseline_window_ms together"),
-    ({"stimulus_id": "st-a", "onset": 1.0, "rates": [1, 2], "baseline_rates": [0, 0],
+    ({"stimulus_id": "st-a", "onset": 1.7e9, "rates": [1, 2], "baseline_rates": [0, 0],
       "baseline_window_ms": [0, 100]}, "baseline_window_ms"),
     ({"stimulus_id": "st-a", "onset": -1.0, "rates": [1, 2]}, "onset must be unix time in seconds"),
-    ({"stimulus_id": "st-a", "onset": 1.0, "rates": [1, 2], "photodiode_onset": 1764250000500},
+    ({"stimulus_id": "st-a", "onset": 739953.5, "rates": [1, 2]},  # MATLAB's now, a datenum (days)
+     r"onset 739953.5 is 1970-01-09 13:32:33 UTC as unix time: give unix time in seconds \(MATLAB: posixtime\("),
+    ({"stimulus_id": "st-a", "onset": 12.5, "rates": [1, 2]}, "onset 12.5 is 1970-01-01 00:00:12 UTC"),  # trial time
+    ({"stimulus_id": "st-a", "onset": 1.7e9, "rates": [1, 2], "photodiode_onset": 1764250000500},
      r"presentation 1 \(st-a\): photodiode_onset must be unix time in seconds \(not milliseconds\); "
      "got 1764250000500"),
 ]
@@ -105,12 +108,12 @@ def test_bad_rows_are_named(tmp_path, row, words):
 @pytest.mark.parametrize("name, content, words", [
     ("responses.json", "[1, 2]", "presentations"),
     ("responses.json", '{"presentations": [{"onset": NaN}]}', "NaN is not valid JSON"),
-    ("responses.csv", "stimulus_id,onset,rate_1\nst-a,1.0,5\n", "rate_1..rate_2 must all be filled"),
-    ("responses.csv", "stimulus_id,onset,rate_1,rate_2,fixation_brokn\nst-a,1,5,5,1\n",
+    ("responses.csv", "stimulus_id,onset,rate_1\nst-a,1700000000.0,5\n", "rate_1..rate_2 must all be filled"),
+    ("responses.csv", "stimulus_id,onset,rate_1,rate_2,fixation_brokn\nst-a,1700000000,5,5,1\n",
      "unknown column 'fixation_brokn'"),
     ("responses.json", '{"presentations": [{"stimulus_id": "st-a", "rate": [1, 2]}]}', "unknown field 'rate'"),
     ("responses.mat", "MATLAB 5.0 MAT-file, garbage", "cannot be read|scipy can read"),
-    ("responses.csv", "stimulus_id,onset,rate_1,rate_2\nst-a,1.0,5,5,7\n",
+    ("responses.csv", "stimulus_id,onset,rate_1,rate_2\nst-a,1700000000.0,5,5,7\n",
      "line 2: 5 fields but the header names 4 columns"),
     ("responses.csv", "", "responses.csv is empty: write the whole file under another name"),
     ("responses.json", '{"presentations": [{"stimulus_id": "st', r"^responses.json cannot be read: Unterminated "
