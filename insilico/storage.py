@@ -101,9 +101,13 @@ def save_units(out_dir: str | Path, key: dict[str, Any], units: list[dict[str, A
 
 
 def load_units(out_dir: str | Path, key: dict[str, Any]) -> list[dict[str, Any]] | None:
-    """The units saved for exactly these screening settings, else None."""
+    """The units saved for exactly these screening settings, else None; `InsilicoError` if the file is damaged."""
     path = Path(out_dir) / "units.json"
     if not path.is_file():
         return None
-    saved = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as error:  # not JSON, or not UTF-8: a damaged file
+        raise InsilicoError(f"{path} is damaged ({error}); delete it to screen the units again, or give another "
+                            "--out") from None
     return saved["units"] if saved.get("key") == key else None

@@ -519,8 +519,8 @@ def _write_json(path: Path, settings: StudySettings, rows: Sequence[dict[str, An
 # ---------------------------------------------------------------------------------------------- CLI
 
 
-def add_parser(analyses) -> None:
-    """Add ``study`` to the ``actmax analyze`` subparsers."""
+def add_parser(analyses) -> argparse.ArgumentParser:
+    """Add ``study`` to the ``actmax analyze`` subparsers; the parser added."""
     parser = analyses.add_parser(
         "study", help="in-silico tuning-landscape study of EfficientNet-Lite0 units by depth",
         description="Evolve EfficientNet-Lite0 centre units at several depths with DCGAN faces (CMA-ES), map "
@@ -558,6 +558,7 @@ def add_parser(analyses) -> None:
     parser.add_argument("--threads", action="store_true", help="LocalCluster workers as threads, not processes")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
+    return parser
 
 
 def settings_from_args(args: argparse.Namespace) -> StudySettings:

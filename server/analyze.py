@@ -7,7 +7,10 @@ import json
 import tempfile
 from pathlib import Path
 
+from analysis import MAX_RESAMPLES
 from rig_client.connection import add_weights_argument, non_negative_int
+
+MAX_POSITIONS = 1000  # --positions at most: each holds two d x d Hessians in memory, seconds apiece to compute
 
 
 def add_parser(subcommands) -> None:
@@ -22,7 +25,8 @@ def add_parser(subcommands) -> None:
         "A map shown once per image (repeats: 1) has no reliability and is not smoothed; manifold.json says so.")
     _add_store_arguments(manifold)
     manifold.add_argument("thread", type=int, help="manifold thread id (see GET /sessions/{id}/threads)")
-    manifold.add_argument("--n-boot", type=resamples, default=200, help="bootstrap resamples, at least 2 (default 200)")
+    manifold.add_argument("--n-boot", type=resamples, default=200,
+                          help=f"bootstrap resamples, 2 to {MAX_RESAMPLES} (default 200)")
     manifold.add_argument("--reliability", action=argparse.BooleanOptionalAction, default=True,
                           help="split-half and bootstrap reliability, the slow part (default on)")
     manifold.set_defaults(func=run_manifold)
@@ -45,7 +49,9 @@ def add_parser(subcommands) -> None:
     geometry.add_argument("generator", help="generator name, e.g. dcgan-faces")
     geometry.add_argument("--out", type=Path, default=Path("actmax-geometry"),
                           help="output folder (default actmax-geometry)")
-    geometry.add_argument("--positions", type=int, default=30, help="codes to compute Hessians at (default 30)")
+    geometry.add_argument("--positions", type=int, default=30,
+                          help=f"codes to compute Hessians at, 2 to {MAX_POSITIONS} (default 30): each adds a Hessian "
+                          "of the generator and one of its control, seconds apiece on a CPU, all kept in memory")
     geometry.add_argument("--method", default="bp", choices=["bp", "hvp_ad", "hvp_fd", "jac"],
                           help="bp: full backprop (exact); hvp_*: Lanczos on Hessian-vector products; "
                           "jac: Jacobian Gram form (default bp)")
@@ -61,7 +67,7 @@ def add_parser(subcommands) -> None:
 
     from insilico import study
 
-    study.add_parser(analyses)
+    study.add_parser(analyses).set_defaults(func=run_study)
 
 
 def _add_store_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,19 +76,31 @@ def _add_store_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def resamples(text: str) -> int:
-    """``--n-boot``: an integer of at least 2."""
+    """``--n-boot``: an integer from 2 to ``MAX_RESAMPLES``."""
     n = int(text)
     if n < 2:
         raise argparse.ArgumentTypeError(f"{n}: a bootstrap needs at least 2 resamples")
+    if n > MAX_RESAMPLES:
+        raise argparse.ArgumentTypeError(f"{n}: at most {MAX_RESAMPLES} resamples; ask for fewer")
     return n
+
+
+def check_output_folder(out: Path) -> None:
+    """Refuse an ``--out`` that is a file (``ValueError``); it creates nothing, so a command calls it first."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder")
 
 
 def output_folder(out: Path) -> Path:
     """``out``, created, once a file could be written there: call it before long work, after the checks that
     may find nothing to write."""
+    check_output_folder(out)
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryFile(dir=out):
-        pass
+    try:
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:  # named after the folder, not the temporary file
+        raise OSError(error.errno, error.strerror, str(out)) from None
     return out
 
 
@@ -133,6 +151,7 @@ def run_session(args: argparse.Namespace) -> int:
 
     from server.report import retest_lines, write_session_report
 
+    check_output_folder(args.out)
     settings = stored_settings(args)
     for s in write_session_report(settings.database_url, settings.data_dir, args.session, args.out):
         best = "no reference scored" if math.isnan(s.best_reference) else f"best reference {s.best_reference:.3f}"
@@ -152,15 +171,19 @@ def run_geometry(args: argparse.Namespace) -> int:
 
     if args.positions < 2:
         raise GeometryError(f"--positions must be >= 2 (homogeneity compares positions), got {args.positions}")
+    if args.positions > MAX_POSITIONS:
+        raise GeometryError(f"--positions must be <= {MAX_POSITIONS} (each holds two Hessians in memory), "
+                            f"got {args.positions}; ask for fewer")
     if args.k is not None and args.k < 1:
         raise GeometryError(f"--k must be >= 1, got {args.k}")
     created = not args.out.exists()
     try:
+        output_folder(args.out)
         summary = report(args.generator, args.out, n_positions=args.positions, method=args.method, k=args.k,
                          distance=args.distance, device=args.device, weights=args.weights, seed=args.seed)
     except BaseException:
-        # Refused before anything was written (an unknown generator, missing weights, --k beyond the latent
-        # size, Ctrl-C): leave no empty folder behind.
+        # Refused before anything was written (an unwritable --out, an unknown generator, missing weights, --k
+        # beyond the latent size, Ctrl-C): leave no empty folder behind.
         if created and args.out.is_dir() and not any(args.out.iterdir()):
             args.out.rmdir()
         raise
@@ -173,3 +196,11 @@ def run_geometry(args: argparse.Namespace) -> int:
               f"corr_lin {m['corr_lin_mean']:.3f}")
     print(f"written to {args.out}/")
     return 0
+
+
+def run_study(args: argparse.Namespace) -> int:
+    """``actmax analyze study`` (`insilico.study.run`), a file given as ``--out`` refused first."""
+    from insilico import study
+
+    check_output_folder(args.out)
+    return study.run(args)

@@ -81,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader (``| head``) closed the output early: stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit would raise again
         return 1
+    except MemoryError as exc:  # numpy's says how much it asked for
+        said = f" ({exc})" if str(exc) else ""
+        print(f"actmax {args.command}: ran out of memory{said}; ask for less (smaller counts or sizes), or run it on a "
+              "machine with more memory", file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError, RuntimeError, TimeoutError) as exc:
         # Our errors subclass these built-ins and carry a message that says what to do.
         print(f"actmax {args.command}: {exc}", file=sys.stderr)

@@ -50,7 +50,7 @@ class PngPixels(AbstractDataChunkIterator):
     """An archived PNG's RGB pixels, read only when the file writer asks for them (one image in memory)."""
 
     def __init__(self, path: Path, stimulus_id: str, on_read: Callable[[], None] | None = None) -> None:
-        self.path = path
+        self.path, self.stimulus_id = path, stimulus_id
         try:
             with Image.open(path) as image:  # reads the header only
                 self.shape = (image.height, image.width, 3)
@@ -67,8 +67,12 @@ class PngPixels(AbstractDataChunkIterator):
         if self._done:
             raise StopIteration
         self._done = True
-        with Image.open(self.path) as image:
-            pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
+        try:
+            with Image.open(self.path) as image:
+                pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
+        except OSError as error:  # truncated or overwritten since it was archived: PIL names no file
+            raise MissingImage(f"stimulus {self.stimulus_id}: its image {self.path} is damaged ({error}); restore the "
+                               "data folder's images/ from a backup (README 'Backups')") from None
         if self.on_read is not None:
             self.on_read()
         return DataChunk(data=pixels, selection=np.s_[:, :, :])

@@ -19,6 +19,10 @@ class ArchivedImage(NamedTuple):
     png_path: str  # relative to the archive root (the data_dir), for Stimulus.png_path
 
 
+class LostImage(FileNotFoundError):
+    """An archived PNG missing, or damaged (its bytes no longer hash to its name); the message says what to do."""
+
+
 class ImageArchive:
     """Content-addressed PNG store under ``root``; writes are atomic and identical images stored once."""
 
@@ -74,10 +78,9 @@ class ImageArchive:
     def read_intact(self, content_hash: str) -> bytes | None:
         """The stored PNG bytes; None if the file is missing or its bytes no longer hash to ``content_hash``."""
         try:
-            png = self.read(content_hash)
-        except FileNotFoundError:
+            return self.read(content_hash)
+        except LostImage:
             return None
-        return png if hashlib.sha256(png).hexdigest() == content_hash else None
 
     def lost(self, images: str) -> str:
         """What to tell a user whose ``images`` (how many, which) this archive lost: where to get them back."""
@@ -92,5 +95,15 @@ class ImageArchive:
         return len(partial)
 
     def read(self, content_hash: str) -> bytes:
-        """The stored PNG bytes; ``FileNotFoundError`` if this hash was never saved."""
-        return self.path(content_hash).read_bytes()
+        """The stored PNG bytes; ``LostImage`` naming the file and how to get it back if it is missing or damaged."""
+        path = self.path(content_hash)
+        try:
+            png = path.read_bytes()
+        except FileNotFoundError:
+            problem = "is missing"
+        else:
+            if hashlib.sha256(png).hexdigest() == content_hash:
+                return png
+            problem = "is damaged (truncated or overwritten: its bytes no longer hash to its name)"
+        raise LostImage(f"{self.lost(f'{path}, which {problem}')}; or check --data-dir: a demo's report folder "
+                        "holds a copy of actmax.sqlite without images/, give its data/ subfolder")

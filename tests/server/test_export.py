@@ -506,6 +506,9 @@ def test_an_existing_output_is_kept_unless_forced_and_a_failed_export_leaves_it_
     assert export("nwb", data, session_id, kept, "--force") == 2
     err = capsys.readouterr().err
     assert f"stimulus {lost}: its image {data / png} is missing" in err and "images/ folder" in err
+    (data / png).write_bytes((server.data_dir / png).read_bytes()[:-200])  # cut short: the header still reads
+    assert export("nwb", data, session_id, kept, "--force") == 2
+    assert f"stimulus {lost}: its image {data / png} is damaged" in capsys.readouterr().err
     assert kept.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["csv", "data", "s.nwb"]
 
 

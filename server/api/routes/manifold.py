@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
 
-from analysis import AnalysisError
+from analysis import MAX_RESAMPLES, AnalysisError
 from server import ServerError
 from server.api.deps import DB, MAX_ID, Id, get_or_404
 from server.api.schemas import ErrorDetail, ManifoldPlaneRead
@@ -34,7 +34,7 @@ def _analyze(data, **options) -> list[dict]:
 
 @router.get("/{thread_id}/manifold", response_model=list[ManifoldPlaneRead])
 def get_manifold(thread_id: Id, db: DB, reliability: bool = Query(False),
-                 n_boot: int | None = Query(None, ge=10, le=1000, description="bootstrap resamples of "
+                 n_boot: int | None = Query(None, ge=10, le=MAX_RESAMPLES, description="bootstrap resamples of "
                                             "reliability=true (default 50)")) -> list[dict]:
     """Level-set signature, mesh persistence and isotropy of each plane; with ``reliability=true`` also
     split-half and bootstrap reliability (hundreds of spline fits: seconds to minutes), a ``409`` when a
