@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import os
 import signal
@@ -195,8 +196,12 @@ def bind_http(host: str, port: int) -> socket.socket:
     try:
         sock = socket.create_server((host, port), reuse_port=False)
     except OSError as exc:
-        raise ServerError(f"cannot serve REST on {host}:{port}: {exc.strerror}; choose a free port (--port) "
-                          "or stop the process that holds it") from None
+        fix = {errno.EADDRINUSE: "choose a free port (--port) or stop the process that holds it",
+               errno.EADDRNOTAVAIL: "give an address of this machine (--host; `ip addr` lists them)"}.get(
+            exc.errno, "give an address or host name of this machine (--host), and a port over 1023 (--port)")
+        what = exc.strerror or str(exc)
+        raise ServerError(f"cannot serve REST on {host}:{port}: {what.split(' (while attempting')[0]}; {fix}") \
+            from None
     return sock
 
 

@@ -310,6 +310,15 @@ def test_a_rest_port_in_use_is_a_one_line_error(tmp_path):
     assert f"cannot serve REST on 127.0.0.1:{port}" in line and "--port" in line
 
 
+def test_a_rest_host_that_is_no_address_of_this_machine_is_told_so(tmp_path):
+    """Not "choose a free port", which was the advice for every bind failure."""
+    result = actmax("serve", "--host", "no-such-host.invalid", "--port", "0", "--zmq-endpoint", "tcp://127.0.0.1:*",
+                    "--data-dir", str(tmp_path), env={"ACTMAX_TOKEN": "t" * 32})
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "cannot serve REST on no-such-host.invalid:0" in line and "(--host)" in line and "free port" not in line
+
+
 def test_a_rig_port_in_use_is_told_before_the_database_is_made(tmp_path):
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
