@@ -556,6 +556,32 @@ _YamlLoader.add_implicit_resolver(  # YAML 1.2's exponent without a dot: 1e-1
     "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
 
 
+MAX_YAML_VALUES = 100_000  # values a YAML file may stand for, its aliases written out: a session config has hundreds
+
+
+def _yaml(text: str) -> Any:
+    """The YAML document in ``text``; ValueError if its aliases stand for over `MAX_YAML_VALUES` values (a few
+    nested aliases can stand for billions: a "billion laughs" would take minutes to check and validate)."""
+    loader = _YamlLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is not None and (values := _values(node, {})) > MAX_YAML_VALUES:
+            raise ValueError(f"its aliases (*name) stand for {values} values, over {MAX_YAML_VALUES}; write it out "
+                             "with fewer aliases")
+        return None if node is None else loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _values(node: yaml.Node, counted: dict[int, int]) -> int:
+    """How many values ``node`` stands for with its aliases written out (``counted``: of the nodes seen)."""
+    if id(node) not in counted:
+        children = [] if isinstance(node, yaml.ScalarNode) else \
+            [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else node.value
+        counted[id(node)] = 1 + sum(_values(child, counted) for child in children)
+    return counted[id(node)]
+
+
 def _non_finite(value: Any, where: str = "") -> Iterator[tuple[str, float]]:
     """The infinite or NaN numbers in ``value``, each with its path (``threads.0.optimizer_params.sigma0``)."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -584,8 +610,7 @@ def read_config_file(path: str | Path) -> dict:
     if suffix not in (".json", ".yaml", ".yml"):
         raise ConfigError(f"{path}: a session config is a .json, .yaml or .yml file; name it so")
     try:
-        data = yaml.load(text, _YamlLoader) if suffix in (".yaml", ".yml") else json.loads(text,
-                                                                                          object_pairs_hook=_unique_keys)
+        data = _yaml(text) if suffix in (".yaml", ".yml") else json.loads(text, object_pairs_hook=_unique_keys)
     except (ValueError, yaml.YAMLError) as error:
         raise ConfigError(f"{path} is not valid {suffix.lstrip('.').upper()}: {error}") from error
     if not isinstance(data, dict):

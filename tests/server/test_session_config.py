@@ -294,3 +294,13 @@ def test_an_age_dandi_refuses_is_refused_but_one_stored_before_still_loads(age, 
     with pytest.raises(ValidationError, match=words):
         SessionConfig.model_validate(session_config(age=age))
     assert SessionConfig.stored(session_config(age=age)).age == age
+
+
+def test_yaml_aliases_that_stand_for_too_many_values_are_refused_before_they_are_written_out(tmp_path):
+    """Nine levels of nine aliases stand for 9**9 values: checked and validated, they took minutes of CPU."""
+    levels = ["a: &a [x, x, x, x, x, x, x, x, x]"] + [
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]" for i in range(8)]
+    (path := tmp_path / "bomb.yaml").write_text("\n".join([*levels, "name: s", "rig: r"]), encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"bomb.yaml is not valid YAML: its aliases \(\*name\) stand for 4\d{8} "
+                                          r"values, over 100000; write it out with fewer aliases"):
+        read_config_file(path)
