@@ -37,8 +37,8 @@ from rig_client import RigError
 from rig_client.connection import check_endpoint
 from rig_client.protocol import (
     MAX_HEADER_BYTES, MAX_MESSAGE_BYTES, MAX_PRESENTATIONS, PROTOCOL, PROTOCOL_MINOR, RETRY_HELLO, RETRYABLE,
-    VERSION, ErrorCode, Message, MessageType, ProtocolError, decode, decode_png, encode, error, json_bytes,
-    time_ordered_uuid,
+    VERSION, ErrorCode, Message, MessageType, ProtocolError, decode, decode_png, encode, error, is_z85_key,
+    json_bytes, time_ordered_uuid,
 )
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,8 @@ _CLOSED = object()  # sentinel in the batch queue: no more batches will come
 SILENT_HINT = {
     False: "; if the server has CURVE keys, this rig needs them: --server-key and --rig-key (curve_keys() in Python)",
     True: "; a server that refuses this rig's key (not registered, revoked, or another server's key file) stays "
-          "silent: check `actmax keys list` on the server",
+          "silent, and so does one without CURVE (no `actmax keys init`, or not restarted since): check "
+          "`actmax keys list` on the server, and that its start line says CURVE",
 }
 
 
@@ -144,14 +145,22 @@ def curve_keys(server_key_file: str | Path, rig_key_file: str | Path) -> dict[st
     import zmq.auth
 
     try:
-        server_public, _ = zmq.auth.load_certificate(server_key_file)
+        server_public, server_secret = zmq.auth.load_certificate(server_key_file)
         public, secret = zmq.auth.load_certificate(rig_key_file)
     except (OSError, ValueError) as exc:
         raise RigError(f"cannot read a CURVE key file: {exc}; copy server.key and this rig's "
                        ".key_secret from the server's keys folder (actmax keys)") from None
+    if server_secret is not None:
+        raise RigError(f"{server_key_file} holds the server's secret key: pass server.key (the public one), and delete "
+                       "this copy from the rig (whoever holds it can pose as the server to every rig)")
     if secret is None:
         raise RigError(f"{rig_key_file} holds no secret key; pass the rig's .key_secret file")
+    for path, key in ((server_key_file, server_public), (rig_key_file, public), (rig_key_file, secret)):
+        if not is_z85_key(key):
+            raise RigError(f"{path} holds {key[:50]!r}, not a CURVE key (40 Z85 characters): copy the file again "
+                           "from the server's keys folder, whole")
     return {"server_public_key": server_public, "public_key": public, "secret_key": secret}
+
 
 
 class RigClient:

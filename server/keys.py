@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from rig_client.protocol import is_rig_name
+from rig_client.protocol import is_rig_name, is_z85_key
 from server import ServerError
 
 
@@ -62,9 +62,7 @@ class KeyStore:
 
     def add_rig(self, name: str, public_key_file: Path | None = None) -> Path | None:
         """Allow rig ``name``: with its public key file, or with a new pair (its secret's path)."""
-        if not is_rig_name(name):
-            raise ServerError(f"rig name {name!r} is not valid: 1-64 of A-Z a-z 0-9 . _ -, "
-                              "starting with a letter or digit")
+        _check_name(name)
         target = self.root / "rigs" / f"{name}.key"
         if target.exists():
             raise ServerError(f"rig {name!r} already has a key ({target}); delete that file to "
@@ -89,6 +87,7 @@ class KeyStore:
 
     def revoke_rig(self, name: str) -> list[Path]:
         """Forbid rig ``name``: delete its public key (and a key pair issued here); the files deleted."""
+        _check_name(name)
         files = [path for path in (self.root / "rigs" / f"{name}.key", self.root / "issued" / f"{name}.key_secret")
                  if path.is_file()]
         if not files:
@@ -100,6 +99,22 @@ class KeyStore:
     def issued(self) -> list[Path]:
         """Key pairs made here and not yet deleted (each belongs on its rig, not on the server)."""
         return sorted((self.root / "issued").glob("*.key_secret"))
+
+
+    def exposed(self) -> list[str]:
+        """What in the keys folder others on this machine may read or change (the server's secret readable, a
+        folder whose keys they could add or replace), each with its fix."""
+        found = [f"{self.server_secret_file} can be read by other users: chmod 600 it"
+                 for _ in [0] if self.enabled() and self.server_secret_file.stat().st_mode & 0o077]
+        found += [f"{folder} can be written by other users, who could add a rig or replace a key: chmod 755 it"
+                  for folder in (self.root, self.root / "rigs") if folder.is_dir() and folder.stat().st_mode & 0o022]
+        return found
+
+
+def _check_name(name: str) -> None:
+    if not is_rig_name(name):
+        raise ServerError(f"rig name {name!r} is not valid: 1-64 of A-Z a-z 0-9 . _ -, starting with a letter or "
+                          "digit")
 
 
 def _make_pair(folder: Path, name: str) -> Path:
@@ -120,9 +135,14 @@ def _load(path: Path, *, secret: bool) -> tuple[bytes, bytes | None]:
     try:
         public, secret_key = zmq.auth.load_certificate(path)
     except (OSError, ValueError) as exc:
-        raise ServerError(f"cannot read the key file {path}: {exc}; make keys with `actmax keys`") from None
+        raise ServerError(f"cannot read the key file {path}: {exc}; restore it, or move it out of {path.parent} "
+                          "(`actmax keys` makes keys)") from None
     if secret and secret_key is None:
         raise ServerError(f"{path} holds no secret key; it must be a .key_secret file")
+    for key in (public, secret_key) if secret else (public,):
+        if not is_z85_key(key):
+            raise ServerError(f"{path} holds {key[:50]!r}, not a CURVE key (40 Z85 characters): damaged, or not a "
+                              "key file `actmax keys` made; restore it, or make the key again")
     return public, secret_key
 
 
@@ -181,6 +201,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"deleted {path}")
         print(f"rig {args.name!r} is refused from its next connection; a connection open now lasts until the rig "
               "disconnects: restart `actmax serve` to cut it at once")
+    if args.action in ("rig", "revoke"):
+        try:
+            store.rig_keys()
+        except ServerError as exc:
+            print(f"warning: a running server refuses every rig's new connection until this is fixed: {exc}",
+                  file=sys.stderr)
     else:
         folder = store.root.resolve()
         if not folder.parent.is_dir():  # a mistyped --data-dir: say so rather than list nothing
@@ -192,4 +218,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"rig {name}: {public.decode()}")
         for path in store.issued():
             print(f"warning: {path} is a rig's secret key: move it to the rig and delete it here")
+        for problem in store.exposed():
+            print(f"warning: {problem}")
     return 0

@@ -53,7 +53,10 @@ def run(args: argparse.Namespace) -> int:
     from server.settings import unknown_variables
 
     settings = settings_from_args(args)
-    settings.check_exposure(curve=KeyStore(settings.keys_dir).enabled())
+    keys = KeyStore(settings.keys_dir)
+    settings.check_exposure(curve=keys.enabled())
+    for problem in keys.exposed():
+        log.warning("CURVE keys: %s", problem)
     if unknown := unknown_variables(os.environ):
         log.warning("no setting reads %s: misspelt? (the settings: docs/rest_api.md)", ", ".join(unknown))
     asyncio.run(serve(settings))

@@ -188,7 +188,6 @@ class Transport:
         self.max_message_bytes = max_message_bytes
         self.curve = server_key is not None
         self._read_rig_keys = rig_keys if callable(rig_keys) else lambda keys=dict(rig_keys or {}): keys
-        self._rig_keys = self._read_rig_keys()  # as last read
         self._log_budget = PeerBudget(burst=20, per_s=1)  # log lines a peer may cause
         self._handshake_budget = PeerBudget(burst=1, per_s=1 / 60)  # failed-handshake lines per peer and reason
         self._hello_budget = PeerBudget(burst=100, per_s=5)  # handler calls (events rows) per peer
@@ -311,11 +310,15 @@ class Transport:
             version, request_id, _domain, address, _identity, mechanism, *credentials = \
                 await self._zap.recv_multipart()
             key = zmq.utils.z85.encode(credentials[0]) if mechanism == b"CURVE" and credentials else None
-            name = self._allowed_keys().get(key) if key else None
-            if name is None:
+            allowed = self._allowed_keys() if key else {}
+            name = allowed.get(key) if allowed is not None else None
+            if allowed is None:  # the error says which file
+                self._log_handshake(f"from {address.decode(errors='replace')}", "the rig keys cannot be read")
+            elif name is None:
                 self._log_handshake(f"from {address.decode(errors='replace')}", "unknown CURVE key" if key else
                                     "no CURVE key", f" {key.decode()} (not in `actmax keys list`; `actmax keys rig "
                                     "NAME --public-key FILE` registers it)" if key else "")
+            if name is None:
                 await self._zap.send_multipart([version, request_id, b"400", b"key not allowed",
                                                 b"", b""])
             else:
@@ -330,14 +333,15 @@ class Transport:
                 HANDSHAKE_FAILURES.get(event["value"], f"ZeroMQ protocol error {event['value']:#x}")
             self._log_handshake(f"on {event['endpoint'].decode()} (ZeroMQ names no peer address here)", reason)
 
-    def _allowed_keys(self) -> Mapping[bytes, str]:
-        """The rig keys, read anew; those read before while the key files cannot be read."""
+    def _allowed_keys(self) -> Mapping[bytes, str] | None:
+        """The rig keys, read anew; None while the key files cannot be read: then no key passes (one revoked meanwhile
+        must not pass because another file is damaged). Connections open already stay."""
         try:
-            self._rig_keys = self._read_rig_keys()
+            return self._read_rig_keys()
         except ServerError as exc:
             if self._handshake_budget.allow(str(exc)):
-                log.error("using the rig keys read before: %s", exc)
-        return self._rig_keys
+                log.error("refusing every rig's new connection until the rig keys can be read: %s", exc)
+            return None
 
     def _log_handshake(self, where: str, reason: str, detail: str = "") -> None:
         """One line a minute per peer and ``reason`` (a failing peer retries every 100 ms; the budget is not

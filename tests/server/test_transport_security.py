@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import logging
 import os
 import struct
@@ -112,19 +113,22 @@ def test_unknown_key_and_plain_peers_fail_the_handshake(keys, zmq_context, endpo
 def test_a_rig_key_registered_while_serving_is_accepted_and_failed_handshakes_are_logged_once(
         keys, zmq_context, endpoint, caplog):
     """`actmax keys rig` needs no restart; a peer without CURVE, with another server's key or with an unknown
-    key fails its handshake, retried every 100 ms by ZeroMQ, and the server says why once."""
+    key fails its handshake, retried every 100 ms by ZeroMQ, and the server says why once. While a key file cannot
+    be read, every new connection is refused: the keys read before could hold one revoked since."""
     stranger_public, stranger_secret = zmq.curve_keypair()
     broken = keys.root / "rigs" / "broken.key"
 
     async def scenario():
         async with CurveServer(keys, zmq_context, endpoint) as server:
             keys.add_rig("rig-c")
-            for rig in ("rig-c", "rig-a"):  # rig-a after a broken key file: the keys read before it serve
-                d = server.rig_dealer(rig)
-                d.connect(endpoint)
-                await d.send_multipart(hello(rig))
-                assert (await reply(d))["type"] == "WELCOME"
-                broken.write_text("not a key")
+            d = server.rig_dealer("rig-c")
+            d.connect(endpoint)
+            await d.send_multipart(hello("rig-c"))
+            assert (await reply(d))["type"] == "WELCOME"
+            broken.write_text("not a key")
+            assert await server.handshake_failure(server.rig_dealer("rig-a")) == zmq.EVENT_HANDSHAKE_FAILED_AUTH
+            broken.unlink()
+            assert await server.handshake_failure(server.rig_dealer("rig-a")) == zmq.EVENT_HANDSHAKE_SUCCEEDED
             other_server = server.rig_dealer("rig-a")
             other_server.setsockopt(zmq.CURVE_SERVERKEY, zmq.curve_keypair()[0])
             for peer in (server.curve_dealer(None, None), other_server, server.curve_dealer(stranger_public,
@@ -136,12 +140,14 @@ def test_a_rig_key_registered_while_serving_is_accepted_and_failed_handshakes_ar
     with caplog.at_level(logging.WARNING, logger="server.transport"):
         run(scenario())
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR] == [
-        f"using the rig keys read before: cannot read the key file {broken}: No public key found in {broken}; "
-        "make keys with `actmax keys`"]
+        "refusing every rig's new connection until the rig keys can be read: cannot read the key file "
+        f"{broken}: No public key found in {broken}; restore it, or move it out of {broken.parent} (`actmax keys` "
+        "makes keys)"]
     refused = [r.getMessage() for r in caplog.records if "refused a CURVE handshake" in r.getMessage()]
-    for reason in ("not using CURVE, or closed", "wrong server key", f"unknown CURVE key {stranger_public.decode()}"):
+    for reason in ("the rig keys cannot be read", "not using CURVE, or closed", "wrong server key",
+                   f"unknown CURVE key {stranger_public.decode()}"):
         assert sum(reason in line for line in refused) == 1, "\n".join(r.getMessage() for r in caplog.records)
-    assert len(refused) == 3
+    assert len(refused) == 4
 
 
 def test_a_revoked_rig_fails_its_next_handshake(keys, zmq_context, endpoint):
@@ -264,6 +270,45 @@ def test_keys_store_refuses_bad_input(keys, tmp_path):
         keys.revoke_rig("rig-d")
     with pytest.raises(RigError, match="no secret key"):
         curve_keys(keys.root / "server.key", keys.root / "server.key")
+    with pytest.raises(ServerError, match="not valid"):  # it deleted server.key and server.key_secret
+        keys.revoke_rig("../server")
+    assert keys.enabled() and (keys.root / "server.key").is_file()
+
+
+def test_a_rig_given_the_servers_secret_or_a_damaged_key_is_refused_naming_the_file(keys, tmp_path):
+    rig_secret = keys.root / "issued" / "rig-a.key_secret"
+    with pytest.raises(RigError, match="holds the server's secret key: pass server.key .*pose as the server"):
+        curve_keys(keys.root / "server.key_secret", rig_secret)  # it connected: the secret had reached a rig PC
+    cut = tmp_path / "server.key"
+    cut.write_text(re.sub(r'public-key = "(.{39}).', r'public-key = "\1', (keys.root / "server.key").read_text()))
+    with pytest.raises(RigError, match=f"{cut} holds .*not a CURVE key \\(40 Z85 characters\\)"):
+        curve_keys(cut, rig_secret)  # a ZMQError traceback before
+    junk = tmp_path / "junk.key"
+    junk.write_text('metadata\ncurve\n    public-key = "hello world"\n')
+    with pytest.raises(ServerError, match="not a CURVE key"):
+        keys.add_rig("rig-f", junk)  # it was registered, and listed as the key "hello world"
+
+
+def test_key_files_others_could_read_or_change_are_warned_about(keys, capsys):
+    from server.cli import main
+
+    assert keys.exposed() == []
+    keys.server_secret_file.chmod(0o644)
+    (keys.root / "rigs").chmod(0o777)
+    assert main(["keys", "--data-dir", str(keys.root.parent), "list"]) == 0
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning: ")]
+    assert f"warning: {keys.server_secret_file} can be read by other users: chmod 600 it" in warnings
+    assert f"warning: {keys.root / 'rigs'} can be written by other users, who could add a rig or replace a key: " \
+           "chmod 755 it" in warnings
+
+
+def test_keys_rig_and_revoke_warn_that_a_damaged_key_file_stops_every_new_connection(keys, capsys):
+    from server.cli import main
+
+    (keys.root / "rigs" / "stray.key").write_text("")
+    assert main(["keys", "--data-dir", str(keys.root.parent), "revoke", "rig-b"]) == 0
+    assert "warning: a running server refuses every rig's new connection until this is fixed: cannot read the " \
+           f"key file {keys.root / 'rigs' / 'stray.key'}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("overrides, curve, message", [
