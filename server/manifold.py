@@ -11,20 +11,16 @@ i * n + j for grid point (theta[i], phi[j]) of that plane.
 from __future__ import annotations
 
 import numpy as np
-from sqlalchemy import select
 from sqlalchemy.orm import Session as DBSession
 
 from analysis.manifold import ManifoldData
 from analysis.tuning import grid_axis, pca_sphere_grid
 from server import ServerError, ThreadNotReady
 from server.objectives import Objective, score_label
-from server.session_config import ManifoldConfig, SessionConfig, ThreadConfig
+from server.session_config import FlaggedTrialsConfig, ManifoldConfig, SessionConfig, ThreadConfig
 from server.store import queries
 from server.store.models import (
-    Batch,
     Generation,
-    Presentation,
-    Stimulus,
     StimulusKind,
     Thread,
     ThreadStatus,
@@ -95,7 +91,8 @@ def design_codes(db: DBSession, thread: Thread, config: ManifoldConfig) -> np.nd
 
 
 def manifold_data(db: DBSession, thread_id: int) -> ManifoldData:
-    """Read a manifold thread's presentations back onto its grid (objective applied per trial)."""
+    """Read a manifold thread's scored presentations back onto its grid, each valued as the engine scored its
+    generation (``showing_values``: a ``zscore`` against all of them, a reference baseline against the references)."""
     thread = db.get(Thread, thread_id)
     if thread is None:
         raise ServerError(f"thread {thread_id} not found; list a session's threads with GET /sessions/{{id}}/threads")
@@ -104,25 +101,38 @@ def manifold_data(db: DBSession, thread_id: int) -> ManifoldData:
     settings = manifold_config(thread)
     n = settings.n
     axis = grid_axis(settings.step_deg, n)
-    objective = Objective.from_config(thread.objective_json)
-    rows = db.execute(
-        select(Stimulus.index, Presentation.rates_json)
-        .join(Presentation, Presentation.stimulus_id == Stimulus.id)
-        .join(Batch, Batch.id == Presentation.batch_id)
-        .where(Stimulus.thread_id == thread_id, Stimulus.kind == StimulusKind.SYNTHETIC, Batch.thread_id == thread_id)
-    ).all()
     per_point: dict[int, list[float]] = {}
-    for index, rates in rows:
-        score = objective.score(rates)
-        if np.isfinite(score):
-            per_point.setdefault(index, []).append(score)
+    for generation in thread.generations:  # one: the map
+        index = {s.id: s.index for s in generation.stimuli if s.kind == StimulusKind.SYNTHETIC}
+        for stimulus_id, values in showing_values(db, thread, generation).items():
+            if stimulus_id in index:
+                per_point.setdefault(index[stimulus_id], []).extend(values)
     planes = settings.planes
     if thread.status == ThreadStatus.FAILED and len(per_point) < len(planes) * n * n:
         raise ServerError(f"manifold thread {thread_id} ended before its map was complete: {thread.last_error}")
     if not per_point:
-        raise ServerError(f"manifold thread {thread_id} has no responses yet")
+        raise ServerError(f"manifold thread {thread_id} has no scored responses yet")
     trials = [[np.array(per_point.get(p * n * n + k, [])) for k in range(n * n)] for p in range(len(planes))]
     return ManifoldData(planes, axis, axis, trials, score_label(thread.objective_json))
+
+
+def showing_values(db: DBSession, thread: Thread, generation: Generation,
+                   objective: dict | None = None) -> dict[str, list[float]]:
+    """Each stimulus's value at each scored showing in ``generation`` (finite values only), by ``objective``
+    (default: the one the generation was scored with) in the generation's context, as the engine scores it:
+    a ``zscore`` against all its presentations, a reference ``baseline`` against its reference images."""
+    flagged = FlaggedTrialsConfig.model_validate(thread.session.config_json.get("flagged_trials", {}))
+    references = {s.id for s in queries.reference_stimuli(db, thread.session_id)}
+    shown = {(stimulus_id, k): [(r.rates, r.baseline)]  # one "stimulus" per showing: its score is that showing's
+             for stimulus_id, responses in queries.scored_responses(db, generation.id, flagged).items()
+             for k, r in enumerate(responses)}
+    scorer = Objective.from_config(objective or generation.objective_json or thread.objective_json)
+    values: dict[str, list[float]] = {}
+    for (stimulus_id, _), value in scorer.score_generation(shown, {key for key in shown if key[0] in references}).items():
+        if np.isfinite(value):
+            values.setdefault(stimulus_id, []).append(value)
+    return values
+
 
 
 def plot_plane(data: ManifoldData, result: dict, title: str, path=None) -> bytes:

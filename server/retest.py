@@ -19,9 +19,9 @@ from sqlalchemy.orm import Session as DBSession
 
 from server import ServerError
 from server.drift import mean_sem
-from server.manifold import source_generations
-from server.objectives import Objective, score_label
-from server.session_config import FlaggedTrialsConfig, RetestConfig
+from server.manifold import showing_values, source_generations
+from server.objectives import score_label
+from server.session_config import RetestConfig
 from server.store import queries
 from server.store.models import Generation, StimulusKind, Thread, decode_codes
 
@@ -39,24 +39,6 @@ class ShownImage:
     @property
     def mean(self) -> float:
         return float(np.mean(self.values)) if self.values else float("nan")
-
-
-def showing_values(db: DBSession, thread: Thread, generation: Generation,
-                   objective: dict | None = None) -> dict[str, list[float]]:
-    """Each stimulus's value at each scored showing in ``generation`` (finite values only), by ``objective``
-    (default: the one the generation was scored with) in the generation's context, as the engine scores it:
-    a ``zscore`` against all its presentations, a reference ``baseline`` against its reference images."""
-    flagged = FlaggedTrialsConfig.model_validate(thread.session.config_json.get("flagged_trials", {}))
-    references = {s.id for s in queries.reference_stimuli(db, thread.session_id)}
-    shown = {(stimulus_id, k): [(r.rates, r.baseline)]  # one "stimulus" per showing: its score is that showing's
-             for stimulus_id, responses in queries.scored_responses(db, generation.id, flagged).items()
-             for k, r in enumerate(responses)}
-    scorer = Objective.from_config(objective or generation.objective_json or thread.objective_json)
-    values: dict[str, list[float]] = {}
-    for (stimulus_id, _), value in scorer.score_generation(shown, {key for key in shown if key[0] in references}).items():
-        if np.isfinite(value):
-            values.setdefault(stimulus_id, []).append(value)
-    return values
 
 
 def ranked_images(db: DBSession, thread: Thread, generations: list[Generation]) -> list[ShownImage]:

@@ -30,13 +30,13 @@ RATES = 10 * np.exp(4 * (sphere_points(AXIS[:, None], AXIS[None, :]) @ sphere_po
 
 
 def record_map(sessions, data_dir, *, repeats: int, planes=("pc2-3",), status=ThreadStatus.FINISHED,
-               last_error=None, recorded=True) -> int:
+               last_error=None, recorded=True, objective: dict | None = None) -> int:
     """A session whose manifold thread showed a bump at the hemisphere's centre ``repeats`` times per image
     (all 121 grid points of each plane, as the server shows them); the manifold thread's id."""
     config = SessionConfig.model_validate(session_config(threads=[
         thread_config("evolve", optimizer_params={"population": 10}, n_generations=6),
         thread_config("map", kind="manifold", optimizer=None, manifold={"source": "evolve", "planes": list(planes)},
-                      repeats=repeats)]))
+                      repeats=repeats, **({"objective": objective} if objective else {}))]))
     buffer = io.BytesIO()
     Image.new("RGB", (8, 8)).save(buffer, format="PNG")
     image = ImageArchive(data_dir).save(buffer.getvalue())
@@ -125,6 +125,17 @@ def test_arguments_and_the_output_folder_are_checked_before_the_work(db_sessions
     assert code == 2 and "thread 99 not found" in err and not out.exists()
     code, err = in_process(capsys, "session", "99", "--data-dir", data_dir, "--out", str(out))
     assert code == 2 and "session 99 not found" in err and not out.exists()
+
+
+def test_a_map_scored_with_a_zscore_is_the_z_scored_map_not_empty(db_sessions, settings):
+    """A z-score needs the generation: each presentation scored alone was NaN, so a zscore map (what "Add Manifold
+    thread" copies from a zscore evolution) had "no responses" for good."""
+    plain = record_map(db_sessions, settings.data_dir, repeats=2)
+    scored = record_map(db_sessions, settings.data_dir, repeats=2, objective={"expression": "zscore(rate(3))"})
+    with db_sessions() as db:
+        rates, z = (np.concatenate(manifold_data(db, t).trials[0]) for t in (plain, scored))
+    assert z.size == rates.size and np.all(np.isfinite(z))
+    np.testing.assert_allclose(z, (rates - rates.mean()) / rates.std(), atol=1e-9)  # over the map's presentations
 
 
 def test_a_failed_map_thread_says_why(db_sessions, settings, tmp_path, capsys):
