@@ -152,6 +152,10 @@ def add_thread(db: DBSession, session: Session, thread: ThreadConfig) -> Thread:
     is active again.
     """
     thread = _with_seed(thread)
+    # The write lock first, then the config read again: a thread another request added since (a double click) is
+    # then in it, so a name given twice is refused and no thread goes missing from the stored config.
+    db.execute(update(Session).where(Session.id == session.id).values(status=Session.status))
+    db.refresh(session)
     config = SessionConfig.stored(
         {**session.config_json, "threads": [*session.config_json["threads"], thread.model_dump(mode="json")]})
     row = _thread_row(thread)

@@ -152,6 +152,29 @@ def test_a_generators_list_says_which_load(client):
         assert missing["weights_sha256"] is None and "not found" in missing["problem"]
 
 
+def test_threads_added_at_once_are_all_kept_and_a_name_given_twice_is_a_422(client, live_server: LiveServer):
+    """A double click on "Add Manifold thread" raced: the second POST hit the database's unique name (a 503 that
+    marked the server degraded); two names at once could each write the config without the other's thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def manifold(name: str) -> dict:
+        return {"name": name, "kind": "manifold", "generator": "dcgan-faces", "objective": {"channels": [3]},
+                "manifold": {"source": "evolve"}}
+
+    for attempt in range(4):
+        sid = client.post("/sessions", json=session_config(name=f"race-{attempt}", threads=[
+            thread_config("evolve")])).json()["id"]
+        with ThreadPoolExecutor(4) as pool:
+            twice = list(pool.map(lambda n: client.post(f"/sessions/{sid}/threads", json=manifold(n)),
+                                  ["map", "map", "map-b", "map-c"]))
+        assert sorted(r.status_code for r in twice[:2]) == [201, 422], [r.text for r in twice]
+        assert "thread names must be unique" in next(r.text for r in twice[:2] if r.status_code == 422)
+        assert [r.status_code for r in twice[2:]] == [201, 201]
+        stored = [t["name"] for t in client.get(f"/sessions/{sid}").json()["config"]["threads"]]
+        assert sorted(stored) == ["evolve", "map", "map-b", "map-c"]
+    assert client.get("/health").json()["status"] == "ok"
+
+
 def test_add_a_thread_retarget_and_stop_a_session(client, live_server: LiveServer):
     session = client.post("/sessions", json=session_config(threads=[thread_config("evolve")])).json()
     sid, tid = session["id"], session["threads"][0]["id"]
