@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -52,6 +53,26 @@ def _outgoing_ports_start() -> int:
         return 49152
 
 
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """Ctrl-C, SIGTERM and SIGHUP that come during the block take effect when it ends: a child started in it, and
+    assigned where its clean-up finds it, is never left running by a signal that came while it was being made (its
+    own session keeps it alive). Not by masking them: a child would inherit the mask, and ignore its SIGTERM."""
+    if threading.current_thread() is not threading.main_thread():  # Python runs signal handlers in the main thread
+        yield
+        return
+    came: list[int] = []
+    stops = [stop for stop in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if stop is not None]
+    previous = {stop: signal.signal(stop, lambda signum, frame: came.append(signum)) for stop in stops}
+    try:
+        yield
+    finally:
+        for stop, handler in previous.items():
+            signal.signal(stop, handler)
+        for signum in came:
+            signal.raise_signal(signum)
+
+
 def _actmax(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
@@ -88,7 +109,8 @@ class ServerProcess:
                 "--data-dir", str(self.data_dir), "--device", "cpu"]
         if self.batch_timeout_s is not None:
             args += ["--batch-timeout", str(self.batch_timeout_s)]
-        self.process = _actmax(args, {**self.env, "ACTMAX_TOKEN": self.token}, self.log_path)
+        with signals_held():
+            self.process = _actmax(args, {**self.env, "ACTMAX_TOKEN": self.token}, self.log_path)
         client = ApiClient(self.url, self.token)
         try:
             client.wait_healthy(timeout, self.process, self.log_path)
@@ -124,7 +146,8 @@ def server_with_sim_rig(server: ServerProcess, rig: str, units: list[str], rig_l
     api = server.start()
     process = None
     try:
-        process = start_sim_rig(server.zmq_endpoint, rig, units, rig_log, **rig_options)
+        with signals_held():
+            process = start_sim_rig(server.zmq_endpoint, rig, units, rig_log, **rig_options)
         yield api, process
     finally:
         stop(process)

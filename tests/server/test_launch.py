@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -23,3 +24,23 @@ def test_a_free_port_is_below_the_ports_of_outgoing_connections_and_can_be_bound
     for port in ports:
         with socket.socket() as s:
             s.bind(("127.0.0.1", port))
+
+
+def test_a_signal_during_signals_held_takes_effect_after_the_block_and_children_are_not_deaf_to_it():
+    """The demo's SIGTERM came while its rig was being started, before `process = ...`: the clean-up found no rig,
+    and the rig (in a session of its own) ran on."""
+    import os
+    import signal
+
+    from server.demo import stopped_as_on_ctrl_c
+    from server.launch import signals_held
+
+    assigned = None
+    with stopped_as_on_ctrl_c(), pytest.raises(KeyboardInterrupt):
+        with signals_held():
+            os.kill(os.getpid(), signal.SIGTERM)
+            child = subprocess.Popen(["sleep", "30"])
+            assigned = child
+    assert assigned is child  # the interrupt came after the assignment
+    child.terminate()  # a child started while signals were held still hears SIGTERM
+    assert child.wait(10) == -signal.SIGTERM
