@@ -11,6 +11,7 @@ const FEW_CHANNELS = 8;        // longer channel lists are shown as ranges and a
 const RANGE_PARTS = 10;        // ranges and channels shown of such a list before "…"
 const RIG_LINES = 8;           // rig panel: lines of scored channels shown before the rest is folded away
 const EXPRESSION_CHARS = 120;  // a longer objective expression is cut on the thread card (whole in its tooltip)
+const IMAGES_KEPT = 600;       // stimulus images kept in memory (a session page shows ~80 per generation and 40 best)
 const BANNER_KINDS = new Set(["drift.reference", "channel.silent", "rig.lost", "rig.replaced", "rig.clock_offset",
   "rig.channels_changed"]);  // the warnings also shown as the banner
 const RUNNING_AGAIN = new Set(["thread.running", "thread.started", "thread.resumed"]); // after these a rig.lost is over
@@ -45,16 +46,29 @@ async function api(path, options = {}) {
 
 // Stimulus PNGs need the header too: fetched once each as blobs and shown through object URLs. One still on its
 // way when its view is left (`signal`) is aborted and forgotten: the next view to show it asks again.
-const images = new Map();
+// Beyond IMAGES_KEPT, the least recently asked that no <img> shows now are revoked and forgotten.
+const images = new Map(); // path -> { url: promise of its object URL, src: that URL once made }, least recent first
 function imageUrl(path, signal) {
-  if (!images.has(path)) {
-    const url = fetch(path, { signal, headers: { Authorization: `Bearer ${sessionStorage.getItem(TOKEN_KEY)}` } })
+  let image = images.get(path);
+  images.delete(path); // (set again below, as the most recent)
+  if (!image) {
+    image = { src: null };
+    image.url = fetch(path, { signal, headers: { Authorization: `Bearer ${sessionStorage.getItem(TOKEN_KEY)}` } })
       .then((r) => (r.ok ? r.blob() : Promise.reject(new Error(`${path}: ${r.status}`))))
-      .then((blob) => URL.createObjectURL(blob));
-    url.catch((error) => { if (abandoned(error) && images.get(path) === url) images.delete(path); });
-    images.set(path, url);
+      .then((blob) => (image.src = URL.createObjectURL(blob)));
+    image.url.catch((error) => { if (abandoned(error) && images.get(path) === image) images.delete(path); });
   }
-  return images.get(path);
+  images.set(path, image);
+  if (images.size > IMAGES_KEPT) forgetImages();
+  return image.url;
+}
+// Forget the least recently asked images beyond IMAGES_KEPT, but not those shown now or still on their way.
+function forgetImages() {
+  const shown = new Set([...document.images].map((img) => img.src));
+  for (const [path, image] of images) {
+    if (images.size <= IMAGES_KEPT) return;
+    if (image.src && !shown.has(image.src)) { URL.revokeObjectURL(image.src); images.delete(path); }
+  }
 }
 // An image's `data-alt` replaces its alt once it is shown (the alt says meanwhile that it is on its way).
 function fillImages(root, signal) {
@@ -182,7 +196,14 @@ function showLogin(message) {
   if (message) { $("#login-error").textContent = message; $("#login-error").hidden = false; }
   $("#login").addEventListener("submit", async (event) => {
     event.preventDefault();
-    sessionStorage.setItem(TOKEN_KEY, $("#token").value);
+    // A pasted token may bring spaces around it; within, a token is visible ASCII (as the server checks it at its
+    // start), and a header cannot carry other characters.
+    const token = $("#token").value.trim();
+    if (!/^[\x21-\x7e]+$/.test(token)) {
+      return showLogin("Not a token: a token holds only ASCII letters, digits and punctuation (no spaces within, no "
+        + "characters such as é or €). Check what was pasted.");
+    }
+    sessionStorage.setItem(TOKEN_KEY, token);
     route();
   });
   $("#token").focus();
@@ -191,6 +212,7 @@ function showLogin(message) {
 function logout(message) {
   navigate();
   sessionStorage.removeItem(TOKEN_KEY);
+  images.forEach((image) => image.url.then((src) => URL.revokeObjectURL(src), () => {}));
   images.clear();
   showLogin(message);
 }
@@ -208,8 +230,7 @@ function navigate() {
 
 async function route() {
   const signal = navigate();
-  $("#banner").hidden = true; // a page shows its own warnings
-  delete $("#banner").dataset.event;
+  hideBanner(); // a page shows its own warnings
   if (!sessionStorage.getItem(TOKEN_KEY)) return showLogin();
   $("#logout").hidden = false;
   const match = location.hash.match(/^#\/session\/(\d+)/);
@@ -249,9 +270,9 @@ function sessionsTable(sessions) {
   const rows = sessions.slice().reverse().map((s) => `<tr><td>${s.id}</td><td><a href="#/session/${s.id}">${esc(s.name)}</a></td>
     <td>${esc(s.rig)}</td><td>${esc(s.animal)}</td><td>${s.config.threads.length}</td>
     <td>${sessionBadge(s)}</td><td>${dateTime(s.created_at)}</td></tr>`);
-  return `<div class="card"><h1>Sessions</h1>${sessions.length ? `<table id="sessions"><thead><tr><th>id</th><th>name</th>
-    <th>rig</th><th>animal</th><th>threads</th><th>status</th><th>created</th></tr></thead><tbody>${rows.join("")}</tbody></table>`
-    : `<p class="muted">No sessions yet: start one with <code>actmax session create CONFIG</code>.</p>`}</div>`;
+  return `<div class="card"><h1>Sessions</h1>${sessions.length ? `<div class="scroll"><table id="sessions"><thead><tr><th>id</th>
+    <th>name</th><th>rig</th><th>animal</th><th>threads</th><th>status</th><th>created</th></tr></thead><tbody>${rows.join("")}</tbody>
+    </table></div>` : `<p class="muted">No sessions yet: start one with <code>actmax session create CONFIG</code>.</p>`}</div>`;
 }
 
 // ---------------------------------------------------------------- session page
@@ -278,10 +299,10 @@ async function sessionPage(sessionId, signal) {
   for (const link of main.querySelectorAll(".skip")) {
     link.addEventListener("click", (event) => { event.preventDefault(); $(link.getAttribute("href")).focus(); });
   }
-  $("#stop-session").addEventListener("click", async () => {
+  $("#stop-session").addEventListener("click", oneAtATime(async () => {
     if (!confirm("Stop every thread of this session? This is final.")) return;
     await act(() => api(`/sessions/${sessionId}/stop`, { method: "POST" }), state);
-  });
+  }));
 
   renderSession(state);
   await Promise.all([...state.session.threads.map((t) => loadCurve(state, t.id)), loadEvents(state), loadRig(state)]);
@@ -306,6 +327,17 @@ async function sessionPage(sessionId, signal) {
   live.handlers.add(onLive);
   live.start(sessionId, signal);
   state.poll = setInterval(() => loadRig(state), 2000);
+}
+
+// A button's click handler that runs `action` once at a time: a click while it runs (a double click) is ignored.
+// The button says so (aria-busy) but is not disabled, which would take its keyboard focus away.
+function oneAtATime(action) {
+  return async (event) => {
+    const button = event.currentTarget;
+    if (button.getAttribute("aria-busy") === "true") return;
+    button.setAttribute("aria-busy", "true");
+    try { await action(); } finally { button.removeAttribute("aria-busy"); }
+  };
 }
 
 async function act(call, state) {
@@ -426,7 +458,7 @@ function renderControls(state, thread, box) {
     b.dataset.action = action;
     b.className = cls;
     b.setAttribute("aria-label", name);
-    b.onclick = onClick;  // (this refresh's thread and session)
+    b.onclick = oneAtATime(onClick);  // (this refresh's thread and session; busy is the button's, across refreshes)
     return b;
   });
   for (const b of old) if (!next.includes(b)) b.remove();
@@ -526,6 +558,7 @@ async function loadEvents(state) {
   for (const event of page.items) addEvent({ ...event, event_id: event.id });
   const warning = await currentWarning(state, page.items);
   if (warning) showBanner(state, { ...warning, event_id: warning.id });
+  else hideBanner(); // (what it showed is over: a rig lost while the stream was down is back)
 }
 
 // The newest banner warning among `events` that still holds: a rig loss is over once a later event says the
@@ -569,6 +602,11 @@ function showBanner(state, event) {
     if (banner.contains(document.activeElement)) $("#session-title").focus(); // not lost to the page's top
     banner.hidden = true;
   });
+}
+
+function hideBanner() {
+  $("#banner").hidden = true;
+  delete $("#banner").dataset.event;
 }
 
 // ---------------------------------------------------------------- rig panel

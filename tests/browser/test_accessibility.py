@@ -241,6 +241,25 @@ def test_the_manifold_map_says_what_it_shows_once_shown(page, running):
     assert uncaught(page) == []
 
 
+def test_a_narrow_window_does_not_scroll_sideways(page, running):
+    """375 px wide (a phone): the sessions table scrolls inside its card, and a session page, with its
+    Manifold map's 420 px grid, fits the window."""
+    server, _, session = running
+    page.set_viewport_size({"width": 375, "height": 700})
+    sideways = "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    login(page, server, server.token)
+    page.wait_for_selector("#sessions")
+    assert page.evaluate(sideways) <= 0
+    assert page.evaluate("(({ scrollWidth, clientWidth }) => scrollWidth > clientWidth)(document.querySelector('.scroll'))")
+    page.goto(f"{server.url}/#/session/{session['id']}")
+    map_thread = next(t["id"] for t in session["threads"] if t["name"] == "a-map")
+    page.wait_for_selector(f"#thread-{map_thread} .grid-images img[src^='blob:']", timeout=60_000)
+    page.wait_for_selector(".curve svg")
+    page.wait_for_selector("#rig tbody tr")
+    assert page.evaluate(sideways) <= 0
+    assert uncaught(page) == []
+
+
 def test_a_change_is_announced_once_while_the_session_is_reread_several_times_at_once(page, running):
     """Three re-reads of the session held back until "c" is resumed over REST (and any the stream's events ask
     meanwhile): each finds the change, which is said once. Leaves "c" running (the Manifold map, above, is done)."""
@@ -327,6 +346,35 @@ def test_a_page_raises_no_banner_for_a_rig_loss_that_is_over_and_dates_its_banne
         assert uncaught(page) == []
     finally:
         api.post(f"/sessions/{other['id']}/stop")
+
+
+def test_a_rig_loss_over_while_the_stream_was_down_takes_its_banner_away(page, running):
+    """The page reloads its events when its stream is back: a rig.lost banner goes once they say the session's
+    threads run again (the rig came back while the stream was down)."""
+    server, api, _ = running
+    rig = "rig-nobody-runs"
+    lost = api.post("/sessions", {"name": "lost", "rig": rig, "references": {"source": "skimage", "count": 2},
+                                  "threads": [thread_config("t", {"channels": [0]}, 2, population=4)]})
+    thread = lost["threads"][0]["id"]
+    try:
+        log_events(server, dict(kind="rig.lost", message=f"rig {rig!r} went silent", session_id=lost["id"],
+                                data={"rig": rig}))
+        login(page, server, server.token)
+        page.wait_for_selector("#live-state.on")
+        page.goto(f"{server.url}/#/session/{lost['id']}")
+        expect(page.get_by_role("alert")).to_contain_text("went silent")
+        page.route("**/live*", lambda route: route.abort())
+        page.evaluate("live.start(live.sessionId)")
+        wait_until(page, "() => document.querySelector('#announce').textContent.includes('Live stream offline')")
+        running_again, = log_events(server, dict(kind="thread.running", message=f"thread {thread} 't' running: its rig is "
+                                                 "connected", thread_id=thread, level="info"))
+        page.unroute("**/live*")
+        page.wait_for_selector(f"#feed [data-id='{running_again}']")
+        wait_until(page, "() => document.querySelector('#banner').hidden", timeout=5)
+        assert page.get_attribute("#banner", "data-event") is None
+        assert uncaught(page) == []
+    finally:
+        api.post(f"/sessions/{lost['id']}/stop")
 
 
 def test_the_banner_stays_in_view_is_an_alert_said_once_and_the_stream_and_session_end_are_announced(page, running):

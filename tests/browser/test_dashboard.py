@@ -123,6 +123,28 @@ def test_wrong_token_is_refused(page, running):
     assert page.outside == []
 
 
+def test_a_pasted_token_is_trimmed_and_one_no_header_can_carry_is_refused_at_the_form(page, running):
+    """A token is visible ASCII (the server checks its own at its start): spaces around a pasted one are dropped, and
+    one with other characters is refused at the form, not sent (fetch cannot send "€" in a header: the page said that
+    the server cannot be reached)."""
+    server, *_ = running
+    asked = []
+    page.on("request", lambda request: asked.append(urlparse(request.url).path))
+    login(page, server, f"{server.token[:4]}€{server.token[4:]}")
+    page.wait_for_selector("#login-error:not([hidden])")
+    assert page.inner_text("#login-error") == (
+        "Not a token: a token holds only ASCII letters, digits and punctuation (no spaces within, no characters such as "
+        "é or €). Check what was pasted.")
+    assert page.evaluate("document.activeElement.id") == "token"
+    assert page.evaluate("sessionStorage.getItem('actmax-token')") is None
+    assert "/sessions" not in asked
+    login(page, server, f"  {server.token}\t")
+    page.wait_for_selector("#sessions, #main .card h1:has-text('Sessions')")
+    page.wait_for_selector("#live-state.on")
+    assert page.evaluate("sessionStorage.getItem('actmax-token')") == server.token
+    assert uncaught(page) == []
+
+
 def test_a_script_smuggled_into_the_page_does_not_run(page, running):
     """The dashboard's content security policy: markup injected into the page (as a stored name or
     message would be, were it not escaped) cannot run its inline handlers. The bait goes into the body,
@@ -281,7 +303,6 @@ def test_api_docs_work_offline(page, running, path, ready):
 
 
 def test_a_retarget_is_marked_on_the_curve_and_what_the_stream_missed_is_shown(page, running):
-    """Leaves its session running for the last test."""
     server, api, *_ = running
     session = api.post("/sessions", session_config("retarget", [thread_config("late", {"channels": [0]}, 500, 6)]))
     thread_id = session["threads"][0]["id"]
@@ -304,6 +325,7 @@ def test_a_retarget_is_marked_on_the_curve_and_what_the_stream_missed_is_shown(p
     assert page.text_content(f"#thread-{thread_id} .curve .y-label") == (
         f"score (objective changed at generation {start}: see markers)")
     assert uncaught(page) == []
+    api.post(f"/sessions/{session['id']}/stop")
 
 
 def test_the_sessions_list_tells_a_session_whose_thread_failed_from_a_completed_one(page, running):
@@ -352,7 +374,7 @@ def test_a_retest_card_says_what_it_shows_and_a_rig_clock_warning_is_a_banner(pa
     assert not page.query_selector(f"{card} .manifold")  # not a Manifold map's placeholder
     page.wait_for_selector("#banner:not([hidden]):has-text('9.0 h ahead')")
     assert uncaught(page) == []
-    api.post(f"/sessions/{session['id']}/stop")  # the next test counts the active sessions
+    api.post(f"/sessions/{session['id']}/stop")
 
 
 def test_what_changed_between_the_pages_reads_and_its_stream_connecting_is_shown(page, running):
@@ -376,14 +398,87 @@ def test_what_changed_between_the_pages_reads_and_its_stream_connecting_is_shown
     page.wait_for_selector(f"#thread-{thread_id} .status.paused")
     page.wait_for_selector("#feed div:has-text('paused')")  # and the event it missed is in the feed
     assert uncaught(page) == []
-    api.post(f"/sessions/{session['id']}/stop")  # the next test counts the active sessions
+    api.post(f"/sessions/{session['id']}/stop")
+
+
+def test_a_double_click_on_a_button_sends_one_request(page, running):
+    """A thread's button and Stop session ignore clicks while their action runs: the first click's POST is held back
+    at the network while the second click comes."""
+    server, api, *_ = running
+    session = api.post("/sessions", {**session_config("twice", [thread_config("twice", {"channels": [0]}, 3)]),
+                                     "rig": "rig-nobody-runs"})
+    thread_id = session["threads"][0]["id"]
+    try:
+        login(page, server, server.token)
+        page.goto(f"{server.url}/#/session/{session['id']}")
+        pause = f"#thread-{thread_id} button[data-action=pause]"
+        page.wait_for_selector(pause)
+        posts, held = [], []
+        page.on("request", lambda request: request.method == "POST" and posts.append(urlparse(request.url).path))
+        page.route("**/stop", lambda route: held.append(route))
+        page.route("**/pause", lambda route: held.append(route))
+        page.dblclick(pause)
+        page.wait_for_timeout(500)
+        assert posts == [f"/threads/{thread_id}/pause"]
+        assert page.get_attribute(pause, "aria-busy") == "true"
+        held.pop().continue_()
+        page.wait_for_selector(f"#thread-{thread_id} button[data-action=resume]:not([aria-busy])")
+
+        dialogs = []
+        page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.accept()))
+        page.dblclick("#stop-session")
+        page.wait_for_timeout(500)
+        assert posts[1:] == [f"/sessions/{session['id']}/stop"] and len(dialogs) == 1
+        held.pop().continue_()
+        page.wait_for_selector("#stop-session:disabled:not([aria-busy])")
+        assert held == [] and len(posts) == 2
+        assert api.get(f"/threads/{thread_id}")["status"] == "stopped"
+        assert uncaught(page) == []
+    finally:
+        api.post(f"/sessions/{session['id']}/stop")
+
+
+def test_the_page_keeps_a_bounded_number_of_images_but_those_shown(page, running):
+    """Past IMAGES_KEPT, the least recently asked images that no <img> shows are revoked (their object URLs no
+    longer load) and forgotten; logging out revokes them all. One stimulus is asked under many paths: the page
+    keeps each path's image, and fetch does not send the fragments that tell them apart."""
+    server, api, session, _ = running
+    thread_id = session["threads"][0]["id"]
+    while completed(api, thread_id) < 1:
+        time.sleep(0.05)
+    stimulus = api.get(f"/threads/{thread_id}/curve")["points"][0]["best_stimulus_id"]
+    login(page, server, server.token)
+    page.wait_for_selector("#live-state.on")  # (the sessions list: no images)
+    kept = page.evaluate("""async (path) => {
+        const box = document.createElement('div');
+        box.innerHTML = `<img data-src="${path}#shown">`;
+        document.body.append(box);
+        fillImages(box);
+        const shown = await imageUrl(`${path}#shown`), old = await imageUrl(`${path}#old`), later = [];
+        for (let i = 0; i < IMAGES_KEPT; i++) later.push(await imageUrl(`${path}#${i}`));
+        const loads = (url) => Object.assign(new Image(), { src: url }).decode().then(() => true, () => false);
+        window.shownUrl = shown;
+        return { size: images.size, limit: IMAGES_KEPT, isShown: box.querySelector('img').src === shown,
+                 shown: await loads(shown), old: await loads(old), first: await loads(later[0]),
+                 second: await loads(later[1]), newest: await loads(later[later.length - 1]) };
+    }""", f"/stimuli/{stimulus}/png")
+    assert kept == {"size": 600, "limit": 600, "isShown": True, "shown": True, "old": False, "first": False,
+                    "second": True, "newest": True}
+    page.click("#logout")
+    page.wait_for_selector("#token")
+    assert page.evaluate("""async () => [images.size,
+        await Object.assign(new Image(), { src: window.shownUrl }).decode().then(() => true, () => false)]""") == [0, False]
+    assert uncaught(page) == []
 
 
 def test_a_banner_is_about_an_active_session_and_a_dead_server_has_no_rig_state(page, running):
     """Last in this file: it stops the module's rig and kills its server."""
     server, api, session, rig = running
     assert api.post(f"/sessions/{session['id']}/stop")["status"] == "stopped"  # (already, by a test above)
-    (active,) = (s for s in api.get("/sessions") if s["status"] == "active")  # the retargeted one
+    # Its own session (the tests may run in several processes: the others of this file are not all in this one's).
+    active = api.post("/sessions", session_config("last", [thread_config("last", {"channels": [0]}, 500, 6)]))
+    while completed(api, active["threads"][0]["id"]) < 1:  # (a rig that served no thread of it loses it nothing)
+        time.sleep(0.05)
     login(page, server, server.token)
     page.goto(f"{server.url}/#/session/{active['id']}")
     page.wait_for_selector("#rig .status.running")
