@@ -55,10 +55,14 @@ class KeyStore:
         return names
 
     def init_server(self) -> Path:
-        """Make the server key pair unless it exists; the public key file's path."""
+        """Make the server key pair unless it exists (its public key file written again from it when that went
+        missing); the public key file's path."""
+        public_file = self.root / "server.key"
         if not self.enabled():
             _make_pair(self.root, "server")
-        return self.root / "server.key"
+        elif not public_file.is_file():
+            _write_public(public_file, self.server_keys()[0])
+        return public_file
 
     def add_rig(self, name: str, public_key_file: Path | None = None) -> Path | None:
         """Allow rig ``name``: with its public key file, or with a new pair (its secret's path)."""
@@ -76,7 +80,7 @@ class KeyStore:
                 raise ServerError(f"{public_key_file} is already the key of rig "
                                   f"{self.rig_keys()[public]!r}; one key per rig")
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(f"metadata\ncurve\n    public-key = \"{public.decode()}\"\n", encoding="utf-8")
+            _write_public(target, public)
             return None
         secret = _make_pair(self.root / "issued", name)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -115,6 +119,11 @@ def _check_name(name: str) -> None:
     if not is_rig_name(name):
         raise ServerError(f"rig name {name!r} is not valid: 1-64 of A-Z a-z 0-9 . _ -, starting with a letter or "
                           "digit")
+
+
+def _write_public(path: Path, public: bytes) -> None:
+    """A public key file (pyzmq's certificate format) holding ``public``."""
+    path.write_text(f"metadata\ncurve\n    public-key = \"{public.decode()}\"\n", encoding="utf-8")
 
 
 def _make_pair(folder: Path, name: str) -> Path:
@@ -182,6 +191,9 @@ def run(args: argparse.Namespace) -> int:
         public_file = store.init_server()
         print(f"server public key ({'existing' if existed else 'new'}): "
               f"{store.server_keys()[0].decode()}\ncopy {public_file} to every rig")
+        if not existed and (registered := sorted(p.stem for p in (store.root / "rigs").glob("*.key"))):
+            print(f"warning: the rigs registered here ({', '.join(registered)}) hold the server.key of the key pair "
+                  "this one replaces: copy the new server.key to each, or they are refused", file=sys.stderr)
         if not existed:
             print("CURVE turns on when `actmax serve` starts: restart a running server; from then on every "
                   "rig needs --server-key and --rig-key")

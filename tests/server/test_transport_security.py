@@ -437,3 +437,18 @@ def test_keys_command_makes_and_lists_keys_and_serve_refuses_open_endpoints(tmp_
     assert main(["serve", "--data-dir", empty, "--zmq-endpoint", "tcp://0.0.0.0:5555"]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "actmax keys init" in error
+
+
+def test_keys_init_writes_a_lost_public_key_again_and_warns_when_a_new_pair_strands_the_registered_rigs(keys,
+                                                                                                       capsys):
+    from server.cli import main
+
+    public = keys.server_keys()[0]
+    (keys.root / "server.key").unlink()  # moved away, not copied: `keys init` told to copy a file that was gone
+    assert main(["keys", "--data-dir", str(keys.root.parent), "init"]) == 0
+    assert zmq.auth.load_certificate(keys.root / "server.key") == (public, None)
+    keys.server_secret_file.unlink()  # lost: a new pair, which the rigs registered before do not know
+    assert main(["keys", "--data-dir", str(keys.root.parent), "init"]) == 0
+    assert "warning: the rigs registered here (rig-a, rig-b) hold the server.key of the key pair this one " \
+           "replaces" in capsys.readouterr().err
+    assert keys.server_keys()[0] != public
