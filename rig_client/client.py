@@ -37,8 +37,8 @@ from rig_client import RigError
 from rig_client.connection import check_endpoint
 from rig_client.protocol import (
     MAX_HEADER_BYTES, MAX_MESSAGE_BYTES, MAX_PRESENTATIONS, PROTOCOL, PROTOCOL_MINOR, RETRY_HELLO, RETRYABLE,
-    VERSION, ErrorCode, Message, MessageType, ProtocolError, decode, decode_png, encode, error, is_z85_key,
-    json_bytes, time_ordered_uuid,
+    VERSION, ErrorCode, Message, MessageType, ProtocolError, decode, decode_png, encode, error, json_bytes,
+    time_ordered_uuid,
 )
 
 log = logging.getLogger(__name__)
@@ -137,6 +137,13 @@ class Presentation:
         return {"presentation_id": self.presentation_id, "stimulus_id": self.stimulus_id,
                 "onset": float(self.onset), "rates": [float(r) for r in self.rates],
                 "window_ms": [float(w) for w in self.window_ms]}
+
+
+def is_z85_key(key: bytes | None) -> bool:
+    """Whether ``key`` is a CURVE key as ZeroMQ takes it (protocol.md §1): 40 Z85 characters (32 bytes)."""
+    import zmq.utils.z85
+
+    return key is not None and len(key) == 40 and set(key) <= set(zmq.utils.z85.Z85CHARS)
 
 
 def curve_keys(server_key_file: str | Path, rig_key_file: str | Path) -> dict[str, bytes]:

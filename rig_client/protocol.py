@@ -354,14 +354,6 @@ def _rates(values: list) -> bool:
     return all(type(v) in _NUMBER and -MAX_RATE <= v <= MAX_RATE for v in values)
 
 
-_Z85 = frozenset(b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#")
-
-
-def is_z85_key(key: bytes | None) -> bool:
-    """Whether ``key`` is a CURVE key as ZeroMQ takes it (§1): 40 Z85 characters (32 bytes)."""
-    return key is not None and len(key) == 40 and set(key) <= _Z85
-
-
 def is_id(value: Any, max_len: int = MAX_ID_LENGTH) -> bool:
     """Whether ``value`` is a protocol *id*: 1..max_len characters, encodable as UTF-8."""
     if not isinstance(value, str) or not 0 < len(value) <= max_len:

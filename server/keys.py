@@ -20,7 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from rig_client.protocol import is_rig_name, is_z85_key
+from rig_client.client import is_z85_key
+from rig_client.protocol import is_rig_name
 from server import ServerError
 
 
