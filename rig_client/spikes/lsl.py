@@ -7,13 +7,15 @@ Streams this adapter reads (what a sorter or acquisition bridge publishes):
   ``<desc><units><unit><label>elec3-unit1</label></unit>...</units></desc>`` (`spike_outlet`
   writes one).
 - **markers** (optional): irregular rate, one ``string`` channel; each sample names an event at
-  its time stamp, e.g. ``onset`` (photodiode) or ``sync`` (a sync pulse).
+  its time stamp, e.g. ``onset`` (photodiode) or ``sync`` (a sync pulse). One integer channel (event codes)
+  is read too, each code named by its digits (``"7"``).
 
 Time stamps are clock-synchronised by liblsl, so both streams arrive on this machine's LSL clock
 (``pylsl.local_clock()``): that is the recorder's clock. An outlet must stamp on its own LSL clock (or
 leave the stamp out): a stamp more than ``STAMP_OFF_S`` from the clock now, e.g. ``time.time()``, makes
 `poll` raise `RigError`, as it would fall in no window and read as rates of 0 spikes/s. A spike stream
-of another format (not one integer channel) is refused when it is opened.
+of another format (not one integer channel) is refused when it is opened, and so is a marker stream that is not
+one string or integer channel (its other channels, or floats' names such as ``7.0``, would be read wrong).
 
 A stream that breaks off (its outlet closed or crashed, the network went) fails the source: `poll`
 raises `RigError` naming it, rather than return no spikes from then on, which would read as rates
@@ -97,6 +99,17 @@ def check_format(info) -> None:
                        "pylsl.IRREGULAR_RATE, pylsl.cf_int32)")
 
 
+def check_marker_format(info) -> None:
+    """`RigError` unless ``info`` is a marker stream of one string or integer channel."""
+    pylsl = _pylsl()
+    count, form = info.channel_count(), info.channel_format()
+    if count != 1 or form not in (pylsl.cf_string, pylsl.cf_int8, pylsl.cf_int16, pylsl.cf_int32, pylsl.cf_int64):
+        raise RigError(f"LSL stream {info.name()!r} has {count} {FORMATS[form]} channel(s); a marker stream needs "
+                       "one string channel, each sample the name of an event (or one integer channel of event "
+                       "codes): publish it with rig_client.spikes.lsl.marker_outlet, or with pylsl.StreamInfo(name, "
+                       "'Markers', 1, pylsl.IRREGULAR_RATE, pylsl.cf_string)")
+
+
 class LSLSource(SpikeSource):
     """Reads the named spike stream (and marker stream) found on the network within ``timeout``.
 
@@ -135,8 +148,7 @@ class LSLSource(SpikeSource):
                  if s.type() == stream_type]
         if not found:
             return None
-        if stream_type == SPIKE_TYPE:
-            check_format(found[0])
+        (check_format if stream_type == SPIKE_TYPE else check_marker_format)(found[0])
         inlet = pylsl.StreamInlet(found[0], processing_flags=pylsl.proc_clocksync, recover=False)
         try:
             inlet.open_stream(timeout)  # samples pushed from now on reach us

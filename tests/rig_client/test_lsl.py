@@ -39,6 +39,7 @@ def test_recorded_chunks_become_events():
     np.testing.assert_array_equal(events.spike_times, [10.0, 10.5, 11.0])
     assert events.marker_names == ["onset", "sync"]
     assert len(to_events([], []).spike_times) == 0
+    assert to_events([], [], [[7]], [10.3]).marker_names == ["7"]  # an event code, by its digits
 
 
 @pytest.mark.parametrize("unit", ["u1", 1.7])
@@ -99,6 +100,13 @@ def test_a_spike_stream_of_another_format_or_clock_is_refused_naming_it(tmp_path
     assert re.fullmatch(r"LSL stream 'string-\w+' has 1 string channel\(s\)", out["string"].split(";")[0])
     assert re.fullmatch(r"LSL stream 'float-\w+' has 1 float32 channel\(s\)", out["float"].split(";")[0])
     assert all(need in out[case] for case in ("two_channels", "string", "float"))
+    markers = ("; a marker stream needs one string channel, each sample the name of an event (or one integer "
+               "channel of event codes): publish it with rig_client.spikes.lsl.marker_outlet")
+    assert re.fullmatch(r"LSL stream 'markers_two_channels-\w+' has 2 string channel\(s\)",
+                        out["markers_two_channels"].split(";")[0])
+    assert re.fullmatch(r"LSL stream 'markers_float-\w+' has 1 float32 channel\(s\)", out["markers_float"].split(";")[0])
+    assert all(markers in out[case] for case in ("markers_two_channels", "markers_float"))
+    assert out["markers_int"] is None  # event codes are read, by their digits
     offset = re.fullmatch(r"LSL stream 'unix_time-\w+' stamps its samples \+(\d+) s from this machine's LSL clock "
                           r"\(more than 300 s\): its outlet stamps them on another clock \(such as time.time\(\)\), "
                           r"so every window would count 0 spikes/s. Stamp each sample with pylsl.local_clock\(\), "
